@@ -1,0 +1,1 @@
+"""Dockerfile / kade.yaml to content-addressed steps, executed without a daemon."""

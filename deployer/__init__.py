@@ -1,0 +1,1 @@
+"""Render, server-side apply, track until rolled out, record releases, roll back."""

@@ -1,0 +1,1 @@
+"""The kade command line: wires registry/, builder/ and deployer/ together."""

@@ -1,0 +1,5 @@
+import sys
+
+from kade.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""Entry point: `kade <command> ...`.
+
+Each command lives in `kade/commands/<name>.py` and exposes `register(subparsers)`, which adds its
+parser and sets `func` (taking the parsed args, returning an exit code). Expected failures are
+raised as the packages' own error types and printed as one clear message, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from kade import errors
+
+# Order is the order of `kade --help`.
+COMMAND_MODULES = ["build", "deploy", "converge", "cleanup", "image", "cache"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; keep that, but with our prefix."""
+
+    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"kade: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kade", description="Build, publish, deploy and clean up without a Docker daemon.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"kade.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"kade.commands.{name}":
+                continue  # command not written yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except errors.UsageError as exc:
+        print(f"kade: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except errors.EXPECTED as exc:
+        print(f"kade: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("kade: interrupted", file=sys.stderr)
+        return 130
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"kade {version('kade')}"
+    except PackageNotFoundError:
+        return "kade (not installed)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

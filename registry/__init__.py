@@ -1,0 +1,1 @@
+"""OCI distribution client, image model, blob cache and registry cleanup."""

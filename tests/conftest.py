@@ -1,0 +1,1 @@
+"""Shared pytest fixtures live in tests/fixtures/ and are loaded here."""
