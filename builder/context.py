@@ -66,7 +66,7 @@ def compile_pattern(text: str) -> str:
 
 def clean_path(p: str) -> str:
     """Go's filepath.Clean, made relative: "/a/./b/" -> "a/b", "" -> "."."""
-    cleaned = posixpath.normpath("/" + p.replace("\\", "/")).lstrip("/")
+    cleaned = posixpath.normpath("/" + p).lstrip("/")
     return cleaned or "."
 
 
@@ -223,7 +223,8 @@ class BuildContext:
         if not _inside(real, self.root):
             raise MissingSourceError(f"{rel!r} points outside the build context")
         if real.is_dir():
-            return Source(rel=rel, path=real, is_dir=True, entries=tuple(self._walk(rel, real)))
+            return Source(rel=rel, path=real, is_dir=True,
+                          entries=tuple(sorted(self._walk(rel, real), key=lambda e: e.rel)))
         st = real.stat()
         entry = Entry(rel="", path=real, kind="file", mode=stat.S_IMODE(st.st_mode), size=st.st_size)
         return Source(rel=rel, path=real, is_dir=False, entries=(entry,))
