@@ -131,7 +131,6 @@ class Builder:
         self.blob_homes: dict[str, set[str]] = {}  # blob digest -> repos known to hold it
         self.lock = threading.Lock()
         self.built = 0
-        self.cached = 0
         self.work_dirs: list[Path] = []
         self.stage_roots: dict[str, Path] = {}
         self.stage_images: dict[str, Image | None] = {}
@@ -241,8 +240,6 @@ class Builder:
             parent = self._base_image(ps)
         else:
             parent = self._step_image(steps[last_hit])
-        with self.lock:
-            self.cached += last_hit + 1
         for s in steps[: last_hit + 1]:
             self.report("cached", f"[{ps.label}] {s.text}", key=s.key)
         if last_hit == len(steps) - 1:
@@ -450,7 +447,9 @@ class Builder:
         record_tag = None
         if self.stages_repo and self.o.tags:
             record_tag = self._push_record(plan, images, commit, branch, now)
-        return BuildResult(images=images, built=self.built, cached=self.cached, record_tag=record_tag, layout=layout)
+        # cached: every planned step that did not run (found in the stages repo, or not needed)
+        cached = len(plan.all_steps()) - self.built
+        return BuildResult(images=images, built=self.built, cached=cached, record_tag=record_tag, layout=layout)
 
     def _layout_ref(self, plan: Plan) -> str:
         return plan.target if not plan.target.isdigit() else "latest"
