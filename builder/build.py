@@ -184,8 +184,11 @@ class Builder:
             raise BuildError(f"invalid base image {name!r}: {exc}") from None
         repo = ref.name
         self.report("resolve", f"{name} ({platform})")
-        body, desc = self.repo(repo).get_manifest(ref.identifier)
-        img = self.load_image(repo, desc.digest, body, desc.media_type, platform)
+        try:
+            body, desc = self.repo(repo).get_manifest(ref.identifier)
+            img = self.load_image(repo, desc.digest, body, desc.media_type, platform)
+        except RegistryError as exc:
+            raise BuildError(str(exc)) from None
         return BaseImage(ref=repo, digest=img.digest, config=img.config)
 
     # -- the build --------------------------------------------------------------------------------
@@ -310,7 +313,8 @@ class Builder:
             if step.kind == "run":
                 ctx = ex.RunContext(secrets=self.o.secrets, ssh_socket=self.o.ssh, cache_dir=self._cache_mount,
                                     stage_rootfs=self._mount_root, context_root=self.ctx.root, report=self.report)
-                changes = ex.run_step(rootfs, step, ctx, lambda line: self.report("output", line))
+                layer = ex.run_step(rootfs, step, ctx, lambda line: self.report("output", line), self._write_layer)
+                return self._push_step(step, parent, layer)  # type: ignore[arg-type]
             elif step.kind == "copy":
                 spec = step.copy
                 assert spec is not None

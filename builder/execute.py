@@ -251,37 +251,48 @@ def _extract_archive(archive: Path, target: Path, rootfs: Path, record: Callable
 
 # -- RUN ------------------------------------------------------------------------------------------
 
-def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str], None]) -> list[Change]:
-    """Run a RUN step in the sandbox; snapshot diff -> changes. Raises StepFailedError on non-zero."""
+SANDBOX_PATHS = ("proc", "sys", "dev", "etc/hosts", "etc/resolv.conf", "etc/hostname")
+
+
+def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str], None],
+             write: Callable[[list[Change]], object]) -> object | None:
+    """Run a RUN step in the sandbox and capture what it changed.
+
+    `write` turns the changes into a layer (it runs while the capture is open: with overlay the
+    changed files live in the upper directory until `commit`). Returns what `write` returned, or None
+    when nothing changed. Raises StepFailedError with the exit code and the last output lines.
+    """
     from builder import sandbox, snapshot
 
     cfg = step.config.get("config", {})
     user = ic.resolve_user(rootfs, cfg.get("User") or "root")
     workdir = cfg.get("WorkingDir") or "/"
-    ensure_dir(rootfs, workdir)
     env = dict(step.env)
     env.setdefault("PATH", ic.DEFAULT_PATH)
     env.setdefault("HOME", user.home or "/")
     mounts = [_host_mount(m, ctx, rootfs) for m in step.mounts]
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL)
-    secrets = [v for v in ctx.secrets.values() if v]
+    secrets = [v.decode(errors="ignore") for v in ctx.secrets.values() if v.strip()]
 
     def output(line: str) -> None:
         for s in secrets:  # never echo a secret's bytes
-            try:
-                line = line.replace(s.decode(errors="ignore"), "****")
-            except Exception:  # noqa: BLE001 - redaction must not fail the build
-                pass
+            line = line.replace(s, "****")
         tail.append(line)
         on_line(line)
 
-    before = snapshot.take(rootfs)
-    code = sandbox.run_in_rootfs(rootfs, step.argv, env, workdir, (user.uid, user.gid, list(user.groups)),
-                                 [_sandbox_mount(m) for m in mounts], step.network, output)
-    if code != 0:
-        raise StepFailedError(f"{step.text} failed with exit code {code}", exit_code=code, output_tail=list(tail),
-                              file=step.ins.file, line=step.ins.line)
-    return list(snapshot.diff(before, rootfs))
+    exclude = SANDBOX_PATHS + tuple(m.target.strip("/") for m in mounts)
+    scratch = rootfs.parent / (rootfs.name + "-scratch")
+    with snapshot.capture(rootfs, scratch, exclude=exclude) as cap:
+        ensure_dir(cap.root, workdir)
+        code = sandbox.run_in_rootfs(cap.root, step.argv, env, workdir, (user.uid, user.gid, list(user.groups)),
+                                     [_sandbox_mount(m) for m in mounts], step.network, output)
+        if code != 0:
+            raise StepFailedError(f"{step.text} failed with exit code {code}", exit_code=code,
+                                  output_tail=list(tail), file=step.ins.file, line=step.ins.line)
+        changes = cap.changes()
+        result = write(changes) if changes else None
+        cap.commit()
+    return result
 
 
 def _host_mount(m, ctx: RunContext, rootfs: Path) -> HostMount:

@@ -241,7 +241,13 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
     elif base_name.lower() == "scratch":
         base_key, base_config = "scratch", ic.empty_config(*stage_platform.split("/")[:2])
     else:
-        base_image = resolver(base_name, stage_platform)
+        try:
+            base_image = resolver(base_name, stage_platform)
+        except BuildError as exc:
+            if exc.line is not None:
+                raise
+            raise type(exc)(f"FROM {base_name}: {exc.detail}", file=st.instruction.file, line=st.instruction.line,
+                            hint=exc.hint) from None
         base_key, base_config = base_image.digest, base_image.config
     state = _StageState(base_config)
     triggers = list(state.config.get("config", {}).get("OnBuild") or [])

@@ -10,7 +10,7 @@ from registry.client import RegistryClient
     ("FROM {base} AS one\nCOPY a /a\n", ["--target", "two"], ["target stage 'two' not found", "one"]),
     ("FROM {base}\nCOPY missing.txt /x\n", [], ["Dockerfile:2:", "'missing.txt' not found"]),
     ("FROM {base}\nCOPY --from=7 /a /b\n", [], ["Dockerfile:2:", "stage 7"]),
-    ("FROM {registry}/nope/nothing:1\n", [], ["nope/nothing"]),
+    ("FROM {registry}/nope/nothing:1\n", [], ["Dockerfile:1: FROM", "nope/nothing"]),
 ])
 def test_build_errors(registry, base_image, kade_build, tmp_path, dockerfile, args, fragments):
     ctx = tmp_path / "ctx"
