@@ -96,7 +96,7 @@ def ensure_dir(rootfs: Path, path: str, uid: int = 0, gid: int = 0) -> list[Chan
     if path.strip("/") == "":
         return []
     created: list[str] = []
-    parent = _resolve_parent(rootfs, path.rstrip("/") + "/.", created)
+    parent = _resolve_parent(rootfs, path.rstrip("/") + "/x", created)
     changes = []
     for rel in created:
         host = rootfs / rel
