@@ -93,10 +93,15 @@ class Kube:
             raise
 
     def stream(self, path: str, query: dict[str, Any], timeout: float) -> "WatchStream":
-        resp = self._send("GET", path, {**query, "watch": "true"}, None, None, (10, timeout))
+        """A watch: JSON events, one per line."""
+        return WatchStream(self.open(path, {**query, "watch": "true"}, timeout))
+
+    def open(self, path: str, query: dict[str, Any], timeout: float) -> Any:
+        """A streaming GET (watches, followed logs): the urllib3 response, status checked."""
+        resp = self._send("GET", path, query, None, None, (10, timeout))
         if not 200 <= resp.status <= 299:
             raise _error("GET", path, resp.status, resp.read())
-        return WatchStream(resp.response)
+        return resp.response
 
     # ---- discovery -----------------------------------------------------------------------------
 
@@ -143,22 +148,31 @@ class Kube:
         raise DeployError(f"unknown kind {text!r}: use a kind, plural or short name the cluster knows (kubectl api-resources)")
 
 
+def iter_lines(response: Any, max_line: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a streaming response as they arrive; overlong lines are cut at `max_line` bytes."""
+    buffer = b""
+    for chunk in response.stream(16384, decode_content=True):
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield line
+        if len(buffer) > max_line:
+            yield buffer[:max_line]
+            buffer = b""
+    if buffer:
+        yield buffer
+
+
 class WatchStream:
-    """Iterates the JSON lines of a watch response; `close()` from another thread ends it."""
+    """Iterates the JSON events of a watch response; `close()` from another thread ends it."""
 
     def __init__(self, response: Any):
         self.response = response
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        buffer = b""
-        for chunk in self.response.stream(16384, decode_content=True):
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if line.strip():
-                    yield json.loads(line)
-        if buffer.strip():
-            yield json.loads(buffer)
+        for line in iter_lines(self.response, max_line=64 << 20):
+            if line.strip():
+                yield json.loads(line)
 
     def close(self) -> None:
         try:
