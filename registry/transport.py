@@ -198,7 +198,8 @@ class Transport:
                 if challenge is None:
                     raise self._unauthorized(host, 401, what)
                 renewed += 1
-                self._answer_challenge(host, scope, challenge, force=renewed > 1)
+                sent_basic = hdrs.get("Authorization", "").startswith("Basic ")
+                self._answer_challenge(host, scope, challenge, force=renewed > 1, sent_basic=sent_basic)
                 attempt -= 1
                 continue
             if resp.status_code in (401, 403):
@@ -220,10 +221,13 @@ class Transport:
             if token:
                 headers["Authorization"] = f"Bearer {token}"
 
-    def _answer_challenge(self, host: str, scope: str | None, challenge: auth.Challenge, force: bool) -> None:
+    def _answer_challenge(self, host: str, scope: str | None, challenge: auth.Challenge, force: bool,
+                          sent_basic: bool = False) -> None:
         creds = self.credentials.get(host)
         if challenge.scheme == "basic":
-            if creds.anonymous or not creds.username or self._auth_mode.get(host) == "basic":
+            # Only a request that carried our basic credentials proves them wrong: another thread
+            # may have switched this host to basic while this request was on its way without them.
+            if creds.anonymous or not creds.username or sent_basic:
                 raise self._unauthorized(host, 401, "")
             self._auth_mode[host] = "basic"
             return
