@@ -21,21 +21,9 @@ from builder import image_config as ic
 from builder.changes import Change
 from builder.errors import BuildError, StepFailedError
 from builder.plan import CopySpec, Step
+from builder.plan import Mount as PlanMount
 
 OUTPUT_TAIL = 20
-
-
-@dataclass
-class HostMount:
-    """A RUN mount resolved on the host: what the sandbox needs to provide at `target`."""
-    kind: str  # bind | tmpfs | secret | ssh
-    target: str
-    source: str | None = None  # host path (bind, cache, ssh socket)
-    data: bytes | None = None  # secret bytes (put on tmpfs, never in a layer)
-    readonly: bool = False
-    mode: int = 0o400
-    uid: int = 0
-    gid: int = 0
 
 
 @dataclass
@@ -112,18 +100,17 @@ def _copy_entry(src: Path, kind: str, dst: Path, uid: int, gid: int, chmod: int 
         dst.unlink()
     elif dst.is_dir() and kind != "dir":
         shutil.rmtree(dst)
+    if kind == "symlink":
+        os.symlink(os.readlink(src), dst)
+        os.lchown(dst, uid, gid)
+        return
     if kind == "dir":
         if not dst.is_dir():
             dst.mkdir()
-        mode = chmod if chmod is not None else stat.S_IMODE(src.stat().st_mode)
-        os.chmod(dst, mode)
-    elif kind == "symlink":
-        os.symlink(os.readlink(src), dst)
     else:
         shutil.copyfile(src, dst, follow_symlinks=True)
-        mode = chmod if chmod is not None else stat.S_IMODE(src.stat().st_mode)
-        os.chmod(dst, mode)
-    os.lchown(dst, uid, gid)
+    os.lchown(dst, uid, gid)  # before chmod: chown clears setuid/setgid bits
+    os.chmod(dst, chmod if chmod is not None else stat.S_IMODE(src.stat().st_mode))
 
 
 def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None) -> list[Change]:
@@ -181,8 +168,8 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
         if kind == "heredoc":
             target = target_for(str(src_path), False)
             target.write_text(entries[0][2])
-            os.chmod(target, spec.chmod if spec.chmod is not None else 0o644)
             os.lchown(target, uid, gid)
+            os.chmod(target, spec.chmod if spec.chmod is not None else 0o644)
             record(target)
             continue
         if kind == "dir":
@@ -251,9 +238,6 @@ def _extract_archive(archive: Path, target: Path, rootfs: Path, record: Callable
 
 # -- RUN ------------------------------------------------------------------------------------------
 
-SANDBOX_PATHS = ("proc", "sys", "dev", "etc/hosts", "etc/resolv.conf", "etc/hostname")
-
-
 def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str], None],
              write: Callable[[list[Change]], object]) -> object | None:
     """Run a RUN step in the sandbox and capture what it changed.
@@ -270,7 +254,7 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
     env = dict(step.env)
     env.setdefault("PATH", ic.DEFAULT_PATH)
     env.setdefault("HOME", user.home or "/")
-    mounts = [_host_mount(m, ctx, rootfs) for m in step.mounts]
+    mounts = [_host_mount(m, ctx) for m in step.mounts] + [_script_mount(*f) for f in step.heredoc_files]
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL)
     secrets = [v.decode(errors="ignore") for v in ctx.secrets.values() if v.strip()]
 
@@ -280,61 +264,77 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
         tail.append(line)
         on_line(line)
 
-    exclude = SANDBOX_PATHS + tuple(m.target.strip("/") for m in mounts)
     scratch = rootfs.parent / (rootfs.name + "-scratch")
-    with snapshot.capture(rootfs, scratch, exclude=exclude) as cap:
+    pending = b""
+
+    def stream(_name: str, data: bytes) -> None:
+        nonlocal pending
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            output(raw.decode(errors="replace"))
+
+    # The sandbox removes the mountpoints it had to create, so a snapshot never sees them.
+    with snapshot.capture(rootfs, scratch) as cap:
         ensure_dir(cap.root, workdir)
         code = sandbox.run_in_rootfs(cap.root, step.argv, env, workdir, (user.uid, user.gid, list(user.groups)),
-                                     [_sandbox_mount(m) for m in mounts], step.network, output)
+                                     mounts, step.network, stream)
+        if pending:
+            output(pending.decode(errors="replace"))
         if code != 0:
             raise StepFailedError(f"{step.text} failed with exit code {code}", exit_code=code,
                                   output_tail=list(tail), file=step.ins.file, line=step.ins.line)
         changes = cap.changes()
         result = write(changes) if changes else None
         cap.commit()
+    shutil.rmtree(scratch, ignore_errors=True)
     return result
 
 
-def _host_mount(m, ctx: RunContext, rootfs: Path) -> HostMount:
+def _script_mount(path: str, body: str, mode: int):
+    """A `RUN <<EOF` script with a #! line: a file on a tmpfs, executed in place, never in a layer."""
+    from builder.sandbox import Mount as SandboxMount
+
+    return SandboxMount("secret", path, data=body.encode(), mode=mode)
+
+
+def _host_mount(m: PlanMount, ctx: RunContext):
+    """A planned RUN --mount -> the sandbox's Mount, with host paths and secret bytes filled in."""
+    from builder.sandbox import Mount as SandboxMount
+
     o = m.options
+    readonly = o.get("readonly", o.get("ro", "false")) == "true"
     if m.type == "cache":
         assert ctx.cache_dir is not None
-        return HostMount("bind", m.target, str(ctx.cache_dir(o.get("id", m.target))), readonly=o.get("readonly") == "true")
+        return SandboxMount("cache", m.target, str(ctx.cache_dir(o.get("id", m.target))), readonly=readonly)
     if m.type == "tmpfs":
-        return HostMount("tmpfs", m.target)
+        return SandboxMount("tmpfs", m.target, size=int(o["size"]) if o.get("size", "").isdigit() else None)
     if m.type == "secret":
         sid = o.get("id") or Path(m.target).name
         if sid not in ctx.secrets:
             if o.get("required") == "true":
                 raise BuildError(f"secret {sid!r} is required by RUN --mount but was not given",
                                  hint=f"pass --secret id={sid},src=PATH or env=VAR")
-            return HostMount("tmpfs", m.target)
+            return SandboxMount("tmpfs", m.target)
         mode = int(o["mode"], 8) if "mode" in o else 0o400
-        return HostMount("secret", m.target, data=ctx.secrets[sid], mode=mode, uid=int(o.get("uid", 0)),
-                         gid=int(o.get("gid", 0)))
+        return SandboxMount("secret", m.target, data=ctx.secrets[sid], mode=mode, uid=int(o.get("uid", 0)),
+                            gid=int(o.get("gid", 0)))
     if m.type == "ssh":
         if not ctx.ssh_socket:
             raise BuildError("RUN --mount=type=ssh needs --ssh default[=SOCKET] (or $SSH_AUTH_SOCK)")
-        return HostMount("bind", m.target, ctx.ssh_socket)
-    # bind: from the context, or a stage/image rootfs
-    src = o.get("source", o.get("src", "/"))
-    if "from" in o:
-        assert ctx.stage_rootfs is not None
-        root = ctx.stage_rootfs(o["from"], None)
-    else:
-        assert ctx.context_root is not None
-        root = ctx.context_root
+        return SandboxMount("ssh", m.target, ctx.ssh_socket)
+    # bind: from the build context, or from a stage/image rootfs
     from builder.rootpath import resolve
-    host = root if src.strip("/") in ("", ".") else Path(os.path.join(*resolve(root, src)[0:1], os.fsdecode(resolve(root, src)[1])))
-    return HostMount("bind", m.target, str(host), readonly=o.get("rw", o.get("readwrite", "false")) != "true")
 
-
-def _sandbox_mount(m: HostMount):
-    """Our HostMount -> the sandbox module's Mount type."""
-    from builder import sandbox
-
-    return sandbox.Mount(kind=m.kind, target=m.target, source=m.source, data=m.data, readonly=m.readonly,
-                         mode=m.mode, uid=m.uid, gid=m.gid)
+    assert ctx.stage_rootfs is not None and ctx.context_root is not None
+    root = ctx.stage_rootfs(o["from"], None) if "from" in o else ctx.context_root
+    src = o.get("source", o.get("src", "/"))
+    if src.strip("/") in ("", "."):
+        host = root
+    else:
+        parent, last = resolve(root, src)
+        host = Path(parent) / os.fsdecode(last)
+    return SandboxMount("bind", m.target, str(host), readonly=o.get("rw", o.get("readwrite", "false")) != "true")
 
 
 # -- layers ---------------------------------------------------------------------------------------

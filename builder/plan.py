@@ -372,7 +372,7 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
             kind = "run"
             argv, files = _run_argv(ins, cfg)
             network = str(ins.flag("network") or "default")
-            if network not in ("default", "none", "host"):
+            if network not in ("default", "none"):
                 raise ins.error(f"unsupported --network={network}", hint="use default or none")
             for k, v in sorted(ins.flags.items()):
                 if k.startswith("mount"):
@@ -423,8 +423,8 @@ def _run_argv(ins: Instruction, cfg: dict[str, Any]) -> tuple[list[str], list[tu
                 first.split("<<", 1)[1].lstrip("-").strip("'\"") == h.name:
             body = h.text()
             if body.startswith("#!"):
-                files.append(("/dev/pipes/kade-heredoc", body, 0o755))
-                return ["/dev/pipes/kade-heredoc"], files
+                files.append(("/run/kade-heredoc", body, 0o755))
+                return ["/run/kade-heredoc"], files
             return ic.shell_of(cfg) + [body], files
         script = ins.args[0] + "\n" + "".join(hd.content + hd.name + "\n" for hd in ins.heredocs)
         return ic.shell_of(cfg) + [script], files
