@@ -119,7 +119,10 @@ def _inputs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any], dict[s
 
     images = load_images(args.image, args.images)
     values = load_values(args.values, args.set_values)
-    resources = render(RenderInput(args.filename, args.values, args.set_values, images, args.release, args.namespace))
+    if args.values.count("-") + args.filename.count("-") > 1:
+        raise UsageError("stdin ('-') can be used only once among -f and --values")
+    resources = render(RenderInput(args.filename, args.values, args.set_values, images, args.release, args.namespace),
+                       values=values)
     if not resources:
         raise UsageError(f"no manifests found in {', '.join(args.filename)}")
     return resources, values, images
