@@ -150,7 +150,7 @@ class Deployer:
             store.save(record)
             outcome = Outcome(False, opts.release, revision, "", failures, elapsed=verdict_elapsed)
             for failure in failures:
-                self.report("summary", format_failure(failure), **failure.to_dict())
+                self.report("summary", format_failure(failure), failure=failure.to_dict())
             if not opts.atomic:
                 outcome.message = (f"release {opts.release} revision {revision} failed; not rolled back (--no-atomic): "
                                    f"{failures[0].headline()}")
@@ -213,7 +213,7 @@ class Deployer:
             record.status, record.description = FAILED, f"rollback to {previous.revision} failed: {failures[0].headline()}"[:1000]
             store.save(record)
             for failure in failures:
-                self.report("summary", format_failure(failure), **failure.to_dict())
+                self.report("summary", format_failure(failure), failure=failure.to_dict())
             return f"{head}; rolling back to revision {previous.revision} ALSO failed: {failures[0].headline()}"
         record.status = DEPLOYED
         store.save(record)
@@ -341,7 +341,7 @@ class Deployer:
     def track(self, targets: list[Target], timeout: float) -> TrackResult:
         result = Tracker(self.kube, self.report, targets, timeout).run()
         for failure in result.failures:
-            self.report("summary", format_failure(failure), **failure.to_dict())
+            self.report("summary", format_failure(failure), failure=failure.to_dict())
         return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from typing import Any, Iterator
 
@@ -175,9 +176,22 @@ class WatchStream:
                 yield json.loads(line)
 
     def close(self) -> None:
+        """Called by the reading thread when done."""
         try:
             self.response.close()
-        except Exception:  # closing from another thread may race with a read; nothing to do
+        except Exception:  # the connection may already be broken
+            pass
+
+    def interrupt(self) -> None:
+        """Called from ANOTHER thread: shut the socket down so that a blocked read returns at once
+        (closing the response there would wait for the reader's lock)."""
+        conn = getattr(self.response, "connection", None) or getattr(self.response, "_connection", None)
+        sock = getattr(conn, "sock", None)
+        if sock is None:
+            return
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
             pass
 
 

@@ -214,7 +214,7 @@ class ReleaseLock:
     """Context manager holding the release's Lease for the duration of a deploy."""
 
     def __init__(self, kube: Kube, namespace: str, release: str, duration: int = 30):
-        self.kube, self.namespace, self.release, self.duration = kube, namespace, release, duration
+        self.kube, self.namespace, self.release_name, self.duration = kube, namespace, release, duration
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.name = f"kade-release-{release}"
         self._stop = threading.Event()
@@ -228,7 +228,7 @@ class ReleaseLock:
 
     def _body(self, acquire_time: str | None = None, resource_version: str = "") -> dict[str, Any]:
         meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace,
-                                "labels": {LABEL_OWNER: "kade", LABEL_NAME: self.release}}
+                                "labels": {LABEL_OWNER: "kade", LABEL_NAME: self.release_name}}
         if resource_version:
             meta["resourceVersion"] = resource_version
         stamp = now_rfc3339()
@@ -258,7 +258,7 @@ class ReleaseLock:
     def _locked(self, lease: dict[str, Any] | None) -> ReleaseLockedError:
         spec = (lease or {}).get("spec") or {}
         return ReleaseLockedError(
-            f"release {self.release} in namespace {self.namespace} is being deployed by {spec.get('holderIdentity', 'another process')} "
+            f"release {self.release_name} in namespace {self.namespace} is being deployed by {spec.get('holderIdentity', 'another process')} "
             f"(since {spec.get('acquireTime', '?')}); wait for it to finish, or, if that process died, for its lease "
             f"to expire {spec.get('leaseDurationSeconds', self.duration)}s after {spec.get('renewTime', '?')}")
 

@@ -38,8 +38,10 @@ class RenderInput:
     namespace: str = ""
 
 
-def render(inputs: RenderInput, stdin: TextIO | None = None) -> list[Resource]:
-    values = load_values(inputs.values_files, inputs.set_values)
+def render(inputs: RenderInput, stdin: TextIO | None = None, values: dict[str, Any] | None = None) -> list[Resource]:
+    """All resources of `inputs`; pass `values` when already loaded (a values file may be stdin)."""
+    if values is None:
+        values = load_values(inputs.values_files, inputs.set_values)
     context = {"values": values, "images": dict(inputs.images), "release": inputs.release,
                "namespace": inputs.namespace}
     resources: list[Resource] = []

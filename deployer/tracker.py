@@ -463,7 +463,7 @@ class Tracker:
         with self.streams_lock:
             streams = list(self.streams)
         for stream in streams:
-            stream.close()
+            stream.interrupt()
         # drain log lines already received so the summary and the output are complete
         try:
             while True:

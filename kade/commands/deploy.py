@@ -5,6 +5,7 @@ import argparse
 from typing import Any
 
 from kade.errors import UsageError
+from kade.live import close_reporter, make_deploy_reporter
 from kade.output import OUTPUT_CHOICES, make_reporter, print_result
 
 EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
@@ -119,7 +120,10 @@ def _inputs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any], dict[s
 
     images = load_images(args.image, args.images)
     values = load_values(args.values, args.set_values)
-    resources = render(RenderInput(args.filename, args.values, args.set_values, images, args.release, args.namespace))
+    if args.values.count("-") + args.filename.count("-") > 1:
+        raise UsageError("stdin ('-') can be used only once among -f and --values")
+    resources = render(RenderInput(args.filename, args.values, args.set_values, images, args.release, args.namespace),
+                       values=values)
     if not resources:
         raise UsageError(f"no manifests found in {', '.join(args.filename)}")
     return resources, values, images
@@ -150,12 +154,16 @@ def run_deploy(args: argparse.Namespace) -> int:
 
     resources, values, images = _inputs(args)
     opts = _options(args, values, images)
-    deployer = Deployer(_kube(args), make_reporter(args.output))
-    if args.dry_run:
-        changes = deployer.plan(resources, opts)
-        _print_changes(args.output, changes)
-        return EXIT_OK
-    outcome = deployer.deploy(resources, opts)
+    report = make_deploy_reporter(args.output)
+    try:
+        deployer = Deployer(_kube(args), report)
+        if args.dry_run:
+            changes = deployer.plan(resources, opts)
+            _print_changes(args.output, changes)
+            return EXIT_OK
+        outcome = deployer.deploy(resources, opts)
+    finally:
+        close_reporter(report)
     print_result(args.output, outcome.to_dict(), lambda d: d["message"])
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
@@ -191,7 +199,11 @@ def run_rollback(args: argparse.Namespace) -> int:
     from deployer.deploy import Deployer, DeployOptions
 
     opts = DeployOptions(args.release, args.namespace, timeout=_duration(args.timeout, "--timeout"))
-    outcome = Deployer(_kube(args), make_reporter(args.output)).rollback(opts, args.revision)
+    report = make_deploy_reporter(args.output)
+    try:
+        outcome = Deployer(_kube(args), report).rollback(opts, args.revision)
+    finally:
+        close_reporter(report)
     print_result(args.output, outcome.to_dict(), lambda d: d["message"])
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
@@ -249,7 +261,11 @@ def run_track(args: argparse.Namespace) -> int:
             raise DeployError(f"{api.kind} {namespace + '/' if namespace else ''}{name} not found")
         resource = Resource(live, "the cluster")
         targets.append(Target(resource.key, api, track_options(resource), live))
-    result = Deployer(kube, make_reporter(args.output)).track(targets, _duration(args.timeout, "--timeout"))
+    report = make_deploy_reporter(args.output)
+    try:
+        result = Deployer(kube, report).track(targets, _duration(args.timeout, "--timeout"))
+    finally:
+        close_reporter(report)
     data = {"ok": result.ok, "elapsed": round(result.elapsed, 3), "failures": [f.to_dict() for f in result.failures]}
     print_result(args.output, data, lambda d: "all ready" if d["ok"] else
                  "; ".join(f"{f['resource']}: {f['reason']}: {f['message']}" for f in d["failures"]))
