@@ -8,7 +8,8 @@ Two methods, same result:
   change set matches the stat method. Mounted with redirect_dir=off and metacopy=off so the upper
   directory always holds whole files and whole renamed directories.
 - "stat": walk the tree before and after (lstat only: mode, uid, gid, size, mtime_ns, ctime_ns, inode,
-  rdev — a changed xattr, link target or content changes ctime/inode too); no file is read or hashed.
+  rdev — a changed xattr, link target or content changes ctime/inode too; directories compare their
+  xattrs instead of ctime and size); no file is read or hashed.
   A directory whose inode changed was replaced (`rm -rf d && mkdir d`) and becomes opaque.
 
 Usage (the caller writes the layer before leaving the block):
@@ -21,6 +22,7 @@ Usage (the caller writes the layer before leaving the block):
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -51,7 +53,22 @@ class TreeState:
     entries: dict[bytes, StatKey]
 
 
-def _key(st: os.stat_result) -> StatKey:
+def _dir_xattrs(path: bytes) -> int:
+    try:
+        names = sorted(os.listxattr(path, follow_symlinks=False))
+    except OSError:
+        return 0
+    if not names:
+        return 0
+    digest = hashlib.sha256(repr([(n, os.getxattr(path, n, follow_symlinks=False)) for n in names]).encode())
+    return int.from_bytes(digest.digest()[:8], "big")
+
+
+def _key(st: os.stat_result, path: bytes) -> StatKey:
+    if stat.S_ISDIR(st.st_mode):
+        # A directory's ctime and size move when an entry is created and removed again (e.g. a
+        # sandbox mountpoint, its mtime restored): compare its xattrs instead of its ctime.
+        return (st.st_mode, st.st_uid, st.st_gid, 0, st.st_mtime_ns, _dir_xattrs(path), st.st_ino, 0)
     return (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_rdev)
 
 
@@ -69,7 +86,7 @@ def walk(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -> TreeState
                 if path in skip:
                     continue
                 st = entry.stat(follow_symlinks=False)
-                entries[path] = _key(st)
+                entries[path] = _key(st, entry.path)
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(path)
     return TreeState(entries)
