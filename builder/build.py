@@ -335,6 +335,11 @@ class Builder:
                 raise StepFailedError(exc.detail, exit_code=exc.exit_code, output_tail=exc.output_tail,
                                       file=exc.file, line=exc.line, hint=exc.hint, rootfs=str(rootfs)) from None
             raise
+        except BuildError as exc:
+            if exc.line is not None:
+                raise
+            raise BuildError(f"{step.text}: {exc.detail}", file=step.ins.file, line=step.ins.line,
+                            hint=exc.hint) from None
         layer = self._write_layer(changes) if changes else None
         return self._push_step(step, parent, layer)
 
