@@ -94,3 +94,32 @@ def test_concurrent_builds_share_one_cache_dir(registry, base_image, tmp_path):
         assert p.returncode == 0, err
     for i in range(2):
         assert podman_run(f"{registry.host}/feat/concurrent{i}:v1", "cat", "/n.txt").stdout == f"{i}\n"
+
+
+def test_add_url_with_checksum(registry, base_image, kade_build, tmp_path):
+    """A local HTTP server stands in for the internet (no network here): real HTTP, real downloads."""
+    import hashlib
+    import http.server
+    import threading
+    from functools import partial
+
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "tool.txt").write_text("downloaded\n")
+    digest = "sha256:" + hashlib.sha256(b"downloaded\n").hexdigest()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/tool.txt"
+    try:
+        ctx = write(tmp_path / "ctx", f"FROM {base_image.ref}\nADD --checksum={digest} {url} /opt/\n")
+        tag = f"{registry.host}/feat/addurl:v1"
+        res = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c"))
+        assert res.code == 0, res.stderr
+        out = podman_run(tag, "sh", "-c", "cat /opt/tool.txt; stat -c %a /opt/tool.txt")
+        assert out.stdout == "downloaded\n600\n"
+        bad = write(tmp_path / "bad", f"FROM {base_image.ref}\nADD --checksum=sha256:{'0' * 64} {url} /opt/\n")
+        res = kade_build(str(bad), "--tag", tag, "--cache-dir", str(tmp_path / "c"))
+        assert res.code == 1 and "checksum mismatch" in res.stderr and "Dockerfile:2:" in res.stderr
+    finally:
+        server.shutdown()
