@@ -157,8 +157,8 @@ class Deployer:
             elif previous is None:
                 self._remove_created(created)
                 outcome.removed_created = True
-                outcome.message = (f"release {opts.release} revision {revision} failed and, being the first release, "
-                                   f"what it created was removed: {failures[0].headline()}")
+                outcome.message = (f"release {opts.release} revision {revision} failed and, as there is no earlier deployed "
+                                   f"revision (first release), what it created was removed: {failures[0].headline()}")
             else:
                 outcome.rolled_back_to = previous.revision
                 outcome.message = self._atomic_rollback(store, previous, record, created, opts, failures[0])
