@@ -1,1 +1,1 @@
-"""CLI commands: each module exposes `register(subparsers)`."""
+"""One module per `kade` command; each exposes `register(subparsers)`."""
