@@ -24,7 +24,7 @@ from deployer.options import (CONTROLLER_IS_READY, END_OF_DEPLOY, FAIL_FAST, HOP
 from deployer.readiness.common import condition_is, owned_by
 from deployer.resources import ApiResource, ResourceKey
 from deployer.revision import expected_replicas, new_revision_pods, watches_pods
-from deployer.signals import FailureBudget, Signal, event_signal, parse_time, pod_signals
+from deployer.signals import FailureBudget, Signal, event_active, event_signal, parse_time, pod_signals
 from deployer.summary import Failure, clean, container_state
 
 Report = Callable[..., None]
@@ -266,9 +266,10 @@ class Tracker:
         signals: list[Signal] = []
         for pod in pods:
             signals += pod_signals(pod, now, count_exits=count_exits, probe_windows=t.options.ignore_readiness_probe_fails_for)
+        pods_by_uid = {_uid(p): p for p in pods}
         for event in events:
             sig = event_signal(event)
-            if sig is not None:
+            if sig is not None and event_active(event, pods_by_uid.get(_involved_uid(event)), now):
                 signals.append(sig)
         for sig in t.budget.observe(signals, now):
             self.report("warning", f"{t.key.short}: {clean(sig.describe())} "
@@ -351,7 +352,8 @@ class Tracker:
             failure.logs = self._last_logs(pod, container)
         pod_uid = _uid(pod) if pod else ""
         warnings = [e for e in events if e.get("type") == "Warning"]
-        preferred = [e for e in warnings if _involved_uid(e) == pod_uid] or warnings
+        preferred = ([e for e in warnings if _event_matches(e, reason, container)]
+                     or [e for e in warnings if _involved_uid(e) == pod_uid] or warnings)
         if preferred:
             latest = max(preferred, key=_event_time)
             failure.event = f"{latest.get('reason')}: {latest.get('message', '').strip()}"
@@ -511,6 +513,24 @@ def _event_time(event: dict) -> float:
         if value is not None:
             return value
     return parse_time((event.get("metadata") or {}).get("creationTimestamp")) or 0.0
+
+
+_EVENT_FOR_REASON = {
+    "CrashLoopBackOff": ("BackOff",), "ContainerFailed": ("BackOff",), "ImagePullBackOff": ("Failed", "BackOff"),
+    "ErrImagePull": ("Failed",), "ReadinessProbeFailed": ("Unhealthy",), "Unschedulable": ("FailedScheduling",),
+    "CreateContainerConfigError": ("Failed",), "CreateContainerError": ("Failed",), "InvalidImageName": ("InspectFailed", "Failed"),
+    "RunContainerError": ("Failed",), "OOMKilled": ("BackOff", "OOMKilling"),
+}
+
+
+def _event_matches(event: dict, reason: str, container: str) -> bool:
+    """Is this the event that explains a failure with `reason` (in `container`)?"""
+    wanted = _EVENT_FOR_REASON.get(reason, (reason,))
+    if event.get("reason") not in wanted:
+        return False
+    field_path = str((event.get("involvedObject") or {}).get("fieldPath") or "")
+    name = container.replace(" (init)", "")
+    return not field_path or not name or f"{{{name}}}" in field_path
 
 
 def _first_unready_container(pod: dict) -> str:
