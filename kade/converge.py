@@ -1,0 +1,123 @@
+"""`kade converge`: from the commit at HEAD to a verified rollout — build every image of kade.yaml
+(or take it from the registry), deploy the project's manifests with those images, track, record.
+
+Deploy templates get `images.NAME` (the full ref `REPO/NAME:TAG@DIGEST`, with `.ref`,
+`.repository`, `.tag`, `.digest`), `values` (kade.yaml's values files), `release`, `namespace`.
+Every applied resource carries the annotations `kade.io/commit` (and `kade.io/env`) in its
+metadata — never in a pod template, so they roll nothing — so the cluster tells which commit was
+converged last; each image's `org.opencontainers.image.revision` tells the commit that built it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from kade.config import ConfigError
+from kade.project import ProjectOptions, ProjectResult, build_project, template_images
+from kade.workspace import Workspace
+
+Report = Callable[..., None]
+ANNOTATION_COMMIT = "kade.io/commit"
+ANNOTATION_ENV = "kade.io/env"
+
+
+@dataclass
+class DeploySettings:
+    kubeconfig: str | None = None
+    context: str | None = None
+    timeout: float = 300.0
+    atomic: bool = True
+    namespace: str | None = None  # overrides kade.yaml's deploy.namespace
+    release: str | None = None  # overrides kade.yaml's deploy.release
+    set_values: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ConvergeResult:
+    build: ProjectResult | None
+    deploy: dict[str, Any] | None
+    ok: bool
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ok": self.ok, "message": self.message}
+        if self.build is not None:
+            out.update(self.build.to_json())
+        out["deploy"] = self.deploy
+        return out
+
+
+def project_options(ws: Workspace, repo: str | None, **kw: Any) -> ProjectOptions:
+    repo = repo or ws.config.repo
+    if not repo:
+        raise ConfigError(f"{ws.display}/kade.yaml: no image repository: pass --repo HOST/PATH "
+                          "(or set repo: in kade.yaml)")
+    return ProjectOptions(repo=repo.rstrip("/"), commit=ws.commit, branch=ws.branch, git=ws.template_git(),
+                          source=ws.source, display_root=ws.display, **kw)
+
+
+def annotate(resources: list[Any], commit: str | None, env_name: str | None) -> None:
+    """kade.io/commit and kade.io/env in each resource's metadata (not in pod templates)."""
+    extra = {k: v for k, v in ((ANNOTATION_COMMIT, commit), (ANNOTATION_ENV, env_name)) if v}
+    for r in resources:
+        meta = r.metadata
+        meta["annotations"] = {**(meta.get("annotations") or {}), **extra}
+
+
+def deploy_project(ws: Workspace, built: ProjectResult, settings: DeploySettings, report: Report,
+                   env_name: str | None) -> dict[str, Any]:
+    """Render kade.yaml's manifests with the built images, apply, track, record; the deployer's outcome."""
+    from deployer.deploy import Deployer, DeployOptions
+    from deployer.kube import Kube
+    from deployer.render import RenderInput, load_values, render
+
+    spec = ws.config.deploy
+    if spec is None:
+        raise ConfigError(f"{ws.display}/kade.yaml: deploy: missing; add deploy: {{manifests: DIR}} to converge")
+    manifests = ws.root / spec.manifests
+    if not manifests.exists():
+        raise ConfigError(f"{ws.display}/kade.yaml: deploy.manifests: {spec.manifests!r} is not in the project "
+                          "(is it committed?)")
+    values_files = [str(ws.root / v) for v in spec.values]
+    values = load_values(values_files, settings.set_values)
+    images = template_images(built)
+    release = settings.release or spec.release
+    namespace = settings.namespace or spec.namespace
+    resources = render(RenderInput([str(manifests)], values_files, settings.set_values, images, release, namespace),
+                       values=values)
+    if not resources:
+        raise ConfigError(f"{ws.display}/kade.yaml: deploy.manifests: no manifests in {spec.manifests!r}")
+    annotate(resources, ws.commit, env_name)
+    opts = DeployOptions(release, namespace, timeout=settings.timeout, atomic=settings.atomic, values=values,
+                         images={n: str(i) for n, i in images.items()})
+    deployer = Deployer(Kube(settings.kubeconfig, settings.context), report)
+    what = f"commit {ws.git.short_commit}" if ws.git else "a working tree"
+    outcome = deployer.deploy(resources, opts, description=f"converge of {what}")
+    return outcome.to_dict()
+
+
+def converge(ws: Workspace, options: ProjectOptions, settings: DeploySettings, report: Report,
+             report_file: Path | None = None) -> ConvergeResult:
+    built = None
+    result = ConvergeResult(None, None, False, "")
+    try:
+        built = build_project(ws.config, ws.root, options, report)
+        result.build = built
+        deployed = deploy_project(ws, built, settings, report, options.env_name)
+        result.deploy = deployed
+        result.ok, result.message = bool(deployed["ok"]), str(deployed["message"])
+        return result
+    except Exception as exc:
+        result.message = str(exc)
+        raise
+    finally:
+        if report_file is not None:
+            write_report(report_file, result.to_json())
+
+
+def write_report(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
