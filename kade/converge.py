@@ -66,7 +66,7 @@ def annotate(resources: list[Any], commit: str | None, env_name: str | None) -> 
         meta["annotations"] = {**(meta.get("annotations") or {}), **extra}
 
 
-def deploy_project(ws: Workspace, built: ProjectResult, settings: DeploySettings, report: Report,
+def deploy_project(ws: Workspace, images: dict[str, Any], settings: DeploySettings, report: Report,
                    env_name: str | None) -> dict[str, Any]:
     """Render kade.yaml's manifests with the built images, apply, track, record; the deployer's outcome."""
     from deployer.deploy import Deployer, DeployOptions
@@ -82,7 +82,6 @@ def deploy_project(ws: Workspace, built: ProjectResult, settings: DeploySettings
                           "(is it committed?)")
     values_files = [str(ws.root / v) for v in spec.values]
     values = load_values(values_files, settings.set_values)
-    images = template_images(built)
     release = settings.release or spec.release
     namespace = settings.namespace or spec.namespace
     resources = render(RenderInput([str(manifests)], values_files, settings.set_values, images, release, namespace),
@@ -105,7 +104,7 @@ def converge(ws: Workspace, options: ProjectOptions, settings: DeploySettings, r
     try:
         built = build_project(ws.config, ws.root, options, report)
         result.build = built
-        deployed = deploy_project(ws, built, settings, report, options.env_name)
+        deployed = deploy_project(ws, template_images(built), settings, report, options.env_name)
         result.deploy = deployed
         result.ok, result.message = bool(deployed["ok"]), str(deployed["message"])
         return result
@@ -121,3 +120,51 @@ def write_report(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)
+
+
+def images_from_report(path: Path) -> dict[str, Any]:
+    """Images for templates from a `kade build --report` / `kade converge --report` file."""
+    from kade.project import ImageRef
+
+    try:
+        data = json.loads(path.read_text())
+        return {str(name): ImageRef(i["ref"], i["repository"], i["tag"], i["digest"])
+                for name, i in data["images"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path}: not a kade build report (expected images.NAME.ref/repository/tag/digest): "
+                          f"{exc}") from None
+
+
+def deploy_command(args: Any) -> int:
+    """`kade deploy` in a project: kade.yaml's deploy section, with images from --images REPORT,
+    --image NAME=REF, or else this commit's images looked up in the registry (never built here)."""
+    from deployer.durations import parse_duration
+    from kade.live import close_reporter, make_deploy_reporter
+    from kade.output import print_result
+    from kade.project import ImageRef, build_project
+    from kade.workspace import open_workspace
+
+    report = make_deploy_reporter(args.output)
+    try:
+        with open_workspace(Path(args.dir), env_name=args.env_name, dev=args.dev, report=report) as ws:
+            images: dict[str, Any] = {}
+            for path in args.images:
+                images.update(images_from_report(Path(path)))
+            for item in args.image:
+                name, sep, ref = item.partition("=")
+                if not sep:
+                    raise ConfigError(f"--image {item!r}: expected NAME=REFERENCE")
+                images[name] = ImageRef.parse(ref)
+            if not images and ws.config.images:
+                options = project_options(ws, args.repo, env_name=args.env_name,
+                                          insecure=tuple(args.insecure_registry), build_missing=False)
+                images = template_images(build_project(ws.config, ws.root, options, report))
+            settings = DeploySettings(kubeconfig=args.kubeconfig, context=args.context,
+                                      timeout=parse_duration(args.timeout), atomic=args.atomic,
+                                      namespace=args.namespace if args.namespace != "default" else None,
+                                      release=args.release, set_values=list(args.set_values))
+            outcome = deploy_project(ws, images, settings, report, args.env_name)
+    finally:
+        close_reporter(report)
+    print_result(args.output, outcome, lambda d: d["message"])
+    return 0 if outcome["ok"] else 1

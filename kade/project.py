@@ -55,6 +55,7 @@ class ProjectOptions:
     platform: str = DEFAULT_PLATFORM
     images: list[str] | None = None  # only these (and what they depend on); None: all
     display_root: str = ""  # how the project folder is named in messages (instead of a temp export)
+    build_missing: bool = True  # False: images must already be in the registry (a deploy without build)
 
     @property
     def stages(self) -> str:
@@ -251,6 +252,9 @@ class ProjectBuilder:
                         image=spec.name, digest=found.digest)
             return ImageResult(spec.name, repository, tag, [tag, *extras], found.digest, 0, len(plan.all_steps()),
                                True, steps)
+        if not self.o.build_missing:
+            raise BuildError(f"image {spec.name} of this commit is not in the registry ({repository}:{tag}): "
+                             "build it first (kade build, or kade converge)")
         hits = builder.lookup(plan)
         missing = [s.key for s in plan.all_steps() if s.key not in hits and is_step_key(s.key)]
         waits = claims.claim(spec.name, missing, done)
