@@ -253,7 +253,7 @@ class ProjectBuilder:
             return ImageResult(spec.name, repository, tag, [tag, *extras], found.digest, 0, len(plan.all_steps()),
                                True, steps)
         if not self.o.build_missing:
-            raise BuildError(f"image {spec.name} of this commit is not in the registry ({repository}:{tag}): "
+            raise BuildError(f"this commit's image is not in the registry ({repository}:{tag}): "
                              "build it first (kade build, or kade converge)")
         hits = builder.lookup(plan)
         missing = [s.key for s in plan.all_steps() if s.key not in hits and is_step_key(s.key)]
