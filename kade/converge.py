@@ -99,7 +99,9 @@ def deploy_project(ws: Workspace, images: dict[str, Any], settings: DeploySettin
 
 def converge(ws: Workspace, options: ProjectOptions, settings: DeploySettings, report: Report,
              report_file: Path | None = None) -> ConvergeResult:
-    built = None
+    if ws.config.deploy is None:
+        raise ConfigError(f"{ws.display}/kade.yaml: deploy: missing; add deploy: {{manifests: DIR}} to converge "
+                          "(or use kade build)")
     result = ConvergeResult(None, None, False, "")
     try:
         built = build_project(ws.config, ws.root, options, report)
