@@ -44,16 +44,15 @@ def deployment(apps, namespace: str, name: str):
     return apps.read_namespaced_deployment(name, namespace)
 
 
-def running_digests(core, namespace: str, app: str) -> set[str]:
-    """Digests of the images the ready pods of `app` run (from containerd's imageID)."""
-    pods = core.list_namespaced_pod(namespace, label_selector=f"app={app}").items
+def running_digests(core, namespace: str, app: str, ref: str) -> set[str]:
+    """Digests (containerd's imageID) of the ready containers of `app` whose pod asks for image `ref`
+    (pods of an older ReplicaSet that are still going away are not counted)."""
     out = set()
-    for pod in pods:
-        if pod.metadata.deletion_timestamp:
-            continue
+    for pod in core.list_namespaced_pod(namespace, label_selector=f"app={app}").items:
+        wanted = {c.name for c in pod.spec.containers if c.image == ref}
         for status in pod.status.container_statuses or []:
-            if status.ready and "@sha256:" in (status.image_id or ""):
-                out.add(status.image_id.split("@", 1)[1])
+            if status.name in wanted and status.ready:
+                out.add((status.image_id or "").rpartition("@")[2])
     return out
 
 
@@ -85,7 +84,7 @@ def test_converge_change_one_image_then_roll_back_a_broken_one(kube_cluster, tmp
             dep = deployment(apps, namespace, name)
             assert dep.spec.template.spec.containers[0].image == r1["images"][name]["ref"]
             assert dep.metadata.annotations["kade.io/commit"] == r1["commit"]
-            assert running_digests(core, namespace, name) == {r1["images"][name]["digest"]}
+            assert running_digests(core, namespace, name, r1["images"][name]["ref"]) == {r1["images"][name]["digest"]}
         assert "web-main" in r1["images"]["web"]["tags"]
         worker_before = deployment(apps, namespace, "worker")
         web_before = deployment(apps, namespace, "web")
@@ -112,7 +111,7 @@ def test_converge_change_one_image_then_roll_back_a_broken_one(kube_cluster, tmp
         assert worker_after.metadata.annotations["kade.io/commit"] == r2["commit"]  # metadata only: no roll
         web_after = deployment(apps, namespace, "web")
         assert web_after.metadata.generation == web_before.metadata.generation + 1
-        assert running_digests(core, namespace, "web") == {web["digest"]}
+        assert running_digests(core, namespace, "web", web["ref"]) == {web["digest"]}
 
         # 3. A broken worker (exits 1 at start): the converge fails and rolls back to revision 2's images.
         (project / "worker" / "work.sh").write_text(f"#!/bin/sh\necho 'worker {token}: broken on purpose'\nexit 1\n")
@@ -125,6 +124,6 @@ def test_converge_change_one_image_then_roll_back_a_broken_one(kube_cluster, tmp
         assert r3["images"]["worker"]["steps"]["built"] == 3  # COPY work.sh, RUN chmod, ENTRYPOINT
         restored = deployment(apps, namespace, "worker")
         assert restored.spec.template.spec.containers[0].image == r2["images"]["worker"]["ref"]
-        assert running_digests(core, namespace, "worker") == {r2["images"]["worker"]["digest"]}
+        assert running_digests(core, namespace, "worker", r2["images"]["worker"]["ref"]) == {r2["images"]["worker"]["digest"]}
     finally:
         core.delete_namespace(namespace, propagation_policy="Background")
