@@ -47,11 +47,13 @@ class Outcome:
     rolled_back_to: int | None = None
     removed_created: bool = False
     elapsed: float = 0.0
+    api_requests: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "release": self.release, "revision": self.revision, "message": self.message,
                 "rolled_back_to": self.rolled_back_to, "removed_created": self.removed_created,
-                "elapsed": round(self.elapsed, 3), "failures": [f.to_dict() for f in self.failures]}
+                "elapsed": round(self.elapsed, 3), "api_requests": self.api_requests,
+                "failures": [f.to_dict() for f in self.failures]}
 
 
 @dataclass
@@ -143,7 +145,7 @@ class Deployer:
                 self.report("done", f"release {opts.release} revision {revision} deployed in {elapsed:.1f}s",
                             release=opts.release, revision=revision, elapsed=round(elapsed, 3))
                 return Outcome(True, opts.release, revision, f"release {opts.release} revision {revision} deployed",
-                               elapsed=elapsed)
+                               elapsed=elapsed, api_requests=self.kube.request_count)
             verdict_elapsed = time.monotonic() - start
             record.status = FAILED
             record.description = failures[0].headline()[:1000]
@@ -163,6 +165,7 @@ class Deployer:
                 outcome.rolled_back_to = previous.revision
                 outcome.message = self._atomic_rollback(store, previous, record, created, opts, failures[0])
             store.prune_history(opts.history_max)
+            outcome.api_requests = self.kube.request_count
             return outcome
 
     def _run(self, plan: Plan, deadline: float, opts: DeployOptions,

@@ -82,7 +82,8 @@ class Tracker:
         self.streams_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.objects: dict[str, dict[str, dict[str, Any]]] = {}  # store -> "ns/name" -> obj
-        self.pods: dict[str, dict[str, Any]] = {}  # uid -> pod
+        self.delivered: dict[_WatchSpec, set[str]] = {}  # what each watch put into the stores
+        self.pods: dict[str, dict[str, Any]] = {}  # "ns/name" -> pod
         self.replicasets: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}
         self.followed: set[tuple] = set()
@@ -146,7 +147,7 @@ class Tracker:
                 if resource_version is None:
                     listed = self.kube.request("GET", spec.path, {"fieldSelector": spec.field_selector})
                     resource_version = listed["metadata"]["resourceVersion"]
-                    self.queue.put(("sync", spec.store, listed.get("items") or []))
+                    self.queue.put(("sync", spec, listed.get("items") or []))
                 stream = self.kube.stream(spec.path, {"resourceVersion": resource_version, "allowWatchBookmarks": "true",
                                                       "timeoutSeconds": int(self.watch_timeout),
                                                       "fieldSelector": spec.field_selector}, self.watch_timeout + 10)
@@ -163,7 +164,7 @@ class Tracker:
                             raise KubeError(obj.get("message", "watch error"), int(obj.get("code") or 0))
                         resource_version = (obj.get("metadata") or {}).get("resourceVersion", resource_version)
                         if kind != "BOOKMARK":
-                            self.queue.put(("event", spec.store, kind, obj))
+                            self.queue.put(("event", spec, kind, obj))
                     delay = 0.2
                 finally:
                     with self.streams_lock:
@@ -196,14 +197,18 @@ class Tracker:
             self.report("warning", item[1])
         elif kind == "log":
             self._log_line(*item[1:])
-        elif kind == "sync":
-            store, items = item[1], item[2]
-            target = self._store(store)
-            target.clear()
+        elif kind == "sync":  # a fresh list replaces what this watch had delivered before
+            spec, items = item[1], item[2]
+            target = self._store(spec.store)
+            for key in self.delivered.pop(spec, set()):
+                target.pop(key, None)
             for obj in items:
                 target[_id(obj)] = obj
+            self.delivered[spec] = {_id(obj) for obj in items}
         elif kind == "event":
-            store, change, obj = item[1], item[2], item[3]
+            spec, change, obj = item[1], item[2], item[3]
+            store = spec.store
+            self.delivered.setdefault(spec, set()).add(_id(obj))
             target = self._store(store)
             if change == "DELETED":
                 target.pop(_id(obj), None)
@@ -451,7 +456,7 @@ class Tracker:
         if until == CONTROLLER_IS_READY and t.verdict == "ready":
             return
         if until == POD_IS_READY:
-            live = self.pods.get(_uid(pod), pod)
+            live = self.pods.get(_id(pod), pod)
             if condition_is(live, "Ready"):
                 return
         if until not in (CONTROLLER_IS_READY, POD_IS_READY, END_OF_DEPLOY):

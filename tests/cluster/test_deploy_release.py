@@ -112,3 +112,18 @@ def test_lease_of_a_dead_deploy_expires(kade, kube_cluster, kube_namespace):
     assert run.rc == 0, run
     assert not [l for l in coord.list_namespaced_lease(ns).items if l.metadata.name == "kade-release-app"], \
         "the lease is released at the end of the deploy"
+
+
+def test_release_record_past_one_mebibyte_is_split(kade, kube_cluster, kube_namespace):
+    import base64
+    import os
+
+    ns = kube_namespace
+    blobs = [configmap(f"blob{i}", data=base64.b64encode(os.urandom(600 * 1024)).decode()) for i in range(2)]
+    run = deploy(kade, ns, kade.write("big.yaml", *blobs))
+    assert run.rc == 0, run
+    secrets = client.CoreV1Api(kube_cluster.api_client()).list_namespaced_secret(
+        ns, label_selector="kade.io/release=app,kade.io/revision=1").items
+    assert len(secrets) >= 2, "a record over 1 MiB must be split over several Secrets"
+    history = kade.run("history", "app", "-n", ns, "--output", "json")
+    assert history.rc == 0 and history.result[0]["resources"] == 2, history
