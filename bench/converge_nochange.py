@@ -74,13 +74,28 @@ def main() -> None:
             api.delete_namespace(f"shop-{env_name}", propagation_policy="Background")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    line = (f"| {datetime.now(timezone.utc):%Y-%m-%d} | {platform.node()}, {os.cpu_count()} cores | "
-            f"`kade {verb[0]}` examples/shop, nothing changed, empty local cache | "
-            f"median {statistics.median(times):.2f} s (min {min(times):.2f}, max {max(times):.2f}, {a.runs} runs) |")
-    print(line)
+    what = "kade build" if a.build_only else "kade converge"
+    cmd = "bench/converge_nochange.py" + (" --build-only" if a.build_only else "") + f" --runs {a.runs}"
+    section = "\n".join([
+        "",
+        f"## {what} with nothing changed (examples/shop) — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"- machine: {platform.node()}, {os.cpu_count()} cores; load average at the end: {os.getloadavg()[0]:.1f}",
+        f"- command: `.venv/bin/python {cmd}`",
+        "- setup: the example committed in a temp git repository and converged once (registry populated"
+        + ("" if a.build_only else ", cluster at this commit") + "); each timed run starts with an empty local"
+        " kade cache (a fresh machine's view); registry: the test cluster's, plain HTTP",
+        "",
+        "| what | median s | min s | max s | runs |",
+        "|---|---|---|---|---|",
+        f"| `{what}` (3 images: plan + 1 HEAD each" + ("" if a.build_only else "; apply, track, record") +
+        f") | {statistics.median(times):.2f} | {min(times):.2f} | {max(times):.2f} | {a.runs} |",
+        "",
+    ])
+    print(section)
     if a.results:
         with a.results.open("a") as f:
-            f.write(line + "\n")
+            f.write(section)
 
 
 if __name__ == "__main__":
