@@ -148,3 +148,11 @@ def test_config_errors_name_file_and_key(kade_build, registry, project, monkeypa
     missing = build(kade_build, registry, project)
     assert missing.code == 1
     assert "kade.yaml: images.tools.args.BASE" in missing.stderr and "DEMO_BASE is not set" in missing.stderr
+
+
+def test_a_context_outside_the_project_is_refused(kade_build, registry, project):
+    (project / "kade.yaml").write_text(KADE_YAML.replace("context: tools", "context: ../../etc"))
+    commit_all(project, "hostile context")
+    out = build(kade_build, registry, project)
+    assert out.code == 1
+    assert "images.tools.context: '../../etc' is outside the project folder" in out.stderr
