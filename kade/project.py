@@ -56,6 +56,7 @@ class ProjectOptions:
     images: list[str] | None = None  # only these (and what they depend on); None: all
     display_root: str = ""  # how the project folder is named in messages (instead of a temp export)
     build_missing: bool = True  # False: images must already be in the registry (a deploy without build)
+    builder_factory: Callable[[BuildOptions, Any, RegistryClient], Builder] | None = None  # None: local builds
 
     @property
     def stages(self) -> str:
@@ -229,7 +230,8 @@ class ProjectBuilder:
     def _image(self, spec: ImageSpec, claims: _Claims) -> ImageResult:
         done = threading.Event()
         try:
-            builder = Builder(self.build_options(spec), self.report, self.client)
+            make = self.o.builder_factory or Builder
+            builder = make(self.build_options(spec), self.report, self.client)
             with builder.session():
                 return self._build_image(spec, builder, claims, done)
         finally:

@@ -38,8 +38,9 @@ def project_args(p: argparse.ArgumentParser, standalone: bool = True) -> None:
     p.add_argument("--env", dest="env_name", metavar="ENV", help="environment name (`env_name` in kade.yaml)")
     p.add_argument("--stages-repo", metavar="REPO", help="repository of step images and build records "
                                                          "(default: REPO-stages)")
-    p.add_argument("--backend", choices=("local", "kubernetes"), default="local",
-                   help="where steps run (default local)")
+    if "--backend" not in p._option_string_actions:  # `kade build` may have it already (in-cluster builds)
+        p.add_argument("--backend", choices=("local", "kubernetes"), default="local",
+                       help="where steps run: this process (local) or builder pods (kubernetes)")
     p.add_argument("--add-tag", action="append", default=[], metavar="TEMPLATE",
                    help="extra tag template, e.g. '{{ image }}-{{ git.branch }}' (repeatable)")
     p.add_argument("--dev", action="store_true",
@@ -67,9 +68,7 @@ def make_project_options(args: argparse.Namespace, ws: Any) -> Any:
     if single:
         raise UsageError(f"{', '.join(single)}: for a single Dockerfile (kade build CONTEXT); with kade.yaml each "
                          "image's Dockerfile, target, args, secrets and tags come from kade.yaml (and --add-tag)")
-    if args.backend != "local":
-        raise UsageError("--backend kubernetes: in-cluster builds are not available in this kade build; "
-                         "use --backend local")
+    factory = builder_factory(args)
     if args.parallel < 1:
         raise UsageError("--parallel must be at least 1")
     try:
@@ -79,7 +78,29 @@ def make_project_options(args: argparse.Namespace, ws: Any) -> Any:
     return project_options(ws, args.repo, stages_repo=args.stages_repo, add_tags=list(args.add_tag),
                            env_name=args.env_name, no_cache=args.no_cache, parallel=args.parallel,
                            cache_dir=args.cache_dir, insecure=tuple(args.insecure_registry),
-                           images=getattr(args, "only_images", None))
+                           images=getattr(args, "only_images", None), builder_factory=factory)
+
+
+def builder_factory(args: argparse.Namespace) -> Any:
+    """None (the local builder) or a maker of in-cluster builders for --backend kubernetes."""
+    if args.backend == "local":
+        return None
+    try:
+        from builder.backends.kubernetes import KubeBuilder
+        from builder.backends.podspec import KubeSettings
+    except ImportError:
+        raise UsageError("--backend kubernetes: in-cluster builds are not available in this kade build; "
+                         "use --backend local") from None
+    if hasattr(args, "builder_image"):  # `kade build`: the in-cluster options are on its command line
+        from kade.commands.build_backend import kube_settings_from_args
+
+        settings = kube_settings_from_args(args)
+    else:  # `kade converge`: builder pods in the cluster converged to, image from $KADE_BUILDER_IMAGE
+        image = os.environ.get("KADE_BUILDER_IMAGE")
+        if not image:
+            raise UsageError("--backend kubernetes needs $KADE_BUILDER_IMAGE (kade's builder image)")
+        settings = KubeSettings(image=image, kubeconfig=args.kubeconfig, kube_context=args.kube_context)
+    return lambda options, report, client: KubeBuilder(options, settings, report, client)
 
 
 def text_summary(data: dict[str, Any]) -> str:
