@@ -192,3 +192,24 @@ def test_annotate_marks_metadata_never_pod_templates():
     annotate([dep], "c" * 40, "prod")
     assert dep.annotations == {"a": "1", "kade.io/commit": "c" * 40, "kade.io/env": "prod"}
     assert dep.body["spec"]["template"]["metadata"] == {"labels": {"app": "web"}}
+
+
+def test_images_from_a_build_report(tmp_path):
+    from kade.converge import images_from_report
+
+    good = tmp_path / "r.json"
+    good.write_text('{"images": {"web": {"ref": "r/web:t@sha256:' + "a" * 64 + '", "repository": "r/web", '
+                    '"tag": "t", "digest": "sha256:' + "a" * 64 + '"}}}')
+    web = images_from_report(good)["web"]
+    assert (web.repository, web.tag, web.digest) == ("r/web", "t", "sha256:" + "a" * 64)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [{"name": "web"}]}')
+    with pytest.raises(ConfigError, match="bad.json: not a kade build report"):
+        images_from_report(bad)
+
+
+def test_deploy_without_manifests_or_kade_yaml_is_a_usage_error(tmp_path, capsys):
+    from kade.cli import main
+
+    assert main(["deploy", "--dir", str(tmp_path)]) == 2
+    assert "-f PATH and --release NAME are required" in capsys.readouterr().err
