@@ -19,8 +19,6 @@ from kade.project import ProjectOptions, ProjectResult, build_project, template_
 from kade.workspace import Workspace
 
 Report = Callable[..., None]
-ANNOTATION_COMMIT = "kade.io/commit"
-ANNOTATION_ENV = "kade.io/env"
 
 
 @dataclass
@@ -58,16 +56,7 @@ def project_options(ws: Workspace, repo: str | None, **kw: Any) -> ProjectOption
                           source=ws.source, display_root=ws.display, **kw)
 
 
-def annotate(resources: list[Any], commit: str | None, env_name: str | None) -> None:
-    """kade.io/commit and kade.io/env in each resource's metadata (not in pod templates)."""
-    extra = {k: v for k, v in ((ANNOTATION_COMMIT, commit), (ANNOTATION_ENV, env_name)) if v}
-    for r in resources:
-        meta = r.metadata
-        meta["annotations"] = {**(meta.get("annotations") or {}), **extra}
-
-
-def deploy_project(ws: Workspace, images: dict[str, Any], settings: DeploySettings, report: Report,
-                   env_name: str | None) -> dict[str, Any]:
+def deploy_project(ws: Workspace, images: dict[str, Any], settings: DeploySettings, report: Report) -> dict[str, Any]:
     """Render kade.yaml's manifests with the built images, apply, track, record; the deployer's outcome."""
     from deployer.deploy import Deployer, DeployOptions
     from deployer.kube import Kube
@@ -88,7 +77,6 @@ def deploy_project(ws: Workspace, images: dict[str, Any], settings: DeploySettin
                        values=values)
     if not resources:
         raise ConfigError(f"{ws.display}/kade.yaml: deploy.manifests: no manifests in {spec.manifests!r}")
-    annotate(resources, ws.commit, env_name)
     opts = DeployOptions(release, namespace, timeout=settings.timeout, atomic=settings.atomic, values=values,
                          images={n: str(i) for n, i in images.items()})
     deployer = Deployer(Kube(settings.kubeconfig, settings.context), report)
@@ -106,7 +94,7 @@ def converge(ws: Workspace, options: ProjectOptions, settings: DeploySettings, r
     try:
         built = build_project(ws.config, ws.root, options, report)
         result.build = built
-        deployed = deploy_project(ws, template_images(built), settings, report, options.env_name)
+        deployed = deploy_project(ws, template_images(built), settings, report)
         result.deploy = deployed
         result.ok, result.message = bool(deployed["ok"]), str(deployed["message"])
         return result
@@ -165,7 +153,7 @@ def deploy_command(args: Any) -> int:
                                       timeout=parse_duration(args.timeout), atomic=args.atomic,
                                       namespace=args.namespace if args.namespace != "default" else None,
                                       release=args.release, set_values=list(args.set_values))
-            outcome = deploy_project(ws, images, settings, report, args.env_name)
+            outcome = deploy_project(ws, images, settings, report)
     finally:
         close_reporter(report)
     print_result(args.output, outcome, lambda d: d["message"])

@@ -56,6 +56,14 @@ def running_digests(core, namespace: str, app: str, ref: str) -> set[str]:
     return out
 
 
+def revision_of(registry: str, repository: str, digest: str) -> str:
+    from registry.client import ClientOptions, RegistryClient
+
+    with RegistryClient(ClientOptions(insecure=(registry,))) as client:
+        body, _ = client.repository(repository).get_manifest(digest)
+    return json.loads(body)["annotations"]["org.opencontainers.image.revision"]
+
+
 def test_converge_change_one_image_then_roll_back_a_broken_one(kube_cluster, tmp_path):
     from kubernetes import client
 
@@ -83,7 +91,6 @@ def test_converge_change_one_image_then_roll_back_a_broken_one(kube_cluster, tmp
         for name in ("web", "worker"):
             dep = deployment(apps, namespace, name)
             assert dep.spec.template.spec.containers[0].image == r1["images"][name]["ref"]
-            assert dep.metadata.annotations["kade.io/commit"] == r1["commit"]
             assert running_digests(core, namespace, name, r1["images"][name]["ref"]) == {r1["images"][name]["digest"]}
         assert "web-main" in r1["images"]["web"]["tags"]
         worker_before = deployment(apps, namespace, "worker")
@@ -108,10 +115,14 @@ def test_converge_change_one_image_then_roll_back_a_broken_one(kube_cluster, tmp
         worker_after = deployment(apps, namespace, "worker")
         assert worker_after.metadata.generation == worker_before.metadata.generation
         assert worker_after.spec.template.to_dict() == worker_before.spec.template.to_dict()
-        assert worker_after.metadata.annotations["kade.io/commit"] == r2["commit"]  # metadata only: no roll
         web_after = deployment(apps, namespace, "web")
         assert web_after.metadata.generation == web_before.metadata.generation + 1
         assert running_digests(core, namespace, "web", web["ref"]) == {web["digest"]}
+        # which commit runs: the running digest's image says which commit built it
+        assert revision_of(kube_cluster.registry, web["repository"], web["digest"]) == r2["commit"]
+        worker_built_by = revision_of(kube_cluster.registry, r2["images"]["worker"]["repository"],
+                                      r2["images"]["worker"]["digest"])
+        assert len(worker_built_by) == 40 and worker_built_by != r2["commit"]  # reused: built by an earlier commit
 
         # 3. A broken worker (exits 1 at start): the converge fails and rolls back to revision 2's images.
         (project / "worker" / "work.sh").write_text(f"#!/bin/sh\necho 'worker {token}: broken on purpose'\nexit 1\n")

@@ -1,5 +1,5 @@
 """Pure rules of project builds and converge: kade.yaml templating, tags, git status parsing,
-giterminism path filters, template image references, step-key claims, resource annotations."""
+giterminism path filters, template image references, step-key claims."""
 from __future__ import annotations
 
 import threading
@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deployer.resources import Resource
 from kade.config import ConfigError, TemplateValues, parse_config, render_config
-from kade.converge import annotate
 from kade.gittree import ci_branch, ci_tag, describe_status, parse_status, strip_credentials, under
 from kade.project import ImageRef, _Claims
 from kade.tags import TagContext, TagTemplateError, check_templates, content_tag, extra_tags, sanitize_tag
@@ -184,14 +182,6 @@ def test_claims_make_later_images_wait_for_the_first_builder_of_a_shared_key():
     assert claims.claim("app", ["k2", "k3"], b) == [("tools", a)]
     assert claims.claim("web", ["k3", "k1"], c) == [("app", b), ("tools", a)]
     assert claims.claim("tools", ["k1"], a) == []  # its own keys never make it wait
-
-
-def test_annotate_marks_metadata_never_pod_templates():
-    dep = Resource({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "annotations": {"a": "1"}},
-                    "spec": {"template": {"metadata": {"labels": {"app": "web"}}}}})
-    annotate([dep], "c" * 40, "prod")
-    assert dep.annotations == {"a": "1", "kade.io/commit": "c" * 40, "kade.io/env": "prod"}
-    assert dep.body["spec"]["template"]["metadata"] == {"labels": {"app": "web"}}
 
 
 def test_images_from_a_build_report(tmp_path):
