@@ -198,7 +198,7 @@ class Transport:
                 if challenge is None:
                     raise self._unauthorized(host, 401, what)
                 renewed += 1
-                self._answer_challenge(host, scope, challenge, force=renewed > 1)
+                self._answer_challenge(host, scope, challenge, sent=hdrs.get("Authorization", ""))
                 attempt -= 1
                 continue
             if resp.status_code in (401, 403):
@@ -220,10 +220,11 @@ class Transport:
             if token:
                 headers["Authorization"] = f"Bearer {token}"
 
-    def _answer_challenge(self, host: str, scope: str | None, challenge: auth.Challenge, force: bool) -> None:
+    def _answer_challenge(self, host: str, scope: str | None, challenge: auth.Challenge, sent: str) -> None:
+        """Prepare auth for the retry of a request that got 401 (`sent`: its Authorization)."""
         creds = self.credentials.get(host)
         if challenge.scheme == "basic":
-            if creds.anonymous or not creds.username or self._auth_mode.get(host) == "basic":
+            if creds.anonymous or not creds.username or sent.startswith("Basic "):
                 raise self._unauthorized(host, 401, "")
             self._auth_mode[host] = "basic"
             return
@@ -232,6 +233,11 @@ class Transport:
             raise Unauthorized(f"registry {host} sent a Bearer challenge without a realm; it is misconfigured")
         scopes = (challenge.params.get("scope") or "").split()
         scopes += [s for s in (scope or "").split() if s not in scopes]
+        if not sent.startswith("Bearer "):
+            cached = self.tokens.get(host, scope or "")
+            if cached:  # another thread fetched one meanwhile
+                self._auth_mode[host] = "bearer"
+                return
         self.tokens.drop(host, scope or "")
         token, expires_in = self._fetch_token(host, realm, challenge.params.get("service"), scopes, creds)
         self.tokens.put(host, scope or "", token, expires_in)
