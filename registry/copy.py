@@ -61,11 +61,13 @@ class RegistryEndpoint:
         return lambda offset: BlobReader(self.repo, desc.digest, desc.size, offset)  # type: ignore[return-value]
 
     def put_blob(self, desc: Descriptor, source: Endpoint) -> str:
+        same_registry = (isinstance(source, RegistryEndpoint) and source.repo.host == self.repo.host
+                         and source.repo.name != self.repo.name)
+        # Within one registry, mount straight away (one request; 201 also when already there).
+        if same_registry and self.repo.mount_blob(desc.digest, source.repo.name):
+            return "mounted"
         if self.repo.head_blob(desc.digest) is not None:
             return "exists"
-        if (isinstance(source, RegistryEndpoint) and source.repo.host == self.repo.host
-                and source.repo.name != self.repo.name and self.repo.mount_blob(desc.digest, source.repo.name)):
-            return "mounted"
         self.repo.upload_blob(source.blob_source(desc), digest=desc.digest, size=desc.size, skip_existing=False)
         return "copied"
 

@@ -1,7 +1,7 @@
 import pytest
 
 from registry.errors import InvalidReference
-from registry.reference import Reference, is_loopback_host
+from registry.reference import Reference, is_loopback_host, split_host_port
 
 D = "sha256:" + "ab" * 32
 
@@ -75,3 +75,11 @@ def test_no_default_tag_and_helpers():
 ])
 def test_is_loopback_host(host, loopback):
     assert is_loopback_host(host) is loopback
+
+
+@pytest.mark.parametrize("host, expected", [
+    ("r.io", ("r.io", None)), ("r.io:5000", ("r.io", 5000)), ("[::1]:5000", ("::1", 5000)), ("[::1]", ("::1", None)),
+    ("::1", ("::1", None)), ("127.0.0.1:80", ("127.0.0.1", 80)), ("r.io:x", ("r.io", None)),
+])
+def test_split_host_port(host, expected):
+    assert split_host_port(host) == expected
