@@ -39,7 +39,7 @@ class ClientOptions:
     ca_file: str | None = None
     credentials: CredentialResolver | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    chunk_size: int = 64 * MiB  # per PATCH; streamed, so this does not cost memory
+    chunk_size: int = 128 * MiB  # per PATCH; streamed, so this does not cost memory
     monolithic_max: int = 8 * MiB  # blobs up to this size go up in a single PUT
     upload_attempts: int = 5  # fresh or resumed upload sessions per blob
     timeout: float = 120.0

@@ -104,8 +104,8 @@ class LayoutEndpoint:
         if self.layout.blobs.size(desc.digest) == desc.size:
             return "exists"
         stream = source.open_blob(desc)
-        try:
-            self.layout.blobs.put_stream(stream, desc.digest)
+        try:  # a registry stream (BlobReader) verifies size and digest at EOF and raises before the rename
+            self.layout.blobs.put_stream(stream, desc.digest, verified_by_source=isinstance(stream, BlobReader))
         finally:
             stream.close()
         return "copied"
