@@ -6,6 +6,7 @@ streamed in 1 MiB blocks, hashed on the way, and never held whole (except small 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import re
 import tempfile
@@ -15,18 +16,22 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Iterator, Union
 
 import requests
+import urllib3
 
 from registry import mediatypes as mt
 from registry.auth import CredentialResolver, scope_for
 from registry.digest import Hasher, is_digest, sha256_digest, validate_digest
 from registry.errors import (DigestMismatch, InvalidManifest, NotFound, RegistryError, RegistryUnavailable,
                              Unsupported, UploadError)
-from registry.model import Descriptor, Manifest, canonical_json
+from registry.model import Descriptor, Manifest
 from registry.reference import Reference
 from registry.transport import RetryPolicy, Transport, parse_link_next, retry_delay
 
 MiB = 1 << 20
 READ_BLOCK = MiB
+# What a dropped or broken connection raises while a response body is being read.
+_STREAM_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                  OSError)
 MAX_MANIFEST_BYTES = 4 * MiB  # what distribution accepts; more is hostile
 
 Opener = Callable[[int], BinaryIO]  # open the source positioned at the given offset
@@ -183,10 +188,7 @@ class BlobReader:
             try:
                 assert self._resp is not None
                 data = self._resp.raw.read(want, decode_content=False)
-            except (requests.exceptions.RequestException, OSError, Exception) as exc:  # noqa: BLE001
-                if isinstance(exc, RegistryError):
-                    raise
-                data = None
+            except _STREAM_ERRORS as exc:
                 self._retry(exc)
                 continue
             if data:
