@@ -230,6 +230,8 @@ class Transport:
         """Prepare auth for the retry of a request that got 401 (`sent`: its Authorization)."""
         creds = self.credentials.get(host)
         if challenge.scheme == "basic":
+            # Only a request that carried our basic credentials proves them wrong: another thread
+            # may have switched this host to basic while this request was on its way without them.
             if creds.anonymous or not creds.username or sent.startswith("Basic "):
                 raise self._unauthorized(host, 401, "")
             self._auth_mode[host] = "basic"
