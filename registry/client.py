@@ -157,6 +157,7 @@ class BlobReader:
         self.hasher = Hasher.for_digest(digest) if offset == 0 else None
         self._resp: requests.Response | None = None
         self._failures = 0
+        self._failed_at = offset
         self._done = False
         self._open()
 
@@ -206,6 +207,8 @@ class BlobReader:
             return b""
 
     def _retry(self, exc: BaseException) -> None:
+        if self.pos != self._failed_at:  # progress since the last failure: a fresh budget of retries
+            self._failures, self._failed_at = 0, self.pos
         self._failures += 1
         if self._resp is not None:
             self._resp.close()
@@ -522,7 +525,7 @@ class Repository:
             return self._finish_upload(location, actual, len(data), body=data)
         chunk = max(options.chunk_size, min_chunk)
         hasher = None if digest else Hasher()
-        offset, failures = 0, 0
+        offset, failures, failed_at = 0, 0, 0
         while size is None or offset < size:
             length = None if size is None else min(chunk, size - offset)
             mark = (offset, hasher.copy() if hasher else None)
@@ -531,7 +534,8 @@ class Repository:
                 if size is None:
                     break  # a streamed PATCH sends everything up to EOF
             except (RegistryUnavailable, _Retryable) as exc:
-                failures += 1
+                failures = 1 if offset > failed_at else failures + 1  # progress resets the budget
+                failed_at = offset
                 status = self._upload_status(location) if failures < options.upload_attempts else None
                 if status is None or status[1] < mark[0] or (size is not None and status[1] > size):
                     raise _Retryable(f"upload session lost: {exc}") from None
@@ -581,6 +585,9 @@ class Repository:
             raise _Retryable("registry rejected the chunk's range")
         if resp.status_code >= 500 or resp.status_code == 429:
             raise _Retryable(f"HTTP {resp.status_code}")
+        if _error_codes(resp) & _SESSION_GONE:
+            # e.g. distribution 2.8 cancels a session whose stored size moved under a broken PATCH
+            raise _Retryable(f"upload session rejected: {_error_detail(resp)}")
         if resp.status_code != 202:
             self._raise_unexpected(resp, "upload blob chunk")
         sent = offset + (length if length is not None else counter.count)
@@ -600,10 +607,13 @@ class Repository:
         if "DIGEST_INVALID" in codes:
             raise DigestMismatch(f"registry {self.host} says the uploaded content of {self.name} does not match "
                                  f"{digest} ({_error_detail(resp)}); the source changed or is corrupt")
-        if resp.status_code >= 500 or "BLOB_UPLOAD_UNKNOWN" in codes or "BLOB_UPLOAD_INVALID" in codes:
+        if resp.status_code >= 500 or codes & _SESSION_GONE:
             raise _Retryable(f"finishing the upload: HTTP {resp.status_code} {_error_detail(resp)}")
         self._raise_unexpected(resp, f"finish upload of blob {digest}")
         raise AssertionError("unreachable")
+
+
+_SESSION_GONE = frozenset({"BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"})
 
 
 class _Retryable(RegistryError):

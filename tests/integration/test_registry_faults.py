@@ -76,7 +76,7 @@ def test_failed_copy_tags_nothing(registry, fault_proxy, tmp_path):
     src = tmp_path / "src"
     write_random_image(src, "v1", [2 * MiB], seed=8, compressible=False)
     proxy = fault_proxy(registry.host)
-    proxy.cut(upstream_after=512 * 1024, times=1000)  # every attempt dies
+    proxy.cut(upstream_after=512 * 1024, times=1000, whole_proxy=True)  # the network dies at 512 KiB
     name = f"faults/{uuid.uuid4().hex[:8]}"
     client = _client(chunk_size=1 * MiB, monolithic_max=64 * 1024)
     with pytest.raises(RegistryUnavailable, match=name):
@@ -85,7 +85,7 @@ def test_failed_copy_tags_nothing(registry, fault_proxy, tmp_path):
     # and a pull that can't complete leaves no tag in the layout
     good = f"{registry.host}/{name}-ok:v1"
     copy_image(_client(), f"oci:{src}:v1", good)
-    proxy.cut(downstream_after=256 * 1024, times=1000)
+    proxy.cut(downstream_after=256 * 1024, times=1000, whole_proxy=True)  # then nothing gets through
     out = tmp_path / "out"
     with pytest.raises(RegistryUnavailable):
         copy_image(client, f"{proxy.host}/{name}-ok:v1", f"oci:{out}:v1")
