@@ -24,7 +24,7 @@ from registry.digest import Hasher, is_digest, sha256_digest, validate_digest
 from registry.errors import (DigestMismatch, InvalidManifest, NotFound, RegistryError, RegistryUnavailable,
                              Unsupported, UploadError)
 from registry.model import Descriptor, Manifest
-from registry.reference import Reference
+from registry.reference import Reference, validate_tag
 from registry.transport import RetryPolicy, Transport, parse_link_next, retry_delay
 
 MiB = 1 << 20
@@ -355,7 +355,7 @@ class Repository:
         """Remove one tag, leaving other tags on the same digest in place. Returns how it was done:
         "oci" (DELETE /manifests/<tag>, OCI 1.1) or "placeholder" (registries that delete only by
         digest: the tag is first pointed at a unique throw-away manifest, which is then deleted)."""
-        Reference.parse(f"x:{tag}")  # validate the tag
+        validate_tag(tag)
         if self.head_manifest(tag) is None:
             raise NotFound(self._not_found_msg(f"tag {tag}"))
         resp = self._request("DELETE", f"/manifests/{tag}", "delete", what=f"tag {tag}")
@@ -366,8 +366,13 @@ class Repository:
             raise NotFound(self._not_found_msg(f"tag {tag}"))
         if resp.status_code not in (400, 404, 405):
             self._raise_unexpected(resp, f"delete tag {tag}")
+        original, desc = self.get_manifest(tag)
         placeholder = self._push_placeholder(tag)
-        self.delete_manifest(placeholder)
+        try:
+            self.delete_manifest(placeholder)
+        except RegistryError as exc:
+            self.put_manifest(tag, original, desc.media_type)  # put the tag back where it was
+            raise type(exc)(f"{exc} (tag {tag} was left pointing at {desc.digest}, as before)") from None
         return "placeholder"
 
     def _push_placeholder(self, tag: str) -> str:

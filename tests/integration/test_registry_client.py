@@ -11,7 +11,7 @@ from registry import mediatypes as mt
 from registry.auth import CredentialResolver
 from registry.client import ClientOptions, RegistryClient
 from registry.digest import sha256_digest
-from registry.errors import DigestMismatch, NotFound
+from registry.errors import DigestMismatch, NotFound, Unsupported
 from registry.model import Descriptor, Index, Manifest, parse_manifest
 
 MiB = 1 << 20
@@ -161,3 +161,16 @@ def test_delete_manifest_by_digest(registry):
     assert repo.head_manifest(digest) is None
     with pytest.raises(NotFound):
         repo.delete_manifest(digest)
+
+
+def test_delete_on_registry_without_deletion_leaves_tags_alone(registry_factory):
+    server = registry_factory(delete=False)
+    repo = _client().repository(f"{server.host}/{_repo_name()}")
+    body, digest = push_image(repo, [os.urandom(10)], tag="keep")
+    repo.put_manifest("other", body, mt.OCI_MANIFEST)
+    with pytest.raises(Unsupported, match="storage.delete.enabled"):
+        repo.delete_manifest(digest)
+    with pytest.raises(Unsupported, match="tag other was left pointing at " + digest):
+        repo.delete_tag("other")
+    assert repo.head_manifest("other").digest == repo.head_manifest("keep").digest == digest
+    assert sorted(repo.list_tags()) == ["keep", "other"]
