@@ -20,3 +20,14 @@ def test_help_runs_as_module():
     out = subprocess.run([sys.executable, "-m", "kade", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     assert "usage: kade" in out.stdout
+
+
+def test_every_command_is_mapped_to_the_module_that_registers_it():
+    """COMMAND_HOME lets a command load only its own module; a stale entry would break it."""
+    from kade.cli import COMMAND_HOME, build_parser
+
+    full = build_parser()
+    names = set(full._subparsers._group_actions[0].choices)
+    assert set(COMMAND_HOME) <= names
+    for command in COMMAND_HOME:
+        assert command in build_parser(command)._subparsers._group_actions[0].choices
