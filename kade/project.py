@@ -147,7 +147,6 @@ class ProjectBuilder:
         self.config, self.root, self.o, self.report = config, root, options, report
         self.client = client or RegistryClient(ClientOptions(insecure=tuple(options.insecure)))
         self.results: dict[str, ImageResult] = {}
-        self.plans: dict[str, Plan] = {}
 
     def run(self) -> ProjectResult:
         if not self.config.images:
@@ -239,7 +238,6 @@ class ProjectBuilder:
 
     def _build_image(self, spec: ImageSpec, builder: Builder, claims: _Claims, done: threading.Event) -> ImageResult:
         plan = builder.prepare()
-        self.plans[spec.name] = plan
         tag = content_tag(plan.final.final_key)
         repository = f"{self.o.repo}/{spec.name}"
         steps = [s.key for s in plan.all_steps() if is_step_key(s.key)]
