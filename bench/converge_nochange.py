@@ -48,6 +48,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--build-only", action="store_true")
     ap.add_argument("--results", type=Path)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_values",
+                    help="passed to kade converge (e.g. web.replicas=0 to time the deploy path without pods)")
     a = ap.parse_args()
     info = json.loads((STATE / "cluster.json").read_text())
     work = Path(tempfile.mkdtemp(prefix="kade-bench-converge-"))
@@ -61,7 +63,8 @@ def main() -> None:
         env = {**os.environ, "KADE_BASE_IMAGE": info["base_image"], "CI": "1"}
         common = ["--dir", str(project), "--env", env_name, "--repo", f"{info['registry']}/kade-bench/shop",
                   "--insecure-registry", info["registry"]]
-        verb = ["build"] if a.build_only else ["converge", "--kubeconfig", info["kubeconfig"]]
+        verb = ["build"] if a.build_only else ["converge", "--kubeconfig", info["kubeconfig"],
+                                               *[x for kv in a.set_values for x in ("--set", kv)]]
         kade(verb + common, env)  # warm: images built and pushed, cluster at this commit
         times = []
         for _ in range(a.runs):
@@ -75,7 +78,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     what = "kade build" if a.build_only else "kade converge"
-    cmd = "bench/converge_nochange.py" + (" --build-only" if a.build_only else "") + f" --runs {a.runs}"
+    cmd = ("bench/converge_nochange.py" + (" --build-only" if a.build_only else "") + f" --runs {a.runs}"
+           + "".join(f" --set {kv}" for kv in a.set_values))
     section = "\n".join([
         "",
         f"## {what} with nothing changed (examples/shop) — {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
