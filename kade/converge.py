@@ -99,7 +99,7 @@ def converge(ws: Workspace, options: ProjectOptions, settings: DeploySettings, r
         result.ok, result.message = bool(deployed["ok"]), str(deployed["message"])
         return result
     except Exception as exc:
-        result.message = str(exc)
+        result.message = str(ws.shown(exc))
         raise
     finally:
         if report_file is not None:
@@ -153,7 +153,10 @@ def deploy_command(args: Any) -> int:
                                       timeout=parse_duration(args.timeout), atomic=args.atomic,
                                       namespace=args.namespace if args.namespace != "default" else None,
                                       release=args.release, set_values=list(args.set_values))
-            outcome = deploy_project(ws, images, settings, report)
+            try:
+                outcome = deploy_project(ws, images, settings, report)
+            except Exception as exc:
+                raise ws.shown(exc)
     finally:
         close_reporter(report)
     print_result(args.output, outcome, lambda d: d["message"])

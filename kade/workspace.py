@@ -35,6 +35,12 @@ class Workspace:
     def template_git(self) -> dict[str, str | None]:
         return self.git.template_values() if self.git else {}
 
+    def shown(self, exc: BaseException) -> BaseException:
+        """`exc` with the temporary export folder in its message named as the project folder."""
+        if exc.args and isinstance(exc.args[0], str) and str(self.root) in exc.args[0]:
+            exc.args = (exc.args[0].replace(str(self.root), self.display), *exc.args[1:])
+        return exc
+
 
 def used_paths(config: ProjectConfig) -> list[str]:
     """Paths (relative to the project folder) whose content the build or the deploy reads."""

@@ -203,3 +203,12 @@ def test_deploy_without_manifests_or_kade_yaml_is_a_usage_error(tmp_path, capsys
 
     assert main(["deploy", "--dir", str(tmp_path)]) == 2
     assert "-f PATH and --release NAME are required" in capsys.readouterr().err
+
+
+def test_messages_name_the_project_folder_not_the_temporary_export(tmp_path):
+    from deployer.errors import RenderError
+    from kade.workspace import Workspace
+
+    ws = Workspace(config=config(), root=tmp_path / "tree" / "shop", git=None, display="examples/shop", source=None)
+    exc = ws.shown(RenderError(f"{tmp_path}/tree/shop/deploy/web.yaml.j2:3: 'x' is undefined"))
+    assert str(exc) == "examples/shop/deploy/web.yaml.j2:3: 'x' is undefined"
