@@ -21,7 +21,7 @@ from deployer.durations import format_duration
 from deployer.kube import Gone, Kube, KubeError, WatchStream, iter_lines
 from deployer.options import (CONTROLLER_IS_READY, END_OF_DEPLOY, FAIL_FAST, HOPE, IGNORE, NON_BLOCKING,
                               POD_IS_READY, TrackOptions)
-from deployer.readiness.common import condition_is, owned_by
+from deployer.readiness.common import condition_is, generation_pending, owned_by
 from deployer.resources import ApiResource, ResourceKey
 from deployer.revision import expected_replicas, new_revision_pods, watches_pods
 from deployer.signals import FailureBudget, Signal, event_active, event_signal, parse_time, pod_signals
@@ -239,6 +239,10 @@ class Tracker:
     def _related(self, t: Target) -> tuple[list[dict], list[dict], set[str]]:
         pods = [p for p in self.pods.values() if _ns(p) == t.key.namespace]
         rss = [r for r in self.replicasets.values() if _ns(r) == t.key.namespace]
+        if t.key.group == "apps" and t.obj is not None and generation_pending(t.obj):
+            # the controller has not caught up with the spec just applied: which pods are "new" is
+            # not known yet (during a rollback the failing pods still look like the new revision)
+            return [], rss, {_uid(t.obj)}
         mine = new_revision_pods(t.key.group, t.key.kind, t.obj, pods, rss)
         uids = {_uid(p) for p in mine}
         if t.obj is not None:

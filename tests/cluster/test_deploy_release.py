@@ -35,7 +35,8 @@ def image_of(kube_cluster, ns, name):
 
 def test_rollback_restores_previous_image(kade, kube_cluster, kube_namespace, second_image, record_property):
     ns, v1 = kube_namespace, kube_cluster.base_image
-    assert deploy(kade, ns, kade.write("v1.yaml", deployment("web", v1, probe=FAST_PROBE_OK))).rc == 0
+    run1 = deploy(kade, ns, kade.write("v1.yaml", deployment("web", v1, probe=FAST_PROBE_OK)))
+    assert run1.rc == 0, run1
     run2 = deploy(kade, ns, kade.write("v2.yaml", deployment("web", second_image, probe=FAST_PROBE_OK)))
     assert run2.rc == 0, run2
     assert image_of(kube_cluster, ns, "web") == second_image
@@ -52,7 +53,8 @@ def test_rollback_restores_previous_image(kade, kube_cluster, kube_namespace, se
 
 def test_atomic_deploy_rolls_back_a_failed_upgrade(kade, kube_cluster, kube_namespace, second_image, record_property):
     ns, v1 = kube_namespace, kube_cluster.base_image
-    assert deploy(kade, ns, kade.write("v1.yaml", deployment("web", v1, probe=FAST_PROBE_OK))).rc == 0
+    run1 = deploy(kade, ns, kade.write("v1.yaml", deployment("web", v1, probe=FAST_PROBE_OK)))
+    assert run1.rc == 0, run1
     bad = deploy(kade, ns, kade.write("v2.yaml", deployment("web", second_image, "exit 1", probe=FAST_PROBE_OK),
                                        configmap("extra", a="1")))
     record_property("verdict_seconds", bad.seconds)
@@ -71,7 +73,8 @@ def test_removed_resource_is_pruned_but_keep_policy_stays(kade, kube_cluster, ku
     ns = kube_namespace
     first = kade.write("a.yaml", configmap("a", x="1"), configmap("b", x="2"),
                        configmap("c", {"kade.io/resource-policy": "keep"}, x="3"))
-    assert deploy(kade, ns, first).rc == 0
+    run1 = deploy(kade, ns, first)
+    assert run1.rc == 0, run1
     plan = kade.run("plan", "-f", kade.write("only-a.yaml", configmap("a", x="1")), "--release", "app", "-n", ns)
     assert plan.rc == 2 and f"delete    ConfigMap {ns}/b" in plan.stdout and f"keep      ConfigMap {ns}/c" in plan.stdout, plan
     run = deploy(kade, ns, kade.write("only-a2.yaml", configmap("a", x="1")))
