@@ -12,7 +12,9 @@ PKI="$STATE/pki"
 KUBECONFIG_ADMIN="$STATE/admin.kubeconfig"
 
 K8S_VERSION="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$KADE_CLUSTER_HOME/go.mod")"
-BIN="$CACHE/bin/$K8S_VERSION"
+# Keyed by the version and a hash of the pins and the build script: any change builds afresh.
+BUILD_ID="$(cat "$KADE_CLUSTER_HOME"/{go.mod,go.sum,crictl/go.mod,crictl/go.sum,build} 2>/dev/null | sha256sum | cut -c1-12)"
+BIN="$CACHE/bin/$K8S_VERSION-$BUILD_ID"
 
 # Networks. The node's own address sits on a bridge with no ports ("kade0") that `up` creates, so it
 # is routable from pods (through their gateway) and from the host, and never leaves this machine.
