@@ -64,18 +64,55 @@ pid_of() {
 
 running() { pid_of "$1" >/dev/null; }
 
+# fingerprint ARGS...: a hash of a command line and of every file it names (configs, certificates).
+fingerprint() {
+  local arg
+  {
+    printf '%s\0' "$@"
+    for arg in "$@"; do if [[ -f "$arg" ]]; then cat "$arg"; fi; done
+  } | sha256sum | cut -c1-16
+}
+
+# stop NAME...: SIGTERM to each running component, then SIGKILL to those still there after 10 s.
+stop() {
+  local name pid pids=() i alive
+  for name in "$@"; do
+    if pid="$(pid_of "$name")"; then
+      log "stopping $name ($pid)"
+      kill -TERM "$pid" 2>/dev/null
+      pids+=("$pid")
+    fi
+    rm -f "$PIDS/$name.pid"
+  done
+  for ((i = 0; i < 100; i++)); do
+    alive=""
+    for pid in "${pids[@]}"; do [[ -d /proc/$pid ]] && alive=1; done
+    [[ -z "$alive" ]] && return 0
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+  return 0
+}
+
 # start NAME PROGRAM ARGS...: run detached (own session), log to $LOGS/NAME.log, record the pid.
+# A component already running with the same command line and files is left alone; one started
+# with another command or configuration (an older `up`, a new build) is restarted.
 start() {
-  local name="$1"; shift
-  if running "$name"; then return 0; fi
+  local name="$1" want i; shift
+  want="$(fingerprint "$@")"
+  if running "$name"; then
+    [[ "$(cat "$PIDS/$name.fingerprint" 2>/dev/null)" == "$want" ]] && return 0
+    log "restarting $name: its command or configuration changed"
+    stop "$name"
+  fi
   mkdir -p "$LOGS" "$PIDS"
   rm -f "$PIDS/$name.pid"
   printf '%s' "$*" >"$PIDS/$name.cmd"
+  echo "$want" >"$PIDS/$name.fingerprint"
   log "starting $name (log: $LOGS/$name.log)"
   # The child writes its own pid: setsid forks when it is already a process group leader.
   # fds 8 and 9 are the scripts' lock files: a daemon must not hold them.
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 8>&- 9>&- &
-  local i
   for i in 1 2 3 4 5 6 7 8 9 10; do [[ -s "$PIDS/$name.pid" ]] && break; sleep 0.1; done
 }
 
