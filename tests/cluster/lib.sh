@@ -55,21 +55,31 @@ pid_of() {
     echo "$pid"
     return 0
   fi
-  # Only a full command line (it names this cluster's own files) identifies a process for sure.
+  # Only a full command line (it names this cluster's own files) identifies a process for sure; the
+  # program may sit in another build folder (started by an older `up`): `start` then restarts it.
   [[ "$want" == *" "* ]] || return 1
-  pid="$(pgrep -o -f "^$(printf '%s' "$want" | sed 's/[][\.*^$+?(){}|]/\\&/g')( |\$)")" || return 1
+  pid="$(pgrep -o -f "$(cmd_pattern "$want")")" || return 1
   echo "$pid" >"$PIDS/$1.pid"
   echo "$pid"
 }
 
+# cmd_pattern COMMAND: a pgrep -f pattern for COMMAND with its program in any folder.
+cmd_pattern() {
+  local program="${1%% *}" args="${1#* }"
+  printf '^([^ ]*/)?%s %s( |$)' "$(re_escape "${program##*/}")" "$(re_escape "$args")"
+}
+
+re_escape() { printf '%s' "$1" | sed 's/[][\.*^$+?(){}|]/\\&/g'; }
+
 running() { pid_of "$1" >/dev/null; }
 
-# fingerprint ARGS...: a hash of a command line and of every file it names (configs, certificates).
+# fingerprint ARGS...: a hash of a command line and of the state files it names (configs, certificates;
+# the programs are named by their build folder).
 fingerprint() {
   local arg
   {
     printf '%s\0' "$@"
-    for arg in "$@"; do if [[ -f "$arg" ]]; then cat "$arg"; fi; done
+    for arg in "$@"; do if [[ "$arg" == "$STATE"/* && -f "$arg" ]]; then cat "$arg"; fi; done
   } | sha256sum | cut -c1-16
 }
 
@@ -77,7 +87,8 @@ fingerprint() {
 stop() {
   local name pid pids=() i alive
   for name in "$@"; do
-    if pid="$(pid_of "$name")"; then
+    stop_duplicates "$name"
+  if pid="$(pid_of "$name")"; then
       log "stopping $name ($pid)"
       kill -TERM "$pid" 2>/dev/null
       pids+=("$pid")
@@ -94,26 +105,43 @@ stop() {
   return 0
 }
 
+# stop_duplicates NAME: a second process with this component's arguments (two racing `up`s of
+# different versions) fights the first over ports and iptables: stop all but the one recorded.
+stop_duplicates() {
+  local keep pid want
+  keep="$(pid_of "$1")" || return 0
+  want="$(<"$PIDS/$1.cmd")"
+  [[ "$want" == *" "* ]] || return 0
+  for pid in $(pgrep -f "$(cmd_pattern "$want")"); do
+    [[ "$pid" == "$keep" ]] && continue
+    log "stopping a duplicate $1 ($pid)"
+    kill -TERM "$pid" 2>/dev/null
+  done
+}
+
 # start NAME PROGRAM ARGS...: run detached (own session), log to $LOGS/NAME.log, record the pid.
 # A component already running with the same command line and files is left alone; one started
 # with another command or configuration (an older `up`, a new build) is restarted.
 start() {
-  local name="$1" want i; shift
+  local name="$1" want pid i; shift
   want="$(fingerprint "$@")"
-  if running "$name"; then
-    [[ "$(cat "$PIDS/$name.fingerprint" 2>/dev/null)" == "$want" ]] && return 0
+  stop_duplicates "$name"
+  if pid="$(pid_of "$name")"; then
+    # The fingerprint file names the pid it was written for: another process (started by someone
+    # else's `up`) does not count as started by this command.
+    [[ "$(cat "$PIDS/$name.fingerprint" 2>/dev/null)" == "$pid $want" ]] && return 0
     log "restarting $name: its command or configuration changed"
     stop "$name"
   fi
   mkdir -p "$LOGS" "$PIDS"
   rm -f "$PIDS/$name.pid"
   printf '%s' "$*" >"$PIDS/$name.cmd"
-  echo "$want" >"$PIDS/$name.fingerprint"
   log "starting $name (log: $LOGS/$name.log)"
   # The child writes its own pid: setsid forks when it is already a process group leader.
   # fds 8 and 9 are the scripts' lock files: a daemon must not hold them.
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 8>&- 9>&- &
   for i in 1 2 3 4 5 6 7 8 9 10; do [[ -s "$PIDS/$name.pid" ]] && break; sleep 0.1; done
+  echo "$(cat "$PIDS/$name.pid" 2>/dev/null) $want" >"$PIDS/$name.fingerprint"
 }
 
 # wait_for WHAT SECONDS COMMAND...: retry COMMAND until it succeeds, or fail naming the log to read.
