@@ -87,7 +87,8 @@ def test_converge_change_one_image_then_roll_back_a_broken_one(kube_cluster, tmp
         first = kade("converge", *common, "--report", str(tmp_path / "r1.json"), env=env)
         assert first.returncode == 0, first.stderr[-3000:]
         r1 = json.loads((tmp_path / "r1.json").read_text())
-        assert r1["ok"] and set(r1["images"]) == {"base", "web", "worker"}
+        assert r1["ok"], r1
+        assert set(r1["images"]) == {"base", "web", "worker"}
         for name in ("web", "worker"):
             dep = deployment(apps, namespace, name)
             assert dep.spec.template.spec.containers[0].image == r1["images"][name]["ref"]
@@ -105,10 +106,12 @@ def test_converge_change_one_image_then_roll_back_a_broken_one(kube_cluster, tmp
         r2 = json.loads((tmp_path / "r2.json").read_text())
         assert r2["commit"] != r1["commit"]
         for name in ("base", "worker"):
-            assert r2["images"][name]["reused"] and r2["images"][name]["steps"]["built"] == 0
+            assert r2["images"][name]["reused"], (name, r2, second.stderr[-3000:])
+            assert r2["images"][name]["steps"]["built"] == 0
             assert r2["images"][name]["digest"] == r1["images"][name]["digest"]
         web = r2["images"]["web"]
-        assert not web["reused"] and web["digest"] != r1["images"]["web"]["digest"]
+        assert not web["reused"], r2
+        assert web["digest"] != r1["images"]["web"]["digest"]
         # site stage: WORKDIR cached, COPY site/ and RUN rebuilt; final stage: LABEL, ENV, WORKDIR cached,
         # COPY --from and the 5 steps after it (their parent changed) rebuilt.
         assert web["steps"] == {"built": 8, "cached": 4, "total": 12}
@@ -122,7 +125,8 @@ def test_converge_change_one_image_then_roll_back_a_broken_one(kube_cluster, tmp
         assert revision_of(kube_cluster.registry, web["repository"], web["digest"]) == r2["commit"]
         worker_built_by = revision_of(kube_cluster.registry, r2["images"]["worker"]["repository"],
                                       r2["images"]["worker"]["digest"])
-        assert len(worker_built_by) == 40 and worker_built_by != r2["commit"]  # reused: built by an earlier commit
+        assert len(worker_built_by) == 40
+        assert worker_built_by != r2["commit"]  # reused: built by an earlier commit
 
         # 3. A broken worker (exits 1 at start): the converge fails and rolls back to revision 2's images.
         (project / "worker" / "work.sh").write_text(f"#!/bin/sh\necho 'worker {token}: broken on purpose'\nexit 1\n")
@@ -131,7 +135,8 @@ def test_converge_change_one_image_then_roll_back_a_broken_one(kube_cluster, tmp
         assert third.returncode == 1, third.stderr[-3000:]
         assert "rolled back" in third.stdout + third.stderr
         r3 = json.loads((tmp_path / "r3.json").read_text())
-        assert not r3["ok"] and r3["deploy"]["rolled_back_to"] is not None
+        assert not r3["ok"], r3
+        assert r3["deploy"]["rolled_back_to"] is not None, r3
         assert r3["images"]["worker"]["steps"]["built"] == 3  # COPY work.sh, RUN chmod, ENTRYPOINT
         restored = deployment(apps, namespace, "worker")
         assert restored.spec.template.spec.containers[0].image == r2["images"]["worker"]["ref"]
