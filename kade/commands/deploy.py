@@ -129,7 +129,8 @@ def _inputs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any], dict[s
     from deployer.render import RenderInput, load_images, load_values, render
 
     if not args.filename or not args.release:
-        raise UsageError("-f PATH and --release NAME are required (or run `kade deploy` in a folder with kade.yaml)")
+        raise UsageError("-f PATH and --release NAME are required (in a folder with kade.yaml, `kade deploy` "
+                         "without -f deploys its deploy section; --dry-run and `kade plan` need -f)")
 
     images = load_images(args.image, args.images)
     values = load_values(args.values, args.set_values)
