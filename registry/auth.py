@@ -98,14 +98,16 @@ def _config_files(env: dict[str, str]) -> list[Path]:
     return files
 
 
-def run_credential_helper(name: str, host: str) -> Credentials | None:
-    """`docker-credential-<name> get` with the server on stdin; None when it has nothing for host."""
+def run_credential_helper(name: str, host: str, path: str | None = None) -> Credentials | None:
+    """`docker-credential-<name> get` with the server on stdin; None when it has nothing for host.
+    `path` is the PATH to find the helper in (default: the process's)."""
     program = f"docker-credential-{name}"
-    if not shutil.which(program):
+    found = shutil.which(program, path=path)
+    if not found:
         raise RegistryError(f"credential helper {program} (configured for {host}) is not on PATH: install it "
                             "or remove it from credsStore/credHelpers in your Docker config")
     try:
-        proc = subprocess.run([program, "get"], input=host, capture_output=True, text=True, timeout=30)
+        proc = subprocess.run([found, "get"], input=host, capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:
         raise RegistryError(f"credential helper {program} did not answer for {host} within 30 s") from None
     if proc.returncode != 0:
@@ -192,8 +194,11 @@ class CredentialResolver:
     def _lookup(self, host: str) -> Credentials:
         if host in self.explicit:
             return self.explicit[host]
+        def helper(name: str, key: str) -> Credentials | None:
+            return run_credential_helper(name, key, self.env.get("PATH"))
+
         for path in _config_files(self.env):
-            found = credentials_from_config(path, host)
+            found = credentials_from_config(path, host, helper)
             if found:
                 return found
         return ANONYMOUS

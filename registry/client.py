@@ -39,7 +39,7 @@ class ClientOptions:
     ca_file: str | None = None
     credentials: CredentialResolver | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    chunk_size: int = 64 * MiB  # per PATCH; streamed, so this does not cost memory
+    chunk_size: int = 128 * MiB  # per PATCH; streamed, so this does not cost memory
     monolithic_max: int = 8 * MiB  # blobs up to this size go up in a single PUT
     upload_attempts: int = 5  # fresh or resumed upload sessions per blob
     timeout: float = 120.0
@@ -146,6 +146,7 @@ class BlobReader:
     and verifies size and digest at EOF (DigestMismatch if they differ)."""
 
     def __init__(self, repo: "Repository", digest: str, size: int | None = None, offset: int = 0) -> None:
+        """Stream blob `digest` from byte `offset` (verified only when starting at 0)."""
         self.repo, self.digest, self.expected_size = repo, digest, size
         self.pos = offset
         self.hasher = Hasher.for_digest(digest) if offset == 0 else None
@@ -459,14 +460,15 @@ class Repository:
             with contextlib.suppress(RegistryError):
                 self._request("DELETE", self._absolute(location), "pull,push", retry=False).close()
 
-    def upload_blob(self, source: BlobSource, digest: str | None = None, size: int | None = None) -> BlobInfo:
+    def upload_blob(self, source: BlobSource, digest: str | None = None, size: int | None = None,
+                    skip_existing: bool = True) -> BlobInfo:
         """Upload a blob unless the repository has it. `source` is a path, a binary file, or a
         callable opening the content at a byte offset (used to resume). Small blobs go up in one
         PUT; larger ones in streamed PATCH chunks; after a dropped connection the upload resumes
         from the registry's Range, or starts again from a fresh session."""
         if digest is not None:
             validate_digest(digest)
-            existing = self.head_blob(digest)
+            existing = self.head_blob(digest) if skip_existing else None
             if existing is not None:
                 return BlobInfo(digest, existing, existed=True)
         opener, known_size, restartable = _opener_for(source)

@@ -230,14 +230,15 @@ class ImageConfig:
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidManifest(f"image config is not valid JSON: {exc}") from None
         _require(isinstance(doc, dict), "image config must be a JSON object")
-        rootfs = doc.get("rootfs") or {"type": "layers", "diff_ids": []}
+        rootfs = doc.get("rootfs")
+        rootfs = {"type": "layers", "diff_ids": []} if rootfs is None else rootfs
         _require(isinstance(rootfs, dict), "image config: rootfs must be an object")
-        diff_ids = rootfs.get("diff_ids") or []
+        diff_ids = rootfs.get("diff_ids", [])
         _require(isinstance(diff_ids, list) and all(isinstance(x, str) and is_digest(x) for x in diff_ids),
                  "image config: rootfs.diff_ids must be a list of digests")
-        config = doc.get("config") or {}
+        config = {} if doc.get("config") is None else doc["config"]
         _require(isinstance(config, dict), "image config: config must be an object")
-        history = doc.get("history") or []
+        history = doc.get("history") if doc.get("history") is not None else []
         _require(isinstance(history, list) and all(isinstance(h, dict) for h in history),
                  "image config: history must be a list of objects")
         for key in ("architecture", "os"):

@@ -128,10 +128,19 @@ def _split_domain(name: str, original: str) -> tuple[str, str]:
     return domain, path
 
 
+def split_host_port(host: str) -> tuple[str, int | None]:
+    """("name", port or None) of "name", "name:port", "[v6]:port", "[v6]" or a bare v6 address."""
+    if host.startswith("[") and "]" in host:
+        name, _, rest = host[1:].partition("]")
+        return name, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if host.count(":") == 1:
+        name, _, port = host.partition(":")
+        return name, int(port) if port.isdigit() else None
+    return host, None
+
+
 def host_without_port(host: str) -> str:
-    if host.startswith("["):
-        return host[1:host.index("]")]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return split_host_port(host)[0]
 
 
 def is_loopback_host(host: str) -> bool:
