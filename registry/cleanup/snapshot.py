@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 from registry.cleanup.errors import CleanupError
 from registry.errors import NotFound, RegistryError
 from registry.model import Manifest, parse_manifest
-from registry.records import STEP_KEY_RE, BuildRecord, list_records, parse_time
+from registry.records import STEP_KEY_RE, BuildRecord, parse_time, read_records
 from registry.reference import Reference
 
 Report = Callable[..., None]
@@ -67,7 +67,9 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
         raise CleanupError(f"stages repository {stages_name} does not exist: nothing kade built is there "
                            "(check --repo / --stages-repo)") from None
     # Records name repositories as written at build time; the plan compares canonical names.
-    records = [(t, _canonical_record(r)) for t, r in list_records(stages, stage_tags, workers=workers)]
+    found = list(read_records(stages, stage_tags, workers=workers))
+    records = [(t, _canonical_record(r)) for t, _, r in found]
+    record_digests = {t: d for t, d, _ in found}
     if report:
         report("read", f"{stages_name}: {len(stage_tags)} tags, {len(records)} build records")
     repos = {stages_name, *(canonical_repo(r) for r in extra_repos)}
@@ -77,7 +79,11 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
     tags: dict[str, dict[str, str]] = {}
     for name in sorted(repos):
         repo = stages if name == stages_name else client.repository(name)
-        tags[name] = list_tag_digests(repo, workers, stage_tags if name == stages_name else None)
+        if name == stages_name:  # the records' digests are known already: no HEAD for them
+            others = [t for t in stage_tags if t not in record_digests]
+            tags[name] = {**list_tag_digests(repo, workers, others), **record_digests}
+        else:
+            tags[name] = list_tag_digests(repo, workers)
         if report:
             report("read", f"{name}: {len(tags[name])} tags")
     named = {s for _, rec in records for img in rec.images for s in img.steps}
