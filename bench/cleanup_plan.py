@@ -154,6 +154,8 @@ def main() -> int:
         setup = time.perf_counter() - t0
         print(f"setup: {pushed} tags, {len(commits)} commits in {setup:.1f}s", flush=True)
 
+        load0 = os.getloadavg()[0]
+        cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
         facts = collect_facts(client, repo_name + "-stages", git=str(history.path), kube_contexts=None, now=now,
                               report=lambda kind, msg, **kw: print(f"  {time.perf_counter() - t0:6.2f}s {msg}"))
@@ -163,6 +165,8 @@ def main() -> int:
         t_plan = time.perf_counter() - t1
         planning = time.perf_counter() - t0
         s = plan.summary()
+        cpu_planning = _cpu_seconds() - cpu0
+        print(f"planning: kade's own CPU {cpu_planning:.1f}s")
         print(f"planning: {planning:.2f}s (registry+git {t_facts:.2f}s, plan {t_plan:.2f}s): "
               f"keep {s['keep']}, delete {s['delete']}", flush=True)
 
@@ -189,7 +193,9 @@ def main() -> int:
                     f"{STEPS_PER_BUILD} step images + 1 record)), {len(commits)} commits, {BRANCHES + 1} branches, "
                     f"{TAGS} git tags; default policy\n"
                     f"- planning (goal <= 30 s): **{planning:.1f} s** (registry reads + git walk {t_facts:.1f} s, "
-                    f"plan {t_plan:.2f} s); plan: keep {s['keep']}, delete {s['delete']}\n"
+                    f"plan {t_plan:.2f} s; kade's own CPU {cpu_planning:.1f} s: the rest is the registry answering "
+                    f"~{(pushed + 1000) / t_facts:.0f} requests/s); plan: keep {s['keep']}, delete {s['delete']}; "
+                    f"load average at the start {load0:.1f} (the machine is shared)\n"
                     f"- deleting: **{rate:.0f} tags/s** ({deleted} tags in {t_exec:.1f} s; digests whose every tag "
                     f"goes are deleted by digest, 4 workers); {first:.0f}/s for the first 1,000 and {last:.0f}/s "
                     f"for the last 1,000: distribution 2.8 looks up every tag of the repository on each "
@@ -200,6 +206,13 @@ def main() -> int:
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _rate(marks: list[tuple[float, int]], t0: float, lo: int, hi: int) -> float:

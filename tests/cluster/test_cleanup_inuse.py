@@ -99,3 +99,64 @@ def test_images_of_running_deployments_survive_cleanup(kube_cluster, kube_namesp
         core.delete_namespaced_pod(pod, ns, grace_period_seconds=0)
         _wait_running(core, ns, app, not_named={pod})
     rc.close()
+
+
+def _kubeconfig_with_token(admin_kubeconfig: str, token: str, path) -> str:
+    import yaml
+
+    admin = yaml.safe_load(open(admin_kubeconfig))
+    ctx = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])["context"]
+    cluster = next(c for c in admin["clusters"] if c["name"] == ctx["cluster"])
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "scanner",
+        "clusters": [cluster], "users": [{"name": "scanner", "user": {"token": token}}],
+        "contexts": [{"name": "scanner", "context": {"cluster": cluster["name"], "user": "scanner"}}]}))
+    return str(path)
+
+
+def test_the_cronjobs_read_only_role_is_enough_for_the_scan(kube_cluster, kube_namespace, tmp_path):
+    """The scan as the CronJob's service account: refused (an error naming the RBAC file) until the
+    ClusterRole from k8s-manifests/cleanup is bound, then it sees a Deployment's image."""
+    from pathlib import Path
+
+    import yaml
+
+    from registry.cleanup.errors import ClusterScanError
+    from registry.cleanup.inuse import scan_clusters
+
+    ns = kube_namespace
+    api = kube_cluster.api_client()
+    core, rbac, apps = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api), client.AppsV1Api(api)
+    core.create_namespaced_service_account(ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="scanner")))
+    token = core.create_namespaced_service_account_token("scanner", ns, client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600))).status.token
+    kubeconfig = _kubeconfig_with_token(kube_cluster.kubeconfig, token, tmp_path / "scanner.kubeconfig")
+    apps.create_namespaced_deployment(ns, _deployment("web", f"{kube_cluster.registry}/rbac/app:v7"))
+
+    with pytest.raises(ClusterScanError, match=r"HTTP 403 .*k8s-manifests/cleanup/clusterrole.yaml"):
+        scan_clusters([None], kubeconfig)
+
+    role = yaml.safe_load((Path(__file__).resolve().parents[2] / "k8s-manifests/cleanup/clusterrole.yaml").read_text())
+    role["metadata"]["name"] = f"kade-cleanup-scan-{ns}"
+    rbac.create_cluster_role(role)
+    rbac.create_cluster_role_binding({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": role["metadata"]["name"]},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]},
+        "subjects": [{"kind": "ServiceAccount", "name": "scanner", "namespace": ns}]})
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # RBAC takes effect once the API server's informer saw the binding
+            try:
+                in_use = scan_clusters([None], kubeconfig)
+                break
+            except ClusterScanError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        users = in_use.tag_users(f"{kube_cluster.registry}/rbac/app", "v7")
+        assert f"(current)/{ns}/Deployment/web" in users
+        assert any(u.startswith(f"(current)/{ns}/ReplicaSet/web-") for u in users)
+    finally:
+        rbac.delete_cluster_role_binding(role["metadata"]["name"])
+        rbac.delete_cluster_role(role["metadata"]["name"])
