@@ -4,6 +4,7 @@ names. Requests run on a small thread pool (HEADs dominate: one per tag)."""
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,10 +32,18 @@ def canonical_repo(name: str) -> str:
     return Reference.parse(name, default_tag=None).name
 
 
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def valid_tags(names: Iterable[str]) -> list[str]:
+    """Only names a tag can have: a registry listing `../x` or `a/b` gets no request built from it."""
+    return [n for n in names if isinstance(n, str) and _TAG_RE.match(n)]
+
+
 def list_tag_digests(repo: Any, workers: int = 8, tags: Iterable[str] | None = None) -> dict[str, str]:
     """tag -> digest for every tag (a tag deleted while listing is left out)."""
     try:
-        names = list(tags) if tags is not None else list(repo.list_tags())
+        names = valid_tags(tags if tags is not None else repo.list_tags())
     except NotFound:
         return {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
