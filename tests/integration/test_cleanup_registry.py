@@ -228,3 +228,23 @@ def test_purge_needs_confirmation_and_deletes_only_what_kade_pushed(scenario, ca
     capsys.readouterr()
     assert s.tags(s.repo) == {"manual"}
     assert s.tags(s.stages) == set()
+
+
+def test_a_build_record_pushed_mid_run_protects_what_it_names(scenario):
+    """The push lands after the first deletion (from the progress callback): the re-check before
+    the next batch sees the new record and spares the step image it reuses."""
+    s = scenario
+    plan = make_plan(s.facts(None), parse_policy_text(POLICY))
+    pushed = []
+
+    def progress(done: int, total: int) -> None:
+        if not pushed:
+            record = BuildRecord("7" * 40, "main", datetime.now(timezone.utc),
+                                 (RecordImage("default", s.repo_name, (), s.digests["b"], (s.steps[4],)),))
+            pushed.append(push_record(s.stages, record))
+
+    outcomes = {o.item.tag: o for o in execute(s.client, plan, progress=progress, batch=1, recheck_interval=0)}
+    assert pushed and outcomes[s.steps[4]].status == "skipped"
+    assert "pushed after the plan" in outcomes[s.steps[4]].detail
+    assert outcomes[s.steps[3]].status == "deleted"
+    assert s.stages.head_manifest(s.steps[4]) is not None
