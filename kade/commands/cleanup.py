@@ -13,7 +13,8 @@ from kade.output import OUTPUT_CHOICES, make_reporter, print_result
 from registry.cleanup.execute import Outcome, execute
 from registry.cleanup.plan import Plan, make_plan
 from registry.cleanup.policy import DEFAULT_POLICY, Policy
-from registry.cleanup.policy_file import load_kade_yaml_policy, load_kade_yaml_settings, load_policy_file
+from registry.cleanup.policy_file import (Settings, load_kade_yaml_policy, load_kade_yaml_settings,
+                                          load_policy_file)
 from registry.cleanup.report import render_text, to_json
 from registry.cleanup.run import collect_facts, stages_repo_for
 from registry.client import ClientOptions, RegistryClient
@@ -68,8 +69,7 @@ def _client(args: argparse.Namespace) -> RegistryClient:
     return RegistryClient(ClientOptions(insecure=tuple(args.insecure_registry), ca_file=args.ca_file))
 
 
-def _repos(args: argparse.Namespace) -> tuple[str, str]:
-    settings = load_kade_yaml_settings(args.config)
+def _repos(args: argparse.Namespace, settings: Settings) -> tuple[str, str]:
     repo = args.repo or settings.repo
     stages = args.stages_repo or settings.stages_repo
     if not repo and not stages:
@@ -79,8 +79,8 @@ def _repos(args: argparse.Namespace) -> tuple[str, str]:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     report = make_reporter(args.output)
-    repo, stages = _repos(args)
     settings = load_kade_yaml_settings(args.config)
+    repo, stages = _repos(args, settings)
     policy: Policy = (load_policy_file(args.policy) if args.policy
                       else load_kade_yaml_policy(args.config) or DEFAULT_POLICY)
     git = args.git or settings.git or "."
@@ -100,7 +100,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     report = make_reporter(args.output)
-    repo, stages = _repos(args)
+    repo, stages = _repos(args, load_kade_yaml_settings(args.config))
     if not args.dry_run and not args.yes:
         _confirm(repo)
     with _client(args) as client:
