@@ -248,3 +248,29 @@ def test_a_build_record_pushed_mid_run_protects_what_it_names(scenario):
     assert "pushed after the plan" in outcomes[s.steps[4]].detail
     assert outcomes[s.steps[3]].status == "deleted"
     assert s.stages.head_manifest(s.steps[4]) is not None
+
+
+def test_a_platform_manifest_of_a_kept_index_survives(registry, tmp_path):
+    from registry import mediatypes as mt
+    from registry.model import Descriptor, Index
+
+    rc = RegistryClient()
+    name = f"{registry.host}/clean-{uuid.uuid4().hex[:8]}/multi"
+    repo, stages = rc.repository(name), rc.repository(name + "-stages")
+    amd64 = push_image(repo, ["amd64"], "amd64")
+    body, desc = repo.get_manifest(amd64)
+    index = Index(manifests=[Descriptor(desc.media_type, amd64, desc.size,
+                                        platform={"os": "linux", "architecture": "amd64"})], media_type=mt.OCI_INDEX)
+    multi = repo.put_manifest("multi", index.to_bytes(), mt.OCI_INDEX)
+    push_record(stages, BuildRecord(None, None, ago(50), (RecordImage("default", name, ("amd64",), amd64, ()),)))
+    push_record(stages, BuildRecord(None, None, ago(0.5), (RecordImage("default", name, ("multi",), multi, ()),)))
+    h = GitHistory(tmp_path / "git")
+    h.commit("a", "main", int(ago(1).timestamp()))
+    h.write()
+    facts = collect_facts(rc, name + "-stages", git=str(h.path), kube_contexts=None)
+    plan = make_plan(facts, parse_policy_text(POLICY))
+    by_tag = {i.tag: i for i in plan.items}
+    assert by_tag["amd64"].action == "keep"
+    assert by_tag["amd64"].reasons == (f"listed by the kept image index {name}:multi",)
+    assert plan.deletions == []  # the old build stays whole: its tag, and so its record
+    rc.close()
