@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import stat
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator, Literal
 
@@ -101,30 +103,76 @@ def _compressor(compression: str, level: int | None):
     raise LayerWriteError(f"unknown layer compression {compression!r}; use gzip, zstd or none")
 
 
+class _Stage:
+    """A worker thread fed through a bounded queue (the work it does — hashing, compressing, writing —
+    releases the GIL, so it overlaps with building the tar on another core). Memory in flight is at
+    most `depth` chunks. An error in the worker surfaces at the next `put` or at `finish`."""
+
+    def __init__(self, work: Callable[[bytes], None], depth: int = 8):
+        self._work = work
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kade-layer-stage", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._work(item)
+                except BaseException as exc:  # handed to the producer
+                    self._error = exc
+
+    def put(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class _Pipeline:
-    """tar bytes -> sha256 (diffID) -> compressor -> sha256 (digest) + size -> out, in chunks."""
+    """tar bytes -> sha256 (diffID), and in parallel -> compressor -> sha256 (digest) + size -> out,
+    in 1 MiB chunks. Uncompressed layers hash once (digest == diffID)."""
 
     def __init__(self, out: BinaryIO, compression: str, level: int | None):
         self._out = out
         self._comp = _compressor(compression, level)
         self._tar_hash = hashlib.sha256()
-        self._blob_hash = hashlib.sha256()
+        self._blob_hash = hashlib.sha256() if self._comp is not None else self._tar_hash
         self._buf = bytearray()
         self.size = 0
-        self.tar_size = 0
+        self._stages = [_Stage(self._compress_and_write)]
+        if self._comp is not None:
+            self._stages.append(_Stage(self._tar_hash.update))
+        self._closed = False
 
     def write(self, data: bytes) -> None:
+        if not self._buf and len(data) >= CHUNK:
+            self._send(data)
+            return
         self._buf += data
         if len(self._buf) >= CHUNK:
             self._flush()
 
+    def _send(self, data: bytes) -> None:
+        for stage in self._stages:
+            stage.put(data)
+
     def _flush(self) -> None:
-        if not self._buf:
-            return
-        data = bytes(self._buf)
-        self._buf.clear()
-        self._tar_hash.update(data)
-        self.tar_size += len(data)
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            self._send(data)
+
+    def _compress_and_write(self, data: bytes) -> None:
         self._emit(self._comp.compress(data) if self._comp is not None else data)
 
     def _emit(self, data: bytes) -> None:
@@ -134,10 +182,26 @@ class _Pipeline:
             self._out.write(data)
 
     def close(self) -> tuple[str, str]:
+        """Finish the blob; returns (digest, diffID)."""
         self._flush()
+        self.abort()
         if self._comp is not None:
             self._emit(self._comp.flush())
         return "sha256:" + self._blob_hash.hexdigest(), "sha256:" + self._tar_hash.hexdigest()
+
+    def abort(self) -> None:
+        """Stop the worker threads (raising the first error any of them hit)."""
+        if self._closed:
+            return
+        self._closed = True
+        errors = []
+        for stage in self._stages:
+            try:
+                stage.finish()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 def _sort_key(change: Change) -> tuple[bytes, ...]:
@@ -249,7 +313,11 @@ def write_layer(changes: Iterable[Change], out: BinaryIO, compression: Compressi
                 writer.whiteout(name)
         sink.write(END_OF_ARCHIVE)
     except TarFormatError as exc:
+        sink.abort()
         raise LayerWriteError(str(exc)) from None
+    except BaseException:
+        sink.abort()
+        raise
     digest, diff_id = sink.close()
     return LayerInfo(digest=digest, diff_id=diff_id, size=sink.size, media_type=MEDIA_TYPES[compression])
 

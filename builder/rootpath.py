@@ -23,11 +23,11 @@ def split(path: str | bytes) -> list[bytes]:
 
 
 def open_dir(root_fd: int, parts: Sequence[bytes], *, create: bool = False, follow_last: bool = True,
-             mode: int = 0o755, on_create: Callable[[list[bytes]], None] | None = None) -> int:
+             mode: int = 0o755, on_create: Callable[[int, list[bytes]], None] | None = None) -> int:
     """A new fd of the directory `parts` inside the root (the caller closes it).
 
-    Missing directories are created (with `mode`) when `create`; `on_create` then hears each created
-    path (as resolved components). With `follow_last=False` a symlink as the last component is an
+    Missing directories are created (with `mode`) when `create`; `on_create(parent_fd, components)`
+    hears of each one just before it is created (components resolved from the root). With `follow_last=False` a symlink as the last component is an
     error (ELOOP) instead of being followed. Raises FileNotFoundError, NotADirectoryError or
     OSError(ELOOP) like the kernel would."""
     if not follow_last and parts:
@@ -36,8 +36,6 @@ def open_dir(root_fd: int, parts: Sequence[bytes], *, create: bool = False, foll
             if create:
                 try:
                     os.mkdir(parts[-1], mode, dir_fd=parent)
-                    if on_create is not None:
-                        on_create(list(parts))
                 except FileExistsError:
                     pass
             return os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
@@ -63,9 +61,9 @@ def open_dir(root_fd: int, parts: Sequence[bytes], *, create: bool = False, foll
             except FileNotFoundError:
                 if not create:
                     raise
-                os.mkdir(comp, mode, dir_fd=cur)
                 if on_create is not None:
-                    on_create(names + [comp])
+                    on_create(cur, names + [comp])
+                os.mkdir(comp, mode, dir_fd=cur)
                 st = os.stat(comp, dir_fd=cur, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 links += 1
@@ -91,21 +89,3 @@ def open_dir(root_fd: int, parts: Sequence[bytes], *, create: bool = False, foll
 def fd_path(fd: int) -> str:
     """The absolute host path of an open directory fd (for APIs without *at variants, e.g. mount)."""
     return os.readlink(f"/proc/self/fd/{fd}")
-
-
-def resolve(root: str | os.PathLike[str], path: str | bytes, *, create_parents: bool = False,
-            on_create: Callable[[list[bytes]], None] | None = None) -> tuple[str, bytes]:
-    """(host path of the resolved parent directory, last component) of `path` inside `root`.
-    The last component itself is not resolved (it may be missing or a symlink)."""
-    parts = split(path)
-    if not parts:
-        raise ValueError("the root itself has no parent")
-    root_fd = open_root(root)
-    try:
-        fd = open_dir(root_fd, parts[:-1], create=create_parents, on_create=on_create)
-    finally:
-        os.close(root_fd)
-    try:
-        return fd_path(fd), parts[-1]
-    finally:
-        os.close(fd)

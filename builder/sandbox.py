@@ -43,6 +43,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 MAX_LINE = 64 * 1024
 _PKG_ROOT = str(Path(__file__).resolve().parent.parent)
+# The interpreter that runs the sandbox's init (stdlib only). Override with KADE_SANDBOX_PYTHON when
+# sys.executable is not reachable by the build user (rootless builds with a root-owned Python).
+INIT_PYTHON_ENV = "KADE_SANDBOX_PYTHON"
 
 
 class SandboxError(BuildError):
@@ -95,11 +98,43 @@ class _Mountpoints:
         self.root_fd = open_root(rootfs)
         self.created: list[tuple[tuple[bytes, ...], bool]] = []   # (resolved parts, is_dir)
         self.parent_times: dict[tuple[bytes, ...], tuple[int, int]] = {}
+        self.after_create: dict[tuple[bytes, ...], int] = {}
 
     def _remember_parent(self, parent_parts: tuple[bytes, ...], parent_fd: int) -> None:
         if parent_parts not in self.parent_times:
             st = os.fstat(parent_fd)
             self.parent_times[parent_parts] = (st.st_atime_ns, st.st_mtime_ns)
+
+    def _open_created_parent(self, parts: tuple[bytes, ...]) -> int:
+        return open_dir(self.root_fd, parts, follow_last=False) if parts else os.dup(self.root_fd)
+
+    def _untouched_parents(self) -> set[tuple[bytes, ...]]:
+        """Parents whose mtime is still the one our mountpoint creation gave them: the command did not
+        change them, so their original times come back after cleanup."""
+        untouched = set()
+        for parts, mtime in self.after_create.items():
+            try:
+                fd = self._open_created_parent(parts)
+            except OSError:
+                continue
+            try:
+                if os.fstat(fd).st_mtime_ns == mtime:
+                    untouched.add(parts)
+            finally:
+                os.close(fd)
+        return untouched
+
+    def freeze(self) -> None:
+        """Call once all mountpoints exist (before the command runs)."""
+        for parts in self.parent_times:
+            try:
+                fd = self._open_created_parent(parts)
+            except OSError:
+                continue
+            try:
+                self.after_create[parts] = os.fstat(fd).st_mtime_ns
+            finally:
+                os.close(fd)
 
     def _relative(self, fd: int) -> tuple[bytes, ...]:
         real = os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
@@ -142,7 +177,8 @@ class _Mountpoints:
         raise SandboxError(f"cannot mount on {target} in {self.rootfs}: too many symbolic links")
 
     def _open_parent(self, parts: tuple[bytes, ...]) -> int:
-        def on_create(created: list[bytes]) -> None:
+        def on_create(parent_fd: int, created: list[bytes]) -> None:
+            self._remember_parent(tuple(created[:-1]), parent_fd)
             self.created.append((tuple(created), True))
         try:
             return open_dir(self.root_fd, parts, create=True, on_create=on_create)
@@ -151,6 +187,7 @@ class _Mountpoints:
                                f"{exc.strerror}") from None
 
     def cleanup(self) -> None:
+        untouched = self._untouched_parents()
         for parts, is_dir in reversed(self.created):
             try:
                 parent = open_dir(self.root_fd, parts[:-1])
@@ -168,8 +205,10 @@ class _Mountpoints:
             finally:
                 os.close(parent)
         for parts, (atime, mtime) in self.parent_times.items():
+            if parts not in untouched:
+                continue
             try:
-                fd = open_dir(self.root_fd, parts, follow_last=False) if parts else os.dup(self.root_fd)
+                fd = self._open_created_parent(parts)
             except OSError:
                 continue
             try:
@@ -271,6 +310,7 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
                 is_dir = True
             item["target"] = points.ensure(m.target, is_dir)
             spec_mounts.append(item)
+        points.freeze()
         spec = {
             "root": str(root), "argv": list(argv), "env": env, "workdir": workdir,
             "uid": user.uid, "gid": user.gid, "groups": list(user.groups), "hostname": hostname,
@@ -293,7 +333,8 @@ def _spawn(spec: dict, output: OutputCallback | None, timeout: float | None, roo
     spec_r, spec_w = os.pipe()
     status_r, status_w = os.pipe()
     init = f"import sys; sys.path.insert(0, {_PKG_ROOT!r}); from builder.sandbox import _init_main; _init_main()"
-    cmd += ["--", sys.executable, "-I", "-S", "-c", init, str(spec_r), str(status_w)]
+    python = os.environ.get(INIT_PYTHON_ENV) or sys.executable
+    cmd += ["--", python, "-I", "-S", "-c", init, str(spec_r), str(status_w)]
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 pass_fds=(spec_r, status_w), env={"PATH": os.environ.get("PATH", DEFAULT_PATH)},

@@ -3,6 +3,8 @@ import gzip
 import io
 import os
 import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -173,8 +175,61 @@ def test_setup_failures_are_clear(base, argv, workdir, match):
 
 def test_runs_in_an_overlay_capture(base, tmp_path):
     with capture(base, tmp_path / "s", "overlay") as cap:
-        code, _ = run(cap.root, "echo hi > /hello; rm /etc/group")
+        code, _ = run(cap.root, "echo hi > /hello; rm /etc/group; echo x >> /etc/hosts")
         paths = {(c.path, c.kind) for c in cap.changes()}
+        assert (base / "etc" / "group").exists()   # the lower rootfs untouched until commit
+        cap.commit()
     assert code == 0
-    assert ("hello", "add") in paths and ("etc/group", "delete") in paths
-    assert (base / "etc" / "group").exists()   # the lower rootfs untouched until commit
+    # /etc itself changed (an entry was removed); no sandbox mountpoint (proc, dev, sys, hosts) shows
+    assert paths == {("hello", "add"), ("etc/group", "delete"), ("etc", "add")}
+    assert not (base / "etc" / "group").exists() and (base / "hello").read_text() == "hi\n"
+    assert not (base / "proc").exists() and not (base / "etc" / "hosts").exists()
+
+
+ROOTLESS = """
+import sys
+sys.path.insert(0, {repo!r})
+from builder.sandbox import Mount, run_in_rootfs
+lines = []
+code = run_in_rootfs({root!r}, ["/bin/sh", "-c", "id -u; echo $$; cat /run/secrets/s; ls /sys/class/net | wc -l"],
+                     mounts=[Mount("secret", "/run/secrets/s", data=b"rootless-secret\\n")],
+                     network={network!r}, output=lambda s, l: lines.append(l.decode()))
+print(code, *lines)
+"""
+
+
+@pytest.mark.parametrize("network", ["none", "default"])
+def test_rootless_user_namespace(tiny_base, network):
+    """As an unprivileged user (nobody) the sandbox maps that user to root in a user namespace.
+    Runs the system Python: the test venv's interpreter may live where nobody cannot read."""
+    python, setpriv = shutil.which("python3", path="/usr/bin"), shutil.which("setpriv")
+    if python is None or setpriv is None:
+        pytest.skip("needs /usr/bin/python3 and setpriv (util-linux) to run as another user")
+    work = Path(tempfile.mkdtemp(prefix="kade-rootless-"))
+    try:
+        os.chmod(work, 0o755)
+        root = work / "root"
+        shutil.copytree(tiny_base, root, symlinks=True)
+        subprocess.run(["chown", "-R", "65534:65534", str(root)], check=True)
+        repo = str(Path(__file__).resolve().parents[2])
+        proc = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c",
+                               ROOTLESS.format(repo=repo, root=str(root), network=network)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        code, uid, pid, secret, nics = proc.stdout.split()
+        assert (code, uid, pid, secret) == ("0", "0", "1", "rootless-secret")
+        assert (nics == "1") == (network == "none")
+        assert not (root / "run").exists() and not (root / "proc").exists()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_mountpoints_under_existing_dirs_leave_no_trace(base, tmp_path):
+    (base / "run").mkdir()
+    (base / "var").mkdir()
+    with capture(base, tmp_path / "s", "stat") as cap:
+        code, _ = run(cap.root, "true", mounts=[Mount("secret", "/run/secrets/deep/x", data=SECRET),
+                                                Mount("tmpfs", "/var/tmp/scratch")])
+        changes = cap.changes()
+    assert code == 0 and changes == []
+    assert os.listdir(base / "run") == [] and os.listdir(base / "var") == []
