@@ -233,3 +233,20 @@ def test_mountpoints_under_existing_dirs_leave_no_trace(base, tmp_path):
         changes = cap.changes()
     assert code == 0 and changes == []
     assert os.listdir(base / "run") == [] and os.listdir(base / "var") == []
+
+
+def test_ssh_agent_socket_mount(base, tmp_path):
+    import socket as socketlib
+    sock_path = tmp_path / "agent.sock"
+    server = socketlib.socket(socketlib.AF_UNIX)
+    server.bind(str(sock_path))
+    server.listen(1)
+    try:
+        with capture(base, tmp_path / "s", "stat") as cap:
+            code, lines = run(cap.root, 'echo "$SSH_AUTH_SOCK"; [ -S "$SSH_AUTH_SOCK" ] && echo is-socket',
+                              mounts=[Mount("ssh", "/run/buildkit/ssh_agent.0", source=str(sock_path))])
+            changes = cap.changes()
+    finally:
+        server.close()
+    assert code == 0 and stdout(lines) == ["/run/buildkit/ssh_agent.0", "is-socket"]
+    assert changes == [] and not (base / "run").exists()

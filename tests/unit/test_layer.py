@@ -173,3 +173,24 @@ def test_keep_xattr(name, kept):
 def test_changes_refuse_escaping_paths(bad):
     with pytest.raises(ValueError):
         Change(bad, "delete")
+
+
+class _FullDisk(io.RawIOBase):
+    def __init__(self, room: int):
+        self.room = room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.room -= len(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_a_failing_output_stops_the_writer_with_its_error(tmp_path, compression):
+    tree = tmp_path / "t"
+    tree.mkdir()
+    for i in range(8):
+        (tree / f"f{i}").write_bytes(os.urandom(1 << 20))   # incompressible: output grows
+    with pytest.raises(OSError, match="No space left"):
+        layer_from_directory(tree, _FullDisk(2 << 20), compression)
