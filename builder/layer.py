@@ -236,7 +236,12 @@ class _TarWriter:
         self.entries += 1
 
     def add(self, name: bytes, change: Change) -> None:
-        assert change.source is not None
+        if change.source is None:
+            self._sink.write(encode_header(TarEntry(
+                name=name + b"/" if name else b"./", type=DIRECTORY, mode=(change.mode or 0) & 0o7777,
+                uid=change.uid or 0, gid=change.gid or 0, mtime_ns=(self._epoch or 0) * 1_000_000_000)))
+            self.entries += 1
+            return
         source = change.source
         try:
             st = os.lstat(source)
