@@ -1,0 +1,1 @@
+"""One module per `kade` command; each exposes `register(subparsers)`."""

@@ -1,0 +1,336 @@
+"""The cleanup plan (pure): build records + the registry's tags + git facts + what the clusters use +
+the policy -> for every tag, keep or delete, with the reasons.
+
+Rules, in order of strength:
+  - Only what kade pushed is ever deleted: a tag of a final image only when a build record names
+    that tag with the digest it points to now; step images (64-hex tags) and build records in the
+    stages repository. Everything else is kept ("not pushed by kade").
+  - A tag is kept when: the keep list names it or its digest; a cluster uses it by tag or its
+    digest by digest; a build that pushed it is recent (`keep_built_within`) or kept by a keep
+    policy for some git reference.
+  - A digest that a kept tag points to is never deleted: when some tags of a digest stay, the others
+    are removed one by one (`method="tag"`); only a digest whose every tag goes is deleted by digest.
+  - Step images stay while a kept image or a recent build needs them; a step image no record names
+    (a build still running, or one that failed) is kept for `orphan_steps_after` from its creation.
+  - A build record stays while one of its images is kept or it is recent.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable, Literal
+
+from registry.cleanup.gitwalk import GitFacts
+from registry.cleanup.inuse import InUse
+from registry.cleanup.policy import GitRef, Policy, apply_limit, select_references
+from registry.records import STEP_KEY_RE, BuildRecord, RecordImage, is_record_tag
+
+Action = Literal["keep", "delete"]
+Kind = Literal["image", "step", "record", "other"]
+MAX_REASONS = 4
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    repository: str
+    tag: str
+    digest: str
+    kind: Kind
+    action: Action
+    reasons: tuple[str, ...]
+    method: Literal["tag", "manifest"] | None = None  # how a deletion is carried out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"repository": self.repository, "tag": self.tag, "digest": self.digest, "kind": self.kind,
+                "action": self.action, "reasons": list(self.reasons), "method": self.method}
+
+
+@dataclass(frozen=True)
+class Plan:
+    created: datetime
+    stages_repo: str
+    items: tuple[PlanItem, ...]
+    record_tags: frozenset[str]  # the build records the plan saw (newer ones are protected)
+
+    @property
+    def deletions(self) -> list[PlanItem]:
+        return [i for i in self.items if i.action == "delete"]
+
+    @property
+    def kept(self) -> list[PlanItem]:
+        return [i for i in self.items if i.action == "keep"]
+
+    def summary(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for i in self.items:
+            out[f"{i.action}_{i.kind}"] += 1
+            out[i.action] += 1
+        return {"keep": out["keep"], "delete": out["delete"], **{k: v for k, v in sorted(out.items()) if "_" in k}}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"created": self.created.isoformat(), "stagesRepository": self.stages_repo,
+                "summary": self.summary(), "items": [i.to_dict() for i in self.items]}
+
+
+@dataclass
+class Facts:
+    """Everything the plan depends on, read beforehand by the I/O layer."""
+
+    now: datetime
+    stages_repo: str  # host/repo
+    records: list[tuple[str, BuildRecord]]  # (record tag, record)
+    tags: dict[str, dict[str, str]]  # repository (host/repo) -> tag -> digest, as listed now
+    git: GitFacts | None = None
+    in_use: InUse | None = None
+    step_created: dict[str, datetime | None] = field(default_factory=dict)  # orphan step key -> created
+
+
+@dataclass(frozen=True)
+class _Built:
+    """One image of one build record."""
+
+    record_tag: str
+    record: BuildRecord
+    image: RecordImage
+
+
+class _Reasons:
+    def __init__(self) -> None:
+        self._by: dict[Any, list[str]] = defaultdict(list)
+        self._extra: dict[Any, int] = defaultdict(int)
+
+    def add(self, key: Any, reason: str) -> None:
+        lst = self._by[key]
+        if reason in lst:
+            return
+        if len(lst) < MAX_REASONS:
+            lst.append(reason)
+        else:
+            self._extra[key] += 1
+
+    def get(self, key: Any) -> tuple[str, ...]:
+        out = list(self._by.get(key, ()))
+        if self._extra.get(key):
+            out.append(f"... and {self._extra[key]} more")
+        return tuple(out)
+
+    def __contains__(self, key: Any) -> bool:
+        return bool(self._by.get(key))
+
+
+def _short(commit: str | None) -> str:
+    return commit[:10] if commit else "none"
+
+
+def _ordinal(n: int) -> str:
+    return "newest" if n == 1 else f"{n}th newest" if n > 3 else ("2nd newest" if n == 2 else "3rd newest")
+
+
+def policy_keeps(built: list[_Built], git: GitFacts | None, policy: Policy, now: datetime) -> _Reasons:
+    """Which built images keep policies and recency keep, keyed by (record tag, image name)."""
+    reasons = _Reasons()
+    for b in built:
+        if b.record.created >= now - policy.keep_built_within:
+            reasons.add((b.record_tag, b.image.name), f"built within {_fmt(policy.keep_built_within)} "
+                                                      f"({b.record.created:%Y-%m-%d %H:%M}Z)")
+    if git is None:
+        return reasons
+    by_commit: dict[str, list[_Built]] = defaultdict(list)
+    for b in built:
+        if b.record.commit and b.record.commit in git.commit_times:
+            by_commit[b.record.commit].append(b)
+    for number, kp in enumerate(policy.keep_policies, 1):
+        for ref in select_references(git.refs, kp, now):
+            groups: dict[str, list[_Built]] = defaultdict(list)
+            for commit in git.contains.get((ref.kind, ref.name), ()):
+                for b in by_commit.get(commit, ()):
+                    groups[b.image.name].append(b)
+            for name, items in groups.items():
+                items.sort(key=lambda b: (git.commit_times[b.record.commit or ""], b.record.created), reverse=True)
+                digests: list[str] = []
+                times: list[datetime] = []
+                for b in items:
+                    if b.image.digest not in digests:
+                        digests.append(b.image.digest)
+                        times.append(git.commit_times[b.record.commit or ""])
+                kept = apply_limit(digests, times, kp.images, now)
+                for b in items:
+                    if b.image.digest in kept:
+                        n = digests.index(b.image.digest) + 1
+                        reasons.add((b.record_tag, b.image.name),
+                                    f"{ref.kind} {ref.name}: {_ordinal(n)} image (policy {number}: {kp.describe()})")
+    return reasons
+
+
+def _fmt(d: Any) -> str:
+    from registry.cleanup.policy import format_duration
+
+    return format_duration(d)
+
+
+def selected_refs(git: GitFacts | None, policy: Policy, now: datetime) -> set[tuple[str, str]]:
+    """(kind, name) of every reference some keep policy selects."""
+    selected: set[tuple[str, str]] = set()
+    for kp in policy.keep_policies if git is not None else ():
+        selected.update((r.kind, r.name) for r in select_references(git.refs, kp, now))
+    return selected
+
+
+def _why_not(b: _Built, git: GitFacts | None, policy: Policy, selected: set[tuple[str, str]]) -> str:
+    commit = b.record.commit
+    if commit is None:
+        return f"built without a git commit ({b.record_tag}), older than {_fmt(policy.keep_built_within)}"
+    if git is None or commit not in git.commit_times:
+        return f"commit {_short(commit)} is in no branch or tag of the git repository"
+    containing = git.refs_containing(commit)
+    if not containing:
+        return f"commit {_short(commit)} is in no branch or tag of the git repository"
+    in_selected = [r for r in containing if (r.kind, r.name) in selected]
+    if not in_selected:
+        return f"commit {_short(commit)} is only in references no keep policy selects: {_names(containing)}"
+    return f"commit {_short(commit)} is older than the images kept for {_names(in_selected)}"
+
+
+def _names(refs: list[GitRef]) -> str:
+    names = [f"{r.kind} {r.name}" for r in refs[:3]]
+    return ", ".join(names) + (f" and {len(refs) - 3} more" if len(refs) > 3 else "")
+
+
+def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
+    """Decide every tag of the stages repository and of the repositories the build records name."""
+    now = facts.now
+    built = [_Built(t, r, img) for t, r in facts.records for img in r.images]
+    keeps = _Reasons() if purge else policy_keeps(built, facts.git, policy, now)
+    named: dict[tuple[str, str], list[_Built]] = defaultdict(list)
+    for b in built:
+        for tag in b.image.tags:
+            named[(b.image.repository, tag)].append(b)
+    in_use = facts.in_use
+    selected = selected_refs(facts.git, policy, now)
+    decisions: dict[tuple[str, str], tuple[Kind, Action, tuple[str, ...]]] = {}
+
+    def protections(repo: str, tag: str, digest: str) -> list[str]:
+        if purge:
+            return []
+        out = []
+        listed = policy.keep_listed(tag, digest)
+        if listed is not None:
+            out.append(f"keep list: {listed}")
+        if in_use is not None:
+            users = in_use.tag_users(repo, tag)
+            if users:
+                out.append(f"in use by tag: {_users(users)}")
+            users = in_use.digest_users(digest)
+            if users:
+                out.append(f"in use by digest: {_users(users)}")
+        return out
+
+    # 1. Final images' tags.
+    for repo, tags in sorted(facts.tags.items()):
+        if repo == facts.stages_repo:
+            continue
+        for tag, digest in sorted(tags.items()):
+            owners = named.get((repo, tag))
+            if not owners:
+                decisions[(repo, tag)] = ("other", "keep", ("not pushed by kade (no build record names this tag)",))
+                continue
+            mine = [b for b in owners if b.image.digest == digest]
+            if not mine:
+                decisions[(repo, tag)] = ("other", "keep", (
+                    "points to a digest no build record names for this tag (moved outside kade?)",))
+                continue
+            reasons = protections(repo, tag, digest)
+            for b in mine:
+                reasons.extend(keeps.get((b.record_tag, b.image.name)))
+            if reasons:
+                decisions[(repo, tag)] = ("image", "keep", _cap(reasons))
+            else:
+                newest = max(mine, key=lambda b: b.record.created)
+                why = "purge" if purge else _why_not(newest, facts.git, policy, selected)
+                decisions[(repo, tag)] = ("image", "delete", (why,))
+
+    def is_live(b: _Built) -> bool:
+        """Some tag this build pushed still points to its image and stays (or the digest is in use)."""
+        if not purge and in_use is not None and in_use.digest_users(b.image.digest):
+            return True
+        current = facts.tags.get(b.image.repository, {})
+        return any(current.get(t) == b.image.digest and decisions.get((b.image.repository, t), ("", ""))[1] == "keep"
+                   for t in b.image.tags)
+
+    # 2. Build records and the steps they need.
+    stages = facts.tags.get(facts.stages_repo, {})
+    record_by_tag = dict(facts.records)
+    needed: dict[str, str] = {}
+    named_steps: set[str] = set()
+    record_keep: dict[str, list[str]] = defaultdict(list)
+    for b in built:
+        named_steps.update(b.image.steps)
+        recent = not purge and b.record.created >= now - policy.keep_built_within
+        live = is_live(b)
+        if live:
+            record_keep[b.record_tag].append(f"its image {b.image.repository}@{b.image.digest[:19]} is kept")
+        if recent:
+            record_keep[b.record_tag].append(f"built within {_fmt(policy.keep_built_within)}")
+        if live or recent:
+            why = (f"needed by kept image {b.image.repository}@{b.image.digest[:19]}" if live
+                   else f"needed by a recent build ({b.record_tag})")
+            for step in b.image.steps:
+                needed.setdefault(step, why)
+    for tag, digest in sorted(stages.items()):
+        prot = protections(facts.stages_repo, tag, digest)
+        if is_record_tag(tag):
+            if tag not in record_by_tag:  # appeared after the records were read: a build is running
+                decisions[(facts.stages_repo, tag)] = ("record", "keep", ("newer than this plan",))
+                continue
+            reasons = prot + record_keep.get(tag, [])
+            decisions[(facts.stages_repo, tag)] = (
+                ("record", "keep", _cap(reasons)) if reasons else
+                ("record", "delete", ("purge" if purge else "none of its images is kept",)))
+        elif STEP_KEY_RE.match(tag):
+            reasons = prot + ([needed[tag]] if tag in needed else [])
+            if reasons:
+                decisions[(facts.stages_repo, tag)] = ("step", "keep", _cap(reasons))
+            elif purge:
+                decisions[(facts.stages_repo, tag)] = ("step", "delete", ("purge",))
+            elif tag in named_steps:
+                decisions[(facts.stages_repo, tag)] = ("step", "delete", ("only needed by builds that are deleted",))
+            else:
+                created = facts.step_created.get(tag)
+                if created is None or created >= now - policy.orphan_steps_after:
+                    when = "creation time unknown" if created is None else f"created {created:%Y-%m-%d %H:%M}Z"
+                    decisions[(facts.stages_repo, tag)] = ("step", "keep", (
+                        f"no build record names it yet ({when}): a build may still be running",))
+                else:
+                    decisions[(facts.stages_repo, tag)] = ("step", "delete", (
+                        f"no build record names it and it is older than {_fmt(policy.orphan_steps_after)}",))
+        else:
+            decisions[(facts.stages_repo, tag)] = ("other", "keep", ("not pushed by kade",))
+
+    # 3. How each deletion is carried out: by digest only when every tag of the digest goes.
+    keeps_digest: set[tuple[str, str]] = set()
+    for (repo, tag), (_, action, _) in decisions.items():
+        if action == "keep":
+            keeps_digest.add((repo, facts.tags[repo][tag]))
+    items = []
+    for (repo, tag), (kind, action, reasons) in sorted(decisions.items()):
+        digest = facts.tags[repo][tag]
+        method = None
+        if action == "delete":
+            method = "tag" if (repo, digest) in keeps_digest else "manifest"
+        items.append(PlanItem(repo, tag, digest, kind, action, reasons, method))  # type: ignore[arg-type]
+    return Plan(now, facts.stages_repo, tuple(items), frozenset(record_by_tag))
+
+
+def _users(users: list[str]) -> str:
+    return ", ".join(users[:2]) + (f" and {len(users) - 2} more" if len(users) > 2 else "")
+
+
+def _cap(reasons: Iterable[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for r in reasons:
+        if r not in out:
+            out.append(r)
+    if len(out) > MAX_REASONS:
+        return tuple(out[:MAX_REASONS]) + (f"... and {len(out) - MAX_REASONS} more",)
+    return tuple(out)

@@ -1,0 +1,284 @@
+"""The image model: descriptors, image manifests (OCI and Docker v2), indexes (OCI index and
+Docker manifest list) and image configs. Pure data with strict parsing of untrusted JSON and
+stable serialisation (`to_bytes`): the same object always gives the same bytes.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from registry import mediatypes as mt
+from registry.digest import is_digest
+from registry.errors import InvalidManifest
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Stable, compact JSON bytes (sorted keys, no whitespace, UTF-8)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _require(cond: bool, what: str) -> None:
+    if not cond:
+        raise InvalidManifest(what)
+
+
+def _str_map(value: Any, what: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    _require(isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()),
+             f"{what} must be an object of strings")
+    return dict(value)
+
+
+@dataclass
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    annotations: dict[str, str] | None = None
+    platform: dict[str, Any] | None = None
+    urls: list[str] | None = None
+    artifact_type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.urls:
+            out["urls"] = list(self.urls)
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        if self.platform:
+            out["platform"] = dict(self.platform)
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any, what: str = "descriptor") -> "Descriptor":
+        _require(isinstance(d, dict), f"{what} must be a JSON object")
+        media_type, digest, size = d.get("mediaType"), d.get("digest"), d.get("size")
+        _require(isinstance(media_type, str) and media_type != "", f"{what}: mediaType must be a non-empty string")
+        _require(isinstance(digest, str) and is_digest(digest), f"{what}: invalid digest {digest!r}")
+        _require(isinstance(size, int) and not isinstance(size, bool) and size >= 0,
+                 f"{what}: size must be a non-negative integer, got {size!r}")
+        urls = d.get("urls")
+        _require(urls is None or (isinstance(urls, list) and all(isinstance(u, str) for u in urls)),
+                 f"{what}: urls must be a list of strings")
+        platform = d.get("platform")
+        _require(platform is None or isinstance(platform, dict), f"{what}: platform must be an object")
+        if platform is not None:
+            _require(isinstance(platform.get("os"), str) and isinstance(platform.get("architecture"), str),
+                     f"{what}: platform needs os and architecture strings")
+        artifact_type = d.get("artifactType")
+        _require(artifact_type is None or isinstance(artifact_type, str), f"{what}: artifactType must be a string")
+        return cls(media_type, digest, size, _str_map(d.get("annotations"), f"{what}: annotations"),
+                   platform, urls, artifact_type)
+
+    @property
+    def platform_string(self) -> str:
+        if not self.platform:
+            return ""
+        p = self.platform
+        return "/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
+
+
+@dataclass
+class Manifest:
+    """An image manifest (OCI image manifest or Docker v2 schema 2)."""
+
+    config: Descriptor
+    layers: list[Descriptor]
+    media_type: str = mt.OCI_MANIFEST
+    annotations: dict[str, str] | None = None
+    subject: Descriptor | None = None
+    artifact_type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schemaVersion": 2, "mediaType": self.media_type}
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        out["config"] = self.config.to_dict()
+        out["layers"] = [layer.to_dict() for layer in self.layers]
+        if self.subject:
+            out["subject"] = self.subject.to_dict()
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+
+    def blobs(self) -> list[Descriptor]:
+        """Config then layers: what must be in the repository before this manifest is pushed."""
+        return [self.config, *self.layers]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], media_type: str) -> "Manifest":
+        _require(d.get("schemaVersion") == 2, f"image manifest: schemaVersion must be 2, got {d.get('schemaVersion')!r}")
+        layers = d.get("layers")
+        _require(isinstance(layers, list), "image manifest: layers must be a list")
+        subject = d.get("subject")
+        artifact_type = d.get("artifactType")
+        _require(artifact_type is None or isinstance(artifact_type, str), "image manifest: artifactType must be a string")
+        return cls(
+            config=Descriptor.from_dict(d.get("config"), "image manifest config"),
+            layers=[Descriptor.from_dict(x, f"image manifest layer {i}") for i, x in enumerate(layers)],
+            media_type=media_type,
+            annotations=_str_map(d.get("annotations"), "image manifest annotations"),
+            subject=Descriptor.from_dict(subject, "image manifest subject") if subject is not None else None,
+            artifact_type=artifact_type,
+        )
+
+
+@dataclass
+class Index:
+    """An OCI image index or a Docker manifest list."""
+
+    manifests: list[Descriptor]
+    media_type: str = mt.OCI_INDEX
+    annotations: dict[str, str] | None = None
+    subject: Descriptor | None = None
+    artifact_type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schemaVersion": 2, "mediaType": self.media_type}
+        if self.artifact_type:
+            out["artifactType"] = self.artifact_type
+        out["manifests"] = [m.to_dict() for m in self.manifests]
+        if self.subject:
+            out["subject"] = self.subject.to_dict()
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], media_type: str) -> "Index":
+        _require(d.get("schemaVersion") == 2, f"index: schemaVersion must be 2, got {d.get('schemaVersion')!r}")
+        manifests = d.get("manifests")
+        _require(isinstance(manifests, list), "index: manifests must be a list")
+        subject = d.get("subject")
+        return cls(
+            manifests=[Descriptor.from_dict(x, f"index entry {i}") for i, x in enumerate(manifests)],
+            media_type=media_type,
+            annotations=_str_map(d.get("annotations"), "index annotations"),
+            subject=Descriptor.from_dict(subject, "index subject") if subject is not None else None,
+            artifact_type=d.get("artifactType") if isinstance(d.get("artifactType"), str) else None,
+        )
+
+
+AnyManifest = Union[Manifest, Index]
+
+
+def detect_media_type(doc: dict[str, Any], declared: str | None) -> str:
+    """The media type of a manifest document: its own mediaType field, else the declared one
+    (e.g. a Content-Type header), else guessed from its shape (OCI allows omitting mediaType)."""
+    own = doc.get("mediaType")
+    _require(own is None or isinstance(own, str), "manifest: mediaType must be a string")
+    declared = (declared or "").split(";", 1)[0].strip() or None
+    if own and declared in mt.ALL_MANIFESTS and own != declared:
+        raise InvalidManifest(f"manifest says mediaType {own!r} but was served as {declared!r}")
+    if own:
+        return own
+    if declared in mt.ALL_MANIFESTS:
+        return declared
+    if "manifests" in doc:
+        return mt.OCI_INDEX
+    if "config" in doc:
+        return mt.OCI_MANIFEST
+    raise InvalidManifest("manifest has no mediaType and neither 'config' nor 'manifests'")
+
+
+def parse_manifest(body: bytes, media_type: str | None = None) -> AnyManifest:
+    """Parse manifest bytes (untrusted) into a Manifest or Index; raise InvalidManifest."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidManifest(f"manifest is not valid JSON: {exc}") from None
+    _require(isinstance(doc, dict), "manifest must be a JSON object")
+    kind = detect_media_type(doc, media_type)
+    if kind in mt.INDEXES:
+        return Index.from_dict(doc, kind)
+    if kind in mt.IMAGE_MANIFESTS:
+        return Manifest.from_dict(doc, kind)
+    if kind == mt.DOCKER_MANIFEST_V1_SIGNED:
+        raise InvalidManifest("Docker schema 1 manifests are not supported: push the image again with a current tool")
+    raise InvalidManifest(f"unsupported manifest media type {kind!r}")
+
+
+@dataclass
+class ImageConfig:
+    """An image config blob (OCI or Docker); unknown fields are kept and written back."""
+
+    architecture: str = "amd64"
+    os: str = "linux"
+    config: dict[str, Any] = field(default_factory=dict)
+    diff_ids: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    created: str | None = None
+    variant: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    _KNOWN = ("architecture", "os", "config", "rootfs", "history", "created", "variant")
+
+    @classmethod
+    def from_bytes(cls, body: bytes) -> "ImageConfig":
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidManifest(f"image config is not valid JSON: {exc}") from None
+        _require(isinstance(doc, dict), "image config must be a JSON object")
+        rootfs = doc.get("rootfs") or {"type": "layers", "diff_ids": []}
+        _require(isinstance(rootfs, dict), "image config: rootfs must be an object")
+        diff_ids = rootfs.get("diff_ids") or []
+        _require(isinstance(diff_ids, list) and all(isinstance(x, str) and is_digest(x) for x in diff_ids),
+                 "image config: rootfs.diff_ids must be a list of digests")
+        config = doc.get("config") or {}
+        _require(isinstance(config, dict), "image config: config must be an object")
+        history = doc.get("history") or []
+        _require(isinstance(history, list) and all(isinstance(h, dict) for h in history),
+                 "image config: history must be a list of objects")
+        for key in ("architecture", "os"):
+            _require(isinstance(doc.get(key, ""), str), f"image config: {key} must be a string")
+        return cls(
+            architecture=doc.get("architecture", ""),
+            os=doc.get("os", ""),
+            config=config,
+            diff_ids=list(diff_ids),
+            history=history,
+            created=doc.get("created") if isinstance(doc.get("created"), str) else None,
+            variant=doc.get("variant") if isinstance(doc.get("variant"), str) else None,
+            extra={k: v for k, v in doc.items() if k not in cls._KNOWN},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        out["architecture"] = self.architecture
+        out["os"] = self.os
+        if self.variant:
+            out["variant"] = self.variant
+        if self.created:
+            out["created"] = self.created
+        out["config"] = self.config
+        out["rootfs"] = {"type": "layers", "diff_ids": list(self.diff_ids)}
+        if self.history:
+            out["history"] = self.history
+        return out
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    # Convenience accessors for the parts of `config` builders and inspectors use most.
+    @property
+    def env(self) -> list[str]:
+        return list(self.config.get("Env") or [])
+
+    @property
+    def cmd(self) -> list[str] | None:
+        return self.config.get("Cmd")
+
+    @property
+    def entrypoint(self) -> list[str] | None:
+        return self.config.get("Entrypoint")

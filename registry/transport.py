@@ -1,0 +1,293 @@
+"""HTTP for the distribution API: one pooled requests Session, the scheme and TLS settings per
+registry host, authentication (basic and bearer, tokens cached per scope), and retries with
+exponential backoff and jitter on connection errors, 5xx and 429 (honouring Retry-After).
+
+Plain HTTP is used, as Docker does, for loopback registries and hosts listed as insecure (after
+trying HTTPS without verification); every other host is HTTPS with verification (custom CA bundle
+allowed).
+"""
+from __future__ import annotations
+
+import email.utils
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Union
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from registry import auth
+from registry.errors import RegistryUnavailable, Unauthorized
+from registry.reference import host_without_port, is_loopback_host
+
+Body = Union[None, bytes, Callable[[], Any]]  # a callable makes a fresh body for each attempt
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+USER_AGENT = "kade/0.1 (+registry client)"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5  # total tries, including the first
+    base_delay: float = 0.25  # seconds; doubled per attempt, capped at max_delay
+    max_delay: float = 8.0
+    max_retry_after: float = 60.0  # never wait longer than this for a Retry-After
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After value (delta seconds or an HTTP date); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def retry_delay(policy: RetryPolicy, attempt: int, retry_after: str | None = None,
+                rand: Callable[[], float] = random.random) -> float:
+    """Delay before retry number `attempt` (1-based): Retry-After if given (capped), else
+    exponential backoff with jitter in [50%, 100%] of min(max_delay, base * 2**(attempt-1))."""
+    honoured = parse_retry_after(retry_after)
+    if honoured is not None:
+        return min(honoured, policy.max_retry_after)
+    ceiling = min(policy.max_delay, policy.base_delay * (2 ** max(0, attempt - 1)))
+    return ceiling * (0.5 + rand() / 2)
+
+
+def should_retry_status(status: int) -> bool:
+    return status in RETRY_STATUSES
+
+
+def parse_link_next(header: str | None) -> str | None:
+    """The target of `rel="next"` in a Link header (`<url>; rel="next"`), or None."""
+    if not header:
+        return None
+    for part in _split_links(header):
+        url_part, _, params = part.partition(";")
+        url_part = url_part.strip()
+        if not (url_part.startswith("<") and url_part.endswith(">")):
+            continue
+        for param in params.split(";"):
+            key, _, val = param.strip().partition("=")
+            if key.strip().lower() == "rel" and "next" in val.strip().strip('"').lower().split():
+                return url_part[1:-1]
+    return None
+
+
+def _split_links(header: str) -> Iterable[str]:
+    depth, start = 0, 0
+    for i, ch in enumerate(header):
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            yield header[start:i]
+            start = i + 1
+    yield header[start:]
+
+
+class _BigBlockAdapter(HTTPAdapter):
+    """Send request bodies in 1 MiB blocks instead of urllib3's 16 KiB (fewer syscalls per blob)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["blocksize"] = 1 << 20
+        super().init_poolmanager(*args, **kwargs)
+
+
+class Transport:
+    def __init__(self, *, insecure: Iterable[str] = (), ca_file: str | None = None,
+                 credentials: auth.CredentialResolver | None = None, retry: RetryPolicy | None = None,
+                 timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.insecure = {h.lower() for h in insecure}
+        self.ca_file = ca_file
+        self.credentials = credentials or auth.CredentialResolver()
+        self.retry = retry or RetryPolicy()
+        self.timeout = timeout
+        self.sleep = sleep
+        self.tokens = auth.TokenCache()
+        self.session = requests.Session()
+        adapter = _BigBlockAdapter(pool_connections=8, pool_maxsize=16, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers["User-Agent"] = USER_AGENT
+        self._schemes: dict[str, str] = {}
+        self._auth_mode: dict[str, str] = {}  # host -> "basic" | "bearer"
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.session.close()
+
+    # ---- scheme and TLS -------------------------------------------------------------------
+    def is_insecure(self, host: str) -> bool:
+        h = host.lower()
+        return is_loopback_host(h) or h in self.insecure or host_without_port(h) in self.insecure
+
+    def _verify(self, host: str) -> bool | str:
+        if self.is_insecure(host):
+            return False
+        return self.ca_file or True
+
+    def base_url(self, host: str) -> str:
+        with self._lock:
+            scheme = self._schemes.get(host)
+        if scheme is None:
+            scheme = self._probe_scheme(host) if self.is_insecure(host) else "https"
+            with self._lock:
+                self._schemes[host] = scheme
+        return f"{scheme}://{host}"
+
+    def _probe_scheme(self, host: str) -> str:
+        """Docker's rule for insecure registries: HTTPS without verification, else plain HTTP."""
+        with urllib3.warnings.catch_warnings():
+            urllib3.warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            try:
+                self.session.get(f"https://{host}/v2/", verify=False, timeout=5).close()
+                return "https"
+            except requests.exceptions.RequestException:
+                return "http"
+
+    def url(self, host: str, path_or_url: str) -> str:
+        if path_or_url.startswith(("http://", "https://")):
+            return path_or_url
+        return self.base_url(host) + path_or_url
+
+    # ---- requests -------------------------------------------------------------------------
+    def request(self, method: str, host: str, path_or_url: str, *, scope: str | None = None,
+                headers: dict[str, str] | None = None, body: Body = None, params: dict[str, str] | None = None,
+                stream: bool = False, retry: bool = True, what: str = "") -> requests.Response:
+        """Send a request with auth and retries; return the final response whatever its status
+        (the caller maps statuses to errors), except that auth failures raise Unauthorized."""
+        url = self.url(host, path_or_url)
+        attempt, renewed = 0, 0
+        while True:
+            attempt += 1
+            hdrs = dict(headers or {})
+            self._authorize(host, scope, hdrs)
+            data = body() if callable(body) else body
+            try:
+                with urllib3.warnings.catch_warnings():
+                    urllib3.warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                    resp = self.session.request(method, url, headers=hdrs, data=data, params=params,
+                                                stream=stream, verify=self._verify(host), timeout=self.timeout,
+                                                allow_redirects=method in ("GET", "HEAD"))
+            except requests.exceptions.SSLError as exc:
+                raise RegistryUnavailable(
+                    f"TLS failed talking to registry {host}: {_short(exc)}; pass --ca-file with the registry's "
+                    f"CA, or --insecure-registry {host} if it is a test registry") from None
+            except requests.exceptions.RequestException as exc:
+                if retry and attempt < self.retry.attempts:
+                    self.sleep(retry_delay(self.retry, attempt))
+                    continue
+                raise RegistryUnavailable(
+                    f"cannot reach registry {host}{' for ' + what if what else ''} after {attempt} attempt(s): "
+                    f"{_short(exc)}; check that it is running and reachable") from None
+            if resp.status_code == 401 and renewed < 2:
+                challenge = _pick_challenge(resp.headers.get("WWW-Authenticate", ""))
+                resp.close()
+                if challenge is None:
+                    raise self._unauthorized(host, 401, what)
+                renewed += 1
+                sent_basic = hdrs.get("Authorization", "").startswith("Basic ")
+                self._answer_challenge(host, scope, challenge, force=renewed > 1, sent_basic=sent_basic)
+                attempt -= 1
+                continue
+            if resp.status_code in (401, 403):
+                resp.close()
+                raise self._unauthorized(host, resp.status_code, what)
+            if retry and should_retry_status(resp.status_code) and attempt < self.retry.attempts:
+                delay = retry_delay(self.retry, attempt, resp.headers.get("Retry-After"))
+                resp.close()
+                self.sleep(delay)
+                continue
+            return resp
+
+    def _authorize(self, host: str, scope: str | None, headers: dict[str, str]) -> None:
+        mode = self._auth_mode.get(host)
+        if mode == "basic":
+            headers["Authorization"] = auth.basic_header(self.credentials.get(host))
+        elif mode == "bearer":
+            token = self.tokens.get(host, scope or "")
+            if token:
+                headers["Authorization"] = f"Bearer {token}"
+
+    def _answer_challenge(self, host: str, scope: str | None, challenge: auth.Challenge, force: bool,
+                          sent_basic: bool = False) -> None:
+        creds = self.credentials.get(host)
+        if challenge.scheme == "basic":
+            # Only a request that carried our basic credentials proves them wrong: another thread
+            # may have switched this host to basic while this request was on its way without them.
+            if creds.anonymous or not creds.username or sent_basic:
+                raise self._unauthorized(host, 401, "")
+            self._auth_mode[host] = "basic"
+            return
+        realm = challenge.params.get("realm")
+        if not realm:
+            raise Unauthorized(f"registry {host} sent a Bearer challenge without a realm; it is misconfigured")
+        scopes = (challenge.params.get("scope") or "").split()
+        scopes += [s for s in (scope or "").split() if s not in scopes]
+        self.tokens.drop(host, scope or "")
+        token, expires_in = self._fetch_token(host, realm, challenge.params.get("service"), scopes, creds)
+        self.tokens.put(host, scope or "", token, expires_in)
+        self._auth_mode[host] = "bearer"
+
+    def _fetch_token(self, host: str, realm: str, service: str | None, scopes: list[str],
+                     creds: auth.Credentials) -> tuple[str, float]:
+        params: list[tuple[str, str]] = [("service", service)] if service else []
+        params += [("scope", s) for s in scopes]
+        realm_host = requests.utils.urlparse(realm).netloc
+        verify: bool | str = False if self.is_insecure(realm_host) else (self.ca_file or True)
+        try:
+            if creds.identity_token:
+                form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
+                        "client_id": "kade", "service": service or "", "scope": " ".join(scopes)}
+                resp = self.session.post(realm, data=form, verify=verify, timeout=self.timeout)
+            else:
+                basic = None if creds.anonymous else (creds.username, creds.password)
+                resp = self.session.get(realm, params=params, auth=basic, verify=verify, timeout=self.timeout)
+        except requests.exceptions.RequestException as exc:
+            raise RegistryUnavailable(f"cannot reach the token service {realm} of registry {host}: {_short(exc)}") from None
+        with resp:
+            if resp.status_code in (401, 403):
+                raise self._unauthorized(host, resp.status_code, "a token")
+            if resp.status_code != 200:
+                raise Unauthorized(f"token service {realm} of registry {host} answered HTTP {resp.status_code}; "
+                                   "check the registry's auth configuration")
+            try:
+                return auth.token_from_response(resp.json())
+            except ValueError as exc:
+                raise Unauthorized(f"token service {realm} of registry {host} sent a bad answer: {exc}") from None
+
+    def _unauthorized(self, host: str, status: int, what: str) -> Unauthorized:
+        creds = self.credentials.get(host)
+        tried = "no credentials (anonymous)" if creds.anonymous else f"credentials from {creds.source}"
+        verb = "denied access" if status == 403 else "refused authentication"
+        looked = ", ".join(self.credentials.sources()) or "no config file"
+        return Unauthorized(
+            f"registry {host} {verb}{' to ' + what if what else ''} (HTTP {status}); tried {tried} "
+            f"(looked in: explicit options, {looked}); log in with `podman login {host}` or `docker login {host}`, "
+            "or check the account's permissions")
+
+
+def _pick_challenge(header: str) -> auth.Challenge | None:
+    challenges = auth.parse_www_authenticate(header)
+    for scheme in ("bearer", "basic"):
+        for c in challenges:
+            if c.scheme == scheme:
+                return c
+    return None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) < 300 else text[:300] + "..."

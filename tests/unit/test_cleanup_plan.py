@@ -1,0 +1,188 @@
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from registry.cleanup.gitwalk import GitFacts
+from registry.cleanup.inuse import InUse
+from registry.cleanup.plan import Facts, make_plan
+from registry.cleanup.policy import GitRef, KeepPolicy, Limit, NamePattern, Policy
+from registry.records import BuildRecord, RecordImage
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+APP = "reg.test:5000/team/app"
+STAGES = "reg.test:5000/team/app-stages"
+
+
+def C(n: int) -> str:
+    return f"{n:040x}"
+
+
+def D(n: int) -> str:
+    return f"sha256:{n:064x}"
+
+
+def K(n: int) -> str:
+    return f"{n:064x}"
+
+
+def at(hours_ago: float) -> datetime:
+    return NOW - timedelta(hours=hours_ago)
+
+
+def rec(commit: int | None, hours_ago: float, images: list[tuple[list[str], int, list[int]]]) -> tuple[str, BuildRecord]:
+    r = BuildRecord(C(commit) if commit is not None else None, None, at(hours_ago),
+                    tuple(RecordImage("default", APP, tuple(tags), D(d), tuple(K(s) for s in steps))
+                          for tags, d, steps in images))
+    return r.tag, r
+
+
+# git: main: c1 <- c2 <- c3; feature: c1 <- c4; v1 tag at c1; c9 exists nowhere.
+GIT = GitFacts(
+    refs=(GitRef("branch", "main", C(3), at(30)), GitRef("branch", "feature", C(4), at(20)),
+          GitRef("tag", "v1", C(1), at(100))),
+    commit_times={C(1): at(100), C(2): at(50), C(3): at(30), C(4): at(20)},
+    contains={("branch", "main"): frozenset({C(1), C(2), C(3)}), ("branch", "feature"): frozenset({C(1), C(4)}),
+              ("tag", "v1"): frozenset({C(1)})},
+)
+MAIN_LAST_2 = Policy((KeepPolicy("branch", NamePattern("main"), images=Limit(last=2)),))
+
+
+def facts(records, app_tags, stage_extra=None, in_use=None, step_created=None):
+    stages = {t: D(1000 + i) for i, (t, _) in enumerate(records)}
+    for _, r in records:
+        for img in r.images:
+            for s in img.steps:
+                stages[s] = D(int(s, 16) + 5000)
+    stages.update(stage_extra or {})
+    return Facts(now=NOW, stages_repo=STAGES, records=records, tags={APP: app_tags, STAGES: stages}, git=GIT,
+                 in_use=in_use, step_created=step_created or {})
+
+
+def decisions(plan):
+    return {(i.repository.rsplit("/", 1)[1], i.tag): (i.action, i.method) for i in plan.items}
+
+
+def reasons(plan, tag):
+    return next(i.reasons for i in plan.items if i.tag == tag)
+
+
+def test_last_n_images_per_reference():
+    records = [rec(1, 100, [(["c1"], 1, [])]), rec(2, 50, [(["c2"], 2, [])]), rec(3, 30, [(["c3"], 3, [])])]
+    plan = make_plan(facts(records, {"c1": D(1), "c2": D(2), "c3": D(3)}), MAIN_LAST_2)
+    d = decisions(plan)
+    assert d[("app", "c3")] == ("keep", None)
+    assert d[("app", "c2")] == ("keep", None)
+    assert d[("app", "c1")] == ("delete", "manifest")
+    assert "branch main: newest image" in reasons(plan, "c3")[0]
+    assert "branch main: 2nd newest image" in reasons(plan, "c2")[0]
+    assert reasons(plan, "c1") == (f"commit {C(1)[:10]} is older than the images kept for branch main",)
+
+
+def test_the_same_digest_counts_once_per_reference():
+    # c2 and c3 produced the same image: main's two newest *images* are D(3) and D(1).
+    records = [rec(1, 100, [(["c1"], 1, [])]), rec(2, 50, [(["c2"], 3, [])]), rec(3, 30, [(["c3"], 3, [])])]
+    plan = make_plan(facts(records, {"c1": D(1), "c2": D(3), "c3": D(3)}), MAIN_LAST_2)
+    assert {t: a for (_, t), (a, _) in decisions(plan).items() if not t.startswith("build")} == {
+        "c1": "keep", "c2": "keep", "c3": "keep"}
+
+
+@pytest.mark.parametrize("policy,kept", [
+    (Policy((KeepPolicy("branch", NamePattern("/.*/"), images=Limit(last=1)),)), {"c3", "c4"}),
+    (Policy((KeepPolicy("branch", NamePattern("/.*/"), Limit(last=1), Limit(last=1)),)), {"c4"}),
+    (Policy((KeepPolicy("branch", NamePattern("/.*/"), images=Limit(within=timedelta(hours=40))),)), {"c3", "c4"}),
+    (Policy((KeepPolicy("branch", NamePattern("/.*/"), images=Limit(last=1, within=timedelta(hours=40),
+                                                                     operator="or")),)), {"c3", "c4"}),
+    (Policy((KeepPolicy("branch", NamePattern("main"), images=Limit(last=3, within=timedelta(hours=60))),)),
+     {"c2", "c3"}),
+    (Policy((KeepPolicy("tag", NamePattern("/.*/")),)), {"c1"}),
+    (Policy(()), set()),
+])
+def test_policies_table(policy, kept):
+    records = [rec(n, h, [([f"c{n}"], n, [])]) for n, h in [(1, 100), (2, 50), (3, 30), (4, 20)]]
+    plan = make_plan(facts(records, {f"c{n}": D(n) for n in (1, 2, 3, 4)}), policy)
+    assert {t for (_, t), (a, _) in decisions(plan).items() if a == "keep" and t.startswith("c")} == kept
+
+
+def test_shared_digest_removes_only_the_tag():
+    # One build pushed two tags of one digest; another build later moved "latest"... the c1 build is
+    # deleted but its digest is also tagged "release" by a kept build: delete c1 by tag only.
+    records = [rec(1, 100, [(["c1"], 7, [])]), rec(3, 30, [(["c3", "release"], 7, [])])]
+    policy = Policy((KeepPolicy("branch", NamePattern("main"), images=Limit(last=1)),))
+    plan = make_plan(facts(records, {"c1": D(7), "c3": D(7), "release": D(7)}), policy)
+    d = decisions(plan)
+    # D(7) is main's newest image, so the c1 build's tag is kept too (same image).
+    assert d[("app", "c1")][0] == "keep"
+    # Now the old build's digest differs but a foreign tag shares the digest.
+    records = [rec(1, 100, [(["c1"], 1, [])]), rec(3, 30, [(["c3"], 3, [])])]
+    plan = make_plan(facts(records, {"c1": D(1), "c3": D(3), "mine": D(1)}), policy)
+    d = decisions(plan)
+    assert d[("app", "c1")] == ("delete", "tag")
+    assert d[("app", "mine")] == ("keep", None)
+    assert reasons(plan, "mine") == ("not pushed by kade (no build record names this tag)",)
+
+
+def test_in_use_by_digest_and_by_tag():
+    records = [rec(9, 100, [(["old"], 1, [])]), rec(9, 90, [(["older"], 2, [])]), rec(9, 80, [(["x"], 3, [])])]
+    in_use = InUse()
+    in_use.add(f"other-host:5000/team/app@{D(1)}", "ctx/ns/Deployment/web")
+    in_use.add("team/app:older@" + D(50), "ctx/ns/Pod/p")  # tag and digest: tag match (host ignored)
+    plan = make_plan(facts(records, {"old": D(1), "older": D(2), "x": D(3)}, in_use=in_use), Policy(()))
+    d = decisions(plan)
+    assert d[("app", "old")] == ("keep", None)
+    assert reasons(plan, "old") == ("in use by digest: ctx/ns/Deployment/web",)
+    assert d[("app", "older")] == ("keep", None)
+    assert d[("app", "x")] == ("delete", "manifest")
+    assert reasons(plan, "x") == (f"commit {C(9)[:10]} is in no branch or tag of the git repository",)
+
+
+def test_keep_list_recent_nocommit_and_moved_tags():
+    records = [rec(None, 1, [(["fresh"], 1, [])]), rec(None, 50, [(["stale"], 2, [])]),
+               rec(None, 50, [(["latest"], 3, [])]), rec(None, 50, [(["moved"], 4, [])])]
+    policy = Policy((), keep_list=(NamePattern("latest"),))
+    plan = make_plan(facts(records, {"fresh": D(1), "stale": D(2), "latest": D(3), "moved": D(99)}), policy)
+    d = decisions(plan)
+    assert d[("app", "fresh")][0] == "keep" and "built within 2h" in reasons(plan, "fresh")[0]
+    assert d[("app", "stale")] == ("delete", "manifest")
+    assert "built without a git commit" in reasons(plan, "stale")[0]
+    assert reasons(plan, "latest") == ("keep list: latest",)
+    assert d[("app", "moved")][0] == "keep" and "moved outside kade" in reasons(plan, "moved")[0]
+
+
+def test_steps_and_records():
+    kept = rec(3, 30, [(["c3"], 3, [1, 2])])
+    gone = rec(9, 100, [(["old"], 1, [1, 3])])
+    recent = rec(None, 0.5, [([], 5, [4])])  # a build that pushed no tags still keeps its steps
+    orphans = {K(10): D(10), K(11): D(11), K(12): D(12), "not-a-step": D(13),
+               "build-" + "a" * 40 + "-999": D(14)}
+    step_created = {K(10): at(1), K(11): at(10), K(12): None}
+    plan = make_plan(facts([kept, gone, recent], {"c3": D(3), "old": D(1)}, orphans,
+                           step_created=step_created), MAIN_LAST_2)
+    d = decisions(plan)
+    stages = {t: a for (r, t), (a, _) in d.items() if r == "app-stages"}
+    assert stages[K(1)] == "keep" and stages[K(2)] == "keep" and stages[K(4)] == "keep"
+    assert stages[K(3)] == "delete" and reasons(plan, K(3)) == ("only needed by builds that are deleted",)
+    assert stages[K(10)] == "keep" and stages[K(12)] == "keep" and stages[K(11)] == "delete"
+    assert stages["not-a-step"] == "keep"
+    assert stages[kept[0]] == "keep" and stages[recent[0]] == "keep" and stages[gone[0]] == "delete"
+    assert stages["build-" + "a" * 40 + "-999"] == "keep"  # a record newer than the plan's listing
+    assert reasons(plan, "build-" + "a" * 40 + "-999") == ("newer than this plan",)
+
+
+def test_purge_deletes_everything_kade_pushed_only():
+    records = [rec(3, 0.1, [(["c3"], 3, [1])])]
+    in_use = InUse()
+    in_use.add(f"{APP}:c3", "ctx/ns/Pod/p")
+    plan = make_plan(facts(records, {"c3": D(3), "foreign": D(8)}, {"keepme": D(9)}, in_use=in_use),
+                     Policy(()), purge=True)
+    d = decisions(plan)
+    assert d[("app", "c3")] == ("delete", "manifest")
+    assert d[("app-stages", K(1))][0] == "delete" and d[("app-stages", records[0][0])][0] == "delete"
+    assert d[("app", "foreign")][0] == "keep" and d[("app-stages", "keepme")][0] == "keep"
+
+
+def test_plan_json_and_summary():
+    records = [rec(1, 100, [(["c1"], 1, [])]), rec(3, 30, [(["c3"], 3, [])])]
+    plan = make_plan(facts(records, {"c1": D(1), "c3": D(3)}), MAIN_LAST_2)
+    doc = plan.to_dict()
+    assert doc["summary"]["keep"] + doc["summary"]["delete"] == len(doc["items"]) == 4
+    assert {i["tag"] for i in doc["items"]} == {"c1", "c3", records[0][0], records[1][0]}
