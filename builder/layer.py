@@ -27,11 +27,9 @@ from builder.changes import Change, split_path, tar_name
 from builder.errors import BuildError
 from builder.tarformat import (BLOCKDEV, CHAR, DIRECTORY, END_OF_ARCHIVE, FIFO, HARDLINK, REGULAR,
                                SYMLINK, TarEntry, TarFormatError, encode_header, padding)
+from registry.mediatypes import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
-# Same values as registry/mediatypes.py (OCI image spec); kept here until that module lands in main.
-MEDIA_TYPE_TAR = "application/vnd.oci.image.layer.v1.tar"
-MEDIA_TYPE_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-MEDIA_TYPE_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+MEDIA_TYPE_TAR, MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD = OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
 Compression = Literal["gzip", "zstd", "none"]
 MEDIA_TYPES: dict[str, str] = {"gzip": MEDIA_TYPE_GZIP, "zstd": MEDIA_TYPE_ZSTD, "none": MEDIA_TYPE_TAR}

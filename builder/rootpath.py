@@ -89,3 +89,23 @@ def open_dir(root_fd: int, parts: Sequence[bytes], *, create: bool = False, foll
 def fd_path(fd: int) -> str:
     """The absolute host path of an open directory fd (for APIs without *at variants, e.g. mount)."""
     return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def resolve(root: str | os.PathLike[str], path: str | bytes, *, create_parents: bool = False,
+            on_create: Callable[[list[bytes]], None] | None = None) -> tuple[str, bytes]:
+    """(host path of the resolved parent directory, last component) of `path` inside `root`.
+    The last component itself is not resolved (it may be missing or a symlink). `on_create` hears of
+    each parent directory created (components resolved from the root)."""
+    parts = split(path)
+    if not parts:
+        raise ValueError("the root itself has no parent")
+    root_fd = open_root(root)
+    hook = None if on_create is None else (lambda _fd, created: on_create(created))
+    try:
+        fd = open_dir(root_fd, parts[:-1], create=create_parents, on_create=hook)
+    finally:
+        os.close(root_fd)
+    try:
+        return fd_path(fd), parts[-1]
+    finally:
+        os.close(fd)
