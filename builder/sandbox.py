@@ -15,7 +15,9 @@ Everything mounted lives only in the sandbox's mount namespace and vanishes with
 the rootfs lacked are created before the run (resolved inside the rootfs, never through a symlink
 out of it) and removed afterwards with their parents' mtimes restored, so a snapshot sees nothing of
 them. The sandbox's spec (secret bytes included) reaches the init through a pipe: never argv, never
-a file on disk, never a log. Output is streamed line by line to a callback.
+a file on disk, never a log. Output is streamed line by line to a callback `output(stream, data)`
+("stdout"/"stderr"): each call is one line *with* its b"\n" (the last piece of a stream may lack it,
+and a line over 64 KiB comes in pieces), so joining the calls of a stream gives its exact bytes.
 """
 from __future__ import annotations
 
@@ -384,8 +386,10 @@ def _pump(proc: subprocess.Popen, output: OutputCallback | None, timeout: float 
                 pending[name] = b""
                 continue
             buf = pending[name] + chunk
-            *lines, rest = buf.split(b"\n")
-            while len(rest) > MAX_LINE:
+            cut = buf.rfind(b"\n") + 1
+            lines = [line + b"\n" for line in buf[:cut].split(b"\n")[:-1]]
+            rest = buf[cut:]
+            while len(rest) > MAX_LINE:     # an endless line comes in pieces (without a newline)
                 lines.append(rest[:MAX_LINE])
                 rest = rest[MAX_LINE:]
             pending[name] = rest
