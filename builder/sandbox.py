@@ -33,6 +33,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Mapping, Sequence
@@ -44,6 +45,7 @@ MountType = Literal["bind", "cache", "tmpfs", "secret", "ssh"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 MAX_LINE = 64 * 1024
+_STARTED = "+"   # the init's first word on the status pipe: the namespaces exist
 _PKG_ROOT = str(Path(__file__).resolve().parent.parent)
 # The interpreter that runs the sandbox's init (stdlib only). Override with KADE_SANDBOX_PYTHON when
 # sys.executable is not reachable by the build user (rootless builds with a root-owned Python).
@@ -350,7 +352,7 @@ def _spawn(spec: dict, output: OutputCallback | None, timeout: float | None, roo
     except BrokenPipeError:
         pass
     try:
-        _pump(proc, output, timeout)
+        stderr_tail = _pump(proc, output, timeout)
         code = proc.wait()
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -358,17 +360,23 @@ def _spawn(spec: dict, output: OutputCallback | None, timeout: float | None, roo
         raise
     finally:
         with os.fdopen(status_r, "rb") as f:
-            problem = f.read().decode(errors="replace")
-    if problem:
-        raise SandboxError(problem)
+            status = f.read().decode(errors="replace")
+    if not status.startswith(_STARTED):
+        why = b" ".join(stderr_tail).decode(errors="replace").strip() or f"exit code {code}"
+        raise SandboxError(f"cannot create the sandbox's namespaces with unshare: {why} (a container without "
+                           "CAP_SYS_ADMIN or with user namespaces disabled cannot run RUN steps)")
+    if status[len(_STARTED):]:
+        raise SandboxError(status[len(_STARTED):])
     return 128 - code if code < 0 else code
 
 
-def _pump(proc: subprocess.Popen, output: OutputCallback | None, timeout: float | None) -> None:
+def _pump(proc: subprocess.Popen, output: OutputCallback | None, timeout: float | None) -> deque[bytes]:
+    """Feed the command's output to `output` until both pipes close; returns the last stderr pieces."""
     import time
     deadline = None if timeout is None else time.monotonic() + timeout
     sel = selectors.DefaultSelector()
     pending = {"stdout": b"", "stderr": b""}
+    stderr_tail: deque[bytes] = deque(maxlen=5)
     sel.register(proc.stdout, selectors.EVENT_READ, "stdout")  # type: ignore[arg-type]
     sel.register(proc.stderr, selectors.EVENT_READ, "stderr")  # type: ignore[arg-type]
     while sel.get_map():
@@ -381,6 +389,8 @@ def _pump(proc: subprocess.Popen, output: OutputCallback | None, timeout: float 
             chunk = os.read(key.fd, 65536)
             if not chunk:
                 sel.unregister(key.fileobj)
+                if pending[name] and name == "stderr":
+                    stderr_tail.append(pending[name])
                 if pending[name] and output:
                     output(name, pending[name])
                 pending[name] = b""
@@ -393,10 +403,13 @@ def _pump(proc: subprocess.Popen, output: OutputCallback | None, timeout: float 
                 lines.append(rest[:MAX_LINE])
                 rest = rest[MAX_LINE:]
             pending[name] = rest
+            if name == "stderr":
+                stderr_tail.extend(lines)
             if output:
                 for line in lines:
                     output(name, line)
     sel.close()
+    return stderr_tail
 
 
 # ------------------------------------------------------------------------ sandbox side: init
@@ -480,6 +493,7 @@ def _init_main() -> None:
     """Entry point inside the namespaces (PID 1): set up, then exec the command in its place."""
     spec_fd, status_fd = int(sys.argv[1]), int(sys.argv[2])
     os.set_inheritable(status_fd, False)
+    os.write(status_fd, _STARTED.encode())
 
     def fail(message: str) -> None:
         os.write(status_fd, message.encode(errors="replace"))

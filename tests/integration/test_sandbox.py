@@ -261,3 +261,16 @@ def test_ssh_agent_socket_mount(base, tmp_path):
         server.close()
     assert code == 0 and stdout(lines) == ["/run/buildkit/ssh_agent.0", "is-socket"]
     assert changes == [] and not (base / "run").exists()
+
+
+def test_namespaces_refused_is_a_clear_error(base, tmp_path, monkeypatch):
+    """A fake `unshare` that fails the way the real one does in a pod without CAP_SYS_ADMIN (this
+    machine lets namespaces be created, so the fault cannot be shown for real here)."""
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "unshare").write_text("#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n")
+    os.chmod(fake / "unshare", 0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    with pytest.raises(SandboxError, match="namespaces.*Operation not permitted"):
+        run_in_rootfs(base, ["/bin/sh", "-c", "true"])
+    assert not (base / "proc").exists()
