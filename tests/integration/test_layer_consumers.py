@@ -81,3 +81,44 @@ def test_podman_runs_an_image_of_kade_layers(tiny_base, tmp_path):
         shutil.rmtree(storage, ignore_errors=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split("\n")[:-1] == ["keep", "--", "new", "--", "4755", "1", "new"]
+
+
+def test_layers_written_by_buildah_unpack_to_the_same_tree(tmp_path):
+    """The other direction: a layer from buildah (Go's archive/tar via containers/storage) applied by
+    kade's unpack gives back the tree buildah was given."""
+    from builder.unpack import apply_layer
+    from tests.fixtures.layers import tree_state
+
+    if shutil.which("buildah") is None:
+        pytest.skip("buildah is not installed (scripts/setup installs it)")
+    src = tmp_path / "src"
+    (src / "dir" / "empty").mkdir(parents=True)
+    (src / "dir" / "file").write_bytes(b"content\n" * 100)
+    os.link(src / "dir" / "file", src / "dir" / "hardlink")
+    os.symlink("/etc/passwd", src / "dir" / "abs-link")
+    (src / "suid").write_bytes(b"#!/bin/sh\n")
+    os.chmod(src / "suid", 0o4755)
+    (src / ("long-name-" * 15)).write_bytes(b"long")
+    storage = Path(tempfile.mkdtemp(prefix="kade-bh-"))
+    buildah = ["buildah", "--root", str(storage / "root"), "--runroot", str(storage / "run"), "--storage-driver", "vfs"]
+    try:
+        ctr = subprocess.run(buildah + ["from", "scratch"], check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(buildah + ["copy", ctr, str(src), "/"], check=True, capture_output=True)
+        layout = tmp_path / "layout"
+        subprocess.run(buildah + ["commit", "--quiet", "--disable-compression=false", ctr, f"oci:{layout}:t"],
+                       check=True, capture_output=True, timeout=120)
+        subprocess.run(buildah + ["rm", ctr], capture_output=True)
+    finally:
+        subprocess.run(buildah + ["rmi", "--all", "--force"], capture_output=True)
+        shutil.rmtree(storage, ignore_errors=True)
+    oci = OCILayout(layout)
+    manifest = json.loads(oci.blobs.read(oci.resolve("t").digest))
+    config = json.loads(oci.blobs.read(manifest["config"]["digest"]))
+    (layer,) = manifest["layers"]
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    with open(oci.blobs.path(layer["digest"]), "rb") as f:
+        apply_layer(f, rootfs, layer["mediaType"], digest=layer["digest"],
+                    expected_diff_id=config["rootfs"]["diff_ids"][0])
+    assert tree_state(rootfs) == tree_state(src)
+    assert os.stat(rootfs / "dir" / "file").st_ino == os.stat(rootfs / "dir" / "hardlink").st_ino
