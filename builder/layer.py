@@ -202,10 +202,6 @@ class _Pipeline:
             raise errors[0]
 
 
-def _sort_key(change: Change) -> tuple[bytes, ...]:
-    return tar_name(change)
-
-
 _ENTRY_TYPES = ((stat.S_ISREG, REGULAR), (stat.S_ISDIR, DIRECTORY), (stat.S_ISLNK, SYMLINK),
                 (stat.S_ISCHR, CHAR), (stat.S_ISBLK, BLOCKDEV), (stat.S_ISFIFO, FIFO))
 
@@ -299,13 +295,12 @@ def write_layer(changes: Iterable[Change], out: BinaryIO, compression: Compressi
                 epoch: int | None = None, *, level: int | None = None) -> LayerInfo:
     """Write `changes` as one layer blob to `out` and describe it. Entries are sorted, so the order of
     `changes` does not matter; two changes naming the same tar entry are an error."""
-    ordered = sorted(changes, key=_sort_key)
+    ordered = sorted(((tar_name(c), c) for c in changes), key=lambda kc: kc[0])
     sink = _Pipeline(out, compression, level)
     writer = _TarWriter(sink, epoch)
     previous: tuple[bytes, ...] | None = None
     try:
-        for change in ordered:
-            key = _sort_key(change)
+        for key, change in ordered:
             if key == previous:
                 raise LayerWriteError(f"two changes for the same layer path {change.path!r}")
             previous = key
