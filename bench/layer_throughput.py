@@ -134,21 +134,43 @@ def main() -> int:
     parser.add_argument("--tree", type=Path)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-buildah", action="store_true")
+    parser.add_argument("--big-gb", type=int, default=4, help="also a layer of one sparse file this big (0: skip)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     tree = args.tree or make_tree(args.work)
     _, files = tree_bytes(tree)
     tar_mb = kade_run(tree, args.work, "none")[2] / 1e6   # also warms the page cache
     rows = []
-    for comp in ("gzip", "zstd", "none"):
-        runs = [kade_run(tree, args.work, comp, keep=comp != "none") for _ in range(args.runs)]
+    comps = ("gzip", "zstd", "none")
+    # Runs interleave (gzip, zstd, none, gzip, ...) after a sync, so write-back of one run's output
+    # does not land on the next one's clock.
+    writes = {c: [] for c in comps}
+    for _ in range(args.runs):
+        for comp in comps:
+            subprocess.run(["sync"])
+            writes[comp].append(kade_run(tree, args.work, comp, keep=comp != "none"))
+    for comp in comps:
+        runs = writes[comp]
         wall = statistics.median(r[0] for r in runs)
         rows.append((f"kade write_layer {comp}", wall, tar_mb / wall, max(r[1] for r in runs), runs[0][2] / 1e6))
-    for comp in ("gzip", "zstd"):
-        runs = [unpack_run(args.work, comp) for _ in range(args.runs)]
+    unpacks = {c: [] for c in ("gzip", "zstd")}
+    for _ in range(args.runs):
+        for comp in unpacks:
+            subprocess.run(["sync"])
+            unpacks[comp].append(unpack_run(args.work, comp))
+    for comp, runs in unpacks.items():
         wall = statistics.median(r[0] for r in runs)
         rows.append((f"kade apply_layer {comp} (unpack)", wall, tar_mb / wall, max(r[1] for r in runs), None))
         (args.work / f"layer.{comp}").unlink()
+    if args.big_gb:
+        big = args.work / "big"
+        big.mkdir(exist_ok=True)
+        with open(big / "sparse-zeros", "wb") as f:
+            f.truncate(args.big_gb << 30)
+        wall, rss, size = kade_run(big, args.work, "gzip")
+        rows.append((f"kade write_layer gzip, one {args.big_gb} GiB file (sparse zeros)", wall,
+                     (args.big_gb << 30) / 1e6 / wall, rss, size / 1e6))
+        shutil.rmtree(big)
     runs = [walk_run(tree) for _ in range(args.runs)]
     wall = statistics.median(r[0] for r in runs)
     rows.append((f"kade stat snapshot: 2 walks + diff ({files} files)", wall, None, max(r[1] for r in runs), None))
@@ -163,7 +185,7 @@ def main() -> int:
     print(f"\n## Layer throughput (benchmark 5) — {now}\n")
     print(f"Machine: {platform.node()}, {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
           f"files on {subprocess.run(['findmnt', '-no', 'FSTYPE', '-T', str(tree)], capture_output=True, text=True).stdout.strip()}, page cache warm.")
-    print(f"Command: `.venv/bin/python bench/layer_throughput.py --runs {args.runs}`")
+    print(f"Command: `.venv/bin/python bench/layer_throughput.py --runs {args.runs} --big-gb {args.big_gb}`")
     print(f"Load average at the end: {os.getloadavg()[0]:.1f} (the 2 cores are shared with other work).")
     print(f"Tree: {files} files, a {tar_mb:.0f} MB tar (copy of {', '.join(SOURCES)}). Median of {args.runs} runs; "
           "MB/s = uncompressed tar bytes / wall time; RSS = peak of the measured process.\n")
