@@ -146,12 +146,12 @@ class _Mountpoints:
         rel = os.path.relpath(real, base)
         return () if rel == b"." else tuple(rel.split(b"/"))
 
-    def ensure(self, target: str, is_dir: bool) -> str:
+    def ensure(self, target: str, is_dir: bool, *, allow_symlink: bool = True) -> str:
         """The host path of `target` inside the rootfs, created (empty) when missing."""
-        parts = tuple(split(target))
+        parts = _lexical(tuple(split(target)))
         for _ in range(40):
             if not parts:
-                return os.fsdecode(os.readlink(f"/proc/self/fd/{self.root_fd}"))
+                raise SandboxError(f"cannot mount on {target} in {self.rootfs}: it resolves to the rootfs itself")
             parent = self._open_parent(parts[:-1])
             try:
                 base = self._relative(parent)
@@ -168,6 +168,9 @@ class _Mountpoints:
                     self.created.append((base + (name,), is_dir))
                     return os.fsdecode(os.fsencode(os.readlink(f"/proc/self/fd/{parent}")) + b"/" + name)
                 if stat.S_ISLNK(st.st_mode):
+                    if not allow_symlink:
+                        raise SandboxError(f"{target} in {self.rootfs} is a symbolic link; a RUN step needs a "
+                                           "real directory (or nothing) there")
                     link = os.readlink(name, dir_fd=parent)
                     parts = tuple(split(link)) if link.startswith(b"/") else tuple(split(b"/".join(base + (link,))))
                     parts = _lexical(parts)
@@ -279,8 +282,7 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
         (private / "resolv.conf").write_text(_resolv_conf())
         (private / "secrets").mkdir()
         spec_mounts = []
-        for name in ("proc", "dev", "sys"):
-            points.ensure("/" + name, True)
+        system = {name: points.ensure("/" + name, True, allow_symlink=False) for name in ("proc", "dev", "sys")}
         etc_hosts = points.ensure("/etc/hosts", False)
         etc_resolv = points.ensure("/etc/resolv.conf", False)
         for i, m in enumerate(mounts):
@@ -320,7 +322,7 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
             "uid": user.uid, "gid": user.gid, "groups": list(user.groups), "hostname": hostname,
             "network": network, "rootless": rootless, "mounts": spec_mounts,
             "hosts": str(private / "hosts"), "resolv": str(private / "resolv.conf"),
-            "etc_hosts": etc_hosts, "etc_resolv": etc_resolv,
+            "etc_hosts": etc_hosts, "etc_resolv": etc_resolv, "system": system,
         }
         return _spawn(spec, output, timeout, rootless, network)
     finally:
@@ -430,8 +432,9 @@ def _setup(spec: dict) -> None:
     root = spec["root"]
     L.mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
     L.mount(root, root, None, L.MS_BIND | L.MS_REC)
-    L.mount("proc", f"{root}/proc", "proc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
-    dev = f"{root}/dev"
+    system = spec["system"]   # /proc, /dev, /sys as resolved inside the rootfs
+    L.mount("proc", system["proc"], "proc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
+    dev = system["dev"]
     L.mount("tmpfs", dev, "tmpfs", L.MS_NOSUID | L.MS_NOEXEC, "mode=755,size=65536k")
     for name in DEVICES:
         path = f"{dev}/{name}"
@@ -450,10 +453,10 @@ def _setup(spec: dict) -> None:
     os.symlink("/proc/self/fd", f"{dev}/fd")
     ro = L.MS_RDONLY | L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC
     try:
-        L.mount("sysfs", f"{root}/sys", "sysfs", ro)
+        L.mount("sysfs", system["sys"], "sysfs", ro)
     except OSError:
-        L.mount("/sys", f"{root}/sys", None, L.MS_BIND | L.MS_REC)
-        L.mount(None, f"{root}/sys", None, L.MS_REMOUNT | L.MS_BIND | ro)
+        L.mount("/sys", system["sys"], None, L.MS_BIND | L.MS_REC)
+        L.mount(None, system["sys"], None, L.MS_REMOUNT | L.MS_BIND | ro)
     L.mount(spec["hosts"], spec["etc_hosts"], None, L.MS_BIND)
     L.mount(spec["resolv"], spec["etc_resolv"], None, L.MS_BIND)
     for m in spec["mounts"]:

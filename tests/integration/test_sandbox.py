@@ -274,3 +274,21 @@ def test_namespaces_refused_is_a_clear_error(base, tmp_path, monkeypatch):
     with pytest.raises(SandboxError, match="namespaces.*Operation not permitted"):
         run_in_rootfs(base, ["/bin/sh", "-c", "true"])
     assert not (base / "proc").exists()
+
+
+@pytest.mark.parametrize("name,link", [("dev", "/real-dev"), ("proc", "../../../../../../.."), ("sys", "/")])
+def test_system_mountpoints_must_be_real_directories(base, name, link):
+    (base / "real-dev").mkdir()
+    os.symlink(link, base / name)
+    with pytest.raises(SandboxError, match=f"/{name} .* symbolic link"):
+        run(base, "true")
+    assert (base / name).is_symlink()
+    if name != "proc":
+        assert not (base / "proc").exists()   # made for this run, removed when it failed
+
+
+@pytest.mark.parametrize("target", ["/", "/up/../..", "/to-root"])
+def test_mounts_on_the_root_itself_are_refused(base, target):
+    os.symlink("/", base / "to-root")
+    with pytest.raises(SandboxError, match="rootfs itself"):
+        run(base, "true", mounts=[Mount("tmpfs", target)])
