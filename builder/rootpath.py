@@ -109,3 +109,50 @@ def resolve(root: str | os.PathLike[str], path: str | bytes, *, create_parents: 
         return fd_path(fd), parts[-1]
     finally:
         os.close(fd)
+
+
+def relative_parts(root_fd: int, fd: int) -> tuple[bytes, ...]:
+    """The components of directory `fd` relative to the root directory `root_fd`."""
+    real = os.fsencode(fd_path(fd))
+    base = os.fsencode(fd_path(root_fd))
+    rel = os.path.relpath(real, base)
+    return () if rel == b"." else tuple(rel.split(b"/"))
+
+
+def lexical(parts: Sequence[bytes]) -> tuple[bytes, ...]:
+    """`parts` with '.' dropped and '..' applied, never above the root."""
+    out: list[bytes] = []
+    for p in parts:
+        if p == b"..":
+            if out:
+                out.pop()
+        elif p not in (b"", b"."):
+            out.append(p)
+    return tuple(out)
+
+
+def resolve_full(root: str | os.PathLike[str], path: str | bytes) -> str:
+    """The host path that `path` names inside `root`, every symlink (the last one included) followed
+    as if `root` were `/`. The result may not exist only in its last component."""
+    root_fd = open_root(root)
+    try:
+        parts = lexical(split(path))
+        for _ in range(MAX_SYMLINKS):
+            if not parts:
+                return fd_path(root_fd)
+            parent = open_dir(root_fd, parts[:-1])
+            try:
+                try:
+                    st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+                except FileNotFoundError:
+                    st = None
+                if st is None or not stat.S_ISLNK(st.st_mode):
+                    return os.fsdecode(os.fsencode(fd_path(parent)).rstrip(b"/") + b"/" + parts[-1])
+                link = os.readlink(parts[-1], dir_fd=parent)
+                base = () if link.startswith(b"/") else relative_parts(root_fd, parent)
+                parts = lexical(base + tuple(link.split(b"/")))
+            finally:
+                os.close(parent)
+        raise OSError(errno.ELOOP, "too many levels of symbolic links", os.fsdecode(path))
+    finally:
+        os.close(root_fd)

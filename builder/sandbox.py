@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 from builder.errors import BuildError
-from builder.rootpath import open_dir, open_root, split
+from builder.rootpath import lexical, open_dir, open_root, relative_parts, resolve_full, split
 
 MountType = Literal["bind", "cache", "tmpfs", "secret", "ssh"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -66,10 +66,11 @@ class User:
 @dataclass(frozen=True)
 class Mount:
     """One RUN --mount. `target` is an absolute path inside the rootfs.
-    bind: `source` host path (a file or directory; writes are discarded unless `readonly`... see below);
-    cache: `source` host directory kept between builds (read-write unless `readonly`);
-    tmpfs: a fresh tmpfs (`size` bytes if given); secret: `data` on a tmpfs as a file (`mode`, uid, gid);
-    ssh: `source` is the agent socket on the host."""
+    bind: `source` a host file or directory — or, with `source_root`, a path inside that directory
+    resolved there; read-only when `readonly`, else the sandbox works on a copy (writes are discarded);
+    cache: `source` a host directory kept between builds (read-write unless `readonly`);
+    tmpfs: a fresh tmpfs (`size` bytes if given); secret: `data` as a read-only file on a tmpfs
+    (`mode`, default 0o400, `uid`, `gid`); ssh: `source` is the agent socket on the host."""
     type: MountType
     target: str
     source: str | None = None
@@ -79,6 +80,8 @@ class Mount:
     uid: int = 0
     gid: int = 0
     size: int | None = None
+    source_root: str | None = None   # bind: `source` is a path inside this directory (a stage rootfs,
+                                     # the build context), resolved there — symlinks never lead out
 
     def __post_init__(self) -> None:
         if not self.target.startswith("/"):
@@ -140,21 +143,15 @@ class _Mountpoints:
             finally:
                 os.close(fd)
 
-    def _relative(self, fd: int) -> tuple[bytes, ...]:
-        real = os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
-        base = os.fsencode(os.readlink(f"/proc/self/fd/{self.root_fd}"))
-        rel = os.path.relpath(real, base)
-        return () if rel == b"." else tuple(rel.split(b"/"))
-
     def ensure(self, target: str, is_dir: bool, *, allow_symlink: bool = True) -> str:
         """The host path of `target` inside the rootfs, created (empty) when missing."""
-        parts = _lexical(tuple(split(target)))
+        parts = lexical(tuple(split(target)))
         for _ in range(40):
             if not parts:
                 raise SandboxError(f"cannot mount on {target} in {self.rootfs}: it resolves to the rootfs itself")
             parent = self._open_parent(parts[:-1])
             try:
-                base = self._relative(parent)
+                base = relative_parts(self.root_fd, parent)
                 name = parts[-1]
                 try:
                     st = os.stat(name, dir_fd=parent, follow_symlinks=False)
@@ -173,7 +170,7 @@ class _Mountpoints:
                                            "real directory (or nothing) there")
                     link = os.readlink(name, dir_fd=parent)
                     parts = tuple(split(link)) if link.startswith(b"/") else tuple(split(b"/".join(base + (link,))))
-                    parts = _lexical(parts)
+                    parts = lexical(parts)
                     continue
                 if stat.S_ISDIR(st.st_mode) != is_dir:
                     kind = "a directory" if is_dir else "a file"
@@ -223,17 +220,6 @@ class _Mountpoints:
             finally:
                 os.close(fd)
         os.close(self.root_fd)
-
-
-def _lexical(parts: tuple[bytes, ...]) -> tuple[bytes, ...]:
-    out: list[bytes] = []
-    for p in parts:
-        if p == b"..":
-            if out:
-                out.pop()
-        elif p not in (b"", b"."):
-            out.append(p)
-    return tuple(out)
 
 
 def _resolv_conf() -> str:
@@ -288,7 +274,7 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
         for i, m in enumerate(mounts):
             item: dict[str, object] = {"type": m.type, "readonly": m.readonly, "size": m.size}
             if m.type == "bind":
-                source = Path(m.source or "")
+                source = Path(resolve_full(m.source_root, m.source or "/") if m.source_root else m.source or "")
                 if not source.exists():
                     raise SandboxError(f"bind mount source {source} does not exist")
                 is_dir = source.is_dir()

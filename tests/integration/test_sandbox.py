@@ -292,3 +292,13 @@ def test_mounts_on_the_root_itself_are_refused(base, target):
     os.symlink("/", base / "to-root")
     with pytest.raises(SandboxError, match="rootfs itself"):
         run(base, "true", mounts=[Mount("tmpfs", target)])
+
+
+def test_bind_source_resolves_inside_its_root(base, tmp_path):
+    ctx = tmp_path / "ctx"
+    (ctx / "etc").mkdir(parents=True)
+    (ctx / "etc" / "marker").write_text("from the context\n")
+    os.symlink("/etc", ctx / "link")            # means the context's /etc, never the host's
+    code, lines = run(base, "cat /m/marker; [ -e /m/passwd ] && echo host-leak || echo no-host-file",
+                      mounts=[Mount("bind", "/m", source="link", source_root=str(ctx), readonly=True)])
+    assert code == 0 and stdout(lines) == ["from the context", "no-host-file"]

@@ -59,3 +59,21 @@ def test_follow_last_false_refuses_a_final_symlink(root):
         os.close(open_dir(fd, [b"abs-real"]))
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("path,expected", [
+    ("to-root", ""),                   # a symlink to '/' is the root itself
+    ("abs-real", "real"),              # the last component is followed too
+    ("real/up", ""),
+    ("real/sub/missing", "real/sub/missing"),
+    ("to-root/real/../file", "file"),
+])
+def test_resolve_full(root, path, expected):
+    from builder.rootpath import resolve_full
+    assert resolve_full(root, path) == str(root / expected).rstrip("/")
+
+
+def test_resolve_full_loops_fail(root):
+    from builder.rootpath import resolve_full
+    with pytest.raises(OSError):
+        resolve_full(root, "loop1")
