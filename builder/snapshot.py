@@ -360,8 +360,12 @@ class Capture:
     def close(self) -> None:
         self._unmount()
         if self.method == "overlay":
-            for d in (self._upper, self._work, self.root):
-                shutil.rmtree(d, ignore_errors=True)
+            _clean_overlay_dirs(self.scratch)
+
+
+def _clean_overlay_dirs(scratch: Path) -> None:
+    for name in ("upper", "work", "merged"):
+        shutil.rmtree(scratch / name, ignore_errors=True)
 
 
 def overlay_available(scratch: str | os.PathLike[str]) -> bool:
@@ -387,14 +391,15 @@ def capture(rootfs: str | os.PathLike[str], scratch: str | os.PathLike[str], met
     a walk with the stat method."""
     root, scratch_p = Path(rootfs), Path(scratch)
     scratch_p.mkdir(parents=True, exist_ok=True)
-    chosen = method
-    if method == "auto":
-        chosen = "overlay" if overlay_available(scratch_p) else "stat"
+    excluded = tuple(p.strip("/") for p in exclude)
     try:
-        cap = Capture(root, scratch_p, chosen, before, tuple(p.strip("/") for p in exclude))
+        cap = Capture(root, scratch_p, "overlay" if method == "auto" else method, before, excluded)
     except OSError as exc:
-        raise SnapshotError(f"cannot track changes of {root} with {chosen}: {exc}; "
-                            "use the stat method where overlay mounts are not allowed") from None
+        if method != "auto":
+            raise SnapshotError(f"cannot track changes of {root} with {method}: {exc}; "
+                                "use the stat method where overlay mounts are not allowed") from None
+        _clean_overlay_dirs(scratch_p)
+        cap = Capture(root, scratch_p, "stat", before, excluded)  # no overlay here (pod, odd filesystem)
     try:
         yield cap
     finally:

@@ -181,3 +181,19 @@ def test_tar_unpack_snapshot_tar_round_trip(tmp_path, method):
         apply_layer(blob, cap.root, digest=first.digest)
         again = write_layer(cap.changes(), io.BytesIO(), "zstd", epoch=1_700_000_000)
     assert again == first
+
+
+def test_auto_falls_back_to_stat_where_overlay_cannot_mount(tmp_path):
+    rootfs = base_tree(tmp_path / "root,with:comma")   # overlay's option syntax cannot name this lowerdir
+    with capture(rootfs, tmp_path / "scratch", "auto") as cap:
+        (cap.root / "new").write_text("x")
+        assert cap.method == "stat" and cap.root == rootfs
+        assert normalized(cap.changes()) == {("new", "add")}
+    assert not (tmp_path / "scratch" / "upper").exists()
+
+
+@root_only
+def test_auto_prefers_overlay(tmp_path):
+    rootfs = base_tree(tmp_path / "rootfs")
+    with capture(rootfs, tmp_path / "scratch", "auto") as cap:
+        assert cap.method == "overlay" and cap.root != rootfs
