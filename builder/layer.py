@@ -144,21 +144,13 @@ def _sort_key(change: Change) -> tuple[bytes, ...]:
     return tar_name(change)
 
 
+_ENTRY_TYPES = ((stat.S_ISREG, REGULAR), (stat.S_ISDIR, DIRECTORY), (stat.S_ISLNK, SYMLINK),
+                (stat.S_ISCHR, CHAR), (stat.S_ISBLK, BLOCKDEV), (stat.S_ISFIFO, FIFO))
+
+
 def _entry_type(st: os.stat_result) -> bytes | None:
-    mode = st.st_mode
-    if stat.S_ISREG(mode):
-        return REGULAR
-    if stat.S_ISDIR(mode):
-        return DIRECTORY
-    if stat.S_ISLNK(mode):
-        return SYMLINK
-    if stat.S_ISCHR(mode):
-        return CHAR
-    if stat.S_ISBLK(mode):
-        return BLOCKDEV
-    if stat.S_ISFIFO(mode):
-        return FIFO
-    return None  # sockets and anything unknown
+    """The tar type of a file; None for sockets and anything unknown (skipped)."""
+    return next((typeflag for test, typeflag in _ENTRY_TYPES if test(st.st_mode)), None)
 
 
 class _TarWriter:

@@ -8,7 +8,8 @@ Two methods, same result:
   change set matches the stat method. Mounted with redirect_dir=off and metacopy=off so the upper
   directory always holds whole files and whole renamed directories.
 - "stat": walk the tree before and after (lstat only: mode, uid, gid, size, mtime_ns, ctime_ns, inode,
-  rdev — a changed xattr, link target or content changes ctime/inode too); no file is read or hashed.
+  rdev — a changed xattr, link target or content changes ctime/inode too; directories compare their
+  xattrs instead of ctime and size); no file is read or hashed.
   A directory whose inode changed was replaced (`rm -rf d && mkdir d`) and becomes opaque.
 
 Usage (the caller writes the layer before leaving the block):
@@ -21,6 +22,7 @@ Usage (the caller writes the layer before leaving the block):
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -51,28 +53,45 @@ class TreeState:
     entries: dict[bytes, StatKey]
 
 
-def _key(st: os.stat_result) -> StatKey:
+def _dir_xattrs(path: bytes) -> int:
+    try:
+        names = sorted(os.listxattr(path, follow_symlinks=False))
+    except OSError:
+        return 0
+    if not names:
+        return 0
+    digest = hashlib.sha256(repr([(n, os.getxattr(path, n, follow_symlinks=False)) for n in names]).encode())
+    return int.from_bytes(digest.digest()[:8], "big")
+
+
+def _key(st: os.stat_result, path: bytes) -> StatKey:
+    if stat.S_ISDIR(st.st_mode):
+        # A directory's ctime and size move when an entry is created and removed again (e.g. a
+        # sandbox mountpoint, its mtime restored): compare its xattrs instead of its ctime.
+        return (st.st_mode, st.st_uid, st.st_gid, 0, st.st_mtime_ns, _dir_xattrs(path), st.st_ino, 0)
     return (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_rdev)
 
 
-def walk(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -> TreeState:
-    """The stat state of the tree under `root` (not following symlinks, not crossing into `exclude`)."""
-    root_b = os.fsencode(root)
-    skip = {os.fsencode(p.strip("/")) for p in exclude}
-    entries: dict[bytes, StatKey] = {}
+def scan(root: bytes, skip: frozenset[bytes] = frozenset()) -> Iterator[tuple[bytes, os.DirEntry, os.stat_result]]:
+    """(relative path, entry, lstat) of everything under `root`, depth first, not following symlinks."""
     stack = [b""]
     while stack:
         rel = stack.pop()
-        with os.scandir(os.path.join(root_b, rel) if rel else root_b) as it:
+        with os.scandir(os.path.join(root, rel) if rel else root) as it:
             for entry in it:
                 path = rel + b"/" + entry.name if rel else entry.name
                 if path in skip:
                     continue
                 st = entry.stat(follow_symlinks=False)
-                entries[path] = _key(st)
+                yield path, entry, st
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(path)
-    return TreeState(entries)
+
+
+def walk(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -> TreeState:
+    """The stat state of the tree under `root` (not following symlinks, not crossing into `exclude`)."""
+    skip = frozenset(os.fsencode(p.strip("/")) for p in exclude)
+    return TreeState({path: _key(st, entry.path) for path, entry, st in scan(os.fsencode(root), skip)})
 
 
 def _parent(path: bytes) -> bytes:
@@ -117,30 +136,26 @@ def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str]) 
     """Changes recorded in an overlayfs upper directory over `lower`."""
     upper_b, lower_b = os.fsencode(upper), os.fsencode(lower)
     changes: list[Change] = []
-    stack = [b""]
-    while stack:
-        rel = stack.pop()
-        with os.scandir(os.path.join(upper_b, rel) if rel else upper_b) as it:
-            for entry in it:
-                path = rel + b"/" + entry.name if rel else entry.name
-                name = os.fsdecode(path)
-                full = os.path.join(upper_b, path)
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                    changes.append(Change(name, "delete"))
-                    continue
-                if not stat.S_ISDIR(st.st_mode):
-                    changes.append(Change(name, "add", os.fsdecode(full)))
-                    continue
-                stack.append(path)
-                lower_is_dir = os.path.isdir(os.path.join(lower_b, path)) and not os.path.islink(
-                    os.path.join(lower_b, path))
-                if _is_opaque(full) and lower_is_dir:
-                    changes.append(Change(name, "add", os.fsdecode(full)))
-                    changes.append(Change(name, "opaque"))  # only when there are lower children to hide
-                elif not _same_dir(st, os.path.join(lower_b, path)):
-                    changes.append(Change(name, "add", os.fsdecode(full)))
+    for path, entry, st in scan(upper_b):
+        name = os.fsdecode(path)
+        full = entry.path
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            changes.append(Change(name, "delete"))
+        elif not stat.S_ISDIR(st.st_mode):
+            changes.append(Change(name, "add", os.fsdecode(full)))
+        elif _is_opaque(full) and _is_real_dir(os.path.join(lower_b, path)):
+            changes.append(Change(name, "add", os.fsdecode(full)))
+            changes.append(Change(name, "opaque"))  # only when there are lower children to hide
+        elif not _same_dir(st, os.path.join(lower_b, path)):
+            changes.append(Change(name, "add", os.fsdecode(full)))
     return changes
+
+
+def _is_real_dir(path: bytes) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _is_opaque(path: bytes) -> bool:

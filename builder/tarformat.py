@@ -103,19 +103,15 @@ def encode_header(entry: TarEntry) -> bytes:
         records.append(pax_record(b"path", name))
     if _needs_pax_name(linkname):
         records.append(pax_record(b"linkpath", linkname))
-    size, uid, gid, mtime = entry.size, entry.uid, entry.gid, max(0, entry.mtime_ns // 1_000_000_000)
-    if not _fits(size, 12):
-        records.append(pax_record(b"size", b"%d" % size))
-        size = 0
-    if not _fits(uid, 8):
-        records.append(pax_record(b"uid", b"%d" % uid))
-        uid = 0
-    if not _fits(gid, 8):
-        records.append(pax_record(b"gid", b"%d" % gid))
-        gid = 0
-    if not _fits(mtime, 12):
-        records.append(pax_record(b"mtime", b"%d" % mtime))
-        mtime = 0
+    numbers = {b"size": (entry.size, 12), b"uid": (entry.uid, 8), b"gid": (entry.gid, 8),
+               b"mtime": (max(0, entry.mtime_ns // 1_000_000_000), 12)}
+    fields: dict[bytes, int] = {}
+    for key, (value, width) in numbers.items():
+        if _fits(value, width):
+            fields[key] = value
+        else:
+            records.append(pax_record(key, b"%d" % value))
+            fields[key] = 0
     if not (_fits(entry.devmajor, 8) and _fits(entry.devminor, 8)):
         raise TarFormatError(f"device numbers {entry.devmajor}:{entry.devminor} of {name!r} do not fit a tar header")
     for key in sorted(entry.xattrs):
@@ -125,7 +121,8 @@ def encode_header(entry: TarEntry) -> bytes:
         body = b"".join(records)
         out = _ustar_block(b"././@PaxHeader", 0o644, 0, 0, len(body), 0, _PAX_LOCAL, b"", 0, 0)
         out += body + padding(len(body))
-    return out + _ustar_block(name, entry.mode & 0o7777, uid, gid, size, mtime, entry.type, linkname,
+    return out + _ustar_block(name, entry.mode & 0o7777, fields[b"uid"], fields[b"gid"], fields[b"size"],
+                              fields[b"mtime"], entry.type, linkname,
                               entry.devmajor, entry.devminor)
 
 

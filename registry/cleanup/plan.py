@@ -250,10 +250,13 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
                 why = "purge" if purge else _why_not(newest, facts.git, policy, selected)
                 decisions[(repo, tag)] = ("image", "delete", (why,))
 
-    live: set[tuple[str, str]] = {(repo, facts.tags[repo][tag]) for (repo, tag), d in decisions.items()
-                                  if d[1] == "keep" and d[0] == "image"}
-    if in_use is not None and not purge:
-        live.update((repo, d) for repo, tags in facts.tags.items() for d in tags.values() if in_use.digest_users(d))
+    def is_live(b: _Built) -> bool:
+        """Some tag this build pushed still points to its image and stays (or the digest is in use)."""
+        if not purge and in_use is not None and in_use.digest_users(b.image.digest):
+            return True
+        current = facts.tags.get(b.image.repository, {})
+        return any(current.get(t) == b.image.digest and decisions.get((b.image.repository, t), ("", ""))[1] == "keep"
+                   for t in b.image.tags)
 
     # 2. Build records and the steps they need.
     stages = facts.tags.get(facts.stages_repo, {})
@@ -264,13 +267,13 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
     for b in built:
         named_steps.update(b.image.steps)
         recent = not purge and b.record.created >= now - policy.keep_built_within
-        is_live = (b.image.repository, b.image.digest) in live
-        if is_live:
+        live = is_live(b)
+        if live:
             record_keep[b.record_tag].append(f"its image {b.image.repository}@{b.image.digest[:19]} is kept")
         if recent:
             record_keep[b.record_tag].append(f"built within {_fmt(policy.keep_built_within)}")
-        if is_live or recent:
-            why = (f"needed by kept image {b.image.repository}@{b.image.digest[:19]}" if is_live
+        if live or recent:
+            why = (f"needed by kept image {b.image.repository}@{b.image.digest[:19]}" if live
                    else f"needed by a recent build ({b.record_tag})")
             for step in b.image.steps:
                 needed.setdefault(step, why)

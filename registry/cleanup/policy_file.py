@@ -193,3 +193,33 @@ def _kind(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     return repr(value)
+
+
+class Settings:
+    """Where to clean, from kade.yaml's `cleanup:` key (the command line wins)."""
+
+    def __init__(self, repo: str | None = None, stages_repo: str | None = None, git: str | None = None,
+                 kube_contexts: tuple[str, ...] = ()) -> None:
+        self.repo, self.stages_repo, self.git, self.kube_contexts = repo, stages_repo, git, kube_contexts
+
+
+def load_kade_yaml_settings(path: str | Path) -> Settings:
+    p = Path(path)
+    if not p.is_file():
+        return Settings()
+    doc = _Doc(str(p), p.read_text(encoding="utf-8"))
+    value = doc.value.get("cleanup") if isinstance(doc.value, dict) else None
+    if not isinstance(value, dict):
+        return Settings()
+    out: dict[str, Any] = {}
+    for key, attr in (("repo", "repo"), ("stagesRepo", "stages_repo"), ("git", "git")):
+        if value.get(key) is not None:
+            if not isinstance(value[key], str) or not value[key]:
+                raise doc.error(f"cleanup.{key}", f"expected a string, got {_kind(value[key])}")
+            out[attr] = value[key]
+    contexts = value.get("kubeContexts")
+    if contexts is not None:
+        if not isinstance(contexts, list) or not all(isinstance(c, str) and c for c in contexts):
+            raise doc.error("cleanup.kubeContexts", "expected a list of kube context names")
+        out["kube_contexts"] = tuple(contexts)
+    return Settings(**out)

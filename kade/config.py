@@ -1,0 +1,239 @@
+"""`kade.yaml`: the project file at a repository's root, loaded into typed, validated objects.
+
+Errors name the file, the key path and the expected form, e.g.
+`kade.yaml: images.web.args.PORT: expected a string, number or boolean, got a list`.
+The `cleanup:` section is kept as a raw mapping; the cleanup policy loader validates it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_NAME = "kade.yaml"
+_IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
+_DEPENDENCY_VALUES = ("ref", "repository", "tag", "digest")
+
+
+class ConfigError(Exception):
+    """kade.yaml is missing, unreadable or not of the expected form."""
+
+
+@dataclass(frozen=True)
+class SecretSpec:
+    id: str
+    src: str | None = None
+    env: str | None = None
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """Image `image` must be built first; its reference parts reach this build as build args."""
+
+    image: str
+    args: dict[str, str]  # build-arg name -> one of ref|repository|tag|digest
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    name: str
+    context: str = "."
+    dockerfile: str = "Dockerfile"
+    target: str | None = None
+    args: dict[str, str] = field(default_factory=dict)
+    secrets: tuple[SecretSpec, ...] = ()
+    ssh: tuple[str, ...] = ()
+    dependencies: tuple[Dependency, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    manifests: str = "deploy"
+    release: str = "{{ project }}"
+    namespace: str = "{{ project }}"
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProjectConfig:
+    path: Path
+    project: str
+    images: dict[str, ImageSpec]
+    deploy: DeploySpec | None
+    cleanup: dict[str, Any]
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+    def build_order(self) -> list[list[str]]:
+        """Images grouped into waves: each wave depends only on earlier waves (parallel inside)."""
+        return dependency_waves({n: [d.image for d in s.dependencies] for n, s in self.images.items()})
+
+
+def load_config(path: str | Path) -> ProjectConfig:
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: not found; create a {CONFIG_NAME} at the repository root") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path) -> ProjectConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    v = _Validator(path.name if path.name else str(path))
+    data = v.mapping(data if data is not None else {}, "")
+    v.only_keys(data, "", {"project", "images", "deploy", "cleanup"})
+    project = v.string(data.get("project"), "project", required=True)
+    images_raw = v.mapping(data.get("images", {}), "images")
+    images = {name: _image(v, name, spec) for name, spec in images_raw.items()}
+    for spec in images.values():
+        for dep in spec.dependencies:
+            if dep.image not in images:
+                v.fail(f"images.{spec.name}.dependencies", f"names image {dep.image!r}, which is not under images")
+    config = ProjectConfig(
+        path=path,
+        project=project,
+        images=images,
+        deploy=_deploy(v, data["deploy"]) if data.get("deploy") is not None else None,
+        cleanup=v.mapping(data.get("cleanup", {}), "cleanup"),
+    )
+    try:
+        config.build_order()
+    except ValueError as exc:
+        v.fail("images", str(exc))
+    return config
+
+
+def dependency_waves(graph: dict[str, list[str]]) -> list[list[str]]:
+    """Topological waves of a dependency graph; raises ValueError naming a cycle."""
+    done: set[str] = set()
+    waves: list[list[str]] = []
+    remaining = dict(graph)
+    while remaining:
+        wave = sorted(n for n, deps in remaining.items() if all(d in done for d in deps))
+        if not wave:
+            raise ValueError(f"dependency cycle among {', '.join(sorted(remaining))}")
+        waves.append(wave)
+        done.update(wave)
+        for n in wave:
+            del remaining[n]
+    return waves
+
+
+def _image(v: "_Validator", name: str, raw: Any) -> ImageSpec:
+    at = f"images.{name}"
+    if not _IMAGE_NAME.match(str(name)):
+        v.fail(at, "image names are lower-case letters and digits, separated by '.', '_' or '-'")
+    raw = v.mapping(raw if raw is not None else {}, at)
+    v.only_keys(raw, at, {"context", "dockerfile", "target", "args", "secrets", "ssh", "dependencies"})
+    return ImageSpec(
+        name=name,
+        context=v.string(raw.get("context", "."), f"{at}.context"),
+        dockerfile=v.string(raw.get("dockerfile", "Dockerfile"), f"{at}.dockerfile"),
+        target=v.string(raw.get("target"), f"{at}.target") if raw.get("target") is not None else None,
+        args=v.string_map(raw.get("args", {}), f"{at}.args"),
+        secrets=tuple(_secret(v, f"{at}.secrets[{i}]", s) for i, s in enumerate(v.sequence(raw.get("secrets", []), f"{at}.secrets"))),
+        ssh=tuple(v.string(s, f"{at}.ssh[{i}]") for i, s in enumerate(v.sequence(raw.get("ssh", []), f"{at}.ssh"))),
+        dependencies=tuple(
+            _dependency(v, f"{at}.dependencies[{i}]", d)
+            for i, d in enumerate(v.sequence(raw.get("dependencies", []), f"{at}.dependencies"))
+        ),
+    )
+
+
+def _secret(v: "_Validator", at: str, raw: Any) -> SecretSpec:
+    raw = v.mapping(raw, at)
+    v.only_keys(raw, at, {"id", "src", "env"})
+    secret = SecretSpec(
+        id=v.string(raw.get("id"), f"{at}.id", required=True),
+        src=v.string(raw["src"], f"{at}.src") if "src" in raw else None,
+        env=v.string(raw["env"], f"{at}.env") if "env" in raw else None,
+    )
+    if (secret.src is None) == (secret.env is None):
+        v.fail(at, "give exactly one of src (a file path) or env (a variable name)")
+    return secret
+
+
+def _dependency(v: "_Validator", at: str, raw: Any) -> Dependency:
+    raw = v.mapping(raw, at)
+    v.only_keys(raw, at, {"image", "args"})
+    args = v.string_map(raw.get("args", {}), f"{at}.args")
+    for arg, what in args.items():
+        if what not in _DEPENDENCY_VALUES:
+            v.fail(f"{at}.args.{arg}", f"expected one of {', '.join(_DEPENDENCY_VALUES)}, got {what!r}")
+    return Dependency(image=v.string(raw.get("image"), f"{at}.image", required=True), args=args)
+
+
+def _deploy(v: "_Validator", raw: Any) -> DeploySpec:
+    raw = v.mapping(raw, "deploy")
+    v.only_keys(raw, "deploy", {"manifests", "release", "namespace", "values"})
+    defaults = DeploySpec()
+    return DeploySpec(
+        manifests=v.string(raw.get("manifests", defaults.manifests), "deploy.manifests"),
+        release=v.string(raw.get("release", defaults.release), "deploy.release"),
+        namespace=v.string(raw.get("namespace", defaults.namespace), "deploy.namespace"),
+        values=tuple(v.string(s, f"deploy.values[{i}]") for i, s in enumerate(v.sequence(raw.get("values", []), "deploy.values"))),
+    )
+
+
+class _Validator:
+    """Checks shapes and raises ConfigError naming file and key path."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+
+    def fail(self, at: str, message: str) -> None:
+        where = f"{self.filename}: {at}" if at else self.filename
+        raise ConfigError(f"{where}: {message}")
+
+    def mapping(self, value: Any, at: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(at, f"expected a mapping, got {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                self.fail(at, f"keys must be strings, got {key!r}")
+        return value
+
+    def sequence(self, value: Any, at: str) -> list[Any]:
+        if not isinstance(value, list):
+            self.fail(at, f"expected a list, got {_kind(value)}")
+        return value
+
+    def string(self, value: Any, at: str, required: bool = False) -> str:
+        if value is None and required:
+            self.fail(at, "is required")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            self.fail(at, f"expected a string, got {_kind(value)}")
+        return str(value)
+
+    def string_map(self, value: Any, at: str) -> dict[str, str]:
+        value = self.mapping(value if value is not None else {}, at)
+        out = {}
+        for key, item in value.items():
+            if not isinstance(item, (str, int, float, bool)):
+                self.fail(f"{at}.{key}", f"expected a string, number or boolean, got {_kind(item)}")
+            out[key] = str(item).lower() if isinstance(item, bool) else str(item)
+        return out
+
+    def only_keys(self, value: dict[str, Any], at: str, allowed: set[str]) -> None:
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            self.fail(f"{at}.{unknown[0]}" if at else unknown[0], f"unknown key; expected one of {', '.join(sorted(allowed))}")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(value), type(value).__name__)

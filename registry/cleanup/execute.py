@@ -1,0 +1,206 @@
+"""Carry out a plan, safely while builds push.
+
+- Only what the plan says to delete, and only if it is still as planned: each tag's digest is
+  re-checked (HEAD) right before its deletion; a tag that moved is skipped.
+- The stages repository is re-listed at the start and at most every `recheck_interval` seconds: a
+  build record the plan did not see protects every tag, digest and step image it names; a tag that
+  appeared in a repository since the plan protects its digest. Kept tags are re-checked at the start:
+  one that now points at a digest planned for deletion protects it.
+- A digest is deleted by digest only when every one of its tags is planned to go; otherwise each tag
+  goes alone (`Repository.delete_tag`, which never touches other tags of the digest).
+- Order: final images, then step images, then build records; a crash half-way leaves records that
+  still explain what remains, so the next run finishes the job.
+
+What can't be closed on a registry without conditional deletes: a build that pushes a tag onto a
+digest in the instant between the last re-check and the DELETE. The window is one request long for
+tags and at most `recheck_interval` for new build records.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from registry.cleanup.plan import Plan, PlanItem
+from registry.cleanup.snapshot import canonical_repo
+from registry.errors import NotFound, RegistryError
+from registry.records import is_record_tag, read_record
+
+Status = Literal["deleted", "skipped", "failed"]
+Progress = Callable[[int, int], None]
+_ORDER = {"image": 0, "other": 0, "step": 1, "record": 2}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    item: PlanItem
+    status: Status
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.item.to_dict(), "status": self.status, "detail": self.detail}
+
+
+class Guard:
+    """What builds pushed since the plan: tags and digests that must not be deleted any more."""
+
+    def __init__(self, client: Any, plan: Plan, recheck_interval: float) -> None:
+        self.client = client
+        self.plan = plan
+        self.interval = recheck_interval
+        self.known_records = set(plan.record_tags)
+        self.known_tags: dict[str, set[str]] = defaultdict(set)
+        for item in plan.items:
+            self.known_tags[item.repository].add(item.tag)
+        self.protected_tags: dict[tuple[str, str], str] = {}
+        self.protected_digests: dict[tuple[str, str], str] = {}
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def _repo(self, name: str) -> Any:
+        return self.client.repository(name)
+
+    def start(self) -> None:
+        """Re-check kept tags of repositories where a digest is deleted as a whole, then refresh."""
+        doomed = {(i.repository, i.digest) for i in self.plan.deletions if i.method == "manifest"}
+        repos = {r for r, _ in doomed}
+        for item in self.plan.kept:
+            if item.repository in repos:
+                desc = self._repo(item.repository).head_manifest(item.tag)
+                if desc is not None and (item.repository, desc.digest) in doomed:
+                    self.protected_digests[(item.repository, desc.digest)] = (
+                        f"kept tag {item.tag} now points to it")
+        self.refresh()
+
+    def maybe_refresh(self) -> None:
+        if time.monotonic() - self._last >= self.interval:
+            self.refresh()
+
+    def refresh(self) -> None:
+        with self._lock:
+            self._last = time.monotonic()
+            stages = self._repo(self.plan.stages_repo)
+            for tag in _tags(stages):
+                if is_record_tag(tag) and tag not in self.known_records:
+                    self.known_records.add(tag)
+                    try:
+                        _, record = read_record(stages, tag)
+                    except NotFound:
+                        continue
+                    why = f"named by build record {tag}, pushed after the plan"
+                    for img in record.images:
+                        repo = canonical_repo(img.repository)
+                        self.protected_digests[(repo, img.digest)] = why
+                        for t in img.tags:
+                            self.protected_tags[(repo, t)] = why
+                        for step in img.steps:
+                            self.protected_tags[(self.plan.stages_repo, step)] = why
+            for repo_name in {i.repository for i in self.plan.deletions if i.method == "manifest"}:
+                repo = self._repo(repo_name)
+                for tag in _tags(repo):
+                    if tag not in self.known_tags[repo_name]:
+                        self.known_tags[repo_name].add(tag)
+                        desc = repo.head_manifest(tag)
+                        if desc is not None:
+                            self.protected_digests[(repo_name, desc.digest)] = f"tag {tag} appeared after the plan"
+
+    def why_protected(self, item: PlanItem) -> str | None:
+        return (self.protected_tags.get((item.repository, item.tag))
+                or self.protected_digests.get((item.repository, item.digest)))
+
+
+def _tags(repo: Any) -> list[str]:
+    try:
+        return list(repo.list_tags())
+    except NotFound:
+        return []
+
+
+def _check(repo: Any, item: PlanItem) -> str | None:
+    """None when the tag still points where the plan saw it, else why it is skipped."""
+    desc = repo.head_manifest(item.tag)
+    if desc is None:
+        return "already gone"
+    if desc.digest != item.digest:
+        return f"moved to {desc.digest[:19]} since the plan"
+    return None
+
+
+def _delete_tag(client: Any, guard: Guard, item: PlanItem) -> Outcome:
+    why = guard.why_protected(item)
+    if why:
+        return Outcome(item, "skipped", why)
+    repo = client.repository(item.repository)
+    try:
+        moved = _check(repo, item)
+        if moved:
+            return Outcome(item, "skipped", moved)
+        how = repo.delete_tag(item.tag)
+        return Outcome(item, "deleted", f"tag removed ({how})")
+    except NotFound:
+        return Outcome(item, "skipped", "already gone")
+    except RegistryError as exc:
+        return Outcome(item, "failed", str(exc))
+
+
+def _delete_digest(client: Any, guard: Guard, items: list[PlanItem]) -> list[Outcome]:
+    repo = client.repository(items[0].repository)
+    digest = items[0].digest
+    why = guard.why_protected(items[0])
+    protected_tags = [i for i in items if guard.protected_tags.get((i.repository, i.tag))]
+    if why or protected_tags:
+        return [Outcome(i, "skipped", why or guard.why_protected(protected_tags[0]) or "") for i in items]
+    out: list[Outcome] = []
+    still: list[PlanItem] = []
+    try:
+        for item in items:
+            moved = _check(repo, item)
+            if moved:
+                out.append(Outcome(item, "skipped", moved))
+            else:
+                still.append(item)
+        if still:
+            repo.delete_manifest(digest)
+        out.extend(Outcome(i, "deleted", "manifest deleted by digest") for i in still)
+    except NotFound:
+        out.extend(Outcome(i, "skipped", "already gone") for i in still)
+    except RegistryError as exc:
+        out.extend(Outcome(i, "failed", str(exc)) for i in still)
+    return out
+
+
+def execute(client: Any, plan: Plan, progress: Progress | None = None, workers: int = 4,
+            recheck_interval: float = 2.0, batch: int = 16) -> list[Outcome]:
+    """Delete what the plan says, in order (images, steps, records); return one outcome per item."""
+    guard = Guard(client, plan, recheck_interval)
+    guard.start()
+    units: list[tuple[int, list[PlanItem]]] = []  # (order, items deleted together)
+    by_digest: dict[tuple[str, str], list[PlanItem]] = defaultdict(list)
+    for item in plan.deletions:
+        if item.method == "manifest":
+            by_digest[(item.repository, item.digest)].append(item)
+        else:
+            units.append((_ORDER[item.kind], [item]))
+    units.extend((min(_ORDER[i.kind] for i in items), items) for items in by_digest.values())
+    units.sort(key=lambda u: (u[0], u[1][0].repository, u[1][0].tag))
+    total = sum(len(items) for _, items in units)
+    outcomes: list[Outcome] = []
+
+    def run(items: list[PlanItem]) -> list[Outcome]:
+        if len(items) == 1 and items[0].method == "tag":
+            return [_delete_tag(client, guard, items[0])]
+        return _delete_digest(client, guard, items)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for phase in sorted({order for order, _ in units}):  # one phase after the other
+            todo = [items for order, items in units if order == phase]
+            for start in range(0, len(todo), batch):
+                guard.maybe_refresh()
+                for result in pool.map(run, todo[start:start + batch]):
+                    outcomes.extend(result)
+                if progress:
+                    progress(len(outcomes), total)
+    return outcomes

@@ -1,0 +1,97 @@
+"""Read what the plan needs from the registry: build records, every tag's current digest in the stages
+repository and in each repository the records name, and the creation time of step images no record
+names. Requests run on a small thread pool (HEADs dominate: one per tag)."""
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Callable, Iterable
+
+from registry.cleanup.errors import CleanupError
+from registry.errors import NotFound, RegistryError
+from registry.model import Manifest, parse_manifest
+from registry.records import STEP_KEY_RE, BuildRecord, list_records, parse_time
+from registry.reference import Reference
+
+Report = Callable[..., None]
+
+
+@dataclass
+class RegistrySnapshot:
+    stages_repo: str
+    records: list[tuple[str, BuildRecord]]
+    tags: dict[str, dict[str, str]]  # repository -> tag -> digest
+    step_created: dict[str, datetime | None]
+
+
+def canonical_repo(name: str) -> str:
+    """`host:port/team/app` in Reference's canonical form (docker.io names get their defaults)."""
+    return Reference.parse(name, default_tag=None).name
+
+
+def list_tag_digests(repo: Any, workers: int = 8, tags: Iterable[str] | None = None) -> dict[str, str]:
+    """tag -> digest for every tag (a tag deleted while listing is left out)."""
+    try:
+        names = list(tags) if tags is not None else list(repo.list_tags())
+    except NotFound:
+        return {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        descs = list(pool.map(repo.head_manifest, names))
+    return {t: d.digest for t, d in zip(names, descs) if d is not None}
+
+
+def step_created_time(repo: Any, key: str) -> datetime | None:
+    """The `created` time of a step image's config, or None when it has none (or can't be read)."""
+    try:
+        body, desc = repo.get_manifest(key)
+        manifest = parse_manifest(body, desc.media_type)
+        if not isinstance(manifest, Manifest):
+            return None
+        with repo.open_blob(manifest.config.digest) as stream:
+            config = json.loads(stream.read(4 * 1024 * 1024))
+        created = config.get("created") if isinstance(config, dict) else None
+        return parse_time(created, key) if created else None
+    except (RegistryError, ValueError):
+        return None
+
+
+def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = (), report: Report | None = None,
+                  workers: int = 8) -> RegistrySnapshot:
+    stages_name = canonical_repo(stages_repo)
+    stages = client.repository(stages_name)
+    try:
+        stage_tags = list(stages.list_tags())
+    except NotFound:
+        raise CleanupError(f"stages repository {stages_name} does not exist: nothing kade built is there "
+                           "(check --repo / --stages-repo)") from None
+    # Records name repositories as written at build time; the plan compares canonical names.
+    records = [(t, _canonical_record(r)) for t, r in list_records(stages, stage_tags, workers=workers)]
+    if report:
+        report("read", f"{stages_name}: {len(stage_tags)} tags, {len(records)} build records")
+    repos = {stages_name, *(canonical_repo(r) for r in extra_repos)}
+    for _, rec in records:
+        for img in rec.images:
+            repos.add(img.repository)
+    tags: dict[str, dict[str, str]] = {}
+    for name in sorted(repos):
+        repo = stages if name == stages_name else client.repository(name)
+        tags[name] = list_tag_digests(repo, workers, stage_tags if name == stages_name else None)
+        if report:
+            report("read", f"{name}: {len(tags[name])} tags")
+    named = {s for _, rec in records for img in rec.images for s in img.steps}
+    orphans = [t for t in tags[stages_name] if STEP_KEY_RE.match(t) and t not in named]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        created = dict(zip(orphans, pool.map(lambda k: step_created_time(stages, k), orphans)))
+    return RegistrySnapshot(stages_name, records, tags, created)
+
+
+def _canonical_record(record: BuildRecord) -> BuildRecord:
+    from dataclasses import replace
+
+    try:
+        images = tuple(replace(i, repository=canonical_repo(i.repository)) for i in record.images)
+    except RegistryError as exc:
+        raise CleanupError(f"build record {record.tag}: {exc}") from None
+    return replace(record, images=images)

@@ -1,0 +1,84 @@
+# Shared settings and helpers for tests/cluster/{build,images,up,down}. Sourced, never run.
+# Everything lives outside the repository so a fresh clone reuses a running cluster and the
+# binaries and images built once per machine.
+# shellcheck shell=bash
+
+KADE_CLUSTER_HOME="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${KADE_CLUSTER_CACHE:-/var/cache/kade-cluster}"   # binaries, images: built once per machine
+STATE="${KADE_CLUSTER_STATE:-/var/lib/kade-cluster}"     # certificates, data, sockets of one cluster
+LOGS="$STATE/logs"                                       # one log file per component
+PIDS="$STATE/pids"
+PKI="$STATE/pki"
+KUBECONFIG_ADMIN="$STATE/admin.kubeconfig"
+
+K8S_VERSION="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$KADE_CLUSTER_HOME/go.mod")"
+BIN="$CACHE/bin/$K8S_VERSION"
+
+# Networks. The node's own address sits on a bridge with no ports ("kade0") that `up` creates, so it
+# is routable from pods (through their gateway) and from the host, and never leaves this machine.
+NODE_NAME=kade-node
+NODE_BRIDGE=kade0
+NODE_IP=10.245.0.1
+POD_BRIDGE=kadecni0          # made by the CNI bridge plugin
+POD_CIDR=10.244.0.0/16
+NODE_POD_CIDR=10.244.0.0/24
+POD_GATEWAY=10.244.0.1
+SERVICE_CIDR=10.96.0.0/16
+KUBERNETES_SERVICE_IP=10.96.0.1
+CNI_NETWORK=kade
+
+APISERVER_PORT=6443
+APISERVER="https://$NODE_IP:$APISERVER_PORT"
+ETCD_CLIENT_PORT=23790
+ETCD_PEER_PORT=23800
+REGISTRY_PORT=5000
+REGISTRY="$NODE_IP:$REGISTRY_PORT"   # the one name of the registry, for the host, containerd and pods
+
+PAUSE_IMAGE="$REGISTRY/kade/pause:3.10"
+BASE_IMAGE="$REGISTRY/kade/debian:bookworm"
+
+CONTAINERD_SOCKET="$STATE/run/containerd/containerd.sock"
+
+log() { printf '%s cluster: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# pid_of NAME: the pid of a component started by `start`, if it is still that program.
+pid_of() {
+  local file="$PIDS/$1.pid" pid
+  [[ -f "$file" ]] || return 1
+  pid="$(<"$file")"
+  [[ -n "$pid" && -d "/proc/$pid" ]] || return 1
+  [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *"$(<"$PIDS/$1.cmd")"* ]] || return 1
+  echo "$pid"
+}
+
+running() { pid_of "$1" >/dev/null; }
+
+# start NAME PROGRAM ARGS...: run detached (own session), log to $LOGS/NAME.log, record the pid.
+start() {
+  local name="$1"; shift
+  if running "$name"; then return 0; fi
+  mkdir -p "$LOGS" "$PIDS"
+  rm -f "$PIDS/$name.pid"
+  printf '%s' "$1" >"$PIDS/$name.cmd"
+  log "starting $name (log: $LOGS/$name.log)"
+  # The child writes its own pid: setsid forks when it is already a process group leader.
+  # fds 8 and 9 are the scripts' lock files: a daemon must not hold them.
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 8>&- 9>&- &
+  local i
+  for i in 1 2 3 4 5 6 7 8 9 10; do [[ -s "$PIDS/$name.pid" ]] && break; sleep 0.1; done
+}
+
+# wait_for WHAT SECONDS COMMAND...: retry COMMAND until it succeeds, or fail naming the log to read.
+wait_for() {
+  local what="$1" seconds="$2" deadline; shift 2
+  deadline=$((SECONDS + seconds))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      die "$what not ready after ${seconds}s; see the logs in $LOGS (tail -50 $LOGS/*.log)"
+    fi
+    sleep 0.5
+  done
+}
+
+kubectl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
