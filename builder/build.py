@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,7 +37,7 @@ from builder.plan import DEFAULT_PLATFORM, BaseImage, Plan, PlannedStage, Step, 
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient, Repository
 from registry.digest import sha256_digest
-from registry.errors import NotFound, RegistryError
+from registry.errors import RegistryError
 from registry.model import Descriptor, Index, Manifest, parse_manifest
 from registry.reference import Reference
 
