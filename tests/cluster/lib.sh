@@ -83,12 +83,13 @@ fingerprint() {
   } | sha256sum | cut -c1-16
 }
 
-# stop NAME...: SIGTERM to each running component, then SIGKILL to those still there after 10 s.
+# stop NAME...: SIGTERM to each running component (and its duplicates), then SIGKILL to those still
+# there after 10 s.
 stop() {
   local name pid pids=() i alive
   for name in "$@"; do
     stop_duplicates "$name"
-  if pid="$(pid_of "$name")"; then
+    if pid="$(pid_of "$name")"; then
       log "stopping $name ($pid)"
       kill -TERM "$pid" 2>/dev/null
       pids+=("$pid")
