@@ -68,7 +68,8 @@ class Mount:
     """One RUN --mount. `target` is an absolute path inside the rootfs.
     bind: `source` a host file or directory — or, with `source_root`, a path inside that directory
     resolved there; read-only when `readonly`, else the sandbox works on a copy (writes are discarded);
-    cache: `source` a host directory kept between builds (read-write unless `readonly`);
+    cache: `source` a host directory kept between builds (read-write unless `readonly`; created with
+    `mode` (default 0o755), `uid`, `gid` when missing);
     tmpfs: a fresh tmpfs (`size` bytes if given); secret: `data` as a read-only file on a tmpfs
     (`mode`, default 0o400, `uid`, `gid`); ssh: `source` is the agent socket on the host."""
     type: MountType
@@ -288,7 +289,12 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
                 item["source"] = str(source)
             elif m.type == "cache":
                 is_dir = True
-                Path(m.source or "").mkdir(parents=True, exist_ok=True)
+                cache = Path(m.source or "")
+                if not cache.exists():  # a new cache dir gets the mount's mode/uid/gid (BuildKit's options)
+                    cache.mkdir(parents=True)
+                    os.chmod(cache, 0o755 if m.mode is None else m.mode)
+                    if not rootless:
+                        os.chown(cache, m.uid, m.gid)
                 item["source"] = m.source
             elif m.type == "ssh":
                 is_dir = False

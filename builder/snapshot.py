@@ -333,7 +333,7 @@ class Capture:
             if self.method == "overlay":
                 self._unmount()
                 self._changes = [c for c in upper_changes(self._upper, self.rootfs)
-                                 if c.path.strip("/") not in self.exclude]
+                                 if not _excluded(c.path, self.exclude)]
             else:
                 assert self._before is not None
                 self.state_after = walk(self.rootfs, self.exclude)
@@ -361,6 +361,11 @@ class Capture:
         self._unmount()
         if self.method == "overlay":
             _clean_overlay_dirs(self.scratch)
+
+
+def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
+    path = path.strip("/")
+    return any(path == e or path.startswith(e + "/") for e in exclude)
 
 
 def _clean_overlay_dirs(scratch: Path) -> None:

@@ -302,3 +302,10 @@ def test_bind_source_resolves_inside_its_root(base, tmp_path):
     code, lines = run(base, "cat /m/marker; [ -e /m/passwd ] && echo host-leak || echo no-host-file",
                       mounts=[Mount("bind", "/m", source="link", source_root=str(ctx), readonly=True)])
     assert code == 0 and stdout(lines) == ["from the context", "no-host-file"]
+
+
+def test_new_cache_dir_gets_the_mount_owner_and_mode(base, tmp_path):
+    cache = tmp_path / "caches" / "pip"
+    code, lines = run(base, "stat -c '%u %g %a' /root/.cache", user=User(1000, 1000),
+                      mounts=[Mount("cache", "/root/.cache", source=str(cache), uid=1000, gid=1000, mode=0o700)])
+    assert code == 0 and stdout(lines) == ["1000 1000 700"]
