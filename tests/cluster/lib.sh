@@ -63,7 +63,8 @@ start() {
   printf '%s' "$1" >"$PIDS/$name.cmd"
   log "starting $name (log: $LOGS/$name.log)"
   # The child writes its own pid: setsid forks when it is already a process group leader.
-  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+  # fds 8 and 9 are the scripts' lock files: a daemon must not hold them.
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 8>&- 9>&- &
   local i
   for i in 1 2 3 4 5 6 7 8 9 10; do [[ -s "$PIDS/$name.pid" ]] && break; sleep 0.1; done
 }
