@@ -424,10 +424,15 @@ def _setup(spec: dict) -> None:
     root = spec["root"]
     L.mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
     L.mount(root, root, None, L.MS_BIND | L.MS_REC)
+    try:   # device nodes that came with the image (or a RUN's mknod) cannot be opened: no host disks
+        L.mount(None, root, None, L.MS_REMOUNT | L.MS_BIND | L.MS_NODEV | L.mount_flags(root))
+    except OSError:
+        if not spec["rootless"]:  # a user namespace cannot open host devices anyway
+            raise
     system = spec["system"]   # /proc, /dev, /sys as resolved inside the rootfs
     L.mount("proc", system["proc"], "proc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
     dev = system["dev"]
-    L.mount("tmpfs", dev, "tmpfs", L.MS_NOSUID | L.MS_NOEXEC, "mode=755,size=65536k")
+    L.mount("tmpfs", dev, "tmpfs", L.MS_NOSUID | L.MS_NOEXEC | L.MS_NODEV, "mode=755,size=65536k")
     for name in DEVICES:
         path = f"{dev}/{name}"
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
@@ -505,6 +510,11 @@ def _init_main() -> None:
         os.chdir(workdir)
     except OSError as exc:
         fail(f"working directory {workdir} is not usable in the rootfs: {exc.strerror}")
+    try:
+        from builder.linux import drop_capabilities
+        drop_capabilities()
+    except OSError as exc:
+        fail(f"cannot drop capabilities for the RUN step: {exc}")
     try:
         if not spec["rootless"]:  # a user namespace from --map-root-user denies setgroups
             os.setgroups(spec["groups"])
