@@ -41,6 +41,7 @@ from builder.unpack import apply_layer, remove_entry
 
 Method = Literal["auto", "overlay", "stat"]
 StatKey = tuple[int, int, int, int, int, int, int, int]  # mode uid gid size mtime_ns ctime_ns ino rdev
+# (for a directory: size and rdev 0, and a hash of its xattrs in place of ctime_ns — see _key)
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 
 
