@@ -223,7 +223,11 @@ def test_rootless_user_namespace(tiny_base, network):
         root = work / "root"
         shutil.copytree(tiny_base, root, symlinks=True)
         subprocess.run(["chown", "-R", "65534:65534", str(root)], check=True)
-        repo = str(Path(__file__).resolve().parents[2])
+        # a copy of the package where nobody can read it (the checkout may sit in a private home)
+        repo = str(work / "pkg")
+        shutil.copytree(Path(__file__).resolve().parents[2] / "builder", work / "pkg" / "builder",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(["chmod", "-R", "a+rX", str(work / "pkg")], check=True)
         proc = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c",
                                ROOTLESS.format(repo=repo, root=str(root), network=network)],
                               capture_output=True, text=True, timeout=60)
