@@ -12,7 +12,9 @@ PKI="$STATE/pki"
 KUBECONFIG_ADMIN="$STATE/admin.kubeconfig"
 
 K8S_VERSION="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$KADE_CLUSTER_HOME/go.mod")"
-BIN="$CACHE/bin/$K8S_VERSION"
+# Keyed by the version and a hash of the pins and the build script: any change builds afresh.
+BUILD_ID="$(cat "$KADE_CLUSTER_HOME"/{go.mod,go.sum,crictl/go.mod,crictl/go.sum,build} 2>/dev/null | sha256sum | cut -c1-12)"
+BIN="$CACHE/bin/$K8S_VERSION-$BUILD_ID"
 
 # Networks. The node's own address sits on a bridge with no ports ("kade0") that `up` creates, so it
 # is routable from pods (through their gateway) and from the host, and never leaves this machine.
@@ -42,13 +44,21 @@ CONTAINERD_SOCKET="$STATE/run/containerd/containerd.sock"
 log() { printf '%s cluster: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# pid_of NAME: the pid of a component started by `start`, if it is still that program.
+# pid_of NAME: the pid of a component started by `start`, if it still runs that command line. A
+# stale pid file (a start that lost a race) is mended by looking the exact command line up.
 pid_of() {
-  local file="$PIDS/$1.pid" pid
-  [[ -f "$file" ]] || return 1
-  pid="$(<"$file")"
-  [[ -n "$pid" && -d "/proc/$pid" ]] || return 1
-  [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *"$(<"$PIDS/$1.cmd")"* ]] || return 1
+  local pid want
+  [[ -f "$PIDS/$1.cmd" ]] || return 1
+  want="$(<"$PIDS/$1.cmd")"
+  pid="$(cat "$PIDS/$1.pid" 2>/dev/null)" || pid=""
+  if [[ -n "$pid" && "$(tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline")" == "$want "* ]]; then
+    echo "$pid"
+    return 0
+  fi
+  # Only a full command line (it names this cluster's own files) identifies a process for sure.
+  [[ "$want" == *" "* ]] || return 1
+  pid="$(pgrep -o -f "^$(printf '%s' "$want" | sed 's/[][\.*^$+?(){}|]/\\&/g')( |\$)")" || return 1
+  echo "$pid" >"$PIDS/$1.pid"
   echo "$pid"
 }
 
@@ -60,7 +70,7 @@ start() {
   if running "$name"; then return 0; fi
   mkdir -p "$LOGS" "$PIDS"
   rm -f "$PIDS/$name.pid"
-  printf '%s' "$1" >"$PIDS/$name.cmd"
+  printf '%s' "$*" >"$PIDS/$name.cmd"
   log "starting $name (log: $LOGS/$name.log)"
   # The child writes its own pid: setsid forks when it is already a process group leader.
   # fds 8 and 9 are the scripts' lock files: a daemon must not hold them.
