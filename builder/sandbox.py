@@ -68,7 +68,8 @@ class Mount:
     """One RUN --mount. `target` is an absolute path inside the rootfs.
     bind: `source` a host file or directory — or, with `source_root`, a path inside that directory
     resolved there; read-only when `readonly`, else the sandbox works on a copy (writes are discarded);
-    cache: `source` a host directory kept between builds (read-write unless `readonly`);
+    cache: `source` a host directory kept between builds (read-write unless `readonly`; created with
+    `mode` (default 0o755), `uid`, `gid` when missing);
     tmpfs: a fresh tmpfs (`size` bytes if given); secret: `data` as a read-only file on a tmpfs
     (`mode`, default 0o400, `uid`, `gid`); ssh: `source` is the agent socket on the host."""
     type: MountType
@@ -288,7 +289,12 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
                 item["source"] = str(source)
             elif m.type == "cache":
                 is_dir = True
-                Path(m.source or "").mkdir(parents=True, exist_ok=True)
+                cache = Path(m.source or "")
+                if not cache.exists():  # a new cache dir gets the mount's mode/uid/gid (BuildKit's options)
+                    cache.mkdir(parents=True)
+                    os.chmod(cache, 0o755 if m.mode is None else m.mode)
+                    if not rootless:
+                        os.chown(cache, m.uid, m.gid)
                 item["source"] = m.source
             elif m.type == "ssh":
                 is_dir = False
@@ -418,10 +424,15 @@ def _setup(spec: dict) -> None:
     root = spec["root"]
     L.mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
     L.mount(root, root, None, L.MS_BIND | L.MS_REC)
+    try:   # device nodes that came with the image (or a RUN's mknod) cannot be opened: no host disks
+        L.mount(None, root, None, L.MS_REMOUNT | L.MS_BIND | L.MS_NODEV | L.mount_flags(root))
+    except OSError:
+        if not spec["rootless"]:  # a user namespace cannot open host devices anyway
+            raise
     system = spec["system"]   # /proc, /dev, /sys as resolved inside the rootfs
     L.mount("proc", system["proc"], "proc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
     dev = system["dev"]
-    L.mount("tmpfs", dev, "tmpfs", L.MS_NOSUID | L.MS_NOEXEC, "mode=755,size=65536k")
+    L.mount("tmpfs", dev, "tmpfs", L.MS_NOSUID | L.MS_NOEXEC | L.MS_NODEV, "mode=755,size=65536k")
     for name in DEVICES:
         path = f"{dev}/{name}"
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
@@ -499,6 +510,11 @@ def _init_main() -> None:
         os.chdir(workdir)
     except OSError as exc:
         fail(f"working directory {workdir} is not usable in the rootfs: {exc.strerror}")
+    try:
+        from builder.linux import drop_capabilities
+        drop_capabilities()
+    except OSError as exc:
+        fail(f"cannot drop capabilities for the RUN step: {exc}")
     try:
         if not spec["rootless"]:  # a user namespace from --map-root-user denies setgroups
             os.setgroups(spec["groups"])

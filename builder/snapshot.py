@@ -41,6 +41,7 @@ from builder.unpack import apply_layer, remove_entry
 
 Method = Literal["auto", "overlay", "stat"]
 StatKey = tuple[int, int, int, int, int, int, int, int]  # mode uid gid size mtime_ns ctime_ns ino rdev
+# (for a directory: size and rdev 0, and a hash of its xattrs in place of ctime_ns — see _key)
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 
 
@@ -333,7 +334,7 @@ class Capture:
             if self.method == "overlay":
                 self._unmount()
                 self._changes = [c for c in upper_changes(self._upper, self.rootfs)
-                                 if c.path.strip("/") not in self.exclude]
+                                 if not _excluded(c.path, self.exclude)]
             else:
                 assert self._before is not None
                 self.state_after = walk(self.rootfs, self.exclude)
@@ -361,6 +362,11 @@ class Capture:
         self._unmount()
         if self.method == "overlay":
             _clean_overlay_dirs(self.scratch)
+
+
+def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
+    path = path.strip("/")
+    return any(path == e or path.startswith(e + "/") for e in exclude)
 
 
 def _clean_overlay_dirs(scratch: Path) -> None:

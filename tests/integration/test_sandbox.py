@@ -3,6 +3,7 @@ import gzip
 import io
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -222,7 +223,11 @@ def test_rootless_user_namespace(tiny_base, network):
         root = work / "root"
         shutil.copytree(tiny_base, root, symlinks=True)
         subprocess.run(["chown", "-R", "65534:65534", str(root)], check=True)
-        repo = str(Path(__file__).resolve().parents[2])
+        # a copy of the package where nobody can read it (the checkout may sit in a private home)
+        repo = str(work / "pkg")
+        shutil.copytree(Path(__file__).resolve().parents[2] / "builder", work / "pkg" / "builder",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(["chmod", "-R", "a+rX", str(work / "pkg")], check=True)
         proc = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c",
                                ROOTLESS.format(repo=repo, root=str(root), network=network)],
                               capture_output=True, text=True, timeout=60)
@@ -302,3 +307,26 @@ def test_bind_source_resolves_inside_its_root(base, tmp_path):
     code, lines = run(base, "cat /m/marker; [ -e /m/passwd ] && echo host-leak || echo no-host-file",
                       mounts=[Mount("bind", "/m", source="link", source_root=str(ctx), readonly=True)])
     assert code == 0 and stdout(lines) == ["from the context", "no-host-file"]
+
+
+def test_new_cache_dir_gets_the_mount_owner_and_mode(base, tmp_path):
+    cache = tmp_path / "caches" / "pip"
+    code, lines = run(base, "stat -c '%u %g %a' /root/.cache", user=User(1000, 1000),
+                      mounts=[Mount("cache", "/root/.cache", source=str(cache), uid=1000, gid=1000, mode=0o700)])
+    assert code == 0 and stdout(lines) == ["1000 1000 700"]
+
+
+def test_root_run_keeps_only_dockers_default_capabilities(base):
+    code, lines = run(base, "grep -E '^Cap(Bnd|Eff)' /proc/self/status")
+    assert code == 0
+    expected = sum(1 << c for c in (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31))
+    caps = {line.split(":")[0]: int(line.split(":")[1], 16) for line in stdout(lines)}
+    assert caps == {"CapBnd": expected, "CapEff": expected}
+
+
+def test_device_nodes_in_the_rootfs_cannot_be_opened(base):
+    os.mknod(base / "hostdisk-like", 0o666 | stat.S_IFCHR, os.makedev(1, 3))   # a "null" outside /dev
+    code, lines = run(base, "echo x > /hostdisk-like && echo opened || echo refused; "
+                            "echo x > /dev/null && echo dev-null-ok")
+    assert code == 0
+    assert stdout(lines) == ["refused", "dev-null-ok"]

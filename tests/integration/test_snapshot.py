@@ -197,3 +197,14 @@ def test_auto_prefers_overlay(tmp_path):
     rootfs = base_tree(tmp_path / "rootfs")
     with capture(rootfs, tmp_path / "scratch", "auto") as cap:
         assert cap.method == "overlay" and cap.root != rootfs
+
+
+@pytest.mark.parametrize("method", ["stat", pytest.param("overlay", marks=root_only)])
+def test_excluded_paths_and_everything_below(tmp_path, method):
+    rootfs = base_tree(tmp_path / "rootfs")
+    with capture(rootfs, tmp_path / "scratch", method, exclude=["/var/cache"]) as cap:
+        (cap.root / "var" / "cache" / "apt" / "more").write_text("x")
+        (cap.root / "var" / "cache-not-excluded").write_text("y")
+        paths = {c.path for c in cap.changes()}
+    assert "var/cache-not-excluded" in paths
+    assert not any(p == "var/cache" or p.startswith("var/cache/") for p in paths)
