@@ -78,8 +78,12 @@ class BlobCache:
         verifies it itself and raises on mismatch); on error nothing is left."""
         algorithm = validate_digest(expected).split(":", 1)[0] if expected else "sha256"
         tmpdir = self.root / "blobs" / algorithm
-        tmpdir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=tmpdir)
+        try:
+            tmpdir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=tmpdir)
+        except OSError as exc:
+            raise RegistryError(f"cannot write blobs under {tmpdir}: {exc.strerror}; check the path and its "
+                                "permissions") from None
         try:
             with os.fdopen(fd, "wb") as f:
                 w = BlobWriter(f, algorithm, expected if verified_by_source and expected else None)

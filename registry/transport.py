@@ -9,6 +9,7 @@ allowed).
 from __future__ import annotations
 
 import email.utils
+import os
 import random
 import socket
 import ssl
@@ -22,7 +23,7 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from registry import auth
-from registry.errors import RegistryUnavailable, Unauthorized
+from registry.errors import RegistryError, RegistryUnavailable, Unauthorized
 from registry.reference import host_without_port, is_loopback_host, split_host_port
 
 Body = Union[None, bytes, Callable[[], Any]]  # a callable makes a fresh body for each attempt
@@ -112,6 +113,9 @@ class Transport:
                  credentials: auth.CredentialResolver | None = None, retry: RetryPolicy | None = None,
                  timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self.insecure = {h.lower() for h in insecure}
+        if ca_file is not None and not os.path.isfile(ca_file):
+            raise RegistryError(f"CA bundle {ca_file} does not exist or is not a file; pass a PEM file with the "
+                                "registry's CA certificate(s)")
         self.ca_file = ca_file
         self.credentials = credentials or auth.CredentialResolver()
         self.retry = retry or RetryPolicy()
@@ -230,6 +234,8 @@ class Transport:
         """Prepare auth for the retry of a request that got 401 (`sent`: its Authorization)."""
         creds = self.credentials.get(host)
         if challenge.scheme == "basic":
+            # Only a request that carried our basic credentials proves them wrong: another thread
+            # may have switched this host to basic while this request was on its way without them.
             if creds.anonymous or not creds.username or sent.startswith("Basic "):
                 raise self._unauthorized(host, 401, "")
             self._auth_mode[host] = "basic"

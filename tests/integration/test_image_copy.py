@@ -98,6 +98,12 @@ def test_index_copied_with_all_children(registry, tmp_path):
     copy_image(client, dst, f"oci:{back}:multi")
     assert OCILayout(back).blobs.read(result.digest) == body
     assert sorted(os.listdir(back / "blobs" / "sha256")) == sorted(os.listdir(layout / "blobs" / "sha256"))
+    # layout to layout, under another name
+    again = copy_image(client, f"oci:{back}:multi", f"oci:{tmp_path / 'again'}:renamed")
+    assert again.digest == result.digest and again.blobs["copied"] == 4
+    check = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{tmp_path / 'again'}:renamed"],
+                           capture_output=True)
+    assert check.returncode == 0 and check.stdout == body
 
 
 def test_corrupt_blob_in_registry_storage_is_refused(registry, tmp_path):

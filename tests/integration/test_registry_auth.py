@@ -121,3 +121,20 @@ def test_token_auth_denied_push_names_credentials(registry_token, tmp_path):
     client = _client(CredentialResolver(env={"HOME": str(tmp_path)}))
     with pytest.raises(Unauthorized, match=rf"registry {registry_token.host} .*no credentials \(anonymous\)"):
         _roundtrip(client, registry_token.host)
+
+
+def test_identity_token_from_docker_config(registry_token, tmp_path):
+    """A Docker `identitytoken` (OAuth refresh token) is exchanged at the realm by POST."""
+    issuer = registry_token.issuer
+    refresh = "refresh-" + uuid.uuid4().hex
+    issuer.refresh_tokens[refresh] = registry_token.username
+    env = _docker_config(tmp_path, {"auths": {registry_token.host: {"identitytoken": refresh}}})
+    _roundtrip(_client(CredentialResolver(env=env)), registry_token.host)
+    assert issuer.requests[-1]["user"] == registry_token.username
+
+
+def test_tls_registry_on_loopback_is_spoken_to_over_https(registry_tls):
+    """Docker's rule for insecure (here: loopback) registries: HTTPS when the host speaks TLS."""
+    client = _client(CredentialResolver(env={}))
+    _roundtrip(client, registry_tls.host)
+    assert client.transport.base_url(registry_tls.host) == f"https://{registry_tls.host}"

@@ -76,7 +76,7 @@ def test_failed_copy_tags_nothing(registry, fault_proxy, tmp_path):
     src = tmp_path / "src"
     write_random_image(src, "v1", [2 * MiB], seed=8, compressible=False)
     proxy = fault_proxy(registry.host)
-    proxy.cut(upstream_after=512 * 1024, times=1000)  # every attempt dies
+    proxy.cut(upstream_after=512 * 1024, times=1000, whole_proxy=True)  # the network dies at 512 KiB
     name = f"faults/{uuid.uuid4().hex[:8]}"
     client = _client(chunk_size=1 * MiB, monolithic_max=64 * 1024)
     with pytest.raises(RegistryUnavailable, match=name):
@@ -85,9 +85,44 @@ def test_failed_copy_tags_nothing(registry, fault_proxy, tmp_path):
     # and a pull that can't complete leaves no tag in the layout
     good = f"{registry.host}/{name}-ok:v1"
     copy_image(_client(), f"oci:{src}:v1", good)
-    proxy.cut(downstream_after=256 * 1024, times=1000)
+    proxy.cut(downstream_after=256 * 1024, times=1000, whole_proxy=True)  # then nothing gets through
     out = tmp_path / "out"
     with pytest.raises(RegistryUnavailable):
         copy_image(client, f"{proxy.host}/{name}-ok:v1", f"oci:{out}:v1")
     assert OCILayout(out).index().manifests == []
     assert not [p for p in (out / "blobs" / "sha256").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_chunked_upload_resumes_from_registry_range(registry):
+    """The source fails at the start of the second chunk (after the PATCH headers went out, before
+    any of its body): the real registry still holds exactly one chunk, reports it in `Range`, and
+    the upload continues in the same session from there instead of starting again."""
+    from registry.client import Repository
+
+    data = os.urandom(3 * MiB)
+    opened: list[int] = []
+
+    class FailingOnce(io.BytesIO):
+        def read(self, n: int = -1) -> bytes:
+            raise OSError("source went away")
+
+    def opener(offset: int) -> io.BytesIO:
+        opened.append(offset)
+        if offset == MiB and opened.count(MiB) == 1:
+            return FailingOnce()
+        return io.BytesIO(data[offset:])
+
+    sessions: list[str] = []
+
+    class Counting(Repository):
+        def _start_upload(self):  # count upload sessions
+            location = super()._start_upload()
+            sessions.append(location[0])
+            return location
+
+    client = _client(chunk_size=1 * MiB, monolithic_max=1024)
+    repo = Counting(client, client.repository(f"{registry.host}/faults/{uuid.uuid4().hex[:8]}").ref)
+    info = repo.upload_blob(opener, size=len(data))
+    assert info.digest == sha256_digest(data)
+    assert len(sessions) == 1  # resumed, not restarted
+    assert opened[:3] == [0, MiB, MiB] and opened[-1] == 2 * MiB

@@ -1,0 +1,600 @@
+"""Orchestration of `kade build`: plan, look every step key up, run only what is missing, push.
+
+1. Parse the Dockerfile and plan every stage the target needs; base images are resolved to their
+   platform manifest digest (one manifest GET and one small config GET each), so every step key is
+   known before anything runs.
+2. One HEAD per step key in the stages repo (in parallel); lookup goes on after a miss.
+3. Per stage (independent stages in parallel, up to --parallel): if the stage's last step is cached,
+   nothing runs and nothing is pulled. Otherwise the rootfs is prepared from the last cached step
+   image (layers from the local cache, downloaded when missing), the remaining steps run, and each
+   step image is pushed (blobs first, then the manifest tagged with the key).
+4. The final image (config with `created`, manifest annotations revision/created) goes to every
+   --tag (blobs mounted across repositories, never downloaded), or to a local OCI layout without
+   --tag; then the build record goes to the stages repo.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from builder import image_config as ic
+from builder.cache import LocalCache
+from builder.context import BuildContext
+from builder.dockerfile import parse_file
+from builder.errors import BuildError, StepFailedError
+from builder.keys import is_step_key
+from builder.plan import DEFAULT_PLATFORM, BaseImage, Plan, PlannedStage, Step, make_plan
+from registry import mediatypes as mt
+from registry.client import ClientOptions, RegistryClient, Repository
+from registry.digest import sha256_digest
+from registry.errors import RegistryError
+from registry.model import Descriptor, Index, Manifest, parse_manifest
+from registry.reference import Reference
+
+Report = Callable[..., None]
+ANNOTATION_REVISION = "org.opencontainers.image.revision"
+ANNOTATION_CREATED = "org.opencontainers.image.created"
+_OCI_FOR_DOCKER = {mt.DOCKER_LAYER_GZIP: mt.OCI_LAYER_GZIP}
+
+
+@dataclass
+class BuildOptions:
+    context: Path
+    dockerfile: Path | None = None
+    target: str | None = None
+    build_args: dict[str, str] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    repo: str | None = None
+    secrets: dict[str, bytes] = field(default_factory=dict)
+    ssh: str | None = None
+    compression: str = "gzip"
+    no_cache: bool = False
+    parallel: int = 4
+    cache_dir: str | None = None
+    keep_failed: bool = False
+    insecure: tuple[str, ...] = ()
+    platform: str = DEFAULT_PLATFORM
+    image_name: str = "default"
+
+
+@dataclass
+class BuildResult:
+    images: list[dict[str, str]]  # [{"ref", "digest"}]
+    built: int
+    cached: int
+    record_tag: str | None = None
+    layout: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": self.images, "steps": {"built": self.built, "cached": self.cached}}
+
+
+@dataclass
+class Image:
+    """An image in a repository: its manifest, digest and parsed config."""
+    repo: str  # "host/repository"
+    digest: str
+    manifest: Manifest
+    config: dict[str, Any]
+
+
+def stages_repo_for(tag: str) -> str:
+    ref = Reference.parse(tag)
+    return f"{ref.registry}/{ref.repository}-stages"
+
+
+def git_revision(path: Path) -> tuple[str | None, str | None]:
+    """(commit, branch) of the git checkout holding `path`, or (None, None)."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    if commit and len(commit) != 40:
+        commit = None
+    return commit, (branch if branch and branch != "HEAD" else None)
+
+
+def _utc_now() -> datetime:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if epoch.isdigit():
+        return datetime.fromtimestamp(int(epoch), timezone.utc)
+    return datetime.now(timezone.utc)
+
+
+def _rfc3339(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Builder:
+    def __init__(self, options: BuildOptions, report: Report, client: RegistryClient | None = None):
+        self.o = options
+        self.report = report
+        self.client = client or RegistryClient(ClientOptions(insecure=tuple(options.insecure)))
+        self.cache = LocalCache(options.cache_dir)
+        self.images: dict[str, Image] = {}  # by manifest digest (bases and step images)
+        self.blob_homes: dict[str, set[str]] = {}  # blob digest -> repos known to hold it
+        self.lock = threading.Lock()
+        self.built = 0
+        self.work_dirs: list[Path] = []
+        self.stage_roots: dict[str, Path] = {}
+        self.stage_images: dict[str, Image | None] = {}
+        self.stage_futures: dict[str, Future] = {}
+        self.root_lock = threading.Lock()
+        self.epoch = _epoch()
+        if options.tags:
+            self.stages_repo = options.repo or stages_repo_for(options.tags[0])
+        else:
+            self.stages_repo = options.repo
+
+    # -- registry helpers -------------------------------------------------------------------------
+    def repo(self, name: str) -> Repository:
+        return self.client.repository(name)
+
+    def _note_blobs(self, repo: str, descs: list[Descriptor]) -> None:
+        with self.lock:
+            for d in descs:
+                self.blob_homes.setdefault(d.digest, set()).add(repo)
+
+    def _fetch_json_blob(self, repo: str, digest: str) -> bytes:
+        if self.cache.blobs.has(digest):
+            return self.cache.blobs.read(digest)
+        with self.repo(repo).open_blob(digest) as f:
+            data = f.read()
+        self.cache.blobs.put_bytes(data, digest)
+        return data
+
+    def load_image(self, repo: str, digest: str, body: bytes | None = None, media_type: str | None = None,
+                   platform: str = DEFAULT_PLATFORM) -> Image:
+        if digest in self.images:
+            return self.images[digest]
+        if body is None:
+            body, desc = self.repo(repo).get_manifest(digest)
+            media_type = desc.media_type
+        parsed = parse_manifest(body, media_type)
+        if isinstance(parsed, Index):
+            chosen = _pick_platform(parsed, platform, repo)
+            return self.load_image(repo, chosen.digest, platform=platform)
+        config = json.loads(self._fetch_json_blob(repo, parsed.config.digest))
+        img = Image(repo=repo, digest=digest, manifest=parsed, config=config)
+        self._note_blobs(repo, parsed.blobs())
+        with self.lock:
+            self.images[digest] = img
+        return img
+
+    def resolve_base(self, name: str, platform: str) -> BaseImage:
+        try:
+            ref = Reference.parse(name)
+        except RegistryError as exc:
+            raise BuildError(f"invalid base image {name!r}: {exc}") from None
+        repo = ref.name
+        self.report("resolve", f"{name} ({platform})")
+        try:
+            body, desc = self.repo(repo).get_manifest(ref.identifier)
+            img = self.load_image(repo, desc.digest, body, desc.media_type, platform)
+        except RegistryError as exc:
+            raise BuildError(str(exc)) from None
+        return BaseImage(ref=repo, digest=img.digest, config=img.config)
+
+    # -- the build --------------------------------------------------------------------------------
+    def run(self) -> BuildResult:
+        dockerfile = self.o.dockerfile or (self.o.context / "Dockerfile")
+        df = parse_file(dockerfile)
+        ctx = BuildContext.open(self.o.context, dockerfile)
+        ctx.fetcher = self._fetch_url
+        with self.cache.lock("global", shared=True):
+            try:
+                plan = make_plan(df, ctx, self.resolve_base, target=self.o.target, build_args=self.o.build_args,
+                                 platform=self.o.platform)
+                self.plan, self.ctx = plan, ctx
+                for name in plan.unused_args:
+                    self.report("warning", f"build arg {name} was given but no ARG in the stages built declares it")
+                hits = self.lookup(plan)
+                final = self.execute(plan, hits)
+                return self.publish(plan, final)
+            finally:
+                self._cleanup()
+
+    def lookup(self, plan: Plan) -> dict[str, Image]:
+        """One HEAD per step key (all of them, in parallel; a miss doesn't stop the others)."""
+        steps = plan.all_steps()
+        if self.o.no_cache or not self.stages_repo or not steps:
+            return {}
+        repo = self.repo(self.stages_repo)
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            found = list(pool.map(lambda s: repo.head_manifest(s.key, mt.OCI_MANIFEST), steps))
+        return {s.key: d for s, d in zip(steps, found) if d is not None}  # type: ignore[misc]
+
+    def execute(self, plan: Plan, hits: dict[str, Any]) -> Image | None:
+        self.hits = hits
+        needed = needed_stages(plan, set(hits))
+        with ThreadPoolExecutor(max_workers=max(1, self.o.parallel)) as pool:
+            for ps in plan.order():  # dependencies come first, so a waiting stage never starves the pool
+                if ps.label in needed:
+                    self.stage_futures[ps.label] = pool.submit(self._run_stage, ps)
+            return self.stage_futures[plan.target].result()
+
+    def _base_image(self, ps: PlannedStage) -> Image | None:
+        if ps.base_stage:
+            return self.stage_futures[ps.base_stage].result()
+        if ps.base_image:
+            return self.images[ps.base_image.digest]
+        return None  # scratch
+
+    def _run_stage(self, ps: PlannedStage) -> Image | None:
+        """Returns the stage's final image (None for an empty scratch stage)."""
+        steps = ps.steps
+        last_hit = len(steps) - len(missing_steps(ps, set(self.hits))) - 1
+        if last_hit < 0:
+            parent = self._base_image(ps)
+        else:
+            parent = self._step_image(steps[last_hit])
+        for s in steps[: last_hit + 1]:
+            self.report("cached", f"[{ps.label}] {s.text}", key=s.key)
+        if last_hit == len(steps) - 1:
+            self.stage_images[ps.label] = parent
+            return parent
+        rootfs = self._materialize(parent, f"stage-{ps.label}-")
+        for s in steps[last_hit + 1:]:
+            parent = self._execute_step(ps, s, parent, rootfs)
+            with self.lock:
+                self.built += 1
+        with self.root_lock:
+            self.stage_roots[ps.label] = rootfs
+        self.stage_images[ps.label] = parent
+        return parent
+
+    def _step_image(self, step: Step) -> Image:
+        desc = self.hits[step.key]
+        return self.load_image(self.stages_repo, desc.digest)  # type: ignore[arg-type]
+
+    # -- rootfs ----------------------------------------------------------------------------------
+    def _materialize(self, image: Image | None, prefix: str) -> Path:
+        """A fresh rootfs holding `image`: a copy of the longest unpacked prefix kept in the local cache
+        (by ChainID), plus the remaining layers applied from cached or downloaded blobs."""
+        from builder.rootfs import LayerRef
+
+        holder = self.cache.work_dir(prefix)
+        self.work_dirs.append(holder)
+        rootfs = holder / "rootfs"
+        if image is None:
+            rootfs.mkdir()
+            return rootfs
+        diff_ids = list((image.config.get("rootfs") or {}).get("diff_ids") or [])
+        layers = image.manifest.layers
+        if len(diff_ids) != len(layers):
+            raise BuildError(f"image {image.repo}@{image.digest} has {len(layers)} layers but "
+                             f"{len(diff_ids)} diff_ids in its config", hint="rebuild or re-push that image")
+        refs = [LayerRef(diff_id, (lambda d=d: open(self._blob_path(image, d), "rb")), d.digest)
+                for diff_id, d in zip(diff_ids, layers)]
+        self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}")
+        self.cache.rootfs_store.materialize(refs, rootfs)
+        return rootfs
+
+    def _blob_path(self, image: Image, desc: Descriptor) -> Path:
+        path = self.cache.blobs.path(desc.digest)
+        if path.is_file():
+            return path
+        with self.cache.lock(desc.digest):
+            if not path.is_file():
+                self.report("pull", f"{desc.digest[:19]} ({desc.size} bytes) from {image.repo}")
+                self.repo(image.repo).download_blob(desc.digest, path, desc.size)
+        return path
+
+    def stage_rootfs(self, label: str | None, image: Image | None) -> Path:
+        """The filesystem of a stage (or image) for COPY --from / RUN --mount from=."""
+        if label is not None:
+            img = self.stage_futures[label].result()
+            with self.root_lock:
+                if label in self.stage_roots:
+                    return self.stage_roots[label]
+                root = self._materialize(img, f"from-{label}-")
+                self.stage_roots[label] = root
+                return root
+        assert image is not None
+        key = "image:" + image.digest
+        with self.root_lock:
+            if key not in self.stage_roots:
+                self.stage_roots[key] = self._materialize(image, "from-image-")
+            return self.stage_roots[key]
+
+    # -- one step ----------------------------------------------------------------------------------
+    def _execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path) -> Image:
+        from builder import execute as ex
+
+        self.report("step", f"[{ps.label}] {step.text}", key=step.key)
+        changes: list = []
+        workdir = step.config.get("config", {}).get("WorkingDir") or "/"
+        try:
+            if step.kind == "run":
+                ctx = ex.RunContext(secrets=self.o.secrets, ssh_socket=self.o.ssh, cache_dir=self._cache_mount,
+                                    stage_rootfs=self._mount_root, context_root=self.ctx.root, report=self.report)
+                layer = ex.run_step(rootfs, step, ctx, lambda line: self.report("output", line), self._write_layer)
+                return self._push_step(step, parent, layer)  # type: ignore[arg-type]
+            elif step.kind == "copy":
+                spec = step.copy
+                assert spec is not None
+                from_root = None
+                if spec.from_stage:
+                    from_root = self.stage_rootfs(spec.from_stage, None)
+                elif spec.from_image is not None:
+                    img = self.load_image(spec.from_image.ref, spec.from_image.digest)
+                    from_root = self.stage_rootfs(None, img)
+                changes = ex.copy_step(rootfs, spec, workdir, from_root)
+            elif step.kind == "workdir":
+                changes = ex.ensure_dir(rootfs, workdir)
+        except StepFailedError as exc:
+            if self.o.keep_failed:
+                self.work_dirs.remove(rootfs.parent)
+                exc.rootfs = str(rootfs)
+                exc.hint = f"the failed rootfs is kept at {rootfs}"
+                raise StepFailedError(exc.detail, exit_code=exc.exit_code, output_tail=exc.output_tail,
+                                      file=exc.file, line=exc.line, hint=exc.hint, rootfs=str(rootfs)) from None
+            raise
+        except BuildError as exc:
+            if exc.line is not None:
+                raise
+            raise BuildError(f"{step.text}: {exc.detail}", file=step.ins.file, line=step.ins.line,
+                            hint=exc.hint) from None
+        layer = self._write_layer(changes) if changes else None
+        return self._push_step(step, parent, layer)
+
+    def _fetch_url(self, url: str, checksum: str | None) -> Path:
+        """ADD <url>: download (every build: the key follows the content), verify --checksum, mode 0600."""
+        import hashlib
+        from urllib.parse import urlparse
+
+        import requests
+
+        name = Path(urlparse(url).path).name or "download"
+        folder = self.cache.root / "urls" / hashlib.sha256(url.encode()).hexdigest()[:32]
+        folder.mkdir(parents=True, exist_ok=True)
+        if checksum and not checksum.startswith("sha256:"):
+            raise BuildError(f"--checksum={checksum}: only sha256:<hex> is supported")
+        self.report("fetch", url)
+        h = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as out, requests.get(url, stream=True, timeout=60) as resp:
+                if resp.status_code != 200:
+                    raise BuildError(f"ADD {url}: HTTP {resp.status_code}", hint="check the URL")
+                for chunk in resp.iter_content(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+            digest = "sha256:" + h.hexdigest()
+            if checksum and digest != checksum:
+                raise BuildError(f"ADD {url}: checksum mismatch: got {digest}, expected {checksum}")
+            os.chmod(tmp, 0o600)
+            target = folder / name
+            os.replace(tmp, target)
+            return target
+        except requests.RequestException as exc:
+            raise BuildError(f"ADD {url}: download failed: {exc}") from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def _cache_mount(self, mount_id: str) -> Path:
+        return self.cache.mount_dir(mount_id)
+
+    def _mount_root(self, ref: str, _unused: object) -> Path:
+        for label in self.plan.stages:
+            if label == ref.lower():
+                return self.stage_rootfs(label, None)
+        base = self.resolve_base(ref, self.o.platform)
+        return self.stage_rootfs(None, self.images[base.digest])
+
+    def _write_layer(self, changes: list) -> Descriptor:
+        from builder.execute import write_layer
+
+        fd, tmp = tempfile.mkstemp(prefix=".layer-", dir=self.cache.root / "blobs" / "sha256")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                info = write_layer(changes, out, self.o.compression, self.epoch)
+            os.replace(tmp, self.cache.blobs.path(info.digest))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        desc = Descriptor(info.media_type, info.digest, info.size)
+        desc.annotations = {"kade.diff_id": info.diff_id}  # carried to the config, stripped before push
+        return desc
+
+    def _push_step(self, step: Step, parent: Image | None, layer: Descriptor | None) -> Image:
+        base_cfg = parent.config if parent else ic.empty_config(*self.o.platform.split("/")[:2])
+        cfg = dict(step.config)
+        cfg["rootfs"] = {"type": "layers", "diff_ids": list((base_cfg.get("rootfs") or {}).get("diff_ids") or [])}
+        cfg["history"] = list(base_cfg.get("history") or [])
+        diff_id = (layer.annotations or {}).get("kade.diff_id") if layer else None
+        cfg = ic.add_history(cfg, step.created_by, empty_layer=layer is None, diff_id=diff_id)
+        layers = [_oci_layer(d) for d in (parent.manifest.layers if parent else [])]
+        if layer is not None:
+            layers.append(Descriptor(layer.media_type, layer.digest, layer.size))
+        config_bytes = ic.config_bytes(cfg)
+        config_desc = Descriptor(mt.OCI_CONFIG, sha256_digest(config_bytes), len(config_bytes))
+        manifest = Manifest(config=config_desc, layers=layers, media_type=mt.OCI_MANIFEST)
+        body = manifest.to_bytes()
+        digest = sha256_digest(body)
+        self.cache.blobs.put_bytes(config_bytes, config_desc.digest)
+        self.cache.blobs.put_bytes(body, digest)
+        repo = self.stages_repo
+        img = Image(repo=repo or "", digest=digest, manifest=manifest, config=cfg)
+        if repo:
+            self._push_manifest(repo, img, config_bytes, step.key, parent)
+        with self.lock:
+            self.images[digest] = img
+        return img
+
+    def _push_manifest(self, repo_name: str, img: Image, config_bytes: bytes, tag: str, source: Image | None) -> str:
+        """Blobs first (mounted from where they are known to live, uploaded from the local cache otherwise),
+        then the manifest."""
+        repo = self.repo(repo_name)
+        for d in img.manifest.layers:
+            self._ensure_blob(repo, d)
+        repo.upload_blob(io.BytesIO(config_bytes), img.manifest.config.digest, len(config_bytes))
+        digest = repo.put_manifest(tag, img.manifest.to_bytes(), mt.OCI_MANIFEST)
+        self._note_blobs(repo_name, img.manifest.blobs())
+        return digest
+
+    def _ensure_blob(self, repo: Repository, d: Descriptor) -> None:
+        name = f"{repo.ref.registry}/{repo.name}"
+        homes = self.blob_homes.get(d.digest, set())
+        if name in homes:
+            return
+        for home in sorted(homes):
+            href = Reference.parse(home, default_tag=None)
+            if href.registry == repo.ref.registry and repo.mount_blob(d.digest, href.repository):
+                self._note_blobs(name, [d])
+                return
+        if repo.head_blob(d.digest) is not None:
+            self._note_blobs(name, [d])
+            return
+        path = self.cache.blobs.path(d.digest)
+        if not path.is_file():
+            src = next(iter(homes), None)
+            if src is None:
+                raise BuildError(f"blob {d.digest} is neither in the local cache nor in a known repository")
+            self.repo(src).download_blob(d.digest, path, d.size)
+        repo.upload_blob(path, d.digest, d.size)
+        self._note_blobs(name, [d])
+
+    # -- final image ---------------------------------------------------------------------------------
+    def publish(self, plan: Plan, final: Image | None) -> BuildResult:
+        if final is None:
+            raise BuildError("the target stage is an empty scratch image: nothing to publish",
+                             file=plan.dockerfile.path)
+        now = _utc_now()
+        commit, branch = git_revision(self.o.context)
+        cfg = ic.set_created(final.config, _rfc3339(now))
+        config_bytes = ic.config_bytes(cfg)
+        annotations = {ANNOTATION_CREATED: _rfc3339(now)}
+        if commit:
+            annotations[ANNOTATION_REVISION] = commit
+        manifest = Manifest(config=Descriptor(mt.OCI_CONFIG, sha256_digest(config_bytes), len(config_bytes)),
+                            layers=[_oci_layer(d) for d in final.manifest.layers], media_type=mt.OCI_MANIFEST,
+                            annotations=annotations)
+        img = Image(repo=final.repo, digest=sha256_digest(manifest.to_bytes()), manifest=manifest, config=cfg)
+        images: list[dict[str, str]] = []
+        layout = None
+        if self.o.tags:
+            for tag in self.o.tags:
+                ref = Reference.parse(tag)
+                digest = self._push_manifest(ref.name, img, config_bytes, ref.tag or "latest", final)
+                images.append({"ref": str(ref), "digest": digest})
+                self.report("pushed", f"{ref}@{digest}")
+        else:
+            layout = self._write_layout(plan, img, config_bytes)
+            images.append({"ref": f"oci:{layout}:{self._layout_ref(plan)}", "digest": img.digest})
+        record_tag = None
+        if self.stages_repo and self.o.tags:
+            record_tag = self._push_record(plan, images, commit, branch, now)
+        # cached: every planned step that did not run (found in the stages repo, or not needed)
+        cached = len(plan.all_steps()) - self.built
+        return BuildResult(images=images, built=self.built, cached=cached, record_tag=record_tag, layout=layout)
+
+    def _layout_ref(self, plan: Plan) -> str:
+        return plan.target if not plan.target.isdigit() else "latest"
+
+    def _write_layout(self, plan: Plan, img: Image, config_bytes: bytes) -> str:
+        from registry.layout import OCILayout
+
+        layout = OCILayout(self.cache.layout_dir, create=True)
+        for d in img.manifest.layers:
+            path = self.cache.blobs.path(d.digest)
+            if not path.is_file():
+                src = next(iter(self.blob_homes.get(d.digest, ())), None)
+                if src is None:
+                    raise BuildError(f"layer {d.digest} is not available locally")
+                self.repo(src).download_blob(d.digest, path, d.size)
+            dst = layout.blobs.path(d.digest)
+            if not dst.exists():
+                shutil.copyfile(path, dst)
+        layout.write_blob(config_bytes, img.manifest.config.digest)
+        desc = layout.write_manifest(img.manifest.to_bytes(), mt.OCI_MANIFEST)
+        layout.tag(desc, self._layout_ref(plan))
+        self.report("written", f"oci:{layout.path}:{self._layout_ref(plan)}")
+        return str(layout.path)
+
+    def _push_record(self, plan: Plan, images: list[dict[str, str]], commit: str | None, branch: str | None,
+                     now: datetime) -> str:
+        from registry.records import BuildRecord, RecordImage, push_record
+
+        steps = tuple(dict.fromkeys(s.key for s in plan.all_steps() if is_step_key(s.key)))
+        first = Reference.parse(self.o.tags[0])
+        record = BuildRecord(commit=commit, branch=branch, created=now, images=(RecordImage(
+            name=self.o.image_name, repository=first.name, tags=tuple(Reference.parse(t).tag or "latest"
+                                                                      for t in self.o.tags),
+            digest=images[0]["digest"], steps=steps),))
+        tag = push_record(self.repo(self.stages_repo), record)  # type: ignore[arg-type]
+        self.report("record", f"{self.stages_repo}:{tag}")
+        return tag
+
+    def _cleanup(self) -> None:
+        for d in self.work_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def missing_steps(ps: PlannedStage, hits: set[str]) -> list[Step]:
+    """The steps after the last cached one (lookup goes on after a miss, so a later hit counts)."""
+    last = max((i for i, st in enumerate(ps.steps) if st.key in hits), default=-1)
+    return ps.steps[last + 1:]
+
+
+def needed_stages(plan: Plan, hits: set[str]) -> set[str]:
+    """Stages whose result this build needs: the target, and whatever its missing steps use."""
+    needed: set[str] = set()
+    todo = [plan.target]
+    while todo:
+        label = todo.pop()
+        if label in needed:
+            continue
+        needed.add(label)
+        ps = plan.stages[label]
+        missing = missing_steps(ps, hits)
+        if ps.base_stage and len(missing) == len(ps.steps):
+            todo.append(ps.base_stage)
+        for st in missing:
+            if st.copy is not None and st.copy.from_stage:
+                todo.append(st.copy.from_stage)
+            for m in st.mounts:
+                ref = m.options.get("from", "").lower()
+                if ref in plan.stages:
+                    todo.append(ref)
+    return needed
+
+
+def _epoch() -> int | None:
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _oci_layer(d: Descriptor) -> Descriptor:
+    return Descriptor(_OCI_FOR_DOCKER.get(d.media_type, d.media_type), d.digest, d.size, urls=d.urls)
+
+
+def _pick_platform(index: Index, platform: str, repo: str) -> Descriptor:
+    os_name, _, rest = platform.partition("/")
+    arch, _, variant = rest.partition("/")
+    for d in index.manifests:
+        p = d.platform or {}
+        if p.get("os") == os_name and p.get("architecture") == arch and (not variant or p.get("variant") == variant):
+            return d
+    found = ", ".join(d.platform_string or "?" for d in index.manifests)
+    raise BuildError(f"{repo} has no image for platform {platform} (it has: {found})",
+                     hint="pick another base image or --platform")
+
+
+def build(options: BuildOptions, report: Report, client: RegistryClient | None = None) -> BuildResult:
+    return Builder(options, report, client).run()

@@ -1,0 +1,127 @@
+"""The local build cache: `--cache-dir`, else $KADE_CACHE_DIR, else $XDG_CACHE_HOME/kade (~/.cache/kade).
+
+Layout under the root:
+  blobs/sha256/<hex>   compressed blobs by digest (registry.cache.BlobCache: atomic renames)
+  rootfs/<chainid>/    unpacked layer stacks by OCI ChainID (builder/rootfs.py), copied to start a step
+  mounts/<id-hash>/    RUN --mount=type=cache directories, kept between builds, never in a layer
+  work/<random>/       rootfs directories of running builds (removed at the end unless --keep-failed)
+  images/              the OCI image layout written when a build has no --tag
+  locks/<name>.lock    flock(2) files: concurrent builds and processes share the cache safely
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from registry.cache import BlobCache
+
+if TYPE_CHECKING:
+    from builder.rootfs import RootfsStore
+
+
+def cache_root(explicit: str | os.PathLike | None = None) -> Path:
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("KADE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "kade"
+
+
+@dataclass
+class PruneResult:
+    removed: int
+    freed_bytes: int
+
+
+class LocalCache:
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = cache_root(root)
+        for sub in ("blobs/sha256", "mounts", "work", "locks"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.blobs = BlobCache(self.root)
+
+    @property
+    def rootfs_store(self) -> "RootfsStore":
+        """Unpacked layer stacks by ChainID (builder/rootfs.py): a warm rebuild copies instead of unpacking."""
+        from builder.rootfs import RootfsStore
+
+        return RootfsStore(self.root / "rootfs")
+
+    @contextlib.contextmanager
+    def lock(self, name: str, shared: bool = False) -> Iterator[None]:
+        """An inter-process lock (flock) named by a digest, mount id, ..."""
+        safe = hashlib.sha256(name.encode()).hexdigest()[:32]
+        path = self.root / "locks" / f"{safe}.lock"
+        with open(path, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def work_dir(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.root / "work"))
+
+    def mount_dir(self, mount_id: str) -> Path:
+        """The persistent directory of a RUN cache mount (created empty the first time)."""
+        d = self.root / "mounts" / hashlib.sha256(mount_id.encode()).hexdigest()[:32]
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def layout_dir(self) -> Path:
+        return self.root / "images"
+
+    def prune(self, *, older_than_seconds: float = 0, keep_mounts: bool = False) -> PruneResult:
+        """Remove cached blobs, cache mounts and stale work dirs not used for `older_than_seconds`.
+
+        Holds the global lock so a concurrent build (which takes it shared) isn't pruned under its feet.
+        """
+        now = time.time()
+        removed = freed = 0
+        with self.lock("global"):
+            targets: list[Path] = list((self.root / "blobs" / "sha256").iterdir())
+            targets += list((self.root / "work").iterdir())
+            if (self.root / "rootfs").is_dir():
+                targets += list((self.root / "rootfs").iterdir())
+            if not keep_mounts:
+                targets += list((self.root / "mounts").iterdir())
+            for path in targets:
+                try:
+                    st = path.lstat()
+                except FileNotFoundError:
+                    continue
+                if now - max(st.st_atime, st.st_mtime) < older_than_seconds:
+                    continue
+                size = _tree_size(path)
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed += 1
+                freed += size
+        return PruneResult(removed, freed)
+
+
+def _tree_size(path: Path) -> int:
+    if not path.is_dir() or path.is_symlink():
+        try:
+            return path.lstat().st_size
+        except FileNotFoundError:
+            return 0
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total

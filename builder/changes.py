@@ -1,0 +1,68 @@
+"""The unit of a filesystem diff: what one layer adds, replaces or deletes.
+
+A `Change` names a path inside the image (relative, '/'-separated, no leading '/' or './'); for "add"
+it also names the file on disk whose metadata and content become the layer entry. Names are `str`
+decoded with the filesystem encoding (surrogateescape), so any byte string a filesystem allows
+(newlines, non-UTF-8 bytes) round-trips through `os.fsencode`.
+
+Kinds:
+- "add": the path was added or modified (a layer cannot tell the two apart and need not); with no
+  source, a directory made up from `mode`/`uid`/`gid` (e.g. WORKDIR or COPY parents), mtime = epoch or 0;
+- "delete": the path existed below and is gone (written as `.wh.<name>`);
+- "opaque": the directory hides every lower child (written as `<dir>/.wh..wh..opq`); the directory
+  itself comes as a separate "add".
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+ChangeKind = Literal["add", "delete", "opaque"]
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    path: str
+    kind: ChangeKind = "add"
+    source: str | None = None
+    uid: int | None = None   # overrides of the source's metadata (COPY --chown / --chmod)
+    gid: int | None = None
+    mode: int | None = None  # permission bits only (0o7777)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("add", "delete", "opaque"):
+            raise ValueError(f"unknown change kind {self.kind!r}")
+        if self.kind == "add" and self.source is None and self.mode is None:
+            raise ValueError(f"change {self.path!r}: an 'add' needs a source file (or a mode for a new directory)")
+        parts = split_path(self.path)
+        if not parts and self.kind != "add":
+            raise ValueError("the root directory cannot be deleted or made opaque")
+
+
+def split_path(path: str) -> tuple[bytes, ...]:
+    """Components of an image path as bytes; rejects '..', NUL and empty-looking tricks."""
+    raw = os.fsencode(path)
+    if b"\0" in raw:
+        raise ValueError(f"path {path!r} contains a NUL byte")
+    parts = tuple(p for p in raw.split(b"/") if p not in (b"", b"."))
+    if b".." in parts:
+        raise ValueError(f"path {path!r} contains '..'")
+    return parts
+
+
+def new_directory(path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Change:
+    """A directory that exists on no disk yet (WORKDIR, parents of a COPY destination)."""
+    return Change(path, "add", None, uid=uid, gid=gid, mode=mode)
+
+
+def tar_name(change: Change) -> tuple[bytes, ...]:
+    """The components of the tar entry that represents `change` (whiteouts included)."""
+    parts = split_path(change.path)
+    if change.kind == "delete":
+        return parts[:-1] + (WHITEOUT_PREFIX.encode() + parts[-1],)
+    if change.kind == "opaque":
+        return parts + (OPAQUE_WHITEOUT.encode(),)
+    return parts

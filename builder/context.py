@@ -1,0 +1,309 @@
+"""The build context: .dockerignore rules, COPY/ADD source selection, and content hashing.
+
+Matching follows moby/patternmatcher: patterns are cleaned and made relative, `*` and `?` never
+cross `/`, `**` spans any number of directories, a pattern that matches a parent directory
+matches everything below it, `!` re-includes, and the last matching pattern wins.
+`<Dockerfile>.dockerignore` next to the Dockerfile takes precedence over `<context>/.dockerignore`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import ContextError, MissingSourceError
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    raw: str
+    regex: re.Pattern[str]
+    exclusion: bool  # `!pattern`: re-include
+
+
+def compile_pattern(text: str) -> str:
+    """A cleaned dockerignore pattern -> an anchored regular expression."""
+    out = ["^"]
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "*":
+            if i + 1 < n and text[i + 1] == "*":
+                i += 1
+                if i + 1 < n and text[i + 1] == "/":
+                    i += 1
+                    out.append("(.*/)?")
+                else:
+                    out.append(".*")
+            else:
+                out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "[":
+            end = text.find("]", i + 1)
+            if end < 0:
+                raise ContextError(f"bad pattern {text!r} in .dockerignore: unterminated [")
+            body = text[i + 1:end]
+            if body.startswith("^") or body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end
+        elif ch == "\\" and i + 1 < n:
+            i += 1
+            out.append(re.escape(text[i]))
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    out.append("$")
+    return "".join(out)
+
+
+def clean_path(p: str) -> str:
+    """Go's filepath.Clean, made relative: "/a/./b/" -> "a/b", "" -> "."."""
+    cleaned = posixpath.normpath("/" + p).lstrip("/")
+    return cleaned or "."
+
+
+def parse_ignore(text: str, source: str = ".dockerignore") -> list[Pattern]:
+    patterns = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        exclusion = line.startswith("!")
+        if exclusion:
+            line = line[1:].strip()
+        if not line:
+            raise ContextError(f"illegal exclusion pattern '!' in {source}")
+        cleaned = clean_path(line)
+        try:
+            regex = re.compile(compile_pattern(cleaned))
+        except re.error as exc:
+            raise ContextError(f"bad pattern {raw!r} in {source}: {exc}") from None
+        patterns.append(Pattern(raw=raw, regex=regex, exclusion=exclusion))
+    return patterns
+
+
+class IgnoreRules:
+    def __init__(self, patterns: list[Pattern]):
+        self.patterns = patterns
+        self.has_exclusions = any(p.exclusion for p in patterns)
+
+    @classmethod
+    def load(cls, context: Path, dockerfile: Path | None = None) -> "IgnoreRules":
+        candidates = []
+        if dockerfile is not None:
+            candidates.append(dockerfile.with_name(dockerfile.name + ".dockerignore"))
+        candidates.append(context / ".dockerignore")
+        for path in candidates:
+            if path.is_file():
+                try:
+                    return cls(parse_ignore(path.read_text(encoding="utf-8"), str(path)))
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise ContextError(f"cannot read {path}: {exc}") from None
+        return cls([])
+
+    def excluded(self, rel: str) -> bool:
+        """Is this context-relative path excluded (itself or through a parent directory)?"""
+        if not self.patterns:
+            return False
+        rel = clean_path(rel)
+        parents = rel.split("/")[:-1]
+        matched = False
+        for pat in self.patterns:
+            if pat.exclusion != matched:
+                continue
+            hit = bool(pat.regex.match(rel))
+            if not hit:
+                for i in range(1, len(parents) + 1):
+                    if pat.regex.match("/".join(parents[:i])):
+                        hit = True
+                        break
+            if hit:
+                matched = not pat.exclusion
+        return matched
+
+    def may_include_below(self, rel_dir: str) -> bool:
+        """Can anything below an excluded directory be re-included by a `!` pattern?"""
+        return self.has_exclusions
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file, directory or symlink selected from the context."""
+    rel: str  # path relative to the selected source root ("" for the source itself)
+    path: Path  # absolute on disk
+    kind: str  # "file" | "dir" | "symlink"
+    mode: int  # permission bits incl. setuid/setgid/sticky
+    size: int
+    link: str = ""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A COPY/ADD source after glob expansion: a context path and what it contains."""
+    rel: str  # context-relative, cleaned
+    path: Path
+    is_dir: bool
+    entries: tuple[Entry, ...]
+
+
+UrlFetcher = Callable[[str, "str | None"], Path]  # (url, expected sha256 digest or None) -> local file
+
+
+class BuildContext:
+    def __init__(self, root: Path, ignore: IgnoreRules, fetcher: UrlFetcher | None = None):
+        self.root = root.resolve()
+        self.ignore = ignore
+        self.fetcher = fetcher
+
+    def fetch(self, url: str, checksum: str | None) -> Source:
+        """ADD <url>: the downloaded file as a source named after the URL's last path segment (mode 0600)."""
+        if self.fetcher is None:
+            raise ContextError(f"cannot download {url}: no downloader configured")
+        path = self.fetcher(url, checksum)
+        st = path.stat()
+        entry = Entry(rel="", path=path, kind="file", mode=0o600, size=st.st_size)
+        return Source(rel=url, path=path, is_dir=False, entries=(entry,))
+
+    @classmethod
+    def open(cls, root: str | Path, dockerfile: Path | None = None) -> "BuildContext":
+        r = Path(root)
+        if not r.is_dir():
+            raise ContextError(f"build context {r} is not a directory", hint="pass the context directory as CONTEXT")
+        return cls(r, IgnoreRules.load(r.resolve(), dockerfile))
+
+    # -- selection ---------------------------------------------------------------------------------
+    def select(self, src: str) -> list[Source]:
+        """Expand one COPY/ADD source (glob or path) into the sources it names."""
+        rel = clean_path(src)
+        if rel == ".." or rel.startswith("../"):
+            raise MissingSourceError(f"source {src!r} is outside the build context")
+        if _GLOB_CHARS.search(rel):
+            matches = sorted(self._glob(rel))
+            if not matches:
+                raise MissingSourceError(f"no source files were specified: {src!r} matches nothing in the context",
+                                         hint="check the pattern and .dockerignore")
+            return [self._source(m) for m in matches]
+        if rel != "." and (self.ignore.excluded(rel) and not self._has_included_below(rel)):
+            raise MissingSourceError(f"{src!r} is excluded by .dockerignore", hint="remove it from .dockerignore")
+        path = self.root / rel
+        if not os.path.lexists(path):
+            raise MissingSourceError(f"{src!r} not found in the build context {self.root}",
+                                     hint="check the path; sources are relative to the context directory")
+        return [self._source(rel)]
+
+    def _has_included_below(self, rel: str) -> bool:
+        path = self.root / rel
+        if not self.ignore.has_exclusions or not path.is_dir():
+            return False
+        return any(True for _ in self._walk(rel))
+
+    def _glob(self, pattern: str) -> list[str]:
+        """Match pattern component by component (`*` never crosses `/`), skipping ignored paths."""
+        parts = pattern.split("/")
+        current = [""]
+        for i, part in enumerate(parts):
+            nxt = []
+            rx = re.compile(compile_pattern(part))
+            for base in current:
+                d = self.root / base if base else self.root
+                if not _GLOB_CHARS.search(part):
+                    cand = f"{base}/{part}" if base else part
+                    if os.path.lexists(self.root / cand):
+                        nxt.append(cand)
+                    continue
+                try:
+                    names = sorted(os.listdir(d))
+                except (NotADirectoryError, FileNotFoundError):
+                    continue
+                for name in names:
+                    if rx.match(name):
+                        nxt.append(f"{base}/{name}" if base else name)
+            current = nxt
+        return [c for c in current if not self.ignore.excluded(c)]
+
+    def _source(self, rel: str) -> Source:
+        path = self.root / rel if rel != "." else self.root
+        # The named source itself is followed if it is a symlink (Docker copies the target).
+        real = path.resolve()
+        if not _inside(real, self.root):
+            raise MissingSourceError(f"{rel!r} points outside the build context")
+        if real.is_dir():
+            return Source(rel=rel, path=real, is_dir=True,
+                          entries=tuple(sorted(self._walk(rel, real), key=lambda e: e.rel)))
+        st = real.stat()
+        entry = Entry(rel="", path=real, kind="file", mode=stat.S_IMODE(st.st_mode), size=st.st_size)
+        return Source(rel=rel, path=real, is_dir=False, entries=(entry,))
+
+    def _walk(self, rel: str, top: Path | None = None):
+        """Entries below a directory (not the directory itself), sorted, minus ignored ones."""
+        top = top or (self.root / rel)
+        base_rel = "" if rel == "." else rel
+        stack = [(top, "")]
+        while stack:
+            d, sub = stack.pop()
+            try:
+                names = sorted(os.listdir(d), reverse=True)
+            except OSError as exc:
+                raise ContextError(f"cannot read {d}: {exc.strerror}") from None
+            for name in names:
+                p = d / name
+                inner = f"{sub}/{name}" if sub else name
+                ctx_rel = f"{base_rel}/{inner}" if base_rel else inner
+                st = os.lstat(p)
+                is_dir = stat.S_ISDIR(st.st_mode)
+                if self.ignore.excluded(ctx_rel):
+                    if is_dir and self.ignore.has_exclusions:
+                        stack.append((p, inner))  # a `!` pattern may bring children back
+                    continue
+                if is_dir:
+                    yield Entry(inner, p, "dir", stat.S_IMODE(st.st_mode), 0)
+                    stack.append((p, inner))
+                elif stat.S_ISLNK(st.st_mode):
+                    yield Entry(inner, p, "symlink", 0o777, 0, os.readlink(p))
+                elif stat.S_ISREG(st.st_mode):
+                    yield Entry(inner, p, "file", stat.S_IMODE(st.st_mode), st.st_size)
+                # sockets, fifos and devices in a context are skipped, as BuildKit does
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_sources(sources: list[Source], uid: int = 0, gid: int = 0,
+                 chmod: int | None = None) -> list[tuple[str, str, int, int, int, str]]:
+    """(path, kind, mode, uid, gid, sha256|link) for every selected entry, sorted; never mtime.
+
+    uid/gid are the ownership the copy will have (0:0 unless --chown), so the key doesn't depend on
+    who checked the context out.
+    """
+    rows = []
+    for src in sources:
+        for e in src.entries:
+            path = f"{src.rel}/{e.rel}" if e.rel else src.rel
+            mode = chmod if chmod is not None and e.kind != "symlink" else e.mode
+            if e.kind == "file":
+                digest = sha256_file(e.path)
+            elif e.kind == "symlink":
+                digest = e.link
+            else:
+                digest = ""
+            rows.append((path, e.kind, mode, uid, gid, digest))
+    rows.sort()
+    return rows

@@ -1,0 +1,215 @@
+"""Docker's word processing for Dockerfile arguments: quotes, escapes and variable expansion.
+
+A pure port of the rules of BuildKit's `frontend/dockerfile/shell` lexer, which the classic
+builder shares: `'...'` is literal; inside `"..."` only `\\"`, `\\$` and `\\\\` are escapes; outside
+quotes the escape character makes the next character literal; `$NAME`, `${NAME}`,
+`${NAME:-word}`, `${NAME-word}`, `${NAME:+word}`, `${NAME+word}`, `${NAME:?msg}`, `${NAME?msg}`,
+`${NAME#pat}`, `${NAME##pat}`, `${NAME%pat}`, `${NAME%%pat}` and `${NAME/pat/repl}` are expanded;
+an unset variable expands to the empty string.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping
+
+from builder.errors import BuildArgError
+
+_NAME_START = re.compile(r"[A-Za-z_]")
+_NAME_CHAR = re.compile(r"[A-Za-z0-9_]")
+
+
+class ExpandError(BuildArgError):
+    """A word cannot be processed (unterminated quote, bad substitution, ${VAR:?msg})."""
+
+
+class _Lexer:
+    def __init__(self, text: str, env: Mapping[str, str], escape: str):
+        self.text = text
+        self.pos = 0
+        self.env = env
+        self.escape = escape
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def next(self) -> str:
+        ch = self.peek()
+        self.pos += 1 if ch else 0
+        return ch
+
+    # -- words ---------------------------------------------------------------------------------
+    def process(self, stop: str = "") -> tuple[str, list[str]]:
+        """Process until `stop` (consumed) or the end; returns (joined text, whitespace-split words)."""
+        result: list[str] = []
+        words: list[str] = []
+        current: list[str] = []
+        in_word = False
+        while True:
+            ch = self.peek()
+            if not ch:
+                if stop:
+                    raise ExpandError(f"unexpected end of statement while looking for matching {stop}")
+                break
+            if stop and ch == stop:
+                self.next()
+                break
+            if ch.isspace() and not stop:
+                self.next()
+                result.append(ch)
+                if in_word:
+                    words.append("".join(current))
+                    current, in_word = [], False
+                continue
+            in_word = True
+            if ch == "'":
+                self.next()
+                piece = self._single_quoted()
+            elif ch == '"':
+                self.next()
+                piece = self._double_quoted()
+            elif ch == "$":
+                self.next()
+                piece = self._dollar()
+            elif ch == self.escape:
+                self.next()
+                nxt = self.next()
+                piece = nxt  # escape at the very end is dropped, as BuildKit does
+            else:
+                self.next()
+                piece = ch
+            result.append(piece)
+            current.append(piece)
+        if in_word:
+            words.append("".join(current))
+        return "".join(result), words
+
+    def _single_quoted(self) -> str:
+        end = self.text.find("'", self.pos)
+        if end < 0:
+            raise ExpandError("unexpected end of statement while looking for matching single-quote")
+        piece = self.text[self.pos:end]
+        self.pos = end + 1
+        return piece
+
+    def _double_quoted(self) -> str:
+        out: list[str] = []
+        while True:
+            ch = self.next()
+            if not ch:
+                raise ExpandError("unexpected end of statement while looking for matching double-quote")
+            if ch == '"':
+                return "".join(out)
+            if ch == "$":
+                out.append(self._dollar())
+            elif ch == self.escape:
+                nxt = self.next()
+                if nxt in ('"', "$", self.escape):
+                    out.append(nxt)
+                else:
+                    out.append(ch + nxt)
+            else:
+                out.append(ch)
+
+    def _name(self) -> str:
+        start = self.pos
+        if self.peek() and (self.peek().isdigit() or self.peek() in "@*#?$!-"):
+            # positional/special parameters: a single character, always empty in a Dockerfile
+            self.next()
+            return self.text[start:self.pos]
+        while self.peek() and _NAME_CHAR.match(self.peek()):
+            self.next()
+        return self.text[start:self.pos]
+
+    def _dollar(self) -> str:
+        ch = self.peek()
+        if ch == "{":
+            self.next()
+            return self._braced()
+        if ch and (_NAME_START.match(ch) or ch.isdigit()):
+            name = self._name()
+            return self.env.get(name, "")
+        return "$"
+
+    def _braced(self) -> str:
+        name = self._name()
+        if not name:
+            raise ExpandError(f"bad substitution in {self.text!r}")
+        ch = self.next()
+        value = self.env.get(name)
+        if ch == "}":
+            return value or ""
+        if ch == ":":
+            mod = self.next()
+            word, _ = self.process(stop="}")
+            if mod == "-":
+                return word if not value else value
+            if mod == "+":
+                return word if value else ""
+            if mod == "?":
+                if not value:
+                    raise ExpandError(f"{name}: {word or 'is not allowed to be empty'}")
+                return value
+            raise ExpandError(f"unsupported modifier ({mod}) in substitution of {name}")
+        if ch in ("-", "+", "?"):
+            word, _ = self.process(stop="}")
+            if ch == "-":
+                return word if value is None else value
+            if ch == "+":
+                return word if value is not None else ""
+            if value is None:
+                raise ExpandError(f"{name}: {word or 'is not allowed to be unset'}")
+            return value
+        if ch in ("#", "%"):
+            greedy = self.peek() == ch
+            if greedy:
+                self.next()
+            pattern, _ = self.process(stop="}")
+            return _trim(value or "", pattern, prefix=ch == "#", greedy=greedy)
+        if ch == "/":
+            pattern = self._until("/}")
+            if self.text[self.pos - 1] == "}":
+                repl = ""
+            else:
+                repl, _ = self.process(stop="}")
+            return _replace(value or "", pattern, repl)
+        raise ExpandError(f"missing '}}' or bad substitution for {name} in {self.text!r}")
+
+    def _until(self, stops: str) -> str:
+        out: list[str] = []
+        while True:
+            ch = self.next()
+            if not ch:
+                raise ExpandError(f"missing '}}' in {self.text!r}")
+            if ch in stops:
+                return "".join(out)
+            out.append(ch)
+
+
+def _trim(value: str, pattern: str, *, prefix: bool, greedy: bool) -> str:
+    lengths = range(len(value), -1, -1) if greedy else range(0, len(value) + 1)
+    for n in lengths:
+        part = value[:n] if prefix else value[len(value) - n:]
+        if fnmatch.fnmatchcase(part, pattern):
+            return value[n:] if prefix else value[: len(value) - n]
+    return value
+
+
+def _replace(value: str, pattern: str, repl: str) -> str:
+    for start in range(len(value)):
+        for end in range(len(value), start, -1):
+            if fnmatch.fnmatchcase(value[start:end], pattern):
+                return value[:start] + repl + value[end:]
+    return value
+
+
+def process_word(word: str, env: Mapping[str, str], escape: str = "\\") -> str:
+    """Expand and unquote one word, keeping its whitespace (ENV/LABEL values, COPY paths, ...)."""
+    text, _ = _Lexer(word, env, escape).process()
+    return text
+
+
+def process_words(word: str, env: Mapping[str, str], escape: str = "\\") -> list[str]:
+    """Expand and unquote, then split on unquoted whitespace (EXPOSE, VOLUME in shell form)."""
+    _, words = _Lexer(word, env, escape).process()
+    return words

@@ -1,0 +1,284 @@
+"""The effect of each Dockerfile instruction on the image config (pure), and USER resolution.
+
+A config here is the image config JSON as a dict (`{"architecture", "os", "config": {...},
+"rootfs": {...}, "history": [...]}`); functions return new dicts and never touch their inputs.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from builder.errors import BuildError
+
+DEFAULT_SHELL = ["/bin/sh", "-c"]
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
+          "h": 3_600_000_000_000}
+
+
+def empty_config(os_name: str = "linux", arch: str = "amd64") -> dict[str, Any]:
+    """The config of `FROM scratch`."""
+    return {"architecture": arch, "os": os_name, "config": {"Env": [f"PATH={DEFAULT_PATH}"]},
+            "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+
+
+def env_dict(cfg: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in cfg.get("config", {}).get("Env") or []:
+        k, _, v = item.partition("=")
+        out[k] = v
+    return out
+
+
+def _with(cfg: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    new = copy.deepcopy(cfg)
+    c = new.setdefault("config", {})
+    for key, value in changes.items():
+        if value is None:
+            c.pop(key, None)
+        else:
+            c[key] = value
+    return new
+
+
+def set_env(cfg: dict[str, Any], pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """ENV: a replaced variable keeps its place (as Docker does), new ones go last."""
+    merged = env_dict(cfg)
+    for k, v in pairs:
+        merged[k] = v
+    return _with(cfg, Env=[f"{k}={v}" for k, v in merged.items()])
+
+
+def set_labels(cfg: dict[str, Any], pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    labels = dict(cfg.get("config", {}).get("Labels") or {})
+    labels.update(pairs)
+    return _with(cfg, Labels=labels)
+
+
+def set_workdir(cfg: dict[str, Any], path: str) -> dict[str, Any]:
+    return _with(cfg, WorkingDir=resolve_workdir(cfg.get("config", {}).get("WorkingDir") or "/", path))
+
+
+def resolve_workdir(current: str, path: str) -> str:
+    """WORKDIR is relative to the previous one; the result is clean and absolute."""
+    joined = PurePosixPath(current or "/") / path
+    parts: list[str] = []
+    for part in joined.parts[1:]:
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in (".", ""):
+            parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def set_user(cfg: dict[str, Any], user: str) -> dict[str, Any]:
+    return _with(cfg, User=user)
+
+
+def shell_of(cfg: dict[str, Any]) -> list[str]:
+    return list(cfg.get("config", {}).get("Shell") or DEFAULT_SHELL)
+
+
+def command_argv(cfg: dict[str, Any], args: tuple[str, ...], json_form: bool) -> list[str]:
+    """RUN/CMD/ENTRYPOINT: exec form as is; shell form wrapped in the current SHELL."""
+    if json_form:
+        return list(args)
+    return shell_of(cfg) + [" ".join(args)]
+
+
+def set_cmd(cfg: dict[str, Any], argv: list[str]) -> dict[str, Any]:
+    return _with(cfg, Cmd=argv)
+
+
+def set_entrypoint(cfg: dict[str, Any], argv: list[str], cmd_set_in_stage: bool) -> dict[str, Any]:
+    """Docker's rule: ENTRYPOINT resets a CMD inherited from the base image (not one set in this stage)."""
+    new = _with(cfg, Entrypoint=argv or None)
+    if not cmd_set_in_stage:
+        new["config"].pop("Cmd", None)
+    return new
+
+
+def add_exposed(cfg: dict[str, Any], ports: list[str]) -> dict[str, Any]:
+    exposed = dict(cfg.get("config", {}).get("ExposedPorts") or {})
+    for spec in ports:
+        for p in expand_port(spec):
+            exposed[p] = {}
+    return _with(cfg, ExposedPorts=exposed)
+
+
+def expand_port(spec: str) -> list[str]:
+    """`80`, `80/udp`, `8000-8002/tcp` -> ["80/tcp"], ["80/udp"], [...]."""
+    port, _, proto = spec.partition("/")
+    proto = (proto or "tcp").lower()
+    if proto not in ("tcp", "udp", "sctp"):
+        raise BuildError(f"invalid protocol {proto!r} in EXPOSE {spec}")
+    lo, dash, hi = port.partition("-")
+    if not lo.isdigit() or (dash and not hi.isdigit()):
+        raise BuildError(f"invalid port {spec!r} in EXPOSE", hint="use NUMBER[/tcp|udp] or START-END")
+    start, end = int(lo), int(hi) if dash else int(lo)
+    if not (0 < start <= end <= 65535):
+        raise BuildError(f"invalid port range {spec!r} in EXPOSE")
+    return [f"{n}/{proto}" for n in range(start, end + 1)]
+
+
+def add_volumes(cfg: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    volumes = dict(cfg.get("config", {}).get("Volumes") or {})
+    for p in paths:
+        if not p.strip():
+            raise BuildError("VOLUME specified can not be an empty string")
+        volumes[p] = {}
+    return _with(cfg, Volumes=volumes)
+
+
+def set_stopsignal(cfg: dict[str, Any], signal: str) -> dict[str, Any]:
+    if not re.fullmatch(r"(SIG)?[A-Z0-9+-]+|\d+", signal):
+        raise BuildError(f"invalid STOPSIGNAL {signal!r}", hint="use a name like SIGTERM or a number")
+    return _with(cfg, StopSignal=signal)
+
+
+def set_shell(cfg: dict[str, Any], argv: list[str]) -> dict[str, Any]:
+    return _with(cfg, Shell=argv)
+
+
+def parse_duration(text: str) -> int:
+    """Go duration ("30s", "1m30s", "500ms") -> nanoseconds."""
+    pos, total = 0, 0
+    if text == "0":
+        return 0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += int(float(m.group(1)) * _UNITS[m.group(2)])
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise BuildError(f"invalid duration {text!r}", hint="use Go durations like 30s, 1m30s, 500ms")
+    return total
+
+
+def set_healthcheck(cfg: dict[str, Any], args: tuple[str, ...], json_form: bool,
+                    flags: dict[str, str | bool]) -> dict[str, Any]:
+    kind = args[0].upper() if args else ""
+    if kind == "NONE":
+        if len(args) > 1:
+            raise BuildError("HEALTHCHECK NONE takes no arguments")
+        return _with(cfg, Healthcheck={"Test": ["NONE"]})
+    if kind != "CMD" or len(args) < 2:
+        raise BuildError("HEALTHCHECK needs CMD <command> or NONE")
+    test = ["CMD"] + list(args[1:]) if json_form else ["CMD-SHELL", " ".join(args[1:])]
+    hc: dict[str, Any] = {"Test": test}
+    for flag, key in (("interval", "Interval"), ("timeout", "Timeout"), ("start-period", "StartPeriod"),
+                      ("start-interval", "StartInterval")):
+        if flag in flags:
+            value = parse_duration(str(flags[flag]))
+            if value:
+                hc[key] = value
+    if "retries" in flags:
+        retries = str(flags["retries"])
+        if not retries.isdigit():
+            raise BuildError(f"invalid --retries {retries!r}: must be a whole number")
+        if int(retries):
+            hc["Retries"] = int(retries)
+    return _with(cfg, Healthcheck=hc)
+
+
+def add_onbuild(cfg: dict[str, Any], trigger: str) -> dict[str, Any]:
+    triggers = list(cfg.get("config", {}).get("OnBuild") or [])
+    triggers.append(trigger)
+    return _with(cfg, OnBuild=triggers)
+
+
+def clear_onbuild(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Triggers run once, in the first stage built FROM the image; they don't propagate further."""
+    return _with(cfg, OnBuild=None)
+
+
+def add_history(cfg: dict[str, Any], created_by: str, empty_layer: bool, diff_id: str | None = None,
+                comment: str = "kade") -> dict[str, Any]:
+    new = copy.deepcopy(cfg)
+    entry: dict[str, Any] = {"created_by": created_by, "comment": comment}
+    if empty_layer:
+        entry["empty_layer"] = True
+    new.setdefault("history", []).append(entry)
+    if diff_id:
+        new.setdefault("rootfs", {"type": "layers", "diff_ids": []})
+        new["rootfs"].setdefault("diff_ids", []).append(diff_id)
+    return new
+
+
+def set_created(cfg: dict[str, Any], created: str) -> dict[str, Any]:
+    new = copy.deepcopy(cfg)
+    new["created"] = created
+    return new
+
+
+def config_bytes(cfg: dict[str, Any]) -> bytes:
+    """Stable serialisation: the same config always has the same digest."""
+    return json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()
+
+
+# -- USER resolution at execution ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ResolvedUser:
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str = "/"
+
+
+def _read_db(rootfs: Path, name: str) -> list[list[str]]:
+    path = rootfs / "etc" / name
+    try:
+        if path.is_symlink():
+            return []  # never follow links out of the rootfs
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [ln.split(":") for ln in text.splitlines() if ln and not ln.startswith("#")]
+
+
+def resolve_user(rootfs: Path, spec: str) -> ResolvedUser:
+    """`USER name[:group]` or numeric ids -> uid, gid and supplementary groups from the rootfs."""
+    spec = spec or "root"
+    user, _, group = spec.partition(":")
+    passwd = _read_db(rootfs, "passwd")
+    groups_db = _read_db(rootfs, "group")
+    uid: int | None = None
+    gid: int | None = None
+    name: str | None = None
+    home = "/"
+    for row in passwd:
+        if len(row) < 4:
+            continue
+        if row[0] == user or (user.isdigit() and row[2] == user):
+            uid, name, home = int(row[2]), row[0], (row[5] if len(row) > 5 else "/")
+            gid = int(row[3]) if row[3].isdigit() else 0
+            break
+    if uid is None:
+        if not user.isdigit():
+            raise BuildError(f"unable to find user {user}: no matching entries in /etc/passwd",
+                             hint="create the user in an earlier RUN or use a numeric uid")
+        uid, gid = int(user), 0
+    if group:
+        gid = None
+        for row in groups_db:
+            if len(row) >= 3 and (row[0] == group or (group.isdigit() and row[2] == group)):
+                gid = int(row[2])
+                break
+        if gid is None:
+            if not group.isdigit():
+                raise BuildError(f"unable to find group {group}: no matching entries in /etc/group")
+            gid = int(group)
+        return ResolvedUser(uid, gid, (gid,), home)
+    supplementary = {gid or 0}
+    if name:
+        for row in groups_db:
+            if len(row) >= 4 and name in row[3].split(",") and row[2].isdigit():
+                supplementary.add(int(row[2]))
+    return ResolvedUser(uid, gid or 0, tuple(sorted(supplementary)), home)

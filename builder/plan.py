@@ -1,0 +1,544 @@
+"""From a parsed Dockerfile to a DAG of stages and keyed steps (no I/O except the context files).
+
+Planning walks each stage the target needs, in order, expanding ARG/ENV as Docker does, applying
+the config effect of every instruction, selecting and hashing COPY/ADD sources, and computing each
+step's key. Base images are resolved through a callback (registry lookups live in build.py), so
+the whole plan, and therefore every key, is known before anything runs.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder import image_config as ic
+from builder.context import BuildContext, Source, clean_path, hash_sources
+from builder.dockerfile import (Dockerfile, Instruction, Stage, arg_pairs, global_scope, parse_instruction_line,
+                                stage_base)
+from builder.errors import BuildError, UnknownStageError
+from builder.expand import ExpandError, process_word, process_words
+from builder.keys import KeyInputs, step_key
+
+DEFAULT_PLATFORM = "linux/amd64"
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """A resolved image: where it lives, its platform manifest digest, and its config."""
+    ref: str  # repository reference it was resolved from (no tag/digest)
+    digest: str  # manifest digest for the platform
+    config: dict[str, Any]
+
+
+Resolver = Callable[[str, str], BaseImage]  # (image reference, platform) -> BaseImage
+
+
+@dataclass(frozen=True)
+class Mount:
+    type: str  # cache | secret | ssh | bind | tmpfs
+    target: str
+    options: dict[str, str]
+
+    def spec(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted({"type": self.type, "target": self.target,
+                                                         **self.options}.items()))
+
+
+@dataclass
+class CopySpec:
+    dest: str
+    sources: list[Source] = field(default_factory=list)  # context sources
+    from_stage: str | None = None  # stage label for --from=stage
+    from_image: BaseImage | None = None  # --from=image
+    from_paths: list[str] = field(default_factory=list)  # paths inside the --from rootfs
+    heredocs: list[tuple[str, str]] = field(default_factory=list)  # (file name, content)
+    chown: str | None = None
+    chmod: int | None = None
+    add: bool = False  # ADD: extract local tar archives
+    link: bool = False
+
+
+@dataclass
+class Step:
+    key: str
+    parent_key: str
+    stage: str
+    ins: Instruction
+    kind: str  # run | copy | workdir | config
+    text: str  # canonical expanded instruction (key input and history)
+    config: dict[str, Any]  # the image config after this step, without history/rootfs
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # RUN process environment
+    mounts: list[Mount] = field(default_factory=list)
+    network: str = "default"
+    copy: CopySpec | None = None
+    heredoc_files: list[tuple[str, str, int]] = field(default_factory=list)  # RUN heredoc scripts
+
+    @property
+    def created_by(self) -> str:
+        return self.text
+
+
+@dataclass
+class PlannedStage:
+    stage: Stage
+    base_image: BaseImage | None  # None for scratch or FROM <stage>
+    base_stage: str | None  # label of the stage this one builds FROM
+    base_key: str  # base manifest digest, base stage's final key, or "scratch"
+    base_config: dict[str, Any]
+    steps: list[Step]
+    deps: set[str]  # labels of stages needed first (FROM, COPY --from, RUN --mount from=)
+
+    @property
+    def label(self) -> str:
+        return self.stage.label()
+
+    @property
+    def final_key(self) -> str:
+        return self.steps[-1].key if self.steps else self.base_key
+
+    @property
+    def final_config(self) -> dict[str, Any]:
+        return self.steps[-1].config if self.steps else _strip(self.base_config)
+
+
+@dataclass
+class Plan:
+    dockerfile: Dockerfile
+    stages: dict[str, PlannedStage]  # by label, in Dockerfile order
+    target: str
+    unused_args: list[str]
+    platform: str
+
+    def order(self) -> list[PlannedStage]:
+        return list(self.stages.values())
+
+    @property
+    def final(self) -> PlannedStage:
+        return self.stages[self.target]
+
+    def all_steps(self) -> list[Step]:
+        return [s for st in self.stages.values() for s in st.steps]
+
+
+def parse_build_args(items: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not name or not name.replace("_", "a").isalnum() or name[0].isdigit():
+            raise BuildError(f"invalid --build-arg {item!r}", hint="use --build-arg NAME=VALUE")
+        if not eq:
+            import os
+            if name not in os.environ:
+                continue  # `--build-arg NAME` takes the value from the environment, as docker does
+            value = os.environ[name]
+        out[name] = value
+    return out
+
+
+def automatic_args(platform: str) -> dict[str, str]:
+    os_name, _, rest = platform.partition("/")
+    arch, _, variant = rest.partition("/")
+    return {"TARGETPLATFORM": platform, "TARGETOS": os_name, "TARGETARCH": arch, "TARGETVARIANT": variant,
+            "BUILDPLATFORM": platform, "BUILDOS": os_name, "BUILDARCH": arch, "BUILDVARIANT": variant}
+
+
+def needed_stages(df: Dockerfile, target: Stage, deps_of: Callable[[Stage], set[str]]) -> list[Stage]:
+    """The target and every stage it depends on, in Dockerfile order."""
+    needed: set[int] = set()
+    todo = [target]
+    while todo:
+        st = todo.pop()
+        if st.index in needed:
+            continue
+        needed.add(st.index)
+        for ref in deps_of(st):
+            dep = df.stage(ref)
+            if dep is not None and dep.index < st.index:
+                todo.append(dep)
+    return [st for st in df.stages if st.index in needed]
+
+
+def stage_refs(df: Dockerfile, st: Stage, gscope: dict[str, str]) -> set[str]:
+    """Names this stage may take from other stages (FROM, COPY --from, RUN --mount from=)."""
+    refs = set()
+    base = stage_base(st, gscope, df.escape)
+    refs.add(base.lower())
+    for ins in st.instructions:
+        if ins.cmd in ("COPY", "ADD") and ins.flag("from"):
+            refs.add(str(ins.flag("from")).lower())
+        if ins.cmd == "RUN":
+            for k, v in ins.flags.items():
+                if k.startswith("mount"):
+                    opts = _csv(str(v))
+                    if "from" in opts:
+                        refs.add(opts["from"].lower())
+    return {r for r in refs if df.stage(r) is not None and df.stage(r).index < st.index}
+
+
+def make_plan(df: Dockerfile, context: BuildContext, resolver: Resolver, *, target: str | None = None,
+              build_args: dict[str, str] | None = None, platform: str = DEFAULT_PLATFORM) -> Plan:
+    build_args = dict(build_args or {})
+    auto = automatic_args(platform)
+    gscope = {**auto, **global_scope(df, build_args)}
+    if target:
+        tstage = df.stage(target)
+        if tstage is None:
+            names = ", ".join(s.label() for s in df.stages)
+            raise UnknownStageError(f"target stage {target!r} not found", file=df.path,
+                                    hint=f"stages are: {names}")
+    else:
+        tstage = df.stages[-1]
+    stages = needed_stages(df, tstage, lambda st: stage_refs(df, st, gscope))
+    planned: dict[str, PlannedStage] = {}
+    consumed: set[str] = set(_declared(df.global_args, df))
+    for st in stages:
+        ps = _plan_stage(df, st, context, resolver, planned, gscope, build_args, platform, consumed)
+        planned[ps.label] = ps
+    unused = sorted(k for k in build_args if k not in consumed)
+    return Plan(df, planned, tstage.label(), unused, platform)
+
+
+def _declared(instrs: tuple[Instruction, ...], df: Dockerfile) -> list[str]:
+    return [name for ins in instrs for name in (p.partition("=")[0] for p in ins.args)]
+
+
+def _strip(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in ("history", "rootfs", "created")}
+
+
+class _StageState:
+    def __init__(self, config: dict[str, Any]):
+        self.config = _strip(config)
+        self.args: dict[str, str] = {}
+        self.cmd_set = False
+
+    def scope(self) -> dict[str, str]:
+        return {**self.args, **ic.env_dict(self.config)}
+
+    def run_env(self) -> dict[str, str]:
+        return {**self.args, **ic.env_dict(self.config)}
+
+
+def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Resolver,
+                planned: dict[str, PlannedStage], gscope: dict[str, str], build_args: dict[str, str],
+                platform: str, consumed: set[str]) -> PlannedStage:
+    base_name = stage_base(st, gscope, df.escape)
+    stage_platform = platform
+    if st.platform:
+        try:
+            stage_platform = process_word(st.platform, gscope, df.escape)
+        except ExpandError as exc:
+            raise st.instruction.error(exc.detail) from None
+    base_stage = df.stage(base_name) if df.stage(base_name) and df.stage(base_name).index < st.index else None
+    base_image: BaseImage | None = None
+    deps: set[str] = set()
+    if base_stage is not None:
+        dep = planned[base_stage.label()]
+        base_key, base_config = dep.final_key, dep.final_config
+        deps.add(dep.label)
+    elif base_name.lower() == "scratch":
+        base_key, base_config = "scratch", ic.empty_config(*stage_platform.split("/")[:2])
+    else:
+        try:
+            base_image = resolver(base_name, stage_platform)
+        except BuildError as exc:
+            if exc.line is not None:
+                raise
+            raise type(exc)(f"FROM {base_name}: {exc.detail}", file=st.instruction.file, line=st.instruction.line,
+                            hint=exc.hint) from None
+        base_key, base_config = base_image.digest, base_image.config
+    state = _StageState(base_config)
+    triggers = list(state.config.get("config", {}).get("OnBuild") or [])
+    instructions: list[Instruction] = [parse_instruction_line(t, df.path, st.instruction.line) for t in triggers]
+    if triggers:
+        state.config = ic.clear_onbuild(state.config)
+    instructions += list(st.instructions)
+    steps: list[Step] = []
+    parent = base_key
+    for ins in instructions:
+        if ins.cmd == "ARG":
+            for name, default in arg_pairs(ins, state.scope(), df.escape):
+                consumed.add(name)
+                if name in build_args:
+                    state.args[name] = build_args[name]
+                elif default is not None:
+                    state.args[name] = default
+                elif name in gscope:
+                    state.args[name] = gscope[name]
+            continue
+        step = _plan_instruction(df, st, ins, state, context, resolver, planned, parent, stage_platform, deps)
+        steps.append(step)
+        parent = step.key
+    return PlannedStage(st, base_image, base_stage.label() if base_stage else None, base_key, base_config,
+                        steps, deps)
+
+
+def _expand(ins: Instruction, word: str, scope: dict[str, str], escape: str) -> str:
+    try:
+        return process_word(word, scope, escape)
+    except ExpandError as exc:
+        raise ins.error(exc.detail) from None
+
+
+def _kv_pairs(ins: Instruction, scope: dict[str, str], escape: str) -> list[tuple[str, str]]:
+    if len(ins.args) % 2:
+        raise ins.error(f"{ins.cmd} needs KEY=VALUE pairs")
+    return [(_expand(ins, ins.args[i], scope, escape), _expand(ins, ins.args[i + 1], scope, escape))
+            for i in range(0, len(ins.args), 2)]
+
+
+def _csv(text: str) -> dict[str, str]:
+    out = {}
+    for part in text.split(","):
+        if not part:
+            continue
+        k, eq, v = part.partition("=")
+        out[k.strip().lower()] = v.strip() if eq else "true"
+    return out
+
+
+def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _StageState, context: BuildContext,
+                      resolver: Resolver, planned: dict[str, PlannedStage], parent: str, platform: str,
+                      deps: set[str]) -> Step:
+    esc = df.escape
+    scope = state.scope()
+    cfg = state.config
+    kind = "config"
+    extra: dict[str, Any] = {}
+    text_parts: list[Any] = [ins.cmd]
+    sources_rows: list = []
+    from_key: str | None = None
+    mounts: list[Mount] = []
+    c = ins.cmd
+    try:
+        if c == "ENV":
+            pairs = _kv_pairs(ins, scope, esc)
+            cfg = ic.set_env(cfg, pairs)
+            text_parts.append(pairs)
+        elif c == "LABEL":
+            pairs = _kv_pairs(ins, scope, esc)
+            cfg = ic.set_labels(cfg, pairs)
+            text_parts.append(pairs)
+        elif c == "MAINTAINER":
+            cfg = dict(cfg, author=_expand(ins, " ".join(ins.args), scope, esc))
+            text_parts.append(cfg["author"])
+        elif c == "WORKDIR":
+            if len(ins.args) != 1:
+                raise ins.error("WORKDIR takes exactly one path")
+            cfg = ic.set_workdir(cfg, _expand(ins, ins.args[0], scope, esc))
+            kind = "workdir"
+            text_parts.append(cfg["config"]["WorkingDir"])
+        elif c == "USER":
+            if len(ins.args) != 1:
+                raise ins.error("USER takes exactly one user[:group]")
+            user = _expand(ins, ins.args[0], scope, esc)
+            cfg = ic.set_user(cfg, user)
+            text_parts.append(user)
+        elif c == "CMD":
+            argv = ic.command_argv(cfg, ins.args, ins.json)
+            cfg = ic.set_cmd(cfg, argv)
+            state.cmd_set = True
+            text_parts.append(argv)
+        elif c == "ENTRYPOINT":
+            argv = ic.command_argv(cfg, ins.args, ins.json)
+            if ins.json and not ins.args:
+                argv = []
+            cfg = ic.set_entrypoint(cfg, argv, state.cmd_set)
+            text_parts.append(argv)
+        elif c == "EXPOSE":
+            ports = [p for a in ins.args for w in process_words(a, scope, esc) for p in w.split()]
+            cfg = ic.add_exposed(cfg, ports)
+            text_parts.append(ports)
+        elif c == "VOLUME":
+            paths = list(ins.args) if ins.json else [p for a in ins.args for p in process_words(a, scope, esc)]
+            cfg = ic.add_volumes(cfg, paths)
+            text_parts.append(paths)
+        elif c == "STOPSIGNAL":
+            sig = _expand(ins, ins.args[0], scope, esc)
+            cfg = ic.set_stopsignal(cfg, sig)
+            text_parts.append(sig)
+        elif c == "HEALTHCHECK":
+            cfg = ic.set_healthcheck(cfg, ins.args, ins.json, ins.flags)
+            text_parts.append(cfg["config"]["Healthcheck"])
+        elif c == "SHELL":
+            cfg = ic.set_shell(cfg, list(ins.args))
+            text_parts.append(list(ins.args))
+        elif c == "ONBUILD":
+            cfg = ic.add_onbuild(cfg, ins.args[0])
+            text_parts.append(ins.args[0])
+        elif c == "RUN":
+            kind = "run"
+            argv, files = _run_argv(ins, cfg)
+            network = str(ins.flag("network") or "default")
+            if network not in ("default", "none"):
+                raise ins.error(f"unsupported --network={network}", hint="use default or none")
+            for k, v in sorted(ins.flags.items()):
+                if k.startswith("mount"):
+                    m, rows, fkey = _plan_mount(ins, str(v), scope, esc, context, planned, resolver, platform, deps)
+                    mounts.append(m)
+                    if rows:
+                        sources_rows.append([m.target, rows])
+                    if fkey:
+                        from_key = (from_key or "") + fkey
+            extra = {"argv": argv, "env": state.run_env(), "mounts": mounts, "network": network,
+                     "heredoc_files": files}
+            text_parts += [argv, network, [h for h in files]]
+        elif c in ("COPY", "ADD"):
+            kind = "copy"
+            spec, rows, from_key = _plan_copy(ins, scope, esc, context, planned, resolver, platform, deps)
+            sources_rows = rows
+            extra = {"copy": spec}
+            text_parts += [spec.dest, [s.rel for s in spec.sources], spec.from_paths, spec.heredocs,
+                           spec.chown, spec.chmod, spec.add]
+        else:
+            raise ins.error(f"{c} is not supported here")
+    except BuildError as exc:
+        if exc.line is None:
+            raise type(exc)(exc.detail, file=ins.file, line=ins.line, hint=exc.hint) from None
+        raise
+    text = json.dumps(text_parts, sort_keys=True)
+    key = step_key(KeyInputs(parent=parent, instruction=text, build_args=dict(state.args),
+                             sources=sources_rows, from_key=from_key, mounts=[m.spec() for m in mounts],
+                             platform=platform))
+    state.config = cfg
+    return Step(key=key, parent_key=parent, stage=st.label(), ins=ins, kind=kind, text=_history_text(ins, text_parts),
+                config=cfg, **extra)
+
+
+def _history_text(ins: Instruction, parts: list[Any]) -> str:
+    if ins.cmd == "RUN":
+        return "RUN " + " ".join(parts[1])
+    return ins.original.split("\n", 1)[0][:512]
+
+
+def _run_argv(ins: Instruction, cfg: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, int]]]:
+    """Shell/exec form, with BuildKit's heredoc rules: a lone `<<EOF` runs its body as the script."""
+    files: list[tuple[str, str, int]] = []
+    if ins.heredocs and not ins.json:
+        first = ins.args[0].strip() if ins.args else ""
+        h = ins.heredocs[0]
+        if len(ins.heredocs) == 1 and first.lstrip("0123456789").startswith("<<") and \
+                first.split("<<", 1)[1].lstrip("-").strip("'\"") == h.name:
+            body = h.text()
+            if body.startswith("#!"):
+                files.append(("/run/kade-heredoc", body, 0o755))
+                return ["/run/kade-heredoc"], files
+            return ic.shell_of(cfg) + [body], files
+        script = ins.args[0] + "\n" + "".join(hd.content + hd.name + "\n" for hd in ins.heredocs)
+        return ic.shell_of(cfg) + [script], files
+    return ic.command_argv(cfg, ins.args, ins.json), files
+
+
+def _resolve_from(ins: Instruction, ref: str, planned: dict[str, PlannedStage], resolver: Resolver,
+                  platform: str, deps: set[str]) -> tuple[str | None, BaseImage | None, str]:
+    """--from=NAME: a planned stage (by name or index), else an image reference."""
+    low = ref.lower()
+    for label, ps in planned.items():
+        if label == low or (ref.isdigit() and ps.stage.index == int(ref)):
+            deps.add(label)
+            return label, None, ps.final_key
+    if ref.isdigit():
+        raise UnknownStageError(f"stage {ref} does not exist (or is not before this one)", file=ins.file,
+                                line=ins.line)
+    try:
+        image = resolver(ref, platform)
+    except BuildError as exc:
+        raise UnknownStageError(f"--from={ref} is neither a stage before this one nor a pullable image "
+                                f"({exc.detail})", file=ins.file, line=ins.line) from None
+    return None, image, image.digest
+
+
+def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: BuildContext,
+               planned: dict[str, PlannedStage], resolver: Resolver, platform: str,
+               deps: set[str]) -> tuple[CopySpec, list, str | None]:
+    args = list(ins.args)
+    dest = _expand(ins, args[-1], scope, esc)
+    chown = _expand(ins, str(ins.flag("chown")), scope, esc) if ins.flag("chown") else None
+    chmod = None
+    if ins.flag("chmod"):
+        raw = _expand(ins, str(ins.flag("chmod")), scope, esc)
+        try:
+            chmod = int(raw, 8)
+        except ValueError:
+            raise ins.error(f"invalid --chmod={raw}: use an octal mode like 755") from None
+        if chmod > 0o7777:
+            raise ins.error(f"invalid --chmod={raw}")
+    spec = CopySpec(dest=dest, chown=chown, chmod=chmod, add=ins.cmd == "ADD", link=bool(ins.flag("link")))
+    heredoc_names = {h.name: h for h in ins.heredocs}
+    srcs = []
+    for a in args[:-1]:
+        marker = a.lstrip("0123456789")
+        name = marker[2:].lstrip("-").strip("'\"") if marker.startswith("<<") else None
+        if name and name in heredoc_names:
+            h = heredoc_names[name]
+            body = _expand(ins, h.text(), scope, esc) if h.expand else h.text()
+            spec.heredocs.append((name, body))
+        else:
+            srcs.append(_expand(ins, a, scope, esc))
+    if len(srcs) + len(spec.heredocs) > 1 and not dest.endswith("/"):
+        raise ins.error("when using COPY with more than one source file, the destination must be a directory "
+                        "and end with a /")
+    from_key = None
+    rows: list = []
+    if ins.flag("from"):
+        ref = _expand(ins, str(ins.flag("from")), scope, esc)
+        spec.from_stage, spec.from_image, from_key = _resolve_from(ins, ref, planned, resolver, platform, deps)
+        spec.from_paths = [clean_path(s) for s in srcs]
+        rows = [[p] for p in spec.from_paths]
+    else:
+        checksum = _expand(ins, str(ins.flag("checksum")), scope, esc) if ins.flag("checksum") else None
+        for s in srcs:
+            if s.startswith(("http://", "https://")):
+                if ins.cmd != "ADD":
+                    raise ins.error(f"COPY cannot fetch {s}: use ADD for URLs")
+                try:
+                    spec.sources.append(context.fetch(s, checksum))
+                except BuildError as exc:
+                    raise type(exc)(exc.detail, file=ins.file, line=ins.line, hint=exc.hint) from None
+                continue
+            if checksum:
+                raise ins.error("--checksum can only be used with http(s) sources")
+            try:
+                spec.sources.extend(context.select(s))
+            except BuildError as exc:
+                raise type(exc)(exc.detail, file=ins.file, line=ins.line, hint=exc.hint) from None
+        uid, gid = _numeric_owner(chown)
+        rows = [list(r) for r in hash_sources(spec.sources, uid, gid, chmod)]
+    return spec, rows, from_key
+
+
+def _numeric_owner(chown: str | None) -> tuple[int, int]:
+    if not chown:
+        return 0, 0
+    u, _, g = chown.partition(":")
+    return (int(u) if u.isdigit() else -1, int(g) if g.isdigit() else -1)
+
+
+def _plan_mount(ins: Instruction, raw: str, scope: dict[str, str], esc: str, context: BuildContext,
+                planned: dict[str, PlannedStage], resolver: Resolver, platform: str,
+                deps: set[str]) -> tuple[Mount, list, str | None]:
+    opts = _csv(_expand(ins, raw, scope, esc))
+    mtype = opts.pop("type", "bind")
+    if mtype not in ("cache", "secret", "ssh", "bind", "tmpfs"):
+        raise ins.error(f"unsupported mount type {mtype!r}", hint="use cache, secret, ssh, bind or tmpfs")
+    target = opts.pop("target", opts.pop("dst", opts.pop("destination", "")))
+    if mtype == "secret" and not target:
+        target = "/run/secrets/" + opts.get("id", "")
+    if mtype == "ssh" and not target:
+        target = "/run/buildkit/ssh_agent." + opts.get("id", "default")
+    if not target:
+        raise ins.error(f"--mount=type={mtype} needs target=PATH")
+    rows: list = []
+    fkey = None
+    if mtype == "bind":
+        src = opts.get("source", opts.get("src", "."))
+        if "from" in opts:
+            label, image, fkey = _resolve_from(ins, opts["from"], planned, resolver, platform, deps)
+        else:
+            rows = [list(r) for r in hash_sources(context.select(src))]
+    if mtype == "cache":
+        opts.setdefault("id", target)
+        opts.setdefault("sharing", "shared")
+    return Mount(type=mtype, target=target, options=opts), rows, fkey

@@ -1,0 +1,412 @@
+"""What a RUN changed in a rootfs, as a list of `Change`s for builder/layer.py.
+
+Two methods, same result:
+- "overlay": the rootfs becomes the read-only lowerdir of an overlay mount; the command runs in the
+  merged view and the upper directory *is* the diff (overlay whiteouts — char devices 0/0 — become
+  deletions, `trusted.overlay.opaque=y` directories become opaque whiteouts). Directories copied up
+  only because something below them changed are dropped when their metadata equals the lower's, so the
+  change set matches the stat method. Mounted with redirect_dir=off and metacopy=off so the upper
+  directory always holds whole files and whole renamed directories.
+- "stat": walk the tree before and after (lstat only: mode, uid, gid, size, mtime_ns, ctime_ns, inode,
+  rdev — a changed xattr, link target or content changes ctime/inode too; directories compare their
+  xattrs instead of ctime and size); no file is read or hashed.
+  A directory whose inode changed was replaced (`rm -rf d && mkdir d`) and becomes opaque.
+
+Usage (the caller writes the layer before leaving the block):
+
+    with capture(rootfs, scratch) as cap:
+        run_in_rootfs(cap.root, ...)
+        changes = cap.changes()
+        info = write_layer(changes, out)
+        cap.commit()          # make `rootfs` itself hold the result (a no-op for "stat")
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Literal
+
+from builder.changes import Change, split_path
+from builder.errors import BuildError
+from builder.layer import read_xattrs, write_layer
+from builder.linux import MNT_DETACH, mount, umount
+from builder.rootpath import open_dir, open_root
+from builder.unpack import apply_layer, remove_entry
+
+Method = Literal["auto", "overlay", "stat"]
+StatKey = tuple[int, int, int, int, int, int, int, int]  # mode uid gid size mtime_ns ctime_ns ino rdev
+# (for a directory: size and rdev 0, and a hash of its xattrs in place of ctime_ns — see _key)
+_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+class SnapshotError(BuildError):
+    """The filesystem diff after a step could not be taken."""
+
+
+@dataclass
+class TreeState:
+    """lstat of every path under a root, by relative path (bytes); the root itself excluded."""
+    entries: dict[bytes, StatKey]
+
+
+def _dir_xattrs(path: bytes) -> int:
+    try:
+        names = sorted(os.listxattr(path, follow_symlinks=False))
+    except OSError:
+        return 0
+    if not names:
+        return 0
+    digest = hashlib.sha256(repr([(n, os.getxattr(path, n, follow_symlinks=False)) for n in names]).encode())
+    return int.from_bytes(digest.digest()[:8], "big")
+
+
+def _key(st: os.stat_result, path: bytes) -> StatKey:
+    if stat.S_ISDIR(st.st_mode):
+        # A directory's ctime and size move when an entry is created and removed again (e.g. a
+        # sandbox mountpoint, its mtime restored): compare its xattrs instead of its ctime.
+        return (st.st_mode, st.st_uid, st.st_gid, 0, st.st_mtime_ns, _dir_xattrs(path), st.st_ino, 0)
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_rdev)
+
+
+def scan(root: bytes, skip: frozenset[bytes] = frozenset()) -> Iterator[tuple[bytes, os.DirEntry, os.stat_result]]:
+    """(relative path, entry, lstat) of everything under `root`, depth first, not following symlinks."""
+    stack = [b""]
+    while stack:
+        rel = stack.pop()
+        with os.scandir(os.path.join(root, rel) if rel else root) as it:
+            for entry in it:
+                path = rel + b"/" + entry.name if rel else entry.name
+                if path in skip:
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                yield path, entry, st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(path)
+
+
+def walk(root: str | os.PathLike[str], exclude: Iterable[str] = ()) -> TreeState:
+    """The stat state of the tree under `root` (not following symlinks, not crossing into `exclude`)."""
+    skip = frozenset(os.fsencode(p.strip("/")) for p in exclude)
+    return TreeState({path: _key(st, entry.path) for path, entry, st in scan(os.fsencode(root), skip)})
+
+
+def _parent(path: bytes) -> bytes:
+    return path.rpartition(b"/")[0]
+
+
+def _under_any(path: bytes, dirs: set[bytes]) -> bool:
+    if not dirs:
+        return False
+    while path:
+        path = _parent(path)
+        if path in dirs:
+            return True
+    return False
+
+
+def diff(before: TreeState, after: TreeState, root: str | os.PathLike[str]) -> list[Change]:
+    """Changes that turn the `before` tree into the `after` tree (files read from `root`)."""
+    root_s = os.fsdecode(os.fsencode(root))
+    old, new = before.entries, after.entries
+    replaced = {p for p, k in new.items()
+                if stat.S_ISDIR(k[0]) and p in old and stat.S_ISDIR(old[p][0]) and old[p][6] != k[6]}
+    changes: list[Change] = []
+    for path, key in new.items():
+        if old.get(path) != key or _under_any(path, replaced):
+            changes.append(Change(os.fsdecode(path), "add", os.path.join(root_s, os.fsdecode(path))))
+        if path in replaced:
+            changes.append(Change(os.fsdecode(path), "opaque"))
+    for path in old:
+        if path in new:
+            continue
+        parent = _parent(path)
+        parent_key = new.get(parent) if parent else None
+        parent_is_dir = not parent or (parent_key is not None and stat.S_ISDIR(parent_key[0]))
+        parent_was_dir = not parent or (parent in old and stat.S_ISDIR(old[parent][0]))
+        if parent_is_dir and parent_was_dir and not _under_any(path, replaced):
+            changes.append(Change(os.fsdecode(path), "delete"))
+    return changes
+
+
+def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str]) -> list[Change]:
+    """Changes recorded in an overlayfs upper directory over `lower`."""
+    upper_b, lower_b = os.fsencode(upper), os.fsencode(lower)
+    changes: list[Change] = []
+    for path, entry, st in scan(upper_b):
+        name = os.fsdecode(path)
+        full = entry.path
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            changes.append(Change(name, "delete"))
+        elif not stat.S_ISDIR(st.st_mode):
+            changes.append(Change(name, "add", os.fsdecode(full)))
+        elif _is_opaque(full) and _is_real_dir(os.path.join(lower_b, path)):
+            changes.append(Change(name, "add", os.fsdecode(full)))
+            changes.append(Change(name, "opaque"))  # only when there are lower children to hide
+        elif not _same_dir(st, os.path.join(lower_b, path)):
+            changes.append(Change(name, "add", os.fsdecode(full)))
+    return changes
+
+
+def _is_real_dir(path: bytes) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _is_opaque(path: bytes) -> bool:
+    for name in _OPAQUE_XATTRS:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _same_dir(st: os.stat_result, lower_path: bytes) -> bool:
+    """Whether a copied-up directory still has its lower metadata (then it is no change of its own)."""
+    try:
+        low = os.lstat(lower_path)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(low.st_mode):
+        return False
+    return (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == (low.st_mode, low.st_uid, low.st_gid,
+                                                                     low.st_mtime_ns)
+
+
+def _merge_key(change: Change) -> tuple[bytes, ...]:
+    parts = split_path(change.path)
+    return parts + (b"",) if change.kind == "opaque" else parts   # opaque right after its dir
+
+
+def _lstat_at(dir_fd: int, name: bytes) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def merge_upper(changes: list[Change], upper: str | os.PathLike[str], rootfs: str | os.PathLike[str]) -> None:
+    """Apply an overlay upper directory's `changes` onto its lower `rootfs` by renaming files (same
+    filesystem: no data copied). Parents resolve inside the rootfs; final components are never
+    followed; directories get the upper's metadata and untouched parents keep their times. The
+    upper directory is consumed."""
+    as_root = os.geteuid() == 0
+    root_fd, upper_fd = open_root(rootfs), open_root(upper)
+    dirs: list[tuple[tuple[bytes, ...], os.stat_result, dict[str, bytes]]] = []
+    parent_times: dict[tuple[bytes, ...], tuple[int, int]] = {}
+    try:
+        for change in sorted(changes, key=_merge_key):
+            parts = split_path(change.path)
+            parent = open_dir(root_fd, parts[:-1], create=True)
+            try:
+                if parts[:-1] not in parent_times:
+                    pst = os.fstat(parent)
+                    parent_times[parts[:-1]] = (pst.st_atime_ns, pst.st_mtime_ns)
+                _merge_one(change, parts, parent, upper_fd, dirs, as_root)
+            finally:
+                os.close(parent)
+        changed_dirs = {parts for parts, _, _ in dirs}
+        for parts, (atime, mtime) in parent_times.items():
+            if parts not in changed_dirs:
+                _set_dir_meta(root_fd, parts, times=(atime, mtime))
+        for parts, st, xattrs in reversed(dirs):
+            _set_dir_meta(root_fd, parts, st=st, xattrs=xattrs, as_root=as_root)
+    finally:
+        os.close(root_fd)
+        os.close(upper_fd)
+
+
+def _merge_one(change: Change, parts: tuple[bytes, ...], parent: int, upper_fd: int,
+               dirs: list[tuple[tuple[bytes, ...], os.stat_result, dict[str, bytes]]], as_root: bool) -> None:
+    name = parts[-1]
+    existing = _lstat_at(parent, name)
+    if change.kind == "delete":
+        if existing is not None:
+            remove_entry(parent, name, as_root=as_root)
+        return
+    if change.kind == "opaque":
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            for child in os.listdir(fd):
+                remove_entry(fd, child, as_root=as_root)
+        finally:
+            os.close(fd)
+        return
+    src_parent = open_dir(upper_fd, parts[:-1])
+    try:
+        st = os.stat(name, dir_fd=src_parent, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            if existing is not None and not stat.S_ISDIR(existing.st_mode):
+                remove_entry(parent, name, as_root=as_root)
+                existing = None
+            if existing is None:
+                os.mkdir(name, 0o700, dir_fd=parent)
+            dirs.append((parts, st, read_xattrs(b"/proc/self/fd/%d/" % src_parent + name)))
+            return
+        if existing is not None:
+            remove_entry(parent, name, as_root=as_root)
+        os.rename(name, name, src_dir_fd=src_parent, dst_dir_fd=parent)
+        if not stat.S_ISLNK(st.st_mode):
+            _drop_overlay_xattrs(b"/proc/self/fd/%d/" % parent + name)
+    finally:
+        os.close(src_parent)
+
+
+def _drop_overlay_xattrs(path: bytes) -> None:
+    """Copy-up bookkeeping (trusted.overlay.origin, ...) means nothing once the file is in the lower."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return
+    for xname in names:
+        if xname.startswith(("trusted.overlay.", "user.overlay.")):
+            try:
+                os.removexattr(path, xname, follow_symlinks=False)
+            except OSError:
+                pass
+
+
+def _set_dir_meta(root_fd: int, parts: tuple[bytes, ...], *, st: os.stat_result | None = None,
+                  xattrs: dict[str, bytes] | None = None, as_root: bool = False,
+                  times: tuple[int, int] | None = None) -> None:
+    try:
+        fd = open_dir(root_fd, parts, follow_last=False) if parts else os.dup(root_fd)
+    except OSError:
+        return
+    try:
+        if st is not None:
+            if as_root:
+                os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            for key, value in (xattrs or {}).items():
+                os.setxattr(fd, key, value)
+            times = (st.st_atime_ns, st.st_mtime_ns)
+        if times is not None:
+            os.utime(fd, ns=times)
+    finally:
+        os.close(fd)
+
+
+class Capture:
+    """One step's view of a rootfs; see the module docstring."""
+
+    def __init__(self, rootfs: Path, scratch: Path, method: str, before: TreeState | None,
+                 exclude: tuple[str, ...]):
+        self.rootfs = rootfs
+        self.scratch = scratch
+        self.method = method
+        self.exclude = exclude
+        self.root = rootfs
+        self.state_after: TreeState | None = None
+        self._before = before
+        self._mounted = False
+        self._changes: list[Change] | None = None
+        if method == "overlay":
+            if any(c in os.fspath(p) for p in (rootfs, scratch) for c in ",:"):
+                raise OSError(f"overlay mount options cannot hold ',' or ':' in {rootfs} / {scratch}")
+            self._upper, self._work, self.root = scratch / "upper", scratch / "work", scratch / "merged"
+            for d in (self._upper, self._work, self.root):
+                d.mkdir(parents=True, exist_ok=True)
+            opts = (f"lowerdir={rootfs},upperdir={self._upper},workdir={self._work},"
+                    "redirect_dir=off,metacopy=off,index=off")
+            mount("overlay", self.root, "overlay", 0, opts)
+            self._mounted = True
+        elif self._before is None:
+            self._before = walk(rootfs, exclude)
+
+    def _unmount(self) -> None:
+        if self._mounted:
+            umount(self.root, MNT_DETACH)
+            self._mounted = False
+
+    def changes(self) -> list[Change]:
+        """The changes since the capture began (call after the command finished)."""
+        if self._changes is None:
+            if self.method == "overlay":
+                self._unmount()
+                self._changes = [c for c in upper_changes(self._upper, self.rootfs)
+                                 if not _excluded(c.path, self.exclude)]
+            else:
+                assert self._before is not None
+                self.state_after = walk(self.rootfs, self.exclude)
+                self._changes = diff(self._before, self.state_after, self.rootfs)
+        return self._changes
+
+    def commit(self) -> None:
+        """Make `rootfs` hold the result of the step (overlay: apply the upper directory onto it)."""
+        changes = self.changes()
+        if self.method != "overlay" or not changes:
+            return
+        if os.stat(self._upper).st_dev == os.stat(self.rootfs).st_dev:
+            try:
+                merge_upper(changes, self._upper, self.rootfs)
+            except OSError as exc:
+                raise SnapshotError(f"cannot move the step's changes from {self._upper} into {self.rootfs}: "
+                                    f"{exc}; the rootfs is now inconsistent — discard it") from None
+            return
+        with tempfile.TemporaryFile(dir=self.scratch) as tmp:   # another filesystem: copy through a tar
+            write_layer(changes, tmp, "none")
+            tmp.seek(0)
+            apply_layer(tmp, self.rootfs, digest="(overlay commit)", allow_devices=os.geteuid() == 0)
+
+    def close(self) -> None:
+        self._unmount()
+        if self.method == "overlay":
+            _clean_overlay_dirs(self.scratch)
+
+
+def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
+    path = path.strip("/")
+    return any(path == e or path.startswith(e + "/") for e in exclude)
+
+
+def _clean_overlay_dirs(scratch: Path) -> None:
+    for name in ("upper", "work", "merged"):
+        shutil.rmtree(scratch / name, ignore_errors=True)
+
+
+def overlay_available(scratch: str | os.PathLike[str]) -> bool:
+    """Whether an overlay mount works here (root or suitable privileges, a filesystem that allows it)."""
+    probe = Path(tempfile.mkdtemp(prefix="kade-ovl-probe-", dir=scratch))
+    try:
+        lower = probe / "lower"
+        lower.mkdir()
+        cap = Capture(lower, probe, "overlay", None, ())
+        cap.close()
+        return True
+    except OSError:
+        return False
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+@contextmanager
+def capture(rootfs: str | os.PathLike[str], scratch: str | os.PathLike[str], method: Method = "auto", *,
+            before: TreeState | None = None, exclude: Iterable[str] = ()) -> Iterator[Capture]:
+    """Track what happens to `rootfs` inside the block. `scratch` is a private directory on a filesystem
+    that can hold an overlay upper/work dir; `before` may pass the previous step's `state_after` to save
+    a walk with the stat method."""
+    root, scratch_p = Path(rootfs), Path(scratch)
+    scratch_p.mkdir(parents=True, exist_ok=True)
+    excluded = tuple(p.strip("/") for p in exclude)
+    try:
+        cap = Capture(root, scratch_p, "overlay" if method == "auto" else method, before, excluded)
+    except OSError as exc:
+        if method != "auto":
+            raise SnapshotError(f"cannot track changes of {root} with {method}: {exc}; "
+                                "use the stat method where overlay mounts are not allowed") from None
+        _clean_overlay_dirs(scratch_p)
+        cap = Capture(root, scratch_p, "stat", before, excluded)  # no overlay here (pod, odd filesystem)
+    try:
+        yield cap
+    finally:
+        cap.close()

@@ -1,0 +1,491 @@
+"""Apply a layer blob (gzip, zstd or plain tar; sniffed from its first bytes) onto a rootfs directory,
+safely, in one streaming pass.
+
+Safety rules (a hostile layer is an expected input, not an accident):
+- entry names that are absolute or contain `..` are refused (BuildError naming layer and entry);
+- every parent directory is resolved inside the rootfs through O_NOFOLLOW directory fds, with
+  symlinks followed as if the rootfs were `/` (see builder/rootpath.py) — a symlink to `/` or to
+  `../../..` lands inside the rootfs, never outside;
+- the final component is never followed: an existing file, symlink or directory at that name is
+  removed first and the new one created with O_EXCL|O_NOFOLLOW (so writing never goes through a
+  symlink and never into another hard link of the old inode);
+- hard links must name an existing non-directory inside the rootfs (relative name, no `..`);
+- whiteouts `.wh.<name>` delete lower content; an opaque whiteout `.wh..wh..opq` deletes every child
+  of its directory that this layer did not itself create, so it applies before its siblings whatever
+  the tar order; aufs metadata `.wh..wh.*` is ignored;
+- device nodes only with `allow_devices` (default: running as root) — otherwise skipped with a note;
+- ownership is restored only as root; modes (setuid included, after chown), xattrs and mtimes always;
+  directory modes and mtimes are applied at the end so later entries don't disturb them;
+- limits on uncompressed bytes (a declared size over the budget fails before anything is written),
+  entry count, name length and metadata size bound archive bombs.
+
+Python's `tarfile` with `filter="data"` is not used: it refuses what rootfs layers legitimately hold
+(absolute symlinks, devices, ownership). A failed apply leaves a partly written rootfs: discard it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+import zstandard
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from builder.changes import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
+from builder.errors import BuildError
+from builder.rootpath import open_dir, open_root
+from builder.tarformat import (BLOCKDEV, CHAR, DIRECTORY, FIFO, HARDLINK, REGULAR, SYMLINK, TarEntry,
+                               TarFormatError, TarReader)
+
+_WH = WHITEOUT_PREFIX.encode()
+_OPQ = OPAQUE_WHITEOUT.encode()
+_AUFS_META = b".wh..wh."
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+MAX_NOTES = 20
+
+
+class UnpackError(BuildError):
+    """A layer could not be applied (corrupt, unsupported, or an I/O error while writing)."""
+
+
+class UnsafeLayerError(UnpackError):
+    """A layer entry tried to reach outside the rootfs or is otherwise hostile."""
+
+
+class LayerLimitError(UnsafeLayerError):
+    """A layer is over a size, entry-count or name-length limit (archive bomb protection)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 64 << 30        # uncompressed tar bytes
+    max_entries: int = 2_000_000
+    max_name: int = 4096             # bytes of an entry name or link target
+    max_meta: int = 1 << 20          # bytes of one PAX header / GNU long name
+
+
+@dataclass
+class ApplyResult:
+    diff_id: str                     # sha256 of the uncompressed tar as read
+    entries: int
+    bytes: int                       # uncompressed tar bytes
+    notes: list[str] = field(default_factory=list)   # first MAX_NOTES things skipped or not restored
+    skipped: int = 0                 # how many notes there were in all
+
+
+class _Prefixed:
+    """A read-only stream with some already-read bytes put back in front."""
+
+    def __init__(self, head: bytes, stream: BinaryIO):
+        self._head = head
+        self._stream = stream
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n < 0 or n >= len(self._head):
+                head, self._head = self._head, b""
+                rest = self._stream.read(-1 if n < 0 else n - len(head)) if n != len(head) else b""
+                return head + (rest or b"")
+            head, self._head = self._head[:n], self._head[n:]
+            return head
+        return self._stream.read(n)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+
+class _Metered:
+    """Counts and hashes the uncompressed tar bytes; stops at the byte budget."""
+
+    def __init__(self, stream, limit: int, layer: str):
+        self._stream = stream
+        self._limit = limit
+        self._layer = layer
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read(n)
+        self.count += len(data)
+        if self.count > self._limit:
+            raise LayerLimitError(f"layer {self._layer} expands to more than {self._limit} bytes; "
+                                  "refusing it (archive bomb?) — raise the limit if the image is genuine")
+        self.hash.update(data)
+        return data
+
+
+def open_decompressed(stream: BinaryIO):
+    """A reader of the uncompressed tar inside `stream` (gzip, zstd or plain, by magic bytes)."""
+    head = b""
+    while len(head) < 4:
+        chunk = stream.read(4 - len(head))
+        if not chunk:
+            break
+        head += chunk
+    source = _Prefixed(head, stream)
+    if head.startswith(_GZIP_MAGIC):
+        try:
+            from isal import igzip as gzip_impl  # type: ignore[import-not-found]
+        except ImportError:  # pragma: no cover
+            import gzip as gzip_impl
+        return gzip_impl.GzipFile(fileobj=source, mode="rb")
+    if head.startswith(_ZSTD_MAGIC):
+        return zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True)
+    return source
+
+
+def _normalize(name: bytes) -> tuple[bytes, ...]:
+    if b"\0" in name:
+        raise ValueError("a NUL byte in the name")
+    if name.startswith(b"/"):
+        raise ValueError("an absolute name")
+    parts = tuple(p for p in name.split(b"/") if p not in (b"", b"."))
+    if b".." in parts:
+        raise ValueError("a '..' component")
+    return parts
+
+
+def _show(name: bytes) -> str:
+    text = repr(os.fsdecode(name))
+    return text if len(text) <= 200 else text[:200] + "...'"
+
+
+def remove_entry(parent_fd: int, name: bytes | str, *, as_root: bool) -> None:
+    """Remove `name` in `parent_fd` (recursively for a directory), never following a symlink."""
+    st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    try:
+        if not as_root and st.st_mode & 0o700 != 0o700:
+            os.fchmod(fd, st.st_mode | 0o700)
+        for child in os.listdir(fd):
+            remove_entry(fd, child, as_root=as_root)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def _exists(parent_fd: int, name: bytes) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+class _Applier:
+    def __init__(self, root: Path, layer: str, allow_devices: bool, limits: Limits, report):
+        self.root_fd = open_root(root)
+        self.layer = layer
+        self.allow_devices = allow_devices
+        self.limits = limits
+        self.as_root = os.geteuid() == 0
+        self.report = report
+        self.created: set[bytes] = set()
+        self.dirs: list[tuple[tuple[bytes, ...], TarEntry]] = []
+        self.result = ApplyResult(diff_id="", entries=0, bytes=0)
+        self._cached: tuple[tuple[bytes, ...], int] | None = None
+        self._stale = False
+
+    def close(self) -> None:
+        self._forget()
+        os.close(self.root_fd)
+
+    def note(self, message: str) -> None:
+        self.result.skipped += 1
+        if len(self.result.notes) < MAX_NOTES:
+            self.result.notes.append(message)
+        if self.report is not None:
+            self.report("note", message, layer=self.layer)
+
+    def unsafe(self, entry: TarEntry, why: str) -> UnsafeLayerError:
+        return UnsafeLayerError(f"layer {self.layer}: entry {_show(entry.name)} {why}; refusing the layer "
+                                "(it was not written by a well-behaved image builder)")
+
+    # ------------------------------------------------------------------ one entry
+    def apply(self, entry: TarEntry, reader: TarReader, metered: _Metered) -> None:
+        self.result.entries += 1
+        if self.result.entries > self.limits.max_entries:
+            raise LayerLimitError(f"layer {self.layer} has more than {self.limits.max_entries} entries; refusing it")
+        try:
+            parts = _normalize(entry.name)
+        except ValueError as exc:
+            raise self.unsafe(entry, f"has {exc}") from None
+        if entry.type == REGULAR and metered.count + entry.size > self.limits.max_bytes:
+            raise LayerLimitError(f"layer {self.layer}: entry {_show(entry.name)} declares {entry.size} bytes, "
+                                  f"over the {self.limits.max_bytes}-byte budget; refusing it")
+        if not parts:
+            if entry.type != DIRECTORY:
+                raise self.unsafe(entry, "replaces the root directory with a non-directory")
+            self.dirs.append(((), entry))
+            return
+        base = parts[-1]
+        if base.startswith(_WH):
+            self._whiteout(entry, parts)
+            return
+        try:
+            parent = self._parent_fd(parts[:-1])
+        except (NotADirectoryError, OSError) as exc:
+            raise UnpackError(f"layer {self.layer}: cannot reach the directory of {_show(entry.name)}: "
+                              f"{exc.strerror or exc}") from None
+        try:
+            self._create(parent, base, parts, entry, reader)
+        except UnsafeLayerError:
+            raise
+        except OSError as exc:
+            raise UnpackError(f"layer {self.layer}: cannot extract {_show(entry.name)}: {exc.strerror or exc}") from None
+        finally:
+            if self._stale:
+                self._forget()
+        self.created.add(b"/".join(parts))
+
+    def _parent_fd(self, parts: tuple[bytes, ...]) -> int:
+        """The directory fd of `parts` (borrowed: do not close). Consecutive entries of one directory
+        share it; anything removed from the tree drops it (a path may then resolve differently)."""
+        if self._cached is not None and self._cached[0] == parts:
+            return self._cached[1]
+        self._forget()
+        fd = open_dir(self.root_fd, parts, create=True)
+        self._cached = (parts, fd)
+        return fd
+
+    def _forget(self) -> None:
+        if self._cached is not None:
+            os.close(self._cached[1])
+            self._cached = None
+        self._stale = False
+
+    def _remove(self, parent: int, name: bytes) -> None:
+        self._stale = True
+        remove_entry(parent, name, as_root=self.as_root)
+
+    def _whiteout(self, entry: TarEntry, parts: tuple[bytes, ...]) -> None:
+        self._forget()
+        base = parts[-1]
+        if base == _OPQ:
+            self._opaque(entry, parts[:-1])
+            return
+        if base.startswith(_AUFS_META):
+            return
+        target = base[len(_WH):]
+        if target in (b"", b".", b".."):
+            raise self.unsafe(entry, "is a whiteout with no valid target")
+        if b"/".join(parts[:-1] + (target,)) in self.created:
+            return  # whiteouts delete lower content only
+        try:
+            parent = open_dir(self.root_fd, parts[:-1])
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise UnpackError(f"layer {self.layer}: whiteout {_show(entry.name)}: {exc.strerror}") from None
+        try:
+            if _exists(parent, target) is not None:
+                remove_entry(parent, target, as_root=self.as_root)
+        except OSError as exc:
+            raise UnpackError(f"layer {self.layer}: whiteout {_show(entry.name)}: {exc.strerror}") from None
+        finally:
+            os.close(parent)
+
+    def _opaque(self, entry: TarEntry, dir_parts: tuple[bytes, ...]) -> None:
+        try:
+            fd = open_dir(self.root_fd, dir_parts, create=True, follow_last=False)
+        except OSError as exc:
+            raise UnpackError(f"layer {self.layer}: opaque whiteout {_show(entry.name)}: {exc.strerror}") from None
+        try:
+            self._hide_lower(fd, b"/".join(dir_parts))
+        except OSError as exc:
+            raise UnpackError(f"layer {self.layer}: opaque whiteout {_show(entry.name)}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+
+    def _hide_lower(self, fd: int, prefix: bytes) -> None:
+        for child in os.listdir(fd):
+            raw = os.fsencode(child)
+            path = prefix + b"/" + raw if prefix else raw
+            if path not in self.created:
+                remove_entry(fd, raw, as_root=self.as_root)
+                continue
+            st = os.stat(raw, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                sub = os.open(raw, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    self._hide_lower(sub, path)
+                finally:
+                    os.close(sub)
+
+    def _create(self, parent: int, name: bytes, parts: tuple[bytes, ...], entry: TarEntry,
+                reader: TarReader) -> None:
+        existing = _exists(parent, name)
+        if existing is not None and not (entry.type == DIRECTORY and stat.S_ISDIR(existing.st_mode)):
+            self._remove(parent, name)
+        kind = entry.type
+        if kind == DIRECTORY:
+            if existing is None or not stat.S_ISDIR(existing.st_mode):
+                os.mkdir(name, 0o700, dir_fd=parent)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            try:
+                self._owner(fd, None, entry)
+                self._xattrs(fd, entry)
+            finally:
+                os.close(fd)
+            self.dirs.append((parts, entry))
+            return
+        if kind == REGULAR:
+            self._write_file(parent, name, entry, reader)
+            return
+        if kind == SYMLINK:
+            os.symlink(entry.linkname, name, dir_fd=parent)
+        elif kind == HARDLINK:
+            self._hardlink(parent, name, parts, entry)
+            return  # a hard link shares the target's inode: no metadata of its own
+        elif kind in (CHAR, BLOCKDEV):
+            if not self.allow_devices:
+                self.note(f"device node {_show(entry.name)} skipped (not running as root)")
+                return
+            dev_type = stat.S_IFCHR if kind == CHAR else stat.S_IFBLK
+            try:
+                os.mknod(name, dev_type | 0o600, os.makedev(entry.devmajor, entry.devminor), dir_fd=parent)
+            except PermissionError:
+                self.note(f"device node {_show(entry.name)} skipped (mknod not permitted here)")
+                return
+        elif kind == FIFO:
+            os.mkfifo(name, 0o600, dir_fd=parent)
+        self._owner(parent, name, entry)
+        if kind != SYMLINK:
+            os.chmod(name, entry.mode & 0o7777, dir_fd=parent, follow_symlinks=False)
+        self._xattrs_at(parent, name, entry)
+        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
+
+    def _write_file(self, parent: int, name: bytes, entry: TarEntry, reader: TarReader) -> None:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        try:
+            while True:
+                data = reader.read(1 << 20)
+                if not data:
+                    break
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            self._owner(fd, None, entry)
+            os.fchmod(fd, entry.mode & 0o7777)
+            self._xattrs(fd, entry)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        finally:
+            os.close(fd)
+
+    def _hardlink(self, parent: int, name: bytes, parts: tuple[bytes, ...], entry: TarEntry) -> None:
+        try:
+            target = _normalize(entry.linkname)
+        except ValueError as exc:
+            raise self.unsafe(entry, f"is a hard link to a name with {exc}") from None
+        if not target or target == parts:
+            raise self.unsafe(entry, "is a hard link to itself or to the root")
+        try:
+            tparent = open_dir(self.root_fd, target[:-1])
+        except OSError:
+            raise UnpackError(f"layer {self.layer}: hard link {_show(entry.name)} -> {_show(entry.linkname)}: "
+                              "the target does not exist in the rootfs") from None
+        try:
+            st = _exists(tparent, target[-1])
+            if st is None:
+                raise UnpackError(f"layer {self.layer}: hard link {_show(entry.name)} -> {_show(entry.linkname)}: "
+                                  "the target does not exist in the rootfs")
+            if stat.S_ISDIR(st.st_mode):
+                raise self.unsafe(entry, "is a hard link to a directory")
+            os.link(target[-1], name, src_dir_fd=tparent, dst_dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(tparent)
+
+    # ------------------------------------------------------------------ metadata
+    def _owner(self, fd_or_parent: int, name: bytes | None, entry: TarEntry) -> None:
+        if not self.as_root:
+            return
+        try:
+            if name is None:
+                os.chown(fd_or_parent, entry.uid, entry.gid)
+            else:
+                os.chown(name, entry.uid, entry.gid, dir_fd=fd_or_parent, follow_symlinks=False)
+        except OSError as exc:
+            self.note(f"owner {entry.uid}:{entry.gid} of {_show(entry.name)} not restored ({exc.strerror})")
+
+    def _xattrs(self, fd: int, entry: TarEntry) -> None:
+        for key, value in entry.xattrs.items():
+            try:
+                os.setxattr(fd, key, value)
+            except OSError as exc:
+                self.note(f"xattr {key} of {_show(entry.name)} not restored ({exc.strerror})")
+
+    def _xattrs_at(self, parent: int, name: bytes, entry: TarEntry) -> None:
+        if not entry.xattrs:
+            return
+        path = b"/proc/self/fd/%d/" % parent + name
+        for key, value in entry.xattrs.items():
+            try:
+                os.setxattr(path, key, value, follow_symlinks=False)
+            except OSError as exc:
+                self.note(f"xattr {key} of {_show(entry.name)} not restored ({exc.strerror})")
+
+    def finish_dirs(self) -> None:
+        self._forget()
+        for parts, entry in reversed(self.dirs):
+            try:
+                fd = open_dir(self.root_fd, parts, follow_last=False) if parts else os.dup(self.root_fd)
+            except OSError:
+                continue  # replaced or removed by a later entry
+            try:
+                if not parts:
+                    self._owner(fd, None, entry)
+                    self._xattrs(fd, entry)
+                os.fchmod(fd, entry.mode & 0o7777)
+                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            finally:
+                os.close(fd)
+
+
+def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: str | None = None, *,
+                allow_devices: bool | None = None, digest: str | None = None,
+                expected_diff_id: str | None = None, limits: Limits = Limits(),
+                report: Callable[..., None] | None = None) -> ApplyResult:
+    """Apply one layer blob onto `rootfs` (an existing directory). `digest` names the layer in errors;
+    `expected_diff_id`, when given, is checked against the tar read (mismatch -> UnpackError).
+    `media_type` is informational: the compression is sniffed from the blob itself."""
+    layer = digest or (f"({media_type})" if media_type else "(unnamed)")
+    root = Path(rootfs)
+    if allow_devices is None:
+        allow_devices = os.geteuid() == 0
+    applier = _Applier(root, layer, allow_devices, limits, report)
+    try:
+        try:
+            metered = _Metered(open_decompressed(stream), limits.max_bytes, layer)
+            reader = TarReader(metered, max_meta=limits.max_meta, max_name=limits.max_name)
+            for entry in reader:
+                applier.apply(entry, reader, metered)
+            while metered.read(1 << 20):
+                pass  # hash trailing padding and let the blob stream verify its digest at EOF
+        except TarFormatError as exc:
+            cls = LayerLimitError if "limit" in str(exc) or "longer than" in str(exc) else UnpackError
+            raise cls(f"layer {layer}: {exc}") from None
+        except (OSError, EOFError, ValueError, zstandard.ZstdError) as exc:
+            if isinstance(exc, BuildError):
+                raise
+            raise UnpackError(f"layer {layer}: cannot read the blob: {exc}; is it a (gzip/zstd) tar?") from None
+        applier.finish_dirs()
+    finally:
+        applier.close()
+    result = applier.result
+    result.diff_id = "sha256:" + metered.hash.hexdigest()
+    result.bytes = metered.count
+    if expected_diff_id and result.diff_id != expected_diff_id:
+        raise UnpackError(f"layer {layer}: its tar has diffID {result.diff_id} but the image config says "
+                          f"{expected_diff_id}; the image is inconsistent — rebuild or re-push it")
+    return result

@@ -1,0 +1,105 @@
+"""`kade build`: Dockerfile -> OCI image in a registry (or a local OCI layout), without a daemon."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from builder.build import BuildOptions, build
+from builder.plan import DEFAULT_PLATFORM, parse_build_args
+from kade.errors import UsageError
+from kade.output import OUTPUT_CHOICES, make_reporter, print_result
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "build", help="build an image from a Dockerfile and push it",
+        description="Build CONTEXT's Dockerfile without a Docker daemon. Every step is cached in the stages "
+                    "repo (--repo, default <first tag's repository>-stages) under its content key; steps "
+                    "already there are not run again. The image goes to every --tag (printed as REF@sha256:...), "
+                    "or, without --tag, to a local OCI layout under the cache dir.")
+    p.add_argument("context", nargs="?", default=".", metavar="CONTEXT", help="build context directory (default .)")
+    p.add_argument("-f", "--file", dest="dockerfile", metavar="DOCKERFILE",
+                   help="Dockerfile path (default CONTEXT/Dockerfile)")
+    p.add_argument("--target", metavar="STAGE", help="build this stage (default: the last one)")
+    p.add_argument("--build-arg", action="append", default=[], metavar="K=V", help="set a build arg (repeatable)")
+    p.add_argument("--tag", "-t", action="append", default=[], metavar="REF", help="push the image to REF (repeatable)")
+    p.add_argument("--repo", metavar="STAGES_REPO", help="repository for step images and build records")
+    p.add_argument("--secret", action="append", default=[], metavar="id=ID,src=PATH|env=VAR",
+                   help="a secret for RUN --mount=type=secret (never stored in a layer, key or log)")
+    p.add_argument("--ssh", metavar="default[=SOCKET]", help="forward an SSH agent socket to RUN --mount=type=ssh")
+    p.add_argument("--compression", choices=("gzip", "zstd"), default="gzip", help="layer compression (default gzip)")
+    p.add_argument("--no-cache", action="store_true", help="run every step (still pushes step images)")
+    p.add_argument("--parallel", type=int, default=max(1, min(4, os.cpu_count() or 1)), metavar="N",
+                   help="stages built at once (default: CPUs, at most 4)")
+    p.add_argument("--cache-dir", metavar="DIR", help="local cache (default $KADE_CACHE_DIR or ~/.cache/kade)")
+    p.add_argument("--output", choices=OUTPUT_CHOICES, default="text", help="result format")
+    p.add_argument("--keep-failed", action="store_true", help="keep the rootfs of a failed RUN and print its path")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+                   help="reach HOST over plain HTTP / without TLS verification (repeatable)")
+    p.add_argument("--platform", default=DEFAULT_PLATFORM, help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def parse_secret(spec: str) -> tuple[str, bytes]:
+    fields = dict(part.partition("=")[::2] for part in spec.split(",") if part)
+    sid = fields.get("id")
+    if not sid:
+        raise UsageError(f"--secret {spec!r} needs id=ID")
+    if "src" in fields or "source" in fields:
+        path = Path(fields.get("src") or fields["source"]).expanduser()
+        try:
+            return sid, path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--secret id={sid}: cannot read {path}: {exc.strerror}") from None
+    if "env" in fields:
+        if fields["env"] not in os.environ:
+            raise UsageError(f"--secret id={sid}: environment variable {fields['env']} is not set")
+        return sid, os.environ[fields["env"]].encode()
+    if sid in os.environ:
+        return sid, os.environ[sid].encode()
+    raise UsageError(f"--secret {spec!r} needs src=PATH or env=VAR")
+
+
+def parse_ssh(spec: str | None) -> str | None:
+    if spec is None:
+        return None
+    name, _, socket = spec.partition("=")
+    if name != "default":
+        raise UsageError("--ssh supports only default[=SOCKET]")
+    socket = socket or os.environ.get("SSH_AUTH_SOCK", "")
+    if not socket or not Path(socket).exists():
+        raise UsageError("--ssh default: no agent socket (give default=PATH or set SSH_AUTH_SOCK)")
+    return socket
+
+
+def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    context = Path(args.context)
+    if not context.is_dir():
+        raise UsageError(f"build context {context} is not a directory")
+    if args.parallel < 1:
+        raise UsageError("--parallel must be at least 1")
+    from registry.errors import RegistryError
+    from registry.reference import Reference
+    for t in args.tag:
+        try:
+            Reference.parse(t)
+        except RegistryError as exc:
+            raise UsageError(f"--tag {t}: {exc}") from None
+    return BuildOptions(
+        context=context, dockerfile=Path(args.dockerfile) if args.dockerfile else None, target=args.target,
+        build_args=parse_build_args(args.build_arg), tags=list(args.tag), repo=args.repo,
+        secrets=dict(parse_secret(s) for s in args.secret), ssh=parse_ssh(args.ssh),
+        compression=args.compression, no_cache=args.no_cache, parallel=args.parallel, cache_dir=args.cache_dir,
+        keep_failed=args.keep_failed, insecure=tuple(args.insecure_registry), platform=args.platform)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    report = make_reporter(args.output)
+    result = build(options, report)
+    print_result(args.output, result.to_json(),
+                 lambda data: "\n".join(f"{i['ref']}@{i['digest']}" if not i["ref"].startswith("oci:") else i["ref"]
+                                        for i in data["images"]))
+    return 0

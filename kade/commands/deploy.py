@@ -1,0 +1,277 @@
+"""`kade deploy`, `kade plan`, `kade rollback`, `kade history`, `kade uninstall`, `kade track`."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from kade.errors import UsageError
+from kade.live import close_reporter, make_deploy_reporter
+from kade.output import OUTPUT_CHOICES, make_reporter, print_result
+
+EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
+
+
+def register(subparsers: Any) -> None:
+    deploy = subparsers.add_parser("deploy", help="apply manifests and track them until really rolled out",
+                                   description="Render manifests, server-side apply them in order, track until "
+                                               "ready, record the release; roll back on failure (--atomic).")
+    _render_args(deploy)
+    _release_args(deploy)
+    deploy.add_argument("--atomic", action=argparse.BooleanOptionalAction, default=True,
+                        help="on failure re-apply the previous revision (a failed first release removes what it created)")
+    deploy.add_argument("--dry-run", action="store_true", help="only show what would change (like `kade plan`)")
+    deploy.add_argument("--force-conflicts", action="store_true", help="take over fields owned by other field managers")
+    deploy.add_argument("--history-max", type=int, default=10, help="revisions kept in the release history (0: all)")
+    deploy.add_argument("--no-activity-timeout", default="4m", help="fail a resource when nothing changes for this long")
+    deploy.set_defaults(func=run_deploy)
+
+    plan = subparsers.add_parser("plan", help="show what a deploy would change (exit 0: nothing, 2: changes)")
+    _render_args(plan)
+    _release_args(plan, timeout=False)
+    plan.add_argument("--force-conflicts", action="store_true", help="plan as if taking over conflicting fields")
+    plan.set_defaults(func=run_plan)
+
+    rollback = subparsers.add_parser("rollback", help="deploy an earlier revision of a release again")
+    rollback.add_argument("release", metavar="RELEASE")
+    rollback.add_argument("--revision", type=int, help="revision to restore (default: the one before the current)")
+    _cluster_args(rollback)
+    _timeout_args(rollback)
+    rollback.set_defaults(func=run_rollback)
+
+    history = subparsers.add_parser("history", help="list the revisions of a release")
+    history.add_argument("release", metavar="RELEASE")
+    _cluster_args(history)
+    history.set_defaults(func=run_history)
+
+    uninstall = subparsers.add_parser("uninstall", help="delete a release's resources and its history")
+    uninstall.add_argument("release", metavar="RELEASE")
+    _cluster_args(uninstall)
+    uninstall.set_defaults(func=run_uninstall)
+
+    track = subparsers.add_parser("track", help="track existing resources until ready (or failed)")
+    track.add_argument("resources", nargs="+", metavar="KIND/NAME")
+    _cluster_args(track)
+    _timeout_args(track)
+    track.set_defaults(func=run_track)
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--namespace", default="default", help="release namespace and default namespace (default: default)")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    p.add_argument("--context", help="kubeconfig context")
+    p.add_argument("--output", "-o", choices=OUTPUT_CHOICES, default="text", help="text or JSON events/results")
+
+
+def _timeout_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", default="5m", help="give up after this long (e.g. 90s, 5m; default 5m)")
+
+
+def _release_args(p: argparse.ArgumentParser, timeout: bool = True) -> None:
+    p.add_argument("--release", "-r", required=True, help="release name")
+    _cluster_args(p)
+    if timeout:
+        _timeout_args(p)
+
+
+def _render_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
+                   help="manifest file or folder, *.j2 templates, or - for stdin (repeatable)")
+    p.add_argument("--values", action="append", default=[], metavar="FILE", help="values file for templates (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_values",
+                   help="set a value (dotted keys, typed values; repeatable)")
+    p.add_argument("--image", action="append", default=[], metavar="NAME=REF", help="image for templates (`images.NAME`)")
+    p.add_argument("--images", action="append", default=[], metavar="FILE",
+                   help="images for templates: a mapping NAME: REF or a kade build record JSON")
+
+
+# ---- handlers -------------------------------------------------------------------------------------
+
+def _usage(func: Any) -> Any:
+    """deployer.errors.UsageError -> the CLI's exit-2 UsageError."""
+    def wrapper(args: argparse.Namespace) -> int:
+        from deployer.errors import UsageError as DeployUsage
+
+        try:
+            return func(args)
+        except DeployUsage as exc:
+            raise UsageError(str(exc)) from None
+
+    wrapper.__name__ = func.__name__
+    return wrapper
+
+
+def _kube(args: argparse.Namespace) -> Any:
+    from deployer.kube import Kube
+
+    return Kube(args.kubeconfig, args.context)
+
+
+def _duration(text: str, flag: str) -> float:
+    from deployer.durations import parse_duration
+
+    value = parse_duration(text)
+    if value <= 0:
+        raise UsageError(f"{flag} must be positive")
+    return value
+
+
+def _inputs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any], dict[str, str]]:
+    from deployer.render import RenderInput, load_images, load_values, render
+
+    images = load_images(args.image, args.images)
+    values = load_values(args.values, args.set_values)
+    if args.values.count("-") + args.filename.count("-") > 1:
+        raise UsageError("stdin ('-') can be used only once among -f and --values")
+    resources = render(RenderInput(args.filename, args.values, args.set_values, images, args.release, args.namespace),
+                       values=values)
+    if not resources:
+        raise UsageError(f"no manifests found in {', '.join(args.filename)}")
+    return resources, values, images
+
+
+def _options(args: argparse.Namespace, values: dict | None = None, images: dict | None = None) -> Any:
+    from deployer.deploy import DeployOptions
+
+    opts = DeployOptions(args.release, args.namespace)
+    if getattr(args, "timeout", None):
+        opts.timeout = _duration(args.timeout, "--timeout")
+    if getattr(args, "atomic", None) is not None:
+        opts.atomic = args.atomic
+    opts.force_conflicts = bool(getattr(args, "force_conflicts", False))
+    if getattr(args, "history_max", None) is not None:
+        if args.history_max < 0:
+            raise UsageError("--history-max must be 0 (keep all) or more")
+        opts.history_max = args.history_max
+    if getattr(args, "no_activity_timeout", None):
+        opts.no_activity_timeout = _duration(args.no_activity_timeout, "--no-activity-timeout")
+    opts.values, opts.images = values or {}, images or {}
+    return opts
+
+
+@_usage
+def run_deploy(args: argparse.Namespace) -> int:
+    from deployer.deploy import Deployer
+
+    resources, values, images = _inputs(args)
+    opts = _options(args, values, images)
+    if args.dry_run:
+        changes = Deployer(_kube(args), make_reporter(args.output)).plan(resources, opts)
+        _print_changes(args.output, changes)
+        return EXIT_OK
+    return _outcome(args, lambda deployer: deployer.deploy(resources, opts))
+
+
+def _outcome(args: argparse.Namespace, action: Any) -> int:
+    """Run a deploy-like action with live progress; print its outcome; 0 if it succeeded, else 1."""
+    from deployer.deploy import Deployer
+
+    report = make_deploy_reporter(args.output)
+    try:
+        outcome = action(Deployer(_kube(args), report))
+    finally:
+        close_reporter(report)
+    print_result(args.output, outcome.to_dict(), lambda d: d["message"])
+    return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+@_usage
+def run_plan(args: argparse.Namespace) -> int:
+    from deployer.deploy import Deployer
+
+    resources, values, images = _inputs(args)
+    changes = Deployer(_kube(args), make_reporter(args.output)).plan(resources, _options(args, values, images))
+    _print_changes(args.output, changes)
+    return EXIT_CHANGES if any(c.action not in ("unchanged", "keep") for c in changes) else EXIT_OK
+
+
+def _print_changes(output: str, changes: list[Any]) -> None:
+    data = [{"action": c.action, "resource": str(c.key), "diff": c.diff} for c in changes]
+
+    def text(rows: list[dict]) -> str:
+        lines = []
+        for row in rows:
+            lines.append(f"{row['action']:<9} {row['resource']}")
+            if row["diff"] and row["action"] == "update":
+                lines += ["    " + line for line in row["diff"].rstrip("\n").splitlines()]
+        changed = sum(1 for r in rows if r["action"] not in ("unchanged", "keep"))
+        lines.append(f"{changed} change(s)" if changed else "no changes")
+        return "\n".join(lines)
+
+    print_result(output, data, text)
+
+
+@_usage
+def run_rollback(args: argparse.Namespace) -> int:
+    from deployer.deploy import DeployOptions
+
+    opts = DeployOptions(args.release, args.namespace, timeout=_duration(args.timeout, "--timeout"))
+    return _outcome(args, lambda deployer: deployer.rollback(opts, args.revision))
+
+
+@_usage
+def run_history(args: argparse.Namespace) -> int:
+    from deployer.deploy import Deployer
+
+    records = Deployer(_kube(args), make_reporter(args.output)).history(args.release, args.namespace)
+    if not records:
+        from deployer.errors import DeployError
+
+        raise DeployError(f"release {args.release} not found in namespace {args.namespace}")
+    rows = [{"revision": r.revision, "updated": r.updated, "status": r.status, "description": r.description,
+             "resources": len(r.manifests), "images": r.images} for r in records]
+
+    def text(data: list[dict]) -> str:
+        lines = [f"{'REVISION':<9} {'UPDATED':<28} {'STATUS':<12} DESCRIPTION"]
+        lines += [f"{d['revision']:<9} {d['updated']:<28} {d['status']:<12} {d['description']}" for d in data]
+        return "\n".join(lines)
+
+    print_result(args.output, rows, text)
+    return EXIT_OK
+
+
+@_usage
+def run_uninstall(args: argparse.Namespace) -> int:
+    from deployer.deploy import Deployer
+
+    removed = Deployer(_kube(args), make_reporter(args.output)).uninstall(args.release, args.namespace)
+    print_result(args.output, {"release": args.release, "deleted": [str(k) for k in removed]},
+                 lambda d: f"release {d['release']} uninstalled ({len(d['deleted'])} resource(s) deleted)")
+    return EXIT_OK
+
+
+@_usage
+def run_track(args: argparse.Namespace) -> int:
+    from deployer.deploy import Deployer
+    from deployer.options import track_options
+    from deployer.resources import Resource
+    from deployer.tracker import Target
+
+    kube = _kube(args)
+    targets = []
+    for item in args.resources:
+        kind, sep, name = item.partition("/")
+        if not sep or not kind or not name:
+            raise UsageError(f"{item!r}: expected KIND/NAME, e.g. deployment/web")
+        api = kube.resource_for(*_kind_of(kube, kind))
+        namespace = args.namespace if api.namespaced else ""
+        live = kube.get(api.path(namespace, name))
+        if live is None:
+            from deployer.errors import DeployError
+
+            raise DeployError(f"{api.kind} {namespace + '/' if namespace else ''}{name} not found")
+        resource = Resource(live, "the cluster")
+        targets.append(Target(resource.key, api, track_options(resource), live))
+    report = make_deploy_reporter(args.output)
+    try:
+        result = Deployer(kube, report).track(targets, _duration(args.timeout, "--timeout"))
+    finally:
+        close_reporter(report)
+    data = {"ok": result.ok, "elapsed": round(result.elapsed, 3), "failures": [f.to_dict() for f in result.failures]}
+    print_result(args.output, data, lambda d: "all ready" if d["ok"] else
+                 "; ".join(f"{f['resource']}: {f['reason']}: {f['message']}" for f in d["failures"]))
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _kind_of(kube: Any, text: str) -> tuple[str, str]:
+    api = kube.find_kind(text)
+    return api.api_version, api.kind

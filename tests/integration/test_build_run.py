@@ -1,0 +1,135 @@
+"""RUN steps end to end: sandbox, snapshot, layers, users, cache mounts, secrets, heredocs, failures."""
+import json
+import subprocess
+
+import pytest
+
+from registry.client import RegistryClient
+from tests.fixtures.build import podman_run, skopeo_inspect
+
+RUN_DOCKERFILE = """\
+ARG BASE
+FROM ${BASE} AS tools
+RUN mkdir -p /opt/tools && echo tool > /opt/tools/t.txt && chmod 4755 /opt/tools/t.txt
+FROM ${BASE} AS app
+ARG GREETING=hello
+ENV APP=/app
+WORKDIR $APP
+COPY src/ ./
+RUN echo "$GREETING from $(id -u):$(id -g) in $(pwd)" > greeting.txt && rm -f /etc/group-
+RUN rm /bin/vi && mkdir -p /var/empty/dir && ln -s greeting.txt /app/link
+COPY --from=tools /opt/tools /opt/tools
+USER app
+RUN id -u > /tmp/whoami && echo $HOME > /tmp/home
+RUN <<EOT
+set -e
+echo heredoc-script > /tmp/heredoc.txt
+EOT
+RUN <<EOT
+#!/bin/sh
+echo shebang-$0 > /tmp/shebang.txt
+EOT
+CMD ["cat", "/app/greeting.txt"]
+"""
+
+
+@pytest.fixture
+def run_project(tmp_path):
+    ctx = tmp_path / "ctx"
+    (ctx / "src").mkdir(parents=True)
+    (ctx / "src" / "main.sh").write_text("echo main\n")
+    (ctx / "Dockerfile").write_text(RUN_DOCKERFILE)
+    return ctx
+
+
+def test_run_build_runs_rebuilds_and_inspects(registry, base_image, run_project, kade_build, tmp_path):
+    tag = f"{registry.host}/run/app:v1"
+    args = [str(run_project), "--build-arg", f"BASE={base_image.ref}", "--tag", tag, "--output", "json"]
+    first = kade_build(*args, "--cache-dir", str(tmp_path / "c1"))
+    assert first.code == 0, first.stderr
+    total = first.json()["steps"]["built"]
+    assert first.json()["steps"] == {"built": total, "cached": 0}
+
+    out = podman_run(tag)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "hello from 0:0 in /app\n"
+    out = podman_run(tag, "sh", "-c", "cat /tmp/whoami /tmp/home /tmp/heredoc.txt /tmp/shebang.txt; "
+                                      "ls -l /opt/tools/t.txt; ls /bin/vi; readlink /app/link; ls -d /var/empty/dir")
+    lines = out.stdout.splitlines()
+    assert lines[:4] == ["1000", "/home/app", "heredoc-script", "shebang-/run/kade-heredoc"]
+    assert lines[4].startswith("-rwsr-xr-x")
+    assert "No such file" in out.stderr  # /bin/vi was deleted: a whiteout in the layer
+    assert lines[5:] == ["greeting.txt", "/var/empty/dir"]
+    cfg = skopeo_inspect(f"docker://{tag}", config=True)
+    assert "GREETING=hello" not in cfg["config"]["Env"]  # ARGs are not persisted
+
+    again = kade_build(*args, "--cache-dir", str(tmp_path / "c2"))
+    assert again.code == 0, again.stderr
+    assert again.json()["steps"] == {"built": 0, "cached": total}
+
+    (run_project / "src" / "main.sh").write_text("echo changed\n")
+    third = kade_build(*args, "--cache-dir", str(tmp_path / "c3"))
+    assert third.code == 0, third.stderr
+    # ENV and WORKDIR (2 steps of the app stage) and the whole tools stage are reused
+    assert third.json()["steps"] == {"built": total - 3, "cached": 3}
+
+    other = kade_build(*args[:-2], "--build-arg", "GREETING=hi", "--output", "json", "--cache-dir", str(tmp_path / "c4"))
+    assert other.code == 0, other.stderr
+    assert podman_run(tag).stdout == "hi from 0:0 in /app\n"
+
+
+def test_failing_run_reports_exit_code_and_output(registry, base_image, kade_build, tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\nRUN echo first\nRUN echo line1; echo line2; exit 3\n")
+    res = kade_build(str(ctx), "--tag", f"{registry.host}/run/fail:v1", "--cache-dir", str(tmp_path / "c"),
+                     "--keep-failed")
+    assert res.code == 1
+    assert "Dockerfile:3:" in res.stderr and "exit code 3" in res.stderr
+    assert "line1" in res.stderr and "line2" in res.stderr
+    kept = [ln for ln in res.stderr.splitlines() if "kept at" in ln]
+    assert kept, res.stderr
+    with RegistryClient() as client:
+        assert client.repository(f"{registry.host}/run/fail").head_manifest("v1") is None
+
+
+def test_cache_mount_persists_and_never_enters_a_layer(registry, base_image, kade_build, tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    df = ctx / "Dockerfile"
+    df.write_text(f"FROM {base_image.ref}\nARG N\n"
+                  "RUN --mount=type=cache,target=/cache echo $N >> /cache/runs && cat /cache/runs > /runs.txt\n")
+    cache = tmp_path / "c"
+    tag = f"{registry.host}/run/cachemount:v1"
+    for n in ("1", "2"):
+        res = kade_build(str(ctx), "--tag", tag, "--build-arg", f"N={n}", "--cache-dir", str(cache))
+        assert res.code == 0, res.stderr
+    out = podman_run(tag, "sh", "-c", "cat /runs.txt; test -e /cache && echo present || echo absent")
+    assert out.stdout.splitlines() == ["1", "2", "absent"]
+
+
+def test_secret_is_in_no_blob_key_or_log(registry, base_image, kade_build, tmp_path):
+    secret = "s3cr3t-value-7f1e9c"
+    (tmp_path / "secret.txt").write_text(secret)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {base_image.ref}\n"
+        "RUN --mount=type=secret,id=tok,required cat /run/secrets/tok | wc -c > /len.txt && cat /run/secrets/tok\n")
+    tag = f"{registry.host}/run/secret:v1"
+    res = kade_build(str(ctx), "--tag", tag, "--secret", f"id=tok,src={tmp_path / 'secret.txt'}",
+                     "--cache-dir", str(tmp_path / "c"), "--output", "json")
+    assert res.code == 0, res.stderr
+    assert secret not in res.stderr and secret not in res.stdout
+    assert podman_run(tag, "cat", "/len.txt").stdout.strip() == str(len(secret))
+    assert podman_run(tag, "ls", "/run/secrets").returncode != 0
+    blobs = [p for p in registry.storage.rglob("data") if p.is_file()]
+    import gzip
+    for p in blobs:
+        data = p.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        assert secret.encode() not in data, p
+    for p in (tmp_path / "c").rglob("*"):
+        if p.is_file():
+            assert secret.encode() not in p.read_bytes(), p

@@ -1,0 +1,56 @@
+import hashlib
+import io
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from builder.rootfs import LayerRef, RootfsStore, chain_ids
+from builder.unpack import UnpackError
+from tests.fixtures.layers import E, make_tar, tree_state
+
+
+def test_chain_ids_follow_the_oci_definition():
+    a, b, c = ("sha256:" + ch * 64 for ch in "abc")
+    ab = "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()
+    assert chain_ids([a, b, c]) == [a, ab, "sha256:" + hashlib.sha256(f"{ab} {c}".encode()).hexdigest()]
+    assert chain_ids([]) == []
+
+
+def layer(entries, opened: list[str]) -> LayerRef:
+    data = make_tar(entries)
+    diff_id = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    @contextmanager
+    def opener():
+        opened.append(diff_id)
+        yield io.BytesIO(data)
+
+    return LayerRef(diff_id, opener)
+
+
+def test_materialize_reuses_the_longest_cached_prefix(tmp_path):
+    opened: list[str] = []
+    base = layer([E("etc", "dir"), E("etc/a", data=b"a"), E("bin", "dir"), E("bin/x", data=b"x"),
+                  E("bin/y", "hardlink", link="bin/x")], opened)
+    top = layer([E("etc/.wh.a"), E("etc/b", data=b"b")], opened)
+    store = RootfsStore(tmp_path / "store")
+    first = store.materialize([base], tmp_path / "r1")
+    assert opened == [base.diff_id] and store.has(base.diff_id)
+    second = store.materialize([base, top], tmp_path / "r2")
+    assert opened == [base.diff_id, top.diff_id]          # base came from the store
+    assert not (second / "etc" / "a").exists() and (second / "etc" / "b").read_bytes() == b"b"
+    assert os.stat(second / "bin" / "x").st_ino == os.stat(second / "bin" / "y").st_ino   # hard link kept
+    third = store.materialize([base, top], tmp_path / "r3")
+    assert opened == [base.diff_id, top.diff_id]          # whole stack cached: nothing read
+    assert tree_state(third) == tree_state(second)
+    assert (first / "etc" / "a").exists()                 # copies are independent
+
+
+def test_diff_id_mismatch_is_caught(tmp_path):
+    opened: list[str] = []
+    good = layer([E("f", data=b"x")], opened)
+    bad = LayerRef("sha256:" + "0" * 64, good.open, digest="sha256:" + "1" * 64)
+    with pytest.raises(UnpackError, match="diffID"):
+        RootfsStore(tmp_path / "store").materialize([bad], tmp_path / "r")

@@ -1,0 +1,110 @@
+""".dockerignore matching (moby/patternmatcher rules) and COPY source selection + hashing."""
+import os
+
+import pytest
+
+from builder.context import BuildContext, IgnoreRules, hash_sources, parse_ignore
+from builder.errors import MissingSourceError
+
+
+@pytest.mark.parametrize("patterns,path,excluded", [
+    ("node_modules", "node_modules", True),
+    ("node_modules", "node_modules/a/b.js", True),
+    ("node_modules", "src/node_modules", False),
+    ("**/node_modules", "src/node_modules/x", True),
+    ("*.md", "README.md", True),
+    ("*.md", "docs/a.md", False),
+    ("**/*.md", "docs/a.md", True),
+    ("**/*.md", "a.md", True),
+    ("*.md\n!README.md", "README.md", False),
+    ("*.md\n!README.md", "CHANGES.md", True),
+    ("!README.md\n*.md", "README.md", True),
+    ("/build", "build/x", True),
+    ("./build/", "build", True),
+    ("build/**", "build", False),
+    ("build/**", "build/a/b", True),
+    ("a?c", "abc", True),
+    ("a?c", "a/c", False),
+    ("[a-c]x", "bx", True),
+    ("[!a-c]x", "dx", True),
+    ("# comment\n\n  tmp  ", "tmp", True),
+    ("*\n!keep/**", "keep/x", False),
+    ("*\n!keep/**", "other", True),
+    ("docs\n!docs/keep.md", "docs/keep.md", False),
+    ("docs\n!docs/keep.md", "docs/other.md", True),
+    ("a\\*b", "a*b", True),
+    ("a\\*b", "axb", False),
+])
+def test_ignore_matching(patterns, path, excluded):
+    assert IgnoreRules(parse_ignore(patterns)).excluded(path) is excluded
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    files = {"a.txt": "A", "b.txt": "B", "src/x.py": "x", "src/sub/y.py": "y", "src/skip.pyc": "c",
+             "docs/readme.md": "d", ".dockerignore": "**/*.pyc\ndocs\n"}
+    for rel, text in files.items():
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    os.chmod(tmp_path / "b.txt", 0o755)
+    os.symlink("a.txt", tmp_path / "src" / "link")
+    return BuildContext.open(tmp_path)
+
+
+def test_select_file_dir_and_glob(ctx):
+    (src,) = ctx.select("src")
+    assert src.is_dir
+    assert [(e.rel, e.kind) for e in src.entries] == [("link", "symlink"), ("sub", "dir"), ("sub/y.py", "file"),
+                                                      ("x.py", "file")]
+    assert [s.rel for s in ctx.select("*.txt")] == ["a.txt", "b.txt"]
+    assert [s.rel for s in ctx.select("/src/../a.txt")] == ["a.txt"]
+    assert [s.rel for s in ctx.select("src/*/*.py")] == ["src/sub/y.py"]
+
+
+@pytest.mark.parametrize("src,fragment", [
+    ("nope.txt", "not found"),
+    ("*.nope", "matches nothing"),
+    ("docs", "excluded by .dockerignore"),
+    ("docs/readme.md", "excluded by .dockerignore"),
+    ("../etc/passwd", "not found"),
+])
+def test_missing_sources_are_named(ctx, src, fragment):
+    with pytest.raises(MissingSourceError) as exc:
+        ctx.select(src)
+    assert fragment in str(exc.value)
+    if "outside" not in fragment:
+        assert src in str(exc.value)
+
+
+def test_symlink_out_of_context_is_refused(ctx, tmp_path):
+    os.symlink("/etc", tmp_path / "escape")
+    with pytest.raises(MissingSourceError):
+        ctx.select("escape")
+
+
+def test_dockerfile_specific_ignore_wins(tmp_path):
+    (tmp_path / ".dockerignore").write_text("a\n")
+    (tmp_path / "Dockerfile.dockerignore").write_text("b\n")
+    rules = IgnoreRules.load(tmp_path, tmp_path / "Dockerfile")
+    assert rules.excluded("b") and not rules.excluded("a")
+
+
+def test_hash_ignores_mtime_but_sees_content_mode_and_owner(ctx, tmp_path):
+    base = hash_sources(ctx.select("*.txt"))
+    os.utime(tmp_path / "a.txt", (1, 1))
+    assert hash_sources(ctx.select("*.txt")) == base
+    os.chmod(tmp_path / "a.txt", 0o600)
+    assert hash_sources(ctx.select("*.txt")) != base
+    os.chmod(tmp_path / "a.txt", 0o644)
+    assert hash_sources(ctx.select("*.txt")) == base
+    (tmp_path / "a.txt").write_text("changed")
+    assert hash_sources(ctx.select("*.txt")) != base
+    assert hash_sources(ctx.select("b.txt"), uid=1) != hash_sources(ctx.select("b.txt"))
+    assert hash_sources(ctx.select("b.txt"), chmod=0o600) != hash_sources(ctx.select("b.txt"))
+
+
+def test_ignored_files_inside_copied_dir_are_left_out(ctx):
+    rows = hash_sources(ctx.select("src"))
+    assert not any(r[0].endswith(".pyc") for r in rows)
+    assert ("src/link", "symlink", 0o777, 0, 0, "a.txt") in rows

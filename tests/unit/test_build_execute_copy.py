@@ -1,0 +1,108 @@
+"""COPY/ADD into a rootfs with Docker's destination rules, and the changes they report."""
+import io
+import os
+import tarfile
+
+import pytest
+
+from builder.context import BuildContext
+from builder.execute import copy_step, ensure_dir
+from builder.plan import CopySpec
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    c = tmp_path / "ctx"
+    (c / "dir" / "sub").mkdir(parents=True)
+    (c / "dir" / "a.txt").write_text("a")
+    (c / "dir" / "sub" / "b.txt").write_text("b")
+    (c / "one.txt").write_text("1")
+    (c / "two.txt").write_text("2")
+    os.chmod(c / "two.txt", 0o755)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        ti = tarfile.TarInfo("inner/x.txt")
+        ti.size = 1
+        tf.addfile(ti, io.BytesIO(b"x"))
+    (c / "bundle.tar.gz").write_bytes(buf.getvalue())
+    return BuildContext.open(c)
+
+
+@pytest.fixture
+def rootfs(tmp_path):
+    r = tmp_path / "rootfs"
+    (r / "existing").mkdir(parents=True)
+    (r / "etc").mkdir()
+    (r / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n")
+    (r / "etc" / "group").write_text("root:x:0:\napp:x:1000:\n")
+    return r
+
+
+def spec(ctx, srcs, dest, **kw):
+    sources = [s for src in srcs for s in ctx.select(src)]
+    return CopySpec(dest=dest, sources=sources, **kw)
+
+
+@pytest.mark.parametrize("srcs,dest,workdir,expect", [
+    (["one.txt"], "/out.txt", "/", {"out.txt": "1"}),
+    (["one.txt"], "/new/", "/", {"new/one.txt": "1"}),
+    (["one.txt"], "/existing", "/", {"existing/one.txt": "1"}),
+    (["one.txt"], "rel.txt", "/work", {"work/rel.txt": "1"}),
+    (["one.txt", "two.txt"], "/multi/", "/", {"multi/one.txt": "1", "multi/two.txt": "2"}),
+    (["*.txt"], "/glob/", "/", {"glob/one.txt": "1", "glob/two.txt": "2"}),
+    (["dir"], "/d", "/", {"d/a.txt": "a", "d/sub/b.txt": "b"}),
+    (["dir/"], "/d2/", "/", {"d2/a.txt": "a", "d2/sub/b.txt": "b"}),
+    (["dir"], ".", "/app", {"app/a.txt": "a", "app/sub/b.txt": "b"}),
+])
+def test_destination_rules(ctx, rootfs, srcs, dest, workdir, expect):
+    changes = copy_step(rootfs, spec(ctx, srcs, dest), workdir, None)
+    for rel, text in expect.items():
+        assert (rootfs / rel).read_text() == text
+        assert rel in {c.path for c in changes}
+    for c in changes:
+        assert os.path.lexists(rootfs / c.path)
+
+
+def test_chown_chmod_and_modes(ctx, rootfs):
+    copy_step(rootfs, spec(ctx, ["two.txt", "one.txt"], "/o/", chown="app"), "/", None)
+    st = os.stat(rootfs / "o" / "two.txt")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1000, 1000, 0o755)
+    assert os.stat(rootfs / "o").st_uid == 1000  # created directory takes the owner too
+    copy_step(rootfs, spec(ctx, ["one.txt"], "/m.txt", chmod=0o600, chown="7:8"), "/", None)
+    st = os.stat(rootfs / "m.txt")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (7, 8, 0o600)
+
+
+def test_heredoc_and_add_archive(ctx, rootfs):
+    copy_step(rootfs, CopySpec(dest="/h.sh", heredocs=[("EOF", "echo hi\n")], chmod=0o755), "/", None)
+    assert (rootfs / "h.sh").read_text() == "echo hi\n" and os.stat(rootfs / "h.sh").st_mode & 0o777 == 0o755
+    changes = copy_step(rootfs, spec(ctx, ["bundle.tar.gz"], "/unpacked/", add=True), "/", None)
+    assert (rootfs / "unpacked" / "inner" / "x.txt").read_text() == "x"
+    assert "unpacked/inner/x.txt" in {c.path for c in changes}
+    copy_step(rootfs, spec(ctx, ["bundle.tar.gz"], "/kept/"), "/", None)  # COPY never extracts
+    assert (rootfs / "kept" / "bundle.tar.gz").is_file()
+
+
+def test_copy_never_writes_through_a_hostile_symlink(ctx, rootfs, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(str(outside), rootfs / "trap")  # absolute link to a host dir
+    copy_step(rootfs, spec(ctx, ["one.txt"], "/trap/"), "/", None)
+    assert not (outside / "one.txt").exists()
+    os.symlink(str(outside / "f"), rootfs / "linkfile")
+    copy_step(rootfs, spec(ctx, ["one.txt"], "/linkfile"), "/", None)
+    assert not (outside / "f").exists() and (rootfs / "linkfile").read_text() == "1"
+
+
+def test_copy_from_rootfs(ctx, rootfs, tmp_path):
+    src = tmp_path / "stage"
+    (src / "opt" / "tool").mkdir(parents=True)
+    (src / "opt" / "tool" / "bin").write_text("tool")
+    changes = copy_step(rootfs, CopySpec(dest="/usr/local/", from_stage="s", from_paths=["opt/tool"]), "/", src)
+    assert (rootfs / "usr" / "local" / "bin").read_text() == "tool"
+    assert {"usr", "usr/local", "usr/local/bin"} <= {c.path for c in changes}
+
+
+def test_ensure_dir_reports_created_dirs(rootfs):
+    assert {c.path for c in ensure_dir(rootfs, "/existing/a/b")} == {"existing/a", "existing/a/b"}
+    assert ensure_dir(rootfs, "/existing/a/b") == []

@@ -1,0 +1,112 @@
+"""Config effects of instructions, and USER resolution from /etc/passwd and /etc/group."""
+import pytest
+
+from builder import image_config as ic
+from builder.errors import BuildError
+
+BASE = {"architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin", "A=1"], "Cmd": ["sh"], "WorkingDir": "/srv"}}
+
+
+def test_env_replaces_in_place_and_appends():
+    cfg = ic.set_env(BASE, [("A", "2"), ("B", "x y")])
+    assert cfg["config"]["Env"] == ["PATH=/bin", "A=2", "B=x y"]
+    assert BASE["config"]["Env"] == ["PATH=/bin", "A=1"]  # inputs untouched
+
+
+@pytest.mark.parametrize("current,path,expected", [
+    ("/srv", "app", "/srv/app"), ("/srv", "/abs", "/abs"), ("/", "a/../b/./c/", "/b/c"),
+    ("", "x", "/x"), ("/a", "../../..", "/"),
+])
+def test_workdir(current, path, expected):
+    assert ic.resolve_workdir(current, path) == expected
+
+
+def test_entrypoint_resets_inherited_cmd_only():
+    assert "Cmd" not in ic.set_entrypoint(BASE, ["/app"], cmd_set_in_stage=False)["config"]
+    cfg = ic.set_entrypoint(ic.set_cmd(BASE, ["--flag"]), ["/app"], cmd_set_in_stage=True)
+    assert cfg["config"]["Cmd"] == ["--flag"] and cfg["config"]["Entrypoint"] == ["/app"]
+
+
+def test_shell_form_uses_current_shell():
+    cfg = ic.set_shell(BASE, ["/bin/bash", "-eo", "pipefail", "-c"])
+    assert ic.command_argv(cfg, ("echo hi",), False) == ["/bin/bash", "-eo", "pipefail", "-c", "echo hi"]
+    assert ic.command_argv(cfg, ("a", "b"), True) == ["a", "b"]
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("80", ["80/tcp"]), ("53/udp", ["53/udp"]), ("8000-8002/TCP", ["8000/tcp", "8001/tcp", "8002/tcp"]),
+    ("x", BuildError), ("80/foo", BuildError), ("0", BuildError), ("9-8", BuildError), ("70000", BuildError),
+])
+def test_expose(spec, expected):
+    if expected is BuildError:
+        with pytest.raises(BuildError):
+            ic.expand_port(spec)
+    else:
+        assert ic.expand_port(spec) == expected
+
+
+@pytest.mark.parametrize("text,ns", [("30s", 30_000_000_000), ("1m30s", 90_000_000_000), ("500ms", 500_000_000),
+                                     ("0", 0), ("1h", 3_600_000_000_000), ("5", BuildError), ("", BuildError),
+                                     ("1x", BuildError)])
+def test_durations(text, ns):
+    if ns is BuildError:
+        with pytest.raises(BuildError):
+            ic.parse_duration(text)
+    else:
+        assert ic.parse_duration(text) == ns
+
+
+def test_healthcheck_forms():
+    hc = ic.set_healthcheck(BASE, ("CMD", "curl -f x"), False, {"interval": "5s", "retries": "3"})["config"]["Healthcheck"]
+    assert hc == {"Test": ["CMD-SHELL", "curl -f x"], "Interval": 5_000_000_000, "Retries": 3}
+    hc = ic.set_healthcheck(BASE, ("CMD", "a", "b"), True, {})["config"]["Healthcheck"]
+    assert hc == {"Test": ["CMD", "a", "b"]}
+    assert ic.set_healthcheck(BASE, ("NONE",), False, {})["config"]["Healthcheck"] == {"Test": ["NONE"]}
+    with pytest.raises(BuildError):
+        ic.set_healthcheck(BASE, ("CMD", "x"), False, {"retries": "many"})
+
+
+def test_history_and_diff_ids():
+    cfg = ic.add_history(ic.empty_config(), "RUN x", empty_layer=False, diff_id="sha256:" + "1" * 64)
+    cfg = ic.add_history(cfg, "ENV a=b", empty_layer=True)
+    assert cfg["rootfs"]["diff_ids"] == ["sha256:" + "1" * 64]
+    assert [h.get("empty_layer", False) for h in cfg["history"]] == [False, True]
+    assert ic.config_bytes(cfg) == ic.config_bytes(dict(reversed(list(cfg.items()))))
+
+
+@pytest.fixture
+def rootfs(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n")
+    (tmp_path / "etc/group").write_text("root:x:0:\napp:x:1000:\nstaff:x:50:app,other\nwheel:x:10:root\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("", (0, 0, (0, 10))),
+    ("root", (0, 0, (0, 10))),
+    ("app", (1000, 1000, (50, 1000))),
+    ("1000", (1000, 1000, (50, 1000))),
+    ("app:staff", (1000, 50, (50,))),
+    ("app:7", (1000, 7, (7,))),
+    ("4242", (4242, 0, (0,))),
+    ("4242:4242", (4242, 4242, (4242,))),
+    ("nobody", BuildError),
+    ("app:nogroup", BuildError),
+])
+def test_resolve_user(rootfs, spec, expected):
+    if expected is BuildError:
+        with pytest.raises(BuildError) as exc:
+            ic.resolve_user(rootfs, spec)
+        assert "/etc/" in str(exc.value)
+    else:
+        u = ic.resolve_user(rootfs, spec)
+        assert (u.uid, u.gid, u.groups) == expected
+
+
+def test_resolve_user_never_follows_symlinked_passwd(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").symlink_to("/etc/passwd")
+    with pytest.raises(BuildError):
+        ic.resolve_user(tmp_path, "root")

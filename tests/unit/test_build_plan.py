@@ -1,0 +1,182 @@
+"""Planning: stages the target needs, ARG scope, ONBUILD, key changes that follow content."""
+import pytest
+
+from builder.context import BuildContext
+from builder.dockerfile import parse_string
+from builder.errors import BuildError, MissingSourceError, UnknownStageError
+from builder.plan import BaseImage, make_plan, parse_build_args
+
+DIGEST = "sha256:" + "0" * 64
+
+
+def resolver(configs=None):
+    configs = configs or {}
+
+    def resolve(ref, platform):
+        cfg = configs.get(ref, {"architecture": "amd64", "os": "linux",
+                                "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]}})
+        return BaseImage(ref=ref, digest="sha256:" + format(abs(hash((ref, platform))), "064x")[-64:], config=cfg)
+    return resolve
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "main.py").write_text("print(1)\n")
+    (tmp_path / "app" / "util.py").write_text("u\n")
+    (tmp_path / "assets").mkdir()
+    (tmp_path / "assets" / "big.bin").write_bytes(b"\0" * 1000)
+    return tmp_path
+
+
+def plan(ctx, text, **kw):
+    return make_plan(parse_string(text, "Dockerfile"), BuildContext.open(ctx), kw.pop("res", resolver()), **kw)
+
+
+MULTI = """\
+ARG BASE=base
+FROM ${BASE}:1 AS deps
+COPY assets /assets
+RUN build-deps
+FROM ${BASE}:1 AS unused
+RUN never
+FROM deps AS app
+ARG MODE=dev
+ENV MODE=${MODE}
+COPY app /app
+RUN compile
+FROM scratch
+COPY --from=app /app /app
+COPY --from=deps /assets /assets
+"""
+
+
+def test_only_needed_stages_and_dependencies(ctx):
+    p = plan(ctx, MULTI)
+    assert list(p.stages) == ["deps", "app", "3"]
+    assert p.stages["3"].deps == {"app", "deps"}
+    assert p.stages["app"].base_stage == "deps"
+    assert p.stages["app"].base_key == p.stages["deps"].final_key
+    p2 = plan(ctx, MULTI, target="deps")
+    assert list(p2.stages) == ["deps"]
+
+
+def test_changed_file_changes_only_affected_keys(ctx):
+    before = {s.text: s.key for s in plan(ctx, MULTI).all_steps()}
+    (ctx / "app" / "main.py").write_text("print(2)\n")
+    after = {s.text: s.key for s in plan(ctx, MULTI).all_steps()}
+    same = {t for t in before if before[t] == after[t]}
+    # the final stage's second COPY follows its (changed) parent step, so it changes too
+    assert same == {"COPY assets /assets", "RUN /bin/sh -c build-deps", "ENV MODE=${MODE}"}
+
+
+def test_keys_are_stable_across_runs_and_follow_build_args(ctx):
+    a = [s.key for s in plan(ctx, MULTI).all_steps()]
+    assert a == [s.key for s in plan(ctx, MULTI).all_steps()]
+    b = plan(ctx, MULTI, build_args={"MODE": "prod"})
+    assert [s.key for s in b.all_steps()][:2] == a[:2]
+    assert [s.key for s in b.all_steps()][2:] != a[2:]
+    assert b.stages["app"].steps[0].config["config"]["Env"][-1] == "MODE=prod"
+    assert b.unused_args == []
+    assert plan(ctx, MULTI, build_args={"NOPE": "1"}).unused_args == ["NOPE"]
+
+
+def test_global_arg_needs_redeclaring_in_stage(ctx):
+    text = "ARG V=1\nFROM base\nENV A=${V}\nARG V\nENV B=${V}\n"
+    steps = plan(ctx, text).all_steps()
+    assert steps[0].config["config"]["Env"][-1] == "A="
+    assert steps[1].config["config"]["Env"][-1] == "B=1"
+
+
+def test_env_overrides_arg_and_run_env(ctx):
+    text = "FROM base\nARG X=fromarg\nENV X=fromenv\nRUN echo $X\n"
+    run = plan(ctx, text).all_steps()[-1]
+    assert run.env["X"] == "fromenv"
+    assert run.argv == ["/bin/sh", "-c", "echo $X"]
+
+
+def test_onbuild_triggers_run_first_and_are_cleared(ctx):
+    res = resolver({"parent": {"config": {"OnBuild": ["COPY app /app", "RUN make"]}}})
+    p = plan(ctx, "FROM parent\nRUN after\n", res=res)
+    steps = p.all_steps()
+    assert [s.ins.cmd for s in steps] == ["COPY", "RUN", "RUN"]
+    assert "OnBuild" not in steps[-1].config["config"]
+
+
+def test_entrypoint_resets_base_cmd(ctx):
+    cfg = plan(ctx, "FROM base\nENTRYPOINT [\"/app\"]\n").final.final_config["config"]
+    assert "Cmd" not in cfg and cfg["Entrypoint"] == ["/app"]
+    cfg = plan(ctx, "FROM base\nCMD [\"x\"]\nENTRYPOINT [\"/app\"]\n").final.final_config["config"]
+    assert cfg["Cmd"] == ["x"]
+
+
+def test_heredoc_run_forms(ctx):
+    steps = plan(ctx, "FROM base\nRUN <<EOT\nset -e\necho a\nEOT\nRUN cat <<EOT > /f\nhello\nEOT\n").all_steps()
+    assert steps[0].argv == ["/bin/sh", "-c", "set -e\necho a\n"]
+    assert steps[1].argv == ["/bin/sh", "-c", "cat <<EOT > /f\nhello\nEOT\n"]
+
+
+def test_copy_heredoc_expands_unless_quoted(ctx):
+    steps = plan(ctx, "FROM base\nARG N=7\nCOPY <<EOF /a\nn=$N\nEOF\nCOPY <<'EOF' /b\nn=$N\nEOF\n").all_steps()
+    assert steps[0].copy.heredocs == [("EOF", "n=7\n")]
+    assert steps[1].copy.heredocs == [("EOF", "n=$N\n")]
+
+
+def test_mounts_in_key_but_not_secret_contents(ctx):
+    a = plan(ctx, "FROM base\nRUN --mount=type=secret,id=tok cat /run/secrets/tok\n").all_steps()[0]
+    assert a.mounts[0].target == "/run/secrets/tok"
+    b = plan(ctx, "FROM base\nRUN --mount=type=cache,target=/c make\n").all_steps()[0]
+    assert b.mounts[0].options == {"id": "/c", "sharing": "shared"}
+    c = plan(ctx, "FROM base\nRUN make\n").all_steps()[0]
+    assert len({a.key, b.key, c.key}) == 3
+
+
+@pytest.mark.parametrize("text,kw,error,fragment,line", [
+    ("FROM base\nCOPY nope /x\n", {}, MissingSourceError, "'nope' not found", 2),
+    ("FROM base\nCOPY --from=3 /a /b\n", {}, UnknownStageError, "stage 3", 2),
+    ("FROM base AS a\n", {"target": "b"}, UnknownStageError, "target stage 'b' not found", None),
+    ("FROM base\nCOPY app assets /x\n", {}, BuildError, "must be a directory", 2),
+    ('FROM base\nENV A="${B:?B is required}"\n', {}, BuildError, "B is required", 2),
+    ("FROM base\nRUN --mount=type=weird,target=/x true\n", {}, BuildError, "unsupported mount type", 2),
+    ("FROM base\nCOPY --chmod=999 app /x\n", {}, BuildError, "--chmod", 2),
+    ("ARG B\nFROM ${B}\n", {}, BuildError, "empty string", 2),
+])
+def test_plan_errors(ctx, text, kw, error, fragment, line):
+    with pytest.raises(error) as exc:
+        plan(ctx, text, **kw)
+    assert fragment in str(exc.value)
+    assert exc.value.line == line
+    assert "Dockerfile" in str(exc.value)
+
+
+@pytest.mark.parametrize("items,expected", [
+    (["A=1", "B=x=y", "C="], {"A": "1", "B": "x=y", "C": ""}),
+    (["NOT_IN_ENV_XYZ"], {}),
+])
+def test_parse_build_args(items, expected):
+    assert parse_build_args(items) == expected
+
+
+@pytest.mark.parametrize("bad", ["=1", "1A=2", "A-B=1"])
+def test_bad_build_args(bad):
+    with pytest.raises(BuildError):
+        parse_build_args([bad])
+
+
+def test_missing_and_needed_stages_follow_hits(ctx):
+    from builder.build import missing_steps, needed_stages
+
+    p = plan(ctx, MULTI)
+    keys = {label: [s.key for s in st.steps] for label, st in p.stages.items()}
+    everything = {k for ks in keys.values() for k in ks}
+    # nothing cached: every stage the target uses is needed
+    assert needed_stages(p, set()) == {"deps", "app", "3"}
+    # target fully cached: nothing else is touched (no pull of other stages)
+    assert needed_stages(p, {keys["3"][-1]}) == {"3"}
+    assert missing_steps(p.stages["3"], {keys["3"][-1]}) == []
+    # lookup goes on after a miss: a later hit counts even when an earlier step is gone
+    assert missing_steps(p.stages["app"], {keys["app"][1]}) == p.stages["app"].steps[2:]
+    # app's base (deps) is needed only when none of app's own steps is cached
+    assert needed_stages(p, {keys["app"][0]}) == {"app", "3", "deps"}  # COPY --from=deps in 3 still missing
+    # only the last COPY --from=deps is missing: its parent step is cached, so app is not needed
+    assert needed_stages(p, everything - {keys["3"][-1]}) == {"3", "deps"}

@@ -1,0 +1,133 @@
+"""Rendering: plain YAML, folders, Jinja2 templates with values and --set, stdin, hostile input."""
+import io
+
+import pytest
+
+from deployer.errors import RenderError, UsageError
+from deployer.render import RenderInput, images_from_data, load_values, parse_documents, parse_set, render
+
+CM = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  k: v\n"
+
+
+def test_folder_multi_document_sorted_and_filtered(tmp_path):
+    (tmp_path / "b.yaml").write_text(CM.format(name="b") + "---\n" + CM.format(name="c") + "---\n")
+    (tmp_path / "a.yml").write_text(CM.format(name="a"))
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    (tmp_path / ".hidden.yaml").write_text("garbage: [")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "d.json").write_text('{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"d"}}')
+    out = render(RenderInput([str(tmp_path)]))
+    assert [r.name for r in out] == ["a", "b", "c", "d"]
+    assert out[1].source.endswith("b.yaml (document 1)")
+
+
+def test_list_kind_is_expanded():
+    text = "apiVersion: v1\nkind: List\nitems:\n- " + CM.format(name="x").replace("\n", "\n  ")
+    assert [r.name for r in parse_documents(text, "s")] == ["x"]
+
+
+def test_template_with_values_set_and_images(tmp_path):
+    (tmp_path / "values.yaml").write_text("replicas: 1\nimage: {tag: v1}\n")
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "app.yaml.j2").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {{ release }}-web\n"
+        "spec:\n  replicas: {{ values.replicas }}\n  template:\n    spec:\n      containers:\n"
+        "      - name: app\n        image: {{ images.web }}\n        env:\n        - {name: TAG, value: \"{{ values.image.tag }}\"}\n"
+        "        - {name: DEBUG, value: \"{{ values.debug }}\"}\n")
+    out = render(RenderInput([str(tmp_path / "manifests")], [str(tmp_path / "values.yaml")],
+                             ["replicas=3", "image.tag=v2", "debug=true"], {"web": "reg/web@sha256:ab"}, release="shop"))
+    [dep] = out
+    assert dep.name == "shop-web"
+    assert dep.body["spec"]["replicas"] == 3
+    container = dep.body["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "reg/web@sha256:ab"
+    assert container["env"] == [{"name": "TAG", "value": "v2"}, {"name": "DEBUG", "value": "True"}]
+
+
+def test_undefined_value_names_file_and_line(tmp_path):
+    tpl = tmp_path / "cm.yaml.j2"
+    tpl.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  k: \"{{ values.missing }}\"\n")
+    with pytest.raises(RenderError) as exc:
+        render(RenderInput([str(tpl)]))
+    assert f"{tpl}:6" in str(exc.value) and "missing" in str(exc.value) and "--set" in str(exc.value)
+
+
+def test_template_syntax_error_names_line(tmp_path):
+    tpl = tmp_path / "cm.yaml.j2"
+    tpl.write_text("a: 1\nb: {{ oops\n")
+    with pytest.raises(RenderError, match=r"cm.yaml.j2:2: template syntax error"):
+        render(RenderInput([str(tpl)]))
+
+
+def test_sandbox_blocks_python_internals(tmp_path):
+    tpl = tmp_path / "x.yaml.j2"
+    tpl.write_text("a: {{ ''.__class__.__mro__[1].__subclasses__() }}\n")
+    with pytest.raises(RenderError):
+        render(RenderInput([str(tpl)]))
+
+
+def test_stdin():
+    out = render(RenderInput(["-"]), stdin=io.StringIO(CM.format(name="piped")))
+    assert [r.name for r in out] == ["piped"]
+
+
+@pytest.mark.parametrize("text,message", [
+    ("kind: ConfigMap\nmetadata: {name: a}\n", "missing apiVersion"),
+    ("apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n", "no metadata.name"),
+    ("apiVersion: v1\nkind: Pod\nmetadata: {generateName: x-}\n", "generateName is not supported"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  labels: {n: 1}\n", "must be strings"),
+    ("a: [1,\nb: 2\n", r"s:\d+: invalid YAML"),
+])
+def test_bad_manifests(text, message):
+    with pytest.raises(RenderError, match=message):
+        parse_documents(text, "s")
+
+
+def test_yaml_alias_bomb_is_refused():
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i-1}"] * 10) + "]")
+    text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\n" + "\n".join(lines) + "\n"
+    with pytest.raises(RenderError, match="aliases are expanded"):
+        parse_documents(text, "bomb.yaml")
+
+
+SET_CASES = [
+    ("a=1", ["a"], 1),
+    ("a.b.c=true", ["a", "b", "c"], True),
+    ("tag=v1.2", ["tag"], "v1.2"),
+    ("tag='007'", ["tag"], "007"),
+    ("x=", ["x"], ""),
+    ("x=null", ["x"], None),
+    ("list=[a, b]", ["list"], ["a", "b"]),
+    (r"ann.kade\.io/weight=5", ["ann", "kade.io/weight"], 5),
+    ("url=http://x?a=b", ["url"], "http://x?a=b"),
+]
+
+
+@pytest.mark.parametrize("item,path,value", SET_CASES, ids=[c[0] for c in SET_CASES])
+def test_parse_set(item, path, value):
+    assert parse_set(item) == (path, value)
+
+
+@pytest.mark.parametrize("item", ["novalue", "a..b=1", ".a=1"])
+def test_bad_set(item):
+    with pytest.raises(UsageError):
+        parse_set(item)
+
+
+def test_values_merge_deep_and_set_overrides(tmp_path):
+    (tmp_path / "1.yaml").write_text("a: {b: 1, c: 2}\nlist: [1]\n")
+    (tmp_path / "2.yaml").write_text("a: {c: 3}\nlist: [2]\n")
+    values = load_values([str(tmp_path / "1.yaml"), str(tmp_path / "2.yaml")], ["a.d=4", "a.b.x=5"])
+    assert values == {"a": {"b": {"x": 5}, "c": 3, "d": 4}, "list": [2]}
+
+
+def test_images_from_build_record_and_mapping():
+    record = {"images": [{"name": "web", "repository": "r:5000/web", "digest": "sha256:aa", "tags": ["v1"]},
+                         {"repository": "r:5000/x", "tags": ["t"]}]}
+    assert images_from_data(record, "rec") == {"web": "r:5000/web@sha256:aa", "default": "r:5000/x:t"}
+    assert images_from_data({"web": "a/b:c"}, "m") == {"web": "a/b:c"}
+    with pytest.raises(UsageError):
+        images_from_data([1, 2], "bad")

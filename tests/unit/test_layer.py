@@ -1,0 +1,207 @@
+import gzip
+import hashlib
+import io
+import os
+import socket
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from builder.changes import Change
+from builder.layer import (MEDIA_TYPE_GZIP, MEDIA_TYPE_TAR, MEDIA_TYPE_ZSTD, LayerWriteError, keep_xattr,
+                           layer_from_directory, source_date_epoch, walk_directory, write_layer)
+from tests.fixtures.layers import CAP_NET_RAW_EP
+
+DECOMPRESS = {
+    "gzip": gzip.decompress,
+    "zstd": lambda b: zstandard.ZstdDecompressor().stream_reader(io.BytesIO(b), read_across_frames=True).read(),
+    "none": lambda b: b,
+}
+
+
+def make_tree(root: Path) -> Path:
+    root.mkdir()
+    (root / "bin").mkdir()
+    (root / "bin" / "tool").write_bytes(b"#!/bin/sh\necho hi\n")
+    os.chmod(root / "bin" / "tool", 0o4755)
+    os.link(root / "bin" / "tool", root / "bin" / "tool-hardlink")
+    os.symlink("/etc/passwd", root / "abs-link")
+    (root / "empty-dir").mkdir()
+    (root / "odd\nname\u00ff").write_bytes(b"x")
+    (root / os.fsdecode(b"raw\xff\xfe")).write_bytes(b"y")
+    (root / ("long-" * 40)).write_bytes(b"z" * 1000)
+    os.mkfifo(root / "fifo")
+    os.setxattr(root / "bin" / "tool", "user.note", b"kept")
+    os.setxattr(root / "empty-dir", "user.dir", b"also kept")
+    if os.geteuid() == 0:
+        os.setxattr(root / "bin" / "tool", "security.capability", CAP_NET_RAW_EP)
+    return root
+
+
+@pytest.mark.parametrize("compression,media_type", [("gzip", MEDIA_TYPE_GZIP), ("zstd", MEDIA_TYPE_ZSTD),
+                                                    ("none", MEDIA_TYPE_TAR)])
+def test_digest_diffid_size_are_those_of_the_bytes_written(tmp_path, compression, media_type):
+    tree = make_tree(tmp_path / "t")
+    out = io.BytesIO()
+    info = layer_from_directory(tree, out, compression, epoch=1_700_000_000)
+    blob = out.getvalue()
+    assert info.media_type == media_type
+    assert info.size == len(blob)
+    assert info.digest == "sha256:" + hashlib.sha256(blob).hexdigest()
+    assert info.diff_id == "sha256:" + hashlib.sha256(DECOMPRESS[compression](blob)).hexdigest()
+
+
+def test_same_tree_twice_gives_identical_layers(tmp_path):
+    a = make_tree(tmp_path / "a")
+    b = make_tree(tmp_path / "b")       # created later: different inodes, mtimes clamped to the epoch
+    infos = [layer_from_directory(t, io.BytesIO(), "gzip", epoch=1_000_000) for t in (a, b)]
+    assert infos[0] == infos[1]
+    reversed_order = write_layer(reversed(list(walk_directory(a))), io.BytesIO(), "gzip", epoch=1_000_000)
+    assert reversed_order == infos[0]
+
+
+def _members(blob: bytes) -> list[tarfile.TarInfo]:
+    return tarfile.open(fileobj=io.BytesIO(blob), encoding="utf-8", errors="surrogateescape").getmembers()
+
+
+def test_entries_are_sorted_numeric_clamped_and_hardlinked(tmp_path):
+    tree = make_tree(tmp_path / "t")
+    out = io.BytesIO()
+    layer_from_directory(tree, out, "none", epoch=1_000_000)
+    members = _members(out.getvalue())
+    names = [m.name for m in members]
+    assert names == sorted(names, key=lambda n: os.fsencode(n).split(b"/"))
+    assert all(m.uname == "" and m.gname == "" and m.mtime <= 1_000_000 for m in members)
+    by_name = {m.name: m for m in members}
+    assert by_name["bin/tool"].isreg() and by_name["bin/tool"].mode == 0o4755
+    assert by_name["bin/tool-hardlink"].islnk() and by_name["bin/tool-hardlink"].linkname == "bin/tool"
+    assert by_name["abs-link"].issym() and by_name["abs-link"].linkname == "/etc/passwd"
+    assert by_name["empty-dir"].isdir() and by_name["fifo"].isfifo()
+    assert by_name["odd\nname\u00ff"].size == 1
+    assert by_name[os.fsdecode(b"raw\xff\xfe")].size == 1
+    assert by_name["bin/tool"].pax_headers["SCHILY.xattr.user.note"] == "kept"
+    assert by_name["empty-dir"].pax_headers["SCHILY.xattr.user.dir"] == "also kept"
+    if os.geteuid() == 0:
+        cap = by_name["bin/tool"].pax_headers["SCHILY.xattr.security.capability"]
+        assert cap.encode("utf-8", "surrogateescape") == CAP_NET_RAW_EP
+
+
+def test_mtime_clamp_only_lowers(tmp_path):
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "old").write_bytes(b"")
+    (tree / "new").write_bytes(b"")
+    os.utime(tree / "old", (500, 500))
+    os.utime(tree / "new", (2_000_000_000, 2_000_000_000))
+    out = io.BytesIO()
+    layer_from_directory(tree, out, "none", epoch=1_000_000)
+    mtimes = {m.name: m.mtime for m in _members(out.getvalue())}
+    assert mtimes["old"] == 500 and mtimes["new"] == 1_000_000
+    out = io.BytesIO()
+    layer_from_directory(tree, out, "none", epoch=None)
+    assert {m.name: m.mtime for m in _members(out.getvalue())}["new"] == 2_000_000_000
+
+
+def test_whiteouts_opaque_and_overrides(tmp_path):
+    src = tmp_path / "f"
+    src.write_bytes(b"data")
+    changes = [
+        Change("etc/gone", "delete"),
+        Change("var/cache", "opaque"),
+        Change("var/cache", source=str(tmp_path)),
+        Change("app/file", source=str(src), uid=1000, gid=1001, mode=0o600),
+    ]
+    out = io.BytesIO()
+    write_layer(changes, out, "none", epoch=7)
+    members = {m.name: m for m in _members(out.getvalue())}
+    assert set(members) == {"etc/.wh.gone", "var/cache/.wh..wh..opq", "var/cache", "app/file"}
+    assert members["etc/.wh.gone"].size == 0 and members["etc/.wh.gone"].mtime == 7
+    f = members["app/file"]
+    assert (f.uid, f.gid, f.mode, f.size) == (1000, 1001, 0o600, 4)
+
+
+def test_sockets_are_skipped(tmp_path):
+    tree = tmp_path / "t"
+    tree.mkdir()
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(tree / "sock"))
+    try:
+        out = io.BytesIO()
+        layer_from_directory(tree, out, "none")
+    finally:
+        s.close()
+    assert [m.name for m in _members(out.getvalue())] == ["."]
+
+
+def test_prefix_places_tree_and_two_changes_on_one_path_fail(tmp_path):
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "x").write_bytes(b"1")
+    out = io.BytesIO()
+    layer_from_directory(tree, out, "none", prefix="/app/sub/")
+    assert [m.name for m in _members(out.getvalue())] == ["app/sub", "app/sub/x"]
+    with pytest.raises(LayerWriteError, match="same layer path"):
+        write_layer([Change("a", source=str(tree)), Change("./a/", source=str(tree))], io.BytesIO())
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    with pytest.raises(LayerWriteError, match="cannot read .*missing"):
+        write_layer([Change("a", source=str(tmp_path / "missing"))], io.BytesIO())
+
+
+@pytest.mark.parametrize("env,expected", [({}, None), ({"SOURCE_DATE_EPOCH": "1700000000"}, 1700000000),
+                                          ({"SOURCE_DATE_EPOCH": " "}, None)])
+def test_source_date_epoch(env, expected):
+    assert source_date_epoch(env) == expected
+
+
+def test_source_date_epoch_garbage_is_an_error():
+    with pytest.raises(LayerWriteError, match="SOURCE_DATE_EPOCH"):
+        source_date_epoch({"SOURCE_DATE_EPOCH": "yesterday"})
+
+
+@pytest.mark.parametrize("name,kept", [("security.capability", True), ("user.x", True),
+                                       ("user.overlay.opaque", False), ("trusted.overlay.opaque", False),
+                                       ("security.selinux", False)])
+def test_keep_xattr(name, kept):
+    assert keep_xattr(name) is kept
+
+
+@pytest.mark.parametrize("bad", ["../x", "a/../../b", "a\0b"])
+def test_changes_refuse_escaping_paths(bad):
+    with pytest.raises(ValueError):
+        Change(bad, "delete")
+
+
+class _FullDisk(io.RawIOBase):
+    def __init__(self, room: int):
+        self.room = room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.room -= len(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_a_failing_output_stops_the_writer_with_its_error(tmp_path, compression):
+    tree = tmp_path / "t"
+    tree.mkdir()
+    for i in range(8):
+        (tree / f"f{i}").write_bytes(os.urandom(1 << 20))   # incompressible: output grows
+    with pytest.raises(OSError, match="No space left"):
+        layer_from_directory(tree, _FullDisk(2 << 20), compression)
+
+
+def test_made_up_directories(tmp_path):
+    from builder.changes import new_directory
+    out = io.BytesIO()
+    write_layer([new_directory("app/data", 0o750, 1000, 1000), new_directory("app")], out, "none", epoch=99)
+    members = {m.name: m for m in _members(out.getvalue())}
+    assert members["app/data"].isdir() and members["app/data"].mode == 0o750 and members["app/data"].uid == 1000
+    assert members["app"].mode == 0o755 and members["app"].mtime == 99
+    with pytest.raises(ValueError, match="needs a source"):
+        Change("x")

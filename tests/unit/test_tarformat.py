@@ -1,0 +1,124 @@
+import io
+import tarfile
+
+import pytest
+
+from builder.tarformat import (BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK, TarEntry, TarFormatError,
+                               TarReader, _number, encode_header, padding, parse_pax, pax_record)
+
+
+@pytest.mark.parametrize("key,value", [
+    (b"path", b"a"),                  # short record
+    (b"path", b"x" * 90),             # record length crosses 99 -> 100 (digit count grows)
+    (b"path", b"x" * 989),            # crosses 999 -> 1000
+    (b"SCHILY.xattr.user.k", bytes(range(256))),
+])
+def test_pax_record_length_is_self_consistent(key, value):
+    record = pax_record(key, value)
+    length, _, rest = record.partition(b" ")
+    assert int(length) == len(record)
+    assert parse_pax(record) == {key: value}
+
+
+@pytest.mark.parametrize("field,expected", [
+    (b"0000644\0", 0o644),
+    (b"     17 ", 0o17),
+    (b"\0" * 8, 0),
+    (bytes([0x80, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0]), 0x10_0000_0000),  # base-256 (GNU) size
+])
+def test_number_fields(field, expected):
+    assert _number(field, "x") == expected
+
+
+@pytest.mark.parametrize("field", [b"12x4567\0", bytes([0xFF] * 8)])
+def test_bad_number_fields_are_refused(field):
+    with pytest.raises(TarFormatError):
+        _number(field, "x")
+
+
+@pytest.mark.parametrize("body", [b"5 a=b\n", b"10 path\n", b"x path=a\n", b"99 path=a\n"])
+def test_corrupt_pax_is_refused(body):
+    with pytest.raises(TarFormatError):
+        parse_pax(body)
+
+
+ENTRIES = [
+    TarEntry(name=b"short", type=REGULAR, mode=0o4755, uid=1, gid=2, size=3, mtime_ns=5 * 10**9),
+    TarEntry(name=b"d/" * 60, type=DIRECTORY, mode=0o755),                      # > 100 bytes: PAX path
+    TarEntry(name=b"odd\nname\xff", type=REGULAR, size=0),                        # non-UTF-8: hdrcharset
+    TarEntry(name=b"l", type=SYMLINK, linkname=b"/t" * 80),                       # long link: PAX linkpath
+    TarEntry(name=b"h", type=HARDLINK, linkname=b"short"),
+    TarEntry(name=b"big-ids", type=REGULAR, uid=3_000_000, gid=5_000_000, size=0),  # PAX uid/gid
+    TarEntry(name=b"caps", type=REGULAR, xattrs={"security.capability": b"\x01\x00\xff", "user.a": b"v"}),
+    TarEntry(name=b"caf\xc3\xa9", type=REGULAR),                                  # UTF-8, non-ASCII: PAX path
+]
+
+
+def _archive(entries):
+    out = b""
+    for e in entries:
+        out += encode_header(e) + b"x" * e.size + padding(e.size)
+    return out + b"\0" * 1024
+
+
+def test_encode_then_read_with_kades_reader():
+    data = _archive(ENTRIES)
+    got = list(TarReader(io.BytesIO(data)))
+    assert [(e.name, e.type, e.mode, e.uid, e.gid, e.size, e.mtime_ns, e.linkname, e.xattrs) for e in got] == \
+        [(e.name, e.type, e.mode, e.uid, e.gid, e.size, e.mtime_ns, e.linkname, e.xattrs) for e in ENTRIES]
+
+
+def test_encoded_headers_read_by_pythons_tarfile():
+    tf = tarfile.open(fileobj=io.BytesIO(_archive(ENTRIES)), encoding="utf-8", errors="surrogateescape")
+    members = tf.getmembers()
+    assert [m.name for m in members] == ["short", ("d/" * 60).rstrip("/"), "odd\nname\udcff", "l", "h", "big-ids",
+                                         "caps", "café"]
+    assert members[0].mode == 0o4755 and members[0].uname == "" and members[0].gname == ""
+    assert members[3].linkname == "/t" * 80
+    assert (members[5].uid, members[5].gid) == (3_000_000, 5_000_000)
+    assert members[6].pax_headers["SCHILY.xattr.user.a"] == "v"
+
+
+def test_reader_reads_pythons_gnu_and_pax_archives():
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+            info = tarfile.TarInfo("p/" * 40 + "file" if fmt != tarfile.USTAR_FORMAT else "p/file")
+            info.size = 4
+            tf.addfile(info, io.BytesIO(b"data"))
+        buf.seek(0)
+        reader = TarReader(buf)
+        entries = [(e.name, reader.read()) for e in reader]
+        assert entries == [(info.name.encode(), b"data")], fmt
+
+
+def test_checksum_mismatch_is_refused():
+    data = bytearray(_archive(ENTRIES[:1]))
+    data[0] ^= 0x01
+    with pytest.raises(TarFormatError, match="checksum"):
+        list(TarReader(io.BytesIO(bytes(data))))
+
+
+def test_truncated_entry_is_refused():
+    data = _archive(ENTRIES[:1])[:BLOCK + 1]
+    reader = TarReader(io.BytesIO(data))
+    with pytest.raises(TarFormatError, match="truncated"):
+        for _ in reader:
+            pass
+
+
+def test_metadata_over_limit_is_refused():
+    data = _archive([TarEntry(name=b"n" * 5000, type=REGULAR)])
+    with pytest.raises(TarFormatError):
+        list(TarReader(io.BytesIO(data), max_meta=1 << 20, max_name=4096))
+    with pytest.raises(TarFormatError, match="limit"):
+        list(TarReader(io.BytesIO(data), max_meta=1000))
+
+
+def test_signed_checksums_of_old_writers_are_accepted():
+    block = bytearray(encode_header(TarEntry(name=b"caf\xe9", type=REGULAR))[-BLOCK:])
+    blanked = block[:148] + b" " * 8 + block[156:]
+    signed = sum(b - 256 if b > 127 else b for b in blanked)
+    block[148:156] = b"%06o\0 " % signed
+    names = [e.name for e in TarReader(io.BytesIO(bytes(block) + b"\0" * 1024))]
+    assert names == [b"caf\xe9"]
