@@ -274,3 +274,32 @@ def test_a_platform_manifest_of_a_kept_index_survives(registry, tmp_path):
     assert by_tag["amd64"].reasons == (f"listed by the kept image index {name}:multi",)
     assert plan.deletions == []  # the old build stays whole: its tag, and so its record
     rc.close()
+
+
+def test_a_registry_with_deletion_disabled_stops_the_run_with_the_fix(tmp_path):
+    """A real registry configured without storage.delete: one clear error, not 1 failure per tag."""
+    from registry.cleanup.execute import execute as run
+    from registry.errors import Unsupported
+    from tests.fixtures.registry import RegistryServer
+
+    class NoDelete(RegistryServer):
+        def config(self):
+            cfg = super().config()
+            cfg["storage"]["delete"] = {"enabled": False}
+            return cfg
+
+    server = NoDelete(tmp_path / "nodelete").start()
+    try:
+        rc = RegistryClient()
+        name = f"{server.host}/team/app"
+        repo, stages = rc.repository(name), rc.repository(name + "-stages")
+        digest = push_image(repo, ["old"], "old")
+        push_record(stages, BuildRecord(None, None, ago(50), (RecordImage("default", name, ("old",), digest, ()),)))
+        plan = make_plan(collect_facts(rc, name + "-stages", git=None, kube_contexts=None), parse_policy_text(POLICY))
+        assert [i.tag for i in plan.deletions if i.repository == name] == ["old"]
+        with pytest.raises(Unsupported, match="storage.delete.enabled"):
+            run(rc, plan)
+        assert repo.head_manifest("old").digest == digest
+        rc.close()
+    finally:
+        server.stop()
