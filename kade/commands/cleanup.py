@@ -124,7 +124,7 @@ def _finish(client: RegistryClient, plan: Plan, args: argparse.Namespace, report
     outcomes: list[Outcome] | None = None
     if not args.dry_run:
         report("delete", f"deleting {len(plan.deletions)} tags")
-        with _progress(args.output, report) as progress:
+        with _Progress(args.output, report) as progress:
             outcomes = execute(client, plan, progress=progress, workers=min(args.workers, 4))
     width = int(os.environ.get("COLUMNS", "160"))
     print_result(args.output, to_json(plan, outcomes, args.dry_run),
@@ -132,7 +132,7 @@ def _finish(client: RegistryClient, plan: Plan, args: argparse.Namespace, report
     return 1 if outcomes and any(o.status == "failed" for o in outcomes) else 0
 
 
-class _progress:
+class _Progress:
     """A rich progress bar on a terminal; otherwise a report line every 10%."""
 
     def __init__(self, output: str, report: Callable[..., None]) -> None:
