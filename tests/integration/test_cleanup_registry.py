@@ -184,7 +184,10 @@ def test_cli_dry_run_prints_the_plan_the_real_run_carries_out(scenario, tmp_path
     dry = json.loads(capsys.readouterr().out)
     assert dry["dryRun"] is True and s.tags(s.repo) >= {"g1", "old", "f"}  # nothing deleted
     assert main(args) == 0
-    real = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    real = json.loads(captured.out)
+    progress = [json.loads(line) for line in captured.err.splitlines() if '"progress"' in line]
+    assert progress and progress[-1]["done"] == progress[-1]["total"]  # progress lines, ending at 100%
     strip = lambda items: [{k: v for k, v in i.items() if k not in ("status", "detail")} for i in items]  # noqa
     assert strip(real["items"]) == dry["items"]
     deleted = {i["tag"] for i in real["items"] if i.get("status") == "deleted"}
