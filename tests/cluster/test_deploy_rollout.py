@@ -168,3 +168,19 @@ def test_custom_resource_without_controller(kade, kube_cluster, kube_namespace, 
             ext.delete_custom_resource_definition(f"widgets.{group}")
         except client.ApiException:
             pass
+
+
+def test_hooks_weights_and_dependencies_run_in_order(kade, kube_cluster, kube_namespace, record_property):
+    image, ns = kube_cluster.base_image, kube_namespace
+    path = kade.write("ordered.yaml",
+                      job("after", image, "echo post", {"kade.io/hook": "post-deploy"}),
+                      deployment("api", image, probe=FAST_PROBE_OK,
+                                 annotations={"kade.io/deploy-dependency-db": "state=ready,kind=Deployment,name=db"}),
+                      deployment("db", image, probe=FAST_PROBE_OK),
+                      configmap("early", {"kade.io/weight": "-1"}, a="1"),
+                      job("before", image, "echo pre", {"werf.io/hook": "pre-deploy"}))
+    run = deploy(kade, ns, path)
+    record_property("verdict_seconds", run.seconds)
+    assert run.rc == 0, str(run)
+    ready = [e["resource"].split(" ")[-1] for e in run.events if e["kind"] == "ready"]
+    assert ready == [f"{ns}/before", f"{ns}/early", f"{ns}/db", f"{ns}/api", f"{ns}/after"], str(run)
