@@ -23,6 +23,8 @@ def register(subparsers: Any) -> None:
     deploy.add_argument("--force-conflicts", action="store_true", help="take over fields owned by other field managers")
     deploy.add_argument("--history-max", type=int, default=10, help="revisions kept in the release history (0: all)")
     deploy.add_argument("--no-activity-timeout", default="4m", help="fail a resource when nothing changes for this long")
+    deploy.add_argument("--settle", default="2s",
+                        help="a workload must stay ready this long with no container exiting before it counts (0: off)")
     deploy.set_defaults(func=run_deploy)
 
     plan = subparsers.add_parser("plan", help="show what a deploy would change (exit 0: nothing, 2: changes)")
@@ -142,6 +144,10 @@ def _options(args: argparse.Namespace, values: dict | None = None, images: dict 
         if args.history_max < 0:
             raise UsageError("--history-max must be 0 (keep all) or more")
         opts.history_max = args.history_max
+    if getattr(args, "settle", None) is not None:
+        from deployer.durations import parse_duration
+
+        opts.settle = parse_duration(args.settle)
     if getattr(args, "no_activity_timeout", None):
         opts.no_activity_timeout = _duration(args.no_activity_timeout, "--no-activity-timeout")
     opts.values, opts.images = values or {}, images or {}
