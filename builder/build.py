@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from builder.plan import DEFAULT_PLATFORM, BaseImage, Plan, PlannedStage, Step, 
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient, Repository
 from registry.digest import sha256_digest
-from registry.errors import NotFound, RegistryError
+from registry.errors import RegistryError
 from registry.model import Descriptor, Index, Manifest, parse_manifest
 from registry.reference import Reference
 
@@ -282,15 +281,25 @@ class Builder:
 
     # -- rootfs ----------------------------------------------------------------------------------
     def _materialize(self, image: Image | None, prefix: str) -> Path:
-        rootfs = self.cache.work_dir(prefix)
-        self.work_dirs.append(rootfs)
-        if image is None:
-            return rootfs
-        from builder.execute import apply_layers
+        """A fresh rootfs holding `image`: a copy of the longest unpacked prefix kept in the local cache
+        (by ChainID), plus the remaining layers applied from cached or downloaded blobs."""
+        from builder.rootfs import LayerRef
 
-        blobs = [(self._blob_path(image, d), d.media_type) for d in image.manifest.layers]
-        self.report("unpack", f"{len(blobs)} layer(s) into {rootfs.name}")
-        apply_layers(rootfs, blobs)
+        holder = self.cache.work_dir(prefix)
+        self.work_dirs.append(holder)
+        rootfs = holder / "rootfs"
+        if image is None:
+            rootfs.mkdir()
+            return rootfs
+        diff_ids = list((image.config.get("rootfs") or {}).get("diff_ids") or [])
+        layers = image.manifest.layers
+        if len(diff_ids) != len(layers):
+            raise BuildError(f"image {image.repo}@{image.digest} has {len(layers)} layers but "
+                             f"{len(diff_ids)} diff_ids in its config", hint="rebuild or re-push that image")
+        refs = [LayerRef(diff_id, (lambda d=d: open(self._blob_path(image, d), "rb")), d.digest)
+                for diff_id, d in zip(diff_ids, layers)]
+        self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}")
+        self.cache.rootfs_store.materialize(refs, rootfs)
         return rootfs
 
     def _blob_path(self, image: Image, desc: Descriptor) -> Path:
@@ -347,7 +356,7 @@ class Builder:
                 changes = ex.ensure_dir(rootfs, workdir)
         except StepFailedError as exc:
             if self.o.keep_failed:
-                self.work_dirs.remove(rootfs)
+                self.work_dirs.remove(rootfs.parent)
                 exc.rootfs = str(rootfs)
                 exc.hint = f"the failed rootfs is kept at {rootfs}"
                 raise StepFailedError(exc.detail, exit_code=exc.exit_code, output_tail=exc.output_tail,

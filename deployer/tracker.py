@@ -145,8 +145,8 @@ class Tracker:
             thread.start()
             self.threads.append(thread)
 
-    def _watch(self, spec: _WatchSpec) -> None:
-        resource_version: str | None = None
+    def _watch(self, spec: _WatchSpec, resource_version: str | None = None) -> None:
+        """List (unless resuming from `resource_version`), then watch; resume after drops, list again after 410."""
         delay = 0.2
         while not self.stop.is_set():
             try:

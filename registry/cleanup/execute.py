@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal
 
 from registry.cleanup.plan import Plan, PlanItem
 from registry.cleanup.snapshot import canonical_repo
-from registry.errors import NotFound, RegistryError
+from registry.errors import NotFound, RegistryError, Unsupported
 from registry.records import is_record_tag, read_record
 
 Status = Literal["deleted", "skipped", "failed"]
@@ -67,12 +67,12 @@ class Guard:
         """Re-check kept tags of repositories where a digest is deleted as a whole, then refresh."""
         doomed = {(i.repository, i.digest) for i in self.plan.deletions if i.method == "manifest"}
         repos = {r for r, _ in doomed}
-        for item in self.plan.kept:
-            if item.repository in repos:
-                desc = self._repo(item.repository).head_manifest(item.tag)
-                if desc is not None and (item.repository, desc.digest) in doomed:
-                    self.protected_digests[(item.repository, desc.digest)] = (
-                        f"kept tag {item.tag} now points to it")
+        kept = [i for i in self.plan.kept if i.repository in repos]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            descs = list(pool.map(lambda i: self._repo(i.repository).head_manifest(i.tag), kept))
+        for item, desc in zip(kept, descs):
+            if desc is not None and (item.repository, desc.digest) in doomed:
+                self.protected_digests[(item.repository, desc.digest)] = f"kept tag {item.tag} now points to it"
         self.refresh()
 
     def maybe_refresh(self) -> None:
@@ -142,6 +142,8 @@ def _delete_tag(client: Any, guard: Guard, item: PlanItem) -> Outcome:
         return Outcome(item, "deleted", f"tag removed ({how})")
     except NotFound:
         return Outcome(item, "skipped", "already gone")
+    except Unsupported:
+        raise  # deletion disabled: every other delete would fail the same way
     except RegistryError as exc:
         return Outcome(item, "failed", str(exc))
 
@@ -167,6 +169,8 @@ def _delete_digest(client: Any, guard: Guard, items: list[PlanItem]) -> list[Out
         out.extend(Outcome(i, "deleted", "manifest deleted by digest") for i in still)
     except NotFound:
         out.extend(Outcome(i, "skipped", "already gone") for i in still)
+    except Unsupported:
+        raise  # deletion disabled: every other delete would fail the same way
     except RegistryError as exc:
         out.extend(Outcome(i, "failed", str(exc)) for i in still)
     return out

@@ -3,6 +3,10 @@
 # binaries and images built once per machine.
 # shellcheck shell=bash
 
+# Bump when a change to the components' commands or configuration must reach a running cluster
+# (`up` restarts what an older version started; see `start`).
+CLUSTER_VERSION=1
+
 KADE_CLUSTER_HOME="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${KADE_CLUSTER_CACHE:-/var/cache/kade-cluster}"   # binaries, images: built once per machine
 STATE="${KADE_CLUSTER_STATE:-/var/lib/kade-cluster}"     # certificates, data, sockets of one cluster
@@ -83,12 +87,13 @@ fingerprint() {
   } | sha256sum | cut -c1-16
 }
 
-# stop NAME...: SIGTERM to each running component, then SIGKILL to those still there after 10 s.
+# stop NAME...: SIGTERM to each running component (and its duplicates), then SIGKILL to those still
+# there after 10 s.
 stop() {
   local name pid pids=() i alive
   for name in "$@"; do
     stop_duplicates "$name"
-  if pid="$(pid_of "$name")"; then
+    if pid="$(pid_of "$name")"; then
       log "stopping $name ($pid)"
       kill -TERM "$pid" 2>/dev/null
       pids+=("$pid")
@@ -120,17 +125,22 @@ stop_duplicates() {
 }
 
 # start NAME PROGRAM ARGS...: run detached (own session), log to $LOGS/NAME.log, record the pid.
-# A component already running with the same command line and files is left alone; one started
-# with another command or configuration (an older `up`, a new build) is restarted.
+# A running component is left alone unless an older version of these scripts started it (a lower
+# CLUSTER_VERSION in its record, or no record): then it is restarted with this command. Several
+# checkouts of the repository share the cluster, so a checkout never undoes a newer one's start.
 start() {
-  local name="$1" want pid i; shift
+  local name="$1" want pid i record; shift
   want="$(fingerprint "$@")"
   stop_duplicates "$name"
   if pid="$(pid_of "$name")"; then
-    # The fingerprint file names the pid it was written for: another process (started by someone
-    # else's `up`) does not count as started by this command.
-    [[ "$(cat "$PIDS/$name.fingerprint" 2>/dev/null)" == "$pid $want" ]] && return 0
-    log "restarting $name: its command or configuration changed"
+    # "<pid> [<version>] <fingerprint>" of the last start (version 1 wrote no version field).
+    read -r -a record <"$PIDS/$name.fingerprint" 2>/dev/null || record=()
+    ((${#record[@]} == 2)) && record=("${record[0]}" 1 "${record[1]}")
+    if [[ "${record[0]:-}" == "$pid" ]] && ((${record[1]:-0} >= CLUSTER_VERSION)); then
+      [[ "${record[2]}" == "$want" ]] || log "$name runs with another command or configuration (kept; version ${record[1]})"
+      return 0
+    fi
+    log "restarting $name: an older version of these scripts started it"
     stop "$name"
   fi
   mkdir -p "$LOGS" "$PIDS"
@@ -141,7 +151,7 @@ start() {
   # fds 8 and 9 are the scripts' lock files: a daemon must not hold them.
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 8>&- 9>&- &
   for i in 1 2 3 4 5 6 7 8 9 10; do [[ -s "$PIDS/$name.pid" ]] && break; sleep 0.1; done
-  echo "$(cat "$PIDS/$name.pid" 2>/dev/null) $want" >"$PIDS/$name.fingerprint"
+  echo "$(cat "$PIDS/$name.pid" 2>/dev/null) $CLUSTER_VERSION $want" >"$PIDS/$name.fingerprint"
 }
 
 # wait_for WHAT SECONDS COMMAND...: retry COMMAND until it succeeds, or fail naming the log to read.

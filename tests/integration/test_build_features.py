@@ -123,3 +123,21 @@ def test_add_url_with_checksum(registry, base_image, kade_build, tmp_path):
         assert res.code == 1 and "checksum mismatch" in res.stderr and "Dockerfile:2:" in res.stderr
     finally:
         server.shutdown()
+
+
+def test_copy_from_image_digest_base_and_bare_from(registry, base_image, kade_build, tmp_path):
+    by_digest = f"{base_image.ref.rsplit(':', 1)[0]}@{base_image.digest}"
+    ctx = write(tmp_path / "ctx", f"FROM scratch\nCOPY --from={by_digest} /bin/busybox /bin/busybox\n"
+                                  "COPY --from=" + base_image.ref + " /etc/passwd /etc/passwd\n"
+                                  'ENTRYPOINT ["/bin/busybox"]\n')
+    tag = f"{registry.host}/feat/fromimage:v1"
+    res = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c"))
+    assert res.code == 0, res.stderr
+    assert podman_run(tag, "head", "-1", "/etc/passwd").stdout == "root:x:0:0:root:/root:/bin/sh\n"
+    # a target with no instructions republishes its base, blobs mounted, nothing built
+    bare = write(tmp_path / "bare", f"FROM {by_digest}\n")
+    res = kade_build(str(bare), "--tag", f"{registry.host}/feat/bare:v1", "--cache-dir", str(tmp_path / "c2"),
+                     "--output", "json")
+    assert res.code == 0, res.stderr
+    assert res.json()["steps"] == {"built": 0, "cached": 0}
+    assert podman_run(f"{registry.host}/feat/bare:v1", "echo", "ok").stdout == "ok\n"
