@@ -421,7 +421,7 @@ class Tracker:
 
     def _show_events(self, t: Target, events: list[dict]) -> None:
         for e in sorted(events, key=_event_time):
-            key = (_uid(e), e.get("count"))
+            key = (_uid(e),)  # once per event: its count goes up on every repeat (kubelet repeats many)
             if key in self.reported_events:
                 continue
             self.reported_events.add(key)
