@@ -1,0 +1,44 @@
+"""The package boundaries of DESIGN.md, enforced: registry/ knows nothing of builds or deploys,
+builder/ speaks to registries only through registry/, deployer/ knows nothing of how images are
+built, and none of them imports the CLI."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ALLOWED = {
+    "registry": {"registry"},
+    "builder": {"builder", "registry"},
+    "deployer": {"deployer"},
+}
+OURS = {"registry", "builder", "deployer", "kade"}
+
+
+def imported_packages(package: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top in OURS:
+                    found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_stay_inside_its_boundary(package):
+    found = imported_packages(package)
+    assert package in found  # the walk saw the package's own imports: it really read the files
+    forbidden = {top: files for top, files in found.items() if top not in ALLOWED[package]}
+    assert not forbidden, f"{package}/ must not import {sorted(forbidden)}: {forbidden}"
+
+
+def test_builder_talks_http_only_through_registry():
+    users = [p for p in (ROOT / "builder").rglob("*.py") if "import requests" in p.read_text()]
+    assert not users, f"builder/ must use registry/ for HTTP, not requests: {users}"
