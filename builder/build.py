@@ -265,7 +265,10 @@ class Builder:
     # -- rootfs ----------------------------------------------------------------------------------
     def _materialize(self, image: Image | None, prefix: str) -> Path:
         """A fresh rootfs holding `image`: a copy of the longest unpacked prefix kept in the local cache
-        (by ChainID), plus the remaining layers applied from cached or downloaded blobs."""
+        (by ChainID), plus the remaining layers applied from cached or downloaded blobs.
+
+        Only base images' stacks are saved for later builds: they recur in every build that runs
+        anything, while step images change with the code (saving those costs a full tree copy each time)."""
         from builder.rootfs import LayerRef
 
         holder = self.cache.work_dir(prefix)
@@ -282,7 +285,7 @@ class Builder:
         refs = [LayerRef(diff_id, (lambda d=d: open(self._blob_path(image, d), "rb")), d.digest)
                 for diff_id, d in zip(diff_ids, layers)]
         self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}")
-        self.cache.rootfs_store.materialize(refs, rootfs)
+        self.cache.rootfs_store.materialize(refs, rootfs, save=image.repo not in (self.stages_repo, ""))
         return rootfs
 
     def _blob_path(self, image: Image, desc: Descriptor) -> Path:
