@@ -19,7 +19,7 @@ def test_independent_stages_run_at_the_same_time(registry, base_image, kade_buil
     """Each stage waits (bounded) for the other's marker in a shared cache mount: this only
     finishes if both RUNs are in flight together."""
     wait = ("RUN --mount=type=cache,target=/sync,id=sync-{n} touch /sync/{me} && i=0; "
-            "while [ ! -e /sync/{other} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; "
+            "while [ ! -e /sync/{other} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; "
             "test -e /sync/{other} && rm -f /sync/{other} && echo {me} > /{me}.txt")
     nonce = tmp_path.name
     df = (f"FROM {base_image.ref} AS a\n" + wait.format(n=nonce, me="a", other="b") + "\n"
