@@ -132,3 +132,24 @@ def test_secret_is_in_no_blob_key_or_log(registry, base_image, kade_build, tmp_p
     for p in (tmp_path / "c").rglob("*"):
         if p.is_file():
             assert secret.encode() not in p.read_bytes(), p
+
+
+def test_bind_and_tmpfs_mounts_leave_no_trace(registry, base_image, kade_build, tmp_path):
+    ctx = tmp_path / "ctx"
+    (ctx / "conf").mkdir(parents=True)
+    (ctx / "conf" / "app.conf").write_text("answer=42\n")
+    (ctx / "Dockerfile").write_text(
+        f"FROM {base_image.ref} AS gen\nRUN mkdir /out && echo generated > /out/g.txt\n"
+        f"FROM {base_image.ref}\n"
+        "RUN --mount=type=bind,source=conf,target=/mnt/conf cp /mnt/conf/app.conf /app.conf\n"
+        "RUN --mount=type=bind,from=gen,source=/out,target=/mnt/gen cat /mnt/gen/g.txt > /g.txt\n"
+        "RUN --mount=type=tmpfs,target=/scratch echo tmp > /scratch/t && cat /scratch/t > /t.txt\n")
+    tag = f"{registry.host}/run/mounts:v1"
+    res = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c"), "--output", "json").ok()
+    assert res["steps"]["built"] == 4
+    out = podman_run(tag, "sh", "-c", "cat /app.conf /g.txt /t.txt; ls /mnt /scratch 2>&1 | grep -c 'No such'")
+    assert out.stdout == "answer=42\ngenerated\ntmp\n2\n"
+    # a changed file under the bind source changes the key of that RUN only
+    (ctx / "conf" / "app.conf").write_text("answer=43\n")
+    res = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c2"), "--output", "json").ok()
+    assert res["steps"] == {"built": 3, "cached": 1}
