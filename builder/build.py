@@ -138,6 +138,7 @@ class Builder:
         self.stage_roots: dict[str, Path] = {}
         self.stage_images: dict[str, Image | None] = {}
         self.stage_futures: dict[str, Future] = {}
+        self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
         self.root_lock = threading.Lock()
         self.epoch = _epoch()
         if options.tags:
@@ -267,13 +268,38 @@ class Builder:
             return parent
         rootfs = self._materialize(parent, f"stage-{ps.label}-")
         for s in steps[last_hit + 1:]:
-            parent = self._execute_step(ps, s, parent, rootfs)
-            with self.lock:
-                self.built += 1
+            parent = self._run_once(ps, s, parent, rootfs)
         with self.root_lock:
             self.stage_roots[ps.label] = rootfs
         self.stage_images[ps.label] = parent
         return parent
+
+    def _run_once(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path) -> Image:
+        """Identical steps (same key) in stages running at once execute once: the others wait for that
+        image and apply its layer onto their own rootfs, which is at the same parent state."""
+        with self.lock:
+            claim = self.claims.get(step.key)
+            mine = claim is None
+            if mine:
+                claim = self.claims[step.key] = Future()
+        assert claim is not None
+        if not mine:
+            img: Image = claim.result()
+            self.report("shared", f"[{ps.label}] {step.text}", key=step.key)
+            base_layers = len(parent.manifest.layers) if parent else 0
+            from builder.execute import apply_layers
+
+            apply_layers(rootfs, [(self._blob_path(img, d), d.media_type) for d in img.manifest.layers[base_layers:]])
+            return img
+        try:
+            img = self._execute_step(ps, step, parent, rootfs)
+        except BaseException as exc:
+            claim.set_exception(exc)
+            raise
+        claim.set_result(img)
+        with self.lock:
+            self.built += 1
+        return img
 
     def _step_image(self, step: Step) -> Image:
         desc = self.hits[step.key]
@@ -282,7 +308,10 @@ class Builder:
     # -- rootfs ----------------------------------------------------------------------------------
     def _materialize(self, image: Image | None, prefix: str) -> Path:
         """A fresh rootfs holding `image`: a copy of the longest unpacked prefix kept in the local cache
-        (by ChainID), plus the remaining layers applied from cached or downloaded blobs."""
+        (by ChainID), plus the remaining layers applied from cached or downloaded blobs.
+
+        Only base images' stacks are saved for later builds: they recur in every build that runs
+        anything, while step images change with the code (saving those costs a full tree copy each time)."""
         from builder.rootfs import LayerRef
 
         holder = self.cache.work_dir(prefix)
@@ -299,7 +328,7 @@ class Builder:
         refs = [LayerRef(diff_id, (lambda d=d: open(self._blob_path(image, d), "rb")), d.digest)
                 for diff_id, d in zip(diff_ids, layers)]
         self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}")
-        self.cache.rootfs_store.materialize(refs, rootfs)
+        self.cache.rootfs_store.materialize(refs, rootfs, save=image.repo not in (self.stages_repo, ""))
         return rootfs
 
     def _blob_path(self, image: Image, desc: Descriptor) -> Path:

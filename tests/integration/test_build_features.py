@@ -19,7 +19,7 @@ def test_independent_stages_run_at_the_same_time(registry, base_image, kade_buil
     """Each stage waits (bounded) for the other's marker in a shared cache mount: this only
     finishes if both RUNs are in flight together."""
     wait = ("RUN --mount=type=cache,target=/sync,id=sync-{n} touch /sync/{me} && i=0; "
-            "while [ ! -e /sync/{other} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; "
+            "while [ ! -e /sync/{other} ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; "
             "test -e /sync/{other} && rm -f /sync/{other} && echo {me} > /{me}.txt")
     nonce = tmp_path.name
     df = (f"FROM {base_image.ref} AS a\n" + wait.format(n=nonce, me="a", other="b") + "\n"
@@ -141,3 +141,18 @@ def test_copy_from_image_digest_base_and_bare_from(registry, base_image, kade_bu
     assert res.code == 0, res.stderr
     assert res.json()["steps"] == {"built": 0, "cached": 0}
     assert podman_run(f"{registry.host}/feat/bare:v1", "echo", "ok").stdout == "ok\n"
+
+
+def test_identical_steps_in_parallel_stages_run_once(registry, base_image, kade_build, tmp_path):
+    nonce = tmp_path.name
+    shared = f"RUN --mount=type=cache,target=/c,id=once-{nonce} echo ran >> /c/count && mkdir -p /common && cp /c/count /common/\n"
+    df = (f"FROM {base_image.ref} AS a\n{shared}RUN echo a > /common/who\n"
+          f"FROM {base_image.ref} AS b\n{shared}RUN echo b > /common/who\n"
+          f"FROM {base_image.ref}\nCOPY --from=a /common /a\nCOPY --from=b /common /b\n")
+    ctx = write(tmp_path / "ctx", df)
+    tag = f"{registry.host}/feat/once:v1"
+    res = kade_build(str(ctx), "--tag", tag, "--parallel", "2", "--cache-dir", str(tmp_path / "c"),
+                     "--output", "json").ok()
+    assert res["steps"] == {"built": 5, "cached": 1}
+    out = podman_run(tag, "cat", "/a/count", "/b/count", "/a/who", "/b/who")
+    assert out.stdout == "ran\nran\na\nb\n"

@@ -45,10 +45,9 @@ def run_project(tmp_path):
 def test_run_build_runs_rebuilds_and_inspects(registry, base_image, run_project, kade_build, tmp_path):
     tag = f"{registry.host}/run/app:v1"
     args = [str(run_project), "--build-arg", f"BASE={base_image.ref}", "--tag", tag, "--output", "json"]
-    first = kade_build(*args, "--cache-dir", str(tmp_path / "c1"))
-    assert first.code == 0, first.stderr
-    total = first.json()["steps"]["built"]
-    assert first.json()["steps"] == {"built": total, "cached": 0}
+    steps = kade_build(*args, "--cache-dir", str(tmp_path / "c1")).ok()["steps"]
+    total = steps["built"]
+    assert steps == {"built": total, "cached": 0} and total == 12
 
     out = podman_run(tag)
     assert out.returncode == 0, out.stderr
@@ -133,3 +132,46 @@ def test_secret_is_in_no_blob_key_or_log(registry, base_image, kade_build, tmp_p
     for p in (tmp_path / "c").rglob("*"):
         if p.is_file():
             assert secret.encode() not in p.read_bytes(), p
+
+
+def test_bind_and_tmpfs_mounts_leave_no_trace(registry, base_image, kade_build, tmp_path):
+    ctx = tmp_path / "ctx"
+    (ctx / "conf").mkdir(parents=True)
+    (ctx / "conf" / "app.conf").write_text("answer=42\n")
+    (ctx / "Dockerfile").write_text(
+        f"FROM {base_image.ref} AS gen\nRUN mkdir /out && echo generated > /out/g.txt\n"
+        f"FROM {base_image.ref}\n"
+        "RUN --mount=type=bind,source=conf,target=/mnt/conf cp /mnt/conf/app.conf /app.conf\n"
+        "RUN --mount=type=bind,from=gen,source=/out,target=/mnt/gen cat /mnt/gen/g.txt > /g.txt\n"
+        "RUN --mount=type=tmpfs,target=/scratch echo tmp > /scratch/t && cat /scratch/t > /t.txt\n")
+    tag = f"{registry.host}/run/mounts:v1"
+    res = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c"), "--output", "json").ok()
+    assert res["steps"]["built"] == 4
+    out = podman_run(tag, "sh", "-c", "cat /app.conf /g.txt /t.txt; ls /mnt /scratch 2>&1 | grep -c 'No such'")
+    assert out.stdout == "answer=42\ngenerated\ntmp\n2\n"
+    # a changed file under the bind source changes the key of that RUN only
+    (ctx / "conf" / "app.conf").write_text("answer=43\n")
+    res = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c2"), "--output", "json").ok()
+    assert res["steps"] == {"built": 3, "cached": 1}
+
+
+def test_ssh_agent_socket_is_forwarded(registry, base_image, kade_build, tmp_path):
+    """A real ssh-agent; the RUN sees its socket at SSH_AUTH_SOCK, and nothing of it stays in the image."""
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.run(["ssh-agent", "-a", str(sock)], capture_output=True, text=True)
+    assert agent.returncode == 0, agent.stderr
+    pid = next(part.split("=")[1] for part in agent.stdout.replace(";", "\n").split() if part.startswith("SSH_AGENT_PID="))
+    try:
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\n"
+                                        "RUN --mount=type=ssh test -S $SSH_AUTH_SOCK && echo $SSH_AUTH_SOCK > /sock.txt\n")
+        tag = f"{registry.host}/run/ssh:v1"
+        kade_build(str(ctx), "--tag", tag, "--ssh", f"default={sock}", "--cache-dir", str(tmp_path / "c"),
+                   "--output", "json").ok()
+        out = podman_run(tag, "sh", "-c", "cat /sock.txt; test -e /run/buildkit && echo leaked || echo clean")
+        assert out.stdout == "/run/buildkit/ssh_agent.default\nclean\n"
+        missing = kade_build(str(ctx), "--tag", tag, "--no-cache", "--cache-dir", str(tmp_path / "c"))
+        assert missing.code == 1 and "--ssh" in missing.stderr
+    finally:
+        subprocess.run(["kill", pid], capture_output=True)

@@ -8,6 +8,15 @@ BASE = {"architecture": "amd64", "os": "linux",
         "config": {"Env": ["PATH=/bin", "A=1"], "Cmd": ["sh"], "WorkingDir": "/srv"}}
 
 
+def check(fn, arg, expected):
+    """Table helper: `expected` is the result, or BuildError when `fn(arg)` must refuse."""
+    if expected is BuildError:
+        with pytest.raises(BuildError):
+            fn(arg)
+    else:
+        assert fn(arg) == expected
+
+
 def test_env_replaces_in_place_and_appends():
     cfg = ic.set_env(BASE, [("A", "2"), ("B", "x y")])
     assert cfg["config"]["Env"] == ["PATH=/bin", "A=2", "B=x y"]
@@ -39,22 +48,14 @@ def test_shell_form_uses_current_shell():
     ("x", BuildError), ("80/foo", BuildError), ("0", BuildError), ("9-8", BuildError), ("70000", BuildError),
 ])
 def test_expose(spec, expected):
-    if expected is BuildError:
-        with pytest.raises(BuildError):
-            ic.expand_port(spec)
-    else:
-        assert ic.expand_port(spec) == expected
+    check(ic.expand_port, spec, expected)
 
 
 @pytest.mark.parametrize("text,ns", [("30s", 30_000_000_000), ("1m30s", 90_000_000_000), ("500ms", 500_000_000),
                                      ("0", 0), ("1h", 3_600_000_000_000), ("5", BuildError), ("", BuildError),
                                      ("1x", BuildError)])
 def test_durations(text, ns):
-    if ns is BuildError:
-        with pytest.raises(BuildError):
-            ic.parse_duration(text)
-    else:
-        assert ic.parse_duration(text) == ns
+    check(ic.parse_duration, text, ns)
 
 
 def test_healthcheck_forms():
