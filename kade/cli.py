@@ -13,7 +13,7 @@ import sys
 from kade import errors
 
 # Order is the order of `kade --help`.
-COMMAND_MODULES = ["build", "deploy", "converge", "cleanup", "image", "cache"]
+COMMAND_MODULES = ["build", "deploy", "converge", "cleanup", "image", "cache", "build_stage"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
