@@ -17,20 +17,17 @@ from __future__ import annotations
 import json
 import secrets
 import signal
-import tempfile
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
-from builder.backends import context_upload, plancodec
+from builder.backends.remote import RemoteStageBuilder
 from builder.backends.lease import BUILD_PREFIX, Leases
 from builder.backends.podspec import LABEL_BUILD, MANAGED, KubeSettings, stage_pod
-from builder.build import Builder, BuildOptions, BuildResult, Image, Report, missing_steps, needed_stages
+from builder.build import BuildOptions, BuildResult, Report
 from builder.errors import BuildError, StepFailedError
-from builder.plan import Plan, PlannedStage
-from registry import mediatypes as mt
+from builder.plan import PlannedStage
 from registry.client import RegistryClient
 
 RESULT_KIND = "stage-result"
@@ -73,7 +70,7 @@ def waiting_problem(pod: Any) -> str | None:
     return None
 
 
-class KubeBuilder(Builder):
+class KubeBuilder(RemoteStageBuilder):
     def __init__(self, options: BuildOptions, settings: KubeSettings, report: Report,
                  client: RegistryClient | None = None, api_client: Any = None):
         super().__init__(options, report, client)
@@ -84,7 +81,6 @@ class KubeBuilder(Builder):
 
         self.core = kc.CoreV1Api(self.api_client)
         self.cancel = threading.Event()
-        self.plan_digest: str | None = None
         self.owner: dict[str, str] | None = None
         self.leases = Leases(self.api_client, settings.namespace, f"kade-cli-{self.build_id}", settings.lease_s,
                              report)
@@ -138,52 +134,8 @@ class KubeBuilder(Builder):
         except Exception as exc:  # noqa: BLE001 - best effort; the build Lease's GC is the fallback
             self.report("warning", f"could not delete the build's pods in {self.k.namespace}: {exc}")
 
-    # -- planning done: upload what pods need, then run stages ------------------------------------
-    def execute(self, plan: Plan, hits: dict[str, Any]) -> Image | None:
-        keys = set(hits)
-        needed = needed_stages(plan, keys)
-        remote = [ps for ps in plan.order() if ps.label in needed and missing_steps(ps, keys)]
-        if remote:
-            self.plan_digest = self._upload(plan, remote, keys)
-        return super().execute(plan, hits)
-
-    def _upload(self, plan: Plan, remote: list[PlannedStage], keys: set[str]) -> str:
-        repo = self.repo(self.stages_repo)  # type: ignore[arg-type]
-        root = self.ctx.root
-        paths = context_upload.needed_paths(remote, keys, root)
-        context_digest = None
-        if paths is None or paths:
-            with tempfile.TemporaryDirectory(prefix="kade-ctx-") as scratch:
-                tar, context_digest, size = context_upload.pack(root, paths, Path(scratch))
-                if repo.head_blob(context_digest) is None:
-                    self.report("upload", f"context: {size} bytes ({'all files' if paths is None else len(paths)} "
-                                          f"entries) as {context_digest[:19]}")
-                    repo.upload_blob(tar, context_digest, size)
-        extra = {"context": context_digest, "compression": self.o.compression, "platform": plan.platform,
-                 "no_cache": self.o.no_cache, "image_name": self.o.image_name}
-        body = plancodec.dump_stages(plan.order(), root, extra)
-        from registry.digest import sha256_digest
-        import io
-
-        digest = sha256_digest(body)
-        repo.upload_blob(io.BytesIO(body), digest, len(body))
-        return digest
-
-    def run_stage(self, ps: PlannedStage) -> Image | None:
-        if not missing_steps(ps, set(self.hits)):
-            return super().run_stage(ps)  # nothing to build: just the cached image, no pod
-        for dep in sorted(ps.deps):
-            if dep in self.stage_futures:
-                self.stage_futures[dep].result()  # a failed dependency fails this stage too
-        self._run_pod(ps)
-        desc = self.repo(self.stages_repo).head_manifest(ps.final_key, mt.OCI_MANIFEST)  # type: ignore[arg-type]
-        if desc is None:
-            raise BuildError(f"stage {ps.label}: the pod finished but {self.stages_repo}:{ps.final_key} is missing",
-                             hint="check the registry and the pod's output above")
-        return self.load_image(self.stages_repo, desc.digest)  # type: ignore[arg-type]
-
     # -- one pod -----------------------------------------------------------------------------------
-    def _run_pod(self, ps: PlannedStage) -> None:
+    def run_remote(self, ps: PlannedStage) -> int:
         assert self.plan_digest is not None
         for attempt in range(1, self.k.attempts + 1):
             if self.cancel.is_set():
@@ -199,9 +151,7 @@ class KubeBuilder(Builder):
                 result = self._follow(ps, name)
                 self.report("pod", f"[{self.o.image_name}/{ps.label}] {name} done in "
                                    f"{time.monotonic() - started:.1f}s")
-                with self.lock:
-                    self.built += int(result.get("built", 0))
-                return
+                return int(result.get("built", 0))
             except PodLost as lost:
                 if self.cancel.is_set():
                     raise BuildError("build cancelled") from None
