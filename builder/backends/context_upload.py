@@ -4,8 +4,8 @@ The CLI selects, from the planned stages that will run in pods, the context sour
 COPY/ADD steps (and the whole context when a RUN binds it), writes them as a deterministic tar
 (sorted, mtime 0, uid/gid 0, modes kept) and uploads it to the stages repo: the same files give the
 same digest, so a second build uploads nothing. The pod downloads it by digest (verified) and
-extracts it with the `data` filter (no absolute names, no `..`, no links out, no devices), then puts
-back the exact permission bits the keys were computed from.
+extracts it after checking every member (no absolute names, no `..`, nothing written through a
+symlink, no devices), then puts back the exact permission bits the keys were computed from.
 """
 from __future__ import annotations
 
@@ -103,16 +103,37 @@ def pack(context_root: Path, paths: list[str] | None, scratch: Path) -> tuple[Pa
     return Path(tmp), h.digest(), size
 
 
+def check_members(members: list[tarfile.TarInfo]) -> None:
+    """Refuse what a context upload never holds: other types, absolute names, `..`, paths through a
+    symlink of the archive itself (the checks of tarfile's `data` filter, which Debian 12's Python
+    3.11.2 in the builder image lacks)."""
+    links = {m.name.rstrip("/") for m in members if m.issym()}
+    for m in members:
+        name = m.name.rstrip("/")
+        parts = Path(name).parts
+        if not (m.isfile() or m.isdir() or m.issym()):
+            raise BuildError(f"context upload holds {m.name!r} of a type a build context never has")
+        if not parts or name.startswith("/") or ".." in parts:
+            raise BuildError(f"context upload holds the unsafe name {m.name!r}")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in links:
+                raise BuildError(f"context upload writes {m.name!r} through a symlink")
+
+
 def unpack(tar_path: Path, dest: Path) -> None:
     """Extract a context tar safely, then restore the permission bits the step keys saw."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(tar_path) as tf:
             members = tf.getmembers()
+            check_members(members)
             for m in members:
-                if not (m.isfile() or m.isdir() or m.issym()):
-                    raise BuildError(f"context upload holds {m.name!r} of a type a build context never has")
-            tf.extractall(dest, filter="data")
+                m.uid = m.gid = 0
+                m.uname = m.gname = ""
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(dest, members=members, filter="fully_trusted")
+            else:
+                tf.extractall(dest, members=members, numeric_owner=True)
     except tarfile.TarError as exc:
         raise BuildError(f"the context upload is not a valid tar ({exc}); rebuild with this kade") from None
     for m in sorted((m for m in members if not m.issym()), key=lambda m: m.name.count("/"), reverse=True):

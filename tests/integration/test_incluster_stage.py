@@ -158,3 +158,18 @@ def test_context_upload_keeps_modes_and_refuses_escapes(tmp_path):
     with pytest.raises(BuildError):
         context_upload.unpack(evil, tmp_path / "out2")
     assert not (tmp_path / "escape").exists()
+
+
+def test_context_upload_refuses_writing_through_its_own_symlink(tmp_path):
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tf:
+        link = tarfile.TarInfo("a")
+        link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path / "outside")
+        tf.addfile(link)
+        f = tarfile.TarInfo("a/owned")
+        f.size = 0
+        tf.addfile(f)
+    (tmp_path / "outside").mkdir()
+    with pytest.raises(BuildError, match="through a symlink"):
+        context_upload.unpack(evil, tmp_path / "out")
+    assert not (tmp_path / "outside" / "owned").exists()
