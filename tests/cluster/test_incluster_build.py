@@ -102,7 +102,7 @@ def test_multistage_build_in_pods_matches_local_and_reuses_everything(builder_en
     recs = records(first)
     pods = {r["message"].split()[0] for r in recs if r["kind"] == "pod" and "started" in r["message"]}
     assert {"[default/deps]", "[default/tool]", "[default/2]"} <= pods, pods
-    assert out["steps"]["built"] == 7, out
+    assert out["steps"]["built"] == 8, out
     # output streamed from the pods, prefixed with image and stage
     assert any(r["kind"] == "output" and r["message"].startswith("[default/tool]") for r in recs) or \
         "[default/tool]" in first.stderr
@@ -115,14 +115,14 @@ def test_multistage_build_in_pods_matches_local_and_reuses_everything(builder_en
     lout = result(local)
     in_cluster = stage_keys(builder_env.registry, repo + "-stages")
     on_host = stage_keys(builder_env.registry, local_repo + "-stages")
-    assert set(in_cluster) == set(on_host) and len(in_cluster) == 7
+    assert set(in_cluster) == set(on_host) and len(in_cluster) == 8
     assert in_cluster == on_host
     assert lout["images"][0]["digest"] != "" and out["images"][0]["digest"].startswith("sha256:")
 
     # a second in-cluster build reuses every step: no pod at all
     second = kade_build(builder_env, ctx, tag)
     out2 = result(second)
-    assert out2["steps"] == {"built": 0, "cached": 7}
+    assert out2["steps"] == {"built": 0, "cached": 8}
     assert not [r for r in records(second) if r["kind"] in ("pod", "upload")]
 
 
