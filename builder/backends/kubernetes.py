@@ -288,4 +288,13 @@ def _exit_code(pod: Any) -> int | None:
 
 def build(options: BuildOptions, settings: KubeSettings, report: Report,
           client: RegistryClient | None = None, api_client: Any = None) -> BuildResult:
-    return KubeBuilder(options, settings, report, client, api_client).run()
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return KubeBuilder(options, settings, report, client, api_client).run()
+    except (ApiException, HTTPError) as exc:
+        detail = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else type(exc).__name__
+        raise BuildError(f"Kubernetes API error in namespace {settings.namespace}: {detail}",
+                         hint="check the kubeconfig/context, that the cluster is up, and the RBAC of "
+                              "k8s-manifests/builder") from None
