@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,7 +37,7 @@ from builder.plan import DEFAULT_PLATFORM, BaseImage, Plan, PlannedStage, Step, 
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient, Repository
 from registry.digest import sha256_digest
-from registry.errors import NotFound, RegistryError
+from registry.errors import RegistryError
 from registry.model import Descriptor, Index, Manifest, parse_manifest
 from registry.reference import Reference
 
@@ -197,6 +196,7 @@ class Builder:
         dockerfile = self.o.dockerfile or (self.o.context / "Dockerfile")
         df = parse_file(dockerfile)
         ctx = BuildContext.open(self.o.context, dockerfile)
+        ctx.fetcher = self._fetch_url
         with self.cache.lock("global", shared=True):
             try:
                 plan = make_plan(df, ctx, self.resolve_base, target=self.o.target, build_args=self.o.build_args,
@@ -270,15 +270,25 @@ class Builder:
 
     # -- rootfs ----------------------------------------------------------------------------------
     def _materialize(self, image: Image | None, prefix: str) -> Path:
-        rootfs = self.cache.work_dir(prefix)
-        self.work_dirs.append(rootfs)
-        if image is None:
-            return rootfs
-        from builder.execute import apply_layers
+        """A fresh rootfs holding `image`: a copy of the longest unpacked prefix kept in the local cache
+        (by ChainID), plus the remaining layers applied from cached or downloaded blobs."""
+        from builder.rootfs import LayerRef
 
-        blobs = [(self._blob_path(image, d), d.media_type) for d in image.manifest.layers]
-        self.report("unpack", f"{len(blobs)} layer(s) into {rootfs.name}")
-        apply_layers(rootfs, blobs)
+        holder = self.cache.work_dir(prefix)
+        self.work_dirs.append(holder)
+        rootfs = holder / "rootfs"
+        if image is None:
+            rootfs.mkdir()
+            return rootfs
+        diff_ids = list((image.config.get("rootfs") or {}).get("diff_ids") or [])
+        layers = image.manifest.layers
+        if len(diff_ids) != len(layers):
+            raise BuildError(f"image {image.repo}@{image.digest} has {len(layers)} layers but "
+                             f"{len(diff_ids)} diff_ids in its config", hint="rebuild or re-push that image")
+        refs = [LayerRef(diff_id, (lambda d=d: open(self._blob_path(image, d), "rb")), d.digest)
+                for diff_id, d in zip(diff_ids, layers)]
+        self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}")
+        self.cache.rootfs_store.materialize(refs, rootfs)
         return rootfs
 
     def _blob_path(self, image: Image, desc: Descriptor) -> Path:
@@ -341,14 +351,53 @@ class Builder:
                 changes = ex.ensure_dir(rootfs, workdir)
         except StepFailedError as exc:
             if self.o.keep_failed:
-                self.work_dirs.remove(rootfs)
+                self.work_dirs.remove(rootfs.parent)
                 exc.rootfs = str(rootfs)
                 exc.hint = f"the failed rootfs is kept at {rootfs}"
                 raise StepFailedError(exc.detail, exit_code=exc.exit_code, output_tail=exc.output_tail,
                                       file=exc.file, line=exc.line, hint=exc.hint, rootfs=str(rootfs)) from None
             raise
+        except BuildError as exc:
+            if exc.line is not None:
+                raise
+            raise BuildError(f"{step.text}: {exc.detail}", file=step.ins.file, line=step.ins.line,
+                            hint=exc.hint) from None
         layer = self._write_layer(changes) if changes else None
         return self._push_step(step, parent, layer)
+
+    def _fetch_url(self, url: str, checksum: str | None) -> Path:
+        """ADD <url>: download (every build: the key follows the content), verify --checksum, mode 0600."""
+        import hashlib
+        from urllib.parse import urlparse
+
+        import requests
+
+        name = Path(urlparse(url).path).name or "download"
+        folder = self.cache.root / "urls" / hashlib.sha256(url.encode()).hexdigest()[:32]
+        folder.mkdir(parents=True, exist_ok=True)
+        if checksum and not checksum.startswith("sha256:"):
+            raise BuildError(f"--checksum={checksum}: only sha256:<hex> is supported")
+        self.report("fetch", url)
+        h = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as out, requests.get(url, stream=True, timeout=60) as resp:
+                if resp.status_code != 200:
+                    raise BuildError(f"ADD {url}: HTTP {resp.status_code}", hint="check the URL")
+                for chunk in resp.iter_content(1 << 20):
+                    h.update(chunk)
+                    out.write(chunk)
+            digest = "sha256:" + h.hexdigest()
+            if checksum and digest != checksum:
+                raise BuildError(f"ADD {url}: checksum mismatch: got {digest}, expected {checksum}")
+            os.chmod(tmp, 0o600)
+            target = folder / name
+            os.replace(tmp, target)
+            return target
+        except requests.RequestException as exc:
+            raise BuildError(f"ADD {url}: download failed: {exc}") from None
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def _cache_mount(self, mount_id: str) -> Path:
         return self.cache.mount_dir(mount_id)

@@ -2,6 +2,7 @@
 
 Layout under the root:
   blobs/sha256/<hex>   compressed blobs by digest (registry.cache.BlobCache: atomic renames)
+  rootfs/<chainid>/    unpacked layer stacks by OCI ChainID (builder/rootfs.py), copied to start a step
   mounts/<id-hash>/    RUN --mount=type=cache directories, kept between builds, never in a layer
   work/<random>/       rootfs directories of running builds (removed at the end unless --keep-failed)
   images/              the OCI image layout written when a build has no --tag
@@ -18,9 +19,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from registry.cache import BlobCache
+
+if TYPE_CHECKING:
+    from builder.rootfs import RootfsStore
 
 
 def cache_root(explicit: str | os.PathLike | None = None) -> Path:
@@ -45,6 +49,13 @@ class LocalCache:
         for sub in ("blobs/sha256", "mounts", "work", "locks"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.blobs = BlobCache(self.root)
+
+    @property
+    def rootfs_store(self) -> "RootfsStore":
+        """Unpacked layer stacks by ChainID (builder/rootfs.py): a warm rebuild copies instead of unpacking."""
+        from builder.rootfs import RootfsStore
+
+        return RootfsStore(self.root / "rootfs")
 
     @contextlib.contextmanager
     def lock(self, name: str, shared: bool = False) -> Iterator[None]:
@@ -81,6 +92,8 @@ class LocalCache:
         with self.lock("global"):
             targets: list[Path] = list((self.root / "blobs" / "sha256").iterdir())
             targets += list((self.root / "work").iterdir())
+            if (self.root / "rootfs").is_dir():
+                targets += list((self.root / "rootfs").iterdir())
             if not keep_mounts:
                 targets += list((self.root / "mounts").iterdir())
             for path in targets:

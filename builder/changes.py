@@ -6,7 +6,8 @@ decoded with the filesystem encoding (surrogateescape), so any byte string a fil
 (newlines, non-UTF-8 bytes) round-trips through `os.fsencode`.
 
 Kinds:
-- "add": the path was added or modified (a layer cannot tell the two apart and need not);
+- "add": the path was added or modified (a layer cannot tell the two apart and need not); with no
+  source, a directory made up from `mode`/`uid`/`gid` (e.g. WORKDIR or COPY parents), mtime = epoch or 0;
 - "delete": the path existed below and is gone (written as `.wh.<name>`);
 - "opaque": the directory hides every lower child (written as `<dir>/.wh..wh..opq`); the directory
   itself comes as a separate "add".
@@ -34,8 +35,8 @@ class Change:
     def __post_init__(self) -> None:
         if self.kind not in ("add", "delete", "opaque"):
             raise ValueError(f"unknown change kind {self.kind!r}")
-        if self.kind == "add" and self.source is None:
-            raise ValueError(f"change {self.path!r}: an 'add' needs a source file")
+        if self.kind == "add" and self.source is None and self.mode is None:
+            raise ValueError(f"change {self.path!r}: an 'add' needs a source file (or a mode for a new directory)")
         parts = split_path(self.path)
         if not parts and self.kind != "add":
             raise ValueError("the root directory cannot be deleted or made opaque")
@@ -50,6 +51,11 @@ def split_path(path: str) -> tuple[bytes, ...]:
     if b".." in parts:
         raise ValueError(f"path {path!r} contains '..'")
     return parts
+
+
+def new_directory(path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Change:
+    """A directory that exists on no disk yet (WORKDIR, parents of a COPY destination)."""
+    return Change(path, "add", None, uid=uid, gid=gid, mode=mode)
 
 
 def tar_name(change: Change) -> tuple[bytes, ...]:

@@ -12,6 +12,7 @@ import os
 import posixpath
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,10 +155,23 @@ class Source:
     entries: tuple[Entry, ...]
 
 
+UrlFetcher = Callable[[str, "str | None"], Path]  # (url, expected sha256 digest or None) -> local file
+
+
 class BuildContext:
-    def __init__(self, root: Path, ignore: IgnoreRules):
+    def __init__(self, root: Path, ignore: IgnoreRules, fetcher: UrlFetcher | None = None):
         self.root = root.resolve()
         self.ignore = ignore
+        self.fetcher = fetcher
+
+    def fetch(self, url: str, checksum: str | None) -> Source:
+        """ADD <url>: the downloaded file as a source named after the URL's last path segment (mode 0600)."""
+        if self.fetcher is None:
+            raise ContextError(f"cannot download {url}: no downloader configured")
+        path = self.fetcher(url, checksum)
+        st = path.stat()
+        entry = Entry(rel="", path=path, kind="file", mode=0o600, size=st.st_size)
+        return Source(rel=url, path=path, is_dir=False, entries=(entry,))
 
     @classmethod
     def open(cls, root: str | Path, dockerfile: Path | None = None) -> "BuildContext":

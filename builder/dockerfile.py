@@ -22,10 +22,9 @@ KNOWN = {
 # Flags each instruction accepts (name -> takes a value). Anything else is a syntax error.
 FLAGS: dict[str, dict[str, bool]] = {
     "FROM": {"platform": True},
-    "COPY": {"from": True, "chown": True, "chmod": True, "link": False, "parents": False, "exclude": True},
-    "ADD": {"chown": True, "chmod": True, "link": False, "checksum": True, "keep-git-dir": False,
-            "exclude": True},
-    "RUN": {"mount": True, "network": True, "security": True},
+    "COPY": {"from": True, "chown": True, "chmod": True, "link": False},
+    "ADD": {"chown": True, "chmod": True, "link": False, "checksum": True},
+    "RUN": {"mount": True, "network": True},
     "HEALTHCHECK": {"interval": True, "timeout": True, "start-period": True, "start-interval": True,
                     "retries": True},
 }
@@ -249,9 +248,6 @@ def _flags(cmd: str, raw: tuple[str, ...], path: str, line: int) -> dict[str, st
             raise DockerfileSyntaxError(f"--{name} for {cmd} needs a value (--{name}=...)", file=path, line=line)
         if name == "mount":  # RUN may carry several --mount flags
             out[f"mount{sum(1 for k in out if k.startswith('mount'))}"] = value
-            continue
-        if name == "exclude":
-            out[f"exclude{sum(1 for k in out if k.startswith('exclude'))}"] = value
             continue
         out[name] = value if eq else True
     return out

@@ -152,7 +152,8 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
             items.append(_local_items(real))
     else:
         for src in spec.sources:
-            if spec.add and not src.is_dir and _is_archive(src.path):
+            is_url = src.rel.startswith(("http://", "https://"))
+            if spec.add and not src.is_dir and not is_url and _is_archive(src.path):
                 items.append((src.path, "archive", []))
                 continue
             entries = [(e.rel, e.path, e.kind) for e in src.entries if e.rel]

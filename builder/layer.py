@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import stat
+import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator, Literal
 
@@ -25,11 +27,9 @@ from builder.changes import Change, split_path, tar_name
 from builder.errors import BuildError
 from builder.tarformat import (BLOCKDEV, CHAR, DIRECTORY, END_OF_ARCHIVE, FIFO, HARDLINK, REGULAR,
                                SYMLINK, TarEntry, TarFormatError, encode_header, padding)
+from registry.mediatypes import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
-# Same values as registry/mediatypes.py (OCI image spec); kept here until that module lands in main.
-MEDIA_TYPE_TAR = "application/vnd.oci.image.layer.v1.tar"
-MEDIA_TYPE_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-MEDIA_TYPE_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+MEDIA_TYPE_TAR, MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD = OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
 Compression = Literal["gzip", "zstd", "none"]
 MEDIA_TYPES: dict[str, str] = {"gzip": MEDIA_TYPE_GZIP, "zstd": MEDIA_TYPE_ZSTD, "none": MEDIA_TYPE_TAR}
@@ -101,30 +101,76 @@ def _compressor(compression: str, level: int | None):
     raise LayerWriteError(f"unknown layer compression {compression!r}; use gzip, zstd or none")
 
 
+class _Stage:
+    """A worker thread fed through a bounded queue (the work it does — hashing, compressing, writing —
+    releases the GIL, so it overlaps with building the tar on another core). Memory in flight is at
+    most `depth` chunks. An error in the worker surfaces at the next `put` or at `finish`."""
+
+    def __init__(self, work: Callable[[bytes], None], depth: int = 8):
+        self._work = work
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kade-layer-stage", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:
+                try:
+                    self._work(item)
+                except BaseException as exc:  # handed to the producer
+                    self._error = exc
+
+    def put(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(data)
+
+    def finish(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 class _Pipeline:
-    """tar bytes -> sha256 (diffID) -> compressor -> sha256 (digest) + size -> out, in chunks."""
+    """tar bytes -> sha256 (diffID), and in parallel -> compressor -> sha256 (digest) + size -> out,
+    in 1 MiB chunks. Uncompressed layers hash once (digest == diffID)."""
 
     def __init__(self, out: BinaryIO, compression: str, level: int | None):
         self._out = out
         self._comp = _compressor(compression, level)
         self._tar_hash = hashlib.sha256()
-        self._blob_hash = hashlib.sha256()
+        self._blob_hash = hashlib.sha256() if self._comp is not None else self._tar_hash
         self._buf = bytearray()
         self.size = 0
-        self.tar_size = 0
+        self._stages = [_Stage(self._compress_and_write)]
+        if self._comp is not None:
+            self._stages.append(_Stage(self._tar_hash.update))
+        self._closed = False
 
     def write(self, data: bytes) -> None:
+        if not self._buf and len(data) >= CHUNK:
+            self._send(data)
+            return
         self._buf += data
         if len(self._buf) >= CHUNK:
             self._flush()
 
+    def _send(self, data: bytes) -> None:
+        for stage in self._stages:
+            stage.put(data)
+
     def _flush(self) -> None:
-        if not self._buf:
-            return
-        data = bytes(self._buf)
-        self._buf.clear()
-        self._tar_hash.update(data)
-        self.tar_size += len(data)
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            self._send(data)
+
+    def _compress_and_write(self, data: bytes) -> None:
         self._emit(self._comp.compress(data) if self._comp is not None else data)
 
     def _emit(self, data: bytes) -> None:
@@ -134,14 +180,26 @@ class _Pipeline:
             self._out.write(data)
 
     def close(self) -> tuple[str, str]:
+        """Finish the blob; returns (digest, diffID)."""
         self._flush()
+        self.abort()
         if self._comp is not None:
             self._emit(self._comp.flush())
         return "sha256:" + self._blob_hash.hexdigest(), "sha256:" + self._tar_hash.hexdigest()
 
-
-def _sort_key(change: Change) -> tuple[bytes, ...]:
-    return tar_name(change)
+    def abort(self) -> None:
+        """Stop the worker threads (raising the first error any of them hit)."""
+        if self._closed:
+            return
+        self._closed = True
+        errors = []
+        for stage in self._stages:
+            try:
+                stage.finish()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 _ENTRY_TYPES = ((stat.S_ISREG, REGULAR), (stat.S_ISDIR, DIRECTORY), (stat.S_ISLNK, SYMLINK),
@@ -172,7 +230,12 @@ class _TarWriter:
         self.entries += 1
 
     def add(self, name: bytes, change: Change) -> None:
-        assert change.source is not None
+        if change.source is None:
+            self._sink.write(encode_header(TarEntry(
+                name=name + b"/" if name else b"./", type=DIRECTORY, mode=(change.mode or 0) & 0o7777,
+                uid=change.uid or 0, gid=change.gid or 0, mtime_ns=(self._epoch or 0) * 1_000_000_000)))
+            self.entries += 1
+            return
         source = change.source
         try:
             st = os.lstat(source)
@@ -232,13 +295,12 @@ def write_layer(changes: Iterable[Change], out: BinaryIO, compression: Compressi
                 epoch: int | None = None, *, level: int | None = None) -> LayerInfo:
     """Write `changes` as one layer blob to `out` and describe it. Entries are sorted, so the order of
     `changes` does not matter; two changes naming the same tar entry are an error."""
-    ordered = sorted(changes, key=_sort_key)
+    ordered = sorted(((tar_name(c), c) for c in changes), key=lambda kc: kc[0])
     sink = _Pipeline(out, compression, level)
     writer = _TarWriter(sink, epoch)
     previous: tuple[bytes, ...] | None = None
     try:
-        for change in ordered:
-            key = _sort_key(change)
+        for key, change in ordered:
             if key == previous:
                 raise LayerWriteError(f"two changes for the same layer path {change.path!r}")
             previous = key
@@ -249,7 +311,11 @@ def write_layer(changes: Iterable[Change], out: BinaryIO, compression: Compressi
                 writer.whiteout(name)
         sink.write(END_OF_ARCHIVE)
     except TarFormatError as exc:
+        sink.abort()
         raise LayerWriteError(str(exc)) from None
+    except BaseException:
+        sink.abort()
+        raise
     digest, diff_id = sink.close()
     return LayerInfo(digest=digest, diff_id=diff_id, size=sink.size, media_type=MEDIA_TYPES[compression])
 

@@ -16,7 +16,20 @@ MS_MOVE = 0x2000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_RELATIME = 1 << 21
 MNT_DETACH = 0x2
+PR_CAPBSET_DROP = 24
+
+# statvfs f_flag bits -> the mount flags a bind remount must repeat (locked flags cannot be dropped)
+_STATVFS_TO_MS = {os.ST_RDONLY: MS_RDONLY, os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV,
+                  os.ST_NOEXEC: MS_NOEXEC, os.ST_NOATIME: MS_NOATIME, os.ST_NODIRATIME: MS_NODIRATIME,
+                  os.ST_RELATIME: MS_RELATIME}
+
+# Docker's default capability set: what a RUN step as root keeps (the rest, e.g. CAP_SYS_ADMIN,
+# CAP_SYS_MODULE, CAP_SYS_RAWIO, CAP_SYS_BOOT, CAP_NET_ADMIN, leaves the bounding set).
+DEFAULT_CAPS = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31})
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
 
@@ -45,6 +58,21 @@ def mount(source: str | None, target: str | os.PathLike[str], fstype: str | None
 
 def umount(target: str | os.PathLike[str], flags: int = 0) -> None:
     _check(_libc.umount2(_b(target), flags), f"umount {os.fspath(target)}")
+
+
+def mount_flags(path: str | os.PathLike[str]) -> int:
+    """The MS_* flags of the mount `path` is on (for a bind remount that keeps them)."""
+    flags = os.statvfs(path).f_flag
+    return sum(ms for st, ms in _STATVFS_TO_MS.items() if flags & st)
+
+
+def drop_capabilities(keep: frozenset[int] = DEFAULT_CAPS) -> None:
+    """Remove every capability but `keep` from this process's bounding set (inherited across exec)."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        if cap not in keep:
+            _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

@@ -444,11 +444,9 @@ def _resolve_from(ins: Instruction, ref: str, planned: dict[str, PlannedStage], 
                                 line=ins.line)
     try:
         image = resolver(ref, platform)
-    except BuildError:
-        raise
-    except Exception as exc:  # registry errors: say which --from it was
-        raise UnknownStageError(f"--from={ref} is neither a previous stage nor a pullable image: {exc}",
-                                file=ins.file, line=ins.line) from None
+    except BuildError as exc:
+        raise UnknownStageError(f"--from={ref} is neither a stage before this one nor a pullable image "
+                                f"({exc.detail})", file=ins.file, line=ins.line) from None
     return None, image, image.digest
 
 
@@ -490,10 +488,18 @@ def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: Build
         spec.from_paths = [clean_path(s) for s in srcs]
         rows = [[p] for p in spec.from_paths]
     else:
+        checksum = _expand(ins, str(ins.flag("checksum")), scope, esc) if ins.flag("checksum") else None
         for s in srcs:
             if s.startswith(("http://", "https://")):
-                raise ins.error("remote URLs are not supported by kade build yet",
-                                hint="download the file in a RUN step or add it to the context")
+                if ins.cmd != "ADD":
+                    raise ins.error(f"COPY cannot fetch {s}: use ADD for URLs")
+                try:
+                    spec.sources.append(context.fetch(s, checksum))
+                except BuildError as exc:
+                    raise type(exc)(exc.detail, file=ins.file, line=ins.line, hint=exc.hint) from None
+                continue
+            if checksum:
+                raise ins.error("--checksum can only be used with http(s) sources")
             try:
                 spec.sources.extend(context.select(s))
             except BuildError as exc:

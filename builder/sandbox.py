@@ -15,7 +15,9 @@ Everything mounted lives only in the sandbox's mount namespace and vanishes with
 the rootfs lacked are created before the run (resolved inside the rootfs, never through a symlink
 out of it) and removed afterwards with their parents' mtimes restored, so a snapshot sees nothing of
 them. The sandbox's spec (secret bytes included) reaches the init through a pipe: never argv, never
-a file on disk, never a log. Output is streamed line by line to a callback.
+a file on disk, never a log. Output is streamed line by line to a callback `output(stream, data)`
+("stdout"/"stderr"): each call is one line *with* its b"\n" (the last piece of a stream may lack it,
+and a line over 64 KiB comes in pieces), so joining the calls of a stream gives its exact bytes.
 """
 from __future__ import annotations
 
@@ -31,18 +33,23 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 from builder.errors import BuildError
-from builder.rootpath import open_dir, open_root, split
+from builder.rootpath import lexical, open_dir, open_root, relative_parts, resolve_full, split
 
 MountType = Literal["bind", "cache", "tmpfs", "secret", "ssh"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 MAX_LINE = 64 * 1024
+_STARTED = "+"   # the init's first word on the status pipe: the namespaces exist
 _PKG_ROOT = str(Path(__file__).resolve().parent.parent)
+# The interpreter that runs the sandbox's init (stdlib only). Override with KADE_SANDBOX_PYTHON when
+# sys.executable is not reachable by the build user (rootless builds with a root-owned Python).
+INIT_PYTHON_ENV = "KADE_SANDBOX_PYTHON"
 
 
 class SandboxError(BuildError):
@@ -59,10 +66,12 @@ class User:
 @dataclass(frozen=True)
 class Mount:
     """One RUN --mount. `target` is an absolute path inside the rootfs.
-    bind: `source` host path (a file or directory; writes are discarded unless `readonly`... see below);
-    cache: `source` host directory kept between builds (read-write unless `readonly`);
-    tmpfs: a fresh tmpfs (`size` bytes if given); secret: `data` on a tmpfs as a file (`mode`, uid, gid);
-    ssh: `source` is the agent socket on the host."""
+    bind: `source` a host file or directory — or, with `source_root`, a path inside that directory
+    resolved there; read-only when `readonly`, else the sandbox works on a copy (writes are discarded);
+    cache: `source` a host directory kept between builds (read-write unless `readonly`; created with
+    `mode` (default 0o755), `uid`, `gid` when missing);
+    tmpfs: a fresh tmpfs (`size` bytes if given); secret: `data` as a read-only file on a tmpfs
+    (`mode`, default 0o400, `uid`, `gid`); ssh: `source` is the agent socket on the host."""
     type: MountType
     target: str
     source: str | None = None
@@ -72,6 +81,8 @@ class Mount:
     uid: int = 0
     gid: int = 0
     size: int | None = None
+    source_root: str | None = None   # bind: `source` is a path inside this directory (a stage rootfs,
+                                     # the build context), resolved there — symlinks never lead out
 
     def __post_init__(self) -> None:
         if not self.target.startswith("/"):
@@ -95,27 +106,53 @@ class _Mountpoints:
         self.root_fd = open_root(rootfs)
         self.created: list[tuple[tuple[bytes, ...], bool]] = []   # (resolved parts, is_dir)
         self.parent_times: dict[tuple[bytes, ...], tuple[int, int]] = {}
+        self.after_create: dict[tuple[bytes, ...], int] = {}
 
     def _remember_parent(self, parent_parts: tuple[bytes, ...], parent_fd: int) -> None:
         if parent_parts not in self.parent_times:
             st = os.fstat(parent_fd)
             self.parent_times[parent_parts] = (st.st_atime_ns, st.st_mtime_ns)
 
-    def _relative(self, fd: int) -> tuple[bytes, ...]:
-        real = os.fsencode(os.readlink(f"/proc/self/fd/{fd}"))
-        base = os.fsencode(os.readlink(f"/proc/self/fd/{self.root_fd}"))
-        rel = os.path.relpath(real, base)
-        return () if rel == b"." else tuple(rel.split(b"/"))
+    def _open_created_parent(self, parts: tuple[bytes, ...]) -> int:
+        return open_dir(self.root_fd, parts, follow_last=False) if parts else os.dup(self.root_fd)
 
-    def ensure(self, target: str, is_dir: bool) -> str:
+    def _untouched_parents(self) -> set[tuple[bytes, ...]]:
+        """Parents whose mtime is still the one our mountpoint creation gave them: the command did not
+        change them, so their original times come back after cleanup."""
+        untouched = set()
+        for parts, mtime in self.after_create.items():
+            try:
+                fd = self._open_created_parent(parts)
+            except OSError:
+                continue
+            try:
+                if os.fstat(fd).st_mtime_ns == mtime:
+                    untouched.add(parts)
+            finally:
+                os.close(fd)
+        return untouched
+
+    def freeze(self) -> None:
+        """Call once all mountpoints exist (before the command runs)."""
+        for parts in self.parent_times:
+            try:
+                fd = self._open_created_parent(parts)
+            except OSError:
+                continue
+            try:
+                self.after_create[parts] = os.fstat(fd).st_mtime_ns
+            finally:
+                os.close(fd)
+
+    def ensure(self, target: str, is_dir: bool, *, allow_symlink: bool = True) -> str:
         """The host path of `target` inside the rootfs, created (empty) when missing."""
-        parts = tuple(split(target))
+        parts = lexical(tuple(split(target)))
         for _ in range(40):
             if not parts:
-                return os.fsdecode(os.readlink(f"/proc/self/fd/{self.root_fd}"))
+                raise SandboxError(f"cannot mount on {target} in {self.rootfs}: it resolves to the rootfs itself")
             parent = self._open_parent(parts[:-1])
             try:
-                base = self._relative(parent)
+                base = relative_parts(self.root_fd, parent)
                 name = parts[-1]
                 try:
                     st = os.stat(name, dir_fd=parent, follow_symlinks=False)
@@ -129,9 +166,12 @@ class _Mountpoints:
                     self.created.append((base + (name,), is_dir))
                     return os.fsdecode(os.fsencode(os.readlink(f"/proc/self/fd/{parent}")) + b"/" + name)
                 if stat.S_ISLNK(st.st_mode):
+                    if not allow_symlink:
+                        raise SandboxError(f"{target} in {self.rootfs} is a symbolic link; a RUN step needs a "
+                                           "real directory (or nothing) there")
                     link = os.readlink(name, dir_fd=parent)
                     parts = tuple(split(link)) if link.startswith(b"/") else tuple(split(b"/".join(base + (link,))))
-                    parts = _lexical(parts)
+                    parts = lexical(parts)
                     continue
                 if stat.S_ISDIR(st.st_mode) != is_dir:
                     kind = "a directory" if is_dir else "a file"
@@ -142,7 +182,8 @@ class _Mountpoints:
         raise SandboxError(f"cannot mount on {target} in {self.rootfs}: too many symbolic links")
 
     def _open_parent(self, parts: tuple[bytes, ...]) -> int:
-        def on_create(created: list[bytes]) -> None:
+        def on_create(parent_fd: int, created: list[bytes]) -> None:
+            self._remember_parent(tuple(created[:-1]), parent_fd)
             self.created.append((tuple(created), True))
         try:
             return open_dir(self.root_fd, parts, create=True, on_create=on_create)
@@ -151,6 +192,7 @@ class _Mountpoints:
                                f"{exc.strerror}") from None
 
     def cleanup(self) -> None:
+        untouched = self._untouched_parents()
         for parts, is_dir in reversed(self.created):
             try:
                 parent = open_dir(self.root_fd, parts[:-1])
@@ -168,8 +210,10 @@ class _Mountpoints:
             finally:
                 os.close(parent)
         for parts, (atime, mtime) in self.parent_times.items():
+            if parts not in untouched:
+                continue
             try:
-                fd = open_dir(self.root_fd, parts, follow_last=False) if parts else os.dup(self.root_fd)
+                fd = self._open_created_parent(parts)
             except OSError:
                 continue
             try:
@@ -177,17 +221,6 @@ class _Mountpoints:
             finally:
                 os.close(fd)
         os.close(self.root_fd)
-
-
-def _lexical(parts: tuple[bytes, ...]) -> tuple[bytes, ...]:
-    out: list[bytes] = []
-    for p in parts:
-        if p == b"..":
-            if out:
-                out.pop()
-        elif p not in (b"", b"."):
-            out.append(p)
-    return tuple(out)
 
 
 def _resolv_conf() -> str:
@@ -236,14 +269,13 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
         (private / "resolv.conf").write_text(_resolv_conf())
         (private / "secrets").mkdir()
         spec_mounts = []
-        for name in ("proc", "dev", "sys"):
-            points.ensure("/" + name, True)
+        system = {name: points.ensure("/" + name, True, allow_symlink=False) for name in ("proc", "dev", "sys")}
         etc_hosts = points.ensure("/etc/hosts", False)
         etc_resolv = points.ensure("/etc/resolv.conf", False)
         for i, m in enumerate(mounts):
             item: dict[str, object] = {"type": m.type, "readonly": m.readonly, "size": m.size}
             if m.type == "bind":
-                source = Path(m.source or "")
+                source = Path(resolve_full(m.source_root, m.source or "/") if m.source_root else m.source or "")
                 if not source.exists():
                     raise SandboxError(f"bind mount source {source} does not exist")
                 is_dir = source.is_dir()
@@ -257,7 +289,12 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
                 item["source"] = str(source)
             elif m.type == "cache":
                 is_dir = True
-                Path(m.source or "").mkdir(parents=True, exist_ok=True)
+                cache = Path(m.source or "")
+                if not cache.exists():  # a new cache dir gets the mount's mode/uid/gid (BuildKit's options)
+                    cache.mkdir(parents=True)
+                    os.chmod(cache, 0o755 if m.mode is None else m.mode)
+                    if not rootless:
+                        os.chown(cache, m.uid, m.gid)
                 item["source"] = m.source
             elif m.type == "ssh":
                 is_dir = False
@@ -271,12 +308,13 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
                 is_dir = True
             item["target"] = points.ensure(m.target, is_dir)
             spec_mounts.append(item)
+        points.freeze()
         spec = {
             "root": str(root), "argv": list(argv), "env": env, "workdir": workdir,
             "uid": user.uid, "gid": user.gid, "groups": list(user.groups), "hostname": hostname,
             "network": network, "rootless": rootless, "mounts": spec_mounts,
             "hosts": str(private / "hosts"), "resolv": str(private / "resolv.conf"),
-            "etc_hosts": etc_hosts, "etc_resolv": etc_resolv,
+            "etc_hosts": etc_hosts, "etc_resolv": etc_resolv, "system": system,
         }
         return _spawn(spec, output, timeout, rootless, network)
     finally:
@@ -293,7 +331,8 @@ def _spawn(spec: dict, output: OutputCallback | None, timeout: float | None, roo
     spec_r, spec_w = os.pipe()
     status_r, status_w = os.pipe()
     init = f"import sys; sys.path.insert(0, {_PKG_ROOT!r}); from builder.sandbox import _init_main; _init_main()"
-    cmd += ["--", sys.executable, "-I", "-S", "-c", init, str(spec_r), str(status_w)]
+    python = os.environ.get(INIT_PYTHON_ENV) or sys.executable
+    cmd += ["--", python, "-I", "-S", "-c", init, str(spec_r), str(status_w)]
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 pass_fds=(spec_r, status_w), env={"PATH": os.environ.get("PATH", DEFAULT_PATH)},
@@ -307,7 +346,7 @@ def _spawn(spec: dict, output: OutputCallback | None, timeout: float | None, roo
     except BrokenPipeError:
         pass
     try:
-        _pump(proc, output, timeout)
+        stderr_tail = _pump(proc, output, timeout)
         code = proc.wait()
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -315,17 +354,23 @@ def _spawn(spec: dict, output: OutputCallback | None, timeout: float | None, roo
         raise
     finally:
         with os.fdopen(status_r, "rb") as f:
-            problem = f.read().decode(errors="replace")
-    if problem:
-        raise SandboxError(problem)
+            status = f.read().decode(errors="replace")
+    if not status.startswith(_STARTED):
+        why = b" ".join(stderr_tail).decode(errors="replace").strip() or f"exit code {code}"
+        raise SandboxError(f"cannot create the sandbox's namespaces with unshare: {why} (a container without "
+                           "CAP_SYS_ADMIN or with user namespaces disabled cannot run RUN steps)")
+    if status[len(_STARTED):]:
+        raise SandboxError(status[len(_STARTED):])
     return 128 - code if code < 0 else code
 
 
-def _pump(proc: subprocess.Popen, output: OutputCallback | None, timeout: float | None) -> None:
+def _pump(proc: subprocess.Popen, output: OutputCallback | None, timeout: float | None) -> deque[bytes]:
+    """Feed the command's output to `output` until both pipes close; returns the last stderr pieces."""
     import time
     deadline = None if timeout is None else time.monotonic() + timeout
     sel = selectors.DefaultSelector()
     pending = {"stdout": b"", "stderr": b""}
+    stderr_tail: deque[bytes] = deque(maxlen=5)
     sel.register(proc.stdout, selectors.EVENT_READ, "stdout")  # type: ignore[arg-type]
     sel.register(proc.stderr, selectors.EVENT_READ, "stderr")  # type: ignore[arg-type]
     while sel.get_map():
@@ -338,20 +383,27 @@ def _pump(proc: subprocess.Popen, output: OutputCallback | None, timeout: float 
             chunk = os.read(key.fd, 65536)
             if not chunk:
                 sel.unregister(key.fileobj)
+                if pending[name] and name == "stderr":
+                    stderr_tail.append(pending[name])
                 if pending[name] and output:
                     output(name, pending[name])
                 pending[name] = b""
                 continue
             buf = pending[name] + chunk
-            *lines, rest = buf.split(b"\n")
-            while len(rest) > MAX_LINE:
+            cut = buf.rfind(b"\n") + 1
+            lines = [line + b"\n" for line in buf[:cut].split(b"\n")[:-1]]
+            rest = buf[cut:]
+            while len(rest) > MAX_LINE:     # an endless line comes in pieces (without a newline)
                 lines.append(rest[:MAX_LINE])
                 rest = rest[MAX_LINE:]
             pending[name] = rest
+            if name == "stderr":
+                stderr_tail.extend(lines)
             if output:
                 for line in lines:
                     output(name, line)
     sel.close()
+    return stderr_tail
 
 
 # ------------------------------------------------------------------------ sandbox side: init
@@ -372,9 +424,15 @@ def _setup(spec: dict) -> None:
     root = spec["root"]
     L.mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
     L.mount(root, root, None, L.MS_BIND | L.MS_REC)
-    L.mount("proc", f"{root}/proc", "proc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
-    dev = f"{root}/dev"
-    L.mount("tmpfs", dev, "tmpfs", L.MS_NOSUID | L.MS_NOEXEC, "mode=755,size=65536k")
+    try:   # device nodes that came with the image (or a RUN's mknod) cannot be opened: no host disks
+        L.mount(None, root, None, L.MS_REMOUNT | L.MS_BIND | L.MS_NODEV | L.mount_flags(root))
+    except OSError:
+        if not spec["rootless"]:  # a user namespace cannot open host devices anyway
+            raise
+    system = spec["system"]   # /proc, /dev, /sys as resolved inside the rootfs
+    L.mount("proc", system["proc"], "proc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
+    dev = system["dev"]
+    L.mount("tmpfs", dev, "tmpfs", L.MS_NOSUID | L.MS_NOEXEC | L.MS_NODEV, "mode=755,size=65536k")
     for name in DEVICES:
         path = f"{dev}/{name}"
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
@@ -392,10 +450,10 @@ def _setup(spec: dict) -> None:
     os.symlink("/proc/self/fd", f"{dev}/fd")
     ro = L.MS_RDONLY | L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC
     try:
-        L.mount("sysfs", f"{root}/sys", "sysfs", ro)
+        L.mount("sysfs", system["sys"], "sysfs", ro)
     except OSError:
-        L.mount("/sys", f"{root}/sys", None, L.MS_BIND | L.MS_REC)
-        L.mount(None, f"{root}/sys", None, L.MS_REMOUNT | L.MS_BIND | ro)
+        L.mount("/sys", system["sys"], None, L.MS_BIND | L.MS_REC)
+        L.mount(None, system["sys"], None, L.MS_REMOUNT | L.MS_BIND | ro)
     L.mount(spec["hosts"], spec["etc_hosts"], None, L.MS_BIND)
     L.mount(spec["resolv"], spec["etc_resolv"], None, L.MS_BIND)
     for m in spec["mounts"]:
@@ -435,6 +493,7 @@ def _init_main() -> None:
     """Entry point inside the namespaces (PID 1): set up, then exec the command in its place."""
     spec_fd, status_fd = int(sys.argv[1]), int(sys.argv[2])
     os.set_inheritable(status_fd, False)
+    os.write(status_fd, _STARTED.encode())
 
     def fail(message: str) -> None:
         os.write(status_fd, message.encode(errors="replace"))
@@ -451,6 +510,11 @@ def _init_main() -> None:
         os.chdir(workdir)
     except OSError as exc:
         fail(f"working directory {workdir} is not usable in the rootfs: {exc.strerror}")
+    try:
+        from builder.linux import drop_capabilities
+        drop_capabilities()
+    except OSError as exc:
+        fail(f"cannot drop capabilities for the RUN step: {exc}")
     try:
         if not spec["rootless"]:  # a user namespace from --map-root-user denies setgroups
             os.setgroups(spec["groups"])

@@ -32,14 +32,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
-from builder.changes import Change
+from builder.changes import Change, split_path
 from builder.errors import BuildError
-from builder.layer import write_layer
+from builder.layer import read_xattrs, write_layer
 from builder.linux import MNT_DETACH, mount, umount
-from builder.unpack import apply_layer
+from builder.rootpath import open_dir, open_root
+from builder.unpack import apply_layer, remove_entry
 
 Method = Literal["auto", "overlay", "stat"]
 StatKey = tuple[int, int, int, int, int, int, int, int]  # mode uid gid size mtime_ns ctime_ns ino rdev
+# (for a directory: size and rdev 0, and a hash of its xattrs in place of ctime_ns — see _key)
 _OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 
 
@@ -180,6 +182,120 @@ def _same_dir(st: os.stat_result, lower_path: bytes) -> bool:
                                                                      low.st_mtime_ns)
 
 
+def _merge_key(change: Change) -> tuple[bytes, ...]:
+    parts = split_path(change.path)
+    return parts + (b"",) if change.kind == "opaque" else parts   # opaque right after its dir
+
+
+def _lstat_at(dir_fd: int, name: bytes) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def merge_upper(changes: list[Change], upper: str | os.PathLike[str], rootfs: str | os.PathLike[str]) -> None:
+    """Apply an overlay upper directory's `changes` onto its lower `rootfs` by renaming files (same
+    filesystem: no data copied). Parents resolve inside the rootfs; final components are never
+    followed; directories get the upper's metadata and untouched parents keep their times. The
+    upper directory is consumed."""
+    as_root = os.geteuid() == 0
+    root_fd, upper_fd = open_root(rootfs), open_root(upper)
+    dirs: list[tuple[tuple[bytes, ...], os.stat_result, dict[str, bytes]]] = []
+    parent_times: dict[tuple[bytes, ...], tuple[int, int]] = {}
+    try:
+        for change in sorted(changes, key=_merge_key):
+            parts = split_path(change.path)
+            parent = open_dir(root_fd, parts[:-1], create=True)
+            try:
+                if parts[:-1] not in parent_times:
+                    pst = os.fstat(parent)
+                    parent_times[parts[:-1]] = (pst.st_atime_ns, pst.st_mtime_ns)
+                _merge_one(change, parts, parent, upper_fd, dirs, as_root)
+            finally:
+                os.close(parent)
+        changed_dirs = {parts for parts, _, _ in dirs}
+        for parts, (atime, mtime) in parent_times.items():
+            if parts not in changed_dirs:
+                _set_dir_meta(root_fd, parts, times=(atime, mtime))
+        for parts, st, xattrs in reversed(dirs):
+            _set_dir_meta(root_fd, parts, st=st, xattrs=xattrs, as_root=as_root)
+    finally:
+        os.close(root_fd)
+        os.close(upper_fd)
+
+
+def _merge_one(change: Change, parts: tuple[bytes, ...], parent: int, upper_fd: int,
+               dirs: list[tuple[tuple[bytes, ...], os.stat_result, dict[str, bytes]]], as_root: bool) -> None:
+    name = parts[-1]
+    existing = _lstat_at(parent, name)
+    if change.kind == "delete":
+        if existing is not None:
+            remove_entry(parent, name, as_root=as_root)
+        return
+    if change.kind == "opaque":
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            for child in os.listdir(fd):
+                remove_entry(fd, child, as_root=as_root)
+        finally:
+            os.close(fd)
+        return
+    src_parent = open_dir(upper_fd, parts[:-1])
+    try:
+        st = os.stat(name, dir_fd=src_parent, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            if existing is not None and not stat.S_ISDIR(existing.st_mode):
+                remove_entry(parent, name, as_root=as_root)
+                existing = None
+            if existing is None:
+                os.mkdir(name, 0o700, dir_fd=parent)
+            dirs.append((parts, st, read_xattrs(b"/proc/self/fd/%d/" % src_parent + name)))
+            return
+        if existing is not None:
+            remove_entry(parent, name, as_root=as_root)
+        os.rename(name, name, src_dir_fd=src_parent, dst_dir_fd=parent)
+        if not stat.S_ISLNK(st.st_mode):
+            _drop_overlay_xattrs(b"/proc/self/fd/%d/" % parent + name)
+    finally:
+        os.close(src_parent)
+
+
+def _drop_overlay_xattrs(path: bytes) -> None:
+    """Copy-up bookkeeping (trusted.overlay.origin, ...) means nothing once the file is in the lower."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return
+    for xname in names:
+        if xname.startswith(("trusted.overlay.", "user.overlay.")):
+            try:
+                os.removexattr(path, xname, follow_symlinks=False)
+            except OSError:
+                pass
+
+
+def _set_dir_meta(root_fd: int, parts: tuple[bytes, ...], *, st: os.stat_result | None = None,
+                  xattrs: dict[str, bytes] | None = None, as_root: bool = False,
+                  times: tuple[int, int] | None = None) -> None:
+    try:
+        fd = open_dir(root_fd, parts, follow_last=False) if parts else os.dup(root_fd)
+    except OSError:
+        return
+    try:
+        if st is not None:
+            if as_root:
+                os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            for key, value in (xattrs or {}).items():
+                os.setxattr(fd, key, value)
+            times = (st.st_atime_ns, st.st_mtime_ns)
+        if times is not None:
+            os.utime(fd, ns=times)
+    finally:
+        os.close(fd)
+
+
 class Capture:
     """One step's view of a rootfs; see the module docstring."""
 
@@ -218,7 +334,7 @@ class Capture:
             if self.method == "overlay":
                 self._unmount()
                 self._changes = [c for c in upper_changes(self._upper, self.rootfs)
-                                 if c.path.strip("/") not in self.exclude]
+                                 if not _excluded(c.path, self.exclude)]
             else:
                 assert self._before is not None
                 self.state_after = walk(self.rootfs, self.exclude)
@@ -230,7 +346,14 @@ class Capture:
         changes = self.changes()
         if self.method != "overlay" or not changes:
             return
-        with tempfile.TemporaryFile(dir=self.scratch) as tmp:
+        if os.stat(self._upper).st_dev == os.stat(self.rootfs).st_dev:
+            try:
+                merge_upper(changes, self._upper, self.rootfs)
+            except OSError as exc:
+                raise SnapshotError(f"cannot move the step's changes from {self._upper} into {self.rootfs}: "
+                                    f"{exc}; the rootfs is now inconsistent — discard it") from None
+            return
+        with tempfile.TemporaryFile(dir=self.scratch) as tmp:   # another filesystem: copy through a tar
             write_layer(changes, tmp, "none")
             tmp.seek(0)
             apply_layer(tmp, self.rootfs, digest="(overlay commit)", allow_devices=os.geteuid() == 0)
@@ -238,8 +361,17 @@ class Capture:
     def close(self) -> None:
         self._unmount()
         if self.method == "overlay":
-            for d in (self._upper, self._work, self.root):
-                shutil.rmtree(d, ignore_errors=True)
+            _clean_overlay_dirs(self.scratch)
+
+
+def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
+    path = path.strip("/")
+    return any(path == e or path.startswith(e + "/") for e in exclude)
+
+
+def _clean_overlay_dirs(scratch: Path) -> None:
+    for name in ("upper", "work", "merged"):
+        shutil.rmtree(scratch / name, ignore_errors=True)
 
 
 def overlay_available(scratch: str | os.PathLike[str]) -> bool:
@@ -265,14 +397,15 @@ def capture(rootfs: str | os.PathLike[str], scratch: str | os.PathLike[str], met
     a walk with the stat method."""
     root, scratch_p = Path(rootfs), Path(scratch)
     scratch_p.mkdir(parents=True, exist_ok=True)
-    chosen = method
-    if method == "auto":
-        chosen = "overlay" if overlay_available(scratch_p) else "stat"
+    excluded = tuple(p.strip("/") for p in exclude)
     try:
-        cap = Capture(root, scratch_p, chosen, before, tuple(p.strip("/") for p in exclude))
+        cap = Capture(root, scratch_p, "overlay" if method == "auto" else method, before, excluded)
     except OSError as exc:
-        raise SnapshotError(f"cannot track changes of {root} with {chosen}: {exc}; "
-                            "use the stat method where overlay mounts are not allowed") from None
+        if method != "auto":
+            raise SnapshotError(f"cannot track changes of {root} with {method}: {exc}; "
+                                "use the stat method where overlay mounts are not allowed") from None
+        _clean_overlay_dirs(scratch_p)
+        cap = Capture(root, scratch_p, "stat", before, excluded)  # no overlay here (pod, odd filesystem)
     try:
         yield cap
     finally:

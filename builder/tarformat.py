@@ -290,8 +290,10 @@ class TarReader:
         stored = _number(block[148:156], "checksum")
         blanked = block[:148] + b" " * 8 + block[156:]
         unsigned = sum(blanked)
-        signed = sum(b - 256 if b > 127 else b for b in blanked)
-        if stored not in (unsigned, signed):
+        if stored == unsigned:
+            return
+        signed = unsigned - 256 * sum(1 for b in blanked if b > 127)  # some old writers summed signed bytes
+        if stored != signed:
             raise TarFormatError(f"tar header checksum mismatch at byte {self.offset - BLOCK} (not a tar stream?)")
 
     def _entry(self, block: bytes, size: int, pax: dict[bytes, bytes], longname: bytes | None,

@@ -193,8 +193,11 @@ class _Applier:
         self.created: set[bytes] = set()
         self.dirs: list[tuple[tuple[bytes, ...], TarEntry]] = []
         self.result = ApplyResult(diff_id="", entries=0, bytes=0)
+        self._cached: tuple[tuple[bytes, ...], int] | None = None
+        self._stale = False
 
     def close(self) -> None:
+        self._forget()
         os.close(self.root_fd)
 
     def note(self, message: str) -> None:
@@ -230,7 +233,7 @@ class _Applier:
             self._whiteout(entry, parts)
             return
         try:
-            parent = open_dir(self.root_fd, parts[:-1], create=True)
+            parent = self._parent_fd(parts[:-1])
         except (NotADirectoryError, OSError) as exc:
             raise UnpackError(f"layer {self.layer}: cannot reach the directory of {_show(entry.name)}: "
                               f"{exc.strerror or exc}") from None
@@ -241,10 +244,32 @@ class _Applier:
         except OSError as exc:
             raise UnpackError(f"layer {self.layer}: cannot extract {_show(entry.name)}: {exc.strerror or exc}") from None
         finally:
-            os.close(parent)
+            if self._stale:
+                self._forget()
         self.created.add(b"/".join(parts))
 
+    def _parent_fd(self, parts: tuple[bytes, ...]) -> int:
+        """The directory fd of `parts` (borrowed: do not close). Consecutive entries of one directory
+        share it; anything removed from the tree drops it (a path may then resolve differently)."""
+        if self._cached is not None and self._cached[0] == parts:
+            return self._cached[1]
+        self._forget()
+        fd = open_dir(self.root_fd, parts, create=True)
+        self._cached = (parts, fd)
+        return fd
+
+    def _forget(self) -> None:
+        if self._cached is not None:
+            os.close(self._cached[1])
+            self._cached = None
+        self._stale = False
+
+    def _remove(self, parent: int, name: bytes) -> None:
+        self._stale = True
+        remove_entry(parent, name, as_root=self.as_root)
+
     def _whiteout(self, entry: TarEntry, parts: tuple[bytes, ...]) -> None:
+        self._forget()
         base = parts[-1]
         if base == _OPQ:
             self._opaque(entry, parts[:-1])
@@ -301,7 +326,7 @@ class _Applier:
                 reader: TarReader) -> None:
         existing = _exists(parent, name)
         if existing is not None and not (entry.type == DIRECTORY and stat.S_ISDIR(existing.st_mode)):
-            remove_entry(parent, name, as_root=self.as_root)
+            self._remove(parent, name)
         kind = entry.type
         if kind == DIRECTORY:
             if existing is None or not stat.S_ISDIR(existing.st_mode):
@@ -411,6 +436,7 @@ class _Applier:
                 self.note(f"xattr {key} of {_show(entry.name)} not restored ({exc.strerror})")
 
     def finish_dirs(self) -> None:
+        self._forget()
         for parts, entry in reversed(self.dirs):
             try:
                 fd = open_dir(self.root_fd, parts, follow_last=False) if parts else os.dup(self.root_fd)

@@ -47,11 +47,13 @@ class Outcome:
     rolled_back_to: int | None = None
     removed_created: bool = False
     elapsed: float = 0.0
+    api_requests: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "release": self.release, "revision": self.revision, "message": self.message,
                 "rolled_back_to": self.rolled_back_to, "removed_created": self.removed_created,
-                "elapsed": round(self.elapsed, 3), "failures": [f.to_dict() for f in self.failures]}
+                "elapsed": round(self.elapsed, 3), "api_requests": self.api_requests,
+                "failures": [f.to_dict() for f in self.failures]}
 
 
 @dataclass
@@ -143,7 +145,7 @@ class Deployer:
                 self.report("done", f"release {opts.release} revision {revision} deployed in {elapsed:.1f}s",
                             release=opts.release, revision=revision, elapsed=round(elapsed, 3))
                 return Outcome(True, opts.release, revision, f"release {opts.release} revision {revision} deployed",
-                               elapsed=elapsed)
+                               elapsed=elapsed, api_requests=self.kube.request_count)
             verdict_elapsed = time.monotonic() - start
             record.status = FAILED
             record.description = failures[0].headline()[:1000]
@@ -157,12 +159,13 @@ class Deployer:
             elif previous is None:
                 self._remove_created(created)
                 outcome.removed_created = True
-                outcome.message = (f"release {opts.release} revision {revision} failed and, being the first release, "
-                                   f"what it created was removed: {failures[0].headline()}")
+                outcome.message = (f"release {opts.release} revision {revision} failed and, as there is no earlier deployed "
+                                   f"revision (first release), what it created was removed: {failures[0].headline()}")
             else:
                 outcome.rolled_back_to = previous.revision
                 outcome.message = self._atomic_rollback(store, previous, record, created, opts, failures[0])
             store.prune_history(opts.history_max)
+            outcome.api_requests = self.kube.request_count
             return outcome
 
     def _run(self, plan: Plan, deadline: float, opts: DeployOptions,
@@ -257,7 +260,13 @@ class Deployer:
         validate_release_name(opts.release)
         resources = self.prepare(resources, opts.namespace)
         plan = plan_stages(resources)
-        new_namespaces = set()
+        namespace_exists: dict[str, bool] = {}
+
+        def missing_namespace(name: str) -> bool:
+            if name and name not in namespace_exists:
+                namespace_exists[name] = self.kube.get(f"/api/v1/namespaces/{name}") is not None
+            return bool(name) and not namespace_exists[name]
+
         changes: list[Change] = []
         for stage in plan.stages:
             for r in stage.resources:
@@ -266,19 +275,17 @@ class Deployer:
                 except DeployError:
                     changes.append(Change("create", r.key, "(its kind comes from a CRD this release creates)\n"))
                     continue
-                if r.kind == "Namespace" and r.group == "" and self.kube.get(api.path("", r.name)) is None:
-                    new_namespaces.add(r.name)
-                live = applier.get_live(self.kube, api, r.namespace, r.name)
-                if live is None and r.namespace in new_namespaces:
-                    changes.append(Change("create", r.key, "(in a namespace this release creates)\n"))
+                if missing_namespace(r.namespace):
+                    changes.append(Change("create", r.key, f"(namespace {r.namespace} does not exist yet)\n"))
                     continue
+                live = applier.get_live(self.kube, api, r.namespace, r.name)
                 planned = applier.apply(self.kube, r, api, dry_run=True, force=opts.force_conflicts).obj
                 if live is None:
                     changes.append(Change("create", r.key, applier.diff(None, planned, r.key.short)))
                 else:
                     d = applier.diff(live, planned, r.key.short)
                     changes.append(Change("update" if d else "unchanged", r.key, d))
-        if self.kube.get(f"/api/v1/namespaces/{opts.namespace}") is not None:
+        if not missing_namespace(opts.namespace):
             previous = _last_deployed(ReleaseStore(self.kube, opts.namespace, opts.release).history())
             if previous is not None:
                 for r, action in _prune_actions(previous, resources):

@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 import uuid
+import zlib
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -56,6 +57,8 @@ class ReleaseRecord:
     @classmethod
     def from_json(cls, data: bytes) -> "ReleaseRecord":
         raw = json.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError("a release record must be a JSON object")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
@@ -120,12 +123,22 @@ def records_from_secrets(secrets: list[dict[str, Any]]) -> list[ReleaseRecord]:
             revision, part, parts = int(labels[LABEL_REVISION]), int(labels.get(LABEL_PART, 0)), int(labels.get(LABEL_PARTS, 1))
         except (KeyError, ValueError):
             continue
-        by_revision.setdefault(revision, {})[part] = base64.b64decode((secret.get("data") or {}).get("release", ""))
+        name = (secret.get("metadata") or {}).get("name", "?")
+        try:
+            chunk = base64.b64decode((secret.get("data") or {}).get("release", ""), validate=True)
+        except (ValueError, TypeError):
+            raise DeployError(f"release record Secret {name} is corrupt (not base64): delete it or restore it") from None
+        by_revision.setdefault(revision, {})[part] = chunk
         expected[revision] = parts
     records = []
     for revision in sorted(by_revision):
         label = f"revision {revision}"
-        records.append(decode(join(by_revision[revision], expected[revision], label)))
+        blob = join(by_revision[revision], expected[revision], label)
+        try:
+            records.append(decode(blob))
+        except (OSError, EOFError, ValueError, TypeError, zlib.error) as exc:
+            raise DeployError(f"release record {label} is corrupt ({exc}); delete its Secrets "
+                              f"(label kade.io/revision={revision}) to drop it from the history") from None
     return records
 
 

@@ -14,6 +14,10 @@ from datetime import datetime
 from typing import Any
 
 PERSIST_INTERVAL = 5.0
+# Problems that healthy clusters show for a moment (a kubelet's first configmap sync, a sandbox retry,
+# a node not ready yet) count only once they have lasted this long while the pod is still not started.
+EVENT_GRACE = 10.0
+UNSCHEDULABLE_GRACE = 5.0
 
 WAITING_FAILURES = frozenset({
     "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError",
@@ -33,6 +37,7 @@ class Signal:
     container: str = ""
     key: tuple = ()
     persistent: bool = False
+    grace: float = 0.0  # a persistent signal counts only after lasting this long
 
     def describe(self) -> str:
         where = ", ".join(p for p in (f"pod {self.pod}" if self.pod else "",
@@ -72,7 +77,8 @@ def pod_signals(pod: dict[str, Any], now: float, *, count_exits: bool = True,
     out: list[Signal] = []
     for cond in status.get("conditions") or []:
         if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
-            out.append(Signal("Unschedulable", str(cond.get("message") or ""), name, "", (uid, "Unschedulable"), True))
+            out.append(Signal("Unschedulable", str(cond.get("message") or ""), name, "", (uid, "Unschedulable"), True,
+                              UNSCHEDULABLE_GRACE))
     if status.get("phase") == "Failed" and status.get("reason"):
         out.append(Signal(str(status["reason"]), str(status.get("message") or ""), name, "", (uid, "phase", status["reason"])))
     for cs in status.get("initContainerStatuses") or []:
@@ -118,8 +124,9 @@ def _container_signals(cs: dict[str, Any], pod: str, uid: str, init: bool, count
     return out
 
 
-def event_signal(event: dict[str, Any], pod_names: dict[str, str] | None = None) -> Signal | None:
-    """A Warning event that signals trouble, keyed by (event uid, count) so each repeat counts."""
+def event_signal(event: dict[str, Any]) -> Signal | None:
+    """A Warning event that signals trouble: a persistent condition of its object (keyed by object
+    and reason), counted after EVENT_GRACE while it stays active (see `event_active`)."""
     if event.get("type") != "Warning":
         return None
     reason = str(event.get("reason") or "")
@@ -128,13 +135,29 @@ def event_signal(event: dict[str, Any], pod_names: dict[str, str] | None = None)
     involved = event.get("involvedObject") or event.get("regarding") or {}
     name = str(involved.get("name", ""))
     pod = name if involved.get("kind") == "Pod" else ""
-    meta = event.get("metadata") or {}
-    count = event.get("count") or (event.get("series") or {}).get("count") or 1
+    message = str(event.get("message") or event.get("note") or "")
     if reason == "FailedScheduling":  # the same occurrence as the Unschedulable pod condition
-        return Signal("Unschedulable", str(event.get("message") or event.get("note") or ""), pod, "",
-                      (str(involved.get("uid", "")), "Unschedulable"), True)
-    return Signal(reason, str(event.get("message") or event.get("note") or ""), pod, "",
-                  (str(meta.get("uid") or meta.get("name")), "event", int(count)))
+        return Signal("Unschedulable", message, pod, "", (str(involved.get("uid", "")), "Unschedulable"), True,
+                      UNSCHEDULABLE_GRACE)
+    return Signal(reason, message, pod, "", (str(involved.get("uid", "")), "event", reason), True, EVENT_GRACE)
+
+
+def event_active(event: dict[str, Any], pod: dict[str, Any] | None, now: float, window: float = 60.0) -> bool:
+    """Does a warning event still describe the present? For a pod: while none of its containers
+    has started and it is not done. For other objects: while the event recurred within `window`."""
+    if pod is not None:
+        status = pod.get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return False
+        started = any((cs.get("state") or {}).get("running") or (cs.get("state") or {}).get("terminated")
+                      for cs in status.get("containerStatuses") or [])
+        return not started
+    last = None
+    for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
+        last = parse_time(event.get(key)) if last is None else last
+    series_last = parse_time((event.get("series") or {}).get("lastObservedTime"))
+    last = max(x for x in (last, series_last, 0.0) if x is not None)
+    return now - last <= window
 
 
 @dataclass
@@ -161,7 +184,9 @@ class FailureBudget:
         # names the back-off.
         for sig in sorted(signals, key=lambda s: s.persistent):
             first = self.first_seen.setdefault(sig.key, now)
-            index = int(math.floor((now - first) / PERSIST_INTERVAL)) if sig.persistent else 0
+            if sig.persistent and now - first < sig.grace:
+                continue
+            index = int(math.floor((now - first - sig.grace) / PERSIST_INTERVAL)) if sig.persistent else 0
             occurrence = (sig.key, index)
             if occurrence in self.counted:
                 continue

@@ -21,10 +21,10 @@ from deployer.durations import format_duration
 from deployer.kube import Gone, Kube, KubeError, WatchStream, iter_lines
 from deployer.options import (CONTROLLER_IS_READY, END_OF_DEPLOY, FAIL_FAST, HOPE, IGNORE, NON_BLOCKING,
                               POD_IS_READY, TrackOptions)
-from deployer.readiness.common import condition_is, owned_by
+from deployer.readiness.common import condition_is, generation_pending, owned_by
 from deployer.resources import ApiResource, ResourceKey
 from deployer.revision import expected_replicas, new_revision_pods, watches_pods
-from deployer.signals import FailureBudget, Signal, event_signal, parse_time, pod_signals
+from deployer.signals import FailureBudget, Signal, event_active, event_signal, parse_time, pod_signals
 from deployer.summary import Failure, clean, container_state
 
 Report = Callable[..., None]
@@ -82,7 +82,8 @@ class Tracker:
         self.streams_lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.objects: dict[str, dict[str, dict[str, Any]]] = {}  # store -> "ns/name" -> obj
-        self.pods: dict[str, dict[str, Any]] = {}  # uid -> pod
+        self.delivered: dict[_WatchSpec, set[str]] = {}  # what each watch put into the stores
+        self.pods: dict[str, dict[str, Any]] = {}  # "ns/name" -> pod
         self.replicasets: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}
         self.followed: set[tuple] = set()
@@ -146,7 +147,7 @@ class Tracker:
                 if resource_version is None:
                     listed = self.kube.request("GET", spec.path, {"fieldSelector": spec.field_selector})
                     resource_version = listed["metadata"]["resourceVersion"]
-                    self.queue.put(("sync", spec.store, listed.get("items") or []))
+                    self.queue.put(("sync", spec, listed.get("items") or []))
                 stream = self.kube.stream(spec.path, {"resourceVersion": resource_version, "allowWatchBookmarks": "true",
                                                       "timeoutSeconds": int(self.watch_timeout),
                                                       "fieldSelector": spec.field_selector}, self.watch_timeout + 10)
@@ -163,7 +164,7 @@ class Tracker:
                             raise KubeError(obj.get("message", "watch error"), int(obj.get("code") or 0))
                         resource_version = (obj.get("metadata") or {}).get("resourceVersion", resource_version)
                         if kind != "BOOKMARK":
-                            self.queue.put(("event", spec.store, kind, obj))
+                            self.queue.put(("event", spec, kind, obj))
                     delay = 0.2
                 finally:
                     with self.streams_lock:
@@ -196,14 +197,18 @@ class Tracker:
             self.report("warning", item[1])
         elif kind == "log":
             self._log_line(*item[1:])
-        elif kind == "sync":
-            store, items = item[1], item[2]
-            target = self._store(store)
-            target.clear()
+        elif kind == "sync":  # a fresh list replaces what this watch had delivered before
+            spec, items = item[1], item[2]
+            target = self._store(spec.store)
+            for key in self.delivered.pop(spec, set()):
+                target.pop(key, None)
             for obj in items:
                 target[_id(obj)] = obj
+            self.delivered[spec] = {_id(obj) for obj in items}
         elif kind == "event":
-            store, change, obj = item[1], item[2], item[3]
+            spec, change, obj = item[1], item[2], item[3]
+            store = spec.store
+            self.delivered.setdefault(spec, set()).add(_id(obj))
             target = self._store(store)
             if change == "DELETED":
                 target.pop(_id(obj), None)
@@ -234,6 +239,10 @@ class Tracker:
     def _related(self, t: Target) -> tuple[list[dict], list[dict], set[str]]:
         pods = [p for p in self.pods.values() if _ns(p) == t.key.namespace]
         rss = [r for r in self.replicasets.values() if _ns(r) == t.key.namespace]
+        if t.key.group == "apps" and t.obj is not None and generation_pending(t.obj):
+            # the controller has not caught up with the spec just applied: which pods are "new" is
+            # not known yet (during a rollback the failing pods still look like the new revision)
+            return [], rss, {_uid(t.obj)}
         mine = new_revision_pods(t.key.group, t.key.kind, t.obj, pods, rss)
         uids = {_uid(p) for p in mine}
         if t.obj is not None:
@@ -266,9 +275,10 @@ class Tracker:
         signals: list[Signal] = []
         for pod in pods:
             signals += pod_signals(pod, now, count_exits=count_exits, probe_windows=t.options.ignore_readiness_probe_fails_for)
+        pods_by_uid = {_uid(p): p for p in pods}
         for event in events:
             sig = event_signal(event)
-            if sig is not None:
+            if sig is not None and event_active(event, pods_by_uid.get(_involved_uid(event)), now):
                 signals.append(sig)
         for sig in t.budget.observe(signals, now):
             self.report("warning", f"{t.key.short}: {clean(sig.describe())} "
@@ -351,7 +361,8 @@ class Tracker:
             failure.logs = self._last_logs(pod, container)
         pod_uid = _uid(pod) if pod else ""
         warnings = [e for e in events if e.get("type") == "Warning"]
-        preferred = [e for e in warnings if _involved_uid(e) == pod_uid] or warnings
+        preferred = ([e for e in warnings if _event_matches(e, reason, container)]
+                     or [e for e in warnings if _involved_uid(e) == pod_uid] or warnings)
         if preferred:
             latest = max(preferred, key=_event_time)
             failure.event = f"{latest.get('reason')}: {latest.get('message', '').strip()}"
@@ -449,7 +460,7 @@ class Tracker:
         if until == CONTROLLER_IS_READY and t.verdict == "ready":
             return
         if until == POD_IS_READY:
-            live = self.pods.get(_uid(pod), pod)
+            live = self.pods.get(_id(pod), pod)
             if condition_is(live, "Ready"):
                 return
         if until not in (CONTROLLER_IS_READY, POD_IS_READY, END_OF_DEPLOY):
@@ -511,6 +522,24 @@ def _event_time(event: dict) -> float:
         if value is not None:
             return value
     return parse_time((event.get("metadata") or {}).get("creationTimestamp")) or 0.0
+
+
+_EVENT_FOR_REASON = {
+    "CrashLoopBackOff": ("BackOff",), "ContainerFailed": ("BackOff",), "ImagePullBackOff": ("Failed", "BackOff"),
+    "ErrImagePull": ("Failed",), "ReadinessProbeFailed": ("Unhealthy",), "Unschedulable": ("FailedScheduling",),
+    "CreateContainerConfigError": ("Failed",), "CreateContainerError": ("Failed",), "InvalidImageName": ("InspectFailed", "Failed"),
+    "RunContainerError": ("Failed",), "OOMKilled": ("BackOff", "OOMKilling"),
+}
+
+
+def _event_matches(event: dict, reason: str, container: str) -> bool:
+    """Is this the event that explains a failure with `reason` (in `container`)?"""
+    wanted = _EVENT_FOR_REASON.get(reason, (reason,))
+    if event.get("reason") not in wanted:
+        return False
+    field_path = str((event.get("involvedObject") or {}).get("fieldPath") or "")
+    name = container.replace(" (init)", "")
+    return not field_path or not name or f"{{{name}}}" in field_path
 
 
 def _first_unready_container(pod: dict) -> str:

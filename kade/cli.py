@@ -14,6 +14,13 @@ from kade import errors
 
 # Order is the order of `kade --help`.
 COMMAND_MODULES = ["build", "deploy", "converge", "cleanup", "image", "cache", "build_stage"]
+# Which module registers a command, so `kade image ...` imports only what it runs (start-up time).
+# A command missing here still works: then every module is loaded.
+COMMAND_HOME = {
+    "build": "build", "deploy": "deploy", "plan": "deploy", "rollback": "deploy", "history": "deploy",
+    "uninstall": "deploy", "track": "deploy", "converge": "converge", "cleanup": "cleanup",
+    "purge": "cleanup", "image": "image", "cache": "cache", "build-stage": "build_stage",
+}
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -26,11 +33,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"kade: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for every command, or only for `command` when we know its module."""
     parser = _Parser(prog="kade", description="Build, publish, deploy and clean up without a Docker daemon.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
+    home = COMMAND_HOME.get(command or "")
+    for name in [home] if home else COMMAND_MODULES:
         try:
             module = importlib.import_module(f"kade.commands.{name}")
         except ModuleNotFoundError as exc:
@@ -42,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_first_word(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
@@ -58,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kade: interrupted", file=sys.stderr)
         return 130
+
+
+def _first_word(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def _version() -> str:

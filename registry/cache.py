@@ -19,24 +19,29 @@ BLOCK = 1 << 20
 
 
 class BlobWriter:
-    """File-like sink that hashes what it is given; `digest`/`size` are final after close."""
+    """File-like sink that hashes what it is given; `digest`/`size` are final after close. With
+    `trusted` (the caller's stream verifies itself, e.g. a BlobReader) it does not hash again."""
 
-    def __init__(self, f: BinaryIO, algorithm: str) -> None:
+    def __init__(self, f: BinaryIO, algorithm: str, trusted: str | None = None) -> None:
         self._f = f
         self.hasher = Hasher(algorithm)
+        self._trusted = trusted
+        self._size = 0
 
     def write(self, data: bytes | memoryview) -> int:
         self._f.write(data)
-        self.hasher.update(data)
+        self._size += len(data)
+        if not self._trusted:
+            self.hasher.update(data)
         return len(data)
 
     @property
     def size(self) -> int:
-        return self.hasher.size
+        return self._size
 
     @property
     def digest(self) -> str:
-        return self.hasher.digest()
+        return self._trusted or self.hasher.digest()
 
 
 class BlobCache:
@@ -67,16 +72,21 @@ class BlobCache:
             return f.read()
 
     @contextlib.contextmanager
-    def writer(self, expected: str | None = None) -> Iterator[BlobWriter]:
+    def writer(self, expected: str | None = None, verified_by_source: bool = False) -> Iterator[BlobWriter]:
         """Write a blob: `with cache.writer(digest) as w: w.write(...)`. On success the file is
-        renamed to its digest (checked against `expected` if given); on error nothing is left."""
+        renamed to its digest (checked against `expected` if given, unless the source stream
+        verifies it itself and raises on mismatch); on error nothing is left."""
         algorithm = validate_digest(expected).split(":", 1)[0] if expected else "sha256"
         tmpdir = self.root / "blobs" / algorithm
-        tmpdir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=tmpdir)
+        try:
+            tmpdir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=tmpdir)
+        except OSError as exc:
+            raise RegistryError(f"cannot write blobs under {tmpdir}: {exc.strerror}; check the path and its "
+                                "permissions") from None
         try:
             with os.fdopen(fd, "wb") as f:
-                w = BlobWriter(f, algorithm)
+                w = BlobWriter(f, algorithm, expected if verified_by_source and expected else None)
                 yield w
             if expected and w.digest != expected:
                 raise DigestMismatch(f"blob written to {self.root} hashes to {w.digest}, expected {expected}")
@@ -91,7 +101,8 @@ class BlobCache:
             w.write(data)
         return w.digest
 
-    def put_stream(self, stream: BinaryIO, expected: str | None = None) -> tuple[str, int]:
-        with self.writer(expected) as w:
+    def put_stream(self, stream: BinaryIO, expected: str | None = None,
+                   verified_by_source: bool = False) -> tuple[str, int]:
+        with self.writer(expected, verified_by_source) as w:
             shutil.copyfileobj(stream, w, BLOCK)  # type: ignore[misc]
         return w.digest, w.size

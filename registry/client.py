@@ -6,6 +6,7 @@ streamed in 1 MiB blocks, hashed on the way, and never held whole (except small 
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import re
 import tempfile
@@ -15,18 +16,22 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Iterator, Union
 
 import requests
+import urllib3
 
 from registry import mediatypes as mt
 from registry.auth import CredentialResolver, scope_for
 from registry.digest import Hasher, is_digest, sha256_digest, validate_digest
 from registry.errors import (DigestMismatch, InvalidManifest, NotFound, RegistryError, RegistryUnavailable,
                              Unsupported, UploadError)
-from registry.model import Descriptor, Manifest, canonical_json
-from registry.reference import Reference
+from registry.model import Descriptor, Manifest
+from registry.reference import Reference, validate_tag
 from registry.transport import RetryPolicy, Transport, parse_link_next, retry_delay
 
 MiB = 1 << 20
 READ_BLOCK = MiB
+# What a dropped or broken connection raises while a response body is being read.
+_STREAM_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                  OSError)
 MAX_MANIFEST_BYTES = 4 * MiB  # what distribution accepts; more is hostile
 
 Opener = Callable[[int], BinaryIO]  # open the source positioned at the given offset
@@ -39,7 +44,7 @@ class ClientOptions:
     ca_file: str | None = None
     credentials: CredentialResolver | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    chunk_size: int = 64 * MiB  # per PATCH; streamed, so this does not cost memory
+    chunk_size: int = 128 * MiB  # per PATCH; streamed, so this does not cost memory
     monolithic_max: int = 8 * MiB  # blobs up to this size go up in a single PUT
     upload_attempts: int = 5  # fresh or resumed upload sessions per blob
     timeout: float = 120.0
@@ -152,6 +157,7 @@ class BlobReader:
         self.hasher = Hasher.for_digest(digest) if offset == 0 else None
         self._resp: requests.Response | None = None
         self._failures = 0
+        self._failed_at = offset
         self._done = False
         self._open()
 
@@ -183,10 +189,7 @@ class BlobReader:
             try:
                 assert self._resp is not None
                 data = self._resp.raw.read(want, decode_content=False)
-            except (requests.exceptions.RequestException, OSError, Exception) as exc:  # noqa: BLE001
-                if isinstance(exc, RegistryError):
-                    raise
-                data = None
+            except _STREAM_ERRORS as exc:
                 self._retry(exc)
                 continue
             if data:
@@ -204,6 +207,8 @@ class BlobReader:
             return b""
 
     def _retry(self, exc: BaseException) -> None:
+        if self.pos != self._failed_at:  # progress since the last failure: a fresh budget of retries
+            self._failures, self._failed_at = 0, self.pos
         self._failures += 1
         if self._resp is not None:
             self._resp.close()
@@ -350,7 +355,7 @@ class Repository:
         """Remove one tag, leaving other tags on the same digest in place. Returns how it was done:
         "oci" (DELETE /manifests/<tag>, OCI 1.1) or "placeholder" (registries that delete only by
         digest: the tag is first pointed at a unique throw-away manifest, which is then deleted)."""
-        Reference.parse(f"x:{tag}")  # validate the tag
+        validate_tag(tag)
         if self.head_manifest(tag) is None:
             raise NotFound(self._not_found_msg(f"tag {tag}"))
         resp = self._request("DELETE", f"/manifests/{tag}", "delete", what=f"tag {tag}")
@@ -361,8 +366,13 @@ class Repository:
             raise NotFound(self._not_found_msg(f"tag {tag}"))
         if resp.status_code not in (400, 404, 405):
             self._raise_unexpected(resp, f"delete tag {tag}")
+        original, desc = self.get_manifest(tag)
         placeholder = self._push_placeholder(tag)
-        self.delete_manifest(placeholder)
+        try:
+            self.delete_manifest(placeholder)
+        except RegistryError as exc:
+            self.put_manifest(tag, original, desc.media_type)  # put the tag back where it was
+            raise type(exc)(f"{exc} (tag {tag} was left pointing at {desc.digest}, as before)") from None
         return "placeholder"
 
     def _push_placeholder(self, tag: str) -> str:
@@ -520,7 +530,7 @@ class Repository:
             return self._finish_upload(location, actual, len(data), body=data)
         chunk = max(options.chunk_size, min_chunk)
         hasher = None if digest else Hasher()
-        offset, failures = 0, 0
+        offset, failures, failed_at = 0, 0, 0
         while size is None or offset < size:
             length = None if size is None else min(chunk, size - offset)
             mark = (offset, hasher.copy() if hasher else None)
@@ -529,7 +539,8 @@ class Repository:
                 if size is None:
                     break  # a streamed PATCH sends everything up to EOF
             except (RegistryUnavailable, _Retryable) as exc:
-                failures += 1
+                failures = 1 if offset > failed_at else failures + 1  # progress resets the budget
+                failed_at = offset
                 status = self._upload_status(location) if failures < options.upload_attempts else None
                 if status is None or status[1] < mark[0] or (size is not None and status[1] > size):
                     raise _Retryable(f"upload session lost: {exc}") from None
@@ -579,6 +590,9 @@ class Repository:
             raise _Retryable("registry rejected the chunk's range")
         if resp.status_code >= 500 or resp.status_code == 429:
             raise _Retryable(f"HTTP {resp.status_code}")
+        if _error_codes(resp) & _SESSION_GONE:
+            # e.g. distribution 2.8 cancels a session whose stored size moved under a broken PATCH
+            raise _Retryable(f"upload session rejected: {_error_detail(resp)}")
         if resp.status_code != 202:
             self._raise_unexpected(resp, "upload blob chunk")
         sent = offset + (length if length is not None else counter.count)
@@ -598,10 +612,13 @@ class Repository:
         if "DIGEST_INVALID" in codes:
             raise DigestMismatch(f"registry {self.host} says the uploaded content of {self.name} does not match "
                                  f"{digest} ({_error_detail(resp)}); the source changed or is corrupt")
-        if resp.status_code >= 500 or "BLOB_UPLOAD_UNKNOWN" in codes or "BLOB_UPLOAD_INVALID" in codes:
+        if resp.status_code >= 500 or codes & _SESSION_GONE:
             raise _Retryable(f"finishing the upload: HTTP {resp.status_code} {_error_detail(resp)}")
         self._raise_unexpected(resp, f"finish upload of blob {digest}")
         raise AssertionError("unreachable")
+
+
+_SESSION_GONE = frozenset({"BLOB_UPLOAD_UNKNOWN", "BLOB_UPLOAD_INVALID"})
 
 
 class _Retryable(RegistryError):

@@ -61,11 +61,13 @@ class RegistryEndpoint:
         return lambda offset: BlobReader(self.repo, desc.digest, desc.size, offset)  # type: ignore[return-value]
 
     def put_blob(self, desc: Descriptor, source: Endpoint) -> str:
+        same_registry = (isinstance(source, RegistryEndpoint) and source.repo.host == self.repo.host
+                         and source.repo.name != self.repo.name)
+        # Within one registry, mount straight away (one request; 201 also when already there).
+        if same_registry and self.repo.mount_blob(desc.digest, source.repo.name):
+            return "mounted"
         if self.repo.head_blob(desc.digest) is not None:
             return "exists"
-        if (isinstance(source, RegistryEndpoint) and source.repo.host == self.repo.host
-                and source.repo.name != self.repo.name and self.repo.mount_blob(desc.digest, source.repo.name)):
-            return "mounted"
         self.repo.upload_blob(source.blob_source(desc), digest=desc.digest, size=desc.size, skip_existing=False)
         return "copied"
 
@@ -102,8 +104,8 @@ class LayoutEndpoint:
         if self.layout.blobs.size(desc.digest) == desc.size:
             return "exists"
         stream = source.open_blob(desc)
-        try:
-            self.layout.blobs.put_stream(stream, desc.digest)
+        try:  # a registry stream (BlobReader) verifies size and digest at EOF and raises before the rename
+            self.layout.blobs.put_stream(stream, desc.digest, verified_by_source=isinstance(stream, BlobReader))
         finally:
             stream.close()
         return "copied"

@@ -34,7 +34,11 @@ class OCILayout:
         self.path = Path(path)
         self.blobs = BlobCache(self.path)
         if create:
-            self._init()
+            try:
+                self._init()
+            except OSError as exc:
+                raise LayoutError(f"cannot create an OCI layout at {self.path}: {exc.strerror}; check the path "
+                                  "and its permissions") from None
         elif not (self.path / "oci-layout").is_file():
             raise LayoutError(f"{self.path} is not an OCI image layout (no oci-layout file); "
                               "copy an image there first, e.g. `kade image copy REF oci:PATH:TAG`")

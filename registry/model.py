@@ -82,6 +82,36 @@ class Descriptor:
         return "/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
 
 
+def _envelope(media_type: str, artifact_type: str | None, body: dict[str, Any], subject: Descriptor | None,
+              annotations: dict[str, str] | None) -> dict[str, Any]:
+    """The fields manifests and indexes share, around their own `body`, in a fixed order."""
+    out: dict[str, Any] = {"schemaVersion": 2, "mediaType": media_type}
+    if artifact_type:
+        out["artifactType"] = artifact_type
+    out.update(body)
+    if subject:
+        out["subject"] = subject.to_dict()
+    if annotations:
+        out["annotations"] = dict(annotations)
+    return out
+
+
+def _common_fields(d: dict[str, Any], what: str) -> dict[str, Any]:
+    """Validate and convert the shared fields (schemaVersion, annotations, subject, artifactType)."""
+    _require(d.get("schemaVersion") == 2, f"{what}: schemaVersion must be 2, got {d.get('schemaVersion')!r}")
+    subject, artifact_type = d.get("subject"), d.get("artifactType")
+    _require(artifact_type is None or isinstance(artifact_type, str), f"{what}: artifactType must be a string")
+    return {
+        "annotations": _str_map(d.get("annotations"), f"{what} annotations"),
+        "subject": Descriptor.from_dict(subject, f"{what} subject") if subject is not None else None,
+        "artifact_type": artifact_type,
+    }
+
+
+def _compact(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 @dataclass
 class Manifest:
     """An image manifest (OCI image manifest or Docker v2 schema 2)."""
@@ -94,19 +124,11 @@ class Manifest:
     artifact_type: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schemaVersion": 2, "mediaType": self.media_type}
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        out["config"] = self.config.to_dict()
-        out["layers"] = [layer.to_dict() for layer in self.layers]
-        if self.subject:
-            out["subject"] = self.subject.to_dict()
-        if self.annotations:
-            out["annotations"] = dict(self.annotations)
-        return out
+        body = {"config": self.config.to_dict(), "layers": [layer.to_dict() for layer in self.layers]}
+        return _envelope(self.media_type, self.artifact_type, body, self.subject, self.annotations)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+        return _compact(self.to_dict())
 
     def blobs(self) -> list[Descriptor]:
         """Config then layers: what must be in the repository before this manifest is pushed."""
@@ -114,20 +136,12 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], media_type: str) -> "Manifest":
-        _require(d.get("schemaVersion") == 2, f"image manifest: schemaVersion must be 2, got {d.get('schemaVersion')!r}")
+        common = _common_fields(d, "image manifest")
         layers = d.get("layers")
         _require(isinstance(layers, list), "image manifest: layers must be a list")
-        subject = d.get("subject")
-        artifact_type = d.get("artifactType")
-        _require(artifact_type is None or isinstance(artifact_type, str), "image manifest: artifactType must be a string")
-        return cls(
-            config=Descriptor.from_dict(d.get("config"), "image manifest config"),
-            layers=[Descriptor.from_dict(x, f"image manifest layer {i}") for i, x in enumerate(layers)],
-            media_type=media_type,
-            annotations=_str_map(d.get("annotations"), "image manifest annotations"),
-            subject=Descriptor.from_dict(subject, "image manifest subject") if subject is not None else None,
-            artifact_type=artifact_type,
-        )
+        return cls(config=Descriptor.from_dict(d.get("config"), "image manifest config"),
+                   layers=[Descriptor.from_dict(x, f"image manifest layer {i}") for i, x in enumerate(layers)],
+                   media_type=media_type, **common)
 
 
 @dataclass
@@ -141,32 +155,19 @@ class Index:
     artifact_type: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schemaVersion": 2, "mediaType": self.media_type}
-        if self.artifact_type:
-            out["artifactType"] = self.artifact_type
-        out["manifests"] = [m.to_dict() for m in self.manifests]
-        if self.subject:
-            out["subject"] = self.subject.to_dict()
-        if self.annotations:
-            out["annotations"] = dict(self.annotations)
-        return out
+        body = {"manifests": [m.to_dict() for m in self.manifests]}
+        return _envelope(self.media_type, self.artifact_type, body, self.subject, self.annotations)
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+        return _compact(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], media_type: str) -> "Index":
-        _require(d.get("schemaVersion") == 2, f"index: schemaVersion must be 2, got {d.get('schemaVersion')!r}")
+        common = _common_fields(d, "index")
         manifests = d.get("manifests")
         _require(isinstance(manifests, list), "index: manifests must be a list")
-        subject = d.get("subject")
-        return cls(
-            manifests=[Descriptor.from_dict(x, f"index entry {i}") for i, x in enumerate(manifests)],
-            media_type=media_type,
-            annotations=_str_map(d.get("annotations"), "index annotations"),
-            subject=Descriptor.from_dict(subject, "index subject") if subject is not None else None,
-            artifact_type=d.get("artifactType") if isinstance(d.get("artifactType"), str) else None,
-        )
+        return cls(manifests=[Descriptor.from_dict(x, f"index entry {i}") for i, x in enumerate(manifests)],
+                   media_type=media_type, **common)
 
 
 AnyManifest = Union[Manifest, Index]
@@ -230,14 +231,15 @@ class ImageConfig:
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidManifest(f"image config is not valid JSON: {exc}") from None
         _require(isinstance(doc, dict), "image config must be a JSON object")
-        rootfs = doc.get("rootfs") or {"type": "layers", "diff_ids": []}
+        rootfs = doc.get("rootfs")
+        rootfs = {"type": "layers", "diff_ids": []} if rootfs is None else rootfs
         _require(isinstance(rootfs, dict), "image config: rootfs must be an object")
-        diff_ids = rootfs.get("diff_ids") or []
+        diff_ids = rootfs.get("diff_ids", [])
         _require(isinstance(diff_ids, list) and all(isinstance(x, str) and is_digest(x) for x in diff_ids),
                  "image config: rootfs.diff_ids must be a list of digests")
-        config = doc.get("config") or {}
+        config = {} if doc.get("config") is None else doc["config"]
         _require(isinstance(config, dict), "image config: config must be an object")
-        history = doc.get("history") or []
+        history = doc.get("history") if doc.get("history") is not None else []
         _require(isinstance(history, list) and all(isinstance(h, dict) for h in history),
                  "image config: history must be a list of objects")
         for key in ("architecture", "os"):

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 
 from registry import mediatypes as mt
 from registry.digest import is_digest, sha256_digest
-from registry.errors import InvalidManifest
+from registry.errors import InvalidManifest, NotFound
 from registry.model import Descriptor, Manifest, parse_manifest
 
 RECORD_MEDIA_TYPE = "application/vnd.kade.build-record.v1+json"
@@ -169,8 +169,24 @@ def list_records(repo: Any, tags: list[str] | None = None, workers: int = 8) -> 
     """(tag, record) for every build record in the stages repository, oldest first.
 
     `tags` (the repository's tag list) saves a listing when the caller has one already."""
+    for tag, _, record in read_records(repo, tags, workers):
+        yield tag, record
+
+
+def read_records(repo: Any, tags: list[str] | None = None,
+                 workers: int = 8) -> Iterator[tuple[str, str, BuildRecord]]:
+    """(tag, manifest digest, record) for every build record, oldest first; a record deleted while
+    listing is left out."""
     names = sorted((t for t in (tags if tags is not None else repo.list_tags()) if is_record_tag(t)),
                    key=lambda t: (record_tag_millis(t), t))
+
+    def read(tag: str) -> tuple[str, BuildRecord] | None:
+        try:
+            return read_record(repo, tag)
+        except NotFound:
+            return None
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for tag, (_, record) in zip(names, pool.map(lambda t: read_record(repo, t), names)):
-            yield tag, record
+        for tag, found in zip(names, pool.map(read, names)):
+            if found is not None:
+                yield tag, found[0], found[1]

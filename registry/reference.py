@@ -61,9 +61,10 @@ class Reference:
         colon = rest.rfind(":")
         if colon > rest.rfind("/"):
             name, tag = rest[:colon], rest[colon + 1:]
-            if not _TAG_RE.match(tag):
-                raise InvalidReference(f"invalid tag {tag!r} in {s!r}: a tag is 1-128 characters of "
-                                       "letters, digits, '_', '.' and '-', not starting with '.' or '-'")
+            try:
+                validate_tag(tag)
+            except InvalidReference as exc:
+                raise InvalidReference(f"{exc} (in {s!r})") from None
         registry, repository = _split_domain(name, s)
         if tag is None and digest is None and default_tag is not None:
             tag = default_tag
@@ -85,9 +86,7 @@ class Reference:
         return self.digest or self.tag or DEFAULT_TAG
 
     def with_tag(self, tag: str) -> "Reference":
-        if not _TAG_RE.match(tag):
-            raise InvalidReference(f"invalid tag {tag!r} for {self.name}")
-        return replace(self, tag=tag, digest=None)
+        return replace(self, tag=validate_tag(tag), digest=None)
 
     def with_digest(self, digest: str) -> "Reference":
         validate_digest(digest)
@@ -103,6 +102,14 @@ class Reference:
         if self.digest:
             out += f"@{self.digest}"
         return out
+
+
+def validate_tag(tag: str) -> str:
+    """Return `tag` if it is a valid tag, else raise InvalidReference saying what a tag may be."""
+    if not isinstance(tag, str) or not _TAG_RE.match(tag):
+        raise InvalidReference(f"invalid tag {tag!r}: a tag is 1-128 characters of letters, digits, '_', '.' "
+                               "and '-', not starting with '.' or '-'")
+    return tag
 
 
 def _split_domain(name: str, original: str) -> tuple[str, str]:
@@ -128,10 +135,19 @@ def _split_domain(name: str, original: str) -> tuple[str, str]:
     return domain, path
 
 
+def split_host_port(host: str) -> tuple[str, int | None]:
+    """("name", port or None) of "name", "name:port", "[v6]:port", "[v6]" or a bare v6 address."""
+    if host.startswith("[") and "]" in host:
+        name, _, rest = host[1:].partition("]")
+        return name, int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
+    if host.count(":") == 1:
+        name, _, port = host.partition(":")
+        return name, int(port) if port.isdigit() else None
+    return host, None
+
+
 def host_without_port(host: str) -> str:
-    if host.startswith("["):
-        return host[1:host.index("]")]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return split_host_port(host)[0]
 
 
 def is_loopback_host(host: str) -> bool:

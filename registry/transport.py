@@ -9,7 +9,10 @@ allowed).
 from __future__ import annotations
 
 import email.utils
+import os
 import random
+import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -20,8 +23,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from registry import auth
-from registry.errors import RegistryUnavailable, Unauthorized
-from registry.reference import host_without_port, is_loopback_host
+from registry.errors import RegistryError, RegistryUnavailable, Unauthorized
+from registry.reference import host_without_port, is_loopback_host, split_host_port
 
 Body = Union[None, bytes, Callable[[], Any]]  # a callable makes a fresh body for each attempt
 
@@ -110,6 +113,9 @@ class Transport:
                  credentials: auth.CredentialResolver | None = None, retry: RetryPolicy | None = None,
                  timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self.insecure = {h.lower() for h in insecure}
+        if ca_file is not None and not os.path.isfile(ca_file):
+            raise RegistryError(f"CA bundle {ca_file} does not exist or is not a file; pass a PEM file with the "
+                                "registry's CA certificate(s)")
         self.ca_file = ca_file
         self.credentials = credentials or auth.CredentialResolver()
         self.retry = retry or RetryPolicy()
@@ -148,14 +154,18 @@ class Transport:
         return f"{scheme}://{host}"
 
     def _probe_scheme(self, host: str) -> str:
-        """Docker's rule for insecure registries: HTTPS without verification, else plain HTTP."""
-        with urllib3.warnings.catch_warnings():
-            urllib3.warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-            try:
-                self.session.get(f"https://{host}/v2/", verify=False, timeout=5).close()
-                return "https"
-            except requests.exceptions.RequestException:
-                return "http"
+        """Docker's rule for insecure registries: HTTPS without verification if the host speaks
+        TLS, else plain HTTP. A bare TLS handshake decides (no CA loading, no HTTP request)."""
+        name, port = split_host_port(host)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        try:
+            with socket.create_connection((name, port or 443), timeout=5) as raw:
+                with context.wrap_socket(raw, server_hostname=name):
+                    return "https"
+        except (OSError, ssl.SSLError):
+            return "http"
 
     def url(self, host: str, path_or_url: str) -> str:
         if path_or_url.startswith(("http://", "https://")):
@@ -198,8 +208,7 @@ class Transport:
                 if challenge is None:
                     raise self._unauthorized(host, 401, what)
                 renewed += 1
-                sent_basic = hdrs.get("Authorization", "").startswith("Basic ")
-                self._answer_challenge(host, scope, challenge, force=renewed > 1, sent_basic=sent_basic)
+                self._answer_challenge(host, scope, challenge, sent=hdrs.get("Authorization", ""))
                 attempt -= 1
                 continue
             if resp.status_code in (401, 403):
@@ -221,13 +230,13 @@ class Transport:
             if token:
                 headers["Authorization"] = f"Bearer {token}"
 
-    def _answer_challenge(self, host: str, scope: str | None, challenge: auth.Challenge, force: bool,
-                          sent_basic: bool = False) -> None:
+    def _answer_challenge(self, host: str, scope: str | None, challenge: auth.Challenge, sent: str) -> None:
+        """Prepare auth for the retry of a request that got 401 (`sent`: its Authorization)."""
         creds = self.credentials.get(host)
         if challenge.scheme == "basic":
             # Only a request that carried our basic credentials proves them wrong: another thread
             # may have switched this host to basic while this request was on its way without them.
-            if creds.anonymous or not creds.username or sent_basic:
+            if creds.anonymous or not creds.username or sent.startswith("Basic "):
                 raise self._unauthorized(host, 401, "")
             self._auth_mode[host] = "basic"
             return
@@ -236,6 +245,11 @@ class Transport:
             raise Unauthorized(f"registry {host} sent a Bearer challenge without a realm; it is misconfigured")
         scopes = (challenge.params.get("scope") or "").split()
         scopes += [s for s in (scope or "").split() if s not in scopes]
+        if not sent.startswith("Bearer "):
+            cached = self.tokens.get(host, scope or "")
+            if cached:  # another thread fetched one meanwhile
+                self._auth_mode[host] = "bearer"
+                return
         self.tokens.drop(host, scope or "")
         token, expires_in = self._fetch_token(host, realm, challenge.params.get("service"), scopes, creds)
         self.tokens.put(host, scope or "", token, expires_in)

@@ -154,14 +154,20 @@ def run_deploy(args: argparse.Namespace) -> int:
 
     resources, values, images = _inputs(args)
     opts = _options(args, values, images)
+    if args.dry_run:
+        changes = Deployer(_kube(args), make_reporter(args.output)).plan(resources, opts)
+        _print_changes(args.output, changes)
+        return EXIT_OK
+    return _outcome(args, lambda deployer: deployer.deploy(resources, opts))
+
+
+def _outcome(args: argparse.Namespace, action: Any) -> int:
+    """Run a deploy-like action with live progress; print its outcome; 0 if it succeeded, else 1."""
+    from deployer.deploy import Deployer
+
     report = make_deploy_reporter(args.output)
     try:
-        deployer = Deployer(_kube(args), report)
-        if args.dry_run:
-            changes = deployer.plan(resources, opts)
-            _print_changes(args.output, changes)
-            return EXIT_OK
-        outcome = deployer.deploy(resources, opts)
+        outcome = action(Deployer(_kube(args), report))
     finally:
         close_reporter(report)
     print_result(args.output, outcome.to_dict(), lambda d: d["message"])
@@ -196,16 +202,10 @@ def _print_changes(output: str, changes: list[Any]) -> None:
 
 @_usage
 def run_rollback(args: argparse.Namespace) -> int:
-    from deployer.deploy import Deployer, DeployOptions
+    from deployer.deploy import DeployOptions
 
     opts = DeployOptions(args.release, args.namespace, timeout=_duration(args.timeout, "--timeout"))
-    report = make_deploy_reporter(args.output)
-    try:
-        outcome = Deployer(_kube(args), report).rollback(opts, args.revision)
-    finally:
-        close_reporter(report)
-    print_result(args.output, outcome.to_dict(), lambda d: d["message"])
-    return EXIT_OK if outcome.ok else EXIT_FAILED
+    return _outcome(args, lambda deployer: deployer.rollback(opts, args.revision))
 
 
 @_usage

@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kade.errors import UsageError
 from kade.output import OUTPUT_CHOICES, make_reporter, print_result
-from registry.client import ClientOptions, RegistryClient
-from registry.copy import copy_image, open_endpoint
 from registry.errors import InvalidDigest, InvalidReference
 from registry.layout import SCHEME as LAYOUT_SCHEME
 from registry.model import ImageConfig, Manifest, parse_manifest
 from registry.reference import Reference
+
+if TYPE_CHECKING:
+    from registry.client import RegistryClient
+
+# registry.client and registry.copy (requests, urllib3, ssl) are imported inside the handlers, so that
+# building the `kade` parser stays cheap for every other command.
 
 
 def register(subparsers: Any) -> None:
@@ -62,7 +66,9 @@ def _common(p: argparse.ArgumentParser, output: bool = True) -> None:
         p.add_argument("--output", choices=OUTPUT_CHOICES, default="text", help="text (default) or json")
 
 
-def _client(args: argparse.Namespace) -> RegistryClient:
+def _client(args: argparse.Namespace) -> "RegistryClient":
+    from registry.client import ClientOptions, RegistryClient
+
     return RegistryClient(ClientOptions(insecure=tuple(args.insecure_registry), ca_file=args.ca_file))
 
 
@@ -81,6 +87,8 @@ def _check_spec(s: str) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     _check_spec(args.ref)
+    from registry.copy import open_endpoint
+
     with _client(args) as client:
         endpoint = open_endpoint(client, args.ref)
         ident = endpoint.identifier or ("latest" if not args.ref.startswith(LAYOUT_SCHEME) else None)
@@ -118,6 +126,8 @@ def cmd_tags(args: argparse.Namespace) -> int:
 def cmd_copy(args: argparse.Namespace) -> int:
     for spec in (args.src, args.dst):
         _check_spec(spec)
+    from registry.copy import copy_image
+
     report = make_reporter(args.output)
     with _client(args) as client:
         result = copy_image(client, args.src, args.dst, report)

@@ -67,12 +67,12 @@ class Guard:
         """Re-check kept tags of repositories where a digest is deleted as a whole, then refresh."""
         doomed = {(i.repository, i.digest) for i in self.plan.deletions if i.method == "manifest"}
         repos = {r for r, _ in doomed}
-        for item in self.plan.kept:
-            if item.repository in repos:
-                desc = self._repo(item.repository).head_manifest(item.tag)
-                if desc is not None and (item.repository, desc.digest) in doomed:
-                    self.protected_digests[(item.repository, desc.digest)] = (
-                        f"kept tag {item.tag} now points to it")
+        kept = [i for i in self.plan.kept if i.repository in repos]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            descs = list(pool.map(lambda i: self._repo(i.repository).head_manifest(i.tag), kept))
+        for item, desc in zip(kept, descs):
+            if desc is not None and (item.repository, desc.digest) in doomed:
+                self.protected_digests[(item.repository, desc.digest)] = f"kept tag {item.tag} now points to it"
         self.refresh()
 
     def maybe_refresh(self) -> None:

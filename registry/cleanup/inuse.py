@@ -9,6 +9,7 @@ digest in every repository. A context that can't be read is an error, never "not
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -142,7 +143,9 @@ def _api_client(context: str | None, kubeconfig: str | None) -> Any:
             cfg = client.Configuration()
             config.load_incluster_config(client_configuration=cfg)
             return client.ApiClient(cfg)
-        return config.new_client_from_config(config_file=kubeconfig, context=context)
+        # The kubernetes package reads $KUBECONFIG once at import; read it now (it may list several files).
+        path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        return config.new_client_from_config(config_file=path, context=context)
     except (ConfigException, OSError, TypeError) as exc:
         raise ClusterScanError(
             f"cannot scan the cluster ({label}): no usable kubeconfig ({exc}); set KUBECONFIG or "
@@ -150,8 +153,6 @@ def _api_client(context: str | None, kubeconfig: str | None) -> Any:
 
 
 def _in_cluster() -> bool:
-    import os
-
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
         "/var/run/secrets/kubernetes.io/serviceaccount/token")
 

@@ -49,6 +49,7 @@ def summary_line(plan: Plan, outcomes: list[Outcome] | None, dry_run: bool) -> s
 def render_text(plan: Plan, outcomes: list[Outcome] | None, dry_run: bool, width: int = 160) -> str:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     by = {_key(o.item): o for o in outcomes or []}
     table = Table(show_lines=False, expand=False, pad_edge=False)
@@ -62,7 +63,7 @@ def render_text(plan: Plan, outcomes: list[Outcome] | None, dry_run: bool, width
         if outcomes is not None:
             o = by.get(_key(item))
             row.append("" if o is None else f"{o.status}: {o.detail}" if o.status != "deleted" else o.status)
-        table.add_row(*row)
+        table.add_row(*(Text(cell) for cell in row))  # plain text: no rich markup from names or regexes
     buf = io.StringIO()
     console = Console(file=buf, width=width, highlight=False, color_system=None, soft_wrap=False)
     console.print(table)

@@ -4,6 +4,7 @@ names. Requests run on a small thread pool (HEADs dominate: one per tag)."""
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +13,7 @@ from typing import Any, Callable, Iterable
 from registry.cleanup.errors import CleanupError
 from registry.errors import NotFound, RegistryError
 from registry.model import Manifest, parse_manifest
-from registry.records import STEP_KEY_RE, BuildRecord, list_records, parse_time
+from registry.records import STEP_KEY_RE, BuildRecord, parse_time, read_records
 from registry.reference import Reference
 
 Report = Callable[..., None]
@@ -31,10 +32,18 @@ def canonical_repo(name: str) -> str:
     return Reference.parse(name, default_tag=None).name
 
 
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def valid_tags(names: Iterable[str]) -> list[str]:
+    """Only names a tag can have: a registry listing `../x` or `a/b` gets no request built from it."""
+    return [n for n in names if isinstance(n, str) and _TAG_RE.match(n)]
+
+
 def list_tag_digests(repo: Any, workers: int = 8, tags: Iterable[str] | None = None) -> dict[str, str]:
     """tag -> digest for every tag (a tag deleted while listing is left out)."""
     try:
-        names = list(tags) if tags is not None else list(repo.list_tags())
+        names = valid_tags(tags if tags is not None else repo.list_tags())
     except NotFound:
         return {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -67,7 +76,9 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
         raise CleanupError(f"stages repository {stages_name} does not exist: nothing kade built is there "
                            "(check --repo / --stages-repo)") from None
     # Records name repositories as written at build time; the plan compares canonical names.
-    records = [(t, _canonical_record(r)) for t, r in list_records(stages, stage_tags, workers=workers)]
+    found = list(read_records(stages, stage_tags, workers=workers))
+    records = [(t, _canonical_record(r)) for t, _, r in found]
+    record_digests = {t: d for t, d, _ in found}
     if report:
         report("read", f"{stages_name}: {len(stage_tags)} tags, {len(records)} build records")
     repos = {stages_name, *(canonical_repo(r) for r in extra_repos)}
@@ -77,7 +88,11 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
     tags: dict[str, dict[str, str]] = {}
     for name in sorted(repos):
         repo = stages if name == stages_name else client.repository(name)
-        tags[name] = list_tag_digests(repo, workers, stage_tags if name == stages_name else None)
+        if name == stages_name:  # the records' digests are known already: no HEAD for them
+            others = [t for t in stage_tags if t not in record_digests]
+            tags[name] = {**list_tag_digests(repo, workers, others), **record_digests}
+        else:
+            tags[name] = list_tag_digests(repo, workers)
         if report:
             report("read", f"{name}: {len(tags[name])} tags")
     named = {s for _, rec in records for img in rec.images for s in img.steps}

@@ -42,6 +42,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
   path = "$STATE/containerd/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
+  # This VM's root lacks CAP_SYS_RESOURCE, so runc cannot lower oom_score_adj (the sandbox asks for
+  # -998: "nsexec: failed to update /proc/self/oom_score_adj: Permission denied"). Clamp it at ours.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"

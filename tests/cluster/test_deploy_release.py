@@ -35,14 +35,15 @@ def image_of(kube_cluster, ns, name):
 
 def test_rollback_restores_previous_image(kade, kube_cluster, kube_namespace, second_image, record_property):
     ns, v1 = kube_namespace, kube_cluster.base_image
-    assert deploy(kade, ns, kade.write("v1.yaml", deployment("web", v1, probe=FAST_PROBE_OK))).rc == 0
+    run1 = deploy(kade, ns, kade.write("v1.yaml", deployment("web", v1, probe=FAST_PROBE_OK)))
+    assert run1.rc == 0, str(run1)
     run2 = deploy(kade, ns, kade.write("v2.yaml", deployment("web", second_image, probe=FAST_PROBE_OK)))
-    assert run2.rc == 0, run2
+    assert run2.rc == 0, str(run2)
     assert image_of(kube_cluster, ns, "web") == second_image
 
     back = kade.run("rollback", "app", "-n", ns, "--timeout", "120s", "--output", "json")
     record_property("verdict_seconds", back.seconds)
-    assert back.rc == 0, back
+    assert back.rc == 0, str(back)
     assert back.result["revision"] == 3
     assert image_of(kube_cluster, ns, "web") == v1
     history = kade.run("history", "app", "-n", ns, "--output", "json").result
@@ -52,11 +53,12 @@ def test_rollback_restores_previous_image(kade, kube_cluster, kube_namespace, se
 
 def test_atomic_deploy_rolls_back_a_failed_upgrade(kade, kube_cluster, kube_namespace, second_image, record_property):
     ns, v1 = kube_namespace, kube_cluster.base_image
-    assert deploy(kade, ns, kade.write("v1.yaml", deployment("web", v1, probe=FAST_PROBE_OK))).rc == 0
+    run1 = deploy(kade, ns, kade.write("v1.yaml", deployment("web", v1, probe=FAST_PROBE_OK)))
+    assert run1.rc == 0, str(run1)
     bad = deploy(kade, ns, kade.write("v2.yaml", deployment("web", second_image, "exit 1", probe=FAST_PROBE_OK),
                                        configmap("extra", a="1")))
     record_property("verdict_seconds", bad.seconds)
-    assert bad.rc == 1, bad
+    assert bad.rc == 1, str(bad)
     assert bad.result["rolled_back_to"] == 1
     assert "rolled back to revision 1" in bad.result["message"]
     assert image_of(kube_cluster, ns, "web") == v1
@@ -71,11 +73,12 @@ def test_removed_resource_is_pruned_but_keep_policy_stays(kade, kube_cluster, ku
     ns = kube_namespace
     first = kade.write("a.yaml", configmap("a", x="1"), configmap("b", x="2"),
                        configmap("c", {"kade.io/resource-policy": "keep"}, x="3"))
-    assert deploy(kade, ns, first).rc == 0
+    run1 = deploy(kade, ns, first)
+    assert run1.rc == 0, str(run1)
     plan = kade.run("plan", "-f", kade.write("only-a.yaml", configmap("a", x="1")), "--release", "app", "-n", ns)
-    assert plan.rc == 2 and f"delete    ConfigMap {ns}/b" in plan.stdout and f"keep      ConfigMap {ns}/c" in plan.stdout, plan
+    assert plan.rc == 2 and f"delete    ConfigMap {ns}/b" in plan.stdout and f"keep      ConfigMap {ns}/c" in plan.stdout, str(plan)
     run = deploy(kade, ns, kade.write("only-a2.yaml", configmap("a", x="1")))
-    assert run.rc == 0, run
+    assert run.rc == 0, str(run)
     names = [c.metadata.name for c in client.CoreV1Api(kube_cluster.api_client()).list_namespaced_config_map(ns).items]
     assert "a" in names and "b" not in names and "c" in names
 
@@ -83,7 +86,8 @@ def test_removed_resource_is_pruned_but_keep_policy_stays(kade, kube_cluster, ku
 def test_two_concurrent_deploys_of_one_release(kade, kube_cluster, kube_namespace, record_property):
     ns = kube_namespace
     slow = {**FAST_PROBE_OK, "initialDelaySeconds": 6}
-    path = kade.write("slow.yaml", deployment("web", kube_cluster.base_image, probe=slow))
+    path = kade.write("slow.yaml", deployment("web", kube_cluster.base_image, probe=slow,
+                                              annotations={"kade.io/ignore-readiness-probe-fails-for-app": "90s"}))
     args = ("deploy", "-f", path, "--release", "app", "-n", ns, "--timeout", "120s")
     coord = client.CoordinationV1Api(kube_cluster.api_client())
     first = kade.start(*args)
@@ -94,7 +98,7 @@ def test_two_concurrent_deploys_of_one_release(kade, kube_cluster, kube_namespac
     second = kade.run(*args)  # the first is still tracking a 6 s readiness delay
     out, err = first.communicate(timeout=180)
     assert first.returncode == 0, err
-    assert second.rc == 1, second
+    assert second.rc == 1, str(second)
     assert "is being deployed by" in second.stderr and "wait for it to finish" in second.stderr
     history = kade.run("history", "app", "-n", ns, "--output", "json").result
     assert [(r["revision"], r["status"]) for r in history] == [(1, "deployed")]
@@ -109,6 +113,21 @@ def test_lease_of_a_dead_deploy_expires(kade, kube_cluster, kube_namespace):
         spec=client.V1LeaseSpec(holder_identity="dead-host:1:abc", lease_duration_seconds=30,
                                 acquire_time=stale, renew_time=stale)))
     run = deploy(kade, ns, kade.write("cm.yaml", configmap("a", x="1")))
-    assert run.rc == 0, run
+    assert run.rc == 0, str(run)
     assert not [l for l in coord.list_namespaced_lease(ns).items if l.metadata.name == "kade-release-app"], \
         "the lease is released at the end of the deploy"
+
+
+def test_release_record_past_one_mebibyte_is_split(kade, kube_cluster, kube_namespace):
+    import base64
+    import os
+
+    ns = kube_namespace
+    blobs = [configmap(f"blob{i}", data=base64.b64encode(os.urandom(600 * 1024)).decode()) for i in range(2)]
+    run = deploy(kade, ns, kade.write("big.yaml", *blobs))
+    assert run.rc == 0, str(run)
+    secrets = client.CoreV1Api(kube_cluster.api_client()).list_namespaced_secret(
+        ns, label_selector="kade.io/release=app,kade.io/revision=1").items
+    assert len(secrets) >= 2, "a record over 1 MiB must be split over several Secrets"
+    history = kade.run("history", "app", "-n", ns, "--output", "json")
+    assert history.rc == 0 and history.result[0]["resources"] == 2, str(history)

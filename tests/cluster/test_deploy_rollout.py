@@ -21,7 +21,7 @@ def test_healthy_rollout_then_plan(kade, kube_cluster, kube_namespace, record_pr
                       deployment("web", image, replicas=2, probe=FAST_PROBE_OK, env={"MODE": "a"}))
     run = deploy(kade, ns, path)
     record_property("verdict_seconds", run.seconds)
-    assert run.rc == 0, run
+    assert run.rc == 0, str(run)
     assert run.result["ok"] and run.result["revision"] == 1
     assert "release app revision 1 deployed" in run.result["message"]
     apps = client.AppsV1Api(kube_cluster.api_client())
@@ -31,26 +31,26 @@ def test_healthy_rollout_then_plan(kade, kube_cluster, kube_namespace, record_pr
     assert "ready" in kinds and "done" in kinds
 
     same = kade.run("plan", "-f", path, "--release", "app", "-n", ns)
-    assert same.rc == 0, same
+    assert same.rc == 0, str(same)
     assert "no changes" in same.stdout
 
     changed_path = kade.write("app2.yaml", configmap("settings", mode="fast"),
                               deployment("web", image, replicas=2, probe=FAST_PROBE_OK, env={"MODE": "b"}))
     changed = kade.run("plan", "-f", changed_path, "--release", "app", "-n", ns)
-    assert changed.rc == 2, changed
+    assert changed.rc == 2, str(changed)
     assert "update    Deployment.apps" in changed.stdout and "value: b" in changed.stdout
 
     history = kade.run("history", "app", "-n", ns, "--output", "json")
-    assert history.rc == 0, history
+    assert history.rc == 0, str(history)
     assert [(r["revision"], r["status"]) for r in history.result] == [(1, "deployed")]
 
 
 def _failed(run, reason_options):
-    assert run.rc == 1, run
+    assert run.rc == 1, str(run)
     result = run.result
     assert not result["ok"]
     failure = result["failures"][0]
-    assert failure["reason"] in reason_options, run
+    assert failure["reason"] in reason_options, str(run)
     return failure
 
 
@@ -63,7 +63,7 @@ def test_crash_loop_fails_fast_with_logs(kade, kube_cluster, kube_namespace, rec
     assert failure["pod"].startswith("crash-") and failure["container"] == "app"
     assert "fatal: no config" in "\n".join(failure["logs"])
     assert "first release" in run.result["message"] and "removed" in run.result["message"]
-    assert run.seconds < 60, run
+    assert run.seconds < 60, str(run)
     summary = [e for e in run.events if e["kind"] == "summary"]
     assert summary and "container: app" in summary[0]["message"] and "fatal: no config" in summary[0]["message"]
     apps = client.AppsV1Api(kube_cluster.api_client())
@@ -85,7 +85,7 @@ def test_readiness_probe_never_passes(kade, kube_cluster, kube_namespace, record
     run = deploy(kade, kube_namespace, path)
     record_property("verdict_seconds", run.seconds)
     failure = _failed(run, {"ReadinessProbeFailed"})
-    assert failure["container"] == "app" and "Readiness probe failed" in failure["event"], run
+    assert failure["container"] == "app" and "Readiness probe failed" in failure["event"], str(run)
 
 
 def test_unschedulable_requests(kade, kube_cluster, kube_namespace, record_property):
@@ -93,7 +93,7 @@ def test_unschedulable_requests(kade, kube_cluster, kube_namespace, record_prope
     run = deploy(kade, kube_namespace, path)
     record_property("verdict_seconds", run.seconds)
     failure = _failed(run, {"Unschedulable"})
-    assert "Insufficient cpu" in failure["message"] + failure["event"], run
+    assert "Insufficient cpu" in failure["message"] + failure["event"], str(run)
 
 
 def test_failing_pre_deploy_hook_stops_the_deploy(kade, kube_cluster, kube_namespace, record_property):
@@ -105,7 +105,7 @@ def test_failing_pre_deploy_hook_stops_the_deploy(kade, kube_cluster, kube_names
     record_property("verdict_seconds", run.seconds)
     failure = _failed(run, {"BackoffLimitExceeded", "Failed"})
     assert failure["resource"] == f"Job.batch {kube_namespace}/migrate"
-    assert "migration 42 failed" in "\n".join(failure["logs"]), run
+    assert "migration 42 failed" in "\n".join(failure["logs"]), str(run)
     apps = client.AppsV1Api(kube_cluster.api_client())
     assert not apps.list_namespaced_deployment(kube_namespace).items, "the Deployment must not be applied after a failed pre-deploy hook"
 
@@ -117,8 +117,8 @@ def test_ignore_and_continue_fail_mode(kade, kube_cluster, kube_namespace, recor
                       deployment("web", image, probe=FAST_PROBE_OK))
     run = deploy(kade, kube_namespace, path)
     record_property("verdict_seconds", run.seconds)
-    assert run.rc == 0, run
-    assert any(e["kind"] == "warning" and "IgnoreAndContinueDeployProcess" in e["message"] for e in run.events), run
+    assert run.rc == 0, str(run)
+    assert any(e["kind"] == "warning" and "IgnoreAndContinueDeployProcess" in e["message"] for e in run.events), str(run)
 
 
 def test_hope_fail_mode_fails_at_the_end(kade, kube_cluster, kube_namespace, record_property):
@@ -154,7 +154,7 @@ def test_custom_resource_without_controller(kade, kube_cluster, kube_namespace, 
         record_property("verdict_seconds", run.seconds)
         failure = _failed(run, {"Timeout"})
         assert failure["resource"] == f"Widget.{group} {kube_namespace}/w"
-        assert "waiting for a controller to write a status" in failure["message"], run
+        assert "waiting for a controller to write a status" in failure["message"], str(run)
     finally:
         ext = client.ApiextensionsV1Api(kube_cluster.api_client())
         try:

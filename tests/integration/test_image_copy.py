@@ -98,3 +98,32 @@ def test_index_copied_with_all_children(registry, tmp_path):
     copy_image(client, dst, f"oci:{back}:multi")
     assert OCILayout(back).blobs.read(result.digest) == body
     assert sorted(os.listdir(back / "blobs" / "sha256")) == sorted(os.listdir(layout / "blobs" / "sha256"))
+    # layout to layout, under another name
+    again = copy_image(client, f"oci:{back}:multi", f"oci:{tmp_path / 'again'}:renamed")
+    assert again.digest == result.digest and again.blobs["copied"] == 4
+    check = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{tmp_path / 'again'}:renamed"],
+                           capture_output=True)
+    assert check.returncode == 0 and check.stdout == body
+
+
+def test_corrupt_blob_in_registry_storage_is_refused(registry, tmp_path):
+    """Flip bytes of a layer inside the real registry's storage: the pull must fail with a digest
+    mismatch and leave neither the blob nor the tag in the layout."""
+    from registry.errors import DigestMismatch
+
+    src = tmp_path / "src"
+    digest = write_random_image(src, "v1", [300_000], seed=11, compressible=False)
+    name = f"corrupt/{uuid.uuid4().hex[:8]}"
+    client = _client()
+    copy_image(client, f"oci:{src}:v1", f"{registry.host}/{name}:v1")
+    layer = json.loads(OCILayout(src).blobs.read(digest))["layers"][0]["digest"]
+    data_file = registry.storage / "docker/registry/v2/blobs/sha256" / layer[7:9] / layer[7:] / "data"
+    content = bytearray(data_file.read_bytes())
+    content[1000:1010] = bytes(10)
+    data_file.write_bytes(bytes(content))
+    out = tmp_path / "out"
+    with pytest.raises(DigestMismatch, match=layer):
+        copy_image(client, f"{registry.host}/{name}:v1", f"oci:{out}:v1")
+    assert not OCILayout(out).blobs.has(layer)
+    assert OCILayout(out).index().manifests == []
+    assert not [p for p in (out / "blobs" / "sha256").iterdir() if p.name.startswith(".tmp-")]

@@ -98,8 +98,9 @@ def test_token_auth_push_pull_and_token_cache(registry_token):
     issued = issuer.requests[before:]
     assert issued and all(r["user"] == registry_token.username and r["service"] == issuer.service for r in issued)
     assert len(issued) == 2  # one token per scope (pull; pull,push), reused for 15 requests
-    assert {s for r in issued for s in r["scopes"]} == {f"repository:{repo.name}:pull",
-                                                        f"repository:{repo.name}:pull,push"}
+    granted = {(s.rsplit(":", 1)[0], frozenset(s.rsplit(":", 1)[1].split(","))) for r in issued for s in r["scopes"]}
+    assert granted == {(f"repository:{repo.name}", frozenset({"pull"})),
+                       (f"repository:{repo.name}", frozenset({"pull", "push"}))}
 
 
 def test_token_renewed_after_401(registry_token):
@@ -120,3 +121,20 @@ def test_token_auth_denied_push_names_credentials(registry_token, tmp_path):
     client = _client(CredentialResolver(env={"HOME": str(tmp_path)}))
     with pytest.raises(Unauthorized, match=rf"registry {registry_token.host} .*no credentials \(anonymous\)"):
         _roundtrip(client, registry_token.host)
+
+
+def test_identity_token_from_docker_config(registry_token, tmp_path):
+    """A Docker `identitytoken` (OAuth refresh token) is exchanged at the realm by POST."""
+    issuer = registry_token.issuer
+    refresh = "refresh-" + uuid.uuid4().hex
+    issuer.refresh_tokens[refresh] = registry_token.username
+    env = _docker_config(tmp_path, {"auths": {registry_token.host: {"identitytoken": refresh}}})
+    _roundtrip(_client(CredentialResolver(env=env)), registry_token.host)
+    assert issuer.requests[-1]["user"] == registry_token.username
+
+
+def test_tls_registry_on_loopback_is_spoken_to_over_https(registry_tls):
+    """Docker's rule for insecure (here: loopback) registries: HTTPS when the host speaks TLS."""
+    client = _client(CredentialResolver(env={}))
+    _roundtrip(client, registry_tls.host)
+    assert client.transport.base_url(registry_tls.host) == f"https://{registry_tls.host}"

@@ -11,8 +11,9 @@ from registry import mediatypes as mt
 from registry.auth import CredentialResolver
 from registry.client import ClientOptions, RegistryClient
 from registry.digest import sha256_digest
-from registry.errors import DigestMismatch, NotFound
+from registry.errors import DigestMismatch, NotFound, Unsupported
 from registry.model import Descriptor, Index, Manifest, parse_manifest
+from tests.fixtures.registry import push_test_image as push_image
 
 MiB = 1 << 20
 
@@ -23,22 +24,6 @@ def _client(**kw) -> RegistryClient:
 
 def _repo_name() -> str:
     return f"test/{uuid.uuid4().hex[:12]}"
-
-
-def push_image(repo, layers: list[bytes], tag: str | None = "v1", config: bytes | None = None,
-               media_type: str = mt.OCI_MANIFEST) -> tuple[bytes, str]:
-    """Push blobs then an image manifest; returns (manifest bytes, digest)."""
-    config = config or b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
-    descs = []
-    for data in layers:
-        info = repo.upload_blob(io.BytesIO(data), digest=sha256_digest(data), size=len(data))
-        descs.append(Descriptor(mt.OCI_LAYER_GZIP if media_type == mt.OCI_MANIFEST else mt.DOCKER_LAYER_GZIP,
-                                info.digest, info.size))
-    cfg = repo.upload_blob(io.BytesIO(config), digest=sha256_digest(config), size=len(config))
-    cfg_type = mt.OCI_CONFIG if media_type == mt.OCI_MANIFEST else mt.DOCKER_CONFIG
-    body = Manifest(Descriptor(cfg_type, cfg.digest, cfg.size), descs, media_type).to_bytes()
-    digest = repo.put_manifest(tag or sha256_digest(body), body, media_type)
-    return body, digest
 
 
 def test_blob_roundtrip_small_and_chunked(registry, tmp_path):
@@ -161,3 +146,16 @@ def test_delete_manifest_by_digest(registry):
     assert repo.head_manifest(digest) is None
     with pytest.raises(NotFound):
         repo.delete_manifest(digest)
+
+
+def test_delete_on_registry_without_deletion_leaves_tags_alone(registry_factory):
+    server = registry_factory(delete=False)
+    repo = _client().repository(f"{server.host}/{_repo_name()}")
+    body, digest = push_image(repo, [os.urandom(10)], tag="keep")
+    repo.put_manifest("other", body, mt.OCI_MANIFEST)
+    with pytest.raises(Unsupported, match="storage.delete.enabled"):
+        repo.delete_manifest(digest)
+    with pytest.raises(Unsupported, match="tag other was left pointing at " + digest):
+        repo.delete_tag("other")
+    assert repo.head_manifest("other").digest == repo.head_manifest("keep").digest == digest
+    assert sorted(repo.list_tags()) == ["keep", "other"]

@@ -62,15 +62,21 @@ def normalized(changes: list[Change]) -> set[tuple[str, str]]:
     return {(c.path, c.kind) for c in changes}
 
 
+def mtimes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.lstat().st_mtime_ns for p in root.rglob("*")}
+
+
 def run_capture(tmp: Path, method: str, action: Callable[[Path], None]):
     rootfs = base_tree(tmp / f"rootfs-{method}")
     with capture(rootfs, tmp / f"scratch-{method}", method) as cap:
         action(cap.root)
         expected = tree_state(cap.root)
+        expected_mtimes = mtimes(cap.root)
         changes = cap.changes()
         out = io.BytesIO()
         info = write_layer(changes, out, "gzip", epoch=2_000_000_000)
         cap.commit()
+    assert mtimes(rootfs) == expected_mtimes
     return rootfs, changes, expected, out.getvalue(), info
 
 
@@ -84,6 +90,7 @@ def test_overlay_is_available_here(tmp_path):
 def test_layer_of_changes_rebuilds_the_after_tree(tmp_path, method):
     rootfs, changes, expected, blob, info = run_capture(tmp_path, method, mutate)
     assert tree_state(rootfs) == expected  # commit: the rootfs itself holds the result
+    assert os.lstat(rootfs / "usr/bin/tool2").st_ino == os.lstat(rootfs / "usr/bin/tool").st_ino
     replay = base_tree(tmp_path / "replay")
     apply_layer(io.BytesIO(blob), replay, digest=info.digest, expected_diff_id=info.diff_id)
     got = tree_state(replay)
@@ -113,6 +120,7 @@ def test_replaced_directory_hides_lower_children(tmp_path, method):
         (root / "opt" / "replace" / "fresh").write_text("new")
 
     rootfs, changes, expected, blob, info = run_capture(tmp_path, method, replace)
+    assert tree_state(rootfs) == expected
     replay = base_tree(tmp_path / "replay")
     apply_layer(io.BytesIO(blob), replay, digest=info.digest)
     assert tree_state(replay) == expected
@@ -173,3 +181,30 @@ def test_tar_unpack_snapshot_tar_round_trip(tmp_path, method):
         apply_layer(blob, cap.root, digest=first.digest)
         again = write_layer(cap.changes(), io.BytesIO(), "zstd", epoch=1_700_000_000)
     assert again == first
+
+
+def test_auto_falls_back_to_stat_where_overlay_cannot_mount(tmp_path):
+    rootfs = base_tree(tmp_path / "root,with:comma")   # overlay's option syntax cannot name this lowerdir
+    with capture(rootfs, tmp_path / "scratch", "auto") as cap:
+        (cap.root / "new").write_text("x")
+        assert cap.method == "stat" and cap.root == rootfs
+        assert normalized(cap.changes()) == {("new", "add")}
+    assert not (tmp_path / "scratch" / "upper").exists()
+
+
+@root_only
+def test_auto_prefers_overlay(tmp_path):
+    rootfs = base_tree(tmp_path / "rootfs")
+    with capture(rootfs, tmp_path / "scratch", "auto") as cap:
+        assert cap.method == "overlay" and cap.root != rootfs
+
+
+@pytest.mark.parametrize("method", ["stat", pytest.param("overlay", marks=root_only)])
+def test_excluded_paths_and_everything_below(tmp_path, method):
+    rootfs = base_tree(tmp_path / "rootfs")
+    with capture(rootfs, tmp_path / "scratch", method, exclude=["/var/cache"]) as cap:
+        (cap.root / "var" / "cache" / "apt" / "more").write_text("x")
+        (cap.root / "var" / "cache-not-excluded").write_text("y")
+        paths = {c.path for c in cap.changes()}
+    assert "var/cache-not-excluded" in paths
+    assert not any(p == "var/cache" or p.startswith("var/cache/") for p in paths)

@@ -161,3 +161,22 @@ def test_parse_build_args(items, expected):
 def test_bad_build_args(bad):
     with pytest.raises(BuildError):
         parse_build_args([bad])
+
+
+def test_missing_and_needed_stages_follow_hits(ctx):
+    from builder.build import missing_steps, needed_stages
+
+    p = plan(ctx, MULTI)
+    keys = {label: [s.key for s in st.steps] for label, st in p.stages.items()}
+    everything = {k for ks in keys.values() for k in ks}
+    # nothing cached: every stage the target uses is needed
+    assert needed_stages(p, set()) == {"deps", "app", "3"}
+    # target fully cached: nothing else is touched (no pull of other stages)
+    assert needed_stages(p, {keys["3"][-1]}) == {"3"}
+    assert missing_steps(p.stages["3"], {keys["3"][-1]}) == []
+    # lookup goes on after a miss: a later hit counts even when an earlier step is gone
+    assert missing_steps(p.stages["app"], {keys["app"][1]}) == p.stages["app"].steps[2:]
+    # app's base (deps) is needed only when none of app's own steps is cached
+    assert needed_stages(p, {keys["app"][0]}) == {"app", "3", "deps"}  # COPY --from=deps in 3 still missing
+    # only the last COPY --from=deps is missing: its parent step is cached, so app is not needed
+    assert needed_stages(p, everything - {keys["3"][-1]}) == {"3", "deps"}

@@ -186,3 +186,10 @@ def test_plan_json_and_summary():
     doc = plan.to_dict()
     assert doc["summary"]["keep"] + doc["summary"]["delete"] == len(doc["items"]) == 4
     assert {i["tag"] for i in doc["items"]} == {"c1", "c3", records[0][0], records[1][0]}
+
+
+def test_hostile_tag_names_from_a_registry_are_dropped():
+    from registry.cleanup.snapshot import valid_tags
+
+    assert valid_tags(["v1", "../../x", "a/b", "", ".hidden", "-x", "x" * 129, "ok_1.2-3", None, "v1?x=1"]) == [
+        "v1", "ok_1.2-3"]

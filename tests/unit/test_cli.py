@@ -20,3 +20,17 @@ def test_help_runs_as_module():
     out = subprocess.run([sys.executable, "-m", "kade", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     assert "usage: kade" in out.stdout
+
+
+def test_every_command_is_mapped_to_the_module_that_registers_it():
+    """COMMAND_HOME lets a command load only its own module; a stale entry would break it."""
+    from kade.cli import COMMAND_HOME, build_parser
+
+    import importlib.util
+
+    written = {c for c, m in COMMAND_HOME.items() if importlib.util.find_spec(f"kade.commands.{m}")}
+    assert {"build", "image", "deploy", "cleanup"} <= written
+    names = set(build_parser()._subparsers._group_actions[0].choices)
+    assert written <= names
+    for command in written:
+        assert command in build_parser(command)._subparsers._group_actions[0].choices

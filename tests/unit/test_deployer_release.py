@@ -76,3 +76,19 @@ LEASE_CASES = [
 @pytest.mark.parametrize("name,spec,now,expected", LEASE_CASES, ids=[c[0] for c in LEASE_CASES])
 def test_lease_expired(name, spec, now, expected):
     assert lease_expired({"spec": spec}, now) is expected
+
+
+@pytest.mark.parametrize("mangle,message", [
+    (lambda s: s["data"].update(release="!!not base64!!"), "not base64"),
+    (lambda s: s["data"].update(release=base64.b64encode(b"not gzip").decode()), "revision 1 is corrupt"),
+    (lambda s: s["data"].update(release=base64.b64encode(__import__("gzip").compress(b"[1, 2]")).decode()), "revision 1 is corrupt"),
+])
+def test_corrupt_records_are_clear_errors(mangle, message):
+    [secret] = record_secrets(record())
+    mangle(secret)
+    with pytest.raises(DeployError, match=message):
+        records_from_secrets([secret])
+
+
+def test_secrets_without_kade_labels_are_ignored():
+    assert records_from_secrets([{"metadata": {"name": "x", "labels": {"kade.io/revision": "abc"}}, "data": {}}]) == []

@@ -1,8 +1,8 @@
 """Failure signals from pod status and events, and the failure budget, table-driven."""
 import pytest
 
-from deployer.signals import (PERSIST_INTERVAL, FailureBudget, event_signal, pod_signals,
-                              readiness_ignore_window)
+from deployer.signals import (EVENT_GRACE, PERSIST_INTERVAL, UNSCHEDULABLE_GRACE, FailureBudget, event_active,
+                              event_signal, pod_signals, readiness_ignore_window)
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 STARTED = "2027-01-15T07:59:00Z"  # 60 s before NOW
@@ -110,11 +110,44 @@ def test_event_signal(name, obj, reason):
     assert (sig.reason if sig else None) == reason
 
 
-def test_scheduling_event_and_condition_are_one_occurrence():
+def test_scheduling_event_and_condition_are_one_occurrence_after_grace():
     budget = FailureBudget(allowed=1)
     budget.observe(pod_signals(pod(conditions=[UNSCHEDULABLE]), NOW), NOW)
     budget.observe([event_signal(event("FailedScheduling"))], NOW + 1)
+    assert budget.count == 0, "a moment of Unschedulable is normal (node starting)"
+    budget.observe([event_signal(event("FailedScheduling"))], NOW + UNSCHEDULABLE_GRACE)
     assert budget.count == 1 and not budget.exceeded
+    budget.observe(pod_signals(pod(conditions=[UNSCHEDULABLE]), NOW), NOW + UNSCHEDULABLE_GRACE + PERSIST_INTERVAL)
+    assert budget.exceeded
+
+
+def test_event_signals_wait_for_their_grace():
+    budget = FailureBudget(allowed=0)
+    sig = event_signal(event("FailedMount", count=1))
+    budget.observe([sig], NOW)
+    budget.observe([event_signal(event("FailedMount", count=5))], NOW + EVENT_GRACE - 1)
+    assert budget.count == 0
+    budget.observe([sig], NOW + EVENT_GRACE)
+    assert budget.exceeded
+
+
+def ts(offset):
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(NOW + offset, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+ACTIVE_CASES = [
+    ("pod still creating", event("FailedMount"), pod([waiting("ContainerCreating")]), True),
+    ("pod started since", event("FailedMount"), pod([running(ready=True)], phase="Running"), False),
+    ("pod finished", event("FailedMount"), pod(phase="Succeeded"), False),
+    ("rs event recent", {**event("FailedCreate", kind="ReplicaSet"), "lastTimestamp": ts(-10)}, None, True),
+    ("rs event old", {**event("FailedCreate", kind="ReplicaSet"), "lastTimestamp": ts(-600)}, None, False),
+]
+
+
+@pytest.mark.parametrize("name,ev,obj,expected", ACTIVE_CASES, ids=[c[0] for c in ACTIVE_CASES])
+def test_event_active(name, ev, obj, expected):
+    assert event_active(ev, obj, NOW) is expected
 
 
 def test_budget_counts_each_crash_once():

@@ -173,3 +173,35 @@ def test_keep_xattr(name, kept):
 def test_changes_refuse_escaping_paths(bad):
     with pytest.raises(ValueError):
         Change(bad, "delete")
+
+
+class _FullDisk(io.RawIOBase):
+    def __init__(self, room: int):
+        self.room = room
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.room -= len(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_a_failing_output_stops_the_writer_with_its_error(tmp_path, compression):
+    tree = tmp_path / "t"
+    tree.mkdir()
+    for i in range(8):
+        (tree / f"f{i}").write_bytes(os.urandom(1 << 20))   # incompressible: output grows
+    with pytest.raises(OSError, match="No space left"):
+        layer_from_directory(tree, _FullDisk(2 << 20), compression)
+
+
+def test_made_up_directories(tmp_path):
+    from builder.changes import new_directory
+    out = io.BytesIO()
+    write_layer([new_directory("app/data", 0o750, 1000, 1000), new_directory("app")], out, "none", epoch=99)
+    members = {m.name: m for m in _members(out.getvalue())}
+    assert members["app/data"].isdir() and members["app/data"].mode == 0o750 and members["app/data"].uid == 1000
+    assert members["app"].mode == 0o755 and members["app"].mtime == 99
+    with pytest.raises(ValueError, match="needs a source"):
+        Change("x")

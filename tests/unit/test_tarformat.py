@@ -113,3 +113,12 @@ def test_metadata_over_limit_is_refused():
         list(TarReader(io.BytesIO(data), max_meta=1 << 20, max_name=4096))
     with pytest.raises(TarFormatError, match="limit"):
         list(TarReader(io.BytesIO(data), max_meta=1000))
+
+
+def test_signed_checksums_of_old_writers_are_accepted():
+    block = bytearray(encode_header(TarEntry(name=b"caf\xe9", type=REGULAR))[-BLOCK:])
+    blanked = block[:148] + b" " * 8 + block[156:]
+    signed = sum(b - 256 if b > 127 else b for b in blanked)
+    block[148:156] = b"%06o\0 " % signed
+    names = [e.name for e in TarReader(io.BytesIO(bytes(block) + b"\0" * 1024))]
+    assert names == [b"caf\xe9"]

@@ -41,12 +41,18 @@ def hostile_cases(outside: Path):
          "confined"),
         ("symlink-then-same-name-file", [E("victim", "symlink", link=str(outside / "victim")),
                                          E("victim", data=b"overwritten")], "confined"),
+        ("dir-replaced-by-symlink-midway", [E("d", "dir"), E("d/f1", data=b"1"), E("d", "symlink", link=str(outside)),
+                                            E("d/pwned", data=b"x")], "confined"),
+        ("dir-whited-out-then-symlink", [E("d", "dir"), E("d/f1"), E(".wh.d"), E("d", "symlink", link=str(outside)),
+                                         E("d/pwned", data=b"x")], "confined"),
         ("symlink-chain-loop", [E("a", "symlink", link="b"), E("b", "symlink", link="a"), E("a/x", data=b"")],
          UnpackError),
         ("hardlink-absolute", [E("h", "hardlink", link=str(outside / "victim"))], UnsafeLayerError),
         ("hardlink-dotdot", [E("h", "hardlink", link="../outside/victim")], UnsafeLayerError),
         ("hardlink-via-symlink-parent", [E("s", "symlink", link=str(outside)), E("h", "hardlink", link="s/victim")],
          UnpackError),
+        ("hardlink-to-a-symlink-out", [E("s", "symlink", link=str(outside / "victim")), E("h", "hardlink", link="s")],
+         "confined"),
         ("hardlink-to-etc-shadow", [E("h", "hardlink", link="/etc/shadow")], UnsafeLayerError),
         ("hardlink-to-directory", [E("d", "dir"), E("h", "hardlink", link="d")], UnsafeLayerError),
         ("hardlink-to-itself", [E("h", "hardlink", link="h")], UnsafeLayerError),
@@ -129,9 +135,12 @@ def test_corrupt_blobs_are_clear_errors(rootfs, blob, match):
 
 
 def test_device_nodes_skipped_without_permission(rootfs):
-    result = apply(rootfs, [E("dev", "dir"), E("dev/null", "char", dev=(1, 3), mode=0o666)], allow_devices=False)
+    heard = []
+    result = apply(rootfs, [E("dev", "dir"), E("dev/null", "char", dev=(1, 3), mode=0o666)], allow_devices=False,
+                   report=lambda kind, message, **fields: heard.append((kind, message, fields)))
     assert not (rootfs / "dev" / "null").exists()
     assert result.skipped == 1 and "dev/null" in result.notes[0]
+    assert heard == [("note", result.notes[0], {"layer": DIGEST})]
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")

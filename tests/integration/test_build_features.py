@@ -1,0 +1,143 @@
+"""More of the Dockerfile surface end to end: parallel stages, ONBUILD, zstd, users, args, --no-cache."""
+import json
+import subprocess
+
+import pytest
+
+from tests.fixtures.build import podman_run, skopeo_inspect
+
+
+def write(ctx, dockerfile, **files):
+    ctx.mkdir(parents=True, exist_ok=True)
+    (ctx / "Dockerfile").write_text(dockerfile)
+    for name, text in files.items():
+        (ctx / name).write_text(text)
+    return ctx
+
+
+def test_independent_stages_run_at_the_same_time(registry, base_image, kade_build, tmp_path):
+    """Each stage waits (bounded) for the other's marker in a shared cache mount: this only
+    finishes if both RUNs are in flight together."""
+    wait = ("RUN --mount=type=cache,target=/sync,id=sync-{n} touch /sync/{me} && i=0; "
+            "while [ ! -e /sync/{other} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; "
+            "test -e /sync/{other} && rm -f /sync/{other} && echo {me} > /{me}.txt")
+    nonce = tmp_path.name
+    df = (f"FROM {base_image.ref} AS a\n" + wait.format(n=nonce, me="a", other="b") + "\n"
+          f"FROM {base_image.ref} AS b\n" + wait.format(n=nonce, me="b", other="a") + "\n"
+          f"FROM {base_image.ref}\nCOPY --from=a /a.txt /\nCOPY --from=b /b.txt /\n")
+    ctx = write(tmp_path / "ctx", df)
+    res = kade_build(str(ctx), "--tag", f"{registry.host}/feat/parallel:v1", "--parallel", "2",
+                     "--cache-dir", str(tmp_path / "c"), "--output", "json")
+    assert res.code == 0, res.stderr
+    assert res.json()["steps"]["built"] == 4
+
+
+def test_onbuild_triggers_run_in_the_child(registry, base_image, kade_build, tmp_path):
+    parent_tag = f"{registry.host}/feat/onbuild-parent:v1"
+    parent = write(tmp_path / "parent", f"FROM {base_image.ref}\nONBUILD COPY marker.txt /marker.txt\n"
+                                        "ONBUILD RUN echo triggered > /onbuild.txt\n")
+    assert kade_build(str(parent), "--tag", parent_tag, "--cache-dir", str(tmp_path / "c")).code == 0
+    assert skopeo_inspect(f"docker://{parent_tag}", config=True)["config"]["OnBuild"] == [
+        "COPY marker.txt /marker.txt", "RUN echo triggered > /onbuild.txt"]
+    child_tag = f"{registry.host}/feat/onbuild-child:v1"
+    child = write(tmp_path / "child", f"FROM {parent_tag}\nRUN cat /onbuild.txt /marker.txt > /both.txt\n",
+                  **{"marker.txt": "marker\n"})
+    res = kade_build(str(child), "--tag", child_tag, "--cache-dir", str(tmp_path / "c"))
+    assert res.code == 0, res.stderr
+    assert podman_run(child_tag, "cat", "/both.txt").stdout == "triggered\nmarker\n"
+    assert not skopeo_inspect(f"docker://{child_tag}", config=True)["config"].get("OnBuild")
+
+
+def test_zstd_layers_podman_reads(registry, base_image, kade_build, tmp_path):
+    ctx = write(tmp_path / "ctx", f"FROM {base_image.ref}\nRUN echo zstd > /z.txt\nCOPY f.txt /f.txt\n",
+                **{"f.txt": "f\n"})
+    tag = f"{registry.host}/feat/zstd:v1"
+    res = kade_build(str(ctx), "--tag", tag, "--compression", "zstd", "--cache-dir", str(tmp_path / "c"))
+    assert res.code == 0, res.stderr
+    raw = json.loads(subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{tag}"],
+                                    capture_output=True, text=True, check=True).stdout)
+    assert [layer["mediaType"].rsplit("+", 1)[-1] for layer in raw["layers"][1:]] == ["zstd", "zstd"]
+    assert podman_run(tag, "cat", "/z.txt", "/f.txt").stdout == "zstd\nf\n"
+
+
+def test_unknown_user_names_the_line(registry, base_image, kade_build, tmp_path):
+    ctx = write(tmp_path / "ctx", f"FROM {base_image.ref}\nUSER nobody-here\nRUN true\n")
+    res = kade_build(str(ctx), "--tag", f"{registry.host}/feat/nouser:v1", "--cache-dir", str(tmp_path / "c"))
+    assert res.code == 1
+    assert "Dockerfile:3:" in res.stderr and "nobody-here" in res.stderr and "/etc/passwd" in res.stderr
+
+
+def test_unused_build_arg_is_named_and_no_cache_rebuilds(registry, base_image, kade_build, tmp_path):
+    ctx = write(tmp_path / "ctx", f"FROM {base_image.ref}\nARG USED=1\nRUN echo $USED > /u.txt\n")
+    tag = f"{registry.host}/feat/args:v1"
+    res = kade_build(str(ctx), "--tag", tag, "--build-arg", "UNUSED_THING=1", "--cache-dir", str(tmp_path / "c"),
+                     "--output", "json")
+    assert res.code == 0, res.stderr
+    assert "UNUSED_THING" in res.stderr
+    res = kade_build(str(ctx), "--tag", tag, "--no-cache", "--cache-dir", str(tmp_path / "c"), "--output", "json")
+    assert res.json()["steps"] == {"built": 1, "cached": 0}
+
+
+def test_concurrent_builds_share_one_cache_dir(registry, base_image, tmp_path):
+    """Two kade processes, same cache dir, same base: both succeed (file locks + atomic renames)."""
+    import os
+    import sys
+    procs = []
+    for i in range(2):
+        ctx = write(tmp_path / f"ctx{i}", f"FROM {base_image.ref}\nRUN echo {i} > /n.txt\n")
+        procs.append(subprocess.Popen([sys.executable, "-m", "kade", "build", str(ctx), "--tag",
+                                       f"{registry.host}/feat/concurrent{i}:v1", "--cache-dir", str(tmp_path / "c")],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      cwd=os.getcwd()))
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    for i in range(2):
+        assert podman_run(f"{registry.host}/feat/concurrent{i}:v1", "cat", "/n.txt").stdout == f"{i}\n"
+
+
+def test_add_url_with_checksum(registry, base_image, kade_build, tmp_path):
+    """A local HTTP server stands in for the internet (no network here): real HTTP, real downloads."""
+    import hashlib
+    import http.server
+    import threading
+    from functools import partial
+
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "tool.txt").write_text("downloaded\n")
+    digest = "sha256:" + hashlib.sha256(b"downloaded\n").hexdigest()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/tool.txt"
+    try:
+        ctx = write(tmp_path / "ctx", f"FROM {base_image.ref}\nADD --checksum={digest} {url} /opt/\n")
+        tag = f"{registry.host}/feat/addurl:v1"
+        res = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c"))
+        assert res.code == 0, res.stderr
+        out = podman_run(tag, "sh", "-c", "cat /opt/tool.txt; stat -c %a /opt/tool.txt")
+        assert out.stdout == "downloaded\n600\n"
+        bad = write(tmp_path / "bad", f"FROM {base_image.ref}\nADD --checksum=sha256:{'0' * 64} {url} /opt/\n")
+        res = kade_build(str(bad), "--tag", tag, "--cache-dir", str(tmp_path / "c"))
+        assert res.code == 1 and "checksum mismatch" in res.stderr and "Dockerfile:2:" in res.stderr
+    finally:
+        server.shutdown()
+
+
+def test_copy_from_image_digest_base_and_bare_from(registry, base_image, kade_build, tmp_path):
+    by_digest = f"{base_image.ref.rsplit(':', 1)[0]}@{base_image.digest}"
+    ctx = write(tmp_path / "ctx", f"FROM scratch\nCOPY --from={by_digest} /bin/busybox /bin/busybox\n"
+                                  "COPY --from=" + base_image.ref + " /etc/passwd /etc/passwd\n"
+                                  'ENTRYPOINT ["/bin/busybox"]\n')
+    tag = f"{registry.host}/feat/fromimage:v1"
+    res = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c"))
+    assert res.code == 0, res.stderr
+    assert podman_run(tag, "head", "-1", "/etc/passwd").stdout == "root:x:0:0:root:/root:/bin/sh\n"
+    # a target with no instructions republishes its base, blobs mounted, nothing built
+    bare = write(tmp_path / "bare", f"FROM {by_digest}\n")
+    res = kade_build(str(bare), "--tag", f"{registry.host}/feat/bare:v1", "--cache-dir", str(tmp_path / "c2"),
+                     "--output", "json")
+    assert res.code == 0, res.stderr
+    assert res.json()["steps"] == {"built": 0, "cached": 0}
+    assert podman_run(f"{registry.host}/feat/bare:v1", "echo", "ok").stdout == "ok\n"

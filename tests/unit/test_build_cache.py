@@ -1,0 +1,69 @@
+"""The local cache: where it lives, prune, and its inter-process locks."""
+import os
+import subprocess
+import sys
+import time
+
+from builder.cache import LocalCache, cache_root
+from kade.cli import main
+
+
+def test_cache_root_precedence(tmp_path, monkeypatch):
+    monkeypatch.setenv("KADE_CACHE_DIR", str(tmp_path / "env"))
+    assert cache_root(str(tmp_path / "flag")) == tmp_path / "flag"
+    assert cache_root(None) == tmp_path / "env"
+    monkeypatch.delenv("KADE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root(None) == tmp_path / "xdg" / "kade"
+
+
+def test_prune_removes_blobs_and_mounts_unless_kept(tmp_path):
+    cache = LocalCache(tmp_path / "c")
+    digest = cache.blobs.put_bytes(b"layer bytes")
+    (cache.mount_dir("pip") / "wheel").write_bytes(b"x" * 100)
+    res = cache.prune(keep_mounts=True)
+    assert res.removed == 1 and res.freed_bytes == len(b"layer bytes")
+    assert not cache.blobs.has(digest) and (cache.mount_dir("pip") / "wheel").exists()
+    assert cache.prune().freed_bytes == 100
+    assert not (cache.mount_dir("pip") / "wheel").exists()
+
+
+def test_prune_older_than_keeps_recent(tmp_path):
+    cache = LocalCache(tmp_path / "c")
+    old = cache.blobs.put_bytes(b"old")
+    new = cache.blobs.put_bytes(b"new")
+    past = time.time() - 7200
+    os.utime(cache.blobs.path(old), (past, past))
+    cache.prune(older_than_seconds=3600)
+    assert not cache.blobs.has(old) and cache.blobs.has(new)
+
+
+def test_prune_waits_for_a_running_build(tmp_path):
+    """A build holds the global lock shared; prune (exclusive) waits until it is released."""
+    import threading
+
+    cache = LocalCache(tmp_path / "c")
+    digest = cache.blobs.put_bytes(b"in use")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from builder.cache import LocalCache\n"
+        f"c = LocalCache({str(tmp_path / 'c')!r})\n"
+        "with c.lock('global', shared=True):\n"
+        "    print('held', flush=True); sys.stdin.readline()\n")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    assert holder.stdout.readline().strip() == "held"
+    pruner = threading.Thread(target=cache.prune)
+    pruner.start()
+    pruner.join(0.5)
+    assert pruner.is_alive() and cache.blobs.has(digest)  # blocked while the build runs
+    holder.stdin.write("done\n")
+    holder.stdin.flush()
+    pruner.join(30)
+    assert not pruner.is_alive() and not cache.blobs.has(digest)
+    holder.wait(timeout=10)
+
+
+def test_kade_cache_prune_cli(tmp_path, capsys):
+    cache = LocalCache(tmp_path / "c")
+    cache.blobs.put_bytes(b"12345")
+    assert main(["cache", "prune", "--cache-dir", str(tmp_path / "c"), "--output", "json"]) == 0
+    assert '"freed_bytes": 5' in capsys.readouterr().out

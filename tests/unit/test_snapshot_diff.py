@@ -1,0 +1,45 @@
+"""The stat diff as a pure function of two tree states (no filesystem involved)."""
+import stat
+
+import pytest
+
+from builder.snapshot import TreeState, diff
+
+D, F = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644
+
+
+def k(mode=F, ino=1, mtime=0, size=0, ctime=0, uid=0):
+    return (mode, uid, 0, size, mtime, ctime, ino, 0)
+
+
+BASE = {b"etc": k(D, 10), b"etc/a": k(F, 11), b"etc/sub": k(D, 12), b"etc/sub/x": k(F, 13), b"opt": k(D, 20),
+        b"opt/y": k(F, 21)}
+
+
+def changes_of(after: dict) -> set[tuple[str, str]]:
+    return {(c.path, c.kind) for c in diff(TreeState(BASE), TreeState(after), "/r")}
+
+
+@pytest.mark.parametrize("edit,expected", [
+    (lambda t: None, set()),
+    (lambda t: t.update({b"etc/new": k(F, 30), b"etc": k(D, 10, mtime=5)}), {("etc/new", "add"), ("etc", "add")}),
+    (lambda t: t.update({b"etc/a": k(F, 11, ctime=9)}), {("etc/a", "add")}),             # chmod/xattr: ctime
+    (lambda t: t.update({b"etc/a": k(F, 11, uid=1000, ctime=9)}), {("etc/a", "add")}),
+    (lambda t: t.pop(b"etc/a"), {("etc/a", "delete")}),
+    (lambda t: [t.pop(p) for p in (b"etc/sub", b"etc/sub/x")], {("etc/sub", "delete")}),  # only the top
+    (lambda t: [t.pop(b"etc/sub/x"), t.update({b"etc/sub": k(F, 40)})], {("etc/sub", "add")}),  # dir -> file
+    (lambda t: t.update({b"etc/sub": k(D, 41)}),                                           # replaced dir
+     {("etc/sub", "add"), ("etc/sub", "opaque"), ("etc/sub/x", "add")}),
+    (lambda t: t.update({b"etc/a": k(D, 42), b"etc/a/in": k(F, 43)}),                     # file -> dir
+     {("etc/a", "add"), ("etc/a/in", "add")}),
+])
+def test_diff(edit, expected):
+    after = dict(BASE)
+    edit(after)
+    assert changes_of(after) == expected
+
+
+def test_sources_point_into_the_root():
+    after = {**BASE, b"etc/new": k(F, 30)}
+    (change,) = diff(TreeState(BASE), TreeState(after), "/some/root")
+    assert change.source == "/some/root/etc/new"
