@@ -213,12 +213,8 @@ def _spawn(root: Path, argv: list[str], env: dict[str, str], workdir: str, user:
     except subprocess.SubprocessError as exc:
         raise SandboxError(f"cannot enter the rootfs for {argv[0]!r}: {exc}") from None
 
-    def lines(name: str, line: bytes) -> None:
-        if output:
-            output(name, line + b"\n")
-
     try:
-        _pump(proc, lines, timeout)
+        _pump(proc, output, timeout)  # whole lines, newline included
         code = proc.wait()
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
