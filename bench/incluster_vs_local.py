@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from build_vs_buildah import DOCKERFILE, make_workload  # noqa: E402
-from tests.fixtures.build import base_rootfs_tar, push_image  # noqa: E402
 from tests.fixtures.cluster import load_cluster, state_dir  # noqa: E402
 from tests.fixtures.incluster import build_builder_image, builder_namespace  # noqa: E402
 
@@ -73,21 +72,19 @@ def main() -> None:
     args = ap.parse_args()
     cluster = load_cluster(state_dir() / "cluster.json", str(state_dir() / "admin.kubeconfig"))
     image = build_builder_image(cluster.registry, "bench")
-    base = push_image(cluster.registry, "bench/busybox", "1", base_rootfs_tar())
     rows: dict[str, dict[str, list[float]]] = {}
     latencies: list[float] = []
     with builder_namespace(cluster, image) as env, tempfile.TemporaryDirectory(prefix="kade-incl-bench-") as tmp:
         ctx = Path(tmp) / "ctx"
         ctx.mkdir()
-        (ctx / "Dockerfile").write_text(DOCKERFILE.format(base=base.ref))
-        make_workload(ctx, base.ref)
+        make_workload(ctx, cluster.base_image)
         run_id = os.urandom(3).hex()
         for backend in ("local", "kubernetes"):
             tag = f"{env.registry}/bench/incl-{backend}-{run_id}:v1"
             cache = Path(tmp) / f"cache-{backend}"
             kade(env, ctx, tag, backend, cache)  # warm up: caches and stages repo
             for i in range(args.runs):
-                src = ctx / "src" / "pkg" / "mod0" / "file0.py"
+                src = ctx / "src" / "pkg" / "mod0" / "m0.py"
                 src.write_text(src.read_text() + f"# change {backend} {i}\n")
                 t, recs = kade(env, ctx, tag, backend, cache)
                 rows.setdefault("one source file changed", {}).setdefault(backend, []).append(t)
@@ -98,7 +95,7 @@ def main() -> None:
     lines = [f"## in-cluster vs local build — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
              f"Machine: {platform.node()}, {os.cpu_count()} cores (shared with other sessions), test cluster "
              f"(1 node, containerd 1.6, runc). Command: `.venv/bin/python bench/incluster_vs_local.py "
-             f"--runs {args.runs}`. Workload of bench/build_vs_buildah.py; warm local cache / warm PVC; medians.", "",
+             f"--runs {args.runs}`. Workload of bench/build_vs_buildah.py on the cluster's Debian base; warm local cache / warm PVC; medians.", "",
              "| scenario | local (s) | kubernetes (s) | ratio |", "|---|---|---|---|"]
     for name, by in rows.items():
         lo, ku = statistics.median(by["local"]), statistics.median(by["kubernetes"])
