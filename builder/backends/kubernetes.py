@@ -87,9 +87,9 @@ class KubeBuilder(RemoteStageBuilder):
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def run(self) -> BuildResult:
-        if self.o.secrets or self.o.ssh:
-            raise BuildError("--secret and --ssh are not supported with --backend kubernetes yet",
-                             hint="build with the local backend, or pass build-time data another way")
+        if self.o.ssh:
+            raise BuildError("--ssh is not supported with --backend kubernetes (no agent to forward into pods)",
+                             hint="build with the local backend, or use --secret for a deploy key")
         if not self.stages_repo:
             raise BuildError("--backend kubernetes needs --tag or --repo: the pods push step images to the stages repo")
         swept = self.leases.sweep_expired(BUILD_PREFIX, "app.kubernetes.io/managed-by=kade")
@@ -98,11 +98,14 @@ class KubeBuilder(RemoteStageBuilder):
         name = BUILD_PREFIX + self.build_id
         lease = self.leases.acquire(name, "build", labels={**MANAGED, LABEL_BUILD: self.build_id})
         self.owner = {"name": name, "uid": lease.metadata.uid}
+        self.secrets_name: str | None = None
         stop = threading.Event()
         renewer = threading.Thread(target=self._renew, args=(name, stop), daemon=True)
         renewer.start()
         handlers = self._trap_signals()
         try:
+            if self.o.secrets:
+                self.secrets_name = self._create_secrets()
             return super().run()
         finally:
             self.cancel.set()
@@ -110,7 +113,37 @@ class KubeBuilder(RemoteStageBuilder):
                 signal.signal(sig, old)
             stop.set()
             self._delete_pods()
+            if self.secrets_name:
+                self._delete_secrets(self.secrets_name)
             self.leases.release(name)
+
+    def _create_secrets(self) -> str:
+        """The --secret values as a Secret owned by the build Lease (mounted read-only by the pods)."""
+        import base64
+
+        from kubernetes.client.exceptions import ApiException
+
+        name = f"{BUILD_PREFIX}{self.build_id}-secrets"
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": name, "labels": {**MANAGED, LABEL_BUILD: self.build_id},
+                             "ownerReferences": [{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                                  "name": self.owner["name"], "uid": self.owner["uid"]}]},
+                "data": {sid.encode().hex(): base64.b64encode(value).decode() for sid, value in self.o.secrets.items()}}
+        try:
+            self.core.create_namespaced_secret(self.k.namespace, body)
+        except ApiException as exc:
+            raise BuildError(f"cannot create Secret {self.k.namespace}/{name} for --secret: {exc.status} {exc.reason}",
+                             hint="the identity running kade build needs create/delete on secrets "
+                                  "(k8s-manifests/builder/role.yaml, kade-build-submitter)") from None
+        return name
+
+    def _delete_secrets(self, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.delete_namespaced_secret(name, self.k.namespace)
+        except ApiException:
+            pass  # the build Lease's garbage collection removes it in any case
 
     def _renew(self, name: str, stop: threading.Event) -> None:
         while not stop.wait(max(1.0, self.k.lease_s / 3)):
@@ -142,7 +175,8 @@ class KubeBuilder(RemoteStageBuilder):
                 raise BuildError("build cancelled")
             manifest = stage_pod(self.k, build_id=self.build_id, owner=self.owner, image_name=self.o.image_name,
                                  stage=ps.label, plan_digest=self.plan_digest, stages_repo=self.stages_repo or "",
-                                 insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt)
+                                 insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt,
+                                 secrets_name=self.secrets_name)
             name = manifest["metadata"]["name"]
             try:
                 self._create(manifest)

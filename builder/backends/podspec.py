@@ -33,6 +33,7 @@ MANAGED = {"app.kubernetes.io/managed-by": "kade", LABEL_COMPONENT: "builder"}
 CACHE_MOUNT = "/cache"
 WORK_MOUNT = "/work"
 DOCKER_CONFIG_MOUNT = "/kade/docker"
+SECRETS_MOUNT = "/kade/secrets"
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def pod_name(build_id: str, stage: str, attempt: int) -> str:
 
 def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, image_name: str, stage: str,
               plan_digest: str, stages_repo: str, insecure: tuple[str, ...] = (), epoch: int | None = None,
-              attempt: int = 1) -> dict[str, Any]:
+              attempt: int = 1, secrets_name: str | None = None) -> dict[str, Any]:
     """The manifest of the pod that builds `stage` of a build."""
     args = ["build-stage", "--plan", plan_digest, "--stage", stage, "--repo", stages_repo,
             "--lease-seconds", str(s.lease_s)]
@@ -97,6 +98,10 @@ def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, i
         mounts.append({"name": "registry-auth", "mountPath": DOCKER_CONFIG_MOUNT, "readOnly": True})
         volumes.append({"name": "registry-auth", "secret": {
             "secretName": s.registry_secret, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}})
+    if secrets_name:  # the build's --secret values (files named by the hex of their id)
+        env.append({"name": "KADE_SECRETS_DIR", "value": SECRETS_MOUNT})
+        mounts.append({"name": "build-secrets", "mountPath": SECRETS_MOUNT, "readOnly": True})
+        volumes.append({"name": "build-secrets", "secret": {"secretName": secrets_name, "defaultMode": 0o400}})
     container: dict[str, Any] = {
         "name": "build", "image": s.image, "imagePullPolicy": "IfNotPresent", "args": args, "env": env,
         "volumeMounts": mounts, "workingDir": WORK_MOUNT,

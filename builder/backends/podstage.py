@@ -101,6 +101,22 @@ def sandbox_mode() -> str:
     return forced if forced in ("chroot", "namespaces") else "chroot"
 
 
+def read_secrets(directory: str | None) -> dict[str, bytes]:
+    """--secret values mounted from the build's Secret: file names are the hex of the secret ids."""
+    if not directory or not Path(directory).is_dir():
+        return {}
+    out = {}
+    for entry in Path(directory).iterdir():
+        if entry.name.startswith("."):
+            continue  # the Secret volume's ..data bookkeeping
+        try:
+            sid = bytes.fromhex(entry.name).decode()
+        except ValueError:
+            continue
+        out[sid] = entry.read_bytes()
+    return out
+
+
 def build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, *, insecure: tuple[str, ...] = (),
                 lease_s: int = 30, work: Path | None = None, cache_dir: str | None = None,
                 api_client: Any = None, holder: str | None = None, namespace: str | None = None) -> dict[str, Any]:
@@ -122,6 +138,7 @@ def build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, 
                            parallel=1, cache_dir=cache_dir, insecure=insecure,
                            platform=extra.get("platform", "linux/amd64"), no_cache=bool(extra.get("no_cache")),
                            image_name=extra.get("image_name", "default"),
+                           secrets=read_secrets(os.environ.get("KADE_SECRETS_DIR")),
                            sandbox=run_chroot if sandbox_mode() == "chroot" else None)
     leases = None
     if api_client is not None and holder and namespace:

@@ -247,3 +247,22 @@ def test_pods_of_a_dead_cli_are_garbage_collected(builder_env, tmp_path):
     while time.monotonic() < deadline and _pods(builder_env, f"kade.io/build={build_id}")[1]:
         time.sleep(0.5)
     assert not _pods(builder_env, f"kade.io/build={build_id}")[1]
+
+
+def test_build_secrets_reach_run_but_never_the_output(builder_env, tmp_path):
+    ctx = write_context(tmp_path / "ctx", "FROM {base}\nRUN --mount=type=secret,id=token,required=true "
+                        "cat /run/secrets/token && test \"$(wc -c < /run/secrets/token)\" -eq 12 "
+                        "&& echo ok > /ok\n", builder_env.base_image)
+    (tmp_path / "token").write_text("s3cret-value")
+    done = kade_build(builder_env, ctx, f"{builder_env.registry}/{unique('secret')}:v1",
+                      "--secret", f"id=token,src={tmp_path / 'token'}")
+    out = result(done)
+    assert out["steps"]["built"] == 1
+    assert "s3cret-value" not in done.stderr + done.stdout
+    assert "****" in done.stderr  # the RUN printed it, masked
+    time.sleep(1)
+    from kubernetes import client, config
+
+    api = client.CoreV1Api(config.new_client_from_config(config_file=builder_env.kubeconfig))
+    left = api.list_namespaced_secret(builder_env.namespace, label_selector="app.kubernetes.io/managed-by=kade")
+    assert not [s for s in left.items if not s.metadata.deletion_timestamp]

@@ -112,3 +112,23 @@ def test_step_lease_name_is_a_valid_name():
 def test_parse_pod_line(line, kind):
     rec = parse_pod_line(line)
     assert (rec["kind"] if rec else None) == kind
+
+
+def test_build_secrets_are_a_read_only_secret_volume():
+    spec = pod(secrets_name="kade-build-b1-secrets")["spec"]
+    assert {"name": "build-secrets", "secret": {"secretName": "kade-build-b1-secrets", "defaultMode": 0o400}} \
+        in spec["volumes"]
+    c = spec["containers"][0]
+    assert {"name": "build-secrets", "mountPath": "/kade/secrets", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "KADE_SECRETS_DIR", "value": "/kade/secrets"} in c["env"]
+    assert "build-secrets" not in str(pod()["spec"])
+
+
+def test_read_secrets_decodes_ids_and_skips_volume_bookkeeping(tmp_path):
+    from builder.backends.podstage import read_secrets
+
+    (tmp_path / "npm.token".encode().hex()).write_bytes(b"s3cret")
+    (tmp_path / "..data").mkdir()
+    (tmp_path / "not-hex").write_bytes(b"x")
+    assert read_secrets(str(tmp_path)) == {"npm.token": b"s3cret"}
+    assert read_secrets(None) == {} and read_secrets(str(tmp_path / "missing")) == {}
