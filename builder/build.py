@@ -69,6 +69,7 @@ class BuildOptions:
     revision: tuple[str | None, str | None] | None = None  # (commit, branch); None: asked of git at context
     annotations: dict[str, str] = field(default_factory=dict)  # extra manifest annotations of the final image
     labels: dict[str, str] = field(default_factory=dict)  # extra config labels of the final image (not in keys)
+    sandbox: Callable[..., int] | None = None  # runs RUN commands; None: builder.sandbox.run_in_rootfs
 
 
 @dataclass
@@ -243,7 +244,7 @@ class Builder:
         with ThreadPoolExecutor(max_workers=max(1, self.o.parallel)) as pool:
             for ps in plan.order():  # dependencies come first, so a waiting stage never starves the pool
                 if ps.label in needed:
-                    self.stage_futures[ps.label] = pool.submit(self._run_stage, ps)
+                    self.stage_futures[ps.label] = pool.submit(self.run_stage, ps)
             return self.stage_futures[plan.target].result()
 
     def _base_image(self, ps: PlannedStage) -> Image | None:
@@ -252,6 +253,11 @@ class Builder:
         if ps.base_image:
             return self.images[ps.base_image.digest]
         return None  # scratch
+
+    def run_stage(self, ps: PlannedStage) -> Image | None:
+        """Where a needed stage runs: this process by default. The backend seam: a subclass (the
+        kubernetes backend) overrides it to run the stage elsewhere and return its final image."""
+        return self._run_stage(ps)
 
     def _run_stage(self, ps: PlannedStage) -> Image | None:
         """Returns the stage's final image (None for an empty scratch stage)."""
@@ -292,7 +298,7 @@ class Builder:
             apply_layers(rootfs, [(self._blob_path(img, d), d.media_type) for d in img.manifest.layers[base_layers:]])
             return img
         try:
-            img = self._execute_step(ps, step, parent, rootfs)
+            img = self.execute_step(ps, step, parent, rootfs)
         except BaseException as exc:
             claim.set_exception(exc)
             raise
@@ -359,6 +365,11 @@ class Builder:
             return self.stage_roots[key]
 
     # -- one step ----------------------------------------------------------------------------------
+    def execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path) -> Image:
+        """Run one missing step on `rootfs` and push its step image. Seam for a backend that must
+        coordinate steps (the builder pod holds a Lease per step key around it)."""
+        return self._execute_step(ps, step, parent, rootfs)
+
     def _execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path) -> Image:
         from builder import execute as ex
 
@@ -368,7 +379,8 @@ class Builder:
         try:
             if step.kind == "run":
                 ctx = ex.RunContext(secrets=self.o.secrets, ssh_socket=self.o.ssh, cache_dir=self._cache_mount,
-                                    stage_rootfs=self._mount_root, context_root=self.ctx.root, report=self.report)
+                                    stage_rootfs=self._mount_root, context_root=self.ctx.root, report=self.report,
+                                    runner=self.o.sandbox)
                 layer = ex.run_step(rootfs, step, ctx, lambda line: self.report("output", line), self._write_layer)
                 return self._push_step(step, parent, layer)  # type: ignore[arg-type]
             elif step.kind == "copy":
