@@ -65,6 +65,7 @@ class BuildOptions:
     insecure: tuple[str, ...] = ()
     platform: str = DEFAULT_PLATFORM
     image_name: str = "default"
+    sandbox: Callable[..., int] | None = None  # runs RUN commands; None: builder.sandbox.run_in_rootfs
 
 
 @dataclass
@@ -225,7 +226,7 @@ class Builder:
         with ThreadPoolExecutor(max_workers=max(1, self.o.parallel)) as pool:
             for ps in plan.order():  # dependencies come first, so a waiting stage never starves the pool
                 if ps.label in needed:
-                    self.stage_futures[ps.label] = pool.submit(self._run_stage, ps)
+                    self.stage_futures[ps.label] = pool.submit(self.run_stage, ps)
             return self.stage_futures[plan.target].result()
 
     def _base_image(self, ps: PlannedStage) -> Image | None:
@@ -234,6 +235,11 @@ class Builder:
         if ps.base_image:
             return self.images[ps.base_image.digest]
         return None  # scratch
+
+    def run_stage(self, ps: PlannedStage) -> Image | None:
+        """Where a needed stage runs: this process by default. The backend seam: a subclass (the
+        kubernetes backend) overrides it to run the stage elsewhere and return its final image."""
+        return self._run_stage(ps)
 
     def _run_stage(self, ps: PlannedStage) -> Image | None:
         """Returns the stage's final image (None for an empty scratch stage)."""
@@ -250,7 +256,7 @@ class Builder:
             return parent
         rootfs = self._materialize(parent, f"stage-{ps.label}-")
         for s in steps[last_hit + 1:]:
-            parent = self._execute_step(ps, s, parent, rootfs)
+            parent = self.execute_step(ps, s, parent, rootfs)
             with self.lock:
                 self.built += 1
         with self.root_lock:
@@ -313,6 +319,11 @@ class Builder:
             return self.stage_roots[key]
 
     # -- one step ----------------------------------------------------------------------------------
+    def execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path) -> Image:
+        """Run one missing step on `rootfs` and push its step image. Seam for a backend that must
+        coordinate steps (the builder pod holds a Lease per step key around it)."""
+        return self._execute_step(ps, step, parent, rootfs)
+
     def _execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path) -> Image:
         from builder import execute as ex
 
@@ -322,7 +333,8 @@ class Builder:
         try:
             if step.kind == "run":
                 ctx = ex.RunContext(secrets=self.o.secrets, ssh_socket=self.o.ssh, cache_dir=self._cache_mount,
-                                    stage_rootfs=self._mount_root, context_root=self.ctx.root, report=self.report)
+                                    stage_rootfs=self._mount_root, context_root=self.ctx.root, report=self.report,
+                                    runner=self.o.sandbox)
                 layer = ex.run_step(rootfs, step, ctx, lambda line: self.report("output", line), self._write_layer)
                 return self._push_step(step, parent, layer)  # type: ignore[arg-type]
             elif step.kind == "copy":

@@ -35,6 +35,7 @@ class RunContext:
     stage_rootfs: Callable[[str | None, object], Path] | None = None  # (stage label, image) -> dir
     context_root: Path | None = None
     report: Callable[..., None] | None = None
+    runner: Callable[..., int] | None = None  # same signature as sandbox.run_in_rootfs (the pod's chroot mode)
 
 
 # -- rootfs preparation ---------------------------------------------------------------------------
@@ -278,8 +279,9 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
     # The sandbox removes the mountpoints it had to create, so a snapshot never sees them.
     with snapshot.capture(rootfs, scratch) as cap:
         ensure_dir(cap.root, workdir)
-        code = sandbox.run_in_rootfs(cap.root, step.argv, env, workdir, (user.uid, user.gid, list(user.groups)),
-                                     mounts, step.network, stream)
+        run = ctx.runner or sandbox.run_in_rootfs
+        code = run(cap.root, step.argv, env, workdir, (user.uid, user.gid, list(user.groups)),
+                   mounts, step.network, stream)
         if pending:
             output(pending.decode(errors="replace"))
         if code != 0:

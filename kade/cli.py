@@ -13,13 +13,13 @@ import sys
 from kade import errors
 
 # Order is the order of `kade --help`.
-COMMAND_MODULES = ["build", "deploy", "converge", "cleanup", "image", "cache"]
+COMMAND_MODULES = ["build", "deploy", "converge", "cleanup", "image", "cache", "build_stage"]
 # Which module registers a command, so `kade image ...` imports only what it runs (start-up time).
 # A command missing here still works: then every module is loaded.
 COMMAND_HOME = {
     "build": "build", "deploy": "deploy", "plan": "deploy", "rollback": "deploy", "history": "deploy",
     "uninstall": "deploy", "track": "deploy", "converge": "converge", "cleanup": "cleanup",
-    "purge": "cleanup", "image": "image", "cache": "cache",
+    "purge": "cleanup", "image": "image", "cache": "cache", "build-stage": "build_stage",
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

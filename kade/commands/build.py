@@ -8,6 +8,7 @@ from typing import Any
 
 from builder.build import BuildOptions, build
 from builder.plan import DEFAULT_PLATFORM, parse_build_args
+from kade.commands.build_backend import add_backend_arguments, kube_settings_from_args
 from kade.errors import UsageError
 from kade.output import OUTPUT_CHOICES, make_reporter, print_result
 
@@ -39,6 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
                    help="reach HOST over plain HTTP / without TLS verification (repeatable)")
     p.add_argument("--platform", default=DEFAULT_PLATFORM, help=argparse.SUPPRESS)
+    add_backend_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -98,7 +100,12 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     report = make_reporter(args.output)
-    result = build(options, report)
+    if args.backend == "kubernetes":
+        from builder.backends.kubernetes import build as kube_build
+
+        result = kube_build(options, kube_settings_from_args(args), report)
+    else:
+        result = build(options, report)
     print_result(args.output, result.to_json(),
                  lambda data: "\n".join(f"{i['ref']}@{i['digest']}" if not i["ref"].startswith("oci:") else i["ref"]
                                         for i in data["images"]))

@@ -1,0 +1,117 @@
+"""In-cluster (one pod per stage, warm cache PVC) vs local backend, on the builder benchmark's
+workload (bench/build_vs_buildah.py: 100 MB of assets, 300 sources, a RUN writing 20,000 files).
+
+Scenarios, each backend with its own stages repo and a warm cache (a first build done before):
+  1. one source file changed: the last COPY (and the config step) rebuild
+  2. full rebuild (--no-cache): every step runs again
+Also: latency from pod creation to its first step (pod "started" report -> first step record).
+
+Usage: .venv/bin/python bench/incluster_vs_local.py [--runs 3] [--results bench/RESULTS.md]
+Needs root and the running test cluster (tests/cluster/up).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from build_vs_buildah import DOCKERFILE, make_workload  # noqa: E402
+from tests.fixtures.build import base_rootfs_tar, push_image  # noqa: E402
+from tests.fixtures.cluster import load_cluster, state_dir  # noqa: E402
+from tests.fixtures.incluster import build_builder_image, builder_namespace  # noqa: E402
+
+
+def kade(env, ctx: Path, tag: str, backend: str, cache: Path, *extra: str) -> tuple[float, list[dict]]:
+    cmd = [sys.executable, "-m", "kade", "build", str(ctx), "-t", tag, "--insecure-registry", env.registry,
+           "--output", "json", "--cache-dir", str(cache), *extra]
+    if backend == "kubernetes":
+        cmd += ["--backend", "kubernetes", "--namespace", env.namespace, "--cache-pvc", env.cache_pvc,
+                "--builder-image", env.image, "--kubeconfig", env.kubeconfig]
+    t0 = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    elapsed = time.monotonic() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"{backend} build failed:\n{done.stderr[-3000:]}")
+    recs = []
+    for line in done.stderr.splitlines():
+        if line.startswith("{"):
+            try:
+                recs.append(json.loads(line))
+            except ValueError:
+                pass
+    return elapsed, recs
+
+
+def pod_latency(recs: list[dict]) -> list[float]:
+    """Seconds from each pod's creation (CLI record) to its first step record (pod's own clock)."""
+    out, started = [], {}
+    for r in recs:
+        msg = r.get("message", "")
+        prefix = msg.split(" ", 1)[0]
+        if r["kind"] == "pod" and msg.endswith("started"):
+            started[prefix] = r["time"]
+        elif r["kind"] == "step" and prefix in started:
+            out.append(r["time"] - started.pop(prefix))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--results", type=Path)
+    args = ap.parse_args()
+    cluster = load_cluster(state_dir() / "cluster.json", str(state_dir() / "admin.kubeconfig"))
+    image = build_builder_image(cluster.registry, "bench")
+    base = push_image(cluster.registry, "bench/busybox", "1", base_rootfs_tar())
+    rows: dict[str, dict[str, list[float]]] = {}
+    latencies: list[float] = []
+    with builder_namespace(cluster, image) as env, tempfile.TemporaryDirectory(prefix="kade-incl-bench-") as tmp:
+        ctx = Path(tmp) / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(DOCKERFILE.format(base=base.ref))
+        make_workload(ctx, base.ref)
+        run_id = os.urandom(3).hex()
+        for backend in ("local", "kubernetes"):
+            tag = f"{env.registry}/bench/incl-{backend}-{run_id}:v1"
+            cache = Path(tmp) / f"cache-{backend}"
+            kade(env, ctx, tag, backend, cache)  # warm up: caches and stages repo
+            for i in range(args.runs):
+                src = ctx / "src" / "pkg" / "mod0" / "file0.py"
+                src.write_text(src.read_text() + f"# change {backend} {i}\n")
+                t, recs = kade(env, ctx, tag, backend, cache)
+                rows.setdefault("one source file changed", {}).setdefault(backend, []).append(t)
+                latencies += pod_latency(recs)
+                t, recs = kade(env, ctx, tag, backend, cache, "--no-cache")
+                rows.setdefault("full rebuild (--no-cache)", {}).setdefault(backend, []).append(t)
+                latencies += pod_latency(recs)
+    lines = [f"## in-cluster vs local build — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
+             f"Machine: {platform.node()}, {os.cpu_count()} cores (shared with other sessions), test cluster "
+             f"(1 node, containerd 1.6, runc). Command: `.venv/bin/python bench/incluster_vs_local.py "
+             f"--runs {args.runs}`. Workload of bench/build_vs_buildah.py; warm local cache / warm PVC; medians.", "",
+             "| scenario | local (s) | kubernetes (s) | ratio |", "|---|---|---|---|"]
+    for name, by in rows.items():
+        lo, ku = statistics.median(by["local"]), statistics.median(by["kubernetes"])
+        lines.append(f"| {name} | {lo:.1f} | {ku:.1f} | {ku / lo:.2f} |")
+    if latencies:
+        lines += ["", f"Pod creation -> first step: median {statistics.median(latencies):.1f} s, "
+                      f"max {max(latencies):.1f} s over {len(latencies)} pods."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.results:
+        with open(args.results, "a") as f:
+            f.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""`kade build --backend kubernetes`: plan here, run each stage that needs building in a pod.
+
+The CLI does exactly what the local backend does up to the step lookup (same plan, same keys, same
+registry HEADs). Then it uploads the stage plan (plancodec) and the context files the missing steps
+read (context_upload) as two content-addressed blobs in the stages repo, and runs one pod per stage
+with missing steps, in DAG order, independent stages at once (--parallel). Each pod runs
+`kade build-stage` (podstage.py) with the same executor code and pushes the step images; the CLI
+then loads each stage's final step image and publishes the final image and build record itself,
+as the local backend does.
+
+Pods belong to a per-build Lease that the CLI renews: Ctrl-C/SIGTERM deletes them at once, and
+pods left by a CLI that died are garbage-collected when any later build sweeps the expired Lease
+(and in any case when activeDeadlineSeconds passes).
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from builder.backends.remote import RemoteStageBuilder
+from builder.backends.lease import BUILD_PREFIX, Leases
+from builder.backends.podspec import LABEL_BUILD, MANAGED, KubeSettings, stage_pod
+from builder.build import BuildOptions, BuildResult, Report
+from builder.errors import BuildError, StepFailedError
+from builder.plan import PlannedStage
+from registry.client import RegistryClient
+
+RESULT_KIND = "stage-result"
+FAILED_KIND = "stage-failed"
+_FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                  "CreateContainerError"}
+
+
+class PodLost(Exception):
+    """The pod went away without a verdict (deleted, evicted, node lost): worth another attempt."""
+
+
+def kube_api_client(settings: KubeSettings) -> Any:
+    from kubernetes import config
+
+    try:
+        return config.new_client_from_config(config_file=settings.kubeconfig, context=settings.kube_context)
+    except Exception as exc:  # noqa: BLE001 - the kubernetes loader raises plain exceptions
+        raise BuildError(f"cannot load the kubeconfig ({settings.kubeconfig or '$KUBECONFIG or ~/.kube/config'}"
+                         f"{', context ' + settings.kube_context if settings.kube_context else ''}): {exc}") from None
+
+
+def parse_pod_line(line: str) -> dict[str, Any] | None:
+    """A JSON report record written by the pod, or None for any other line (kept as plain output)."""
+    if not line.startswith("{"):
+        return None
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("kind"), str) else None
+
+
+def waiting_problem(pod: Any) -> str | None:
+    """Why a pending pod will never start (image pull or config errors), else None."""
+    for cs in (pod.status.container_statuses or []) if pod.status else []:
+        w = cs.state.waiting if cs.state else None
+        if w and w.reason in _FATAL_WAITING:
+            return f"{w.reason}: {w.message or ''}".strip()
+    return None
+
+
+class KubeBuilder(RemoteStageBuilder):
+    def __init__(self, options: BuildOptions, settings: KubeSettings, report: Report,
+                 client: RegistryClient | None = None, api_client: Any = None):
+        super().__init__(options, report, client)
+        self.k = settings
+        self.build_id = secrets.token_hex(5)
+        self.api_client = api_client or kube_api_client(settings)
+        from kubernetes import client as kc
+
+        self.core = kc.CoreV1Api(self.api_client)
+        self.cancel = threading.Event()
+        self.owner: dict[str, str] | None = None
+        self.leases = Leases(self.api_client, settings.namespace, f"kade-cli-{self.build_id}", settings.lease_s,
+                             report)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def run(self) -> BuildResult:
+        if self.o.secrets or self.o.ssh:
+            raise BuildError("--secret and --ssh are not supported with --backend kubernetes yet",
+                             hint="build with the local backend, or pass build-time data another way")
+        if not self.stages_repo:
+            raise BuildError("--backend kubernetes needs --tag or --repo: the pods push step images to the stages repo")
+        swept = self.leases.sweep_expired(BUILD_PREFIX, "app.kubernetes.io/managed-by=kade")
+        if swept:
+            self.report("cleanup", f"removed {len(swept)} build(s) left by a CLI that died, and their pods")
+        name = BUILD_PREFIX + self.build_id
+        lease = self.leases.acquire(name, "build", labels={**MANAGED, LABEL_BUILD: self.build_id})
+        self.owner = {"name": name, "uid": lease.metadata.uid}
+        stop = threading.Event()
+        renewer = threading.Thread(target=self._renew, args=(name, stop), daemon=True)
+        renewer.start()
+        handlers = self._trap_signals()
+        try:
+            return super().run()
+        finally:
+            self.cancel.set()
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+            stop.set()
+            self._delete_pods()
+            self.leases.release(name)
+
+    def _renew(self, name: str, stop: threading.Event) -> None:
+        while not stop.wait(max(1.0, self.k.lease_s / 3)):
+            self.leases.renew(name)
+
+    def _trap_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            self.cancel.set()
+            self._delete_pods()
+            raise KeyboardInterrupt
+
+        return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _delete_pods(self) -> None:
+        try:
+            self.core.delete_collection_namespaced_pod(self.k.namespace, label_selector=f"{LABEL_BUILD}={self.build_id}",
+                                                       grace_period_seconds=0)
+        except Exception as exc:  # noqa: BLE001 - best effort; the build Lease's GC is the fallback
+            self.report("warning", f"could not delete the build's pods in {self.k.namespace}: {exc}")
+
+    # -- one pod -----------------------------------------------------------------------------------
+    def run_remote(self, ps: PlannedStage) -> int:
+        assert self.plan_digest is not None
+        for attempt in range(1, self.k.attempts + 1):
+            if self.cancel.is_set():
+                raise BuildError("build cancelled")
+            manifest = stage_pod(self.k, build_id=self.build_id, owner=self.owner, image_name=self.o.image_name,
+                                 stage=ps.label, plan_digest=self.plan_digest, stages_repo=self.stages_repo or "",
+                                 insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt)
+            name = manifest["metadata"]["name"]
+            try:
+                self._create(manifest)
+                self.report("pod", f"[{self.o.image_name}/{ps.label}] {self.k.namespace}/{name} started")
+                started = time.monotonic()
+                result = self._follow(ps, name)
+                self.report("pod", f"[{self.o.image_name}/{ps.label}] {name} done in "
+                                   f"{time.monotonic() - started:.1f}s")
+                return int(result.get("built", 0))
+            except PodLost as lost:
+                if self.cancel.is_set():
+                    raise BuildError("build cancelled") from None
+                if attempt == self.k.attempts:
+                    raise BuildError(f"stage {ps.label}: pod {self.k.namespace}/{name} was lost ({lost}) "
+                                     f"{attempt} times", hint="check the cluster's events and node health") from None
+                self.report("retry", f"[{self.o.image_name}/{ps.label}] pod {name} was lost ({lost}); "
+                                     f"attempt {attempt + 1} of {self.k.attempts}")
+            finally:
+                self._delete_pod(name)
+
+    def _create(self, manifest: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.create_namespaced_pod(self.k.namespace, manifest)
+        except ApiException as exc:
+            detail = exc.body if isinstance(exc.body, str) else exc.reason
+            raise BuildError(f"cannot create pod {self.k.namespace}/{manifest['metadata']['name']}: "
+                             f"{exc.status} {detail}", hint="check the namespace, ServiceAccount and RBAC "
+                             "(k8s-manifests/builder)") from None
+
+    def _delete_pod(self, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core.delete_namespaced_pod(name, self.k.namespace, grace_period_seconds=0)
+        except ApiException:
+            pass
+
+    def _read(self, name: str) -> Any | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.core.read_namespaced_pod(name, self.k.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _wait_started(self, ps: PlannedStage, name: str) -> None:
+        deadline = time.monotonic() + self.k.start_timeout_s
+        while True:
+            if self.cancel.is_set():
+                raise BuildError("build cancelled")
+            pod = self._read(name)
+            if pod is None:
+                raise PodLost("deleted before it started")
+            if pod.status and pod.status.phase in ("Running", "Succeeded", "Failed"):
+                return
+            problem = waiting_problem(pod)
+            if problem:
+                raise BuildError(f"stage {ps.label}: pod {self.k.namespace}/{name} cannot start: {problem}",
+                                 hint=f"is the builder image {self.k.image} pushed and pullable by the node?")
+            if time.monotonic() > deadline:
+                raise BuildError(f"stage {ps.label}: pod {self.k.namespace}/{name} did not start within "
+                                 f"{self.k.start_timeout_s}s", hint=f"kubectl -n {self.k.namespace} describe pod {name}")
+            time.sleep(0.3)
+
+    def _follow(self, ps: PlannedStage, name: str) -> dict[str, Any]:
+        """Stream the pod's output (prefixed with image/stage) until it ends; return its result record."""
+        self._wait_started(ps, name)
+        prefix = f"[{self.o.image_name}/{ps.label}]"
+        result: dict[str, Any] | None = None
+        failure: dict[str, Any] | None = None
+        tail: deque[str] = deque(maxlen=20)
+        try:
+            stream = self.core.read_namespaced_pod_log(name, self.k.namespace, follow=True, _preload_content=False)
+            pending = b""
+            for chunk in stream.stream(amt=65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    line = raw.decode(errors="replace")
+                    rec = parse_pod_line(line)
+                    if rec is None:
+                        tail.append(line)
+                        self.report("output", f"{prefix} {line}")
+                    elif rec["kind"] == RESULT_KIND:
+                        result = rec
+                    elif rec["kind"] == FAILED_KIND:
+                        failure = rec
+                    else:
+                        fields = {k: v for k, v in rec.items() if k not in ("kind", "message", "time")}
+                        if rec["kind"] == "output":
+                            tail.append(str(rec.get("message", "")))
+                        self.report(rec["kind"], f"{prefix} {rec.get('message', '')}", **fields)
+        except Exception as exc:  # noqa: BLE001 - a broken log stream is judged by the pod's status below
+            if self.cancel.is_set():
+                raise BuildError("build cancelled") from None
+            self.report("warning", f"{prefix} log stream of {name} ended: {exc}")
+        return self._verdict(ps, name, result, failure, list(tail))
+
+    def _verdict(self, ps: PlannedStage, name: str, result: dict[str, Any] | None, failure: dict[str, Any] | None,
+                 tail: list[str]) -> dict[str, Any]:
+        deadline = time.monotonic() + 30
+        while True:
+            pod = self._read(name)
+            if pod is None:
+                raise PodLost("deleted while it ran")
+            phase = pod.status.phase if pod.status else None
+            if phase in ("Succeeded", "Failed"):
+                break
+            if time.monotonic() > deadline:
+                raise PodLost(f"its log ended but it is still {phase}")
+            time.sleep(0.3)
+        if phase == "Succeeded" and result is not None:
+            return result
+        where = f"pod {self.k.namespace}/{name}"
+        if failure is not None:
+            step = failure.get("step") or "?"
+            code = failure.get("exit_code")
+            lines = failure.get("output_tail") or tail
+            if code is not None:
+                raise StepFailedError(f"{where}: step {step} failed with exit code {code}", exit_code=int(code),
+                                      output_tail=list(lines), file=failure.get("file"), line=failure.get("line"))
+            raise BuildError(f"{where}: stage {ps.label} failed: {failure.get('message')}",
+                             file=failure.get("file"), line=failure.get("line"))
+        reason = (pod.status.reason or "") if pod.status else ""
+        code = _exit_code(pod)
+        if reason == "Evicted" or code in (137, 143) or code is None:
+            raise PodLost(f"{phase} {reason or ''} exit {code}".strip())
+        raise BuildError(f"{where}: stage {ps.label} ended {phase} (exit {code}) without a result",
+                         hint="last output:\n" + "\n".join(tail))
+
+
+def _exit_code(pod: Any) -> int | None:
+    for cs in (pod.status.container_statuses or []) if pod.status else []:
+        t = cs.state.terminated if cs.state else None
+        if t is not None:
+            return t.exit_code
+    return None
+
+
+def build(options: BuildOptions, settings: KubeSettings, report: Report,
+          client: RegistryClient | None = None, api_client: Any = None) -> BuildResult:
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return KubeBuilder(options, settings, report, client, api_client).run()
+    except (ApiException, HTTPError) as exc:
+        detail = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else type(exc).__name__
+        raise BuildError(f"Kubernetes API error in namespace {settings.namespace}: {detail}",
+                         hint="check the kubeconfig/context, that the cluster is up, and the RBAC of "
+                              "k8s-manifests/builder") from None

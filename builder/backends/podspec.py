@@ -1,0 +1,133 @@
+"""The builder pod of one stage, as a plain manifest dict (a pure function, table-tested).
+
+Security posture (docs/incluster.md explains each choice): not privileged, no hostPath, seccomp
+RuntimeDefault, no privilege escalation, every capability dropped except the ones a chroot build
+needs (CAPABILITIES, with the reason for each), an emptyDir for the rootfs, the cache PVC for blobs
+and RUN cache mounts, registry credentials from a dockerconfigjson Secret. With `user_namespaces`
+the pod asks for `hostUsers: false`, so "root" in the pod is an unprivileged uid on the node.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# capability -> why a chroot build needs it (everything else is dropped)
+CAPABILITIES: dict[str, str] = {
+    "CHOWN": "unpack layers and COPY --chown with the owners the image records",
+    "DAC_OVERRIDE": "read and write files of any owner/mode while unpacking and snapshotting a rootfs",
+    "FOWNER": "set modes, times and xattrs on files owned by other users in the rootfs",
+    "FSETID": "keep setuid/setgid bits on files whose owner or group is not the builder's",
+    "SETUID": "run a RUN step as the image's USER (setuid in the child)",
+    "SETGID": "run a RUN step with the USER's groups (setgid/setgroups in the child)",
+    "SYS_CHROOT": "chroot() into the rootfs for RUN steps (the pod mode has no mount namespace)",
+    "MKNOD": "device nodes of base layers and /dev/null etc. for RUN (the device cgroup still limits use)",
+    "SETFCAP": "file capabilities (security.capability xattrs) that packages like iputils set",
+    "KILL": "stop a RUN's processes when they run as another user (timeouts, cancellation)",
+}
+LABEL_BUILD = "kade.io/build"
+LABEL_STAGE = "kade.io/stage"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+MANAGED = {"app.kubernetes.io/managed-by": "kade", LABEL_COMPONENT: "builder"}
+CACHE_MOUNT = "/cache"
+WORK_MOUNT = "/work"
+DOCKER_CONFIG_MOUNT = "/kade/docker"
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """Where and how builder pods run (the `kade build --backend kubernetes` options)."""
+    image: str  # the builder image (images/builder/Dockerfile)
+    namespace: str = "kade-builds"
+    cache_pvc: str | None = "kade-build-cache"
+    service_account: str | None = "kade-builder"
+    registry_secret: str | None = None  # a kubernetes.io/dockerconfigjson Secret
+    kubeconfig: str | None = None
+    kube_context: str | None = None
+    user_namespaces: bool = False  # hostUsers: false
+    deadline_s: int = 3600  # activeDeadlineSeconds: a pod never outlives this
+    lease_s: int = 30  # step and build Lease duration
+    attempts: int = 3  # a pod lost mid-stage (deleted, evicted, node lost) is retried this often
+    start_timeout_s: int = 300
+    cpu: str | None = None
+    memory: str | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+
+
+def dns_label(text: str, limit: int = 63) -> str:
+    """A DNS-1123 label from any text: lowercase alphanumerics and '-', short, with a hash when changed."""
+    clean = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "x"
+    if clean == text and len(clean) <= limit:
+        return clean
+    suffix = hashlib.sha256(text.encode()).hexdigest()[:6]
+    return f"{clean[: limit - 7].strip('-')}-{suffix}"
+
+
+def pod_name(build_id: str, stage: str, attempt: int) -> str:
+    return f"kade-{build_id}-{dns_label(stage, 40)}-{attempt}"
+
+
+def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, image_name: str, stage: str,
+              plan_digest: str, stages_repo: str, insecure: tuple[str, ...] = (), epoch: int | None = None,
+              attempt: int = 1) -> dict[str, Any]:
+    """The manifest of the pod that builds `stage` of a build."""
+    args = ["build-stage", "--plan", plan_digest, "--stage", stage, "--repo", stages_repo,
+            "--lease-seconds", str(s.lease_s)]
+    for host in insecure:
+        args += ["--insecure-registry", host]
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "KADE_CACHE_DIR", "value": CACHE_MOUNT},
+        {"name": "KADE_WORK_DIR", "value": WORK_MOUNT},
+    ]
+    if epoch is not None:
+        env.append({"name": "SOURCE_DATE_EPOCH", "value": str(epoch)})
+    mounts = [{"name": "work", "mountPath": WORK_MOUNT}]
+    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
+    if s.cache_pvc:
+        mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
+        volumes.append({"name": "cache", "persistentVolumeClaim": {"claimName": s.cache_pvc}})
+    else:
+        mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})
+        volumes.append({"name": "cache", "emptyDir": {}})
+    if s.registry_secret:
+        env.append({"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_MOUNT})
+        mounts.append({"name": "registry-auth", "mountPath": DOCKER_CONFIG_MOUNT, "readOnly": True})
+        volumes.append({"name": "registry-auth", "secret": {
+            "secretName": s.registry_secret, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}})
+    container: dict[str, Any] = {
+        "name": "build", "image": s.image, "imagePullPolicy": "IfNotPresent", "args": args, "env": env,
+        "volumeMounts": mounts, "workingDir": WORK_MOUNT,
+        "securityContext": {
+            "privileged": False, "allowPrivilegeEscalation": False, "runAsUser": 0, "runAsNonRoot": False,
+            "readOnlyRootFilesystem": False,
+            "capabilities": {"drop": ["ALL"], "add": sorted(CAPABILITIES)},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    resources = {k: v for k, v in (("cpu", s.cpu), ("memory", s.memory)) if v}
+    if resources:
+        container["resources"] = {"requests": resources}
+    labels = {**MANAGED, LABEL_BUILD: build_id, LABEL_STAGE: dns_label(stage)}
+    meta: dict[str, Any] = {"name": pod_name(build_id, stage, attempt), "namespace": s.namespace,
+                            "labels": labels,
+                            "annotations": {"kade.io/image": image_name, "kade.io/stage": stage,
+                                            "kade.io/attempt": str(attempt)}}
+    if owner:
+        meta["ownerReferences"] = [{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                    "name": owner["name"], "uid": owner["uid"]}]
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never", "activeDeadlineSeconds": s.deadline_s, "enableServiceLinks": False,
+        "automountServiceAccountToken": True, "terminationGracePeriodSeconds": 5,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container], "volumes": volumes,
+    }
+    if s.service_account:
+        spec["serviceAccountName"] = s.service_account
+    if s.user_namespaces:
+        spec["hostUsers"] = False
+    if s.node_selector:
+        spec["nodeSelector"] = dict(s.node_selector)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}

@@ -1,0 +1,146 @@
+"""Inside a builder pod: `kade build-stage` builds one planned stage with the local executor code.
+
+It fetches the stage plan and the context upload by digest from the stages repo (both verified),
+rebuilds the Builder state the CLI had (plan, context root, cached steps, the images of the stages
+it depends on, read back from the stages repo), and runs the stage through `Builder._run_stage`,
+exactly as the local backend does. Around every missing step it holds the step key's Lease:
+a concurrent build of the same step waits, then finds the step image pushed and reuses it (its new
+layer is applied to the rootfs, nothing runs), and a Lease left by a pod that died expires and is
+taken over. RUN uses the chroot runner (chroot.py) unless the namespace sandbox works here.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from builder.backends import context_upload, plancodec
+from builder.backends.chroot import run_chroot
+from builder.backends.lease import Leases, step_lease_name
+from builder.backends.podspec import MANAGED
+from builder.build import Builder, BuildOptions, Image, Report
+from builder.context import BuildContext, IgnoreRules
+from builder.errors import BuildError
+from builder.plan import Plan, PlannedStage, Step
+from registry import mediatypes as mt
+from registry.client import ClientOptions, RegistryClient
+
+
+class PodBuilder(Builder):
+    """A Builder for one stage in a pod: step Leases around every missing step."""
+
+    def __init__(self, options: BuildOptions, report: Report, client: RegistryClient, leases: Leases | None,
+                 work: Path):
+        super().__init__(options, report, client)
+        self.leases = leases
+        self.reused = 0
+        self.rootfs_dir = work / "rootfs"
+        self.rootfs_dir.mkdir(parents=True, exist_ok=True)
+        self.cache.work_dir = self._work_dir  # type: ignore[method-assign]  # rootfs on the emptyDir
+
+    def _work_dir(self, prefix: str) -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.rootfs_dir))
+
+    def execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path) -> Image:
+        if self.leases is None:
+            return super().execute_step(ps, step, parent, rootfs)
+        with self.leases.held(step_lease_name(step.key), f"[{ps.label}] {step.text}", labels=dict(MANAGED)):
+            desc = None if self.o.no_cache else self.repo(self.stages_repo).head_manifest(step.key, mt.OCI_MANIFEST)
+            if desc is None:
+                return super().execute_step(ps, step, parent, rootfs)
+            img = self.load_image(self.stages_repo, desc.digest)  # type: ignore[arg-type]
+            self._catch_up(img, parent, rootfs)
+            self.reused += 1
+            self.report("reused", f"[{ps.label}] {step.text} (pushed meanwhile by another build)", key=step.key)
+            return img
+
+    def _catch_up(self, img: Image, parent: Image | None, rootfs: Path) -> None:
+        """Bring `rootfs` from `parent` to `img` by applying the layers `img` adds."""
+        from builder.execute import apply_layers
+
+        have = len(parent.manifest.layers) if parent else 0
+        blobs = [(self._blob_path(img, d), d.media_type) for d in img.manifest.layers[have:]]
+        apply_layers(rootfs, blobs)
+
+    def lookup_stage(self, ps: PlannedStage) -> dict[str, Any]:
+        if self.o.no_cache or not ps.steps:
+            return {}
+        repo = self.repo(self.stages_repo)  # type: ignore[arg-type]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            found = list(pool.map(lambda s: repo.head_manifest(s.key, mt.OCI_MANIFEST), ps.steps))
+        return {s.key: d for s, d in zip(ps.steps, found) if d is not None}
+
+    def stage_image(self, label: str) -> Image | None:
+        """The result of an already built stage, read back from the stages repo."""
+        ps = self.plan.stages[label]
+        if ps.steps:
+            desc = self.repo(self.stages_repo).head_manifest(ps.final_key, mt.OCI_MANIFEST)  # type: ignore[arg-type]
+            if desc is None:
+                raise BuildError(f"stage {label} should be built already but {self.stages_repo}:{ps.final_key} "
+                                 "is missing", hint="run the build again")
+            return self.load_image(self.stages_repo, desc.digest)  # type: ignore[arg-type]
+        if ps.base_stage:
+            return self.stage_image(ps.base_stage)
+        if ps.base_image:
+            return self.load_image(ps.base_image.ref, ps.base_image.digest)
+        return None
+
+
+def _done(value: Any) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
+
+
+def sandbox_mode() -> str:
+    """"chroot" in an unprivileged pod; "namespaces" where the full sandbox can be set up (a pod with
+    user namespaces and enough privileges, or a test on a host)."""
+    forced = os.environ.get("KADE_POD_SANDBOX", "").strip()
+    return forced if forced in ("chroot", "namespaces") else "chroot"
+
+
+def build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, *, insecure: tuple[str, ...] = (),
+                lease_s: int = 30, work: Path | None = None, cache_dir: str | None = None,
+                api_client: Any = None, holder: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+    """Build one stage of an uploaded plan; returns {"built", "reused", "digest"}."""
+    work = work or Path(os.environ.get("KADE_WORK_DIR", "/work"))
+    client = RegistryClient(ClientOptions(insecure=insecure))
+    repo = client.repository(stages_repo)
+    with repo.open_blob(plan_digest) as f:
+        body = f.read()
+    ctx_dir = work / "context"
+    stages, extra = plancodec.load_stages(body, ctx_dir)
+    ctx_dir.mkdir(parents=True, exist_ok=True)
+    if extra.get("context"):
+        tar = work / "context.tar"
+        repo.download_blob(extra["context"], tar)
+        context_upload.unpack(tar, ctx_dir)
+        tar.unlink()
+    options = BuildOptions(context=ctx_dir, repo=stages_repo, compression=extra.get("compression", "gzip"),
+                           parallel=1, cache_dir=cache_dir, insecure=insecure,
+                           platform=extra.get("platform", "linux/amd64"), no_cache=bool(extra.get("no_cache")),
+                           image_name=extra.get("image_name", "default"),
+                           sandbox=run_chroot if sandbox_mode() == "chroot" else None)
+    leases = None
+    if api_client is not None and holder and namespace:
+        leases = Leases(api_client, namespace, holder, lease_s, report)
+    b = PodBuilder(options, report, client, leases, work)
+    by_label = {ps.label: ps for ps in stages}
+    if label not in by_label:
+        raise BuildError(f"stage {label!r} is not in the uploaded plan {plan_digest}")
+    b.plan = Plan(dockerfile=None, stages=by_label, target=label, unused_args=[],  # type: ignore[arg-type]
+                  platform=options.platform)
+    b.ctx = BuildContext(ctx_dir, IgnoreRules([]))
+    ps = by_label[label]
+    try:
+        b.hits = b.lookup_stage(ps)
+        for dep in sorted(ps.deps):
+            b.stage_futures[dep] = _done(b.stage_image(dep))
+        if ps.base_image:
+            b.load_image(ps.base_image.ref, ps.base_image.digest)
+        img = b.run_stage(ps)
+    finally:
+        b._cleanup()
+    return {"built": b.built - b.reused, "reused": b.reused, "digest": img.digest if img else None}

@@ -1,0 +1,62 @@
+"""`kade build-stage` (hidden): what a builder pod runs for `kade build --backend kubernetes`.
+
+It prints JSON report records on stdout (the CLI streams and re-prefixes them), then one
+`stage-result` record, or a `stage-failed` record naming the step, exit code and last lines.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from builder.errors import BuildError, StepFailedError
+from kade.errors import EXPECTED
+from kade.output import make_reporter
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("build-stage", description="(internal) build one stage of an uploaded plan in a "
+                                                         "builder pod")
+    p.add_argument("--plan", required=True, metavar="DIGEST", help="stage plan blob in the stages repo")
+    p.add_argument("--stage", required=True, metavar="LABEL")
+    p.add_argument("--repo", required=True, metavar="STAGES_REPO")
+    p.add_argument("--lease-seconds", type=int, default=30)
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST")
+    p.set_defaults(func=run)
+
+
+def _emit(kind: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"time": round(time.time(), 3), "kind": kind, **fields}, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def run(args: argparse.Namespace) -> int:
+    from builder.backends.kubernetes import FAILED_KIND, RESULT_KIND
+    from builder.backends.podstage import build_stage
+
+    report = make_reporter("json", sys.stdout)
+    api_client = None
+    holder, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+    if holder and namespace:
+        from kubernetes import client, config
+
+        config.load_incluster_config()
+        api_client = client.ApiClient()
+    try:
+        result = build_stage(args.plan, args.stage, args.repo, report, insecure=tuple(args.insecure_registry),
+                             lease_s=args.lease_seconds, api_client=api_client, holder=holder, namespace=namespace)
+    except StepFailedError as exc:
+        _emit(FAILED_KIND, message=exc.detail, step=exc.detail.rsplit(" failed with exit code", 1)[0],
+              exit_code=exc.exit_code, output_tail=exc.output_tail, file=exc.file, line=exc.line)
+        return 1
+    except BuildError as exc:
+        _emit(FAILED_KIND, message=str(exc), file=exc.file, line=exc.line)
+        return 1
+    except EXPECTED as exc:
+        _emit(FAILED_KIND, message=str(exc))
+        return 1
+    _emit(RESULT_KIND, message=f"stage {args.stage} done", **result)
+    return 0

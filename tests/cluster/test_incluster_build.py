@@ -1,0 +1,249 @@
+"""`kade build --backend kubernetes` end to end on the real test cluster: stages run as pods of
+kade's own builder image (built by kade), push step images to the cluster's registry, and the
+result matches the local backend (same keys, same digests) with SOURCE_DATE_EPOCH set."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.cluster
+
+EPOCH = "1700000000"
+
+MULTI = """\
+FROM {base} AS deps
+RUN mkdir -p /opt/deps && echo dep > /opt/deps/a.txt && seq 1 3 > /opt/deps/seq
+
+FROM {base} AS tool
+COPY tool.sh /usr/local/bin/tool
+RUN /usr/local/bin/tool > /opt/tool.out && test -c /dev/null
+
+FROM {base}
+COPY --from=deps /opt/deps /opt/deps
+COPY --from=tool /opt/tool.out /srv/tool.out
+COPY app/ /srv/app/
+RUN cat /srv/app/hello.txt /opt/deps/seq > /srv/joined && ls /srv > /srv/listing
+CMD ["cat", "/srv/joined"]
+"""
+
+
+def write_context(root: Path, dockerfile: str, base: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Dockerfile").write_text(dockerfile.format(base=base))
+    (root / "tool.sh").write_text("#!/bin/sh\necho tool-ran\n")
+    (root / "tool.sh").chmod(0o755)
+    (root / "app").mkdir(exist_ok=True)
+    (root / "app" / "hello.txt").write_text("hello from the context\n")
+    (root / "unused.bin").write_bytes(os.urandom(4096))  # never needed by a step: never uploaded
+    return root
+
+
+def kade_build(env, context: Path, tag: str, *extra: str, backend: str = "kubernetes",
+               timeout: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "kade", "build", str(context), "-t", tag, "--insecure-registry", env.registry,
+           "--output", "json"]
+    if backend == "kubernetes":
+        cmd += ["--backend", "kubernetes", "--namespace", env.namespace, "--cache-pvc", env.cache_pvc,
+                "--builder-image", env.image, "--kubeconfig", env.kubeconfig, "--lease-seconds", "6"]
+    cmd += list(extra)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH, "KADE_CACHE_DIR": str(context.parent / "cache")})
+
+
+def records(proc: subprocess.CompletedProcess) -> list[dict]:
+    out = []
+    for line in proc.stderr.splitlines() + proc.stdout.splitlines():
+        if line.startswith("{") and '"kind"' in line:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def result(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    start = proc.stdout.index("{\n")
+    return json.loads(proc.stdout[start:])
+
+
+def stage_keys(registry: str, repo: str) -> dict[str, str]:
+    """step key -> manifest digest of every step image in a stages repo."""
+    tags = requests.get(f"http://{registry}/v2/{repo}/tags/list", timeout=10).json().get("tags") or []
+    out = {}
+    for t in tags:
+        if len(t) == 64:
+            r = requests.head(f"http://{registry}/v2/{repo}/manifests/{t}", timeout=10,
+                              headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+            out[t] = r.headers["Docker-Content-Digest"]
+    return out
+
+
+def unique(name: str) -> str:
+    return f"incluster/{name}-{uuid.uuid4().hex[:8]}"
+
+
+def test_multistage_build_in_pods_matches_local_and_reuses_everything(builder_env, tmp_path):
+    ctx = write_context(tmp_path / "ctx", MULTI, builder_env.base_image)
+    repo = unique("multi")
+    tag = f"{builder_env.registry}/{repo}:v1"
+    first = kade_build(builder_env, ctx, tag)
+    out = result(first)
+    recs = records(first)
+    pods = {r["message"].split()[0] for r in recs if r["kind"] == "pod" and "started" in r["message"]}
+    assert {"[default/deps]", "[default/tool]", "[default/2]"} <= pods, pods
+    assert out["steps"]["built"] == 8, out
+    # output streamed from the pods, prefixed with image and stage
+    assert any(r["kind"] == "output" and r["message"].startswith("[default/tool]") for r in recs) or \
+        "[default/tool]" in first.stderr
+    uploads = [r["message"] for r in recs if r["kind"] == "upload"]
+    assert uploads and "2 entries" in uploads[0], uploads  # tool.sh, app/hello.txt: not unused.bin
+
+    # the same Dockerfile with the local backend: same step keys, same step image digests
+    local_repo = unique("multi-local")
+    local = kade_build(builder_env, ctx, f"{builder_env.registry}/{local_repo}:v1", backend="local")
+    lout = result(local)
+    in_cluster = stage_keys(builder_env.registry, repo + "-stages")
+    on_host = stage_keys(builder_env.registry, local_repo + "-stages")
+    assert set(in_cluster) == set(on_host) and len(in_cluster) == 8
+    assert in_cluster == on_host
+    assert lout["images"][0]["digest"] != "" and out["images"][0]["digest"].startswith("sha256:")
+
+    # a second in-cluster build reuses every step: no pod at all
+    second = kade_build(builder_env, ctx, tag)
+    out2 = result(second)
+    assert out2["steps"] == {"built": 0, "cached": 8}
+    assert not [r for r in records(second) if r["kind"] in ("pod", "upload")]
+
+
+SLOW = """\
+FROM {base} AS a
+RUN sleep 3 && echo a > /a.txt
+
+FROM {base} AS b
+RUN sleep 3 && echo b > /b.txt
+
+FROM a
+COPY --from=b /b.txt /b.txt
+RUN cat /a.txt /b.txt > /ab.txt
+"""
+
+
+def test_two_concurrent_identical_builds_build_each_step_once(builder_env, tmp_path):
+    ctx = write_context(tmp_path / "ctx", SLOW, builder_env.base_image)
+    repo = unique("concurrent")
+    results: dict[str, subprocess.CompletedProcess] = {}
+
+    def go(name: str) -> None:
+        results[name] = kade_build(builder_env, ctx, f"{builder_env.registry}/{repo}:{name}")
+
+    threads = [threading.Thread(target=go, args=(n,)) for n in ("one", "two")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    outs = [result(results[n]) for n in ("one", "two")]
+    # 4 steps in all (a: RUN, b: RUN, final: COPY, RUN); between both builds each ran exactly once
+    assert sum(o["steps"]["built"] for o in outs) == 4, outs
+    assert outs[0]["images"][0]["digest"] == outs[1]["images"][0]["digest"]
+    assert len(stage_keys(builder_env.registry, repo + "-stages")) == 4
+
+
+def _pods(builder_env, selector: str = "app.kubernetes.io/managed-by=kade"):
+    from kubernetes import client, config
+
+    api = client.CoreV1Api(config.new_client_from_config(config_file=builder_env.kubeconfig))
+    return api, api.list_namespaced_pod(builder_env.namespace, label_selector=selector).items
+
+
+def _start(builder_env, ctx: Path, tag: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "kade", "build", str(ctx), "-t", tag, "--insecure-registry", builder_env.registry,
+           "--output", "json", "--backend", "kubernetes", "--namespace", builder_env.namespace,
+           "--cache-pvc", builder_env.cache_pvc, "--builder-image", builder_env.image,
+           "--kubeconfig", builder_env.kubeconfig, "--lease-seconds", "6"]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH,
+                                 "KADE_CACHE_DIR": str(ctx.parent / "cache")})
+
+
+def _wait_running_pod(builder_env, deadline_s: float = 90):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        api, pods = _pods(builder_env)
+        running = [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+        if running:
+            return api, running[0]
+        time.sleep(0.3)
+    raise AssertionError("no builder pod started")
+
+
+def test_a_pod_deleted_mid_build_is_retried(builder_env, tmp_path):
+    ctx = write_context(tmp_path / "ctx", "FROM {base}\nRUN sleep 6 && echo done > /done.txt\n",
+                        builder_env.base_image)
+    proc = _start(builder_env, ctx, f"{builder_env.registry}/{unique('lost')}:v1")
+    api, pod = _wait_running_pod(builder_env)
+    time.sleep(2)  # the step (and its Lease) is under way
+    api.delete_namespaced_pod(pod.metadata.name, builder_env.namespace, grace_period_seconds=0)
+    stdout, stderr = proc.communicate(timeout=180)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    out = result(done)
+    assert out["steps"]["built"] == 1
+    kinds = [r["kind"] for r in records(done)]
+    assert "retry" in kinds, stderr[-3000:]
+    assert pod.metadata.name in stderr
+
+
+def test_a_failing_run_names_pod_step_exit_code_and_output(builder_env, tmp_path):
+    ctx = write_context(tmp_path / "ctx", "FROM {base}\nRUN echo getting ready && echo broken >&2 && exit 7\n",
+                        builder_env.base_image)
+    done = kade_build(builder_env, ctx, f"{builder_env.registry}/{unique('fail')}:v1")
+    assert done.returncode == 1
+    err = done.stderr
+    assert f"pod {builder_env.namespace}/kade-" in err
+    assert "RUN /bin/sh -c echo getting ready" in err and "exit code 7" in err
+    assert "broken" in err.split("exit code 7", 1)[1]  # the last output lines follow the message
+    time.sleep(1)
+    assert not _pods(builder_env, f"app.kubernetes.io/managed-by=kade")[1] or all(
+        p.metadata.deletion_timestamp for p in _pods(builder_env)[1])
+
+
+def test_sigterm_deletes_the_build_pods(builder_env, tmp_path):
+    ctx = write_context(tmp_path / "ctx", "FROM {base}\nRUN sleep 60\n", builder_env.base_image)
+    proc = _start(builder_env, ctx, f"{builder_env.registry}/{unique('cancel')}:v1")
+    _wait_running_pod(builder_env)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _pods(builder_env)[1]:
+        time.sleep(0.5)
+    assert not _pods(builder_env)[1]
+
+
+def test_pods_of_a_dead_cli_are_garbage_collected(builder_env, tmp_path):
+    ctx = write_context(tmp_path / "ctx", "FROM {base}\nRUN sleep 60\n", builder_env.base_image)
+    proc = _start(builder_env, ctx, f"{builder_env.registry}/{unique('dead')}:v1")
+    _, pod = _wait_running_pod(builder_env)
+    build_id = pod.metadata.labels["kade.io/build"]
+    proc.kill()  # no cleanup at all: the build Lease stops being renewed
+    proc.communicate(timeout=30)
+    assert _pods(builder_env, f"kade.io/build={build_id}")[1]
+    time.sleep(7)  # the build Lease (6 s) expires
+    other = write_context(tmp_path / "other", "FROM {base}\nRUN echo quick > /q\n", builder_env.base_image)
+    done = kade_build(builder_env, other, f"{builder_env.registry}/{unique('sweeper')}:v1")
+    result(done)
+    assert any(r["kind"] == "cleanup" for r in records(done))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and _pods(builder_env, f"kade.io/build={build_id}")[1]:
+        time.sleep(0.5)
+    assert not _pods(builder_env, f"kade.io/build={build_id}")[1]

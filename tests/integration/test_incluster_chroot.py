@@ -1,0 +1,88 @@
+"""The pod RUN runner (chroot, no namespaces) on a real rootfs: it leaves nothing of its own
+scaffolding behind (devices, mount targets, parent mtimes), emulates cache/secret/tmpfs mounts by
+copying, and refuses what it cannot do."""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from builder.backends.chroot import run_chroot
+from builder.sandbox import Mount, SandboxError
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root (CAP_SYS_CHROOT)")
+
+
+@pytest.fixture
+def rootfs(tmp_path, busybox_tar) -> Path:
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(busybox_tar)) as tf:
+        tf.extractall(root, filter="fully_trusted")
+    return root
+
+
+def tree(root: Path) -> dict[str, tuple[int, int]]:
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files + ["."]:
+            p = Path(dirpath) / name
+            st = os.lstat(p)
+            out[str(p.relative_to(root))] = (st.st_mode, st.st_mtime_ns)
+    return out
+
+
+def run(root: Path, script: str, **kw) -> tuple[int, list[str]]:
+    lines: list[str] = []
+    code = run_chroot(root, ["/bin/sh", "-c", script], output=lambda _n, data: lines.append(data.decode()), **kw)
+    return code, "".join(lines).splitlines()
+
+
+def test_runs_chrooted_as_the_user_and_leaves_no_scaffolding(rootfs):
+    before = tree(rootfs)
+    code, out = run(rootfs, "id -u; id -g; pwd; ls /dev/null; echo hi > /dev/null; ls /", user=(1000, 1000, [50]),
+                    workdir="/home/app")
+    assert code == 0, out
+    assert out[:3] == ["1000", "1000", "/home/app"] and "/dev/null" in out
+    assert tree(rootfs) == before  # /dev and its nodes removed again, mtimes restored
+
+
+def test_exit_code_and_signal(rootfs):
+    assert run(rootfs, "exit 3")[0] == 3
+    assert run(rootfs, "kill -9 $$")[0] == 137
+
+
+def test_mounts_are_copied_in_and_removed(rootfs, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "seen").write_text("1\n")
+    before = tree(rootfs)
+    mounts = [Mount("cache", "/var/cache/thing", str(cache)),
+              Mount("secret", "/run/secrets/token", data=b"s3cret", mode=0o400),
+              Mount("tmpfs", "/scratch")]
+    code, out = run(rootfs, "cat /var/cache/thing/seen; echo 2 >> /var/cache/thing/seen; cat /run/secrets/token; echo;"
+                            " touch /scratch/x; stat -c %a /run/secrets/token", mounts=mounts)
+    assert code == 0, out
+    assert out == ["1", "s3cret", "400"]
+    assert (cache / "seen").read_text() == "1\n2\n"  # written back to the cache
+    assert tree(rootfs) == before
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"network": "none"}, "network"),
+    ({"mounts": [Mount("ssh", "/ssh.sock", "/nonexistent")]}, "ssh"),
+    ({"mounts": [Mount("tmpfs", "/etc")]}, "already holds files"),
+])
+def test_refuses_what_needs_namespaces(rootfs, kwargs, message):
+    before = tree(rootfs)
+    with pytest.raises(SandboxError, match=message):
+        run(rootfs, "true", **kwargs)
+    assert tree(rootfs) == before
+
+
+def test_missing_executable(rootfs):
+    with pytest.raises(SandboxError, match="cannot start"):
+        run_chroot(rootfs, ["/no/such/binary"])

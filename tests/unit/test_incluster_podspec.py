@@ -1,0 +1,114 @@
+"""Pure parts of in-cluster builds: the builder pod manifest, Lease decisions, pod log records."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from builder.backends.kubernetes import parse_pod_line
+from builder.backends.lease import LeaseView, lease_state, step_lease_name
+from builder.backends.podspec import CAPABILITIES, KubeSettings, dns_label, pod_name, stage_pod
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def pod(**kw):
+    settings = KubeSettings(image="reg:5000/kade/builder@sha256:" + "a" * 64, **kw.pop("settings", {}))
+    args = dict(build_id="b1", owner={"name": "kade-build-b1", "uid": "u-1"}, image_name="web", stage="builder",
+                plan_digest="sha256:" + "b" * 64, stages_repo="reg:5000/app-stages")
+    args.update(kw)
+    return stage_pod(settings, **args)
+
+
+def test_pod_security_posture():
+    p = pod()
+    spec = p["spec"]
+    c = spec["containers"][0]
+    sc = c["securityContext"]
+    assert sc["privileged"] is False and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": sorted(CAPABILITIES)}
+    assert "SYS_ADMIN" not in CAPABILITIES and "NET_ADMIN" not in CAPABILITIES
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert all("hostPath" not in v for v in spec["volumes"])
+    assert spec["restartPolicy"] == "Never" and spec["activeDeadlineSeconds"] == 3600
+    assert "hostUsers" not in spec
+    assert all(reason for reason in CAPABILITIES.values())
+
+
+@pytest.mark.parametrize("settings, check", [
+    ({}, lambda s: {"name": "cache", "persistentVolumeClaim": {"claimName": "kade-build-cache"}} in s["volumes"]),
+    ({"cache_pvc": None}, lambda s: {"name": "cache", "emptyDir": {}} in s["volumes"]),
+    ({"user_namespaces": True}, lambda s: s["hostUsers"] is False),
+    ({"deadline_s": 600}, lambda s: s["activeDeadlineSeconds"] == 600),
+    ({"service_account": None}, lambda s: "serviceAccountName" not in s),
+    ({"service_account": "sa1"}, lambda s: s["serviceAccountName"] == "sa1"),
+    ({"registry_secret": "creds"}, lambda s: s["volumes"][-1]["secret"] == {
+        "secretName": "creds", "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}
+     and {"name": "DOCKER_CONFIG", "value": "/kade/docker"} in s["containers"][0]["env"]),
+    ({"cpu": "500m"}, lambda s: s["containers"][0]["resources"] == {"requests": {"cpu": "500m"}}),
+    ({"node_selector": {"pool": "build"}}, lambda s: s["nodeSelector"] == {"pool": "build"}),
+])
+def test_pod_settings(settings, check):
+    assert check(pod(settings=settings)["spec"])
+
+
+def test_pod_identity_args_and_owner():
+    p = pod(insecure=("reg:5000",), epoch=1700000000, attempt=2)
+    meta = p["metadata"]
+    assert meta["name"] == "kade-b1-builder-2"
+    assert meta["labels"]["kade.io/build"] == "b1" and meta["labels"]["app.kubernetes.io/managed-by"] == "kade"
+    assert meta["ownerReferences"] == [{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                        "name": "kade-build-b1", "uid": "u-1"}]
+    args = p["spec"]["containers"][0]["args"]
+    assert args[:2] == ["build-stage", "--plan"] and args[-2:] == ["--insecure-registry", "reg:5000"]
+    assert {"name": "SOURCE_DATE_EPOCH", "value": "1700000000"} in p["spec"]["containers"][0]["env"]
+    assert "ownerReferences" not in pod(owner=None)["metadata"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("builder", "builder"),
+    ("0", "0"),
+    ("Build_Stage.1", None),
+    ("x" * 80, None),
+    ("---", None),
+])
+def test_dns_label(text, expected):
+    out = dns_label(text)
+    assert len(out) <= 63 and out == out.lower() and not out.startswith("-") and not out.endswith("-")
+    if expected is not None:
+        assert out == expected
+    else:
+        assert out != text and dns_label(text) == out  # stable, hashed suffix
+    assert len(pod_name("0123456789", text, 3)) <= 63
+
+
+@pytest.mark.parametrize("view, state", [
+    (None, "absent"),
+    (LeaseView(None, None, None), "free"),
+    (LeaseView("me", NOW, 30), "mine"),
+    (LeaseView("other", NOW - timedelta(seconds=10), 30), "held"),
+    (LeaseView("other", NOW - timedelta(seconds=30), 30), "free"),  # expired exactly now
+    (LeaseView("other", NOW - timedelta(seconds=300), 30), "free"),
+    (LeaseView("other", None, 30), "free"),
+    (LeaseView("other", NOW + timedelta(seconds=5), 30), "held"),  # a clock a bit ahead
+])
+def test_lease_state(view, state):
+    assert lease_state(view, "me", NOW) == state
+
+
+def test_step_lease_name_is_a_valid_name():
+    name = step_lease_name("a" * 64)
+    assert len(name) <= 253 and name.startswith("kade-step-")
+
+
+@pytest.mark.parametrize("line, kind", [
+    ('{"kind": "step", "message": "x"}', "step"),
+    ('{"kind": 3}', None),
+    ("{not json", None),
+    ("plain output", None),
+    ('["kind"]', None),
+])
+def test_parse_pod_line(line, kind):
+    rec = parse_pod_line(line)
+    assert (rec["kind"] if rec else None) == kind
