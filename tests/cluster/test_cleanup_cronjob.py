@@ -122,7 +122,7 @@ def _wait_job(batch: client.BatchV1Api, core: client.CoreV1Api, ns: str, job: st
             pod = core.list_namespaced_pod(ns, label_selector=f"job-name={job}").items[0]
             return core.read_namespaced_pod_log(pod.metadata.name, ns)
         if status.failed:
-            pytest.fail(f"Job {ns}/{job} failed:\n{_job_logs(core, ns, job)}")
+            pytest.fail(f"a pod of Job {ns}/{job} failed:\n{_job_logs(core, ns, job)}")
         time.sleep(1)
     pytest.fail(f"Job {ns}/{job} did not finish in {TIMEOUT_S}s:\n{_job_logs(core, ns, job)}")
 
@@ -272,6 +272,8 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
         kept["main-2"]
     assert any(r.startswith("in use by digest: ") and f"/{ns}/" in r and "/by-digest" in r for r in kept["main-3"]), \
         kept["main-3"]
+    items = {(i["repository"], i["tag"]): i for i in report["items"]}
+    assert items[(name, "old-alias")]["method"] == "tag", items[(name, "old-alias")]
     assert repo.head_manifest("main-13").digest == digests["main-13"]  # old-alias went alone
 
     # --- the registry's garbage collection, read-only meanwhile (k8s-manifests/cleanup/README.md)
@@ -284,7 +286,8 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
     size_after = _du(target.storage)
     freed = size_before - size_after
     # each deleted build had a final layer and a step layer of 256 KiB that nothing else uses
-    assert freed >= 2 * len(gone) * 256 * 1024, (size_before, size_after)
+    assert freed >= 2 * len(gone) * 256 * 1024, f"garbage-collect freed {freed} bytes ({size_before} -> {size_after})"
+    print(f"garbage-collect: {size_before} -> {size_after} bytes")
     for t in gone:
         assert repo.head_blob(layers[t]) is None, f"{t}'s layer survived garbage-collect"
 
