@@ -32,7 +32,7 @@ from kubernetes import client
 from registry.client import ClientOptions, RegistryClient
 from registry.copy import copy_image
 from registry.records import BuildRecord, RecordImage, push_record
-from tests.fixtures.cleanup import GitHistory, serve_git
+from tests.fixtures.cleanup import GitHistory, serve_git, sleeping_deployment, wait_running
 from tests.fixtures.registry import RegistryServer, push_test_image
 
 pytestmark = pytest.mark.cluster
@@ -74,30 +74,6 @@ def _overlay(path: Path, *, namespace: str, suffix: str, image: str, repo: str, 
              "value": f"--insecure-registry={insecure}"}])}],
     }, indent=1))
     return path
-
-
-def _deployment(name: str, image: str) -> client.V1Deployment:
-    labels = {"app": name}
-    return client.V1Deployment(
-        metadata=client.V1ObjectMeta(name=name),
-        spec=client.V1DeploymentSpec(
-            replicas=1, selector=client.V1LabelSelector(match_labels=labels),
-            template=client.V1PodTemplateSpec(
-                metadata=client.V1ObjectMeta(labels=labels),
-                spec=client.V1PodSpec(termination_grace_period_seconds=1, containers=[client.V1Container(
-                    name="main", image=image, command=["sleep", "infinity"])]))))
-
-
-def _wait_running(core: client.CoreV1Api, ns: str, app: str) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        for pod in core.list_namespaced_pod(ns, label_selector=f"app={app}").items:
-            statuses = pod.status.container_statuses or []
-            if statuses and statuses[0].state.running:
-                return
-        time.sleep(0.5)
-    events = [f"{e.involved_object.name}: {e.reason}: {e.message}" for e in core.list_namespaced_event(ns).items]
-    pytest.fail(f"no running pod for {app} in {ns} after {TIMEOUT_S}s; events:\n" + "\n".join(events))
 
 
 def _job_logs(core: client.CoreV1Api, ns: str, job: str) -> str:
@@ -220,10 +196,10 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
     # --- the cluster: Deployments run main-2 by tag and main-3 by digest (copies in the shared registry)
     api = kube_cluster.api_client()
     apps, core, batch = client.AppsV1Api(api), client.CoreV1Api(api), client.BatchV1Api(api)
-    apps.create_namespaced_deployment(ns, _deployment("by-tag", f"{shared}/{path}:main-2"))
-    apps.create_namespaced_deployment(ns, _deployment("by-digest", f"{shared}/{path}@{digests['main-3']}"))
+    apps.create_namespaced_deployment(ns, sleeping_deployment("by-tag", f"{shared}/{path}:main-2"))
+    apps.create_namespaced_deployment(ns, sleeping_deployment("by-digest", f"{shared}/{path}@{digests['main-3']}"))
     for app in ("by-tag", "by-digest"):
-        _wait_running(core, ns, app)
+        wait_running(core, ns, app, timeout_s=TIMEOUT_S)
 
     # What the shipped policy.yaml (the documented defaults) must delete, and nothing else:
     # main keeps its 10 newest images (main-4..13), main-2/main-3 are in use, main-1 goes; feature/x
