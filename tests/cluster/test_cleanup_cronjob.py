@@ -31,6 +31,7 @@ from kubernetes import client
 
 from registry.client import ClientOptions, RegistryClient
 from registry.copy import copy_image
+from registry.errors import RegistryError
 from registry.records import BuildRecord, RecordImage, push_record
 from tests.fixtures.cleanup import GitHistory, serve_git, sleeping_deployment, wait_running
 from tests.fixtures.registry import RegistryServer, push_test_image
@@ -257,6 +258,9 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
         assert repo.head_blob(layers[t]) is not None
     size_before = _du(target.storage)
     target.restart(readonly=True)
+    body, desc = repo.get_manifest("main-13")
+    with pytest.raises(RegistryError):  # read-only indeed: nothing can be pushed while the collector runs
+        repo.put_manifest("during-gc", body, desc.media_type)
     _run([shutil.which("docker-registry") or "/usr/bin/docker-registry", "garbage-collect",
           str(target.config_path)])
     size_after = _du(target.storage)
