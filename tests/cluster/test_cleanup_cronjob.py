@@ -1,5 +1,6 @@
 """End to end: the cleanup CronJob of k8s-manifests/cleanup, rendered with kustomize (an overlay that
-sets only what a user sets: namespace, name suffix, kade's image, repository, git URL, and
+sets only what a user sets: namespace, name suffix, kade's image, repository, git URL and credentials,
+and
 --insecure-registry for a plain-HTTP registry), runs kade's own image (images/builder, built by kade)
 in the test cluster and deletes exactly the expected tags of a repository, while the images two
 running Deployments use (one by tag, one by digest) survive; afterwards the registry's own
@@ -11,7 +12,8 @@ from the shared registry (10.245.0.1:5000, see /var/lib/kade-cluster/containerd.
 image and the Deployments' images come from there: the Deployments run byte-identical copies of two
 target images (same repository path, same digest) — in-use matching ignores the registry host for
 tags and protects a digest in every repository (docs/cleanup.md). The git history the job reads is
-served by `git daemon` on the node address.
+served over smart HTTP (`git http-backend`) with basic auth on the node address; the job reads the
+credentials from the git Secret through git's credential store, as the manifests set it up.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from registry.client import ClientOptions, RegistryClient
 from registry.copy import copy_image
 from registry.errors import RegistryError
 from registry.records import BuildRecord, RecordImage, push_record
-from tests.fixtures.cleanup import GitHistory, serve_git, sleeping_deployment, wait_running
+from tests.fixtures.cleanup import GitHistory, serve_git_http, sleeping_deployment, wait_running
 from tests.fixtures.registry import RegistryServer, push_test_image
 
 pytestmark = pytest.mark.cluster
@@ -59,7 +61,8 @@ def _run(argv: list[str], **kw) -> str:
     return done.stdout
 
 
-def _overlay(path: Path, *, namespace: str, suffix: str, image: str, repo: str, git: str, insecure: str) -> Path:
+def _overlay(path: Path, *, namespace: str, suffix: str, image: str, repo: str, git: str, git_credentials: str,
+             insecure: str) -> Path:
     """A kustomize overlay over k8s-manifests/cleanup with the settings its README asks for."""
     name, _, digest = image.partition("@")
     path.mkdir(parents=True)
@@ -69,6 +72,8 @@ def _overlay(path: Path, *, namespace: str, suffix: str, image: str, repo: str, 
         "resources": [os.path.relpath(MANIFESTS, path)],
         "configMapGenerator": [{"name": "kade-cleanup", "behavior": "merge",
                                 "literals": [f"repo={repo}", f"git={git}"]}],
+        "secretGenerator": [{"name": "kade-cleanup-git", "behavior": "replace",
+                             "literals": [f"git-credentials={git_credentials}"]}],
         "images": [{"name": "registry.example.com/kade/kade", "newName": name, "digest": digest}],
         "patches": [{"target": {"kind": "CronJob", "name": "kade-cleanup"}, "patch": json.dumps([
             {"op": "add", "path": "/spec/jobTemplate/spec/template/spec/containers/0/args/-",
@@ -216,10 +221,11 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
     # --- the CronJob, rendered from k8s-manifests/cleanup by kustomize, applied with kubectl
     kubectl = [_kubectl(), "--kubeconfig", kube_cluster.kubeconfig]
     suffix = "-" + ns.rsplit("-", 1)[-1]
-    with serve_git(tmp_path / "git", NODE_ADDRESS) as git_base:
-        git_url = f"{git_base}/app"
+    git_user, git_token = "kade-cleanup", secrets.token_urlsafe(16)
+    with serve_git_http(tmp_path / "git", NODE_ADDRESS, git_user, git_token) as git_base:
         overlay = _overlay(tmp_path / "overlay", namespace=ns, suffix=suffix, image=kade_image, repo=name,
-                           git=git_url, insecure=target.host)
+                           git=f"{git_base}/app", git_credentials=git_base.replace("//", f"//{git_user}:{git_token}@"),
+                           insecure=target.host)
         cronjob = f"kade-cleanup{suffix}"
         try:
             _run(kubectl + ["apply", "-k", str(overlay)])
@@ -237,6 +243,7 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
             subprocess.run(kubectl + ["delete", "--ignore-not-found", "--wait=false", "clusterrolebinding,clusterrole",
                                       f"kade-cleanup-scan{suffix}"], capture_output=True, timeout=60)
 
+    assert git_token not in logs
     report = _report(logs)
     deleted = {i["tag"] for i in report["items"] if i.get("status") == "deleted"}
     assert report["result"]["failed"] == 0, logs
