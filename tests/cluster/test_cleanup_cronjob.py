@@ -1,8 +1,7 @@
 """End to end: the cleanup CronJob of k8s-manifests/cleanup, rendered with kustomize (an overlay that
 sets only what a user sets: namespace, name suffix, kade's image, repository, git URL and credentials,
-and
---insecure-registry for a plain-HTTP registry), runs kade's own image (images/builder, built by kade)
-in the test cluster and deletes exactly the expected tags of a repository, while the images two
+and --insecure-registry for a plain-HTTP registry), runs kade's own image (images/builder, built by
+kade) in the test cluster and deletes exactly the expected tags of a repository, while the images two
 running Deployments use (one by tag, one by digest) survive; afterwards the registry's own
 `garbage-collect` (registry read-only meanwhile) frees the space and the survivors still pull.
 
