@@ -100,7 +100,8 @@ def _wait_job(batch: client.BatchV1Api, core: client.CoreV1Api, ns: str, job: st
     while time.monotonic() < deadline:
         status = batch.read_namespaced_job_status(job, ns).status
         if status.succeeded:
-            pod = core.list_namespaced_pod(ns, label_selector=f"job-name={job}").items[0]
+            pods = core.list_namespaced_pod(ns, label_selector=f"job-name={job}").items
+            pod = next(p for p in pods if p.status.phase == "Succeeded")
             return core.read_namespaced_pod_log(pod.metadata.name, ns)
         if status.failed:
             pytest.fail(f"a pod of Job {ns}/{job} failed:\n{_job_logs(core, ns, job)}")
