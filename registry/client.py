@@ -263,7 +263,9 @@ class Repository:
         if resp.status_code == 405 or "UNSUPPORTED" in _error_codes(resp):
             raise Unsupported(f"registry {self.host} does not support '{action}' on {self.name} "
                               f"(HTTP {resp.status_code}: {detail}); for deletes, enable storage.delete.enabled "
-                              "in the registry's config")
+                              "in the registry's config; a registry in read-only maintenance mode "
+                              "(storage.maintenance.readonly, e.g. during garbage-collect) refuses every push "
+                              "and delete: retry once it is writable again")
         raise RegistryError(f"{action} in repository {self.name} on registry {self.host} failed: "
                             f"HTTP {resp.status_code} {detail}".rstrip())
 

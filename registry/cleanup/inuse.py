@@ -28,11 +28,13 @@ class InUse:
     scanned: list[str] = field(default_factory=list)  # contexts scanned
 
     def add(self, image: str, where: str) -> None:
+        """Record that `where` uses `image`; each user is named once per tag or digest (a Pod names a
+        digest in its spec and again in its status's imageID)."""
         for kind, key in image_keys(image):
-            if kind == "tag":
-                self.tags.setdefault(key, []).append(where)  # type: ignore[arg-type]
-            else:
-                self.digests.setdefault(key, []).append(where)  # type: ignore[arg-type]
+            table: dict[Any, list[str]] = self.tags if kind == "tag" else self.digests  # type: ignore[assignment]
+            users = table.setdefault(key, [])
+            if where not in users:
+                users.append(where)
 
     def tag_users(self, repository: str, tag: str) -> list[str]:
         return self.tags.get((repo_path(repository), tag), [])

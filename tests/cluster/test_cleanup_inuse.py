@@ -14,35 +14,10 @@ from kade.cli import main
 from registry.client import ClientOptions, RegistryClient
 from registry.copy import copy_image
 from registry.records import BuildRecord, RecordImage, push_record
-from tests.fixtures.cleanup import GitHistory
+from tests.fixtures.cleanup import GitHistory, sleeping_deployment, wait_running
 
 pytestmark = pytest.mark.cluster
 TIMEOUT_S = 180
-
-
-def _deployment(name: str, image: str) -> client.V1Deployment:
-    labels = {"app": name}
-    return client.V1Deployment(
-        metadata=client.V1ObjectMeta(name=name),
-        spec=client.V1DeploymentSpec(
-            replicas=1, selector=client.V1LabelSelector(match_labels=labels),
-            template=client.V1PodTemplateSpec(
-                metadata=client.V1ObjectMeta(labels=labels),
-                spec=client.V1PodSpec(termination_grace_period_seconds=1, containers=[client.V1Container(
-                    name="main", image=image, image_pull_policy="Always", command=["sleep", "infinity"])]))))
-
-
-def _wait_running(core: client.CoreV1Api, ns: str, app: str, not_named: set[str] = frozenset()) -> str:
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        for pod in core.list_namespaced_pod(ns, label_selector=f"app={app}").items:
-            statuses = pod.status.container_statuses or []
-            if (pod.metadata.name not in not_named and pod.metadata.deletion_timestamp is None
-                    and statuses and statuses[0].state.running):
-                return pod.metadata.name
-        time.sleep(0.5)
-    events = [f"{e.involved_object.name}: {e.reason}: {e.message}" for e in core.list_namespaced_event(ns).items]
-    pytest.fail(f"no running pod for {app} in {ns} after {TIMEOUT_S}s; events:\n" + "\n".join(events))
 
 
 def test_images_of_running_deployments_survive_cleanup(kube_cluster, kube_namespace, tmp_path, capsys,
@@ -72,9 +47,9 @@ def test_images_of_running_deployments_survive_cleanup(kube_cluster, kube_namesp
     api = kube_cluster.api_client()
     apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
     ns = kube_namespace
-    apps.create_namespaced_deployment(ns, _deployment("web-tag", f"{name}:by-tag"))
-    apps.create_namespaced_deployment(ns, _deployment("web-digest", f"{name}@{digests['by-digest']}"))
-    pods = {app: _wait_running(core, ns, app) for app in ("web-tag", "web-digest")}
+    apps.create_namespaced_deployment(ns, sleeping_deployment("web-tag", f"{name}:by-tag", "Always"))
+    apps.create_namespaced_deployment(ns, sleeping_deployment("web-digest", f"{name}@{digests['by-digest']}", "Always"))
+    pods = {app: wait_running(core, ns, app, timeout_s=TIMEOUT_S) for app in ("web-tag", "web-digest")}
 
     args = ["cleanup", "--repo", name, "--git", str(history.path), "--insecure-registry", reg, "--output", "json"]
     # Without the scan both would go: the scan is what keeps them.
@@ -97,7 +72,7 @@ def test_images_of_running_deployments_survive_cleanup(kube_cluster, kube_namesp
     # The images are still pullable: replacement pods (imagePullPolicy Always) start.
     for app, pod in pods.items():
         core.delete_namespaced_pod(pod, ns, grace_period_seconds=0)
-        _wait_running(core, ns, app, not_named={pod})
+        wait_running(core, ns, app, not_named=frozenset({pod}), timeout_s=TIMEOUT_S)
     rc.close()
 
 
@@ -131,7 +106,7 @@ def test_the_cronjobs_read_only_role_is_enough_for_the_scan(kube_cluster, kube_n
     token = core.create_namespaced_service_account_token("scanner", ns, client.AuthenticationV1TokenRequest(
         spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600))).status.token
     kubeconfig = _kubeconfig_with_token(kube_cluster.kubeconfig, token, tmp_path / "scanner.kubeconfig")
-    apps.create_namespaced_deployment(ns, _deployment("web", f"{kube_cluster.registry}/rbac/app:v7"))
+    apps.create_namespaced_deployment(ns, sleeping_deployment("web", f"{kube_cluster.registry}/rbac/app:v7"))
 
     with pytest.raises(ClusterScanError, match=r"HTTP 403 .*k8s-manifests/cleanup/clusterrole.yaml"):
         scan_clusters([None], kubeconfig)
@@ -175,7 +150,8 @@ def test_every_given_context_is_scanned_and_a_missing_one_is_an_error(kube_clust
     path = tmp_path / "two-contexts.kubeconfig"
     path.write_text(yaml.safe_dump(admin))
     apps = client.AppsV1Api(kube_cluster.api_client())
-    apps.create_namespaced_deployment(kube_namespace, _deployment("multi", f"{kube_cluster.registry}/ctx/app:v1"))
+    apps.create_namespaced_deployment(kube_namespace,
+                                      sleeping_deployment("multi", f"{kube_cluster.registry}/ctx/app:v1"))
     in_use = scan_clusters(["one", "two"], str(path))
     assert in_use.scanned == ["one", "two"]
     users = in_use.tag_users(f"{kube_cluster.registry}/ctx/app", "v1")

@@ -159,3 +159,15 @@ def test_delete_on_registry_without_deletion_leaves_tags_alone(registry_factory)
         repo.delete_tag("other")
     assert repo.head_manifest("other").digest == repo.head_manifest("keep").digest == digest
     assert sorted(repo.list_tags()) == ["keep", "other"]
+
+
+def test_read_only_registry_refuses_with_a_hint(registry_factory):
+    server = registry_factory()
+    repo = _client().repository(f"{server.host}/{_repo_name()}")
+    body, digest = push_image(repo, [os.urandom(10)], tag="keep")
+    server.restart(readonly=True)  # as for garbage-collect
+    with pytest.raises(Unsupported, match="read-only maintenance mode"):
+        repo.delete_manifest(digest)
+    with pytest.raises(Unsupported, match="read-only maintenance mode"):
+        repo.put_manifest("other", body, mt.OCI_MANIFEST)
+    assert repo.get_manifest("keep")[0] == body  # pulls still work

@@ -56,3 +56,12 @@ def test_in_use_matching_ignores_host_but_not_path():
     assert u.tag_users("127.0.0.1:5000/team/other", "v1") == []
     assert u.digest_users(DIG) == ["ctx/ns/Pod/q"]
     assert repo_path("127.0.0.1:5000/team/app") == "team/app"
+
+
+def test_a_user_is_named_once_per_image():
+    u = InUse()
+    u.add(f"reg/team/app:v1@{DIG}", "ctx/ns/Pod/p")  # the spec
+    u.add(f"reg/team/app@{DIG}", "ctx/ns/Pod/p")  # the status's imageID
+    u.add(f"reg/team/app:v1@{DIG}", "ctx/ns/Deployment/d")
+    assert u.digest_users(DIG) == ["ctx/ns/Pod/p", "ctx/ns/Deployment/d"]
+    assert u.tag_users("reg/team/app", "v1") == ["ctx/ns/Pod/p", "ctx/ns/Deployment/d"]
