@@ -226,12 +226,14 @@ def _is_archive(path: Path) -> bool:
 
 
 def _extract_archive(archive: Path, target: Path, rootfs: Path, record: Callable[[Path], None]) -> None:
-    """ADD of a local tar: extracted with the data filter (no escapes, no devices, no ownership)."""
-    with tarfile.open(archive) as tf:
-        try:
-            tf.extractall(target, filter="data")
-        except tarfile.TarError as exc:
-            raise BuildError(f"ADD: cannot extract {archive.name}: {exc}") from None
+    """ADD of a local tar (plain, gzip, bzip2, xz or zstd), extracted as `tar -x` would into `target`,
+    through the layer unpacker: ownership, modes, absolute symlinks and (as root) devices are kept, as a
+    rootfs tarball (`FROM scratch` + `ADD rootfs.tar.xz /`) needs, while every path is resolved inside
+    `target`, so nothing lands outside it; archive-bomb limits apply. Whiteout names are honoured."""
+    from builder.unpack import apply_layer
+
+    with open(archive, "rb") as stream:
+        apply_layer(stream, target, digest=f"ADD {archive.name}")
     for dirpath, dirs, files in os.walk(target):
         for name in dirs + files:
             record(Path(dirpath) / name)

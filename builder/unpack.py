@@ -44,6 +44,8 @@ _OPQ = OPAQUE_WHITEOUT.encode()
 _AUFS_META = b".wh..wh."
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_XZ_MAGIC = b"\xfd7zXZ\x00"  # not in layers; ADD of a local archive may be xz or bzip2 (Docker's rule)
+_BZIP2_MAGIC = b"BZh"
 MAX_NOTES = 20
 
 
@@ -123,10 +125,10 @@ class _Metered:
 
 
 def open_decompressed(stream: BinaryIO):
-    """A reader of the uncompressed tar inside `stream` (gzip, zstd or plain, by magic bytes)."""
+    """A reader of the uncompressed tar inside `stream` (gzip, zstd, xz, bzip2 or plain, by magic bytes)."""
     head = b""
-    while len(head) < 4:
-        chunk = stream.read(4 - len(head))
+    while len(head) < len(_XZ_MAGIC):
+        chunk = stream.read(len(_XZ_MAGIC) - len(head))
         if not chunk:
             break
         head += chunk
@@ -139,6 +141,14 @@ def open_decompressed(stream: BinaryIO):
         return gzip_impl.GzipFile(fileobj=source, mode="rb")
     if head.startswith(_ZSTD_MAGIC):
         return zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True)
+    if head.startswith(_XZ_MAGIC):
+        import lzma
+
+        return lzma.LZMAFile(source, mode="rb")
+    if head.startswith(_BZIP2_MAGIC):
+        import bz2
+
+        return bz2.BZ2File(source, mode="rb")
     return source
 
 

@@ -156,3 +156,38 @@ def test_identical_steps_in_parallel_stages_run_once(registry, base_image, kade_
     assert res["steps"] == {"built": 5, "cached": 1}
     out = podman_run(tag, "cat", "/a/count", "/b/count", "/a/who", "/b/who")
     assert out.stdout == "ran\nran\na\nb\n"
+
+
+@pytest.mark.parametrize("compression", ["xz", "bz2", "gz"])
+def test_from_scratch_add_rootfs_tarball_runs(registry, kade_build, tmp_path, compression):
+    """How official base images are made: FROM scratch + ADD rootfs.tar.<xz|bz2|gz> /. The tarball's
+    absolute symlinks, ownership and modes survive, and the image runs under podman."""
+    import io
+    import tarfile
+
+    from tests.fixtures.build import base_rootfs_tar
+
+    src = tarfile.open(fileobj=io.BytesIO(base_rootfs_tar()))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as out:
+        for member in src.getmembers():
+            out.addfile(member, src.extractfile(member) if member.isfile() else None)
+        link = tarfile.TarInfo("usr/local/bin/owned-link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/srv/owned.txt"
+        owned = tarfile.TarInfo("srv/owned.txt")
+        owned.size, owned.uid, owned.gid, owned.mode = 3, 1234, 5678, 0o640
+        for info in (tarfile.TarInfo("usr/local"), tarfile.TarInfo("usr/local/bin"), tarfile.TarInfo("srv")):
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            out.addfile(info)
+        out.addfile(link)
+        out.addfile(owned, io.BytesIO(b"own"))
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / f"rootfs.tar.{compression}").write_bytes(buf.getvalue())
+    (ctx / "Dockerfile").write_text(f"FROM scratch\nADD rootfs.tar.{compression} /\nCMD [\"/bin/sh\"]\n")
+    tag = f"{registry.host}/feat/scratch-{compression}:v1"
+    res = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c"))
+    assert res.code == 0, res.stderr
+    out = podman_run(tag, "/bin/sh", "-c", "stat -c '%u:%g %a' /srv/owned.txt; readlink /usr/local/bin/owned-link; "
+                                           "cat /usr/local/bin/owned-link")
+    assert out.stdout.split("\n")[:3] == ["1234:5678 640", "/srv/owned.txt", "own"], out.stdout + out.stderr

@@ -106,3 +106,34 @@ def test_copy_from_rootfs(ctx, rootfs, tmp_path):
 def test_ensure_dir_reports_created_dirs(rootfs):
     assert {c.path for c in ensure_dir(rootfs, "/existing/a/b")} == {"existing/a", "existing/a/b"}
     assert ensure_dir(rootfs, "/existing/a/b") == []
+
+
+@pytest.mark.parametrize("name, linkname, kind", [
+    ("../escaped.txt", "", tarfile.REGTYPE),
+    ("/abs-escaped.txt", "", tarfile.REGTYPE),
+    ("up", "../../..", tarfile.SYMTYPE),  # a symlink out, then a file written through it
+])
+def test_add_archive_never_writes_outside_its_target(tmp_path, rootfs, name, linkname, kind):
+    from builder.errors import BuildError
+
+    c = tmp_path / "hostile-ctx"
+    c.mkdir()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tf:
+        ti = tarfile.TarInfo(name)
+        ti.type, ti.linkname = kind, linkname
+        tf.addfile(ti, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+        if kind == tarfile.SYMTYPE:
+            through = tarfile.TarInfo(f"{name}/escaped-through-link.txt")
+            through.size = 4
+            tf.addfile(through, io.BytesIO(b"evil"))
+    (c / "hostile.tar.xz").write_bytes(buf.getvalue())
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    try:
+        copy_step(rootfs, spec(BuildContext.open(c), ["hostile.tar.xz"], "/unpacked/", add=True), "/", None)
+    except BuildError as exc:
+        assert "hostile.tar.xz" in str(exc)  # the error names the archive
+    after = sorted(p.name for p in tmp_path.rglob("*") if "unpacked" not in p.parts)
+    assert "escaped.txt" not in after and "abs-escaped.txt" not in after
+    assert "escaped-through-link.txt" not in after
+    assert set(after) - set(before) <= {"unpacked"}
