@@ -414,36 +414,15 @@ class Builder:
     def _fetch_url(self, url: str, checksum: str | None) -> Path:
         """ADD <url>: download (every build: the key follows the content), verify --checksum, mode 0600."""
         import hashlib
-        from urllib.parse import urlparse
 
-        import requests
+        from registry.download import DownloadError, download
 
-        name = Path(urlparse(url).path).name or "download"
         folder = self.cache.root / "urls" / hashlib.sha256(url.encode()).hexdigest()[:32]
-        folder.mkdir(parents=True, exist_ok=True)
-        if checksum and not checksum.startswith("sha256:"):
-            raise BuildError(f"--checksum={checksum}: only sha256:<hex> is supported")
         self.report("fetch", url)
-        h = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=folder)
         try:
-            with os.fdopen(fd, "wb") as out, requests.get(url, stream=True, timeout=60) as resp:
-                if resp.status_code != 200:
-                    raise BuildError(f"ADD {url}: HTTP {resp.status_code}", hint="check the URL")
-                for chunk in resp.iter_content(1 << 20):
-                    h.update(chunk)
-                    out.write(chunk)
-            digest = "sha256:" + h.hexdigest()
-            if checksum and digest != checksum:
-                raise BuildError(f"ADD {url}: checksum mismatch: got {digest}, expected {checksum}")
-            os.chmod(tmp, 0o600)
-            target = folder / name
-            os.replace(tmp, target)
-            return target
-        except requests.RequestException as exc:
-            raise BuildError(f"ADD {url}: download failed: {exc}") from None
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+            return download(url, folder, checksum)[0]
+        except DownloadError as exc:
+            raise BuildError(f"ADD {exc}", hint="check the URL and its --checksum") from None
 
     def _cache_mount(self, mount_id: str) -> Path:
         return self.cache.mount_dir(mount_id)

@@ -38,3 +38,8 @@ def test_package_imports_stay_inside_its_boundary(package):
     forbidden = {top: files for top, files in found.items() if top not in ALLOWED[package]}
     assert not forbidden, f"{package}/ must not import {sorted(forbidden)}: {forbidden}"
 
+
+
+def test_builder_talks_http_only_through_registry():
+    users = [p for p in (ROOT / "builder").rglob("*.py") if "import requests" in p.read_text()]
+    assert not users, f"builder/ must use registry/ for HTTP, not requests: {users}"
