@@ -238,6 +238,23 @@ def _hosts(hostname: str) -> str:
 
 # ------------------------------------------------------------------------ host side: run
 
+def prepare_call(rootfs: str | os.PathLike[str], argv: Sequence[str], user: "User | tuple[int, int, Iterable[int]]",
+                 env: Mapping[str, str] | None, hostname: str) -> tuple[Path, "User", dict[str, str]]:
+    """The checks and defaults every RUN runner shares: an existing rootfs, a command, a User, the env."""
+    root = Path(rootfs).resolve()
+    if not root.is_dir():
+        raise SandboxError(f"rootfs {root} is not a directory")
+    if not argv:
+        raise SandboxError("nothing to run (empty command)")
+    if not isinstance(user, User):
+        uid, gid, groups = user
+        user = User(uid, gid, tuple(groups))
+    env = dict(env or {})
+    env.setdefault("PATH", DEFAULT_PATH)
+    env.setdefault("HOSTNAME", hostname)
+    return root, user, env
+
+
 def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapping[str, str] | None = None,
                   workdir: str = "/", user: User | tuple[int, int, Iterable[int]] = User(),
                   mounts: Sequence[Mount] = (), network: Literal["default", "none"] = "default",
@@ -245,21 +262,11 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
                   timeout: float | None = None) -> int:
     """Run `argv` in `rootfs` and return its exit code (128+N when killed by signal N).
     Raises SandboxError when the sandbox cannot be set up or the executable cannot be started."""
-    root = Path(rootfs).resolve()
-    if not root.is_dir():
-        raise SandboxError(f"rootfs {root} is not a directory")
-    if not argv:
-        raise SandboxError("nothing to run (empty command)")
+    root, user, env = prepare_call(rootfs, argv, user, env, hostname)
     if network not in ("default", "none"):
         raise SandboxError(f"unknown network mode {network!r}; use default or none")
     if shutil.which("unshare") is None:
         raise SandboxError("util-linux 'unshare' is not installed; install util-linux to run RUN steps")
-    if not isinstance(user, User):
-        uid, gid, groups = user
-        user = User(uid, gid, tuple(groups))
-    env = dict(env or {})
-    env.setdefault("PATH", DEFAULT_PATH)
-    env.setdefault("HOSTNAME", hostname)
     rootless = os.geteuid() != 0
 
     private = Path(tempfile.mkdtemp(prefix="kade-sandbox-"))

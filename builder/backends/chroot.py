@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from builder.sandbox import DEFAULT_PATH, DEVICES, Mount, OutputCallback, SandboxError, User, _pump
+from builder.sandbox import DEVICES, Mount, OutputCallback, SandboxError, User, _pump, prepare_call
 
 _DEVICE_NUMBERS = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
                    "tty": (5, 0)}
@@ -141,20 +141,10 @@ def run_chroot(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapping
                mounts: Sequence[Mount] = (), network: str = "default",
                output: OutputCallback | None = None, *, hostname: str = "kade", timeout: float | None = None) -> int:
     """`sandbox.run_in_rootfs` for pods: see the module docstring for what differs."""
-    root = Path(rootfs).resolve()
-    if not root.is_dir():
-        raise SandboxError(f"rootfs {root} is not a directory")
-    if not argv:
-        raise SandboxError("nothing to run (empty command)")
+    root, user, env = prepare_call(rootfs, argv, user, env, hostname)
     if network != "default":
         raise SandboxError(f"RUN --network={network} needs a network namespace, which the pod chroot mode "
                            "can't create; drop the flag or build with the local backend")
-    if not isinstance(user, User):
-        uid, gid, groups = user
-        user = User(uid, gid, tuple(groups))
-    env = dict(env or {})
-    env.setdefault("PATH", DEFAULT_PATH)
-    env.setdefault("HOSTNAME", hostname)
     scaffold = _Scaffold(root)
     saves: list[tuple[Path, Path]] = []
     try:
