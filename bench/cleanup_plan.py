@@ -141,6 +141,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--append", help="append the figures to this RESULTS.md")
     ap.add_argument("--plan-only", action="store_true", help="measure planning only, delete nothing")
+    ap.add_argument("--workers", type=int, default=8, help="parallel registry requests while planning")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kade-bench-cleanup-"))
     server = RegistryServer(work / "registry").start()
@@ -158,6 +159,7 @@ def main() -> int:
         cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
         facts = collect_facts(client, repo_name + "-stages", git=str(history.path), kube_contexts=None, now=now,
+                              workers=args.workers,
                               report=lambda kind, msg, **kw: print(f"  {time.perf_counter() - t0:6.2f}s {msg}"))
         t_facts = time.perf_counter() - t0
         t1 = time.perf_counter()

@@ -22,10 +22,11 @@ import subprocess
 import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from builder import image_config as ic
 from builder.cache import LocalCache
@@ -65,6 +66,9 @@ class BuildOptions:
     insecure: tuple[str, ...] = ()
     platform: str = DEFAULT_PLATFORM
     image_name: str = "default"
+    revision: tuple[str | None, str | None] | None = None  # (commit, branch); None: asked of git at context
+    annotations: dict[str, str] = field(default_factory=dict)  # extra manifest annotations of the final image
+    labels: dict[str, str] = field(default_factory=dict)  # extra config labels of the final image (not in keys)
 
 
 @dataclass
@@ -192,22 +196,35 @@ class Builder:
 
     # -- the build --------------------------------------------------------------------------------
     def run(self) -> BuildResult:
+        with self.session():
+            return self.build_plan(self.prepare())
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Holds the local cache's shared lock (against `kade cache prune`) and removes work dirs after."""
+        with self.cache.lock("global", shared=True):
+            try:
+                yield
+            finally:
+                self._cleanup()
+
+    def prepare(self) -> Plan:
+        """Parse and plan (base images resolved): every step key is known, nothing has run."""
         dockerfile = self.o.dockerfile or (self.o.context / "Dockerfile")
         df = parse_file(dockerfile)
         ctx = BuildContext.open(self.o.context, dockerfile)
         ctx.fetcher = self._fetch_url
-        with self.cache.lock("global", shared=True):
-            try:
-                plan = make_plan(df, ctx, self.resolve_base, target=self.o.target, build_args=self.o.build_args,
-                                 platform=self.o.platform)
-                self.plan, self.ctx = plan, ctx
-                for name in plan.unused_args:
-                    self.report("warning", f"build arg {name} was given but no ARG in the stages built declares it")
-                hits = self.lookup(plan)
-                final = self.execute(plan, hits)
-                return self.publish(plan, final)
-            finally:
-                self._cleanup()
+        plan = make_plan(df, ctx, self.resolve_base, target=self.o.target, build_args=self.o.build_args,
+                         platform=self.o.platform)
+        self.plan, self.ctx = plan, ctx
+        for name in plan.unused_args:
+            self.report("warning", f"build arg {name} was given but no ARG in the stages built declares it")
+        return plan
+
+    def build_plan(self, plan: Plan, hits: dict[str, Any] | None = None) -> BuildResult:
+        """Look the step keys up (unless `hits` are given), run what is missing, publish."""
+        final = self.execute(plan, self.lookup(plan) if hits is None else hits)
+        return self.publish(plan, final)
 
     def lookup(self, plan: Plan) -> dict[str, Image]:
         """One HEAD per step key (all of them, in parallel; a miss doesn't stop the others)."""
@@ -476,10 +493,12 @@ class Builder:
             raise BuildError("the target stage is an empty scratch image: nothing to publish",
                              file=plan.dockerfile.path)
         now = _utc_now()
-        commit, branch = git_revision(self.o.context)
+        commit, branch = self.o.revision if self.o.revision is not None else git_revision(self.o.context)
         cfg = ic.set_created(final.config, _rfc3339(now))
+        if self.o.labels:
+            cfg = ic.set_labels(cfg, sorted(self.o.labels.items()))
         config_bytes = ic.config_bytes(cfg)
-        annotations = {ANNOTATION_CREATED: _rfc3339(now)}
+        annotations = {**self.o.annotations, ANNOTATION_CREATED: _rfc3339(now)}
         if commit:
             annotations[ANNOTATION_REVISION] = commit
         manifest = Manifest(config=Descriptor(mt.OCI_CONFIG, sha256_digest(config_bytes), len(config_bytes)),

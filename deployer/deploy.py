@@ -18,7 +18,7 @@ from deployer.release import (DEFAULT_HISTORY, DEPLOYED, FAILED, PENDING, SUPERS
                               ReleaseRecord, ReleaseStore)
 from deployer.resources import ApiResource, Resource, ResourceKey
 from deployer.summary import Failure, format_failure
-from deployer.tracker import Target, Tracker, TrackResult
+from deployer.tracker import DEFAULT_SETTLE, Target, Tracker, TrackResult
 
 Report = Callable[..., None]
 KEEP_POLICIES = ("keep",)
@@ -33,6 +33,7 @@ class DeployOptions:
     force_conflicts: bool = False
     history_max: int = DEFAULT_HISTORY
     no_activity_timeout: float = 240.0
+    settle: float = DEFAULT_SETTLE
     values: dict[str, Any] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)
 
@@ -190,7 +191,7 @@ class Deployer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return [Failure(names, "Timeout", "the deploy timeout was used up before this stage")]
-            result = Tracker(self.kube, self.report, targets, remaining).run()
+            result = Tracker(self.kube, self.report, targets, remaining, settle=opts.settle).run()
             if not result.ok:
                 return result.failures
         return []

@@ -29,6 +29,9 @@ from deployer.summary import Failure, clean, container_state
 
 Report = Callable[..., None]
 LOG_BUFFER = 30
+# A workload must stay ready this long, with none of its new pods' containers exited, before the
+# verdict: a container that crashes right after starting is Ready for a moment without a probe.
+DEFAULT_SETTLE = 2.0
 EVENT_SLACK = 5.0  # seconds: events older than the tracking start (minus this) are history
 
 
@@ -46,6 +49,8 @@ class Target:
     last_activity: float = 0.0
     fingerprint: tuple = ()
     ready_at: float | None = None
+    ready_since: float | None = None  # first moment of the current unbroken run of "ready"
+    settle_restarts: int = -1  # container restarts of the new pods when that run started
 
     @property
     def blocking(self) -> bool:
@@ -73,8 +78,9 @@ class _WatchSpec:
 
 class Tracker:
     def __init__(self, kube: Kube, report: Report, targets: list[Target], timeout: float, *,
-                 tick: float = 0.2, watch_timeout: float = 55.0):
+                 tick: float = 0.2, watch_timeout: float = 55.0, settle: float = DEFAULT_SETTLE):
         self.kube, self.report, self.targets, self.timeout = kube, report, targets, timeout
+        self.settle = settle
         self.tick, self.watch_timeout = tick, watch_timeout
         self.queue: queue.Queue[tuple] = queue.Queue()
         self.stop = threading.Event()
@@ -139,8 +145,8 @@ class Tracker:
             thread.start()
             self.threads.append(thread)
 
-    def _watch(self, spec: _WatchSpec) -> None:
-        resource_version: str | None = None
+    def _watch(self, spec: _WatchSpec, resource_version: str | None = None) -> None:
+        """List (unless resuming from `resource_version`), then watch; resume after drops, list again after 410."""
         delay = 0.2
         while not self.stop.is_set():
             try:
@@ -257,6 +263,8 @@ class Tracker:
         pods, rss, uids = self._related(t)
         events = [e for e in self.events.values() if _involved_uid(e) in uids and self._recent(e, pods)]
         status = readiness.evaluate(t.obj, t.key.group, t.key.kind, rss)
+        if not status.ready:
+            t.ready_since = None
         fingerprint = (_rv(t.obj), tuple(sorted(_rv(p) for p in pods)), len(events), status)
         if fingerprint != t.fingerprint:
             t.fingerprint = fingerprint
@@ -284,6 +292,8 @@ class Tracker:
             self.report("warning", f"{t.key.short}: {clean(sig.describe())} "
                                    f"[{t.budget.count}/{allowed} failure(s) allowed]",
                         resource=str(t.key), reason=sig.reason, pod=sig.pod, container=sig.container)
+        if status.ready and self._settling(t, pods, now):
+            status = readiness.Status(readiness.PROGRESSING, f"ready; confirming it stays ready for {self.settle:g}s")
         if status.ready:
             t.verdict, t.ready_at, t.hoping = "ready", now, None
             self.report("ready", f"{t.key.short} ready" + (f" ({status.message})" if status.message else ""),
@@ -301,6 +311,18 @@ class Tracker:
                                     f"(no-activity-timeout); last status: {status.message}", None, pods, events)
         if failure is not None:
             self._fail(t, failure)
+
+    def _settling(self, t: Target, pods: list[dict], now: float) -> bool:
+        """True while a ready workload has not yet stayed ready (with no exited container) for `settle`."""
+        if self.settle <= 0 or not needs_settle(t.key.group, t.key.kind, t.obj):
+            return False
+        restarts = sum(_restarts(p) for p in pods)
+        if any(_container_terminated(p) for p in pods) or restarts != t.settle_restarts:
+            t.ready_since, t.settle_restarts = None, restarts
+            return True
+        if t.ready_since is None:
+            t.ready_since = now
+        return now - t.ready_since < self.settle
 
     def _fail(self, t: Target, failure: Failure) -> None:
         mode = t.options.fail_mode
@@ -399,7 +421,7 @@ class Tracker:
 
     def _show_events(self, t: Target, events: list[dict]) -> None:
         for e in sorted(events, key=_event_time):
-            key = (_uid(e), e.get("count"))
+            key = (_uid(e),)  # once per event: its count goes up on every repeat (kubelet repeats many)
             if key in self.reported_events:
                 continue
             self.reported_events.add(key)
@@ -540,6 +562,21 @@ def _event_matches(event: dict, reason: str, container: str) -> bool:
     field_path = str((event.get("involvedObject") or {}).get("fieldPath") or "")
     name = container.replace(" (init)", "")
     return not field_path or not name or f"{{{name}}}" in field_path
+
+
+def needs_settle(group: str, kind: str, obj: dict | None) -> bool:
+    """Long-running workloads settle; finished ones (a completed Job, a Succeeded pod) do not."""
+    if (group, kind) == ("", "Pod"):
+        return ((obj or {}).get("status") or {}).get("phase") == "Running"
+    return group == "apps" and kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
+
+
+def _container_terminated(pod: dict) -> bool:
+    return any((cs.get("state") or {}).get("terminated") for cs in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
+def _restarts(pod: dict) -> int:
+    return sum(int(cs.get("restartCount") or 0) for cs in (pod.get("status") or {}).get("containerStatuses") or [])
 
 
 def _first_unready_container(pod: dict) -> str:

@@ -3,13 +3,24 @@
 Errors name the file, the key path and the expected form, e.g.
 `kade.yaml: images.web.args.PORT: expected a string, number or boolean, got a list`.
 The `cleanup:` section is kept as a raw mapping; the cleanup policy loader validates it.
+
+Templating: after validation, `render_config(config, TemplateValues(...))` renders every string of
+`repo`, `images.*` (context, dockerfile, target, args) and `deploy` (manifests, release, namespace,
+values) as a sandboxed Jinja2 template with strict undefined names over:
+  - `project`: the project name;
+  - `env_name`: the `--env` of the command (undefined without `--env`, which is then an error);
+  - `env`: the process environment (`{{ env.REGISTRY }}`). This is the giterminism escape hatch:
+    everything else comes from the commit, the environment does not, so use it for what differs per
+    machine (a registry address, a base image mirror), never for what the build's content depends on
+    and that should be reviewed in git;
+  - `git`: `commit`, `short_commit`, `branch`, `tag` of the commit being converged (may be None).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -64,6 +75,7 @@ class ProjectConfig:
     images: dict[str, ImageSpec]
     deploy: DeploySpec | None
     cleanup: dict[str, Any]
+    repo: str | None = None  # image repository prefix: image NAME goes to REPO/NAME
 
     @property
     def root(self) -> Path:
@@ -96,8 +108,10 @@ def parse_config(text: str, path: Path) -> ProjectConfig:
         raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     v = _Validator(path.name if path.name else str(path))
     data = v.mapping(data if data is not None else {}, "")
-    v.only_keys(data, "", {"project", "images", "deploy", "cleanup"})
+    v.only_keys(data, "", {"project", "repo", "images", "deploy", "cleanup"})
     project = v.string(data.get("project"), "project", required=True)
+    if not _IMAGE_NAME.match(project):
+        v.fail("project", "expected lower-case letters and digits, separated by '.', '_' or '-'")
     images_raw = v.mapping(data.get("images", {}), "images")
     images = {name: _image(v, name, spec) for name, spec in images_raw.items()}
     for spec in images.values():
@@ -110,6 +124,7 @@ def parse_config(text: str, path: Path) -> ProjectConfig:
         images=images,
         deploy=_deploy(v, data["deploy"]) if data.get("deploy") is not None else None,
         cleanup=v.mapping(data.get("cleanup", {}), "cleanup"),
+        repo=v.string(data["repo"], "repo") if data.get("repo") is not None else None,
     )
     try:
         config.build_order()
@@ -237,3 +252,78 @@ class _Validator:
 
 def _kind(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+# ---- templating -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TemplateValues:
+    """What kade.yaml templates can use (see the module docstring)."""
+
+    env: Mapping[str, str]
+    env_name: str | None = None
+    git: Mapping[str, str | None] = field(default_factory=dict)
+
+
+def render_config(config: ProjectConfig, values: TemplateValues, with_deploy: bool = True) -> ProjectConfig:
+    """The config with its templated strings rendered; errors name file, key path and the template.
+    With `with_deploy=False` (a build) the deploy section is left as written."""
+    r = _Renderer(config.path.name or str(config.path), config.project, values)
+    images = {
+        name: replace(
+            spec,
+            context=r.render(spec.context, f"images.{name}.context"),
+            dockerfile=r.render(spec.dockerfile, f"images.{name}.dockerfile"),
+            target=r.render(spec.target, f"images.{name}.target") if spec.target is not None else None,
+            args={k: r.render(a, f"images.{name}.args.{k}") for k, a in spec.args.items()},
+        )
+        for name, spec in config.images.items()
+    }
+    deploy = config.deploy
+    if config.deploy is not None and with_deploy:
+        d = config.deploy
+        deploy = DeploySpec(
+            manifests=r.render(d.manifests, "deploy.manifests"),
+            release=r.render(d.release, "deploy.release"),
+            namespace=r.render(d.namespace, "deploy.namespace"),
+            values=tuple(r.render(f, f"deploy.values[{i}]") for i, f in enumerate(d.values)),
+        )
+    repo = r.render(config.repo, "repo") if config.repo is not None else None
+    return replace(config, images=images, deploy=deploy, repo=repo or None)
+
+
+class _Renderer:
+    def __init__(self, filename: str, project: str, values: TemplateValues) -> None:
+        import jinja2.sandbox
+
+        self.filename = filename
+        self.env = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                                      keep_trailing_newline=False)
+        self.context: dict[str, Any] = {"project": project, "env": _Environment(values.env), "git": dict(values.git)}
+        if values.env_name is not None:
+            self.context["env_name"] = values.env_name
+
+    def render(self, text: str, at: str) -> str:
+        import jinja2
+
+        if "{" not in text:
+            return text
+        try:
+            return self.env.from_string(text).render(self.context)
+        except jinja2.UndefinedError as exc:
+            raise ConfigError(f"{self.filename}: {at}: template {text!r}: {exc.message}{_undefined_hint(exc.message or '')}") from None
+        except jinja2.TemplateError as exc:
+            raise ConfigError(f"{self.filename}: {at}: template {text!r}: {exc.message or exc}") from None
+
+
+class _Environment(dict):
+    """The process environment as seen by templates (its type name shows in undefined-name errors)."""
+
+
+def _undefined_hint(message: str) -> str:
+    if "env_name" in message:
+        return " (pass --env ENV)"
+    match = re.search(r"_Environment object' has no attribute '([^']+)'", message)
+    if match:
+        return f" (the environment variable {match.group(1)} is not set)"
+    return " (known names: project, env_name, env.*, git.commit/short_commit/branch/tag)"

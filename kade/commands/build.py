@@ -18,8 +18,10 @@ def register(subparsers: Any) -> None:
         description="Build CONTEXT's Dockerfile without a Docker daemon. Every step is cached in the stages "
                     "repo (--repo, default <first tag's repository>-stages) under its content key; steps "
                     "already there are not run again. The image goes to every --tag (printed as REF@sha256:...), "
-                    "or, without --tag, to a local OCI layout under the cache dir.")
-    p.add_argument("context", nargs="?", default=".", metavar="CONTEXT", help="build context directory (default .)")
+                    "or, without --tag, to a local OCI layout under the cache dir. Without CONTEXT in a folder "
+                    "with kade.yaml (or with --dir), builds every image of the project from the commit at HEAD: "
+                    "--repo is then the image repository prefix (image NAME goes to REPO/NAME).")
+    p.add_argument("context", nargs="?", default=None, metavar="CONTEXT", help="build context directory (default .)")
     p.add_argument("-f", "--file", dest="dockerfile", metavar="DOCKERFILE",
                    help="Dockerfile path (default CONTEXT/Dockerfile)")
     p.add_argument("--target", metavar="STAGE", help="build this stage (default: the last one)")
@@ -39,6 +41,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
                    help="reach HOST over plain HTTP / without TLS verification (repeatable)")
     p.add_argument("--platform", default=DEFAULT_PLATFORM, help=argparse.SUPPRESS)
+    from kade.commands.converge import project_args
+
+    project_args(p, standalone=False)
     p.set_defaults(func=run)
 
 
@@ -75,7 +80,7 @@ def parse_ssh(spec: str | None) -> str | None:
 
 
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
-    context = Path(args.context)
+    context = Path(args.context or ".")
     if not context.is_dir():
         raise UsageError(f"build context {context} is not a directory")
     if args.parallel < 1:
@@ -96,10 +101,33 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kade.workspace import has_project
+
+    if args.context is None and not args.dockerfile and has_project(Path(args.dir)):
+        return run_project(args)
     options = options_from_args(args)
     report = make_reporter(args.output)
     result = build(options, report)
     print_result(args.output, result.to_json(),
                  lambda data: "\n".join(f"{i['ref']}@{i['digest']}" if not i["ref"].startswith("oci:") else i["ref"]
                                         for i in data["images"]))
+    return 0
+
+
+def run_project(args: argparse.Namespace) -> int:
+    """`kade build` in a project: every image of kade.yaml (or --image ones), from the commit at HEAD."""
+    from kade.commands.converge import make_project_options, text_summary
+    from kade.converge import write_report
+    from kade.project import build_project
+    from kade.workspace import open_workspace
+
+    report = make_reporter(args.output)
+    with open_workspace(Path(args.dir), env_name=args.env_name, dev=args.dev, report=report,
+                        deploy=False) as ws:
+        options = make_project_options(args, ws)
+        result = build_project(ws.config, ws.root, options, report)
+    data = result.to_json()
+    if args.report:
+        write_report(Path(args.report), data)
+    print_result(args.output, data, text_summary)
     return 0

@@ -13,7 +13,8 @@ from kade.output import OUTPUT_CHOICES, make_reporter, print_result
 from registry.cleanup.execute import Outcome, execute
 from registry.cleanup.plan import Plan, make_plan
 from registry.cleanup.policy import DEFAULT_POLICY, Policy
-from registry.cleanup.policy_file import load_kade_yaml_policy, load_kade_yaml_settings, load_policy_file
+from registry.cleanup.policy_file import (Settings, load_kade_yaml_policy, load_kade_yaml_settings,
+                                          load_policy_file)
 from registry.cleanup.report import render_text, to_json
 from registry.cleanup.run import collect_facts, stages_repo_for
 from registry.client import ClientOptions, RegistryClient
@@ -68,8 +69,7 @@ def _client(args: argparse.Namespace) -> RegistryClient:
     return RegistryClient(ClientOptions(insecure=tuple(args.insecure_registry), ca_file=args.ca_file))
 
 
-def _repos(args: argparse.Namespace) -> tuple[str, str]:
-    settings = load_kade_yaml_settings(args.config)
+def _repos(args: argparse.Namespace, settings: Settings) -> tuple[str, str]:
     repo = args.repo or settings.repo
     stages = args.stages_repo or settings.stages_repo
     if not repo and not stages:
@@ -79,8 +79,8 @@ def _repos(args: argparse.Namespace) -> tuple[str, str]:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     report = make_reporter(args.output)
-    repo, stages = _repos(args)
     settings = load_kade_yaml_settings(args.config)
+    repo, stages = _repos(args, settings)
     policy: Policy = (load_policy_file(args.policy) if args.policy
                       else load_kade_yaml_policy(args.config) or DEFAULT_POLICY)
     git = args.git or settings.git or "."
@@ -100,7 +100,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     report = make_reporter(args.output)
-    repo, stages = _repos(args)
+    repo, stages = _repos(args, load_kade_yaml_settings(args.config))
     if not args.dry_run and not args.yes:
         _confirm(repo)
     with _client(args) as client:
@@ -124,7 +124,7 @@ def _finish(client: RegistryClient, plan: Plan, args: argparse.Namespace, report
     outcomes: list[Outcome] | None = None
     if not args.dry_run:
         report("delete", f"deleting {len(plan.deletions)} tags")
-        with _progress(args.output, report) as progress:
+        with _Progress(args.output, report) as progress:
             outcomes = execute(client, plan, progress=progress, workers=min(args.workers, 4))
     width = int(os.environ.get("COLUMNS", "160"))
     print_result(args.output, to_json(plan, outcomes, args.dry_run),
@@ -132,7 +132,7 @@ def _finish(client: RegistryClient, plan: Plan, args: argparse.Namespace, report
     return 1 if outcomes and any(o.status == "failed" for o in outcomes) else 0
 
 
-class _progress:
+class _Progress:
     """A rich progress bar on a terminal; otherwise a report line every 10%."""
 
     def __init__(self, output: str, report: Callable[..., None]) -> None:

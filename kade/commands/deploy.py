@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from kade.errors import UsageError
@@ -23,6 +24,14 @@ def register(subparsers: Any) -> None:
     deploy.add_argument("--force-conflicts", action="store_true", help="take over fields owned by other field managers")
     deploy.add_argument("--history-max", type=int, default=10, help="revisions kept in the release history (0: all)")
     deploy.add_argument("--no-activity-timeout", default="4m", help="fail a resource when nothing changes for this long")
+    deploy.add_argument("--settle", default="2s",
+                        help="a workload must stay ready this long with no container exiting before it counts (0: off)")
+    deploy.add_argument("--dir", default=".", metavar="DIR", help="project folder holding kade.yaml (default .)")
+    deploy.add_argument("--env", dest="env_name", metavar="ENV", help="with kade.yaml: environment name (env_name)")
+    deploy.add_argument("--repo", metavar="REPO", help="with kade.yaml: image repository prefix (REPO/NAME)")
+    deploy.add_argument("--dev", action="store_true", help="with kade.yaml: use the working tree, not HEAD")
+    deploy.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+                        help="with kade.yaml: reach HOST over plain HTTP")
     deploy.set_defaults(func=run_deploy)
 
     plan = subparsers.add_parser("plan", help="show what a deploy would change (exit 0: nothing, 2: changes)")
@@ -67,15 +76,16 @@ def _timeout_args(p: argparse.ArgumentParser) -> None:
 
 
 def _release_args(p: argparse.ArgumentParser, timeout: bool = True) -> None:
-    p.add_argument("--release", "-r", required=True, help="release name")
+    p.add_argument("--release", "-r", help="release name (required without kade.yaml)")
     _cluster_args(p)
     if timeout:
         _timeout_args(p)
 
 
 def _render_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
-                   help="manifest file or folder, *.j2 templates, or - for stdin (repeatable)")
+    p.add_argument("-f", "--filename", action="append", metavar="PATH",
+                   help="manifest file or folder, *.j2 templates, or - for stdin (repeatable; "
+                        "without -f in a folder with kade.yaml: its deploy section)")
     p.add_argument("--values", action="append", default=[], metavar="FILE", help="values file for templates (repeatable)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_values",
                    help="set a value (dotted keys, typed values; repeatable)")
@@ -118,6 +128,10 @@ def _duration(text: str, flag: str) -> float:
 def _inputs(args: argparse.Namespace) -> tuple[list[Any], dict[str, Any], dict[str, str]]:
     from deployer.render import RenderInput, load_images, load_values, render
 
+    if not args.filename or not args.release:
+        raise UsageError("-f PATH and --release NAME are required (in a folder with kade.yaml, `kade deploy` "
+                         "without -f deploys its deploy section; --dry-run and `kade plan` need -f)")
+
     images = load_images(args.image, args.images)
     values = load_values(args.values, args.set_values)
     if args.values.count("-") + args.filename.count("-") > 1:
@@ -142,6 +156,10 @@ def _options(args: argparse.Namespace, values: dict | None = None, images: dict 
         if args.history_max < 0:
             raise UsageError("--history-max must be 0 (keep all) or more")
         opts.history_max = args.history_max
+    if getattr(args, "settle", None) is not None:
+        from deployer.durations import parse_duration
+
+        opts.settle = parse_duration(args.settle)
     if getattr(args, "no_activity_timeout", None):
         opts.no_activity_timeout = _duration(args.no_activity_timeout, "--no-activity-timeout")
     opts.values, opts.images = values or {}, images or {}
@@ -151,6 +169,12 @@ def _options(args: argparse.Namespace, values: dict | None = None, images: dict 
 @_usage
 def run_deploy(args: argparse.Namespace) -> int:
     from deployer.deploy import Deployer
+    from kade.workspace import has_project
+
+    if not args.filename and has_project(Path(args.dir)) and not args.dry_run:
+        from kade.converge import deploy_command
+
+        return deploy_command(args)
 
     resources, values, images = _inputs(args)
     opts = _options(args, values, images)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal
 
 from registry.cleanup.plan import Plan, PlanItem
 from registry.cleanup.snapshot import canonical_repo
-from registry.errors import NotFound, RegistryError
+from registry.errors import NotFound, RegistryError, Unsupported
 from registry.records import is_record_tag, read_record
 
 Status = Literal["deleted", "skipped", "failed"]
@@ -142,6 +142,8 @@ def _delete_tag(client: Any, guard: Guard, item: PlanItem) -> Outcome:
         return Outcome(item, "deleted", f"tag removed ({how})")
     except NotFound:
         return Outcome(item, "skipped", "already gone")
+    except Unsupported:
+        raise  # deletion disabled: every other delete would fail the same way
     except RegistryError as exc:
         return Outcome(item, "failed", str(exc))
 
@@ -167,6 +169,8 @@ def _delete_digest(client: Any, guard: Guard, items: list[PlanItem]) -> list[Out
         out.extend(Outcome(i, "deleted", "manifest deleted by digest") for i in still)
     except NotFound:
         out.extend(Outcome(i, "skipped", "already gone") for i in still)
+    except Unsupported:
+        raise  # deletion disabled: every other delete would fail the same way
     except RegistryError as exc:
         out.extend(Outcome(i, "failed", str(exc)) for i in still)
     return out

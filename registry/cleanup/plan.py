@@ -84,6 +84,7 @@ class Facts:
     git: GitFacts | None = None
     in_use: InUse | None = None
     step_created: dict[str, datetime | None] = field(default_factory=dict)  # orphan step key -> created
+    indexes: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # repo -> index -> children
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,8 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
                 why = "purge" if purge else _why_not(newest, facts.git, policy, selected)
                 decisions[(repo, tag)] = ("image", "delete", (why,))
 
+    _keep_index_children(decisions, facts)
+
     def is_live(b: _Built) -> bool:
         """Some tag this build pushed still points to its image and stays (or the digest is in use)."""
         if not purge and in_use is not None and in_use.digest_users(b.image.digest):
@@ -307,6 +310,8 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
         else:
             decisions[(facts.stages_repo, tag)] = ("other", "keep", ("not pushed by kade",))
 
+    _keep_index_children(decisions, facts)
+
     # 3. How each deletion is carried out: by digest only when every tag of the digest goes.
     keeps_digest: set[tuple[str, str]] = set()
     for (repo, tag), (_, action, _) in decisions.items():
@@ -320,6 +325,21 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
             method = "tag" if (repo, digest) in keeps_digest else "manifest"
         items.append(PlanItem(repo, tag, digest, kind, action, reasons, method))  # type: ignore[arg-type]
     return Plan(now, facts.stages_repo, tuple(items), frozenset(record_by_tag))
+
+
+def _keep_index_children(decisions: dict[tuple[str, str], tuple[Kind, Action, tuple[str, ...]]],
+                         facts: Facts) -> None:
+    """A tagged manifest that a kept image index lists stays: deleting it would break the index."""
+    for repo, indexes in facts.indexes.items():
+        kept_children: dict[str, str] = {}
+        for (r, tag), (_, action, _) in decisions.items():
+            if r == repo and action == "keep":
+                for child in indexes.get(facts.tags[r][tag], ()):
+                    kept_children.setdefault(child, tag)
+        for (r, tag), (kind, action, _) in list(decisions.items()):
+            parent = kept_children.get(facts.tags[r][tag]) if r == repo and action == "delete" else None
+            if parent is not None:
+                decisions[(r, tag)] = (kind, "keep", (f"listed by the kept image index {repo}:{parent}",))
 
 
 def _users(users: list[str]) -> str:

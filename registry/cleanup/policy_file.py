@@ -15,6 +15,7 @@ Every error names the file, the line and the key path, e.g.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -195,12 +196,14 @@ def _kind(value: Any) -> str:
     return repr(value)
 
 
+@dataclass(frozen=True)
 class Settings:
     """Where to clean, from kade.yaml's `cleanup:` key (the command line wins)."""
 
-    def __init__(self, repo: str | None = None, stages_repo: str | None = None, git: str | None = None,
-                 kube_contexts: tuple[str, ...] = ()) -> None:
-        self.repo, self.stages_repo, self.git, self.kube_contexts = repo, stages_repo, git, kube_contexts
+    repo: str | None = None
+    stages_repo: str | None = None
+    git: str | None = None
+    kube_contexts: tuple[str, ...] = ()
 
 
 def load_kade_yaml_settings(path: str | Path) -> Settings:

@@ -35,4 +35,4 @@ def collect_facts(client: Any, stages_repo: str, *, repos: tuple[str, ...] = (),
         report("git", f"{len(git_facts.refs)} references, {git_facts.commits_walked} commits walked, "
                       f"{len(git_facts.commit_times)} of {len(commits)} build commits found")
     return Facts(now=now, stages_repo=snap.stages_repo, records=snap.records, tags=snap.tags, git=git_facts,
-                 in_use=in_use, step_created=snap.step_created)
+                 in_use=in_use, step_created=snap.step_created, indexes=snap.indexes)

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from registry.cleanup.errors import CleanupError
 from registry.errors import NotFound, RegistryError
-from registry.model import Manifest, parse_manifest
+from registry.mediatypes import is_index
+from registry.model import Descriptor, Manifest, parse_manifest
 from registry.records import STEP_KEY_RE, BuildRecord, parse_time, read_records
 from registry.reference import Reference
 
@@ -25,6 +26,7 @@ class RegistrySnapshot:
     records: list[tuple[str, BuildRecord]]
     tags: dict[str, dict[str, str]]  # repository -> tag -> digest
     step_created: dict[str, datetime | None]
+    indexes: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # repo -> index -> children
 
 
 def canonical_repo(name: str) -> str:
@@ -40,15 +42,26 @@ def valid_tags(names: Iterable[str]) -> list[str]:
     return [n for n in names if isinstance(n, str) and _TAG_RE.match(n)]
 
 
-def list_tag_digests(repo: Any, workers: int = 8, tags: Iterable[str] | None = None) -> dict[str, str]:
-    """tag -> digest for every tag (a tag deleted while listing is left out)."""
+def list_tag_descriptors(repo: Any, workers: int = 8, tags: Iterable[str] | None = None) -> dict[str, Descriptor]:
+    """tag -> descriptor for every tag (a tag deleted while listing is left out)."""
     try:
         names = valid_tags(tags if tags is not None else repo.list_tags())
     except NotFound:
         return {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         descs = list(pool.map(repo.head_manifest, names))
-    return {t: d.digest for t, d in zip(names, descs) if d is not None}
+    return {t: d for t, d in zip(names, descs) if d is not None}
+
+
+def index_children(repo: Any, descriptors: Iterable[Descriptor]) -> dict[str, frozenset[str]]:
+    """index digest -> the manifests it lists, for every tagged image index (multi-platform image)."""
+    out: dict[str, frozenset[str]] = {}
+    for desc in descriptors:
+        if is_index(desc.media_type) and desc.digest not in out:
+            body, got = repo.get_manifest(desc.digest)
+            index = parse_manifest(body, got.media_type)
+            out[desc.digest] = frozenset(m.digest for m in getattr(index, "manifests", []))
+    return out
 
 
 def step_created_time(repo: Any, key: str) -> datetime | None:
@@ -86,20 +99,26 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
         for img in rec.images:
             repos.add(img.repository)
     tags: dict[str, dict[str, str]] = {}
+    indexes: dict[str, dict[str, frozenset[str]]] = {}
     for name in sorted(repos):
         repo = stages if name == stages_name else client.repository(name)
         if name == stages_name:  # the records' digests are known already: no HEAD for them
             others = [t for t in stage_tags if t not in record_digests]
-            tags[name] = {**list_tag_digests(repo, workers, others), **record_digests}
+            descs = list_tag_descriptors(repo, workers, others)
+            tags[name] = {**{t: d.digest for t, d in descs.items()}, **record_digests}
         else:
-            tags[name] = list_tag_digests(repo, workers)
+            descs = list_tag_descriptors(repo, workers)
+            tags[name] = {t: d.digest for t, d in descs.items()}
+        children = index_children(repo, descs.values())
+        if children:
+            indexes[name] = children
         if report:
             report("read", f"{name}: {len(tags[name])} tags")
     named = {s for _, rec in records for img in rec.images for s in img.steps}
     orphans = [t for t in tags[stages_name] if STEP_KEY_RE.match(t) and t not in named]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         created = dict(zip(orphans, pool.map(lambda k: step_created_time(stages, k), orphans)))
-    return RegistrySnapshot(stages_name, records, tags, created)
+    return RegistrySnapshot(stages_name, records, tags, created, indexes)
 
 
 def _canonical_record(record: BuildRecord) -> BuildRecord:

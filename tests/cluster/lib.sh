@@ -3,6 +3,10 @@
 # binaries and images built once per machine.
 # shellcheck shell=bash
 
+# Bump when a change to the components' commands or configuration must reach a running cluster
+# (`up` restarts what an older version started; see `start`).
+CLUSTER_VERSION=1
+
 KADE_CLUSTER_HOME="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${KADE_CLUSTER_CACHE:-/var/cache/kade-cluster}"   # binaries, images: built once per machine
 STATE="${KADE_CLUSTER_STATE:-/var/lib/kade-cluster}"     # certificates, data, sockets of one cluster
@@ -55,19 +59,90 @@ pid_of() {
     echo "$pid"
     return 0
   fi
-  # Only a full command line (it names this cluster's own files) identifies a process for sure.
+  # Only a full command line (it names this cluster's own files) identifies a process for sure; the
+  # program may sit in another build folder (started by an older `up`): `start` then restarts it.
   [[ "$want" == *" "* ]] || return 1
-  pid="$(pgrep -o -f "^$(printf '%s' "$want" | sed 's/[][\.*^$+?(){}|]/\\&/g')( |\$)")" || return 1
+  pid="$(pgrep -o -f "$(cmd_pattern "$want")")" || return 1
   echo "$pid" >"$PIDS/$1.pid"
   echo "$pid"
 }
 
+# cmd_pattern COMMAND: a pgrep -f pattern for COMMAND with its program in any folder.
+cmd_pattern() {
+  local program="${1%% *}" args="${1#* }"
+  printf '^([^ ]*/)?%s %s( |$)' "$(re_escape "${program##*/}")" "$(re_escape "$args")"
+}
+
+re_escape() { printf '%s' "$1" | sed 's/[][\.*^$+?(){}|]/\\&/g'; }
+
 running() { pid_of "$1" >/dev/null; }
 
+# fingerprint ARGS...: a hash of a command line and of the state files it names (configs, certificates;
+# the programs are named by their build folder).
+fingerprint() {
+  local arg
+  {
+    printf '%s\0' "$@"
+    for arg in "$@"; do if [[ "$arg" == "$STATE"/* && -f "$arg" ]]; then cat "$arg"; fi; done
+  } | sha256sum | cut -c1-16
+}
+
+# stop NAME...: SIGTERM to each running component (and its duplicates), then SIGKILL to those still
+# there after 10 s.
+stop() {
+  local name pid pids=() i alive
+  for name in "$@"; do
+    stop_duplicates "$name"
+    if pid="$(pid_of "$name")"; then
+      log "stopping $name ($pid)"
+      kill -TERM "$pid" 2>/dev/null
+      pids+=("$pid")
+    fi
+    rm -f "$PIDS/$name.pid"
+  done
+  for ((i = 0; i < 100; i++)); do
+    alive=""
+    for pid in "${pids[@]}"; do [[ -d /proc/$pid ]] && alive=1; done
+    [[ -z "$alive" ]] && return 0
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
+  return 0
+}
+
+# stop_duplicates NAME: a second process with this component's arguments (two racing `up`s of
+# different versions) fights the first over ports and iptables: stop all but the one recorded.
+stop_duplicates() {
+  local keep pid want
+  keep="$(pid_of "$1")" || return 0
+  want="$(<"$PIDS/$1.cmd")"
+  [[ "$want" == *" "* ]] || return 0
+  for pid in $(pgrep -f "$(cmd_pattern "$want")"); do
+    [[ "$pid" == "$keep" ]] && continue
+    log "stopping a duplicate $1 ($pid)"
+    kill -TERM "$pid" 2>/dev/null
+  done
+}
+
 # start NAME PROGRAM ARGS...: run detached (own session), log to $LOGS/NAME.log, record the pid.
+# A running component is left alone unless an older version of these scripts started it (a lower
+# CLUSTER_VERSION in its record, or no record): then it is restarted with this command. Several
+# checkouts of the repository share the cluster, so a checkout never undoes a newer one's start.
 start() {
-  local name="$1"; shift
-  if running "$name"; then return 0; fi
+  local name="$1" want pid i record; shift
+  want="$(fingerprint "$@")"
+  stop_duplicates "$name"
+  if pid="$(pid_of "$name")"; then
+    # "<pid> [<version>] <fingerprint>" of the last start (version 1 wrote no version field).
+    read -r -a record <"$PIDS/$name.fingerprint" 2>/dev/null || record=()
+    ((${#record[@]} == 2)) && record=("${record[0]}" 1 "${record[1]}")
+    if [[ "${record[0]:-}" == "$pid" ]] && ((${record[1]:-0} >= CLUSTER_VERSION)); then
+      [[ "${record[2]}" == "$want" ]] || log "$name runs with another command or configuration (kept; version ${record[1]})"
+      return 0
+    fi
+    log "restarting $name: an older version of these scripts started it"
+    stop "$name"
+  fi
   mkdir -p "$LOGS" "$PIDS"
   rm -f "$PIDS/$name.pid"
   printf '%s' "$*" >"$PIDS/$name.cmd"
@@ -75,8 +150,8 @@ start() {
   # The child writes its own pid: setsid forks when it is already a process group leader.
   # fds 8 and 9 are the scripts' lock files: a daemon must not hold them.
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 8>&- 9>&- &
-  local i
   for i in 1 2 3 4 5 6 7 8 9 10; do [[ -s "$PIDS/$name.pid" ]] && break; sleep 0.1; done
+  echo "$(cat "$PIDS/$name.pid" 2>/dev/null) $CLUSTER_VERSION $want" >"$PIDS/$name.fingerprint"
 }
 
 # wait_for WHAT SECONDS COMMAND...: retry COMMAND until it succeeds, or fail naming the log to read.

@@ -160,3 +160,25 @@ def test_the_cronjobs_read_only_role_is_enough_for_the_scan(kube_cluster, kube_n
     finally:
         rbac.delete_cluster_role_binding(role["metadata"]["name"])
         rbac.delete_cluster_role(role["metadata"]["name"])
+
+
+def test_every_given_context_is_scanned_and_a_missing_one_is_an_error(kube_cluster, kube_namespace, tmp_path):
+    import yaml
+
+    from registry.cleanup.errors import ClusterScanError
+    from registry.cleanup.inuse import scan_clusters
+
+    admin = yaml.safe_load(open(kube_cluster.kubeconfig))
+    ctx = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
+    admin["contexts"] = [{"name": n, "context": ctx["context"]} for n in ("one", "two")]
+    admin["current-context"] = "one"
+    path = tmp_path / "two-contexts.kubeconfig"
+    path.write_text(yaml.safe_dump(admin))
+    apps = client.AppsV1Api(kube_cluster.api_client())
+    apps.create_namespaced_deployment(kube_namespace, _deployment("multi", f"{kube_cluster.registry}/ctx/app:v1"))
+    in_use = scan_clusters(["one", "two"], str(path))
+    assert in_use.scanned == ["one", "two"]
+    users = in_use.tag_users(f"{kube_cluster.registry}/ctx/app", "v1")
+    assert f"one/{kube_namespace}/Deployment/multi" in users and f"two/{kube_namespace}/Deployment/multi" in users
+    with pytest.raises(ClusterScanError, match="cannot scan the cluster \\(nope\\).*--without-kube"):
+        scan_clusters(["one", "nope"], str(path))

@@ -18,7 +18,8 @@ def deploy(kade, ns, path, *extra, release="app", timeout="120s"):
 def test_healthy_rollout_then_plan(kade, kube_cluster, kube_namespace, record_property):
     ns, image = kube_namespace, kube_cluster.base_image
     path = kade.write("app.yaml", configmap("settings", mode="fast"),
-                      deployment("web", image, replicas=2, probe=FAST_PROBE_OK, env={"MODE": "a"}))
+                      deployment("web", image, "echo serving mode $MODE; sleep infinity", replicas=2,
+                                 probe=FAST_PROBE_OK, env={"MODE": "a"}))
     run = deploy(kade, ns, path)
     record_property("verdict_seconds", run.seconds)
     assert run.rc == 0, str(run)
@@ -29,13 +30,16 @@ def test_healthy_rollout_then_plan(kade, kube_cluster, kube_namespace, record_pr
     assert dep.status.ready_replicas == 2, "kade said deployed before the pods were ready"
     kinds = [e["kind"] for e in run.events]
     assert "ready" in kinds and "done" in kinds
+    logs = [e for e in run.events if e["kind"] == "log"]
+    assert logs and all(e["container"] == "app" and e["message"].endswith("serving mode a") for e in logs), run.stderr
 
     same = kade.run("plan", "-f", path, "--release", "app", "-n", ns)
     assert same.rc == 0, str(same)
     assert "no changes" in same.stdout
 
     changed_path = kade.write("app2.yaml", configmap("settings", mode="fast"),
-                              deployment("web", image, replicas=2, probe=FAST_PROBE_OK, env={"MODE": "b"}))
+                              deployment("web", image, "echo serving mode $MODE; sleep infinity", replicas=2,
+                                         probe=FAST_PROBE_OK, env={"MODE": "b"}))
     changed = kade.run("plan", "-f", changed_path, "--release", "app", "-n", ns)
     assert changed.rc == 2, str(changed)
     assert "update    Deployment.apps" in changed.stdout and "value: b" in changed.stdout
@@ -71,13 +75,16 @@ def test_crash_loop_fails_fast_with_logs(kade, kube_cluster, kube_namespace, rec
         "a failed first release must remove what it created"
 
 
-def test_image_pull_backoff(kade, kube_cluster, kube_namespace, record_property):
+def test_image_pull_backoff_in_text_mode(kade, kube_cluster, kube_namespace, record_property):
     image = f"{kube_cluster.registry}/kade-tests/does-not-exist:v1"
     path = kade.write("pull.yaml", deployment("pull", image))
-    run = deploy(kade, kube_namespace, path)
+    run = kade.run("deploy", "-f", path, "--release", "app", "-n", kube_namespace, "--timeout", "120s")
     record_property("verdict_seconds", run.seconds)
-    failure = _failed(run, {"ImagePullBackOff", "ErrImagePull"})
-    assert failure["container"] == "app" and "does-not-exist" in (failure["message"] + failure["event"])
+    assert run.rc == 1, str(run)
+    summary = run.stderr[run.stderr.index(f"Deployment.apps {kube_namespace}/pull failed: "):]
+    assert "ImagePullBackOff" in summary.splitlines()[0] or "ErrImagePull" in summary.splitlines()[0], str(run)
+    assert "  pod:       pull-" in summary and "  container: app" in summary and "does-not-exist" in summary
+    assert "failed and, as there is no earlier deployed revision (first release), what it created was removed" in run.stdout
 
 
 def test_readiness_probe_never_passes(kade, kube_cluster, kube_namespace, record_property):
@@ -161,3 +168,19 @@ def test_custom_resource_without_controller(kade, kube_cluster, kube_namespace, 
             ext.delete_custom_resource_definition(f"widgets.{group}")
         except client.ApiException:
             pass
+
+
+def test_hooks_weights_and_dependencies_run_in_order(kade, kube_cluster, kube_namespace, record_property):
+    image, ns = kube_cluster.base_image, kube_namespace
+    path = kade.write("ordered.yaml",
+                      job("after", image, "echo post", {"kade.io/hook": "post-deploy"}),
+                      deployment("api", image, probe=FAST_PROBE_OK,
+                                 annotations={"kade.io/deploy-dependency-db": "state=ready,kind=Deployment,name=db"}),
+                      deployment("db", image, probe=FAST_PROBE_OK),
+                      configmap("early", {"kade.io/weight": "-1"}, a="1"),
+                      job("before", image, "echo pre", {"werf.io/hook": "pre-deploy"}))
+    run = deploy(kade, ns, path)
+    record_property("verdict_seconds", run.seconds)
+    assert run.rc == 0, str(run)
+    ready = [e["resource"].split(" ")[-1] for e in run.events if e["kind"] == "ready"]
+    assert ready == [f"{ns}/before", f"{ns}/early", f"{ns}/db", f"{ns}/api", f"{ns}/after"], str(run)

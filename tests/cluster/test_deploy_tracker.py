@@ -59,3 +59,26 @@ def test_api_requests_per_tracked_deployment(kube_cluster, kube_namespace, recor
     assert result.ok
     # list+watch for deployments, replicasets, pods and events, plus log streams of 2 pods: never polling
     assert requests <= 4 * 2 + 2 * 2, requests
+
+
+def test_watch_lists_again_after_410_gone(kube_cluster, kube_namespace):
+    """The real API server answers a watch from resourceVersion 1 with 410 Expired (compacted)."""
+    import queue
+
+    from deployer.tracker import _WatchSpec
+
+    kube = Kube(kube_cluster.kubeconfig)
+    tracker = Tracker(kube, lambda *a, **k: None, [], timeout=30)
+    spec = _WatchSpec("obj:/configmaps", f"/api/v1/namespaces/{kube_namespace}/configmaps")
+    thread = threading.Thread(target=tracker._watch, args=(spec, "1"), daemon=True)
+    thread.start()
+    try:
+        item = tracker.queue.get(timeout=30)
+    except queue.Empty:
+        item = None
+    tracker.stop.set()
+    with tracker.streams_lock:
+        for stream in list(tracker.streams):
+            stream.interrupt()
+    thread.join(15)
+    assert item is not None and item[0] == "sync", f"expected a fresh list after 410, got {item!r}"

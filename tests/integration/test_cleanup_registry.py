@@ -184,7 +184,10 @@ def test_cli_dry_run_prints_the_plan_the_real_run_carries_out(scenario, tmp_path
     dry = json.loads(capsys.readouterr().out)
     assert dry["dryRun"] is True and s.tags(s.repo) >= {"g1", "old", "f"}  # nothing deleted
     assert main(args) == 0
-    real = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    real = json.loads(captured.out)
+    progress = [json.loads(line) for line in captured.err.splitlines() if '"progress"' in line]
+    assert progress and progress[-1]["done"] == progress[-1]["total"]  # progress lines, ending at 100%
     strip = lambda items: [{k: v for k, v in i.items() if k not in ("status", "detail")} for i in items]  # noqa
     assert strip(real["items"]) == dry["items"]
     deleted = {i["tag"] for i in real["items"] if i.get("status") == "deleted"}
@@ -228,3 +231,78 @@ def test_purge_needs_confirmation_and_deletes_only_what_kade_pushed(scenario, ca
     capsys.readouterr()
     assert s.tags(s.repo) == {"manual"}
     assert s.tags(s.stages) == set()
+
+
+def test_a_build_record_pushed_mid_run_protects_what_it_names(scenario):
+    """The push lands after the first deletion (from the progress callback): the re-check before
+    the next batch sees the new record and spares the step image it reuses."""
+    s = scenario
+    plan = make_plan(s.facts(None), parse_policy_text(POLICY))
+    pushed = []
+
+    def progress(done: int, total: int) -> None:
+        if not pushed:
+            record = BuildRecord("7" * 40, "main", datetime.now(timezone.utc),
+                                 (RecordImage("default", s.repo_name, (), s.digests["b"], (s.steps[4],)),))
+            pushed.append(push_record(s.stages, record))
+
+    outcomes = {o.item.tag: o for o in execute(s.client, plan, progress=progress, batch=1, recheck_interval=0)}
+    assert pushed and outcomes[s.steps[4]].status == "skipped"
+    assert "pushed after the plan" in outcomes[s.steps[4]].detail
+    assert outcomes[s.steps[3]].status == "deleted"
+    assert s.stages.head_manifest(s.steps[4]) is not None
+
+
+def test_a_platform_manifest_of_a_kept_index_survives(registry, tmp_path):
+    from registry import mediatypes as mt
+    from registry.model import Descriptor, Index
+
+    rc = RegistryClient()
+    name = f"{registry.host}/clean-{uuid.uuid4().hex[:8]}/multi"
+    repo, stages = rc.repository(name), rc.repository(name + "-stages")
+    amd64 = push_image(repo, ["amd64"], "amd64")
+    body, desc = repo.get_manifest(amd64)
+    index = Index(manifests=[Descriptor(desc.media_type, amd64, desc.size,
+                                        platform={"os": "linux", "architecture": "amd64"})], media_type=mt.OCI_INDEX)
+    multi = repo.put_manifest("multi", index.to_bytes(), mt.OCI_INDEX)
+    push_record(stages, BuildRecord(None, None, ago(50), (RecordImage("default", name, ("amd64",), amd64, ()),)))
+    push_record(stages, BuildRecord(None, None, ago(0.5), (RecordImage("default", name, ("multi",), multi, ()),)))
+    h = GitHistory(tmp_path / "git")
+    h.commit("a", "main", int(ago(1).timestamp()))
+    h.write()
+    facts = collect_facts(rc, name + "-stages", git=str(h.path), kube_contexts=None)
+    plan = make_plan(facts, parse_policy_text(POLICY))
+    by_tag = {i.tag: i for i in plan.items}
+    assert by_tag["amd64"].action == "keep"
+    assert by_tag["amd64"].reasons == (f"listed by the kept image index {name}:multi",)
+    assert plan.deletions == []  # the old build stays whole: its tag, and so its record
+    rc.close()
+
+
+def test_a_registry_with_deletion_disabled_stops_the_run_with_the_fix(tmp_path):
+    """A real registry configured without storage.delete: one clear error, not 1 failure per tag."""
+    from registry.cleanup.execute import execute as run
+    from registry.errors import Unsupported
+    from tests.fixtures.registry import RegistryServer
+
+    class NoDelete(RegistryServer):
+        def config(self):
+            cfg = super().config()
+            cfg["storage"]["delete"] = {"enabled": False}
+            return cfg
+
+    server = NoDelete(tmp_path / "nodelete").start()
+    try:
+        rc = RegistryClient()
+        name = f"{server.host}/team/app"
+        repo, stages = rc.repository(name), rc.repository(name + "-stages")
+        digest = push_image(repo, ["old"], "old")
+        push_record(stages, BuildRecord(None, None, ago(50), (RecordImage("default", name, ("old",), digest, ()),)))
+        plan = make_plan(collect_facts(rc, name + "-stages", git=None, kube_contexts=None), parse_policy_text(POLICY))
+        assert [i.tag for i in plan.deletions if i.repository == name] == ["old"]
+        with pytest.raises(Unsupported, match="storage.delete.enabled"):
+            run(rc, plan)
+        assert repo.head_manifest("old").digest == digest
+        rc.close()
+    finally:
+        server.stop()

@@ -193,3 +193,16 @@ def test_hostile_tag_names_from_a_registry_are_dropped():
 
     assert valid_tags(["v1", "../../x", "a/b", "", ".hidden", "-x", "x" * 129, "ok_1.2-3", None, "v1?x=1"]) == [
         "v1", "ok_1.2-3"]
+
+
+def test_a_manifest_listed_by_a_kept_index_stays():
+    # "multi" is an index (kept: recent) listing D(2); "amd64" tags D(2) from an old build; "x" is unrelated.
+    records = [rec(None, 0.5, [(["multi"], 1, [])]), rec(None, 50, [(["amd64"], 2, [])]),
+               rec(None, 50, [(["x"], 3, [])])]
+    f = facts(records, {"multi": D(1), "amd64": D(2), "x": D(3)})
+    f.indexes = {APP: {D(1): frozenset({D(2), D(9)})}}
+    plan = make_plan(f, Policy(()))
+    d = decisions(plan)
+    assert d[("app", "amd64")] == ("keep", None)
+    assert reasons(plan, "amd64") == (f"listed by the kept image index {APP}:multi",)
+    assert d[("app", "x")] == ("delete", "manifest")

@@ -146,3 +146,15 @@ def test_policy_errors_name_file_line_and_key(tmp_path, text, message):
 def test_unreadable_policy_file(tmp_path):
     with pytest.raises(PolicyError, match="cannot read policy file"):
         load_policy_file(tmp_path / "nope.yaml")
+
+
+def test_kade_yaml_settings(tmp_path):
+    from registry.cleanup.policy_file import Settings, load_kade_yaml_settings
+
+    f = tmp_path / "kade.yaml"
+    f.write_text("cleanup:\n  repo: reg:5000/team/app\n  git: https://g/x.git\n  kubeContexts: [a, b]\n")
+    assert load_kade_yaml_settings(f) == Settings("reg:5000/team/app", None, "https://g/x.git", ("a", "b"))
+    f.write_text("cleanup:\n  repo: [x]\n")
+    with pytest.raises(PolicyError, match=r"kade.yaml:2: cleanup.repo: expected a string"):
+        load_kade_yaml_settings(f)
+    assert load_kade_yaml_settings(tmp_path / "none.yaml") == Settings()

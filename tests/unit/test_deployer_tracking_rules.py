@@ -139,3 +139,17 @@ def test_release_names(name, ok):
     else:
         with pytest.raises(DeployError):
             validate_release_name(name)
+
+
+@pytest.mark.parametrize("group,kind,obj,expected", [
+    ("apps", "Deployment", {}, True),
+    ("apps", "StatefulSet", {}, True),
+    ("", "Pod", {"status": {"phase": "Running"}}, True),
+    ("", "Pod", {"status": {"phase": "Succeeded"}}, False),
+    ("batch", "Job", {}, False),
+    ("", "ConfigMap", {}, False),
+])
+def test_which_kinds_settle(group, kind, obj, expected):
+    from deployer.tracker import needs_settle
+
+    assert needs_settle(group, kind, obj) is expected
