@@ -1,27 +1,44 @@
-"""kade build vs buildah on one workload, side by side, same registry, same base (medians of N runs).
+"""kade build vs buildah on one realistic workload, side by side in one run (issue 3, benchmarks 1-4).
 
-Workload: a 100 MB asset tree, 300 Python sources, a RUN that writes 20,000 small files.
-Scenarios:
-  1. cold: empty local caches, empty registry repos -> build and push
-  2. nothing changed, fresh machine (empty local cache, registry populated);
-     buildah: --layers --cache-from/--cache-to the registry, empty storage
-  3. one source file changed, fresh machine (same buildah flags)
-  4. one source file changed, warm local cache (buildah: its own storage, --layers)
+Both tools build the same context from the same base image (the busybox base of tests/fixtures/build.py)
+and push to the same local registry (Debian's `docker-registry` on a loopback port, storage in a temp dir).
 
-Usage: .venv/bin/python bench/build_vs_buildah.py [--runs 3] [--results bench/RESULTS.md]
-Needs root, buildah, busybox-static and docker-registry (as the tests do).
+Workload (deterministic per run seed): a ~100 MB asset tree of mixed-size, partly compressible files,
+300 Python sources, and a Dockerfile with ENV, WORKDIR, COPY assets, COPY sources, a RUN writing
+20,000 small files, CMD.
+
+Scenarios, each timed as build + push (wall seconds and peak RSS via /usr/bin/time -v):
+  1. cold:           empty local caches, empty registry repos.
+                     buildah: fresh storage, `bud --layers --cache-to <repo>` (its counterpart of kade's
+                     step images), then `push`.
+  2. nochange-fresh: nothing changed, fresh machine: empty local cache, registry populated.
+                     buildah: fresh storage, `bud --layers --cache-from <repo>`, then `push`.
+  3. onefile-fresh:  one source file changed, fresh machine.
+                     buildah: fresh storage, `--cache-from <repo> --cache-to <repo>`, then `push`.
+  4. onefile-warm:   another source file changed, the local cache / storage of the cold build.
+                     buildah: `bud --layers` in the cold build's storage, then `push`.
+buildah runs with `--format docker --isolation chroot --storage-driver vfs` and its own --root/--runroot
+per storage. Peak RSS is the largest resident set of any single process of the command (GNU time
+reports the biggest waited-for descendant), the larger of build and push for buildah.
+
+Usage: python bench/build_vs_buildah.py [--runs 3] [--results bench/RESULTS.md] [--no-append]
+       [--only kade] [--kade-wrap 'py-spy record -o {out} -r 200 --subprocesses --']
+Needs root, buildah, busybox-static, GNU time and docker-registry (as the tests do).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import random
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,107 +47,247 @@ sys.path.insert(0, str(ROOT))
 from tests.fixtures.build import base_rootfs_tar, push_image  # noqa: E402
 from tests.fixtures.registry import RegistryServer  # noqa: E402
 
+SCENARIOS = ("cold", "nochange-fresh", "onefile-fresh", "onefile-warm")
+GOALS = {"cold": (1.0, None), "nochange-fresh": (0.1, 2.0), "onefile-fresh": (0.3, None),
+         "onefile-warm": (1.0, None)}
+GOAL_TEXT = {"cold": "<= 1.0", "nochange-fresh": "<= 0.1 and kade < 2 s", "onefile-fresh": "<= 0.3",
+             "onefile-warm": "<= 1.0"}
+
 DOCKERFILE = """\
 FROM {base}
+ENV APP_HOME=/app PYTHONDONTWRITEBYTECODE=1
+WORKDIR /app
 COPY assets/ /srv/assets/
-RUN mkdir -p /data && cd /data && i=0; while [ $i -lt 20000 ]; do echo $i > f$i; i=$((i+1)); done
 COPY src/ /app/src/
-CMD ["ls", "/app/src"]
+RUN mkdir -p /data && cd /data && i=0; while [ $i -lt 20000 ]; do echo "record $i" > f$i; i=$((i+1)); done
+CMD ["sh", "-c", "ls /app/src"]
 """
+ASSET_BYTES = 100 * 1024 * 1024
+TEXT = b"".join(b"asset line %d: the quick brown fox jumps over the lazy dog\n" % i for i in range(4096))
 
 
-def make_workload(ctx: Path, base: str) -> None:
-    assets = ctx / "assets"
-    for i in range(100):
-        d = assets / f"group{i % 10}"
+@dataclass
+class Sample:
+    seconds: float
+    rss_mib: float
+
+
+@dataclass
+class Row:
+    kade: list[Sample] = field(default_factory=list)
+    buildah: list[Sample] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- workload
+
+def asset_bytes(rng: random.Random, size: int) -> bytes:
+    """About half random, half repeated text: compresses to roughly 55-60 % with gzip."""
+    out, left = bytearray(), size
+    while left > 0:
+        n = min(left, rng.randint(4096, 65536))
+        if rng.random() < 0.5:
+            out += rng.randbytes(n)
+        else:
+            start = rng.randrange(len(TEXT) - n) if n < len(TEXT) else 0
+            out += TEXT[start:start + n]
+        left -= n
+    return bytes(out[:size])
+
+
+def make_assets(root: Path, rng: random.Random) -> None:
+    total, i = 0, 0
+    while total < ASSET_BYTES:
+        size = min(int(2 ** rng.uniform(10, 22)), ASSET_BYTES - total)  # 1 KiB .. 4 MiB, log-uniform
+        d = root / f"kind{i % 7}" / f"set{(i // 7) % 9}"
         d.mkdir(parents=True, exist_ok=True)
-        (d / f"blob{i}.bin").write_bytes(os.urandom(1 << 20))  # 100 x 1 MiB, incompressible
-    src = ctx / "src" / "pkg"
+        (d / f"asset{i:05d}.{('png', 'json', 'bin', 'txt', 'woff2')[i % 5]}").write_bytes(asset_bytes(rng, size))
+        total, i = total + size, i + 1
+
+
+def make_sources(root: Path, rng: random.Random) -> None:
     for i in range(300):
-        sub = src / f"mod{i % 15}"
-        sub.mkdir(parents=True, exist_ok=True)
-        (sub / f"m{i}.py").write_text("".join(f"def f{j}(x):\n    return x * {j}\n\n" for j in range(40)))
+        pkg = root / "app" / f"pkg{i % 12}" / f"sub{i % 5}"
+        pkg.mkdir(parents=True, exist_ok=True)
+        funcs = "".join(f"def f{j}_{rng.randrange(10**6)}(x: int) -> int:\n    return x * {j} + {rng.randrange(99)}\n\n"
+                        for j in range(rng.randint(10, 80)))
+        (pkg / f"module{i:03d}.py").write_text(f'"""Module {i}."""\nimport os\n\n{funcs}')
+
+
+def make_workload(ctx: Path, base: str, seed: int) -> None:
+    rng = random.Random(seed)
+    make_assets(ctx / "assets", rng)
+    make_sources(ctx / "src", rng)
     (ctx / "Dockerfile").write_text(DOCKERFILE.format(base=base))
+    (ctx / ".dockerignore").write_text("**/__pycache__\n")
 
 
-def timed(cmd: list[str], env: dict | None = None) -> float:
+def change_source(ctx: Path, which: int) -> None:
+    path = sorted((ctx / "src").rglob("*.py"))[which]
+    path.write_text(path.read_text() + f"\nCHANGED = {which}\n")
+
+
+# ---------------------------------------------------------------- measuring
+
+def timed(cmd: list[str], log: Path) -> Sample:
+    """Run cmd under GNU time; wall seconds by our clock, peak RSS from time's report."""
+    tfile = log.with_suffix(".time")
     t = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    with open(log, "ab") as out:
+        proc = subprocess.run(["/usr/bin/time", "-v", "-o", str(tfile), *cmd], stdout=out, stderr=subprocess.STDOUT)
     elapsed = time.monotonic() - t
-    if out.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
-    return elapsed
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {shlex.join(cmd)}\nsee {log}:\n{log.read_text()[-3000:]}")
+    rss_kb = 0
+    for line in tfile.read_text().splitlines():
+        if "Maximum resident set size" in line:
+            rss_kb = int(line.rsplit(":", 1)[1])
+    return Sample(elapsed, rss_kb / 1024)
 
 
-def kade(ctx: Path, tag: str, cache: Path) -> float:
-    return timed([sys.executable, "-m", "kade", "build", str(ctx), "--tag", tag, "--cache-dir", str(cache)])
+def kade(ctx: Path, tag: str, cache: Path, log: Path, wrap: str | None) -> Sample:
+    cmd = [sys.executable, "-m", "kade", "build", str(ctx), "--tag", tag, "--cache-dir", str(cache)]
+    if wrap:
+        cmd = shlex.split(wrap.format(out=str(log.with_suffix(".prof")))) + cmd
+    return timed(cmd, log)
 
 
-def buildah(store: Path, ctx: Path, tag: str, cache_repo: str | None) -> float:
-    base = ["buildah", "--root", str(store / "root"), "--runroot", str(store / "run"), "--storage-driver", "vfs"]
-    extra = ["--cache-from", cache_repo, "--cache-to", cache_repo] if cache_repo else []
-    t = timed([*base, "bud", "--layers", "--format", "docker", "--isolation", "chroot", "--tls-verify=false",
-               "-q", *extra, "-t", tag, str(ctx)])
-    return t + timed([*base, "push", "--tls-verify=false", tag])
+def buildah_base(store: Path) -> list[str]:
+    return ["buildah", "--root", str(store / "root"), "--runroot", str(store / "run"), "--storage-driver", "vfs"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
-    args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="kade-bench-"))
-    reg = RegistryServer(workdir=work / "registry").start()
-    rows: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in ("cold", "nochange-fresh",
-                                                                             "onefile-fresh", "onefile-warm")}
-    try:
-        base = push_image(reg.host, "bench/base", "1", base_rootfs_tar()).ref
-        for run in range(args.runs):
-            ctx = work / f"ctx{run}"
-            make_workload(ctx, base)
-            h = reg.host
-            k_tag, b_tag, b_cache = f"{h}/bench/kade{run}:v1", f"{h}/bench/buildah{run}:v1", f"{h}/bench/bcache{run}"
-            # 1. cold
-            rows["cold"][0].append(kade(ctx, k_tag, work / f"kc{run}-a"))
-            rows["cold"][1].append(buildah(work / f"bs{run}-a", ctx, b_tag, b_cache))
-            # 2. nothing changed, fresh machine
-            rows["nochange-fresh"][0].append(kade(ctx, k_tag, work / f"kc{run}-b"))
-            rows["nochange-fresh"][1].append(buildah(work / f"bs{run}-b", ctx, b_tag, b_cache))
-            # 3. one source changed, fresh machine
-            (ctx / "src" / "pkg" / "mod0" / "m0.py").write_text("changed = 1\n")
-            rows["onefile-fresh"][0].append(kade(ctx, k_tag, work / f"kc{run}-c"))
-            rows["onefile-fresh"][1].append(buildah(work / f"bs{run}-c", ctx, b_tag, b_cache))
-            # 4. one source changed again, warm local cache (the cold run's cache / storage)
-            (ctx / "src" / "pkg" / "mod1" / "m1.py").write_text("changed = 2\n")
-            rows["onefile-warm"][0].append(kade(ctx, k_tag, work / f"kc{run}-a"))
-            rows["onefile-warm"][1].append(buildah(work / f"bs{run}-a", ctx, b_tag, None))
-            for d in work.glob(f"bs{run}-*"):
-                subprocess.run(["buildah", "--root", str(d / "root"), "--runroot", str(d / "run"),
-                                "--storage-driver", "vfs", "rm", "--all"], capture_output=True)
-    finally:
-        reg.stop()
-        shutil.rmtree(work, ignore_errors=True)
-    lines = [f"\n## kade build vs buildah — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n",
-             f"Machine: {platform.node()}, {os.cpu_count()} cores (shared with other jobs), "
-             f"Python {platform.python_version()}, buildah {_buildah_version()} (vfs, chroot isolation).\n",
-             f"Command: `.venv/bin/python bench/build_vs_buildah.py --runs {args.runs}`. Workload: 100 MB of "
-             "assets, 300 Python sources, a RUN writing 20,000 files. Median seconds of "
-             f"{args.runs} runs (build + push).\n",
-             "| scenario | kade s | buildah s | kade/buildah | goal |", "|---|---|---|---|---|"]
-    goals = {"cold": "<= 1.0", "nochange-fresh": "<= 0.1 and < 2 s", "onefile-fresh": "<= 0.3",
-             "onefile-warm": "<= 1.0"}
-    for name, (k, b) in rows.items():
-        km, bm = statistics.median(k), statistics.median(b)
-        lines.append(f"| {name} | {km:.2f} | {bm:.2f} | {km / bm:.2f} | {goals[name]} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(args.results, "a") as f:
-        f.write(text)
+def buildah(store: Path, ctx: Path, tag: str, log: Path, cache_from: str | None, cache_to: str | None) -> Sample:
+    extra = (["--cache-from", cache_from] if cache_from else []) + (["--cache-to", cache_to] if cache_to else [])
+    build = timed([*buildah_base(store), "bud", "--layers", "--format", "docker", "--isolation", "chroot",
+                   "--tls-verify=false", *extra, "-t", tag, str(ctx)], log)
+    push = timed([*buildah_base(store), "push", "--tls-verify=false", tag], log)
+    return Sample(build.seconds + push.seconds, max(build.rss_mib, push.rss_mib))
+
+
+def drop_buildah_storage(store: Path) -> None:
+    if store.exists():
+        subprocess.run([*buildah_base(store), "rm", "--all"], capture_output=True)
+        subprocess.run([*buildah_base(store), "rmi", "--all", "--force"], capture_output=True)
+        shutil.rmtree(store, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- one run
+
+def one_run(run: int, work: Path, host: str, base: str, rows: dict[str, Row], loads: list[float],
+            only: str | None, wrap: str | None) -> None:
+    ctx, logs = work / f"ctx{run}", work / "logs"
+    logs.mkdir(exist_ok=True)
+    make_workload(ctx, base, seed=run)
+    k_tag, b_tag, b_cache = f"{host}/bench/kade{run}:v1", f"{host}/bench/buildah{run}:v1", f"{host}/bench/bcache{run}"
+    k_warm, b_warm = work / f"kcache{run}-warm", work / f"bstore{run}-warm"
+
+    def step(name: str, k_cache: Path, b_store: Path, b_from: str | None, b_to: str | None) -> None:
+        loads.append(os.getloadavg()[0])
+        if only in (None, "kade"):
+            rows[name].kade.append(kade(ctx, k_tag, k_cache, logs / f"{name}-{run}-kade.log", wrap))
+        if only in (None, "buildah"):
+            rows[name].buildah.append(buildah(b_store, ctx, b_tag, logs / f"{name}-{run}-buildah.log", b_from, b_to))
+        print(f"run {run} {name}: kade {_fmt(rows[name].kade[-1:])} buildah {_fmt(rows[name].buildah[-1:])} "
+              f"load {loads[-1]:.1f}", flush=True)
+
+    step("cold", k_warm, b_warm, None, b_cache)
+    step("nochange-fresh", work / f"kcache{run}-b", work / f"bstore{run}-b", b_cache, None)
+    drop_fresh(work, run, "b")
+    change_source(ctx, 0)
+    step("onefile-fresh", work / f"kcache{run}-c", work / f"bstore{run}-c", b_cache, b_cache)
+    drop_fresh(work, run, "c")
+    change_source(ctx, 1)
+    step("onefile-warm", k_warm, b_warm, None, None)
+    drop_fresh(work, run, "warm")
+    shutil.rmtree(ctx, ignore_errors=True)
+
+
+def drop_fresh(work: Path, run: int, suffix: str) -> None:
+    drop_buildah_storage(work / f"bstore{run}-{suffix}")
+    shutil.rmtree(work / f"kcache{run}-{suffix}", ignore_errors=True)
+
+
+def _fmt(samples: list[Sample]) -> str:
+    return f"{samples[0].seconds:.2f}s/{samples[0].rss_mib:.0f}MiB" if samples else "-"
+
+
+# ---------------------------------------------------------------- report
+
+def table(rows: dict[str, Row]) -> list[str]:
+    lines = ["| scenario | kade s | buildah s | kade/buildah | goal | met | kade peak RSS MiB | buildah peak RSS MiB |"
+             " kade runs s | buildah runs s |", "|---|---:|---:|---:|---|---|---:|---:|---|---|"]
+    for name, row in rows.items():
+        if not row.kade or not row.buildah:
+            continue
+        km = statistics.median(s.seconds for s in row.kade)
+        bm = statistics.median(s.seconds for s in row.buildah)
+        ratio_goal, abs_goal = GOALS[name]
+        met = km / bm <= ratio_goal and (abs_goal is None or km < abs_goal)
+        lines.append(f"| {name} | {km:.2f} | {bm:.2f} | {km / bm:.3f} | {GOAL_TEXT[name]} | {'yes' if met else 'NO'} "
+                     f"| {max(s.rss_mib for s in row.kade):.0f} | {max(s.rss_mib for s in row.buildah):.0f} "
+                     f"| {' '.join(f'{s.seconds:.2f}' for s in row.kade)} "
+                     f"| {' '.join(f'{s.seconds:.2f}' for s in row.buildah)} |")
+    return lines
+
+
+def report(rows: dict[str, Row], loads: list[float], args: argparse.Namespace, started: str) -> str:
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    head = [f"\n## kade build vs buildah (benchmarks 1-4) — {started}\n",
+            f"- machine: {os.cpu_count()} cores ({_cpu()}), Linux {platform.release()}, Python "
+            f"{platform.python_version()}; shared with other agents' jobs: 1-min load average at the start of "
+            f"each scenario min {min(loads):.1f} / median {statistics.median(loads):.1f} / max {max(loads):.1f}",
+            f"- command: `python bench/build_vs_buildah.py --runs {args.runs}` (kade commit {commit})",
+            f"- buildah {_buildah_version()}: `bud --layers --format docker --isolation chroot --storage-driver vfs`, "
+            "own --root per storage; registry: Debian docker-registry on loopback (plain HTTP); base: busybox "
+            "(tests/fixtures/build.py)",
+            "- workload: ~100 MiB of mixed-size partly compressible assets, 300 Python sources, ENV, WORKDIR, "
+            "COPY assets, COPY src, RUN writing 20,000 small files (after the COPY of sources, so a source change "
+            "re-runs it), CMD",
+            f"- median of {args.runs} runs, seconds of build + push; peak RSS is the largest over the runs\n"]
+    return "\n".join(head + table(rows)) + "\n"
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "?"
 
 
 def _buildah_version() -> str:
     out = subprocess.run(["buildah", "--version"], capture_output=True, text=True)
     return out.stdout.split()[2] if out.returncode == 0 else "?"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    ap.add_argument("--no-append", action="store_true", help="print the section, don't append it")
+    ap.add_argument("--only", choices=("kade", "buildah"), help="run one tool (profiling)")
+    ap.add_argument("--kade-wrap", help="prefix kade's command ({out} = a per-step profile path)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, profiles)")
+    args = ap.parse_args()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    work = Path(tempfile.mkdtemp(prefix="kade-bench-build-", dir="/var/tmp"))
+    print(f"work dir {work}", flush=True)
+    reg = RegistryServer(workdir=work / "registry").start()
+    rows, loads = {name: Row() for name in SCENARIOS}, []
+    try:
+        base = push_image(reg.host, "bench/base", "1", base_rootfs_tar()).ref
+        for run in range(args.runs):
+            one_run(run, work, reg.host, base, rows, loads, args.only, args.kade_wrap)
+    finally:
+        reg.stop()
+        if not args.keep:
+            for store in work.glob("bstore*"):
+                drop_buildah_storage(store)
+            shutil.rmtree(work, ignore_errors=True)
+    text = report(rows, loads, args, started)
+    print(text)
+    if not args.no_append and not args.only:
+        with open(args.results, "a") as f:
+            f.write(text)
 
 
 if __name__ == "__main__":

@@ -582,7 +582,7 @@ class Builder:
 
     def _cleanup(self) -> None:
         for d in self.work_dirs:
-            shutil.rmtree(d, ignore_errors=True)
+            self.cache.discard(d)
 
 
 def missing_steps(ps: PlannedStage, hits: set[str]) -> list[Step]:

@@ -67,3 +67,53 @@ def test_kade_cache_prune_cli(tmp_path, capsys):
     cache.blobs.put_bytes(b"12345")
     assert main(["cache", "prune", "--cache-dir", str(tmp_path / "c"), "--output", "json"]) == 0
     assert '"freed_bytes": 5' in capsys.readouterr().out
+
+
+def _wait_gone(paths, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while any(p.exists() for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(p.exists() for p in paths)
+
+
+def test_discard_moves_the_work_dir_away_at_once_and_deletes_it_in_the_background(tmp_path):
+    cache = LocalCache(tmp_path / "c")
+    done, other = cache.work_dir("stage-0-"), cache.work_dir("stage-1-")
+    (done / "rootfs" / "data").mkdir(parents=True)
+    for i in range(200):
+        (done / "rootfs" / "data" / f"f{i}").write_text(str(i))
+    (done / "rootfs" / "ro").mkdir(mode=0o500)
+    (other / "keep").write_text("still building")
+    cache.discard(done)
+    assert not done.exists()  # gone from its place before discard returns
+    assert _wait_gone(list((cache.root / "work").glob(".trash-*")))
+    assert [p.name for p in (cache.root / "work").iterdir()] == [other.name]
+    assert (other / "keep").read_text() == "still building"
+
+
+def test_discard_of_a_missing_dir_leaves_no_trash(tmp_path):
+    cache = LocalCache(tmp_path / "c")
+    cache.discard(cache.root / "work" / "never-made")
+    assert list((cache.root / "work").iterdir()) == []
+
+
+def test_discard_never_deletes_through_a_mount_left_inside(tmp_path):
+    if os.geteuid() != 0:
+        import pytest
+        pytest.skip("mounting a tmpfs needs root")
+    cache = LocalCache(tmp_path / "c")
+    done = cache.work_dir("stage-0-")
+    mnt = done / "rootfs" / "cache-mount"
+    mnt.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], check=True)
+    try:
+        (mnt / "precious").write_text("not the build's")
+        (done / "rootfs" / "junk").write_text("x")
+        cache.discard(done)
+        moved = next((cache.root / "work").glob(".trash-*/*/rootfs"))
+        assert _wait_gone([moved / "junk"])
+        assert (moved / "cache-mount" / "precious").read_text() == "not the build's"
+    finally:
+        for m in (cache.root / "work").glob(".trash-*/*/rootfs/cache-mount"):
+            subprocess.run(["umount", str(m)], check=False)
+        subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
