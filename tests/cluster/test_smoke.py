@@ -97,7 +97,7 @@ def test_pod_reaches_kubernetes_service(kube_cluster: KubeCluster, smoke_ns: str
         echo "service $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"
         exec 3<>"/dev/tcp/$KUBERNETES_SERVICE_HOST/$KUBERNETES_SERVICE_PORT"
         printf 'GET / HTTP/1.0\r\n\r\n' >&3
-        timeout 10 cat <&3
+        timeout 10 cat <&3 || true  # the API server may reset the connection after its 400: the log decides
     """)
     assert "service 10.96.0.1:443" in logs
     assert "Client sent an HTTP request to an HTTPS server" in logs
