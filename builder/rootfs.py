@@ -65,13 +65,17 @@ class RootfsStore:
     def has(self, chain_id: str) -> bool:
         return self.path(chain_id).is_dir()
 
+    def cached_depth(self, chain: Sequence[str]) -> int:
+        """How many leading layers of a stack (given by `chain_ids`) are kept unpacked."""
+        return next((i for i in range(len(chain), 0, -1) if self.has(chain[i - 1])), 0)
+
     def materialize(self, layers: Sequence[LayerRef], dest: str | os.PathLike[str], *,
                     limits: Limits = Limits(), save: bool = True) -> Path:
         """A fresh writable rootfs at `dest` (must not exist) holding `layers` applied in order.
         With `save`, the full stack is kept in the store for the next build."""
         target = Path(dest)
         ids = chain_ids([layer.diff_id for layer in layers])
-        start = next((i for i in range(len(ids), 0, -1) if self.has(ids[i - 1])), 0)
+        start = self.cached_depth(ids)
         if start:
             copy_tree(self.path(ids[start - 1]), target)
         else:

@@ -25,6 +25,7 @@ CAPABILITIES: dict[str, str] = {
     "MKNOD": "device nodes of base layers and /dev/null etc. for RUN (the device cgroup still limits use)",
     "SETFCAP": "file capabilities (security.capability xattrs) that packages like iputils set",
     "KILL": "stop a RUN's processes when they run as another user (timeouts, cancellation)",
+    "SETPCAP": "take SYS_CHROOT (and SETPCAP) out of each RUN's bounding set, so a RUN can't chroot back out",
 }
 LABEL_BUILD = "kade.io/build"
 LABEL_STAGE = "kade.io/stage"
