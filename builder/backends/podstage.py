@@ -151,13 +151,11 @@ def build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, 
                   platform=options.platform)
     b.ctx = BuildContext(ctx_dir, IgnoreRules([]))
     ps = by_label[label]
-    try:
+    with b.session():  # the PVC's shared lock: a `kade cache prune` Job waits for running pods
         b.hits = b.lookup_stage(ps)
         for dep in sorted(ps.deps):
             b.stage_futures[dep] = _done(b.stage_image(dep))
         if ps.base_image:
             b.load_image(ps.base_image.ref, ps.base_image.digest)
         img = b.run_stage(ps)
-    finally:
-        b._cleanup()
     return {"built": b.built - b.reused, "reused": b.reused, "digest": img.digest if img else None}
