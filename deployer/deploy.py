@@ -13,7 +13,7 @@ from deployer import apply as applier
 from deployer.errors import DeployError
 from deployer.kube import Kube, KubeError
 from deployer.options import track_options
-from deployer.order import Plan, hook_of, plan_stages
+from deployer.order import Plan, Stage, hook_of, only_pre_deploy_hooks, plan_stages
 from deployer.release import (DEFAULT_HISTORY, DEPLOYED, FAILED, PENDING, SUPERSEDED, ReleaseLock,
                               ReleaseRecord, ReleaseStore)
 from deployer.resources import ApiResource, Resource, ResourceKey
@@ -131,7 +131,8 @@ class Deployer:
                                    + (f" (previous: revision {previous.revision})" if previous else " (first release)"),
                         release=opts.release, revision=revision)
             created: list[tuple[ResourceKey, ApiResource]] = []
-            failures = self._run(plan, start + opts.timeout, opts, created)
+            applied: list[Stage] = []
+            failures = self._run(plan, start + opts.timeout, opts, created, applied)
             if lock.lost:
                 failures = failures or [Failure(f"release {opts.release}", "LeaseLost", lock.lost)]
             if not failures:
@@ -157,6 +158,11 @@ class Deployer:
             if not opts.atomic:
                 outcome.message = (f"release {opts.release} revision {revision} failed; not rolled back (--no-atomic): "
                                    f"{failures[0].headline()}")
+            elif previous is not None and only_pre_deploy_hooks(applied):
+                self._remove_created([(k, api) for k, api in created if k not in _keys(previous)])
+                outcome.message = (f"release {opts.release} revision {revision} failed in its pre-deploy hooks, before "
+                                   f"anything else was applied; revision {previous.revision} stays deployed, untouched "
+                                   f"(no rollback needed): {failures[0].headline()}")
             elif previous is None:
                 self._remove_created(created)
                 outcome.removed_created = True
@@ -169,12 +175,15 @@ class Deployer:
             outcome.api_requests = self.kube.request_count
             return outcome
 
-    def _run(self, plan: Plan, deadline: float, opts: DeployOptions,
-             created: list[tuple[ResourceKey, ApiResource]]) -> list[Failure]:
+    def _run(self, plan: Plan, deadline: float, opts: DeployOptions, created: list[tuple[ResourceKey, ApiResource]],
+             applied: list[Stage] | None = None) -> list[Failure]:
+        """Apply and track stage by stage; `created` and `applied` (the stages started) collect what was done."""
         total = len(plan.stages)
         for index, stage in enumerate(plan.stages, start=1):
             names = ", ".join(r.key.short for r in stage.resources)
             self.report("stage", f"[{index}/{total}] {stage.name}: {names}", stage=stage.name)
+            if applied is not None:
+                applied.append(stage)
             targets: list[Target] = []
             try:
                 for r in stage.resources:
@@ -356,6 +365,10 @@ class Deployer:
 def _last_deployed(history: list[ReleaseRecord]) -> ReleaseRecord | None:
     deployed = [h for h in history if h.status == DEPLOYED]
     return deployed[-1] if deployed else None
+
+
+def _keys(record: ReleaseRecord) -> set[ResourceKey]:
+    return {Resource(m, f"release revision {record.revision}").key for m in record.manifests}
 
 
 def _prune_actions(previous: ReleaseRecord, current: list[Resource]) -> list[tuple[Resource, str]]:

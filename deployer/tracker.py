@@ -25,7 +25,7 @@ from deployer.readiness.common import condition_is, generation_pending, owned_by
 from deployer.resources import ApiResource, ResourceKey
 from deployer.revision import expected_replicas, new_revision_pods, watches_pods
 from deployer.signals import FailureBudget, Signal, event_active, event_signal, parse_time, pod_signals
-from deployer.summary import Failure, clean, container_state
+from deployer.summary import Failure, clean, container_state, split_reason
 
 Report = Callable[..., None]
 LOG_BUFFER = 30
@@ -303,7 +303,7 @@ class Tracker:
             return
         failure: Failure | None = None
         if status.failed:
-            failure = self._failure(t, status.message.split(":")[0] or "Failed", status.message, None, pods, events)
+            failure = self._failure(t, *split_reason(status.message), None, pods, events)
         elif t.budget.exceeded and t.budget.last is not None:
             failure = self._failure(t, t.budget.last.reason, t.budget.last.message, t.budget.last, pods, events)
         elif now - t.last_activity > t.options.no_activity_timeout:

@@ -11,7 +11,7 @@ from deployer.options import HOPE, IGNORE, NON_BLOCKING, POD_IS_READY, track_opt
 from deployer.release import ReleaseRecord
 from deployer.resources import Resource
 from deployer.revision import expected_replicas, new_revision_pods
-from deployer.summary import Failure, clean, container_state, format_failure
+from deployer.summary import Failure, clean, container_state, format_failure, split_reason
 
 
 def res(kind="Deployment", api="apps/v1", **annotations):
@@ -100,10 +100,27 @@ def test_clean_keeps_tabs_and_text():
     assert clean("a\tb\x1b[2Jc\x00") == "a\tbc"
 
 
-def test_container_state():
-    pod = {"status": {"containerStatuses": [{"name": "app", "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                                             "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}}
-    assert container_state(pod, "app") == "waiting: CrashLoopBackOff, last exit code 1 (Error), 2 restart(s)"
+CONTAINER_STATES = [
+    ("crash loop", {"name": "app", "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}},
+     "waiting: CrashLoopBackOff, last exit code 1 (Error), 2 restart(s)"),
+    ("failed job pod", {"name": "app", "restartCount": 0, "state": {"terminated": {"exitCode": 7, "reason": "Error"}}},
+     "terminated: Error, exit code 7, 0 restart(s)"),
+    ("oom killed", {"name": "app", "restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}},
+     "terminated: OOMKilled, exit code 137, 0 restart(s)"),
+    ("running", {"name": "app", "restartCount": 1, "state": {"running": {"startedAt": "2026-11-26T10:00:00Z"}}},
+     "running, 1 restart(s)"),
+    ("init container", {"name": "app", "restartCount": 0, "state": {"terminated": {"exitCode": 2, "reason": "Error"}}},
+     "terminated: Error, exit code 2, 0 restart(s)"),
+]
+
+
+@pytest.mark.parametrize("name,status,expected", CONTAINER_STATES, ids=[c[0] for c in CONTAINER_STATES])
+def test_container_state(name, status, expected):
+    key = "initContainerStatuses" if name == "init container" else "containerStatuses"
+    pod = {"status": {key: [status]}}
+    assert container_state(pod, "app") == expected
+    assert container_state(pod, "app (init)") == expected
     assert container_state(pod, "other") == ""
 
 
@@ -153,3 +170,19 @@ def test_which_kinds_settle(group, kind, obj, expected):
     from deployer.tracker import needs_settle
 
     assert needs_settle(group, kind, obj) is expected
+
+
+SPLITS = [
+    ("BackoffLimitExceeded: Job has reached the specified backoff limit",
+     ("BackoffLimitExceeded", "Job has reached the specified backoff limit")),
+    ("ProgressDeadlineExceeded: ReplicaSet \"web-1\" has timed out progressing.",
+     ("ProgressDeadlineExceeded", "ReplicaSet \"web-1\" has timed out progressing.")),
+    ("job failed", ("Failed", "job failed")),
+    ("pod failed: Evicted: The node was low on resource", ("Failed", "pod failed: Evicted: The node was low on resource")),
+    ("", ("Failed", "")),
+]
+
+
+@pytest.mark.parametrize("message,expected", SPLITS, ids=[s[0][:20] or "empty" for s in SPLITS])
+def test_split_reason(message, expected):
+    assert split_reason(message) == expected
