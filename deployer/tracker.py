@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 from deployer import readiness
 from deployer.durations import format_duration
-from deployer.kube import Gone, Kube, KubeError, WatchStream, iter_lines
+from deployer.kube import Gone, Kube, KubeError, iter_lines
+from deployer.logs import LogFollowers
 from deployer.options import (CONTROLLER_IS_READY, END_OF_DEPLOY, FAIL_FAST, HOPE, IGNORE, NON_BLOCKING,
                               POD_IS_READY, TrackOptions)
 from deployer.readiness.common import condition_is, generation_pending, owned_by
@@ -67,6 +68,7 @@ class TrackResult:
     failures: list[Failure]
     elapsed: float
     targets: list[Target]
+    ignored: list[Failure] = field(default_factory=list)  # failed, but fail-mode IgnoreAndContinueDeployProcess
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,13 @@ class _WatchSpec:
 
 class Tracker:
     def __init__(self, kube: Kube, report: Report, targets: list[Target], timeout: float, *,
-                 tick: float = 0.2, watch_timeout: float = 55.0, settle: float = DEFAULT_SETTLE):
+                 tick: float = 0.2, watch_timeout: float = 55.0, settle: float = DEFAULT_SETTLE,
+                 logs: LogFollowers | None = None):
+        """`logs`: the deploy's log followers, shared by the trackers of its stages (show-logs-until
+        EndOfDeploy streams outlive their stage); without it the tracker has its own."""
         self.kube, self.report, self.targets, self.timeout = kube, report, targets, timeout
+        self.own_logs = logs is None
+        self.followers = logs if logs is not None else LogFollowers(kube)
         self.settle = settle
         self.tick, self.watch_timeout = tick, watch_timeout
         self.queue: queue.Queue[tuple] = queue.Queue()
@@ -92,7 +99,6 @@ class Tracker:
         self.pods: dict[str, dict[str, Any]] = {}  # "ns/name" -> pod
         self.replicasets: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}
-        self.followed: set[tuple] = set()
         self.logs: dict[tuple[str, str], deque[str]] = {}
         self.reported_events: set[tuple] = set()
         self.started = time.time()
@@ -120,7 +126,13 @@ class Tracker:
         finally:
             self._shutdown()
         failures = [t.failure for t in self.targets if t.verdict == "failed" and t.failure]
-        return TrackResult(not failures, failures, time.monotonic() - start, self.targets)
+        if not failures:
+            for t in self.targets:
+                if not t.done:
+                    self.report("info", f"{t.key.short}: not waited for (track-termination-mode {NON_BLOCKING}): "
+                                        f"{t.status.message or t.status.state}", resource=str(t.key))
+        ignored = [t.failure for t in self.targets if t.verdict == "ignored" and t.failure]
+        return TrackResult(not failures, failures, time.monotonic() - start, self.targets, ignored)
 
     # ---- watches -------------------------------------------------------------------------------
 
@@ -189,13 +201,15 @@ class Tracker:
         try:
             item = self.queue.get(timeout=wait)
         except queue.Empty:
-            return
-        while True:
+            item = None
+        while item is not None:
             self._apply(item)
             try:
                 item = self.queue.get_nowait()
             except queue.Empty:
-                return
+                item = None
+        for line in self.followers.pending():
+            self._apply(line)
 
     def _apply(self, item: tuple) -> None:
         kind = item[0]
@@ -329,7 +343,8 @@ class Tracker:
         if mode == IGNORE:
             t.verdict, t.failure = "ignored", failure
             self.report("warning", f"{t.key.short} failed but fail-mode {IGNORE} lets the deploy continue: "
-                                   f"{failure.reason}", resource=str(t.key))
+                                   f"{failure.headline()}", resource=str(t.key), reason=failure.reason,
+                        failure=failure.to_dict())
         elif mode == HOPE:
             t.hoping = failure
             self.report("warning", f"{t.key.short}: {failure.reason}; fail-mode {HOPE}: still hoping it recovers "
@@ -442,35 +457,7 @@ class Tracker:
                 state = cs.get("state") or {}
                 if name in opts.skip_logs_for_containers or not (state.get("running") or state.get("terminated")):
                     continue
-                key = (_uid(pod), name, int(cs.get("restartCount") or 0))
-                if key in self.followed:
-                    continue
-                self.followed.add(key)
-                thread = threading.Thread(target=self._follow, args=(t, pod, name), daemon=True,
-                                          name=f"logs {_name(pod)}/{name}")
-                thread.start()
-                self.threads.append(thread)
-
-    def _follow(self, t: Target, pod: dict, container: str) -> None:
-        path = f"/api/v1/namespaces/{_ns(pod)}/pods/{_name(pod)}/log"
-        try:
-            resp = self.kube.open(path, {"container": container, "follow": "true", "limitBytes": 16 << 20}, 3600)
-        except KubeError:
-            return
-        holder = WatchStream(resp)
-        with self.streams_lock:
-            self.streams.add(holder)
-        try:
-            for line in iter_lines(resp, 8192):
-                if self.stop.is_set():
-                    return
-                self.queue.put(("log", t, pod, container, line.decode("utf-8", "replace").rstrip("\r")))
-        except Exception:  # the stream was closed at the end of tracking, or the pod went away
-            return
-        finally:
-            with self.streams_lock:
-                self.streams.discard(holder)
-            holder.close()
+                self.followers.follow(t, _ns(pod), pod, name, (_uid(pod), name, int(cs.get("restartCount") or 0)))
 
     def _log_line(self, t: Target, pod: dict, container: str, line: str) -> None:
         text = clean(line)
@@ -497,14 +484,14 @@ class Tracker:
             streams = list(self.streams)
         for stream in streams:
             stream.interrupt()
-        # drain log lines already received so the summary and the output are complete
-        try:
-            while True:
-                item = self.queue.get_nowait()
-                if item[0] == "log":
-                    self._apply(item)
-        except queue.Empty:
-            pass
+        failed = any(t.verdict == "failed" for t in self.targets)
+        if self.own_logs or failed:
+            self.followers.close()
+        else:  # logs shown until EndOfDeploy go on streaming while the next stages are tracked
+            self.followers.stop(self.targets, keep=lambda t: t.options.show_logs_until == END_OF_DEPLOY)
+        # take the log lines already received so that the summary and the output are complete
+        for line in self.followers.pending():
+            self._apply(line)
 
 
 # ---- small helpers over object dicts -------------------------------------------------------------
