@@ -99,10 +99,11 @@ def test_tolerances_let_a_resource_recover_or_be_ignored(kade, kube_cluster, kub
 
 def _ticker(name: str, image: str, *, annotations: dict[str, str] | None = None, replicas: int = 1,
             kind: str = "Deployment") -> dict:
-    """Prints "<name> starting", becomes ready (the pod whose name ends in -1 only after 8 s more), then,
-    7 s after its readiness probe first passed, prints "<name> tick" every half second."""
-    script = (f"echo '{name} starting'; case $HOSTNAME in *-1) sleep 8;; esac; touch /tmp/ready; "
-              "until [ -e /tmp/probed ]; do sleep 0.2; done; sleep 7; "
+    """Prints "<name> starting", becomes ready (the pod whose name ends in -1 only after 12 s more), then,
+    8 s after its readiness probe first passed (well after kade saw it ready, 2 s settle included),
+    prints "<name> tick" every half second."""
+    script = (f"echo '{name} starting'; case $HOSTNAME in *-1) sleep 12;; esac; touch /tmp/ready; "
+              "until [ -e /tmp/probed ]; do sleep 0.2; done; sleep 8; "
               f"while true; do echo '{name} tick'; sleep 0.5; done")
     probe = {"exec": {"command": ["bash", "-c", "test -e /tmp/ready && touch /tmp/probed"]},
              "periodSeconds": 1, "timeoutSeconds": 5, "failureThreshold": 3}
@@ -153,7 +154,8 @@ def test_log_options(kade, kube_cluster, kube_namespace, record_property):
     later_stage = next(e["time"] for e in by_kind(run, "stage") if "weight 1" in e["message"])
     assert any(e["time"] > later_stage for e in logs if e["message"].endswith("end tick")), \
         "EndOfDeploy logs must go on through the later stages"
-    # PodIsReady: pod 0 ticks after it is ready while pod 1 is not yet: hidden; with ControllerIsReady shown
+    # PodIsReady: pod 0 ticks after it is ready while pod 1 is not yet (12 s later): hidden; with
+    # ControllerIsReady shown
     assert lines("podready").count("podready starting") == 2 and "podready tick" not in lines("podready"), \
         lines("podready")
     assert "ctlsts tick" in lines("ctlsts"), lines("ctlsts")
