@@ -1,8 +1,10 @@
 """Following container logs during one deploy (thin I/O).
 
 Each followed container gets a thread reading its `follow=true` log stream and putting
-("log", target, pod, container, line) on one queue that the trackers drain (and filter by the
-target's show-logs-until, skip-logs, log-regex). The followers belong to the deploy, not to one stage:
+("log", target, pod, container, line) on the queue of the tracker attached at the time (in order with
+its watch events, so "until the pod is ready" cuts at the right line), or on a queue of its own while
+no tracker is attached (between stages), handed over to the next one. The tracker filters the lines by
+the target's show-logs-until, skip-logs and log-regex. The followers belong to the deploy, not to one stage:
 a tracker stops the streams of its targets when its stage ends, except those shown until
 EndOfDeploy, which keep streaming while later stages are tracked and stop when the deploy closes them.
 """
@@ -18,13 +20,15 @@ from deployer.kube import Kube, KubeError, WatchStream, iter_lines
 class LogFollowers:
     def __init__(self, kube: Kube):
         self.kube = kube
-        self.queue: queue.Queue[tuple] = queue.Queue()
+        self.queue: queue.Queue[tuple] = queue.Queue()  # lines while no tracker is attached
+        self.sink: queue.Queue[tuple] = self.queue
         self.followed: set[tuple] = set()
         self.lock = threading.Lock()
         self.streams: dict[int, tuple[Any, WatchStream]] = {}  # id(holder) -> (target, stream)
         # the targets whose streams were stopped, by id (holding them keeps their ids from being reused)
         self.stopped: dict[int, Any] = {}
         self.closed = threading.Event()
+        self.ready_pods: set[str] = set()  # uids of pods seen Ready (show-logs-until PodIsReady), by the trackers
 
     def follow(self, target: Any, namespace: str, pod: dict[str, Any], container: str, key: tuple) -> None:
         """Stream `container`'s log once per `key` (pod uid, container, restart count)."""
@@ -53,7 +57,9 @@ class LogFollowers:
             for line in iter_lines(resp, 8192):
                 if self.closed.is_set() or id(target) in self.stopped:
                     return
-                self.queue.put(("log", target, pod, container, line.decode("utf-8", "replace").rstrip("\r")))
+                item = ("log", target, pod, container, line.decode("utf-8", "replace").rstrip("\r"))
+                with self.lock:
+                    self.sink.put(item)
         except Exception:  # the stream was interrupted at the end of tracking, or the pod went away
             return
         finally:
@@ -79,11 +85,17 @@ class LogFollowers:
         for holder in holders:
             holder.interrupt()
 
-    def pending(self) -> list[tuple]:
-        """The log lines received and not taken yet."""
-        out = []
-        try:
-            while True:
-                out.append(self.queue.get_nowait())
-        except queue.Empty:
-            return out
+    def attach(self, sink: queue.Queue) -> None:
+        """From now on put lines on `sink` (a tracker's queue), after those received while detached."""
+        with self.lock:
+            try:
+                while True:
+                    sink.put(self.queue.get_nowait())
+            except queue.Empty:
+                pass
+            self.sink = sink
+
+    def detach(self) -> None:
+        """The tracker is done: keep the lines until the next one attaches."""
+        with self.lock:
+            self.sink = self.queue

@@ -87,3 +87,16 @@ def track_options(resource: Resource, default_no_activity: float = DEFAULT_NO_AC
     for container, value in resource.annotations_with_prefix("ignore-readiness-probe-fails-for-").items():
         opts.ignore_readiness_probe_fails_for[container] = _duration(value, f"{where} ignore-readiness-probe-fails-for-{container}")
     return opts
+
+
+def log_line_shown(opts: TrackOptions, text: str, *, controller_ready: bool, pod_was_ready: bool) -> bool:
+    """Is a log line of a tracked resource shown? `controller_ready`: the resource was found ready;
+    `pod_was_ready`: the line's pod has been Ready at some point (PodIsReady stops for good then).
+    skip-logs and skip-logs-for-containers act earlier: those containers are not followed at all."""
+    if opts.log_regex is not None and not opts.log_regex.search(text):
+        return False
+    if opts.show_logs_until == CONTROLLER_IS_READY:
+        return not controller_ready
+    if opts.show_logs_until == POD_IS_READY:
+        return not pod_was_ready
+    return opts.show_logs_until == END_OF_DEPLOY

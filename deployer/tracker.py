@@ -20,8 +20,8 @@ from deployer import readiness
 from deployer.durations import format_duration
 from deployer.kube import Gone, Kube, KubeError, iter_lines
 from deployer.logs import LogFollowers
-from deployer.options import (CONTROLLER_IS_READY, END_OF_DEPLOY, FAIL_FAST, HOPE, IGNORE, NON_BLOCKING,
-                              POD_IS_READY, TrackOptions)
+from deployer.options import (END_OF_DEPLOY, FAIL_FAST, HOPE, IGNORE, NON_BLOCKING, TrackOptions,
+                              log_line_shown)
 from deployer.readiness.common import condition_is, generation_pending, owned_by
 from deployer.resources import ApiResource, ResourceKey
 from deployer.revision import expected_replicas, new_revision_pods, watches_pods
@@ -108,6 +108,7 @@ class Tracker:
     def run(self) -> TrackResult:
         start = time.monotonic()
         now = time.time()
+        self.followers.attach(self.queue)
         for t in self.targets:
             t.budget = FailureBudget(t.options.failures_allowed_per_replica)
             t.last_activity = now
@@ -201,15 +202,13 @@ class Tracker:
         try:
             item = self.queue.get(timeout=wait)
         except queue.Empty:
-            item = None
-        while item is not None:
+            return
+        while True:
             self._apply(item)
             try:
                 item = self.queue.get_nowait()
             except queue.Empty:
-                item = None
-        for line in self.followers.pending():
-            self._apply(line)
+                return
 
     def _apply(self, item: tuple) -> None:
         kind = item[0]
@@ -224,10 +223,14 @@ class Tracker:
                 target.pop(key, None)
             for obj in items:
                 target[_id(obj)] = obj
+                if spec.store == "pods" and condition_is(obj, "Ready"):
+                    self.followers.ready_pods.add(_uid(obj))
             self.delivered[spec] = {_id(obj) for obj in items}
         elif kind == "event":
             spec, change, obj = item[1], item[2], item[3]
             store = spec.store
+            if store == "pods" and condition_is(obj, "Ready"):
+                self.followers.ready_pods.add(_uid(obj))  # for show-logs-until PodIsReady, once and for all
             self.delivered.setdefault(spec, set()).add(_id(obj))
             target = self._store(store)
             if change == "DELETED":
@@ -462,17 +465,8 @@ class Tracker:
     def _log_line(self, t: Target, pod: dict, container: str, line: str) -> None:
         text = clean(line)
         self.logs.setdefault((_uid(pod), container), deque(maxlen=LOG_BUFFER)).append(text)
-        opts = t.options
-        if opts.log_regex is not None and not opts.log_regex.search(text):
-            return
-        until = opts.show_logs_until
-        if until == CONTROLLER_IS_READY and t.verdict == "ready":
-            return
-        if until == POD_IS_READY:
-            live = self.pods.get(_id(pod), pod)
-            if condition_is(live, "Ready"):
-                return
-        if until not in (CONTROLLER_IS_READY, POD_IS_READY, END_OF_DEPLOY):
+        pod_was_ready = _uid(pod) in self.followers.ready_pods or condition_is(self.pods.get(_id(pod), pod), "Ready")
+        if not log_line_shown(t.options, text, controller_ready=t.verdict == "ready", pod_was_ready=pod_was_ready):
             return
         self.report("log", f"{_name(pod)}/{container}: {text}", resource=str(t.key), pod=_name(pod), container=container)
 
@@ -489,9 +483,15 @@ class Tracker:
             self.followers.close()
         else:  # logs shown until EndOfDeploy go on streaming while the next stages are tracked
             self.followers.stop(self.targets, keep=lambda t: t.options.show_logs_until == END_OF_DEPLOY)
+        self.followers.detach()
         # take the log lines already received so that the summary and the output are complete
-        for line in self.followers.pending():
-            self._apply(line)
+        try:
+            while True:
+                item = self.queue.get_nowait()
+                if item[0] == "log":
+                    self._apply(item)
+        except queue.Empty:
+            pass
 
 
 # ---- small helpers over object dicts -------------------------------------------------------------

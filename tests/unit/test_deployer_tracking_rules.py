@@ -7,7 +7,7 @@ import pytest
 from deployer.apply import conflicts, diff
 from deployer.deploy import _prune_actions, validate_release_name
 from deployer.errors import DeployError
-from deployer.options import HOPE, IGNORE, NON_BLOCKING, POD_IS_READY, track_options
+from deployer.options import HOPE, IGNORE, NON_BLOCKING, POD_IS_READY, log_line_shown, track_options
 from deployer.release import ReleaseRecord
 from deployer.resources import Resource
 from deployer.revision import expected_replicas, new_revision_pods
@@ -186,3 +186,24 @@ SPLITS = [
 @pytest.mark.parametrize("message,expected", SPLITS, ids=[s[0][:20] or "empty" for s in SPLITS])
 def test_split_reason(message, expected):
     assert split_reason(message) == expected
+
+
+LOG_LINES = [  # (annotations, line, controller ready, pod was ready) -> shown
+    ("default until the controller is ready", {}, "x", False, True, True),
+    ("default stops once the controller is ready", {}, "x", True, False, False),
+    ("PodIsReady before the pod was ready", {"kade.io/show-logs-until": "PodIsReady"}, "x", False, False, True),
+    ("PodIsReady after the pod was ready", {"kade.io/show-logs-until": "PodIsReady"}, "x", False, True, False),
+    ("PodIsReady ignores the controller", {"kade.io/show-logs-until": "PodIsReady"}, "x", True, False, True),
+    ("EndOfDeploy after ready", {"kade.io/show-logs-until": "EndOfDeploy"}, "x", True, True, True),
+    ("log-regex match", {"kade.io/log-regex": "^ERR"}, "ERR disk full", False, False, True),
+    ("log-regex no match", {"kade.io/log-regex": "^ERR"}, "info: fine", False, False, False),
+    ("log-regex with EndOfDeploy", {"kade.io/log-regex": "^ERR", "kade.io/show-logs-until": "EndOfDeploy"},
+     "info", True, True, False),
+]
+
+
+@pytest.mark.parametrize("name,annotations,line,controller_ready,pod_was_ready,shown", LOG_LINES,
+                         ids=[c[0] for c in LOG_LINES])
+def test_log_line_shown(name, annotations, line, controller_ready, pod_was_ready, shown):
+    opts = track_options(res(**annotations))
+    assert log_line_shown(opts, line, controller_ready=controller_ready, pod_was_ready=pod_was_ready) is shown
