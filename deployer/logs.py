@@ -15,6 +15,7 @@ import threading
 from typing import Any, Callable
 
 from deployer.kube import Kube, KubeError, WatchStream, iter_lines
+from deployer.signals import parse_time
 
 
 class LogFollowers:
@@ -28,7 +29,7 @@ class LogFollowers:
         # the targets whose streams were stopped, by id (holding them keeps their ids from being reused)
         self.stopped: dict[int, Any] = {}
         self.closed = threading.Event()
-        self.ready_pods: set[str] = set()  # uids of pods seen Ready (show-logs-until PodIsReady), by the trackers
+        self.ready_pods: dict[str, float] = {}  # pod uid -> when it first became Ready (show-logs-until PodIsReady)
 
     def follow(self, target: Any, namespace: str, pod: dict[str, Any], container: str, key: tuple) -> None:
         """Stream `container`'s log once per `key` (pod uid, container, restart count)."""
@@ -44,7 +45,8 @@ class LogFollowers:
     def _read(self, target: Any, namespace: str, name: str, pod: dict[str, Any], container: str) -> None:
         path = f"/api/v1/namespaces/{namespace}/pods/{name}/log"
         try:
-            resp = self.kube.open(path, {"container": container, "follow": "true", "limitBytes": 16 << 20}, 3600)
+            resp = self.kube.open(path, {"container": container, "follow": "true", "timestamps": "true",
+                                         "limitBytes": 16 << 20}, 3600)
         except KubeError:
             return
         holder = WatchStream(resp)
@@ -57,7 +59,8 @@ class LogFollowers:
             for line in iter_lines(resp, 8192):
                 if self.closed.is_set() or id(target) in self.stopped:
                     return
-                item = ("log", target, pod, container, line.decode("utf-8", "replace").rstrip("\r"))
+                stamp, text = split_timestamp(line.decode("utf-8", "replace").rstrip("\r"))
+                item = ("log", target, pod, container, text, stamp)
                 with self.lock:
                     self.sink.put(item)
         except Exception:  # the stream was interrupted at the end of tracking, or the pod went away
@@ -99,3 +102,13 @@ class LogFollowers:
         """The tracker is done: keep the lines until the next one attaches."""
         with self.lock:
             self.sink = self.queue
+
+
+def split_timestamp(line: str) -> tuple[float | None, str]:
+    """A line of a log read with `timestamps=true` ("2026-11-26T10:00:00.123456789Z text") -> (epoch
+    seconds, text); a line without a readable timestamp is (None, line)."""
+    head, sep, rest = line.partition(" ")
+    stamp = parse_time(head) if "T" in head else None
+    if stamp is None:
+        return None, line
+    return stamp, rest if sep else ""

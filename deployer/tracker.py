@@ -22,7 +22,7 @@ from deployer.kube import Gone, Kube, KubeError, iter_lines
 from deployer.logs import LogFollowers
 from deployer.options import (END_OF_DEPLOY, FAIL_FAST, HOPE, IGNORE, NON_BLOCKING, TrackOptions,
                               log_line_shown)
-from deployer.readiness.common import condition_is, generation_pending, owned_by
+from deployer.readiness.common import condition, condition_is, generation_pending, owned_by
 from deployer.resources import ApiResource, ResourceKey
 from deployer.revision import expected_replicas, new_revision_pods, watches_pods
 from deployer.signals import FailureBudget, Signal, event_active, event_signal, parse_time, pod_signals
@@ -223,20 +223,26 @@ class Tracker:
                 target.pop(key, None)
             for obj in items:
                 target[_id(obj)] = obj
-                if spec.store == "pods" and condition_is(obj, "Ready"):
-                    self.followers.ready_pods.add(_uid(obj))
+                if spec.store == "pods":
+                    self._note_ready(obj)
             self.delivered[spec] = {_id(obj) for obj in items}
         elif kind == "event":
             spec, change, obj = item[1], item[2], item[3]
             store = spec.store
-            if store == "pods" and condition_is(obj, "Ready"):
-                self.followers.ready_pods.add(_uid(obj))  # for show-logs-until PodIsReady, once and for all
+            if store == "pods":
+                self._note_ready(obj)
             self.delivered.setdefault(spec, set()).add(_id(obj))
             target = self._store(store)
             if change == "DELETED":
                 target.pop(_id(obj), None)
             else:
                 target[_id(obj)] = obj
+
+    def _note_ready(self, pod: dict) -> None:
+        """Remember when a pod first became Ready (show-logs-until PodIsReady), once and for all."""
+        cond = condition(pod, "Ready")
+        if cond is not None and cond.get("status") == "True" and _uid(pod) not in self.followers.ready_pods:
+            self.followers.ready_pods[_uid(pod)] = parse_time(cond.get("lastTransitionTime")) or time.time()
 
     def _store(self, store: str) -> dict[str, dict[str, Any]]:
         if store == "pods":
@@ -462,11 +468,11 @@ class Tracker:
                     continue
                 self.followers.follow(t, _ns(pod), pod, name, (_uid(pod), name, int(cs.get("restartCount") or 0)))
 
-    def _log_line(self, t: Target, pod: dict, container: str, line: str) -> None:
+    def _log_line(self, t: Target, pod: dict, container: str, line: str, stamp: float | None) -> None:
         text = clean(line)
         self.logs.setdefault((_uid(pod), container), deque(maxlen=LOG_BUFFER)).append(text)
-        pod_was_ready = _uid(pod) in self.followers.ready_pods or condition_is(self.pods.get(_id(pod), pod), "Ready")
-        if not log_line_shown(t.options, text, controller_ready=t.verdict == "ready", pod_was_ready=pod_was_ready):
+        if not log_line_shown(t.options, text, controller_ready=t.verdict == "ready", stamp=stamp,
+                              pod_ready_at=self.followers.ready_pods.get(_uid(pod))):
             return
         self.report("log", f"{_name(pod)}/{container}: {text}", resource=str(t.key), pod=_name(pod), container=container)
 

@@ -7,6 +7,7 @@ import pytest
 from deployer.apply import conflicts, diff
 from deployer.deploy import _prune_actions, validate_release_name
 from deployer.errors import DeployError
+from deployer.logs import split_timestamp
 from deployer.options import HOPE, IGNORE, NON_BLOCKING, POD_IS_READY, log_line_shown, track_options
 from deployer.release import ReleaseRecord
 from deployer.resources import Resource
@@ -188,22 +189,43 @@ def test_split_reason(message, expected):
     assert split_reason(message) == expected
 
 
-LOG_LINES = [  # (annotations, line, controller ready, pod was ready) -> shown
-    ("default until the controller is ready", {}, "x", False, True, True),
-    ("default stops once the controller is ready", {}, "x", True, False, False),
-    ("PodIsReady before the pod was ready", {"kade.io/show-logs-until": "PodIsReady"}, "x", False, False, True),
-    ("PodIsReady after the pod was ready", {"kade.io/show-logs-until": "PodIsReady"}, "x", False, True, False),
-    ("PodIsReady ignores the controller", {"kade.io/show-logs-until": "PodIsReady"}, "x", True, False, True),
-    ("EndOfDeploy after ready", {"kade.io/show-logs-until": "EndOfDeploy"}, "x", True, True, True),
-    ("log-regex match", {"kade.io/log-regex": "^ERR"}, "ERR disk full", False, False, True),
-    ("log-regex no match", {"kade.io/log-regex": "^ERR"}, "info: fine", False, False, False),
-    ("log-regex with EndOfDeploy", {"kade.io/log-regex": "^ERR", "kade.io/show-logs-until": "EndOfDeploy"},
-     "info", True, True, False),
+READY_AT = 1_800_000_000.0  # the pod's Ready lastTransitionTime (whole seconds)
+UNTIL = "kade.io/show-logs-until"
+LOG_LINES = [  # (annotations, line, controller ready, line written at, pod ready at) -> shown
+    ("default until the controller is ready", {}, "x", False, None, READY_AT, True),
+    ("default stops once the controller is ready", {}, "x", True, None, None, False),
+    ("PodIsReady before the pod was ready", {UNTIL: "PodIsReady"}, "x", False, READY_AT + 5, None, True),
+    ("PodIsReady line written before ready, read after", {UNTIL: "PodIsReady"}, "x", False, READY_AT - 3, READY_AT, True),
+    ("PodIsReady line in the second it became ready", {UNTIL: "PodIsReady"}, "x", False, READY_AT + 0.5, READY_AT, True),
+    ("PodIsReady line after ready", {UNTIL: "PodIsReady"}, "x", False, READY_AT + 1, READY_AT, False),
+    ("PodIsReady unknown line time after ready", {UNTIL: "PodIsReady"}, "x", False, None, READY_AT, False),
+    ("PodIsReady ignores the controller", {UNTIL: "PodIsReady"}, "x", True, READY_AT - 1, READY_AT, True),
+    ("EndOfDeploy after ready", {UNTIL: "EndOfDeploy"}, "x", True, READY_AT + 60, READY_AT, True),
+    ("log-regex match", {"kade.io/log-regex": "^ERR"}, "ERR disk full", False, None, None, True),
+    ("log-regex no match", {"kade.io/log-regex": "^ERR"}, "info: fine", False, None, None, False),
+    ("log-regex with EndOfDeploy", {"kade.io/log-regex": "^ERR", UNTIL: "EndOfDeploy"}, "info", True, None, None, False),
 ]
 
 
-@pytest.mark.parametrize("name,annotations,line,controller_ready,pod_was_ready,shown", LOG_LINES,
+@pytest.mark.parametrize("name,annotations,line,controller_ready,stamp,ready_at,shown", LOG_LINES,
                          ids=[c[0] for c in LOG_LINES])
-def test_log_line_shown(name, annotations, line, controller_ready, pod_was_ready, shown):
+def test_log_line_shown(name, annotations, line, controller_ready, stamp, ready_at, shown):
     opts = track_options(res(**annotations))
-    assert log_line_shown(opts, line, controller_ready=controller_ready, pod_was_ready=pod_was_ready) is shown
+    assert log_line_shown(opts, line, controller_ready=controller_ready, stamp=stamp, pod_ready_at=ready_at) is shown
+
+
+STAMPED = [
+    ("2027-01-15T08:00:00.123456789Z serving on :8080", (1_800_000_000.123456, "serving on :8080")),
+    ("2027-01-15T08:00:00Z two  spaces kept", (1_800_000_000.0, "two  spaces kept")),
+    ("2027-01-15T08:00:00Z", (1_800_000_000.0, "")),
+    ("2027-01-15T08:00:00Z ", (1_800_000_000.0, "")),
+    ("no timestamp here", (None, "no timestamp here")),
+    ("Tuesday: not a time", (None, "Tuesday: not a time")),
+    ("", (None, "")),
+]
+
+
+@pytest.mark.parametrize("line,expected", STAMPED, ids=[c[0][:25] or "empty" for c in STAMPED])
+def test_split_timestamp(line, expected):
+    stamp, text = split_timestamp(line)
+    assert (stamp if stamp is None else round(stamp, 6), text) == expected
