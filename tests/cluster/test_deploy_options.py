@@ -12,8 +12,8 @@ from tests.fixtures.deploy import FAST_PROBE_OK, deployment, with_scratch
 
 pytestmark = pytest.mark.cluster
 
-# the kubelet restarts a container at once after its first crash, then backs off 10 s: crashing twice
-# shows a CrashLoopBackOff, which the default budget (1 failure per replica) does not allow
+# the kubelet restarts a container at once after its first crash (which the default budget of 1 failure
+# per replica allows), then backs off 10 s: a second crash is one occurrence more than the default allows
 CRASH_TWICE = ("echo x >> /state/starts; if [ $(wc -l < /state/starts) -gt 2 ]; then echo recovered; sleep infinity; fi; "
                "echo 'early start: crashing' >&2; exit 1")
 NEVER_READY_PROBE = {**FAST_PROBE_OK, "initialDelaySeconds": 3600}  # not failing: just not ready yet
