@@ -166,11 +166,11 @@ def _pods(builder_env, selector: str = "app.kubernetes.io/managed-by=kade"):
     return api, api.list_namespaced_pod(builder_env.namespace, label_selector=selector).items
 
 
-def _start(builder_env, ctx: Path, tag: str) -> subprocess.Popen:
+def _start(builder_env, ctx: Path, tag: str, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "kade", "build", str(ctx), "-t", tag, "--insecure-registry", builder_env.registry,
            "--output", "json", "--backend", "kubernetes", "--namespace", builder_env.namespace,
            "--cache-pvc", builder_env.cache_pvc, "--builder-image", builder_env.image,
-           "--kubeconfig", builder_env.kubeconfig, "--lease-seconds", "6"]
+           "--kubeconfig", builder_env.kubeconfig, "--lease-seconds", "6", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH,
                                  "KADE_CACHE_DIR": str(ctx.parent / "cache")})

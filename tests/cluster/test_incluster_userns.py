@@ -1,0 +1,98 @@
+"""`kade build --backend kubernetes --user-namespaces` on the real test cluster (containerd 2 + runc
+1.3, so `hostUsers: false` works): the same step keys and step image digests as the local backend,
+and isolation checked from the node: the pod's processes run as a non-root uid of the host, while
+what a RUN writes as root is root-owned in the image."""
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.cluster.test_incluster_build import (MULTI, _pods, _start, kade_build, result, stage_keys, unique,
+                                                write_context)
+
+pytestmark = pytest.mark.cluster
+
+CGROUPS = Path("/sys/fs/cgroup/pids/kubepods")
+SLOW_RUN = "FROM {base}\nRUN sleep 8 && id -u > /uid && mkdir /made && touch /made/by-root\n"
+
+
+def userns_build(env, ctx: Path, tag: str, *extra: str) -> subprocess.CompletedProcess:
+    return kade_build(env, ctx, tag, "--user-namespaces", *extra)
+
+
+def test_multistage_build_with_user_namespaces_matches_local(builder_env, tmp_path):
+    ctx = write_context(tmp_path / "ctx", MULTI, builder_env.base_image)
+    repo = unique("userns-multi")
+    out = result(userns_build(builder_env, ctx, f"{builder_env.registry}/{repo}:v1"))
+    assert out["steps"]["built"] == 8, out
+    local_repo = unique("userns-local")
+    result(kade_build(builder_env, ctx, f"{builder_env.registry}/{local_repo}:v1", backend="local"))
+    in_pods = stage_keys(builder_env.registry, repo + "-stages")
+    on_host = stage_keys(builder_env.registry, local_repo + "-stages")
+    assert len(in_pods) == 8 and in_pods == on_host
+
+
+def _host_pids(container_id: str) -> list[int]:
+    """The node's pids of a container's processes (cgroup v1: .../kubepods/.../<id>/cgroup.procs)."""
+    pids: list[int] = []
+    for procs in CGROUPS.glob(f"**/{container_id}/cgroup.procs"):
+        pids += [int(p) for p in procs.read_text().split()]
+    return pids
+
+
+def _status_ids(pid: int) -> tuple[int, int]:
+    """(real uid, real gid) of a host process, as the node sees them."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
+
+
+def _running_container(env, deadline_s: float = 90) -> tuple[object, str]:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for pod in _pods(env)[1]:
+            statuses = pod.status.container_statuses or []
+            if pod.status.phase == "Running" and statuses and statuses[0].container_id:
+                return pod, statuses[0].container_id.split("://", 1)[1]
+        time.sleep(0.3)
+    raise AssertionError("no running builder pod")
+
+
+def _last_layer(registry: str, repo: str, tag: str) -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:
+    """name -> (tar header, file content) of the last layer of an image in the cluster registry."""
+    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    manifest = requests.get(f"http://{registry}/v2/{repo}/manifests/{tag}", headers=accept, timeout=10).json()
+    blob = requests.get(f"http://{registry}/v2/{repo}/blobs/{manifest['layers'][-1]['digest']}", timeout=30)
+    with tarfile.open(fileobj=io.BytesIO(blob.content), mode="r:*") as tar:
+        return {m.name.strip("/").removeprefix("./"): (m, tar.extractfile(m).read() if m.isfile() else None)
+                for m in tar.getmembers()}
+
+
+def test_user_namespace_pods_run_as_an_unprivileged_host_uid(builder_env, tmp_path):
+    ctx = write_context(tmp_path / "ctx", SLOW_RUN, builder_env.base_image)
+    repo = unique("userns-isolation")
+    proc = _start(builder_env, ctx, f"{builder_env.registry}/{repo}:v1", "--user-namespaces")
+    try:
+        pod, container_id = _running_container(builder_env)
+        assert pod.spec.host_users is False
+        pids = _host_pids(container_id)
+        assert pids, f"no processes of container {container_id} under {CGROUPS}"
+        for pid in pids:  # root in the pod is an unprivileged uid on the node (the kubelet's ranges start at 65536)
+            uid, gid = _status_ids(pid)
+            assert uid >= 65536 and gid >= 65536, (pid, uid, gid)
+            inside, outside, length = Path(f"/proc/{pid}/uid_map").read_text().split()
+            assert (inside, int(outside), length) == ("0", uid, "65536")
+    finally:
+        stdout, stderr = proc.communicate(timeout=180)
+    out = result(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    assert out["steps"]["built"] == 1
+    layer = _last_layer(builder_env.registry, repo, "v1")
+    assert layer["uid"][1] == b"0\n"  # the RUN ran as root of its user namespace
+    for name in ("uid", "made", "made/by-root"):
+        header = layer[name][0]
+        assert (header.uid, header.gid) == (0, 0), (name, header.uid, header.gid)
