@@ -8,7 +8,8 @@ that:
      random urandom tty bind-mounted from the host, a private devpts, /dev/shm), /sys read-only,
      generated /etc/hosts and /etc/resolv.conf, and the RUN --mount list (cache dirs, secrets on a
      tmpfs, the ssh agent socket, binds, tmpfs);
-  2. pivot_root()s into the rootfs and detaches the old root (no chroot escape for a root RUN);
+  2. pivot_root()s into the rootfs and detaches the old root (no chroot escape for a root RUN; where
+     seccomp forbids pivot_root, as in a pod, it moves the rootfs over / and chroots instead);
   3. sets hostname, groups, gid, uid, working directory, and execs the command, which becomes PID 1.
 
 Everything mounted lives only in the sandbox's mount namespace and vanishes with it. Mountpoints
@@ -491,8 +492,15 @@ def _setup(spec: dict) -> None:
     if spec["network"] == "none":
         _bring_up_loopback()
     os.chdir(root)
-    L.pivot_root(".", ".")
-    L.umount(".", L.MNT_DETACH)
+    try:
+        L.pivot_root(".", ".")
+        L.umount(".", L.MNT_DETACH)
+    except PermissionError:
+        # A pod's RuntimeDefault seccomp profile lacks pivot_root: move the rootfs over / and chroot
+        # (runc's no-pivot mode). The old root stays beneath it, so a root RUN that breaks out of the
+        # chroot reaches the pod's own files; the pod is the boundary there, as with the chroot runner.
+        L.mount(root, "/", None, L.MS_MOVE)
+        os.chroot(".")
     os.chdir("/")
 
 

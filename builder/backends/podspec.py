@@ -4,8 +4,8 @@ Security posture (docs/incluster.md explains each choice): not privileged, no ho
 RuntimeDefault, no privilege escalation, every capability dropped except the ones a chroot build
 needs (CAPABILITIES, with the reason for each), an emptyDir for the rootfs, the cache PVC for blobs
 and RUN cache mounts, registry credentials from a dockerconfigjson Secret. With `user_namespaces`
-the pod asks for `hostUsers: false`, so "root" in the pod is an unprivileged uid on the node.
-"""
+the pod asks for `hostUsers: false`, so "root" in the pod is an unprivileged uid on the node, and
+gets SYS_ADMIN over its own user namespace to run RUN in the full namespace sandbox."""
 from __future__ import annotations
 
 import hashlib
@@ -26,6 +26,14 @@ CAPABILITIES: dict[str, str] = {
     "SETFCAP": "file capabilities (security.capability xattrs) that packages like iputils set",
     "KILL": "stop a RUN's processes when they run as another user (timeouts, cancellation)",
 }
+# Added with user namespaces only, where it is a capability over the pod's own user namespace (no
+# power over the node's mounts or devices): the full namespace sandbox (builder/sandbox.py) in place
+# of the chroot runner, and overlayfs snapshots.
+USERNS_CAPABILITIES: dict[str, str] = {
+    "SYS_ADMIN": "mount, PID, UTS and IPC namespaces for RUN, /proc, /dev binds and overlay snapshots",
+    "SETPCAP": "drop SYS_ADMIN and the rest from the RUN step's bounding set (Docker's default set stays)",
+}
+SANDBOX_ENV = "KADE_POD_SANDBOX"  # builder/backends/podstage.py: "chroot" or "namespaces"
 LABEL_BUILD = "kade.io/build"
 LABEL_STAGE = "kade.io/stage"
 LABEL_COMPONENT = "app.kubernetes.io/component"
@@ -85,6 +93,10 @@ def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, i
     ]
     if epoch is not None:
         env.append({"name": "SOURCE_DATE_EPOCH", "value": str(epoch)})
+    capabilities = dict(CAPABILITIES)
+    if s.user_namespaces:
+        capabilities.update(USERNS_CAPABILITIES)
+        env.append({"name": SANDBOX_ENV, "value": "namespaces"})
     mounts = [{"name": "work", "mountPath": WORK_MOUNT}]
     volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
     if s.cache_pvc:
@@ -108,7 +120,7 @@ def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, i
         "securityContext": {
             "privileged": False, "allowPrivilegeEscalation": False, "runAsUser": 0, "runAsNonRoot": False,
             "readOnlyRootFilesystem": False,
-            "capabilities": {"drop": ["ALL"], "add": sorted(CAPABILITIES)},
+            "capabilities": {"drop": ["ALL"], "add": sorted(capabilities)},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }

@@ -6,7 +6,7 @@ it depends on, read back from the stages repo), and runs the stage through `Buil
 exactly as the local backend does. Around every missing step it holds the step key's Lease:
 a concurrent build of the same step waits, then finds the step image pushed and reuses it (its new
 layer is applied to the rootfs, nothing runs), and a Lease left by a pod that died expires and is
-taken over. RUN uses the chroot runner (chroot.py) unless the namespace sandbox works here.
+taken over. RUN uses the chroot runner (chroot.py), or the namespace sandbox in a user-namespace pod.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 from builder.backends import context_upload, plancodec
 from builder.backends.chroot import run_chroot
 from builder.backends.lease import Leases, step_lease_name
-from builder.backends.podspec import MANAGED
+from builder.backends.podspec import MANAGED, SANDBOX_ENV
 from builder.build import Builder, BuildOptions, Image, Report
 from builder.context import BuildContext, IgnoreRules
 from builder.errors import BuildError
@@ -95,9 +95,10 @@ def _done(value: Any) -> Future:
 
 
 def sandbox_mode() -> str:
-    """"chroot" in an unprivileged pod; "namespaces" where the full sandbox can be set up (a pod with
-    user namespaces and enough privileges, or a test on a host)."""
-    forced = os.environ.get("KADE_POD_SANDBOX", "").strip()
+    """"chroot" in an unprivileged pod; "namespaces" where the full sandbox can be set up: a
+    `--user-namespaces` pod (podspec sets KADE_POD_SANDBOX with SYS_ADMIN over the pod's own user
+    namespace), or a test on a host."""
+    forced = os.environ.get(SANDBOX_ENV, "").strip()
     return forced if forced in ("chroot", "namespaces") else "chroot"
 
 

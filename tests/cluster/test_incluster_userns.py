@@ -1,7 +1,8 @@
 """`kade build --backend kubernetes --user-namespaces` on the real test cluster (containerd 2 + runc
 1.3, so `hostUsers: false` works): the same step keys and step image digests as the local backend,
-and isolation checked from the node: the pod's processes run as a non-root uid of the host, while
-what a RUN writes as root is root-owned in the image."""
+and isolation checked from the node: the pod's processes run as a non-root uid of the host, RUN runs
+in the namespace sandbox (own PID namespace and /proc) over an overlay snapshot, and what a RUN
+writes as root is root-owned in the image."""
 from __future__ import annotations
 
 import io
@@ -13,13 +14,15 @@ from pathlib import Path
 import pytest
 import requests
 
+from builder.backends.podspec import WORK_MOUNT
 from tests.cluster.test_incluster_build import (MULTI, _pods, _start, kade_build, result, stage_keys, unique,
                                                 write_context)
 
 pytestmark = pytest.mark.cluster
 
 CGROUPS = Path("/sys/fs/cgroup/pids/kubepods")
-SLOW_RUN = "FROM {base}\nRUN sleep 8 && id -u > /uid && mkdir /made && touch /made/by-root\n"
+SLOW_RUN = ("FROM {base}\nRUN sleep 8 && id -u > /uid && cat /proc/self/uid_map > /uid_map && echo $$ > /pid "
+            "&& mkdir /made && touch /made/by-root\n")
 
 
 def userns_build(env, ctx: Path, tag: str, *extra: str) -> subprocess.CompletedProcess:
@@ -52,6 +55,27 @@ def _status_ids(pid: int) -> tuple[int, int]:
     return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
 
 
+def _sandbox_overlay(pid: int) -> bool:
+    """Whether a process's root is a step overlay mounted in a user namespace (snapshot.py's options)."""
+    try:
+        root = [line for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines() if line.split()[4] == "/"]
+    except OSError:
+        return False
+    return any(" - overlay overlay " in line and f"lowerdir={WORK_MOUNT}/" in line and "userxattr" in line
+               for line in root)
+
+
+def _wait_for_run(container_id: str, deadline_s: float = 60) -> list[int]:
+    """The container's pids once its RUN runs in the namespace sandbox (rooted in the step's overlay)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        pids = _host_pids(container_id)
+        if any(_sandbox_overlay(pid) for pid in pids):
+            return pids
+        time.sleep(0.2)
+    raise AssertionError(f"no process of container {container_id} ran in a sandbox on an overlay")
+
+
 def _running_container(env, deadline_s: float = 90) -> tuple[object, str]:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
@@ -80,8 +104,7 @@ def test_user_namespace_pods_run_as_an_unprivileged_host_uid(builder_env, tmp_pa
     try:
         pod, container_id = _running_container(builder_env)
         assert pod.spec.host_users is False
-        pids = _host_pids(container_id)
-        assert pids, f"no processes of container {container_id} under {CGROUPS}"
+        pids = _wait_for_run(container_id)  # the RUN's processes are there too now
         for pid in pids:  # root in the pod is an unprivileged uid on the node (the kubelet's ranges start at 65536)
             uid, gid = _status_ids(pid)
             assert uid >= 65536 and gid >= 65536, (pid, uid, gid)
@@ -92,7 +115,9 @@ def test_user_namespace_pods_run_as_an_unprivileged_host_uid(builder_env, tmp_pa
     out = result(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
     assert out["steps"]["built"] == 1
     layer = _last_layer(builder_env.registry, repo, "v1")
-    assert layer["uid"][1] == b"0\n"  # the RUN ran as root of its user namespace
-    for name in ("uid", "made", "made/by-root"):
+    assert layer["uid"][1] == b"0\n"  # the RUN ran as root of its user namespace...
+    assert layer["uid_map"][1].split()[:2] != [b"0", b"0"]  # ...which maps to another uid on the node
+    assert layer["pid"][1] == b"1\n"  # its own PID namespace, with its own /proc
+    for name in ("uid", "uid_map", "pid", "made", "made/by-root"):
         header = layer[name][0]
         assert (header.uid, header.gid) == (0, 0), (name, header.uid, header.gid)

@@ -7,7 +7,8 @@ import pytest
 
 from builder.backends.kubernetes import parse_pod_line
 from builder.backends.lease import LeaseView, lease_state, step_lease_name
-from builder.backends.podspec import CAPABILITIES, KubeSettings, dns_label, pod_name, stage_pod
+from builder.backends.podspec import (CAPABILITIES, SANDBOX_ENV, USERNS_CAPABILITIES, KubeSettings, dns_label,
+                                      pod_name, stage_pod)
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -34,6 +35,19 @@ def test_pod_security_posture():
     assert spec["restartPolicy"] == "Never" and spec["activeDeadlineSeconds"] == 3600
     assert "hostUsers" not in spec
     assert all(reason for reason in CAPABILITIES.values())
+
+
+def test_user_namespace_pods_get_the_namespace_sandbox():
+    spec = pod(settings={"user_namespaces": True})["spec"]
+    c = spec["containers"][0]
+    assert spec["hostUsers"] is False
+    assert c["securityContext"]["capabilities"]["add"] == sorted({*CAPABILITIES, *USERNS_CAPABILITIES})
+    assert {"name": SANDBOX_ENV, "value": "namespaces"} in c["env"]
+    assert c["securityContext"]["privileged"] is False and c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    plain = pod()["spec"]["containers"][0]
+    assert not any(e["name"] == SANDBOX_ENV for e in plain["env"])
+    assert "SYS_ADMIN" in USERNS_CAPABILITIES and all(USERNS_CAPABILITIES.values())
 
 
 @pytest.mark.parametrize("settings, check", [
