@@ -32,6 +32,7 @@ CAPABILITIES: dict[str, str] = {
 USERNS_CAPABILITIES: dict[str, str] = {
     "SYS_ADMIN": "mount, PID, UTS and IPC namespaces for RUN, /proc, /dev binds and overlay snapshots",
     "SETPCAP": "drop SYS_ADMIN and the rest from the RUN step's bounding set (Docker's default set stays)",
+    "NET_ADMIN": "bring up loopback in the new network namespace of a RUN --network=none",
 }
 SANDBOX_ENV = "KADE_POD_SANDBOX"  # builder/backends/podstage.py: "chroot" or "namespaces"
 LABEL_BUILD = "kade.io/build"

@@ -21,6 +21,10 @@ from tests.cluster.test_incluster_build import (MULTI, _pods, _start, kade_build
 pytestmark = pytest.mark.cluster
 
 CGROUPS = Path("/sys/fs/cgroup/pids/kubepods")
+# MULTI, plus a RUN that deletes files and replaces a directory of the base: whiteouts and an
+# opaque directory, which the overlay upper dir records with user.overlay.* xattrs in a user namespace
+MULTI_DELETES = MULTI.replace('CMD ["cat"', 'RUN rm -rf /usr/share/doc && mkdir -p /usr/share/doc/kade && rm /etc/issue.net\n'
+                                            'CMD ["cat"')
 SLOW_RUN = ("FROM {base}\nRUN sleep 8 && id -u > /uid && cat /proc/self/uid_map > /uid_map && echo $$ > /pid "
             "&& mkdir /made && touch /made/by-root\n")
 
@@ -30,15 +34,17 @@ def userns_build(env, ctx: Path, tag: str, *extra: str) -> subprocess.CompletedP
 
 
 def test_multistage_build_with_user_namespaces_matches_local(builder_env, tmp_path):
-    ctx = write_context(tmp_path / "ctx", MULTI, builder_env.base_image)
+    ctx = write_context(tmp_path / "ctx", MULTI_DELETES, builder_env.base_image)
     repo = unique("userns-multi")
     out = result(userns_build(builder_env, ctx, f"{builder_env.registry}/{repo}:v1"))
-    assert out["steps"]["built"] == 8, out
+    assert out["steps"]["built"] == 9, out
     local_repo = unique("userns-local")
     result(kade_build(builder_env, ctx, f"{builder_env.registry}/{local_repo}:v1", backend="local"))
     in_pods = stage_keys(builder_env.registry, repo + "-stages")
     on_host = stage_keys(builder_env.registry, local_repo + "-stages")
-    assert len(in_pods) == 8 and in_pods == on_host
+    assert len(in_pods) == 9 and in_pods == on_host
+    layer = _last_layer(builder_env.registry, repo, "v1")
+    assert {"usr/share/doc/.wh..wh..opq", "etc/.wh.issue.net"} <= set(layer), sorted(layer)[:20]
 
 
 def _host_pids(container_id: str) -> list[int]:
@@ -121,3 +127,25 @@ def test_user_namespace_pods_run_as_an_unprivileged_host_uid(builder_env, tmp_pa
     for name in ("uid", "uid_map", "pid", "made", "made/by-root"):
         header = layer[name][0]
         assert (header.uid, header.gid) == (0, 0), (name, header.uid, header.gid)
+
+
+MOUNTS = """\
+FROM {base}
+RUN --mount=type=secret,id=token,required=true --mount=type=cache,target=/var/cache/k \
+    test "$(wc -c < /run/secrets/token)" -eq 6 && date > /var/cache/k/stamp && ls /var/cache/k > /cached
+RUN --network=none cat /proc/net/dev > /netdev
+"""
+
+
+def test_run_mounts_and_no_network_work_in_the_namespace_sandbox(builder_env, tmp_path):
+    """What the chroot runner can only emulate or must refuse: real secret and cache mounts, and
+    --network=none (a network namespace of its own, with loopback only)."""
+    ctx = write_context(tmp_path / "ctx", MOUNTS, builder_env.base_image)
+    (tmp_path / "token").write_text("s3cret")
+    repo = unique("userns-mounts")
+    done = userns_build(builder_env, ctx, f"{builder_env.registry}/{repo}:v1",
+                        "--secret", f"id=token,src={tmp_path / 'token'}")
+    assert result(done)["steps"]["built"] == 2
+    assert "s3cret" not in done.stdout + done.stderr
+    netdev = _last_layer(builder_env.registry, repo, "v1")["netdev"][1].decode()
+    assert "lo:" in netdev and "eth0" not in netdev, netdev
