@@ -72,10 +72,12 @@ def pod_name(build_id: str, stage: str, attempt: int) -> str:
 
 def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, image_name: str, stage: str,
               plan_digest: str, stages_repo: str, insecure: tuple[str, ...] = (), epoch: int | None = None,
-              attempt: int = 1, secrets_name: str | None = None) -> dict[str, Any]:
+              attempt: int = 1, secrets_name: str | None = None, ssh_relay: bool = False) -> dict[str, Any]:
     """The manifest of the pod that builds `stage` of a build."""
     args = ["build-stage", "--plan", plan_digest, "--stage", stage, "--repo", stages_repo,
             "--lease-seconds", str(s.lease_s)]
+    if ssh_relay:  # RUN --mount=type=ssh reaches the CLI's agent through a port-forward (agent_relay.py)
+        args.append("--ssh-relay")
     for host in insecure:
         args += ["--insecure-registry", host]
     env: list[dict[str, Any]] = [
