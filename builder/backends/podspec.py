@@ -25,13 +25,13 @@ CAPABILITIES: dict[str, str] = {
     "MKNOD": "device nodes of base layers and /dev/null etc. for RUN (the device cgroup still limits use)",
     "SETFCAP": "file capabilities (security.capability xattrs) that packages like iputils set",
     "KILL": "stop a RUN's processes when they run as another user (timeouts, cancellation)",
+    "SETPCAP": "take SYS_CHROOT (and SETPCAP) out of each RUN's bounding set, so a RUN can't chroot back out",
 }
 # Added with user namespaces only, where it is a capability over the pod's own user namespace (no
 # power over the node's mounts or devices): the full namespace sandbox (builder/sandbox.py) in place
 # of the chroot runner, and overlayfs snapshots.
 USERNS_CAPABILITIES: dict[str, str] = {
     "SYS_ADMIN": "mount, PID, UTS and IPC namespaces for RUN, /proc, /dev binds and overlay snapshots",
-    "SETPCAP": "drop SYS_ADMIN and the rest from the RUN step's bounding set (Docker's default set stays)",
     "NET_ADMIN": "bring up loopback in the new network namespace of a RUN --network=none",
 }
 SANDBOX_ENV = "KADE_POD_SANDBOX"  # builder/backends/podstage.py: "chroot" or "namespaces"
@@ -80,10 +80,12 @@ def pod_name(build_id: str, stage: str, attempt: int) -> str:
 
 def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, image_name: str, stage: str,
               plan_digest: str, stages_repo: str, insecure: tuple[str, ...] = (), epoch: int | None = None,
-              attempt: int = 1, secrets_name: str | None = None) -> dict[str, Any]:
+              attempt: int = 1, secrets_name: str | None = None, ssh_relay: bool = False) -> dict[str, Any]:
     """The manifest of the pod that builds `stage` of a build."""
     args = ["build-stage", "--plan", plan_digest, "--stage", stage, "--repo", stages_repo,
             "--lease-seconds", str(s.lease_s)]
+    if ssh_relay:  # RUN --mount=type=ssh reaches the CLI's agent through a port-forward (agent_relay.py)
+        args.append("--ssh-relay")
     for host in insecure:
         args += ["--insecure-registry", host]
     env: list[dict[str, Any]] = [
