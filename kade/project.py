@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -151,6 +152,11 @@ class ProjectBuilder:
     def run(self) -> ProjectResult:
         if not self.config.images:
             raise ConfigError(f"{self.config.path.name}: images: the project has no images to build")
+        # a builder factory may need the whole run wrapped (in-cluster builds: pods deleted on Ctrl-C)
+        with getattr(self.o.builder_factory, "scope", nullcontext)():
+            return self._run()
+
+    def _run(self) -> ProjectResult:
         wanted = self._selected()
         for wave in self.config.build_order():
             names = [n for n in wave if n in wanted]

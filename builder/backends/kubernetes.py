@@ -20,7 +20,8 @@ import signal
 import threading
 import time
 from collections import deque
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from builder.backends.agent_relay import TUNNEL_KIND, serve_tunnel
 from builder.backends.remote import RemoteStageBuilder
@@ -71,6 +72,47 @@ def waiting_problem(pod: Any) -> str | None:
     return None
 
 
+_RUNNING: set["KubeBuilder"] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+@contextmanager
+def _running(builder: "KubeBuilder") -> Iterator[None]:
+    with _RUNNING_LOCK:
+        _RUNNING.add(builder)
+    try:
+        yield
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(builder)
+
+
+@contextmanager
+def cancel_on_signals() -> Iterator[None]:
+    """Ctrl-C or SIGTERM delete the pods of every in-cluster build running in this process, then stop
+    it (KeyboardInterrupt). Only the main thread can trap signals: a build run from it does this
+    itself; a kade.yaml project, whose images build in worker threads, wraps its whole run in it.
+    Elsewhere, and when already trapped, this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is _on_signal:
+        yield
+        return
+    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for builder in running:
+        builder.cancel.set()
+        builder._delete_pods()
+    raise KeyboardInterrupt
+
+
 class KubeBuilder(RemoteStageBuilder):
     def __init__(self, options: BuildOptions, settings: KubeSettings, report: Report,
                  client: RegistryClient | None = None, api_client: Any = None):
@@ -84,11 +126,15 @@ class KubeBuilder(RemoteStageBuilder):
         self.cancel = threading.Event()
         self._forward_lock = threading.Lock()
         self.owner: dict[str, str] | None = None
+        self.secrets_name: str | None = None
         self.leases = Leases(self.api_client, settings.namespace, f"kade-cli-{self.build_id}", settings.lease_s,
                              report)
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def run(self) -> BuildResult:
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """The build's Lease (owner of its pods and Secret, renewed meanwhile), its --secret Secret, and
+        at the end its pods deleted: around `run()` and around each image of a kade.yaml project."""
         if not self.stages_repo:
             raise BuildError("--backend kubernetes needs --tag or --repo: the pods push step images to the stages repo")
         swept = self.leases.sweep_expired(BUILD_PREFIX, "app.kubernetes.io/managed-by=kade")
@@ -97,19 +143,16 @@ class KubeBuilder(RemoteStageBuilder):
         name = BUILD_PREFIX + self.build_id
         lease = self.leases.acquire(name, "build", labels={**MANAGED, LABEL_BUILD: self.build_id})
         self.owner = {"name": name, "uid": lease.metadata.uid}
-        self.secrets_name: str | None = None
         stop = threading.Event()
-        renewer = threading.Thread(target=self._renew, args=(name, stop), daemon=True)
-        renewer.start()
-        handlers = self._trap_signals()
+        threading.Thread(target=self._renew, args=(name, stop), daemon=True).start()
         try:
-            if self.o.secrets:
-                self.secrets_name = self._create_secrets()
-            return super().run()
+            with cancel_on_signals(), _running(self):
+                if self.o.secrets:
+                    self.secrets_name = self._create_secrets()
+                with super().session():
+                    yield
         finally:
             self.cancel.set()
-            for sig, old in handlers.items():
-                signal.signal(sig, old)
             stop.set()
             self._delete_pods()
             if self.secrets_name:
@@ -147,17 +190,6 @@ class KubeBuilder(RemoteStageBuilder):
     def _renew(self, name: str, stop: threading.Event) -> None:
         while not stop.wait(max(1.0, self.k.lease_s / 3)):
             self.leases.renew(name)
-
-    def _trap_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            self.cancel.set()
-            self._delete_pods()
-            raise KeyboardInterrupt
-
-        return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def _delete_pods(self) -> None:
         try:
@@ -339,6 +371,21 @@ def _exit_code(pod: Any) -> int | None:
         if t is not None:
             return t.exit_code
     return None
+
+
+class KubeBuilderFactory:
+    """Makes the KubeBuilder of each image of a kade.yaml project (kade/project.py), whose `scope()`
+    wraps the project's whole run: its images build in worker threads, which can't trap signals."""
+
+    def __init__(self, settings: KubeSettings):
+        self.settings = settings
+
+    def __call__(self, options: BuildOptions, report: Report, client: RegistryClient | None) -> KubeBuilder:
+        return KubeBuilder(options, self.settings, report, client)
+
+    @staticmethod
+    def scope() -> Any:
+        return cancel_on_signals()
 
 
 def build(options: BuildOptions, settings: KubeSettings, report: Report,
