@@ -78,7 +78,8 @@ class _VersionAction(argparse.Action):
     """--version, looked up only when asked for (importlib.metadata costs every start ~30 ms)."""
 
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        parser.exit(EXIT_OK, _version() + "\n")
+        print(_version())
+        parser.exit(EXIT_OK)
 
 
 def _version() -> str:
