@@ -3,22 +3,19 @@ kade's own builder image (built by kade), push step images to the cluster's regi
 result matches the local backend (same keys, same digests) with SOURCE_DATE_EPOCH set."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-import requests
+
+from tests.fixtures.incluster import EPOCH, kade_build, records, result, stage_keys, unique
 
 pytestmark = pytest.mark.cluster
-
-EPOCH = "1700000000"
 
 MULTI = """\
 FROM {base} AS deps
@@ -46,51 +43,6 @@ def write_context(root: Path, dockerfile: str, base: str) -> Path:
     (root / "app" / "hello.txt").write_text("hello from the context\n")
     (root / "unused.bin").write_bytes(os.urandom(4096))  # never needed by a step: never uploaded
     return root
-
-
-def kade_build(env, context: Path, tag: str, *extra: str, backend: str = "kubernetes",
-               timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "kade", "build", str(context), "-t", tag, "--insecure-registry", env.registry,
-           "--output", "json"]
-    if backend == "kubernetes":
-        cmd += ["--backend", "kubernetes", "--namespace", env.namespace, "--cache-pvc", env.cache_pvc,
-                "--builder-image", env.image, "--kubeconfig", env.kubeconfig, "--lease-seconds", "6"]
-    cmd += list(extra)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH, "KADE_CACHE_DIR": str(context.parent / "cache")})
-
-
-def records(proc: subprocess.CompletedProcess) -> list[dict]:
-    out = []
-    for line in proc.stderr.splitlines() + proc.stdout.splitlines():
-        if line.startswith("{") and '"kind"' in line:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
-
-
-def result(proc: subprocess.CompletedProcess) -> dict:
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    start = proc.stdout.index("{\n")
-    return json.loads(proc.stdout[start:])
-
-
-def stage_keys(registry: str, repo: str) -> dict[str, str]:
-    """step key -> manifest digest of every step image in a stages repo."""
-    tags = requests.get(f"http://{registry}/v2/{repo}/tags/list", timeout=10).json().get("tags") or []
-    out = {}
-    for t in tags:
-        if len(t) == 64:
-            r = requests.head(f"http://{registry}/v2/{repo}/manifests/{t}", timeout=10,
-                              headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-            out[t] = r.headers["Docker-Content-Digest"]
-    return out
-
-
-def unique(name: str) -> str:
-    return f"incluster/{name}-{uuid.uuid4().hex[:8]}"
 
 
 def test_multistage_build_in_pods_matches_local_and_reuses_everything(builder_env, tmp_path):
