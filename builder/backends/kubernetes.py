@@ -296,20 +296,26 @@ class KubeBuilder(RemoteStageBuilder):
             return result
         where = f"pod {self.k.namespace}/{name}"
         if failure is not None:
-            step = failure.get("step") or "?"
-            code = failure.get("exit_code")
-            lines = failure.get("output_tail") or tail
-            if code is not None:
-                raise StepFailedError(f"{where}: step {step} failed with exit code {code}", exit_code=int(code),
-                                      output_tail=list(lines), file=failure.get("file"), line=failure.get("line"))
-            raise BuildError(f"{where}: stage {ps.label} failed: {failure.get('message')}",
-                             file=failure.get("file"), line=failure.get("line"))
+            raise failure_error(where, ps.label, failure, tail)
         reason = (pod.status.reason or "") if pod.status else ""
         code = _exit_code(pod)
         if reason == "Evicted" or code in (137, 143) or code is None:
             raise PodLost(f"{phase} {reason or ''} exit {code}".strip())
         raise BuildError(f"{where}: stage {ps.label} ended {phase} (exit {code}) without a result",
                          hint="last output:\n" + "\n".join(tail))
+
+
+def failure_error(where: str, stage: str, failure: dict[str, Any], tail: list[str]) -> BuildError:
+    """The error for a pod's `stage-failed` record. The record carries the message without the
+    Dockerfile position (file and line come as fields) and its hint apart, so the position shows once."""
+    step = failure.get("step") or "?"
+    code = failure.get("exit_code")
+    file, line = failure.get("file"), failure.get("line")
+    if code is not None:
+        return StepFailedError(f"{where}: step {step} failed with exit code {code}", exit_code=int(code),
+                               output_tail=list(failure.get("output_tail") or tail), file=file, line=line)
+    return BuildError(f"{where}: stage {stage} failed: {failure.get('message')}", file=file, line=line,
+                      hint=failure.get("hint"))
 
 
 def _exit_code(pod: Any) -> int | None:

@@ -263,3 +263,19 @@ def test_layer_root_entry_sets_root_metadata(rootfs):
     apply(rootfs, [E("./", "dir", mode=0o700, mtime=5), E("./f", data=b"x")])
     assert stat.S_IMODE(os.stat(rootfs).st_mode) == 0o700 and os.stat(rootfs).st_mtime == 5
     assert tree_state(rootfs)[b"f"][4] == b"x"
+
+
+def test_apply_layers_names_each_layer_by_its_digest(tmp_path, rootfs, outside):
+    """The path that applies a step image's layers onto a rootfs (a stage reusing a step that another
+    build or stage pushed meanwhile) names the layer at fault by its digest, as unpacking a base does."""
+    from builder.execute import apply_layers
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_bytes(gzip.compress(make_tar([E("ok", data=b"ok")])))
+    bad.write_bytes(gzip.compress(make_tar([E("../outside/pwned", data=b"x")])))
+    digests = ["sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in (good, bad)]
+    with pytest.raises(UnsafeLayerError) as info:
+        apply_layers(rootfs, [(good, "application/vnd.oci.image.layer.v1.tar+gzip", digests[0]),
+                              (bad, "application/vnd.oci.image.layer.v1.tar+gzip", digests[1])])
+    assert f"layer {digests[1]}: entry '../outside/pwned'" in str(info.value)
+    assert (rootfs / "ok").read_bytes() == b"ok" and not (outside / "pwned").exists()
