@@ -66,7 +66,7 @@ class RootfsStore:
         return self.path(chain_id).is_dir()
 
     def materialize(self, layers: Sequence[LayerRef], dest: str | os.PathLike[str], *,
-                    limits: Limits = Limits(), save: bool = True) -> Path:
+                    limits: Limits | None = None, save: bool = True) -> Path:
         """A fresh writable rootfs at `dest` (must not exist) holding `layers` applied in order.
         With `save`, the full stack is kept in the store for the next build."""
         target = Path(dest)

@@ -28,6 +28,7 @@ from builder.backends.podspec import LABEL_BUILD, MANAGED, KubeSettings, stage_p
 from builder.build import BuildOptions, BuildResult, Report
 from builder.errors import BuildError, StepFailedError
 from builder.plan import PlannedStage
+from builder.unpack import limit_env
 from registry.client import RegistryClient
 
 RESULT_KIND = "stage-result"
@@ -76,6 +77,7 @@ class KubeBuilder(RemoteStageBuilder):
         super().__init__(options, report, client)
         self.k = settings
         self.build_id = secrets.token_hex(5)
+        self.pod_env = limit_env()  # the CLI's $KADE_LAYER_MAX_* bound the layers the pods unpack too
         self.api_client = api_client or kube_api_client(settings)
         from kubernetes import client as kc
 
@@ -176,7 +178,7 @@ class KubeBuilder(RemoteStageBuilder):
             manifest = stage_pod(self.k, build_id=self.build_id, owner=self.owner, image_name=self.o.image_name,
                                  stage=ps.label, plan_digest=self.plan_digest, stages_repo=self.stages_repo or "",
                                  insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt,
-                                 secrets_name=self.secrets_name)
+                                 secrets_name=self.secrets_name, extra_env=self.pod_env)
             name = manifest["metadata"]["name"]
             try:
                 self._create(manifest)

@@ -66,6 +66,11 @@ def assert_nothing_published(env, repo: str) -> None:
     assert not [t for t in list_tags(env.registry, repo + "-stages") if t.startswith("build-")]
 
 
+def error_text(proc: subprocess.CompletedProcess) -> str:
+    """The CLI's error message: stderr without the JSON progress records."""
+    return "\n".join(line for line in proc.stderr.splitlines() if not line.startswith("{"))
+
+
 def output_lines(proc: subprocess.CompletedProcess) -> list[str]:
     """What RUN printed in the pod, as the CLI streamed it (without the [image/stage] prefix)."""
     return [r["message"].split("] ", 1)[1] for r in records(proc) if r["kind"] == "output" and "] " in r["message"]]
@@ -96,7 +101,14 @@ class Refused:
     entries: list[E]
     expect: list[str]  # fragments of the error (besides the layer or archive name)
     add: bool = False  # a local archive for ADD instead of a base layer
-    extra: list[str] = field(default_factory=list)
+    environ: dict[str, str] = field(default_factory=dict)  # of the CLI, which passes $KADE_LAYER_MAX_* on to pods
+    zeros_after: int = 0  # bytes of zeros after the end of the archive
+
+    def tar(self) -> bytes:
+        return make_tar(self.entries) + b"\0" * self.zeros_after
+
+
+SMALL_BUDGET = {"KADE_LAYER_MAX_BYTES": str(8 << 20)}
 
 
 REFUSED = [
@@ -115,6 +127,14 @@ REFUSED = [
     # 2 MiB of PAX metadata that gzip shrinks to a few KiB
     Refused("pax-header-bomb", [E("pwned-pax", data=MARK, xattrs={"user.bomb": b"a" * (2 << 20)})],
             ["over the 1048576-byte limit"]),
+    # compression bombs under a lowered budget: 16 MiB of zeros that gzip shrinks to ~16 KiB, in files
+    # or after the end of the archive, and 5,000 entries
+    Refused("zeros-bomb", [E(f"pwned-zeros-{i:02}", data=bytes(1 << 20)) for i in range(16)],
+            ["'pwned-zeros-0", "over the 8388608-byte budget"], environ=SMALL_BUDGET),
+    Refused("trailing-zeros-bomb", [E("pwned-small", data=MARK)], ["expands to more than 8388608 bytes"],
+            environ=SMALL_BUDGET, zeros_after=16 << 20),
+    Refused("entry-count-bomb", [E(f"pwned-many/{i}") for i in range(5000)], ["has more than 1000 entries"],
+            environ={"KADE_LAYER_MAX_ENTRIES": "1000"}),
     Refused("add-dotdot", [E(UP + "cache/pwned-add-dotdot", data=MARK)], ["pwned-add-dotdot", "has a '..' component"],
             add=True),
     Refused("add-absolute", [E("/cache/pwned-add-absolute", data=MARK)], ["has an absolute name"], add=True),
@@ -128,20 +148,22 @@ def test_hostile_input_is_refused_in_the_pod(case, builder_env, busybox_tar_byte
     repo = unique(f"refused-{case.id}")
     if case.add:
         ctx = context(tmp_path, f"FROM {busybox_image.ref}\nADD evil.tar /dst/\nRUN echo unreachable\n",
-                      {"evil.tar": make_tar(case.entries)})
+                      {"evil.tar": case.tar()})
         named = "layer ADD evil.tar:"
     else:
-        base = hostile_image(builder_env, busybox_tar_bytes, case.id, case.entries)
+        base = push_layers(builder_env.registry, unique(f"hostile-base-{case.id}"), "1",
+                           [busybox_tar_bytes, case.tar()])
         ctx = context(tmp_path, f"FROM {base.ref}\nRUN echo unreachable\n")
         named = f"layer {base.layer_digest}"
-    done = kade_build(builder_env, ctx, f"{builder_env.registry}/{repo}:v1")
-    err = done.stderr
-    assert done.returncode == 1, err[-3000:]
+    done = kade_build(builder_env, ctx, f"{builder_env.registry}/{repo}:v1", environ=case.environ)
+    err = error_text(done)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert err.count("Dockerfile:") == (1 if case.add else 0)  # the position once, not repeated by the pod
     assert [r for r in records(done) if r["kind"] == "pod" and "started" in r["message"]], "no pod ran"
     assert f"pod {builder_env.namespace}/kade-" in err and named in err, err[-3000:]
     for fragment in case.expect:
         assert fragment in err, (fragment, err[-3000:])
-    assert "unreachable" not in done.stdout + err.replace("RUN echo unreachable", "")
+    assert "unreachable" not in output_lines(done)  # the RUN after the refused input never ran
     assert "Traceback" not in err
     assert_nothing_escaped(builder_env, victim)
     assert_nothing_published(builder_env, repo)
@@ -327,8 +349,8 @@ def test_malformed_base_image_fails_clearly_and_publishes_nothing(kind, builder_
     ctx = context(tmp_path, f"FROM {base.ref}\nRUN echo unreachable\n")
     repo = unique(f"malformed-{kind}")
     done = kade_build(builder_env, ctx, f"{builder_env.registry}/{repo}:v1")
-    err = done.stderr
-    assert done.returncode == 1, err[-3000:]
+    err = error_text(done)
+    assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in err
     expect = {"fewer-diff-ids": ["has 2 layers but 1 diff_ids in its config"],
               "wrong-diff-id": [f"layer {base.layer_digest}", "the image config says sha256:" + "0" * 64],

@@ -158,3 +158,12 @@ def test_pod_failure_records_become_one_clear_error(failure, tail, expected, exi
     assert isinstance(err, StepFailedError) == (exit_code is not None)
     if exit_code is not None:
         assert err.exit_code == exit_code
+
+
+def test_pod_gets_the_extra_environment_sorted():
+    env = pod(extra_env={"KADE_LAYER_MAX_ENTRIES": "1000", "KADE_LAYER_MAX_BYTES": "8388608"})[
+        "spec"]["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    assert names[-2:] == ["KADE_LAYER_MAX_BYTES", "KADE_LAYER_MAX_ENTRIES"]
+    assert {"name": "KADE_LAYER_MAX_BYTES", "value": "8388608"} in env
+    assert not [e for e in pod()["spec"]["containers"][0]["env"] if e["name"].startswith("KADE_LAYER")]

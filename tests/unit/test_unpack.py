@@ -279,3 +279,31 @@ def test_apply_layers_names_each_layer_by_its_digest(tmp_path, rootfs, outside):
                               (bad, "application/vnd.oci.image.layer.v1.tar+gzip", digests[1])])
     assert f"layer {digests[1]}: entry '../outside/pwned'" in str(info.value)
     assert (rootfs / "ok").read_bytes() == b"ok" and not (outside / "pwned").exists()
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, Limits()),
+    ({"KADE_LAYER_MAX_BYTES": "8388608"}, Limits(max_bytes=8 << 20)),
+    ({"KADE_LAYER_MAX_ENTRIES": " 1000 ", "KADE_LAYER_MAX_BYTES": ""}, Limits(max_entries=1000)),
+    ({"KADE_LAYER_MAX_BYTES": "8M"}, "not a positive whole number"),
+    ({"KADE_LAYER_MAX_ENTRIES": "0"}, "not a positive whole number"),
+    ({"KADE_LAYER_MAX_ENTRIES": "-5"}, "not a positive whole number"),
+])
+def test_limits_from_the_environment(env, expected):
+    from builder.errors import BuildError
+    from builder.unpack import limit_env
+
+    if isinstance(expected, Limits):
+        assert Limits.from_env(env) == expected
+        assert limit_env(env) == {k: v.strip() for k, v in env.items() if v.strip()}
+    else:
+        with pytest.raises(BuildError, match=expected):
+            limit_env(env)
+
+
+def test_apply_layer_uses_the_environment_limits_by_default(rootfs, monkeypatch):
+    monkeypatch.setenv("KADE_LAYER_MAX_ENTRIES", "10")
+    with pytest.raises(LayerLimitError, match="more than 10 entries") as info:
+        apply(rootfs, [E(f"f{i}") for i in range(30)])
+    assert DIGEST in str(info.value)
+    assert apply(rootfs, [E("f")], limits=Limits()).entries == 1  # an explicit Limits wins
