@@ -12,6 +12,7 @@ absolute ones or ones to `/`; devices, as the pod runs as root) are checked in t
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 import subprocess
 import uuid
@@ -23,8 +24,8 @@ import yaml
 
 from tests.fixtures.build import BaseImage, base_rootfs_tar, push_layers
 from tests.fixtures.cluster import state_dir
-from tests.fixtures.incluster import (PodLogs, get_blob, get_manifest, kade_build, layer_members, list_tags, pushed_blobs,
-                                      records, result, stage_keys, unique)
+from tests.fixtures.incluster import (PodLogs, get_blob, get_manifest, kade_build, layer_members, list_tags,
+                                      pushed_blobs, records, result, stage_keys, unique)
 from tests.fixtures.layers import E, make_tar
 
 pytestmark = pytest.mark.cluster
@@ -282,9 +283,6 @@ def test_copy_of_context_symlinks_leaks_no_host_file(builder_env, busybox_image,
 
 def _plan_and_context(env, repo: str, pods: PodLogs) -> tuple[str, ...]:
     """The digests of the blobs no manifest names: the stage plans the pods ran and their context uploads."""
-    import json
-
-
     out = []
     for plan in pods.plan_digests():
         out.append(plan)
@@ -305,7 +303,8 @@ def test_secret_is_in_no_blob_log_or_step_key(builder_env, busybox_image, tmp_pa
                             "cp /run/secrets/tok /tmp/copy && rm /tmp/copy && echo ok > /ok\n", {"app.txt": b"app\n"})
     repo = unique("secret")
     with PodLogs(builder_env.kubeconfig, builder_env.namespace) as pods:
-        done = kade_build(builder_env, ctx, f"{builder_env.registry}/{repo}:v1", "--secret", f"id=tok,src={tmp_path / 'tok'}")
+        done = kade_build(builder_env, ctx, f"{builder_env.registry}/{repo}:v1", "--secret",
+                          f"id=tok,src={tmp_path / 'tok'}")
     assert result(done)["steps"]["built"] == 1
     assert value not in done.stdout + done.stderr and "****" in done.stderr
     assert pods.logs and all(value not in log for log in pods.logs.values())
@@ -318,7 +317,8 @@ def test_secret_is_in_no_blob_log_or_step_key(builder_env, busybox_image, tmp_pa
     assert len(keys) == 1 and not [k for k in keys if value in k]
     # the step key does not depend on the secret's value: another value finds every step cached
     (tmp_path / "tok").write_text("another-" + value)
-    again = kade_build(builder_env, ctx, f"{builder_env.registry}/{repo}:v2", "--secret", f"id=tok,src={tmp_path / 'tok'}")
+    again = kade_build(builder_env, ctx, f"{builder_env.registry}/{repo}:v2", "--secret",
+                       f"id=tok,src={tmp_path / 'tok'}")
     assert result(again)["steps"] == {"built": 0, "cached": 1}
     assert stage_keys(builder_env.registry, repo + "-stages") == keys
 
