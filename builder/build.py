@@ -319,7 +319,7 @@ class Builder:
 
         Only base images' stacks are saved for later builds: they recur in every build that runs
         anything, while step images change with the code (saving those costs a full tree copy each time)."""
-        from builder.rootfs import LayerRef
+        from builder.rootfs import LayerRef, chain_ids
 
         holder = self.cache.work_dir(prefix)
         self.work_dirs.append(holder)
@@ -334,8 +334,11 @@ class Builder:
                              f"{len(diff_ids)} diff_ids in its config", hint="rebuild or re-push that image")
         refs = [LayerRef(diff_id, (lambda d=d: open(self._blob_path(image, d), "rb")), d.digest)
                 for diff_id, d in zip(diff_ids, layers)]
-        self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}")
-        self.cache.rootfs_store.materialize(refs, rootfs, save=image.repo not in (self.stages_repo, ""))
+        store = self.cache.rootfs_store
+        kept = store.cached_depth(chain_ids(diff_ids))
+        self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}: {kept} copied from the "
+                              f"unpacked cache, {len(layers) - kept} unpacked", reused=kept, unpacked=len(layers) - kept)
+        store.materialize(refs, rootfs, save=image.repo not in (self.stages_repo, ""))
         return rootfs
 
     def _blob_path(self, image: Image, desc: Descriptor) -> Path:

@@ -30,6 +30,8 @@ _STATVFS_TO_MS = {os.ST_RDONLY: MS_RDONLY, os.ST_NOSUID: MS_NOSUID, os.ST_NODEV:
 # Docker's default capability set: what a RUN step as root keeps (the rest, e.g. CAP_SYS_ADMIN,
 # CAP_SYS_MODULE, CAP_SYS_RAWIO, CAP_SYS_BOOT, CAP_NET_ADMIN, leaves the bounding set).
 DEFAULT_CAPS = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31})
+CAP_SETPCAP = 8
+CAP_SYS_CHROOT = 18
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
 
@@ -66,11 +68,15 @@ def mount_flags(path: str | os.PathLike[str]) -> int:
     return sum(ms for st, ms in _STATVFS_TO_MS.items() if flags & st)
 
 
-def drop_capabilities(keep: frozenset[int] = DEFAULT_CAPS) -> None:
-    """Remove every capability but `keep` from this process's bounding set (inherited across exec)."""
+def last_capability() -> int:
     with open("/proc/sys/kernel/cap_last_cap") as f:
-        last = int(f.read())
-    for cap in range(last + 1):
+        return int(f.read())
+
+
+def drop_capabilities(keep: frozenset[int] = DEFAULT_CAPS, last: int | None = None) -> None:
+    """Remove every capability but `keep` from this process's bounding set (inherited across exec).
+    Needs CAP_SETPCAP; pass `last` (`last_capability()`) where /proc is not reachable, e.g. in a chroot."""
+    for cap in range((last_capability() if last is None else last) + 1):
         if cap not in keep:
             _check(_libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"drop capability {cap}")
 

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,15 +66,21 @@ class RootfsStore:
     def has(self, chain_id: str) -> bool:
         return self.path(chain_id).is_dir()
 
+    def cached_depth(self, chain: Sequence[str]) -> int:
+        """How many leading layers of a stack (given by `chain_ids`) are kept unpacked."""
+        return next((i for i in range(len(chain), 0, -1) if self.has(chain[i - 1])), 0)
+
     def materialize(self, layers: Sequence[LayerRef], dest: str | os.PathLike[str], *,
                     limits: Limits | None = None, save: bool = True) -> Path:
         """A fresh writable rootfs at `dest` (must not exist) holding `layers` applied in order.
         With `save`, the full stack is kept in the store for the next build."""
         target = Path(dest)
         ids = chain_ids([layer.diff_id for layer in layers])
-        start = next((i for i in range(len(ids), 0, -1) if self.has(ids[i - 1])), 0)
+        start = self.cached_depth(ids)
         if start:
-            copy_tree(self.path(ids[start - 1]), target)
+            kept = self.path(ids[start - 1])
+            copy_tree(kept, target)
+            self._touch(kept)
         else:
             target.mkdir(parents=True)
         for layer in layers[start:]:
@@ -98,6 +105,15 @@ class RootfsStore:
                 pass  # another build saved the same stack first
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    @staticmethod
+    def _touch(kept: Path) -> None:
+        """Mark a kept stack used now, for `kade cache prune --older-than` (which goes by the later of
+        atime and mtime): only the atime moves, the tree's own mtimes are content and stay."""
+        try:
+            os.utime(kept, ns=(time.time_ns(), kept.lstat().st_mtime_ns))
+        except OSError:
+            pass  # pruned meanwhile, or a read-only cache: the copy is made already
 
     def remove(self, chain_id: str) -> None:
         shutil.rmtree(self.path(chain_id), ignore_errors=True)

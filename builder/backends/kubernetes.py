@@ -22,6 +22,7 @@ import time
 from collections import deque
 from typing import Any
 
+from builder.backends.agent_relay import TUNNEL_KIND, serve_tunnel
 from builder.backends.remote import RemoteStageBuilder
 from builder.backends.lease import BUILD_PREFIX, Leases
 from builder.backends.podspec import LABEL_BUILD, MANAGED, KubeSettings, stage_pod
@@ -83,15 +84,13 @@ class KubeBuilder(RemoteStageBuilder):
 
         self.core = kc.CoreV1Api(self.api_client)
         self.cancel = threading.Event()
+        self._forward_lock = threading.Lock()
         self.owner: dict[str, str] | None = None
         self.leases = Leases(self.api_client, settings.namespace, f"kade-cli-{self.build_id}", settings.lease_s,
                              report)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def run(self) -> BuildResult:
-        if self.o.ssh:
-            raise BuildError("--ssh is not supported with --backend kubernetes (no agent to forward into pods)",
-                             hint="build with the local backend, or use --secret for a deploy key")
         if not self.stages_repo:
             raise BuildError("--backend kubernetes needs --tag or --repo: the pods push step images to the stages repo")
         swept = self.leases.sweep_expired(BUILD_PREFIX, "app.kubernetes.io/managed-by=kade")
@@ -178,7 +177,7 @@ class KubeBuilder(RemoteStageBuilder):
             manifest = stage_pod(self.k, build_id=self.build_id, owner=self.owner, image_name=self.o.image_name,
                                  stage=ps.label, plan_digest=self.plan_digest, stages_repo=self.stages_repo or "",
                                  insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt,
-                                 secrets_name=self.secrets_name, extra_env=self.pod_env)
+                                 secrets_name=self.secrets_name, ssh_relay=bool(self.o.ssh), extra_env=self.pod_env)
             name = manifest["metadata"]["name"]
             try:
                 self._create(manifest)
@@ -270,6 +269,8 @@ class KubeBuilder(RemoteStageBuilder):
                         result = rec
                     elif rec["kind"] == FAILED_KIND:
                         failure = rec
+                    elif rec["kind"] == TUNNEL_KIND and self.o.ssh:
+                        threading.Thread(target=self._ssh_tunnel, args=(name, rec), daemon=True).start()
                     else:
                         fields = {k: v for k, v in rec.items() if k not in ("kind", "message", "time")}
                         if rec["kind"] == "output":
@@ -280,6 +281,26 @@ class KubeBuilder(RemoteStageBuilder):
                 raise BuildError("build cancelled") from None
             self.report("warning", f"{prefix} log stream of {name} ended: {exc}")
         return self._verdict(ps, name, result, failure, list(tail))
+
+    def _ssh_tunnel(self, pod: str, rec: dict[str, Any]) -> None:
+        """One agent connection of a RUN in `pod`: a port-forward to the pod's relay, spliced to --ssh."""
+        from kubernetes.client import CoreV1Api
+        from kubernetes.stream import portforward
+
+        def open_pod_socket(port: int) -> Any:
+            # a client of its own: `portforward` swaps its ApiClient's request method while it connects
+            with self._forward_lock:
+                core = CoreV1Api(kube_api_client(self.k))
+                forward = portforward(core.connect_get_namespaced_pod_portforward, pod, self.k.namespace,
+                                      ports=str(port))
+            sock = forward.socket(port)
+            sock.setblocking(True)
+            return sock
+
+        try:
+            serve_tunnel(open_pod_socket, rec, self.o.ssh or "")
+        except Exception as exc:  # noqa: BLE001 - the RUN sees a closed agent; say why here
+            self.report("warning", f"ssh agent tunnel to {pod} failed: {exc}")
 
     def _verdict(self, ps: PlannedStage, name: str, result: dict[str, Any] | None, failure: dict[str, Any] | None,
                  tail: list[str]) -> dict[str, Any]:

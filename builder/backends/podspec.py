@@ -25,6 +25,7 @@ CAPABILITIES: dict[str, str] = {
     "MKNOD": "device nodes of base layers and /dev/null etc. for RUN (the device cgroup still limits use)",
     "SETFCAP": "file capabilities (security.capability xattrs) that packages like iputils set",
     "KILL": "stop a RUN's processes when they run as another user (timeouts, cancellation)",
+    "SETPCAP": "take SYS_CHROOT (and SETPCAP) out of each RUN's bounding set, so a RUN can't chroot back out",
 }
 LABEL_BUILD = "kade.io/build"
 LABEL_STAGE = "kade.io/stage"
@@ -71,11 +72,13 @@ def pod_name(build_id: str, stage: str, attempt: int) -> str:
 
 def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, image_name: str, stage: str,
               plan_digest: str, stages_repo: str, insecure: tuple[str, ...] = (), epoch: int | None = None,
-              attempt: int = 1, secrets_name: str | None = None,
+              attempt: int = 1, secrets_name: str | None = None, ssh_relay: bool = False,
               extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """The manifest of the pod that builds `stage` of a build."""
     args = ["build-stage", "--plan", plan_digest, "--stage", stage, "--repo", stages_repo,
             "--lease-seconds", str(s.lease_s)]
+    if ssh_relay:  # RUN --mount=type=ssh reaches the CLI's agent through a port-forward (agent_relay.py)
+        args.append("--ssh-relay")
     for host in insecure:
         args += ["--insecure-registry", host]
     env: list[dict[str, Any]] = [

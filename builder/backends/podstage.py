@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.backends import context_upload, plancodec
+from builder.backends.agent_relay import PodAgentRelay
 from builder.backends.chroot import run_chroot
 from builder.backends.lease import Leases, step_lease_name
 from builder.backends.podspec import MANAGED
@@ -119,9 +120,23 @@ def read_secrets(directory: str | None) -> dict[str, bytes]:
 
 def build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, *, insecure: tuple[str, ...] = (),
                 lease_s: int = 30, work: Path | None = None, cache_dir: str | None = None,
-                api_client: Any = None, holder: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+                api_client: Any = None, holder: str | None = None, namespace: str | None = None,
+                ssh_relay: bool = False) -> dict[str, Any]:
     """Build one stage of an uploaded plan; returns {"built", "reused", "digest"}."""
     work = work or Path(os.environ.get("KADE_WORK_DIR", "/work"))
+    # with --ssh: an agent socket whose connections are tunnelled to the CLI's agent
+    relay = PodAgentRelay(work / "ssh-agent.sock", report) if ssh_relay else None
+    try:
+        return _build_stage(plan_digest, label, stages_repo, report, insecure, lease_s, work, cache_dir,
+                            api_client, holder, namespace, str(relay.path) if relay else None)
+    finally:
+        if relay:
+            relay.close()
+
+
+def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, insecure: tuple[str, ...],
+                 lease_s: int, work: Path, cache_dir: str | None, api_client: Any, holder: str | None,
+                 namespace: str | None, ssh: str | None) -> dict[str, Any]:
     client = RegistryClient(ClientOptions(insecure=insecure))
     repo = client.repository(stages_repo)
     with repo.open_blob(plan_digest) as f:
@@ -138,7 +153,7 @@ def build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, 
                            parallel=1, cache_dir=cache_dir, insecure=insecure,
                            platform=extra.get("platform", "linux/amd64"), no_cache=bool(extra.get("no_cache")),
                            image_name=extra.get("image_name", "default"),
-                           secrets=read_secrets(os.environ.get("KADE_SECRETS_DIR")),
+                           secrets=read_secrets(os.environ.get("KADE_SECRETS_DIR")), ssh=ssh,
                            sandbox=run_chroot if sandbox_mode() == "chroot" else None)
     leases = None
     if api_client is not None and holder and namespace:
@@ -151,13 +166,11 @@ def build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, 
                   platform=options.platform)
     b.ctx = BuildContext(ctx_dir, IgnoreRules([]))
     ps = by_label[label]
-    try:
+    with b.session():  # the PVC's shared lock: a `kade cache prune` Job waits for running pods
         b.hits = b.lookup_stage(ps)
         for dep in sorted(ps.deps):
             b.stage_futures[dep] = _done(b.stage_image(dep))
         if ps.base_image:
             b.load_image(ps.base_image.ref, ps.base_image.digest)
         img = b.run_stage(ps)
-    finally:
-        b._cleanup()
     return {"built": b.built - b.reused, "reused": b.reused, "digest": img.digest if img else None}

@@ -16,7 +16,6 @@ credentials from the git Secret through git's credential store, as the manifests
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -34,6 +33,7 @@ from registry.client import ClientOptions, RegistryClient
 from registry.copy import copy_image
 from registry.errors import RegistryError
 from registry.records import BuildRecord, RecordImage, push_record
+from tests.fixtures.cluster import kubectl
 from tests.fixtures.cleanup import GitHistory, serve_git_http, sleeping_deployment, wait_running
 from tests.fixtures.registry import RegistryServer, push_test_image
 
@@ -43,15 +43,6 @@ MANIFESTS = REPO / "k8s-manifests" / "cleanup"
 NODE_ADDRESS = "10.245.0.1"  # the node's own address: reachable from this host and from pods
 TIMEOUT_S = 150
 DAY = 86400
-
-
-def _kubectl() -> str:
-    cache = os.environ.get("KADE_CLUSTER_CACHE", "/var/cache/kade-cluster")
-    found = shutil.which("kubectl") or next(iter(sorted(glob.glob(f"{cache}/bin/*/kubectl"),
-                                                       key=os.path.getmtime, reverse=True)), None)
-    if not found:
-        pytest.fail(f"no kubectl on PATH or under {cache}/bin/*/: run tests/cluster/up")
-    return found
 
 
 def _run(argv: list[str], **kw) -> str:
@@ -219,7 +210,7 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
     assert expect_deleted <= tags_before and expect_deleted_stages <= stages_before
 
     # --- the CronJob, rendered from k8s-manifests/cleanup by kustomize, applied with kubectl
-    kubectl = [_kubectl(), "--kubeconfig", kube_cluster.kubeconfig]
+    kubectl = [kubectl(), "--kubeconfig", kube_cluster.kubeconfig]
     suffix = "-" + ns.rsplit("-", 1)[-1]
     git_user, git_token = "kade-cleanup", secrets.token_urlsafe(16)
     with serve_git_http(tmp_path / "git", NODE_ADDRESS, git_user, git_token) as git_base:

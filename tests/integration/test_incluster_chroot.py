@@ -73,7 +73,7 @@ def test_mounts_are_copied_in_and_removed(rootfs, tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"network": "none"}, "network"),
-    ({"mounts": [Mount("ssh", "/ssh.sock", "/nonexistent")]}, "ssh"),
+    ({"mounts": [Mount("ssh", "/etc/passwd", "/nonexistent")]}, "already holds files"),
     ({"mounts": [Mount("tmpfs", "/etc")]}, "already holds files"),
 ])
 def test_refuses_what_needs_namespaces(rootfs, kwargs, message):
@@ -86,3 +86,45 @@ def test_refuses_what_needs_namespaces(rootfs, kwargs, message):
 def test_missing_executable(rootfs):
     with pytest.raises(SandboxError, match="cannot start"):
         run_chroot(rootfs, ["/no/such/binary"])
+
+
+def test_root_in_the_run_cannot_chroot_back_out(rootfs):
+    """The classic escape (chroot into a subdirectory, then walk `..` past the old root) starts with a
+    chroot(); the RUN lacks CAP_SYS_CHROOT, so it fails while the rest of root's powers stay."""
+    code, out = run(rootfs, "mkdir -p /esc && chroot /esc /bin/true; echo chroot=$?; "
+                            "touch /owned && chown 1234:1234 /owned && stat -c %u /owned")
+    assert code == 0, out
+    assert "chroot=1" in out and out[-1] == "1234", out  # chroot refused, CHOWN kept
+    assert "Operation not permitted" in out[0], out
+
+
+def test_a_builder_without_setpcap_refuses_to_run(rootfs):
+    """Without CAP_SETPCAP the runner could not take SYS_CHROOT away: it refuses, naming the fix."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from builder.backends.chroot import run_chroot\n"
+            "from builder.sandbox import SandboxError\n"
+            "try:\n    run_chroot(sys.argv[1], ['/bin/true'])\n"
+            "except SandboxError as e:\n    print(e); sys.exit(3)\n")
+    done = subprocess.run(["setpriv", "--bounding-set", "-setpcap", sys.executable, "-c", code, str(rootfs)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "CAP_SETPCAP" in done.stdout and "podspec" in done.stdout
+
+
+def test_an_ssh_mount_is_a_socket_to_the_agent_while_the_run_lasts(rootfs, tmp_path):
+    import socket
+
+    upstream = tmp_path / "agent.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(upstream))
+    server.listen(1)
+    before = tree(rootfs)
+    try:
+        code, out = run(rootfs, 'echo "$SSH_AUTH_SOCK"; [ -S "$SSH_AUTH_SOCK" ] && stat -c %a "$SSH_AUTH_SOCK"',
+                        mounts=[Mount("ssh", "/run/buildkit/ssh_agent.default", source=str(upstream))])
+    finally:
+        server.close()
+    assert code == 0 and out == ["/run/buildkit/ssh_agent.default", "600"], out
+    assert tree(rootfs) == before  # socket and /run/buildkit gone, mtimes back

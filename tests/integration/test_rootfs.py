@@ -1,6 +1,7 @@
 import hashlib
 import io
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,3 +55,24 @@ def test_diff_id_mismatch_is_caught(tmp_path):
     bad = LayerRef("sha256:" + "0" * 64, good.open, digest="sha256:" + "1" * 64)
     with pytest.raises(UnpackError, match="diffID"):
         RootfsStore(tmp_path / "store").materialize([bad], tmp_path / "r")
+
+
+def test_reuse_marks_a_kept_stack_used_without_changing_its_content_times(tmp_path):
+    """`kade cache prune --older-than` goes by a stack's last use: a copy moves its atime only."""
+    from builder.cache import LocalCache
+
+    cache = LocalCache(tmp_path / "cache")
+    base = layer([E("etc", "dir"), E("etc/a", data=b"a")], [])
+    store = cache.rootfs_store
+    store.materialize([base], tmp_path / "r1")
+    kept = store.path(base.diff_id)
+    week_ago = time.time() - 7 * 86400
+    os.utime(kept, (week_ago, week_ago))
+    mtime = kept.stat().st_mtime_ns
+    assert store.cached_depth([base.diff_id]) == 1 and store.cached_depth(["sha256:" + "2" * 64]) == 0
+    store.materialize([base], tmp_path / "r2")
+    assert kept.stat().st_mtime_ns == mtime and kept.stat().st_atime > week_ago + 86400
+    assert cache.prune(older_than_seconds=86400).removed == 0 and store.has(base.diff_id)
+    os.utime(kept, (week_ago, week_ago))
+    cache.prune(older_than_seconds=86400)
+    assert not store.has(base.diff_id)

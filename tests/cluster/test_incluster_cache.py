@@ -1,0 +1,140 @@
+"""The cache PVC of builder pods on the real test cluster: later pods copy the unpacked layers that
+earlier ones kept there, and the prune CronJob of k8s-manifests/builder empties what no build used
+for long, waiting for running builds."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster.test_incluster_build import kade_build, records, result, unique, write_context
+from tests.fixtures.cluster import kubectl
+from tests.fixtures.incluster import MANIFESTS, PV_ROOT, builder_namespace
+
+pytestmark = pytest.mark.cluster
+
+CHAIN = """\
+FROM {base} AS first
+RUN echo one > /one.txt
+
+FROM {base}
+COPY --from=first /one.txt /srv/one.txt
+RUN cat /srv/one.txt > /srv/copy.txt
+"""
+
+
+def unpack_records(recs: list[dict], stage: str) -> list[dict]:
+    return [r for r in recs if r["kind"] == "unpack" and r["message"].startswith(f"[default/{stage}]")]
+
+
+def test_later_pods_copy_unpacked_layers_from_the_cache_pvc(kube_cluster, builder_image, tmp_path):
+    with builder_namespace(kube_cluster, builder_image) as env:  # its own, empty cache PVC
+        ctx = write_context(tmp_path / "ctx", CHAIN, env.base_image)
+        done = kade_build(env, ctx, f"{env.registry}/{unique('shared')}:v1")
+        result(done)
+        recs = records(done)
+        first = unpack_records(recs, "first")
+        final = unpack_records(recs, "1")
+        # the first pod found an empty PVC: it unpacked the base layer and kept the tree there ...
+        assert [(r["reused"], r["unpacked"]) for r in first] == [(0, 1)], first
+        kept = [p.name for p in (PV_ROOT / env_pv(env)).joinpath("rootfs").iterdir() if p.name.startswith("sha256-")]
+        assert len(kept) == 1, kept
+        # ... the next pod copied it: the base as its own parent, and under the first stage's image
+        assert sorted((r["reused"], r["unpacked"]) for r in final) == [(1, 0), (1, 1)], final
+
+
+def env_pv(env) -> str:
+    """The host folder of the builder namespace's cache PV (a static local PV per namespace)."""
+    from kubernetes import client, config
+
+    api = client.CoreV1Api(config.new_client_from_config(config_file=env.kubeconfig))
+    pvc = api.read_namespaced_persistent_volume_claim(env.cache_pvc, env.namespace)
+    return pvc.spec.volume_name
+
+
+def pv_dir(env) -> Path:
+    return PV_ROOT / env_pv(env)
+
+
+def _aged(path: Path, days: float) -> Path:
+    then = time.time() - days * 86400
+    os.utime(path, (then, then), follow_symlinks=False)
+    return path
+
+
+def _render_prune_cronjob(tmp_path: Path, env) -> dict:
+    """k8s-manifests/builder through kustomize, with the settings a user makes: namespace and image."""
+    name, _, digest = env.image.partition("@")
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(json.dumps({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": env.namespace,
+        "resources": [os.path.relpath(MANIFESTS, overlay)],
+        "images": [{"name": "registry.example.com/kade/builder", "newName": name, "digest": digest}]}))
+    done = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return next(d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "CronJob")
+
+
+def _wait_job(env, name: str, timeout_s: float = 120) -> str:
+    from kubernetes import client, config
+
+    api_client = config.new_client_from_config(config_file=env.kubeconfig)
+    batch, core = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = batch.read_namespaced_job_status(name, env.namespace).status
+        if status.succeeded or status.failed:
+            pods = core.list_namespaced_pod(env.namespace, label_selector=f"job-name={name}").items
+            logs = "\n".join(core.read_namespaced_pod_log(p.metadata.name, env.namespace) for p in pods)
+            assert status.succeeded, f"the prune Job failed:\n{logs}"
+            return logs
+        time.sleep(1)
+    pytest.fail(f"the prune Job {env.namespace}/{name} did not finish in {timeout_s}s")
+
+
+def test_the_prune_cronjob_empties_what_no_build_used_and_waits_for_running_builds(
+        kube_cluster, builder_image, tmp_path):
+    from kubernetes import client, config
+
+    from builder.cache import LocalCache
+
+    with builder_namespace(kube_cluster, builder_image) as env:
+        cache = LocalCache(pv_dir(env))
+        old_blob = cache.root / "blobs" / "sha256" / ("a" * 64)
+        old_blob.write_bytes(b"old")
+        _aged(old_blob, 10)
+        new_blob = cache.root / "blobs" / "sha256" / ("b" * 64)
+        new_blob.write_bytes(b"new")
+        # an unpacked tree as images have them: a directory of another owner that only it may enter
+        old_tree = cache.root / "rootfs" / ("sha256-" + "c" * 64)
+        (old_tree / "home" / "app").mkdir(parents=True)
+        (old_tree / "home" / "app" / "f").write_text("x")
+        os.chown(old_tree / "home" / "app" / "f", 1234, 1234)
+        os.chown(old_tree / "home" / "app", 1234, 1234)
+        (old_tree / "home" / "app").chmod(0o500)
+        _aged(old_tree, 10)
+        fresh_tree = cache.root / "rootfs" / ("sha256-" + "d" * 64)
+        fresh_tree.mkdir()
+        old_mount = _aged(cache.mount_dir("apt"), 10)
+
+        cronjob = _render_prune_cronjob(tmp_path, env)
+        job = {"apiVersion": "batch/v1", "kind": "Job",
+               "metadata": {"name": f"prune-{uuid.uuid4().hex[:6]}", "namespace": env.namespace},
+               "spec": cronjob["spec"]["jobTemplate"]["spec"]}
+        batch = client.BatchV1Api(config.new_client_from_config(config_file=env.kubeconfig))
+        with cache.lock("global", shared=True):  # a build is running (pods hold this lock shared)
+            batch.create_namespaced_job(env.namespace, job)
+            time.sleep(8)
+            assert not batch.read_namespaced_job_status(job["metadata"]["name"], env.namespace).status.succeeded
+            assert old_blob.exists() and old_tree.exists()
+        logs = _wait_job(env, job["metadata"]["name"])
+        assert json.loads(logs[logs.index("{"):])["removed"] == 3, logs
+        assert not old_blob.exists() and not old_tree.exists() and not old_mount.exists()
+        assert new_blob.exists() and fresh_tree.exists()
