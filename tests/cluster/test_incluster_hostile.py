@@ -16,6 +16,7 @@ import json
 import secrets
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def busybox_image(builder_env, busybox_tar_bytes) -> BaseImage:
     return push_layers(builder_env.registry, "incluster/hostile-busybox", "1", [busybox_tar_bytes])
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def victim(builder_env) -> Path:
     """A file on the cache PVC (the pods' /cache/victim), the target of every escape attempt."""
     assert builder_env.cache_dir is not None
@@ -144,30 +145,50 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize("case", REFUSED, ids=[c.id for c in REFUSED])
-def test_hostile_input_is_refused_in_the_pod(case, builder_env, busybox_tar_bytes, busybox_image, victim, tmp_path):
+@dataclass
+class Run:
+    done: subprocess.CompletedProcess
+    repo: str
+    named: str  # how the error must name the input: the layer digest or the ADD archive
+
+
+def run_refused(case: Refused, env, busybox: bytes, busybox_image: BaseImage, tmp: Path) -> Run:
     repo = unique(f"refused-{case.id}")
     if case.add:
-        ctx = context(tmp_path, f"FROM {busybox_image.ref}\nADD evil.tar /dst/\nRUN echo unreachable\n",
+        ctx = context(tmp, f"FROM {busybox_image.ref}\nADD evil.tar /dst/\nRUN echo unreachable\n",
                       {"evil.tar": case.tar()})
         named = "layer ADD evil.tar:"
     else:
-        base = push_layers(builder_env.registry, unique(f"hostile-base-{case.id}"), "1",
-                           [busybox_tar_bytes, case.tar()])
-        ctx = context(tmp_path, f"FROM {base.ref}\nRUN echo unreachable\n")
+        base = push_layers(env.registry, unique(f"hostile-base-{case.id}"), "1", [busybox, case.tar()])
+        ctx = context(tmp, f"FROM {base.ref}\nRUN echo unreachable\n")
         named = f"layer {base.layer_digest}"
-    done = kade_build(builder_env, ctx, f"{builder_env.registry}/{repo}:v1", environ=case.environ)
-    err = error_text(done)
+    return Run(kade_build(env, ctx, f"{env.registry}/{repo}:v1", environ=case.environ), repo, named)
+
+
+@pytest.fixture(scope="module")
+def refused_runs(builder_env, busybox_tar_bytes, busybox_image, victim, tmp_path_factory) -> dict[str, Run]:
+    """Every REFUSED case built at once, four at a time (each its own build, pod and repositories, so
+    each error stays its own; escape attempts carry the case's name)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {c.id: pool.submit(run_refused, c, builder_env, busybox_tar_bytes, busybox_image,
+                                     tmp_path_factory.mktemp(c.id)) for c in REFUSED}
+        return {cid: f.result() for cid, f in futures.items()}
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=[c.id for c in REFUSED])
+def test_hostile_input_is_refused_in_the_pod(case, refused_runs, builder_env, victim):
+    run = refused_runs[case.id]
+    done, err = run.done, error_text(run.done)
     assert done.returncode == 1, done.stderr[-3000:]
     assert err.count("Dockerfile:") == (1 if case.add else 0)  # the position once, not repeated by the pod
     assert [r for r in records(done) if r["kind"] == "pod" and "started" in r["message"]], "no pod ran"
-    assert f"pod {builder_env.namespace}/kade-" in err and named in err, err[-3000:]
+    assert f"pod {builder_env.namespace}/kade-" in err and run.named in err, err[-3000:]
     for fragment in case.expect:
         assert fragment in err, (fragment, err[-3000:])
     assert "unreachable" not in output_lines(done)  # the RUN after the refused input never ran
     assert "Traceback" not in err
     assert_nothing_escaped(builder_env, victim)
-    assert_nothing_published(builder_env, repo)
+    assert_nothing_published(builder_env, run.repo)
 
 
 # -- kept inside the rootfs: one base image with every legitimate oddity ---------------------------
@@ -178,6 +199,7 @@ KEPT = [
     E("cache-link", "symlink", link="/cache"), E("cache-link/pwned-through-link", data=MARK),
     E("root-link", "symlink", link="/"), E("root-link/cache/pwned-via-root", data=MARK),
     E("up", "symlink", link=UP.rstrip("/")), E("up/cache/pwned-via-up", data=MARK),
+    E("work-link", "symlink", link="/work"), E("work-link/pwned-via-work", data=MARK),  # the pod's emptyDir
     E("victim-link", "symlink", link="/cache/victim"), E("victim-link", data=b"replaced, not written through"),
     E("abs-link", "symlink", link="/cache/victim"),
     E("hard-to-link", "hardlink", link="abs-link"),
@@ -187,7 +209,8 @@ KEPT = [
     E("etc/.wh.gone"),
     E("owned", data=b"o", uid=1234, gid=5678, mode=0o4750),
 ]
-INSPECT = r"""RUN for f in /cache/pwned-through-link /cache/pwned-via-root /cache/pwned-via-up /victim-link; \
+INSPECT = r"""RUN for f in /cache/pwned-through-link /cache/pwned-via-root /cache/pwned-via-up \
+      /work/pwned-via-work /victim-link; \
       do echo "FILE $f $(cat $f)"; done; \
     echo "LINK /abs-link $(readlink /abs-link)"; echo "LINK /hard-to-link $(readlink /hard-to-link)"; \
     cat /abs-link >/dev/null 2>&1 && echo "ABS followed" || echo "ABS dangling inside the rootfs"; \
@@ -206,6 +229,9 @@ def test_symlinks_devices_and_whiteouts_of_a_base_stay_inside_the_rootfs(builder
     lines = output_lines(done)
     for name in ("pwned-through-link", "pwned-via-root", "pwned-via-up"):  # landed in the rootfs' own /cache
         assert f"FILE /cache/{name} {MARK.decode()}" in lines, lines
+    # in the rootfs' own /work: written through to the pod's /work (the emptyDir holding the rootfs), the
+    # file would be missing here
+    assert f"FILE /work/pwned-via-work {MARK.decode()}" in lines
     assert "FILE /victim-link replaced, not written through" in lines
     assert "LINK /abs-link /cache/victim" in lines and "LINK /hard-to-link /cache/victim" in lines
     assert "ABS dangling inside the rootfs" in lines  # resolved in the chroot, not on the pod's /cache
