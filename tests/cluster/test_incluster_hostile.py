@@ -335,6 +335,8 @@ def test_secret_is_in_no_blob_log_or_step_key(builder_env, busybox_image, tmp_pa
     assert value not in done.stdout + done.stderr and "****" in done.stderr
     assert pods.logs and all(value not in log for log in pods.logs.values())
     assert any("****" in log for log in pods.logs.values())  # the pod's own log, read through the API
+    assert pods.specs and all(value not in spec for spec in pods.specs.values())  # mounted from the Secret
+    assert all("KADE_SECRETS_DIR" in spec for spec in pods.specs.values())
     blobs = pushed_blobs(builder_env.registry, repo + "-stages", _plan_and_context(builder_env, repo, pods)) | \
         pushed_blobs(builder_env.registry, repo)
     assert len(blobs) >= 5
