@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 import secrets
 import subprocess
 import uuid
@@ -241,6 +243,11 @@ def test_symlinks_devices_and_whiteouts_of_a_base_stay_inside_the_rootfs(builder
     assert "STAT /dev/kade-sda block special file 8:0" in lines
     assert "STAT /owned 1234:5678 4750" in lines
     assert_nothing_escaped(builder_env, victim)
+    # the pod kept the unpacked base on the PVC (rootfs/<ChainID>/): the same tree, confined as well
+    kept = list((builder_env.cache_dir / "rootfs").glob("*/cache/pwned-through-link"))
+    assert len(kept) == 1 and kept[0].read_bytes() == MARK
+    dev = os.lstat(kept[0].parents[1] / "dev" / "kade-sda")  # its device nodes too (docs/incluster.md)
+    assert stat.S_ISBLK(dev.st_mode) and (os.major(dev.st_rdev), os.minor(dev.st_rdev)) == (8, 0)
 
 
 def test_add_of_a_local_archive_keeps_owners_and_symlinks_inside_the_target(builder_env, busybox_image, victim,
