@@ -207,6 +207,7 @@ KEPT = [
     E("hard-to-link", "hardlink", link="abs-link"),
     E("dev", "dir"), E("dev/kade-mem", "char", dev=(1, 1), mode=0o600),
     E("dev/kade-sda", "block", dev=(8, 0), mode=0o600),
+    E("dev/kade-fuse", "char", dev=(10, 229), mode=0o600),  # root opens it without any capability
     E("data", "dir"), E("data/new", data=b"new"), E("data/.wh..wh..opq"),  # opaque after a sibling
     E("etc/.wh.gone"),
     E("owned", data=b"o", uid=1234, gid=5678, mode=0o4750),
@@ -218,7 +219,8 @@ INSPECT = r"""RUN for f in /cache/pwned-through-link /cache/pwned-via-root /cach
     cat /abs-link >/dev/null 2>&1 && echo "ABS followed" || echo "ABS dangling inside the rootfs"; \
     echo "DATA $(ls -A /data | tr '\n' ' ')"; \
     test -e /etc/gone && echo "GONE no" || echo "GONE yes"; \
-    stat -c 'STAT %n %F %t:%T' /dev/kade-mem /dev/kade-sda; stat -c 'STAT %n %u:%g %a' /owned
+    stat -c 'STAT %n %F %t:%T' /dev/kade-mem /dev/kade-sda; stat -c 'STAT %n %u:%g %a' /owned; \
+    (: < /dev/kade-fuse) 2>/dev/null && echo "FUSE opened" || echo "FUSE refused"
 """
 
 
@@ -242,6 +244,7 @@ def test_symlinks_devices_and_whiteouts_of_a_base_stay_inside_the_rootfs(builder
     assert "STAT /dev/kade-mem character special file 1:1" in lines
     assert "STAT /dev/kade-sda block special file 8:0" in lines
     assert "STAT /owned 1234:5678 4750" in lines
+    assert "FUSE refused" in lines  # a node the image brings can't be opened in the pod (root on the host can)
     assert_nothing_escaped(builder_env, victim)
     # the pod kept the unpacked base on the PVC (rootfs/<ChainID>/): the same tree, confined as well
     kept = list((builder_env.cache_dir / "rootfs").glob("*/cache/pwned-through-link"))
