@@ -177,7 +177,8 @@ class KubeBuilder(RemoteStageBuilder):
             manifest = stage_pod(self.k, build_id=self.build_id, owner=self.owner, image_name=self.o.image_name,
                                  stage=ps.label, plan_digest=self.plan_digest, stages_repo=self.stages_repo or "",
                                  insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt,
-                                 secrets_name=self.secrets_name, ssh_relay=bool(self.o.ssh), extra_env=self.pod_env)
+                                 secrets_name=self.secrets_name, ssh_relay=bool(self.o.ssh),
+                                 extra_env=self.pod_env)
             name = manifest["metadata"]["name"]
             try:
                 self._create(manifest)
