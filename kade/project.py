@@ -25,7 +25,7 @@ from typing import Any, Callable
 from builder.build import BuildOptions, Builder, BuildResult
 from builder.errors import BuildError
 from builder.keys import is_step_key
-from builder.plan import DEFAULT_PLATFORM, Plan
+from builder.plan import DEFAULT_PLATFORM
 from kade.config import ConfigError, ImageSpec, ProjectConfig
 from kade.tags import TagContext, content_tag, extra_tags
 from registry import mediatypes as mt

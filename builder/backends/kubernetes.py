@@ -30,6 +30,7 @@ from builder.backends.podspec import LABEL_BUILD, MANAGED, KubeSettings, stage_p
 from builder.build import BuildOptions, BuildResult, Report
 from builder.errors import BuildError, StepFailedError
 from builder.plan import PlannedStage
+from builder.unpack import limit_env
 from registry.client import RegistryClient
 
 RESULT_KIND = "stage-result"
@@ -119,6 +120,7 @@ class KubeBuilder(RemoteStageBuilder):
         super().__init__(options, report, client)
         self.k = settings
         self.build_id = secrets.token_hex(5)
+        self.pod_env = limit_env()  # the CLI's $KADE_LAYER_MAX_* bound the layers the pods unpack too
         self.api_client = api_client or kube_api_client(settings)
         from kubernetes import client as kc
 
@@ -207,7 +209,8 @@ class KubeBuilder(RemoteStageBuilder):
             manifest = stage_pod(self.k, build_id=self.build_id, owner=self.owner, image_name=self.o.image_name,
                                  stage=ps.label, plan_digest=self.plan_digest, stages_repo=self.stages_repo or "",
                                  insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt,
-                                 secrets_name=self.secrets_name, ssh_relay=bool(self.o.ssh))
+                                 secrets_name=self.secrets_name, ssh_relay=bool(self.o.ssh),
+                                 extra_env=self.pod_env)
             name = manifest["metadata"]["name"]
             try:
                 self._create(manifest)
@@ -349,20 +352,26 @@ class KubeBuilder(RemoteStageBuilder):
             return result
         where = f"pod {self.k.namespace}/{name}"
         if failure is not None:
-            step = failure.get("step") or "?"
-            code = failure.get("exit_code")
-            lines = failure.get("output_tail") or tail
-            if code is not None:
-                raise StepFailedError(f"{where}: step {step} failed with exit code {code}", exit_code=int(code),
-                                      output_tail=list(lines), file=failure.get("file"), line=failure.get("line"))
-            raise BuildError(f"{where}: stage {ps.label} failed: {failure.get('message')}",
-                             file=failure.get("file"), line=failure.get("line"))
+            raise failure_error(where, ps.label, failure, tail)
         reason = (pod.status.reason or "") if pod.status else ""
         code = _exit_code(pod)
         if reason == "Evicted" or code in (137, 143) or code is None:
             raise PodLost(f"{phase} {reason or ''} exit {code}".strip())
         raise BuildError(f"{where}: stage {ps.label} ended {phase} (exit {code}) without a result",
                          hint="last output:\n" + "\n".join(tail))
+
+
+def failure_error(where: str, stage: str, failure: dict[str, Any], tail: list[str]) -> BuildError:
+    """The error for a pod's `stage-failed` record. The record carries the message without the
+    Dockerfile position (file and line come as fields) and its hint apart, so the position shows once."""
+    step = failure.get("step") or "?"
+    code = failure.get("exit_code")
+    file, line = failure.get("file"), failure.get("line")
+    if code is not None:
+        return StepFailedError(f"{where}: step {step} failed with exit code {code}", exit_code=int(code),
+                               output_tail=list(failure.get("output_tail") or tail), file=file, line=line)
+    return BuildError(f"{where}: stage {stage} failed: {failure.get('message')}", file=file, line=line,
+                      hint=failure.get("hint"))
 
 
 def _exit_code(pod: Any) -> int | None:

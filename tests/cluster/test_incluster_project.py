@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from registry.client import ClientOptions, RegistryClient
-from tests.cluster.test_incluster_build import EPOCH, _pods, _wait_running_pod, records
+from tests.fixtures.incluster import EPOCH, builder_pods, records, wait_running_pod
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
@@ -143,13 +143,13 @@ def test_sigterm_during_a_project_build_deletes_the_pods_of_every_image(builder_
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO),
                             env=environ)
     try:
-        _wait_running_pod(builder_env)
+        wait_running_pod(builder_env)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode != 0
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and [p for p in _pods(builder_env)[1] if not p.metadata.deletion_timestamp]:
+    while time.monotonic() < deadline and [p for p in builder_pods(builder_env)[1] if not p.metadata.deletion_timestamp]:
         time.sleep(0.5)
-    assert not [p for p in _pods(builder_env)[1] if not p.metadata.deletion_timestamp], err[-2000:]
+    assert not [p for p in builder_pods(builder_env)[1] if not p.metadata.deletion_timestamp], err[-2000:]
