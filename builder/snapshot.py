@@ -38,7 +38,7 @@ from builder.errors import BuildError
 from builder.layer import read_xattrs, write_layer
 from builder.linux import MNT_DETACH, mount, umount
 from builder.rootpath import open_dir, open_root
-from builder.unpack import apply_layer, remove_entry
+from builder.unpack import Limits, apply_layer, remove_entry
 
 Method = Literal["auto", "overlay", "stat"]
 StatKey = tuple[int, int, int, int, int, int, int, int]  # mode uid gid size mtime_ns ctime_ns ino rdev
@@ -374,7 +374,8 @@ class Capture:
         with tempfile.TemporaryFile(dir=self.scratch) as tmp:   # another filesystem: copy through a tar
             write_layer(changes, tmp, "none")
             tmp.seek(0)
-            apply_layer(tmp, self.rootfs, digest="(overlay commit)", allow_devices=os.geteuid() == 0)
+            apply_layer(tmp, self.rootfs, digest="(overlay commit)", allow_devices=os.geteuid() == 0,
+                        limits=Limits())  # our own RUN output: the defaults, not $KADE_LAYER_MAX_*
 
     def close(self) -> None:
         self._unmount()

@@ -80,7 +80,8 @@ def pod_name(build_id: str, stage: str, attempt: int) -> str:
 
 def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, image_name: str, stage: str,
               plan_digest: str, stages_repo: str, insecure: tuple[str, ...] = (), epoch: int | None = None,
-              attempt: int = 1, secrets_name: str | None = None, ssh_relay: bool = False) -> dict[str, Any]:
+              attempt: int = 1, secrets_name: str | None = None, ssh_relay: bool = False,
+              extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """The manifest of the pod that builds `stage` of a build."""
     args = ["build-stage", "--plan", plan_digest, "--stage", stage, "--repo", stages_repo,
             "--lease-seconds", str(s.lease_s)]
@@ -96,6 +97,8 @@ def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, i
     ]
     if epoch is not None:
         env.append({"name": "SOURCE_DATE_EPOCH", "value": str(epoch)})
+    for name, value in sorted((extra_env or {}).items()):  # e.g. the unpack limits ($KADE_LAYER_MAX_*)
+        env.append({"name": name, "value": value})
     capabilities = dict(CAPABILITIES)
     if s.user_namespaces:
         capabilities.update(USERNS_CAPABILITIES)

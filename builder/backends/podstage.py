@@ -62,7 +62,7 @@ class PodBuilder(Builder):
         from builder.execute import apply_layers
 
         have = len(parent.manifest.layers) if parent else 0
-        blobs = [(self._blob_path(img, d), d.media_type) for d in img.manifest.layers[have:]]
+        blobs = [(self._blob_path(img, d), d.media_type, d.digest) for d in img.manifest.layers[have:]]
         apply_layers(rootfs, blobs)
 
     def lookup_stage(self, ps: PlannedStage) -> dict[str, Any]:

@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
         _emit(FAILED_KIND, message=exc.detail, step=exc.detail.rsplit(" failed with exit code", 1)[0],
               exit_code=exc.exit_code, output_tail=exc.output_tail, file=exc.file, line=exc.line)
         return 1
-    except BuildError as exc:
-        _emit(FAILED_KIND, message=str(exc), file=exc.file, line=exc.line)
+    except BuildError as exc:  # the CLI puts file:line in front and the hint after, once
+        _emit(FAILED_KIND, message=exc.detail, hint=exc.hint, file=exc.file, line=exc.line)
         return 1
     except EXPECTED as exc:
         _emit(FAILED_KIND, message=str(exc))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.cluster.test_incluster_build import kade_build, records, result, unique, write_context
+from tests.fixtures.incluster import kade_build, records, result, unique, write_context
 
 pytestmark = pytest.mark.cluster
 

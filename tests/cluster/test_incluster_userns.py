@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from builder.backends.podspec import WORK_MOUNT
-from tests.cluster.test_incluster_build import (MULTI, _pods, _start, kade_build, result, stage_keys, unique,
-                                                write_context)
+from tests.cluster.test_incluster_build import MULTI, _start
+from tests.fixtures.incluster import (builder_pods, get_blob, get_manifest, kade_build, result, stage_keys, unique,
+                                      write_context)
 
 pytestmark = pytest.mark.cluster
 
@@ -85,7 +85,7 @@ def _wait_for_run(container_id: str, deadline_s: float = 60) -> list[int]:
 def _running_container(env, deadline_s: float = 90) -> tuple[object, str]:
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        for pod in _pods(env)[1]:
+        for pod in builder_pods(env)[1]:
             statuses = pod.status.container_statuses or []
             if pod.status.phase == "Running" and statuses and statuses[0].container_id:
                 return pod, statuses[0].container_id.split("://", 1)[1]
@@ -95,10 +95,8 @@ def _running_container(env, deadline_s: float = 90) -> tuple[object, str]:
 
 def _last_layer(registry: str, repo: str, tag: str) -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:
     """name -> (tar header, file content) of the last layer of an image in the cluster registry."""
-    accept = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
-    manifest = requests.get(f"http://{registry}/v2/{repo}/manifests/{tag}", headers=accept, timeout=10).json()
-    blob = requests.get(f"http://{registry}/v2/{repo}/blobs/{manifest['layers'][-1]['digest']}", timeout=30)
-    with tarfile.open(fileobj=io.BytesIO(blob.content), mode="r:*") as tar:
+    manifest = get_manifest(registry, repo, tag) or {}
+    with tarfile.open(fileobj=io.BytesIO(get_blob(registry, repo, manifest["layers"][-1]["digest"]))) as tar:
         return {m.name.strip("/").removeprefix("./"): (m, tar.extractfile(m).read() if m.isfile() else None)
                 for m in tar.getmembers()}
 

@@ -1,6 +1,4 @@
 """RUN steps end to end: sandbox, snapshot, layers, users, cache mounts, secrets, heredocs, failures."""
-import json
-import subprocess
 
 import pytest
 
