@@ -16,9 +16,11 @@ RUN --mount=type=ssh perl -MIO::Socket::UNIX -e 'for my $try (1, 2) {{ my $s = I
 """
 
 
-def test_a_run_in_a_pod_uses_the_clis_ssh_agent(builder_env, ssh_agent, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--user-namespaces",)], ids=["chroot-runner", "userns-sandbox"])
+def test_a_run_in_a_pod_uses_the_clis_ssh_agent(builder_env, ssh_agent, tmp_path, extra):
     ctx = write_context(tmp_path / "ctx", LIST_KEYS, builder_env.base_image)
-    done = kade_build(builder_env, ctx, f"{builder_env.registry}/{unique('ssh')}:v1", "--ssh", f"default={ssh_agent}")
+    done = kade_build(builder_env, ctx, f"{builder_env.registry}/{unique('ssh')}:v1", "--ssh", f"default={ssh_agent}",
+                      *extra)
     out = result(done)
     assert out["steps"]["built"] == 1
     said = [r["message"].split("] ", 1)[-1].strip() for r in records(done) if r["kind"] == "output"]
