@@ -1,6 +1,5 @@
 """Pure pieces around tracking: annotation options, new-revision pods, the failure summary, diffs,
 apply conflicts and what a deploy prunes."""
-import re
 
 import pytest
 
