@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.fixtures.cluster import kubectl
-from tests.fixtures.incluster import (MANIFESTS, PV_ROOT, builder_namespace, kade_build, records, result, unique,
+from tests.fixtures.incluster import (MANIFESTS, builder_namespace, kade_build, records, result, unique,
                                      write_context)
 
 pytestmark = pytest.mark.cluster
@@ -43,23 +43,10 @@ def test_later_pods_copy_unpacked_layers_from_the_cache_pvc(kube_cluster, builde
         final = unpack_records(recs, "1")
         # the first pod found an empty PVC: it unpacked the base layer and kept the tree there ...
         assert [(r["reused"], r["unpacked"]) for r in first] == [(0, 1)], first
-        kept = [p.name for p in (PV_ROOT / env_pv(env)).joinpath("rootfs").iterdir() if p.name.startswith("sha256-")]
+        kept = [p.name for p in (env.cache_dir / "rootfs").iterdir() if p.name.startswith("sha256-")]
         assert len(kept) == 1, kept
         # ... the next pod copied it: the base as its own parent, and under the first stage's image
         assert sorted((r["reused"], r["unpacked"]) for r in final) == [(1, 0), (1, 1)], final
-
-
-def env_pv(env) -> str:
-    """The host folder of the builder namespace's cache PV (a static local PV per namespace)."""
-    from kubernetes import client, config
-
-    api = client.CoreV1Api(config.new_client_from_config(config_file=env.kubeconfig))
-    pvc = api.read_namespaced_persistent_volume_claim(env.cache_pvc, env.namespace)
-    return pvc.spec.volume_name
-
-
-def pv_dir(env) -> Path:
-    return PV_ROOT / env_pv(env)
 
 
 def _aged(path: Path, days: float) -> Path:
@@ -106,7 +93,7 @@ def test_the_prune_cronjob_empties_what_no_build_used_and_waits_for_running_buil
     from builder.cache import LocalCache
 
     with builder_namespace(kube_cluster, builder_image) as env:
-        cache = LocalCache(pv_dir(env))
+        cache = LocalCache(env.cache_dir)
         old_blob = cache.root / "blobs" / "sha256" / ("a" * 64)
         old_blob.write_bytes(b"old")
         _aged(old_blob, 10)
