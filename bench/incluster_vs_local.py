@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from build_vs_buildah import DOCKERFILE, make_workload  # noqa: E402
+from build_vs_buildah import change_source, make_workload  # noqa: E402
 from tests.fixtures.cluster import load_cluster, state_dir  # noqa: E402
 from tests.fixtures.incluster import build_builder_image, builder_namespace  # noqa: E402
 
@@ -65,6 +65,13 @@ def pod_latency(recs: list[dict]) -> list[float]:
     return out
 
 
+def node_runtime(kubeconfig: str) -> str:
+    from kubernetes import client, config
+
+    node = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig)).list_node().items[0]
+    return node.status.node_info.container_runtime_version
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
@@ -77,15 +84,16 @@ def main() -> None:
     with builder_namespace(cluster, image) as env, tempfile.TemporaryDirectory(prefix="kade-incl-bench-") as tmp:
         ctx = Path(tmp) / "ctx"
         ctx.mkdir()
-        make_workload(ctx, cluster.base_image)
+        make_workload(ctx, cluster.base_image, seed=1)
+        runtime = node_runtime(env.kubeconfig)
+        load = os.getloadavg()[0]
         run_id = os.urandom(3).hex()
         for backend in ("local", "kubernetes"):
             tag = f"{env.registry}/bench/incl-{backend}-{run_id}:v1"
             cache = Path(tmp) / f"cache-{backend}"
             kade(env, ctx, tag, backend, cache)  # warm up: caches and stages repo
             for i in range(args.runs):
-                src = ctx / "src" / "pkg" / "mod0" / "m0.py"
-                src.write_text(src.read_text() + f"# change {backend} {i}\n")
+                change_source(ctx, i + (0 if backend == "local" else args.runs))  # a new change each time
                 t, recs = kade(env, ctx, tag, backend, cache)
                 rows.setdefault("one source file changed", {}).setdefault(backend, []).append(t)
                 latencies += pod_latency(recs)
@@ -94,7 +102,7 @@ def main() -> None:
                 latencies += pod_latency(recs)
     lines = [f"## in-cluster vs local build — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
              f"Machine: {platform.node()}, {os.cpu_count()} cores (shared with other sessions), test cluster "
-             f"(1 node, containerd 1.6, runc). Command: `.venv/bin/python bench/incluster_vs_local.py "
+             f"(1 node, {runtime}), 1-min load {load:.1f} at the start. Command: `.venv/bin/python bench/incluster_vs_local.py "
              f"--runs {args.runs}`. Workload of bench/build_vs_buildah.py on the cluster's Debian base; warm local cache / warm PVC; medians.", "",
              "| scenario | local (s) | kubernetes (s) | ratio |", "|---|---|---|---|"]
     for name, by in rows.items():

@@ -337,6 +337,11 @@ class KubeBuilder(RemoteStageBuilder):
 
     def _verdict(self, ps: PlannedStage, name: str, result: dict[str, Any] | None, failure: dict[str, Any] | None,
                  tail: list[str]) -> dict[str, Any]:
+        if result is not None and failure is None:
+            # The pod's last words, after every push: its log stream carries them, and RUN output only
+            # ever inside `output` records, so nothing else can write one. The kubelet reports the
+            # phase a second or two later; the stage needn't wait for that.
+            return result
         deadline = time.monotonic() + 30
         while True:
             pod = self._read(name)
