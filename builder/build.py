@@ -275,8 +275,9 @@ class Builder:
         rootfs = self._materialize(parent, f"stage-{ps.label}-")
         for s in steps[last_hit + 1:]:
             parent = self._run_once(ps, s, parent, rootfs)
-        with self.root_lock:
-            self.stage_roots[ps.label] = rootfs
+        if ps.label in rootfs_readers(self.plan):  # else its last RUN may have left it unmerged
+            with self.root_lock:
+                self.stage_roots[ps.label] = rootfs
         self.stage_images[ps.label] = parent
         return parent
 
@@ -384,7 +385,8 @@ class Builder:
                 ctx = ex.RunContext(secrets=self.o.secrets, ssh_socket=self.o.ssh, cache_dir=self._cache_mount,
                                     stage_rootfs=self._mount_root, context_root=self.ctx.root, report=self.report,
                                     runner=self.o.sandbox)
-                layer = ex.run_step(rootfs, step, ctx, lambda line: self.report("output", line), self._write_layer)
+                layer = ex.run_step(rootfs, step, ctx, lambda line: self.report("output", line), self._write_layer,
+                                    keep_result=rootfs_read_after(self.plan, ps, step))
                 return self._push_step(step, parent, layer)  # type: ignore[arg-type]
             elif step.kind == "copy":
                 spec = step.copy
@@ -592,6 +594,29 @@ def missing_steps(ps: PlannedStage, hits: set[str]) -> list[Step]:
     """The steps after the last cached one (lookup goes on after a miss, so a later hit counts)."""
     last = max((i for i, st in enumerate(ps.steps) if st.key in hits), default=-1)
     return ps.steps[last + 1:]
+
+
+FS_STEP_KINDS = frozenset({"run", "copy", "workdir"})  # steps that work on the stage's rootfs
+
+
+def rootfs_readers(plan: Plan) -> set[str]:
+    """Labels of the stages whose rootfs another step reads (COPY --from=<stage>, RUN --mount from=<stage>)."""
+    read: set[str] = set()
+    for st in plan.all_steps():
+        if st.copy is not None and st.copy.from_stage:
+            read.add(st.copy.from_stage)
+        read.update(ref for ref in (m.options.get("from", "").lower() for m in st.mounts) if ref in plan.stages)
+    return read
+
+
+def rootfs_read_after(plan: Plan, ps: PlannedStage, step: Step) -> bool:
+    """Whether anything reads the stage's rootfs after `step`: a later RUN/COPY/ADD/WORKDIR of the stage,
+    or another stage's COPY --from / RUN --mount from=. When nothing does (e.g. a final RUN followed only
+    by CMD/ENV/LABEL), a RUN's overlay changes need not be merged back into the rootfs."""
+    at = next((i for i, st in enumerate(ps.steps) if st is step), None)
+    if at is None:
+        return True  # not a step of this stage: assume the worst
+    return any(st.kind in FS_STEP_KINDS for st in ps.steps[at + 1:]) or ps.label in rootfs_readers(plan)
 
 
 def needed_stages(plan: Plan, hits: set[str]) -> set[str]:
