@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from builder import image_config as ic
 from builder.cache import LocalCache
@@ -41,6 +41,9 @@ from registry.digest import sha256_digest
 from registry.errors import RegistryError
 from registry.model import Descriptor, Index, Manifest, parse_manifest
 from registry.reference import Reference
+
+if TYPE_CHECKING:
+    from builder.fetch import GrowingBlob
 
 Report = Callable[..., None]
 ANNOTATION_REVISION = "org.opencontainers.image.revision"
@@ -141,6 +144,7 @@ class Builder:
         self.stage_futures: dict[str, Future] = {}
         self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
         self.root_lock = threading.Lock()
+        self.fetch_pool: ThreadPoolExecutor | None = None  # layer downloads unpacked while they run
         self.epoch = _epoch()
         if options.tags:
             self.stages_repo = options.repo or stages_repo_for(options.tags[0])
@@ -332,14 +336,28 @@ class Builder:
         if len(diff_ids) != len(layers):
             raise BuildError(f"image {image.repo}@{image.digest} has {len(layers)} layers but "
                              f"{len(diff_ids)} diff_ids in its config", hint="rebuild or re-push that image")
-        refs = [LayerRef(diff_id, (lambda d=d: open(self._blob_path(image, d), "rb")), d.digest)
-                for diff_id, d in zip(diff_ids, layers)]
         store = self.cache.rootfs_store
         kept = store.cached_depth(chain_ids(diff_ids))
+        fetches = {d.digest: self._fetch(image, d) for d in layers[kept:]}   # all at once, unpacked as they come
+        refs = [LayerRef(diff_id, fetches[d.digest].open if d.digest in fetches else
+                         (lambda d=d: open(self._blob_path(image, d), "rb")), d.digest)
+                for diff_id, d in zip(diff_ids, layers)]
         self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}: {kept} copied from the "
                               f"unpacked cache, {len(layers) - kept} unpacked", reused=kept, unpacked=len(layers) - kept)
         store.materialize(refs, rootfs, save=image.repo not in (self.stages_repo, ""))
         return rootfs
+
+    def _fetch(self, image: Image, desc: Descriptor) -> "GrowingBlob":
+        """Start downloading a layer blob into the local cache (unless it is there); read it as it grows."""
+        from builder.fetch import start_fetch
+
+        with self.lock:
+            if self.fetch_pool is None:
+                self.fetch_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kade-fetch")
+        path = self.cache.blobs.path(desc.digest)
+        return start_fetch(self.fetch_pool, path, lambda: self.cache.lock(desc.digest),
+                           lambda: self.repo(image.repo).open_blob(desc.digest, desc.size),
+                           lambda: self.report("pull", f"{desc.digest[:19]} ({desc.size} bytes) from {image.repo}"))
 
     def _blob_path(self, image: Image, desc: Descriptor) -> Path:
         path = self.cache.blobs.path(desc.digest)
@@ -586,6 +604,8 @@ class Builder:
         return tag
 
     def _cleanup(self) -> None:
+        if self.fetch_pool is not None:
+            self.fetch_pool.shutdown(wait=True, cancel_futures=True)
         for d in self.work_dirs:
             self.cache.discard(d)
 
