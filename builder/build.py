@@ -323,29 +323,44 @@ class Builder:
 
         Only base images' stacks are saved for later builds: they recur in every build that runs
         anything, while step images change with the code (saving those costs a full tree copy each time)."""
-        from builder.rootfs import LayerRef, chain_ids
-
         holder = self.cache.work_dir(prefix)
         self.work_dirs.append(holder)
         rootfs = holder / "rootfs"
         if image is None:
             rootfs.mkdir()
             return rootfs
+        refs = self._layer_refs(image, "copied from")
+        self.cache.rootfs_store.materialize(refs, rootfs, save=self._keepable(image))
+        return rootfs
+
+    def _keepable(self, image: Image) -> bool:
+        return image.repo not in (self.stages_repo, "")
+
+    def _layer_refs(self, image: Image, reuse: str) -> list:
+        """The image's layers for the rootfs store, the ones it lacks downloading meanwhile; reports how
+        many the store supplies."""
+        from builder.rootfs import LayerRef, chain_ids
+
         diff_ids = list((image.config.get("rootfs") or {}).get("diff_ids") or [])
         layers = image.manifest.layers
         if len(diff_ids) != len(layers):
             raise BuildError(f"image {image.repo}@{image.digest} has {len(layers)} layers but "
                              f"{len(diff_ids)} diff_ids in its config", hint="rebuild or re-push that image")
-        store = self.cache.rootfs_store
-        kept = store.cached_depth(chain_ids(diff_ids))
+        kept = self.cache.rootfs_store.cached_depth(chain_ids(diff_ids))
         fetches = {d.digest: self._fetch(image, d) for d in layers[kept:]}   # all at once, unpacked as they come
-        refs = [LayerRef(diff_id, fetches[d.digest].open if d.digest in fetches else
+        self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}: {kept} {reuse} the "
+                              f"unpacked cache, {len(layers) - kept} unpacked", reused=kept, unpacked=len(layers) - kept)
+        return [LayerRef(diff_id, fetches[d.digest].open if d.digest in fetches else
                          (lambda d=d: open(self._blob_path(image, d), "rb")), d.digest)
                 for diff_id, d in zip(diff_ids, layers)]
-        self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}: {kept} copied from the "
-                              f"unpacked cache, {len(layers) - kept} unpacked", reused=kept, unpacked=len(layers) - kept)
-        store.materialize(refs, rootfs, save=image.repo not in (self.stages_repo, ""))
-        return rootfs
+
+    def _read_only_tree(self, image: Image) -> Path:
+        """An image's filesystem for readers (COPY --from=<image>, RUN --mount from=<image>): a base
+        image's tree is unpacked straight into the rootfs store and read there (no copy); step images
+        (never kept) get a work dir as before."""
+        if not self._keepable(image) or not image.manifest.layers:
+            return self._materialize(image, "from-image-")
+        return self.cache.rootfs_store.ensure(self._layer_refs(image, "read in"))
 
     def _fetch(self, image: Image, desc: Descriptor) -> "GrowingBlob":
         """Start downloading a layer blob into the local cache (unless it is there); read it as it grows."""
@@ -383,7 +398,7 @@ class Builder:
         key = "image:" + image.digest
         with self.root_lock:
             if key not in self.stage_roots:
-                self.stage_roots[key] = self._materialize(image, "from-image-")
+                self.stage_roots[key] = self._read_only_tree(image)
             return self.stage_roots[key]
 
     # -- one step ----------------------------------------------------------------------------------

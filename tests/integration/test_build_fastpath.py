@@ -61,3 +61,48 @@ def test_an_unmerged_last_run_pushes_the_same_step_images(registry, base_image, 
     # and stage a's rootfs held its last RUN's result when stage b copied from it
     names = layer_names(client, f"{registry.host}/fast/b:v1")
     assert {"data/second", "data/sub/f1", "data/sub/f3"} <= names and "data/sub/f2" not in names
+
+
+FROM_IMAGE = """\
+FROM scratch AS files
+COPY --from={base} /etc/passwd /copied/passwd
+FROM {base}
+COPY --from=files /copied/passwd /passwd
+RUN --mount=type=bind,from={base},target=/m cat /m/etc/group > /group && ls /m/bin/vi
+RUN --mount=type=bind,from={base},target=/w,rw=true rm -rf /w/bin && ls /w
+"""
+
+
+def test_an_image_read_by_copy_from_is_unpacked_once_into_the_store_and_never_written(
+        registry, base_image, tmp_path, epoch):
+    from builder.build import Builder, BuildOptions
+    from builder.cache import LocalCache
+    from tests.fixtures.layers import tree_state
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(FROM_IMAGE.format(base=base_image.ref))
+    cache = LocalCache(tmp_path / "cache")
+    unpacks: list[dict] = []
+
+    def report(kind, message, **fields):
+        if kind == "unpack":
+            unpacks.append(fields)
+
+    def build(tag: str):
+        return Builder(BuildOptions(context=ctx, tags=[f"{registry.host}/fast/from:{tag}"], no_cache=True, parallel=1,
+                                    cache_dir=str(cache.root)), report).run()
+
+    first = build("1")
+    trees = [p for p in (cache.root / "rootfs").iterdir()]
+    assert [p.name.startswith("sha256-") for p in trees] == [True]   # one tree: the base's, nothing partial
+    state = tree_state(trees[0])
+    assert (trees[0] / "bin" / "vi").exists()   # the rw bind's rm worked on a copy
+    # COPY --from unpacked the image straight into the store and read it there; the final stage's rootfs
+    # was copied from that tree, and both mounts read it in place
+    assert unpacks == [{"reused": 0, "unpacked": 1}, {"reused": 1, "unpacked": 0}]
+    unpacks.clear()
+    second = build("2")
+    assert unpacks == [{"reused": 1, "unpacked": 0}, {"reused": 1, "unpacked": 0}]
+    assert tree_state(trees[0]) == state
+    assert second.images[0]["digest"] != "" and first.built == second.built == 4
