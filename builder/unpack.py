@@ -144,7 +144,8 @@ def open_decompressed(stream: BinaryIO, *, threaded: bool = False):
             import gzip as gzip_impl
             igzip_threaded = None
         if threaded and igzip_threaded is not None:
-            return igzip_threaded.open(source, "rb", threads=1)
+            # 256 KiB blocks: its read-ahead (8 blocks) and queue (2) stay ~3 MiB; 1 MiB cost ~15 MiB of RSS
+            return igzip_threaded.open(source, "rb", threads=1, block_size=256 << 10)
         return gzip_impl.GzipFile(fileobj=source, mode="rb")
     if head.startswith(_ZSTD_MAGIC):
         return zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True)
