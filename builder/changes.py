@@ -15,7 +15,7 @@ Kinds:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 ChangeKind = Literal["add", "delete", "opaque"]
@@ -31,9 +31,6 @@ class Change:
     uid: int | None = None   # overrides of the source's metadata (COPY --chown / --chmod)
     gid: int | None = None
     mode: int | None = None  # permission bits only (0o7777)
-    # the source's lstat when the change was found (a snapshot scan has it): spares the layer writer a
-    # second lstat; never compared
-    stat: os.stat_result | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in ("add", "delete", "opaque"):

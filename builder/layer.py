@@ -238,7 +238,7 @@ class _TarWriter:
             return
         source = change.source
         try:
-            st = change.stat or os.lstat(source)
+            st = os.lstat(source)
         except OSError as exc:
             raise LayerWriteError(f"cannot read {source} for layer entry {name!r}: {exc.strerror}") from None
         typeflag = _entry_type(st)

@@ -149,7 +149,7 @@ def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str]) 
         if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             changes.append(Change(name, "delete"))
         elif not stat.S_ISDIR(st.st_mode):
-            changes.append(Change(name, "add", os.fsdecode(full), stat=st))
+            changes.append(Change(name, "add", os.fsdecode(full)))
         elif _is_opaque(full) and _is_real_dir(os.path.join(lower_b, path)):
             changes.append(Change(name, "add", os.fsdecode(full)))
             changes.append(Change(name, "opaque"))  # only when there are lower children to hide
