@@ -300,7 +300,8 @@ class Builder:
             base_layers = len(parent.manifest.layers) if parent else 0
             from builder.execute import apply_layers
 
-            apply_layers(rootfs, [(self._blob_path(img, d), d.media_type) for d in img.manifest.layers[base_layers:]])
+            apply_layers(rootfs, [(self._blob_path(img, d), d.media_type, d.digest)
+                                  for d in img.manifest.layers[base_layers:]])
             return img
         try:
             img = self.execute_step(ps, step, parent, rootfs)

@@ -40,13 +40,14 @@ class RunContext:
 
 # -- rootfs preparation ---------------------------------------------------------------------------
 
-def apply_layers(rootfs: Path, blobs: list[tuple[Path, str]]) -> None:
-    """Apply compressed layer blobs (path, media type), in order, onto an empty rootfs."""
+def apply_layers(rootfs: Path, blobs: list[tuple[Path, str, str]]) -> None:
+    """Apply compressed layer blobs (path, media type, digest), in order, onto a rootfs; an error names
+    the layer by its digest."""
     from builder.unpack import apply_layer
 
-    for path, media_type in blobs:
+    for path, media_type, digest in blobs:
         with open(path, "rb") as f:
-            apply_layer(f, rootfs, media_type)
+            apply_layer(f, rootfs, media_type, digest=digest)
 
 
 # -- COPY / ADD / WORKDIR -------------------------------------------------------------------------

@@ -32,6 +32,8 @@ _STATVFS_TO_MS = {os.ST_RDONLY: MS_RDONLY, os.ST_NOSUID: MS_NOSUID, os.ST_NODEV:
 DEFAULT_CAPS = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31})
 CAP_SETPCAP = 8
 CAP_SYS_CHROOT = 18
+# What a RUN keeps when only a chroot holds it (no pivot_root): without these it can't chroot back out.
+CHROOTED_RUN_CAPS = DEFAULT_CAPS - {CAP_SYS_CHROOT, CAP_SETPCAP}
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
 

@@ -72,7 +72,7 @@ class RootfsStore:
         return next((i for i in range(len(chain), 0, -1) if self.has(chain[i - 1])), 0)
 
     def materialize(self, layers: Sequence[LayerRef], dest: str | os.PathLike[str], *,
-                    limits: Limits = Limits(), save: bool = True) -> Path:
+                    limits: Limits | None = None, save: bool = True) -> Path:
         """A fresh writable rootfs at `dest` (must not exist) holding `layers` applied in order.
         With `save`, the full stack is kept in the store for the next build."""
         target = Path(dest)

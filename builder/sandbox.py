@@ -8,7 +8,9 @@ that:
      random urandom tty bind-mounted from the host, a private devpts, /dev/shm), /sys read-only,
      generated /etc/hosts and /etc/resolv.conf, and the RUN --mount list (cache dirs, secrets on a
      tmpfs, the ssh agent socket, binds, tmpfs);
-  2. pivot_root()s into the rootfs and detaches the old root (no chroot escape for a root RUN);
+  2. pivot_root()s into the rootfs and detaches the old root (no chroot escape for a root RUN; where
+     seccomp forbids pivot_root, as in a pod, it moves the rootfs over / and chroots instead, and the
+     command then loses CAP_SYS_CHROOT so it can't chroot back out);
   3. sets hostname, groups, gid, uid, working directory, and execs the command, which becomes PID 1.
 
 Everything mounted lives only in the sandbox's mount namespace and vanishes with it. Mountpoints
@@ -425,7 +427,8 @@ def _bring_up_loopback() -> None:
         fcntl.ioctl(s, siocsifflags, struct.pack("16sH14s", b"lo", flags | iff_up, b""))
 
 
-def _setup(spec: dict) -> None:
+def _setup(spec: dict) -> bool:
+    """Mount what the RUN needs and enter the rootfs; False when only a chroot holds it (no pivot_root)."""
     from builder import linux as L
 
     root = spec["root"]
@@ -491,9 +494,18 @@ def _setup(spec: dict) -> None:
     if spec["network"] == "none":
         _bring_up_loopback()
     os.chdir(root)
-    L.pivot_root(".", ".")
-    L.umount(".", L.MNT_DETACH)
+    try:
+        L.pivot_root(".", ".")
+        L.umount(".", L.MNT_DETACH)
+        pivoted = True
+    except PermissionError:
+        # A pod's RuntimeDefault seccomp profile lacks pivot_root: move the rootfs over / and chroot
+        # (runc's no-pivot mode). The old root stays beneath it, so the RUN loses CAP_SYS_CHROOT too.
+        L.mount(root, "/", None, L.MS_MOVE)
+        os.chroot(".")
+        pivoted = False
     os.chdir("/")
+    return pivoted
 
 
 def _init_main() -> None:
@@ -509,7 +521,7 @@ def _init_main() -> None:
     with os.fdopen(spec_fd, "rb") as f:
         spec = json.loads(f.read())
     try:
-        _setup(spec)
+        pivoted = _setup(spec)
     except OSError as exc:
         fail(f"sandbox setup failed in {spec['root']}: {exc}")
     workdir = spec["workdir"]
@@ -518,8 +530,8 @@ def _init_main() -> None:
     except OSError as exc:
         fail(f"working directory {workdir} is not usable in the rootfs: {exc.strerror}")
     try:
-        from builder.linux import drop_capabilities
-        drop_capabilities()
+        from builder.linux import CHROOTED_RUN_CAPS, DEFAULT_CAPS, drop_capabilities
+        drop_capabilities(DEFAULT_CAPS if pivoted else CHROOTED_RUN_CAPS)
     except OSError as exc:
         fail(f"cannot drop capabilities for the RUN step: {exc}")
     try:

@@ -3,7 +3,8 @@
 Two methods, same result:
 - "overlay": the rootfs becomes the read-only lowerdir of an overlay mount; the command runs in the
   merged view and the upper directory *is* the diff (overlay whiteouts — char devices 0/0 — become
-  deletions, `trusted.overlay.opaque=y` directories become opaque whiteouts). Directories copied up
+  deletions, `trusted.overlay.opaque=y` directories (user.overlay.opaque in a user namespace) become
+  opaque whiteouts). Directories copied up
   only because something below them changed are dropped when their metadata equals the lower's, so the
   change set matches the stat method. Mounted with redirect_dir=off and metacopy=off so the upper
   directory always holds whole files and whole renamed directories.
@@ -42,7 +43,7 @@ from builder.errors import BuildError
 from builder.layer import read_xattrs, write_layer
 from builder.linux import MNT_DETACH, mount, umount
 from builder.rootpath import open_dir, open_root
-from builder.unpack import apply_layer, remove_entry
+from builder.unpack import Limits, apply_layer, remove_entry
 
 Method = Literal["auto", "overlay", "stat"]
 StatKey = tuple[int, int, int, int, int, int, int, int]  # mode uid gid size mtime_ns ctime_ns ino rdev
@@ -301,6 +302,24 @@ def _set_dir_meta(root_fd: int, parts: tuple[bytes, ...], *, st: os.stat_result 
         os.close(fd)
 
 
+def in_user_namespace(uid_map: str | None = None) -> bool:
+    """Whether this process runs in a user namespace other than the host's (e.g. a `hostUsers: false` pod)."""
+    if uid_map is None:
+        try:
+            uid_map = Path("/proc/self/uid_map").read_text()
+        except OSError:
+            return False
+    return uid_map.split() != ["0", "0", "4294967295"]
+
+
+def overlay_options(lower: Path, upper: Path, work: Path, userns: bool) -> str:
+    """Mount options of a step's overlay. In a user namespace overlay cannot use trusted.* xattrs:
+    `userxattr` keeps its bookkeeping (opaque dirs) in user.overlay.*, and redirects must be
+    `nofollow` (the kernel refuses redirect_dir=off, which means follow, with userxattr)."""
+    redirect = "userxattr,redirect_dir=nofollow" if userns else "redirect_dir=off"
+    return f"lowerdir={lower},upperdir={upper},workdir={work},{redirect},metacopy=off,index=off"
+
+
 class Capture:
     """One step's view of a rootfs; see the module docstring."""
 
@@ -322,9 +341,8 @@ class Capture:
             self._upper, self._work, self.root = scratch / "upper", scratch / "work", scratch / "merged"
             for d in (self._upper, self._work, self.root):
                 d.mkdir(parents=True, exist_ok=True)
-            opts = (f"lowerdir={rootfs},upperdir={self._upper},workdir={self._work},"
-                    "redirect_dir=off,metacopy=off,index=off")
-            mount("overlay", self.root, "overlay", 0, opts)
+            mount("overlay", self.root, "overlay", 0,
+                  overlay_options(rootfs, self._upper, self._work, in_user_namespace()))
             self._mounted = True
         elif self._before is None:
             self._before = walk(rootfs, exclude)
@@ -362,7 +380,8 @@ class Capture:
         with tempfile.TemporaryFile(dir=self.scratch) as tmp:   # another filesystem: copy through a tar
             write_layer(changes, tmp, "none")
             tmp.seek(0)
-            apply_layer(tmp, self.rootfs, digest="(overlay commit)", allow_devices=os.geteuid() == 0)
+            apply_layer(tmp, self.rootfs, digest="(overlay commit)", allow_devices=os.geteuid() == 0,
+                        limits=Limits())  # our own RUN output: the defaults, not $KADE_LAYER_MAX_*
 
     def abandon(self) -> None:
         """Leave `rootfs` at its state before the step and keep the upper directory where it is (not

@@ -17,7 +17,8 @@ Safety rules (a hostile layer is an expected input, not an accident):
 - ownership is restored only as root; modes (setuid included, after chown), xattrs and mtimes always;
   directory modes and mtimes are applied at the end so later entries don't disturb them;
 - limits on uncompressed bytes (a declared size over the budget fails before anything is written),
-  entry count, name length and metadata size bound archive bombs.
+  entry count, name length and metadata size bound archive bombs ($KADE_LAYER_MAX_BYTES and
+  $KADE_LAYER_MAX_ENTRIES lower or raise the first two, see `Limits.from_env`).
 
 Python's `tarfile` with `filter="data"` is not used: it refuses what rootfs layers legitimately hold
 (absolute symlinks, devices, ownership). A failed apply leaves a partly written rootfs: discard it.
@@ -32,7 +33,7 @@ import stat
 import zstandard
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Mapping
 
 from builder.changes import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 from builder.errors import BuildError
@@ -62,12 +63,40 @@ class LayerLimitError(UnsafeLayerError):
     """A layer is over a size, entry-count or name-length limit (archive bomb protection)."""
 
 
+# the limits an environment may lower (or raise): a builder pod's emptyDir is often far smaller than
+# the 64 GiB default, and the kubernetes backend passes these on to its pods (limit_env)
+LIMIT_ENV = {"max_bytes": "KADE_LAYER_MAX_BYTES", "max_entries": "KADE_LAYER_MAX_ENTRIES"}
+
+
 @dataclass(frozen=True)
 class Limits:
     max_bytes: int = 64 << 30        # uncompressed tar bytes
     max_entries: int = 2_000_000
     max_name: int = 4096             # bytes of an entry name or link target
     max_meta: int = 1 << 20          # bytes of one PAX header / GNU long name
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Limits":
+        """The defaults, with $KADE_LAYER_MAX_BYTES and $KADE_LAYER_MAX_ENTRIES applied when set."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for name, var in LIMIT_ENV.items():
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            if not raw.isdigit() or int(raw) == 0:
+                raise BuildError(f"${var}={raw!r} is not a positive whole number",
+                                 hint=f"set it to a number of {'bytes' if name == 'max_bytes' else 'entries'}, "
+                                      "or unset it for the default")
+            values[name] = int(raw)
+        return cls(**values)
+
+
+def limit_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The limit variables set here (checked), to hand on to a builder pod."""
+    env = os.environ if environ is None else environ
+    Limits.from_env(env)
+    return {var: env[var].strip() for var in LIMIT_ENV.values() if env.get(var, "").strip()}
 
 
 @dataclass
@@ -472,12 +501,13 @@ class _Applier:
 
 def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: str | None = None, *,
                 allow_devices: bool | None = None, digest: str | None = None,
-                expected_diff_id: str | None = None, limits: Limits = Limits(),
+                expected_diff_id: str | None = None, limits: Limits | None = None,
                 report: Callable[..., None] | None = None) -> ApplyResult:
     """Apply one layer blob onto `rootfs` (an existing directory). `digest` names the layer in errors;
     `expected_diff_id`, when given, is checked against the tar read (mismatch -> UnpackError).
     `media_type` is informational: the compression is sniffed from the blob itself."""
     layer = digest or (f"({media_type})" if media_type else "(unnamed)")
+    limits = limits or Limits.from_env()
     root = Path(rootfs)
     if allow_devices is None:
         allow_devices = os.geteuid() == 0

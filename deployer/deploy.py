@@ -12,8 +12,9 @@ from typing import Any, Callable
 from deployer import apply as applier
 from deployer.errors import DeployError
 from deployer.kube import Kube, KubeError
+from deployer.logs import LogFollowers
 from deployer.options import track_options
-from deployer.order import Plan, hook_of, plan_stages
+from deployer.order import Plan, Stage, hook_of, only_pre_deploy_hooks, plan_stages
 from deployer.release import (DEFAULT_HISTORY, DEPLOYED, FAILED, PENDING, SUPERSEDED, ReleaseLock,
                               ReleaseRecord, ReleaseStore)
 from deployer.resources import ApiResource, Resource, ResourceKey
@@ -49,12 +50,21 @@ class Outcome:
     removed_created: bool = False
     elapsed: float = 0.0
     api_requests: int = 0
+    ignored: list[Failure] = field(default_factory=list)  # failed, but fail-mode IgnoreAndContinueDeployProcess
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "release": self.release, "revision": self.revision, "message": self.message,
                 "rolled_back_to": self.rolled_back_to, "removed_created": self.removed_created,
                 "elapsed": round(self.elapsed, 3), "api_requests": self.api_requests,
-                "failures": [f.to_dict() for f in self.failures]}
+                "failures": [f.to_dict() for f in self.failures], "ignored": [f.to_dict() for f in self.ignored]}
+
+
+@dataclass
+class Progress:
+    """What one run over the stages did: resources it created, stages it started, failures it ignored."""
+    created: list[tuple[ResourceKey, ApiResource]] = field(default_factory=list)
+    stages: list[Stage] = field(default_factory=list)
+    ignored: list[Failure] = field(default_factory=list)
 
 
 @dataclass
@@ -130,8 +140,9 @@ class Deployer:
             self.report("release", f"release {opts.release} revision {revision} in namespace {opts.namespace}"
                                    + (f" (previous: revision {previous.revision})" if previous else " (first release)"),
                         release=opts.release, revision=revision)
-            created: list[tuple[ResourceKey, ApiResource]] = []
-            failures = self._run(plan, start + opts.timeout, opts, created)
+            progress = Progress()
+            failures = self._run(plan, start + opts.timeout, opts, progress)
+            created = progress.created
             if lock.lost:
                 failures = failures or [Failure(f"release {opts.release}", "LeaseLost", lock.lost)]
             if not failures:
@@ -145,18 +156,28 @@ class Deployer:
                 elapsed = time.monotonic() - start
                 self.report("done", f"release {opts.release} revision {revision} deployed in {elapsed:.1f}s",
                             release=opts.release, revision=revision, elapsed=round(elapsed, 3))
-                return Outcome(True, opts.release, revision, f"release {opts.release} revision {revision} deployed",
-                               elapsed=elapsed, api_requests=self.kube.request_count)
+                message = f"release {opts.release} revision {revision} deployed"
+                if progress.ignored:
+                    message += (f" ({len(progress.ignored)} failing resource(s) ignored by fail-mode "
+                                f"IgnoreAndContinueDeployProcess: {', '.join(f.resource for f in progress.ignored)})")
+                return Outcome(True, opts.release, revision, message, elapsed=elapsed,
+                               api_requests=self.kube.request_count, ignored=progress.ignored)
             verdict_elapsed = time.monotonic() - start
             record.status = FAILED
             record.description = failures[0].headline()[:1000]
             store.save(record)
-            outcome = Outcome(False, opts.release, revision, "", failures, elapsed=verdict_elapsed)
+            outcome = Outcome(False, opts.release, revision, "", failures, elapsed=verdict_elapsed,
+                              ignored=progress.ignored)
             for failure in failures:
                 self.report("summary", format_failure(failure), failure=failure.to_dict())
             if not opts.atomic:
                 outcome.message = (f"release {opts.release} revision {revision} failed; not rolled back (--no-atomic): "
                                    f"{failures[0].headline()}")
+            elif previous is not None and only_pre_deploy_hooks(progress.stages):
+                self._remove_created([(k, api) for k, api in created if k not in _keys(previous)])
+                outcome.message = (f"release {opts.release} revision {revision} failed in its pre-deploy hooks, before "
+                                   f"anything else was applied; revision {previous.revision} stays deployed, untouched "
+                                   f"(no rollback needed): {failures[0].headline()}")
             elif previous is None:
                 self._remove_created(created)
                 outcome.removed_created = True
@@ -169,12 +190,21 @@ class Deployer:
             outcome.api_requests = self.kube.request_count
             return outcome
 
-    def _run(self, plan: Plan, deadline: float, opts: DeployOptions,
-             created: list[tuple[ResourceKey, ApiResource]]) -> list[Failure]:
+    def _run(self, plan: Plan, deadline: float, opts: DeployOptions, progress: Progress) -> list[Failure]:
+        """Apply and track stage by stage; `progress` collects what was done."""
+        logs = LogFollowers(self.kube)  # one for all stages: logs shown until EndOfDeploy outlive their stage
+        try:
+            return self._run_stages(plan, deadline, opts, progress, logs)
+        finally:
+            logs.close()
+
+    def _run_stages(self, plan: Plan, deadline: float, opts: DeployOptions, progress: Progress,
+                    logs: LogFollowers) -> list[Failure]:
         total = len(plan.stages)
         for index, stage in enumerate(plan.stages, start=1):
             names = ", ".join(r.key.short for r in stage.resources)
             self.report("stage", f"[{index}/{total}] {stage.name}: {names}", stage=stage.name)
+            progress.stages.append(stage)
             targets: list[Target] = []
             try:
                 for r in stage.resources:
@@ -183,7 +213,7 @@ class Deployer:
                         applier.delete_and_wait(self.kube, api, r.namespace, r.name, max(deadline - time.monotonic(), 1))
                     applied = applier.apply(self.kube, r, api, force=opts.force_conflicts)
                     if applied.created:
-                        created.append((r.key, api))
+                        progress.created.append((r.key, api))
                     self.report("apply", f"{'created' if applied.created else 'applied'} {r.key}", resource=str(r.key))
                     targets.append(Target(r.key, api, track_options(r, opts.no_activity_timeout), applied.obj))
             except DeployError as exc:
@@ -191,7 +221,8 @@ class Deployer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return [Failure(names, "Timeout", "the deploy timeout was used up before this stage")]
-            result = Tracker(self.kube, self.report, targets, remaining, settle=opts.settle).run()
+            result = Tracker(self.kube, self.report, targets, remaining, settle=opts.settle, logs=logs).run()
+            progress.ignored += result.ignored
             if not result.ok:
                 return result.failures
         return []
@@ -207,7 +238,7 @@ class Deployer:
                                values=previous.values, images=previous.images, rollback_of=previous.revision)
         store.save(record)
         try:
-            failures = self._run(plan_stages(resources), time.monotonic() + opts.timeout, opts, [])
+            failures = self._run(plan_stages(resources), time.monotonic() + opts.timeout, opts, Progress())
         except DeployError as exc:
             failures = [Failure(f"release {opts.release}", "RollbackFailed", str(exc))]
         keys = {r.key for r in resources}
@@ -356,6 +387,10 @@ class Deployer:
 def _last_deployed(history: list[ReleaseRecord]) -> ReleaseRecord | None:
     deployed = [h for h in history if h.status == DEPLOYED]
     return deployed[-1] if deployed else None
+
+
+def _keys(record: ReleaseRecord) -> set[ResourceKey]:
+    return {Resource(m, f"release revision {record.revision}").key for m in record.manifests}
 
 
 def _prune_actions(previous: ReleaseRecord, current: list[Resource]) -> list[tuple[Resource, str]]:

@@ -87,3 +87,19 @@ def track_options(resource: Resource, default_no_activity: float = DEFAULT_NO_AC
     for container, value in resource.annotations_with_prefix("ignore-readiness-probe-fails-for-").items():
         opts.ignore_readiness_probe_fails_for[container] = _duration(value, f"{where} ignore-readiness-probe-fails-for-{container}")
     return opts
+
+
+def log_line_shown(opts: TrackOptions, text: str, *, controller_ready: bool, stamp: float | None = None,
+                   pod_ready_at: float | None = None) -> bool:
+    """Is a log line of a tracked resource shown? `controller_ready`: the resource was found ready;
+    `stamp`: when the container wrote the line; `pod_ready_at`: when the line's pod became Ready
+    (its condition's lastTransitionTime, whole seconds), None while it has not been. PodIsReady shows
+    the lines written before that second ended, whenever they arrive. skip-logs and
+    skip-logs-for-containers act earlier: those containers are not followed at all."""
+    if opts.log_regex is not None and not opts.log_regex.search(text):
+        return False
+    if opts.show_logs_until == CONTROLLER_IS_READY:
+        return not controller_ready
+    if opts.show_logs_until == POD_IS_READY:
+        return pod_ready_at is None or (stamp is not None and stamp < pod_ready_at + 1.0)
+    return opts.show_logs_until == END_OF_DEPLOY

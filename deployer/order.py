@@ -149,6 +149,12 @@ def plan_stages(resources: list[Resource]) -> Plan:
     return Plan(stages, skipped)
 
 
+def only_pre_deploy_hooks(applied: list[Stage]) -> bool:
+    """Did a deploy apply nothing but pre-deploy hooks (it failed in them, before CRDs of its own, namespaces
+    or its workload were applied)? Then the running release is untouched and needs no rollback."""
+    return bool(applied) and all(stage.hook == "pre-deploy" for stage in applied)
+
+
 def _check_duplicates(resources: list[Resource]) -> None:
     seen: dict[object, Resource] = {}
     for r in resources:

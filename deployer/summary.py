@@ -33,6 +33,15 @@ class Failure:
                 "logs": self.logs}
 
 
+def split_reason(message: str) -> tuple[str, str]:
+    """A readiness message "Reason: detail" -> ("Reason", "detail"), so that a headline does not say the
+    reason twice; a message without a "Reason: " prefix is ("Failed", message)."""
+    head, sep, rest = message.partition(": ")
+    if sep and head and " " not in head:
+        return head, rest
+    return "Failed", message
+
+
 def format_failure(failure: Failure, max_log_lines: int = 10) -> str:
     lines = [f"{failure.resource} failed: {failure.reason}"]
     if failure.message:
@@ -54,7 +63,8 @@ def format_failure(failure: Failure, max_log_lines: int = 10) -> str:
 
 
 def container_state(pod: dict, container: str) -> str:
-    """"waiting: CrashLoopBackOff, last exit 1 (Error), 3 restarts" for the summary."""
+    """"waiting: CrashLoopBackOff, last exit code 1 (Error), 3 restart(s)" or "terminated: Error, exit code 7,
+    0 restart(s)" (a Job's pod) for the summary."""
     name = container.replace(" (init)", "")
     status = pod.get("status") or {}
     for cs in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or []):
@@ -66,6 +76,8 @@ def container_state(pod: dict, container: str) -> str:
             if kind in state and state[kind] is not None:
                 reason = state[kind].get("reason")
                 parts.append(f"{kind}{': ' + reason if reason else ''}")
+                if kind == "terminated" and state[kind].get("exitCode") is not None:
+                    parts.append(f"exit code {state[kind]['exitCode']}")
         last = (cs.get("lastState") or {}).get("terminated")
         if last:
             parts.append(f"last exit code {last.get('exitCode')} ({last.get('reason', '')})")

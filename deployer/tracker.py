@@ -18,14 +18,15 @@ from typing import Any, Callable
 
 from deployer import readiness
 from deployer.durations import format_duration
-from deployer.kube import Gone, Kube, KubeError, WatchStream, iter_lines
-from deployer.options import (CONTROLLER_IS_READY, END_OF_DEPLOY, FAIL_FAST, HOPE, IGNORE, NON_BLOCKING,
-                              POD_IS_READY, TrackOptions)
-from deployer.readiness.common import condition_is, generation_pending, owned_by
+from deployer.kube import Gone, Kube, KubeError, iter_lines
+from deployer.logs import LogFollowers
+from deployer.options import (END_OF_DEPLOY, FAIL_FAST, HOPE, IGNORE, NON_BLOCKING, TrackOptions,
+                              log_line_shown)
+from deployer.readiness.common import condition, condition_is, generation_pending, owned_by
 from deployer.resources import ApiResource, ResourceKey
 from deployer.revision import expected_replicas, new_revision_pods, watches_pods
 from deployer.signals import FailureBudget, Signal, event_active, event_signal, parse_time, pod_signals
-from deployer.summary import Failure, clean, container_state
+from deployer.summary import Failure, clean, container_state, split_reason
 
 Report = Callable[..., None]
 LOG_BUFFER = 30
@@ -67,6 +68,7 @@ class TrackResult:
     failures: list[Failure]
     elapsed: float
     targets: list[Target]
+    ignored: list[Failure] = field(default_factory=list)  # failed, but fail-mode IgnoreAndContinueDeployProcess
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,13 @@ class _WatchSpec:
 
 class Tracker:
     def __init__(self, kube: Kube, report: Report, targets: list[Target], timeout: float, *,
-                 tick: float = 0.2, watch_timeout: float = 55.0, settle: float = DEFAULT_SETTLE):
+                 tick: float = 0.2, watch_timeout: float = 55.0, settle: float = DEFAULT_SETTLE,
+                 logs: LogFollowers | None = None):
+        """`logs`: the deploy's log followers, shared by the trackers of its stages (show-logs-until
+        EndOfDeploy streams outlive their stage); without it the tracker has its own."""
         self.kube, self.report, self.targets, self.timeout = kube, report, targets, timeout
+        self.own_logs = logs is None
+        self.followers = logs if logs is not None else LogFollowers(kube)
         self.settle = settle
         self.tick, self.watch_timeout = tick, watch_timeout
         self.queue: queue.Queue[tuple] = queue.Queue()
@@ -92,7 +99,6 @@ class Tracker:
         self.pods: dict[str, dict[str, Any]] = {}  # "ns/name" -> pod
         self.replicasets: dict[str, dict[str, Any]] = {}
         self.events: dict[str, dict[str, Any]] = {}
-        self.followed: set[tuple] = set()
         self.logs: dict[tuple[str, str], deque[str]] = {}
         self.reported_events: set[tuple] = set()
         self.started = time.time()
@@ -102,6 +108,7 @@ class Tracker:
     def run(self) -> TrackResult:
         start = time.monotonic()
         now = time.time()
+        self.followers.attach(self.queue)
         for t in self.targets:
             t.budget = FailureBudget(t.options.failures_allowed_per_replica)
             t.last_activity = now
@@ -120,7 +127,13 @@ class Tracker:
         finally:
             self._shutdown()
         failures = [t.failure for t in self.targets if t.verdict == "failed" and t.failure]
-        return TrackResult(not failures, failures, time.monotonic() - start, self.targets)
+        if not failures:
+            for t in self.targets:
+                if not t.done:
+                    self.report("info", f"{t.key.short}: not waited for (track-termination-mode {NON_BLOCKING}): "
+                                        f"{t.status.message or t.status.state}", resource=str(t.key))
+        ignored = [t.failure for t in self.targets if t.verdict == "ignored" and t.failure]
+        return TrackResult(not failures, failures, time.monotonic() - start, self.targets, ignored)
 
     # ---- watches -------------------------------------------------------------------------------
 
@@ -210,16 +223,26 @@ class Tracker:
                 target.pop(key, None)
             for obj in items:
                 target[_id(obj)] = obj
+                if spec.store == "pods":
+                    self._note_ready(obj)
             self.delivered[spec] = {_id(obj) for obj in items}
         elif kind == "event":
             spec, change, obj = item[1], item[2], item[3]
             store = spec.store
+            if store == "pods":
+                self._note_ready(obj)
             self.delivered.setdefault(spec, set()).add(_id(obj))
             target = self._store(store)
             if change == "DELETED":
                 target.pop(_id(obj), None)
             else:
                 target[_id(obj)] = obj
+
+    def _note_ready(self, pod: dict) -> None:
+        """Remember when a pod first became Ready (show-logs-until PodIsReady), once and for all."""
+        cond = condition(pod, "Ready")
+        if cond is not None and cond.get("status") == "True" and _uid(pod) not in self.followers.ready_pods:
+            self.followers.ready_pods[_uid(pod)] = parse_time(cond.get("lastTransitionTime")) or time.time()
 
     def _store(self, store: str) -> dict[str, dict[str, Any]]:
         if store == "pods":
@@ -303,7 +326,7 @@ class Tracker:
             return
         failure: Failure | None = None
         if status.failed:
-            failure = self._failure(t, status.message.split(":")[0] or "Failed", status.message, None, pods, events)
+            failure = self._failure(t, *split_reason(status.message), None, pods, events)
         elif t.budget.exceeded and t.budget.last is not None:
             failure = self._failure(t, t.budget.last.reason, t.budget.last.message, t.budget.last, pods, events)
         elif now - t.last_activity > t.options.no_activity_timeout:
@@ -329,7 +352,8 @@ class Tracker:
         if mode == IGNORE:
             t.verdict, t.failure = "ignored", failure
             self.report("warning", f"{t.key.short} failed but fail-mode {IGNORE} lets the deploy continue: "
-                                   f"{failure.reason}", resource=str(t.key))
+                                   f"{failure.headline()}", resource=str(t.key), reason=failure.reason,
+                        failure=failure.to_dict())
         elif mode == HOPE:
             t.hoping = failure
             self.report("warning", f"{t.key.short}: {failure.reason}; fail-mode {HOPE}: still hoping it recovers "
@@ -442,50 +466,13 @@ class Tracker:
                 state = cs.get("state") or {}
                 if name in opts.skip_logs_for_containers or not (state.get("running") or state.get("terminated")):
                     continue
-                key = (_uid(pod), name, int(cs.get("restartCount") or 0))
-                if key in self.followed:
-                    continue
-                self.followed.add(key)
-                thread = threading.Thread(target=self._follow, args=(t, pod, name), daemon=True,
-                                          name=f"logs {_name(pod)}/{name}")
-                thread.start()
-                self.threads.append(thread)
+                self.followers.follow(t, _ns(pod), pod, name, (_uid(pod), name, int(cs.get("restartCount") or 0)))
 
-    def _follow(self, t: Target, pod: dict, container: str) -> None:
-        path = f"/api/v1/namespaces/{_ns(pod)}/pods/{_name(pod)}/log"
-        try:
-            resp = self.kube.open(path, {"container": container, "follow": "true", "limitBytes": 16 << 20}, 3600)
-        except KubeError:
-            return
-        holder = WatchStream(resp)
-        with self.streams_lock:
-            self.streams.add(holder)
-        try:
-            for line in iter_lines(resp, 8192):
-                if self.stop.is_set():
-                    return
-                self.queue.put(("log", t, pod, container, line.decode("utf-8", "replace").rstrip("\r")))
-        except Exception:  # the stream was closed at the end of tracking, or the pod went away
-            return
-        finally:
-            with self.streams_lock:
-                self.streams.discard(holder)
-            holder.close()
-
-    def _log_line(self, t: Target, pod: dict, container: str, line: str) -> None:
+    def _log_line(self, t: Target, pod: dict, container: str, line: str, stamp: float | None) -> None:
         text = clean(line)
         self.logs.setdefault((_uid(pod), container), deque(maxlen=LOG_BUFFER)).append(text)
-        opts = t.options
-        if opts.log_regex is not None and not opts.log_regex.search(text):
-            return
-        until = opts.show_logs_until
-        if until == CONTROLLER_IS_READY and t.verdict == "ready":
-            return
-        if until == POD_IS_READY:
-            live = self.pods.get(_id(pod), pod)
-            if condition_is(live, "Ready"):
-                return
-        if until not in (CONTROLLER_IS_READY, POD_IS_READY, END_OF_DEPLOY):
+        if not log_line_shown(t.options, text, controller_ready=t.verdict == "ready", stamp=stamp,
+                              pod_ready_at=self.followers.ready_pods.get(_uid(pod))):
             return
         self.report("log", f"{_name(pod)}/{container}: {text}", resource=str(t.key), pod=_name(pod), container=container)
 
@@ -497,7 +484,13 @@ class Tracker:
             streams = list(self.streams)
         for stream in streams:
             stream.interrupt()
-        # drain log lines already received so the summary and the output are complete
+        failed = any(t.verdict == "failed" for t in self.targets)
+        if self.own_logs or failed:
+            self.followers.close()
+        else:  # logs shown until EndOfDeploy go on streaming while the next stages are tracked
+            self.followers.stop(self.targets, keep=lambda t: t.options.show_logs_until == END_OF_DEPLOY)
+        self.followers.detach()
+        # take the log lines already received so that the summary and the output are complete
         try:
             while True:
                 item = self.queue.get_nowait()

@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser for every command, or only for `command` when we know its module."""
     parser = _Parser(prog="kade", description="Build, publish, deploy and clean up without a Docker daemon.")
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action=_VersionAction, nargs=0, help="show kade's version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     home = COMMAND_HOME.get(command or "")
     for name in [home] if home else COMMAND_MODULES:
@@ -72,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _first_word(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
+
+
+class _VersionAction(argparse.Action):
+    """--version, looked up only when asked for (importlib.metadata costs every start ~30 ms)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(_version())
+        parser.exit(EXIT_OK)
 
 
 def _version() -> str:

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 CONFIG_NAME = "kade.yaml"
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 _DEPENDENCY_VALUES = ("ref", "repository", "tag", "digest")
@@ -100,6 +98,8 @@ def load_config(path: str | Path) -> ProjectConfig:
 
 
 def parse_config(text: str, path: Path) -> ProjectConfig:
+    import yaml  # here, not at the top: every command imports this module for ConfigError
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

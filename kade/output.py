@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from typing import Any, Callable, Protocol, TextIO
 
@@ -36,10 +37,14 @@ def _plain_reporter(stream: TextIO) -> Report:
 
 
 def _json_reporter(stream: TextIO) -> Report:
+    lock = threading.Lock()  # records come from build threads and relays at once: whole lines only
+
     def report(kind: str, message: str, **fields: Any) -> None:
         record = {"time": round(time.time(), 3), "kind": kind, "message": message, **fields}
-        stream.write(json.dumps(record, default=str) + "\n")
-        stream.flush()
+        line = json.dumps(record, default=str) + "\n"
+        with lock:
+            stream.write(line)
+            stream.flush()
 
     return report
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any, Callable
 from builder.build import BuildOptions, Builder, BuildResult
 from builder.errors import BuildError
 from builder.keys import is_step_key
-from builder.plan import DEFAULT_PLATFORM, Plan
+from builder.plan import DEFAULT_PLATFORM
 from kade.config import ConfigError, ImageSpec, ProjectConfig
 from kade.tags import TagContext, content_tag, extra_tags
 from registry import mediatypes as mt
@@ -151,6 +152,11 @@ class ProjectBuilder:
     def run(self) -> ProjectResult:
         if not self.config.images:
             raise ConfigError(f"{self.config.path.name}: images: the project has no images to build")
+        # a builder factory may need the whole run wrapped (in-cluster builds: pods deleted on Ctrl-C)
+        with getattr(self.o.builder_factory, "scope", nullcontext)():
+            return self._run()
+
+    def _run(self) -> ProjectResult:
         wanted = self._selected()
         for wave in self.config.build_order():
             names = [n for n in wave if n in wanted]

@@ -13,7 +13,9 @@ signature as `sandbox.run_in_rootfs` and does what is possible with CAP_SYS_CHRO
   after the command, copied back and swapped in atomically (concurrent writers: the last one wins,
   each run sees a whole snapshot); a secret is a file written for the run (mode/uid/gid kept) and
   removed; bind copies the source in; tmpfs is an empty directory. Targets must not already hold
-  files in the image. ssh forwarding and --network=none need namespaces and are refused clearly.
+  files in the image. An ssh mount is a socket in the rootfs that forwards to the agent socket
+  (agent_relay.SocketProxy) while the command runs. --network=none needs a network namespace and
+  is refused clearly.
 Everything created for the run is removed afterwards and its parent directories get their mtimes
 back, so the stat snapshot sees only what the command itself changed.
 
@@ -34,10 +36,11 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from builder.linux import CAP_SETPCAP, CAP_SYS_CHROOT, DEFAULT_CAPS, drop_capabilities, last_capability
+from builder.backends.agent_relay import SocketProxy
+from builder.linux import CAP_SETPCAP, CHROOTED_RUN_CAPS, drop_capabilities, last_capability
 from builder.sandbox import DEVICES, Mount, OutputCallback, SandboxError, User, _pump, prepare_call
 
-RUN_CAPS = DEFAULT_CAPS - {CAP_SYS_CHROOT, CAP_SETPCAP}  # what a RUN keeps: it can't leave the chroot
+RUN_CAPS = CHROOTED_RUN_CAPS  # what a RUN keeps: it can't leave the chroot
 _DEVICE_NUMBERS = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
                    "tty": (5, 0)}
 
@@ -155,16 +158,21 @@ def run_chroot(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapping
                            "can't create; drop the flag or build with the local backend")
     scaffold = _Scaffold(root)
     saves: list[tuple[Path, Path]] = []
+    proxies: list[SocketProxy] = []
     try:
         _devices(scaffold)
         for m in mounts:
-            if m.type == "ssh":
-                raise SandboxError("RUN --mount=type=ssh is not available in builder pods (no agent to forward)")
             host = scaffold.place(m.target)
             existed = host.exists()
             if existed:
                 scaffold._remember(host)
-            if m.type == "secret":
+            if m.type == "ssh":
+                if existed:
+                    raise SandboxError(f"ssh mount target {m.target} exists in the image; pick a new path")
+                proxies.append(SocketProxy(host, m.source or "", mode=0o600 if m.mode is None else m.mode,
+                                           uid=m.uid, gid=m.gid))
+                env.setdefault("SSH_AUTH_SOCK", m.target)
+            elif m.type == "secret":
                 host.write_bytes(m.data or b"")
                 os.chown(host, m.uid, m.gid)
                 os.chmod(host, 0o400 if m.mode is None else m.mode)
@@ -186,6 +194,8 @@ def run_chroot(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapping
                 scaffold.emptied.append(host)
         return _spawn(root, list(argv), env, workdir, user, output, timeout)
     finally:
+        for proxy in proxies:
+            proxy.close()
         try:
             for host, cache in saves:
                 if host.is_dir():

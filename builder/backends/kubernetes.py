@@ -20,14 +20,17 @@ import signal
 import threading
 import time
 from collections import deque
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
+from builder.backends.agent_relay import TUNNEL_KIND, serve_tunnel
 from builder.backends.remote import RemoteStageBuilder
 from builder.backends.lease import BUILD_PREFIX, Leases
 from builder.backends.podspec import LABEL_BUILD, MANAGED, KubeSettings, stage_pod
 from builder.build import BuildOptions, BuildResult, Report
 from builder.errors import BuildError, StepFailedError
 from builder.plan import PlannedStage
+from builder.unpack import limit_env
 from registry.client import RegistryClient
 
 RESULT_KIND = "stage-result"
@@ -70,26 +73,70 @@ def waiting_problem(pod: Any) -> str | None:
     return None
 
 
+_RUNNING: set["KubeBuilder"] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+@contextmanager
+def _running(builder: "KubeBuilder") -> Iterator[None]:
+    with _RUNNING_LOCK:
+        _RUNNING.add(builder)
+    try:
+        yield
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(builder)
+
+
+@contextmanager
+def cancel_on_signals() -> Iterator[None]:
+    """Ctrl-C or SIGTERM delete the pods of every in-cluster build running in this process, then stop
+    it (KeyboardInterrupt). Only the main thread can trap signals: a build run from it does this
+    itself; a kade.yaml project, whose images build in worker threads, wraps its whole run in it.
+    Elsewhere, and when already trapped, this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is _on_signal:
+        yield
+        return
+    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for builder in running:
+        builder.cancel.set()
+        builder._delete_pods()
+    raise KeyboardInterrupt
+
+
 class KubeBuilder(RemoteStageBuilder):
     def __init__(self, options: BuildOptions, settings: KubeSettings, report: Report,
                  client: RegistryClient | None = None, api_client: Any = None):
         super().__init__(options, report, client)
         self.k = settings
         self.build_id = secrets.token_hex(5)
+        self.pod_env = limit_env()  # the CLI's $KADE_LAYER_MAX_* bound the layers the pods unpack too
         self.api_client = api_client or kube_api_client(settings)
         from kubernetes import client as kc
 
         self.core = kc.CoreV1Api(self.api_client)
         self.cancel = threading.Event()
+        self._forward_lock = threading.Lock()
         self.owner: dict[str, str] | None = None
+        self.secrets_name: str | None = None
         self.leases = Leases(self.api_client, settings.namespace, f"kade-cli-{self.build_id}", settings.lease_s,
                              report)
 
     # -- lifecycle ---------------------------------------------------------------------------------
-    def run(self) -> BuildResult:
-        if self.o.ssh:
-            raise BuildError("--ssh is not supported with --backend kubernetes (no agent to forward into pods)",
-                             hint="build with the local backend, or use --secret for a deploy key")
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """The build's Lease (owner of its pods and Secret, renewed meanwhile), its --secret Secret, and
+        at the end its pods deleted: around `run()` and around each image of a kade.yaml project."""
         if not self.stages_repo:
             raise BuildError("--backend kubernetes needs --tag or --repo: the pods push step images to the stages repo")
         swept = self.leases.sweep_expired(BUILD_PREFIX, "app.kubernetes.io/managed-by=kade")
@@ -98,19 +145,16 @@ class KubeBuilder(RemoteStageBuilder):
         name = BUILD_PREFIX + self.build_id
         lease = self.leases.acquire(name, "build", labels={**MANAGED, LABEL_BUILD: self.build_id})
         self.owner = {"name": name, "uid": lease.metadata.uid}
-        self.secrets_name: str | None = None
         stop = threading.Event()
-        renewer = threading.Thread(target=self._renew, args=(name, stop), daemon=True)
-        renewer.start()
-        handlers = self._trap_signals()
+        threading.Thread(target=self._renew, args=(name, stop), daemon=True).start()
         try:
-            if self.o.secrets:
-                self.secrets_name = self._create_secrets()
-            return super().run()
+            with cancel_on_signals(), _running(self):
+                if self.o.secrets:
+                    self.secrets_name = self._create_secrets()
+                with super().session():
+                    yield
         finally:
             self.cancel.set()
-            for sig, old in handlers.items():
-                signal.signal(sig, old)
             stop.set()
             self._delete_pods()
             if self.secrets_name:
@@ -149,17 +193,6 @@ class KubeBuilder(RemoteStageBuilder):
         while not stop.wait(max(1.0, self.k.lease_s / 3)):
             self.leases.renew(name)
 
-    def _trap_signals(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            self.cancel.set()
-            self._delete_pods()
-            raise KeyboardInterrupt
-
-        return {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-
     def _delete_pods(self) -> None:
         try:
             self.core.delete_collection_namespaced_pod(self.k.namespace, label_selector=f"{LABEL_BUILD}={self.build_id}",
@@ -176,7 +209,8 @@ class KubeBuilder(RemoteStageBuilder):
             manifest = stage_pod(self.k, build_id=self.build_id, owner=self.owner, image_name=self.o.image_name,
                                  stage=ps.label, plan_digest=self.plan_digest, stages_repo=self.stages_repo or "",
                                  insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt,
-                                 secrets_name=self.secrets_name)
+                                 secrets_name=self.secrets_name, ssh_relay=bool(self.o.ssh),
+                                 extra_env=self.pod_env)
             name = manifest["metadata"]["name"]
             try:
                 self._create(manifest)
@@ -268,6 +302,8 @@ class KubeBuilder(RemoteStageBuilder):
                         result = rec
                     elif rec["kind"] == FAILED_KIND:
                         failure = rec
+                    elif rec["kind"] == TUNNEL_KIND and self.o.ssh:
+                        threading.Thread(target=self._ssh_tunnel, args=(name, rec), daemon=True).start()
                     else:
                         fields = {k: v for k, v in rec.items() if k not in ("kind", "message", "time")}
                         if rec["kind"] == "output":
@@ -278,6 +314,26 @@ class KubeBuilder(RemoteStageBuilder):
                 raise BuildError("build cancelled") from None
             self.report("warning", f"{prefix} log stream of {name} ended: {exc}")
         return self._verdict(ps, name, result, failure, list(tail))
+
+    def _ssh_tunnel(self, pod: str, rec: dict[str, Any]) -> None:
+        """One agent connection of a RUN in `pod`: a port-forward to the pod's relay, spliced to --ssh."""
+        from kubernetes.client import CoreV1Api
+        from kubernetes.stream import portforward
+
+        def open_pod_socket(port: int) -> Any:
+            # a client of its own: `portforward` swaps its ApiClient's request method while it connects
+            with self._forward_lock:
+                core = CoreV1Api(kube_api_client(self.k))
+                forward = portforward(core.connect_get_namespaced_pod_portforward, pod, self.k.namespace,
+                                      ports=str(port))
+            sock = forward.socket(port)
+            sock.setblocking(True)
+            return sock
+
+        try:
+            serve_tunnel(open_pod_socket, rec, self.o.ssh or "")
+        except Exception as exc:  # noqa: BLE001 - the RUN sees a closed agent; say why here
+            self.report("warning", f"ssh agent tunnel to {pod} failed: {exc}")
 
     def _verdict(self, ps: PlannedStage, name: str, result: dict[str, Any] | None, failure: dict[str, Any] | None,
                  tail: list[str]) -> dict[str, Any]:
@@ -296,14 +352,7 @@ class KubeBuilder(RemoteStageBuilder):
             return result
         where = f"pod {self.k.namespace}/{name}"
         if failure is not None:
-            step = failure.get("step") or "?"
-            code = failure.get("exit_code")
-            lines = failure.get("output_tail") or tail
-            if code is not None:
-                raise StepFailedError(f"{where}: step {step} failed with exit code {code}", exit_code=int(code),
-                                      output_tail=list(lines), file=failure.get("file"), line=failure.get("line"))
-            raise BuildError(f"{where}: stage {ps.label} failed: {failure.get('message')}",
-                             file=failure.get("file"), line=failure.get("line"))
+            raise failure_error(where, ps.label, failure, tail)
         reason = (pod.status.reason or "") if pod.status else ""
         code = _exit_code(pod)
         if reason == "Evicted" or code in (137, 143) or code is None:
@@ -312,12 +361,40 @@ class KubeBuilder(RemoteStageBuilder):
                          hint="last output:\n" + "\n".join(tail))
 
 
+def failure_error(where: str, stage: str, failure: dict[str, Any], tail: list[str]) -> BuildError:
+    """The error for a pod's `stage-failed` record. The record carries the message without the
+    Dockerfile position (file and line come as fields) and its hint apart, so the position shows once."""
+    step = failure.get("step") or "?"
+    code = failure.get("exit_code")
+    file, line = failure.get("file"), failure.get("line")
+    if code is not None:
+        return StepFailedError(f"{where}: step {step} failed with exit code {code}", exit_code=int(code),
+                               output_tail=list(failure.get("output_tail") or tail), file=file, line=line)
+    return BuildError(f"{where}: stage {stage} failed: {failure.get('message')}", file=file, line=line,
+                      hint=failure.get("hint"))
+
+
 def _exit_code(pod: Any) -> int | None:
     for cs in (pod.status.container_statuses or []) if pod.status else []:
         t = cs.state.terminated if cs.state else None
         if t is not None:
             return t.exit_code
     return None
+
+
+class KubeBuilderFactory:
+    """Makes the KubeBuilder of each image of a kade.yaml project (kade/project.py), whose `scope()`
+    wraps the project's whole run: its images build in worker threads, which can't trap signals."""
+
+    def __init__(self, settings: KubeSettings):
+        self.settings = settings
+
+    def __call__(self, options: BuildOptions, report: Report, client: RegistryClient | None) -> KubeBuilder:
+        return KubeBuilder(options, self.settings, report, client)
+
+    @staticmethod
+    def scope() -> Any:
+        return cancel_on_signals()
 
 
 def build(options: BuildOptions, settings: KubeSettings, report: Report,

@@ -123,7 +123,11 @@ class Leases:
             time.sleep(self.poll_s)
 
     def renew(self, name: str) -> bool:
+        """Renew a lease we hold; False when it is not ours any more or the API can't be reached. Never
+        raises: the renewer threads keep trying through a short API outage (a restarted API server or
+        container runtime) instead of dying, which would let the lease expire under a running build."""
         from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
 
         try:
             lease = self.api.read_namespaced_lease(name, self.namespace)
@@ -132,7 +136,7 @@ class Leases:
             lease.spec.renew_time = _now()
             self.api.replace_namespaced_lease(name, self.namespace, lease)
             return True
-        except ApiException:
+        except (ApiException, HTTPError, OSError):
             return False
 
     def release(self, name: str) -> None:

@@ -4,8 +4,8 @@ Security posture (docs/incluster.md explains each choice): not privileged, no ho
 RuntimeDefault, no privilege escalation, every capability dropped except the ones a chroot build
 needs (CAPABILITIES, with the reason for each), an emptyDir for the rootfs, the cache PVC for blobs
 and RUN cache mounts, registry credentials from a dockerconfigjson Secret. With `user_namespaces`
-the pod asks for `hostUsers: false`, so "root" in the pod is an unprivileged uid on the node.
-"""
+the pod asks for `hostUsers: false`, so "root" in the pod is an unprivileged uid on the node, and
+gets SYS_ADMIN over its own user namespace to run RUN in the full namespace sandbox."""
 from __future__ import annotations
 
 import hashlib
@@ -27,6 +27,14 @@ CAPABILITIES: dict[str, str] = {
     "KILL": "stop a RUN's processes when they run as another user (timeouts, cancellation)",
     "SETPCAP": "take SYS_CHROOT (and SETPCAP) out of each RUN's bounding set, so a RUN can't chroot back out",
 }
+# Added with user namespaces only, where it is a capability over the pod's own user namespace (no
+# power over the node's mounts or devices): the full namespace sandbox (builder/sandbox.py) in place
+# of the chroot runner, and overlayfs snapshots.
+USERNS_CAPABILITIES: dict[str, str] = {
+    "SYS_ADMIN": "mount, PID, UTS and IPC namespaces for RUN, /proc, /dev binds and overlay snapshots",
+    "NET_ADMIN": "bring up loopback in the new network namespace of a RUN --network=none",
+}
+SANDBOX_ENV = "KADE_POD_SANDBOX"  # builder/backends/podstage.py: "chroot" or "namespaces"
 LABEL_BUILD = "kade.io/build"
 LABEL_STAGE = "kade.io/stage"
 LABEL_COMPONENT = "app.kubernetes.io/component"
@@ -72,10 +80,13 @@ def pod_name(build_id: str, stage: str, attempt: int) -> str:
 
 def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, image_name: str, stage: str,
               plan_digest: str, stages_repo: str, insecure: tuple[str, ...] = (), epoch: int | None = None,
-              attempt: int = 1, secrets_name: str | None = None) -> dict[str, Any]:
+              attempt: int = 1, secrets_name: str | None = None, ssh_relay: bool = False,
+              extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """The manifest of the pod that builds `stage` of a build."""
     args = ["build-stage", "--plan", plan_digest, "--stage", stage, "--repo", stages_repo,
             "--lease-seconds", str(s.lease_s)]
+    if ssh_relay:  # RUN --mount=type=ssh reaches the CLI's agent through a port-forward (agent_relay.py)
+        args.append("--ssh-relay")
     for host in insecure:
         args += ["--insecure-registry", host]
     env: list[dict[str, Any]] = [
@@ -86,6 +97,12 @@ def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, i
     ]
     if epoch is not None:
         env.append({"name": "SOURCE_DATE_EPOCH", "value": str(epoch)})
+    for name, value in sorted((extra_env or {}).items()):  # e.g. the unpack limits ($KADE_LAYER_MAX_*)
+        env.append({"name": name, "value": value})
+    capabilities = dict(CAPABILITIES)
+    if s.user_namespaces:
+        capabilities.update(USERNS_CAPABILITIES)
+        env.append({"name": SANDBOX_ENV, "value": "namespaces"})
     mounts = [{"name": "work", "mountPath": WORK_MOUNT}]
     volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
     if s.cache_pvc:
@@ -109,7 +126,7 @@ def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, i
         "securityContext": {
             "privileged": False, "allowPrivilegeEscalation": False, "runAsUser": 0, "runAsNonRoot": False,
             "readOnlyRootFilesystem": False,
-            "capabilities": {"drop": ["ALL"], "add": sorted(CAPABILITIES)},
+            "capabilities": {"drop": ["ALL"], "add": sorted(capabilities)},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }

@@ -6,7 +6,7 @@ it depends on, read back from the stages repo), and runs the stage through `Buil
 exactly as the local backend does. Around every missing step it holds the step key's Lease:
 a concurrent build of the same step waits, then finds the step image pushed and reuses it (its new
 layer is applied to the rootfs, nothing runs), and a Lease left by a pod that died expires and is
-taken over. RUN uses the chroot runner (chroot.py) unless the namespace sandbox works here.
+taken over. RUN uses the chroot runner (chroot.py), or the namespace sandbox in a user-namespace pod.
 """
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from builder.backends import context_upload, plancodec
+from builder.backends.agent_relay import PodAgentRelay
 from builder.backends.chroot import run_chroot
 from builder.backends.lease import Leases, step_lease_name
-from builder.backends.podspec import MANAGED
+from builder.backends.podspec import MANAGED, SANDBOX_ENV
 from builder.build import Builder, BuildOptions, Image, Report
 from builder.context import BuildContext, IgnoreRules
 from builder.errors import BuildError
@@ -61,7 +62,7 @@ class PodBuilder(Builder):
         from builder.execute import apply_layers
 
         have = len(parent.manifest.layers) if parent else 0
-        blobs = [(self._blob_path(img, d), d.media_type) for d in img.manifest.layers[have:]]
+        blobs = [(self._blob_path(img, d), d.media_type, d.digest) for d in img.manifest.layers[have:]]
         apply_layers(rootfs, blobs)
 
     def lookup_stage(self, ps: PlannedStage) -> dict[str, Any]:
@@ -95,9 +96,10 @@ def _done(value: Any) -> Future:
 
 
 def sandbox_mode() -> str:
-    """"chroot" in an unprivileged pod; "namespaces" where the full sandbox can be set up (a pod with
-    user namespaces and enough privileges, or a test on a host)."""
-    forced = os.environ.get("KADE_POD_SANDBOX", "").strip()
+    """"chroot" in an unprivileged pod; "namespaces" where the full sandbox can be set up: a
+    `--user-namespaces` pod (podspec sets KADE_POD_SANDBOX with SYS_ADMIN over the pod's own user
+    namespace), or a test on a host."""
+    forced = os.environ.get(SANDBOX_ENV, "").strip()
     return forced if forced in ("chroot", "namespaces") else "chroot"
 
 
@@ -119,9 +121,23 @@ def read_secrets(directory: str | None) -> dict[str, bytes]:
 
 def build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, *, insecure: tuple[str, ...] = (),
                 lease_s: int = 30, work: Path | None = None, cache_dir: str | None = None,
-                api_client: Any = None, holder: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+                api_client: Any = None, holder: str | None = None, namespace: str | None = None,
+                ssh_relay: bool = False) -> dict[str, Any]:
     """Build one stage of an uploaded plan; returns {"built", "reused", "digest"}."""
     work = work or Path(os.environ.get("KADE_WORK_DIR", "/work"))
+    # with --ssh: an agent socket whose connections are tunnelled to the CLI's agent
+    relay = PodAgentRelay(work / "ssh-agent.sock", report) if ssh_relay else None
+    try:
+        return _build_stage(plan_digest, label, stages_repo, report, insecure, lease_s, work, cache_dir,
+                            api_client, holder, namespace, str(relay.path) if relay else None)
+    finally:
+        if relay:
+            relay.close()
+
+
+def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, insecure: tuple[str, ...],
+                 lease_s: int, work: Path, cache_dir: str | None, api_client: Any, holder: str | None,
+                 namespace: str | None, ssh: str | None) -> dict[str, Any]:
     client = RegistryClient(ClientOptions(insecure=insecure))
     repo = client.repository(stages_repo)
     with repo.open_blob(plan_digest) as f:
@@ -138,7 +154,7 @@ def build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, 
                            parallel=1, cache_dir=cache_dir, insecure=insecure,
                            platform=extra.get("platform", "linux/amd64"), no_cache=bool(extra.get("no_cache")),
                            image_name=extra.get("image_name", "default"),
-                           secrets=read_secrets(os.environ.get("KADE_SECRETS_DIR")),
+                           secrets=read_secrets(os.environ.get("KADE_SECRETS_DIR")), ssh=ssh,
                            sandbox=run_chroot if sandbox_mode() == "chroot" else None)
     leases = None
     if api_client is not None and holder and namespace:

@@ -25,6 +25,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repo", required=True, metavar="STAGES_REPO")
     p.add_argument("--lease-seconds", type=int, default=30)
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST")
+    p.add_argument("--ssh-relay", action="store_true", help="tunnel RUN --mount=type=ssh to the CLI's agent")
     p.set_defaults(func=run)
 
 
@@ -47,13 +48,14 @@ def run(args: argparse.Namespace) -> int:
         api_client = client.ApiClient()
     try:
         result = build_stage(args.plan, args.stage, args.repo, report, insecure=tuple(args.insecure_registry),
-                             lease_s=args.lease_seconds, api_client=api_client, holder=holder, namespace=namespace)
+                             lease_s=args.lease_seconds, api_client=api_client, holder=holder, namespace=namespace,
+                             ssh_relay=args.ssh_relay)
     except StepFailedError as exc:
         _emit(FAILED_KIND, message=exc.detail, step=exc.detail.rsplit(" failed with exit code", 1)[0],
               exit_code=exc.exit_code, output_tail=exc.output_tail, file=exc.file, line=exc.line)
         return 1
-    except BuildError as exc:
-        _emit(FAILED_KIND, message=str(exc), file=exc.file, line=exc.line)
+    except BuildError as exc:  # the CLI puts file:line in front and the hint after, once
+        _emit(FAILED_KIND, message=exc.detail, hint=exc.hint, file=exc.file, line=exc.line)
         return 1
     except EXPECTED as exc:
         _emit(FAILED_KIND, message=str(exc))

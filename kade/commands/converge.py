@@ -86,7 +86,7 @@ def builder_factory(args: argparse.Namespace) -> Any:
     if args.backend == "local":
         return None
     try:
-        from builder.backends.kubernetes import KubeBuilder
+        from builder.backends.kubernetes import KubeBuilderFactory
         from builder.backends.podspec import KubeSettings
     except ImportError:
         raise UsageError("--backend kubernetes: in-cluster builds are not available in this kade build; "
@@ -100,7 +100,7 @@ def builder_factory(args: argparse.Namespace) -> Any:
         if not image:
             raise UsageError("--backend kubernetes needs $KADE_BUILDER_IMAGE (kade's builder image)")
         settings = KubeSettings(image=image, kubeconfig=args.kubeconfig, kube_context=args.kube_context)
-    return lambda options, report, client: KubeBuilder(options, settings, report, client)
+    return KubeBuilderFactory(settings)
 
 
 def text_summary(data: dict[str, Any]) -> str:

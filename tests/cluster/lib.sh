@@ -5,7 +5,7 @@
 
 # Bump when a change to the components' commands or configuration must reach a running cluster
 # (`up` restarts what an older version started; see `start`).
-CLUSTER_VERSION=1
+CLUSTER_VERSION=2
 
 KADE_CLUSTER_HOME="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${KADE_CLUSTER_CACHE:-/var/cache/kade-cluster}"   # binaries, images: built once per machine
@@ -19,6 +19,14 @@ K8S_VERSION="$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" {print $3}' "$K
 # Keyed by the version and a hash of the pins and the build script: any change builds afresh.
 BUILD_ID="$(cat "$KADE_CLUSTER_HOME"/{go.mod,go.sum,crictl/go.mod,crictl/go.sum,build} 2>/dev/null | sha256sum | cut -c1-12)"
 BIN="$CACHE/bin/$K8S_VERSION-$BUILD_ID"
+# The container runtime (containerd 2 + runc, for user namespaces), pinned in runtime/*/go.mod and
+# built by runtime/build. Keyed apart from BIN: a runtime change never rebuilds Kubernetes.
+pinned() { awk -v m="$2" '$1 == "require" && $2 == m {print $3}' "$KADE_CLUSTER_HOME/runtime/$1/go.mod"; }
+CONTAINERD_VERSION="$(pinned containerd github.com/containerd/containerd/v2)"
+RUNC_VERSION="$(pinned runc github.com/opencontainers/runc)"
+RUNTIME_ID="$(cat "$KADE_CLUSTER_HOME"/runtime/{containerd,runc}/go.{mod,sum} "$KADE_CLUSTER_HOME/runtime/build" 2>/dev/null |
+  sha256sum | cut -c1-12)"
+RUNTIME_BIN="$CACHE/runtime/containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION-$RUNTIME_ID"
 
 # Networks. The node's own address sits on a bridge with no ports ("kade0") that `up` creates, so it
 # is routable from pods (through their gateway) and from the host, and never leaves this machine.

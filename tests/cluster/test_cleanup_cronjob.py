@@ -210,7 +210,7 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
     assert expect_deleted <= tags_before and expect_deleted_stages <= stages_before
 
     # --- the CronJob, rendered from k8s-manifests/cleanup by kustomize, applied with kubectl
-    kubectl = [kubectl(), "--kubeconfig", kube_cluster.kubeconfig]
+    kubectl_cmd = [kubectl(), "--kubeconfig", kube_cluster.kubeconfig]
     suffix = "-" + ns.rsplit("-", 1)[-1]
     git_user, git_token = "kade-cleanup", secrets.token_urlsafe(16)
     with serve_git_http(tmp_path / "git", NODE_ADDRESS, git_user, git_token) as git_base:
@@ -219,7 +219,7 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
                            insecure=target.host)
         cronjob = f"kade-cleanup{suffix}"
         try:
-            _run(kubectl + ["apply", "-k", str(overlay)])
+            _run(kubectl_cmd + ["apply", "-k", str(overlay)])
             spec = batch.read_namespaced_cron_job(cronjob, ns).spec
             assert (spec.schedule, spec.concurrency_policy) == ("17 3 * * *", "Forbid"), spec
             assert not spec.suspend
@@ -228,10 +228,10 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
             assert pod_spec.service_account_name == f"kade-cleanup{suffix}"
 
             # Don't wait for 03:17: a Job from the CronJob's template, as `kubectl create job --from` does.
-            _run(kubectl + ["-n", ns, "create", "job", f"cleanup-now{suffix}", f"--from=cronjob/{cronjob}"])
+            _run(kubectl_cmd + ["-n", ns, "create", "job", f"cleanup-now{suffix}", f"--from=cronjob/{cronjob}"])
             logs = _wait_job(batch, core, ns, f"cleanup-now{suffix}")
         finally:
-            subprocess.run(kubectl + ["delete", "--ignore-not-found", "--wait=false", "clusterrolebinding,clusterrole",
+            subprocess.run(kubectl_cmd + ["delete", "--ignore-not-found", "--wait=false", "clusterrolebinding,clusterrole",
                                       f"kade-cleanup-scan{suffix}"], capture_output=True, timeout=60)
 
     assert git_token not in logs

@@ -3,22 +3,20 @@ kade's own builder image (built by kade), push step images to the cluster's regi
 result matches the local backend (same keys, same digests) with SOURCE_DATE_EPOCH set."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-import requests
+
+from tests.fixtures.incluster import (EPOCH, builder_pods, kade_build, records, result, stage_keys, unique,
+                                     wait_running_pod, write_context)
 
 pytestmark = pytest.mark.cluster
-
-EPOCH = "1700000000"
 
 MULTI = """\
 FROM {base} AS deps
@@ -35,62 +33,6 @@ COPY app/ /srv/app/
 RUN cat /srv/app/hello.txt /opt/deps/seq > /srv/joined && ls /srv > /srv/listing
 CMD ["cat", "/srv/joined"]
 """
-
-
-def write_context(root: Path, dockerfile: str, base: str) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "Dockerfile").write_text(dockerfile.format(base=base))
-    (root / "tool.sh").write_text("#!/bin/sh\necho tool-ran\n")
-    (root / "tool.sh").chmod(0o755)
-    (root / "app").mkdir(exist_ok=True)
-    (root / "app" / "hello.txt").write_text("hello from the context\n")
-    (root / "unused.bin").write_bytes(os.urandom(4096))  # never needed by a step: never uploaded
-    return root
-
-
-def kade_build(env, context: Path, tag: str, *extra: str, backend: str = "kubernetes",
-               timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "kade", "build", str(context), "-t", tag, "--insecure-registry", env.registry,
-           "--output", "json"]
-    if backend == "kubernetes":
-        cmd += ["--backend", "kubernetes", "--namespace", env.namespace, "--cache-pvc", env.cache_pvc,
-                "--builder-image", env.image, "--kubeconfig", env.kubeconfig, "--lease-seconds", "6"]
-    cmd += list(extra)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH, "KADE_CACHE_DIR": str(context.parent / "cache")})
-
-
-def records(proc: subprocess.CompletedProcess) -> list[dict]:
-    out = []
-    for line in proc.stderr.splitlines() + proc.stdout.splitlines():
-        if line.startswith("{") and '"kind"' in line:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
-
-
-def result(proc: subprocess.CompletedProcess) -> dict:
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    start = proc.stdout.index("{\n")
-    return json.loads(proc.stdout[start:])
-
-
-def stage_keys(registry: str, repo: str) -> dict[str, str]:
-    """step key -> manifest digest of every step image in a stages repo."""
-    tags = requests.get(f"http://{registry}/v2/{repo}/tags/list", timeout=10).json().get("tags") or []
-    out = {}
-    for t in tags:
-        if len(t) == 64:
-            r = requests.head(f"http://{registry}/v2/{repo}/manifests/{t}", timeout=10,
-                              headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
-            out[t] = r.headers["Docker-Content-Digest"]
-    return out
-
-
-def unique(name: str) -> str:
-    return f"incluster/{name}-{uuid.uuid4().hex[:8]}"
 
 
 def test_multistage_build_in_pods_matches_local_and_reuses_everything(builder_env, tmp_path):
@@ -159,39 +101,21 @@ def test_two_concurrent_identical_builds_build_each_step_once(builder_env, tmp_p
     assert len(stage_keys(builder_env.registry, repo + "-stages")) == 4
 
 
-def _pods(builder_env, selector: str = "app.kubernetes.io/managed-by=kade"):
-    from kubernetes import client, config
-
-    api = client.CoreV1Api(config.new_client_from_config(config_file=builder_env.kubeconfig))
-    return api, api.list_namespaced_pod(builder_env.namespace, label_selector=selector).items
-
-
-def _start(builder_env, ctx: Path, tag: str) -> subprocess.Popen:
+def _start(builder_env, ctx: Path, tag: str, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "kade", "build", str(ctx), "-t", tag, "--insecure-registry", builder_env.registry,
            "--output", "json", "--backend", "kubernetes", "--namespace", builder_env.namespace,
            "--cache-pvc", builder_env.cache_pvc, "--builder-image", builder_env.image,
-           "--kubeconfig", builder_env.kubeconfig, "--lease-seconds", "6"]
+           "--kubeconfig", builder_env.kubeconfig, "--lease-seconds", "6", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "SOURCE_DATE_EPOCH": EPOCH,
                                  "KADE_CACHE_DIR": str(ctx.parent / "cache")})
-
-
-def _wait_running_pod(builder_env, deadline_s: float = 90):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        api, pods = _pods(builder_env)
-        running = [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
-        if running:
-            return api, running[0]
-        time.sleep(0.3)
-    raise AssertionError("no builder pod started")
 
 
 def test_a_pod_deleted_mid_build_is_retried(builder_env, tmp_path):
     ctx = write_context(tmp_path / "ctx", "FROM {base}\nRUN sleep 6 && echo done > /done.txt\n",
                         builder_env.base_image)
     proc = _start(builder_env, ctx, f"{builder_env.registry}/{unique('lost')}:v1")
-    api, pod = _wait_running_pod(builder_env)
+    api, pod = wait_running_pod(builder_env)
     time.sleep(2)  # the step (and its Lease) is under way
     api.delete_namespaced_pod(pod.metadata.name, builder_env.namespace, grace_period_seconds=0)
     stdout, stderr = proc.communicate(timeout=180)
@@ -213,40 +137,40 @@ def test_a_failing_run_names_pod_step_exit_code_and_output(builder_env, tmp_path
     assert "RUN /bin/sh -c echo getting ready" in err and "exit code 7" in err
     assert "broken" in err.split("exit code 7", 1)[1]  # the last output lines follow the message
     time.sleep(1)
-    assert not _pods(builder_env, f"app.kubernetes.io/managed-by=kade")[1] or all(
-        p.metadata.deletion_timestamp for p in _pods(builder_env)[1])
+    assert not builder_pods(builder_env, "app.kubernetes.io/managed-by=kade")[1] or all(
+        p.metadata.deletion_timestamp for p in builder_pods(builder_env)[1])
 
 
-def test_sigterm_deletes_the_build_pods(builder_env, tmp_path):
+def test_sigterm_deletes_the_buildbuilder_pods(builder_env, tmp_path):
     ctx = write_context(tmp_path / "ctx", "FROM {base}\nRUN sleep 60\n", builder_env.base_image)
     proc = _start(builder_env, ctx, f"{builder_env.registry}/{unique('cancel')}:v1")
-    _wait_running_pod(builder_env)
+    wait_running_pod(builder_env)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode != 0
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _pods(builder_env)[1]:
+    while time.monotonic() < deadline and builder_pods(builder_env)[1]:
         time.sleep(0.5)
-    assert not _pods(builder_env)[1]
+    assert not builder_pods(builder_env)[1]
 
 
 def test_pods_of_a_dead_cli_are_garbage_collected(builder_env, tmp_path):
     ctx = write_context(tmp_path / "ctx", "FROM {base}\nRUN sleep 60\n", builder_env.base_image)
     proc = _start(builder_env, ctx, f"{builder_env.registry}/{unique('dead')}:v1")
-    _, pod = _wait_running_pod(builder_env)
+    _, pod = wait_running_pod(builder_env)
     build_id = pod.metadata.labels["kade.io/build"]
     proc.kill()  # no cleanup at all: the build Lease stops being renewed
     proc.communicate(timeout=30)
-    assert _pods(builder_env, f"kade.io/build={build_id}")[1]
+    assert builder_pods(builder_env, f"kade.io/build={build_id}")[1]
     time.sleep(7)  # the build Lease (6 s) expires
     other = write_context(tmp_path / "other", "FROM {base}\nRUN echo quick > /q\n", builder_env.base_image)
     done = kade_build(builder_env, other, f"{builder_env.registry}/{unique('sweeper')}:v1")
     result(done)
     assert any(r["kind"] == "cleanup" for r in records(done))
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and _pods(builder_env, f"kade.io/build={build_id}")[1]:
+    while time.monotonic() < deadline and builder_pods(builder_env, f"kade.io/build={build_id}")[1]:
         time.sleep(0.5)
-    assert not _pods(builder_env, f"kade.io/build={build_id}")[1]
+    assert not builder_pods(builder_env, f"kade.io/build={build_id}")[1]
 
 
 def test_build_secrets_reach_run_but_never_the_output(builder_env, tmp_path):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster.test_incluster_build import kade_build, records, result, unique, write_context
 from tests.fixtures.cluster import kubectl
-from tests.fixtures.incluster import MANIFESTS, PV_ROOT, builder_namespace
+from tests.fixtures.incluster import (MANIFESTS, PV_ROOT, builder_namespace, kade_build, records, result, unique,
+                                     write_context)
 
 pytestmark = pytest.mark.cluster
 

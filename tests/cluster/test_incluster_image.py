@@ -15,7 +15,8 @@ from builder.backends.kubernetes import parse_pod_line
 from builder.backends.podspec import KubeSettings, stage_pod
 from builder.backends.remote import RemoteStageBuilder
 from builder.build import Builder, BuildOptions
-from tests.cluster.test_incluster_build import MULTI, stage_keys, unique, write_context
+from tests.cluster.test_incluster_build import MULTI
+from tests.fixtures.incluster import stage_keys, unique, write_context
 
 pytestmark = [pytest.mark.cluster,
               pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")]

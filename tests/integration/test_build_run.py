@@ -1,6 +1,4 @@
 """RUN steps end to end: sandbox, snapshot, layers, users, cache mounts, secrets, heredocs, failures."""
-import json
-import subprocess
 
 import pytest
 
@@ -155,23 +153,16 @@ def test_bind_and_tmpfs_mounts_leave_no_trace(registry, base_image, kade_build, 
     assert res["steps"] == {"built": 3, "cached": 1}
 
 
-def test_ssh_agent_socket_is_forwarded(registry, base_image, kade_build, tmp_path):
+def test_ssh_agent_socket_is_forwarded(registry, base_image, kade_build, ssh_agent, tmp_path):
     """A real ssh-agent; the RUN sees its socket at SSH_AUTH_SOCK, and nothing of it stays in the image."""
-    sock = tmp_path / "agent.sock"
-    agent = subprocess.run(["ssh-agent", "-a", str(sock)], capture_output=True, text=True)
-    assert agent.returncode == 0, agent.stderr
-    pid = next(part.split("=")[1] for part in agent.stdout.replace(";", "\n").split() if part.startswith("SSH_AGENT_PID="))
-    try:
-        ctx = tmp_path / "ctx"
-        ctx.mkdir()
-        (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\n"
-                                        "RUN --mount=type=ssh test -S $SSH_AUTH_SOCK && echo $SSH_AUTH_SOCK > /sock.txt\n")
-        tag = f"{registry.host}/run/ssh:v1"
-        kade_build(str(ctx), "--tag", tag, "--ssh", f"default={sock}", "--cache-dir", str(tmp_path / "c"),
-                   "--output", "json").ok()
-        out = podman_run(tag, "sh", "-c", "cat /sock.txt; test -e /run/buildkit && echo leaked || echo clean")
-        assert out.stdout == "/run/buildkit/ssh_agent.default\nclean\n"
-        missing = kade_build(str(ctx), "--tag", tag, "--no-cache", "--cache-dir", str(tmp_path / "c"))
-        assert missing.code == 1 and "--ssh" in missing.stderr
-    finally:
-        subprocess.run(["kill", pid], capture_output=True)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\n"
+                                    "RUN --mount=type=ssh test -S $SSH_AUTH_SOCK && echo $SSH_AUTH_SOCK > /sock.txt\n")
+    tag = f"{registry.host}/run/ssh:v1"
+    kade_build(str(ctx), "--tag", tag, "--ssh", f"default={ssh_agent}", "--cache-dir", str(tmp_path / "c"),
+               "--output", "json").ok()
+    out = podman_run(tag, "sh", "-c", "cat /sock.txt; test -e /run/buildkit && echo leaked || echo clean")
+    assert out.stdout == "/run/buildkit/ssh_agent.default\nclean\n"
+    missing = kade_build(str(ctx), "--tag", tag, "--no-cache", "--cache-dir", str(tmp_path / "c"))
+    assert missing.code == 1 and "--ssh" in missing.stderr

@@ -73,7 +73,7 @@ def test_mounts_are_copied_in_and_removed(rootfs, tmp_path):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"network": "none"}, "network"),
-    ({"mounts": [Mount("ssh", "/ssh.sock", "/nonexistent")]}, "ssh"),
+    ({"mounts": [Mount("ssh", "/etc/passwd", "/nonexistent")]}, "already holds files"),
     ({"mounts": [Mount("tmpfs", "/etc")]}, "already holds files"),
 ])
 def test_refuses_what_needs_namespaces(rootfs, kwargs, message):
@@ -111,3 +111,20 @@ def test_a_builder_without_setpcap_refuses_to_run(rootfs):
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 3, done.stdout + done.stderr
     assert "CAP_SETPCAP" in done.stdout and "podspec" in done.stdout
+
+
+def test_an_ssh_mount_is_a_socket_to_the_agent_while_the_run_lasts(rootfs, tmp_path):
+    import socket
+
+    upstream = tmp_path / "agent.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(upstream))
+    server.listen(1)
+    before = tree(rootfs)
+    try:
+        code, out = run(rootfs, 'echo "$SSH_AUTH_SOCK"; [ -S "$SSH_AUTH_SOCK" ] && stat -c %a "$SSH_AUTH_SOCK"',
+                        mounts=[Mount("ssh", "/run/buildkit/ssh_agent.default", source=str(upstream))])
+    finally:
+        server.close()
+    assert code == 0 and out == ["/run/buildkit/ssh_agent.default", "600"], out
+    assert tree(rootfs) == before  # socket and /run/buildkit gone, mtimes back

@@ -3,7 +3,6 @@ import io
 import os
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 

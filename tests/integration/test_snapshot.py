@@ -9,7 +9,7 @@ from typing import Callable
 import pytest
 
 from builder.changes import Change
-from builder.layer import layer_from_directory, walk_directory, write_layer
+from builder.layer import walk_directory, write_layer
 from builder.snapshot import capture, diff, overlay_available, walk
 from builder.unpack import apply_layer
 from tests.fixtures.layers import CAP_NET_RAW_EP, tree_state

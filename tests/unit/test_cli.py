@@ -34,3 +34,17 @@ def test_every_command_is_mapped_to_the_module_that_registers_it():
     assert written <= names
     for command in written:
         assert command in build_parser(command)._subparsers._group_actions[0].choices
+
+
+def test_version_is_printed_on_request_only(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("kade ")
+
+
+def test_a_command_start_imports_neither_package_metadata_nor_yaml():
+    """Start-up cost of every command (`kade image copy` is compared with skopeo in bench/)."""
+    probe = "import sys, kade.cli; kade.cli.build_parser('image'); print(sorted({'importlib.metadata', 'yaml'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -2,7 +2,7 @@
 import pytest
 
 from deployer.errors import RenderError
-from deployer.order import parse_dependency, plan_stages
+from deployer.order import only_pre_deploy_hooks, parse_dependency, plan_stages
 from deployer.resources import Resource
 
 
@@ -98,3 +98,22 @@ def test_kade_annotation_wins_over_werf():
     assert r.annotation("weight") == "7"
     r2 = res("ConfigMap", "a", **{"werf.io/deploy-dependency-a": "x", "kade.io/deploy-dependency-a": "y"})
     assert r2.annotations_with_prefix("deploy-dependency-") == {"a": "y"}
+
+
+_PRE = {"kade.io/hook": "pre-deploy"}
+APPLIED = [  # stages a failed deploy had started -> is the running release untouched?
+    ("pre-deploy hooks only", [res("Job", "migrate", "batch/v1", **_PRE)], 1, True),
+    ("two weights of pre-deploy hooks", [res("Job", "a", "batch/v1", **_PRE),
+                                         res("Job", "b", "batch/v1", **{**_PRE, "kade.io/weight": "2"})], 2, True),
+    ("workload reached", [res("Job", "migrate", "batch/v1", **_PRE), res("Deployment", "web", "apps/v1")], 2, False),
+    ("namespace applied first", [res("Namespace", "team"), res("Job", "migrate", "batch/v1", **_PRE)], 2, False),
+    ("CRD applied first", [res("CustomResourceDefinition", "w.example.com", "apiextensions.k8s.io/v1"),
+                           res("Job", "migrate", "batch/v1", **_PRE)], 2, False),
+    ("post-deploy hook", [res("Job", "notify", "batch/v1", **{"kade.io/hook": "post-deploy"})], 1, False),
+    ("nothing applied", [res("Job", "migrate", "batch/v1", **_PRE)], 0, False),
+]
+
+
+@pytest.mark.parametrize("name,resources,started,expected", APPLIED, ids=[a[0] for a in APPLIED])
+def test_only_pre_deploy_hooks(name, resources, started, expected):
+    assert only_pre_deploy_hooks(plan_stages(resources).stages[:started]) is expected

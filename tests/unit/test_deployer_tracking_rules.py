@@ -1,17 +1,17 @@
 """Pure pieces around tracking: annotation options, new-revision pods, the failure summary, diffs,
 apply conflicts and what a deploy prunes."""
-import re
 
 import pytest
 
 from deployer.apply import conflicts, diff
 from deployer.deploy import _prune_actions, validate_release_name
 from deployer.errors import DeployError
-from deployer.options import HOPE, IGNORE, NON_BLOCKING, POD_IS_READY, track_options
+from deployer.logs import split_timestamp
+from deployer.options import HOPE, IGNORE, NON_BLOCKING, POD_IS_READY, log_line_shown, track_options
 from deployer.release import ReleaseRecord
 from deployer.resources import Resource
 from deployer.revision import expected_replicas, new_revision_pods
-from deployer.summary import Failure, clean, container_state, format_failure
+from deployer.summary import Failure, clean, container_state, format_failure, split_reason
 
 
 def res(kind="Deployment", api="apps/v1", **annotations):
@@ -100,10 +100,27 @@ def test_clean_keeps_tabs_and_text():
     assert clean("a\tb\x1b[2Jc\x00") == "a\tbc"
 
 
-def test_container_state():
-    pod = {"status": {"containerStatuses": [{"name": "app", "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                                             "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]}}
-    assert container_state(pod, "app") == "waiting: CrashLoopBackOff, last exit code 1 (Error), 2 restart(s)"
+CONTAINER_STATES = [
+    ("crash loop", {"name": "app", "restartCount": 2, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}},
+     "waiting: CrashLoopBackOff, last exit code 1 (Error), 2 restart(s)"),
+    ("failed job pod", {"name": "app", "restartCount": 0, "state": {"terminated": {"exitCode": 7, "reason": "Error"}}},
+     "terminated: Error, exit code 7, 0 restart(s)"),
+    ("oom killed", {"name": "app", "restartCount": 0, "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}},
+     "terminated: OOMKilled, exit code 137, 0 restart(s)"),
+    ("running", {"name": "app", "restartCount": 1, "state": {"running": {"startedAt": "2026-11-26T10:00:00Z"}}},
+     "running, 1 restart(s)"),
+    ("init container", {"name": "app", "restartCount": 0, "state": {"terminated": {"exitCode": 2, "reason": "Error"}}},
+     "terminated: Error, exit code 2, 0 restart(s)"),
+]
+
+
+@pytest.mark.parametrize("name,status,expected", CONTAINER_STATES, ids=[c[0] for c in CONTAINER_STATES])
+def test_container_state(name, status, expected):
+    key = "initContainerStatuses" if name == "init container" else "containerStatuses"
+    pod = {"status": {key: [status]}}
+    assert container_state(pod, "app") == expected
+    assert container_state(pod, "app (init)") == expected
     assert container_state(pod, "other") == ""
 
 
@@ -153,3 +170,61 @@ def test_which_kinds_settle(group, kind, obj, expected):
     from deployer.tracker import needs_settle
 
     assert needs_settle(group, kind, obj) is expected
+
+
+SPLITS = [
+    ("BackoffLimitExceeded: Job has reached the specified backoff limit",
+     ("BackoffLimitExceeded", "Job has reached the specified backoff limit")),
+    ("ProgressDeadlineExceeded: ReplicaSet \"web-1\" has timed out progressing.",
+     ("ProgressDeadlineExceeded", "ReplicaSet \"web-1\" has timed out progressing.")),
+    ("job failed", ("Failed", "job failed")),
+    ("pod failed: Evicted: The node was low on resource", ("Failed", "pod failed: Evicted: The node was low on resource")),
+    ("", ("Failed", "")),
+]
+
+
+@pytest.mark.parametrize("message,expected", SPLITS, ids=[s[0][:20] or "empty" for s in SPLITS])
+def test_split_reason(message, expected):
+    assert split_reason(message) == expected
+
+
+READY_AT = 1_800_000_000.0  # the pod's Ready lastTransitionTime (whole seconds)
+UNTIL = "kade.io/show-logs-until"
+LOG_LINES = [  # (annotations, line, controller ready, line written at, pod ready at) -> shown
+    ("default until the controller is ready", {}, "x", False, None, READY_AT, True),
+    ("default stops once the controller is ready", {}, "x", True, None, None, False),
+    ("PodIsReady before the pod was ready", {UNTIL: "PodIsReady"}, "x", False, READY_AT + 5, None, True),
+    ("PodIsReady line written before ready, read after", {UNTIL: "PodIsReady"}, "x", False, READY_AT - 3, READY_AT, True),
+    ("PodIsReady line in the second it became ready", {UNTIL: "PodIsReady"}, "x", False, READY_AT + 0.5, READY_AT, True),
+    ("PodIsReady line after ready", {UNTIL: "PodIsReady"}, "x", False, READY_AT + 1, READY_AT, False),
+    ("PodIsReady unknown line time after ready", {UNTIL: "PodIsReady"}, "x", False, None, READY_AT, False),
+    ("PodIsReady ignores the controller", {UNTIL: "PodIsReady"}, "x", True, READY_AT - 1, READY_AT, True),
+    ("EndOfDeploy after ready", {UNTIL: "EndOfDeploy"}, "x", True, READY_AT + 60, READY_AT, True),
+    ("log-regex match", {"kade.io/log-regex": "^ERR"}, "ERR disk full", False, None, None, True),
+    ("log-regex no match", {"kade.io/log-regex": "^ERR"}, "info: fine", False, None, None, False),
+    ("log-regex with EndOfDeploy", {"kade.io/log-regex": "^ERR", UNTIL: "EndOfDeploy"}, "info", True, None, None, False),
+]
+
+
+@pytest.mark.parametrize("name,annotations,line,controller_ready,stamp,ready_at,shown", LOG_LINES,
+                         ids=[c[0] for c in LOG_LINES])
+def test_log_line_shown(name, annotations, line, controller_ready, stamp, ready_at, shown):
+    opts = track_options(res(**annotations))
+    assert log_line_shown(opts, line, controller_ready=controller_ready, stamp=stamp, pod_ready_at=ready_at) is shown
+
+
+STAMPED = [
+    ("2027-01-15T08:00:00.123456789Z serving on :8080", (1_800_000_000.123456, "serving on :8080")),
+    ("2027-01-15T08:00:00Z two  spaces kept", (1_800_000_000.0, "two  spaces kept")),
+    ("2027-01-15T08:00:00Z", (1_800_000_000.0, "")),
+    ("2027-01-15T08:00:00Z ", (1_800_000_000.0, "")),
+    ("no timestamp here", (None, "no timestamp here")),
+    ("Tuesday: not a time", (None, "Tuesday: not a time")),
+    ("", (None, "")),
+]
+
+
+@pytest.mark.parametrize("line,expected", STAMPED, ids=[c[0][:25] or "empty" for c in STAMPED])
+def test_split_timestamp(line, expected):
+    stamp, text = split_timestamp(line)
+    assert (stamp if stamp is None else round(stamp, 6), text) == expected

@@ -5,9 +5,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from builder.backends.kubernetes import parse_pod_line
+from builder.backends.kubernetes import failure_error, parse_pod_line
+from builder.errors import StepFailedError
 from builder.backends.lease import LeaseView, lease_state, step_lease_name
-from builder.backends.podspec import CAPABILITIES, KubeSettings, dns_label, pod_name, stage_pod
+from builder.backends.podspec import (CAPABILITIES, SANDBOX_ENV, USERNS_CAPABILITIES, KubeSettings, dns_label,
+                                      pod_name, stage_pod)
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -34,6 +36,19 @@ def test_pod_security_posture():
     assert spec["restartPolicy"] == "Never" and spec["activeDeadlineSeconds"] == 3600
     assert "hostUsers" not in spec
     assert all(reason for reason in CAPABILITIES.values())
+
+
+def test_user_namespace_pods_get_the_namespace_sandbox():
+    spec = pod(settings={"user_namespaces": True})["spec"]
+    c = spec["containers"][0]
+    assert spec["hostUsers"] is False
+    assert c["securityContext"]["capabilities"]["add"] == sorted({*CAPABILITIES, *USERNS_CAPABILITIES})
+    assert {"name": SANDBOX_ENV, "value": "namespaces"} in c["env"]
+    assert c["securityContext"]["privileged"] is False and c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    plain = pod()["spec"]["containers"][0]
+    assert not any(e["name"] == SANDBOX_ENV for e in plain["env"])
+    assert "SYS_ADMIN" in USERNS_CAPABILITIES and all(USERNS_CAPABILITIES.values())
 
 
 @pytest.mark.parametrize("settings, check", [
@@ -132,3 +147,37 @@ def test_read_secrets_decodes_ids_and_skips_volume_bookkeeping(tmp_path):
     (tmp_path / "not-hex").write_bytes(b"x")
     assert read_secrets(str(tmp_path)) == {"npm.token": b"s3cret"}
     assert read_secrets(None) == {} and read_secrets(str(tmp_path / "missing")) == {}
+
+
+@pytest.mark.parametrize("failure, tail, expected, exit_code", [
+    # a non-RUN failure: the Dockerfile position once, in front; the hint once, at the end
+    ({"message": "ADD evil.tar /dst/: layer ADD evil.tar: entry '/x' has an absolute name", "file": "/c/Dockerfile",
+      "line": 2, "hint": None},
+     [], "/c/Dockerfile:2: pod ns/p: stage 0 failed: ADD evil.tar /dst/: layer ADD evil.tar: entry '/x' has an "
+         "absolute name", None),
+    ({"message": "image r/x@sha256:1 has 2 layers but 1 diff_ids in its config", "hint": "re-push that image"},
+     [], "pod ns/p: stage 0 failed: image r/x@sha256:1 has 2 layers but 1 diff_ids in its config "
+         "(re-push that image)", None),
+    ({"message": "registry down"}, [], "pod ns/p: stage 0 failed: registry down", None),  # an older builder image
+    # a failing RUN: step, exit code and the last lines (the record's, else the streamed tail)
+    ({"message": "x", "step": "RUN false", "exit_code": 7, "output_tail": ["boom"], "file": "D", "line": 3},
+     ["streamed"], "D:3: pod ns/p: step RUN false failed with exit code 7\nlast output lines:\n  boom", 7),
+    ({"message": "x", "step": "RUN false", "exit_code": 1}, ["streamed"],
+     "pod ns/p: step RUN false failed with exit code 1\nlast output lines:\n  streamed", 1),
+])
+def test_pod_failure_records_become_one_clear_error(failure, tail, expected, exit_code):
+    err = failure_error("pod ns/p", "0", failure, tail)
+    assert str(err) == expected
+    assert str(err).count("Dockerfile:2") <= 1
+    assert isinstance(err, StepFailedError) == (exit_code is not None)
+    if exit_code is not None:
+        assert err.exit_code == exit_code
+
+
+def test_pod_gets_the_extra_environment_sorted():
+    env = pod(extra_env={"KADE_LAYER_MAX_ENTRIES": "1000", "KADE_LAYER_MAX_BYTES": "8388608"})[
+        "spec"]["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    assert names[-2:] == ["KADE_LAYER_MAX_BYTES", "KADE_LAYER_MAX_ENTRIES"]
+    assert {"name": "KADE_LAYER_MAX_BYTES", "value": "8388608"} in env
+    assert not [e for e in pod()["spec"]["containers"][0]["env"] if e["name"].startswith("KADE_LAYER")]

@@ -1,9 +1,10 @@
 """The stat diff as a pure function of two tree states (no filesystem involved)."""
 import stat
+from pathlib import Path
 
 import pytest
 
-from builder.snapshot import TreeState, diff
+from builder.snapshot import TreeState, diff, in_user_namespace, overlay_options
 
 D, F = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644
 
@@ -43,3 +44,23 @@ def test_sources_point_into_the_root():
     after = {**BASE, b"etc/new": k(F, 30)}
     (change,) = diff(TreeState(BASE), TreeState(after), "/some/root")
     assert change.source == "/some/root/etc/new"
+
+
+@pytest.mark.parametrize("uid_map, expected", [
+    ("         0          0 4294967295\n", False),  # the host's own user namespace
+    ("         0     655360      65536\n", True),  # a hostUsers: false pod
+    ("         0       1000          1\n", True),  # rootless: --map-root-user
+    ("         0          0      65536\n", True),  # identity, but not the whole range
+])
+def test_in_user_namespace(uid_map, expected):
+    assert in_user_namespace(uid_map) is expected
+
+
+@pytest.mark.parametrize("userns, present, absent", [
+    (False, ["redirect_dir=off"], ["userxattr", "nofollow"]),
+    (True, ["userxattr", "redirect_dir=nofollow"], ["redirect_dir=off"]),  # the kernel refuses =off with userxattr
+])
+def test_overlay_options(userns, present, absent):
+    opts = overlay_options(Path("/r/lower"), Path("/s/upper"), Path("/s/work"), userns).split(",")
+    assert opts[:3] == ["lowerdir=/r/lower", "upperdir=/s/upper", "workdir=/s/work"]
+    assert {"metacopy=off", "index=off", *present} <= set(opts) and not set(absent) & set(opts)

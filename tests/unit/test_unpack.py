@@ -293,3 +293,47 @@ def test_layer_root_entry_sets_root_metadata(rootfs):
     apply(rootfs, [E("./", "dir", mode=0o700, mtime=5), E("./f", data=b"x")])
     assert stat.S_IMODE(os.stat(rootfs).st_mode) == 0o700 and os.stat(rootfs).st_mtime == 5
     assert tree_state(rootfs)[b"f"][4] == b"x"
+
+
+def test_apply_layers_names_each_layer_by_its_digest(tmp_path, rootfs, outside):
+    """The path that applies a step image's layers onto a rootfs (a stage reusing a step that another
+    build or stage pushed meanwhile) names the layer at fault by its digest, as unpacking a base does."""
+    from builder.execute import apply_layers
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_bytes(gzip.compress(make_tar([E("ok", data=b"ok")])))
+    bad.write_bytes(gzip.compress(make_tar([E("../outside/pwned", data=b"x")])))
+    digests = ["sha256:" + hashlib.sha256(p.read_bytes()).hexdigest() for p in (good, bad)]
+    with pytest.raises(UnsafeLayerError) as info:
+        apply_layers(rootfs, [(good, "application/vnd.oci.image.layer.v1.tar+gzip", digests[0]),
+                              (bad, "application/vnd.oci.image.layer.v1.tar+gzip", digests[1])])
+    assert f"layer {digests[1]}: entry '../outside/pwned'" in str(info.value)
+    assert (rootfs / "ok").read_bytes() == b"ok" and not (outside / "pwned").exists()
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, Limits()),
+    ({"KADE_LAYER_MAX_BYTES": "8388608"}, Limits(max_bytes=8 << 20)),
+    ({"KADE_LAYER_MAX_ENTRIES": " 1000 ", "KADE_LAYER_MAX_BYTES": ""}, Limits(max_entries=1000)),
+    ({"KADE_LAYER_MAX_BYTES": "8M"}, "not a positive whole number"),
+    ({"KADE_LAYER_MAX_ENTRIES": "0"}, "not a positive whole number"),
+    ({"KADE_LAYER_MAX_ENTRIES": "-5"}, "not a positive whole number"),
+])
+def test_limits_from_the_environment(env, expected):
+    from builder.errors import BuildError
+    from builder.unpack import limit_env
+
+    if isinstance(expected, Limits):
+        assert Limits.from_env(env) == expected
+        assert limit_env(env) == {k: v.strip() for k, v in env.items() if v.strip()}
+    else:
+        with pytest.raises(BuildError, match=expected):
+            limit_env(env)
+
+
+def test_apply_layer_uses_the_environment_limits_by_default(rootfs, monkeypatch):
+    monkeypatch.setenv("KADE_LAYER_MAX_ENTRIES", "10")
+    with pytest.raises(LayerLimitError, match="more than 10 entries") as info:
+        apply(rootfs, [E(f"f{i}") for i in range(30)])
+    assert DIGEST in str(info.value)
+    assert apply(rootfs, [E("f")], limits=Limits()).entries == 1  # an explicit Limits wins
