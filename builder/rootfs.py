@@ -92,7 +92,7 @@ class RootfsStore:
             self.save(target, ids[-1])
         return target
 
-    def ensure(self, layers: Sequence[LayerRef], *, limits: Limits = Limits()) -> Path:
+    def ensure(self, layers: Sequence[LayerRef], *, limits: Limits | None = None) -> Path:
         """The whole stack as a tree in the store, unpacked there when missing (into a partial dir, then
         renamed into place: no copy). For readers only (COPY --from=<image>, RUN --mount from=<image>):
         the tree is shared with later builds and must never be written to. `layers` must not be empty."""
