@@ -62,10 +62,14 @@ def test_a_blob_in_the_cache_is_not_downloaded(tmp_path, pool):
         assert f.read() == b"cached"
 
 
+def corrupt_fetch(tmp_path, pool, data: bytes):
+    """A download whose verification fails at the end of `data` (DigestMismatch's place)."""
+    return start_fetch(pool, tmp_path / "abc", contextlib.nullcontext,
+                       opener(SlowStream(data, error=ValueError("digest mismatch"))))
+
+
 def test_a_failed_download_fails_the_reader_and_leaves_nothing(tmp_path, pool):
-    final = tmp_path / "abc"
-    blob = start_fetch(pool, final, contextlib.nullcontext,
-                       opener(SlowStream(b"x" * 50000, error=ValueError("digest mismatch"))))
+    blob = corrupt_fetch(tmp_path, pool, b"x" * 50000)
     with pytest.raises(ValueError, match="digest mismatch"):
         with blob.open() as f:
             while f.read(4096):
@@ -74,9 +78,7 @@ def test_a_failed_download_fails_the_reader_and_leaves_nothing(tmp_path, pool):
 
 
 def test_a_reader_that_stops_early_still_gets_the_error_at_close(tmp_path, pool):
-    final = tmp_path / "abc"
-    blob = start_fetch(pool, final, contextlib.nullcontext,
-                       opener(SlowStream(b"y" * 30000, error=ValueError("digest mismatch"))))
+    blob = corrupt_fetch(tmp_path, pool, b"y" * 30000)
     with pytest.raises(ValueError, match="digest mismatch"):
         with blob.open() as f:
             assert f.read(100) == b"y" * 100   # e.g. the tar ended before the gzip trailer
