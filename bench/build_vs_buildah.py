@@ -23,6 +23,7 @@ reports the biggest waited-for descendant), the larger of build and push for bui
 
 Usage: python bench/build_vs_buildah.py [--runs 3] [--results bench/RESULTS.md] [--no-append]
        [--only kade] [--kade-wrap 'py-spy record -o {out} -r 200 --subprocesses --']
+       [--scenarios cold,onefile-fresh]   (cold always runs: the others start from what it pushed)
 Needs root, buildah, busybox-static, GNU time and docker-registry (as the tests do).
 """
 from __future__ import annotations
@@ -173,7 +174,7 @@ def drop_buildah_storage(store: Path) -> None:
 # ---------------------------------------------------------------- one run
 
 def one_run(run: int, work: Path, host: str, base: str, rows: dict[str, Row], loads: list[float],
-            only: str | None, wrap: str | None) -> None:
+            only: str | None, wrap: str | None, chosen: tuple[str, ...] = SCENARIOS) -> None:
     ctx, logs = work / f"ctx{run}", work / "logs"
     logs.mkdir(exist_ok=True)
     make_workload(ctx, base, seed=run)
@@ -181,6 +182,8 @@ def one_run(run: int, work: Path, host: str, base: str, rows: dict[str, Row], lo
     k_warm, b_warm = work / f"kcache{run}-warm", work / f"bstore{run}-warm"
 
     def step(name: str, k_cache: Path, b_store: Path, b_from: str | None, b_to: str | None) -> None:
+        if name not in chosen:
+            return
         loads.append(os.getloadavg()[0])
         if only in (None, "kade"):
             rows[name].kade.append(kade(ctx, k_tag, k_cache, logs / f"{name}-{run}-kade.log", wrap))
@@ -236,7 +239,9 @@ def report(rows: dict[str, Row], loads: list[float], args: argparse.Namespace, s
             f"- machine: {os.cpu_count()} cores ({_cpu()}), Linux {platform.release()}, Python "
             f"{platform.python_version()}; shared with other agents' jobs: 1-min load average at the start of "
             f"each scenario min {min(loads):.1f} / median {statistics.median(loads):.1f} / max {max(loads):.1f}",
-            f"- command: `python bench/build_vs_buildah.py --runs {args.runs}` (kade commit {commit})",
+            f"- command: `python bench/build_vs_buildah.py --runs {args.runs}"
+            + (f" --scenarios {args.scenarios}" if args.scenarios != ",".join(SCENARIOS) else "")
+            + f"` (kade commit {commit})",
             f"- buildah {_buildah_version()}: `bud --layers --format docker --isolation chroot --storage-driver vfs`, "
             "own --root per storage; registry: Debian docker-registry on loopback (plain HTTP); base: busybox "
             "(tests/fixtures/build.py)",
@@ -267,7 +272,13 @@ def main() -> None:
     ap.add_argument("--only", choices=("kade", "buildah"), help="run one tool (profiling)")
     ap.add_argument("--kade-wrap", help="prefix kade's command ({out} = a per-step profile path)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, profiles)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help="comma-separated scenarios to run (cold always runs: the others need what it pushed)")
     args = ap.parse_args()
+    chosen = tuple(dict.fromkeys(["cold", *args.scenarios.split(",")]))
+    unknown = [name for name in chosen if name not in SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     work = Path(tempfile.mkdtemp(prefix="kade-bench-build-", dir="/var/tmp"))
     print(f"work dir {work}", flush=True)
@@ -276,7 +287,7 @@ def main() -> None:
     try:
         base = push_image(reg.host, "bench/base", "1", base_rootfs_tar()).ref
         for run in range(args.runs):
-            one_run(run, work, reg.host, base, rows, loads, args.only, args.kade_wrap)
+            one_run(run, work, reg.host, base, rows, loads, args.only, args.kade_wrap, chosen)
     finally:
         reg.stop()
         if not args.keep:

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from builder import image_config as ic
 from builder.cache import LocalCache
@@ -41,6 +41,9 @@ from registry.digest import sha256_digest
 from registry.errors import RegistryError
 from registry.model import Descriptor, Index, Manifest, parse_manifest
 from registry.reference import Reference
+
+if TYPE_CHECKING:
+    from builder.fetch import GrowingBlob
 
 Report = Callable[..., None]
 ANNOTATION_REVISION = "org.opencontainers.image.revision"
@@ -141,6 +144,7 @@ class Builder:
         self.stage_futures: dict[str, Future] = {}
         self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
         self.root_lock = threading.Lock()
+        self.fetch_pool: ThreadPoolExecutor | None = None  # layer downloads unpacked while they run
         self.epoch = _epoch()
         if options.tags:
             self.stages_repo = options.repo or stages_repo_for(options.tags[0])
@@ -275,8 +279,9 @@ class Builder:
         rootfs = self._materialize(parent, f"stage-{ps.label}-")
         for s in steps[last_hit + 1:]:
             parent = self._run_once(ps, s, parent, rootfs)
-        with self.root_lock:
-            self.stage_roots[ps.label] = rootfs
+        if ps.label in rootfs_readers(self.plan):  # else its last RUN may have left it unmerged
+            with self.root_lock:
+                self.stage_roots[ps.label] = rootfs
         self.stage_images[ps.label] = parent
         return parent
 
@@ -319,27 +324,56 @@ class Builder:
 
         Only base images' stacks are saved for later builds: they recur in every build that runs
         anything, while step images change with the code (saving those costs a full tree copy each time)."""
-        from builder.rootfs import LayerRef, chain_ids
-
         holder = self.cache.work_dir(prefix)
         self.work_dirs.append(holder)
         rootfs = holder / "rootfs"
         if image is None:
             rootfs.mkdir()
             return rootfs
+        refs = self._layer_refs(image, "copied from")
+        self.cache.rootfs_store.materialize(refs, rootfs, save=self._keepable(image))
+        return rootfs
+
+    def _keepable(self, image: Image) -> bool:
+        return image.repo not in (self.stages_repo, "")
+
+    def _layer_refs(self, image: Image, reuse: str) -> list:
+        """The image's layers for the rootfs store, the ones it lacks downloading meanwhile; reports how
+        many the store supplies."""
+        from builder.rootfs import LayerRef, chain_ids
+
         diff_ids = list((image.config.get("rootfs") or {}).get("diff_ids") or [])
         layers = image.manifest.layers
         if len(diff_ids) != len(layers):
             raise BuildError(f"image {image.repo}@{image.digest} has {len(layers)} layers but "
                              f"{len(diff_ids)} diff_ids in its config", hint="rebuild or re-push that image")
-        refs = [LayerRef(diff_id, (lambda d=d: open(self._blob_path(image, d), "rb")), d.digest)
-                for diff_id, d in zip(diff_ids, layers)]
-        store = self.cache.rootfs_store
-        kept = store.cached_depth(chain_ids(diff_ids))
-        self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}: {kept} copied from the "
+        kept = self.cache.rootfs_store.cached_depth(chain_ids(diff_ids))
+        fetches = {d.digest: self._fetch(image, d) for d in layers[kept:]}   # all at once, unpacked as they come
+        self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}: {kept} {reuse} the "
                               f"unpacked cache, {len(layers) - kept} unpacked", reused=kept, unpacked=len(layers) - kept)
-        store.materialize(refs, rootfs, save=image.repo not in (self.stages_repo, ""))
-        return rootfs
+        return [LayerRef(diff_id, fetches[d.digest].open if d.digest in fetches else
+                         (lambda d=d: open(self._blob_path(image, d), "rb")), d.digest)
+                for diff_id, d in zip(diff_ids, layers)]
+
+    def _read_only_tree(self, image: Image) -> Path:
+        """An image's filesystem for readers (COPY --from=<image>, RUN --mount from=<image>): a base
+        image's tree is unpacked straight into the rootfs store and read there (no copy); step images
+        (never kept) get a work dir as before."""
+        if not self._keepable(image) or not image.manifest.layers:
+            return self._materialize(image, "from-image-")
+        return self.cache.rootfs_store.ensure(self._layer_refs(image, "read in"))
+
+    def _fetch(self, image: Image, desc: Descriptor) -> "GrowingBlob":
+        """Start downloading a layer blob into the local cache (unless it is there); read it as it grows."""
+        from builder.fetch import start_fetch
+
+        with self.lock:
+            if self.fetch_pool is None:
+                self.fetch_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kade-fetch")
+        path = self.cache.blobs.path(desc.digest)
+        return start_fetch(self.fetch_pool, path, lambda: self.cache.lock(desc.digest),
+                           lambda: self.repo(image.repo).open_blob(desc.digest, desc.size),
+                           lambda: self.report("pull", f"{desc.digest[:19]} ({desc.size} bytes) from {image.repo}"))
 
     def _blob_path(self, image: Image, desc: Descriptor) -> Path:
         path = self.cache.blobs.path(desc.digest)
@@ -365,7 +399,7 @@ class Builder:
         key = "image:" + image.digest
         with self.root_lock:
             if key not in self.stage_roots:
-                self.stage_roots[key] = self._materialize(image, "from-image-")
+                self.stage_roots[key] = self._read_only_tree(image)
             return self.stage_roots[key]
 
     # -- one step ----------------------------------------------------------------------------------
@@ -385,7 +419,8 @@ class Builder:
                 ctx = ex.RunContext(secrets=self.o.secrets, ssh_socket=self.o.ssh, cache_dir=self._cache_mount,
                                     stage_rootfs=self._mount_root, context_root=self.ctx.root, report=self.report,
                                     runner=self.o.sandbox)
-                layer = ex.run_step(rootfs, step, ctx, lambda line: self.report("output", line), self._write_layer)
+                layer = ex.run_step(rootfs, step, ctx, lambda line: self.report("output", line), self._write_layer,
+                                    keep_result=rootfs_read_after(self.plan, ps, step))
                 return self._push_step(step, parent, layer)  # type: ignore[arg-type]
             elif step.kind == "copy":
                 spec = step.copy
@@ -585,6 +620,8 @@ class Builder:
         return tag
 
     def _cleanup(self) -> None:
+        if self.fetch_pool is not None:
+            self.fetch_pool.shutdown(wait=True, cancel_futures=True)
         for d in self.work_dirs:
             self.cache.discard(d)
 
@@ -593,6 +630,29 @@ def missing_steps(ps: PlannedStage, hits: set[str]) -> list[Step]:
     """The steps after the last cached one (lookup goes on after a miss, so a later hit counts)."""
     last = max((i for i, st in enumerate(ps.steps) if st.key in hits), default=-1)
     return ps.steps[last + 1:]
+
+
+FS_STEP_KINDS = frozenset({"run", "copy", "workdir"})  # steps that work on the stage's rootfs
+
+
+def rootfs_readers(plan: Plan) -> set[str]:
+    """Labels of the stages whose rootfs another step reads (COPY --from=<stage>, RUN --mount from=<stage>)."""
+    read: set[str] = set()
+    for st in plan.all_steps():
+        if st.copy is not None and st.copy.from_stage:
+            read.add(st.copy.from_stage)
+        read.update(ref for ref in (m.options.get("from", "").lower() for m in st.mounts) if ref in plan.stages)
+    return read
+
+
+def rootfs_read_after(plan: Plan, ps: PlannedStage, step: Step) -> bool:
+    """Whether anything reads the stage's rootfs after `step`: a later RUN/COPY/ADD/WORKDIR of the stage,
+    or another stage's COPY --from / RUN --mount from=. When nothing does (e.g. a final RUN followed only
+    by CMD/ENV/LABEL), a RUN's overlay changes need not be merged back into the rootfs."""
+    at = next((i for i, st in enumerate(ps.steps) if st is step), None)
+    if at is None:
+        return True  # not a step of this stage: assume the worst
+    return any(st.kind in FS_STEP_KINDS for st in ps.steps[at + 1:]) or ps.label in rootfs_readers(plan)
 
 
 def needed_stages(plan: Plan, hits: set[str]) -> set[str]:

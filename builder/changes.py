@@ -47,10 +47,12 @@ def split_path(path: str) -> tuple[bytes, ...]:
     raw = os.fsencode(path)
     if b"\0" in raw:
         raise ValueError(f"path {path!r} contains a NUL byte")
-    parts = tuple(p for p in raw.split(b"/") if p not in (b"", b"."))
+    parts = raw.split(b"/")
+    if b"" in parts or b"." in parts:
+        parts = [p for p in parts if p not in (b"", b".")]
     if b".." in parts:
         raise ValueError(f"path {path!r} contains '..'")
-    return parts
+    return tuple(parts)
 
 
 def new_directory(path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> Change:

@@ -244,12 +244,15 @@ def _extract_archive(archive: Path, target: Path, rootfs: Path, record: Callable
 # -- RUN ------------------------------------------------------------------------------------------
 
 def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str], None],
-             write: Callable[[list[Change]], object]) -> object | None:
+             write: Callable[[list[Change]], object], *, keep_result: bool = True) -> object | None:
     """Run a RUN step in the sandbox and capture what it changed.
 
     `write` turns the changes into a layer (it runs while the capture is open: with overlay the
     changed files live in the upper directory until `commit`). Returns what `write` returned, or None
     when nothing changed. Raises StepFailedError with the exit code and the last output lines.
+    Without `keep_result` (nothing reads this rootfs after the step) an overlay capture is not merged
+    back: `rootfs` keeps its state from before the step, and the overlay's directories are left in
+    `<rootfs>-scratch` beside it for whoever removes the work dir (the layer is the same either way).
     """
     from builder import sandbox, snapshot
 
@@ -292,8 +295,12 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
                                   output_tail=list(tail), file=step.ins.file, line=step.ins.line)
         changes = cap.changes()
         result = write(changes) if changes else None
-        cap.commit()
-    shutil.rmtree(scratch, ignore_errors=True)
+        if keep_result:
+            cap.commit()
+        else:
+            cap.abandon()
+    if keep_result or cap.method != "overlay":
+        shutil.rmtree(scratch, ignore_errors=True)
     return result
 
 

@@ -202,13 +202,13 @@ class _Pipeline:
             raise errors[0]
 
 
-_ENTRY_TYPES = ((stat.S_ISREG, REGULAR), (stat.S_ISDIR, DIRECTORY), (stat.S_ISLNK, SYMLINK),
-                (stat.S_ISCHR, CHAR), (stat.S_ISBLK, BLOCKDEV), (stat.S_ISFIFO, FIFO))
+_ENTRY_TYPES = {stat.S_IFREG: REGULAR, stat.S_IFDIR: DIRECTORY, stat.S_IFLNK: SYMLINK, stat.S_IFCHR: CHAR,
+                stat.S_IFBLK: BLOCKDEV, stat.S_IFIFO: FIFO}
 
 
 def _entry_type(st: os.stat_result) -> bytes | None:
     """The tar type of a file; None for sockets and anything unknown (skipped)."""
-    return next((typeflag for test, typeflag in _ENTRY_TYPES if test(st.st_mode)), None)
+    return _ENTRY_TYPES.get(stat.S_IFMT(st.st_mode))
 
 
 class _TarWriter:

@@ -9,6 +9,7 @@ the first writer wins and later ones drop their copy.
 
     store = RootfsStore(cache_dir / "rootfs")
     store.materialize([LayerRef(diff_id, opener, digest), ...], workdir / "rootfs")
+    tree = store.ensure([...])     # read-only use: unpacked into the store, no copy
 """
 from __future__ import annotations
 
@@ -90,6 +91,28 @@ class RootfsStore:
         if save and ids and start < len(ids):
             self.save(target, ids[-1])
         return target
+
+    def ensure(self, layers: Sequence[LayerRef], *, limits: Limits | None = None) -> Path:
+        """The whole stack as a tree in the store, unpacked there when missing (into a partial dir, then
+        renamed into place: no copy). For readers only (COPY --from=<image>, RUN --mount from=<image>):
+        the tree is shared with later builds and must never be written to. `layers` must not be empty."""
+        ids = chain_ids([layer.diff_id for layer in layers])
+        final = self.path(ids[-1])
+        if final.is_dir():
+            self._touch(final)
+            return final
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.root))
+        try:
+            tmp.rmdir()
+            self.materialize(layers, tmp, limits=limits, save=False)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                pass  # another build kept the same stack first: read theirs
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
 
     def save(self, rootfs: Path, chain_id: str) -> None:
         if self.has(chain_id):

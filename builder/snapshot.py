@@ -20,6 +20,11 @@ Usage (the caller writes the layer before leaving the block):
         changes = cap.changes()
         info = write_layer(changes, out)
         cap.commit()          # make `rootfs` itself hold the result (a no-op for "stat")
+
+When nothing reads the rootfs after the step (the build's last filesystem step), call
+`cap.abandon()` instead of `commit()`: the upper directory is neither merged nor deleted (merging
+20,000 new files costs about as much as writing their layer); the caller disposes of `scratch`, e.g.
+with the work dir it lives in. `rootfs` then still holds the state from before the step.
 """
 from __future__ import annotations
 
@@ -329,6 +334,7 @@ class Capture:
         self._before = before
         self._mounted = False
         self._changes: list[Change] | None = None
+        self._abandoned = False
         if method == "overlay":
             if any(c in os.fspath(p) for p in (rootfs, scratch) for c in ",:"):
                 raise OSError(f"overlay mount options cannot hold ',' or ':' in {rootfs} / {scratch}")
@@ -377,9 +383,16 @@ class Capture:
             apply_layer(tmp, self.rootfs, digest="(overlay commit)", allow_devices=os.geteuid() == 0,
                         limits=Limits())  # our own RUN output: the defaults, not $KADE_LAYER_MAX_*
 
+    def abandon(self) -> None:
+        """Leave `rootfs` at its state before the step and keep the upper directory where it is (not
+        merged, not deleted): for a step whose result nobody reads from this rootfs. The caller removes
+        `scratch` (a no-op for "stat", whose changes are in `rootfs` already)."""
+        self._unmount()
+        self._abandoned = True
+
     def close(self) -> None:
         self._unmount()
-        if self.method == "overlay":
+        if self.method == "overlay" and not self._abandoned:
             _clean_overlay_dirs(self.scratch)
 
 

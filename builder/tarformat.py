@@ -48,6 +48,9 @@ def _octal(value: int, width: int) -> bytes:
     return b"%0*o\0" % (width - 1, value)
 
 
+_MAX8, _MAX12 = 8 ** 7, 8 ** 11   # limits of the 8- and 12-byte octal fields
+
+
 def _fits(value: int, width: int) -> bool:
     return 0 <= value < 8 ** (width - 1)
 
@@ -62,23 +65,19 @@ def pax_record(key: bytes, value: bytes) -> bytes:
         n = len(record)
 
 
+_MAGIC_SUM = sum(b"ustar\x0000")
+
+
 def _ustar_block(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
                  linkname: bytes, devmajor: int, devminor: int) -> bytes:
-    buf = bytearray(BLOCK)
-    buf[0:100] = name[:100].ljust(100, b"\0")
-    buf[100:108] = _octal(mode, 8)
-    buf[108:116] = _octal(uid, 8)
-    buf[116:124] = _octal(gid, 8)
-    buf[124:136] = _octal(size, 12)
-    buf[136:148] = _octal(mtime, 12)
-    buf[148:156] = b" " * 8
-    buf[156:157] = typeflag
-    buf[157:257] = linkname[:100].ljust(100, b"\0")
-    buf[257:265] = b"ustar\x0000"
-    buf[329:337] = _octal(devmajor, 8)
-    buf[337:345] = _octal(devminor, 8)
-    buf[148:156] = b"%06o\0 " % sum(buf)
-    return bytes(buf)
+    # Joined from its non-zero pieces; the checksum (sum of all bytes, the checksum field as 8 spaces)
+    # is the sum of those pieces, since the padding is zeros. Callers ensure every number fits its field.
+    name, linkname = name[:100], linkname[:100]
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    devices = b"%07o\0%07o\0" % (devmajor, devminor)
+    checksum = sum(name) + sum(numbers) + 256 + typeflag[0] + sum(linkname) + _MAGIC_SUM + sum(devices)
+    return b"".join((name, bytes(100 - len(name)), numbers, b"%06o\0 " % checksum, typeflag, linkname,
+                     bytes(100 - len(linkname)), b"ustar\x0000", bytes(64), devices, bytes(167)))
 
 
 def _needs_pax_name(name: bytes) -> bool:
@@ -95,8 +94,14 @@ def _is_utf8(raw: bytes) -> bool:
 
 def encode_header(entry: TarEntry) -> bytes:
     """The header block(s) of `entry`: a PAX extended header first when ustar cannot hold it."""
-    records: list[bytes] = []
     name, linkname = entry.name, entry.linkname
+    mtime = max(0, entry.mtime_ns // 1_000_000_000)
+    if (not entry.xattrs and len(name) <= 100 and len(linkname) <= 100 and name.isascii() and linkname.isascii()
+            and 0 <= entry.size < _MAX12 and 0 <= entry.uid < _MAX8 and 0 <= entry.gid < _MAX8 and mtime < _MAX12
+            and 0 <= entry.devmajor < _MAX8 and 0 <= entry.devminor < _MAX8):   # the common case: ustar alone
+        return _ustar_block(name, entry.mode & 0o7777, entry.uid, entry.gid, entry.size, mtime, entry.type,
+                            linkname, entry.devmajor, entry.devminor)
+    records: list[bytes] = []
     if not (_is_utf8(name) and _is_utf8(linkname)):
         records.append(pax_record(b"hdrcharset", b"BINARY"))
     if _needs_pax_name(name):

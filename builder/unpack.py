@@ -26,6 +26,7 @@ Python's `tarfile` with `filter="data"` is not used: it refuses what rootfs laye
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 
@@ -153,8 +154,10 @@ class _Metered:
         return data
 
 
-def open_decompressed(stream: BinaryIO):
-    """A reader of the uncompressed tar inside `stream` (gzip, zstd, xz, bzip2 or plain, by magic bytes)."""
+def open_decompressed(stream: BinaryIO, *, threaded: bool = False):
+    """A reader of the uncompressed tar inside `stream` (gzip, zstd, xz, bzip2 or plain, by magic bytes).
+    With `threaded`, gzip is inflated by a worker thread that runs without the GIL, ahead of the reader
+    (hashing and writing files overlap the inflating; same bytes); close the reader when done."""
     head = b""
     while len(head) < len(_XZ_MAGIC):
         chunk = stream.read(len(_XZ_MAGIC) - len(head))
@@ -165,8 +168,13 @@ def open_decompressed(stream: BinaryIO):
     if head.startswith(_GZIP_MAGIC):
         try:
             from isal import igzip as gzip_impl  # type: ignore[import-not-found]
+            from isal import igzip_threaded
         except ImportError:  # pragma: no cover
             import gzip as gzip_impl
+            igzip_threaded = None
+        if threaded and igzip_threaded is not None:
+            # 256 KiB blocks: its read-ahead (8 blocks) and queue (2) stay ~3 MiB; 1 MiB cost ~15 MiB of RSS
+            return igzip_threaded.open(source, "rb", threads=1, block_size=256 << 10)
         return gzip_impl.GzipFile(fileobj=source, mode="rb")
     if head.startswith(_ZSTD_MAGIC):
         return zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True)
@@ -504,9 +512,11 @@ def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: st
     if allow_devices is None:
         allow_devices = os.geteuid() == 0
     applier = _Applier(root, layer, allow_devices, limits, report)
+    decompressed = None
     try:
         try:
-            metered = _Metered(open_decompressed(stream), limits.max_bytes, layer)
+            decompressed = open_decompressed(stream, threaded=True)
+            metered = _Metered(decompressed, limits.max_bytes, layer)
             reader = TarReader(metered, max_meta=limits.max_meta, max_name=limits.max_name)
             for entry in reader:
                 applier.apply(entry, reader, metered)
@@ -522,6 +532,8 @@ def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: st
         applier.finish_dirs()
     finally:
         applier.close()
+        if isinstance(decompressed, io.BufferedReader):
+            decompressed.close()   # the threaded gzip reader: stop its worker
     result = applier.result
     result.diff_id = "sha256:" + metered.hash.hexdigest()
     result.bytes = metered.count

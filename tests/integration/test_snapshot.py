@@ -208,3 +208,19 @@ def test_excluded_paths_and_everything_below(tmp_path, method):
         paths = {c.path for c in cap.changes()}
     assert "var/cache-not-excluded" in paths
     assert not any(p == "var/cache" or p.startswith("var/cache/") for p in paths)
+
+
+@root_only
+def test_abandoned_overlay_capture_leaves_rootfs_and_keeps_the_upper(tmp_path):
+    rootfs = base_tree(tmp_path / "rootfs")
+    before = tree_state(rootfs)
+    scratch = tmp_path / "scratch"
+    with capture(rootfs, scratch, "overlay") as cap:
+        (cap.root / "new.txt").write_text("new\n")
+        (cap.root / "etc" / "hostname").unlink()
+        changes = cap.changes()
+        cap.abandon()
+    assert {("new.txt", "add"), ("etc/hostname", "delete")} <= normalized(changes)
+    assert tree_state(rootfs) == before  # not merged
+    assert (scratch / "upper" / "new.txt").read_text() == "new\n"  # left for the work dir's removal
+    assert not os.path.ismount(scratch / "merged")

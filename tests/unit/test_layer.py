@@ -205,3 +205,59 @@ def test_made_up_directories(tmp_path):
     assert members["app"].mode == 0o755 and members["app"].mtime == 99
     with pytest.raises(ValueError, match="needs a source"):
         Change("x")
+
+
+def pinned_tree(root: Path) -> Path:
+    make_tree(root)
+    (root / "deep" / ("d" * 60) / ("e" * 60)).mkdir(parents=True)   # a path over 100 bytes: PAX path
+    (root / "deep" / ("d" * 60) / ("e" * 60) / "f").write_bytes(b"f" * 513)
+    for d in (root, root / "bin", root / "empty-dir", root / "deep", root / "deep" / ("d" * 60),
+              root / "deep" / ("d" * 60) / ("e" * 60)):
+        os.chmod(d, 0o755)
+    for p in (root / "odd\nname\u00ff", root / os.fsdecode(b"raw\xff\xfe"), root / ("long-" * 40),
+              root / "deep" / ("d" * 60) / ("e" * 60) / "f"):
+        os.chmod(p, 0o640)
+    os.chmod(root / "fifo", 0o600)
+    return root
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the pinned tree holds a security.capability xattr (root only)")
+def test_layer_bytes_are_pinned(tmp_path):
+    """Speed work on the writer must not move a single byte: a fixed tree (ownership overridden, mtimes
+    clamped) gives this exact tar, whatever the machine."""
+    root = pinned_tree(tmp_path / "t")
+
+    def pin(c: Change) -> Change:
+        big = c.path.endswith("f")   # uid/gid past ustar's 7 octal digits: PAX records
+        return Change(c.path, c.kind, c.source, uid=2_097_152 if big else 0, gid=3 if big else 0, mode=c.mode)
+
+    out = io.BytesIO()
+    info = layer_from_directory(root, out, "none", 1_700_000_000, transform=pin)
+    assert info.diff_id == info.digest == PINNED_DIFF_ID
+PINNED_DIFF_ID = "sha256:b7ae005c35f97bbe62363f03700248f337a6b07a3113d9da7d7d7c27da39f54d"
+
+
+def test_gzip_blob_bytes_are_pinned(tmp_path):
+    """The compressed blob depends on how the tar stream is cut into the compressor's chunks: writing it
+    faster must not move a byte either (same step image digests as earlier kade versions)."""
+    import random
+
+    rng = random.Random(7)
+    root = tmp_path / "g"
+    for i in range(600):   # ~3.5 MiB of small and mid-size files, half random half repetitive
+        d = root / f"d{i % 13}"
+        d.mkdir(parents=True, exist_ok=True)
+        size = int(2 ** rng.uniform(3, 16))
+        body = rng.randbytes(size) if i % 2 else (b"line %d\n" % i) * (size // 8)
+        (d / f"f{i}").write_bytes(body)
+        os.chmod(d / f"f{i}", 0o644)
+    for d in [root, *root.iterdir()]:
+        os.chmod(d, 0o755)
+
+    def pin(c: Change) -> Change:
+        return Change(c.path, c.kind, c.source, uid=0, gid=0, mode=c.mode)
+
+    info = layer_from_directory(root, io.BytesIO(), "gzip", 1_700_000_000, transform=pin)
+    assert (info.digest, info.diff_id) == PINNED_GZIP
+PINNED_GZIP = ("sha256:977ccf68bcf3df172f43eece033acae657807d700d7062fa4cdf91b17b0d7f63",
+               "sha256:b1fa2b15ddb5bb3907ac8d5db934f5468fd56fac4d4b6b0bdf8c5a5467a2bb22")

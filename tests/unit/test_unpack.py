@@ -134,6 +134,36 @@ def test_corrupt_blobs_are_clear_errors(rootfs, blob, match):
     assert DIGEST in str(info.value)
 
 
+def test_gzip_inflating_thread_stops_whatever_the_outcome(rootfs, tmp_path):
+    """gzip layers inflate in a worker thread: it must be gone after a good layer, a corrupt one, and
+    one whose stream fails mid-way (a download's digest check failing, say)."""
+    import threading
+
+    class FailingStream(io.BytesIO):
+        def read(self, n=-1):
+            data = super().read(n)
+            if not data:
+                raise ConnectionError("the registry went away")
+            return data
+
+    good = gzip.compress(make_tar([E("f", data=os.urandom(3 << 20))]))
+    before = threading.active_count()
+    apply_layer(io.BytesIO(good), rootfs, digest=DIGEST)
+    for name, stream, match in (("cut", io.BytesIO(good[: len(good) // 2]), "cannot read the blob"),
+                                ("gone", FailingStream(good[: len(good) // 2]), "the registry went away")):
+        (tmp_path / name).mkdir()
+        with pytest.raises(UnpackError, match=match):
+            apply_layer(stream, tmp_path / name, digest=DIGEST)
+    # refused at its first entry while the worker is still inflating the rest
+    hostile = gzip.compress(make_tar([E("../evil", data=b"x"), *(E(f"f{i}", data=os.urandom(1 << 20))
+                                                                for i in range(12))]), compresslevel=1)
+    (tmp_path / "hostile").mkdir()
+    with pytest.raises(UnsafeLayerError):
+        apply_layer(io.BytesIO(hostile), tmp_path / "hostile", digest=DIGEST)
+    assert threading.active_count() == before
+    assert (rootfs / "f").stat().st_size == 3 << 20
+
+
 def test_device_nodes_skipped_without_permission(rootfs):
     heard = []
     result = apply(rootfs, [E("dev", "dir"), E("dev/null", "char", dev=(1, 3), mode=0o666)], allow_devices=False,

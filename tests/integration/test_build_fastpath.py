@@ -1,0 +1,108 @@
+"""Work a build skips or overlaps must not change what it pushes: with SOURCE_DATE_EPOCH the step images
+are bit-identical whether or not the shortcut applied."""
+import gzip
+import io
+import tarfile
+
+import pytest
+
+from registry.client import RegistryClient
+from registry.model import parse_manifest
+
+STAGE_A = """\
+FROM {base} AS a
+RUN mkdir -p /data/sub && for i in 1 2 3; do echo $i > /data/sub/f$i; done && rm /bin/vi && chmod 700 /data
+RUN echo second > /data/second && rm /data/sub/f2
+CMD ["sh"]
+"""
+# the same stage a, now read by another stage: its last RUN must be merged into its rootfs
+READ_BY_B = STAGE_A + """\
+FROM {base}
+COPY --from=a /data /data
+"""
+
+
+def step_digests(client: RegistryClient, repo: str) -> dict[str, str]:
+    r = client.repository(repo)
+    return {t: r.head_manifest(t).digest for t in r.list_tags() if len(t) == 64}
+
+
+def layer_names(client: RegistryClient, ref: str) -> set[str]:
+    repo, _, tag = ref.rpartition(":")
+    r = client.repository(repo)
+    body, desc = r.get_manifest(tag)
+    layer = parse_manifest(body, desc.media_type).layers[-1]
+    with r.open_blob(layer.digest) as f:
+        data = gzip.decompress(f.read())
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name.rstrip("/") for m in tar.getmembers()}
+
+
+@pytest.fixture
+def epoch(monkeypatch):
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+
+
+def test_an_unmerged_last_run_pushes_the_same_step_images(registry, base_image, kade_build, tmp_path, epoch):
+    stages = f"{registry.host}/fast/stages"
+    client = RegistryClient()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(STAGE_A.format(base=base_image.ref))
+    common = ["--repo", stages, "--no-cache", "--output", "json"]
+    kade_build(str(ctx), "--tag", f"{registry.host}/fast/a:v1", *common, "--cache-dir", str(tmp_path / "c1")).ok()
+    alone = step_digests(client, stages)
+    assert len(alone) == 3
+
+    (ctx / "Dockerfile").write_text(READ_BY_B.format(base=base_image.ref))
+    kade_build(str(ctx), "--tag", f"{registry.host}/fast/b:v1", *common, "--cache-dir", str(tmp_path / "c2")).ok()
+    read = step_digests(client, stages)
+    assert {k: read[k] for k in alone} == alone  # stage a's steps: same keys, same image digests
+    # and stage a's rootfs held its last RUN's result when stage b copied from it
+    names = layer_names(client, f"{registry.host}/fast/b:v1")
+    assert {"data/second", "data/sub/f1", "data/sub/f3"} <= names and "data/sub/f2" not in names
+
+
+FROM_IMAGE = """\
+FROM scratch AS files
+COPY --from={base} /etc/passwd /copied/passwd
+FROM {base}
+COPY --from=files /copied/passwd /passwd
+RUN --mount=type=bind,from={base},target=/m cat /m/etc/group > /group && ls /m/bin/vi
+RUN --mount=type=bind,from={base},target=/w,rw=true rm -rf /w/bin && ls /w
+"""
+
+
+def test_an_image_read_by_copy_from_is_unpacked_once_into_the_store_and_never_written(
+        registry, base_image, tmp_path, epoch):
+    from builder.build import Builder, BuildOptions
+    from builder.cache import LocalCache
+    from tests.fixtures.layers import tree_state
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(FROM_IMAGE.format(base=base_image.ref))
+    cache = LocalCache(tmp_path / "cache")
+    unpacks: list[dict] = []
+
+    def report(kind, message, **fields):
+        if kind == "unpack":
+            unpacks.append(fields)
+
+    def build(tag: str):
+        return Builder(BuildOptions(context=ctx, tags=[f"{registry.host}/fast/from:{tag}"], no_cache=True, parallel=1,
+                                    cache_dir=str(cache.root)), report).run()
+
+    first = build("1")
+    trees = [p for p in (cache.root / "rootfs").iterdir()]
+    assert [p.name.startswith("sha256-") for p in trees] == [True]   # one tree: the base's, nothing partial
+    state = tree_state(trees[0])
+    assert (trees[0] / "bin" / "vi").exists()   # the rw bind's rm worked on a copy
+    # COPY --from unpacked the image straight into the store and read it there; the final stage's rootfs
+    # was copied from that tree, and both mounts read it in place
+    assert unpacks == [{"reused": 0, "unpacked": 1}, {"reused": 1, "unpacked": 0}]
+    unpacks.clear()
+    second = build("2")
+    assert unpacks == [{"reused": 1, "unpacked": 0}, {"reused": 1, "unpacked": 0}]
+    assert tree_state(trees[0]) == state
+    assert second.images[0]["digest"] != "" and first.built == second.built == 4
