@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -110,7 +111,8 @@ def _on_signal(signum: int, _frame: Any) -> None:
         running = list(_RUNNING)
     for builder in running:
         builder.cancel.set()
-        builder._delete_pods()
+        if builder._ready.done() and builder.owner is not None:
+            builder._delete_pods()  # (not connected yet: no pod was made)
     raise KeyboardInterrupt
 
 
@@ -121,45 +123,74 @@ class KubeBuilder(RemoteStageBuilder):
         self.k = settings
         self.build_id = secrets.token_hex(5)
         self.pod_env = limit_env()  # the CLI's $KADE_LAYER_MAX_* bound the layers the pods unpack too
-        self.api_client = api_client or kube_api_client(settings)
-        from kubernetes import client as kc
-
-        self.core = kc.CoreV1Api(self.api_client)
+        self._given_api = api_client
         self.cancel = threading.Event()
         self._forward_lock = threading.Lock()
         self.owner: dict[str, str] | None = None
         self.secrets_name: str | None = None
-        self.leases = Leases(self.api_client, settings.namespace, f"kade-cli-{self.build_id}", settings.lease_s,
-                             report)
+        self._ready: Future = Future()
+        self._stop_renewing = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     @contextmanager
     def session(self) -> Iterator[None]:
         """The build's Lease (owner of its pods and Secret, renewed meanwhile), its --secret Secret, and
-        at the end its pods deleted: around `run()` and around each image of a kade.yaml project."""
+        at the end its pods deleted: around `run()` and around each image of a kade.yaml project.
+        The connection is made in the background while the CLI plans (it costs ~1 s: the client's
+        imports, a sweep, the Lease); the first pod waits for it."""
         if not self.stages_repo:
             raise BuildError("--backend kubernetes needs --tag or --repo: the pods push step images to the stages repo")
+        threading.Thread(target=self._connect_in_background, daemon=True).start()
+        try:
+            with cancel_on_signals(), _running(self):
+                with super().session():
+                    yield
+            self._connected()  # a broken connection fails the build even when no pod was needed
+        finally:
+            self.cancel.set()
+            self._stop_renewing.set()
+            self._disconnect()
+
+    def _connect_in_background(self) -> None:
+        try:
+            self._connect()
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the connection
+            self._ready.set_exception(exc)
+        else:
+            self._ready.set_result(None)
+
+    def _connect(self) -> None:
+        from kubernetes import client as kc
+
+        self.api_client = self._given_api or kube_api_client(self.k)
+        self.core = kc.CoreV1Api(self.api_client)
+        self.leases = Leases(self.api_client, self.k.namespace, f"kade-cli-{self.build_id}", self.k.lease_s,
+                             self.report)
         swept = self.leases.sweep_expired(BUILD_PREFIX, "app.kubernetes.io/managed-by=kade")
         if swept:
             self.report("cleanup", f"removed {len(swept)} build(s) left by a CLI that died, and their pods")
         name = BUILD_PREFIX + self.build_id
         lease = self.leases.acquire(name, "build", labels={**MANAGED, LABEL_BUILD: self.build_id})
         self.owner = {"name": name, "uid": lease.metadata.uid}
-        stop = threading.Event()
-        threading.Thread(target=self._renew, args=(name, stop), daemon=True).start()
+        threading.Thread(target=self._renew, args=(name, self._stop_renewing), daemon=True).start()
+        if self.o.secrets:
+            self.secrets_name = self._create_secrets()
+
+    def _connected(self) -> None:
+        self._ready.result()
+
+    def _disconnect(self) -> None:
+        """Undo what the connection made (as far as it got): pods, the --secret Secret, the Lease."""
         try:
-            with cancel_on_signals(), _running(self):
-                if self.o.secrets:
-                    self.secrets_name = self._create_secrets()
-                with super().session():
-                    yield
-        finally:
-            self.cancel.set()
-            stop.set()
-            self._delete_pods()
-            if self.secrets_name:
-                self._delete_secrets(self.secrets_name)
-            self.leases.release(name)
+            self._ready.result()
+        except BaseException:  # noqa: BLE001 - reported by the build already, or about to be
+            pass
+        if self.owner is None:
+            return
+        self._delete_pods()
+        if self.secrets_name:
+            self._delete_secrets(self.secrets_name)
+        self.leases.release(self.owner["name"])
 
     def _create_secrets(self) -> str:
         """The --secret values as a Secret owned by the build Lease (mounted read-only by the pods)."""
@@ -203,6 +234,7 @@ class KubeBuilder(RemoteStageBuilder):
     # -- one pod -----------------------------------------------------------------------------------
     def run_remote(self, ps: PlannedStage) -> int:
         assert self.plan_digest is not None
+        self._connected()
         for attempt in range(1, self.k.attempts + 1):
             if self.cancel.is_set():
                 raise BuildError("build cancelled")
