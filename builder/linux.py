@@ -75,6 +75,13 @@ def last_capability() -> int:
         return int(f.read())
 
 
+def has_effective(cap: int) -> bool:
+    """Whether this process holds capability `cap` in its effective set."""
+    with open("/proc/self/status") as f:
+        line = next(x for x in f if x.startswith("CapEff:"))
+    return bool(int(line.split()[1], 16) >> cap & 1)
+
+
 def drop_capabilities(keep: frozenset[int] = DEFAULT_CAPS, last: int | None = None) -> None:
     """Remove every capability but `keep` from this process's bounding set (inherited across exec).
     Needs CAP_SETPCAP; pass `last` (`last_capability()`) where /proc is not reachable, e.g. in a chroot."""

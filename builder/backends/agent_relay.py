@@ -85,8 +85,7 @@ def _unix_listener(path: Path, mode: int = 0o600, uid: int = -1, gid: int = -1) 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(os.fspath(path))
     os.chmod(path, mode)
-    if uid != -1 or gid != -1:
-        os.chown(path, uid, gid)
+    os.chown(path, uid, gid)  # -1 keeps the current owner or group
     sock.listen(16)
     return sock
 

@@ -22,7 +22,7 @@ back, so the stat snapshot sees only what the command itself changed.
 Root in a chroot that keeps CAP_SYS_CHROOT can chroot() back out (mkdir x; chroot x; cd ../..),
 and outside are the pod's registry credentials, ServiceAccount token and the shared cache PVC. So
 the command starts with SYS_CHROOT (and SETPCAP, which could re-grant nothing but isn't needed)
-removed from its bounding set: Docker's default capabilities otherwise (RUN_CAPS). Without /proc,
+removed from its bounding set: Docker's default capabilities otherwise (linux.CHROOTED_RUN_CAPS). Without /proc,
 mounts or an open descriptor outside, a chroot then holds root too.
 """
 from __future__ import annotations
@@ -37,10 +37,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from builder.backends.agent_relay import SocketProxy
-from builder.linux import CAP_SETPCAP, CHROOTED_RUN_CAPS, drop_capabilities, last_capability
+from builder.linux import CAP_SETPCAP, CHROOTED_RUN_CAPS, drop_capabilities, has_effective, last_capability
 from builder.sandbox import DEVICES, Mount, OutputCallback, SandboxError, User, _pump, prepare_call
 
-RUN_CAPS = CHROOTED_RUN_CAPS  # what a RUN keeps: it can't leave the chroot
 _DEVICE_NUMBERS = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
                    "tty": (5, 0)}
 
@@ -204,22 +203,16 @@ def run_chroot(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapping
             scaffold.cleanup()
 
 
-def _has_effective(cap: int) -> bool:
-    with open("/proc/self/status") as f:
-        line = next(x for x in f if x.startswith("CapEff:"))
-    return bool(int(line.split()[1], 16) >> cap & 1)
-
-
 def _spawn(root: Path, argv: list[str], env: dict[str, str], workdir: str, user: User,
            output: OutputCallback | None, timeout: float | None) -> int:
-    if not _has_effective(CAP_SETPCAP):
+    if not has_effective(CAP_SETPCAP):
         raise SandboxError("the builder lacks CAP_SETPCAP, needed to take CAP_SYS_CHROOT from RUN steps "
                            "(else a RUN could chroot out of its rootfs): add SETPCAP to the pod's capabilities, "
                            "as builder/backends/podspec.py does")
     last = last_capability()
 
     def enter() -> None:  # runs in the child between fork and exec
-        drop_capabilities(RUN_CAPS, last)  # effective until exec, so the chroot below still works
+        drop_capabilities(CHROOTED_RUN_CAPS, last)  # effective until exec, so the chroot below still works
         os.chroot(root)
         os.chdir(workdir)
         os.setgroups(list(user.groups))

@@ -126,6 +126,7 @@ class KubeBuilder(RemoteStageBuilder):
         self._given_api = api_client
         self.cancel = threading.Event()
         self._forward_lock = threading.Lock()
+        self._forward_core: Any = None  # the API client of --ssh port-forwards
         self.owner: dict[str, str] | None = None
         self.secrets_name: str | None = None
         self._ready: Future = Future()
@@ -353,11 +354,13 @@ class KubeBuilder(RemoteStageBuilder):
         from kubernetes.stream import portforward
 
         def open_pod_socket(port: int) -> Any:
-            # a client of its own: `portforward` swaps its ApiClient's request method while it connects
+            # a client of its own (made once per build): `portforward` swaps its ApiClient's request
+            # method while it connects, which other threads' calls must not meet
             with self._forward_lock:
-                core = CoreV1Api(kube_api_client(self.k))
-                forward = portforward(core.connect_get_namespaced_pod_portforward, pod, self.k.namespace,
-                                      ports=str(port))
+                if self._forward_core is None:
+                    self._forward_core = CoreV1Api(kube_api_client(self.k))
+                forward = portforward(self._forward_core.connect_get_namespaced_pod_portforward, pod,
+                                      self.k.namespace, ports=str(port))
             sock = forward.socket(port)
             sock.setblocking(True)
             return sock

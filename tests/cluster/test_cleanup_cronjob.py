@@ -33,7 +33,7 @@ from registry.client import ClientOptions, RegistryClient
 from registry.copy import copy_image
 from registry.errors import RegistryError
 from registry.records import BuildRecord, RecordImage, push_record
-from tests.fixtures.cluster import kubectl
+from tests.fixtures.cluster import kubectl, wait_job
 from tests.fixtures.cleanup import GitHistory, serve_git_http, sleeping_deployment, wait_running
 from tests.fixtures.registry import RegistryServer, push_test_image
 
@@ -70,34 +70,6 @@ def _overlay(path: Path, *, namespace: str, suffix: str, image: str, repo: str, 
              "value": f"--insecure-registry={insecure}"}])}],
     }, indent=1))
     return path
-
-
-def _job_logs(core: client.CoreV1Api, ns: str, job: str) -> str:
-    out = []
-    for pod in core.list_namespaced_pod(ns, label_selector=f"job-name={job}").items:
-        try:
-            logs = core.read_namespaced_pod_log(pod.metadata.name, ns)
-        except client.ApiException as e:
-            logs = f"(no logs: {e.reason})"
-        out.append(f"--- pod {pod.metadata.name} ({pod.status.phase}):\n{logs}")
-    events = [f"{e.involved_object.kind}/{e.involved_object.name}: {e.reason}: {e.message}"
-              for e in core.list_namespaced_event(ns).items]
-    return "\n".join(out) + "\n--- events:\n" + "\n".join(events)
-
-
-def _wait_job(batch: client.BatchV1Api, core: client.CoreV1Api, ns: str, job: str) -> str:
-    """Wait until the Job completes; returns its pod's logs (fails with them otherwise)."""
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        status = batch.read_namespaced_job_status(job, ns).status
-        if status.succeeded:
-            pods = core.list_namespaced_pod(ns, label_selector=f"job-name={job}").items
-            pod = next(p for p in pods if p.status.phase == "Succeeded")
-            return core.read_namespaced_pod_log(pod.metadata.name, ns)
-        if status.failed:
-            pytest.fail(f"a pod of Job {ns}/{job} failed:\n{_job_logs(core, ns, job)}")
-        time.sleep(1)
-    pytest.fail(f"Job {ns}/{job} did not finish in {TIMEOUT_S}s:\n{_job_logs(core, ns, job)}")
 
 
 def _du(path: Path) -> int:
@@ -229,7 +201,7 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
 
             # Don't wait for 03:17: a Job from the CronJob's template, as `kubectl create job --from` does.
             _run(kubectl_cmd + ["-n", ns, "create", "job", f"cleanup-now{suffix}", f"--from=cronjob/{cronjob}"])
-            logs = _wait_job(batch, core, ns, f"cleanup-now{suffix}")
+            logs = wait_job(api, ns, f"cleanup-now{suffix}", TIMEOUT_S)
         finally:
             subprocess.run(kubectl_cmd + ["delete", "--ignore-not-found", "--wait=false", "clusterrolebinding,clusterrole",
                                       f"kade-cleanup-scan{suffix}"], capture_output=True, timeout=60)

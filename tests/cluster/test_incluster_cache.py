@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures.cluster import kubectl
+from tests.fixtures.cluster import kubectl, wait_job
 from tests.fixtures.incluster import (MANIFESTS, builder_namespace, kade_build, records, result, unique,
                                      write_context)
 
@@ -69,23 +69,6 @@ def _render_prune_cronjob(tmp_path: Path, env) -> dict:
     return next(d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] == "CronJob")
 
 
-def _wait_job(env, name: str, timeout_s: float = 120) -> str:
-    from kubernetes import client, config
-
-    api_client = config.new_client_from_config(config_file=env.kubeconfig)
-    batch, core = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = batch.read_namespaced_job_status(name, env.namespace).status
-        if status.succeeded or status.failed:
-            pods = core.list_namespaced_pod(env.namespace, label_selector=f"job-name={name}").items
-            logs = "\n".join(core.read_namespaced_pod_log(p.metadata.name, env.namespace) for p in pods)
-            assert status.succeeded, f"the prune Job failed:\n{logs}"
-            return logs
-        time.sleep(1)
-    pytest.fail(f"the prune Job {env.namespace}/{name} did not finish in {timeout_s}s")
-
-
 def test_the_prune_cronjob_empties_what_no_build_used_and_waits_for_running_builds(
         kube_cluster, builder_image, tmp_path):
     from kubernetes import client, config
@@ -115,13 +98,14 @@ def test_the_prune_cronjob_empties_what_no_build_used_and_waits_for_running_buil
         job = {"apiVersion": "batch/v1", "kind": "Job",
                "metadata": {"name": f"prune-{uuid.uuid4().hex[:6]}", "namespace": env.namespace},
                "spec": cronjob["spec"]["jobTemplate"]["spec"]}
-        batch = client.BatchV1Api(config.new_client_from_config(config_file=env.kubeconfig))
+        api = config.new_client_from_config(config_file=env.kubeconfig)
+        batch = client.BatchV1Api(api)
         with cache.lock("global", shared=True):  # a build is running (pods hold this lock shared)
             batch.create_namespaced_job(env.namespace, job)
             time.sleep(8)
             assert not batch.read_namespaced_job_status(job["metadata"]["name"], env.namespace).status.succeeded
             assert old_blob.exists() and old_tree.exists()
-        logs = _wait_job(env, job["metadata"]["name"])
+        logs = wait_job(api, env.namespace, job["metadata"]["name"], 120)
         assert json.loads(logs[logs.index("{"):])["removed"] == 3, logs
         assert not old_blob.exists() and not old_tree.exists() and not old_mount.exists()
         assert new_blob.exists() and fresh_tree.exists()

@@ -4,21 +4,18 @@ project; then the local backend, pointed at the same repository, finds every ste
 publishes the same digests (same keys, same step images, SOURCE_DATE_EPOCH set)."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from registry.client import ClientOptions, RegistryClient
-from tests.fixtures.incluster import EPOCH, builder_pods, records, wait_running_pod
+from tests.fixtures.incluster import EPOCH, builder_pods, image_file, records, wait_running_pod
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
@@ -95,19 +92,6 @@ def report(done: subprocess.CompletedProcess) -> dict:
     return json.loads(done.stdout[done.stdout.index("{\n"):])
 
 
-def file_in_image(registry: str, ref: str, path: str) -> bytes:
-    """`path` from the top-most layer of image `ref` that has it."""
-    with RegistryClient(ClientOptions(insecure=(registry,))) as client:
-        repo = client.repository(ref.split("@")[0].rsplit(":", 1)[0] if "@" not in ref else ref.split("@")[0])
-        body, _ = repo.get_manifest(ref.split("@")[1] if "@" in ref else ref.rsplit(":", 1)[1])
-        for layer in reversed(json.loads(body)["layers"]):
-            with repo.open_blob(layer["digest"]) as f:
-                with tarfile.open(fileobj=io.BytesIO(f.read()), mode="r:*") as tf:
-                    if path in tf.getnames():
-                        return tf.extractfile(path).read()  # type: ignore[union-attr]
-    raise AssertionError(f"{path} is in no layer of {ref}")
-
-
 def test_a_multi_image_project_builds_through_pods_like_the_local_backend(builder_env, tmp_path):
     project = make_project(tmp_path / "repo")
     repo = f"incluster/multi-{uuid.uuid4().hex[:8]}"
@@ -119,11 +103,10 @@ def test_a_multi_image_project_builds_through_pods_like_the_local_backend(builde
     assert {m.split()[0] for m in started} >= {"[tools/0]", "[app/0]", "[final/notes]", "[final/1]"}, started
 
     final = pods["images"]["final"]
+    final_repo = final["repository"].removeprefix(builder_env.registry + "/")
     app_digest = pods["images"]["app"]["digest"]
-    assert file_in_image(builder_env.registry, f"{final['repository']}@{final['digest']}",
-                         "srv/app-digest").decode().strip() == app_digest
-    assert file_in_image(builder_env.registry, f"{final['repository']}@{final['digest']}",
-                         "srv/notes.txt") == b"notes for the app\n"
+    assert image_file(builder_env.registry, final_repo, final["digest"], "srv/app-digest").decode().strip() == app_digest
+    assert image_file(builder_env.registry, final_repo, final["digest"], "srv/notes.txt") == b"notes for the app\n"
 
     # the local backend on the same repository: every step is there, and the same images come out
     local = report(kade_project(builder_env, project, repo))

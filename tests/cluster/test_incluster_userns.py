@@ -5,7 +5,6 @@ in the namespace sandbox (own PID namespace and /proc) over an overlay snapshot,
 writes as root is root-owned in the image."""
 from __future__ import annotations
 
-import io
 import subprocess
 import tarfile
 import time
@@ -15,7 +14,7 @@ import pytest
 
 from builder.backends.podspec import WORK_MOUNT
 from tests.cluster.test_incluster_build import MULTI, _start
-from tests.fixtures.incluster import (builder_pods, get_blob, get_manifest, kade_build, result, stage_keys, unique,
+from tests.fixtures.incluster import (builder_pods, get_manifest, layer_files, kade_build, result, stage_keys, unique,
                                       write_context)
 
 pytestmark = pytest.mark.cluster
@@ -96,9 +95,7 @@ def _running_container(env, deadline_s: float = 90) -> tuple[object, str]:
 def _last_layer(registry: str, repo: str, tag: str) -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:
     """name -> (tar header, file content) of the last layer of an image in the cluster registry."""
     manifest = get_manifest(registry, repo, tag) or {}
-    with tarfile.open(fileobj=io.BytesIO(get_blob(registry, repo, manifest["layers"][-1]["digest"]))) as tar:
-        return {m.name.strip("/").removeprefix("./"): (m, tar.extractfile(m).read() if m.isfile() else None)
-                for m in tar.getmembers()}
+    return layer_files(registry, repo, manifest["layers"][-1]["digest"])
 
 
 def test_user_namespace_pods_run_as_an_unprivileged_host_uid(builder_env, tmp_path):
