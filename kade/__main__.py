@@ -1,5 +1,3 @@
-import sys
+from kade.cli import entry
 
-from kade.cli import main
-
-sys.exit(main())
+entry()

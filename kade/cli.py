@@ -2,12 +2,16 @@
 
 Each command lives in `kade/commands/<name>.py` and exposes `register(subparsers)`, which adds its
 parser and sets `func` (taking the parsed args, returning an exit code). Expected failures are
-raised as the packages' own error types and printed as one clear message, never a traceback.
+raised as the packages' own error types and printed as one clear message, never a traceback; with
+`-o json` the same message is printed on stdout as `{"error": ..., "kind": ..., "exit_code": ...}`.
+Exit codes: 0 done, 1 failed, 2 bad usage, 130/143 interrupted by SIGINT/SIGTERM (kade/interrupt.py).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
 import sys
 
 from kade import errors
@@ -25,12 +29,21 @@ COMMAND_HOME = {
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+class _UsageExit(SystemExit):
+    """argparse's exit 2, carrying the message (for the JSON error)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.message = message
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on usage errors already; keep that, but with our prefix."""
 
     def error(self, message: str) -> None:  # noqa: D401 - argparse API
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"kade: error: {message}\n")
+        sys.stderr.write(f"kade: error: {message}\n")
+        raise _UsageExit(message)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -51,27 +64,71 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (see the module docstring)."""
+    from kade.interrupt import cancel_on_signals
+    from registry import cancel
+
     argv = sys.argv[1:] if argv is None else argv
+    as_json = wants_json(argv)
     parser = build_parser(_first_word(argv))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageExit as exc:
+        return _failed(as_json, "usage", EXIT_USAGE, exc.message, printed=True)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    try:
-        return int(args.func(args) or EXIT_OK)
-    except errors.UsageError as exc:
-        print(f"kade: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except errors.EXPECTED as exc:
-        print(f"kade: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("kade: interrupted", file=sys.stderr)
-        return 130
+        return _failed(as_json, "usage", EXIT_USAGE, "no command given", printed=True)
+    as_json = getattr(args, "output", None) == "json" or as_json
+    with cancel.scope() as token, cancel_on_signals(token):
+        try:
+            return int(args.func(args) or EXIT_OK)
+        except errors.UsageError as exc:
+            return _failed(as_json, "usage", EXIT_USAGE, str(exc))
+        except errors.EXPECTED as exc:
+            return _failed(as_json, "failed", EXIT_FAILED, str(exc))
+        except KeyboardInterrupt as exc:
+            from kade.interrupt import exit_code
+
+            signum = getattr(exc, "signum", None) or token.signum
+            message = cancel.describe(signum).replace("cancelled", "interrupted")
+            return _failed(as_json, "interrupted", exit_code(signum), message)
+
+
+def _failed(as_json: bool, kind: str, code: int, message: str, printed: bool = False) -> int:
+    """Say why the command failed: on stderr, and with -o json as a JSON result on stdout."""
+    if not printed:
+        print(f"kade: error: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": message, "kind": kind, "exit_code": code}, indent=2))
+    return code
+
+
+def wants_json(argv: list[str]) -> bool:
+    """Whether the command line asks for `-o json` / `--output json` (also when it does not parse)."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg in ("-o", "--output") and i + 1 < len(argv):
+            if argv[i + 1] == "json":
+                return True
+        elif arg in ("-ojson", "-o=json", "--output=json"):
+            return True
+    return False
 
 
 def _first_word(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
+
+
+def entry() -> None:
+    """The `kade` program: `main`, then exit. After an interrupt, exit without joining worker threads
+    that are still blocked (a read the server never answers): what they did is cleaned up already."""
+    code = main()
+    if code >= 128:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 class _VersionAction(argparse.Action):
@@ -92,4 +149,4 @@ def _version() -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -1,0 +1,151 @@
+"""Cancellation of the running command: one token per command, checked by whatever waits or works.
+
+The CLI (kade/interrupt.py) turns the first SIGINT or SIGTERM into `current().cancel(signum)`. Code
+in any package checks it where it waits or before it starts something new:
+
+    from registry import cancel
+
+    cancel.check()                       # raises Cancelled once the command is cancelled
+    cancel.sleep(delay)                  # a sleep that ends (raising Cancelled) when it is cancelled
+    if cancel.wait(event, 5): ...        # Event.wait that returns early (raising) on cancellation
+    with cancel.on_cancel(proc.kill):    # run this at once when cancelled (kill a process, close a
+        ...                              # socket, delete pods in a thread); never blocks the signal
+
+`Cancelled` is a KeyboardInterrupt, so `except Exception` blocks never swallow it and the standard
+library treats it as an interrupt. The token lives here, in the lowest package, so that registry/,
+builder/ and kade/ can all import it.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from contextlib import AbstractContextManager, contextmanager
+from typing import Callable, Iterator
+
+Callback = Callable[[], None]
+
+
+class Cancelled(KeyboardInterrupt):
+    """The command was cancelled (a signal, usually); `signum` is the signal, if one."""
+
+    def __init__(self, signum: int | None = None) -> None:
+        self.signum = signum
+        super().__init__(describe(signum))
+
+
+def describe(signum: int | None) -> str:
+    if signum is None:
+        return "cancelled"
+    return f"cancelled by {signal.Signals(signum).name}"
+
+
+class Token:
+    """Set once; every waiter and every registered callback learns of it at once."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: dict[int, Callback] = {}
+        self._next = 0
+        self.signum: int | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def cancel(self, signum: int | None = None) -> None:
+        """Cancel (idempotent) and run the registered callbacks, each once, errors ignored: a callback
+        must be quick (it may run inside a signal handler): kill, close, or start a thread."""
+        with self._lock:
+            if self._event.is_set():
+                return
+            self.signum = signum
+            self._event.set()
+            callbacks = list(self._callbacks.values())
+            self._callbacks.clear()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # noqa: BLE001 - cancellation goes on whatever one callback does
+                pass
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled(self.signum)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, or raise Cancelled as soon as the command is cancelled."""
+        if self._event.wait(max(0.0, seconds)):
+            raise Cancelled(self.signum)
+
+    def wait(self, event: threading.Event, timeout: float | None = None, poll: float = 0.2) -> bool:
+        """`event.wait(timeout)` that raises Cancelled when the command is cancelled meanwhile."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.check()
+            left = poll if deadline is None else min(poll, deadline - time.monotonic())
+            if left <= 0:
+                return event.is_set()
+            if event.wait(left):
+                return True
+
+    @contextmanager
+    def on_cancel(self, callback: Callback) -> Iterator[None]:
+        """Run `callback` when cancelled while the block runs (at once if cancelled already)."""
+        with self._lock:
+            key = self._next
+            self._next += 1
+            late = self._event.is_set()
+            if not late:
+                self._callbacks[key] = callback
+        if late:
+            callback()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._callbacks.pop(key, None)
+
+
+_current = Token()
+_current_lock = threading.Lock()
+
+
+def current() -> Token:
+    """The running command's token (threads started by the command see the same one)."""
+    return _current
+
+
+@contextmanager
+def scope() -> Iterator[Token]:
+    """A fresh token for one command (the CLI opens one per `kade ...` run; tests run many)."""
+    global _current
+    with _current_lock:
+        previous, _current = _current, Token()
+        token = _current
+    try:
+        yield token
+    finally:
+        with _current_lock:
+            _current = previous
+
+
+def check() -> None:
+    current().check()
+
+
+def sleep(seconds: float) -> None:
+    current().sleep(seconds)
+
+
+def wait(event: threading.Event, timeout: float | None = None) -> bool:
+    return current().wait(event, timeout)
+
+
+def on_cancel(callback: Callback) -> AbstractContextManager[None]:
+    return current().on_cancel(callback)
+
+
+def cancelled() -> bool:
+    return current().cancelled
