@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,6 +35,7 @@ from builder.dockerfile import parse_file
 from builder.errors import BuildError, StepFailedError
 from builder.keys import is_step_key
 from builder.plan import DEFAULT_PLATFORM, BaseImage, Plan, PlannedStage, Step, make_plan
+from registry import cancel
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient, Repository
 from registry.digest import sha256_digest
@@ -49,6 +50,7 @@ Report = Callable[..., None]
 ANNOTATION_REVISION = "org.opencontainers.image.revision"
 ANNOTATION_CREATED = "org.opencontainers.image.created"
 _OCI_FOR_DOCKER = {mt.DOCKER_LAYER_GZIP: mt.OCI_LAYER_GZIP}
+STAGE_STOP_GRACE = 3.0  # seconds a cancelled build waits for its running stages to stop
 
 
 @dataclass
@@ -144,7 +146,7 @@ class Builder:
         self.stage_futures: dict[str, Future] = {}
         self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
         self.root_lock = threading.Lock()
-        self.fetch_pool: ThreadPoolExecutor | None = None  # layer downloads unpacked while they run
+        self.fetch_pool: cancel.Pool | None = None  # layer downloads unpacked while they run
         self.epoch = _epoch()
         if options.tags:
             self.stages_repo = options.repo or stages_repo_for(options.tags[0])
@@ -238,14 +240,16 @@ class Builder:
         if self.o.no_cache or not self.stages_repo or not steps:
             return {}
         repo = self.repo(self.stages_repo)
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with cancel.Pool(max_workers=8) as pool:
             found = list(pool.map(lambda s: repo.head_manifest(s.key, mt.OCI_MANIFEST), steps))
         return {s.key: d for s, d in zip(steps, found) if d is not None}  # type: ignore[misc]
 
     def execute(self, plan: Plan, hits: dict[str, Any]) -> Image | None:
         self.hits = hits
         needed = needed_stages(plan, set(hits))
-        with ThreadPoolExecutor(max_workers=max(1, self.o.parallel)) as pool:
+        # cancelled: the running stages get a moment to stop (their RUN killed, their pushes refused)
+        # before the session removes their work dirs
+        with cancel.Pool(max_workers=max(1, self.o.parallel), grace=STAGE_STOP_GRACE) as pool:
             for ps in plan.order():  # dependencies come first, so a waiting stage never starves the pool
                 if ps.label in needed:
                     self.stage_futures[ps.label] = pool.submit(self.run_stage, ps)
@@ -369,7 +373,7 @@ class Builder:
 
         with self.lock:
             if self.fetch_pool is None:
-                self.fetch_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kade-fetch")
+                self.fetch_pool = cancel.Pool(max_workers=4, thread_name_prefix="kade-fetch")
         path = self.cache.blobs.path(desc.digest)
         return start_fetch(self.fetch_pool, path, lambda: self.cache.lock(desc.digest),
                            lambda: self.repo(image.repo).open_blob(desc.digest, desc.size),
@@ -411,6 +415,7 @@ class Builder:
     def _execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path) -> Image:
         from builder import execute as ex
 
+        cancel.check()  # nothing new starts once the command is cancelled
         self.report("step", f"[{ps.label}] {step.text}", key=step.key)
         changes: list = []
         workdir = step.config.get("config", {}).get("WorkingDir") or "/"
@@ -621,7 +626,7 @@ class Builder:
 
     def _cleanup(self) -> None:
         if self.fetch_pool is not None:
-            self.fetch_pool.shutdown(wait=True, cancel_futures=True)
+            self.fetch_pool.stop(cancel_pending=True)
         for d in self.work_dirs:
             self.cache.discard(d)
 

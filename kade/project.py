@@ -15,8 +15,6 @@ commit lists every image (built or reused) with its steps, for cleanup.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +26,7 @@ from builder.keys import is_step_key
 from builder.plan import DEFAULT_PLATFORM
 from kade.config import ConfigError, ImageSpec, ProjectConfig
 from kade.tags import TagContext, content_tag, extra_tags
+from registry import cancel
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient
 from registry.records import BuildRecord, RecordImage, push_record
@@ -152,11 +151,6 @@ class ProjectBuilder:
     def run(self) -> ProjectResult:
         if not self.config.images:
             raise ConfigError(f"{self.config.path.name}: images: the project has no images to build")
-        # a builder factory may need the whole run wrapped (in-cluster builds: pods deleted on Ctrl-C)
-        with getattr(self.o.builder_factory, "scope", nullcontext)():
-            return self._run()
-
-    def _run(self) -> ProjectResult:
         wanted = self._selected()
         for wave in self.config.build_order():
             names = [n for n in wave if n in wanted]
@@ -164,13 +158,16 @@ class ProjectBuilder:
                 continue
             claims = _Claims()
             errors: dict[str, BaseException] = {}
-            with ThreadPoolExecutor(max_workers=len(names)) as pool:
+            with cancel.Pool(max_workers=len(names)) as pool:
                 futures = {n: pool.submit(self._image, self.config.images[n], claims) for n in names}
                 for n, fut in futures.items():
                     try:
                         self.results[n] = fut.result()
+                    except KeyboardInterrupt:
+                        raise  # this thread was interrupted: stop waiting for the others
                     except BaseException as exc:  # noqa: BLE001 - re-raised below, after the wave
                         errors[n] = exc
+            cancel.check()  # a cancelled run says so, not what its cancellation made an image fail with
             if errors:
                 name, exc = next(iter(sorted(errors.items())))
                 if len(errors) > 1:
@@ -267,7 +264,7 @@ class ProjectBuilder:
         if waits:
             for other, event in waits:
                 self.report("info", f"{spec.name}: waiting for {other}, which builds steps they share")
-                event.wait()
+                cancel.wait(event)
             hits = builder.lookup(plan)
         builder.o.tags = [f"{repository}:{tag}"] + [f"{repository}:{t}" for t in extras]
         self.report("image", f"{spec.name}: building {repository}:{tag}", image=spec.name)

@@ -11,6 +11,9 @@ in any package checks it where it waits or before it starts something new:
     with cancel.on_cancel(proc.kill):    # run this at once when cancelled (kill a process, close a
         ...                              # socket, delete pods in a thread); never blocks the signal
 
+Thread pools are `Pool`s: once the command is cancelled, leaving one waits only a moment for its
+running tasks (each of which checks the token), never for a read that a server does not answer.
+
 `Cancelled` is a KeyboardInterrupt, so `except Exception` blocks never swallow it and the standard
 library treats it as an interrupt. The token lives here, in the lowest package, so that registry/,
 builder/ and kade/ can all import it.
@@ -20,8 +23,10 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from contextlib import AbstractContextManager, contextmanager
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 Callback = Callable[[], None]
 
@@ -149,3 +154,40 @@ def on_cancel(callback: Callback) -> AbstractContextManager[None]:
 
 def cancelled() -> bool:
     return current().cancelled
+
+
+class Pool(ThreadPoolExecutor):
+    """A ThreadPoolExecutor whose exit, when the command is cancelled (or interrupted), cancels the
+    tasks not started and waits at most `grace` seconds for the running ones; otherwise it waits for
+    all, as usual. A thread left running then dies with the process (kade/cli.py `entry`)."""
+
+    def __init__(self, max_workers: int | None = None, *, grace: float = 2.0, **kwargs: Any) -> None:
+        super().__init__(max_workers, **kwargs)
+        self.grace = grace
+        self._pending: set[Future] = set()
+        self._pending_lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future = super().submit(fn, *args, **kwargs)
+        with self._pending_lock:
+            self._pending.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: Future) -> None:
+        with self._pending_lock:
+            self._pending.discard(future)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        self.stop(interrupted=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
+        return False
+
+    def stop(self, interrupted: bool = False, cancel_pending: bool = False) -> None:
+        """Shut down, waiting for the running tasks, or for `grace` seconds only once cancelled."""
+        if not (interrupted or cancelled()):
+            self.shutdown(wait=True, cancel_futures=cancel_pending)
+            return
+        self.shutdown(wait=False, cancel_futures=True)
+        with self._pending_lock:
+            running = list(self._pending)
+        wait_futures(running, timeout=self.grace)

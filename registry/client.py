@@ -10,6 +10,7 @@ import http.client
 import os
 import re
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import IO, Any, BinaryIO, Callable, Iterator, Union
 import requests
 import urllib3
 
+from registry import cancel
 from registry import mediatypes as mt
 from registry.auth import CredentialResolver, scope_for
 from registry.digest import Hasher, is_digest, sha256_digest, validate_digest
@@ -25,7 +27,8 @@ from registry.errors import (DigestMismatch, InvalidManifest, NotFound, Registry
                              Unsupported, UploadError)
 from registry.model import Descriptor, Manifest
 from registry.reference import Reference, validate_tag
-from registry.transport import RetryPolicy, Transport, parse_link_next, retry_delay
+from registry.transport import (CONNECT_TIMEOUT, DEFAULT_TIMEOUT, RetryPolicy, Transport, parse_link_next,
+                                retry_delay)
 
 MiB = 1 << 20
 READ_BLOCK = MiB
@@ -47,7 +50,8 @@ class ClientOptions:
     chunk_size: int = 128 * MiB  # per PATCH; streamed, so this does not cost memory
     monolithic_max: int = 8 * MiB  # blobs up to this size go up in a single PUT
     upload_attempts: int = 5  # fresh or resumed upload sessions per blob
-    timeout: float = 120.0
+    timeout: float = DEFAULT_TIMEOUT  # for an answer to one request (retries included), or a silent download
+    connect_timeout: float = CONNECT_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class RegistryClient:
         self.options = options or ClientOptions()
         self.transport = Transport(insecure=self.options.insecure, ca_file=self.options.ca_file,
                                    credentials=self.options.credentials, retry=self.options.retry,
-                                   timeout=self.options.timeout)
+                                   timeout=self.options.timeout, connect_timeout=self.options.connect_timeout)
 
     def repository(self, ref: Reference | str) -> "Repository":
         if isinstance(ref, str):
@@ -116,6 +120,7 @@ class _Counter:
         self.f, self.hasher, self.count = f, hasher, 0
 
     def read(self, n: int) -> bytes:
+        cancel.check()  # a cancelled command stops sending (the registry drops the partial upload)
         data = self.f.read(n)
         self.count += len(data)
         if self.hasher and data:
@@ -136,6 +141,7 @@ class _Section:
     def read(self, n: int = -1) -> bytes:
         if self.remaining <= 0:
             return b""
+        cancel.check()
         n = self.remaining if n is None or n < 0 else min(n, self.remaining)
         data = self.f.read(n)
         if len(data) == 0:
@@ -148,7 +154,8 @@ class _Section:
 
 class BlobReader:
     """A readable stream of one blob: resumes with a Range request when the connection drops,
-    and verifies size and digest at EOF (DigestMismatch if they differ)."""
+    and verifies size and digest at EOF (DigestMismatch if they differ). A registry that sends
+    nothing for the client's timeout is given up on (not retried: it would only wait again)."""
 
     def __init__(self, repo: "Repository", digest: str, size: int | None = None, offset: int = 0) -> None:
         """Stream blob `digest` from byte `offset` (verified only when starting at 0)."""
@@ -159,6 +166,7 @@ class BlobReader:
         self._failures = 0
         self._failed_at = offset
         self._done = False
+        self._progress_at = time.monotonic()
         self._open()
 
     def _open(self) -> None:
@@ -186,6 +194,7 @@ class BlobReader:
             return b""
         want = READ_BLOCK if n is None or n < 0 else n
         while True:
+            cancel.check()
             try:
                 assert self._resp is not None
                 data = self._resp.raw.read(want, decode_content=False)
@@ -193,6 +202,7 @@ class BlobReader:
                 self._retry(exc)
                 continue
             if data:
+                self._progress_at = time.monotonic()
                 self.pos += len(data)
                 if self.hasher:
                     self.hasher.update(data)
@@ -212,7 +222,14 @@ class BlobReader:
         self._failures += 1
         if self._resp is not None:
             self._resp.close()
-        policy = self.repo.client.options.retry
+        options = self.repo.client.options
+        silent = time.monotonic() - self._progress_at
+        if silent >= options.timeout:
+            raise RegistryUnavailable(f"registry {self.repo.host} sent nothing for {silent:.0f} s while downloading "
+                                      f"blob {self.digest} of {self.repo.name} (at byte {self.pos}"
+                                      f"{' of ' + str(self.expected_size) if self.expected_size else ''}); "
+                                      "check that it is healthy, or retry later")
+        policy = options.retry
         if self._failures >= policy.attempts:
             raise RegistryUnavailable(f"downloading blob {self.digest} of {self.repo.name} from {self.repo.host} "
                                       f"failed {self._failures} times (last: {exc}); retry later")
@@ -468,9 +485,11 @@ class Repository:
         return False
 
     def _cancel_upload(self, location: str | None) -> None:
+        """Drop an upload session (also after a cancellation: a short wait, never blocking the exit)."""
         if location:
             with contextlib.suppress(RegistryError):
-                self._request("DELETE", self._absolute(location), "pull,push", retry=False).close()
+                self._request("DELETE", self._absolute(location), "pull,push", retry=False, timeout=3.0,
+                              cancellable=False, what="the cancelled upload").close()
 
     def upload_blob(self, source: BlobSource, digest: str | None = None, size: int | None = None,
                     skip_existing: bool = True) -> BlobInfo:
@@ -519,39 +538,45 @@ class Repository:
         return self._absolute(resp.headers.get("Location") or location), end
 
     def _upload_session(self, opener: Opener, digest: str | None, size: int | None) -> BlobInfo:
-        options = self.client.options
         location, min_chunk = self._start_upload()
-        if size is not None and size <= options.monolithic_max:
-            with contextlib.closing(opener(0)) as f:
-                data = f.read(size + 1)
-            if len(data) != size:
-                raise UploadError(f"blob source for {self.name} holds {len(data)} bytes, not the declared {size}")
-            actual = sha256_digest(data) if digest is None or digest.startswith("sha256:") else digest
-            if digest and actual != digest:
-                raise DigestMismatch(f"blob source for {self.name} hashes to {actual}, not the declared {digest}")
-            return self._finish_upload(location, actual, len(data), body=data)
-        chunk = max(options.chunk_size, min_chunk)
-        hasher = None if digest else Hasher()
-        offset, failures, failed_at = 0, 0, 0
-        while size is None or offset < size:
-            length = None if size is None else min(chunk, size - offset)
-            mark = (offset, hasher.copy() if hasher else None)
-            try:
-                location, offset = self._patch(location, opener, offset, length, hasher)
-                if size is None:
-                    break  # a streamed PATCH sends everything up to EOF
-            except (RegistryUnavailable, _Retryable) as exc:
-                failures = 1 if offset > failed_at else failures + 1  # progress resets the budget
-                failed_at = offset
-                status = self._upload_status(location) if failures < options.upload_attempts else None
-                if status is None or status[1] < mark[0] or (size is not None and status[1] > size):
-                    raise _Retryable(f"upload session lost: {exc}") from None
-                location, offset = status
-                hasher = self._rehash(opener, mark, offset) if hasher else None
-        final = digest or (hasher.digest() if hasher else "")
-        if size is not None and offset != size:
-            raise UploadError(f"uploaded {offset} bytes of a blob declared as {size} to {self.name}")
-        return self._finish_upload(location, final, offset, body=b"")
+        try:
+            if size is not None and size <= self.client.options.monolithic_max:
+                return self._upload_whole(location, opener, digest, size)
+            chunk = max(self.client.options.chunk_size, min_chunk)
+            hasher = None if digest else Hasher()
+            offset, failures, failed_at = 0, 0, 0
+            while size is None or offset < size:
+                length = None if size is None else min(chunk, size - offset)
+                mark = (offset, hasher.copy() if hasher else None)
+                try:
+                    location, offset = self._patch(location, opener, offset, length, hasher)
+                    if size is None:
+                        break  # a streamed PATCH sends everything up to EOF
+                except (RegistryUnavailable, _Retryable) as exc:
+                    failures = 1 if offset > failed_at else failures + 1  # progress resets the budget
+                    failed_at = offset
+                    status = self._upload_status(location) if failures < self.client.options.upload_attempts else None
+                    if status is None or status[1] < mark[0] or (size is not None and status[1] > size):
+                        raise _Retryable(f"upload session lost: {exc}") from None
+                    location, offset = status
+                    hasher = self._rehash(opener, mark, offset) if hasher else None
+            final = digest or (hasher.digest() if hasher else "")
+            if size is not None and offset != size:
+                raise UploadError(f"uploaded {offset} bytes of a blob declared as {size} to {self.name}")
+            return self._finish_upload(location, final, offset, body=b"")
+        except KeyboardInterrupt:  # cancelled: leave no upload session behind
+            self._cancel_upload(location)
+            raise
+
+    def _upload_whole(self, location: str, opener: Opener, digest: str | None, size: int) -> BlobInfo:
+        with contextlib.closing(opener(0)) as f:
+            data = f.read(size + 1)
+        if len(data) != size:
+            raise UploadError(f"blob source for {self.name} holds {len(data)} bytes, not the declared {size}")
+        actual = sha256_digest(data) if digest is None or digest.startswith("sha256:") else digest
+        if digest and actual != digest:
+            raise DigestMismatch(f"blob source for {self.name} hashes to {actual}, not the declared {digest}")
+        return self._finish_upload(location, actual, len(data), body=data)
 
     def _rehash(self, opener: Opener, mark: tuple[int, Hasher | None], upto: int) -> Hasher:
         """The hash of the first `upto` bytes, continuing from a checkpoint at mark[0] <= upto."""

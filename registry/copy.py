@@ -7,10 +7,10 @@ memory). Manifests are copied byte for byte, so digests are preserved.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Protocol, Union
 
+from registry import cancel
 from registry import mediatypes as mt
 from registry.client import BlobReader, BlobSource, RegistryClient, Repository
 from registry.digest import is_digest
@@ -137,7 +137,7 @@ def copy_image(client: RegistryClient, src: Union[str, Reference], dst: Union[st
     ident = source.identifier or ("latest" if isinstance(source, RegistryEndpoint) else None)
     body, desc = source.get_manifest(ident)  # type: ignore[arg-type]
     result = CopyResult(desc.digest, desc.media_type)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with cancel.Pool(max_workers=max(1, workers)) as pool:
         _copy_tree(source, target, body, desc, result, report, pool, top=True)
     dst_ident = target.identifier or source.identifier or desc.digest
     if is_digest(dst_ident) and dst_ident != desc.digest:
@@ -150,7 +150,7 @@ def copy_image(client: RegistryClient, src: Union[str, Reference], dst: Union[st
 
 
 def _copy_tree(source: Endpoint, target: Endpoint, body: bytes, desc: Descriptor, result: CopyResult,
-               report: Report, pool: ThreadPoolExecutor, top: bool) -> None:
+               report: Report, pool: cancel.Pool, top: bool) -> None:
     parsed = parse_manifest(body, desc.media_type)
     if isinstance(parsed, Index):
         for child in parsed.manifests:

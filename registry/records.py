@@ -14,11 +14,11 @@ from __future__ import annotations
 import io
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
+from registry import cancel
 from registry import mediatypes as mt
 from registry.digest import is_digest, sha256_digest
 from registry.errors import InvalidManifest, NotFound
@@ -186,7 +186,7 @@ def read_records(repo: Any, tags: list[str] | None = None,
         except NotFound:
             return None
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with cancel.Pool(max_workers=max(1, workers)) as pool:
         for tag, found in zip(names, pool.map(read, names)):
             if found is not None:
                 yield tag, found[0], found[1]

@@ -5,6 +5,11 @@ exponential backoff and jitter on connection errors, 5xx and 429 (honouring Retr
 Plain HTTP is used, as Docker does, for loopback registries and hosts listed as insecure (after
 trying HTTPS without verification); every other host is HTTPS with verification (custom CA bundle
 allowed).
+
+Every wait is bounded: a connection must be accepted within `connect_timeout` (5 s) and one request,
+retries included, gets `timeout` (30 s) to be answered; a registry that accepts and never answers is
+named with what was waited for. Every attempt checks the command's cancellation (registry/cancel.py)
+first, and retry sleeps end when it is cancelled.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from registry import auth
+from registry import auth, cancel
 from registry.errors import RegistryError, RegistryUnavailable, Unauthorized
 from registry.reference import host_without_port, is_loopback_host, split_host_port
 
@@ -108,10 +113,29 @@ class _BigBlockAdapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
 
 
+DEFAULT_TIMEOUT = 30.0  # seconds for one request to be answered, retries included
+CONNECT_TIMEOUT = 5.0  # seconds for a connection to be accepted
+
+
+def unanswered(host: str, what: str, exc: requests.exceptions.RequestException, timeout: float,
+               connect_timeout: float, attempts: int) -> str:
+    """The message for a request that got no answer: what was waited for, how long, and what failed."""
+    waited = f" for {what}" if what else ""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return (f"registry {host} did not accept a connection within {connect_timeout:g} s (waiting to ask{waited}); "
+                "check the address and that it is reachable from here")
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return (f"registry {host} accepted the connection but did not answer within {timeout:g} s (waiting{waited}); "
+                "check that it is healthy, or retry later")
+    return (f"cannot reach registry {host}{waited} after {attempts} attempt(s): {_short(exc)}; check that it is "
+            "running and reachable")
+
+
 class Transport:
     def __init__(self, *, insecure: Iterable[str] = (), ca_file: str | None = None,
                  credentials: auth.CredentialResolver | None = None, retry: RetryPolicy | None = None,
-                 timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT,
+                 sleep: Callable[[float], None] = cancel.sleep) -> None:
         self.insecure = {h.lower() for h in insecure}
         if ca_file is not None and not os.path.isfile(ca_file):
             raise RegistryError(f"CA bundle {ca_file} does not exist or is not a file; pass a PEM file with the "
@@ -120,6 +144,7 @@ class Transport:
         self.credentials = credentials or auth.CredentialResolver()
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.sleep = sleep
         self.tokens = auth.TokenCache()
         self.session = requests.Session()
@@ -161,7 +186,7 @@ class Transport:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         try:
-            with socket.create_connection((name, port or 443), timeout=5) as raw:
+            with socket.create_connection((name, port or 443), timeout=self.connect_timeout) as raw:
                 with context.wrap_socket(raw, server_hostname=name):
                     return "https"
         except (OSError, ssl.SSLError):
@@ -175,33 +200,41 @@ class Transport:
     # ---- requests -------------------------------------------------------------------------
     def request(self, method: str, host: str, path_or_url: str, *, scope: str | None = None,
                 headers: dict[str, str] | None = None, body: Body = None, params: dict[str, str] | None = None,
-                stream: bool = False, retry: bool = True, what: str = "") -> requests.Response:
+                stream: bool = False, retry: bool = True, what: str = "", timeout: float | None = None,
+                cancellable: bool = True) -> requests.Response:
         """Send a request with auth and retries; return the final response whatever its status
-        (the caller maps statuses to errors), except that auth failures raise Unauthorized."""
+        (the caller maps statuses to errors), except that auth failures raise Unauthorized.
+        `timeout` (default: the transport's) bounds the wait for an answer, retries included; a
+        request that is not `cancellable` (cleaning up after a cancellation) is sent even then."""
+        budget = timeout or self.timeout
+        deadline = time.monotonic() + budget
         url = self.url(host, path_or_url)
         attempt, renewed = 0, 0
         while True:
             attempt += 1
+            if cancellable:
+                cancel.check()
             hdrs = dict(headers or {})
             self._authorize(host, scope, hdrs)
             data = body() if callable(body) else body
             try:
                 with urllib3.warnings.catch_warnings():
                     urllib3.warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+                    read = max(1.0, deadline - time.monotonic())
                     resp = self.session.request(method, url, headers=hdrs, data=data, params=params,
-                                                stream=stream, verify=self._verify(host), timeout=self.timeout,
+                                                stream=stream, verify=self._verify(host),
+                                                timeout=(self.connect_timeout, read),
                                                 allow_redirects=method in ("GET", "HEAD"))
             except requests.exceptions.SSLError as exc:
                 raise RegistryUnavailable(
                     f"TLS failed talking to registry {host}: {_short(exc)}; pass --ca-file with the registry's "
                     f"CA, or --insecure-registry {host} if it is a test registry") from None
             except requests.exceptions.RequestException as exc:
-                if retry and attempt < self.retry.attempts:
-                    self.sleep(retry_delay(self.retry, attempt))
+                delay = retry_delay(self.retry, attempt)
+                if retry and attempt < self.retry.attempts and time.monotonic() + delay < deadline:
+                    self.sleep(delay)
                     continue
-                raise RegistryUnavailable(
-                    f"cannot reach registry {host}{' for ' + what if what else ''} after {attempt} attempt(s): "
-                    f"{_short(exc)}; check that it is running and reachable") from None
+                raise RegistryUnavailable(unanswered(host, what, exc, budget, self.connect_timeout, attempt)) from None
             if resp.status_code == 401 and renewed < 2:
                 challenge = _pick_challenge(resp.headers.get("WWW-Authenticate", ""))
                 resp.close()
@@ -265,12 +298,14 @@ class Transport:
             if creds.identity_token:
                 form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
                         "client_id": "kade", "service": service or "", "scope": " ".join(scopes)}
-                resp = self.session.post(realm, data=form, verify=verify, timeout=self.timeout)
+                resp = self.session.post(realm, data=form, verify=verify, timeout=(self.connect_timeout, self.timeout))
             else:
                 basic = None if creds.anonymous else (creds.username, creds.password)
-                resp = self.session.get(realm, params=params, auth=basic, verify=verify, timeout=self.timeout)
+                resp = self.session.get(realm, params=params, auth=basic, verify=verify,
+                                        timeout=(self.connect_timeout, self.timeout))
         except requests.exceptions.RequestException as exc:
-            raise RegistryUnavailable(f"cannot reach the token service {realm} of registry {host}: {_short(exc)}") from None
+            raise RegistryUnavailable(unanswered(host, f"a token from {realm}", exc, self.timeout,
+                                                 self.connect_timeout, 1)) from None
         with resp:
             if resp.status_code in (401, 403):
                 raise self._unauthorized(host, resp.status_code, "a token")

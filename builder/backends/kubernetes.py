@@ -8,15 +8,15 @@ with missing steps, in DAG order, independent stages at once (--parallel). Each 
 then loads each stage's final step image and publishes the final image and build record itself,
 as the local backend does.
 
-Pods belong to a per-build Lease that the CLI renews: Ctrl-C/SIGTERM deletes them at once, and
-pods left by a CLI that died are garbage-collected when any later build sweeps the expired Lease
-(and in any case when activeDeadlineSeconds passes).
+Pods belong to a per-build Lease that the CLI renews: when the command is cancelled (Ctrl-C,
+SIGTERM: registry/cancel.py) they are deleted at once and the Lease released; pods left by a CLI
+that died are garbage-collected when any later build sweeps the expired Lease (and in any case when
+activeDeadlineSeconds passes).
 """
 from __future__ import annotations
 
 import json
 import secrets
-import signal
 import threading
 import time
 from collections import deque
@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from builder.backends import kubeapi
 from builder.backends.agent_relay import TUNNEL_KIND, serve_tunnel
 from builder.backends.remote import RemoteStageBuilder
 from builder.backends.lease import BUILD_PREFIX, Leases
@@ -32,9 +33,11 @@ from builder.build import BuildOptions, BuildResult, Report
 from builder.errors import BuildError, StepFailedError
 from builder.plan import PlannedStage
 from builder.unpack import limit_env
+from registry import cancel
 from registry.client import RegistryClient
 
 RESULT_KIND = "stage-result"
+CONNECT_GRACE = 3.0  # seconds a cancelled build waits for a connection still being made
 FAILED_KIND = "stage-failed"
 _FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                   "CreateContainerError"}
@@ -45,13 +48,7 @@ class PodLost(Exception):
 
 
 def kube_api_client(settings: KubeSettings) -> Any:
-    from kubernetes import config
-
-    try:
-        return config.new_client_from_config(config_file=settings.kubeconfig, context=settings.kube_context)
-    except Exception as exc:  # noqa: BLE001 - the kubernetes loader raises plain exceptions
-        raise BuildError(f"cannot load the kubeconfig ({settings.kubeconfig or '$KUBECONFIG or ~/.kube/config'}"
-                         f"{', context ' + settings.kube_context if settings.kube_context else ''}): {exc}") from None
+    return kubeapi.kube_api_client(settings.kubeconfig, settings.kube_context)
 
 
 def parse_pod_line(line: str) -> dict[str, Any] | None:
@@ -74,48 +71,6 @@ def waiting_problem(pod: Any) -> str | None:
     return None
 
 
-_RUNNING: set["KubeBuilder"] = set()
-_RUNNING_LOCK = threading.Lock()
-
-
-@contextmanager
-def _running(builder: "KubeBuilder") -> Iterator[None]:
-    with _RUNNING_LOCK:
-        _RUNNING.add(builder)
-    try:
-        yield
-    finally:
-        with _RUNNING_LOCK:
-            _RUNNING.discard(builder)
-
-
-@contextmanager
-def cancel_on_signals() -> Iterator[None]:
-    """Ctrl-C or SIGTERM delete the pods of every in-cluster build running in this process, then stop
-    it (KeyboardInterrupt). Only the main thread can trap signals: a build run from it does this
-    itself; a kade.yaml project, whose images build in worker threads, wraps its whole run in it.
-    Elsewhere, and when already trapped, this does nothing."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is _on_signal:
-        yield
-        return
-    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
-def _on_signal(signum: int, _frame: Any) -> None:
-    with _RUNNING_LOCK:
-        running = list(_RUNNING)
-    for builder in running:
-        builder.cancel.set()
-        if builder._ready.done() and builder.owner is not None:
-            builder._delete_pods()  # (not connected yet: no pod was made)
-    raise KeyboardInterrupt
-
-
 class KubeBuilder(RemoteStageBuilder):
     def __init__(self, options: BuildOptions, settings: KubeSettings, report: Report,
                  client: RegistryClient | None = None, api_client: Any = None):
@@ -124,7 +79,6 @@ class KubeBuilder(RemoteStageBuilder):
         self.build_id = secrets.token_hex(5)
         self.pod_env = limit_env()  # the CLI's $KADE_LAYER_MAX_* bound the layers the pods unpack too
         self._given_api = api_client
-        self.cancel = threading.Event()
         self._forward_lock = threading.Lock()
         self._forward_core: Any = None  # the API client of --ssh port-forwards
         self.owner: dict[str, str] | None = None
@@ -143,14 +97,18 @@ class KubeBuilder(RemoteStageBuilder):
             raise BuildError("--backend kubernetes needs --tag or --repo: the pods push step images to the stages repo")
         threading.Thread(target=self._connect_in_background, daemon=True).start()
         try:
-            with cancel_on_signals(), _running(self):
-                with super().session():
-                    yield
+            with cancel.on_cancel(self._on_cancel), super().session():
+                yield
             self._connected()  # a broken connection fails the build even when no pod was needed
         finally:
-            self.cancel.set()
             self._stop_renewing.set()
             self._disconnect()
+
+    def _on_cancel(self) -> None:
+        """The command is cancelled: delete the pods now (in a thread: this may run in a signal
+        handler), which also ends the log streams the stage threads wait on."""
+        if self._ready.done() and self.owner is not None:  # (not connected yet: no pod was made)
+            threading.Thread(target=self._delete_pods, name="kade-cancel-pods", daemon=True).start()
 
     def _connect_in_background(self) -> None:
         try:
@@ -171,7 +129,11 @@ class KubeBuilder(RemoteStageBuilder):
         if swept:
             self.report("cleanup", f"removed {len(swept)} build(s) left by a CLI that died, and their pods")
         name = BUILD_PREFIX + self.build_id
+        cancel.check()
         lease = self.leases.acquire(name, "build", labels={**MANAGED, LABEL_BUILD: self.build_id})
+        if cancel.cancelled():  # cancelled while the Lease was being made: nobody will release it
+            self.leases.release(name)
+            cancel.check()
         self.owner = {"name": name, "uid": lease.metadata.uid}
         threading.Thread(target=self._renew, args=(name, self._stop_renewing), daemon=True).start()
         if self.o.secrets:
@@ -181,9 +143,11 @@ class KubeBuilder(RemoteStageBuilder):
         self._ready.result()
 
     def _disconnect(self) -> None:
-        """Undo what the connection made (as far as it got): pods, the --secret Secret, the Lease."""
+        """Undo what the connection made (as far as it got): pods, the --secret Secret, the Lease.
+        Cancelled, it waits only a moment for a connection still being made (which then releases its
+        own Lease)."""
         try:
-            self._ready.result()
+            self._ready.result(timeout=CONNECT_GRACE if cancel.cancelled() else None)
         except BaseException:  # noqa: BLE001 - reported by the build already, or about to be
             pass
         if self.owner is None:
@@ -237,8 +201,7 @@ class KubeBuilder(RemoteStageBuilder):
         assert self.plan_digest is not None
         self._connected()
         for attempt in range(1, self.k.attempts + 1):
-            if self.cancel.is_set():
-                raise BuildError("build cancelled")
+            cancel.check()
             manifest = stage_pod(self.k, build_id=self.build_id, owner=self.owner, image_name=self.o.image_name,
                                  stage=ps.label, plan_digest=self.plan_digest, stages_repo=self.stages_repo or "",
                                  insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt,
@@ -254,8 +217,7 @@ class KubeBuilder(RemoteStageBuilder):
                                    f"{time.monotonic() - started:.1f}s")
                 return int(result.get("built", 0))
             except PodLost as lost:
-                if self.cancel.is_set():
-                    raise BuildError("build cancelled") from None
+                cancel.check()
                 if attempt == self.k.attempts:
                     raise BuildError(f"stage {ps.label}: pod {self.k.namespace}/{name} was lost ({lost}) "
                                      f"{attempt} times", hint="check the cluster's events and node health") from None
@@ -296,8 +258,7 @@ class KubeBuilder(RemoteStageBuilder):
     def _wait_started(self, ps: PlannedStage, name: str) -> None:
         deadline = time.monotonic() + self.k.start_timeout_s
         while True:
-            if self.cancel.is_set():
-                raise BuildError("build cancelled")
+            cancel.check()
             pod = self._read(name)
             if pod is None:
                 raise PodLost("deleted before it started")
@@ -310,7 +271,7 @@ class KubeBuilder(RemoteStageBuilder):
             if time.monotonic() > deadline:
                 raise BuildError(f"stage {ps.label}: pod {self.k.namespace}/{name} did not start within "
                                  f"{self.k.start_timeout_s}s", hint=f"kubectl -n {self.k.namespace} describe pod {name}")
-            time.sleep(0.3)
+            cancel.sleep(0.3)
 
     def _follow(self, ps: PlannedStage, name: str) -> dict[str, Any]:
         """Stream the pod's output (prefixed with image/stage) until it ends; return its result record."""
@@ -320,7 +281,9 @@ class KubeBuilder(RemoteStageBuilder):
         failure: dict[str, Any] | None = None
         tail: deque[str] = deque(maxlen=20)
         try:
-            stream = self.core.read_namespaced_pod_log(name, self.k.namespace, follow=True, _preload_content=False)
+            # the log may stay silent as long as the pod may run: read timeout = its deadline
+            stream = self.core.read_namespaced_pod_log(name, self.k.namespace, follow=True, _preload_content=False,
+                                                       _request_timeout=(kubeapi.API_TIMEOUT[0], self.k.deadline_s))
             pending = b""
             for chunk in stream.stream(amt=65536):
                 pending += chunk
@@ -343,8 +306,7 @@ class KubeBuilder(RemoteStageBuilder):
                             tail.append(str(rec.get("message", "")))
                         self.report(rec["kind"], f"{prefix} {rec.get('message', '')}", **fields)
         except Exception as exc:  # noqa: BLE001 - a broken log stream is judged by the pod's status below
-            if self.cancel.is_set():
-                raise BuildError("build cancelled") from None
+            cancel.check()
             self.report("warning", f"{prefix} log stream of {name} ended: {exc}")
         return self._verdict(ps, name, result, failure, list(tail))
 
@@ -387,7 +349,7 @@ class KubeBuilder(RemoteStageBuilder):
                 break
             if time.monotonic() > deadline:
                 raise PodLost(f"its log ended but it is still {phase}")
-            time.sleep(0.3)
+            cancel.sleep(0.3)
         if phase == "Succeeded" and result is not None:
             return result
         where = f"pod {self.k.namespace}/{name}"
@@ -423,18 +385,13 @@ def _exit_code(pod: Any) -> int | None:
 
 
 class KubeBuilderFactory:
-    """Makes the KubeBuilder of each image of a kade.yaml project (kade/project.py), whose `scope()`
-    wraps the project's whole run: its images build in worker threads, which can't trap signals."""
+    """Makes the KubeBuilder of each image of a kade.yaml project (kade/project.py)."""
 
     def __init__(self, settings: KubeSettings):
         self.settings = settings
 
     def __call__(self, options: BuildOptions, report: Report, client: RegistryClient | None) -> KubeBuilder:
         return KubeBuilder(options, self.settings, report, client)
-
-    @staticmethod
-    def scope() -> Any:
-        return cancel_on_signals()
 
 
 def build(options: BuildOptions, settings: KubeSettings, report: Report,

@@ -9,7 +9,6 @@ contender takes it over.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from builder.errors import BuildError
+from registry import cancel
 
 STEP_PREFIX = "kade-step-"
 BUILD_PREFIX = "kade-build-"
@@ -103,6 +103,10 @@ class Leases:
                 body = self._body(name, labels or lease.metadata.labels, lease.metadata.resource_version)
                 return self.api.replace_namespaced_lease(name, self.namespace, body)
         except ApiException as exc:
+            if exc.status == 404 and state == "absent":  # a create meets 404 only without the namespace
+                raise LeaseError(f"namespace {self.namespace} does not exist (creating Lease {name} in it): "
+                                 f"{_status_message(exc)}", hint="create it (kubectl apply -k k8s-manifests/builder) "
+                                 "or pass the builders' namespace with --namespace") from None
             if exc.status in (409, 404):  # somebody else was faster: look again
                 return None
             raise LeaseError(f"cannot take Lease {self.namespace}/{name}: {exc.status} {exc.reason}") from None
@@ -120,7 +124,7 @@ class Leases:
                 waited = True
             if cancelled():
                 raise LeaseError(f"cancelled while waiting for Lease {self.namespace}/{name}")
-            time.sleep(self.poll_s)
+            cancel.sleep(self.poll_s)
 
     def renew(self, name: str) -> bool:
         """Renew a lease we hold; False when it is not ours any more or the API can't be reached. Never
@@ -184,3 +188,13 @@ class Leases:
                 except Exception:  # noqa: BLE001 - racing another sweeper is fine
                     pass
         return gone
+
+
+def _status_message(exc: Any) -> str:
+    """The API server's own message of an ApiException (its Status body), else its reason."""
+    import json
+
+    try:
+        return str(json.loads(exc.body).get("message") or exc.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(exc.reason)

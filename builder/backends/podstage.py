@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from builder.build import Builder, BuildOptions, Image, Report
 from builder.context import BuildContext, IgnoreRules
 from builder.errors import BuildError
 from builder.plan import Plan, PlannedStage, Step
+from registry import cancel
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient
 
@@ -69,7 +70,7 @@ class PodBuilder(Builder):
         if self.o.no_cache or not ps.steps:
             return {}
         repo = self.repo(self.stages_repo)  # type: ignore[arg-type]
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with cancel.Pool(max_workers=8) as pool:
             found = list(pool.map(lambda s: repo.head_manifest(s.key, mt.OCI_MANIFEST), ps.steps))
         return {s.key: d for s, d in zip(ps.steps, found) if d is not None}
 

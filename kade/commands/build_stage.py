@@ -44,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
     if holder and namespace:
         from kubernetes import client, config
 
+        from builder.backends.kubeapi import bounded
+
         config.load_incluster_config()
-        api_client = client.ApiClient()
+        api_client = bounded(client.ApiClient())
     try:
         result = build_stage(args.plan, args.stage, args.repo, report, insecure=tuple(args.insecure_registry),
                              lease_s=args.lease_seconds, api_client=api_client, holder=holder, namespace=namespace,

@@ -20,10 +20,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
+from registry import cancel
 from registry.cleanup.plan import Plan, PlanItem
 from registry.cleanup.snapshot import canonical_repo
 from registry.errors import NotFound, RegistryError, Unsupported
@@ -68,7 +68,7 @@ class Guard:
         doomed = {(i.repository, i.digest) for i in self.plan.deletions if i.method == "manifest"}
         repos = {r for r, _ in doomed}
         kept = [i for i in self.plan.kept if i.repository in repos]
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with cancel.Pool(max_workers=8) as pool:
             descs = list(pool.map(lambda i: self._repo(i.repository).head_manifest(i.tag), kept))
         for item, desc in zip(kept, descs):
             if desc is not None and (item.repository, desc.digest) in doomed:
@@ -198,7 +198,7 @@ def execute(client: Any, plan: Plan, progress: Progress | None = None, workers: 
             return [_delete_tag(client, guard, items[0])]
         return _delete_digest(client, guard, items)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with cancel.Pool(max_workers=max(1, workers)) as pool:
         for phase in sorted({order for order, _ in units}):  # one phase after the other
             todo = [items for order, items in units if order == phase]
             for start in range(0, len(todo), batch):

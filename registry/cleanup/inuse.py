@@ -123,6 +123,7 @@ def images_of(kind: str, obj: dict[str, Any]) -> list[str]:
 
 # --- the scan (thin I/O over the kubernetes client) -------------------------------------------------
 
+LIST_TIMEOUT = (5.0, 60.0)  # seconds to connect, then for one page of a list
 _LISTERS: dict[str, tuple[str, str]] = {
     "Pod": ("CoreV1Api", "list_pod_for_all_namespaces"),
     "ReplicationController": ("CoreV1Api", "list_replication_controller_for_all_namespaces"),
@@ -137,21 +138,27 @@ _LISTERS: dict[str, tuple[str, str]] = {
 
 def _api_client(context: str | None, kubeconfig: str | None) -> Any:
     from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
+    from urllib3.util.retry import Retry
 
     label = context or "current context"
+    cfg = client.Configuration()
+    path = None
     try:
         if context is None and kubeconfig is None and _in_cluster():
-            cfg = client.Configuration()
             config.load_incluster_config(client_configuration=cfg)
-            return client.ApiClient(cfg)
-        # The kubernetes package reads $KUBECONFIG once at import; read it now (it may list several files).
-        path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-        return config.new_client_from_config(config_file=path, context=context)
-    except (ConfigException, OSError, TypeError) as exc:
+        else:
+            # The kubernetes package reads $KUBECONFIG once at import; read it now (it may list several files).
+            path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+            config.load_kube_config(config_file=path, context=context, client_configuration=cfg,
+                                    persist_config=False)
+    except Exception as exc:  # noqa: BLE001 - the loader raises plain exceptions, and YAML errors for a bad file
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ClusterScanError(
-            f"cannot scan the cluster ({label}): no usable kubeconfig ({exc}); set KUBECONFIG or "
-            "--kube-context, or pass --without-kube to clean up without in-use protection") from None
+            f"cannot scan the cluster ({label}): no usable kubeconfig{' in ' + path if path else ''} ({detail}); "
+            "pass --kubeconfig FILE or set KUBECONFIG (and --kube-context), or pass --without-kube to clean up "
+            "without in-use protection") from None
+    cfg.retries = Retry(total=2, connect=2, read=0, status=0)  # a read that timed out is not retried: it had its time
+    return client.ApiClient(cfg)
 
 
 def _in_cluster() -> bool:
@@ -166,7 +173,7 @@ def _list_all(api: Any, method: str, label: str, kind: str) -> Iterator[dict[str
     cont: str | None = None
     while True:
         try:
-            kwargs: dict[str, Any] = {"limit": 500, "_preload_content": False, "_request_timeout": 60}
+            kwargs: dict[str, Any] = {"limit": 500, "_preload_content": False, "_request_timeout": LIST_TIMEOUT}
             if cont:
                 kwargs["_continue"] = cont
             resp = getattr(api, method)(**kwargs)
@@ -177,7 +184,9 @@ def _list_all(api: Any, method: str, label: str, kind: str) -> Iterator[dict[str
             raise ClusterScanError(f"cannot list {kind}s in kube context {label}: HTTP {exc.status} "
                                    f"{exc.reason}{hint}; or pass --without-kube") from None
         except (HTTPError, OSError, ValueError) as exc:
-            raise ClusterScanError(f"cannot reach kube context {label} to list {kind}s: {exc}; check the "
+            reason = getattr(exc, "reason", None) or exc
+            why = (f"no answer within {LIST_TIMEOUT[1]:g} s" if "Read timed out" in str(reason) else str(reason))
+            raise ClusterScanError(f"cannot reach kube context {label} to list {kind}s: {why}; check the "
                                    "cluster, or pass --without-kube to skip in-use protection") from None
         yield from doc.get("items") or []
         cont = (doc.get("metadata") or {}).get("continue")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
+from registry import cancel
 from registry.cleanup.errors import CleanupError
 from registry.errors import NotFound, RegistryError
 from registry.mediatypes import is_index
@@ -48,7 +48,7 @@ def list_tag_descriptors(repo: Any, workers: int = 8, tags: Iterable[str] | None
         names = valid_tags(tags if tags is not None else repo.list_tags())
     except NotFound:
         return {}
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with cancel.Pool(max_workers=max(1, workers)) as pool:
         descs = list(pool.map(repo.head_manifest, names))
     return {t: d for t, d in zip(names, descs) if d is not None}
 
@@ -116,7 +116,7 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
             report("read", f"{name}: {len(tags[name])} tags")
     named = {s for _, rec in records for img in rec.images for s in img.steps}
     orphans = [t for t in tags[stages_name] if STEP_KEY_RE.match(t) and t not in named]
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with cancel.Pool(max_workers=max(1, workers)) as pool:
         created = dict(zip(orphans, pool.map(lambda k: step_created_time(stages, k), orphans)))
     return RegistrySnapshot(stages_name, records, tags, created, indexes)
 
