@@ -27,7 +27,7 @@ from registry.errors import (DigestMismatch, InvalidManifest, NotFound, Registry
                              Unsupported, UploadError)
 from registry.model import Descriptor, Manifest
 from registry.reference import Reference, validate_tag
-from registry.transport import (CONNECT_TIMEOUT, DEFAULT_TIMEOUT, RetryPolicy, Transport, parse_link_next,
+from registry.transport import (CONNECT_TIMEOUT, RetryPolicy, Transport, answer_timeout, parse_link_next,
                                 retry_delay)
 
 MiB = 1 << 20
@@ -50,7 +50,7 @@ class ClientOptions:
     chunk_size: int = 128 * MiB  # per PATCH; streamed, so this does not cost memory
     monolithic_max: int = 8 * MiB  # blobs up to this size go up in a single PUT
     upload_attempts: int = 5  # fresh or resumed upload sessions per blob
-    timeout: float = DEFAULT_TIMEOUT  # for an answer to one request (retries included), or a silent download
+    timeout: float = field(default_factory=answer_timeout)  # for one answer (retries included), or a silent download
     connect_timeout: float = CONNECT_TIMEOUT
 
 

@@ -7,7 +7,7 @@ trying HTTPS without verification); every other host is HTTPS with verification 
 allowed).
 
 Every wait is bounded: a connection must be accepted within `connect_timeout` (5 s) and one request,
-retries included, gets `timeout` (30 s) to be answered; a registry that accepts and never answers is
+retries included, gets `timeout` ($KADE_TIMEOUT, default 30 s) to be answered; a registry that accepts and never answers is
 named with what was waited for. Every attempt checks the command's cancellation (registry/cancel.py)
 first, and retry sleeps end when it is cancelled.
 """
@@ -115,6 +115,22 @@ class _BigBlockAdapter(HTTPAdapter):
 
 DEFAULT_TIMEOUT = 30.0  # seconds for one request to be answered, retries included
 CONNECT_TIMEOUT = 5.0  # seconds for a connection to be accepted
+TIMEOUT_ENV = "KADE_TIMEOUT"
+
+
+def answer_timeout() -> float:
+    """Seconds to wait for the answer to one request (registries, the Kubernetes API of builds and
+    cleanup): $KADE_TIMEOUT, else 30."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise RegistryError(f"${TIMEOUT_ENV}={text!r}: expected a number of seconds above 0, e.g. 60")
+    return value
 
 
 def unanswered(host: str, what: str, exc: requests.exceptions.RequestException, timeout: float,
@@ -134,7 +150,7 @@ def unanswered(host: str, what: str, exc: requests.exceptions.RequestException, 
 class Transport:
     def __init__(self, *, insecure: Iterable[str] = (), ca_file: str | None = None,
                  credentials: auth.CredentialResolver | None = None, retry: RetryPolicy | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT,
+                 timeout: float | None = None, connect_timeout: float = CONNECT_TIMEOUT,
                  sleep: Callable[[float], None] = cancel.sleep) -> None:
         self.insecure = {h.lower() for h in insecure}
         if ca_file is not None and not os.path.isfile(ca_file):
@@ -143,7 +159,7 @@ class Transport:
         self.ca_file = ca_file
         self.credentials = credentials or auth.CredentialResolver()
         self.retry = retry or RetryPolicy()
-        self.timeout = timeout
+        self.timeout = timeout or answer_timeout()
         self.connect_timeout = connect_timeout
         self.sleep = sleep
         self.tokens = auth.TokenCache()

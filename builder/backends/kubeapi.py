@@ -1,9 +1,9 @@
 """The Kubernetes API client of in-cluster builds, with every wait bounded.
 
 The `kubernetes` package waits forever by default (no connect or read timeout) and retries a read
-that timed out three times. Here each request gets API_TIMEOUT (a few seconds to connect, then an
-answer within 30 s) unless its caller asks for another (a followed log stream), reads are not
-retried, and an API server that does not answer is named with the request it did not answer.
+that timed out three times. Here each request gets `api_timeout()` (5 s to connect, then an answer
+within $KADE_TIMEOUT, default 30 s) unless its caller asks for another (a followed log stream), reads
+are not retried, and an API server that does not answer is named with the request it did not answer.
 """
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ from urllib.parse import urlsplit
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, MaxRetryError, ReadTimeoutError
 
 from builder.errors import BuildError
+from registry.transport import CONNECT_TIMEOUT, answer_timeout
 
-API_TIMEOUT = (5.0, 30.0)  # seconds: connect, then the answer
+
+def api_timeout() -> tuple[float, float]:
+    """Seconds to connect, then to get the answer."""
+    return CONNECT_TIMEOUT, answer_timeout()
 
 
 class ApiUnanswered(BuildError, HTTPError):
@@ -41,13 +45,14 @@ def kube_api_client(kubeconfig: str | None, context: str | None) -> Any:
 
 
 def bounded(api_client: Any) -> Any:
-    """Give every request of `api_client` API_TIMEOUT unless it asks for its own `_request_timeout`."""
+    """Give every request of `api_client` `api_timeout()` unless it asks for its own `_request_timeout`."""
+    default = api_timeout()
     rest = api_client.rest_client
     send = rest.request
     host = api_client.configuration.host
 
     def request(method: str, url: str, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
-        timeout = _request_timeout or API_TIMEOUT
+        timeout = _request_timeout or default
         try:
             return send(method, url, *args, _request_timeout=timeout, **kwargs)
         except (MaxRetryError, ReadTimeoutError, ConnectTimeoutError) as exc:

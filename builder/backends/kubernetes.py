@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import threading
 import time
 from collections import deque
@@ -97,9 +98,10 @@ class KubeBuilder(RemoteStageBuilder):
             raise BuildError("--backend kubernetes needs --tag or --repo: the pods push step images to the stages repo")
         threading.Thread(target=self._connect_in_background, daemon=True).start()
         try:
-            with cancel.on_cancel(self._on_cancel), super().session():
-                yield
-            self._connected()  # a broken connection fails the build even when no pod was needed
+            with api_errors(self.k.namespace):
+                with cancel.on_cancel(self._on_cancel), super().session():
+                    yield
+                self._connected()  # a broken connection fails the build even when no pod was needed
         finally:
             self._stop_renewing.set()
             self._disconnect()
@@ -283,7 +285,7 @@ class KubeBuilder(RemoteStageBuilder):
         try:
             # the log may stay silent as long as the pod may run: read timeout = its deadline
             stream = self.core.read_namespaced_pod_log(name, self.k.namespace, follow=True, _preload_content=False,
-                                                       _request_timeout=(kubeapi.API_TIMEOUT[0], self.k.deadline_s))
+                                                       _request_timeout=(kubeapi.CONNECT_TIMEOUT, self.k.deadline_s))
             pending = b""
             for chunk in stream.stream(amt=65536):
                 pending += chunk
@@ -396,13 +398,32 @@ class KubeBuilderFactory:
 
 def build(options: BuildOptions, settings: KubeSettings, report: Report,
           client: RegistryClient | None = None, api_client: Any = None) -> BuildResult:
-    from kubernetes.client.exceptions import ApiException
+    return KubeBuilder(options, settings, report, client, api_client).run()
+
+
+@contextmanager
+def api_errors(namespace: str) -> Iterator[None]:
+    """The API client's own errors as a BuildError (an unanswered request says which already). The
+    client's module is looked up, not imported: a background thread may be importing it (a second
+    importer could deadlock), and if it is not loaded no error of its can have been raised."""
     from urllib3.exceptions import HTTPError
 
     try:
-        return KubeBuilder(options, settings, report, client, api_client).run()
-    except (ApiException, HTTPError) as exc:
-        detail = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else type(exc).__name__
-        raise BuildError(f"Kubernetes API error in namespace {settings.namespace}: {detail}",
+        yield
+    except kubeapi.ApiUnanswered:
+        raise
+    except Exception as exc:
+        loaded = sys.modules.get("kubernetes.client.exceptions")
+        api_exception = getattr(loaded, "ApiException", None)
+        if not isinstance(exc, HTTPError) and not (api_exception and isinstance(exc, api_exception)):
+            raise
+        detail = f"{exc.status} {exc.reason}" if not isinstance(exc, HTTPError) else _short(exc)
+        raise BuildError(f"Kubernetes API error in namespace {namespace}: {detail}",
                          hint="check the kubeconfig/context, that the cluster is up, and the RBAC of "
                               "k8s-manifests/builder") from None
+
+
+def _short(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None) or exc
+    text = " ".join(str(reason).split())
+    return f"{type(exc).__name__}: {text[:300]}"

@@ -17,6 +17,7 @@ from registry.cleanup.errors import ClusterScanError
 from registry.digest import is_digest
 from registry.errors import InvalidReference
 from registry.reference import Reference
+from registry.transport import CONNECT_TIMEOUT, answer_timeout
 
 
 @dataclass
@@ -123,7 +124,6 @@ def images_of(kind: str, obj: dict[str, Any]) -> list[str]:
 
 # --- the scan (thin I/O over the kubernetes client) -------------------------------------------------
 
-LIST_TIMEOUT = (5.0, 60.0)  # seconds to connect, then for one page of a list
 _LISTERS: dict[str, tuple[str, str]] = {
     "Pod": ("CoreV1Api", "list_pod_for_all_namespaces"),
     "ReplicationController": ("CoreV1Api", "list_replication_controller_for_all_namespaces"),
@@ -168,12 +168,13 @@ def _in_cluster() -> bool:
 
 def _list_all(api: Any, method: str, label: str, kind: str) -> Iterator[dict[str, Any]]:
     from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
+    from urllib3.exceptions import HTTPError, ReadTimeoutError
 
     cont: str | None = None
     while True:
         try:
-            kwargs: dict[str, Any] = {"limit": 500, "_preload_content": False, "_request_timeout": LIST_TIMEOUT}
+            timeout = (CONNECT_TIMEOUT, answer_timeout())  # to connect, then for one page of the list
+            kwargs: dict[str, Any] = {"limit": 500, "_preload_content": False, "_request_timeout": timeout}
             if cont:
                 kwargs["_continue"] = cont
             resp = getattr(api, method)(**kwargs)
@@ -185,7 +186,7 @@ def _list_all(api: Any, method: str, label: str, kind: str) -> Iterator[dict[str
                                    f"{exc.reason}{hint}; or pass --without-kube") from None
         except (HTTPError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", None) or exc
-            why = (f"no answer within {LIST_TIMEOUT[1]:g} s" if "Read timed out" in str(reason) else str(reason))
+            why = f"no answer within {timeout[1]:g} s" if isinstance(reason, ReadTimeoutError) else str(reason)
             raise ClusterScanError(f"cannot reach kube context {label} to list {kind}s: {why}; check the "
                                    "cluster, or pass --without-kube to skip in-use protection") from None
         yield from doc.get("items") or []
