@@ -3,7 +3,7 @@
 Each command lives in `kade/commands/<name>.py` and exposes `register(subparsers)`, which adds its
 parser and sets `func` (taking the parsed args, returning an exit code). Expected failures are
 raised as the packages' own error types and printed as one clear message, never a traceback; with
-`-o json` the same message is printed on stdout as `{"error": ..., "kind": ..., "exit_code": ...}`.
+`-o json` the same message is printed on stdout as `{"ok": false, "error": ..., "kind": ..., "exit_code": ...}`.
 Exit codes: 0 done, 1 failed, 2 bad usage, 130/143 interrupted by SIGINT/SIGTERM (kade/interrupt.py).
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     with cancel.scope() as token, cancel_on_signals(token):
         try:
             return int(args.func(args) or EXIT_OK)
-        except errors.UsageError as exc:
+        except errors.USAGE as exc:
             return _failed(as_json, "usage", EXIT_USAGE, str(exc))
         except errors.EXPECTED as exc:
             return _failed(as_json, "failed", EXIT_FAILED, str(exc))
@@ -99,7 +99,7 @@ def _failed(as_json: bool, kind: str, code: int, message: str, printed: bool = F
     if not printed:
         print(f"kade: error: {message}", file=sys.stderr)
     if as_json:
-        print(json.dumps({"error": message, "kind": kind, "exit_code": code}, indent=2))
+        print(json.dumps({"ok": False, "error": message, "kind": kind, "exit_code": code}, indent=2))
     return code
 
 

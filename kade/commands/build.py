@@ -37,7 +37,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--parallel", type=int, default=max(1, min(4, os.cpu_count() or 1)), metavar="N",
                    help="stages built at once (default: CPUs, at most 4)")
     p.add_argument("--cache-dir", metavar="DIR", help="local cache (default $KADE_CACHE_DIR or ~/.cache/kade)")
-    p.add_argument("--output", choices=OUTPUT_CHOICES, default="text", help="result format")
+    p.add_argument("-o", "--output", choices=OUTPUT_CHOICES, default="text", help="result format")
     p.add_argument("--keep-failed", action="store_true", help="keep the rootfs of a failed RUN and print its path")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
                    help="reach HOST over plain HTTP / without TLS verification (repeatable)")

@@ -20,7 +20,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--older-than", type=float, default=0, metavar="HOURS",
                    help="only remove entries unused for this many hours")
     p.add_argument("--keep-mounts", action="store_true", help="keep RUN --mount=type=cache directories")
-    p.add_argument("--output", choices=OUTPUT_CHOICES, default="text")
+    p.add_argument("-o", "--output", choices=OUTPUT_CHOICES, default="text", help="text (default) or json")
     p.set_defaults(func=run_prune)
 
 

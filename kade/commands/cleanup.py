@@ -61,7 +61,7 @@ def _repo_args(p: argparse.ArgumentParser) -> None:
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
-    p.add_argument("--output", choices=OUTPUT_CHOICES, default="text", help="text table (default) or json")
+    p.add_argument("-o", "--output", choices=OUTPUT_CHOICES, default="text", help="text table (default) or json")
     p.add_argument("--workers", type=int, default=8, help="parallel registry requests (default 8)")
 
 

@@ -56,7 +56,7 @@ def project_args(p: argparse.ArgumentParser, standalone: bool = True) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="local cache (default $KADE_CACHE_DIR or ~/.cache/kade)")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
                    help="reach HOST over plain HTTP / without TLS verification (repeatable)")
-    p.add_argument("--output", choices=OUTPUT_CHOICES, default="text", help="result format")
+    p.add_argument("-o", "--output", choices=OUTPUT_CHOICES, default="text", help="result format")
 
 
 def make_project_options(args: argparse.Namespace, ws: Any) -> Any:

@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("ref", metavar="REF")
     p.add_argument("--raw", action="store_true", help="print the manifest bytes exactly as stored")
     _common(p, output=False)
-    p.set_defaults(func=cmd_inspect)
+    p.set_defaults(func=cmd_inspect, output="json")  # its result is JSON: so is its failure
 
     p = sub.add_parser("tags", help="list a repository's tags, one a line",
                        description="List the tags of REPO (e.g. 127.0.0.1:5000/team/app), one a line.")
@@ -63,7 +63,7 @@ def _common(p: argparse.ArgumentParser, output: bool = True) -> None:
                         "registries are always allowed plain HTTP)")
     p.add_argument("--ca-file", metavar="PATH", help="CA bundle to verify registries' TLS certificates")
     if output:
-        p.add_argument("--output", choices=OUTPUT_CHOICES, default="text", help="text (default) or json")
+        p.add_argument("-o", "--output", choices=OUTPUT_CHOICES, default="text", help="text (default) or json")
 
 
 def _client(args: argparse.Namespace) -> "RegistryClient":

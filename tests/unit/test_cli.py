@@ -16,6 +16,13 @@ def test_unknown_command_exits_2(capsys):
     assert "invalid choice: 'no-such-command'" in capsys.readouterr().err
 
 
+def test_usage_error_with_json_output_prints_a_json_error(capsys):
+    assert main(["cache", "prune", "--older-than", "soon", "-o", "json"]) == 2
+    out = capsys.readouterr().out
+    error = json.loads(out)
+    assert error["kind"] == "usage" and error["exit_code"] == 2 and "--older-than" in error["error"]
+
+
 def test_help_runs_as_module():
     out = subprocess.run([sys.executable, "-m", "kade", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
