@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from builder.linux import detach_mounts_under
 from registry.cache import BlobCache
 
 if TYPE_CHECKING:
@@ -83,6 +84,7 @@ class LocalCache:
         detached `rm -rf --one-file-system` (never follows a mount left inside); whatever an
         interrupted deleter leaves is removed by `kade cache prune`. Falls back to deleting in place.
         """
+        detach_mounts_under(path)  # a RUN's overlay still mounted (a cancelled build): rm would never cross it
         trash: Path | None = None
         try:
             trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=self.root / "work"))
@@ -126,6 +128,8 @@ class LocalCache:
                     continue
                 if now - max(st.st_atime, st.st_mtime) < older_than_seconds:
                     continue
+                if path.is_dir() and not path.is_symlink():
+                    detach_mounts_under(path)  # a work dir left by a kade that exited at once (second signal)
                 size = _tree_size(path)
                 if path.is_dir() and not path.is_symlink():
                     shutil.rmtree(path, ignore_errors=True)

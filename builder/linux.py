@@ -5,6 +5,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import re
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -62,6 +63,34 @@ def mount(source: str | None, target: str | os.PathLike[str], fstype: str | None
 
 def umount(target: str | os.PathLike[str], flags: int = 0) -> None:
     _check(_libc.umount2(_b(target), flags), f"umount {os.fspath(target)}")
+
+
+def mount_points(mountinfo: str) -> list[str]:
+    """The mount points listed in a /proc/<pid>/mountinfo text (field 5, octal escapes decoded)."""
+    points = []
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if len(fields) > 4:
+            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    return points
+
+
+def detach_mounts_under(path: str | os.PathLike[str]) -> list[str]:
+    """Lazily unmount every mount at or below `path`, deepest first; returns their mount points. For a
+    work dir whose RUN's overlay is still mounted (a cancelled build): a deleter never crosses mounts."""
+    top = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as f:
+            points = mount_points(f.read())
+    except OSError:
+        return []
+    inside = sorted({p for p in points if p == top or p.startswith(top + "/")}, key=len, reverse=True)
+    for point in inside:
+        try:
+            umount(point, MNT_DETACH)
+        except OSError:
+            pass  # gone meanwhile, or not ours to unmount: the deleter skips it as before
+    return inside
 
 
 def mount_flags(path: str | os.PathLike[str]) -> int:
