@@ -98,22 +98,28 @@ def test_discard_of_a_missing_dir_leaves_no_trash(tmp_path):
 
 
 def test_discard_never_deletes_through_a_mount_left_inside(tmp_path):
+    """A mount left inside a work dir (a RUN's overlay or cache mount of a cancelled build) is detached,
+    not deleted through: what it holds survives, and nothing stays mounted under the cache."""
     if os.geteuid() != 0:
         import pytest
         pytest.skip("mounting a tmpfs needs root")
+    from builder.linux import mount_points
+
     cache = LocalCache(tmp_path / "c")
     done = cache.work_dir("stage-0-")
     mnt = done / "rootfs" / "cache-mount"
     mnt.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)], check=True)
+    held = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)  # keeps the detached tmpfs reachable for the check
     try:
         (mnt / "precious").write_text("not the build's")
         (done / "rootfs" / "junk").write_text("x")
         cache.discard(done)
-        moved = next((cache.root / "work").glob(".trash-*/*/rootfs"))
-        assert _wait_gone([moved / "junk"])
-        assert (moved / "cache-mount" / "precious").read_text() == "not the build's"
+        assert _wait_gone([done, *(cache.root / "work").glob(".trash-*/*")])
+        with open(os.open("precious", os.O_RDONLY, dir_fd=held)) as f:
+            assert f.read() == "not the build's"
+        mounts = mount_points(open("/proc/self/mountinfo").read())
+        assert not [m for m in mounts if m.startswith(str(cache.root))]
     finally:
-        for m in (cache.root / "work").glob(".trash-*/*/rootfs/cache-mount"):
-            subprocess.run(["umount", str(m)], check=False)
+        os.close(held)
         subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
