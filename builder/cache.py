@@ -27,6 +27,7 @@ from builder.linux import detach_mounts_under
 from registry.cache import BlobCache
 
 if TYPE_CHECKING:
+    from builder.errors import BuildError
     from builder.rootfs import RootfsStore
 
 
@@ -49,8 +50,13 @@ class PruneResult:
 class LocalCache:
     def __init__(self, root: str | os.PathLike | None = None):
         self.root = cache_root(root)
-        for sub in ("blobs/sha256", "mounts", "work", "locks"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise _unusable(self.root, "it is a file, not a directory")
+        try:
+            for sub in ("blobs/sha256", "mounts", "work", "locks"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _unusable(self.root, exc.strerror or str(exc)) from None
         self.blobs = BlobCache(self.root)
 
     @property
@@ -138,6 +144,13 @@ class LocalCache:
                 removed += 1
                 freed += size
         return PruneResult(removed, freed)
+
+
+def _unusable(root: Path, why: str) -> "BuildError":
+    from builder.errors import BuildError
+
+    return BuildError(f"cache dir {root} cannot be used: {why}",
+                      hint="give a directory kade may create and write with --cache-dir or $KADE_CACHE_DIR")
 
 
 def _tree_size(path: Path) -> int:

@@ -64,13 +64,21 @@ class TagContext:
 _ENV = jinja2.sandbox.SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
+KNOWN_NAMES = ("image", "project", "content_tag", "git", "env_name")
+
+
 def check_templates(templates: list[str]) -> None:
-    """Syntax check before anything is built."""
+    """Syntax and names checked before anything is built (a name of `git` that a commit lacks, such as
+    git.tag, only skips the tag: see `extra_tags`)."""
+    from jinja2 import meta
+
     for t in templates:
         try:
-            _ENV.from_string(t)
+            unknown = sorted(meta.find_undeclared_variables(_ENV.parse(t)) - set(KNOWN_NAMES))
         except jinja2.TemplateSyntaxError as exc:
             raise TagTemplateError(f"--add-tag {t!r}: template syntax error: {exc.message}") from None
+        if unknown:
+            raise TagTemplateError(f"--add-tag {t!r}: unknown name {unknown[0]!r} (known: {', '.join(KNOWN_NAMES)})")
 
 
 def extra_tags(templates: list[str], ctx: TagContext, warn: Callable[[str], None]) -> list[str]:

@@ -112,6 +112,20 @@ def validate_tag(tag: str) -> str:
     return tag
 
 
+def validate_host(host: str) -> str:
+    """Return `host` if it is a registry host (`name`, `name:port`, `[v6]:port`), else raise
+    InvalidReference saying what a host may be."""
+    if not isinstance(host, str) or not _HOST_RE.match(host):
+        scheme = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", host or "")
+        hint = " without the scheme" if scheme else ""
+        raise InvalidReference(f"invalid registry host {host!r}: expected HOST or HOST:PORT{hint}, "
+                               "e.g. registry.example.com:5000")
+    port = split_host_port(host)[1]
+    if port is not None and not 0 < port < 65536:
+        raise InvalidReference(f"invalid registry host {host!r}: port {port} is not between 1 and 65535")
+    return host
+
+
 def _split_domain(name: str, original: str) -> tuple[str, str]:
     first, sep, remainder = name.partition("/")
     if sep and (any(c in first for c in ".:") or first == "localhost" or first.lower() != first):

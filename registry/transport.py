@@ -147,15 +147,27 @@ def unanswered(host: str, what: str, exc: requests.exceptions.RequestException, 
             "running and reachable")
 
 
+def check_ca_bundle(path: str) -> None:
+    """A CA bundle must be a file holding at least one PEM certificate (said now, not at the first TLS
+    connection, which a plain-HTTP registry never makes)."""
+    if not os.path.isfile(path):
+        raise RegistryError(f"CA bundle {path} does not exist or is not a file; pass a PEM file with the "
+                            "registry's CA certificate(s)")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except (ssl.SSLError, ValueError, OSError) as exc:
+        raise RegistryError(f"CA bundle {path} holds no usable PEM certificate ({exc}); pass a PEM file with "
+                            "the registry's CA certificate(s)") from None
+
+
 class Transport:
     def __init__(self, *, insecure: Iterable[str] = (), ca_file: str | None = None,
                  credentials: auth.CredentialResolver | None = None, retry: RetryPolicy | None = None,
                  timeout: float | None = None, connect_timeout: float = CONNECT_TIMEOUT,
                  sleep: Callable[[float], None] = cancel.sleep) -> None:
         self.insecure = {h.lower() for h in insecure}
-        if ca_file is not None and not os.path.isfile(ca_file):
-            raise RegistryError(f"CA bundle {ca_file} does not exist or is not a file; pass a PEM file with the "
-                                "registry's CA certificate(s)")
+        if ca_file is not None:
+            check_ca_bundle(ca_file)
         self.ca_file = ca_file
         self.credentials = credentials or auth.CredentialResolver()
         self.retry = retry or RetryPolicy()

@@ -8,6 +8,7 @@ from typing import Any
 
 from builder.build import BuildOptions, build
 from builder.plan import DEFAULT_PLATFORM, parse_build_args
+from kade import argtypes
 from kade.commands.build_backend import add_backend_arguments, kube_settings_from_args
 from kade.errors import UsageError
 from kade.output import OUTPUT_CHOICES, make_reporter, print_result
@@ -28,7 +29,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--target", metavar="STAGE", help="build this stage (default: the last one)")
     p.add_argument("--build-arg", action="append", default=[], metavar="K=V", help="set a build arg (repeatable)")
     p.add_argument("--tag", "-t", action="append", default=[], metavar="REF", help="push the image to REF (repeatable)")
-    p.add_argument("--repo", metavar="STAGES_REPO", help="repository for step images and build records")
+    p.add_argument("--repo", metavar="STAGES_REPO", type=argtypes.repository, help="repository for step images and build records")
     p.add_argument("--secret", action="append", default=[], metavar="id=ID,src=PATH|env=VAR",
                    help="a secret for RUN --mount=type=secret (never stored in a layer, key or log)")
     p.add_argument("--ssh", metavar="default[=SOCKET]", help="forward an SSH agent socket to RUN --mount=type=ssh")
@@ -39,7 +40,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--cache-dir", metavar="DIR", help="local cache (default $KADE_CACHE_DIR or ~/.cache/kade)")
     p.add_argument("-o", "--output", choices=OUTPUT_CHOICES, default="text", help="result format")
     p.add_argument("--keep-failed", action="store_true", help="keep the rootfs of a failed RUN and print its path")
-    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", type=argtypes.registry_host,
                    help="reach HOST over plain HTTP / without TLS verification (repeatable)")
     p.add_argument("--platform", default=DEFAULT_PLATFORM, help=argparse.SUPPRESS)
     add_backend_arguments(p)

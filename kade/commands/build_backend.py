@@ -5,6 +5,7 @@ import argparse
 import os
 from typing import Any
 
+from kade import argtypes
 from kade.errors import UsageError
 
 BUILDER_IMAGE_ENV = "KADE_BUILDER_IMAGE"
@@ -18,8 +19,8 @@ def add_backend_arguments(p: Any) -> None:
     g.add_argument("--cache-pvc", default="kade-build-cache", metavar="NAME",
                    help="PVC for blobs and RUN cache mounts ('' for an emptyDir; default kade-build-cache)")
     g.add_argument("--kube-context", metavar="CONTEXT", help="kubeconfig context (default: current)")
-    g.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig (default $KUBECONFIG or ~/.kube/config)")
-    g.add_argument("--builder-image", metavar="REF", default=os.environ.get(BUILDER_IMAGE_ENV),
+    g.add_argument("--kubeconfig", metavar="FILE", type=argtypes.yaml_file, help="kubeconfig (default $KUBECONFIG or ~/.kube/config)")
+    g.add_argument("--builder-image", metavar="REF", type=argtypes.image_reference, default=os.environ.get(BUILDER_IMAGE_ENV),
                    help=f"kade's builder image (images/builder; default ${BUILDER_IMAGE_ENV})")
     g.add_argument("--service-account", default="kade-builder", help="ServiceAccount of the pods (default kade-builder)")
     g.add_argument("--registry-secret", metavar="NAME",

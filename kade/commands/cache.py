@@ -5,6 +5,7 @@ import argparse
 from typing import Any
 
 from builder.cache import LocalCache
+from kade import argtypes
 from kade.output import OUTPUT_CHOICES, print_result
 
 
@@ -17,7 +18,7 @@ def register(subparsers: Any) -> None:
                        description="Remove what the local build cache holds. Safe while builds run: it waits "
                                    "for running builds to finish.")
     p.add_argument("--cache-dir", metavar="DIR", help="cache to prune (default $KADE_CACHE_DIR or ~/.cache/kade)")
-    p.add_argument("--older-than", type=float, default=0, metavar="HOURS",
+    p.add_argument("--older-than", type=argtypes.hours, default=0, metavar="HOURS",
                    help="only remove entries unused for this many hours")
     p.add_argument("--keep-mounts", action="store_true", help="keep RUN --mount=type=cache directories")
     p.add_argument("-o", "--output", choices=OUTPUT_CHOICES, default="text", help="text (default) or json")

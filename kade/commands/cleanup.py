@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from kade import argtypes
 from kade.errors import UsageError
 from kade.output import OUTPUT_CHOICES, make_reporter, print_result
 from registry.cleanup.execute import Outcome, execute
@@ -18,6 +19,8 @@ from registry.cleanup.policy_file import (Settings, load_kade_yaml_policy, load_
 from registry.cleanup.report import render_text, to_json
 from registry.cleanup.run import collect_facts, stages_repo_for
 from registry.client import ClientOptions, RegistryClient
+
+CONFIG = "kade.yaml"  # read when there, unless --config names another
 
 
 def register(subparsers: Any) -> None:
@@ -33,7 +36,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--kube-context", action="append", default=[], metavar="CONTEXT",
                    help="scan this kube context for images in use (repeatable; default: the current context, "
                         "or the in-cluster service account)")
-    p.add_argument("--kubeconfig", metavar="PATH", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    p.add_argument("--kubeconfig", metavar="PATH", type=argtypes.yaml_file, help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--without-kube", action="store_true",
                    help="don't scan any cluster: nothing is protected as in use")
     _run_args(p)
@@ -50,19 +53,20 @@ def register(subparsers: Any) -> None:
 
 
 def _repo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repo", metavar="REPO", help="image repository, e.g. registry:5000/team/app (default: "
+    p.add_argument("--repo", metavar="REPO", type=argtypes.repository, help="image repository, e.g. registry:5000/team/app (default: "
                    "kade.yaml cleanup.repo)")
-    p.add_argument("--stages-repo", metavar="REPO", help="stages repository (default: <repo>-stages)")
-    p.add_argument("--config", metavar="FILE", default="kade.yaml", help="kade.yaml to read cleanup: from")
-    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+    p.add_argument("--stages-repo", metavar="REPO", type=argtypes.repository, help="stages repository (default: <repo>-stages)")
+    p.add_argument("--config", metavar="FILE", type=argtypes.readable_file,
+                   help="kade.yaml to read cleanup: from (default: ./kade.yaml when there is one)")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", type=argtypes.registry_host,
                    help="reach HOST without TLS verification, or over plain HTTP (repeatable)")
-    p.add_argument("--ca-file", metavar="PATH", help="CA bundle to verify registries' TLS certificates")
+    p.add_argument("--ca-file", metavar="PATH", type=argtypes.readable_file, help="CA bundle to verify registries' TLS certificates")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the plan, delete nothing")
     p.add_argument("-o", "--output", choices=OUTPUT_CHOICES, default="text", help="text table (default) or json")
-    p.add_argument("--workers", type=int, default=8, help="parallel registry requests (default 8)")
+    p.add_argument("--workers", type=argtypes.positive_int, default=8, help="parallel registry requests (default 8)")
 
 
 def _client(args: argparse.Namespace) -> RegistryClient:
@@ -79,14 +83,16 @@ def _repos(args: argparse.Namespace, settings: Settings) -> tuple[str, str]:
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
     report = make_reporter(args.output)
-    settings = load_kade_yaml_settings(args.config)
+    settings = load_kade_yaml_settings(args.config or CONFIG)
     repo, stages = _repos(args, settings)
     policy: Policy = (load_policy_file(args.policy) if args.policy
-                      else load_kade_yaml_policy(args.config) or DEFAULT_POLICY)
+                      else load_kade_yaml_policy(args.config or CONFIG) or DEFAULT_POLICY)
     git = args.git or settings.git or "."
     if not args.git and not settings.git and not (Path(".git").exists() or Path("HEAD").is_file()):
         raise UsageError("cleanup needs the git history: pass --git PATH_OR_URL (the current directory is "
                          "not a git repository)")
+    if args.git and not _is_url(args.git) and not Path(args.git).is_dir():
+        raise UsageError(f"--git {args.git}: no such directory (give a git checkout, a bare repository or a URL)")
     contexts: list[str | None] | None = None
     if not args.without_kube:
         contexts = list(args.kube_context or settings.kube_contexts) or [None]
@@ -98,9 +104,14 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
         return _finish(client, plan, args, report)
 
 
+def _is_url(text: str) -> bool:
+    """git's URL forms: scheme://..., or scp-like user@host:path."""
+    return "://" in text or ("@" in text and ":" in text.split("/", 1)[0])
+
+
 def cmd_purge(args: argparse.Namespace) -> int:
     report = make_reporter(args.output)
-    repo, stages = _repos(args, load_kade_yaml_settings(args.config))
+    repo, stages = _repos(args, load_kade_yaml_settings(args.config or CONFIG))
     if not args.dry_run and not args.yes:
         _confirm(repo)
     with _client(args) as client:

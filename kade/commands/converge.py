@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kade import argtypes
 from kade.errors import UsageError
 from kade.output import OUTPUT_CHOICES, print_result
 
@@ -17,7 +18,7 @@ def register(subparsers: Any) -> None:
                     "in the registry are taken from it), then deploy the project's manifests with them, track "
                     "until ready and record the release; a failed rollout is rolled back (exit 1).")
     project_args(p)
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    p.add_argument("--kubeconfig", type=argtypes.yaml_file, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
     p.add_argument("--kube-context", dest="kube_context", help="kubeconfig context")
     p.add_argument("--namespace", "-n", help="override kade.yaml's deploy.namespace")
     p.add_argument("--release", "-r", help="override kade.yaml's deploy.release")
@@ -32,11 +33,11 @@ def register(subparsers: Any) -> None:
 def project_args(p: argparse.ArgumentParser, standalone: bool = True) -> None:
     """Options of `kade converge`, and of `kade build` in a project (which has the standalone ones already)."""
     if standalone:
-        p.add_argument("--repo", metavar="REPO", help="image repository prefix: image NAME goes to REPO/NAME "
+        p.add_argument("--repo", metavar="REPO", type=argtypes.repository, help="image repository prefix: image NAME goes to REPO/NAME "
                                                        "(default: kade.yaml's repo)")
-    p.add_argument("--dir", default=".", metavar="DIR", help="project folder holding kade.yaml (default .)")
+    p.add_argument("--dir", default=".", metavar="DIR", type=argtypes.existing_dir, help="project folder holding kade.yaml (default .)")
     p.add_argument("--env", dest="env_name", metavar="ENV", help="environment name (`env_name` in kade.yaml)")
-    p.add_argument("--stages-repo", metavar="REPO", help="repository of step images and build records "
+    p.add_argument("--stages-repo", metavar="REPO", type=argtypes.repository, help="repository of step images and build records "
                                                          "(default: REPO-stages)")
     if "--backend" not in p._option_string_actions:  # `kade build` may have it already (in-cluster builds)
         p.add_argument("--backend", choices=("local", "kubernetes"), default="local",
@@ -45,7 +46,7 @@ def project_args(p: argparse.ArgumentParser, standalone: bool = True) -> None:
                    help="extra tag template, e.g. '{{ image }}-{{ git.branch }}' (repeatable)")
     p.add_argument("--dev", action="store_true",
                    help="use the working tree (uncommitted and untracked files) instead of the commit at HEAD")
-    p.add_argument("--report", metavar="FILE", help="write a JSON report (images, refs, digests, step counts)")
+    p.add_argument("--report", metavar="FILE", type=argtypes.output_file, help="write a JSON report (images, refs, digests, step counts)")
     if not standalone:
         p.add_argument("--image", action="append", default=None, metavar="NAME", dest="only_images",
                        help="with kade.yaml: build only this image and what it depends on (repeatable)")
@@ -54,7 +55,7 @@ def project_args(p: argparse.ArgumentParser, standalone: bool = True) -> None:
     p.add_argument("--parallel", type=int, default=max(1, min(4, os.cpu_count() or 1)), metavar="N",
                    help="stages of one image built at once")
     p.add_argument("--cache-dir", metavar="DIR", help="local cache (default $KADE_CACHE_DIR or ~/.cache/kade)")
-    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", type=argtypes.registry_host,
                    help="reach HOST over plain HTTP / without TLS verification (repeatable)")
     p.add_argument("-o", "--output", choices=OUTPUT_CHOICES, default="text", help="result format")
 
@@ -120,9 +121,13 @@ def run(args: argparse.Namespace) -> int:
     from kade.live import close_reporter, make_deploy_reporter
     from kade.workspace import open_workspace
 
+    from deployer.render import parse_set
+
     timeout = parse_duration(args.timeout)
     if timeout <= 0:
         raise UsageError("--timeout must be positive")
+    for item in args.set_values:  # now, not after the build
+        parse_set(item)
     report = make_deploy_reporter(args.output)
     try:
         with open_workspace(Path(args.dir), env_name=args.env_name, dev=args.dev, report=report) as ws:

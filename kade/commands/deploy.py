@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from kade import argtypes
 from kade.errors import UsageError
 from kade.live import close_reporter, make_deploy_reporter
 from kade.output import OUTPUT_CHOICES, make_reporter, print_result
@@ -26,11 +27,11 @@ def register(subparsers: Any) -> None:
     deploy.add_argument("--no-activity-timeout", default="4m", help="fail a resource when nothing changes for this long")
     deploy.add_argument("--settle", default="2s",
                         help="a workload must stay ready this long with no container exiting before it counts (0: off)")
-    deploy.add_argument("--dir", default=".", metavar="DIR", help="project folder holding kade.yaml (default .)")
+    deploy.add_argument("--dir", default=".", metavar="DIR", type=argtypes.existing_dir, help="project folder holding kade.yaml (default .)")
     deploy.add_argument("--env", dest="env_name", metavar="ENV", help="with kade.yaml: environment name (env_name)")
-    deploy.add_argument("--repo", metavar="REPO", help="with kade.yaml: image repository prefix (REPO/NAME)")
+    deploy.add_argument("--repo", metavar="REPO", type=argtypes.repository, help="with kade.yaml: image repository prefix (REPO/NAME)")
     deploy.add_argument("--dev", action="store_true", help="with kade.yaml: use the working tree, not HEAD")
-    deploy.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+    deploy.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", type=argtypes.registry_host,
                         help="with kade.yaml: reach HOST over plain HTTP")
     deploy.set_defaults(func=run_deploy)
 
@@ -66,7 +67,7 @@ def register(subparsers: Any) -> None:
 
 def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--namespace", default="default", help="release namespace and default namespace (default: default)")
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    p.add_argument("--kubeconfig", type=argtypes.yaml_file, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("--output", "-o", choices=OUTPUT_CHOICES, default="text", help="text or JSON events/results")
 

@@ -5,6 +5,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
+from kade import argtypes
 from kade.errors import UsageError
 from kade.output import OUTPUT_CHOICES, make_reporter, print_result
 from registry.errors import InvalidDigest, InvalidReference
@@ -58,10 +59,10 @@ def register(subparsers: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser, output: bool = True) -> None:
-    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", type=argtypes.registry_host,
                    help="reach HOST without TLS verification, or over plain HTTP (repeatable; loopback "
                         "registries are always allowed plain HTTP)")
-    p.add_argument("--ca-file", metavar="PATH", help="CA bundle to verify registries' TLS certificates")
+    p.add_argument("--ca-file", metavar="PATH", type=argtypes.readable_file, help="CA bundle to verify registries' TLS certificates")
     if output:
         p.add_argument("-o", "--output", choices=OUTPUT_CHOICES, default="text", help="text (default) or json")
 

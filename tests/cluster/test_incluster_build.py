@@ -3,18 +3,20 @@ kade's own builder image (built by kade), push step images to the cluster's regi
 result matches the local backend (same keys, same digests) with SOURCE_DATE_EPOCH set."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.incluster import (EPOCH, builder_pods, kade_build, records, result, stage_keys, unique,
-                                     wait_running_pod, write_context)
+from tests.fixtures.incluster import (EPOCH, builder_pods, kade_build, list_tags, records, result, stage_keys,
+                                     unique, wait_running_pod, write_context)
 
 pytestmark = pytest.mark.cluster
 
@@ -141,17 +143,42 @@ def test_a_failing_run_names_pod_step_exit_code_and_output(builder_env, tmp_path
         p.metadata.deletion_timestamp for p in builder_pods(builder_env)[1])
 
 
-def test_sigterm_deletes_the_buildbuilder_pods(builder_env, tmp_path):
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_deletes_the_pods_releases_the_lease_and_exits_128_plus_it(builder_env, tmp_path, sig, code):
+    from kubernetes import client, config
+    from kubernetes.client.exceptions import ApiException
+
     ctx = write_context(tmp_path / "ctx", "FROM {base}\nRUN sleep 60\n", builder_env.base_image)
-    proc = _start(builder_env, ctx, f"{builder_env.registry}/{unique('cancel')}:v1")
-    wait_running_pod(builder_env)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
-    assert proc.returncode != 0
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and builder_pods(builder_env)[1]:
-        time.sleep(0.5)
-    assert not builder_pods(builder_env)[1]
+    tag = f"{builder_env.registry}/{unique('cancel')}:v1"
+    proc = _start(builder_env, ctx, tag)
+    _, pod = wait_running_pod(builder_env)
+    build_id = pod.metadata.labels["kade.io/build"]
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    took = time.monotonic() - sent
+    assert proc.returncode == code, stderr[-3000:]
+    assert json.loads(stdout[stdout.index("{\n"):])["kind"] == "interrupted"
+    assert "Traceback" not in stderr
+    assert took < 10, f"kade took {took:.1f} s to stop"
+    # the build Lease is released (deleted) and the pods are deleted by kade itself, not by a later sweep
+    leases = client.CoordinationV1Api(config.new_client_from_config(config_file=builder_env.kubeconfig))
+    with pytest.raises(ApiException) as gone:
+        leases.read_namespaced_lease(f"kade-build-{build_id}", builder_env.namespace)
+    assert gone.value.status == 404
+    pods = builder_pods(builder_env, f"kade.io/build={build_id}")[1]
+    assert all(p.metadata.deletion_timestamp for p in pods), [p.metadata.name for p in pods]
+    assert list_tags(builder_env.registry, tag.split("/", 1)[1].rsplit(":", 1)[0]) == []
+
+
+def test_a_missing_namespace_is_named_at_once(builder_env, tmp_path):
+    ctx = write_context(tmp_path / "ctx", "FROM {base}\nRUN true\n", builder_env.base_image)
+    missing = f"nowhere-{uuid.uuid4().hex[:6]}"
+    done = kade_build(builder_env, ctx, f"{builder_env.registry}/{unique('nons')}:v1", "--namespace", missing,
+                      timeout=60)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert f"namespace {missing} does not exist" in done.stderr
+    assert "another build holds" not in done.stderr and "Traceback" not in done.stderr
 
 
 def test_pods_of_a_dead_cli_are_garbage_collected(builder_env, tmp_path):

@@ -1,0 +1,118 @@
+"""argparse `type=` checks for values every command takes alike: bad input is a usage error (exit 2)
+that names the flag and says what is wanted, before anything runs. argparse prints them as
+`kade: error: argument --flag: <message>`. Each takes the text and returns it (or its value)."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+from registry.errors import RegistryError
+
+
+def registry_host(text: str) -> str:
+    from registry.reference import validate_host
+
+    try:
+        return validate_host(text)
+    except RegistryError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def repository(text: str) -> str:
+    """A repository (or repository prefix) without tag or digest: `host[:port]/path`."""
+    from registry.reference import Reference
+
+    try:
+        ref = Reference.parse(text, default_tag=None)
+    except RegistryError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if ref.tag or ref.digest:
+        raise argparse.ArgumentTypeError(f"{text!r} names an image; give the repository only, e.g. {ref.name}")
+    return text
+
+
+def image_reference(text: str) -> str:
+    from registry.reference import Reference
+
+    try:
+        Reference.parse(text)
+    except RegistryError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def existing_dir(text: str) -> str:
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such directory")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: not a directory")
+    return text
+
+
+def readable_file(text: str) -> str:
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: a directory, not a file")
+    if not os.access(path, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text}: not readable")
+    return text
+
+
+def yaml_file(text: str) -> str:
+    """A readable file holding a YAML mapping (a kubeconfig, a values file): said here, not deep in a loader."""
+    import yaml
+
+    readable_file(text)
+    try:
+        doc = yaml.safe_load(Path(text).expanduser().read_text(errors="replace"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise argparse.ArgumentTypeError(f"{text}: not valid YAML{where}: "
+                                         f"{getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(doc, dict):
+        raise argparse.ArgumentTypeError(f"{text}: expected a YAML mapping, got {type(doc).__name__}")
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file to write at the end (a report): checked now, so that nothing is pushed before it fails."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: a directory; give a file name")
+    parent = path.parent
+    for up in (parent, *parent.parents):
+        if up.exists():
+            if not up.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {up} is a file, not a directory")
+            break
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: its directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"{text}: its directory {parent} is not writable")
+    return text
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 0 or more hours (e.g. 24)")
+    return value
