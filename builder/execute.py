@@ -23,7 +23,51 @@ from builder.errors import BuildError, StepFailedError
 from builder.plan import CopySpec, Step
 from builder.plan import Mount as PlanMount
 
-OUTPUT_TAIL = 20
+OUTPUT_TAIL = 20  # last output lines kept for the error of a failed RUN
+TAIL_LINE_MAX = 2000  # characters of each of those lines
+LINE_MAX = 64 * 1024  # bytes of one output line shown; the rest of a longer line is counted, not kept
+
+
+class OutputLines:
+    """A RUN's output bytes as lines of at most LINE_MAX bytes, in bounded memory: the rest of a longer
+    line is dropped and counted, and the line says so. `guard` more bytes are dropped at a cut, so that a
+    secret (of up to `guard` + 1 bytes) cut in two never shows its first part unredacted."""
+
+    def __init__(self, emit: Callable[[str], None], guard: int = 0) -> None:
+        self.emit, self.guard = emit, guard
+        self.pending = bytearray()
+        self.dropped = 0
+
+    def feed(self, data: bytes) -> None:
+        parts = data.split(b"\n")
+        for i, part in enumerate(parts):
+            room = max(0, LINE_MAX - len(self.pending))
+            self.pending += part[:room]
+            self.dropped += max(0, len(part) - room)
+            if i < len(parts) - 1:
+                self._flush()
+
+    def close(self) -> None:
+        if self.pending or self.dropped:
+            self._flush()
+
+    def _flush(self) -> None:
+        kept = bytes(self.pending)
+        if self.dropped:
+            cut = min(len(kept), self.guard)
+            kept, dropped = kept[:len(kept) - cut], self.dropped + cut
+            self.emit(kept.decode(errors="replace") + f" [... {dropped} more bytes of this line cut]")
+        else:
+            self.emit(kept.decode(errors="replace"))
+        self.pending.clear()
+        self.dropped = 0
+
+
+def tail_line(line: str) -> str:
+    """One line as an error message keeps it: at most TAIL_LINE_MAX characters, saying what was cut."""
+    if len(line) <= TAIL_LINE_MAX:
+        return line
+    return line[:TAIL_LINE_MAX] + f" [... {len(line) - TAIL_LINE_MAX} more characters cut]"
 
 
 @dataclass
@@ -269,18 +313,14 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
     def output(line: str) -> None:
         for s in secrets:  # never echo a secret's bytes
             line = line.replace(s, "****")
-        tail.append(line)
+        tail.append(tail_line(line))
         on_line(line)
 
     scratch = rootfs.parent / (rootfs.name + "-scratch")
-    pending = b""
+    lines = OutputLines(output, guard=max((len(v) for v in ctx.secrets.values()), default=0))
 
     def stream(_name: str, data: bytes) -> None:
-        nonlocal pending
-        pending += data
-        *lines, pending = pending.split(b"\n")
-        for raw in lines:
-            output(raw.decode(errors="replace"))
+        lines.feed(data)
 
     # The sandbox removes the mountpoints it had to create, so a snapshot never sees them.
     with snapshot.capture(rootfs, scratch) as cap:
@@ -288,8 +328,7 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
         run = ctx.runner or sandbox.run_in_rootfs
         code = run(cap.root, step.argv, env, workdir, (user.uid, user.gid, list(user.groups)),
                    mounts, step.network, stream)
-        if pending:
-            output(pending.decode(errors="replace"))
+        lines.close()
         if code != 0:
             raise StepFailedError(f"{step.text} failed with exit code {code}", exit_code=code,
                                   output_tail=list(tail), file=step.ins.file, line=step.ins.line)

@@ -261,10 +261,13 @@ def resolve_user(rootfs: Path, spec: str) -> ResolvedUser:
             gid = int(row[3]) if row[3].isdigit() else 0
             break
     if uid is None:
-        if not user.isdigit():
+        if user == "root":  # as BuildKit: root is uid 0 also in an image without it in /etc/passwd
+            uid, gid = 0, 0
+        elif not user.isdigit():
             raise BuildError(f"unable to find user {user}: no matching entries in /etc/passwd",
                              hint="create the user in an earlier RUN or use a numeric uid")
-        uid, gid = int(user), 0
+        else:
+            uid, gid = int(user), 0
     if group:
         gid = None
         for row in groups_db:
@@ -272,9 +275,12 @@ def resolve_user(rootfs: Path, spec: str) -> ResolvedUser:
                 gid = int(row[2])
                 break
         if gid is None:
-            if not group.isdigit():
+            if group == "root":
+                gid = 0
+            elif not group.isdigit():
                 raise BuildError(f"unable to find group {group}: no matching entries in /etc/group")
-            gid = int(group)
+            else:
+                gid = int(group)
         return ResolvedUser(uid, gid, (gid,), home)
     supplementary = {gid or 0}
     if name:

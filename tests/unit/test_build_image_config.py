@@ -106,8 +106,28 @@ def test_resolve_user(rootfs, spec, expected):
         assert (u.uid, u.gid, u.groups) == expected
 
 
+@pytest.mark.parametrize("spec,expected", [
+    ("", (0, 0, (0,))),
+    ("root", (0, 0, (0,))),
+    ("root:root", (0, 0, (0,))),
+    ("0", (0, 0, (0,))),
+    ("1000:1000", (1000, 1000, (1000,))),
+    ("65534", (65534, 0, (0,))),
+    ("app", BuildError),
+    ("root:staff", BuildError),
+])
+def test_resolve_user_without_passwd_or_group(tmp_path, spec, expected):
+    """scratch-, busybox- or distroless-style images: root and numeric ids need no /etc/passwd (BuildKit)."""
+    if expected is BuildError:
+        with pytest.raises(BuildError):
+            ic.resolve_user(tmp_path, spec)
+    else:
+        u = ic.resolve_user(tmp_path, spec)
+        assert (u.uid, u.gid, u.groups) == expected
+
+
 def test_resolve_user_never_follows_symlinked_passwd(tmp_path):
     (tmp_path / "etc").mkdir()
-    (tmp_path / "etc/passwd").symlink_to("/etc/passwd")
+    (tmp_path / "etc/passwd").symlink_to("/etc/passwd")  # the host's names a "daemon" user
     with pytest.raises(BuildError):
-        ic.resolve_user(tmp_path, "root")
+        ic.resolve_user(tmp_path, "daemon")
