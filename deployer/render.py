@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ def render(inputs: RenderInput, stdin: TextIO | None = None, values: dict[str, A
     """All resources of `inputs`; pass `values` when already loaded (a values file may be stdin)."""
     if values is None:
         values = load_values(inputs.values_files, inputs.set_values)
-    context = {"values": values, "images": dict(inputs.images), "release": inputs.release,
+    context = {"values": values, "images": _Images(inputs.images), "release": inputs.release,
                "namespace": inputs.namespace}
     resources: list[Resource] = []
     stdin_used = False
@@ -108,8 +109,20 @@ def render_template(text: str, name: str, context: dict[str, Any], root: Path | 
     except jinja2.TemplateError as exc:
         line = _template_line(exc, name)
         where = f"{name}:{line}" if line else name
-        hint = " (pass it with --values or --set)" if isinstance(exc, jinja2.UndefinedError) else ""
+        hint = _undefined_hint(exc.message or "", context) if isinstance(exc, jinja2.UndefinedError) else ""
         raise RenderError(f"{where}: {exc.message or exc}{hint}") from None
+
+
+class _Images(dict):
+    """`images` in templates (its type name shows in undefined-name errors, so they can name the image)."""
+
+
+def _undefined_hint(message: str, context: dict[str, Any]) -> str:
+    missing = re.search(r"_Images object' has no attribute '([^']+)'", message)
+    if missing:
+        known = ", ".join(sorted(context.get("images") or {})) or "none"
+        return f" (no image {missing.group(1)!r}; the images are: {known})"
+    return " (pass it with --values or --set)"
 
 
 def _template_line(exc: BaseException, name: str) -> int | None:

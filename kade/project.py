@@ -212,6 +212,9 @@ class ProjectBuilder:
         if not context.is_dir():
             raise ConfigError(f"{self.config.path.name}: images.{spec.name}.context: folder {spec.context!r} "
                               "is not in the project (is it committed?)")
+        if not (context / spec.dockerfile).is_file():
+            raise ConfigError(f"{self.config.path.name}: images.{spec.name}.dockerfile: {spec.dockerfile!r} is not in "
+                              f"folder {spec.context!r} (is it committed? the path is relative to the context)")
         args = dict(spec.args)
         for dep in spec.dependencies:
             built = self.results[dep.image]

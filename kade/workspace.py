@@ -82,15 +82,18 @@ def open_workspace(project_dir: Path, *, env_name: str | None, dev: bool, report
         if not (root / CONFIG_NAME).is_file():
             where = f"commit {state.short_commit}" if state is not None and not dev else "the working tree"
             raise ConfigError(f"{project_dir / CONFIG_NAME}: not found in {where}; create and commit a {CONFIG_NAME}")
-        raw = load_config(root / CONFIG_NAME)
+        display = os.path.relpath(project_dir)
+        if display.startswith(".."):
+            display = str(project_dir)
+        try:
+            raw = load_config(root / CONFIG_NAME)
+        except ConfigError as exc:  # name the user's file, not the exported copy (deleted by then)
+            raise ConfigError(str(exc).replace(str(root / CONFIG_NAME), os.path.join(display, CONFIG_NAME))) from None
         config = render_config(raw, TemplateValues(env=os.environ, env_name=env_name,
                                                    git=state.template_values() if state else {}),
                                with_deploy=deploy)
         if state is not None and not dev:
             check_clean(state, used_paths(config))
-        display = os.path.relpath(project_dir)
-        if display.startswith(".."):
-            display = str(project_dir)
         yield Workspace(config=config, root=root, git=state, display=display,
                         source=source_url(state) if state else None)
     finally:

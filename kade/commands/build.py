@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +74,17 @@ def parse_secret(spec: str) -> tuple[str, bytes]:
 def parse_ssh(spec: str | None) -> str | None:
     if spec is None:
         return None
-    name, _, socket = spec.partition("=")
+    name, _, given = spec.partition("=")
     if name != "default":
-        raise UsageError("--ssh supports only default[=SOCKET]")
-    socket = socket or os.environ.get("SSH_AUTH_SOCK", "")
-    if not socket or not Path(socket).exists():
-        raise UsageError("--ssh default: no agent socket (give default=PATH or set SSH_AUTH_SOCK)")
+        raise UsageError(f"--ssh {spec}: only default[=SOCKET] is supported")
+    socket = given or os.environ.get("SSH_AUTH_SOCK", "")
+    if not socket:
+        raise UsageError("--ssh default: no agent socket (give default=SOCKET or set SSH_AUTH_SOCK)")
+    where = f"--ssh default={socket}" if given else f"--ssh default (SSH_AUTH_SOCK={socket})"
+    if not Path(socket).exists():
+        raise UsageError(f"{where}: no such socket; is the ssh agent running (ssh-agent, `ssh-add -l`)?")
+    if not stat.S_ISSOCK(Path(socket).stat().st_mode):
+        raise UsageError(f"{where}: not a socket; give the agent's socket (SSH_AUTH_SOCK)")
     return socket
 
 

@@ -52,6 +52,16 @@ def test_undefined_value_names_file_and_line(tmp_path):
     assert f"{tpl}:6" in str(exc.value) and "missing" in str(exc.value) and "--set" in str(exc.value)
 
 
+@pytest.mark.parametrize("expr", ["images.api", "images['api']", "images.api.digest"])
+def test_unknown_image_names_the_known_images(tmp_path, expr):
+    tpl = tmp_path / "deploy.yaml.j2"
+    tpl.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  k: \"{{ %s }}\"\n" % expr)
+    with pytest.raises(RenderError) as exc:
+        render(RenderInput([str(tpl)], images={"web": "r/web:1", "worker": "r/worker:1"}))
+    assert f"{tpl}:6" in str(exc.value)
+    assert "no image 'api'; the images are: web, worker" in str(exc.value) and "--values" not in str(exc.value)
+
+
 def test_template_syntax_error_names_line(tmp_path):
     tpl = tmp_path / "cm.yaml.j2"
     tpl.write_text("a: 1\nb: {{ oops\n")
