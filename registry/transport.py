@@ -16,6 +16,7 @@ from __future__ import annotations
 import email.utils
 import os
 import random
+import re
 import socket
 import ssl
 import threading
@@ -143,8 +144,20 @@ def unanswered(host: str, what: str, exc: requests.exceptions.RequestException, 
     if isinstance(exc, requests.exceptions.ReadTimeout):
         return (f"registry {host} accepted the connection but did not answer within {timeout:g} s (waiting{waited}); "
                 "check that it is healthy, or retry later")
-    return (f"cannot reach registry {host}{waited} after {attempts} attempt(s): {_short(exc)}; check that it is "
+    return (f"cannot reach registry {host}{waited} after {attempts} attempt(s): {_reason(exc)}; check that it is "
             "running and reachable")
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause of a connection failure without urllib3's wrapping ("Connection refused", "Failed to
+    resolve 'host'"), else the whole text, shortened."""
+    text = str(exc)
+    for pattern in (r"Failed to resolve '[^']+'", r"\[Errno -?\d+\] [^'\")]+", r"Connection aborted\.?",
+                    r"Remote end closed connection without response"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(0).strip()
+    return _short(exc)
 
 
 def check_ca_bundle(path: str) -> None:
