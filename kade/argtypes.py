@@ -7,6 +7,7 @@ import argparse
 import math
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 from registry.errors import RegistryError
 
@@ -99,20 +100,19 @@ def output_file(text: str) -> str:
 
 
 def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
-    return value
+    return _number(text, int, "a whole number", lambda v: v >= 1, "must be at least 1")
 
 
 def hours(text: str) -> float:
+    return _number(text, float, "a number of hours", lambda v: math.isfinite(v) and v >= 0,
+                   "give 0 or more hours (e.g. 24)")
+
+
+def _number(text: str, convert: Callable[[str], Any], what: str, valid: Callable[[Any], bool], wanted: str) -> Any:
     try:
-        value = float(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 0 or more hours (e.g. 24)")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if not valid(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: {wanted}")
     return value

@@ -5,11 +5,18 @@ the callbacks registered with it run (RUN processes killed, pods deleted, upload
 the main thread unwinds with `Cancelled`, so each `finally` undoes what the command made. The
 command then exits 128 + the signal (130 for SIGINT, 143 for SIGTERM). A second signal exits at
 once, without waiting for any cleanup.
+
+Python runs signal handlers in the main thread only, and the kernel may deliver a signal to any
+thread: then a main thread blocked on a lock (waiting for a worker's future) would not notice it
+until the lock is released, maybe minutes later. So the signals also wake a watcher thread (through
+`signal.set_wakeup_fd`), which interrupts the main thread with a signal sent to it alone (WAKE, whose
+handler does nothing): the interrupted wait returns, and the pending handler runs.
 """
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -17,6 +24,7 @@ from typing import Any, Iterator
 from registry.cancel import Cancelled, Token
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+WAKE = signal.SIGURG  # ignored by default; sent to the main thread only, to interrupt a blocked wait
 
 
 def exit_code(signum: int | None) -> int:
@@ -34,17 +42,60 @@ def cancel_on_signals(token: Token) -> Iterator[Token]:
         if token.cancelled:
             _say(f"kade: {signal.Signals(signum).name} again: exiting now, without cleaning up\n")
             os._exit(exit_code(signum))
+        # cancel first: a signal whose handler runs inside this one (during the write) is the second
+        token.cancel(signum)
         _say(f"kade: {signal.Signals(signum).name}: stopping and cleaning up "
              "(send it again to exit at once)\n")
-        token.cancel(signum)
         raise Cancelled(signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in SIGNALS}
+    previous[WAKE] = signal.signal(WAKE, lambda *_: None)
+    with _main_thread_woken():
+        try:
+            yield token
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+@contextmanager
+def _main_thread_woken() -> Iterator[None]:
+    """While the block runs, a trapped signal received by any thread interrupts the main thread."""
+    receiver, sender = socket.socketpair()
+    sender.setblocking(False)
     try:
-        yield token
+        old_fd = signal.set_wakeup_fd(sender.fileno(), warn_on_full_buffer=False)
+    except ValueError:  # not the main thread of the main interpreter
+        receiver.close()
+        sender.close()
+        yield
+        return
+    main = threading.main_thread().ident
+    assert main is not None
+    watcher = threading.Thread(target=_wake_main, args=(receiver, main), name="kade-signals", daemon=True)
+    watcher.start()
+    try:
+        yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.set_wakeup_fd(old_fd)
+        sender.close()  # the watcher reads EOF and ends
+        watcher.join(timeout=1)
+        receiver.close()
+
+
+def _wake_main(receiver: socket.socket, main: int) -> None:
+    while True:
+        try:
+            data = receiver.recv(64)
+        except OSError:
+            return
+        if not data:
+            return
+        if any(b in SIGNALS for b in data):
+            try:
+                signal.pthread_kill(main, WAKE)
+            except (OSError, ProcessLookupError):
+                return
 
 
 def _say(text: str) -> None:

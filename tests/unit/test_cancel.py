@@ -145,3 +145,30 @@ def test_second_signal_exits_at_once():
     assert time.monotonic() - start < 5
     assert proc.returncode == 130
     assert "again: exiting now" in proc.stderr.read()
+
+
+WORKER_CAUGHT = """
+import signal, sys, threading, time
+sys.path.insert(0, {root!r})
+from kade.interrupt import cancel_on_signals, exit_code
+from registry import cancel
+never = threading.Event()
+def worker():
+    time.sleep(0.3)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # the kernel may pick any thread: this one
+    never.wait()
+with cancel.scope() as token, cancel_on_signals(token):
+    threading.Thread(target=worker, daemon=True).start()
+    try:
+        never.wait()  # a lock wait without timeout: only a signal to the main thread interrupts it
+    except KeyboardInterrupt as exc:
+        print("cancelled", exc.signum, flush=True)
+        sys.exit(exit_code(exc.signum))
+"""
+
+
+def test_a_signal_delivered_to_another_thread_still_interrupts_the_main_thread():
+    proc = subprocess.run([sys.executable, "-c", WORKER_CAUGHT.format(root=str(ROOT))], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stdout.strip() == f"cancelled {int(signal.SIGTERM)}"
