@@ -9,8 +9,9 @@ once, without waiting for any cleanup.
 Python runs signal handlers in the main thread only, and the kernel may deliver a signal to any
 thread: then a main thread blocked on a lock (waiting for a worker's future) would not notice it
 until the lock is released, maybe minutes later. So the signals also wake a watcher thread (through
-`signal.set_wakeup_fd`), which interrupts the main thread with a signal sent to it alone (WAKE, whose
-handler does nothing): the interrupted wait returns, and the pending handler runs.
+`signal.set_wakeup_fd`), which cancels the token (so the handler itself takes no lock: it may have
+interrupted code holding one) and interrupts the main thread with a signal sent to it alone (WAKE,
+whose handler does nothing): the interrupted wait returns, and the pending handler runs.
 """
 from __future__ import annotations
 
@@ -37,20 +38,25 @@ def cancel_on_signals(token: Token) -> Iterator[Token]:
     if threading.current_thread() is not threading.main_thread():
         yield token
         return
+    watched, received = [False], [0]
 
     def on_signal(signum: int, _frame: Any) -> None:
-        if token.cancelled:
+        received[0] += 1  # first: a signal whose handler runs inside this one (during the write) is the second
+        if received[0] > 1:
             _say(f"kade: {signal.Signals(signum).name} again: exiting now, without cleaning up\n")
             os._exit(exit_code(signum))
-        # cancel first: a signal whose handler runs inside this one (during the write) is the second
-        token.cancel(signum)
+        if watched[0]:
+            token.mark(signum)  # the watcher thread cancels (locks, callbacks): never inside a handler
+        else:
+            token.cancel(signum)
         _say(f"kade: {signal.Signals(signum).name}: stopping and cleaning up "
              "(send it again to exit at once)\n")
         raise Cancelled(signum)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in SIGNALS}
     previous[WAKE] = signal.signal(WAKE, lambda *_: None)
-    with _main_thread_woken():
+    with _watcher(token) as watching:
+        watched[0] = watching
         try:
             yield token
         finally:
@@ -59,8 +65,9 @@ def cancel_on_signals(token: Token) -> Iterator[Token]:
 
 
 @contextmanager
-def _main_thread_woken() -> Iterator[None]:
-    """While the block runs, a trapped signal received by any thread interrupts the main thread."""
+def _watcher(token: Token) -> Iterator[bool]:
+    """While the block runs, a thread learns of every trapped signal (whichever thread the kernel gave
+    it to), cancels the token and interrupts the main thread. Yields whether it runs."""
     receiver, sender = socket.socketpair()
     sender.setblocking(False)
     try:
@@ -68,14 +75,14 @@ def _main_thread_woken() -> Iterator[None]:
     except ValueError:  # not the main thread of the main interpreter
         receiver.close()
         sender.close()
-        yield
+        yield False
         return
     main = threading.main_thread().ident
     assert main is not None
-    watcher = threading.Thread(target=_wake_main, args=(receiver, main), name="kade-signals", daemon=True)
+    watcher = threading.Thread(target=_watch, args=(receiver, token, main), name="kade-signals", daemon=True)
     watcher.start()
     try:
-        yield
+        yield True
     finally:
         signal.set_wakeup_fd(old_fd)
         sender.close()  # the watcher reads EOF and ends
@@ -83,7 +90,7 @@ def _main_thread_woken() -> Iterator[None]:
         receiver.close()
 
 
-def _wake_main(receiver: socket.socket, main: int) -> None:
+def _watch(receiver: socket.socket, token: Token, main: int) -> None:
     while True:
         try:
             data = receiver.recv(64)
@@ -91,7 +98,8 @@ def _wake_main(receiver: socket.socket, main: int) -> None:
             return
         if not data:
             return
-        if any(b in SIGNALS for b in data):
+        for signum in (b for b in data if b in SIGNALS):
+            token.cancel(signum)
             try:
                 signal.pthread_kill(main, WAKE)
             except (OSError, ProcessLookupError):

@@ -53,19 +53,28 @@ class Token:
         self._lock = threading.Lock()
         self._callbacks: dict[int, Callback] = {}
         self._next = 0
+        self._marked = False
         self.signum: int | None = None
 
     @property
     def cancelled(self) -> bool:
-        return self._event.is_set()
+        return self._marked or self._event.is_set()
+
+    def mark(self, signum: int | None = None) -> None:
+        """Say it is cancelled, touching no lock (safe in a signal handler, whatever the interrupted code
+        holds); `cancel` then wakes the waiters and runs the callbacks, from a thread."""
+        if not self._marked:
+            self.signum = signum
+            self._marked = True
 
     def cancel(self, signum: int | None = None) -> None:
-        """Cancel (idempotent) and run the registered callbacks, each once, errors ignored: a callback
-        must be quick (it may run inside a signal handler): kill, close, or start a thread."""
+        """Cancel (idempotent): wake every waiter and run the registered callbacks, each once, errors
+        ignored. Not from a signal handler (`mark` there). A callback should be quick: kill, close, or
+        start a thread."""
+        self.mark(signum)
         with self._lock:
             if self._event.is_set():
                 return
-            self.signum = signum
             self._event.set()
             callbacks = list(self._callbacks.values())
             self._callbacks.clear()
@@ -76,11 +85,12 @@ class Token:
                 pass
 
     def check(self) -> None:
-        if self._event.is_set():
+        if self.cancelled:
             raise Cancelled(self.signum)
 
     def sleep(self, seconds: float) -> None:
         """Sleep, or raise Cancelled as soon as the command is cancelled."""
+        self.check()
         if self._event.wait(max(0.0, seconds)):
             raise Cancelled(self.signum)
 

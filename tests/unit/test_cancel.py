@@ -33,6 +33,17 @@ def test_cancel_runs_each_callback_once_and_wakes_waiters():
     assert err.value.signum == signal.SIGTERM and "SIGTERM" in str(err.value)
 
 
+def test_mark_says_cancelled_at_once_and_cancel_then_runs_the_callbacks():
+    token, calls = Token(), []
+    with token.on_cancel(lambda: calls.append(1)):
+        token.mark(signal.SIGINT)  # what a signal handler does: no lock, no callback
+        assert token.cancelled and calls == []
+        with pytest.raises(Cancelled):
+            token.sleep(30)
+        token.cancel(signal.SIGTERM)  # what the watcher thread does next
+    assert calls == [1] and token.signum == signal.SIGINT
+
+
 def test_callback_registered_after_cancellation_runs_at_once():
     token = Token()
     token.cancel()
