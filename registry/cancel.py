@@ -9,7 +9,7 @@ in any package checks it where it waits or before it starts something new:
     cancel.sleep(delay)                  # a sleep that ends (raising Cancelled) when it is cancelled
     if cancel.wait(event, 5): ...        # Event.wait that returns early (raising) on cancellation
     with cancel.on_cancel(proc.kill):    # run this at once when cancelled (kill a process, close a
-        ...                              # socket, delete pods in a thread); never blocks the signal
+        ...                              # socket, delete pods in a thread); keep it quick
 
 Thread pools are `Pool`s: once the command is cancelled, leaving one waits only a moment for its
 running tasks (each of which checks the token), never for a read that a server does not answer.

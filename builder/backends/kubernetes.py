@@ -107,8 +107,8 @@ class KubeBuilder(RemoteStageBuilder):
             self._disconnect()
 
     def _on_cancel(self) -> None:
-        """The command is cancelled: delete the pods now (in a thread: this may run in a signal
-        handler), which also ends the log streams the stage threads wait on."""
+        """The command is cancelled: delete the pods now (in a thread of their own: callbacks are to be
+        quick), which also ends the log streams the stage threads wait on."""
         if self._ready.done() and self.owner is not None:  # (not connected yet: no pod was made)
             threading.Thread(target=self._delete_pods, name="kade-cancel-pods", daemon=True).start()
 
