@@ -627,6 +627,8 @@ class Builder:
     def _cleanup(self) -> None:
         if self.fetch_pool is not None:
             self.fetch_pool.stop(cancel_pending=True)
+        if cancel.cancelled():
+            self.client.abandon_uploads()  # of stage threads that did not stop in time
         for d in self.work_dirs:
             self.cache.discard(d)
 

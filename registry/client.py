@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import os
 import re
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -68,13 +70,19 @@ class RegistryClient:
         self.transport = Transport(insecure=self.options.insecure, ca_file=self.options.ca_file,
                                    credentials=self.options.credentials, retry=self.options.retry,
                                    timeout=self.options.timeout, connect_timeout=self.options.connect_timeout)
+        self.uploads = OpenUploads()
 
     def repository(self, ref: Reference | str) -> "Repository":
         if isinstance(ref, str):
             ref = Reference.parse(ref, default_tag=None)
         return Repository(self, ref)
 
+    def abandon_uploads(self) -> None:
+        """Delete the upload sessions still open (a cancelled command whose upload threads are stuck)."""
+        self.uploads.abandon()
+
     def close(self) -> None:
+        self.abandon_uploads()
         self.transport.close()
 
     def __enter__(self) -> "RegistryClient":
@@ -82,6 +90,33 @@ class RegistryClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class OpenUploads:
+    """The upload sessions under way (by a key of their own: the location changes with every chunk), so
+    that what a cancelled command leaves open is deleted: the registry is left as it was."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sessions: dict[int, tuple["Repository", str]] = {}
+        self._keys = itertools.count()
+
+    def new_key(self) -> int:
+        return next(self._keys)
+
+    def note(self, key: int, repo: "Repository", location: str) -> None:
+        with self._lock:
+            self._sessions[key] = (repo, location)
+
+    def forget(self, key: int) -> None:
+        with self._lock:
+            self._sessions.pop(key, None)
+
+    def abandon(self) -> None:
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for repo, location in sessions:
+            repo._cancel_upload(location)
 
 
 def _error_detail(resp: requests.Response) -> str:
@@ -538,7 +573,10 @@ class Repository:
         return self._absolute(resp.headers.get("Location") or location), end
 
     def _upload_session(self, opener: Opener, digest: str | None, size: int | None) -> BlobInfo:
+        uploads = self.client.uploads
+        key = uploads.new_key()
         location, min_chunk = self._start_upload()
+        uploads.note(key, self, location)
         try:
             if size is not None and size <= self.client.options.monolithic_max:
                 return self._upload_whole(location, opener, digest, size)
@@ -550,6 +588,7 @@ class Repository:
                 mark = (offset, hasher.copy() if hasher else None)
                 try:
                     location, offset = self._patch(location, opener, offset, length, hasher)
+                    uploads.note(key, self, location)
                     if size is None:
                         break  # a streamed PATCH sends everything up to EOF
                 except (RegistryUnavailable, _Retryable) as exc:
@@ -559,14 +598,18 @@ class Repository:
                     if status is None or status[1] < mark[0] or (size is not None and status[1] > size):
                         raise _Retryable(f"upload session lost: {exc}") from None
                     location, offset = status
+                    uploads.note(key, self, location)
                     hasher = self._rehash(opener, mark, offset) if hasher else None
             final = digest or (hasher.digest() if hasher else "")
             if size is not None and offset != size:
                 raise UploadError(f"uploaded {offset} bytes of a blob declared as {size} to {self.name}")
             return self._finish_upload(location, final, offset, body=b"")
         except KeyboardInterrupt:  # cancelled: leave no upload session behind
+            uploads.forget(key)
             self._cancel_upload(location)
             raise
+        finally:
+            uploads.forget(key)
 
     def _upload_whole(self, location: str, opener: Opener, digest: str | None, size: int) -> BlobInfo:
         with contextlib.closing(opener(0)) as f:
