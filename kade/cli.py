@@ -79,19 +79,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return _failed(as_json, "usage", EXIT_USAGE, "no command given", printed=True)
     as_json = getattr(args, "output", None) == "json" or as_json
-    with cancel.scope() as token, cancel_on_signals(token):
+    with cancel.scope() as token:
         try:
-            return int(args.func(args) or EXIT_OK)
-        except errors.USAGE as exc:
-            return _failed(as_json, "usage", EXIT_USAGE, str(exc))
-        except errors.EXPECTED as exc:
-            return _failed(as_json, "failed", EXIT_FAILED, str(exc))
-        except KeyboardInterrupt as exc:
+            with cancel_on_signals(token):
+                return _run(args, as_json)
+        except KeyboardInterrupt as exc:  # (also a signal landing just as the command ends)
             from kade.interrupt import exit_code
 
             signum = getattr(exc, "signum", None) or token.signum
             message = cancel.describe(signum).replace("cancelled", "interrupted")
             return _failed(as_json, "interrupted", exit_code(signum), message)
+
+
+def _run(args: argparse.Namespace, as_json: bool) -> int:
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except errors.USAGE as exc:
+        return _failed(as_json, "usage", EXIT_USAGE, str(exc))
+    except errors.EXPECTED as exc:
+        return _failed(as_json, "failed", EXIT_FAILED, str(exc))
 
 
 def _failed(as_json: bool, kind: str, code: int, message: str, printed: bool = False) -> int:
