@@ -111,9 +111,14 @@ def _usage(func: Any) -> Any:
 
 
 def _kube(args: argparse.Namespace) -> Any:
+    """The cluster client; every wait of the command ends by its --timeout (plus a grace for recording
+    the outcome), each plain request by 30 s."""
     from deployer.kube import Kube
 
-    return Kube(args.kubeconfig, args.context)
+    kube = Kube(args.kubeconfig, args.context)
+    if getattr(args, "timeout", None):
+        kube.limit(_duration(args.timeout, "--timeout"))
+    return kube
 
 
 def _duration(text: str, flag: str) -> float:

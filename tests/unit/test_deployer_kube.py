@@ -1,0 +1,136 @@
+"""deployer.kube: kubeconfig errors name the file, transient failures are retried (bounded and
+reported), and an API server that never answers is given up on within the command's deadline.
+The servers here are local listeners: a real API server cannot be made to hang or to answer 503
+on demand (the end-to-end slow-webhook test covers the real retry path)."""
+import http.server
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from deployer.errors import DeployError
+from deployer.kube import Kube, KubeError, kubeconfig_paths, retry_delay, transient
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "http://127.0.0.1:%d"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+def test_paths_follow_kubectl():
+    assert kubeconfig_paths("/a", {"KUBECONFIG": "/b"}) == ["/a"]
+    assert kubeconfig_paths(None, {"KUBECONFIG": "/b::/c"}) == ["/b", "/c"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("clusters: [a\nusers: {", "is not valid YAML at line"),
+    ("just a string", "is not a kubeconfig"),
+    ("- a\n- b\n", "is not a kubeconfig"),
+])
+def test_bad_kubeconfig_names_the_file(tmp_path, text, expected):
+    path = tmp_path / "config"
+    path.write_text(text)
+    with pytest.raises(DeployError) as err:
+        Kube(str(path))
+    assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_missing_kubeconfig_names_the_file(tmp_path):
+    with pytest.raises(DeployError, match="missing.yaml does not exist"):
+        Kube(str(tmp_path / "missing.yaml"))
+
+
+def test_unknown_context_names_the_file(tmp_path):
+    path = tmp_path / "config"
+    path.write_text(KUBECONFIG % 1)
+    with pytest.raises(DeployError) as err:
+        Kube(str(path), context="nope")
+    assert str(path) in str(err.value) and "nope" in str(err.value)
+
+
+@pytest.mark.parametrize("status,message,reason,retried", [
+    (429, "too many requests", "", True),
+    (503, "unavailable", "", True),
+    (504, "gateway timeout", "", True),
+    (500, 'Internal error occurred: failed calling webhook "v.example.com": connection refused', "", True),
+    (500, "etcdserver: request timed out", "", True),
+    (500, "some other internal error", "", False),
+    (0, "refused", "ConnectionError", True),
+    (0, "did not answer", "Timeout", True),
+    (0, "timeout ran out", "Deadline", False),
+    (404, "not found", "", False),
+    (409, "conflict", "Conflict", False),
+    (422, "field is immutable", "Invalid", False),
+])
+def test_transient_errors(status, message, reason, retried):
+    assert bool(transient(KubeError(message, status, reason))) == retried
+
+
+def test_retry_delays_grow_and_respect_retry_after():
+    assert [retry_delay(i) for i in range(7)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+    assert retry_delay(0, 3.0) == 3.0 and retry_delay(0, 120.0) == 10.0
+
+
+def _config(tmp_path, port):
+    path = tmp_path / "config"
+    path.write_text(KUBECONFIG % port)
+    return str(path)
+
+
+def test_a_server_that_never_answers_is_given_up_at_the_deadline(tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)  # accepts connections (the kernel does), never answers
+    try:
+        kube = Kube(_config(tmp_path, listener.getsockname()[1]), retry_window=60)
+        kube.limit(3)
+        start = time.monotonic()
+        with pytest.raises(KubeError) as err:
+            kube.request("GET", "/api/v1/namespaces/default")
+        took = time.monotonic() - start
+    finally:
+        listener.close()
+    assert took < 8, took
+    assert "did not answer GET /api/v1/namespaces/default" in str(err.value) or "timeout ran out" in str(err.value)
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    failures = 2
+    seen = 0
+
+    def do_GET(self):  # noqa: N802
+        type(self).seen += 1
+        if type(self).seen <= type(self).failures:
+            body = json.dumps({"kind": "Status", "message": "the server is currently unable to handle the request",
+                               "code": 503}).encode()
+            self.send_response(503)
+        else:
+            body = json.dumps({"kind": "Namespace", "metadata": {"name": "default"}}).encode()
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_transient_failures_are_retried_and_reported(tmp_path):
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    reports = []
+    try:
+        kube = Kube(_config(tmp_path, server.server_address[1]),
+                    report=lambda kind, message, **f: reports.append((kind, message)))
+        assert kube.request("GET", "/api/v1/namespaces/default")["metadata"]["name"] == "default"
+    finally:
+        server.shutdown()
+    assert [k for k, _ in reports] == ["retry", "retry"]
+    assert "unavailable (503)" in reports[0][1] and "attempt 2" in reports[0][1]
+    assert kube.retry_count == 2
