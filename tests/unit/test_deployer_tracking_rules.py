@@ -167,7 +167,7 @@ def test_release_names(name, ok):
     ("", "ConfigMap", {}, False),
 ])
 def test_which_kinds_settle(group, kind, obj, expected):
-    from deployer.tracker import needs_settle
+    from deployer.verdict import needs_settle
 
     assert needs_settle(group, kind, obj) is expected
 
