@@ -148,6 +148,21 @@ def test_prune_actions_respect_keep_policy():
     assert [(r.name, a) for r, a in actions] == [("kept", "keep"), ("gone", "delete")]
 
 
+def test_prune_keeps_crds_and_namespaces_unless_asked_and_never_prunes_hooks():
+    from deployer.deploy import DeployOptions
+
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "w.example.com"}}
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}
+    hook = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "migrate", "annotations": {"helm.sh/hook": "pre-upgrade"}}}
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}
+    previous = ReleaseRecord("r", "ns", 1, "deployed", [ns, crd, hook, dep])
+    actions = _prune_actions(previous, [], DeployOptions("r", "ns"))
+    # uninstall order: reverse of Helm's install order
+    assert [(r.name, a) for r, a in actions] == [("web", "delete"), ("w.example.com", "keep"), ("team", "keep")]
+    asked = _prune_actions(previous, [], DeployOptions("r", "ns", delete_crds=True, delete_namespaces=True))
+    assert [a for _, a in asked] == ["delete", "delete", "delete"]
+
+
 @pytest.mark.parametrize("name,ok", [("web", True), ("a", True), ("my-app-2", True), ("Web", False), ("-x", False),
                                      ("x" * 41, False), ("a.b", False), ("", False)])
 def test_release_names(name, ok):
