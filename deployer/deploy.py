@@ -255,6 +255,7 @@ class Deployer:
     def _run_stages(self, plan: Plan, deadline: float, opts: DeployOptions, progress: Progress,
                     logs: LogFollowers) -> list[Failure]:
         total = len(plan.stages)
+        finished: list[tuple[Target, Resource]] = []  # tracked in this hook phase (or stage)
         for index, stage in enumerate(plan.stages, start=1):
             names = ", ".join(r.key.short for r in stage.resources)
             self.report("stage", f"[{index}/{total}] {stage.name}: {names}", stage=stage.name)
@@ -281,16 +282,22 @@ class Deployer:
                 return [Failure(names, "Timeout", "the deploy timeout was used up before this stage")]
             result = Tracker(self.kube, self.report, targets, remaining, settle=opts.settle, logs=logs).run()
             progress.ignored += result.ignored
-            self._delete_after(result.targets, by_key)
+            finished += [(t, by_key[t.key]) for t in result.targets]
+            next_hook = plan.stages[index].hook if index < total else "end"
+            if not result.ok or next_hook != stage.hook:
+                self._delete_after(finished, all_succeeded=result.ok)  # at the end of a hook phase, as Helm
+                finished = []
             if not result.ok:
                 return result.failures
         return []
 
-    def _delete_after(self, targets: list[Target], resources: dict[ResourceKey, Resource]) -> None:
-        """delete-policy succeeded / failed (Helm's hook-succeeded / hook-failed), once tracked."""
-        for t in targets:
-            policies = delete_policies(resources[t.key])
-            if (t.verdict == "ready" and SUCCEEDED in policies) or (t.verdict == "failed" and DELETE_IF_FAILED in policies):
+    def _delete_after(self, finished: list[tuple[Target, Resource]], all_succeeded: bool) -> None:
+        """delete-policy succeeded / failed (Helm's hook-succeeded / hook-failed), once tracked: the
+        succeeded ones only when everything of their phase succeeded (a later hook may need them)."""
+        for t, resource in finished:
+            policies = delete_policies(resource)
+            if (all_succeeded and t.verdict == "ready" and SUCCEEDED in policies) or \
+                    (t.verdict == "failed" and DELETE_IF_FAILED in policies):
                 if applier.delete(self.kube, t.api, t.key.namespace, t.key.name):
                     self.report("delete", f"deleted {t.key} (delete-policy {SUCCEEDED if t.verdict == 'ready' else DELETE_IF_FAILED})",
                                 resource=str(t.key))

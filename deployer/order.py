@@ -115,6 +115,8 @@ def plan_stages(resources: list[Resource], operation: str = INSTALL) -> Plan:
     stages: list[Stage] = []
     for phase in _PHASES:
         members = [r for r in active if phases[r.key] == phase]
+        if phase == "post-deploy":  # a hook of both pre- and post-<operation> runs twice, as in Helm
+            members += [r for r in active if phases[r.key] == "pre-deploy" and f"post-{operation}" in hook_events(r)]
         if not members:
             continue
         hook = phase if phase in HOOKS else None

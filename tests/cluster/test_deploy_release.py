@@ -75,8 +75,10 @@ def test_removed_resource_is_pruned_but_keep_policy_stays(kade, kube_cluster, ku
                        configmap("c", {"kade.io/resource-policy": "keep"}, x="3"))
     run1 = deploy(kade, ns, first)
     assert run1.rc == 0, str(run1)
-    plan = kade.run("plan", "-f", kade.write("only-a.yaml", configmap("a", x="1")), "--release", "app", "-n", ns)
-    assert plan.rc == 2 and f"delete    ConfigMap {ns}/b" in plan.stdout and f"keep      ConfigMap {ns}/c" in plan.stdout, str(plan)
+    plan = kade.run("plan", "-f", kade.write("only-a.yaml", configmap("a", x="1")), "--release", "app", "-n", ns,
+                    "--exit-code")
+    assert plan.rc == 3 and f"delete    ConfigMap {ns}/b" in plan.stdout and f"keep      ConfigMap {ns}/c" in plan.stdout, str(plan)
+    assert "x: '2'" in plan.stdout, "a delete shows the body it deletes"
     run = deploy(kade, ns, kade.write("only-a2.yaml", configmap("a", x="1")))
     assert run.rc == 0, str(run)
     names = [c.metadata.name for c in client.CoreV1Api(kube_cluster.api_client()).list_namespaced_config_map(ns).items]
@@ -95,13 +97,16 @@ def test_two_concurrent_deploys_of_one_release(kade, kube_cluster, kube_namespac
     while not [l for l in coord.list_namespaced_lease(ns).items if l.metadata.name == "kade-release-app"]:
         assert first.poll() is None and time.monotonic() < deadline, "the first deploy never took the lease"
         time.sleep(0.1)
-    second = kade.run(*args)  # the first is still tracking a 6 s readiness delay
+    short = kade.run(*args[:-1], "3s")  # the first is still tracking a 6 s readiness delay
+    assert short.rc == 1, str(short)
+    assert "is being deployed by" in short.stderr and "waited 3s" in short.stderr
+    second = kade.run(*args)  # waits for the lease instead of failing at once
     out, err = first.communicate(timeout=180)
     assert first.returncode == 0, err
-    assert second.rc == 1, str(second)
-    assert "is being deployed by" in second.stderr and "wait for it to finish" in second.stderr
+    assert second.rc == 0, str(second)
+    assert "waiting" in second.stderr and "is being deployed by" in second.stderr
     history = kade.run("history", "app", "-n", ns, "--output", "json").result
-    assert [(r["revision"], r["status"]) for r in history] == [(1, "deployed")]
+    assert [(r["revision"], r["status"]) for r in history] == [(1, "superseded"), (2, "deployed")]
 
 
 def test_lease_of_a_dead_deploy_expires(kade, kube_cluster, kube_namespace):

@@ -134,3 +134,54 @@ def test_transient_failures_are_retried_and_reported(tmp_path):
     assert [k for k, _ in reports] == ["retry", "retry"]
     assert "unavailable (503)" in reports[0][1] and "attempt 2" in reports[0][1]
     assert kube.retry_count == 2
+
+
+class _Compacted(http.server.BaseHTTPRequestHandler):
+    """A watch from an old resourceVersion gets a 410 ERROR event (as a compacted API server sends);
+    a list answers with one ConfigMap; a watch from that list's resourceVersion stays quiet."""
+    requests: list = []
+
+    def do_GET(self):  # noqa: N802
+        type(self).requests.append(self.path)
+        if "watch=true" in self.path and "resourceVersion=1&" in self.path + "&":
+            body = json.dumps({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired",
+                                                           "message": "too old resource version: 1 (4360)"}}) + "\n"
+        elif "watch=true" in self.path:
+            body = ""
+        else:
+            body = json.dumps({"kind": "ConfigMapList", "metadata": {"resourceVersion": "4400"},
+                               "items": [{"metadata": {"name": "marker", "namespace": "ns", "resourceVersion": "4399"}}]})
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_watch_lists_again_after_410_gone(tmp_path):
+    """The fault a real server shows only after etcd compacted its history (so not on a fresh machine)."""
+    import queue
+
+    from deployer.tracker import Tracker, _WatchSpec
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Compacted)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kube = Kube(_config(tmp_path, server.server_address[1]))
+    tracker = Tracker(kube, lambda *a, **k: None, [], timeout=30, watch_timeout=1)
+    spec = _WatchSpec("obj:/configmaps", "/api/v1/namespaces/ns/configmaps")
+    thread = threading.Thread(target=tracker._watch, args=(spec, "1"), daemon=True)
+    thread.start()
+    try:
+        item = tracker.queue.get(timeout=10)
+    except queue.Empty:
+        item = None
+    finally:
+        tracker.stop.set()
+        server.shutdown()
+    assert item is not None and item[0] == "sync" and item[2][0]["metadata"]["name"] == "marker", item
+    assert any("watch=true" in p and "resourceVersion=1&" in p + "&" for p in _Compacted.requests)
+    assert any("watch" not in p for p in _Compacted.requests), "listed again after the 410"

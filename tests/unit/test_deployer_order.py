@@ -141,7 +141,8 @@ HOOKS = [
 @pytest.mark.parametrize("operation,expected", [
     ("install", [["install-only", "deploy"], ["cfg"]]),
     ("upgrade", [["upgrade-only", "deploy"], ["cfg"], ["werf-upgrade"]]),
-    ("rollback", [["rollback"], ["cfg"]]),  # not the old pre-deploy migrations
+    ("delete", [["delete"]]),
+    ("rollback", [["rollback"], ["cfg"], ["rollback"]]),  # not the old pre-deploy migrations; pre and post: twice
 ])
 def test_hooks_by_operation(operation, expected):
     assert names(plan_stages(HOOKS, operation)) == expected
