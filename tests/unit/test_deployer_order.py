@@ -141,7 +141,7 @@ HOOKS = [
 @pytest.mark.parametrize("operation,expected", [
     ("install", [["install-only", "deploy"], ["cfg"]]),
     ("upgrade", [["upgrade-only", "deploy"], ["cfg"], ["werf-upgrade"]]),
-    ("delete", [["delete"]]),
+    ("delete", [["delete"], ["cfg"]]),  # uninstall runs the hook stages only
     ("rollback", [["rollback"], ["cfg"], ["rollback"]]),  # not the old pre-deploy migrations; pre and post: twice
 ])
 def test_hooks_by_operation(operation, expected):
