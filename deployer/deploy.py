@@ -398,8 +398,9 @@ class Deployer:
             previous = _last_deployed(ReleaseStore(self.kube, opts.namespace, opts.release).history())
         recorded = {Resource(m).key: m for m in previous.manifests} if previous else {}
         result = PlanResult([], opts.release, opts.namespace, plan_digest(resources))
-        stages = plan_stages(resources, UPGRADE if previous else INSTALL).stages
-        for r in [r for stage in stages for r in stage.resources]:
+        operation = UPGRADE if previous else INSTALL
+        stages = plan_stages(resources, operation).stages
+        for r in [r for stage in stages if not stage.hook for r in stage.resources]:
             try:
                 api = self._api(r)
             except DeployError:
@@ -413,6 +414,10 @@ class Deployer:
             live = applier.get_live(self.kube, api, r.namespace, r.name)
             result.versions[str(r.key)] = fingerprint(live)
             result.changes.append(self._plan_one(r, api, live, recorded.get(r.key), opts))
+        hooks = {r.key: (r, stage.hook) for stage in stages if stage.hook for r in stage.resources}
+        for r, hook in hooks.values():
+            events = sorted(e for e in hook_events(r) if e.endswith(operation))
+            result.changes.append(Change("hook", r.key, body=shown(r.body), note=f"runs at {', '.join(events)}"))
         for r, action in (_prune_actions(previous, resources, opts) if previous else []):
             if action == "keep":
                 result.changes.append(Change("keep", r.key, note=keep_reason(r, opts)))

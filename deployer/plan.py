@@ -26,7 +26,7 @@ PLAN_VERSION = 1
 
 @dataclass
 class Change:
-    action: str  # create | update | recreate | delete | unchanged | keep | refused | invalid
+    action: str  # create | update | recreate | delete | unchanged | keep | hook (runs every time) | refused | invalid
     key: ResourceKey
     diff: str = ""  # update: unified diff of live -> planned
     body: str = ""  # create, recreate, delete: the object as YAML (Secret values hidden)
