@@ -88,7 +88,7 @@ def rewrite_managed_fields(kube: Kube, api: ApiResource, live: dict[str, Any], m
              {"op": "replace", "path": "/metadata/managedFields", "value": managed}]
     try:
         return kube.request("PATCH", api.path(meta.get("namespace", "") if api.namespaced else "", meta.get("name", "")),
-                            body=json.dumps(patch), content_type="application/json-patch+json")
+                            body=patch, content_type="application/json-patch+json")  # a list: sent as JSON Patch
     except KubeError as exc:
         raise DeployError(f"cannot rewrite the field managers of {api.kind} {meta.get('name')}: {exc}") from None
 
