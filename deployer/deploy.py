@@ -130,7 +130,7 @@ class Deployer:
         """Install or upgrade (a rollback when `rollback_of` names the revision whose manifests these are)."""
         validate_release_name(opts.release)
         start = time.monotonic()
-        self.kube.limit(opts.timeout + RECORD_GRACE)
+        self.kube.limit(opts.timeout)
         resources = self.prepare(resources, opts.namespace)
         for r in resources:
             mark(r.body, opts.release, opts.namespace)
@@ -158,6 +158,7 @@ class Deployer:
                         release=opts.release, revision=revision, operation=operation)
             progress = Progress()
             failures = self._run(plan, start + opts.timeout, opts, progress)
+            self.kube.extend(RECORD_GRACE)  # the outcome is recorded (and a failure undone) even past the timeout
             created = progress.created
             if lock.lost:
                 failures = failures or [Failure(f"release {opts.release}", "LeaseLost", lock.lost)]
@@ -312,7 +313,7 @@ class Deployer:
                                f"rollback to {previous.revision} after revision {failed.revision} failed",
                                values=previous.values, images=previous.images, rollback_of=previous.revision)
         store.save(record)
-        self.kube.limit(opts.timeout + RECORD_GRACE)
+        self.kube.limit(opts.timeout)
         for r in resources:
             mark(r.body, opts.release, opts.namespace)
         try:
@@ -320,6 +321,7 @@ class Deployer:
             failures = self._run(plan_stages(resources, ROLLBACK), time.monotonic() + opts.timeout, opts, Progress())
         except DeployError as exc:
             failures = [Failure(f"release {opts.release}", "RollbackFailed", str(exc))]
+        self.kube.extend(RECORD_GRACE)
         keys = {r.key for r in resources}
         self._remove_created([(k, api) for k, api in created if k not in keys])
         head = f"release {opts.release} revision {failed.revision} failed: {cause.headline()}"
@@ -382,7 +384,7 @@ class Deployer:
     def plan(self, resources: list[Resource], opts: DeployOptions) -> PlanResult:
         """What a deploy of `resources` would do, read from the cluster and dry-run applies."""
         validate_release_name(opts.release)
-        self.kube.limit(opts.timeout + RECORD_GRACE)
+        self.kube.limit(opts.timeout)
         resources = self.prepare(resources, opts.namespace)
         for r in resources:
             mark(r.body, opts.release, opts.namespace)
@@ -439,6 +441,13 @@ class Deployer:
             if refusal and not opts.adopt:
                 return Change("refused", r.key, note=refusal)
             note = f"adopted from {owner_of(live)}" if refusal else ""
+        drift = ""
+        if recorded is not None and live is not None:
+            try:
+                was = self._dry_run(Resource(recorded, r.source), api, live, True)
+                drift = applier.diff(was, live, r.key.short)
+            except DeployError:
+                drift = ""
         policies = delete_policies(r)
         if live is not None and BEFORE_CREATION in policies:
             return Change("recreate", r.key, body=shown(r.body), note=f"delete-policy {BEFORE_CREATION}")
@@ -449,19 +458,12 @@ class Deployer:
                 return Change("recreate", r.key, body=shown(r.body),
                               note=f"a field that cannot change in place changed ({exc.cause}); "
                                    f"delete-policy {IF_IMMUTABLE}")
-            return Change("invalid", r.key, note=str(exc))
+            return Change("invalid", r.key, drift=drift, note=str(exc))
         except DeployError as exc:
-            return Change("invalid", r.key, note=str(exc))
+            return Change("invalid", r.key, drift=drift, note=str(exc))
         if live is None:
             return Change("create", r.key, body=shown(planned), note=note)
         d = applier.diff(live, planned, r.key.short)
-        drift = ""
-        if recorded is not None:
-            try:
-                was = self._dry_run(Resource(recorded, r.source), api, live, True)
-                drift = applier.diff(was, live, r.key.short)
-            except DeployError:
-                drift = ""
         return Change("update" if d else "unchanged", r.key, d, drift=drift, note=note)
 
     def _dry_run(self, r: Resource, api: ApiResource, live: dict[str, Any] | None, force: bool) -> dict[str, Any]:
@@ -526,7 +528,7 @@ class Deployer:
         """Run the pre-delete hooks, delete what the release owns (never CRDs or Namespaces unless asked,
         never resource-policy keep), run the post-delete hooks, delete the history."""
         validate_release_name(opts.release)
-        self.kube.limit(opts.timeout + RECORD_GRACE)
+        self.kube.limit(opts.timeout)
         store = ReleaseStore(self.kube, opts.namespace, opts.release)
         with ReleaseLock(self.kube, opts.namespace, opts.release, wait=opts.timeout, report=self.report):
             history = self._history(store)
@@ -552,6 +554,7 @@ class Deployer:
                     self.report("info", f"keeping {r.key}: {why}")
                 elif self._delete_owned(r, opts, "deleted {key}"):
                     removed.append(r.key)
+            self.kube.extend(RECORD_GRACE)
             post = Plan([s for s in hooks.stages if s.hook == "post-deploy"])
             failures = self._run(post, time.monotonic() + max(deadline - time.monotonic(), 30), opts, Progress())
             for failure in failures:

@@ -157,6 +157,11 @@ class Kube:
         """Bound every later wait to `seconds` from now (None: only the per-request timeouts)."""
         self.deadline = None if seconds is None else time.monotonic() + seconds
 
+    def extend(self, seconds: float) -> None:
+        """Leave at least `seconds` from now (recording an outcome after the deadline passed)."""
+        if self.deadline is not None:
+            self.deadline = max(self.deadline, time.monotonic() + seconds)
+
     def _remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
 

@@ -136,3 +136,47 @@ def test_release_record_past_one_mebibyte_is_split(kade, kube_cluster, kube_name
     assert len(secrets) >= 2, "a record over 1 MiB must be split over several Secrets"
     history = kade.run("history", "app", "-n", ns, "--output", "json")
     assert history.rc == 0 and history.result[0]["resources"] == 2, str(history)
+
+
+def test_an_incomplete_record_never_blocks_the_next_deploy(kade, kube_cluster, kube_namespace):
+    """A deploy killed while writing a two-part record leaves one part: the next deploy says so,
+    removes it and goes on (a new revision number, past the broken one)."""
+    ns = kube_namespace
+    assert deploy(kade, ns, kade.write("a.yaml", configmap("a", x="1"))).rc == 0
+    client.CoreV1Api(kube_cluster.api_client()).create_namespaced_secret(ns, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="kade.release.v1.app.v2.0", labels={
+            "owner": "kade", "kade.io/release": "app", "kade.io/revision": "2", "kade.io/part": "0",
+            "kade.io/parts": "2", "kade.io/status": "pending"}),
+        type="kade.io/release.v1", data={"release": "H4sIAAAAAAAA"}))
+    run = deploy(kade, ns, kade.write("b.yaml", configmap("a", x="2")))
+    assert run.rc == 0, str(run)
+    assert "revision 2: its record is incomplete" in run.stderr
+    assert run.result["revision"] == 3
+    history = kade.run("history", "app", "-n", ns, "--output", "json").result
+    assert [(r["revision"], r["status"]) for r in history] == [(1, "superseded"), (3, "deployed")]
+
+
+def test_a_saved_plan_is_deployed_only_while_it_is_true(kade, kube_cluster, kube_namespace):
+    ns = kube_namespace
+    assert deploy(kade, ns, kade.write("a.yaml", configmap("a", x="1"), configmap("b", x="1"))).rc == 0
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"}, "stringData": {"token": "s3cret-value"}}
+    path = kade.write("a2.yaml", configmap("a", x="2"), secret)
+    plan = kade.run("plan", "-f", path, "--release", "app", "-n", ns, "--save-plan", "plan.json", "--exit-code")
+    assert plan.rc == 3 and f"update    ConfigMap {ns}/a" in plan.stdout and f"delete    ConfigMap {ns}/b" in plan.stdout
+    assert f"create    Secret {ns}/token" in plan.stdout and "<hidden, sha256" in plan.stdout
+    saved = (kade.workdir / "plan.json").read_text()
+    assert "s3cret-value" not in saved + plan.stdout, "Secret values never land in a plan"
+    other = kade.write("a3.yaml", configmap("a", x="3"), secret)
+    refused = deploy(kade, ns, other, "--use-plan", "plan.json")
+    assert refused.rc == 1 and "rendered manifests differ" in refused.stderr, str(refused)
+    client.CoreV1Api(kube_cluster.api_client()).patch_namespaced_config_map("a", ns, {"data": {"x": "edited"}},
+                                                                           field_manager="kubectl-edit")
+    drifted = deploy(kade, ns, path, "--use-plan", "plan.json")
+    assert drifted.rc == 1 and f"ConfigMap {ns}/a was changed in the cluster since" in drifted.stderr, str(drifted)
+    drift = kade.run("plan", "-f", kade.write("a1.yaml", configmap("a", x="1"), configmap("b", x="1")),
+                     "--release", "app", "-n", ns)
+    assert "drift: changed in the cluster since the last deploy" in drift.stdout and "edited" in drift.stdout, str(drift)
+    client.CoreV1Api(kube_cluster.api_client()).patch_namespaced_config_map("a", ns, {"data": {"x": "1"}},
+                                                                           field_manager="kubectl-edit")
+    approved = deploy(kade, ns, path, "--use-plan", "plan.json")
+    assert approved.rc == 0, str(approved)
