@@ -22,6 +22,8 @@ from deployer.kube import Gone, Kube, KubeError, iter_lines
 from deployer.logs import LogFollowers
 from deployer.options import (END_OF_DEPLOY, FAIL_FAST, HOPE, IGNORE, NON_BLOCKING, TrackOptions,
                               log_line_shown)
+from deployer.objects import (involved_uid as _involved_uid, name as _name, namespace as _ns,
+                              resource_version as _rv, uid as _uid)
 from deployer.readiness.common import condition, condition_is, generation_pending, owned_by
 from deployer.resources import ApiResource, ResourceKey
 from deployer.revision import new_revision_pods, watches_pods
@@ -493,26 +495,6 @@ def _store_name(api: ApiResource) -> str:
 def _id(obj: dict) -> str:
     meta = obj.get("metadata") or {}
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
-
-
-def _name(obj: dict | None) -> str:
-    return str(((obj or {}).get("metadata") or {}).get("name", ""))
-
-
-def _ns(obj: dict) -> str:
-    return str((obj.get("metadata") or {}).get("namespace", ""))
-
-
-def _uid(obj: dict | None) -> str:
-    return str(((obj or {}).get("metadata") or {}).get("uid", ""))
-
-
-def _rv(obj: dict | None) -> str:
-    return str(((obj or {}).get("metadata") or {}).get("resourceVersion", ""))
-
-
-def _involved_uid(event: dict) -> str:
-    return str((event.get("involvedObject") or event.get("regarding") or {}).get("uid", ""))
 
 
 def _event_time(event: dict) -> float:

@@ -16,6 +16,7 @@ from deployer import readiness
 from deployer.durations import format_duration
 from deployer.options import TrackOptions
 from deployer.readiness.common import Status
+from deployer.objects import involved_uid as _involved_uid, name as _name, resource_version as _rv, uid as _uid
 from deployer.resources import ResourceKey
 from deployer.revision import expected_replicas
 from deployer.scheduling import scheduling
@@ -156,17 +157,3 @@ def _restarts(pod: dict) -> int:
     return total
 
 
-def _name(obj: dict | None) -> str:
-    return str(((obj or {}).get("metadata") or {}).get("name", ""))
-
-
-def _uid(obj: dict | None) -> str:
-    return str(((obj or {}).get("metadata") or {}).get("uid", ""))
-
-
-def _rv(obj: dict | None) -> str:
-    return str(((obj or {}).get("metadata") or {}).get("resourceVersion", ""))
-
-
-def _involved_uid(event: dict) -> str:
-    return str((event.get("involvedObject") or event.get("regarding") or {}).get("uid", ""))

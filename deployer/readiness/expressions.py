@@ -84,20 +84,20 @@ class _Parser:
         return node
 
     def or_(self) -> Node:
-        node = self.and_()
-        while self.peek("||"):
-            self.take()
-            left, right = node, self.and_()
-            node = lambda o, a=left, b=right: _truthy(a(o)) or _truthy(b(o))  # noqa: E731
-        return node
+        return self.chain("||", self.and_, any)
 
     def and_(self) -> Node:
-        node = self.not_()
-        while self.peek("&&"):
+        return self.chain("&&", self.not_, all)
+
+    def chain(self, op: str, operand: Callable[[], Node], combine: Callable[[Any], bool]) -> Node:
+        """operand (op operand)*, evaluated left to right with short-circuit."""
+        nodes = [operand()]
+        while self.peek(op):
             self.take()
-            left, right = node, self.not_()
-            node = lambda o, a=left, b=right: _truthy(a(o)) and _truthy(b(o))  # noqa: E731
-        return node
+            nodes.append(operand())
+        if len(nodes) == 1:
+            return nodes[0]
+        return lambda o: combine(_truthy(n(o)) for n in nodes)
 
     def not_(self) -> Node:
         if self.peek("!"):

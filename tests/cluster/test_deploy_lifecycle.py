@@ -16,6 +16,7 @@ import pytest
 from kubernetes import client
 
 from tests.fixtures.deploy import configmap, deployment, job
+from tests.fixtures.jsonserver import JsonHandler
 
 pytestmark = pytest.mark.cluster
 
@@ -205,19 +206,11 @@ def test_kubectl_scale_and_replicas_on_creation(kade, kube_cluster, kube_namespa
     assert apps.read_namespaced_deployment("auto", ns).spec.replicas == 2, "replicas-on-creation leaves replicas alone"
 
 
-class _Validator(http.server.BaseHTTPRequestHandler):
+class _Validator(JsonHandler):
     def do_POST(self):  # noqa: N802
         review = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        body = json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                           "response": {"uid": review["request"]["uid"], "allowed": True}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(200, {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                             "response": {"uid": review["request"]["uid"], "allowed": True}})
 
 
 def test_an_operator_whose_webhook_starts_late(kade, kube_cluster, kube_namespace, tmp_path, record_property):

@@ -12,6 +12,7 @@ import pytest
 
 from deployer.errors import DeployError
 from deployer.kube import Kube, KubeError, kubeconfig_paths, retry_delay, transient
+from tests.fixtures.jsonserver import JsonHandler
 
 KUBECONFIG = """apiVersion: v1
 kind: Config
@@ -99,26 +100,17 @@ def test_a_server_that_never_answers_is_given_up_at_the_deadline(tmp_path):
     assert "did not answer GET /api/v1/namespaces/default" in str(err.value) or "timeout ran out" in str(err.value)
 
 
-class _Flaky(http.server.BaseHTTPRequestHandler):
+class _Flaky(JsonHandler):
     failures = 2
     seen = 0
 
     def do_GET(self):  # noqa: N802
         type(self).seen += 1
         if type(self).seen <= type(self).failures:
-            body = json.dumps({"kind": "Status", "message": "the server is currently unable to handle the request",
-                               "code": 503}).encode()
-            self.send_response(503)
+            self.send_json(503, {"kind": "Status", "message": "the server is currently unable to handle the request",
+                                 "code": 503})
         else:
-            body = json.dumps({"kind": "Namespace", "metadata": {"name": "default"}}).encode()
-            self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+            self.send_json(200, {"kind": "Namespace", "metadata": {"name": "default"}})
 
 
 def test_transient_failures_are_retried_and_reported(tmp_path):
@@ -136,7 +128,7 @@ def test_transient_failures_are_retried_and_reported(tmp_path):
     assert kube.retry_count == 2
 
 
-class _Compacted(http.server.BaseHTTPRequestHandler):
+class _Compacted(JsonHandler):
     """A watch from an old resourceVersion gets a 410 ERROR event (as a compacted API server sends);
     a list answers with one ConfigMap; a watch from that list's resourceVersion stays quiet."""
     requests: list = []
@@ -151,15 +143,7 @@ class _Compacted(http.server.BaseHTTPRequestHandler):
         else:
             body = json.dumps({"kind": "ConfigMapList", "metadata": {"resourceVersion": "4400"},
                                "items": [{"metadata": {"name": "marker", "namespace": "ns", "resourceVersion": "4399"}}]})
-        data = body.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(200, body)
 
 
 def test_watch_lists_again_after_410_gone(tmp_path):
