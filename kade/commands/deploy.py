@@ -115,20 +115,6 @@ def _render_args(p: argparse.ArgumentParser) -> None:
 
 # ---- handlers -------------------------------------------------------------------------------------
 
-def _usage(func: Any) -> Any:
-    """deployer.errors.UsageError -> the CLI's exit-2 UsageError."""
-    def wrapper(args: argparse.Namespace) -> int:
-        from deployer.errors import UsageError as DeployUsage
-
-        try:
-            return func(args)
-        except DeployUsage as exc:
-            raise UsageError(str(exc)) from None
-
-    wrapper.__name__ = func.__name__
-    return wrapper
-
-
 def _kube(args: argparse.Namespace) -> Any:
     """The cluster client; every wait of the command ends by its --timeout (plus a grace for recording
     the outcome), each plain request by 30 s."""
@@ -193,7 +179,6 @@ def _options(args: argparse.Namespace, values: dict | None = None, images: dict 
     return opts
 
 
-@_usage
 def run_deploy(args: argparse.Namespace) -> int:
     from deployer.deploy import Deployer
     from kade.workspace import has_project
@@ -233,7 +218,6 @@ def _outcome(args: argparse.Namespace, action: Any) -> int:
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-@_usage
 def run_plan(args: argparse.Namespace) -> int:
     from deployer.deploy import Deployer
     from deployer.plan import save
@@ -273,7 +257,6 @@ def _print_changes(output: str, result: Any) -> None:
     print_result(output, data, text)
 
 
-@_usage
 def run_rollback(args: argparse.Namespace) -> int:
     from deployer.deploy import DeployOptions
 
@@ -281,7 +264,6 @@ def run_rollback(args: argparse.Namespace) -> int:
     return _outcome(args, lambda deployer: deployer.rollback(opts, args.revision))
 
 
-@_usage
 def run_history(args: argparse.Namespace) -> int:
     from deployer.deploy import Deployer
 
@@ -302,7 +284,6 @@ def run_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_usage
 def run_uninstall(args: argparse.Namespace) -> int:
     from deployer.deploy import Deployer, DeployOptions
 
@@ -318,7 +299,6 @@ def run_uninstall(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_usage
 def run_track(args: argparse.Namespace) -> int:
     from deployer.deploy import Deployer
     from deployer.options import track_options
