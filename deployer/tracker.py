@@ -20,10 +20,9 @@ from deployer import readiness
 from deployer.durations import format_duration
 from deployer.kube import Gone, Kube, KubeError, iter_lines
 from deployer.logs import LogFollowers
+from deployer.objects import involved_uid as _involved_uid, name as _name, namespace as _ns, uid as _uid
 from deployer.options import (END_OF_DEPLOY, FAIL_FAST, HOPE, IGNORE, NON_BLOCKING, TrackOptions,
                               log_line_shown)
-from deployer.objects import (involved_uid as _involved_uid, name as _name, namespace as _ns,
-                              resource_version as _rv, uid as _uid)
 from deployer.readiness.common import condition, condition_is, generation_pending, owned_by
 from deployer.resources import ApiResource, ResourceKey
 from deployer.revision import new_revision_pods, watches_pods
