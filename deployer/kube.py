@@ -31,6 +31,7 @@ RETRY_WINDOW = 60.0  # seconds transient failures of one request are retried (bo
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 5.0)  # then 5 s between attempts
 _TRANSIENT_500 = re.compile(r"failed calling webhook|webhook.*(refused|timeout|deadline)|etcdserver|"
                             r"the server is currently unable|try again later|context deadline exceeded", re.I)
+MAX_MESSAGE = 600  # characters of an API server's message kept in an error
 Report = Callable[..., None]
 
 
@@ -357,6 +358,8 @@ def _error(method: str, path: str, status: int, data: bytes, retry_after: str | 
     except (ValueError, TypeError):
         body = {}
     message = body.get("message") or (data[:300].decode(errors="replace") if data else "") or f"HTTP {status}"
+    if len(message) > MAX_MESSAGE:  # a 422 can quote a whole pod template
+        message = f"{message[:MAX_MESSAGE // 2]} … {message[-MAX_MESSAGE // 2:]}"
     reason = body.get("reason") or ""
     cls = Gone if status == 410 else KubeError
     try:
