@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from deployer.readiness.common import as_int
+
 PERSIST_INTERVAL = 5.0
 # Warning events that healthy rollouts show for a while (a FailedMount until a Secret applied after the
 # Deployment exists, a FailedCreate until its ServiceAccount does, a sandbox retry) count only once they
@@ -119,7 +121,7 @@ def pod_signals(pod: dict[str, Any], now: float, *, count_exits: bool = True,
                 started = max(started or 0.0, (started_seen or {}).get((uid, cname), started or 0.0))
             window = windows.get(cname, readiness_ignore_window(probe, startup))
             if started is not None and now - started > window:
-                restarts = int(cs.get("restartCount") or 0)
+                restarts = as_int(cs.get("restartCount")) or 0
                 out.append(Signal("ReadinessProbeFailed",
                                   f"not ready {now - started:.0f}s after start (ignore window {window:.0f}s)",
                                   name, cname, (uid, cname, "readiness", restarts), True))
@@ -130,7 +132,7 @@ def _container_signals(cs: dict[str, Any], pod: str, uid: str, init: bool, count
     out: list[Signal] = []
     cname = str(cs.get("name", ""))
     label = f"{cname} (init)" if init else cname
-    restarts = int(cs.get("restartCount") or 0)
+    restarts = as_int(cs.get("restartCount")) or 0
     state = cs.get("state") or {}
     waiting = state.get("waiting") or {}
     reason = waiting.get("reason")
@@ -141,7 +143,7 @@ def _container_signals(cs: dict[str, Any], pod: str, uid: str, init: bool, count
     if not count_exits:
         return out
     for terminated, index in ((state.get("terminated"), restarts), ((cs.get("lastState") or {}).get("terminated"), restarts - 1)):
-        if not terminated or int(terminated.get("exitCode") or 0) == 0 and terminated.get("reason") != "OOMKilled":
+        if not terminated or (as_int(terminated.get("exitCode")) or 0) == 0 and terminated.get("reason") != "OOMKilled":
             continue
         why = str(terminated.get("reason") or "Error")
         kind = "InitContainerFailed" if init else ("OOMKilled" if why == "OOMKilled" else "ContainerFailed")

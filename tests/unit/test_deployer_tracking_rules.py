@@ -83,6 +83,8 @@ def test_expected_replicas():
     assert expected_replicas("apps", "Deployment", {"spec": {"replicas": 0}}) == 1
     assert expected_replicas("apps", "DaemonSet", {"spec": {}, "status": {"desiredNumberScheduled": 3}}) == 3
     assert expected_replicas("batch", "Job", {"spec": {"parallelism": 2}}) == 2
+    assert expected_replicas("apps", "Deployment", {"spec": {"replicas": "many"}}) == 1, "never a crash"
+    assert expected_replicas("apps", "DaemonSet", {"status": {"desiredNumberScheduled": 2.5}}) == 1
 
 
 def test_failure_summary_names_everything_and_strips_escapes():

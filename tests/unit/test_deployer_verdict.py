@@ -130,6 +130,11 @@ CASES = [
          {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}}))],
      (0, FAILED, "BackoffLimitExceeded")),
     ("object not there yet", DEP, [(0, dict(obj=None))], (None, None, "waiting for the object to appear")),
+    ("a controller writing nonsense numbers never crashes the verdict", DEP,
+     [(0, dict(obj={**deployment(0), "spec": {"replicas": "many"},
+                    "status": {"observedGeneration": "soon", "replicas": [], "readyReplicas": {}}},
+                pods=[pod({"waiting": {"reason": "ContainerCreating"}}, restarts="x")], replicasets=[RS]))],
+     (None, None, "")),
 ]
 
 
