@@ -73,6 +73,7 @@ class BuildOptions:
     annotations: dict[str, str] = field(default_factory=dict)  # extra manifest annotations of the final image
     labels: dict[str, str] = field(default_factory=dict)  # extra config labels of the final image (not in keys)
     sandbox: Callable[..., int] | None = None  # runs RUN commands; None: builder.sandbox.run_in_rootfs
+    supply: Any = None  # builder.attest.SupplyOptions: SBOM, provenance, signing of pushed images; None: none
 
 
 @dataclass
@@ -575,6 +576,10 @@ class Builder:
         else:
             layout = self._write_layout(plan, img, config_bytes)
             images.append({"ref": f"oci:{layout}:{self._layout_ref(plan)}", "digest": img.digest})
+        if self.o.tags and self.o.supply is not None:
+            from builder.attest import attest
+
+            attest(self, plan, img, commit, branch)
         record_tag = None
         if self.stages_repo and self.o.tags:
             record_tag = self._push_record(plan, images, commit, branch, now)

@@ -64,11 +64,11 @@ def artifact_manifest(subject: Descriptor, artifact_type: str, blob: bytes,
         annotations=dict(annotations) or None)
 
 
-def attach(repo: Any, subject: Descriptor, artifact_type: str, blob: bytes, annotations: dict[str, str],
-           settle: float = SETTLE_S) -> Descriptor:
-    """Push `blob` as an artifact referring to `subject` (blobs, then the manifest by digest) and make it
-    findable: registries with the referrers API index it themselves (they answer `OCI-Subject`), for the
-    others the `sha256-<hex>` index is updated. Returns the artifact manifest's descriptor."""
+def push_artifact(repo: Any, subject: Descriptor, artifact_type: str, blob: bytes,
+                  annotations: dict[str, str]) -> tuple[Descriptor, bool]:
+    """Push `blob` as an artifact referring to `subject` (blobs, then the manifest by digest).
+    Returns (its descriptor, whether the registry indexed it for the referrers API, as it says by
+    answering `OCI-Subject`); when it did not, `add_to_fallback` makes it findable."""
     manifest = artifact_manifest(subject, artifact_type, blob, annotations)
     body = manifest.to_bytes()
     repo.upload_blob(io.BytesIO(mt.OCI_EMPTY_BYTES), mt.OCI_EMPTY_DIGEST, len(mt.OCI_EMPTY_BYTES))
@@ -76,7 +76,14 @@ def attach(repo: Any, subject: Descriptor, artifact_type: str, blob: bytes, anno
     digest, indexed = repo.push_manifest(sha256_digest(body), body, mt.OCI_MANIFEST)
     desc = Descriptor(mt.OCI_MANIFEST, digest, len(body), annotations=manifest.annotations,
                       artifact_type=artifact_type)
-    if indexed != subject.digest:
+    return desc, indexed == subject.digest
+
+
+def attach(repo: Any, subject: Descriptor, artifact_type: str, blob: bytes, annotations: dict[str, str],
+           settle: float = SETTLE_S) -> Descriptor:
+    """Push an artifact and make it findable (through the referrers API, else the tag schema index)."""
+    desc, indexed = push_artifact(repo, subject, artifact_type, blob, annotations)
+    if not indexed:
         add_to_fallback(repo, subject.digest, [desc], settle)
     return desc
 
@@ -193,5 +200,5 @@ def _media_type(body: bytes) -> str:
     return mt.OCI_INDEX if isinstance(parse_manifest(body), Index) else mt.OCI_MANIFEST
 
 
-__all__ = ["attach", "list_referrers", "fetch_artifact", "update_tag", "fallback_tag", "Artifact",
+__all__ = ["attach", "push_artifact", "add_to_fallback", "list_referrers", "fetch_artifact", "update_tag", "fallback_tag", "Artifact",
            "SPDX_JSON", "CYCLONEDX_JSON", "IN_TOTO_JSON"]

@@ -1,0 +1,211 @@
+"""Attestations of a pushed image: SBOM and SLSA provenance attached as OCI 1.1 referrers, and
+cosign-compatible signatures over the image and over each attestation (when a key is configured).
+
+One entry point, `attest(builder, plan, image, commit, branch)`, called by `Builder.publish` once the
+image is pushed; everything it needs comes from the build (plan, lookups, options). Per repository the
+image went to: the referrers are checked first, and what is already there (an SBOM of the requested
+format, a provenance, the image's signature by this key) is neither recomputed nor pushed again, so a
+rebuild that produces the same digest costs one request.
+"""
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from builder import sbom
+from builder.provenance import DEFAULT_BUILDER_ID, Material, ProvenanceInput, StepRecord, statement
+from registry import referrers as rf
+from registry import signing
+from registry.model import Descriptor
+from registry.reference import Reference
+from registry.sigkeys import SigningKey
+
+if TYPE_CHECKING:
+    from builder.build import Builder, Image
+    from builder.plan import Plan
+
+SBOM_KIND, PROVENANCE_KIND = "sbom", "provenance"
+
+
+@dataclass
+class SupplyOptions:
+    """What `kade build` (or a project) asks of the supply chain; None in BuildOptions: nothing."""
+    sbom_format: str = "spdx"            # spdx | cyclonedx | "" (no SBOM)
+    provenance: bool = True
+    sign_key: SigningKey | None = None
+    builder_id: str = ""                 # default https://kade.io/builders/<backend>
+    backend: str = "local"
+    builder_image: str = ""              # the pods' image reference (resolved to a digest here)
+    source_repository: str = ""          # git remote URL
+    config_file: Path | None = None      # kade.yaml
+    creator: str = ""                    # "kade <version>"
+
+
+@dataclass
+class AttestResult:
+    repository: str
+    attached: list[str] = field(default_factory=list)   # artifact digests pushed
+    signed: list[str] = field(default_factory=list)     # manifest digests signed
+    reused: bool = False                                 # everything was already there
+
+
+def kade_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("kade")
+    except Exception:  # noqa: BLE001 - a source checkout without metadata
+        return "0.0.0"
+
+
+def attest(builder: "Builder", plan: "Plan", image: "Image", commit: str | None, branch: str | None) -> list[AttestResult]:
+    supply: SupplyOptions = builder.o.supply  # type: ignore[assignment]
+    subject = Descriptor(image.manifest.media_type, image.digest, len(image.manifest.to_bytes()))
+    refs: dict[str, list[str]] = {}
+    for tag in builder.o.tags:
+        ref = Reference.parse(tag)
+        refs.setdefault(ref.name, []).append(f"{ref.name}:{ref.tag or 'latest'}")
+    documents: dict[str, tuple[str, bytes]] = {}
+
+    def document(kind: str) -> tuple[str, bytes]:
+        if kind not in documents:
+            documents[kind] = (_sbom(builder, image, next(iter(refs))) if kind == SBOM_KIND else
+                               (rf.IN_TOTO_JSON, statement(provenance_input(builder, plan, image, commit, branch))))
+        return documents[kind]
+
+    created = str(image.config.get("created") or "")
+    return [_attest_repository(builder, supply, builder.repo(name), subject, tags, created, document)
+            for name, tags in refs.items()]
+
+
+def _attest_repository(builder: "Builder", supply: SupplyOptions, repo: Any, subject: Descriptor, tags: list[str],
+                       created: str, document: Callable[[str], tuple[str, bytes]]) -> AttestResult:
+    name = f"{repo.ref.registry}/{repo.name}"
+    result = AttestResult(name)
+    types = (sbom.FORMATS[supply.sbom_format][1] if supply.sbom_format else "", rf.IN_TOTO_JSON)
+    present = {a.annotations.get(rf.ANNOTATION_KIND): a.descriptor.digest
+               for a in rf.list_referrers(repo, subject.digest) if a.artifact_type in types}
+    wanted = ([SBOM_KIND] if supply.sbom_format else []) + ([PROVENANCE_KIND] if supply.provenance else [])
+    unindexed: list[Descriptor] = []
+    artifacts: list[tuple[str, bool]] = []   # (digest, pushed now)
+    for kind in wanted:
+        if kind in present:
+            artifacts.append((present[kind], False))
+            continue
+        media_type, blob = document(kind)
+        desc, indexed = rf.push_artifact(repo, subject, media_type, blob,
+                                         {rf.ANNOTATION_KIND: kind, rf.ANNOTATION_CREATED: created})
+        builder.report("attest", f"{kind} {desc.digest[:19]} ({len(blob)} bytes) -> {name}", digest=desc.digest)
+        result.attached.append(desc.digest)
+        artifacts.append((desc.digest, True))
+        if not indexed:
+            unindexed.append(desc)
+    to_sign: list[tuple[str, str]] = []
+    key = supply.sign_key
+    if key is not None:
+        have = signed_references(repo, subject.digest, key)
+        to_sign += [(subject.digest, ref) for ref in tags if ref not in have]
+        to_sign += [(digest, name) for digest, fresh in artifacts if fresh or not signed_references(repo, digest, key)]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # tag updates at once: one settle period in all
+        jobs = [pool.submit(rf.add_to_fallback, repo, subject.digest, unindexed)] if unindexed else []
+        jobs += [pool.submit(signing.sign, repo, digest, ref, key, supply.creator or "kade") for digest, ref in to_sign]
+        for job in jobs:
+            job.result()
+    for digest, ref in to_sign:
+        builder.report("sign", f"{name}@{digest[:19]} for {ref}", digest=digest)
+    result.signed = [d for d, _ in to_sign]
+    result.reused = not result.attached and not result.signed
+    if result.reused:
+        builder.report("cached", f"attestations of {subject.digest[:19]} already in {name}")
+    return result
+
+
+def signed_references(repo: Any, digest: str, key: SigningKey) -> set[str]:
+    """The references `digest` carries a valid signature for, by `key`."""
+    good, _ = signing.verify(signing.read_signatures(repo, digest), digest, [key.public])
+    return {v.payload.docker_reference for v in good}
+
+
+def _sbom(builder: "Builder", image: "Image", repository: str) -> tuple[str, bytes]:
+    supply: SupplyOptions = builder.o.supply  # type: ignore[assignment]
+    diff_ids = list((image.config.get("rootfs") or {}).get("diff_ids") or [])
+    repo = builder.repo(repository)
+
+    def opener(desc: Descriptor) -> Callable[[], Any]:
+        path = builder.cache.blobs.path(desc.digest)
+        if path.is_file():
+            return lambda: open(path, "rb")
+        return lambda: repo.open_blob(desc.digest, desc.size).__enter__()
+
+    layers = [sbom.blob_layer(diff_id, opener(d)) for diff_id, d in zip(diff_ids, image.manifest.layers)]
+    subject = sbom.Subject(repository, image.digest, str(image.config.get("created") or ""),
+                           f"kade-{kade_version()}", str(image.config.get("architecture") or ""))
+    document, media_type, packages = sbom.generate(layers, subject, supply.sbom_format,
+                                                   builder.cache.root / "sbom", builder.report)
+    builder.report("sbom", f"{len(packages)} packages in {repository}@{image.digest[:19]}", packages=len(packages))
+    return media_type, document
+
+
+def provenance_input(builder: "Builder", plan: "Plan", image: "Image", commit: str | None,
+                     branch: str | None) -> ProvenanceInput:
+    from builder.build import missing_steps, needed_stages
+
+    supply: SupplyOptions = builder.o.supply  # type: ignore[assignment]
+    hits = set(getattr(builder, "hits", {}) or {})
+    ran = {s.key for label in needed_stages(plan, hits) for s in missing_steps(plan.stages[label], hits)}
+    materials, steps, secret_ids, ssh = [], [], [], False
+    for ps in plan.order():
+        if ps.base_image is not None:
+            materials.append(Material("base", ps.base_image.ref, ps.base_image.digest, ps.label))
+        for s in ps.steps:
+            steps.append(StepRecord(ps.label, s.text, s.key, s.key not in ran))
+            if s.copy is not None and s.copy.from_image is not None:
+                materials.append(Material("copy-from", s.copy.from_image.ref, s.copy.from_image.digest, ps.label))
+            for m in s.mounts:
+                secret_ids += [m.options.get("id", "")] if m.type == "secret" else []
+                ssh = ssh or m.type == "ssh"
+                source = m.options.get("from", "").lower()
+                if m.type == "bind" and source and source not in plan.stages:
+                    base = builder.resolve_base(m.options["from"], plan.platform)
+                    materials.append(Material("mount-from", base.ref, base.digest, ps.label))
+    dockerfile = Path(plan.dockerfile.path)
+    config = supply.config_file
+    first = Reference.parse(builder.o.tags[0])
+    return ProvenanceInput(
+        repository=first.name, digest=image.digest,
+        builder_id=supply.builder_id or DEFAULT_BUILDER_ID.format(backend=supply.backend),
+        kade_version=kade_version(), backend=supply.backend, builder_image=_builder_image(builder, supply),
+        source_repository=supply.source_repository, commit=commit or "", branch=branch or "",
+        dockerfile=_relative(dockerfile, builder.o.context), dockerfile_sha256=_sha256(dockerfile),
+        config_file=config.name if config else "", config_sha256=_sha256(config) if config else "",
+        target=builder.o.target or "", platform=plan.platform, build_args=dict(builder.o.build_args),
+        secret_ids=[s for s in secret_ids if s], ssh=ssh, compression=builder.o.compression,
+        no_cache=builder.o.no_cache, materials=materials, steps=steps,
+        finished=str(image.config.get("created") or ""))
+
+
+def _builder_image(builder: "Builder", supply: SupplyOptions) -> str:
+    if not supply.builder_image:
+        return ""
+    ref = Reference.parse(supply.builder_image)
+    if ref.digest:
+        return f"{ref.name}@{ref.digest}"
+    found = builder.repo(ref.name).head_manifest(ref.tag or "latest")
+    return f"{ref.name}@{found.digest}" if found else ref.name
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return path.name
+
+
+def _sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
