@@ -84,3 +84,40 @@ def supply_options(args: argparse.Namespace, backend: str, builder_image: str = 
     return SupplyOptions(sbom_format="" if fmt == "none" else fmt, provenance=provenance, sign_key=key,
                          builder_id=builder_id, backend=backend, builder_image=builder_image,
                          source_repository=source, config_file=config_file, creator=f"kade {kade_version()}")
+
+
+def add_verify_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verify", action="store_true",
+                   help="verify every image before applying and pin it by digest (kade.yaml: deploy.verify)")
+    p.add_argument("--verify-key", action="append", default=[], metavar="PATH|k8s://NS/NAME",
+                   help="public key an image's signature must verify with (repeatable; implies --verify)")
+    p.add_argument("--trusted-builder", action="append", default=[], metavar="ID",
+                   help="builder id the image's provenance must name (repeatable; implies --verify)")
+    p.add_argument("--verify-repo", metavar="PATH",
+                   help="git checkout whose history must hold the provenance's commit (implies --verify)")
+
+
+def verify_policy(args: argparse.Namespace, ws: Any = None) -> Any:
+    """The deploy's verification Policy from the command line and kade.yaml's deploy.verify; None: off."""
+    from kade.verify import Policy
+
+    spec = ws.config.deploy.verify if ws is not None and ws.config.deploy is not None else None
+    if not (args.verify or args.verify_key or args.trusted_builder or args.verify_repo or spec):
+        return None
+    keys = list(args.verify_key) or [_in_project(k, ws) for k in (spec.keys if spec else ())]
+    if not keys:
+        raise UsageError("--verify needs --verify-key PATH (or deploy.verify.keys in kade.yaml)")
+    builders = list(args.trusted_builder) or list(spec.builders if spec else ())
+    repository = Path(args.verify_repo) if args.verify_repo else (
+        ws.git.root if spec is not None and spec.history and ws.git is not None else None)
+    if spec is not None and spec.history and repository is None:
+        raise UsageError("deploy.verify.history needs a git checkout (it is off with --dev outside one)")
+    kube = (getattr(args, "kubeconfig", None), getattr(args, "context", None) or getattr(args, "kube_context", None))
+    return Policy(public_keys(keys, *kube), builders, repository)
+
+
+def _in_project(key: str, ws: Any) -> str:
+    """A kade.yaml key path, relative to the project folder."""
+    if key.startswith(K8S) or Path(key).is_absolute() or ws is None:
+        return key
+    return str(ws.root / key)
