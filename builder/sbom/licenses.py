@@ -57,11 +57,14 @@ def _debian(name: str) -> str | None:
 
 def _one(name: str) -> str | None:
     licenses, _ = _known()
+    debian = _debian(name)  # GPL-2 / GPL-2.0 / LGPL-2.1+: the current ids rather than deprecated ones
+    if debian:
+        return debian
     if name.lower() in licenses:
         return licenses[name.lower()]
     if name.startswith("LicenseRef-") and re.fullmatch(r"LicenseRef-[A-Za-z0-9.\-]+", name):
         return name
-    return ALIASES.get(name.lower()) or _debian(name)
+    return ALIASES.get(name.lower())
 
 
 def to_spdx(declared: str) -> str:
