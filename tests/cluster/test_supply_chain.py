@@ -1,0 +1,83 @@
+"""The supply chain on the test cluster's Debian base: the SBOM lists what `dpkg` says is in the image
+(run with podman) and validates with spdx-tools, the provenance names the exact base digest, and
+`kade deploy --verify` refuses an unsigned image and applies a signed one pinned by digest."""
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+
+import pytest
+
+from registry.client import ClientOptions, RegistryClient
+from tests.fixtures.build import podman_run
+from tests.fixtures.deploy import deployment
+
+pytestmark = pytest.mark.cluster
+
+
+def test_debian_image_sbom_provenance_and_verified_deploy(kube_cluster, kube_namespace, kade, tmp_path, sign_key,
+                                                          monkeypatch):
+    monkeypatch.setenv("KADE_SIGN_PASSWORD", sign_key.password)
+    registry = kube_cluster.registry
+    repo = f"{registry}/kade-test/supply-{secrets.token_hex(4)}"
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    insecure = ("--insecure-registry", registry)
+    common = ("--cache-dir", str(tmp_path / "cache"), *insecure, "--output", "json")
+
+    (ctx / "Dockerfile").write_text(f"FROM {kube_cluster.base_image}\nENV SIGNED=yes\n")
+    signed = kade.run("build", str(ctx), "-t", f"{repo}:signed", "--sign-key", str(sign_key.private), *common)
+    assert signed.rc == 0, signed
+    digest = signed.result["images"][0]["digest"]
+    (ctx / "Dockerfile").write_text(f"FROM {kube_cluster.base_image}\nENV SIGNED=no\n")
+    unsigned = kade.run("build", str(ctx), "-t", f"{repo}:unsigned", *common)
+    assert unsigned.rc == 0, unsigned
+
+    # the SBOM: valid SPDX, and exactly the packages dpkg lists as installed in the image
+    sbom_run = kade.run("image", "inspect", f"{repo}:signed", "--sbom", *insecure)
+    assert sbom_run.rc == 0, sbom_run
+    sbom_file = tmp_path / "sbom.spdx.json"
+    sbom_file.write_text(sbom_run.stdout)
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    assert [m.validation_message for m in validate_full_spdx_document(parse_file(str(sbom_file)))] == []
+    listed = {(p["name"], p["versionInfo"]) for p in json.loads(sbom_run.stdout)["packages"]
+              if p["SPDXID"] != "SPDXRef-Image"}
+    dpkg = podman_run(f"{repo}:signed", "dpkg-query", "-W", "-f", "${db:Status-Abbrev}|${Package}|${Version}\\n")
+    assert dpkg.returncode == 0, dpkg.stderr
+    installed = {tuple(line.split("|")[1:]) for line in dpkg.stdout.splitlines() if line.startswith("i")}
+    assert len(installed) > 50 and listed == installed
+    purls = [r["referenceLocator"] for p in json.loads(sbom_run.stdout)["packages"] for r in p["externalRefs"]]
+    assert any(p.startswith("pkg:deb/debian/bash@") and "distro=debian-12" in p for p in purls)
+
+    # the provenance names the exact digest the base tag had
+    with RegistryClient(ClientOptions(insecure=(registry,))) as client:
+        base_repo, _, base_tag = kube_cluster.base_image.rpartition(":")
+        base_digest = client.repository(base_repo).head_manifest(base_tag).digest
+    prov = kade.run("image", "inspect", f"{repo}:signed", "--provenance", *insecure)
+    assert prov.rc == 0, prov
+    deps = json.loads(prov.stdout)["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert {"uri": f"oci://{base_repo}@{base_digest}", "digest": {"sha256": base_digest.split(":")[1]},
+            "annotations": {"role": "base", "stage": "0"}} in deps
+
+    # deploy --verify: the unsigned image is refused before anything is applied
+    manifest = kade.write("app.yaml", deployment("web", f"{repo}:unsigned"))
+    verify = ("--verify-key", str(sign_key.public), *insecure)
+    refused = kade.deploy(kube_namespace, manifest, *verify)
+    assert refused.rc == 1, refused
+    assert f"{repo}:unsigned" in refused.stderr and "no valid signature" in refused.stderr
+    kubectl = ["kubectl", "--kubeconfig", kube_cluster.kubeconfig, "-n", kube_namespace]
+    from tests.fixtures.cluster import kubectl as kubectl_bin
+
+    kubectl[0] = kubectl_bin()
+    assert subprocess.run([*kubectl, "get", "deployment", "web"], capture_output=True).returncode != 0
+
+    # the signed one is applied, pinned by digest
+    manifest = kade.write("app.yaml", deployment("web", f"{repo}:signed"))
+    applied = kade.deploy(kube_namespace, manifest, *verify)
+    assert applied.rc == 0, applied
+    image = subprocess.run([*kubectl, "get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"],
+                           capture_output=True, text=True, check=True).stdout
+    assert image == f"{repo}:signed@{digest}"
