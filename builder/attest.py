@@ -19,6 +19,8 @@ from builder import sbom
 from builder.provenance import DEFAULT_BUILDER_ID, Material, ProvenanceInput, StepRecord, statement
 from registry import referrers as rf
 from registry import signing
+from registry.client import BlobReader
+from registry.errors import RegistryError
 from registry.model import Descriptor
 from registry.reference import Reference
 from registry.sigkeys import SigningKey
@@ -61,7 +63,11 @@ def kade_version() -> str:
         return "0.0.0"
 
 
-def attest(builder: "Builder", plan: "Plan", image: "Image", commit: str | None, branch: str | None) -> list[AttestResult]:
+def attest(builder: "Builder", plan: "Plan", image: "Image", commit: str | None, branch: str | None,
+           final_step: "Image | None" = None) -> list[AttestResult]:
+    """Attestations of `image` (pushed to builder.o.tags). `final_step` is the step image it was made
+    from (same layers): the SBOM inventory is kept as its referrer in the stages repo and reused from
+    there, so a rebuild with the same layers never reads them again, on any machine."""
     supply: SupplyOptions = builder.o.supply  # type: ignore[assignment]
     subject = Descriptor(image.manifest.media_type, image.digest, len(image.manifest.to_bytes()))
     refs: dict[str, list[str]] = {}
@@ -72,7 +78,7 @@ def attest(builder: "Builder", plan: "Plan", image: "Image", commit: str | None,
 
     def document(kind: str) -> tuple[str, bytes]:
         if kind not in documents:
-            documents[kind] = (_sbom(builder, image, next(iter(refs))) if kind == SBOM_KIND else
+            documents[kind] = (_sbom(builder, image, next(iter(refs)), final_step) if kind == SBOM_KIND else
                                (rf.IN_TOTO_JSON, statement(provenance_input(builder, plan, image, commit, branch))))
         return documents[kind]
 
@@ -129,8 +135,40 @@ def signed_references(repo: Any, digest: str, key: SigningKey) -> set[str]:
     return {v.payload.docker_reference for v in good}
 
 
-def _sbom(builder: "Builder", image: "Image", repository: str) -> tuple[str, bytes]:
+def _sbom(builder: "Builder", image: "Image", repository: str, final_step: "Image | None") -> tuple[str, bytes]:
     supply: SupplyOptions = builder.o.supply  # type: ignore[assignment]
+    keep = final_step is not None and bool(builder.stages_repo) and final_step.repo == builder.stages_repo
+    found = _kept_inventory(builder, final_step) if keep else None
+    if found is None:
+        found = _scan(builder, image, repository)
+        if keep:
+            assert final_step is not None
+            stages = builder.repo(builder.stages_repo)  # type: ignore[arg-type]
+            step = Descriptor(final_step.manifest.media_type, final_step.digest, len(final_step.manifest.to_bytes()))
+            rf.attach(stages, step, sbom.INVENTORY_MEDIA_TYPE, found.to_json(), {})
+    subject = sbom.Subject(repository, image.digest, str(image.config.get("created") or ""),
+                           f"kade-{kade_version()}", str(image.config.get("architecture") or ""))
+    document, media_type = sbom.render(found, subject, supply.sbom_format)
+    builder.report("sbom", f"{len(found.packages)} packages in {repository}@{image.digest[:19]}",
+                   packages=len(found.packages))
+    return media_type, document
+
+
+def _kept_inventory(builder: "Builder", final_step: "Image | None") -> "sbom.Inventory | None":
+    """The inventory attached to the final step image by an earlier build, if any (and readable)."""
+    assert final_step is not None
+    stages = builder.repo(builder.stages_repo)  # type: ignore[arg-type]
+    for artifact in rf.list_referrers(stages, final_step.digest, sbom.INVENTORY_MEDIA_TYPE):
+        try:
+            found = sbom.Inventory.from_json(rf.fetch_artifact(stages, artifact, final_step.digest))
+        except (ValueError, KeyError, TypeError, RegistryError):
+            continue
+        builder.report("cached", f"SBOM inventory of {final_step.digest[:19]} from {builder.stages_repo}")
+        return found
+    return None
+
+
+def _scan(builder: "Builder", image: "Image", repository: str) -> "sbom.Inventory":
     diff_ids = list((image.config.get("rootfs") or {}).get("diff_ids") or [])
     repo = builder.repo(repository)
 
@@ -138,15 +176,10 @@ def _sbom(builder: "Builder", image: "Image", repository: str) -> tuple[str, byt
         path = builder.cache.blobs.path(desc.digest)
         if path.is_file():
             return lambda: open(path, "rb")
-        return lambda: repo.open_blob(desc.digest, desc.size).__enter__()
+        return lambda: BlobReader(repo, desc.digest, desc.size)  # verified at EOF, which the scan reads to
 
     layers = [sbom.blob_layer(diff_id, opener(d)) for diff_id, d in zip(diff_ids, image.manifest.layers)]
-    subject = sbom.Subject(repository, image.digest, str(image.config.get("created") or ""),
-                           f"kade-{kade_version()}", str(image.config.get("architecture") or ""))
-    document, media_type, packages = sbom.generate(layers, subject, supply.sbom_format,
-                                                   builder.cache.root / "sbom", builder.report)
-    builder.report("sbom", f"{len(packages)} packages in {repository}@{image.digest[:19]}", packages=len(packages))
-    return media_type, document
+    return sbom.scan(layers, builder.cache.root / "sbom", builder.report)
 
 
 def provenance_input(builder: "Builder", plan: "Plan", image: "Image", commit: str | None,

@@ -579,7 +579,7 @@ class Builder:
         if self.o.tags and self.o.supply is not None:
             from builder.attest import attest
 
-            attest(self, plan, img, commit, branch)
+            attest(self, plan, img, commit, branch, final)
         record_tag = None
         if self.stages_repo and self.o.tags:
             record_tag = self._push_record(plan, images, commit, branch, now)

@@ -9,6 +9,8 @@ and CycloneDX 1.5 JSON, and reading them back for diffs.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -17,6 +19,8 @@ from builder.sbom.packages import Package
 from builder.sbom.walk import LayerInput, inventory, scan_image
 
 FORMATS = {"spdx": (spdx, SPDX_MEDIA_TYPE), "cyclonedx": (cyclonedx, CYCLONEDX_MEDIA_TYPE)}
+INVENTORY_MEDIA_TYPE = "application/vnd.kade.sbom-inventory.v1+json"
+INVENTORY_VERSION = 1
 
 
 class _Decompressed:
@@ -43,15 +47,47 @@ def blob_layer(diff_id: str, open_blob: Callable[[], BinaryIO]) -> LayerInput:
     return LayerInput(diff_id, lambda: _Decompressed(open_blob(), diff_id))  # type: ignore[arg-type, return-value]
 
 
+@dataclass
+class Inventory:
+    """What an image's filesystem holds: a pure function of its layers (so it can be kept and reused
+    for any image with those layers, whatever its digest)."""
+    packages: list[Package]
+    os_release: dict[str, str]
+    notes: list[str]
+
+    def to_json(self) -> bytes:
+        return json.dumps({"version": INVENTORY_VERSION, "packages": [p.to_dict() for p in self.packages],
+                           "os": self.os_release, "notes": self.notes}, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "Inventory":
+        doc = json.loads(data)
+        if not isinstance(doc, dict) or doc.get("version") != INVENTORY_VERSION:
+            raise ValueError("not a kade SBOM inventory of this version")
+        return cls([Package.from_dict(p) for p in doc["packages"]], dict(doc["os"]), list(doc["notes"]))
+
+
+def scan(layers: list[LayerInput], cache_dir: Path | None = None,
+         report: Callable[..., None] | None = None) -> Inventory:
+    state = scan_image(layers, cache_dir, report)
+    packages, os_facts = inventory(state)
+    return Inventory(packages, os_facts, list(state.notes))
+
+
+def render(found: Inventory, subject: Subject, fmt: str = "spdx") -> tuple[bytes, str]:
+    """(document bytes, media type) of an SBOM in format `fmt`."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown SBOM format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    make, media_type = FORMATS[fmt]
+    return make(found.packages, found.os_release, subject, found.notes), media_type
+
+
 def generate(layers: list[LayerInput], subject: Subject, fmt: str = "spdx", cache_dir: Path | None = None,
              report: Callable[..., None] | None = None) -> tuple[bytes, str, list[Package]]:
     """(document bytes, its media type, the packages) of the image whose layers these are."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown SBOM format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    state = scan_image(layers, cache_dir, report)
-    packages, os_facts = inventory(state)
-    render, media_type = FORMATS[fmt]
-    return render(packages, os_facts, subject, state.notes), media_type, packages
+    found = scan(layers, cache_dir, report)
+    return (*render(found, subject, fmt), found.packages)
 
 
-__all__ = ["generate", "blob_layer", "Subject", "Package", "LayerInput", "FORMATS"]
+__all__ = ["generate", "scan", "render", "Inventory", "blob_layer", "Subject", "Package", "LayerInput", "FORMATS",
+           "INVENTORY_MEDIA_TYPE"]

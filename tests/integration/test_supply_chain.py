@@ -262,3 +262,27 @@ def test_kade_verifies_signatures_made_by_containers_image(registry, base_image,
         repo = client.repository(f"{registry.host}/sc/by-cimage")
         (sig,) = signing.read_signatures(repo, repo.head_manifest("1").digest)
         assert signing.parse_payload(sig.payload).optional["creator"].startswith("containers/image")
+
+
+def test_a_new_image_with_known_layers_reuses_the_inventory_on_a_fresh_machine(
+        registry, base_image, kade_build, tmp_path, monkeypatch):
+    """The SBOM inventory is a function of the layers: kept as a referrer of the final step image in the
+    stages repo, a rebuild that makes a new image digest (another created time) from the same layers
+    reads no layer, even with an empty local cache."""
+    ctx = _context(tmp_path, base_image.ref)
+    tag = f"{registry.host}/sc/inv:1"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    first = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c1"), "--output", "json")
+    assert "scanning layer" in first.stderr
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1800000000")
+    second = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c2"), "--output", "json")
+    assert first.ok()["images"][0]["digest"] != second.ok()["images"][0]["digest"]
+    assert "scanning layer" not in second.stderr and "SBOM inventory of" in second.stderr
+    with RegistryClient() as client:
+        repo = client.repository(f"{registry.host}/sc/inv")
+        for run in (first, second):
+            digest = run.json()["images"][0]["digest"]
+            (sbom,) = rf.list_referrers(repo, digest, rf.SPDX_JSON)
+            doc = json.loads(rf.fetch_artifact(repo, sbom, digest))
+            assert {"left-pad", "six"} <= {p["name"] for p in doc["packages"]}
+            assert doc["documentNamespace"].endswith(digest.split(":")[1])
