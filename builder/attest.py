@@ -18,16 +18,15 @@ from typing import TYPE_CHECKING, Any, Callable
 from builder import sbom
 from builder.provenance import DEFAULT_BUILDER_ID, Material, ProvenanceInput, StepRecord, statement
 from registry import referrers as rf
-from registry import signing
 from registry.client import BlobReader
 from registry.errors import RegistryError
 from registry.model import Descriptor
 from registry.reference import Reference
-from registry.sigkeys import SigningKey
 
 if TYPE_CHECKING:
     from builder.build import Builder, Image
     from builder.plan import Plan
+    from registry.sigkeys import SigningKey
 
 SBOM_KIND, PROVENANCE_KIND = "sbom", "provenance"
 
@@ -37,7 +36,7 @@ class SupplyOptions:
     """What `kade build` (or a project) asks of the supply chain; None in BuildOptions: nothing."""
     sbom_format: str = "spdx"            # spdx | cyclonedx | "" (no SBOM)
     provenance: bool = True
-    sign_key: SigningKey | None = None
+    sign_key: "SigningKey | None" = None
     builder_id: str = ""                 # default https://kade.io/builders/<backend>
     backend: str = "local"
     builder_image: str = ""              # the pods' image reference (resolved to a digest here)
@@ -111,13 +110,14 @@ def _attest_repository(builder: "Builder", supply: SupplyOptions, repo: Any, sub
             unindexed.append(desc)
     to_sign: list[tuple[str, str]] = []
     key = supply.sign_key
-    if key is not None:
+    if key is not None:  # (registry.signing and cryptography are imported only when signing)
+
         have = signed_references(repo, subject.digest, key)
         to_sign += [(subject.digest, ref) for ref in tags if ref not in have]
         to_sign += [(digest, name) for digest, fresh in artifacts if fresh or not signed_references(repo, digest, key)]
     with ThreadPoolExecutor(max_workers=4) as pool:  # tag updates at once: one settle period in all
         jobs = [pool.submit(rf.add_to_fallback, repo, subject.digest, unindexed)] if unindexed else []
-        jobs += [pool.submit(signing.sign, repo, digest, ref, key, supply.creator or "kade") for digest, ref in to_sign]
+        jobs += [pool.submit(_sign, repo, digest, ref, key, supply.creator) for digest, ref in to_sign]
         for job in jobs:
             job.result()
     for digest, ref in to_sign:
@@ -129,8 +129,16 @@ def _attest_repository(builder: "Builder", supply: SupplyOptions, repo: Any, sub
     return result
 
 
-def signed_references(repo: Any, digest: str, key: SigningKey) -> set[str]:
+def _sign(repo: Any, digest: str, reference: str, key: "SigningKey", creator: str) -> None:
+    from registry import signing
+
+    signing.sign(repo, digest, reference, key, creator or "kade")
+
+
+def signed_references(repo: Any, digest: str, key: "SigningKey") -> set[str]:
     """The references `digest` carries a valid signature for, by `key`."""
+    from registry import signing
+
     good, _ = signing.verify(signing.read_signatures(repo, digest), digest, [key.public])
     return {v.payload.docker_reference for v in good}
 
