@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import zstandard
+
 from builder import sbom
+from builder.errors import BuildError
 from builder.provenance import DEFAULT_BUILDER_ID, Material, ProvenanceInput, StepRecord, statement
 from registry import referrers as rf
 from registry.client import BlobReader
@@ -187,7 +190,13 @@ def _scan(builder: "Builder", image: "Image", repository: str) -> "sbom.Inventor
         return lambda: BlobReader(repo, desc.digest, desc.size)  # verified at EOF, which the scan reads to
 
     layers = [sbom.blob_layer(diff_id, opener(d)) for diff_id, d in zip(diff_ids, image.manifest.layers)]
-    return sbom.scan(layers, builder.cache.root / "sbom", builder.report)
+    try:
+        return sbom.scan(layers, builder.cache.root / "sbom", builder.report)
+    except (ValueError, OSError, EOFError, zstandard.ZstdError) as exc:  # corrupt or hostile (TarFormatError: ValueError)
+        if isinstance(exc, BuildError):
+            raise
+        raise BuildError(f"SBOM of {repository}@{image.digest}: cannot read its layers: {exc}",
+                         hint="the image is pushed without attestations; check its layers (kade image inspect)") from None
 
 
 def provenance_input(builder: "Builder", plan: "Plan", image: "Image", commit: str | None,

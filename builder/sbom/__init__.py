@@ -24,17 +24,25 @@ INVENTORY_VERSION = 1
 
 
 class _Decompressed:
-    """An uncompressed, size-bounded tar stream over a layer blob (closing it closes the blob)."""
+    """An uncompressed, size-bounded tar stream over a layer blob (closing it closes the blob). Unlike
+    unpacking, nothing here needs the diffID, so the stream is counted, not hashed."""
 
     def __init__(self, blob: BinaryIO, diff_id: str) -> None:
-        from builder.unpack import Limits, _Metered, open_decompressed
+        from builder.unpack import Limits, open_decompressed
 
-        self.blob = blob
+        self.blob, self.diff_id = blob, diff_id
         self.inner = open_decompressed(blob)
-        self.metered = _Metered(self.inner, Limits.from_env().max_bytes, diff_id)
+        self.limit, self.count = Limits.from_env().max_bytes, 0
 
     def read(self, n: int = -1) -> bytes:
-        return self.metered.read(n)
+        data = self.inner.read(n)
+        self.count += len(data)
+        if self.count > self.limit:
+            from builder.unpack import LayerLimitError
+
+            raise LayerLimitError(f"layer {self.diff_id} expands to more than {self.limit} bytes; refusing it "
+                                  "(archive bomb?) — raise $KADE_LAYER_MAX_BYTES if the image is genuine")
+        return data
 
     def close(self) -> None:
         if self.inner is not self.blob and hasattr(self.inner, "close"):

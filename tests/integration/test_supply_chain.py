@@ -286,3 +286,18 @@ def test_a_new_image_with_known_layers_reuses_the_inventory_on_a_fresh_machine(
             doc = json.loads(rf.fetch_artifact(repo, sbom, digest))
             assert {"left-pad", "six"} <= {p["name"] for p in doc["packages"]}
             assert doc["documentNamespace"].endswith(digest.split(":")[1])
+
+
+def test_a_base_layer_that_is_no_tar_fails_the_sbom_clearly(registry, kade_build, tmp_path):
+    """A hostile base whose layer is not a tar (never unpacked: no step reads the filesystem) fails the
+    build at the SBOM with a message naming the image, not with a traceback. (`FROM` alone: no step, so
+    nothing unpacks the base before the SBOM reads it.)"""
+    from tests.fixtures.build import push_layers
+
+    base = push_layers(registry.host, "sc/garbage", "1", [b"\x00garbage, not a tar archive" * 100])
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base.ref}\n")
+    res = kade_build(str(ctx), "-t", f"{registry.host}/sc/garbage-child:1", "--cache-dir", str(tmp_path / "c"))
+    assert res.code == 1
+    assert "SBOM of" in res.stderr and "Traceback" not in res.stderr
