@@ -301,3 +301,40 @@ def test_a_base_layer_that_is_no_tar_fails_the_sbom_clearly(registry, kade_build
     res = kade_build(str(ctx), "-t", f"{registry.host}/sc/garbage-child:1", "--cache-dir", str(tmp_path / "c"))
     assert res.code == 1
     assert "SBOM of" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_project_attaches_one_set_per_image(registry, base_image, kade_build, tmp_path, monkeypatch, sign_key):
+    """kade.yaml's attest: section: every image of the project gets its own SBOM, provenance (naming
+    the commit and kade.yaml's digest) and signatures."""
+    import hashlib
+
+    monkeypatch.setenv("KADE_SIGN_PASSWORD", sign_key.password)
+    root = tmp_path / "repo"
+    for name in ("web", "worker"):
+        (root / name).mkdir(parents=True)
+        (root / name / "Dockerfile").write_text(f"FROM {base_image.ref}\nENV IMAGE={name}\n")
+    (root / "kade.yaml").write_text(f"project: demo\nattest:\n  sbom: cyclonedx\n  sign_key: {sign_key.private}\n"
+                                    "images:\n  web: {context: web}\n  worker: {context: worker}\n")
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              check=True, capture_output=True, text=True).stdout.strip()
+    git("init", "-q", "-b", "main")
+    git("add", "-A")
+    git("commit", "-qm", "demo")
+    commit = git("rev-parse", "HEAD")
+    res = kade_build("--dir", str(root), "--repo", f"{registry.host}/proj", "--cache-dir", str(tmp_path / "c"),
+                     "--output", "json")
+    images = res.ok()["images"]
+    assert set(images) == {"web", "worker"}
+    with RegistryClient() as client:
+        for name, img in images.items():
+            repo = client.repository(img["repository"])
+            found = {a.artifact_type: a for a in rf.list_referrers(repo, img["digest"])}
+            assert set(found) == {rf.CYCLONEDX_JSON, rf.IN_TOTO_JSON}, name
+            prov = json.loads(rf.fetch_artifact(repo, found[rf.IN_TOTO_JSON], img["digest"]))
+            deps = prov["predicate"]["buildDefinition"]["resolvedDependencies"]
+            assert {"name": "kade.yaml", "digest": {"sha256": hashlib.sha256((root / "kade.yaml").read_bytes())
+                                                    .hexdigest()}} in deps
+            assert prov["predicate"]["buildDefinition"]["externalParameters"]["source"]["digest"] == {"gitCommit": commit}
+            assert signing.read_signatures(repo, img["digest"])
