@@ -10,7 +10,7 @@ rebuild that produces the same digest costs one request.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -77,16 +77,23 @@ def attest(builder: "Builder", plan: "Plan", image: "Image", commit: str | None,
         ref = Reference.parse(tag)
         refs.setdefault(ref.name, []).append(f"{ref.name}:{ref.tag or 'latest'}")
     documents: dict[str, tuple[str, bytes]] = {}
+    background = ThreadPoolExecutor(max_workers=1)  # keeping the inventory overlaps the rest
+    kept: list[Future] = []
 
     def document(kind: str) -> tuple[str, bytes]:
         if kind not in documents:
-            documents[kind] = (_sbom(builder, image, next(iter(refs)), final_step) if kind == SBOM_KIND else
+            documents[kind] = (_sbom(builder, image, next(iter(refs)), final_step, background, kept)
+                               if kind == SBOM_KIND else
                                (rf.IN_TOTO_JSON, statement(provenance_input(builder, plan, image, commit, branch))))
         return documents[kind]
 
     created = str(image.config.get("created") or "")
-    return [_attest_repository(builder, supply, builder.repo(name), subject, tags, created, document)
-            for name, tags in refs.items()]
+    with background:
+        results = [_attest_repository(builder, supply, builder.repo(name), subject, tags, created, document)
+                   for name, tags in refs.items()]
+        for job in kept:
+            job.result()
+    return results
 
 
 def _attest_repository(builder: "Builder", supply: SupplyOptions, repo: Any, subject: Descriptor, tags: list[str],
@@ -146,7 +153,8 @@ def signed_references(repo: Any, digest: str, key: "SigningKey") -> set[str]:
     return {v.payload.docker_reference for v in good}
 
 
-def _sbom(builder: "Builder", image: "Image", repository: str, final_step: "Image | None") -> tuple[str, bytes]:
+def _sbom(builder: "Builder", image: "Image", repository: str, final_step: "Image | None",
+          background: ThreadPoolExecutor, kept: list[Future]) -> tuple[str, bytes]:
     supply: SupplyOptions = builder.o.supply  # type: ignore[assignment]
     keep = final_step is not None and bool(builder.stages_repo) and final_step.repo == builder.stages_repo
     found = _kept_inventory(builder, final_step) if keep else None
@@ -156,7 +164,7 @@ def _sbom(builder: "Builder", image: "Image", repository: str, final_step: "Imag
             assert final_step is not None
             stages = builder.repo(builder.stages_repo)  # type: ignore[arg-type]
             step = Descriptor(final_step.manifest.media_type, final_step.digest, len(final_step.manifest.to_bytes()))
-            rf.attach(stages, step, sbom.INVENTORY_MEDIA_TYPE, found.to_json(), {})
+            kept.append(background.submit(rf.attach, stages, step, sbom.INVENTORY_MEDIA_TYPE, found.to_json(), {}))
     subject = sbom.Subject(repository, image.digest, str(image.config.get("created") or ""),
                            f"kade-{kade_version()}", str(image.config.get("architecture") or ""))
     document, media_type = sbom.render(found, subject, supply.sbom_format)
