@@ -31,7 +31,7 @@ class _Decompressed:
         from builder.unpack import Limits, open_decompressed
 
         self.blob, self.diff_id = blob, diff_id
-        self.inner = open_decompressed(blob)
+        self.inner = open_decompressed(blob, threaded=True)  # inflating runs beside the parsing, as in unpack
         self.limit, self.count = Limits.from_env().max_bytes, 0
 
     def read(self, n: int = -1) -> bytes:
