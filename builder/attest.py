@@ -9,7 +9,9 @@ rebuild that produces the same digest costs one request.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,8 +189,8 @@ def _kept_inventory(builder: "Builder", final_step: "Image | None") -> "sbom.Inv
     return None
 
 
-def _scan(builder: "Builder", image: "Image", repository: str) -> "sbom.Inventory":
-    diff_ids = list((image.config.get("rootfs") or {}).get("diff_ids") or [])
+def _layers(builder: "Builder", image: "Image", repository: str) -> list[Any]:
+    """The image's layers for the scanners: from the local blob cache, else streamed from `repository`."""
     repo = builder.repo(repository)
 
     def opener(desc: Descriptor) -> Callable[[], Any]:
@@ -197,14 +199,49 @@ def _scan(builder: "Builder", image: "Image", repository: str) -> "sbom.Inventor
             return lambda: open(path, "rb")
         return lambda: BlobReader(repo, desc.digest, desc.size)  # verified at EOF, which the scan reads to
 
-    layers = [sbom.blob_layer(diff_id, opener(d)) for diff_id, d in zip(diff_ids, image.manifest.layers)]
+    return [sbom.blob_layer(d.digest, opener(d)) for d in image.manifest.layers]
+
+
+def _scan(builder: "Builder", image: "Image", repository: str) -> "sbom.Inventory":
+    for job in list(getattr(builder, PRESCANS, [])):
+        with contextlib.suppress(Exception):  # best effort: the scan below reports what went wrong
+            job.result()
     try:
-        return sbom.scan(layers, builder.cache.root / "sbom", builder.report)
+        return sbom.scan(_layers(builder, image, repository), builder.cache.root / "sbom", builder.report)
     except (ValueError, OSError, EOFError, zstandard.ZstdError) as exc:  # corrupt or hostile (TarFormatError: ValueError)
         if isinstance(exc, BuildError):
             raise
         raise BuildError(f"SBOM of {repository}@{image.digest}: cannot read its layers: {exc}",
                          hint="the image is pushed without attestations; check its layers (kade image inspect)") from None
+
+
+PRESCANS = "_sbom_prescans"
+
+
+def prescan(builder: "Builder", image: "Image") -> None:
+    """Scan a step image of the target stage in the background while the build goes on (its layers are
+    in the local cache or its repository): the per-ChainID state it leaves makes the final image's SBOM
+    read only what came after. Best effort, on a daemon thread (a failing build does not wait for it);
+    called by the builder as each such step image is pushed."""
+    supply: SupplyOptions | None = builder.o.supply
+    if supply is None or not supply.sbom_format or not builder.o.tags or not image.repo:
+        return
+    with builder.lock:
+        if not hasattr(builder, PRESCANS):
+            setattr(builder, PRESCANS, [])
+            builder._sbom_lock = threading.Lock()  # type: ignore[attr-defined]
+        job: Future = Future()
+        getattr(builder, PRESCANS).append(job)
+    layers = _layers(builder, image, image.repo)
+
+    def run() -> None:
+        with builder._sbom_lock:  # type: ignore[attr-defined]  (one scan at a time: each reuses the last)
+            try:
+                job.set_result(sbom.scan(layers, builder.cache.root / "sbom"))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+                job.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True, name="kade-sbom").start()
 
 
 def provenance_input(builder: "Builder", plan: "Plan", image: "Image", commit: str | None,

@@ -512,6 +512,10 @@ class Builder:
             self._push_manifest(repo, img, config_bytes, step.key, parent)
         with self.lock:
             self.images[digest] = img
+        if self.o.supply is not None and step.stage == self.plan.target:
+            from builder.attest import prescan
+
+            prescan(self, img)  # the final image's SBOM then reads only what comes after this step
         return img
 
     def _push_manifest(self, repo_name: str, img: Image, config_bytes: bytes, tag: str, source: Image | None) -> str:

@@ -1,6 +1,6 @@
 """SBOMs of images, from their layers (never unpacked, never with a tool inside the image).
 
-    layers = [blob_layer(diff_id, lambda: open(blob, "rb")) for ...]     # bottom first
+    layers = [blob_layer(digest, lambda: open(blob, "rb")) for ...]     # bottom first
     document, media_type, packages = generate(layers, Subject(...), fmt="spdx", cache_dir=...)
 
 walk.py: the final filesystem's package files, layer by layer (whiteouts and opaque dirs applied);
@@ -27,10 +27,10 @@ class _Decompressed:
     """An uncompressed, size-bounded tar stream over a layer blob (closing it closes the blob). Unlike
     unpacking, nothing here needs the diffID, so the stream is counted, not hashed."""
 
-    def __init__(self, blob: BinaryIO, diff_id: str) -> None:
+    def __init__(self, blob: BinaryIO, digest: str) -> None:
         from builder.unpack import Limits, open_decompressed
 
-        self.blob, self.diff_id = blob, diff_id
+        self.blob, self.digest = blob, digest
         self.inner = open_decompressed(blob, threaded=True)  # inflating runs beside the parsing, as in unpack
         self.limit, self.count = Limits.from_env().max_bytes, 0
 
@@ -40,7 +40,7 @@ class _Decompressed:
         if self.count > self.limit:
             from builder.unpack import LayerLimitError
 
-            raise LayerLimitError(f"layer {self.diff_id} expands to more than {self.limit} bytes; refusing it "
+            raise LayerLimitError(f"layer {self.digest} expands to more than {self.limit} bytes; refusing it "
                                   "(archive bomb?) — raise $KADE_LAYER_MAX_BYTES if the image is genuine")
         return data
 
@@ -50,9 +50,10 @@ class _Decompressed:
         self.blob.close()
 
 
-def blob_layer(diff_id: str, open_blob: Callable[[], BinaryIO]) -> LayerInput:
-    """A layer read from its (gzip, zstd or plain) blob."""
-    return LayerInput(diff_id, lambda: _Decompressed(open_blob(), diff_id))  # type: ignore[arg-type, return-value]
+def blob_layer(digest: str, open_blob: Callable[[], BinaryIO]) -> LayerInput:
+    """A layer read from its (gzip, zstd or plain) blob `digest`: `open_blob` must verify it (a registry
+    BlobReader does at EOF, which the scan reads to; the local blob cache is content-addressed)."""
+    return LayerInput(digest, lambda: _Decompressed(open_blob(), digest))  # type: ignore[arg-type, return-value]
 
 
 @dataclass

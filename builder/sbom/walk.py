@@ -30,7 +30,7 @@ from builder.sbom import golang
 from builder.sbom import packages as pk
 from builder.tarformat import DIRECTORY, HARDLINK, REGULAR, TarReader
 
-STATE_VERSION = "1"
+STATE_VERSION = "2"
 MAX_FINDINGS = 200_000
 MAX_NOTES = 50
 CAPS = {"dpkg": 64 << 20, "apk": 64 << 20, "python": 1 << 20, "npm": 1 << 20, "os-release": 64 << 10,
@@ -229,13 +229,16 @@ def go_packages(info: golang.BuildInfo, location: str) -> list[pk.Package]:
 
 @dataclass(frozen=True)
 class LayerInput:
-    diff_id: str
+    digest: str                    # the digest of the blob the stream comes from (verified as it is read)
     open: Callable[[], BinaryIO]   # the uncompressed tar stream
 
 
-def chain_ids(diff_ids: list[str]) -> list[str]:
+def chain_ids(digests: list[str]) -> list[str]:
+    """Cache keys of layer stacks. Built from the blobs' digests, which the registry client (or the
+    content-addressed local cache) verifies, never from an image config's diff_ids, which a hostile
+    image could point at another image's layers to poison the cache."""
     out, chain = [], ""
-    for d in diff_ids:
+    for d in digests:
         chain = d if not chain else "sha256:" + hashlib.sha256(f"{chain} {d}".encode()).hexdigest()
         out.append(chain)
     return out
@@ -244,7 +247,7 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
 def scan_image(layers: list[LayerInput], cache_dir: Path | None = None,
                report: Callable[..., None] | None = None) -> State:
     """The state after every layer, reusing the longest cached chain prefix."""
-    chains = chain_ids([la.diff_id for la in layers])
+    chains = chain_ids([la.digest for la in layers])
     state, start = State(), 0
     for depth in range(len(chains), 0, -1):
         cached = _load(cache_dir, chains[depth - 1])
@@ -253,7 +256,7 @@ def scan_image(layers: list[LayerInput], cache_dir: Path | None = None,
             break
     for i in range(start, len(layers)):
         if report:
-            report("sbom", f"scanning layer {i + 1}/{len(layers)} ({layers[i].diff_id[:19]})")
+            report("sbom", f"scanning layer {i + 1}/{len(layers)} ({layers[i].digest[:19]})")
         with _closing(layers[i].open()) as stream:
             scan_layer(stream, state, i)
         state.layers = i + 1
