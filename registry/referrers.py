@@ -5,11 +5,13 @@ artifacts of manifest `sha256:<hex>` (OCI distribution spec 1.1, "Referrers Tag 
 
 Updating that index (and a cosign `.sig` manifest, registry/signing.py) is a read-modify-write of a
 tag, and registries offer no conditional PUT, so `update_tag` re-reads after writing and retries
-when the entry it wrote is gone. It re-reads once right away and once more after `settle` seconds:
+when the entry it wrote is gone. It re-reads once right away and once more after a settle time:
 a concurrent writer that read the tag before our write must write within its own read-to-write span,
-so if that span (two requests for kade) is under `settle`, its write lands before our second check and
-we see our entry missing and merge again. Guarantee: no entry is lost while every concurrent
-writer's read-to-write span stays under `settle`; after `attempts` lost races, a clear error.
+so if that span is under the settle time, its write lands before our second check and we see our
+entry missing and merge again. The settle time is four times our own read-to-write span (two
+requests), at least 50 ms and at most 1 s: a writer on the same registry has a span like ours.
+Guarantee: no entry is lost while every concurrent writer's read-to-write span stays under that
+settle time; after `attempts` lost races, a clear error.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ CYCLONEDX_JSON = "application/vnd.cyclonedx+json"
 IN_TOTO_JSON = "application/vnd.in-toto+json"
 ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_KIND = "io.kade.attestation"   # sbom | provenance: what kade made it as
-SETTLE_S = 0.25
+MIN_SETTLE_S, MAX_SETTLE_S = 0.05, 1.0
 MAX_REFERRERS = 4096
 
 
@@ -80,7 +82,7 @@ def push_artifact(repo: Any, subject: Descriptor, artifact_type: str, blob: byte
 
 
 def attach(repo: Any, subject: Descriptor, artifact_type: str, blob: bytes, annotations: dict[str, str],
-           settle: float = SETTLE_S) -> Descriptor:
+           settle: float | None = None) -> Descriptor:
     """Push an artifact and make it findable (through the referrers API, else the tag schema index)."""
     desc, indexed = push_artifact(repo, subject, artifact_type, blob, annotations)
     if not indexed:
@@ -88,7 +90,7 @@ def attach(repo: Any, subject: Descriptor, artifact_type: str, blob: bytes, anno
     return desc
 
 
-def add_to_fallback(repo: Any, subject_digest: str, entries: list[Descriptor], settle: float = SETTLE_S) -> None:
+def add_to_fallback(repo: Any, subject_digest: str, entries: list[Descriptor], settle: float | None = None) -> None:
     """Add `entries` to the referrers tag schema index of `subject_digest` (kept: what is there)."""
     wanted = {d.digest for d in entries}
 
@@ -162,12 +164,14 @@ def fetch_artifact(repo: Any, artifact: Artifact, subject_digest: str, max_bytes
 
 
 def update_tag(repo: Any, tag: str, change: Callable[[bytes | None], bytes | None], has: Callable[[bytes], bool],
-               attempts: int = 8, settle: float = SETTLE_S, sleep: Callable[[float], None] = time.sleep) -> bool:
+               attempts: int = 8, settle: float | None = None, sleep: Callable[[float], None] = time.sleep) -> bool:
     """Read-modify-write of the small manifest at `tag`. `change(current or None)` returns the new bytes
     (an OCI manifest or index), or None when nothing needs writing; `has(bytes)` tells whether what is
-    there holds our change. Returns whether it wrote. See the module docstring for the guarantee."""
+    there holds our change. Returns whether it wrote. `settle` None: from our own span (see the module
+    docstring for the guarantee)."""
     wrote = False
     for attempt in range(1, attempts + 1):
+        started = time.monotonic()
         current = _read(repo, tag)
         new = change(current)
         if new is None and not wrote:
@@ -175,8 +179,9 @@ def update_tag(repo: Any, tag: str, change: Callable[[bytes | None], bytes | Non
         if new is not None:
             repo.put_manifest(tag, new, _media_type(new))
             wrote = True
+        span = time.monotonic() - started
         if _holds(repo, tag, has):
-            sleep(settle)
+            sleep(settle if settle is not None else min(MAX_SETTLE_S, max(MIN_SETTLE_S, 4 * span)))
             if _holds(repo, tag, has):
                 return True
         sleep(random.uniform(0.05, 0.2) * attempt)  # another writer won the race: merge again

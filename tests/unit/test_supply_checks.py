@@ -173,3 +173,77 @@ def test_container_images_found_everywhere():
     for body in bodies:
         assert sorted(c["image"] for c in container_images(body)) == ["x:1", "y:1"]
     assert list(container_images({"kind": "ConfigMap", "data": {"containers": "x"}})) == []
+
+
+class _TagStore:
+    """An in-memory tag -> manifest bytes map with the Repository calls update_tag makes. A fake: it lets
+    a second writer overwrite the tag at an exact moment (during our settle wait), which a real registry
+    cannot be made to do on cue; the real registry is raced in tests/integration/test_supply_chain.py."""
+
+    name, host = "team/app", "registry.test"
+
+    def __init__(self) -> None:
+        self.tags: dict[str, bytes] = {}
+
+    def get_manifest(self, tag: str, accept: str = "") -> tuple[bytes, object]:
+        from registry.errors import NotFound
+
+        if tag not in self.tags:
+            raise NotFound(tag)
+        return self.tags[tag], None
+
+    def put_manifest(self, tag: str, body: bytes, media_type: str) -> str:
+        self.tags[tag] = body
+        return "sha256:" + "0" * 64
+
+
+def _entry(n: int) -> Descriptor:
+    return Descriptor("application/vnd.oci.image.manifest.v1+json", f"sha256:{n:064x}", 10,
+                      artifact_type="application/spdx+json")
+
+
+def test_update_tag_merges_again_when_another_writer_overwrote_it():
+    from registry import referrers as rf
+    from registry.model import Index
+
+    store = _TagStore()
+    subject = "sha256:" + "f" * 64
+    tag = rf.fallback_tag(subject)
+    store.tags[tag] = Index([_entry(1)]).to_bytes()
+    clobbered = []
+
+    def sleep(seconds: float) -> None:
+        if not clobbered:  # the other writer read before our write and writes now, without our entry
+            store.tags[tag] = Index([_entry(1), _entry(2)]).to_bytes()
+            clobbered.append(seconds)
+
+    wanted = {_entry(3).digest}
+
+    def change(current: bytes | None) -> bytes | None:
+        have = rf._fallback_entries(current, store, subject)
+        if wanted <= {d.digest for d in have}:
+            return None
+        return Index(have + [_entry(3)]).to_bytes()
+
+    def has(current: bytes) -> bool:
+        return wanted <= {d.digest for d in rf._fallback_entries(current, store, subject)}
+
+    assert rf.update_tag(store, tag, change, has, sleep=sleep)
+    assert clobbered and clobbered[0] >= rf.MIN_SETTLE_S
+    from registry.model import parse_manifest
+
+    assert [d.digest for d in parse_manifest(store.tags[tag]).manifests] == [_entry(n).digest for n in (1, 2, 3)]
+
+
+def test_update_tag_gives_up_with_a_clear_error():
+    from registry import referrers as rf
+    from registry.errors import RegistryError
+
+    store = _TagStore()
+
+    def always_clobbered(seconds: float) -> None:
+        store.tags["t"] = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}'
+
+    with pytest.raises(RegistryError, match="kept being overwritten"):
+        rf.update_tag(store, "t", lambda cur: b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",'
+                      b'"manifests":[]} ', lambda cur: cur.endswith(b" "), attempts=3, sleep=always_clobbered)
