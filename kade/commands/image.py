@@ -201,7 +201,6 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def _inspect_attached(args: argparse.Namespace) -> int:
     from registry import referrers as rf
-    from registry import signing
 
     ref = _ref(args.ref)
     with _client(args) as client:

@@ -18,7 +18,17 @@ pytestmark = pytest.mark.cluster
 
 def test_debian_image_sbom_provenance_and_verified_deploy(kube_cluster, kube_namespace, kade, tmp_path, sign_key,
                                                           monkeypatch):
-    monkeypatch.setenv("KADE_SIGN_PASSWORD", sign_key.password)
+    """Signing and verification keys both come from a Kubernetes Secret, as `cosign generate-key-pair
+    k8s://NS/NAME` makes it (cosign.key, cosign.password, cosign.pub)."""
+    from kubernetes import client
+
+    monkeypatch.delenv("KADE_SIGN_PASSWORD", raising=False)
+    monkeypatch.delenv("COSIGN_PASSWORD", raising=False)
+    client.CoreV1Api(kube_cluster.api_client()).create_namespaced_secret(kube_namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="cosign"),
+        string_data={"cosign.key": sign_key.private.read_text(), "cosign.password": sign_key.password,
+                     "cosign.pub": sign_key.public.read_text()}))
+    secret = f"k8s://{kube_namespace}/cosign"
     registry = kube_cluster.registry
     repo = f"{registry}/kade-test/supply-{secrets.token_hex(4)}"
     ctx = tmp_path / "ctx"
@@ -27,7 +37,7 @@ def test_debian_image_sbom_provenance_and_verified_deploy(kube_cluster, kube_nam
     common = ("--cache-dir", str(tmp_path / "cache"), *insecure, "--output", "json")
 
     (ctx / "Dockerfile").write_text(f"FROM {kube_cluster.base_image}\nENV SIGNED=yes\n")
-    signed = kade.run("build", str(ctx), "-t", f"{repo}:signed", "--sign-key", str(sign_key.private), *common)
+    signed = kade.run("build", str(ctx), "-t", f"{repo}:signed", "--sign-key", secret, *common)
     assert signed.rc == 0, signed
     digest = signed.result["images"][0]["digest"]
     (ctx / "Dockerfile").write_text(f"FROM {kube_cluster.base_image}\nENV SIGNED=no\n")
@@ -64,7 +74,7 @@ def test_debian_image_sbom_provenance_and_verified_deploy(kube_cluster, kube_nam
 
     # deploy --verify: the unsigned image is refused before anything is applied
     manifest = kade.write("app.yaml", deployment("web", f"{repo}:unsigned"))
-    verify = ("--verify-key", str(sign_key.public), *insecure)
+    verify = ("--verify-key", secret, *insecure)
     refused = kade.deploy(kube_namespace, manifest, *verify)
     assert refused.rc == 1, refused
     assert f"{repo}:unsigned" in refused.stderr and "no valid signature" in refused.stderr
