@@ -123,7 +123,6 @@ def _attest_repository(builder: "Builder", supply: SupplyOptions, repo: Any, sub
     to_sign: list[tuple[str, str]] = []
     key = supply.sign_key
     if key is not None:  # (registry.signing and cryptography are imported only when signing)
-
         have = signed_references(repo, subject.digest, key)
         to_sign += [(subject.digest, ref) for ref in tags if ref not in have]
         to_sign += [(digest, name) for digest, fresh in artifacts if fresh or not signed_references(repo, digest, key)]
