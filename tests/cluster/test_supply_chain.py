@@ -91,3 +91,28 @@ def test_debian_image_sbom_provenance_and_verified_deploy(kube_cluster, kube_nam
     image = subprocess.run([*kubectl, "get", "deployment", "web", "-o", "jsonpath={.spec.template.spec.containers[0].image}"],
                            capture_output=True, text=True, check=True).stdout
     assert image == f"{repo}:signed@{digest}"
+
+
+def test_a_pod_build_names_its_backend_and_builder_image_by_digest(builder_env, tmp_path):
+    """In-cluster builds: the provenance says `kubernetes` and names the builder pods' image by digest,
+    and the SBOM is made by the CLI from the layers the pods pushed."""
+    from tests.fixtures.incluster import kade_build, result, unique, write_context
+
+    ctx = write_context(tmp_path / "ctx", "FROM {base}\nRUN echo built-in-a-pod > /pod.txt\n", builder_env.base_image)
+    tag = f"{builder_env.registry}/{unique('supply')}:v1"
+    digest = result(kade_build(builder_env, ctx, tag))["images"][0]["digest"]
+    with RegistryClient(ClientOptions(insecure=(builder_env.registry,))) as client:
+        from registry import referrers as rf
+
+        repo = client.repository(tag.rsplit(":", 1)[0])
+        found = {a.artifact_type: a for a in rf.list_referrers(repo, digest)}
+        prov = json.loads(rf.fetch_artifact(repo, found[rf.IN_TOTO_JSON], digest))
+        sbom = json.loads(rf.fetch_artifact(repo, found[rf.SPDX_JSON], digest))
+    from registry.reference import Reference
+
+    builder = Reference.parse(builder_env.image)  # REF:TAG@sha256:... (images/builder/build.sh)
+    assert prov["predicate"]["buildDefinition"]["internalParameters"]["backend"] == "kubernetes"
+    assert prov["predicate"]["runDetails"]["builder"]["id"] == "https://kade.io/builders/kubernetes"
+    (dep,) = prov["predicate"]["runDetails"]["builder"]["builderDependencies"]
+    assert dep["uri"] == f"oci://{builder.name}@{builder.digest}" and builder.digest
+    assert any(p["name"] == "bash" for p in sbom["packages"])
