@@ -247,3 +247,37 @@ def test_update_tag_gives_up_with_a_clear_error():
     with pytest.raises(RegistryError, match="kept being overwritten"):
         rf.update_tag(store, "t", lambda cur: b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json",'
                       b'"manifests":[]} ', lambda cur: cur.endswith(b" "), attempts=3, sleep=always_clobbered)
+
+
+def test_keygen_writes_an_encrypted_private_key_readable_only_by_its_owner(tmp_path, monkeypatch, capsys):
+    from kade.cli import main
+
+    monkeypatch.setenv("KADE_SIGN_PASSWORD", "pw")
+    assert main(["image", "keygen", str(tmp_path / "k")]) == 0
+    private, public = tmp_path / "k.key", tmp_path / "k.pub"
+    assert private.stat().st_mode & 0o777 == 0o600
+    key = sigkeys.load_private_key(private.read_bytes(), b"pw", "k")
+    assert sigkeys.load_public_key(public.read_bytes(), "p").verify(b"m", key.sign(b"m"))
+    assert main(["image", "keygen", str(tmp_path / "k")]) == 2  # never overwrites a key
+
+
+def test_verify_policy_from_flags_and_kade_yaml(tmp_path):
+    import argparse
+    from types import SimpleNamespace
+
+    from kade.config import VerifySpec
+    from kade.errors import UsageError
+    from kade.supply import verify_policy
+
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "team.pub").write_bytes(KEY.public.pem())
+    args = argparse.Namespace(verify=False, verify_key=[], trusted_builder=[], verify_repo=None, kubeconfig=None,
+                              context=None)
+    assert verify_policy(args) is None
+    ws = SimpleNamespace(root=tmp_path, git=SimpleNamespace(root=tmp_path / "checkout"), config=SimpleNamespace(
+        deploy=SimpleNamespace(verify=VerifySpec(("keys/team.pub",), ("https://ci.example/b",), True))))
+    policy = verify_policy(args, ws)
+    assert [k.pem() for k in policy.keys] == [KEY.public.pem()]   # relative to the project folder
+    assert policy.builders == ["https://ci.example/b"] and policy.repository == tmp_path / "checkout"
+    with pytest.raises(UsageError, match="--verify-key"):
+        verify_policy(argparse.Namespace(**{**vars(args), "verify": True}))
