@@ -15,13 +15,13 @@ and skipped), and at most MAX_FINDINGS files are kept.
 """
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import hashlib
 import json
 import os
 import posixpath
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -31,7 +31,7 @@ from builder.sbom import packages as pk
 from builder.tarformat import DIRECTORY, HARDLINK, REGULAR, TarReader
 
 STATE_VERSION = "2"
-MAX_FINDINGS = 200_000
+MAX_FINDINGS = 100_000
 MAX_NOTES = 50
 CAPS = {"dpkg": 64 << 20, "apk": 64 << 20, "python": 1 << 20, "npm": 1 << 20, "os-release": 64 << 10,
         "copyright": 1 << 20}
@@ -105,43 +105,37 @@ class State:
 
 
 class _Overlay:
-    """Applies one layer's entries to the state (removing what they hide) and adds its findings."""
+    """Applies one layer's entries to the state (removing what they hide) and adds its findings.
+
+    What lower layers found is kept as a sorted list of paths, so hiding a folder is two bisections
+    and one slice deletion whatever the number of findings: a hostile layer of many whiteouts costs
+    O(log n) per entry, never a scan of everything found so far."""
 
     def __init__(self, state: State, layer: int) -> None:
         self.state, self.layer = state, layer
-        self.dirs: Counter[str] = Counter()   # ancestors of the findings' paths: a cheap "is anything below?"
-        for path in state.findings:
-            self._count(path, 1)
+        self.lower = sorted(p for p, f in state.findings.items() if f.layer < layer)
         self.here: dict[str, Finding] = {}    # findings of this layer, for hard links
-
-    def _count(self, path: str, delta: int) -> None:
-        d = posixpath.dirname(path)
-        while d:
-            self.dirs[d] += delta
-            d = posixpath.dirname(d)
-
-    def _drop(self, path: str) -> None:
-        if self.state.findings.pop(path, None) is not None:
-            self._count(path, -1)
 
     def hide(self, path: str, at: bool = True, below: bool = True) -> None:
         """Remove findings of lower layers at `path` and/or under it."""
         if at:
             f = self.state.findings.get(path)
             if f is not None and f.layer < self.layer:
-                self._drop(path)
-        if below and self.dirs.get(path):
-            prefix = path + "/"
-            for p in [p for p, f in self.state.findings.items() if p.startswith(prefix) and f.layer < self.layer]:
-                self._drop(p)
+                del self.state.findings[path]
+        if below:
+            lo = bisect.bisect_left(self.lower, path + "/")
+            hi = bisect.bisect_left(self.lower, path + "0", lo)  # "0" follows "/": every "path/..." is between
+            for p in self.lower[lo:hi]:
+                f = self.state.findings.get(p)
+                if f is not None and f.layer < self.layer:
+                    del self.state.findings[p]
+            del self.lower[lo:hi]
 
     def add(self, path: str, finding: Finding) -> None:
         if path not in self.state.findings and len(self.state.findings) >= MAX_FINDINGS:
             self.state.note(f"more than {MAX_FINDINGS} package files: /{path} and later ones are not listed")
             return
-        self._drop(path)
         self.state.findings[path] = finding
-        self._count(path, 1)
         self.here[path] = finding
 
 

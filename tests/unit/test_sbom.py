@@ -324,3 +324,15 @@ def test_sbom_diff():
         "added": [{"type": "npm", "name": "y", "versions": ["2"]}],
         "removed": [{"type": "deb", "name": "zlib", "versions": ["1"]}],
         "changed": [{"type": "deb", "name": "bash", "before": ["5.1"], "after": ["5.2"]}]}
+
+
+def test_many_whiteouts_hide_exactly_what_they_name():
+    """A layer of many whiteouts over many findings (hostile input): each hides its own folder only,
+    and what the whiting-out layer itself adds stays."""
+    n = 2000
+    lower = [E(f"app/node_modules/p{i}/package.json", data=b'{"name":"p%d","version":"1"}' % i) for i in range(n)]
+    upper = [E(f"app/node_modules/.wh.p{i}") for i in range(0, n, 2)]
+    upper += [E("app/node_modules/p0/package.json", data=b'{"name":"again","version":"2"}'),
+              E("app/node_modules/.wh.p0")]  # a whiteout after the layer's own file: the file stays
+    names = _names(_scan(lower, upper))
+    assert len(names) == n // 2 + 1 and "again" in names and "p0" not in names and "p1" in names and "p2" not in names
