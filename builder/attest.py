@@ -140,6 +140,25 @@ def _attest_repository(builder: "Builder", supply: SupplyOptions, repo: Any, sub
     return result
 
 
+def complete_reused(builder: "Builder", plan: "Plan", repository: str, tags: list[str], digest: str,
+                    commit: str | None, branch: str | None) -> None:
+    """An image a project takes from the registry unchanged (its content tag exists): one referrers
+    lookup (and, with a key, one signature read); only what it lacks (e.g. a signature, now that a key
+    is configured) is made, with every step counted as cached."""
+    supply: SupplyOptions = builder.o.supply  # type: ignore[assignment]
+    repo = builder.repo(repository)
+    types = {sbom.FORMATS[supply.sbom_format][1] if supply.sbom_format else "": SBOM_KIND,
+             rf.IN_TOTO_JSON: PROVENANCE_KIND}
+    present = {types[a.artifact_type] for a in rf.list_referrers(repo, digest) if a.artifact_type in types}
+    wanted = {k for k, on in ((SBOM_KIND, bool(supply.sbom_format)), (PROVENANCE_KIND, supply.provenance)) if on}
+    signed = supply.sign_key is None or bool(signed_references(repo, digest, supply.sign_key))
+    if wanted <= present and signed:
+        return
+    builder.o.tags = [f"{repository}:{t}" for t in tags]
+    builder.hits = {s.key: None for s in plan.all_steps()}  # nothing ran: every step came from the registry
+    attest(builder, plan, builder.load_image(repository, digest), commit, branch)
+
+
 def _sign(repo: Any, digest: str, reference: str, key: "SigningKey", creator: str) -> None:
     from registry import signing
 

@@ -257,6 +257,10 @@ class ProjectBuilder:
             self._retag(repository, tag, found.digest, extras)
             self.report("image", f"{spec.name}: {repository}:{tag} is in the registry, nothing to build",
                         image=spec.name, digest=found.digest)
+            if self.o.supply is not None and self.o.build_missing:
+                from builder.attest import complete_reused
+
+                complete_reused(builder, plan, repository, [tag, *extras], found.digest, self.o.commit, self.o.branch)
             return ImageResult(spec.name, repository, tag, [tag, *extras], found.digest, 0, len(plan.all_steps()),
                                True, steps)
         if not self.o.build_missing:

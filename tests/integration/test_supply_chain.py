@@ -339,3 +339,27 @@ def test_a_project_attaches_one_set_per_image(registry, base_image, kade_build, 
                                                     .hexdigest()}} in deps
             assert prov["predicate"]["buildDefinition"]["externalParameters"]["source"]["digest"] == {"gitCommit": commit}
             assert signing.read_signatures(repo, img["digest"])
+
+
+def test_a_reused_project_image_gets_what_it_lacks_and_nothing_else(registry, base_image, kade_build, tmp_path,
+                                                                      monkeypatch, sign_key):
+    """A project image taken from the registry unchanged: no attestation made again, but a signature is
+    added once a key is configured (and nothing at all on the next run)."""
+    monkeypatch.setenv("KADE_SIGN_PASSWORD", sign_key.password)
+    root = tmp_path / "repo"
+    (root / "web").mkdir(parents=True)
+    (root / "web" / "Dockerfile").write_text(f"FROM {base_image.ref}\nENV IMAGE=web\n")
+    (root / "kade.yaml").write_text("project: demo\nimages:\n  web: {context: web}\n")
+    for args in (("init", "-q", "-b", "main"), ("add", "-A"), ("commit", "-qm", "demo")):
+        subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True)
+    common = ("--dir", str(root), "--repo", f"{registry.host}/reuse", "--cache-dir", str(tmp_path / "c"))
+    first = kade_build(*common, "--output", "json").ok()["images"]["web"]
+    second = kade_build(*common, "--sign-key", str(sign_key.private))
+    assert second.code == 0, second.stderr
+    assert " attest " not in second.stderr and " sign " in second.stderr  # signed, nothing re-attached
+    third = kade_build(*common, "--sign-key", str(sign_key.private))
+    assert third.code == 0 and " sign " not in third.stderr and " attest " not in third.stderr
+    with RegistryClient() as client:
+        repo = client.repository(first["repository"])
+        assert len(rf.list_referrers(repo, first["digest"])) == 2
+        assert signing.read_signatures(repo, first["digest"])
