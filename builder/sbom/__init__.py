@@ -28,21 +28,11 @@ class _Decompressed:
     unpacking, nothing here needs the diffID, so the stream is counted, not hashed."""
 
     def __init__(self, blob: BinaryIO, digest: str) -> None:
-        from builder.unpack import Limits, open_decompressed
+        from builder.unpack import Limits, _Metered, open_decompressed
 
-        self.blob, self.digest = blob, digest
+        self.blob = blob
         self.inner = open_decompressed(blob, threaded=True)  # inflating runs beside the parsing, as in unpack
-        self.limit, self.count = Limits.from_env().max_bytes, 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.inner.read(n)
-        self.count += len(data)
-        if self.count > self.limit:
-            from builder.unpack import LayerLimitError
-
-            raise LayerLimitError(f"layer {self.digest} expands to more than {self.limit} bytes; refusing it "
-                                  "(archive bomb?) — raise $KADE_LAYER_MAX_BYTES if the image is genuine")
-        return data
+        self.read = _Metered(self.inner, Limits.from_env().max_bytes, digest, hashed=False).read
 
     def close(self) -> None:
         if self.inner is not self.blob and hasattr(self.inner, "close"):
