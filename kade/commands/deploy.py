@@ -35,7 +35,10 @@ def register(subparsers: Any) -> None:
     deploy.add_argument("--repo", metavar="REPO", help="with kade.yaml: image repository prefix (REPO/NAME)")
     deploy.add_argument("--dev", action="store_true", help="with kade.yaml: use the working tree, not HEAD")
     deploy.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
-                        help="with kade.yaml: reach HOST over plain HTTP")
+                        help="reach HOST over plain HTTP (kade.yaml images, --verify)")
+    from kade.supply import add_verify_arguments
+
+    add_verify_arguments(deploy)
     deploy.set_defaults(func=run_deploy)
 
     plan = subparsers.add_parser("plan", help="show what a deploy would change (with --exit-code, 3 means changes)")
@@ -189,6 +192,7 @@ def run_deploy(args: argparse.Namespace) -> int:
         return deploy_command(args)
 
     resources, values, images = _inputs(args)
+    _verify(args, resources)
     opts = _options(args, values, images)
     if args.dry_run:
         result = Deployer(_kube(args), make_reporter(args.output)).plan(resources, opts)
@@ -203,6 +207,20 @@ def run_deploy(args: argparse.Namespace) -> int:
         return deployer.deploy(resources, opts)
 
     return _outcome(args, deploy)
+
+
+def _verify(args: argparse.Namespace, resources: list[Any]) -> None:
+    """--verify: refuse unverified images and pin the others by digest, before anything is applied."""
+    from kade.supply import verify_policy
+
+    policy = verify_policy(args)
+    if policy is None:
+        return
+    from kade.verify import verify_manifests
+    from registry.client import ClientOptions, RegistryClient
+
+    with RegistryClient(ClientOptions(insecure=tuple(args.insecure_registry))) as client:
+        verify_manifests(resources, policy, client, make_reporter(args.output))
 
 
 def _outcome(args: argparse.Namespace, action: Any) -> int:
