@@ -64,6 +64,16 @@ def readable_file(text: str) -> str:
     return text
 
 
+def key_source(text: str) -> str:
+    """A key file, or `k8s://NAMESPACE/NAME` (a Secret): the file checked now, the Secret when it is read."""
+    if text.startswith("k8s://"):
+        namespace, _, name = text[len("k8s://"):].partition("/")
+        if not namespace or not name or "/" in name:
+            raise argparse.ArgumentTypeError(f"{text}: expected k8s://NAMESPACE/NAME")
+        return text
+    return readable_file(text)
+
+
 def yaml_file(text: str) -> str:
     """A readable file holding a YAML mapping (a kubeconfig, a values file): said here, not deep in a loader."""
     import yaml
@@ -96,6 +106,29 @@ def output_file(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text}: its directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"{text}: its directory {parent} is not writable")
+    return text
+
+
+def duration(text: str) -> str:
+    """A positive duration (90s, 5m, 1h30m, seconds), kept as text for the command to parse again."""
+    return _duration(text, allow_zero=False)
+
+
+def duration_or_zero(text: str) -> str:
+    return _duration(text, allow_zero=True)
+
+
+def _duration(text: str, allow_zero: bool) -> str:
+    from deployer.durations import parse_duration
+    from deployer.errors import DeployError
+
+    try:
+        value = parse_duration(text)
+    except DeployError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value < 0 or (value == 0 and not allow_zero):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a duration above 0{' (or 0: off)' if allow_zero else ''}, "
+                                         "e.g. 90s or 5m")
     return text
 
 

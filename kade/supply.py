@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from kade import argtypes
 from kade.errors import UsageError
 
 K8S = "k8s://"
@@ -22,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="attach an SBOM of each pushed image: SPDX 2.3 (default) or CycloneDX 1.5 JSON, or none")
     p.add_argument("--provenance", action=argparse.BooleanOptionalAction, default=None,
                    help="attach SLSA v1 provenance to each pushed image (default: yes)")
-    p.add_argument("--sign-key", metavar="PATH|k8s://NS/NAME", default=None,
+    p.add_argument("--sign-key", metavar="PATH|k8s://NS/NAME", default=None, type=argtypes.key_source,
                    help="sign each pushed image and its attestations (cosign format; default $KADE_SIGN_KEY)")
     p.add_argument("--builder-id", metavar="URI", default=None,
                    help="builder id written into provenance (default $KADE_BUILDER_ID, else "
@@ -89,11 +90,11 @@ def supply_options(args: argparse.Namespace, backend: str, builder_image: str = 
 def add_verify_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify", action="store_true",
                    help="verify every image before applying and pin it by digest (kade.yaml: deploy.verify)")
-    p.add_argument("--verify-key", action="append", default=[], metavar="PATH|k8s://NS/NAME",
+    p.add_argument("--verify-key", action="append", default=[], metavar="PATH|k8s://NS/NAME", type=argtypes.key_source,
                    help="public key an image's signature must verify with (repeatable; implies --verify)")
     p.add_argument("--trusted-builder", action="append", default=[], metavar="ID",
                    help="builder id the image's provenance must name (repeatable; implies --verify)")
-    p.add_argument("--verify-repo", metavar="PATH",
+    p.add_argument("--verify-repo", metavar="PATH", type=argtypes.existing_dir,
                    help="git checkout whose history must hold the provenance's commit (implies --verify)")
 
 

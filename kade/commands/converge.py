@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--release", "-r", help="override kade.yaml's deploy.release")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set_values",
                    help="set a template value (dotted keys; repeatable)")
-    p.add_argument("--timeout", default="5m", help="deploy timeout (e.g. 90s, 5m; default 5m)")
+    p.add_argument("--timeout", default="5m", type=argtypes.duration, help="deploy timeout (e.g. 90s, 5m; default 5m)")
     p.add_argument("--atomic", action=argparse.BooleanOptionalAction, default=True,
                    help="roll back a failed rollout (default: yes)")
     from kade import supply

@@ -28,8 +28,8 @@ def register(subparsers: Any) -> None:
     deploy.add_argument("--use-plan", metavar="FILE",
                         help="deploy only if a plan saved by `kade plan --save-plan FILE` still describes this deploy")
     deploy.add_argument("--history-max", type=int, default=10, help="revisions kept in the release history (0: all)")
-    deploy.add_argument("--no-activity-timeout", default="4m", help="fail a resource when nothing changes for this long")
-    deploy.add_argument("--settle", default="2s",
+    deploy.add_argument("--no-activity-timeout", type=argtypes.duration, default="4m", help="fail a resource when nothing changes for this long")
+    deploy.add_argument("--settle", type=argtypes.duration_or_zero, default="2s",
                         help="a workload must stay ready this long with no container exiting before it counts (0: off)")
     deploy.add_argument("--dir", default=".", metavar="DIR", type=argtypes.existing_dir, help="project folder holding kade.yaml (default .)")
     deploy.add_argument("--env", dest="env_name", metavar="ENV", help="with kade.yaml: environment name (env_name)")
@@ -49,12 +49,12 @@ def register(subparsers: Any) -> None:
     plan.add_argument("--adopt", action="store_true", help="plan as if taking over objects of no or another release")
     plan.add_argument("--exit-code", action="store_true",
                       help="exit 3 when the plan has changes (0: none, 1: error, 2: usage error)")
-    plan.add_argument("--save-plan", metavar="FILE", help="save the plan for `kade deploy --use-plan FILE`")
+    plan.add_argument("--save-plan", metavar="FILE", type=argtypes.output_file, help="save the plan for `kade deploy --use-plan FILE`")
     plan.set_defaults(func=run_plan)
 
     rollback = subparsers.add_parser("rollback", help="deploy an earlier revision of a release again")
     rollback.add_argument("release", metavar="RELEASE")
-    rollback.add_argument("--revision", type=int, help="revision to restore (default: the one before the current)")
+    rollback.add_argument("--revision", type=argtypes.positive_int, help="revision to restore (default: the one before the current)")
     _cluster_args(rollback)
     _timeout_args(rollback)
     rollback.set_defaults(func=run_rollback)
@@ -81,7 +81,7 @@ def register(subparsers: Any) -> None:
 
 def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--namespace", default="default", help="release namespace and default namespace (default: default)")
-    p.add_argument("--kubeconfig", type=argtypes.yaml_file, help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("--output", "-o", choices=OUTPUT_CHOICES, default="text", help="text or JSON events/results")
 
@@ -95,7 +95,7 @@ def _ownership_args(p: argparse.ArgumentParser) -> None:
 
 
 def _timeout_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timeout", default="5m", help="give up after this long (e.g. 90s, 5m; default 5m)")
+    p.add_argument("--timeout", default="5m", type=argtypes.duration, help="give up after this long (e.g. 90s, 5m; default 5m)")
 
 
 def _release_args(p: argparse.ArgumentParser, timeout: bool = True) -> None:

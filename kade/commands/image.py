@@ -39,7 +39,7 @@ def register(subparsers: Any) -> None:
     shown.add_argument("--provenance", action="store_true", help="print the image's attached SLSA provenance")
     shown.add_argument("--signatures", action="store_true",
                        help="list the image's signatures (verified when --key is given)")
-    p.add_argument("--key", action="append", default=[], metavar="PATH|k8s://NS/NAME",
+    p.add_argument("--key", action="append", default=[], metavar="PATH|k8s://NS/NAME", type=argtypes.key_source,
                    help="public key to verify --signatures with (repeatable)")
     _common(p, output=False)
     p.set_defaults(func=cmd_inspect, output="json")  # its result is JSON: so is its failure
@@ -94,11 +94,13 @@ def register(subparsers: Any) -> None:
 
 def _policy_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", action="append", default=[], metavar="PATH|k8s://NS/NAME", required=True,
+                   type=argtypes.key_source,
                    help="public key a signature must verify with (repeatable: any one)")
     p.add_argument("--trusted-builder", action="append", default=[], metavar="ID",
                    help="builder id the provenance must name (repeatable: any one)")
-    p.add_argument("--repo", metavar="PATH", help="git checkout whose history must hold the provenance's commit")
-    p.add_argument("--kubeconfig", help="kubeconfig for k8s:// keys")
+    p.add_argument("--repo", metavar="PATH", type=argtypes.existing_dir,
+                   help="git checkout whose history must hold the provenance's commit")
+    p.add_argument("--kubeconfig", type=argtypes.yaml_file, help="kubeconfig for k8s:// keys")
 
 
 def _common(p: argparse.ArgumentParser, output: bool = True) -> None:
@@ -281,6 +283,9 @@ def _sbom_rows(client: Any, spec: str) -> list[Any]:
 def cmd_sbom_diff(args: argparse.Namespace) -> int:
     from builder.sbom.documents import diff
 
+    for spec in (args.a, args.b):  # both named now, before either is fetched
+        if not Path(spec).is_file():
+            _ref(spec)
     with _client(args) as client:
         result = diff(_sbom_rows(client, args.a), _sbom_rows(client, args.b))
 
@@ -303,6 +308,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     password = os.environ.get("KADE_SIGN_PASSWORD", os.environ.get("COSIGN_PASSWORD"))
     key = generate()
     private, public = Path(args.prefix + ".key"), Path(args.prefix + ".pub")
+    if not private.parent.is_dir():
+        raise UsageError(f"{args.prefix}: the directory {private.parent} does not exist (or is not a directory)")
     if private.exists() or public.exists():
         raise UsageError(f"{private} or {public} exists already; pick another prefix")
     fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
