@@ -50,7 +50,7 @@ Report = Callable[..., None]
 ANNOTATION_REVISION = "org.opencontainers.image.revision"
 ANNOTATION_CREATED = "org.opencontainers.image.created"
 _OCI_FOR_DOCKER = {mt.DOCKER_LAYER_GZIP: mt.OCI_LAYER_GZIP}
-STAGE_STOP_GRACE = 3.0  # seconds a cancelled build waits for its running stages to stop
+STAGE_STOP_GRACE = 1.5  # seconds a cancelled build waits for its running stages to stop
 
 
 @dataclass

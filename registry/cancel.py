@@ -171,7 +171,7 @@ class Pool(ThreadPoolExecutor):
     tasks not started and waits at most `grace` seconds for the running ones; otherwise it waits for
     all, as usual. A thread left running then dies with the process (kade/cli.py `entry`)."""
 
-    def __init__(self, max_workers: int | None = None, *, grace: float = 2.0, **kwargs: Any) -> None:
+    def __init__(self, max_workers: int | None = None, *, grace: float = 1.0, **kwargs: Any) -> None:
         super().__init__(max_workers, **kwargs)
         self.grace = grace
         self._pending: set[Future] = set()

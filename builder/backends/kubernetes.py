@@ -38,7 +38,7 @@ from registry import cancel
 from registry.client import RegistryClient
 
 RESULT_KIND = "stage-result"
-CONNECT_GRACE = 3.0  # seconds a cancelled build waits for a connection still being made
+CONNECT_GRACE = 1.5  # seconds a cancelled build waits for a connection still being made
 FAILED_KIND = "stage-failed"
 _FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                   "CreateContainerError"}
