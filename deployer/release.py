@@ -73,8 +73,15 @@ def encode(record: ReleaseRecord) -> bytes:
     return gzip.compress(record.to_json(), compresslevel=6, mtime=0)
 
 
-def decode(blob: bytes) -> ReleaseRecord:
-    return ReleaseRecord.from_json(gzip.decompress(blob))
+def decode(blob: bytes, max_json: int | None = None) -> ReleaseRecord:
+    """`max_json` bounds the inflated size, for readers that must survive a hostile record (cleanup)."""
+    if max_json is None:
+        return ReleaseRecord.from_json(gzip.decompress(blob))
+    reader = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    data = reader.decompress(blob, max_json + 1)
+    if len(data) > max_json:
+        raise ValueError(f"it inflates to more than {max_json} bytes")
+    return ReleaseRecord.from_json(data)
 
 
 def split(blob: bytes, size: int = CHUNK_SIZE) -> list[bytes]:
@@ -113,8 +120,8 @@ def record_secrets(record: ReleaseRecord, size: int = CHUNK_SIZE) -> list[dict[s
     return out
 
 
-def records_from_secrets(secrets: list[dict[str, Any]]) -> list[ReleaseRecord]:
-    """Group Secrets by revision, join their parts, decode; oldest first."""
+def records_from_secrets(secrets: list[dict[str, Any]], max_json: int | None = None) -> list[ReleaseRecord]:
+    """Group Secrets by revision, join their parts, decode (at most `max_json` bytes each); oldest first."""
     by_revision: dict[int, dict[int, bytes]] = {}
     expected: dict[int, int] = {}
     for secret in secrets:
@@ -135,7 +142,7 @@ def records_from_secrets(secrets: list[dict[str, Any]]) -> list[ReleaseRecord]:
         label = f"revision {revision}"
         blob = join(by_revision[revision], expected[revision], label)
         try:
-            records.append(decode(blob))
+            records.append(decode(blob, max_json))
         except (OSError, EOFError, ValueError, TypeError, zlib.error) as exc:
             raise DeployError(f"release record {label} is corrupt ({exc}); delete its Secrets "
                               f"(label kade.io/revision={revision}) to drop it from the history") from None

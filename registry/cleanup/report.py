@@ -67,5 +67,9 @@ def render_text(plan: Plan, outcomes: list[Outcome] | None, dry_run: bool, width
     buf = io.StringIO()
     console = Console(file=buf, width=width, highlight=False, color_system=None, soft_wrap=False)
     console.print(table)
+    for blocker in plan.blockers:
+        console.print(Text(f"nothing is deleted: {blocker}"))
+    for note in plan.notes:
+        console.print(Text(f"ignored: {note}"))
     console.print(summary_line(plan, outcomes, dry_run))
     return buf.getvalue().rstrip("\n")

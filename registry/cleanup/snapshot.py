@@ -1,6 +1,7 @@
 """Read what the plan needs from the registry: build records, every tag's current digest in the stages
-repository and in each repository the records name, and the creation time of step images no record
-names. Requests run on a small thread pool (HEADs dominate: one per tag)."""
+repository and in the image repositories given (never in a repository only a build record names: a
+record is data anyone with push rights to the stages repository can write), and the creation time of
+step images no record names. Requests run on a small thread pool (HEADs dominate: one per tag)."""
 from __future__ import annotations
 
 import json
@@ -95,9 +96,6 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
     if report:
         report("read", f"{stages_name}: {len(stage_tags)} tags, {len(records)} build records")
     repos = {stages_name, *(canonical_repo(r) for r in extra_repos)}
-    for _, rec in records:
-        for img in rec.images:
-            repos.add(img.repository)
     tags: dict[str, dict[str, str]] = {}
     indexes: dict[str, dict[str, frozenset[str]]] = {}
     for name in sorted(repos):
@@ -122,10 +120,14 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
 
 
 def _canonical_record(record: BuildRecord) -> BuildRecord:
+    """The record with its repositories in canonical form; a name that isn't one stays as written (it
+    matches no repository given, so the plan reports and ignores it)."""
     from dataclasses import replace
 
-    try:
-        images = tuple(replace(i, repository=canonical_repo(i.repository)) for i in record.images)
-    except RegistryError as exc:
-        raise CleanupError(f"build record {record.tag}: {exc}") from None
-    return replace(record, images=images)
+    def canonical(name: str) -> str:
+        try:
+            return canonical_repo(name)
+        except RegistryError:
+            return name
+
+    return replace(record, images=tuple(replace(i, repository=canonical(i.repository)) for i in record.images))

@@ -88,7 +88,8 @@ class Scenario:
         }
 
     def facts(self, in_use: InUse | None = None):
-        facts = collect_facts(self.client, self.stages_name, git=str(self.git.path), kube_contexts=None)
+        facts = collect_facts(self.client, self.stages_name, repos=(self.repo_name,), git=str(self.git.path),
+                              kube_contexts=None)
         facts.in_use = in_use
         return facts
 
@@ -270,7 +271,7 @@ def test_a_platform_manifest_of_a_kept_index_survives(registry, tmp_path):
     h = GitHistory(tmp_path / "git")
     h.commit("a", "main", int(ago(1).timestamp()))
     h.write()
-    facts = collect_facts(rc, name + "-stages", git=str(h.path), kube_contexts=None)
+    facts = collect_facts(rc, name + "-stages", repos=(name,), git=str(h.path), kube_contexts=None)
     plan = make_plan(facts, parse_policy_text(POLICY))
     by_tag = {i.tag: i for i in plan.items}
     assert by_tag["amd64"].action == "keep"
@@ -298,7 +299,8 @@ def test_a_registry_with_deletion_disabled_stops_the_run_with_the_fix(tmp_path):
         repo, stages = rc.repository(name), rc.repository(name + "-stages")
         digest = push_image(repo, ["old"], "old")
         push_record(stages, BuildRecord(None, None, ago(50), (RecordImage("default", name, ("old",), digest, ()),)))
-        plan = make_plan(collect_facts(rc, name + "-stages", git=None, kube_contexts=None), parse_policy_text(POLICY))
+        plan = make_plan(collect_facts(rc, name + "-stages", repos=(name,), git=None, kube_contexts=None),
+                         parse_policy_text(POLICY))
         assert [i.tag for i in plan.deletions if i.repository == name] == ["old"]
         with pytest.raises(Unsupported, match="storage.delete.enabled"):
             run(rc, plan)
