@@ -25,6 +25,7 @@ from registry.cleanup.manifests import ManifestError, images_in_yaml
 
 SECRET_TYPE = "helm.sh/release.v1"
 OWNER_SELECTOR = "owner=helm"
+NAME_PREFIX = "sh.helm.release.v1."
 MAX_ENCODED = 4 * 1024 * 1024  # what the API server stores is ~1.5 MiB at most; anything bigger is forged
 MAX_JSON = 64 * 1024 * 1024  # a big chart's release (CRDs, templates, values) is a few MiB of JSON
 _GZIP_MAGIC = b"\x1f\x8b\x08"

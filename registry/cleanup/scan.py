@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from registry.cleanup.errors import ClusterScanError
-from registry.cleanup.helm import OWNER_SELECTOR, SECRET_TYPE, HelmReleaseError, decode_release
+from registry.cleanup.helm import NAME_PREFIX, OWNER_SELECTOR, SECRET_TYPE, HelmReleaseError, decode_release
 from registry.cleanup.inuse import KINDS, InUse, images_of
 from registry.cleanup.releases import LOCAL, ReleaseRevision
 
@@ -159,6 +159,8 @@ def helm_releases(reader: ClusterReader) -> tuple[list[ReleaseRevision], list[st
     problems: list[str] = []
     for kind, field_selector in (("Secret", f"type={SECRET_TYPE}"), ("ConfigMap", None)):
         for obj in reader.list(kind, OWNER_SELECTOR, field_selector):
+            if not str((obj.get("metadata") or {}).get("name", "")).startswith(NAME_PREFIX):
+                continue  # labelled owner=helm, but not a release object: Helm would not read it either
             try:
                 r = decode_release(obj, kind)
             except HelmReleaseError as exc:
