@@ -18,7 +18,7 @@ from kubernetes import client
 from registry.client import ClientOptions, RegistryClient
 from registry.copy import copy_image
 from registry.records import BuildRecord, RecordImage, push_record
-from tests.fixtures.cleanup import GitHistory
+from tests.fixtures.cleanup import GitHistory, helm_objects, helm_release
 from tests.fixtures.deploy import FAST_PROBE_OK, deployment
 
 pytestmark = pytest.mark.cluster
@@ -99,29 +99,6 @@ def test_every_revision_of_a_release_survives_cleanup_and_rollback_works(kade, k
     status = apps.read_namespaced_deployment_status("web", ns).status
     assert status.ready_replicas == 1 and status.updated_replicas == 1
     images.rc.close()
-
-
-def helm_release(name: str, ns: str, version: int, manifest: str, hooks: list[dict], status: str) -> bytes:
-    """The JSON Helm 3 stores for a release (pkg/release.Release)."""
-    stamp = "2026-11-20T10:00:00.123456789Z"
-    return json.dumps({
-        "name": name, "namespace": ns, "version": version,
-        "info": {"first_deployed": stamp, "last_deployed": stamp, "deleted": "", "description": "Upgrade complete",
-                 "status": status},
-        "chart": {"metadata": {"name": name, "version": "1.0.0", "apiVersion": "v2"}, "templates": [], "values": {}},
-        "config": {}, "manifest": manifest, "hooks": hooks}).encode()
-
-
-def helm_objects(ns: str, name: str, version: int, payload: bytes, driver: str) -> dict:
-    """Helm's storage object: `release` = base64(gzip(JSON)); a Secret's data is base64 once more."""
-    value = base64.b64encode(gzip.compress(payload, 9)).decode()
-    meta = {"name": f"sh.helm.release.v1.{name}.v{version}", "namespace": ns,
-            "labels": {"name": name, "owner": "helm", "status": "superseded", "version": str(version),
-                       "createdAt": "1763632800"}}
-    if driver == "secret":
-        return {"apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1", "metadata": meta,
-                "data": {"release": base64.b64encode(value.encode()).decode()}}
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"release": value}}
 
 
 def test_helm_release_history_protects_its_images(kade, kube_cluster, kube_namespace, tmp_path):
