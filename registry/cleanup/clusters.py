@@ -121,15 +121,20 @@ def make_report(cluster: str, created: datetime, in_use: InUse, releases: Iterab
     kept_releases = []
     for r in releases:
         images = tuple(i for i in r.images if relevant.image(i))
+        if len(images) > MAX_IMAGES_PER_REVISION:
+            raise ReportError(f"{r.label()} names {len(images)} images, more than a report holds "
+                              f"({MAX_IMAGES_PER_REVISION})")
         if images:
             kept_releases.append(ReleaseRevision(cluster, r.kind, r.namespace, r.name, r.revision, r.deployed,
-                                                 images[:MAX_IMAGES_PER_REVISION]))
-    return ClusterReport(
-        cluster, created,
-        tuple(uses)[:MAX_ENTRIES],
-        tuple(kept_releases)[:MAX_ENTRIES],
-        tuple(p[:MAX_STRING] for p in problems)[:MAX_PROBLEMS],
-        tuple(sorted(namespaces)))
+                                                 images))
+    if max(len(uses), len(kept_releases)) > MAX_ENTRIES:  # never drop one: a missing entry would be deleted
+        raise ReportError(f"cluster {cluster}: {len(uses)} images in use and {len(kept_releases)} release "
+                          f"revisions, more than a report holds ({MAX_ENTRIES} each): scan fewer namespaces")
+    problems = [p[:MAX_STRING] for p in problems]
+    if len(problems) > MAX_PROBLEMS:  # one is enough to block; say how many there were
+        problems = problems[:MAX_PROBLEMS - 1] + [f"... and {len(problems) - MAX_PROBLEMS + 1} more"]
+    return ClusterReport(cluster, created, tuple(uses), tuple(kept_releases), tuple(problems),
+                         tuple(sorted(namespaces)))
 
 
 @dataclass(frozen=True)

@@ -108,3 +108,12 @@ def test_an_oversized_report_is_refused_before_publishing():
     huge = ClusterReport("b", NOW, problems=tuple("x" * 1000 for _ in range(9000)))
     with pytest.raises(ReportError, match="scan fewer namespaces"):
         report_manifest(huge)
+
+
+def test_a_report_never_drops_an_entry_to_fit():
+    many = ReleaseRevision("(current)", "kade", "shop", "web", 1, None,
+                           tuple(f"reg:5000/team/app:t{i}" for i in range(1001)))
+    with pytest.raises(ReportError, match="names 1001 images, more than a report holds"):
+        make_report("b", NOW, InUse(), [many], [], [], {"team/app"}, set())
+    r = make_report("b", NOW, InUse(), [], [f"p{i}" for i in range(150)], [], {"team/app"}, set())
+    assert len(r.problems) == 100 and r.problems[-1] == "... and 51 more"
