@@ -147,6 +147,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     if not args.git and not settings.git and not (Path(".git").exists() or Path("HEAD").is_file()):
         raise UsageError("cleanup needs the git history: pass --git PATH_OR_URL (the current directory is "
                          "not a git repository)")
+    if args.publish_report and args.without_kube:
+        raise UsageError("--publish-report publishes what this run scans: drop --without-kube")
     clusters = _clusters(args, settings, args.publish_report)
     with _client(args) as client:
         facts = collect_facts(client, stages, repos=repos, git=git, report=report, workers=args.workers,
