@@ -35,10 +35,9 @@ from kade.cleanup_facts import kade_releases  # noqa: E402
 from registry.cleanup.clusters import make_report, publish_report  # noqa: E402
 from registry.cleanup.execute import execute  # noqa: E402
 from registry.cleanup.inuse import InUse  # noqa: E402
-from registry.cleanup.plan import make_plan  # noqa: E402
 from registry.cleanup.policy import DEFAULT_POLICY  # noqa: E402
 from registry.cleanup.releases import ReleaseRevision  # noqa: E402
-from registry.cleanup.run import ClusterOptions, collect_facts  # noqa: E402
+from registry.cleanup.run import ClusterOptions, collect_facts, plan_cleanup  # noqa: E402
 from registry.client import RegistryClient  # noqa: E402
 from registry.digest import sha256_digest  # noqa: E402
 from registry.model import Descriptor, Manifest  # noqa: E402
@@ -238,7 +237,7 @@ def main() -> int:
                               report=lambda kind, msg, **kw: print(f"  {time.perf_counter() - t0:6.2f}s {msg}"))
         t_facts = time.perf_counter() - t0
         t1 = time.perf_counter()
-        plan = make_plan(facts, DEFAULT_POLICY)
+        plan = plan_cleanup(client, facts, DEFAULT_POLICY, workers=args.workers)
         t_plan = time.perf_counter() - t1
         planning = time.perf_counter() - t0
         s = plan.summary()

@@ -14,12 +14,12 @@ from typing import Any, Callable
 from kade.errors import UsageError
 from kade.output import OUTPUT_CHOICES, make_reporter, print_result
 from registry.cleanup.execute import Outcome, execute
-from registry.cleanup.plan import Plan, make_plan
+from registry.cleanup.plan import Plan
 from registry.cleanup.policy import DEFAULT_POLICY, Policy
 from registry.cleanup.policy_file import (Settings, load_kade_yaml_policy, load_kade_yaml_settings,
                                           load_policy_file)
 from registry.cleanup.report import render_text, to_json
-from registry.cleanup.run import ClusterOptions, collect_facts, stages_repo_for
+from registry.cleanup.run import ClusterOptions, collect_facts, plan_cleanup, stages_repo_for
 from registry.client import ClientOptions, RegistryClient
 
 
@@ -153,7 +153,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     with _client(args) as client:
         facts = collect_facts(client, stages, repos=repos, git=git, report=report, workers=args.workers,
                               clusters=clusters)
-        plan = make_plan(facts, policy)
+        plan = plan_cleanup(client, facts, policy, workers=args.workers, report=report)
         return _finish(client, plan, args, report)
 
 
@@ -226,7 +226,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     repos, stages = _repos(args, load_kade_yaml_settings(args.config))
     with _client(args) as client:
         facts = collect_facts(client, stages, repos=repos, git=None, report=report, workers=args.workers)
-        plan = make_plan(facts, DEFAULT_POLICY, purge=True)
+        plan = plan_cleanup(client, facts, DEFAULT_POLICY, purge=True, workers=args.workers, report=report)
         if not args.dry_run and not args.yes:
             _confirm(repos[0] if repos else stages, plan)
         return _finish(client, plan, args, report)

@@ -11,7 +11,9 @@
   digest, at most every max(`recheck_interval`, 4 x the time the last re-check took): the re-check
   costs at most a fifth of the run, however many tags the repository keeps.
 - A digest is deleted by digest only when every one of its tags is planned to go; otherwise each tag
-  goes alone (`Repository.delete_tag`, which never touches other tags of the digest).
+  goes alone (`Repository.delete_tag`, which never touches other tags of the digest). A kept tag whose
+  digest the plan never read (a step image kept by name) and that the re-check finds on a digest
+  planned for deletion makes that digest's tags go alone too.
 - Order: final images, then step images, then build records; a crash half-way leaves records that
   still explain what remains, so the next run finishes the job.
 
@@ -65,6 +67,9 @@ class Guard:
         self.protected_digests: dict[tuple[str, str], str] = {}
         self.doomed = {(i.repository, i.digest) for i in plan.deletions if i.method == "manifest"}
         self.deleted: set[tuple[str, str]] = set()  # (repository, tag) this run removed
+        # doomed digest -> a kept tag whose digest the plan never read and that points to it: the
+        # digest stays, its planned tags go one by one (what the plan would have said had it read it)
+        self.shared: dict[tuple[str, str], str] = {}
         self._last = 0.0
         self._last_moves = 0.0
         self._moves_took = 0.0
@@ -89,7 +94,10 @@ class Guard:
         for item, desc in zip(items, descs):
             if desc is None or desc.digest == item.digest or (item.repository, desc.digest) not in self.doomed:
                 continue
-            self.protected_digests.setdefault((item.repository, desc.digest), f"tag {item.tag} now points to it")
+            if item.digest is None and item.action == "keep":
+                self.shared.setdefault((item.repository, desc.digest), item.tag)
+            else:
+                self.protected_digests.setdefault((item.repository, desc.digest), f"tag {item.tag} now points to it")
         self._last_moves = time.monotonic()
         self._moves_took = self._last_moves - start
 
@@ -149,7 +157,7 @@ def _check(repo: Any, item: PlanItem) -> str | None:
     return None
 
 
-def _delete_tag(client: Any, guard: Guard, item: PlanItem) -> Outcome:
+def _delete_tag(client: Any, guard: Guard, item: PlanItem, note: str = "") -> Outcome:
     why = guard.why_protected(item)
     if why:
         return Outcome(item, "skipped", why)
@@ -160,7 +168,7 @@ def _delete_tag(client: Any, guard: Guard, item: PlanItem) -> Outcome:
             return Outcome(item, "skipped", moved)
         how = repo.delete_tag(item.tag)
         guard.deleted.add((item.repository, item.tag))
-        return Outcome(item, "deleted", f"tag removed ({how})")
+        return Outcome(item, "deleted", f"{note}tag removed ({how})")
     except NotFound:
         return Outcome(item, "skipped", "already gone")
     except Unsupported:
@@ -176,6 +184,9 @@ def _delete_digest(client: Any, guard: Guard, items: list[PlanItem]) -> list[Out
     protected_tags = [i for i in items if guard.protected_tags.get((i.repository, i.tag))]
     if why or protected_tags:
         return [Outcome(i, "skipped", why or guard.why_protected(protected_tags[0]) or "") for i in items]
+    kept = guard.shared.get((items[0].repository, digest))
+    if kept:
+        return [_delete_tag(client, guard, i, f"kept tag {kept} has the same digest: ") for i in items]
     out: list[Outcome] = []
     still: list[PlanItem] = []
     try:
@@ -205,6 +216,10 @@ def execute(client: Any, plan: Plan, progress: Progress | None = None, workers: 
     if outside:
         raise CleanupError(f"refusing to carry out a plan that deletes in {', '.join(outside)}, outside the "
                            f"repositories it was made for ({', '.join(sorted(plan.repositories))})")
+    unread = [f"{i.repository}:{i.tag}" for i in plan.deletions if i.digest is None]
+    if unread:
+        raise CleanupError(f"the plan deletes tags whose digest it never read ({', '.join(unread[:3])}...): "
+                           "make it with registry.cleanup.run.plan_cleanup")
     guard = Guard(client, plan, recheck_interval)
     guard.start()
     units: list[tuple[int, list[PlanItem]]] = []  # (order, items deleted together)

@@ -51,7 +51,7 @@ MAX_BLOCKERS_SHOWN = 2
 class PlanItem:
     repository: str
     tag: str
-    digest: str
+    digest: str | None  # None: not read (a stages tag kept by name: its digest decides nothing)
     kind: Kind
     action: Action
     reasons: tuple[str, ...]
@@ -102,7 +102,10 @@ class Facts:
     now: datetime
     stages_repo: str  # host/repo
     records: list[tuple[str, BuildRecord]]  # (record tag, record)
-    tags: dict[str, dict[str, str]]  # repository (host/repo) -> tag -> digest: the repositories in scope
+    # repository (host/repo) -> tag -> digest: the repositories in scope. A stages tag's digest may be
+    # None (not read): step images a record names, reports, foreign tags. The plan decides those by name;
+    # `run.plan_cleanup` reads the digests of the ones it would delete and plans again.
+    tags: dict[str, dict[str, str | None]]
     git: GitFacts | None = None
     in_use: InUse | None = None
     step_created: dict[str, datetime | None] = field(default_factory=dict)  # orphan step key -> created
@@ -395,16 +398,16 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
         _block(decisions, blockers)
 
     # 3. How each deletion is carried out: by digest only when every tag of the digest goes.
-    keeps_digest: set[tuple[str, str]] = set()
+    keeps_digest: set[tuple[str, str | None]] = set()
     for (repo, tag), (_, action, _) in decisions.items():
-        if action == "keep":
+        if action == "keep":  # (a kept tag whose digest was not read: execute re-checks it, see there)
             keeps_digest.add((repo, facts.tags[repo][tag]))
     items = []
     for (repo, tag), (kind, action, reasons) in sorted(decisions.items()):
         digest = facts.tags[repo][tag]
         method = None
         if action == "delete":
-            method = "tag" if (repo, digest) in keeps_digest else "manifest"
+            method = "tag" if digest is not None and (repo, digest) in keeps_digest else "manifest"
         items.append(PlanItem(repo, tag, digest, kind, action, reasons, method))  # type: ignore[arg-type]
     return Plan(now, facts.stages_repo, tuple(items), frozenset(record_by_tag), scope, tuple(notes),
                 tuple(blockers) if not purge else (), tuple(clusters))

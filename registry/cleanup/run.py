@@ -10,9 +10,10 @@ from registry.cleanup.clusters import ReportEntry, make_report, publish_report, 
 from registry.cleanup.errors import ClusterScanError
 from registry.cleanup.gitwalk import GitSource, read_git_facts
 from registry.cleanup.inuse import InUse, repo_path
-from registry.cleanup.plan import Facts
+from registry.cleanup.plan import Facts, Plan, make_plan
+from registry.cleanup.policy import Policy
 from registry.cleanup.scan import ClusterScan, ReleaseSource, scan_clusters
-from registry.cleanup.snapshot import RegistrySnapshot, read_snapshot
+from registry.cleanup.snapshot import RegistrySnapshot, list_tag_descriptors, read_snapshot
 
 Report = Callable[..., None]
 
@@ -95,3 +96,31 @@ def _report_reports(reports: list[ReportEntry], report: Report) -> None:
         else:
             report("read", f"cluster report {e.tag}: {e.report.created:%Y-%m-%d %H:%M}Z, {len(e.report.uses)} "
                            f"images in use, {len(e.report.releases)} release revisions")
+
+
+def plan_cleanup(client: Any, facts: Facts, policy: Policy, purge: bool = False, workers: int = 8,
+                 report: Report = lambda *a, **k: None) -> Plan:
+    """The plan, with a digest for every deletion: plan by name, read the digests the snapshot left
+    unread for the tags it would delete (a few, where the stages repository has thousands of step
+    images the plan keeps), and plan again with them (a digest can only add protections). A tag gone
+    meanwhile drops out."""
+    plan = make_plan(facts, policy, purge)
+    for _ in range(2):  # a second pass reads nothing new: digests never turn a keep into a delete
+        missing: dict[str, list[str]] = {}
+        for item in plan.deletions:
+            if item.digest is None:
+                missing.setdefault(item.repository, []).append(item.tag)
+        if not missing:
+            return plan
+        for repo_name, tags in missing.items():
+            descs = list_tag_descriptors(client.repository(repo_name), workers, tags)
+            current = facts.tags[repo_name]
+            for tag in tags:
+                if tag in descs:
+                    current[tag] = descs[tag].digest
+                else:
+                    del current[tag]
+            report("read", f"{repo_name}: the digests of {len(tags)} tags the plan would delete")
+        plan = make_plan(facts, policy, purge)
+    raise AssertionError("a plan still deletes tags whose digest was not read")  # digests only add keeps
+

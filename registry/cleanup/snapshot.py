@@ -25,7 +25,7 @@ Report = Callable[..., None]
 class RegistrySnapshot:
     stages_repo: str
     records: list[tuple[str, BuildRecord]]
-    tags: dict[str, dict[str, str]]  # repository -> tag -> digest
+    tags: dict[str, dict[str, str | None]]  # repository -> tag -> digest (None: not read, see plan.Facts)
     step_created: dict[str, datetime | None]
     indexes: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # repo -> index -> children
 
@@ -96,14 +96,21 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
     if report:
         report("read", f"{stages_name}: {len(stage_tags)} tags, {len(records)} build records")
     repos = {stages_name, *(canonical_repo(r) for r in extra_repos)}
-    tags: dict[str, dict[str, str]] = {}
+    named = {s for _, rec in records for img in rec.images for s in img.steps}
+    orphans = [t for t in stage_tags if STEP_KEY_RE.match(t) and t not in named]
+    tags: dict[str, dict[str, str | None]] = {}
     indexes: dict[str, dict[str, frozenset[str]]] = {}
     for name in sorted(repos):
         repo = stages if name == stages_name else client.repository(name)
-        if name == stages_name:  # the records' digests are known already: no HEAD for them
-            others = [t for t in stage_tags if t not in record_digests]
-            descs = list_tag_descriptors(repo, workers, others)
-            tags[name] = {**{t: d.digest for t, d in descs.items()}, **record_digests}
+        if name == stages_name:
+            # The records' digests are known; orphan steps may be deleted by age: read them. The other
+            # tags (steps a record names, reports, foreign tags) are decided by name: their digests
+            # are read only if the plan would delete them (run.plan_cleanup).
+            descs = list_tag_descriptors(repo, workers, orphans)
+            tags[name] = {**{t: None for t in valid_tags(stage_tags)}, **{t: d.digest for t, d in descs.items()},
+                          **record_digests}
+            for gone in set(orphans) - set(descs):  # deleted while listing
+                tags[name].pop(gone, None)
         else:
             descs = list_tag_descriptors(repo, workers)
             tags[name] = {t: d.digest for t, d in descs.items()}
@@ -112,8 +119,7 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
             indexes[name] = children
         if report:
             report("read", f"{name}: {len(tags[name])} tags")
-    named = {s for _, rec in records for img in rec.images for s in img.steps}
-    orphans = [t for t in tags[stages_name] if STEP_KEY_RE.match(t) and t not in named]
+    orphans = [t for t in orphans if t in tags[stages_name]]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         created = dict(zip(orphans, pool.map(lambda k: step_created_time(stages, k), orphans)))
     return RegistrySnapshot(stages_name, records, tags, created, indexes)

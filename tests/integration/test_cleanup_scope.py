@@ -13,8 +13,8 @@ import pytest
 
 from kade.cli import main
 from registry.cleanup.execute import execute
-from registry.cleanup.plan import make_plan
 from registry.cleanup.policy_file import parse_policy_text
+from registry.cleanup.run import collect_facts, plan_cleanup
 from registry.client import RegistryClient
 from registry.records import BuildRecord, RecordImage, push_record
 from tests.fixtures.cleanup import GitHistory, push_image
@@ -94,7 +94,7 @@ def test_a_tag_moved_onto_a_digest_planned_for_deletion_protects_it(registry, tm
     """While the deletions run (after the first one), kept tag `a` is moved onto G's digest, which the
     plan deletes as a whole later: the re-check before the next batch sees it, G stays."""
     s = Scenario(registry, tmp_path)
-    plan = make_plan(s.facts(None), parse_policy_text(POLICY))
+    plan = plan_cleanup(s.client, s.facts(None), parse_policy_text(POLICY))
     moved = []
 
     def progress(done: int, total: int) -> None:
@@ -111,3 +111,30 @@ def test_a_tag_moved_onto_a_digest_planned_for_deletion_protects_it(registry, tm
     assert outcomes["g2"].status == "skipped"
     assert s.repo.head_manifest("a").digest == s.digests["g"]
     s.client.close()
+
+
+def test_a_step_sharing_its_digest_with_a_kept_step_goes_alone(registry):
+    """The plan reads no digest of step images it keeps by name; so it plans the old step's digest
+    for deletion as a whole. The run re-reads every tag first, sees the kept step on that digest, and
+    removes only the old step's tag: the kept step still resolves."""
+    client = RegistryClient()
+    name = f"{registry.host}/share-{uuid.uuid4().hex[:6]}/app"
+    repo, stages = client.repository(name), client.repository(name + "-stages")
+    kept_step, old_step = "a" * 64, "b" * 64
+    same = push_image(stages, [kept_step, old_step], "one step image under two keys")
+    fresh, stale = push_image(repo, ["fresh"], "fresh"), push_image(repo, ["stale"], "stale")
+    now = datetime.now(timezone.utc)
+    push_record(stages, BuildRecord(None, None, now, (RecordImage("d", name, ("fresh",), fresh, (kept_step,)),)))
+    push_record(stages, BuildRecord(None, None, datetime(2020, 1, 1, tzinfo=timezone.utc),
+                                    (RecordImage("d", name, ("stale",), stale, (old_step,)),)))
+    facts = collect_facts(client, name + "-stages", repos=(name,), git=None, kube_contexts=None)
+    plan = plan_cleanup(client, facts, parse_policy_text(POLICY))
+    items = {i.tag: i for i in plan.items}
+    assert items[kept_step].action == "keep" and items[kept_step].digest is None  # never read
+    assert (items[old_step].action, items[old_step].method, items[old_step].digest) == ("delete", "manifest", same)
+    outcomes = {o.item.tag: o for o in execute(client, plan)}
+    assert outcomes[old_step].status == "deleted"
+    assert outcomes[old_step].detail.startswith(f"kept tag {kept_step} has the same digest: tag removed")
+    assert stages.head_manifest(kept_step).digest == same
+    assert stages.head_manifest(old_step) is None
+    client.close()

@@ -374,3 +374,22 @@ def test_scan_problems_block_and_report_tags_are_kept_except_by_purge():
     assert (item.kind, item.action) == ("report", "keep")
     purge = next(i for i in make_plan(f, Policy(()), purge=True).items if i.tag == "cluster-b")
     assert (purge.kind, purge.action) == ("report", "delete")
+
+
+def test_stage_tags_kept_by_name_need_no_digest_and_an_unread_deletion_is_refused():
+    from registry.cleanup.errors import CleanupError
+    from registry.cleanup.execute import execute
+
+    kept = rec(3, 30, [(["c3"], 3, [1])])
+    gone = rec(9, 100, [(["old"], 1, [2])])
+    f = facts([kept, gone], {"c3": D(3), "old": D(1)}, {"cluster-b": None, "foreign": None})
+    f.tags[STAGES][K(1)] = f.tags[STAGES][K(2)] = None  # as the snapshot leaves them
+    plan = make_plan(f, MAIN_LAST_2)
+    items = {i.tag: i for i in plan.items}
+    assert (items[K(1)].action, items[K(1)].digest) == ("keep", None)
+    assert (items[K(2)].action, items[K(2)].method, items[K(2)].digest) == ("delete", "manifest", None)
+    assert items["foreign"].action == "keep" and items["cluster-b"].action == "keep"
+    with pytest.raises(CleanupError, match="never read"):
+        execute(None, plan)  # refused before any request
+    f.tags[STAGES][K(2)] = D(77)
+    assert {i.tag: i.digest for i in make_plan(f, MAIN_LAST_2).deletions}[K(2)] == D(77)
