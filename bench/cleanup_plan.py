@@ -6,7 +6,8 @@ Starts the real docker-registry on loopback, stores 1,000 builds (each: a final 
 20 tags) with git fast-import; in a namespace of the test cluster (tests/cluster/up) writes 50
 releases of 10 revisions each (25 kade release records through deployer.release, 25 Helm release
 Secrets in Helm's format), each revision a Deployment naming one built image; publishes 3 cluster
-reports (each: 300 images in use, 50 x 10 release revisions) to the stages repository. Measures:
+reports (each: 100 images in use, 50 x 10 release revisions, all among the newest 500 builds) to the
+stages repository: about half the builds are old and unused, as a nightly cleanup finds them. Measures:
   - planning: scanning the namespace (workloads, kade and Helm releases), reading the registry (tags,
     HEAD per tag, records, cluster reports), walking git, making the plan;
   - execution: deletions per second with the default policy (most builds are old).
@@ -47,7 +48,7 @@ from tests.fixtures.registry import RegistryServer  # noqa: E402
 
 COMMITS, BRANCHES, TAGS, BUILD_EVERY = 2000, 40, 20, 2
 STEPS_PER_BUILD, TAGS_PER_IMAGE = 6, 3
-RELEASES, REVISIONS, REPORTS, REPORT_IN_USE = 50, 10, 3, 300
+RELEASES, REVISIONS, REPORTS, REPORT_IN_USE = 50, 10, 3, 100
 KUBECONFIG = "/var/lib/kade-cluster/admin.kubeconfig"
 
 
@@ -189,12 +190,14 @@ def write_releases(kubeconfig: str, images: list[str], now: datetime) -> tuple[s
 
 
 def publish_reports(stages, images: list[str], now: datetime, repo_path: str) -> None:
-    """REPORTS other clusters, each using REPORT_IN_USE images and with RELEASES x REVISIONS revisions."""
+    """REPORTS other clusters, each using REPORT_IN_USE of the newest images and with RELEASES x
+    REVISIONS revisions (of the newest images too, as a nightly cleanup sees them: old builds unused)."""
+    newest = images[-RELEASES * REVISIONS:]
     for c in range(REPORTS):
         in_use = InUse()
-        for i, image in enumerate(images[c * REPORT_IN_USE:(c + 1) * REPORT_IN_USE]):
+        for i, image in enumerate(newest[c * REPORT_IN_USE:(c + 1) * REPORT_IN_USE]):
             in_use.add(image, f"ctx/shop/Deployment/web-{i}")
-        releases = [ReleaseRevision("ctx", "helm", "shop", f"rel{k}", r, now, (images[(k * REVISIONS + r) % len(images)],))
+        releases = [ReleaseRevision("ctx", "helm", "shop", f"rel{k}", r, now, (newest[(k * REVISIONS + r) % len(newest)],))
                     for k in range(RELEASES) for r in range(1, REVISIONS + 1)]
         publish_report(stages, make_report(f"bench-{c}", now, in_use, releases, [], ["shop"], {repo_path}, set(),
                                            label="ctx"))
@@ -232,12 +235,14 @@ def main() -> int:
         load0 = os.getloadavg()[0]
         cpu0 = _cpu_seconds()
         t0 = time.perf_counter()
+        def progress(kind: str, msg: str, **kw: object) -> None:
+            print(f"  {time.perf_counter() - t0:6.2f}s {msg}")
+
         facts = collect_facts(client, repo_name + "-stages", repos=(repo_name,), git=str(history.path), now=now,
-                              workers=args.workers, clusters=clusters,
-                              report=lambda kind, msg, **kw: print(f"  {time.perf_counter() - t0:6.2f}s {msg}"))
+                              workers=args.workers, clusters=clusters, report=progress)
         t_facts = time.perf_counter() - t0
         t1 = time.perf_counter()
-        plan = plan_cleanup(client, facts, DEFAULT_POLICY, workers=args.workers)
+        plan = plan_cleanup(client, facts, DEFAULT_POLICY, workers=args.workers, report=progress)
         t_plan = time.perf_counter() - t1
         planning = time.perf_counter() - t0
         s = plan.summary()
@@ -247,7 +252,9 @@ def main() -> int:
               f"keep {s['keep']}, delete {s['delete']}; {len(facts.releases)} release revisions, "
               f"{len(plan.clusters)} cluster reports, blockers: {len(plan.blockers)}", flush=True)
         assert len(facts.releases) == (0 if args.no_cluster else RELEASES * REVISIONS) and not plan.blockers
-        assert len(plan.clusters) == REPORTS
+        assert len(plan.clusters) == REPORTS and all(i.digest for i in plan.deletions)
+        unread = sum(1 for i in plan.items if i.digest is None)
+        print(f"planning: {unread} stage tags kept by name without reading their digest")
 
         lines = [
             f"\n## cleanup planning ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {_commit()})\n",
@@ -261,7 +268,8 @@ def main() -> int:
                                     f"{RELEASES} releases x {REVISIONS} revisions (half kade, half Helm Secrets)")
             + f", {REPORTS} cluster reports; default policy",
             f"- planning (goal < 30 s): **{planning:.1f} s** (cluster scan + registry reads + git walk {t_facts:.1f} s, "
-            f"plan {t_plan:.2f} s; kade's own CPU {cpu_planning:.1f} s); plan: keep {s['keep']}, delete "
+            f"plan with the digests of its deletions {t_plan:.2f} s; {unread} step images kept by name cost "
+            f"no request; kade's own CPU {cpu_planning:.1f} s); plan: keep {s['keep']}, delete "
             f"{s['delete']}; load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
             "(the machine is shared)",
         ]
