@@ -86,8 +86,15 @@ def encode(record: ReleaseRecord) -> bytes:
     return gzip.compress(record.to_json(), compresslevel=6, mtime=0)
 
 
-def decode(blob: bytes) -> ReleaseRecord:
-    return ReleaseRecord.from_json(gzip.decompress(blob))
+def decode(blob: bytes, max_json: int | None = None) -> ReleaseRecord:
+    """`max_json` bounds the inflated size, for readers that must survive a hostile record (cleanup)."""
+    if max_json is None:
+        return ReleaseRecord.from_json(gzip.decompress(blob))
+    reader = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    data = reader.decompress(blob, max_json + 1)
+    if len(data) > max_json:
+        raise ValueError(f"it inflates to more than {max_json} bytes")
+    return ReleaseRecord.from_json(data)
 
 
 def split(blob: bytes, size: int = CHUNK_SIZE) -> list[bytes]:
@@ -126,9 +133,11 @@ def record_secrets(record: ReleaseRecord, size: int = CHUNK_SIZE) -> list[dict[s
     return out
 
 
-def records_from_secrets(secrets: list[dict[str, Any]], incomplete: list[int] | None = None) -> list[ReleaseRecord]:
-    """Group Secrets by revision, join their parts, decode; oldest first. Revisions with parts missing
-    are left out and, when `incomplete` is given, appended to it (without it they are an error)."""
+def records_from_secrets(secrets: list[dict[str, Any]], incomplete: list[int] | None = None,
+                         max_json: int | None = None) -> list[ReleaseRecord]:
+    """Group Secrets by revision, join their parts, decode (at most `max_json` bytes each); oldest first.
+    Revisions with parts missing are left out and, when `incomplete` is given, appended to it (without it
+    they are an error)."""
     by_revision: dict[int, dict[int, bytes]] = {}
     expected: dict[int, int] = {}
     for secret in secrets:
@@ -152,7 +161,7 @@ def records_from_secrets(secrets: list[dict[str, Any]], incomplete: list[int] | 
             continue
         blob = join(by_revision[revision], expected[revision], label)
         try:
-            records.append(decode(blob))
+            records.append(decode(blob, max_json))
         except (OSError, EOFError, ValueError, TypeError, zlib.error) as exc:
             raise DeployError(f"release record {label} is corrupt ({exc}); delete its Secrets "
                               f"(label kade.io/revision={revision}) to drop it from the history") from None

@@ -27,6 +27,7 @@ from registry.model import Descriptor, Manifest, parse_manifest
 RECORD_MEDIA_TYPE = "application/vnd.kade.build-record.v1+json"
 RECORD_TAG_RE = re.compile(r"^build-([0-9a-f]{40}|nocommit)-([0-9]{1,16})$")
 STEP_KEY_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_RECORD_BYTES = 4 * 1024 * 1024
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -160,8 +161,11 @@ def read_record(repo: Any, tag: str) -> tuple[str, BuildRecord]:
     if not isinstance(manifest, Manifest) or manifest.config.media_type != RECORD_MEDIA_TYPE:
         raise InvalidManifest(f"{where}: not a kade build record (config media type "
                               f"{getattr(getattr(manifest, 'config', None), 'media_type', None)!r})")
-    with repo.open_blob(manifest.config.digest) as stream:
-        data = stream.read()
+    if manifest.config.size > MAX_RECORD_BYTES:  # records are data anyone who can push may write
+        raise InvalidManifest(f"{where}: its config is {manifest.config.size} bytes, more than a build record "
+                              f"has ({MAX_RECORD_BYTES}); delete this tag")
+    with repo.open_blob(manifest.config.digest, manifest.config.size) as stream:
+        data = stream.read(MAX_RECORD_BYTES + 1)
     return desc.digest, BuildRecord.from_config_bytes(data, where)
 
 

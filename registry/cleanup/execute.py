@@ -1,19 +1,26 @@
 """Carry out a plan, safely while builds push.
 
-- Only what the plan says to delete, and only if it is still as planned: each tag's digest is
+- Only what the plan says to delete, only in the repositories the plan was made for (anything else
+  is refused before the first request), and only if it is still as planned: each tag's digest is
   re-checked (HEAD) right before its deletion; a tag that moved is skipped.
 - The stages repository is re-listed at the start and at most every `recheck_interval` seconds: a
   build record the plan did not see protects every tag, digest and step image it names; a tag that
-  appeared in a repository since the plan protects its digest. Kept tags are re-checked at the start:
-  one that now points at a digest planned for deletion protects it.
+  appeared in a repository since the plan protects its digest.
+- A tag that moves onto a digest planned for deletion protects it: every other tag the plan saw in
+  that repository is re-checked (HEAD) at the start and again before each batch of deletions by
+  digest, at most every max(`recheck_interval`, 4 x the time the last re-check took): the re-check
+  costs at most a fifth of the run, however many tags the repository keeps.
 - A digest is deleted by digest only when every one of its tags is planned to go; otherwise each tag
-  goes alone (`Repository.delete_tag`, which never touches other tags of the digest).
+  goes alone (`Repository.delete_tag`, which never touches other tags of the digest). A kept tag whose
+  digest the plan never read (a step image kept by name) and that the re-check finds on a digest
+  planned for deletion makes that digest's tags go alone too.
 - Order: final images, then step images, then build records; a crash half-way leaves records that
   still explain what remains, so the next run finishes the job.
 
 What can't be closed on a registry without conditional deletes: a build that pushes a tag onto a
 digest in the instant between the last re-check and the DELETE. The window is one request long for
-tags and at most `recheck_interval` for new build records.
+tags, at most `recheck_interval` for new build records, and one re-check interval for tags moved
+onto a digest that is deleted whole.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from registry import cancel
+from registry.cleanup.errors import CleanupError
 from registry.cleanup.plan import Plan, PlanItem
 from registry.cleanup.snapshot import canonical_repo
 from registry.errors import NotFound, RegistryError, Unsupported
@@ -31,7 +39,7 @@ from registry.records import is_record_tag, read_record
 
 Status = Literal["deleted", "skipped", "failed"]
 Progress = Callable[[int, int], None]
-_ORDER = {"image": 0, "other": 0, "step": 1, "record": 2}
+_ORDER = {"image": 0, "other": 0, "step": 1, "record": 2, "report": 2}
 
 
 @dataclass(frozen=True)
@@ -57,27 +65,47 @@ class Guard:
             self.known_tags[item.repository].add(item.tag)
         self.protected_tags: dict[tuple[str, str], str] = {}
         self.protected_digests: dict[tuple[str, str], str] = {}
+        self.doomed = {(i.repository, i.digest) for i in plan.deletions if i.method == "manifest"}
+        self.deleted: set[tuple[str, str]] = set()  # (repository, tag) this run removed
+        # doomed digest -> a kept tag whose digest the plan never read and that points to it: the
+        # digest stays, its planned tags go one by one (what the plan would have said had it read it)
+        self.shared: dict[tuple[str, str], str] = {}
         self._last = 0.0
+        self._last_moves = 0.0
+        self._moves_took = 0.0
         self._lock = threading.Lock()
 
     def _repo(self, name: str) -> Any:
         return self.client.repository(name)
 
     def start(self) -> None:
-        """Re-check kept tags of repositories where a digest is deleted as a whole, then refresh."""
-        doomed = {(i.repository, i.digest) for i in self.plan.deletions if i.method == "manifest"}
-        repos = {r for r, _ in doomed}
-        kept = [i for i in self.plan.kept if i.repository in repos]
-        with cancel.Pool(max_workers=8) as pool:
-            descs = list(pool.map(lambda i: self._repo(i.repository).head_manifest(i.tag), kept))
-        for item, desc in zip(kept, descs):
-            if desc is not None and (item.repository, desc.digest) in doomed:
-                self.protected_digests[(item.repository, desc.digest)] = f"kept tag {item.tag} now points to it"
+        """Re-check the tags of repositories where a digest is deleted as a whole, then refresh."""
+        self.recheck_moves()
         self.refresh()
 
-    def maybe_refresh(self) -> None:
+    def recheck_moves(self) -> None:
+        """HEAD every tag the plan saw in repositories with digests to delete (those this run has not
+        removed): one that now points at such a digest, other than as planned, protects it."""
+        start = time.monotonic()
+        repos = {r for r, _ in self.doomed}
+        items = [i for i in self.plan.items if i.repository in repos and (i.repository, i.tag) not in self.deleted]
+        with cancel.Pool(max_workers=8) as pool:
+            descs = list(pool.map(lambda i: self._repo(i.repository).head_manifest(i.tag), items))
+        for item, desc in zip(items, descs):
+            if desc is None or desc.digest == item.digest or (item.repository, desc.digest) not in self.doomed:
+                continue
+            if item.digest is None and item.action == "keep":
+                self.shared.setdefault((item.repository, desc.digest), item.tag)
+            else:
+                self.protected_digests.setdefault((item.repository, desc.digest), f"tag {item.tag} now points to it")
+        self._last_moves = time.monotonic()
+        self._moves_took = self._last_moves - start
+
+    def maybe_refresh(self, deleting_digests: bool = True) -> None:
         if time.monotonic() - self._last >= self.interval:
             self.refresh()
+        if deleting_digests and time.monotonic() - self._last_moves >= max(self.interval, 4 * self._moves_took):
+            self.recheck_moves()
 
     def refresh(self) -> None:
         with self._lock:
@@ -129,7 +157,7 @@ def _check(repo: Any, item: PlanItem) -> str | None:
     return None
 
 
-def _delete_tag(client: Any, guard: Guard, item: PlanItem) -> Outcome:
+def _delete_tag(client: Any, guard: Guard, item: PlanItem, note: str = "") -> Outcome:
     why = guard.why_protected(item)
     if why:
         return Outcome(item, "skipped", why)
@@ -139,7 +167,8 @@ def _delete_tag(client: Any, guard: Guard, item: PlanItem) -> Outcome:
         if moved:
             return Outcome(item, "skipped", moved)
         how = repo.delete_tag(item.tag)
-        return Outcome(item, "deleted", f"tag removed ({how})")
+        guard.deleted.add((item.repository, item.tag))
+        return Outcome(item, "deleted", f"{note}tag removed ({how})")
     except NotFound:
         return Outcome(item, "skipped", "already gone")
     except Unsupported:
@@ -155,6 +184,9 @@ def _delete_digest(client: Any, guard: Guard, items: list[PlanItem]) -> list[Out
     protected_tags = [i for i in items if guard.protected_tags.get((i.repository, i.tag))]
     if why or protected_tags:
         return [Outcome(i, "skipped", why or guard.why_protected(protected_tags[0]) or "") for i in items]
+    kept = guard.shared.get((items[0].repository, digest))
+    if kept:
+        return [_delete_tag(client, guard, i, f"kept tag {kept} has the same digest: ") for i in items]
     out: list[Outcome] = []
     still: list[PlanItem] = []
     try:
@@ -166,6 +198,7 @@ def _delete_digest(client: Any, guard: Guard, items: list[PlanItem]) -> list[Out
                 still.append(item)
         if still:
             repo.delete_manifest(digest)
+        guard.deleted.update((i.repository, i.tag) for i in still)
         out.extend(Outcome(i, "deleted", "manifest deleted by digest") for i in still)
     except NotFound:
         out.extend(Outcome(i, "skipped", "already gone") for i in still)
@@ -179,6 +212,14 @@ def _delete_digest(client: Any, guard: Guard, items: list[PlanItem]) -> list[Out
 def execute(client: Any, plan: Plan, progress: Progress | None = None, workers: int = 4,
             recheck_interval: float = 2.0, batch: int = 16) -> list[Outcome]:
     """Delete what the plan says, in order (images, steps, records); return one outcome per item."""
+    outside = sorted({i.repository for i in plan.deletions} - plan.repositories)
+    if outside:
+        raise CleanupError(f"refusing to carry out a plan that deletes in {', '.join(outside)}, outside the "
+                           f"repositories it was made for ({', '.join(sorted(plan.repositories))})")
+    unread = [f"{i.repository}:{i.tag}" for i in plan.deletions if i.digest is None]
+    if unread:
+        raise CleanupError(f"the plan deletes tags whose digest it never read ({', '.join(unread[:3])}...): "
+                           "make it with registry.cleanup.run.plan_cleanup")
     guard = Guard(client, plan, recheck_interval)
     guard.start()
     units: list[tuple[int, list[PlanItem]]] = []  # (order, items deleted together)
@@ -202,7 +243,7 @@ def execute(client: Any, plan: Plan, progress: Progress | None = None, workers: 
         for phase in sorted({order for order, _ in units}):  # one phase after the other
             todo = [items for order, items in units if order == phase]
             for start in range(0, len(todo), batch):
-                guard.maybe_refresh()
+                guard.maybe_refresh(any(len(u) > 1 or u[0].method == "manifest" for u in todo[start:start + batch]))
                 for result in pool.map(run, todo[start:start + batch]):
                     outcomes.extend(result)
                 if progress:

@@ -1,5 +1,6 @@
-"""Which images the clusters use: Pods, Deployments, ReplicaSets, StatefulSets, DaemonSets, active
-Jobs, CronJobs and ReplicationControllers in every namespace of every given kube context.
+"""Which images the clusters use (pure): Pods, Deployments, ReplicaSets, StatefulSets, DaemonSets,
+active Jobs, CronJobs and ReplicationControllers; `scan.py` lists them in every namespace of every
+given kube context.
 
 Images are matched by tag and by digest: `repo:tag`, `repo@sha256:…`, `repo:tag@sha256:…`, and the
 digest a Pod actually runs (`status.containerStatuses[].imageID`). Matching is conservative: the
@@ -8,16 +9,12 @@ digest in every repository. A context that can't be read is an error, never "not
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable
 
-from registry.cleanup.errors import ClusterScanError
 from registry.digest import is_digest
 from registry.errors import InvalidReference
 from registry.reference import Reference
-from registry.transport import CONNECT_TIMEOUT, answer_timeout
 
 
 @dataclass
@@ -32,10 +29,27 @@ class InUse:
         """Record that `where` uses `image`; each user is named once per tag or digest (a Pod names a
         digest in its spec and again in its status's imageID)."""
         for kind, key in image_keys(image):
-            table: dict[Any, list[str]] = self.tags if kind == "tag" else self.digests  # type: ignore[assignment]
-            users = table.setdefault(key, [])
-            if where not in users:
-                users.append(where)
+            self.add_key(kind, key, where)
+
+    def add_key(self, kind: str, key: Any, where: str) -> None:
+        """Record a user of ("tag", (repository path, tag)) or ("digest", digest)."""
+        table: dict[Any, list[str]] = self.tags if kind == "tag" else self.digests  # type: ignore[assignment]
+        users = table.setdefault(key, [])
+        if where not in users:
+            users.append(where)
+
+    @classmethod
+    def merged(cls, *tables: "InUse") -> "InUse":
+        out = cls()
+        for t in tables:
+            for key, users in t.tags.items():
+                for u in users:
+                    out.add_key("tag", key, u)
+            for digest, users in t.digests.items():
+                for u in users:
+                    out.add_key("digest", digest, u)
+            out.scanned.extend(t.scanned)
+        return out
 
     def tag_users(self, repository: str, tag: str) -> list[str]:
         return self.tags.get((repo_path(repository), tag), [])
@@ -120,102 +134,3 @@ def images_of(kind: str, obj: dict[str, Any]) -> list[str]:
                 if isinstance(c, dict) and isinstance(c.get("imageID"), str) and c["imageID"]:
                     images.append(c["imageID"])
     return images
-
-
-# --- the scan (thin I/O over the kubernetes client) -------------------------------------------------
-
-_LISTERS: dict[str, tuple[str, str]] = {
-    "Pod": ("CoreV1Api", "list_pod_for_all_namespaces"),
-    "ReplicationController": ("CoreV1Api", "list_replication_controller_for_all_namespaces"),
-    "Deployment": ("AppsV1Api", "list_deployment_for_all_namespaces"),
-    "ReplicaSet": ("AppsV1Api", "list_replica_set_for_all_namespaces"),
-    "StatefulSet": ("AppsV1Api", "list_stateful_set_for_all_namespaces"),
-    "DaemonSet": ("AppsV1Api", "list_daemon_set_for_all_namespaces"),
-    "Job": ("BatchV1Api", "list_job_for_all_namespaces"),
-    "CronJob": ("BatchV1Api", "list_cron_job_for_all_namespaces"),
-}
-
-
-def _api_client(context: str | None, kubeconfig: str | None) -> Any:
-    from kubernetes import client, config
-    from urllib3.util.retry import Retry
-
-    label = context or "current context"
-    cfg = client.Configuration()
-    path = None
-    try:
-        if context is None and kubeconfig is None and _in_cluster():
-            config.load_incluster_config(client_configuration=cfg)
-        else:
-            # The kubernetes package reads $KUBECONFIG once at import; read it now (it may list several files).
-            path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-            config.load_kube_config(config_file=path, context=context, client_configuration=cfg,
-                                    persist_config=False)
-    except Exception as exc:  # noqa: BLE001 - the loader raises plain exceptions, and YAML errors for a bad file
-        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise ClusterScanError(
-            f"cannot scan the cluster ({label}): no usable kubeconfig{' in ' + path if path else ''} ({detail}); "
-            "pass --kubeconfig FILE or set KUBECONFIG (and --kube-context), or pass --without-kube to clean up "
-            "without in-use protection") from None
-    cfg.retries = Retry(total=2, connect=2, read=0, status=0)  # a read that timed out is not retried: it had its time
-    return client.ApiClient(cfg)
-
-
-def _in_cluster() -> bool:
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
-        "/var/run/secrets/kubernetes.io/serviceaccount/token")
-
-
-def _list_all(api: Any, method: str, label: str, kind: str) -> Iterator[dict[str, Any]]:
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError, ReadTimeoutError
-
-    cont: str | None = None
-    while True:
-        try:
-            timeout = (CONNECT_TIMEOUT, answer_timeout())  # to connect, then for one page of the list
-            kwargs: dict[str, Any] = {"limit": 500, "_preload_content": False, "_request_timeout": timeout}
-            if cont:
-                kwargs["_continue"] = cont
-            resp = getattr(api, method)(**kwargs)
-            doc = json.loads(resp.data)
-        except ApiException as exc:
-            hint = (" (the service account needs list on this kind in all namespaces: see "
-                    "k8s-manifests/cleanup/clusterrole.yaml)" if exc.status in (401, 403) else "")
-            raise ClusterScanError(f"cannot list {kind}s in kube context {label}: HTTP {exc.status} "
-                                   f"{exc.reason}{hint}; or pass --without-kube") from None
-        except (HTTPError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", None) or exc
-            why = f"no answer within {timeout[1]:g} s" if isinstance(reason, ReadTimeoutError) else str(reason)
-            raise ClusterScanError(f"cannot reach kube context {label} to list {kind}s: {why}; check the "
-                                   "cluster, or pass --without-kube to skip in-use protection") from None
-        yield from doc.get("items") or []
-        cont = (doc.get("metadata") or {}).get("continue")
-        if not cont:
-            return
-
-
-def scan_clusters(contexts: list[str | None], kubeconfig: str | None = None,
-                  report: Callable[..., None] | None = None) -> InUse:
-    """Scan each context (None = the current context, or in-cluster config inside a pod)."""
-    from kubernetes import client
-
-    in_use = InUse()
-    for context in contexts or [None]:
-        label = context or "(current)"
-        api_client = _api_client(context, kubeconfig)
-        apis = {"CoreV1Api": client.CoreV1Api(api_client), "AppsV1Api": client.AppsV1Api(api_client),
-                "BatchV1Api": client.BatchV1Api(api_client)}
-        count = 0
-        for kind, (api_name, method) in _LISTERS.items():
-            for obj in _list_all(apis[api_name], method, label, kind):
-                meta = obj.get("metadata") or {}
-                where = f"{label}/{meta.get('namespace', '')}/{kind}/{meta.get('name', '')}"
-                for image in images_of(kind, obj):
-                    in_use.add(image, where)
-                count += 1
-        in_use.scanned.append(label)
-        if report:
-            report("scan", f"kube context {label}: {count} objects, "
-                           f"{len(in_use.tags)} tags and {len(in_use.digests)} digests in use so far")
-    return in_use

@@ -1,18 +1,31 @@
-"""The cleanup plan (pure): build records + the registry's tags + git facts + what the clusters use +
-the policy -> for every tag, keep or delete, with the reasons.
+"""The cleanup plan (pure): build records + the registry's tags + git facts + what the clusters use and
+their release histories reference + other clusters' reports + the policy -> for every tag, keep or
+delete, with the reasons.
 
 Rules, in order of strength:
+  - Only the repositories given are touched: the plan decides the tags of `facts.tags` (the image
+    repositories and the stages repository that were read) and nothing else. A build record's image
+    in another repository is reported and ignored: it never makes anything deletable, and the record
+    (with the step images it names) is kept, since this run can't tell whether that image stays.
+  - A silent cluster (its report is older than `cluster_report_max_age`), an unreadable report or an
+    unreadable release history blocks deletion: everything is kept, the reason says who is silent.
   - Only what kade pushed is ever deleted: a tag of a final image only when a build record names
     that tag with the digest it points to now; step images (64-hex tags) and build records in the
     stages repository. Everything else is kept ("not pushed by kade").
   - A tag is kept when: the keep list names it or its digest; a cluster uses it by tag or its
-    digest by digest; a build that pushed it is recent (`keep_built_within`) or kept by a keep
+    digest by digest; a kept revision of a release (kade's or Helm's, in any cluster) references it
+    (a rollback target); a build that pushed it is recent (`keep_built_within`) or kept by a keep
     policy for some git reference.
   - A digest that a kept tag points to is never deleted: when some tags of a digest stay, the others
     are removed one by one (`method="tag"`); only a digest whose every tag goes is deleted by digest.
   - Step images stay while a kept image or a recent build needs them; a step image no record names
     (a build still running, or one that failed) is kept for `orphan_steps_after` from its creation.
   - A build record stays while one of its images is kept or it is recent.
+
+Relations between manifests are passes over the decisions, after them: `_keep_index_children` keeps
+what a kept index lists. Attestations and signatures will be one more pass of the same shape over a
+`Facts.referrers` (subject digest -> referrer manifests): a referrer follows its subject (kept with it,
+deleted with it), see docs/cleanup.md.
 """
 from __future__ import annotations
 
@@ -21,21 +34,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Iterable, Literal
 
+from registry.cleanup.clusters import ReportEntry, cluster_of, is_report_tag, merge_reports
 from registry.cleanup.gitwalk import GitFacts
 from registry.cleanup.inuse import InUse
-from registry.cleanup.policy import GitRef, Policy, apply_limit, select_references
+from registry.cleanup.policy import GitRef, Policy, apply_limit, format_duration, select_references
+from registry.cleanup.releases import ReleaseRevision, rollback_targets
 from registry.records import STEP_KEY_RE, BuildRecord, RecordImage, is_record_tag
 
 Action = Literal["keep", "delete"]
-Kind = Literal["image", "step", "record", "other"]
+Kind = Literal["image", "step", "record", "report", "other"]
 MAX_REASONS = 4
+MAX_BLOCKERS_SHOWN = 2
 
 
 @dataclass(frozen=True)
 class PlanItem:
     repository: str
     tag: str
-    digest: str
+    digest: str | None  # None: not read (a stages tag kept by name: its digest decides nothing)
     kind: Kind
     action: Action
     reasons: tuple[str, ...]
@@ -52,6 +68,10 @@ class Plan:
     stages_repo: str
     items: tuple[PlanItem, ...]
     record_tags: frozenset[str]  # the build records the plan saw (newer ones are protected)
+    repositories: frozenset[str] = frozenset()  # the only repositories it may delete in
+    notes: tuple[str, ...] = ()  # what was ignored (records naming other repositories)
+    blockers: tuple[str, ...] = ()  # why nothing is deleted (silent clusters, unreadable histories)
+    clusters: tuple[str, ...] = ()  # the clusters whose reports counted
 
     @property
     def deletions(self) -> list[PlanItem]:
@@ -70,7 +90,9 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"created": self.created.isoformat(), "stagesRepository": self.stages_repo,
-                "summary": self.summary(), "items": [i.to_dict() for i in self.items]}
+                "repositories": sorted(self.repositories), "summary": self.summary(),
+                "blockers": list(self.blockers), "notes": list(self.notes), "clusterReports": list(self.clusters),
+                "items": [i.to_dict() for i in self.items]}
 
 
 @dataclass
@@ -80,11 +102,18 @@ class Facts:
     now: datetime
     stages_repo: str  # host/repo
     records: list[tuple[str, BuildRecord]]  # (record tag, record)
-    tags: dict[str, dict[str, str]]  # repository (host/repo) -> tag -> digest, as listed now
+    # repository (host/repo) -> tag -> digest: the repositories in scope. A stages tag's digest may be
+    # None (not read): step images a record names, reports, foreign tags. The plan decides those by name;
+    # `run.plan_cleanup` reads the digests of the ones it would delete and plans again.
+    tags: dict[str, dict[str, str | None]]
     git: GitFacts | None = None
     in_use: InUse | None = None
     step_created: dict[str, datetime | None] = field(default_factory=dict)  # orphan step key -> created
     indexes: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # repo -> index -> children
+    releases: list[ReleaseRevision] = field(default_factory=list)  # the scanned clusters' release histories
+    problems: list[str] = field(default_factory=list)  # what the scan could not read: blocks deletion
+    reports: list[ReportEntry] = field(default_factory=list)  # the stages repository's cluster reports
+    own_clusters: frozenset[str] = frozenset()  # clusters this run scanned itself (their reports don't count)
 
 
 @dataclass(frozen=True)
@@ -165,8 +194,6 @@ def policy_keeps(built: list[_Built], git: GitFacts | None, policy: Policy, now:
 
 
 def _fmt(d: Any) -> str:
-    from registry.cleanup.policy import format_duration
-
     return format_duration(d)
 
 
@@ -198,34 +225,79 @@ def _names(refs: list[GitRef]) -> str:
     return ", ".join(names) + (f" and {len(refs) - 3} more" if len(refs) > 3 else "")
 
 
+@dataclass
+class _Protection:
+    """What protects a tag from deletion besides git: the keep list, the clusters' usage and the kept
+    release revisions (the local scan merged with the fresh reports)."""
+
+    policy: Policy
+    in_use: InUse | None
+    releases: InUse
+
+    def reasons(self, repo: str, tag: str, digest: str) -> list[str]:
+        out = []
+        listed = self.policy.keep_listed(tag, digest)
+        if listed is not None:
+            out.append(f"keep list: {listed}")
+        if self.in_use is not None:
+            users = self.in_use.tag_users(repo, tag)
+            if users:
+                out.append(f"in use by tag: {_users(users)}")
+            users = self.in_use.digest_users(digest)
+            if users:
+                out.append(f"in use by digest: {_users(users)}")
+        revisions = list(dict.fromkeys(self.releases.tag_users(repo, tag) + self.releases.digest_users(digest)))
+        if revisions:
+            out.append(_users(revisions))
+        return out
+
+    def digest_needed(self, digest: str) -> bool:
+        return bool((self.in_use is not None and self.in_use.digest_users(digest))
+                    or self.releases.digest_users(digest))
+
+
+def _cluster_facts(facts: Facts, policy: Policy) -> tuple[_Protection, list[str], list[str]]:
+    """(protection, blockers, clusters whose reports count)."""
+    merged = merge_reports(facts.reports, facts.own_clusters, facts.now, policy.cluster_report_max_age)
+    in_use = facts.in_use
+    if merged.used:
+        in_use = InUse.merged(*(u for u in (facts.in_use, merged.in_use) if u is not None))
+    releases = rollback_targets([*facts.releases, *merged.releases], policy.release_revisions, facts.now)
+    blockers = [f"cannot read: {p}" for p in facts.problems] + merged.blockers
+    return _Protection(policy, in_use, releases), blockers, merged.used
+
+
+def _outside(built: list[_Built], scope: frozenset[str]) -> tuple[dict[str, str], list[str]]:
+    """Records naming images outside the repositories given: (record tag -> why it is kept, notes)."""
+    kept: dict[str, str] = {}
+    notes: list[str] = []
+    for b in built:
+        if b.image.repository not in scope and b.record_tag not in kept:
+            kept[b.record_tag] = f"names {b.image.repository}, outside this cleanup: ignored"
+            notes.append(f"build record {b.record_tag} names {b.image.repository}@{b.image.digest[:19]}, "
+                         f"outside the repositories given ({', '.join(sorted(scope))}): ignored")
+    return kept, notes
+
+
 def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
-    """Decide every tag of the stages repository and of the repositories the build records name."""
+    """Decide every tag of the repositories read (`facts.tags`): the image repositories given and the
+    stages repository. Nothing outside them is planned, whatever the build records name."""
     now = facts.now
-    built = [_Built(t, r, img) for t, r in facts.records for img in r.images]
+    scope = frozenset(facts.tags)
+    every = [_Built(t, r, img) for t, r in facts.records for img in r.images]
+    built = [b for b in every if b.image.repository in scope]
+    outside_records, notes = _outside(every, scope)
     keeps = _Reasons() if purge else policy_keeps(built, facts.git, policy, now)
     named: dict[tuple[str, str], list[_Built]] = defaultdict(list)
     for b in built:
         for tag in b.image.tags:
             named[(b.image.repository, tag)].append(b)
-    in_use = facts.in_use
+    protection, blockers, clusters = _cluster_facts(facts, policy)
     selected = selected_refs(facts.git, policy, now)
     decisions: dict[tuple[str, str], tuple[Kind, Action, tuple[str, ...]]] = {}
 
     def protections(repo: str, tag: str, digest: str) -> list[str]:
-        if purge:
-            return []
-        out = []
-        listed = policy.keep_listed(tag, digest)
-        if listed is not None:
-            out.append(f"keep list: {listed}")
-        if in_use is not None:
-            users = in_use.tag_users(repo, tag)
-            if users:
-                out.append(f"in use by tag: {_users(users)}")
-            users = in_use.digest_users(digest)
-            if users:
-                out.append(f"in use by digest: {_users(users)}")
-        return out
+        return [] if purge else protection.reasons(repo, tag, digest)
 
     # 1. Final images' tags.
     for repo, tags in sorted(facts.tags.items()):
@@ -255,7 +327,7 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
 
     def is_live(b: _Built) -> bool:
         """Some tag this build pushed still points to its image and stays (or the digest is in use)."""
-        if not purge and in_use is not None and in_use.digest_users(b.image.digest):
+        if not purge and protection.digest_needed(b.image.digest):
             return True
         current = facts.tags.get(b.image.repository, {})
         return any(current.get(t) == b.image.digest and decisions.get((b.image.repository, t), ("", ""))[1] == "keep"
@@ -267,6 +339,13 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
     needed: dict[str, str] = {}
     named_steps: set[str] = set()
     record_keep: dict[str, list[str]] = defaultdict(list)
+    for tag, why in outside_records.items():
+        record_keep[tag].append(why)
+    for b in every:
+        if b.image.repository not in scope:  # its image may stay: so do the steps it names
+            for step in b.image.steps:
+                needed.setdefault(step, f"named by build record {b.record_tag} for {b.image.repository}, "
+                                        "outside this cleanup")
     for b in built:
         named_steps.update(b.image.steps)
         recent = not purge and b.record.created >= now - policy.keep_built_within
@@ -307,25 +386,41 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
                 else:
                     decisions[(facts.stages_repo, tag)] = ("step", "delete", (
                         f"no build record names it and it is older than {_fmt(policy.orphan_steps_after)}",))
+        elif is_report_tag(tag):
+            decisions[(facts.stages_repo, tag)] = (
+                ("report", "delete", ("purge",)) if purge else
+                ("report", "keep", (f"the report of cluster {cluster_of(tag)} (`kade cleanup clusters`)",)))
         else:
             decisions[(facts.stages_repo, tag)] = ("other", "keep", ("not pushed by kade",))
 
     _keep_index_children(decisions, facts)
+    if blockers and not purge:
+        _block(decisions, blockers)
 
     # 3. How each deletion is carried out: by digest only when every tag of the digest goes.
-    keeps_digest: set[tuple[str, str]] = set()
+    keeps_digest: set[tuple[str, str | None]] = set()
     for (repo, tag), (_, action, _) in decisions.items():
-        if action == "keep":
+        if action == "keep":  # (a kept tag whose digest was not read: execute re-checks it, see there)
             keeps_digest.add((repo, facts.tags[repo][tag]))
     items = []
     for (repo, tag), (kind, action, reasons) in sorted(decisions.items()):
         digest = facts.tags[repo][tag]
         method = None
         if action == "delete":
-            method = "tag" if (repo, digest) in keeps_digest else "manifest"
+            method = "tag" if digest is not None and (repo, digest) in keeps_digest else "manifest"
         items.append(PlanItem(repo, tag, digest, kind, action, reasons, method))  # type: ignore[arg-type]
-    return Plan(now, facts.stages_repo, tuple(items), frozenset(record_by_tag))
+    return Plan(now, facts.stages_repo, tuple(items), frozenset(record_by_tag), scope, tuple(notes),
+                tuple(blockers) if not purge else (), tuple(clusters))
 
+
+def _block(decisions: dict[tuple[str, str], tuple[Kind, Action, tuple[str, ...]]], blockers: list[str]) -> None:
+    """Keep everything: say why first, then what would have been deleted otherwise."""
+    shown = blockers[:MAX_BLOCKERS_SHOWN]
+    if len(blockers) > MAX_BLOCKERS_SHOWN:
+        shown = shown + [f"... and {len(blockers) - MAX_BLOCKERS_SHOWN} more reasons to keep everything"]
+    for key, (kind, action, reasons) in list(decisions.items()):
+        if action == "delete":
+            decisions[key] = (kind, "keep", (*shown, f"would be deleted otherwise: {reasons[0]}"))
 
 def _keep_index_children(decisions: dict[tuple[str, str], tuple[Kind, Action, tuple[str, ...]]],
                          facts: Facts) -> None:

@@ -21,6 +21,7 @@ from typing import Iterable, Literal, Sequence, TypeVar
 RefKind = Literal["branch", "tag"]
 Operator = Literal["and", "or"]
 
+DEFAULT_RELEASE_REVISIONS = 10  # per release, as kade's and Helm's default history
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(w|d|h|m|s)")
 _UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
@@ -135,6 +136,8 @@ class Policy:
     keep_built_within: timedelta = timedelta(hours=2)
     keep_list: tuple[NamePattern, ...] = ()
     orphan_steps_after: timedelta = timedelta(hours=2)
+    release_revisions: Limit = field(default_factory=lambda: Limit(last=DEFAULT_RELEASE_REVISIONS))
+    cluster_report_max_age: timedelta = timedelta(hours=48)  # a report older than this: the cluster is silent
 
     def keep_listed(self, tag: str | None, digest: str | None) -> NamePattern | None:
         """The keep-list entry that protects this tag or digest, if any."""

@@ -8,6 +8,8 @@
     keepBuiltWithin: 2h           # anything built within this is kept (default 2h)
     keepList: [latest, /^release-.*/, "sha256:..."]   # tags (exact or /regex/) or digests
     orphanStepsAfter: 2h          # step images no build record names are kept this long
+    releaseRevisions: {last: 10}  # rollback targets: revisions kept per release (kade and Helm); `in:` too
+    clusterReportMaxAge: 48h      # a cluster whose report is older blocks deletion (it is silent)
 
 Every error names the file, the line and the key path, e.g.
 `kade.yaml:12: cleanup.keepPolicies[0].references.limit.last: expected a whole number >= 0, got 'ten'`.
@@ -96,8 +98,8 @@ def parse_policy_text(text: str, source: str = "<policy>") -> Policy:
     return policy_from_value(doc, value, prefix)
 
 
-_TOP_KEYS = {"keepPolicies", "keepBuiltWithin", "keepList", "orphanStepsAfter", "repo", "stagesRepo", "git",
-             "kubeContexts"}
+_TOP_KEYS = {"keepPolicies", "keepBuiltWithin", "keepList", "orphanStepsAfter", "releaseRevisions",
+             "clusterReportMaxAge", "repo", "stagesRepo", "git", "kubeContexts", "clusterName", "scanNamespaces"}
 
 
 def policy_from_value(doc: _Doc, value: Any, path: str) -> Policy:
@@ -125,6 +127,10 @@ def policy_from_value(doc: _Doc, value: Any, path: str) -> Policy:
         keep_list=tuple(keep_list),
         orphan_steps_after=_duration(doc, value, sub("orphanStepsAfter"), "orphanStepsAfter",
                                      defaults.orphan_steps_after),
+        release_revisions=(_limit(doc, value["releaseRevisions"], sub("releaseRevisions"))
+                           if value.get("releaseRevisions") is not None else defaults.release_revisions),
+        cluster_report_max_age=_duration(doc, value, sub("clusterReportMaxAge"), "clusterReportMaxAge",
+                                         defaults.cluster_report_max_age),
     )
 
 
@@ -204,6 +210,8 @@ class Settings:
     stages_repo: str | None = None
     git: str | None = None
     kube_contexts: tuple[str, ...] = ()
+    cluster_name: str | None = None
+    scan_namespaces: tuple[str, ...] = ()
 
 
 def load_kade_yaml_settings(path: str | Path) -> Settings:
@@ -215,14 +223,16 @@ def load_kade_yaml_settings(path: str | Path) -> Settings:
     if not isinstance(value, dict):
         return Settings()
     out: dict[str, Any] = {}
-    for key, attr in (("repo", "repo"), ("stagesRepo", "stages_repo"), ("git", "git")):
+    for key, attr in (("repo", "repo"), ("stagesRepo", "stages_repo"), ("git", "git"), ("clusterName", "cluster_name")):
         if value.get(key) is not None:
             if not isinstance(value[key], str) or not value[key]:
                 raise doc.error(f"cleanup.{key}", f"expected a string, got {_kind(value[key])}")
             out[attr] = value[key]
-    contexts = value.get("kubeContexts")
-    if contexts is not None:
-        if not isinstance(contexts, list) or not all(isinstance(c, str) and c for c in contexts):
-            raise doc.error("cleanup.kubeContexts", "expected a list of kube context names")
-        out["kube_contexts"] = tuple(contexts)
+    for key, attr, what in (("kubeContexts", "kube_contexts", "kube context names"),
+                            ("scanNamespaces", "scan_namespaces", "namespace names")):
+        names = value.get(key)
+        if names is not None:
+            if not isinstance(names, list) or not all(isinstance(c, str) and c for c in names):
+                raise doc.error(f"cleanup.{key}", f"expected a list of {what}")
+            out[attr] = tuple(names)
     return Settings(**out)

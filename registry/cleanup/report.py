@@ -59,7 +59,8 @@ def render_text(plan: Plan, outcomes: list[Outcome] | None, dry_run: bool, width
         table.add_column("result", overflow="fold")
     for item in sorted(plan.items, key=lambda i: (i.action != "keep", i.repository, i.tag)):
         action = item.action if item.method is None else f"{item.action} ({item.method})"
-        row = [action, item.kind, f"{item.repository}:{item.tag}", item.digest[7:19], "; ".join(item.reasons)]
+        row = [action, item.kind, f"{item.repository}:{item.tag}", item.digest[7:19] if item.digest else "-",
+               "; ".join(item.reasons)]
         if outcomes is not None:
             o = by.get(_key(item))
             row.append("" if o is None else f"{o.status}: {o.detail}" if o.status != "deleted" else o.status)
@@ -67,5 +68,9 @@ def render_text(plan: Plan, outcomes: list[Outcome] | None, dry_run: bool, width
     buf = io.StringIO()
     console = Console(file=buf, width=width, highlight=False, color_system=None, soft_wrap=False)
     console.print(table)
+    for blocker in plan.blockers:
+        console.print(Text(f"nothing is deleted: {blocker}"))
+    for note in plan.notes:
+        console.print(Text(f"ignored: {note}"))
     console.print(summary_line(plan, outcomes, dry_run))
     return buf.getvalue().rstrip("\n")

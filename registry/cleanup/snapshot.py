@@ -1,6 +1,7 @@
 """Read what the plan needs from the registry: build records, every tag's current digest in the stages
-repository and in each repository the records name, and the creation time of step images no record
-names. Requests run on a small thread pool (HEADs dominate: one per tag)."""
+repository and in the image repositories given (never in a repository only a build record names: a
+record is data anyone with push rights to the stages repository can write), and the creation time of
+step images no record names. Requests run on a small thread pool (HEADs dominate: one per tag)."""
 from __future__ import annotations
 
 import json
@@ -24,7 +25,7 @@ Report = Callable[..., None]
 class RegistrySnapshot:
     stages_repo: str
     records: list[tuple[str, BuildRecord]]
-    tags: dict[str, dict[str, str]]  # repository -> tag -> digest
+    tags: dict[str, dict[str, str | None]]  # repository -> tag -> digest (None: not read, see plan.Facts)
     step_created: dict[str, datetime | None]
     indexes: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # repo -> index -> children
 
@@ -95,17 +96,21 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
     if report:
         report("read", f"{stages_name}: {len(stage_tags)} tags, {len(records)} build records")
     repos = {stages_name, *(canonical_repo(r) for r in extra_repos)}
-    for _, rec in records:
-        for img in rec.images:
-            repos.add(img.repository)
-    tags: dict[str, dict[str, str]] = {}
+    named = {s for _, rec in records for img in rec.images for s in img.steps}
+    orphans = [t for t in stage_tags if STEP_KEY_RE.match(t) and t not in named]
+    tags: dict[str, dict[str, str | None]] = {}
     indexes: dict[str, dict[str, frozenset[str]]] = {}
     for name in sorted(repos):
         repo = stages if name == stages_name else client.repository(name)
-        if name == stages_name:  # the records' digests are known already: no HEAD for them
-            others = [t for t in stage_tags if t not in record_digests]
-            descs = list_tag_descriptors(repo, workers, others)
-            tags[name] = {**{t: d.digest for t, d in descs.items()}, **record_digests}
+        if name == stages_name:
+            # The records' digests are known; orphan steps may be deleted by age: read them. The other
+            # tags (steps a record names, reports, foreign tags) are decided by name: their digests
+            # are read only if the plan would delete them (run.plan_cleanup).
+            descs = list_tag_descriptors(repo, workers, orphans)
+            tags[name] = {**{t: None for t in valid_tags(stage_tags)}, **{t: d.digest for t, d in descs.items()},
+                          **record_digests}
+            for gone in set(orphans) - set(descs):  # deleted while listing
+                tags[name].pop(gone, None)
         else:
             descs = list_tag_descriptors(repo, workers)
             tags[name] = {t: d.digest for t, d in descs.items()}
@@ -114,18 +119,21 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
             indexes[name] = children
         if report:
             report("read", f"{name}: {len(tags[name])} tags")
-    named = {s for _, rec in records for img in rec.images for s in img.steps}
-    orphans = [t for t in tags[stages_name] if STEP_KEY_RE.match(t) and t not in named]
+    orphans = [t for t in orphans if t in tags[stages_name]]
     with cancel.Pool(max_workers=max(1, workers)) as pool:
         created = dict(zip(orphans, pool.map(lambda k: step_created_time(stages, k), orphans)))
     return RegistrySnapshot(stages_name, records, tags, created, indexes)
 
 
 def _canonical_record(record: BuildRecord) -> BuildRecord:
+    """The record with its repositories in canonical form; a name that isn't one stays as written (it
+    matches no repository given, so the plan reports and ignores it)."""
     from dataclasses import replace
 
-    try:
-        images = tuple(replace(i, repository=canonical_repo(i.repository)) for i in record.images)
-    except RegistryError as exc:
-        raise CleanupError(f"build record {record.tag}: {exc}") from None
-    return replace(record, images=images)
+    def canonical(name: str) -> str:
+        try:
+            return canonical_repo(name)
+        except RegistryError:
+            return name
+
+    return replace(record, images=tuple(replace(i, repository=canonical(i.repository)) for i in record.images))

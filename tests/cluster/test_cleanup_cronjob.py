@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -34,12 +33,11 @@ from registry.copy import copy_image
 from registry.errors import RegistryError
 from registry.records import BuildRecord, RecordImage, push_record
 from tests.fixtures.cluster import kubectl, wait_job
-from tests.fixtures.cleanup import GitHistory, serve_git_http, sleeping_deployment, wait_running
+from tests.fixtures.cleanup import (GitHistory, cleanup_overlay, delete_cluster_rbac, job_report, serve_git_http,
+                                    sleeping_deployment, wait_running)
 from tests.fixtures.registry import RegistryServer, push_test_image
 
 pytestmark = pytest.mark.cluster
-REPO = Path(__file__).resolve().parents[2]
-MANIFESTS = REPO / "k8s-manifests" / "cleanup"
 NODE_ADDRESS = "10.245.0.1"  # the node's own address: reachable from this host and from pods
 TIMEOUT_S = 150
 DAY = 86400
@@ -49,27 +47,6 @@ def _run(argv: list[str], **kw) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, **kw)
     assert done.returncode == 0, f"{' '.join(argv)} failed (exit {done.returncode}):\n{done.stdout}\n{done.stderr}"
     return done.stdout
-
-
-def _overlay(path: Path, *, namespace: str, suffix: str, image: str, repo: str, git: str, git_credentials: str,
-             insecure: str) -> Path:
-    """A kustomize overlay over k8s-manifests/cleanup with the settings its README asks for."""
-    name, _, digest = image.partition("@")
-    path.mkdir(parents=True)
-    (path / "kustomization.yaml").write_text(json.dumps({  # JSON is YAML
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "namespace": namespace, "nameSuffix": suffix,
-        "resources": [os.path.relpath(MANIFESTS, path)],
-        "configMapGenerator": [{"name": "kade-cleanup", "behavior": "merge",
-                                "literals": [f"repo={repo}", f"git={git}"]}],
-        "secretGenerator": [{"name": "kade-cleanup-git", "behavior": "replace",
-                             "literals": [f"git-credentials={git_credentials}"]}],
-        "images": [{"name": "registry.example.com/kade/kade", "newName": name, "digest": digest}],
-        "patches": [{"target": {"kind": "CronJob", "name": "kade-cleanup"}, "patch": json.dumps([
-            {"op": "add", "path": "/spec/jobTemplate/spec/template/spec/containers/0/args/-",
-             "value": f"--insecure-registry={insecure}"}])}],
-    }, indent=1))
-    return path
 
 
 def _du(path: Path) -> int:
@@ -186,7 +163,7 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
     suffix = "-" + ns.rsplit("-", 1)[-1]
     git_user, git_token = "kade-cleanup", secrets.token_urlsafe(16)
     with serve_git_http(tmp_path / "git", NODE_ADDRESS, git_user, git_token) as git_base:
-        overlay = _overlay(tmp_path / "overlay", namespace=ns, suffix=suffix, image=kade_image, repo=name,
+        overlay = cleanup_overlay(tmp_path / "overlay", namespace=ns, suffix=suffix, image=kade_image, repo=name,
                            git=f"{git_base}/app", git_credentials=git_base.replace("//", f"//{git_user}:{git_token}@"),
                            insecure=target.host)
         cronjob = f"kade-cleanup{suffix}"
@@ -203,11 +180,15 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
             _run(kubectl_cmd + ["-n", ns, "create", "job", f"cleanup-now{suffix}", f"--from=cronjob/{cronjob}"])
             logs = wait_job(api, ns, f"cleanup-now{suffix}", TIMEOUT_S)
         finally:
-            subprocess.run(kubectl_cmd + ["delete", "--ignore-not-found", "--wait=false", "clusterrolebinding,clusterrole",
-                                      f"kade-cleanup-scan{suffix}"], capture_output=True, timeout=60)
+            delete_cluster_rbac(kubectl_cmd, suffix)
 
     assert git_token not in logs
-    report = _report(logs)
+    report = job_report(logs)
+    # The job published this cluster's report (named by the kube-system UID) before planning.
+    uid = core.read_namespace("kube-system").metadata.uid
+    report_tag = f"cluster-{uid}"
+    assert report_tag in set(stages.list_tags())
+    stages_before.add(report_tag)
     deleted = {i["tag"] for i in report["items"] if i.get("status") == "deleted"}
     assert report["result"]["failed"] == 0, logs
     assert deleted == expect_deleted | expect_deleted_stages, logs
@@ -254,14 +235,3 @@ def _scenario(kube_cluster, ns: str, kade_image: str, tmp_path: Path, shared: st
     inspected = json.loads(_run(skopeo + ["inspect", "--tls-verify=false", f"docker://{name}@{digests['main-3']}"]))
     assert inspected["Digest"] == digests["main-3"]
     rc.close()
-
-
-def _report(logs: str) -> dict:
-    """The JSON report `kade cleanup --output json` printed (the log also holds its progress lines)."""
-    start = logs.find("{\n")
-    if start < 0:
-        start = logs.find('{"')
-    try:
-        return json.JSONDecoder().raw_decode(logs[start:])[0]
-    except ValueError:
-        pytest.fail(f"the job printed no JSON report:\n{logs}")

@@ -3,6 +3,7 @@ by digest) survive `kade cleanup`, an unused one goes, and the pods can still pu
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from datetime import datetime, timedelta, timezone
@@ -51,7 +52,9 @@ def test_images_of_running_deployments_survive_cleanup(kube_cluster, kube_namesp
     apps.create_namespaced_deployment(ns, sleeping_deployment("web-digest", f"{name}@{digests['by-digest']}", "Always"))
     pods = {app: wait_running(core, ns, app, timeout_s=TIMEOUT_S) for app in ("web-tag", "web-digest")}
 
-    args = ["cleanup", "--repo", name, "--git", str(history.path), "--insecure-registry", reg, "--output", "json"]
+    # Only this test's namespace: the shared cluster's other release histories are none of this test's business.
+    args = ["cleanup", "--repo", name, "--git", str(history.path), "--insecure-registry", reg, "--output", "json",
+            "--scan-namespace", ns]
     # Without the scan both would go: the scan is what keeps them.
     assert main(args + ["--without-kube", "--dry-run"]) == 0
     blind = {i["tag"]: i["action"] for i in json.loads(capsys.readouterr().out)["items"]}
@@ -89,15 +92,16 @@ def _kubeconfig_with_token(admin_kubeconfig: str, token: str, path) -> str:
     return str(path)
 
 
-def test_the_cronjobs_read_only_role_is_enough_for_the_scan(kube_cluster, kube_namespace, tmp_path):
-    """The scan as the CronJob's service account: refused (an error naming the RBAC file) until the
-    ClusterRole from k8s-manifests/cleanup is bound, then it sees a Deployment's image."""
+def test_the_cronjobs_read_only_roles_are_enough_for_the_scan(kube_cluster, kube_namespace, tmp_path):
+    """The scan as the CronJob's service account: refused (an error naming the RBAC file) until each
+    ClusterRole from k8s-manifests/cleanup is bound, then it sees a Deployment's image; the token reads
+    no Secret by name and no namespace but kube-system."""
     from pathlib import Path
 
     import yaml
 
     from registry.cleanup.errors import ClusterScanError
-    from registry.cleanup.inuse import scan_clusters
+    from registry.cleanup.scan import scan_clusters
 
     ns = kube_namespace
     api = kube_cluster.api_client()
@@ -111,37 +115,70 @@ def test_the_cronjobs_read_only_role_is_enough_for_the_scan(kube_cluster, kube_n
     with pytest.raises(ClusterScanError, match=r"HTTP 403 .*k8s-manifests/cleanup/clusterrole.yaml"):
         scan_clusters([None], kubeconfig)
 
-    role = yaml.safe_load((Path(__file__).resolve().parents[2] / "k8s-manifests/cleanup/clusterrole.yaml").read_text())
-    role["metadata"]["name"] = f"kade-cleanup-scan-{ns}"
-    rbac.create_cluster_role(role)
-    rbac.create_cluster_role_binding({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": role["metadata"]["name"]},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]},
-        "subjects": [{"kind": "ServiceAccount", "name": "scanner", "namespace": ns}]})
-    try:
+    manifests = Path(__file__).resolve().parents[2] / "k8s-manifests/cleanup"
+    names = []
+
+    def bind(file: str) -> None:
+        role = yaml.safe_load((manifests / file).read_text())
+        role["metadata"]["name"] = f"{role['metadata']['name']}-{ns}"
+        names.append(role["metadata"]["name"])
+        rbac.create_cluster_role(role)
+        rbac.create_cluster_role_binding({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": role["metadata"]["name"]},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]},
+            "subjects": [{"kind": "ServiceAccount", "name": "scanner", "namespace": ns}]})
+
+    def scan_until(pattern: str | None):
         deadline = time.monotonic() + 30
         while True:  # RBAC takes effect once the API server's informer saw the binding
             try:
-                in_use = scan_clusters([None], kubeconfig)
-                break
-            except ClusterScanError:
+                scans = scan_clusters([None], kubeconfig)
+                assert pattern is None, "the scan worked without the releases role"
+                return scans
+            except ClusterScanError as exc:
+                if pattern and re.search(pattern, str(exc)):
+                    return None
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
-        users = in_use.tag_users(f"{kube_cluster.registry}/rbac/app", "v7")
+
+    try:
+        bind("clusterrole.yaml")
+        scan_until(r"cannot list Secrets in all namespaces .*HTTP 403 .*k8s-manifests/cleanup/clusterrole-releases.yaml")
+        bind("clusterrole-releases.yaml")
+        [scan] = scan_until(None)
+        users = scan.in_use.tag_users(f"{kube_cluster.registry}/rbac/app", "v7")
         assert f"(current)/{ns}/Deployment/web" in users
         assert any(u.startswith(f"(current)/{ns}/ReplicaSet/web-") for u in users)
+        assert scan.name == core.read_namespace("kube-system").metadata.uid  # the cluster's identity
+
+        # What the token can't do: get a Secret by name, read another namespace, write anything.
+        from kubernetes import config
+        from kubernetes.client.exceptions import ApiException
+
+        scanner = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+        core.create_namespaced_secret(ns, client.V1Secret(metadata=client.V1ObjectMeta(name="s"),
+                                                          string_data={"k": "v"}))
+        for attempt in (lambda: scanner.read_namespaced_secret("s", ns), lambda: scanner.read_namespace("default"),
+                        lambda: scanner.delete_namespaced_secret("s", ns),
+                        lambda: scanner.create_namespaced_config_map(ns, client.V1ConfigMap(
+                            metadata=client.V1ObjectMeta(name="x")))):
+            with pytest.raises(ApiException) as denied:
+                attempt()
+            assert denied.value.status == 403
     finally:
-        rbac.delete_cluster_role_binding(role["metadata"]["name"])
-        rbac.delete_cluster_role(role["metadata"]["name"])
+        for name in names:
+            rbac.delete_cluster_role_binding(name)
+            rbac.delete_cluster_role(name)
 
 
 def test_every_given_context_is_scanned_and_a_missing_one_is_an_error(kube_cluster, kube_namespace, tmp_path):
     import yaml
 
     from registry.cleanup.errors import ClusterScanError
-    from registry.cleanup.inuse import scan_clusters
+    from registry.cleanup.inuse import InUse
+    from registry.cleanup.scan import scan_clusters
 
     admin = yaml.safe_load(open(kube_cluster.kubeconfig))
     ctx = next(c for c in admin["contexts"] if c["name"] == admin["current-context"])
@@ -152,8 +189,9 @@ def test_every_given_context_is_scanned_and_a_missing_one_is_an_error(kube_clust
     apps = client.AppsV1Api(kube_cluster.api_client())
     apps.create_namespaced_deployment(kube_namespace,
                                       sleeping_deployment("multi", f"{kube_cluster.registry}/ctx/app:v1"))
-    in_use = scan_clusters(["one", "two"], str(path))
-    assert in_use.scanned == ["one", "two"]
+    scans = scan_clusters(["one", "two"], str(path))
+    in_use = InUse.merged(*(s.in_use for s in scans))
+    assert in_use.scanned == ["one", "two"] and scans[0].name == scans[1].name  # one cluster, two names for it
     users = in_use.tag_users(f"{kube_cluster.registry}/ctx/app", "v1")
     assert f"one/{kube_namespace}/Deployment/multi" in users and f"two/{kube_namespace}/Deployment/multi" in users
     with pytest.raises(ClusterScanError, match="cannot scan the cluster \\(nope\\).*--without-kube"):

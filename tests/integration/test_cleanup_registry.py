@@ -10,9 +10,8 @@ import pytest
 from kade.cli import main
 from registry.cleanup.execute import execute
 from registry.cleanup.inuse import InUse, images_of
-from registry.cleanup.plan import make_plan
 from registry.cleanup.policy_file import parse_policy_text
-from registry.cleanup.run import collect_facts
+from registry.cleanup.run import collect_facts, plan_cleanup
 from registry.client import RegistryClient
 from registry.records import BuildRecord, RecordImage, push_record
 from tests.fixtures.cleanup import GitHistory, push_image
@@ -88,7 +87,8 @@ class Scenario:
         }
 
     def facts(self, in_use: InUse | None = None):
-        facts = collect_facts(self.client, self.stages_name, git=str(self.git.path), kube_contexts=None)
+        facts = collect_facts(self.client, self.stages_name, repos=(self.repo_name,), git=str(self.git.path),
+                              kube_contexts=None)
         facts.in_use = in_use
         return facts
 
@@ -112,7 +112,7 @@ def scenario(registry, tmp_path):
 
 def test_cleanup_deletes_exactly_the_expected_tags(scenario):
     s = scenario
-    plan = make_plan(s.facts(s.cluster_using_old_by_digest()), parse_policy_text(POLICY))
+    plan = plan_cleanup(s.client, s.facts(s.cluster_using_old_by_digest()), parse_policy_text(POLICY))
     by_tag = {(i.repository == s.stages_name, i.tag): i for i in plan.items}
     assert by_tag[(False, "f")].method == "tag"  # shares C's digest, which stays
     assert by_tag[(False, "g1")].method == "manifest" and by_tag[(False, "g2")].method == "manifest"
@@ -133,19 +133,19 @@ def test_cleanup_deletes_exactly_the_expected_tags(scenario):
     assert s.repo.head_manifest(s.digests["old"]) is not None
 
     # A second run finds nothing more to delete.
-    again = make_plan(s.facts(s.cluster_using_old_by_digest()), parse_policy_text(POLICY))
+    again = plan_cleanup(s.client, s.facts(s.cluster_using_old_by_digest()), parse_policy_text(POLICY))
     assert again.deletions == []
 
 
 def test_without_the_cluster_scan_the_in_use_image_goes(scenario):
-    plan = make_plan(scenario.facts(None), parse_policy_text(POLICY))
+    plan = plan_cleanup(scenario.client, scenario.facts(None), parse_policy_text(POLICY))
     old = next(i for i in plan.items if i.tag == "old")
     assert old.action == "delete" and "built without a git commit" in old.reasons[0]
 
 
 def test_a_build_pushing_during_cleanup_is_not_harmed(scenario):
     s = scenario
-    plan = make_plan(s.facts(s.cluster_using_old_by_digest()), parse_policy_text(POLICY))
+    plan = plan_cleanup(s.client, s.facts(s.cluster_using_old_by_digest()), parse_policy_text(POLICY))
     # While cleanup runs, a build reproduces G's image exactly (same digest, tag g1) and reuses
     # step 3, and someone re-points tag f to a new image and tags G's digest as "hotfix".
     rebuilt = BuildRecord("8" * 40, "main", datetime.now(timezone.utc),
@@ -166,7 +166,7 @@ def test_a_build_pushing_during_cleanup_is_not_harmed(scenario):
 
 def test_a_tag_appearing_on_a_doomed_digest_protects_it(scenario):
     s = scenario
-    plan = make_plan(s.facts(None), parse_policy_text(POLICY))
+    plan = plan_cleanup(s.client, s.facts(None), parse_policy_text(POLICY))
     body, desc = s.repo.get_manifest(s.digests["g"])
     s.repo.put_manifest("hotfix", body, desc.media_type)
     outcomes = {o.item.tag: o for o in execute(s.client, plan)}
@@ -237,7 +237,7 @@ def test_a_build_record_pushed_mid_run_protects_what_it_names(scenario):
     """The push lands after the first deletion (from the progress callback): the re-check before
     the next batch sees the new record and spares the step image it reuses."""
     s = scenario
-    plan = make_plan(s.facts(None), parse_policy_text(POLICY))
+    plan = plan_cleanup(s.client, s.facts(None), parse_policy_text(POLICY))
     pushed = []
 
     def progress(done: int, total: int) -> None:
@@ -270,8 +270,8 @@ def test_a_platform_manifest_of_a_kept_index_survives(registry, tmp_path):
     h = GitHistory(tmp_path / "git")
     h.commit("a", "main", int(ago(1).timestamp()))
     h.write()
-    facts = collect_facts(rc, name + "-stages", git=str(h.path), kube_contexts=None)
-    plan = make_plan(facts, parse_policy_text(POLICY))
+    facts = collect_facts(rc, name + "-stages", repos=(name,), git=str(h.path), kube_contexts=None)
+    plan = plan_cleanup(rc, facts, parse_policy_text(POLICY))
     by_tag = {i.tag: i for i in plan.items}
     assert by_tag["amd64"].action == "keep"
     assert by_tag["amd64"].reasons == (f"listed by the kept image index {name}:multi",)
@@ -298,7 +298,8 @@ def test_a_registry_with_deletion_disabled_stops_the_run_with_the_fix(tmp_path):
         repo, stages = rc.repository(name), rc.repository(name + "-stages")
         digest = push_image(repo, ["old"], "old")
         push_record(stages, BuildRecord(None, None, ago(50), (RecordImage("default", name, ("old",), digest, ()),)))
-        plan = make_plan(collect_facts(rc, name + "-stages", git=None, kube_contexts=None), parse_policy_text(POLICY))
+        plan = plan_cleanup(rc, collect_facts(rc, name + "-stages", repos=(name,), git=None, kube_contexts=None),
+                            parse_policy_text(POLICY))
         assert [i.tag for i in plan.deletions if i.repository == name] == ["old"]
         with pytest.raises(Unsupported, match="storage.delete.enabled"):
             run(rc, plan)

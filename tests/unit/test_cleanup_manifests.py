@@ -22,6 +22,7 @@ def test_every_resource_exists_and_parses():
     assert kust["namespace"] == "kade"
     assert {k for k, _ in docs} == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Secret",
                                     "CronJob"}
+    assert {n for k, n in docs if k == "ClusterRole"} == {"kade-cleanup-scan", "kade-cleanup-releases"}
 
 
 def test_cronjob_forbids_concurrency_and_runs_kade_cleanup_with_valid_args():
@@ -43,16 +44,44 @@ def test_cronjob_forbids_concurrency_and_runs_kade_cleanup_with_valid_args():
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def test_clusterrole_is_read_only_and_covers_the_scan():
-    from registry.cleanup.inuse import _LISTERS
+def test_clusterroles_are_read_only_and_cover_the_scan():
+    from registry.cleanup.scan import _KINDS
 
     _, docs = _docs()
-    rules = docs[("ClusterRole", "kade-cleanup-scan")]["rules"]
+    rules = docs[("ClusterRole", "kade-cleanup-scan")]["rules"] + docs[("ClusterRole", "kade-cleanup-releases")]["rules"]
     assert all(set(r["verbs"]) <= {"get", "list", "watch"} for r in rules)
-    granted = {res for r in rules for res in r["resources"]}
+    granted = {res for r in rules for res in r["resources"] if "resourceNames" not in r}
     plural = {"Pod": "pods", "ReplicationController": "replicationcontrollers", "Deployment": "deployments",
               "ReplicaSet": "replicasets", "StatefulSet": "statefulsets", "DaemonSet": "daemonsets",
-              "Job": "jobs", "CronJob": "cronjobs"}
-    assert {plural[k] for k in _LISTERS} == granted
-    binding = docs[("ClusterRoleBinding", "kade-cleanup-scan")]
-    assert binding["subjects"][0]["name"] == "kade-cleanup"
+              "Job": "jobs", "CronJob": "cronjobs", "Secret": "secrets", "ConfigMap": "configmaps"}
+    assert {plural[k] for k in _KINDS} == granted
+    # Secrets and ConfigMaps: list only (no get, no watch), and only in the releases role
+    for r in rules:
+        if {"secrets", "configmaps"} & set(r["resources"]):
+            assert r["verbs"] == ["list"]
+    assert not any({"secrets", "configmaps"} & set(r["resources"])
+                   for r in docs[("ClusterRole", "kade-cleanup-scan")]["rules"])
+    # the cluster's identity: one namespace, get only
+    ns_rules = [r for r in rules if "namespaces" in r["resources"]]
+    assert ns_rules == [{"apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["kube-system"],
+                         "verbs": ["get"]}]
+    for name in ("kade-cleanup-scan", "kade-cleanup-releases"):
+        binding = docs[("ClusterRoleBinding", name)]
+        assert binding["subjects"][0]["name"] == "kade-cleanup" and binding["roleRef"]["name"] == name
+
+
+def test_every_rbac_rule_says_why():
+    for name in ("clusterrole.yaml", "clusterrole-releases.yaml"):
+        lines = (ROOT / name).read_text().splitlines()
+        for i, line in enumerate(lines):
+            if line.strip().startswith("- apiGroups"):
+                assert lines[i - 1].strip().startswith("#") or "#" in line, f"{name}:{i + 1}: a rule without a reason"
+
+
+def test_the_cronjob_publishes_its_report_and_names_the_cluster_from_the_configmap():
+    _, docs = _docs()
+    container = docs[("CronJob", "kade-cleanup")]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--publish-report" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["KADE_CLUSTER_NAME"]["valueFrom"]["configMapKeyRef"]
+    assert ref == {"name": "kade-cleanup", "key": "cluster", "optional": True}

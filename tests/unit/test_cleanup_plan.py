@@ -206,3 +206,190 @@ def test_a_manifest_listed_by_a_kept_index_stays():
     assert d[("app", "amd64")] == ("keep", None)
     assert reasons(plan, "amd64") == (f"listed by the kept image index {APP}:multi",)
     assert d[("app", "x")] == ("delete", "manifest")
+
+
+# ---- scope (#13): only the repositories given -------------------------------------------------------
+
+VICTIM = "reg.test:5000/ceo/victim"
+
+
+def forged(tags, digest, steps=(), hours_ago=100000.0, repository=VICTIM, commit=None):
+    """A record anyone with push rights to the stages repository could write: no commit, dated 2000."""
+    r = BuildRecord(C(commit) if commit else None, None, at(hours_ago),
+                    (RecordImage("x", repository, tuple(tags), D(digest), tuple(K(s) for s in steps)),))
+    return r.tag, r
+
+
+def test_a_record_naming_another_repository_is_reported_and_ignored():
+    records = [rec(None, 50, [(["old"], 1, [1])]), forged(["v1.0"], 77, steps=[2])]
+    f = facts(records, {"old": D(1)})
+    plan = make_plan(f, Policy(()))
+    assert {i.repository for i in plan.items} == {APP, STAGES}  # the victim is never planned
+    assert plan.repositories == frozenset({APP, STAGES})
+    d = decisions(plan)
+    assert d[("app", "old")] == ("delete", "manifest")  # in-scope decisions are unchanged
+    assert d[("app-stages", records[1][0])] == ("keep", None)
+    assert reasons(plan, records[1][0]) == (f"names {VICTIM}, outside this cleanup: ignored",)
+    assert d[("app-stages", K(2))] == ("keep", None)  # the steps it names stay with it
+    assert "outside this cleanup" in reasons(plan, K(2))[0]
+    assert len(plan.notes) == 1 and records[1][0] in plan.notes[0] and VICTIM in plan.notes[0]
+    # purge: the same scope, the same protection of the foreign record
+    purge = decisions(make_plan(f, Policy(()), purge=True))
+    assert purge[("app-stages", records[1][0])] == ("keep", None) and purge[("app", "old")][0] == "delete"
+
+
+def test_a_record_with_images_inside_and_outside_decides_the_inside_one_only():
+    tag, r = rec(None, 50, [(["old"], 1, [1])])
+    mixed = BuildRecord(r.commit, None, r.created, r.images + (RecordImage("w", VICTIM, ("w1",), D(5), (K(3),)),))
+    plan = make_plan(facts([(mixed.tag, mixed)], {"old": D(1)}), Policy(()))
+    d = decisions(plan)
+    assert d[("app", "old")] == ("delete", "manifest")
+    assert d[("app-stages", mixed.tag)] == ("keep", None)
+    assert d[("app-stages", K(1))] == ("delete", "manifest") and d[("app-stages", K(3))][0] == "keep"
+
+
+def test_a_record_with_an_invalid_repository_name_is_out_of_scope():
+    records = [forged(["x"], 9, repository="Not A Repo!!")]
+    plan = make_plan(facts(records, {"x": D(9)}), Policy(()))
+    assert decisions(plan)[("app", "x")] == ("keep", None)  # not pushed by kade, as far as this scope knows
+    assert plan.notes
+
+
+# ---- rollback targets: release histories -------------------------------------------------------------
+
+from registry.cleanup.clusters import ClusterReport, ReportEntry  # noqa: E402
+from registry.cleanup.policy import DEFAULT_RELEASE_REVISIONS  # noqa: E402
+from registry.cleanup.releases import ReleaseRevision  # noqa: E402
+
+
+def revisions(n, kind="kade", name="prod", cluster="(current)", by_digest=False, hours_apart=1.0):
+    """Revisions 1..n of release shop/<name>; revision i references tag r<i> (or digest D(i))."""
+    out = []
+    for i in range(1, n + 1):
+        image = f"other-host/team/app@{D(i)}" if by_digest else f"{APP}:r{i}"
+        out.append(ReleaseRevision(cluster, kind, "shop", name, i, at((n - i) * hours_apart), (image,)))
+    return out
+
+
+def old_builds(n):
+    return [rec(9, 100 + i, [([f"r{i}"], i, [])]) for i in range(1, n + 1)], {f"r{i}": D(i) for i in range(1, n + 1)}
+
+
+@pytest.mark.parametrize("kind,label", [("kade", "release shop/prod revision 12"),
+                                        ("helm", "helm release shop/prod revision 12")])
+def test_the_last_revisions_of_every_release_are_kept_with_the_revision_named(kind, label):
+    records, tags = old_builds(12)
+    f = facts(records, tags)
+    f.releases = revisions(12, kind)
+    plan = make_plan(f, Policy(()))
+    d = decisions(plan)
+    kept = {t for (_, t), (a, _) in d.items() if a == "keep" and t.startswith("r")}
+    assert DEFAULT_RELEASE_REVISIONS == 10
+    assert kept == {f"r{i}" for i in range(3, 13)}
+    assert reasons(plan, "r12") == (label,)
+    assert d[("app", "r1")] == ("delete", "manifest") and d[("app", "r2")] == ("delete", "manifest")
+
+
+def test_release_revisions_by_digest_and_the_policy_limit():
+    records, tags = old_builds(4)
+    f = facts(records, tags)
+    f.releases = revisions(4, by_digest=True, hours_apart=10)  # deployed 30h, 20h, 10h, 0h ago
+    within = Policy((), release_revisions=Limit(within=timedelta(hours=15)))
+    d = decisions(make_plan(f, within))
+    assert {t for (_, t), (a, _) in d.items() if a == "keep" and t.startswith("r")} == {"r3", "r4"}
+    either = Policy((), release_revisions=Limit(last=1, within=timedelta(hours=25), operator="or"))
+    d = decisions(make_plan(f, either))
+    assert {t for (_, t), (a, _) in d.items() if a == "keep" and t.startswith("r")} == {"r2", "r3", "r4"}
+
+
+def test_revisions_count_per_release_and_an_unknown_time_counts_as_recent():
+    records, tags = old_builds(3)
+    f = facts(records, tags)
+    f.releases = ([ReleaseRevision("(current)", "kade", "shop", "a", 1, None, (f"{APP}:r1",))]
+                  + [ReleaseRevision("ctx-2", "kade", "shop", "a", 5, at(1), (f"{APP}:r2",))]  # another cluster
+                  + [ReleaseRevision("(current)", "helm", "shop", "a", 2, at(1), (f"{APP}:r3",))])
+    plan = make_plan(f, Policy((), release_revisions=Limit(last=1, within=timedelta(hours=2))))
+    assert {t for (_, t), (a, _) in decisions(plan).items() if a == "keep" and t.startswith("r")} == {"r1", "r2", "r3"}
+    assert reasons(plan, "r2") == ("release shop/a revision 5 (cluster ctx-2)",)
+
+
+# ---- other clusters' reports ----------------------------------------------------------------------
+
+def report(cluster, hours_ago, uses=(), releases=(), problems=()):
+    return ReportEntry(f"cluster-{cluster}", cluster,
+                       ClusterReport(cluster, at(hours_ago), tuple(uses), tuple(releases), tuple(problems)))
+
+
+def test_a_fresh_report_protects_what_that_cluster_uses_and_its_releases_reference():
+    records, tags = old_builds(3)
+    f = facts(records, tags)
+    f.reports = [report("b", 1, uses=[("tag", ("team/app", "r1"), ("prod/Deployment/web",))],
+                        releases=[ReleaseRevision("b", "helm", "x", "y", 3, at(2), (f"{APP}@{D(2)}",))])]
+    plan = make_plan(f, Policy(()))
+    d = decisions(plan)
+    assert reasons(plan, "r1") == ("in use by tag: cluster b: prod/Deployment/web",)
+    assert reasons(plan, "r2") == ("helm release x/y revision 3 (cluster b)",)
+    assert d[("app", "r3")] == ("delete", "manifest")
+    assert plan.clusters == ("b",) and plan.blockers == ()
+
+
+@pytest.mark.parametrize("entry,needle", [
+    (report("b", 49), "cluster b is silent: last report"),
+    (report("b", -1), "dated in the future"),
+    (ReportEntry("cluster-b", "b", error="not JSON"), "its report cluster-b can't be read (not JSON)"),
+    (report("b", 1, problems=["helm release Secret x/y: not gzip"]), "cluster b could not read everything"),
+    (ReportEntry("cluster-b", "b", ClusterReport("c", at(1))), "names cluster c"),
+])
+def test_a_silent_or_unreadable_cluster_blocks_every_deletion(entry, needle):
+    records, tags = old_builds(2)
+    f = facts(records, tags)
+    f.reports = [entry]
+    plan = make_plan(f, Policy(()))
+    assert plan.deletions == []
+    assert len(plan.blockers) == 1 and needle in plan.blockers[0]
+    r1 = reasons(plan, "r1")
+    assert needle in r1[0] and r1[-1].startswith("would be deleted otherwise: commit")
+    # purge reads no cluster: reports don't block it (and the reports themselves go)
+    assert make_plan(f, Policy(()), purge=True).deletions
+
+
+def test_the_report_of_a_cluster_this_run_scanned_does_not_count():
+    records, tags = old_builds(1)
+    f = facts(records, tags)
+    f.reports = [report("a", 100, uses=[("tag", ("team/app", "r1"), ("ns/Pod/p",))])]
+    f.own_clusters = frozenset({"a"})
+    plan = make_plan(f, Policy(()))
+    assert plan.blockers == () and decisions(plan)[("app", "r1")] == ("delete", "manifest")
+    assert make_plan(f, Policy((), cluster_report_max_age=timedelta(hours=200))).blockers == ()
+
+
+def test_scan_problems_block_and_report_tags_are_kept_except_by_purge():
+    records, tags = old_builds(1)
+    f = facts(records, tags, stage_extra={"cluster-b": D(4242)})
+    f.reports = [report("b", 1)]
+    f.problems = ["kade release shop/prod (kube context (current)): revision 3 is corrupt"]
+    plan = make_plan(f, Policy(()))
+    assert plan.deletions == [] and plan.blockers[0].startswith("cannot read: kade release shop/prod")
+    item = next(i for i in plan.items if i.tag == "cluster-b")
+    assert (item.kind, item.action) == ("report", "keep")
+    purge = next(i for i in make_plan(f, Policy(()), purge=True).items if i.tag == "cluster-b")
+    assert (purge.kind, purge.action) == ("report", "delete")
+
+
+def test_stage_tags_kept_by_name_need_no_digest_and_an_unread_deletion_is_refused():
+    from registry.cleanup.errors import CleanupError
+    from registry.cleanup.execute import execute
+
+    kept = rec(3, 30, [(["c3"], 3, [1])])
+    gone = rec(9, 100, [(["old"], 1, [2])])
+    f = facts([kept, gone], {"c3": D(3), "old": D(1)}, {"cluster-b": None, "foreign": None})
+    f.tags[STAGES][K(1)] = f.tags[STAGES][K(2)] = None  # as the snapshot leaves them
+    plan = make_plan(f, MAIN_LAST_2)
+    items = {i.tag: i for i in plan.items}
+    assert (items[K(1)].action, items[K(1)].digest) == ("keep", None)
+    assert (items[K(2)].action, items[K(2)].method, items[K(2)].digest) == ("delete", "manifest", None)
+    assert items["foreign"].action == "keep" and items["cluster-b"].action == "keep"
+    with pytest.raises(CleanupError, match="never read"):
+        execute(None, plan)  # refused before any request
+    f.tags[STAGES][K(2)] = D(77)
+    assert {i.tag: i.digest for i in make_plan(f, MAIN_LAST_2).deletions}[K(2)] == D(77)

@@ -106,6 +106,14 @@ def test_empty_policy_means_defaults():
     assert parse_policy_text("cleanup: {}\n").keep_policies == DEFAULT_POLICY.keep_policies
 
 
+def test_release_revisions_and_report_age():
+    assert DEFAULT_POLICY.release_revisions == Limit(last=10)
+    assert DEFAULT_POLICY.cluster_report_max_age == timedelta(hours=48)
+    p = parse_policy_text("releaseRevisions: {last: 3, in: 720h, operator: Or}\nclusterReportMaxAge: 26h\n")
+    assert p.release_revisions == Limit(last=3, within=timedelta(hours=720), operator="or")
+    assert p.cluster_report_max_age == timedelta(hours=26)
+
+
 def test_kade_yaml_cleanup_key(tmp_path):
     f = tmp_path / "kade.yaml"
     f.write_text("images: {}\ncleanup:\n  keepBuiltWithin: 1h\n")
@@ -132,6 +140,10 @@ def test_kade_yaml_cleanup_key(tmp_path):
     ("keepPolicies:\n  - references: {branch: main, limit: {}}", "references.limit: give 'last', 'in' or both"),
     ("keepPolicies: [\n", "kade.yaml"),
     ("- just a list", "cleanup: expected a mapping"),
+    ("releaseRevisions: 10", "cleanup.releaseRevisions: expected a mapping"),
+    ("releaseRevisions: {last: -1}", "cleanup.releaseRevisions.last: expected a whole number >= 0"),
+    ("releaseRevisions: {}", "cleanup.releaseRevisions: give 'last', 'in' or both"),
+    ("clusterReportMaxAge: forever", "cleanup.clusterReportMaxAge: expected a duration"),
 ])
 def test_policy_errors_name_file_line_and_key(tmp_path, text, message):
     f = tmp_path / "kade.yaml"
@@ -154,6 +166,11 @@ def test_kade_yaml_settings(tmp_path):
     f = tmp_path / "kade.yaml"
     f.write_text("cleanup:\n  repo: reg:5000/team/app\n  git: https://g/x.git\n  kubeContexts: [a, b]\n")
     assert load_kade_yaml_settings(f) == Settings("reg:5000/team/app", None, "https://g/x.git", ("a", "b"))
+    f.write_text("cleanup:\n  clusterName: prod-eu\n  scanNamespaces: [shop, web]\n")
+    assert load_kade_yaml_settings(f) == Settings(cluster_name="prod-eu", scan_namespaces=("shop", "web"))
+    f.write_text("cleanup:\n  scanNamespaces: shop\n")
+    with pytest.raises(PolicyError, match=r"cleanup.scanNamespaces: expected a list of namespace names"):
+        load_kade_yaml_settings(f)
     f.write_text("cleanup:\n  repo: [x]\n")
     with pytest.raises(PolicyError, match=r"kade.yaml:2: cleanup.repo: expected a string"):
         load_kade_yaml_settings(f)
