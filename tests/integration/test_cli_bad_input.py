@@ -43,7 +43,8 @@ KIND_BY_DEST = {
 KIND_BY_COMMAND_DEST = {(("image", "verify"), "repo"): "git"}  # (a git checkout there, a registry one elsewhere)
 # names the cluster or the registry judges (any string is a valid input here), and hidden flags
 FREE_TEXT = {"namespace", "cache_pvc", "kube_context", "context", "service_account", "registry_secret",
-             "env_name", "release", "platform", "resources", "builder_id", "trusted_builder"}
+             "env_name", "release", "platform", "resources", "builder_id", "trusted_builder", "scan_namespace",
+             "cluster_name", "forget"}
 
 
 @dataclass
@@ -115,7 +116,7 @@ def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 yield from commands(sub, path + (name,))
-    if path and not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions):
+    if path:  # a command with subcommands (cleanup) runs on its own too
         yield path, parser
 
 
@@ -181,6 +182,10 @@ def baseline(command: tuple[str, ...], action: argparse.Action, ws: Workspace) -
         case ("cleanup",):
             scan = [] if action.dest in ("kubeconfig", "kube_context") else ["--without-kube"]
             return {}, ["--repo", f"{NOWHERE}/t/app", "--git", str(r / "project"), *scan]
+        case ("cleanup", "report"):
+            return {}, ["--repo", f"{NOWHERE}/t/app", *kube]
+        case ("cleanup", "clusters"):
+            return {}, ["--repo", f"{NOWHERE}/t/app"]
         case ("purge",):
             return {}, ["--repo", f"{NOWHERE}/t/app", "--yes"]
         case ("image", "inspect") | ("image", "delete"):
