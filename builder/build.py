@@ -431,9 +431,10 @@ class Builder:
                 elif spec.from_image is not None:
                     img = self.load_image(spec.from_image.ref, spec.from_image.digest)
                     from_root = self.stage_rootfs(None, img)
-                changes = ex.copy_step(rootfs, spec, workdir, from_root)
+                changes = ex.copy_step(rootfs, spec, workdir, from_root, context_root=self.ctx.root,
+                                       epoch=self.epoch)
             elif step.kind == "workdir":
-                changes = ex.ensure_dir(rootfs, workdir)
+                changes = ex.ensure_dir(rootfs, workdir, epoch=self.epoch)
         except StepFailedError as exc:
             if self.o.keep_failed:
                 self.work_dirs.remove(rootfs.parent)

@@ -39,6 +39,7 @@ class Mount:
     type: str  # cache | secret | ssh | bind | tmpfs
     target: str
     options: dict[str, str]
+    sources: tuple[Source, ...] = ()  # bind from the context: what .dockerignore lets it see
 
     def spec(self) -> str:
         return ",".join(f"{k}={v}" for k, v in sorted({"type": self.type, "target": self.target,
@@ -524,21 +525,28 @@ def _plan_mount(ins: Instruction, raw: str, scope: dict[str, str], esc: str, con
     if mtype not in ("cache", "secret", "ssh", "bind", "tmpfs"):
         raise ins.error(f"unsupported mount type {mtype!r}", hint="use cache, secret, ssh, bind or tmpfs")
     target = opts.pop("target", opts.pop("dst", opts.pop("destination", "")))
-    if mtype == "secret" and not target:
+    if mtype == "secret" and not target and not opts.get("env"):  # env= alone: no file (BuildKit)
         target = "/run/secrets/" + opts.get("id", "")
     if mtype == "ssh" and not target:
         target = "/run/buildkit/ssh_agent." + opts.get("id", "default")
-    if not target:
+    if not target and mtype != "secret":
         raise ins.error(f"--mount=type={mtype} needs target=PATH")
+    if mtype == "secret" and not (opts.get("id") or target):
+        raise ins.error("--mount=type=secret needs id=ID (or a target to take it from)")
     rows: list = []
     fkey = None
+    selected: tuple[Source, ...] = ()
     if mtype == "bind":
         src = opts.get("source", opts.get("src", "."))
         if "from" in opts:
             label, image, fkey = _resolve_from(ins, opts["from"], planned, resolver, platform, deps)
         else:
-            rows = [list(r) for r in hash_sources(context.select(src))]
+            selected = tuple(context.select(src))
+            if len(selected) != 1:
+                raise ins.error(f"--mount=type=bind,source={src} names {len(selected)} context paths; a bind "
+                                "mount takes exactly one (no wildcards)")
+            rows = [list(r) for r in hash_sources(list(selected))]
     if mtype == "cache":
         opts.setdefault("id", target)
         opts.setdefault("sharing", "shared")
-    return Mount(type=mtype, target=target, options=opts), rows, fkey
+    return Mount(type=mtype, target=target, options=opts, sources=selected), rows, fkey

@@ -25,34 +25,25 @@ from registry.digest import Hasher
 MEDIA_TYPE = "application/vnd.kade.build-context.v1.tar"
 
 
-def needed_paths(stages: Iterable[PlannedStage], hits: set[str], context_root: Path) -> list[str] | None:
-    """Context-relative paths the missing steps read; None means the whole context (RUN --mount=type=bind
-    from the context). Directories are listed with their selected entries, never wholesale."""
+def needed_paths(stages: Iterable[PlannedStage], hits: set[str], context_root: Path) -> list[str]:
+    """Context-relative paths the missing steps read: the entries their COPY/ADD sources and context
+    bind mounts selected (.dockerignore applied), never a directory wholesale."""
     paths: set[str] = set()
+    root = context_root.resolve()
     for ps in stages:
         for step in missing_steps(ps, hits):
-            for m in step.mounts:
-                if m.type == "bind" and "from" not in m.options:
-                    return None
-            if step.copy is None:
-                continue
-            for src in step.copy.sources:
-                for e in src.entries:
+            sources = [s for m in step.mounts if m.type == "bind" for s in m.sources]
+            if step.copy is not None:
+                sources += [s for s in step.copy.sources if not s.rel.startswith(("http://", "https://"))]
+            for src in sources:
+                for path in [src.path] + [e.path for e in src.entries]:
                     try:
-                        rel = e.path.relative_to(context_root)
+                        rel = path.relative_to(root)
                     except ValueError:
-                        raise BuildError(f"COPY source {e.path} is outside the build context {context_root}") from None
-                    paths.add(str(rel))
+                        raise BuildError(f"context source {path} is outside the build context {root}") from None
+                    if str(rel) != ".":
+                        paths.add(str(rel))
     return sorted(paths)
-
-
-def _all_paths(context_root: Path) -> list[str]:
-    out = []
-    for dirpath, dirs, files in os.walk(context_root):
-        dirs.sort()
-        for name in dirs + sorted(files):
-            out.append(str((Path(dirpath) / name).relative_to(context_root)))
-    return sorted(out)
 
 
 def _with_parents(paths: list[str]) -> list[str]:
@@ -87,13 +78,12 @@ def write_context_tar(context_root: Path, paths: list[str], out) -> None:
             # sockets, fifos and devices are never selected from a context
 
 
-def pack(context_root: Path, paths: list[str] | None, scratch: Path) -> tuple[Path, str, int]:
+def pack(context_root: Path, paths: list[str], scratch: Path) -> tuple[Path, str, int]:
     """Write the context tar into `scratch`; returns (file, digest, size)."""
     root = context_root.resolve()
-    chosen = _all_paths(root) if paths is None else paths
     fd, tmp = tempfile.mkstemp(prefix=".context-", suffix=".tar", dir=scratch)
     with os.fdopen(fd, "w+b") as f:
-        write_context_tar(root, chosen, f)
+        write_context_tar(root, paths, f)
         f.seek(0)
         h = Hasher()
         size = 0
