@@ -1,8 +1,9 @@
 """The build-context files that missing steps need, as one content-addressed tar blob.
 
 The CLI selects, from the planned stages that will run in pods, the context sources of their missing
-COPY/ADD steps (and the whole context when a RUN binds it), writes them as a deterministic tar
-(sorted, mtime 0, uid/gid 0, modes kept) and uploads it to the stages repo: the same files give the
+COPY/ADD steps and context bind mounts (what .dockerignore selects, never more), writes them as a
+deterministic tar (sorted, uid/gid 0, modes and mtimes kept, mtimes clamped to SOURCE_DATE_EPOCH as
+the layers will be) and uploads it to the stages repo: the same files give the
 same digest, so a second build uploads nothing. The pod downloads it by digest (verified) and
 extracts it after checking every member (no absolute names, no `..`, nothing written through a
 symlink, no devices), then puts back the exact permission bits the keys were computed from.
@@ -36,7 +37,7 @@ def needed_paths(stages: Iterable[PlannedStage], hits: set[str], context_root: P
             if step.copy is not None:
                 sources += [s for s in step.copy.sources if not s.rel.startswith(("http://", "https://"))]
             for src in sources:
-                for path in [src.path] + [e.path for e in src.entries]:
+                for path in [e.path for e in src.entries] or [src.path]:  # an empty directory: itself
                     try:
                         rel = path.relative_to(root)
                     except ValueError:
@@ -56,14 +57,18 @@ def _with_parents(paths: list[str]) -> list[str]:
     return sorted(full)
 
 
-def write_context_tar(context_root: Path, paths: list[str], out) -> None:
-    """A deterministic tar of `paths` (context-relative) and their parent directories."""
+def write_context_tar(context_root: Path, paths: list[str], out, epoch: int | None = None) -> None:
+    """A deterministic tar of `paths` (context-relative) and their parent directories. mtimes are
+    kept (COPY keeps them), in whole seconds and clamped to `epoch` as the layers will be, so
+    touching files changes the upload only when it can change a layer."""
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for rel in _with_parents(paths):
             host = context_root / rel
             st = os.lstat(host)
             info = tarfile.TarInfo(rel)
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            mtime = max(0, st.st_mtime_ns // 1_000_000_000)
+            info.mtime = mtime if epoch is None else min(mtime, epoch)
+            info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
             info.mode = stat.S_IMODE(st.st_mode)
             if stat.S_ISDIR(st.st_mode):
                 info.type = tarfile.DIRTYPE
@@ -78,12 +83,12 @@ def write_context_tar(context_root: Path, paths: list[str], out) -> None:
             # sockets, fifos and devices are never selected from a context
 
 
-def pack(context_root: Path, paths: list[str], scratch: Path) -> tuple[Path, str, int]:
+def pack(context_root: Path, paths: list[str], scratch: Path, epoch: int | None = None) -> tuple[Path, str, int]:
     """Write the context tar into `scratch`; returns (file, digest, size)."""
     root = context_root.resolve()
     fd, tmp = tempfile.mkstemp(prefix=".context-", suffix=".tar", dir=scratch)
     with os.fdopen(fd, "w+b") as f:
-        write_context_tar(root, paths, f)
+        write_context_tar(root, paths, f, epoch)
         f.seek(0)
         h = Hasher()
         size = 0

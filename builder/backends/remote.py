@@ -45,7 +45,7 @@ class RemoteStageBuilder(Builder):
         context_digest = None
         if paths:
             with tempfile.TemporaryDirectory(prefix="kade-ctx-") as scratch:
-                tar, context_digest, size = context_upload.pack(root, paths, Path(scratch))
+                tar, context_digest, size = context_upload.pack(root, paths, Path(scratch), self.epoch)
                 if repo.head_blob(context_digest) is None:
                     self.report("upload", f"context: {size} bytes ({len(paths)} entries) as {context_digest[:19]}")
                     repo.upload_blob(tar, context_digest, size)
