@@ -239,7 +239,7 @@ def _read_db(rootfs: Path, name: str) -> list[list[str]]:
 
     try:
         with Root(rootfs) as root:
-            data = root.read_bytes(f"/etc/{name}")
+            data = root.read_file(f"/etc/{name}")
     except OSError:
         return []
     text = (data or b"").decode(errors="replace")

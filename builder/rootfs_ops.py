@@ -175,7 +175,7 @@ class Root:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def read_bytes(self, path: str | bytes | Parts, limit: int = 16 << 20) -> bytes | None:
+    def read_file(self, path: str | bytes | Parts, limit: int = 16 << 20) -> bytes | None:
         """A regular file's content (symlinks followed inside the root); None when it is missing or
         not a regular file. At most `limit` bytes."""
         try:
