@@ -85,7 +85,11 @@ def _changes(root: Root, parts_list: list[Parts]) -> list[Change]:
 def ensure_dir(rootfs: Path, path: str, uid: int = 0, gid: int = 0, epoch: int | None = None) -> list[Change]:
     """mkdir -p inside the rootfs (symlinks followed inside it); the changes for what was created."""
     with Root(rootfs) as root:
-        created = root.makedirs(path, Meta(uid, gid, 0o755, made_time(epoch)))
+        try:
+            created = root.makedirs(path, Meta(uid, gid, 0o755, made_time(epoch)))
+        except OSError as exc:
+            raise BuildError(f"cannot create the directory {path}: {exc.strerror}: {exc.filename}",
+                             hint="a symlink loop or a file where a directory is needed") from None
         return _changes(root, created)
 
 
@@ -124,9 +128,10 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
             for item in items:
                 _copy_item(root, item, dest, dest_is_dir, override, made, written, created)
             return _changes(root, list(dict.fromkeys(created + written)))
-    except (NotADirectoryError, IsADirectoryError) as exc:
+    except OSError as exc:
         raise BuildError(f"{'ADD' if spec.add else 'COPY'} to {dest}: {exc.strerror}: {exc.filename}",
-                         hint="remove or rename it in an earlier step") from None
+                         hint="check the destination in the image (a symlink loop, a file where a "
+                              "directory is needed)") from None
     finally:
         for r in opened:
             r.close()
@@ -363,8 +368,16 @@ def _host_mount(m: PlanMount, ctx: RunContext, views: Path, env: dict[str, str])
     if "from" in o:
         assert ctx.stage_rootfs is not None
         root = ctx.stage_rootfs(o["from"], None)
-        return SandboxMount("bind", m.target, o.get("source", o.get("src", "/")), source_root=str(root),
-                            readonly=not rw)
+        source = o.get("source", o.get("src", "/"))
+        with Root(root) as tree:
+            try:
+                found = tree.lstat(tree.resolve(source))
+            except OSError:
+                found = None
+        if found is None:
+            raise BuildError(f"RUN --mount=type=bind,from={o['from']}: source {source} not found there",
+                             hint="check the path inside that stage or image")
+        return SandboxMount("bind", m.target, source, source_root=str(root), readonly=not rw)
     assert ctx.context_root is not None
     view = context_view(m.sources, ctx.context_root, views)
     return SandboxMount("bind", m.target, str(view), readonly=not rw)
