@@ -1,0 +1,116 @@
+"""The Dockerfile semantics of issue #14 end to end (local backend, real registry, image files read
+with Python's tarfile): COPY keeps source mtimes (clamped to SOURCE_DATE_EPOCH), secret mounts with
+env= and required, ADD --chown of an archive, .dockerignore re-includes."""
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+
+import pytest
+
+from tests.fixtures.canary import image_files
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
+
+MTIME = 1_600_000_000
+
+
+def _ctx(tmp_path, dockerfile: str, files: dict[str, bytes] | None = None):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile").write_text(dockerfile)
+    for rel, data in (files or {}).items():
+        (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / rel).write_bytes(data)
+    return ctx
+
+
+def test_copy_keeps_the_source_mtime_and_keys_ignore_it(registry, base_image, kade_build, tmp_path, monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nCOPY app/ /app/\nCOPY one.txt /one.txt\n",
+               {"app/main.py": b"print(1)\n", "one.txt": b"1\n"})
+    for p in (ctx / "app" / "main.py", ctx / "one.txt", ctx / "app"):
+        os.utime(p, (MTIME, MTIME))
+    tag = f"{registry.host}/sem/mtime:1"
+    kade_build(str(ctx), "--tag", tag, "--output", "json", "--cache-dir", str(tmp_path / "c1")).ok()
+    files = image_files(registry.url, "sem/mtime", "1")
+    assert files["app/main.py"][0].mtime == MTIME and files["one.txt"][0].mtime == MTIME
+    assert files["app"][0].mtime == MTIME  # the directory copied keeps the source's time too
+
+    # another checkout time: the same keys (all cached), so the same image
+    for p in (ctx / "app" / "main.py", ctx / "one.txt"):
+        os.utime(p, (MTIME + 999, MTIME + 999))
+    again = kade_build(str(ctx), "--tag", tag, "--output", "json", "--cache-dir", str(tmp_path / "c2")).ok()
+    assert again["steps"]["built"] == 0
+
+
+def test_copy_mtimes_are_clamped_to_source_date_epoch(registry, base_image, kade_build, tmp_path, monkeypatch):
+    epoch = MTIME - 1000
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(epoch))
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nCOPY new.txt old.txt /d/\nCOPY <<EOF /h.txt\nhi\nEOF\n",
+               {"new.txt": b"n\n", "old.txt": b"o\n"})
+    os.utime(ctx / "new.txt", (MTIME, MTIME))
+    os.utime(ctx / "old.txt", (epoch - 50, epoch - 50))
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/clamp:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    files = image_files(registry.url, "sem/clamp", "1")
+    assert files["d/new.txt"][0].mtime == epoch        # newer than the epoch: clamped
+    assert files["d/old.txt"][0].mtime == epoch - 50   # older: kept (BuildKit's rewrite-timestamp rule)
+    assert files["d"][0].mtime == epoch and files["h.txt"][0].mtime == epoch
+
+
+@pytest.mark.parametrize("mount,check", [
+    ("id=tok,env=TOKEN", 'test "${TOKEN#tok-}" = value && test ! -e /run/secrets/tok'),
+    ("id=tok,env=TOKEN,target=/run/t", 'test "${TOKEN#tok-}" = value && test "$(cat /run/t)" = "$TOKEN"'),
+    ("id=tok", 'T=$(cat /run/secrets/tok) && test "${T#tok-}" = value && test -z "$TOKEN"'),
+    ("id=missing,required=false", "test ! -e /run/secrets/missing"),
+])
+def test_secret_mount_env_and_file(registry, base_image, kade_build, tmp_path, mount, check):
+    (tmp_path / "tok").write_text("tok-value")
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nRUN --mount=type=secret,{mount} {check} && echo ok > /ok\n")
+    run = kade_build(str(ctx), "--output", "json", "--secret", f"id=tok,src={tmp_path / 'tok'}",
+                     "--cache-dir", str(tmp_path / "c"))
+    run.ok()
+    assert "tok-value" not in run.stderr + run.stdout
+
+
+def test_a_secret_not_given_is_an_error_naming_it_and_the_flag(base_image, kade_build, tmp_path):
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nRUN --mount=type=secret,id=tok cat /run/secrets/tok\n")
+    run = kade_build(str(ctx), "--output", "json", "--cache-dir", str(tmp_path / "c"))
+    assert run.code != 0
+    assert "'tok'" in run.stderr and "--secret id=tok" in run.stderr and "required=false" in run.stderr
+    assert "Dockerfile:2" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_add_chown_gives_extracted_files_the_owner(registry, base_image, kade_build, tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name in ("pkg", "pkg/bin"):
+            d = tarfile.TarInfo(name)
+            d.type, d.mode, d.uid, d.gid = tarfile.DIRTYPE, 0o755, 1, 1
+            tf.addfile(d)
+        f = tarfile.TarInfo("pkg/bin/tool")
+        f.size, f.mode, f.uid, f.gid = 3, 0o755, 1, 1
+        tf.addfile(f, io.BytesIO(b"run"))
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nADD --chown=7:7 archive.tar.gz /opt/owned/\n",
+               {"archive.tar.gz": buf.getvalue()})
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/addchown:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    files = image_files(registry.url, "sem/addchown", "1")
+    for name in ("opt/owned/pkg", "opt/owned/pkg/bin", "opt/owned/pkg/bin/tool"):
+        assert (files[name][0].uid, files[name][0].gid) == (7, 7), name
+    assert files["opt/owned/pkg/bin/tool"][1] == b"run"
+
+
+def test_dockerignore_reincludes_a_file_of_an_excluded_directory(registry, base_image, kade_build, tmp_path):
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nCOPY . /ctx/\n",
+               {"build/keep.txt": b"keep\n", "build/drop.txt": b"drop\n", "build/sub/deep.txt": b"x\n",
+                "src/a.txt": b"a\n", ".dockerignore": b"build/\n!build/keep.txt\n"})
+    run = kade_build(str(ctx), "--tag", f"{registry.host}/sem/reinclude:1", "--output", "json",
+                     "--cache-dir", str(tmp_path / "c"))
+    assert "Traceback" not in run.stderr
+    run.ok()
+    files = image_files(registry.url, "sem/reinclude", "1")
+    assert files["ctx/build/keep.txt"][1] == b"keep\n" and files["ctx/src/a.txt"][1] == b"a\n"
+    assert "ctx/build/drop.txt" not in files and "ctx/build/sub/deep.txt" not in files
