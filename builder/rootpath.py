@@ -100,12 +100,17 @@ def open_dir(root_fd: int, parts: Sequence[bytes], *, create: bool = False, foll
     if not follow_last and parts:
         parent = open_dir(root_fd, parts[:-1], create=create, mode=mode, on_create=on_create)
         try:
+            made = False
             if create:
                 try:
                     os.mkdir(parts[-1], mode, dir_fd=parent)
+                    made = True
                 except FileExistsError:
                     pass
-            return os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+            fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+            if made:
+                os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
+            return fd
         finally:
             os.close(parent)
     stack: list[int] = [os.dup(root_fd)]
@@ -123,6 +128,7 @@ def open_dir(root_fd: int, parts: Sequence[bytes], *, create: bool = False, foll
                     names.pop()
                 continue
             cur = stack[-1]
+            made = False
             try:
                 st = os.stat(comp, dir_fd=cur, follow_symlinks=False)
             except FileNotFoundError:
@@ -131,6 +137,7 @@ def open_dir(root_fd: int, parts: Sequence[bytes], *, create: bool = False, foll
                 if on_create is not None:
                     on_create(cur, names + [comp])
                 os.mkdir(comp, mode, dir_fd=cur)
+                made = True
                 st = os.stat(comp, dir_fd=cur, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 links += 1
@@ -146,6 +153,8 @@ def open_dir(root_fd: int, parts: Sequence[bytes], *, create: bool = False, foll
             if not stat.S_ISDIR(st.st_mode):
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", os.fsdecode(b"/".join(names + [comp])))
             stack.append(os.open(comp, _DIR_FLAGS, dir_fd=cur))
+            if made:
+                os.fchmod(stack[-1], mode)  # exactly `mode`, whatever the umask
             names.append(comp)
         return stack.pop()
     finally:

@@ -58,6 +58,7 @@ class ProjectOptions:
     display_root: str = ""  # how the project folder is named in messages (instead of a temp export)
     build_missing: bool = True  # False: images must already be in the registry (a deploy without build)
     builder_factory: Callable[[BuildOptions, Any, RegistryClient], Builder] | None = None  # None: local builds
+    epoch: int | None = None  # SOURCE_DATE_EPOCH of every image: $SOURCE_DATE_EPOCH, else HEAD's commit time
 
     @property
     def stages(self) -> str:
@@ -230,7 +231,7 @@ class ProjectBuilder:
             tags=[], repo=self.o.stages, secrets=secrets, ssh=parse_ssh(spec.ssh[0]) if spec.ssh else None,
             compression=self.o.compression, no_cache=self.o.no_cache, parallel=self.o.parallel,
             cache_dir=self.o.cache_dir, insecure=self.o.insecure, platform=self.o.platform, image_name=spec.name,
-            revision=(self.o.commit, self.o.branch), annotations=dict(labels), labels=labels)
+            revision=(self.o.commit, self.o.branch), annotations=dict(labels), labels=labels, epoch=self.o.epoch)
 
     def _image(self, spec: ImageSpec, claims: _Claims) -> ImageResult:
         done = threading.Event()
