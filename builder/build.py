@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -457,8 +457,18 @@ class Builder:
         except DownloadError as exc:
             raise BuildError(f"ADD {exc}", hint="check the URL and its --checksum") from None
 
-    def _cache_mount(self, mount_id: str) -> Path:
-        return self.cache.mount_dir(mount_id)
+    def _cache_mount(self, mount_id: str, sharing: str, stack: ExitStack) -> Path:
+        """The directory of a cache mount for one RUN (BuildKit's sharing modes): `shared` the cache
+        itself; `locked` the cache once no other step holds it; `private` the cache unless another
+        step holds it, else a fresh directory dropped after the step."""
+        if sharing == "shared":
+            return self.cache.mount_dir(mount_id)
+        held = stack.enter_context(self.cache.lock(f"mount:{mount_id}", wait=sharing == "locked"))
+        if held:
+            return self.cache.mount_dir(mount_id)
+        private = self.cache.work_dir("cache-private-")
+        stack.callback(shutil.rmtree, private, True)
+        return private
 
     def _mount_root(self, ref: str, _unused: object) -> Path:
         for label in self.plan.stages:

@@ -13,7 +13,7 @@ import stat
 import tarfile
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -26,6 +26,7 @@ from builder.errors import BuildError, StepFailedError
 from builder.context import Source
 from builder.plan import CopySpec, Step
 from builder.plan import Mount as PlanMount
+from builder.modes import parse_chmod
 from builder.rootfs_ops import (Meta, Override, Parts, Root, TreeCopy, image_path, replace_with_file, set_meta,
                                 split)
 
@@ -37,7 +38,7 @@ class RunContext:
     """What a RUN needs from the outside world besides the rootfs."""
     secrets: dict[str, bytes] = field(default_factory=dict)
     ssh_socket: str | None = None
-    cache_dir: Callable[[str], Path] | None = None  # mount id -> persistent dir
+    cache_dir: Callable[[str, str, ExitStack], Path] | None = None  # (mount id, sharing, the step's exits) -> dir
     stage_rootfs: Callable[[str | None, object], Path] | None = None  # (stage label, image) -> dir
     context_root: Path | None = None
     report: Callable[..., None] | None = None
@@ -103,6 +104,7 @@ class _Item:
     only: list[Parts] | None = None  # a context directory: the entries .dockerignore keeps
     data: bytes | None = None
     archive: bool = False
+    keep: Parts = ()                # COPY --parents: the parent path kept under the destination
 
 
 def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None, *,
@@ -115,9 +117,11 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
     this step creates get the --chown owner. `context_root` is where the context sources live."""
     dest = spec.dest if spec.dest.startswith("/") else (workdir.rstrip("/") + "/" + spec.dest)
     dest_is_dir = spec.dest.endswith("/") or spec.dest in (".", "./") or len(spec.sources) + \
-        len(spec.from_paths) + len(spec.heredocs) > 1
+        len(spec.from_paths) + len(spec.heredocs) > 1 or spec.parents
     uid, gid = _owner(spec.chown, rootfs)
-    override = Override(uid, gid, spec.chmod, spec.chmod, epoch)
+    chmod = parse_chmod(spec.chmod_text)[1] if spec.chmod_text else (
+        None if spec.chmod is None else parse_chmod(f"{spec.chmod:o}")[1])
+    override = Override(uid, gid, chmod, epoch, skip=_excluder(spec.excludes) if spec.from_paths else None)
     made = Meta(uid, gid, 0o755, made_time(epoch))
     opened: list[Root] = []
     try:
@@ -146,7 +150,7 @@ def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, op
     items: list[_Item] = []
     if from_root is not None:
         src = open_root_of(from_root)
-        for rel in spec.from_paths:
+        for i, rel in enumerate(spec.from_paths):
             try:
                 parts = src.resolve(rel)  # the named source is followed, inside the source rootfs
                 st = src.lstat(parts)
@@ -155,24 +159,29 @@ def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, op
             if st is None:
                 raise BuildError(f"COPY --from: {rel!r} not found in {spec.from_stage or 'the source image'}",
                                  hint="check the path inside the source stage")
-            items.append(_Item(name=parts[-1] if parts else b"", root=src, parts=parts,
-                               is_dir=stat.S_ISDIR(st.st_mode)))
+            is_dir = stat.S_ISDIR(st.st_mode)
+            keep = tuple(split(spec.from_keep[i])) if spec.from_keep else ()
+            items.append(_Item(name=parts[-1] if parts else b"", root=src, parts=parts, is_dir=is_dir,
+                               keep=keep if is_dir else keep[:-1]))
     ctx = None
     for s in spec.sources:
         if s.rel.startswith(("http://", "https://")):  # a downloaded file, alone in its folder
-            items.append(_Item(name=os.fsencode(s.path.name), root=open_root_of(s.path.parent),
-                               parts=(os.fsencode(s.path.name),)))
+            name = os.fsencode(s.path.name)
+            where = open_root_of(s.path.parent)
+            items.append(_Item(name=name, root=where, parts=(name,),
+                               archive=bool(spec.add and spec.unpack and _is_archive(where, (name,)))))
             continue
         if ctx is None:
             ctx = open_root_of(context_root or _context_of(spec))
         parts = tuple(split(str(s.path.relative_to(ctx.path)))) if s.path != ctx.path else ()
-        if spec.add and not s.is_dir and _is_archive(ctx, parts):
-            items.append(_Item(name=parts[-1], root=ctx, parts=parts, archive=True))
+        keep = tuple(split(s.keep))
+        if spec.add and not s.is_dir and spec.unpack is not False and _is_archive(ctx, parts):
+            items.append(_Item(name=parts[-1], root=ctx, parts=parts, archive=True, keep=keep))
         elif s.is_dir:
             items.append(_Item(name=parts[-1] if parts else b"", root=ctx, parts=parts, is_dir=True,
-                               only=[tuple(split(e.rel)) for e in s.entries if e.rel]))
+                               only=[tuple(split(e.rel)) for e in s.entries if e.rel], keep=keep))
         else:
-            items.append(_Item(name=parts[-1], root=ctx, parts=parts))
+            items.append(_Item(name=parts[-1], root=ctx, parts=parts, keep=keep))
     for name, body in spec.heredocs:
         items.append(_Item(name=os.fsencode(name), data=body.encode("utf-8", "surrogateescape")))
     return items
@@ -185,8 +194,21 @@ def _context_of(spec: CopySpec) -> Path:
     return Path(os.path.commonpath(paths))
 
 
+def _excluder(patterns: list[str]) -> Callable[[Parts], bool] | None:
+    """COPY --from --exclude: whether a path inside the copied source is excluded."""
+    if not patterns:
+        return None
+    from builder.context import IgnoreRules, parse_ignore
+
+    rules = IgnoreRules(parse_ignore("\n".join(patterns), "--exclude"))
+    return lambda parts: rules.excluded(image_path(parts))
+
+
 def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: Override, made: Meta,
                written: list[Parts], created: list[Parts]) -> None:
+    if item.keep:  # COPY --parents: into dest/<kept parents>/
+        dest = dest.rstrip("/") + "/" + image_path(item.keep) + "/"
+        dest_is_dir = True
     target = root.resolve(dest)
     existing = root.lstat(target)
     into_dir = existing is not None and stat.S_ISDIR(existing.st_mode)
@@ -210,7 +232,7 @@ def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: 
         fd = replace_with_file(parent, name)
         try:
             os.write(fd, item.data)
-            mode = 0o644 if override.chmod is None else override.chmod
+            mode = 0o644 if override.modes is None else override.modes(0o644, False)
             set_meta(fd, Meta(override.uid, override.gid, mode, made.mtime_ns))
         finally:
             os.close(fd)
@@ -291,7 +313,12 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
     env.setdefault("HOME", user.home or "/")
     views = rootfs.parent / (rootfs.name + "-views")  # context bind mounts: what .dockerignore selects
     secret_env: dict[str, str] = {}  # RUN --mount=type=secret,env=NAME
-    mounts = [hm for hm in (_host_mount(m, ctx, views, secret_env) for m in step.mounts) if hm is not None]
+    stack = ExitStack()  # cache locks and private cache dirs, released when the step ends
+    try:
+        mounts = [hm for hm in (_host_mount(m, ctx, views, secret_env, stack) for m in step.mounts) if hm is not None]
+    except BaseException:
+        stack.close()
+        raise
     mounts += [_script_mount(*f) for f in step.heredoc_files]
     env.update(secret_env)
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL)
@@ -315,7 +342,7 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
 
     # The sandbox removes the mountpoints it had to create, so a snapshot never sees them.
     try:
-        with snapshot.capture(rootfs, scratch) as cap:
+        with stack, snapshot.capture(rootfs, scratch) as cap:
             ensure_dir(cap.root, workdir)
             run = ctx.runner or sandbox.run_in_rootfs
             code = run(cap.root, step.argv, env, workdir, (user.uid, user.gid, list(user.groups)),
@@ -345,7 +372,7 @@ def _script_mount(path: str, body: str, mode: int):
     return SandboxMount("secret", path, data=body.encode(), mode=mode)
 
 
-def _host_mount(m: PlanMount, ctx: RunContext, views: Path, env: dict[str, str]):
+def _host_mount(m: PlanMount, ctx: RunContext, views: Path, env: dict[str, str], stack: ExitStack):
     """A planned RUN --mount -> the sandbox's Mount (None: nothing to mount), with host paths and
     secret bytes filled in; a secret's env= goes into `env`."""
     from builder.sandbox import Mount as SandboxMount
@@ -353,16 +380,21 @@ def _host_mount(m: PlanMount, ctx: RunContext, views: Path, env: dict[str, str])
     o = m.options
     readonly = o.get("readonly", o.get("ro", "false")) == "true"
     if m.type == "cache":
-        assert ctx.cache_dir is not None
-        return SandboxMount("cache", m.target, str(ctx.cache_dir(o.get("id", m.target))), readonly=readonly)
+        return _cache_mount(m, ctx, stack, readonly)
     if m.type == "tmpfs":
-        return SandboxMount("tmpfs", m.target, size=int(o["size"]) if o.get("size", "").isdigit() else None)
+        from builder.plan import parse_size
+
+        return SandboxMount("tmpfs", m.target, size=parse_size(o["size"]) if "size" in o else None)
     if m.type == "secret":
         return _secret_mount(m, ctx, env)
     if m.type == "ssh":
         if not ctx.ssh_socket:
-            raise BuildError("RUN --mount=type=ssh needs --ssh default[=SOCKET] (or $SSH_AUTH_SOCK)")
-        return SandboxMount("ssh", m.target, ctx.ssh_socket)
+            if o.get("required", "").lower() == "false":
+                return None
+            raise BuildError("RUN --mount=type=ssh needs --ssh default[=SOCKET] (or $SSH_AUTH_SOCK)",
+                             hint="or add required=false to the mount to run without an agent")
+        return SandboxMount("ssh", m.target, ctx.ssh_socket, mode=int(o["mode"], 8) if "mode" in o else None,
+                            uid=int(o.get("uid", 0)), gid=int(o.get("gid", 0)))
     # bind: a path inside a stage/image rootfs (resolved there by the sandbox), or the context view
     rw = o.get("rw", o.get("readwrite", "false")) == "true"
     if "from" in o:
@@ -381,6 +413,28 @@ def _host_mount(m: PlanMount, ctx: RunContext, views: Path, env: dict[str, str])
     assert ctx.context_root is not None
     view = context_view(m.sources, ctx.context_root, views)
     return SandboxMount("bind", m.target, str(view), readonly=not rw)
+
+
+def _cache_mount(m: PlanMount, ctx: RunContext, stack: ExitStack, readonly: bool):
+    """A cache mount: its persistent dir, or with sharing=private and another writer at it, a fresh
+    one for this step; sharing=locked waits for the other writer (ctx.cache_dir takes the lock).
+    A new (empty) cache gets mode/uid/gid, and the content of from=/source= when given."""
+    from builder.sandbox import Mount as SandboxMount
+
+    o = m.options
+    assert ctx.cache_dir is not None
+    path = ctx.cache_dir(o.get("id", m.target), o.get("sharing", "shared"), stack)
+    if not any(path.iterdir()):
+        if "from" in o:
+            assert ctx.stage_rootfs is not None
+            with Root(ctx.stage_rootfs(o["from"], None)) as src, Root(path.parent) as into:
+                parts = src.resolve(o.get("source", o.get("src", "/")))
+                os.rmdir(path)
+                TreeCopy(src, into, Override(keep_owner=True), []).copy(parts, into.fd, os.fsencode(path.name), ())
+        os.chmod(path, int(o["mode"], 8) if "mode" in o else 0o755)
+        if os.geteuid() == 0:
+            os.chown(path, int(o.get("uid", 0)), int(o.get("gid", 0)))
+    return SandboxMount("cache", m.target, str(path), readonly=readonly)
 
 
 def _secret_mount(m: PlanMount, ctx: RunContext, env: dict[str, str]):

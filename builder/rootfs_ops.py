@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -381,22 +381,25 @@ def copy_fd(src: int, dst: int, size: int) -> None:
 @dataclass(frozen=True)
 class Override:
     """COPY's rewrites of what it copies: owner (0:0 unless --chown; the source's own with
-    `keep_owner`), --chmod bits for files and directories, and the mtime clamp (SOURCE_DATE_EPOCH,
-    BuildKit's rewrite-timestamp)."""
+    `keep_owner`), --chmod (a function of the source's bits and kind: builder/modes.py), the mtime
+    clamp (SOURCE_DATE_EPOCH, BuildKit's rewrite-timestamp) and --exclude (`skip` gets each path
+    relative to the copied source)."""
     uid: int = 0
     gid: int = 0
-    chmod: int | None = None
-    dir_chmod: int | None = None
+    modes: Callable[[int, bool], int] | None = None
     epoch: int | None = None
     keep_owner: bool = False
+    skip: Callable[[Parts], bool] | None = None
 
     def meta(self, st: os.stat_result) -> Meta:
         mtime = st.st_mtime_ns
         if self.epoch is not None:
             mtime = min(mtime, self.epoch * 1_000_000_000)
-        chmod = self.dir_chmod if stat.S_ISDIR(st.st_mode) else self.chmod
+        mode = stat.S_IMODE(st.st_mode)
+        if self.modes is not None:
+            mode = self.modes(mode, stat.S_ISDIR(st.st_mode))
         uid, gid = (st.st_uid, st.st_gid) if self.keep_owner else (self.uid, self.gid)
-        return Meta(uid, gid, stat.S_IMODE(st.st_mode) if chmod is None else chmod, mtime)
+        return Meta(uid, gid, mode, mtime)
 
 
 class TreeCopy:
@@ -437,6 +440,8 @@ class TreeCopy:
                         set_meta(dfd, Meta(meta.uid, meta.gid, meta.mode))
                     self.written.append(at)
                     for child in sorted(os.fsencode(n) for n in os.listdir(sfd)):
+                        if self.o.skip is not None and self.o.skip(rel + (child,)):
+                            continue
                         if needed is None or rel + (child,) in needed:
                             self._entry(sfd, child, dfd, child, at + (child,), rel + (child,), needed)
                 except BaseException:
