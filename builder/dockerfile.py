@@ -32,6 +32,9 @@ FLAGS: dict[str, dict[str, bool]] = {
                     "retries": True},
 }
 REPEATABLE = {"mount", "exclude", "device"}  # stored as mount0, mount1, ... (in order)
+# `# syntax=` values kade honours: the stable (or upstream/labs) 1.x Dockerfile frontend, by tag or digest
+_FRONTEND_1X = re.compile(r"((docker\.io/)?docker/dockerfile(-upstream)?(:1(\.\d+){0,2}(-labs)?)?"
+                          r"(@sha256:[0-9a-f]{64})?)")
 _ESCAPE_DIRECTIVE = re.compile(r"^#\s*escape\s*=\s*(\S)\s*$", re.IGNORECASE)
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _HEREDOC_MARK = re.compile(r"(\d?)<<(-?)(\"|')?([A-Za-z0-9_.-]+)\3?")
@@ -140,6 +143,11 @@ def parse_string(text: str, path: str = "Dockerfile") -> Dockerfile:
     escape = directives.get("escape", "\\")
     if escape not in ("\\", "`"):
         raise DockerfileSyntaxError(f"invalid escape directive {escape!r}: use \\ or `", file=path, line=1)
+    syntax = directives.get("syntax")
+    if syntax and not _FRONTEND_1X.fullmatch(syntax):
+        raise DockerfileSyntaxError(f"# syntax={syntax}: kade reads Dockerfiles with BuildKit's own parser, as the "
+                                    "docker/dockerfile:1 frontend does; it cannot run another frontend",
+                                    file=path, line=1, hint="use # syntax=docker/dockerfile:1 or drop the line")
     commands = _parse_or_locate(text, path)
     instructions = [_convert(c, path) for c in commands]
     global_args: list[Instruction] = []
