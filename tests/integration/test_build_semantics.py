@@ -114,3 +114,54 @@ def test_dockerignore_reincludes_a_file_of_an_excluded_directory(registry, base_
     files = image_files(registry.url, "sem/reinclude", "1")
     assert files["ctx/build/keep.txt"][1] == b"keep\n" and files["ctx/src/a.txt"][1] == b"a\n"
     assert "ctx/build/drop.txt" not in files and "ctx/build/sub/deep.txt" not in files
+
+
+def test_copy_parents_exclude_symbolic_chmod_and_add_unpack(registry, base_image, kade_build, tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("inside.txt")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"in"))
+    files = {"x/y/a.txt": b"a", "x/y/b.md": b"b", "x/z/c.txt": b"c", "src/p/q/d.txt": b"d", "tool.sh": b"#!/bin/sh\n",
+             "arch.tar": buf.getvalue()}
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref} AS stage\nRUN mkdir -p /opt/s/t && echo s > /opt/s/t/f.txt "
+                         "&& echo k > /opt/s/keep.md\n"
+                         f"FROM {base_image.ref}\n"
+                         "COPY --parents x/y/a.txt x/z/c.txt /parents/\n"
+                         "COPY --parents ./src/./p/**/*.txt /cut/\n"
+                         "COPY --exclude=**/*.md x /excluded/\n"
+                         "COPY --from=stage --exclude=t /opt/s /from-excluded/\n"
+                         "COPY --chmod=u=rwX,go=rX x /sym/\n"
+                         "COPY --chmod=+x tool.sh /tool\n"
+                         "ADD --unpack=false arch.tar /kept/\n"
+                         "ADD arch.tar /unpacked/\n", files)
+    os.chmod(ctx / "tool.sh", 0o600)
+    os.chmod(ctx / "x" / "y" / "a.txt", 0o700)
+    os.chmod(ctx / "x" / "z" / "c.txt", 0o600)
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/flags:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    image = image_files(registry.url, "sem/flags", "1")
+    assert image["parents/x/y/a.txt"][1] == b"a" and image["parents/x/z/c.txt"][1] == b"c"
+    assert image["cut/p/q/d.txt"][1] == b"d" and "cut/src" not in image
+    assert "excluded/y/a.txt" in image and "excluded/y/b.md" not in image
+    assert "from-excluded/keep.md" in image and "from-excluded/t" not in image
+    assert image["sym/y/a.txt"][0].mode == 0o755 and image["sym/z/c.txt"][0].mode == 0o644
+    assert image["sym/y"][0].mode == 0o755
+    assert image["tool"][0].mode == 0o711
+    assert image["kept/arch.tar"][1] == buf.getvalue() and image["unpacked/inside.txt"][1] == b"in"
+
+
+def test_cache_mount_options(registry, base_image, kade_build, tmp_path):
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref} AS seed\nRUN mkdir -p /seed && echo seeded > /seed/s\n"
+                         f"FROM {base_image.ref}\n"
+                         "RUN --mount=type=cache,id=opts,target=/c,mode=0700,uid=1000,gid=1000 "
+                         "stat -c '%a %u %g' /c > /cache-stat\n"
+                         "RUN --mount=type=cache,id=seeded,target=/c,from=seed,source=/seed cat /c/s > /seeded\n"
+                         "RUN --mount=type=cache,id=locked,target=/c,sharing=locked touch /c/ok && ls /c > /locked\n"
+                         "RUN --mount=type=tmpfs,target=/t,size=1m df -k /t | tail -1 | awk '{print $2}' > /tmpfs\n")
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/cache:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    image = image_files(registry.url, "sem/cache", "1")
+    assert image["cache-stat"][1] == b"700 1000 1000\n"
+    assert image["seeded"][1] == b"seeded\n" and image["locked"][1] == b"ok\n"
+    assert image["tmpfs"][1] == b"1024\n"
