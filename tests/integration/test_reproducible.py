@@ -60,10 +60,12 @@ def _repo(tmp_path: Path) -> Path:
 
 def _clone(origin: Path, dest: Path, seed: int) -> Path:
     subprocess.run(["git", "clone", "-q", str(origin), str(dest)], check=True)
+    committed = int(subprocess.run(["git", "-C", str(dest), "show", "-s", "--format=%ct"], capture_output=True,
+                                   text=True, check=True).stdout)
     rng = random.Random(seed)
-    for p in dest.rglob("*"):  # another machine, another checkout time
+    for p in dest.rglob("*"):  # checked out at another time, on another machine: after the commit  # another machine, another checkout time
         if ".git" not in p.parts:
-            t = rng.randint(1_500_000_000, 1_900_000_000)
+            t = rng.randint(committed, committed + 10_000_000)
             os.utime(p, (t, t), follow_symlinks=False)
     return dest
 
