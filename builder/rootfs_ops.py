@@ -254,7 +254,10 @@ class Root:
             return False
 
     def utime(self, parts: Parts, mtime_ns: int, atime_ns: int | None = None) -> None:
-        """Set the times of the entry at resolved `parts` (a symlink's own times)."""
+        """Set the times of the entry at resolved `parts` (a symlink's own times; no parts: the root)."""
+        if not parts:
+            os.utime(self.fd, ns=(mtime_ns if atime_ns is None else atime_ns, mtime_ns))
+            return
         with self.parent(parts) as (parent, name, _):
             os.utime(name, ns=(mtime_ns if atime_ns is None else atime_ns, mtime_ns), dir_fd=parent,
                      follow_symlinks=False)

@@ -130,7 +130,7 @@ class _Scaffold:
                     pass
             for parts, (atime, mtime) in sorted(self.times.items(), key=lambda kv: -len(kv[0])):
                 try:
-                    self.root.utime(parts, mtime, atime) if parts else os.utime(self.root.fd, ns=(atime, mtime))
+                    self.root.utime(parts, mtime, atime)
                 except OSError:
                     pass
         finally:

@@ -277,8 +277,6 @@ ALLOWED = {
     ("backends/chroot.py", "_save_cache", "shutil.rmtree"): "cache dirs kade owns",
     ("backends/chroot.py", "_save_cache", "os.rename"): "cache dirs kade owns",
     ("backends/chroot.py", "run_chroot", ".mkdir"): "the cache dir on the cache volume",
-    ("sandbox.py", "_Mountpoints.ensure", "os.readlink"): "/proc/self/fd of a resolved directory",
-    ("sandbox.py", "_Mountpoints.cleanup", "os.utime"): "an fd",
     ("sandbox.py", "_resolv_conf", ".read_text"): "the host's /etc/resolv.conf",
     ("sandbox.py", "prepare_call", ".is_dir"): "the rootfs directory itself",
     ("sandbox.py", "run_in_rootfs", ".write_text"): "the sandbox's private temp dir",
