@@ -272,7 +272,6 @@ ALLOWED = {
     ("execute.py", "_cache_mount", "os.rmdir"): "a cache mount's dir in the local cache",
     ("execute.py", "_cache_mount", "os.chmod"): "a cache mount's dir in the local cache",
     ("execute.py", "_cache_mount", "os.chown"): "a cache mount's dir in the local cache",
-    ("backends/chroot.py", "_Scaffold.cleanup", "os.utime"): "the root's own fd",
     ("backends/chroot.py", "_save_cache", "os.rmdir"): "a temp dir beside the cache dir",
     ("backends/chroot.py", "_save_cache", "shutil.rmtree"): "cache dirs kade owns",
     ("backends/chroot.py", "_save_cache", "os.rename"): "cache dirs kade owns",
