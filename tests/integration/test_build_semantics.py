@@ -3,13 +3,13 @@ with Python's tarfile): COPY keeps source mtimes (clamped to SOURCE_DATE_EPOCH),
 env= and required, ADD --chown of an archive, .dockerignore re-includes."""
 from __future__ import annotations
 
-import io
+import gzip
 import os
-import tarfile
 
 import pytest
 
 from tests.fixtures.canary import image_files
+from tests.fixtures.layers import E, make_tar
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
 
@@ -84,17 +84,10 @@ def test_a_secret_not_given_is_an_error_naming_it_and_the_flag(base_image, kade_
 
 
 def test_add_chown_gives_extracted_files_the_owner(registry, base_image, kade_build, tmp_path):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name in ("pkg", "pkg/bin"):
-            d = tarfile.TarInfo(name)
-            d.type, d.mode, d.uid, d.gid = tarfile.DIRTYPE, 0o755, 1, 1
-            tf.addfile(d)
-        f = tarfile.TarInfo("pkg/bin/tool")
-        f.size, f.mode, f.uid, f.gid = 3, 0o755, 1, 1
-        tf.addfile(f, io.BytesIO(b"run"))
+    archive = gzip.compress(make_tar([E("pkg", "dir", uid=1, gid=1), E("pkg/bin", "dir", uid=1, gid=1),
+                                      E("pkg/bin/tool", data=b"run", mode=0o755, uid=1, gid=1)]))
     ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nADD --chown=7:7 archive.tar.gz /opt/owned/\n",
-               {"archive.tar.gz": buf.getvalue()})
+               {"archive.tar.gz": archive})
     kade_build(str(ctx), "--tag", f"{registry.host}/sem/addchown:1", "--output", "json",
                "--cache-dir", str(tmp_path / "c")).ok()
     files = image_files(registry.url, "sem/addchown", "1")
@@ -117,13 +110,9 @@ def test_dockerignore_reincludes_a_file_of_an_excluded_directory(registry, base_
 
 
 def test_copy_parents_exclude_symbolic_chmod_and_add_unpack(registry, base_image, kade_build, tmp_path):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        info = tarfile.TarInfo("inside.txt")
-        info.size = 2
-        tf.addfile(info, io.BytesIO(b"in"))
+    archive = make_tar([E("inside.txt", data=b"in")])
     files = {"x/y/a.txt": b"a", "x/y/b.md": b"b", "x/z/c.txt": b"c", "src/p/q/d.txt": b"d", "tool.sh": b"#!/bin/sh\n",
-             "arch.tar": buf.getvalue()}
+             "arch.tar": archive}
     ctx = _ctx(tmp_path, f"FROM {base_image.ref} AS stage\nRUN mkdir -p /opt/s/t && echo s > /opt/s/t/f.txt "
                          "&& echo k > /opt/s/keep.md\n"
                          f"FROM {base_image.ref}\n"
@@ -148,7 +137,7 @@ def test_copy_parents_exclude_symbolic_chmod_and_add_unpack(registry, base_image
     assert image["sym/y/a.txt"][0].mode == 0o755 and image["sym/z/c.txt"][0].mode == 0o644
     assert image["sym/y"][0].mode == 0o755
     assert image["tool"][0].mode == 0o711
-    assert image["kept/arch.tar"][1] == buf.getvalue() and image["unpacked/inside.txt"][1] == b"in"
+    assert image["kept/arch.tar"][1] == archive and image["unpacked/inside.txt"][1] == b"in"
 
 
 def test_cache_mount_options(registry, base_image, kade_build, tmp_path):

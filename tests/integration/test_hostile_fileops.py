@@ -6,11 +6,9 @@ file holding a secret (it must appear in no pushed blob and no output), an empty
 (it must stay empty). A case may build or fail; it may never reach a canary."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat
-import tarfile
 
 import pytest
 
@@ -99,12 +97,7 @@ def _context(tmp_path, host_secret, dockerfile: str) -> str:
     (ctx / "dir" / "secret.env").write_bytes(host_secret.value)
     (ctx / ".git" / "config").write_bytes(host_secret.value)
     (ctx / ".dockerignore").write_text(".git\nsecret.env\n**/secret.env\n")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        info = tarfile.TarInfo("from-archive.txt")
-        info.size = 5
-        tf.addfile(info, io.BytesIO(b"arch\n"))
-    (ctx / "archive.tar").write_bytes(buf.getvalue())
+    (ctx / "archive.tar").write_bytes(make_tar([E("from-archive.txt", data=b"arch\n")]))
     (ctx / "Dockerfile").write_text(dockerfile)
     return str(ctx)
 

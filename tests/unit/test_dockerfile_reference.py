@@ -5,8 +5,6 @@ tests/integration/test_build_semantics.py and test_build_run.py; this table keep
 from __future__ import annotations
 
 import hashlib
-import io
-import tarfile
 
 import pytest
 
@@ -14,6 +12,7 @@ from builder.context import BuildContext
 from builder.dockerfile import FLAGS, parse_string
 from builder.errors import BuildError
 from builder.plan import MOUNT_OPTIONS, BaseImage, make_plan
+from tests.fixtures.layers import E, make_tar
 
 SUPPORTED = "supported"
 LINE = 3  # every row's instruction is on line 3, after `FROM base AS stage` and `FROM base`
@@ -139,11 +138,7 @@ def context(tmp_path_factory):
     (root / "a.txt").write_text("a\n")
     (root / "dir" / "b.md").write_text("b\n")
     (root / "dir" / "sub" / "c.txt").write_text("c\n")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        info = tarfile.TarInfo("f")
-        tf.addfile(info, io.BytesIO(b""))
-    (root / "arch.tar").write_bytes(buf.getvalue())
+    (root / "arch.tar").write_bytes(make_tar([E("f")]))
     return root
 
 

@@ -104,8 +104,7 @@ def _resolve(ref: str, platform: str) -> BaseImage:
 
 @pytest.fixture
 def context(tmp_path):
-    import io
-    import tarfile
+    from tests.fixtures.layers import E, make_tar
 
     root = tmp_path / "ctx"
     (root / "app" / "lib").mkdir(parents=True)
@@ -113,12 +112,7 @@ def context(tmp_path):
              "a.txt": b"a\n", "b.txt": b"b\n", ".dockerignore": b"*.log\n", "skip.log": b"ignored\n"}
     for rel, data in files.items():
         (root / rel).write_bytes(data)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        info = tarfile.TarInfo("d/x")
-        info.size, info.mtime, info.mode = 1, 1_600_000_000, 0o644
-        tf.addfile(info, io.BytesIO(b"x"))
-    (root / "data.tar").write_bytes(buf.getvalue())
+    (root / "data.tar").write_bytes(make_tar([E("d/x", data=b"x", mtime=1_600_000_000, mode=0o644)]))
     for p in sorted(root.rglob("*")):  # what a key sees of a file: content and mode, never time or owner
         os.chmod(p, 0o755 if p.is_dir() else 0o644)
         os.utime(p, (1_650_000_000, 1_650_000_000))
