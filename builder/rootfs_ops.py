@@ -9,7 +9,7 @@ mode and times set through an fd of the object itself. A replaced entry is remov
 so a write never lands in another hard link of the old inode.
 
 The same rules serve every tree a build treats as a root: a stage's rootfs, an image's unpacked
-tree, a cache mount, the build context. `copy_tree` copies out of one Root into another, a symlink in
+tree, a cache mount, the build context. `TreeCopy` copies out of one Root into another, a symlink in
 the source resolving inside the *source* root (never on the host). Nothing else in builder/ opens a
 rootfs path by name (tests/unit/test_rootfs_ops.py greps for it); the layer unpacker and the snapshot
 work on the fds that builder/rootpath.py hands them.
@@ -100,7 +100,7 @@ class Root:
         """The host path of resolved `parts`, for what has no fd variant (a mount source, the layer
         writer's Change.source). Only use it on parts `resolve` returned, on a tree nothing else
         changes meanwhile."""
-        base = os.fsencode(self.path.resolve())
+        base = os.fsencode(fd_path(self.fd)).rstrip(b"/")
         return os.fsdecode(base + b"".join(b"/" + p for p in parts))
 
     @contextmanager
@@ -116,6 +116,8 @@ class Root:
     def parts_of(self, fd: int) -> Parts:
         """Where an open directory of this root is, as components relative to the root."""
         rel = os.path.relpath(os.fsencode(fd_path(fd)), os.fsencode(fd_path(self.fd)))
+        if rel == b".." or rel.startswith(b"../"):  # moved out from under us: never name it
+            raise OSError(errno.EXDEV, "a directory left the root while in use", os.fsdecode(rel))
         return () if rel == b"." else tuple(rel.split(b"/"))
 
     def open_dir(self, path: str | bytes | Parts, *, create: bool = False, meta: Meta | None = None,

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from builder.backends.agent_relay import SocketProxy
 from builder.linux import CAP_SETPCAP, CHROOTED_RUN_CAPS, drop_capabilities, has_effective, last_capability
-from builder.rootfs_ops import Meta, Override, Parts, Root, TreeCopy, lstat_at, replace_with_file, set_meta
+from builder.rootfs_ops import Meta, Override, Parts, Root, TreeCopy, lstat_at
 from builder.rootpath import lexical, split
 from builder.sandbox import DEVICES, Mount, OutputCallback, SandboxError, User, _pump, prepare_call
 
@@ -97,14 +97,6 @@ class _Scaffold:
             if lstat_at(fd, name) is None:
                 os.mkdir(name, mode, dir_fd=fd)
 
-    def write_file(self, parts: Parts, data: bytes, meta: Meta) -> None:
-        with self.root.parent(parts) as (fd, name, _):
-            out = replace_with_file(fd, name)
-            try:
-                os.write(out, data)
-                set_meta(out, meta)
-            finally:
-                os.close(out)
 
     def fd_path(self, parts: Parts) -> Path:
         """A path to `parts` through an fd of its directory (kept open until cleanup), for APIs that
@@ -236,7 +228,7 @@ def run_chroot(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapping
                                            mode=0o600 if m.mode is None else m.mode, uid=m.uid, gid=m.gid))
                 env.setdefault("SSH_AUTH_SOCK", m.target)
             elif m.type == "secret":
-                scaffold.write_file(target, m.data or b"", Meta(m.uid, m.gid, 0o400 if m.mode is None else m.mode))
+                scaffold.root.write_file(target, m.data or b"", Meta(m.uid, m.gid, 0o400 if m.mode is None else m.mode))
             elif m.type == "tmpfs":
                 scaffold.make_dir(target)
             elif m.type in ("cache", "bind"):
