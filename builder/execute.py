@@ -172,7 +172,9 @@ def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, op
                                archive=bool(spec.add and spec.unpack and _is_archive(where, (name,)))))
             continue
         if ctx is None:
-            ctx = open_root_of(context_root or _context_of(spec))
+            if context_root is None:
+                raise ValueError("copy_step: context sources need the context_root they live in")
+            ctx = open_root_of(context_root.resolve())
         parts = tuple(split(str(s.path.relative_to(ctx.path)))) if s.path != ctx.path else ()
         keep = tuple(split(s.keep))
         if spec.add and not s.is_dir and spec.unpack is not False and _is_archive(ctx, parts):
@@ -185,13 +187,6 @@ def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, op
     for name, body in spec.heredocs:
         items.append(_Item(name=os.fsencode(name), data=body.encode("utf-8", "surrogateescape")))
     return items
-
-
-def _context_of(spec: CopySpec) -> Path:
-    """The context root when the caller did not say: the longest common directory of the sources
-    (unit tests and old callers; builds pass it)."""
-    paths = [str(s.path if s.is_dir else s.path.parent) for s in spec.sources]
-    return Path(os.path.commonpath(paths))
 
 
 def _excluder(patterns: list[str]) -> Callable[[Parts], bool] | None:

@@ -86,9 +86,10 @@ def compare(layout_a: Path, digest_a: str, layout_b: Path, digest_b: str) -> lis
     _, layers_b, config_b = _image(layout_b, digest_b)
     diffs: list[str] = []
     steps = [h.get("created_by", "?") for h in config_a.get("history", []) if not h.get("empty_layer")]
-    for key in sorted(set(config_a) | set(config_b) - {"rootfs"}):
-        if key != "rootfs" and config_a.get(key) != config_b.get(key):
-            diffs.append(f"config {key}: {json.dumps(config_a.get(key))[:120]} != {json.dumps(config_b.get(key))[:120]}")
+    for key in sorted((set(config_a) | set(config_b)) - {"rootfs"}):  # layers are compared below
+        a, b = (json.dumps(c.get(key), sort_keys=True) for c in (config_a, config_b))
+        if a != b:
+            diffs.append(f"config {key}: {a[:120]} != {b[:120]}")
     if len(layers_a) != len(layers_b):
         diffs.append(f"{len(layers_a)} layers != {len(layers_b)} layers")
     for i, (a, b) in enumerate(zip(layers_a, layers_b)):
@@ -98,7 +99,8 @@ def compare(layout_a: Path, digest_a: str, layout_b: Path, digest_b: str) -> lis
         ea, eb = _entries(_blob(layout_a, a)), _entries(_blob(layout_b, b))
         for name in sorted(set(ea) | set(eb)):
             if name not in ea or name not in eb:
-                diffs.append(f"{step}: /{name.lstrip('./')} is only in the {'second' if name not in ea else 'first'} build")
+                which = "second" if name not in ea else "first"
+                diffs.append(f"{step}: /{name.lstrip('./')} is only in the {which} build")
                 continue
             for what, x, y in zip(_FIELDS, ea[name], eb[name]):
                 if x != y:

@@ -63,7 +63,7 @@ def _clone(origin: Path, dest: Path, seed: int) -> Path:
     committed = int(subprocess.run(["git", "-C", str(dest), "show", "-s", "--format=%ct"], capture_output=True,
                                    text=True, check=True).stdout)
     rng = random.Random(seed)
-    for p in dest.rglob("*"):  # checked out at another time, on another machine: after the commit  # another machine, another checkout time
+    for p in dest.rglob("*"):  # checked out later, on another machine
         if ".git" not in p.parts:
             t = rng.randint(committed, committed + 10_000_000)
             os.utime(p, (t, t), follow_symlinks=False)

@@ -55,7 +55,7 @@ def spec(ctx, srcs, dest, **kw):
     (["dir"], ".", "/app", {"app/a.txt": "a", "app/sub/b.txt": "b"}),
 ])
 def test_destination_rules(ctx, rootfs, srcs, dest, workdir, expect):
-    changes = copy_step(rootfs, spec(ctx, srcs, dest), workdir, None)
+    changes = copy_step(rootfs, spec(ctx, srcs, dest), workdir, None, context_root=ctx.root)
     for rel, text in expect.items():
         assert (rootfs / rel).read_text() == text
         assert rel in {c.path for c in changes}
@@ -64,11 +64,11 @@ def test_destination_rules(ctx, rootfs, srcs, dest, workdir, expect):
 
 
 def test_chown_chmod_and_modes(ctx, rootfs):
-    copy_step(rootfs, spec(ctx, ["two.txt", "one.txt"], "/o/", chown="app"), "/", None)
+    copy_step(rootfs, spec(ctx, ["two.txt", "one.txt"], "/o/", chown="app"), "/", None, context_root=ctx.root)
     st = os.stat(rootfs / "o" / "two.txt")
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1000, 1000, 0o755)
     assert os.stat(rootfs / "o").st_uid == 1000  # created directory takes the owner too
-    copy_step(rootfs, spec(ctx, ["one.txt"], "/m.txt", chmod=0o600, chown="7:8"), "/", None)
+    copy_step(rootfs, spec(ctx, ["one.txt"], "/m.txt", chmod=0o600, chown="7:8"), "/", None, context_root=ctx.root)
     st = os.stat(rootfs / "m.txt")
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (7, 8, 0o600)
 
@@ -76,10 +76,10 @@ def test_chown_chmod_and_modes(ctx, rootfs):
 def test_heredoc_and_add_archive(ctx, rootfs):
     copy_step(rootfs, CopySpec(dest="/h.sh", heredocs=[("EOF", "echo hi\n")], chmod=0o755), "/", None)
     assert (rootfs / "h.sh").read_text() == "echo hi\n" and os.stat(rootfs / "h.sh").st_mode & 0o777 == 0o755
-    changes = copy_step(rootfs, spec(ctx, ["bundle.tar.gz"], "/unpacked/", add=True), "/", None)
+    changes = copy_step(rootfs, spec(ctx, ["bundle.tar.gz"], "/unpacked/", add=True), "/", None, context_root=ctx.root)
     assert (rootfs / "unpacked" / "inner" / "x.txt").read_text() == "x"
     assert "unpacked/inner/x.txt" in {c.path for c in changes}
-    copy_step(rootfs, spec(ctx, ["bundle.tar.gz"], "/kept/"), "/", None)  # COPY never extracts
+    copy_step(rootfs, spec(ctx, ["bundle.tar.gz"], "/kept/"), "/", None, context_root=ctx.root)  # COPY never extracts
     assert (rootfs / "kept" / "bundle.tar.gz").is_file()
 
 
@@ -87,10 +87,10 @@ def test_copy_never_writes_through_a_hostile_symlink(ctx, rootfs, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     os.symlink(str(outside), rootfs / "trap")  # absolute link to a host dir
-    copy_step(rootfs, spec(ctx, ["one.txt"], "/trap/"), "/", None)
+    copy_step(rootfs, spec(ctx, ["one.txt"], "/trap/"), "/", None, context_root=ctx.root)
     assert not (outside / "one.txt").exists()
     os.symlink(str(outside / "f"), rootfs / "linkfile")
-    changes = copy_step(rootfs, spec(ctx, ["one.txt"], "/linkfile"), "/", None)
+    changes = copy_step(rootfs, spec(ctx, ["one.txt"], "/linkfile"), "/", None, context_root=ctx.root)
     # BuildKit's rule: the destination resolves inside the rootfs, its final symlink included
     inside = rootfs / str(outside / "f").lstrip("/")
     assert not (outside / "f").exists() and inside.read_text() == "1" and (rootfs / "linkfile").is_symlink()
@@ -133,7 +133,9 @@ def test_add_archive_never_writes_outside_its_target(tmp_path, rootfs, name, lin
     (c / "hostile.tar.xz").write_bytes(buf.getvalue())
     before = sorted(p.name for p in tmp_path.rglob("*"))
     try:
-        copy_step(rootfs, spec(BuildContext.open(c), ["hostile.tar.xz"], "/unpacked/", add=True), "/", None)
+        hostile = BuildContext.open(c)
+        copy_step(rootfs, spec(hostile, ["hostile.tar.xz"], "/unpacked/", add=True), "/", None,
+                  context_root=hostile.root)
     except BuildError as exc:
         assert "hostile.tar.xz" in str(exc)  # the error names the archive
     after = sorted(p.name for p in tmp_path.rglob("*") if "unpacked" not in p.parts)
