@@ -116,6 +116,9 @@ class _Scaffold:
                     continue
                 self.created.extend(parts + (child,) for child in children)
             for parts in reversed(self.created):
+                st = self.root.lstat(parts)
+                if st is None or stat.S_ISLNK(st.st_mode):
+                    continue  # gone, or a symlink: we create none, so the RUN made it and it stays
                 try:
                     self.root.remove(parts)
                 except OSError:
