@@ -8,6 +8,7 @@ known exactly, no tree diff needed); RUN goes through the sandbox and the snapsh
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import stat
 import tarfile
@@ -177,13 +178,14 @@ def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, op
             ctx = open_root_of(context_root.resolve())
         parts = tuple(split(str(s.path.relative_to(ctx.path)))) if s.path != ctx.path else ()
         keep = tuple(split(s.keep))
+        name = os.fsencode(posixpath.basename(s.rel))  # a symlink named as a source: copied under its own name
         if spec.add and not s.is_dir and spec.unpack is not False and _is_archive(ctx, parts):
-            items.append(_Item(name=parts[-1], root=ctx, parts=parts, archive=True, keep=keep))
+            items.append(_Item(name=name, root=ctx, parts=parts, archive=True, keep=keep))
         elif s.is_dir:
-            items.append(_Item(name=parts[-1] if parts else b"", root=ctx, parts=parts, is_dir=True,
+            items.append(_Item(name=name, root=ctx, parts=parts, is_dir=True,
                                only=[tuple(split(e.rel)) for e in s.entries if e.rel], keep=keep))
         else:
-            items.append(_Item(name=parts[-1], root=ctx, parts=parts, keep=keep))
+            items.append(_Item(name=name, root=ctx, parts=parts, keep=keep))
     for name, body in spec.heredocs:
         items.append(_Item(name=os.fsencode(name), data=body.encode("utf-8", "surrogateescape")))
     return items

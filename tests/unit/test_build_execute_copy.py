@@ -142,3 +142,10 @@ def test_add_archive_never_writes_outside_its_target(tmp_path, rootfs, name, lin
     assert "escaped.txt" not in after and "abs-escaped.txt" not in after
     assert "escaped-through-link.txt" not in after
     assert set(after) - set(before) <= {"unpacked"}
+
+
+def test_a_symlink_named_as_a_source_is_copied_under_its_own_name(ctx, rootfs):
+    """Docker and BuildKit follow the named source and keep the name it was given by."""
+    os.symlink("one.txt", ctx.root / "alias.txt")
+    copy_step(rootfs, spec(ctx, ["alias.txt"], "/x/"), "/", None, context_root=ctx.root)
+    assert (rootfs / "x" / "alias.txt").read_text() == "1" and not (rootfs / "x" / "one.txt").exists()
