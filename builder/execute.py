@@ -114,15 +114,18 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
 
     The destination resolves inside the rootfs, a final symlink included (BuildKit's RootPath): an
     existing directory there receives the sources, anything else is replaced. Files keep their
-    source's mtime (clamped to `epoch`), modes unless --chmod, owner 0:0 unless --chown; directories
-    this step creates get the --chown owner. `context_root` is where the context sources live."""
+    source's mtime (clamped to `epoch`), modes unless --chmod, owner 0:0 (a --from source's own owner)
+    unless --chown; directories this step creates get the --chown owner (else 0:0). `context_root` is
+    where the context sources live."""
     dest = spec.dest if spec.dest.startswith("/") else (workdir.rstrip("/") + "/" + spec.dest)
     dest_is_dir = spec.dest.endswith("/") or spec.dest in (".", "./") or len(spec.sources) + \
         len(spec.from_paths) + len(spec.heredocs) > 1 or spec.parents
     uid, gid = _owner(spec.chown, rootfs)
     chmod = parse_chmod(spec.chmod_text)[1] if spec.chmod_text else (
         None if spec.chmod is None else parse_chmod(f"{spec.chmod:o}")[1])
-    override = Override(uid, gid, chmod, epoch, skip=_excluder(spec.excludes) if spec.from_paths else None)
+    # COPY --from keeps the owners the source stage or image gave its files (BuildKit, Docker since 18.09)
+    override = Override(uid, gid, chmod, epoch, keep_owner=from_root is not None and not spec.chown,
+                        skip=_excluder(spec.excludes) if spec.from_paths else None)
     made = Meta(uid, gid, 0o755, made_time(epoch))
     opened: list[Root] = []
     try:

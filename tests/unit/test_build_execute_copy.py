@@ -149,3 +149,19 @@ def test_a_symlink_named_as_a_source_is_copied_under_its_own_name(ctx, rootfs):
     os.symlink("one.txt", ctx.root / "alias.txt")
     copy_step(rootfs, spec(ctx, ["alias.txt"], "/x/"), "/", None, context_root=ctx.root)
     assert (rootfs / "x" / "alias.txt").read_text() == "1" and not (rootfs / "x" / "one.txt").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_copy_from_keeps_the_source_owners_unless_chown(rootfs, tmp_path):
+    src = tmp_path / "stage"
+    (src / "opt" / "d").mkdir(parents=True)
+    (src / "opt" / "d" / "f").write_text("f")
+    for p in (src / "opt" / "d", src / "opt" / "d" / "f"):
+        os.chown(p, 1000, 1001)
+    copy_step(rootfs, CopySpec(dest="/kept/", from_stage="s", from_paths=["opt/d"]), "/", src)
+    st = os.stat(rootfs / "kept" / "f")
+    assert (st.st_uid, st.st_gid) == (1000, 1001)
+    assert os.stat(rootfs / "kept").st_uid == 0  # the destination directory it made is root's
+    copy_step(rootfs, CopySpec(dest="/chowned/", from_stage="s", from_paths=["opt/d"], chown="7:8"), "/", src)
+    st = os.stat(rootfs / "chowned" / "f")
+    assert (st.st_uid, st.st_gid) == (7, 8)
