@@ -284,10 +284,18 @@ def _extract_archive(root: Root, item: _Item, target: Parts, override: Override,
                                  track=True)
         if b"" not in result.paths:  # the target directory itself: modified, so given a fixed time
             os.utime(tfd, ns=(made.mtime_ns or 0, made.mtime_ns or 0))
+        written.append(target)
+        with Root(f"/proc/self/fd/{tfd}") as extracted:  # an entry's parents as they resolved (symlinks)
+            entries = {tuple(p.split(b"/")) for p in result.paths if p}
+            for parts in sorted(entries):
+                where = extracted.resolve(parts[:-1]) + parts[-1:]
+                for parent in (where[:i] for i in range(1, len(where))):  # directories the archive implied
+                    if parent not in entries and target + parent not in written:
+                        extracted.utime(parent, made.mtime_ns or 0)
+                        written.append(target + parent)
+                written.append(target + where)
     finally:
         os.close(tfd)
-    written.append(target)
-    written.extend(target + tuple(p.split(b"/")) for p in sorted(result.paths) if p)
 
 
 # -- RUN ------------------------------------------------------------------------------------------

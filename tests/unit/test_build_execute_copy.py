@@ -165,3 +165,16 @@ def test_copy_from_keeps_the_source_owners_unless_chown(rootfs, tmp_path):
     copy_step(rootfs, CopySpec(dest="/chowned/", from_stage="s", from_paths=["opt/d"], chown="7:8"), "/", src)
     st = os.stat(rootfs / "chowned" / "f")
     assert (st.st_uid, st.st_gid) == (7, 8)
+
+
+def test_add_archive_records_entries_where_their_symlinked_parents_put_them(tmp_path, rootfs):
+    from tests.fixtures.layers import E, make_tar
+
+    c = tmp_path / "links-ctx"
+    c.mkdir()
+    (c / "a.tar").write_bytes(make_tar([E("up", "symlink", link="/"), E("up/sub/f", data=b"f")]))
+    hostile = BuildContext.open(c)
+    changes = copy_step(rootfs, spec(hostile, ["a.tar"], "/dst/", add=True), "/", None, context_root=hostile.root)
+    assert (rootfs / "dst" / "sub" / "f").read_bytes() == b"f"
+    paths = {ch.path for ch in changes}
+    assert {"dst/up", "dst/sub", "dst/sub/f"} <= paths and "dst/up/sub/f" not in paths

@@ -88,7 +88,7 @@ LAYERS = [
     "sha256:fc5c3fe4b5538dbe9f88c8513547c0cb4f6b5ce3f70419572054c52cc57f1610",  # WORKDIR /srv
     "sha256:b9257212569fcd3c4124fd34f2e0d8d07b07c23716802f2d199fb91ab72e9c46",  # COPY --chown --chmod app/
     "sha256:1173c62c3c12778966ae0a92f7cea69b73bd6b3d91568ec53ae5bf2f0b7fb1d4",  # COPY *.txt
-    "sha256:d44c9801e54ef9dc6d420237f009db70506860335ac5ea9e016a18828808a247",  # ADD data.tar
+    "sha256:0c0d4a2623a706835d7bef9301a92f172d82ace1a1be18f5801e2ac89a327d7c",  # ADD data.tar (its implied d/ too)
 ]
 EPOCH = 1_700_000_000
 
