@@ -75,6 +75,7 @@ class BuildOptions:
     labels: dict[str, str] = field(default_factory=dict)  # extra config labels of the final image (not in keys)
     sandbox: Callable[..., int] | None = None  # runs RUN commands; None: builder.sandbox.run_in_rootfs
     epoch: int | None = None  # SOURCE_DATE_EPOCH for this build; None: the environment's (builder/epoch.py)
+    supply: Any = None  # builder.attest.SupplyOptions: SBOM, provenance, signing of pushed images; None: none
 
 
 @dataclass
@@ -515,6 +516,10 @@ class Builder:
             self._push_manifest(repo, img, config_bytes, step.key, parent)
         with self.lock:
             self.images[digest] = img
+        if self.o.supply is not None and step.stage == self.plan.target:
+            from builder.attest import prescan
+
+            prescan(self, img)  # the final image's SBOM then reads only what comes after this step
         return img
 
     def _push_manifest(self, repo_name: str, img: Image, config_bytes: bytes, tag: str, source: Image | None) -> str:
@@ -579,6 +584,10 @@ class Builder:
         else:
             layout = self._write_layout(plan, img, config_bytes)
             images.append({"ref": f"oci:{layout}:{self._layout_ref(plan)}", "digest": img.digest})
+        if self.o.tags and self.o.supply is not None:
+            from builder.attest import attest
+
+            attest(self, plan, img, commit, branch, final)
         record_tag = None
         if self.stages_repo and self.o.tags:
             record_tag = self._push_record(plan, images, commit, branch, now)

@@ -151,12 +151,11 @@ def start_fetch(pool: Executor, final: Path, lock: Callable[[], ContextManager[N
                         blob.wrote(len(block))
                 blob.finished(tmp)   # the remote stream verified size and digest at its end
                 tmp = None
-        except BaseException as exc:  # handed to the reader
-            blob.failed(exc)
-        finally:
+        except BaseException as exc:  # handed to the reader, once the partial file is gone
             if tmp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
+            blob.failed(exc)
 
     pool.submit(run)
     return blob

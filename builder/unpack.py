@@ -137,13 +137,13 @@ class _Prefixed:
 
 
 class _Metered:
-    """Counts and hashes the uncompressed tar bytes; stops at the byte budget."""
+    """Counts and (unless `hashed` is False) hashes the uncompressed tar bytes; stops at the byte budget."""
 
-    def __init__(self, stream, limit: int, layer: str):
+    def __init__(self, stream, limit: int, layer: str, hashed: bool = True):
         self._stream = stream
         self._limit = limit
         self._layer = layer
-        self.hash = hashlib.sha256()
+        self.hash = hashlib.sha256() if hashed else None
         self.count = 0
 
     def read(self, n: int = -1) -> bytes:
@@ -152,7 +152,8 @@ class _Metered:
         if self.count > self._limit:
             raise LayerLimitError(f"layer {self._layer} expands to more than {self._limit} bytes; "
                                   "refusing it (archive bomb?) — raise the limit if the image is genuine")
-        self.hash.update(data)
+        if self.hash is not None:
+            self.hash.update(data)
         return data
 
 

@@ -38,13 +38,24 @@ def apply(kube: Kube, resource: Resource, api: ApiResource, *, dry_run: bool = F
     return Applied(obj, status == 201)
 
 
+class ApplyRefused(DeployError):
+    """The API server refused an apply; `cause` is its KubeError."""
+
+    def __init__(self, message: str, cause: KubeError):
+        super().__init__(message)
+        self.cause = cause
+
+
 def apply_error(resource: Resource, exc: KubeError) -> DeployError:
     where = f"{resource.key} (from {resource.source})"
+    if immutable(exc):
+        return ApplyRefused(f"{where}: {exc}: a field that cannot change in place changed; add the annotation "
+                            "kade.io/delete-policy: before-creation-if-immutable to let kade delete and create it", exc)
     if exc.status == 409 and exc.reason == "Conflict" and exc.details.get("causes"):
         owners = conflicts(exc.details)
         listing = "; ".join(f"{field} is owned by {manager!r}" for field, manager in owners)
         return ConflictError(f"{where}: server-side apply conflict: {listing}. Another tool manages these fields: "
-                             f"remove them from the manifest, or re-run with --force-conflicts to take them over")
+                             f"remove them from the manifest, or re-run with --force-conflicts to take them over", owners)
     if exc.status == 404 and "namespaces" in str(exc).lower():
         return DeployError(f"{where}: {exc}: create the namespace first (add a Namespace manifest) or pass --namespace")
     if exc.status == 403:
@@ -59,6 +70,27 @@ def conflicts(details: dict[str, Any]) -> list[tuple[str, str]]:
         match = re.search(r'conflict with "([^"]+)"', cause.get("message", ""))
         out.append((cause.get("field") or "?", match.group(1) if match else cause.get("message", "?")))
     return out
+
+
+def immutable(exc: BaseException) -> bool:
+    """Did the API server refuse a change because a field cannot be changed in place (a Job's template,
+    a selector, a StatefulSet's volumeClaimTemplates, a Service's clusterIP)?"""
+    text = str(exc)
+    return getattr(exc, "status", 0) == 422 and bool(re.search(
+        r"field is immutable|may not be changed|updates to statefulset spec for fields other than|"
+        r"Forbidden: .*immutable|cannot be changed|is immutable", text))
+
+
+def rewrite_managed_fields(kube: Kube, api: ApiResource, live: dict[str, Any], managed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Replace the live object's managedFields (only if it did not change since it was read)."""
+    meta = live.get("metadata") or {}
+    patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+             {"op": "replace", "path": "/metadata/managedFields", "value": managed}]
+    try:
+        return kube.request("PATCH", api.path(meta.get("namespace", "") if api.namespaced else "", meta.get("name", "")),
+                            body=patch, content_type="application/json-patch+json")  # a list: sent as JSON Patch
+    except KubeError as exc:
+        raise DeployError(f"cannot rewrite the field managers of {api.kind} {meta.get('name')}: {exc}") from None
 
 
 def get_live(kube: Kube, api: ApiResource, namespace: str, name: str) -> dict[str, Any] | None:

@@ -12,7 +12,11 @@ class RenderError(DeployError):
 
 
 class ConflictError(DeployError):
-    """Server-side apply found fields owned by another field manager."""
+    """Server-side apply found fields owned by another field manager: `fields` is [(field, manager)]."""
+
+    def __init__(self, message: str, fields: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.fields = fields or []
 
 
 class ReleaseLockedError(DeployError):

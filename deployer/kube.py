@@ -1,60 +1,175 @@
-"""A thin Kubernetes API layer over the `kubernetes` client's ApiClient (kubeconfig loading, auth,
-TLS): JSON requests by path, streaming watches, and discovery of kinds -> plural names. Everything
-above it works on plain dicts. It counts requests (for bench/)."""
+"""A thin Kubernetes API layer over the `kubernetes` client's ApiClient (auth, TLS): JSON requests by
+path, streaming watches, and discovery of kinds -> plural names. Everything above it works on plain
+dicts. It counts requests (for bench/).
+
+Every request has a connect timeout of a few seconds and a read timeout bounded by the command's own
+deadline (`Kube.limit`), so an API server that never answers is named within the time the user gave.
+Transient failures (429, 502/503/504, an admission webhook that is not up yet, a dropped connection)
+are retried with a growing delay, each retry reported, for at most RETRY_WINDOW and never past the
+deadline. This module is the one clean copy of kubeconfig loading that a shared package will take over.
+"""
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
-from typing import Any, Iterator
+import time
+from typing import Any, Callable, Iterator
 
+import yaml
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
 from deployer.errors import DeployError
 from deployer.resources import ApiResource, split_api_version
 
+CONNECT_TIMEOUT = 5.0  # seconds to open a connection to the API server
+READ_TIMEOUT = 30.0  # seconds one plain request may wait for its answer (less when the deadline is nearer)
+RETRY_WINDOW = 60.0  # seconds transient failures of one request are retried (bounded by the deadline too)
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 5.0)  # then 5 s between attempts
+_TRANSIENT_500 = re.compile(r"failed calling webhook|webhook.*(refused|timeout|deadline)|etcdserver|"
+                            r"the server is currently unable|try again later|context deadline exceeded", re.I)
+MAX_MESSAGE = 600  # characters of an API server's message kept in an error
+Report = Callable[..., None]
+
 
 class KubeError(DeployError):
     """An API call failed; `status` is the HTTP status (0 for connection errors)."""
 
-    def __init__(self, message: str, status: int = 0, reason: str = "", details: dict | None = None):
+    def __init__(self, message: str, status: int = 0, reason: str = "", details: dict | None = None,
+                 retry_after: float | None = None):
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.details = details or {}
+        self.retry_after = retry_after
 
 
 class Gone(KubeError):
     """410: the watch's resourceVersion is too old; list again."""
 
 
-class Kube:
-    def __init__(self, kubeconfig: str | None = None, context: str | None = None):
-        cfg = k8s_client.Configuration()
-        path = kubeconfig or os.environ.get("KUBECONFIG")
+# ---- configuration (pure but for reading files) ----------------------------------------------------
+
+def kubeconfig_paths(kubeconfig: str | None, environ: dict[str, str] | None = None) -> list[str]:
+    """The kubeconfig files to read: --kubeconfig, else $KUBECONFIG (a ':'-separated list), else
+    ~/.kube/config if it exists; [] means in-cluster configuration."""
+    env = os.environ if environ is None else environ
+    if kubeconfig:
+        return [kubeconfig]
+    if env.get("KUBECONFIG"):
+        return [p for p in env["KUBECONFIG"].split(":") if p]
+    default = os.path.expanduser("~/.kube/config")
+    return [default] if os.path.exists(default) else []
+
+
+def check_kubeconfig(path: str, text: str) -> None:
+    """Raise a DeployError naming `path` when `text` is not a kubeconfig a client could use."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DeployError(f"kubeconfig {path} is not valid YAML{where}: {problem}; fix the file or point "
+                          "--kubeconfig / KUBECONFIG at another") from None
+    if not isinstance(data, dict) or not any(k in data for k in ("clusters", "contexts", "users")):
+        raise DeployError(f"kubeconfig {path} is not a kubeconfig (expected a mapping with clusters, contexts "
+                          "and users); point --kubeconfig / KUBECONFIG at the cluster's kubeconfig")
+
+
+def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> k8s_client.Configuration:
+    """A client Configuration from kubeconfig file(s) or, with none, the pod's service account."""
+    cfg = k8s_client.Configuration()
+    paths = kubeconfig_paths(kubeconfig)
+    if not paths:
+        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+            raise DeployError("no Kubernetes configuration: set KUBECONFIG, pass --kubeconfig, create "
+                              "~/.kube/config, or run inside a pod")
         try:
-            if path or os.path.exists(os.path.expanduser("~/.kube/config")):
-                k8s_config.load_kube_config(config_file=path, context=context, client_configuration=cfg,
-                                            persist_config=False)
-            else:
-                k8s_config.load_incluster_config(client_configuration=cfg)
-        except (k8s_config.ConfigException, OSError, TypeError) as exc:
-            raise DeployError(f"cannot load the Kubernetes config ({path or '~/.kube/config or in-cluster'}): {exc}; "
-                              "set KUBECONFIG or pass --kubeconfig") from None
+            k8s_config.load_incluster_config(client_configuration=cfg)
+        except k8s_config.ConfigException as exc:
+            raise DeployError(f"cannot use the in-cluster Kubernetes configuration: {exc}") from None
+        return cfg
+    readable = []
+    for path in paths:
+        try:
+            text = open(os.path.expanduser(path), encoding="utf-8").read()
+        except FileNotFoundError:
+            if kubeconfig or len(paths) == 1:
+                raise DeployError(f"kubeconfig {path} does not exist; pass --kubeconfig or set KUBECONFIG") from None
+            continue  # kubectl ignores missing files in a KUBECONFIG list
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DeployError(f"cannot read kubeconfig {path}: {exc}") from None
+        check_kubeconfig(path, text)
+        readable.append(path)
+    if not readable:
+        raise DeployError(f"none of the kubeconfig files in KUBECONFIG exist: {', '.join(paths)}")
+    try:
+        k8s_config.load_kube_config(config_file=":".join(readable), context=context, client_configuration=cfg,
+                                    persist_config=False)
+    except (k8s_config.ConfigException, OSError, TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise DeployError(f"kubeconfig {', '.join(readable)}: {exc}" + (f" (context {context!r})" if context else "")
+                          + "; check the file or pass --context") from None
+    return cfg
+
+
+def transient(exc: KubeError) -> str | None:
+    """Why a failed request is worth trying again ("" is falsy: not transient)."""
+    if exc.status == 429:
+        return "the API server asks to slow down (429)"
+    if exc.status in (502, 503, 504):
+        return f"the API server is unavailable ({exc.status})"
+    if exc.status == 500 and _TRANSIENT_500.search(str(exc)):
+        return "an admission webhook or the API server's storage failed" if "webhook" in str(exc).lower() \
+            else "the API server failed"
+    if exc.status == 0 and exc.reason in ("ConnectionError", "Timeout"):
+        return "the API server did not answer" if exc.reason == "Timeout" else "the connection failed"
+    return None
+
+
+def retry_delay(attempt: int, retry_after: float | None = None) -> float:
+    """Seconds before attempt `attempt + 1` (attempt counts from 0); Retry-After wins, capped at 10 s."""
+    if retry_after is not None and retry_after > 0:
+        return min(retry_after, 10.0)
+    return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+
+
+class Kube:
+    def __init__(self, kubeconfig: str | None = None, context: str | None = None, *, report: Report | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT,
+                 retry_window: float = RETRY_WINDOW):
+        cfg = load_configuration(kubeconfig, context)
         cfg.connection_pool_maxsize = 64
-        cfg.retries = 2
+        cfg.retries = 0  # retries are ours: bounded by the deadline and reported
         self.host = cfg.host
         self.api = k8s_client.ApiClient(cfg)
+        self.report = report
+        self.connect_timeout, self.read_timeout, self.retry_window = connect_timeout, read_timeout, retry_window
+        self.deadline: float | None = None  # time.monotonic() past which nothing more is waited for
         self._lock = threading.Lock()
         self.request_count = 0
+        self.retry_count = 0
         self._discovery: dict[str, list[ApiResource]] = {}
+
+    def limit(self, seconds: float | None) -> None:
+        """Bound every later wait to `seconds` from now (None: only the per-request timeouts)."""
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def extend(self, seconds: float) -> None:
+        """Leave at least `seconds` from now (recording an outcome after the deadline passed)."""
+        if self.deadline is not None:
+            self.deadline = max(self.deadline, time.monotonic() + seconds)
+
+    def _remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
     # ---- plain requests -------------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, query: dict[str, Any] | None, body: Any, content_type: str | None,
-              timeout: Any) -> Any:
+    def _send_once(self, method: str, path: str, query: dict[str, Any] | None, body: Any, content_type: str | None,
+                   read_timeout: float) -> Any:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
@@ -64,24 +179,62 @@ class Kube:
         request = self.api.param_serialize(method, path, query_params=params, header_params=headers, body=body,
                                            auth_settings=["BearerToken"])
         try:
-            return self.api.call_api(*request, _request_timeout=timeout)
+            return self.api.call_api(*request, _request_timeout=(self.connect_timeout, read_timeout))
         except k8s_client.ApiException as exc:
             raise KubeError(f"{method} {path}: {exc.reason}", exc.status or 0, str(exc.reason)) from None
         except Exception as exc:  # urllib3 connection errors and the like
-            raise KubeError(f"cannot reach the Kubernetes API at {self.host}: {exc}", 0, "ConnectionError") from None
+            timed_out = "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower()
+            what = (f"did not answer {method} {path} within {read_timeout:.0f}s" if timed_out
+                    else f"cannot be reached ({_short(exc)})")
+            raise KubeError(f"the Kubernetes API server at {self.host} {what}", 0,
+                            "Timeout" if timed_out else "ConnectionError") from None
+
+    def _send(self, method: str, path: str, query: dict[str, Any] | None, body: Any, content_type: str | None,
+              timeout: float, *, bounded: bool = True, retry: bool = True) -> Any:
+        """One request, retried while its failure is transient (see `transient`); `bounded`: its wait
+        ends at the deadline."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            remaining = self._remaining() if bounded else None
+            if remaining is not None and remaining <= 0:
+                raise KubeError(f"the command's timeout ran out before {method} {path} could be sent to the "
+                                f"Kubernetes API server at {self.host}", 0, "Deadline")
+            read_timeout = timeout if remaining is None else max(min(timeout, remaining), 1.0)
+            try:
+                resp = self._send_once(method, path, query, body, content_type, read_timeout)
+                if not 200 <= resp.status <= 299:
+                    raise _error(method, path, resp.status, resp.read(), resp.getheader("Retry-After"))
+                return resp
+            except KubeError as exc:
+                why = transient(exc)
+                delay = retry_delay(attempt, exc.retry_after)
+                remaining = self._remaining() if bounded else None
+                spent = time.monotonic() - started
+                if not retry or not why or spent + delay > self.retry_window or (remaining is not None and remaining <= delay):
+                    if why and attempt and retry:
+                        raise type(exc)(f"{exc} (gave up after {attempt + 1} attempts in {spent:.0f}s)", exc.status,
+                                        exc.reason, exc.details) from None
+                    raise
+                attempt += 1
+                with self._lock:
+                    self.retry_count += 1
+                if self.report is not None:
+                    self.report("retry", f"{method} {path}: {why}: {_short(exc, 200)}; attempt {attempt + 1} in "
+                                         f"{delay:.1f}s (retried for up to {self.retry_window:.0f}s)",
+                                method=method, path=path, attempt=attempt + 1, status=exc.status)
+                time.sleep(delay)
 
     def request(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None,
-                content_type: str | None = None, timeout: float = 60) -> dict[str, Any]:
+                content_type: str | None = None, timeout: float | None = None) -> dict[str, Any]:
         return self.request_status(method, path, query, body, content_type, timeout)[1]
 
     def request_status(self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None,
-                       content_type: str | None = None, timeout: float = 60) -> tuple[int, dict[str, Any]]:
+                       content_type: str | None = None, timeout: float | None = None) -> tuple[int, dict[str, Any]]:
         if content_type is None and body is not None:
             content_type = "application/json"
-        resp = self._send(method, path, query, body, content_type, timeout)
+        resp = self._send(method, path, query, body, content_type, timeout or self.read_timeout)
         data = resp.read()
-        if not 200 <= resp.status <= 299:
-            raise _error(method, path, resp.status, data)
         return resp.status, (json.loads(data) if data else {})
 
     def get(self, path: str, query: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -98,11 +251,10 @@ class Kube:
         return WatchStream(self.open(path, {**query, "watch": "true"}, timeout))
 
     def open(self, path: str, query: dict[str, Any], timeout: float) -> Any:
-        """A streaming GET (watches, followed logs): the urllib3 response, status checked."""
-        resp = self._send("GET", path, query, None, None, (10, timeout))
-        if not 200 <= resp.status <= 299:
-            raise _error("GET", path, resp.status, resp.read())
-        return resp.response
+        """A streaming GET (watches, followed logs): the urllib3 response, status checked. `timeout` is
+        the longest silence between two chunks, not bounded by the deadline (the caller stops it)."""
+        return self._send("GET", path, query, None, None, timeout, bounded=False, retry=False).response
+
 
     # ---- discovery -----------------------------------------------------------------------------
 
@@ -195,12 +347,23 @@ class WatchStream:
             pass
 
 
-def _error(method: str, path: str, status: int, data: bytes) -> KubeError:
+def _short(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _error(method: str, path: str, status: int, data: bytes, retry_after: str | None = None) -> KubeError:
     try:
         body = json.loads(data)
     except (ValueError, TypeError):
         body = {}
     message = body.get("message") or (data[:300].decode(errors="replace") if data else "") or f"HTTP {status}"
+    if len(message) > MAX_MESSAGE:  # a 422 can quote a whole pod template
+        message = f"{message[:MAX_MESSAGE // 2]} … {message[-MAX_MESSAGE // 2:]}"
     reason = body.get("reason") or ""
     cls = Gone if status == 410 else KubeError
-    return cls(message, status, reason, body.get("details") or {})
+    try:
+        after = float(retry_after) if retry_after else None
+    except ValueError:
+        after = None
+    return cls(message, status, reason, body.get("details") or {}, after)

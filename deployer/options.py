@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from deployer.durations import parse_duration
 from deployer.errors import DeployError, UsageError
+from deployer.readiness.expressions import ExpressionError, compile_expression
 from deployer.resources import Resource
 
 FAIL_FAST = "FailWholeDeployProcessImmediately"
@@ -84,6 +85,12 @@ def track_options(resource: Resource, default_no_activity: float = DEFAULT_NO_AC
             raise DeployError(f"{where} log-regex: invalid regular expression: {exc}") from None
     if (v := get("show-service-messages")) is not None:
         opts.show_service_messages = _bool(v, f"{where} show-service-messages")
+    for name in ("ready-when", "failed-when"):
+        if (v := get(name)) is not None:
+            try:
+                compile_expression(v)
+            except ExpressionError as exc:
+                raise DeployError(f"{where} {name}: {exc} in {v!r} (see docs/deploy.md, readiness rules)") from None
     for container, value in resource.annotations_with_prefix("ignore-readiness-probe-fails-for-").items():
         opts.ignore_readiness_probe_fails_for[container] = _duration(value, f"{where} ignore-readiness-probe-fails-for-{container}")
     return opts

@@ -7,18 +7,18 @@ Stages, each applied together and tracked until ready before the next one starts
   5. `kade.io/hook: post-deploy` resources by weight.
 A dependency is `kade.io/deploy-dependency-<id>: "state=ready|present,kind=K,name=N[,group=G][,namespace=NS]"`.
 `state=ready` puts the dependent in a later stage than its dependency; `state=present` only applies
-it after. Helm hook annotations (pre-install/pre-upgrade, post-install/post-upgrade) map to kade hooks.
+it after. Which hooks run depends on the operation (install, upgrade, rollback: deployer.lifecycle);
+the others are skipped. Within a stage, resources are applied in Helm's install order of kinds.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from deployer.errors import RenderError
+from deployer.lifecycle import INSTALL, hook_events, hook_phase, kind_rank
 from deployer.resources import Resource
 
 HOOKS = ("pre-deploy", "post-deploy")
-_HELM_PRE = {"pre-install", "pre-upgrade"}
-_HELM_POST = {"post-install", "post-upgrade"}
 _PHASES = ["crds", "namespaces", "pre-deploy", "main", "post-deploy"]
 
 
@@ -52,28 +52,14 @@ class Plan:
     skipped: list[tuple[Resource, str]] = field(default_factory=list)  # (resource, why)
 
 
-def hook_of(resource: Resource) -> str | None:
-    """"pre-deploy", "post-deploy", "skip" (a Helm hook kade does not run) or None."""
-    value = resource.annotation("hook")
-    if value is not None:
-        value = value.strip()
-        if value not in HOOKS:
-            raise RenderError(f"{resource.source}: {resource.key}: kade.io/hook must be one of {', '.join(HOOKS)}, got {value!r}")
-        return value
-    helm = resource.annotations.get("helm.sh/hook")
-    if helm is None:
-        return None
-    kinds = {h.strip() for h in helm.split(",")}
-    if kinds & _HELM_PRE:
-        return "pre-deploy"
-    if kinds & _HELM_POST:
-        return "post-deploy"
-    return "skip"
+def hook_of(resource: Resource, operation: str = INSTALL) -> str | None:
+    """"pre-deploy", "post-deploy", "skip" (a hook of other operations) or None (not a hook)."""
+    return hook_phase(resource, operation)
 
 
 def weight_of(resource: Resource) -> int:
     value = resource.annotation("weight")
-    if value is None and hook_of(resource) is not None:
+    if value is None and hook_events(resource):
         value = resource.annotations.get("helm.sh/hook-weight")
     if value is None:
         return 0
@@ -109,8 +95,8 @@ def dependencies_of(resource: Resource) -> list[Dependency]:
     return [parse_dependency(v, where) for _, v in sorted(resource.annotations_with_prefix("deploy-dependency-").items())]
 
 
-def phase_of(resource: Resource) -> str:
-    hook = hook_of(resource)
+def phase_of(resource: Resource, operation: str = INSTALL) -> str:
+    hook = hook_of(resource, operation)
     if hook in HOOKS:
         return hook  # type: ignore[return-value]
     if resource.kind == "CustomResourceDefinition" and resource.group == "apiextensions.k8s.io":
@@ -120,14 +106,17 @@ def phase_of(resource: Resource) -> str:
     return "main"
 
 
-def plan_stages(resources: list[Resource]) -> Plan:
-    skipped = [(r, "Helm hook kade does not run") for r in resources if hook_of(r) == "skip"]
-    active = [r for r in resources if hook_of(r) != "skip"]
+def plan_stages(resources: list[Resource], operation: str = INSTALL) -> Plan:
+    """The stages of an install, upgrade or rollback (deployer.lifecycle)."""
+    skipped = [(r, f"a hook that does not run on {operation}") for r in resources if hook_of(r, operation) == "skip"]
+    active = sorted((r for r in resources if hook_of(r, operation) != "skip"), key=lambda r: kind_rank(r.kind))
     _check_duplicates(active)
-    phases = {r.key: phase_of(r) for r in active}
+    phases = {r.key: phase_of(r, operation) for r in active}
     stages: list[Stage] = []
     for phase in _PHASES:
         members = [r for r in active if phases[r.key] == phase]
+        if phase == "post-deploy":  # a hook of both pre- and post-<operation> runs twice, as in Helm
+            members += [r for r in active if phases[r.key] == "pre-deploy" and f"post-{operation}" in hook_events(r)]
         if not members:
             continue
         hook = phase if phase in HOOKS else None

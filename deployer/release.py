@@ -6,9 +6,21 @@ stored as gzipped JSON in Secrets (type kade.io/release.v1) in the release names
 several Secrets (`...v<revision>.<part>`), each labelled with the part number and the part count, so a
 big release never hits the 1 MiB object limit (helm #7126).
 
+A record whose parts are not all there (its deploy died while writing it) is left out of the history,
+reported, and its Secrets deleted by the next deploy: it never blocks later deploys.
+
 A Lease `kade-release-<release>` guards the release: a deploy takes it (holder = host:pid:random),
-renews it while it works and deletes it at the end; a lease not renewed within its duration has
-expired and the next deploy takes it over, so a killed deploy never leaves a release stuck.
+renews it while it works and deletes it at the end; a deploy that finds it held waits (bounded by
+its timeout); a lease not renewed within its duration has expired and the next deploy takes it over,
+so a killed deploy never leaves a release stuck.
+
+Reading API (stable; used by `kade cleanup` to find the images releases run):
+  - `ReleaseStore(kube, namespace, name).history()` -> [ReleaseRecord], oldest first
+  - `releases(kube, namespace=None)` -> {(namespace, name): [ReleaseRecord]} for one or all namespaces
+  - `ReleaseRecord`: name, namespace, revision, status, manifests (the rendered objects, as applied),
+    images ({name: reference}), values, description, created, updated, rollback_of.
+Records written by earlier versions of kade (without newer fields) read the same: unknown fields are
+ignored and missing ones take their defaults.
 """
 from __future__ import annotations
 
@@ -33,6 +45,7 @@ SECRET_TYPE = "kade.io/release.v1"
 LABEL_OWNER, LABEL_NAME, LABEL_REVISION = "owner", "kade.io/release", "kade.io/revision"
 LABEL_PART, LABEL_PARTS, LABEL_STATUS = "kade.io/part", "kade.io/parts", "kade.io/status"
 DEFAULT_HISTORY = 10
+LOCK_POLL = 2.0  # seconds between two looks at a held release lease
 
 PENDING, DEPLOYED, FAILED, SUPERSEDED, ROLLED_BACK = "pending", "deployed", "failed", "superseded", "rolled-back"
 
@@ -113,8 +126,9 @@ def record_secrets(record: ReleaseRecord, size: int = CHUNK_SIZE) -> list[dict[s
     return out
 
 
-def records_from_secrets(secrets: list[dict[str, Any]]) -> list[ReleaseRecord]:
-    """Group Secrets by revision, join their parts, decode; oldest first."""
+def records_from_secrets(secrets: list[dict[str, Any]], incomplete: list[int] | None = None) -> list[ReleaseRecord]:
+    """Group Secrets by revision, join their parts, decode; oldest first. Revisions with parts missing
+    are left out and, when `incomplete` is given, appended to it (without it they are an error)."""
     by_revision: dict[int, dict[int, bytes]] = {}
     expected: dict[int, int] = {}
     for secret in secrets:
@@ -133,6 +147,9 @@ def records_from_secrets(secrets: list[dict[str, Any]]) -> list[ReleaseRecord]:
     records = []
     for revision in sorted(by_revision):
         label = f"revision {revision}"
+        if incomplete is not None and len(by_revision[revision]) < expected[revision]:
+            incomplete.append(revision)
+            continue
         blob = join(by_revision[revision], expected[revision], label)
         try:
             records.append(decode(blob))
@@ -171,7 +188,12 @@ class ReleaseStore:
         return data.get("items") or []
 
     def history(self) -> list[ReleaseRecord]:
-        return records_from_secrets(self._list_secrets())
+        """The complete records, oldest first; `self.incomplete` lists the revisions left out."""
+        self.incomplete: list[int] = []
+        return records_from_secrets(self._list_secrets(), self.incomplete)
+
+    def next_revision(self, history: list[ReleaseRecord]) -> int:
+        return max([h.revision for h in history] + list(getattr(self, "incomplete", [])), default=0) + 1
 
     def save(self, record: ReleaseRecord) -> None:
         """Write (or overwrite) one revision: its parts by server-side apply, then drop stale parts."""
@@ -210,6 +232,19 @@ class ReleaseStore:
                 raise
 
 
+def releases(kube: Kube, namespace: str | None = None) -> dict[tuple[str, str], list[ReleaseRecord]]:
+    """Every release's complete records in `namespace` (None: all namespaces), oldest first."""
+    path = f"/api/v1/namespaces/{namespace}/secrets" if namespace else "/api/v1/secrets"
+    data = kube.request("GET", path, {"labelSelector": f"{LABEL_OWNER}=kade,{LABEL_NAME}"})
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for secret in data.get("items") or []:
+        meta = secret.get("metadata") or {}
+        if secret.get("type") != SECRET_TYPE:
+            continue
+        grouped.setdefault((meta.get("namespace", ""), (meta.get("labels") or {}).get(LABEL_NAME, "")), []).append(secret)
+    return {key: records_from_secrets(items, []) for key, items in sorted(grouped.items())}
+
+
 # ---- the lock -----------------------------------------------------------------------------------
 
 def lease_expired(lease: dict[str, Any], now: float) -> bool:
@@ -226,8 +261,10 @@ def lease_expired(lease: dict[str, Any], now: float) -> bool:
 class ReleaseLock:
     """Context manager holding the release's Lease for the duration of a deploy."""
 
-    def __init__(self, kube: Kube, namespace: str, release: str, duration: int = 30):
+    def __init__(self, kube: Kube, namespace: str, release: str, duration: int = 30, *, wait: float = 0.0,
+                 report: Any = None):
         self.kube, self.namespace, self.release_name, self.duration = kube, namespace, release, duration
+        self.wait, self.report = wait, report
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.name = f"kade-release-{release}"
         self._stop = threading.Event()
@@ -249,7 +286,22 @@ class ReleaseLock:
                 "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration,
                          "acquireTime": acquire_time or stamp, "renewTime": stamp}}
 
-    def acquire(self) -> None:
+    def acquire(self, wait: float = 0.0, report: Any = None) -> None:
+        """Take the lease; while another deploy holds it, wait up to `wait` seconds (reported)."""
+        deadline = time.monotonic() + wait
+        announced = False
+        while True:
+            try:
+                return self._try_acquire()
+            except ReleaseLockedError as exc:
+                if time.monotonic() + LOCK_POLL > deadline:
+                    raise ReleaseLockedError(f"{exc}" + (f" (waited {wait:.0f}s)" if wait else "")) from None
+                if report is not None and not announced:
+                    report("waiting", f"{exc}; waiting up to {wait:.0f}s", release=self.release_name)
+                    announced = True
+                time.sleep(LOCK_POLL)
+
+    def _try_acquire(self) -> None:
         current = self.kube.get(f"{self._path}/{self.name}")
         try:
             if current is None:
@@ -300,7 +352,7 @@ class ReleaseLock:
             pass  # already gone or taken over; it expires anyway
 
     def __enter__(self) -> "ReleaseLock":
-        self.acquire()
+        self.acquire(self.wait, self.report)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployer.readiness.common import owned_by
+from deployer.readiness.common import as_int, owned_by
 from deployer.readiness.deployment import new_replicaset
 
 
@@ -44,12 +44,10 @@ def expected_replicas(group: str, kind: str, obj: dict[str, Any] | None) -> int:
         return 1
     spec, status = obj.get("spec") or {}, obj.get("status") or {}
     if (group, kind) == ("apps", "DaemonSet"):
-        return max(int(status.get("desiredNumberScheduled") or 1), 1)
+        return max(as_int(status.get("desiredNumberScheduled")) or 1, 1)
     if (group, kind) == ("batch", "Job"):
-        return max(int(spec.get("parallelism") or 1), 1)
-    if "replicas" in spec and spec["replicas"] is not None:
-        return max(int(spec["replicas"]), 1)
-    return 1
+        return max(as_int(spec.get("parallelism")) or 1, 1)
+    return max(as_int(spec.get("replicas")) or 1, 1)
 
 
 def watches_pods(group: str, kind: str) -> bool:

@@ -20,13 +20,15 @@ from deployer import readiness
 from deployer.durations import format_duration
 from deployer.kube import Gone, Kube, KubeError, iter_lines
 from deployer.logs import LogFollowers
+from deployer.objects import involved_uid as _involved_uid, name as _name, namespace as _ns, uid as _uid
 from deployer.options import (END_OF_DEPLOY, FAIL_FAST, HOPE, IGNORE, NON_BLOCKING, TrackOptions,
                               log_line_shown)
 from deployer.readiness.common import condition, condition_is, generation_pending, owned_by
 from deployer.resources import ApiResource, ResourceKey
-from deployer.revision import expected_replicas, new_revision_pods, watches_pods
-from deployer.signals import FailureBudget, Signal, event_active, event_signal, parse_time, pod_signals
-from deployer.summary import Failure, clean, container_state, split_reason
+from deployer.revision import new_revision_pods, watches_pods
+from deployer.signals import FailureBudget, Signal, parse_time
+from deployer.summary import Failure, clean, container_state
+from deployer.verdict import FAILED, READY, Memory, Observation, judge
 
 Report = Callable[..., None]
 LOG_BUFFER = 30
@@ -34,6 +36,8 @@ LOG_BUFFER = 30
 # verdict: a container that crashes right after starting is Ready for a moment without a probe.
 DEFAULT_SETTLE = 2.0
 EVENT_SLACK = 5.0  # seconds: events older than the tracking start (minus this) are history
+STILL_EVERY = 20.0  # seconds: a resource whose status has not changed is reported again (CI logs show progress)
+NODES_EVERY = 10.0  # seconds between two lists of the nodes while a pod is unschedulable
 
 
 @dataclass
@@ -46,12 +50,9 @@ class Target:
     verdict: str | None = None  # "ready" | "failed" | "ignored"
     hoping: Failure | None = None
     failure: Failure | None = None
-    budget: FailureBudget = field(default_factory=lambda: FailureBudget(1))
-    last_activity: float = 0.0
-    fingerprint: tuple = ()
+    memory: Memory = field(default_factory=lambda: Memory(FailureBudget(1), 0.0))
     ready_at: float | None = None
-    ready_since: float | None = None  # first moment of the current unbroken run of "ready"
-    settle_restarts: int = -1  # container restarts of the new pods when that run started
+    last_shown: float = 0.0  # when its status was last reported (CI shows a stuck resource again)
 
     @property
     def blocking(self) -> bool:
@@ -101,6 +102,8 @@ class Tracker:
         self.events: dict[str, dict[str, Any]] = {}
         self.logs: dict[tuple[str, str], deque[str]] = {}
         self.reported_events: set[tuple] = set()
+        self.nodes: list[dict[str, Any]] | None = None
+        self.nodes_listed: float | None = None
         self.started = time.time()
 
     # ---- public --------------------------------------------------------------------------------
@@ -110,8 +113,8 @@ class Tracker:
         now = time.time()
         self.followers.attach(self.queue)
         for t in self.targets:
-            t.budget = FailureBudget(t.options.failures_allowed_per_replica)
-            t.last_activity = now
+            t.memory = Memory.start(t.options, now)
+            t.last_shown = now
         self._evaluate_all(now, initial=True)
         if not self._finished():
             self._start_watches()
@@ -283,69 +286,51 @@ class Tracker:
         return mine, rss, uids
 
     def _evaluate(self, t: Target, now: float, initial: bool) -> None:
+        """Feed what the watches show into the pure verdict (deployer.verdict); report and act on it."""
         pods, rss, uids = self._related(t)
         events = [e for e in self.events.values() if _involved_uid(e) in uids and self._recent(e, pods)]
-        status = readiness.evaluate(t.obj, t.key.group, t.key.kind, rss)
-        if not status.ready:
-            t.ready_since = None
-        fingerprint = (_rv(t.obj), tuple(sorted(_rv(p) for p in pods)), len(events), status)
-        if fingerprint != t.fingerprint:
-            t.fingerprint = fingerprint
-            t.last_activity = now
+        observation = Observation(t.key, t.obj, pods, rss, events, self._nodes(pods, now))
+        t.memory, decision = judge(observation, t.memory, now, t.options, self.settle)
+        status = decision.status
         if status != t.status or initial:
-            t.status = status
+            t.status, t.last_shown = status, now
             if not (initial and status.ready):
                 self.report("status", f"{t.key.short}: {status.message or status.state}", resource=str(t.key),
                             state=status.state)
+        elif now - t.last_shown >= STILL_EVERY and not initial:
+            t.last_shown = now
+            self.report("status", f"{t.key.short}: still {status.message or status.state} "
+                                  f"(for {format_duration(now - t.memory.last_activity)})", resource=str(t.key),
+                        state=status.state)
         self._show_events(t, events)
         if not initial:
             self._follow_logs(t, pods)
-        allowed = t.options.failures_allowed_per_replica * expected_replicas(t.key.group, t.key.kind, t.obj)
-        t.budget.allowed = allowed
-        count_exits = (t.key.group, t.key.kind) != ("batch", "Job")
-        signals: list[Signal] = []
-        for pod in pods:
-            signals += pod_signals(pod, now, count_exits=count_exits, probe_windows=t.options.ignore_readiness_probe_fails_for)
-        pods_by_uid = {_uid(p): p for p in pods}
-        for event in events:
-            sig = event_signal(event)
-            if sig is not None and event_active(event, pods_by_uid.get(_involved_uid(event)), now):
-                signals.append(sig)
-        for sig in t.budget.observe(signals, now):
+        for sig in decision.counted:
             self.report("warning", f"{t.key.short}: {clean(sig.describe())} "
-                                   f"[{t.budget.count}/{allowed} failure(s) allowed]",
+                                   f"[{decision.occurrences}/{decision.allowed} failure(s) allowed]"
+                                   + (" (fatal)" if sig.fatal else ""),
                         resource=str(t.key), reason=sig.reason, pod=sig.pod, container=sig.container)
-        if status.ready and self._settling(t, pods, now):
-            status = readiness.Status(readiness.PROGRESSING, f"ready; confirming it stays ready for {self.settle:g}s")
-        if status.ready:
+        if decision.outcome == READY:
             t.verdict, t.ready_at, t.hoping = "ready", now, None
             self.report("ready", f"{t.key.short} ready" + (f" ({status.message})" if status.message else ""),
                         resource=str(t.key))
-            return
-        if t.hoping:
-            return
-        failure: Failure | None = None
-        if status.failed:
-            failure = self._failure(t, *split_reason(status.message), None, pods, events)
-        elif t.budget.exceeded and t.budget.last is not None:
-            failure = self._failure(t, t.budget.last.reason, t.budget.last.message, t.budget.last, pods, events)
-        elif now - t.last_activity > t.options.no_activity_timeout:
-            failure = self._failure(t, "NoActivity", f"nothing changed for {format_duration(now - t.last_activity)} "
-                                    f"(no-activity-timeout); last status: {status.message}", None, pods, events)
-        if failure is not None:
-            self._fail(t, failure)
+        elif decision.outcome == FAILED and not t.hoping:
+            self._fail(t, self._failure(t, decision.reason, decision.message, decision.signal, pods, events))
 
-    def _settling(self, t: Target, pods: list[dict], now: float) -> bool:
-        """True while a ready workload has not yet stayed ready (with no exited container) for `settle`."""
-        if self.settle <= 0 or not needs_settle(t.key.group, t.key.kind, t.obj):
-            return False
-        restarts = sum(_restarts(p) for p in pods)
-        if any(_container_terminated(p) for p in pods) or restarts != t.settle_restarts:
-            t.ready_since, t.settle_restarts = None, restarts
-            return True
-        if t.ready_since is None:
-            t.ready_since = now
-        return now - t.ready_since < self.settle
+    def _nodes(self, pods: list[dict], now: float) -> list[dict] | None:
+        """The cluster's nodes, listed when a pod is unschedulable (again at most every NODES_EVERY s);
+        None when they cannot be listed (RBAC): then no pod is judged never to fit."""
+        if not any(_unschedulable(p) for p in pods):
+            return self.nodes
+        if self.nodes_listed is None or now - self.nodes_listed >= NODES_EVERY:
+            self.nodes_listed = now
+            try:
+                self.nodes = self.kube.request("GET", "/api/v1/nodes").get("items") or []
+            except KubeError as exc:
+                if self.nodes is None:
+                    self.report("info", f"cannot list nodes ({exc}): unschedulable pods are waited for until the "
+                                        "no-activity timeout")
+        return self.nodes
 
     def _fail(self, t: Target, failure: Failure) -> None:
         mode = t.options.fail_mode
@@ -388,7 +373,7 @@ class Tracker:
                 events = [e for e in self.events.values() if _involved_uid(e) in uids and self._recent(e, pods)]
                 t.verdict = "failed"
                 t.failure = self._failure(t, "Timeout", f"not ready after {format_duration(self.timeout)}: "
-                                          f"{t.status.message or t.status.state}", t.budget.last, pods, events)
+                                          f"{t.status.message or t.status.state}", t.memory.budget.last, pods, events)
             self.report("failed", t.failure.headline(), resource=str(t.key), reason=t.failure.reason)
 
     # ---- failure details -----------------------------------------------------------------------
@@ -511,26 +496,6 @@ def _id(obj: dict) -> str:
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
-def _name(obj: dict | None) -> str:
-    return str(((obj or {}).get("metadata") or {}).get("name", ""))
-
-
-def _ns(obj: dict) -> str:
-    return str((obj.get("metadata") or {}).get("namespace", ""))
-
-
-def _uid(obj: dict | None) -> str:
-    return str(((obj or {}).get("metadata") or {}).get("uid", ""))
-
-
-def _rv(obj: dict | None) -> str:
-    return str(((obj or {}).get("metadata") or {}).get("resourceVersion", ""))
-
-
-def _involved_uid(event: dict) -> str:
-    return str((event.get("involvedObject") or event.get("regarding") or {}).get("uid", ""))
-
-
 def _event_time(event: dict) -> float:
     for key in ("lastTimestamp", "eventTime", "firstTimestamp"):
         value = parse_time(event.get(key))
@@ -557,19 +522,9 @@ def _event_matches(event: dict, reason: str, container: str) -> bool:
     return not field_path or not name or f"{{{name}}}" in field_path
 
 
-def needs_settle(group: str, kind: str, obj: dict | None) -> bool:
-    """Long-running workloads settle; finished ones (a completed Job, a Succeeded pod) do not."""
-    if (group, kind) == ("", "Pod"):
-        return ((obj or {}).get("status") or {}).get("phase") == "Running"
-    return group == "apps" and kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet")
-
-
-def _container_terminated(pod: dict) -> bool:
-    return any((cs.get("state") or {}).get("terminated") for cs in (pod.get("status") or {}).get("containerStatuses") or [])
-
-
-def _restarts(pod: dict) -> int:
-    return sum(int(cs.get("restartCount") or 0) for cs in (pod.get("status") or {}).get("containerStatuses") or [])
+def _unschedulable(pod: dict) -> bool:
+    return any(c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable"
+               for c in (pod.get("status") or {}).get("conditions") or [])
 
 
 def _first_unready_container(pod: dict) -> str:

@@ -59,15 +59,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.func(args) or EXIT_OK)
-    except errors.UsageError as exc:
-        print(f"kade: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except errors.USAGE as exc:
+        return _failed(args, exc, EXIT_USAGE)
     except errors.EXPECTED as exc:
-        print(f"kade: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _failed(args, exc, EXIT_FAILED)
     except KeyboardInterrupt:
         print("kade: interrupted", file=sys.stderr)
         return 130
+
+
+def _failed(args: argparse.Namespace, exc: BaseException, code: int) -> int:
+    """The error on stderr; with `--output json` also a JSON result on stdout, so that a pipeline
+    reading stdout always gets one."""
+    print(f"kade: error: {exc}", file=sys.stderr)
+    if getattr(args, "output", None) == "json":
+        import json
+
+        print(json.dumps({"ok": False, "error": str(exc), "exit_code": code}, indent=2))
+    return code
 
 
 def _first_word(argv: list[str]) -> str | None:

@@ -59,11 +59,32 @@ class ImageSpec:
 
 
 @dataclass(frozen=True)
+class VerifySpec:
+    """deploy.verify: images must be signed by one of `keys`; with `builders` or `history`, also carry
+    signed provenance by a trusted builder from a commit in the project's git history."""
+
+    keys: tuple[str, ...]
+    builders: tuple[str, ...] = ()
+    history: bool = False
+
+
+@dataclass(frozen=True)
 class DeploySpec:
     manifests: str = "deploy"
     release: str = "{{ project }}"
     namespace: str = "{{ project }}"
     values: tuple[str, ...] = ()
+    verify: VerifySpec | None = None
+
+
+@dataclass(frozen=True)
+class AttestSpec:
+    """attest: what every pushed image carries (SBOM format or none, provenance, signing key, builder id)."""
+
+    sbom: str | None = None
+    provenance: bool = True
+    sign_key: str | None = None
+    builder_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,7 @@ class ProjectConfig:
     deploy: DeploySpec | None
     cleanup: dict[str, Any]
     repo: str | None = None  # image repository prefix: image NAME goes to REPO/NAME
+    attest: AttestSpec | None = None
 
     @property
     def root(self) -> Path:
@@ -108,7 +130,7 @@ def parse_config(text: str, path: Path) -> ProjectConfig:
         raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     v = _Validator(path.name if path.name else str(path))
     data = v.mapping(data if data is not None else {}, "")
-    v.only_keys(data, "", {"project", "repo", "images", "deploy", "cleanup"})
+    v.only_keys(data, "", {"project", "repo", "images", "deploy", "cleanup", "attest"})
     project = v.string(data.get("project"), "project", required=True)
     if not _IMAGE_NAME.match(project):
         v.fail("project", "expected lower-case letters and digits, separated by '.', '_' or '-'")
@@ -125,6 +147,7 @@ def parse_config(text: str, path: Path) -> ProjectConfig:
         deploy=_deploy(v, data["deploy"]) if data.get("deploy") is not None else None,
         cleanup=v.mapping(data.get("cleanup", {}), "cleanup"),
         repo=v.string(data["repo"], "repo") if data.get("repo") is not None else None,
+        attest=_attest(v, data["attest"]) if data.get("attest") is not None else None,
     )
     try:
         config.build_order()
@@ -193,15 +216,40 @@ def _dependency(v: "_Validator", at: str, raw: Any) -> Dependency:
     return Dependency(image=v.string(raw.get("image"), f"{at}.image", required=True), args=args)
 
 
+def _attest(v: "_Validator", raw: Any) -> AttestSpec:
+    raw = v.mapping(raw, "attest")
+    v.only_keys(raw, "attest", {"sbom", "provenance", "sign_key", "builder_id"})
+    sbom = raw.get("sbom", "spdx")
+    sbom = "none" if sbom is False else v.string(sbom, "attest.sbom")
+    if sbom not in ("spdx", "cyclonedx", "none"):
+        v.fail("attest.sbom", f"expected spdx, cyclonedx or none (false), got {sbom!r}")
+    return AttestSpec(sbom=sbom, provenance=v.boolean(raw.get("provenance", True), "attest.provenance"),
+                      sign_key=v.string(raw["sign_key"], "attest.sign_key") if raw.get("sign_key") else None,
+                      builder_id=v.string(raw["builder_id"], "attest.builder_id") if raw.get("builder_id") else None)
+
+
+def _verify(v: "_Validator", raw: Any) -> VerifySpec:
+    raw = v.mapping(raw, "deploy.verify")
+    v.only_keys(raw, "deploy.verify", {"keys", "builders", "history"})
+    keys = tuple(v.string(k, f"deploy.verify.keys[{i}]") for i, k in enumerate(v.sequence(raw.get("keys", []),
+                                                                                         "deploy.verify.keys")))
+    if not keys:
+        v.fail("deploy.verify.keys", "give at least one public key (a file path or k8s://NAMESPACE/NAME)")
+    builders = tuple(v.string(b, f"deploy.verify.builders[{i}]")
+                     for i, b in enumerate(v.sequence(raw.get("builders", []), "deploy.verify.builders")))
+    return VerifySpec(keys, builders, v.boolean(raw.get("history", False), "deploy.verify.history"))
+
+
 def _deploy(v: "_Validator", raw: Any) -> DeploySpec:
     raw = v.mapping(raw, "deploy")
-    v.only_keys(raw, "deploy", {"manifests", "release", "namespace", "values"})
+    v.only_keys(raw, "deploy", {"manifests", "release", "namespace", "values", "verify"})
     defaults = DeploySpec()
     return DeploySpec(
         manifests=v.string(raw.get("manifests", defaults.manifests), "deploy.manifests"),
         release=v.string(raw.get("release", defaults.release), "deploy.release"),
         namespace=v.string(raw.get("namespace", defaults.namespace), "deploy.namespace"),
         values=tuple(v.string(s, f"deploy.values[{i}]") for i, s in enumerate(v.sequence(raw.get("values", []), "deploy.values"))),
+        verify=_verify(v, raw["verify"]) if raw.get("verify") is not None else None,
     )
 
 
@@ -234,6 +282,11 @@ class _Validator:
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             self.fail(at, f"expected a string, got {_kind(value)}")
         return str(value)
+
+    def boolean(self, value: Any, at: str) -> bool:
+        if not isinstance(value, bool):
+            self.fail(at, f"expected true or false, got {_kind(value)}")
+        return value
 
     def string_map(self, value: Any, at: str) -> dict[str, str]:
         value = self.mapping(value if value is not None else {}, at)
@@ -287,6 +340,7 @@ def render_config(config: ProjectConfig, values: TemplateValues, with_deploy: bo
             release=r.render(d.release, "deploy.release"),
             namespace=r.render(d.namespace, "deploy.namespace"),
             values=tuple(r.render(f, f"deploy.values[{i}]") for i, f in enumerate(d.values)),
+            verify=d.verify,
         )
     repo = r.render(config.repo, "repo") if config.repo is not None else None
     return replace(config, images=images, deploy=deploy, repo=repo or None)

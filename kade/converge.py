@@ -30,6 +30,8 @@ class DeploySettings:
     namespace: str | None = None  # overrides kade.yaml's deploy.namespace
     release: str | None = None  # overrides kade.yaml's deploy.release
     set_values: list[str] = field(default_factory=list)
+    insecure: tuple[str, ...] = ()  # registries reached over plain HTTP (verification)
+    verify: Any = None  # kade.verify.Policy: refuse unverified images, pin the others by digest (None: off)
 
 
 @dataclass
@@ -82,6 +84,12 @@ def deploy_project(ws: Workspace, images: dict[str, Any], settings: DeploySettin
                        values=values)
     if not resources:
         raise ConfigError(f"{ws.display}/kade.yaml: deploy.manifests: no manifests in {spec.manifests!r}")
+    if settings.verify is not None:
+        from kade.verify import verify_manifests
+        from registry.client import ClientOptions, RegistryClient
+
+        with RegistryClient(ClientOptions(insecure=settings.insecure)) as client:
+            verify_manifests(resources, settings.verify, client, report)
     opts = DeployOptions(release, namespace, timeout=settings.timeout, atomic=settings.atomic, values=values,
                          images={n: str(i) for n, i in images.items()})
     deployer = Deployer(Kube(settings.kubeconfig, settings.context), report)
@@ -154,10 +162,13 @@ def deploy_command(args: Any) -> int:
                 options = project_options(ws, args.repo, env_name=args.env_name,
                                           insecure=tuple(args.insecure_registry), build_missing=False)
                 images = template_images(build_project(ws.config, ws.root, options, report))
+            from kade.supply import verify_policy
+
             settings = DeploySettings(kubeconfig=args.kubeconfig, context=args.context,
                                       timeout=parse_duration(args.timeout), atomic=args.atomic,
                                       namespace=args.namespace if args.namespace != "default" else None,
-                                      release=args.release, set_values=list(args.set_values))
+                                      release=args.release, set_values=list(args.set_values),
+                                      insecure=tuple(args.insecure_registry), verify=verify_policy(args, ws))
             try:
                 outcome = deploy_project(ws, images, settings, report)
             except Exception as exc:

@@ -27,4 +27,15 @@ def _collect() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
+def _usage() -> tuple[type[BaseException], ...]:
+    """Bad-input errors of the packages (exit 2 like argparse's), e.g. an invalid duration."""
+    found: list[type[BaseException]] = [UsageError]
+    try:
+        found.append(importlib.import_module("deployer.errors").UsageError)
+    except (ImportError, AttributeError):
+        pass
+    return tuple(found)
+
+
 EXPECTED: tuple[type[BaseException], ...] = _collect()
+USAGE: tuple[type[BaseException], ...] = _usage()

@@ -59,6 +59,7 @@ class ProjectOptions:
     build_missing: bool = True  # False: images must already be in the registry (a deploy without build)
     builder_factory: Callable[[BuildOptions, Any, RegistryClient], Builder] | None = None  # None: local builds
     epoch: int | None = None  # SOURCE_DATE_EPOCH of every image: $SOURCE_DATE_EPOCH, else HEAD's commit time
+    supply: Any = None  # builder.attest.SupplyOptions for every pushed image (None: no attestations)
 
     @property
     def stages(self) -> str:
@@ -231,7 +232,8 @@ class ProjectBuilder:
             tags=[], repo=self.o.stages, secrets=secrets, ssh=parse_ssh(spec.ssh[0]) if spec.ssh else None,
             compression=self.o.compression, no_cache=self.o.no_cache, parallel=self.o.parallel,
             cache_dir=self.o.cache_dir, insecure=self.o.insecure, platform=self.o.platform, image_name=spec.name,
-            revision=(self.o.commit, self.o.branch), annotations=dict(labels), labels=labels, epoch=self.o.epoch)
+            revision=(self.o.commit, self.o.branch), annotations=dict(labels), labels=labels, epoch=self.o.epoch,
+            supply=self.o.supply)
 
     def _image(self, spec: ImageSpec, claims: _Claims) -> ImageResult:
         done = threading.Event()
@@ -257,6 +259,10 @@ class ProjectBuilder:
             self._retag(repository, tag, found.digest, extras)
             self.report("image", f"{spec.name}: {repository}:{tag} is in the registry, nothing to build",
                         image=spec.name, digest=found.digest)
+            if self.o.supply is not None and self.o.build_missing:
+                from builder.attest import complete_reused
+
+                complete_reused(builder, plan, repository, [tag, *extras], found.digest, self.o.commit, self.o.branch)
             return ImageResult(spec.name, repository, tag, [tag, *extras], found.digest, 0, len(plan.all_steps()),
                                True, steps)
         if not self.o.build_missing:

@@ -325,6 +325,11 @@ class Repository:
         return body, Descriptor(media_type, digest, len(body))
 
     def put_manifest(self, tag_or_digest: str, body: bytes, media_type: str) -> str:
+        return self.push_manifest(tag_or_digest, body, media_type)[0]
+
+    def push_manifest(self, tag_or_digest: str, body: bytes, media_type: str) -> tuple[str, str | None]:
+        """PUT a manifest; (its digest, the `OCI-Subject` the registry answered: set when it indexed
+        the manifest's subject for the referrers API, None from registries without that API)."""
         digest = sha256_digest(body)
         if is_digest(tag_or_digest) and tag_or_digest != digest:
             raise DigestMismatch(f"refusing to push manifest to {self.name}@{tag_or_digest}: its bytes hash to {digest}")
@@ -341,7 +346,27 @@ class Repository:
         if got and got.startswith("sha256:") and got != digest:
             raise DigestMismatch(f"registry {self.host} stored manifest {tag_or_digest} of {self.name} as {got}, "
                                  f"but its bytes are {digest}")
-        return digest
+        return digest, resp.headers.get("OCI-Subject")
+
+    def get_referrers(self, digest: str, artifact_type: str | None = None) -> tuple[bytes, bool] | None:
+        """The referrers API (OCI distribution 1.1): (index bytes, whether the registry applied the
+        artifactType filter), or None when the registry has no such API (it answers 404 there,
+        where one that has it answers an empty index)."""
+        validate_digest(digest)
+        params = {"artifactType": artifact_type} if artifact_type else None
+        resp = self._request("GET", f"/referrers/{digest}", "pull", params=params, stream=True,
+                             headers={"Accept": mt.OCI_INDEX}, what=f"referrers of {digest}")
+        with resp:
+            if resp.status_code in (404, 405, 400):
+                return None
+            if resp.status_code != 200:
+                self._raise_unexpected(resp, f"GET referrers of {digest}")
+            body = resp.raw.read(MAX_MANIFEST_BYTES + 1, decode_content=True)
+            filtered = "artifactType" in (resp.headers.get("OCI-Filters-Applied") or "")
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise InvalidManifest(f"the referrers index of {digest} in {self.name} on {self.host} is larger than "
+                                  f"{MAX_MANIFEST_BYTES} bytes; refusing it")
+        return body, filtered
 
     def delete_manifest(self, digest: str) -> None:
         """Delete a manifest by digest (this removes every tag that points at it)."""

@@ -48,3 +48,11 @@ class UploadError(RegistryError):
 
 class LayoutError(RegistryError):
     """A local OCI image layout that is missing, malformed, or lacks a reference."""
+
+
+class SigningKeyError(RegistryError):
+    """A signing or verification key that cannot be read or used (format, passphrase, not ECDSA P-256)."""
+
+
+class VerificationError(RegistryError):
+    """An image or attestation whose signature, provenance or builder does not pass a check."""

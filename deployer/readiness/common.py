@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,17 +54,50 @@ def describe(cond: dict[str, Any] | None) -> str:
     return ": ".join(str(p) for p in parts)
 
 
-def generation_pending(obj: dict[str, Any]) -> Status | None:
-    """Terminating, or the controller has not yet seen the latest spec: never ready then."""
+def as_int(value: Any) -> int | None:
+    """An integer field as written by a controller: 3 or "3"; anything else (a float, "abc", a map) is
+    None, so that a controller writing nonsense never crashes tracking."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    return None
+
+
+def count(status: dict[str, Any], name: str) -> int:
+    """A replica count in a status; missing or malformed is 0."""
+    return as_int(status.get(name)) or 0
+
+
+def generation_pending(obj: dict[str, Any], required: bool = True) -> Status | None:
+    """Terminating, or the controller has not yet seen the latest spec: never ready then.
+    `required`: a missing observedGeneration means "not observed yet" (built-in controllers always
+    write it); custom resources may have none. A non-integer one is ignored."""
     meta = obj.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return progressing("terminating")
-    status = obj.get("status") or {}
-    generation = meta.get("generation")
-    observed = status.get("observedGeneration")
-    if generation is not None and (observed is None or int(observed) < int(generation)):
+    status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
+    generation = as_int(meta.get("generation"))
+    raw = status.get("observedGeneration")
+    observed = as_int(raw)
+    if generation is None or raw is not None and observed is None:
+        return None
+    if observed is None and not required:
+        return None
+    if observed is None or observed < generation:
         return progressing(f"waiting for the controller to observe generation {generation}")
     return None
+
+
+def stale(obj: dict[str, Any], cond: dict[str, Any] | None) -> bool:
+    """A condition written for an older generation (its own observedGeneration) says nothing now."""
+    if not cond:
+        return False
+    generation = as_int((obj.get("metadata") or {}).get("generation"))
+    observed = as_int(cond.get("observedGeneration"))
+    return generation is not None and observed is not None and observed < generation
 
 
 def scaled(value: Any, total: int, round_up: bool, default: Any) -> int:
@@ -73,15 +107,17 @@ def scaled(value: Any, total: int, round_up: bool, default: Any) -> int:
     if isinstance(value, int):
         return value
     text = str(value).strip()
+    if not re.fullmatch(r"\d+(\.\d+)?%?", text):
+        text = str(default)
     if text.endswith("%"):
         fraction = float(text[:-1]) * total / 100.0
         return int(math.ceil(fraction) if round_up else math.floor(fraction))
-    return int(text)
+    return int(float(text))
 
 
 def spec_replicas(obj: dict[str, Any]) -> int:
-    value = (obj.get("spec") or {}).get("replicas")
-    return 1 if value is None else int(value)
+    value = as_int((obj.get("spec") or {}).get("replicas"))
+    return 1 if value is None else value
 
 
 def owned_by(child: dict[str, Any], uid: str) -> bool:

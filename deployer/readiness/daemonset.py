@@ -1,10 +1,10 @@
-"""DaemonSet (Helm's rule): every desired node runs the updated pod and numberReady >= desired -
-maxUnavailable (percentages round up, default 1)."""
+"""DaemonSet, as kstatus decides: the controller saw the latest spec, every desired node runs a pod,
+all of them updated and available (Ready for minReadySeconds). OnDelete sets are ready once observed."""
 from __future__ import annotations
 
 from typing import Any
 
-from deployer.readiness.common import Status, generation_pending, progressing, ready, scaled
+from deployer.readiness.common import Status, count, generation_pending, progressing, ready
 
 
 def daemonset_status(ds: dict[str, Any]) -> Status:
@@ -15,12 +15,15 @@ def daemonset_status(ds: dict[str, Any]) -> Status:
     if strategy.get("type") == "OnDelete":
         return ready("OnDelete update strategy: not tracked further")
     status = ds.get("status") or {}
-    desired = int(status.get("desiredNumberScheduled") or 0)
-    updated = int(status.get("updatedNumberScheduled") or 0)
-    number_ready = int(status.get("numberReady") or 0)
+    desired = count(status, "desiredNumberScheduled")
+    current, updated = count(status, "currentNumberScheduled"), count(status, "updatedNumberScheduled")
+    available, number_ready = count(status, "numberAvailable"), count(status, "numberReady")
+    if current < desired:
+        return progressing(f"{current}/{desired} nodes run a pod")
     if updated < desired:
         return progressing(f"{updated}/{desired} nodes updated")
-    unavailable = scaled((strategy.get("rollingUpdate") or {}).get("maxUnavailable"), desired, round_up=True, default=1)
-    if number_ready < desired - unavailable:
+    if number_ready < desired:
         return progressing(f"{number_ready}/{desired} pods ready")
-    return ready(f"{number_ready}/{desired} pods ready")
+    if available < desired:
+        return progressing(f"{available}/{desired} pods available")
+    return ready(f"{available}/{desired} pods available")

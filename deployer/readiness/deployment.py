@@ -1,12 +1,14 @@
-"""Deployment: ready when the controller saw the latest spec and the NEW ReplicaSet (the one whose
-revision equals the Deployment's) has enough ready pods (Helm's rule: ready >= replicas - maxUnavailable)
-with every replica updated. ProgressDeadlineExceeded is a failure. A paused Deployment is ready."""
+"""Deployment, as kstatus decides (stricter than Helm's ready >= replicas - maxUnavailable): the
+controller saw the latest spec, every replica is updated, no old pod is left (status.replicas is not
+above spec.replicas), and every replica is available (Ready for minReadySeconds). The NEW ReplicaSet
+(the one whose revision equals the Deployment's) must exist: the tracker takes its pods as the new
+revision's. ProgressDeadlineExceeded is a failure. A paused Deployment is ready."""
 from __future__ import annotations
 
 from typing import Any
 
-from deployer.readiness.common import (Status, condition, describe, failed, generation_pending, owned_by,
-                                       progressing, ready, scaled, spec_replicas)
+from deployer.readiness.common import (Status, condition, count, describe, failed, generation_pending, owned_by,
+                                       progressing, ready, spec_replicas)
 
 REVISION = "deployment.kubernetes.io/revision"
 
@@ -23,14 +25,6 @@ def new_replicaset(deployment: dict[str, Any], replicasets: list[dict[str, Any]]
     return None
 
 
-def max_unavailable(deployment: dict[str, Any], replicas: int) -> int:
-    strategy = (deployment.get("spec") or {}).get("strategy") or {}
-    if strategy.get("type") == "Recreate":
-        return 0
-    rolling = strategy.get("rollingUpdate") or {}
-    return scaled(rolling.get("maxUnavailable"), replicas, round_up=False, default="25%")
-
-
 def deployment_status(deployment: dict[str, Any], replicasets: list[dict[str, Any]]) -> Status:
     pending = generation_pending(deployment)
     if pending:
@@ -42,17 +36,20 @@ def deployment_status(deployment: dict[str, Any], replicasets: list[dict[str, An
         return failed(f"ProgressDeadlineExceeded: {progress.get('message', '')}".rstrip(": "))
     replicas = spec_replicas(deployment)
     status = deployment.get("status") or {}
-    rs = new_replicaset(deployment, replicasets)
-    if rs is None:
+    if replicas > 0 and new_replicaset(deployment, replicasets) is None:
         return progressing("waiting for the new ReplicaSet")
-    rs_ready = int((rs.get("status") or {}).get("readyReplicas") or 0)
-    updated = int(status.get("updatedReplicas") or 0)
-    needed = max(replicas - max_unavailable(deployment, replicas), 0)
+    updated, total = count(status, "updatedReplicas"), count(status, "replicas")
+    available, ready_now = count(status, "availableReplicas"), count(status, "readyReplicas")
     if updated < replicas:
         return progressing(f"{updated}/{replicas} replicas updated")
-    if rs_ready < needed:
-        return progressing(f"{rs_ready}/{replicas} new replicas ready")
-    replica_failure = condition(deployment, "ReplicaFailure")
-    if replica_failure and replica_failure.get("status") == "True" and rs_ready < replicas:
-        return progressing(describe(replica_failure))
-    return ready(f"{rs_ready}/{replicas} new replicas ready")
+    if total > replicas:
+        return progressing(f"{total - replicas} old replica(s) still running")
+    if ready_now < replicas:
+        failure = condition(deployment, "ReplicaFailure")
+        extra = f" ({describe(failure)})" if failure and failure.get("status") == "True" else ""
+        return progressing(f"{ready_now}/{replicas} new replicas ready{extra}")
+    if available < replicas:
+        seconds = (deployment.get("spec") or {}).get("minReadySeconds")
+        return progressing(f"{available}/{replicas} new replicas available"
+                           + (f" (ready for minReadySeconds {seconds})" if seconds else ""))
+    return ready(f"{available}/{replicas} new replicas available")

@@ -1,23 +1,20 @@
-"""Any other kind, kstatus-style: terminating -> progressing; observedGeneration behind -> progressing;
-Reconciling=True -> progressing; Stalled=True -> failed; Ready condition decides; otherwise ready.
+"""Any other kind, as kstatus decides: terminating -> progressing; observedGeneration behind ->
+progressing; Reconciling=True -> progressing; Stalled=True -> failed; a Ready condition decides
+(unless it was written for an older generation); otherwise ready.
 
-Built-in kinds without a status (ConfigMap, Secret, RBAC, ...) are ready once they exist. For custom
-resources an empty status means no controller has looked yet, so they are NEVER ready before one
-writes a status (Helm 4's kstatus calls them ready at once, helm #32066)."""
+An object with no status is ready once it exists (kstatus and kubedog agree): ConfigMaps, RBAC, and
+the many custom resources that no controller writes a status for (ServiceMonitor, PrometheusRule,
+VirtualService, IngressRoute). A custom resource whose controller does write one can ask to be waited
+for with `kade.io/wait-for-status: "true"`, or declare its rule with `kade.io/ready-when`."""
 from __future__ import annotations
 
 from typing import Any
 
 from deployer.readiness.common import (Status, condition, condition_is, describe, failed, generation_pending,
-                                       progressing, ready)
+                                       progressing, ready, stale)
+from deployer.resources import annotation
 
-BUILTIN_GROUPS = frozenset({
-    "", "apps", "batch", "autoscaling", "policy", "rbac.authorization.k8s.io", "networking.k8s.io",
-    "storage.k8s.io", "scheduling.k8s.io", "coordination.k8s.io", "discovery.k8s.io", "node.k8s.io",
-    "admissionregistration.k8s.io", "apiextensions.k8s.io", "apiregistration.k8s.io",
-    "certificates.k8s.io", "events.k8s.io", "flowcontrol.apiserver.k8s.io", "resource.k8s.io",
-    "storagemigration.k8s.io", "internal.apiserver.k8s.io", "authentication.k8s.io", "authorization.k8s.io",
-})
+WAIT_FOR_STATUS = "wait-for-status"
 
 
 def generic_status(obj: dict[str, Any], group: str) -> Status:
@@ -26,25 +23,28 @@ def generic_status(obj: dict[str, Any], group: str) -> Status:
         return progressing("terminating")
     status = obj.get("status")
     if not status:
-        if group in BUILTIN_GROUPS:
-            return ready()
-        return progressing("waiting for a controller to write a status")
+        wait = annotation((meta.get("annotations") or {}), WAIT_FOR_STATUS, "false")
+        if str(wait).strip().lower() == "true":
+            return progressing(f"waiting for a controller to write a status (kade.io/{WAIT_FOR_STATUS})")
+        return ready()
     if not isinstance(status, dict):
         return progressing("status is not an object")
-    generation = meta.get("generation")
-    observed = status.get("observedGeneration")
-    if observed is not None and generation is not None and int(observed) < int(generation):
-        return progressing(f"waiting for the controller to observe generation {generation}")
+    pending = generation_pending(obj, required=False)
+    if pending:
+        return pending
     if condition_is(obj, "Reconciling"):
         return progressing(describe(condition(obj, "Reconciling")) or "reconciling")
     if condition_is(obj, "Stalled"):
         return failed(describe(condition(obj, "Stalled")) or "stalled")
     ready_cond = condition(obj, "Ready")
     if ready_cond is not None:
+        if stale(obj, ready_cond):
+            return progressing(f"Ready is for generation {ready_cond.get('observedGeneration')}, waiting for "
+                               f"generation {meta.get('generation')}")
         if ready_cond.get("status") == "True":
             return ready(describe(ready_cond))
         return progressing(describe(ready_cond) or "Ready is not True")
     return ready()
 
 
-__all__ = ["generic_status", "generation_pending", "BUILTIN_GROUPS"]
+__all__ = ["generic_status", "WAIT_FOR_STATUS"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployer.readiness.common import Status, condition_is, condition, describe, failed, progressing, ready
+from deployer.readiness.common import Status, condition_is, condition, count, describe, failed, progressing, ready
 
 
 def job_status(job: dict[str, Any]) -> Status:
@@ -19,6 +19,5 @@ def job_status(job: dict[str, Any]) -> Status:
     if (job.get("spec") or {}).get("suspend"):
         return progressing("suspended")
     completions = (job.get("spec") or {}).get("completions")
-    succeeded = int(status.get("succeeded") or 0)
-    return progressing(f"{succeeded}/{completions if completions is not None else 1} completed, "
-                       f"{int(status.get('active') or 0)} active, {int(status.get('failed') or 0)} failed")
+    return progressing(f"{count(status, 'succeeded')}/{completions if completions is not None else 1} completed, "
+                       f"{count(status, 'active')} active, {count(status, 'failed')} failed")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployer.readiness.common import Status, condition, describe, generation_pending, progressing, ready, spec_replicas
+from deployer.readiness.common import Status, condition, count, describe, generation_pending, progressing, ready, spec_replicas
 
 
 def replicaset_status(rs: dict[str, Any]) -> Status:
@@ -11,7 +11,7 @@ def replicaset_status(rs: dict[str, Any]) -> Status:
     if pending:
         return pending
     replicas = spec_replicas(rs)
-    ready_replicas = int((rs.get("status") or {}).get("readyReplicas") or 0)
+    ready_replicas = count(rs.get("status") or {}, "readyReplicas")
     if ready_replicas < replicas:
         failure = condition(rs, "ReplicaFailure")
         extra = f" ({describe(failure)})" if failure and failure.get("status") == "True" else ""

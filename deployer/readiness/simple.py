@@ -23,6 +23,8 @@ def service_status(svc: dict[str, Any]) -> Status:
     ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
     if ingress:
         return ready("load balancer ready")
+    if spec.get("externalIPs"):
+        return ready(f"external IPs {', '.join(map(str, spec['externalIPs']))}")
     return progressing("waiting for a load balancer address")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployer.readiness.common import Status, generation_pending, progressing, ready, spec_replicas
+from deployer.readiness.common import Status, as_int, count, generation_pending, progressing, ready, spec_replicas
 
 
 def statefulset_status(sts: dict[str, Any]) -> Status:
@@ -16,10 +16,9 @@ def statefulset_status(sts: dict[str, Any]) -> Status:
     if strategy.get("type") == "OnDelete":
         return ready("OnDelete update strategy: not tracked further")
     replicas = spec_replicas(sts)
-    partition = int((strategy.get("rollingUpdate") or {}).get("partition") or 0)
+    partition = as_int((strategy.get("rollingUpdate") or {}).get("partition")) or 0
     status = sts.get("status") or {}
-    updated = int(status.get("updatedReplicas") or 0)
-    ready_replicas = int(status.get("readyReplicas") or 0)
+    updated, ready_replicas = count(status, "updatedReplicas"), count(status, "readyReplicas")
     expected = max(replicas - partition, 0)
     if updated < expected:
         return progressing(f"{updated}/{expected} replicas updated")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,9 @@ def register(subparsers: Any) -> None:
                         "exit 1 when the images differ")
     p.add_argument("--platform", default=DEFAULT_PLATFORM, help=argparse.SUPPRESS)
     add_backend_arguments(p)
+    from kade import supply
+
+    supply.add_arguments(p)
     from kade.commands.converge import project_args
 
     project_args(p, standalone=False)
@@ -111,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     if args.context is None and not args.dockerfile and has_project(Path(args.dir)):
         return run_project(args)
     options = options_from_args(args)
+    if options.tags:
+        options.supply = _supply(args, options.context)
     report = make_reporter(args.output)
     if args.check_reproducible:
         return run_check(args, options, report)
@@ -141,6 +147,17 @@ def run_check(args: argparse.Namespace, options: BuildOptions, report: Any) -> i
 
     print_result(args.output, result.to_json(), text)
     return 0 if result.reproducible else 1
+
+
+def _supply(args: argparse.Namespace, context: Path) -> Any:
+    from kade.gittree import strip_credentials
+    from kade.supply import supply_options
+
+    remote = subprocess.run(["git", "-C", str(context), "remote", "get-url", "origin"], capture_output=True,
+                            text=True, timeout=10)
+    source = strip_credentials(remote.stdout.strip()) if remote.returncode == 0 else ""
+    return supply_options(args, args.backend, args.builder_image if args.backend == "kubernetes" else "",
+                          source=source)
 
 
 def run_project(args: argparse.Namespace) -> int:

@@ -26,6 +26,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--timeout", default="5m", help="deploy timeout (e.g. 90s, 5m; default 5m)")
     p.add_argument("--atomic", action=argparse.BooleanOptionalAction, default=True,
                    help="roll back a failed rollout (default: yes)")
+    from kade import supply
+
+    supply.add_arguments(p)
+    supply.add_verify_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -75,10 +79,15 @@ def make_project_options(args: argparse.Namespace, ws: Any) -> Any:
         check_templates(args.add_tag)
     except TagTemplateError as exc:
         raise UsageError(str(exc)) from None
+    from kade.supply import supply_options
+
+    builder_image = getattr(factory, "settings", None)
+    supply = supply_options(args, args.backend, builder_image.image if builder_image else "", ws.config.attest,
+                            config_file=ws.root / "kade.yaml", source=ws.source or "")
     return project_options(ws, args.repo, stages_repo=args.stages_repo, add_tags=list(args.add_tag),
                            env_name=args.env_name, no_cache=args.no_cache, parallel=args.parallel,
                            cache_dir=args.cache_dir, insecure=tuple(args.insecure_registry),
-                           images=getattr(args, "only_images", None), builder_factory=factory)
+                           images=getattr(args, "only_images", None), builder_factory=factory, supply=supply)
 
 
 def builder_factory(args: argparse.Namespace) -> Any:
@@ -127,9 +136,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         with open_workspace(Path(args.dir), env_name=args.env_name, dev=args.dev, report=report) as ws:
             options = make_project_options(args, ws)
+            from kade.supply import verify_policy
+
             settings = DeploySettings(kubeconfig=args.kubeconfig, context=args.kube_context, timeout=timeout,
                                       atomic=args.atomic, namespace=args.namespace, release=args.release,
-                                      set_values=list(args.set_values))
+                                      set_values=list(args.set_values), insecure=tuple(args.insecure_registry),
+                                      verify=verify_policy(args, ws))
             result = converge(ws, options, settings, report, Path(args.report) if args.report else None)
     finally:
         close_reporter(report)

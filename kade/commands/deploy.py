@@ -9,7 +9,8 @@ from kade.errors import UsageError
 from kade.live import close_reporter, make_deploy_reporter
 from kade.output import OUTPUT_CHOICES, make_reporter, print_result
 
-EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 2
+# 2 is a usage error (argparse's and ours); `kade plan --exit-code` says "changes" with 3, never 2
+EXIT_OK, EXIT_FAILED, EXIT_CHANGES = 0, 1, 3
 
 
 def register(subparsers: Any) -> None:
@@ -22,6 +23,9 @@ def register(subparsers: Any) -> None:
                         help="on failure re-apply the previous revision (a failed first release removes what it created)")
     deploy.add_argument("--dry-run", action="store_true", help="only show what would change (like `kade plan`)")
     deploy.add_argument("--force-conflicts", action="store_true", help="take over fields owned by other field managers")
+    _ownership_args(deploy)
+    deploy.add_argument("--use-plan", metavar="FILE",
+                        help="deploy only if a plan saved by `kade plan --save-plan FILE` still describes this deploy")
     deploy.add_argument("--history-max", type=int, default=10, help="revisions kept in the release history (0: all)")
     deploy.add_argument("--no-activity-timeout", default="4m", help="fail a resource when nothing changes for this long")
     deploy.add_argument("--settle", default="2s",
@@ -31,13 +35,20 @@ def register(subparsers: Any) -> None:
     deploy.add_argument("--repo", metavar="REPO", help="with kade.yaml: image repository prefix (REPO/NAME)")
     deploy.add_argument("--dev", action="store_true", help="with kade.yaml: use the working tree, not HEAD")
     deploy.add_argument("--insecure-registry", action="append", default=[], metavar="HOST",
-                        help="with kade.yaml: reach HOST over plain HTTP")
+                        help="reach HOST over plain HTTP (kade.yaml images, --verify)")
+    from kade.supply import add_verify_arguments
+
+    add_verify_arguments(deploy)
     deploy.set_defaults(func=run_deploy)
 
-    plan = subparsers.add_parser("plan", help="show what a deploy would change (exit 0: nothing, 2: changes)")
+    plan = subparsers.add_parser("plan", help="show what a deploy would change (with --exit-code, 3 means changes)")
     _render_args(plan)
-    _release_args(plan, timeout=False)
+    _release_args(plan)
     plan.add_argument("--force-conflicts", action="store_true", help="plan as if taking over conflicting fields")
+    plan.add_argument("--adopt", action="store_true", help="plan as if taking over objects of no or another release")
+    plan.add_argument("--exit-code", action="store_true",
+                      help="exit 3 when the plan has changes (0: none, 1: error, 2: usage error)")
+    plan.add_argument("--save-plan", metavar="FILE", help="save the plan for `kade deploy --use-plan FILE`")
     plan.set_defaults(func=run_plan)
 
     rollback = subparsers.add_parser("rollback", help="deploy an earlier revision of a release again")
@@ -55,6 +66,9 @@ def register(subparsers: Any) -> None:
     uninstall = subparsers.add_parser("uninstall", help="delete a release's resources and its history")
     uninstall.add_argument("release", metavar="RELEASE")
     _cluster_args(uninstall)
+    _timeout_args(uninstall)
+    uninstall.add_argument("--delete-crds", action="store_true", help="also delete the release's CRDs (and every object of them)")
+    uninstall.add_argument("--delete-namespaces", action="store_true", help="also delete the release's Namespaces (and everything in them)")
     uninstall.set_defaults(func=run_uninstall)
 
     track = subparsers.add_parser("track", help="track existing resources until ready (or failed)")
@@ -69,6 +83,14 @@ def _cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
     p.add_argument("--context", help="kubeconfig context")
     p.add_argument("--output", "-o", choices=OUTPUT_CHOICES, default="text", help="text or JSON events/results")
+
+
+def _ownership_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adopt", action="store_true",
+                   help="take over existing objects that belong to no release, to Helm or to another release")
+    p.add_argument("--delete-crds", action="store_true", help="let pruning delete CRDs no longer in the manifests")
+    p.add_argument("--delete-namespaces", action="store_true",
+                   help="let pruning delete Namespaces no longer in the manifests")
 
 
 def _timeout_args(p: argparse.ArgumentParser) -> None:
@@ -96,24 +118,15 @@ def _render_args(p: argparse.ArgumentParser) -> None:
 
 # ---- handlers -------------------------------------------------------------------------------------
 
-def _usage(func: Any) -> Any:
-    """deployer.errors.UsageError -> the CLI's exit-2 UsageError."""
-    def wrapper(args: argparse.Namespace) -> int:
-        from deployer.errors import UsageError as DeployUsage
-
-        try:
-            return func(args)
-        except DeployUsage as exc:
-            raise UsageError(str(exc)) from None
-
-    wrapper.__name__ = func.__name__
-    return wrapper
-
-
 def _kube(args: argparse.Namespace) -> Any:
+    """The cluster client; every wait of the command ends by its --timeout (plus a grace for recording
+    the outcome), each plain request by 30 s."""
     from deployer.kube import Kube
 
-    return Kube(args.kubeconfig, args.context)
+    kube = Kube(args.kubeconfig, args.context)
+    if getattr(args, "timeout", None):
+        kube.limit(_duration(args.timeout, "--timeout"))
+    return kube
 
 
 def _duration(text: str, flag: str) -> float:
@@ -152,6 +165,9 @@ def _options(args: argparse.Namespace, values: dict | None = None, images: dict 
     if getattr(args, "atomic", None) is not None:
         opts.atomic = args.atomic
     opts.force_conflicts = bool(getattr(args, "force_conflicts", False))
+    opts.adopt = bool(getattr(args, "adopt", False))
+    opts.delete_crds = bool(getattr(args, "delete_crds", False))
+    opts.delete_namespaces = bool(getattr(args, "delete_namespaces", False))
     if getattr(args, "history_max", None) is not None:
         if args.history_max < 0:
             raise UsageError("--history-max must be 0 (keep all) or more")
@@ -166,7 +182,6 @@ def _options(args: argparse.Namespace, values: dict | None = None, images: dict 
     return opts
 
 
-@_usage
 def run_deploy(args: argparse.Namespace) -> int:
     from deployer.deploy import Deployer
     from kade.workspace import has_project
@@ -177,12 +192,35 @@ def run_deploy(args: argparse.Namespace) -> int:
         return deploy_command(args)
 
     resources, values, images = _inputs(args)
+    _verify(args, resources)
     opts = _options(args, values, images)
     if args.dry_run:
-        changes = Deployer(_kube(args), make_reporter(args.output)).plan(resources, opts)
-        _print_changes(args.output, changes)
+        result = Deployer(_kube(args), make_reporter(args.output)).plan(resources, opts)
+        _print_changes(args.output, result)
         return EXIT_OK
-    return _outcome(args, lambda deployer: deployer.deploy(resources, opts))
+
+    def deploy(deployer: Any) -> Any:
+        if args.use_plan:
+            from deployer.plan import load
+
+            deployer.check_plan(load(Path(args.use_plan)), [r.copy() for r in resources], opts)
+        return deployer.deploy(resources, opts)
+
+    return _outcome(args, deploy)
+
+
+def _verify(args: argparse.Namespace, resources: list[Any]) -> None:
+    """--verify: refuse unverified images and pin the others by digest, before anything is applied."""
+    from kade.supply import verify_policy
+
+    policy = verify_policy(args)
+    if policy is None:
+        return
+    from kade.verify import verify_manifests
+    from registry.client import ClientOptions, RegistryClient
+
+    with RegistryClient(ClientOptions(insecure=tuple(args.insecure_registry))) as client:
+        verify_manifests(resources, policy, client, make_reporter(args.output))
 
 
 def _outcome(args: argparse.Namespace, action: Any) -> int:
@@ -198,33 +236,45 @@ def _outcome(args: argparse.Namespace, action: Any) -> int:
     return EXIT_OK if outcome.ok else EXIT_FAILED
 
 
-@_usage
 def run_plan(args: argparse.Namespace) -> int:
     from deployer.deploy import Deployer
+    from deployer.plan import save
 
     resources, values, images = _inputs(args)
-    changes = Deployer(_kube(args), make_reporter(args.output)).plan(resources, _options(args, values, images))
-    _print_changes(args.output, changes)
-    return EXIT_CHANGES if any(c.action not in ("unchanged", "keep") for c in changes) else EXIT_OK
+    result = Deployer(_kube(args), make_reporter(args.output)).plan(resources, _options(args, values, images))
+    if args.save_plan:
+        save(Path(args.save_plan), result)
+    _print_changes(args.output, result)
+    if any(c.action in ("refused", "invalid") for c in result.changes):
+        return EXIT_FAILED  # the deploy would fail: say so whatever --exit-code
+    return EXIT_CHANGES if args.exit_code and result.changed else EXIT_OK
 
 
-def _print_changes(output: str, changes: list[Any]) -> None:
-    data = [{"action": c.action, "resource": str(c.key), "diff": c.diff} for c in changes]
+def _print_changes(output: str, result: Any) -> None:
+    data = {"release": result.release, "namespace": result.namespace, "digest": result.digest,
+            "changed": result.changed, "changes": [c.to_dict() for c in result.changes]}
 
-    def text(rows: list[dict]) -> str:
+    def indented(text: str, prefix: str = "    ") -> list[str]:
+        return [prefix + line for line in text.rstrip("\n").splitlines()]
+
+    def text(plan: dict) -> str:
         lines = []
-        for row in rows:
-            lines.append(f"{row['action']:<9} {row['resource']}")
-            if row["diff"] and row["action"] == "update":
-                lines += ["    " + line for line in row["diff"].rstrip("\n").splitlines()]
-        changed = sum(1 for r in rows if r["action"] not in ("unchanged", "keep"))
+        for row in plan["changes"]:
+            lines.append(f"{row['action']:<9} {row['resource']}" + (f"  ({row['note']})" if row["note"] else ""))
+            if row["action"] == "update" and row["diff"]:
+                lines += indented(row["diff"])
+            elif row["action"] in ("create", "recreate", "delete") and row["body"]:
+                lines += indented(row["body"])
+            if row["drift"]:
+                lines.append("    drift: changed in the cluster since the last deploy (a deploy puts it back):")
+                lines += indented(row["drift"], "      ")
+        changed = sum(1 for r in plan["changes"] if r["action"] in ("create", "update", "recreate", "delete"))
         lines.append(f"{changed} change(s)" if changed else "no changes")
         return "\n".join(lines)
 
     print_result(output, data, text)
 
 
-@_usage
 def run_rollback(args: argparse.Namespace) -> int:
     from deployer.deploy import DeployOptions
 
@@ -232,7 +282,6 @@ def run_rollback(args: argparse.Namespace) -> int:
     return _outcome(args, lambda deployer: deployer.rollback(opts, args.revision))
 
 
-@_usage
 def run_history(args: argparse.Namespace) -> int:
     from deployer.deploy import Deployer
 
@@ -253,17 +302,21 @@ def run_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_usage
 def run_uninstall(args: argparse.Namespace) -> int:
-    from deployer.deploy import Deployer
+    from deployer.deploy import Deployer, DeployOptions
 
-    removed = Deployer(_kube(args), make_reporter(args.output)).uninstall(args.release, args.namespace)
+    opts = DeployOptions(args.release, args.namespace, timeout=_duration(args.timeout, "--timeout"),
+                         delete_crds=args.delete_crds, delete_namespaces=args.delete_namespaces)
+    report = make_deploy_reporter(args.output)
+    try:
+        removed = Deployer(_kube(args), report).uninstall(opts)
+    finally:
+        close_reporter(report)
     print_result(args.output, {"release": args.release, "deleted": [str(k) for k in removed]},
                  lambda d: f"release {d['release']} uninstalled ({len(d['deleted'])} resource(s) deleted)")
     return EXIT_OK
 
 
-@_usage
 def run_track(args: argparse.Namespace) -> int:
     from deployer.deploy import Deployer
     from deployer.options import track_options

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kade.errors import UsageError
@@ -31,8 +33,40 @@ def register(subparsers: Any) -> None:
                                    "REF is a registry reference or oci:PATH:TAG.")
     p.add_argument("ref", metavar="REF")
     p.add_argument("--raw", action="store_true", help="print the manifest bytes exactly as stored")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--sbom", action="store_true", help="print the image's attached SBOM")
+    shown.add_argument("--provenance", action="store_true", help="print the image's attached SLSA provenance")
+    shown.add_argument("--signatures", action="store_true",
+                       help="list the image's signatures (verified when --key is given)")
+    p.add_argument("--key", action="append", default=[], metavar="PATH|k8s://NS/NAME",
+                   help="public key to verify --signatures with (repeatable)")
     _common(p, output=False)
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("verify", help="check an image's signature, provenance, builder and commit",
+                       description="Verify REF: a signature by one of the --key public keys, and with --trusted-builder "
+                                   "or --repo a signed provenance made by a trusted builder from a commit in the "
+                                   "repository's history. Exit 0 when it passes, 1 with the reasons when not.")
+    p.add_argument("ref", metavar="REF")
+    _policy_args(p)
+    _common(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("sbom", help="SBOM tools (diff)")
+    sbom = p.add_subparsers(dest="sbom_command", metavar="SUBCOMMAND")
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    d = sbom.add_parser("diff", help="packages added, removed and changed between two images' SBOMs",
+                        description="Compare the SBOMs attached to A and B (references or SBOM files).")
+    d.add_argument("a", metavar="A")
+    d.add_argument("b", metavar="B")
+    _common(d)
+    d.set_defaults(func=cmd_sbom_diff)
+
+    p = sub.add_parser("keygen", help="make a signing key pair (cosign format)",
+                       description="Write PREFIX.key (cosign's encrypted format when $KADE_SIGN_PASSWORD is set, "
+                                   "else PEM PKCS#8) and PREFIX.pub (PEM): ECDSA P-256, as cosign and skopeo use.")
+    p.add_argument("prefix", metavar="PREFIX")
+    p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("tags", help="list a repository's tags, one a line",
                        description="List the tags of REPO (e.g. 127.0.0.1:5000/team/app), one a line.")
@@ -55,6 +89,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("ref", metavar="REF")
     _common(p)
     p.set_defaults(func=cmd_delete)
+
+
+def _policy_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", action="append", default=[], metavar="PATH|k8s://NS/NAME", required=True,
+                   help="public key a signature must verify with (repeatable: any one)")
+    p.add_argument("--trusted-builder", action="append", default=[], metavar="ID",
+                   help="builder id the provenance must name (repeatable: any one)")
+    p.add_argument("--repo", metavar="PATH", help="git checkout whose history must hold the provenance's commit")
+    p.add_argument("--kubeconfig", help="kubeconfig for k8s:// keys")
 
 
 def _common(p: argparse.ArgumentParser, output: bool = True) -> None:
@@ -89,6 +132,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     _check_spec(args.ref)
     from registry.copy import open_endpoint
 
+    if args.sbom or args.provenance or args.signatures:
+        return _inspect_attached(args)
     with _client(args) as client:
         endpoint = open_endpoint(client, args.ref)
         ident = endpoint.identifier or ("latest" if not args.ref.startswith(LAYOUT_SCHEME) else None)
@@ -151,6 +196,120 @@ def cmd_delete(args: argparse.Namespace) -> int:
             data = {"deleted": "tag", "tag": ref.tag, "repository": ref.name, "method": how}
     print_result(args.output, data, lambda d: f"deleted {d['deleted']} {d.get('tag') or d.get('digest')} "
                                               f"from {d['repository']}")
+    return 0
+
+
+def _inspect_attached(args: argparse.Namespace) -> int:
+    from registry import referrers as rf
+
+    ref = _ref(args.ref)
+    with _client(args) as client:
+        repo = client.repository(ref)
+        desc = repo.head_manifest(ref.identifier)
+        if desc is None:
+            raise UsageError(f"{args.ref}: no such image")
+        if args.signatures:
+            print(json.dumps(_signature_rows(repo, desc.digest, args), indent=2))
+            return 0
+        kinds = ((rf.SPDX_JSON, rf.CYCLONEDX_JSON) if args.sbom else (rf.IN_TOTO_JSON,))
+        found = [a for a in rf.list_referrers(repo, desc.digest) if a.artifact_type in kinds]
+        if not found:
+            from registry.errors import NotFound
+
+            raise NotFound(f"{args.ref} ({desc.digest}) has no attached {'SBOM' if args.sbom else 'provenance'}; "
+                           "build it with kade build --tag (attestations are made for pushed images)")
+        sys.stdout.write(rf.fetch_artifact(repo, found[-1], desc.digest).decode())
+    return 0
+
+
+def _signature_rows(repo: Any, digest: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from kade.supply import public_keys
+    from registry import signing
+
+    keys = public_keys(args.key)
+    rows = []
+    for sig in signing.read_signatures(repo, digest):
+        key = next((k for k in keys if k.verify(sig.payload, sig.signature)), None)
+        try:
+            payload = signing.parse_payload(sig.payload)
+            identity, signed = payload.docker_reference, payload.manifest_digest
+        except Exception:  # noqa: BLE001 - shown as unreadable
+            identity, signed = "(unreadable payload)", ""
+        rows.append({"layer": sig.layer.digest, "identity": identity, "signs": signed,
+                     "verified": (key.source if key else False) if keys else None})
+    return rows
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from kade.supply import public_keys
+    from kade.verify import Policy, verify_reference
+
+    _ref(args.ref)
+    policy = Policy(public_keys(args.key, args.kubeconfig), list(args.trusted_builder),
+                    Path(args.repo) if args.repo else None)
+    with _client(args) as client:
+        verdict = verify_reference(client, args.ref, policy)
+    print_result(args.output, verdict.to_dict(),
+                 lambda d: (f"{d['reference']}@{d['digest']}: verified (signed by {', '.join(d['signers'])}"
+                            + (f"; builder {d['builder']}, commit {d['commit']}" if d['builder'] else "") + ")")
+                 if d["ok"] else f"{d['reference']}: NOT verified: {'; '.join(d['reasons'])}")
+    return 0 if verdict.ok else 1
+
+
+def _sbom_rows(client: Any, spec: str) -> list[Any]:
+    from builder.sbom.documents import read_rows
+    from registry import referrers as rf
+
+    if Path(spec).is_file():
+        data = Path(spec).read_bytes()
+    else:
+        ref = _ref(spec)
+        repo = client.repository(ref)
+        desc = repo.head_manifest(ref.identifier)
+        found = [a for a in rf.list_referrers(repo, desc.digest) if a.artifact_type in (rf.SPDX_JSON, rf.CYCLONEDX_JSON)] \
+            if desc else []
+        if not found:
+            raise UsageError(f"{spec}: no such image, or it has no attached SBOM")
+        data = rf.fetch_artifact(repo, found[-1], desc.digest)  # type: ignore[union-attr]
+    try:
+        return read_rows(data)
+    except ValueError as exc:
+        raise UsageError(f"{spec}: {exc}") from None
+
+
+def cmd_sbom_diff(args: argparse.Namespace) -> int:
+    from builder.sbom.documents import diff
+
+    with _client(args) as client:
+        result = diff(_sbom_rows(client, args.a), _sbom_rows(client, args.b))
+
+    def text(d: dict[str, Any]) -> str:
+        lines = [f"+ {r['type']} {r['name']} {', '.join(r['versions'])}" for r in d["added"]]
+        lines += [f"- {r['type']} {r['name']} {', '.join(r['versions'])}" for r in d["removed"]]
+        lines += [f"~ {r['type']} {r['name']} {', '.join(r['before'])} -> {', '.join(r['after'])}" for r in d["changed"]]
+        lines.append(f"{len(d['added'])} added, {len(d['removed'])} removed, {len(d['changed'])} changed")
+        return "\n".join(lines)
+
+    print_result(args.output, result, text)
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    import os
+
+    from registry.sigkeys import generate, private_pem
+
+    password = os.environ.get("KADE_SIGN_PASSWORD", os.environ.get("COSIGN_PASSWORD"))
+    key = generate()
+    private, public = Path(args.prefix + ".key"), Path(args.prefix + ".pub")
+    if private.exists() or public.exists():
+        raise UsageError(f"{private} or {public} exists already; pick another prefix")
+    fd = os.open(private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_pem(key, password.encode() if password is not None else None))
+    public.write_bytes(key.public.pem())
+    print(f"wrote {private} ({'encrypted' if password is not None else 'unencrypted: set $KADE_SIGN_PASSWORD to encrypt'}) "
+          f"and {public}")
     return 0
 
 

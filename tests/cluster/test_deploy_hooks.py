@@ -72,11 +72,13 @@ def test_failing_post_deploy_hook_rolls_back_an_upgrade(kade, kube_cluster, kube
     assert_hook_failure(run, f"Job.batch {ns}/notify", 7, "webhook answered 503")
     assert run.result["rolled_back_to"] == 1 and "rolled back to revision 1" in run.result["message"], str(run)
     assert mode_of(live_deployment(kube_cluster, ns, "web")) == "a", "the rollback restores the previous workload"
-    # the rollback re-applies revision 1 as it was, hooks included: its (succeeding) hook ran again
+    # a rollback runs the rollback hooks, not revision 1's post-deploy hook again (as Helm): the failed
+    # hook of revision 2 stays for inspection
     notify = client.BatchV1Api(kube_cluster.api_client()).read_namespaced_job("notify", ns)
-    assert notify.status.succeeded == 1 and "notified" in notify.spec.template.spec.containers[0].command[-1]
+    assert "webhook answered 503" in notify.spec.template.spec.containers[0].command[-1]
     kinds = [(e["kind"], e.get("resource")) for e in run.events]
-    assert kinds.index(("rollback", None)) < len(kinds) - 1 - kinds[::-1].index(("ready", f"Job.batch {ns}/notify"))
+    after = kinds[kinds.index(("rollback", None)):]
+    assert ("apply", f"Job.batch {ns}/notify") not in after and ("apply", f"Deployment.apps {ns}/web") in after, after
     assert history(kade, ns) == [(1, "superseded"), (2, "failed"), (3, "deployed")]
 
 
@@ -101,3 +103,39 @@ def test_failing_pre_deploy_hook_leaves_the_running_workload_untouched(kade, kub
     assert history(kade, ns) == [(1, "deployed"), (2, "failed")]
     batch = client.BatchV1Api(kube_cluster.api_client())
     assert not batch.list_namespaced_job(ns).items, "the failed revision's hook is removed like the rest it created"
+
+
+def test_hooks_run_at_their_operations_only(kade, kube_cluster, kube_namespace, record_property):
+    """Helm's hook events: an install-only hook does not run on an upgrade, a rollback runs its
+    rollback hook and not the upgrade's, uninstall runs the delete hooks (a failing pre-delete hook
+    stops it before anything is deleted)."""
+    ns, image = kube_namespace, kube_cluster.base_image
+    hooks = [job("seed", image, "echo seeding", {"helm.sh/hook": "pre-install"}),
+             job("migrate", image, "echo migrating", {"helm.sh/hook": "pre-upgrade"}),
+             job("on-rollback", image, "echo rolling back", {"helm.sh/hook": "pre-rollback"}),
+             job("farewell", image, "echo bye", {"helm.sh/hook": "pre-delete",
+                                                  "helm.sh/hook-delete-policy": "before-hook-creation,hook-succeeded"})]
+
+    def hook_jobs(run) -> list[str]:
+        return [e["resource"].rsplit("/", 1)[1] for e in run.events if e["kind"] == "apply" and "Job.batch" in e["resource"]]
+
+    install = kade.deploy(ns, kade.write("v1.yaml", web(image, "a"), *hooks))
+    assert install.rc == 0 and hook_jobs(install) == ["seed"], str(install)
+    upgrade = kade.deploy(ns, kade.write("v2.yaml", web(image, "b"), *hooks))
+    assert upgrade.rc == 0 and hook_jobs(upgrade) == ["migrate"], str(upgrade)
+    back = kade.run("rollback", "app", "-n", ns, "--timeout", "120s", "--output", "json")
+    assert back.rc == 0 and hook_jobs(back) == ["on-rollback"], str(back)
+    assert mode_of(live_deployment(kube_cluster, ns, "web")) == "a"
+
+    failing = [*hooks[:3], job("farewell", image, "echo 'cannot say bye' >&2; exit 4", {"helm.sh/hook": "pre-delete"})]
+    assert kade.deploy(ns, kade.write("v3.yaml", web(image, "a"), *failing)).rc == 0
+    refused = kade.run("uninstall", "app", "-n", ns, "--timeout", "60s", "--output", "json")
+    assert refused.rc == 1 and "a pre-delete hook failed, nothing was deleted" in refused.stderr, str(refused)
+    assert live_deployment(kube_cluster, ns, "web") is not None
+    assert kade.deploy(ns, kade.write("v4.yaml", web(image, "a"), *hooks)).rc == 0
+    gone = kade.run("uninstall", "app", "-n", ns, "--timeout", "60s", "--output", "json")
+    record_property("uninstall_seconds", gone.seconds)
+    assert gone.rc == 0 and hook_jobs(gone) == ["farewell"], str(gone)
+    assert live_deployment(kube_cluster, ns, "web") is None
+    names = [j.metadata.name for j in client.BatchV1Api(kube_cluster.api_client()).list_namespaced_job(ns).items]
+    assert "farewell" not in names, "hook-succeeded deleted the delete hook"

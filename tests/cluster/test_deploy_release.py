@@ -75,8 +75,10 @@ def test_removed_resource_is_pruned_but_keep_policy_stays(kade, kube_cluster, ku
                        configmap("c", {"kade.io/resource-policy": "keep"}, x="3"))
     run1 = deploy(kade, ns, first)
     assert run1.rc == 0, str(run1)
-    plan = kade.run("plan", "-f", kade.write("only-a.yaml", configmap("a", x="1")), "--release", "app", "-n", ns)
-    assert plan.rc == 2 and f"delete    ConfigMap {ns}/b" in plan.stdout and f"keep      ConfigMap {ns}/c" in plan.stdout, str(plan)
+    plan = kade.run("plan", "-f", kade.write("only-a.yaml", configmap("a", x="1")), "--release", "app", "-n", ns,
+                    "--exit-code")
+    assert plan.rc == 3 and f"delete    ConfigMap {ns}/b" in plan.stdout and f"keep      ConfigMap {ns}/c" in plan.stdout, str(plan)
+    assert "x: '2'" in plan.stdout, "a delete shows the body it deletes"
     run = deploy(kade, ns, kade.write("only-a2.yaml", configmap("a", x="1")))
     assert run.rc == 0, str(run)
     names = [c.metadata.name for c in client.CoreV1Api(kube_cluster.api_client()).list_namespaced_config_map(ns).items]
@@ -95,13 +97,16 @@ def test_two_concurrent_deploys_of_one_release(kade, kube_cluster, kube_namespac
     while not [l for l in coord.list_namespaced_lease(ns).items if l.metadata.name == "kade-release-app"]:
         assert first.poll() is None and time.monotonic() < deadline, "the first deploy never took the lease"
         time.sleep(0.1)
-    second = kade.run(*args)  # the first is still tracking a 6 s readiness delay
+    short = kade.run(*args[:-1], "3s")  # the first is still tracking a 6 s readiness delay
+    assert short.rc == 1, str(short)
+    assert "is being deployed by" in short.stderr and "waited 3s" in short.stderr
+    second = kade.run(*args)  # waits for the lease instead of failing at once
     out, err = first.communicate(timeout=180)
     assert first.returncode == 0, err
-    assert second.rc == 1, str(second)
-    assert "is being deployed by" in second.stderr and "wait for it to finish" in second.stderr
+    assert second.rc == 0, str(second)
+    assert "waiting" in second.stderr and "is being deployed by" in second.stderr
     history = kade.run("history", "app", "-n", ns, "--output", "json").result
-    assert [(r["revision"], r["status"]) for r in history] == [(1, "deployed")]
+    assert [(r["revision"], r["status"]) for r in history] == [(1, "superseded"), (2, "deployed")]
 
 
 def test_lease_of_a_dead_deploy_expires(kade, kube_cluster, kube_namespace):
@@ -131,3 +136,47 @@ def test_release_record_past_one_mebibyte_is_split(kade, kube_cluster, kube_name
     assert len(secrets) >= 2, "a record over 1 MiB must be split over several Secrets"
     history = kade.run("history", "app", "-n", ns, "--output", "json")
     assert history.rc == 0 and history.result[0]["resources"] == 2, str(history)
+
+
+def test_an_incomplete_record_never_blocks_the_next_deploy(kade, kube_cluster, kube_namespace):
+    """A deploy killed while writing a two-part record leaves one part: the next deploy says so,
+    removes it and goes on (a new revision number, past the broken one)."""
+    ns = kube_namespace
+    assert deploy(kade, ns, kade.write("a.yaml", configmap("a", x="1"))).rc == 0
+    client.CoreV1Api(kube_cluster.api_client()).create_namespaced_secret(ns, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="kade.release.v1.app.v2.0", labels={
+            "owner": "kade", "kade.io/release": "app", "kade.io/revision": "2", "kade.io/part": "0",
+            "kade.io/parts": "2", "kade.io/status": "pending"}),
+        type="kade.io/release.v1", data={"release": "H4sIAAAAAAAA"}))
+    run = deploy(kade, ns, kade.write("b.yaml", configmap("a", x="2")))
+    assert run.rc == 0, str(run)
+    assert "revision 2: its record is incomplete" in run.stderr
+    assert run.result["revision"] == 3
+    history = kade.run("history", "app", "-n", ns, "--output", "json").result
+    assert [(r["revision"], r["status"]) for r in history] == [(1, "superseded"), (3, "deployed")]
+
+
+def test_a_saved_plan_is_deployed_only_while_it_is_true(kade, kube_cluster, kube_namespace):
+    ns = kube_namespace
+    assert deploy(kade, ns, kade.write("a.yaml", configmap("a", x="1"), configmap("b", x="1"))).rc == 0
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token"}, "stringData": {"token": "s3cret-value"}}
+    path = kade.write("a2.yaml", configmap("a", x="2"), secret)
+    plan = kade.run("plan", "-f", path, "--release", "app", "-n", ns, "--save-plan", "plan.json", "--exit-code")
+    assert plan.rc == 3 and f"update    ConfigMap {ns}/a" in plan.stdout and f"delete    ConfigMap {ns}/b" in plan.stdout
+    assert f"create    Secret {ns}/token" in plan.stdout and "<hidden, sha256" in plan.stdout
+    saved = (kade.workdir / "plan.json").read_text()
+    assert "s3cret-value" not in saved + plan.stdout, "Secret values never land in a plan"
+    other = kade.write("a3.yaml", configmap("a", x="3"), secret)
+    refused = deploy(kade, ns, other, "--use-plan", "plan.json")
+    assert refused.rc == 1 and "rendered manifests differ" in refused.stderr, str(refused)
+    client.CoreV1Api(kube_cluster.api_client()).patch_namespaced_config_map("a", ns, {"data": {"x": "edited"}},
+                                                                           field_manager="kubectl-edit")
+    drifted = deploy(kade, ns, path, "--use-plan", "plan.json")
+    assert drifted.rc == 1 and f"ConfigMap {ns}/a was changed in the cluster since" in drifted.stderr, str(drifted)
+    drift = kade.run("plan", "-f", kade.write("a1.yaml", configmap("a", x="1"), configmap("b", x="1")),
+                     "--release", "app", "-n", ns)
+    assert "drift: changed in the cluster since the last deploy" in drift.stdout and "edited" in drift.stdout, str(drift)
+    client.CoreV1Api(kube_cluster.api_client()).patch_namespaced_config_map("a", ns, {"data": {"x": "1"}},
+                                                                           field_manager="kubectl-edit")
+    approved = deploy(kade, ns, path, "--use-plan", "plan.json")
+    assert approved.rc == 0, str(approved)

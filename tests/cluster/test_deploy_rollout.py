@@ -33,15 +33,15 @@ def test_healthy_rollout_then_plan(kade, kube_cluster, kube_namespace, record_pr
     logs = [e for e in run.events if e["kind"] == "log"]
     assert logs and all(e["container"] == "app" and e["message"].endswith("serving mode a") for e in logs), run.stderr
 
-    same = kade.run("plan", "-f", path, "--release", "app", "-n", ns)
+    same = kade.run("plan", "-f", path, "--release", "app", "-n", ns, "--exit-code")
     assert same.rc == 0, str(same)
     assert "no changes" in same.stdout
 
     changed_path = kade.write("app2.yaml", configmap("settings", mode="fast"),
                               deployment("web", image, "echo serving mode $MODE; sleep infinity", replicas=2,
                                          probe=FAST_PROBE_OK, env={"MODE": "b"}))
-    changed = kade.run("plan", "-f", changed_path, "--release", "app", "-n", ns)
-    assert changed.rc == 2, str(changed)
+    changed = kade.run("plan", "-f", changed_path, "--release", "app", "-n", ns, "--exit-code")
+    assert changed.rc == 3, str(changed)  # 2 is a usage error
     assert "update    Deployment.apps" in changed.stdout and "value: b" in changed.stdout
 
     history = kade.run("history", "app", "-n", ns, "--output", "json")
@@ -155,12 +155,17 @@ def test_custom_resource_without_controller(kade, kube_cluster, kube_namespace, 
                                   "subresources": {"status": {}},
                                   "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]}}
     widget = {"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 1}}
-    path = kade.write("cr.yaml", crd, widget)
+    waiting = {**widget, "metadata": {"name": "waits", "annotations": {"kade.io/wait-for-status": "true",
+                                                                       "kade.io/no-activity-timeout": "5s"}}}
     try:
-        run = deploy(kade, kube_namespace, path, timeout="15s")
+        # most custom resources never get a status (ServiceMonitor, PrometheusRule, ...): ready once they exist
+        run = deploy(kade, kube_namespace, kade.write("cr.yaml", crd, widget), timeout="30s")
+        assert run.rc == 0, str(run)
+        # one whose controller must answer first says so; with none, nothing ever changes
+        run = deploy(kade, kube_namespace, kade.write("cr2.yaml", crd, widget, waiting), timeout="30s")
         record_property("verdict_seconds", run.seconds)
-        failure = _failed(run, {"Timeout"})
-        assert failure["resource"] == f"Widget.{group} {kube_namespace}/w"
+        failure = _failed(run, {"NoActivity"})
+        assert failure["resource"] == f"Widget.{group} {kube_namespace}/waits"
         assert "waiting for a controller to write a status" in failure["message"], str(run)
     finally:
         ext = client.ApiextensionsV1Api(kube_cluster.api_client())

@@ -38,7 +38,7 @@ def test_ready_dependency_splits_stage():
         res("StatefulSet", "db", "apps/v1"),
         res("ConfigMap", "cfg"),
     ])
-    assert names(plan) == [["db", "cfg"], ["api"]]
+    assert names(plan) == [["cfg", "db"], ["api"]]  # within a stage: Helm's kind order
 
 
 def test_present_dependency_orders_within_stage():
@@ -66,7 +66,8 @@ ERROR_CASES = [
     ("dependency deployed later", [res("ConfigMap", "a", **{"kade.io/deploy-dependency-x": "kind=ConfigMap,name=b"}),
                                    res("ConfigMap", "b", **{"kade.io/weight": "5"})], "deployed later"),
     ("bad weight", [res("ConfigMap", "a", **{"kade.io/weight": "heavy"})], "weight must be an integer"),
-    ("bad hook", [res("Job", "a", "batch/v1", **{"kade.io/hook": "pre-install"})], "kade.io/hook must be one of"),
+    ("bad hook", [res("Job", "a", "batch/v1", **{"kade.io/hook": "pre-everything"})], "kade.io/hook must be pre-deploy"),
+    ("bad helm hook", [res("Job", "a", "batch/v1", **{"helm.sh/hook": "pre-instal"})], "unknown hook"),
     ("duplicate", [res("ConfigMap", "a"), res("ConfigMap", "a")], "defined twice"),
 ]
 
@@ -117,3 +118,31 @@ APPLIED = [  # stages a failed deploy had started -> is the running release unto
 @pytest.mark.parametrize("name,resources,started,expected", APPLIED, ids=[a[0] for a in APPLIED])
 def test_only_pre_deploy_hooks(name, resources, started, expected):
     assert only_pre_deploy_hooks(plan_stages(resources).stages[:started]) is expected
+
+
+def test_kinds_in_helm_install_order_within_a_stage():
+    plan = plan_stages([res("Deployment", "web", "apps/v1"), res("Service", "web"), res("Widget", "w", "example.com/v1"),
+                        res("ServiceAccount", "sa"), res("ConfigMap", "cfg"), res("Secret", "s"),
+                        res("RoleBinding", "rb", "rbac.authorization.k8s.io/v1")])
+    assert names(plan) == [["sa", "s", "cfg", "rb", "web", "web", "w"]]
+
+
+HOOKS = [
+    res("Job", "install-only", "batch/v1", **{"helm.sh/hook": "pre-install"}),
+    res("Job", "upgrade-only", "batch/v1", **{"helm.sh/hook": "pre-upgrade"}),
+    res("Job", "deploy", "batch/v1", **{"kade.io/hook": "pre-deploy"}),
+    res("Job", "rollback", "batch/v1", **{"helm.sh/hook": "pre-rollback,post-rollback"}),
+    res("Job", "delete", "batch/v1", **{"helm.sh/hook": "pre-delete"}),
+    res("Job", "werf-upgrade", "batch/v1", **{"werf.io/deploy-on": "post-upgrade"}),
+    res("ConfigMap", "cfg"),
+]
+
+
+@pytest.mark.parametrize("operation,expected", [
+    ("install", [["install-only", "deploy"], ["cfg"]]),
+    ("upgrade", [["upgrade-only", "deploy"], ["cfg"], ["werf-upgrade"]]),
+    ("delete", [["delete"], ["cfg"]]),  # uninstall runs the hook stages only
+    ("rollback", [["rollback"], ["cfg"], ["rollback"]]),  # not the old pre-deploy migrations; pre and post: twice
+])
+def test_hooks_by_operation(operation, expected):
+    assert names(plan_stages(HOOKS, operation)) == expected

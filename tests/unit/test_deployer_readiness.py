@@ -4,14 +4,17 @@ import pytest
 from deployer.readiness import FAILED, PROGRESSING, READY, evaluate
 
 
-def deploy(gen=2, observed=2, replicas=3, revision="2", updated=3, paused=False, conditions=(), strategy=None, deleting=False):
+def deploy(gen=2, observed=2, replicas=3, revision="2", updated=3, paused=False, conditions=(), strategy=None, deleting=False,
+           total=None, ready=None, available=None):
     meta = {"name": "web", "uid": "d1", "generation": gen, "annotations": {"deployment.kubernetes.io/revision": revision}}
     if deleting:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     spec = {"replicas": replicas, "paused": paused}
     if strategy:
         spec["strategy"] = strategy
-    status = {"observedGeneration": observed, "updatedReplicas": updated, "conditions": list(conditions)}
+    status = {"observedGeneration": observed, "updatedReplicas": updated, "conditions": list(conditions),
+              "replicas": updated if total is None else total, "readyReplicas": updated if ready is None else ready,
+              "availableReplicas": (updated if ready is None else ready) if available is None else available}
     return {"metadata": meta, "spec": spec, "status": status}
 
 
@@ -26,11 +29,13 @@ DEADLINE = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlin
             "message": 'ReplicaSet "web-2" has timed out progressing.'}
 
 DEPLOYMENT_CASES = [
-    ("all new ready", deploy(), [rs("1", 0), rs("2", 3)], READY),
-    ("old ready new not", deploy(), [rs("1", 3), rs("2", 0)], PROGRESSING),
-    ("maxUnavailable 25% of 4 -> 3 ready suffice", deploy(replicas=4, updated=4), [rs("2", 3)], READY),
-    ("2 of 4 not enough", deploy(replicas=4, updated=4), [rs("2", 2)], PROGRESSING),
-    ("recreate needs all", deploy(replicas=4, updated=4, strategy={"type": "Recreate"}), [rs("2", 3)], PROGRESSING),
+    ("all new available", deploy(), [rs("1", 0), rs("2", 3)], READY),
+    ("old pods still running (kstatus)", deploy(total=4), [rs("1", 1), rs("2", 3)], PROGRESSING),
+    ("3 of 4 ready is not enough (kstatus, not Helm's maxUnavailable)", deploy(replicas=4, updated=4, ready=3), [rs("2", 3)], PROGRESSING),
+    ("ready but not yet available (minReadySeconds)", deploy(available=1), [rs("2", 3)], PROGRESSING),
+    ("observedGeneration as a string", deploy(observed="2"), [rs("2", 3)], READY),
+    ("observedGeneration not a number", deploy(observed="soon"), [rs("2", 3)], READY),
+    ("replicas not a number", deploy(total="many"), [rs("2", 3)], READY),
     ("generation not observed", deploy(gen=3, observed=2), [rs("2", 3)], PROGRESSING),
     ("no new replicaset yet", deploy(revision="3"), [rs("2", 3)], PROGRESSING),
     ("rs of another deployment", deploy(), [rs("2", 3, owner="other")], PROGRESSING),
@@ -76,19 +81,21 @@ def test_statefulset(name, obj, expected):
     assert evaluate(obj, "apps", "StatefulSet").state == expected
 
 
-def ds(desired=4, updated=4, ready=4, max_unavailable=None, gen=1, observed=1):
+def ds(desired=4, updated=4, ready=4, max_unavailable=None, gen=1, observed=1, current=None, available=None):
     rolling = {} if max_unavailable is None else {"maxUnavailable": max_unavailable}
     return {"metadata": {"name": "agent", "generation": gen},
             "spec": {"updateStrategy": {"type": "RollingUpdate", "rollingUpdate": rolling}},
             "status": {"observedGeneration": observed, "desiredNumberScheduled": desired,
-                       "updatedNumberScheduled": updated, "numberReady": ready}}
+                       "updatedNumberScheduled": updated, "numberReady": ready,
+                       "currentNumberScheduled": desired if current is None else current,
+                       "numberAvailable": ready if available is None else available}}
 
 
 DS_CASES = [
-    ("all ready", ds(), READY),
-    ("default maxUnavailable 1", ds(ready=3), READY),
-    ("two missing", ds(ready=2), PROGRESSING),
-    ("percent rounds up: 30% of 4 -> 2", ds(ready=2, max_unavailable="30%"), READY),
+    ("all available", ds(), READY),
+    ("one not ready (kstatus: all)", ds(ready=3), PROGRESSING),
+    ("ready but not available (minReadySeconds)", ds(available=3), PROGRESSING),
+    ("a node without its pod", ds(current=3), PROGRESSING),
     ("not all updated", ds(updated=3), PROGRESSING),
     ("not observed", ds(gen=2), PROGRESSING),
 ]
@@ -142,8 +149,20 @@ OTHER_CASES = [
     ("crd names clash", "apiextensions.k8s.io", "CustomResourceDefinition", {"status": {"conditions": [{"type": "NamesAccepted", "status": "False", "reason": "AlreadyInUse"}]}}, FAILED),
     ("configmap exists", "", "ConfigMap", {"metadata": {"name": "c"}, "data": {}}, READY),
     ("rbac exists", "rbac.authorization.k8s.io", "Role", {"metadata": {"name": "r"}}, READY),
-    ("custom resource without status", "example.com", "Widget", {"metadata": {"name": "w", "generation": 1}}, PROGRESSING),
-    ("custom resource empty status", "example.com", "Widget", {"metadata": {"name": "w"}, "status": {}}, PROGRESSING),
+    ("custom resource without status (kstatus, kubedog)", "example.com", "Widget", {"metadata": {"name": "w", "generation": 1}}, READY),
+    ("custom resource empty status", "example.com", "Widget", {"metadata": {"name": "w"}, "status": {}}, READY),
+    ("cr asks to wait for its controller", "example.com", "Widget", {"metadata": {"name": "w", "annotations": {"kade.io/wait-for-status": "true"}}}, PROGRESSING),
+    ("cr asks to wait (werf.io alias)", "example.com", "Widget", {"metadata": {"name": "w", "annotations": {"werf.io/wait-for-status": "true"}}}, PROGRESSING),
+    ("cr observedGeneration not a number", "example.com", "Widget", {"metadata": {"generation": 2}, "status": {"observedGeneration": "v2"}}, READY),
+    ("cr observedGeneration a float", "example.com", "Widget", {"metadata": {"generation": 2}, "status": {"observedGeneration": 1.5, "conditions": [{"type": "Ready", "status": "True"}]}}, READY),
+    ("cr Ready condition of an older generation", "example.com", "Widget", {"metadata": {"generation": 3}, "status": {"conditions": [{"type": "Ready", "status": "True", "observedGeneration": 2}]}}, PROGRESSING),
+    ("cr Ready condition of this generation", "example.com", "Widget", {"metadata": {"generation": 3}, "status": {"conditions": [{"type": "Ready", "status": "True", "observedGeneration": 3}]}}, READY),
+    ("cr ready-when holds", "example.com", "Widget", {"metadata": {"annotations": {"kade.io/ready-when": '.status.phase == "Done"'}}, "status": {"phase": "Done"}}, READY),
+    ("cr ready-when not yet (replaces the Ready condition)", "example.com", "Widget", {"metadata": {"annotations": {"kade.io/ready-when": '.status.phase == "Done"'}}, "status": {"phase": "Init", "conditions": [{"type": "Ready", "status": "True"}]}}, PROGRESSING),
+    ("cr failed-when holds", "example.com", "Widget", {"metadata": {"annotations": {"werf.io/failed-when": '.status.phase == "Error"'}}, "status": {"phase": "Error"}}, FAILED),
+    ("failed-when on a built-in kind", "", "ConfigMap", {"metadata": {"annotations": {"kade.io/failed-when": '.data.mode == "broken"'}}, "data": {"mode": "broken"}}, FAILED),
+    ("a live edit broke the rule", "example.com", "Widget", {"metadata": {"annotations": {"kade.io/ready-when": ".status.phase =="}}}, FAILED),
+    ("lb with externalIPs", "", "Service", {"spec": {"type": "LoadBalancer", "externalIPs": ["10.0.0.9"]}, "status": {"loadBalancer": {}}}, READY),
     ("cr ready", "example.com", "Widget", {"metadata": {"generation": 1}, "status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}]}}, READY),
     ("cr ready but stale generation", "example.com", "Widget", {"metadata": {"generation": 2}, "status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}]}}, PROGRESSING),
     ("cr reconciling", "example.com", "Widget", {"status": {"conditions": [{"type": "Reconciling", "status": "True"}, {"type": "Ready", "status": "True"}]}}, PROGRESSING),

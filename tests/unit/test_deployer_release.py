@@ -47,6 +47,27 @@ def test_missing_part_is_a_clear_error():
         records_from_secrets([s for s in secrets if s["metadata"]["labels"]["kade.io/part"] != "1"])
 
 
+def test_incomplete_record_is_left_out_and_named_not_fatal():
+    """A deploy that died while writing a multi-part record must not block the next one."""
+    broken = [s for s in record_secrets(record(revision=3), size=10) if s["metadata"]["labels"]["kade.io/part"] != "1"]
+    good = record_secrets(record(revision=2))
+    incomplete: list[int] = []
+    assert [r.revision for r in records_from_secrets(broken + good, incomplete)] == [2]
+    assert incomplete == [3]
+
+
+def test_records_of_older_kade_versions_still_read():
+    """The reading API (used by kade cleanup) keeps reading records without newer fields, and ignores
+    fields it does not know."""
+    import gzip
+    import json
+
+    old = {"name": "shop", "namespace": "team", "revision": 1, "status": "deployed",
+           "manifests": [{"kind": "ConfigMap", "metadata": {"name": "a"}}], "description": "", "from_the_future": 1}
+    blob = gzip.compress(json.dumps(old).encode())
+    assert decode(blob).images == {} and decode(blob).rollback_of is None
+
+
 def test_split_edges():
     assert split(b"", 4) == [b""]
     assert split(b"abcdefghij", 4) == [b"abcd", b"efgh", b"ij"]

@@ -1,15 +1,16 @@
 """Failure signals from pod status and events, and the failure budget, table-driven."""
 import pytest
 
-from deployer.signals import (EVENT_GRACE, PERSIST_INTERVAL, UNSCHEDULABLE_GRACE, FailureBudget, event_active,
-                              event_signal, pod_signals, readiness_ignore_window)
+from deployer.signals import (EVENT_GRACE, PERSIST_INTERVAL, FailureBudget, Signal, event_active, event_signal,
+                              pod_signals, readiness_ignore_window)
 
 NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 STARTED = "2027-01-15T07:59:00Z"  # 60 s before NOW
 
 
-def pod(containers=(), init=(), conditions=(), phase="Pending", probe=None, reason=None):
-    spec = {"containers": [{"name": "app", **({"readinessProbe": probe} if probe else {})}]}
+def pod(containers=(), init=(), conditions=(), phase="Pending", probe=None, reason=None, startup=None):
+    spec = {"containers": [{"name": "app", **({"readinessProbe": probe} if probe else {}),
+                            **({"startupProbe": startup} if startup else {})}]}
     status = {"phase": phase, "containerStatuses": list(containers), "initContainerStatuses": list(init),
               "conditions": list(conditions)}
     if reason:
@@ -26,8 +27,11 @@ def crashed(code=1, restarts=1, reason="Error", waiting_reason="CrashLoopBackOff
             "lastState": {"terminated": {"exitCode": code, "reason": reason}}}
 
 
-def running(ready=False, started=STARTED):
-    return {"name": "app", "ready": ready, "restartCount": 0, "state": {"running": {"startedAt": started}}}
+def running(ready=False, started=STARTED, passed_startup=None):
+    out = {"name": "app", "ready": ready, "restartCount": 0, "state": {"running": {"startedAt": started}}}
+    if passed_startup is not None:
+        out["started"] = passed_startup
+    return out
 
 
 UNSCHEDULABLE = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
@@ -47,7 +51,9 @@ CASES = [
     ("oom killed", pod([crashed(code=137, reason="OOMKilled", waiting_reason="")], phase="Running"), ["OOMKilled"]),
     ("init container failed", pod(init=[{"name": "init", "restartCount": 0, "state": {"terminated": {"exitCode": 2, "reason": "Error"}}}]), ["InitContainerFailed"]),
     ("init container crash loop", pod(init=[waiting("CrashLoopBackOff", restarts=2)]), ["CrashLoopBackOff"]),
-    ("unschedulable", pod(conditions=[UNSCHEDULABLE]), ["Unschedulable"]),
+    ("unschedulable is judged by deployer.scheduling", pod(conditions=[UNSCHEDULABLE]), []),
+    ("startup probe not passed yet: readiness not judged", pod([running(passed_startup=False)], phase="Running", probe=FAST_PROBE, startup={"periodSeconds": 10, "failureThreshold": 30}), []),
+    ("startup probe passed long ago, readiness failing", pod([running(passed_startup=True)], phase="Running", probe=FAST_PROBE, startup={"periodSeconds": 1, "failureThreshold": 3}), ["ReadinessProbeFailed"]),
     ("evicted", pod(phase="Failed", reason="Evicted"), ["Evicted"]),
     ("probe failing past window", pod([running()], phase="Running", probe=FAST_PROBE), ["ReadinessProbeFailed"]),
     ("probe failing inside window", pod([running()], phase="Running", probe={"initialDelaySeconds": 120}), []),
@@ -77,11 +83,30 @@ def test_probe_window_override():
     assert pod_signals(obj, NOW, probe_windows={"app": 300}) == []
 
 
+def test_startup_probe_window_counts_from_when_it_passed():
+    obj = pod([running(passed_startup=True)], phase="Running", probe=FAST_PROBE, startup={"periodSeconds": 10, "failureThreshold": 30})
+    assert pod_signals(obj, NOW, started_seen={("p1", "app"): NOW - 1}) == []
+    assert [s.reason for s in pod_signals(obj, NOW, started_seen={("p1", "app"): NOW - 30})] == ["ReadinessProbeFailed"]
+
+
+def test_startup_probe_window_kubedog():
+    # kubedog's calculateRealInitialDelay: the startup probe may run longer than period + initialDelay,
+    # then one readiness period is left; otherwise what is left of period + initialDelay
+    readiness = {"periodSeconds": 5, "initialDelaySeconds": 0}
+    long_startup = {"periodSeconds": 10, "failureThreshold": 30}
+    assert readiness_ignore_window(readiness, long_startup) == pytest.approx(5 + 1 + 5 + 2.5 + 1)
+    slow_readiness = {"periodSeconds": 5, "initialDelaySeconds": 100}
+    short_startup = {"periodSeconds": 1, "failureThreshold": 1}
+    startup_delay = 1 + 0 + (1 + 1 - 1) * 1 + 1 + 5
+    assert readiness_ignore_window(slow_readiness, short_startup) == pytest.approx(105 - startup_delay + 1 + 5 + 2.5 + 1)
+
+
 WINDOW_CASES = [
-    ("defaults", {}, 0 + 1 + (3 + 1 - 3) * 10 + 5 + 1),
-    ("fast probe", FAST_PROBE, 0 + 1 + (1 + 1 - 3) * 1 + 0.5 + 1),
-    ("initial delay", {"initialDelaySeconds": 30, "periodSeconds": 2}, 30 + 1 + 2 + 1 + 1),
-    ("never negative", {"failureThreshold": 1, "periodSeconds": 100, "timeoutSeconds": 1}, 0.0),
+    ("defaults", {}, 10 + 1 + (3 + 1 - 3) * 10 + 5 + 1),
+    ("fast probe", FAST_PROBE, 1 + 1 + (1 + 1 - 3) * 1 + 0.5 + 1),
+    ("initial delay", {"initialDelaySeconds": 30, "periodSeconds": 2}, 32 + 1 + 2 + 1 + 1),
+    ("never negative", {"failureThreshold": 1, "periodSeconds": 100, "timeoutSeconds": 1}, 100 + 1 - 100 + 50 + 1),
+    ("nonsense values are defaults", {"periodSeconds": "x", "timeoutSeconds": -1}, 10 + 1 + (3 + 1 - 3) * 10 + 5 + 1),
 ]
 
 
@@ -96,9 +121,11 @@ def event(reason, type_="Warning", count=1, kind="Pod", uid="e1"):
 
 
 EVENT_CASES = [
-    ("failed mount", event("FailedMount"), "FailedMount"),
-    ("failed scheduling", event("FailedScheduling"), "Unschedulable"),
-    ("failed create on rs", event("FailedCreate", kind="ReplicaSet"), "FailedCreate"),
+    ("failed mount, recurring", event("FailedMount", count=2), "FailedMount"),
+    ("failed mount once is no signal", event("FailedMount"), None),
+    ("failed scheduling is judged by deployer.scheduling", event("FailedScheduling", count=5), None),
+    ("failed create on rs", event("FailedCreate", kind="ReplicaSet", count=3), "FailedCreate"),
+    ("series count (events.k8s.io)", {**event("FailedMount"), "count": None, "series": {"count": 4}}, "FailedMount"),
     ("normal event", event("Scheduled", type_="Normal"), None),
     ("other warning", event("BackOff"), None),
 ]
@@ -110,20 +137,18 @@ def test_event_signal(name, obj, reason):
     assert (sig.reason if sig else None) == reason
 
 
-def test_scheduling_event_and_condition_are_one_occurrence_after_grace():
-    budget = FailureBudget(allowed=1)
-    budget.observe(pod_signals(pod(conditions=[UNSCHEDULABLE]), NOW), NOW)
-    budget.observe([event_signal(event("FailedScheduling"))], NOW + 1)
-    assert budget.count == 0, "a moment of Unschedulable is normal (node starting)"
-    budget.observe([event_signal(event("FailedScheduling"))], NOW + UNSCHEDULABLE_GRACE)
-    assert budget.count == 1 and not budget.exceeded
-    budget.observe(pod_signals(pod(conditions=[UNSCHEDULABLE]), NOW), NOW + UNSCHEDULABLE_GRACE + PERSIST_INTERVAL)
-    assert budget.exceeded
+def test_fatal_signal_fails_whatever_the_budget():
+    budget = FailureBudget(allowed=10)
+    sig = Signal("Unschedulable", "never fits", "web-1", key=("p1", "never"), persistent=True, grace=5, fatal=True)
+    budget.observe([sig], NOW)
+    assert not budget.exceeded
+    budget.observe([sig], NOW + 5)
+    assert budget.exceeded and budget.fatal == sig
 
 
 def test_event_signals_wait_for_their_grace():
     budget = FailureBudget(allowed=0)
-    sig = event_signal(event("FailedMount", count=1))
+    sig = event_signal(event("FailedMount", count=2))
     budget.observe([sig], NOW)
     budget.observe([event_signal(event("FailedMount", count=5))], NOW + EVENT_GRACE - 1)
     assert budget.count == 0
@@ -137,17 +162,20 @@ def ts(offset):
 
 
 ACTIVE_CASES = [
-    ("pod still creating", event("FailedMount"), pod([waiting("ContainerCreating")]), True),
-    ("pod started since", event("FailedMount"), pod([running(ready=True)], phase="Running"), False),
-    ("pod finished", event("FailedMount"), pod(phase="Succeeded"), False),
-    ("rs event recent", {**event("FailedCreate", kind="ReplicaSet"), "lastTimestamp": ts(-10)}, None, True),
-    ("rs event old", {**event("FailedCreate", kind="ReplicaSet"), "lastTimestamp": ts(-600)}, None, False),
+    ("pod still creating", {**event("FailedMount"), "lastTimestamp": ts(-10)}, pod([waiting("ContainerCreating")]), None, True),
+    ("pod still creating, event stopped recurring", {**event("FailedMount"), "lastTimestamp": ts(-600)}, pod([waiting("ContainerCreating")]), None, False),
+    ("pod started since", {**event("FailedMount"), "lastTimestamp": ts(-10)}, pod([running(ready=True)], phase="Running"), None, False),
+    ("pod finished", {**event("FailedMount"), "lastTimestamp": ts(-10)}, pod(phase="Succeeded"), None, False),
+    ("rs event recent", {**event("FailedCreate", kind="ReplicaSet"), "lastTimestamp": ts(-10)}, None, None, True),
+    ("rs event old", {**event("FailedCreate", kind="ReplicaSet"), "lastTimestamp": ts(-600)}, None, None, False),
+    ("rs created a pod after it (ServiceAccount came)", {**event("FailedCreate", kind="ReplicaSet"), "lastTimestamp": ts(-10)}, None, NOW - 5, False),
+    ("rs pods older than the failure", {**event("FailedCreate", kind="ReplicaSet"), "lastTimestamp": ts(-10)}, None, NOW - 50, True),
 ]
 
 
-@pytest.mark.parametrize("name,ev,obj,expected", ACTIVE_CASES, ids=[c[0] for c in ACTIVE_CASES])
-def test_event_active(name, ev, obj, expected):
-    assert event_active(ev, obj, NOW) is expected
+@pytest.mark.parametrize("name,ev,obj,newest,expected", ACTIVE_CASES, ids=[c[0] for c in ACTIVE_CASES])
+def test_event_active(name, ev, obj, newest, expected):
+    assert event_active(ev, obj, NOW, newest_pod=newest) is expected
 
 
 def test_budget_counts_each_crash_once():
@@ -168,7 +196,7 @@ def test_budget_counts_each_crash_once():
 
 def test_persistent_signal_counts_per_interval():
     budget = FailureBudget(allowed=2)
-    sigs = pod_signals(pod([waiting("CreateContainerConfigError")]), NOW)
+    sigs = pod_signals(pod([waiting("ImagePullBackOff")]), NOW)
     budget.observe(sigs, NOW)
     assert budget.count == 1
     budget.observe(sigs, NOW + PERSIST_INTERVAL - 0.1)
@@ -182,4 +210,15 @@ def test_image_pull_fails_on_backoff_with_default_budget():
     budget.observe(pod_signals(pod([waiting("ErrImagePull")]), NOW), NOW)
     assert not budget.exceeded
     budget.observe(pod_signals(pod([waiting("ImagePullBackOff")]), NOW + 1), NOW + 1)
+    assert budget.exceeded
+
+
+def test_missing_config_waits_for_its_grace():
+    """A Secret applied after its Deployment: CreateContainerConfigError for a while is normal."""
+    budget = FailureBudget(allowed=1)
+    sigs = pod_signals(pod([waiting("CreateContainerConfigError", message='secret "s" not found')]), NOW)
+    budget.observe(sigs, NOW)
+    budget.observe(sigs, NOW + EVENT_GRACE - 1)
+    assert budget.count == 0
+    budget.observe(sigs, NOW + EVENT_GRACE + PERSIST_INTERVAL)
     assert budget.exceeded

@@ -83,6 +83,8 @@ def test_expected_replicas():
     assert expected_replicas("apps", "Deployment", {"spec": {"replicas": 0}}) == 1
     assert expected_replicas("apps", "DaemonSet", {"spec": {}, "status": {"desiredNumberScheduled": 3}}) == 3
     assert expected_replicas("batch", "Job", {"spec": {"parallelism": 2}}) == 2
+    assert expected_replicas("apps", "Deployment", {"spec": {"replicas": "many"}}) == 1, "never a crash"
+    assert expected_replicas("apps", "DaemonSet", {"status": {"desiredNumberScheduled": 2.5}}) == 1
 
 
 def test_failure_summary_names_everything_and_strips_escapes():
@@ -148,6 +150,21 @@ def test_prune_actions_respect_keep_policy():
     assert [(r.name, a) for r, a in actions] == [("kept", "keep"), ("gone", "delete")]
 
 
+def test_prune_keeps_crds_and_namespaces_unless_asked_and_never_prunes_hooks():
+    from deployer.deploy import DeployOptions
+
+    crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition", "metadata": {"name": "w.example.com"}}
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}}
+    hook = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "migrate", "annotations": {"helm.sh/hook": "pre-upgrade"}}}
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}}
+    previous = ReleaseRecord("r", "ns", 1, "deployed", [ns, crd, hook, dep])
+    actions = _prune_actions(previous, [], DeployOptions("r", "ns"))
+    # uninstall order: reverse of Helm's install order
+    assert [(r.name, a) for r, a in actions] == [("web", "delete"), ("w.example.com", "keep"), ("team", "keep")]
+    asked = _prune_actions(previous, [], DeployOptions("r", "ns", delete_crds=True, delete_namespaces=True))
+    assert [a for _, a in asked] == ["delete", "delete", "delete"]
+
+
 @pytest.mark.parametrize("name,ok", [("web", True), ("a", True), ("my-app-2", True), ("Web", False), ("-x", False),
                                      ("x" * 41, False), ("a.b", False), ("", False)])
 def test_release_names(name, ok):
@@ -167,7 +184,7 @@ def test_release_names(name, ok):
     ("", "ConfigMap", {}, False),
 ])
 def test_which_kinds_settle(group, kind, obj, expected):
-    from deployer.tracker import needs_settle
+    from deployer.verdict import needs_settle
 
     assert needs_settle(group, kind, obj) is expected
 

@@ -260,6 +260,9 @@ NO_ROOTFS = {
     "backends/context_upload.py": "the context and the pod's fresh context dir",
     "build.py": "blobs, layouts and work dirs of the cache",
     "reproducible.py": "the OCI layouts of its two builds", "epoch.py": "no files at all",
+    "attest.py": "blobs of the local cache", "provenance.py": "no files at all",
+    **{f"sbom/{m}.py": "layer blobs read as tar streams, and its own state in the cache"
+       for m in ("documents", "golang", "licenses", "packages", "walk")},
 }
 # In the modules that do work on rootfs trees, the path calls that are not on one, and why.
 ALLOWED = {
