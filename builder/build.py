@@ -22,9 +22,9 @@ import subprocess
 import tempfile
 import threading
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -32,6 +32,7 @@ from builder import image_config as ic
 from builder.cache import LocalCache
 from builder.context import BuildContext
 from builder.dockerfile import parse_file
+from builder.epoch import created_at, rfc3339, source_date_epoch
 from builder.errors import BuildError, StepFailedError
 from builder.keys import is_step_key
 from builder.plan import DEFAULT_PLATFORM, BaseImage, Plan, PlannedStage, Step, make_plan
@@ -75,6 +76,7 @@ class BuildOptions:
     annotations: dict[str, str] = field(default_factory=dict)  # extra manifest annotations of the final image
     labels: dict[str, str] = field(default_factory=dict)  # extra config labels of the final image (not in keys)
     sandbox: Callable[..., int] | None = None  # runs RUN commands; None: builder.sandbox.run_in_rootfs
+    epoch: int | None = None  # SOURCE_DATE_EPOCH for this build; None: the environment's (builder/epoch.py)
     supply: Any = None  # builder.attest.SupplyOptions: SBOM, provenance, signing of pushed images; None: none
 
 
@@ -120,17 +122,6 @@ def git_revision(path: Path) -> tuple[str | None, str | None]:
     return commit, (branch if branch and branch != "HEAD" else None)
 
 
-def _utc_now() -> datetime:
-    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    if epoch.isdigit():
-        return datetime.fromtimestamp(int(epoch), timezone.utc)
-    return datetime.now(timezone.utc)
-
-
-def _rfc3339(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class Builder:
     def __init__(self, options: BuildOptions, report: Report, client: RegistryClient | None = None):
         self.o = options
@@ -148,7 +139,7 @@ class Builder:
         self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
         self.root_lock = threading.Lock()
         self.fetch_pool: cancel.Pool | None = None  # layer downloads unpacked while they run
-        self.epoch = _epoch()
+        self.epoch = options.epoch if options.epoch is not None else source_date_epoch()
         if options.tags:
             self.stages_repo = options.repo or stages_repo_for(options.tags[0])
         else:
@@ -210,8 +201,9 @@ class Builder:
 
     @contextmanager
     def session(self) -> Iterator[None]:
-        """Holds the local cache's shared lock (against `kade cache prune`) and removes work dirs after."""
-        with self.cache.lock("global", shared=True):
+        """Holds the local cache's shared lock (against `kade cache prune`) and removes work dirs after;
+        files are created with umask 022 meanwhile, whatever the caller's (see `build_umask`)."""
+        with build_umask(), self.cache.lock("global", shared=True):
             try:
                 yield
             finally:
@@ -333,7 +325,8 @@ class Builder:
         self.work_dirs.append(holder)
         rootfs = holder / "rootfs"
         if image is None:
-            rootfs.mkdir()
+            rootfs.mkdir(mode=0o755)
+            os.chmod(rootfs, 0o755)  # FROM scratch: `/` is 0755, whatever the umask
             return rootfs
         refs = self._layer_refs(image, "copied from")
         self.cache.rootfs_store.materialize(refs, rootfs, save=self._keepable(image))
@@ -437,9 +430,10 @@ class Builder:
                 elif spec.from_image is not None:
                     img = self.load_image(spec.from_image.ref, spec.from_image.digest)
                     from_root = self.stage_rootfs(None, img)
-                changes = ex.copy_step(rootfs, spec, workdir, from_root)
+                changes = ex.copy_step(rootfs, spec, workdir, from_root, context_root=self.ctx.root,
+                                       epoch=self.epoch)
             elif step.kind == "workdir":
-                changes = ex.ensure_dir(rootfs, workdir)
+                changes = ex.ensure_dir(rootfs, workdir, epoch=self.epoch)
         except StepFailedError as exc:
             if self.o.keep_failed:
                 self.work_dirs.remove(rootfs.parent)
@@ -469,8 +463,18 @@ class Builder:
         except DownloadError as exc:
             raise BuildError(f"ADD {exc}", hint="check the URL and its --checksum") from None
 
-    def _cache_mount(self, mount_id: str) -> Path:
-        return self.cache.mount_dir(mount_id)
+    def _cache_mount(self, mount_id: str, sharing: str, stack: ExitStack) -> Path:
+        """The directory of a cache mount for one RUN (BuildKit's sharing modes): `shared` the cache
+        itself; `locked` the cache once no other step holds it; `private` the cache unless another
+        step holds it, else a fresh directory dropped after the step."""
+        if sharing == "shared":
+            return self.cache.mount_dir(mount_id)
+        held = stack.enter_context(self.cache.lock(f"mount:{mount_id}", wait=sharing == "locked"))
+        if held:
+            return self.cache.mount_dir(mount_id)
+        private = self.cache.work_dir("cache-private-")
+        stack.callback(shutil.rmtree, private, True)
+        return private
 
     def _mount_root(self, ref: str, _unused: object) -> Path:
         for label in self.plan.stages:
@@ -561,13 +565,13 @@ class Builder:
         if final is None:
             raise BuildError("the target stage is an empty scratch image: nothing to publish",
                              file=plan.dockerfile.path)
-        now = _utc_now()
+        now = created_at(self.epoch)
         commit, branch = self.o.revision if self.o.revision is not None else git_revision(self.o.context)
-        cfg = ic.set_created(final.config, _rfc3339(now))
+        cfg = ic.set_created(final.config, rfc3339(now))
         if self.o.labels:
             cfg = ic.set_labels(cfg, sorted(self.o.labels.items()))
         config_bytes = ic.config_bytes(cfg)
-        annotations = {**self.o.annotations, ANNOTATION_CREATED: _rfc3339(now)}
+        annotations = {**self.o.annotations, ANNOTATION_CREATED: rfc3339(now)}
         if commit:
             annotations[ANNOTATION_REVISION] = commit
         manifest = Manifest(config=Descriptor(mt.OCI_CONFIG, sha256_digest(config_bytes), len(config_bytes)),
@@ -642,6 +646,27 @@ class Builder:
             self.cache.discard(d)
 
 
+_umask_lock = threading.Lock()
+_umask_users: list[int] = []  # the caller's umask, once per build running in this process
+
+
+@contextmanager
+def build_umask() -> Iterator[None]:
+    """umask 022 while builds run (as BuildKit's daemon has it): what a build creates (rootfs trees,
+    overlay dirs, mountpoints, cache dirs) never takes its mode from the caller's umask, so layers
+    don't either. Builds running at once share it; the caller's comes back when the last ends."""
+    with _umask_lock:
+        previous = os.umask(0o022)
+        _umask_users.append(previous if not _umask_users else _umask_users[0])
+    try:
+        yield
+    finally:
+        with _umask_lock:
+            first = _umask_users.pop()
+            if not _umask_users:
+                os.umask(first)
+
+
 def missing_steps(ps: PlannedStage, hits: set[str]) -> list[Step]:
     """The steps after the last cached one (lookup goes on after a miss, so a later hit counts)."""
     last = max((i for i, st in enumerate(ps.steps) if st.key in hits), default=-1)
@@ -692,11 +717,6 @@ def needed_stages(plan: Plan, hits: set[str]) -> set[str]:
                 if ref in plan.stages:
                     todo.append(ref)
     return needed
-
-
-def _epoch() -> int | None:
-    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
-    return int(value) if value.isdigit() else None
 
 
 def _oci_layer(d: Descriptor) -> Descriptor:

@@ -67,14 +67,19 @@ class LocalCache:
         return RootfsStore(self.root / "rootfs")
 
     @contextlib.contextmanager
-    def lock(self, name: str, shared: bool = False) -> Iterator[None]:
-        """An inter-process lock (flock) named by a digest, mount id, ..."""
+    def lock(self, name: str, shared: bool = False, wait: bool = True) -> Iterator[bool]:
+        """An inter-process lock (flock) named by a digest, mount id, ...; yields whether it is held
+        (always, unless `wait` is False and another holder has it)."""
         safe = hashlib.sha256(name.encode()).hexdigest()[:32]
         path = self.root / "locks" / f"{safe}.lock"
         with open(path, "a+b") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             try:
-                yield
+                fcntl.flock(f.fileno(), (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 

@@ -153,6 +153,7 @@ class Source:
     path: Path
     is_dir: bool
     entries: tuple[Entry, ...]
+    keep: str = ""  # COPY --parents: the parent path it keeps under the destination
 
 
 UrlFetcher = Callable[[str, "str | None"], Path]  # (url, expected sha256 digest or None) -> local file
@@ -213,6 +214,10 @@ class BuildContext:
         for i, part in enumerate(parts):
             nxt = []
             rx = re.compile(compile_pattern(part))
+            if part == "**":  # any number of directories, none included (COPY --parents ./src/**/*.txt)
+                nxt = [sub for base in current for sub in self._below(base)]
+                current = nxt
+                continue
             for base in current:
                 d = self.root / base if base else self.root
                 if not _GLOB_CHARS.search(part):
@@ -229,6 +234,15 @@ class BuildContext:
                         nxt.append(f"{base}/{name}" if base else name)
             current = nxt
         return [c for c in current if not self.ignore.excluded(c)]
+
+    def _below(self, base: str) -> list[str]:
+        """`base` and every directory under it (symlinks not followed), context-relative."""
+        out = [base]
+        for dirpath, dirs, _files in os.walk(self.root / base if base else self.root):
+            dirs.sort()
+            rel_dir = os.path.relpath(dirpath, self.root)
+            out.extend(name if rel_dir == "." else f"{rel_dir}/{name}" for name in dirs)
+        return out
 
     def _source(self, rel: str) -> Source:
         path = self.root / rel if rel != "." else self.root
@@ -286,18 +300,34 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def exclude_sources(sources: list[Source], patterns: list[str]) -> list[Source]:
+    """COPY --exclude: drop the sources and entries a pattern matches (dockerignore syntax), matched
+    against the context-relative path and the path inside the source."""
+    if not patterns:
+        return sources
+    rules = IgnoreRules(parse_ignore("\n".join(patterns), "--exclude"))
+    kept = []
+    for src in sources:
+        if rules.excluded(src.rel) or rules.excluded(posixpath.basename(src.rel)):
+            continue
+        entries = tuple(e for e in src.entries if not e.rel or not (
+            rules.excluded(e.rel) or rules.excluded(f"{src.rel}/{e.rel}" if src.rel != "." else e.rel)))
+        kept.append(Source(src.rel, src.path, src.is_dir, entries, src.keep))
+    return kept
+
+
 def hash_sources(sources: list[Source], uid: int = 0, gid: int = 0,
-                 chmod: int | None = None) -> list[tuple[str, str, int, int, int, str]]:
+                 chmod: "Callable[[int, bool], int] | None" = None) -> list[tuple[str, str, int, int, int, str]]:
     """(path, kind, mode, uid, gid, sha256|link) for every selected entry, sorted; never mtime.
 
     uid/gid are the ownership the copy will have (0:0 unless --chown), so the key doesn't depend on
-    who checked the context out.
+    who checked the context out; `chmod` gives the mode --chmod makes of each entry's.
     """
     rows = []
     for src in sources:
         for e in src.entries:
             path = f"{src.rel}/{e.rel}" if e.rel else src.rel
-            mode = chmod if chmod is not None and e.kind != "symlink" else e.mode
+            mode = chmod(e.mode, e.kind == "dir") if chmod is not None and e.kind != "symlink" else e.mode
             if e.kind == "file":
                 digest = sha256_file(e.path)
             elif e.kind == "symlink":

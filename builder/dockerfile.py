@@ -19,15 +19,22 @@ KNOWN = {
     "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
     "MAINTAINER", "ONBUILD", "RUN", "SHELL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR",
 }
-# Flags each instruction accepts (name -> takes a value). Anything else is a syntax error.
+# Flags each instruction accepts (name -> needs a value; False: a boolean, `--f` or `--f=true|false`).
+# These are the flags of the Dockerfile reference (frontend 1.x); anything else is a syntax error.
+# What kade then refuses of them (ADD --keep-git-dir, RUN --device, ...) plan.py refuses with the reason.
 FLAGS: dict[str, dict[str, bool]] = {
     "FROM": {"platform": True},
-    "COPY": {"from": True, "chown": True, "chmod": True, "link": False},
-    "ADD": {"chown": True, "chmod": True, "link": False, "checksum": True},
-    "RUN": {"mount": True, "network": True},
+    "COPY": {"from": True, "chown": True, "chmod": True, "link": False, "parents": False, "exclude": True},
+    "ADD": {"chown": True, "chmod": True, "link": False, "checksum": True, "keep-git-dir": False, "unpack": False,
+            "exclude": True},
+    "RUN": {"mount": True, "network": True, "security": True, "device": True},
     "HEALTHCHECK": {"interval": True, "timeout": True, "start-period": True, "start-interval": True,
                     "retries": True},
 }
+REPEATABLE = {"mount", "exclude", "device"}  # stored as mount0, mount1, ... (in order)
+# `# syntax=` values kade honours: the stable (or upstream/labs) 1.x Dockerfile frontend, by tag or digest
+_FRONTEND_1X = re.compile(r"((docker\.io/)?docker/dockerfile(-upstream)?(:1(\.\d+){0,2}(-labs)?)?"
+                          r"(@sha256:[0-9a-f]{64})?)")
 _ESCAPE_DIRECTIVE = re.compile(r"^#\s*escape\s*=\s*(\S)\s*$", re.IGNORECASE)
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _HEREDOC_MARK = re.compile(r"(\d?)<<(-?)(\"|')?([A-Za-z0-9_.-]+)\3?")
@@ -67,6 +74,22 @@ class Instruction:
         if value is None:
             return default
         return value if isinstance(value, str) else "true"
+
+    def flag_values(self, name: str) -> list[str]:
+        """Every value of a repeatable flag (--mount, --exclude, --device), in order."""
+        return [str(self.flags[k]) for k in sorted((k for k in self.flags if k.startswith(name) and
+                                                    k[len(name):].isdigit()), key=lambda k: int(k[len(name):]))]
+
+    def flag_bool(self, name: str) -> bool:
+        """A boolean flag: absent false, `--f` true, `--f=true|false` as written; anything else an error."""
+        value = self.flags.get(name)
+        if value is None or value is False:
+            return False
+        if value is True or str(value).lower() in ("true", "1"):
+            return True
+        if str(value).lower() in ("false", "0"):
+            return False
+        raise self.error(f"--{name}={value}: expected true or false")
 
     def error(self, message: str, hint: str | None = None) -> DockerfileSyntaxError:
         return DockerfileSyntaxError(f"{self.cmd}: {message}", file=self.file, line=self.line, hint=hint)
@@ -120,6 +143,11 @@ def parse_string(text: str, path: str = "Dockerfile") -> Dockerfile:
     escape = directives.get("escape", "\\")
     if escape not in ("\\", "`"):
         raise DockerfileSyntaxError(f"invalid escape directive {escape!r}: use \\ or `", file=path, line=1)
+    syntax = directives.get("syntax")
+    if syntax and not _FRONTEND_1X.fullmatch(syntax):
+        raise DockerfileSyntaxError(f"# syntax={syntax}: kade reads Dockerfiles with BuildKit's own parser, as the "
+                                    "docker/dockerfile:1 frontend does; it cannot run another frontend",
+                                    file=path, line=1, hint="use # syntax=docker/dockerfile:1 or drop the line")
     commands = _parse_or_locate(text, path)
     instructions = [_convert(c, path) for c in commands]
     global_args: list[Instruction] = []
@@ -246,8 +274,8 @@ def _flags(cmd: str, raw: tuple[str, ...], path: str, line: int) -> dict[str, st
             raise DockerfileSyntaxError(f"unknown flag: --{name} for {cmd}", file=path, line=line)
         if allowed[name] and not eq:
             raise DockerfileSyntaxError(f"--{name} for {cmd} needs a value (--{name}=...)", file=path, line=line)
-        if name == "mount":  # RUN may carry several --mount flags
-            out[f"mount{sum(1 for k in out if k.startswith('mount'))}"] = value
+        if name in REPEATABLE:  # RUN may carry several --mount flags, COPY several --exclude
+            out[f"{name}{sum(1 for k in out if k.startswith(name) and k[len(name):].isdigit())}"] = value
             continue
         out[name] = value if eq else True
     return out

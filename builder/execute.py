@@ -8,20 +8,28 @@ known exactly, no tree diff needed); RUN goes through the sandbox and the snapsh
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import stat
 import tarfile
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import zstandard
+
 from builder import image_config as ic
 from builder.changes import Change
 from builder.errors import BuildError, StepFailedError
+from builder.context import Source
 from builder.plan import CopySpec, Step
 from builder.plan import Mount as PlanMount
+from builder.modes import parse_chmod
+from builder.rootfs_ops import (Meta, Override, Parts, Root, TreeCopy, image_path, replace_with_file, set_meta,
+                                split)
 
 OUTPUT_TAIL = 20  # last output lines kept for the error of a failed RUN
 TAIL_LINE_MAX = 2000  # characters of each of those lines
@@ -75,7 +83,7 @@ class RunContext:
     """What a RUN needs from the outside world besides the rootfs."""
     secrets: dict[str, bytes] = field(default_factory=dict)
     ssh_socket: str | None = None
-    cache_dir: Callable[[str], Path] | None = None  # mount id -> persistent dir
+    cache_dir: Callable[[str, str, ExitStack], Path] | None = None  # (mount id, sharing, the step's exits) -> dir
     stage_rootfs: Callable[[str | None, object], Path] | None = None  # (stage label, image) -> dir
     context_root: Path | None = None
     report: Callable[..., None] | None = None
@@ -95,6 +103,8 @@ def apply_layers(rootfs: Path, blobs: list[tuple[Path, str, str]]) -> None:
 
 
 # -- COPY / ADD / WORKDIR -------------------------------------------------------------------------
+# Every file operation goes through builder.rootfs_ops: paths resolve inside the rootfs (and inside
+# the source rootfs or the context for what is read), never through a symlink onto the host.
 
 def _owner(spec: str | None, rootfs: Path) -> tuple[int, int]:
     if not spec:
@@ -104,185 +114,232 @@ def _owner(spec: str | None, rootfs: Path) -> tuple[int, int]:
         uid = int(user)
         return uid, int(group) if group else uid
     resolved = ic.resolve_user(rootfs, spec)
-    if group:
-        return resolved.uid, resolved.gid
     return resolved.uid, resolved.gid
 
 
-def _resolve_parent(rootfs: Path, path: str, created: list[str]) -> Path:
-    """Host path of the parent directory of image path `path`, created if missing, never outside rootfs."""
-    from builder.rootpath import resolve
-
-    def on_create(parts: list[bytes]) -> None:
-        created.append(os.fsdecode(b"/".join(parts)))
-
-    parent, _last = resolve(rootfs, path, create_parents=True, on_create=on_create)
-    return Path(parent)
+def made_time(epoch: int | None) -> int:
+    """The mtime (ns) of what a step makes up rather than copies (WORKDIR and COPY's new parent
+    directories, heredoc and URL files): SOURCE_DATE_EPOCH, else 0, so the same key gives the same
+    layer on any machine."""
+    return (epoch or 0) * 1_000_000_000
 
 
-def _inside(rootfs: Path, host: Path) -> str:
-    """The image path of a host path under rootfs."""
-    return "/" + str(host.relative_to(rootfs)) if host != rootfs else "/"
+def _changes(root: Root, parts_list: list[Parts]) -> list[Change]:
+    return [Change(path=image_path(p), source=root.host_path(p)) for p in parts_list if p]
 
 
-def ensure_dir(rootfs: Path, path: str, uid: int = 0, gid: int = 0) -> list[Change]:
-    """mkdir -p inside the rootfs; returns the changes for what was created."""
-    if path.strip("/") == "":
-        return []
-    created: list[str] = []
-    parent = _resolve_parent(rootfs, path.rstrip("/") + "/x", created)
-    changes = []
-    for rel in created:
-        host = rootfs / rel
-        if uid or gid:
-            os.lchown(host, uid, gid)
-        changes.append(Change(path=rel, source=str(host)))
-    del parent
-    return changes
+def ensure_dir(rootfs: Path, path: str, uid: int = 0, gid: int = 0, epoch: int | None = None) -> list[Change]:
+    """mkdir -p inside the rootfs (symlinks followed inside it); the changes for what was created."""
+    with Root(rootfs) as root:
+        try:
+            created = root.makedirs(path, Meta(uid, gid, 0o755, made_time(epoch)))
+        except OSError as exc:
+            raise BuildError(f"cannot create the directory {path}: {exc.strerror}: {exc.filename}",
+                             hint="a symlink loop or a file where a directory is needed") from None
+        return _changes(root, created)
 
 
-def _copy_entry(src: Path, kind: str, dst: Path, uid: int, gid: int, chmod: int | None) -> None:
-    if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
-        dst.unlink()
-    elif dst.is_dir() and kind != "dir":
-        shutil.rmtree(dst)
-    if kind == "symlink":
-        os.symlink(os.readlink(src), dst)
-        os.lchown(dst, uid, gid)
-        return
-    if kind == "dir":
-        if not dst.is_dir():
-            dst.mkdir()
-    else:
-        shutil.copyfile(src, dst, follow_symlinks=True)
-    os.lchown(dst, uid, gid)  # before chmod: chown clears setuid/setgid bits
-    os.chmod(dst, chmod if chmod is not None else stat.S_IMODE(src.stat().st_mode))
+@dataclass
+class _Item:
+    """One COPY/ADD source: an entry inside `root`, or literal `data` (a heredoc)."""
+    name: bytes                     # its base name (a file's name inside a directory destination)
+    root: Root | None = None
+    parts: Parts = ()
+    is_dir: bool = False
+    only: list[Parts] | None = None  # a context directory: the entries .dockerignore keeps
+    data: bytes | None = None
+    archive: bool = False
+    keep: Parts = ()                # COPY --parents: the parent path kept under the destination
 
 
-def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None) -> list[Change]:
-    """COPY/ADD into the rootfs with Docker's destination rules; returns the changes."""
+def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None, *,
+              context_root: Path | None = None, epoch: int | None = None) -> list[Change]:
+    """COPY/ADD into the rootfs with Docker's destination rules; returns the changes.
+
+    The destination resolves inside the rootfs, a final symlink included (BuildKit's RootPath): an
+    existing directory there receives the sources, anything else is replaced. Files keep their
+    source's mtime (clamped to `epoch`), modes unless --chmod, owner 0:0 (a --from source's own owner)
+    unless --chown; directories this step creates get the --chown owner (else 0:0). `context_root` is
+    where the context sources live."""
     dest = spec.dest if spec.dest.startswith("/") else (workdir.rstrip("/") + "/" + spec.dest)
-    dest_is_dir = spec.dest.endswith("/") or spec.dest in (".", "./")
+    dest_is_dir = spec.dest.endswith("/") or spec.dest in (".", "./") or len(spec.sources) + \
+        len(spec.from_paths) + len(spec.heredocs) > 1 or spec.parents
     uid, gid = _owner(spec.chown, rootfs)
-    changes: dict[str, Change] = {}
-    created: list[str] = []
+    chmod = parse_chmod(spec.chmod_text)[1] if spec.chmod_text else (
+        None if spec.chmod is None else parse_chmod(f"{spec.chmod:o}")[1])
+    # COPY --from keeps the owners the source stage or image gave its files (BuildKit, Docker since 18.09)
+    override = Override(uid, gid, chmod, epoch, keep_owner=from_root is not None and not spec.chown,
+                        skip=_excluder(spec.excludes) if spec.from_paths else None)
+    made = Meta(uid, gid, 0o755, made_time(epoch))
+    opened: list[Root] = []
+    try:
+        with Root(rootfs) as root:
+            items = _items(spec, from_root, context_root, opened)
+            written: list[Parts] = []
+            created: list[Parts] = []
+            for item in items:
+                _copy_item(root, item, dest, dest_is_dir, override, made, written, created)
+            return _changes(root, list(dict.fromkeys(created + written)))
+    except OSError as exc:
+        raise BuildError(f"{'ADD' if spec.add else 'COPY'} to {dest}: {exc.strerror}: {exc.filename}",
+                         hint="check the destination in the image (a symlink loop, a file where a "
+                              "directory is needed)") from None
+    finally:
+        for r in opened:
+            r.close()
 
-    def record(host: Path) -> None:
-        rel = str(host.relative_to(rootfs))
-        changes[rel] = Change(path=rel, source=str(host))
 
-    def target_for(name: str, is_dir_source: bool) -> Path:
-        # existing directory at dest, or dest ending in '/' -> put inside it
-        parent = _resolve_parent(rootfs, dest.rstrip("/") + "/x", created) if (dest_is_dir or is_dir_source) else None
-        if parent is not None:
-            return parent if is_dir_source else parent / name
-        p = _resolve_parent(rootfs, dest, created)
-        last = Path(dest.rstrip("/")).name
-        if (p / last).is_dir() and not (p / last).is_symlink():
-            return p / last / name
-        return p / last
+def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, opened: list[Root]) -> list[_Item]:
+    def open_root_of(path: Path) -> Root:
+        r = Root(path)
+        opened.append(r)
+        return r
 
-    items: list[tuple[Path, str, list[tuple[str, Path, str]]]] = []
+    items: list[_Item] = []
     if from_root is not None:
-        from builder.rootpath import resolve
-        for rel in spec.from_paths:
-            parent, last = resolve(from_root, rel)
-            host = Path(parent) / os.fsdecode(last)
-            if not os.path.lexists(host):
+        src = open_root_of(from_root)
+        for i, rel in enumerate(spec.from_paths):
+            try:
+                parts = src.resolve(rel)  # the named source is followed, inside the source rootfs
+                st = src.lstat(parts)
+            except OSError:
+                st = None
+            if st is None:
                 raise BuildError(f"COPY --from: {rel!r} not found in {spec.from_stage or 'the source image'}",
                                  hint="check the path inside the source stage")
-            real = host if not host.is_symlink() else Path(os.path.realpath(host))
-            if not str(real).startswith(str(from_root)):
-                real = host
-            items.append(_local_items(real))
-    else:
-        for src in spec.sources:
-            is_url = src.rel.startswith(("http://", "https://"))
-            if spec.add and not src.is_dir and not is_url and _is_archive(src.path):
-                items.append((src.path, "archive", []))
-                continue
-            entries = [(e.rel, e.path, e.kind) for e in src.entries if e.rel]
-            items.append((src.path, "dir" if src.is_dir else "file", entries))
-    for name, body in spec.heredocs:
-        items.append((Path(name), "heredoc", [("", Path(name), body)]))
-
-    for src_path, kind, entries in items:
-        if kind == "archive":
-            target = target_for(src_path.name, True)
-            target.mkdir(parents=True, exist_ok=True)
-            _extract_archive(src_path, target, rootfs, record)
+            is_dir = stat.S_ISDIR(st.st_mode)
+            keep = tuple(split(spec.from_keep[i])) if spec.from_keep else ()
+            items.append(_Item(name=parts[-1] if parts else b"", root=src, parts=parts, is_dir=is_dir,
+                               keep=keep if is_dir else keep[:-1]))
+    ctx = None
+    for s in spec.sources:
+        if s.rel.startswith(("http://", "https://")):  # a downloaded file, alone in its folder
+            name = os.fsencode(s.path.name)
+            where = open_root_of(s.path.parent)
+            items.append(_Item(name=name, root=where, parts=(name,),
+                               archive=bool(spec.add and spec.unpack and _is_archive(where, (name,)))))
             continue
-        if kind == "heredoc":
-            target = target_for(str(src_path), False)
-            target.write_text(entries[0][2])
-            os.lchown(target, uid, gid)
-            os.chmod(target, spec.chmod if spec.chmod is not None else 0o644)
-            record(target)
-            continue
-        if kind == "dir":
-            target = target_for(src_path.name, True)
-            if not target.exists():
-                target.mkdir(parents=True)
-                os.lchown(target, uid, gid)
-            record(target)
-            for rel, host, ekind in entries:
-                dst = target / rel
-                _copy_entry(host, ekind, dst, uid, gid, spec.chmod)
-                record(dst)
+        if ctx is None:
+            if context_root is None:
+                raise ValueError("copy_step: context sources need the context_root they live in")
+            ctx = open_root_of(context_root.resolve())
+        parts = tuple(split(str(s.path.relative_to(ctx.path)))) if s.path != ctx.path else ()
+        keep = tuple(split(s.keep))
+        name = os.fsencode(posixpath.basename(s.rel))  # a symlink named as a source: copied under its own name
+        if spec.add and not s.is_dir and spec.unpack is not False and _is_archive(ctx, parts):
+            items.append(_Item(name=name, root=ctx, parts=parts, archive=True, keep=keep))
+        elif s.is_dir:
+            items.append(_Item(name=name, root=ctx, parts=parts, is_dir=True,
+                               only=[tuple(split(e.rel)) for e in s.entries if e.rel], keep=keep))
         else:
-            target = target_for(src_path.name, False)
-            _copy_entry(src_path, "file", target, uid, gid, spec.chmod)
-            record(target)
-    for rel in created:
-        host = rootfs / rel
-        if uid or gid:
-            os.lchown(host, uid, gid)
-        changes.setdefault(rel, Change(path=rel, source=str(host)))
-    return list(changes.values())
+            items.append(_Item(name=name, root=ctx, parts=parts, keep=keep))
+    for name, body in spec.heredocs:
+        items.append(_Item(name=os.fsencode(name), data=body.encode("utf-8", "surrogateescape")))
+    return items
 
 
-def _local_items(root: Path) -> tuple[Path, str, list[tuple[str, Path, str]]]:
-    if not root.is_dir():
-        return root, "file", []
-    entries: list[tuple[str, Path, str]] = []
-    queue = deque([(root, "")])
-    while queue:
-        d, sub = queue.popleft()
-        for name in sorted(os.listdir(d)):
-            p = d / name
-            rel = f"{sub}/{name}" if sub else name
-            st = os.lstat(p)
-            if stat.S_ISDIR(st.st_mode):
-                entries.append((rel, p, "dir"))
-                queue.append((p, rel))
-            elif stat.S_ISLNK(st.st_mode):
-                entries.append((rel, p, "symlink"))
-            elif stat.S_ISREG(st.st_mode):
-                entries.append((rel, p, "file"))
-    entries.sort()
-    return root, "dir", entries
+def _excluder(patterns: list[str]) -> Callable[[Parts], bool] | None:
+    """COPY --from --exclude: whether a path inside the copied source is excluded."""
+    if not patterns:
+        return None
+    from builder.context import IgnoreRules, parse_ignore
+
+    rules = IgnoreRules(parse_ignore("\n".join(patterns), "--exclude"))
+    return lambda parts: rules.excluded(image_path(parts))
 
 
-def _is_archive(path: Path) -> bool:
+def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: Override, made: Meta,
+               written: list[Parts], created: list[Parts]) -> None:
+    if item.keep:  # COPY --parents: into dest/<kept parents>/
+        dest = dest.rstrip("/") + "/" + image_path(item.keep) + "/"
+        dest_is_dir = True
+    target = root.resolve(dest)
+    existing = root.lstat(target)
+    into_dir = existing is not None and stat.S_ISDIR(existing.st_mode)
+    if item.is_dir or item.archive:  # into the destination directory, created when missing
+        if not into_dir:
+            created.extend(root.makedirs(target, made))
+        if item.archive:
+            _extract_archive(root, item, target, override, made, written)
+            return
+        assert item.root is not None
+        with root.parent(target) if target else _the_root(root) as (parent, name, base):
+            TreeCopy(item.root, root, override, written).copy(item.parts, parent, name, base, only=item.only)
+        return
+    if into_dir or dest_is_dir:
+        target = target + (item.name,)
+    with root.parent(target, create=True, meta=made, created=created) as (parent, name, base):
+        if item.data is None:
+            assert item.root is not None
+            TreeCopy(item.root, root, override, written).copy(item.parts, parent, name, base)
+            return
+        fd = replace_with_file(parent, name)
+        try:
+            os.write(fd, item.data)
+            mode = 0o644 if override.modes is None else override.modes(0o644, False)
+            set_meta(fd, Meta(override.uid, override.gid, mode, made.mtime_ns))
+        finally:
+            os.close(fd)
+        written.append(base + (name,))
+
+
+@contextmanager
+def _the_root(root: Root) -> Iterator[tuple[int, bytes, Parts]]:
+    """The destination `/` itself, as (parent fd, name, base): an empty name is the directory itself."""
+    yield root.fd, b"", ()
+
+
+def _is_archive(ctx: Root, parts: Parts) -> bool:
+    """A tar (plain, gzip, bzip2, xz or zstd), by its first header: ADD extracts it."""
+    import io
+
+    from builder.unpack import open_decompressed
+
+    fd = ctx.open_file(parts)
+    if fd is None:
+        return False
     try:
-        return tarfile.is_tarfile(path)
-    except OSError:
+        with os.fdopen(fd, "rb") as stream:
+            head = open_decompressed(stream).read(512)
+        with tarfile.open(fileobj=io.BytesIO(head.ljust(1024, b"\0")), mode="r:") as tf:
+            return tf.next() is not None
+    except (tarfile.TarError, OSError, EOFError, ValueError, zstandard.ZstdError):
         return False
 
 
-def _extract_archive(archive: Path, target: Path, rootfs: Path, record: Callable[[Path], None]) -> None:
+def _extract_archive(root: Root, item: _Item, target: Parts, override: Override, made: Meta,
+                     written: list[Parts]) -> None:
     """ADD of a local tar (plain, gzip, bzip2, xz or zstd), extracted as `tar -x` would into `target`,
-    through the layer unpacker: ownership, modes, absolute symlinks and (as root) devices are kept, as a
-    rootfs tarball (`FROM scratch` + `ADD rootfs.tar.xz /`) needs, while every path is resolved inside
-    `target`, so nothing lands outside it; archive-bomb limits apply. Whiteout names are honoured."""
+    through the layer unpacker: modes, absolute symlinks and (as root) devices are kept, as a rootfs
+    tarball (`FROM scratch` + `ADD rootfs.tar.xz /`) needs; owners are the archive's, or --chown's
+    (as BuildKit does); every path is resolved inside `target`, so nothing lands outside it;
+    archive-bomb limits apply. Whiteout names are honoured."""
     from builder.unpack import apply_layer
 
-    with open(archive, "rb") as stream:
-        apply_layer(stream, target, digest=f"ADD {archive.name}")
-    for dirpath, dirs, files in os.walk(target):
-        for name in dirs + files:
-            record(Path(dirpath) / name)
-    record(target)
+    assert item.root is not None
+    fd = item.root.open_file(item.parts)
+    if fd is None:
+        raise BuildError(f"ADD {os.fsdecode(item.name)}: not a regular file")
+    tfd = root.open_dir(target)
+    try:
+        with os.fdopen(fd, "rb") as stream:
+            result = apply_layer(stream, f"/proc/self/fd/{tfd}", digest=f"ADD {os.fsdecode(item.name)}",
+                                 owner=(override.uid, override.gid) if override.uid or override.gid else None,
+                                 track=True)
+        if b"" not in result.paths:  # the target directory itself: modified, so given a fixed time
+            os.utime(tfd, ns=(made.mtime_ns or 0, made.mtime_ns or 0))
+        written.append(target)
+        with Root(f"/proc/self/fd/{tfd}") as extracted:  # an entry's parents as they resolved (symlinks)
+            entries = {tuple(p.split(b"/")) for p in result.paths if p}
+            for parts in sorted(entries):
+                where = extracted.resolve(parts[:-1]) + parts[-1:]
+                for parent in (where[:i] for i in range(1, len(where))):  # directories the archive implied
+                    if parent not in entries and target + parent not in written:
+                        extracted.utime(parent, made.mtime_ns or 0)
+                        written.append(target + parent)
+                written.append(target + where)
+    finally:
+        os.close(tfd)
 
 
 # -- RUN ------------------------------------------------------------------------------------------
@@ -306,7 +363,16 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
     env = dict(step.env)
     env.setdefault("PATH", ic.DEFAULT_PATH)
     env.setdefault("HOME", user.home or "/")
-    mounts = [_host_mount(m, ctx) for m in step.mounts] + [_script_mount(*f) for f in step.heredoc_files]
+    views = rootfs.parent / (rootfs.name + "-views")  # context bind mounts: what .dockerignore selects
+    secret_env: dict[str, str] = {}  # RUN --mount=type=secret,env=NAME
+    stack = ExitStack()  # cache locks and private cache dirs, released when the step ends
+    try:
+        mounts = [hm for hm in (_host_mount(m, ctx, views, secret_env, stack) for m in step.mounts) if hm is not None]
+    except BaseException:
+        stack.close()
+        raise
+    mounts += [_script_mount(*f) for f in step.heredoc_files]
+    env.update(secret_env)
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL)
     secrets = [v.decode(errors="ignore") for v in ctx.secrets.values() if v.strip()]
 
@@ -323,21 +389,24 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
         lines.feed(data)
 
     # The sandbox removes the mountpoints it had to create, so a snapshot never sees them.
-    with snapshot.capture(rootfs, scratch) as cap:
-        ensure_dir(cap.root, workdir)
-        run = ctx.runner or sandbox.run_in_rootfs
-        code = run(cap.root, step.argv, env, workdir, (user.uid, user.gid, list(user.groups)),
-                   mounts, step.network, stream)
-        lines.close()
-        if code != 0:
-            raise StepFailedError(f"{step.text} failed with exit code {code}", exit_code=code,
-                                  output_tail=list(tail), file=step.ins.file, line=step.ins.line)
-        changes = cap.changes()
-        result = write(changes) if changes else None
-        if keep_result:
-            cap.commit()
-        else:
-            cap.abandon()
+    try:
+        with stack, snapshot.capture(rootfs, scratch) as cap:
+            ensure_dir(cap.root, workdir)
+            run = ctx.runner or sandbox.run_in_rootfs
+            code = run(cap.root, step.argv, env, workdir, (user.uid, user.gid, list(user.groups)),
+                       mounts, step.network, stream)
+            lines.close()
+            if code != 0:
+                raise StepFailedError(f"{step.text} failed with exit code {code}", exit_code=code,
+                                      output_tail=list(tail), file=step.ins.file, line=step.ins.line)
+            changes = cap.changes()
+            result = write(changes) if changes else None
+            if keep_result:
+                cap.commit()
+            else:
+                cap.abandon()
+    finally:
+        shutil.rmtree(views, ignore_errors=True)  # kade's own tree: rmtree never follows its symlinks
     if keep_result or cap.method != "overlay":
         shutil.rmtree(scratch, ignore_errors=True)
     return result
@@ -350,43 +419,105 @@ def _script_mount(path: str, body: str, mode: int):
     return SandboxMount("secret", path, data=body.encode(), mode=mode)
 
 
-def _host_mount(m: PlanMount, ctx: RunContext):
-    """A planned RUN --mount -> the sandbox's Mount, with host paths and secret bytes filled in."""
+def _host_mount(m: PlanMount, ctx: RunContext, views: Path, env: dict[str, str], stack: ExitStack):
+    """A planned RUN --mount -> the sandbox's Mount (None: nothing to mount), with host paths and
+    secret bytes filled in; a secret's env= goes into `env`."""
     from builder.sandbox import Mount as SandboxMount
 
     o = m.options
     readonly = o.get("readonly", o.get("ro", "false")) == "true"
     if m.type == "cache":
-        assert ctx.cache_dir is not None
-        return SandboxMount("cache", m.target, str(ctx.cache_dir(o.get("id", m.target))), readonly=readonly)
+        return _cache_mount(m, ctx, stack, readonly)
     if m.type == "tmpfs":
-        return SandboxMount("tmpfs", m.target, size=int(o["size"]) if o.get("size", "").isdigit() else None)
+        from builder.plan import parse_size
+
+        return SandboxMount("tmpfs", m.target, size=parse_size(o["size"]) if "size" in o else None)
     if m.type == "secret":
-        sid = o.get("id") or Path(m.target).name
-        if sid not in ctx.secrets:
-            if o.get("required") == "true":
-                raise BuildError(f"secret {sid!r} is required by RUN --mount but was not given",
-                                 hint=f"pass --secret id={sid},src=PATH or env=VAR")
-            return SandboxMount("tmpfs", m.target)
-        mode = int(o["mode"], 8) if "mode" in o else 0o400
-        return SandboxMount("secret", m.target, data=ctx.secrets[sid], mode=mode, uid=int(o.get("uid", 0)),
-                            gid=int(o.get("gid", 0)))
+        return _secret_mount(m, ctx, env)
     if m.type == "ssh":
         if not ctx.ssh_socket:
-            raise BuildError("RUN --mount=type=ssh needs --ssh default[=SOCKET] (or $SSH_AUTH_SOCK)")
-        return SandboxMount("ssh", m.target, ctx.ssh_socket)
-    # bind: from the build context, or from a stage/image rootfs
-    from builder.rootpath import resolve
+            if o.get("required", "").lower() == "false":
+                return None
+            raise BuildError("RUN --mount=type=ssh needs --ssh default[=SOCKET] (or $SSH_AUTH_SOCK)",
+                             hint="or add required=false to the mount to run without an agent")
+        return SandboxMount("ssh", m.target, ctx.ssh_socket, mode=int(o["mode"], 8) if "mode" in o else None,
+                            uid=int(o.get("uid", 0)), gid=int(o.get("gid", 0)))
+    # bind: a path inside a stage/image rootfs (resolved there by the sandbox), or the context view
+    rw = o.get("rw", o.get("readwrite", "false")) == "true"
+    if "from" in o:
+        assert ctx.stage_rootfs is not None
+        root = ctx.stage_rootfs(o["from"], None)
+        source = o.get("source", o.get("src", "/"))
+        with Root(root) as tree:
+            try:
+                found = tree.lstat(tree.resolve(source))
+            except OSError:
+                found = None
+        if found is None:
+            raise BuildError(f"RUN --mount=type=bind,from={o['from']}: source {source} not found there",
+                             hint="check the path inside that stage or image")
+        return SandboxMount("bind", m.target, source, source_root=str(root), readonly=not rw)
+    assert ctx.context_root is not None
+    view = context_view(m.sources, ctx.context_root, views)
+    return SandboxMount("bind", m.target, str(view), readonly=not rw)
 
-    assert ctx.stage_rootfs is not None and ctx.context_root is not None
-    root = ctx.stage_rootfs(o["from"], None) if "from" in o else ctx.context_root
-    src = o.get("source", o.get("src", "/"))
-    if src.strip("/") in ("", "."):
-        host = root
-    else:
-        parent, last = resolve(root, src)
-        host = Path(parent) / os.fsdecode(last)
-    return SandboxMount("bind", m.target, str(host), readonly=o.get("rw", o.get("readwrite", "false")) != "true")
+
+def _cache_mount(m: PlanMount, ctx: RunContext, stack: ExitStack, readonly: bool):
+    """A cache mount: its persistent dir, or with sharing=private and another writer at it, a fresh
+    one for this step; sharing=locked waits for the other writer (ctx.cache_dir takes the lock).
+    A new (empty) cache gets mode/uid/gid, and the content of from=/source= when given."""
+    from builder.sandbox import Mount as SandboxMount
+
+    o = m.options
+    assert ctx.cache_dir is not None
+    path = ctx.cache_dir(o.get("id", m.target), o.get("sharing", "shared"), stack)
+    if not any(path.iterdir()):
+        if "from" in o:
+            assert ctx.stage_rootfs is not None
+            with Root(ctx.stage_rootfs(o["from"], None)) as src, Root(path.parent) as into:
+                parts = src.resolve(o.get("source", o.get("src", "/")))
+                os.rmdir(path)
+                TreeCopy(src, into, Override(keep_owner=True), []).copy(parts, into.fd, os.fsencode(path.name), ())
+        os.chmod(path, int(o["mode"], 8) if "mode" in o else 0o755)
+        if os.geteuid() == 0:
+            os.chown(path, int(o.get("uid", 0)), int(o.get("gid", 0)))
+    return SandboxMount("cache", m.target, str(path), readonly=readonly)
+
+
+def _secret_mount(m: PlanMount, ctx: RunContext, env: dict[str, str]):
+    """BuildKit's secret mount: a file at `target` (the default /run/secrets/<id> unless only env= is
+    given), and/or the value in the environment variable env= names. A secret not given with
+    --secret is an error unless the mount says required=false (then nothing is mounted)."""
+    from builder.sandbox import Mount as SandboxMount
+
+    o = m.options
+    sid = o.get("id") or Path(m.target).name
+    if sid not in ctx.secrets:
+        if o.get("required", "").lower() == "false":
+            return None
+        raise BuildError(f"secret {sid!r} is used by RUN --mount=type=secret but was not given",
+                         hint=f"pass --secret id={sid},src=PATH (or env=VAR), or add required=false to the mount")
+    if o.get("env"):
+        env[o["env"]] = ctx.secrets[sid].decode("utf-8", "surrogateescape")
+        if not m.target:
+            return None
+    mode = int(o["mode"], 8) if "mode" in o else 0o400
+    return SandboxMount("secret", m.target, data=ctx.secrets[sid], mode=mode, uid=int(o.get("uid", 0)),
+                        gid=int(o.get("gid", 0)))
+
+
+def context_view(sources: tuple[Source, ...], context_root: Path, views: Path) -> Path:
+    """A directory (or file) holding exactly what .dockerignore selected of a context bind source,
+    hard links to the context's files where the filesystem allows (copies otherwise), so a RUN never
+    sees an ignored file (.git/config, .env) and a big context costs one link per file."""
+    (src,) = sources
+    views.mkdir(mode=0o700, exist_ok=True)
+    with Root(context_root) as ctx, Root(views) as out:
+        parts = tuple(split(str(src.path.relative_to(ctx.path.resolve())))) if src.path != ctx.path.resolve() else ()
+        name = b"view-%d" % len(os.listdir(out.fd))
+        only = [tuple(split(e.rel)) for e in src.entries if e.rel] if src.is_dir else None
+        TreeCopy(ctx, out, Override(keep_owner=True), [], link=True).copy(parts, out.fd, name, (), only=only)
+    return views / os.fsdecode(name)
 
 
 # -- layers ---------------------------------------------------------------------------------------

@@ -233,13 +233,16 @@ class ResolvedUser:
 
 
 def _read_db(rootfs: Path, name: str) -> list[list[str]]:
-    path = rootfs / "etc" / name
+    """/etc/passwd or /etc/group of the rootfs, read inside it (a symlink resolves in the rootfs,
+    never on the host); no file, no rows."""
+    from builder.rootfs_ops import Root
+
     try:
-        if path.is_symlink():
-            return []  # never follow links out of the rootfs
-        text = path.read_text(errors="replace")
+        with Root(rootfs) as root:
+            data = root.read_file(f"/etc/{name}")
     except OSError:
         return []
+    text = (data or b"").decode(errors="replace")
     return [ln.split(":") for ln in text.splitlines() if ln and not ln.startswith("#")]
 
 

@@ -50,16 +50,6 @@ class LayerInfo:
     media_type: str
 
 
-def source_date_epoch(environ: dict[str, str] | None = None) -> int | None:
-    """SOURCE_DATE_EPOCH as an int, None when unset; a clear error when it is not a number."""
-    value = (os.environ if environ is None else environ).get("SOURCE_DATE_EPOCH", "").strip()
-    if not value:
-        return None
-    if not value.isdigit():
-        raise LayerWriteError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds; unset it or fix it")
-    return int(value)
-
-
 def keep_xattr(name: str) -> bool:
     """Whether an extended attribute is image content (kept in layers) rather than host state."""
     if name == "security.capability":

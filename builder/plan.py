@@ -7,18 +7,22 @@ the whole plan, and therefore every key, is known before anything runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import posixpath
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from builder import image_config as ic
-from builder.context import BuildContext, Source, clean_path, hash_sources
+from builder.context import BuildContext, Source, clean_path, exclude_sources, hash_sources
 from builder.dockerfile import (Dockerfile, Instruction, Stage, arg_pairs, global_scope, parse_instruction_line,
                                 stage_base)
 from builder.errors import BuildError, UnknownStageError
 from builder.expand import ExpandError, process_word, process_words
 from builder.keys import KeyInputs, step_key
+from builder.modes import parse_chmod
 
 DEFAULT_PLATFORM = "linux/amd64"
 
@@ -39,6 +43,7 @@ class Mount:
     type: str  # cache | secret | ssh | bind | tmpfs
     target: str
     options: dict[str, str]
+    sources: tuple[Source, ...] = ()  # bind from the context: what .dockerignore lets it see
 
     def spec(self) -> str:
         return ",".join(f"{k}={v}" for k, v in sorted({"type": self.type, "target": self.target,
@@ -56,7 +61,12 @@ class CopySpec:
     chown: str | None = None
     chmod: int | None = None
     add: bool = False  # ADD: extract local tar archives
-    link: bool = False
+    link: bool = False  # COPY --link: accepted, copied as a plain COPY (docs/builder.md)
+    chmod_text: str | None = None  # --chmod as written: octal or symbolic (builder/modes.py)
+    parents: bool = False  # COPY --parents (context sources carry `keep`, --from paths `from_keep`)
+    from_keep: list[str] = field(default_factory=list)
+    excludes: list[str] = field(default_factory=list)  # --exclude patterns
+    unpack: bool | None = None  # ADD --unpack: None = local archives yes, URLs no
 
 
 @dataclass
@@ -372,8 +382,20 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
             kind = "run"
             argv, files = _run_argv(ins, cfg)
             network = str(ins.flag("network") or "default")
+            if network == "host":
+                raise ins.error("--network=host would give this Dockerfile the build machine's network; kade "
+                                "never lets a Dockerfile ask for it", hint="use default or none")
             if network not in ("default", "none"):
                 raise ins.error(f"unsupported --network={network}", hint="use default or none")
+            security = str(ins.flag("security") or "sandbox")
+            if security == "insecure":
+                raise ins.error("--security=insecure would run this step privileged on the build machine; kade "
+                                "never does", hint="drop the flag (sandbox is the default)")
+            if security != "sandbox":
+                raise ins.error(f"unknown --security={security}", hint="use sandbox")
+            if ins.flag_values("device"):
+                raise ins.error("--device (CDI devices such as GPUs) is not supported by kade's sandbox",
+                                hint="run the step on a machine with the device outside the build")
             for k, v in sorted(ins.flags.items()):
                 if k.startswith("mount"):
                     m, rows, fkey = _plan_mount(ins, str(v), scope, esc, context, planned, resolver, platform, deps)
@@ -456,16 +478,15 @@ def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: Build
     args = list(ins.args)
     dest = _expand(ins, args[-1], scope, esc)
     chown = _expand(ins, str(ins.flag("chown")), scope, esc) if ins.flag("chown") else None
-    chmod = None
-    if ins.flag("chmod"):
-        raw = _expand(ins, str(ins.flag("chmod")), scope, esc)
-        try:
-            chmod = int(raw, 8)
-        except ValueError:
-            raise ins.error(f"invalid --chmod={raw}: use an octal mode like 755") from None
-        if chmod > 0o7777:
-            raise ins.error(f"invalid --chmod={raw}")
-    spec = CopySpec(dest=dest, chown=chown, chmod=chmod, add=ins.cmd == "ADD", link=bool(ins.flag("link")))
+    chmod_text = _expand(ins, str(ins.flag("chmod")), scope, esc) if ins.flag("chmod") else None
+    chmod, mode_fn = parse_chmod(chmod_text) if chmod_text else (None, None)
+    if ins.flag("keep-git-dir") is not None:
+        raise ins.error("--keep-git-dir is for ADD of a git repository, which kade does not support",
+                        hint="clone in a RUN step, or ADD an archive of the repository")
+    spec = CopySpec(dest=dest, chown=chown, chmod=chmod, add=ins.cmd == "ADD", link=ins.flag_bool("link"),
+                    chmod_text=chmod_text if chmod is None else None, parents=ins.flag_bool("parents"),
+                    excludes=[_expand(ins, e, scope, esc) for e in ins.flag_values("exclude")],
+                    unpack=ins.flag_bool("unpack") if ins.flag("unpack") is not None else None)
     heredoc_names = {h.name: h for h in ins.heredocs}
     srcs = []
     for a in args[:-1]:
@@ -486,6 +507,8 @@ def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: Build
         ref = _expand(ins, str(ins.flag("from")), scope, esc)
         spec.from_stage, spec.from_image, from_key = _resolve_from(ins, ref, planned, resolver, platform, deps)
         spec.from_paths = [clean_path(s) for s in srcs]
+        if spec.parents:
+            spec.from_keep = [_parents_kept(s, clean_path(s)) for s in srcs]
         rows = [[p] for p in spec.from_paths]
     else:
         checksum = _expand(ins, str(ins.flag("checksum")), scope, esc) if ins.flag("checksum") else None
@@ -501,12 +524,31 @@ def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: Build
             if checksum:
                 raise ins.error("--checksum can only be used with http(s) sources")
             try:
-                spec.sources.extend(context.select(s))
+                selected = exclude_sources(context.select(s), spec.excludes)
             except BuildError as exc:
                 raise type(exc)(exc.detail, file=ins.file, line=ins.line, hint=exc.hint) from None
+            if spec.parents:
+                selected = [dataclasses.replace(src, keep=_parents_kept(s, src.rel, src.is_dir)) for src in selected]
+            spec.sources.extend(selected)
         uid, gid = _numeric_owner(chown)
-        rows = [list(r) for r in hash_sources(spec.sources, uid, gid, chmod)]
+        rows = [list(r) for r in hash_sources(spec.sources, uid, gid, mode_fn)]
+        if spec.parents:
+            rows.append(["parents", [src.keep for src in spec.sources]])
+    for name, value in (("exclude", spec.excludes), ("chmod", spec.chmod_text), ("unpack", spec.unpack)):
+        if value not in (None, []):  # only when given: the keys of COPYs without them are unchanged
+            rows.append([name, json.dumps(value)])
     return spec, rows, from_key
+
+
+def _parents_kept(written: str, rel: str, is_dir: bool = True) -> str:
+    """COPY --parents: the parent path a source keeps under the destination. After a `/./` in the
+    source as written, only what follows it (rsync's --relative rule)."""
+    cut = written.replace("\\", "/").rfind("/./")
+    prefix = clean_path(written[:cut]) if cut >= 0 else "."
+    kept = rel if is_dir else posixpath.dirname(rel)
+    if prefix != "." and (kept == prefix or kept.startswith(prefix + "/")):
+        kept = kept[len(prefix):].lstrip("/")
+    return "" if kept in (".", "") else kept
 
 
 def _numeric_owner(chown: str | None) -> tuple[int, int]:
@@ -514,6 +556,50 @@ def _numeric_owner(chown: str | None) -> tuple[int, int]:
         return 0, 0
     u, _, g = chown.partition(":")
     return (int(u) if u.isdigit() else -1, int(g) if g.isdigit() else -1)
+
+
+# The options of each mount type in the Dockerfile reference (after type= and target/dst/destination).
+MOUNT_OPTIONS = {
+    "bind": {"source", "src", "from", "rw", "readwrite", "ro", "readonly"},
+    "cache": {"id", "ro", "readonly", "sharing", "from", "source", "src", "mode", "uid", "gid"},
+    "tmpfs": {"size"},
+    "secret": {"id", "env", "required", "mode", "uid", "gid"},
+    "ssh": {"id", "required", "mode", "uid", "gid"},
+}
+_BOOL_OPTIONS = {"rw", "readwrite", "ro", "readonly", "required"}
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """tmpfs size= as BuildKit reads it (go-units RAMInBytes): 65536, 64m, 1g, 512KiB."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise BuildError(f"invalid size={text}", hint="use bytes or a unit: 64m, 1g")
+    return int(float(m.group(1)) * 1024 ** "bkmgtp".index((m.group(2) or "b").lower()))
+
+
+def _check_mount_options(ins: Instruction, mtype: str, opts: dict[str, str]) -> None:
+    """Every option known for its type and well formed: nothing a Dockerfile asks for is ignored."""
+    for key, value in opts.items():
+        if key not in MOUNT_OPTIONS[mtype]:
+            raise ins.error(f"--mount=type={mtype} has no option {key!r}",
+                            hint=f"its options: {', '.join(sorted(MOUNT_OPTIONS[mtype]))}, target")
+        if key in _BOOL_OPTIONS and value.lower() not in ("true", "false"):
+            raise ins.error(f"--mount {key}={value}: expected true or false")
+        if key in ("uid", "gid") and not value.isdigit():
+            raise ins.error(f"--mount {key}={value}: expected a number")
+        if key == "mode" and not re.fullmatch(r"0?[0-7]{1,4}", value):
+            raise ins.error(f"--mount mode={value}: expected an octal mode like 0755")
+        if key == "sharing" and value not in ("shared", "private", "locked"):
+            raise ins.error(f"--mount sharing={value}: expected shared, private or locked")
+        if key == "size":
+            try:
+                parse_size(value)
+            except BuildError as exc:
+                raise ins.error(exc.detail, hint=exc.hint) from None
+    if mtype == "ssh" and opts.get("id", "default") != "default":
+        raise ins.error(f"--mount=type=ssh,id={opts['id']}: kade forwards one agent, the default one",
+                        hint="drop id= and pass --ssh default[=SOCKET]")
 
 
 def _plan_mount(ins: Instruction, raw: str, scope: dict[str, str], esc: str, context: BuildContext,
@@ -524,21 +610,28 @@ def _plan_mount(ins: Instruction, raw: str, scope: dict[str, str], esc: str, con
     if mtype not in ("cache", "secret", "ssh", "bind", "tmpfs"):
         raise ins.error(f"unsupported mount type {mtype!r}", hint="use cache, secret, ssh, bind or tmpfs")
     target = opts.pop("target", opts.pop("dst", opts.pop("destination", "")))
-    if mtype == "secret" and not target:
+    _check_mount_options(ins, mtype, opts)
+    if mtype == "secret" and not target and not opts.get("env"):  # env= alone: no file (BuildKit)
         target = "/run/secrets/" + opts.get("id", "")
     if mtype == "ssh" and not target:
         target = "/run/buildkit/ssh_agent." + opts.get("id", "default")
-    if not target:
+    if not target and mtype != "secret":
         raise ins.error(f"--mount=type={mtype} needs target=PATH")
+    if mtype == "secret" and not (opts.get("id") or target):
+        raise ins.error("--mount=type=secret needs id=ID (or a target to take it from)")
     rows: list = []
     fkey = None
-    if mtype == "bind":
+    selected: tuple[Source, ...] = ()
+    if "from" in opts:  # bind or cache: a stage or an image
+        label, image, fkey = _resolve_from(ins, opts["from"], planned, resolver, platform, deps)
+    elif mtype == "bind":
         src = opts.get("source", opts.get("src", "."))
-        if "from" in opts:
-            label, image, fkey = _resolve_from(ins, opts["from"], planned, resolver, platform, deps)
-        else:
-            rows = [list(r) for r in hash_sources(context.select(src))]
+        selected = tuple(context.select(src))
+        if len(selected) != 1:
+            raise ins.error(f"--mount=type=bind,source={src} names {len(selected)} context paths; a bind "
+                            "mount takes exactly one (no wildcards)")
+        rows = [list(r) for r in hash_sources(list(selected))]
     if mtype == "cache":
         opts.setdefault("id", target)
         opts.setdefault("sharing", "shared")
-    return Mount(type=mtype, target=target, options=opts), rows, fkey
+    return Mount(type=mtype, target=target, options=opts, sources=selected), rows, fkey

@@ -84,6 +84,7 @@ class RootfsStore:
             self._touch(kept)
         else:
             target.mkdir(parents=True)
+            os.chmod(target, 0o755)  # a rootfs' `/` is 0755 unless a layer says otherwise, whatever the umask
         for layer in layers[start:]:
             with layer.open() as stream:
                 apply_layer(stream, target, digest=layer.digest or layer.diff_id,

@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 from builder.errors import BuildError
-from builder.rootpath import lexical, open_dir, open_root, relative_parts, resolve_full, split
+from builder.rootfs_ops import Parts, Root, lstat_at
+from builder.rootpath import lexical, resolve_full, split
 
 MountType = Literal["bind", "cache", "tmpfs", "secret", "ssh"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -101,128 +102,83 @@ OutputCallback = Callable[[str, bytes], None]
 # ------------------------------------------------------------------------ host side: mountpoints
 
 class _Mountpoints:
-    """Creates missing mountpoints inside the rootfs and removes exactly those afterwards."""
+    """Creates missing mountpoints inside the rootfs and removes exactly those afterwards, through
+    builder/rootfs_ops.py: resolved inside the rootfs before the RUN, and after it (when the RUN may
+    have put a symlink anywhere) never followed out of it."""
 
     def __init__(self, rootfs: Path):
         self.rootfs = rootfs
-        self.root_fd = open_root(rootfs)
-        self.created: list[tuple[tuple[bytes, ...], bool]] = []   # (resolved parts, is_dir)
-        self.parent_times: dict[tuple[bytes, ...], tuple[int, int]] = {}
-        self.after_create: dict[tuple[bytes, ...], int] = {}
+        self.root = Root(rootfs)
+        self.created: list[tuple[Parts, bool]] = []   # (resolved parts, is_dir)
+        self.parent_times: dict[Parts, tuple[int, int]] = {}
+        self.after_create: dict[Parts, int] = {}
 
-    def _remember_parent(self, parent_parts: tuple[bytes, ...], parent_fd: int) -> None:
-        if parent_parts not in self.parent_times:
-            st = os.fstat(parent_fd)
-            self.parent_times[parent_parts] = (st.st_atime_ns, st.st_mtime_ns)
-
-    def _open_created_parent(self, parts: tuple[bytes, ...]) -> int:
-        return open_dir(self.root_fd, parts, follow_last=False) if parts else os.dup(self.root_fd)
-
-    def _untouched_parents(self) -> set[tuple[bytes, ...]]:
-        """Parents whose mtime is still the one our mountpoint creation gave them: the command did not
-        change them, so their original times come back after cleanup."""
-        untouched = set()
-        for parts, mtime in self.after_create.items():
-            try:
-                fd = self._open_created_parent(parts)
-            except OSError:
-                continue
-            try:
-                if os.fstat(fd).st_mtime_ns == mtime:
-                    untouched.add(parts)
-            finally:
-                os.close(fd)
-        return untouched
+    def _remember_deepest_existing(self, parts: Parts) -> None:
+        """The directory whose mtime creating `parts` changes: the deepest one that exists."""
+        for i in range(len(parts) - 1, -1, -1):
+            st = self.root.lstat(parts[:i])
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                self.parent_times.setdefault(parts[:i], (st.st_atime_ns, st.st_mtime_ns))
+                return
 
     def freeze(self) -> None:
         """Call once all mountpoints exist (before the command runs)."""
         for parts in self.parent_times:
-            try:
-                fd = self._open_created_parent(parts)
-            except OSError:
-                continue
-            try:
-                self.after_create[parts] = os.fstat(fd).st_mtime_ns
-            finally:
-                os.close(fd)
+            st = self.root.lstat(parts)
+            if st is not None:
+                self.after_create[parts] = st.st_mtime_ns
 
     def ensure(self, target: str, is_dir: bool, *, allow_symlink: bool = True) -> str:
         """The host path of `target` inside the rootfs, created (empty) when missing."""
         parts = lexical(tuple(split(target)))
-        for _ in range(40):
+        try:
+            if parts and allow_symlink:
+                parts = self.root.resolve(parts)
             if not parts:
                 raise SandboxError(f"cannot mount on {target} in {self.rootfs}: it resolves to the rootfs itself")
-            parent = self._open_parent(parts[:-1])
-            try:
-                base = relative_parts(self.root_fd, parent)
-                name = parts[-1]
-                try:
-                    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-                except FileNotFoundError:
-                    self._remember_parent(base, parent)
+            self._remember_deepest_existing(parts)
+            created: list[Parts] = []
+            with self.root.parent(parts, create=True, created=created) as (fd, name, base):
+                self.created.extend((c, True) for c in created)
+                st = lstat_at(fd, name)
+                if st is None:
                     if is_dir:
-                        os.mkdir(name, 0o755, dir_fd=parent)
+                        os.mkdir(name, 0o755, dir_fd=fd)
                     else:
-                        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644,
-                                         dir_fd=parent))
+                        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=fd))
                     self.created.append((base + (name,), is_dir))
-                    return os.fsdecode(os.fsencode(os.readlink(f"/proc/self/fd/{parent}")) + b"/" + name)
-                if stat.S_ISLNK(st.st_mode):
-                    if not allow_symlink:
-                        raise SandboxError(f"{target} in {self.rootfs} is a symbolic link; a RUN step needs a "
-                                           "real directory (or nothing) there")
-                    link = os.readlink(name, dir_fd=parent)
-                    parts = tuple(split(link)) if link.startswith(b"/") else tuple(split(b"/".join(base + (link,))))
-                    parts = lexical(parts)
-                    continue
-                if stat.S_ISDIR(st.st_mode) != is_dir:
-                    kind = "a directory" if is_dir else "a file"
-                    raise SandboxError(f"cannot mount on {target} in {self.rootfs}: it must be {kind}")
-                return os.fsdecode(os.fsencode(os.readlink(f"/proc/self/fd/{parent}")) + b"/" + name)
-            finally:
-                os.close(parent)
-        raise SandboxError(f"cannot mount on {target} in {self.rootfs}: too many symbolic links")
-
-    def _open_parent(self, parts: tuple[bytes, ...]) -> int:
-        def on_create(parent_fd: int, created: list[bytes]) -> None:
-            self._remember_parent(tuple(created[:-1]), parent_fd)
-            self.created.append((tuple(created), True))
-        try:
-            return open_dir(self.root_fd, parts, create=True, on_create=on_create)
+                elif stat.S_ISLNK(st.st_mode):
+                    raise SandboxError(f"{target} in {self.rootfs} is a symbolic link; a RUN step needs a real "
+                                       "directory (or nothing) there")
+                elif stat.S_ISDIR(st.st_mode) != is_dir:
+                    raise SandboxError(f"cannot mount on {target} in {self.rootfs}: it must be "
+                                       f"{'a directory' if is_dir else 'a file'}")
+                return self.root.host_path(base + (name,))
         except OSError as exc:
-            raise SandboxError(f"cannot create mountpoint /{os.fsdecode(b'/'.join(parts))} in {self.rootfs}: "
-                               f"{exc.strerror}") from None
+            raise SandboxError(f"cannot create mountpoint {target} in {self.rootfs}: {exc.strerror}") from None
 
     def cleanup(self) -> None:
-        untouched = self._untouched_parents()
+        untouched = {p for p, mtime in self.after_create.items()
+                     if (st := self.root.lstat(p)) is not None and st.st_mtime_ns == mtime}
         for parts, is_dir in reversed(self.created):
             try:
-                parent = open_dir(self.root_fd, parts[:-1])
-            except OSError:
-                continue
-            try:
-                if is_dir:
-                    os.rmdir(parts[-1], dir_fd=parent)
-                else:
-                    st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
-                    if stat.S_ISREG(st.st_mode) and st.st_size == 0:
-                        os.unlink(parts[-1], dir_fd=parent)
+                with self.root.parent(parts) as (fd, name, _):
+                    st = lstat_at(fd, name)
+                    if st is None:
+                        continue
+                    if is_dir and stat.S_ISDIR(st.st_mode):
+                        os.rmdir(name, dir_fd=fd)
+                    elif not is_dir and stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                        os.unlink(name, dir_fd=fd)
             except OSError:
                 pass  # the command put something there: it is the command's change now
-            finally:
-                os.close(parent)
         for parts, (atime, mtime) in self.parent_times.items():
-            if parts not in untouched:
-                continue
-            try:
-                fd = self._open_created_parent(parts)
-            except OSError:
-                continue
-            try:
-                os.utime(fd, ns=(atime, mtime))
-            finally:
-                os.close(fd)
-        os.close(self.root_fd)
+            if parts in untouched:
+                try:
+                    self.root.utime(parts, mtime, atime)
+                except OSError:
+                    pass
+        self.root.close()
 
 
 def _resolv_conf() -> str:

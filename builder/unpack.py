@@ -37,6 +37,7 @@ from typing import BinaryIO, Callable, Mapping
 
 from builder.changes import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 from builder.errors import BuildError
+from builder.rootfs_ops import remove_entry
 from builder.rootpath import open_dir, open_root
 from builder.tarformat import (BLOCKDEV, CHAR, DIRECTORY, FIFO, HARDLINK, REGULAR, SYMLINK, TarEntry,
                                TarFormatError, TarReader)
@@ -106,6 +107,7 @@ class ApplyResult:
     bytes: int                       # uncompressed tar bytes
     notes: list[str] = field(default_factory=list)   # first MAX_NOTES things skipped or not restored
     skipped: int = 0                 # how many notes there were in all
+    paths: set[bytes] = field(default_factory=set)  # with `track`: every path written (b"" the root)
 
 
 class _Prefixed:
@@ -206,23 +208,6 @@ def _show(name: bytes) -> str:
     return text if len(text) <= 200 else text[:200] + "...'"
 
 
-def remove_entry(parent_fd: int, name: bytes | str, *, as_root: bool) -> None:
-    """Remove `name` in `parent_fd` (recursively for a directory), never following a symlink."""
-    st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=parent_fd)
-        return
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-    try:
-        if not as_root and st.st_mode & 0o700 != 0o700:
-            os.fchmod(fd, st.st_mode | 0o700)
-        for child in os.listdir(fd):
-            remove_entry(fd, child, as_root=as_root)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
-
-
 def _exists(parent_fd: int, name: bytes) -> os.stat_result | None:
     try:
         return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
@@ -231,8 +216,10 @@ def _exists(parent_fd: int, name: bytes) -> os.stat_result | None:
 
 
 class _Applier:
-    def __init__(self, root: Path, layer: str, allow_devices: bool, limits: Limits, report):
+    def __init__(self, root: Path, layer: str, allow_devices: bool, limits: Limits, report,
+                 owner: tuple[int, int] | None = None):
         self.root_fd = open_root(root)
+        self.owner = owner
         self.layer = layer
         self.allow_devices = allow_devices
         self.limits = limits
@@ -456,15 +443,16 @@ class _Applier:
 
     # ------------------------------------------------------------------ metadata
     def _owner(self, fd_or_parent: int, name: bytes | None, entry: TarEntry) -> None:
-        if not self.as_root:
+        uid, gid = self.owner or (entry.uid, entry.gid)
+        if not self.as_root and self.owner is None:
             return
         try:
             if name is None:
-                os.chown(fd_or_parent, entry.uid, entry.gid)
+                os.chown(fd_or_parent, uid, gid)
             else:
-                os.chown(name, entry.uid, entry.gid, dir_fd=fd_or_parent, follow_symlinks=False)
+                os.chown(name, uid, gid, dir_fd=fd_or_parent, follow_symlinks=False)
         except OSError as exc:
-            self.note(f"owner {entry.uid}:{entry.gid} of {_show(entry.name)} not restored ({exc.strerror})")
+            self.note(f"owner {uid}:{gid} of {_show(entry.name)} not restored ({exc.strerror})")
 
     def _xattrs(self, fd: int, entry: TarEntry) -> None:
         for key, value in entry.xattrs.items():
@@ -503,16 +491,18 @@ class _Applier:
 def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: str | None = None, *,
                 allow_devices: bool | None = None, digest: str | None = None,
                 expected_diff_id: str | None = None, limits: Limits | None = None,
-                report: Callable[..., None] | None = None) -> ApplyResult:
+                report: Callable[..., None] | None = None, owner: tuple[int, int] | None = None,
+                track: bool = False) -> ApplyResult:
     """Apply one layer blob onto `rootfs` (an existing directory). `digest` names the layer in errors;
     `expected_diff_id`, when given, is checked against the tar read (mismatch -> UnpackError).
-    `media_type` is informational: the compression is sniffed from the blob itself."""
+    `media_type` is informational: the compression is sniffed from the blob itself. `owner` replaces
+    every entry's uid:gid (ADD --chown); with `track`, the result lists the paths written."""
     layer = digest or (f"({media_type})" if media_type else "(unnamed)")
     limits = limits or Limits.from_env()
     root = Path(rootfs)
     if allow_devices is None:
         allow_devices = os.geteuid() == 0
-    applier = _Applier(root, layer, allow_devices, limits, report)
+    applier = _Applier(root, layer, allow_devices, limits, report, owner)
     decompressed = None
     try:
         try:
@@ -536,6 +526,8 @@ def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: st
         if isinstance(decompressed, io.BufferedReader):
             decompressed.close()   # the threaded gzip reader: stop its worker
     result = applier.result
+    if track:
+        result.paths = applier.created | {b"/".join(parts) for parts, _ in applier.dirs}
     result.diff_id = "sha256:" + metered.hash.hexdigest()
     result.bytes = metered.count
     if expected_diff_id and result.diff_id != expected_diff_id:

@@ -54,8 +54,13 @@ def project_options(ws: Workspace, repo: str | None, **kw: Any) -> ProjectOption
     if not repo:
         raise ConfigError(f"{ws.display}/kade.yaml: no image repository: pass --repo HOST/PATH "
                           "(or set repo: in kade.yaml)")
+    from builder.epoch import source_date_epoch
+
+    epoch = source_date_epoch()
+    if epoch is None and ws.git is not None:
+        epoch = ws.git.commit_time  # reproducible by default: the same commit, the same image bytes
     return ProjectOptions(repo=repo.rstrip("/"), commit=ws.commit, branch=ws.branch, git=ws.template_git(),
-                          source=ws.source, display_root=ws.display, **kw)
+                          source=ws.source, display_root=ws.display, epoch=epoch, **kw)
 
 
 def deploy_project(ws: Workspace, images: dict[str, Any], settings: DeploySettings, report: Report) -> dict[str, Any]:

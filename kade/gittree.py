@@ -32,6 +32,7 @@ class GitState:
     commit: str
     branch: str | None
     tag: str | None
+    commit_time: int | None = None  # committer time of HEAD (the project's default SOURCE_DATE_EPOCH)
 
     @property
     def short_commit(self) -> str:
@@ -75,7 +76,9 @@ def open_repository(project_dir: Path, environ: dict[str, str] | None = None) ->
     tags = (_out(root, "tag", "--points-at", "HEAD", "--sort=-creatordate") or "").split()
     tag = tags[0] if tags else ci_tag(environ)
     subdir = project_dir.relative_to(root).as_posix()
-    return GitState(root=root, subdir="" if subdir == "." else subdir, commit=commit, branch=branch, tag=tag)
+    when = _out(root, "show", "-s", "--format=%ct", commit)
+    return GitState(root=root, subdir="" if subdir == "." else subdir, commit=commit, branch=branch, tag=tag,
+                    commit_time=int(when) if when and when.isdigit() else None)
 
 
 def ci_branch(environ: dict[str, str]) -> str | None:

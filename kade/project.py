@@ -57,6 +57,7 @@ class ProjectOptions:
     display_root: str = ""  # how the project folder is named in messages (instead of a temp export)
     build_missing: bool = True  # False: images must already be in the registry (a deploy without build)
     builder_factory: Callable[[BuildOptions, Any, RegistryClient], Builder] | None = None  # None: local builds
+    epoch: int | None = None  # SOURCE_DATE_EPOCH of every image: $SOURCE_DATE_EPOCH, else HEAD's commit time
     supply: Any = None  # builder.attest.SupplyOptions for every pushed image (None: no attestations)
 
     @property
@@ -231,7 +232,8 @@ class ProjectBuilder:
             tags=[], repo=self.o.stages, secrets=secrets, ssh=parse_ssh(spec.ssh[0]) if spec.ssh else None,
             compression=self.o.compression, no_cache=self.o.no_cache, parallel=self.o.parallel,
             cache_dir=self.o.cache_dir, insecure=self.o.insecure, platform=self.o.platform, image_name=spec.name,
-            revision=(self.o.commit, self.o.branch), annotations=dict(labels), labels=labels, supply=self.o.supply)
+            revision=(self.o.commit, self.o.branch), annotations=dict(labels), labels=labels, epoch=self.o.epoch,
+            supply=self.o.supply)
 
     def _image(self, spec: ImageSpec, claims: _Claims) -> ImageResult:
         done = threading.Event()

@@ -38,6 +38,8 @@ from pathlib import Path
 
 from builder.backends.agent_relay import SocketProxy
 from builder.linux import CAP_SETPCAP, CHROOTED_RUN_CAPS, drop_capabilities, has_effective, last_capability
+from builder.rootfs_ops import Meta, Override, Parts, Root, TreeCopy, lstat_at
+from builder.rootpath import lexical, split
 from builder.sandbox import DEVICES, Mount, OutputCallback, SandboxError, User, _pump, prepare_call
 
 _DEVICE_NUMBERS = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
@@ -45,97 +47,157 @@ _DEVICE_NUMBERS = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1,
 
 
 class _Scaffold:
-    """Paths created inside the rootfs for one run, removed again with parent mtimes restored."""
+    """Entries created inside the rootfs for one run, removed again with parent times restored.
+
+    Every operation goes through builder.rootfs_ops (paths resolved inside the rootfs, objects
+    changed through fds), before the run and, above all, after it: by then the RUN may have put a
+    symlink anywhere, and cleanup must never follow one out of the rootfs."""
 
     def __init__(self, root: Path):
-        self.root = root
-        self.created: list[Path] = []
-        self.emptied: list[Path] = []  # empty directories of the image used as mount targets
-        self.times: dict[Path, tuple[int, int]] = {}
+        self.path = root
+        self.root = Root(root)
+        self.created: list[Parts] = []
+        self.emptied: list[Parts] = []  # empty directories of the image used as mount targets
+        self.times: dict[Parts, tuple[int, int]] = {}
+        self.fds: list[int] = []        # directories whose /proc/self/fd path was handed out
 
-    def _remember(self, parent: Path) -> None:
-        if parent not in self.times:
-            st = os.lstat(parent)
-            self.times[parent] = (st.st_atime_ns, st.st_mtime_ns)
+    def _remember(self, parts: Parts) -> None:
+        if parts not in self.times:
+            st = self.root.lstat(parts)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                self.times[parts] = (st.st_atime_ns, st.st_mtime_ns)
 
-    def place(self, target: str) -> Path:
-        """Host path for image path `target` (parents created inside the rootfs, never via a symlink out)."""
-        from builder.rootpath import resolve
+    def place(self, target: str) -> tuple[Parts, bool]:
+        """(resolved parts, existed) of image path `target`, its parents created inside the rootfs.
+        What exists there must be an empty directory (a mount target the image already has)."""
+        parts = lexical(split(target))
+        for i in range(len(parts)):  # remember the times of the directories we may touch first
+            self._remember(self.root.resolve(parts[:i]))
+        created: list[Parts] = []
+        with self.root.parent(parts, create=True, created=created) as (fd, name, base):
+            self.created.extend(created)
+            self._remember(base)
+            st = lstat_at(fd, name)
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                raise SandboxError(f"mount target {target} is a symlink in the image; the chroot mode can't mount "
+                                   "there")
+            if st is not None and (not stat.S_ISDIR(st.st_mode) or self.root.listdir(base + (name,))):
+                raise SandboxError(f"mount target {target} already holds files in the image; the pod chroot mode "
+                                   "copies mounts in and can't hide them: pick an empty or new path")
+        placed = base + (name,)
+        if st is not None:
+            self._remember(placed)
+            self.emptied.append(placed)
+        else:
+            self.created.append(placed)
+        return placed, st is not None
 
-        parts: list[list[bytes]] = []
-        probe = self.root  # remember the mtimes of the directories we may touch before touching them
-        for name in ("",) + Path(target).parts[1:-1]:
-            probe = probe / name if name else probe
-            if probe.is_symlink() or not probe.is_dir():
-                break
-            self._remember(probe)
-        parent, last = resolve(self.root, target, create_parents=True, on_create=lambda p: parts.append(list(p)))
-        for p in parts:
-            self.created.append(self.root / os.fsdecode(b"/".join(p)))
-        host = Path(parent) / os.fsdecode(last)
-        self._remember(Path(parent))
-        if host.is_symlink():
-            raise SandboxError(f"mount target {target} is a symlink in the image; the chroot mode can't mount there")
-        if host.exists() and (not host.is_dir() or any(host.iterdir())):
-            raise SandboxError(f"mount target {target} already holds files in the image; the pod chroot mode "
-                               "copies mounts in and can't hide them: pick an empty or new path")
-        return host
+    def make_dir(self, parts: Parts, mode: int = 0o755) -> None:
+        with self.root.parent(parts) as (fd, name, _):
+            if lstat_at(fd, name) is None:
+                os.mkdir(name, mode, dir_fd=fd)
 
-    def add(self, host: Path) -> None:
-        self.created.append(host)
+
+    def fd_path(self, parts: Parts) -> Path:
+        """A path to `parts` through an fd of its directory (kept open until cleanup), for APIs that
+        take a path (a unix socket's bind and unlink): it stays in that directory whatever the RUN
+        does to the path meanwhile."""
+        with self.root.parent(parts) as (fd, name, _):
+            kept = os.dup(fd)
+        self.fds.append(kept)
+        return Path(f"/proc/self/fd/{kept}") / os.fsdecode(name)
 
     def cleanup(self) -> None:
-        for d in self.emptied:
-            for child in d.iterdir():
-                self.created.append(child)
-        for host in reversed(self.created):
-            try:
-                if host.is_dir() and not host.is_symlink():
-                    shutil.rmtree(host)
-                else:
-                    host.unlink()
-            except FileNotFoundError:
-                pass
-        for parent, (atime, mtime) in sorted(self.times.items(), key=lambda kv: -len(kv[0].parts)):
-            try:
-                os.utime(parent, ns=(atime, mtime), follow_symlinks=False)
-            except FileNotFoundError:
-                pass
+        try:
+            for parts in self.emptied:
+                try:
+                    children = self.root.listdir(parts)
+                except OSError:
+                    continue
+                self.created.extend(parts + (child,) for child in children)
+            for parts in reversed(self.created):
+                st = self.root.lstat(parts)
+                if st is None or stat.S_ISLNK(st.st_mode):
+                    continue  # gone, or a symlink: we create none, so the RUN made it and it stays
+                try:
+                    self.root.remove(parts)
+                except OSError:
+                    pass
+            for parts, (atime, mtime) in sorted(self.times.items(), key=lambda kv: -len(kv[0])):
+                try:
+                    self.root.utime(parts, mtime, atime)
+                except OSError:
+                    pass
+        finally:
+            for fd in self.fds:
+                os.close(fd)
+            self.root.close()
 
 
 def _devices(scaffold: _Scaffold) -> None:
-    dev = scaffold.root / "dev"
-    if dev.is_symlink():
+    st = scaffold.root.lstat("/dev")
+    if st is not None and stat.S_ISLNK(st.st_mode):
         return
-    if not dev.exists():
-        scaffold.place("/dev")
-        dev.mkdir()
-        scaffold.add(dev)
-    for name in DEVICES:
-        node = dev / name
-        if os.path.lexists(node):
-            continue
-        scaffold._remember(dev)
-        major, minor = _DEVICE_NUMBERS[name]
+    if st is None:
+        parts, _ = scaffold.place("/dev")
+        scaffold.make_dir(parts)
+    dev = scaffold.root.open_dir(b"dev")
+    try:
+        for name in DEVICES:
+            if lstat_at(dev, os.fsencode(name)) is not None:
+                continue
+            scaffold._remember((b"dev",))
+            major, minor = _DEVICE_NUMBERS[name]
+            try:
+                os.mknod(name, 0o666 | stat.S_IFCHR, os.makedev(major, minor), dir_fd=dev)
+                os.chmod(name, 0o666, dir_fd=dev)
+            except PermissionError:
+                continue  # no CAP_MKNOD: the command runs without this device
+            scaffold.created.append((b"dev", os.fsencode(name)))
+    finally:
+        os.close(dev)
+
+
+def _source(m: Mount) -> tuple[Root, Parts]:
+    """Where a bind or cache mount's content is: a path inside a stage's rootfs (resolved there), or
+    a host file or directory of kade's own (a cache dir, a context view)."""
+    if m.source_root:
+        root = Root(m.source_root)
         try:
-            os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
-            os.chmod(node, 0o666)
-        except PermissionError:
-            continue  # no CAP_MKNOD: the command runs without this device
-        scaffold.add(node)
+            return root, root.resolve(m.source or "/")
+        except BaseException:
+            root.close()
+            raise
+    source = Path(m.source or "")
+    return Root(source.parent), (os.fsencode(source.name),)
 
 
-def _copy_in(source: Path, host: Path) -> None:
-    if source.is_dir():
-        shutil.copytree(source, host, symlinks=True, dirs_exist_ok=True)
-    else:
-        shutil.copy2(source, host, follow_symlinks=False)
+def _copy_in(m: Mount, scaffold: _Scaffold, target: Parts) -> None:
+    """The mount's content copied to `target` in the rootfs, owners, modes and times kept."""
+    src, parts = _source(m)
+    try:
+        if src.lstat(parts) is None:
+            raise SandboxError(f"bind mount source {m.source} does not exist")
+        with scaffold.root.parent(target) as (fd, name, base):
+            TreeCopy(src, scaffold.root, Override(keep_owner=True), []).copy(parts, fd, name, base)
+    finally:
+        src.close()
 
 
-def _save_cache(host: Path, cache: Path) -> None:
-    """Replace the cache dir by what the run left in `host`, atomically for concurrent readers."""
+def _save_cache(scaffold: _Scaffold, target: Parts, cache: Path) -> None:
+    """Replace the cache dir by what the run left at `target`, atomically for concurrent readers. The
+    rootfs is read through fds: a symlink the RUN left there is copied as a symlink, never followed."""
+    st = scaffold.root.lstat(target)
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        return  # the RUN removed or replaced its cache dir: keep the old one
     tmp = Path(tempfile.mkdtemp(prefix=f".{cache.name}.new-", dir=cache.parent))
-    shutil.copytree(host, tmp, symlinks=True, dirs_exist_ok=True)
+    try:
+        with Root(tmp.parent) as out:
+            os.rmdir(tmp)
+            TreeCopy(scaffold.root, out, Override(keep_owner=True), []).copy(target, out.fd, os.fsencode(tmp.name), ())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = cache.parent / f".{cache.name}.old-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         os.rename(cache, old)
@@ -156,49 +218,35 @@ def run_chroot(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapping
         raise SandboxError(f"RUN --network={network} needs a network namespace, which the pod chroot mode "
                            "can't create; drop the flag or build with the local backend")
     scaffold = _Scaffold(root)
-    saves: list[tuple[Path, Path]] = []
+    saves: list[tuple[Parts, Path]] = []
     proxies: list[SocketProxy] = []
     try:
         _devices(scaffold)
         for m in mounts:
-            host = scaffold.place(m.target)
-            existed = host.exists()
-            if existed:
-                scaffold._remember(host)
+            target, existed = scaffold.place(m.target)
             if m.type == "ssh":
                 if existed:
                     raise SandboxError(f"ssh mount target {m.target} exists in the image; pick a new path")
-                proxies.append(SocketProxy(host, m.source or "", mode=0o600 if m.mode is None else m.mode,
-                                           uid=m.uid, gid=m.gid))
+                proxies.append(SocketProxy(scaffold.fd_path(target), m.source or "",
+                                           mode=0o600 if m.mode is None else m.mode, uid=m.uid, gid=m.gid))
                 env.setdefault("SSH_AUTH_SOCK", m.target)
             elif m.type == "secret":
-                host.write_bytes(m.data or b"")
-                os.chown(host, m.uid, m.gid)
-                os.chmod(host, 0o400 if m.mode is None else m.mode)
+                scaffold.root.write_file(target, m.data or b"", Meta(m.uid, m.gid, 0o400 if m.mode is None else m.mode))
             elif m.type == "tmpfs":
-                host.mkdir(exist_ok=True)
+                scaffold.make_dir(target)
             elif m.type in ("cache", "bind"):
-                source = Path(m.source or "")
                 if m.type == "cache":
-                    source.mkdir(parents=True, exist_ok=True)
-                elif not source.exists():
-                    raise SandboxError(f"bind mount source {source} does not exist")
-                _copy_in(source, host)
+                    Path(m.source or "").mkdir(parents=True, exist_ok=True)
+                _copy_in(m, scaffold, target)
                 if m.type == "cache" and not m.readonly:
-                    saves.append((host, source))
-            if not existed:
-                scaffold.add(host)
-            else:  # an empty directory of the image: empty it again afterwards
-                scaffold._remember(host)
-                scaffold.emptied.append(host)
+                    saves.append((target, Path(m.source or "")))
         return _spawn(root, list(argv), env, workdir, user, output, timeout)
     finally:
         for proxy in proxies:
             proxy.close()
         try:
-            for host, cache in saves:
-                if host.is_dir():
-                    _save_cache(host, cache)
+            for target, cache in saves:
+                _save_cache(scaffold, target, cache)
         finally:
             scaffold.cleanup()
 

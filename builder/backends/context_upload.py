@@ -1,8 +1,9 @@
 """The build-context files that missing steps need, as one content-addressed tar blob.
 
 The CLI selects, from the planned stages that will run in pods, the context sources of their missing
-COPY/ADD steps (and the whole context when a RUN binds it), writes them as a deterministic tar
-(sorted, mtime 0, uid/gid 0, modes kept) and uploads it to the stages repo: the same files give the
+COPY/ADD steps and context bind mounts (what .dockerignore selects, never more), writes them as a
+deterministic tar (sorted, uid/gid 0, modes and mtimes kept, mtimes clamped to SOURCE_DATE_EPOCH as
+the layers will be) and uploads it to the stages repo: the same files give the
 same digest, so a second build uploads nothing. The pod downloads it by digest (verified) and
 extracts it after checking every member (no absolute names, no `..`, nothing written through a
 symlink, no devices), then puts back the exact permission bits the keys were computed from.
@@ -25,34 +26,25 @@ from registry.digest import Hasher
 MEDIA_TYPE = "application/vnd.kade.build-context.v1.tar"
 
 
-def needed_paths(stages: Iterable[PlannedStage], hits: set[str], context_root: Path) -> list[str] | None:
-    """Context-relative paths the missing steps read; None means the whole context (RUN --mount=type=bind
-    from the context). Directories are listed with their selected entries, never wholesale."""
+def needed_paths(stages: Iterable[PlannedStage], hits: set[str], context_root: Path) -> list[str]:
+    """Context-relative paths the missing steps read: the entries their COPY/ADD sources and context
+    bind mounts selected (.dockerignore applied), never a directory wholesale."""
     paths: set[str] = set()
+    root = context_root.resolve()
     for ps in stages:
         for step in missing_steps(ps, hits):
-            for m in step.mounts:
-                if m.type == "bind" and "from" not in m.options:
-                    return None
-            if step.copy is None:
-                continue
-            for src in step.copy.sources:
-                for e in src.entries:
+            sources = [s for m in step.mounts if m.type == "bind" for s in m.sources]
+            if step.copy is not None:
+                sources += [s for s in step.copy.sources if not s.rel.startswith(("http://", "https://"))]
+            for src in sources:
+                for path in [e.path for e in src.entries] or [src.path]:  # an empty directory: itself
                     try:
-                        rel = e.path.relative_to(context_root)
+                        rel = path.relative_to(root)
                     except ValueError:
-                        raise BuildError(f"COPY source {e.path} is outside the build context {context_root}") from None
-                    paths.add(str(rel))
+                        raise BuildError(f"context source {path} is outside the build context {root}") from None
+                    if str(rel) != ".":
+                        paths.add(str(rel))
     return sorted(paths)
-
-
-def _all_paths(context_root: Path) -> list[str]:
-    out = []
-    for dirpath, dirs, files in os.walk(context_root):
-        dirs.sort()
-        for name in dirs + sorted(files):
-            out.append(str((Path(dirpath) / name).relative_to(context_root)))
-    return sorted(out)
 
 
 def _with_parents(paths: list[str]) -> list[str]:
@@ -65,14 +57,18 @@ def _with_parents(paths: list[str]) -> list[str]:
     return sorted(full)
 
 
-def write_context_tar(context_root: Path, paths: list[str], out) -> None:
-    """A deterministic tar of `paths` (context-relative) and their parent directories."""
+def write_context_tar(context_root: Path, paths: list[str], out, epoch: int | None = None) -> None:
+    """A deterministic tar of `paths` (context-relative) and their parent directories. mtimes are
+    kept (COPY keeps them), in whole seconds and clamped to `epoch` as the layers will be, so
+    touching files changes the upload only when it can change a layer."""
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for rel in _with_parents(paths):
             host = context_root / rel
             st = os.lstat(host)
             info = tarfile.TarInfo(rel)
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            mtime = max(0, st.st_mtime_ns // 1_000_000_000)
+            info.mtime = mtime if epoch is None else min(mtime, epoch)
+            info.uid, info.gid, info.uname, info.gname = 0, 0, "", ""
             info.mode = stat.S_IMODE(st.st_mode)
             if stat.S_ISDIR(st.st_mode):
                 info.type = tarfile.DIRTYPE
@@ -87,13 +83,12 @@ def write_context_tar(context_root: Path, paths: list[str], out) -> None:
             # sockets, fifos and devices are never selected from a context
 
 
-def pack(context_root: Path, paths: list[str] | None, scratch: Path) -> tuple[Path, str, int]:
+def pack(context_root: Path, paths: list[str], scratch: Path, epoch: int | None = None) -> tuple[Path, str, int]:
     """Write the context tar into `scratch`; returns (file, digest, size)."""
     root = context_root.resolve()
-    chosen = _all_paths(root) if paths is None else paths
     fd, tmp = tempfile.mkstemp(prefix=".context-", suffix=".tar", dir=scratch)
     with os.fdopen(fd, "w+b") as f:
-        write_context_tar(root, chosen, f)
+        write_context_tar(root, paths, f, epoch)
         f.seek(0)
         h = Hasher()
         size = 0

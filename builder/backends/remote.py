@@ -43,12 +43,12 @@ class RemoteStageBuilder(Builder):
         root = self.ctx.root
         paths = context_upload.needed_paths(remote, keys, root)
         context_digest = None
-        if paths is None or paths:
+        if paths:
             with tempfile.TemporaryDirectory(prefix="kade-ctx-") as scratch:
-                tar, context_digest, size = context_upload.pack(root, paths, Path(scratch))
+                tar, context_digest, size = context_upload.pack(root, paths, Path(scratch), self.epoch)
                 if repo.head_blob(context_digest) is None:
-                    self.report("upload", f"context: {size} bytes ({'all files' if paths is None else len(paths)} "
-                                          f"entries) as {context_digest[:19]}")
+                    self.report("upload", f"context: {size} bytes ({len(paths)} entries) as {context_digest[:19]}",
+                                digest=context_digest, entries=len(paths))
                     repo.upload_blob(tar, context_digest, size)
         extra = {"context": context_digest, "compression": self.o.compression, "platform": plan.platform,
                  "no_cache": self.o.no_cache, "image_name": self.o.image_name}

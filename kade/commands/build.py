@@ -44,6 +44,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--keep-failed", action="store_true", help="keep the rootfs of a failed RUN and print its path")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST", type=argtypes.registry_host,
                    help="reach HOST over plain HTTP / without TLS verification (repeatable)")
+    p.add_argument("--check-reproducible", action="store_true",
+                   help="build twice with empty caches (pushing nothing) and name every file that differs; "
+                        "exit 1 when the images differ")
     p.add_argument("--platform", default=DEFAULT_PLATFORM, help=argparse.SUPPRESS)
     add_backend_arguments(p)
     from kade import supply
@@ -122,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if options.tags:
         options.supply = _supply(args, options.context)
     report = make_reporter(args.output)
+    if args.check_reproducible:
+        return run_check(args, options, report)
     if args.backend == "kubernetes":
         from builder.backends.kubernetes import build as kube_build
 
@@ -132,6 +137,23 @@ def run(args: argparse.Namespace) -> int:
                  lambda data: "\n".join(f"{i['ref']}@{i['digest']}" if not i["ref"].startswith("oci:") else i["ref"]
                                         for i in data["images"]))
     return 0
+
+
+def run_check(args: argparse.Namespace, options: BuildOptions, report: Any) -> int:
+    """--check-reproducible: two local builds from nothing, compared."""
+    from builder.reproducible import check_reproducible
+
+    if args.tag or args.backend == "kubernetes":
+        raise UsageError("--check-reproducible builds twice locally and pushes nothing: drop --tag and --backend")
+    result = check_reproducible(options, report)
+
+    def text(data: dict) -> str:
+        if data["reproducible"]:
+            return f"reproducible: both builds gave {data['digests'][0]}"
+        return "\n".join([f"NOT reproducible: {data['digests'][0]} != {data['digests'][1]}"] + data["differences"])
+
+    print_result(args.output, result.to_json(), text)
+    return 0 if result.reproducible else 1
 
 
 def _supply(args: argparse.Namespace, context: Path) -> Any:

@@ -128,3 +128,37 @@ def test_an_ssh_mount_is_a_socket_to_the_agent_while_the_run_lasts(rootfs, tmp_p
         server.close()
     assert code == 0 and out == ["/run/buildkit/ssh_agent.default", "600"], out
     assert tree(rootfs) == before  # socket and /run/buildkit gone, mtimes back
+
+
+@pytest.mark.parametrize("script", [
+    "rm -rf /c && ln -s {host} /c",                     # the cache dir itself becomes a symlink to the host
+    "rm -rf /c/* && ln -s {host} /c/link && ln -s {host}/pwned /c/file-link",  # links inside the cache
+])
+def test_cache_save_never_follows_what_the_run_left(rootfs, tmp_path, empty_host_dir, host_secret, script):
+    """After the RUN (as root) the chroot runner copies the cache back out of the rootfs: through fds,
+    symlinks copied as symlinks, never followed to the host."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "kept").write_text("old")
+    host = str(empty_host_dir.path)
+    code, out = run(rootfs, script.format(host=host), mounts=[Mount("cache", "/c", str(cache))])
+    assert code == 0, out
+    saved = {p.name: p for p in cache.iterdir()}
+    if "link" in saved:
+        assert saved["link"].is_symlink() and os.readlink(saved["link"]) == host
+    else:
+        assert (cache / "kept").read_text() == "old"  # the cache dir was replaced: the old one stays
+    for p in cache.rglob("*"):
+        assert p.is_symlink() or host_secret.value not in (p.read_bytes() if p.is_file() else b"")
+
+
+def test_cleanup_after_the_run_stays_inside_the_rootfs(rootfs, tmp_path):
+    """The RUN replaces the parent of a mountpoint the runner created with a symlink to a host
+    directory that holds the same names: cleanup resolves inside the rootfs and removes nothing there."""
+    host = tmp_path / "host-lookalike"
+    (host / "b" / "m").mkdir(parents=True)
+    (host / "b" / "m" / "precious").write_text("keep")
+    code, out = run(rootfs, f"rm -rf /a && ln -s {host} /a", mounts=[Mount("tmpfs", "/a/b/m")])
+    assert code == 0, out
+    assert (host / "b" / "m" / "precious").read_text() == "keep"
+    assert os.path.islink(rootfs / "a")  # what the RUN made is the RUN's change

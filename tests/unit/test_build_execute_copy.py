@@ -55,7 +55,7 @@ def spec(ctx, srcs, dest, **kw):
     (["dir"], ".", "/app", {"app/a.txt": "a", "app/sub/b.txt": "b"}),
 ])
 def test_destination_rules(ctx, rootfs, srcs, dest, workdir, expect):
-    changes = copy_step(rootfs, spec(ctx, srcs, dest), workdir, None)
+    changes = copy_step(rootfs, spec(ctx, srcs, dest), workdir, None, context_root=ctx.root)
     for rel, text in expect.items():
         assert (rootfs / rel).read_text() == text
         assert rel in {c.path for c in changes}
@@ -64,11 +64,11 @@ def test_destination_rules(ctx, rootfs, srcs, dest, workdir, expect):
 
 
 def test_chown_chmod_and_modes(ctx, rootfs):
-    copy_step(rootfs, spec(ctx, ["two.txt", "one.txt"], "/o/", chown="app"), "/", None)
+    copy_step(rootfs, spec(ctx, ["two.txt", "one.txt"], "/o/", chown="app"), "/", None, context_root=ctx.root)
     st = os.stat(rootfs / "o" / "two.txt")
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (1000, 1000, 0o755)
     assert os.stat(rootfs / "o").st_uid == 1000  # created directory takes the owner too
-    copy_step(rootfs, spec(ctx, ["one.txt"], "/m.txt", chmod=0o600, chown="7:8"), "/", None)
+    copy_step(rootfs, spec(ctx, ["one.txt"], "/m.txt", chmod=0o600, chown="7:8"), "/", None, context_root=ctx.root)
     st = os.stat(rootfs / "m.txt")
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (7, 8, 0o600)
 
@@ -76,10 +76,10 @@ def test_chown_chmod_and_modes(ctx, rootfs):
 def test_heredoc_and_add_archive(ctx, rootfs):
     copy_step(rootfs, CopySpec(dest="/h.sh", heredocs=[("EOF", "echo hi\n")], chmod=0o755), "/", None)
     assert (rootfs / "h.sh").read_text() == "echo hi\n" and os.stat(rootfs / "h.sh").st_mode & 0o777 == 0o755
-    changes = copy_step(rootfs, spec(ctx, ["bundle.tar.gz"], "/unpacked/", add=True), "/", None)
+    changes = copy_step(rootfs, spec(ctx, ["bundle.tar.gz"], "/unpacked/", add=True), "/", None, context_root=ctx.root)
     assert (rootfs / "unpacked" / "inner" / "x.txt").read_text() == "x"
     assert "unpacked/inner/x.txt" in {c.path for c in changes}
-    copy_step(rootfs, spec(ctx, ["bundle.tar.gz"], "/kept/"), "/", None)  # COPY never extracts
+    copy_step(rootfs, spec(ctx, ["bundle.tar.gz"], "/kept/"), "/", None, context_root=ctx.root)  # COPY never extracts
     assert (rootfs / "kept" / "bundle.tar.gz").is_file()
 
 
@@ -87,11 +87,14 @@ def test_copy_never_writes_through_a_hostile_symlink(ctx, rootfs, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
     os.symlink(str(outside), rootfs / "trap")  # absolute link to a host dir
-    copy_step(rootfs, spec(ctx, ["one.txt"], "/trap/"), "/", None)
+    copy_step(rootfs, spec(ctx, ["one.txt"], "/trap/"), "/", None, context_root=ctx.root)
     assert not (outside / "one.txt").exists()
     os.symlink(str(outside / "f"), rootfs / "linkfile")
-    copy_step(rootfs, spec(ctx, ["one.txt"], "/linkfile"), "/", None)
-    assert not (outside / "f").exists() and (rootfs / "linkfile").read_text() == "1"
+    changes = copy_step(rootfs, spec(ctx, ["one.txt"], "/linkfile"), "/", None, context_root=ctx.root)
+    # BuildKit's rule: the destination resolves inside the rootfs, its final symlink included
+    inside = rootfs / str(outside / "f").lstrip("/")
+    assert not (outside / "f").exists() and inside.read_text() == "1" and (rootfs / "linkfile").is_symlink()
+    assert str(inside.relative_to(rootfs)) in {c.path for c in changes}
 
 
 def test_copy_from_rootfs(ctx, rootfs, tmp_path):
@@ -130,10 +133,48 @@ def test_add_archive_never_writes_outside_its_target(tmp_path, rootfs, name, lin
     (c / "hostile.tar.xz").write_bytes(buf.getvalue())
     before = sorted(p.name for p in tmp_path.rglob("*"))
     try:
-        copy_step(rootfs, spec(BuildContext.open(c), ["hostile.tar.xz"], "/unpacked/", add=True), "/", None)
+        hostile = BuildContext.open(c)
+        copy_step(rootfs, spec(hostile, ["hostile.tar.xz"], "/unpacked/", add=True), "/", None,
+                  context_root=hostile.root)
     except BuildError as exc:
         assert "hostile.tar.xz" in str(exc)  # the error names the archive
     after = sorted(p.name for p in tmp_path.rglob("*") if "unpacked" not in p.parts)
     assert "escaped.txt" not in after and "abs-escaped.txt" not in after
     assert "escaped-through-link.txt" not in after
     assert set(after) - set(before) <= {"unpacked"}
+
+
+def test_a_symlink_named_as_a_source_is_copied_under_its_own_name(ctx, rootfs):
+    """Docker and BuildKit follow the named source and keep the name it was given by."""
+    os.symlink("one.txt", ctx.root / "alias.txt")
+    copy_step(rootfs, spec(ctx, ["alias.txt"], "/x/"), "/", None, context_root=ctx.root)
+    assert (rootfs / "x" / "alias.txt").read_text() == "1" and not (rootfs / "x" / "one.txt").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_copy_from_keeps_the_source_owners_unless_chown(rootfs, tmp_path):
+    src = tmp_path / "stage"
+    (src / "opt" / "d").mkdir(parents=True)
+    (src / "opt" / "d" / "f").write_text("f")
+    for p in (src / "opt" / "d", src / "opt" / "d" / "f"):
+        os.chown(p, 1000, 1001)
+    copy_step(rootfs, CopySpec(dest="/kept/", from_stage="s", from_paths=["opt/d"]), "/", src)
+    st = os.stat(rootfs / "kept" / "f")
+    assert (st.st_uid, st.st_gid) == (1000, 1001)
+    assert os.stat(rootfs / "kept").st_uid == 0  # the destination directory it made is root's
+    copy_step(rootfs, CopySpec(dest="/chowned/", from_stage="s", from_paths=["opt/d"], chown="7:8"), "/", src)
+    st = os.stat(rootfs / "chowned" / "f")
+    assert (st.st_uid, st.st_gid) == (7, 8)
+
+
+def test_add_archive_records_entries_where_their_symlinked_parents_put_them(tmp_path, rootfs):
+    from tests.fixtures.layers import E, make_tar
+
+    c = tmp_path / "links-ctx"
+    c.mkdir()
+    (c / "a.tar").write_bytes(make_tar([E("up", "symlink", link="/"), E("up/sub/f", data=b"f")]))
+    hostile = BuildContext.open(c)
+    changes = copy_step(rootfs, spec(hostile, ["a.tar"], "/dst/", add=True), "/", None, context_root=hostile.root)
+    assert (rootfs / "dst" / "sub" / "f").read_bytes() == b"f"
+    paths = {ch.path for ch in changes}
+    assert {"dst/up", "dst/sub", "dst/sub/f"} <= paths and "dst/up/sub/f" not in paths

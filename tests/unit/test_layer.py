@@ -11,7 +11,9 @@ import zstandard
 
 from builder.changes import Change
 from builder.layer import (MEDIA_TYPE_GZIP, MEDIA_TYPE_TAR, MEDIA_TYPE_ZSTD, LayerWriteError, keep_xattr,
-                           layer_from_directory, source_date_epoch, walk_directory, write_layer)
+                           layer_from_directory, walk_directory, write_layer)
+from builder.epoch import source_date_epoch
+from builder.errors import BuildError
 from tests.fixtures.layers import CAP_NET_RAW_EP
 
 DECOMPRESS = {
@@ -158,7 +160,7 @@ def test_source_date_epoch(env, expected):
 
 
 def test_source_date_epoch_garbage_is_an_error():
-    with pytest.raises(LayerWriteError, match="SOURCE_DATE_EPOCH"):
+    with pytest.raises(BuildError, match="SOURCE_DATE_EPOCH"):
         source_date_epoch({"SOURCE_DATE_EPOCH": "yesterday"})
 
 

@@ -1,0 +1,156 @@
+"""The Dockerfile semantics of issue #14 end to end (local backend, real registry, image files read
+with Python's tarfile): COPY keeps source mtimes (clamped to SOURCE_DATE_EPOCH), secret mounts with
+env= and required, ADD --chown of an archive, .dockerignore re-includes."""
+from __future__ import annotations
+
+import gzip
+import os
+
+import pytest
+
+from tests.fixtures.canary import image_files
+from tests.fixtures.layers import E, make_tar
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
+
+MTIME = 1_600_000_000
+
+
+def _ctx(tmp_path, dockerfile: str, files: dict[str, bytes] | None = None):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir(exist_ok=True)
+    (ctx / "Dockerfile").write_text(dockerfile)
+    for rel, data in (files or {}).items():
+        (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / rel).write_bytes(data)
+    return ctx
+
+
+def test_copy_keeps_the_source_mtime_and_keys_ignore_it(registry, base_image, kade_build, tmp_path, monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nCOPY app/ /app/\nCOPY one.txt /one.txt\n",
+               {"app/main.py": b"print(1)\n", "one.txt": b"1\n"})
+    for p in (ctx / "app" / "main.py", ctx / "one.txt", ctx / "app"):
+        os.utime(p, (MTIME, MTIME))
+    tag = f"{registry.host}/sem/mtime:1"
+    kade_build(str(ctx), "--tag", tag, "--output", "json", "--cache-dir", str(tmp_path / "c1")).ok()
+    files = image_files(registry.url, "sem/mtime", "1")
+    assert files["app/main.py"][0].mtime == MTIME and files["one.txt"][0].mtime == MTIME
+    assert files["app"][0].mtime == MTIME  # the directory copied keeps the source's time too
+
+    # another checkout time: the same keys (all cached), so the same image
+    for p in (ctx / "app" / "main.py", ctx / "one.txt"):
+        os.utime(p, (MTIME + 999, MTIME + 999))
+    again = kade_build(str(ctx), "--tag", tag, "--output", "json", "--cache-dir", str(tmp_path / "c2")).ok()
+    assert again["steps"]["built"] == 0
+
+
+def test_copy_mtimes_are_clamped_to_source_date_epoch(registry, base_image, kade_build, tmp_path, monkeypatch):
+    epoch = MTIME - 1000
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(epoch))
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nCOPY new.txt old.txt /d/\nCOPY <<EOF /h.txt\nhi\nEOF\n",
+               {"new.txt": b"n\n", "old.txt": b"o\n"})
+    os.utime(ctx / "new.txt", (MTIME, MTIME))
+    os.utime(ctx / "old.txt", (epoch - 50, epoch - 50))
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/clamp:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    files = image_files(registry.url, "sem/clamp", "1")
+    assert files["d/new.txt"][0].mtime == epoch        # newer than the epoch: clamped
+    assert files["d/old.txt"][0].mtime == epoch - 50   # older: kept (BuildKit's rewrite-timestamp rule)
+    assert files["d"][0].mtime == epoch and files["h.txt"][0].mtime == epoch
+
+
+@pytest.mark.parametrize("mount,check", [
+    ("id=tok,env=TOKEN", 'test "${TOKEN#tok-}" = value && test ! -e /run/secrets/tok'),
+    ("id=tok,env=TOKEN,target=/run/t", 'test "${TOKEN#tok-}" = value && test "$(cat /run/t)" = "$TOKEN"'),
+    ("id=tok", 'T=$(cat /run/secrets/tok) && test "${T#tok-}" = value && test -z "$TOKEN"'),
+    ("id=missing,required=false", "test ! -e /run/secrets/missing"),
+])
+def test_secret_mount_env_and_file(registry, base_image, kade_build, tmp_path, mount, check):
+    (tmp_path / "tok").write_text("tok-value")
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nRUN --mount=type=secret,{mount} {check} && echo ok > /ok\n")
+    run = kade_build(str(ctx), "--output", "json", "--secret", f"id=tok,src={tmp_path / 'tok'}",
+                     "--cache-dir", str(tmp_path / "c"))
+    run.ok()
+    assert "tok-value" not in run.stderr + run.stdout
+
+
+def test_a_secret_not_given_is_an_error_naming_it_and_the_flag(base_image, kade_build, tmp_path):
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nRUN --mount=type=secret,id=tok cat /run/secrets/tok\n")
+    run = kade_build(str(ctx), "--output", "json", "--cache-dir", str(tmp_path / "c"))
+    assert run.code != 0
+    assert "'tok'" in run.stderr and "--secret id=tok" in run.stderr and "required=false" in run.stderr
+    assert "Dockerfile:2" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_add_chown_gives_extracted_files_the_owner(registry, base_image, kade_build, tmp_path):
+    archive = gzip.compress(make_tar([E("pkg", "dir", uid=1, gid=1), E("pkg/bin", "dir", uid=1, gid=1),
+                                      E("pkg/bin/tool", data=b"run", mode=0o755, uid=1, gid=1)]))
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nADD --chown=7:7 archive.tar.gz /opt/owned/\n",
+               {"archive.tar.gz": archive})
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/addchown:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    files = image_files(registry.url, "sem/addchown", "1")
+    for name in ("opt/owned/pkg", "opt/owned/pkg/bin", "opt/owned/pkg/bin/tool"):
+        assert (files[name][0].uid, files[name][0].gid) == (7, 7), name
+    assert files["opt/owned/pkg/bin/tool"][1] == b"run"
+
+
+def test_dockerignore_reincludes_a_file_of_an_excluded_directory(registry, base_image, kade_build, tmp_path):
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nCOPY . /ctx/\n",
+               {"build/keep.txt": b"keep\n", "build/drop.txt": b"drop\n", "build/sub/deep.txt": b"x\n",
+                "src/a.txt": b"a\n", ".dockerignore": b"build/\n!build/keep.txt\n"})
+    run = kade_build(str(ctx), "--tag", f"{registry.host}/sem/reinclude:1", "--output", "json",
+                     "--cache-dir", str(tmp_path / "c"))
+    assert "Traceback" not in run.stderr
+    run.ok()
+    files = image_files(registry.url, "sem/reinclude", "1")
+    assert files["ctx/build/keep.txt"][1] == b"keep\n" and files["ctx/src/a.txt"][1] == b"a\n"
+    assert "ctx/build/drop.txt" not in files and "ctx/build/sub/deep.txt" not in files
+
+
+def test_copy_parents_exclude_symbolic_chmod_and_add_unpack(registry, base_image, kade_build, tmp_path):
+    archive = make_tar([E("inside.txt", data=b"in")])
+    files = {"x/y/a.txt": b"a", "x/y/b.md": b"b", "x/z/c.txt": b"c", "src/p/q/d.txt": b"d", "tool.sh": b"#!/bin/sh\n",
+             "arch.tar": archive}
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref} AS stage\nRUN mkdir -p /opt/s/t && echo s > /opt/s/t/f.txt "
+                         "&& echo k > /opt/s/keep.md\n"
+                         f"FROM {base_image.ref}\n"
+                         "COPY --parents x/y/a.txt x/z/c.txt /parents/\n"
+                         "COPY --parents ./src/./p/**/*.txt /cut/\n"
+                         "COPY --exclude=**/*.md x /excluded/\n"
+                         "COPY --from=stage --exclude=t /opt/s /from-excluded/\n"
+                         "COPY --chmod=u=rwX,go=rX x /sym/\n"
+                         "COPY --chmod=+x tool.sh /tool\n"
+                         "ADD --unpack=false arch.tar /kept/\n"
+                         "ADD arch.tar /unpacked/\n", files)
+    os.chmod(ctx / "tool.sh", 0o600)
+    os.chmod(ctx / "x" / "y" / "a.txt", 0o700)
+    os.chmod(ctx / "x" / "z" / "c.txt", 0o600)
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/flags:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    image = image_files(registry.url, "sem/flags", "1")
+    assert image["parents/x/y/a.txt"][1] == b"a" and image["parents/x/z/c.txt"][1] == b"c"
+    assert image["cut/p/q/d.txt"][1] == b"d" and "cut/src" not in image
+    assert "excluded/y/a.txt" in image and "excluded/y/b.md" not in image
+    assert "from-excluded/keep.md" in image and "from-excluded/t" not in image
+    assert image["sym/y/a.txt"][0].mode == 0o755 and image["sym/z/c.txt"][0].mode == 0o644
+    assert image["sym/y"][0].mode == 0o755
+    assert image["tool"][0].mode == 0o711
+    assert image["kept/arch.tar"][1] == archive and image["unpacked/inside.txt"][1] == b"in"
+
+
+def test_cache_mount_options(registry, base_image, kade_build, tmp_path):
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref} AS seed\nRUN mkdir -p /seed && echo seeded > /seed/s\n"
+                         f"FROM {base_image.ref}\n"
+                         "RUN --mount=type=cache,id=opts,target=/c,mode=0700,uid=1000,gid=1000 "
+                         "stat -c '%a %u %g' /c > /cache-stat\n"
+                         "RUN --mount=type=cache,id=seeded,target=/c,from=seed,source=/seed cat /c/s > /seeded\n"
+                         "RUN --mount=type=cache,id=locked,target=/c,sharing=locked touch /c/ok && ls /c > /locked\n"
+                         "RUN --mount=type=tmpfs,target=/t,size=1m df -k /t | tail -1 | awk '{print $2}' > /tmpfs\n")
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/cache:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    image = image_files(registry.url, "sem/cache", "1")
+    assert image["cache-stat"][1] == b"700 1000 1000\n"
+    assert image["seeded"][1] == b"seeded\n" and image["locked"][1] == b"ok\n"
+    assert image["tmpfs"][1] == b"1024\n"

@@ -1,0 +1,346 @@
+"""builder/rootfs_ops.py: every operation stays inside its root, whatever symlinks the root holds.
+
+Each case puts a hostile symlink at one path component (last, middle, first; absolute or relative;
+a chain; a loop) and runs one operation through it, with the kernel's openat2 and with the
+O_NOFOLLOW walk. The canaries: a host file holding a secret, an empty host directory that must stay
+empty. A race test swaps a symlink in from another thread while the operations run. The last test
+keeps every other module of builder/ from touching a rootfs by path."""
+from __future__ import annotations
+
+import ast
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from builder import rootpath
+from builder.rootfs_ops import Meta, Override, Root, TreeCopy
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(params=[True, False], ids=["openat2", "walk"])
+def resolver(request):
+    before = rootpath.use_openat2(request.param)
+    yield request.param
+    rootpath.use_openat2(before)
+
+
+def _link(root: Path, name: str, target: str) -> None:
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(target, path)
+
+
+def hostile_root(tmp_path: Path, host_dir: Path, secret: Path) -> Path:
+    """A root whose symlinks aim at the host canaries in every way one can."""
+    r = tmp_path / "rootfs"
+    (r / "real" / "sub").mkdir(parents=True)
+    _link(r, "abs-dir", str(host_dir))                                 # absolute, to a host dir
+    _link(r, "abs-file", str(secret))                                 # absolute, to a host file
+    _link(r, "rel-dir", "../" * 12 + str(host_dir).lstrip("/"))       # relative, climbing out
+    _link(r, "rel-file", "../" * 12 + str(secret).lstrip("/"))
+    _link(r, "real/sub/up", "../../../../../../../../..")            # '..' to above the root
+    _link(r, "chain1", "chain2")                                      # a chain to a host file
+    _link(r, "chain2", "/chain3")
+    _link(r, "chain3", str(secret))
+    _link(r, "loop1", "loop2")
+    _link(r, "loop2", "/loop1")
+    _link(r, "proc-self", "/proc/self/root")                          # a magic link, were /proc there
+    return r
+
+
+# (what the operation names, how deep the symlink sits)
+PATHS = ["abs-dir/x", "abs-dir/new/deeper/x", "rel-dir/x", "real/sub/up" + "/x", "real/sub/up/abs-dir/x",
+         "abs-file", "rel-file", "chain1", "loop1/x", "proc-self/x"]
+
+
+def _op_write(root: Root, path: str) -> None:
+    root.write_file(path, b"pwned", Meta(mode=0o644))
+
+
+def _op_makedirs(root: Root, path: str) -> None:
+    root.makedirs(path, Meta(mode=0o755))
+
+
+def _op_read(root: Root, path: str) -> None:
+    data = root.read_file(path)
+    assert data is None or b"kade-canary" not in data
+
+
+def _op_remove(root: Root, path: str) -> None:
+    root.remove(path)
+
+
+def _op_stat(root: Root, path: str) -> None:
+    st = root.stat(path)
+    assert st is None or st.st_ino not in _HOST_INODES
+
+
+def _op_utime(root: Root, path: str) -> None:
+    root.utime(root.resolve(path), 0)
+
+
+def _op_copy_out(root: Root, path: str) -> None:
+    """COPY --from: read `path` out of the hostile root into a clean one."""
+    dst_dir = root.path.parent / "dst"
+    dst_dir.mkdir(exist_ok=True)
+    with Root(dst_dir) as dst:
+        written: list = []
+        TreeCopy(root, dst, Override(), written).copy(root.resolve(path), dst.fd, b"out", ())
+    for p in dst_dir.rglob("*"):
+        assert p.is_symlink() or not p.is_file() or b"kade-canary" not in p.read_bytes()
+
+
+_HOST_INODES: set[int] = set()
+OPS = {"write": _op_write, "makedirs": _op_makedirs, "read": _op_read, "remove": _op_remove, "stat": _op_stat,
+       "utime": _op_utime, "copy_out": _op_copy_out}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_no_operation_leaves_the_root(tmp_path, resolver, host_secret, empty_host_dir, op, path):
+    root_dir = hostile_root(tmp_path, empty_host_dir.path, host_secret.path)
+    _HOST_INODES.clear()
+    _HOST_INODES.update({os.stat(empty_host_dir.path).st_ino, os.stat(host_secret.path).st_ino})
+    secret_times = os.stat(host_secret.path).st_mtime_ns
+    with Root(root_dir) as root:
+        try:
+            OPS[op](root, path)
+        except OSError:
+            pass  # refusing (ELOOP, ENOTDIR, ...) is fine; reaching the host is not
+    empty_host_dir.assert_empty()
+    assert host_secret.path.read_bytes() == host_secret.value + b"\n"
+    assert os.stat(host_secret.path).st_mtime_ns == secret_times
+
+
+@pytest.mark.parametrize("path,inside", [
+    ("abs-dir/x", "{host}/x"),               # an absolute target restarts at the root
+    ("rel-dir/x", "{host}/x"),               # '..' stops at the root
+    ("real/sub/up/real/x", "real/x"),
+    ("chain1", "{secret}"),                  # a chain, followed to its end, inside
+])
+def test_write_lands_where_the_link_points_inside_the_root(tmp_path, resolver, host_secret, empty_host_dir,
+                                                           path, inside):
+    root_dir = hostile_root(tmp_path, empty_host_dir.path, host_secret.path)
+    with Root(root_dir) as root:
+        parts = root.write_file(path, b"data", Meta(mode=0o600))
+    expected = inside.format(host=str(empty_host_dir.path).lstrip("/"), secret=str(host_secret.path).lstrip("/"))
+    assert b"/".join(parts).decode() == expected
+    assert (root_dir / expected).read_bytes() == b"data"
+
+
+def test_loops_and_files_as_directories_are_refused(tmp_path, resolver, host_secret, empty_host_dir):
+    root_dir = hostile_root(tmp_path, empty_host_dir.path, host_secret.path)
+    (root_dir / "plain").write_text("x")
+    with Root(root_dir) as root:
+        with pytest.raises(OSError):
+            root.write_file("loop1/x", b"", Meta())
+        with pytest.raises(NotADirectoryError):
+            root.makedirs("plain/x")
+
+
+def test_a_replaced_file_is_a_new_inode(tmp_path, resolver):
+    """Remove-then-create: a hard link to the old file (say, from a lower layer) keeps its bytes."""
+    r = tmp_path / "r"
+    r.mkdir()
+    (r / "a").write_text("old")
+    os.link(r / "a", r / "b")
+    with Root(r) as root:
+        root.write_file("a", b"new", Meta(mode=0o644))
+    assert (r / "a").read_text() == "new" and (r / "b").read_text() == "old"
+
+
+def test_ownership_and_times_are_set_through_the_object(tmp_path, resolver):
+    r = tmp_path / "r"
+    r.mkdir()
+    with Root(r) as root:
+        root.write_file("/d/f", b"x", Meta(uid=7, gid=8, mode=0o4750, mtime_ns=1_000_000_000))
+    st = os.stat(r / "d" / "f")
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (7, 8) and os.stat(r / "d").st_uid == 7
+    assert st.st_mode & 0o7777 == 0o4750 and st.st_mtime_ns == 1_000_000_000  # setuid kept: chmod after chown
+
+
+def test_copy_out_reads_a_symlink_inside_the_source_root(tmp_path, resolver, host_secret):
+    """COPY --from=stage /x, /x -> an absolute path: the file copied is the stage's, not the host's."""
+    src_dir = tmp_path / "stage"
+    inside = src_dir / str(host_secret.path).lstrip("/")
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(b"the stage's own file")
+    os.symlink(str(host_secret.path), src_dir / "x")
+    dst_dir = tmp_path / "dst"
+    dst_dir.mkdir()
+    with Root(src_dir) as src, Root(dst_dir) as dst:
+        TreeCopy(src, dst, Override(), []).copy(src.resolve("/x"), dst.fd, b"x", ())
+    assert (dst_dir / "x").read_bytes() == b"the stage's own file"
+
+
+def test_copy_out_keeps_symlinks_below_the_named_source(tmp_path, resolver, host_secret):
+    src_dir = tmp_path / "stage"
+    (src_dir / "d").mkdir(parents=True)
+    os.symlink(str(host_secret.path), src_dir / "d" / "link")
+    dst_dir = tmp_path / "dst"
+    dst_dir.mkdir()
+    with Root(src_dir) as src, Root(dst_dir) as dst:
+        TreeCopy(src, dst, Override(), []).copy(src.resolve("/d"), dst.fd, b"d", ())
+    assert os.readlink(dst_dir / "d" / "link") == str(host_secret.path)
+
+
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "walk"])
+def test_a_symlink_swapped_in_while_operations_run_never_reaches_the_host(tmp_path, empty_host_dir, openat2):
+    """A thread flips /d between a real directory and a symlink to a host dir, as fast as it can,
+    while this thread writes, creates directories and removes through /d."""
+    before = rootpath.use_openat2(openat2)
+    r = tmp_path / "r"
+    r.mkdir()
+    stop = threading.Event()
+
+    def flip() -> None:
+        while not stop.is_set():
+            try:
+                os.rename(r / "d", r / "d-real")
+            except OSError:
+                pass
+            try:
+                os.symlink(str(empty_host_dir.path), r / "d-link")
+                os.rename(r / "d-link", r / "d")
+            except OSError:
+                pass
+            try:
+                os.rename(r / "d-real", r / "d")
+            except OSError:
+                pass
+            try:
+                os.unlink(r / "d-link")
+            except OSError:
+                pass
+
+    (r / "d").mkdir()
+    swapper = threading.Thread(target=flip, daemon=True)
+    swapper.start()
+    try:
+        with Root(r) as root:
+            for i in range(400):
+                for op in (lambda: root.write_file(f"/d/f{i % 7}", b"pwned", Meta(mode=0o644)),
+                           lambda: root.makedirs(f"/d/dir{i % 5}/sub", Meta(mode=0o755)),
+                           lambda: root.remove(f"/d/f{(i + 3) % 7}")):
+                    try:
+                        op()
+                    except OSError:
+                        pass
+    finally:
+        stop.set()
+        swapper.join()
+        rootpath.use_openat2(before)
+    empty_host_dir.assert_empty()
+
+
+# -- nothing else in builder/ touches a rootfs by path ------------------------------------------------
+
+_PATH_CALLS = {("os", n) for n in ("open chown lchown chmod mkdir makedirs unlink remove symlink link utime rmdir "
+                                   "rename replace listdir scandir walk mknod mkfifo readlink stat lstat truncate "
+                                   "setxattr removexattr").split()}
+_PATH_CALLS |= {("shutil", n) for n in "copy copy2 copyfile copytree rmtree move copymode copystat chown".split()}
+_PATH_METHODS = set(("write_text write_bytes read_text read_bytes mkdir unlink rmdir iterdir is_symlink is_dir "
+                     "is_file exists touch chmod symlink_to hardlink_to rglob").split())
+
+# The modules that own file operations on a rootfs: builder/rootfs_ops.py and its resolver; the layer
+# unpacker and the snapshot, which work through the fds rootpath hands them.
+OWNERS = {"rootfs_ops.py", "rootpath.py", "unpack.py", "snapshot.py"}
+# Modules never given a path inside a rootfs, and why.
+NO_ROOTFS = {
+    "cache.py": "the local cache's own directories", "fetch.py": "downloads into the cache",
+    "rootfs.py": "whole trees of the store, copied with cp -a and renamed (never followed)",
+    "context.py": "the build context (checked to stay inside it), not a rootfs",
+    "linux.py": "/proc/self of kade's own process", "dockerfile.py": "the Dockerfile",
+    "layer.py": "the change sources the snapshot and rootfs_ops resolved (see docs/security.md)",
+    "backends/agent_relay.py": "sockets it is handed", "backends/podstage.py": "the pod's work dir and secrets",
+    "backends/context_upload.py": "the context and the pod's fresh context dir",
+    "build.py": "blobs, layouts and work dirs of the cache",
+    "reproducible.py": "the OCI layouts of its two builds", "epoch.py": "no files at all",
+    "attest.py": "blobs of the local cache", "provenance.py": "no files at all",
+    **{f"sbom/{m}.py": "layer blobs read as tar streams, and its own state in the cache"
+       for m in ("documents", "golang", "licenses", "packages", "walk")},
+}
+# In the modules that do work on rootfs trees, the path calls that are not on one, and why.
+ALLOWED = {
+    ("execute.py", "apply_layers", "open"): "a layer blob in the cache",
+    ("execute.py", "run_step", "shutil.rmtree"): "kade's scratch and view dirs beside the rootfs",
+    ("execute.py", "context_view", ".mkdir"): "the views dir kade makes",
+    ("execute.py", "context_view", "os.listdir"): "an fd of the views dir",
+    ("execute.py", "_extract_archive", "os.utime"): "an fd of the target",
+    ("execute.py", "_cache_mount", ".iterdir"): "a cache mount's dir in the local cache",
+    ("execute.py", "_cache_mount", "os.rmdir"): "a cache mount's dir in the local cache",
+    ("execute.py", "_cache_mount", "os.chmod"): "a cache mount's dir in the local cache",
+    ("execute.py", "_cache_mount", "os.chown"): "a cache mount's dir in the local cache",
+    ("backends/chroot.py", "_save_cache", "os.rmdir"): "a temp dir beside the cache dir",
+    ("backends/chroot.py", "_save_cache", "shutil.rmtree"): "cache dirs kade owns",
+    ("backends/chroot.py", "_save_cache", "os.rename"): "cache dirs kade owns",
+    ("backends/chroot.py", "run_chroot", ".mkdir"): "the cache dir on the cache volume",
+    ("sandbox.py", "_resolv_conf", ".read_text"): "the host's /etc/resolv.conf",
+    ("sandbox.py", "prepare_call", ".is_dir"): "the rootfs directory itself",
+    ("sandbox.py", "run_in_rootfs", ".write_text"): "the sandbox's private temp dir",
+    ("sandbox.py", "run_in_rootfs", ".mkdir"): "the private temp dir and cache dirs",
+    ("sandbox.py", "run_in_rootfs", ".exists"): "a resolved bind source or a cache dir",
+    ("sandbox.py", "run_in_rootfs", ".is_dir"): "a bind source resolved inside its root",
+    ("sandbox.py", "run_in_rootfs", "shutil.copytree"): "a resolved bind source into the private dir",
+    ("sandbox.py", "run_in_rootfs", "shutil.copy2"): "a resolved bind source into the private dir",
+    ("sandbox.py", "run_in_rootfs", "os.chmod"): "a new cache dir",
+    ("sandbox.py", "run_in_rootfs", "os.chown"): "a new cache dir",
+    ("sandbox.py", "run_in_rootfs", "shutil.rmtree"): "the private temp dir",
+    ("sandbox.py", "_setup", "os.open"): "inside the sandbox's own mount namespace, after the mounts",
+    ("sandbox.py", "_setup", "os.mkdir"): "the sandbox's fresh /dev tmpfs",
+    ("sandbox.py", "_setup", "os.symlink"): "the sandbox's fresh /dev tmpfs",
+}
+
+
+def path_calls(path: Path) -> list[tuple[str, str, int]]:
+    """(qualified function, call, line) of every call that names a file by path (not through an fd)."""
+    found: list[tuple[str, str, int]] = []
+    scope: list[str] = []
+
+    class Visitor(ast.NodeVisitor):
+        def visit_FunctionDef(self, node):  # noqa: N802
+            scope.append(node.name)
+            self.generic_visit(node)
+            scope.pop()
+
+        visit_ClassDef = visit_FunctionDef  # noqa: N815
+
+        def visit_Call(self, node):  # noqa: N802
+            f, name = node.func, None
+            by_fd = any(k.arg in ("dir_fd", "src_dir_fd") for k in node.keywords)
+            if isinstance(f, ast.Name) and f.id == "open":
+                name = "open"
+            elif isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and \
+                    (f.value.id, f.attr) in _PATH_CALLS and not by_fd:
+                name = f"{f.value.id}.{f.attr}"
+            elif isinstance(f, ast.Attribute) and f.attr in _PATH_METHODS and not (
+                    isinstance(f.value, ast.Name) and f.value.id in ("os", "shutil", "self")):
+                name = "." + f.attr
+            if name:
+                found.append((".".join(s for s in scope if s), name, node.lineno))
+            self.generic_visit(node)
+
+    Visitor().visit(ast.parse(path.read_text(), str(path)))
+    return found
+
+
+def test_no_module_touches_a_rootfs_by_path():
+    modules = sorted(str(p.relative_to(ROOT / "builder")) for p in (ROOT / "builder").rglob("*.py")
+                     if p.name != "__init__.py")
+    seen = set()
+    for rel in modules:
+        if rel in OWNERS or rel in NO_ROOTFS:
+            continue
+        for func, call, line in path_calls(ROOT / "builder" / rel):
+            key = (rel, func, call)
+            seen.add(key)
+            assert key in ALLOWED, (f"builder/{rel}:{line} {func}() calls {call} on a path: go through "
+                                    "builder/rootfs_ops.py, or list it in ALLOWED with why it is no rootfs path")
+    stale = set(ALLOWED) - seen
+    assert not stale, f"ALLOWED lists calls that are gone: {sorted(stale)}"
+    unknown = [m for m in modules if m not in OWNERS and m not in NO_ROOTFS and not path_calls(ROOT / "builder" / m)]
+    assert "plan.py" in unknown  # the scan ran over modules with no path calls too
