@@ -73,6 +73,8 @@ class BuildOptions:
     annotations: dict[str, str] = field(default_factory=dict)  # extra manifest annotations of the final image
     labels: dict[str, str] = field(default_factory=dict)  # extra config labels of the final image (not in keys)
     sandbox: Callable[..., int] | None = None  # runs RUN commands; None: builder.sandbox.run_in_rootfs
+    isolation: Any = None  # builder.sandbox.Isolation for run_in_rootfs (None: its defaults)
+    allow_host_network: bool = False  # RUN --network=host is refused without it (kade build --allow-host-network)
 
 
 @dataclass
@@ -94,6 +96,17 @@ class Image:
     digest: str
     manifest: Manifest
     config: dict[str, Any]
+
+
+def check_host_network(plan: Plan) -> None:
+    """RUN --network=host is an entitlement of whoever runs the build, never of the Dockerfile."""
+    for ps in plan.stages.values():
+        for step in ps.steps:
+            if step.kind == "run" and step.network == "host":
+                raise BuildError("RUN --network=host gives the step the build host's network (its loopback "
+                                 "services included); the Dockerfile alone can't ask for that",
+                                 file=step.ins.file, line=step.ins.line,
+                                 hint="build with `kade build --allow-host-network` if you trust this Dockerfile")
 
 
 def stages_repo_for(tag: str) -> str:
@@ -223,6 +236,8 @@ class Builder:
         plan = make_plan(df, ctx, self.resolve_base, target=self.o.target, build_args=self.o.build_args,
                          platform=self.o.platform)
         self.plan, self.ctx = plan, ctx
+        if not self.o.allow_host_network:
+            check_host_network(plan)
         for name in plan.unused_args:
             self.report("warning", f"build arg {name} was given but no ARG in the stages built declares it")
         return plan
@@ -418,7 +433,7 @@ class Builder:
             if step.kind == "run":
                 ctx = ex.RunContext(secrets=self.o.secrets, ssh_socket=self.o.ssh, cache_dir=self._cache_mount,
                                     stage_rootfs=self._mount_root, context_root=self.ctx.root, report=self.report,
-                                    runner=self.o.sandbox)
+                                    runner=self.o.sandbox, isolation=self.o.isolation)
                 layer = ex.run_step(rootfs, step, ctx, lambda line: self.report("output", line), self._write_layer,
                                     keep_result=rootfs_read_after(self.plan, ps, step))
                 return self._push_step(step, parent, layer)  # type: ignore[arg-type]

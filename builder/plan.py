@@ -372,8 +372,8 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
             kind = "run"
             argv, files = _run_argv(ins, cfg)
             network = str(ins.flag("network") or "default")
-            if network not in ("default", "none"):
-                raise ins.error(f"unsupported --network={network}", hint="use default or none")
+            if network not in ("default", "none", "host"):
+                raise ins.error(f"unsupported --network={network}", hint="use default, none or host")
             for k, v in sorted(ins.flags.items()):
                 if k.startswith("mount"):
                     m, rows, fkey = _plan_mount(ins, str(v), scope, esc, context, planned, resolver, platform, deps)

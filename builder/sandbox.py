@@ -67,6 +67,10 @@ class SandboxError(BuildError):
     """The command could not be started in the rootfs (setup failed, or the executable is missing)."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """The RUN was killed because kade is stopping (kill_all: a signal, a cancelled command)."""
+
+
 class OverlayUnavailable(SandboxError):
     """The sandbox could not mount the step's overlay (the command did not run): use the stat snapshot."""
 
@@ -525,7 +529,7 @@ def _spawn(spec: dict, output: OutputCallback | None, timeout: float | None) -> 
     except BrokenPipeError:
         pass
     try:
-        with _running(proc):
+        with _running(proc) as live:
             stderr_tail = _pump(proc, output, timeout)
             code = proc.wait()
     except BaseException:
@@ -534,6 +538,8 @@ def _spawn(spec: dict, output: OutputCallback | None, timeout: float | None) -> 
     finally:
         with os.fdopen(status_r, "rb") as f:
             status = f.read().decode(errors="replace")
+    if live.killed:
+        raise RunInterrupted("the RUN step was stopped: kade is stopping")
     return _verdict(status, code, stderr_tail)
 
 
@@ -548,22 +554,45 @@ def _verdict(status: str, code: int, stderr_tail: Iterable[bytes]) -> int:
     return 128 - code if code < 0 else code
 
 
-# Every sandbox running in this process, so a signal handler can end them all at once (see kill_all).
-_live: set[subprocess.Popen] = set()
-_live_lock = threading.Lock()
-
-
 class _running:
+    """A sandbox that kill_all (or the command's cancellation) can stop from any thread."""
+
     def __init__(self, proc: subprocess.Popen):
         self.proc = proc
+        self.killed = False
+        self._cancel: object = None
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> "_running":
         with _live_lock:
-            _live.add(self.proc)
+            _live.add(self)
+        if _cancel is not None:   # the command's cancellation (a signal) kills the RUN at once
+            self._cancel = _cancel.on_cancel(self.kill)
+            self._cancel.__enter__()
+        return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._cancel is not None:
+            self._cancel.__exit__(None, None, None)
         with _live_lock:
-            _live.discard(self.proc)
+            _live.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL the launcher, holder and init: the init's PID namespace takes every process of the
+        RUN with it. Quick and lock-free enough for a signal handler."""
+        self.killed = True
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# Every sandbox running in this process, so a signal handler can end them all at once (kill_all).
+_live: set[_running] = set()
+_live_lock = threading.RLock()   # re-entrant: kill_all may run in a signal handler of a thread holding it
+try:   # the command's cancellation token (kade/interrupt.py), where this kade has one
+    from registry import cancel as _cancel   # type: ignore[attr-defined]
+except ImportError:
+    _cancel = None
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -575,16 +604,12 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def kill_all() -> int:
-    """SIGKILL every sandbox of this process (its launcher, holder and init: the init's PID namespace
-    takes every process of the RUN with it). Safe from a signal handler. Returns how many."""
+    """Stop every RUN of this process now (its _spawn then raises RunInterrupted). Returns how many."""
     with _live_lock:
-        procs = list(_live)
-    for proc in procs:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return len(procs)
+        live = list(_live)
+    for run in live:
+        run.kill()
+    return len(live)
 
 
 def _pump(proc: subprocess.Popen, output: OutputCallback | None, timeout: float | None) -> deque[bytes]:
