@@ -208,3 +208,50 @@ def set_seccomp(program: bytes, count: int) -> None:
     buf = ctypes.create_string_buffer(program, len(program))
     prog = _SockFprog(count, ctypes.cast(buf, ctypes.c_void_p))
     _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp filter")
+
+
+def become_subreaper() -> None:
+    """Orphans among this process's descendants become its children (not init's), so it can end them."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1, what="PR_SET_CHILD_SUBREAPER")
+
+
+def children(pid: int | None = None) -> set[int]:
+    """The pids whose parent is `pid` (this process by default), from /proc/*/stat."""
+    me = os.getpid() if pid is None else pid
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()   # after "(comm)", which may hold spaces
+        if len(fields) > 1 and int(fields[1]) == me:
+            found.add(int(name))
+    return found
+
+
+def kill_children_except(keep: set[int], rounds: int = 100) -> int:
+    """SIGKILL and reap every child of this process not in `keep`, again and again while new ones
+    appear (a subreaper adopts the orphans of those it kills). Returns how many were killed."""
+    import signal
+
+    killed = 0
+    for _ in range(rounds):
+        doomed = children() - keep
+        if not doomed:
+            break
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        for pid in doomed:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+    return killed

@@ -33,11 +33,13 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from builder.backends.agent_relay import SocketProxy
-from builder.linux import CAP_SETPCAP, CHROOTED_RUN_CAPS, drop_capabilities, has_effective, last_capability
+from builder.linux import (CAP_SETPCAP, CHROOTED_RUN_CAPS, become_subreaper, children, drop_capabilities,
+                           has_effective, kill_children_except, last_capability)
 from builder.sandbox import DEVICES, Mount, OutputCallback, SandboxError, User, _pump, prepare_call
 
 _DEVICE_NUMBERS = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
@@ -219,6 +221,8 @@ def _spawn(root: Path, argv: list[str], env: dict[str, str], workdir: str, user:
         os.setgid(user.gid)
         os.setuid(user.uid)
 
+    become_subreaper()   # a daemon the RUN starts is adopted by us, not by the pod's init, and killed below
+    before = children()
     try:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, preexec_fn=enter, start_new_session=True)
@@ -227,11 +231,19 @@ def _spawn(root: Path, argv: list[str], env: dict[str, str], workdir: str, user:
     except subprocess.SubprocessError as exc:
         raise SandboxError(f"cannot enter the rootfs for {argv[0]!r}: {exc}") from None
 
+    def end_the_rest() -> None:
+        """When the command exits, the step is over, and so is every process it started (this mode
+        shares the pod's PIDs): a daemon holding the output pipes open would keep _pump waiting."""
+        proc.wait()
+        kill_children_except(before)
+
+    threading.Thread(target=end_the_rest, daemon=True).start()
     try:
         _pump(proc, output, timeout)  # whole lines, newline included
         code = proc.wait()
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        kill_children_except(before)
         raise
     return 128 - code if code < 0 else code
