@@ -35,6 +35,7 @@ import errno
 import fcntl
 import json
 import os
+import select
 import signal
 import socket
 import struct
@@ -194,6 +195,7 @@ def _unshare(flags: int) -> None:
 # ------------------------------------------------------------------------------------------- holder
 
 def _hold(spec: dict, status: Status, from_launcher: int, to_launcher: int, go: int) -> None:
+    launcher = os.getppid()
     L.die_with_parent()
     if spec["mode"] in ("userns", "rootless"):
         _unshare(L.CLONE_NEWUSER)
@@ -204,15 +206,20 @@ def _hold(spec: dict, status: Status, from_launcher: int, to_launcher: int, go: 
         os.setresuid(0, 0, 0)
         if spec["mode"] == "userns":
             os.setgroups([])
+        L.die_with_parent()   # the uid change disarmed it
+        if os.getppid() != launcher:
+            os._exit(137)     # the launcher died meanwhile
     flags = L.CLONE_NEWNS | L.CLONE_NEWPID | L.CLONE_NEWUTS | L.CLONE_NEWIPC | L.CLONE_NEWCGROUP
     if spec["network"]["mode"] != "shared":
         flags |= L.CLONE_NEWNET
     _unshare(flags)
+    lifeline, held = os.pipe()   # EOF for the init once this process is gone (its getppid() says 0)
     init = os.fork()
     if init == 0:
         os.close(to_launcher)
+        os.close(held)
         try:
-            _init(spec, status, go)
+            _init(spec, status, go, lifeline)
         except Failure as exc:
             status.fail(exc.kind, str(exc))
         except OSError as exc:
@@ -225,8 +232,14 @@ def _hold(spec: dict, status: Status, from_launcher: int, to_launcher: int, go: 
 
 # --------------------------------------------------------------------------------------------- init
 
-def _init(spec: dict, status: Status, go: int) -> None:
+def _orphaned(lifeline: int) -> bool:
+    return bool(select.select([lifeline], [], [], 0)[0])
+
+
+def _init(spec: dict, status: Status, go: int, lifeline: int) -> None:
     L.die_with_parent()
+    if _orphaned(lifeline):
+        os._exit(137)
     if os.read(go, 1) != b"g":
         os._exit(127)   # the launcher died or failed (it said why)
     os.close(go)
@@ -237,7 +250,7 @@ def _init(spec: dict, status: Status, go: int) -> None:
         os.chdir(workdir)
     except OSError as exc:
         raise Failure("setup", f"working directory {workdir} is not usable in the rootfs: {exc.strerror}") from None
-    _drop_privileges(spec, pivoted, status)
+    _drop_privileges(spec, pivoted, lifeline)
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
     argv, env = spec["argv"], spec["env"]
@@ -250,7 +263,7 @@ def _init(spec: dict, status: Status, go: int) -> None:
         raise Failure("exec", f"cannot run {argv[0]!r}: {exc.strerror}") from None
 
 
-def _drop_privileges(spec: dict, pivoted: bool, status: Status) -> None:
+def _drop_privileges(spec: dict, pivoted: bool, lifeline: int) -> None:
     try:
         L.drop_capabilities(L.DEFAULT_CAPS if pivoted else L.CHROOTED_RUN_CAPS)
         L.clear_inheritable_and_ambient()
@@ -266,6 +279,8 @@ def _drop_privileges(spec: dict, pivoted: bool, status: Status) -> None:
                       + (" (rootless builds map only your own uid; run as root for other USERs)"
                          if spec["mode"] == "rootless" else "")) from None
     L.die_with_parent()   # a uid change disarmed it
+    if _orphaned(lifeline):
+        os._exit(137)
     L.prctl(L.PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
     program = seccomp.program()
     if program is not None:
