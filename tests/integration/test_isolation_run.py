@@ -279,3 +279,40 @@ def test_run_processes_are_an_unprivileged_uid_on_the_host(kade_build, probe_bas
         proc.wait()
     time.sleep(0.5)   # the sandbox dies with kade (parent-death signals)
     assert subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout == ""
+
+
+LAYERS = """\
+RUN mkdir -p /d/sub /opq && echo a > /d/f && chown 42:43 /d/f && chmod 4755 /d/f && ln -s f /d/link && \\
+    ln /d/f /d/hard && rm /etc/group && touch /opq/x && chown 1000:1000 /d/sub && chmod 1777 /d/sub
+RUN rm -rf /opq && mkdir /opq && echo y > /opq/y && chown -R 65534:65534 /opq && rm /d/link
+USER app
+RUN echo mine > /tmp/app-file && mkdir /tmp/app-dir
+"""
+
+
+def test_layers_are_the_same_with_and_without_the_user_namespace(kade_build, registry, probe_base, tmp_path,
+                                                                 monkeypatch):
+    """The image's own uids stay on disk: a RUN's layer is byte-identical whether root in the RUN is
+    host root (--userns host) or a subordinate uid (idmapped rootfs, overlay inside the sandbox)."""
+    from tests.fixtures.canary import image_files, registry_get
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {probe_base.ref}\n{LAYERS}")
+    layers = {}
+    for userns in ("auto", "host"):
+        tag = f"{registry.host}/isolation/layers-{userns}:1"
+        done = kade_build(str(ctx), "--tag", tag, "--userns", userns, "--no-cache", "--cache-dir",
+                          str(tmp_path / f"cache-{userns}"), "--output", "json")
+        assert done.code == 0, done.stderr[-2000:]
+        manifest = registry_get(f"http://{registry.host}", f"isolation/layers-{userns}", "manifests", "1").json()
+        layers[userns] = [d["digest"] for d in manifest["layers"]]
+    assert layers["auto"] == layers["host"] and len(layers["auto"]) == 5
+    files = image_files(f"http://{registry.host}", "isolation/layers-auto", "1")
+    owners = {name: (info.uid, info.gid, oct(info.mode)) for name, (info, _) in files.items()
+              if name.startswith(("d/", "opq", "tmp/app"))}
+    assert owners["d/f"] == (42, 43, "0o4755") and owners["d/sub"] == (1000, 1000, "0o1777")
+    assert owners["opq/y"] == (65534, 65534, "0o644") and "opq/x" not in files
+    assert owners["tmp/app-file"][:2] == owners["tmp/app-dir"][:2] == (1000, 1000)
+    assert "etc/group" not in files and "d/link" not in files
