@@ -38,8 +38,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from builder.backends.agent_relay import SocketProxy
-from builder.linux import (CAP_SETPCAP, CHROOTED_RUN_CAPS, become_subreaper, children, drop_capabilities,
-                           has_effective, kill_children_except, last_capability)
+from builder import seccomp
+from builder.linux import (CAP_SETPCAP, CHROOTED_RUN_CAPS, PR_SET_NO_NEW_PRIVS, become_subreaper, children,
+                           clear_inheritable_and_ambient, drop_capabilities, has_effective, kill_children_except,
+                           last_capability, prctl, set_seccomp)
 from builder.sandbox import DEVICES, Mount, OutputCallback, SandboxError, User, _pump, prepare_call
 
 _DEVICE_NUMBERS = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
@@ -213,13 +215,20 @@ def _spawn(root: Path, argv: list[str], env: dict[str, str], workdir: str, user:
                            "as builder/backends/podspec.py does")
     last = last_capability()
 
+    program = seccomp.program()
+    filter_bytes = seccomp.encode(program) if program is not None else b""
+
     def enter() -> None:  # runs in the child between fork and exec
         drop_capabilities(CHROOTED_RUN_CAPS, last)  # effective until exec, so the chroot below still works
+        clear_inheritable_and_ambient()
         os.chroot(root)
         os.chdir(workdir)
         os.setgroups(list(user.groups))
         os.setgid(user.gid)
         os.setuid(user.uid)
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if program is not None:   # the local sandbox's filter, on top of the pod's RuntimeDefault profile
+            set_seccomp(filter_bytes, len(program))
 
     become_subreaper()   # a daemon the RUN starts is adopted by us, not by the pod's init, and killed below
     before = children()
