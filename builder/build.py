@@ -258,13 +258,23 @@ class Builder:
         return {s.key: d for s, d in zip(steps, found) if d is not None}  # type: ignore[misc]
 
     def execute(self, plan: Plan, hits: dict[str, Any]) -> Image | None:
+        from builder import sandbox
+
         self.hits = hits
         needed = needed_stages(plan, set(hits))
-        with ThreadPoolExecutor(max_workers=max(1, self.o.parallel)) as pool:
-            for ps in plan.order():  # dependencies come first, so a waiting stage never starves the pool
-                if ps.label in needed:
-                    self.stage_futures[ps.label] = pool.submit(self.run_stage, ps)
-            return self.stage_futures[plan.target].result()
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, self.o.parallel)) as pool:
+                try:
+                    for ps in plan.order():  # dependencies come first, so a waiting stage never starves the pool
+                        if ps.label in needed:
+                            self.stage_futures[ps.label] = pool.submit(self.run_stage, ps)
+                    return self.stage_futures[plan.target].result()
+                except KeyboardInterrupt:
+                    sandbox.kill_all()   # RUNs in worker threads stop now (and none starts): the pool waits for them
+                    raise
+        except KeyboardInterrupt:
+            sandbox.resume()
+            raise
 
     def _base_image(self, ps: PlannedStage) -> Image | None:
         if ps.base_stage:

@@ -565,6 +565,8 @@ class _running:
     def __enter__(self) -> "_running":
         with _live_lock:
             _live.add(self)
+            if _refusing:   # kill_all came first: this RUN must not run either
+                self.kill()
         if _cancel is not None:   # the command's cancellation (a signal) kills the RUN at once
             self._cancel = _cancel.on_cancel(self.kill)
             self._cancel.__enter__()
@@ -588,6 +590,7 @@ class _running:
 
 # Every sandbox running in this process, so a signal handler can end them all at once (kill_all).
 _live: set[_running] = set()
+_refusing = False   # set by kill_all until resume(): a RUN starting meanwhile is killed at once
 _live_lock = threading.RLock()   # re-entrant: kill_all may run in a signal handler of a thread holding it
 try:   # the command's cancellation token (kade/interrupt.py), where this kade has one
     from registry import cancel as _cancel   # type: ignore[attr-defined]
@@ -604,12 +607,22 @@ def _kill(proc: subprocess.Popen) -> None:
 
 
 def kill_all() -> int:
-    """Stop every RUN of this process now (its _spawn then raises RunInterrupted). Returns how many."""
+    """Stop every RUN of this process now, and any that starts until resume() (their _spawn raises
+    RunInterrupted). Returns how many were running."""
+    global _refusing
     with _live_lock:
+        _refusing = True
         live = list(_live)
     for run in live:
         run.kill()
     return len(live)
+
+
+def resume() -> None:
+    """RUN steps may start again (after the build that kill_all stopped has wound down)."""
+    global _refusing
+    with _live_lock:
+        _refusing = False
 
 
 def _pump(proc: subprocess.Popen, output: OutputCallback | None, timeout: float | None) -> deque[bytes]:

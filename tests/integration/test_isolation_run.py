@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -316,3 +317,48 @@ def test_layers_are_the_same_with_and_without_the_user_namespace(kade_build, reg
     assert owners["opq/y"] == (65534, 65534, "0o644") and "opq/x" not in files
     assert owners["tmp/app-file"][:2] == owners["tmp/app-dir"][:2] == (1000, 1000)
     assert "etc/group" not in files and "d/link" not in files
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_to_kade_ends_every_process_of_the_run_within_2_s(probe_base, tmp_path, sig):
+    """The RUN ignores SIGTERM/SIGINT and leaves a daemon and a setsid'd one: a signal to kade's process
+    group (a terminal's Ctrl-C, a CI runner's SIGTERM) ends all of them within 2 s, and the next step
+    never starts. (Exit codes, cleanup and the second signal are the CLI's: tests/integration/test_build_signals.py.)"""
+    marker = _marker()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(
+        f"FROM {probe_base.ref}\nRUN trap '' TERM INT HUP; sleep {marker} & "
+        f"(setsid sleep {marker} </dev/null >/dev/null 2>&1 &); echo started; sleep {marker}\n"
+        f"RUN echo next-step-{marker}\n")
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "kade", "build", str(ctx), "--cache-dir", str(tmp_path / "c"),
+                             "--insecure-registry", probe_base.ref.split("/")[0], "--output", "json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        seen = ""
+        deadline = time.monotonic() + 120
+        started = '"kind": "output", "message": "started"'   # (the step record names the command too)
+        while started not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen += line
+        assert started in seen, seen[-2000:]
+        os.killpg(proc.pid, sig)
+        sent = time.monotonic()
+        left = "?"
+        while time.monotonic() - sent < 2:
+            left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout
+            if not left:
+                break
+            time.sleep(0.05)
+        assert left == "", f"still running 2 s after {sig.name}: {left}"
+        _, rest = proc.communicate(timeout=30)
+        assert f"next-step-{marker}" not in seen + rest
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout.split():
+            os.kill(int(pid), signal.SIGKILL)   # only if the test failed: what it started, by pid
