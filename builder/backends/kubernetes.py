@@ -319,7 +319,10 @@ class KubeBuilder(RemoteStageBuilder):
                     reason = json.loads(reason).get("message", reason)
                 except ValueError:
                     pass
-                raise PodSecurityRefused(reason) from None
+                raise PodSecurityRefused(f"cannot create pod {self.k.namespace}/{manifest['metadata']['name']}: "
+                                         f"{reason}", hint="user-namespace pods need the namespace's "
+                                         "pod-security.kubernetes.io/enforce label at privileged "
+                                         "(or build with --no-user-namespaces)") from None
             raise BuildError(f"cannot create pod {self.k.namespace}/{manifest['metadata']['name']}: "
                              f"{exc.status} {detail}", hint="check the namespace, ServiceAccount and RBAC "
                              "(k8s-manifests/builder)") from None

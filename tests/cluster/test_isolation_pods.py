@@ -166,12 +166,22 @@ def test_a_namespace_that_refuses_user_namespace_pods_falls_back_with_a_warning(
     from kubernetes import client, config
 
     core = client.CoreV1Api(config.new_client_from_config(config_file=builder_env.kubeconfig))
-    core.patch_namespace(builder_env.namespace, {"metadata": {"labels": {
-        "pod-security.kubernetes.io/enforce": "baseline"}}})
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    (ctx / "Dockerfile").write_text(f"FROM {probe_image}\nRUN ls /proc 2>/dev/null | wc -l\n")
-    done = kade_build(builder_env, ctx, f"{builder_env.registry}/{unique('baseline')}:v1")
+    label = "pod-security.kubernetes.io/enforce"
+    core.patch_namespace(builder_env.namespace, {"metadata": {"labels": {label: "baseline"}}})
+    try:   # (the builder namespace is shared by the session's tests: its label comes off again)
+        ctx = tmp_path / "ctx"
+        ctx.mkdir()
+        (ctx / "Dockerfile").write_text(f"FROM {probe_image}\nRUN ls /proc 2>/dev/null | wc -l\n")
+        done = kade_build(builder_env, ctx, f"{builder_env.registry}/{unique('baseline')}:v1")
+        other = tmp_path / "forced"
+        other.mkdir()
+        (other / "Dockerfile").write_text(f"FROM {probe_image}\nRUN echo forced\n")   # (a step not cached yet)
+        forced = kade_build(builder_env, other, f"{builder_env.registry}/{unique('baseline-forced')}:v1",
+                            "--user-namespaces")
+    finally:
+        core.patch_namespace(builder_env.namespace, {"metadata": {"labels": {label: None}}})
+    assert forced.returncode == 1   # asked for: refused clearly, no fallback
+    assert "violates PodSecurity" in forced.stderr and "--no-user-namespaces" in forced.stderr
     result(done)
     warnings = [r["message"] for r in records(done) if r["kind"] == "warning"]
     fallback = [w for w in warnings if "without user namespaces" in w]
