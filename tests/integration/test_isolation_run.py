@@ -362,3 +362,33 @@ def test_a_signal_to_kade_ends_every_process_of_the_run_within_2_s(probe_base, t
         proc.wait()
         for pid in subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout.split():
             os.kill(int(pid), signal.SIGKILL)   # only if the test failed: what it started, by pid
+
+
+def test_network_state_left_by_a_killed_kade_is_taken_over(build, all_addresses_listener, monkeypatch):
+    """What a killed kade (or a reboot, or someone's flush) may leave: interfaces named like kade's
+    veths, kade's jump rules gone. The next kade process takes the state over: the RUN gets its
+    interface and the firewall is whole again before it runs."""
+    from builder import netns
+
+    stale = [f"kv{i}" for i in range(3)]
+    for name in stale:
+        subprocess.run(["ip", "link", "add", name, "type", "dummy"], capture_output=True)
+    for table, chain, rule in netns.JUMPS:
+        while subprocess.run(["iptables", "-w", "-t", table, "-D", chain, *rule], capture_output=True).returncode == 0:
+            pass
+    monkeypatch.setattr(netns, "_ready", None)   # a new kade process sets the network up again
+    try:
+        port = all_addresses_listener.port
+        done = build("RUN " + "; ".join(f"nc -w 2 {a} {port} </dev/null >/dev/null 2>&1 && echo 'reached {a}' "
+                                        f"|| echo 'blocked {a}'" for a in host_addresses()))
+        assert done.code == 0, done.messages()[-2000:]
+        assert done.output() == [f"blocked {a}" for a in host_addresses()]
+        assert all_addresses_listener.connections == []
+        for table, chain, rule in netns.JUMPS:
+            assert subprocess.run(["iptables", "-w", "-t", table, "-C", chain, *rule]).returncode == 0
+    finally:
+        for name in stale:
+            found = subprocess.run(["ip", "-o", "link", "show", name], capture_output=True, text=True).stdout
+            if "dummy" in subprocess.run(["ip", "-d", "-o", "link", "show", name], capture_output=True,
+                                         text=True).stdout and found:
+                subprocess.run(["ip", "link", "del", name], capture_output=True)
