@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -27,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import benchlib  # noqa: E402  (bench/, the script's own folder)
 from builder.sandbox import Isolation, run_in_rootfs  # noqa: E402
 from builder.snapshot import capture  # noqa: E402
 from tests.fixtures.build import base_rootfs_tar  # noqa: E402
@@ -71,13 +70,9 @@ def main() -> None:
         for name in names[i % len(names):] + names[:i % len(names)]:
             times[name].append(one_run(rootfs, work / "scratch", VARIANTS[name]))
     base = statistics.median(times["host+shared"])
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
-    lines = [f"\n## RUN isolation cost per step — {started}\n",
-             f"- machine: {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}; "
-             f"shared with other jobs: 1-min load average min {min(loads):.1f} / median "
-             f"{statistics.median(loads):.1f} / max {max(loads):.1f}",
-             f"- command: `sudo .venv/bin/python bench/run_isolation.py --rounds {args.rounds}` (commit {commit})",
+    lines = [f"\n## RUN isolation cost per step — {started}\n", benchlib.machine(loads),
+             f"- command: `sudo .venv/bin/python bench/run_isolation.py --rounds {args.rounds}` "
+             f"(commit {benchlib.commit()})",
              "- one RUN of `true` on a busybox rootfs through snapshot.capture(in_sandbox=True) + run_in_rootfs + "
              "changes; the variants interleaved, rotating order; after one warm-up RUN each",
              "", "| variant | median s | p90 s | min s | vs host+shared s |", "|---|---:|---:|---:|---:|"]

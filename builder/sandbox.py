@@ -166,10 +166,12 @@ class _Mountpoints:
                 os.close(fd)
         return untouched
 
-    def restore_parent_times(self) -> None:
-        """Give the parents of created mountpoints their times back before the command runs, so an
-        overlay's copy-up of such a parent carries its image mtime (call before `freeze`)."""
+    def restore_parent_times(self, only: set[tuple[bytes, ...]] | None = None) -> None:
+        """Give the parents of created mountpoints (`only` these) their times back. Before the command
+        runs too, so an overlay's copy-up of such a parent carries its image mtime (call before `freeze`)."""
         for parts, (atime, mtime) in self.parent_times.items():
+            if only is not None and parts not in only:
+                continue
             try:
                 fd = self._open_created_parent(parts)
             except OSError:
@@ -256,17 +258,7 @@ class _Mountpoints:
                 pass  # the command put something there: it is the command's change now
             finally:
                 os.close(parent)
-        for parts, (atime, mtime) in self.parent_times.items():
-            if parts not in untouched:
-                continue
-            try:
-                fd = self._open_created_parent(parts)
-            except OSError:
-                continue
-            try:
-                os.utime(fd, ns=(atime, mtime))
-            finally:
-                os.close(fd)
+        self.restore_parent_times(untouched)
         os.close(self.root_fd)
 
 

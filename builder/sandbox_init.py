@@ -85,12 +85,18 @@ def main() -> None:
         spec = json.loads(f.read())
     if os.getppid() != spec["parent"]:
         os._exit(137)   # kade died before the parent-death signal was armed
+    _reporting(status, "", _launch, spec, status)
+
+
+def _reporting(status: Status, where: str, step, *args) -> None:
+    """Run one process's part; a failure goes to the status pipe (kade raises it), then exit."""
     try:
-        _launch(spec, status)
+        step(*args)
     except Failure as exc:
         status.fail(exc.kind, str(exc))
     except OSError as exc:
-        status.fail("setup", f"sandbox setup failed: {exc}")
+        status.fail("setup", f"sandbox setup failed{where}: {exc}")
+    os._exit(127)
 
 
 def _launch(spec: dict, status: Status) -> None:
@@ -106,13 +112,7 @@ def _launch(spec: dict, status: Status) -> None:
         os.close(to_holder_w)
         os.close(from_holder_r)
         os.close(go_w)
-        try:
-            _hold(spec, status, to_holder_r, from_holder_w, go_r)
-        except Failure as exc:
-            status.fail(exc.kind, str(exc))
-        except OSError as exc:
-            status.fail("setup", f"sandbox setup failed: {exc}")
-        os._exit(127)
+        _reporting(status, "", _hold, spec, status, to_holder_r, from_holder_w, go_r)
     os.close(to_holder_r)
     os.close(from_holder_w)
     os.close(go_r)
@@ -218,13 +218,7 @@ def _hold(spec: dict, status: Status, from_launcher: int, to_launcher: int, go: 
     if init == 0:
         os.close(to_launcher)
         os.close(held)
-        try:
-            _init(spec, status, go, lifeline)
-        except Failure as exc:
-            status.fail(exc.kind, str(exc))
-        except OSError as exc:
-            status.fail("setup", f"sandbox setup failed in {spec['root']}: {exc}")
-        os._exit(127)
+        _reporting(status, f" in {spec['root']}", _init, spec, status, go, lifeline)
     os.close(go)
     os.write(to_launcher, b"%d\n" % init)
     _exit_like(init)

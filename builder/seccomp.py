@@ -57,50 +57,32 @@ UNSHARE_NAMESPACES = CLONE_NAMESPACES | 0x80   # + CLONE_NEWTIME (for clone, 0x8
 PERSONALITIES = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
 
 # System call numbers (from the kernel's unistd headers): x86_64, i386 (compat on x86_64), and the
-# generic table arm64 uses. A call missing on an architecture has no entry there.
-_NUMBERS: dict[str, dict[str, int]] = {
-    "x86_64": {
-        "kexec_load": 246, "kexec_file_load": 320, "init_module": 175, "finit_module": 313, "delete_module": 176,
-        "create_module": 174, "query_module": 178, "get_kernel_syms": 177, "bpf": 321, "perf_event_open": 298,
-        "fanotify_init": 300, "lookup_dcookie": 212, "keyctl": 250, "add_key": 248, "request_key": 249,
-        "open_by_handle_at": 304, "userfaultfd": 323, "mount": 165, "umount2": 166, "pivot_root": 155,
-        "move_mount": 429, "open_tree": 428, "open_tree_attr": 467, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
-        "fspick": 433, "mount_setattr": 442, "setns": 308, "reboot": 169, "swapon": 167, "swapoff": 168,
-        "acct": 163, "settimeofday": 164, "clock_settime": 227, "clock_adjtime": 305, "iopl": 172, "ioperm": 173,
-        "uselib": 134, "ustat": 136, "sysfs": 139, "_sysctl": 156, "nfsservctl": 180, "quotactl": 179,
-        "quotactl_fd": 443, "vhangup": 153, "syslog": 103, "sethostname": 170, "setdomainname": 171,
-        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "kcmp": 312,
-        "process_madvise": 440, "migrate_pages": 256, "move_pages": 279,
-        "clone": 56, "unshare": 272, "clone3": 435, "personality": 135,
-    },
-    "i386": {
-        "kexec_load": 283, "init_module": 128, "finit_module": 350, "delete_module": 129, "create_module": 127,
-        "query_module": 167, "get_kernel_syms": 130, "bpf": 357, "perf_event_open": 336, "fanotify_init": 338,
-        "lookup_dcookie": 253, "keyctl": 288, "add_key": 286, "request_key": 287, "open_by_handle_at": 342,
-        "userfaultfd": 374, "mount": 21, "umount": 22, "umount2": 52, "pivot_root": 217, "move_mount": 429,
-        "open_tree": 428, "open_tree_attr": 467, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-        "mount_setattr": 442, "setns": 346, "reboot": 88, "swapon": 87, "swapoff": 115, "acct": 51,
-        "settimeofday": 79, "clock_settime": 264, "clock_settime64": 404, "stime": 25, "clock_adjtime": 343,
-        "clock_adjtime64": 405, "iopl": 110, "ioperm": 101, "vm86": 166, "vm86old": 113, "uselib": 86,
-        "ustat": 62, "sysfs": 135, "_sysctl": 149, "nfsservctl": 169, "bdflush": 134, "quotactl": 131,
-        "quotactl_fd": 443, "vhangup": 111, "syslog": 103, "sethostname": 74, "setdomainname": 121,
-        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "kcmp": 349,
-        "process_madvise": 440, "migrate_pages": 294, "move_pages": 317,
-        "clone": 120, "unshare": 310, "clone3": 435, "personality": 136,
-    },
-    "aarch64": {
-        "kexec_load": 104, "kexec_file_load": 294, "init_module": 105, "finit_module": 273, "delete_module": 106,
-        "bpf": 280, "perf_event_open": 241, "fanotify_init": 262, "lookup_dcookie": 18, "keyctl": 219,
-        "add_key": 217, "request_key": 218, "open_by_handle_at": 265, "userfaultfd": 282, "mount": 40,
-        "umount2": 39, "pivot_root": 41, "move_mount": 429, "open_tree": 428, "open_tree_attr": 467,
-        "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442, "setns": 268,
-        "reboot": 142, "swapon": 224, "swapoff": 225, "acct": 89, "settimeofday": 170, "clock_settime": 112,
-        "clock_adjtime": 266, "nfsservctl": 42, "quotactl": 60, "quotactl_fd": 443, "vhangup": 58,
-        "syslog": 116, "sethostname": 161, "setdomainname": 162, "io_uring_setup": 425, "io_uring_enter": 426,
-        "io_uring_register": 427, "kcmp": 272, "process_madvise": 440, "migrate_pages": 238, "move_pages": 239,
-        "clone": 220, "unshare": 97, "clone3": 435, "personality": 92,
-    },
+# generic table arm64 uses; None where the architecture lacks the call.
+_TABLE: dict[str, tuple[int | None, int | None, int | None]] = {   # name: (x86_64, i386, arm64)
+    "_sysctl": (156, 149, None), "acct": (163, 51, 89), "add_key": (248, 286, 217), "bdflush": (None, 134, None),
+    "bpf": (321, 357, 280), "clock_adjtime": (305, 343, 266), "clock_adjtime64": (None, 405, None),
+    "clock_settime": (227, 264, 112), "clock_settime64": (None, 404, None), "clone": (56, 120, 220),
+    "clone3": (435, 435, 435), "create_module": (174, 127, None), "delete_module": (176, 129, 106),
+    "fanotify_init": (300, 338, 262), "finit_module": (313, 350, 273), "fsconfig": (431, 431, 431),
+    "fsmount": (432, 432, 432), "fsopen": (430, 430, 430), "fspick": (433, 433, 433),
+    "get_kernel_syms": (177, 130, None), "init_module": (175, 128, 105), "io_uring_enter": (426, 426, 426),
+    "io_uring_register": (427, 427, 427), "io_uring_setup": (425, 425, 425), "ioperm": (173, 101, None),
+    "iopl": (172, 110, None), "kcmp": (312, 349, 272), "kexec_file_load": (320, None, 294),
+    "kexec_load": (246, 283, 104), "keyctl": (250, 288, 219), "lookup_dcookie": (212, 253, 18),
+    "migrate_pages": (256, 294, 238), "mount": (165, 21, 40), "mount_setattr": (442, 442, 442),
+    "move_mount": (429, 429, 429), "move_pages": (279, 317, 239), "nfsservctl": (180, 169, 42),
+    "open_by_handle_at": (304, 342, 265), "open_tree": (428, 428, 428), "open_tree_attr": (467, 467, 467),
+    "perf_event_open": (298, 336, 241), "personality": (135, 136, 92), "pivot_root": (155, 217, 41),
+    "process_madvise": (440, 440, 440), "query_module": (178, 167, None), "quotactl": (179, 131, 60),
+    "quotactl_fd": (443, 443, 443), "reboot": (169, 88, 142), "request_key": (249, 287, 218),
+    "setdomainname": (171, 121, 162), "sethostname": (170, 74, 161), "setns": (308, 346, 268),
+    "settimeofday": (164, 79, 170), "stime": (None, 25, None), "swapoff": (168, 115, 225),
+    "swapon": (167, 87, 224), "sysfs": (139, 135, None), "syslog": (103, 103, 116), "umount": (None, 22, None),
+    "umount2": (166, 52, 39), "unshare": (272, 310, 97), "uselib": (134, 86, None), "userfaultfd": (323, 374, 282),
+    "ustat": (136, 62, None), "vhangup": (153, 111, 58), "vm86": (None, 166, None), "vm86old": (None, 113, None),
 }
+_NUMBERS: dict[str, dict[str, int]] = {arch: {name: nums[i] for name, nums in _TABLE.items() if nums[i] is not None}
+                                    for i, arch in enumerate(("x86_64", "i386", "aarch64"))}
 # The newest system call known here (file_setattr, Linux 6.17): anything above gets ENOSYS.
 LAST_KNOWN = 469
 AUDIT_ARCH = {"x86_64": 0xC000003E, "i386": 0x40000003, "aarch64": 0xC00000B7}
