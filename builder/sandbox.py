@@ -482,13 +482,30 @@ def _overlay_spec(overlay: Mapping[str, str] | None, staging: _Staging, mode: st
 
 
 def _private_dir(mode: str) -> Path:
-    """A fresh directory for the run's generated files and staged mounts."""
+    """A fresh directory for the run's generated files and staged mounts (named after this process,
+    so the next kade removes what a killed one left)."""
     if mode != "userns":
         return Path(tempfile.mkdtemp(prefix="kade-sandbox-"))
     PRIVATE_PARENT.mkdir(parents=True, exist_ok=True)
-    private = Path(tempfile.mkdtemp(prefix="kade-sandbox-", dir=PRIVATE_PARENT))
+    _sweep_private_dirs()
+    private = Path(tempfile.mkdtemp(prefix=f"kade-sandbox-{os.getpid()}-", dir=PRIVATE_PARENT))
     os.chmod(private, 0o711)   # root of the user namespace must walk through it
     return private
+
+
+_swept = False
+
+
+def _sweep_private_dirs() -> None:
+    """Remove the private directories of kade processes that are gone (once per process)."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    for entry in PRIVATE_PARENT.glob("kade-sandbox-*-*"):
+        pid = entry.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _run_resolv_conf(net: dict, report: Callable[..., None] | None) -> str:
