@@ -556,7 +556,14 @@ def _verdict(status: str, code: int, stderr_tail: Iterable[bytes]) -> int:
     """The command's exit code, or the sandbox's own failure as an exception."""
     if "!" in status:
         kind, _, message = status.split("!", 1)[1].partition(":")
-        raise {"overlay": OverlayUnavailable, "idmap": IdmapUnavailable}.get(kind, SandboxError)(message)
+        if kind == "idmap":
+            path, _, why = message.partition("\t")
+            raise IdmapUnavailable(f"cannot show {path} to the RUN's user namespace through an idmapped mount "
+                                   f"({why}: the kernel needs 5.12+, and the filesystem must support them: ext4, "
+                                   "xfs, btrfs, tmpfs 6.3+; not NFS or overlayfs)",
+                                   hint="put kade's cache dir on such a filesystem, or build with "
+                                        "--userns host (RUN then runs as this host's root)")
+        raise {"overlay": OverlayUnavailable}.get(kind, SandboxError)(message)
     if STARTED not in status:
         why = b" ".join(stderr_tail).decode(errors="replace").strip() or f"exit code {code}"
         raise SandboxError(f"the RUN sandbox did not start: {why}")

@@ -178,7 +178,7 @@ def _idmap(pid: int, pairs: list[list[str]]) -> None:
             try:
                 L.idmapped_bind(source, dest, userns, L.MOUNT_ATTR_NOSUID | L.MOUNT_ATTR_NODEV)
             except OSError as exc:
-                raise Failure("idmap", f"{source}: {exc.strerror}") from None
+                raise Failure("idmap", f"{source}\t{os.strerror(exc.errno or 0)}") from None
     finally:
         os.close(userns)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from builder.layer import write_layer
-from builder.sandbox import Mount, SandboxError, User, run_in_rootfs
+from builder.sandbox import IdmapUnavailable, Mount, SandboxError, User, run_in_rootfs
 from builder.snapshot import capture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox tests run as root (CI does)")
@@ -346,3 +346,22 @@ def test_device_nodes_in_the_rootfs_cannot_be_opened(base):
                             "echo x > /dev/null && echo dev-null-ok")
     assert code == 0
     assert stdout(lines) == ["refused", "dev-null-ok"]
+
+
+def test_a_mount_source_that_cannot_be_idmapped_is_a_clear_error(base, tmp_path):
+    """A cache dir on an overlayfs mount (as when kade's cache lives in a container's root): overlayfs
+    can't be idmapped, so the RUN can't start in its user namespace; the error names the path and the
+    way out, and the command never ran."""
+    for d in ("l", "u", "w", "m"):
+        (tmp_path / "ovl" / d).mkdir(parents=True)
+    merged = tmp_path / "ovl" / "m"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={tmp_path}/ovl/l,upperdir={tmp_path}/ovl/u,"
+                    f"workdir={tmp_path}/ovl/w", str(merged)], check=True)
+    try:
+        with pytest.raises(IdmapUnavailable) as info:
+            run(base, "touch /ran", mounts=[Mount("cache", "/c", source=str(merged / "cache"))])
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    assert f"cannot show {merged}/cache to the RUN's user namespace" in str(info.value)
+    assert "Invalid argument" in str(info.value) and "--userns host" in str(info.value)
+    assert not (base / "ran").exists() and not (base / "c").exists()
