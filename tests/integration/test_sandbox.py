@@ -99,9 +99,12 @@ def test_network_none_has_only_loopback_up(base):
     assert int(out[-1], 16) & 0x1   # IFF_UP
 
 
-def test_default_network_is_the_hosts(base):
+def test_default_network_is_private_and_host_network_is_the_hosts(base):
     code, lines = run(base, "ls /sys/class/net")
-    assert code == 0 and len(stdout(lines)) >= 1
+    assert code == 0 and stdout(lines) == ["eth0", "lo"]
+    host = sorted(os.listdir("/sys/class/net"))
+    code, lines = run(base, "ls /sys/class/net", network="host")
+    assert code == 0 and stdout(lines) == host
 
 
 def test_secret_on_tmpfs_and_in_no_layer_or_log(base):
