@@ -29,7 +29,7 @@ command is about to be executed.
 """
 from __future__ import annotations
 
-import base64
+import binascii
 import ctypes
 import errno
 import fcntl
@@ -234,10 +234,12 @@ def _init(spec: dict, status: Status, go: int, lifeline: int) -> None:
     L.die_with_parent()
     if _orphaned(lifeline):
         os._exit(137)
-    if os.read(go, 1) != b"g":
-        os._exit(127)   # the launcher died or failed (it said why)
-    os.close(go)
-    pivoted = _setup(spec)
+    def network_ready() -> None:   # the launcher plugs eth0 in while the mounts are made
+        if os.read(go, 1) != b"g":
+            os._exit(127)   # the launcher died or failed (it said why)
+        os.close(go)
+
+    pivoted = _setup(spec, network_ready)
     workdir = spec["workdir"]
     try:
         os.makedirs(workdir, 0o755, exist_ok=True)
@@ -286,8 +288,9 @@ def _inside(root: str, path: str) -> str:
     return root.rstrip("/") + path
 
 
-def _setup(spec: dict) -> bool:
-    """Mount what the RUN needs and enter the rootfs; False when only a chroot holds it (no pivot_root)."""
+def _setup(spec: dict, network_ready) -> bool:
+    """Mount what the RUN needs and enter the rootfs; False when only a chroot holds it (no pivot_root).
+    `network_ready()` returns once the launcher has plugged the network namespace in."""
     L.mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
     ov = spec["overlay"]
     if ov:
@@ -339,6 +342,7 @@ def _setup(spec: dict) -> bool:
     for m in spec["mounts"]:
         _mount_one(m, _inside(root, m["target"]))
     socket.sethostname(spec["hostname"])
+    network_ready()
     _network(spec["network"])
     os.chdir(root)
     try:
@@ -401,7 +405,7 @@ def _mount_one(m: dict, target: str) -> None:
         source = f"{staging}/{m['name']}"
         fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.write(fd, base64.b64decode(m["data"]))
+            os.write(fd, binascii.a2b_base64(m["data"]))
             os.fchown(fd, m["uid"], m["gid"])
             os.fchmod(fd, m["mode"])
         finally:
