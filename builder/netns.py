@@ -11,6 +11,7 @@ NAT, like Docker's default bridge, and nothing else.
   addresses (loopback, eth0's, a cluster bridge's) get nothing from a RUN, nor does any network that
   is routed through another interface (a cluster's pod and service ranges), nor link-local addresses
   (cloud metadata services).
+- (The sandbox's launcher plugs each RUN in: builder/sandbox_init.py.)
 - The rules and the bridge are set up once per kade process, idempotently (iptables-restore with
   `--noflush` replaces kade's own chains in one transaction), so state left by a killed kade is
   taken over; a veth disappears with its namespace when the RUN's processes are gone.
@@ -250,22 +251,3 @@ def lease(up: Uplink) -> Lease:
         return Lease(f"kv{i}", str(address), net.prefixlen, str(net.network_address + 1), up.mtu, fd)
     raise NetworkError(f"all {len(hosts)} addresses of RUN's network {net} are in use by running RUN steps; "
                        f"set ${SUBNET_ENV} to a larger range")
-
-
-def veth_batch(spec: dict, pid: int) -> str:
-    """`ip -batch` input that plugs a RUN's namespace (process `pid`) into the bridge (pure). A veth
-    of the same name left by a killed kade is removed first."""
-    v, mtu = spec["veth"], spec["mtu"]
-    return (f"link del {v}\n"
-            f"link add {v} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {pid}\n"
-            f"link set {v} master {spec['bridge']}\n"
-            f"link set dev {v} type bridge_slave isolated on\n"
-            f"link set {v} up\n")
-
-
-def plug(spec: dict, pid: int) -> None:
-    """Run from the sandbox's launcher (host root, host network namespace)."""
-    done = _run(["ip", "-force", "-batch", "-"], veth_batch(spec, pid))
-    if not Path(f"/sys/class/net/{spec['veth']}").exists():
-        raise NetworkError(f"cannot create the RUN's network interface {spec['veth']}: {done.stderr.strip()}")
-    _write_sysctl(f"/proc/sys/net/ipv6/conf/{spec['veth']}/disable_ipv6", "1")

@@ -127,12 +127,11 @@ def _launch(spec: dict, status: Status) -> None:
     if init_pid is None:
         _exit_like(holder)
     if spec["network"]["mode"] == "private":
-        from builder import netns
         try:
-            netns.plug(spec["network"], init_pid)
-        except netns.NetworkError as exc:
+            _plug(spec["network"], init_pid)
+        except Failure:
             os.kill(holder, signal.SIGKILL)
-            raise Failure("network", str(exc)) from None
+            raise
     os.write(go_w, b"g")
     os.close(go_w)
     _exit_like(holder)
@@ -190,6 +189,31 @@ def _unshare(flags: int) -> None:
         raise Failure("namespaces", f"cannot create the sandbox's namespaces: {os.strerror(exc.errno)} (a container "
                                     "without CAP_SYS_ADMIN, or with user namespaces disabled, cannot run RUN "
                                     "steps this way)") from None
+
+
+def veth_batch(net: dict, pid: int) -> str:
+    """`ip -batch` input that plugs a RUN's network namespace (process `pid`) into kade's bridge
+    (pure; builder/netns.py set the bridge up). A veth of the same name a killed kade left goes first."""
+    v, mtu = net["veth"], net["mtu"]
+    return (f"link del {v}\n"
+            f"link add {v} mtu {mtu} type veth peer name eth0 mtu {mtu} netns {pid}\n"
+            f"link set {v} master {net['bridge']}\n"
+            f"link set dev {v} type bridge_slave isolated on\n"
+            f"link set {v} up\n")
+
+
+def _plug(net: dict, pid: int) -> None:
+    import subprocess
+
+    done = subprocess.run(["ip", "-force", "-batch", "-"], input=veth_batch(net, pid), capture_output=True,
+                          text=True, timeout=60)
+    if not os.path.exists(f"/sys/class/net/{net['veth']}"):
+        raise Failure("network", f"cannot create the RUN's network interface {net['veth']}: {done.stderr.strip()}")
+    try:   # no IPv6 on the host's side of a RUN's link
+        with open(f"/proc/sys/net/ipv6/conf/{net['veth']}/disable_ipv6", "w") as f:
+            f.write("1")
+    except OSError:
+        pass
 
 
 # ------------------------------------------------------------------------------------------- holder

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from builder import seccomp
-from builder.netns import BRIDGE, firewall_rules, resolv_conf, veth_batch
+from builder.netns import BRIDGE, firewall_rules, resolv_conf
+from builder.sandbox_init import veth_batch
 from builder.subids import DEFAULT_BASE, DEFAULT_SLOTS, IdRange, candidates, parse_subids
 
 X86, I386, ARM64 = (seccomp.AUDIT_ARCH[a] for a in ("x86_64", "i386", "aarch64"))
