@@ -123,6 +123,9 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     report = make_reporter(args.output)
     if args.userns == "host":
+        if args.backend == "kubernetes":
+            raise UsageError("--userns is for RUN on this machine (--backend local); builder pods choose with "
+                             "--user-namespaces / --no-user-namespaces")
         report("warning", USERNS_HOST_WARNING)
     if args.backend == "kubernetes":
         from builder.backends.kubernetes import build as kube_build
