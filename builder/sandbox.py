@@ -472,13 +472,14 @@ def _staged_source(staging: _Staging, files: Path, staged_files: str, source: st
 def _overlay_spec(overlay: Mapping[str, str] | None, staging: _Staging, mode: str) -> dict | None:
     if overlay is None:
         return None
-    from builder.snapshot import in_user_namespace
+    from builder.snapshot import in_user_namespace, overlay_options
 
     scratch = overlay["scratch"]
     staged = staging.place(scratch, True)
     lower = staging.place(overlay["lower"], True)
-    inner = {name: staged + overlay[name][len(scratch):] for name in ("upper", "work", "merged")}
-    return {"lower": lower, **inner, "userxattr": mode != "host" or in_user_namespace()}
+    upper, work, merged = (staged + overlay[name][len(scratch):] for name in ("upper", "work", "merged"))
+    userxattr = mode != "host" or in_user_namespace()   # (overlay in a user namespace: user.* xattrs)
+    return {"merged": merged, "options": overlay_options(Path(lower), Path(upper), Path(work), userxattr)}
 
 
 def _private_dir(mode: str) -> Path:

@@ -319,11 +319,8 @@ def _setup(spec: dict, network_ready) -> bool:
     ov = spec["overlay"]
     if ov:
         root = ov["merged"]
-        opts = (f"lowerdir={ov['lower']},upperdir={ov['upper']},workdir={ov['work']},"
-                + ("userxattr,redirect_dir=nofollow" if ov["userxattr"] else "redirect_dir=off")
-                + ",metacopy=off,index=off")
         try:
-            L.mount("overlay", root, "overlay", L.MS_NOSUID | L.MS_NODEV, opts)
+            L.mount("overlay", root, "overlay", L.MS_NOSUID | L.MS_NODEV, ov["options"])
         except OSError as exc:
             raise Failure("overlay", exc.strerror or str(exc)) from None
     else:
