@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import shlex
 import shutil
@@ -45,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import benchlib  # noqa: E402  (bench/, the script's own folder)
 from tests.fixtures.build import base_rootfs_tar, push_image  # noqa: E402
 from tests.fixtures.registry import RegistryServer  # noqa: E402
 
@@ -233,12 +233,9 @@ def table(rows: dict[str, Row]) -> list[str]:
 
 
 def report(rows: dict[str, Row], loads: list[float], args: argparse.Namespace, started: str) -> str:
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = benchlib.commit()
     head = [f"\n## kade build vs buildah (benchmarks 1-4) — {started}\n",
-            f"- machine: {os.cpu_count()} cores ({_cpu()}), Linux {platform.release()}, Python "
-            f"{platform.python_version()}; shared with other agents' jobs: 1-min load average at the start of "
-            f"each scenario min {min(loads):.1f} / median {statistics.median(loads):.1f} / max {max(loads):.1f}",
+            benchlib.machine(loads, _cpu()) + " (at the start of each scenario)",
             f"- command: `python bench/build_vs_buildah.py --runs {args.runs}"
             + (f" --scenarios {args.scenarios}" if args.scenarios != ",".join(SCENARIOS) else "")
             + f"` (kade commit {commit})",

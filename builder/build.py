@@ -78,6 +78,8 @@ class BuildOptions:
     sandbox: Callable[..., int] | None = None  # runs RUN commands; None: builder.sandbox.run_in_rootfs
     epoch: int | None = None  # SOURCE_DATE_EPOCH for this build; None: the environment's (builder/epoch.py)
     supply: Any = None  # builder.attest.SupplyOptions: SBOM, provenance, signing of pushed images; None: none
+    isolation: Any = None  # builder.sandbox.Isolation for run_in_rootfs (None: its defaults)
+    allow_host_network: bool = False  # RUN --network=host is refused without it (kade build --allow-host-network)
 
 
 @dataclass
@@ -99,6 +101,17 @@ class Image:
     digest: str
     manifest: Manifest
     config: dict[str, Any]
+
+
+def check_host_network(plan: Plan) -> None:
+    """RUN --network=host is an entitlement of whoever runs the build, never of the Dockerfile."""
+    for ps in plan.stages.values():
+        for step in ps.steps:
+            if step.kind == "run" and step.network == "host":
+                raise BuildError("RUN --network=host gives the step the build host's network (its loopback "
+                                 "services included); the Dockerfile alone can't ask for that",
+                                 file=step.ins.file, line=step.ins.line,
+                                 hint="build with `kade build --allow-host-network` if you trust this Dockerfile")
 
 
 def stages_repo_for(tag: str) -> str:
@@ -218,6 +231,8 @@ class Builder:
         plan = make_plan(df, ctx, self.resolve_base, target=self.o.target, build_args=self.o.build_args,
                          platform=self.o.platform)
         self.plan, self.ctx = plan, ctx
+        if not self.o.allow_host_network:
+            check_host_network(plan)
         for name in plan.unused_args:
             self.report("warning", f"build arg {name} was given but no ARG in the stages built declares it")
         return plan
@@ -238,15 +253,25 @@ class Builder:
         return {s.key: d for s, d in zip(steps, found) if d is not None}  # type: ignore[misc]
 
     def execute(self, plan: Plan, hits: dict[str, Any]) -> Image | None:
+        from builder import sandbox
+
         self.hits = hits
         needed = needed_stages(plan, set(hits))
-        # cancelled: the running stages get a moment to stop (their RUN killed, their pushes refused)
-        # before the session removes their work dirs
-        with cancel.Pool(max_workers=max(1, self.o.parallel), grace=STAGE_STOP_GRACE) as pool:
-            for ps in plan.order():  # dependencies come first, so a waiting stage never starves the pool
-                if ps.label in needed:
-                    self.stage_futures[ps.label] = pool.submit(self.run_stage, ps)
-            return self.stage_futures[plan.target].result()
+        try:
+            # cancelled: the running stages get a moment to stop (their RUN killed, their pushes refused)
+            # before the session removes their work dirs
+            with cancel.Pool(max_workers=max(1, self.o.parallel), grace=STAGE_STOP_GRACE) as pool:
+                try:
+                    for ps in plan.order():  # dependencies come first, so a waiting stage never starves the pool
+                        if ps.label in needed:
+                            self.stage_futures[ps.label] = pool.submit(self.run_stage, ps)
+                    return self.stage_futures[plan.target].result()
+                except KeyboardInterrupt:  # a signal (registry.cancel.Cancelled is one too)
+                    sandbox.kill_all()   # RUNs in worker threads stop now (and none starts): the pool waits for them
+                    raise
+        except KeyboardInterrupt:
+            sandbox.resume()
+            raise
 
     def _base_image(self, ps: PlannedStage) -> Image | None:
         if ps.base_stage:
@@ -417,7 +442,7 @@ class Builder:
             if step.kind == "run":
                 ctx = ex.RunContext(secrets=self.o.secrets, ssh_socket=self.o.ssh, cache_dir=self._cache_mount,
                                     stage_rootfs=self._mount_root, context_root=self.ctx.root, report=self.report,
-                                    runner=self.o.sandbox)
+                                    runner=self.o.sandbox, isolation=self.o.isolation)
                 layer = ex.run_step(rootfs, step, ctx, lambda line: self.report("output", line), self._write_layer,
                                     keep_result=rootfs_read_after(self.plan, ps, step))
                 return self._push_step(step, parent, layer)  # type: ignore[arg-type]

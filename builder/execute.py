@@ -88,6 +88,7 @@ class RunContext:
     context_root: Path | None = None
     report: Callable[..., None] | None = None
     runner: Callable[..., int] | None = None  # same signature as sandbox.run_in_rootfs (the pod's chroot mode)
+    isolation: object = None  # sandbox.Isolation for kade's own sandbox (None: its defaults)
 
 
 # -- rootfs preparation ---------------------------------------------------------------------------
@@ -388,28 +389,59 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
     def stream(_name: str, data: bytes) -> None:
         lines.feed(data)
 
-    # The sandbox removes the mountpoints it had to create, so a snapshot never sees them.
+    # The sandbox removes the mountpoints it had to create, so a snapshot never sees them. kade's own
+    # sandbox mounts the step's overlay itself (in its user namespace); another runner (the pod's
+    # chroot mode) works on whatever capture() could set up here.
+    in_sandbox = ctx.runner is None
+    run = ctx.runner or sandbox.run_in_rootfs
     try:
-        with stack, snapshot.capture(rootfs, scratch) as cap:
-            ensure_dir(cap.root, workdir)
-            run = ctx.runner or sandbox.run_in_rootfs
-            code = run(cap.root, step.argv, env, workdir, (user.uid, user.gid, list(user.groups)),
-                       mounts, step.network, stream)
-            lines.close()
-            if code != 0:
-                raise StepFailedError(f"{step.text} failed with exit code {code}", exit_code=code,
-                                      output_tail=list(tail), file=step.ins.file, line=step.ins.line)
-            changes = cap.changes()
-            result = write(changes) if changes else None
-            if keep_result:
-                cap.commit()
-            else:
-                cap.abandon()
+        with stack:
+            while True:
+                method = "stat" if in_sandbox and _no_overlay else "auto"
+                with snapshot.capture(rootfs, scratch, method, in_sandbox=in_sandbox) as cap:
+                    extra = {}
+                    if in_sandbox:
+                        extra = {"overlay": cap.overlay, "report": ctx.report}
+                        if ctx.isolation is not None:
+                            extra["isolation"] = ctx.isolation
+                    else:
+                        ensure_dir(cap.root, workdir)
+                    try:
+                        code = run(cap.root, step.argv, env, workdir, (user.uid, user.gid, list(user.groups)),
+                                   mounts, step.network, stream, **extra)
+                    except sandbox.OverlayUnavailable as exc:
+                        if cap.method != "overlay":
+                            raise
+                        _overlay_refused(ctx.report, str(exc))
+                        continue   # the command did not run: again, with the stat snapshot
+                    lines.close()
+                    if code != 0:
+                        raise StepFailedError(f"{step.text} failed with exit code {code}", exit_code=code,
+                                              output_tail=list(tail), file=step.ins.file, line=step.ins.line)
+                    changes = cap.changes()
+                    result = write(changes) if changes else None
+                    if keep_result:
+                        cap.commit()
+                    else:
+                        cap.abandon()
+                break
     finally:
         shutil.rmtree(views, ignore_errors=True)  # kade's own tree: rmtree never follows its symlinks
     if keep_result or cap.method != "overlay":
         shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+_no_overlay: str | None = None   # why the sandbox could not mount an overlay here (said once)
+
+
+def _overlay_refused(report: Callable[..., None] | None, why: str) -> None:
+    global _no_overlay
+    first = _no_overlay is None
+    _no_overlay = why
+    if first and report is not None:
+        report("warning", f"RUN steps can't use an overlay snapshot here ({why}); comparing file metadata "
+                          "before and after each RUN instead (slower on large images)")
 
 
 def _script_mount(path: str, body: str, mode: int):

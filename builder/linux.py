@@ -1,8 +1,8 @@
-"""Thin ctypes wrappers for the Linux syscalls Python 3.11 lacks: mount, umount2, pivot_root."""
+"""Thin ctypes wrappers for the Linux syscalls Python 3.11 lacks: mount, umount2, pivot_root, unshare,
+the new mount API (open_tree, mount_setattr, move_mount: idmapped mounts), prctl and capset."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 import re
@@ -21,7 +21,36 @@ MS_NOATIME = 0x400
 MS_NODIRATIME = 0x800
 MS_RELATIME = 1 << 21
 MNT_DETACH = 0x2
+PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
+PR_SET_SECCOMP = 22
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+SECCOMP_MODE_FILTER = 2
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# the new mount API (Linux >= 5.12 for mount_setattr; the numbers are the same on every architecture)
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = 0o2000000
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR_IDMAP = 0x00100000
 
 # statvfs f_flag bits -> the mount flags a bind remount must repeat (locked flags cannot be dropped)
 _STATVFS_TO_MS = {os.ST_RDONLY: MS_RDONLY, os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV,
@@ -38,9 +67,32 @@ CHROOTED_RUN_CAPS = DEFAULT_CAPS - {CAP_SYS_CHROOT, CAP_SETPCAP}
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+def _load_libc() -> ctypes.CDLL:
+    try:   # glibc's name: no find_library, which runs ldconfig (~40 ms on every RUN's sandbox start)
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        from ctypes.util import find_library
+        return ctypes.CDLL(find_library("c") or "libc.so.6", use_errno=True)
+
+
+_libc = _load_libc()
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
 def _b(value: str | bytes | os.PathLike[str] | None) -> bytes | None:
@@ -53,6 +105,13 @@ def _check(result: int, what: str) -> None:
     if result != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _check_fd(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return result
 
 
 def mount(source: str | None, target: str | os.PathLike[str], fstype: str | None = None, flags: int = 0,
@@ -124,3 +183,111 @@ def pivot_root(new_root: str, put_old: str) -> None:
     if number is None:
         raise OSError(f"pivot_root: unknown syscall number on {platform.machine()}")
     _check(_libc.syscall(number, _b(new_root), _b(put_old)), "pivot_root")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, what: str = "prctl") -> None:
+    _check(_libc.prctl(option, arg2, arg3, 0, 0), what)
+
+
+def die_with_parent(sig: int = 9) -> None:
+    """Be sent `sig` (SIGKILL) when the parent thread dies (re-arm after a uid change: it resets it)."""
+    prctl(PR_SET_PDEATHSIG, sig, what="PR_SET_PDEATHSIG")
+
+
+def set_mount_attrs(path: str | os.PathLike[str], attrs: int, *, recursive: bool = False) -> None:
+    """Add MOUNT_ATTR_* flags to the mount at `path`, keeping every other flag (unlike a remount)."""
+    attr = _MountAttr(attrs, 0, 0, 0)
+    _check(_libc.syscall(_SYS_MOUNT_SETATTR, AT_FDCWD, _b(path), AT_RECURSIVE if recursive else 0,
+                         ctypes.byref(attr), ctypes.sizeof(attr)), f"mount_setattr {os.fspath(path)}")
+
+
+def idmapped_bind(source: str | os.PathLike[str], dest: str | os.PathLike[str], userns_fd: int,
+                  attrs: int = 0) -> None:
+    """Bind-mount `source` onto `dest`, idmapped through the user namespace `userns_fd` (a file owned
+    by uid N on disk shows as N inside that namespace), with MOUNT_ATTR_* `attrs` too. The filesystem
+    must support idmapped mounts (ext4, xfs, btrfs, tmpfs >= 6.3; not overlayfs itself)."""
+    where = os.fspath(source)
+    fd = _check_fd(_libc.syscall(_SYS_OPEN_TREE, AT_FDCWD, _b(source), OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC),
+                   f"open_tree {where}")
+    try:
+        attr = _MountAttr(MOUNT_ATTR_IDMAP | attrs, 0, 0, userns_fd)
+        _check(_libc.syscall(_SYS_MOUNT_SETATTR, fd, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)),
+               f"idmapped mount of {where}")
+        _check(_libc.syscall(_SYS_MOVE_MOUNT, fd, b"", AT_FDCWD, _b(dest), MOVE_MOUNT_F_EMPTY_PATH),
+               f"move_mount onto {os.fspath(dest)}")
+    finally:
+        os.close(fd)
+
+
+def clear_inheritable_and_ambient() -> None:
+    """Empty the inheritable and ambient capability sets (the bounding set alone does not stop a
+    capability from passing through exec when it is inheritable or ambient)."""
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, what="clear ambient capabilities")
+    header = _CapHeader(0x20080522, 0)   # _LINUX_CAPABILITY_VERSION_3: two 32-bit words
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
+    for word in data:
+        word.inheritable = 0
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def set_seccomp(program: bytes, count: int) -> None:
+    """Install a seccomp filter (classic BPF, `count` instructions); needs no_new_privs or CAP_SYS_ADMIN."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(count, ctypes.cast(buf, ctypes.c_void_p))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp filter")
+
+
+def become_subreaper() -> None:
+    """Orphans among this process's descendants become its children (not init's), so it can end them."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1, what="PR_SET_CHILD_SUBREAPER")
+
+
+def children(pid: int | None = None) -> set[int]:
+    """The pids whose parent is `pid` (this process by default), from /proc/*/stat."""
+    me = os.getpid() if pid is None else pid
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()   # after "(comm)", which may hold spaces
+        if len(fields) > 1 and int(fields[1]) == me:
+            found.add(int(name))
+    return found
+
+
+def kill_children_except(keep: set[int], rounds: int = 100) -> int:
+    """SIGKILL and reap every child of this process not in `keep`, again and again while new ones
+    appear (a subreaper adopts the orphans of those it kills). Returns how many were killed."""
+    import signal
+
+    killed = 0
+    for _ in range(rounds):
+        doomed = children() - keep
+        if not doomed:
+            break
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        for pid in doomed:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+    return killed

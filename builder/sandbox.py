@@ -1,62 +1,94 @@
 """Run one command inside a rootfs, the way a RUN step needs it, with no container runtime.
 
-`run_in_rootfs` starts util-linux `unshare` (new mount, PID, UTS and IPC namespaces; a new network
-namespace with only loopback up for network="none"; a user namespace mapping the caller to root when
-not running as root) and in it a small Python init (`_init_main`, PID 1 of the new PID namespace)
-that:
-  1. bind-mounts the rootfs onto itself and mounts /proc, a minimal /dev (tmpfs with null zero full
-     random urandom tty bind-mounted from the host, a private devpts, /dev/shm), /sys read-only,
-     generated /etc/hosts and /etc/resolv.conf, and the RUN --mount list (cache dirs, secrets on a
-     tmpfs, the ssh agent socket, binds, tmpfs);
-  2. pivot_root()s into the rootfs and detaches the old root (no chroot escape for a root RUN; where
-     seccomp forbids pivot_root, as in a pod, it moves the rootfs over / and chroots instead, and the
-     command then loses CAP_SYS_CHROOT so it can't chroot back out);
-  3. sets hostname, groups, gid, uid, working directory, and execs the command, which becomes PID 1.
+`run_in_rootfs` starts the sandbox's processes (builder/sandbox_init.py: a launcher, a holder, and
+the init that becomes the command) and streams the command's output. How the RUN is held:
 
-Everything mounted lives only in the sandbox's mount namespace and vanishes with it. Mountpoints
-the rootfs lacked are created before the run (resolved inside the rootfs, never through a symlink
-out of it) and removed afterwards with their parents' mtimes restored, so a snapshot sees nothing of
-them. The sandbox's spec (secret bytes included) reaches the init through a pipe: never argv, never
-a file on disk, never a log. Output is streamed line by line to a callback `output(stream, data)`
-("stdout"/"stderr"): each call is one line *with* its b"\n" (the last piece of a stream may lack it,
-and a line over 64 KiB comes in pieces), so joining the calls of a stream gives its exact bytes.
+- **user namespace** (kade as root, the default): root in the RUN is the first id of a subordinate
+  range of 65,536 uids/gids on the host (builder/subids.py; `/etc/subuid`, `/etc/subgid` or kade's
+  default pool, one range per kade process), never host root. The rootfs, the overlay's scratch dir
+  and every mount source are seen through idmapped mounts, so the image's own uids stay on disk.
+  `Isolation(userns="host")` (`kade build --userns host`) runs RUN as host root instead.
+- **rootless** (kade not root): a user namespace mapping only the caller's uid to root.
+- namespaces: mount, PID (the command is PID 1; everything it leaves is killed when it exits), UTS,
+  IPC, cgroup, and network: a private one with outbound NAT through kade's bridge (builder/netns.py),
+  loopback only for `network="none"`, the host's (or the pod's) for `network="host"` or
+  `Isolation(network="shared")`;
+- /proc with runc's masked and read-only paths, a minimal /dev, /sys read-only, generated /etc/hosts
+  and /etc/resolv.conf, the RUN --mount list (cache dirs, secrets on a tmpfs, the ssh agent socket,
+  binds, tmpfs), every mount nosuid and nodev; pivot_root into the rootfs; Docker's default
+  capabilities (inheritable and ambient sets emptied), no_new_privs and a seccomp filter
+  (builder/seccomp.py);
+- with `overlay=` (snapshot.capture(..., in_sandbox=True)) the step's overlay is mounted inside the
+  sandbox: the upper directory is the step's diff, with the image's uids.
+
+Everything mounted lives only in the sandbox's mount namespaces and vanishes with them; every process
+dies with kade (parent-death signals). Mountpoints the rootfs lacked are created before the run
+(resolved inside the rootfs, never through a symlink out of it) and removed afterwards with their
+parents' mtimes restored, so a snapshot sees nothing of them. The sandbox's spec (secret bytes
+included) reaches the launcher through a pipe: never argv, never a file on disk, never a log. Output
+is streamed line by line to a callback `output(stream, data)` ("stdout"/"stderr"): each call is one
+line *with* its b"\n" (the last piece of a stream may lack it, and a line over 64 KiB comes in
+pieces), so joining the calls of a stream gives its exact bytes.
 """
 from __future__ import annotations
 
 import base64
-import errno
 import json
 import os
 import selectors
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 from builder.errors import BuildError
-from builder.rootfs_ops import Parts, Root, lstat_at
 from builder.rootpath import lexical, resolve_full, split
+from builder.sandbox_init import DEVICES, STARTED
+from builder.rootfs_ops import Parts, Root, lstat_at
 
 MountType = Literal["bind", "cache", "tmpfs", "secret", "ssh"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 MAX_LINE = 64 * 1024
-_STARTED = "+"   # the init's first word on the status pipe: the namespaces exist
 _PKG_ROOT = str(Path(__file__).resolve().parent.parent)
 # The interpreter that runs the sandbox's init (stdlib only). Override with KADE_SANDBOX_PYTHON when
 # sys.executable is not reachable by the build user (rootless builds with a root-owned Python).
 INIT_PYTHON_ENV = "KADE_SANDBOX_PYTHON"
+PRIVATE_PARENT = Path("/run/kade/sandbox")   # reachable by root of a user namespace (unlike /root, $TMPDIR)
+__all__ = ["DEVICES", "Isolation", "Mount", "SandboxError", "User", "run_in_rootfs"]
 
 
 class SandboxError(BuildError):
     """The command could not be started in the rootfs (setup failed, or the executable is missing)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The RUN was killed because kade is stopping (kill_all: a signal, a cancelled command)."""
+
+
+class OverlayUnavailable(SandboxError):
+    """The sandbox could not mount the step's overlay (the command did not run): use the stat snapshot."""
+
+
+class IdmapUnavailable(SandboxError):
+    """A path's filesystem (or this kernel) can't be idmapped (the command did not run)."""
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How RUN is held beyond the defaults every mode shares. `userns`: "auto" (a user namespace with a
+    subordinate range when kade is root, the caller's own uid otherwise) or "host" (no user namespace
+    of its own: kade build --userns host, and pods, whose own user namespace or chroot is the
+    boundary). `network`: what a RUN without --network gets: "private" (its own namespace, NAT) or
+    "shared" (the namespace kade runs in: a pod's)."""
+    userns: Literal["auto", "host"] = "auto"
+    network: Literal["private", "shared"] = "private"
 
 
 @dataclass(frozen=True)
@@ -121,6 +153,16 @@ class _Mountpoints:
                 self.parent_times.setdefault(parts[:i], (st.st_atime_ns, st.st_mtime_ns))
                 return
 
+    def restore_parent_times(self, only: set[Parts] | None = None) -> None:
+        """Give the parents of created mountpoints (`only` these) their times back. Before the command
+        runs too, so an overlay's copy-up of such a parent carries its image mtime (call before `freeze`)."""
+        for parts, (atime, mtime) in self.parent_times.items():
+            if only is None or parts in only:
+                try:
+                    self.root.utime(parts, mtime, atime)
+                except OSError:
+                    pass
+
     def freeze(self) -> None:
         """Call once all mountpoints exist (before the command runs)."""
         for parts in self.parent_times:
@@ -172,12 +214,7 @@ class _Mountpoints:
                         os.unlink(name, dir_fd=fd)
             except OSError:
                 pass  # the command put something there: it is the command's change now
-        for parts, (atime, mtime) in self.parent_times.items():
-            if parts in untouched:
-                try:
-                    self.root.utime(parts, mtime, atime)
-                except OSError:
-                    pass
+        self.restore_parent_times(untouched)
         self.root.close()
 
 
@@ -213,30 +250,112 @@ def prepare_call(rootfs: str | os.PathLike[str], argv: Sequence[str], user: "Use
     return root, user, env
 
 
+def sandbox_mode(isolation: Isolation) -> str:
+    """"userns", "host" or "rootless" (see the module docstring)."""
+    if os.geteuid() != 0:
+        return "rootless"
+    return "userns" if isolation.userns == "auto" else "host"
+
+
+_said: set[str] = set()
+_said_lock = threading.Lock()
+
+
+def say_once(report: Callable[..., None] | None, key: str, message: str) -> None:
+    """A warning about this machine's sandbox, once per process (not once per RUN)."""
+    with _said_lock:
+        if key in _said:
+            return
+        _said.add(key)
+    if report is not None:
+        report("warning", message)
+
+
+class _Staging:
+    """Where the sandbox finds each host path. In a user namespace: an idmapped mount of the path in the
+    private directory (made by the launcher; the paths' own parents, e.g. /root, may be closed to root
+    of the namespace), else the path itself."""
+
+    def __init__(self, private: Path, idmapped: bool):
+        self.dir = private / "mnt"
+        self.idmapped = idmapped
+        self.pairs: list[list[str]] = []
+
+    def place(self, source: str | os.PathLike[str], is_dir: bool) -> str:
+        if not self.idmapped:
+            return os.fspath(source)
+        self.dir.mkdir(exist_ok=True)
+        dest = self.dir / str(len(self.pairs))
+        if is_dir:
+            dest.mkdir()
+        else:
+            dest.touch()
+        self.pairs.append([os.fspath(source), str(dest)])
+        return str(dest)
+
+
+def _rel(root: Path, host: str) -> str:
+    """An absolute path inside the rootfs from a host path under it (as _Mountpoints resolved it)."""
+    rel = os.path.relpath(host, root)
+    if rel == "." or rel.startswith(".."):
+        raise SandboxError(f"mount target {host} is not inside {root}")
+    return "/" + rel
+
+
+def _network(network: str, mode: str, isolation: Isolation, report: Callable[..., None] | None):
+    """(the spec's network part, the bridge lease to release after the run or None)."""
+    if network not in ("default", "none", "host"):
+        raise SandboxError(f"unknown network mode {network!r}; use default, none or host")
+    if network == "none":
+        return {"mode": "none"}, None
+    if network == "host" or isolation.network == "shared":
+        return {"mode": "shared"}, None
+    if mode == "rootless":
+        say_once(report, "rootless-network", "rootless: RUN steps share the host's network (its loopback "
+                 "services included): a private network with NAT needs kade to run as root")
+        return {"mode": "shared"}, None
+    from builder import netns
+    try:
+        lease = netns.lease(netns.ensure_bridge(report))
+    except netns.NetworkError as exc:
+        raise SandboxError(str(exc)) from None
+    return {"mode": "private", **lease.spec()}, lease
+
+
 def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapping[str, str] | None = None,
                   workdir: str = "/", user: User | tuple[int, int, Iterable[int]] = User(),
-                  mounts: Sequence[Mount] = (), network: Literal["default", "none"] = "default",
+                  mounts: Sequence[Mount] = (), network: str = "default",
                   output: OutputCallback | None = None, *, hostname: str = "kade",
-                  timeout: float | None = None) -> int:
+                  timeout: float | None = None, overlay: Mapping[str, str] | None = None,
+                  isolation: Isolation = Isolation(), report: Callable[..., None] | None = None) -> int:
     """Run `argv` in `rootfs` and return its exit code (128+N when killed by signal N).
-    Raises SandboxError when the sandbox cannot be set up or the executable cannot be started."""
+    Raises SandboxError when the sandbox cannot be set up or the executable cannot be started
+    (OverlayUnavailable, IdmapUnavailable: before the command ran)."""
     root, user, env = prepare_call(rootfs, argv, user, env, hostname)
-    if network not in ("default", "none"):
-        raise SandboxError(f"unknown network mode {network!r}; use default or none")
-    if shutil.which("unshare") is None:
-        raise SandboxError("util-linux 'unshare' is not installed; install util-linux to run RUN steps")
-    rootless = os.geteuid() != 0
-
-    private = Path(tempfile.mkdtemp(prefix="kade-sandbox-"))
+    mode = sandbox_mode(isolation)
+    ids = None
+    if mode == "userns":
+        from builder import subids
+        try:
+            ids = subids.process_range(report)
+        except subids.RangeError as exc:
+            raise SandboxError(str(exc)) from None
+    net, lease = _network(network, mode, isolation, report)
+    private = _private_dir(mode)
+    staging = _Staging(private, mode == "userns")
     points = _Mountpoints(root)
     try:
-        (private / "hosts").write_text(_hosts(hostname))
-        (private / "resolv.conf").write_text(_resolv_conf())
-        (private / "secrets").mkdir()
+        files = private / "files"
+        files.mkdir()
+        (files / "hosts").write_text(_hosts(hostname))
+        (files / "resolv.conf").write_text(_run_resolv_conf(net, report))
+        (files / "secrets").mkdir()
         spec_mounts = []
-        system = {name: points.ensure("/" + name, True, allow_symlink=False) for name in ("proc", "dev", "sys")}
-        etc_hosts = points.ensure("/etc/hosts", False)
-        etc_resolv = points.ensure("/etc/resolv.conf", False)
+        system = {name: _rel(root, points.ensure("/" + name, True, allow_symlink=False))
+                  for name in ("proc", "dev", "sys")}
+        etc_hosts = _rel(root, points.ensure("/etc/hosts", False))
+        etc_resolv = _rel(root, points.ensure("/etc/resolv.conf", False))
+        sources: list[tuple[dict, str, bool]] = []   # (spec item, host source, is_dir): staged below
         for i, m in enumerate(mounts):
             item: dict[str, object] = {"type": m.type, "readonly": m.readonly, "size": m.size}
             if m.type == "bind":
@@ -245,59 +364,124 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
                     raise SandboxError(f"bind mount source {source} does not exist")
                 is_dir = source.is_dir()
                 if not m.readonly:  # writes to a bind mount are discarded (BuildKit semantics): use a copy
-                    copy = private / f"bind{i}"
+                    copy = files / f"bind{i}"
                     if is_dir:
                         shutil.copytree(source, copy, symlinks=True)
                     else:
                         shutil.copy2(source, copy)
                     source = copy
-                item["source"] = str(source)
+                sources.append((item, str(source), is_dir))
             elif m.type == "cache":
                 is_dir = True
                 cache = Path(m.source or "")
                 if not cache.exists():  # a new cache dir gets the mount's mode/uid/gid (BuildKit's options)
                     cache.mkdir(parents=True)
                     os.chmod(cache, 0o755 if m.mode is None else m.mode)
-                    if not rootless:
+                    if mode != "rootless":
                         os.chown(cache, m.uid, m.gid)
-                item["source"] = m.source
+                sources.append((item, str(cache), True))
             elif m.type == "ssh":
                 is_dir = False
-                item["source"] = m.source
+                sources.append((item, m.source or "", False))
                 env.setdefault("SSH_AUTH_SOCK", m.target)
             elif m.type == "secret":
                 is_dir = False
                 item.update(data=base64.b64encode(m.data or b"").decode(), mode=0o400 if m.mode is None else m.mode,
-                            uid=m.uid, gid=m.gid, staging=str(private / "secrets"), name=f"s{i}")
+                            uid=m.uid, gid=m.gid, name=f"s{i}")
             else:
                 is_dir = True
-            item["target"] = points.ensure(m.target, is_dir)
+            item["target"] = _rel(root, points.ensure(m.target, is_dir))
             spec_mounts.append(item)
+        points.restore_parent_times()
         points.freeze()
+        staged_files = staging.place(files, True)
+        for item in spec_mounts:
+            if item["type"] == "secret":
+                item["staging"] = f"{staged_files}/secrets"
+        for item, source, is_dir in sources:
+            item["source"] = _staged_source(staging, files, staged_files, source, is_dir)
         spec = {
-            "root": str(root), "argv": list(argv), "env": env, "workdir": workdir,
-            "uid": user.uid, "gid": user.gid, "groups": list(user.groups), "hostname": hostname,
-            "network": network, "rootless": rootless, "mounts": spec_mounts,
-            "hosts": str(private / "hosts"), "resolv": str(private / "resolv.conf"),
+            "parent": os.getpid(), "mode": mode, "ids": None if ids is None else vars(ids),
+            "argv": list(argv), "env": env, "workdir": workdir, "uid": user.uid, "gid": user.gid,
+            "groups": list(user.groups), "hostname": hostname, "network": net, "mounts": spec_mounts,
+            "hosts": f"{staged_files}/hosts", "resolv": f"{staged_files}/resolv.conf",
             "etc_hosts": etc_hosts, "etc_resolv": etc_resolv, "system": system,
+            "overlay": _overlay_spec(overlay, staging, mode), "root": staging.place(root, True),
         }
-        return _spawn(spec, output, timeout, rootless, network)
+        spec["idmap"] = staging.pairs
+        return _spawn(spec, output, timeout)
     finally:
         points.cleanup()
+        if lease is not None:
+            lease.release()
         shutil.rmtree(private, ignore_errors=True)
 
 
-def _spawn(spec: dict, output: OutputCallback | None, timeout: float | None, rootless: bool, network: str) -> int:
-    cmd = ["unshare", "--mount", "--pid", "--fork", "--uts", "--ipc", "--kill-child", "--propagation", "private"]
-    if network == "none":
-        cmd.append("--net")
-    if rootless:
-        cmd += ["--user", "--map-root-user"]
+def _staged_source(staging: _Staging, files: Path, staged_files: str, source: str, is_dir: bool) -> str:
+    """A mount source as the sandbox sees it: copies in the private files dir go through its one
+    staged mount; anything else gets a staged (idmapped) mount of its own."""
+    if source.startswith(str(files) + "/"):
+        return staged_files + source[len(str(files)):]
+    return staging.place(source, is_dir)
+
+
+def _overlay_spec(overlay: Mapping[str, str] | None, staging: _Staging, mode: str) -> dict | None:
+    if overlay is None:
+        return None
+    from builder.snapshot import in_user_namespace, overlay_options
+
+    scratch = overlay["scratch"]
+    staged = staging.place(scratch, True)
+    lower = staging.place(overlay["lower"], True)
+    upper, work, merged = (staged + overlay[name][len(scratch):] for name in ("upper", "work", "merged"))
+    userxattr = mode != "host" or in_user_namespace()   # (overlay in a user namespace: user.* xattrs)
+    return {"merged": merged, "options": overlay_options(Path(lower), Path(upper), Path(work), userxattr)}
+
+
+def _private_dir(mode: str) -> Path:
+    """A fresh directory for the run's generated files and staged mounts (named after this process,
+    so the next kade removes what a killed one left)."""
+    if mode != "userns":
+        return Path(tempfile.mkdtemp(prefix="kade-sandbox-"))
+    PRIVATE_PARENT.mkdir(parents=True, exist_ok=True)
+    _sweep_private_dirs()
+    private = Path(tempfile.mkdtemp(prefix=f"kade-sandbox-{os.getpid()}-", dir=PRIVATE_PARENT))
+    os.chmod(private, 0o711)   # root of the user namespace must walk through it
+    return private
+
+
+_swept = False
+
+
+def _sweep_private_dirs() -> None:
+    """Remove the private directories of kade processes that are gone (once per process)."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    for entry in PRIVATE_PARENT.glob("kade-sandbox-*-*"):
+        pid = entry.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _run_resolv_conf(net: dict, report: Callable[..., None] | None) -> str:
+    if net["mode"] != "private":
+        return _resolv_conf()
+    from builder import netns
+
+    text, warning = netns.host_resolv_conf()
+    if warning:
+        say_once(report, "dns", warning)
+    return text
+
+
+def _spawn(spec: dict, output: OutputCallback | None, timeout: float | None) -> int:
     spec_r, spec_w = os.pipe()
     status_r, status_w = os.pipe()
-    init = f"import sys; sys.path.insert(0, {_PKG_ROOT!r}); from builder.sandbox import _init_main; _init_main()"
+    init = f"import sys; sys.path.insert(0, {_PKG_ROOT!r}); from builder.sandbox_init import main; main()"
     python = os.environ.get(INIT_PYTHON_ENV) or sys.executable
-    cmd += ["--", python, "-I", "-S", "-c", init, str(spec_r), str(status_w)]
+    cmd = [python, "-I", "-S", "-c", init, str(spec_r), str(status_w)]
     try:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 pass_fds=(spec_r, status_w), env={"PATH": os.environ.get("PATH", DEFAULT_PATH)},
@@ -311,22 +495,107 @@ def _spawn(spec: dict, output: OutputCallback | None, timeout: float | None, roo
     except BrokenPipeError:
         pass
     try:
-        stderr_tail = _pump(proc, output, timeout)
-        code = proc.wait()
+        with _running(proc) as live:
+            stderr_tail = _pump(proc, output, timeout)
+            code = proc.wait()
     except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _kill(proc)
         raise
     finally:
         with os.fdopen(status_r, "rb") as f:
             status = f.read().decode(errors="replace")
-    if not status.startswith(_STARTED):
+    if live.killed:
+        raise RunInterrupted("the RUN step was stopped: kade is stopping")
+    return _verdict(status, code, stderr_tail)
+
+
+def _verdict(status: str, code: int, stderr_tail: Iterable[bytes]) -> int:
+    """The command's exit code, or the sandbox's own failure as an exception."""
+    if "!" in status:
+        kind, _, message = status.split("!", 1)[1].partition(":")
+        if kind == "idmap":
+            path, _, why = message.partition("\t")
+            raise IdmapUnavailable(f"cannot show {path} to the RUN's user namespace through an idmapped mount "
+                                   f"({why}: the kernel needs 5.12+, and the filesystem must support them: ext4, "
+                                   "xfs, btrfs, tmpfs 6.3+; not NFS or overlayfs)",
+                                   hint="put kade's cache dir on such a filesystem, or build with "
+                                        "--userns host (RUN then runs as this host's root)")
+        raise {"overlay": OverlayUnavailable}.get(kind, SandboxError)(message)
+    if STARTED not in status:
         why = b" ".join(stderr_tail).decode(errors="replace").strip() or f"exit code {code}"
-        raise SandboxError(f"cannot create the sandbox's namespaces with unshare: {why} (a container without "
-                           "CAP_SYS_ADMIN or with user namespaces disabled cannot run RUN steps)")
-    if status[len(_STARTED):]:
-        raise SandboxError(status[len(_STARTED):])
+        raise SandboxError(f"the RUN sandbox did not start: {why}")
     return 128 - code if code < 0 else code
+
+
+class _running:
+    """A sandbox that kill_all (or the command's cancellation) can stop from any thread."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.killed = False
+        self._cancel: object = None
+
+    def __enter__(self) -> "_running":
+        with _live_lock:
+            _live.add(self)
+            if _refusing:   # kill_all came first: this RUN must not run either
+                self.kill()
+        if _cancel is not None:   # the command's cancellation (a signal) kills the RUN at once
+            self._cancel = _cancel.on_cancel(self.kill)
+            self._cancel.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._cancel is not None:
+            self._cancel.__exit__(None, None, None)
+        with _live_lock:
+            _live.discard(self)
+
+    def kill(self) -> None:
+        """SIGKILL the launcher, holder and init: the init's PID namespace takes every process of the
+        RUN with it. Quick and lock-free enough for a signal handler."""
+        self.killed = True
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# Every sandbox running in this process, so a signal handler can end them all at once (kill_all).
+_live: set[_running] = set()
+_refusing = False   # set by kill_all until resume(): a RUN starting meanwhile is killed at once
+_live_lock = threading.RLock()   # re-entrant: kill_all may run in a signal handler of a thread holding it
+try:   # the command's cancellation token (kade/interrupt.py), where this kade has one
+    from registry import cancel as _cancel   # type: ignore[attr-defined]
+except ImportError:
+    _cancel = None
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def kill_all() -> int:
+    """Stop every RUN of this process now, and any that starts until resume() (their _spawn raises
+    RunInterrupted). Returns how many were running."""
+    global _refusing
+    with _live_lock:
+        _refusing = True
+        live = list(_live)
+    for run in live:
+        run.kill()
+    return len(live)
+
+
+def resume() -> None:
+    """RUN steps may start again (after the build that kill_all stopped has wound down)."""
+    global _refusing
+    with _live_lock:
+        _refusing = False
 
 
 def _pump(proc: subprocess.Popen, output: OutputCallback | None, timeout: float | None) -> deque[bytes]:
@@ -371,139 +640,3 @@ def _pump(proc: subprocess.Popen, output: OutputCallback | None, timeout: float 
     return stderr_tail
 
 
-# ------------------------------------------------------------------------ sandbox side: init
-
-def _bring_up_loopback() -> None:
-    import fcntl
-    import struct
-    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        ifreq = struct.pack("16sH14s", b"lo", 0, b"")
-        flags = struct.unpack("16sH14s", fcntl.ioctl(s, siocgifflags, ifreq))[1]
-        fcntl.ioctl(s, siocsifflags, struct.pack("16sH14s", b"lo", flags | iff_up, b""))
-
-
-def _setup(spec: dict) -> bool:
-    """Mount what the RUN needs and enter the rootfs; False when only a chroot holds it (no pivot_root)."""
-    from builder import linux as L
-
-    root = spec["root"]
-    L.mount(None, "/", None, L.MS_REC | L.MS_PRIVATE)
-    L.mount(root, root, None, L.MS_BIND | L.MS_REC)
-    try:   # device nodes that came with the image (or a RUN's mknod) cannot be opened: no host disks
-        L.mount(None, root, None, L.MS_REMOUNT | L.MS_BIND | L.MS_NODEV | L.mount_flags(root))
-    except OSError:
-        if not spec["rootless"]:  # a user namespace cannot open host devices anyway
-            raise
-    system = spec["system"]   # /proc, /dev, /sys as resolved inside the rootfs
-    L.mount("proc", system["proc"], "proc", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC)
-    dev = system["dev"]
-    L.mount("tmpfs", dev, "tmpfs", L.MS_NOSUID | L.MS_NOEXEC | L.MS_NODEV, "mode=755,size=65536k")
-    for name in DEVICES:
-        path = f"{dev}/{name}"
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
-        L.mount(f"/dev/{name}", path, None, L.MS_BIND)
-    os.mkdir(f"{dev}/pts")
-    try:
-        L.mount("devpts", f"{dev}/pts", "devpts", L.MS_NOSUID | L.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
-        os.symlink("pts/ptmx", f"{dev}/ptmx")
-    except OSError:
-        pass  # no pseudo-terminals in this sandbox: RUN steps have no tty anyway
-    os.mkdir(f"{dev}/shm")
-    L.mount("shm", f"{dev}/shm", "tmpfs", L.MS_NOSUID | L.MS_NODEV, "mode=1777,size=65536k")
-    for i, name in enumerate(("stdin", "stdout", "stderr")):
-        os.symlink(f"/proc/self/fd/{i}", f"{dev}/{name}")
-    os.symlink("/proc/self/fd", f"{dev}/fd")
-    ro = L.MS_RDONLY | L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC
-    try:
-        L.mount("sysfs", system["sys"], "sysfs", ro)
-    except OSError:
-        L.mount("/sys", system["sys"], None, L.MS_BIND | L.MS_REC)
-        L.mount(None, system["sys"], None, L.MS_REMOUNT | L.MS_BIND | ro)
-    L.mount(spec["hosts"], spec["etc_hosts"], None, L.MS_BIND)
-    L.mount(spec["resolv"], spec["etc_resolv"], None, L.MS_BIND)
-    for m in spec["mounts"]:
-        target = m["target"]
-        if m["type"] == "tmpfs":
-            L.mount("tmpfs", target, "tmpfs", L.MS_NOSUID | L.MS_NODEV,
-                    f"mode=1777,size={m['size']}" if m["size"] else "mode=1777")
-            continue
-        if m["type"] == "secret":
-            staging = m["staging"]
-            if not os.path.ismount(staging):
-                L.mount("tmpfs", staging, "tmpfs", L.MS_NOSUID | L.MS_NODEV | L.MS_NOEXEC, "mode=700,size=16m")
-            source = f"{staging}/{m['name']}"
-            fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, base64.b64decode(m["data"]))
-                os.fchown(fd, m["uid"], m["gid"])
-                os.fchmod(fd, m["mode"])
-            finally:
-                os.close(fd)
-            readonly = True
-        else:
-            source, readonly = m["source"], m["readonly"]
-        L.mount(source, target, None, L.MS_BIND | L.MS_REC)
-        if readonly:
-            L.mount(None, target, None, L.MS_REMOUNT | L.MS_BIND | L.MS_RDONLY | L.MS_NOSUID | L.MS_NODEV)
-    socket.sethostname(spec["hostname"])
-    if spec["network"] == "none":
-        _bring_up_loopback()
-    os.chdir(root)
-    try:
-        L.pivot_root(".", ".")
-        L.umount(".", L.MNT_DETACH)
-        pivoted = True
-    except PermissionError:
-        # A pod's RuntimeDefault seccomp profile lacks pivot_root: move the rootfs over / and chroot
-        # (runc's no-pivot mode). The old root stays beneath it, so the RUN loses CAP_SYS_CHROOT too.
-        L.mount(root, "/", None, L.MS_MOVE)
-        os.chroot(".")
-        pivoted = False
-    os.chdir("/")
-    return pivoted
-
-
-def _init_main() -> None:
-    """Entry point inside the namespaces (PID 1): set up, then exec the command in its place."""
-    spec_fd, status_fd = int(sys.argv[1]), int(sys.argv[2])
-    os.set_inheritable(status_fd, False)
-    os.write(status_fd, _STARTED.encode())
-
-    def fail(message: str) -> None:
-        os.write(status_fd, message.encode(errors="replace"))
-        os._exit(127)
-
-    with os.fdopen(spec_fd, "rb") as f:
-        spec = json.loads(f.read())
-    try:
-        pivoted = _setup(spec)
-    except OSError as exc:
-        fail(f"sandbox setup failed in {spec['root']}: {exc}")
-    workdir = spec["workdir"]
-    try:
-        os.chdir(workdir)
-    except OSError as exc:
-        fail(f"working directory {workdir} is not usable in the rootfs: {exc.strerror}")
-    try:
-        from builder.linux import CHROOTED_RUN_CAPS, DEFAULT_CAPS, drop_capabilities
-        drop_capabilities(DEFAULT_CAPS if pivoted else CHROOTED_RUN_CAPS)
-    except OSError as exc:
-        fail(f"cannot drop capabilities for the RUN step: {exc}")
-    try:
-        if not spec["rootless"]:  # a user namespace from --map-root-user denies setgroups
-            os.setgroups(spec["groups"])
-        os.setgid(spec["gid"])
-        os.setuid(spec["uid"])
-    except OSError as exc:
-        fail(f"cannot switch to user {spec['uid']}:{spec['gid']}: {exc.strerror}"
-             + (" (rootless builds map only your own uid; run as root for other USERs)" if spec["rootless"] else ""))
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
-    argv, env = spec["argv"], spec["env"]
-    try:
-        os.execvpe(argv[0], argv, env)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
-            fail(f"executable {argv[0]!r} not found in the rootfs (PATH={env.get('PATH', '')})")
-        fail(f"cannot run {argv[0]!r}: {exc.strerror}")

@@ -13,10 +13,15 @@ Two methods, same result:
   xattrs instead of ctime and size); no file is read or hashed.
   A directory whose inode changed was replaced (`rm -rf d && mkdir d`) and becomes opaque.
 
+With `in_sandbox=True` the overlay is not mounted here: `cap.overlay` describes it (lower, upper,
+work, merged) and the RUN sandbox mounts it inside its own mount namespace (builder/sandbox.py), where
+a user namespace can do it over idmapped layers; `cap.root` is then the rootfs itself. The upper
+directory is read on the host afterwards as before.
+
 Usage (the caller writes the layer before leaving the block):
 
-    with capture(rootfs, scratch) as cap:
-        run_in_rootfs(cap.root, ...)
+    with capture(rootfs, scratch, in_sandbox=True) as cap:
+        run_in_rootfs(cap.root, ..., overlay=cap.overlay)
         changes = cap.changes()
         info = write_layer(changes, out)
         cap.commit()          # make `rootfs` itself hold the result (a no-op for "stat")
@@ -324,7 +329,7 @@ class Capture:
     """One step's view of a rootfs; see the module docstring."""
 
     def __init__(self, rootfs: Path, scratch: Path, method: str, before: TreeState | None,
-                 exclude: tuple[str, ...]):
+                 exclude: tuple[str, ...], in_sandbox: bool = False):
         self.rootfs = rootfs
         self.scratch = scratch
         self.method = method
@@ -335,15 +340,21 @@ class Capture:
         self._mounted = False
         self._changes: list[Change] | None = None
         self._abandoned = False
+        self.overlay: dict[str, str] | None = None
         if method == "overlay":
             if any(c in os.fspath(p) for p in (rootfs, scratch) for c in ",:"):
                 raise OSError(f"overlay mount options cannot hold ',' or ':' in {rootfs} / {scratch}")
-            self._upper, self._work, self.root = scratch / "upper", scratch / "work", scratch / "merged"
-            for d in (self._upper, self._work, self.root):
+            self._upper, self._work, merged = scratch / "upper", scratch / "work", scratch / "merged"
+            for d in (self._upper, self._work, merged):
                 d.mkdir(parents=True, exist_ok=True)
-            mount("overlay", self.root, "overlay", 0,
-                  overlay_options(rootfs, self._upper, self._work, in_user_namespace()))
-            self._mounted = True
+            if in_sandbox:
+                self.overlay = {"lower": str(rootfs), "scratch": str(scratch), "upper": str(self._upper),
+                                "work": str(self._work), "merged": str(merged)}
+            else:
+                self.root = merged
+                mount("overlay", self.root, "overlay", 0,
+                      overlay_options(rootfs, self._upper, self._work, in_user_namespace()))
+                self._mounted = True
         elif self._before is None:
             self._before = walk(rootfs, exclude)
 
@@ -423,15 +434,16 @@ def overlay_available(scratch: str | os.PathLike[str]) -> bool:
 
 @contextmanager
 def capture(rootfs: str | os.PathLike[str], scratch: str | os.PathLike[str], method: Method = "auto", *,
-            before: TreeState | None = None, exclude: Iterable[str] = ()) -> Iterator[Capture]:
+            before: TreeState | None = None, exclude: Iterable[str] = (), in_sandbox: bool = False) -> Iterator[Capture]:
     """Track what happens to `rootfs` inside the block. `scratch` is a private directory on a filesystem
     that can hold an overlay upper/work dir; `before` may pass the previous step's `state_after` to save
-    a walk with the stat method."""
+    a walk with the stat method. With `in_sandbox`, an overlay is left for the sandbox to mount
+    ("auto" then means overlay: the sandbox says when it can't mount one)."""
     root, scratch_p = Path(rootfs), Path(scratch)
     scratch_p.mkdir(parents=True, exist_ok=True)
     excluded = tuple(p.strip("/") for p in exclude)
     try:
-        cap = Capture(root, scratch_p, "overlay" if method == "auto" else method, before, excluded)
+        cap = Capture(root, scratch_p, "overlay" if method == "auto" else method, before, excluded, in_sandbox)
     except OSError as exc:
         if method != "auto":
             raise SnapshotError(f"cannot track changes of {root} with {method}: {exc}; "

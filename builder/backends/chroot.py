@@ -33,11 +33,15 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from builder.backends.agent_relay import SocketProxy
-from builder.linux import CAP_SETPCAP, CHROOTED_RUN_CAPS, drop_capabilities, has_effective, last_capability
+from builder import seccomp
+from builder.linux import (CAP_SETPCAP, CHROOTED_RUN_CAPS, PR_SET_NO_NEW_PRIVS, become_subreaper, children,
+                           clear_inheritable_and_ambient, drop_capabilities, has_effective, kill_children_except,
+                           last_capability, prctl, set_seccomp)
 from builder.rootfs_ops import Meta, Override, Parts, Root, TreeCopy, lstat_at
 from builder.rootpath import lexical, split
 from builder.sandbox import DEVICES, Mount, OutputCallback, SandboxError, User, _pump, prepare_call
@@ -259,14 +263,23 @@ def _spawn(root: Path, argv: list[str], env: dict[str, str], workdir: str, user:
                            "as builder/backends/podspec.py does")
     last = last_capability()
 
+    program = seccomp.program()
+    filter_bytes = seccomp.encode(program) if program is not None else b""
+
     def enter() -> None:  # runs in the child between fork and exec
         drop_capabilities(CHROOTED_RUN_CAPS, last)  # effective until exec, so the chroot below still works
+        clear_inheritable_and_ambient()
         os.chroot(root)
         os.chdir(workdir)
         os.setgroups(list(user.groups))
         os.setgid(user.gid)
         os.setuid(user.uid)
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if program is not None:   # the local sandbox's filter, on top of the pod's RuntimeDefault profile
+            set_seccomp(filter_bytes, len(program))
 
+    become_subreaper()   # a daemon the RUN starts is adopted by us, not by the pod's init, and killed below
+    before = children()
     try:
         proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, preexec_fn=enter, start_new_session=True)
@@ -275,11 +288,19 @@ def _spawn(root: Path, argv: list[str], env: dict[str, str], workdir: str, user:
     except subprocess.SubprocessError as exc:
         raise SandboxError(f"cannot enter the rootfs for {argv[0]!r}: {exc}") from None
 
+    def end_the_rest() -> None:
+        """When the command exits, the step is over, and so is every process it started (this mode
+        shares the pod's PIDs): a daemon holding the output pipes open would keep _pump waiting."""
+        proc.wait()
+        kill_children_except(before)
+
+    threading.Thread(target=end_the_rest, daemon=True).start()
     try:
         _pump(proc, output, timeout)  # whole lines, newline included
         code = proc.wait()
     except BaseException:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        kill_children_except(before)
         raise
     return 128 - code if code < 0 else code

@@ -15,6 +15,7 @@ activeDeadlineSeconds passes).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import sys
@@ -29,7 +30,8 @@ from builder.backends import kubeapi
 from builder.backends.agent_relay import TUNNEL_KIND, serve_tunnel
 from builder.backends.remote import RemoteStageBuilder
 from builder.backends.lease import BUILD_PREFIX, Leases
-from builder.backends.podspec import LABEL_BUILD, MANAGED, KubeSettings, stage_pod
+from builder.backends.podspec import (LABEL_BUILD, MANAGED, WEAKER_WITHOUT_USERNS, KubeSettings, stage_pod,
+                                      user_namespace_support)
 from builder.build import BuildOptions, BuildResult, Report
 from builder.errors import BuildError, StepFailedError
 from builder.plan import PlannedStage
@@ -42,6 +44,10 @@ CONNECT_GRACE = 1.5  # seconds a cancelled build waits for a connection still be
 FAILED_KIND = "stage-failed"
 _FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                   "CreateContainerError"}
+
+
+class PodSecurityRefused(BuildError):
+    """The namespace's Pod Security level refused the pod (a user-namespace pod adds SYS_ADMIN)."""
 
 
 class PodLost(Exception):
@@ -85,6 +91,7 @@ class KubeBuilder(RemoteStageBuilder):
         self.owner: dict[str, str] | None = None
         self.secrets_name: str | None = None
         self._ready: Future = Future()
+        self.detected_userns = False  # hostUsers chosen from the nodes (not by --[no-]user-namespaces)
         self._stop_renewing = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -138,8 +145,30 @@ class KubeBuilder(RemoteStageBuilder):
             cancel.check()
         self.owner = {"name": name, "uid": lease.metadata.uid}
         threading.Thread(target=self._renew, args=(name, self._stop_renewing), daemon=True).start()
+        self.detected_userns = self.k.user_namespaces is None
+        if self.detected_userns:
+            self.k = dataclasses.replace(self.k, user_namespaces=self._nodes_support_userns())
         if self.o.secrets:
             self.secrets_name = self._create_secrets()
+
+    def _nodes_support_userns(self) -> bool:
+        """`hostUsers: false` wherever the nodes say they support it; else the chroot mode, said aloud."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            nodes = self.api_client.sanitize_for_serialization(self.core.list_node().items)
+        except ApiException as exc:
+            self._without_userns(f"the nodes can't be read ({exc.status} {exc.reason}: bind the "
+                                 "kade-build-nodes ClusterRole, k8s-manifests/builder/role.yaml)")
+            return False
+        supported, why = user_namespace_support(nodes, self.k.node_selector)
+        if not supported:
+            self._without_userns(why)
+        return supported
+
+    def _without_userns(self, why: str) -> None:
+        self.report("warning", f"builder pods run without user namespaces: {why}. Weaker: {WEAKER_WITHOUT_USERNS}. "
+                               "Pass --user-namespaces to require them, --no-user-namespaces to silence this")
 
     def _connected(self) -> None:
         self._ready.result()
@@ -204,14 +233,8 @@ class KubeBuilder(RemoteStageBuilder):
         self._connected()
         for attempt in range(1, self.k.attempts + 1):
             cancel.check()
-            manifest = stage_pod(self.k, build_id=self.build_id, owner=self.owner, image_name=self.o.image_name,
-                                 stage=ps.label, plan_digest=self.plan_digest, stages_repo=self.stages_repo or "",
-                                 insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt,
-                                 secrets_name=self.secrets_name, ssh_relay=bool(self.o.ssh),
-                                 extra_env=self.pod_env)
-            name = manifest["metadata"]["name"]
+            name = self._create_stage_pod(ps, attempt)
             try:
-                self._create(manifest)
                 self.report("pod", f"[{self.o.image_name}/{ps.label}] {self.k.namespace}/{name} started")
                 started = time.monotonic()
                 result = self._follow(ps, name)
@@ -228,6 +251,25 @@ class KubeBuilder(RemoteStageBuilder):
             finally:
                 self._delete_pod(name)
 
+    def _create_stage_pod(self, ps: PlannedStage, attempt: int) -> str:
+        """Create the stage's pod; returns its name. A user-namespace pod that the namespace's Pod Security
+        level refuses, where user namespaces were only detected, gives way to a chroot-mode pod."""
+        while True:
+            manifest = stage_pod(self.k, build_id=self.build_id, owner=self.owner, image_name=self.o.image_name,
+                                 stage=ps.label, plan_digest=self.plan_digest or "", stages_repo=self.stages_repo or "",
+                                 insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt,
+                                 secrets_name=self.secrets_name, ssh_relay=bool(self.o.ssh),
+                                 extra_env=self.pod_env)
+            try:
+                self._create(manifest)
+                return manifest["metadata"]["name"]
+            except PodSecurityRefused as exc:
+                if not (self.detected_userns and self.k.user_namespaces):
+                    raise
+                self._without_userns(f"namespace {self.k.namespace} refuses their pods ({exc.detail}); its "
+                                     "pod-security.kubernetes.io/enforce label must be privileged for them")
+                self.k = dataclasses.replace(self.k, user_namespaces=False)
+
     def _create(self, manifest: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException
 
@@ -235,6 +277,16 @@ class KubeBuilder(RemoteStageBuilder):
             self.core.create_namespaced_pod(self.k.namespace, manifest)
         except ApiException as exc:
             detail = exc.body if isinstance(exc.body, str) else exc.reason
+            if exc.status == 403 and "PodSecurity" in str(detail):
+                reason = str(detail)
+                try:
+                    reason = json.loads(reason).get("message", reason)
+                except ValueError:
+                    pass
+                raise PodSecurityRefused(f"cannot create pod {self.k.namespace}/{manifest['metadata']['name']}: "
+                                         f"{reason}", hint="user-namespace pods need the namespace's "
+                                         "pod-security.kubernetes.io/enforce label at privileged "
+                                         "(or build with --no-user-namespaces)") from None
             raise BuildError(f"cannot create pod {self.k.namespace}/{manifest['metadata']['name']}: "
                              f"{exc.status} {detail}", hint="check the namespace, ServiceAccount and RBAC "
                              "(k8s-manifests/builder)") from None

@@ -55,7 +55,7 @@ class KubeSettings:
     registry_secret: str | None = None  # a kubernetes.io/dockerconfigjson Secret
     kubeconfig: str | None = None
     kube_context: str | None = None
-    user_namespaces: bool = False  # hostUsers: false
+    user_namespaces: bool | None = None  # hostUsers: false; None: where the nodes support it (detected)
     deadline_s: int = 3600  # activeDeadlineSeconds: a pod never outlives this
     lease_s: int = 30  # step and build Lease duration
     attempts: int = 3  # a pod lost mid-stage (deleted, evicted, node lost) is retried this often
@@ -63,6 +63,33 @@ class KubeSettings:
     cpu: str | None = None
     memory: str | None = None
     node_selector: dict[str, str] = field(default_factory=dict)
+
+
+WEAKER_WITHOUT_USERNS = (
+    "root in a RUN is root of the pod, and so uid 0 on the node, held only by a chroot without "
+    "CAP_SYS_CHROOT; the RUN shares the pod's PID namespace and network (it can reach what the pod "
+    "reaches), has no /proc, and a kernel escape would make it root on the node")
+
+
+def user_namespace_support(nodes: list[dict[str, Any]], selector: dict[str, str]) -> tuple[bool, str]:
+    """Whether builder pods can ask for `hostUsers: false`, from the nodes they may land on (serialized
+    V1Node dicts): every schedulable node matching `selector` must report `userNamespaces` for its
+    default runtime handler (the kubelet fills status.runtimeHandlers from the container runtime).
+    Returns (supported, the reason when not)."""
+    eligible = [n for n in nodes if not (n.get("spec") or {}).get("unschedulable")
+                and all(((n.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in selector.items())]
+    if not eligible:
+        return False, "no schedulable node matches the builder pods' node selector"
+    lacking = []
+    for node in eligible:
+        handlers = (node.get("status") or {}).get("runtimeHandlers") or []
+        default = next((h for h in handlers if not h.get("name")), None)
+        if not ((default or {}).get("features") or {}).get("userNamespaces"):
+            lacking.append((node.get("metadata") or {}).get("name", "?"))
+    if lacking:
+        return False, (f"node(s) {', '.join(sorted(lacking)[:5])} report no user namespace support "
+                       "(status.runtimeHandlers: containerd >= 2.0 or CRI-O, runc >= 1.2, Kubernetes >= 1.33)")
+    return True, ""
 
 
 def dns_label(text: str, limit: int = 63) -> str:

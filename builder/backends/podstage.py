@@ -25,6 +25,7 @@ from builder.build import Builder, BuildOptions, Image, Report
 from builder.context import BuildContext, IgnoreRules
 from builder.errors import BuildError
 from builder.plan import Plan, PlannedStage, Step
+from builder.sandbox import Isolation
 from registry import cancel
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient
@@ -156,7 +157,10 @@ def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report,
                            platform=extra.get("platform", "linux/amd64"), no_cache=bool(extra.get("no_cache")),
                            image_name=extra.get("image_name", "default"),
                            secrets=read_secrets(os.environ.get("KADE_SECRETS_DIR")), ssh=ssh,
-                           sandbox=run_chroot if sandbox_mode() == "chroot" else None)
+                           sandbox=run_chroot if sandbox_mode() == "chroot" else None,
+                           # the pod's own user namespace (hostUsers: false) is the boundary around root in
+                           # RUN; RUN shares the pod's network (no bridge to NAT through in a pod)
+                           isolation=Isolation(userns="host", network="shared"))
     leases = None
     if api_client is not None and holder and namespace:
         leases = Leases(api_client, namespace, holder, lease_s, report)

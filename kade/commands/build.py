@@ -48,6 +48,11 @@ def register(subparsers: Any) -> None:
                    help="build twice with empty caches (pushing nothing) and name every file that differs; "
                         "exit 1 when the images differ")
     p.add_argument("--platform", default=DEFAULT_PLATFORM, help=argparse.SUPPRESS)
+    p.add_argument("--userns", choices=("auto", "host"), default="auto",
+                   help="auto (default): root in a RUN is an unprivileged subordinate uid on this host; host: "
+                        "RUN runs as this host's root (unsafe with Dockerfiles you don't trust)")
+    p.add_argument("--allow-host-network", action="store_true",
+                   help="let RUN --network=host use this host's network (its loopback services included)")
     add_backend_arguments(p)
     from kade import supply
 
@@ -95,7 +100,14 @@ def parse_ssh(spec: str | None) -> str | None:
     return socket
 
 
+USERNS_HOST_WARNING = ("--userns host: RUN steps run as this host's root, not as an unprivileged subordinate uid: "
+                       "a kernel bug or a mount the sandbox misses is then root on this machine. Use it only "
+                       "for Dockerfiles you trust, or where user namespaces are unavailable")
+
+
 def options_from_args(args: argparse.Namespace) -> BuildOptions:
+    from builder.sandbox import Isolation
+
     context = Path(args.context or ".")
     if not context.is_dir():
         raise UsageError(f"build context {context} is not a directory")
@@ -113,7 +125,8 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         build_args=parse_build_args(args.build_arg), tags=list(args.tag), repo=args.repo,
         secrets=dict(parse_secret(s) for s in args.secret), ssh=parse_ssh(args.ssh),
         compression=args.compression, no_cache=args.no_cache, parallel=args.parallel, cache_dir=args.cache_dir,
-        keep_failed=args.keep_failed, insecure=tuple(args.insecure_registry), platform=args.platform)
+        keep_failed=args.keep_failed, insecure=tuple(args.insecure_registry), platform=args.platform,
+        isolation=Isolation(userns=args.userns), allow_host_network=args.allow_host_network)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,6 +140,11 @@ def run(args: argparse.Namespace) -> int:
     report = make_reporter(args.output)
     if args.check_reproducible:
         return run_check(args, options, report)
+    if args.userns == "host":
+        if args.backend == "kubernetes":
+            raise UsageError("--userns is for RUN on this machine (--backend local); builder pods choose with "
+                             "--user-namespaces / --no-user-namespaces")
+        report("warning", USERNS_HOST_WARNING)
     if args.backend == "kubernetes":
         from builder.backends.kubernetes import build as kube_build
 

@@ -25,8 +25,9 @@ def add_backend_arguments(p: Any) -> None:
     g.add_argument("--service-account", default="kade-builder", help="ServiceAccount of the pods (default kade-builder)")
     g.add_argument("--registry-secret", metavar="NAME",
                    help="kubernetes.io/dockerconfigjson Secret with push credentials for the pods")
-    g.add_argument("--user-namespaces", action="store_true",
-                   help="run pods with hostUsers: false (needs a cluster with user namespace support)")
+    g.add_argument("--user-namespaces", action=argparse.BooleanOptionalAction, default=None,
+                   help="run pods with hostUsers: false (default: wherever the nodes report user namespace "
+                        "support; --no-user-namespaces forces the weaker chroot mode)")
     g.add_argument("--pod-timeout", type=int, default=3600, metavar="SECONDS",
                    help="activeDeadlineSeconds of each pod (default 3600)")
     g.add_argument("--lease-seconds", type=int, default=30, metavar="SECONDS",

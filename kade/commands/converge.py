@@ -69,7 +69,10 @@ def make_project_options(args: argparse.Namespace, ws: Any) -> Any:
     from kade.tags import TagTemplateError, check_templates
 
     single = [flag for flag, attr in (("--tag", "tag"), ("--target", "target"), ("--build-arg", "build_arg"),
-                                      ("--secret", "secret"), ("--ssh", "ssh")) if getattr(args, attr, None)]
+                                      ("--secret", "secret"), ("--ssh", "ssh"),
+                                      ("--allow-host-network", "allow_host_network")) if getattr(args, attr, None)]
+    if getattr(args, "userns", "auto") != "auto":
+        single.append("--userns")
     if single:
         raise UsageError(f"{', '.join(single)}: for a single Dockerfile (kade build CONTEXT); with kade.yaml each "
                          "image's Dockerfile, target, args, secrets and tags come from kade.yaml (and --add-tag)")

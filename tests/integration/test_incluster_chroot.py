@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import time
 import tarfile
 from pathlib import Path
 
@@ -48,6 +50,18 @@ def test_runs_chrooted_as_the_user_and_leaves_no_scaffolding(rootfs):
     assert code == 0, out
     assert out[:3] == ["1000", "1000", "/home/app"] and "/dev/null" in out
     assert tree(rootfs) == before  # /dev and its nodes removed again, mtimes restored
+
+
+def test_processes_the_step_left_are_killed_when_it_ends(rootfs):
+    """This mode shares the pod's PID namespace: kade adopts (PR_SET_CHILD_SUBREAPER) and kills what a
+    RUN leaves running, a daemon that keeps the output pipe open and one that detached from it alike."""
+    marker = f"31.{os.getpid() % 1000 + 1000}"
+    started = time.monotonic()
+    code, out = run(rootfs, f"sleep {marker} & (sleep {marker} >/dev/null 2>&1 </dev/null &) ; echo left")
+    assert code == 0 and out == ["left"]
+    assert time.monotonic() - started < 10   # not the 31 s the daemons would take
+    found = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout
+    assert found == ""
 
 
 def test_exit_code_and_signal(rootfs):

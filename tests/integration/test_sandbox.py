@@ -5,13 +5,14 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from builder.layer import write_layer
-from builder.sandbox import Mount, SandboxError, User, run_in_rootfs
+from builder.sandbox import IdmapUnavailable, Mount, SandboxError, User, run_in_rootfs
 from builder.snapshot import capture
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox tests run as root (CI does)")
@@ -98,9 +99,12 @@ def test_network_none_has_only_loopback_up(base):
     assert int(out[-1], 16) & 0x1   # IFF_UP
 
 
-def test_default_network_is_the_hosts(base):
+def test_default_network_is_private_and_host_network_is_the_hosts(base):
     code, lines = run(base, "ls /sys/class/net")
-    assert code == 0 and len(stdout(lines)) >= 1
+    assert code == 0 and stdout(lines) == ["eth0", "lo"]
+    host = sorted(os.listdir("/sys/class/net"))
+    code, lines = run(base, "ls /sys/class/net", network="host")
+    assert code == 0 and stdout(lines) == host
 
 
 def test_secret_on_tmpfs_and_in_no_layer_or_log(base):
@@ -178,7 +182,7 @@ def test_env_and_workdir(base):
 
 @pytest.mark.parametrize("argv,workdir,match", [
     (["/no/such/binary"], "/", "not found"),
-    (["/bin/sh", "-c", "true"], "/missing-dir", "working directory"),
+    (["/bin/sh", "-c", "true"], "/etc/passwd/sub", "working directory"),
 ])
 def test_setup_failures_are_clear(base, argv, workdir, match):
     with pytest.raises(SandboxError, match=match):
@@ -186,8 +190,8 @@ def test_setup_failures_are_clear(base, argv, workdir, match):
 
 
 def test_runs_in_an_overlay_capture(base, tmp_path):
-    with capture(base, tmp_path / "s", "overlay") as cap:
-        code, _ = run(cap.root, "echo hi > /hello; rm /etc/group; echo x >> /etc/hosts")
+    with capture(base, tmp_path / "s", "overlay", in_sandbox=True) as cap:
+        code, _ = run(cap.root, "echo hi > /hello; rm /etc/group; echo x >> /etc/hosts", overlay=cap.overlay)
         paths = {(c.path, c.kind) for c in cap.changes()}
         assert (base / "etc" / "group").exists()   # the lower rootfs untouched until commit
         cap.commit()
@@ -268,16 +272,31 @@ def test_ssh_agent_socket_mount(base, tmp_path):
     assert changes == [] and not (base / "run").exists()
 
 
-def test_namespaces_refused_is_a_clear_error(base, tmp_path, monkeypatch):
-    """A fake `unshare` that fails the way the real one does in a pod without CAP_SYS_ADMIN (this
-    machine lets namespaces be created, so the fault cannot be shown for real here)."""
-    fake = tmp_path / "fakebin"
-    fake.mkdir()
-    (fake / "unshare").write_text("#!/bin/sh\necho 'unshare: unshare failed: Operation not permitted' >&2\nexit 1\n")
-    os.chmod(fake / "unshare", 0o755)
-    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
-    with pytest.raises(SandboxError, match="namespaces.*Operation not permitted"):
-        run_in_rootfs(base, ["/bin/sh", "-c", "true"])
+NO_NAMESPACES = """
+import sys
+sys.path.insert(0, {repo!r})
+from builder import linux as L
+from builder.sandbox import SandboxError, run_in_rootfs
+# a seccomp filter that refuses unshare(2) with EPERM, as a container's profile does
+prog = [(0x20, 0, 0, 0), (0x15, 0, 1, 272), (0x06, 0, 0, 0x00050001), (0x06, 0, 0, 0x7FFF0000)]
+import struct
+L.prctl(L.PR_SET_NO_NEW_PRIVS, 1)
+L.set_seccomp(b"".join(struct.pack("=HBBI", *i) for i in prog), len(prog))
+try:
+    run_in_rootfs({root!r}, ["/bin/sh", "-c", "true"])
+except SandboxError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the filter names unshare's x86_64 number")
+def test_namespaces_refused_is_a_clear_error(base):
+    """Where the kernel refuses namespaces (here: a seccomp filter on unshare, as a container's
+    profile would), the error says what is missing, and nothing is left in the rootfs."""
+    repo = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-c", NO_NAMESPACES.format(repo=repo, root=str(base))],
+                          capture_output=True, text=True, timeout=60)
+    assert "refused: cannot create the sandbox's namespaces: Operation not permitted" in proc.stdout, proc.stderr
     assert not (base / "proc").exists()
 
 
@@ -330,3 +349,22 @@ def test_device_nodes_in_the_rootfs_cannot_be_opened(base):
                             "echo x > /dev/null && echo dev-null-ok")
     assert code == 0
     assert stdout(lines) == ["refused", "dev-null-ok"]
+
+
+def test_a_mount_source_that_cannot_be_idmapped_is_a_clear_error(base, tmp_path):
+    """A cache dir on an overlayfs mount (as when kade's cache lives in a container's root): overlayfs
+    can't be idmapped, so the RUN can't start in its user namespace; the error names the path and the
+    way out, and the command never ran."""
+    for d in ("l", "u", "w", "m"):
+        (tmp_path / "ovl" / d).mkdir(parents=True)
+    merged = tmp_path / "ovl" / "m"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", f"lowerdir={tmp_path}/ovl/l,upperdir={tmp_path}/ovl/u,"
+                    f"workdir={tmp_path}/ovl/w", str(merged)], check=True)
+    try:
+        with pytest.raises(IdmapUnavailable) as info:
+            run(base, "touch /ran", mounts=[Mount("cache", "/c", source=str(merged / "cache"))])
+    finally:
+        subprocess.run(["umount", str(merged)], check=True)
+    assert f"cannot show {merged}/cache to the RUN's user namespace" in str(info.value)
+    assert "Invalid argument" in str(info.value) and "--userns host" in str(info.value)
+    assert not (base / "ran").exists() and not (base / "c").exists()

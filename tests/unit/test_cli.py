@@ -55,3 +55,18 @@ def test_a_command_start_imports_neither_package_metadata_nor_yaml():
     probe = "import sys, kade.cli; kade.cli.build_parser('image'); print(sorted({'importlib.metadata', 'yaml'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--userns", "host", "--backend", "kubernetes", "--builder-image", "r/b@sha256:" + "0" * 64],
+     "--userns is for RUN on this machine"),
+    (["--userns", "root"], "invalid choice: 'root'"),
+])
+def test_userns_flag_misuse_is_a_usage_error(tmp_path, capsys, args, message):
+    code = None
+    try:
+        code = main(["build", str(tmp_path), *args])
+    except SystemExit as exc:   # argparse's own refusals
+        code = exc.code
+    assert code == 2
+    assert message in capsys.readouterr().err

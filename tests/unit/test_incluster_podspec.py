@@ -181,3 +181,29 @@ def test_pod_gets_the_extra_environment_sorted():
     assert names[-2:] == ["KADE_LAYER_MAX_BYTES", "KADE_LAYER_MAX_ENTRIES"]
     assert {"name": "KADE_LAYER_MAX_BYTES", "value": "8388608"} in env
     assert not [e for e in pod()["spec"]["containers"][0]["env"] if e["name"].startswith("KADE_LAYER")]
+
+
+def _node(name, handlers, labels=None, unschedulable=False):
+    return {"metadata": {"name": name, "labels": labels or {}}, "spec": {"unschedulable": unschedulable},
+            "status": {"runtimeHandlers": handlers}}
+
+
+USERNS = [{"name": "", "features": {"userNamespaces": True}}, {"name": "runc", "features": {"userNamespaces": True}}]
+NO_USERNS = [{"name": "", "features": {"recursiveReadOnlyMounts": True}}]
+
+
+@pytest.mark.parametrize("nodes,selector,supported,why", [
+    ([_node("a", USERNS)], {}, True, ""),
+    ([_node("a", USERNS), _node("b", NO_USERNS)], {}, False, "node(s) b report no user namespace support"),
+    ([_node("a", USERNS), _node("b", NO_USERNS, {"pool": "old"})], {"pool": "new"}, False, "no schedulable node"),
+    ([_node("a", USERNS, {"pool": "new"}), _node("b", NO_USERNS, {"pool": "old"})], {"pool": "new"}, True, ""),
+    ([_node("a", USERNS), _node("b", NO_USERNS, unschedulable=True)], {}, True, ""),
+    ([_node("a", [])], {}, False, "node(s) a"),                                     # an old kubelet says nothing
+    ([_node("a", [{"name": "runc", "features": {"userNamespaces": True}}])], {}, False, "node(s) a"),
+    ([], {}, False, "no schedulable node"),
+])
+def test_user_namespace_support_is_read_from_the_nodes(nodes, selector, supported, why):
+    from builder.backends.podspec import user_namespace_support
+
+    ok, reason = user_namespace_support(nodes, selector)
+    assert ok is supported and reason.startswith(why)

@@ -1,0 +1,22 @@
+"""What the bench scripts share: the heading facts every RESULTS.md section names."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def commit() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def machine(loads: list[float], cpu: str | None = None) -> str:
+    """The machine line: cores, kernel, Python, and the 1-min load averages seen during the run."""
+    return (f"- machine: {os.cpu_count()} cores{f' ({cpu})' if cpu else ''}, Linux {platform.release()}, Python "
+            f"{platform.python_version()}; shared with other agents' jobs: 1-min load average min {min(loads):.1f} "
+            f"/ median {statistics.median(loads):.1f} / max {max(loads):.1f}")
