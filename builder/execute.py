@@ -468,10 +468,7 @@ def _host_mount(m: PlanMount, ctx: RunContext, views: Path, env: dict[str, str],
         return _secret_mount(m, ctx, env)
     if m.type == "ssh":
         if not ctx.ssh_socket:
-            if o.get("required", "").lower() == "false":
-                return None
-            raise BuildError("RUN --mount=type=ssh needs --ssh default[=SOCKET] (or $SSH_AUTH_SOCK)",
-                             hint="or add required=false to the mount to run without an agent")
+            return _not_given(ctx, o, "an ssh agent", "pass --ssh default[=SOCKET] (or set $SSH_AUTH_SOCK)")
         return SandboxMount("ssh", m.target, ctx.ssh_socket, mode=int(o["mode"], 8) if "mode" in o else None,
                             uid=int(o.get("uid", 0)), gid=int(o.get("gid", 0)))
     # bind: a path inside a stage/image rootfs (resolved there by the sandbox), or the context view
@@ -519,16 +516,13 @@ def _cache_mount(m: PlanMount, ctx: RunContext, stack: ExitStack, readonly: bool
 def _secret_mount(m: PlanMount, ctx: RunContext, env: dict[str, str]):
     """BuildKit's secret mount: a file at `target` (the default /run/secrets/<id> unless only env= is
     given), and/or the value in the environment variable env= names. A secret not given with
-    --secret is an error unless the mount says required=false (then nothing is mounted)."""
+    --secret: see `_not_given`."""
     from builder.sandbox import Mount as SandboxMount
 
     o = m.options
     sid = o.get("id") or Path(m.target).name
     if sid not in ctx.secrets:
-        if o.get("required", "").lower() == "false":
-            return None
-        raise BuildError(f"secret {sid!r} is used by RUN --mount=type=secret but was not given",
-                         hint=f"pass --secret id={sid},src=PATH (or env=VAR), or add required=false to the mount")
+        return _not_given(ctx, o, f"secret {sid!r}", f"pass --secret id={sid},src=PATH (or env=VAR)")
     if o.get("env"):
         env[o["env"]] = ctx.secrets[sid].decode("utf-8", "surrogateescape")
         if not m.target:
@@ -536,6 +530,17 @@ def _secret_mount(m: PlanMount, ctx: RunContext, env: dict[str, str]):
     mode = int(o["mode"], 8) if "mode" in o else 0o400
     return SandboxMount("secret", m.target, data=ctx.secrets[sid], mode=mode, uid=int(o.get("uid", 0)),
                         gid=int(o.get("gid", 0)))
+
+
+def _not_given(ctx: RunContext, options: dict[str, str], what: str, how: str) -> None:
+    """A secret or ssh mount whose source the build was not given. As BuildKit: an error with
+    required=true, else the RUN runs without the mount (never silently: a warning says so)."""
+    if options.get("required", "false").lower() == "true":
+        raise BuildError(f"{what} is required by RUN --mount but was not given", hint=how)
+    if ctx.report is not None:
+        ctx.report("warning", f"{what} was not given: this RUN runs without its mount ({how}; add required=true "
+                              "to the mount to make this an error)")
+    return None
 
 
 def context_view(sources: tuple[Source, ...], context_root: Path, views: Path) -> Path:
