@@ -67,7 +67,8 @@ def prepare(entry: Entry, registry: str, work: Path) -> tuple[Prepared, set[tupl
     shutil.copytree(entry.folder / "context", context, symlinks=True)
     for rel, kind in entry.archives.items():
         write_archive(context / rel, kind)
-    mapped = map_dockerfile((entry.folder / "context" / entry.dockerfile).read_text(), registry)
+    mapped = map_dockerfile((entry.folder / "context" / entry.dockerfile).read_text(), registry,
+                            frozenset(entry.build_args))
     (work / "dockerfile").mkdir()
     dockerfile = work / "dockerfile" / "Dockerfile"
     dockerfile.write_text(mapped.text)

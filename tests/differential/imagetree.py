@@ -62,11 +62,27 @@ def read_layout(layout: Path, digest: str | None = None) -> Image:
 
     manifest = _find_manifest(json.loads((layout / "index.json").read_text()), blob, digest)
     config = json.loads(blob(manifest["config"]["digest"]).read_bytes())
-    tree = Tree()
-    for layer in manifest["layers"]:
+    chain = tuple(layer["digest"] for layer in manifest["layers"])
+    done = next((n for n in range(len(chain), 0, -1) if chain[:n] in _SEEN), 0)
+    tree = _SEEN[chain[:done]].copy() if done else Tree()
+    for n, layer in enumerate(manifest["layers"][done:], start=done + 1):
         with open(blob(layer["digest"]), "rb") as f:
             tree.apply_layer(_decompressed(f, layer["mediaType"]))
-    return Image(config, tree.final(), len(manifest["layers"]))
+        _remember(chain[:n], tree)
+    return Image(config, tree.copy().final(), len(chain))
+
+
+# Trees of layer chains already read, by the chain's blob digests: both builders (and both runs of each) share
+# their base layers, which are most of an image's bytes, and a reproducible build repeats its own.
+_SEEN: dict[tuple[str, ...], "Tree"] = {}
+_SEEN_MAX = 24
+
+
+def _remember(chain: tuple[str, ...], tree: "Tree") -> None:
+    if chain not in _SEEN:
+        if len(_SEEN) >= _SEEN_MAX:
+            del _SEEN[next(iter(_SEEN))]
+        _SEEN[chain] = tree.copy()
 
 
 def _find_manifest(index: dict, blob, digest: str | None) -> dict:
@@ -123,7 +139,7 @@ class Tree:
             target = norm(m.linkname)
             if target not in self.files:
                 raise ValueError(f"hard link {path} -> {target}: no such file below it")
-            self.remove(path)
+            self.replace(path, directory=False)
             self.files[path] = self.files[target]
             group = self.groups.setdefault(target, {target})
             group.add(path)
@@ -131,14 +147,34 @@ class Tree:
             return
         if m.type not in TYPES:
             raise ValueError(f"{path}: tar entry type {m.type!r} is not a file system object")
-        old = self.files.get(path)
-        if not (m.isdir() and old is not None and old.type == "dir"):  # a dir over a dir merges
-            self.remove(path)
+        self.replace(path, directory=m.isdir())
         xattrs = tuple(sorted((k[len("SCHILY.xattr."):], v) for k, v in m.pax_headers.items()
                               if k.startswith("SCHILY.xattr.")))
         link = m.linkname if m.issym() else (f"{m.devmajor},{m.devminor}" if m.ischr() or m.isblk() else "")
         self.files[path] = Entry(TYPES[m.type], m.mode & 0o7777, m.uid, m.gid, m.size if m.isreg() else 0, digest,
                                  link, float(m.pax_headers.get("mtime", m.mtime)), xattrs)
+
+    def copy(self) -> "Tree":
+        other = Tree()
+        other.files = dict(self.files)
+        clones: dict[int, set[str]] = {}
+        for path, group in self.groups.items():
+            other.groups[path] = clones.setdefault(id(group), set(group))
+        return other
+
+    def replace(self, path: str, directory: bool) -> None:
+        """Make way for a new entry at `path`: a directory over a directory merges with it; anything else
+        replaces what is there (a directory with all it holds)."""
+        old = self.files.get(path)
+        if old is None or (directory and old.type == "dir"):
+            return
+        if old.type == "dir":
+            self.remove(path)
+        else:
+            self.files.pop(path)
+            group = self.groups.pop(path, None)
+            if group:
+                group.discard(path)
 
     def remove(self, path: str, keep_dir: bool = False) -> None:
         prefix = path.rstrip("/") + "/"

@@ -28,9 +28,13 @@ CLUSTER_CACHE = Path(os.environ.get("KADE_CLUSTER_CACHE", "/var/cache/kade-clust
 DEBIAN_LAYOUT = CLUSTER_CACHE / "images" / "v2" / "debian"
 STANDIN_VERSION = "1"  # bump to rebuild every stand-in
 
-# Image names (Docker Hub's short form, or a prefix ending in "/") -> stand-in.
+# Image names (Docker Hub's short form, or a prefix ending in "/") -> stand-in. `alpine` and `ubuntu` map to
+# Debian only because the corpus entries that name them use no apk and nothing Ubuntu-specific (their
+# SOURCE says so); an entry that needs Alpine itself does not belong in the corpus (no Alpine mirror here).
 NAMES = {
     "debian": "debian",
+    "alpine": "debian",
+    "ubuntu": "debian",
     "python": "python",
     "node": "node",
     "golang": "golang",
@@ -90,13 +94,14 @@ class Mapped:
 
 _FROM = re.compile(r"^(\s*FROM\s+(?:--platform=\S+\s+)?)(\S+)(.*)$", re.IGNORECASE)
 _ARG = re.compile(r"^(\s*ARG\s+)([A-Za-z_][A-Za-z0-9_]*)=(\"?)([^\s\"]+)(\"?\s*)$", re.IGNORECASE)
-_FROM_FLAG = re.compile(r"(--from=)([^\s,]+)")
+_FROM_FLAG = re.compile(r"((?:--|,)from=)([^\s,]+)")  # COPY --from=, RUN --mount=...,from=
 _STAGE = re.compile(r"\s+AS\s+(\S+)", re.IGNORECASE)
 
 
-def map_dockerfile(text: str, registry: str) -> Mapped:
+def map_dockerfile(text: str, registry: str, build_args: frozenset[str] = frozenset()) -> Mapped:
     """Rewrite every base image of `text` to its stand-in in `registry`; raise MappingError for an image
-    with no stand-in (the corpus must not depend on an image nobody can pull here)."""
+    with no stand-in (the corpus must not depend on an image nobody can pull here). `FROM $X` where X is
+    one of `build_args` is left alone: the entry passes the stand-in itself."""
     lines = text.split("\n")
     global_args: dict[str, str] = {}
     stages: set[str] = set()
@@ -125,7 +130,9 @@ def map_dockerfile(text: str, registry: str) -> Mapped:
             seen_from = True
             ref = m.group(2)
             whole_var = re.fullmatch(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", ref)
-            if whole_var:  # FROM $BASE: map the global ARG's default instead (the ARG stays in use)
+            if whole_var and whole_var.group(1) in build_args:
+                pass
+            elif whole_var:  # FROM $BASE: map the global ARG's default instead (the ARG stays in use)
                 _map_arg_default(lines, whole_var.group(1), map_ref, is_image)
             elif is_image(ref):
                 lines[i] = m.group(1) + map_ref(ref) + m.group(3)
@@ -133,7 +140,7 @@ def map_dockerfile(text: str, registry: str) -> Mapped:
             if stage:
                 stages.add(stage.group(1).lower())
             continue
-        if seen_from and "--from=" in line:
+        if seen_from and "from=" in line:
             lines[i] = _FROM_FLAG.sub(lambda f: f.group(1) + (map_ref(f.group(2)) if is_image(f.group(2))
                                                               else f.group(2)), line)
     return Mapped("\n".join(lines), needed)
