@@ -265,36 +265,39 @@ def _fmt(samples: list[Sample]) -> str:
 # ---------------------------------------------------------------- report
 
 def table(rows: dict[str, Row]) -> list[str]:
+    """kade against buildah (issue 3's goals)."""
     lines = ["| scenario | kade s | buildah s | kade/buildah | goal | met | kade peak RSS MiB | buildah peak RSS MiB |"
              " kade runs s | buildah runs s |", "|---|---:|---:|---:|---|---|---:|---:|---|---|"]
-    for name, row in rows.items():
-        if not row.kade or not row.buildah:
-            continue
-        km = statistics.median(s.seconds for s in row.kade)
-        bm = statistics.median(s.seconds for s in row.buildah)
+    for name, row, km, om in _medians(rows, "buildah"):
         ratio_goal, abs_goal = GOALS[name]
-        met = km / bm <= ratio_goal and (abs_goal is None or km < abs_goal)
-        lines.append(f"| {name} | {km:.2f} | {bm:.2f} | {km / bm:.3f} | {GOAL_TEXT[name]} | {'yes' if met else 'NO'} "
+        met = km / om <= ratio_goal and (abs_goal is None or km < abs_goal)
+        lines.append(f"| {name} | {km:.2f} | {om:.2f} | {km / om:.3f} | {GOAL_TEXT[name]} | {'yes' if met else 'NO'} "
                      f"| {max(s.rss_mib for s in row.kade):.0f} | {max(s.rss_mib for s in row.buildah):.0f} "
-                     f"| {' '.join(f'{s.seconds:.2f}' for s in row.kade)} "
-                     f"| {' '.join(f'{s.seconds:.2f}' for s in row.buildah)} |")
+                     f"| {_runs(row.kade)} | {_runs(row.buildah)} |")
     return lines
 
 
 def buildkit_table(rows: dict[str, Row]) -> list[str]:
-    """Issue 20's goals table: kade against BuildKit."""
+    """kade against BuildKit (issue 20's goals)."""
     lines = ["| scenario | kade s | BuildKit s | kade/BuildKit | goal (issue 20) | met | buildkitd VmHWM MiB |"
              " BuildKit runs s |", "|---|---:|---:|---:|---|---|---:|---|"]
-    for name, row in rows.items():
-        if not row.kade or not row.buildkit:
-            continue
-        km = statistics.median(s.seconds for s in row.kade)
-        bm = statistics.median(s.seconds for s in row.buildkit)
+    for name, row, km, om in _medians(rows, "buildkit"):
         goal = BUILDKIT_GOALS[name]
-        lines.append(f"| {name} | {km:.2f} | {bm:.2f} | {km / bm:.3f} | <= {goal} | {'yes' if km / bm <= goal else 'NO'} "
-                     f"| {max(s.rss_mib for s in row.buildkit):.0f} "
-                     f"| {' '.join(f'{s.seconds:.2f}' for s in row.buildkit)} |")
+        lines.append(f"| {name} | {km:.2f} | {om:.2f} | {km / om:.3f} | <= {goal} | {'yes' if km / om <= goal else 'NO'} "
+                     f"| {max(s.rss_mib for s in row.buildkit):.0f} | {_runs(row.buildkit)} |")
     return lines
+
+
+def _medians(rows: dict[str, Row], other: str):
+    """(scenario, row, kade median s, other tool's median s) for the scenarios both tools ran."""
+    for name, row in rows.items():
+        theirs = getattr(row, other)
+        if row.kade and theirs:
+            yield name, row, statistics.median(s.seconds for s in row.kade), statistics.median(s.seconds for s in theirs)
+
+
+def _runs(samples: list[Sample]) -> str:
+    return " ".join(f"{s.seconds:.2f}" for s in samples)
 
 
 def report(rows: dict[str, Row], loads: list[float], args: argparse.Namespace, started: str, bk_version: str) -> str:

@@ -123,15 +123,20 @@ class Built:
     seconds: float
 
 
+def cli_options(p: Prepared) -> list[str]:
+    """--target, --build-arg and --secret as `kade build` and `buildah bud` both spell them."""
+    out = ["--target", p.entry.target] if p.entry.target else []
+    for k, v in p.build_args.items():
+        out += ["--build-arg", f"{k}={v}"]
+    for sid, path in p.secrets.items():
+        out += ["--secret", f"id={sid},src={path}"]
+    return out
+
+
 def build_kade(p: Prepared, cache: Path, registry: str, no_cache: bool) -> Built:
     cmd = [sys.executable, "-m", "kade", "build", str(p.context), "-f", str(p.dockerfile), "--cache-dir", str(cache),
-           "--output", "json", "--insecure-registry", registry]
+           "--output", "json", "--insecure-registry", registry, *cli_options(p)]
     cmd += ["--no-cache"] if no_cache else []
-    cmd += ["--target", p.entry.target] if p.entry.target else []
-    for k, v in p.build_args.items():
-        cmd += ["--build-arg", f"{k}={v}"]
-    for sid, path in p.secrets.items():
-        cmd += ["--secret", f"id={sid},src={path}"]
     started = time.time()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     if out.returncode != 0:
@@ -164,12 +169,7 @@ def build_buildah(p: Prepared, store: Path, dest: Path) -> Built:
     """buildah bud (its default storage driver, overlay) into an OCI layout: a second opinion, on demand."""
     base = ["buildah", "--root", str(store / "root"), "--runroot", str(store / "run")]
     cmd = [*base, "bud", "--layers", "--isolation", "chroot", "--tls-verify=false", "-f", str(p.dockerfile),
-           "-t", "differential", "--format", "oci"]
-    cmd += ["--target", p.entry.target] if p.entry.target else []
-    for k, v in p.build_args.items():
-        cmd += ["--build-arg", f"{k}={v}"]
-    for sid, path in p.secrets.items():
-        cmd += ["--secret", f"id={sid},src={path}"]
+           "-t", "differential", "--format", "oci", *cli_options(p)]
     started = time.time()
     out = subprocess.run([*cmd, str(p.context)], capture_output=True, text=True, timeout=900)
     if out.returncode != 0:

@@ -142,7 +142,8 @@ def judge(diffs: list[Difference], noise: Noise, expected: list[Expected]) -> Ve
         if noise.covers(d):
             verdict.normalised.append(d)
             continue
-        hit = next((i for i, e in enumerate(expected) if e.matches(d)), None)
+        hits = [i for i, e in enumerate(expected) if e.matches(d)]
+        hit = next((i for i in hits if expected[i].where == d.where), hits[0] if hits else None)  # exact first
         if hit is None:
             verdict.new.append(d)
         else:

@@ -27,6 +27,10 @@ CACHE = Path(os.environ.get("KADE_DIFFERENTIAL_CACHE", "/var/cache/kade-differen
 CLUSTER_CACHE = Path(os.environ.get("KADE_CLUSTER_CACHE", "/var/cache/kade-cluster"))
 DEBIAN_LAYOUT = CLUSTER_CACHE / "images" / "v2" / "debian"
 STANDIN_VERSION = "1"  # bump to rebuild every stand-in
+# The stand-ins trust what this machine trusts: its extra CA certificates (here egress to the package
+# registries passes a TLS-inspecting proxy whose CA sits in this folder), so pip, npm and go reach the
+# registries from RUN steps as they do on the host. Both builders get the same bases.
+EXTRA_CAS = Path("/usr/local/share/ca-certificates")
 
 # Image names (Docker Hub's short form, or a prefix ending in "/") -> stand-in. `alpine` and `ubuntu` map to
 # Debian only because the corpus entries that name them use no apk and nothing Ubuntu-specific (their
@@ -175,9 +179,24 @@ def debian_layout() -> Path:
     return DEBIAN_LAYOUT
 
 
+def extra_cas() -> list[Path]:
+    return sorted(EXTRA_CAS.glob("*.crt")) if EXTRA_CAS.is_dir() else []
+
+
 def standin_key(name: str, debian_digest: str) -> str:
     data = (BASES / name / "Dockerfile").read_bytes() + debian_digest.encode() + STANDIN_VERSION.encode()
+    data += b"".join(ca.name.encode() + ca.read_bytes() for ca in extra_cas())
     return hashlib.sha256(data).hexdigest()[:12]
+
+
+def standin_context(name: str, work: Path) -> Path:
+    """The build context of a stand-in: its Dockerfile and ca/ (this machine's extra CA certificates)."""
+    ctx = work / f"context-{name}"
+    (ctx / "ca").mkdir(parents=True)
+    shutil.copy(BASES / name / "Dockerfile", ctx / "Dockerfile")
+    for ca in extra_cas():
+        shutil.copy(ca, ctx / "ca" / ca.name)
+    return ctx
 
 
 def skopeo_push(layout: Path, dest: str) -> None:
@@ -201,9 +220,9 @@ def ensure_standins(buildkitd, registry: str, needed: set[tuple[str, str]], work
         with open(CACHE / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (layout / "index.json").exists():
-                tmp = work / f"standin-{name}"
-                buildkitd.buildctl("build", "--frontend", "dockerfile.v0", "--local", f"context={BASES / name}",
-                                   "--local", f"dockerfile={BASES / name}", "--opt", f"build-arg:DEBIAN={debian_ref}",
+                tmp, ctx = work / f"standin-{name}", standin_context(name, work)
+                buildkitd.buildctl("build", "--frontend", "dockerfile.v0", "--local", f"context={ctx}",
+                                   "--local", f"dockerfile={ctx}", "--opt", f"build-arg:DEBIAN={debian_ref}",
                                    "--output", f"type=oci,dest={tmp},tar=false,name=standin", timeout=1800)
                 shutil.rmtree(layout, ignore_errors=True)
                 shutil.move(str(tmp), layout)

@@ -6,6 +6,7 @@ Each builder builds each entry twice (the second time with --no-cache): what a b
 itself (apt logs, caches, .pyc stamps, random names) is normalised, and the test prints what it normalised.
 Every other difference must be listed in the entry's expected.yaml (and in docs/builder.md); a new one, or
 an expectation that no longer happens, fails the test with a readable diff naming the entry, path and field.
+An expectation `where: build` (field: words of kade's error) says kade refuses a Dockerfile BuildKit builds.
 
 KADE_DIFFERENTIAL_BUILDAH=1 adds buildah (`buildah bud`, default storage) as a second opinion on every
 difference (printed, not asserted; not in CI). KADE_DIFFERENTIAL_ONLY=a,b limits the run to those entries.
@@ -20,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.differential import summary
-from tests.differential.builders import (Built, Prepared, build_buildah, build_buildkit, build_kade, entries,
-                                         prepare)
-from tests.differential.compare import Noise, image_differences, judge
+from tests.differential.builders import (BuildFailed, Built, Prepared, build_buildah, build_buildkit, build_kade,
+                                         entries, prepare)
+from tests.differential.compare import Expected, Noise, image_differences, judge
 from tests.differential.imagetree import Image, read_layout
 from tests.differential.standins import ensure_standins
 
@@ -54,6 +55,11 @@ def test_corpus_is_large_enough():
 def test_kade_builds_what_buildkit_builds(entry, corpus_registry, buildkitd, tmp_path):
     prepared, _ = prepare(entry, corpus_registry, tmp_path)
     kade_cache = tmp_path / "kade-cache"
+
+    refused = [e for e in entry.expected if e.where == "build"]
+    if refused:  # kade is known to refuse this Dockerfile (BuildKit builds it): hold it to that
+        expect_kade_refusal(prepared, refused[0], kade_cache, corpus_registry, buildkitd, tmp_path)
+        return
 
     def kade_twice() -> tuple[tuple[Image, Built], tuple[Image, Built]]:
         first = build_kade(prepared, kade_cache, corpus_registry, no_cache=False)
@@ -90,6 +96,19 @@ def test_kade_builds_what_buildkit_builds(entry, corpus_registry, buildkitd, tmp
                        "from expected.yaml and docs/builder.md):")
         message += [f"  {e.where} {'/'.join(e.fields) or '*'}: {e.why}" for e in verdict.stale]
     assert not message, "\n".join(message)
+
+
+def expect_kade_refusal(p: Prepared, expected: Expected, cache: Path, registry: str, daemon, work: Path) -> None:
+    build_buildkit(p, daemon, work / "bk1", no_cache=False)  # the reference builds it
+    try:
+        build_kade(p, cache, registry, no_cache=False)
+    except BuildFailed as failed:
+        assert all(f in str(failed) for f in expected.fields), \
+            f"corpus entry {p.entry.name}: kade failed, but not as expected.yaml says ({expected.fields}):\n{failed}"
+        summary.note(f"{p.entry.name}: kade refuses it as expected ({expected.why})")
+        return
+    raise AssertionError(f"corpus entry {p.entry.name}: kade now builds it; expected.yaml says it refuses it "
+                         f"({expected.why}): remove that expectation and compare the images")
 
 
 def second_opinion(p: Prepared, work: Path, k: Image, kb: Built, b: Image, bb: Built) -> None:

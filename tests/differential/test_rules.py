@@ -150,3 +150,13 @@ def test_judge_normalises_noise_keeps_expectations_and_reports_stale_ones():
     assert [d.where for d, _ in verdict.known] == ["/app/main.py"]
     assert [d.where for d in verdict.new] == ["/app/new"]
     assert [e.where for e in verdict.stale] == ["config.Healthcheck"]
+
+
+def test_judge_prefers_the_expectation_naming_the_exact_path():
+    diffs = [Difference("/etc/nginx", "mtime", 5, BUILD_TIME), Difference("/etc/nginx/a.conf", "mtime", BUILD_TIME, 5)]
+    expected = Expected.load([{"where": "/etc/nginx*", "field": "mtime", "why": "copied files"},
+                              {"where": "/etc/nginx", "field": "mtime", "why": "the folder copied into"}])
+    verdict = judge(diffs, Noise(set(), set()), expected)
+    assert [(d.where, e.why) for d, e in verdict.known] == [("/etc/nginx", "the folder copied into"),
+                                                           ("/etc/nginx/a.conf", "copied files")]
+    assert not verdict.stale and not verdict.new
