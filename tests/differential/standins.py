@@ -226,6 +226,9 @@ def ensure_standins(buildkitd, registry: str, needed: set[tuple[str, str]], work
                                    "--output", f"type=oci,dest={tmp},tar=false,name=standin", timeout=1800)
                 shutil.rmtree(layout, ignore_errors=True)
                 shutil.move(str(tmp), layout)
+                for stale in CACHE.glob(f"{name}-*"):  # the same stand-in under an older key
+                    if stale != layout:
+                        shutil.rmtree(stale, ignore_errors=True)
     for name, tag in sorted(needed):
         if name == "debian":
             layout = debian

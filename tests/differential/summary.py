@@ -2,6 +2,8 @@
 known differences it showed and what was normalised because a builder did not reproduce it itself."""
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
 
 from tests.differential.compare import Verdict
@@ -23,6 +25,13 @@ def record(entry: str, verdict: Verdict, kade: tuple[float, float], buildkit: tu
                 f"({', '.join(f'{k} {v}' for k, v in sorted(normalised.items())) or '-'})")
     for d in verdict.normalised[:8]:
         ROWS.append(f"    normalised (a builder differs from itself): {d.where} {d.field}")
+    report = os.environ.get("KADE_DIFFERENTIAL_REPORT")  # one JSON line per entry, written as it finishes
+    if report:
+        with open(report, "a") as f:
+            f.write(json.dumps({"entry": entry, "kade_s": kade, "buildkit_s": buildkit,
+                                "new": [[d.where, d.field, repr(d.left), repr(d.right)] for d in verdict.new],
+                                "stale": [e.where for e in verdict.stale],
+                                "normalised": [[d.where, d.field] for d in verdict.normalised]}) + "\n")
 
 
 def lines() -> list[str]:
