@@ -27,6 +27,9 @@ from tests.differential.compare import Expected, Noise, image_differences, judge
 from tests.differential.imagetree import Image, read_layout
 from tests.differential.standins import ensure_standins
 
+# The first entry also pays for the stand-in bases when this machine has none yet (BuildKit builds them:
+# about 4 minutes, longer under load), which pytest's 600 s per-test timeout would cut short.
+pytestmark = pytest.mark.timeout(1800)
 ONLY = {n for n in os.environ.get("KADE_DIFFERENTIAL_ONLY", "").split(",") if n}
 ENTRIES = [e for e in entries() if not ONLY or e.name in ONLY]
 
