@@ -1,6 +1,7 @@
-"""kade build vs buildah on one realistic workload, side by side in one run (issue 3, benchmarks 1-4).
+"""kade build vs buildah and BuildKit on one realistic workload, side by side in one run (issue 3,
+benchmarks 1-4; issue 20's goals table against BuildKit).
 
-Both tools build the same context from the same base image (the busybox base of tests/fixtures/build.py)
+The tools build the same context from the same base image (the busybox base of tests/fixtures/build.py)
 and push to the same local registry (Debian's `docker-registry` on a loopback port, storage in a temp dir).
 
 Workload (deterministic per run seed): a ~100 MB asset tree of mixed-size, partly compressible files,
@@ -18,13 +19,19 @@ Scenarios, each timed as build + push (wall seconds and peak RSS via /usr/bin/ti
   4. onefile-warm:   another source file changed, the local cache / storage of the cold build.
                      buildah: `bud --layers` in the cold build's storage, then `push`.
 buildah runs with `--format docker --isolation chroot --storage-driver vfs` and its own --root/--runroot
-per storage. Peak RSS is the largest resident set of any single process of the command (GNU time
-reports the biggest waited-for descendant), the larger of build and push for buildah.
+per storage.
+BuildKit (buildkitd/buildctl built here by tests/buildkit/build; OCI worker on runc, overlayfs) runs as CI
+users run it: `buildctl build --output type=image,push=true --export-cache type=registry,mode=max
+--import-cache type=registry` against a cache ref in the same registry, every scenario; a "fresh machine"
+is a buildkitd with a fresh state dir (started before the timing: CI starts it before the build too), the
+warm scenario reuses the cold build's daemon and state. Peak RSS is the largest resident set of any single process of the command (GNU time
+reports the biggest waited-for descendant), the larger of build and push for buildah; for BuildKit the
+daemon's high-water mark (VmHWM; cumulative over the scenarios a warm daemon served).
 
 Usage: python bench/build_vs_buildah.py [--runs 3] [--results bench/RESULTS.md] [--no-append]
-       [--only kade] [--kade-wrap 'py-spy record -o {out} -r 200 --subprocesses --']
+       [--only kade|buildah|buildkit] [--kade-wrap 'py-spy record -o {out} -r 200 --subprocesses --']
        [--scenarios cold,onefile-fresh]   (cold always runs: the others start from what it pushed)
-Needs root, buildah, busybox-static, GNU time and docker-registry (as the tests do).
+Needs root, buildah, busybox-static, GNU time, docker-registry, runc and Go (as the tests do).
 """
 from __future__ import annotations
 
@@ -46,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 import benchlib  # noqa: E402  (bench/, the script's own folder)
 from tests.fixtures.build import base_rootfs_tar, push_image  # noqa: E402
+from tests.fixtures.buildkit import BuildKitDaemon, build_buildkit  # noqa: E402
 from tests.fixtures.registry import RegistryServer  # noqa: E402
 
 SCENARIOS = ("cold", "nochange-fresh", "onefile-fresh", "onefile-warm")
@@ -53,6 +61,7 @@ GOALS = {"cold": (1.0, None), "nochange-fresh": (0.1, 2.0), "onefile-fresh": (0.
          "onefile-warm": (1.0, None)}
 GOAL_TEXT = {"cold": "<= 1.0", "nochange-fresh": "<= 0.1 and kade < 2 s", "onefile-fresh": "<= 0.3",
              "onefile-warm": "<= 1.0"}
+BUILDKIT_GOALS = {"cold": 0.8, "nochange-fresh": 0.5, "onefile-fresh": 0.6, "onefile-warm": 1.0}  # issue 20
 
 DOCKERFILE = """\
 FROM {base}
@@ -77,6 +86,7 @@ class Sample:
 class Row:
     kade: list[Sample] = field(default_factory=list)
     buildah: list[Sample] = field(default_factory=list)
+    buildkit: list[Sample] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- workload
@@ -164,6 +174,29 @@ def buildah(store: Path, ctx: Path, tag: str, log: Path, cache_from: str | None,
     return Sample(build.seconds + push.seconds, max(build.rss_mib, push.rss_mib))
 
 
+def buildkit(daemon: BuildKitDaemon, ctx: Path, tag: str, cache_ref: str, log: Path) -> Sample:
+    """One CI-style BuildKit build: import and export the registry cache (mode=max), push the image."""
+    args = ["build", "--frontend", "dockerfile.v0", "--local", f"context={ctx}", "--local", f"dockerfile={ctx}",
+            "--output", f"type=image,name={tag},push=true,registry.insecure=true",
+            "--export-cache", f"type=registry,ref={cache_ref},mode=max,registry.insecure=true",
+            "--import-cache", f"type=registry,ref={cache_ref},registry.insecure=true"]
+    t = time.monotonic()
+    out = daemon.buildctl(*args, check=False)
+    elapsed = time.monotonic() - t
+    with open(log, "a") as f:
+        f.write(out.stderr)
+    if out.returncode != 0:
+        raise SystemExit(f"buildctl failed ({out.returncode}); see {log}:\n{out.stderr[-3000:]}")
+    return Sample(elapsed, _vm_hwm_mib(daemon.process.pid))
+
+
+def _vm_hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def drop_buildah_storage(store: Path) -> None:
     if store.exists():
         subprocess.run([*buildah_base(store), "rm", "--all"], capture_output=True)
@@ -174,14 +207,22 @@ def drop_buildah_storage(store: Path) -> None:
 # ---------------------------------------------------------------- one run
 
 def one_run(run: int, work: Path, host: str, base: str, rows: dict[str, Row], loads: list[float],
-            only: str | None, wrap: str | None, chosen: tuple[str, ...] = SCENARIOS) -> None:
+            only: str | None, wrap: str | None, chosen: tuple[str, ...] = SCENARIOS, bk_bin: Path | None = None) -> None:
     ctx, logs = work / f"ctx{run}", work / "logs"
     logs.mkdir(exist_ok=True)
     make_workload(ctx, base, seed=run)
     k_tag, b_tag, b_cache = f"{host}/bench/kade{run}:v1", f"{host}/bench/buildah{run}:v1", f"{host}/bench/bcache{run}"
+    bk_tag, bk_cache = f"{host}/bench/buildkit{run}:v1", f"{host}/bench/bkcache{run}:cache"
     k_warm, b_warm = work / f"kcache{run}-warm", work / f"bstore{run}-warm"
+    daemons: dict[str, BuildKitDaemon] = {}
 
-    def step(name: str, k_cache: Path, b_store: Path, b_from: str | None, b_to: str | None) -> None:
+    def daemon(which: str) -> BuildKitDaemon:
+        """The warm daemon (the cold build's state), or a fresh one (a new state dir) per fresh scenario."""
+        if which not in daemons:
+            daemons[which] = BuildKitDaemon(work / f"bkd{run}-{which}", bk_bin, insecure=(host,)).start()
+        return daemons[which]
+
+    def step(name: str, k_cache: Path, b_store: Path, b_from: str | None, b_to: str | None, bk: str) -> None:
         if name not in chosen:
             return
         loads.append(os.getloadavg()[0])
@@ -189,18 +230,26 @@ def one_run(run: int, work: Path, host: str, base: str, rows: dict[str, Row], lo
             rows[name].kade.append(kade(ctx, k_tag, k_cache, logs / f"{name}-{run}-kade.log", wrap))
         if only in (None, "buildah"):
             rows[name].buildah.append(buildah(b_store, ctx, b_tag, logs / f"{name}-{run}-buildah.log", b_from, b_to))
+        if only in (None, "buildkit"):
+            rows[name].buildkit.append(buildkit(daemon(bk), ctx, bk_tag, bk_cache, logs / f"{name}-{run}-buildkit.log"))
         print(f"run {run} {name}: kade {_fmt(rows[name].kade[-1:])} buildah {_fmt(rows[name].buildah[-1:])} "
-              f"load {loads[-1]:.1f}", flush=True)
+              f"buildkit {_fmt(rows[name].buildkit[-1:])} load {loads[-1]:.1f}", flush=True)
+        if bk != "warm" and bk in daemons:
+            daemons.pop(bk).stop()
 
-    step("cold", k_warm, b_warm, None, b_cache)
-    step("nochange-fresh", work / f"kcache{run}-b", work / f"bstore{run}-b", b_cache, None)
-    drop_fresh(work, run, "b")
-    change_source(ctx, 0)
-    step("onefile-fresh", work / f"kcache{run}-c", work / f"bstore{run}-c", b_cache, b_cache)
-    drop_fresh(work, run, "c")
-    change_source(ctx, 1)
-    step("onefile-warm", k_warm, b_warm, None, None)
-    drop_fresh(work, run, "warm")
+    try:
+        step("cold", k_warm, b_warm, None, b_cache, "warm")
+        step("nochange-fresh", work / f"kcache{run}-b", work / f"bstore{run}-b", b_cache, None, "b")
+        drop_fresh(work, run, "b")
+        change_source(ctx, 0)
+        step("onefile-fresh", work / f"kcache{run}-c", work / f"bstore{run}-c", b_cache, b_cache, "c")
+        drop_fresh(work, run, "c")
+        change_source(ctx, 1)
+        step("onefile-warm", k_warm, b_warm, None, None, "warm")
+        drop_fresh(work, run, "warm")
+    finally:
+        for d in daemons.values():
+            d.stop()
     shutil.rmtree(ctx, ignore_errors=True)
 
 
@@ -216,29 +265,51 @@ def _fmt(samples: list[Sample]) -> str:
 # ---------------------------------------------------------------- report
 
 def table(rows: dict[str, Row]) -> list[str]:
+    """kade against buildah (issue 3's goals)."""
     lines = ["| scenario | kade s | buildah s | kade/buildah | goal | met | kade peak RSS MiB | buildah peak RSS MiB |"
              " kade runs s | buildah runs s |", "|---|---:|---:|---:|---|---|---:|---:|---|---|"]
-    for name, row in rows.items():
-        if not row.kade or not row.buildah:
-            continue
-        km = statistics.median(s.seconds for s in row.kade)
-        bm = statistics.median(s.seconds for s in row.buildah)
+    for name, row, km, om in _medians(rows, "buildah"):
         ratio_goal, abs_goal = GOALS[name]
-        met = km / bm <= ratio_goal and (abs_goal is None or km < abs_goal)
-        lines.append(f"| {name} | {km:.2f} | {bm:.2f} | {km / bm:.3f} | {GOAL_TEXT[name]} | {'yes' if met else 'NO'} "
+        met = km / om <= ratio_goal and (abs_goal is None or km < abs_goal)
+        lines.append(f"| {name} | {km:.2f} | {om:.2f} | {km / om:.3f} | {GOAL_TEXT[name]} | {'yes' if met else 'NO'} "
                      f"| {max(s.rss_mib for s in row.kade):.0f} | {max(s.rss_mib for s in row.buildah):.0f} "
-                     f"| {' '.join(f'{s.seconds:.2f}' for s in row.kade)} "
-                     f"| {' '.join(f'{s.seconds:.2f}' for s in row.buildah)} |")
+                     f"| {_runs(row.kade)} | {_runs(row.buildah)} |")
     return lines
 
 
-def report(rows: dict[str, Row], loads: list[float], args: argparse.Namespace, started: str) -> str:
+def buildkit_table(rows: dict[str, Row]) -> list[str]:
+    """kade against BuildKit (issue 20's goals)."""
+    lines = ["| scenario | kade s | BuildKit s | kade/BuildKit | goal (issue 20) | met | buildkitd VmHWM MiB |"
+             " BuildKit runs s |", "|---|---:|---:|---:|---|---|---:|---|"]
+    for name, row, km, om in _medians(rows, "buildkit"):
+        goal = BUILDKIT_GOALS[name]
+        lines.append(f"| {name} | {km:.2f} | {om:.2f} | {km / om:.3f} | <= {goal} | {'yes' if km / om <= goal else 'NO'} "
+                     f"| {max(s.rss_mib for s in row.buildkit):.0f} | {_runs(row.buildkit)} |")
+    return lines
+
+
+def _medians(rows: dict[str, Row], other: str):
+    """(scenario, row, kade median s, other tool's median s) for the scenarios both tools ran."""
+    for name, row in rows.items():
+        theirs = getattr(row, other)
+        if row.kade and theirs:
+            yield name, row, statistics.median(s.seconds for s in row.kade), statistics.median(s.seconds for s in theirs)
+
+
+def _runs(samples: list[Sample]) -> str:
+    return " ".join(f"{s.seconds:.2f}" for s in samples)
+
+
+def report(rows: dict[str, Row], loads: list[float], args: argparse.Namespace, started: str, bk_version: str) -> str:
     commit = benchlib.commit()
-    head = [f"\n## kade build vs buildah (benchmarks 1-4) — {started}\n",
+    head = [f"\n## kade build vs buildah and BuildKit (benchmarks 1-4, issue 20) — {started}\n",
             benchlib.machine(loads, _cpu()) + " (at the start of each scenario)",
             f"- command: `python bench/build_vs_buildah.py --runs {args.runs}"
             + (f" --scenarios {args.scenarios}" if args.scenarios != ",".join(SCENARIOS) else "")
             + f"` (kade commit {commit})",
+            f"- BuildKit {bk_version}: buildkitd (OCI worker, runc {_runc_version()}, overlayfs), `buildctl build "
+            "--export-cache type=registry,mode=max --import-cache type=registry --output type=image,push=true`; "
+            "fresh machine = a buildkitd on a fresh state dir, started before the timing",
             f"- buildah {_buildah_version()}: `bud --layers --format docker --isolation chroot --storage-driver vfs`, "
             "own --root per storage; registry: Debian docker-registry on loopback (plain HTTP); base: busybox "
             "(tests/fixtures/build.py)",
@@ -246,7 +317,7 @@ def report(rows: dict[str, Row], loads: list[float], args: argparse.Namespace, s
             "COPY assets, COPY src, RUN writing 20,000 small files (after the COPY of sources, so a source change "
             "re-runs it), CMD",
             f"- median of {args.runs} runs, seconds of build + push; peak RSS is the largest over the runs\n"]
-    return "\n".join(head + table(rows)) + "\n"
+    return "\n".join(head + table(rows) + [""] + buildkit_table(rows)) + "\n"
 
 
 def _cpu() -> str:
@@ -254,6 +325,11 @@ def _cpu() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return "?"
+
+
+def _runc_version() -> str:
+    out = subprocess.run(["runc", "--version"], capture_output=True, text=True)
+    return out.stdout.split()[2] if out.returncode == 0 else "?"
 
 
 def _buildah_version() -> str:
@@ -266,7 +342,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     ap.add_argument("--no-append", action="store_true", help="print the section, don't append it")
-    ap.add_argument("--only", choices=("kade", "buildah"), help="run one tool (profiling)")
+    ap.add_argument("--only", choices=("kade", "buildah", "buildkit"), help="run one tool (profiling)")
     ap.add_argument("--kade-wrap", help="prefix kade's command ({out} = a per-step profile path)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, profiles)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
@@ -281,17 +357,19 @@ def main() -> None:
     print(f"work dir {work}", flush=True)
     reg = RegistryServer(workdir=work / "registry").start()
     rows, loads = {name: Row() for name in SCENARIOS}, []
+    bk_bin = build_buildkit()
+    bk_version = subprocess.run([str(bk_bin / "buildctl"), "--version"], capture_output=True, text=True).stdout.split()[2]
     try:
         base = push_image(reg.host, "bench/base", "1", base_rootfs_tar()).ref
         for run in range(args.runs):
-            one_run(run, work, reg.host, base, rows, loads, args.only, args.kade_wrap, chosen)
+            one_run(run, work, reg.host, base, rows, loads, args.only, args.kade_wrap, chosen, bk_bin)
     finally:
         reg.stop()
         if not args.keep:
             for store in work.glob("bstore*"):
                 drop_buildah_storage(store)
             shutil.rmtree(work, ignore_errors=True)
-    text = report(rows, loads, args, started)
+    text = report(rows, loads, args, started, bk_version)
     print(text)
     if not args.no_append and not args.only:
         with open(args.results, "a") as f:

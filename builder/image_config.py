@@ -22,8 +22,8 @@ _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_00
 
 
 def empty_config(os_name: str = "linux", arch: str = "amd64") -> dict[str, Any]:
-    """The config of `FROM scratch`."""
-    return {"architecture": arch, "os": os_name, "config": {"Env": [f"PATH={DEFAULT_PATH}"]},
+    """The config of `FROM scratch` (BuildKit's emptyImage: PATH and WorkingDir "/")."""
+    return {"architecture": arch, "os": os_name, "config": {"Env": [f"PATH={DEFAULT_PATH}"], "WorkingDir": "/"},
             "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
 
 
@@ -65,7 +65,10 @@ def set_workdir(cfg: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def resolve_workdir(current: str, path: str) -> str:
-    """WORKDIR is relative to the previous one; the result is clean and absolute."""
+    """WORKDIR is relative to the previous one; the result is clean and absolute, except that an absolute
+    path written with a trailing slash keeps it in the config, as BuildKit's NormalizeWorkdir keeps an
+    absolute WORKDIR as written (BuildKit also keeps `..` there; kade cleans it, since the same value
+    names the directory it creates)."""
     joined = PurePosixPath(current or "/") / path
     parts: list[str] = []
     for part in joined.parts[1:]:
@@ -74,7 +77,8 @@ def resolve_workdir(current: str, path: str) -> str:
                 parts.pop()
         elif part not in (".", ""):
             parts.append(part)
-    return "/" + "/".join(parts)
+    clean = "/" + "/".join(parts)
+    return clean + "/" if path.startswith("/") and path.endswith("/") and clean != "/" else clean
 
 
 def set_user(cfg: dict[str, Any], user: str) -> dict[str, Any]:

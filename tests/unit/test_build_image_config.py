@@ -26,6 +26,9 @@ def test_env_replaces_in_place_and_appends():
 @pytest.mark.parametrize("current,path,expected", [
     ("/srv", "app", "/srv/app"), ("/srv", "/abs", "/abs"), ("/", "a/../b/./c/", "/b/c"),
     ("", "x", "/x"), ("/a", "../../..", "/"),
+    # BuildKit keeps an absolute WORKDIR as written in the config (differential corpus: heredoc-run-useradd-args)
+    ("/srv", "/home/dev/", "/home/dev/"), ("/", "/a/../b/", "/b/"), ("/home/dev/", "sub/", "/home/dev/sub"),
+    ("/x", "/", "/"),
 ])
 def test_workdir(current, path, expected):
     assert ic.resolve_workdir(current, path) == expected
@@ -121,3 +124,7 @@ def test_resolve_user_never_follows_symlinked_passwd(tmp_path):
     (tmp_path / "etc/passwd").symlink_to("/etc/passwd")  # the host's names a "daemon" user
     with pytest.raises(BuildError):
         ic.resolve_user(tmp_path, "daemon")
+
+
+def test_scratch_config_has_buildkits_working_dir():
+    assert ic.empty_config()["config"]["WorkingDir"] == "/"  # BuildKit's emptyImage (differential corpus)

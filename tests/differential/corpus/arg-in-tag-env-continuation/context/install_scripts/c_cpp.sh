@@ -1,0 +1,2 @@
+#!/bin/bash
+echo 'int main(){return 0;}' > /opt/hello.c

@@ -1,0 +1,2 @@
+#!/bin/bash
+mkdir -p /opt/commons && echo commons > /opt/commons/marker

@@ -1,0 +1,3 @@
+module github.com/example/firewalld-rest
+
+go 1.19

@@ -1,0 +1,3 @@
+module github.com/example/chat_app
+
+go 1.19

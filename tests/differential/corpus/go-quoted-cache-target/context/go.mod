@@ -1,0 +1,3 @@
+module example.com/solman
+
+go 1.19

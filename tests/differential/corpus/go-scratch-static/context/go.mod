@@ -1,0 +1,3 @@
+module example.com/otel-go
+
+go 1.19

@@ -1,0 +1,1 @@
+console.log("ascii", process.env.APP_VERSION);

@@ -1,0 +1,2 @@
+#!/bin/sh
+exec node /home/node/app/dist/app.js "$@"

@@ -1,0 +1,2 @@
+import six
+print('thermo', six.PY3)

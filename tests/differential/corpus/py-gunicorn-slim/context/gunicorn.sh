@@ -1,0 +1,2 @@
+#!/bin/sh
+exec python -c 'import six; print(six.__version__)'

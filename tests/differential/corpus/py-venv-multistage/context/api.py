@@ -1,0 +1,2 @@
+import idna
+print(idna.encode('example.com'))

@@ -1,0 +1,2 @@
+#!/bin/sh
+for f in /data/*.zip; do echo "$f"; done
