@@ -23,9 +23,10 @@ Rules, in order of strength:
   - A build record stays while one of its images is kept or it is recent.
 
 Relations between manifests are passes over the decisions, after them: `_keep_index_children` keeps
-what a kept index lists. Attestations and signatures will be one more pass of the same shape over a
-`Facts.referrers` (subject digest -> referrer manifests): a referrer follows its subject (kept with it,
-deleted with it), see docs/cleanup.md.
+what a kept index lists; `_follow_subjects` (registry/cleanup/follow.py) decides what follows a
+manifest (its attestations and signatures: the referrers in `Facts.referrers`, the `sha256-<hex>`
+index and cosign tags): kept with it, deleted with it. Untagged artifacts become items whose tag is
+their digest.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from datetime import datetime
 from typing import Any, Iterable, Literal
 
 from registry.cleanup.clusters import ReportEntry, cluster_of, is_report_tag, merge_reports
+from registry.cleanup.follow import Referrers, follow, subject_of_tag
 from registry.cleanup.gitwalk import GitFacts
 from registry.cleanup.inuse import InUse
 from registry.cleanup.policy import GitRef, Policy, apply_limit, format_duration, select_references
@@ -42,7 +44,7 @@ from registry.cleanup.releases import ReleaseRevision, rollback_targets
 from registry.records import STEP_KEY_RE, BuildRecord, RecordImage, is_record_tag
 
 Action = Literal["keep", "delete"]
-Kind = Literal["image", "step", "record", "report", "other"]
+Kind = Literal["image", "step", "record", "report", "attestation", "signature", "other"]
 MAX_REASONS = 4
 MAX_BLOCKERS_SHOWN = 2
 
@@ -50,16 +52,23 @@ MAX_BLOCKERS_SHOWN = 2
 @dataclass(frozen=True)
 class PlanItem:
     repository: str
-    tag: str
+    tag: str  # or, for an untagged artifact, its digest
     digest: str | None  # None: not read (a stages tag kept by name: its digest decides nothing)
     kind: Kind
     action: Action
     reasons: tuple[str, ...]
     method: Literal["tag", "manifest"] | None = None  # how a deletion is carried out
+    subject: str | None = None  # attestations and signatures: the digest they follow
+
+    @property
+    def untagged(self) -> bool:
+        """An artifact known by digest only (a tag never holds a colon)."""
+        return ":" in self.tag
 
     def to_dict(self) -> dict[str, Any]:
         return {"repository": self.repository, "tag": self.tag, "digest": self.digest, "kind": self.kind,
-                "action": self.action, "reasons": list(self.reasons), "method": self.method}
+                "action": self.action, "reasons": list(self.reasons), "method": self.method,
+                "subject": self.subject}
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,7 @@ class Plan:
     notes: tuple[str, ...] = ()  # what was ignored (records naming other repositories)
     blockers: tuple[str, ...] = ()  # why nothing is deleted (silent clusters, unreadable histories)
     clusters: tuple[str, ...] = ()  # the clusters whose reports counted
+    unread: frozenset[tuple[str, str]] = frozenset()  # (repository, digest): deleted, referrers still unread
 
     @property
     def deletions(self) -> list[PlanItem]:
@@ -114,6 +124,9 @@ class Facts:
     problems: list[str] = field(default_factory=list)  # what the scan could not read: blocks deletion
     reports: list[ReportEntry] = field(default_factory=list)  # the stages repository's cluster reports
     own_clusters: frozenset[str] = frozenset()  # clusters this run scanned itself (their reports don't count)
+    # repository -> subject digest -> its referrers as read (index tags, the referrers API): see follow.py
+    referrers: dict[str, dict[str, Referrers]] = field(default_factory=dict)
+    referrers_api: frozenset[str] = frozenset()  # repositories whose registry answers the referrers API
 
 
 @dataclass(frozen=True)
@@ -304,6 +317,8 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
         if repo == facts.stages_repo:
             continue
         for tag, digest in sorted(tags.items()):
+            if subject_of_tag(tag):
+                continue  # follows its subject: decided last
             owners = named.get((repo, tag))
             if not owners:
                 decisions[(repo, tag)] = ("other", "keep", ("not pushed by kade (no build record names this tag)",))
@@ -360,6 +375,8 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
             for step in b.image.steps:
                 needed.setdefault(step, why)
     for tag, digest in sorted(stages.items()):
+        if subject_of_tag(tag):
+            continue
         prot = protections(facts.stages_repo, tag, digest)
         if is_record_tag(tag):
             if tag not in record_by_tag:  # appeared after the records were read: a build is running
@@ -394,23 +411,28 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
             decisions[(facts.stages_repo, tag)] = ("other", "keep", ("not pushed by kade",))
 
     _keep_index_children(decisions, facts)
+    subjects, unread = _follow_subjects(decisions, facts, built, notes)
     if blockers and not purge:
         _block(decisions, blockers)
 
     # 3. How each deletion is carried out: by digest only when every tag of the digest goes.
+    def digest_of(repo: str, tag: str) -> str | None:
+        return facts.tags[repo][tag] if tag in facts.tags[repo] else tag  # an untagged artifact: its digest
+
     keeps_digest: set[tuple[str, str | None]] = set()
     for (repo, tag), (_, action, _) in decisions.items():
         if action == "keep":  # (a kept tag whose digest was not read: execute re-checks it, see there)
-            keeps_digest.add((repo, facts.tags[repo][tag]))
+            keeps_digest.add((repo, digest_of(repo, tag)))
     items = []
     for (repo, tag), (kind, action, reasons) in sorted(decisions.items()):
-        digest = facts.tags[repo][tag]
+        digest = digest_of(repo, tag)
         method = None
         if action == "delete":
             method = "tag" if digest is not None and (repo, digest) in keeps_digest else "manifest"
-        items.append(PlanItem(repo, tag, digest, kind, action, reasons, method))  # type: ignore[arg-type]
+        items.append(PlanItem(repo, tag, digest, kind, action, reasons, method,  # type: ignore[arg-type]
+                              subjects.get((repo, tag))))
     return Plan(now, facts.stages_repo, tuple(items), frozenset(record_by_tag), scope, tuple(notes),
-                tuple(blockers) if not purge else (), tuple(clusters))
+                tuple(blockers) if not purge else (), tuple(clusters), frozenset(unread))
 
 
 def _block(decisions: dict[tuple[str, str], tuple[Kind, Action, tuple[str, ...]]], blockers: list[str]) -> None:
@@ -435,6 +457,30 @@ def _keep_index_children(decisions: dict[tuple[str, str], tuple[Kind, Action, tu
             parent = kept_children.get(facts.tags[r][tag]) if r == repo and action == "delete" else None
             if parent is not None:
                 decisions[(r, tag)] = (kind, "keep", (f"listed by the kept image index {repo}:{parent}",))
+
+
+def _follow_subjects(decisions: dict[tuple[str, str], tuple[Kind, Action, tuple[str, ...]]], facts: Facts,
+                     built: list[_Built], notes: list[str]) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]]]:
+    """Attestations and signatures follow their subject (follow.py): add their decisions. Returns
+    ((repository, tag or digest) -> the digest it follows, (repository, digest) of deleted subjects
+    whose referrers are still unread)."""
+    subjects: dict[tuple[str, str], str] = {}
+    unread: set[tuple[str, str]] = set()
+    for repo, tags in sorted(facts.tags.items()):
+        decided = {tag: (kind, action) for (r, tag), (kind, action, _) in decisions.items() if r == repo}
+        untagged: dict[str, tuple[Action, str]] = {}
+        for b in built:  # images whose tags an earlier, interrupted run deleted: their record tells
+            record = decisions.get((facts.stages_repo, b.record_tag))
+            if b.image.repository == repo and record is not None:
+                untagged.setdefault(b.image.digest, (record[1], f"image {repo.rsplit('/', 1)[-1]}@{b.image.digest[:19]} "
+                                                                f"of build record {b.record_tag}"))
+        followed = follow(repo, tags, decided, untagged, facts.referrers.get(repo, {}), repo in facts.referrers_api)
+        for f in followed.followers:
+            decisions[(repo, f.key)] = (f.kind, f.action, (f.reason,))
+            subjects[(repo, f.key)] = f.subject
+        unread.update((repo, d) for d in followed.unread)
+        notes.extend(followed.notes)
+    return subjects, unread
 
 
 def _users(users: list[str]) -> str:
