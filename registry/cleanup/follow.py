@@ -26,6 +26,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Literal
 
+from registry.referrers import fallback_tag as index_tag
+
 Action = Literal["keep", "delete"]
 FollowerKind = Literal["attestation", "signature"]
 MAX_DEPTH = 4          # image -> attestation -> its signature -> ...: kade's own go 2 deep
@@ -40,11 +42,6 @@ def subject_of_tag(tag: str) -> tuple[str, FollowerKind, bool] | None:
     if m is None:
         return None
     return f"sha256:{m.group(1)}", ("signature" if m.group(2) == ".sig" else "attestation"), m.group(2) is None
-
-
-def index_tag(digest: str) -> str:
-    """`sha256-<hex>`: the referrers tag schema's tag of `digest`."""
-    return digest.replace(":", "-", 1)
 
 
 def artifact_kind(artifact_type: str) -> FollowerKind:
@@ -103,7 +100,7 @@ def follow(repo: str, tags: dict[str, str | None], decided: dict[str, tuple[str,
     `referrers`: what was read per subject; `has_api`: the registry answers the referrers API (else a
     subject without an index tag has no referrers)."""
     def is_read(digest: str) -> bool:
-        return digest in referrers or (not has_api and index_tag(digest) not in tags)
+        return referrers_known(digest, tags, referrers, has_api)
 
     fates = _roots(repo, tags, decided, untagged)
     tagged = {d for d in tags.values() if d}
@@ -128,6 +125,11 @@ def follow(repo: str, tags: dict[str, str | None], decided: dict[str, tuple[str,
             subject, kind, is_index = parsed
             out.append(_tag_row(tag, digest, subject, kind, is_index, fates.get(subject), unread, referrers))
     return Followed(out, unread, notes)
+
+
+def referrers_known(digest: str, tags: dict[str, str | None], referrers: dict[str, Referrers], has_api: bool) -> bool:
+    """Whether the referrers of `digest` are known: read, or (without the referrers API) it has no index tag."""
+    return digest in referrers or (not has_api and index_tag(digest) not in tags)
 
 
 def _roots(repo: str, tags: dict[str, str | None], decided: dict[str, tuple[str, Action]],
@@ -202,5 +204,5 @@ def _tag_row(tag: str, digest: str | None, subject: str, kind: FollowerKind, is_
     return row("keep", why) if why else row("delete", f"follows {fate.label} (deleted)")
 
 
-__all__ = ["follow", "subject_of_tag", "index_tag", "Referrer", "Referrers", "Follower", "Followed",
+__all__ = ["follow", "subject_of_tag", "index_tag", "referrers_known", "Referrer", "Referrers", "Follower", "Followed",
            "MAX_DEPTH", "MAX_ENTRIES"]

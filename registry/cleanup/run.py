@@ -62,7 +62,8 @@ def collect_facts(client: Any, stages_repo: str, *, repos: tuple[str, ...] = (),
                       f"{len(git_facts.commit_times)} of {len(commits)} build commits found")
     return Facts(now=now, stages_repo=snap.stages_repo, records=snap.records, tags=snap.tags, git=git_facts,
                  in_use=InUse.merged(*(s.in_use for s in scans)) if clusters.contexts is not None else None,
-                 step_created=snap.step_created, indexes=snap.indexes,
+                 step_created=snap.step_created, indexes=snap.indexes, referrers=snap.referrers,
+                 referrers_api=snap.referrers_api,
                  releases=[r for s in scans for r in s.releases], problems=[p for s in scans for p in s.problems],
                  reports=reports, own_clusters=frozenset(s.name for s in scans if s.name))
 

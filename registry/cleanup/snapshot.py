@@ -1,7 +1,9 @@
 """Read what the plan needs from the registry: build records, every tag's current digest in the stages
 repository and in the image repositories given (never in a repository only a build record names: a
-record is data anyone with push rights to the stages repository can write), and the creation time of
-step images no record names. Requests run on a small thread pool (HEADs dominate: one per tag)."""
+record is data anyone with push rights to the stages repository can write), the creation time of
+step images no record names, and referrers (the indexes tagged `sha256-<hex>` of the image
+repositories as they are listed; the referrers of what the plan deletes when it asks, `read_referrers`).
+Requests run on a small thread pool (HEADs dominate: one per tag)."""
 from __future__ import annotations
 
 import json
@@ -11,10 +13,12 @@ from datetime import datetime
 from typing import Any, Callable, Iterable
 
 from registry import cancel
+from registry import mediatypes as mt
 from registry.cleanup.errors import CleanupError
-from registry.errors import NotFound, RegistryError
+from registry.cleanup.follow import MAX_DEPTH, MAX_ENTRIES, Referrer, Referrers, index_tag, subject_of_tag
+from registry.errors import InvalidManifest, NotFound, RegistryError
 from registry.mediatypes import is_index
-from registry.model import Descriptor, Manifest, parse_manifest
+from registry.model import Descriptor, Index, Manifest, parse_manifest
 from registry.records import STEP_KEY_RE, BuildRecord, parse_time, read_records
 from registry.reference import Reference
 
@@ -28,6 +32,8 @@ class RegistrySnapshot:
     tags: dict[str, dict[str, str | None]]  # repository -> tag -> digest (None: not read, see plan.Facts)
     step_created: dict[str, datetime | None]
     indexes: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # repo -> index -> children
+    referrers: dict[str, dict[str, Referrers]] = field(default_factory=dict)  # repo -> subject -> referrers
+    referrers_api: frozenset[str] = frozenset()  # repositories whose registry answers the referrers API
 
 
 def canonical_repo(name: str) -> str:
@@ -54,15 +60,58 @@ def list_tag_descriptors(repo: Any, workers: int = 8, tags: Iterable[str] | None
     return {t: d for t, d in zip(names, descs) if d is not None}
 
 
-def index_children(repo: Any, descriptors: Iterable[Descriptor]) -> dict[str, frozenset[str]]:
-    """index digest -> the manifests it lists, for every tagged image index (multi-platform image)."""
-    out: dict[str, frozenset[str]] = {}
-    for desc in descriptors:
-        if is_index(desc.media_type) and desc.digest not in out:
-            body, got = repo.get_manifest(desc.digest)
-            index = parse_manifest(body, got.media_type)
-            out[desc.digest] = frozenset(m.digest for m in getattr(index, "manifests", []))
-    return out
+def index_children(repo: Any, tagged: dict[str, Descriptor], workers: int = 8) -> dict[str, frozenset[str]]:
+    """index digest -> the manifests it lists, for every tagged image index (multi-platform image; a
+    referrers index `sha256-<hex>` is not one: see `tagged_referrers`)."""
+    digests = list(dict.fromkeys(d.digest for t, d in tagged.items() if is_index(d.media_type) and not subject_of_tag(t)))
+
+    def children(digest: str) -> frozenset[str]:
+        body, got = repo.get_manifest(digest)
+        return frozenset(m.digest for m in getattr(parse_manifest(body, got.media_type), "manifests", []))
+
+    with cancel.Pool(max_workers=max(1, workers)) as pool:
+        return dict(zip(digests, pool.map(children, digests)))
+
+
+def has_referrers_api(repo: Any) -> bool:
+    """Whether the registry answers the referrers API (asked once, about the empty descriptor's digest)."""
+    return repo.get_referrers(mt.OCI_EMPTY_DIGEST) is not None
+
+
+def tagged_referrers(repo: Any, tags: Iterable[str], workers: int = 8) -> dict[str, Referrers]:
+    """subject -> what its referrers index (tag `sha256-<hex>`) lists, for each such tag (a registry
+    without the referrers API: these are all its referrers)."""
+    subjects = [parsed[0] for parsed in map(subject_of_tag, tags) if parsed and parsed[2]]
+    with cancel.Pool(max_workers=max(1, workers)) as pool:
+        found = list(pool.map(lambda s: _read_referrers(repo, s, True, False)[0], subjects))
+    return dict(zip(subjects, found))
+
+
+def read_referrers(repo: Any, subjects: Iterable[str], tags: dict[str, str | None], has_api: bool,
+                   workers: int = 8, budget: int = 100_000) -> tuple[dict[str, Referrers], dict[str, str]]:
+    """(subject -> its referrers, index tag -> its digest) for `subjects` and, level by level, for what
+    they list, MAX_DEPTH levels down: through the referrers API when the registry has it, and the
+    `sha256-<hex>` index tag when there is one. At most `budget` listed manifests are followed in all
+    (what is left is reported unread, and the plan keeps it)."""
+    found: dict[str, Referrers] = {}
+    digests: dict[str, str] = {}
+    level = list(dict.fromkeys(subjects))
+    with cancel.Pool(max_workers=max(1, workers)) as pool:
+        for _ in range(MAX_DEPTH + 1):
+            level = [d for d in dict.fromkeys(level) if d not in found][:max(0, budget)]
+            if not level:
+                break
+            results = list(pool.map(lambda s: _read_referrers(repo, s, index_tag(s) in tags, has_api), level))
+            listed: list[str] = []
+            for subject, (referrers, digest) in zip(level, results):
+                found[subject] = referrers
+                if digest is not None:
+                    digests[index_tag(subject)] = digest
+                if not referrers.problem:
+                    listed.extend(r.digest for r in referrers.entries)
+            budget -= len(listed)
+            level = listed
+    return found, digests
 
 
 def step_created_time(repo: Any, key: str) -> datetime | None:
@@ -100,6 +149,8 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
     orphans = [t for t in stage_tags if STEP_KEY_RE.match(t) and t not in named]
     tags: dict[str, dict[str, str | None]] = {}
     indexes: dict[str, dict[str, frozenset[str]]] = {}
+    referrers: dict[str, dict[str, Referrers]] = {}
+    api: set[str] = set()
     for name in sorted(repos):
         repo = stages if name == stages_name else client.repository(name)
         if name == stages_name:
@@ -114,15 +165,19 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
         else:
             descs = list_tag_descriptors(repo, workers)
             tags[name] = {t: d.digest for t, d in descs.items()}
-        children = index_children(repo, descs.values())
+        children = index_children(repo, descs, workers)
         if children:
             indexes[name] = children
+        if has_referrers_api(repo):
+            api.add(name)
+        elif name != stages_name:  # (the stages repository's are read for the step images the plan deletes)
+            referrers[name] = tagged_referrers(repo, tags[name], workers)
         if report:
             report("read", f"{name}: {len(tags[name])} tags")
     orphans = [t for t in orphans if t in tags[stages_name]]
     with cancel.Pool(max_workers=max(1, workers)) as pool:
         created = dict(zip(orphans, pool.map(lambda k: step_created_time(stages, k), orphans)))
-    return RegistrySnapshot(stages_name, records, tags, created, indexes)
+    return RegistrySnapshot(stages_name, records, tags, created, indexes, referrers, frozenset(api))
 
 
 def _canonical_record(record: BuildRecord) -> BuildRecord:
@@ -137,3 +192,36 @@ def _canonical_record(record: BuildRecord) -> BuildRecord:
             return name
 
     return replace(record, images=tuple(replace(i, repository=canonical(i.repository)) for i in record.images))
+
+
+def _read_referrers(repo: Any, subject: str, tagged: bool, has_api: bool) -> tuple[Referrers, str | None]:
+    """(the referrers of `subject`: the API's answer and its index tag's entries, the index tag's digest)."""
+    entries: dict[str, Referrer] = {}
+    digest = None
+    try:
+        answer = repo.get_referrers(subject) if has_api else None
+        if answer is not None:
+            entries.update(_index_entries(answer[0], f"the referrers API's answer for {subject[:19]}"))
+        if tagged:
+            try:
+                body, desc = repo.get_manifest(index_tag(subject), mt.OCI_INDEX)
+                digest = desc.digest
+                entries.update(_index_entries(body, f"tag {index_tag(subject)}"))
+            except NotFound:
+                pass  # deleted since it was listed
+    except InvalidManifest as exc:
+        return Referrers(problem=str(exc)), digest
+    if len(entries) > MAX_ENTRIES:
+        return Referrers(problem=f"it lists {len(entries)} manifests, more than {MAX_ENTRIES}"), digest
+    return Referrers(tuple(entries.values())), digest
+
+
+def _index_entries(body: bytes, what: str) -> dict[str, Referrer]:
+    """The manifests an index lists (entries of other media types, e.g. blobs, are not referrers)."""
+    index = parse_manifest(body, mt.OCI_INDEX)
+    if not isinstance(index, Index):
+        raise InvalidManifest(f"{what} is not an index")
+    if len(index.manifests) > MAX_ENTRIES:
+        raise InvalidManifest(f"{what} lists {len(index.manifests)} manifests, more than {MAX_ENTRIES}")
+    return {d.digest: Referrer(d.digest, d.artifact_type or "") for d in index.manifests
+            if d.media_type in mt.ALL_MANIFESTS}
