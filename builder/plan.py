@@ -84,6 +84,11 @@ class Step:
     network: str = "default"
     copy: CopySpec | None = None
     heredoc_files: list[tuple[str, str, int]] = field(default_factory=list)  # RUN heredoc scripts
+    # History (never a key input): the empty-layer entries BuildKit writes before this step's own, one
+    # per ARG of the stage since the step before ("ARG NAME=value"), and whether the step has an entry
+    # of its own (ONBUILD has none).
+    history: list[str] = field(default_factory=list)
+    in_history: bool = True
 
     @property
     def created_by(self) -> str:
@@ -99,6 +104,7 @@ class PlannedStage:
     base_config: dict[str, Any]
     steps: list[Step]
     deps: set[str]  # labels of stages needed first (FROM, COPY --from, RUN --mount from=)
+    trailing_history: list[str] = field(default_factory=list)  # the ARGs after the stage's last step
 
     @property
     def label(self) -> str:
@@ -267,22 +273,31 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
     instructions += list(st.instructions)
     steps: list[Step] = []
     parent = base_key
+    history: list[str] = []  # ARGs since the last step, as BuildKit's history names them
     for ins in instructions:
         if ins.cmd == "ARG":
-            for name, default in arg_pairs(ins, state.scope(), df.escape):
-                consumed.add(name)
-                if name in build_args:
-                    state.args[name] = build_args[name]
-                elif default is not None:
-                    state.args[name] = default
-                elif name in gscope:
-                    state.args[name] = gscope[name]
+            history.append(_plan_arg(ins, state, df.escape, build_args, gscope, consumed))
             continue
         step = _plan_instruction(df, st, ins, state, context, resolver, planned, parent, stage_platform, deps)
+        step.history, history = history, []
         steps.append(step)
         parent = step.key
     return PlannedStage(st, base_image, base_stage.label() if base_stage else None, base_key, base_config,
-                        steps, deps)
+                        steps, deps, history)
+
+
+def _plan_arg(ins: Instruction, state: _StageState, escape: str, build_args: dict[str, str],
+              gscope: dict[str, str], consumed: set[str]) -> str:
+    """Declare a stage's ARGs (a --build-arg, else the default, else the global ARG's value); returns
+    the history text BuildKit records for it: `ARG NAME=value ...`, the name alone where it has no value."""
+    texts = []
+    for name, default in arg_pairs(ins, state.scope(), escape):
+        consumed.add(name)
+        value = build_args[name] if name in build_args else default if default is not None else gscope.get(name)
+        if value is not None:
+            state.args[name] = value
+        texts.append(name if value is None else f"{name}={value}")
+    return "ARG " + " ".join(texts)
 
 
 def _expand(ins: Instruction, word: str, scope: dict[str, str], escape: str) -> str:
@@ -423,7 +438,7 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
                              platform=platform))
     state.config = cfg
     return Step(key=key, parent_key=parent, stage=st.label(), ins=ins, kind=kind, text=_history_text(ins, text_parts),
-                config=cfg, **extra)
+                config=cfg, in_history=c != "ONBUILD", **extra)
 
 
 def _history_text(ins: Instruction, parts: list[Any]) -> str:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.fixtures.canary import image_files
+from tests.fixtures.canary import image_files, registry_get
 from tests.fixtures.layers import E, make_tar
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
@@ -163,3 +163,18 @@ def test_cache_mount_options(registry, base_image, kade_build, tmp_path):
     assert image["cache-stat"][1] == b"700 1000 1000\n"
     assert image["seeded"][1] == b"seeded\n" and image["locked"][1] == b"ok\n"
     assert image["tmpfs"][1] == b"1024\n"
+
+
+def test_history_has_buildkits_arg_entries_and_no_onbuild_entry(registry, base_image, kade_build, tmp_path):
+    """BuildKit's history: an empty-layer entry per ARG of a stage (trailing ARGs of a stage built FROM
+    too), none for ONBUILD; the step keys stay what they were (tests/unit/test_golden_keys.py)."""
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref} AS one\nARG A=1\nRUN echo x > /x\nONBUILD RUN true\nARG B\n"
+                         "FROM one\nARG C=$A-3\nENV D=4\n")
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/history:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    manifest = registry_get(registry.url, "sem/history", "manifests", "1").json()
+    config = registry_get(registry.url, "sem/history", "blobs", manifest["config"]["digest"]).json()
+    got = [(h["created_by"], bool(h.get("empty_layer"))) for h in config["history"][1:]]  # after the base's
+    assert got == [("ARG A=1", True), ("RUN /bin/sh -c echo x > /x", False), ("ARG B", True),
+                   ("RUN /bin/sh -c true", True), ("ARG C=-3", True), ("ENV D=4", True)]
+    assert len(manifest["layers"]) == 2 and len(config["rootfs"]["diff_ids"]) == 2

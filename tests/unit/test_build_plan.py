@@ -103,6 +103,22 @@ def test_onbuild_triggers_run_first_and_are_cleared(ctx):
     assert "OnBuild" not in steps[-1].config["config"]
 
 
+def test_history_follows_buildkit_args_and_onbuild_without_touching_keys(ctx):
+    """BuildKit records each ARG of a stage as an empty-layer history entry (with the value it takes)
+    and nothing for ONBUILD; history is never a key input."""
+    text = ("ARG G=global\nFROM base AS one\nARG A=1 B\nARG G\nRUN x\nONBUILD RUN y\nARG C=$A-c\n"
+            "ARG D\nFROM one\nRUN z\n")
+    p = plan(ctx, text, build_args={"B": "given"})
+    one, two = p.stages["one"], p.stages["1"]
+    assert [s.history for s in one.steps] == [["ARG A=1 B=given", "ARG G=global"], []]
+    assert [s.in_history for s in one.steps] == [True, False]
+    assert one.trailing_history == ["ARG C=1-c", "ARG D"]
+    assert [s.history for s in two.steps] == [[], []] and two.trailing_history == []  # the trigger, RUN z
+    without_args = plan(ctx, "ARG G=global\nFROM base AS one\nARG A=1 B\nARG G\nRUN x\nONBUILD RUN y\n",
+                        build_args={"B": "given"})
+    assert [s.key for s in without_args.stages["one"].steps] == [s.key for s in one.steps]
+
+
 def test_entrypoint_resets_base_cmd(ctx):
     cfg = plan(ctx, "FROM base\nENTRYPOINT [\"/app\"]\n").final.final_config["config"]
     assert "Cmd" not in cfg and cfg["Entrypoint"] == ["/app"]
