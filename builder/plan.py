@@ -105,6 +105,7 @@ class PlannedStage:
     steps: list[Step]
     deps: set[str]  # labels of stages needed first (FROM, COPY --from, RUN --mount from=)
     trailing_history: list[str] = field(default_factory=list)  # the ARGs after the stage's last step
+    args: dict[str, str] = field(default_factory=dict)  # its ARGs' values at its end: a stage FROM it inherits them
 
     @property
     def label(self) -> str:
@@ -250,9 +251,10 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
     base_stage = df.stage(base_name) if df.stage(base_name) and df.stage(base_name).index < st.index else None
     base_image: BaseImage | None = None
     deps: set[str] = set()
-    if base_stage is not None:
+    inherited: dict[str, str] = {}
+    if base_stage is not None:  # its ARGs carry over too (BuildKit: "inherited from parent stages")
         dep = planned[base_stage.label()]
-        base_key, base_config = dep.final_key, dep.final_config
+        base_key, base_config, inherited = dep.final_key, dep.final_config, dep.args
         deps.add(dep.label)
     elif base_name.lower() == "scratch":
         base_key, base_config = "scratch", ic.empty_config(*stage_platform.split("/")[:2])
@@ -266,6 +268,7 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
                             hint=exc.hint) from None
         base_key, base_config = base_image.digest, base_image.config
     state = _StageState(base_config)
+    state.args = dict(inherited)
     triggers = list(state.config.get("config", {}).get("OnBuild") or [])
     instructions: list[Instruction] = [parse_instruction_line(t, df.path, st.instruction.line) for t in triggers]
     if triggers:
@@ -283,7 +286,7 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
         steps.append(step)
         parent = step.key
     return PlannedStage(st, base_image, base_stage.label() if base_stage else None, base_key, base_config,
-                        steps, deps, history)
+                        steps, deps, history, dict(state.args))
 
 
 def _plan_arg(ins: Instruction, state: _StageState, escape: str, build_args: dict[str, str],

@@ -88,6 +88,14 @@ def test_global_arg_needs_redeclaring_in_stage(ctx):
     assert steps[1].config["config"]["Env"][-1] == "B=1"
 
 
+def test_a_stage_built_from_another_inherits_its_args(ctx):
+    """BuildKit (and the Dockerfile reference's example): a stage FROM another sees that stage's ARGs."""
+    text = "FROM base AS one\nARG A=1\nRUN x\nFROM one AS two\nRUN echo $A\nFROM base\nRUN echo $A\n"
+    p = plan(ctx, text, target="two")
+    assert p.stages["two"].steps[0].env["A"] == "1"
+    assert "A" not in plan(ctx, text).stages["2"].steps[0].env  # a stage FROM an image: no
+
+
 def test_env_overrides_arg_and_run_env(ctx):
     text = "FROM base\nARG X=fromarg\nENV X=fromenv\nRUN echo $X\n"
     run = plan(ctx, text).all_steps()[-1]
