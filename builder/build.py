@@ -235,6 +235,10 @@ class Builder:
             check_host_network(plan)
         for name in plan.unused_args:
             self.report("warning", f"build arg {name} was given but no ARG in the stages built declares it")
+        for step in plan.all_steps():
+            for pattern in step.copy.unmatched if step.copy else ():
+                self.report("warning", f"{step.ins.file}:{step.ins.line}: {step.ins.cmd} source {pattern!r} matches "
+                                       "nothing in the context: nothing copied for it (as BuildKit does)")
         return plan
 
     def build_plan(self, plan: Plan, hits: dict[str, Any] | None = None) -> BuildResult:

@@ -64,6 +64,7 @@ class CopySpec:
     link: bool = False  # COPY --link: accepted, copied as a plain COPY (docs/builder.md)
     chmod_text: str | None = None  # --chmod as written: octal or symbolic (builder/modes.py)
     parents: bool = False  # COPY --parents (context sources carry `keep`, --from paths `from_keep`)
+    unmatched: list[str] = field(default_factory=list)  # context wildcards that matched nothing (the build warns)
     from_keep: list[str] = field(default_factory=list)
     excludes: list[str] = field(default_factory=list)  # --exclude patterns
     unpack: bool | None = None  # ADD --unpack: None = local archives yes, URLs no
@@ -539,9 +540,12 @@ def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: Build
             if checksum:
                 raise ins.error("--checksum can only be used with http(s) sources")
             try:
-                selected = exclude_sources(context.select(s), spec.excludes)
+                matched = context.select(s)
             except BuildError as exc:
                 raise type(exc)(exc.detail, file=ins.file, line=ins.line, hint=exc.hint) from None
+            if not matched:
+                spec.unmatched.append(s)
+            selected = exclude_sources(matched, spec.excludes)
             if spec.parents:
                 selected = [dataclasses.replace(src, keep=_parents_kept(s, src.rel, src.is_dir)) for src in selected]
             spec.sources.extend(selected)

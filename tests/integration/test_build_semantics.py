@@ -178,3 +178,18 @@ def test_history_has_buildkits_arg_entries_and_no_onbuild_entry(registry, base_i
     assert got == [("ARG A=1", True), ("RUN /bin/sh -c echo x > /x", False), ("ARG B", True),
                    ("RUN /bin/sh -c true", True), ("ARG C=1-3", True), ("ENV D=4", True)]
     assert len(manifest["layers"]) == 2 and len(config["rootfs"]["diff_ids"]) == 2
+
+
+def test_a_wildcard_matching_nothing_copies_nothing_with_a_warning(registry, base_image, kade_build, tmp_path):
+    """BuildKit's AllowEmptyWildcard: `COPY package.json package-lock.json* ./` copies package.json alone;
+    kade warns with the Dockerfile line. A plain path that does not exist is still an error."""
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nWORKDIR /app\nCOPY [\"package.json\", \"package-lock.json*\", \"./\"]\n",
+               {"package.json": b"{}\n"})
+    run = kade_build(str(ctx), "--tag", f"{registry.host}/sem/emptyglob:1", "--cache-dir", str(tmp_path / "c"))
+    assert run.code == 0, run.stderr
+    assert "Dockerfile:3" in run.stderr and "'package-lock.json*' matches nothing" in run.stderr
+    files = image_files(registry.url, "sem/emptyglob", "1")
+    assert files["app/package.json"][1] == b"{}\n" and {f for f in files if f.startswith("app/")} == {"app/package.json"}
+    (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\nCOPY package.json package-lock.json ./\n")
+    missing = kade_build(str(ctx), "--cache-dir", str(tmp_path / "c"))
+    assert missing.code != 0 and "package-lock.json" in missing.stderr and "not found" in missing.stderr
