@@ -193,3 +193,16 @@ def test_a_wildcard_matching_nothing_copies_nothing_with_a_warning(registry, bas
     (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\nCOPY package.json package-lock.json ./\n")
     missing = kade_build(str(ctx), "--cache-dir", str(tmp_path / "c"))
     assert missing.code != 0 and "package-lock.json" in missing.stderr and "not found" in missing.stderr
+
+
+def test_copy_from_keeps_hard_links(registry, base_image, kade_build, tmp_path):
+    """cargo's target/release: `app` and `deps/app-<hash>` are one file; COPY --from keeps them one, as
+    BuildKit does (the layer holds a hard-link entry)."""
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref} AS build\n"
+                         "RUN mkdir -p /out/deps && echo bin > /out/deps/app-1 && ln /out/deps/app-1 /out/app\n"
+                         f"FROM {base_image.ref}\nCOPY --from=build /out /app\n")
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/hardlinks:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    files = image_files(registry.url, "sem/hardlinks", "1")
+    first, second = files["app/app"][0], files["app/deps/app-1"][0]
+    assert first.isreg() and second.islnk() and second.linkname.lstrip("./") == "app/app"
