@@ -49,7 +49,7 @@ class Outcome:
     failed: BuildFailed | None = None
 
     def seconds(self) -> tuple[float, ...]:
-        return tuple(b.seconds for _, b in (self.first, self.again) if b is not None) if self.first else ()
+        return tuple(run[1].seconds for run in (self.first, self.again) if run is not None)
 
     def self_differences(self) -> list[Difference]:
         """What this builder's two builds of the entry disagree on (nothing without a repeat)."""
