@@ -318,24 +318,24 @@ def remove_entry(parent_fd: int, name: bytes | str, *, as_root: bool | None = No
     os.rmdir(name, dir_fd=parent_fd)
 
 
-def replace_with_file(parent: int, name: bytes) -> int:
-    """A new, empty regular file `name` (mode 0600 until set_meta) in place of what was there; a
-    directory there is an error (BuildKit: "cannot replace to directory with file")."""
+def make_way(parent: int, name: bytes, what: str = "a file") -> None:
+    """Remove what is at `name` in `parent` for a new `what`; a directory there is an error (BuildKit:
+    "cannot replace to directory with file")."""
     st = lstat_at(parent, name)
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "cannot replace a directory with a file", os.fsdecode(name))
+            raise IsADirectoryError(errno.EISDIR, f"cannot replace a directory with {what}", os.fsdecode(name))
         os.unlink(name, dir_fd=parent)
+
+
+def replace_with_file(parent: int, name: bytes) -> int:
+    """A new, empty regular file `name` (mode 0600 until set_meta) in place of what was there."""
+    make_way(parent, name)
     return os.open(name, _CREATE, 0o600, dir_fd=parent)
 
 
 def replace_with_symlink(parent: int, name: bytes, target: bytes, meta: Meta) -> None:
-    st = lstat_at(parent, name)
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "cannot replace a directory with a symbolic link",
-                                    os.fsdecode(name))
-        os.unlink(name, dir_fd=parent)
+    make_way(parent, name, "a symbolic link")
     os.symlink(target, name, dir_fd=parent)
     set_meta_at(parent, name, meta)
 
@@ -501,18 +501,12 @@ class TreeCopy:
             copied = lstat_at(fd, first[-1])
             if copied is None or not stat.S_ISREG(copied.st_mode):
                 return False
-            existing = lstat_at(dp, dname)
-            if existing is not None:
-                if stat.S_ISDIR(existing.st_mode):
-                    raise IsADirectoryError(errno.EISDIR, "cannot replace a directory with a file",
-                                            os.fsdecode(dname))
-                os.unlink(dname, dir_fd=dp)
-            os.link(first[-1], dname, src_dir_fd=fd, dst_dir_fd=dp, follow_symlinks=False)
+            make_way(dp, dname)
+            try:
+                os.link(first[-1], dname, src_dir_fd=fd, dst_dir_fd=dp, follow_symlinks=False)
+            except OSError:  # too many links, ...: a copy of its own instead
+                return False
             return True
-        except IsADirectoryError:
-            raise
-        except OSError:  # too many links, ...: a copy of its own instead
-            return False
         finally:
             os.close(fd)
 
