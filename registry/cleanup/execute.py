@@ -14,8 +14,12 @@
   goes alone (`Repository.delete_tag`, which never touches other tags of the digest). A kept tag whose
   digest the plan never read (a step image kept by name) and that the re-check finds on a digest
   planned for deletion makes that digest's tags go alone too.
-- Order: final images, then step images, then build records; a crash half-way leaves records that
-  still explain what remains, so the next run finishes the job.
+- Order: final images, then step images, then what follows them (attestations and signatures), then
+  build records; a crash half-way leaves records that still explain what remains, so the next run
+  finishes the job (and a follower left behind by a deleted subject is an orphan it deletes). A
+  follower whose subject's deletion was skipped or failed is skipped: it stays with its subject. An
+  untagged artifact is read before it goes: it is deleted only if its own `subject` is the one the
+  plan found it under (what a referrers index lists is not trusted).
 
 What can't be closed on a registry without conditional deletes: a build that pushes a tag onto a
 digest in the instant between the last re-check and the DELETE. The window is one request long for
@@ -34,12 +38,14 @@ from registry import cancel
 from registry.cleanup.errors import CleanupError
 from registry.cleanup.plan import Plan, PlanItem
 from registry.cleanup.snapshot import canonical_repo
-from registry.errors import NotFound, RegistryError, Unsupported
+from registry.errors import InvalidManifest, NotFound, RegistryError, Unsupported
+from registry.model import parse_manifest
 from registry.records import is_record_tag, read_record
 
 Status = Literal["deleted", "skipped", "failed"]
 Progress = Callable[[int, int], None]
-_ORDER = {"image": 0, "other": 0, "step": 1, "record": 2, "report": 2}
+_ORDER = {"image": 0, "other": 0, "step": 1, "attestation": 2, "signature": 2, "record": 3, "report": 3}
+_FOLLOWERS = ("attestation", "signature")
 
 
 @dataclass(frozen=True)
@@ -149,11 +155,28 @@ def _tags(repo: Any) -> list[str]:
 
 def _check(repo: Any, item: PlanItem) -> str | None:
     """None when the tag still points where the plan saw it, else why it is skipped."""
+    if item.untagged:
+        return _check_artifact(repo, item)
     desc = repo.head_manifest(item.tag)
     if desc is None:
         return "already gone"
     if desc.digest != item.digest:
         return f"moved to {desc.digest[:19]} since the plan"
+    return None
+
+
+def _check_artifact(repo: Any, item: PlanItem) -> str | None:
+    """None when the untagged artifact still exists and names the subject it was listed under."""
+    try:
+        body, got = repo.get_manifest(item.tag)
+        subject = parse_manifest(body, got.media_type).subject
+    except NotFound:
+        return "already gone"
+    except InvalidManifest as exc:
+        return f"can't be read: {exc}"
+    if subject is None or subject.digest != item.subject:
+        return f"its subject is {subject.digest[:19] if subject else 'not set'}, not {(item.subject or '')[:19]} " \
+               "that listed it: left alone"
     return None
 
 
@@ -233,8 +256,13 @@ def execute(client: Any, plan: Plan, progress: Progress | None = None, workers: 
     units.sort(key=lambda u: (u[0], u[1][0].repository, u[1][0].tag))
     total = sum(len(items) for _, items in units)
     outcomes: list[Outcome] = []
+    held: dict[tuple[str, str | None], str] = {}
 
     def run(items: list[PlanItem]) -> list[Outcome]:
+        kept = held.get((items[0].repository, items[0].subject)) if items[0].kind in _FOLLOWERS else None
+        if kept:
+            return [Outcome(i, "skipped", f"its subject {(i.subject or '')[:19]} was not deleted ({kept})")
+                    for i in items]
         if len(items) == 1 and items[0].method == "tag":
             return [_delete_tag(client, guard, items[0])]
         return _delete_digest(client, guard, items)
@@ -242,6 +270,7 @@ def execute(client: Any, plan: Plan, progress: Progress | None = None, workers: 
     with cancel.Pool(max_workers=max(1, workers)) as pool:
         for phase in sorted({order for order, _ in units}):  # one phase after the other
             todo = [items for order, items in units if order == phase]
+            held = _not_deleted(outcomes)
             for start in range(0, len(todo), batch):
                 guard.maybe_refresh(any(len(u) > 1 or u[0].method == "manifest" for u in todo[start:start + batch]))
                 for result in pool.map(run, todo[start:start + batch]):
@@ -249,3 +278,9 @@ def execute(client: Any, plan: Plan, progress: Progress | None = None, workers: 
                 if progress:
                     progress(len(outcomes), total)
     return outcomes
+
+
+def _not_deleted(outcomes: list[Outcome]) -> dict[tuple[str, str | None], str]:
+    """(repository, digest) -> why: the digests this run was to delete whole but did not."""
+    return {(o.item.repository, o.item.digest): o.detail for o in outcomes
+            if o.item.method == "manifest" and o.status != "deleted" and o.detail != "already gone"}

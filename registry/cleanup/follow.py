@@ -7,6 +7,9 @@ What follows a manifest `sha256:<hex>` in the same repository:
   - cosign's tags `sha256-<hex>.sig` (signatures), `.att` and `.sbom` (attestations);
   - and, recursively, what follows each artifact (the `.sig` of an SBOM, ...), at most MAX_DEPTH levels.
 
+A subject the registry does not have (`missing`: deleted by hand, or by a run interrupted before its
+followers went) makes what follows it orphan garbage: it is deleted.
+
 The subjects' fates come from the decisions already made for the repository's tags (a digest is deleted
 when its tags go and none stays), plus the untagged images of build records this plan deletes (their
 tags went in an earlier, interrupted run: their attestations go now). A subject no decision covers (a
@@ -92,17 +95,20 @@ class _Fate:
 
 def follow(repo: str, tags: dict[str, str | None], decided: dict[str, tuple[str, Action]],
            untagged: dict[str, tuple[Action, str]], referrers: dict[str, Referrers],
-           has_api: bool) -> Followed:
+           has_api: bool, missing: frozenset[str] = frozenset()) -> Followed:
     """Decide what follows the subjects of one repository.
 
     `tags`: every tag -> digest (None: not read); `decided`: the other tags' (kind, action);
     `untagged`: digests of build records' images no tag points to -> (the record's action, label);
     `referrers`: what was read per subject; `has_api`: the registry answers the referrers API (else a
-    subject without an index tag has no referrers)."""
+    subject without an index tag has no referrers); `missing`: subjects of tags here that the registry
+    does not have (what follows them is orphan garbage: it goes)."""
     def is_read(digest: str) -> bool:
         return referrers_known(digest, tags, referrers, has_api)
 
     fates = _roots(repo, tags, decided, untagged)
+    for digest in sorted(missing):
+        fates.setdefault(digest, _Fate("delete", f"{digest[:19]}, which is gone (an orphan)"))
     tagged = {d for d in tags.values() if d}
     types: dict[str, str] = {}
 

@@ -127,6 +127,7 @@ class Facts:
     # repository -> subject digest -> its referrers as read (index tags, the referrers API): see follow.py
     referrers: dict[str, dict[str, Referrers]] = field(default_factory=dict)
     referrers_api: frozenset[str] = frozenset()  # repositories whose registry answers the referrers API
+    missing_subjects: dict[str, frozenset[str]] = field(default_factory=dict)  # repo -> digests tags follow, gone
 
 
 @dataclass(frozen=True)
@@ -474,7 +475,8 @@ def _follow_subjects(decisions: dict[tuple[str, str], tuple[Kind, Action, tuple[
             if b.image.repository == repo and record is not None:
                 untagged.setdefault(b.image.digest, (record[1], f"image {repo.rsplit('/', 1)[-1]}@{b.image.digest[:19]} "
                                                                 f"of build record {b.record_tag}"))
-        followed = follow(repo, tags, decided, untagged, facts.referrers.get(repo, {}), repo in facts.referrers_api)
+        followed = follow(repo, tags, decided, untagged, facts.referrers.get(repo, {}), repo in facts.referrers_api,
+                          facts.missing_subjects.get(repo, frozenset()))
         for f in followed.followers:
             decisions[(repo, f.key)] = (f.kind, f.action, (f.reason,))
             subjects[(repo, f.key)] = f.subject

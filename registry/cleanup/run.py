@@ -13,7 +13,8 @@ from registry.cleanup.inuse import InUse, repo_path
 from registry.cleanup.plan import Facts, Plan, make_plan
 from registry.cleanup.policy import Policy
 from registry.cleanup.scan import ClusterScan, ReleaseSource, scan_clusters
-from registry.cleanup.snapshot import RegistrySnapshot, list_tag_descriptors, read_snapshot
+from registry.cleanup.follow import MAX_DEPTH
+from registry.cleanup.snapshot import RegistrySnapshot, list_tag_descriptors, read_referrers, read_snapshot
 
 Report = Callable[..., None]
 
@@ -63,7 +64,7 @@ def collect_facts(client: Any, stages_repo: str, *, repos: tuple[str, ...] = (),
     return Facts(now=now, stages_repo=snap.stages_repo, records=snap.records, tags=snap.tags, git=git_facts,
                  in_use=InUse.merged(*(s.in_use for s in scans)) if clusters.contexts is not None else None,
                  step_created=snap.step_created, indexes=snap.indexes, referrers=snap.referrers,
-                 referrers_api=snap.referrers_api,
+                 referrers_api=snap.referrers_api, missing_subjects=snap.missing_subjects,
                  releases=[r for s in scans for r in s.releases], problems=[p for s in scans for p in s.problems],
                  reports=reports, own_clusters=frozenset(s.name for s in scans if s.name))
 
@@ -104,8 +105,9 @@ def plan_cleanup(client: Any, facts: Facts, policy: Policy, purge: bool = False,
     """The plan, with a digest for every deletion: plan by name, read the digests the snapshot left
     unread for the tags it would delete (a few, where the stages repository has thousands of step
     images the plan keeps), and plan again with them (a digest can only add protections). A tag gone
-    meanwhile drops out."""
-    plan = make_plan(facts, policy, purge)
+    meanwhile drops out. Likewise the referrers of what the plan deletes (attestations, signatures:
+    they go with it) are read when the snapshot did not, and the plan made again."""
+    plan = _with_referrers(client, facts, make_plan(facts, policy, purge), policy, purge, workers, report)
     for _ in range(2):  # a second pass reads nothing new: digests never turn a keep into a delete
         missing: dict[str, list[str]] = {}
         for item in plan.deletions:
@@ -122,6 +124,28 @@ def plan_cleanup(client: Any, facts: Facts, policy: Policy, purge: bool = False,
                 else:
                     del current[tag]
             report("read", f"{repo_name}: the digests of {len(tags)} tags the plan would delete")
-        plan = make_plan(facts, policy, purge)
+        plan = _with_referrers(client, facts, make_plan(facts, policy, purge), policy, purge, workers, report)
     raise AssertionError("a plan still deletes tags whose digest was not read")  # digests only add keeps
 
+
+
+def _with_referrers(client: Any, facts: Facts, plan: Plan, policy: Policy, purge: bool, workers: int,
+                    report: Report) -> Plan:
+    """Read the referrers of the subjects the plan deletes and has not read yet, and plan again."""
+    for _ in range(MAX_DEPTH + 1):  # each read goes MAX_DEPTH levels down: one is enough but for new subjects
+        if not plan.unread:
+            return plan
+        subjects: dict[str, list[str]] = {}
+        for repo_name, digest in sorted(plan.unread):
+            subjects.setdefault(repo_name, []).append(digest)
+        for repo_name, digests in subjects.items():
+            tags = facts.tags[repo_name]
+            found, index_digests = read_referrers(client.repository(repo_name), digests, tags,
+                                                  repo_name in facts.referrers_api, workers)
+            facts.referrers.setdefault(repo_name, {}).update(found)
+            for tag, digest in index_digests.items():
+                if tags.get(tag) is None:
+                    tags[tag] = digest
+            report("read", f"{repo_name}: the referrers of {len(digests)} manifests the plan would delete")
+        plan = make_plan(facts, policy, purge)
+    return plan

@@ -34,6 +34,7 @@ class RegistrySnapshot:
     indexes: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)  # repo -> index -> children
     referrers: dict[str, dict[str, Referrers]] = field(default_factory=dict)  # repo -> subject -> referrers
     referrers_api: frozenset[str] = frozenset()  # repositories whose registry answers the referrers API
+    missing_subjects: dict[str, frozenset[str]] = field(default_factory=dict)  # repo -> gone subjects of its tags
 
 
 def canonical_repo(name: str) -> str:
@@ -71,6 +72,17 @@ def index_children(repo: Any, tagged: dict[str, Descriptor], workers: int = 8) -
 
     with cancel.Pool(max_workers=max(1, workers)) as pool:
         return dict(zip(digests, pool.map(children, digests)))
+
+
+def missing_subjects(repo: Any, tags: dict[str, str | None], indexes: dict[str, frozenset[str]],
+                     workers: int = 8) -> frozenset[str]:
+    """The subjects of follower tags (`sha256-<hex>`, `.sig`, ...) the registry does not have: one HEAD
+    each for those not tagged nor listed by a tagged index."""
+    present = {d for d in tags.values() if d} | {c for children in indexes.values() for c in children}
+    subjects = sorted({p[0] for p in map(subject_of_tag, tags) if p} - present)
+    with cancel.Pool(max_workers=max(1, workers)) as pool:
+        heads = list(pool.map(repo.head_manifest, subjects))
+    return frozenset(s for s, h in zip(subjects, heads) if h is None)
 
 
 def has_referrers_api(repo: Any) -> bool:
@@ -151,6 +163,7 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
     indexes: dict[str, dict[str, frozenset[str]]] = {}
     referrers: dict[str, dict[str, Referrers]] = {}
     api: set[str] = set()
+    missing: dict[str, frozenset[str]] = {}
     for name in sorted(repos):
         repo = stages if name == stages_name else client.repository(name)
         if name == stages_name:
@@ -168,6 +181,10 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
         children = index_children(repo, descs, workers)
         if children:
             indexes[name] = children
+        if name != stages_name:  # (its tags are read: a subject not among them may be gone)
+            gone = missing_subjects(repo, tags[name], children, workers)
+            if gone:
+                missing[name] = gone
         if has_referrers_api(repo):
             api.add(name)
         elif name != stages_name:  # (the stages repository's are read for the step images the plan deletes)
@@ -177,7 +194,7 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
     orphans = [t for t in orphans if t in tags[stages_name]]
     with cancel.Pool(max_workers=max(1, workers)) as pool:
         created = dict(zip(orphans, pool.map(lambda k: step_created_time(stages, k), orphans)))
-    return RegistrySnapshot(stages_name, records, tags, created, indexes, referrers, frozenset(api))
+    return RegistrySnapshot(stages_name, records, tags, created, indexes, referrers, frozenset(api), missing)
 
 
 def _canonical_record(record: BuildRecord) -> BuildRecord:

@@ -232,3 +232,18 @@ def test_a_blocked_run_keeps_them_and_says_what_would_have_happened():
     plan = make_plan(f, MAIN_LAST_1)
     assert plan.deletions == []
     assert rows(plan)[D(100)].reasons[-1] == "would be deleted otherwise: follows image app:c1 (deleted)"
+
+
+def test_what_follows_a_missing_subject_is_an_orphan_and_goes_but_a_present_one_is_left_alone():
+    f = two_images()
+    orphan_tags, orphan_refs = attested(9, 300)  # D(9) was deleted by hand: no tag, not in the registry
+    f.tags[APP].update(orphan_tags)
+    f.tags[APP][sig(D(8))] = D(310)  # D(8) exists untagged (not missing): its signature is not ours to judge
+    f.referrers[APP].update(orphan_refs)
+    f.missing_subjects = {APP: frozenset({D(9)})}
+    r = rows(make_plan(f, MAIN_LAST_1))
+    for key in (idx(D(9)), sig(D(9)), D(300), D(301), sig(D(300)), sig(D(301))):
+        assert r[key].action == "delete", key
+        assert r[key].reasons == (f"follows {D(9)[:19]}, which is gone (an orphan) (deleted)",), key
+    assert r[sig(D(8))].action == "keep" and "does not delete" in r[sig(D(8))].reasons[0]
+    assert r["c3"].action == "keep" and r[D(200)].action == "keep"
