@@ -467,6 +467,7 @@ def _follow_subjects(decisions: dict[tuple[str, str], tuple[Kind, Action, tuple[
     whose referrers are still unread)."""
     subjects: dict[tuple[str, str], str] = {}
     unread: set[tuple[str, str]] = set()
+    kade_repos = {b.image.repository for b in built}
     for repo, tags in sorted(facts.tags.items()):
         decided = {tag: (kind, action) for (r, tag), (kind, action, _) in decisions.items() if r == repo}
         untagged: dict[str, tuple[Action, str]] = {}
@@ -475,8 +476,10 @@ def _follow_subjects(decisions: dict[tuple[str, str], tuple[Kind, Action, tuple[
             if b.image.repository == repo and record is not None:
                 untagged.setdefault(b.image.digest, (record[1], f"image {repo.rsplit('/', 1)[-1]}@{b.image.digest[:19]} "
                                                                 f"of build record {b.record_tag}"))
+        # orphans only where kade pushes images: a signatures-only repository (COSIGN_REPOSITORY) has no subjects
+        missing = facts.missing_subjects.get(repo, frozenset()) if repo in kade_repos else frozenset()
         followed = follow(repo, tags, decided, untagged, facts.referrers.get(repo, {}), repo in facts.referrers_api,
-                          facts.missing_subjects.get(repo, frozenset()))
+                          missing)
         for f in followed.followers:
             decisions[(repo, f.key)] = (f.kind, f.action, (f.reason,))
             subjects[(repo, f.key)] = f.subject

@@ -247,3 +247,12 @@ def test_what_follows_a_missing_subject_is_an_orphan_and_goes_but_a_present_one_
         assert r[key].reasons == (f"follows {D(9)[:19]}, which is gone (an orphan) (deleted)",), key
     assert r[sig(D(8))].action == "keep" and "does not delete" in r[sig(D(8))].reasons[0]
     assert r["c3"].action == "keep" and r[D(200)].action == "keep"
+
+
+def test_a_repository_no_build_record_names_has_no_orphans():
+    f = two_images()
+    other = APP + "-signatures"  # cosign's COSIGN_REPOSITORY: signatures of images stored elsewhere
+    f.tags[other] = {sig(D(9)): D(400)}
+    f.missing_subjects = {other: frozenset({D(9)})}
+    r = {i.tag: i for i in make_plan(f, MAIN_LAST_1).items if i.repository == other}
+    assert r[sig(D(9))].action == "keep"
