@@ -257,12 +257,12 @@ def execute(client: Any, plan: Plan, progress: Progress | None = None, workers: 
     total = sum(len(items) for _, items in units)
     outcomes: list[Outcome] = []
     held: dict[tuple[str, str | None], str] = {}
+    parents = {(i.repository, i.digest): i.subject for i in plan.deletions if i.kind in _FOLLOWERS}
 
     def run(items: list[PlanItem]) -> list[Outcome]:
-        kept = held.get((items[0].repository, items[0].subject)) if items[0].kind in _FOLLOWERS else None
+        kept = _held(items[0], held, parents) if items[0].kind in _FOLLOWERS else None
         if kept:
-            return [Outcome(i, "skipped", f"its subject {(i.subject or '')[:19]} was not deleted ({kept})")
-                    for i in items]
+            return [Outcome(i, "skipped", kept) for i in items]
         if len(items) == 1 and items[0].method == "tag":
             return [_delete_tag(client, guard, items[0])]
         return _delete_digest(client, guard, items)
@@ -284,3 +284,18 @@ def _not_deleted(outcomes: list[Outcome]) -> dict[tuple[str, str | None], str]:
     """(repository, digest) -> why: the digests this run was to delete whole but did not."""
     return {(o.item.repository, o.item.digest): o.detail for o in outcomes
             if o.item.method == "manifest" and o.status != "deleted" and o.detail != "already gone"}
+
+
+def _held(item: PlanItem, held: dict[tuple[str, str | None], str],
+          parents: dict[tuple[str, str | None], str | None]) -> str | None:
+    """Why a follower stays: its subject, or the subject of that (a signature of an SBOM), was to be
+    deleted whole in an earlier phase and was not."""
+    subject = item.subject
+    for _ in range(len(parents) + 1):  # (a listed cycle ends)
+        why = held.get((item.repository, subject))
+        if why:
+            return f"its subject {(subject or '')[:19]} was not deleted ({why})"
+        if (item.repository, subject) not in parents:
+            return None
+        subject = parents[(item.repository, subject)]
+    return None

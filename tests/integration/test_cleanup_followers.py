@@ -83,3 +83,23 @@ def test_purge_takes_the_followers_of_everything_it_deletes(attested):
     assert s.tags(s.repo) == {"manual"}  # what kade did not push, and nothing that followed an image
     for name in ("c", "g", "orphan"):
         assert s.repo.head_manifest(a.sbom[name]) is None
+
+
+def test_followers_stay_when_their_subject_is_protected_mid_run_and_a_mislisted_artifact_is_left(attested):
+    a, s = attested, attested.s
+    _, c_desc = s.repo.get_manifest(s.digests["c"])
+    # hostile: an artifact of C (kept) listed in G's referrers index, as if it attested G
+    stranger, _ = rf.push_artifact(s.repo, c_desc, SBOM, b'{"name": "stranger"}', {})
+    rf.add_to_fallback(s.repo, s.digests["g"], [stranger])
+    plan = plan_cleanup(s.client, s.facts(s.cluster_using_old_by_digest()), parse_policy_text(POLICY))
+    assert {i.tag: i.action for i in plan.items}[stranger.digest] == "delete"  # as listed: execute checks it
+    s.repo.put_manifest("rollback", s.repo.get_manifest(s.digests["g"])[0], c_desc.media_type)  # after the plan
+
+    outcomes = {o.item.tag: o for o in execute(s.client, plan)}
+    assert outcomes["g1"].status == "skipped" and "rollback" in outcomes["g1"].detail
+    for tag in a.followers("g") | {a.sbom["g"]}:
+        assert outcomes[tag].status == "skipped", tag
+        assert outcomes[tag].detail.startswith(f"its subject {s.digests['g'][:19]} was not deleted"), tag
+    assert a.followers("g") <= s.tags(s.repo) and s.repo.head_manifest(a.sbom["g"]) is not None
+    assert outcomes[stranger.digest].status == "skipped"
+    assert s.repo.head_manifest(stranger.digest) is not None
