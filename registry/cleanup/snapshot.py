@@ -75,10 +75,11 @@ def index_children(repo: Any, tagged: dict[str, Descriptor], workers: int = 8) -
 
 
 def missing_subjects(repo: Any, tags: dict[str, str | None], indexes: dict[str, frozenset[str]],
-                     workers: int = 8) -> frozenset[str]:
+                     listed: set[str], workers: int = 8) -> frozenset[str]:
     """The subjects of follower tags (`sha256-<hex>`, `.sig`, ...) the registry does not have: one HEAD
-    each for those not tagged nor listed by a tagged index."""
-    present = {d for d in tags.values() if d} | {c for children in indexes.values() for c in children}
+    each for those not tagged, nor listed by a tagged index or a referrers index (`listed`: an SBOM
+    is untagged, its `.sig` costs no HEAD)."""
+    present = {d for d in tags.values() if d} | {c for children in indexes.values() for c in children} | listed
     subjects = sorted({p[0] for p in map(subject_of_tag, tags) if p} - present)
     with cancel.Pool(max_workers=max(1, workers)) as pool:
         heads = list(pool.map(repo.head_manifest, subjects))
@@ -181,14 +182,15 @@ def read_snapshot(client: Any, stages_repo: str, extra_repos: Iterable[str] = ()
         children = index_children(repo, descs, workers)
         if children:
             indexes[name] = children
-        if name != stages_name:  # (its tags are read: a subject not among them may be gone)
-            gone = missing_subjects(repo, tags[name], children, workers)
-            if gone:
-                missing[name] = gone
         if has_referrers_api(repo):
             api.add(name)
         elif name != stages_name:  # (the stages repository's are read for the step images the plan deletes)
             referrers[name] = tagged_referrers(repo, tags[name], workers)
+        if name != stages_name:  # (its tags are read: a subject not among them may be gone)
+            listed = {r.digest for found in referrers.get(name, {}).values() for r in found.entries}
+            gone = missing_subjects(repo, tags[name], children, listed, workers)
+            if gone:
+                missing[name] = gone
         if report:
             report("read", f"{name}: {len(tags[name])} tags")
     orphans = [t for t in orphans if t in tags[stages_name]]
