@@ -59,7 +59,7 @@ def render_text(plan: Plan, outcomes: list[Outcome] | None, dry_run: bool, width
         table.add_column("result", overflow="fold")
     for item in sorted(plan.items, key=lambda i: (i.action != "keep", i.repository, i.tag)):
         action = item.action if item.method is None else f"{item.action} ({item.method})"
-        row = [action, item.kind, f"{item.repository}:{item.tag}", item.digest[7:19] if item.digest else "-",
+        row = [action, item.kind, f"{item.repository}{'@' if item.untagged else ':'}{item.tag}", item.digest[7:19] if item.digest else "-",
                "; ".join(item.reasons)]
         if outcomes is not None:
             o = by.get(_key(item))

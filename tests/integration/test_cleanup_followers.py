@@ -103,3 +103,27 @@ def test_followers_stay_when_their_subject_is_protected_mid_run_and_a_mislisted_
     assert a.followers("g") <= s.tags(s.repo) and s.repo.head_manifest(a.sbom["g"]) is not None
     assert outcomes[stranger.digest].status == "skipped"
     assert s.repo.head_manifest(stranger.digest) is not None
+
+
+
+def test_cli_text_and_json_show_followers_with_their_subject(attested, tmp_path, capsys):
+    import json
+
+    from kade.cli import main
+
+    a, s = attested, attested.s
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    args = ["cleanup", "--repo", s.repo_name, "--git", str(s.git.path), "--without-kube", "--policy", str(policy),
+            "--dry-run"]
+    assert main(args + ["--output", "json"]) == 0
+    items = {i["tag"]: i for i in json.loads(capsys.readouterr().out)["items"]}
+    sbom = items[a.sbom["g"]]
+    assert (sbom["kind"], sbom["action"], sbom["subject"], sbom["digest"]) == (
+        "attestation", "delete", s.digests["g"], a.sbom["g"])
+    assert items[signing.signature_tag(s.digests["c"])]["subject"] == s.digests["c"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    # g's and the orphan's: their index tags and SBOMs; the signatures of each image and SBOM
+    assert "delete 18 (attestations 4, images 4, records 3, signatures 4, steps 3)" in " ".join(out.split())
+    assert "@sha256:" in out  # an untagged SBOM is shown by digest
