@@ -18,7 +18,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 from concurrent.futures import Future
@@ -32,10 +31,11 @@ from builder import image_config as ic
 from builder.cache import LocalCache
 from builder.context import BuildContext
 from builder.dockerfile import parse_file
-from builder.epoch import created_at, rfc3339, source_date_epoch
 from builder.errors import BuildError, StepFailedError
 from builder.keys import is_step_key
 from builder.plan import DEFAULT_PLATFORM, BaseImage, Plan, PlannedStage, Step, make_plan
+from common.epoch import created_at, rfc3339, source_date_epoch
+from common.git import revision as git_revision
 from registry import cancel
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient, Repository
@@ -76,7 +76,7 @@ class BuildOptions:
     annotations: dict[str, str] = field(default_factory=dict)  # extra manifest annotations of the final image
     labels: dict[str, str] = field(default_factory=dict)  # extra config labels of the final image (not in keys)
     sandbox: Callable[..., int] | None = None  # runs RUN commands; None: builder.sandbox.run_in_rootfs
-    epoch: int | None = None  # SOURCE_DATE_EPOCH for this build; None: the environment's (builder/epoch.py)
+    epoch: int | None = None  # SOURCE_DATE_EPOCH for this build; None: the environment's (common/epoch.py)
     supply: Any = None  # builder.attest.SupplyOptions: SBOM, provenance, signing of pushed images; None: none
     isolation: Any = None  # builder.sandbox.Isolation for run_in_rootfs (None: its defaults)
     allow_host_network: bool = False  # RUN --network=host is refused without it (kade build --allow-host-network)
@@ -117,22 +117,6 @@ def check_host_network(plan: Plan) -> None:
 def stages_repo_for(tag: str) -> str:
     ref = Reference.parse(tag)
     return f"{ref.registry}/{ref.repository}-stages"
-
-
-def git_revision(path: Path) -> tuple[str | None, str | None]:
-    """(commit, branch) of the git checkout holding `path`, or (None, None)."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    branch = git("rev-parse", "--abbrev-ref", "HEAD")
-    if commit and len(commit) != 40:
-        commit = None
-    return commit, (branch if branch and branch != "HEAD" else None)
 
 
 class Builder:

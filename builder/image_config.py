@@ -13,12 +13,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from builder.errors import BuildError
+from common.durations import GO_UNITS, nanoseconds
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
-          "h": 3_600_000_000_000}
 
 
 def empty_config(os_name: str = "linux", arch: str = "amd64") -> dict[str, Any]:
@@ -152,17 +150,10 @@ def set_shell(cfg: dict[str, Any], argv: list[str]) -> dict[str, Any]:
 
 def parse_duration(text: str) -> int:
     """Go duration ("30s", "1m30s", "500ms") -> nanoseconds."""
-    pos, total = 0, 0
-    if text == "0":
-        return 0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += int(float(m.group(1)) * _UNITS[m.group(2)])
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise BuildError(f"invalid duration {text!r}", hint="use Go durations like 30s, 1m30s, 500ms")
-    return total
+    try:
+        return nanoseconds(text, GO_UNITS, bare_seconds=False)
+    except ValueError:
+        raise BuildError(f"invalid duration {text!r}", hint="use Go durations like 30s, 1m30s, 500ms") from None
 
 
 def set_healthcheck(cfg: dict[str, Any], args: tuple[str, ...], json_form: bool,

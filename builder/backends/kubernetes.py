@@ -26,7 +26,6 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from builder.backends import kubeapi
 from builder.backends.agent_relay import TUNNEL_KIND, serve_tunnel
 from builder.backends.remote import RemoteStageBuilder
 from builder.backends.lease import BUILD_PREFIX, Leases
@@ -36,6 +35,8 @@ from builder.build import BuildOptions, BuildResult, Report
 from builder.errors import BuildError, StepFailedError
 from builder.plan import PlannedStage
 from builder.unpack import limit_env
+from common.timeouts import CONNECT_TIMEOUT
+from kube.client import ApiUnanswered, api_client
 from registry import cancel
 from registry.client import RegistryClient
 
@@ -55,7 +56,7 @@ class PodLost(Exception):
 
 
 def kube_api_client(settings: KubeSettings) -> Any:
-    return kubeapi.kube_api_client(settings.kubeconfig, settings.kube_context)
+    return api_client(settings.kubeconfig, settings.kube_context)
 
 
 def parse_pod_line(line: str) -> dict[str, Any] | None:
@@ -337,7 +338,7 @@ class KubeBuilder(RemoteStageBuilder):
         try:
             # the log may stay silent as long as the pod may run: read timeout = its deadline
             stream = self.core.read_namespaced_pod_log(name, self.k.namespace, follow=True, _preload_content=False,
-                                                       _request_timeout=(kubeapi.CONNECT_TIMEOUT, self.k.deadline_s))
+                                                       _request_timeout=(CONNECT_TIMEOUT, self.k.deadline_s))
             pending = b""
             for chunk in stream.stream(amt=65536):
                 pending += chunk
@@ -462,7 +463,7 @@ def api_errors(namespace: str) -> Iterator[None]:
 
     try:
         yield
-    except kubeapi.ApiUnanswered:
+    except ApiUnanswered:
         raise
     except Exception as exc:
         loaded = sys.modules.get("kubernetes.client.exceptions")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -175,12 +174,11 @@ def run_check(args: argparse.Namespace, options: BuildOptions, report: Any) -> i
 
 
 def _supply(args: argparse.Namespace, context: Path) -> Any:
-    from kade.gittree import strip_credentials
+    from common import git
     from kade.supply import supply_options
 
-    remote = subprocess.run(["git", "-C", str(context), "remote", "get-url", "origin"], capture_output=True,
-                            text=True, timeout=10)
-    source = strip_credentials(remote.stdout.strip()) if remote.returncode == 0 else ""
+    remote = git.output(context, "remote", "get-url", "origin")
+    source = git.strip_credentials(remote) if remote else ""
     return supply_options(args, args.backend, args.builder_image if args.backend == "kubernetes" else "",
                           source=source)
 

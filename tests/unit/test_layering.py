@@ -1,6 +1,7 @@
-"""The package boundaries of DESIGN.md, enforced: registry/ knows nothing of builds or deploys,
-builder/ speaks to registries only through registry/, deployer/ knows nothing of how images are
-built, and none of them imports the CLI."""
+"""The package boundaries of DESIGN.md, enforced: common/ (small helpers) and kube/ (Kubernetes
+access) sit below everything; registry/ knows nothing of builds or deploys (its cleanup/ reads
+clusters through kube/), builder/ speaks to registries only through registry/, deployer/ knows
+nothing of how images are built, and none of them imports the CLI."""
 import ast
 from pathlib import Path
 
@@ -8,16 +9,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
-    "registry": {"registry"},
-    "builder": {"builder", "registry"},
-    "deployer": {"deployer"},
+    "common": {"common"},
+    "kube": {"kube", "common"},
+    "registry": {"registry", "common"},
+    "registry/cleanup": {"registry", "common", "kube"},
+    "builder": {"builder", "registry", "kube", "common"},
+    "deployer": {"deployer", "kube", "common"},
 }
-OURS = {"registry", "builder", "deployer", "kade"}
+OURS = {"common", "kube", "registry", "builder", "deployer", "kade"}
 
 
 def imported_packages(package: str) -> dict[str, set[str]]:
+    """Our top-level packages imported by the files of `package` (a folder; a sub-folder listed in
+    ALLOWED of its own is left to its own rule)."""
     found: dict[str, set[str]] = {}
+    own = [ROOT / p for p in ALLOWED if p.startswith(package + "/")]
     for path in (ROOT / package).rglob("*.py"):
+        if any(sub in path.parents for sub in own):
+            continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             names = []
             if isinstance(node, ast.Import):
@@ -34,7 +43,7 @@ def imported_packages(package: str) -> dict[str, set[str]]:
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_package_imports_stay_inside_its_boundary(package):
     found = imported_packages(package)
-    assert package in found  # the walk saw the package's own imports: it really read the files
+    assert package.split("/")[0] in found  # the walk saw the package's own imports: it really read the files
     forbidden = {top: files for top, files in found.items() if top not in ALLOWED[package]}
     assert not forbidden, f"{package}/ must not import {sorted(forbidden)}: {forbidden}"
 
