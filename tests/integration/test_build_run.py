@@ -164,7 +164,6 @@ def test_ssh_agent_socket_is_forwarded(registry, base_image, kade_build, ssh_age
                "--output", "json").ok()
     out = podman_run(tag, "sh", "-c", "cat /sock.txt; test -e /run/buildkit && echo leaked || echo clean")
     assert out.stdout == "/run/buildkit/ssh_agent.default\nclean\n"
-    # not given: BuildKit's default (required=false) runs without the mount, and kade says so
     missing = kade_build(str(ctx), "--tag", tag, "--no-cache", "--cache-dir", str(tmp_path / "c"))
     assert missing.code == 0 and "an ssh agent was not given" in missing.stderr and "--ssh" in missing.stderr
     (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\nRUN --mount=type=ssh,required=true true\n")
