@@ -358,9 +358,8 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
     """
     from builder import sandbox, snapshot
 
-    cfg = step.config.get("config", {})
-    user = ic.resolve_user(rootfs, cfg.get("User") or "root")
-    workdir = cfg.get("WorkingDir") or "/"
+    user = ic.resolve_user(rootfs, step.config.user or "root")
+    workdir = step.config.working_dir or "/"
     env = dict(step.env)
     env.setdefault("PATH", ic.DEFAULT_PATH)
     env.setdefault("HOME", user.home or "/")

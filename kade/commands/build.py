@@ -7,7 +7,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from builder.build import BuildOptions, build
+from builder.build import build
+from builder.options import BuildOptions
 from builder.plan import DEFAULT_PLATFORM, parse_build_args
 from kade import argtypes
 from kade.commands.build_backend import add_backend_arguments, kube_settings_from_args
