@@ -15,11 +15,13 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
 
+from builder import events as ev
 from builder import image_config as ic
 from builder.env import BuildEnv
 from builder.errors import BuildError, StepFailedError
@@ -113,7 +115,7 @@ class LocalExecutor:
         assert claim is not None
         if not mine:
             img: Image = claim.result()
-            self.report("shared", f"[{ps.label}] {step.text}", key=step.key, stage=ps.label)
+            self.report(ev.SHARED, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step))
             return self._adopt(img, parent, rootfs), "shared"
         try:
             if self.gate is None:
@@ -142,7 +144,9 @@ class LocalExecutor:
         from builder import execute as ex
 
         cancel.check()  # nothing new starts once the command is cancelled
-        self.report("step", f"[{ps.label}] {step.text}", key=step.key, stage=ps.label)
+        fields = ev.step_fields(self.o.image_name, ps, step)
+        self.report(ev.STEP, ev.step_message(ps, step), **fields)
+        started = time.monotonic()
         changes: list = []
         workdir = step.config.working_dir or "/"
         context_root = self._plan.context_root
@@ -152,9 +156,10 @@ class LocalExecutor:
                                     stage_rootfs=lambda ref, _: self._mount_root(ref, results),
                                     context_root=context_root, report=self.report, runner=self.o.sandbox,
                                     isolation=self.o.isolation)
-                layer = ex.run_step(rootfs, step, ctx, lambda line: self.report("output", line), self._write_layer,
-                                    keep_result=rootfs_read_after(self._plan, ps, step))
-                return self._push_step(step, parent, layer if isinstance(layer, Layer) else None)
+                output = {k: fields[k] for k in ("image", "stage", "key")}
+                layer = ex.run_step(rootfs, step, ctx, lambda line: self.report(ev.OUTPUT, line, **output),
+                                    self._write_layer, keep_result=rootfs_read_after(self._plan, ps, step))
+                return self._push_step(ps, step, parent, layer if isinstance(layer, Layer) else None, started)
             elif step.kind == "copy":
                 spec = step.copy
                 assert spec is not None
@@ -180,7 +185,7 @@ class LocalExecutor:
                 raise
             raise BuildError(f"{step.text}: {exc.detail}", file=step.ins.file, line=step.ins.line,
                              hint=exc.hint) from None
-        return self._push_step(step, parent, self._write_layer(changes) if changes else None)
+        return self._push_step(ps, step, parent, self._write_layer(changes) if changes else None, started)
 
     def _write_layer(self, changes: list) -> Layer:
         from builder.execute import write_layer
@@ -197,7 +202,8 @@ class LocalExecutor:
         path = blobs.path(info.digest)
         return Layer(Descriptor(info.media_type, info.digest, info.size), info.diff_id, lambda: open(path, "rb"))
 
-    def _push_step(self, step: Step, parent: Image | None, layer: Layer | None) -> Image:
+    def _push_step(self, ps: PlannedStage, step: Step, parent: Image | None, layer: Layer | None,
+                   started: float) -> Image:
         """The step image (the step's config over its parent's layers and history, plus its layer), kept
         locally and pushed to the stages repo tagged with the step's key."""
         base = parent.config if parent else ic.empty_config(Platform.parse(self.o.platform))
@@ -207,8 +213,10 @@ class LocalExecutor:
         repo = self.env.stages_repo
         img = Image.assemble(cfg, layers, source=repo or "")
         self.env.store.keep_local(img)
-        if repo:
-            self.env.store.push(img, repo, step.key)
+        pushed = self.env.store.push(img, repo, step.key).uploaded if repo else 0
+        self.report(ev.STEP_DONE, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step),
+                    seconds=round(time.monotonic() - started, 3), layer_bytes=layer.size if layer else 0,
+                    pushed_bytes=pushed)
         if self.on_step_image is not None and step.stage == self._plan.target:
             self.on_step_image(step, img)
         return img

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from builder import events as ev
 from builder import image_config as ic
 from builder.env import BuildEnv
 from builder.errors import BuildError
@@ -77,9 +78,9 @@ class Publisher:
         layout = None
         for tag in to.tags:
             ref = Reference.parse(tag)
-            digest = store.push(image, ref.name, ref.tag or "latest")
-            images.append({"ref": str(ref), "digest": digest})
-            report("pushed", f"{ref}@{digest}", ref=str(ref), digest=digest)
+            pushed = store.push(image, ref.name, ref.tag or "latest")
+            images.append({"ref": str(ref), "digest": pushed.digest})
+            report(ev.PUSHED, f"{ref}@{pushed.digest}", ref=str(ref), digest=pushed.digest, pushed_bytes=pushed.uploaded)
         if not to.tags:
             name = layout_tag(plan)
             layout = store.write_layout(image, name)

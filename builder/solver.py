@@ -16,6 +16,7 @@ import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from builder import events as ev
 from builder.env import BuildEnv
 from builder.executor import Executor, StageJob, StageOutcome, StageResults
 from builder.plan import Plan, PlannedStage, Step
@@ -66,6 +67,9 @@ class Solver:
 
     def solve(self, plan: Plan, hits: dict[str, Descriptor]) -> Solution:
         cached = set(hits)
+        planned = plan.all_steps()
+        self.env.report(ev.PLAN, f"{len(planned)} step(s) planned, {sum(s.key in cached for s in planned)} in the "
+                                 "stages repo", steps=len(planned), cached=len(cached), image=self.env.options.image_name)
         needed = needed_stages(plan, cached)
         stages = [ps for ps in plan.order() if ps.label in needed]  # dependencies come first
         # every job known up front (the executor may ship them all at once); parents are filled in as stages start
@@ -93,7 +97,7 @@ class Solver:
         last_hit = len(ps.steps) - len(missing) - 1
         parent = self._cached(ps.steps[last_hit], hits) if last_hit >= 0 else self._base(ps, results)
         for s in ps.steps[: last_hit + 1]:
-            self.env.report("cached", f"[{ps.label}] {s.text}", key=s.key, stage=ps.label)
+            self.env.report(ev.CACHED, ev.step_message(ps, s), **ev.step_fields(self.env.options.image_name, ps, s))
         if not missing:
             return parent
         outcome: StageOutcome = self.executor.run_stage(StageJob(ps, parent, tuple(missing)), results)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
     from builder.fetch import GrowingBlob
 
 Report = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Pushed:
+    digest: str      # of the manifest as the registry has it
+    uploaded: int    # bytes sent (blobs mounted or already there cost nothing)
 
 
 class ImageStore:
@@ -141,33 +148,35 @@ class ImageStore:
         self.cache.blobs.put_bytes(image.manifest_bytes, image.digest)
         self.remember(image)
 
-    def push(self, image: Image, repo_name: str, tag: str) -> str:
+    def push(self, image: Image, repo_name: str, tag: str) -> Pushed:
         """Blobs first (mounted from where they are known to live, uploaded from the local cache
-        otherwise), then the manifest; returns the manifest digest."""
+        otherwise), then the manifest."""
         repo = self.repo(repo_name)
-        for d in image.manifest.layers:
-            self._ensure_blob(repo, d)
+        uploaded = sum(self._ensure_blob(repo, d) for d in image.manifest.layers)
         config_bytes = image.config_bytes
-        repo.upload_blob(io.BytesIO(config_bytes), image.manifest.config.digest, len(config_bytes))
+        info = repo.upload_blob(io.BytesIO(config_bytes), image.manifest.config.digest, len(config_bytes))
+        uploaded += 0 if info.existed else len(config_bytes)
         digest = repo.put_manifest(tag, image.manifest_bytes, image.manifest.media_type)
         self.note_blobs(repo_name, image.manifest.blobs())
-        return digest
+        return Pushed(digest, uploaded + len(image.manifest_bytes))
 
-    def _ensure_blob(self, repo: Repository, d: Descriptor) -> None:
+    def _ensure_blob(self, repo: Repository, d: Descriptor) -> int:
+        """The blob in `repo`; the bytes that took uploading (0: it was there, or mounted)."""
         name = f"{repo.ref.registry}/{repo.name}"
         homes = self.blob_homes.get(d.digest, set())
         if name in homes:
-            return
+            return 0
         for home in sorted(homes):
             href = Reference.parse(home, default_tag=None)
             if href.registry == repo.ref.registry and repo.mount_blob(d.digest, href.repository):
                 self.note_blobs(name, [d])
-                return
+                return 0
         if repo.head_blob(d.digest) is not None:
             self.note_blobs(name, [d])
-            return
+            return 0
         repo.upload_blob(self.local_blob(d), d.digest, d.size)
         self.note_blobs(name, [d])
+        return d.size
 
     def write_layout(self, image: Image, tag: str) -> str:
         """`image` into the local cache's OCI layout under `tag`; the layout's path."""

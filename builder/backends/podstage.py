@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from builder import events as ev
 from builder.backends import context_upload, plancodec
 from builder.backends.agent_relay import PodAgentRelay
 from builder.backends.chroot import run_chroot
@@ -48,7 +49,8 @@ class LeaseGate:
             if desc is None:
                 return run(), False
             image = adopt(env.store.load(repo, desc.digest))
-            env.report("reused", f"[{stage.label}] {step.text} (pushed meanwhile by another build)", key=step.key)
+            env.report(ev.REUSED, f"{ev.step_message(stage, step)} (pushed meanwhile by another build)",
+                       **ev.step_fields(env.options.image_name, stage, step))
             return image, True
 
 
