@@ -1,8 +1,10 @@
-"""Config effects of instructions, and USER resolution from /etc/passwd and /etc/group."""
+"""Config effects of instructions (builder/image_config.py), and USER resolution from /etc/passwd and
+/etc/group (builder/users.py)."""
 import pytest
 
 from builder import image_config as ic
 from builder.errors import BuildError
+from builder.users import resolve_user
 from registry.imageconfig import ImageConfig
 from registry.model import Platform
 
@@ -114,10 +116,10 @@ def test_resolve_user(tmp_path, files, spec, expected):
         (tmp_path / "etc/group").write_text(GROUP)
     if expected is BuildError:
         with pytest.raises(BuildError) as exc:
-            ic.resolve_user(tmp_path, spec)
+            resolve_user(tmp_path, spec)
         assert "/etc/" in str(exc.value)
     else:
-        u = ic.resolve_user(tmp_path, spec)
+        u = resolve_user(tmp_path, spec)
         assert (u.uid, u.gid, u.groups) == expected
 
 
@@ -125,7 +127,7 @@ def test_resolve_user_never_follows_symlinked_passwd(tmp_path):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/passwd").symlink_to("/etc/passwd")  # the host's names a "daemon" user
     with pytest.raises(BuildError):
-        ic.resolve_user(tmp_path, "daemon")
+        resolve_user(tmp_path, "daemon")
 
 
 def test_scratch_config_has_buildkits_working_dir():

@@ -52,3 +52,25 @@ def test_package_imports_stay_inside_its_boundary(package):
 def test_builder_talks_http_only_through_registry():
     users = [p for p in (ROOT / "builder").rglob("*.py") if "import requests" in p.read_text()]
     assert not users, f"builder/ must use registry/ for HTTP, not requests: {users}"
+
+
+# Inside builder/: planning (Dockerfile + context -> the DAG of keyed steps) never reaches into solving
+# or executing; docs/architecture.md lists the three groups.
+PLANNING = {"dockerfile", "expand", "context", "image_config", "keys", "modes", "plan", "errors"}
+
+
+def test_builder_planning_imports_only_planning():
+    bad = {}
+    for name in PLANNING:
+        path = ROOT / "builder" / f"{name}.py"
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            modules = []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            for module in modules:
+                parts = module.split(".")
+                if parts[0] == "builder" and len(parts) > 1 and parts[1] not in PLANNING:
+                    bad.setdefault(name, set()).add(module)
+    assert not bad, f"planning modules import solving/executing ones: {bad}"
