@@ -205,3 +205,26 @@ def test_missing_and_needed_stages_follow_hits(ctx):
     assert needed_stages(p, {keys["app"][0]}) == {"app", "3", "deps"}  # COPY --from=deps in 3 still missing
     # only the last COPY --from=deps is missing: its parent step is cached, so app is not needed
     assert needed_stages(p, everything - {keys["3"][-1]}) == {"3", "deps"}
+
+
+def test_a_stage_result_carries_the_history_of_its_trailing_args(ctx):
+    """solver.with_trailing_history: the ARGs after a stage's last step become empty-layer history
+    entries of its result (layers and diffIDs unchanged); a stage without them keeps its image."""
+    from builder.solver import with_trailing_history
+    from registry import mediatypes as mt
+    from registry.image import Image
+    from registry.model import Descriptor
+
+    p = plan(ctx, "FROM base AS one\nRUN x\nARG C=c\nARG D\nFROM base AS two\nRUN y\n", target="one")
+    layer = Descriptor(mt.OCI_LAYER_GZIP, "sha256:" + "1" * 64, 10)
+    image = Image.assemble(ImageConfig.from_dict({"architecture": "amd64", "os": "linux",
+                                                  "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "2" * 64]},
+                                                  "history": [{"created_by": "RUN x"}]}), [layer])
+    result = with_trailing_history(p.stages["one"], image)
+    assert [(h.created_by, h.empty_layer) for h in result.config.history] == [
+        ("RUN x", None), ("ARG C=c", True), ("ARG D", True)]
+    assert result.manifest.layers == image.manifest.layers and result.config.diff_ids == image.config.diff_ids
+    assert result.digest != image.digest and result.manifest.config.digest != image.manifest.config.digest
+    assert with_trailing_history(p.stages["one"], None) is None
+    two = plan(ctx, "FROM base AS one\nRUN x\nARG C=c\nFROM base AS two\nRUN y\n").stages["two"]
+    assert with_trailing_history(two, image) is image
