@@ -42,12 +42,9 @@ def run(args: argparse.Namespace) -> int:
     api_client = None
     holder, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
     if holder and namespace:
-        from kubernetes import client, config
+        from kube.client import api_client as make_api_client
 
-        from builder.backends.kubeapi import bounded
-
-        config.load_incluster_config()
-        api_client = bounded(client.ApiClient())
+        api_client = make_api_client()  # the pod's service account (no kubeconfig in a builder pod)
     try:
         result = build_stage(args.plan, args.stage, args.repo, report, insecure=tuple(args.insecure_registry),
                              lease_s=args.lease_seconds, api_client=api_client, holder=holder, namespace=namespace,

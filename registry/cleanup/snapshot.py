@@ -6,7 +6,6 @@ repositories as they are listed; the referrers of what the plan deletes when it 
 Requests run on a small thread pool (HEADs dominate: one per tag)."""
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,6 +17,7 @@ from registry.cleanup.errors import CleanupError
 from registry.cleanup.follow import MAX_DEPTH, MAX_ENTRIES, Referrer, Referrers, index_tag, subject_of_tag
 from registry.errors import InvalidManifest, NotFound, RegistryError
 from registry.mediatypes import is_index
+from registry.imageconfig import ImageConfig
 from registry.model import Descriptor, Index, Manifest, parse_manifest
 from registry.records import STEP_KEY_RE, BuildRecord, parse_time, read_records
 from registry.reference import Reference
@@ -135,8 +135,7 @@ def step_created_time(repo: Any, key: str) -> datetime | None:
         if not isinstance(manifest, Manifest):
             return None
         with repo.open_blob(manifest.config.digest) as stream:
-            config = json.loads(stream.read(4 * 1024 * 1024))
-        created = config.get("created") if isinstance(config, dict) else None
+            created = ImageConfig.from_bytes(stream.read(4 * 1024 * 1024)).created
         return parse_time(created, key) if created else None
     except (RegistryError, ValueError):
         return None
