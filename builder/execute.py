@@ -24,6 +24,7 @@ import zstandard
 from builder import image_config as ic
 from builder.changes import Change
 from builder.errors import BuildError, StepFailedError
+from builder.masking import SecretMask
 from builder.context import Source
 from builder.plan import CopySpec, Step
 from builder.plan import Mount as PlanMount
@@ -375,16 +376,15 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
     mounts += [_script_mount(*f) for f in step.heredoc_files]
     env.update(secret_env)
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL)
-    secrets = [v.decode(errors="ignore") for v in ctx.secrets.values() if v.strip()]
+    secrets = SecretMask(list(ctx.secrets.values()))
 
     def output(line: str) -> None:
-        for s in secrets:  # never echo a secret's bytes
-            line = line.replace(s, "****")
+        line = secrets.mask(line)  # never echo a secret, in any of the shapes it prints in
         tail.append(tail_line(line))
         on_line(line)
 
     scratch = rootfs.parent / (rootfs.name + "-scratch")
-    lines = OutputLines(output, guard=max((len(v) for v in ctx.secrets.values()), default=0))
+    lines = OutputLines(output, guard=secrets.longest)
 
     def stream(_name: str, data: bytes) -> None:
         lines.feed(data)

@@ -14,7 +14,7 @@ from typing import Any
 
 from builder.errors import BuildError, StepFailedError
 from kade.errors import EXPECTED
-from kade.output import make_reporter
+from kade.output import relay_reporter
 
 
 def register(subparsers: Any) -> None:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from builder.backends.kubernetes import FAILED_KIND, RESULT_KIND
     from builder.backends.podstage import build_stage
 
-    report = make_reporter("json", sys.stdout)
+    report = relay_reporter(sys.stdout)
     api_client = None
     holder, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
     if holder and namespace:
