@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from builder import image_config as ic
+from builder import tenant
 from builder.cache import LocalCache
 from builder.context import BuildContext
 from builder.dockerfile import parse_file
@@ -40,7 +41,7 @@ from registry import cancel
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient, Repository
 from registry.digest import sha256_digest
-from registry.errors import RegistryError
+from registry.errors import NotFound, RegistryError
 from registry.model import Descriptor, Index, Manifest, parse_manifest
 from registry.reference import Reference
 
@@ -80,6 +81,10 @@ class BuildOptions:
     supply: Any = None  # builder.attest.SupplyOptions: SBOM, provenance, signing of pushed images; None: none
     isolation: Any = None  # builder.sandbox.Isolation for run_in_rootfs (None: its defaults)
     allow_host_network: bool = False  # RUN --network=host is refused without it (kade build --allow-host-network)
+    tenant: str | None = None  # whose caches this build uses (builder/tenant.py); None: the stages repo's
+    share: frozenset[str] = frozenset()  # cache parts shared with other tenants (builder/tenant.PARTS)
+    build_key: Any = None  # registry.sigkeys.SigningKey of the tenant: signs step images and records; with it,
+    #                        only step images it signed are reused (registry/stagesig.py)
 
 
 @dataclass
@@ -140,7 +145,6 @@ class Builder:
         self.o = options
         self.report = report
         self.client = client or RegistryClient(ClientOptions(insecure=tuple(options.insecure)))
-        self.cache = LocalCache(options.cache_dir)
         self.images: dict[str, Image] = {}  # by manifest digest (bases and step images)
         self.blob_homes: dict[str, set[str]] = {}  # blob digest -> repos known to hold it
         self.lock = threading.Lock()
@@ -152,11 +156,14 @@ class Builder:
         self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
         self.root_lock = threading.Lock()
         self.fetch_pool: cancel.Pool | None = None  # layer downloads unpacked while they run
+        self.step_bodies: dict[str, tuple[bytes, str]] = {}  # digest -> (manifest, media type) of verified steps
         self.epoch = options.epoch if options.epoch is not None else source_date_epoch()
         if options.tags:
             self.stages_repo = options.repo or stages_repo_for(options.tags[0])
         else:
             self.stages_repo = options.repo
+        self.tenant = tenant.resolve(options.tenant, self.stages_repo, options.share)
+        self.cache = LocalCache(options.cache_dir, self.tenant)
 
     # -- registry helpers -------------------------------------------------------------------------
     def repo(self, name: str) -> Repository:
@@ -247,10 +254,30 @@ class Builder:
         steps = plan.all_steps()
         if self.o.no_cache or not self.stages_repo or not steps:
             return {}
-        repo = self.repo(self.stages_repo)
         with cancel.Pool(max_workers=8) as pool:
-            found = list(pool.map(lambda s: repo.head_manifest(s.key, mt.OCI_MANIFEST), steps))
+            found = list(pool.map(lambda s: self.find_step(s.key), steps))
         return {s.key: d for s, d in zip(steps, found) if d is not None}  # type: ignore[misc]
+
+    def find_step(self, key: str) -> Descriptor | None:
+        """The step image of `key` in the stages repo, if there is one this build may reuse: any, without
+        a build key (one HEAD); with one, only one it signed (one GET and a signature check)."""
+        repo = self.repo(self.stages_repo)  # type: ignore[arg-type]
+        if self.o.build_key is None:
+            return repo.head_manifest(key, mt.OCI_MANIFEST)
+        from registry import stagesig
+
+        try:
+            body, desc = repo.get_manifest(key, mt.OCI_MANIFEST)
+        except NotFound:
+            return None
+        why = stagesig.problem(body, "step", stagesig.repository_name(repo), key, self.o.build_key.public)
+        if why is not None:
+            self.report("warning", f"step image {self.stages_repo}:{key} is not reused: {why}; the step runs again",
+                        key=key, untrusted=True)
+            return None
+        with self.lock:
+            self.step_bodies[desc.digest] = (body, desc.media_type)
+        return desc
 
     def execute(self, plan: Plan, hits: dict[str, Any]) -> Image | None:
         from builder import sandbox
@@ -336,8 +363,12 @@ class Builder:
         return img
 
     def _step_image(self, step: Step) -> Image:
-        desc = self.hits[step.key]
-        return self.load_image(self.stages_repo, desc.digest)  # type: ignore[arg-type]
+        return self.load_step(self.hits[step.key])
+
+    def load_step(self, desc: Descriptor) -> Image:
+        """The step image `find_step` found (its checked manifest, not fetched again)."""
+        body, media_type = self.step_bodies.get(desc.digest, (None, None))
+        return self.load_image(self.stages_repo, desc.digest, body, media_type)  # type: ignore[arg-type]
 
     # -- rootfs ----------------------------------------------------------------------------------
     def _materialize(self, image: Image | None, prefix: str) -> Path:
@@ -475,16 +506,14 @@ class Builder:
         layer = self._write_layer(changes) if changes else None
         return self._push_step(step, parent, layer)
 
-    def _fetch_url(self, url: str, checksum: str | None) -> Path:
-        """ADD <url>: download (every build: the key follows the content), verify --checksum, mode 0600."""
-        import hashlib
-
+    def _fetch_url(self, url: str, checksum: str | None) -> tuple[Path, str]:
+        """ADD <url>: download (every build: the key follows the content) into the tenant's store by
+        content digest, verify --checksum, mode 0600; (the file, its digest)."""
         from registry.download import DownloadError, download
 
-        folder = self.cache.root / "urls" / hashlib.sha256(url.encode()).hexdigest()[:32]
         self.report("fetch", url)
         try:
-            return download(url, folder, checksum)[0]
+            return download(url, self.cache.downloads, checksum)
         except DownloadError as exc:
             raise BuildError(f"ADD {exc}", hint="check the URL and its --checksum") from None
 
@@ -494,7 +523,7 @@ class Builder:
         step holds it, else a fresh directory dropped after the step."""
         if sharing == "shared":
             return self.cache.mount_dir(mount_id)
-        held = stack.enter_context(self.cache.lock(f"mount:{mount_id}", wait=sharing == "locked"))
+        held = stack.enter_context(self.cache.lock(self.cache.mount_lock_name(mount_id), wait=sharing == "locked"))
         if held:
             return self.cache.mount_dir(mount_id)
         private = self.cache.work_dir("cache-private-")
@@ -536,11 +565,16 @@ class Builder:
         config_bytes = ic.config_bytes(cfg)
         config_desc = Descriptor(mt.OCI_CONFIG, sha256_digest(config_bytes), len(config_bytes))
         manifest = Manifest(config=config_desc, layers=layers, media_type=mt.OCI_MANIFEST)
+        repo = self.stages_repo
+        if repo and self.o.build_key is not None:
+            from registry import stagesig
+
+            manifest = stagesig.sign(manifest, "step", stagesig.repository_name(self.repo(repo)), step.key,
+                                     self.o.build_key)
         body = manifest.to_bytes()
         digest = sha256_digest(body)
         self.cache.blobs.put_bytes(config_bytes, config_desc.digest)
         self.cache.blobs.put_bytes(body, digest)
-        repo = self.stages_repo
         img = Image(repo=repo or "", digest=digest, manifest=manifest, config=cfg)
         if repo:
             self._push_manifest(repo, img, config_bytes, step.key, parent)
@@ -592,17 +626,7 @@ class Builder:
                              file=plan.dockerfile.path)
         now = created_at(self.epoch)
         commit, branch = self.o.revision if self.o.revision is not None else git_revision(self.o.context)
-        cfg = ic.set_created(final.config, rfc3339(now))
-        if self.o.labels:
-            cfg = ic.set_labels(cfg, sorted(self.o.labels.items()))
-        config_bytes = ic.config_bytes(cfg)
-        annotations = {**self.o.annotations, ANNOTATION_CREATED: rfc3339(now)}
-        if commit:
-            annotations[ANNOTATION_REVISION] = commit
-        manifest = Manifest(config=Descriptor(mt.OCI_CONFIG, sha256_digest(config_bytes), len(config_bytes)),
-                            layers=[_oci_layer(d) for d in final.manifest.layers], media_type=mt.OCI_MANIFEST,
-                            annotations=annotations)
-        img = Image(repo=final.repo, digest=sha256_digest(manifest.to_bytes()), manifest=manifest, config=cfg)
+        img, config_bytes = self.final_image(final, now, commit)
         images: list[dict[str, str]] = []
         layout = None
         if self.o.tags:
@@ -624,6 +648,31 @@ class Builder:
         # cached: every planned step that did not run (found in the stages repo, or not needed)
         cached = len(plan.all_steps()) - self.built
         return BuildResult(images=images, built=self.built, cached=cached, record_tag=record_tag, layout=layout)
+
+    def final_image(self, final: Image, now: datetime, commit: str | None) -> tuple[Image, bytes]:
+        """The image made of the target stage's last step image (its config dated `now`, with the
+        build's labels; the manifest annotated), and its config bytes."""
+        cfg = ic.set_created(final.config, rfc3339(now))
+        if self.o.labels:
+            cfg = ic.set_labels(cfg, sorted(self.o.labels.items()))
+        config_bytes = ic.config_bytes(cfg)
+        annotations = {**self.o.annotations, ANNOTATION_CREATED: rfc3339(now)}
+        if commit:
+            annotations[ANNOTATION_REVISION] = commit
+        manifest = Manifest(config=Descriptor(mt.OCI_CONFIG, sha256_digest(config_bytes), len(config_bytes)),
+                            layers=[_oci_layer(d) for d in final.manifest.layers], media_type=mt.OCI_MANIFEST,
+                            annotations=annotations)
+        return Image(repo=final.repo, digest=sha256_digest(manifest.to_bytes()), manifest=manifest, config=cfg), \
+            config_bytes
+
+    def made_here(self, plan: Plan, digest: str) -> bool:
+        """Whether `digest` is the image this build publishes from its target's last step image as the
+        build key signed it (what a project may take from the registry without building)."""
+        desc = self.find_step(plan.final.final_key)
+        if desc is None:
+            return False
+        commit = self.o.revision[0] if self.o.revision is not None else git_revision(self.o.context)[0]
+        return self.final_image(self.load_step(desc), created_at(self.epoch), commit)[0].digest == digest
 
     def _layout_ref(self, plan: Plan) -> str:
         return plan.target if not plan.target.isdigit() else "latest"
@@ -658,7 +707,7 @@ class Builder:
             name=self.o.image_name, repository=first.name, tags=tuple(Reference.parse(t).tag or "latest"
                                                                       for t in self.o.tags),
             digest=images[0]["digest"], steps=steps),))
-        tag = push_record(self.repo(self.stages_repo), record)  # type: ignore[arg-type]
+        tag = push_record(self.repo(self.stages_repo), record, self.o.build_key)  # type: ignore[arg-type]
         self.report("record", f"{self.stages_repo}:{tag}")
         return tag
 

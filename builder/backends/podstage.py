@@ -3,42 +3,39 @@
 It fetches the stage plan and the context upload by digest from the stages repo (both verified),
 rebuilds the Builder state the CLI had (plan, context root, cached steps, the images of the stages
 it depends on, read back from the stages repo), and runs the stage through `Builder._run_stage`,
-exactly as the local backend does. Around every missing step it holds the step key's Lease:
-a concurrent build of the same step waits, then finds the step image pushed and reuses it (its new
-layer is applied to the rootfs, nothing runs), and a Lease left by a pod that died expires and is
-taken over. RUN uses the chroot runner (chroot.py), or the namespace sandbox in a user-namespace pod.
+exactly as the local backend does. The pod never talks to the Kubernetes API (it has no token): the
+CLI holds the step Leases around it, hands it the `--secret` values (secret_relay.py) and reads its
+log. With a build key (mounted from the tenant's Secret) it reuses only signed step images and
+signs what it pushes. RUN uses the chroot runner (chroot.py), or the namespace sandbox in a
+user-namespace pod.
 """
 from __future__ import annotations
 
 import os
 import tempfile
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder.backends import context_upload, plancodec
+from builder.backends import context_upload, plancodec, secret_relay
 from builder.backends.agent_relay import PodAgentRelay
 from builder.backends.chroot import run_chroot
-from builder.backends.lease import Leases, step_lease_name
-from builder.backends.podspec import MANAGED, SANDBOX_ENV
+from builder.backends.podspec import SANDBOX_ENV
 from builder.build import Builder, BuildOptions, Image, Report
 from builder.context import BuildContext, IgnoreRules
 from builder.errors import BuildError
-from builder.plan import Plan, PlannedStage, Step
+from builder.plan import Plan, PlannedStage
 from builder.sandbox import Isolation
 from registry import cancel
-from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient
 
 
 class PodBuilder(Builder):
-    """A Builder for one stage in a pod: step Leases around every missing step."""
+    """A Builder for one stage in a pod (the CLI holds the step Leases around it)."""
 
-    def __init__(self, options: BuildOptions, report: Report, client: RegistryClient, leases: Leases | None,
-                 work: Path):
+    def __init__(self, options: BuildOptions, report: Report, client: RegistryClient, work: Path):
         super().__init__(options, report, client)
-        self.leases = leases
-        self.reused = 0
         self.rootfs_dir = work / "rootfs"
         self.rootfs_dir.mkdir(parents=True, exist_ok=True)
         self.cache.work_dir = self._work_dir  # type: ignore[method-assign]  # rootfs on the emptyDir
@@ -46,44 +43,22 @@ class PodBuilder(Builder):
     def _work_dir(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.rootfs_dir))
 
-    def execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path) -> Image:
-        if self.leases is None:
-            return super().execute_step(ps, step, parent, rootfs)
-        with self.leases.held(step_lease_name(step.key), f"[{ps.label}] {step.text}", labels=dict(MANAGED)):
-            desc = None if self.o.no_cache else self.repo(self.stages_repo).head_manifest(step.key, mt.OCI_MANIFEST)
-            if desc is None:
-                return super().execute_step(ps, step, parent, rootfs)
-            img = self.load_image(self.stages_repo, desc.digest)  # type: ignore[arg-type]
-            self._catch_up(img, parent, rootfs)
-            self.reused += 1
-            self.report("reused", f"[{ps.label}] {step.text} (pushed meanwhile by another build)", key=step.key)
-            return img
-
-    def _catch_up(self, img: Image, parent: Image | None, rootfs: Path) -> None:
-        """Bring `rootfs` from `parent` to `img` by applying the layers `img` adds."""
-        from builder.execute import apply_layers
-
-        have = len(parent.manifest.layers) if parent else 0
-        blobs = [(self._blob_path(img, d), d.media_type, d.digest) for d in img.manifest.layers[have:]]
-        apply_layers(rootfs, blobs)
-
     def lookup_stage(self, ps: PlannedStage) -> dict[str, Any]:
         if self.o.no_cache or not ps.steps:
             return {}
-        repo = self.repo(self.stages_repo)  # type: ignore[arg-type]
         with cancel.Pool(max_workers=8) as pool:
-            found = list(pool.map(lambda s: repo.head_manifest(s.key, mt.OCI_MANIFEST), ps.steps))
+            found = list(pool.map(lambda s: self.find_step(s.key), ps.steps))
         return {s.key: d for s, d in zip(ps.steps, found) if d is not None}
 
     def stage_image(self, label: str) -> Image | None:
         """The result of an already built stage, read back from the stages repo."""
         ps = self.plan.stages[label]
         if ps.steps:
-            desc = self.repo(self.stages_repo).head_manifest(ps.final_key, mt.OCI_MANIFEST)  # type: ignore[arg-type]
+            desc = self.find_step(ps.final_key)
             if desc is None:
                 raise BuildError(f"stage {label} should be built already but {self.stages_repo}:{ps.final_key} "
-                                 "is missing", hint="run the build again")
-            return self.load_image(self.stages_repo, desc.digest)  # type: ignore[arg-type]
+                                 "is missing (or not signed by the build key)", hint="run the build again")
+            return self.load_step(desc)
         if ps.base_stage:
             return self.stage_image(ps.base_stage)
         if ps.base_image:
@@ -105,44 +80,54 @@ def sandbox_mode() -> str:
     return forced if forced in ("chroot", "namespaces") else "chroot"
 
 
-def read_secrets(directory: str | None) -> dict[str, bytes]:
-    """--secret values mounted from the build's Secret: file names are the hex of the secret ids."""
-    if not directory or not Path(directory).is_dir():
-        return {}
-    out = {}
-    for entry in Path(directory).iterdir():
-        if entry.name.startswith("."):
-            continue  # the Secret volume's ..data bookkeeping
-        try:
-            sid = bytes.fromhex(entry.name).decode()
-        except ValueError:
-            continue
-        out[sid] = entry.read_bytes()
-    return out
+def read_build_key(directory: str | None) -> Any:
+    """The tenant's build key from the Secret the pod mounts (cosign.key, optional cosign.password)."""
+    if not directory or not (Path(directory) / "cosign.key").is_file():
+        return None
+    from registry.errors import SigningKeyError
+    from registry.sigkeys import load_private_key
 
-
-def build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, *, insecure: tuple[str, ...] = (),
-                lease_s: int = 30, work: Path | None = None, cache_dir: str | None = None,
-                api_client: Any = None, holder: str | None = None, namespace: str | None = None,
-                ssh_relay: bool = False) -> dict[str, Any]:
-    """Build one stage of an uploaded plan; returns {"built", "reused", "digest"}."""
-    work = work or Path(os.environ.get("KADE_WORK_DIR", "/work"))
-    # with --ssh: an agent socket whose connections are tunnelled to the CLI's agent
-    relay = PodAgentRelay(work / "ssh-agent.sock", report) if ssh_relay else None
+    password = Path(directory) / "cosign.password"
     try:
-        return _build_stage(plan_digest, label, stages_repo, report, insecure, lease_s, work, cache_dir,
-                            api_client, holder, namespace, str(relay.path) if relay else None)
+        return load_private_key((Path(directory) / "cosign.key").read_bytes(),
+                                password.read_bytes() if password.is_file() else None, "the build key Secret")
+    except SigningKeyError as exc:
+        raise BuildError(str(exc), hint="check the Secret named by --build-key") from None
+
+
+@dataclass
+class StageJob:
+    """What `kade build-stage` is asked to do (its command line)."""
+    plan_digest: str
+    label: str
+    stages_repo: str
+    insecure: tuple[str, ...] = ()
+    work: Path | None = None
+    cache_dir: str | None = None
+    ssh_relay: bool = False          # an agent socket whose connections are tunnelled to the CLI's agent
+    secrets_relay: bool = False      # --secret values asked of the CLI (secret_relay.py)
+    tenant: str | None = None
+    share: frozenset[str] = frozenset()
+    build_key_dir: str | None = None  # where the build key Secret is mounted
+
+
+def build_stage(job: StageJob, report: Report) -> dict[str, Any]:
+    """Build one stage of an uploaded plan; returns {"built", "reused", "digest"}."""
+    work = job.work or Path(os.environ.get("KADE_WORK_DIR", "/work"))
+    secrets = secret_relay.receive(report) if job.secrets_relay else {}
+    relay = PodAgentRelay(work / "ssh-agent.sock", report) if job.ssh_relay else None
+    try:
+        return _build_stage(job, report, work, secrets, str(relay.path) if relay else None)
     finally:
         if relay:
             relay.close()
 
 
-def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, insecure: tuple[str, ...],
-                 lease_s: int, work: Path, cache_dir: str | None, api_client: Any, holder: str | None,
-                 namespace: str | None, ssh: str | None) -> dict[str, Any]:
-    client = RegistryClient(ClientOptions(insecure=insecure))
-    repo = client.repository(stages_repo)
-    with repo.open_blob(plan_digest) as f:
+def _build_stage(job: StageJob, report: Report, work: Path, secrets: dict[str, bytes],
+                 ssh: str | None) -> dict[str, Any]:
+    client = RegistryClient(ClientOptions(insecure=job.insecure))
+    repo = client.repository(job.stages_repo)
+    with repo.open_blob(job.plan_digest) as f:
         body = f.read()
     ctx_dir = work / "context"
     stages, extra = plancodec.load_stages(body, ctx_dir)
@@ -152,26 +137,23 @@ def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report,
         repo.download_blob(extra["context"], tar)
         context_upload.unpack(tar, ctx_dir)
         tar.unlink()
-    options = BuildOptions(context=ctx_dir, repo=stages_repo, compression=extra.get("compression", "gzip"),
-                           parallel=1, cache_dir=cache_dir, insecure=insecure,
+    options = BuildOptions(context=ctx_dir, repo=job.stages_repo, compression=extra.get("compression", "gzip"),
+                           parallel=1, cache_dir=job.cache_dir, insecure=job.insecure,
                            platform=extra.get("platform", "linux/amd64"), no_cache=bool(extra.get("no_cache")),
-                           image_name=extra.get("image_name", "default"),
-                           secrets=read_secrets(os.environ.get("KADE_SECRETS_DIR")), ssh=ssh,
+                           image_name=extra.get("image_name", "default"), secrets=secrets, ssh=ssh,
                            sandbox=run_chroot if sandbox_mode() == "chroot" else None,
                            # the pod's own user namespace (hostUsers: false) is the boundary around root in
                            # RUN; RUN shares the pod's network (no bridge to NAT through in a pod)
-                           isolation=Isolation(userns="host", network="shared"))
-    leases = None
-    if api_client is not None and holder and namespace:
-        leases = Leases(api_client, namespace, holder, lease_s, report)
-    b = PodBuilder(options, report, client, leases, work)
+                           isolation=Isolation(userns="host", network="shared"),
+                           tenant=job.tenant, share=job.share, build_key=read_build_key(job.build_key_dir))
+    b = PodBuilder(options, report, client, work)
     by_label = {ps.label: ps for ps in stages}
-    if label not in by_label:
-        raise BuildError(f"stage {label!r} is not in the uploaded plan {plan_digest}")
-    b.plan = Plan(dockerfile=None, stages=by_label, target=label, unused_args=[],  # type: ignore[arg-type]
+    if job.label not in by_label:
+        raise BuildError(f"stage {job.label!r} is not in the uploaded plan {job.plan_digest}")
+    b.plan = Plan(dockerfile=None, stages=by_label, target=job.label, unused_args=[],  # type: ignore[arg-type]
                   platform=options.platform)
     b.ctx = BuildContext(ctx_dir, IgnoreRules([]))
-    ps = by_label[label]
+    ps = by_label[job.label]
     with b.session():  # the PVC's shared lock: a `kade cache prune` Job waits for running pods
         b.hits = b.lookup_stage(ps)
         for dep in sorted(ps.deps):
@@ -179,4 +161,4 @@ def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report,
         if ps.base_image:
             b.load_image(ps.base_image.ref, ps.base_image.digest)
         img = b.run_stage(ps)
-    return {"built": b.built - b.reused, "reused": b.reused, "digest": img.digest if img else None}
+    return {"built": b.built, "reused": 0, "digest": img.digest if img else None}

@@ -18,7 +18,6 @@ from builder.backends import context_upload, plancodec
 from builder.build import Builder, Image, missing_steps, needed_stages
 from builder.errors import BuildError
 from builder.plan import Plan, PlannedStage
-from registry import mediatypes as mt
 from registry.digest import sha256_digest
 
 
@@ -66,9 +65,9 @@ class RemoteStageBuilder(Builder):
         ran = self.run_remote(ps)
         with self.lock:
             self.built += ran
-        desc = self.repo(self.stages_repo).head_manifest(ps.final_key, mt.OCI_MANIFEST)  # type: ignore[arg-type]
+        desc = self.find_step(ps.final_key)
         if desc is None:
-            raise BuildError(f"stage {ps.label}: the pod finished but {self.stages_repo}:{ps.final_key} is missing",
-                             hint="check the registry and the pod's output above")
-        return self.load_image(self.stages_repo, desc.digest)  # type: ignore[arg-type]
+            raise BuildError(f"stage {ps.label}: the pod finished but {self.stages_repo}:{ps.final_key} is missing "
+                             "(or not signed by the build key)", hint="check the registry and the pod's output above")
+        return self.load_step(desc)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from builder.backends import context_upload, plancodec
-from builder.backends.podstage import build_stage
+from builder.backends.podstage import StageJob, build_stage
 from builder.backends.remote import RemoteStageBuilder
 from builder.build import Builder, BuildOptions
 from builder.errors import BuildError, StepFailedError
@@ -48,8 +48,8 @@ class InProcessStages(RemoteStageBuilder):
     def run_remote(self, ps) -> int:
         self.ran.append(ps.label)
         work = self.pods_root / f"pod-{ps.label}"
-        result = build_stage(self.plan_digest, ps.label, self.stages_repo, self.report, work=work,
-                             cache_dir=str(self.pods_root / "pvc"))
+        result = build_stage(StageJob(self.plan_digest, ps.label, self.stages_repo, work=work,
+                                      cache_dir=str(self.pods_root / "pvc")), self.report)
         return result["built"]
 
 
