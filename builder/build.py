@@ -157,6 +157,7 @@ class Builder:
         self.root_lock = threading.Lock()
         self.fetch_pool: cancel.Pool | None = None  # layer downloads unpacked while they run
         self.step_bodies: dict[str, tuple[bytes, str]] = {}  # digest -> (manifest, media type) of verified steps
+        self.distrusted: set[str] = set()  # step keys whose image the build key did not sign (said once)
         self.epoch = options.epoch if options.epoch is not None else source_date_epoch()
         if options.tags:
             self.stages_repo = options.repo or stages_repo_for(options.tags[0])
@@ -272,8 +273,11 @@ class Builder:
             return None
         why = stagesig.problem(body, "step", stagesig.repository_name(repo), key, self.o.build_key.public)
         if why is not None:
-            self.report("warning", f"step image {self.stages_repo}:{key} is not reused: {why}; the step runs again",
-                        key=key, untrusted=True)
+            with self.lock:
+                said, _ = key in self.distrusted, self.distrusted.add(key)
+            if not said:
+                self.report("warning", f"step image {self.stages_repo}:{key} is not reused: {why}; the step runs "
+                                       "again", key=key, untrusted=True)
             return None
         with self.lock:
             self.step_bodies[desc.digest] = (body, desc.media_type)

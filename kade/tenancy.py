@@ -62,8 +62,8 @@ def choose(args: argparse.Namespace, spec: Any = None, project_root: Path | None
     if key_spec:
         from kade.supply import signing_key
 
-        key = signing_key(key_spec, getattr(args, "kubeconfig", None),
-                          getattr(args, "kube_context", None) or getattr(args, "context", None), KEY_PASSWORD_ENV)
+        key = signing_key(key_spec, getattr(args, "kubeconfig", None), getattr(args, "kube_context", None),
+                          KEY_PASSWORD_ENV)
     return TenantChoice(name, share, key_spec, key)
 
 

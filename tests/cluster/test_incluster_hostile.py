@@ -347,8 +347,15 @@ def test_secret_is_in_no_blob_log_or_step_key(builder_env, busybox_image, tmp_pa
     assert value not in done.stdout + done.stderr and "****" in done.stderr
     assert pods.logs and all(value not in log for log in pods.logs.values())
     assert any("****" in log for log in pods.logs.values())  # the pod's own log, read through the API
-    assert pods.specs and all(value not in spec for spec in pods.specs.values())  # mounted from the Secret
-    assert all("KADE_SECRETS_DIR" in spec for spec in pods.specs.values())
+    assert pods.specs and all(value not in spec for spec in pods.specs.values())  # handed over a port-forward
+    assert all("--secrets-relay" in spec for spec in pods.specs.values())
+    from kubernetes import client, config
+
+    core = client.CoreV1Api(config.new_client_from_config(config_file=builder_env.kubeconfig))
+    stored = core.list_namespaced_secret(builder_env.namespace).items   # nothing in etcd holds it
+    import base64
+
+    assert not [s.metadata.name for s in stored if base64.b64encode(value.encode()).decode() in str(s.data)]
     blobs = pushed_blobs(builder_env.registry, repo + "-stages", _plan_and_context(builder_env, repo, pods)) | \
         pushed_blobs(builder_env.registry, repo)
     assert len(blobs) >= 5
