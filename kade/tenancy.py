@@ -22,7 +22,7 @@ KEY_PASSWORD_ENV = ("KADE_BUILD_KEY_PASSWORD",)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tenant (docs/security.md, Tenants)")
-    g.add_argument("--tenant", metavar="NAME", default=None,
+    g.add_argument("--tenant", metavar="NAME", default=None, type=_name,
                    help="whose build caches (RUN cache mounts, unpacked base images, downloads) and step Leases "
                         "this build uses (default: kade.yaml's tenant, $KADE_TENANT, else the stages repository)")
     g.add_argument("--share", metavar="PARTS", default=None, type=_shares,
@@ -31,6 +31,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--build-key", metavar="PATH|k8s://NS/NAME", default=None, type=argtypes.key_source,
                    help="the tenant's build key: step images and build records are signed with it, and only step "
                         "images it signed are reused (default: kade.yaml's tenant.buildKey, $KADE_BUILD_KEY)")
+
+
+def _name(text: str) -> str:
+    from builder.tenant import Tenant
+
+    try:
+        return Tenant(text).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _shares(text: str) -> frozenset[str]:
