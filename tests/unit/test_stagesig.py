@@ -38,7 +38,7 @@ def tamper(body: bytes, change) -> bytes:
     (signed(), "step", "reg/app-stages", "b" * 64, KEY, "does not match"),        # replayed under another key
     (signed(), "step", "reg/other-stages", "a" * 64, KEY, "does not match"),      # into another tenant's repo
     (signed(), "record", "reg/app-stages", "a" * 64, KEY, "does not match"),      # as another kind of thing
-    (signed(), "step", "reg/app-stages", "a" * 64, OTHER.public and OTHER, "signed by another key"),
+    (signed(), "step", "reg/app-stages", "a" * 64, OTHER, "signed by another key"),
     (tamper(signed(), lambda d: d["layers"][0].update(digest="sha256:" + "9" * 64)), "step", "reg/app-stages",
      "a" * 64, KEY, "does not match"),
     (tamper(signed(), lambda d: d["annotations"].update({"org.opencontainers.image.title": "x"})), "step",
