@@ -41,18 +41,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
-    ap.add_argument("--no-append", action="store_true")
+    benchlib.add_result_args(ap)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kade-bench-key-"))
     server = RegistryServer(work / "registry").start()
     try:
         base = push_image(server.host, "bench/busybox", "1", base_rootfs_tar())
-        ctx = work / "ctx"
-        ctx.mkdir()
-        (ctx / "Dockerfile").write_text(f"FROM {base.ref}\n" + "".join(
+        (work / "ctx").mkdir()
+        (work / "ctx" / "Dockerfile").write_text(f"FROM {base.ref}\n" + "".join(
             f"RUN echo {i} > /step-{i}.txt\n" for i in range(args.steps)))
-        key = generate()
+        ctx, key = work / "ctx", generate()
         _, built, _ = build(ctx, server.host, work / "cache", key, "seed")
         assert built == args.steps
         variants = {"no key (HEAD per step)": None, "build key (GET + verify per step)": key}
@@ -79,11 +77,7 @@ def main() -> None:
         t = times[name]
         extra = (statistics.median(t) - base_median) / args.steps * 1000
         lines.append(f"| {name} | {statistics.median(t):.3f} | {min(t):.3f} | {max(t):.3f} | {extra:+.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_append:
-        with open(args.results, "a") as f:
-            f.write(text)
+    benchlib.publish("\n".join(lines) + "\n", args)
 
 
 if __name__ == "__main__":
