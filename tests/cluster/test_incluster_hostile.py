@@ -60,7 +60,8 @@ def victim(builder_env) -> Path:
 
 def assert_nothing_escaped(env, victim: Path) -> None:
     pv = env.cache_dir
-    leaked = [str(p.relative_to(pv)) for p in pv.rglob("pwned*") if p.relative_to(pv).parts[0] != "rootfs"]
+    leaked = [str(p.relative_to(pv)) for p in pv.rglob("pwned*")
+              if p.relative_to(pv).parts[:1] != ("tenants",) or p.relative_to(pv).parts[2:3] != ("trees",)]
     assert leaked == [], f"written outside the rootfs, onto the cache PVC: {leaked}"
     assert victim.read_bytes() == PRECIOUS and victim.stat().st_nlink == 1
 
@@ -248,8 +249,8 @@ def test_symlinks_devices_and_whiteouts_of_a_base_stay_inside_the_rootfs(builder
     assert "STAT /owned 1234:5678 4750" in lines
     assert "FUSE refused" in lines  # a node the image brings can't be opened in the pod (root on the host can)
     assert_nothing_escaped(builder_env, victim)
-    # the pod kept the unpacked base on the PVC (rootfs/<ChainID>/): the same tree, confined as well
-    kept = list((builder_env.cache_dir / "rootfs").glob("*/cache/pwned-through-link"))
+    # the pod kept the unpacked base on the PVC (tenants/<tenant>/trees/<ChainID>/): the same tree, confined too
+    kept = list((builder_env.cache_dir / "tenants").glob("*/trees/*/cache/pwned-through-link"))
     assert len(kept) == 1 and kept[0].read_bytes() == MARK
     dev = os.lstat(kept[0].parents[1] / "dev" / "kade-sda")  # its device nodes too (docs/incluster.md)
     assert stat.S_ISBLK(dev.st_mode) and (os.major(dev.st_rdev), os.minor(dev.st_rdev)) == (8, 0)
