@@ -234,3 +234,40 @@ def test_build_records_carry_the_build_key_signature(registry, base_image, kade_
         assert stagesig.problem(body, "record", name, tag, public) is None
         assert stagesig.problem(body, "record", name, tag + "0", public) is not None
         assert "another key" in stagesig.problem(body, "record", name, tag, generate().public)
+
+
+def test_a_project_takes_a_content_tag_from_the_registry_only_if_its_signed_steps_make_it(
+        registry, base_image, kade_build, tmp_path, team):
+    """kade.yaml projects reuse an image whose content tag exists without building: with a build key
+    only when that image is exactly the one its signed final step makes (B overwrote the tag)."""
+    import subprocess
+
+    root = tmp_path / "repo"
+    (root / "web").mkdir(parents=True)
+    (root / "kade.yaml").write_text("project: demo\nimages:\n  web: {context: web}\n")
+    (root / "web" / "Dockerfile").write_text(STEPS.format(base=base_image.ref))
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@x",
+                                                               "commit", "-q", "-m", "x"]):
+        subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
+    repo, key = f"{registry.host}/{team('team-a')}", _key(tmp_path, "a")
+    build = lambda *extra: kade_build("--dir", str(root), "--repo", repo, "--cache-dir",  # noqa: E731
+                                      str(tmp_path / "cache"), "--output", "json", *extra)
+    first = build("--build-key", key).ok()["images"]["web"]
+    other = _ctx(tmp_path / "b", STEPS.format(base=base_image.ref).replace("genuine", "poisoned"))
+    forged = kade_build(str(other), "-t", f"{registry.host}/{team('team-b')}/web:x", "--cache-dir",
+                        str(tmp_path / "cache"), "--output", "json").ok()["images"][0]["digest"]
+    with RegistryClient(ClientOptions(insecure=(registry.host,))) as client:
+        src = client.repository(f"{registry.host}/{team('team-b')}/web")
+        body, desc = src.get_manifest(forged)
+        dst = client.repository(f"{repo}/web")
+        from registry.model import parse_manifest
+
+        for d in parse_manifest(body, desc.media_type).blobs():
+            assert dst.mount_blob(d.digest, f"{team('team-b')}/web")
+        dst.put_manifest(first["tag"], body, desc.media_type)
+    again = build("--build-key", key)
+    web = again.ok()["images"]["web"]
+    assert "is not the image of a step image the build key signed; building it" in again.stderr
+    assert web["digest"] == first["digest"] and not web["reused"]
+    assert _files(registry, f"{repo}/web:{first['tag']}")["copy.txt"][1] == b"genuine\n"
+    assert build("--build-key", key).ok()["images"]["web"]["reused"]   # its own again: taken as it is
