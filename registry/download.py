@@ -61,7 +61,7 @@ def download(url: str, store: Path, checksum: str | None = None, *, ca_file: str
             if checksum and digest != checksum:
                 raise DownloadError(f"{url}: checksum mismatch: got {digest}, expected {checksum}")
             os.chmod(tmp, 0o600)
-            return _keep(Path(tmp), store / digest.split(":", 1)[1], name), digest
+            return keep(Path(tmp), store, digest, name), digest
         except _Retryable as exc:
             if attempt == retry.attempts:
                 raise DownloadError(f"{url}: download failed after {attempt} attempts: {exc}") from None
@@ -71,9 +71,11 @@ def download(url: str, store: Path, checksum: str | None = None, *, ca_file: str
     raise AssertionError("unreachable")
 
 
-def _keep(tmp: Path, folder: Path, name: str) -> Path:
-    """Store `tmp` as folder/name unless a file is there already (same digest: the same bytes)."""
-    folder.mkdir(mode=0o700, exist_ok=True)
+def keep(tmp: Path, store: Path, digest: str, name: str) -> Path:
+    """Store the file `tmp` (whose content is `digest`) as store/<hex>/name, unless a file is there
+    already (the same digest: the same bytes); `tmp` stays where it is."""
+    folder = store / digest.split(":", 1)[1]
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     target = folder / name
     with contextlib.suppress(FileExistsError):
         os.link(tmp, target)   # never replaces: the first file of this digest and name stays

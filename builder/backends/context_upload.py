@@ -15,12 +15,12 @@ import os
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from builder.build import missing_steps
 from builder.errors import BuildError
-from builder.plan import PlannedStage
+from builder.plan import PlannedStage, Step
 from registry.digest import Hasher
 
 MEDIA_TYPE = "application/vnd.kade.build-context.v1.tar"
@@ -45,6 +45,32 @@ def needed_paths(stages: Iterable[PlannedStage], hits: set[str], context_root: P
                     if str(rel) != ".":
                         paths.add(str(rel))
     return sorted(paths)
+
+
+def downloads(stages: Iterable[PlannedStage], hits: set[str] | None = None) -> list[tuple[str, Path]]:
+    """(sha256 hex, file) of the `ADD <url>` downloads the (missing, with `hits`) steps copy: they reach
+    pods as blobs of the stages repo, by digest."""
+    found = {}
+    for ps in stages:
+        for step in (missing_steps(ps, hits) if hits is not None else ps.steps):
+            for src in (step.copy.sources if step.copy is not None else []):
+                if src.rel.startswith(("http://", "https://")):
+                    found[src.entries[0].digest] = src.path
+    return sorted(found.items())
+
+
+def place_downloads(steps: Iterable[Step], fetch: Callable[[str, Path], Path]) -> None:
+    """In the pod: point the `ADD <url>` sources of `steps` at the file `fetch(hex, planned path)` puts
+    in place."""
+    import dataclasses
+
+    for step in steps:
+        spec = step.copy
+        for i, src in enumerate(spec.sources if spec is not None else []):
+            if src.rel.startswith(("http://", "https://")):
+                here = fetch(src.entries[0].digest, src.path)
+                spec.sources[i] = dataclasses.replace(src, path=here, entries=(
+                    dataclasses.replace(src.entries[0], path=here),))
 
 
 def _with_parents(paths: list[str]) -> list[str]:

@@ -22,7 +22,7 @@ from builder.backends import context_upload, plancodec, secret_relay
 from builder.backends.agent_relay import PodAgentRelay
 from builder.backends.chroot import run_chroot
 from builder.backends.podspec import SANDBOX_ENV
-from builder.build import Builder, BuildOptions, Image, Report
+from builder.build import Builder, BuildOptions, Image, Report, missing_steps
 from builder.context import BuildContext, IgnoreRules
 from builder.errors import BuildError
 from builder.plan import Plan, PlannedStage
@@ -78,6 +78,23 @@ def sandbox_mode() -> str:
     namespace), or a test on a host."""
     forced = os.environ.get(SANDBOX_ENV, "").strip()
     return forced if forced in ("chroot", "namespaces") else "chroot"
+
+
+def _download(repo: Any, b: Builder, hexdigest: str, name: str) -> Path:
+    """An `ADD <url>` file the CLI checked, from the stages repo (by digest) into the tenant's store."""
+    from registry.download import keep
+
+    target = b.cache.downloads / hexdigest / name
+    if not target.is_file():
+        fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=b.cache.root / "work")
+        os.close(fd)
+        try:
+            repo.download_blob("sha256:" + hexdigest, tmp)
+            os.chmod(tmp, 0o600)
+            keep(Path(tmp), b.cache.downloads, "sha256:" + hexdigest, name)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return target
 
 
 def read_build_key(directory: str | None) -> Any:
@@ -156,6 +173,8 @@ def _build_stage(job: StageJob, report: Report, work: Path, secrets: dict[str, b
     ps = by_label[job.label]
     with b.session():  # the PVC's shared lock: a `kade cache prune` Job waits for running pods
         b.hits = b.lookup_stage(ps)
+        context_upload.place_downloads(missing_steps(ps, set(b.hits)),
+                                       lambda hexdigest, planned: _download(repo, b, hexdigest, planned.name))
         for dep in sorted(ps.deps):
             b.stage_futures[dep] = _done(b.stage_image(dep))
         if ps.base_image:

@@ -49,6 +49,9 @@ class RemoteStageBuilder(Builder):
                     self.report("upload", f"context: {size} bytes ({len(paths)} entries) as {context_digest[:19]}",
                                 digest=context_digest, entries=len(paths))
                     repo.upload_blob(tar, context_digest, size)
+        for hexdigest, path in context_upload.downloads(remote, keys):   # ADD <url> files, by digest
+            if repo.head_blob("sha256:" + hexdigest) is None:
+                repo.upload_blob(path, "sha256:" + hexdigest, path.stat().st_size)
         extra = {"context": context_digest, "compression": self.o.compression, "platform": plan.platform,
                  "no_cache": self.o.no_cache, "image_name": self.o.image_name}
         body = plancodec.dump_stages(plan.order(), root, extra)
