@@ -274,8 +274,9 @@ class Builder:
         why = stagesig.problem(body, "step", stagesig.repository_name(repo), key, self.o.build_key.public)
         if why is not None:
             with self.lock:
-                said, _ = key in self.distrusted, self.distrusted.add(key)
-            if not said:
+                first = key not in self.distrusted
+                self.distrusted.add(key)
+            if first:
                 self.report("warning", f"step image {self.stages_repo}:{key} is not reused: {why}; the step runs "
                                        "again", key=key, untrusted=True)
             return None

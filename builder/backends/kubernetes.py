@@ -324,16 +324,15 @@ class KubeBuilder(RemoteStageBuilder):
                       for e in self.core.list_namespaced_event(ns, field_selector=f"involvedObject.name={n}").items]
         except ApiException:
             events = []   # no right to list events: the pod's own status still tells a lot
-        pvc = None
+        serialize = self.api_client.sanitize_for_serialization
+        pvc = None   # missing
         if self.k.cache_pvc:
             try:
-                pvc = self.core.read_namespaced_persistent_volume_claim(self.k.cache_pvc, ns)
+                pvc = serialize(self.core.read_namespaced_persistent_volume_claim(self.k.cache_pvc, ns))
             except ApiException as exc:
                 if exc.status != 404:
-                    pvc = {"status": {"phase": "Bound"}}   # can't be read: don't guess
-        serialize = self.api_client.sanitize_for_serialization
-        return start_problem(serialize(pod), serialize(events), self.k.cache_pvc,
-                             serialize(pvc) if pvc is not None and not isinstance(pvc, dict) else pvc, self.k.image)
+                    pvc = {"status": {"phase": "Bound"}}   # not ours to read: don't guess it is the problem
+        return start_problem(serialize(pod), serialize(events), self.k.cache_pvc, pvc, self.k.image)
 
     def _follow(self, ps: PlannedStage, name: str) -> dict[str, Any]:
         """Stream the pod's output (prefixed with image/stage) until it ends; return its result record."""
