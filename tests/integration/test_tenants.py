@@ -78,6 +78,29 @@ def test_tenant_b_cannot_plant_files_in_tenant_a_cache_mounts(registry, base_ima
     assert shared["images"][0]["digest"] != before["images"][0]["digest"]
 
 
+def test_a_write_into_tenant_b_unpacked_base_never_reaches_tenant_a(registry, base_image, kade_build, tmp_path,
+                                                                   team):
+    """An escape that wrote into B's unpacked base tree (what issue 13 feared of a shared tree) poisons
+    B's later builds at most: A unpacks and keeps its own."""
+    from builder.cache import LocalCache
+    from builder.tenant import Tenant
+
+    cache = tmp_path / "cache"
+    dockerfile = "FROM {base}\nRUN ls /bin | wc -l > /count && cat /bin/sh-helper 2>&1 > /helper; true\n"
+    a, b = (_ctx(tmp_path / n, dockerfile.format(base=base_image.ref)) for n in ("a", "b"))
+    clean = kade_build(str(a), "-t", f"{registry.host}/{team('team-a')}/app:clean", "--cache-dir",
+                       str(tmp_path / "clean"), "--output", "json").ok()
+    kade_build(str(b), "-t", f"{registry.host}/{team('team-b')}/app:v1", "--cache-dir", str(cache),
+               "--output", "json").ok()
+    trees = list(LocalCache(cache, Tenant(f"{registry.host}/{team('team-b')}/app-stages")).rootfs_store.root.iterdir())
+    assert len(trees) == 1
+    (trees[0] / "bin" / "sh-helper").write_text("planted by tenant B\n")
+    after = kade_build(str(a), "-t", f"{registry.host}/{team('team-a')}/app:v1", "--cache-dir", str(cache),
+                       "--output", "json").ok()
+    assert after["images"][0]["digest"] == clean["images"][0]["digest"]
+    assert b"planted" not in _files(registry, f"{registry.host}/{team('team-a')}/app:v1")["helper"][1]
+
+
 class Changing(http.server.BaseHTTPRequestHandler):
     """Serves other bytes on every request of one URL (what a compromised or flaky server does)."""
 
