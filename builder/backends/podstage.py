@@ -22,7 +22,7 @@ from builder.backends import context_upload, plancodec, secret_relay
 from builder.backends.agent_relay import PodAgentRelay
 from builder.backends.chroot import run_chroot
 from builder.backends.podspec import SANDBOX_ENV
-from builder.build import Builder, BuildOptions, Image, Report, missing_steps
+from builder.build import Builder, BuildOptions, Image, Report, missing_steps, with_trailing_history
 from builder.context import BuildContext, IgnoreRules
 from builder.errors import BuildError
 from builder.plan import Plan, PlannedStage
@@ -51,7 +51,11 @@ class PodBuilder(Builder):
         return {s.key: d for s, d in zip(ps.steps, found) if d is not None}
 
     def stage_image(self, label: str) -> Image | None:
-        """The result of an already built stage, read back from the stages repo."""
+        """The result of an already built stage, read back from the stages repo (with the history of
+        its trailing ARGs, as the CLI's Builder has it)."""
+        return with_trailing_history(self.plan.stages[label], self._stage_image(label))
+
+    def _stage_image(self, label: str) -> Image | None:
         ps = self.plan.stages[label]
         if ps.steps:
             desc = self.find_step(ps.final_key)
