@@ -4,13 +4,15 @@ symlinks pointing out of the context, `--secret` values and malformed base image
 
 Escape attempts all aim at the pod's /cache, the cache PVC, whose PV is a directory on this host
 (`builder_env.cache_dir`) holding a `victim` file: after each build nothing named `pwned*` may exist
-there outside the unpacked rootfs trees the pods keep under rootfs/, and the victim is unchanged.
+there outside the unpacked rootfs trees the pods keep under tenants/<tenant>/trees/, and the victim is
+unchanged.
 A refused input fails the build (exit 1) with the layer (or archive) and entry named, and pushes no
 final tag and no build record. Entries that are legitimately kept inside the rootfs (symlinks, even
 absolute ones or ones to `/`; devices, as the pod runs as root) are checked in the built image.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes import client, config
 
 from tests.fixtures.build import BaseImage, base_rootfs_tar, push_layers
 from tests.fixtures.cluster import state_dir
@@ -350,12 +353,8 @@ def test_secret_is_in_no_blob_log_or_step_key(builder_env, busybox_image, tmp_pa
     assert any("****" in log for log in pods.logs.values())  # the pod's own log, read through the API
     assert pods.specs and all(value not in spec for spec in pods.specs.values())  # handed over a port-forward
     assert all("--secrets-relay" in spec for spec in pods.specs.values())
-    from kubernetes import client, config
-
     core = client.CoreV1Api(config.new_client_from_config(config_file=builder_env.kubeconfig))
     stored = core.list_namespaced_secret(builder_env.namespace).items   # nothing in etcd holds it
-    import base64
-
     assert not [s.metadata.name for s in stored if base64.b64encode(value.encode()).decode() in str(s.data)]
     blobs = pushed_blobs(builder_env.registry, repo + "-stages", _plan_and_context(builder_env, repo, pods)) | \
         pushed_blobs(builder_env.registry, repo)
