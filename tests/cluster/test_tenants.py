@@ -18,7 +18,11 @@ from typing import Iterator
 
 import pytest
 import yaml
+from kubernetes import client, config
 
+from registry import mediatypes as mt
+from registry.client import ClientOptions, RegistryClient
+from registry.sigkeys import generate, private_pem
 from tests.fixtures.cluster import kubectl
 from tests.fixtures.incluster import (BuilderEnv, PodLogs, image_file, kade_build, records, result,
                                      stage_keys, unique, write_context)
@@ -72,9 +76,6 @@ def _kubeconfig(admin: str, token: str, path: Path) -> str:
 def team(cluster, image: str, tmp: Path, name: str, volume: bool = True) -> Iterator[Team]:
     """A namespace set up by `kubectl apply -k` of the tenant overlay; with `volume`, a PersistentVolume
     its cache PVC binds (the test cluster has no StorageClass, which is what `volume=False` shows)."""
-    from kubernetes import client
-
-    from registry.sigkeys import generate, private_pem
 
     ns = f"kade-test-{name}-{secrets.token_hex(3)}"
     api = cluster.api_client()
@@ -130,8 +131,6 @@ def can_i(kubeconfig: str, verb: str, resource: str, ns: str, as_: str | None = 
 
 def api_status(kubeconfig: str, call) -> int:
     """The HTTP status of one API call made as the identity of `kubeconfig` (200 when it succeeded)."""
-    from kubernetes import client, config
-
     try:
         call(client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig)),
              client.CoordinationV1Api(config.new_client_from_config(config_file=kubeconfig)))
@@ -198,8 +197,6 @@ def test_builder_pods_have_no_api_rights_and_the_ci_identity_only_what_builds_ne
 
 
 def test_tenant_b_can_reach_nothing_of_tenant_a(kube_cluster, builder_image, tmp_path):
-    from kubernetes import client, config
-
     with team(kube_cluster, builder_image, tmp_path, "a", volume=False) as a, \
             team(kube_cluster, builder_image, tmp_path, "b", volume=False) as b:
         lease = client.CoordinationV1Api(config.new_client_from_config(config_file=a.admin))
@@ -226,9 +223,6 @@ def test_in_pods_b_can_neither_plant_in_a_cache_mount_nor_get_a_forged_step_reus
     """Two tenants (stages repositories) sharing one namespace and cache PVC, the hardest case: B's RUN
     writes into the pip cache mount, A's doesn't see it; B's step images pushed under A's keys are
     rebuilt by A's pods, which sign with the key from the Secret; A's digests are those of a clean build."""
-    from registry import mediatypes as mt
-    from registry.client import ClientOptions, RegistryClient
-
     with team(kube_cluster, builder_image, tmp_path, "pods") as t:
         env, ns = t.env, t.namespace
         a_repo, b_repo = unique("team-a/app"), unique("team-b/app")

@@ -7,16 +7,22 @@ is checked by digest against A's build before the attack."""
 from __future__ import annotations
 
 import http.server
+import subprocess
 import threading
 import uuid
 
 import pytest
 
 from builder.build import Builder, BuildOptions
+from builder.cache import LocalCache
+from builder.errors import BuildError
+from builder.tenant import Tenant
 from registry import mediatypes as mt
 from registry import stagesig
 from registry.client import ClientOptions, RegistryClient
-from registry.sigkeys import generate, private_pem
+from registry.model import parse_manifest
+from registry.records import is_record_tag
+from registry.sigkeys import generate, load_private_key, private_pem
 from tests.fixtures.canary import image_files
 
 EPOCH = "1700000000"
@@ -82,9 +88,6 @@ def test_a_write_into_tenant_b_unpacked_base_never_reaches_tenant_a(registry, ba
                                                                    team):
     """An escape that wrote into B's unpacked base tree (what issue 13 feared of a shared tree) poisons
     B's later builds at most: A unpacks and keeps its own."""
-    from builder.cache import LocalCache
-    from builder.tenant import Tenant
-
     cache = tmp_path / "cache"
     dockerfile = "FROM {base}\nRUN ls /bin | wc -l > /count && cat /bin/sh-helper 2>&1 > /helper; true\n"
     a, b = (_ctx(tmp_path / n, dockerfile.format(base=base_image.ref)) for n in ("a", "b"))
@@ -152,8 +155,6 @@ def test_a_download_changed_after_its_check_fails_the_build(registry, base_image
         plan = a.prepare()
         stored = next(a.cache.downloads.rglob("tool.sh"))
         stored.write_bytes(b"release 666\n")   # a write that reached the store (it never should)
-        from builder.errors import BuildError
-
         with pytest.raises(BuildError, match="the downloaded file changed after it was checked"):
             a.build_plan(plan)
     with RegistryClient(ClientOptions(insecure=(registry.host,))) as client:
@@ -169,8 +170,6 @@ def _forge(registry, stages: str, key: str, source_repo: str, source_tag: str, s
         src = client.repository(f"{registry.host}/{source_repo}")
         body, desc = src.get_manifest(source_tag, mt.OCI_MANIFEST)
         dst = client.repository(f"{registry.host}/{stages}")
-        from registry.model import parse_manifest
-
         manifest = parse_manifest(body, desc.media_type)
         for d in manifest.blobs():
             assert dst.mount_blob(d.digest, source_repo)   # one registry: B's blobs are mounted, not copied
@@ -245,9 +244,6 @@ def test_build_records_carry_the_build_key_signature(registry, base_image, kade_
     a = _ctx(tmp_path / "a", STEPS.format(base=base_image.ref))
     kade_build(str(a), "-t", f"{registry.host}/{team('team-a')}/rec:v1", "--build-key", key, "--cache-dir",
                str(tmp_path / "c"), "--output", "json").ok()
-    from registry.records import is_record_tag
-    from registry.sigkeys import load_private_key
-
     public = load_private_key(open(key, "rb").read(), None, key).public
     with RegistryClient(ClientOptions(insecure=(registry.host,))) as client:
         stages = client.repository(f"{registry.host}/{team('team-a')}/rec-stages")
@@ -263,8 +259,6 @@ def test_a_project_takes_a_content_tag_from_the_registry_only_if_its_signed_step
         registry, base_image, kade_build, tmp_path, team):
     """kade.yaml projects reuse an image whose content tag exists without building: with a build key
     only when that image is exactly the one its signed final step makes (B overwrote the tag)."""
-    import subprocess
-
     root = tmp_path / "repo"
     (root / "web").mkdir(parents=True)
     (root / "kade.yaml").write_text("project: demo\nimages:\n  web: {context: web}\n")
@@ -283,8 +277,6 @@ def test_a_project_takes_a_content_tag_from_the_registry_only_if_its_signed_step
         src = client.repository(f"{registry.host}/{team('team-b')}/web")
         body, desc = src.get_manifest(forged)
         dst = client.repository(f"{repo}/web")
-        from registry.model import parse_manifest
-
         for d in parse_manifest(body, desc.media_type).blobs():
             assert dst.mount_blob(d.digest, f"{team('team-b')}/web")
         dst.put_manifest(first["tag"], body, desc.media_type)
