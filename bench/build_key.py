@@ -3,7 +3,7 @@ repository and reused. Without a key that is one HEAD per step key; with one, on
 manifest and one ECDSA P-256 verification of its embedded signature (registry/stagesig.py).
 
 A Dockerfile of --steps RUN steps on the busybox base is built once with the key (signed steps), then
-`Builder(...).run()` (plan, lookup, publish, build record: what `kade build` does after start-up)
+`Build(...).run()` (plan, lookup, publish, build record: what `kade build` does after start-up)
 runs --rounds times per variant, the variants interleaved, with the load average. The registry is
 Debian's docker-registry on loopback.
 
@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import benchlib  # noqa: E402  (bench/, the script's own folder)
-from builder.build import Builder, BuildOptions  # noqa: E402
+from builder.build import Build  # noqa: E402
+from builder.options import BuildOptions  # noqa: E402
 from registry.sigkeys import generate  # noqa: E402
 from tests.fixtures.build import base_rootfs_tar, push_image  # noqa: E402
 from tests.fixtures.registry import RegistryServer  # noqa: E402
@@ -31,9 +32,9 @@ from tests.fixtures.registry import RegistryServer  # noqa: E402
 
 def build(ctx: Path, registry: str, cache: Path, key, tag: str) -> tuple[float, int, int]:
     started = time.monotonic()
-    result = Builder(BuildOptions(context=ctx, tags=[f"{registry}/bench/keyed:{tag}"], cache_dir=str(cache),
-                                  insecure=(registry,), build_key=key, epoch=1700000000),
-                     lambda *a, **k: None).run()
+    result = Build(BuildOptions(context=ctx, tags=[f"{registry}/bench/keyed:{tag}"], cache_dir=str(cache),
+                                insecure=(registry,), build_key=key, epoch=1700000000),
+                   lambda *a, **k: None).run()
     return time.monotonic() - started, result.built, result.cached
 
 
@@ -70,7 +71,7 @@ def main() -> None:
     lines = [f"\n## build key: a build with nothing changed, {args.steps} steps — {started}\n", benchlib.machine(loads),
              f"- command: `.venv/bin/python bench/build_key.py --steps {args.steps} --rounds {args.rounds}` "
              f"(commit {benchlib.commit()})",
-             "- `Builder.run()` in process (plan, one lookup per step key, publish the final image and the build "
+             "- `Build.run()` in process (plan, one lookup per step key, publish the final image and the build "
              "record); every step found and reused; variants interleaved; registry on loopback",
              "", "| variant | median s | min s | max s | per step vs no key ms |", "|---|---:|---:|---:|---:|"]
     for name in names:

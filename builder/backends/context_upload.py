@@ -10,7 +10,6 @@ symlink, no devices), then puts back the exact permission bits the keys were com
 """
 from __future__ import annotations
 
-import io
 import os
 import stat
 import tarfile
@@ -18,44 +17,41 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from builder.build import missing_steps
 from builder.errors import BuildError
-from builder.plan import PlannedStage, Step
+from builder.plan import Step
 from registry.digest import Hasher
 
 MEDIA_TYPE = "application/vnd.kade.build-context.v1.tar"
 
 
-def needed_paths(stages: Iterable[PlannedStage], hits: set[str], context_root: Path) -> list[str]:
-    """Context-relative paths the missing steps read: the entries their COPY/ADD sources and context
-    bind mounts selected (.dockerignore applied), never a directory wholesale."""
+def needed_paths(steps: Iterable[Step], context_root: Path) -> list[str]:
+    """Context-relative paths `steps` read: the entries their COPY/ADD sources and context bind mounts
+    selected (.dockerignore applied), never a directory wholesale."""
     paths: set[str] = set()
     root = context_root.resolve()
-    for ps in stages:
-        for step in missing_steps(ps, hits):
-            sources = [s for m in step.mounts if m.type == "bind" for s in m.sources]
-            if step.copy is not None:
-                sources += [s for s in step.copy.sources if not s.rel.startswith(("http://", "https://"))]
-            for src in sources:
-                for path in [e.path for e in src.entries] or [src.path]:  # an empty directory: itself
-                    try:
-                        rel = path.relative_to(root)
-                    except ValueError:
-                        raise BuildError(f"context source {path} is outside the build context {root}") from None
-                    if str(rel) != ".":
-                        paths.add(str(rel))
+    for step in steps:
+        sources = [s for m in step.mounts if m.type == "bind" for s in m.sources]
+        if step.copy is not None:
+            sources += [s for s in step.copy.sources if not s.rel.startswith(("http://", "https://"))]
+        for src in sources:
+            for path in [e.path for e in src.entries] or [src.path]:  # an empty directory: itself
+                try:
+                    rel = path.relative_to(root)
+                except ValueError:
+                    raise BuildError(f"context source {path} is outside the build context {root}") from None
+                if str(rel) != ".":
+                    paths.add(str(rel))
     return sorted(paths)
 
 
-def downloads(stages: Iterable[PlannedStage], hits: set[str] | None = None) -> list[tuple[str, Path]]:
-    """(sha256 hex, file) of the `ADD <url>` downloads the (missing, with `hits`) steps copy: they reach
-    pods as blobs of the stages repo, by digest."""
+def downloads(steps: Iterable[Step]) -> list[tuple[str, Path]]:
+    """(sha256 hex, file) of the `ADD <url>` downloads `steps` copy: they reach pods as blobs of the
+    stages repo, by digest."""
     found = {}
-    for ps in stages:
-        for step in (missing_steps(ps, hits) if hits is not None else ps.steps):
-            for src in (step.copy.sources if step.copy is not None else []):
-                if src.rel.startswith(("http://", "https://")):
-                    found[src.entries[0].digest] = src.path
+    for step in steps:
+        for src in (step.copy.sources if step.copy is not None else []):
+            if src.rel.startswith(("http://", "https://")):
+                found[src.entries[0].digest] = src.path
     return sorted(found.items())
 
 
@@ -159,9 +155,3 @@ def unpack(tar_path: Path, dest: Path) -> None:
         raise BuildError(f"the context upload is not a valid tar ({exc}); rebuild with this kade") from None
     for m in sorted((m for m in members if not m.issym()), key=lambda m: m.name.count("/"), reverse=True):
         os.chmod(dest / m.name, m.mode)
-
-
-def tar_bytes(context_root: Path, paths: list[str]) -> bytes:
-    buf = io.BytesIO()
-    write_context_tar(context_root, paths, buf)
-    return buf.getvalue()

@@ -1,19 +1,17 @@
-"""Inside a builder pod: `kade build-stage` builds one planned stage with the local executor code.
+"""Inside a builder pod: `kade build-stage` builds one planned stage with the local executor.
 
 It fetches the stage plan and the context upload by digest from the stages repo (both verified),
-rebuilds the Builder state the CLI had (plan, context root, cached steps, the images of the stages
-it depends on, read back from the stages repo), and runs the stage through `Builder._run_stage`,
-exactly as the local backend does. The pod never talks to the Kubernetes API (it has no token): the
-CLI holds the step Leases around it, hands it the `--secret` values (secret_relay.py) and reads its
-log. With a build key (mounted from the tenant's Secret) it reuses only signed step images and
-signs what it pushes. RUN uses the chroot runner (chroot.py), or the namespace sandbox in a
-user-namespace pod.
+looks the stage's own step keys up, reads the stages it depends on back from the stages repo, and
+solves the one stage with the local executor (builder/local.py), exactly as the local backend does.
+The pod never talks to the Kubernetes API (it has no token): the CLI holds the step Leases around
+it, hands it the `--secret` values (secret_relay.py) and reads its log. With a build key (mounted
+from the tenant's Secret) it reuses only signed step images and signs what it pushes. RUN uses the
+chroot runner (chroot.py), or the namespace sandbox in a user-namespace pod.
 """
 from __future__ import annotations
 
 import os
 import tempfile
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,58 +20,44 @@ from builder.backends import context_upload, plancodec, secret_relay
 from builder.backends.agent_relay import PodAgentRelay
 from builder.backends.chroot import run_chroot
 from builder.backends.podspec import SANDBOX_ENV
-from builder.build import Builder, BuildOptions, Image, Report, missing_steps, with_trailing_history
-from builder.context import BuildContext, IgnoreRules
+from builder.build import session
+from builder.cache import LocalCache
+from builder.env import BuildEnv
 from builder.errors import BuildError
-from builder.plan import Plan, PlannedStage
+from builder.local import LocalExecutor
+from builder.options import BuildOptions, Report
+from builder.plan import Plan
 from builder.sandbox import Isolation
-from registry import cancel
-from registry.client import ClientOptions, RegistryClient
+from builder.solver import Solution, Solver, missing_steps, with_trailing_history
+from registry.client import ClientOptions, RegistryClient, Repository
+from registry.image import Image
 
 
-class PodBuilder(Builder):
-    """A Builder for one stage in a pod (the CLI holds the step Leases around it)."""
+class StagesReadBack:
+    """The stages a pod's stage depends on, read back from the stages repo (they were built already)."""
 
-    def __init__(self, options: BuildOptions, report: Report, client: RegistryClient, work: Path):
-        super().__init__(options, report, client)
-        self.rootfs_dir = work / "rootfs"
-        self.rootfs_dir.mkdir(parents=True, exist_ok=True)
-        self.cache.work_dir = self._work_dir  # type: ignore[method-assign]  # rootfs on the emptyDir
+    def __init__(self, env: BuildEnv, plan: Plan):
+        self.env, self.plan = env, plan
 
-    def _work_dir(self, prefix: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.rootfs_dir))
+    def result(self, label: str) -> Image | None:
+        """The result of an already built stage (with the history of its trailing ARGs, as the
+        solver has it)."""
+        return with_trailing_history(self.plan.stages[label], self._read_back(label))
 
-    def lookup_stage(self, ps: PlannedStage) -> dict[str, Any]:
-        if self.o.no_cache or not ps.steps:
-            return {}
-        with cancel.Pool(max_workers=8) as pool:
-            found = list(pool.map(lambda s: self.find_step(s.key), ps.steps))
-        return {s.key: d for s, d in zip(ps.steps, found) if d is not None}
-
-    def stage_image(self, label: str) -> Image | None:
-        """The result of an already built stage, read back from the stages repo (with the history of
-        its trailing ARGs, as the CLI's Builder has it)."""
-        return with_trailing_history(self.plan.stages[label], self._stage_image(label))
-
-    def _stage_image(self, label: str) -> Image | None:
+    def _read_back(self, label: str) -> Image | None:
         ps = self.plan.stages[label]
+        store, repo = self.env.store, self.env.stages_repo or ""
         if ps.steps:
-            desc = self.find_step(ps.final_key)
+            desc = self.env.find_step(ps.final_key)
             if desc is None:
-                raise BuildError(f"stage {label} should be built already but {self.stages_repo}:{ps.final_key} "
-                                 "is missing (or not signed by the build key)", hint="run the build again")
-            return self.load_step(desc)
+                raise BuildError(f"stage {label} should be built already but {repo}:{ps.final_key} is missing "
+                                 "(or not signed by the build key)", hint="run the build again")
+            return store.load(repo, desc.digest)
         if ps.base_stage:
-            return self.stage_image(ps.base_stage)
+            return self.result(ps.base_stage)
         if ps.base_image:
-            return self.load_image(ps.base_image.ref, ps.base_image.digest)
+            return store.load(ps.base_image.ref, ps.base_image.digest)
         return None
-
-
-def _done(value: Any) -> Future:
-    f: Future = Future()
-    f.set_result(value)
-    return f
 
 
 def sandbox_mode() -> str:
@@ -84,18 +68,18 @@ def sandbox_mode() -> str:
     return forced if forced in ("chroot", "namespaces") else "chroot"
 
 
-def _download(repo: Any, b: Builder, hexdigest: str, name: str) -> Path:
+def _download(repo: Repository, cache: LocalCache, hexdigest: str, name: str) -> Path:
     """An `ADD <url>` file the CLI checked, from the stages repo (by digest) into the tenant's store."""
     from registry.download import keep
 
-    target = b.cache.downloads / hexdigest / name
+    target = cache.downloads / hexdigest / name
     if not target.is_file():
-        fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=b.cache.root / "work")
+        fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=cache.root / "work")
         os.close(fd)
         try:
             repo.download_blob("sha256:" + hexdigest, tmp)
             os.chmod(tmp, 0o600)
-            keep(Path(tmp), b.cache.downloads, "sha256:" + hexdigest, name)
+            keep(Path(tmp), cache.downloads, "sha256:" + hexdigest, name)
         finally:
             Path(tmp).unlink(missing_ok=True)
     return target
@@ -117,7 +101,7 @@ def read_build_key(directory: str | None) -> Any:
 
 
 @dataclass
-class StageJob:
+class StageTask:
     """What `kade build-stage` is asked to do (its command line)."""
     plan_digest: str
     label: str
@@ -132,23 +116,23 @@ class StageJob:
     build_key_dir: str | None = None  # where the build key Secret is mounted
 
 
-def build_stage(job: StageJob, report: Report) -> dict[str, Any]:
-    """Build one stage of an uploaded plan; returns {"built", "reused", "digest"}."""
-    work = job.work or Path(os.environ.get("KADE_WORK_DIR", "/work"))
-    secrets = secret_relay.receive(report) if job.secrets_relay else {}
-    relay = PodAgentRelay(work / "ssh-agent.sock", report) if job.ssh_relay else None
+def build_stage(task: StageTask, report: Report) -> dict[str, Any]:
+    """Build one stage of an uploaded plan; returns {"built", "digest"}."""
+    work = task.work or Path(os.environ.get("KADE_WORK_DIR", "/work"))
+    secrets = secret_relay.receive(report) if task.secrets_relay else {}
+    relay = PodAgentRelay(work / "ssh-agent.sock", report) if task.ssh_relay else None
     try:
-        return _build_stage(job, report, work, secrets, str(relay.path) if relay else None)
+        return _build_stage(task, report, work, secrets, str(relay.path) if relay else None)
     finally:
         if relay:
             relay.close()
 
 
-def _build_stage(job: StageJob, report: Report, work: Path, secrets: dict[str, bytes],
+def _build_stage(task: StageTask, report: Report, work: Path, secrets: dict[str, bytes],
                  ssh: str | None) -> dict[str, Any]:
-    client = RegistryClient(ClientOptions(insecure=job.insecure))
-    repo = client.repository(job.stages_repo)
-    with repo.open_blob(job.plan_digest) as f:
+    client = RegistryClient(ClientOptions(insecure=task.insecure))
+    repo = client.repository(task.stages_repo)
+    with repo.open_blob(task.plan_digest) as f:
         body = f.read()
     ctx_dir = work / "context"
     stages, extra = plancodec.load_stages(body, ctx_dir)
@@ -158,30 +142,33 @@ def _build_stage(job: StageJob, report: Report, work: Path, secrets: dict[str, b
         repo.download_blob(extra["context"], tar)
         context_upload.unpack(tar, ctx_dir)
         tar.unlink()
-    options = BuildOptions(context=ctx_dir, repo=job.stages_repo, compression=extra.get("compression", "gzip"),
-                           parallel=1, cache_dir=job.cache_dir, insecure=job.insecure,
+    options = BuildOptions(context=ctx_dir, repo=task.stages_repo, compression=extra.get("compression", "gzip"),
+                           parallel=1, cache_dir=task.cache_dir, insecure=task.insecure,
                            platform=extra.get("platform", "linux/amd64"), no_cache=bool(extra.get("no_cache")),
                            image_name=extra.get("image_name", "default"), secrets=secrets, ssh=ssh,
                            sandbox=run_chroot if sandbox_mode() == "chroot" else None,
                            # the pod's own user namespace (hostUsers: false) is the boundary around root in
                            # RUN; RUN shares the pod's network (no bridge to NAT through in a pod)
                            isolation=Isolation(userns="host", network="shared"),
-                           tenant=job.tenant, share=job.share, build_key=read_build_key(job.build_key_dir))
-    b = PodBuilder(options, report, client, work)
+                           tenant=task.tenant, share=task.share, build_key=read_build_key(task.build_key_dir))
+    env = BuildEnv.make(options, report, client)
+    rootfs_dir = work / "rootfs"
+    rootfs_dir.mkdir(parents=True, exist_ok=True)
+    executor = LocalExecutor(env, work_root=rootfs_dir)  # rootfs on the pod's emptyDir
     by_label = {ps.label: ps for ps in stages}
-    if job.label not in by_label:
-        raise BuildError(f"stage {job.label!r} is not in the uploaded plan {job.plan_digest}")
-    b.plan = Plan(dockerfile=None, stages=by_label, target=job.label, unused_args=[],  # type: ignore[arg-type]
-                  platform=options.platform)
-    b.ctx = BuildContext(ctx_dir, IgnoreRules([]))
-    ps = by_label[job.label]
-    with b.session():  # the PVC's shared lock: a `kade cache prune` Job waits for running pods
-        b.hits = b.lookup_stage(ps)
-        context_upload.place_downloads(missing_steps(ps, set(b.hits)),
-                                       lambda hexdigest, planned: _download(repo, b, hexdigest, planned.name))
-        for dep in sorted(ps.deps):
-            b.stage_futures[dep] = _done(b.stage_image(dep))
+    if task.label not in by_label:
+        raise BuildError(f"stage {task.label!r} is not in the uploaded plan {task.plan_digest}")
+    plan = Plan(dockerfile=None, stages=by_label, target=task.label, unused_args=[], platform=options.platform,
+                context_root=ctx_dir.resolve())
+    ps = by_label[task.label]
+    solver = Solver(env, executor)
+    solution = Solution(None, {})
+    with session(env, executor):  # the PVC's shared lock: a `kade cache prune` Job waits for running pods
+        solution.hits = solver.lookup_steps(ps.steps)
+        context_upload.place_downloads(missing_steps(ps, set(solution.hits)),
+                                       lambda hexdigest, planned: _download(repo, env.cache, hexdigest, planned.name))
         if ps.base_image:
-            b.load_image(ps.base_image.ref, ps.base_image.digest)
-        img = b.run_stage(ps)
-    return {"built": b.built, "reused": 0, "digest": img.digest if img else None}
+            env.store.load(ps.base_image.ref, ps.base_image.digest)
+        with executor.running(plan, []):
+            image = solver.solve_stage(ps, solution.hits, StagesReadBack(env, plan), solution)
+    return {"built": solution.built, "digest": image.digest if image else None}

@@ -39,15 +39,15 @@ def _emit(kind: str, **fields: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from builder.backends.kubernetes import FAILED_KIND, RESULT_KIND
     from builder.backends.podspec import BUILD_KEY_MOUNT
-    from builder.backends.podstage import StageJob, build_stage
+    from builder.backends.podstage import StageTask, build_stage
     from builder.tenant import parse_shares
 
     report = relay_reporter(sys.stdout)
-    job = StageJob(args.plan, args.stage, args.repo, insecure=tuple(args.insecure_registry), ssh_relay=args.ssh_relay,
-                   secrets_relay=args.secrets_relay, tenant=args.tenant, share=parse_shares(args.share),
-                   build_key_dir=os.environ.get("KADE_BUILD_KEY_DIR", BUILD_KEY_MOUNT))
+    task = StageTask(args.plan, args.stage, args.repo, insecure=tuple(args.insecure_registry),
+                     ssh_relay=args.ssh_relay, secrets_relay=args.secrets_relay, tenant=args.tenant,
+                     share=parse_shares(args.share), build_key_dir=os.environ.get("KADE_BUILD_KEY_DIR", BUILD_KEY_MOUNT))
     try:
-        result = build_stage(job, report)
+        result = build_stage(task, report)
     except StepFailedError as exc:
         _emit(FAILED_KIND, message=exc.detail, step=exc.detail.rsplit(" failed with exit code", 1)[0],
               exit_code=exc.exit_code, output_tail=exc.output_tail, file=exc.file, line=exc.line)

@@ -4,11 +4,14 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kade import argtypes
 from kade.errors import UsageError
 from kade.output import OUTPUT_CHOICES, print_result
+
+if TYPE_CHECKING:
+    from builder.build import ExecutorFactory
 
 
 def register(subparsers: Any) -> None:
@@ -80,7 +83,7 @@ def make_project_options(args: argparse.Namespace, ws: Any) -> Any:
     from kade import tenancy
 
     tenant = tenancy.choose(args, ws.config.tenant, ws.root)
-    factory = builder_factory(args, tenant)
+    factory = executor_factory(args, tenant)
     if args.parallel < 1:
         raise UsageError("--parallel must be at least 1")
     try:
@@ -95,16 +98,17 @@ def make_project_options(args: argparse.Namespace, ws: Any) -> Any:
     return project_options(ws, args.repo, stages_repo=args.stages_repo, add_tags=list(args.add_tag),
                            env_name=args.env_name, no_cache=args.no_cache, parallel=args.parallel,
                            cache_dir=args.cache_dir, insecure=tuple(args.insecure_registry),
-                           images=getattr(args, "only_images", None), builder_factory=factory, supply=supply,
+                           images=getattr(args, "only_images", None), executor=factory, supply=supply,
                            tenant=tenant.name, share=tenant.share, build_key=tenant.build_key)
 
 
-def builder_factory(args: argparse.Namespace, tenant: Any) -> Any:
-    """None (the local builder) or a maker of in-cluster builders for --backend kubernetes."""
+def executor_factory(args: argparse.Namespace, tenant: Any) -> "ExecutorFactory | None":
+    """None (the local executor) or the pod executor's factory for --backend kubernetes (its pods given
+    the tenant and its build key)."""
     if args.backend == "local":
         return None
     try:
-        from builder.backends.kubernetes import KubeBuilderFactory
+        from builder.backends.kubernetes import pod_executor
         from builder.backends.podspec import KubeSettings
     except ImportError:
         raise UsageError("--backend kubernetes: in-cluster builds are not available in this kade build; "
@@ -120,7 +124,7 @@ def builder_factory(args: argparse.Namespace, tenant: Any) -> Any:
         settings = KubeSettings(image=image, kubeconfig=args.kubeconfig, kube_context=args.kube_context)
     from kade.tenancy import with_pod_key
 
-    return KubeBuilderFactory(with_pod_key(settings, tenant))
+    return pod_executor(with_pod_key(settings, tenant))
 
 
 def text_summary(data: dict[str, Any]) -> str:

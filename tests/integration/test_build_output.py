@@ -16,6 +16,9 @@ import pytest
 
 HOSTILE_RUN = ("RUN echo '[/x]' && echo '[bold]plain[/bold]' && "
                "printf '\\033]0;pwned\\007\\033[2J\\033[31mred\\033[0m\\n' && echo done-ok\n")
+# in a terminal a running step shows its last 3 output lines (kade/buildview.py): these three, for a second
+TTY_RUN = ("RUN echo '[/x]' && echo '[bold]plain[/bold]' && "
+           "printf '\\033]0;pwned\\007\\033[2J\\033[31mred\\033[0m\\n' && sleep 1\n")
 
 
 def _context(tmp_path, base_image, body: str):
@@ -50,14 +53,14 @@ def _run_in_pty(args: list[str], env: dict[str, str], timeout: float = 120) -> t
 
 
 def test_run_output_in_a_terminal_is_text_and_only_colours_pass(registry, base_image, tmp_path):
-    ctx = _context(tmp_path, base_image, HOSTILE_RUN)
+    ctx = _context(tmp_path, base_image, TTY_RUN)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env.update(TERM="xterm-256color", COLUMNS="200")
     code, out = _run_in_pty(["build", str(ctx), "--tag", f"{registry.host}/out/tty:v1",
                              "--cache-dir", str(tmp_path / "cache")], env)
     text = out.decode(errors="replace")
     assert code == 0, text[-3000:]           # "[/x]" closes no tag: as markup it aborted the build
-    assert "[/x]" in text and "[bold]plain[/bold]" in text and "done-ok" in text
+    assert "[/x]" in text and "[bold]plain[/bold]" in text
     assert b"\x1b]0;" not in out and b"\x1b[2J" not in out and b"\x07" not in out
     assert "\\x1b]0;pwned\\x07" in text and "\\x1b[2J" in text
     assert b"red" in out

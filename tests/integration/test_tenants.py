@@ -13,10 +13,11 @@ import uuid
 
 import pytest
 
-from builder.build import Builder, BuildOptions
+from builder.build import Build
 from builder.cache import LocalCache
 from builder.errors import BuildError
 from builder.tenant import Tenant
+from builder.options import BuildOptions
 from registry import mediatypes as mt
 from registry import stagesig
 from registry.client import ClientOptions, RegistryClient
@@ -135,28 +136,28 @@ def test_a_download_checked_and_keyed_is_the_one_in_the_layer(registry, base_ima
     cache = str(tmp_path / "cache")
     dockerfile = f"FROM {base_image.ref}\nADD {changing_url} /opt/tool.sh\n"
     report = lambda *a, **k: None  # noqa: E731
-    a = Builder(BuildOptions(context=_ctx(tmp_path / "a", dockerfile), tags=[f"{registry.host}/{team('team-a')}/app:v1"],
-                             cache_dir=cache, insecure=(registry.host,)), report)
+    other_ref = f"{registry.host}/{team(other.split('/')[0])}/{other.split('/')[1]}:v1"
+    a = Build(BuildOptions(context=_ctx(tmp_path / "a", dockerfile), tags=[f"{registry.host}/{team('team-a')}/app:v1"],
+                           cache_dir=cache, insecure=(registry.host,)), report)
     with a.session():
         plan = a.prepare()
-        Builder(BuildOptions(context=_ctx(tmp_path / "b", dockerfile), tags=[f"{registry.host}/{team(other.split('/')[0])}/{other.split('/')[1]}:v1"],
-                             cache_dir=cache, insecure=(registry.host,)), report).run()
-        a.build_plan(plan)
+        Build(BuildOptions(context=_ctx(tmp_path / "b", dockerfile), tags=[other_ref], cache_dir=cache,
+                           insecure=(registry.host,)), report).run()
+        a.publish(plan, a.solve(plan))
     assert _files(registry, f"{registry.host}/{team('team-a')}/app:v1")["opt/tool.sh"][1] == b"release 1\n"
-    other_ref = f"{registry.host}/{team(other.split('/')[0])}/{other.split('/')[1]}:v1"
     assert _files(registry, other_ref)["opt/tool.sh"][1] == b"release 2\n"
 
 
 def test_a_download_changed_after_its_check_fails_the_build(registry, base_image, changing_url, tmp_path, team):
     dockerfile = f"FROM {base_image.ref}\nADD {changing_url} /opt/tool.sh\n"
-    a = Builder(BuildOptions(context=_ctx(tmp_path / "a", dockerfile), tags=[f"{registry.host}/{team('team-a')}/dl:v1"],
-                             cache_dir=str(tmp_path / "cache"), insecure=(registry.host,)), lambda *a, **k: None)
+    a = Build(BuildOptions(context=_ctx(tmp_path / "a", dockerfile), tags=[f"{registry.host}/{team('team-a')}/dl:v1"],
+                           cache_dir=str(tmp_path / "cache"), insecure=(registry.host,)), lambda *a, **k: None)
     with a.session():
         plan = a.prepare()
-        stored = next(a.cache.downloads.rglob("tool.sh"))
+        stored = next(a.env.cache.downloads.rglob("tool.sh"))
         stored.write_bytes(b"release 666\n")   # a write that reached the store (it never should)
         with pytest.raises(BuildError, match="the downloaded file changed after it was checked"):
-            a.build_plan(plan)
+            a.publish(plan, a.solve(plan))
     with RegistryClient(ClientOptions(insecure=(registry.host,))) as client:
         assert client.repository(f"{registry.host}/{team('team-a')}/dl").head_manifest("v1") is None
 
