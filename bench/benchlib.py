@@ -20,3 +20,17 @@ def machine(loads: list[float], cpu: str | None = None) -> str:
     return (f"- machine: {os.cpu_count()} cores{f' ({cpu})' if cpu else ''}, Linux {platform.release()}, Python "
             f"{platform.python_version()}; shared with other agents' jobs: 1-min load average min {min(loads):.1f} "
             f"/ median {statistics.median(loads):.1f} / max {max(loads):.1f}")
+
+
+def add_result_args(ap) -> None:
+    """--results FILE and --no-append, as every bench script takes them."""
+    ap.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    ap.add_argument("--no-append", action="store_true")
+
+
+def publish(text: str, args) -> None:
+    """Print a section, and append it to --results unless --no-append."""
+    print(text)
+    if not args.no_append:
+        with open(args.results, "a") as f:
+            f.write(text)

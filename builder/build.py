@@ -15,7 +15,6 @@ one executor, one solver, one publisher. `build()` runs it all.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from contextlib import AbstractContextManager, contextmanager
@@ -30,7 +29,7 @@ from builder.executor import Executor
 from builder.options import BuildOptions, Report
 from builder.plan import Plan, make_plan
 from builder.publish import BuildResult, Destination, Publisher
-from builder.solver import Solution, Solver
+from builder.solver import Solution, Solver, with_trailing_history
 from registry import cancel
 from registry.client import RegistryClient
 from registry.model import Descriptor
@@ -99,14 +98,23 @@ class Build:
             plan = self.prepare()
             return self.publish(plan, self.solve(plan))
 
-    def _fetch_url(self, url: str, checksum: str | None) -> Path:
-        """ADD <url>: download (every build: the key follows the content), verify --checksum, mode 0600."""
+    def made_here(self, plan: Plan, digest: str) -> bool:
+        """Whether `digest` is the image this build publishes from its target's last step image as the
+        build key signed it (what a project may take from the registry without building)."""
+        desc = self.env.find_step(plan.final.final_key)
+        if desc is None:
+            return False
+        target = with_trailing_history(plan.final, self.env.store.load(self.env.stages_repo or "", desc.digest))
+        return self.publisher.image_of(plan, target).digest == digest
+
+    def _fetch_url(self, url: str, checksum: str | None) -> tuple[Path, str]:
+        """ADD <url>: download (every build: the key follows the content) into the tenant's store by
+        content digest, verify --checksum, mode 0600; (the file, its digest)."""
         from registry.download import DownloadError, download
 
-        folder = self.env.cache.root / "urls" / hashlib.sha256(url.encode()).hexdigest()[:32]
         self.env.report("fetch", url)
         try:
-            return download(url, folder, checksum)[0]
+            return download(url, self.env.cache.downloads, checksum)
         except DownloadError as exc:
             raise BuildError(f"ADD {exc}", hint="check the URL and its --checksum") from None
 

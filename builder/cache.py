@@ -1,9 +1,12 @@
 """The local build cache: `--cache-dir`, else $KADE_CACHE_DIR, else $XDG_CACHE_HOME/kade (~/.cache/kade).
 
 Layout under the root:
-  blobs/sha256/<hex>   compressed blobs by digest (registry.cache.BlobCache: atomic renames)
-  rootfs/<chainid>/    unpacked layer stacks by OCI ChainID (builder/rootfs.py), copied to start a step
-  mounts/<id-hash>/    RUN --mount=type=cache directories, kept between builds, never in a layer
+  blobs/sha256/<hex>   compressed blobs by digest (registry.cache.BlobCache: atomic renames), all tenants
+  tenants/<tenant>/    what one tenant's builds shape (builder/tenant.py), unless it shares the part:
+    trees/<chainid>/     unpacked layer stacks by OCI ChainID (builder/rootfs.py), copied to start a step
+    mounts/<id-hash>/    RUN --mount=type=cache directories, kept between builds, never in a layer
+    downloads/<sha256>/<name>  ADD <url> files by content digest (registry/download.py), never replaced
+  shared/{trees,mounts,downloads}/  the same, for the parts tenants share (`kade build --share`)
   work/<random>/       rootfs directories of running builds (removed at the end unless --keep-failed)
   work/.trash-<random>/  finished work dirs being deleted in the background (see `LocalCache.discard`)
   images/              the OCI image layout written when a build has no --tag
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from builder.linux import detach_mounts_under
+from builder.tenant import PARTS, Tenant
 from registry.cache import BlobCache
 
 if TYPE_CHECKING:
@@ -48,12 +52,13 @@ class PruneResult:
 
 
 class LocalCache:
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike | None = None, tenant: Tenant | None = None):
         self.root = cache_root(root)
+        self.tenant = tenant or Tenant()
         if self.root.exists() and not self.root.is_dir():
             raise _unusable(self.root, "it is a file, not a directory")
         try:
-            for sub in ("blobs/sha256", "mounts", "work", "locks"):
+            for sub in ("blobs/sha256", "work", "locks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _unusable(self.root, exc.strerror or str(exc)) from None
@@ -64,7 +69,16 @@ class LocalCache:
         """Unpacked layer stacks by ChainID (builder/rootfs.py): a warm rebuild copies instead of unpacking."""
         from builder.rootfs import RootfsStore
 
-        return RootfsStore(self.root / "rootfs")
+        return RootfsStore(self.scope("trees"))
+
+    def scope(self, part: str) -> Path:
+        """The folder of `part` ("trees", "mounts", "downloads") that this cache's tenant uses."""
+        return self.root / self.tenant.folder(part)
+
+    @property
+    def downloads(self) -> Path:
+        """ADD <url> files of this tenant, by content digest (registry.download)."""
+        return self.scope("downloads")
 
     @contextlib.contextmanager
     def lock(self, name: str, shared: bool = False, wait: bool = True) -> Iterator[bool]:
@@ -109,10 +123,14 @@ class LocalCache:
                 shutil.rmtree(trash, ignore_errors=True)
 
     def mount_dir(self, mount_id: str) -> Path:
-        """The persistent directory of a RUN cache mount (created empty the first time)."""
-        d = self.root / "mounts" / hashlib.sha256(mount_id.encode()).hexdigest()[:32]
+        """The persistent directory of this tenant's RUN cache mount `mount_id` (created empty the first
+        time): the same id of another tenant is another directory."""
+        d = self.scope("mounts") / hashlib.sha256(mount_id.encode()).hexdigest()[:32]
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def mount_lock_name(self, mount_id: str) -> str:
+        return f"mount:{self.tenant.folder('mounts')}:{mount_id}"
 
     @property
     def layout_dir(self) -> Path:
@@ -128,10 +146,11 @@ class LocalCache:
         with self.lock("global"):
             targets: list[Path] = list((self.root / "blobs" / "sha256").iterdir())
             targets += list((self.root / "work").iterdir())
-            if (self.root / "rootfs").is_dir():
-                targets += list((self.root / "rootfs").iterdir())
-            if not keep_mounts:
-                targets += list((self.root / "mounts").iterdir())
+            parts = [p for p in PARTS if not (keep_mounts and p == "mounts")]
+            for owner in [self.root / "shared", *_children(self.root / "tenants")]:
+                targets += [entry for part in parts for entry in _children(owner / part)]
+            targets += [self.root / old for old in ("rootfs", "mounts", "urls") if (self.root / old).is_dir()
+                        and not (keep_mounts and old == "mounts")]   # folders of kade before tenants
             for path in targets:
                 try:
                     st = path.lstat()
@@ -149,6 +168,10 @@ class LocalCache:
                 removed += 1
                 freed += size
         return PruneResult(removed, freed)
+
+
+def _children(folder: Path) -> list[Path]:
+    return list(folder.iterdir()) if folder.is_dir() else []
 
 
 def _unusable(root: Path, why: str) -> "BuildError":

@@ -140,6 +140,7 @@ class Entry:
     mode: int  # permission bits incl. setuid/setgid/sticky
     size: int
     link: str = ""
+    digest: str = ""  # sha256 hex of a file whose content was checked already (an ADD <url> download)
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class Source:
     keep: str = ""  # COPY --parents: the parent path it keeps under the destination
 
 
-UrlFetcher = Callable[[str, "str | None"], Path]  # (url, expected sha256 digest or None) -> local file
+UrlFetcher = Callable[[str, "str | None"], "tuple[Path, str]"]  # (url, expected sha256 or None) -> (file, digest)
 
 
 def is_wildcard(src: str) -> bool:
@@ -170,9 +171,9 @@ class BuildContext:
         """ADD <url>: the downloaded file as a source named after the URL's last path segment (mode 0600)."""
         if self.fetcher is None:
             raise ContextError(f"cannot download {url}: no downloader configured")
-        path = self.fetcher(url, checksum)
+        path, digest = self.fetcher(url, checksum)
         st = path.stat()
-        entry = Entry(rel="", path=path, kind="file", mode=0o600, size=st.st_size)
+        entry = Entry(rel="", path=path, kind="file", mode=0o600, size=st.st_size, digest=digest.split(":", 1)[1])
         return Source(rel=url, path=path, is_dir=False, entries=(entry,))
 
     @classmethod
@@ -328,7 +329,7 @@ def hash_sources(sources: list[Source], uid: int = 0, gid: int = 0,
             path = f"{src.rel}/{e.rel}" if e.rel else src.rel
             mode = chmod(e.mode, e.kind == "dir") if chmod is not None and e.kind != "symlink" else e.mode
             if e.kind == "file":
-                digest = sha256_file(e.path)
+                digest = e.digest or sha256_file(e.path)
             elif e.kind == "symlink":
                 digest = e.link
             else:

@@ -10,7 +10,7 @@ kade/buildview.py render it: a live view in a terminal, plain lines in CI, JSON 
 | `step` | a step starts running | `image`, `stage`, `key`, `step` |
 | `step-done` | a step ran and its image is pushed | `image`, `stage`, `key`, `step`, `seconds`, `layer_bytes`, `pushed_bytes` |
 | `shared` | a step is taken from an identical step of another stage running at once | `image`, `stage`, `key`, `step` |
-| `reused` | a step is taken from another build that pushed it meanwhile (a builder pod) | `image`, `stage`, `key`, `step` |
+| `reused` | a step is taken from another build that pushed it meanwhile (`--backend kubernetes`: the CLI waited for its step Lease) | `image`, `stage`, `key`, `step` |
 | `output` | a line a RUN printed | `image`, `stage`, `key` |
 | `pushed` | the final image is at a tag | `ref`, `digest`, `pushed_bytes` |
 

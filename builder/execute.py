@@ -24,6 +24,7 @@ import zstandard
 from builder import image_config as ic
 from builder.changes import Change
 from builder.errors import BuildError, StepFailedError
+from builder.masking import SecretMask
 from builder.context import Source
 from builder.plan import CopySpec, Step
 from builder.plan import Mount as PlanMount
@@ -152,6 +153,7 @@ class _Item:
     data: bytes | None = None
     archive: bool = False
     keep: Parts = ()                # COPY --parents: the parent path kept under the destination
+    digest: str = ""                # sha256 hex the bytes must have (an ADD <url> download, checked before)
 
 
 def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None, *,
@@ -220,7 +222,7 @@ def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, op
         if s.rel.startswith(("http://", "https://")):  # a downloaded file, alone in its folder
             name = os.fsencode(s.path.name)
             where = open_root_of(s.path.parent)
-            items.append(_Item(name=name, root=where, parts=(name,),
+            items.append(_Item(name=name, root=where, parts=(name,), digest=s.entries[0].digest,
                                archive=bool(spec.add and spec.unpack and _is_archive(where, (name,)))))
             continue
         if ctx is None:
@@ -276,6 +278,8 @@ def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: 
         if item.data is None:
             assert item.root is not None
             TreeCopy(item.root, root, override, written).copy(item.parts, parent, name, base)
+            if item.digest:
+                _check_download(item, os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent))
             return
         fd = replace_with_file(parent, name)
         try:
@@ -285,6 +289,21 @@ def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: 
         finally:
             os.close(fd)
         written.append(base + (name,))
+
+
+def _check_download(item: _Item, fd: int) -> None:
+    """The bytes of a downloaded file as they go into the layer (read from `fd`, which is closed) are
+    those its --checksum and the step key were computed from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with os.fdopen(fd, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != item.digest:
+        raise BuildError(f"ADD {os.fsdecode(item.name)}: the downloaded file changed after it was checked "
+                         f"(sha256:{h.hexdigest()}, not sha256:{item.digest})",
+                         hint="something wrote into kade's download cache; run the build again")
 
 
 @contextmanager
@@ -324,6 +343,9 @@ def _extract_archive(root: Root, item: _Item, target: Parts, override: Override,
     fd = item.root.open_file(item.parts)
     if fd is None:
         raise BuildError(f"ADD {os.fsdecode(item.name)}: not a regular file")
+    if item.digest:
+        _check_download(item, os.dup(fd))
+        os.lseek(fd, 0, os.SEEK_SET)
     tfd = root.open_dir(target)
     try:
         with os.fdopen(fd, "rb") as stream:
@@ -377,16 +399,15 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
     mounts += [_script_mount(*f) for f in step.heredoc_files]
     env.update(secret_env)
     tail: deque[str] = deque(maxlen=OUTPUT_TAIL)
-    secrets = [v.decode(errors="ignore") for v in ctx.secrets.values() if v.strip()]
+    secrets = SecretMask(list(ctx.secrets.values()))
 
     def output(line: str) -> None:
-        for s in secrets:  # never echo a secret's bytes
-            line = line.replace(s, "****")
+        line = secrets.mask(line)  # never echo a secret, in any of the shapes it prints in
         tail.append(tail_line(line))
         on_line(line)
 
     scratch = rootfs.parent / (rootfs.name + "-scratch")
-    lines = OutputLines(output, guard=max((len(v) for v in ctx.secrets.values()), default=0))
+    lines = OutputLines(output, guard=secrets.longest)
 
     def stream(_name: str, data: bytes) -> None:
         lines.feed(data)

@@ -28,7 +28,6 @@ class StageJob:
 class StageOutcome:
     image: Image | None      # the stage's final image (None: an empty scratch stage)
     ran: int = 0             # steps executed for this job
-    reused: int = 0          # steps another build pushed meanwhile, taken instead of run
     ran_keys: frozenset[str] = field(default_factory=frozenset)
 
 

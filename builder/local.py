@@ -3,11 +3,10 @@
 For each job: a writable rootfs holding the parent image (a copy of the longest unpacked prefix kept
 by ChainID, the rest unpacked from cached or downloading blobs), then each step on it (COPY/ADD/
 WORKDIR through builder/execute.py, RUN in the sandbox with a snapshot of what it changed), each
-step's changes written as one layer, and each step image pushed to the stages repo under its key.
-Identical steps (same key) in stages running at once execute once; the others apply its layer.
-Other stages' filesystems (COPY --from, RUN --mount from=) are the rootfs their stage left, or the
-image unpacked for reading. A `StepGate` lets a caller coordinate every step with other builds
-(a builder pod holds a Lease per step key, and takes a step another pod pushed meanwhile).
+step's changes written as one layer, and each step image pushed to the stages repo under its key
+(signed by the tenant's build key when there is one). Identical steps (same key) in stages running at
+once execute once; the others apply its layer. Other stages' filesystems (COPY --from, RUN --mount
+from=) are the rootfs their stage left, or the image unpacked for reading.
 """
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ import time
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from builder import events as ev
 from builder import image_config as ic
@@ -31,21 +30,16 @@ from registry import cancel
 from registry.image import Image, Layer
 from registry.model import Descriptor, Platform
 
+if TYPE_CHECKING:
+    from registry.sigkeys import SigningKey
+
 FS_STEP_KINDS = frozenset({"run", "copy", "workdir"})  # steps that work on the stage's rootfs
 
 
-class StepGate(Protocol):
-    def __call__(self, stage: PlannedStage, step: Step, run: Callable[[], Image],
-                 adopt: Callable[[Image], Image]) -> tuple[Image, bool]:
-        """Decide how `step` gets its image: `run()` it, or `adopt(image)` one found elsewhere (its
-        layers applied to the rootfs). Returns the image and whether it was adopted."""
-
-
 class LocalExecutor:
-    def __init__(self, env: BuildEnv, *, gate: StepGate | None = None, work_root: Path | None = None,
+    def __init__(self, env: BuildEnv, *, work_root: Path | None = None,
                  on_step_image: Callable[[Step, Image], None] | None = None):
         self.env, self.o, self.report = env, env.options, env.report
-        self.gate = gate
         self.work_root = work_root  # where rootfs dirs go (default: the local cache's work/)
         self.on_step_image = on_step_image
         self.plan: Plan | None = None
@@ -85,17 +79,16 @@ class LocalExecutor:
     def run_stage(self, job: StageJob, results: StageResults) -> StageOutcome:
         ps = job.stage
         rootfs = self._materialize(job.parent, f"stage-{ps.label}-")
-        parent, ran, reused, keys = job.parent, 0, 0, set()
+        parent, ran, keys = job.parent, 0, set()
         for step in job.steps:
-            parent, how = self._run_once(ps, step, parent, rootfs, results)
-            ran += how == "ran"
-            reused += how == "adopted"
-            if how == "ran":
+            parent, here = self._run_once(ps, step, parent, rootfs, results)
+            if here:
+                ran += 1
                 keys.add(step.key)
         if ps.label in rootfs_readers(self._plan):  # else its last RUN may have left it unmerged
             with self.root_lock:
                 self.stage_roots[ps.label] = rootfs
-        return StageOutcome(parent, ran, reused, frozenset(keys))
+        return StageOutcome(parent, ran, ran_keys=frozenset(keys))
 
     @property
     def _plan(self) -> Plan:
@@ -104,9 +97,10 @@ class LocalExecutor:
 
     # -- one step, once ----------------------------------------------------------------------------
     def _run_once(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path,
-                  results: StageResults) -> tuple[Image, str]:
+                  results: StageResults) -> tuple[Image, bool]:
         """Identical steps (same key) in stages running at once execute once: the others wait for that
-        image and apply its layer onto their own rootfs, which is at the same parent state."""
+        image and apply its layer onto their own rootfs, which is at the same parent state. The image,
+        and whether the step ran here."""
         with self.lock:
             claim = self.claims.get(step.key)
             mine = claim is None
@@ -116,18 +110,14 @@ class LocalExecutor:
         if not mine:
             img: Image = claim.result()
             self.report(ev.SHARED, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step))
-            return self._adopt(img, parent, rootfs), "shared"
+            return self._adopt(img, parent, rootfs), False
         try:
-            if self.gate is None:
-                img, adopted = self._run_step(ps, step, parent, rootfs, results), False
-            else:
-                img, adopted = self.gate(ps, step, lambda: self._run_step(ps, step, parent, rootfs, results),
-                                         lambda found: self._adopt(found, parent, rootfs))
+            img = self._run_step(ps, step, parent, rootfs, results)
         except BaseException as exc:
             claim.set_exception(exc)
             raise
         claim.set_result(img)
-        return img, "adopted" if adopted else "ran"
+        return img, True
 
     def _adopt(self, image: Image, parent: Image | None, rootfs: Path) -> Image:
         """Bring `rootfs` from `parent` to `image` by applying the layers `image` adds."""
@@ -216,6 +206,8 @@ class LocalExecutor:
         layers = [*(parent.manifest.layers if parent else []), *([layer.descriptor] if layer else [])]
         repo = self.env.stages_repo
         img = Image.assemble(cfg, layers, source=repo or "")
+        if repo and self.o.build_key is not None:
+            img = self._signed(img, repo, step.key, self.o.build_key)
         self.env.store.keep_local(img)
         pushed = self.env.store.push(img, repo, step.key).uploaded if repo else 0
         self.report(ev.STEP_DONE, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step),
@@ -224,6 +216,15 @@ class LocalExecutor:
         if self.on_step_image is not None and step.stage == self._plan.target:
             self.on_step_image(step, img)
         return img
+
+    def _signed(self, img: Image, repo: str, key: str, build_key: SigningKey) -> Image:
+        """`img` with the build key's signature for `repo:key` in its manifest (registry/stagesig.py)."""
+        from registry import stagesig
+        from registry.digest import sha256_digest
+
+        manifest = stagesig.sign(img.manifest, "step", stagesig.repository_name(self.env.store.repo(repo)), key,
+                                 build_key)
+        return Image(manifest, img.config, sha256_digest(manifest.to_bytes()), img.source)
 
     # -- filesystems ----------------------------------------------------------------------------
     def _work_dir(self, prefix: str) -> Path:
@@ -305,7 +306,7 @@ class LocalExecutor:
         cache = self.env.cache
         if sharing == "shared":
             return cache.mount_dir(mount_id)
-        held = stack.enter_context(cache.lock(f"mount:{mount_id}", wait=sharing == "locked"))
+        held = stack.enter_context(cache.lock(cache.mount_lock_name(mount_id), wait=sharing == "locked"))
         if held:
             return cache.mount_dir(mount_id)
         private = cache.work_dir("cache-private-")

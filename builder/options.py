@@ -11,6 +11,7 @@ from registry.reference import Reference
 if TYPE_CHECKING:
     from builder.attest import SupplyOptions
     from builder.sandbox import Isolation
+    from registry.sigkeys import SigningKey
 
 Report = Callable[..., None]  # report(kind, message, **fields): packages never print
 
@@ -41,6 +42,10 @@ class BuildOptions:
     supply: SupplyOptions | None = None  # SBOM, provenance, signing of pushed images; None: none
     isolation: Isolation | None = None  # for run_in_rootfs (None: its defaults)
     allow_host_network: bool = False  # RUN --network=host is refused without it (kade build --allow-host-network)
+    tenant: str | None = None  # whose caches this build uses (builder/tenant.py); None: the stages repo's
+    share: frozenset[str] = frozenset()  # cache parts shared with other tenants (builder/tenant.PARTS)
+    build_key: SigningKey | None = None  # the tenant's: signs step images and records; with it, only step
+    #                                      images it signed are reused (registry/stagesig.py)
 
     @property
     def stages_repo(self) -> str | None:

@@ -4,8 +4,9 @@ local OCI layout), attested, and recorded.
 The final image is the target's last step image with `created` set (SOURCE_DATE_EPOCH, else now),
 the extra labels in its config and the extra annotations (plus revision and created) on its manifest;
 its blobs are mounted across repositories, never downloaded. With attestations on, SBOM and provenance
-follow (builder/attest.py). The build record (registry/records.py) goes to the stages repo, unless the
-caller records the build itself (a kade.yaml project records all its images in one).
+follow (builder/attest.py). The build record (registry/records.py) goes to the stages repo, signed by
+the tenant's build key when there is one (registry/stagesig.py), unless the caller records the build
+itself (a kade.yaml project records all its images in one).
 """
 from __future__ import annotations
 
@@ -69,6 +70,12 @@ class Publisher:
             annotations[ANNOTATION_REVISION] = commit
         return Image.assemble(config, target.manifest.layers, annotations, source=target.source)
 
+    def image_of(self, plan: Plan, target: Image | None) -> Image:
+        """The final image `publish` would make of `target` now (a check that publishes nothing)."""
+        o = self.env.options
+        commit = o.revision[0] if o.revision is not None else git_revision(o.context)[0]
+        return self.final_image(plan, target, commit, created_at(self.env.epoch))
+
     def publish(self, plan: Plan, solution: Solution, to: Destination) -> BuildResult:
         o, report, store = self.env.options, self.env.report, self.env.store
         commit, branch = o.revision if o.revision is not None else git_revision(o.context)
@@ -109,7 +116,7 @@ class Publisher:
         record = BuildRecord(commit=commit, branch=branch, created=now, images=(RecordImage(
             name=self.env.options.image_name, repository=first.name,
             tags=tuple(Reference.parse(t).tag or "latest" for t in tags), digest=digest, steps=steps),))
-        tag = push_record(self.env.store.repo(stages_repo), record)
+        tag = push_record(self.env.store.repo(stages_repo), record, self.env.options.build_key)
         self.env.report("record", f"{stages_repo}:{tag}")
         return tag
 

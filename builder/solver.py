@@ -1,7 +1,7 @@
 """The solver: from a plan to the target's image, running only what is not cached (BuildKit's solver).
 
 1. `lookup`: one HEAD per step key in the stages repo, all at once; a miss does not stop the others
-   (a later step can still be cached).
+   (a later step can still be cached). With a build key, a step image it did not sign is a miss.
 2. `solve`: the stages the target needs, given what is cached (`needed_stages`): a stage whose last
    step is cached is that step image, with nothing pulled; any other becomes a `StageJob` (its steps
    after the last cached one, on the image they build on) for the executor. Independent stages run
@@ -36,7 +36,6 @@ class Solution:
     hits: dict[str, Descriptor]               # step key -> its step image found in the stages repo
     ran: set[str] = field(default_factory=set)  # keys of the steps executed by this build
     built: int = 0                            # steps executed
-    reused: int = 0                           # steps another build pushed meanwhile
 
 
 class _Results:
@@ -58,13 +57,12 @@ class Solver:
         return self.lookup_steps(plan.all_steps())
 
     def lookup_steps(self, steps: list[Step]) -> dict[str, Descriptor]:
-        """One HEAD per step key (all of them, in parallel; a miss doesn't stop the others)."""
-        repo_name = self.env.stages_repo
-        if self.env.options.no_cache or not repo_name or not steps:
+        """One HEAD per step key (all of them, in parallel; a miss doesn't stop the others); with a build
+        key, one GET and a signature check: a step image it did not sign is a miss (BuildEnv.find_step)."""
+        if self.env.options.no_cache or not self.env.stages_repo or not steps:
             return {}
-        repo = self.env.store.repo(repo_name)
         with cancel.Pool(max_workers=8) as pool:
-            found = list(pool.map(lambda s: repo.head_manifest(s.key, mt.OCI_MANIFEST), steps))
+            found = list(pool.map(lambda s: self.env.find_step(s.key), steps))
         return {s.key: d for s, d in zip(steps, found) if d is not None}
 
     def solve(self, plan: Plan, hits: dict[str, Descriptor]) -> Solution:
@@ -105,7 +103,6 @@ class Solver:
         outcome: StageOutcome = self.executor.run_stage(StageJob(ps, parent, tuple(missing)), results)
         with self.lock:
             solution.built += outcome.ran
-            solution.reused += outcome.reused
             solution.ran |= outcome.ran_keys
         return with_trailing_history(ps, outcome.image)
 

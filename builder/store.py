@@ -5,6 +5,8 @@
 blob (so a push mounts across repositories instead of uploading), pushes images (every blob, then
 the manifest), fetches layer blobs into the local cache (downloads run in a pool while their
 readers unpack them), and writes OCI layouts. Safe to use from the stages running at once.
+It also finds the step images a build may reuse: with a build key, only those it signed
+(registry/stagesig.py).
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from builder.cache import LocalCache
 from builder.errors import BuildError
 from builder.plan import DEFAULT_PLATFORM, BaseImage
 from registry import cancel
+from registry import mediatypes as mt
 from registry.client import RegistryClient, Repository
-from registry.errors import RegistryError
+from registry.errors import NotFound, RegistryError
 from registry.image import Image
 from registry.imageconfig import ImageConfig
 from registry.model import Descriptor, Index, Platform, parse_manifest
@@ -28,6 +31,7 @@ from registry.reference import Reference
 
 if TYPE_CHECKING:
     from builder.fetch import GrowingBlob
+    from registry.sigkeys import SigningKey
 
 Report = Callable[..., None]
 
@@ -45,6 +49,8 @@ class ImageStore:
         self.blob_homes: dict[str, set[str]] = {}   # blob digest -> repositories known to hold it
         self.lock = threading.Lock()
         self.fetch_pool: cancel.Pool | None = None  # layer downloads, unpacked while they run
+        self.bodies: dict[str, tuple[bytes, str]] = {}  # digest -> (manifest, media type) of checked step images
+        self.distrusted: set[str] = set()  # step keys whose image the build key did not sign (said once)
 
     def repo(self, name: str) -> Repository:
         return self.client.repository(name)
@@ -74,6 +80,8 @@ class ImageStore:
         if digest in self.images:
             return self.images[digest]
         if body is None:
+            body, media_type = self.bodies.get(digest, (None, None))
+        if body is None:
             body, desc = self.repo(repo).get_manifest(digest)
             media_type = desc.media_type
         parsed = parse_manifest(body, media_type)
@@ -83,6 +91,32 @@ class ImageStore:
         config = ImageConfig.from_bytes(self._small_blob(repo, parsed.config.digest))
         self.note_blobs(repo, parsed.blobs())
         return self.remember(Image(parsed, config, digest, source=repo))
+
+    def find_step(self, repo_name: str, key: str, build_key: "SigningKey | None") -> Descriptor | None:
+        """The step image of `key` in the stages repo `repo_name`, if there is one this build may reuse:
+        any, without a build key (one HEAD); with one, only one it signed (one GET and a signature
+        check; `load` then reads the checked manifest, not another one pushed since)."""
+        repo = self.repo(repo_name)
+        if build_key is None:
+            return repo.head_manifest(key, mt.OCI_MANIFEST)
+        from registry import stagesig
+
+        try:
+            body, desc = repo.get_manifest(key, mt.OCI_MANIFEST)
+        except NotFound:
+            return None
+        why = stagesig.problem(body, "step", stagesig.repository_name(repo), key, build_key.public)
+        if why is not None:
+            with self.lock:
+                first = key not in self.distrusted
+                self.distrusted.add(key)
+            if first:
+                self.report("warning", f"step image {repo_name}:{key} is not reused: {why}; the step runs again",
+                            key=key, untrusted=True)
+            return None
+        with self.lock:
+            self.bodies[desc.digest] = (body, desc.media_type)
+        return desc
 
     def _small_blob(self, repo: str, digest: str) -> bytes:
         if self.cache.blobs.has(digest):

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, TextIO
 
-from kade.output import Report, make_reporter
+from kade.output import Report, make_reporter, neutralise, rich_text
 
 OUTPUT_LINES = 3  # last output lines shown under a running step
 
@@ -117,15 +117,16 @@ class BuildView:
         self.live.start()
 
     def __call__(self, kind: str, message: str, **fields: Any) -> None:
-        from rich.markup import escape
+        from rich.text import Text
 
         with self.lock:
             row = self.tally.feed(kind, message, fields)
             if row is not None or kind in ("plan", "output"):
                 return  # shown in the rows
             style = {"warning": "yellow", "error": "bold red", "pushed": "green", "summary": "bold"}.get(kind, "")
-            text = f"{kind:<8} {escape(message)}"
-            self.console.print(f"[{style}]{text}[/{style}]" if style else text)
+            text = rich_text(message)   # text, never markup; only colours pass (kade/output.py)
+            text.stylize(style)
+            self.console.print(Text.assemble((f"{kind:<8} ", style), text))
 
     def _render(self) -> Any:
         from rich.console import Group
@@ -137,17 +138,18 @@ class BuildView:
         total = max(t.planned, len(t.steps))
         lines = [Text(f"[+] Building {now - t.started:.1f}s ({finished}/{total})", style="bold")]
         for row in list(t.steps.values()):
-            where = f"{row.image}/{row.stage}" if row.image not in ("", "default") else row.stage
+            where = neutralise(f"{row.image}/{row.stage}" if row.image not in ("", "default") else row.stage)
+            step = neutralise(row.text)
             if row.state in ("cached", "shared", "reused"):
-                lines.append(Text(f" => {row.state.upper()} [{where}] {row.text}", style="dim"))
+                lines.append(Text(f" => {row.state.upper()} [{where}] {step}", style="dim"))
                 continue
             seconds = row.seconds if row.seconds is not None else now - row.started
             size = f"  {human_bytes(row.layer_bytes)}" if row.layer_bytes else ""
-            line = Text(f" => [{where}] {row.text}", style="blue" if row.state == "done" else "")
+            line = Text(f" => [{where}] {step}", style="blue" if row.state == "done" else "")
             line.append(f"  {seconds:.1f}s{size}", style="dim")
             lines.append(line)
             if row.state == "running":
-                lines += [Text(f"    | {out}", style="dim") for out in row.output]
+                lines += [Text.assemble(("    | ", "dim"), rich_text(out)) for out in row.output]
         return Group(*lines)
 
     def close(self) -> None:

@@ -102,6 +102,9 @@ def _run(args: argparse.Namespace, as_json: bool) -> int:
 
 def _failed(as_json: bool, kind: str, code: int, message: str, printed: bool = False) -> int:
     """Say why the command failed: on stderr, and with -o json as a JSON result on stdout."""
+    from kade.output import neutralise
+
+    message = neutralise(message)  # it may quote a RUN's output, a file name, a server's answer
     if not printed:
         print(f"kade: error: {message}", file=sys.stderr)
     if as_json:

@@ -88,6 +88,16 @@ class AttestSpec:
 
 
 @dataclass(frozen=True)
+class TenantSpec:
+    """tenant: whose build caches the project's builds use (builder/tenant.py), what it shares with
+    other tenants, and its build key (signs step images and records; only signed steps are reused)."""
+
+    name: str | None = None
+    share: tuple[str, ...] = ()
+    build_key: str | None = None
+
+
+@dataclass(frozen=True)
 class ProjectConfig:
     path: Path
     project: str
@@ -96,6 +106,7 @@ class ProjectConfig:
     cleanup: dict[str, Any]
     repo: str | None = None  # image repository prefix: image NAME goes to REPO/NAME
     attest: AttestSpec | None = None
+    tenant: TenantSpec | None = None
 
     @property
     def root(self) -> Path:
@@ -130,7 +141,7 @@ def parse_config(text: str, path: Path) -> ProjectConfig:
         raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
     v = _Validator(path.name if path.name else str(path))
     data = v.mapping(data if data is not None else {}, "")
-    v.only_keys(data, "", {"project", "repo", "images", "deploy", "cleanup", "attest"})
+    v.only_keys(data, "", {"project", "repo", "images", "deploy", "cleanup", "attest", "tenant"})
     project = v.string(data.get("project"), "project", required=True)
     if not _IMAGE_NAME.match(project):
         v.fail("project", "expected lower-case letters and digits, separated by '.', '_' or '-'")
@@ -148,6 +159,7 @@ def parse_config(text: str, path: Path) -> ProjectConfig:
         cleanup=v.mapping(data.get("cleanup", {}), "cleanup"),
         repo=v.string(data["repo"], "repo") if data.get("repo") is not None else None,
         attest=_attest(v, data["attest"]) if data.get("attest") is not None else None,
+        tenant=_tenant(v, data["tenant"]) if data.get("tenant") is not None else None,
     )
     try:
         config.build_order()
@@ -226,6 +238,24 @@ def _attest(v: "_Validator", raw: Any) -> AttestSpec:
     return AttestSpec(sbom=sbom, provenance=v.boolean(raw.get("provenance", True), "attest.provenance"),
                       sign_key=v.string(raw["sign_key"], "attest.sign_key") if raw.get("sign_key") else None,
                       builder_id=v.string(raw["builder_id"], "attest.builder_id") if raw.get("builder_id") else None)
+
+
+def _tenant(v: "_Validator", raw: Any) -> TenantSpec:
+    """`tenant: NAME`, or `tenant: {name:, share: [trees, mounts, downloads], buildKey:}`."""
+    from builder.tenant import PARTS
+
+    if isinstance(raw, str):
+        return TenantSpec(name=v.string(raw, "tenant", required=True))
+    raw = v.mapping(raw, "tenant")
+    v.only_keys(raw, "tenant", {"name", "share", "buildKey"})
+    share = tuple(v.string(p, f"tenant.share[{i}]") for i, p in enumerate(v.sequence(raw.get("share", []),
+                                                                                       "tenant.share")))
+    for i, part in enumerate(share):
+        if part not in PARTS:
+            v.fail(f"tenant.share[{i}]", f"expected one of {', '.join(PARTS)}, got {part!r}")
+    return TenantSpec(name=v.string(raw["name"], "tenant.name") if raw.get("name") is not None else None,
+                      share=share,
+                      build_key=v.string(raw["buildKey"], "tenant.buildKey") if raw.get("buildKey") else None)
 
 
 def _verify(v: "_Validator", raw: Any) -> VerifySpec:

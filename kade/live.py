@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any, TextIO
 
-from kade.output import make_reporter
+from kade.output import make_reporter, neutralise, rich_text
 
 _STYLE = {"ready": "green", "failed": "bold red", "progressing": "yellow"}
 
@@ -24,6 +24,7 @@ class LiveTable:
 
     def _table(self) -> Any:
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=None, pad_edge=False, show_header=bool(self.rows))
         table.add_column("RESOURCE", no_wrap=True)
@@ -31,11 +32,11 @@ class LiveTable:
         table.add_column("DETAIL", overflow="fold")
         for resource, (state, message) in self.rows.items():
             style = _STYLE.get(state, "")
-            table.add_row(resource, f"[{style}]{state}[/{style}]" if style else state, message)
+            table.add_row(Text(neutralise(resource)), Text(state, style), rich_text(message))
         return table
 
     def __call__(self, kind: str, message: str, **fields: Any) -> None:
-        from rich.markup import escape
+        from rich.text import Text
 
         resource = fields.get("resource")
         if resource and kind in ("status", "ready", "failed", "apply"):
@@ -46,8 +47,9 @@ class LiveTable:
             if kind != "failed":
                 return
         style = {"warning": "yellow", "failed": "bold red", "summary": "red", "done": "green", "log": "dim"}.get(kind, "")
-        text = f"{kind:<8} {escape(message)}"
-        self.console.print(f"[{style}]{text}[/{style}]" if style else text)
+        text = rich_text(message)
+        text.stylize(style)
+        self.console.print(Text.assemble((f"{kind:<8} ", style), text))
 
     def close(self) -> None:
         self.live.update(self._table())

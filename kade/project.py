@@ -61,6 +61,9 @@ class ProjectOptions:
     executor: ExecutorFactory | None = None  # None: local builds
     epoch: int | None = None  # SOURCE_DATE_EPOCH of every image: $SOURCE_DATE_EPOCH, else HEAD's commit time
     supply: Any = None  # builder.attest.SupplyOptions for every pushed image (None: no attestations)
+    tenant: str | None = None  # builder/tenant.py: None, the stages repository's
+    share: frozenset[str] = frozenset()
+    build_key: Any = None  # registry.sigkeys.SigningKey: signs steps and records; only signed steps are reused
 
     @property
     def stages(self) -> str:
@@ -235,7 +238,7 @@ class ProjectBuilder:
             compression=self.o.compression, no_cache=self.o.no_cache, parallel=self.o.parallel,
             cache_dir=self.o.cache_dir, insecure=self.o.insecure, platform=self.o.platform, image_name=spec.name,
             revision=(self.o.commit, self.o.branch), annotations=dict(labels), labels=labels, epoch=self.o.epoch,
-            supply=self.o.supply)
+            supply=self.o.supply, tenant=self.o.tenant, share=self.o.share, build_key=self.o.build_key)
 
     def _image(self, spec: ImageSpec, claims: _Claims) -> ImageResult:
         done = threading.Event()
@@ -256,6 +259,10 @@ class ProjectBuilder:
                             lambda msg: self.report("warning", msg))
         repo = self.client.repository(repository)
         found = None if self.o.no_cache else repo.head_manifest(tag, mt.OCI_MANIFEST)
+        if found is not None and self.o.build_key is not None and not build.made_here(plan, found.digest):
+            self.report("warning", f"{spec.name}: {repository}:{tag} is not the image of a step image the build "
+                                   "key signed; building it", image=spec.name, untrusted=True)
+            found = None
         if found is not None:
             self._retag(repository, tag, found.digest, extras)
             self.report("image", f"{spec.name}: {repository}:{tag} is in the registry, nothing to build",
@@ -307,7 +314,7 @@ class ProjectBuilder:
                        for r in sorted(self.results.values(), key=lambda r: r.name))
         record = BuildRecord(commit=self.o.commit, branch=self.o.branch, created=datetime.now(timezone.utc),
                              images=images)
-        tag = push_record(self.client.repository(self.o.stages), record)
+        tag = push_record(self.client.repository(self.o.stages), record, self.o.build_key)
         self.report("record", f"{self.o.stages}:{tag}")
         return tag
 

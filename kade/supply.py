@@ -56,11 +56,14 @@ def _read(spec: str, item: str, kubeconfig: str | None, context: str | None) -> 
         raise UsageError(f"cannot read key file {spec}: {exc.strerror}") from None
 
 
-def signing_key(spec: str, kubeconfig: str | None = None, context: str | None = None) -> Any:
+def signing_key(spec: str, kubeconfig: str | None = None, context: str | None = None,
+                password_env: tuple[str, ...] = ("KADE_SIGN_PASSWORD", "COSIGN_PASSWORD")) -> Any:
+    """A private key from a file or a Secret; its passphrase from the first of `password_env` that is
+    set, else the Secret's cosign.password."""
     from registry.sigkeys import load_private_key
 
     data, secret = _read(spec, "cosign.key", kubeconfig, context)
-    password = os.environ.get("KADE_SIGN_PASSWORD", os.environ.get("COSIGN_PASSWORD"))
+    password = next((os.environ[v] for v in password_env if v in os.environ), None)
     pw = password.encode() if password is not None else secret.get("cosign.password")
     return load_private_key(data, pw, spec)
 

@@ -135,9 +135,15 @@ def record_manifest(record: BuildRecord) -> tuple[bytes, bytes]:
     return config, manifest.to_bytes()
 
 
-def push_record(repo: Any, record: BuildRecord) -> str:
-    """Push a record to the stages repository (blobs first, then the manifest); return its tag."""
+def push_record(repo: Any, record: BuildRecord, key: Any = None) -> str:
+    """Push a record to the stages repository (blobs first, then the manifest); return its tag. With
+    `key` (registry.sigkeys.SigningKey, the tenant's build key) the manifest carries its signature."""
     config, manifest = record_manifest(record)
+    if key is not None:
+        from registry import stagesig
+
+        manifest = stagesig.sign(parse_manifest(manifest), "record", stagesig.repository_name(repo), record.tag,  # type: ignore[arg-type]
+                                 key).to_bytes()
     repo.upload_blob(io.BytesIO(mt.OCI_EMPTY_BYTES), mt.OCI_EMPTY_DIGEST, len(mt.OCI_EMPTY_BYTES))
     repo.upload_blob(io.BytesIO(config), sha256_digest(config), len(config))
     repo.put_manifest(record.tag, manifest, mt.OCI_MANIFEST)

@@ -55,9 +55,10 @@ class SigningKey:
     key: ec.EllipticCurvePrivateKey
     source: str
 
-    def sign(self, payload: bytes) -> bytes:
-        """An ASN.1 DER ECDSA signature over SHA-256(payload), as cosign and containers/image verify it."""
-        return self.key.sign(payload, ec.ECDSA(hashes.SHA256()))
+    def sign(self, payload: bytes, deterministic: bool = False) -> bytes:
+        """An ASN.1 DER ECDSA signature over SHA-256(payload), as cosign and containers/image verify it;
+        `deterministic`: RFC 6979 (the same payload, the same signature)."""
+        return self.key.sign(payload, ec.ECDSA(hashes.SHA256(), deterministic_signing=deterministic))
 
     @property
     def public(self) -> PublicKey:

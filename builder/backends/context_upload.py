@@ -14,7 +14,7 @@ import os
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from builder.errors import BuildError
@@ -42,6 +42,31 @@ def needed_paths(steps: Iterable[Step], context_root: Path) -> list[str]:
                 if str(rel) != ".":
                     paths.add(str(rel))
     return sorted(paths)
+
+
+def downloads(steps: Iterable[Step]) -> list[tuple[str, Path]]:
+    """(sha256 hex, file) of the `ADD <url>` downloads `steps` copy: they reach pods as blobs of the
+    stages repo, by digest."""
+    found = {}
+    for step in steps:
+        for src in (step.copy.sources if step.copy is not None else []):
+            if src.rel.startswith(("http://", "https://")):
+                found[src.entries[0].digest] = src.path
+    return sorted(found.items())
+
+
+def place_downloads(steps: Iterable[Step], fetch: Callable[[str, Path], Path]) -> None:
+    """In the pod: point the `ADD <url>` sources of `steps` at the file `fetch(hex, planned path)` puts
+    in place."""
+    import dataclasses
+
+    for step in steps:
+        spec = step.copy
+        for i, src in enumerate(spec.sources if spec is not None else []):
+            if src.rel.startswith(("http://", "https://")):
+                here = fetch(src.entries[0].digest, src.path)
+                spec.sources[i] = dataclasses.replace(src, path=here, entries=(
+                    dataclasses.replace(src.entries[0], path=here),))
 
 
 def _with_parents(paths: list[str]) -> list[str]:

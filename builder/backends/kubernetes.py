@@ -10,7 +10,8 @@ publishes the final image and build record itself, as the local backend does.
 Pods belong to a per-build Lease that the CLI renews: when the command is cancelled (Ctrl-C,
 SIGTERM: registry/cancel.py) they are deleted at once and the Lease released; pods left by a CLI
 that died are garbage-collected when any later build sweeps the expired Lease (and in any case when
-activeDeadlineSeconds passes).
+activeDeadlineSeconds passes). The CLI also holds a Lease per step key (and tenant) around each pod,
+and hands a pod the `--secret` values over a port-forward: pods never call the Kubernetes API.
 """
 from __future__ import annotations
 
@@ -25,16 +26,21 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from builder import events as ev
+from builder.backends import secret_relay
 from builder.backends.agent_relay import TUNNEL_KIND, serve_tunnel
 from builder.backends.remote import RemoteExecutor
-from builder.backends.lease import BUILD_PREFIX, Leases
-from builder.backends.podspec import (LABEL_BUILD, MANAGED, WEAKER_WITHOUT_USERNS, KubeSettings, stage_pod,
-                                      user_namespace_support)
+from builder.backends.lease import BUILD_PREFIX, STEP_PREFIX, Leases, step_lease_name
+from builder.backends.podspec import (LABEL_BUILD, MANAGED, WEAKER_WITHOUT_USERNS, KubeSettings, dns_label,
+                                      stage_pod, user_namespace_support)
+from builder.backends.podstart import StartProblem, start_problem
 from builder.build import Build, ExecutorFactory
 from builder.env import BuildEnv
+from builder.executor import StageJob
 from builder.options import BuildOptions, Report
 from builder.publish import BuildResult
 from builder.errors import BuildError, StepFailedError
+from builder.masking import SecretMask
 from builder.plan import PlannedStage
 from builder.unpack import limit_env
 from common.timeouts import CONNECT_TIMEOUT
@@ -45,8 +51,8 @@ from registry.client import RegistryClient
 RESULT_KIND = "stage-result"
 CONNECT_GRACE = 1.5  # seconds a cancelled build waits for a connection still being made
 FAILED_KIND = "stage-failed"
-_FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
-                  "CreateContainerError"}
+DIAGNOSE_AFTER_S = 1.5  # a pod still pending this long: ask the cluster why (then every DIAGNOSE_EVERY_S)
+DIAGNOSE_EVERY_S = 2.0
 
 
 class PodSecurityRefused(BuildError):
@@ -72,21 +78,12 @@ def parse_pod_line(line: str) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) and isinstance(rec.get("kind"), str) else None
 
 
-def waiting_problem(pod: Any) -> str | None:
-    """Why a pending pod will never start (image pull or config errors), else None."""
-    for cs in (pod.status.container_statuses or []) if pod.status else []:
-        w = cs.state.waiting if cs.state else None
-        if w and w.reason in _FATAL_WAITING:
-            return f"{w.reason}: {w.message or ''}".strip()
-    return None
-
-
 class PodRunner:
     """Runs stages as pods (a remote.StageRunner), inside the build's session: its Lease (owner of its
-    pods and Secret), the --secret Secret, and at the end its pods deleted."""
+    pods, renewed meanwhile), the step Leases around each pod, and at the end its pods deleted."""
 
     def __init__(self, env: BuildEnv, settings: KubeSettings, api_client: Any = None):
-        self.o, self.report, self.epoch = env.options, env.report, env.epoch
+        self.env, self.o, self.report, self.epoch = env, env.options, env.report, env.epoch
         self.stages_repo = env.stages_repo
         self.k = settings
         self.build_id = secrets.token_hex(5)
@@ -95,7 +92,7 @@ class PodRunner:
         self._forward_lock = threading.Lock()
         self._forward_core: Any = None  # the API client of --ssh port-forwards
         self.owner: dict[str, str] | None = None
-        self.secrets_name: str | None = None
+        self.mask = SecretMask(list(self.o.secrets.values()))  # pod output is masked there and again here
         self._ready: Future = Future()
         self.detected_userns = False  # hostUsers chosen from the nodes (not by --[no-]user-namespaces)
         self._stop_renewing = threading.Event()
@@ -141,6 +138,7 @@ class PodRunner:
         self.leases = Leases(self.api_client, self.k.namespace, f"kade-cli-{self.build_id}", self.k.lease_s,
                              self.report)
         swept = self.leases.sweep_expired(BUILD_PREFIX, "app.kubernetes.io/managed-by=kade")
+        self.leases.sweep_expired(STEP_PREFIX, "app.kubernetes.io/managed-by=kade")  # of CLIs that died
         if swept:
             self.report("cleanup", f"removed {len(swept)} build(s) left by a CLI that died, and their pods")
         name = BUILD_PREFIX + self.build_id
@@ -154,8 +152,6 @@ class PodRunner:
         self.detected_userns = self.k.user_namespaces is None
         if self.detected_userns:
             self.k = dataclasses.replace(self.k, user_namespaces=self._nodes_support_userns())
-        if self.o.secrets:
-            self.secrets_name = self._create_secrets()
 
     def _nodes_support_userns(self) -> bool:
         """`hostUsers: false` wherever the nodes say they support it; else the chroot mode, said aloud."""
@@ -180,7 +176,7 @@ class PodRunner:
         self._ready.result()
 
     def _disconnect(self) -> None:
-        """Undo what the connection made (as far as it got): pods, the --secret Secret, the Lease.
+        """Undo what the connection made (as far as it got): pods, the Lease.
         Cancelled, it waits only a moment for a connection still being made (which then releases its
         own Lease)."""
         try:
@@ -190,37 +186,7 @@ class PodRunner:
         if self.owner is None:
             return
         self._delete_pods()
-        if self.secrets_name:
-            self._delete_secrets(self.secrets_name)
         self.leases.release(self.owner["name"])
-
-    def _create_secrets(self) -> str:
-        """The --secret values as a Secret owned by the build Lease (mounted read-only by the pods)."""
-        import base64
-
-        from kubernetes.client.exceptions import ApiException
-
-        name = f"{BUILD_PREFIX}{self.build_id}-secrets"
-        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": name, "labels": {**MANAGED, LABEL_BUILD: self.build_id},
-                             "ownerReferences": [{"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                                                  "name": self.owner["name"], "uid": self.owner["uid"]}]},
-                "data": {sid.encode().hex(): base64.b64encode(value).decode() for sid, value in self.o.secrets.items()}}
-        try:
-            self.core.create_namespaced_secret(self.k.namespace, body)
-        except ApiException as exc:
-            raise BuildError(f"cannot create Secret {self.k.namespace}/{name} for --secret: {exc.status} {exc.reason}",
-                             hint="the identity running kade build needs create/delete on secrets "
-                                  "(k8s-manifests/builder/role.yaml, kade-build-submitter)") from None
-        return name
-
-    def _delete_secrets(self, name: str) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            self.core.delete_namespaced_secret(name, self.k.namespace)
-        except ApiException:
-            pass  # the build Lease's garbage collection removes it in any case
 
     def _renew(self, name: str, stop: threading.Event) -> None:
         while not stop.wait(max(1.0, self.k.lease_s / 3)):
@@ -234,8 +200,23 @@ class PodRunner:
             self.report("warning", f"could not delete the build's pods in {self.k.namespace}: {exc}")
 
     # -- one pod -----------------------------------------------------------------------------------
-    def run(self, ps: PlannedStage, plan_digest: str) -> int:
+    def run(self, job: StageJob, plan_digest: str) -> int:
+        """The stage's pod, with this build holding the Lease of each step key the pod will run: a
+        concurrent build needing one of them waits, then finds it pushed. Returns the steps it ran."""
+        ps = job.stage
         self._connected()
+        keys = [step_lease_name(s.key, self.env.tenant.digest) for s in job.steps]
+        holder = Leases(self.api_client, self.k.namespace, f"kade-cli-{self.build_id}-{dns_label(ps.label, 40)}",
+                        self.k.lease_s, self.report)
+        with holder.held(keys, f"[{self.o.image_name}/{ps.label}]", labels={**MANAGED, LABEL_BUILD: self.build_id}):
+            if self.env.find_step(ps.final_key) is not None:
+                for step in job.steps:
+                    self.report(ev.REUSED, f"{ev.step_message(ps, step)} (pushed meanwhile by another build)",
+                                **ev.step_fields(self.o.image_name, ps, step))
+                return 0
+            return self._run_pod(ps, plan_digest)
+
+    def _run_pod(self, ps: PlannedStage, plan_digest: str) -> int:
         for attempt in range(1, self.k.attempts + 1):
             cancel.check()
             name = self._create_stage_pod(ps, attempt, plan_digest)
@@ -263,7 +244,7 @@ class PodRunner:
             manifest = stage_pod(self.k, build_id=self.build_id, owner=self.owner, image_name=self.o.image_name,
                                  stage=ps.label, plan_digest=plan_digest, stages_repo=self.stages_repo or "",
                                  insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt,
-                                 secrets_name=self.secrets_name, ssh_relay=bool(self.o.ssh),
+                                 secrets_relay=bool(self.o.secrets), ssh_relay=bool(self.o.ssh),
                                  extra_env=self.pod_env)
             try:
                 self._create(manifest)
@@ -315,7 +296,12 @@ class PodRunner:
             raise
 
     def _wait_started(self, ps: PlannedStage, name: str) -> None:
-        deadline = time.monotonic() + self.k.start_timeout_s
+        """Until the pod runs. While it is pending, the cluster is asked why (events, the cache PVC):
+        a reason waiting can't cure fails the build at once, another is said once and waited out."""
+        started = time.monotonic()
+        deadline, next_look = started + self.k.start_timeout_s, started + DIAGNOSE_AFTER_S
+        where = f"stage {ps.label}: pod {self.k.namespace}/{name}"
+        said: StartProblem | None = None
         while True:
             cancel.check()
             pod = self._read(name)
@@ -323,14 +309,41 @@ class PodRunner:
                 raise PodLost("deleted before it started")
             if pod.status and pod.status.phase in ("Running", "Succeeded", "Failed"):
                 return
-            problem = waiting_problem(pod)
-            if problem:
-                raise BuildError(f"stage {ps.label}: pod {self.k.namespace}/{name} cannot start: {problem}",
-                                 hint=f"is the builder image {self.k.image} pushed and pullable by the node?")
-            if time.monotonic() > deadline:
-                raise BuildError(f"stage {ps.label}: pod {self.k.namespace}/{name} did not start within "
-                                 f"{self.k.start_timeout_s}s", hint=f"kubectl -n {self.k.namespace} describe pod {name}")
+            now = time.monotonic()
+            if now >= next_look or (pod.status and pod.status.container_statuses):
+                next_look = now + DIAGNOSE_EVERY_S
+                problem = self._start_problem(pod)
+                if problem is not None and problem.fatal:
+                    raise BuildError(f"{where} cannot start: {problem.message}", hint=problem.hint)
+                if problem is not None and problem != said:
+                    self.report("warning", f"{where} is not running yet: {problem.message} ({problem.hint})")
+                said = problem or said
+            if now > deadline:
+                why = f": {said.message}" if said else ""
+                raise BuildError(f"{where} did not start within {self.k.start_timeout_s}s{why}",
+                                 hint=said.hint if said else f"kubectl -n {self.k.namespace} describe pod {name}")
             cancel.sleep(0.3)
+
+    def _start_problem(self, pod: Any) -> StartProblem | None:
+        """What the cluster says about a pending pod (what the identity may read of it)."""
+        from kubernetes.client.exceptions import ApiException
+
+        ns = self.k.namespace
+        names = {pod.metadata.name} | ({self.k.cache_pvc} if self.k.cache_pvc else set())
+        try:
+            events = [e for n in sorted(names)
+                      for e in self.core.list_namespaced_event(ns, field_selector=f"involvedObject.name={n}").items]
+        except ApiException:
+            events = []   # no right to list events: the pod's own status still tells a lot
+        serialize = self.api_client.sanitize_for_serialization
+        pvc = None   # missing
+        if self.k.cache_pvc:
+            try:
+                pvc = serialize(self.core.read_namespaced_persistent_volume_claim(self.k.cache_pvc, ns))
+            except ApiException as exc:
+                if exc.status != 404:
+                    pvc = {"status": {"phase": "Bound"}}   # not ours to read: don't guess it is the problem
+        return start_problem(serialize(pod), serialize(events), self.k.cache_pvc, pvc, self.k.image)
 
     def _follow(self, ps: PlannedStage, name: str) -> dict[str, Any]:
         """Stream the pod's output (prefixed with image/stage) until it ends; return its result record."""
@@ -351,6 +364,7 @@ class PodRunner:
                     line = raw.decode(errors="replace")
                     rec = parse_pod_line(line)
                     if rec is None:
+                        line = self.mask.mask(line)
                         tail.append(line)
                         self.report("output", f"{prefix} {line}")
                     elif rec["kind"] == RESULT_KIND:
@@ -359,37 +373,50 @@ class PodRunner:
                         failure = rec
                     elif rec["kind"] == TUNNEL_KIND and self.o.ssh:
                         threading.Thread(target=self._ssh_tunnel, args=(name, rec), daemon=True).start()
+                    elif rec["kind"] == secret_relay.REQUEST_KIND and self.o.secrets:
+                        threading.Thread(target=self._send_secrets, args=(name, rec), daemon=True).start()
+                    elif rec.get("untrusted") and rec.get("key") in self.env.store.distrusted:
+                        continue   # the pod looked the step up again: said once, here
                     else:
                         fields = {k: v for k, v in rec.items() if k not in ("kind", "message", "time")}
+                        message = self.mask.mask(str(rec.get("message", "")))
                         if rec["kind"] == "output":
-                            tail.append(str(rec.get("message", "")))
-                        self.report(rec["kind"], f"{prefix} {rec.get('message', '')}", **fields)
+                            tail.append(message)
+                        self.report(rec["kind"], f"{prefix} {message}", **fields)
         except Exception as exc:  # noqa: BLE001 - a broken log stream is judged by the pod's status below
             cancel.check()
             self.report("warning", f"{prefix} log stream of {name} ended: {exc}")
         return self._verdict(ps, name, result, failure, list(tail))
 
-    def _ssh_tunnel(self, pod: str, rec: dict[str, Any]) -> None:
-        """One agent connection of a RUN in `pod`: a port-forward to the pod's relay, spliced to --ssh."""
+    def _pod_socket(self, pod: str, port: int) -> Any:
+        """A socket to `port` on the pod's loopback, through a port-forward."""
         from kubernetes.client import CoreV1Api
         from kubernetes.stream import portforward
 
-        def open_pod_socket(port: int) -> Any:
-            # a client of its own (made once per build): `portforward` swaps its ApiClient's request
-            # method while it connects, which other threads' calls must not meet
-            with self._forward_lock:
-                if self._forward_core is None:
-                    self._forward_core = CoreV1Api(kube_api_client(self.k))
-                forward = portforward(self._forward_core.connect_get_namespaced_pod_portforward, pod,
-                                      self.k.namespace, ports=str(port))
-            sock = forward.socket(port)
-            sock.setblocking(True)
-            return sock
+        # a client of its own (made once per build): `portforward` swaps its ApiClient's request
+        # method while it connects, which other threads' calls must not meet
+        with self._forward_lock:
+            if self._forward_core is None:
+                self._forward_core = CoreV1Api(kube_api_client(self.k))
+            forward = portforward(self._forward_core.connect_get_namespaced_pod_portforward, pod,
+                                  self.k.namespace, ports=str(port))
+        sock = forward.socket(port)
+        sock.setblocking(True)
+        return sock
 
+    def _ssh_tunnel(self, pod: str, rec: dict[str, Any]) -> None:
+        """One agent connection of a RUN in `pod`: a port-forward to the pod's relay, spliced to --ssh."""
         try:
-            serve_tunnel(open_pod_socket, rec, self.o.ssh or "")
+            serve_tunnel(lambda port: self._pod_socket(pod, port), rec, self.o.ssh or "")
         except Exception as exc:  # noqa: BLE001 - the RUN sees a closed agent; say why here
             self.report("warning", f"ssh agent tunnel to {pod} failed: {exc}")
+
+    def _send_secrets(self, pod: str, rec: dict[str, Any]) -> None:
+        """The build's --secret values to `pod`, through a port-forward (secret_relay.py)."""
+        try:
+            secret_relay.send(lambda port: self._pod_socket(pod, port), rec, self.o.secrets)
+        except Exception as exc:  # noqa: BLE001 - the pod fails, saying the values did not arrive; say why here
+            self.report("warning", f"could not hand the --secret values to {pod}: {exc}")
 
     def _verdict(self, ps: PlannedStage, name: str, result: dict[str, Any] | None, failure: dict[str, Any] | None,
                  tail: list[str]) -> dict[str, Any]:

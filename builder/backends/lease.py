@@ -1,5 +1,6 @@
-"""coordination.k8s.io Leases: one per step key (so concurrent builds run a step once) and one per
-build (the owner of the build's pods, so pods of a dead CLI are garbage-collected).
+"""coordination.k8s.io Leases: one per step key and tenant (so concurrent builds run a step once) and
+one per build (the owner of the build's pods, so pods of a dead CLI are garbage-collected). The CLI
+holds them all; builder pods never call the API.
 
 The decision whether a lease can be taken is a pure function (`lease_state`); the API calls around
 it use optimistic concurrency (resourceVersion), so two contenders never both win. A holder renews
@@ -48,8 +49,9 @@ def lease_state(view: LeaseView | None, me: str, now: datetime) -> str:
     return "held"
 
 
-def step_lease_name(key: str) -> str:
-    return STEP_PREFIX + key
+def step_lease_name(key: str, tenant_digest: str = "") -> str:
+    """`kade-step-[<tenant>-]<key>`: one Lease per step key and tenant (builder/tenant.py)."""
+    return STEP_PREFIX + (f"{tenant_digest[:12]}-" if tenant_digest else "") + key
 
 
 def _now() -> datetime:
@@ -157,23 +159,30 @@ class Leases:
             pass  # gone already, or taken over after expiry: nothing of ours to release
 
     @contextmanager
-    def held(self, name: str, what: str, labels: dict[str, str] | None = None) -> Iterator[Any]:
-        """Hold `name` for the block, renewing it every third of its duration."""
-        lease = self.acquire(name, what, labels)
+    def held(self, names: list[str], what: str, labels: dict[str, str] | None = None) -> Iterator[None]:
+        """Hold every lease of `names` for the block (taken in sorted order, so two holders of
+        overlapping sets never wait for each other in a circle), renewed every third of their duration
+        by one thread, released at the end."""
+        taken: list[str] = []
         stop = threading.Event()
 
         def renewer() -> None:
             while not stop.wait(max(1.0, self.duration_s / 3)):
-                self.renew(name)
+                for name in list(taken):
+                    self.renew(name)
 
-        t = threading.Thread(target=renewer, name=f"renew-{name}", daemon=True)
+        t = threading.Thread(target=renewer, name=f"renew-{self.holder}", daemon=True)
         t.start()
         try:
-            yield lease
+            for name in sorted(set(names)):
+                self.acquire(name, what, labels)
+                taken.append(name)
+            yield
         finally:
             stop.set()
             t.join(timeout=5)
-            self.release(name)
+            for name in taken:
+                self.release(name)
 
     def sweep_expired(self, prefix: str, label_selector: str) -> list[str]:
         """Delete expired leases named `prefix...` (their owned objects go with them); returns the names."""

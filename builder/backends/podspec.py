@@ -42,7 +42,7 @@ MANAGED = {"app.kubernetes.io/managed-by": "kade", LABEL_COMPONENT: "builder"}
 CACHE_MOUNT = "/cache"
 WORK_MOUNT = "/work"
 DOCKER_CONFIG_MOUNT = "/kade/docker"
-SECRETS_MOUNT = "/kade/secrets"
+BUILD_KEY_MOUNT = "/kade/build-key"
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,15 @@ class KubeSettings:
     kube_context: str | None = None
     user_namespaces: bool | None = None  # hostUsers: false; None: where the nodes support it (detected)
     deadline_s: int = 3600  # activeDeadlineSeconds: a pod never outlives this
-    lease_s: int = 30  # step and build Lease duration
+    lease_s: int = 30  # step and build Lease duration (the CLI holds and renews them)
     attempts: int = 3  # a pod lost mid-stage (deleted, evicted, node lost) is retried this often
     start_timeout_s: int = 300
     cpu: str | None = None
     memory: str | None = None
     node_selector: dict[str, str] = field(default_factory=dict)
+    tenant: str | None = None  # builder/tenant.py: the pods scope the cache PVC by it (None: the stages repo)
+    share: tuple[str, ...] = ()
+    build_key_secret: str | None = None  # a Secret holding cosign.key (+ cosign.password): the tenant's build key
 
 
 WEAKER_WITHOUT_USERNS = (
@@ -107,18 +110,21 @@ def pod_name(build_id: str, stage: str, attempt: int) -> str:
 
 def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, image_name: str, stage: str,
               plan_digest: str, stages_repo: str, insecure: tuple[str, ...] = (), epoch: int | None = None,
-              attempt: int = 1, secrets_name: str | None = None, ssh_relay: bool = False,
+              attempt: int = 1, secrets_relay: bool = False, ssh_relay: bool = False,
               extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """The manifest of the pod that builds `stage` of a build."""
-    args = ["build-stage", "--plan", plan_digest, "--stage", stage, "--repo", stages_repo,
-            "--lease-seconds", str(s.lease_s)]
+    args = ["build-stage", "--plan", plan_digest, "--stage", stage, "--repo", stages_repo]
     if ssh_relay:  # RUN --mount=type=ssh reaches the CLI's agent through a port-forward (agent_relay.py)
         args.append("--ssh-relay")
+    if secrets_relay:  # --secret values come from the CLI through a port-forward (secret_relay.py)
+        args.append("--secrets-relay")
+    if s.tenant:
+        args += ["--tenant", s.tenant]
+    if s.share:
+        args += ["--share", ",".join(s.share)]
     for host in insecure:
         args += ["--insecure-registry", host]
     env: list[dict[str, Any]] = [
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "KADE_CACHE_DIR", "value": CACHE_MOUNT},
         {"name": "KADE_WORK_DIR", "value": WORK_MOUNT},
     ]
@@ -143,10 +149,10 @@ def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, i
         mounts.append({"name": "registry-auth", "mountPath": DOCKER_CONFIG_MOUNT, "readOnly": True})
         volumes.append({"name": "registry-auth", "secret": {
             "secretName": s.registry_secret, "items": [{"key": ".dockerconfigjson", "path": "config.json"}]}})
-    if secrets_name:  # the build's --secret values (files named by the hex of their id)
-        env.append({"name": "KADE_SECRETS_DIR", "value": SECRETS_MOUNT})
-        mounts.append({"name": "build-secrets", "mountPath": SECRETS_MOUNT, "readOnly": True})
-        volumes.append({"name": "build-secrets", "secret": {"secretName": secrets_name, "defaultMode": 0o400}})
+    if s.build_key_secret:  # the tenant's build key: mounted by the kubelet, never in this spec or a log
+        env.append({"name": "KADE_BUILD_KEY_DIR", "value": BUILD_KEY_MOUNT})
+        mounts.append({"name": "build-key", "mountPath": BUILD_KEY_MOUNT, "readOnly": True})
+        volumes.append({"name": "build-key", "secret": {"secretName": s.build_key_secret, "defaultMode": 0o400}})
     container: dict[str, Any] = {
         "name": "build", "image": s.image, "imagePullPolicy": "IfNotPresent", "args": args, "env": env,
         "volumeMounts": mounts, "workingDir": WORK_MOUNT,
@@ -170,7 +176,7 @@ def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, i
                                     "name": owner["name"], "uid": owner["uid"]}]
     spec: dict[str, Any] = {
         "restartPolicy": "Never", "activeDeadlineSeconds": s.deadline_s, "enableServiceLinks": False,
-        "automountServiceAccountToken": True, "terminationGracePeriodSeconds": 5,
+        "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 5,  # it never calls the API
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container], "volumes": volumes,
     }

@@ -3,55 +3,34 @@
 It fetches the stage plan and the context upload by digest from the stages repo (both verified),
 looks the stage's own step keys up, reads the stages it depends on back from the stages repo, and
 solves the one stage with the local executor (builder/local.py), exactly as the local backend does.
-Around every missing step a `LeaseGate` holds the step key's Lease: a concurrent build of the same
-step waits, then finds the step image pushed and adopts it (its new layer is applied to the rootfs,
-nothing runs), and a Lease left by a pod that died expires and is taken over. RUN uses the chroot
-runner (chroot.py), or the namespace sandbox in a user-namespace pod.
+The pod never talks to the Kubernetes API (it has no token): the CLI holds the step Leases around
+it, hands it the `--secret` values (secret_relay.py) and reads its log. With a build key (mounted
+from the tenant's Secret) it reuses only signed step images and signs what it pushes. RUN uses the
+chroot runner (chroot.py), or the namespace sandbox in a user-namespace pod.
 """
 from __future__ import annotations
 
 import os
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from builder import events as ev
-from builder.backends import context_upload, plancodec
+from builder.backends import context_upload, plancodec, secret_relay
 from builder.backends.agent_relay import PodAgentRelay
 from builder.backends.chroot import run_chroot
-from builder.backends.lease import Leases, step_lease_name
-from builder.backends.podspec import MANAGED, SANDBOX_ENV
+from builder.backends.podspec import SANDBOX_ENV
 from builder.build import session
+from builder.cache import LocalCache
 from builder.env import BuildEnv
 from builder.errors import BuildError
 from builder.local import LocalExecutor
 from builder.options import BuildOptions, Report
-from builder.plan import Plan, PlannedStage, Step
+from builder.plan import Plan
 from builder.sandbox import Isolation
-from builder.solver import Solution, Solver, with_trailing_history
-from registry import mediatypes as mt
-from registry.client import ClientOptions, RegistryClient
+from builder.solver import Solution, Solver, missing_steps, with_trailing_history
+from registry.client import ClientOptions, RegistryClient, Repository
 from registry.image import Image
-
-
-class LeaseGate:
-    """The step Lease around each missing step (a local.StepGate): whoever holds it runs the step;
-    whoever waited finds the step image pushed meanwhile and adopts it."""
-
-    def __init__(self, env: BuildEnv, leases: Leases):
-        self.env, self.leases = env, leases
-
-    def __call__(self, stage: PlannedStage, step: Step, run: Callable[[], Image],
-                 adopt: Callable[[Image], Image]) -> tuple[Image, bool]:
-        env = self.env
-        with self.leases.held(step_lease_name(step.key), f"[{stage.label}] {step.text}", labels=dict(MANAGED)):
-            repo = env.stages_repo or ""
-            desc = None if env.options.no_cache else env.store.repo(repo).head_manifest(step.key, mt.OCI_MANIFEST)
-            if desc is None:
-                return run(), False
-            image = adopt(env.store.load(repo, desc.digest))
-            env.report(ev.REUSED, f"{ev.step_message(stage, step)} (pushed meanwhile by another build)",
-                       **ev.step_fields(env.options.image_name, stage, step))
-            return image, True
 
 
 class StagesReadBack:
@@ -69,10 +48,10 @@ class StagesReadBack:
         ps = self.plan.stages[label]
         store, repo = self.env.store, self.env.stages_repo or ""
         if ps.steps:
-            desc = store.repo(repo).head_manifest(ps.final_key, mt.OCI_MANIFEST)
+            desc = self.env.find_step(ps.final_key)
             if desc is None:
-                raise BuildError(f"stage {label} should be built already but {repo}:{ps.final_key} is missing",
-                                 hint="run the build again")
+                raise BuildError(f"stage {label} should be built already but {repo}:{ps.final_key} is missing "
+                                 "(or not signed by the build key)", hint="run the build again")
             return store.load(repo, desc.digest)
         if ps.base_stage:
             return self.result(ps.base_stage)
@@ -89,44 +68,71 @@ def sandbox_mode() -> str:
     return forced if forced in ("chroot", "namespaces") else "chroot"
 
 
-def read_secrets(directory: str | None) -> dict[str, bytes]:
-    """--secret values mounted from the build's Secret: file names are the hex of the secret ids."""
-    if not directory or not Path(directory).is_dir():
-        return {}
-    out = {}
-    for entry in Path(directory).iterdir():
-        if entry.name.startswith("."):
-            continue  # the Secret volume's ..data bookkeeping
+def _download(repo: Repository, cache: LocalCache, hexdigest: str, name: str) -> Path:
+    """An `ADD <url>` file the CLI checked, from the stages repo (by digest) into the tenant's store."""
+    from registry.download import keep
+
+    target = cache.downloads / hexdigest / name
+    if not target.is_file():
+        fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=cache.root / "work")
+        os.close(fd)
         try:
-            sid = bytes.fromhex(entry.name).decode()
-        except ValueError:
-            continue
-        out[sid] = entry.read_bytes()
-    return out
+            repo.download_blob("sha256:" + hexdigest, tmp)
+            os.chmod(tmp, 0o600)
+            keep(Path(tmp), cache.downloads, "sha256:" + hexdigest, name)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return target
 
 
-def build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, *, insecure: tuple[str, ...] = (),
-                lease_s: int = 30, work: Path | None = None, cache_dir: str | None = None,
-                api_client: Any = None, holder: str | None = None, namespace: str | None = None,
-                ssh_relay: bool = False) -> dict[str, Any]:
-    """Build one stage of an uploaded plan; returns {"built", "reused", "digest"}."""
-    work = work or Path(os.environ.get("KADE_WORK_DIR", "/work"))
-    # with --ssh: an agent socket whose connections are tunnelled to the CLI's agent
-    relay = PodAgentRelay(work / "ssh-agent.sock", report) if ssh_relay else None
+def read_build_key(directory: str | None) -> Any:
+    """The tenant's build key from the Secret the pod mounts (cosign.key, optional cosign.password)."""
+    if not directory or not (Path(directory) / "cosign.key").is_file():
+        return None
+    from registry.errors import SigningKeyError
+    from registry.sigkeys import load_private_key
+
+    password = Path(directory) / "cosign.password"
     try:
-        return _build_stage(plan_digest, label, stages_repo, report, insecure, lease_s, work, cache_dir,
-                            api_client, holder, namespace, str(relay.path) if relay else None)
+        return load_private_key((Path(directory) / "cosign.key").read_bytes(),
+                                password.read_bytes() if password.is_file() else None, "the build key Secret")
+    except SigningKeyError as exc:
+        raise BuildError(str(exc), hint="check the Secret named by --build-key") from None
+
+
+@dataclass
+class StageTask:
+    """What `kade build-stage` is asked to do (its command line)."""
+    plan_digest: str
+    label: str
+    stages_repo: str
+    insecure: tuple[str, ...] = ()
+    work: Path | None = None
+    cache_dir: str | None = None
+    ssh_relay: bool = False          # an agent socket whose connections are tunnelled to the CLI's agent
+    secrets_relay: bool = False      # --secret values asked of the CLI (secret_relay.py)
+    tenant: str | None = None
+    share: frozenset[str] = frozenset()
+    build_key_dir: str | None = None  # where the build key Secret is mounted
+
+
+def build_stage(task: StageTask, report: Report) -> dict[str, Any]:
+    """Build one stage of an uploaded plan; returns {"built", "digest"}."""
+    work = task.work or Path(os.environ.get("KADE_WORK_DIR", "/work"))
+    secrets = secret_relay.receive(report) if task.secrets_relay else {}
+    relay = PodAgentRelay(work / "ssh-agent.sock", report) if task.ssh_relay else None
+    try:
+        return _build_stage(task, report, work, secrets, str(relay.path) if relay else None)
     finally:
         if relay:
             relay.close()
 
 
-def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, insecure: tuple[str, ...],
-                 lease_s: int, work: Path, cache_dir: str | None, api_client: Any, holder: str | None,
-                 namespace: str | None, ssh: str | None) -> dict[str, Any]:
-    client = RegistryClient(ClientOptions(insecure=insecure))
-    repo = client.repository(stages_repo)
-    with repo.open_blob(plan_digest) as f:
+def _build_stage(task: StageTask, report: Report, work: Path, secrets: dict[str, bytes],
+                 ssh: str | None) -> dict[str, Any]:
+    client = RegistryClient(ClientOptions(insecure=task.insecure))
+    repo = client.repository(task.stages_repo)
+    with repo.open_blob(task.plan_digest) as f:
         body = f.read()
     ctx_dir = work / "context"
     stages, extra = plancodec.load_stages(body, ctx_dir)
@@ -136,34 +142,33 @@ def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report,
         repo.download_blob(extra["context"], tar)
         context_upload.unpack(tar, ctx_dir)
         tar.unlink()
-    options = BuildOptions(context=ctx_dir, repo=stages_repo, compression=extra.get("compression", "gzip"),
-                           parallel=1, cache_dir=cache_dir, insecure=insecure,
+    options = BuildOptions(context=ctx_dir, repo=task.stages_repo, compression=extra.get("compression", "gzip"),
+                           parallel=1, cache_dir=task.cache_dir, insecure=task.insecure,
                            platform=extra.get("platform", "linux/amd64"), no_cache=bool(extra.get("no_cache")),
-                           image_name=extra.get("image_name", "default"),
-                           secrets=read_secrets(os.environ.get("KADE_SECRETS_DIR")), ssh=ssh,
+                           image_name=extra.get("image_name", "default"), secrets=secrets, ssh=ssh,
                            sandbox=run_chroot if sandbox_mode() == "chroot" else None,
                            # the pod's own user namespace (hostUsers: false) is the boundary around root in
                            # RUN; RUN shares the pod's network (no bridge to NAT through in a pod)
-                           isolation=Isolation(userns="host", network="shared"))
+                           isolation=Isolation(userns="host", network="shared"),
+                           tenant=task.tenant, share=task.share, build_key=read_build_key(task.build_key_dir))
     env = BuildEnv.make(options, report, client)
-    gate = None
-    if api_client is not None and holder and namespace:
-        gate = LeaseGate(env, Leases(api_client, namespace, holder, lease_s, report))
     rootfs_dir = work / "rootfs"
     rootfs_dir.mkdir(parents=True, exist_ok=True)
-    executor = LocalExecutor(env, gate=gate, work_root=rootfs_dir)  # rootfs on the pod's emptyDir
+    executor = LocalExecutor(env, work_root=rootfs_dir)  # rootfs on the pod's emptyDir
     by_label = {ps.label: ps for ps in stages}
-    if label not in by_label:
-        raise BuildError(f"stage {label!r} is not in the uploaded plan {plan_digest}")
-    plan = Plan(dockerfile=None, stages=by_label, target=label, unused_args=[], platform=options.platform,
+    if task.label not in by_label:
+        raise BuildError(f"stage {task.label!r} is not in the uploaded plan {task.plan_digest}")
+    plan = Plan(dockerfile=None, stages=by_label, target=task.label, unused_args=[], platform=options.platform,
                 context_root=ctx_dir.resolve())
-    ps = by_label[label]
+    ps = by_label[task.label]
     solver = Solver(env, executor)
     solution = Solution(None, {})
     with session(env, executor):  # the PVC's shared lock: a `kade cache prune` Job waits for running pods
         solution.hits = solver.lookup_steps(ps.steps)
+        context_upload.place_downloads(missing_steps(ps, set(solution.hits)),
+                                       lambda hexdigest, planned: _download(repo, env.cache, hexdigest, planned.name))
         if ps.base_image:
             env.store.load(ps.base_image.ref, ps.base_image.digest)
         with executor.running(plan, []):
             image = solver.solve_stage(ps, solution.hits, StagesReadBack(env, plan), solution)
-    return {"built": solution.built, "reused": solution.reused, "digest": image.digest if image else None}
+    return {"built": solution.built, "digest": image.digest if image else None}

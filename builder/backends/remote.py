@@ -2,7 +2,8 @@
 
 `RemoteExecutor` is the backend-neutral half of in-cluster builds. Before the first job it uploads
 the stage plan (plancodec) and the context files the missing steps read (context_upload) as two
-content-addressed blobs in the stages repo; then for every job it waits for the stages the job
+content-addressed blobs in the stages repo, and each `ADD <url>` file they copy as a blob of its own
+(the bytes the CLI checked and keyed); then for every job it waits for the stages the job
 depends on, hands the stage to a `StageRunner` (a pod for the kubernetes backend; tests run the
 pod's code in this process, or the builder image under podman) and reads the stage's final step
 image back from the stages repo. Planning and publishing stay in the CLI, as in the local backend,
@@ -20,14 +21,13 @@ from builder.backends import context_upload, plancodec
 from builder.env import BuildEnv
 from builder.errors import BuildError
 from builder.executor import StageJob, StageOutcome, StageResults
-from builder.plan import Plan, PlannedStage
-from registry import mediatypes as mt
+from builder.plan import Plan
 from registry.digest import sha256_digest
 
 
 class StageRunner(Protocol):
-    def run(self, stage: PlannedStage, plan_digest: str) -> int:
-        """Build `stage` of the uploaded plan `plan_digest` elsewhere (pushing its step images);
+    def run(self, job: StageJob, plan_digest: str) -> int:
+        """Build the job's stage of the uploaded plan `plan_digest` elsewhere (pushing its step images);
         returns the number of steps it ran."""
 
 
@@ -62,11 +62,11 @@ class RemoteExecutor:
         for dep in sorted(ps.deps):
             results.result(dep)  # a failed dependency fails this stage too
         assert self.plan_digest is not None
-        ran = self.runner.run(ps, self.plan_digest)
-        desc = self.env.store.repo(self.stages_repo).head_manifest(ps.final_key, mt.OCI_MANIFEST)
+        ran = self.runner.run(job, self.plan_digest)
+        desc = self.env.find_step(ps.final_key)
         if desc is None:
-            raise BuildError(f"stage {ps.label}: it finished but {self.stages_repo}:{ps.final_key} is missing",
-                             hint="check the registry and the stage's output above")
+            raise BuildError(f"stage {ps.label}: it finished but {self.stages_repo}:{ps.final_key} is missing "
+                             "(or not signed by the build key)", hint="check the registry and the stage's output above")
         return StageOutcome(self.env.store.load(self.stages_repo, desc.digest), ran)
 
     def _upload(self, plan: Plan, jobs: Sequence[StageJob]) -> str:
@@ -83,6 +83,10 @@ class RemoteExecutor:
                     env.report("upload", f"context: {size} bytes ({len(paths)} entries) as {context_digest[:19]}",
                                digest=context_digest, entries=len(paths))
                     repo.upload_blob(tar, context_digest, size)
+        steps = [s for job in jobs for s in job.steps]
+        for hexdigest, path in context_upload.downloads(steps):   # ADD <url> files, by digest
+            if repo.head_blob("sha256:" + hexdigest) is None:
+                repo.upload_blob(path, "sha256:" + hexdigest, path.stat().st_size)
         extra = {"context": context_digest, "compression": o.compression, "platform": plan.platform,
                  "no_cache": o.no_cache, "image_name": o.image_name}
         body = plancodec.dump_stages(plan.order(), root, extra)

@@ -55,7 +55,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--allow-host-network", action="store_true",
                    help="let RUN --network=host use this host's network (its loopback services included)")
     add_backend_arguments(p)
-    from kade import supply
+    from kade import supply, tenancy
+
+    tenancy.add_arguments(p)
 
     supply.add_arguments(p)
     from kade.commands.converge import project_args
@@ -106,7 +108,7 @@ USERNS_HOST_WARNING = ("--userns host: RUN steps run as this host's root, not as
                        "for Dockerfiles you trust, or where user namespaces are unavailable")
 
 
-def options_from_args(args: argparse.Namespace) -> BuildOptions:
+def options_from_args(args: argparse.Namespace, tenant: Any = None) -> BuildOptions:
     from builder.sandbox import Isolation
 
     context = Path(args.context or ".")
@@ -127,7 +129,9 @@ def options_from_args(args: argparse.Namespace) -> BuildOptions:
         secrets=dict(parse_secret(s) for s in args.secret), ssh=parse_ssh(args.ssh),
         compression=args.compression, no_cache=args.no_cache, parallel=args.parallel, cache_dir=args.cache_dir,
         keep_failed=args.keep_failed, insecure=tuple(args.insecure_registry), platform=args.platform,
-        isolation=Isolation(userns=args.userns), allow_host_network=args.allow_host_network)
+        isolation=Isolation(userns=args.userns), allow_host_network=args.allow_host_network,
+        tenant=tenant.name if tenant else None, share=tenant.share if tenant else frozenset(),
+        build_key=tenant.build_key if tenant else None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -135,7 +139,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.context is None and not args.dockerfile and has_project(Path(args.dir)):
         return run_project(args)
-    options = options_from_args(args)
+    from kade import tenancy
+
+    tenant = tenancy.choose(args)
+    options = options_from_args(args, tenant)
     if options.tags:
         options.supply = _supply(args, options.context)
     if args.check_reproducible:
@@ -147,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "kubernetes":
         from builder.backends.kubernetes import pod_executor
 
-        executor = pod_executor(kube_settings_from_args(args))
+        executor = pod_executor(tenancy.with_pod_key(kube_settings_from_args(args), tenant))
     with build_reporter(args.output) as report:
         if args.userns == "host":
             report("warning", USERNS_HOST_WARNING)

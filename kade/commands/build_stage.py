@@ -14,7 +14,7 @@ from typing import Any
 
 from builder.errors import BuildError, StepFailedError
 from kade.errors import EXPECTED
-from kade.output import make_reporter
+from kade.output import relay_reporter
 
 
 def register(subparsers: Any) -> None:
@@ -23,9 +23,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plan", required=True, metavar="DIGEST", help="stage plan blob in the stages repo")
     p.add_argument("--stage", required=True, metavar="LABEL")
     p.add_argument("--repo", required=True, metavar="STAGES_REPO")
-    p.add_argument("--lease-seconds", type=int, default=30)
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST")
     p.add_argument("--ssh-relay", action="store_true", help="tunnel RUN --mount=type=ssh to the CLI's agent")
+    p.add_argument("--secrets-relay", action="store_true", help="ask the CLI for the build's --secret values")
+    p.add_argument("--tenant", metavar="NAME", help="the tenant whose caches on the PVC the stage uses")
+    p.add_argument("--share", default="", metavar="PARTS", help="cache parts the tenant shares")
     p.set_defaults(func=run)
 
 
@@ -36,19 +38,16 @@ def _emit(kind: str, **fields: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from builder.backends.kubernetes import FAILED_KIND, RESULT_KIND
-    from builder.backends.podstage import build_stage
+    from builder.backends.podspec import BUILD_KEY_MOUNT
+    from builder.backends.podstage import StageTask, build_stage
+    from builder.tenant import parse_shares
 
-    report = make_reporter("json", sys.stdout)
-    api_client = None
-    holder, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
-    if holder and namespace:
-        from kube.client import api_client as make_api_client
-
-        api_client = make_api_client()  # the pod's service account (no kubeconfig in a builder pod)
+    report = relay_reporter(sys.stdout)
+    task = StageTask(args.plan, args.stage, args.repo, insecure=tuple(args.insecure_registry),
+                     ssh_relay=args.ssh_relay, secrets_relay=args.secrets_relay, tenant=args.tenant,
+                     share=parse_shares(args.share), build_key_dir=os.environ.get("KADE_BUILD_KEY_DIR", BUILD_KEY_MOUNT))
     try:
-        result = build_stage(args.plan, args.stage, args.repo, report, insecure=tuple(args.insecure_registry),
-                             lease_s=args.lease_seconds, api_client=api_client, holder=holder, namespace=namespace,
-                             ssh_relay=args.ssh_relay)
+        result = build_stage(task, report)
     except StepFailedError as exc:
         _emit(FAILED_KIND, message=exc.detail, step=exc.detail.rsplit(" failed with exit code", 1)[0],
               exit_code=exc.exit_code, output_tail=exc.output_tail, file=exc.file, line=exc.line)

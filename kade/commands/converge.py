@@ -30,10 +30,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--timeout", default="5m", type=argtypes.duration, help="deploy timeout (e.g. 90s, 5m; default 5m)")
     p.add_argument("--atomic", action=argparse.BooleanOptionalAction, default=True,
                    help="roll back a failed rollout (default: yes)")
-    from kade import supply
+    from kade import supply, tenancy
 
     supply.add_arguments(p)
     supply.add_verify_arguments(p)
+    tenancy.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -79,7 +80,10 @@ def make_project_options(args: argparse.Namespace, ws: Any) -> Any:
     if single:
         raise UsageError(f"{', '.join(single)}: for a single Dockerfile (kade build CONTEXT); with kade.yaml each "
                          "image's Dockerfile, target, args, secrets and tags come from kade.yaml (and --add-tag)")
-    factory = executor_factory(args)
+    from kade import tenancy
+
+    tenant = tenancy.choose(args, ws.config.tenant, ws.root)
+    factory = executor_factory(args, tenant)
     if args.parallel < 1:
         raise UsageError("--parallel must be at least 1")
     try:
@@ -94,11 +98,13 @@ def make_project_options(args: argparse.Namespace, ws: Any) -> Any:
     return project_options(ws, args.repo, stages_repo=args.stages_repo, add_tags=list(args.add_tag),
                            env_name=args.env_name, no_cache=args.no_cache, parallel=args.parallel,
                            cache_dir=args.cache_dir, insecure=tuple(args.insecure_registry),
-                           images=getattr(args, "only_images", None), executor=factory, supply=supply)
+                           images=getattr(args, "only_images", None), executor=factory, supply=supply,
+                           tenant=tenant.name, share=tenant.share, build_key=tenant.build_key)
 
 
-def executor_factory(args: argparse.Namespace) -> "ExecutorFactory | None":
-    """None (the local executor) or the pod executor's factory for --backend kubernetes."""
+def executor_factory(args: argparse.Namespace, tenant: Any) -> "ExecutorFactory | None":
+    """None (the local executor) or the pod executor's factory for --backend kubernetes (its pods given
+    the tenant and its build key)."""
     if args.backend == "local":
         return None
     try:
@@ -116,7 +122,9 @@ def executor_factory(args: argparse.Namespace) -> "ExecutorFactory | None":
         if not image:
             raise UsageError("--backend kubernetes needs $KADE_BUILDER_IMAGE (kade's builder image)")
         settings = KubeSettings(image=image, kubeconfig=args.kubeconfig, kube_context=args.kube_context)
-    return pod_executor(settings)
+    from kade.tenancy import with_pod_key
+
+    return pod_executor(with_pod_key(settings, tenant))
 
 
 def text_summary(data: dict[str, Any]) -> str:

@@ -43,7 +43,7 @@ def test_later_pods_copy_unpacked_layers_from_the_cache_pvc(kube_cluster, builde
         final = unpack_records(recs, "1")
         # the first pod found an empty PVC: it unpacked the base layer and kept the tree there ...
         assert [(r["reused"], r["unpacked"]) for r in first] == [(0, 1)], first
-        kept = [p.name for p in (env.cache_dir / "rootfs").iterdir() if p.name.startswith("sha256-")]
+        kept = [p.name for p in (env.cache_dir / "tenants").glob("*/trees/sha256-*")]   # the build's tenant's
         assert len(kept) == 1, kept
         # ... the next pod copied it: the base as its own parent, and under the first stage's image
         assert sorted((r["reused"], r["unpacked"]) for r in final) == [(1, 0), (1, 1)], final
@@ -83,14 +83,14 @@ def test_the_prune_cronjob_empties_what_no_build_used_and_waits_for_running_buil
         new_blob = cache.root / "blobs" / "sha256" / ("b" * 64)
         new_blob.write_bytes(b"new")
         # an unpacked tree as images have them: a directory of another owner that only it may enter
-        old_tree = cache.root / "rootfs" / ("sha256-" + "c" * 64)
+        old_tree = cache.rootfs_store.root / ("sha256-" + "c" * 64)   # the default tenant's trees
         (old_tree / "home" / "app").mkdir(parents=True)
         (old_tree / "home" / "app" / "f").write_text("x")
         os.chown(old_tree / "home" / "app" / "f", 1234, 1234)
         os.chown(old_tree / "home" / "app", 1234, 1234)
         (old_tree / "home" / "app").chmod(0o500)
         _aged(old_tree, 10)
-        fresh_tree = cache.root / "rootfs" / ("sha256-" + "d" * 64)
+        fresh_tree = cache.rootfs_store.root / ("sha256-" + "d" * 64)
         fresh_tree.mkdir()
         old_mount = _aged(cache.mount_dir("apt"), 10)
 

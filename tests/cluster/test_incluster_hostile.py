@@ -4,13 +4,15 @@ symlinks pointing out of the context, `--secret` values and malformed base image
 
 Escape attempts all aim at the pod's /cache, the cache PVC, whose PV is a directory on this host
 (`builder_env.cache_dir`) holding a `victim` file: after each build nothing named `pwned*` may exist
-there outside the unpacked rootfs trees the pods keep under rootfs/, and the victim is unchanged.
+there outside the unpacked rootfs trees the pods keep under tenants/<tenant>/trees/, and the victim is
+unchanged.
 A refused input fails the build (exit 1) with the layer (or archive) and entry named, and pushes no
 final tag and no build record. Entries that are legitimately kept inside the rootfs (symlinks, even
 absolute ones or ones to `/`; devices, as the pod runs as root) are checked in the built image.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes import client, config
 
 from tests.fixtures.build import BaseImage, base_rootfs_tar, push_layers
 from tests.fixtures.cluster import state_dir
@@ -60,7 +63,8 @@ def victim(builder_env) -> Path:
 
 def assert_nothing_escaped(env, victim: Path) -> None:
     pv = env.cache_dir
-    leaked = [str(p.relative_to(pv)) for p in pv.rglob("pwned*") if p.relative_to(pv).parts[0] != "rootfs"]
+    leaked = [str(p.relative_to(pv)) for p in pv.rglob("pwned*")
+              if p.relative_to(pv).parts[:1] != ("tenants",) or p.relative_to(pv).parts[2:3] != ("trees",)]
     assert leaked == [], f"written outside the rootfs, onto the cache PVC: {leaked}"
     assert victim.read_bytes() == PRECIOUS and victim.stat().st_nlink == 1
 
@@ -248,8 +252,8 @@ def test_symlinks_devices_and_whiteouts_of_a_base_stay_inside_the_rootfs(builder
     assert "STAT /owned 1234:5678 4750" in lines
     assert "FUSE refused" in lines  # a node the image brings can't be opened in the pod (root on the host can)
     assert_nothing_escaped(builder_env, victim)
-    # the pod kept the unpacked base on the PVC (rootfs/<ChainID>/): the same tree, confined as well
-    kept = list((builder_env.cache_dir / "rootfs").glob("*/cache/pwned-through-link"))
+    # the pod kept the unpacked base on the PVC (tenants/<tenant>/trees/<ChainID>/): the same tree, confined too
+    kept = list((builder_env.cache_dir / "tenants").glob("*/trees/*/cache/pwned-through-link"))
     assert len(kept) == 1 and kept[0].read_bytes() == MARK
     dev = os.lstat(kept[0].parents[1] / "dev" / "kade-sda")  # its device nodes too (docs/incluster.md)
     assert stat.S_ISBLK(dev.st_mode) and (os.major(dev.st_rdev), os.minor(dev.st_rdev)) == (8, 0)
@@ -347,8 +351,11 @@ def test_secret_is_in_no_blob_log_or_step_key(builder_env, busybox_image, tmp_pa
     assert value not in done.stdout + done.stderr and "****" in done.stderr
     assert pods.logs and all(value not in log for log in pods.logs.values())
     assert any("****" in log for log in pods.logs.values())  # the pod's own log, read through the API
-    assert pods.specs and all(value not in spec for spec in pods.specs.values())  # mounted from the Secret
-    assert all("KADE_SECRETS_DIR" in spec for spec in pods.specs.values())
+    assert pods.specs and all(value not in spec for spec in pods.specs.values())  # handed over a port-forward
+    assert all("--secrets-relay" in spec for spec in pods.specs.values())
+    core = client.CoreV1Api(config.new_client_from_config(config_file=builder_env.kubeconfig))
+    stored = core.list_namespaced_secret(builder_env.namespace).items   # nothing in etcd holds it
+    assert not [s.metadata.name for s in stored if base64.b64encode(value.encode()).decode() in str(s.data)]
     blobs = pushed_blobs(builder_env.registry, repo + "-stages", _plan_and_context(builder_env, repo, pods)) | \
         pushed_blobs(builder_env.registry, repo)
     assert len(blobs) >= 5

@@ -31,10 +31,10 @@ class PodmanStages:
         self.records: list[dict] = []
         self.build = Build(options, report, executor=lambda env: RemoteExecutor(env, self))
 
-    def run(self, ps, plan_digest: str) -> int:
+    def run(self, job, plan_digest: str) -> int:
         env = self.build.env
         m = stage_pod(KubeSettings(image=self.image), build_id="podman", owner=None, image_name="default",
-                      stage=ps.label, plan_digest=plan_digest, stages_repo=env.stages_repo,
+                      stage=job.stage.label, plan_digest=plan_digest, stages_repo=env.stages_repo,
                       insecure=(self.registry,), epoch=env.epoch)
         c = m["spec"]["containers"][0]
         sc = c["securityContext"]

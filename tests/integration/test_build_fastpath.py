@@ -83,7 +83,9 @@ def test_an_image_read_by_copy_from_is_unpacked_once_into_the_store_and_never_wr
     ctx = tmp_path / "ctx"
     ctx.mkdir()
     (ctx / "Dockerfile").write_text(FROM_IMAGE.format(base=base_image.ref))
-    cache = LocalCache(tmp_path / "cache")
+    from builder.tenant import Tenant
+
+    cache = LocalCache(tmp_path / "cache", Tenant(f"{registry.host}/fast/from-stages"))  # the build's tenant
     unpacks: list[dict] = []
 
     def report(kind, message, **fields):
@@ -95,7 +97,7 @@ def test_an_image_read_by_copy_from_is_unpacked_once_into_the_store_and_never_wr
                                       cache_dir=str(cache.root)), report)
 
     first = build("1")
-    trees = [p for p in (cache.root / "rootfs").iterdir()]
+    trees = [p for p in cache.rootfs_store.root.iterdir()]
     assert [p.name.startswith("sha256-") for p in trees] == [True]   # one tree: the base's, nothing partial
     state = tree_state(trees[0])
     assert (trees[0] / "bin" / "vi").exists()   # the rw bind's rm worked on a copy

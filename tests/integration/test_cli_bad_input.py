@@ -39,6 +39,7 @@ KIND_BY_DEST = {
     "images": "yamlfile", "policy": "yamlfile", "config": "yamlfile", "filename": "file", "ca_file": "pemfile",
     "timeout": "duration", "settle": "duration0", "no_activity_timeout": "duration", "older_than": "number",
     "target": "stage", "only_images": "image", "use_plan": "file", "save_plan": "outfile", "verify_repo": "git",
+    "tenant": "tenant", "share": "shares",
 }
 KIND_BY_COMMAND_DEST = {(("image", "verify"), "repo"): "git"}  # (a git checkout there, a registry one elsewhere)
 # names the cluster or the registry judges (any string is a valid input here), and hidden flags
@@ -90,6 +91,8 @@ class Workspace:
             "key": [str(r / "missing.key"), str(r / "adir"), "k8s://no-name"],
             "outprefix": [under_file + "/k", str(r / "missing-dir" / "k")],
             "stage": ["nosuch"],
+            "tenant": ["", "team\x01a", "x" * 513],
+            "shares": ["nosuch", "trees,bogus"],
             "image": ["nosuch"],
         }[kind]
 

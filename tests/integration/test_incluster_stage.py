@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from builder.backends import context_upload, plancodec
-from builder.backends.podstage import build_stage
+from builder.backends.podstage import StageTask, build_stage
 from builder.backends.remote import RemoteExecutor
 from builder.build import Build
 from builder.options import BuildOptions
@@ -49,11 +49,11 @@ class InProcessStages:
         self.ran: list[str] = []
         self.plan = None
 
-    def run(self, ps, plan_digest: str) -> int:
-        self.ran.append(ps.label)
-        work = self.pods_root / f"pod-{ps.label}"
-        result = build_stage(plan_digest, ps.label, self.build.env.stages_repo, self.report, work=work,
-                             cache_dir=str(self.pods_root / "pvc"))
+    def run(self, job, plan_digest: str) -> int:
+        self.ran.append(job.stage.label)
+        work = self.pods_root / f"pod-{job.stage.label}"
+        result = build_stage(StageTask(plan_digest, job.stage.label, self.build.env.stages_repo, work=work,
+                                       cache_dir=str(self.pods_root / "pvc")), self.report)
         return result["built"]
 
     def build_all(self):
@@ -115,6 +115,41 @@ def test_stages_built_by_the_pod_code_equal_the_local_backend(registry, base_ima
     again = InProcessStages(BuildOptions(context=ctx, tags=[f"{registry.host}/par/remote:2"],
                                          cache_dir=str(tmp_path / "cli-cache")), report, pods_root=tmp_path / "pods2")
     assert again.build_all().built == 0 and again.ran == []
+
+
+def test_add_url_reaches_the_pod_as_a_blob_of_the_bytes_the_cli_checked(registry, base_image, tmp_path, epoch):
+    """The pod has no other copy of an `ADD <url>` download (its own cache, maybe no internet): the CLI
+    uploads the file it checked and keyed, the pod fetches it by digest (verified)."""
+    import hashlib
+    import http.server
+    import threading
+    from functools import partial
+
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "tool.txt").write_text("downloaded\n")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(http.server.SimpleHTTPRequestHandler,
+                                                                       directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    digest = "sha256:" + hashlib.sha256(b"downloaded\n").hexdigest()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\nADD --checksum={digest} "
+                                    f"http://127.0.0.1:{server.server_port}/tool.txt /opt/\nRUN cat /opt/tool.txt\n")
+    try:
+        b = InProcessStages(BuildOptions(context=ctx, tags=[f"{registry.host}/url/x:1"], cache_dir=str(tmp_path / "c")),
+                            lambda *a, **k: None, pods_root=tmp_path / "pods")
+        with b.build.session():
+            plan = b.build.prepare()
+            (served / "tool.txt").write_text("changed after the CLI planned\n")   # the pod never asks the server
+            assert b.build.publish(plan, b.build.solve(plan)).built == 2
+    finally:
+        server.shutdown()
+    from tests.fixtures.canary import image_files
+
+    files = image_files(registry.url, "url/x", "1")
+    assert files["opt/tool.txt"][1] == b"downloaded\n" and files["opt/tool.txt"][0].mode & 0o777 == 0o600
+    assert list((tmp_path / "pods" / "pvc" / "tenants").glob(f"*/downloads/{digest[7:]}/tool.txt"))
 
 
 def test_a_failing_run_in_the_pod_names_step_and_exit_code(registry, base_image, tmp_path, epoch):

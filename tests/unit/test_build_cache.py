@@ -123,3 +123,35 @@ def test_discard_never_deletes_through_a_mount_left_inside(tmp_path):
     finally:
         os.close(held)
         subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
+
+
+def test_what_builds_shape_is_kept_per_tenant_unless_shared(tmp_path):
+    from builder.tenant import Tenant
+
+    a = LocalCache(tmp_path / "c", Tenant("reg/team-a/app-stages"))
+    b = LocalCache(tmp_path / "c", Tenant("reg/team-b/app-stages"))
+    (b.mount_dir("/root/.cache/pip") / "planted.whl").write_bytes(b"evil")
+    assert not (a.mount_dir("/root/.cache/pip") / "planted.whl").exists()
+    assert a.mount_lock_name("/root/.cache/pip") != b.mount_lock_name("/root/.cache/pip")
+    assert a.downloads != b.downloads and a.rootfs_store.root != b.rootfs_store.root
+    assert a.blobs.root == b.blobs.root   # content-addressed, checked on download: one for all
+    shared_a = LocalCache(tmp_path / "c", Tenant("reg/team-a/app-stages", frozenset({"mounts"})))
+    shared_b = LocalCache(tmp_path / "c", Tenant("reg/team-b/app-stages", frozenset({"mounts"})))
+    (shared_b.mount_dir("go") / "mod").write_bytes(b"shared on purpose")
+    assert (shared_a.mount_dir("go") / "mod").exists()
+    assert shared_a.downloads == a.downloads   # only what both share
+
+
+def test_prune_reaches_every_tenant_and_the_layout_of_older_kades(tmp_path):
+    from builder.tenant import Tenant
+
+    for name in ("one", "two"):
+        cache = LocalCache(tmp_path / "c", Tenant(name, frozenset({"trees"}) if name == "two" else frozenset()))
+        (cache.mount_dir("apt") / "deb").write_bytes(b"d")
+        (cache.downloads / ("0" * 64)).mkdir(parents=True)
+        (cache.rootfs_store.root / "sha256-x").mkdir(parents=True)
+    (tmp_path / "c" / "mounts" / "legacy").mkdir(parents=True)
+    res = LocalCache(tmp_path / "c").prune(keep_mounts=True)
+    assert res.removed == 4   # two downloads, one tree per store (a tenant's, the shared one)
+    assert (LocalCache(tmp_path / "c", Tenant("one")).mount_dir("apt") / "deb").exists()
+    assert LocalCache(tmp_path / "c").prune().removed == 3   # two mounts, the legacy folder

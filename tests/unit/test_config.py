@@ -52,6 +52,9 @@ def test_good_config_parses():
         ("project: x\nimages: {a: {dependencies: [{image: b}]}, b: {dependencies: [{image: a}]}}", "kade.yaml: images: dependency cycle among a, b"),
         ("project: x\ndeploy: {manifests: [a]}", "kade.yaml: deploy.manifests: expected a string, got a list"),
         ("project: [x", "kade.yaml:1: not valid YAML"),
+        ("project: x\ntenant: {share: [everything]}", "kade.yaml: tenant.share[0]: expected one of mounts, trees, downloads"),
+        ("project: x\ntenant: {name: a, owner: b}", "kade.yaml: tenant.owner: unknown key"),
+        ("project: x\ntenant: [a]", "kade.yaml: tenant: expected a mapping, got a list"),
     ],
 )
 def test_bad_config_names_key_path(text, message):
@@ -78,3 +81,14 @@ def test_missing_file_says_what_to_do(tmp_path):
 
     with pytest.raises(ConfigError, match="not found; create a kade.yaml"):
         load_config(tmp_path)
+
+
+@pytest.mark.parametrize("text, name, share, key", [
+    ("tenant: team-a", "team-a", (), None),
+    ("tenant: {share: [trees, mounts], buildKey: keys/build.key}", None, ("trees", "mounts"), "keys/build.key"),
+    ("tenant: {name: team-a, buildKey: k8s://team-a-builds/kade-build-key}", "team-a", (),
+     "k8s://team-a-builds/kade-build-key"),
+])
+def test_tenant(text, name, share, key):
+    tenant = parse_config(f"project: x\n{text}", Path("kade.yaml")).tenant
+    assert (tenant.name, tenant.share, tenant.build_key) == (name, share, key)

@@ -129,24 +129,31 @@ def test_parse_pod_line(line, kind):
     assert (rec["kind"] if rec else None) == kind
 
 
-def test_build_secrets_are_a_read_only_secret_volume():
-    spec = pod(secrets_name="kade-build-b1-secrets")["spec"]
-    assert {"name": "build-secrets", "secret": {"secretName": "kade-build-b1-secrets", "defaultMode": 0o400}} \
-        in spec["volumes"]
+def test_pods_never_get_an_api_token_and_never_hold_a_secret_value_in_their_spec():
+    spec = pod(secrets_relay=True, settings={"build_key_secret": "kade-build-key", "tenant": "team-a",
+                                             "share": ("trees",)})["spec"]
+    assert spec["automountServiceAccountToken"] is False
     c = spec["containers"][0]
-    assert {"name": "build-secrets", "mountPath": "/kade/secrets", "readOnly": True} in c["volumeMounts"]
-    assert {"name": "KADE_SECRETS_DIR", "value": "/kade/secrets"} in c["env"]
-    assert "build-secrets" not in str(pod()["spec"])
+    assert {"name": "build-key", "secret": {"secretName": "kade-build-key", "defaultMode": 0o400}} in spec["volumes"]
+    assert {"name": "build-key", "mountPath": "/kade/build-key", "readOnly": True} in c["volumeMounts"]
+    args = " ".join(c["args"])
+    assert "--secrets-relay" in args and "--tenant team-a" in args and "--share trees" in args
+    assert not [e for e in c["env"] if "valueFrom" in e]   # nothing read from the API: no pod name either
+    plain = pod()["spec"]
+    assert "build-key" not in str(plain) and "--secrets-relay" not in plain["containers"][0]["args"]
 
 
-def test_read_secrets_decodes_ids_and_skips_volume_bookkeeping(tmp_path):
-    from builder.backends.podstage import read_secrets
+def test_step_leases_are_named_per_tenant():
+    a, b = step_lease_name("c" * 64, "1" * 64), step_lease_name("c" * 64, "2" * 64)
+    assert a != b and a.startswith("kade-step-111111111111-") and len(a) <= 253
 
-    (tmp_path / "npm.token".encode().hex()).write_bytes(b"s3cret")
-    (tmp_path / "..data").mkdir()
-    (tmp_path / "not-hex").write_bytes(b"x")
-    assert read_secrets(str(tmp_path)) == {"npm.token": b"s3cret"}
-    assert read_secrets(None) == {} and read_secrets(str(tmp_path / "missing")) == {}
+
+def test_secret_values_cross_the_relay_intact():
+    from builder.backends import secret_relay
+
+    values = {"npm.token": b"s3cret\n", "key": bytes(range(256))}
+    wire = secret_relay.encode(values)
+    assert secret_relay.decode(wire[4:]) == values and int.from_bytes(wire[:4], "big") == len(wire) - 4
 
 
 @pytest.mark.parametrize("failure, tail, expected, exit_code", [
@@ -207,3 +214,38 @@ def test_user_namespace_support_is_read_from_the_nodes(nodes, selector, supporte
 
     ok, reason = user_namespace_support(nodes, selector)
     assert ok is supported and reason.startswith(why)
+
+
+def test_the_pod_takes_secret_values_only_from_whoever_knows_the_id():
+    """receive() and send() over real loopback sockets (the port-forward is the CLI's only change)."""
+    import socket
+    import threading
+
+    from builder.backends import secret_relay
+
+    records: list[dict] = []
+    got: dict = {}
+    asked = threading.Event()
+
+    def report(kind, message, **fields):
+        records.append({"kind": kind, **fields})
+        asked.set()
+
+    t = threading.Thread(target=lambda: got.update(secret_relay.receive(report, wait_s=10)))
+    t.start()
+    assert asked.wait(5) and records[0]["kind"] == secret_relay.REQUEST_KIND
+    port = records[0]["port"]
+    with socket.create_connection(("127.0.0.1", port)) as intruder:   # a wrong id: ignored, not an answer
+        intruder.sendall(b"\0" * 16 + secret_relay.encode({"tok": b"forged"}))
+    secret_relay.send(lambda p: socket.create_connection(("127.0.0.1", p)), records[0], {"tok": b"real"})
+    t.join(10)
+    assert got == {"tok": b"real"}
+
+
+def test_no_answer_is_a_clear_error():
+    from builder.backends import secret_relay
+    from builder.errors import BuildError
+
+    with pytest.raises(BuildError, match="did not arrive from the CLI within 0s") as err:
+        secret_relay.receive(lambda *a, **k: None, wait_s=0.2)
+    assert "pods/portforward" in err.value.hint
