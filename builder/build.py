@@ -36,6 +36,7 @@ from builder.epoch import created_at, rfc3339, source_date_epoch
 from builder.errors import BuildError, StepFailedError
 from builder.keys import is_step_key
 from builder.plan import DEFAULT_PLATFORM, BaseImage, Plan, PlannedStage, Step, make_plan
+from builder.stageroot import StageRoot, StageRoots, Tree
 from registry import cancel
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient, Repository
@@ -146,12 +147,13 @@ class Builder:
         self.lock = threading.Lock()
         self.built = 0
         self.work_dirs: list[Path] = []
-        self.stage_roots: dict[str, Path] = {}
+        self.stage_roots: dict[str, Tree] = {}   # what readers of a stage or image read (stageroot.Tree)
         self.stage_images: dict[str, Image | None] = {}
         self.stage_futures: dict[str, Future] = {}
         self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
         self.root_lock = threading.Lock()
         self.fetch_pool: cancel.Pool | None = None  # layer downloads unpacked while they run
+        self._roots: StageRoots | None = None
         self.epoch = options.epoch if options.epoch is not None else source_date_epoch()
         if options.tags:
             self.stages_repo = options.repo or stages_repo_for(options.tags[0])
@@ -298,18 +300,18 @@ class Builder:
         if last_hit == len(steps) - 1:
             self.stage_images[ps.label] = parent
             return parent
-        rootfs = self._materialize(parent, f"stage-{ps.label}-")
+        root = self._materialize(parent, f"stage-{ps.label}-")
         for s in steps[last_hit + 1:]:
-            parent = self._run_once(ps, s, parent, rootfs)
+            parent = self._run_once(ps, s, parent, root)
         if ps.label in rootfs_readers(self.plan):  # else its last RUN may have left it unmerged
             with self.root_lock:
-                self.stage_roots[ps.label] = rootfs
+                self.stage_roots[ps.label] = root.reader()
         self.stage_images[ps.label] = parent
         return parent
 
-    def _run_once(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path) -> Image:
+    def _run_once(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot) -> Image:
         """Identical steps (same key) in stages running at once execute once: the others wait for that
-        image and apply its layer onto their own rootfs, which is at the same parent state."""
+        image and take its layer onto their own rootfs, which is at the same parent state."""
         with self.lock:
             claim = self.claims.get(step.key)
             mine = claim is None
@@ -319,14 +321,10 @@ class Builder:
         if not mine:
             img: Image = claim.result()
             self.report("shared", f"[{ps.label}] {step.text}", key=step.key)
-            base_layers = len(parent.manifest.layers) if parent else 0
-            from builder.execute import apply_layers
-
-            apply_layers(rootfs, [(self._blob_path(img, d), d.media_type, d.digest)
-                                  for d in img.manifest.layers[base_layers:]])
+            root.add_layers(self._layer_refs(img))
             return img
         try:
-            img = self.execute_step(ps, step, parent, rootfs)
+            img = self.execute_step(ps, step, parent, root)
         except BaseException as exc:
             claim.set_exception(exc)
             raise
@@ -340,29 +338,30 @@ class Builder:
         return self.load_image(self.stages_repo, desc.digest)  # type: ignore[arg-type]
 
     # -- rootfs ----------------------------------------------------------------------------------
-    def _materialize(self, image: Image | None, prefix: str) -> Path:
-        """A fresh rootfs holding `image`: a copy of the longest unpacked prefix kept in the local cache
-        (by ChainID), plus the remaining layers applied from cached or downloaded blobs.
+    @property
+    def roots(self) -> StageRoots:
+        """Stage roots over the layer store (builder/stageroot.py), or copies where overlay can't be used."""
+        with self.lock:
+            if self._roots is None:
+                self._roots = StageRoots(self.cache.root, self.cache.lock, self.report, self.epoch)
+            return self._roots
 
-        Only base images' stacks are saved for later builds: they recur in every build that runs
-        anything, while step images change with the code (saving those costs a full tree copy each time)."""
+    def _materialize(self, image: Image | None, prefix: str) -> StageRoot:
+        """A fresh rootfs holding `image`: an overlay of its layer dirs (each unpacked once, from cached
+        or downloaded blobs, when missing) and a fresh upper dir per step; where overlay can't be used,
+        a copy of the longest unpacked prefix with the remaining layers applied (only base images'
+        trees are saved for later builds there: a step image's tree would cost a full copy each time)."""
         holder = self.cache.work_dir(prefix)
         self.work_dirs.append(holder)
-        rootfs = holder / "rootfs"
-        if image is None:
-            rootfs.mkdir(mode=0o755)
-            os.chmod(rootfs, 0o755)  # FROM scratch: `/` is 0755, whatever the umask
-            return rootfs
-        refs = self._layer_refs(image, "copied from")
-        self.cache.rootfs_store.materialize(refs, rootfs, save=self._keepable(image))
-        return rootfs
+        refs = self._layer_refs(image, report=True) if image is not None else []
+        return self.roots.stage(refs, holder, save=image is not None and self._keepable(image))
 
     def _keepable(self, image: Image) -> bool:
         return image.repo not in (self.stages_repo, "")
 
-    def _layer_refs(self, image: Image, reuse: str) -> list:
-        """The image's layers for the rootfs store, the ones it lacks downloading meanwhile; reports how
-        many the store supplies."""
+    def _layer_refs(self, image: Image, *, report: bool = False) -> list:
+        """The image's layers for the layer store, the ones it lacks downloading meanwhile; with `report`,
+        says how many the store supplies."""
         from builder.rootfs import LayerRef, chain_ids
 
         diff_ids = list((image.config.get("rootfs") or {}).get("diff_ids") or [])
@@ -370,21 +369,26 @@ class Builder:
         if len(diff_ids) != len(layers):
             raise BuildError(f"image {image.repo}@{image.digest} has {len(layers)} layers but "
                              f"{len(diff_ids)} diff_ids in its config", hint="rebuild or re-push that image")
-        kept = self.cache.rootfs_store.cached_depth(chain_ids(diff_ids))
-        fetches = {d.digest: self._fetch(image, d) for d in layers[kept:]}   # all at once, unpacked as they come
-        self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}: {kept} {reuse} the "
-                              f"unpacked cache, {len(layers) - kept} unpacked", reused=kept, unpacked=len(layers) - kept)
+        missing = self.roots.missing(chain_ids(diff_ids))
+        fetches = {layers[i].digest: self._fetch(image, layers[i]) for i in missing}   # all at once, unpacked as they come
+        if report:
+            kept = len(layers) - len(missing)
+            self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}: {kept} reused from the local "
+                                  f"cache, {len(missing)} unpacked", reused=kept, unpacked=len(missing))
         return [LayerRef(diff_id, fetches[d.digest].open if d.digest in fetches else
                          (lambda d=d: open(self._blob_path(image, d), "rb")), d.digest)
                 for diff_id, d in zip(diff_ids, layers)]
 
-    def _read_only_tree(self, image: Image) -> Path:
-        """An image's filesystem for readers (COPY --from=<image>, RUN --mount from=<image>): a base
-        image's tree is unpacked straight into the rootfs store and read there (no copy); step images
-        (never kept) get a work dir as before."""
-        if not self._keepable(image) or not image.manifest.layers:
-            return self._materialize(image, "from-image-")
-        return self.cache.rootfs_store.ensure(self._layer_refs(image, "read in"))
+    def _read_only_tree(self, image: Image) -> Tree:
+        """An image's filesystem for readers (COPY --from=<image>, RUN --mount from=<image>): its layer
+        dirs, read where they are (no copy)."""
+        return self.roots.image(self._layer_refs(image, report=True) if image.manifest.layers else [],
+                                lambda: self._work_dir("from-image-"), keep=self._keepable(image))
+
+    def _work_dir(self, prefix: str) -> Path:
+        holder = self.cache.work_dir(prefix)
+        self.work_dirs.append(holder)
+        return holder
 
     def _fetch(self, image: Image, desc: Descriptor) -> "GrowingBlob":
         """Start downloading a layer blob into the local cache (unless it is there); read it as it grows."""
@@ -408,16 +412,14 @@ class Builder:
                 self.repo(image.repo).download_blob(desc.digest, path, desc.size)
         return path
 
-    def stage_rootfs(self, label: str | None, image: Image | None) -> Path:
+    def stage_rootfs(self, label: str | None, image: Image | None) -> Tree:
         """The filesystem of a stage (or image) for COPY --from / RUN --mount from=."""
         if label is not None:
             img = self.stage_futures[label].result()
             with self.root_lock:
-                if label in self.stage_roots:
-                    return self.stage_roots[label]
-                root = self._materialize(img, f"from-{label}-")
-                self.stage_roots[label] = root
-                return root
+                if label not in self.stage_roots:
+                    self.stage_roots[label] = self._materialize(img, f"from-{label}-").reader()
+                return self.stage_roots[label]
         assert image is not None
         key = "image:" + image.digest
         with self.root_lock:
@@ -426,54 +428,58 @@ class Builder:
             return self.stage_roots[key]
 
     # -- one step ----------------------------------------------------------------------------------
-    def execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path) -> Image:
-        """Run one missing step on `rootfs` and push its step image. Seam for a backend that must
+    def execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot) -> Image:
+        """Run one missing step on `root` and push its step image. Seam for a backend that must
         coordinate steps (the builder pod holds a Lease per step key around it)."""
-        return self._execute_step(ps, step, parent, rootfs)
+        return self._execute_step(ps, step, parent, root)
 
-    def _execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path) -> Image:
+    def _execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot) -> Image:
         from builder import execute as ex
 
         cancel.check()  # nothing new starts once the command is cancelled
         self.report("step", f"[{ps.label}] {step.text}", key=step.key)
-        changes: list = []
         workdir = step.config.get("config", {}).get("WorkingDir") or "/"
+        layer: Descriptor | None = None
         try:
             if step.kind == "run":
                 ctx = ex.RunContext(secrets=self.o.secrets, ssh_socket=self.o.ssh, cache_dir=self._cache_mount,
                                     stage_rootfs=self._mount_root, context_root=self.ctx.root, report=self.report,
                                     runner=self.o.sandbox, isolation=self.o.isolation)
-                layer = ex.run_step(rootfs, step, ctx, lambda line: self.report("output", line), self._write_layer,
-                                    keep_result=rootfs_read_after(self.plan, ps, step))
-                return self._push_step(step, parent, layer)  # type: ignore[arg-type]
-            elif step.kind == "copy":
-                spec = step.copy
-                assert spec is not None
-                from_root = None
-                if spec.from_stage:
-                    from_root = self.stage_rootfs(spec.from_stage, None)
-                elif spec.from_image is not None:
-                    img = self.load_image(spec.from_image.ref, spec.from_image.digest)
-                    from_root = self.stage_rootfs(None, img)
-                changes = ex.copy_step(rootfs, spec, workdir, from_root, context_root=self.ctx.root,
-                                       epoch=self.epoch)
-            elif step.kind == "workdir":
-                changes = ex.ensure_dir(rootfs, workdir, epoch=self.epoch)
+                layer = ex.run_step(root, step, ctx, lambda line: self.report("output", line),  # type: ignore[assignment]
+                                    self._write_layer, keep_result=rootfs_read_after(self.plan, ps, step))
+            elif step.kind in ("copy", "workdir"):
+                with root.writable() as rootfs:
+                    changes = self._copy(step, rootfs, workdir) if step.kind == "copy" else \
+                        ex.ensure_dir(rootfs, workdir, epoch=self.epoch)
+                    layer = self._write_layer(changes) if changes else None
         except StepFailedError as exc:
             if self.o.keep_failed:
-                self.work_dirs.remove(rootfs.parent)
-                exc.rootfs = str(rootfs)
-                exc.hint = f"the failed rootfs is kept at {rootfs}"
+                kept = root.keep(root.work / "rootfs")
+                self.work_dirs.remove(root.work)
                 raise StepFailedError(exc.detail, exit_code=exc.exit_code, output_tail=exc.output_tail,
-                                      file=exc.file, line=exc.line, hint=exc.hint, rootfs=str(rootfs)) from None
+                                      file=exc.file, line=exc.line, hint=f"the failed rootfs is kept at {kept}",
+                                      rootfs=str(kept)) from None
             raise
         except BuildError as exc:
             if exc.line is not None:
                 raise
             raise BuildError(f"{step.text}: {exc.detail}", file=step.ins.file, line=step.ins.line,
                             hint=exc.hint) from None
-        layer = self._write_layer(changes) if changes else None
+        root.commit((layer.annotations or {}).get("kade.diff_id") if layer is not None else None)
         return self._push_step(step, parent, layer)
+
+    def _copy(self, step: Step, rootfs: Path, workdir: str) -> list:
+        from builder import execute as ex
+
+        spec = step.copy
+        assert spec is not None
+        from_root = None
+        if spec.from_stage:
+            from_root = self.stage_rootfs(spec.from_stage, None).path
+        elif spec.from_image is not None:
+            img = self.load_image(spec.from_image.ref, spec.from_image.digest)
+            from_root = self.stage_rootfs(None, img).path
+        return ex.copy_step(rootfs, spec, workdir, from_root, context_root=self.ctx.root, epoch=self.epoch)
 
     def _fetch_url(self, url: str, checksum: str | None) -> Path:
         """ADD <url>: download (every build: the key follows the content), verify --checksum, mode 0600."""
@@ -501,7 +507,7 @@ class Builder:
         stack.callback(shutil.rmtree, private, True)
         return private
 
-    def _mount_root(self, ref: str, _unused: object) -> Path:
+    def _mount_root(self, ref: str, _unused: object) -> Tree:
         for label in self.plan.stages:
             if label == ref.lower():
                 return self.stage_rootfs(label, None)
@@ -665,6 +671,8 @@ class Builder:
     def _cleanup(self) -> None:
         if self.fetch_pool is not None:
             self.fetch_pool.stop(cancel_pending=True)
+        if self._roots is not None:
+            self._roots.close()
         if cancel.cancelled():
             self.client.abandon_uploads()  # of stage threads that did not stop in time
         for d in self.work_dirs:

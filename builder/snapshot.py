@@ -41,7 +41,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Callable, ContextManager, Iterable, Iterator, Literal
 
 from builder.changes import Change, split_path
 from builder.errors import BuildError
@@ -325,6 +325,19 @@ def overlay_options(lower: Path, upper: Path, work: Path, userns: bool) -> str:
     return f"lowerdir={lower},upperdir={upper},workdir={work},{redirect},metacopy=off,index=off"
 
 
+@dataclass(frozen=True)
+class OverlaySpec:
+    """A step's overlay for the sandbox (builder/sandbox.py): `lowers` topmost first, the upper and
+    work dirs and the mount point, all in `scratch`; `view` opens a host-side writable view of the
+    same overlay (None: lowers[0] is a plain directory that holds the rootfs, and is written)."""
+    lowers: tuple[str, ...]
+    upper: str
+    work: str
+    merged: str
+    scratch: str
+    view: Callable[[], ContextManager[str | os.PathLike[str]]] | None = None
+
+
 class Capture:
     """One step's view of a rootfs; see the module docstring."""
 
@@ -340,7 +353,7 @@ class Capture:
         self._mounted = False
         self._changes: list[Change] | None = None
         self._abandoned = False
-        self.overlay: dict[str, str] | None = None
+        self.overlay: OverlaySpec | None = None
         if method == "overlay":
             if any(c in os.fspath(p) for p in (rootfs, scratch) for c in ",:"):
                 raise OSError(f"overlay mount options cannot hold ',' or ':' in {rootfs} / {scratch}")
@@ -348,8 +361,8 @@ class Capture:
             for d in (self._upper, self._work, merged):
                 d.mkdir(parents=True, exist_ok=True)
             if in_sandbox:
-                self.overlay = {"lower": str(rootfs), "scratch": str(scratch), "upper": str(self._upper),
-                                "work": str(self._work), "merged": str(merged)}
+                self.overlay = OverlaySpec(lowers=(str(rootfs),), upper=str(self._upper), work=str(self._work),
+                                           merged=str(merged), scratch=str(scratch))
             else:
                 self.root = merged
                 mount("overlay", self.root, "overlay", 0,

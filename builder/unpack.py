@@ -14,6 +14,10 @@ Safety rules (a hostile layer is an expected input, not an accident):
   of its directory that this layer did not itself create, so it applies before its siblings whatever
   the tar order; aufs metadata `.wh..wh.*` is ignored;
 - device nodes only with `allow_devices` (default: running as root) — otherwise skipped with a note;
+  with `overlay` (a layer dir of builder/layerstore.py, written through an overlay mount or as its
+  bottom layer) a 0/0 character device, which would read as a whiteout there, is skipped with a note;
+- overlayfs' own xattrs (`trusted.overlay.*`, `user.overlay.*`) are never restored: a layer can't mark
+  a directory opaque or redirect a lookup by itself;
 - ownership is restored only as root; modes (setuid included, after chown), xattrs and mtimes always;
   directory modes and mtimes are applied at the end so later entries don't disturb them;
 - limits on uncompressed bytes (a declared size over the budget fails before anything is written),
@@ -50,6 +54,7 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _XZ_MAGIC = b"\xfd7zXZ\x00"  # not in layers; ADD of a local archive may be xz or bzip2 (Docker's rule)
 _BZIP2_MAGIC = b"BZh"
 MAX_NOTES = 20
+_OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
 
 
 class UnpackError(BuildError):
@@ -217,8 +222,9 @@ def _exists(parent_fd: int, name: bytes) -> os.stat_result | None:
 
 class _Applier:
     def __init__(self, root: Path, layer: str, allow_devices: bool, limits: Limits, report,
-                 owner: tuple[int, int] | None = None):
+                 owner: tuple[int, int] | None = None, overlay: bool = False):
         self.root_fd = open_root(root)
+        self.overlay = overlay
         self.owner = owner
         self.layer = layer
         self.allow_devices = allow_devices
@@ -386,6 +392,9 @@ class _Applier:
             if not self.allow_devices:
                 self.note(f"device node {_show(entry.name)} skipped (not running as root)")
                 return
+            if self.overlay and kind == CHAR and entry.devmajor == entry.devminor == 0:
+                self.note(f"device node {_show(entry.name)} (0/0) skipped: in a layer dir it would read as a whiteout")
+                return
             dev_type = stat.S_IFCHR if kind == CHAR else stat.S_IFBLK
             try:
                 os.mknod(name, dev_type | 0o600, os.makedev(entry.devmajor, entry.devminor), dir_fd=parent)
@@ -455,7 +464,7 @@ class _Applier:
             self.note(f"owner {uid}:{gid} of {_show(entry.name)} not restored ({exc.strerror})")
 
     def _xattrs(self, fd: int, entry: TarEntry) -> None:
-        for key, value in entry.xattrs.items():
+        for key, value in self._kept(entry):
             try:
                 os.setxattr(fd, key, value)
             except OSError as exc:
@@ -465,11 +474,21 @@ class _Applier:
         if not entry.xattrs:
             return
         path = b"/proc/self/fd/%d/" % parent + name
-        for key, value in entry.xattrs.items():
+        for key, value in self._kept(entry):
             try:
                 os.setxattr(path, key, value, follow_symlinks=False)
             except OSError as exc:
                 self.note(f"xattr {key} of {_show(entry.name)} not restored ({exc.strerror})")
+
+    def _kept(self, entry: TarEntry) -> list[tuple[str, bytes]]:
+        """The entry's xattrs but overlayfs' own (skipped with a note)."""
+        kept = []
+        for key, value in entry.xattrs.items():
+            if key.startswith(_OVERLAY_XATTRS):
+                self.note(f"xattr {key} of {_show(entry.name)} skipped (overlayfs' own)")
+            else:
+                kept.append((key, value))
+        return kept
 
     def finish_dirs(self) -> None:
         self._forget()
@@ -492,17 +511,18 @@ def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: st
                 allow_devices: bool | None = None, digest: str | None = None,
                 expected_diff_id: str | None = None, limits: Limits | None = None,
                 report: Callable[..., None] | None = None, owner: tuple[int, int] | None = None,
-                track: bool = False) -> ApplyResult:
+                track: bool = False, overlay: bool = False) -> ApplyResult:
     """Apply one layer blob onto `rootfs` (an existing directory). `digest` names the layer in errors;
     `expected_diff_id`, when given, is checked against the tar read (mismatch -> UnpackError).
     `media_type` is informational: the compression is sniffed from the blob itself. `owner` replaces
-    every entry's uid:gid (ADD --chown); with `track`, the result lists the paths written."""
+    every entry's uid:gid (ADD --chown); with `track`, the result lists the paths written; `overlay`:
+    `rootfs` is a layer dir in the making (see the module docstring)."""
     layer = digest or (f"({media_type})" if media_type else "(unnamed)")
     limits = limits or Limits.from_env()
     root = Path(rootfs)
     if allow_devices is None:
         allow_devices = os.geteuid() == 0
-    applier = _Applier(root, layer, allow_devices, limits, report, owner)
+    applier = _Applier(root, layer, allow_devices, limits, report, owner, overlay)
     decompressed = None
     try:
         try:

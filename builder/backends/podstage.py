@@ -26,6 +26,7 @@ from builder.context import BuildContext, IgnoreRules
 from builder.errors import BuildError
 from builder.plan import Plan, PlannedStage, Step
 from builder.sandbox import Isolation
+from builder.stageroot import StageRoot
 from registry import cancel
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient
@@ -46,26 +47,18 @@ class PodBuilder(Builder):
     def _work_dir(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.rootfs_dir))
 
-    def execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path) -> Image:
+    def execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot) -> Image:
         if self.leases is None:
-            return super().execute_step(ps, step, parent, rootfs)
+            return super().execute_step(ps, step, parent, root)
         with self.leases.held(step_lease_name(step.key), f"[{ps.label}] {step.text}", labels=dict(MANAGED)):
             desc = None if self.o.no_cache else self.repo(self.stages_repo).head_manifest(step.key, mt.OCI_MANIFEST)
             if desc is None:
-                return super().execute_step(ps, step, parent, rootfs)
+                return super().execute_step(ps, step, parent, root)
             img = self.load_image(self.stages_repo, desc.digest)  # type: ignore[arg-type]
-            self._catch_up(img, parent, rootfs)
+            root.add_layers(self._layer_refs(img))   # the layers `img` adds on top of `parent`
             self.reused += 1
             self.report("reused", f"[{ps.label}] {step.text} (pushed meanwhile by another build)", key=step.key)
             return img
-
-    def _catch_up(self, img: Image, parent: Image | None, rootfs: Path) -> None:
-        """Bring `rootfs` from `parent` to `img` by applying the layers `img` adds."""
-        from builder.execute import apply_layers
-
-        have = len(parent.manifest.layers) if parent else 0
-        blobs = [(self._blob_path(img, d), d.media_type, d.digest) for d in img.manifest.layers[have:]]
-        apply_layers(rootfs, blobs)
 
     def lookup_stage(self, ps: PlannedStage) -> dict[str, Any]:
         if self.o.no_cache or not ps.steps:
