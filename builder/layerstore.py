@@ -11,11 +11,15 @@ Layer N is unpacked onto an overlay of layers 1..N-1 with an empty upper dir (th
 a detached mount: builder/linux.py `overlay`): the upper dir becomes layer N's dir. A symlinked parent
 resolves as in the merged view, a deletion becomes a whiteout (a 0/0 character device), a directory that
 hides what is below is marked opaque. A step's upper dir is committed the same way, under the ChainID
-of the layer written from it. Opaque directories carry both `trusted.overlay.opaque` and
-`user.overlay.opaque` (where kade may set the first), so an overlay mounted by root on the host and one
-mounted inside a user namespace (`userxattr`) read the same stack; overlay's other bookkeeping xattrs,
-sockets, sub-second mtimes (and mtimes past the epoch) go, so a committed upper dir holds what its layer
-holds: the same tree as the layer unpacked from its blob.
+of the layer written from it.
+
+Every overlay kade mounts over the store keeps its marks in `user.overlay.*` (`userxattr`), on the
+host as in a user namespace: one namespace of marks, so a mark can't be copied up as an ordinary xattr
+by an overlay that reads the other one. An opaque directory of a committed layer carries both
+`user.overlay.opaque` and (where kade may set it) `trusted.overlay.opaque`, for an overlay mounted
+without `userxattr` by anyone else; overlay's other bookkeeping xattrs, sockets, sub-second mtimes (and
+mtimes past the epoch) go, so a committed upper dir holds what its layer holds: the same tree as the
+layer unpacked from its blob.
 
 Every layer dir is written in a temp dir and renamed into place: the first writer wins, a per-layer lock
 keeps two builds from unpacking one layer at once, and a layer dir is never written again (a RUN writes
@@ -45,7 +49,8 @@ from builder.rootfs import LayerRef, chain_ids
 from builder.unpack import Limits, apply_layer
 
 RECORD = "layer.json"
-OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
+OPAQUE = "user.overlay.opaque"          # what marks an opaque dir for kade's overlays (userxattr)
+OPAQUE_MARKS = (OPAQUE, "trusted.overlay.opaque")   # what a committed opaque dir carries
 Lock = Callable[[str], ContextManager[bool]]
 Report = Callable[..., None]
 
@@ -126,9 +131,10 @@ def _walk(root: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
 
 
 def normalize(fs: Path, epoch: int | None) -> None:
-    """Make an upper dir hold what its layer holds: opaque dirs marked for both kinds of overlay mount,
-    overlay's other xattrs and every xattr a layer does not keep removed, sockets removed (a layer never
-    has them), mtimes in whole seconds and clamped to `epoch` as the layer writer writes them."""
+    """Make an upper dir hold what its layer holds: opaque dirs (user.overlay.opaque: kade's overlays
+    use userxattr) marked for both kinds of overlay mount, overlay's other xattrs and every xattr a layer
+    does not keep removed (a trusted.overlay.opaque copied up from a lower dir too), sockets removed (a
+    layer never has them), mtimes in whole seconds and clamped to `epoch` as the layer writer writes them."""
     from builder.layer import keep_xattr
 
     as_root = os.geteuid() == 0
@@ -139,14 +145,14 @@ def normalize(fs: Path, epoch: int | None) -> None:
             names = os.listxattr(path, follow_symlinks=False)
         except OSError:
             names = []
-        opaque = is_dir and any(_xattr(path, n) == b"y" for n in OPAQUE if n in names)
+        opaque = is_dir and OPAQUE in names and _xattr(path, OPAQUE) == b"y"
         for name in names:
-            if name in OPAQUE and opaque or keep_xattr(name):
+            if name in OPAQUE_MARKS and opaque or keep_xattr(name):
                 continue
             with contextlib.suppress(OSError):
                 os.removexattr(path, name, follow_symlinks=False)
         if opaque:
-            for name in OPAQUE:
+            for name in OPAQUE_MARKS:
                 if name.startswith("trusted.") and not as_root:
                     continue
                 with contextlib.suppress(OSError):   # trusted.* is refused inside a user namespace
@@ -183,12 +189,10 @@ def _xattr(path: bytes, name: str) -> bytes | None:
 class LayerStore:
     """Layer dirs under `root`; `lock(name)` is the cache's inter-process lock (builder/cache.py)."""
 
-    def __init__(self, root: str | os.PathLike[str], lock: Lock, report: Report | None = None, *,
-                 userxattr: bool = False):
+    def __init__(self, root: str | os.PathLike[str], lock: Lock, report: Report | None = None):
         self.root = Path(root)
         self.lock = lock
         self.report = report
-        self.userxattr = userxattr       # overlays kade mounts itself keep their marks in user.overlay.*
         self._verified: dict[str, LayerDir] = {}
         (self.root / "tmp").mkdir(parents=True, exist_ok=True)
 
@@ -266,15 +270,15 @@ class LayerStore:
         try:
             with ref.open() as stream:
                 if below:
-                    fd = linux.overlay(lower_paths(below), str(upper.fs), str(upper.work), userxattr=self.userxattr)
+                    fd = linux.overlay(lower_paths(below), str(upper.fs), str(upper.work), userxattr=True)
                     try:
                         apply_layer(stream, f"/proc/{os.getpid()}/fd/{fd}", digest=ref.digest or ref.diff_id,
-                                    expected_diff_id=ref.diff_id, limits=limits, overlay=True)
+                                    expected_diff_id=ref.diff_id, limits=limits, overlay=True, report=self.report)
                     finally:
                         os.close(fd)
                 else:
                     apply_layer(stream, upper.fs, digest=ref.digest or ref.diff_id, expected_diff_id=ref.diff_id,
-                                limits=limits, overlay=True)
+                                limits=limits, overlay=True, report=self.report)
             return self._place(upper, chain, ref.diff_id, below[-1].chain_id if below else None, None)
         finally:
             self.drop(upper)

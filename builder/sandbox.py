@@ -384,7 +384,7 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
             points.close()
         for item in spec["mounts"]:
             if "layers" in item:
-                item["userxattr"] = _userxattr(mode)
+                item["userxattr"] = True   # layer dirs: kade's overlays keep their marks in user.* (layerstore.py)
         spec.update({
             "parent": os.getpid(), "mode": mode, "ids": None if ids is None else vars(ids),
             "argv": list(argv), "env": env, "workdir": workdir, "uid": user.uid, "gid": user.gid,
@@ -509,7 +509,8 @@ def _overlay_spec(overlay: "OverlaySpec | None", staging: _Staging, mode: str) -
     # a plain rootfs dir (no view) is the overlay's only lower dir, and mount points are made in it
     lowers = [staging.place(lower, True, readonly=overlay.view is not None) for lower in overlay.lowers]
     upper, work, merged = (staged + path[len(scratch):] for path in (overlay.upper, overlay.work, overlay.merged))
-    return {"merged": merged, "lowers": lowers, "upper": upper, "work": work, "userxattr": _userxattr(mode)}
+    userxattr = overlay.view is not None or _userxattr(mode)   # layer dirs: always (builder/layerstore.py)
+    return {"merged": merged, "lowers": lowers, "upper": upper, "work": work, "userxattr": userxattr}
 
 
 def _userxattr(mode: str) -> bool:

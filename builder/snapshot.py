@@ -145,8 +145,10 @@ def diff(before: TreeState, after: TreeState, root: str | os.PathLike[str]) -> l
     return changes
 
 
-def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str]) -> list[Change]:
-    """Changes recorded in an overlayfs upper directory over `lower`."""
+def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
+                  opaque: tuple[str, ...] = _OPAQUE_XATTRS) -> list[Change]:
+    """Changes recorded in an overlayfs upper directory over `lower`; `opaque`: the xattrs that mark an
+    opaque directory for the overlay that wrote it (a layered rootfs' overlays use only user.*)."""
     upper_b, lower_b = os.fsencode(upper), os.fsencode(lower)
     changes: list[Change] = []
     for path, entry, st in scan(upper_b):
@@ -156,7 +158,7 @@ def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str]) 
             changes.append(Change(name, "delete"))
         elif not stat.S_ISDIR(st.st_mode):
             changes.append(Change(name, "add", os.fsdecode(full)))
-        elif _is_opaque(full) and _is_real_dir(os.path.join(lower_b, path)):
+        elif _is_opaque(full, opaque) and _is_real_dir(os.path.join(lower_b, path)):
             changes.append(Change(name, "add", os.fsdecode(full)))
             changes.append(Change(name, "opaque"))  # only when there are lower children to hide
         elif not _same_dir(st, os.path.join(lower_b, path)):
@@ -171,8 +173,8 @@ def _is_real_dir(path: bytes) -> bool:
         return False
 
 
-def _is_opaque(path: bytes) -> bool:
-    for name in _OPAQUE_XATTRS:
+def _is_opaque(path: bytes, names: tuple[str, ...] = _OPAQUE_XATTRS) -> bool:
+    for name in names:
         try:
             if os.getxattr(path, name, follow_symlinks=False) == b"y":
                 return True

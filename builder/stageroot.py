@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from builder.changes import Change
 from builder.errors import BuildError
-from builder.layerstore import LayerDir, LayerStore, Upper, lower_paths
+from builder.layerstore import OPAQUE, LayerDir, LayerStore, Upper, lower_paths
 from builder.rootfs import LayerRef, RootfsStore
 from builder.snapshot import OverlaySpec
 from builder.unpack import Limits
@@ -53,14 +53,14 @@ def fd_path(fd: int) -> Path:
     return Path(f"/proc/{os.getpid()}/fd/{fd}")
 
 
-def _view(lowers: list[str], upper: Upper | None, userxattr: bool, *, readonly: bool) -> int:
+def _view(lowers: list[str], upper: Upper | None, *, readonly: bool) -> int:
     """A detached overlay (or, for one read-only lower dir, a read-only bind) of `lowers` (topmost first)."""
     from builder import linux as L
 
     if upper is None and len(lowers) == 1:
         return L.detached_bind(lowers[0], L.MOUNT_ATTR_RDONLY)
     return L.overlay(lowers, None if upper is None else str(upper.fs), None if upper is None else str(upper.work),
-                     userxattr=userxattr, attrs=L.MOUNT_ATTR_RDONLY if readonly else 0)
+                     userxattr=True, attrs=L.MOUNT_ATTR_RDONLY if readonly else 0)   # (layerstore.py: why userxattr)
 
 
 class LayeredRoot:
@@ -86,7 +86,7 @@ class LayeredRoot:
     @contextmanager
     def writable(self) -> Iterator[Path]:
         """The rootfs as the step leaves it, writable (writes land in the step's upper dir)."""
-        fd = _view(self._lower_paths(), self._upper(), self.store.userxattr, readonly=False)
+        fd = _view(self._lower_paths(), self._upper(), readonly=False)
         try:
             yield fd_path(fd)
         finally:
@@ -98,7 +98,7 @@ class LayeredRoot:
         lowers = self._lower_paths()
         if with_pending and self.pending is not None:
             lowers = [str(self.pending.fs)] + lowers
-        fd = _view(lowers, None, self.store.userxattr, readonly=True)
+        fd = _view(lowers, None, readonly=True)
         try:
             yield fd_path(fd)
         finally:
@@ -128,7 +128,7 @@ class LayeredRoot:
     def reader(self) -> Tree:
         """The rootfs as it is now, for other stages to read (open until `close`)."""
         self.commit(None)
-        fd = _view(self._lower_paths(), None, self.store.userxattr, readonly=True)
+        fd = _view(self._lower_paths(), None, readonly=True)
         self._readers.append(fd)
         return Tree(fd_path(fd), tuple(str(layer.fs) for layer in self.lowers) or (str(self.store.empty()),))
 
@@ -209,7 +209,7 @@ class LayeredCapture:
             upper = self._root.pending
             assert upper is not None
             with self._root.readable(with_pending=False) as lower:
-                self._changes = upper_changes(upper.fs, lower)
+                self._changes = upper_changes(upper.fs, lower, opaque=(OPAQUE,))
         return self._changes
 
     def commit(self) -> None:
@@ -229,8 +229,6 @@ class StageRoots:
     _lock = threading.Lock()
 
     def __init__(self, cache_root: Path, lock: Callable[[str], Any], report: Report, epoch: int | None):
-        from builder.snapshot import in_user_namespace
-
         self.report = report
         self.epoch = epoch
         self.copies = RootfsStore(cache_root / "rootfs")
@@ -238,7 +236,7 @@ class StageRoots:
         self._roots: list[StageRoot] = []
         why = self._probe(cache_root / "layers")
         if why is None:
-            self.store = LayerStore(cache_root / "layers", lock, report, userxattr=in_user_namespace())
+            self.store = LayerStore(cache_root / "layers", lock, report)
 
     @classmethod
     def _probe(cls, where: Path) -> str | None:
@@ -309,7 +307,6 @@ def overlay_unavailable(store: Path) -> str | None:
     """Why kade can't stack layers with overlay mounts in `store` (None: it can): a detached overlay of
     two lower dirs and an upper dir, with a file written through it, made there once."""
     from builder import linux as L
-    from builder.snapshot import in_user_namespace
 
     probe = None
     try:
@@ -317,8 +314,7 @@ def overlay_unavailable(store: Path) -> str | None:
         probe = Path(__import__("tempfile").mkdtemp(prefix="probe-", dir=store / "tmp"))
         for name in ("a", "b", "u", "w"):
             (probe / name).mkdir()
-        fd = L.overlay([str(probe / "a"), str(probe / "b")], str(probe / "u"), str(probe / "w"),
-                       userxattr=in_user_namespace())
+        fd = L.overlay([str(probe / "a"), str(probe / "b")], str(probe / "u"), str(probe / "w"), userxattr=True)
         try:
             with open(fd_path(fd) / "x", "w"):
                 pass

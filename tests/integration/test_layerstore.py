@@ -1,0 +1,312 @@
+"""The layer store (builder/layerstore.py, builder/stageroot.py): every layer unpacked once into a dir of
+its own, stacked with overlay mounts. The stacked view must equal what unpacking every layer onto one
+directory gives (the old way, and the OCI reference), for the same hostile and whiteout tables the
+unpacker is tested with; layer dirs are shared, never written, checked, and safe with concurrent use."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from builder import layerstore
+from builder.layerstore import LayerStore, fingerprint
+from builder.rootfs import LayerRef
+from builder.stageroot import LayeredRoot, overlay_unavailable
+from builder.unpack import apply_layer
+from tests.fixtures.layers import E, make_tar, tree_state
+from tests.unit.test_unpack import hostile_cases
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts need root")
+
+
+_lock_table: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def thread_lock(name: str):
+    """What the cache's flock gives builds in other processes, for threads of one test."""
+    lock = _lock_table.setdefault(name, threading.Lock())
+    with lock:
+        yield True
+
+
+def refs(tars: list[bytes], opened: list[str] | None = None) -> list[LayerRef]:
+    out = []
+    for tar in tars:
+        diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
+
+        @contextmanager
+        def opener(tar=tar, diff_id=diff_id):
+            if opened is not None:
+                opened.append(diff_id)
+            yield io.BytesIO(tar)
+
+        out.append(LayerRef(diff_id, opener, diff_id))
+    return out
+
+
+def old_way(tmp: Path, tars: list[bytes]) -> Path:
+    rootfs = tmp / "old"
+    rootfs.mkdir()
+    for tar in tars:
+        apply_layer(io.BytesIO(tar), rootfs, digest="sha256:" + hashlib.sha256(tar).hexdigest())
+    return rootfs
+
+
+def visible(root: Path) -> dict:
+    """tree_state plus file mtimes, without trusted.overlay.* (an ordinary xattr to kade's userxattr
+    overlays, kept on opaque dirs for overlays mounted without userxattr; never in a layer)."""
+    state = tree_state(root)
+    out = {}
+    for path, (kind, mode, uid, gid, body, xattrs) in state.items():
+        mtime = None if kind == stat.S_IFDIR else os.lstat(os.path.join(os.fsencode(root), path)).st_mtime_ns
+        out[path] = (kind, mode, uid, gid, body, tuple(x for x in xattrs if not x[0].startswith("trusted.overlay.")),
+                     mtime)
+    return out
+
+
+@pytest.fixture
+def store(tmp_path):
+    if (why := overlay_unavailable(tmp_path / "probe")) is not None:
+        pytest.fail(f"overlay mounts must work here: {why}")
+    return LayerStore(tmp_path / "layers", thread_lock)
+
+
+def stacked(store: LayerStore, tars: list[bytes]):
+    root = LayeredRoot(store, store.ensure(refs(tars)), None, store.root / "tmp")
+    return root
+
+
+BASE = [E("etc", "dir"), E("etc/keep", data=b"k"), E("etc/gone", data=b"g"),
+        E("var", "dir"), E("var/cache", "dir"), E("var/cache/a", data=b"a"), E("var/cache/b", data=b"b"),
+        E("var/cache/sub", "dir"), E("var/cache/sub/old", data=b"o"),
+        E("data", "dir"), E("data/x", data=b"x"), E("data/y", data=b"y"),
+        E("usr", "dir"), E("usr/lib", "dir"), E("usr/lib/libc", data=b"c", mode=0o755), E("lib", "symlink", link="usr/lib"),
+        E("abs", "symlink", link="/usr/lib"), E("bin", "dir"), E("bin/su", data=b"su", mode=0o4755, uid=0),
+        E("home", "dir"), E("home/app", "dir", uid=1000, gid=1000, mode=0o700),
+        E("home/app/f", data=b"f", uid=1000, gid=1000, xattrs={"user.note": b"n"}),
+        E("hl", data=b"linked"), E("hl2", "hardlink", link="hl")]
+
+STACKS = {
+    # from tests/unit/test_unpack.py's whiteout table, each on top of BASE
+    "whiteout-file": [[E("etc/.wh.gone")]],
+    "whiteout-dir": [[E(".wh.data")]],
+    "opaque-first": [[E("var/cache", "dir"), E("var/cache/.wh..wh..opq"), E("var/cache/new", data=b"n")]],
+    "opaque-after-a-sibling": [[E("var/cache", "dir"), E("var/cache/-early", data=b"e"), E("var/cache/.wh..wh..opq")]],
+    "opaque-keeps-this-layers-subdir": [[E("var/cache", "dir"), E("var/cache/sub", "dir"),
+                                         E("var/cache/sub/new", data=b"n"), E("var/cache/.wh..wh..opq")]],
+    "whiteout-of-own-file": [[E("etc/gone", data=b"again"), E("etc/.wh.gone")]],
+    "aufs-metadata-ignored": [[E(".wh..wh.plnk", "dir"), E("etc/.wh..wh.aufs")]],
+    "whiteout-of-nothing": [[E("nowhere/.wh.thing"), E("etc/.wh.nothing")]],
+    # across several layers: symlinked parents resolve as in the merged view
+    "symlinked-parent-relative": [[E("lib/added", data=b"through the link")]],
+    "symlinked-parent-absolute": [[E("abs/added", data=b"through /usr/lib")]],
+    "dir-replaced-by-file": [[E(".wh.var"), E("var", data=b"now a file")], [E(".wh.var"), E("var", "dir"),
+                                                                            E("var/again", data=b"a")]],
+    "file-replaced-by-dir-then-opaque": [[E(".wh.hl"), E("hl", "dir"), E("hl/in", data=b"i")],
+                                         [E("hl", "dir"), E("hl/.wh..wh..opq"), E("hl/only", data=b"o")]],
+    "deleted-then-readded": [[E("var/cache/.wh.sub")], [E("var/cache/sub", "dir"), E("var/cache/sub/fresh", data=b"f")]],
+    "hard-link-to-a-lower-file": [[E("etc/keep-link", "hardlink", link="etc/keep")],
+                                  [E("etc/keep", data=b"replaced")]],
+    "metadata-changed-only": [[E("home/app", "dir", uid=1000, gid=1000, mode=0o750),
+                               E("bin/su", data=b"su", mode=0o755)]],
+    "whiteout-through-symlinked-parent": [[E("lib/.wh.libc")]],
+    "xattr-on-a-lower-dir": [[E("etc", "dir", xattrs={"user.mark": b"m"})]],
+    "opaque-root-level": [[E("usr", "dir"), E("usr/.wh..wh..opq"), E("usr/bin", "dir")], [E("usr/bin/sh", data=b"sh")]],
+}
+
+
+@pytest.mark.parametrize("name", sorted(STACKS))
+def test_stacked_layers_read_as_layers_unpacked_onto_one_rootfs(name, store, tmp_path):
+    tars = [make_tar(BASE)] + [make_tar(layer) for layer in STACKS[name]]
+    expected = visible(old_way(tmp_path, tars))
+    root = stacked(store, tars)
+    try:
+        with root.readable() as view:
+            assert visible(view) == expected
+    finally:
+        root.close()
+
+
+def _confined(case_id: str) -> bool:
+    return next(c for c in hostile_cases(Path("/x")) if c[0] == case_id)[2] == "confined"
+
+
+@pytest.mark.parametrize("case_id", [c[0] for c in hostile_cases(Path("/x")) if _confined(c[0])])
+def test_hostile_layers_stack_as_they_unpack(case_id, store, tmp_path, outside):
+    """The unpacker's hostile table, as the layer above a base: same tree, the host untouched."""
+    _, entries, _ = next(c for c in hostile_cases(outside) if c[0] == case_id)
+    tars = [make_tar(BASE), make_tar(entries)]
+    before = {p: p.read_bytes() if p.is_file() else None for p in outside.rglob("*")}
+    expected = visible(old_way(tmp_path, tars))
+    root = stacked(store, tars)
+    try:
+        with root.readable() as view:
+            assert visible(view) == expected
+    finally:
+        root.close()
+    assert {p: p.read_bytes() if p.is_file() else None for p in outside.rglob("*")} == before
+
+
+@pytest.mark.parametrize("case_id", [c[0] for c in hostile_cases(Path("/x")) if not _confined(c[0])])
+def test_refused_hostile_layers_leave_no_layer_dir(case_id, store, outside):
+    _, entries, expected = next(c for c in hostile_cases(outside) if c[0] == case_id)
+    base, bad = refs([make_tar(BASE), make_tar(entries)])
+    with pytest.raises(expected):
+        store.ensure([base, bad])
+    assert store.has(base.diff_id) and not store.has(layerstore.chain_of(base.diff_id, bad.diff_id))
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_whiteouts_and_opaque_dirs_are_overlay_marks(store):
+    """A deletion is a 0/0 character device; an opaque dir carries both marks (kade's overlays read
+    user.overlay.opaque, one mounted without userxattr reads trusted.overlay.opaque)."""
+    tars = [make_tar(BASE), make_tar([E("etc/.wh.gone"), E(".wh.var"), E("var", "dir"), E("var/n", data=b"n")])]
+    top = store.ensure(refs(tars))[-1].fs
+    st = os.lstat(top / "etc" / "gone")
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    for mark in ("user.overlay.opaque", "trusted.overlay.opaque"):
+        assert os.getxattr(top / "var", mark) == b"y"
+    assert not (top / "etc" / "keep").exists()   # only what the layer changed is in its dir
+
+
+def test_a_literal_0_0_device_in_a_layer_is_skipped_with_a_note(store):
+    """In a layer dir a 0/0 character device is a whiteout: a layer's own is skipped (said), so the
+    entry it replaces is gone, as a layer that deletes it would have it (the one difference from
+    unpacking onto one directory, where the device node itself would be made)."""
+    notes = []
+    store.report = lambda kind, msg, **kw: notes.append(msg)
+    tars = [make_tar(BASE), make_tar([E("etc/keep", "char", dev=(0, 0)), E("etc/new0", "char", dev=(0, 0))])]
+    root = stacked(store, tars)
+    try:
+        with root.readable() as view:
+            assert not os.path.lexists(view / "etc" / "keep") and not os.path.lexists(view / "etc" / "new0")
+            assert (view / "etc" / "gone").exists()
+    finally:
+        root.close()
+    assert sum("would read as a whiteout" in n for n in notes) == 2
+
+
+def test_each_layer_is_unpacked_once_and_shared(store, tmp_path):
+    opened: list[str] = []
+    tars = [make_tar(BASE), make_tar([E("etc/new", data=b"n")])]
+    first = store.ensure(refs(tars, opened))
+    again = LayerStore(store.root, thread_lock).ensure(refs(tars, opened))   # another build
+    assert [d.path for d in first] == [d.path for d in again]
+    assert len(opened) == 2
+
+
+def test_concurrent_builds_unpack_each_layer_once(store):
+    opened: list[str] = []
+    tars = [make_tar(BASE)] + [make_tar([E(f"layer{i}", data=b"x" * 1000)]) for i in range(5)]
+    results, errors = [], []
+
+    def build():
+        try:
+            results.append([d.path for d in LayerStore(store.root, thread_lock).ensure(refs(tars, opened))])
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len({tuple(r) for r in results}) == 1
+    assert sorted(opened) == sorted(r.diff_id for r in refs(tars))   # each blob read once
+    assert list((store.root / "tmp").iterdir()) == []
+
+
+def test_a_tampered_layer_dir_is_discarded_and_unpacked_again(store):
+    tars = [make_tar(BASE), make_tar([E("etc/conf", data=b"good")])]
+    top = store.ensure(refs(tars))[-1]
+    with open(top.fs / "etc" / "conf", "ab") as f:   # a write that reached a layer dir
+        f.write(b" and evil")
+    warnings = []
+    fresh = LayerStore(store.root, thread_lock, lambda kind, msg, **kw: warnings.append((kind, msg)))
+    again = fresh.ensure(refs(tars))[-1]
+    assert (again.fs / "etc" / "conf").read_bytes() == b"good"
+    assert any(kind == "warning" and "changed since it was unpacked" in msg for kind, msg in warnings)
+    # metadata only (a chmod) is a change too
+    os.chmod(again.fs / "etc" / "conf", 0o777)
+    assert LayerStore(store.root, thread_lock).get(again.chain_id) is None
+
+
+def test_a_record_naming_another_layer_is_not_used(store):
+    tars = [make_tar(BASE)]
+    (layer,) = store.ensure(refs(tars))
+    record = (layer.path / layerstore.RECORD).read_text().replace(layer.chain_id, "sha256:" + "0" * 64)
+    (layer.path / layerstore.RECORD).write_text(record)
+    assert LayerStore(store.root, thread_lock).get(layer.chain_id) is None
+
+
+def test_a_step_writes_only_its_upper_dir(store, tmp_path):
+    """COPY/WORKDIR and RUN write through views of the stack: every layer dir keeps its fingerprint."""
+    tars = [make_tar(BASE), make_tar([E("etc/conf", data=b"c")])]
+    root = stacked(store, tars)
+    before = {d.chain_id: fingerprint(d.fs) for d in root.lowers}
+    with root.writable() as view:
+        (view / "etc" / "conf").write_bytes(b"changed")
+        (view / "etc" / "keep").unlink()
+        os.chmod(view / "bin" / "su", 0o755)
+        (view / "usr" / "lib" / "libc").write_bytes(b"x")
+        (view / "var" / "new").mkdir()
+    root.commit("sha256:" + "1" * 64)
+    assert {d.chain_id: fingerprint(d.fs) for d in root.lowers[:2]} == before
+    assert len(root.lowers) == 3 and (root.lowers[2].fs / "etc" / "conf").read_bytes() == b"changed"
+    with root.readable() as view:
+        assert (view / "etc" / "conf").read_bytes() == b"changed" and not (view / "etc" / "keep").exists()
+    root.close()
+
+
+def test_a_stack_of_150_layers(store, tmp_path):
+    """More lower dirs than mount(2)'s one page of options would hold: each layer its own lowerdir+."""
+    tars = [make_tar(BASE)]
+    for i in range(150):
+        entries = [E(f"layers/l{i:03d}", data=b"%d" % i)]
+        if i % 10 == 9:
+            entries.append(E(f"layers/.wh.l{i - 5:03d}"))
+        tars.append(make_tar(entries))
+    expected = visible(old_way(tmp_path, tars))
+    root = stacked(store, tars)
+    try:
+        assert len(root.lowers) == 151
+        with root.readable() as view:
+            assert visible(view) == expected
+        with root.writable() as view:
+            (view / "layers" / "top").write_bytes(b"t")
+        root.commit("sha256:" + "2" * 64)
+        with root.readable() as view:
+            assert len(os.listdir(view / "layers")) == 150 - 15 + 1
+    finally:
+        root.close()
+
+
+def test_prune_keeps_what_fits_and_what_was_used_last(store):
+    tars = [make_tar(BASE)] + [make_tar([E(f"big{i}", data=os.urandom(200_000))]) for i in range(3)]
+    dirs = store.ensure(refs(tars))
+    for i, d in enumerate(dirs):   # used in order: the base first, big2 last
+        os.utime(d.path, (1000 + i, 1000 + i))
+    keep = sum(e.bytes for e in store.usage() if e.name in {dirs[-1].path.name, dirs[-2].path.name})
+    removed, freed = store.prune(max_bytes=keep)
+    assert removed == 2 and freed > 0
+    assert sorted(p.name for p in store.root.iterdir() if p.name not in ("tmp", "empty")) == \
+        sorted([dirs[-1].path.name, dirs[-2].path.name])
+
+
+def test_views_are_attached_nowhere(store, tmp_path):
+    """kade's views of a stack are detached mounts: nothing appears in the host's mount table."""
+    root = stacked(store, [make_tar(BASE)])
+    try:
+        with root.writable() as view, root.readable():
+            assert os.path.isdir(view / "etc")
+            assert str(store.root) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        root.close()
