@@ -2,7 +2,9 @@
 
 Layout under the root:
   blobs/sha256/<hex>   compressed blobs by digest (registry.cache.BlobCache: atomic renames)
+  layers/<chainid>/    each layer unpacked once, a rootfs is an overlay of them (builder/layerstore.py)
   rootfs/<chainid>/    unpacked layer stacks by OCI ChainID (builder/rootfs.py), copied to start a step
+                       where overlay mounts can't be used
   mounts/<id-hash>/    RUN --mount=type=cache directories, kept between builds, never in a layer
   work/<random>/       rootfs directories of running builds (removed at the end unless --keep-failed)
   work/.trash-<random>/  finished work dirs being deleted in the background (see `LocalCache.discard`)
@@ -118,14 +120,25 @@ class LocalCache:
     def layout_dir(self) -> Path:
         return self.root / "images"
 
-    def prune(self, *, older_than_seconds: float = 0, keep_mounts: bool = False) -> PruneResult:
-        """Remove cached blobs, cache mounts and stale work dirs not used for `older_than_seconds`.
+    def prune(self, *, older_than_seconds: float | None = 0, keep_mounts: bool = False,
+              max_layer_bytes: int | None = None) -> PruneResult:
+        """Remove cached blobs, layer dirs, cache mounts and stale work dirs not used for
+        `older_than_seconds`; with `max_layer_bytes`, also the least recently used layer dirs until the
+        rest fit (`older_than_seconds` None: only that).
 
-        Holds the global lock so a concurrent build (which takes it shared) isn't pruned under its feet.
+        Holds the global lock so a concurrent build (which takes it shared) isn't pruned under its feet:
+        no layer dir a running build uses goes.
         """
         now = time.time()
         removed = freed = 0
         with self.lock("global"):
+            if (self.root / "layers").is_dir():
+                from builder.layerstore import LayerStore
+
+                removed, freed = LayerStore(self.root / "layers", self.lock).prune(
+                    older_than_seconds=older_than_seconds or 0, max_bytes=max_layer_bytes, now=now)
+            if older_than_seconds is None:
+                return PruneResult(removed, freed)
             targets: list[Path] = list((self.root / "blobs" / "sha256").iterdir())
             targets += list((self.root / "work").iterdir())
             if (self.root / "rootfs").is_dir():

@@ -310,3 +310,27 @@ def test_views_are_attached_nowhere(store, tmp_path):
             assert str(store.root) not in Path("/proc/self/mountinfo").read_text()
     finally:
         root.close()
+
+
+def test_kade_cache_prune_max_size_removes_least_recent_layers_only(tmp_path, capsys):
+    """`kade cache prune --max-size`: layer dirs go by least recent use until the rest fit; blobs,
+    cache mounts and the rest stay (no --older-than given)."""
+    from builder.cache import LocalCache
+    from kade.cli import main
+
+    cache = LocalCache(tmp_path / "c")
+    blob = cache.blobs.put_bytes(b"a blob")
+    (cache.mount_dir("pip") / "wheel").write_bytes(b"w")
+    store = LayerStore(cache.root / "layers", cache.lock)
+    tars = [make_tar(BASE)] + [make_tar([E(f"big{i}", data=os.urandom(300_000))]) for i in range(2)]
+    dirs = store.ensure(refs(tars))
+    for i, d in enumerate(dirs):
+        os.utime(d.path, (1000 + i, 1000 + i))
+    budget = next(e.bytes for e in store.usage() if e.name == dirs[-1].path.name)
+    assert main(["cache", "prune", "--cache-dir", str(cache.root), "--max-size", str(budget), "-o", "json"]) == 0
+    assert '"removed": 2' in capsys.readouterr().out
+    assert [p.name for p in (cache.root / "layers").iterdir() if p.name not in ("tmp", "empty")] == \
+        [dirs[-1].path.name]
+    assert cache.blobs.has(blob) and (cache.mount_dir("pip") / "wheel").exists()
+    assert main(["cache", "prune", "--cache-dir", str(cache.root), "-o", "json"]) == 0   # everything
+    assert not cache.blobs.has(blob) and [p.name for p in (cache.root / "layers").iterdir()] == ["tmp"]
