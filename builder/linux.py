@@ -255,6 +255,7 @@ def overlay(lowers: list[str], upper: str | None = None, work: str | None = None
     overlay's own marks in user.overlay.* (the only choice inside a user namespace)."""
     fs = _check_fd(_libc.syscall(_SYS_FSOPEN, b"overlay", FSOPEN_CLOEXEC), "fsopen overlay")
     try:
+        _fsconfig(fs, FSCONFIG_SET_STRING, b"source", b"overlay", 0)
         for lower in lowers:
             _fsconfig_dir(fs, b"lowerdir+", lower)
         if upper is not None and work is not None:

@@ -18,8 +18,12 @@ the init that becomes the command) and streams the command's output. How the RUN
   binds, tmpfs), every mount nosuid and nodev; pivot_root into the rootfs; Docker's default
   capabilities (inheritable and ambient sets emptied), no_new_privs and a seccomp filter
   (builder/seccomp.py);
-- with `overlay=` (snapshot.capture(..., in_sandbox=True)) the step's overlay is mounted inside the
-  sandbox: the upper directory is the step's diff, with the image's uids.
+- with `overlay=` (a snapshot.OverlaySpec: of a layered rootfs' layer dirs, builder/stageroot.py, or
+  of one copied rootfs dir, snapshot.capture(..., in_sandbox=True)) the step's overlay is mounted
+  inside the sandbox: the upper directory is the step's diff, with the image's uids. Layer dirs are
+  staged read-only, each once, and mounted as `lowerdir+` layers (any number of them); a layered
+  rootfs' mount points are made through its host-side view (a detached mount) before the run and
+  removed through it after. A read-only bind `from=` a layered stage mounts that stage's layers.
 
 Everything mounted lives only in the sandbox's mount namespaces and vanishes with them; every process
 dies with kade (parent-death signals). Mountpoints the rootfs lacked are created before the run
