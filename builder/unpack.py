@@ -29,10 +29,12 @@ Python's `tarfile` with `filter="data"` is not used: it refuses what rootfs laye
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
 import os
+import queue
 import stat
+import threading
 
 import zstandard
 from dataclasses import dataclass, field
@@ -141,31 +143,85 @@ class _Prefixed:
         return True
 
 
-class _Metered:
-    """Counts and (unless `hashed` is False) hashes the uncompressed tar bytes; stops at the byte budget."""
+class Inflated:
+    """The uncompressed tar inside a blob (gzip, zstd, xz, bzip2 or plain, by magic bytes), inflated
+    and hashed (the diffID) by a worker thread ahead of its reader, in chunks of `CHUNK` bytes, at most
+    `DEPTH` of them waiting: the decompressors and sha256 run without the GIL, so a layer's inflating
+    and hashing overlap the reader's work of parsing and writing files, on another core. Stops at
+    `limit` bytes (an archive bomb). `count` is what the reader took; `close()` (always, even after an
+    error) stops and joins the worker before the blob under it is closed."""
+    CHUNK = 1 << 20
+    DEPTH = 4
 
-    def __init__(self, stream, limit: int, layer: str, hashed: bool = True):
-        self._stream = stream
-        self._limit = limit
-        self._layer = layer
-        self.hash = hashlib.sha256() if hashed else None
+    def __init__(self, stream: BinaryIO, limit: int, layer: str, *, hashed: bool = True):
         self.count = 0
+        self._limit, self._layer = limit, layer
+        self._hash = hashlib.sha256() if hashed else None
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self.DEPTH)
+        self._buf, self._pos = b"", 0
+        self._done = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._inflate, args=(stream,), name="kade-inflate", daemon=True)
+        self._thread.start()
+
+    def _inflate(self, stream: BinaryIO) -> None:
+        try:
+            source = open_decompressed(stream)
+            produced = 0
+            while not self._stop.is_set():
+                data = source.read(self.CHUNK)
+                produced += len(data)
+                if produced > self._limit:
+                    raise LayerLimitError(f"layer {self._layer} expands to more than {self._limit} bytes; refusing "
+                                          "it (archive bomb?) — raise the limit if the image is genuine")
+                if self._hash is not None:
+                    self._hash.update(data)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the reader
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
+        if self._pos >= len(self._buf):
+            if self._done:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            self._buf, self._pos = item, 0
+            if not item:
+                self._done = True
+                return b""
+        end = len(self._buf) if n < 0 else min(len(self._buf), self._pos + n)
+        data = self._buf[self._pos:end] if self._pos or end < len(self._buf) else self._buf
+        self._pos = end
         self.count += len(data)
-        if self.count > self._limit:
-            raise LayerLimitError(f"layer {self._layer} expands to more than {self._limit} bytes; "
-                                  "refusing it (archive bomb?) — raise the limit if the image is genuine")
-        if self.hash is not None:
-            self.hash.update(data)
         return data
 
+    def diff_id(self) -> str:
+        """sha256 of the whole uncompressed stream (read it to its end first)."""
+        assert self._hash is not None and self._done
+        return "sha256:" + self._hash.hexdigest()
 
-def open_decompressed(stream: BinaryIO, *, threaded: bool = False):
-    """A reader of the uncompressed tar inside `stream` (gzip, zstd, xz, bzip2 or plain, by magic bytes).
-    With `threaded`, gzip is inflated by a worker thread that runs without the GIL, ahead of the reader
-    (hashing and writing files overlap the inflating; same bytes); close the reader when done."""
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)   # let a worker blocked on a full queue see the stop
+
+
+def open_decompressed(stream: BinaryIO):
+    """A reader of the uncompressed tar inside `stream` (gzip, zstd, xz, bzip2 or plain, by magic bytes)."""
     head = b""
     while len(head) < len(_XZ_MAGIC):
         chunk = stream.read(len(_XZ_MAGIC) - len(head))
@@ -176,16 +232,12 @@ def open_decompressed(stream: BinaryIO, *, threaded: bool = False):
     if head.startswith(_GZIP_MAGIC):
         try:
             from isal import igzip as gzip_impl  # type: ignore[import-not-found]
-            from isal import igzip_threaded
         except ImportError:  # pragma: no cover
             import gzip as gzip_impl
-            igzip_threaded = None
-        if threaded and igzip_threaded is not None:
-            # 256 KiB blocks: its read-ahead (8 blocks) and queue (2) stay ~3 MiB; 1 MiB cost ~15 MiB of RSS
-            return igzip_threaded.open(source, "rb", threads=1, block_size=256 << 10)
         return gzip_impl.GzipFile(fileobj=source, mode="rb")
     if head.startswith(_ZSTD_MAGIC):
-        return zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True)
+        return zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True,
+                                                                               read_size=1 << 20)
     if head.startswith(_XZ_MAGIC):
         import lzma
 
@@ -253,7 +305,7 @@ class _Applier:
                                 "(it was not written by a well-behaved image builder)")
 
     # ------------------------------------------------------------------ one entry
-    def apply(self, entry: TarEntry, reader: TarReader, metered: _Metered) -> None:
+    def apply(self, entry: TarEntry, reader: TarReader, metered: "Inflated") -> None:
         self.result.entries += 1
         if self.result.entries > self.limits.max_entries:
             raise LayerLimitError(f"layer {self.layer} has more than {self.limits.max_entries} entries; refusing it")
@@ -523,15 +575,13 @@ def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: st
     if allow_devices is None:
         allow_devices = os.geteuid() == 0
     applier = _Applier(root, layer, allow_devices, limits, report, owner, overlay)
-    decompressed = None
+    inflated = Inflated(stream, limits.max_bytes, layer)
     try:
         try:
-            decompressed = open_decompressed(stream, threaded=True)
-            metered = _Metered(decompressed, limits.max_bytes, layer)
-            reader = TarReader(metered, max_meta=limits.max_meta, max_name=limits.max_name)
+            reader = TarReader(inflated, max_meta=limits.max_meta, max_name=limits.max_name)
             for entry in reader:
-                applier.apply(entry, reader, metered)
-            while metered.read(1 << 20):
+                applier.apply(entry, reader, inflated)
+            while inflated.read(1 << 20):
                 pass  # hash trailing padding and let the blob stream verify its digest at EOF
         except TarFormatError as exc:
             cls = LayerLimitError if "limit" in str(exc) or "longer than" in str(exc) else UnpackError
@@ -543,13 +593,12 @@ def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: st
         applier.finish_dirs()
     finally:
         applier.close()
-        if isinstance(decompressed, io.BufferedReader):
-            decompressed.close()   # the threaded gzip reader: stop its worker
+        inflated.close()   # the worker stops before the blob under it is closed
     result = applier.result
     if track:
         result.paths = applier.created | {b"/".join(parts) for parts, _ in applier.dirs}
-    result.diff_id = "sha256:" + metered.hash.hexdigest()
-    result.bytes = metered.count
+    result.diff_id = inflated.diff_id()
+    result.bytes = inflated.count
     if expected_diff_id and result.diff_id != expected_diff_id:
         raise UnpackError(f"layer {layer}: its tar has diffID {result.diff_id} but the image config says "
                           f"{expected_diff_id}; the image is inconsistent — rebuild or re-push it")
