@@ -114,6 +114,11 @@ def read_secrets(directory: str | None) -> dict[str, bytes]:
     return out
 
 
+def _download(repo: Any, digest: str, dest: Path) -> Path:
+    repo.download_blob(digest, dest)
+    return dest
+
+
 def build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, *, insecure: tuple[str, ...] = (),
                 lease_s: int = 30, work: Path | None = None, cache_dir: str | None = None,
                 api_client: Any = None, holder: str | None = None, namespace: str | None = None,
@@ -140,10 +145,11 @@ def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report,
     ctx_dir = work / "context"
     stages, extra = plancodec.load_stages(body, ctx_dir)
     ctx_dir.mkdir(parents=True, exist_ok=True)
-    if extra.get("context"):
-        tar = work / "context.tar"
-        repo.download_blob(extra["context"], tar)
-        context_upload.unpack(tar, ctx_dir)
+    contexts = extra.get("contexts") or ([extra["context"]] if extra.get("context") else [])
+    with cancel.Pool(max_workers=4) as pool:   # one blob per context source, fetched at once
+        tars = list(pool.map(lambda i: _download(repo, contexts[i], work / f"context-{i}.tar"), range(len(contexts))))
+    context_upload.unpack(tars, ctx_dir)
+    for tar in tars:
         tar.unlink()
     options = BuildOptions(context=ctx_dir, repo=stages_repo, compression=extra.get("compression", "gzip"),
                            parallel=1, cache_dir=cache_dir, insecure=insecure,

@@ -18,6 +18,7 @@ from builder.backends import context_upload, plancodec
 from builder.build import Builder, Image, missing_steps, needed_stages
 from builder.errors import BuildError
 from builder.plan import Plan, PlannedStage
+from registry import cancel
 from registry import mediatypes as mt
 from registry.digest import sha256_digest
 
@@ -41,20 +42,28 @@ class RemoteStageBuilder(Builder):
     def _upload(self, plan: Plan, remote: list[PlannedStage], keys: set[str]) -> str:
         repo = self.repo(self.stages_repo)  # type: ignore[arg-type]
         root = self.ctx.root
-        paths = context_upload.needed_paths(remote, keys, root)
-        context_digest = None
-        if paths:
-            with tempfile.TemporaryDirectory(prefix="kade-ctx-") as scratch:
-                tar, context_digest, size = context_upload.pack(root, paths, Path(scratch), self.epoch)
-                if repo.head_blob(context_digest) is None:
-                    self.report("upload", f"context: {size} bytes ({len(paths)} entries) as {context_digest[:19]}",
-                                digest=context_digest, entries=len(paths))
-                    repo.upload_blob(tar, context_digest, size)
-        extra = {"context": context_digest, "compression": self.o.compression, "platform": plan.platform,
+        groups = context_upload.needed_sources(remote, keys, root)
+        contexts: list[str] = []
+        if groups:
+            with tempfile.TemporaryDirectory(prefix="kade-ctx-") as scratch, cancel.Pool(max_workers=4) as pool:
+                contexts = list(pool.map(lambda paths: self._upload_source(repo, root, paths, Path(scratch)), groups))
+        extra = {"contexts": contexts, "compression": self.o.compression, "platform": plan.platform,
                  "no_cache": self.o.no_cache, "image_name": self.o.image_name}
         body = plancodec.dump_stages(plan.order(), root, extra)
         digest = sha256_digest(body)
         repo.upload_blob(io.BytesIO(body), digest, len(body))
+        return digest
+
+    def _upload_source(self, repo: Any, root: Path, paths: list[str], scratch: Path) -> str:
+        """One source's blob: packed, and uploaded unless the stages repo has it already."""
+        tar, digest, size = context_upload.pack(root, paths, scratch, self.epoch)
+        try:
+            if repo.head_blob(digest) is None:
+                self.report("upload", f"context: {size} bytes ({len(paths)} entries) as {digest[:19]}",
+                            digest=digest, entries=len(paths))
+                repo.upload_blob(tar, digest, size)
+        finally:
+            tar.unlink(missing_ok=True)
         return digest
 
     def run_stage(self, ps: PlannedStage) -> Image | None:
