@@ -334,3 +334,24 @@ def test_kade_cache_prune_max_size_removes_least_recent_layers_only(tmp_path, ca
     assert cache.blobs.has(blob) and (cache.mount_dir("pip") / "wheel").exists()
     assert main(["cache", "prune", "--cache-dir", str(cache.root), "-o", "json"]) == 0   # everything
     assert not cache.blobs.has(blob) and [p.name for p in (cache.root / "layers").iterdir()] == ["tmp"]
+
+
+def test_paths_resolved_in_a_view_name_the_view_never_the_host(store):
+    """A view is a mount attached nowhere: the kernel's name of a directory in it starts at `/`. Every
+    host path kade makes of one (a bind mount's source, a layer writer's source) must go through the
+    view's own /proc/<pid>/fd link, or `/` would be the host's root."""
+    from builder.rootfs_ops import Root
+    from builder.rootpath import resolve, resolve_full
+
+    root = stacked(store, [make_tar(BASE)])
+    try:
+        with root.readable() as view:
+            for path, inside in (("/", ""), ("etc/keep", "/etc/keep"), ("lib/libc", "/usr/lib/libc"),
+                                 ("abs", "/usr/lib"), ("home/app/f", "/home/app/f")):
+                assert resolve_full(view, path) == f"{view}{inside}", path
+            assert resolve(view, "lib/libc") == (f"{view}/usr/lib", b"libc")
+            with Root(view) as r:
+                assert r.host_path(r.resolve("etc/keep")) == f"{view}/etc/keep"
+                assert Path(r.host_path(r.resolve("etc/keep"))).read_bytes() == b"k"
+    finally:
+        root.close()

@@ -286,6 +286,7 @@ ALLOWED = {
     ("backends/chroot.py", "_save_cache", "os.rename"): "cache dirs kade owns",
     ("backends/chroot.py", "run_chroot", ".mkdir"): "the cache dir on the cache volume",
     ("sandbox.py", "_resolv_conf", ".read_text"): "the host's /etc/resolv.conf",
+    ("backends/remote.py", "RemoteStageBuilder._upload_source", ".unlink"): "the context tar kade packed in its temp dir",
     ("sandbox.py", "prepare_call", ".is_dir"): "the rootfs directory itself",
     ("sandbox.py", "_prepare", ".write_text"): "the sandbox's private temp dir",
     ("sandbox.py", "_prepare", ".mkdir"): "the private temp dir and cache dirs",
