@@ -40,6 +40,7 @@ from registry import cancel
 from registry.client import RegistryClient
 
 RESULT_KIND = "stage-result"
+TIMELINE_KIND = "timeline"   # (builder/backends/podstage.py) points of a pod's start, on its own clock
 CONNECT_GRACE = 1.5  # seconds a cancelled build waits for a connection still being made
 FAILED_KIND = "stage-failed"
 _FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
@@ -334,6 +335,7 @@ class KubeBuilder(RemoteStageBuilder):
         result: dict[str, Any] | None = None
         failure: dict[str, Any] | None = None
         tail: deque[str] = deque(maxlen=20)
+        timeline: dict[str, float] = {}   # the pod's own clock: process started, ..., first step
         try:
             # the log may stay silent as long as the pod may run: read timeout = its deadline
             stream = self.core.read_namespaced_pod_log(name, self.k.namespace, follow=True, _preload_content=False,
@@ -354,6 +356,10 @@ class KubeBuilder(RemoteStageBuilder):
                         failure = rec
                     elif rec["kind"] == TUNNEL_KIND and self.o.ssh:
                         threading.Thread(target=self._ssh_tunnel, args=(name, rec), daemon=True).start()
+                    elif rec["kind"] == TIMELINE_KIND:
+                        timeline[str(rec.get("message"))] = float(rec.get("at") or 0)
+                        if rec.get("message") == "first step":
+                            self.report("pod", f"{prefix} {startup_line(timeline)}", timeline=dict(timeline))
                     else:
                         fields = {k: v for k, v in rec.items() if k not in ("kind", "message", "time")}
                         if rec["kind"] == "output":
@@ -415,6 +421,17 @@ class KubeBuilder(RemoteStageBuilder):
             raise PodLost(f"{phase} {reason or ''} exit {code}".strip())
         raise BuildError(f"{where}: stage {ps.label} ended {phase} (exit {code}) without a result",
                          hint="last output:\n" + "\n".join(tail))
+
+
+def startup_line(timeline: dict[str, float]) -> str:
+    """How long a pod took from its process start (the pod just turned Running) to its first step, and
+    where the time went: each point's offset from the start."""
+    start = timeline.get("process started")
+    if start is None or "first step" not in timeline:
+        return "first step started"
+    points = ", ".join(f"{name} +{at - start:.2f}s" for name, at in sorted(timeline.items(), key=lambda kv: kv[1])
+                       if name not in ("process started", "first step"))
+    return f"first step {timeline['first step'] - start:.2f}s after the pod started ({points})"
 
 
 def failure_error(where: str, stage: str, failure: dict[str, Any], tail: list[str]) -> BuildError:

@@ -10,11 +10,13 @@ taken over. RUN uses the chroot runner (chroot.py), or the namespace sandbox in 
 """
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
+import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from builder.backends import context_upload, plancodec
 from builder.backends.agent_relay import PodAgentRelay
@@ -35,10 +37,12 @@ from registry.client import ClientOptions, RegistryClient
 class PodBuilder(Builder):
     """A Builder for one stage in a pod: step Leases around every missing step."""
 
-    def __init__(self, options: BuildOptions, report: Report, client: RegistryClient, leases: Leases | None,
-                 work: Path):
+    def __init__(self, options: BuildOptions, report: Report, client: RegistryClient,
+                 leases: Callable[[], Leases | None], work: Path):
         super().__init__(options, report, client)
-        self.leases = leases
+        self._leases = leases
+        self.context_ready: Future | None = None   # the context blobs unpacked (a step waits for them)
+        self.stepped = False
         self.reused = 0
         self.rootfs_dir = work / "rootfs"
         self.rootfs_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +51,21 @@ class PodBuilder(Builder):
     def _work_dir(self, prefix: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=prefix, dir=self.rootfs_dir))
 
+    @functools.cached_property
+    def leases(self) -> Leases | None:
+        return self._leases()
+
+    def _materialize(self, image: Image | None, prefix: str) -> StageRoot:
+        root = super()._materialize(image, prefix)
+        _mark(self.report, "rootfs ready")
+        return root
+
     def execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot) -> Image:
+        if self.context_ready is not None:
+            self.context_ready.result()
+        if not self.stepped:
+            self.stepped = True
+            _mark(self.report, "first step")
         if self.leases is None:
             return super().execute_step(ps, step, parent, root)
         with self.leases.held(step_lease_name(step.key), f"[{ps.label}] {step.text}", labels=dict(MANAGED)):
@@ -114,11 +132,6 @@ def read_secrets(directory: str | None) -> dict[str, bytes]:
     return out
 
 
-def _download(repo: Any, digest: str, dest: Path) -> Path:
-    repo.download_blob(digest, dest)
-    return dest
-
-
 def build_stage(plan_digest: str, label: str, stages_repo: str, report: Report, *, insecure: tuple[str, ...] = (),
                 lease_s: int = 30, work: Path | None = None, cache_dir: str | None = None,
                 api_client: Any = None, holder: str | None = None, namespace: str | None = None,
@@ -144,13 +157,8 @@ def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report,
         body = f.read()
     ctx_dir = work / "context"
     stages, extra = plancodec.load_stages(body, ctx_dir)
+    _mark(report, "plan fetched")
     ctx_dir.mkdir(parents=True, exist_ok=True)
-    contexts = extra.get("contexts") or ([extra["context"]] if extra.get("context") else [])
-    with cancel.Pool(max_workers=4) as pool:   # one blob per context source, fetched at once
-        tars = list(pool.map(lambda i: _download(repo, contexts[i], work / f"context-{i}.tar"), range(len(contexts))))
-    context_upload.unpack(tars, ctx_dir)
-    for tar in tars:
-        tar.unlink()
     options = BuildOptions(context=ctx_dir, repo=stages_repo, compression=extra.get("compression", "gzip"),
                            parallel=1, cache_dir=cache_dir, insecure=insecure,
                            platform=extra.get("platform", "linux/amd64"), no_cache=bool(extra.get("no_cache")),
@@ -160,9 +168,11 @@ def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report,
                            # the pod's own user namespace (hostUsers: false) is the boundary around root in
                            # RUN; RUN shares the pod's network (no bridge to NAT through in a pod)
                            isolation=Isolation(userns="host", network="shared"))
-    leases = None
-    if api_client is not None and holder and namespace:
-        leases = Leases(api_client, namespace, holder, lease_s, report)
+
+    def leases() -> Leases | None:
+        api = api_client() if callable(api_client) else api_client   # (connecting may run meanwhile)
+        return Leases(api, namespace, holder, lease_s, report) if api is not None and holder and namespace else None
+
     b = PodBuilder(options, report, client, leases, work)
     by_label = {ps.label: ps for ps in stages}
     if label not in by_label:
@@ -171,11 +181,38 @@ def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report,
                   platform=options.platform)
     b.ctx = BuildContext(ctx_dir, IgnoreRules([]))
     ps = by_label[label]
-    with b.session():  # the PVC's shared lock: a `kade cache prune` Job waits for running pods
+    with b.session(), cancel.Pool(max_workers=1) as pool:  # the PVC's shared lock: a prune Job waits for pods
+        # the context arrives while the steps are looked up and the rootfs is made; a step waits for it
+        b.context_ready = pool.submit(_fetch_context, repo, extra, b.cache, ctx_dir, report)
         b.hits = b.lookup_stage(ps)
         for dep in sorted(ps.deps):
             b.stage_futures[dep] = _done(b.stage_image(dep))
         if ps.base_image:
             b.load_image(ps.base_image.ref, ps.base_image.digest)
         img = b.run_stage(ps)
+        b.context_ready.result()
     return {"built": b.built - b.reused, "reused": b.reused, "digest": img.digest if img else None}
+
+
+def _mark(report: Report, what: str) -> None:
+    """A point of the pod's timeline (the CLI re-stamps records with its own clock; `at` is the pod's)."""
+    report("timeline", what, at=round(time.time(), 3))
+
+
+def _fetch_context(repo: Any, extra: dict[str, Any], cache: Any, ctx_dir: Path, report: Report) -> None:
+    """The context blobs (one per source) into `ctx_dir`: from the cache PVC's blob cache where an
+    earlier pod fetched them, else downloaded there, all at once (digest-verified)."""
+    contexts = extra.get("contexts") or ([extra["context"]] if extra.get("context") else [])
+
+    def fetch(digest: str) -> Path:
+        path = cache.blobs.path(digest)
+        if not path.is_file():
+            with cache.lock(digest):
+                if not path.is_file():
+                    repo.download_blob(digest, path)
+        return path
+
+    with cancel.Pool(max_workers=4) as pool:
+        tars = list(pool.map(fetch, contexts))
+    context_upload.unpack(tars, ctx_dir)
+    _mark(report, "context ready")

@@ -34,20 +34,39 @@ def _emit(kind: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
+def _api_client() -> Any:
+    from kubernetes import client, config
+
+    from builder.backends.kubeapi import bounded
+
+    config.load_incluster_config()
+    return bounded(client.ApiClient())
+
+
+def _process_start() -> float:
+    """When this process started (the container's command: the pod just turned Running), epoch seconds."""
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime "))
+        return round(boot + ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, StopIteration):
+        return round(time.time(), 3)
+
+
 def run(args: argparse.Namespace) -> int:
     from builder.backends.kubernetes import FAILED_KIND, RESULT_KIND
     from builder.backends.podstage import build_stage
 
     report = make_reporter("json", sys.stdout)
-    api_client = None
+    report("timeline", "process started", at=_process_start())
     holder, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
-    if holder and namespace:
-        from kubernetes import client, config
+    api_client = None
+    if holder and namespace:   # the API client (a second of imports) is made while the stage starts
+        from concurrent.futures import ThreadPoolExecutor
 
-        from builder.backends.kubeapi import bounded
-
-        config.load_incluster_config()
-        api_client = bounded(client.ApiClient())
+        connecting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kade-kube").submit(_api_client)
+        api_client = connecting.result
+    report("timeline", "imports done", at=round(time.time(), 3))
     try:
         result = build_stage(args.plan, args.stage, args.repo, report, insecure=tuple(args.insecure_registry),
                              lease_s=args.lease_seconds, api_client=api_client, holder=holder, namespace=namespace,

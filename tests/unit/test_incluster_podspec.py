@@ -207,3 +207,16 @@ def test_user_namespace_support_is_read_from_the_nodes(nodes, selector, supporte
 
     ok, reason = user_namespace_support(nodes, selector)
     assert ok is supported and reason.startswith(why)
+
+
+@pytest.mark.parametrize("timeline,expected", [
+    ({"process started": 100.0, "imports done": 100.25, "plan fetched": 100.4, "context ready": 101.5,
+      "rootfs ready": 100.9, "first step": 101.6},
+     "first step 1.60s after the pod started (imports done +0.25s, plan fetched +0.40s, rootfs ready +0.90s, "
+     "context ready +1.50s)"),
+    ({"imports done": 5.0, "first step": 6.0}, "first step started"),   # a pod that did not say when it started
+])
+def test_a_pods_startup_timeline_in_one_line(timeline, expected):
+    from builder.backends.kubernetes import startup_line
+
+    assert startup_line(timeline) == expected
