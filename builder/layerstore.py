@@ -96,13 +96,16 @@ def chain_of(parent: str | None, diff_id: str) -> str:
 _STAT = struct.Struct("<QqqqqqQQQ")
 
 
-def fingerprint(fs: Path) -> tuple[str, int, int]:
+def fingerprint(fs: Path, *, with_root: bool = True) -> tuple[str, int, int]:
     """(sha256 over the lstat of every entry of the tree, disk usage in bytes, entries). Entries are
-    taken in sorted order; atime is left out (reading a file is no change)."""
+    taken in sorted order; atime is left out (reading a file is no change); without `with_root`, the
+    root directory's own metadata too (a tree whose root marks its last use)."""
     items: list[bytes] = []
     usage = 0
     seen: set[int] = set()
     for rel, st in _walk(os.fsencode(fs)):
+        if not rel and not with_root:
+            continue
         items.append(rel + b"\0" + _STAT.pack(st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
                                               st.st_ctime_ns, st.st_ino, st.st_nlink, st.st_rdev))
         if st.st_ino not in seen:

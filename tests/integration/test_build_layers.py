@@ -145,3 +145,26 @@ def test_kill_9_of_kade_leaves_no_mount(registry, base_image, tmp_path):
 
 def _sleepers(marker: str) -> str:
     return subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout
+
+
+def test_the_copy_fallback_builds_the_same_image(kade_build, registry, base_image, tmp_path, monkeypatch):
+    """Where overlay mounts can't be used (forced here), each rootfs starts from a copy, said once: the
+    images are the same, byte for byte."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "f.txt").write_text("f\n")
+    (ctx / "Dockerfile").write_text(
+        f"FROM {base_image.ref} AS a\nRUN mkdir /a && echo a > /a/x && rm /etc/group\n"
+        f"FROM {base_image.ref}\nCOPY f.txt /srv/\nCOPY --from=a /a /a\n"
+        "RUN --mount=type=bind,from=a,source=/a,target=/m cat /m/x > /from-a && rm -rf /srv && mkdir /srv\n")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    layered = kade_build(str(ctx), "--tag", f"{registry.host}/layers/same-a:v1", "--cache-dir", str(tmp_path / "c1"),
+                         "--output", "json")
+    monkeypatch.setenv("KADE_SNAPSHOTTER", "copy")
+    copied = kade_build(str(ctx), "--tag", f"{registry.host}/layers/same-b:v1", "--cache-dir", str(tmp_path / "c2"),
+                        "--output", "json")
+    assert copied.ok()["steps"]["built"] == layered.ok()["steps"]["built"] == 4   # each in its own stages repo
+    assert layered.ok()["images"][0]["digest"] == copied.ok()["images"][0]["digest"]
+    said = [line for line in copied.stderr.splitlines() if "not stacked with overlay" in line]
+    assert len(said) == 1 and "KADE_SNAPSHOTTER=copy" in said[0]
+    assert not (tmp_path / "c2" / "layers").exists() or not any((tmp_path / "c2" / "layers").iterdir())
