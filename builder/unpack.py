@@ -417,6 +417,9 @@ class _Applier:
 
     def _create(self, parent: int, name: bytes, parts: tuple[bytes, ...], entry: TarEntry,
                 reader: TarReader) -> None:
+        if entry.type == REGULAR:   # created first, what was there removed only when it was (no stat)
+            self._write_file(parent, name, entry, reader)
+            return
         existing = _exists(parent, name)
         if existing is not None and not (entry.type == DIRECTORY and stat.S_ISDIR(existing.st_mode)):
             self._remove(parent, name)
@@ -431,9 +434,6 @@ class _Applier:
             finally:
                 os.close(fd)
             self.dirs.append((parts, entry))
-            return
-        if kind == REGULAR:
-            self._write_file(parent, name, entry, reader)
             return
         if kind == SYMLINK:
             os.symlink(entry.linkname, name, dir_fd=parent)
@@ -462,7 +462,12 @@ class _Applier:
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
 
     def _write_file(self, parent: int, name: bytes, entry: TarEntry, reader: TarReader) -> None:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=parent)
+        except FileExistsError:   # a file, symlink or directory of a lower layer (or earlier entry) goes
+            self._remove(parent, name)
+            fd = os.open(name, flags, 0o600, dir_fd=parent)
         try:
             while True:
                 data = reader.read(1 << 20)
