@@ -120,17 +120,11 @@ def fingerprint(fs: Path, *, with_root: bool = True) -> tuple[str, int, int]:
 
 def _walk(root: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
     """(relative path, lstat) of the root (as b"") and everything under it, never following a symlink."""
+    from builder.snapshot import scan
+
     yield b"", os.lstat(root)
-    stack = [b""]
-    while stack:
-        rel = stack.pop()
-        with os.scandir(os.path.join(root, rel) if rel else root) as it:
-            for entry in it:
-                path = rel + b"/" + entry.name if rel else entry.name
-                st = entry.stat(follow_symlinks=False)
-                yield path, st
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(path)
+    for path, _entry, st in scan(root):
+        yield path, st
 
 
 def normalize(fs: Path, epoch: int | None) -> None:

@@ -122,16 +122,19 @@ STACKS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(STACKS))
-def test_stacked_layers_read_as_layers_unpacked_onto_one_rootfs(name, store, tmp_path):
-    tars = [make_tar(BASE)] + [make_tar(layer) for layer in STACKS[name]]
-    expected = visible(old_way(tmp_path, tars))
+def assert_stacks_as_unpacked(store: LayerStore, tmp: Path, tars: list[bytes]) -> None:
+    expected = visible(old_way(tmp, tars))
     root = stacked(store, tars)
     try:
         with root.readable() as view:
             assert visible(view) == expected
     finally:
         root.close()
+
+
+@pytest.mark.parametrize("name", sorted(STACKS))
+def test_stacked_layers_read_as_layers_unpacked_onto_one_rootfs(name, store, tmp_path):
+    assert_stacks_as_unpacked(store, tmp_path, [make_tar(BASE)] + [make_tar(layer) for layer in STACKS[name]])
 
 
 def _confined(case_id: str) -> bool:
@@ -142,15 +145,8 @@ def _confined(case_id: str) -> bool:
 def test_hostile_layers_stack_as_they_unpack(case_id, store, tmp_path, outside):
     """The unpacker's hostile table, as the layer above a base: same tree, the host untouched."""
     _, entries, _ = next(c for c in hostile_cases(outside) if c[0] == case_id)
-    tars = [make_tar(BASE), make_tar(entries)]
     before = {p: p.read_bytes() if p.is_file() else None for p in outside.rglob("*")}
-    expected = visible(old_way(tmp_path, tars))
-    root = stacked(store, tars)
-    try:
-        with root.readable() as view:
-            assert visible(view) == expected
-    finally:
-        root.close()
+    assert_stacks_as_unpacked(store, tmp_path, [make_tar(BASE), make_tar(entries)])
     assert {p: p.read_bytes() if p.is_file() else None for p in outside.rglob("*")} == before
 
 
