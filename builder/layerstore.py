@@ -42,7 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Sequence
+from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
 from builder.errors import BuildError
 from builder.rootfs import LayerRef, chain_ids
@@ -100,14 +100,17 @@ def fingerprint(fs: Path, *, with_root: bool = True) -> tuple[str, int, int]:
     """(sha256 over the lstat of every entry of the tree, disk usage in bytes, entries). Entries are
     taken in sorted order; atime is left out (reading a file is no change); without `with_root`, the
     root directory's own metadata too (a tree whose root marks its last use)."""
+    return fingerprint_of((rel, st) for rel, st in _walk(os.fsencode(fs)) if rel or with_root)
+
+
+def fingerprint_of(stats: Iterable[tuple[bytes, os.stat_result]]) -> tuple[str, int, int]:
+    """`fingerprint` of the (relative path, lstat) of a tree's entries."""
     items: list[bytes] = []
     usage = 0
     seen: set[int] = set()
-    for rel, st in _walk(os.fsencode(fs)):
-        if not rel and not with_root:
-            continue
+    for rel, st in stats:
         items.append(rel + b"\0" + _STAT.pack(st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
-                                              st.st_ctime_ns, st.st_ino, st.st_nlink, st.st_rdev))
+                                               st.st_ctime_ns, st.st_ino, st.st_nlink, st.st_rdev))
         if st.st_ino not in seen:
             seen.add(st.st_ino)
             usage += st.st_blocks * 512
@@ -127,16 +130,19 @@ def _walk(root: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
         yield path, st
 
 
-def normalize(fs: Path, epoch: int | None) -> None:
+def normalize(fs: Path, epoch: int | None) -> list[tuple[bytes, os.stat_result]]:
     """Make an upper dir hold what its layer holds: opaque dirs (user.overlay.opaque: kade's overlays
     use userxattr) marked for both kinds of overlay mount, overlay's other xattrs and every xattr a layer
     does not keep removed (a trusted.overlay.opaque copied up from a lower dir too), sockets removed (a
-    layer never has them), mtimes in whole seconds and clamped to `epoch` as the layer writer writes them."""
+    layer never has them), mtimes in whole seconds and clamped to `epoch` as the layer writer writes them.
+    Returns the (relative path, lstat) of every entry as it is left (what `fingerprint_of` takes)."""
     from builder.layer import keep_xattr
 
     as_root = os.geteuid() == 0
 
-    def fix(path: bytes, st: os.stat_result) -> None:
+    def fix(path: bytes, st: os.stat_result, moved: bool) -> bool:
+        """Normalize one entry; whether anything of it changed (`moved`: its mtime was, meanwhile)."""
+        changed = False
         is_dir = stat.S_ISDIR(st.st_mode)
         try:
             names = os.listxattr(path, follow_symlinks=False)
@@ -148,32 +154,40 @@ def normalize(fs: Path, epoch: int | None) -> None:
                 continue
             with contextlib.suppress(OSError):
                 os.removexattr(path, name, follow_symlinks=False)
+                changed = True
         if opaque:
             for name in OPAQUE_MARKS:
-                if name.startswith("trusted.") and not as_root:
+                if name in names or name.startswith("trusted.") and not as_root:
                     continue
                 with contextlib.suppress(OSError):   # trusted.* is refused inside a user namespace
                     os.setxattr(path, name, b"y", follow_symlinks=False)
+                    changed = True
         mtime = st.st_mtime_ns // 1_000_000_000
         if epoch is not None:
             mtime = min(mtime, epoch)
-        if mtime * 1_000_000_000 != st.st_mtime_ns and not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0):
+        if (moved or mtime * 1_000_000_000 != st.st_mtime_ns) and not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0):
             os.utime(path, ns=(st.st_atime_ns, mtime * 1_000_000_000), follow_symlinks=False)
+            changed = True
+        return changed
 
-    def visit(path: bytes) -> None:
-        st = os.lstat(path)
+    out: list[tuple[bytes, os.stat_result]] = []
+
+    def visit(rel: bytes, path: bytes, st: os.stat_result) -> None:
+        moved = False
         if stat.S_ISDIR(st.st_mode):
             with os.scandir(path) as it:
-                children = [e.path for e in it]
-            for child in children:
-                cst = os.lstat(child)
+                children = [(e.name, e.path, e.stat(follow_symlinks=False)) for e in it]
+            for name, child, cst in children:
                 if stat.S_ISSOCK(cst.st_mode):
                     os.unlink(child)
+                    moved = True   # this dir's mtime moved: set back in `fix`, from `st`
                 else:
-                    visit(child)
-        fix(path, st)   # after the children: a removed socket moved this dir's mtime, set back here
+                    visit(rel + b"/" + name if rel else name, child, cst)
+        out.append((rel, os.lstat(path) if fix(path, st, moved) else st))
 
-    visit(os.fsencode(fs))
+    root = os.fsencode(fs)
+    visit(b"", root, os.lstat(root))
+    return out
 
 
 def _xattr(path: bytes, name: str) -> bytes | None:
@@ -313,8 +327,7 @@ class LayerStore:
             shutil.rmtree(upper.work, ignore_errors=True)
             with contextlib.suppress(OSError):
                 upper.merged.rmdir()
-            normalize(upper.fs, epoch)
-            digest, usage, entries = fingerprint(upper.fs)
+            digest, usage, entries = fingerprint_of(normalize(upper.fs, epoch))
             record = {"chain_id": chain, "diff_id": diff_id, "parent": parent, "bytes": usage, "entries": entries,
                       "fingerprint": digest}
             (upper.scratch / RECORD).write_text(json.dumps(record, sort_keys=True) + "\n")

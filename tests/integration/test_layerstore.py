@@ -351,3 +351,34 @@ def test_paths_resolved_in_a_view_name_the_view_never_the_host(store):
                 assert Path(r.host_path(r.resolve("etc/keep"))).read_bytes() == b"k"
     finally:
         root.close()
+
+
+def test_a_committed_upper_dir_holds_what_its_layer_holds(store, tmp_path):
+    """Overlay's bookkeeping and what a layer never carries go; opaque dirs get both marks; mtimes are
+    whole seconds, clamped to the epoch; and the record's fingerprint is the tree's as left."""
+    import socket
+
+    root = LayeredRoot(store, store.ensure(refs([make_tar(BASE)])), 1_700_000_000, tmp_path)
+    upper = root._upper().fs
+    (upper / "d").mkdir()
+    os.setxattr(upper / "d", "user.overlay.opaque", b"y")
+    (upper / "plain").mkdir()
+    os.setxattr(upper / "plain", "trusted.overlay.opaque", b"y")   # copied up, not overlay's own mark here
+    (upper / "d" / "f").write_bytes(b"x")
+    os.setxattr(upper / "d" / "f", "trusted.overlay.origin", b"junk")
+    os.setxattr(upper / "d" / "f", "user.keep", b"v")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(upper / "d" / "sock"))
+    sock.close()
+    os.utime(upper / "d" / "f", ns=(1, 1_800_000_000_123_456_789))   # after the epoch, not whole seconds
+    os.utime(upper / "d", ns=(1, 1_600_000_000_500_000_000))
+    root.commit("sha256:" + "3" * 64)
+    top = root.lowers[-1].fs
+    assert os.listxattr(top / "d" / "f") == ["user.keep"]
+    assert sorted(os.listxattr(top / "d")) == ["trusted.overlay.opaque", "user.overlay.opaque"]
+    assert os.listxattr(top / "plain") == []
+    assert not (top / "d" / "sock").exists()
+    assert os.lstat(top / "d" / "f").st_mtime_ns == 1_700_000_000 * 10**9
+    assert os.lstat(top / "d").st_mtime_ns == 1_600_000_000 * 10**9   # set back after the socket went
+    assert LayerStore(store.root, thread_lock).get(root.lowers[-1].chain_id) is not None
+    root.close()
