@@ -165,4 +165,7 @@ def test_ssh_agent_socket_is_forwarded(registry, base_image, kade_build, ssh_age
     out = podman_run(tag, "sh", "-c", "cat /sock.txt; test -e /run/buildkit && echo leaked || echo clean")
     assert out.stdout == "/run/buildkit/ssh_agent.default\nclean\n"
     missing = kade_build(str(ctx), "--tag", tag, "--no-cache", "--cache-dir", str(tmp_path / "c"))
-    assert missing.code == 1 and "--ssh" in missing.stderr
+    assert missing.code == 0 and "an ssh agent was not given" in missing.stderr and "--ssh" in missing.stderr
+    (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\nRUN --mount=type=ssh,required=true true\n")
+    required = kade_build(str(ctx), "--tag", tag, "--no-cache", "--cache-dir", str(tmp_path / "c"))
+    assert required.code == 1 and "--ssh" in required.stderr
