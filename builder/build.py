@@ -237,6 +237,10 @@ class Builder:
             check_host_network(plan)
         for name in plan.unused_args:
             self.report("warning", f"build arg {name} was given but no ARG in the stages built declares it")
+        for step in plan.all_steps():
+            for pattern in step.copy.unmatched if step.copy else ():
+                self.report("warning", f"{step.ins.file}:{step.ins.line}: {step.ins.cmd} source {pattern!r} matches "
+                                       "nothing in the context: nothing copied for it (as BuildKit does)")
         return plan
 
     def build_plan(self, plan: Plan, hits: dict[str, Any] | None = None) -> BuildResult:
@@ -266,7 +270,8 @@ class Builder:
                 try:
                     for ps in plan.order():  # dependencies come first, so a waiting stage never starves the pool
                         if ps.label in needed:
-                            self.stage_futures[ps.label] = pool.submit(self.run_stage, ps)
+                            self.stage_futures[ps.label] = pool.submit(
+                                lambda ps=ps: with_trailing_history(ps, self.run_stage(ps)))
                     return self.stage_futures[plan.target].result()
                 except KeyboardInterrupt:  # a signal (registry.cancel.Cancelled is one too)
                     sandbox.kill_all()   # RUNs in worker threads stop now (and none starts): the pool waits for them
@@ -535,7 +540,10 @@ class Builder:
         cfg["rootfs"] = {"type": "layers", "diff_ids": list((base_cfg.get("rootfs") or {}).get("diff_ids") or [])}
         cfg["history"] = list(base_cfg.get("history") or [])
         diff_id = (layer.annotations or {}).get("kade.diff_id") if layer else None
-        cfg = ic.add_history(cfg, step.created_by, empty_layer=layer is None, diff_id=diff_id)
+        for text in step.history:  # the ARGs before it (BuildKit's history; not in the key)
+            cfg = ic.add_history(cfg, text, empty_layer=True)
+        if step.in_history or diff_id:
+            cfg = ic.add_history(cfg, step.created_by, empty_layer=layer is None, diff_id=diff_id)
         layers = [_oci_layer(d) for d in (parent.manifest.layers if parent else [])]
         if layer is not None:
             layers.append(Descriptor(layer.media_type, layer.digest, layer.size))
@@ -750,6 +758,21 @@ def needed_stages(plan: Plan, hits: set[str]) -> set[str]:
                 if ref in plan.stages:
                     todo.append(ref)
     return needed
+
+
+def with_trailing_history(ps: PlannedStage, image: Image | None) -> Image | None:
+    """A stage's result: its last step's image, plus the history entries of the ARGs after that step
+    (BuildKit records them; no layer, no key changes). A config-only image, never pushed by itself:
+    publishing or a stage built FROM it writes its config."""
+    if image is None or not ps.trailing_history:
+        return image
+    cfg = image.config
+    for text in ps.trailing_history:
+        cfg = ic.add_history(cfg, text, empty_layer=True)
+    config_bytes = ic.config_bytes(cfg)
+    manifest = Manifest(config=Descriptor(mt.OCI_CONFIG, sha256_digest(config_bytes), len(config_bytes)),
+                        layers=list(image.manifest.layers), media_type=image.manifest.media_type)
+    return Image(repo=image.repo, digest=sha256_digest(manifest.to_bytes()), manifest=manifest, config=cfg)
 
 
 def _oci_layer(d: Descriptor) -> Descriptor:

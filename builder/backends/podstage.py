@@ -23,7 +23,7 @@ from builder.backends.agent_relay import PodAgentRelay
 from builder.backends.chroot import run_chroot
 from builder.backends.lease import Leases, step_lease_name
 from builder.backends.podspec import MANAGED, SANDBOX_ENV
-from builder.build import Builder, BuildOptions, Image, Report
+from builder.build import Builder, BuildOptions, Image, Report, with_trailing_history
 from builder.context import BuildContext, IgnoreRules
 from builder.errors import BuildError
 from builder.plan import Plan, PlannedStage, Step
@@ -87,7 +87,11 @@ class PodBuilder(Builder):
         return {s.key: d for s, d in zip(ps.steps, found) if d is not None}
 
     def stage_image(self, label: str) -> Image | None:
-        """The result of an already built stage, read back from the stages repo."""
+        """The result of an already built stage, read back from the stages repo (with the history of
+        its trailing ARGs, as the CLI's Builder has it)."""
+        return with_trailing_history(self.plan.stages[label], self._stage_image(label))
+
+    def _stage_image(self, label: str) -> Image | None:
         ps = self.plan.stages[label]
         if ps.steps:
             desc = self.repo(self.stages_repo).head_manifest(ps.final_key, mt.OCI_MANIFEST)  # type: ignore[arg-type]

@@ -88,6 +88,14 @@ def test_global_arg_needs_redeclaring_in_stage(ctx):
     assert steps[1].config["config"]["Env"][-1] == "B=1"
 
 
+def test_a_stage_built_from_another_inherits_its_args(ctx):
+    """BuildKit (and the Dockerfile reference's example): a stage FROM another sees that stage's ARGs."""
+    text = "FROM base AS one\nARG A=1\nRUN x\nFROM one AS two\nRUN echo $A\nFROM base\nRUN echo $A\n"
+    p = plan(ctx, text, target="two")
+    assert p.stages["two"].steps[0].env["A"] == "1"
+    assert "A" not in plan(ctx, text).stages["2"].steps[0].env  # a stage FROM an image: no
+
+
 def test_env_overrides_arg_and_run_env(ctx):
     text = "FROM base\nARG X=fromarg\nENV X=fromenv\nRUN echo $X\n"
     run = plan(ctx, text).all_steps()[-1]
@@ -101,6 +109,22 @@ def test_onbuild_triggers_run_first_and_are_cleared(ctx):
     steps = p.all_steps()
     assert [s.ins.cmd for s in steps] == ["COPY", "RUN", "RUN"]
     assert "OnBuild" not in steps[-1].config["config"]
+
+
+def test_history_follows_buildkit_args_and_onbuild_without_touching_keys(ctx):
+    """BuildKit records each ARG of a stage as an empty-layer history entry (with the value it takes)
+    and nothing for ONBUILD; history is never a key input."""
+    text = ("ARG G=global\nFROM base AS one\nARG A=1 B\nARG G\nRUN x\nONBUILD RUN y\nARG C=$A-c\n"
+            "ARG D\nFROM one\nRUN z\n")
+    p = plan(ctx, text, build_args={"B": "given"})
+    one, two = p.stages["one"], p.stages["1"]
+    assert [s.history for s in one.steps] == [["ARG A=1 B=given", "ARG G=global"], []]
+    assert [s.in_history for s in one.steps] == [True, False]
+    assert one.trailing_history == ["ARG C=1-c", "ARG D"]
+    assert [s.history for s in two.steps] == [[], []] and two.trailing_history == []  # the trigger, RUN z
+    without_args = plan(ctx, "ARG G=global\nFROM base AS one\nARG A=1 B\nARG G\nRUN x\nONBUILD RUN y\n",
+                        build_args={"B": "given"})
+    assert [s.key for s in without_args.stages["one"].steps] == [s.key for s in one.steps]
 
 
 def test_entrypoint_resets_base_cmd(ctx):
