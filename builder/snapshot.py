@@ -180,9 +180,17 @@ def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
                   opaque: tuple[str, ...] = _OPAQUE_XATTRS) -> list[Change]:
     """Changes recorded in an overlayfs upper directory over `lower`; `opaque`: the xattrs that mark an
     opaque directory for the overlay that wrote it (a layered rootfs' overlays use only user.*)."""
+    return upper_diff(upper, lower, opaque)[0]
+
+
+def upper_diff(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
+               opaque: tuple[str, ...] = _OPAQUE_XATTRS) -> tuple[list[Change], list[Change]]:
+    """`upper_changes`, and the directories of the upper left out of them (changed in their times only
+    and holding no change): an upper dir that is kept as a layer must give those their old times back."""
     upper_b, lower_b = os.fsencode(upper), os.fsencode(lower)
     changes: list[Change] = []
     touched: list[Change] = []
+    fresh: set[bytes] = set()   # dirs that hide the lower's (new, opaque): nothing below them is looked up there
     for path, entry, st in scan(upper_b):
         name = os.fsdecode(path)
         full = entry.path
@@ -190,14 +198,22 @@ def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
             changes.append(Change(name, "delete"))
         elif not stat.S_ISDIR(st.st_mode):
             changes.append(Change(name, "add", os.fsdecode(full)))
+        elif _parent(path) in fresh:   # the lower's path may cross a symlink the RUN replaced
+            fresh.add(path)
+            changes.append(Change(name, "add", os.fsdecode(full)))
         elif _is_opaque(full, opaque) and _is_real_dir(os.path.join(lower_b, path)):
+            fresh.add(path)
             changes.append(Change(name, "add", os.fsdecode(full)))
             changes.append(Change(name, "opaque"))  # only when there are lower children to hide
         else:
             change = _dir_change(st, full, os.path.join(lower_b, path))
+            if change == "new":
+                fresh.add(path)
             if change != "none":
                 (touched if change == "times" else changes).append(Change(name, "add", os.fsdecode(full)))
-    return with_touched_parents(changes, touched)
+    kept = with_touched_parents(changes, touched)
+    parents = {c.path for c in kept[len(changes):]}
+    return kept, [t for t in touched if t.path not in parents]
 
 
 def _is_real_dir(path: bytes) -> bool:

@@ -202,14 +202,20 @@ class LayeredCapture:
         self._changes: list[Change] | None = None
 
     def changes(self) -> list[Change]:
-        from builder.snapshot import upper_changes
+        """The upper dir's changes. A directory left out of them (its times changed, nothing in it did)
+        gets its old times back in the upper dir, which becomes the layer dir: the stack must hold what
+        the layers hold (snapshot.py: BuildKit's differ)."""
+        from builder.snapshot import upper_diff
 
         if self._changes is None:
             self._stack.close()
             upper = self._root.pending
             assert upper is not None
             with self._root.readable(with_pending=False) as lower:
-                self._changes = upper_changes(upper.fs, lower, opaque=(OPAQUE,))
+                self._changes, left_out = upper_diff(upper.fs, lower, opaque=(OPAQUE,))
+                for change in left_out:
+                    was = os.lstat(lower / change.path)
+                    os.utime(upper.fs / change.path, ns=(was.st_atime_ns, was.st_mtime_ns), follow_symlinks=False)
         return self._changes
 
     def commit(self) -> None:

@@ -382,3 +382,44 @@ def test_a_committed_upper_dir_holds_what_its_layer_holds(store, tmp_path):
     assert os.lstat(top / "d").st_mtime_ns == 1_600_000_000 * 10**9   # set back after the socket went
     assert LayerStore(store.root, thread_lock).get(root.lowers[-1].chain_id) is not None
     root.close()
+
+
+def test_a_directory_whose_only_change_is_its_times_keeps_its_old_times_in_the_layer_dir(store, tmp_path):
+    """A RUN's temporary file made and removed in a directory changes only its times: the layer leaves
+    it out (BuildKit's differ, builder/snapshot.py), so the committed upper dir gives it its old times
+    back and the stack reads as the layers unpacked onto one rootfs, dir mtimes included."""
+    from builder.layer import write_layer
+    from builder.stageroot import LayeredCapture
+
+    base = [E("etc", "dir"), E("etc/keep", data=b"k"), E("tmp", "dir", mode=0o1777), E("var", "dir"),
+            E("var/lib", "dir"), E("usr", "dir"), E("usr/bin", "dir"), E("usr/bin/tool", data=b"t")]
+    tars = [make_tar(base)]
+    root = stacked(store, tars)
+    cap = LayeredCapture(root, in_sandbox=False)
+    (cap.root / "tmp" / "scratch").write_bytes(b"x")
+    (cap.root / "tmp" / "scratch").unlink()
+    (cap.root / "var" / "lib" / "d").mkdir()
+    (cap.root / "var" / "lib" / "d").rmdir()
+    (cap.root / "usr" / "bin" / "made").write_bytes(b"x")
+    (cap.root / "usr" / "bin" / "made").unlink()
+    (cap.root / "usr" / "bin" / "tool").write_bytes(b"rebuilt")
+    touched = os.lstat(cap.root / "usr" / "bin").st_mtime_ns // 10**9
+    changes = cap.changes()
+    cap.close()
+    blob = io.BytesIO()
+    info = write_layer(changes, blob, "gzip")
+    assert sorted((c.path, c.kind) for c in changes) == [("usr/bin", "add"), ("usr/bin/tool", "add")]
+    root.commit(info.diff_id)
+    unpacked = old_way(tmp_path, tars)
+    apply_layer(io.BytesIO(blob.getvalue()), unpacked, digest=info.digest)
+
+    def dir_times(tree: Path) -> dict[str, int]:
+        return {d: os.lstat(tree / d).st_mtime_ns // 10**9 for d in ("tmp", "var", "var/lib", "usr", "usr/bin")}
+
+    try:
+        with root.readable() as view:
+            assert dir_times(view) == dir_times(unpacked)
+            assert visible(view) == visible(unpacked)
+        assert dir_times(root.lowers[-1].fs)["usr/bin"] == touched
+    finally:
+        root.close()
