@@ -1,8 +1,8 @@
 """Attestations of a pushed image: SBOM and SLSA provenance attached as OCI 1.1 referrers, and
 cosign-compatible signatures over the image and over each attestation (when a key is configured).
 
-One entry point, `attest(builder, plan, image, commit, branch)`, called by `Builder.publish` once the
-image is pushed; everything it needs comes from the build (plan, lookups, options). Per repository the
+One entry point, `attest(env, plan, image, tags, ...)`, called by the publisher (builder/publish.py) once
+the image is pushed; everything it needs comes from the build (its env, plan and what was cached). Per repository the
 image went to: the referrers are checked first, and what is already there (an SBOM of the requested
 format, a provenance, the image's signature by this key) is neither recomputed nor pushed again, so a
 rebuild that produces the same digest costs one request.
@@ -29,8 +29,9 @@ from registry.model import Descriptor
 from registry.reference import Reference
 
 if TYPE_CHECKING:
-    from builder.build import Builder, Image
-    from builder.plan import Plan
+    from builder.env import BuildEnv
+    from builder.plan import Plan, Step
+    from registry.image import Image
     from registry.sigkeys import SigningKey
 
 SBOM_KIND, PROVENANCE_KIND = "sbom", "provenance"
@@ -67,15 +68,18 @@ def kade_version() -> str:
         return "0.0.0"
 
 
-def attest(builder: "Builder", plan: "Plan", image: "Image", commit: str | None, branch: str | None,
-           final_step: "Image | None" = None) -> list[AttestResult]:
-    """Attestations of `image` (pushed to builder.o.tags). `final_step` is the step image it was made
-    from (same layers): the SBOM inventory is kept as its referrer in the stages repo and reused from
-    there, so a rebuild with the same layers never reads them again, on any machine."""
-    supply: SupplyOptions = builder.o.supply  # type: ignore[assignment]
-    subject = Descriptor(image.manifest.media_type, image.digest, len(image.manifest.to_bytes()))
+def attest(env: "BuildEnv", plan: "Plan", image: "Image", tags: list[str], commit: str | None,
+           branch: str | None, cached: set[str], final_step: "Image | None" = None,
+           prescans: "Prescans | None" = None) -> list[AttestResult]:
+    """Attestations of `image` (pushed to `tags`; `cached`: the step keys found in the stages repo before
+    the build ran anything). `final_step` is the step image it was made from (same layers): the SBOM
+    inventory is kept as its referrer in the stages repo and reused from there, so a rebuild with the
+    same layers never reads them again, on any machine."""
+    supply = env.options.supply
+    assert supply is not None
+    subject = image.descriptor
     refs: dict[str, list[str]] = {}
-    for tag in builder.o.tags:
+    for tag in tags:
         ref = Reference.parse(tag)
         refs.setdefault(ref.name, []).append(f"{ref.name}:{ref.tag or 'latest'}")
     documents: dict[str, tuple[str, bytes]] = {}
@@ -84,21 +88,22 @@ def attest(builder: "Builder", plan: "Plan", image: "Image", commit: str | None,
 
     def document(kind: str) -> tuple[str, bytes]:
         if kind not in documents:
-            documents[kind] = (_sbom(builder, image, next(iter(refs)), final_step, background, kept)
+            documents[kind] = (_sbom(env, image, next(iter(refs)), final_step, background, kept, prescans)
                                if kind == SBOM_KIND else
-                               (rf.IN_TOTO_JSON, statement(provenance_input(builder, plan, image, commit, branch))))
+                               (rf.IN_TOTO_JSON, statement(provenance_input(env, plan, image, tags, commit, branch,
+                                                                            cached))))
         return documents[kind]
 
-    created = str(image.config.get("created") or "")
+    created = (image.config.created or "")
     with background:
-        results = [_attest_repository(builder, supply, builder.repo(name), subject, tags, created, document)
-                   for name, tags in refs.items()]
+        results = [_attest_repository(env, supply, env.store.repo(name), subject, names, created, document)
+                   for name, names in refs.items()]
         for job in kept:
             job.result()
     return results
 
 
-def _attest_repository(builder: "Builder", supply: SupplyOptions, repo: Any, subject: Descriptor, tags: list[str],
+def _attest_repository(env: "BuildEnv", supply: SupplyOptions, repo: Any, subject: Descriptor, tags: list[str],
                        created: str, document: Callable[[str], tuple[str, bytes]]) -> AttestResult:
     name = f"{repo.ref.registry}/{repo.name}"
     result = AttestResult(name)
@@ -115,7 +120,7 @@ def _attest_repository(builder: "Builder", supply: SupplyOptions, repo: Any, sub
         media_type, blob = document(kind)
         desc, indexed = rf.push_artifact(repo, subject, media_type, blob,
                                          {rf.ANNOTATION_KIND: kind, rf.ANNOTATION_CREATED: created})
-        builder.report("attest", f"{kind} {desc.digest[:19]} ({len(blob)} bytes) -> {name}", digest=desc.digest)
+        env.report("attest", f"{kind} {desc.digest[:19]} ({len(blob)} bytes) -> {name}", digest=desc.digest)
         result.attached.append(desc.digest)
         artifacts.append((desc.digest, True))
         if not indexed:
@@ -132,21 +137,22 @@ def _attest_repository(builder: "Builder", supply: SupplyOptions, repo: Any, sub
         for job in jobs:
             job.result()
     for digest, ref in to_sign:
-        builder.report("sign", f"{name}@{digest[:19]} for {ref}", digest=digest)
+        env.report("sign", f"{name}@{digest[:19]} for {ref}", digest=digest)
     result.signed = [d for d, _ in to_sign]
     result.reused = not result.attached and not result.signed
     if result.reused:
-        builder.report("cached", f"attestations of {subject.digest[:19]} already in {name}")
+        env.report("cached", f"attestations of {subject.digest[:19]} already in {name}")
     return result
 
 
-def complete_reused(builder: "Builder", plan: "Plan", repository: str, tags: list[str], digest: str,
+def complete_reused(env: "BuildEnv", plan: "Plan", repository: str, tags: list[str], digest: str,
                     commit: str | None, branch: str | None) -> None:
     """An image a project takes from the registry unchanged (its content tag exists): one referrers
     lookup (and, with a key, one signature read); only what it lacks (e.g. a signature, now that a key
     is configured) is made, with every step counted as cached."""
-    supply: SupplyOptions = builder.o.supply  # type: ignore[assignment]
-    repo = builder.repo(repository)
+    supply = env.options.supply
+    assert supply is not None
+    repo = env.store.repo(repository)
     types = {sbom.FORMATS[supply.sbom_format][1] if supply.sbom_format else "": SBOM_KIND,
              rf.IN_TOTO_JSON: PROVENANCE_KIND}
     present = {types[a.artifact_type] for a in rf.list_referrers(repo, digest) if a.artifact_type in types}
@@ -154,9 +160,8 @@ def complete_reused(builder: "Builder", plan: "Plan", repository: str, tags: lis
     signed = supply.sign_key is None or bool(signed_references(repo, digest, supply.sign_key))
     if wanted <= present and signed:
         return
-    builder.o.tags = [f"{repository}:{t}" for t in tags]
-    builder.hits = {s.key: None for s in plan.all_steps()}  # nothing ran: every step came from the registry
-    attest(builder, plan, builder.load_image(repository, digest), commit, branch)
+    every = {s.key for s in plan.all_steps()}  # nothing ran: every step came from the registry
+    attest(env, plan, env.store.load(repository, digest), [f"{repository}:{t}" for t in tags], commit, branch, every)
 
 
 def _sign(repo: Any, digest: str, reference: str, key: "SigningKey", creator: str) -> None:
@@ -173,46 +178,47 @@ def signed_references(repo: Any, digest: str, key: "SigningKey") -> set[str]:
     return {v.payload.docker_reference for v in good}
 
 
-def _sbom(builder: "Builder", image: "Image", repository: str, final_step: "Image | None",
-          background: ThreadPoolExecutor, kept: list[Future]) -> tuple[str, bytes]:
-    supply: SupplyOptions = builder.o.supply  # type: ignore[assignment]
-    keep = final_step is not None and bool(builder.stages_repo) and final_step.repo == builder.stages_repo
-    found = _kept_inventory(builder, final_step) if keep else None
+def _sbom(env: "BuildEnv", image: "Image", repository: str, final_step: "Image | None",
+          background: ThreadPoolExecutor, kept: list[Future], prescans: "Prescans | None") -> tuple[str, bytes]:
+    supply = env.options.supply
+    assert supply is not None
+    stages_repo = env.stages_repo
+    found = None
+    if final_step is not None and stages_repo and final_step.source == stages_repo:
+        found = _kept_inventory(env, stages_repo, final_step)
+        if found is None:
+            found = _scan(env, image, repository, prescans)
+            kept.append(background.submit(rf.attach, env.store.repo(stages_repo), final_step.descriptor,
+                                          sbom.INVENTORY_MEDIA_TYPE, found.to_json(), {}))
     if found is None:
-        found = _scan(builder, image, repository)
-        if keep:
-            assert final_step is not None
-            stages = builder.repo(builder.stages_repo)  # type: ignore[arg-type]
-            step = Descriptor(final_step.manifest.media_type, final_step.digest, len(final_step.manifest.to_bytes()))
-            kept.append(background.submit(rf.attach, stages, step, sbom.INVENTORY_MEDIA_TYPE, found.to_json(), {}))
-    subject = sbom.Subject(repository, image.digest, str(image.config.get("created") or ""),
-                           f"kade-{kade_version()}", str(image.config.get("architecture") or ""))
+        found = _scan(env, image, repository, prescans)
+    subject = sbom.Subject(repository, image.digest, (image.config.created or ""),
+                           f"kade-{kade_version()}", (image.config.architecture or ""))
     document, media_type = sbom.render(found, subject, supply.sbom_format)
-    builder.report("sbom", f"{len(found.packages)} packages in {repository}@{image.digest[:19]}",
+    env.report("sbom", f"{len(found.packages)} packages in {repository}@{image.digest[:19]}",
                    packages=len(found.packages))
     return media_type, document
 
 
-def _kept_inventory(builder: "Builder", final_step: "Image | None") -> "sbom.Inventory | None":
+def _kept_inventory(env: "BuildEnv", stages_repo: str, final_step: "Image") -> "sbom.Inventory | None":
     """The inventory attached to the final step image by an earlier build, if any (and readable)."""
-    assert final_step is not None
-    stages = builder.repo(builder.stages_repo)  # type: ignore[arg-type]
+    stages = env.store.repo(stages_repo)
     for artifact in rf.list_referrers(stages, final_step.digest, sbom.INVENTORY_MEDIA_TYPE):
         try:
             found = sbom.Inventory.from_json(rf.fetch_artifact(stages, artifact, final_step.digest))
         except (ValueError, KeyError, TypeError, RegistryError):
             continue
-        builder.report("cached", f"SBOM inventory of {final_step.digest[:19]} from {builder.stages_repo}")
+        env.report("cached", f"SBOM inventory of {final_step.digest[:19]} from {stages_repo}")
         return found
     return None
 
 
-def _layers(builder: "Builder", image: "Image", repository: str) -> list[Any]:
+def _layers(env: "BuildEnv", image: "Image", repository: str) -> list[Any]:
     """The image's layers for the scanners: from the local blob cache, else streamed from `repository`."""
-    repo = builder.repo(repository)
+    repo = env.store.repo(repository)
 
     def opener(desc: Descriptor) -> Callable[[], Any]:
-        path = builder.cache.blobs.path(desc.digest)
+        path = env.cache.blobs.path(desc.digest)
         if path.is_file():
             return lambda: open(path, "rb")
         return lambda: BlobReader(repo, desc.digest, desc.size)  # verified at EOF, which the scan reads to
@@ -220,12 +226,11 @@ def _layers(builder: "Builder", image: "Image", repository: str) -> list[Any]:
     return [sbom.blob_layer(d.digest, opener(d)) for d in image.manifest.layers]
 
 
-def _scan(builder: "Builder", image: "Image", repository: str) -> "sbom.Inventory":
-    for job in list(getattr(builder, PRESCANS, [])):
-        with contextlib.suppress(Exception):  # best effort: the scan below reports what went wrong
-            job.result()
+def _scan(env: "BuildEnv", image: "Image", repository: str, prescans: "Prescans | None") -> "sbom.Inventory":
+    if prescans is not None:
+        prescans.wait()
     try:
-        return sbom.scan(_layers(builder, image, repository), builder.cache.root / "sbom", builder.report)
+        return sbom.scan(_layers(env, image, repository), env.cache.root / "sbom", env.report)
     except (ValueError, OSError, EOFError, zstandard.ZstdError) as exc:  # corrupt or hostile (TarFormatError: ValueError)
         if isinstance(exc, BuildError):
             raise
@@ -233,41 +238,50 @@ def _scan(builder: "Builder", image: "Image", repository: str) -> "sbom.Inventor
                          hint="the image is pushed without attestations; check its layers (kade image inspect)") from None
 
 
-PRESCANS = "_sbom_prescans"
+class Prescans:
+    """Scans of the target stage's step images in the background while the build goes on (their layers
+    are in the local cache or the stages repo): the per-ChainID state each leaves makes the final
+    image's SBOM read only what came after. Best effort, one at a time, on daemon threads (a failing
+    build does not wait for them); `step_image` is the local executor's hook for each pushed step."""
 
+    def __init__(self, env: "BuildEnv"):
+        self.env = env
+        self.jobs: list[Future] = []
+        self.lock = threading.Lock()     # the jobs list
+        self.one_at_a_time = threading.Lock()  # each scan reuses the state the last one left
 
-def prescan(builder: "Builder", image: "Image") -> None:
-    """Scan a step image of the target stage in the background while the build goes on (its layers are
-    in the local cache or its repository): the per-ChainID state it leaves makes the final image's SBOM
-    read only what came after. Best effort, on a daemon thread (a failing build does not wait for it);
-    called by the builder as each such step image is pushed."""
-    supply: SupplyOptions | None = builder.o.supply
-    if supply is None or not supply.sbom_format or not builder.o.tags or not image.repo:
-        return
-    with builder.lock:
-        if not hasattr(builder, PRESCANS):
-            setattr(builder, PRESCANS, [])
-            builder._sbom_lock = threading.Lock()  # type: ignore[attr-defined]
+    def step_image(self, step: "Step", image: "Image") -> None:
+        if not image.source:
+            return
         job: Future = Future()
-        getattr(builder, PRESCANS).append(job)
-    layers = _layers(builder, image, image.repo)
+        with self.lock:
+            self.jobs.append(job)
+        layers = _layers(self.env, image, image.source)
 
-    def run() -> None:
-        with builder._sbom_lock:  # type: ignore[attr-defined]  (one scan at a time: each reuses the last)
-            try:
-                job.set_result(sbom.scan(layers, builder.cache.root / "sbom"))
-            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
-                job.set_exception(exc)
+        def run() -> None:
+            with self.one_at_a_time:
+                try:
+                    job.set_result(sbom.scan(layers, self.env.cache.root / "sbom"))
+                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+                    job.set_exception(exc)
 
-    threading.Thread(target=run, daemon=True, name="kade-sbom").start()
+        threading.Thread(target=run, daemon=True, name="kade-sbom").start()
+
+    def wait(self) -> None:
+        with self.lock:
+            jobs = list(self.jobs)
+        for job in jobs:
+            with contextlib.suppress(Exception):  # best effort: the final scan reports what went wrong
+                job.result()
 
 
-def provenance_input(builder: "Builder", plan: "Plan", image: "Image", commit: str | None,
-                     branch: str | None) -> ProvenanceInput:
-    from builder.build import missing_steps, needed_stages
+def provenance_input(env: "BuildEnv", plan: "Plan", image: "Image", tags: list[str], commit: str | None,
+                     branch: str | None, cached: set[str]) -> ProvenanceInput:
+    from builder.solver import missing_steps, needed_stages
 
-    supply: SupplyOptions = builder.o.supply  # type: ignore[assignment]
-    hits = set(getattr(builder, "hits", {}) or {})
+    supply = env.options.supply
+    assert supply is not None
+    hits = cached
     ran = {s.key for label in needed_stages(plan, hits) for s in missing_steps(plan.stages[label], hits)}
     materials, steps, secret_ids, ssh = [], [], [], False
     for ps in plan.order():
@@ -282,31 +296,33 @@ def provenance_input(builder: "Builder", plan: "Plan", image: "Image", commit: s
                 ssh = ssh or m.type == "ssh"
                 source = m.options.get("from", "").lower()
                 if m.type == "bind" and source and source not in plan.stages:
-                    base = builder.resolve_base(m.options["from"], plan.platform)
+                    base = env.store.resolve(m.options["from"], plan.platform)
                     materials.append(Material("mount-from", base.ref, base.digest, ps.label))
+    assert plan.dockerfile is not None
     dockerfile = Path(plan.dockerfile.path)
     config = supply.config_file
-    first = Reference.parse(builder.o.tags[0])
+    first = Reference.parse(tags[0])
+    o = env.options
     return ProvenanceInput(
         repository=first.name, digest=image.digest,
         builder_id=supply.builder_id or DEFAULT_BUILDER_ID.format(backend=supply.backend),
-        kade_version=kade_version(), backend=supply.backend, builder_image=_builder_image(builder, supply),
+        kade_version=kade_version(), backend=supply.backend, builder_image=_builder_image(env, supply),
         source_repository=supply.source_repository, commit=commit or "", branch=branch or "",
-        dockerfile=_relative(dockerfile, builder.o.context), dockerfile_sha256=_sha256(dockerfile),
+        dockerfile=_relative(dockerfile, o.context), dockerfile_sha256=_sha256(dockerfile),
         config_file=config.name if config else "", config_sha256=_sha256(config) if config else "",
-        target=builder.o.target or "", platform=plan.platform, build_args=dict(builder.o.build_args),
-        secret_ids=[s for s in secret_ids if s], ssh=ssh, compression=builder.o.compression,
-        no_cache=builder.o.no_cache, materials=materials, steps=steps,
-        finished=str(image.config.get("created") or ""))
+        target=o.target or "", platform=plan.platform, build_args=dict(o.build_args),
+        secret_ids=[s for s in secret_ids if s], ssh=ssh, compression=o.compression,
+        no_cache=o.no_cache, materials=materials, steps=steps,
+        finished=(image.config.created or ""))
 
 
-def _builder_image(builder: "Builder", supply: SupplyOptions) -> str:
+def _builder_image(env: "BuildEnv", supply: SupplyOptions) -> str:
     if not supply.builder_image:
         return ""
     ref = Reference.parse(supply.builder_image)
     if ref.digest:
         return f"{ref.name}@{ref.digest}"
-    found = builder.repo(ref.name).head_manifest(ref.tag or "latest")
+    found = env.store.repo(ref.name).head_manifest(ref.tag or "latest")
     return f"{ref.name}@{found.digest}" if found else ref.name
 
 

@@ -130,10 +130,6 @@ class IgnoreRules:
                 matched = not pat.exclusion
         return matched
 
-    def may_include_below(self, rel_dir: str) -> bool:
-        """Can anything below an excluded directory be re-included by a `!` pattern?"""
-        return self.has_exclusions
-
 
 @dataclass(frozen=True)
 class Entry:

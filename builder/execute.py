@@ -29,6 +29,7 @@ from builder.context import Source
 from builder.plan import CopySpec, Step
 from builder.plan import Mount as PlanMount
 from builder.modes import parse_chmod
+from builder.users import resolve_user
 from builder.rootfs_ops import (Meta, Override, Parts, Root, TreeCopy, image_path, replace_with_file, set_meta,
                                 split)
 
@@ -118,7 +119,7 @@ def _owner(spec: str | None, rootfs: Path) -> tuple[int, int]:
     if user.isdigit() and (not group or group.isdigit()):
         uid = int(user)
         return uid, int(group) if group else uid
-    resolved = ic.resolve_user(rootfs, spec)
+    resolved = resolve_user(rootfs, spec)
     return resolved.uid, resolved.gid
 
 
@@ -365,10 +366,9 @@ def run_step(root: "StageRoot", step: Step, ctx: RunContext, on_line: Callable[[
     """
     from builder import sandbox
 
-    cfg = step.config.get("config", {})
     with root.readable() as view:
-        user = ic.resolve_user(view, cfg.get("User") or "root")
-    workdir = cfg.get("WorkingDir") or "/"
+        user = resolve_user(view, step.config.user or "root")
+    workdir = step.config.working_dir or "/"
     env = dict(step.env)
     env.setdefault("PATH", ic.DEFAULT_PATH)
     env.setdefault("HOME", user.home or "/")

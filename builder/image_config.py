@@ -1,67 +1,45 @@
-"""The effect of each Dockerfile instruction on the image config (pure), and USER resolution.
+"""The effect of each Dockerfile instruction on the image config (pure).
 
-A config here is the image config JSON as a dict (`{"architecture", "os", "config": {...},
-"rootfs": {...}, "history": [...]}`); functions return new dicts and never touch their inputs.
+A config here is `registry.imageconfig.ImageConfig`; functions return new values and never touch
+their inputs.
 """
 from __future__ import annotations
 
-import copy
-import json
 import re
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any
+from dataclasses import replace
+from pathlib import PurePosixPath
 
 from builder.errors import BuildError
+from common.durations import GO_UNITS, nanoseconds
+from registry.imageconfig import History, ImageConfig
+from registry.model import Platform
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
-          "h": 3_600_000_000_000}
 
 
-def empty_config(os_name: str = "linux", arch: str = "amd64") -> dict[str, Any]:
+def empty_config(platform: Platform) -> ImageConfig:
     """The config of `FROM scratch` (BuildKit's emptyImage: PATH and WorkingDir "/")."""
-    return {"architecture": arch, "os": os_name, "config": {"Env": [f"PATH={DEFAULT_PATH}"], "WorkingDir": "/"},
-            "rootfs": {"type": "layers", "diff_ids": []}, "history": []}
+    return ImageConfig.empty(Platform(platform.os, platform.architecture),
+                             {"Env": [f"PATH={DEFAULT_PATH}"], "WorkingDir": "/"})
 
 
-def env_dict(cfg: dict[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in cfg.get("config", {}).get("Env") or []:
-        k, _, v = item.partition("=")
-        out[k] = v
-    return out
-
-
-def _with(cfg: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    new = copy.deepcopy(cfg)
-    c = new.setdefault("config", {})
-    for key, value in changes.items():
-        if value is None:
-            c.pop(key, None)
-        else:
-            c[key] = value
-    return new
-
-
-def set_env(cfg: dict[str, Any], pairs: list[tuple[str, str]]) -> dict[str, Any]:
+def set_env(cfg: ImageConfig, pairs: list[tuple[str, str]]) -> ImageConfig:
     """ENV: a replaced variable keeps its place (as Docker does), new ones go last."""
-    merged = env_dict(cfg)
+    merged = cfg.env_map()
     for k, v in pairs:
         merged[k] = v
-    return _with(cfg, Env=[f"{k}={v}" for k, v in merged.items()])
+    return cfg.with_runtime(Env=[f"{k}={v}" for k, v in merged.items()])
 
 
-def set_labels(cfg: dict[str, Any], pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    labels = dict(cfg.get("config", {}).get("Labels") or {})
+def set_labels(cfg: ImageConfig, pairs: list[tuple[str, str]]) -> ImageConfig:
+    labels = cfg.labels
     labels.update(pairs)
-    return _with(cfg, Labels=labels)
+    return cfg.with_runtime(Labels=labels)
 
 
-def set_workdir(cfg: dict[str, Any], path: str) -> dict[str, Any]:
-    return _with(cfg, WorkingDir=resolve_workdir(cfg.get("config", {}).get("WorkingDir") or "/", path))
+def set_workdir(cfg: ImageConfig, path: str) -> ImageConfig:
+    return cfg.with_runtime(WorkingDir=resolve_workdir(cfg.working_dir or "/", path))
 
 
 def resolve_workdir(current: str, path: str) -> str:
@@ -81,39 +59,42 @@ def resolve_workdir(current: str, path: str) -> str:
     return clean + "/" if path.startswith("/") and path.endswith("/") and clean != "/" else clean
 
 
-def set_user(cfg: dict[str, Any], user: str) -> dict[str, Any]:
-    return _with(cfg, User=user)
+def set_user(cfg: ImageConfig, user: str) -> ImageConfig:
+    return cfg.with_runtime(User=user)
 
 
-def shell_of(cfg: dict[str, Any]) -> list[str]:
-    return list(cfg.get("config", {}).get("Shell") or DEFAULT_SHELL)
+def set_author(cfg: ImageConfig, author: str) -> ImageConfig:
+    """MAINTAINER: the config's top-level author."""
+    return replace(cfg, author=author)
 
 
-def command_argv(cfg: dict[str, Any], args: tuple[str, ...], json_form: bool) -> list[str]:
+def shell_of(cfg: ImageConfig) -> list[str]:
+    return list(cfg.get("Shell") or DEFAULT_SHELL)
+
+
+def command_argv(cfg: ImageConfig, args: tuple[str, ...], json_form: bool) -> list[str]:
     """RUN/CMD/ENTRYPOINT: exec form as is; shell form wrapped in the current SHELL."""
     if json_form:
         return list(args)
     return shell_of(cfg) + [" ".join(args)]
 
 
-def set_cmd(cfg: dict[str, Any], argv: list[str]) -> dict[str, Any]:
-    return _with(cfg, Cmd=argv)
+def set_cmd(cfg: ImageConfig, argv: list[str]) -> ImageConfig:
+    return cfg.with_runtime(Cmd=argv)
 
 
-def set_entrypoint(cfg: dict[str, Any], argv: list[str], cmd_set_in_stage: bool) -> dict[str, Any]:
+def set_entrypoint(cfg: ImageConfig, argv: list[str], cmd_set_in_stage: bool) -> ImageConfig:
     """Docker's rule: ENTRYPOINT resets a CMD inherited from the base image (not one set in this stage)."""
-    new = _with(cfg, Entrypoint=argv or None)
-    if not cmd_set_in_stage:
-        new["config"].pop("Cmd", None)
-    return new
+    new = cfg.with_runtime(Entrypoint=argv or None)
+    return new if cmd_set_in_stage else new.with_runtime(Cmd=None)
 
 
-def add_exposed(cfg: dict[str, Any], ports: list[str]) -> dict[str, Any]:
-    exposed = dict(cfg.get("config", {}).get("ExposedPorts") or {})
+def add_exposed(cfg: ImageConfig, ports: list[str]) -> ImageConfig:
+    exposed = dict(cfg.get("ExposedPorts", {}))
     for spec in ports:
         for p in expand_port(spec):
             exposed[p] = {}
-    return _with(cfg, ExposedPorts=exposed)
+    return cfg.with_runtime(ExposedPorts=exposed)
 
 
 def expand_port(spec: str) -> list[str]:
@@ -131,51 +112,44 @@ def expand_port(spec: str) -> list[str]:
     return [f"{n}/{proto}" for n in range(start, end + 1)]
 
 
-def add_volumes(cfg: dict[str, Any], paths: list[str]) -> dict[str, Any]:
-    volumes = dict(cfg.get("config", {}).get("Volumes") or {})
+def add_volumes(cfg: ImageConfig, paths: list[str]) -> ImageConfig:
+    volumes = dict(cfg.get("Volumes", {}))
     for p in paths:
         if not p.strip():
             raise BuildError("VOLUME specified can not be an empty string")
         volumes[p] = {}
-    return _with(cfg, Volumes=volumes)
+    return cfg.with_runtime(Volumes=volumes)
 
 
-def set_stopsignal(cfg: dict[str, Any], signal: str) -> dict[str, Any]:
+def set_stopsignal(cfg: ImageConfig, signal: str) -> ImageConfig:
     if not re.fullmatch(r"(SIG)?[A-Z0-9+-]+|\d+", signal):
         raise BuildError(f"invalid STOPSIGNAL {signal!r}", hint="use a name like SIGTERM or a number")
-    return _with(cfg, StopSignal=signal)
+    return cfg.with_runtime(StopSignal=signal)
 
 
-def set_shell(cfg: dict[str, Any], argv: list[str]) -> dict[str, Any]:
-    return _with(cfg, Shell=argv)
+def set_shell(cfg: ImageConfig, argv: list[str]) -> ImageConfig:
+    return cfg.with_runtime(Shell=argv)
 
 
 def parse_duration(text: str) -> int:
     """Go duration ("30s", "1m30s", "500ms") -> nanoseconds."""
-    pos, total = 0, 0
-    if text == "0":
-        return 0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += int(float(m.group(1)) * _UNITS[m.group(2)])
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise BuildError(f"invalid duration {text!r}", hint="use Go durations like 30s, 1m30s, 500ms")
-    return total
+    try:
+        return nanoseconds(text, GO_UNITS, bare_seconds=False)
+    except ValueError:
+        raise BuildError(f"invalid duration {text!r}", hint="use Go durations like 30s, 1m30s, 500ms") from None
 
 
-def set_healthcheck(cfg: dict[str, Any], args: tuple[str, ...], json_form: bool,
-                    flags: dict[str, str | bool]) -> dict[str, Any]:
+def set_healthcheck(cfg: ImageConfig, args: tuple[str, ...], json_form: bool,
+                    flags: dict[str, str | bool]) -> ImageConfig:
     kind = args[0].upper() if args else ""
     if kind == "NONE":
         if len(args) > 1:
             raise BuildError("HEALTHCHECK NONE takes no arguments")
-        return _with(cfg, Healthcheck={"Test": ["NONE"]})
+        return cfg.with_runtime(Healthcheck={"Test": ["NONE"]})
     if kind != "CMD" or len(args) < 2:
         raise BuildError("HEALTHCHECK needs CMD <command> or NONE")
     test = ["CMD"] + list(args[1:]) if json_form else ["CMD-SHELL", " ".join(args[1:])]
-    hc: dict[str, Any] = {"Test": test}
+    hc: dict[str, object] = {"Test": test}
     for flag, key in (("interval", "Interval"), ("timeout", "Timeout"), ("start-period", "StartPeriod"),
                       ("start-interval", "StartInterval")):
         if flag in flags:
@@ -188,110 +162,19 @@ def set_healthcheck(cfg: dict[str, Any], args: tuple[str, ...], json_form: bool,
             raise BuildError(f"invalid --retries {retries!r}: must be a whole number")
         if int(retries):
             hc["Retries"] = int(retries)
-    return _with(cfg, Healthcheck=hc)
+    return cfg.with_runtime(Healthcheck=hc)
 
 
-def add_onbuild(cfg: dict[str, Any], trigger: str) -> dict[str, Any]:
-    triggers = list(cfg.get("config", {}).get("OnBuild") or [])
-    triggers.append(trigger)
-    return _with(cfg, OnBuild=triggers)
+def add_onbuild(cfg: ImageConfig, trigger: str) -> ImageConfig:
+    return cfg.with_runtime(OnBuild=[*cfg.get("OnBuild", []), trigger])
 
 
-def clear_onbuild(cfg: dict[str, Any]) -> dict[str, Any]:
+def clear_onbuild(cfg: ImageConfig) -> ImageConfig:
     """Triggers run once, in the first stage built FROM the image; they don't propagate further."""
-    return _with(cfg, OnBuild=None)
+    return cfg.with_runtime(OnBuild=None)
 
 
-def add_history(cfg: dict[str, Any], created_by: str, empty_layer: bool, diff_id: str | None = None,
-                comment: str = "kade") -> dict[str, Any]:
-    new = copy.deepcopy(cfg)
-    entry: dict[str, Any] = {"created_by": created_by, "comment": comment}
-    if empty_layer:
-        entry["empty_layer"] = True
-    new.setdefault("history", []).append(entry)
-    if diff_id:
-        new.setdefault("rootfs", {"type": "layers", "diff_ids": []})
-        new["rootfs"].setdefault("diff_ids", []).append(diff_id)
-    return new
-
-
-def set_created(cfg: dict[str, Any], created: str) -> dict[str, Any]:
-    new = copy.deepcopy(cfg)
-    new["created"] = created
-    return new
-
-
-def config_bytes(cfg: dict[str, Any]) -> bytes:
-    """Stable serialisation: the same config always has the same digest."""
-    return json.dumps(cfg, sort_keys=True, separators=(",", ":")).encode()
-
-
-# -- USER resolution at execution ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ResolvedUser:
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str = "/"
-
-
-def _read_db(rootfs: Path, name: str) -> list[list[str]]:
-    """/etc/passwd or /etc/group of the rootfs, read inside it (a symlink resolves in the rootfs,
-    never on the host); no file, no rows."""
-    from builder.rootfs_ops import Root
-
-    try:
-        with Root(rootfs) as root:
-            data = root.read_file(f"/etc/{name}")
-    except OSError:
-        return []
-    text = (data or b"").decode(errors="replace")
-    return [ln.split(":") for ln in text.splitlines() if ln and not ln.startswith("#")]
-
-
-def resolve_user(rootfs: Path, spec: str) -> ResolvedUser:
-    """`USER name[:group]` or numeric ids -> uid, gid and supplementary groups from the rootfs."""
-    spec = spec or "root"
-    user, _, group = spec.partition(":")
-    passwd = _read_db(rootfs, "passwd")
-    groups_db = _read_db(rootfs, "group")
-    uid: int | None = None
-    gid: int | None = None
-    name: str | None = None
-    home = "/"
-    for row in passwd:
-        if len(row) < 4:
-            continue
-        if row[0] == user or (user.isdigit() and row[2] == user):
-            uid, name, home = int(row[2]), row[0], (row[5] if len(row) > 5 else "/")
-            gid = int(row[3]) if row[3].isdigit() else 0
-            break
-    if uid is None:
-        if user == "root":  # as BuildKit: root is uid 0 also in an image without it in /etc/passwd
-            uid, gid = 0, 0
-        elif not user.isdigit():
-            raise BuildError(f"unable to find user {user}: no matching entries in /etc/passwd",
-                             hint="create the user in an earlier RUN or use a numeric uid")
-        else:
-            uid, gid = int(user), 0
-    if group:
-        gid = None
-        for row in groups_db:
-            if len(row) >= 3 and (row[0] == group or (group.isdigit() and row[2] == group)):
-                gid = int(row[2])
-                break
-        if gid is None:
-            if group == "root":
-                gid = 0
-            elif not group.isdigit():
-                raise BuildError(f"unable to find group {group}: no matching entries in /etc/group")
-            else:
-                gid = int(group)
-        return ResolvedUser(uid, gid, (gid,), home)
-    supplementary = {gid or 0}
-    if name:
-        for row in groups_db:
-            if len(row) >= 4 and name in row[3].split(",") and row[2].isdigit():
-                supplementary.add(int(row[2]))
-    return ResolvedUser(uid, gid or 0, tuple(sorted(supplementary)), home)
+def add_history(cfg: ImageConfig, created_by: str, empty_layer: bool, diff_id: str | None = None,
+                comment: str = "kade") -> ImageConfig:
+    return cfg.with_layer(History(created_by=created_by, comment=comment, empty_layer=True if empty_layer else None),
+                          diff_id)

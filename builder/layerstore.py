@@ -45,8 +45,9 @@ from pathlib import Path
 from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
 from builder.errors import BuildError
-from builder.rootfs import LayerRef, chain_ids
+from builder.rootfs import chain_ids
 from builder.unpack import Limits, apply_layer
+from registry.image import Layer
 
 RECORD = "layer.json"
 OPAQUE = "user.overlay.opaque"          # what marks an opaque dir for kade's overlays (userxattr)
@@ -260,7 +261,7 @@ class LayerStore:
         return path
 
     # -- making layer dirs ---------------------------------------------------------------------
-    def ensure(self, layers: Sequence[LayerRef], *, limits: Limits | None = None) -> list[LayerDir]:
+    def ensure(self, layers: Sequence[Layer], *, limits: Limits | None = None) -> list[LayerDir]:
         """The layer dir of every layer of a stack (bottom first), each unpacked from its blob when
         missing (or discarded) onto an overlay of the ones below it."""
         ids = chain_ids([layer.diff_id for layer in layers])
@@ -274,7 +275,7 @@ class LayerStore:
         self.touch(dirs)
         return dirs
 
-    def _unpack(self, ref: LayerRef, chain: str, below: list[LayerDir], limits: Limits | None) -> LayerDir:
+    def _unpack(self, ref: Layer, chain: str, below: list[LayerDir], limits: Limits | None) -> LayerDir:
         from builder import linux
 
         upper = self.new_upper(below)

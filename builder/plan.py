@@ -13,6 +13,7 @@ import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from builder import image_config as ic
@@ -23,6 +24,8 @@ from builder.errors import BuildError, UnknownStageError
 from builder.expand import ExpandError, process_word, process_words
 from builder.keys import KeyInputs, step_key
 from builder.modes import parse_chmod
+from registry.imageconfig import ImageConfig
+from registry.model import Platform
 
 DEFAULT_PLATFORM = "linux/amd64"
 
@@ -32,7 +35,7 @@ class BaseImage:
     """A resolved image: where it lives, its platform manifest digest, and its config."""
     ref: str  # repository reference it was resolved from (no tag/digest)
     digest: str  # manifest digest for the platform
-    config: dict[str, Any]
+    config: ImageConfig
 
 
 Resolver = Callable[[str, str], BaseImage]  # (image reference, platform) -> BaseImage
@@ -78,7 +81,7 @@ class Step:
     ins: Instruction
     kind: str  # run | copy | workdir | config
     text: str  # canonical expanded instruction (key input and history)
-    config: dict[str, Any]  # the image config after this step, without history/rootfs
+    config: ImageConfig  # the image config after this step, without history/rootfs
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # RUN process environment
     mounts: list[Mount] = field(default_factory=list)
@@ -102,7 +105,7 @@ class PlannedStage:
     base_image: BaseImage | None  # None for scratch or FROM <stage>
     base_stage: str | None  # label of the stage this one builds FROM
     base_key: str  # base manifest digest, base stage's final key, or "scratch"
-    base_config: dict[str, Any]
+    base_config: ImageConfig
     steps: list[Step]
     deps: set[str]  # labels of stages needed first (FROM, COPY --from, RUN --mount from=)
     trailing_history: list[str] = field(default_factory=list)  # the ARGs after the stage's last step
@@ -117,17 +120,18 @@ class PlannedStage:
         return self.steps[-1].key if self.steps else self.base_key
 
     @property
-    def final_config(self) -> dict[str, Any]:
-        return self.steps[-1].config if self.steps else _strip(self.base_config)
+    def final_config(self) -> ImageConfig:
+        return self.steps[-1].config if self.steps else self.base_config.without_build_state()
 
 
 @dataclass
 class Plan:
-    dockerfile: Dockerfile
+    dockerfile: Dockerfile | None  # None: a plan received as data (a builder pod's stage)
     stages: dict[str, PlannedStage]  # by label, in Dockerfile order
     target: str
     unused_args: list[str]
     platform: str
+    context_root: Path | None = None  # the build context the COPY/ADD sources and bind mounts read
 
     def order(self) -> list[PlannedStage]:
         return list(self.stages.values())
@@ -215,28 +219,24 @@ def make_plan(df: Dockerfile, context: BuildContext, resolver: Resolver, *, targ
         ps = _plan_stage(df, st, context, resolver, planned, gscope, build_args, platform, consumed)
         planned[ps.label] = ps
     unused = sorted(k for k in build_args if k not in consumed)
-    return Plan(df, planned, tstage.label(), unused, platform)
+    return Plan(df, planned, tstage.label(), unused, platform, context.root)
 
 
 def _declared(instrs: tuple[Instruction, ...], df: Dockerfile) -> list[str]:
     return [name for ins in instrs for name in (p.partition("=")[0] for p in ins.args)]
 
 
-def _strip(cfg: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in cfg.items() if k not in ("history", "rootfs", "created")}
-
-
 class _StageState:
-    def __init__(self, config: dict[str, Any]):
-        self.config = _strip(config)
+    def __init__(self, config: ImageConfig):
+        self.config = config.without_build_state()
         self.args: dict[str, str] = {}
         self.cmd_set = False
 
     def scope(self) -> dict[str, str]:
-        return {**self.args, **ic.env_dict(self.config)}
+        return {**self.args, **self.config.env_map()}
 
     def run_env(self) -> dict[str, str]:
-        return {**self.args, **ic.env_dict(self.config)}
+        return {**self.args, **self.config.env_map()}
 
 
 def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Resolver,
@@ -258,7 +258,7 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
         base_key, base_config, inherited = dep.final_key, dep.final_config, dep.args
         deps.add(dep.label)
     elif base_name.lower() == "scratch":
-        base_key, base_config = "scratch", ic.empty_config(*stage_platform.split("/")[:2])
+        base_key, base_config = "scratch", ic.empty_config(Platform.parse(stage_platform))
     else:
         try:
             base_image = resolver(base_name, stage_platform)
@@ -270,7 +270,7 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
         base_key, base_config = base_image.digest, base_image.config
     state = _StageState(base_config)
     state.args = dict(inherited)
-    triggers = list(state.config.get("config", {}).get("OnBuild") or [])
+    triggers = list(state.config.get("OnBuild", []))
     instructions: list[Instruction] = [parse_instruction_line(t, df.path, st.instruction.line) for t in triggers]
     if triggers:
         state.config = ic.clear_onbuild(state.config)
@@ -351,14 +351,14 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
             cfg = ic.set_labels(cfg, pairs)
             text_parts.append(pairs)
         elif c == "MAINTAINER":
-            cfg = dict(cfg, author=_expand(ins, " ".join(ins.args), scope, esc))
-            text_parts.append(cfg["author"])
+            cfg = ic.set_author(cfg, _expand(ins, " ".join(ins.args), scope, esc))
+            text_parts.append(cfg.author)
         elif c == "WORKDIR":
             if len(ins.args) != 1:
                 raise ins.error("WORKDIR takes exactly one path")
             cfg = ic.set_workdir(cfg, _expand(ins, ins.args[0], scope, esc))
             kind = "workdir"
-            text_parts.append(cfg["config"]["WorkingDir"])
+            text_parts.append(cfg.working_dir)
         elif c == "USER":
             if len(ins.args) != 1:
                 raise ins.error("USER takes exactly one user[:group]")
@@ -390,7 +390,7 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
             text_parts.append(sig)
         elif c == "HEALTHCHECK":
             cfg = ic.set_healthcheck(cfg, ins.args, ins.json, ins.flags)
-            text_parts.append(cfg["config"]["Healthcheck"])
+            text_parts.append(cfg.get("Healthcheck"))
         elif c == "SHELL":
             cfg = ic.set_shell(cfg, list(ins.args))
             text_parts.append(list(ins.args))
@@ -451,7 +451,7 @@ def _history_text(ins: Instruction, parts: list[Any]) -> str:
     return ins.original.split("\n", 1)[0][:512]
 
 
-def _run_argv(ins: Instruction, cfg: dict[str, Any]) -> tuple[list[str], list[tuple[str, str, int]]]:
+def _run_argv(ins: Instruction, cfg: ImageConfig) -> tuple[list[str], list[tuple[str, str, int]]]:
     """Shell/exec form, with BuildKit's heredoc rules: a lone `<<EOF` runs its body as the script."""
     files: list[tuple[str, str, int]] = []
     if ins.heredocs and not ins.json:

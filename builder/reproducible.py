@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.build import BuildOptions, BuildResult, build
+from builder.build import build
+from builder.options import BuildOptions
+from builder.publish import BuildResult
 
 MAX_SHOWN = 50
 

@@ -12,7 +12,7 @@ that changed since it was saved is discarded, never copied.
 This is the fallback where layers can't be stacked with overlay mounts (builder/stageroot.py).
 
     store = RootfsStore(cache_dir / "rootfs")
-    store.materialize([LayerRef(diff_id, opener, digest), ...], workdir / "rootfs")
+    store.materialize(image.layers(opener), workdir / "rootfs")   # registry.image.Layer
     tree = store.ensure([...])     # read-only use: unpacked into the store, no copy
 """
 from __future__ import annotations
@@ -24,24 +24,16 @@ import shutil
 import subprocess
 import tempfile
 import time
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import Sequence
 
 from builder.errors import BuildError
 from builder.unpack import Limits, apply_layer
+from registry.image import Layer
 
 
 class RootfsError(BuildError):
     """A rootfs could not be assembled or copied."""
-
-
-@dataclass(frozen=True)
-class LayerRef:
-    diff_id: str
-    open: Callable[[], AbstractContextManager[BinaryIO]]   # opens the (compressed) blob for reading
-    digest: str | None = None                              # names the layer in errors
 
 
 def chain_ids(diff_ids: Sequence[str]) -> list[str]:
@@ -99,7 +91,7 @@ class RootfsStore:
         """How many leading layers of a stack (given by `chain_ids`) are kept unpacked."""
         return next((i for i in range(len(chain), 0, -1) if self.has(chain[i - 1])), 0)
 
-    def materialize(self, layers: Sequence[LayerRef], dest: str | os.PathLike[str], *,
+    def materialize(self, layers: Sequence[Layer], dest: str | os.PathLike[str], *,
                     limits: Limits | None = None, save: bool = True) -> Path:
         """A fresh writable rootfs at `dest` (must not exist) holding `layers` applied in order.
         With `save`, the full stack is kept in the store for the next build."""
@@ -121,7 +113,7 @@ class RootfsStore:
             self.save(target, ids[-1])
         return target
 
-    def ensure(self, layers: Sequence[LayerRef], *, limits: Limits | None = None) -> Path:
+    def ensure(self, layers: Sequence[Layer], *, limits: Limits | None = None) -> Path:
         """The whole stack as a tree in the store, unpacked there when missing (into a partial dir, then
         renamed into place: no copy). For readers only (COPY --from=<image>, RUN --mount from=<image>):
         the tree is shared with later builds and must never be written to. `layers` must not be empty."""

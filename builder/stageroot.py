@@ -33,9 +33,10 @@ from typing import Any, Callable, Iterator, Sequence
 from builder.changes import Change
 from builder.errors import BuildError
 from builder.layerstore import OPAQUE, LayerDir, LayerStore, Upper, lower_paths
-from builder.rootfs import LayerRef, RootfsStore
+from builder.rootfs import RootfsStore
 from builder.snapshot import OverlaySpec
 from builder.unpack import Limits
+from registry.image import Layer
 
 Report = Callable[..., None]
 SNAPSHOTTER_ENV = "KADE_SNAPSHOTTER"   # "overlay" (fail when it can't), "copy", or unset (probe)
@@ -120,7 +121,7 @@ class LayeredRoot:
             return
         self.lowers.append(self.store.commit(upper, diff_id, self.lowers[-1] if self.lowers else None, self.epoch))
 
-    def add_layers(self, layers: Sequence[LayerRef], limits: Limits | None = None) -> None:
+    def add_layers(self, layers: Sequence[Layer], limits: Limits | None = None) -> None:
         """Become the whole stack `layers` (this one's layers plus more on top: a step another stage ran)."""
         self.commit(None)
         self.lowers = self.store.ensure(layers, limits=limits)
@@ -168,7 +169,7 @@ class CopiedRoot:
         if diff_id is not None:   # the step wrote into the directory itself
             self.depth += 1
 
-    def add_layers(self, layers: Sequence[LayerRef], limits: Limits | None = None) -> None:
+    def add_layers(self, layers: Sequence[Layer], limits: Limits | None = None) -> None:
         from builder.unpack import apply_layer
 
         have, self.depth = self.depth, len(layers)
@@ -268,7 +269,7 @@ class StageRoots:
                      f"layers are not stacked with overlay mounts here ({why}): each stage's rootfs starts from "
                      "a copy of its unpacked base (slower on large images)")
 
-    def stage(self, layers: Sequence[LayerRef], holder: Path, *, save: bool, limits: Limits | None = None):
+    def stage(self, layers: Sequence[Layer], holder: Path, *, save: bool, limits: Limits | None = None):
         """A writable rootfs holding `layers`; a copy lives in `holder` (a work dir)."""
         self.say_fallback()
         if self.store is not None:
@@ -285,7 +286,7 @@ class StageRoots:
         self._roots.append(root)
         return root
 
-    def image(self, layers: Sequence[LayerRef], holder: Callable[[], Path], *, keep: bool) -> Tree:
+    def image(self, layers: Sequence[Layer], holder: Callable[[], Path], *, keep: bool) -> Tree:
         """An image's filesystem for readers: its layer dirs (no copy) or, in the fallback, a tree
         unpacked into the copies store (`keep`: a base image) or a work dir."""
         self.say_fallback()

@@ -6,24 +6,22 @@ Every request has a connect timeout of a few seconds and a read timeout bounded 
 deadline (`Kube.limit`), so an API server that never answers is named within the time the user gave.
 Transient failures (429, 502/503/504, an admission webhook that is not up yet, a dropped connection)
 are retried with a growing delay, each retry reported, for at most RETRY_WINDOW and never past the
-deadline. This module is the one clean copy of kubeconfig loading that a shared package will take over.
+deadline. The configuration comes from kube/ (kube.config), as everywhere else.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import threading
 import time
 from typing import Any, Callable, Iterator
 
-import yaml
 from kubernetes import client as k8s_client
-from kubernetes import config as k8s_config
 
 from deployer.errors import DeployError
 from deployer.resources import ApiResource, split_api_version
+from kube.config import load_configuration
 
 CONNECT_TIMEOUT = 5.0  # seconds to open a connection to the API server
 READ_TIMEOUT = 30.0  # seconds one plain request may wait for its answer (less when the deadline is nearer)
@@ -49,71 +47,6 @@ class KubeError(DeployError):
 
 class Gone(KubeError):
     """410: the watch's resourceVersion is too old; list again."""
-
-
-# ---- configuration (pure but for reading files) ----------------------------------------------------
-
-def kubeconfig_paths(kubeconfig: str | None, environ: dict[str, str] | None = None) -> list[str]:
-    """The kubeconfig files to read: --kubeconfig, else $KUBECONFIG (a ':'-separated list), else
-    ~/.kube/config if it exists; [] means in-cluster configuration."""
-    env = os.environ if environ is None else environ
-    if kubeconfig:
-        return [kubeconfig]
-    if env.get("KUBECONFIG"):
-        return [p for p in env["KUBECONFIG"].split(":") if p]
-    default = os.path.expanduser("~/.kube/config")
-    return [default] if os.path.exists(default) else []
-
-
-def check_kubeconfig(path: str, text: str) -> None:
-    """Raise a DeployError naming `path` when `text` is not a kubeconfig a client could use."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise DeployError(f"kubeconfig {path} is not valid YAML{where}: {problem}; fix the file or point "
-                          "--kubeconfig / KUBECONFIG at another") from None
-    if not isinstance(data, dict) or not any(k in data for k in ("clusters", "contexts", "users")):
-        raise DeployError(f"kubeconfig {path} is not a kubeconfig (expected a mapping with clusters, contexts "
-                          "and users); point --kubeconfig / KUBECONFIG at the cluster's kubeconfig")
-
-
-def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> k8s_client.Configuration:
-    """A client Configuration from kubeconfig file(s) or, with none, the pod's service account."""
-    cfg = k8s_client.Configuration()
-    paths = kubeconfig_paths(kubeconfig)
-    if not paths:
-        if not os.environ.get("KUBERNETES_SERVICE_HOST"):
-            raise DeployError("no Kubernetes configuration: set KUBECONFIG, pass --kubeconfig, create "
-                              "~/.kube/config, or run inside a pod")
-        try:
-            k8s_config.load_incluster_config(client_configuration=cfg)
-        except k8s_config.ConfigException as exc:
-            raise DeployError(f"cannot use the in-cluster Kubernetes configuration: {exc}") from None
-        return cfg
-    readable = []
-    for path in paths:
-        try:
-            text = open(os.path.expanduser(path), encoding="utf-8").read()
-        except FileNotFoundError:
-            if kubeconfig or len(paths) == 1:
-                raise DeployError(f"kubeconfig {path} does not exist; pass --kubeconfig or set KUBECONFIG") from None
-            continue  # kubectl ignores missing files in a KUBECONFIG list
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DeployError(f"cannot read kubeconfig {path}: {exc}") from None
-        check_kubeconfig(path, text)
-        readable.append(path)
-    if not readable:
-        raise DeployError(f"none of the kubeconfig files in KUBECONFIG exist: {', '.join(paths)}")
-    try:
-        k8s_config.load_kube_config(config_file=":".join(readable), context=context, client_configuration=cfg,
-                                    persist_config=False)
-    except (k8s_config.ConfigException, OSError, TypeError, ValueError, AttributeError, KeyError) as exc:
-        raise DeployError(f"kubeconfig {', '.join(readable)}: {exc}" + (f" (context {context!r})" if context else "")
-                          + "; check the file or pass --context") from None
-    return cfg
 
 
 def transient(exc: KubeError) -> str | None:

@@ -54,7 +54,7 @@ def project_options(ws: Workspace, repo: str | None, **kw: Any) -> ProjectOption
     if not repo:
         raise ConfigError(f"{ws.display}/kade.yaml: no image repository: pass --repo HOST/PATH "
                           "(or set repo: in kade.yaml)")
-    from builder.epoch import source_date_epoch
+    from common.epoch import source_date_epoch
 
     epoch = source_date_epoch()
     if epoch is None and ws.git is not None:

@@ -19,6 +19,8 @@ def _collect() -> tuple[type[BaseException], ...]:
         ("builder.errors", "BuildError"),
         ("deployer.errors", "DeployError"),
         ("kade.config", "ConfigError"),
+        ("common.errors", "SettingError"),
+        ("kube.errors", "KubeAccessError"),
     ]:
         try:
             found.append(getattr(importlib.import_module(module), name))
@@ -28,12 +30,14 @@ def _collect() -> tuple[type[BaseException], ...]:
 
 
 def _usage() -> tuple[type[BaseException], ...]:
-    """Bad-input errors of the packages (exit 2 like argparse's), e.g. an invalid duration."""
+    """Bad-input errors of the packages (exit 2 like argparse's), e.g. an invalid duration or a
+    kubeconfig that can't be used (whichever command reads it)."""
     found: list[type[BaseException]] = [UsageError]
-    try:
-        found.append(importlib.import_module("deployer.errors").UsageError)
-    except (ImportError, AttributeError):
-        pass
+    for module, name in [("deployer.errors", "UsageError"), ("kube.errors", "KubeConfigError")]:
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
     return tuple(found)
 
 

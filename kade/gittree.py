@@ -16,6 +16,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from common.git import GitNotInstalled, GitTimeout, run_git, strip_credentials
 from kade.config import ConfigError
 
 GIT_TIMEOUT_S = 60
@@ -44,12 +45,11 @@ class GitState:
 
 def _git(root: Path, *args: str, binary: bool = False) -> subprocess.CompletedProcess:
     try:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=not binary,
-                              timeout=GIT_TIMEOUT_S)
-    except FileNotFoundError:
+        return run_git(root, *args, binary=binary, timeout=GIT_TIMEOUT_S)
+    except GitNotInstalled:
         raise ConfigError("git is not installed; kade builds from the committed tree and needs it") from None
-    except subprocess.TimeoutExpired:
-        raise ConfigError(f"git {' '.join(args[:2])} in {root} took over {GIT_TIMEOUT_S}s") from None
+    except GitTimeout as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _out(root: Path, *args: str) -> str | None:
@@ -228,12 +228,3 @@ def source_url(state: GitState) -> str | None:
     return strip_credentials(url) if url else None
 
 
-def strip_credentials(url: str) -> str:
-    """`https://user:token@host/x` -> `https://host/x`; scp-like `git@host:x` stays (no secret in it)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    host_part, slash, path = rest.partition("/")
-    if "@" in host_part:
-        host_part = host_part.rsplit("@", 1)[1]
-    return f"{scheme}://{host_part}{slash}{path}"

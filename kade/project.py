@@ -20,7 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from builder.build import BuildOptions, Builder, BuildResult
+from builder.build import Build, ExecutorFactory
+from builder.options import BuildOptions
+from builder.publish import Destination
 from builder.errors import BuildError
 from builder.keys import is_step_key
 from builder.plan import DEFAULT_PLATFORM
@@ -56,7 +58,7 @@ class ProjectOptions:
     images: list[str] | None = None  # only these (and what they depend on); None: all
     display_root: str = ""  # how the project folder is named in messages (instead of a temp export)
     build_missing: bool = True  # False: images must already be in the registry (a deploy without build)
-    builder_factory: Callable[[BuildOptions, Any, RegistryClient], Builder] | None = None  # None: local builds
+    executor: ExecutorFactory | None = None  # None: local builds
     epoch: int | None = None  # SOURCE_DATE_EPOCH of every image: $SOURCE_DATE_EPOCH, else HEAD's commit time
     supply: Any = None  # builder.attest.SupplyOptions for every pushed image (None: no attestations)
 
@@ -238,15 +240,14 @@ class ProjectBuilder:
     def _image(self, spec: ImageSpec, claims: _Claims) -> ImageResult:
         done = threading.Event()
         try:
-            make = self.o.builder_factory or Builder
-            builder = make(self.build_options(spec), self.report, self.client)
-            with builder.session():
-                return self._build_image(spec, builder, claims, done)
+            build = Build(self.build_options(spec), self.report, self.client, self.o.executor)
+            with build.session():
+                return self._build_image(spec, build, claims, done)
         finally:
             done.set()
 
-    def _build_image(self, spec: ImageSpec, builder: Builder, claims: _Claims, done: threading.Event) -> ImageResult:
-        plan = builder.prepare()
+    def _build_image(self, spec: ImageSpec, build: Build, claims: _Claims, done: threading.Event) -> ImageResult:
+        plan = build.prepare()
         tag = content_tag(plan.final.final_key)
         repository = f"{self.o.repo}/{spec.name}"
         steps = [s.key for s in plan.all_steps() if is_step_key(s.key)]
@@ -262,23 +263,24 @@ class ProjectBuilder:
             if self.o.supply is not None and self.o.build_missing:
                 from builder.attest import complete_reused
 
-                complete_reused(builder, plan, repository, [tag, *extras], found.digest, self.o.commit, self.o.branch)
+                complete_reused(build.env, plan, repository, [tag, *extras], found.digest, self.o.commit, self.o.branch)
             return ImageResult(spec.name, repository, tag, [tag, *extras], found.digest, 0, len(plan.all_steps()),
                                True, steps)
         if not self.o.build_missing:
             raise BuildError(f"this commit's image is not in the registry ({repository}:{tag}): "
                              "build it first (kade build, or kade converge)")
-        hits = builder.lookup(plan)
+        hits = build.lookup(plan)
         missing = [s.key for s in plan.all_steps() if s.key not in hits and is_step_key(s.key)]
         waits = claims.claim(spec.name, missing, done)
         if waits:
             for other, event in waits:
                 self.report("info", f"{spec.name}: waiting for {other}, which builds steps they share")
                 cancel.wait(event)
-            hits = builder.lookup(plan)
-        builder.o.tags = [f"{repository}:{tag}"] + [f"{repository}:{t}" for t in extras]
+            hits = build.lookup(plan)
         self.report("image", f"{spec.name}: building {repository}:{tag}", image=spec.name)
-        result: BuildResult = builder.build_plan(plan, hits)
+        tags = tuple(f"{repository}:{t}" for t in (tag, *extras))
+        # the project records every image in one build record (`_push_record`), not one per image
+        result = build.publish(plan, build.solve(plan, hits), Destination(tags, record=False))
         digest = result.images[0]["digest"]
         return ImageResult(spec.name, repository, tag, [tag, *extras], digest, result.built, result.cached,
                            False, steps)

@@ -12,11 +12,11 @@ An image passes when:
 """
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from common import git
 from builder.provenance import read_claims
 from registry import referrers as rf
 from registry import signing
@@ -127,13 +127,10 @@ def commit_in_history(repository: Path) -> Callable[[str], bool]:
     def check_one(commit: str) -> bool:
         if not all(c in "0123456789abcdef" for c in commit) or len(commit) not in (40, 64):
             return False
-        git = ["git", "-C", str(repository)]
-        exists = subprocess.run([*git, "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True, timeout=30)
-        if exists.returncode != 0:
+        if git.output(repository, "cat-file", "-e", f"{commit}^{{commit}}", timeout=30) is None:
             return False
-        refs = subprocess.run([*git, "for-each-ref", "--count=1", "--contains", commit, "--format=%(refname)"],
-                              capture_output=True, text=True, timeout=60)
-        return refs.returncode == 0 and bool(refs.stdout.strip())
+        return bool(git.output(repository, "for-each-ref", "--count=1", "--contains", commit,
+                               "--format=%(refname)", timeout=60))
     return check_one
 
 

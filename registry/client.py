@@ -21,6 +21,7 @@ from typing import IO, Any, BinaryIO, Callable, Iterator, Union
 import requests
 import urllib3
 
+from common.timeouts import CONNECT_TIMEOUT, answer_timeout
 from registry import cancel
 from registry import mediatypes as mt
 from registry.auth import CredentialResolver, scope_for
@@ -29,8 +30,7 @@ from registry.errors import (DigestMismatch, InvalidManifest, NotFound, Registry
                              Unsupported, UploadError)
 from registry.model import Descriptor, Manifest
 from registry.reference import Reference, validate_tag
-from registry.transport import (CONNECT_TIMEOUT, RetryPolicy, Transport, answer_timeout, parse_link_next,
-                                retry_delay)
+from registry.transport import RetryPolicy, Transport, parse_link_next, retry_delay
 
 MiB = 1 << 20
 READ_BLOCK = MiB

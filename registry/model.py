@@ -1,11 +1,12 @@
-"""The image model: descriptors, image manifests (OCI and Docker v2), indexes (OCI index and
-Docker manifest list) and image configs. Pure data with strict parsing of untrusted JSON and
-stable serialisation (`to_bytes`): the same object always gives the same bytes.
+"""The wire documents of the image model: descriptors, platforms, image manifests (OCI and Docker
+v2) and indexes (OCI index and Docker manifest list). Pure data with strict parsing of untrusted JSON
+and stable serialisation (`to_bytes`): the same object always gives the same bytes. The image config
+is registry/imageconfig.py; an image and its layers composed are registry/image.py.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 from registry import mediatypes as mt
@@ -76,10 +77,37 @@ class Descriptor:
 
     @property
     def platform_string(self) -> str:
-        if not self.platform:
-            return ""
-        p = self.platform
-        return "/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
+        return str(Platform.of(self.platform)) if self.platform else ""
+
+
+@dataclass(frozen=True)
+class Platform:
+    """os/architecture[/variant] of an image (an index entry's `platform`, a build's --platform)."""
+
+    os: str
+    architecture: str
+    variant: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "Platform":
+        """`linux/amd64`, `linux/arm64/v8` (no validation of the names: a registry may list any)."""
+        os_name, _, rest = text.partition("/")
+        arch, _, variant = rest.partition("/")
+        return cls(os_name, arch, variant)
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> "Platform":
+        """The platform of a descriptor's `platform` object (or an image config's top-level fields)."""
+        return cls(str(doc.get("os") or ""), str(doc.get("architecture") or ""), str(doc.get("variant") or ""))
+
+    def matches(self, other: "Platform") -> bool:
+        """Whether `other` (what a registry offers) serves this (what is asked for): same os and
+        architecture, and the same variant when this one names one."""
+        return (self.os, self.architecture) == (other.os, other.architecture) and \
+            (not self.variant or self.variant == other.variant)
+
+    def __str__(self) -> str:
+        return "/".join(x for x in (self.os, self.architecture, self.variant) if x)
 
 
 def _envelope(media_type: str, artifact_type: str | None, body: dict[str, Any], subject: Descriptor | None,
@@ -161,6 +189,10 @@ class Index:
     def to_bytes(self) -> bytes:
         return _compact(self.to_dict())
 
+    def for_platform(self, platform: Platform) -> Descriptor | None:
+        """The first entry serving `platform` (see Platform.matches), or None."""
+        return next((d for d in self.manifests if d.platform and platform.matches(Platform.of(d.platform))), None)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], media_type: str) -> "Index":
         common = _common_fields(d, "index")
@@ -207,80 +239,3 @@ def parse_manifest(body: bytes, media_type: str | None = None) -> AnyManifest:
     if kind == mt.DOCKER_MANIFEST_V1_SIGNED:
         raise InvalidManifest("Docker schema 1 manifests are not supported: push the image again with a current tool")
     raise InvalidManifest(f"unsupported manifest media type {kind!r}")
-
-
-@dataclass
-class ImageConfig:
-    """An image config blob (OCI or Docker); unknown fields are kept and written back."""
-
-    architecture: str = "amd64"
-    os: str = "linux"
-    config: dict[str, Any] = field(default_factory=dict)
-    diff_ids: list[str] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)
-    created: str | None = None
-    variant: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    _KNOWN = ("architecture", "os", "config", "rootfs", "history", "created", "variant")
-
-    @classmethod
-    def from_bytes(cls, body: bytes) -> "ImageConfig":
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidManifest(f"image config is not valid JSON: {exc}") from None
-        _require(isinstance(doc, dict), "image config must be a JSON object")
-        rootfs = doc.get("rootfs")
-        rootfs = {"type": "layers", "diff_ids": []} if rootfs is None else rootfs
-        _require(isinstance(rootfs, dict), "image config: rootfs must be an object")
-        diff_ids = rootfs.get("diff_ids", [])
-        _require(isinstance(diff_ids, list) and all(isinstance(x, str) and is_digest(x) for x in diff_ids),
-                 "image config: rootfs.diff_ids must be a list of digests")
-        config = {} if doc.get("config") is None else doc["config"]
-        _require(isinstance(config, dict), "image config: config must be an object")
-        history = doc.get("history") if doc.get("history") is not None else []
-        _require(isinstance(history, list) and all(isinstance(h, dict) for h in history),
-                 "image config: history must be a list of objects")
-        for key in ("architecture", "os"):
-            _require(isinstance(doc.get(key, ""), str), f"image config: {key} must be a string")
-        return cls(
-            architecture=doc.get("architecture", ""),
-            os=doc.get("os", ""),
-            config=config,
-            diff_ids=list(diff_ids),
-            history=history,
-            created=doc.get("created") if isinstance(doc.get("created"), str) else None,
-            variant=doc.get("variant") if isinstance(doc.get("variant"), str) else None,
-            extra={k: v for k, v in doc.items() if k not in cls._KNOWN},
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.extra)
-        out["architecture"] = self.architecture
-        out["os"] = self.os
-        if self.variant:
-            out["variant"] = self.variant
-        if self.created:
-            out["created"] = self.created
-        out["config"] = self.config
-        out["rootfs"] = {"type": "layers", "diff_ids": list(self.diff_ids)}
-        if self.history:
-            out["history"] = self.history
-        return out
-
-    def to_bytes(self) -> bytes:
-        return canonical_json(self.to_dict())
-
-    # Convenience accessors for the parts of `config` builders and inspectors use most.
-    @property
-    def env(self) -> list[str]:
-        return list(self.config.get("Env") or [])
-
-    @property
-    def cmd(self) -> list[str] | None:
-        return self.config.get("Cmd")
-
-    @property
-    def entrypoint(self) -> list[str] | None:
-        return self.config.get("Entrypoint")

@@ -28,6 +28,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from common.timeouts import CONNECT_TIMEOUT, answer_timeout
 from registry import auth, cancel
 from registry.errors import RegistryError, RegistryUnavailable, Unauthorized
 from registry.reference import host_without_port, is_loopback_host, split_host_port
@@ -112,26 +113,6 @@ class _BigBlockAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         kwargs["blocksize"] = 1 << 20
         super().init_poolmanager(*args, **kwargs)
-
-
-DEFAULT_TIMEOUT = 30.0  # seconds for one request to be answered, retries included
-CONNECT_TIMEOUT = 5.0  # seconds for a connection to be accepted
-TIMEOUT_ENV = "KADE_TIMEOUT"
-
-
-def answer_timeout() -> float:
-    """Seconds to wait for the answer to one request (registries, the Kubernetes API of builds and
-    cleanup): $KADE_TIMEOUT, else 30."""
-    text = os.environ.get(TIMEOUT_ENV, "").strip()
-    if not text:
-        return DEFAULT_TIMEOUT
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise RegistryError(f"${TIMEOUT_ENV}={text!r}: expected a number of seconds above 0, e.g. 60")
-    return value
 
 
 def unanswered(host: str, what: str, exc: requests.exceptions.RequestException, timeout: float,

@@ -11,7 +11,6 @@ symlink, no devices), then puts back the exact permission bits the keys were com
 """
 from __future__ import annotations
 
-import io
 import os
 import stat
 import tarfile
@@ -19,36 +18,34 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from builder.build import missing_steps
 from builder.errors import BuildError
-from builder.plan import PlannedStage
+from builder.plan import Step
 from registry.digest import Hasher
 
 MEDIA_TYPE = "application/vnd.kade.build-context.v1.tar"
 
 
-def needed_sources(stages: Iterable[PlannedStage], hits: set[str], context_root: Path) -> list[list[str]]:
-    """The context-relative paths each source of the missing steps reads (COPY/ADD sources, context
-    bind mounts): the entries .dockerignore selected, never a directory wholesale; one sorted list per
-    distinct source, in a stable order."""
+def needed_sources(steps: Iterable[Step], context_root: Path) -> list[list[str]]:
+    """The context-relative paths each source of `steps` reads (COPY/ADD sources, context bind mounts):
+    the entries .dockerignore selected, never a directory wholesale; one sorted list per distinct
+    source, in a stable order."""
     groups: dict[tuple[str, ...], None] = {}
     root = context_root.resolve()
-    for ps in stages:
-        for step in missing_steps(ps, hits):
-            sources = [s for m in step.mounts if m.type == "bind" for s in m.sources]
-            if step.copy is not None:
-                sources += [s for s in step.copy.sources if not s.rel.startswith(("http://", "https://"))]
-            for src in sources:
-                paths: set[str] = set()
-                for path in [e.path for e in src.entries] or [src.path]:  # an empty directory: itself
-                    try:
-                        rel = path.relative_to(root)
-                    except ValueError:
-                        raise BuildError(f"context source {path} is outside the build context {root}") from None
-                    if str(rel) != ".":
-                        paths.add(str(rel))
-                if paths:
-                    groups[tuple(sorted(paths))] = None
+    for step in steps:
+        sources = [s for m in step.mounts if m.type == "bind" for s in m.sources]
+        if step.copy is not None:
+            sources += [s for s in step.copy.sources if not s.rel.startswith(("http://", "https://"))]
+        for src in sources:
+            paths: set[str] = set()
+            for path in [e.path for e in src.entries] or [src.path]:  # an empty directory: itself
+                try:
+                    rel = path.relative_to(root)
+                except ValueError:
+                    raise BuildError(f"context source {path} is outside the build context {root}") from None
+                if str(rel) != ".":
+                    paths.add(str(rel))
+            if paths:
+                groups[tuple(sorted(paths))] = None
     return [list(g) for g in groups]
 
 
@@ -147,9 +144,3 @@ def unpack(tars: Path | list[Path], dest: Path) -> None:
     every = {m.name: m for _, members in opened for m in members if not m.issym()}
     for name in sorted(every, key=lambda n: n.count("/"), reverse=True):
         os.chmod(dest / name, every[name].mode)
-
-
-def tar_bytes(context_root: Path, paths: list[str]) -> bytes:
-    buf = io.BytesIO()
-    write_context_tar(context_root, paths, buf)
-    return buf.getvalue()

@@ -1,12 +1,11 @@
 """`kade build --backend kubernetes`: plan here, run each stage that needs building in a pod.
 
 The CLI does exactly what the local backend does up to the step lookup (same plan, same keys, same
-registry HEADs). Then it uploads the stage plan (plancodec) and the context files the missing steps
-read (context_upload) as two content-addressed blobs in the stages repo, and runs one pod per stage
-with missing steps, in DAG order, independent stages at once (--parallel). Each pod runs
-`kade build-stage` (podstage.py) with the same executor code and pushes the step images; the CLI
-then loads each stage's final step image and publishes the final image and build record itself,
-as the local backend does.
+registry HEADs). Then the remote executor (remote.py) uploads the stage plan and the context files
+the missing steps read, and `PodRunner` runs one pod per stage with missing steps, in DAG order,
+independent stages at once (--parallel). Each pod runs `kade build-stage` (podstage.py) with the
+local executor and pushes the step images; the CLI then loads each stage's final step image and
+publishes the final image and build record itself, as the local backend does.
 
 Pods belong to a per-build Lease that the CLI renews: when the command is cancelled (Ctrl-C,
 SIGTERM: registry/cancel.py) they are deleted at once and the Lease released; pods left by a CLI
@@ -26,16 +25,20 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from builder.backends import kubeapi
 from builder.backends.agent_relay import TUNNEL_KIND, serve_tunnel
-from builder.backends.remote import RemoteStageBuilder
+from builder.backends.remote import RemoteExecutor
 from builder.backends.lease import BUILD_PREFIX, Leases
 from builder.backends.podspec import (LABEL_BUILD, MANAGED, WEAKER_WITHOUT_USERNS, KubeSettings, stage_pod,
                                       user_namespace_support)
-from builder.build import BuildOptions, BuildResult, Report
+from builder.build import Build, ExecutorFactory
+from builder.env import BuildEnv
+from builder.options import BuildOptions, Report
+from builder.publish import BuildResult
 from builder.errors import BuildError, StepFailedError
 from builder.plan import PlannedStage
 from builder.unpack import limit_env
+from common.timeouts import CONNECT_TIMEOUT
+from kube.client import ApiUnanswered, api_client
 from registry import cancel
 from registry.client import RegistryClient
 
@@ -56,7 +59,7 @@ class PodLost(Exception):
 
 
 def kube_api_client(settings: KubeSettings) -> Any:
-    return kubeapi.kube_api_client(settings.kubeconfig, settings.kube_context)
+    return api_client(settings.kubeconfig, settings.kube_context)
 
 
 def parse_pod_line(line: str) -> dict[str, Any] | None:
@@ -79,10 +82,13 @@ def waiting_problem(pod: Any) -> str | None:
     return None
 
 
-class KubeBuilder(RemoteStageBuilder):
-    def __init__(self, options: BuildOptions, settings: KubeSettings, report: Report,
-                 client: RegistryClient | None = None, api_client: Any = None):
-        super().__init__(options, report, client)
+class PodRunner:
+    """Runs stages as pods (a remote.StageRunner), inside the build's session: its Lease (owner of its
+    pods and Secret), the --secret Secret, and at the end its pods deleted."""
+
+    def __init__(self, env: BuildEnv, settings: KubeSettings, api_client: Any = None):
+        self.o, self.report, self.epoch = env.options, env.report, env.epoch
+        self.stages_repo = env.stages_repo
         self.k = settings
         self.build_id = secrets.token_hex(5)
         self.pod_env = limit_env()  # the CLI's $KADE_LAYER_MAX_* bound the layers the pods unpack too
@@ -107,7 +113,7 @@ class KubeBuilder(RemoteStageBuilder):
         threading.Thread(target=self._connect_in_background, daemon=True).start()
         try:
             with api_errors(self.k.namespace):
-                with cancel.on_cancel(self._on_cancel), super().session():
+                with cancel.on_cancel(self._on_cancel):
                     yield
                 self._connected()  # a broken connection fails the build even when no pod was needed
         finally:
@@ -229,12 +235,11 @@ class KubeBuilder(RemoteStageBuilder):
             self.report("warning", f"could not delete the build's pods in {self.k.namespace}: {exc}")
 
     # -- one pod -----------------------------------------------------------------------------------
-    def run_remote(self, ps: PlannedStage) -> int:
-        assert self.plan_digest is not None
+    def run(self, ps: PlannedStage, plan_digest: str) -> int:
         self._connected()
         for attempt in range(1, self.k.attempts + 1):
             cancel.check()
-            name = self._create_stage_pod(ps, attempt)
+            name = self._create_stage_pod(ps, attempt, plan_digest)
             try:
                 self.report("pod", f"[{self.o.image_name}/{ps.label}] {self.k.namespace}/{name} started")
                 started = time.monotonic()
@@ -252,12 +257,12 @@ class KubeBuilder(RemoteStageBuilder):
             finally:
                 self._delete_pod(name)
 
-    def _create_stage_pod(self, ps: PlannedStage, attempt: int) -> str:
+    def _create_stage_pod(self, ps: PlannedStage, attempt: int, plan_digest: str) -> str:
         """Create the stage's pod; returns its name. A user-namespace pod that the namespace's Pod Security
         level refuses, where user namespaces were only detected, gives way to a chroot-mode pod."""
         while True:
             manifest = stage_pod(self.k, build_id=self.build_id, owner=self.owner, image_name=self.o.image_name,
-                                 stage=ps.label, plan_digest=self.plan_digest or "", stages_repo=self.stages_repo or "",
+                                 stage=ps.label, plan_digest=plan_digest, stages_repo=self.stages_repo or "",
                                  insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt,
                                  secrets_name=self.secrets_name, ssh_relay=bool(self.o.ssh),
                                  extra_env=self.pod_env)
@@ -339,7 +344,7 @@ class KubeBuilder(RemoteStageBuilder):
         try:
             # the log may stay silent as long as the pod may run: read timeout = its deadline
             stream = self.core.read_namespaced_pod_log(name, self.k.namespace, follow=True, _preload_content=False,
-                                                       _request_timeout=(kubeapi.CONNECT_TIMEOUT, self.k.deadline_s))
+                                                       _request_timeout=(CONNECT_TIMEOUT, self.k.deadline_s))
             pending = b""
             for chunk in stream.stream(amt=65536):
                 pending += chunk
@@ -455,19 +460,19 @@ def _exit_code(pod: Any) -> int | None:
     return None
 
 
-class KubeBuilderFactory:
-    """Makes the KubeBuilder of each image of a kade.yaml project (kade/project.py)."""
+def pod_executor(settings: KubeSettings, api_client: Any = None) -> ExecutorFactory:
+    """The executor factory of `--backend kubernetes` (a build, or each image of a kade.yaml project)."""
 
-    def __init__(self, settings: KubeSettings):
-        self.settings = settings
+    def make(env: BuildEnv) -> RemoteExecutor:
+        runner = PodRunner(env, settings, api_client)
+        return RemoteExecutor(env, runner, session=runner.session)
 
-    def __call__(self, options: BuildOptions, report: Report, client: RegistryClient | None) -> KubeBuilder:
-        return KubeBuilder(options, self.settings, report, client)
+    return make
 
 
 def build(options: BuildOptions, settings: KubeSettings, report: Report,
           client: RegistryClient | None = None, api_client: Any = None) -> BuildResult:
-    return KubeBuilder(options, settings, report, client, api_client).run()
+    return Build(options, report, client, pod_executor(settings, api_client)).run()
 
 
 @contextmanager
@@ -479,7 +484,7 @@ def api_errors(namespace: str) -> Iterator[None]:
 
     try:
         yield
-    except kubeapi.ApiUnanswered:
+    except ApiUnanswered:
         raise
     except Exception as exc:
         loaded = sys.modules.get("kubernetes.client.exceptions")

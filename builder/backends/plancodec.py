@@ -18,6 +18,8 @@ from typing import Any, Union
 
 from builder.errors import BuildError
 from builder.plan import PlannedStage
+from registry.errors import InvalidManifest
+from registry.imageconfig import ImageConfig
 
 FORMAT = "application/vnd.kade.stage-plan.v1+json"
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -35,6 +37,8 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def encode(value: Any, context_root: Path) -> Any:
     """Dataclasses, paths, tuples, sets, dicts and scalars -> JSON-ready values."""
+    if isinstance(value, ImageConfig):  # its own JSON, the config document itself
+        return value.to_dict()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: encode(getattr(value, f.name), context_root) for f in dataclasses.fields(value)}
     if isinstance(value, Path):
@@ -59,6 +63,11 @@ def decode(tp: Any, data: Any, context_root: Path, where: str = "plan") -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return data
+    if tp is ImageConfig:
+        try:
+            return ImageConfig.from_dict(data)
+        except InvalidManifest as exc:
+            raise PlanFormatError(f"{where}: {exc}") from None
     if origin in (Union, types.UnionType):
         if data is None and type(None) in args:
             return None

@@ -1,115 +1,121 @@
-"""Inside a builder pod: `kade build-stage` builds one planned stage with the local executor code.
+"""Inside a builder pod: `kade build-stage` builds one planned stage with the local executor.
 
 It fetches the stage plan and the context upload by digest from the stages repo (both verified),
-rebuilds the Builder state the CLI had (plan, context root, cached steps, the images of the stages
-it depends on, read back from the stages repo), and runs the stage through `Builder._run_stage`,
-exactly as the local backend does. Around every missing step it holds the step key's Lease:
-a concurrent build of the same step waits, then finds the step image pushed and reuses it (its new
-layer is applied to the rootfs, nothing runs), and a Lease left by a pod that died expires and is
-taken over. RUN uses the chroot runner (chroot.py), or the namespace sandbox in a user-namespace pod.
+looks the stage's own step keys up, reads the stages it depends on back from the stages repo, and
+solves the one stage with the local executor (builder/local.py), exactly as the local backend does.
+Around every missing step a `LeaseGate` holds the step key's Lease: a concurrent build of the same
+step waits, then finds the step image pushed and adopts it (its new layer is applied to the rootfs,
+nothing runs), and a Lease left by a pod that died expires and is taken over. RUN uses the chroot
+runner (chroot.py), or the namespace sandbox in a user-namespace pod.
+
+The pod's first step starts soon after it is Running: the context blobs (one per COPY source) are
+fetched into the cache PVC's blob cache while the step keys are looked up and the rootfs is stacked,
+and a step waits for them only when it runs; the Kubernetes client is made meanwhile too (build_stage's
+caller passes a callable). `timeline` records say when each point was reached, on the pod's clock.
 """
 from __future__ import annotations
 
 import functools
 import os
-import tempfile
 import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable
 
+from builder import events as ev
 from builder.backends import context_upload, plancodec
 from builder.backends.agent_relay import PodAgentRelay
 from builder.backends.chroot import run_chroot
 from builder.backends.lease import Leases, step_lease_name
 from builder.backends.podspec import MANAGED, SANDBOX_ENV
-from builder.build import Builder, BuildOptions, Image, Report, with_trailing_history
-from builder.context import BuildContext, IgnoreRules
+from builder.build import session
+from builder.env import BuildEnv
 from builder.errors import BuildError
+from builder.local import LocalExecutor
+from builder.options import BuildOptions, Report
 from builder.plan import Plan, PlannedStage, Step
 from builder.sandbox import Isolation
+from builder.solver import Solution, Solver, with_trailing_history
 from builder.stageroot import StageRoot
 from registry import cancel
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient
+from registry.image import Image
 
 
-class PodBuilder(Builder):
-    """A Builder for one stage in a pod: step Leases around every missing step."""
+class LeaseGate:
+    """The step Lease around each missing step (a local.StepGate): whoever holds it runs the step;
+    whoever waited finds the step image pushed meanwhile and adopts it."""
 
-    def __init__(self, options: BuildOptions, report: Report, client: RegistryClient,
-                 leases: Callable[[], Leases | None], work: Path):
-        super().__init__(options, report, client)
-        self._leases = leases
-        self.context_ready: Future | None = None   # the context blobs unpacked (a step waits for them)
-        self.stepped = False
-        self.reused = 0
-        self.rootfs_dir = work / "rootfs"
-        self.rootfs_dir.mkdir(parents=True, exist_ok=True)
-        self.cache.work_dir = self._work_dir  # type: ignore[method-assign]  # rootfs on the emptyDir
-
-    def _work_dir(self, prefix: str) -> Path:
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.rootfs_dir))
+    def __init__(self, env: BuildEnv, leases: Callable[[], Leases]):
+        self.env, self._leases = env, leases
 
     @functools.cached_property
-    def leases(self) -> Leases | None:
-        return self._leases()
+    def leases(self) -> Leases:
+        return self._leases()   # (the API client may still be connecting when the stage starts)
+
+    def __call__(self, stage: PlannedStage, step: Step, run: Callable[[], Image],
+                 adopt: Callable[[Image], Image]) -> tuple[Image, bool]:
+        env = self.env
+        with self.leases.held(step_lease_name(step.key), f"[{stage.label}] {step.text}", labels=dict(MANAGED)):
+            repo = env.stages_repo or ""
+            desc = None if env.options.no_cache else env.store.repo(repo).head_manifest(step.key, mt.OCI_MANIFEST)
+            if desc is None:
+                return run(), False
+            image = adopt(env.store.load(repo, desc.digest))
+            env.report(ev.REUSED, f"{ev.step_message(stage, step)} (pushed meanwhile by another build)",
+                       **ev.step_fields(env.options.image_name, stage, step))
+            return image, True
+
+
+class PodExecutor(LocalExecutor):
+    """The local executor with the pod's timeline, whose steps wait for the context being fetched."""
+
+    def __init__(self, env: BuildEnv, *, gate: LeaseGate | None, work_root: Path):
+        super().__init__(env, gate=gate, work_root=work_root)
+        self.context_ready: Future | None = None   # the context blobs unpacked
+        self.stepped = False
 
     def _materialize(self, image: Image | None, prefix: str) -> StageRoot:
         root = super()._materialize(image, prefix)
         _mark(self.report, "rootfs ready")
         return root
 
-    def execute_step(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot) -> Image:
+    def _run_step(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot,
+                  results: Any) -> Image:
         if self.context_ready is not None:
             self.context_ready.result()
         if not self.stepped:
             self.stepped = True
             _mark(self.report, "first step")
-        if self.leases is None:
-            return super().execute_step(ps, step, parent, root)
-        with self.leases.held(step_lease_name(step.key), f"[{ps.label}] {step.text}", labels=dict(MANAGED)):
-            desc = None if self.o.no_cache else self.repo(self.stages_repo).head_manifest(step.key, mt.OCI_MANIFEST)
-            if desc is None:
-                return super().execute_step(ps, step, parent, root)
-            img = self.load_image(self.stages_repo, desc.digest)  # type: ignore[arg-type]
-            root.add_layers(self._layer_refs(img))   # the layers `img` adds on top of `parent`
-            self.reused += 1
-            self.report("reused", f"[{ps.label}] {step.text} (pushed meanwhile by another build)", key=step.key)
-            return img
+        return super()._run_step(ps, step, parent, root, results)
 
-    def lookup_stage(self, ps: PlannedStage) -> dict[str, Any]:
-        if self.o.no_cache or not ps.steps:
-            return {}
-        repo = self.repo(self.stages_repo)  # type: ignore[arg-type]
-        with cancel.Pool(max_workers=8) as pool:
-            found = list(pool.map(lambda s: repo.head_manifest(s.key, mt.OCI_MANIFEST), ps.steps))
-        return {s.key: d for s, d in zip(ps.steps, found) if d is not None}
 
-    def stage_image(self, label: str) -> Image | None:
-        """The result of an already built stage, read back from the stages repo (with the history of
-        its trailing ARGs, as the CLI's Builder has it)."""
-        return with_trailing_history(self.plan.stages[label], self._stage_image(label))
+class StagesReadBack:
+    """The stages a pod's stage depends on, read back from the stages repo (they were built already)."""
 
-    def _stage_image(self, label: str) -> Image | None:
+    def __init__(self, env: BuildEnv, plan: Plan):
+        self.env, self.plan = env, plan
+
+    def result(self, label: str) -> Image | None:
+        """The result of an already built stage (with the history of its trailing ARGs, as the
+        solver has it)."""
+        return with_trailing_history(self.plan.stages[label], self._read_back(label))
+
+    def _read_back(self, label: str) -> Image | None:
         ps = self.plan.stages[label]
+        store, repo = self.env.store, self.env.stages_repo or ""
         if ps.steps:
-            desc = self.repo(self.stages_repo).head_manifest(ps.final_key, mt.OCI_MANIFEST)  # type: ignore[arg-type]
+            desc = store.repo(repo).head_manifest(ps.final_key, mt.OCI_MANIFEST)
             if desc is None:
-                raise BuildError(f"stage {label} should be built already but {self.stages_repo}:{ps.final_key} "
-                                 "is missing", hint="run the build again")
-            return self.load_image(self.stages_repo, desc.digest)  # type: ignore[arg-type]
+                raise BuildError(f"stage {label} should be built already but {repo}:{ps.final_key} is missing",
+                                 hint="run the build again")
+            return store.load(repo, desc.digest)
         if ps.base_stage:
-            return self.stage_image(ps.base_stage)
+            return self.result(ps.base_stage)
         if ps.base_image:
-            return self.load_image(ps.base_image.ref, ps.base_image.digest)
+            return store.load(ps.base_image.ref, ps.base_image.digest)
         return None
-
-
-def _done(value: Any) -> Future:
-    f: Future = Future()
-    f.set_result(value)
-    return f
 
 
 def sandbox_mode() -> str:
@@ -172,30 +178,36 @@ def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report,
                            # the pod's own user namespace (hostUsers: false) is the boundary around root in
                            # RUN; RUN shares the pod's network (no bridge to NAT through in a pod)
                            isolation=Isolation(userns="host", network="shared"))
+    env = BuildEnv.make(options, report, client)
+    gate = None
+    if api_client is not None and holder and namespace:
+        def leases() -> Leases:
+            api = api_client() if callable(api_client) else api_client   # (connecting may run meanwhile)
+            return Leases(api, namespace, holder, lease_s, report)
 
-    def leases() -> Leases | None:
-        api = api_client() if callable(api_client) else api_client   # (connecting may run meanwhile)
-        return Leases(api, namespace, holder, lease_s, report) if api is not None and holder and namespace else None
-
-    b = PodBuilder(options, report, client, leases, work)
+        gate = LeaseGate(env, leases)
+    rootfs_dir = work / "rootfs"
+    rootfs_dir.mkdir(parents=True, exist_ok=True)
+    executor = PodExecutor(env, gate=gate, work_root=rootfs_dir)  # copies (the fallback) on the pod's emptyDir
     by_label = {ps.label: ps for ps in stages}
     if label not in by_label:
         raise BuildError(f"stage {label!r} is not in the uploaded plan {plan_digest}")
-    b.plan = Plan(dockerfile=None, stages=by_label, target=label, unused_args=[],  # type: ignore[arg-type]
-                  platform=options.platform)
-    b.ctx = BuildContext(ctx_dir, IgnoreRules([]))
+    plan = Plan(dockerfile=None, stages=by_label, target=label, unused_args=[], platform=options.platform,
+                context_root=ctx_dir.resolve())
     ps = by_label[label]
-    with b.session(), cancel.Pool(max_workers=1) as pool:  # the PVC's shared lock: a prune Job waits for pods
+    solver = Solver(env, executor)
+    solution = Solution(None, {})
+    # the PVC's shared lock: a `kade cache prune` Job waits for running pods
+    with session(env, executor), cancel.Pool(max_workers=1) as pool:
         # the context arrives while the steps are looked up and the rootfs is made; a step waits for it
-        b.context_ready = pool.submit(_fetch_context, repo, extra, b.cache, ctx_dir, report)
-        b.hits = b.lookup_stage(ps)
-        for dep in sorted(ps.deps):
-            b.stage_futures[dep] = _done(b.stage_image(dep))
+        executor.context_ready = pool.submit(_fetch_context, repo, extra, env.cache, ctx_dir, report)
+        solution.hits = solver.lookup_steps(ps.steps)
         if ps.base_image:
-            b.load_image(ps.base_image.ref, ps.base_image.digest)
-        img = b.run_stage(ps)
-        b.context_ready.result()
-    return {"built": b.built - b.reused, "reused": b.reused, "digest": img.digest if img else None}
+            env.store.load(ps.base_image.ref, ps.base_image.digest)
+        with executor.running(plan, []):
+            image = solver.solve_stage(ps, solution.hits, StagesReadBack(env, plan), solution)
+        executor.context_ready.result()
+    return {"built": solution.built, "reused": solution.reused, "digest": image.digest if image else None}
 
 
 def _mark(report: Report, what: str) -> None:

@@ -1,83 +1,103 @@
-"""A Builder whose stages with missing steps run somewhere else (a pod), from an uploaded plan.
+"""An executor whose stages run somewhere else (a pod), from an uploaded plan.
 
-`RemoteStageBuilder` is the backend-neutral half of in-cluster builds: after the usual plan and
-lookup it uploads the stage plan and the context files the missing steps need (two
-content-addressed blobs in the stages repo), then for every stage with missing steps waits for the
-stages it depends on, calls `run_remote(ps)` (a pod for the kubernetes backend) and reads the
-stage's final step image back from the stages repo. Publishing stays in the CLI, as in the local
-backend, so the final image and build record are made the same way.
+`RemoteExecutor` is the backend-neutral half of in-cluster builds. Before the first job it uploads
+the stage plan (plancodec) and the context files the missing steps read (context_upload: one blob per
+source, only those the repo lacks) as content-addressed blobs in the stages repo; then for every job it waits for the stages the job
+depends on, hands the stage to a `StageRunner` (a pod for the kubernetes backend; tests run the
+pod's code in this process, or the builder image under podman) and reads the stage's final step
+image back from the stages repo. Planning and publishing stay in the CLI, as in the local backend,
+so the final image and build record are made the same way.
 """
 from __future__ import annotations
 
 import io
 import tempfile
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Callable, Iterator, Protocol, Sequence
 
 from builder.backends import context_upload, plancodec
-from builder.build import Builder, Image, missing_steps, needed_stages
+from builder.env import BuildEnv
 from builder.errors import BuildError
+from builder.executor import StageJob, StageOutcome, StageResults
 from builder.plan import Plan, PlannedStage
 from registry import cancel
 from registry import mediatypes as mt
+from registry.client import Repository
 from registry.digest import sha256_digest
 
 
-class RemoteStageBuilder(Builder):
-    plan_digest: str | None = None
+class StageRunner(Protocol):
+    def run(self, stage: PlannedStage, plan_digest: str) -> int:
+        """Build `stage` of the uploaded plan `plan_digest` elsewhere (pushing its step images);
+        returns the number of steps it ran."""
 
-    def run_remote(self, ps: PlannedStage) -> int:
-        """Build `ps` elsewhere from `self.plan_digest`; returns the number of steps it ran."""
-        raise NotImplementedError
 
-    # -- planning done: upload what pods need, then run stages ------------------------------------
-    def execute(self, plan: Plan, hits: dict[str, Any]) -> Image | None:
-        keys = set(hits)
-        needed = needed_stages(plan, keys)
-        remote = [ps for ps in plan.order() if ps.label in needed and missing_steps(ps, keys)]
-        if remote:
-            self.plan_digest = self._upload(plan, remote, keys)
-        return super().execute(plan, hits)
+class RemoteExecutor:
+    def __init__(self, env: BuildEnv, runner: StageRunner,
+                 session: Callable[[], AbstractContextManager[None]] | None = None):
+        self.env, self.runner = env, runner
+        self._session = session
+        self.plan_digest: str | None = None
+        self._building: set[str] = set()   # labels of the stages with missing steps (a job each)
 
-    def _upload(self, plan: Plan, remote: list[PlannedStage], keys: set[str]) -> str:
-        repo = self.repo(self.stages_repo)  # type: ignore[arg-type]
-        root = self.ctx.root
-        groups = context_upload.needed_sources(remote, keys, root)
+    @property
+    def stages_repo(self) -> str:
+        repo = self.env.stages_repo
+        if not repo:
+            raise BuildError("stages built elsewhere need --tag or --repo: they push step images to the stages repo")
+        return repo
+
+    def session(self) -> AbstractContextManager[None]:
+        return self._session() if self._session is not None else nullcontext()
+
+    @contextmanager
+    def running(self, plan: Plan, jobs: Sequence[StageJob]) -> Iterator[None]:
+        self._building = {job.stage.label for job in jobs}
+        if jobs:
+            self.plan_digest = self._upload(plan, jobs)
+        yield
+
+    def interrupt(self) -> None:
+        """Nothing runs here: a runner stops its stages through the command's cancellation."""
+
+    def run_stage(self, job: StageJob, results: StageResults) -> StageOutcome:
+        ps = job.stage
+        for dep in sorted(ps.deps & self._building):   # the others are in the stages repo already
+            results.result(dep)  # a failed dependency fails this stage too
+        assert self.plan_digest is not None
+        ran = self.runner.run(ps, self.plan_digest)
+        desc = self.env.store.repo(self.stages_repo).head_manifest(ps.final_key, mt.OCI_MANIFEST)
+        if desc is None:
+            raise BuildError(f"stage {ps.label}: it finished but {self.stages_repo}:{ps.final_key} is missing",
+                             hint="check the registry and the stage's output above")
+        return StageOutcome(self.env.store.load(self.stages_repo, desc.digest), ran)
+
+    def _upload(self, plan: Plan, jobs: Sequence[StageJob]) -> str:
+        env, o = self.env, self.env.options
+        repo = env.store.repo(self.stages_repo)
+        root = plan.context_root
+        assert root is not None
+        groups = context_upload.needed_sources((s for job in jobs for s in job.steps), root)
         contexts: list[str] = []
         if groups:
             with tempfile.TemporaryDirectory(prefix="kade-ctx-") as scratch, cancel.Pool(max_workers=4) as pool:
                 contexts = list(pool.map(lambda paths: self._upload_source(repo, root, paths, Path(scratch)), groups))
-        extra = {"contexts": contexts, "compression": self.o.compression, "platform": plan.platform,
-                 "no_cache": self.o.no_cache, "image_name": self.o.image_name}
+        extra = {"contexts": contexts, "compression": o.compression, "platform": plan.platform,
+                 "no_cache": o.no_cache, "image_name": o.image_name}
         body = plancodec.dump_stages(plan.order(), root, extra)
         digest = sha256_digest(body)
         repo.upload_blob(io.BytesIO(body), digest, len(body))
         return digest
 
-    def _upload_source(self, repo: Any, root: Path, paths: list[str], scratch: Path) -> str:
+    def _upload_source(self, repo: Repository, root: Path, paths: list[str], scratch: Path) -> str:
         """One source's blob: packed, and uploaded unless the stages repo has it already."""
-        tar, digest, size = context_upload.pack(root, paths, scratch, self.epoch)
+        tar, digest, size = context_upload.pack(root, paths, scratch, self.env.epoch)
         try:
             if repo.head_blob(digest) is None:
-                self.report("upload", f"context: {size} bytes ({len(paths)} entries) as {digest[:19]}",
-                            digest=digest, entries=len(paths))
+                self.env.report("upload", f"context: {size} bytes ({len(paths)} entries) as {digest[:19]}",
+                                digest=digest, entries=len(paths))
                 repo.upload_blob(tar, digest, size)
         finally:
             tar.unlink(missing_ok=True)
         return digest
-
-    def run_stage(self, ps: PlannedStage) -> Image | None:
-        if not missing_steps(ps, set(self.hits)):
-            return super().run_stage(ps)  # nothing to build: just the cached image, no pod
-        for dep in sorted(ps.deps):
-            if dep in self.stage_futures:
-                self.stage_futures[dep].result()  # a failed dependency fails this stage too
-        ran = self.run_remote(ps)
-        with self.lock:
-            self.built += ran
-        desc = self.repo(self.stages_repo).head_manifest(ps.final_key, mt.OCI_MANIFEST)  # type: ignore[arg-type]
-        if desc is None:
-            raise BuildError(f"stage {ps.label}: the pod finished but {self.stages_repo}:{ps.final_key} is missing",
-                             hint="check the registry and the pod's output above")
-        return self.load_image(self.stages_repo, desc.digest)  # type: ignore[arg-type]
-

@@ -4,15 +4,16 @@ from __future__ import annotations
 import argparse
 import os
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from builder.build import BuildOptions, build
+from builder.build import build
+from builder.options import BuildOptions
 from builder.plan import DEFAULT_PLATFORM, parse_build_args
 from kade import argtypes
 from kade.commands.build_backend import add_backend_arguments, kube_settings_from_args
 from kade.errors import UsageError
+from kade.buildview import build_reporter
 from kade.output import OUTPUT_CHOICES, make_reporter, print_result
 
 
@@ -137,20 +138,20 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     if options.tags:
         options.supply = _supply(args, options.context)
-    report = make_reporter(args.output)
     if args.check_reproducible:
-        return run_check(args, options, report)
-    if args.userns == "host":
-        if args.backend == "kubernetes":
-            raise UsageError("--userns is for RUN on this machine (--backend local); builder pods choose with "
-                             "--user-namespaces / --no-user-namespaces")
-        report("warning", USERNS_HOST_WARNING)
+        return run_check(args, options, make_reporter(args.output))
+    if args.userns == "host" and args.backend == "kubernetes":
+        raise UsageError("--userns is for RUN on this machine (--backend local); builder pods choose with "
+                         "--user-namespaces / --no-user-namespaces")
+    executor = None
     if args.backend == "kubernetes":
-        from builder.backends.kubernetes import build as kube_build
+        from builder.backends.kubernetes import pod_executor
 
-        result = kube_build(options, kube_settings_from_args(args), report)
-    else:
-        result = build(options, report)
+        executor = pod_executor(kube_settings_from_args(args))
+    with build_reporter(args.output) as report:
+        if args.userns == "host":
+            report("warning", USERNS_HOST_WARNING)
+        result = build(options, report, executor=executor)
     print_result(args.output, result.to_json(),
                  lambda data: "\n".join(f"{i['ref']}@{i['digest']}" if not i["ref"].startswith("oci:") else i["ref"]
                                         for i in data["images"]))
@@ -175,12 +176,11 @@ def run_check(args: argparse.Namespace, options: BuildOptions, report: Any) -> i
 
 
 def _supply(args: argparse.Namespace, context: Path) -> Any:
-    from kade.gittree import strip_credentials
+    from common import git
     from kade.supply import supply_options
 
-    remote = subprocess.run(["git", "-C", str(context), "remote", "get-url", "origin"], capture_output=True,
-                            text=True, timeout=10)
-    source = strip_credentials(remote.stdout.strip()) if remote.returncode == 0 else ""
+    remote = git.output(context, "remote", "get-url", "origin")
+    source = git.strip_credentials(remote) if remote else ""
     return supply_options(args, args.backend, args.builder_image if args.backend == "kubernetes" else "",
                           source=source)
 
@@ -192,9 +192,8 @@ def run_project(args: argparse.Namespace) -> int:
     from kade.project import build_project
     from kade.workspace import open_workspace
 
-    report = make_reporter(args.output)
-    with open_workspace(Path(args.dir), env_name=args.env_name, dev=args.dev, report=report,
-                        deploy=False) as ws:
+    with build_reporter(args.output) as report, \
+            open_workspace(Path(args.dir), env_name=args.env_name, dev=args.dev, report=report, deploy=False) as ws:
         options = make_project_options(args, ws)
         result = build_project(ws.config, ws.root, options, report)
     data = result.to_json()

@@ -35,12 +35,9 @@ def _emit(kind: str, **fields: Any) -> None:
 
 
 def _api_client() -> Any:
-    from kubernetes import client, config
+    from kube.client import api_client
 
-    from builder.backends.kubeapi import bounded
-
-    config.load_incluster_config()
-    return bounded(client.ApiClient())
+    return api_client()   # the pod's service account (no kubeconfig in a builder pod)
 
 
 def _process_start() -> float:

@@ -4,11 +4,14 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kade import argtypes
 from kade.errors import UsageError
 from kade.output import OUTPUT_CHOICES, print_result
+
+if TYPE_CHECKING:
+    from builder.build import ExecutorFactory
 
 
 def register(subparsers: Any) -> None:
@@ -76,7 +79,7 @@ def make_project_options(args: argparse.Namespace, ws: Any) -> Any:
     if single:
         raise UsageError(f"{', '.join(single)}: for a single Dockerfile (kade build CONTEXT); with kade.yaml each "
                          "image's Dockerfile, target, args, secrets and tags come from kade.yaml (and --add-tag)")
-    factory = builder_factory(args)
+    factory = executor_factory(args)
     if args.parallel < 1:
         raise UsageError("--parallel must be at least 1")
     try:
@@ -91,15 +94,15 @@ def make_project_options(args: argparse.Namespace, ws: Any) -> Any:
     return project_options(ws, args.repo, stages_repo=args.stages_repo, add_tags=list(args.add_tag),
                            env_name=args.env_name, no_cache=args.no_cache, parallel=args.parallel,
                            cache_dir=args.cache_dir, insecure=tuple(args.insecure_registry),
-                           images=getattr(args, "only_images", None), builder_factory=factory, supply=supply)
+                           images=getattr(args, "only_images", None), executor=factory, supply=supply)
 
 
-def builder_factory(args: argparse.Namespace) -> Any:
-    """None (the local builder) or a maker of in-cluster builders for --backend kubernetes."""
+def executor_factory(args: argparse.Namespace) -> "ExecutorFactory | None":
+    """None (the local executor) or the pod executor's factory for --backend kubernetes."""
     if args.backend == "local":
         return None
     try:
-        from builder.backends.kubernetes import KubeBuilderFactory
+        from builder.backends.kubernetes import pod_executor
         from builder.backends.podspec import KubeSettings
     except ImportError:
         raise UsageError("--backend kubernetes: in-cluster builds are not available in this kade build; "
@@ -113,7 +116,7 @@ def builder_factory(args: argparse.Namespace) -> Any:
         if not image:
             raise UsageError("--backend kubernetes needs $KADE_BUILDER_IMAGE (kade's builder image)")
         settings = KubeSettings(image=image, kubeconfig=args.kubeconfig, kube_context=args.kube_context)
-    return KubeBuilderFactory(settings)
+    return pod_executor(settings)
 
 
 def text_summary(data: dict[str, Any]) -> str:

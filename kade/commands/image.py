@@ -12,7 +12,8 @@ from kade.errors import UsageError
 from kade.output import OUTPUT_CHOICES, make_reporter, print_result
 from registry.errors import InvalidDigest, InvalidReference
 from registry.layout import SCHEME as LAYOUT_SCHEME
-from registry.model import ImageConfig, Manifest, parse_manifest
+from registry.imageconfig import ImageConfig
+from registry.model import Manifest, parse_manifest
 from registry.reference import Reference
 
 if TYPE_CHECKING:

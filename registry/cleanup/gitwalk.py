@@ -9,16 +9,14 @@ union of its parents' (a bitset), freed as soon as its last child has used it.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
+from common.git import GitNotInstalled, redact, run_git
 from registry.cleanup.errors import GitError
 from registry.cleanup.policy import GitRef
 
@@ -34,23 +32,14 @@ class GitFacts:
         return [r for r in self.refs if commit in self.contains.get((r.kind, r.name), frozenset())]
 
 
-def _git(repo: Path, args: list[str], stdin: str | None = None) -> str:
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+def _git(repo: Path | str, args: list[str], stdin: str | None = None) -> str:
     try:
-        out = subprocess.run(["git", "-C", str(repo), *args], input=stdin, capture_output=True, text=True,
-                             env=env, check=False)
-    except FileNotFoundError:
+        out = run_git(repo, *args, input=stdin)
+    except GitNotInstalled:
         raise GitError("git is not installed: install git to let cleanup read the history") from None
     if out.returncode != 0:
         raise GitError(f"git {args[0]} failed in {repo}: {redact(out.stderr.strip())[:500]}")
     return out.stdout
-
-
-def redact(text: str) -> str:
-    """Drop user:password@ from any URL in `text` (never log credentials)."""
-    import re
-
-    return re.sub(r"(\w+://)[^/@\s]+@", r"\1***@", text)
 
 
 def _ts(value: str) -> datetime:
@@ -163,12 +152,13 @@ class GitSource:
         if "://" not in self.spec and "@" not in self.spec:
             raise GitError(f"git repository {self.spec} does not exist: pass --git with a repository path or URL")
         self._tmp = tempfile.mkdtemp(prefix="kade-cleanup-git-")
-        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-        out = subprocess.run(["git", "clone", "--quiet", "--mirror", "--filter=blob:none", self.spec, self._tmp],
-                             capture_output=True, text=True, env=env, check=False)
+        try:
+            out = run_git(".", "clone", "--quiet", "--mirror", "--filter=blob:none", self.spec, self._tmp)
+        except GitNotInstalled:
+            raise GitError("git is not installed: install git to let cleanup read the history") from None
         if out.returncode != 0:
             shutil.rmtree(self._tmp, ignore_errors=True)
-            raise GitError(f"cannot clone {safe_url(self.spec)}: {redact(out.stderr.strip())[:500]} "
+            raise GitError(f"cannot clone {redact(self.spec)}: {redact(out.stderr.strip())[:500]} "
                            "(check the URL and the git credentials)")
         return Path(self._tmp)
 
@@ -177,14 +167,4 @@ class GitSource:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def safe_url(url: str) -> str:
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<git url>"
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
-    return url
+safe_url = redact  # a git URL as it may be shown: its user:password@ replaced by ***@

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Iterable, Literal, Sequence, TypeVar
 
+from common.durations import nanoseconds
+
 RefKind = Literal["branch", "tag"]
 Operator = Literal["and", "or"]
 
 DEFAULT_RELEASE_REVISIONS = 10  # per release, as kade's and Helm's default history
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(w|d|h|m|s)")
-_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0}
 
 
 def parse_duration(text: str | int | float) -> timedelta:
@@ -34,16 +34,10 @@ def parse_duration(text: str | int | float) -> timedelta:
         if text < 0:
             raise ValueError(f"a duration can't be negative: {text!r}")
         return timedelta(seconds=float(text))
-    s = str(text).strip().lower()
-    pos, total = 0, 0.0
-    for m in _DURATION_RE.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if not s or pos != len(s):
-        raise ValueError(f"expected a duration like '168h', '7d' or '2h30m', got {text!r}")
-    return timedelta(seconds=total)
+    try:
+        return timedelta(microseconds=nanoseconds(str(text).lower(), bare_seconds=False) // 1000)
+    except ValueError:
+        raise ValueError(f"expected a duration like '168h', '7d' or '2h30m', got {text!r}") from None
 
 
 def format_duration(d: timedelta) -> str:

@@ -11,7 +11,6 @@ blocks deletion in the plan (its images are unknown) and names the object to fix
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -19,7 +18,7 @@ from registry.cleanup.errors import ClusterScanError
 from registry.cleanup.helm import NAME_PREFIX, OWNER_SELECTOR, SECRET_TYPE, HelmReleaseError, decode_release
 from registry.cleanup.inuse import KINDS, InUse, images_of
 from registry.cleanup.releases import LOCAL, ReleaseRevision
-from registry.transport import CONNECT_TIMEOUT, answer_timeout
+from common.timeouts import CONNECT_TIMEOUT, answer_timeout
 
 Report = Callable[..., None]
 
@@ -106,33 +105,14 @@ class ClusterReader:
 
 
 def _api_client(context: str | None, kubeconfig: str | None) -> Any:
-    from kubernetes import client, config
-    from urllib3.util.retry import Retry
+    from kube.client import api_client
+    from kube.errors import KubeConfigError
 
-    label = context or "current context"
-    cfg = client.Configuration()
-    path = None
     try:
-        if context is None and kubeconfig is None and _in_cluster():
-            config.load_incluster_config(client_configuration=cfg)
-        else:
-            # The kubernetes package reads $KUBECONFIG once at import; read it now (it may list several files).
-            path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-            config.load_kube_config(config_file=path, context=context, client_configuration=cfg,
-                                    persist_config=False)
-    except Exception as exc:  # noqa: BLE001 - the loader raises plain exceptions, and YAML errors for a bad file
-        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise ClusterScanError(
-            f"cannot scan the cluster ({label}): no usable kubeconfig{' in ' + path if path else ''} ({detail}); "
-            "pass --kubeconfig FILE or set KUBECONFIG (and --kube-context), or pass --without-kube to clean up "
-            "without in-use protection") from None
-    cfg.retries = Retry(total=2, connect=2, read=0, status=0)  # a read that timed out is not retried: it had its time
-    return client.ApiClient(cfg)
-
-
-def _in_cluster() -> bool:
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.exists(
-        "/var/run/secrets/kubernetes.io/serviceaccount/token")
+        return api_client(kubeconfig, context)
+    except KubeConfigError as exc:
+        raise KubeConfigError(f"cannot scan the cluster ({context or 'current context'}): {exc}; or pass "
+                              "--without-kube to clean up without in-use protection") from None
 
 
 # ---- what one cluster says ----------------------------------------------------------------------

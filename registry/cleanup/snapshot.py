@@ -4,7 +4,6 @@ record is data anyone with push rights to the stages repository can write), and 
 step images no record names. Requests run on a small thread pool (HEADs dominate: one per tag)."""
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,7 +13,8 @@ from registry import cancel
 from registry.cleanup.errors import CleanupError
 from registry.errors import NotFound, RegistryError
 from registry.mediatypes import is_index
-from registry.model import Descriptor, Manifest, parse_manifest
+from registry.imageconfig import ImageConfig
+from registry.model import Descriptor, Index, Manifest, parse_manifest
 from registry.records import STEP_KEY_RE, BuildRecord, parse_time, read_records
 from registry.reference import Reference
 
@@ -61,7 +61,7 @@ def index_children(repo: Any, descriptors: Iterable[Descriptor]) -> dict[str, fr
         if is_index(desc.media_type) and desc.digest not in out:
             body, got = repo.get_manifest(desc.digest)
             index = parse_manifest(body, got.media_type)
-            out[desc.digest] = frozenset(m.digest for m in getattr(index, "manifests", []))
+            out[desc.digest] = frozenset(m.digest for m in index.manifests) if isinstance(index, Index) else frozenset()
     return out
 
 
@@ -73,8 +73,7 @@ def step_created_time(repo: Any, key: str) -> datetime | None:
         if not isinstance(manifest, Manifest):
             return None
         with repo.open_blob(manifest.config.digest) as stream:
-            config = json.loads(stream.read(4 * 1024 * 1024))
-        created = config.get("created") if isinstance(config, dict) else None
+            created = ImageConfig.from_bytes(stream.read(4 * 1024 * 1024)).created
         return parse_time(created, key) if created else None
     except (RegistryError, ValueError):
         return None

@@ -13,8 +13,9 @@ import pytest
 
 from builder.backends.kubernetes import parse_pod_line
 from builder.backends.podspec import KubeSettings, stage_pod
-from builder.backends.remote import RemoteStageBuilder
-from builder.build import Builder, BuildOptions
+from builder.backends.remote import RemoteExecutor
+from builder.build import Build, build
+from builder.options import BuildOptions
 from tests.cluster.test_incluster_build import MULTI
 from tests.fixtures.incluster import stage_keys, unique, write_context
 
@@ -22,16 +23,19 @@ pytestmark = [pytest.mark.cluster,
               pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed")]
 
 
-class PodmanStages(RemoteStageBuilder):
-    def __init__(self, *a, image: str, registry: str, pvc: Path, **kw):
-        super().__init__(*a, **kw)
+class PodmanStages:
+    """A StageRunner: each stage in the builder image under podman, with a builder pod's security context."""
+
+    def __init__(self, options: BuildOptions, report, *, image: str, registry: str, pvc: Path):
         self.image, self.registry, self.pvc = image, registry, pvc
         self.records: list[dict] = []
+        self.build = Build(options, report, executor=lambda env: RemoteExecutor(env, self))
 
-    def run_remote(self, ps) -> int:
+    def run(self, ps, plan_digest: str) -> int:
+        env = self.build.env
         m = stage_pod(KubeSettings(image=self.image), build_id="podman", owner=None, image_name="default",
-                      stage=ps.label, plan_digest=self.plan_digest, stages_repo=self.stages_repo,
-                      insecure=(self.registry,), epoch=self.epoch)
+                      stage=ps.label, plan_digest=plan_digest, stages_repo=env.stages_repo,
+                      insecure=(self.registry,), epoch=env.epoch)
         c = m["spec"]["containers"][0]
         sc = c["securityContext"]
         caps = [a for cap in sc["capabilities"]["add"] for a in ("--cap-add", cap)]
@@ -58,10 +62,9 @@ def test_builder_image_under_the_pod_security_context_matches_local(kube_cluster
     remote = PodmanStages(BuildOptions(context=ctx, tags=[f"{reg}/{remote_repo}:1"], insecure=(reg,),
                                        cache_dir=str(tmp_path / "cli")), lambda *a, **k: None,
                           image=builder_image, registry=reg, pvc=pvc)
-    r = remote.run()
-    local = Builder(BuildOptions(context=ctx, tags=[f"{reg}/{local_repo}:1"], insecure=(reg,),
-                                 cache_dir=str(tmp_path / "local")), lambda *a, **k: None)
-    lr = local.run()
+    r = remote.build.run()
+    lr = build(BuildOptions(context=ctx, tags=[f"{reg}/{local_repo}:1"], insecure=(reg,),
+                            cache_dir=str(tmp_path / "local")), lambda *a, **k: None)
     assert r.built == lr.built == 8
     assert r.images[0]["digest"] == lr.images[0]["digest"]
     assert stage_keys(reg, remote_repo + "-stages") == stage_keys(reg, local_repo + "-stages")

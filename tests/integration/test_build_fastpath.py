@@ -75,7 +75,8 @@ RUN --mount=type=bind,from={base},target=/w,rw=true rm -rf /w/bin && ls /w
 
 def test_an_image_read_by_copy_from_is_unpacked_once_into_the_layer_store_and_never_written(
         registry, base_image, busybox_tar, tmp_path, epoch):
-    from builder.build import Builder, BuildOptions
+    from builder.build import build as run_build
+    from builder.options import BuildOptions
     from builder.cache import LocalCache
     from tests.fixtures.layers import tree_state
 
@@ -90,8 +91,8 @@ def test_an_image_read_by_copy_from_is_unpacked_once_into_the_layer_store_and_ne
             unpacks.append(fields)
 
     def build(tag: str):
-        return Builder(BuildOptions(context=ctx, tags=[f"{registry.host}/fast/from:{tag}"], no_cache=True, parallel=1,
-                                    cache_dir=str(cache.root)), report).run()
+        return run_build(BuildOptions(context=ctx, tags=[f"{registry.host}/fast/from:{tag}"], no_cache=True, parallel=1,
+                                      cache_dir=str(cache.root)), report)
 
     first = build("1")
     import hashlib

@@ -203,10 +203,11 @@ def test_cli_text_report_and_errors(scenario, tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "keep list" not in out and "dry run: nothing was deleted" in out
     assert f"{s.repo_name}:manual" in out and "not pushed by kade" in out
-    # No cluster access and no --without-kube: an error, not "nothing in use".
+    # No cluster access and no --without-kube: an error, not "nothing in use" (a kubeconfig that can't be
+    # used is bad input, exit 2, as for every command)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    assert main(args[:-2] + ["--dry-run"]) == 1
+    assert main(args[:-2] + ["--dry-run"]) == 2
     assert "pass --without-kube" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("keepPolicies:\n  - references: {branch: main, limit: {last: -1}}\n")

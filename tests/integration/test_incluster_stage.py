@@ -1,5 +1,5 @@
 """The pod half of in-cluster builds, run on this host against the real registry: the CLI half
-(RemoteStageBuilder: plan, lookup, upload) hands each stage to `build_stage` (what `kade
+(the remote executor: plan, lookup, upload) hands each stage to `build_stage` (what `kade
 build-stage` runs in a pod, with the chroot RUN runner) in a separate work dir and cache, as a pod
 would. The result must equal the local backend's: same step keys, same step image digests."""
 from __future__ import annotations
@@ -12,8 +12,9 @@ import pytest
 
 from builder.backends import context_upload, plancodec
 from builder.backends.podstage import build_stage
-from builder.backends.remote import RemoteStageBuilder
-from builder.build import Builder, BuildOptions
+from builder.backends.remote import RemoteExecutor
+from builder.build import Build
+from builder.options import BuildOptions
 from builder.errors import BuildError, StepFailedError
 from registry import mediatypes as mt
 from registry.client import RegistryClient
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the chroot runner nee
 DOCKERFILE = """\
 FROM {base} AS deps
 RUN mkdir -p /opt/deps && echo dep > /opt/deps/a.txt && seq 1 3 > /opt/deps/seq
+ARG DEPS_LEVEL=2
 
 FROM {base} AS tool
 COPY tool.sh /usr/local/bin/tool
@@ -37,20 +39,35 @@ RUN id -u > /home/app/who
 """
 
 
-class InProcessStages(RemoteStageBuilder):
-    """Each remote stage runs `build_stage` here, in its own work dir and cache (like its own pod)."""
+class InProcessStages:
+    """A StageRunner: each remote stage runs `build_stage` here, in its own work dir and cache (like its
+    own pod)."""
 
-    def __init__(self, *a, pods_root: Path, **kw):
-        super().__init__(*a, **kw)
-        self.pods_root = pods_root
+    def __init__(self, options: BuildOptions, report, pods_root: Path):
+        self.report, self.pods_root = report, pods_root
+        self.build = Build(options, report, executor=lambda env: RemoteExecutor(env, self))
         self.ran: list[str] = []
+        self.plan = None
 
-    def run_remote(self, ps) -> int:
+    def run(self, ps, plan_digest: str) -> int:
         self.ran.append(ps.label)
         work = self.pods_root / f"pod-{ps.label}"
-        result = build_stage(self.plan_digest, ps.label, self.stages_repo, self.report, work=work,
+        result = build_stage(plan_digest, ps.label, self.build.env.stages_repo, self.report, work=work,
                              cache_dir=str(self.pods_root / "pvc"))
         return result["built"]
+
+    def build_all(self):
+        with self.build.session():
+            self.plan = self.build.prepare()
+            return self.build.publish(self.plan, self.build.solve(self.plan))
+
+
+def local_build(options: BuildOptions, report):
+    """(result, plan) of a local build."""
+    b = Build(options, report)
+    with b.session():
+        plan = b.prepare()
+        return b.publish(plan, b.solve(plan)), plan
 
 
 def context(tmp: Path, base: str) -> Path:
@@ -79,16 +96,16 @@ def test_stages_built_by_the_pod_code_equal_the_local_backend(registry, base_ima
     ctx = context(tmp_path, base_image.ref)
     events: list[tuple[str, str]] = []
     report = lambda kind, message, **_: events.append((kind, message))  # noqa: E731
-    local = Builder(BuildOptions(context=ctx, tags=[f"{registry.host}/par/local:1"],
-                                 cache_dir=str(tmp_path / "local-cache")), report)
-    local_result = local.run()
+    local_result, local_plan = local_build(BuildOptions(context=ctx, tags=[f"{registry.host}/par/local:1"],
+                                                        cache_dir=str(tmp_path / "local-cache")), report)
     remote = InProcessStages(BuildOptions(context=ctx, tags=[f"{registry.host}/par/remote:1"],
                                           cache_dir=str(tmp_path / "cli-cache")), report, pods_root=tmp_path / "pods")
-    remote_result = remote.run()
+    remote_result = remote.build_all()
     assert sorted(remote.ran) == ["deps", "final", "tool"]
     assert remote_result.built == local_result.built == 8
     keys = [s.key for s in remote.plan.all_steps()]
-    assert keys == [s.key for s in local.plan.all_steps()]
+    assert keys == [s.key for s in local_plan.all_steps()]
+    # (the final stage's pod reads deps back with the history of deps' trailing ARG, as the local solver has it)
     assert step_digests(registry.host, "par/remote-stages", keys) == step_digests(registry.host, "par/local-stages", keys)
     # the final images differ only by their created time: same layers
     assert remote_result.images[0]["digest"] == local_result.images[0]["digest"]
@@ -98,14 +115,14 @@ def test_stages_built_by_the_pod_code_equal_the_local_backend(registry, base_ima
 
     again = InProcessStages(BuildOptions(context=ctx, tags=[f"{registry.host}/par/remote:2"],
                                          cache_dir=str(tmp_path / "cli-cache")), report, pods_root=tmp_path / "pods2")
-    assert again.run().built == 0 and again.ran == []
+    assert again.build_all().built == 0 and again.ran == []
 
     # one source changed: only its blob goes up again; the pod gets both and builds the same way
     events.clear()
     (ctx / "app" / "hello.txt").write_text("hello again\n")
     third = InProcessStages(BuildOptions(context=ctx, tags=[f"{registry.host}/par/remote:3"],
                                          cache_dir=str(tmp_path / "cli-cache")), report, pods_root=tmp_path / "pods3")
-    assert third.run().built == 4 and third.ran == ["final"]   # COPY app/ and the three steps after it
+    assert third.build_all().built == 4 and third.ran == ["final"]   # COPY app/ and the three steps after it
     uploads = [m for k, m in events if k == "upload"]
     assert len(uploads) == 1 and "1 entries" in uploads[0], uploads
 
@@ -117,7 +134,7 @@ def test_a_failing_run_in_the_pod_names_step_and_exit_code(registry, base_image,
     b = InProcessStages(BuildOptions(context=ctx, tags=[f"{registry.host}/fail/x:1"], cache_dir=str(tmp_path / "c")),
                         lambda *a, **k: None, pods_root=tmp_path / "pods")
     with pytest.raises(StepFailedError) as info:
-        b.run()
+        b.build_all()
     assert info.value.exit_code == 7
     assert "about to fail" in info.value.output_tail
     assert "exit 7" in str(info.value)
@@ -125,13 +142,9 @@ def test_a_failing_run_in_the_pod_names_step_and_exit_code(registry, base_image,
 
 def test_stage_plan_documents_round_trip_and_reject_foreign_input(registry, base_image, tmp_path, epoch):
     ctx = context(tmp_path, base_image.ref)
-    b = Builder(BuildOptions(context=ctx, tags=[f"{registry.host}/rt/x:1"], cache_dir=str(tmp_path / "c")),
-                lambda *a, **k: None)
-    from builder.context import BuildContext
-    from builder.dockerfile import parse_file
-    from builder.plan import make_plan
-
-    plan = make_plan(parse_file(ctx / "Dockerfile"), BuildContext.open(ctx), b.resolve_base)
+    b = Build(BuildOptions(context=ctx, tags=[f"{registry.host}/rt/x:1"], cache_dir=str(tmp_path / "c")),
+              lambda *a, **k: None)
+    plan = b.prepare()
     body = plancodec.dump_stages(plan.order(), ctx.resolve(), {"context": None})
     stages, extra = plancodec.load_stages(body, tmp_path / "elsewhere")
     assert [s.label for s in stages] == list(plan.stages)

@@ -16,9 +16,11 @@ import pytest
 
 from builder import layerstore
 from builder.layerstore import LayerStore, fingerprint
-from builder.rootfs import LayerRef
 from builder.stageroot import LayeredRoot, overlay_unavailable
 from builder.unpack import apply_layer
+from registry.image import Layer
+from registry.mediatypes import OCI_LAYER
+from registry.model import Descriptor
 from tests.fixtures.layers import E, make_tar, tree_state
 from tests.unit.test_unpack import hostile_cases
 
@@ -36,18 +38,18 @@ def thread_lock(name: str):
         yield True
 
 
-def refs(tars: list[bytes], opened: list[str] | None = None) -> list[LayerRef]:
+def refs(tars: list[bytes], opened: list[str] | None = None) -> list[Layer]:
+    """Uncompressed layers (blob digest = diffID) read from memory; `opened` lists each open."""
     out = []
     for tar in tars:
         diff_id = "sha256:" + hashlib.sha256(tar).hexdigest()
 
-        @contextmanager
         def opener(tar=tar, diff_id=diff_id):
             if opened is not None:
                 opened.append(diff_id)
-            yield io.BytesIO(tar)
+            return io.BytesIO(tar)
 
-        out.append(LayerRef(diff_id, opener, diff_id))
+        out.append(Layer(Descriptor(OCI_LAYER, diff_id, len(tar)), diff_id, opener))
     return out
 
 

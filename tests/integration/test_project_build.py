@@ -11,6 +11,7 @@ import pytest
 
 from registry import mediatypes as mt
 from registry.client import RegistryClient
+from registry.records import list_records
 
 KADE_YAML = """
 project: demo
@@ -98,6 +99,10 @@ def test_project_builds_in_waves_shares_steps_and_reuses_unchanged_images(kade_b
         with final_repo.open_blob(last_layer) as f:
             tar = tarfile.open(fileobj=io.BytesIO(gzip.decompress(f.read())))
             assert tar.extractfile("app-digest").read().decode().strip() == imgs["app"]["digest"]
+        # one build record for the whole project (none per image on top), naming every image
+        records = list(list_records(client.repository(f"{registry.host}/demo-stages")))
+        assert [tag for tag, _ in records] == [r1["record"]]
+        assert {i.name: i.digest for i in records[0][1].images} == {n: imgs[n]["digest"] for n in imgs}
 
     # A commit that changes nothing the images use: every image comes from the registry as it was.
     (project / "README").write_text("docs only\n")

@@ -2,11 +2,13 @@ import hashlib
 import io
 import os
 import time
-from contextlib import contextmanager
 
 import pytest
 
-from builder.rootfs import LayerRef, RootfsStore, chain_ids
+from builder.rootfs import RootfsStore, chain_ids
+from registry import mediatypes as mt
+from registry.image import Layer
+from registry.model import Descriptor
 from builder.unpack import UnpackError
 from tests.fixtures.layers import E, make_tar, tree_state
 
@@ -18,16 +20,15 @@ def test_chain_ids_follow_the_oci_definition():
     assert chain_ids([]) == []
 
 
-def layer(entries, opened: list[str]) -> LayerRef:
+def layer(entries, opened: list[str]) -> Layer:
     data = make_tar(entries)
     diff_id = "sha256:" + hashlib.sha256(data).hexdigest()
 
-    @contextmanager
     def opener():
         opened.append(diff_id)
-        yield io.BytesIO(data)
+        return io.BytesIO(data)
 
-    return LayerRef(diff_id, opener)
+    return Layer(Descriptor(mt.OCI_LAYER, diff_id, len(data)), diff_id, opener)
 
 
 def test_materialize_reuses_the_longest_cached_prefix(tmp_path):
@@ -51,7 +52,7 @@ def test_materialize_reuses_the_longest_cached_prefix(tmp_path):
 def test_diff_id_mismatch_is_caught(tmp_path):
     opened: list[str] = []
     good = layer([E("f", data=b"x")], opened)
-    bad = LayerRef("sha256:" + "0" * 64, good.open, digest="sha256:" + "1" * 64)
+    bad = Layer(Descriptor(mt.OCI_LAYER, "sha256:" + "1" * 64, 1), "sha256:" + "0" * 64, good.opener)
     with pytest.raises(UnpackError, match="diffID"):
         RootfsStore(tmp_path / "store").materialize([bad], tmp_path / "r")
 

@@ -1,7 +1,7 @@
 """Which work a build may skip: a RUN's overlay merge when nothing reads the stage's rootfs afterwards."""
 import pytest
 
-from builder.build import rootfs_read_after, rootfs_readers
+from builder.local import rootfs_read_after, rootfs_readers
 from builder.context import BuildContext
 from builder.dockerfile import parse_string
 from builder.plan import make_plan

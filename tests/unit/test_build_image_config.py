@@ -1,11 +1,15 @@
-"""Config effects of instructions, and USER resolution from /etc/passwd and /etc/group."""
+"""Config effects of instructions (builder/image_config.py), and USER resolution from /etc/passwd and
+/etc/group (builder/users.py)."""
 import pytest
 
 from builder import image_config as ic
 from builder.errors import BuildError
+from builder.users import resolve_user
+from registry.imageconfig import ImageConfig
+from registry.model import Platform
 
-BASE = {"architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/bin", "A=1"], "Cmd": ["sh"], "WorkingDir": "/srv"}}
+LINUX = Platform("linux", "amd64")
+BASE = ImageConfig("amd64", "linux", runtime={"Env": ["PATH=/bin", "A=1"], "Cmd": ["sh"], "WorkingDir": "/srv"})
 
 
 def check(fn, arg, expected):
@@ -19,8 +23,8 @@ def check(fn, arg, expected):
 
 def test_env_replaces_in_place_and_appends():
     cfg = ic.set_env(BASE, [("A", "2"), ("B", "x y")])
-    assert cfg["config"]["Env"] == ["PATH=/bin", "A=2", "B=x y"]
-    assert BASE["config"]["Env"] == ["PATH=/bin", "A=1"]  # inputs untouched
+    assert cfg.env == ["PATH=/bin", "A=2", "B=x y"]
+    assert BASE.env == ["PATH=/bin", "A=1"]  # inputs untouched
 
 
 @pytest.mark.parametrize("current,path,expected", [
@@ -35,9 +39,9 @@ def test_workdir(current, path, expected):
 
 
 def test_entrypoint_resets_inherited_cmd_only():
-    assert "Cmd" not in ic.set_entrypoint(BASE, ["/app"], cmd_set_in_stage=False)["config"]
+    assert "Cmd" not in ic.set_entrypoint(BASE, ["/app"], cmd_set_in_stage=False).runtime
     cfg = ic.set_entrypoint(ic.set_cmd(BASE, ["--flag"]), ["/app"], cmd_set_in_stage=True)
-    assert cfg["config"]["Cmd"] == ["--flag"] and cfg["config"]["Entrypoint"] == ["/app"]
+    assert cfg.cmd == ["--flag"] and cfg.entrypoint == ["/app"]
 
 
 def test_shell_form_uses_current_shell():
@@ -62,21 +66,21 @@ def test_durations(text, ns):
 
 
 def test_healthcheck_forms():
-    hc = ic.set_healthcheck(BASE, ("CMD", "curl -f x"), False, {"interval": "5s", "retries": "3"})["config"]["Healthcheck"]
+    hc = ic.set_healthcheck(BASE, ("CMD", "curl -f x"), False, {"interval": "5s", "retries": "3"}).get("Healthcheck")
     assert hc == {"Test": ["CMD-SHELL", "curl -f x"], "Interval": 5_000_000_000, "Retries": 3}
-    hc = ic.set_healthcheck(BASE, ("CMD", "a", "b"), True, {})["config"]["Healthcheck"]
+    hc = ic.set_healthcheck(BASE, ("CMD", "a", "b"), True, {}).get("Healthcheck")
     assert hc == {"Test": ["CMD", "a", "b"]}
-    assert ic.set_healthcheck(BASE, ("NONE",), False, {})["config"]["Healthcheck"] == {"Test": ["NONE"]}
+    assert ic.set_healthcheck(BASE, ("NONE",), False, {}).get("Healthcheck") == {"Test": ["NONE"]}
     with pytest.raises(BuildError):
         ic.set_healthcheck(BASE, ("CMD", "x"), False, {"retries": "many"})
 
 
 def test_history_and_diff_ids():
-    cfg = ic.add_history(ic.empty_config(), "RUN x", empty_layer=False, diff_id="sha256:" + "1" * 64)
+    cfg = ic.add_history(ic.empty_config(LINUX), "RUN x", empty_layer=False, diff_id="sha256:" + "1" * 64)
     cfg = ic.add_history(cfg, "ENV a=b", empty_layer=True)
-    assert cfg["rootfs"]["diff_ids"] == ["sha256:" + "1" * 64]
-    assert [h.get("empty_layer", False) for h in cfg["history"]] == [False, True]
-    assert ic.config_bytes(cfg) == ic.config_bytes(dict(reversed(list(cfg.items()))))
+    assert cfg.diff_ids == ("sha256:" + "1" * 64,)
+    assert [h.to_dict().get("empty_layer", False) for h in cfg.history] == [False, True]
+    assert ImageConfig.from_bytes(cfg.to_bytes()) == cfg
 
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
@@ -112,10 +116,10 @@ def test_resolve_user(tmp_path, files, spec, expected):
         (tmp_path / "etc/group").write_text(GROUP)
     if expected is BuildError:
         with pytest.raises(BuildError) as exc:
-            ic.resolve_user(tmp_path, spec)
+            resolve_user(tmp_path, spec)
         assert "/etc/" in str(exc.value)
     else:
-        u = ic.resolve_user(tmp_path, spec)
+        u = resolve_user(tmp_path, spec)
         assert (u.uid, u.gid, u.groups) == expected
 
 
@@ -123,8 +127,8 @@ def test_resolve_user_never_follows_symlinked_passwd(tmp_path):
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/passwd").symlink_to("/etc/passwd")  # the host's names a "daemon" user
     with pytest.raises(BuildError):
-        ic.resolve_user(tmp_path, "daemon")
+        resolve_user(tmp_path, "daemon")
 
 
 def test_scratch_config_has_buildkits_working_dir():
-    assert ic.empty_config()["config"]["WorkingDir"] == "/"  # BuildKit's emptyImage (differential corpus)
+    assert ic.empty_config(LINUX).working_dir == "/"  # BuildKit's emptyImage (differential corpus)

@@ -5,6 +5,7 @@ from builder.context import BuildContext
 from builder.dockerfile import parse_string
 from builder.errors import BuildError, MissingSourceError, UnknownStageError
 from builder.plan import BaseImage, make_plan, parse_build_args
+from registry.imageconfig import ImageConfig
 
 DIGEST = "sha256:" + "0" * 64
 
@@ -13,8 +14,8 @@ def resolver(configs=None):
     configs = configs or {}
 
     def resolve(ref, platform):
-        cfg = configs.get(ref, {"architecture": "amd64", "os": "linux",
-                                "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]}})
+        cfg = ImageConfig.from_dict(configs.get(ref, {"architecture": "amd64", "os": "linux",
+                                                      "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]}}))
         return BaseImage(ref=ref, digest="sha256:" + format(abs(hash((ref, platform))), "064x")[-64:], config=cfg)
     return resolve
 
@@ -76,7 +77,7 @@ def test_keys_are_stable_across_runs_and_follow_build_args(ctx):
     b = plan(ctx, MULTI, build_args={"MODE": "prod"})
     assert [s.key for s in b.all_steps()][:2] == a[:2]
     assert [s.key for s in b.all_steps()][2:] != a[2:]
-    assert b.stages["app"].steps[0].config["config"]["Env"][-1] == "MODE=prod"
+    assert b.stages["app"].steps[0].config.env[-1] == "MODE=prod"
     assert b.unused_args == []
     assert plan(ctx, MULTI, build_args={"NOPE": "1"}).unused_args == ["NOPE"]
 
@@ -84,8 +85,8 @@ def test_keys_are_stable_across_runs_and_follow_build_args(ctx):
 def test_global_arg_needs_redeclaring_in_stage(ctx):
     text = "ARG V=1\nFROM base\nENV A=${V}\nARG V\nENV B=${V}\n"
     steps = plan(ctx, text).all_steps()
-    assert steps[0].config["config"]["Env"][-1] == "A="
-    assert steps[1].config["config"]["Env"][-1] == "B=1"
+    assert steps[0].config.env[-1] == "A="
+    assert steps[1].config.env[-1] == "B=1"
 
 
 def test_a_stage_built_from_another_inherits_its_args(ctx):
@@ -108,7 +109,7 @@ def test_onbuild_triggers_run_first_and_are_cleared(ctx):
     p = plan(ctx, "FROM parent\nRUN after\n", res=res)
     steps = p.all_steps()
     assert [s.ins.cmd for s in steps] == ["COPY", "RUN", "RUN"]
-    assert "OnBuild" not in steps[-1].config["config"]
+    assert "OnBuild" not in steps[-1].config.runtime
 
 
 def test_history_follows_buildkit_args_and_onbuild_without_touching_keys(ctx):
@@ -128,9 +129,9 @@ def test_history_follows_buildkit_args_and_onbuild_without_touching_keys(ctx):
 
 
 def test_entrypoint_resets_base_cmd(ctx):
-    cfg = plan(ctx, "FROM base\nENTRYPOINT [\"/app\"]\n").final.final_config["config"]
+    cfg = plan(ctx, "FROM base\nENTRYPOINT [\"/app\"]\n").final.final_config.runtime
     assert "Cmd" not in cfg and cfg["Entrypoint"] == ["/app"]
-    cfg = plan(ctx, "FROM base\nCMD [\"x\"]\nENTRYPOINT [\"/app\"]\n").final.final_config["config"]
+    cfg = plan(ctx, "FROM base\nCMD [\"x\"]\nENTRYPOINT [\"/app\"]\n").final.final_config.runtime
     assert cfg["Cmd"] == ["x"]
 
 
@@ -188,7 +189,7 @@ def test_bad_build_args(bad):
 
 
 def test_missing_and_needed_stages_follow_hits(ctx):
-    from builder.build import missing_steps, needed_stages
+    from builder.solver import missing_steps, needed_stages
 
     p = plan(ctx, MULTI)
     keys = {label: [s.key for s in st.steps] for label, st in p.stages.items()}
@@ -204,3 +205,26 @@ def test_missing_and_needed_stages_follow_hits(ctx):
     assert needed_stages(p, {keys["app"][0]}) == {"app", "3", "deps"}  # COPY --from=deps in 3 still missing
     # only the last COPY --from=deps is missing: its parent step is cached, so app is not needed
     assert needed_stages(p, everything - {keys["3"][-1]}) == {"3", "deps"}
+
+
+def test_a_stage_result_carries_the_history_of_its_trailing_args(ctx):
+    """solver.with_trailing_history: the ARGs after a stage's last step become empty-layer history
+    entries of its result (layers and diffIDs unchanged); a stage without them keeps its image."""
+    from builder.solver import with_trailing_history
+    from registry import mediatypes as mt
+    from registry.image import Image
+    from registry.model import Descriptor
+
+    p = plan(ctx, "FROM base AS one\nRUN x\nARG C=c\nARG D\nFROM base AS two\nRUN y\n", target="one")
+    layer = Descriptor(mt.OCI_LAYER_GZIP, "sha256:" + "1" * 64, 10)
+    image = Image.assemble(ImageConfig.from_dict({"architecture": "amd64", "os": "linux",
+                                                  "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "2" * 64]},
+                                                  "history": [{"created_by": "RUN x"}]}), [layer])
+    result = with_trailing_history(p.stages["one"], image)
+    assert [(h.created_by, h.empty_layer) for h in result.config.history] == [
+        ("RUN x", None), ("ARG C=c", True), ("ARG D", True)]
+    assert result.manifest.layers == image.manifest.layers and result.config.diff_ids == image.config.diff_ids
+    assert result.digest != image.digest and result.manifest.config.digest != image.manifest.config.digest
+    assert with_trailing_history(p.stages["one"], None) is None
+    two = plan(ctx, "FROM base AS one\nRUN x\nARG C=c\nFROM base AS two\nRUN y\n").stages["two"]
+    assert with_trailing_history(two, image) is image

@@ -1,9 +1,11 @@
 """Pure helpers of builder/build.py: stages repo names, platform choice, layer media types."""
 import pytest
 
-from builder.build import _oci_layer, _pick_platform, stages_repo_for
+from builder.options import stages_repo_for
+from builder.store import pick_platform as _pick_platform
 from builder.errors import BuildError
 from registry import mediatypes as mt
+from registry.image import Layer
 from registry.model import Descriptor, Index
 
 D = "sha256:" + "a" * 64
@@ -42,5 +44,5 @@ def test_pick_platform_names_what_exists():
 
 
 def test_docker_layers_become_oci_in_our_manifests():
-    assert _oci_layer(Descriptor(mt.DOCKER_LAYER_GZIP, D, 3)).media_type == mt.OCI_LAYER_GZIP
-    assert _oci_layer(Descriptor(mt.OCI_LAYER_ZSTD, D, 3)).media_type == mt.OCI_LAYER_ZSTD
+    assert Layer(Descriptor(mt.DOCKER_LAYER_GZIP, D, 3), D).as_oci().media_type == mt.OCI_LAYER_GZIP
+    assert Layer(Descriptor(mt.OCI_LAYER_ZSTD, D, 3), D).as_oci().media_type == mt.OCI_LAYER_ZSTD

@@ -40,10 +40,10 @@ def test_bad_manifest_exits_1_naming_file_and_line(tmp_path):
     assert "bad.yaml:" in done.stderr and "invalid YAML" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_unreachable_cluster_is_one_clear_error(tmp_path):
+def test_a_missing_kubeconfig_is_one_clear_usage_error(tmp_path):
     (tmp_path / "cm.yaml").write_text(CM)
     done = kade("deploy", "-f", "cm.yaml", "--release", "r", cwd=tmp_path)
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "kubeconfig" in done.stderr.lower() and "Traceback" not in done.stderr
 
 
@@ -63,10 +63,10 @@ def test_kubeconfig_that_is_not_yaml_names_the_file_and_json_still_answers(tmp_p
     (tmp_path / "cm.yaml").write_text(CM)
     (tmp_path / "kubeconfig").write_text("clusters: [\n  - name: a\n users: {")
     done = kade(*command, "--kubeconfig", "kubeconfig", "--output", "json", cwd=tmp_path)
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr  # bad input, as for every command that reads a kubeconfig
     assert "Traceback" not in done.stderr and "kubeconfig kubeconfig is not valid YAML at line" in done.stderr
     result = json.loads(done.stdout)
-    assert result["ok"] is False and "not valid YAML" in result["error"] and result["exit_code"] == 1
+    assert result["ok"] is False and "not valid YAML" in result["error"] and result["exit_code"] == 2
 
 
 def test_usage_error_with_json_output_prints_json(tmp_path):

@@ -11,7 +11,9 @@ import time
 import pytest
 
 from deployer.errors import DeployError
-from deployer.kube import Kube, KubeError, kubeconfig_paths, retry_delay, transient
+from deployer.kube import Kube, KubeError, retry_delay, transient
+from kube.config import kubeconfig_paths
+from kube.errors import KubeConfigError
 from tests.fixtures.jsonserver import JsonHandler
 
 KUBECONFIG = """apiVersion: v1
@@ -36,20 +38,20 @@ def test_paths_follow_kubectl():
 def test_bad_kubeconfig_names_the_file(tmp_path, text, expected):
     path = tmp_path / "config"
     path.write_text(text)
-    with pytest.raises(DeployError) as err:
+    with pytest.raises(KubeConfigError) as err:
         Kube(str(path))
     assert str(path) in str(err.value) and expected in str(err.value)
 
 
 def test_missing_kubeconfig_names_the_file(tmp_path):
-    with pytest.raises(DeployError, match="missing.yaml does not exist"):
+    with pytest.raises(KubeConfigError, match="missing.yaml does not exist"):
         Kube(str(tmp_path / "missing.yaml"))
 
 
 def test_unknown_context_names_the_file(tmp_path):
     path = tmp_path / "config"
     path.write_text(KUBECONFIG % 1)
-    with pytest.raises(DeployError) as err:
+    with pytest.raises(KubeConfigError) as err:
         Kube(str(path), context="nope")
     assert str(path) in str(err.value) and "nope" in str(err.value)
 

@@ -12,6 +12,7 @@ from builder.context import BuildContext
 from builder.dockerfile import FLAGS, parse_string
 from builder.errors import BuildError
 from builder.plan import MOUNT_OPTIONS, BaseImage, make_plan
+from registry.imageconfig import ImageConfig
 from tests.fixtures.layers import E, make_tar
 
 SUPPORTED = "supported"
@@ -128,8 +129,7 @@ def test_every_flag_and_mount_option_of_the_reference_has_a_row():
 
 def _resolve(ref: str, platform: str) -> BaseImage:
     digest = "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
-    return BaseImage(ref=ref, digest=digest, config={"architecture": "amd64", "os": "linux",
-                                                     "config": {"Env": ["PATH=/bin"]}})
+    return BaseImage(ref=ref, digest=digest, config=ImageConfig("amd64", "linux", runtime={"Env": ["PATH=/bin"]}))
 
 
 @pytest.fixture(scope="module")

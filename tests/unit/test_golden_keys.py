@@ -14,8 +14,9 @@ from builder.context import BuildContext
 from builder.dockerfile import parse_string
 from builder.execute import copy_step, ensure_dir, write_layer
 from builder.plan import BaseImage, make_plan
+from registry.imageconfig import ImageConfig
 
-BASE_CONFIG = {"architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["sh"]}}
+BASE_CONFIG = ImageConfig("amd64", "linux", runtime={"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["sh"]})
 
 DOCKERFILES = {
     "run-env-arg": """\
@@ -133,7 +134,7 @@ def test_golden_layers(context, tmp_path):
     rootfs.mkdir(mode=0o755)
     got = []
     for step in plan.all_steps():
-        workdir = step.config["config"].get("WorkingDir") or "/"
+        workdir = step.config.working_dir or "/"
         if step.kind == "workdir":
             changes = ensure_dir(rootfs, workdir, epoch=EPOCH)
         else:

@@ -12,8 +12,8 @@ import zstandard
 from builder.changes import Change
 from builder.layer import (MEDIA_TYPE_GZIP, MEDIA_TYPE_TAR, MEDIA_TYPE_ZSTD, LayerWriteError, keep_xattr,
                            layer_from_directory, walk_directory, write_layer)
-from builder.epoch import source_date_epoch
-from builder.errors import BuildError
+from common.epoch import source_date_epoch
+from common.errors import SettingError
 from tests.fixtures.layers import CAP_NET_RAW_EP
 
 DECOMPRESS = {
@@ -160,7 +160,7 @@ def test_source_date_epoch(env, expected):
 
 
 def test_source_date_epoch_garbage_is_an_error():
-    with pytest.raises(BuildError, match="SOURCE_DATE_EPOCH"):
+    with pytest.raises(SettingError, match="SOURCE_DATE_EPOCH"):
         source_date_epoch({"SOURCE_DATE_EPOCH": "yesterday"})
 
 

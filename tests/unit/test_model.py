@@ -5,7 +5,8 @@ import pytest
 from registry import mediatypes as mt
 from registry.digest import Hasher, is_digest, sha256_digest, validate_digest
 from registry.errors import DigestMismatch, InvalidDigest, InvalidManifest
-from registry.model import Descriptor, ImageConfig, Index, Manifest, parse_manifest
+from registry.imageconfig import ImageConfig
+from registry.model import Descriptor, Index, Manifest, parse_manifest
 
 D1, D2, D3 = (sha256_digest(x) for x in (b"1", b"2", b"3"))
 
@@ -96,7 +97,7 @@ def test_image_config_round_trip_keeps_unknown_fields():
            "rootfs": {"type": "layers", "diff_ids": [D1, D2]}, "history": [{"created_by": "RUN x"}],
            "author": "me", "os.features": ["f"]}
     cfg = ImageConfig.from_bytes(json.dumps(doc).encode())
-    assert (cfg.architecture, cfg.variant, cfg.diff_ids, cfg.env, cfg.cmd) == ("arm64", "v8", [D1, D2], ["A=1"], ["sh"])
+    assert (cfg.architecture, cfg.variant, cfg.diff_ids, cfg.env, cfg.cmd) == ("arm64", "v8", (D1, D2), ["A=1"], ["sh"])
     assert json.loads(cfg.to_bytes()) == doc
     assert ImageConfig.from_bytes(cfg.to_bytes()).to_bytes() == cfg.to_bytes()
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kade.config import ConfigError, TemplateValues, parse_config, render_config
-from kade.gittree import ci_branch, ci_tag, describe_status, parse_status, strip_credentials, under
+from common.git import strip_credentials
+from kade.gittree import ci_branch, ci_tag, describe_status, parse_status, under
 from kade.project import ImageRef, _Claims
 from kade.tags import TagContext, TagTemplateError, check_templates, content_tag, extra_tags, sanitize_tag
 from kade.workspace import used_paths

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
-from builder.errors import BuildError
+from common.errors import SettingError
 
 VARIABLE = "SOURCE_DATE_EPOCH"
 
@@ -23,8 +23,8 @@ def source_date_epoch(environ: Mapping[str, str] | None = None) -> int | None:
     if not value:
         return None
     if not value.isdigit():
-        raise BuildError(f"{VARIABLE}={value!r} is not a whole number of seconds since 1970",
-                         hint=f"unset {VARIABLE} or set it to e.g. $(git log -1 --format=%ct)")
+        raise SettingError(f"{VARIABLE}={value!r} is not a whole number of seconds since 1970; unset "
+                           f"{VARIABLE} or set it to e.g. $(git log -1 --format=%ct)")
     return int(value)
 
 

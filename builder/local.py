@@ -1,0 +1,345 @@
+"""The local executor: a stage's missing steps run in this process, on a rootfs in the local cache.
+
+For each job: a writable rootfs holding the parent image (builder/stageroot.py: an overlay of the
+layer store's dirs, each layer unpacked once by ChainID from cached or downloading blobs, and a fresh
+upper dir per step; a copy of the longest unpacked prefix where overlay can't be used), then each step
+on it (COPY/ADD/WORKDIR through builder/execute.py, RUN in the sandbox with what it changed: the upper
+dir), each step's changes written as one layer (the upper dir then joins the store under its ChainID),
+and each step image pushed to the stages repo under its key. Identical steps (same key) in stages
+running at once execute once; the others take its layer. Other stages' filesystems (COPY --from, RUN
+--mount from=) are read-only views of the layers their stage left, or of the image's layers. A `StepGate` lets a caller coordinate every step with other builds
+(a builder pod holds a Lease per step key, and takes a step another pod pushed meanwhile).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Protocol, Sequence
+
+from builder import events as ev
+from builder import image_config as ic
+from builder.env import BuildEnv
+from builder.errors import BuildError, StepFailedError
+from builder.executor import StageJob, StageOutcome, StageResults
+from builder.plan import Plan, PlannedStage, Step
+from builder.stageroot import StageRoot, StageRoots, Tree
+from registry import cancel
+from registry.image import Image, Layer
+from registry.model import Descriptor, Platform
+
+FS_STEP_KINDS = frozenset({"run", "copy", "workdir"})  # steps that work on the stage's rootfs
+
+
+class StepGate(Protocol):
+    def __call__(self, stage: PlannedStage, step: Step, run: Callable[[], Image],
+                 adopt: Callable[[Image], Image]) -> tuple[Image, bool]:
+        """Decide how `step` gets its image: `run()` it, or `adopt(image)` one found elsewhere (its
+        layers applied to the rootfs). Returns the image and whether it was adopted."""
+
+
+class LocalExecutor:
+    def __init__(self, env: BuildEnv, *, gate: StepGate | None = None, work_root: Path | None = None,
+                 on_step_image: Callable[[Step, Image], None] | None = None):
+        self.env, self.o, self.report = env, env.options, env.report
+        self.gate = gate
+        self.work_root = work_root  # where rootfs dirs go (default: the local cache's work/)
+        self.on_step_image = on_step_image
+        self.plan: Plan | None = None
+        self.work_dirs: list[Path] = []
+        self.stage_roots: dict[str, Tree] = {}   # what readers of a stage or image read (stageroot.Tree)
+        self._roots: StageRoots | None = None
+        self.root_lock = threading.Lock()
+        self.lock = threading.Lock()
+        self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
+        self.interrupted = False
+
+    # -- the Executor protocol ---------------------------------------------------------------------
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            if self._roots is not None:
+                self._roots.close()   # its views (detached mounts) and pending upper dirs
+            for d in self.work_dirs:
+                self.env.cache.discard(d)
+
+    @contextmanager
+    def running(self, plan: Plan, jobs: Sequence[StageJob]) -> Iterator[None]:
+        self.plan = plan
+        try:
+            yield
+        finally:
+            if self.interrupted:
+                from builder import sandbox
+
+                sandbox.resume()  # the stages have wound down: RUN steps may start again in this process
+
+    def interrupt(self) -> None:
+        from builder import sandbox
+
+        self.interrupted = True
+        sandbox.kill_all()  # RUNs in worker threads stop now (and none starts): the solver waits for them
+
+    def run_stage(self, job: StageJob, results: StageResults) -> StageOutcome:
+        ps = job.stage
+        root = self._materialize(job.parent, f"stage-{ps.label}-")
+        parent, ran, reused, keys = job.parent, 0, 0, set()
+        for step in job.steps:
+            parent, how = self._run_once(ps, step, parent, root, results)
+            ran += how == "ran"
+            reused += how == "adopted"
+            if how == "ran":
+                keys.add(step.key)
+        if ps.label in rootfs_readers(self._plan):  # else its last RUN may have left it unmerged
+            with self.root_lock:
+                self.stage_roots[ps.label] = root.reader()
+        return StageOutcome(parent, ran, reused, frozenset(keys))
+
+    @property
+    def _plan(self) -> Plan:
+        assert self.plan is not None, "run_stage before running()"
+        return self.plan
+
+    # -- one step, once ----------------------------------------------------------------------------
+    def _run_once(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot,
+                  results: StageResults) -> tuple[Image, str]:
+        """Identical steps (same key) in stages running at once execute once: the others wait for that
+        image and take its layer onto their own rootfs, which is at the same parent state."""
+        with self.lock:
+            claim = self.claims.get(step.key)
+            mine = claim is None
+            if mine:
+                claim = self.claims[step.key] = Future()
+        assert claim is not None
+        if not mine:
+            img: Image = claim.result()
+            self.report(ev.SHARED, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step))
+            return self._adopt(img, root), "shared"
+        try:
+            if self.gate is None:
+                img, adopted = self._run_step(ps, step, parent, root, results), False
+            else:
+                img, adopted = self.gate(ps, step, lambda: self._run_step(ps, step, parent, root, results),
+                                         lambda found: self._adopt(found, root))
+        except BaseException as exc:
+            claim.set_exception(exc)
+            raise
+        claim.set_result(img)
+        return img, "adopted" if adopted else "ran"
+
+    def _adopt(self, image: Image, root: StageRoot) -> Image:
+        """Bring `root` (at `image`'s parent) to `image`: the layers `image` adds, on top."""
+        root.add_layers(self._layers(image))
+        return image
+
+    def _run_step(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot,
+                  results: StageResults) -> Image:
+        """Run one step on `root` and push its step image."""
+        from builder import execute as ex
+
+        cancel.check()  # nothing new starts once the command is cancelled
+        fields = ev.step_fields(self.o.image_name, ps, step)
+        self.report(ev.STEP, ev.step_message(ps, step), **fields)
+        started = time.monotonic()
+        workdir = step.config.working_dir or "/"
+        context_root = self._plan.context_root
+        layer: Layer | None = None
+        try:
+            if step.kind == "run":
+                ctx = ex.RunContext(secrets=self.o.secrets, ssh_socket=self.o.ssh, cache_dir=self._cache_mount,
+                                    stage_rootfs=lambda ref, _: self._mount_root(ref, results),
+                                    context_root=context_root, report=self.report, runner=self.o.sandbox,
+                                    isolation=self.o.isolation)
+                output = {k: fields[k] for k in ("image", "stage", "key")}
+                written = ex.run_step(root, step, ctx, lambda line: self.report(ev.OUTPUT, line, **output),
+                                      self._write_layer, keep_result=rootfs_read_after(self._plan, ps, step))
+                layer = written if isinstance(written, Layer) else None
+            elif step.kind in ("copy", "workdir"):
+                with root.writable() as rootfs:
+                    changes = self._copy(step, rootfs, workdir, results) if step.kind == "copy" else \
+                        ex.ensure_dir(rootfs, workdir, epoch=self.env.epoch)
+                    layer = self._write_layer(changes) if changes else None
+        except StepFailedError as exc:
+            if self.o.keep_failed:
+                kept = root.keep(root.work / "rootfs")
+                self.work_dirs.remove(root.work)
+                raise StepFailedError(exc.detail, exit_code=exc.exit_code, output_tail=exc.output_tail,
+                                      file=exc.file, line=exc.line, hint=f"the failed rootfs is kept at {kept}",
+                                      rootfs=str(kept)) from None
+            raise
+        except BuildError as exc:
+            if exc.line is not None:
+                raise
+            raise BuildError(f"{step.text}: {exc.detail}", file=step.ins.file, line=step.ins.line,
+                             hint=exc.hint) from None
+        root.commit(layer.diff_id if layer is not None else None)
+        return self._push_step(ps, step, parent, layer, started)
+
+    def _copy(self, step: Step, rootfs: Path, workdir: str, results: StageResults) -> list:
+        from builder import execute as ex
+
+        spec = step.copy
+        assert spec is not None
+        from_root = None
+        if spec.from_stage:
+            from_root = self.stage_rootfs(spec.from_stage, results).path
+        elif spec.from_image is not None:
+            img = self.env.store.load(spec.from_image.ref, spec.from_image.digest)
+            from_root = self.image_rootfs(img).path
+        return ex.copy_step(rootfs, spec, workdir, from_root, context_root=self._plan.context_root,
+                            epoch=self.env.epoch)
+
+    def _write_layer(self, changes: list) -> Layer:
+        from builder.execute import write_layer
+
+        blobs = self.env.cache.blobs
+        fd, tmp = tempfile.mkstemp(prefix=".layer-", dir=self.env.cache.root / "blobs" / "sha256")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                info = write_layer(changes, out, self.o.compression, self.env.epoch)
+            os.replace(tmp, blobs.path(info.digest))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        path = blobs.path(info.digest)
+        return Layer(Descriptor(info.media_type, info.digest, info.size), info.diff_id, lambda: open(path, "rb"))
+
+    def _push_step(self, ps: PlannedStage, step: Step, parent: Image | None, layer: Layer | None,
+                   started: float) -> Image:
+        """The step image (the step's config over its parent's layers and history, plus its layer), kept
+        locally and pushed to the stages repo tagged with the step's key."""
+        base = parent.config if parent else ic.empty_config(Platform.parse(self.o.platform))
+        cfg = step.config.with_build_state(base.diff_ids or (), base.history or ())
+        for text in step.history:  # the ARGs before it (BuildKit's history; not in the key)
+            cfg = ic.add_history(cfg, text, empty_layer=True)
+        if step.in_history or layer:  # ONBUILD has no entry of its own
+            cfg = ic.add_history(cfg, step.created_by, empty_layer=layer is None,
+                                 diff_id=layer.diff_id if layer else None)
+        layers = [*(parent.manifest.layers if parent else []), *([layer.descriptor] if layer else [])]
+        repo = self.env.stages_repo
+        img = Image.assemble(cfg, layers, source=repo or "")
+        self.env.store.keep_local(img)
+        pushed = self.env.store.push(img, repo, step.key).uploaded if repo else 0
+        self.report(ev.STEP_DONE, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step),
+                    seconds=round(time.monotonic() - started, 3), layer_bytes=layer.size if layer else 0,
+                    pushed_bytes=pushed)
+        if self.on_step_image is not None and step.stage == self._plan.target:
+            self.on_step_image(step, img)
+        return img
+
+    # -- filesystems ----------------------------------------------------------------------------
+    def _work_dir(self, prefix: str) -> Path:
+        if self.work_root is not None:
+            return Path(tempfile.mkdtemp(prefix=prefix, dir=self.work_root))
+        return self.env.cache.work_dir(prefix)
+
+    @property
+    def roots(self) -> StageRoots:
+        """Stage roots over the layer store (builder/stageroot.py), or copies where overlay can't be used."""
+        with self.lock:
+            if self._roots is None:
+                self._roots = StageRoots(self.env.cache.root, self.env.cache.lock, self.report, self.env.epoch)
+            return self._roots
+
+    def _materialize(self, image: Image | None, prefix: str) -> StageRoot:
+        """A fresh rootfs holding `image`: an overlay of its layer dirs (each unpacked once, from cached
+        or downloaded blobs, when missing) and a fresh upper dir per step; where overlay can't be used,
+        a copy of the longest unpacked prefix with the remaining layers applied (only base images'
+        trees are saved for later builds there: a step image's tree would cost a full copy each time)."""
+        holder = self._tracked_work_dir(prefix)
+        layers = self._layers(image, report=True) if image is not None else []
+        return self.roots.stage(layers, holder, save=image is not None and self._keepable(image))
+
+    def _keepable(self, image: Image) -> bool:
+        return image.source not in (self.env.stages_repo, "")
+
+    def _layers(self, image: Image, *, report: bool = False) -> list[Layer]:
+        """The image's layers for the layer store, the ones it lacks downloading meanwhile; with `report`,
+        says how many the store supplies."""
+        from builder.rootfs import chain_ids
+
+        store = self.env.store
+        diff_ids = list(image.config.diff_ids or ())
+        layers = image.manifest.layers
+        if len(diff_ids) != len(layers):
+            raise BuildError(f"image {image.source}@{image.digest} has {len(layers)} layers but "
+                             f"{len(diff_ids)} diff_ids in its config", hint="rebuild or re-push that image")
+        missing = self.roots.missing(chain_ids(diff_ids))
+        fetches = {layers[i].digest: store.fetch(image, layers[i]) for i in missing}   # all at once, unpacked as they come
+        if report:
+            kept = len(layers) - len(missing)
+            self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}: {kept} reused from the local "
+                                  f"cache, {len(missing)} unpacked", reused=kept, unpacked=len(missing))
+        return image.layers(lambda d: fetches[d.digest].open if d.digest in fetches else
+                            (lambda: open(store.blob_path(image, d), "rb")))
+
+    def stage_rootfs(self, label: str, results: StageResults) -> Tree:
+        """The filesystem of a stage, for COPY --from / RUN --mount from=."""
+        img = results.result(label)
+        with self.root_lock:
+            if label not in self.stage_roots:
+                self.stage_roots[label] = self._materialize(img, f"from-{label}-").reader()
+            return self.stage_roots[label]
+
+    def image_rootfs(self, image: Image) -> Tree:
+        """An image's filesystem for readers (COPY --from=<image>, RUN --mount from=<image>): its layer
+        dirs, read where they are (no copy)."""
+        key = "image:" + image.digest
+        with self.root_lock:
+            if key not in self.stage_roots:
+                layers = self._layers(image, report=True) if image.manifest.layers else []
+                self.stage_roots[key] = self.roots.image(layers, lambda: self._tracked_work_dir("from-image-"),
+                                                         keep=self._keepable(image))
+            return self.stage_roots[key]
+
+    def _tracked_work_dir(self, prefix: str) -> Path:
+        holder = self._work_dir(prefix)
+        self.work_dirs.append(holder)
+        return holder
+
+    def _mount_root(self, ref: str, results: StageResults) -> Tree:
+        if ref.lower() in self._plan.stages:
+            return self.stage_rootfs(ref.lower(), results)
+        base = self.env.store.resolve(ref, self.o.platform)
+        return self.image_rootfs(self.env.store.get(base.digest))
+
+    def _cache_mount(self, mount_id: str, sharing: str, stack: ExitStack) -> Path:
+        """The directory of a cache mount for one RUN (BuildKit's sharing modes): `shared` the cache
+        itself; `locked` the cache once no other step holds it; `private` the cache unless another
+        step holds it, else a fresh directory dropped after the step."""
+        cache = self.env.cache
+        if sharing == "shared":
+            return cache.mount_dir(mount_id)
+        held = stack.enter_context(cache.lock(f"mount:{mount_id}", wait=sharing == "locked"))
+        if held:
+            return cache.mount_dir(mount_id)
+        private = cache.work_dir("cache-private-")
+        stack.callback(shutil.rmtree, private, True)
+        return private
+
+
+def rootfs_readers(plan: Plan) -> set[str]:
+    """Labels of the stages whose rootfs another step reads (COPY --from=<stage>, RUN --mount from=<stage>)."""
+    read: set[str] = set()
+    for st in plan.all_steps():
+        if st.copy is not None and st.copy.from_stage:
+            read.add(st.copy.from_stage)
+        read.update(ref for ref in (m.options.get("from", "").lower() for m in st.mounts) if ref in plan.stages)
+    return read
+
+
+def rootfs_read_after(plan: Plan, ps: PlannedStage, step: Step) -> bool:
+    """Whether anything reads the stage's rootfs after `step`: a later RUN/COPY/ADD/WORKDIR of the stage,
+    or another stage's COPY --from / RUN --mount from=. When nothing does (e.g. a final RUN followed only
+    by CMD/ENV/LABEL), a RUN's overlay changes need not be merged back into the rootfs."""
+    at = next((i for i, st in enumerate(ps.steps) if st is step), None)
+    if at is None:
+        return True  # not a step of this stage: assume the worst
+    return any(st.kind in FS_STEP_KINDS for st in ps.steps[at + 1:]) or ps.label in rootfs_readers(plan)

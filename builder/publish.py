@@ -1,0 +1,119 @@
+"""The publisher: the solved target becomes the final image, pushed to its tags (or written to the
+local OCI layout), attested, and recorded.
+
+The final image is the target's last step image with `created` set (SOURCE_DATE_EPOCH, else now),
+the extra labels in its config and the extra annotations (plus revision and created) on its manifest;
+its blobs are mounted across repositories, never downloaded. With attestations on, SBOM and provenance
+follow (builder/attest.py). The build record (registry/records.py) goes to the stages repo, unless the
+caller records the build itself (a kade.yaml project records all its images in one).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from builder import events as ev
+from builder import image_config as ic
+from builder.env import BuildEnv
+from builder.errors import BuildError
+from builder.keys import is_step_key
+from builder.plan import Plan
+from builder.solver import Solution
+from common.epoch import created_at, rfc3339
+from common.git import revision as git_revision
+from registry.image import Image
+from registry.reference import Reference
+
+ANNOTATION_REVISION = "org.opencontainers.image.revision"
+ANNOTATION_CREATED = "org.opencontainers.image.created"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where the final image goes: `tags` (none: the local OCI layout), and whether this build pushes
+    its own build record."""
+    tags: tuple[str, ...]
+    record: bool = True
+
+
+@dataclass
+class BuildResult:
+    images: list[dict[str, str]]  # [{"ref", "digest"}]
+    built: int
+    cached: int
+    record_tag: str | None = None
+    layout: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": self.images, "steps": {"built": self.built, "cached": self.cached}}
+
+
+class Publisher:
+    def __init__(self, env: BuildEnv, prescans: Any = None):
+        self.env = env
+        self.prescans = prescans  # builder.attest.Prescans of this build, when it scans as it goes
+
+    def final_image(self, plan: Plan, target: Image | None, commit: str | None, now: datetime) -> Image:
+        """The final image of `target` (the target stage's image), its created time and extras set."""
+        if target is None:
+            raise BuildError("the target stage is an empty scratch image: nothing to publish",
+                             file=plan.dockerfile.path if plan.dockerfile else None)
+        o = self.env.options
+        created = rfc3339(now)
+        config = target.config.with_created(created)
+        if o.labels:
+            config = ic.set_labels(config, sorted(o.labels.items()))
+        annotations = {**o.annotations, ANNOTATION_CREATED: created}
+        if commit:
+            annotations[ANNOTATION_REVISION] = commit
+        return Image.assemble(config, target.manifest.layers, annotations, source=target.source)
+
+    def publish(self, plan: Plan, solution: Solution, to: Destination) -> BuildResult:
+        o, report, store = self.env.options, self.env.report, self.env.store
+        commit, branch = o.revision if o.revision is not None else git_revision(o.context)
+        now = created_at(self.env.epoch)
+        image = self.final_image(plan, solution.image, commit, now)
+        images: list[dict[str, str]] = []
+        layout = None
+        for tag in to.tags:
+            ref = Reference.parse(tag)
+            pushed = store.push(image, ref.name, ref.tag or "latest")
+            images.append({"ref": str(ref), "digest": pushed.digest})
+            report(ev.PUSHED, f"{ref}@{pushed.digest}", ref=str(ref), digest=pushed.digest, pushed_bytes=pushed.uploaded)
+        if not to.tags:
+            name = layout_tag(plan)
+            layout = store.write_layout(image, name)
+            report("written", f"oci:{layout}:{name}")
+            images.append({"ref": f"oci:{layout}:{name}", "digest": image.digest})
+        if to.tags and o.supply is not None:
+            from builder.attest import attest
+
+            attest(self.env, plan, image, list(to.tags), commit, branch, set(solution.hits), solution.image,
+                   self.prescans)
+        record_tag = None
+        if to.record and to.tags and self.env.stages_repo:
+            record_tag = self.record(plan, to.tags, images[0]["digest"], commit, branch, now)
+        # cached: every planned step that did not run (found in the stages repo, or not needed)
+        cached = len(plan.all_steps()) - solution.built
+        return BuildResult(images=images, built=solution.built, cached=cached, record_tag=record_tag, layout=layout)
+
+    def record(self, plan: Plan, tags: tuple[str, ...], digest: str, commit: str | None, branch: str | None,
+               now: datetime) -> str:
+        from registry.records import BuildRecord, RecordImage, push_record
+
+        stages_repo = self.env.stages_repo
+        assert stages_repo is not None
+        steps = tuple(dict.fromkeys(s.key for s in plan.all_steps() if is_step_key(s.key)))
+        first = Reference.parse(tags[0])
+        record = BuildRecord(commit=commit, branch=branch, created=now, images=(RecordImage(
+            name=self.env.options.image_name, repository=first.name,
+            tags=tuple(Reference.parse(t).tag or "latest" for t in tags), digest=digest, steps=steps),))
+        tag = push_record(self.env.store.repo(stages_repo), record)
+        self.env.report("record", f"{stages_repo}:{tag}")
+        return tag
+
+
+def layout_tag(plan: Plan) -> str:
+    """The final image's name in the local OCI layout: the target stage's name ("latest" for a number)."""
+    return plan.target if not plan.target.isdigit() else "latest"

@@ -1,0 +1,203 @@
+"""Images and blobs of one build: where each lives, read once, written blobs-first.
+
+`ImageStore` is the builder's one way to registries and the local blob cache: it loads images
+(manifest and config, a platform chosen from an index), remembers which repositories hold which
+blob (so a push mounts across repositories instead of uploading), pushes images (every blob, then
+the manifest), fetches layer blobs into the local cache (downloads run in a pool while their
+readers unpack them), and writes OCI layouts. Safe to use from the stages running at once.
+"""
+from __future__ import annotations
+
+import io
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from builder.cache import LocalCache
+from builder.errors import BuildError
+from builder.plan import DEFAULT_PLATFORM, BaseImage
+from registry import cancel
+from registry.client import RegistryClient, Repository
+from registry.errors import RegistryError
+from registry.image import Image
+from registry.imageconfig import ImageConfig
+from registry.model import Descriptor, Index, Platform, parse_manifest
+from registry.reference import Reference
+
+if TYPE_CHECKING:
+    from builder.fetch import GrowingBlob
+
+Report = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Pushed:
+    digest: str      # of the manifest as the registry has it
+    uploaded: int    # bytes sent (blobs mounted or already there cost nothing)
+
+
+class ImageStore:
+    def __init__(self, client: RegistryClient, cache: LocalCache, report: Report):
+        self.client, self.cache, self.report = client, cache, report
+        self.images: dict[str, Image] = {}          # by manifest digest (bases and step images)
+        self.blob_homes: dict[str, set[str]] = {}   # blob digest -> repositories known to hold it
+        self.lock = threading.Lock()
+        self.fetch_pool: cancel.Pool | None = None  # layer downloads, unpacked while they run
+
+    def repo(self, name: str) -> Repository:
+        return self.client.repository(name)
+
+    def close(self) -> None:
+        if self.fetch_pool is not None:
+            self.fetch_pool.stop(cancel_pending=True)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def note_blobs(self, repo: str, descs: list[Descriptor]) -> None:
+        with self.lock:
+            for d in descs:
+                self.blob_homes.setdefault(d.digest, set()).add(repo)
+
+    def remember(self, image: Image) -> Image:
+        with self.lock:
+            self.images[image.digest] = image
+        return image
+
+    def get(self, digest: str) -> Image:
+        """An image this store loaded or made before."""
+        return self.images[digest]
+
+    def load(self, repo: str, digest: str, body: bytes | None = None, media_type: str | None = None,
+             platform: str = DEFAULT_PLATFORM) -> Image:
+        """The image `repo@digest` (for an index: its `platform` entry), read once per build."""
+        if digest in self.images:
+            return self.images[digest]
+        if body is None:
+            body, desc = self.repo(repo).get_manifest(digest)
+            media_type = desc.media_type
+        parsed = parse_manifest(body, media_type)
+        if isinstance(parsed, Index):
+            chosen = pick_platform(parsed, platform, repo)
+            return self.load(repo, chosen.digest, platform=platform)
+        config = ImageConfig.from_bytes(self._small_blob(repo, parsed.config.digest))
+        self.note_blobs(repo, parsed.blobs())
+        return self.remember(Image(parsed, config, digest, source=repo))
+
+    def _small_blob(self, repo: str, digest: str) -> bytes:
+        if self.cache.blobs.has(digest):
+            return self.cache.blobs.read(digest)
+        with self.repo(repo).open_blob(digest) as f:
+            data = f.read()
+        self.cache.blobs.put_bytes(data, digest)
+        return data
+
+    def resolve(self, name: str, platform: str) -> BaseImage:
+        """A base image reference -> its platform manifest digest and config (planning's resolver)."""
+        try:
+            ref = Reference.parse(name)
+        except RegistryError as exc:
+            raise BuildError(f"invalid base image {name!r}: {exc}") from None
+        repo = ref.name
+        self.report("resolve", f"{name} ({platform})")
+        try:
+            body, desc = self.repo(repo).get_manifest(ref.identifier)
+            img = self.load(repo, desc.digest, body, desc.media_type, platform)
+        except RegistryError as exc:
+            raise BuildError(str(exc)) from None
+        return BaseImage(ref=repo, digest=img.digest, config=img.config)
+
+    # -- layer blobs in the local cache ------------------------------------------------------------
+    def fetch(self, image: Image, desc: Descriptor) -> "GrowingBlob":
+        """Start downloading a layer blob into the local cache (unless it is there); read it as it grows."""
+        from builder.fetch import start_fetch
+
+        with self.lock:
+            if self.fetch_pool is None:
+                self.fetch_pool = cancel.Pool(max_workers=4, thread_name_prefix="kade-fetch")
+        path = self.cache.blobs.path(desc.digest)
+        return start_fetch(self.fetch_pool, path, lambda: self.cache.lock(desc.digest),
+                           lambda: self.repo(image.source).open_blob(desc.digest, desc.size),
+                           lambda: self.report("pull", f"{desc.digest[:19]} ({desc.size} bytes) from {image.source}"))
+
+    def blob_path(self, image: Image, desc: Descriptor) -> Path:
+        """A blob of `image` in the local cache, downloaded from where the image lives when missing."""
+        path = self.cache.blobs.path(desc.digest)
+        if path.is_file():
+            return path
+        with self.cache.lock(desc.digest):
+            if not path.is_file():
+                self.report("pull", f"{desc.digest[:19]} ({desc.size} bytes) from {image.source}")
+                self.repo(image.source).download_blob(desc.digest, path, desc.size)
+        return path
+
+    def local_blob(self, desc: Descriptor) -> Path:
+        """A blob in the local cache, downloaded from any repository known to hold it when missing."""
+        path = self.cache.blobs.path(desc.digest)
+        if not path.is_file():
+            src = next(iter(sorted(self.blob_homes.get(desc.digest, ()))), None)
+            if src is None:
+                raise BuildError(f"blob {desc.digest} is neither in the local cache nor in a known repository")
+            self.repo(src).download_blob(desc.digest, path, desc.size)
+        return path
+
+    # -- writing ----------------------------------------------------------------------------------
+    def keep_local(self, image: Image) -> None:
+        """Keep a made image's config and manifest in the local cache (its layers are there already)."""
+        self.cache.blobs.put_bytes(image.config_bytes, image.manifest.config.digest)
+        self.cache.blobs.put_bytes(image.manifest_bytes, image.digest)
+        self.remember(image)
+
+    def push(self, image: Image, repo_name: str, tag: str) -> Pushed:
+        """Blobs first (mounted from where they are known to live, uploaded from the local cache
+        otherwise), then the manifest."""
+        repo = self.repo(repo_name)
+        uploaded = sum(self._ensure_blob(repo, d) for d in image.manifest.layers)
+        config_bytes = image.config_bytes
+        info = repo.upload_blob(io.BytesIO(config_bytes), image.manifest.config.digest, len(config_bytes))
+        uploaded += 0 if info.existed else len(config_bytes)
+        digest = repo.put_manifest(tag, image.manifest_bytes, image.manifest.media_type)
+        self.note_blobs(repo_name, image.manifest.blobs())
+        return Pushed(digest, uploaded + len(image.manifest_bytes))
+
+    def _ensure_blob(self, repo: Repository, d: Descriptor) -> int:
+        """The blob in `repo`; the bytes that took uploading (0: it was there, or mounted)."""
+        name = f"{repo.ref.registry}/{repo.name}"
+        homes = self.blob_homes.get(d.digest, set())
+        if name in homes:
+            return 0
+        for home in sorted(homes):
+            href = Reference.parse(home, default_tag=None)
+            if href.registry == repo.ref.registry and repo.mount_blob(d.digest, href.repository):
+                self.note_blobs(name, [d])
+                return 0
+        if repo.head_blob(d.digest) is not None:
+            self.note_blobs(name, [d])
+            return 0
+        repo.upload_blob(self.local_blob(d), d.digest, d.size)
+        self.note_blobs(name, [d])
+        return d.size
+
+    def write_layout(self, image: Image, tag: str) -> str:
+        """`image` into the local cache's OCI layout under `tag`; the layout's path."""
+        from registry.layout import OCILayout
+
+        layout = OCILayout(self.cache.layout_dir, create=True)
+        for d in image.manifest.layers:
+            path = self.local_blob(d)
+            dst = layout.blobs.path(d.digest)
+            if not dst.exists():
+                shutil.copyfile(path, dst)
+        layout.write_blob(image.config_bytes, image.manifest.config.digest)
+        desc = layout.write_manifest(image.manifest_bytes, image.manifest.media_type)
+        layout.tag(desc, tag)
+        return str(layout.path)
+
+
+def pick_platform(index: Index, platform: str, repo: str) -> Descriptor:
+    chosen = index.for_platform(Platform.parse(platform))
+    if chosen is not None:
+        return chosen
+    found = ", ".join(d.platform_string or "?" for d in index.manifests)
+    raise BuildError(f"{repo} has no image for platform {platform} (it has: {found})",
+                     hint="pick another base image or --platform")
