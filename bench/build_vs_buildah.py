@@ -18,8 +18,8 @@ Scenarios, each timed as build + push (wall seconds and peak RSS via /usr/bin/ti
                      buildah: fresh storage, `--cache-from <repo> --cache-to <repo>`, then `push`.
   4. onefile-warm:   another source file changed, the local cache / storage of the cold build.
                      buildah: `bud --layers` in the cold build's storage, then `push`.
-buildah runs with `--format docker --isolation chroot --storage-driver vfs` and its own --root/--runroot
-per storage.
+buildah runs with `--format docker --isolation chroot` on its default storage driver, overlay (kernel
+overlayfs, as root), and its own --root/--runroot per storage.
 BuildKit (buildkitd/buildctl built here by tests/buildkit/build; OCI worker on runc, overlayfs) runs as CI
 users run it: `buildctl build --output type=image,push=true --export-cache type=registry,mode=max
 --import-cache type=registry` against a cache ref in the same registry, every scenario; a "fresh machine"
@@ -163,7 +163,7 @@ def kade(ctx: Path, tag: str, cache: Path, log: Path, wrap: str | None) -> Sampl
 
 
 def buildah_base(store: Path) -> list[str]:
-    return ["buildah", "--root", str(store / "root"), "--runroot", str(store / "run"), "--storage-driver", "vfs"]
+    return ["buildah", "--root", str(store / "root"), "--runroot", str(store / "run"), "--storage-driver", "overlay"]
 
 
 def buildah(store: Path, ctx: Path, tag: str, log: Path, cache_from: str | None, cache_to: str | None) -> Sample:
@@ -310,7 +310,8 @@ def report(rows: dict[str, Row], loads: list[float], args: argparse.Namespace, s
             f"- BuildKit {bk_version}: buildkitd (OCI worker, runc {_runc_version()}, overlayfs), `buildctl build "
             "--export-cache type=registry,mode=max --import-cache type=registry --output type=image,push=true`; "
             "fresh machine = a buildkitd on a fresh state dir, started before the timing",
-            f"- buildah {_buildah_version()}: `bud --layers --format docker --isolation chroot --storage-driver vfs`, "
+            f"- buildah {_buildah_version()}: `bud --layers --format docker --isolation chroot --storage-driver overlay` "
+            "(its default driver), "
             "own --root per storage; registry: Debian docker-registry on loopback (plain HTTP); base: busybox "
             "(tests/fixtures/build.py)",
             "- workload: ~100 MiB of mixed-size partly compressible assets, 300 Python sources, ENV, WORKDIR, "

@@ -4,7 +4,9 @@ workload (bench/build_vs_buildah.py: 100 MB of assets, 300 sources, a RUN writin
 Scenarios, each backend with its own stages repo and a warm cache (a first build done before):
   1. one source file changed: the last COPY (and the config step) rebuild
   2. full rebuild (--no-cache): every step runs again
-Also: latency from pod creation to its first step (pod "started" report -> first step record).
+Also: latency from pod creation to its first step (pod "started" report -> first step record), and from
+the pod's start (its process started: the pod just turned Running) to its first step, with the pod's
+own timeline (imports, plan fetched, rootfs ready, context ready).
 
 Usage: .venv/bin/python bench/incluster_vs_local.py [--runs 3] [--results bench/RESULTS.md]
 Needs root and the running test cluster (tests/cluster/up).
@@ -65,6 +67,17 @@ def pod_latency(recs: list[dict]) -> list[float]:
     return out
 
 
+def pod_startups(recs: list[dict]) -> list[dict[str, float]]:
+    """Each pod's timeline, as offsets from its process start (the CLI's `pod ... first step` record)."""
+    out = []
+    for r in recs:
+        timeline = r.get("timeline") if r["kind"] == "pod" else None
+        if timeline and "process started" in timeline:
+            start = timeline["process started"]
+            out.append({name: at - start for name, at in timeline.items() if name != "process started"})
+    return out
+
+
 def node_runtime(kubeconfig: str) -> str:
     from kubernetes import client, config
 
@@ -81,6 +94,7 @@ def main() -> None:
     image = build_builder_image(cluster.registry, "bench")
     rows: dict[str, dict[str, list[float]]] = {}
     latencies: list[float] = []
+    startups: list[dict[str, float]] = []
     with builder_namespace(cluster, image) as env, tempfile.TemporaryDirectory(prefix="kade-incl-bench-") as tmp:
         ctx = Path(tmp) / "ctx"
         ctx.mkdir()
@@ -97,9 +111,11 @@ def main() -> None:
                 t, recs = kade(env, ctx, tag, backend, cache)
                 rows.setdefault("one source file changed", {}).setdefault(backend, []).append(t)
                 latencies += pod_latency(recs)
+                startups += pod_startups(recs)
                 t, recs = kade(env, ctx, tag, backend, cache, "--no-cache")
                 rows.setdefault("full rebuild (--no-cache)", {}).setdefault(backend, []).append(t)
                 latencies += pod_latency(recs)
+                startups += pod_startups(recs)
     lines = [f"## in-cluster vs local build — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}", "",
              f"Machine: {platform.node()}, {os.cpu_count()} cores (shared with other sessions), test cluster "
              f"(1 node, {runtime}), 1-min load {load:.1f} at the start. Command: `.venv/bin/python bench/incluster_vs_local.py "
@@ -111,6 +127,13 @@ def main() -> None:
     if latencies:
         lines += ["", f"Pod creation -> first step: median {statistics.median(latencies):.1f} s, "
                       f"max {max(latencies):.1f} s over {len(latencies)} pods."]
+    if startups:
+        points = sorted({p for s in startups for p in s}, key=lambda p: statistics.median(s[p] for s in startups if p in s))
+        lines += ["", f"Pod start (its process started: Running) -> first step: median "
+                      f"{statistics.median(s['first step'] for s in startups):.2f} s, max "
+                      f"{max(s['first step'] for s in startups):.2f} s over {len(startups)} pods. Median timeline:", "",
+                  "| point | seconds after the pod started |", "|---|---|"]
+        lines += [f"| {p} | {statistics.median(s[p] for s in startups if p in s):.2f} |" for p in points]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.results:

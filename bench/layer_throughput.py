@@ -137,6 +137,7 @@ def main() -> int:
     parser.add_argument("--big-gb", type=int, default=4, help="also a layer of one sparse file this big (0: skip)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    loads = [os.getloadavg()[0]]
     tree = args.tree or make_tree(args.work)
     _, files = tree_bytes(tree)
     tar_mb = kade_run(tree, args.work, "none")[2] / 1e6   # also warms the page cache
@@ -185,8 +186,12 @@ def main() -> int:
     print(f"\n## Layer throughput (benchmark 5) — {now}\n")
     print(f"Machine: {platform.node()}, {os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
           f"files on {subprocess.run(['findmnt', '-no', 'FSTYPE', '-T', str(tree)], capture_output=True, text=True).stdout.strip()}, page cache warm.")
-    print(f"Command: `.venv/bin/python bench/layer_throughput.py --runs {args.runs} --big-gb {args.big_gb}`")
-    print(f"Load average at the end: {os.getloadavg()[0]:.1f} (the 2 cores are shared with other work).")
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    print(f"Command: `.venv/bin/python bench/layer_throughput.py --runs {args.runs} --big-gb {args.big_gb}"
+          f"{' --no-buildah' if args.no_buildah else ''}` (kade commit {commit})")
+    print(f"1-min load average at the start {loads[0]:.1f}, at the end {os.getloadavg()[0]:.1f} (the 2 cores are "
+          "shared with other work).")
     print(f"Tree: {files} files, a {tar_mb:.0f} MB tar (copy of {', '.join(SOURCES)}). Median of {args.runs} runs; "
           "MB/s = uncompressed tar bytes / wall time; RSS = peak of the measured process.\n")
     print("| what | wall s | MB/s | peak RSS MB | blob MB |")

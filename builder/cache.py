@@ -3,7 +3,9 @@
 Layout under the root:
   blobs/sha256/<hex>   compressed blobs by digest (registry.cache.BlobCache: atomic renames), all tenants
   tenants/<tenant>/    what one tenant's builds shape (builder/tenant.py), unless it shares the part:
-    trees/<chainid>/     unpacked layer stacks by OCI ChainID (builder/rootfs.py), copied to start a step
+    trees/layers/<chainid>/  each layer unpacked once, a rootfs is an overlay of them (builder/layerstore.py)
+    trees/stacks/<chainid>/  unpacked layer stacks by OCI ChainID (builder/rootfs.py), copied to start a
+                             step where overlay mounts can't be used
     mounts/<id-hash>/    RUN --mount=type=cache directories, kept between builds, never in a layer
     downloads/<sha256>/<name>  ADD <url> files by content digest (registry/download.py), never replaced
   shared/{trees,mounts,downloads}/  the same, for the parts tenants share (`kade build --share`)
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from builder.linux import detach_mounts_under
-from builder.tenant import PARTS, Tenant
+from builder.tenant import Tenant
 from registry.cache import BlobCache
 
 if TYPE_CHECKING:
@@ -65,11 +67,17 @@ class LocalCache:
         self.blobs = BlobCache(self.root)
 
     @property
+    def trees(self) -> Path:
+        """This tenant's unpacked layers (trees/layers, builder/layerstore.py) and, where overlay mounts
+        can't be used, unpacked stacks (trees/stacks, builder/rootfs.py)."""
+        return self.scope("trees")
+
+    @property
     def rootfs_store(self) -> "RootfsStore":
-        """Unpacked layer stacks by ChainID (builder/rootfs.py): a warm rebuild copies instead of unpacking."""
+        """Unpacked layer stacks by ChainID (builder/rootfs.py), where overlay mounts can't be used."""
         from builder.rootfs import RootfsStore
 
-        return RootfsStore(self.scope("trees"))
+        return RootfsStore(self.trees / "stacks")
 
     def scope(self, part: str) -> Path:
         """The folder of `part` ("trees", "mounts", "downloads") that this cache's tenant uses."""
@@ -136,19 +144,34 @@ class LocalCache:
     def layout_dir(self) -> Path:
         return self.root / "images"
 
-    def prune(self, *, older_than_seconds: float = 0, keep_mounts: bool = False) -> PruneResult:
-        """Remove cached blobs, cache mounts and stale work dirs not used for `older_than_seconds`.
+    def prune(self, *, older_than_seconds: float | None = 0, keep_mounts: bool = False,
+              max_layer_bytes: int | None = None) -> PruneResult:
+        """Remove cached blobs, layer dirs, cache mounts and stale work dirs not used for
+        `older_than_seconds`; with `max_layer_bytes`, also the least recently used layer dirs until the
+        rest of each tenant's layer store fit (`older_than_seconds` None: only that).
 
-        Holds the global lock so a concurrent build (which takes it shared) isn't pruned under its feet.
+        Holds the global lock so a concurrent build (which takes it shared) isn't pruned under its feet:
+        no layer dir a running build uses goes.
         """
         now = time.time()
         removed = freed = 0
         with self.lock("global"):
+            owners = [self.root / "shared", *_children(self.root / "tenants")]
+            for store_dir in [owner / "trees" / "layers" for owner in owners] + [self.root / "layers"]:
+                if store_dir.is_dir():   # (layers/ at the root: kade before tenants)
+                    from builder.layerstore import LayerStore
+
+                    gone, size = LayerStore(store_dir, self.lock).prune(
+                        older_than_seconds=older_than_seconds or 0, max_bytes=max_layer_bytes, now=now)
+                    removed, freed = removed + gone, freed + size
+            if older_than_seconds is None:
+                return PruneResult(removed, freed)
             targets: list[Path] = list((self.root / "blobs" / "sha256").iterdir())
             targets += list((self.root / "work").iterdir())
-            parts = [p for p in PARTS if not (keep_mounts and p == "mounts")]
-            for owner in [self.root / "shared", *_children(self.root / "tenants")]:
-                targets += [entry for part in parts for entry in _children(owner / part)]
+            for owner in owners:
+                targets += _children(owner / "trees" / "stacks")
+                targets += [entry for part in ("downloads", *(() if keep_mounts else ("mounts",)))
+                            for entry in _children(owner / part)]
             targets += [self.root / old for old in ("rootfs", "mounts", "urls") if (self.root / old).is_dir()
                         and not (keep_mounts and old == "mounts")]   # folders of kade before tenants
             for path in targets:

@@ -7,6 +7,7 @@ known exactly, no tree diff needed); RUN goes through the sandbox and the snapsh
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shutil
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import zstandard
 
@@ -32,6 +33,9 @@ from builder.modes import parse_chmod
 from builder.users import resolve_user
 from builder.rootfs_ops import (Meta, Override, Parts, Root, TreeCopy, image_path, replace_with_file, set_meta,
                                 split)
+
+if TYPE_CHECKING:
+    from builder.stageroot import StageRoot, Tree
 
 OUTPUT_TAIL = 20  # last output lines kept for the error of a failed RUN
 TAIL_LINE_MAX = 2000  # characters of each of those lines
@@ -86,7 +90,7 @@ class RunContext:
     secrets: dict[str, bytes] = field(default_factory=dict)
     ssh_socket: str | None = None
     cache_dir: Callable[[str, str, ExitStack], Path] | None = None  # (mount id, sharing, the step's exits) -> dir
-    stage_rootfs: Callable[[str | None, object], Path] | None = None  # (stage label, image) -> dir
+    stage_rootfs: Callable[[str | None, object], "Tree"] | None = None  # (stage label, image) -> its tree
     context_root: Path | None = None
     report: Callable[..., None] | None = None
     runner: Callable[..., int] | None = None  # same signature as sandbox.run_in_rootfs (the pod's chroot mode)
@@ -370,25 +374,27 @@ def _extract_archive(root: Root, item: _Item, target: Parts, override: Override,
 
 # -- RUN ------------------------------------------------------------------------------------------
 
-def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str], None],
+def run_step(root: "StageRoot", step: Step, ctx: RunContext, on_line: Callable[[str], None],
              write: Callable[[list[Change]], object], *, keep_result: bool = True) -> object | None:
     """Run a RUN step in the sandbox and capture what it changed.
 
-    `write` turns the changes into a layer (it runs while the capture is open: with overlay the
-    changed files live in the upper directory until `commit`). Returns what `write` returned, or None
-    when nothing changed. Raises StepFailedError with the exit code and the last output lines.
-    Without `keep_result` (nothing reads this rootfs after the step) an overlay capture is not merged
-    back: `rootfs` keeps its state from before the step, and the overlay's directories are left in
-    `<rootfs>-scratch` beside it for whoever removes the work dir (the layer is the same either way).
+    `root` is the stage's rootfs (builder/stageroot.py). `write` turns the changes into a layer (it
+    runs while the capture is open: the changed files live in the upper directory until the step is
+    committed). Returns what `write` returned, or None when nothing changed. Raises StepFailedError
+    with the exit code and the last output lines. On a layered rootfs the upper dir stays pending for
+    `root.commit(diff_id)`; on a copied one the changes are merged into it, unless `keep_result` is
+    False (nothing reads this rootfs after the step): then it keeps its state from before the step and
+    the overlay's directories are left in its work dir for whoever removes the work dir.
     """
-    from builder import sandbox, snapshot
+    from builder import sandbox
 
-    user = resolve_user(rootfs, step.config.user or "root")
+    with root.readable() as view:
+        user = resolve_user(view, step.config.user or "root")
     workdir = step.config.working_dir or "/"
     env = dict(step.env)
     env.setdefault("PATH", ic.DEFAULT_PATH)
     env.setdefault("HOME", user.home or "/")
-    views = rootfs.parent / (rootfs.name + "-views")  # context bind mounts: what .dockerignore selects
+    views = root.work / "views"  # context bind mounts: what .dockerignore selects
     secret_env: dict[str, str] = {}  # RUN --mount=type=secret,env=NAME
     stack = ExitStack()  # cache locks and private cache dirs, released when the step ends
     try:
@@ -406,7 +412,7 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
         tail.append(tail_line(line))
         on_line(line)
 
-    scratch = rootfs.parent / (rootfs.name + "-scratch")
+    scratch = root.work / "scratch"
     lines = OutputLines(output, guard=secrets.longest)
 
     def stream(_name: str, data: bytes) -> None:
@@ -414,14 +420,13 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
 
     # The sandbox removes the mountpoints it had to create, so a snapshot never sees them. kade's own
     # sandbox mounts the step's overlay itself (in its user namespace); another runner (the pod's
-    # chroot mode) works on whatever capture() could set up here.
+    # chroot mode) works on whatever the capture could set up here.
     in_sandbox = ctx.runner is None
     run = ctx.runner or sandbox.run_in_rootfs
     try:
         with stack:
             while True:
-                method = "stat" if in_sandbox and _no_overlay else "auto"
-                with snapshot.capture(rootfs, scratch, method, in_sandbox=in_sandbox) as cap:
+                with _capture(root, scratch, in_sandbox) as cap:
                     extra = {}
                     if in_sandbox:
                         extra = {"overlay": cap.overlay, "report": ctx.report}
@@ -429,11 +434,12 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
                             extra["isolation"] = ctx.isolation
                     else:
                         ensure_dir(cap.root, workdir)
+                    target = cap.overlay.merged if in_sandbox and cap.overlay.view is not None else cap.root
                     try:
-                        code = run(cap.root, step.argv, env, workdir, (user.uid, user.gid, list(user.groups)),
+                        code = run(target, step.argv, env, workdir, (user.uid, user.gid, list(user.groups)),
                                    mounts, step.network, stream, **extra)
                     except sandbox.OverlayUnavailable as exc:
-                        if cap.method != "overlay":
+                        if cap.method != "overlay" or root.layered:
                             raise
                         _overlay_refused(ctx.report, str(exc))
                         continue   # the command did not run: again, with the stat snapshot
@@ -453,6 +459,17 @@ def run_step(rootfs: Path, step: Step, ctx: RunContext, on_line: Callable[[str],
     if keep_result or cap.method != "overlay":
         shutil.rmtree(scratch, ignore_errors=True)
     return result
+
+
+def _capture(root: "StageRoot", scratch: Path, in_sandbox: bool):
+    """The snapshot of one RUN: the upper dir of a layered rootfs, else snapshot.capture on the copy."""
+    from builder import snapshot
+    from builder.stageroot import LayeredCapture
+
+    if root.layered:
+        return contextlib.closing(LayeredCapture(root, in_sandbox))
+    method = "stat" if in_sandbox and _no_overlay else "auto"
+    return snapshot.capture(root.path, scratch, method, in_sandbox=in_sandbox)
 
 
 _no_overlay: str | None = None   # why the sandbox could not mount an overlay here (said once)
@@ -498,17 +515,18 @@ def _host_mount(m: PlanMount, ctx: RunContext, views: Path, env: dict[str, str],
     rw = o.get("rw", o.get("readwrite", "false")) == "true"
     if "from" in o:
         assert ctx.stage_rootfs is not None
-        root = ctx.stage_rootfs(o["from"], None)
+        tree = ctx.stage_rootfs(o["from"], None)
         source = o.get("source", o.get("src", "/"))
-        with Root(root) as tree:
+        with Root(tree.path) as inside:
             try:
-                found = tree.lstat(tree.resolve(source))
+                found = inside.lstat(inside.resolve(source))
             except OSError:
                 found = None
         if found is None:
             raise BuildError(f"RUN --mount=type=bind,from={o['from']}: source {source} not found there",
                              hint="check the path inside that stage or image")
-        return SandboxMount("bind", m.target, source, source_root=str(root), readonly=not rw)
+        return SandboxMount("bind", m.target, source, source_root=str(tree.path), readonly=not rw,
+                            source_layers=tree.layers)
     assert ctx.context_root is not None
     view = context_view(m.sources, ctx.context_root, views)
     return SandboxMount("bind", m.target, str(view), readonly=not rw)
@@ -526,7 +544,7 @@ def _cache_mount(m: PlanMount, ctx: RunContext, stack: ExitStack, readonly: bool
     if not any(path.iterdir()):
         if "from" in o:
             assert ctx.stage_rootfs is not None
-            with Root(ctx.stage_rootfs(o["from"], None)) as src, Root(path.parent) as into:
+            with Root(ctx.stage_rootfs(o["from"], None).path) as src, Root(path.parent) as into:
                 parts = src.resolve(o.get("source", o.get("src", "/")))
                 os.rmdir(path)
                 TreeCopy(src, into, Override(keep_owner=True), []).copy(parts, into.fd, os.fsencode(path.name), ())

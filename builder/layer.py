@@ -9,9 +9,13 @@ opaque whiteouts `.wh..wh..opq` with mode 0 and mtime `epoch or 0`. Sockets are 
 and buildah do). Kept xattrs: `security.capability` and `user.*` (minus overlayfs' own `user.overlay.*`);
 SELinux labels and `trusted.*` are host state, not image content.
 
-gzip is written by ISA-L (`isal`, gzip-compatible, ~5x zlib's speed) when installed, else zlib;
-the gzip header carries no name and mtime 0, so equal trees give equal digests with the same
-compressor. zstd uses python-zstandard at level 3.
+gzip is written by ISA-L (`isal`, gzip-compatible, ~5x zlib's speed) when installed, else zlib, as
+one stream fed in fixed 1 MiB cuts: the gzip header carries no name and mtime 0, so equal trees give
+equal digests with the same compressor, on any machine and with any number of cores. Hashing the tar,
+compressing, and hashing and writing the blob each run in a thread of their own, beside the tar being
+built. zstd uses python-zstandard at level 3 with zstd's own worker threads (one per core): its
+multi-threaded format depends on the job size, never on the number of workers, so the blob is the same
+everywhere.
 """
 from __future__ import annotations
 
@@ -85,7 +89,10 @@ def _compressor(compression: str, level: int | None):
         return zlib_impl.compressobj(lvl, zlib_impl.DEFLATED, 31)
     if compression == "zstd":
         import zstandard
-        return zstandard.ZstdCompressor(level=ZSTD_LEVEL if level is None else level).compressobj()
+        # zstd's own worker threads; its output is the same for any number of them (>= 1: one worker
+        # already uses the multi-threaded format), so every machine writes the same blob
+        return zstandard.ZstdCompressor(level=ZSTD_LEVEL if level is None else level,
+                                        threads=max(1, os.cpu_count() or 1)).compressobj()
     if compression == "none":
         return None
     raise LayerWriteError(f"unknown layer compression {compression!r}; use gzip, zstd or none")
@@ -127,8 +134,10 @@ class _Stage:
 
 
 class _Pipeline:
-    """tar bytes -> sha256 (diffID), and in parallel -> compressor -> sha256 (digest) + size -> out,
-    in 1 MiB chunks. Uncompressed layers hash once (digest == diffID)."""
+    """tar bytes -> sha256 (diffID), and in parallel -> compressor -> sha256 (digest) + size -> out, in
+    1 MiB chunks, each part in a thread of its own (they release the GIL: the tar is built meanwhile).
+    The chunks the compressor gets are cut exactly as before (a gzip stream depends on them: same
+    bytes, same digests as earlier kade versions). Uncompressed layers hash once (digest == diffID)."""
 
     def __init__(self, out: BinaryIO, compression: str, level: int | None):
         self._out = out
@@ -137,7 +146,8 @@ class _Pipeline:
         self._blob_hash = hashlib.sha256() if self._comp is not None else self._tar_hash
         self._buf = bytearray()
         self.size = 0
-        self._stages = [_Stage(self._compress_and_write)]
+        self._writer = _Stage(self._emit)
+        self._stages = [_Stage(self._compress) if self._comp is not None else self._writer]
         if self._comp is not None:
             self._stages.append(_Stage(self._tar_hash.update))
         self._closed = False
@@ -160,8 +170,11 @@ class _Pipeline:
             self._buf.clear()
             self._send(data)
 
-    def _compress_and_write(self, data: bytes) -> None:
-        self._emit(self._comp.compress(data) if self._comp is not None else data)
+    def _compress(self, data: bytes) -> None:
+        assert self._comp is not None
+        packed = self._comp.compress(data)
+        if packed:
+            self._writer.put(packed)
 
     def _emit(self, data: bytes) -> None:
         if data:
@@ -172,9 +185,11 @@ class _Pipeline:
     def close(self) -> tuple[str, str]:
         """Finish the blob; returns (digest, diffID)."""
         self._flush()
-        self.abort()
+        self._finish(self._stages)
         if self._comp is not None:
-            self._emit(self._comp.flush())
+            self._writer.put(self._comp.flush())
+            self._finish([self._writer])
+        self._closed = True
         return "sha256:" + self._blob_hash.hexdigest(), "sha256:" + self._tar_hash.hexdigest()
 
     def abort(self) -> None:
@@ -182,8 +197,12 @@ class _Pipeline:
         if self._closed:
             return
         self._closed = True
+        self._finish(self._stages + ([self._writer] if self._comp is not None else []))
+
+    @staticmethod
+    def _finish(stages: list[_Stage]) -> None:
         errors = []
-        for stage in self._stages:
+        for stage in stages:
             try:
                 stage.finish()
             except BaseException as exc:

@@ -1,12 +1,14 @@
 """The local executor: a stage's missing steps run in this process, on a rootfs in the local cache.
 
-For each job: a writable rootfs holding the parent image (a copy of the longest unpacked prefix kept
-by ChainID, the rest unpacked from cached or downloading blobs), then each step on it (COPY/ADD/
-WORKDIR through builder/execute.py, RUN in the sandbox with a snapshot of what it changed), each
-step's changes written as one layer, and each step image pushed to the stages repo under its key
-(signed by the tenant's build key when there is one). Identical steps (same key) in stages running at
-once execute once; the others apply its layer. Other stages' filesystems (COPY --from, RUN --mount
-from=) are the rootfs their stage left, or the image unpacked for reading.
+For each job: a writable rootfs holding the parent image (builder/stageroot.py: an overlay of the
+layer store's dirs, each layer unpacked once by ChainID from cached or downloading blobs, and a fresh
+upper dir per step; a copy of the longest unpacked prefix where overlay can't be used), then each step
+on it (COPY/ADD/WORKDIR through builder/execute.py, RUN in the sandbox with what it changed: the upper
+dir), each step's changes written as one layer (the upper dir then joins the store under its ChainID),
+and each step image pushed to the stages repo under its key (signed by the tenant's build key when
+there is one). Identical steps (same key) in stages running at once execute once; the others take its
+layer. Other stages' filesystems (COPY --from, RUN --mount from=) are read-only views of the layers
+their stage left, or of the image's layers.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from builder.env import BuildEnv
 from builder.errors import BuildError, StepFailedError
 from builder.executor import StageJob, StageOutcome, StageResults
 from builder.plan import Plan, PlannedStage, Step
+from builder.stageroot import StageRoot, StageRoots, Tree
 from registry import cancel
 from registry.image import Image, Layer
 from registry.model import Descriptor, Platform
@@ -44,7 +47,8 @@ class LocalExecutor:
         self.on_step_image = on_step_image
         self.plan: Plan | None = None
         self.work_dirs: list[Path] = []
-        self.stage_roots: dict[str, Path] = {}
+        self.stage_roots: dict[str, Tree] = {}   # what readers of a stage or image read (stageroot.Tree)
+        self._roots: StageRoots | None = None
         self.root_lock = threading.Lock()
         self.lock = threading.Lock()
         self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
@@ -56,6 +60,8 @@ class LocalExecutor:
         try:
             yield
         finally:
+            if self._roots is not None:
+                self._roots.close()   # its views (detached mounts) and pending upper dirs
             for d in self.work_dirs:
                 self.env.cache.discard(d)
 
@@ -78,16 +84,16 @@ class LocalExecutor:
 
     def run_stage(self, job: StageJob, results: StageResults) -> StageOutcome:
         ps = job.stage
-        rootfs = self._materialize(job.parent, f"stage-{ps.label}-")
+        root = self._materialize(job.parent, f"stage-{ps.label}-")
         parent, ran, keys = job.parent, 0, set()
         for step in job.steps:
-            parent, here = self._run_once(ps, step, parent, rootfs, results)
+            parent, here = self._run_once(ps, step, parent, root, results)
             if here:
                 ran += 1
                 keys.add(step.key)
         if ps.label in rootfs_readers(self._plan):  # else its last RUN may have left it unmerged
             with self.root_lock:
-                self.stage_roots[ps.label] = rootfs
+                self.stage_roots[ps.label] = root.reader()
         return StageOutcome(parent, ran, ran_keys=frozenset(keys))
 
     @property
@@ -96,10 +102,10 @@ class LocalExecutor:
         return self.plan
 
     # -- one step, once ----------------------------------------------------------------------------
-    def _run_once(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path,
+    def _run_once(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot,
                   results: StageResults) -> tuple[Image, bool]:
         """Identical steps (same key) in stages running at once execute once: the others wait for that
-        image and apply its layer onto their own rootfs, which is at the same parent state. The image,
+        image and take its layer onto their own rootfs, which is at the same parent state. The image,
         and whether the step ran here."""
         with self.lock:
             claim = self.claims.get(step.key)
@@ -110,36 +116,32 @@ class LocalExecutor:
         if not mine:
             img: Image = claim.result()
             self.report(ev.SHARED, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step))
-            return self._adopt(img, parent, rootfs), False
+            return self._adopt(img, root), False
         try:
-            img = self._run_step(ps, step, parent, rootfs, results)
+            img = self._run_step(ps, step, parent, root, results)
         except BaseException as exc:
             claim.set_exception(exc)
             raise
         claim.set_result(img)
         return img, True
 
-    def _adopt(self, image: Image, parent: Image | None, rootfs: Path) -> Image:
-        """Bring `rootfs` from `parent` to `image` by applying the layers `image` adds."""
-        from builder.execute import apply_layers
-
-        have = len(parent.manifest.layers) if parent else 0
-        store = self.env.store
-        apply_layers(rootfs, [(store.blob_path(image, d), d.media_type, d.digest) for d in image.manifest.layers[have:]])
+    def _adopt(self, image: Image, root: StageRoot) -> Image:
+        """Bring `root` (at `image`'s parent) to `image`: the layers `image` adds, on top."""
+        root.add_layers(self._layers(image))
         return image
 
-    def _run_step(self, ps: PlannedStage, step: Step, parent: Image | None, rootfs: Path,
+    def _run_step(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot,
                   results: StageResults) -> Image:
-        """Run one step on `rootfs` and push its step image."""
+        """Run one step on `root` and push its step image."""
         from builder import execute as ex
 
         cancel.check()  # nothing new starts once the command is cancelled
         fields = ev.step_fields(self.o.image_name, ps, step)
         self.report(ev.STEP, ev.step_message(ps, step), **fields)
         started = time.monotonic()
-        changes: list = []
         workdir = step.config.working_dir or "/"
         context_root = self._plan.context_root
+        layer: Layer | None = None
         try:
             if step.kind == "run":
                 ctx = ex.RunContext(secrets=self.o.secrets, ssh_socket=self.o.ssh, cache_dir=self._cache_mount,
@@ -147,35 +149,43 @@ class LocalExecutor:
                                     context_root=context_root, report=self.report, runner=self.o.sandbox,
                                     isolation=self.o.isolation)
                 output = {k: fields[k] for k in ("image", "stage", "key")}
-                layer = ex.run_step(rootfs, step, ctx, lambda line: self.report(ev.OUTPUT, line, **output),
-                                    self._write_layer, keep_result=rootfs_read_after(self._plan, ps, step))
-                return self._push_step(ps, step, parent, layer if isinstance(layer, Layer) else None, started)
-            elif step.kind == "copy":
-                spec = step.copy
-                assert spec is not None
-                from_root = None
-                if spec.from_stage:
-                    from_root = self.stage_rootfs(spec.from_stage, results)
-                elif spec.from_image is not None:
-                    img = self.env.store.load(spec.from_image.ref, spec.from_image.digest)
-                    from_root = self.image_rootfs(img)
-                changes = ex.copy_step(rootfs, spec, workdir, from_root, context_root=context_root,
-                                       epoch=self.env.epoch)
-            elif step.kind == "workdir":
-                changes = ex.ensure_dir(rootfs, workdir, epoch=self.env.epoch)
+                written = ex.run_step(root, step, ctx, lambda line: self.report(ev.OUTPUT, line, **output),
+                                      self._write_layer, keep_result=rootfs_read_after(self._plan, ps, step))
+                layer = written if isinstance(written, Layer) else None
+            elif step.kind in ("copy", "workdir"):
+                with root.writable() as rootfs:
+                    changes = self._copy(step, rootfs, workdir, results) if step.kind == "copy" else \
+                        ex.ensure_dir(rootfs, workdir, epoch=self.env.epoch)
+                    layer = self._write_layer(changes) if changes else None
         except StepFailedError as exc:
             if self.o.keep_failed:
-                self.work_dirs.remove(rootfs.parent)
+                kept = root.keep(root.work / "rootfs")
+                self.work_dirs.remove(root.work)
                 raise StepFailedError(exc.detail, exit_code=exc.exit_code, output_tail=exc.output_tail,
-                                      file=exc.file, line=exc.line, hint=f"the failed rootfs is kept at {rootfs}",
-                                      rootfs=str(rootfs)) from None
+                                      file=exc.file, line=exc.line, hint=f"the failed rootfs is kept at {kept}",
+                                      rootfs=str(kept)) from None
             raise
         except BuildError as exc:
             if exc.line is not None:
                 raise
             raise BuildError(f"{step.text}: {exc.detail}", file=step.ins.file, line=step.ins.line,
                              hint=exc.hint) from None
-        return self._push_step(ps, step, parent, self._write_layer(changes) if changes else None, started)
+        root.commit(layer.diff_id if layer is not None else None)
+        return self._push_step(ps, step, parent, layer, started)
+
+    def _copy(self, step: Step, rootfs: Path, workdir: str, results: StageResults) -> list:
+        from builder import execute as ex
+
+        spec = step.copy
+        assert spec is not None
+        from_root = None
+        if spec.from_stage:
+            from_root = self.stage_rootfs(spec.from_stage, results).path
+        elif spec.from_image is not None:
+            img = self.env.store.load(spec.from_image.ref, spec.from_image.digest)
+            from_root = self.image_rootfs(img).path
+        return ex.copy_step(rootfs, spec, workdir, from_root, context_root=self._plan.context_root,
+                            epoch=self.env.epoch)
 
     def _write_layer(self, changes: list) -> Layer:
         from builder.execute import write_layer
@@ -232,29 +242,29 @@ class LocalExecutor:
             return Path(tempfile.mkdtemp(prefix=prefix, dir=self.work_root))
         return self.env.cache.work_dir(prefix)
 
-    def _materialize(self, image: Image | None, prefix: str) -> Path:
-        """A fresh rootfs holding `image`: a copy of the longest unpacked prefix kept in the local cache
-        (by ChainID), plus the remaining layers applied from cached or downloaded blobs.
+    @property
+    def roots(self) -> StageRoots:
+        """Stage roots over the layer store (builder/stageroot.py), or copies where overlay can't be used."""
+        with self.lock:
+            if self._roots is None:
+                self._roots = StageRoots(self.env.cache.trees, self.env.cache.lock, self.report, self.env.epoch)
+            return self._roots
 
-        Only base images' stacks are saved for later builds: they recur in every build that runs
-        anything, while step images change with the code (saving those costs a full tree copy each time)."""
-        holder = self._work_dir(prefix)
-        self.work_dirs.append(holder)
-        rootfs = holder / "rootfs"
-        if image is None:
-            rootfs.mkdir(mode=0o755)
-            os.chmod(rootfs, 0o755)  # FROM scratch: `/` is 0755, whatever the umask
-            return rootfs
-        self.env.cache.rootfs_store.materialize(self._layers(image, "copied from"), rootfs,
-                                                save=self._keepable(image))
-        return rootfs
+    def _materialize(self, image: Image | None, prefix: str) -> StageRoot:
+        """A fresh rootfs holding `image`: an overlay of its layer dirs (each unpacked once, from cached
+        or downloaded blobs, when missing) and a fresh upper dir per step; where overlay can't be used,
+        a copy of the longest unpacked prefix with the remaining layers applied (only base images'
+        trees are saved for later builds there: a step image's tree would cost a full copy each time)."""
+        holder = self._tracked_work_dir(prefix)
+        layers = self._layers(image, report=True) if image is not None else []
+        return self.roots.stage(layers, holder, save=image is not None and self._keepable(image))
 
     def _keepable(self, image: Image) -> bool:
         return image.source not in (self.env.stages_repo, "")
 
-    def _layers(self, image: Image, reuse: str) -> list[Layer]:
-        """The image's layers for the rootfs store, the ones it lacks downloading meanwhile; reports how
-        many the store supplies."""
+    def _layers(self, image: Image, *, report: bool = False) -> list[Layer]:
+        """The image's layers for the layer store, the ones it lacks downloading meanwhile; with `report`,
+        says how many the store supplies."""
         from builder.rootfs import chain_ids
 
         store = self.env.store
@@ -263,37 +273,40 @@ class LocalExecutor:
         if len(diff_ids) != len(layers):
             raise BuildError(f"image {image.source}@{image.digest} has {len(layers)} layers but "
                              f"{len(diff_ids)} diff_ids in its config", hint="rebuild or re-push that image")
-        kept = self.env.cache.rootfs_store.cached_depth(chain_ids(diff_ids))
-        fetches = {d.digest: store.fetch(image, d) for d in layers[kept:]}   # all at once, unpacked as they come
-        self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}: {kept} {reuse} the "
-                              f"unpacked cache, {len(layers) - kept} unpacked", reused=kept, unpacked=len(layers) - kept)
+        missing = self.roots.missing(chain_ids(diff_ids))
+        fetches = {layers[i].digest: store.fetch(image, layers[i]) for i in missing}   # all at once, unpacked as they come
+        if report:
+            kept = len(layers) - len(missing)
+            self.report("unpack", f"{len(layers)} layer(s) of {image.digest[:19]}: {kept} reused from the local "
+                                  f"cache, {len(missing)} unpacked", reused=kept, unpacked=len(missing))
         return image.layers(lambda d: fetches[d.digest].open if d.digest in fetches else
                             (lambda: open(store.blob_path(image, d), "rb")))
 
-    def stage_rootfs(self, label: str, results: StageResults) -> Path:
+    def stage_rootfs(self, label: str, results: StageResults) -> Tree:
         """The filesystem of a stage, for COPY --from / RUN --mount from=."""
         img = results.result(label)
         with self.root_lock:
-            if label in self.stage_roots:
-                return self.stage_roots[label]
-            root = self._materialize(img, f"from-{label}-")
-            self.stage_roots[label] = root
-            return root
+            if label not in self.stage_roots:
+                self.stage_roots[label] = self._materialize(img, f"from-{label}-").reader()
+            return self.stage_roots[label]
 
-    def image_rootfs(self, image: Image) -> Path:
-        """An image's filesystem for readers (COPY --from=<image>, RUN --mount from=<image>): a base
-        image's tree is unpacked straight into the rootfs store and read there (no copy); step images
-        (never kept) get a work dir."""
+    def image_rootfs(self, image: Image) -> Tree:
+        """An image's filesystem for readers (COPY --from=<image>, RUN --mount from=<image>): its layer
+        dirs, read where they are (no copy)."""
         key = "image:" + image.digest
         with self.root_lock:
             if key not in self.stage_roots:
-                if not self._keepable(image) or not image.manifest.layers:
-                    self.stage_roots[key] = self._materialize(image, "from-image-")
-                else:
-                    self.stage_roots[key] = self.env.cache.rootfs_store.ensure(self._layers(image, "read in"))
+                layers = self._layers(image, report=True) if image.manifest.layers else []
+                self.stage_roots[key] = self.roots.image(layers, lambda: self._tracked_work_dir("from-image-"),
+                                                         keep=self._keepable(image))
             return self.stage_roots[key]
 
-    def _mount_root(self, ref: str, results: StageResults) -> Path:
+    def _tracked_work_dir(self, prefix: str) -> Path:
+        holder = self._work_dir(prefix)
+        self.work_dirs.append(holder)
+        return holder
+
+    def _mount_root(self, ref: str, results: StageResults) -> Tree:
         if ref.lower() in self._plan.stages:
             return self.stage_rootfs(ref.lower(), results)
         base = self.env.store.resolve(ref, self.o.platform)

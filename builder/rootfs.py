@@ -5,7 +5,11 @@ ChainID(L1) = DiffID(L1), ChainID(L1..Ln) = sha256(ChainID(L1..Ln-1) + " " + Dif
 whose parent image was unpacked before starts from a copy (`cp -a --reflink=auto`, which keeps hard
 links, xattrs, devices and ownership) of the longest cached prefix and applies only the missing layers.
 Saving is atomic (unpack into a temp dir in the store, then rename), safe with concurrent builds:
-the first writer wins and later ones drop their copy.
+the first writer wins and later ones drop their copy. Each tree's record (`<tree>.json`) holds a
+fingerprint of it (builder/layerstore.py), checked the first time a store object uses the tree: one
+that changed since it was saved is discarded, never copied.
+
+This is the fallback where layers can't be stacked with overlay mounts (builder/stageroot.py).
 
     store = RootfsStore(cache_dir / "rootfs")
     store.materialize(image.layers(opener), workdir / "rootfs")   # registry.image.Layer
@@ -14,6 +18,7 @@ the first writer wins and later ones drop their copy.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -52,12 +57,35 @@ def copy_tree(src: Path, dest: Path) -> None:
 class RootfsStore:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
+        self._checked: dict[str, bool] = {}
 
     def path(self, chain_id: str) -> Path:
         return self.root / chain_id.replace(":", "-")
 
+    def _record(self, chain_id: str) -> Path:
+        return self.root / (chain_id.replace(":", "-") + ".json")
+
     def has(self, chain_id: str) -> bool:
-        return self.path(chain_id).is_dir()
+        """Whether the stack is kept, whole and unchanged since it was saved (checked once per object);
+        a tree that changed, or has no record, is removed."""
+        if not self._checked.get(chain_id) or not self.path(chain_id).is_dir():
+            self._checked[chain_id] = self._intact(chain_id)
+        return self._checked[chain_id]
+
+    def _intact(self, chain_id: str) -> bool:
+        from builder.layerstore import fingerprint
+
+        tree = self.path(chain_id)
+        if not tree.is_dir():
+            return False
+        try:
+            recorded = json.loads(self._record(chain_id).read_bytes()).get("fingerprint")
+            ok = recorded == fingerprint(tree, with_root=False)[0]
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            self.remove(chain_id)
+        return ok
 
     def cached_depth(self, chain: Sequence[str]) -> int:
         """How many leading layers of a stack (given by `chain_ids`) are kept unpacked."""
@@ -99,10 +127,7 @@ class RootfsStore:
         try:
             tmp.rmdir()
             self.materialize(layers, tmp, limits=limits, save=False)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                pass  # another build kept the same stack first: read theirs
+            self._place(tmp, ids[-1])
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return final
@@ -115,21 +140,36 @@ class RootfsStore:
         try:
             tmp.rmdir()
             copy_tree(rootfs, tmp)
-            try:
-                os.rename(tmp, self.path(chain_id))
-            except OSError:
-                pass  # another build saved the same stack first
+            self._place(tmp, chain_id)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _place(self, tmp: Path, chain_id: str) -> None:
+        """Record a finished tree's fingerprint, then rename it into place (the first writer wins)."""
+        from builder.layerstore import fingerprint
+
+        record = self._record(chain_id)
+        partial = record.with_name(f".{record.name}.{tmp.name}")
+        partial.write_text(json.dumps({"chain_id": chain_id, "fingerprint": fingerprint(tmp, with_root=False)[0]}))
+        try:
+            os.rename(tmp, self.path(chain_id))
+        except OSError:
+            partial.unlink(missing_ok=True)   # another build saved the same stack first
+            return
+        os.replace(partial, record)
+        self._checked[chain_id] = True
 
     @staticmethod
     def _touch(kept: Path) -> None:
         """Mark a kept stack used now, for `kade cache prune --older-than` (which goes by the later of
         atime and mtime): only the atime moves, the tree's own mtimes are content and stay."""
-        try:
-            os.utime(kept, ns=(time.time_ns(), kept.lstat().st_mtime_ns))
-        except OSError:
-            pass  # pruned meanwhile, or a read-only cache: the copy is made already
+        record = kept.with_name(kept.name + ".json")   # (its record goes with it, or the tree goes too)
+        for path in (kept, record):
+            try:
+                os.utime(path, ns=(time.time_ns(), path.lstat().st_mtime_ns))
+            except OSError:
+                pass  # pruned meanwhile, or a read-only cache: the copy is made already
 
     def remove(self, chain_id: str) -> None:
         shutil.rmtree(self.path(chain_id), ignore_errors=True)
+        self._record(chain_id).unlink(missing_ok=True)

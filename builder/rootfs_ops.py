@@ -100,7 +100,9 @@ class Root:
         """The host path of resolved `parts`, for what has no fd variant (a mount source, the layer
         writer's Change.source). Only use it on parts `resolve` returned, on a tree nothing else
         changes meanwhile."""
-        base = os.fsencode(fd_path(self.fd)).rstrip(b"/")
+        # the path the root was opened by: a mount attached nowhere (a layered rootfs' view,
+        # builder/stageroot.py) is reached only through the /proc/<pid>/fd link its owner keeps open
+        base = os.fsencode(self.path).rstrip(b"/")
         return os.fsdecode(base + b"".join(b"/" + p for p in parts))
 
     @contextmanager

@@ -179,12 +179,19 @@ def resolve(root: str | os.PathLike[str], path: str | bytes, *, create_parents: 
     hook = None if on_create is None else (lambda _fd, created: on_create(created))
     try:
         fd = open_dir(root_fd, parts[:-1], create=create_parents, on_create=hook)
+        try:
+            return os.fsdecode(host_path_under(root, root_fd, fd)), parts[-1]
+        finally:
+            os.close(fd)
     finally:
         os.close(root_fd)
-    try:
-        return fd_path(fd), parts[-1]
-    finally:
-        os.close(fd)
+
+
+def host_path_under(root: str | os.PathLike[str], root_fd: int, fd: int) -> bytes:
+    """The path of directory `fd` as `root` (the path `root_fd` was opened by) plus its components
+    below it. Never the kernel's name of `fd` alone: for a mount attached nowhere (a layered rootfs'
+    view, reached through /proc/<pid>/fd/<n>) that name starts at `/` and would name a host path."""
+    return b"/".join((os.fsencode(root).rstrip(b"/"),) + relative_parts(root_fd, fd)) or b"/"
 
 
 def relative_parts(root_fd: int, fd: int) -> tuple[bytes, ...]:
@@ -215,7 +222,7 @@ def resolve_full(root: str | os.PathLike[str], path: str | bytes) -> str:
         parts = lexical(split(path))
         for _ in range(MAX_SYMLINKS):
             if not parts:
-                return fd_path(root_fd)
+                return os.fsdecode(os.fsencode(root).rstrip(b"/") or b"/")
             parent = open_dir(root_fd, parts[:-1])
             try:
                 try:
@@ -223,7 +230,7 @@ def resolve_full(root: str | os.PathLike[str], path: str | bytes) -> str:
                 except FileNotFoundError:
                     st = None
                 if st is None or not stat.S_ISLNK(st.st_mode):
-                    return os.fsdecode(os.fsencode(fd_path(parent)).rstrip(b"/") + b"/" + parts[-1])
+                    return os.fsdecode(host_path_under(root, root_fd, parent).rstrip(b"/") + b"/" + parts[-1])
                 link = os.readlink(parts[-1], dir_fd=parent)
                 base = () if link.startswith(b"/") else relative_parts(root_fd, parent)
                 parts = lexical(base + tuple(link.split(b"/")))

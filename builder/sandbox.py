@@ -18,8 +18,12 @@ the init that becomes the command) and streams the command's output. How the RUN
   binds, tmpfs), every mount nosuid and nodev; pivot_root into the rootfs; Docker's default
   capabilities (inheritable and ambient sets emptied), no_new_privs and a seccomp filter
   (builder/seccomp.py);
-- with `overlay=` (snapshot.capture(..., in_sandbox=True)) the step's overlay is mounted inside the
-  sandbox: the upper directory is the step's diff, with the image's uids.
+- with `overlay=` (a snapshot.OverlaySpec: of a layered rootfs' layer dirs, builder/stageroot.py, or
+  of one copied rootfs dir, snapshot.capture(..., in_sandbox=True)) the step's overlay is mounted
+  inside the sandbox: the upper directory is the step's diff, with the image's uids. Layer dirs are
+  staged read-only, each once, and mounted as `lowerdir+` layers (any number of them); a layered
+  rootfs' mount points are made through its host-side view (a detached mount) before the run and
+  removed through it after. A read-only bind `from=` a layered stage mounts that stage's layers.
 
 Everything mounted lives only in the sandbox's mount namespaces and vanishes with them; every process
 dies with kade (parent-death signals). Mountpoints the rootfs lacked are created before the run
@@ -33,6 +37,7 @@ pieces), so joining the calls of a stream gives its exact bytes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import selectors
@@ -46,12 +51,15 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Literal, Mapping, Sequence
 
 from builder.errors import BuildError
 from builder.rootpath import lexical, resolve_full, split
 from builder.sandbox_init import DEVICES, STARTED
 from builder.rootfs_ops import Parts, Root, lstat_at
+
+if TYPE_CHECKING:
+    from builder.stageroot import OverlaySpec
 
 MountType = Literal["bind", "cache", "tmpfs", "secret", "ssh"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -102,7 +110,9 @@ class User:
 class Mount:
     """One RUN --mount. `target` is an absolute path inside the rootfs.
     bind: `source` a host file or directory — or, with `source_root`, a path inside that directory
-    resolved there; read-only when `readonly`, else the sandbox works on a copy (writes are discarded);
+    resolved there (and, with `source_layers`, that directory is an overlay of those layer dirs, bottom
+    first, which the sandbox mounts itself); read-only when `readonly`, else the sandbox works on a copy
+    (writes are discarded);
     cache: `source` a host directory kept between builds (read-write unless `readonly`; created with
     `mode` (default 0o755), `uid`, `gid` when missing);
     tmpfs: a fresh tmpfs (`size` bytes if given); secret: `data` as a read-only file on a tmpfs
@@ -118,6 +128,7 @@ class Mount:
     size: int | None = None
     source_root: str | None = None   # bind: `source` is a path inside this directory (a stage rootfs,
                                      # the build context), resolved there — symlinks never lead out
+    source_layers: tuple[str, ...] | None = None   # bind: source_root is a view of these layer dirs
 
     def __post_init__(self) -> None:
         if not self.target.startswith("/"):
@@ -199,7 +210,16 @@ class _Mountpoints:
         except OSError as exc:
             raise SandboxError(f"cannot create mountpoint {target} in {self.rootfs}: {exc.strerror}") from None
 
-    def cleanup(self) -> None:
+    def close(self) -> None:
+        """Let go of the rootfs meanwhile (a layered rootfs' view must not stay open while the RUN's
+        overlay, over the same upper dir, is mounted)."""
+        self.root.close()
+
+    def cleanup(self, rootfs: Path | None = None) -> None:
+        """Remove what `ensure` created; `rootfs`: the same tree seen again through another path."""
+        self.root.close()
+        self.rootfs = rootfs or self.rootfs
+        self.root = Root(self.rootfs)
         untouched = {p for p, mtime in self.after_create.items()
                      if (st := self.root.lstat(p)) is not None and st.st_mtime_ns == mtime}
         for parts, is_dir in reversed(self.created):
@@ -236,7 +256,7 @@ def _hosts(hostname: str) -> str:
 def prepare_call(rootfs: str | os.PathLike[str], argv: Sequence[str], user: "User | tuple[int, int, Iterable[int]]",
                  env: Mapping[str, str] | None, hostname: str) -> tuple[Path, "User", dict[str, str]]:
     """The checks and defaults every RUN runner shares: an existing rootfs, a command, a User, the env."""
-    root = Path(rootfs).resolve()
+    root = host_dir(rootfs)
     if not root.is_dir():
         raise SandboxError(f"rootfs {root} is not a directory")
     if not argv:
@@ -248,6 +268,13 @@ def prepare_call(rootfs: str | os.PathLike[str], argv: Sequence[str], user: "Use
     env.setdefault("PATH", DEFAULT_PATH)
     env.setdefault("HOSTNAME", hostname)
     return root, user, env
+
+
+def host_dir(path: str | os.PathLike[str]) -> Path:
+    """`path` made absolute: resolved, unless it is a /proc/<pid>/fd/<n> link (a detached mount's root
+    is reached only through it: resolving it would name `/`)."""
+    raw = os.path.abspath(os.fspath(path))
+    return Path(raw) if raw.startswith("/proc/") else Path(raw).resolve()
 
 
 def sandbox_mode(isolation: Isolation) -> str:
@@ -279,18 +306,24 @@ class _Staging:
     def __init__(self, private: Path, idmapped: bool):
         self.dir = private / "mnt"
         self.idmapped = idmapped
-        self.pairs: list[list[str]] = []
+        self.pairs: list[list] = []    # [source, staging path, read-only]
+        self._read_only: dict[str, str] = {}
 
-    def place(self, source: str | os.PathLike[str], is_dir: bool) -> str:
+    def place(self, source: str | os.PathLike[str], is_dir: bool, *, readonly: bool = False) -> str:
+        """The sandbox's path of `source`; `readonly` ones (layer dirs) are staged once each."""
         if not self.idmapped:
             return os.fspath(source)
+        if readonly and os.fspath(source) in self._read_only:
+            return self._read_only[os.fspath(source)]
         self.dir.mkdir(exist_ok=True)
         dest = self.dir / str(len(self.pairs))
         if is_dir:
             dest.mkdir()
         else:
             dest.touch()
-        self.pairs.append([os.fspath(source), str(dest)])
+        self.pairs.append([os.fspath(source), str(dest), readonly])
+        if readonly:
+            self._read_only[os.fspath(source)] = str(dest)
         return str(dest)
 
 
@@ -326,9 +359,11 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
                   workdir: str = "/", user: User | tuple[int, int, Iterable[int]] = User(),
                   mounts: Sequence[Mount] = (), network: str = "default",
                   output: OutputCallback | None = None, *, hostname: str = "kade",
-                  timeout: float | None = None, overlay: Mapping[str, str] | None = None,
+                  timeout: float | None = None, overlay: "OverlaySpec | None" = None,
                   isolation: Isolation = Isolation(), report: Callable[..., None] | None = None) -> int:
-    """Run `argv` in `rootfs` and return its exit code (128+N when killed by signal N).
+    """Run `argv` in `rootfs` and return its exit code (128+N when killed by signal N). With `overlay`
+    the sandbox mounts that overlay as the rootfs; when it has a `view` (a layered rootfs,
+    builder/stageroot.py), `rootfs` is only its mount point and mount points are made through the view.
     Raises SandboxError when the sandbox cannot be set up or the executable cannot be started
     (OverlayUnavailable, IdmapUnavailable: before the command ran)."""
     root, user, env = prepare_call(rootfs, argv, user, env, hostname)
@@ -343,78 +378,121 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
     net, lease = _network(network, mode, isolation, report)
     private = _private_dir(mode)
     staging = _Staging(private, mode == "userns")
-    points = _Mountpoints(root)
+    view = overlay.view if overlay is not None and overlay.view is not None else None
+    points: _Mountpoints | None = None
     try:
-        files = private / "files"
-        files.mkdir()
-        (files / "hosts").write_text(_hosts(hostname))
-        (files / "resolv.conf").write_text(_run_resolv_conf(net, report))
-        (files / "secrets").mkdir()
-        spec_mounts = []
-        system = {name: _rel(root, points.ensure("/" + name, True, allow_symlink=False))
-                  for name in ("proc", "dev", "sys")}
-        etc_hosts = _rel(root, points.ensure("/etc/hosts", False))
-        etc_resolv = _rel(root, points.ensure("/etc/resolv.conf", False))
-        sources: list[tuple[dict, str, bool]] = []   # (spec item, host source, is_dir): staged below
-        for i, m in enumerate(mounts):
-            item: dict[str, object] = {"type": m.type, "readonly": m.readonly, "size": m.size}
-            if m.type == "bind":
-                source = Path(resolve_full(m.source_root, m.source or "/") if m.source_root else m.source or "")
-                if not source.exists():
-                    raise SandboxError(f"bind mount source {source} does not exist")
-                is_dir = source.is_dir()
-                if not m.readonly:  # writes to a bind mount are discarded (BuildKit semantics): use a copy
-                    copy = files / f"bind{i}"
-                    if is_dir:
-                        shutil.copytree(source, copy, symlinks=True)
-                    else:
-                        shutil.copy2(source, copy)
-                    source = copy
-                sources.append((item, str(source), is_dir))
-            elif m.type == "cache":
-                is_dir = True
-                cache = Path(m.source or "")
-                if not cache.exists():  # a new cache dir gets the mount's mode/uid/gid (BuildKit's options)
-                    cache.mkdir(parents=True)
-                    os.chmod(cache, 0o755 if m.mode is None else m.mode)
-                    if mode != "rootless":
-                        os.chown(cache, m.uid, m.gid)
-                sources.append((item, str(cache), True))
-            elif m.type == "ssh":
-                is_dir = False
-                sources.append((item, m.source or "", False))
-                env.setdefault("SSH_AUTH_SOCK", m.target)
-            elif m.type == "secret":
-                is_dir = False
-                item.update(data=base64.b64encode(m.data or b"").decode(), mode=0o400 if m.mode is None else m.mode,
-                            uid=m.uid, gid=m.gid, name=f"s{i}")
-            else:
-                is_dir = True
-            item["target"] = _rel(root, points.ensure(m.target, is_dir))
-            spec_mounts.append(item)
-        points.restore_parent_times()
-        points.freeze()
-        staged_files = staging.place(files, True)
-        for item in spec_mounts:
-            if item["type"] == "secret":
-                item["staging"] = f"{staged_files}/secrets"
-        for item, source, is_dir in sources:
-            item["source"] = _staged_source(staging, files, staged_files, source, is_dir)
-        spec = {
+        with (view() if view else contextlib.nullcontext(root)) as host:
+            host = host_dir(host)
+            points = _Mountpoints(host)
+            spec = _prepare(host, points, staging, private, mounts, env, net, hostname, report)
+            points.close()
+        for item in spec["mounts"]:
+            if "layers" in item:
+                item["userxattr"] = True   # layer dirs: kade's overlays keep their marks in user.* (layerstore.py)
+        spec.update({
             "parent": os.getpid(), "mode": mode, "ids": None if ids is None else vars(ids),
             "argv": list(argv), "env": env, "workdir": workdir, "uid": user.uid, "gid": user.gid,
-            "groups": list(user.groups), "hostname": hostname, "network": net, "mounts": spec_mounts,
-            "hosts": f"{staged_files}/hosts", "resolv": f"{staged_files}/resolv.conf",
-            "etc_hosts": etc_hosts, "etc_resolv": etc_resolv, "system": system,
-            "overlay": _overlay_spec(overlay, staging, mode), "root": staging.place(root, True),
-        }
+            "groups": list(user.groups), "hostname": hostname, "network": net,
+            "overlay": _overlay_spec(overlay, staging, mode),
+            "root": staging.place(root, True) if overlay is None else str(root),
+        })
         spec["idmap"] = staging.pairs
         return _spawn(spec, output, timeout)
     finally:
-        points.cleanup()
+        if points is not None:
+            with (view() if view else contextlib.nullcontext(root)) as host:
+                points.cleanup(host_dir(host))
         if lease is not None:
             lease.release()
         shutil.rmtree(private, ignore_errors=True)
+
+
+def _prepare(root: Path, points: "_Mountpoints", staging: "_Staging", private: Path, mounts: Sequence[Mount],
+             env: dict[str, str], net: dict, hostname: str, report: Callable[..., None] | None) -> dict:
+    """Mount points made in the rootfs, generated files, mount sources staged: the spec's mount part."""
+    files = private / "files"
+    files.mkdir()
+    (files / "hosts").write_text(_hosts(hostname))
+    (files / "resolv.conf").write_text(_run_resolv_conf(net, report))
+    (files / "secrets").mkdir()
+    spec_mounts = []
+    system = {name: _rel(root, points.ensure("/" + name, True, allow_symlink=False)) for name in ("proc", "dev", "sys")}
+    etc_hosts = _rel(root, points.ensure("/etc/hosts", False))
+    etc_resolv = _rel(root, points.ensure("/etc/resolv.conf", False))
+    sources: list[tuple[dict, str, bool]] = []   # (spec item, host source, is_dir): staged below
+    for i, m in enumerate(mounts):
+        item: dict[str, object] = {"type": m.type, "readonly": m.readonly, "size": m.size}
+        if m.type == "bind":
+            if m.source_layers and m.readonly:   # a stage's layers: the sandbox mounts them itself
+                is_dir = _layered_source(item, m, staging, files, i)
+            else:
+                is_dir = _bind_source(item, m, files, i, sources)
+        elif m.type == "cache":
+            is_dir = True
+            cache = Path(m.source or "")
+            if not cache.exists():  # a new cache dir gets the mount's mode/uid/gid (BuildKit's options)
+                cache.mkdir(parents=True)
+                os.chmod(cache, 0o755 if m.mode is None else m.mode)
+                if os.geteuid() == 0:
+                    os.chown(cache, m.uid, m.gid)
+            sources.append((item, str(cache), True))
+        elif m.type == "ssh":
+            is_dir = False
+            sources.append((item, m.source or "", False))
+            env.setdefault("SSH_AUTH_SOCK", m.target)
+        elif m.type == "secret":
+            is_dir = False
+            item.update(data=base64.b64encode(m.data or b"").decode(), mode=0o400 if m.mode is None else m.mode,
+                        uid=m.uid, gid=m.gid, name=f"s{i}")
+        else:
+            is_dir = True
+        item["target"] = _rel(root, points.ensure(m.target, is_dir))
+        spec_mounts.append(item)
+    points.restore_parent_times()
+    points.freeze()
+    staged_files = staging.place(files, True)
+    for item in spec_mounts:
+        if item["type"] == "secret":
+            item["staging"] = f"{staged_files}/secrets"
+        if "layers" in item:
+            item["at"] = staged_files + str(item.pop("at"))[len(str(files)):]
+    for item, source, is_dir in sources:
+        item["source"] = _staged_source(staging, files, staged_files, source, is_dir)
+    return {"mounts": spec_mounts, "hosts": f"{staged_files}/hosts", "resolv": f"{staged_files}/resolv.conf",
+            "etc_hosts": etc_hosts, "etc_resolv": etc_resolv, "system": system}
+
+
+def _bind_source(item: dict, m: Mount, files: Path, i: int, sources: list[tuple[dict, str, bool]]) -> bool:
+    """A bind mount's source on the host (a copy when writable: BuildKit discards a bind's writes)."""
+    source = Path(resolve_full(m.source_root, m.source or "/") if m.source_root else m.source or "")
+    if not source.exists():
+        raise SandboxError(f"bind mount source {source} does not exist")
+    is_dir = source.is_dir()
+    if not m.readonly:
+        copy = files / f"bind{i}"
+        if is_dir:
+            shutil.copytree(source, copy, symlinks=True)
+        else:
+            shutil.copy2(source, copy)
+        source = copy
+    sources.append((item, str(source), is_dir))
+    return is_dir
+
+
+def _layered_source(item: dict, m: Mount, staging: "_Staging", files: Path, i: int) -> bool:
+    """A read-only bind from a layered stage: the path resolved in its view (`source_root`), and its
+    layer dirs staged read-only for the sandbox to mount as an overlay at a point of its private dir."""
+    assert m.source_root is not None and m.source_layers
+    with Root(m.source_root) as tree:
+        parts = tree.resolve(m.source or "/")
+        st = tree.lstat(parts)
+    if st is None:
+        raise SandboxError(f"bind mount source {m.source} does not exist in {m.source_root}")
+    at = files / f"layers{i}"
+    at.mkdir()
+    item.update(layers=[staging.place(layer, True, readonly=True) for layer in reversed(m.source_layers)],
+                path="/" + os.fsdecode(b"/".join(parts)), at=str(at))
+    return stat.S_ISDIR(st.st_mode)
 
 
 def _staged_source(staging: _Staging, files: Path, staged_files: str, source: str, is_dir: bool) -> str:
@@ -425,17 +503,25 @@ def _staged_source(staging: _Staging, files: Path, staged_files: str, source: st
     return staging.place(source, is_dir)
 
 
-def _overlay_spec(overlay: Mapping[str, str] | None, staging: _Staging, mode: str) -> dict | None:
+def _overlay_spec(overlay: "OverlaySpec | None", staging: _Staging, mode: str) -> dict | None:
+    """The overlay as the sandbox mounts it: its paths staged (idmapped in a user namespace; layer dirs
+    read-only), and whether overlay keeps its marks in user.* xattrs (inside a user namespace)."""
     if overlay is None:
         return None
-    from builder.snapshot import in_user_namespace, overlay_options
-
-    scratch = overlay["scratch"]
+    scratch = overlay.scratch
     staged = staging.place(scratch, True)
-    lower = staging.place(overlay["lower"], True)
-    upper, work, merged = (staged + overlay[name][len(scratch):] for name in ("upper", "work", "merged"))
-    userxattr = mode != "host" or in_user_namespace()   # (overlay in a user namespace: user.* xattrs)
-    return {"merged": merged, "options": overlay_options(Path(lower), Path(upper), Path(work), userxattr)}
+    # a plain rootfs dir (no view) is the overlay's only lower dir, and mount points are made in it
+    lowers = [staging.place(lower, True, readonly=overlay.view is not None) for lower in overlay.lowers]
+    upper, work, merged = (staged + path[len(scratch):] for path in (overlay.upper, overlay.work, overlay.merged))
+    userxattr = overlay.view is not None or _userxattr(mode)   # layer dirs: always (builder/layerstore.py)
+    return {"merged": merged, "lowers": lowers, "upper": upper, "work": work, "userxattr": userxattr}
+
+
+def _userxattr(mode: str) -> bool:
+    """Whether the sandbox's overlays keep their marks in user.* xattrs: inside a user namespace."""
+    from builder.snapshot import in_user_namespace
+
+    return mode != "host" or in_user_namespace()
 
 
 def _private_dir(mode: str) -> Path:

@@ -173,9 +173,10 @@ def _idmap(pid: int, pairs: list[list[str]]) -> None:
     be closed to it)."""
     userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for source, dest in pairs:
+        for source, dest, readonly in pairs:   # read-only: the layer dirs of a layered rootfs
             try:
-                L.idmapped_bind(source, dest, userns, L.MOUNT_ATTR_NOSUID | L.MOUNT_ATTR_NODEV)
+                L.idmapped_bind(source, dest, userns, L.MOUNT_ATTR_NOSUID | L.MOUNT_ATTR_NODEV
+                                | (L.MOUNT_ATTR_RDONLY if readonly else 0))
             except OSError as exc:
                 raise Failure("idmap", f"{source}\t{os.strerror(exc.errno or 0)}") from None
     finally:
@@ -320,7 +321,8 @@ def _setup(spec: dict, network_ready) -> bool:
     if ov:
         root = ov["merged"]
         try:
-            L.mount("overlay", root, "overlay", L.MS_NOSUID | L.MS_NODEV, ov["options"])
+            _mount_overlay(ov["lowers"], ov["upper"], ov["work"], ov["userxattr"], root, L.MOUNT_ATTR_NOSUID
+                           | L.MOUNT_ATTR_NODEV)
         except OSError as exc:
             raise Failure("overlay", exc.strerror or str(exc)) from None
     else:
@@ -380,6 +382,27 @@ def _setup(spec: dict, network_ready) -> bool:
     return pivoted
 
 
+def _mount_overlay(lowers: list[str], upper: str | None, work: str | None, userxattr: bool, target: str,
+                   attrs: int) -> None:
+    """An overlay at `target`: of a layered rootfs' layer dirs through the new mount API (any number
+    of them); of one plain rootfs dir through mount(2), as before Linux 6.8."""
+    if len(lowers) == 1 and upper is not None:
+        redirect = "userxattr,redirect_dir=nofollow" if userxattr else "redirect_dir=off"
+        flags = (L.MS_NOSUID if attrs & L.MOUNT_ATTR_NOSUID else 0) | (L.MS_NODEV if attrs & L.MOUNT_ATTR_NODEV else 0)
+        L.mount("overlay", target, "overlay", flags,
+                f"lowerdir={lowers[0]},upperdir={upper},workdir={work},{redirect},metacopy=off,index=off")
+        return
+    if len(lowers) == 1:   # one read-only layer: the dir itself
+        L.mount(lowers[0], target, None, L.MS_BIND)
+        L.set_mount_attrs(target, attrs)
+        return
+    fd = L.overlay(lowers, upper, work, userxattr=userxattr, attrs=attrs)
+    try:
+        L.attach(fd, target)
+    finally:
+        os.close(fd)
+
+
 def _restrict(path: str, ms_flags: int, *, recursive: bool = False) -> None:
     """Add nosuid/nodev/noexec/rdonly to the mount at `path`, keeping its other (maybe locked) flags."""
     attrs = sum(attr for ms, attr in ((L.MS_RDONLY, L.MOUNT_ATTR_RDONLY), (L.MS_NOSUID, L.MOUNT_ATTR_NOSUID),
@@ -416,6 +439,12 @@ def _mask(root: str) -> None:
 
 def _mount_one(m: dict, target: str) -> None:
     nosuid_nodev = L.MS_NOSUID | L.MS_NODEV
+    if m.get("layers"):   # a read-only bind out of a layered stage: its layers mounted here first
+        _mount_overlay(m["layers"], None, None, m["userxattr"], m["at"], L.MOUNT_ATTR_RDONLY | L.MOUNT_ATTR_NOSUID
+                       | L.MOUNT_ATTR_NODEV)
+        L.mount(m["at"] + m["path"], target, None, L.MS_BIND | L.MS_REC)   # resolved by kade, no symlink left
+        _restrict(target, L.MS_RDONLY | nosuid_nodev, recursive=True)
+        return
     if m["type"] == "tmpfs":
         L.mount("tmpfs", target, "tmpfs", nosuid_nodev, f"mode=1777,size={m['size']}" if m["size"] else "mode=1777")
         return

@@ -46,7 +46,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Callable, ContextManager, Iterable, Iterator, Literal
 
 from builder.changes import Change, split_path
 from builder.errors import BuildError
@@ -176,11 +176,21 @@ def with_touched_parents(changes: list[Change], touched: list[Change]) -> list[C
     return changes + [t for t in touched if t.path in parents]
 
 
-def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str]) -> list[Change]:
-    """Changes recorded in an overlayfs upper directory over `lower`."""
+def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
+                  opaque: tuple[str, ...] = _OPAQUE_XATTRS) -> list[Change]:
+    """Changes recorded in an overlayfs upper directory over `lower`; `opaque`: the xattrs that mark an
+    opaque directory for the overlay that wrote it (a layered rootfs' overlays use only user.*)."""
+    return upper_diff(upper, lower, opaque)[0]
+
+
+def upper_diff(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
+               opaque: tuple[str, ...] = _OPAQUE_XATTRS) -> tuple[list[Change], list[Change]]:
+    """`upper_changes`, and the directories of the upper left out of them (changed in their times only
+    and holding no change): an upper dir that is kept as a layer must give those their old times back."""
     upper_b, lower_b = os.fsencode(upper), os.fsencode(lower)
     changes: list[Change] = []
     touched: list[Change] = []
+    fresh: set[bytes] = set()   # dirs that hide the lower's (new, opaque): nothing below them is looked up there
     for path, entry, st in scan(upper_b):
         name = os.fsdecode(path)
         full = entry.path
@@ -188,14 +198,22 @@ def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str]) 
             changes.append(Change(name, "delete"))
         elif not stat.S_ISDIR(st.st_mode):
             changes.append(Change(name, "add", os.fsdecode(full)))
-        elif _is_opaque(full) and _is_real_dir(os.path.join(lower_b, path)):
+        elif _parent(path) in fresh:   # the lower's path may cross a symlink the RUN replaced
+            fresh.add(path)
+            changes.append(Change(name, "add", os.fsdecode(full)))
+        elif _is_opaque(full, opaque) and _is_real_dir(os.path.join(lower_b, path)):
+            fresh.add(path)
             changes.append(Change(name, "add", os.fsdecode(full)))
             changes.append(Change(name, "opaque"))  # only when there are lower children to hide
         else:
             change = _dir_change(st, full, os.path.join(lower_b, path))
+            if change == "new":
+                fresh.add(path)
             if change != "none":
                 (touched if change == "times" else changes).append(Change(name, "add", os.fsdecode(full)))
-    return with_touched_parents(changes, touched)
+    kept = with_touched_parents(changes, touched)
+    parents = {c.path for c in kept[len(changes):]}
+    return kept, [t for t in touched if t.path not in parents]
 
 
 def _is_real_dir(path: bytes) -> bool:
@@ -205,8 +223,8 @@ def _is_real_dir(path: bytes) -> bool:
         return False
 
 
-def _is_opaque(path: bytes) -> bool:
-    for name in _OPAQUE_XATTRS:
+def _is_opaque(path: bytes, names: tuple[str, ...] = _OPAQUE_XATTRS) -> bool:
+    for name in names:
         try:
             if os.getxattr(path, name, follow_symlinks=False) == b"y":
                 return True
@@ -363,6 +381,19 @@ def overlay_options(lower: Path, upper: Path, work: Path, userns: bool) -> str:
     return f"lowerdir={lower},upperdir={upper},workdir={work},{redirect},metacopy=off,index=off"
 
 
+@dataclass(frozen=True)
+class OverlaySpec:
+    """A step's overlay for the sandbox (builder/sandbox.py): `lowers` topmost first, the upper and
+    work dirs and the mount point, all in `scratch`; `view` opens a host-side writable view of the
+    same overlay (None: lowers[0] is a plain directory that holds the rootfs, and is written)."""
+    lowers: tuple[str, ...]
+    upper: str
+    work: str
+    merged: str
+    scratch: str
+    view: Callable[[], ContextManager[str | os.PathLike[str]]] | None = None
+
+
 class Capture:
     """One step's view of a rootfs; see the module docstring."""
 
@@ -378,7 +409,7 @@ class Capture:
         self._mounted = False
         self._changes: list[Change] | None = None
         self._abandoned = False
-        self.overlay: dict[str, str] | None = None
+        self.overlay: OverlaySpec | None = None
         if method == "overlay":
             if any(c in os.fspath(p) for p in (rootfs, scratch) for c in ",:"):
                 raise OSError(f"overlay mount options cannot hold ',' or ':' in {rootfs} / {scratch}")
@@ -386,8 +417,8 @@ class Capture:
             for d in (self._upper, self._work, merged):
                 d.mkdir(parents=True, exist_ok=True)
             if in_sandbox:
-                self.overlay = {"lower": str(rootfs), "scratch": str(scratch), "upper": str(self._upper),
-                                "work": str(self._work), "merged": str(merged)}
+                self.overlay = OverlaySpec(lowers=(str(rootfs),), upper=str(self._upper), work=str(self._work),
+                                           merged=str(merged), scratch=str(scratch))
             else:
                 self.root = merged
                 mount("overlay", self.root, "overlay", 0,

@@ -225,12 +225,16 @@ class TarReader:
             n -= step
 
     def read(self, n: int = 1 << 20) -> bytes:
-        """Up to `n` bytes of the current entry's content (b"" at its end)."""
+        """Up to `n` bytes of the current entry's content (b"" at its end): what the stream has at hand,
+        so a file's bytes are passed on without being joined."""
         n = min(n, self._remaining)
         if n <= 0:
             return b""
-        data = self._read_exact(n)
-        self._remaining -= n
+        data = self._stream.read(n)
+        if not data:
+            raise TarFormatError(f"truncated tar stream at byte {self.offset} (wanted {n} more)")
+        self.offset += len(data)
+        self._remaining -= len(data)
         return data
 
     def _finish_entry(self) -> None:

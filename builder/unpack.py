@@ -14,6 +14,10 @@ Safety rules (a hostile layer is an expected input, not an accident):
   of its directory that this layer did not itself create, so it applies before its siblings whatever
   the tar order; aufs metadata `.wh..wh.*` is ignored;
 - device nodes only with `allow_devices` (default: running as root) — otherwise skipped with a note;
+  with `overlay` (a layer dir of builder/layerstore.py, written through an overlay mount or as its
+  bottom layer) a 0/0 character device, which would read as a whiteout there, is skipped with a note;
+- overlayfs' own xattrs (`trusted.overlay.*`, `user.overlay.*`) are never restored: a layer can't mark
+  a directory opaque or redirect a lookup by itself;
 - ownership is restored only as root; modes (setuid included, after chown), xattrs and mtimes always;
   directory modes and mtimes are applied at the end so later entries don't disturb them;
 - limits on uncompressed bytes (a declared size over the budget fails before anything is written),
@@ -25,10 +29,12 @@ Python's `tarfile` with `filter="data"` is not used: it refuses what rootfs laye
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
 import os
+import queue
 import stat
+import threading
 
 import zstandard
 from dataclasses import dataclass, field
@@ -50,6 +56,7 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _XZ_MAGIC = b"\xfd7zXZ\x00"  # not in layers; ADD of a local archive may be xz or bzip2 (Docker's rule)
 _BZIP2_MAGIC = b"BZh"
 MAX_NOTES = 20
+_OVERLAY_XATTRS = ("trusted.overlay.", "user.overlay.")
 
 
 class UnpackError(BuildError):
@@ -136,31 +143,85 @@ class _Prefixed:
         return True
 
 
-class _Metered:
-    """Counts and (unless `hashed` is False) hashes the uncompressed tar bytes; stops at the byte budget."""
+class Inflated:
+    """The uncompressed tar inside a blob (gzip, zstd, xz, bzip2 or plain, by magic bytes), inflated
+    and hashed (the diffID) by a worker thread ahead of its reader, in chunks of `CHUNK` bytes, at most
+    `DEPTH` of them waiting: the decompressors and sha256 run without the GIL, so a layer's inflating
+    and hashing overlap the reader's work of parsing and writing files, on another core. Stops at
+    `limit` bytes (an archive bomb). `count` is what the reader took; `close()` (always, even after an
+    error) stops and joins the worker before the blob under it is closed."""
+    CHUNK = 1 << 20
+    DEPTH = 4
 
-    def __init__(self, stream, limit: int, layer: str, hashed: bool = True):
-        self._stream = stream
-        self._limit = limit
-        self._layer = layer
-        self.hash = hashlib.sha256() if hashed else None
+    def __init__(self, stream: BinaryIO, limit: int, layer: str, *, hashed: bool = True):
         self.count = 0
+        self._limit, self._layer = limit, layer
+        self._hash = hashlib.sha256() if hashed else None
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(self.DEPTH)
+        self._buf, self._pos = b"", 0
+        self._done = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._inflate, args=(stream,), name="kade-inflate", daemon=True)
+        self._thread.start()
+
+    def _inflate(self, stream: BinaryIO) -> None:
+        try:
+            source = open_decompressed(stream)
+            produced = 0
+            while not self._stop.is_set():
+                data = source.read(self.CHUNK)
+                produced += len(data)
+                if produced > self._limit:
+                    raise LayerLimitError(f"layer {self._layer} expands to more than {self._limit} bytes; refusing "
+                                          "it (archive bomb?) — raise the limit if the image is genuine")
+                if self._hash is not None:
+                    self._hash.update(data)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the reader
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def read(self, n: int = -1) -> bytes:
-        data = self._stream.read(n)
+        if self._pos >= len(self._buf):
+            if self._done:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            self._buf, self._pos = item, 0
+            if not item:
+                self._done = True
+                return b""
+        end = len(self._buf) if n < 0 else min(len(self._buf), self._pos + n)
+        data = self._buf[self._pos:end] if self._pos or end < len(self._buf) else self._buf
+        self._pos = end
         self.count += len(data)
-        if self.count > self._limit:
-            raise LayerLimitError(f"layer {self._layer} expands to more than {self._limit} bytes; "
-                                  "refusing it (archive bomb?) — raise the limit if the image is genuine")
-        if self.hash is not None:
-            self.hash.update(data)
         return data
 
+    def diff_id(self) -> str:
+        """sha256 of the whole uncompressed stream (read it to its end first)."""
+        assert self._hash is not None and self._done
+        return "sha256:" + self._hash.hexdigest()
 
-def open_decompressed(stream: BinaryIO, *, threaded: bool = False):
-    """A reader of the uncompressed tar inside `stream` (gzip, zstd, xz, bzip2 or plain, by magic bytes).
-    With `threaded`, gzip is inflated by a worker thread that runs without the GIL, ahead of the reader
-    (hashing and writing files overlap the inflating; same bytes); close the reader when done."""
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)   # let a worker blocked on a full queue see the stop
+
+
+def open_decompressed(stream: BinaryIO):
+    """A reader of the uncompressed tar inside `stream` (gzip, zstd, xz, bzip2 or plain, by magic bytes)."""
     head = b""
     while len(head) < len(_XZ_MAGIC):
         chunk = stream.read(len(_XZ_MAGIC) - len(head))
@@ -171,16 +232,12 @@ def open_decompressed(stream: BinaryIO, *, threaded: bool = False):
     if head.startswith(_GZIP_MAGIC):
         try:
             from isal import igzip as gzip_impl  # type: ignore[import-not-found]
-            from isal import igzip_threaded
         except ImportError:  # pragma: no cover
             import gzip as gzip_impl
-            igzip_threaded = None
-        if threaded and igzip_threaded is not None:
-            # 256 KiB blocks: its read-ahead (8 blocks) and queue (2) stay ~3 MiB; 1 MiB cost ~15 MiB of RSS
-            return igzip_threaded.open(source, "rb", threads=1, block_size=256 << 10)
         return gzip_impl.GzipFile(fileobj=source, mode="rb")
     if head.startswith(_ZSTD_MAGIC):
-        return zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True)
+        return zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True,
+                                                                               read_size=1 << 20)
     if head.startswith(_XZ_MAGIC):
         import lzma
 
@@ -217,8 +274,9 @@ def _exists(parent_fd: int, name: bytes) -> os.stat_result | None:
 
 class _Applier:
     def __init__(self, root: Path, layer: str, allow_devices: bool, limits: Limits, report,
-                 owner: tuple[int, int] | None = None):
+                 owner: tuple[int, int] | None = None, overlay: bool = False):
         self.root_fd = open_root(root)
+        self.overlay = overlay
         self.owner = owner
         self.layer = layer
         self.allow_devices = allow_devices
@@ -247,7 +305,7 @@ class _Applier:
                                 "(it was not written by a well-behaved image builder)")
 
     # ------------------------------------------------------------------ one entry
-    def apply(self, entry: TarEntry, reader: TarReader, metered: _Metered) -> None:
+    def apply(self, entry: TarEntry, reader: TarReader, metered: "Inflated") -> None:
         self.result.entries += 1
         if self.result.entries > self.limits.max_entries:
             raise LayerLimitError(f"layer {self.layer} has more than {self.limits.max_entries} entries; refusing it")
@@ -359,6 +417,9 @@ class _Applier:
 
     def _create(self, parent: int, name: bytes, parts: tuple[bytes, ...], entry: TarEntry,
                 reader: TarReader) -> None:
+        if entry.type == REGULAR:   # created first, what was there removed only when it was (no stat)
+            self._write_file(parent, name, entry, reader)
+            return
         existing = _exists(parent, name)
         if existing is not None and not (entry.type == DIRECTORY and stat.S_ISDIR(existing.st_mode)):
             self._remove(parent, name)
@@ -374,9 +435,6 @@ class _Applier:
                 os.close(fd)
             self.dirs.append((parts, entry))
             return
-        if kind == REGULAR:
-            self._write_file(parent, name, entry, reader)
-            return
         if kind == SYMLINK:
             os.symlink(entry.linkname, name, dir_fd=parent)
         elif kind == HARDLINK:
@@ -385,6 +443,9 @@ class _Applier:
         elif kind in (CHAR, BLOCKDEV):
             if not self.allow_devices:
                 self.note(f"device node {_show(entry.name)} skipped (not running as root)")
+                return
+            if self.overlay and kind == CHAR and entry.devmajor == entry.devminor == 0:
+                self.note(f"device node {_show(entry.name)} (0/0) skipped: in a layer dir it would read as a whiteout")
                 return
             dev_type = stat.S_IFCHR if kind == CHAR else stat.S_IFBLK
             try:
@@ -401,7 +462,12 @@ class _Applier:
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
 
     def _write_file(self, parent: int, name: bytes, entry: TarEntry, reader: TarReader) -> None:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, 0o600, dir_fd=parent)
+        except FileExistsError:   # a file, symlink or directory of a lower layer (or earlier entry) goes
+            self._remove(parent, name)
+            fd = os.open(name, flags, 0o600, dir_fd=parent)
         try:
             while True:
                 data = reader.read(1 << 20)
@@ -455,7 +521,7 @@ class _Applier:
             self.note(f"owner {uid}:{gid} of {_show(entry.name)} not restored ({exc.strerror})")
 
     def _xattrs(self, fd: int, entry: TarEntry) -> None:
-        for key, value in entry.xattrs.items():
+        for key, value in self._kept(entry):
             try:
                 os.setxattr(fd, key, value)
             except OSError as exc:
@@ -465,11 +531,21 @@ class _Applier:
         if not entry.xattrs:
             return
         path = b"/proc/self/fd/%d/" % parent + name
-        for key, value in entry.xattrs.items():
+        for key, value in self._kept(entry):
             try:
                 os.setxattr(path, key, value, follow_symlinks=False)
             except OSError as exc:
                 self.note(f"xattr {key} of {_show(entry.name)} not restored ({exc.strerror})")
+
+    def _kept(self, entry: TarEntry) -> list[tuple[str, bytes]]:
+        """The entry's xattrs but overlayfs' own (skipped with a note)."""
+        kept = []
+        for key, value in entry.xattrs.items():
+            if key.startswith(_OVERLAY_XATTRS):
+                self.note(f"xattr {key} of {_show(entry.name)} skipped (overlayfs' own)")
+            else:
+                kept.append((key, value))
+        return kept
 
     def finish_dirs(self) -> None:
         self._forget()
@@ -492,26 +568,25 @@ def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: st
                 allow_devices: bool | None = None, digest: str | None = None,
                 expected_diff_id: str | None = None, limits: Limits | None = None,
                 report: Callable[..., None] | None = None, owner: tuple[int, int] | None = None,
-                track: bool = False) -> ApplyResult:
+                track: bool = False, overlay: bool = False) -> ApplyResult:
     """Apply one layer blob onto `rootfs` (an existing directory). `digest` names the layer in errors;
     `expected_diff_id`, when given, is checked against the tar read (mismatch -> UnpackError).
     `media_type` is informational: the compression is sniffed from the blob itself. `owner` replaces
-    every entry's uid:gid (ADD --chown); with `track`, the result lists the paths written."""
+    every entry's uid:gid (ADD --chown); with `track`, the result lists the paths written; `overlay`:
+    `rootfs` is a layer dir in the making (see the module docstring)."""
     layer = digest or (f"({media_type})" if media_type else "(unnamed)")
     limits = limits or Limits.from_env()
     root = Path(rootfs)
     if allow_devices is None:
         allow_devices = os.geteuid() == 0
-    applier = _Applier(root, layer, allow_devices, limits, report, owner)
-    decompressed = None
+    applier = _Applier(root, layer, allow_devices, limits, report, owner, overlay)
+    inflated = Inflated(stream, limits.max_bytes, layer)
     try:
         try:
-            decompressed = open_decompressed(stream, threaded=True)
-            metered = _Metered(decompressed, limits.max_bytes, layer)
-            reader = TarReader(metered, max_meta=limits.max_meta, max_name=limits.max_name)
+            reader = TarReader(inflated, max_meta=limits.max_meta, max_name=limits.max_name)
             for entry in reader:
-                applier.apply(entry, reader, metered)
-            while metered.read(1 << 20):
+                applier.apply(entry, reader, inflated)
+            while inflated.read(1 << 20):
                 pass  # hash trailing padding and let the blob stream verify its digest at EOF
         except TarFormatError as exc:
             cls = LayerLimitError if "limit" in str(exc) or "longer than" in str(exc) else UnpackError
@@ -523,13 +598,12 @@ def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: st
         applier.finish_dirs()
     finally:
         applier.close()
-        if isinstance(decompressed, io.BufferedReader):
-            decompressed.close()   # the threaded gzip reader: stop its worker
+        inflated.close()   # the worker stops before the blob under it is closed
     result = applier.result
     if track:
         result.paths = applier.created | {b"/".join(parts) for parts, _ in applier.dirs}
-    result.diff_id = "sha256:" + metered.hash.hexdigest()
-    result.bytes = metered.count
+    result.diff_id = inflated.diff_id()
+    result.bytes = inflated.count
     if expected_diff_id and result.diff_id != expected_diff_id:
         raise UnpackError(f"layer {layer}: its tar has diffID {result.diff_id} but the image config says "
                           f"{expected_diff_id}; the image is inconsistent — rebuild or re-push it")

@@ -141,6 +141,16 @@ def hours(text: str) -> float:
                    "give 0 or more hours (e.g. 24)")
 
 
+def size(text: str) -> int:
+    """Bytes, or a number with a binary unit: 500M, 20G, 1.5T (K, M, G, T; an optional B or iB)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; give bytes or a unit: 500M, 20G")
+    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+
+
 def _number(text: str, convert: Callable[[str], Any], what: str, valid: Callable[[Any], bool], wanted: str) -> Any:
     try:
         value = convert(text)

@@ -1,10 +1,11 @@
-"""The build-context files that missing steps need, as one content-addressed tar blob.
+"""The build-context files that missing steps need, as content-addressed tar blobs: one per source.
 
 The CLI selects, from the planned stages that will run in pods, the context sources of their missing
-COPY/ADD steps and context bind mounts (what .dockerignore selects, never more), writes them as a
-deterministic tar (sorted, uid/gid 0, modes and mtimes kept, mtimes clamped to SOURCE_DATE_EPOCH as
-the layers will be) and uploads it to the stages repo: the same files give the
-same digest, so a second build uploads nothing. The pod downloads it by digest (verified) and
+COPY/ADD steps and context bind mounts (what .dockerignore selects, never more), writes each source as
+a deterministic tar (sorted, uid/gid 0, modes and mtimes kept, mtimes clamped to SOURCE_DATE_EPOCH as
+the layers will be) and uploads those the stages repo lacks: the same files give the same digest, so a
+second build uploads nothing, and a build after one source file changed uploads that source's blob
+only (not the 100 MB of assets another COPY reads). The pod downloads it by digest (verified) and
 extracts it after checking every member (no absolute names, no `..`, nothing written through a
 symlink, no devices), then puts back the exact permission bits the keys were computed from.
 """
@@ -24,16 +25,18 @@ from registry.digest import Hasher
 MEDIA_TYPE = "application/vnd.kade.build-context.v1.tar"
 
 
-def needed_paths(steps: Iterable[Step], context_root: Path) -> list[str]:
-    """Context-relative paths `steps` read: the entries their COPY/ADD sources and context bind mounts
-    selected (.dockerignore applied), never a directory wholesale."""
-    paths: set[str] = set()
+def needed_sources(steps: Iterable[Step], context_root: Path) -> list[list[str]]:
+    """The context-relative paths each source of `steps` reads (COPY/ADD sources, context bind mounts):
+    the entries .dockerignore selected, never a directory wholesale; one sorted list per distinct
+    source, in a stable order."""
+    groups: dict[tuple[str, ...], None] = {}
     root = context_root.resolve()
     for step in steps:
         sources = [s for m in step.mounts if m.type == "bind" for s in m.sources]
         if step.copy is not None:
             sources += [s for s in step.copy.sources if not s.rel.startswith(("http://", "https://"))]
         for src in sources:
+            paths: set[str] = set()
             for path in [e.path for e in src.entries] or [src.path]:  # an empty directory: itself
                 try:
                     rel = path.relative_to(root)
@@ -41,7 +44,9 @@ def needed_paths(steps: Iterable[Step], context_root: Path) -> list[str]:
                     raise BuildError(f"context source {path} is outside the build context {root}") from None
                 if str(rel) != ".":
                     paths.add(str(rel))
-    return sorted(paths)
+            if paths:
+                groups[tuple(sorted(paths))] = None
+    return [list(g) for g in groups]
 
 
 def downloads(steps: Iterable[Step]) -> list[tuple[str, Path]]:
@@ -137,13 +142,18 @@ def check_members(members: list[tarfile.TarInfo]) -> None:
                 raise BuildError(f"context upload writes {m.name!r} through a symlink")
 
 
-def unpack(tar_path: Path, dest: Path) -> None:
-    """Extract a context tar safely, then restore the permission bits the step keys saw."""
+def unpack(tars: Path | list[Path], dest: Path) -> None:
+    """Extract context tars (one per source) safely into `dest`, then restore the permission bits the
+    step keys saw. The members of all of them are checked together, so no tar writes through a
+    symlink another one made."""
     dest.mkdir(parents=True, exist_ok=True)
+    opened: list[tuple[tarfile.TarFile, list[tarfile.TarInfo]]] = []
     try:
-        with tarfile.open(tar_path) as tf:
-            members = tf.getmembers()
-            check_members(members)
+        for tar_path in [tars] if isinstance(tars, Path) else tars:
+            tf = tarfile.open(tar_path)
+            opened.append((tf, tf.getmembers()))
+        check_members([m for _, members in opened for m in members])
+        for tf, members in opened:
             for m in members:
                 m.uid = m.gid = 0
                 m.uname = m.gname = ""
@@ -153,5 +163,9 @@ def unpack(tar_path: Path, dest: Path) -> None:
                 tf.extractall(dest, members=members, numeric_owner=True)
     except tarfile.TarError as exc:
         raise BuildError(f"the context upload is not a valid tar ({exc}); rebuild with this kade") from None
-    for m in sorted((m for m in members if not m.issym()), key=lambda m: m.name.count("/"), reverse=True):
-        os.chmod(dest / m.name, m.mode)
+    finally:
+        for tf, _ in opened:
+            tf.close()
+    every = {m.name: m for _, members in opened for m in members if not m.issym()}
+    for name in sorted(every, key=lambda n: n.count("/"), reverse=True):
+        os.chmod(dest / name, every[name].mode)

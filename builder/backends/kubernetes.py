@@ -49,6 +49,7 @@ from registry import cancel
 from registry.client import RegistryClient
 
 RESULT_KIND = "stage-result"
+TIMELINE_KIND = "timeline"   # (builder/backends/podstage.py) points of a pod's start, on its own clock
 CONNECT_GRACE = 1.5  # seconds a cancelled build waits for a connection still being made
 FAILED_KIND = "stage-failed"
 DIAGNOSE_AFTER_S = 1.5  # a pod still pending this long: ask the cluster why (then every DIAGNOSE_EVERY_S)
@@ -352,6 +353,7 @@ class PodRunner:
         result: dict[str, Any] | None = None
         failure: dict[str, Any] | None = None
         tail: deque[str] = deque(maxlen=20)
+        timeline: dict[str, float] = {}   # the pod's own clock: process started, ..., first step
         try:
             # the log may stay silent as long as the pod may run: read timeout = its deadline
             stream = self.core.read_namespaced_pod_log(name, self.k.namespace, follow=True, _preload_content=False,
@@ -377,6 +379,10 @@ class PodRunner:
                         threading.Thread(target=self._send_secrets, args=(name, rec), daemon=True).start()
                     elif rec.get("untrusted") and rec.get("key") in self.env.store.distrusted:
                         continue   # the pod looked the step up again: said once, here
+                    elif rec["kind"] == TIMELINE_KIND:
+                        timeline[str(rec.get("message"))] = float(rec.get("at") or 0)
+                        if rec.get("message") == "first step":
+                            self.report("pod", f"{prefix} {startup_line(timeline)}", timeline=dict(timeline))
                     else:
                         fields = {k: v for k, v in rec.items() if k not in ("kind", "message", "time")}
                         message = self.mask.mask(str(rec.get("message", "")))
@@ -447,6 +453,17 @@ class PodRunner:
             raise PodLost(f"{phase} {reason or ''} exit {code}".strip())
         raise BuildError(f"{where}: stage {ps.label} ended {phase} (exit {code}) without a result",
                          hint="last output:\n" + "\n".join(tail))
+
+
+def startup_line(timeline: dict[str, float]) -> str:
+    """How long a pod took from its process start (the pod just turned Running) to its first step, and
+    where the time went: each point's offset from the start."""
+    start = timeline.get("process started")
+    if start is None or "first step" not in timeline:
+        return "first step started"
+    points = ", ".join(f"{name} +{at - start:.2f}s" for name, at in sorted(timeline.items(), key=lambda kv: kv[1])
+                       if name not in ("process started", "first step"))
+    return f"first step {timeline['first step'] - start:.2f}s after the pod started ({points})"
 
 
 def failure_error(where: str, stage: str, failure: dict[str, Any], tail: list[str]) -> BuildError:

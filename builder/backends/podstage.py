@@ -7,11 +7,18 @@ The pod never talks to the Kubernetes API (it has no token): the CLI holds the s
 it, hands it the `--secret` values (secret_relay.py) and reads its log. With a build key (mounted
 from the tenant's Secret) it reuses only signed step images and signs what it pushes. RUN uses the
 chroot runner (chroot.py), or the namespace sandbox in a user-namespace pod.
+
+The pod's first step starts soon after it is Running: the context blobs (one per COPY source) are
+fetched into the cache PVC's blob cache while the step keys are looked up and the rootfs is stacked,
+and a step waits for them only when it runs. `timeline` records say when each point was reached, on
+the pod's clock.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +33,36 @@ from builder.env import BuildEnv
 from builder.errors import BuildError
 from builder.local import LocalExecutor
 from builder.options import BuildOptions, Report
-from builder.plan import Plan
+from builder.plan import Plan, PlannedStage, Step
 from builder.sandbox import Isolation
 from builder.solver import Solution, Solver, missing_steps, with_trailing_history
+from builder.stageroot import StageRoot
+from registry import cancel
 from registry.client import ClientOptions, RegistryClient, Repository
 from registry.image import Image
+
+
+class PodExecutor(LocalExecutor):
+    """The local executor with the pod's timeline, whose steps wait for the context being fetched."""
+
+    def __init__(self, env: BuildEnv, *, work_root: Path):
+        super().__init__(env, work_root=work_root)
+        self.context_ready: Future | None = None   # the context blobs unpacked
+        self.stepped = False
+
+    def _materialize(self, image: Image | None, prefix: str) -> StageRoot:
+        root = super()._materialize(image, prefix)
+        _mark(self.report, "rootfs ready")
+        return root
+
+    def _run_step(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot,
+                  results: Any) -> Image:
+        if self.context_ready is not None:
+            self.context_ready.result()
+        if not self.stepped:
+            self.stepped = True
+            _mark(self.report, "first step")
+        return super()._run_step(ps, step, parent, root, results)
 
 
 class StagesReadBack:
@@ -136,12 +168,8 @@ def _build_stage(task: StageTask, report: Report, work: Path, secrets: dict[str,
         body = f.read()
     ctx_dir = work / "context"
     stages, extra = plancodec.load_stages(body, ctx_dir)
+    _mark(report, "plan fetched")
     ctx_dir.mkdir(parents=True, exist_ok=True)
-    if extra.get("context"):
-        tar = work / "context.tar"
-        repo.download_blob(extra["context"], tar)
-        context_upload.unpack(tar, ctx_dir)
-        tar.unlink()
     options = BuildOptions(context=ctx_dir, repo=task.stages_repo, compression=extra.get("compression", "gzip"),
                            parallel=1, cache_dir=task.cache_dir, insecure=task.insecure,
                            platform=extra.get("platform", "linux/amd64"), no_cache=bool(extra.get("no_cache")),
@@ -154,7 +182,7 @@ def _build_stage(task: StageTask, report: Report, work: Path, secrets: dict[str,
     env = BuildEnv.make(options, report, client)
     rootfs_dir = work / "rootfs"
     rootfs_dir.mkdir(parents=True, exist_ok=True)
-    executor = LocalExecutor(env, work_root=rootfs_dir)  # rootfs on the pod's emptyDir
+    executor = PodExecutor(env, work_root=rootfs_dir)  # copies (the fallback) on the pod's emptyDir
     by_label = {ps.label: ps for ps in stages}
     if task.label not in by_label:
         raise BuildError(f"stage {task.label!r} is not in the uploaded plan {task.plan_digest}")
@@ -163,7 +191,10 @@ def _build_stage(task: StageTask, report: Report, work: Path, secrets: dict[str,
     ps = by_label[task.label]
     solver = Solver(env, executor)
     solution = Solution(None, {})
-    with session(env, executor):  # the PVC's shared lock: a `kade cache prune` Job waits for running pods
+    # the PVC's shared lock: a `kade cache prune` Job waits for running pods
+    with session(env, executor), cancel.Pool(max_workers=1) as pool:
+        # the context arrives while the steps are looked up and the rootfs is made; a step waits for it
+        executor.context_ready = pool.submit(_fetch_context, repo, extra, env.cache, ctx_dir, report)
         solution.hits = solver.lookup_steps(ps.steps)
         context_upload.place_downloads(missing_steps(ps, set(solution.hits)),
                                        lambda hexdigest, planned: _download(repo, env.cache, hexdigest, planned.name))
@@ -171,4 +202,29 @@ def _build_stage(task: StageTask, report: Report, work: Path, secrets: dict[str,
             env.store.load(ps.base_image.ref, ps.base_image.digest)
         with executor.running(plan, []):
             image = solver.solve_stage(ps, solution.hits, StagesReadBack(env, plan), solution)
+        executor.context_ready.result()
     return {"built": solution.built, "digest": image.digest if image else None}
+
+
+def _mark(report: Report, what: str) -> None:
+    """A point of the pod's timeline (the CLI re-stamps records with its own clock; `at` is the pod's)."""
+    report("timeline", what, at=round(time.time(), 3))
+
+
+def _fetch_context(repo: Any, extra: dict[str, Any], cache: Any, ctx_dir: Path, report: Report) -> None:
+    """The context blobs (one per source) into `ctx_dir`: from the cache PVC's blob cache where an
+    earlier pod fetched them, else downloaded there, all at once (digest-verified)."""
+    contexts = extra.get("contexts") or ([extra["context"]] if extra.get("context") else [])
+
+    def fetch(digest: str) -> Path:
+        path = cache.blobs.path(digest)
+        if not path.is_file():
+            with cache.lock(digest):
+                if not path.is_file():
+                    repo.download_blob(digest, path)
+        return path
+
+    with cancel.Pool(max_workers=4) as pool:
+        tars = list(pool.map(fetch, contexts))
+    context_upload.unpack(tars, ctx_dir)
+    _mark(report, "context ready")

@@ -1,10 +1,10 @@
 """An executor whose stages run somewhere else (a pod), from an uploaded plan.
 
 `RemoteExecutor` is the backend-neutral half of in-cluster builds. Before the first job it uploads
-the stage plan (plancodec) and the context files the missing steps read (context_upload) as two
-content-addressed blobs in the stages repo, and each `ADD <url>` file they copy as a blob of its own
-(the bytes the CLI checked and keyed); then for every job it waits for the stages the job
-depends on, hands the stage to a `StageRunner` (a pod for the kubernetes backend; tests run the
+the stage plan (plancodec) and the context files the missing steps read (context_upload: one blob per
+source, only those the repo lacks) as content-addressed blobs in the stages repo, and each `ADD <url>`
+file they copy as a blob of its own (the bytes the CLI checked and keyed); then for every job it waits
+for the stages the job depends on, hands the stage to a `StageRunner` (a pod for the kubernetes backend; tests run the
 pod's code in this process, or the builder image under podman) and reads the stage's final step
 image back from the stages repo. Planning and publishing stay in the CLI, as in the local backend,
 so the final image and build record are made the same way.
@@ -22,6 +22,8 @@ from builder.env import BuildEnv
 from builder.errors import BuildError
 from builder.executor import StageJob, StageOutcome, StageResults
 from builder.plan import Plan
+from registry import cancel
+from registry.client import Repository
 from registry.digest import sha256_digest
 
 
@@ -37,6 +39,7 @@ class RemoteExecutor:
         self.env, self.runner = env, runner
         self._session = session
         self.plan_digest: str | None = None
+        self._building: set[str] = set()   # labels of the stages with missing steps (a job each)
 
     @property
     def stages_repo(self) -> str:
@@ -50,6 +53,7 @@ class RemoteExecutor:
 
     @contextmanager
     def running(self, plan: Plan, jobs: Sequence[StageJob]) -> Iterator[None]:
+        self._building = {job.stage.label for job in jobs}
         if jobs:
             self.plan_digest = self._upload(plan, jobs)
         yield
@@ -59,7 +63,7 @@ class RemoteExecutor:
 
     def run_stage(self, job: StageJob, results: StageResults) -> StageOutcome:
         ps = job.stage
-        for dep in sorted(ps.deps):
+        for dep in sorted(ps.deps & self._building):   # the others are in the stages repo already
             results.result(dep)  # a failed dependency fails this stage too
         assert self.plan_digest is not None
         ran = self.runner.run(job, self.plan_digest)
@@ -74,22 +78,30 @@ class RemoteExecutor:
         repo = env.store.repo(self.stages_repo)
         root = plan.context_root
         assert root is not None
-        paths = context_upload.needed_paths((s for job in jobs for s in job.steps), root)
-        context_digest = None
-        if paths:
-            with tempfile.TemporaryDirectory(prefix="kade-ctx-") as scratch:
-                tar, context_digest, size = context_upload.pack(root, paths, Path(scratch), env.epoch)
-                if repo.head_blob(context_digest) is None:
-                    env.report("upload", f"context: {size} bytes ({len(paths)} entries) as {context_digest[:19]}",
-                               digest=context_digest, entries=len(paths))
-                    repo.upload_blob(tar, context_digest, size)
         steps = [s for job in jobs for s in job.steps]
+        groups = context_upload.needed_sources(steps, root)
+        contexts: list[str] = []
+        if groups:
+            with tempfile.TemporaryDirectory(prefix="kade-ctx-") as scratch, cancel.Pool(max_workers=4) as pool:
+                contexts = list(pool.map(lambda paths: self._upload_source(repo, root, paths, Path(scratch)), groups))
         for hexdigest, path in context_upload.downloads(steps):   # ADD <url> files, by digest
             if repo.head_blob("sha256:" + hexdigest) is None:
                 repo.upload_blob(path, "sha256:" + hexdigest, path.stat().st_size)
-        extra = {"context": context_digest, "compression": o.compression, "platform": plan.platform,
+        extra = {"contexts": contexts, "compression": o.compression, "platform": plan.platform,
                  "no_cache": o.no_cache, "image_name": o.image_name}
         body = plancodec.dump_stages(plan.order(), root, extra)
         digest = sha256_digest(body)
         repo.upload_blob(io.BytesIO(body), digest, len(body))
+        return digest
+
+    def _upload_source(self, repo: Repository, root: Path, paths: list[str], scratch: Path) -> str:
+        """One source's blob: packed, and uploaded unless the stages repo has it already."""
+        tar, digest, size = context_upload.pack(root, paths, scratch, self.env.epoch)
+        try:
+            if repo.head_blob(digest) is None:
+                self.env.report("upload", f"context: {size} bytes ({len(paths)} entries) as {digest[:19]}",
+                                digest=digest, entries=len(paths))
+                repo.upload_blob(tar, digest, size)
+        finally:
+            tar.unlink(missing_ok=True)
         return digest

@@ -28,15 +28,14 @@ class _Decompressed:
     unpacking, nothing here needs the diffID, so the stream is counted, not hashed."""
 
     def __init__(self, blob: BinaryIO, digest: str) -> None:
-        from builder.unpack import Limits, _Metered, open_decompressed
+        from builder.unpack import Inflated, Limits
 
         self.blob = blob
-        self.inner = open_decompressed(blob, threaded=True)  # inflating runs beside the parsing, as in unpack
-        self.read = _Metered(self.inner, Limits.from_env().max_bytes, digest, hashed=False).read
+        self.inner = Inflated(blob, Limits.from_env().max_bytes, digest, hashed=False)  # beside the parsing, as in unpack
+        self.read = self.inner.read
 
     def close(self) -> None:
-        if self.inner is not self.blob and hasattr(self.inner, "close"):
-            self.inner.close()
+        self.inner.close()
         self.blob.close()
 
 

@@ -36,6 +36,16 @@ def _emit(kind: str, **fields: Any) -> None:
     sys.stdout.flush()
 
 
+def _process_start() -> float:
+    """When this process started (the container's command: the pod just turned Running), epoch seconds."""
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime "))
+        return round(boot + ticks / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, StopIteration):
+        return round(time.time(), 3)
+
+
 def run(args: argparse.Namespace) -> int:
     from builder.backends.kubernetes import FAILED_KIND, RESULT_KIND
     from builder.backends.podspec import BUILD_KEY_MOUNT
@@ -43,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
     from builder.tenant import parse_shares
 
     report = relay_reporter(sys.stdout)
+    report("timeline", "process started", at=_process_start())
     task = StageTask(args.plan, args.stage, args.repo, insecure=tuple(args.insecure_registry),
                      ssh_relay=args.ssh_relay, secrets_relay=args.secrets_relay, tenant=args.tenant,
                      share=parse_shares(args.share), build_key_dir=os.environ.get("KADE_BUILD_KEY_DIR", BUILD_KEY_MOUNT))
+    report("timeline", "imports done", at=round(time.time(), 3))
     try:
         result = build_stage(task, report)
     except StepFailedError as exc:

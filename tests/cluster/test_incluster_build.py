@@ -52,7 +52,8 @@ def test_multistage_build_in_pods_matches_local_and_reuses_everything(builder_en
     assert any(r["kind"] == "output" and r["message"].startswith("[default/tool]") for r in recs) or \
         "[default/tool]" in first.stderr
     uploads = [r["message"] for r in recs if r["kind"] == "upload"]
-    assert uploads and "2 entries" in uploads[0], uploads  # tool.sh, app/hello.txt: not unused.bin
+    # one blob per COPY source: tool.sh, app/ (app/hello.txt); never unused.bin
+    assert len(uploads) == 2 and all("1 entries" in u for u in uploads), uploads
 
     # the same Dockerfile with the local backend: same step keys, same step image digests (the last
     # stage's pod reads deps back with the history of its trailing ARG, as the local solver has it)

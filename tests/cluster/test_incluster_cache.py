@@ -1,4 +1,4 @@
-"""The cache PVC of builder pods on the real test cluster: later pods copy the unpacked layers that
+"""The cache PVC of builder pods on the real test cluster: later pods read the layer dirs that
 earlier ones kept there, and the prune CronJob of k8s-manifests/builder empties what no build used
 for long, waiting for running builds."""
 from __future__ import annotations
@@ -33,7 +33,7 @@ def unpack_records(recs: list[dict], stage: str) -> list[dict]:
     return [r for r in recs if r["kind"] == "unpack" and r["message"].startswith(f"[default/{stage}]")]
 
 
-def test_later_pods_copy_unpacked_layers_from_the_cache_pvc(kube_cluster, builder_image, tmp_path):
+def test_later_pods_read_the_layer_dirs_earlier_pods_kept_on_the_cache_pvc(kube_cluster, builder_image, tmp_path):
     with builder_namespace(kube_cluster, builder_image) as env:  # its own, empty cache PVC
         ctx = write_context(tmp_path / "ctx", CHAIN, env.base_image)
         done = kade_build(env, ctx, f"{env.registry}/{unique('shared')}:v1")
@@ -41,12 +41,16 @@ def test_later_pods_copy_unpacked_layers_from_the_cache_pvc(kube_cluster, builde
         recs = records(done)
         first = unpack_records(recs, "first")
         final = unpack_records(recs, "1")
-        # the first pod found an empty PVC: it unpacked the base layer and kept the tree there ...
+        # the first pod found an empty PVC: it unpacked the base layer into the layer store ...
         assert [(r["reused"], r["unpacked"]) for r in first] == [(0, 1)], first
-        kept = [p.name for p in (env.cache_dir / "tenants").glob("*/trees/sha256-*")]   # the build's tenant's
-        assert len(kept) == 1, kept
-        # ... the next pod copied it: the base as its own parent, and under the first stage's image
-        assert sorted((r["reused"], r["unpacked"]) for r in final) == [(1, 0), (1, 1)], final
+        kept = {p.name: json.loads((p / "layer.json").read_text())
+                for p in (env.cache_dir / "tenants").glob("*/trees/layers/*")   # the build's tenant's
+                if (p / "layer.json").is_file()}
+        # ... and every step's upper dir became a layer dir too (user-namespace pods: overlay snapshots):
+        # the base, the first stage's RUN, the last stage's COPY and RUN
+        assert len(kept) == 4 and sum(r["parent"] is None for r in kept.values()) == 1, kept
+        # the next pod read both: the base for its own rootfs, base + RUN for COPY --from=first; no copy
+        assert sorted((r["reused"], r["unpacked"]) for r in final) == [(1, 0), (2, 0)], final
 
 
 def _aged(path: Path, days: float) -> Path:

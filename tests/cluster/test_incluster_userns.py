@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.backends.podspec import WORK_MOUNT
+from builder.backends.podspec import CACHE_MOUNT
 from tests.cluster.test_incluster_build import MULTI, _start
 from tests.fixtures.incluster import (builder_pods, get_manifest, layer_files, kade_build, result, stage_keys, unique,
                                       write_context)
@@ -64,12 +64,14 @@ def _status_ids(pid: int) -> tuple[int, int]:
 
 
 def _sandbox_overlay(pid: int) -> bool:
-    """Whether a process's root is a step overlay mounted in a user namespace (snapshot.py's options)."""
+    """Whether a process's root is a step overlay mounted in a user namespace: over layer dirs of the
+    cache PVC's layer store (builder/layerstore.py), its marks in user.* xattrs."""
     try:
         root = [line for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines() if line.split()[4] == "/"]
     except OSError:
         return False
-    return any(" - overlay overlay " in line and f"lowerdir={WORK_MOUNT}/" in line and "userxattr" in line
+    return any(" - overlay overlay " in line and "userxattr" in line
+               and (f"lowerdir={CACHE_MOUNT}/layers/" in line or f"lowerdir+={CACHE_MOUNT}/layers/" in line)
                for line in root)
 
 

@@ -32,7 +32,7 @@ KIND_BY_METAVAR = {
     "DOCKERFILE": "file", "CONTEXT": "dir", "REF": "ref", "SRC": "ref", "DST": "ref", "REPO": "repo",
     "STAGES_REPO": "repo", "HOST": "host", "K=V": "buildarg", "KEY=VALUE": "keyvalue", "NAME=REF": "keyvalue",
     "TEMPLATE": "template", "default[=SOCKET]": "ssh", "id=ID,src=PATH|env=VAR": "secret", "PATH_OR_URL": "git",
-    "PATH|k8s://NS/NAME": "key", "A": "ref", "B": "ref", "PREFIX": "outprefix",
+    "PATH|k8s://NS/NAME": "key", "A": "ref", "B": "ref", "PREFIX": "outprefix", "SIZE": "size",
 }
 KIND_BY_DEST = {
     "report": "outfile", "cache_dir": "cachedir", "dir": "dir", "kubeconfig": "yamlfile", "values": "yamlfile",
@@ -79,6 +79,7 @@ class Workspace:
             "duration": ["-5", "5 minutes", "0", "soon"],
             "duration0": ["-5", "5 minutes", "soon"],  # 0 is a value (off)
             "number": ["-5", "soon", "nan"],
+            "size": ["-5", "soon", "1P", "5 GB extra"],
             "ref": ["http://x y", "team/UPPER:1", f"{NOWHERE}/app:bad tag!", "a@sha256:zz"],
             "repo": ["http://x y", "team/UPPER", f"{NOWHERE}/a b"],
             "host": ["http://x y", "x y", "a/b"],

@@ -109,12 +109,22 @@ def test_stages_built_by_the_pod_code_equal_the_local_backend(registry, base_ima
     assert step_digests(registry.host, "par/remote-stages", keys) == step_digests(registry.host, "par/local-stages", keys)
     # the final images differ only by their created time: same layers
     assert remote_result.images[0]["digest"] == local_result.images[0]["digest"]
-    uploads = [m for k, m in events if k == "upload"]
-    assert len(uploads) == 1 and "2 entries" in uploads[0]  # tool.sh, app/hello.txt; not big-unused.bin
+    uploads = sorted(m for k, m in events if k == "upload")
+    # one blob per COPY source: tool.sh, app/ (app/hello.txt); never big-unused.bin
+    assert len(uploads) == 2 and all("1 entries" in u for u in uploads), uploads
 
     again = InProcessStages(BuildOptions(context=ctx, tags=[f"{registry.host}/par/remote:2"],
                                          cache_dir=str(tmp_path / "cli-cache")), report, pods_root=tmp_path / "pods2")
     assert again.build_all().built == 0 and again.ran == []
+
+    # one source changed: only its blob goes up again; the pod gets both and builds the same way
+    events.clear()
+    (ctx / "app" / "hello.txt").write_text("hello again\n")
+    third = InProcessStages(BuildOptions(context=ctx, tags=[f"{registry.host}/par/remote:3"],
+                                         cache_dir=str(tmp_path / "cli-cache")), report, pods_root=tmp_path / "pods3")
+    assert third.build_all().built == 4 and third.ran == ["final"]   # COPY app/ and the three steps after it
+    uploads = [m for k, m in events if k == "upload"]
+    assert len(uploads) == 1 and "1 entries" in uploads[0], uploads
 
 
 def test_add_url_reaches_the_pod_as_a_blob_of_the_bytes_the_cli_checked(registry, base_image, tmp_path, epoch):
@@ -206,6 +216,23 @@ def test_context_upload_keeps_modes_and_refuses_escapes(tmp_path):
     with pytest.raises(BuildError):
         context_upload.unpack(evil, tmp_path / "out2")
     assert not (tmp_path / "escape").exists()
+
+
+def test_context_uploads_are_checked_together(tmp_path):
+    """One tar per source: a symlink in one must not carry another's file out of the context dir."""
+    link_tar, file_tar = tmp_path / "link.tar", tmp_path / "file.tar"
+    with tarfile.open(link_tar, "w") as tf:
+        link = tarfile.TarInfo("a")
+        link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path / "outside")
+        tf.addfile(link)
+    with tarfile.open(file_tar, "w") as tf:
+        f = tarfile.TarInfo("a/owned")
+        f.size = 0
+        tf.addfile(f)
+    (tmp_path / "outside").mkdir()
+    with pytest.raises(BuildError, match="through a symlink"):
+        context_upload.unpack([link_tar, file_tar], tmp_path / "out")
+    assert not (tmp_path / "outside" / "owned").exists()
 
 
 def test_context_upload_refuses_writing_through_its_own_symlink(tmp_path):

@@ -76,3 +76,16 @@ def test_reuse_marks_a_kept_stack_used_without_changing_its_content_times(tmp_pa
     os.utime(kept, (week_ago, week_ago))
     cache.prune(older_than_seconds=86400)
     assert not store.has(base.diff_id)
+
+
+def test_a_kept_tree_that_changed_is_discarded_not_copied(tmp_path):
+    """The copy fallback's shared trees carry a fingerprint too (a pod's cache PVC is shared)."""
+    opened: list[str] = []
+    base = layer([E("etc", "dir"), E("etc/conf", data=b"good")], opened)
+    RootfsStore(tmp_path / "store").materialize([base], tmp_path / "r1")
+    kept = RootfsStore(tmp_path / "store").path(base.diff_id)
+    (kept / "etc" / "conf").write_bytes(b"evil")      # a write that reached the shared tree
+    again = RootfsStore(tmp_path / "store")
+    assert not again.has(base.diff_id) and not kept.exists()
+    again.materialize([base], tmp_path / "r2")
+    assert (tmp_path / "r2" / "etc" / "conf").read_bytes() == b"good" and opened == [base.diff_id] * 2

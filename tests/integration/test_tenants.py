@@ -96,7 +96,8 @@ def test_a_write_into_tenant_b_unpacked_base_never_reaches_tenant_a(registry, ba
                        str(tmp_path / "clean"), "--output", "json").ok()
     kade_build(str(b), "-t", f"{registry.host}/{team('team-b')}/app:v1", "--cache-dir", str(cache),
                "--output", "json").ok()
-    trees = list(LocalCache(cache, Tenant(f"{registry.host}/{team('team-b')}/app-stages")).rootfs_store.root.iterdir())
+    store = LocalCache(cache, Tenant(f"{registry.host}/{team('team-b')}/app-stages")).trees / "layers"
+    trees = [d / "fs" for d in store.iterdir() if (d / "fs" / "bin").is_dir()]   # the base's layer dir
     assert len(trees) == 1
     (trees[0] / "bin" / "sh-helper").write_text("planted by tenant B\n")
     after = kade_build(str(a), "-t", f"{registry.host}/{team('team-a')}/app:v1", "--cache-dir", str(cache),

@@ -249,3 +249,14 @@ def test_no_answer_is_a_clear_error():
     with pytest.raises(BuildError, match="did not arrive from the CLI within 0s") as err:
         secret_relay.receive(lambda *a, **k: None, wait_s=0.2)
     assert "pods/portforward" in err.value.hint
+@pytest.mark.parametrize("timeline,expected", [
+    ({"process started": 100.0, "imports done": 100.25, "plan fetched": 100.4, "context ready": 101.5,
+      "rootfs ready": 100.9, "first step": 101.6},
+     "first step 1.60s after the pod started (imports done +0.25s, plan fetched +0.40s, rootfs ready +0.90s, "
+     "context ready +1.50s)"),
+    ({"imports done": 5.0, "first step": 6.0}, "first step started"),   # a pod that did not say when it started
+])
+def test_a_pods_startup_timeline_in_one_line(timeline, expected):
+    from builder.backends.kubernetes import startup_line
+
+    assert startup_line(timeline) == expected

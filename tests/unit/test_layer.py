@@ -263,3 +263,26 @@ def test_gzip_blob_bytes_are_pinned(tmp_path):
     assert (info.digest, info.diff_id) == PINNED_GZIP
 PINNED_GZIP = ("sha256:977ccf68bcf3df172f43eece033acae657807d700d7062fa4cdf91b17b0d7f63",
                "sha256:b1fa2b15ddb5bb3907ac8d5db934f5468fd56fac4d4b6b0bdf8c5a5467a2bb22")
+
+
+def test_zstd_blob_is_the_same_whatever_the_number_of_cores(tmp_path, monkeypatch):
+    """zstd compresses with one worker thread per core: the blob must not depend on how many there are
+    (a layer written on a 2-core runner and on a 64-core one has one digest)."""
+    import random
+
+    import zstandard
+
+    rng = random.Random(11)
+    root = tmp_path / "z"
+    root.mkdir()
+    for i in range(40):   # ~12 MiB, more than one zstd job
+        (root / f"f{i}").write_bytes(rng.randbytes(150_000) + b"repeat " * 20_000)
+    digests = set()
+    for cores in (1, 2, 3, 8):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        out = io.BytesIO()
+        info = layer_from_directory(root, out, "zstd", 1_700_000_000)
+        digests.add((info.digest, info.diff_id))
+        tar = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(out.getvalue()), read_across_frames=True).read()
+        assert "sha256:" + hashlib.sha256(tar).hexdigest() == info.diff_id
+    assert len(digests) == 1

@@ -268,12 +268,16 @@ _PATH_METHODS = set(("write_text write_bytes read_text read_bytes mkdir unlink r
                      "is_file exists touch chmod symlink_to hardlink_to rglob").split())
 
 # The modules that own file operations on a rootfs: builder/rootfs_ops.py and its resolver; the layer
-# unpacker and the snapshot, which work through the fds rootpath hands them.
-OWNERS = {"rootfs_ops.py", "rootpath.py", "unpack.py", "snapshot.py"}
+# unpacker and the snapshot, which work through the fds rootpath hands them; the layer store, which
+# walks a layer dir only while nothing else can write it (being unpacked by kade, or a committed upper
+# dir whose RUN's processes are gone) and never follows a symlink (lstat, then descend into directories).
+OWNERS = {"rootfs_ops.py", "rootpath.py", "unpack.py", "snapshot.py", "layerstore.py"}
 # Modules never given a path inside a rootfs, and why.
 NO_ROOTFS = {
     "cache.py": "the local cache's own directories", "fetch.py": "downloads into the cache",
     "rootfs.py": "whole trees of the store, copied with cp -a and renamed (never followed)",
+    "stageroot.py": "the layer store's and work dirs' own directories; a rootfs only through the views it "
+                    "hands rootfs_ops, and `cp -a` of a whole view for --keep-failed",
     "context.py": "the build context (checked to stay inside it), not a rootfs",
     "linux.py": "/proc/self of kade's own process", "dockerfile.py": "the Dockerfile",
     "netns.py": "the host's network settings (/etc/resolv.conf, /proc/sys, /run/kade/net)",
@@ -304,15 +308,18 @@ ALLOWED = {
     ("backends/chroot.py", "_save_cache", "os.rename"): "cache dirs kade owns",
     ("backends/chroot.py", "run_chroot", ".mkdir"): "the cache dir on the cache volume",
     ("sandbox.py", "_resolv_conf", ".read_text"): "the host's /etc/resolv.conf",
+    ("backends/remote.py", "RemoteExecutor._upload_source", ".unlink"): "the context tar kade packed in its temp dir",
     ("sandbox.py", "prepare_call", ".is_dir"): "the rootfs directory itself",
-    ("sandbox.py", "run_in_rootfs", ".write_text"): "the sandbox's private temp dir",
-    ("sandbox.py", "run_in_rootfs", ".mkdir"): "the private temp dir and cache dirs",
-    ("sandbox.py", "run_in_rootfs", ".exists"): "a resolved bind source or a cache dir",
-    ("sandbox.py", "run_in_rootfs", ".is_dir"): "a bind source resolved inside its root",
-    ("sandbox.py", "run_in_rootfs", "shutil.copytree"): "a resolved bind source into the private dir",
-    ("sandbox.py", "run_in_rootfs", "shutil.copy2"): "a resolved bind source into the private dir",
-    ("sandbox.py", "run_in_rootfs", "os.chmod"): "a new cache dir",
-    ("sandbox.py", "run_in_rootfs", "os.chown"): "a new cache dir",
+    ("sandbox.py", "_prepare", ".write_text"): "the sandbox's private temp dir",
+    ("sandbox.py", "_prepare", ".mkdir"): "the private temp dir and cache dirs",
+    ("sandbox.py", "_prepare", ".exists"): "a cache dir",
+    ("sandbox.py", "_prepare", "os.chmod"): "a new cache dir",
+    ("sandbox.py", "_prepare", "os.chown"): "a new cache dir",
+    ("sandbox.py", "_bind_source", ".exists"): "a bind source resolved inside its root",
+    ("sandbox.py", "_bind_source", ".is_dir"): "a bind source resolved inside its root",
+    ("sandbox.py", "_bind_source", "shutil.copytree"): "a resolved bind source into the private dir",
+    ("sandbox.py", "_bind_source", "shutil.copy2"): "a resolved bind source into the private dir",
+    ("sandbox.py", "_layered_source", ".mkdir"): "a mount point in the sandbox's private dir",
     ("sandbox.py", "run_in_rootfs", "shutil.rmtree"): "the private temp dir",
     ("sandbox.py", "_Staging.place", ".mkdir"): "mount points in the sandbox's private dir",
     ("sandbox.py", "_Staging.place", ".touch"): "mount points in the sandbox's private dir",
