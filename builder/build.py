@@ -66,19 +66,24 @@ class Build:
     def session(self) -> AbstractContextManager[None]:
         return session(self.env, self.executor)
 
-    def prepare(self) -> Plan:
-        """Parse and plan (base images resolved): every step key is known, nothing has run."""
+    def prepare(self, platform: str | None = None) -> Plan:
+        """Parse and plan for one target platform (the options' by default), base images resolved:
+        every step key is known, nothing has run."""
         o = self.options
         dockerfile = o.dockerfile or (o.context / "Dockerfile")
         ctx = BuildContext.open(o.context, dockerfile)
         ctx.fetcher = self._fetch_url
         plan = make_plan(parse_file(dockerfile), ctx, self.env.store.resolve, target=o.target,
-                         build_args=o.build_args, platform=o.platform)
+                         build_args=o.build_args, platform=platform or o.platform, build_platform=o.build_platform)
         if not o.allow_host_network:
             check_host_network(plan)
         for name in plan.unused_args:
             self.env.report("warning", f"build arg {name} was given but no ARG in the stages built declares it")
         return plan
+
+    def prepare_all(self) -> list[Plan]:
+        """One plan per target platform (a step that doesn't depend on the target has one key in all)."""
+        return [self.prepare(p) for p in self.options.target_platforms]
 
     def lookup(self, plan: Plan) -> dict[str, Descriptor]:
         return self.solver.lookup(plan)
@@ -88,12 +93,18 @@ class Build:
         return self.solver.solve(plan, self.lookup(plan) if hits is None else hits)
 
     def publish(self, plan: Plan, solution: Solution, to: Destination | None = None) -> BuildResult:
-        return self.publisher.publish(plan, solution, to or Destination(tuple(self.options.tags)))
+        return self.publish_all([(plan, solution)], to)
+
+    def publish_all(self, solved: list[tuple[Plan, Solution]], to: Destination | None = None) -> BuildResult:
+        """One platform: its image; several: an index of them."""
+        return self.publisher.publish(solved, to or Destination(tuple(self.options.tags)))
 
     def run(self) -> BuildResult:
+        """Plan every platform, then solve them one after the other: the steps the platforms share are
+        pushed (or claimed, without a stages repo) by the first and found by the next, so they run once."""
         with self.session():
-            plan = self.prepare()
-            return self.publish(plan, self.solve(plan))
+            plans = self.prepare_all()
+            return self.publish_all([(plan, self.solve(plan)) for plan in plans])
 
     def _fetch_url(self, url: str, checksum: str | None) -> Path:
         """ADD <url>: download (every build: the key follows the content), verify --checksum, mode 0600."""

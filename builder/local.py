@@ -68,6 +68,8 @@ class LocalExecutor:
     @contextmanager
     def running(self, plan: Plan, jobs: Sequence[StageJob]) -> Iterator[None]:
         self.plan = plan
+        with self.root_lock:  # a multi-platform build solves one plan after another: stages are per plan
+            self.stage_roots = {k: v for k, v in self.stage_roots.items() if k.startswith("image:")}
         try:
             yield
         finally:
@@ -84,6 +86,11 @@ class LocalExecutor:
 
     def run_stage(self, job: StageJob, results: StageResults) -> StageOutcome:
         ps = job.stage
+        if any(step.kind == "run" for step in job.steps) and not self.o.node_emulation:
+            from builder.emulation import ensure_emulation
+            from builder.platforms import host_platform
+
+            ensure_emulation(Platform.parse(ps.platform), host_platform())  # a foreign platform: qemu
         rootfs = self._materialize(job.parent, f"stage-{ps.label}-")
         parent, ran, reused, keys = job.parent, 0, 0, set()
         for step in job.steps:
@@ -206,7 +213,7 @@ class LocalExecutor:
                    started: float) -> Image:
         """The step image (the step's config over its parent's layers and history, plus its layer), kept
         locally and pushed to the stages repo tagged with the step's key."""
-        base = parent.config if parent else ic.empty_config(Platform.parse(self.o.platform))
+        base = parent.config if parent else ic.empty_config(Platform.parse(ps.platform))
         cfg = step.config.with_build_state(base.diff_ids or (), base.history or ())
         cfg = ic.add_history(cfg, step.created_by, empty_layer=layer is None, diff_id=layer.diff_id if layer else None)
         layers = [*(parent.manifest.layers if parent else []), *([layer.descriptor] if layer else [])]
@@ -291,7 +298,7 @@ class LocalExecutor:
     def _mount_root(self, ref: str, results: StageResults) -> Path:
         if ref.lower() in self._plan.stages:
             return self.stage_rootfs(ref.lower(), results)
-        base = self.env.store.resolve(ref, self.o.platform)
+        base = self.env.store.resolve(ref, self._plan.platform)
         return self.image_rootfs(self.env.store.get(base.digest))
 
     def _cache_mount(self, mount_id: str, sharing: str, stack: ExitStack) -> Path:

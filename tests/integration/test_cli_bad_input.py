@@ -40,7 +40,8 @@ KIND_BY_DEST = {
     "timeout": "duration", "settle": "duration0", "no_activity_timeout": "duration", "older_than": "number",
     "target": "stage", "only_images": "image", "use_plan": "file", "save_plan": "outfile", "verify_repo": "git",
 }
-KIND_BY_COMMAND_DEST = {(("image", "verify"), "repo"): "git"}  # (a git checkout there, a registry one elsewhere)
+KIND_BY_COMMAND_DEST = {(("image", "verify"), "repo"): "git",  # (a git checkout there, a registry one elsewhere)
+                        (("build",), "platform"): "platform"}
 # names the cluster or the registry judges (any string is a valid input here), and hidden flags
 FREE_TEXT = {"namespace", "cache_pvc", "kube_context", "context", "service_account", "registry_secret",
              "env_name", "release", "platform", "resources", "builder_id", "trusted_builder", "scan_namespace",
@@ -90,6 +91,7 @@ class Workspace:
             "key": [str(r / "missing.key"), str(r / "adir"), "k8s://no-name"],
             "outprefix": [under_file + "/k", str(r / "missing-dir" / "k")],
             "stage": ["nosuch"],
+            "platform": ["linux", "linux/amd64,", "linux/am d64", "linux/arm64/v8/x"],
             "image": ["nosuch"],
         }[kind]
 
