@@ -19,7 +19,7 @@ from builder.backends import context_upload, plancodec
 from builder.backends.agent_relay import PodAgentRelay
 from builder.backends.chroot import run_chroot
 from builder.backends.lease import Leases, step_lease_name
-from builder.backends.podspec import MANAGED, SANDBOX_ENV
+from builder.backends.podspec import EMULATION_ENV, MANAGED, SANDBOX_ENV
 from builder.build import session
 from builder.env import BuildEnv
 from builder.errors import BuildError
@@ -135,6 +135,9 @@ def _build_stage(plan_digest: str, label: str, stages_repo: str, report: Report,
                            parallel=1, cache_dir=cache_dir, insecure=insecure,
                            platform=extra.get("platform", "linux/amd64"), no_cache=bool(extra.get("no_cache")),
                            image_name=extra.get("image_name", "default"),
+                           # placed on a node of another architecture (--allow-emulation): binfmt_misc is the
+                           # node's, not visible in the pod; a node without qemu fails RUN with ENOEXEC
+                           node_emulation=os.environ.get(EMULATION_ENV) == "1",
                            secrets=read_secrets(os.environ.get("KADE_SECRETS_DIR")), ssh=ssh,
                            sandbox=run_chroot if sandbox_mode() == "chroot" else None,
                            # the pod's own user namespace (hostUsers: false) is the boundary around root in
