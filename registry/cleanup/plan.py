@@ -23,7 +23,8 @@ Rules, in order of strength:
   - A build record stays while one of its images is kept or it is recent.
 
 Relations between manifests are passes over the decisions, after them: `_keep_index_children` keeps
-what a kept index lists. Attestations and signatures will be one more pass of the same shape over a
+what a kept index lists; `_children_going` names the platform manifests an index deleted by digest takes
+with it. Attestations and signatures will be one more pass of the same shape over a
 `Facts.referrers` (subject digest -> referrer manifests): a referrer follows its subject (kept with it,
 deleted with it), see docs/cleanup.md.
 """
@@ -56,10 +57,12 @@ class PlanItem:
     action: Action
     reasons: tuple[str, ...]
     method: Literal["tag", "manifest"] | None = None  # how a deletion is carried out
+    children: tuple[str, ...] = ()  # an index deleted by digest: its platforms' manifests that go with it
 
     def to_dict(self) -> dict[str, Any]:
-        return {"repository": self.repository, "tag": self.tag, "digest": self.digest, "kind": self.kind,
-                "action": self.action, "reasons": list(self.reasons), "method": self.method}
+        out = {"repository": self.repository, "tag": self.tag, "digest": self.digest, "kind": self.kind,
+               "action": self.action, "reasons": list(self.reasons), "method": self.method}
+        return {**out, "children": list(self.children)} if self.children else out
 
 
 @dataclass(frozen=True)
@@ -408,7 +411,8 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
         method = None
         if action == "delete":
             method = "tag" if digest is not None and (repo, digest) in keeps_digest else "manifest"
-        items.append(PlanItem(repo, tag, digest, kind, action, reasons, method))  # type: ignore[arg-type]
+        children = _children_going(repo, digest, facts, keeps_digest) if method == "manifest" else ()
+        items.append(PlanItem(repo, tag, digest, kind, action, reasons, method, children))  # type: ignore[arg-type]
     return Plan(now, facts.stages_repo, tuple(items), frozenset(record_by_tag), scope, tuple(notes),
                 tuple(blockers) if not purge else (), tuple(clusters))
 
@@ -435,6 +439,19 @@ def _keep_index_children(decisions: dict[tuple[str, str], tuple[Kind, Action, tu
             parent = kept_children.get(facts.tags[r][tag]) if r == repo and action == "delete" else None
             if parent is not None:
                 decisions[(r, tag)] = (kind, "keep", (f"listed by the kept image index {repo}:{parent}",))
+
+
+def _children_going(repo: str, digest: str | None, facts: Facts, keeps_digest: set[tuple[str, str | None]]) -> \
+        tuple[str, ...]:
+    """An image index deleted by digest takes its platforms' manifests with it (they were pushed by digest
+    for it), except those a kept tag points to or a kept index of the repository lists too (a platform
+    unchanged between two builds is one manifest in both indexes)."""
+    indexes = facts.indexes.get(repo, {})
+    if digest is None or digest not in indexes:
+        return ()
+    shared = {d for r, d in keeps_digest if r == repo} | \
+        {child for r, d in keeps_digest if r == repo and d in indexes for child in indexes[d]}
+    return tuple(sorted(indexes[digest] - shared))
 
 
 def _users(users: list[str]) -> str:
