@@ -266,13 +266,7 @@ def test_a_platform_manifest_of_a_kept_index_survives(registry, tmp_path):
     index = Index(manifests=[Descriptor(desc.media_type, amd64, desc.size,
                                         platform={"os": "linux", "architecture": "amd64"})], media_type=mt.OCI_INDEX)
     multi = repo.put_manifest("multi", index.to_bytes(), mt.OCI_INDEX)
-    push_record(stages, BuildRecord(None, None, ago(50), (RecordImage("default", name, ("amd64",), amd64, ()),)))
-    push_record(stages, BuildRecord(None, None, ago(0.5), (RecordImage("default", name, ("multi",), multi, ()),)))
-    h = GitHistory(tmp_path / "git")
-    h.commit("a", "main", int(ago(1).timestamp()))
-    h.write()
-    facts = collect_facts(rc, name + "-stages", repos=(name,), git=str(h.path), kube_contexts=None)
-    plan = plan_cleanup(rc, facts, parse_policy_text(POLICY))
+    plan = _plan_old_and_recent(rc, stages, name, ("amd64", amd64), ("multi", multi), tmp_path)
     by_tag = {i.tag: i for i in plan.items}
     assert by_tag["amd64"].action == "keep"
     assert by_tag["amd64"].reasons == (f"listed by the kept image index {name}:multi",)
@@ -297,13 +291,7 @@ def test_an_old_index_goes_with_its_platform_manifests_and_shared_ones_stay(regi
 
     old = repo.put_manifest("old", index(amd1, arm), mt.OCI_INDEX)
     new = repo.put_manifest("new", index(amd2, arm), mt.OCI_INDEX)
-    push_record(stages, BuildRecord(None, None, ago(50), (RecordImage("default", name, ("old",), old, ()),)))
-    push_record(stages, BuildRecord(None, None, ago(0.5), (RecordImage("default", name, ("new",), new, ()),)))
-    h = GitHistory(tmp_path / "git")
-    h.commit("a", "main", int(ago(1).timestamp()))
-    h.write()
-    facts = collect_facts(rc, name + "-stages", repos=(name,), git=str(h.path), kube_contexts=None)
-    plan = plan_cleanup(rc, facts, parse_policy_text(POLICY))
+    plan = _plan_old_and_recent(rc, stages, name, ("old", old), ("new", new), tmp_path)
     by_tag = {i.tag: i for i in plan.items}
     assert (by_tag["old"].action, by_tag["old"].method, by_tag["old"].children) == ("delete", "manifest", (amd1,))
     outcomes = {o.item.tag: o for o in execute(rc, plan)}
@@ -312,6 +300,17 @@ def test_an_old_index_goes_with_its_platform_manifests_and_shared_ones_stay(regi
     assert repo.head_manifest("new").digest == new  # the kept index, whole
     assert repo.head_manifest(arm) is not None and repo.head_manifest(amd2) is not None
     rc.close()
+
+
+def _plan_old_and_recent(rc, stages, name: str, old: tuple[str, str], recent: tuple[str, str], tmp_path):
+    """The cleanup plan after an old build of tag old[0] (50 h ago) and a recent one of recent[0]."""
+    for (tag, digest), hours in ((old, 50), (recent, 0.5)):
+        push_record(stages, BuildRecord(None, None, ago(hours), (RecordImage("default", name, (tag,), digest, ()),)))
+    h = GitHistory(tmp_path / "git")
+    h.commit("a", "main", int(ago(1).timestamp()))
+    h.write()
+    facts = collect_facts(rc, name + "-stages", repos=(name,), git=str(h.path), kube_contexts=None)
+    return plan_cleanup(rc, facts, parse_policy_text(POLICY))
 
 
 def _image_parts(repo, digest: str):
