@@ -106,3 +106,50 @@ def test_a_platform_the_base_lacks_names_the_image_and_its_platforms(registry, m
     assert run.code == 1
     assert "has no image for platform linux/s390x (it has: linux/amd64, linux/arm64/v8)" in run.stderr
     assert "Dockerfile:1" in run.stderr or "line 1" in run.stderr
+
+
+PROJECT = """
+project: mp
+images:
+  app:
+    context: app
+    platforms: [linux/amd64, linux/arm64/v8]
+    args: {BASE: "{{ env.MP_BASE }}"}
+  final:
+    context: final
+    platforms: [linux/amd64, linux/arm64]
+    dependencies:
+      - image: app
+        args: {APP: ref}
+"""
+
+
+def test_a_project_builds_an_index_per_image_and_reuses_it(registry, multi_base, kade_build, tmp_path, monkeypatch):
+    from tests.integration.test_project_build import commit_all, git
+
+    root = tmp_path / "repo"
+    (root / "app").mkdir(parents=True)
+    (root / "final").mkdir()
+    (root / "kade.yaml").write_text(PROJECT)
+    (root / "app" / "Dockerfile").write_text("ARG BASE\nFROM ${BASE}\nRUN uname -m > /arch\n")
+    (root / "final" / "Dockerfile").write_text("ARG APP\nFROM ${APP}\nRUN cat /arch > /final-arch\n")
+    git(root, "init", "-q", "-b", "main")
+    commit_all(root, "mp")
+    monkeypatch.setenv("MP_BASE", multi_base.ref)
+    args = ("--dir", str(root), "--repo", f"{registry.host}/mp", "--insecure-registry", registry.host,
+            "--output", "json")
+    first = kade_build(*args)
+    assert first.code == 0, first.stderr
+    images = first.json()["images"]
+    assert first.json()["steps"]["built"] == 4  # each RUN once per platform
+    final = f"{images['final']['repository']}:{images['final']['tag']}"
+    out = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{final}"],
+                         capture_output=True, text=True, timeout=60)
+    index = json.loads(out.stdout)
+    assert sorted(m["platform"]["architecture"] for m in index["manifests"]) == ["amd64", "arm64"]
+    arm = podman_run_platform(final, "linux/arm64", "cat", "/final-arch")  # FROM app: app's arm64 image
+    assert (arm.returncode, arm.stdout) == (0, "aarch64\n"), arm.stderr
+    second = kade_build(*args)  # nothing changed: both indexes come from the registry by their content tags
+    assert second.code == 0, second.stderr
+    assert second.json()["steps"]["built"] == 0
+    assert {n: i["digest"] for n, i in second.json()["images"].items()} == {n: i["digest"] for n, i in images.items()}
