@@ -55,6 +55,7 @@ class ProjectOptions:
     cache_dir: str | None = None
     insecure: tuple[str, ...] = ()
     platform: str = DEFAULT_PLATFORM
+    platforms: tuple[str, ...] = ()  # `kade build --platform a,b`: for images whose kade.yaml names none
     images: list[str] | None = None  # only these (and what they depend on); None: all
     display_root: str = ""  # how the project folder is named in messages (instead of a temp export)
     build_missing: bool = True  # False: images must already be in the registry (a deploy without build)
@@ -229,12 +230,13 @@ class ProjectBuilder:
         labels = {LABEL_REVISION: self.o.commit} if self.o.commit else {}
         if self.o.source:
             labels[LABEL_SOURCE] = self.o.source
+        targets = spec.platforms or self.o.platforms or (self.o.platform,)
         return BuildOptions(
             context=context, dockerfile=context / spec.dockerfile, target=spec.target, build_args=args,
             tags=[], repo=self.o.stages, secrets=secrets, ssh=parse_ssh(spec.ssh[0]) if spec.ssh else None,
             compression=self.o.compression, no_cache=self.o.no_cache, parallel=self.o.parallel,
-            cache_dir=self.o.cache_dir, insecure=self.o.insecure, platform=(spec.platforms or (self.o.platform,))[0],
-            platforms=spec.platforms if len(spec.platforms) > 1 else (), image_name=spec.name,
+            cache_dir=self.o.cache_dir, insecure=self.o.insecure, platform=targets[0],
+            platforms=targets if len(targets) > 1 else (), image_name=spec.name,
             revision=(self.o.commit, self.o.branch), annotations=dict(labels), labels=labels, epoch=self.o.epoch,
             supply=self.o.supply)
 

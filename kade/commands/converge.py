@@ -94,7 +94,21 @@ def make_project_options(args: argparse.Namespace, ws: Any) -> Any:
     return project_options(ws, args.repo, stages_repo=args.stages_repo, add_tags=list(args.add_tag),
                            env_name=args.env_name, no_cache=args.no_cache, parallel=args.parallel,
                            cache_dir=args.cache_dir, insecure=tuple(args.insecure_registry),
-                           images=getattr(args, "only_images", None), executor=factory, supply=supply)
+                           images=getattr(args, "only_images", None), executor=factory, supply=supply,
+                           platforms=_platforms(args))
+
+
+def _platforms(args: argparse.Namespace) -> tuple[str, ...]:
+    """`kade build --platform` (converge has none: kade.yaml's `platforms:` or linux/amd64)."""
+    if getattr(args, "platform", None) is None:
+        return ()
+    from builder.errors import BuildError
+    from builder.platforms import parse_platforms
+
+    try:
+        return tuple(str(p) for p in parse_platforms(args.platform))
+    except BuildError as exc:
+        raise UsageError(f"{exc.detail} ({exc.hint})") from None
 
 
 def executor_factory(args: argparse.Namespace) -> "ExecutorFactory | None":
