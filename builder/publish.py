@@ -104,7 +104,7 @@ class Publisher:
             record_tag = self.record([p for p, _ in solved], to.tags, images[0]["digest"], commit, branch, now)
         # cached: every planned step that did not run (found in the stages repo, shared, or not needed)
         built = sum(solution.built for _, solution in solved)
-        cached = len({s.key for p, _ in solved for s in p.all_steps()}) - built
+        cached = sum(len(p.all_steps()) for p, _ in solved) - built
         return BuildResult(images=images, built=built, cached=cached, record_tag=record_tag, layout=layout)
 
     def index_annotations(self, commit: str | None, now: datetime) -> dict[str, str]:

@@ -153,3 +153,33 @@ def test_a_project_builds_an_index_per_image_and_reuses_it(registry, multi_base,
     assert second.code == 0, second.stderr
     assert second.json()["steps"]["built"] == 0
     assert {n: i["digest"] for n, i in second.json()["images"].items()} == {n: i["digest"] for n, i in images.items()}
+
+
+def test_each_platform_is_attested_and_the_index_signed(registry, multi_base, context, kade_build, sign_key,
+                                                         monkeypatch):
+    from kade.cli import main
+    from registry import referrers as rf
+    from registry import signing
+    from registry.client import RegistryClient
+    from registry.model import parse_manifest
+
+    monkeypatch.setenv("KADE_SIGN_PASSWORD", sign_key.password)
+    ctx = context(f"FROM {multi_base.ref}\nRUN uname -m > /built-arch\n")
+    ref = f"{registry.host}/mp/signed:v1"
+    digest = kade_build(ctx, "--platform", PLATFORMS, "-t", ref, "--insecure-registry", registry.host,
+                        "--sign-key", str(sign_key.private), "--output", "json").ok()["images"][0]["digest"]
+    with RegistryClient() as client:
+        repo = client.repository(f"{registry.host}/mp/signed")
+        body, desc = repo.get_manifest(digest)
+        children = parse_manifest(body, desc.media_type).manifests
+        assert len(children) == 2
+        for child in children:
+            kinds = {a.annotations["io.kade.attestation"] for a in rf.list_referrers(repo, child.digest)}
+            assert kinds == {"sbom", "provenance"}, child.platform
+            provenance = next(a for a in rf.list_referrers(repo, child.digest)
+                              if a.annotations["io.kade.attestation"] == "provenance")
+            statement = json.loads(rf.fetch_artifact(repo, provenance, child.digest))
+            platform = f"{child.platform['os']}/{child.platform['architecture']}"
+            assert statement["predicate"]["buildDefinition"]["externalParameters"]["platform"] == platform
+        assert signing.read_signatures(repo, digest)  # the tag's digest, the index, is what is signed
+    assert main(["image", "verify", ref, "--key", str(sign_key.public)]) == 0
