@@ -183,3 +183,7 @@ def test_each_platform_is_attested_and_the_index_signed(registry, multi_base, co
             assert statement["predicate"]["buildDefinition"]["externalParameters"]["platform"] == platform
         assert signing.read_signatures(repo, digest)  # the tag's digest, the index, is what is signed
     assert main(["image", "verify", ref, "--key", str(sign_key.public)]) == 0
+    # provenance per platform: every platform manifest's statement names the trusted builder
+    assert main(["image", "verify", ref, "--key", str(sign_key.public),
+                 "--trusted-builder", "https://kade.io/builders/local"]) == 0
+    assert main(["image", "verify", ref, "--key", str(sign_key.public), "--trusted-builder", "https://evil"]) == 1
