@@ -173,6 +173,8 @@ def run_check(args: argparse.Namespace, options: BuildOptions, report: Any) -> i
 
     if args.tag or args.backend == "kubernetes":
         raise UsageError("--check-reproducible builds twice locally and pushes nothing: drop --tag and --backend")
+    if options.platforms:
+        raise UsageError("--check-reproducible compares the images of one platform: pass one --platform at a time")
     result = check_reproducible(options, report)
 
     def text(data: dict) -> str:

@@ -187,3 +187,8 @@ def test_each_platform_is_attested_and_the_index_signed(registry, multi_base, co
     assert main(["image", "verify", ref, "--key", str(sign_key.public),
                  "--trusted-builder", "https://kade.io/builders/local"]) == 0
     assert main(["image", "verify", ref, "--key", str(sign_key.public), "--trusted-builder", "https://evil"]) == 1
+
+
+def test_check_reproducible_takes_one_platform(context, kade_build):
+    run = kade_build(context("FROM scratch\n"), "--check-reproducible", "--platform", PLATFORMS)
+    assert run.code == 2 and "pass one --platform at a time" in run.stderr
