@@ -68,6 +68,7 @@ class LocalExecutor:
     @contextmanager
     def running(self, plan: Plan, jobs: Sequence[StageJob]) -> Iterator[None]:
         self.plan = plan
+        self._check_emulation(jobs)
         with self.root_lock:  # a multi-platform build solves one plan after another: stages are per plan
             self.stage_roots = {k: v for k, v in self.stage_roots.items() if k.startswith("image:")}
         try:
@@ -84,13 +85,18 @@ class LocalExecutor:
         self.interrupted = True
         sandbox.kill_all()  # RUNs in worker threads stop now (and none starts): the solver waits for them
 
+    def _check_emulation(self, jobs: Sequence[StageJob]) -> None:
+        """Before anything runs: RUN in a stage of a foreign platform needs qemu (builder/emulation.py)."""
+        if self.o.node_emulation:  # a pod placed for emulation: the node's kernel has it, unseen from here
+            return
+        from builder.emulation import ensure_emulation
+        from builder.platforms import host_platform
+
+        for platform in sorted({j.stage.platform for j in jobs if any(s.kind == "run" for s in j.steps)}):
+            ensure_emulation(Platform.parse(platform), host_platform())
+
     def run_stage(self, job: StageJob, results: StageResults) -> StageOutcome:
         ps = job.stage
-        if any(step.kind == "run" for step in job.steps) and not self.o.node_emulation:
-            from builder.emulation import ensure_emulation
-            from builder.platforms import host_platform
-
-            ensure_emulation(Platform.parse(ps.platform), host_platform())  # a foreign platform: qemu
         rootfs = self._materialize(job.parent, f"stage-{ps.label}-")
         parent, ran, reused, keys = job.parent, 0, 0, set()
         for step in job.steps:
