@@ -251,6 +251,7 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
         dep = planned[base_stage.label()]
         base_key, base_config = dep.final_key, dep.final_config
         deps.add(dep.label)
+        stage_platform = dep.platform  # FROM <stage> runs as that stage does (BuildKit: d.platform = base's)
     elif base_name.lower() == "scratch":
         base_key, base_config = "scratch", ic.empty_config(Platform.parse(stage_platform))
     else:

@@ -198,3 +198,11 @@ def test_scratch_takes_the_target_platform_with_its_variant(ctx):
     p = _plan(ctx, "linux/arm/v7", "FROM scratch\nCOPY app /app\n")
     cfg = p.stages["0"].steps[-1].config
     assert (cfg.os, cfg.architecture, cfg.variant) == ("linux", "arm", "v7")
+
+
+def test_a_stage_from_a_build_platform_stage_runs_as_it_does(ctx):
+    text = "FROM --platform=$BUILDPLATFORM base AS tools\nRUN make\nFROM tools AS more\nRUN more\nFROM base\n" \
+           "COPY --from=more /x /x\n"
+    amd, arm = _plan(ctx, "linux/amd64", text), _plan(ctx, "linux/arm64", text)
+    assert arm.stages["more"].platform == "linux/amd64"
+    assert _keys(amd, "more") == _keys(arm, "more")
