@@ -149,10 +149,14 @@ def test_a_project_builds_an_index_per_image_and_reuses_it(registry, multi_base,
     assert sorted(m["platform"]["architecture"] for m in index["manifests"]) == ["amd64", "arm64"]
     arm = podman_run_platform(final, "linux/arm64", "cat", "/final-arch")  # FROM app: app's arm64 image
     assert (arm.returncode, arm.stdout) == (0, "aarch64\n"), arm.stderr
-    second = kade_build(*args)  # nothing changed: both indexes come from the registry by their content tags
+    # nothing changed: both indexes come from the registry by their content tags, and get the extra tag
+    second = kade_build(*args, "--add-tag", "{{ image }}-again")
     assert second.code == 0, second.stderr
     assert second.json()["steps"]["built"] == 0
     assert {n: i["digest"] for n, i in second.json()["images"].items()} == {n: i["digest"] for n, i in images.items()}
+    again = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--raw",
+                            f"docker://{images['final']['repository']}:final-again"], capture_output=True, timeout=60)
+    assert again.returncode == 0 and again.stdout == out.stdout.encode(), again.stderr
 
 
 def test_each_platform_is_attested_and_the_index_signed(registry, multi_base, context, kade_build, sign_key,
