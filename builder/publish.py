@@ -60,14 +60,18 @@ class Publisher:
             raise BuildError("the target stage is an empty scratch image: nothing to publish",
                              file=plan.dockerfile.path if plan.dockerfile else None)
         o = self.env.options
-        created = rfc3339(now)
-        config = target.config.with_created(created)
+        config = target.config.with_created(rfc3339(now))
         if o.labels:
             config = ic.set_labels(config, sorted(o.labels.items()))
-        annotations = {**o.annotations, ANNOTATION_CREATED: created}
+        return Image.assemble(config, target.manifest.layers, self.annotations(commit, now), source=target.source)
+
+    def annotations(self, commit: str | None, now: datetime) -> dict[str, str]:
+        """The manifest annotations of the final image (and of an index of several): the extra ones,
+        created and, from git, the revision."""
+        annotations = {**self.env.options.annotations, ANNOTATION_CREATED: rfc3339(now)}
         if commit:
             annotations[ANNOTATION_REVISION] = commit
-        return Image.assemble(config, target.manifest.layers, annotations, source=target.source)
+        return annotations
 
     def publish(self, solved: list[tuple[Plan, Solution]], to: Destination) -> BuildResult:
         """The final image of each solved platform to every tag: one platform its image, several an
@@ -76,7 +80,7 @@ class Publisher:
         commit, branch = o.revision if o.revision is not None else git_revision(o.context)
         now = created_at(self.env.epoch)
         finals = [self.final_image(plan, solution.image, commit, now) for plan, solution in solved]
-        index = ImageIndex.assemble(finals, self.index_annotations(commit, now)) if len(finals) > 1 else None
+        index = ImageIndex.assemble(finals, self.annotations(commit, now)) if len(finals) > 1 else None
         images: list[dict[str, str]] = []
         layout = None
         for tag in to.tags:
@@ -106,12 +110,6 @@ class Publisher:
         built = sum(solution.built for _, solution in solved)
         cached = sum(len(p.all_steps()) for p, _ in solved) - built
         return BuildResult(images=images, built=built, cached=cached, record_tag=record_tag, layout=layout)
-
-    def index_annotations(self, commit: str | None, now: datetime) -> dict[str, str]:
-        annotations = {**self.env.options.annotations, ANNOTATION_CREATED: rfc3339(now)}
-        if commit:
-            annotations[ANNOTATION_REVISION] = commit
-        return annotations
 
     def record(self, plans: list[Plan], tags: tuple[str, ...], digest: str, commit: str | None, branch: str | None,
                now: datetime) -> str:
