@@ -23,6 +23,7 @@ from builder.solver import Solution
 from common.epoch import created_at, rfc3339
 from common.git import revision as git_revision
 from registry.image import Image, ImageIndex
+from registry.model import Platform
 from registry.reference import Reference
 
 ANNOTATION_REVISION = "org.opencontainers.image.revision"
@@ -80,7 +81,8 @@ class Publisher:
         commit, branch = o.revision if o.revision is not None else git_revision(o.context)
         now = created_at(self.env.epoch)
         finals = [self.final_image(plan, solution.image, commit, now) for plan, solution in solved]
-        index = ImageIndex.assemble(finals, self.annotations(commit, now)) if len(finals) > 1 else None
+        targets = [Platform.parse(plan.platform) for plan, _ in solved]  # each entry: what it was built for
+        index = ImageIndex.assemble(finals, self.annotations(commit, now), targets) if len(finals) > 1 else None
         images: list[dict[str, str]] = []
         layout = None
         for tag in to.tags:

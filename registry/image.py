@@ -18,7 +18,7 @@ from registry import mediatypes as mt
 from registry.digest import sha256_digest
 from registry.errors import InvalidManifest
 from registry.imageconfig import ImageConfig
-from registry.model import Descriptor, Index, Manifest
+from registry.model import Descriptor, Index, Manifest, Platform
 
 Opener = Callable[[], BinaryIO]
 _OCI_FOR_DOCKER = {mt.DOCKER_LAYER_GZIP: mt.OCI_LAYER_GZIP}
@@ -119,15 +119,18 @@ class ImageIndex:
         return Descriptor(self.index.media_type, self.digest, len(self.index_bytes))
 
     @classmethod
-    def assemble(cls, images: Sequence[Image], annotations: dict[str, str] | None = None) -> "ImageIndex":
-        """An OCI index of `images`, each entry's platform taken from its config (one per platform)."""
-        seen: dict[str, str] = {}
-        for img in images:
-            p = str(img.config.platform)
-            if p in seen:
-                raise InvalidManifest(f"two images for platform {p} in one index: {seen[p]} and {img.digest}")
-            seen[p] = img.digest
-        entries = [Descriptor(img.manifest.media_type, img.digest, len(img.manifest_bytes),
-                              platform=img.config.platform.to_dict()) for img in images]
+    def assemble(cls, images: Sequence[Image], annotations: dict[str, str] | None = None,
+                 platforms: Sequence[Platform] | None = None) -> "ImageIndex":
+        """An OCI index of `images`, one per platform: `platforms` (what each was built for), else each
+        config's own."""
+        platforms = list(platforms) if platforms is not None else [img.config.platform for img in images]
+        seen: dict[Platform, str] = {}
+        for img, p in zip(images, platforms, strict=True):
+            if p.normalized() in seen:
+                raise InvalidManifest(f"two images for platform {p} in one index: {seen[p.normalized()]} and "
+                                      f"{img.digest}")
+            seen[p.normalized()] = img.digest
+        entries = [Descriptor(img.manifest.media_type, img.digest, len(img.manifest_bytes), platform=p.to_dict())
+                   for img, p in zip(images, platforms)]
         index = Index(entries, media_type=mt.OCI_INDEX, annotations=annotations or None)
         return cls(index, tuple(images), sha256_digest(index.to_bytes()))
