@@ -79,6 +79,10 @@ class Build:
             check_host_network(plan)
         for name in plan.unused_args:
             self.env.report("warning", f"build arg {name} was given but no ARG in the stages built declares it")
+        for step in plan.all_steps():
+            for pattern in step.copy.unmatched if step.copy else ():
+                self.env.report("warning", f"{step.ins.file}:{step.ins.line}: {step.ins.cmd} source {pattern!r} "
+                                           "matches nothing in the context: nothing copied for it (as BuildKit does)")
         return plan
 
     def prepare_all(self) -> list[Plan]:

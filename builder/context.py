@@ -130,10 +130,6 @@ class IgnoreRules:
                 matched = not pat.exclusion
         return matched
 
-    def may_include_below(self, rel_dir: str) -> bool:
-        """Can anything below an excluded directory be re-included by a `!` pattern?"""
-        return self.has_exclusions
-
 
 @dataclass(frozen=True)
 class Entry:
@@ -157,6 +153,11 @@ class Source:
 
 
 UrlFetcher = Callable[[str, "str | None"], Path]  # (url, expected sha256 digest or None) -> local file
+
+
+def is_wildcard(src: str) -> bool:
+    """Whether a COPY/ADD source is a pattern (`*`, `?`, `[...]`) rather than a path."""
+    return bool(_GLOB_CHARS.search(src))
 
 
 class BuildContext:
@@ -183,16 +184,14 @@ class BuildContext:
 
     # -- selection ---------------------------------------------------------------------------------
     def select(self, src: str) -> list[Source]:
-        """Expand one COPY/ADD source (glob or path) into the sources it names."""
+        """Expand one COPY/ADD source (glob or path) into the sources it names. A wildcard that matches
+        nothing names nothing (BuildKit's AllowEmptyWildcard: `COPY package.json package-lock.json* ./`
+        copies package.json alone); a path that does not exist is an error."""
         rel = clean_path(src)
         if rel == ".." or rel.startswith("../"):
             raise MissingSourceError(f"source {src!r} is outside the build context")
-        if _GLOB_CHARS.search(rel):
-            matches = sorted(self._glob(rel))
-            if not matches:
-                raise MissingSourceError(f"no source files were specified: {src!r} matches nothing in the context",
-                                         hint="check the pattern and .dockerignore")
-            return [self._source(m) for m in matches]
+        if is_wildcard(rel):
+            return [self._source(m) for m in sorted(self._glob(rel))]
         if rel != "." and (self.ignore.excluded(rel) and not self._has_included_below(rel)):
             raise MissingSourceError(f"{src!r} is excluded by .dockerignore", hint="remove it from .dockerignore")
         path = self.root / rel

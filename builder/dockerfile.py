@@ -351,7 +351,3 @@ def global_scope(df: Dockerfile, build_args: dict[str, str]) -> dict[str, str]:
             elif default is not None:
                 scope[name] = default
     return scope
-
-
-def declared_global_args(df: Dockerfile) -> set[str]:
-    return {name for ins in df.global_args for name, _ in arg_pairs(ins, {}, df.escape)}

@@ -169,9 +169,11 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
     uid, gid = _owner(spec.chown, rootfs)
     chmod = parse_chmod(spec.chmod_text)[1] if spec.chmod_text else (
         None if spec.chmod is None else parse_chmod(f"{spec.chmod:o}")[1])
-    # COPY --from keeps the owners the source stage or image gave its files (BuildKit, Docker since 18.09)
+    # COPY --from keeps the owners the source stage or image gave its files (BuildKit, Docker since 18.09),
+    # and its hard links (content of the source's key or digest; the context's are not in a step key)
     override = Override(uid, gid, chmod, epoch, keep_owner=from_root is not None and not spec.chown,
-                        skip=_excluder(spec.excludes) if spec.from_paths else None)
+                        skip=_excluder(spec.excludes) if spec.from_paths else None,
+                        keep_links=from_root is not None)
     made = Meta(uid, gid, 0o755, made_time(epoch))
     opened: list[Root] = []
     try:

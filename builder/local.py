@@ -221,7 +221,11 @@ class LocalExecutor:
         locally and pushed to the stages repo tagged with the step's key."""
         base = parent.config if parent else ic.empty_config(Platform.parse(ps.platform))
         cfg = step.config.with_build_state(base.diff_ids or (), base.history or ())
-        cfg = ic.add_history(cfg, step.created_by, empty_layer=layer is None, diff_id=layer.diff_id if layer else None)
+        for text in step.history:  # the ARGs before it (BuildKit's history; not in the key)
+            cfg = ic.add_history(cfg, text, empty_layer=True)
+        if step.in_history or layer:  # ONBUILD has no entry of its own
+            cfg = ic.add_history(cfg, step.created_by, empty_layer=layer is None,
+                                 diff_id=layer.diff_id if layer else None)
         layers = [*(parent.manifest.layers if parent else []), *([layer.descriptor] if layer else [])]
         repo = self.env.stages_repo
         img = Image.assemble(cfg, layers, source=repo or "")

@@ -67,6 +67,7 @@ class CopySpec:
     link: bool = False  # COPY --link: accepted, copied as a plain COPY (docs/builder.md)
     chmod_text: str | None = None  # --chmod as written: octal or symbolic (builder/modes.py)
     parents: bool = False  # COPY --parents (context sources carry `keep`, --from paths `from_keep`)
+    unmatched: list[str] = field(default_factory=list)  # context wildcards that matched nothing (the build warns)
     from_keep: list[str] = field(default_factory=list)
     excludes: list[str] = field(default_factory=list)  # --exclude patterns
     unpack: bool | None = None  # ADD --unpack: None = local archives yes, URLs no
@@ -87,6 +88,11 @@ class Step:
     network: str = "default"
     copy: CopySpec | None = None
     heredoc_files: list[tuple[str, str, int]] = field(default_factory=list)  # RUN heredoc scripts
+    # History (never a key input): the empty-layer entries BuildKit writes before this step's own, one
+    # per ARG of the stage since the step before ("ARG NAME=value"), and whether the step has an entry
+    # of its own (ONBUILD has none).
+    history: list[str] = field(default_factory=list)
+    in_history: bool = True
 
     @property
     def created_by(self) -> str:
@@ -102,7 +108,9 @@ class PlannedStage:
     base_config: ImageConfig
     steps: list[Step]
     deps: set[str]  # labels of stages needed first (FROM, COPY --from, RUN --mount from=)
-    platform: str = DEFAULT_PLATFORM  # what its steps run as: the target's, or FROM --platform's
+    trailing_history: list[str] = field(default_factory=list)  # the ARGs after the stage's last step
+    args: dict[str, str] = field(default_factory=dict)  # its ARGs' values at its end: a stage FROM it inherits them
+    platform: str = DEFAULT_PLATFORM  # what its steps run as: the target's, FROM --platform's, or its base stage's
 
     @property
     def label(self) -> str:
@@ -247,9 +255,10 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
     base_stage = df.stage(base_name) if df.stage(base_name) and df.stage(base_name).index < st.index else None
     base_image: BaseImage | None = None
     deps: set[str] = set()
-    if base_stage is not None:
+    inherited: dict[str, str] = {}
+    if base_stage is not None:  # its ARGs carry over too (BuildKit: "inherited from parent stages")
         dep = planned[base_stage.label()]
-        base_key, base_config = dep.final_key, dep.final_config
+        base_key, base_config, inherited = dep.final_key, dep.final_config, dep.args
         deps.add(dep.label)
         stage_platform = dep.platform  # FROM <stage> runs as that stage does (BuildKit: d.platform = base's)
     elif base_name.lower() == "scratch":
@@ -264,6 +273,7 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
                             hint=exc.hint) from None
         base_key, base_config = base_image.digest, base_image.config
     state = _StageState(base_config)
+    state.args = dict(inherited)
     triggers = list(state.config.get("OnBuild", []))
     instructions: list[Instruction] = [parse_instruction_line(t, df.path, st.instruction.line) for t in triggers]
     if triggers:
@@ -271,22 +281,31 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
     instructions += list(st.instructions)
     steps: list[Step] = []
     parent = base_key
+    history: list[str] = []  # ARGs since the last step, as BuildKit's history names them
     for ins in instructions:
         if ins.cmd == "ARG":
-            for name, default in arg_pairs(ins, state.scope(), df.escape):
-                consumed.add(name)
-                if name in build_args:
-                    state.args[name] = build_args[name]
-                elif default is not None:
-                    state.args[name] = default
-                elif name in gscope:
-                    state.args[name] = gscope[name]
+            history.append(_plan_arg(ins, state, df.escape, build_args, gscope, consumed))
             continue
         step = _plan_instruction(df, st, ins, state, context, resolver, planned, parent, stage_platform, deps)
+        step.history, history = history, []
         steps.append(step)
         parent = step.key
     return PlannedStage(st, base_image, base_stage.label() if base_stage else None, base_key, base_config,
-                        steps, deps, stage_platform)
+                        steps, deps, history, dict(state.args), stage_platform)
+
+
+def _plan_arg(ins: Instruction, state: _StageState, escape: str, build_args: dict[str, str],
+              gscope: dict[str, str], consumed: set[str]) -> str:
+    """Declare a stage's ARGs (a --build-arg, else the default, else the global ARG's value); returns
+    the history text BuildKit records for it: `ARG NAME=value ...`, the name alone where it has no value."""
+    texts = []
+    for name, default in arg_pairs(ins, state.scope(), escape):
+        consumed.add(name)
+        value = build_args[name] if name in build_args else default if default is not None else gscope.get(name)
+        if value is not None:
+            state.args[name] = value
+        texts.append(name if value is None else f"{name}={value}")
+    return "ARG " + " ".join(texts)
 
 
 def _expand(ins: Instruction, word: str, scope: dict[str, str], escape: str) -> str:
@@ -427,7 +446,7 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
                              platform=platform))
     state.config = cfg
     return Step(key=key, parent_key=parent, stage=st.label(), ins=ins, kind=kind, text=_history_text(ins, text_parts),
-                config=cfg, **extra)
+                config=cfg, in_history=c != "ONBUILD", **extra)
 
 
 def _history_text(ins: Instruction, parts: list[Any]) -> str:
@@ -525,9 +544,12 @@ def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: Build
             if checksum:
                 raise ins.error("--checksum can only be used with http(s) sources")
             try:
-                selected = exclude_sources(context.select(s), spec.excludes)
+                matched = context.select(s)
             except BuildError as exc:
                 raise type(exc)(exc.detail, file=ins.file, line=ins.line, hint=exc.hint) from None
+            if not matched:
+                spec.unmatched.append(s)
+            selected = exclude_sources(matched, spec.excludes)
             if spec.parents:
                 selected = [dataclasses.replace(src, keep=_parents_kept(s, src.rel, src.is_dir)) for src in selected]
             spec.sources.extend(selected)

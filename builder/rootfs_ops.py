@@ -318,24 +318,24 @@ def remove_entry(parent_fd: int, name: bytes | str, *, as_root: bool | None = No
     os.rmdir(name, dir_fd=parent_fd)
 
 
-def replace_with_file(parent: int, name: bytes) -> int:
-    """A new, empty regular file `name` (mode 0600 until set_meta) in place of what was there; a
-    directory there is an error (BuildKit: "cannot replace to directory with file")."""
+def make_way(parent: int, name: bytes, what: str = "a file") -> None:
+    """Remove what is at `name` in `parent` for a new `what`; a directory there is an error (BuildKit:
+    "cannot replace to directory with file")."""
     st = lstat_at(parent, name)
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "cannot replace a directory with a file", os.fsdecode(name))
+            raise IsADirectoryError(errno.EISDIR, f"cannot replace a directory with {what}", os.fsdecode(name))
         os.unlink(name, dir_fd=parent)
+
+
+def replace_with_file(parent: int, name: bytes) -> int:
+    """A new, empty regular file `name` (mode 0600 until set_meta) in place of what was there."""
+    make_way(parent, name)
     return os.open(name, _CREATE, 0o600, dir_fd=parent)
 
 
 def replace_with_symlink(parent: int, name: bytes, target: bytes, meta: Meta) -> None:
-    st = lstat_at(parent, name)
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "cannot replace a directory with a symbolic link",
-                                    os.fsdecode(name))
-        os.unlink(name, dir_fd=parent)
+    make_way(parent, name, "a symbolic link")
     os.symlink(target, name, dir_fd=parent)
     set_meta_at(parent, name, meta)
 
@@ -388,13 +388,15 @@ class Override:
     """COPY's rewrites of what it copies: owner (0:0 unless --chown; the source's own with
     `keep_owner`), --chmod (a function of the source's bits and kind: builder/modes.py), the mtime
     clamp (SOURCE_DATE_EPOCH, BuildKit's rewrite-timestamp) and --exclude (`skip` gets each path
-    relative to the copied source)."""
+    relative to the copied source). With `keep_links`, files hard-linked to each other inside one
+    copied source stay hard links in the copy (BuildKit's copier)."""
     uid: int = 0
     gid: int = 0
     modes: Callable[[int, bool], int] | None = None
     epoch: int | None = None
     keep_owner: bool = False
     skip: Callable[[Parts], bool] | None = None
+    keep_links: bool = False
 
     def meta(self, st: os.stat_result) -> Meta:
         mtime = st.st_mtime_ns
@@ -415,6 +417,7 @@ class TreeCopy:
     def __init__(self, src: Root, dst: Root, override: Override, written: list[Parts], *, link: bool = False):
         self.src, self.dst, self.o, self.written, self.link = src, dst, override, written, link
         self._dir_times: list[tuple[int, Meta]] = []
+        self._copies: dict[tuple[int, int], Parts] = {}  # a linked source inode -> where its first copy is
 
     def copy(self, src_parts: Parts, dst_parent: int, dst_name: bytes, dst_base: Parts, *,
              only: list[Parts] | None = None) -> None:
@@ -462,6 +465,10 @@ class TreeCopy:
             if self.link and self._hard_link(sp, sname, dp, dname):
                 self.written.append(at)
                 return
+            linked = self.o.keep_links and st.st_nlink > 1
+            if linked and self._link_to_copy(self._copies.get((st.st_dev, st.st_ino)), dp, dname):
+                self.written.append(at)
+                return
             sfd = os.open(sname, _READ, dir_fd=sp)
             try:
                 now = os.fstat(sfd)
@@ -476,8 +483,32 @@ class TreeCopy:
                     os.close(dfd)
             finally:
                 os.close(sfd)
+            if linked:
+                self._copies.setdefault((st.st_dev, st.st_ino), at)
             self.written.append(at)
         # sockets, FIFOs and devices are not copied (BuildKit copies no special files from a context)
+
+    def _link_to_copy(self, first: Parts | None, dp: int, dname: bytes) -> bool:
+        """Make `dname` in `dp` a hard link to the copy at `first` (what was there is replaced, a
+        directory is an error); False when there is no first copy or the link cannot be made."""
+        if first is None:
+            return False
+        try:
+            fd = self.dst.open_dir(first[:-1])
+        except OSError:
+            return False
+        try:
+            copied = lstat_at(fd, first[-1])
+            if copied is None or not stat.S_ISREG(copied.st_mode):
+                return False
+            make_way(dp, dname)
+            try:
+                os.link(first[-1], dname, src_dir_fd=fd, dst_dir_fd=dp, follow_symlinks=False)
+            except OSError:  # too many links, ...: a copy of its own instead
+                return False
+            return True
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _hard_link(sp: int, sname: bytes, dp: int, dname: bytes) -> bool:

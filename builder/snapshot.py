@@ -13,6 +13,11 @@ Two methods, same result:
   xattrs instead of ctime and size); no file is read or hashed.
   A directory whose inode changed was replaced (`rm -rf d && mkdir d`) and becomes opaque.
 
+Both methods follow BuildKit's differ (containerd's): a directory whose only change is its times (an
+entry made and removed in it: `/tmp`, apt's `/var/lib/dpkg/updates`) is no change of its own. It goes
+into the layer only as the parent of a change, with its new times; otherwise it is left out, and
+`commit()` leaves the rootfs with its old times, so the rootfs is always its base plus its layers.
+
 With `in_sandbox=True` the overlay is not mounted here: `cap.overlay` describes it (lower, upper,
 work, merged) and the RUN sandbox mounts it inside its own mount namespace (builder/sandbox.py), where
 a user namespace can do it over idmapped layers; `cap.root` is then the rootfs itself. The upper
@@ -128,9 +133,12 @@ def diff(before: TreeState, after: TreeState, root: str | os.PathLike[str]) -> l
     replaced = {p for p, k in new.items()
                 if stat.S_ISDIR(k[0]) and p in old and stat.S_ISDIR(old[p][0]) and old[p][6] != k[6]}
     changes: list[Change] = []
+    touched: list[Change] = []
     for path, key in new.items():
-        if old.get(path) != key or _under_any(path, replaced):
-            changes.append(Change(os.fsdecode(path), "add", os.path.join(root_s, os.fsdecode(path))))
+        was = old.get(path)
+        if was != key or _under_any(path, replaced):
+            change = Change(os.fsdecode(path), "add", os.path.join(root_s, os.fsdecode(path)))
+            (touched if _times_only(was, key) and not _under_any(path, replaced) else changes).append(change)
         if path in replaced:
             changes.append(Change(os.fsdecode(path), "opaque"))
     for path in old:
@@ -142,13 +150,37 @@ def diff(before: TreeState, after: TreeState, root: str | os.PathLike[str]) -> l
         parent_was_dir = not parent or (parent in old and stat.S_ISDIR(old[parent][0]))
         if parent_is_dir and parent_was_dir and not _under_any(path, replaced):
             changes.append(Change(os.fsdecode(path), "delete"))
-    return changes
+    return with_touched_parents(changes, touched)
+
+
+def _times_only(old: StatKey | None, new: StatKey) -> bool:
+    """Whether a directory's stat key changed in its mtime only (index 4; a directory's key has no ctime)."""
+    return old is not None and stat.S_ISDIR(new[0]) and stat.S_ISDIR(old[0]) and old[:4] == new[:4] \
+        and old[5:] == new[5:]
+
+
+def with_touched_parents(changes: list[Change], touched: list[Change]) -> list[Change]:
+    """`changes` plus those of the `touched` directories (changed in their times only) that hold one of
+    them: BuildKit's differ writes a changed entry's parents with their current metadata and leaves out
+    a directory whose only change is its times."""
+    if not touched:
+        return changes
+    parents: set[str] = set()
+    for change in changes:
+        path = change.path
+        while "/" in path:
+            path = path.rpartition("/")[0]
+            if path in parents:
+                break
+            parents.add(path)
+    return changes + [t for t in touched if t.path in parents]
 
 
 def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str]) -> list[Change]:
     """Changes recorded in an overlayfs upper directory over `lower`."""
     upper_b, lower_b = os.fsencode(upper), os.fsencode(lower)
     changes: list[Change] = []
+    touched: list[Change] = []
     for path, entry, st in scan(upper_b):
         name = os.fsdecode(path)
         full = entry.path
@@ -159,9 +191,11 @@ def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str]) 
         elif _is_opaque(full) and _is_real_dir(os.path.join(lower_b, path)):
             changes.append(Change(name, "add", os.fsdecode(full)))
             changes.append(Change(name, "opaque"))  # only when there are lower children to hide
-        elif not _same_dir(st, os.path.join(lower_b, path)):
-            changes.append(Change(name, "add", os.fsdecode(full)))
-    return changes
+        else:
+            change = _dir_change(st, full, os.path.join(lower_b, path))
+            if change != "none":
+                (touched if change == "times" else changes).append(Change(name, "add", os.fsdecode(full)))
+    return with_touched_parents(changes, touched)
 
 
 def _is_real_dir(path: bytes) -> bool:
@@ -181,16 +215,20 @@ def _is_opaque(path: bytes) -> bool:
     return False
 
 
-def _same_dir(st: os.stat_result, lower_path: bytes) -> bool:
-    """Whether a copied-up directory still has its lower metadata (then it is no change of its own)."""
+def _dir_change(st: os.stat_result, upper_path: bytes, lower_path: bytes) -> Literal["new", "meta", "times", "none"]:
+    """How a directory of the upper differs from the lower's: "new" (none there, or not a directory),
+    "meta" (mode, owner or kept xattrs), "times" (its mtime only), "none" (copied up only because
+    something below it changed)."""
     try:
         low = os.lstat(lower_path)
     except FileNotFoundError:
-        return False
+        return "new"
     if not stat.S_ISDIR(low.st_mode):
-        return False
-    return (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == (low.st_mode, low.st_uid, low.st_gid,
-                                                                     low.st_mtime_ns)
+        return "new"
+    if (st.st_mode, st.st_uid, st.st_gid) != (low.st_mode, low.st_uid, low.st_gid) or \
+            read_xattrs(upper_path) != read_xattrs(lower_path):
+        return "meta"
+    return "none" if st.st_mtime_ns == low.st_mtime_ns else "times"
 
 
 def _merge_key(change: Change) -> tuple[bytes, ...]:
@@ -377,9 +415,13 @@ class Capture:
         return self._changes
 
     def commit(self) -> None:
-        """Make `rootfs` hold the result of the step (overlay: apply the upper directory onto it)."""
+        """Make `rootfs` hold the result of the step (overlay: apply the upper directory onto it; stat:
+        give the directories left out of the layer their old times back)."""
         changes = self.changes()
-        if self.method != "overlay" or not changes:
+        if self.method != "overlay":
+            self._restore_touched(changes)
+            return
+        if not changes:
             return
         if os.stat(self._upper).st_dev == os.stat(self.rootfs).st_dev:
             try:
@@ -393,6 +435,24 @@ class Capture:
             tmp.seek(0)
             apply_layer(tmp, self.rootfs, digest="(overlay commit)", allow_devices=os.geteuid() == 0,
                         limits=Limits())  # our own RUN output: the defaults, not $KADE_LAYER_MAX_*
+
+    def _restore_touched(self, changes: list[Change]) -> None:
+        """Stat method: directories whose times changed but that the layer leaves out get their old
+        mtime back (and `state_after` says so), as a rebuild from the layers would have them."""
+        assert self._before is not None and self.state_after is not None
+        old, new = self._before.entries, self.state_after.entries
+        added = {os.fsencode(c.path) for c in changes if c.kind == "add"}
+        left_out = [p for p, k in new.items() if p in old and old[p] != k and p not in added and _times_only(old[p], k)]
+        if not left_out:
+            return
+        root_fd = open_root(self.rootfs)
+        try:
+            for path in left_out:
+                mtime = old[path][4]
+                _set_dir_meta(root_fd, split_path(os.fsdecode(path)), times=(mtime, mtime))
+                new[path] = old[path]
+        finally:
+            os.close(root_fd)
 
     def abandon(self) -> None:
         """Leave `rootfs` at its state before the step and keep the upper directory where it is (not

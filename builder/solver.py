@@ -17,13 +17,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from builder import events as ev
+from builder import image_config as ic
 from builder.env import BuildEnv
 from builder.executor import Executor, StageJob, StageOutcome, StageResults
 from builder.plan import Plan, PlannedStage, Step
 from registry import cancel
 from registry import mediatypes as mt
+from registry.digest import sha256_digest
 from registry.image import Image
-from registry.model import Descriptor
+from registry.model import Descriptor, Manifest
 
 STAGE_STOP_GRACE = 1.5  # seconds a cancelled build waits for its running stages to stop
 
@@ -99,13 +101,13 @@ class Solver:
         for s in ps.steps[: last_hit + 1]:
             self.env.report(ev.CACHED, ev.step_message(ps, s), **ev.step_fields(self.env.options.image_name, ps, s))
         if not missing:
-            return parent
+            return with_trailing_history(ps, parent)
         outcome: StageOutcome = self.executor.run_stage(StageJob(ps, parent, tuple(missing)), results)
         with self.lock:
             solution.built += outcome.ran
             solution.reused += outcome.reused
             solution.ran |= outcome.ran_keys
-        return outcome.image
+        return with_trailing_history(ps, outcome.image)
 
     def _base(self, ps: PlannedStage, results: StageResults) -> Image | None:
         if ps.base_stage:
@@ -116,6 +118,21 @@ class Solver:
 
     def _cached(self, step: Step, hits: dict[str, Descriptor]) -> Image:
         return self.env.store.load(self.env.stages_repo or "", hits[step.key].digest)
+
+
+def with_trailing_history(ps: PlannedStage, image: Image | None) -> Image | None:
+    """A stage's result: its last step's image, plus the history entries of the ARGs after that step
+    (BuildKit records them; no layer, no key changes). A config-only image, never pushed by itself:
+    publishing or a stage built FROM it writes its config."""
+    if image is None or not ps.trailing_history:
+        return image
+    config = image.config
+    for text in ps.trailing_history:
+        config = ic.add_history(config, text, empty_layer=True)
+    config_bytes = config.to_bytes()
+    manifest = Manifest(config=Descriptor(mt.OCI_CONFIG, sha256_digest(config_bytes), len(config_bytes)),
+                        layers=list(image.manifest.layers), media_type=image.manifest.media_type)
+    return Image(manifest, config, sha256_digest(manifest.to_bytes()), image.source)
 
 
 def missing_steps(ps: PlannedStage, hits: set[str]) -> list[Step]:

@@ -44,10 +44,6 @@ def padding(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
-def _octal(value: int, width: int) -> bytes:
-    return b"%0*o\0" % (width - 1, value)
-
-
 _MAX8, _MAX12 = 8 ** 7, 8 ** 11   # limits of the 8- and 12-byte octal fields
 
 

@@ -120,13 +120,6 @@ def annotations_with_prefix(annotations: dict[str, str], prefix: str) -> dict[st
     return found
 
 
-def key_of(obj: dict[str, Any]) -> ResourceKey:
-    """The key of a live object (or any manifest dict)."""
-    meta = obj.get("metadata") or {}
-    group, _ = split_api_version(str(obj.get("apiVersion", "")))
-    return ResourceKey(group, str(obj.get("kind", "")), str(meta.get("namespace") or ""), str(meta.get("name", "")))
-
-
 @dataclass
 class ApiResource:
     """What discovery says about a kind: its plural path segment and whether it lives in namespaces."""

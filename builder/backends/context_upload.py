@@ -10,7 +10,6 @@ symlink, no devices), then puts back the exact permission bits the keys were com
 """
 from __future__ import annotations
 
-import io
 import os
 import stat
 import tarfile
@@ -131,9 +130,3 @@ def unpack(tar_path: Path, dest: Path) -> None:
         raise BuildError(f"the context upload is not a valid tar ({exc}); rebuild with this kade") from None
     for m in sorted((m for m in members if not m.issym()), key=lambda m: m.name.count("/"), reverse=True):
         os.chmod(dest / m.name, m.mode)
-
-
-def tar_bytes(context_root: Path, paths: list[str]) -> bytes:
-    buf = io.BytesIO()
-    write_context_tar(context_root, paths, buf)
-    return buf.getvalue()

@@ -27,7 +27,7 @@ from builder.local import LocalExecutor
 from builder.options import BuildOptions, Report
 from builder.plan import Plan, PlannedStage, Step
 from builder.sandbox import Isolation
-from builder.solver import Solution, Solver
+from builder.solver import Solution, Solver, with_trailing_history
 from registry import mediatypes as mt
 from registry.client import ClientOptions, RegistryClient
 from registry.image import Image
@@ -61,6 +61,11 @@ class StagesReadBack:
         self.env, self.plan = env, plan
 
     def result(self, label: str) -> Image | None:
+        """The result of an already built stage (with the history of its trailing ARGs, as the
+        solver has it)."""
+        return with_trailing_history(self.plan.stages[label], self._read_back(label))
+
+    def _read_back(self, label: str) -> Image | None:
         ps = self.plan.stages[label]
         store, repo = self.env.store, self.env.stages_repo or ""
         if ps.steps:

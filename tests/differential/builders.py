@@ -2,8 +2,9 @@
 
 An entry is a folder of tests/differential/corpus/: `context/` (the build context, Dockerfile inside as
 in its repository), `SOURCE` (where the Dockerfile comes from), and optionally `build.yaml` (dockerfile,
-target, build_args, secrets: {id: text}, archives: {path: kind}) and `expected.yaml` (the differences
-it is known to have; compare.Expected).
+target, build_args, secrets: {id: text}, archives: {path: kind}, repeat: [kade, buildkit]: the builders
+that build it a second time, --no-cache, because they don't reproduce it themselves) and
+`expected.yaml` (the differences it is known to have; compare.Expected).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tests.differential.standins import map_dockerfile
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 ROOT = CORPUS.parents[2]
+BUILDERS = ("kade", "buildkit")
 
 
 @dataclass
@@ -37,14 +39,19 @@ class Entry:
     secrets: dict[str, str] = field(default_factory=dict)
     archives: dict[str, str] = field(default_factory=dict)
     expected: list[Expected] = field(default_factory=list)
+    repeat: tuple[str, ...] = ()  # "kade", "buildkit": built twice to tell their own noise
 
     @classmethod
     def load(cls, folder: Path) -> "Entry":
         opts = yaml.safe_load((folder / "build.yaml").read_text()) if (folder / "build.yaml").exists() else {}
         exp = yaml.safe_load((folder / "expected.yaml").read_text()) if (folder / "expected.yaml").exists() else []
+        repeat = tuple(opts.get("repeat") or ())
+        if set(repeat) - set(BUILDERS):
+            raise ValueError(f"{folder}/build.yaml: repeat names {sorted(set(repeat) - set(BUILDERS))}; "
+                             f"the builders are {', '.join(BUILDERS)}")
         return cls(folder.name, folder, opts.get("dockerfile", "Dockerfile"), opts.get("target"),
                    {k: str(v) for k, v in (opts.get("build_args") or {}).items()}, opts.get("secrets") or {},
-                   opts.get("archives") or {}, Expected.load(exp))
+                   opts.get("archives") or {}, Expected.load(exp), repeat)
 
 
 def entries() -> list[Entry]:

@@ -9,6 +9,7 @@ import hashlib
 import json
 import posixpath
 import tarfile
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Iterator
@@ -63,8 +64,11 @@ def read_layout(layout: Path, digest: str | None = None) -> Image:
     manifest = _find_manifest(json.loads((layout / "index.json").read_text()), blob, digest)
     config = json.loads(blob(manifest["config"]["digest"]).read_bytes())
     chain = tuple(layer["digest"] for layer in manifest["layers"])
-    done = next((n for n in range(len(chain), 0, -1) if chain[:n] in _SEEN), 0)
-    tree = _SEEN[chain[:done]].copy() if done else Tree()
+    with _SEEN_LOCK:
+        done = next((n for n in range(len(chain), 0, -1) if chain[:n] in _SEEN), 0)
+        if done:
+            _SEEN[chain[:done]] = _SEEN.pop(chain[:done])  # least recently used goes first
+        tree = _SEEN[chain[:done]].copy() if done else Tree()
     for n, layer in enumerate(manifest["layers"][done:], start=done + 1):
         with open(blob(layer["digest"]), "rb") as f:
             tree.apply_layer(_decompressed(f, layer["mediaType"]))
@@ -74,15 +78,18 @@ def read_layout(layout: Path, digest: str | None = None) -> Image:
 
 # Trees of layer chains already read, by the chain's blob digests: both builders (and both runs of each) share
 # their base layers, which are most of an image's bytes, and a reproducible build repeats its own.
+# (The corpus reads layouts from several threads: one lock around the table.)
 _SEEN: dict[tuple[str, ...], "Tree"] = {}
-_SEEN_MAX = 24
+_SEEN_MAX = 64
+_SEEN_LOCK = threading.Lock()
 
 
 def _remember(chain: tuple[str, ...], tree: "Tree") -> None:
-    if chain not in _SEEN:
-        if len(_SEEN) >= _SEEN_MAX:
-            del _SEEN[next(iter(_SEEN))]
-        _SEEN[chain] = tree.copy()
+    with _SEEN_LOCK:
+        if chain not in _SEEN:
+            if len(_SEEN) >= _SEEN_MAX:
+                del _SEEN[next(iter(_SEEN))]
+            _SEEN[chain] = tree.copy()
 
 
 def _find_manifest(index: dict, blob, digest: str | None) -> dict:

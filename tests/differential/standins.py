@@ -209,6 +209,17 @@ def skopeo_push(layout: Path, dest: str) -> None:
         raise RuntimeError(f"skopeo copy {layout} -> {dest} failed:\n{out.stderr[-3000:]}")
 
 
+def standin_layout(name: str) -> Path:
+    """Where the stand-in `name` is cached (the Debian layout for "debian"), built or not."""
+    debian = debian_layout()
+    return debian if name == "debian" else CACHE / f"{name}-{standin_key(name, _layout_digest(debian))}"
+
+
+def missing_standins(needed: set[tuple[str, str]]) -> set[str]:
+    """The stand-ins of `needed` this machine has not built yet."""
+    return {n for n, _ in needed if not (standin_layout(n) / "index.json").exists()}
+
+
 def ensure_standins(buildkitd, registry: str, needed: set[tuple[str, str]], work: Path) -> None:
     """Push each needed (stand-in, tag) to `registry`, building missing stand-ins with `buildkitd` first."""
     debian = debian_layout()
@@ -216,7 +227,7 @@ def ensure_standins(buildkitd, registry: str, needed: set[tuple[str, str]], work
     skopeo_push(debian, debian_ref)
     CACHE.mkdir(parents=True, exist_ok=True)
     for name in sorted({n for n, _ in needed} - {"debian"}):
-        layout = CACHE / f"{name}-{standin_key(name, _layout_digest(debian))}"
+        layout = standin_layout(name)
         with open(CACHE / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not (layout / "index.json").exists():
@@ -230,8 +241,4 @@ def ensure_standins(buildkitd, registry: str, needed: set[tuple[str, str]], work
                     if stale != layout:
                         shutil.rmtree(stale, ignore_errors=True)
     for name, tag in sorted(needed):
-        if name == "debian":
-            layout = debian
-        else:
-            layout = CACHE / f"{name}-{standin_key(name, _layout_digest(debian))}"
-        skopeo_push(layout, f"{registry}/standin/{name}:{tag}")
+        skopeo_push(standin_layout(name), f"{registry}/standin/{name}:{tag}")

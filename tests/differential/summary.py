@@ -16,22 +16,30 @@ def note(text: str) -> None:
     NOTES.append(text)
 
 
-def record(entry: str, verdict: Verdict, kade: tuple[float, float], buildkit: tuple[float, float]) -> None:
+def record(entry: str, verdict: Verdict, kade: tuple[float, ...], buildkit: tuple[float, ...],
+           noisy: list[str]) -> None:
+    """One entry's line: each builder's build time(s) (two where the entry repeats it), the known
+    differences it showed, and what was normalised because a builder (`noisy`) differed from itself."""
     known = Counter(f"{e.where} {'/'.join(e.fields) or '*'}" for _, e in verdict.known)
     normalised = Counter(d.field for d in verdict.normalised)
-    ROWS.append(f"{entry}: kade {kade[0]:.1f}s/{kade[1]:.1f}s, BuildKit {buildkit[0]:.1f}s/{buildkit[1]:.1f}s; "
+    ROWS.append(f"{entry}: kade {_times(kade)}, BuildKit {_times(buildkit)}; "
                 f"new {len(verdict.new)}, known {sum(known.values())} ({', '.join(known) or '-'}), "
                 f"normalised {sum(normalised.values())} "
-                f"({', '.join(f'{k} {v}' for k, v in sorted(normalised.items())) or '-'})")
+                f"({', '.join(f'{k} {v}' for k, v in sorted(normalised.items())) or '-'}; "
+                f"noisy: {', '.join(noisy) or '-'})")
     for d in verdict.normalised[:8]:
         ROWS.append(f"    normalised (a builder differs from itself): {d.where} {d.field}")
     report = os.environ.get("KADE_DIFFERENTIAL_REPORT")  # one JSON line per entry, written as it finishes
     if report:
         with open(report, "a") as f:
-            f.write(json.dumps({"entry": entry, "kade_s": kade, "buildkit_s": buildkit,
+            f.write(json.dumps({"entry": entry, "kade_s": kade, "buildkit_s": buildkit, "noisy": noisy,
                                 "new": [[d.where, d.field, repr(d.left), repr(d.right)] for d in verdict.new],
                                 "stale": [e.where for e in verdict.stale],
                                 "normalised": [[d.where, d.field] for d in verdict.normalised]}) + "\n")
+
+
+def _times(seconds: tuple[float, ...]) -> str:
+    return "/".join(f"{s:.1f}s" for s in seconds) or "-"
 
 
 def lines() -> list[str]:

@@ -160,3 +160,13 @@ def test_judge_prefers_the_expectation_naming_the_exact_path():
     assert [(d.where, e.why) for d, e in verdict.known] == [("/etc/nginx", "the folder copied into"),
                                                            ("/etc/nginx/a.conf", "copied files")]
     assert not verdict.stale and not verdict.new
+
+
+def test_an_entry_repeats_only_builders_the_corpus_has(tmp_path):
+    from tests.differential.builders import Entry
+    (tmp_path / "SOURCE").write_text("repository: x\npath: Dockerfile\n")
+    (tmp_path / "build.yaml").write_text("repeat: [buildkit]\n")
+    assert Entry.load(tmp_path).repeat == ("buildkit",)
+    (tmp_path / "build.yaml").write_text("repeat: [docker]\n")
+    with pytest.raises(ValueError, match="docker"):
+        Entry.load(tmp_path)

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.fixtures.canary import image_files
+from tests.fixtures.canary import image_files, registry_get
 from tests.fixtures.layers import E, make_tar
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks need root")
@@ -163,3 +163,46 @@ def test_cache_mount_options(registry, base_image, kade_build, tmp_path):
     assert image["cache-stat"][1] == b"700 1000 1000\n"
     assert image["seeded"][1] == b"seeded\n" and image["locked"][1] == b"ok\n"
     assert image["tmpfs"][1] == b"1024\n"
+
+
+def test_history_has_buildkits_arg_entries_and_no_onbuild_entry(registry, base_image, kade_build, tmp_path):
+    """BuildKit's history: an empty-layer entry per ARG of a stage (trailing ARGs of a stage built FROM
+    too), none for ONBUILD; the step keys stay what they were (tests/unit/test_golden_keys.py)."""
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref} AS one\nARG A=1\nRUN echo x > /x\nONBUILD RUN true\nARG B\n"
+                         "FROM one\nARG C=$A-3\nENV D=4\n")
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/history:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    manifest = registry_get(registry.url, "sem/history", "manifests", "1").json()
+    config = registry_get(registry.url, "sem/history", "blobs", manifest["config"]["digest"]).json()
+    got = [(h["created_by"], bool(h.get("empty_layer"))) for h in config["history"][1:]]  # after the base's
+    assert got == [("ARG A=1", True), ("RUN /bin/sh -c echo x > /x", False), ("ARG B", True),
+                   ("RUN /bin/sh -c true", True), ("ARG C=1-3", True), ("ENV D=4", True)]
+    assert len(manifest["layers"]) == 2 and len(config["rootfs"]["diff_ids"]) == 2
+
+
+def test_a_wildcard_matching_nothing_copies_nothing_with_a_warning(registry, base_image, kade_build, tmp_path):
+    """BuildKit's AllowEmptyWildcard: `COPY package.json package-lock.json* ./` copies package.json alone;
+    kade warns with the Dockerfile line. A plain path that does not exist is still an error."""
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nWORKDIR /app\nCOPY [\"package.json\", \"package-lock.json*\", \"./\"]\n",
+               {"package.json": b"{}\n"})
+    run = kade_build(str(ctx), "--tag", f"{registry.host}/sem/emptyglob:1", "--cache-dir", str(tmp_path / "c"))
+    assert run.code == 0, run.stderr
+    assert "Dockerfile:3" in run.stderr and "'package-lock.json*' matches nothing" in run.stderr
+    files = image_files(registry.url, "sem/emptyglob", "1")
+    assert files["app/package.json"][1] == b"{}\n" and {f for f in files if f.startswith("app/")} == {"app/package.json"}
+    (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\nCOPY package.json package-lock.json ./\n")
+    missing = kade_build(str(ctx), "--cache-dir", str(tmp_path / "c"))
+    assert missing.code != 0 and "package-lock.json" in missing.stderr and "not found" in missing.stderr
+
+
+def test_copy_from_keeps_hard_links(registry, base_image, kade_build, tmp_path):
+    """cargo's target/release: `app` and `deps/app-<hash>` are one file; COPY --from keeps them one, as
+    BuildKit does (the layer holds a hard-link entry)."""
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref} AS build\n"
+                         "RUN mkdir -p /out/deps && echo bin > /out/deps/app-1 && ln /out/deps/app-1 /out/app\n"
+                         f"FROM {base_image.ref}\nCOPY --from=build /out /app\n")
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/hardlinks:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    files = image_files(registry.url, "sem/hardlinks", "1")
+    first, second = files["app/app"][0], files["app/deps/app-1"][0]
+    assert first.isreg() and second.islnk() and second.linkname.lstrip("./") == "app/app"

@@ -129,6 +129,41 @@ def test_replaced_directory_hides_lower_children(tmp_path, method):
         assert ("opt/replace", "opaque") in normalized(changes)
 
 
+@pytest.mark.parametrize("method", ["stat", pytest.param("overlay", marks=root_only)])
+def test_directory_whose_only_change_is_its_times_is_left_out(tmp_path, method):
+    """An entry made and removed in a directory (a RUN's temporary file in /tmp) changes only the
+    directory's times: BuildKit's differ leaves it out of the layer and so does kade, and the rootfs
+    keeps its old time; a touched directory that holds a change comes with its new time."""
+    rootfs = base_tree(tmp_path / "rootfs")
+    old = 1_000_000 * 10**9
+    for d in ("data", "var/lib", "usr/bin", "opt"):
+        os.utime(rootfs / d, ns=(old, old))
+    with capture(rootfs, tmp_path / "scratch", method) as cap:
+        (cap.root / "data" / "tmpfile").write_text("x")
+        (cap.root / "data" / "tmpfile").unlink()
+        (cap.root / "var" / "lib" / "tmpdir").mkdir()
+        (cap.root / "var" / "lib" / "tmpdir").rmdir()
+        (cap.root / "usr" / "bin" / "made").write_text("x")
+        (cap.root / "usr" / "bin" / "made").unlink()
+        (cap.root / "usr" / "bin" / "tool").write_bytes(b"rebuilt")     # a change in a touched directory
+        new_time = os.lstat(cap.root / "usr" / "bin").st_mtime_ns
+        changes = cap.changes()
+        blob = io.BytesIO()
+        info = write_layer(changes, blob, "gzip")
+        cap.commit()
+    assert normalized(changes) == {("usr/bin", "add"), ("usr/bin/tool", "add")}
+    assert new_time != old
+    assert [os.lstat(rootfs / d).st_mtime_ns for d in ("data", "var/lib", "opt")] == [old] * 3
+    assert os.lstat(rootfs / "usr" / "bin").st_mtime_ns == new_time
+    replay = base_tree(tmp_path / "replay")   # the rootfs is its base plus its layer
+    for d in ("data", "var/lib", "usr/bin", "opt"):
+        os.utime(replay / d, ns=(old, old))
+    apply_layer(io.BytesIO(blob.getvalue()), replay, digest=info.digest)
+    assert tree_state(replay) == tree_state(rootfs)
+    assert [os.lstat(p / d).st_mtime_ns // 10**9 for p in (replay, rootfs) for d in ("data", "var/lib", "usr/bin")] \
+        == [old // 10**9, old // 10**9, new_time // 10**9] * 2
+
+
 def test_stat_diff_marks_a_new_inode_directory_opaque(tmp_path):
     root = base_tree(tmp_path / "r")
     before = walk(root)

@@ -89,6 +89,14 @@ def test_global_arg_needs_redeclaring_in_stage(ctx):
     assert steps[1].config.env[-1] == "B=1"
 
 
+def test_a_stage_built_from_another_inherits_its_args(ctx):
+    """BuildKit (and the Dockerfile reference's example): a stage FROM another sees that stage's ARGs."""
+    text = "FROM base AS one\nARG A=1\nRUN x\nFROM one AS two\nRUN echo $A\nFROM base\nRUN echo $A\n"
+    p = plan(ctx, text, target="two")
+    assert p.stages["two"].steps[0].env["A"] == "1"
+    assert "A" not in plan(ctx, text).stages["2"].steps[0].env  # a stage FROM an image: no
+
+
 def test_env_overrides_arg_and_run_env(ctx):
     text = "FROM base\nARG X=fromarg\nENV X=fromenv\nRUN echo $X\n"
     run = plan(ctx, text).all_steps()[-1]
@@ -102,6 +110,22 @@ def test_onbuild_triggers_run_first_and_are_cleared(ctx):
     steps = p.all_steps()
     assert [s.ins.cmd for s in steps] == ["COPY", "RUN", "RUN"]
     assert "OnBuild" not in steps[-1].config.runtime
+
+
+def test_history_follows_buildkit_args_and_onbuild_without_touching_keys(ctx):
+    """BuildKit records each ARG of a stage as an empty-layer history entry (with the value it takes)
+    and nothing for ONBUILD; history is never a key input."""
+    text = ("ARG G=global\nFROM base AS one\nARG A=1 B\nARG G\nRUN x\nONBUILD RUN y\nARG C=$A-c\n"
+            "ARG D\nFROM one\nRUN z\n")
+    p = plan(ctx, text, build_args={"B": "given"})
+    one, two = p.stages["one"], p.stages["1"]
+    assert [s.history for s in one.steps] == [["ARG A=1 B=given", "ARG G=global"], []]
+    assert [s.in_history for s in one.steps] == [True, False]
+    assert one.trailing_history == ["ARG C=1-c", "ARG D"]
+    assert [s.history for s in two.steps] == [[], []] and two.trailing_history == []  # the trigger, RUN z
+    without_args = plan(ctx, "ARG G=global\nFROM base AS one\nARG A=1 B\nARG G\nRUN x\nONBUILD RUN y\n",
+                        build_args={"B": "given"})
+    assert [s.key for s in without_args.stages["one"].steps] == [s.key for s in one.steps]
 
 
 def test_entrypoint_resets_base_cmd(ctx):
@@ -181,3 +205,26 @@ def test_missing_and_needed_stages_follow_hits(ctx):
     assert needed_stages(p, {keys["app"][0]}) == {"app", "3", "deps"}  # COPY --from=deps in 3 still missing
     # only the last COPY --from=deps is missing: its parent step is cached, so app is not needed
     assert needed_stages(p, everything - {keys["3"][-1]}) == {"3", "deps"}
+
+
+def test_a_stage_result_carries_the_history_of_its_trailing_args(ctx):
+    """solver.with_trailing_history: the ARGs after a stage's last step become empty-layer history
+    entries of its result (layers and diffIDs unchanged); a stage without them keeps its image."""
+    from builder.solver import with_trailing_history
+    from registry import mediatypes as mt
+    from registry.image import Image
+    from registry.model import Descriptor
+
+    p = plan(ctx, "FROM base AS one\nRUN x\nARG C=c\nARG D\nFROM base AS two\nRUN y\n", target="one")
+    layer = Descriptor(mt.OCI_LAYER_GZIP, "sha256:" + "1" * 64, 10)
+    image = Image.assemble(ImageConfig.from_dict({"architecture": "amd64", "os": "linux",
+                                                  "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "2" * 64]},
+                                                  "history": [{"created_by": "RUN x"}]}), [layer])
+    result = with_trailing_history(p.stages["one"], image)
+    assert [(h.created_by, h.empty_layer) for h in result.config.history] == [
+        ("RUN x", None), ("ARG C=c", True), ("ARG D", True)]
+    assert result.manifest.layers == image.manifest.layers and result.config.diff_ids == image.config.diff_ids
+    assert result.digest != image.digest and result.manifest.config.digest != image.manifest.config.digest
+    assert with_trailing_history(p.stages["one"], None) is None
+    two = plan(ctx, "FROM base AS one\nRUN x\nARG C=c\nFROM base AS two\nRUN y\n").stages["two"]
+    assert with_trailing_history(two, image) is image

@@ -74,3 +74,18 @@ def test_builder_planning_imports_only_planning():
                 if parts[0] == "builder" and len(parts) > 1 and parts[1] not in PLANNING:
                     bad.setdefault(name, set()).add(module)
     assert not bad, f"planning modules import solving/executing ones: {bad}"
+
+
+def test_builder_image_copies_every_package():
+    """The builder pods and the cleanup CronJob import kade's packages from the builder image: each
+    package pyproject ships is copied there and let through its .dockerignore (a missing one fails
+    every pod at import)."""
+    import tomllib
+
+    shipped = [p.rstrip("*") for p in tomllib.loads((ROOT / "pyproject.toml").read_text())
+               ["tool"]["setuptools"]["packages"]["find"]["include"]]
+    dockerfile = (ROOT / "images/builder/Dockerfile").read_text()
+    ignore = (ROOT / "images/builder/Dockerfile.dockerignore").read_text().splitlines()
+    assert shipped and all((ROOT / p).is_dir() for p in shipped), shipped
+    missing = [p for p in shipped if f"COPY {p}/ /opt/kade/lib/{p}/" not in dockerfile or f"!{p}/" not in ignore]
+    assert not missing, f"images/builder/ does not copy {missing}"

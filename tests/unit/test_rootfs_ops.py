@@ -188,6 +188,27 @@ def test_copy_out_keeps_symlinks_below_the_named_source(tmp_path, resolver, host
     assert os.readlink(dst_dir / "d" / "link") == str(host_secret.path)
 
 
+@pytest.mark.parametrize("keep_links", [True, False])
+def test_hard_links_inside_a_copied_source_stay_links_when_asked(tmp_path, resolver, keep_links):
+    """COPY --from of cargo's target/release: `app` and `deps/app-<hash>` are one inode there and in
+    the copy (BuildKit's copier); a link to a file outside the copied source is a file of its own."""
+    src_dir = tmp_path / "stage"
+    (src_dir / "release" / "deps").mkdir(parents=True)
+    (src_dir / "release" / "deps" / "app-1f2e").write_bytes(b"\x7fELF app")
+    os.link(src_dir / "release" / "deps" / "app-1f2e", src_dir / "release" / "app")
+    (src_dir / "outside").write_bytes(b"o")
+    os.link(src_dir / "outside", src_dir / "release" / "linked-out")
+    dst_dir = tmp_path / "dst"
+    (dst_dir / "app").mkdir(parents=True)
+    (dst_dir / "app" / "app").write_bytes(b"replaced")   # what the link replaces
+    with Root(src_dir) as src, Root(dst_dir) as dst:
+        TreeCopy(src, dst, Override(keep_links=keep_links), []).copy(src.resolve("/release"), dst.fd, b"app", ())
+    app, dep = os.lstat(dst_dir / "app" / "app"), os.lstat(dst_dir / "app" / "deps" / "app-1f2e")
+    assert (app.st_ino == dep.st_ino) is keep_links and app.st_nlink == (2 if keep_links else 1)
+    assert (dst_dir / "app" / "app").read_bytes() == b"\x7fELF app"
+    assert os.lstat(dst_dir / "app" / "linked-out").st_nlink == 1
+
+
 @pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "walk"])
 def test_a_symlink_swapped_in_while_operations_run_never_reaches_the_host(tmp_path, empty_host_dir, openat2):
     """A thread flips /d between a real directory and a symlink to a host dir, as fast as it can,

@@ -33,6 +33,14 @@ def changes_of(after: dict) -> set[tuple[str, str]]:
      {("etc/sub", "add"), ("etc/sub", "opaque"), ("etc/sub/x", "add")}),
     (lambda t: t.update({b"etc/a": k(D, 42), b"etc/a/in": k(F, 43)}),                     # file -> dir
      {("etc/a", "add"), ("etc/a/in", "add")}),
+    # BuildKit's differ: a directory whose only change is its times is left out, unless it holds a change
+    (lambda t: t.update({b"etc": k(D, 10, mtime=5)}), set()),                             # entry made, removed
+    (lambda t: t.update({b"etc": k(D, 10, mtime=5), b"etc/sub": k(D, 12, mtime=5)}), set()),
+    (lambda t: t.update({b"etc": k(D, 10, mtime=5), b"etc/sub/x": k(F, 13, ctime=9)}),   # a change below
+     {("etc", "add"), ("etc/sub/x", "add")}),
+    (lambda t: [t.update({b"opt": k(D, 20, mtime=5)}), t.pop(b"opt/y")], {("opt", "add"), ("opt/y", "delete")}),
+    (lambda t: t.update({b"etc": k(D | 0o7000, 10, mtime=5)}), {("etc", "add")}),         # mode and times
+    (lambda t: t.update({b"etc": k(D, 10, mtime=5, ctime=77)}), {("etc", "add")}),        # xattrs and times
 ])
 def test_diff(edit, expected):
     after = dict(BASE)
