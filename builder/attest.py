@@ -70,18 +70,16 @@ def kade_version() -> str:
 
 def attest(env: "BuildEnv", plan: "Plan", image: "Image", tags: list[str], commit: str | None,
            branch: str | None, cached: set[str], final_step: "Image | None" = None,
-           prescans: "Prescans | None" = None) -> list[AttestResult]:
+           prescans: "Prescans | None" = None, sign_tags: bool = True) -> list[AttestResult]:
     """Attestations of `image` (pushed to `tags`; `cached`: the step keys found in the stages repo before
-    the build ran anything). `final_step` is the step image it was made from (same layers): the SBOM
+    the build ran anything). For one platform of a multi-platform image (`sign_tags` false) the tags
+    name its index: its attestations are attached to it, the index is what `sign_index` signs. `final_step` is the step image it was made from (same layers): the SBOM
     inventory is kept as its referrer in the stages repo and reused from there, so a rebuild with the
     same layers never reads them again, on any machine."""
     supply = env.options.supply
     assert supply is not None
     subject = image.descriptor
-    refs: dict[str, list[str]] = {}
-    for tag in tags:
-        ref = Reference.parse(tag)
-        refs.setdefault(ref.name, []).append(f"{ref.name}:{ref.tag or 'latest'}")
+    refs = _by_repository(tags)
     documents: dict[str, tuple[str, bytes]] = {}
     background = ThreadPoolExecutor(max_workers=1)  # keeping the inventory overlaps the rest
     kept: list[Future] = []
@@ -96,11 +94,35 @@ def attest(env: "BuildEnv", plan: "Plan", image: "Image", tags: list[str], commi
 
     created = (image.config.created or "")
     with background:
-        results = [_attest_repository(env, supply, env.store.repo(name), subject, names, created, document)
+        results = [_attest_repository(env, supply, env.store.repo(name), subject, names if sign_tags else [],
+                                      created, document)
                    for name, names in refs.items()]
         for job in kept:
             job.result()
     return results
+
+
+def _by_repository(tags: list[str]) -> dict[str, list[str]]:
+    refs: dict[str, list[str]] = {}
+    for tag in tags:
+        ref = Reference.parse(tag)
+        refs.setdefault(ref.name, []).append(f"{ref.name}:{ref.tag or 'latest'}")
+    return refs
+
+
+def sign_index(env: "BuildEnv", digest: str, tags: list[str]) -> None:
+    """A multi-platform image's signature: its index signed for each tag lacking one (cosign signs
+    the index of a multi-platform tag the same way); each platform's attestations are its own."""
+    key = env.options.supply.sign_key if env.options.supply else None
+    if key is None:
+        return
+    for name, refs in _by_repository(tags).items():
+        repo = env.store.repo(name)
+        have = signed_references(repo, digest, key)
+        for ref in refs:
+            if ref not in have:
+                _sign(repo, digest, ref, key, env.options.supply.creator)
+                env.report("sign", f"{name}@{digest[:19]} for {ref}", digest=digest)
 
 
 def _attest_repository(env: "BuildEnv", supply: SupplyOptions, repo: Any, subject: Descriptor, tags: list[str],

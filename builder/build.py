@@ -19,7 +19,7 @@ import os
 import threading
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from builder.context import BuildContext
 from builder.dockerfile import parse_file
@@ -65,14 +65,15 @@ class Build:
     def session(self) -> AbstractContextManager[None]:
         return session(self.env, self.executor)
 
-    def prepare(self) -> Plan:
-        """Parse and plan (base images resolved): every step key is known, nothing has run."""
+    def prepare(self, platform: str | None = None) -> Plan:
+        """Parse and plan for one target platform (the options' by default), base images resolved:
+        every step key is known, nothing has run."""
         o = self.options
         dockerfile = o.dockerfile or (o.context / "Dockerfile")
         ctx = BuildContext.open(o.context, dockerfile)
         ctx.fetcher = self._fetch_url
         plan = make_plan(parse_file(dockerfile), ctx, self.env.store.resolve, target=o.target,
-                         build_args=o.build_args, platform=o.platform)
+                         build_args=o.build_args, platform=platform or o.platform, build_platform=o.build_platform)
         if not o.allow_host_network:
             check_host_network(plan)
         for name in plan.unused_args:
@@ -83,6 +84,10 @@ class Build:
                                            "matches nothing in the context: nothing copied for it (as BuildKit does)")
         return plan
 
+    def prepare_all(self) -> list[Plan]:
+        """One plan per target platform (a step that doesn't depend on the target has one key in all)."""
+        return [self.prepare(p) for p in self.options.target_platforms]
+
     def lookup(self, plan: Plan) -> dict[str, Descriptor]:
         return self.solver.lookup(plan)
 
@@ -91,16 +96,35 @@ class Build:
         return self.solver.solve(plan, self.lookup(plan) if hits is None else hits)
 
     def publish(self, plan: Plan, solution: Solution, to: Destination | None = None) -> BuildResult:
-        return self.publisher.publish(plan, solution, to or Destination(tuple(self.options.tags)))
+        return self.publish_all([(plan, solution)], to)
+
+    def publish_all(self, solved: list[tuple[Plan, Solution]], to: Destination | None = None) -> BuildResult:
+        """One platform: its image; several: an index of them."""
+        return self.publisher.publish(solved, to or Destination(tuple(self.options.tags)))
 
     def run(self) -> BuildResult:
+        """Plan every platform, then solve them one after the other: the steps the platforms share are
+        pushed (or claimed, without a stages repo) by the first and found by the next, so they run once."""
         with self.session():
-            plan = self.prepare()
-            return self.publish(plan, self.solve(plan))
+            plans = self.prepare_all()
+            return self.publish_all([(plan, self.solve(plan)) for plan in plans])
 
-    def made_here(self, plan: Plan, digest: str) -> bool:
-        """Whether `digest` is the image this build publishes from its target's last step image as the
-        build key signed it (what a project may take from the registry without building)."""
+    def made_here(self, plans: list[Plan], digest: str, repo: Any) -> bool:
+        """Whether `digest` (in `repo`) is the image this build publishes from its targets' last step
+        images as the build key signed them (what a project may take from the registry without
+        building): for several platforms, an index of exactly those platforms, each that image."""
+        if len(plans) == 1:
+            return self._made_here(plans[0], digest)
+        from registry.model import Index, Platform, parse_manifest
+
+        body, got = repo.get_manifest(digest)
+        index = parse_manifest(body, got.media_type)
+        if not isinstance(index, Index) or len(index.manifests) != len(plans):
+            return False
+        listed = {str(Platform.of(m.platform or {}).normalized()): m.digest for m in index.manifests}
+        return all(self._made_here(p, listed.get(str(Platform.parse(p.platform).normalized()), "")) for p in plans)
+
+    def _made_here(self, plan: Plan, digest: str) -> bool:
         desc = self.env.find_step(plan.final.final_key)
         if desc is None:
             return False

@@ -19,8 +19,8 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def empty_config(platform: Platform) -> ImageConfig:
-    """The config of `FROM scratch` (BuildKit's emptyImage: PATH and WorkingDir "/")."""
-    return ImageConfig.empty(Platform(platform.os, platform.architecture),
+    """The config of `FROM scratch` (BuildKit's emptyImage: the platform, PATH and WorkingDir "/")."""
+    return ImageConfig.empty(platform,
                              {"Env": [f"PATH={DEFAULT_PATH}"], "WorkingDir": "/"})
 
 

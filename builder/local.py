@@ -68,6 +68,9 @@ class LocalExecutor:
     @contextmanager
     def running(self, plan: Plan, jobs: Sequence[StageJob]) -> Iterator[None]:
         self.plan = plan
+        self._check_emulation(jobs)
+        with self.root_lock:  # a multi-platform build solves one plan after another: stages are per plan
+            self.stage_roots = {k: v for k, v in self.stage_roots.items() if k.startswith("image:")}
         try:
             yield
         finally:
@@ -81,6 +84,16 @@ class LocalExecutor:
 
         self.interrupted = True
         sandbox.kill_all()  # RUNs in worker threads stop now (and none starts): the solver waits for them
+
+    def _check_emulation(self, jobs: Sequence[StageJob]) -> None:
+        """Before anything runs: RUN in a stage of a foreign platform needs qemu (builder/emulation.py)."""
+        if self.o.node_emulation:  # a pod placed for emulation: the node's kernel has it, unseen from here
+            return
+        from builder.emulation import ensure_emulation
+        from builder.platforms import host_platform
+
+        for platform in sorted({j.stage.platform for j in jobs if any(s.kind == "run" for s in j.steps)}):
+            ensure_emulation(Platform.parse(platform), host_platform())
 
     def run_stage(self, job: StageJob, results: StageResults) -> StageOutcome:
         ps = job.stage
@@ -206,7 +219,7 @@ class LocalExecutor:
                    started: float) -> Image:
         """The step image (the step's config over its parent's layers and history, plus its layer), kept
         locally and pushed to the stages repo tagged with the step's key."""
-        base = parent.config if parent else ic.empty_config(Platform.parse(self.o.platform))
+        base = parent.config if parent else ic.empty_config(Platform.parse(ps.platform))
         cfg = step.config.with_build_state(base.diff_ids or (), base.history or ())
         for text in step.history:  # the ARGs before it (BuildKit's history; not in the key)
             cfg = ic.add_history(cfg, text, empty_layer=True)
@@ -309,7 +322,7 @@ class LocalExecutor:
     def _mount_root(self, ref: str, results: StageResults) -> Tree:
         if ref.lower() in self._plan.stages:
             return self.stage_rootfs(ref.lower(), results)
-        base = self.env.store.resolve(ref, self.o.platform)
+        base = self.env.store.resolve(ref, self._plan.platform)
         return self.image_rootfs(self.env.store.get(base.digest))
 
     def _cache_mount(self, mount_id: str, sharing: str, stack: ExitStack) -> Path:

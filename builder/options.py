@@ -32,7 +32,10 @@ class BuildOptions:
     cache_dir: str | None = None
     keep_failed: bool = False
     insecure: tuple[str, ...] = ()
-    platform: str = DEFAULT_PLATFORM
+    platform: str = DEFAULT_PLATFORM  # the target platform of a single-platform build
+    platforms: tuple[str, ...] = ()  # the targets of a multi-platform build (an index); () = (platform,)
+    build_platform: str | None = None  # where steps run natively (BUILDPLATFORM); None: this machine
+    node_emulation: bool = False  # a pod placed for emulation: the node's kernel runs foreign RUNs (unchecked)
     image_name: str = "default"
     revision: tuple[str | None, str | None] | None = None  # (commit, branch); None: asked of git at context
     annotations: dict[str, str] = field(default_factory=dict)  # extra manifest annotations of the final image
@@ -46,6 +49,13 @@ class BuildOptions:
     share: frozenset[str] = frozenset()  # cache parts shared with other tenants (builder/tenant.PARTS)
     build_key: SigningKey | None = None  # the tenant's: signs step images and records; with it, only step
     #                                      images it signed are reused (registry/stagesig.py)
+
+    @property
+    def target_platforms(self) -> list[str]:
+        """Each target platform, normalised, once (builder/platforms.py)."""
+        from builder.platforms import parse_platforms
+
+        return [str(p) for p in parse_platforms(",".join(self.platforms or (self.platform,)))]
 
     @property
     def stages_repo(self) -> str | None:

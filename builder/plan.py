@@ -24,10 +24,10 @@ from builder.errors import BuildError, UnknownStageError
 from builder.expand import ExpandError, process_word, process_words
 from builder.keys import KeyInputs, step_key
 from builder.modes import parse_chmod
+from builder.platforms import DEFAULT_PLATFORM, automatic_args, host_platform, parse_platform
 from registry.imageconfig import ImageConfig
 from registry.model import Platform
 
-DEFAULT_PLATFORM = "linux/amd64"
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,7 @@ class PlannedStage:
     deps: set[str]  # labels of stages needed first (FROM, COPY --from, RUN --mount from=)
     trailing_history: list[str] = field(default_factory=list)  # the ARGs after the stage's last step
     args: dict[str, str] = field(default_factory=dict)  # its ARGs' values at its end: a stage FROM it inherits them
+    platform: str = DEFAULT_PLATFORM  # what its steps run as: the target's, FROM --platform's, or its base stage's
 
     @property
     def label(self) -> str:
@@ -159,13 +160,6 @@ def parse_build_args(items: list[str]) -> dict[str, str]:
     return out
 
 
-def automatic_args(platform: str) -> dict[str, str]:
-    os_name, _, rest = platform.partition("/")
-    arch, _, variant = rest.partition("/")
-    return {"TARGETPLATFORM": platform, "TARGETOS": os_name, "TARGETARCH": arch, "TARGETVARIANT": variant,
-            "BUILDPLATFORM": platform, "BUILDOS": os_name, "BUILDARCH": arch, "BUILDVARIANT": variant}
-
-
 def needed_stages(df: Dockerfile, target: Stage, deps_of: Callable[[Stage], set[str]]) -> list[Stage]:
     """The target and every stage it depends on, in Dockerfile order."""
     needed: set[int] = set()
@@ -200,9 +194,16 @@ def stage_refs(df: Dockerfile, st: Stage, gscope: dict[str, str]) -> set[str]:
 
 
 def make_plan(df: Dockerfile, context: BuildContext, resolver: Resolver, *, target: str | None = None,
-              build_args: dict[str, str] | None = None, platform: str = DEFAULT_PLATFORM) -> Plan:
+              build_args: dict[str, str] | None = None, platform: str = DEFAULT_PLATFORM,
+              build_platform: str | None = None) -> Plan:
+    """The plan for one target `platform`; `build_platform` is where steps run natively (this machine's
+    by default): a stage `FROM --platform=$BUILDPLATFORM` that never reads TARGET* args keys the same
+    for every target, so a multi-platform build runs it once."""
     build_args = dict(build_args or {})
-    auto = automatic_args(platform)
+    target_p = parse_platform(platform)
+    platform = str(target_p)
+    build_p = parse_platform(build_platform) if build_platform else host_platform()
+    auto = {k: build_args.get(k, v) for k, v in automatic_args(target_p, build_p).items()}
     gscope = {**auto, **global_scope(df, build_args)}
     if target:
         tstage = df.stage(target)
@@ -246,9 +247,11 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
     stage_platform = platform
     if st.platform:
         try:
-            stage_platform = process_word(st.platform, gscope, df.escape)
+            stage_platform = str(parse_platform(process_word(st.platform, gscope, df.escape), "FROM --platform"))
         except ExpandError as exc:
             raise st.instruction.error(exc.detail) from None
+        except BuildError as exc:
+            raise st.instruction.error(exc.detail, hint=exc.hint) from None
     base_stage = df.stage(base_name) if df.stage(base_name) and df.stage(base_name).index < st.index else None
     base_image: BaseImage | None = None
     deps: set[str] = set()
@@ -257,6 +260,7 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
         dep = planned[base_stage.label()]
         base_key, base_config, inherited = dep.final_key, dep.final_config, dep.args
         deps.add(dep.label)
+        stage_platform = dep.platform  # FROM <stage> runs as that stage does (BuildKit: d.platform = base's)
     elif base_name.lower() == "scratch":
         base_key, base_config = "scratch", ic.empty_config(Platform.parse(stage_platform))
     else:
@@ -287,7 +291,7 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
         steps.append(step)
         parent = step.key
     return PlannedStage(st, base_image, base_stage.label() if base_stage else None, base_key, base_config,
-                        steps, deps, history, dict(state.args))
+                        steps, deps, history, dict(state.args), stage_platform)
 
 
 def _plan_arg(ins: Instruction, state: _StageState, escape: str, build_args: dict[str, str],

@@ -23,7 +23,8 @@ from builder.plan import Plan
 from builder.solver import Solution
 from common.epoch import created_at, rfc3339
 from common.git import revision as git_revision
-from registry.image import Image
+from registry.image import Image, ImageIndex
+from registry.model import Platform
 from registry.reference import Reference
 
 ANNOTATION_REVISION = "org.opencontainers.image.revision"
@@ -61,14 +62,18 @@ class Publisher:
             raise BuildError("the target stage is an empty scratch image: nothing to publish",
                              file=plan.dockerfile.path if plan.dockerfile else None)
         o = self.env.options
-        created = rfc3339(now)
-        config = target.config.with_created(created)
+        config = target.config.with_created(rfc3339(now))
         if o.labels:
             config = ic.set_labels(config, sorted(o.labels.items()))
-        annotations = {**o.annotations, ANNOTATION_CREATED: created}
+        return Image.assemble(config, target.manifest.layers, self.annotations(commit, now), source=target.source)
+
+    def annotations(self, commit: str | None, now: datetime) -> dict[str, str]:
+        """The manifest annotations of the final image (and of an index of several): the extra ones,
+        created and, from git, the revision."""
+        annotations = {**self.env.options.annotations, ANNOTATION_CREATED: rfc3339(now)}
         if commit:
             annotations[ANNOTATION_REVISION] = commit
-        return Image.assemble(config, target.manifest.layers, annotations, source=target.source)
+        return annotations
 
     def image_of(self, plan: Plan, target: Image | None) -> Image:
         """The final image `publish` would make of `target` now (a check that publishes nothing)."""
@@ -76,42 +81,52 @@ class Publisher:
         commit = o.revision[0] if o.revision is not None else git_revision(o.context)[0]
         return self.final_image(plan, target, commit, created_at(self.env.epoch))
 
-    def publish(self, plan: Plan, solution: Solution, to: Destination) -> BuildResult:
+    def publish(self, solved: list[tuple[Plan, Solution]], to: Destination) -> BuildResult:
+        """The final image of each solved platform to every tag: one platform its image, several an
+        OCI index of them (each platform's manifest pushed by digest first, the index tagged last)."""
         o, report, store = self.env.options, self.env.report, self.env.store
         commit, branch = o.revision if o.revision is not None else git_revision(o.context)
         now = created_at(self.env.epoch)
-        image = self.final_image(plan, solution.image, commit, now)
+        finals = [self.final_image(plan, solution.image, commit, now) for plan, solution in solved]
+        targets = [Platform.parse(plan.platform) for plan, _ in solved]  # each entry: what it was built for
+        index = ImageIndex.assemble(finals, self.annotations(commit, now), targets) if len(finals) > 1 else None
         images: list[dict[str, str]] = []
         layout = None
         for tag in to.tags:
             ref = Reference.parse(tag)
-            pushed = store.push(image, ref.name, ref.tag or "latest")
+            pushed = store.push_index(index, ref.name, ref.tag or "latest") if index else \
+                store.push(finals[0], ref.name, ref.tag or "latest")
             images.append({"ref": str(ref), "digest": pushed.digest})
             report(ev.PUSHED, f"{ref}@{pushed.digest}", ref=str(ref), digest=pushed.digest, pushed_bytes=pushed.uploaded)
+        plan = solved[0][0]
         if not to.tags:
             name = layout_tag(plan)
-            layout = store.write_layout(image, name)
+            layout = store.write_layout(index or finals[0], name)
             report("written", f"oci:{layout}:{name}")
-            images.append({"ref": f"oci:{layout}:{name}", "digest": image.digest})
+            images.append({"ref": f"oci:{layout}:{name}", "digest": (index or finals[0]).digest})
         if to.tags and o.supply is not None:
-            from builder.attest import attest
+            from builder.attest import attest, sign_index
 
-            attest(self.env, plan, image, list(to.tags), commit, branch, set(solution.hits), solution.image,
-                   self.prescans)
+            for (p, solution), image in zip(solved, finals):
+                attest(self.env, p, image, list(to.tags), commit, branch, set(solution.hits), solution.image,
+                       self.prescans, sign_tags=index is None)
+            if index is not None:
+                sign_index(self.env, index.digest, list(to.tags))
         record_tag = None
         if to.record and to.tags and self.env.stages_repo:
-            record_tag = self.record(plan, to.tags, images[0]["digest"], commit, branch, now)
-        # cached: every planned step that did not run (found in the stages repo, or not needed)
-        cached = len(plan.all_steps()) - solution.built
-        return BuildResult(images=images, built=solution.built, cached=cached, record_tag=record_tag, layout=layout)
+            record_tag = self.record([p for p, _ in solved], to.tags, images[0]["digest"], commit, branch, now)
+        # cached: every planned step that did not run (found in the stages repo, shared, or not needed)
+        built = sum(solution.built for _, solution in solved)
+        cached = sum(len(p.all_steps()) for p, _ in solved) - built
+        return BuildResult(images=images, built=built, cached=cached, record_tag=record_tag, layout=layout)
 
-    def record(self, plan: Plan, tags: tuple[str, ...], digest: str, commit: str | None, branch: str | None,
+    def record(self, plans: list[Plan], tags: tuple[str, ...], digest: str, commit: str | None, branch: str | None,
                now: datetime) -> str:
         from registry.records import BuildRecord, RecordImage, push_record
 
         stages_repo = self.env.stages_repo
         assert stages_repo is not None
-        steps = tuple(dict.fromkeys(s.key for s in plan.all_steps() if is_step_key(s.key)))
+        steps = tuple(dict.fromkeys(s.key for plan in plans for s in plan.all_steps() if is_step_key(s.key)))
         first = Reference.parse(tags[0])
         record = BuildRecord(commit=commit, branch=branch, created=now, images=(RecordImage(
             name=self.env.options.image_name, repository=first.name,

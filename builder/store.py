@@ -24,7 +24,7 @@ from registry import cancel
 from registry import mediatypes as mt
 from registry.client import RegistryClient, Repository
 from registry.errors import NotFound, RegistryError
-from registry.image import Image
+from registry.image import Image, ImageIndex
 from registry.imageconfig import ImageConfig
 from registry.model import Descriptor, Index, Platform, parse_manifest
 from registry.reference import Reference
@@ -139,6 +139,7 @@ class ImageStore:
             img = self.load(repo, desc.digest, body, desc.media_type, platform)
         except RegistryError as exc:
             raise BuildError(str(exc)) from None
+        check_image_platform(name, img.config.platform, platform)
         return BaseImage(ref=repo, digest=img.digest, config=img.config)
 
     # -- layer blobs in the local cache ------------------------------------------------------------
@@ -194,6 +195,13 @@ class ImageStore:
         self.note_blobs(repo_name, image.manifest.blobs())
         return Pushed(digest, uploaded + len(image.manifest_bytes))
 
+    def push_index(self, index: ImageIndex, repo_name: str, tag: str) -> Pushed:
+        """Each platform's image by digest, then the index under `tag`: the tag never names an index
+        whose manifests are not all there."""
+        children = [self.push(img, repo_name, img.digest) for img in index.images]
+        digest = self.repo(repo_name).put_manifest(tag, index.index_bytes, index.index.media_type)
+        return Pushed(digest, sum(c.uploaded for c in children) + len(index.index_bytes))
+
     def _ensure_blob(self, repo: Repository, d: Descriptor) -> int:
         """The blob in `repo`; the bytes that took uploading (0: it was there, or mounted)."""
         name = f"{repo.ref.registry}/{repo.name}"
@@ -212,26 +220,40 @@ class ImageStore:
         self.note_blobs(name, [d])
         return d.size
 
-    def write_layout(self, image: Image, tag: str) -> str:
-        """`image` into the local cache's OCI layout under `tag`; the layout's path."""
+    def write_layout(self, image: Image | ImageIndex, tag: str) -> str:
+        """`image` (or an index and its images) into the local cache's OCI layout under `tag`; the
+        layout's path."""
         from registry.layout import OCILayout
 
         layout = OCILayout(self.cache.layout_dir, create=True)
-        for d in image.manifest.layers:
-            path = self.local_blob(d)
-            dst = layout.blobs.path(d.digest)
-            if not dst.exists():
-                shutil.copyfile(path, dst)
-        layout.write_blob(image.config_bytes, image.manifest.config.digest)
-        desc = layout.write_manifest(image.manifest_bytes, image.manifest.media_type)
+        for img in image.images if isinstance(image, ImageIndex) else (image,):
+            for d in img.manifest.layers:
+                path = self.local_blob(d)
+                dst = layout.blobs.path(d.digest)
+                if not dst.exists():
+                    shutil.copyfile(path, dst)
+            layout.write_blob(img.config_bytes, img.manifest.config.digest)
+            desc = layout.write_manifest(img.manifest_bytes, img.manifest.media_type)
+        if isinstance(image, ImageIndex):
+            desc = layout.write_manifest(image.index_bytes, image.index.media_type)
         layout.tag(desc, tag)
         return str(layout.path)
 
 
 def pick_platform(index: Index, platform: str, repo: str) -> Descriptor:
+    """The index entry for `platform` (normalised names: `linux/arm64/v8` serves `linux/arm64`)."""
     chosen = index.for_platform(Platform.parse(platform))
     if chosen is not None:
         return chosen
-    found = ", ".join(d.platform_string or "?" for d in index.manifests)
+    found = ", ".join(d.platform_string or "?" for d in index.manifests) or "no platforms"
     raise BuildError(f"{repo} has no image for platform {platform} (it has: {found})",
                      hint="pick another base image or --platform")
+
+
+def check_image_platform(name: str, image: Platform, wanted: str) -> None:
+    """A single-platform base (a plain manifest) serves only its own platform, as containerd's matcher
+    has it; a config that names no architecture is taken as it is."""
+    if image.architecture and not Platform.parse(wanted).matches(image):
+        raise BuildError(f"{name} is a single-platform image for {image}, not {wanted}",
+                         hint="use a base image with an index listing that platform, or build for "
+                              f"{image}")

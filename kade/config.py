@@ -56,6 +56,7 @@ class ImageSpec:
     secrets: tuple[SecretSpec, ...] = ()
     ssh: tuple[str, ...] = ()
     dependencies: tuple[Dependency, ...] = ()
+    platforms: tuple[str, ...] = ()  # target platforms, normalised (several: an OCI index); () = the build's
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def _image(v: "_Validator", name: str, raw: Any) -> ImageSpec:
     if not _IMAGE_NAME.match(str(name)):
         v.fail(at, "image names are lower-case letters and digits, separated by '.', '_' or '-'")
     raw = v.mapping(raw if raw is not None else {}, at)
-    v.only_keys(raw, at, {"context", "dockerfile", "target", "args", "secrets", "ssh", "dependencies"})
+    v.only_keys(raw, at, {"context", "dockerfile", "target", "args", "secrets", "ssh", "dependencies", "platforms"})
     return ImageSpec(
         name=name,
         context=v.string(raw.get("context", "."), f"{at}.context"),
@@ -202,7 +203,20 @@ def _image(v: "_Validator", name: str, raw: Any) -> ImageSpec:
             _dependency(v, f"{at}.dependencies[{i}]", d)
             for i, d in enumerate(v.sequence(raw.get("dependencies", []), f"{at}.dependencies"))
         ),
+        platforms=_platforms(v, f"{at}.platforms", raw.get("platforms", [])),
     )
+
+
+def _platforms(v: "_Validator", at: str, raw: Any) -> tuple[str, ...]:
+    from builder.errors import BuildError
+    from builder.platforms import parse_platforms
+
+    items = [v.string(p, f"{at}[{i}]") for i, p in enumerate(v.sequence(raw, at))]
+    try:
+        return tuple(str(p) for p in parse_platforms(",".join(items), "platform")) if items else ()
+    except BuildError as exc:
+        v.fail(at, f"{exc.detail} ({exc.hint})")
+        raise AssertionError("unreachable") from None
 
 
 def _secret(v: "_Validator", at: str, raw: Any) -> SecretSpec:

@@ -55,6 +55,7 @@ class ProjectOptions:
     cache_dir: str | None = None
     insecure: tuple[str, ...] = ()
     platform: str = DEFAULT_PLATFORM
+    platforms: tuple[str, ...] = ()  # `kade build --platform a,b`: for images whose kade.yaml names none
     images: list[str] | None = None  # only these (and what they depend on); None: all
     display_root: str = ""  # how the project folder is named in messages (instead of a temp export)
     build_missing: bool = True  # False: images must already be in the registry (a deploy without build)
@@ -232,11 +233,13 @@ class ProjectBuilder:
         labels = {LABEL_REVISION: self.o.commit} if self.o.commit else {}
         if self.o.source:
             labels[LABEL_SOURCE] = self.o.source
+        targets = spec.platforms or self.o.platforms or (self.o.platform,)
         return BuildOptions(
             context=context, dockerfile=context / spec.dockerfile, target=spec.target, build_args=args,
             tags=[], repo=self.o.stages, secrets=secrets, ssh=parse_ssh(spec.ssh[0]) if spec.ssh else None,
             compression=self.o.compression, no_cache=self.o.no_cache, parallel=self.o.parallel,
-            cache_dir=self.o.cache_dir, insecure=self.o.insecure, platform=self.o.platform, image_name=spec.name,
+            cache_dir=self.o.cache_dir, insecure=self.o.insecure, platform=targets[0],
+            platforms=targets if len(targets) > 1 else (), image_name=spec.name,
             revision=(self.o.commit, self.o.branch), annotations=dict(labels), labels=labels, epoch=self.o.epoch,
             supply=self.o.supply, tenant=self.o.tenant, share=self.o.share, build_key=self.o.build_key)
 
@@ -250,16 +253,19 @@ class ProjectBuilder:
             done.set()
 
     def _build_image(self, spec: ImageSpec, build: Build, claims: _Claims, done: threading.Event) -> ImageResult:
-        plan = build.prepare()
-        tag = content_tag(plan.final.final_key)
+        plans = build.prepare_all()
+        plan = plans[0]
+        tag = content_tag(plan.final.final_key if len(plans) == 1 else
+                          ",".join(f"{p.platform}={p.final.final_key}" for p in plans))
         repository = f"{self.o.repo}/{spec.name}"
-        steps = [s.key for s in plan.all_steps() if is_step_key(s.key)]
+        every = [s for p in plans for s in p.all_steps()]
+        steps = list(dict.fromkeys(s.key for s in every if is_step_key(s.key)))
         extras = extra_tags(self.o.add_tags, TagContext(spec.name, self.config.project, tag, self.o.git,
                                                         self.o.env_name),
                             lambda msg: self.report("warning", msg))
         repo = self.client.repository(repository)
-        found = None if self.o.no_cache else repo.head_manifest(tag, mt.OCI_MANIFEST)
-        if found is not None and self.o.build_key is not None and not build.made_here(plan, found.digest):
+        found = None if self.o.no_cache else repo.head_manifest(tag, mt.OCI_INDEX if len(plans) > 1 else mt.OCI_MANIFEST)
+        if found is not None and self.o.build_key is not None and not build.made_here(plans, found.digest, repo):
             self.report("warning", f"{spec.name}: {repository}:{tag} is not the image of a step image the build "
                                    "key signed; building it", image=spec.name, untrusted=True)
             found = None
@@ -271,23 +277,24 @@ class ProjectBuilder:
                 from builder.attest import complete_reused
 
                 complete_reused(build.env, plan, repository, [tag, *extras], found.digest, self.o.commit, self.o.branch)
-            return ImageResult(spec.name, repository, tag, [tag, *extras], found.digest, 0, len(plan.all_steps()),
-                               True, steps)
+            return ImageResult(spec.name, repository, tag, [tag, *extras], found.digest, 0, len(every), True, steps)
         if not self.o.build_missing:
             raise BuildError(f"this commit's image is not in the registry ({repository}:{tag}): "
                              "build it first (kade build, or kade converge)")
-        hits = build.lookup(plan)
-        missing = [s.key for s in plan.all_steps() if s.key not in hits and is_step_key(s.key)]
+        hits = build.solver.lookup_steps(every)
+        missing = list(dict.fromkeys(s.key for s in every if s.key not in hits and is_step_key(s.key)))
         waits = claims.claim(spec.name, missing, done)
         if waits:
             for other, event in waits:
                 self.report("info", f"{spec.name}: waiting for {other}, which builds steps they share")
                 cancel.wait(event)
-            hits = build.lookup(plan)
+            hits = build.solver.lookup_steps(every)
         self.report("image", f"{spec.name}: building {repository}:{tag}", image=spec.name)
         tags = tuple(f"{repository}:{t}" for t in (tag, *extras))
         # the project records every image in one build record (`_push_record`), not one per image
-        result = build.publish(plan, build.solve(plan, hits), Destination(tags, record=False))
+        # platforms one after the other: the next finds the steps they share pushed by the one before
+        solved = [(p, build.solve(p, hits if i == 0 else None)) for i, p in enumerate(plans)]
+        result = build.publish_all(solved, Destination(tags, record=False))
         digest = result.images[0]["digest"]
         return ImageResult(spec.name, repository, tag, [tag, *extras], digest, result.built, result.cached,
                            False, steps)

@@ -9,6 +9,8 @@ An image passes when:
   attached in-toto artifact, itself signed by one of the keys) names the digest as its subject,
   was made by a trusted builder (when any are configured) and names a commit that is in the git
   history of the repository (when one is given: reachable from one of its refs).
+A multi-platform image (an index) is signed as one; its provenance is per platform: every platform
+manifest it lists must pass the provenance checks with statements about that manifest.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from builder.provenance import read_claims
 from registry import referrers as rf
 from registry import signing
 from registry.errors import NotFound, RegistryError
+from registry.mediatypes import is_index
+from registry.model import Index, parse_manifest
 from registry.reference import Reference
 from registry.sigkeys import PublicKey
 
@@ -53,6 +57,7 @@ class Evidence:
     digest: str
     signatures: list[signing.Signature]
     provenance: list[Provenance]
+    platforms: list["Evidence"] = field(default_factory=list)  # an index: each manifest's provenance
 
 
 @dataclass
@@ -85,10 +90,11 @@ def check(evidence: Evidence, policy: Policy, in_history: Callable[[str], bool])
         return verdict
     verdict.signers = sorted({v.key.source for v in good})
     if policy.needs_provenance:
-        reason = _check_provenance(evidence, policy, in_history, verdict)
-        if reason:
-            verdict.reasons.append(reason)
-            return verdict
+        for part in evidence.platforms or [evidence]:
+            reason = _check_provenance(part, policy, in_history, verdict)
+            if reason:
+                verdict.reasons.append(reason if part is evidence else f"platform {part.reference}: {reason}")
+                return verdict
     verdict.ok = True
     return verdict
 
@@ -144,15 +150,29 @@ def gather(client: Any, reference: str, need_provenance: bool) -> Evidence:
     if desc is None:
         raise NotFound(f"image {reference} not found (tag or digest missing in {ref.name})")
     evidence = Evidence(reference, ref.name, desc.digest, signing.read_signatures(repo, desc.digest), [])
-    if need_provenance:
-        for artifact in rf.list_referrers(repo, desc.digest, rf.IN_TOTO_JSON):
-            try:
-                statement = rf.fetch_artifact(repo, artifact, desc.digest)
-            except RegistryError:
-                continue  # a broken artifact proves nothing; another may
-            evidence.provenance.append(Provenance(artifact.descriptor.digest, statement,
-                                                  signing.read_signatures(repo, artifact.descriptor.digest)))
+    if need_provenance and is_index(desc.media_type):
+        body, got = repo.get_manifest(desc.digest)
+        index = parse_manifest(body, got.media_type)
+        for child in index.manifests if isinstance(index, Index) else []:
+            part = Evidence(child.platform_string or child.digest, ref.name, child.digest, [], [])
+            part.provenance = _provenance(repo, child.digest)
+            evidence.platforms.append(part)
+    elif need_provenance:
+        evidence.provenance = _provenance(repo, desc.digest)
     return evidence
+
+
+def _provenance(repo: Any, digest: str) -> list[Provenance]:
+    """The provenance statements attached to `digest`, with their signatures."""
+    out = []
+    for artifact in rf.list_referrers(repo, digest, rf.IN_TOTO_JSON):
+        try:
+            statement = rf.fetch_artifact(repo, artifact, digest)
+        except RegistryError:
+            continue  # a broken artifact proves nothing; another may
+        out.append(Provenance(artifact.descriptor.digest, statement,
+                              signing.read_signatures(repo, artifact.descriptor.digest)))
+    return out
 
 
 def verify_reference(client: Any, reference: str, policy: Policy) -> Verdict:

@@ -6,8 +6,8 @@ read it (`open()`: from a local cache, a registry, a layout; nothing is read unt
 is a manifest, its config and where its blobs can be read from (`source`: "host/repository", or ""
 for an image that exists only locally); `layers` pairs the manifest's layer descriptors with the
 config's diffIDs. `Image.assemble` makes a new OCI image from a config and layers: the config blob,
-the manifest and its digest, all stable. A multi-platform image is a `registry.model.Index` whose
-entries name each platform's manifest.
+the manifest and its digest, all stable. A multi-platform image is an `ImageIndex`: a
+`registry.model.Index` whose entries name each platform's manifest, with those images.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from registry import mediatypes as mt
 from registry.digest import sha256_digest
 from registry.errors import InvalidManifest
 from registry.imageconfig import ImageConfig
-from registry.model import Descriptor, Manifest
+from registry.model import Descriptor, Index, Manifest, Platform
 
 Opener = Callable[[], BinaryIO]
 _OCI_FOR_DOCKER = {mt.DOCKER_LAYER_GZIP: mt.OCI_LAYER_GZIP}
@@ -101,3 +101,36 @@ class Image:
     def at(self, source: str) -> "Image":
         """The same image, read from `source`."""
         return self if source == self.source else replace(self, source=source)
+
+
+@dataclass(frozen=True)
+class ImageIndex:
+    """A multi-platform image: an OCI index and the image of each entry, in order."""
+    index: Index
+    images: tuple[Image, ...]
+    digest: str                      # of the index bytes
+
+    @property
+    def index_bytes(self) -> bytes:
+        return self.index.to_bytes()
+
+    @property
+    def descriptor(self) -> Descriptor:
+        return Descriptor(self.index.media_type, self.digest, len(self.index_bytes))
+
+    @classmethod
+    def assemble(cls, images: Sequence[Image], annotations: dict[str, str] | None = None,
+                 platforms: Sequence[Platform] | None = None) -> "ImageIndex":
+        """An OCI index of `images`, one per platform: `platforms` (what each was built for), else each
+        config's own."""
+        platforms = list(platforms) if platforms is not None else [img.config.platform for img in images]
+        seen: dict[Platform, str] = {}
+        for img, p in zip(images, platforms, strict=True):
+            if p.normalized() in seen:
+                raise InvalidManifest(f"two images for platform {p} in one index: {seen[p.normalized()]} and "
+                                      f"{img.digest}")
+            seen[p.normalized()] = img.digest
+        entries = [Descriptor(img.manifest.media_type, img.digest, len(img.manifest_bytes), platform=p.to_dict())
+                   for img, p in zip(images, platforms)]
+        index = Index(entries, media_type=mt.OCI_INDEX, annotations=annotations or None)
+        return cls(index, tuple(images), sha256_digest(index.to_bytes()))

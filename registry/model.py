@@ -80,6 +80,17 @@ class Descriptor:
         return str(Platform.of(self.platform)) if self.platform else ""
 
 
+# containerd's normalisation (platforms.Normalize): the names tools write for one architecture, and the
+# variant each implies, so that `linux/arm64/v8`, `linux/aarch64` and `linux/arm64` are one platform.
+_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386", "i686": "386",
+                 "armhf": "arm", "armel": "arm"}
+_ALIAS_VARIANT = {"armhf": "v7", "armel": "v6"}
+_DEFAULT_VARIANT = {("amd64", "v1"): "", ("arm64", "v8"): "", ("arm64", "8"): "", ("arm64", "v8.0"): "",
+                    ("arm64", "9"): "v9", ("arm64", "9.0"): "v9", ("arm64", "v9.0"): "v9",
+                    ("arm", ""): "v7", ("arm", "7"): "v7", ("arm", "5"): "v5", ("arm", "6"): "v6",
+                    ("arm", "8"): "v8"}
+
+
 @dataclass(frozen=True)
 class Platform:
     """os/architecture[/variant] of an image (an index entry's `platform`, a build's --platform)."""
@@ -100,11 +111,28 @@ class Platform:
         """The platform of a descriptor's `platform` object (or an image config's top-level fields)."""
         return cls(str(doc.get("os") or ""), str(doc.get("architecture") or ""), str(doc.get("variant") or ""))
 
+    def normalized(self) -> "Platform":
+        """The canonical names (containerd's): lower case, `aarch64` -> `arm64`, `arm64/v8` -> `arm64`,
+        `arm` -> `arm/v7`, `x86_64` -> `amd64`."""
+        arch, variant = self.architecture.lower(), self.variant.lower()
+        variant = _ALIAS_VARIANT.get(arch, variant)
+        arch = _ARCH_ALIASES.get(arch, arch)
+        variant = _DEFAULT_VARIANT.get((arch, variant), variant)
+        return Platform(self.os.lower(), arch, variant)
+
     def matches(self, other: "Platform") -> bool:
         """Whether `other` (what a registry offers) serves this (what is asked for): same os and
-        architecture, and the same variant when this one names one."""
-        return (self.os, self.architecture) == (other.os, other.architecture) and \
-            (not self.variant or self.variant == other.variant)
+        architecture once normalised, and the same variant when this one names one."""
+        want, have = self.normalized(), other.normalized()
+        return (want.os, want.architecture) == (have.os, have.architecture) and \
+            (not want.variant or want.variant == have.variant)
+
+    def to_dict(self) -> dict[str, str]:
+        """An index entry's `platform` object."""
+        out = {"architecture": self.architecture, "os": self.os}
+        if self.variant:
+            out["variant"] = self.variant
+        return out
 
     def __str__(self) -> str:
         return "/".join(x for x in (self.os, self.architecture, self.variant) if x)

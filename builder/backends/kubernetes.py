@@ -32,7 +32,7 @@ from builder.backends.agent_relay import TUNNEL_KIND, serve_tunnel
 from builder.backends.remote import RemoteExecutor
 from builder.backends.lease import BUILD_PREFIX, STEP_PREFIX, Leases, step_lease_name
 from builder.backends.podspec import (LABEL_BUILD, MANAGED, WEAKER_WITHOUT_USERNS, KubeSettings, dns_label,
-                                      stage_pod, user_namespace_support)
+                                      place_stage, stage_pod, user_namespace_support)
 from builder.backends.podstart import StartProblem, start_problem
 from builder.build import Build, ExecutorFactory
 from builder.env import BuildEnv
@@ -96,6 +96,8 @@ class PodRunner:
         self.mask = SecretMask(list(self.o.secrets.values()))  # pod output is masked there and again here
         self._ready: Future = Future()
         self.detected_userns = False  # hostUsers chosen from the nodes (not by --[no-]user-namespaces)
+        self.nodes: list[dict[str, Any]] | None = None  # as listed once per build (None: not readable)
+        self.nodes_unreadable = ""
         self._stop_renewing = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -150,21 +152,28 @@ class PodRunner:
             cancel.check()
         self.owner = {"name": name, "uid": lease.metadata.uid}
         threading.Thread(target=self._renew, args=(name, self._stop_renewing), daemon=True).start()
+        self.nodes = self._list_nodes()
         self.detected_userns = self.k.user_namespaces is None
         if self.detected_userns:
             self.k = dataclasses.replace(self.k, user_namespaces=self._nodes_support_userns())
 
-    def _nodes_support_userns(self) -> bool:
-        """`hostUsers: false` wherever the nodes say they support it; else the chroot mode, said aloud."""
+    def _list_nodes(self) -> list[dict[str, Any]] | None:
+        """The nodes (their labels: architecture, user namespace support); None when they can't be read."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            nodes = self.api_client.sanitize_for_serialization(self.core.list_node().items)
+            return self.api_client.sanitize_for_serialization(self.core.list_node().items)
         except ApiException as exc:
-            self._without_userns(f"the nodes can't be read ({exc.status} {exc.reason}: bind the "
+            self.nodes_unreadable = f"{exc.status} {exc.reason}"
+            return None
+
+    def _nodes_support_userns(self) -> bool:
+        """`hostUsers: false` wherever the nodes say they support it; else the chroot mode, said aloud."""
+        if self.nodes is None:
+            self._without_userns(f"the nodes can't be read ({self.nodes_unreadable}: bind the "
                                  "kade-build-nodes ClusterRole, k8s-manifests/builder/role.yaml)")
             return False
-        supported, why = user_namespace_support(nodes, self.k.node_selector)
+        supported, why = user_namespace_support(self.nodes, self.k.node_selector)
         if not supported:
             self._without_userns(why)
         return supported
@@ -241,12 +250,16 @@ class PodRunner:
     def _create_stage_pod(self, ps: PlannedStage, attempt: int, plan_digest: str) -> str:
         """Create the stage's pod; returns its name. A user-namespace pod that the namespace's Pod Security
         level refuses, where user namespaces were only detected, gives way to a chroot-mode pod."""
+        placement = place_stage(ps.label, ps.platform, self.nodes or [], self.k.node_selector, self.k.allow_emulation)
+        if placement.emulated and attempt == 1:
+            self.report("warning", f"[{self.o.image_name}/{ps.label}] no {ps.platform} node: its RUN steps run under "
+                                   f"emulation on a {placement.arch} node (--allow-emulation)")
         while True:
             manifest = stage_pod(self.k, build_id=self.build_id, owner=self.owner, image_name=self.o.image_name,
                                  stage=ps.label, plan_digest=plan_digest, stages_repo=self.stages_repo or "",
                                  insecure=tuple(self.o.insecure), epoch=self.epoch, attempt=attempt,
                                  secrets_relay=bool(self.o.secrets), ssh_relay=bool(self.o.ssh),
-                                 extra_env=self.pod_env)
+                                 extra_env=self.pod_env, placement=placement)
             try:
                 self._create(manifest)
                 return manifest["metadata"]["name"]
@@ -494,6 +507,7 @@ def pod_executor(settings: KubeSettings, api_client: Any = None) -> ExecutorFact
         runner = PodRunner(env, settings, api_client)
         return RemoteExecutor(env, runner, session=runner.session)
 
+    make.settings = settings  # type: ignore[attr-defined]  # (read by the CLI: the builder image of attestations)
     return make
 
 

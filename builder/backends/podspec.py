@@ -13,6 +13,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from builder.errors import BuildError
+from registry.model import Platform
+
 # capability -> why a chroot build needs it (everything else is dropped)
 CAPABILITIES: dict[str, str] = {
     "CHOWN": "unpack layers and COPY --chown with the owners the image records",
@@ -66,6 +69,37 @@ class KubeSettings:
     tenant: str | None = None  # builder/tenant.py: the pods scope the cache PVC by it (None: the stages repo)
     share: tuple[str, ...] = ()
     build_key_secret: str | None = None  # a Secret holding cosign.key (+ cosign.password): the tenant's build key
+    allow_emulation: bool = False  # a stage of an architecture no node has runs under qemu on another node
+
+
+ARCH_LABEL = "kubernetes.io/arch"
+EMULATION_ENV = "KADE_NODE_EMULATION"  # set in a pod placed on a node of another architecture
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a stage's pod goes: the node architecture it asks for, and whether RUN is emulated there."""
+    arch: str
+    emulated: bool = False
+
+
+def place_stage(stage: str, platform: str, nodes: list[dict[str, Any]], selector: dict[str, str],
+                allow_emulation: bool) -> Placement:
+    """The `kubernetes.io/arch` of a stage's pod (pure): a node of the stage's own architecture among those
+    `selector` admits; else, with emulation allowed, amd64 nodes (or the first architecture there is), whose
+    kernel runs the stage's binaries through qemu-user-static; else a clear error."""
+    want = Platform.parse(platform).normalized().architecture
+    labels = [n.get("metadata", {}).get("labels") or {} for n in nodes if not (n.get("spec") or {}).get("unschedulable")]
+    archs = sorted({lb.get(ARCH_LABEL, "") for lb in labels if all(lb.get(k) == v for k, v in selector.items())} - {""})
+    if want in archs or not archs:  # no node readable: ask for the stage's own; the scheduler says the rest
+        return Placement(want)
+    where = f" matching the node selector {','.join(f'{k}={v}' for k, v in sorted(selector.items()))}" if selector else ""
+    if allow_emulation:
+        return Placement("amd64" if "amd64" in archs else archs[0], emulated=True)
+    raise BuildError(f"stage {stage} is for {platform}, and no node{where} is {ARCH_LABEL}={want} "
+                     f"(the nodes are: {', '.join(archs)})",
+                     hint=f"add {want} nodes, or pass --allow-emulation to run it under qemu-user-static on "
+                          f"{archs[0]} nodes (their kernel needs the qemu-{want} binfmt_misc handler with the F flag)")
 
 
 WEAKER_WITHOUT_USERNS = (
@@ -111,8 +145,8 @@ def pod_name(build_id: str, stage: str, attempt: int) -> str:
 def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, image_name: str, stage: str,
               plan_digest: str, stages_repo: str, insecure: tuple[str, ...] = (), epoch: int | None = None,
               attempt: int = 1, secrets_relay: bool = False, ssh_relay: bool = False,
-              extra_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """The manifest of the pod that builds `stage` of a build."""
+              extra_env: dict[str, str] | None = None, placement: Placement | None = None) -> dict[str, Any]:
+    """The manifest of the pod that builds `stage` of a build (on a node of `placement.arch`)."""
     args = ["build-stage", "--plan", plan_digest, "--stage", stage, "--repo", stages_repo]
     if ssh_relay:  # RUN --mount=type=ssh reaches the CLI's agent through a port-forward (agent_relay.py)
         args.append("--ssh-relay")
@@ -132,6 +166,8 @@ def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, i
         env.append({"name": "SOURCE_DATE_EPOCH", "value": str(epoch)})
     for name, value in sorted((extra_env or {}).items()):  # e.g. the unpack limits ($KADE_LAYER_MAX_*)
         env.append({"name": name, "value": value})
+    if placement is not None and placement.emulated:
+        env.append({"name": EMULATION_ENV, "value": "1"})
     capabilities = dict(CAPABILITIES)
     if s.user_namespaces:
         capabilities.update(USERNS_CAPABILITIES)
@@ -184,6 +220,7 @@ def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, i
         spec["serviceAccountName"] = s.service_account
     if s.user_namespaces:
         spec["hostUsers"] = False
-    if s.node_selector:
-        spec["nodeSelector"] = dict(s.node_selector)
+    selector = {**s.node_selector, **({ARCH_LABEL: placement.arch} if placement else {})}
+    if selector:
+        spec["nodeSelector"] = selector
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}

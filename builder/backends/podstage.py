@@ -26,7 +26,7 @@ from typing import Any
 from builder.backends import context_upload, plancodec, secret_relay
 from builder.backends.agent_relay import PodAgentRelay
 from builder.backends.chroot import run_chroot
-from builder.backends.podspec import SANDBOX_ENV
+from builder.backends.podspec import EMULATION_ENV, SANDBOX_ENV
 from builder.build import session
 from builder.cache import LocalCache
 from builder.env import BuildEnv
@@ -174,6 +174,9 @@ def _build_stage(task: StageTask, report: Report, work: Path, secrets: dict[str,
                            parallel=1, cache_dir=task.cache_dir, insecure=task.insecure,
                            platform=extra.get("platform", "linux/amd64"), no_cache=bool(extra.get("no_cache")),
                            image_name=extra.get("image_name", "default"), secrets=secrets, ssh=ssh,
+                           # placed on a node of another architecture (--allow-emulation): binfmt_misc is the
+                           # node's, not visible in the pod; a node without qemu fails RUN with ENOEXEC
+                           node_emulation=os.environ.get(EMULATION_ENV) == "1",
                            sandbox=run_chroot if sandbox_mode() == "chroot" else None,
                            # the pod's own user namespace (hostUsers: false) is the boundary around root in
                            # RUN; RUN shares the pod's network (no bridge to NAT through in a pod)

@@ -48,7 +48,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--check-reproducible", action="store_true",
                    help="build twice with empty caches (pushing nothing) and name every file that differs; "
                         "exit 1 when the images differ")
-    p.add_argument("--platform", default=DEFAULT_PLATFORM, help=argparse.SUPPRESS)
+    p.add_argument("--platform", default=DEFAULT_PLATFORM, metavar="OS/ARCH[,...]",
+                   help="target platform(s), comma-separated (default linux/amd64); several make an OCI index, "
+                        "foreign ones run RUN under qemu-user-static")
     p.add_argument("--userns", choices=("auto", "host"), default="auto",
                    help="auto (default): root in a RUN is an unprivileged subordinate uid on this host; host: "
                         "RUN runs as this host's root (unsafe with Dockerfiles you don't trust)")
@@ -116,8 +118,14 @@ def options_from_args(args: argparse.Namespace, tenant: Any = None) -> BuildOpti
         raise UsageError(f"build context {context} is not a directory")
     if args.parallel < 1:
         raise UsageError("--parallel must be at least 1")
+    from builder.errors import BuildError
+    from builder.platforms import parse_platforms
     from registry.errors import RegistryError
     from registry.reference import Reference
+    try:
+        platforms = [str(p) for p in parse_platforms(args.platform)]
+    except BuildError as exc:
+        raise UsageError(f"{exc.detail} ({exc.hint})") from None
     for t in args.tag:
         try:
             Reference.parse(t)
@@ -128,7 +136,8 @@ def options_from_args(args: argparse.Namespace, tenant: Any = None) -> BuildOpti
         build_args=parse_build_args(args.build_arg), tags=list(args.tag), repo=args.repo,
         secrets=dict(parse_secret(s) for s in args.secret), ssh=parse_ssh(args.ssh),
         compression=args.compression, no_cache=args.no_cache, parallel=args.parallel, cache_dir=args.cache_dir,
-        keep_failed=args.keep_failed, insecure=tuple(args.insecure_registry), platform=args.platform,
+        keep_failed=args.keep_failed, insecure=tuple(args.insecure_registry), platform=platforms[0],
+        platforms=tuple(platforms) if len(platforms) > 1 else (),
         isolation=Isolation(userns=args.userns), allow_host_network=args.allow_host_network,
         tenant=tenant.name if tenant else None, share=tenant.share if tenant else frozenset(),
         build_key=tenant.build_key if tenant else None)
@@ -171,6 +180,8 @@ def run_check(args: argparse.Namespace, options: BuildOptions, report: Any) -> i
 
     if args.tag or args.backend == "kubernetes":
         raise UsageError("--check-reproducible builds twice locally and pushes nothing: drop --tag and --backend")
+    if options.platforms:
+        raise UsageError("--check-reproducible compares the images of one platform: pass one --platform at a time")
     result = check_reproducible(options, report)
 
     def text(data: dict) -> str:

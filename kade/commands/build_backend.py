@@ -32,6 +32,9 @@ def add_backend_arguments(p: Any) -> None:
                    help="activeDeadlineSeconds of each pod (default 3600)")
     g.add_argument("--lease-seconds", type=int, default=30, metavar="SECONDS",
                    help="duration of step Leases: a step of a lost pod is taken over after this (default 30)")
+    g.add_argument("--allow-emulation", action="store_true",
+                   help="a stage for an architecture no node has runs under qemu-user-static on another node "
+                        "(default: an error naming the missing kubernetes.io/arch)")
 
 
 def kube_settings_from_args(args: argparse.Namespace):
@@ -46,4 +49,4 @@ def kube_settings_from_args(args: argparse.Namespace):
                         service_account=args.service_account or None, registry_secret=args.registry_secret,
                         kubeconfig=args.kubeconfig, kube_context=args.kube_context,
                         user_namespaces=args.user_namespaces, deadline_s=args.pod_timeout,
-                        lease_s=args.lease_seconds)
+                        lease_s=args.lease_seconds, allow_emulation=args.allow_emulation)

@@ -99,7 +99,21 @@ def make_project_options(args: argparse.Namespace, ws: Any) -> Any:
                            env_name=args.env_name, no_cache=args.no_cache, parallel=args.parallel,
                            cache_dir=args.cache_dir, insecure=tuple(args.insecure_registry),
                            images=getattr(args, "only_images", None), executor=factory, supply=supply,
-                           tenant=tenant.name, share=tenant.share, build_key=tenant.build_key)
+                           tenant=tenant.name, share=tenant.share, build_key=tenant.build_key,
+                           platforms=_platforms(args))
+
+
+def _platforms(args: argparse.Namespace) -> tuple[str, ...]:
+    """`kade build --platform` (converge has none: kade.yaml's `platforms:` or linux/amd64)."""
+    if getattr(args, "platform", None) is None:
+        return ()
+    from builder.errors import BuildError
+    from builder.platforms import parse_platforms
+
+    try:
+        return tuple(str(p) for p in parse_platforms(args.platform))
+    except BuildError as exc:
+        raise UsageError(f"{exc.detail} ({exc.hint})") from None
 
 
 def executor_factory(args: argparse.Namespace, tenant: Any) -> "ExecutorFactory | None":

@@ -222,7 +222,8 @@ def _delete_digest(client: Any, guard: Guard, items: list[PlanItem]) -> list[Out
         if still:
             repo.delete_manifest(digest)
         guard.deleted.update((i.repository, i.tag) for i in still)
-        out.extend(Outcome(i, "deleted", "manifest deleted by digest") for i in still)
+        gone = _delete_children(repo, items[0].children) if still else ""
+        out.extend(Outcome(i, "deleted", "manifest deleted by digest" + gone) for i in still)
     except NotFound:
         out.extend(Outcome(i, "skipped", "already gone") for i in still)
     except Unsupported:
@@ -230,6 +231,22 @@ def _delete_digest(client: Any, guard: Guard, items: list[PlanItem]) -> list[Out
     except RegistryError as exc:
         out.extend(Outcome(i, "failed", str(exc)) for i in still)
     return out
+
+
+def _delete_children(repo: Any, children: tuple[str, ...]) -> str:
+    """The platforms' manifests of an index just deleted (after it: the index never names a missing one)."""
+    deleted, failed = 0, []
+    for child in children:
+        try:
+            repo.delete_manifest(child)
+            deleted += 1
+        except NotFound:
+            pass
+        except RegistryError as exc:
+            failed.append(f"{child[:19]}: {exc}")
+    if not children:
+        return ""
+    return f", with {deleted} platform manifest(s) of the index" + (f" ({'; '.join(failed)} not deleted)" if failed else "")
 
 
 def execute(client: Any, plan: Plan, progress: Progress | None = None, workers: int = 4,

@@ -23,10 +23,10 @@ Rules, in order of strength:
   - A build record stays while one of its images is kept or it is recent.
 
 Relations between manifests are passes over the decisions, after them: `_keep_index_children` keeps
-what a kept index lists; `_follow_subjects` (registry/cleanup/follow.py) decides what follows a
-manifest (its attestations and signatures: the referrers in `Facts.referrers`, the `sha256-<hex>`
-index and cosign tags): kept with it, deleted with it. Untagged artifacts become items whose tag is
-their digest.
+what a kept index lists; `_children_going` names the platform manifests an index deleted by digest takes
+with it; `_follow_subjects` (registry/cleanup/follow.py) decides what follows a manifest (its
+attestations and signatures: the referrers in `Facts.referrers`, the `sha256-<hex>` index and cosign
+tags): kept with it, deleted with it. Untagged artifacts become items whose tag is their digest.
 """
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ class PlanItem:
     reasons: tuple[str, ...]
     method: Literal["tag", "manifest"] | None = None  # how a deletion is carried out
     subject: str | None = None  # attestations and signatures: the digest they follow
+    children: tuple[str, ...] = ()  # an index deleted by digest: its platforms' manifests that go with it
 
     @property
     def untagged(self) -> bool:
@@ -66,9 +67,10 @@ class PlanItem:
         return ":" in self.tag
 
     def to_dict(self) -> dict[str, Any]:
-        return {"repository": self.repository, "tag": self.tag, "digest": self.digest, "kind": self.kind,
-                "action": self.action, "reasons": list(self.reasons), "method": self.method,
-                "subject": self.subject}
+        out = {"repository": self.repository, "tag": self.tag, "digest": self.digest, "kind": self.kind,
+               "action": self.action, "reasons": list(self.reasons), "method": self.method,
+               "subject": self.subject}
+        return {**out, "children": list(self.children)} if self.children else out
 
 
 @dataclass(frozen=True)
@@ -430,8 +432,9 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
         method = None
         if action == "delete":
             method = "tag" if digest is not None and (repo, digest) in keeps_digest else "manifest"
+        children = _children_going(repo, digest, facts, keeps_digest) if method == "manifest" else ()
         items.append(PlanItem(repo, tag, digest, kind, action, reasons, method,  # type: ignore[arg-type]
-                              subjects.get((repo, tag))))
+                              subjects.get((repo, tag)), children))
     return Plan(now, facts.stages_repo, tuple(items), frozenset(record_by_tag), scope, tuple(notes),
                 tuple(blockers) if not purge else (), tuple(clusters), frozenset(unread))
 
@@ -486,6 +489,17 @@ def _follow_subjects(decisions: dict[tuple[str, str], tuple[Kind, Action, tuple[
         unread.update((repo, d) for d in followed.unread)
         notes.extend(followed.notes)
     return subjects, unread
+def _children_going(repo: str, digest: str | None, facts: Facts, keeps_digest: set[tuple[str, str | None]]) -> \
+        tuple[str, ...]:
+    """An image index deleted by digest takes its platforms' manifests with it (they were pushed by digest
+    for it), except those a kept tag points to or a kept index of the repository lists too (a platform
+    unchanged between two builds is one manifest in both indexes)."""
+    indexes = facts.indexes.get(repo, {})
+    if digest is None or digest not in indexes:
+        return ()
+    shared = {d for r, d in keeps_digest if r == repo} | \
+        {child for r, d in keeps_digest if r == repo and d in indexes for child in indexes[d]}
+    return tuple(sorted(indexes[digest] - shared))
 
 
 def _users(users: list[str]) -> str:

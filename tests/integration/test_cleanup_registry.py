@@ -266,18 +266,62 @@ def test_a_platform_manifest_of_a_kept_index_survives(registry, tmp_path):
     index = Index(manifests=[Descriptor(desc.media_type, amd64, desc.size,
                                         platform={"os": "linux", "architecture": "amd64"})], media_type=mt.OCI_INDEX)
     multi = repo.put_manifest("multi", index.to_bytes(), mt.OCI_INDEX)
-    push_record(stages, BuildRecord(None, None, ago(50), (RecordImage("default", name, ("amd64",), amd64, ()),)))
-    push_record(stages, BuildRecord(None, None, ago(0.5), (RecordImage("default", name, ("multi",), multi, ()),)))
-    h = GitHistory(tmp_path / "git")
-    h.commit("a", "main", int(ago(1).timestamp()))
-    h.write()
-    facts = collect_facts(rc, name + "-stages", repos=(name,), git=str(h.path), kube_contexts=None)
-    plan = plan_cleanup(rc, facts, parse_policy_text(POLICY))
+    plan = _plan_old_and_recent(rc, stages, name, ("amd64", amd64), ("multi", multi), tmp_path)
     by_tag = {i.tag: i for i in plan.items}
     assert by_tag["amd64"].action == "keep"
     assert by_tag["amd64"].reasons == (f"listed by the kept image index {name}:multi",)
     assert plan.deletions == []  # the old build stays whole: its tag, and so its record
     rc.close()
+
+
+def test_an_old_index_goes_with_its_platform_manifests_and_shared_ones_stay(registry, tmp_path):
+    """Two multi-platform builds: the old index (amd64 v1 + arm64) and the recent one (amd64 v2 + the same
+    arm64 manifest). Cleanup deletes the old index and its amd64 v1 manifest, keeps the shared arm64 one."""
+    from registry import mediatypes as mt
+    from registry.image import Image, ImageIndex
+
+    rc = RegistryClient()
+    name = f"{registry.host}/clean-{uuid.uuid4().hex[:8]}/multi"
+    repo, stages = rc.repository(name), rc.repository(name + "-stages")
+    amd1, amd2, arm = (push_image(repo, [], seed, arch=a) for seed, a in (("a1", "amd64"), ("a2", "amd64"),
+                                                                       ("arm", "arm64")))
+
+    def index(*digests: str) -> bytes:
+        return ImageIndex.assemble([Image(*_image_parts(repo, d)) for d in digests]).index_bytes
+
+    old = repo.put_manifest("old", index(amd1, arm), mt.OCI_INDEX)
+    new = repo.put_manifest("new", index(amd2, arm), mt.OCI_INDEX)
+    plan = _plan_old_and_recent(rc, stages, name, ("old", old), ("new", new), tmp_path)
+    by_tag = {i.tag: i for i in plan.items}
+    assert (by_tag["old"].action, by_tag["old"].method, by_tag["old"].children) == ("delete", "manifest", (amd1,))
+    outcomes = {o.item.tag: o for o in execute(rc, plan)}
+    assert outcomes["old"].status == "deleted" and "with 1 platform manifest(s)" in outcomes["old"].detail
+    assert repo.head_manifest(old) is None and repo.head_manifest(amd1) is None
+    assert repo.head_manifest("new").digest == new  # the kept index, whole
+    assert repo.head_manifest(arm) is not None and repo.head_manifest(amd2) is not None
+    rc.close()
+
+
+def _plan_old_and_recent(rc, stages, name: str, old: tuple[str, str], recent: tuple[str, str], tmp_path):
+    """The cleanup plan after an old build of tag old[0] (50 h ago) and a recent one of recent[0]."""
+    for (tag, digest), hours in ((old, 50), (recent, 0.5)):
+        push_record(stages, BuildRecord(None, None, ago(hours), (RecordImage("default", name, (tag,), digest, ()),)))
+    h = GitHistory(tmp_path / "git")
+    h.commit("a", "main", int(ago(1).timestamp()))
+    h.write()
+    facts = collect_facts(rc, name + "-stages", repos=(name,), git=str(h.path), kube_contexts=None)
+    return plan_cleanup(rc, facts, parse_policy_text(POLICY))
+
+
+def _image_parts(repo, digest: str):
+    from registry.imageconfig import ImageConfig
+    from registry.model import parse_manifest
+
+    body, desc = repo.get_manifest(digest)
+    manifest = parse_manifest(body, desc.media_type)
+    with repo.open_blob(manifest.config.digest) as f:
+        config = ImageConfig.from_bytes(f.read())
+    return manifest, config, digest
 
 
 def test_a_registry_with_deletion_disabled_stops_the_run_with_the_fix(tmp_path):

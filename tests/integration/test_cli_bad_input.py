@@ -41,7 +41,8 @@ KIND_BY_DEST = {
     "target": "stage", "only_images": "image", "use_plan": "file", "save_plan": "outfile", "verify_repo": "git",
     "tenant": "tenant", "share": "shares",
 }
-KIND_BY_COMMAND_DEST = {(("image", "verify"), "repo"): "git"}  # (a git checkout there, a registry one elsewhere)
+KIND_BY_COMMAND_DEST = {(("image", "verify"), "repo"): "git",  # (a git checkout there, a registry one elsewhere)
+                        (("build",), "platform"): "platform"}
 # names the cluster or the registry judges (any string is a valid input here), and hidden flags
 FREE_TEXT = {"namespace", "cache_pvc", "kube_context", "context", "service_account", "registry_secret",
              "env_name", "release", "platform", "resources", "builder_id", "trusted_builder", "scan_namespace",
@@ -94,6 +95,7 @@ class Workspace:
             "stage": ["nosuch"],
             "tenant": ["", "team\x01a", "x" * 513],
             "shares": ["nosuch", "trees,bogus"],
+            "platform": ["linux", "linux/amd64,", "linux/am d64", "linux/arm64/v8/x"],
             "image": ["nosuch"],
         }[kind]
 

@@ -208,6 +208,28 @@ def test_a_manifest_listed_by_a_kept_index_stays():
     assert d[("app", "x")] == ("delete", "manifest")
 
 
+def test_an_index_deleted_by_digest_takes_its_platform_manifests_except_shared_ones():
+    # old index D(1) lists D(11) (amd64) and D(12) (arm64); the recent index D(2) lists D(21) and the same
+    # arm64 manifest D(12) (that platform did not change); "arm" tags D(13), listed by D(1) too.
+    records = [rec(None, 50, [(["old"], 1, [])]), rec(None, 0.5, [(["new"], 2, [])]), rec(None, 0.5, [(["arm"], 13, [])])]
+    f = facts(records, {"old": D(1), "new": D(2), "arm": D(13)})
+    f.indexes = {APP: {D(1): frozenset({D(11), D(12), D(13)}), D(2): frozenset({D(21), D(12)})}}
+    plan = make_plan(f, Policy(()))
+    old = next(i for i in plan.items if i.tag == "old")
+    assert (old.action, old.method, old.children) == ("delete", "manifest", (D(11),))
+    assert old.to_dict()["children"] == [D(11)]
+    assert next(i for i in plan.items if i.tag == "new").children == ()  # kept: nothing goes
+    assert "children" not in next(i for i in plan.items if i.tag == "arm").to_dict()
+
+
+def test_an_index_whose_tag_goes_alone_keeps_its_platform_manifests():
+    records = [rec(None, 50, [(["old"], 1, [])]), rec(None, 0.5, [(["keep"], 1, [])])]
+    f = facts(records, {"old": D(1), "keep": D(1)})
+    f.indexes = {APP: {D(1): frozenset({D(11)})}}
+    old = next(i for i in make_plan(f, Policy(())).items if i.tag == "old")
+    assert (old.action, old.method, old.children) == ("delete", "tag", ())
+
+
 # ---- scope (#13): only the repositories given -------------------------------------------------------
 
 VICTIM = "reg.test:5000/ceo/victim"

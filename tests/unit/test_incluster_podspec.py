@@ -249,6 +249,8 @@ def test_no_answer_is_a_clear_error():
     with pytest.raises(BuildError, match="did not arrive from the CLI within 0s") as err:
         secret_relay.receive(lambda *a, **k: None, wait_s=0.2)
     assert "pods/portforward" in err.value.hint
+
+
 @pytest.mark.parametrize("timeline,expected", [
     ({"process started": 100.0, "imports done": 100.25, "plan fetched": 100.4, "context ready": 101.5,
       "rootfs ready": 100.9, "first step": 101.6},
@@ -260,3 +262,51 @@ def test_a_pods_startup_timeline_in_one_line(timeline, expected):
     from builder.backends.kubernetes import startup_line
 
     assert startup_line(timeline) == expected
+
+
+def _arch_node(name, arch, labels=None, unschedulable=False):
+    return _node(name, USERNS, {"kubernetes.io/arch": arch, **(labels or {})}, unschedulable)
+
+
+MIXED = [_arch_node("a", "amd64"), _arch_node("b", "arm64", {"pool": "arm"})]
+AMD_ONLY = [_arch_node("a", "amd64"), _arch_node("c", "arm64", unschedulable=True)]
+
+
+@pytest.mark.parametrize("platform, nodes, selector, allow, expected", [
+    ("linux/amd64", MIXED, {}, False, ("amd64", False)),
+    ("linux/arm64/v8", MIXED, {}, False, ("arm64", False)),
+    ("linux/arm64", AMD_ONLY, {}, True, ("amd64", True)),                       # emulated on amd64
+    ("linux/arm64", [_arch_node("x", "s390x")], {}, True, ("s390x", True)),     # no amd64: what there is
+    ("linux/arm64", [], {}, False, ("arm64", False)),                           # nodes unreadable: the scheduler's call
+])
+def test_a_stage_pod_goes_to_nodes_of_its_architecture(platform, nodes, selector, allow, expected):
+    from builder.backends.podspec import place_stage
+
+    placed = place_stage("build", platform, nodes, selector, allow)
+    assert (placed.arch, placed.emulated) == expected
+
+
+@pytest.mark.parametrize("nodes, selector, fragment", [
+    (AMD_ONLY, {}, "no node is kubernetes.io/arch=arm64 (the nodes are: amd64)"),
+    ([_arch_node("a", "amd64", {"pool": "x"}), _arch_node("b", "arm64")], {"pool": "x"},
+     "no node matching the node selector pool=x is kubernetes.io/arch=arm64 (the nodes are: amd64)"),
+])
+def test_no_node_of_the_architecture_is_an_error_unless_emulation_is_allowed(nodes, selector, fragment):
+    from builder.backends.podspec import place_stage
+    from builder.errors import BuildError
+
+    with pytest.raises(BuildError) as err:
+        place_stage("build", "linux/arm64", nodes, selector, False)
+    assert "stage build is for linux/arm64" in str(err.value) and fragment in str(err.value)
+    assert "--allow-emulation" in str(err.value)
+
+
+def test_the_pod_spec_carries_the_arch_selector_and_the_emulation_flag():
+    from builder.backends.podspec import EMULATION_ENV, Placement
+
+    native = pod(placement=Placement("arm64"), settings={"node_selector": {"pool": "build"}})
+    assert native["spec"]["nodeSelector"] == {"pool": "build", "kubernetes.io/arch": "arm64"}
+    assert EMULATION_ENV not in [e["name"] for e in native["spec"]["containers"][0]["env"]]
+    emulated = pod(placement=Placement("amd64", emulated=True))
+    assert emulated["spec"]["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
+    assert {"name": EMULATION_ENV, "value": "1"} in emulated["spec"]["containers"][0]["env"]

@@ -107,3 +107,28 @@ def test_image_config_round_trip_keeps_unknown_fields():
 def test_image_config_hostile(body):
     with pytest.raises(InvalidManifest):
         ImageConfig.from_bytes(body)
+
+
+def _image(arch: str, variant: str = ""):
+    from registry.image import Image
+
+    return Image.assemble(ImageConfig.from_dict({"architecture": arch, "os": "linux", "variant": variant or None,
+                                                 "rootfs": {"type": "layers", "diff_ids": []}}), [])
+
+
+def test_image_index_lists_each_platform_once_with_stable_bytes():
+    from registry.image import ImageIndex
+    from registry.model import Platform
+
+    amd, arm = _image("amd64"), _image("arm64", "v8")
+    index = ImageIndex.assemble([amd, arm], {"org.opencontainers.image.created": "2026-01-01T00:00:00Z"})
+    doc = json.loads(index.index_bytes)
+    assert doc["mediaType"] == mt.OCI_INDEX and index.digest == sha256_digest(index.index_bytes)
+    assert [(m["digest"], m["platform"]) for m in doc["manifests"]] == [
+        (amd.digest, {"architecture": "amd64", "os": "linux"}),
+        (arm.digest, {"architecture": "arm64", "os": "linux", "variant": "v8"})]
+    built_for = ImageIndex.assemble([amd, arm], platforms=[Platform("linux", "amd64"), Platform("linux", "arm64")])
+    assert json.loads(built_for.index_bytes)["manifests"][1]["platform"] == {"architecture": "arm64", "os": "linux"}
+    assert ImageIndex.assemble([amd, arm]).digest == ImageIndex.assemble([amd, arm]).digest
+    with pytest.raises(InvalidManifest, match="two images for platform linux/aarch64 in one index"):
+        ImageIndex.assemble([amd, arm], platforms=[Platform("linux", "arm64"), Platform("linux", "aarch64")])

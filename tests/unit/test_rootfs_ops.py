@@ -285,7 +285,7 @@ NO_ROOTFS = {
     "layer.py": "the change sources the snapshot and rootfs_ops resolved (see docs/security.md)",
     "backends/agent_relay.py": "sockets it is handed", "backends/podstage.py": "the pod's work dir and secrets",
     "backends/context_upload.py": "the context and the pod's fresh context dir",
-    "build.py": "no files but the umask", "store.py": "blobs and layouts of the local cache",
+    "build.py": "no files but the umask", "emulation.py": "the host's /proc/sys/fs/binfmt_misc and binfmt.d files", "store.py": "blobs and layouts of the local cache",
     "local.py": "blobs, work dirs and cache-mount dirs of the local cache (rootfs trees: rootfs.py, execute.py)",
     "reproducible.py": "the OCI layouts of its two builds",
     "attest.py": "blobs of the local cache", "provenance.py": "no files at all",

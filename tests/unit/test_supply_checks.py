@@ -144,6 +144,28 @@ def test_check(evidence, policy, ok, reason):
         assert (verdict.builder, verdict.commit) == ("https://ci.example/builder", COMMIT)
 
 
+def _platform(name: str, digest: str, provenance) -> Evidence:
+    return Evidence(name, REPO, digest, [], list(provenance))
+
+
+AMD, ARM = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
+@pytest.mark.parametrize("platforms, ok, reason", [
+    ([_platform("linux/amd64", AMD, [_prov(subject=AMD)]), _platform("linux/arm64", ARM, [_prov(subject=ARM)])],
+     True, ""),
+    ([_platform("linux/amd64", AMD, [_prov(subject=AMD)]), _platform("linux/arm64", ARM, [])],
+     False, "platform linux/arm64: no provenance attached"),
+    ([_platform("linux/amd64", AMD, [_prov(subject=AMD)]), _platform("linux/arm64", ARM, [_prov(subject=AMD)])],
+     False, "platform linux/arm64: provenance sha256:999999999999 is about another image"),
+])
+def test_an_index_needs_provenance_for_every_platform(platforms, ok, reason):
+    evidence = _evidence([_sig(KEY, DIGEST, REPO)])  # the index's signature
+    evidence.platforms = platforms
+    verdict = check(evidence, POLICY, lambda commit: commit == COMMIT)
+    assert verdict.ok is ok and reason in "; ".join(verdict.reasons)
+
+
 def test_commit_in_history(tmp_path):
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True,
