@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from tests.cluster.test_incluster_hostile import assert_nothing_escaped, victim  # noqa: F401 - fixture
 from tests.fixtures.canary import assert_secret_absent, layer_tar_files
+from tests.fixtures.clones import fresh_clone
 from tests.fixtures.incluster import get_blob, kade_build, pushed_blobs, records, result, unique
 
 pytestmark = pytest.mark.cluster
@@ -103,18 +103,6 @@ RUN --mount=type=cache,target=/cache echo n >> /cache/n && cp /opt/app/stamp /st
 """
 
 
-def _clone(origin: Path, dest: Path, seed: int) -> Path:
-    subprocess.run(["git", "clone", "-q", str(origin), str(dest)], check=True)
-    committed = int(subprocess.run(["git", "-C", str(dest), "show", "-s", "--format=%ct"], capture_output=True,
-                                   text=True, check=True).stdout)
-    rng = random.Random(seed)
-    for p in dest.rglob("*"):  # checked out later, on another machine
-        if ".git" not in p.parts:
-            t = rng.randint(committed, committed + 10_000_000)
-            os.utime(p, (t, t), follow_symlinks=False)
-    return dest
-
-
 def _build(env, clone: Path, tag: str, backend: str, umask: int, epoch: str) -> str:
     cmd = [sys.executable, "-m", "kade", "build", str(clone), "-t", tag, "--insecure-registry", env.registry,
            "--output", "json"]
@@ -140,7 +128,7 @@ def test_fresh_clones_give_one_digest_in_pods_and_locally(builder_env, tmp_path)
     epoch = subprocess.run(git + ["show", "-s", "--format=%ct"], capture_output=True, text=True).stdout.strip()
     digests = {}
     for i, (backend, umask) in enumerate([("kubernetes", 0o022), ("kubernetes", 0o077), ("local", 0o027)]):
-        clone = _clone(origin, tmp_path / f"clone{i}", seed=i)
+        clone = fresh_clone(origin, tmp_path / f"clone{i}", seed=i)
         digests[f"{backend}-{i}"] = _build(builder_env, clone, f"{builder_env.registry}/{unique(f'repro{i}')}:v1",
                                            backend, umask, epoch)
     assert len(set(digests.values())) == 1, json.dumps(digests, indent=1)

@@ -4,12 +4,12 @@ checkout time, umask or cache. A kade.yaml project takes SOURCE_DATE_EPOCH from 
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.clones import fresh_clone
 from tests.integration.test_project_build import commit_all, git
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="RUN as several users needs root")
@@ -58,19 +58,6 @@ def _repo(tmp_path: Path) -> Path:
     return root
 
 
-def _clone(origin: Path, dest: Path, seed: int) -> Path:
-    subprocess.run(["git", "clone", "-q", str(origin), str(dest)], check=True)
-    committed = int(subprocess.run(["git", "-C", str(dest), "show", "-s", "--format=%ct"], capture_output=True,
-                                   text=True, check=True).stdout)
-    rng = random.Random(seed)
-    for p in dest.rglob("*"):  # checked out later, on another machine
-        if ".git" not in p.parts:
-            t = rng.randint(committed, committed + 10_000_000)
-            os.utime(p, (t, t), follow_symlinks=False)
-    return dest
-
-
-@pytest.fixture
 def umask():
     before = os.umask(0o022)
     yield lambda mask: os.umask(mask)
@@ -84,7 +71,7 @@ def test_a_project_built_from_two_fresh_clones_gives_the_same_digests(kade_build
     origin = _repo(tmp_path)
     digests = []
     for i, mask in enumerate((0o022, 0o077)):
-        clone = _clone(origin, tmp_path / f"clone{i}", seed=i)
+        clone = fresh_clone(origin, tmp_path / f"clone{i}", seed=i)
         umask(mask)
         run = kade_build("--dir", str(clone), "--repo", f"{registry.host}/repro{i}", "--output", "json",
                          "--cache-dir", str(tmp_path / f"cache{i}"))
