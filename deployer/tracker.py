@@ -28,7 +28,7 @@ from deployer.resources import ApiResource, ResourceKey
 from deployer.revision import new_revision_pods, watches_pods
 from deployer.signals import FailureBudget, Signal, parse_time
 from deployer.summary import Failure, clean, container_state
-from deployer.verdict import FAILED, READY, Memory, Observation, judge
+from deployer.verdict import HOPING, IGNORED, READY, Memory, Observation, judge, next_state
 
 Report = Callable[..., None]
 LOG_BUFFER = 30
@@ -310,12 +310,13 @@ class Tracker:
                                    f"[{decision.occurrences}/{decision.allowed} failure(s) allowed]"
                                    + (" (fatal)" if sig.fatal else ""),
                         resource=str(t.key), reason=sig.reason, pod=sig.pod, container=sig.container)
-        if decision.outcome == READY:
+        state = next_state(decision.outcome, t.options.fail_mode, hoping=t.hoping is not None)
+        if state == READY:
             t.verdict, t.ready_at, t.hoping = "ready", now, None
             self.report("ready", f"{t.key.short} ready" + (f" ({status.message})" if status.message else ""),
                         resource=str(t.key))
-        elif decision.outcome == FAILED and not t.hoping:
-            self._fail(t, self._failure(t, decision.reason, decision.message, decision.signal, pods, events))
+        elif state is not None:
+            self._fail(t, state, self._failure(t, decision.reason, decision.message, decision.signal, pods, events))
 
     def _nodes(self, pods: list[dict], now: float) -> list[dict] | None:
         """The cluster's nodes, listed when a pod is unschedulable (again at most every NODES_EVERY s);
@@ -332,14 +333,14 @@ class Tracker:
                                         "no-activity timeout")
         return self.nodes
 
-    def _fail(self, t: Target, failure: Failure) -> None:
-        mode = t.options.fail_mode
-        if mode == IGNORE:
+    def _fail(self, t: Target, state: str, failure: Failure) -> None:
+        """Act on a failure as `next_state` judged it (FAILED, IGNORED or HOPING)."""
+        if state == IGNORED:
             t.verdict, t.failure = "ignored", failure
             self.report("warning", f"{t.key.short} failed but fail-mode {IGNORE} lets the deploy continue: "
                                    f"{failure.headline()}", resource=str(t.key), reason=failure.reason,
                         failure=failure.to_dict())
-        elif mode == HOPE:
+        elif state == HOPING:
             t.hoping = failure
             self.report("warning", f"{t.key.short}: {failure.reason}; fail-mode {HOPE}: still hoping it recovers "
                                    "before everything else is done", resource=str(t.key))

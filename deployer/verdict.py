@@ -1,5 +1,6 @@
 """The tracking verdict of one resource, a pure function of what was observed, the time and the
-options (kstatus' shape): `judge(observation, memory, now, options, settle)` -> (memory, decision).
+options (kstatus' shape): `judge(observation, memory, now, options, settle)` -> (memory, decision);
+`next_state(outcome, fail_mode, hoping)` is what the resource becomes by its fail mode.
 
 `Observation` is what the watches show now (the object, its new revision's pods, its ReplicaSets,
 its recent events, the nodes); `Memory` is what earlier observations left (occurrences counted,
@@ -14,7 +15,7 @@ from typing import Any
 
 from deployer import readiness
 from deployer.durations import format_duration
-from deployer.options import TrackOptions
+from deployer.options import HOPE, IGNORE, TrackOptions
 from deployer.readiness.common import Status
 from deployer.objects import involved_uid as _involved_uid, name as _name, resource_version as _rv, uid as _uid
 from deployer.resources import ResourceKey
@@ -25,6 +26,7 @@ from deployer.signals import (NEVER_FITS_GRACE, FailureBudget, Signal, event_act
 from deployer.summary import split_reason
 
 READY, FAILED = "ready", "failed"
+IGNORED, HOPING = "ignored", "hoping"  # a failure under fail-mode IgnoreAndContinue… / HopeUntilEnd…
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,17 @@ def judge(obs: Observation, memory: Memory, now: float, options: TrackOptions, s
         return mem, Decision(status, FAILED, "NoActivity", f"nothing changed for {format_duration(idle)} "
                              f"(no-activity-timeout); last status: {status.message}", **base)
     return mem, Decision(status, **base)
+
+
+def next_state(outcome: str | None, fail_mode: str, hoping: bool) -> str | None:
+    """What a resource becomes on `outcome`: READY (a held failure is dropped), a failure as its fail
+    mode says (FAILED, IGNORED, or HOPING: held until everything else is done), or None: watched on
+    (a failure already held is not held again)."""
+    if outcome == READY:
+        return READY
+    if outcome != FAILED or hoping:
+        return None
+    return {IGNORE: IGNORED, HOPE: HOPING}.get(fail_mode, FAILED)
 
 
 def _signals(obs: Observation, mem: Memory, now: float, options: TrackOptions) -> tuple[list[Signal], str]:

@@ -1,14 +1,18 @@
-"""deployer.verdict.judge: the tracking verdict as a pure function of observations, time and options,
-table-driven over short sequences of observations (each step: seconds since start, what is seen)."""
+"""deployer.verdict: `judge`, the tracking verdict as a pure function of observations, time and options,
+table-driven over short sequences of observations (each step: seconds since start, what is seen); and
+`next_state`, what a verdict makes of the resource by its fail mode."""
+import copy
+
 import pytest
 
-from deployer.options import TrackOptions
+from deployer.options import FAIL_FAST, HOPE, IGNORE, TrackOptions
 from deployer.resources import ResourceKey
-from deployer.verdict import FAILED, READY, Memory, Observation, judge
+from deployer.verdict import FAILED, HOPING, IGNORED, READY, Memory, Observation, judge, next_state
 
 T0 = 1_800_000_000.0
 DEP = ResourceKey("apps", "Deployment", "ns", "web")
 JOB = ResourceKey("batch", "Job", "ns", "migrate")
+POD = ResourceKey("", "Pod", "ns", "web-1-a")
 NODE = {"metadata": {"name": "n1", "labels": {}}, "status": {"allocatable": {"cpu": "2", "memory": "8Gi"}}}
 
 
@@ -56,9 +60,9 @@ def run(key, steps, options=None, settle=2.0):
     memory = Memory.start(options, T0)
     decision = None
     for second, kwargs in steps:
-        before = memory
+        before, snapshot = memory, copy.deepcopy(memory)
         memory, decision = judge(Observation(key, **kwargs), memory, T0 + second, options, settle)
-        assert before is not memory  # inputs are not mutated: a new memory comes back
+        assert before == snapshot  # inputs are not mutated: a new memory comes back
         if decision.outcome:
             return second, decision.outcome, decision.reason
     return None, None, decision.status.message
@@ -138,24 +142,101 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,key,steps,expected", CASES, ids=[c[0] for c in CASES])
-def test_judge(name, key, steps, expected):
-    second, outcome, reason = run(key, steps)
+def finished_pod():
+    done = pod({"terminated": {"exitCode": 0, "reason": "Completed"}}, rv="3")
+    done["status"]["phase"] = "Succeeded"
+    return done
+
+
+def running_pod():
+    running = pod(**READY_POD)
+    running["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    return running
+
+
+def crashed(restarts=1, rv="2"):
+    return pod(CRASH, rv=rv, restarts=restarts, last={"exitCode": 1, "reason": "Error"})
+
+
+READY_DEP = dict(obj=deployment(1), pods=[pod(**READY_POD)], replicasets=[RS])
+UNREADY_DEP = dict(obj=deployment(0), pods=[pod(rv="9")], replicasets=[RS])
+EXITED = {"terminated": {"exitCode": 0, "reason": "Completed"}}
+COMPLETE_JOB = {"metadata": {"name": "migrate"}, "status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}
+
+# name, key, steps, options, settle, expected: rows that need options or a settle time of their own
+OPTION_CASES = [
+    ("the first look at a ready Deployment is not yet the verdict", DEP, [(0, READY_DEP)], None, 2.0,
+     (None, None, "confirming it stays ready for 2s")),
+    ("settle 0: ready at the first look", DEP, [(0, READY_DEP)], None, 0.0, (0, READY, "")),
+    ("ready, regressed, ready again: settling starts over", DEP,
+     [(0, READY_DEP), (1, READY_DEP), (1.5, UNREADY_DEP), (2.5, READY_DEP), (3, READY_DEP), (4, READY_DEP),
+      (4.6, READY_DEP)], None, 2.0, (4.6, READY, "")),
+    ("an exited container holds the settling", DEP,
+     [(s, dict(obj=deployment(1), pods=[pod(EXITED, rv="9", ready=True)], replicasets=[RS])) for s in range(0, 10)],
+     None, 2.0, (None, None, "confirming it stays ready")),
+    ("a running Pod settles", POD,
+     [(s, dict(obj=running_pod(), pods=[running_pod()])) for s in (0, 1, 2.5, 3.1)], None, 2.0, (3.1, READY, "")),
+    ("a finished Pod is ready at the first look", POD, [(0, dict(obj=finished_pod(), pods=[finished_pod()]))], None, 2.0,
+     (0, READY, "")),
+    ("a complete Job is ready at the first look", JOB, [(0, dict(obj=COMPLETE_JOB))], None, 2.0, (0, READY, "")),
+    ("within the budget: a crash and its back-off, 2 allowed", DEP,
+     [(0, dict(obj=deployment(0), pods=[crashed()], replicasets=[RS]))],
+     TrackOptions(failures_allowed_per_replica=2), 2.0, (None, None, "0/1 new replicas ready")),
+    ("over the budget: the back-off lasting 5 s is the third", DEP,
+     [(s, dict(obj=deployment(0), pods=[crashed()], replicasets=[RS])) for s in (0, 5)],
+     TrackOptions(failures_allowed_per_replica=2), 2.0, (5, FAILED, "CrashLoopBackOff")),
+    ("the budget is per replica: 3 replicas allow 3", DEP,
+     [(s, dict(obj=deployment(0, replicas=3), pods=[crashed()], replicasets=[RS])) for s in (0, 5, 10, 15)],
+     None, 2.0, (10, FAILED, "CrashLoopBackOff")),
+    ("a large budget holds a crash loop", DEP,
+     [(0, dict(obj=deployment(0), pods=[crashed()], replicasets=[RS])),
+      (5, dict(obj=deployment(0), pods=[crashed(2, rv="3")], replicasets=[RS]))],
+     TrackOptions(failures_allowed_per_replica=10), 2.0, (None, None, "0/1 new replicas ready")),
+    ("a fatal signal fails whatever the budget", DEP,
+     [(s, dict(obj=deployment(0), pods=[pod(scheduled=False, requests={"cpu": "3"})], replicasets=[RS], nodes=[NODE]))
+      for s in range(0, 30)], TrackOptions(failures_allowed_per_replica=10), 2.0, (5, FAILED, "Unschedulable")),
+    ("no-activity timeout from the options", DEP,
+     [(s, dict(obj=deployment(0), pods=[pod()], replicasets=[RS])) for s in range(0, 30, 5)],
+     TrackOptions(no_activity_timeout=12), 2.0, (15, FAILED, "NoActivity")),
+    ("a change restarts the no-activity clock", DEP,
+     [(s, dict(obj=deployment(0, rv="2" if s >= 10 else "1"), pods=[pod()], replicasets=[RS])) for s in range(0, 40, 5)],
+     TrackOptions(no_activity_timeout=12), 2.0, (25, FAILED, "NoActivity")),
+]
+
+
+@pytest.mark.parametrize("key,steps,options,settle,expected",
+                         [pytest.param(key, steps, None, 2.0, expected, id=name) for name, key, steps, expected in CASES]
+                         + [pytest.param(*row[1:], id=row[0]) for row in OPTION_CASES])
+def test_judge(key, steps, options, settle, expected):
+    second, outcome, reason = run(key, steps, options, settle)
     if expected[1] is None:
         assert outcome is None and expected[2] in reason
     else:
         assert (second, outcome, reason) == expected
 
 
-def test_failures_allowed_per_replica_from_options():
-    steps = [(0, dict(obj=deployment(0), pods=[pod(CRASH, rv="2", restarts=1, last={"exitCode": 1, "reason": "Error"})],
-                      replicasets=[RS])),
-             (5, dict(obj=deployment(0), pods=[pod(CRASH, rv="3", restarts=2, last={"exitCode": 1, "reason": "Error"})],
-                      replicasets=[RS]))]
-    assert run(DEP, steps, TrackOptions(failures_allowed_per_replica=10))[1] is None
-    assert run(DEP, steps)[1] == FAILED
+@pytest.mark.parametrize("replicas,pods,expected", [
+    (1, [pod()], ((), 0, 1)),
+    (1, [crashed()], (("ContainerFailed", "CrashLoopBackOff"), 2, 1)),
+    (3, [crashed()], (("ContainerFailed", "CrashLoopBackOff"), 2, 3)),
+])
+def test_decision_counts(replicas, pods, expected):
+    options = TrackOptions()
+    _, decision = judge(Observation(DEP, deployment(0, replicas=replicas), pods, [RS]), Memory.start(options, T0), T0,
+                        options, 2.0)
+    assert (tuple(s.reason for s in decision.counted), decision.occurrences, decision.allowed) == expected
 
 
-def test_no_activity_timeout_from_options():
-    steps = [(s, dict(obj=deployment(0), pods=[pod()], replicasets=[RS])) for s in range(0, 30, 5)]
-    assert run(DEP, steps, TrackOptions(no_activity_timeout=12))[:2] == (15, FAILED)
+@pytest.mark.parametrize("outcome,fail_mode,hoping,expected", [
+    (READY, FAIL_FAST, False, READY),
+    (READY, HOPE, True, READY),  # recovered while hoped for
+    (FAILED, FAIL_FAST, False, FAILED),
+    (FAILED, IGNORE, False, IGNORED),
+    (FAILED, HOPE, False, HOPING),
+    (FAILED, HOPE, True, None),  # already held: not held (or reported) again
+    (None, FAIL_FAST, False, None),  # within the budget: watched on, whatever the mode
+    (None, IGNORE, False, None),
+    (None, HOPE, True, None),  # still hoping
+])
+def test_next_state(outcome, fail_mode, hoping, expected):
+    assert next_state(outcome, fail_mode, hoping) == expected
