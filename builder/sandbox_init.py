@@ -164,7 +164,7 @@ def _map_ids(pid: int, spec: dict) -> None:
             with open(f"/proc/{pid}/{name}", "w") as f:
                 f.write(text)
         except OSError as exc:
-            raise Failure("setup", f"cannot write the user namespace's {name} ({text.strip()}): {exc.strerror}")
+            raise Failure("setup", f"cannot write the user namespace's {name} ({text.strip()}): {exc.strerror}") from None
 
 
 def _idmap(pid: int, pairs: list[list[str]]) -> None:

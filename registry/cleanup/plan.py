@@ -192,7 +192,7 @@ def policy_keeps(built: list[_Built], git: GitFacts | None, policy: Policy, now:
             for commit in git.contains.get((ref.kind, ref.name), ()):
                 for b in by_commit.get(commit, ()):
                     groups[b.image.name].append(b)
-            for name, items in groups.items():
+            for items in groups.values():
                 items.sort(key=lambda b: (git.commit_times[b.record.commit or ""], b.record.created), reverse=True)
                 digests: list[str] = []
                 times: list[datetime] = []
