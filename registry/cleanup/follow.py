@@ -125,11 +125,11 @@ def follow(repo: str, tags: dict[str, str | None], decided: dict[str, tuple[str,
     notes = [f"referrers of {repo}@{d[:19]}: {referrers[d].problem}; they stay"
              for d, f in sorted(fates.items()) if f.action == "delete" and d in referrers and referrers[d].problem]
     out = [_artifact_row(d, f, types[d], unread, referrers) for d, f in sorted(fates.items()) if f.depth > 0]
-    for tag, digest in sorted(tags.items()):
+    for tag, points_to in sorted(tags.items()):
         parsed = subject_of_tag(tag)
         if parsed is not None:
             subject, kind, is_index = parsed
-            out.append(_tag_row(tag, digest, subject, kind, is_index, fates.get(subject), unread, referrers))
+            out.append(_tag_row(tag, points_to, subject, kind, is_index, fates.get(subject), unread, referrers))
     return Followed(out, unread, notes)
 
 
