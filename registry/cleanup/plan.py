@@ -431,13 +431,13 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
         if action == "keep":  # (a kept tag whose digest was not read: execute re-checks it, see there)
             keeps_digest.add((repo, digest_of(repo, tag)))
     items = []
-    for (repo, tag), (kind, action, why) in sorted(decisions.items()):
+    for (repo, tag), (kind, action, item_reasons) in sorted(decisions.items()):
         digest = digest_of(repo, tag)
         method = None
         if action == "delete":
             method = "tag" if digest is not None and (repo, digest) in keeps_digest else "manifest"
         children = _children_going(repo, digest, facts, keeps_digest) if method == "manifest" else ()
-        items.append(PlanItem(repo, tag, digest, kind, action, why, method,  # type: ignore[arg-type]
+        items.append(PlanItem(repo, tag, digest, kind, action, item_reasons, method,  # type: ignore[arg-type]
                               subjects.get((repo, tag)), children))
     return Plan(now, facts.stages_repo, tuple(items), frozenset(record_by_tag), scope, tuple(notes),
                 tuple(blockers) if not purge else (), tuple(clusters), frozenset(unread))
