@@ -113,15 +113,16 @@ def _by_repository(tags: list[str]) -> dict[str, list[str]]:
 def sign_index(env: "BuildEnv", digest: str, tags: list[str]) -> None:
     """A multi-platform image's signature: its index signed for each tag lacking one (cosign signs
     the index of a multi-platform tag the same way); each platform's attestations are its own."""
-    key = env.options.supply.sign_key if env.options.supply else None
-    if key is None:
+    supply = env.options.supply
+    key = supply.sign_key if supply else None
+    if supply is None or key is None:
         return
     for name, refs in _by_repository(tags).items():
         repo = env.store.repo(name)
         have = signed_references(repo, digest, key)
         for ref in refs:
             if ref not in have:
-                _sign(repo, digest, ref, key, env.options.supply.creator)
+                _sign(repo, digest, ref, key, supply.creator)
                 env.report("sign", f"{name}@{digest[:19]} for {ref}", digest=digest)
 
 
@@ -155,7 +156,8 @@ def _attest_repository(env: "BuildEnv", supply: SupplyOptions, repo: Any, subjec
         to_sign += [(digest, name) for digest, fresh in artifacts if fresh or not signed_references(repo, digest, key)]
     with ThreadPoolExecutor(max_workers=4) as pool:  # tag updates at once: one settle period in all
         jobs = [pool.submit(rf.add_to_fallback, repo, subject.digest, unindexed)] if unindexed else []
-        jobs += [pool.submit(_sign, repo, digest, ref, key, supply.creator) for digest, ref in to_sign]
+        if key is not None:  # (to_sign is empty otherwise)
+            jobs += [pool.submit(_sign, repo, digest, ref, key, supply.creator) for digest, ref in to_sign]
         for job in jobs:
             job.result()
     for digest, ref in to_sign:

@@ -211,7 +211,7 @@ class BuildContext:
         """Match pattern component by component (`*` never crosses `/`), skipping ignored paths."""
         parts = pattern.split("/")
         current = [""]
-        for i, part in enumerate(parts):
+        for part in parts:
             nxt = []
             rx = re.compile(compile_pattern(part))
             if part == "**":  # any number of directories, none included (COPY --parents ./src/**/*.txt)

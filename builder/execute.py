@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import zstandard
 
@@ -90,7 +90,7 @@ class RunContext:
     secrets: dict[str, bytes] = field(default_factory=dict)
     ssh_socket: str | None = None
     cache_dir: Callable[[str, str, ExitStack], Path] | None = None  # (mount id, sharing, the step's exits) -> dir
-    stage_rootfs: Callable[[str | None, object], "Tree"] | None = None  # (stage label, image) -> its tree
+    stage_rootfs: Callable[[str, object], "Tree"] | None = None  # (stage label, image) -> its tree
     context_root: Path | None = None
     report: Callable[..., None] | None = None
     runner: Callable[..., int] | None = None  # same signature as sandbox.run_in_rootfs (the pod's chroot mode)
@@ -243,8 +243,8 @@ def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, op
                                only=[tuple(split(e.rel)) for e in s.entries if e.rel], keep=keep))
         else:
             items.append(_Item(name=name, root=ctx, parts=parts, keep=keep))
-    for name, body in spec.heredocs:
-        items.append(_Item(name=os.fsencode(name), data=body.encode("utf-8", "surrogateescape")))
+    for heredoc, body in spec.heredocs:
+        items.append(_Item(name=os.fsencode(heredoc), data=body.encode("utf-8", "surrogateescape")))
     return items
 
 
@@ -464,11 +464,11 @@ def run_step(root: "StageRoot", step: Step, ctx: RunContext, on_line: Callable[[
 def _capture(root: "StageRoot", scratch: Path, in_sandbox: bool):
     """The snapshot of one RUN: the upper dir of a layered rootfs, else snapshot.capture on the copy."""
     from builder import snapshot
-    from builder.stageroot import LayeredCapture
+    from builder.stageroot import LayeredCapture, LayeredRoot
 
-    if root.layered:
+    if isinstance(root, LayeredRoot):   # root.layered
         return contextlib.closing(LayeredCapture(root, in_sandbox))
-    method = "stat" if in_sandbox and _no_overlay else "auto"
+    method: snapshot.Method = "stat" if in_sandbox and _no_overlay else "auto"
     return snapshot.capture(root.path, scratch, method, in_sandbox=in_sandbox)
 
 
@@ -601,6 +601,7 @@ def context_view(sources: tuple[Source, ...], context_root: Path, views: Path) -
 # -- layers ---------------------------------------------------------------------------------------
 
 def write_layer(changes: list[Change], out: BinaryIO, compression: str, epoch: int | None):
-    from builder.layer import write_layer as _write
+    from builder.layer import Compression, write_layer as _write
 
-    return _write(changes, out, compression, epoch)
+    # the CLI's --compression choices (gzip, zstd) are a Compression
+    return _write(changes, out, cast(Compression, compression), epoch)

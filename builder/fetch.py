@@ -17,7 +17,7 @@ import tempfile
 import threading
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import BinaryIO, Callable, ContextManager, Iterator
+from typing import BinaryIO, Callable, ContextManager, Iterator, Protocol
 
 READ_BLOCK = 1 << 20
 
@@ -122,10 +122,16 @@ class _Follower:
         return len(data)
 
 
-OpenBlob = Callable[[], ContextManager[BinaryIO]]   # opens a blob's verified stream from the registry
+class Readable(Protocol):
+    """What a download reads from: a file, or the registry's BlobReader."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
-def start_fetch(pool: Executor, final: Path, lock: Callable[[], ContextManager[None]], open_remote: OpenBlob,
+OpenBlob = Callable[[], ContextManager[Readable]]   # opens a blob's verified stream from the registry
+
+
+def start_fetch(pool: Executor, final: Path, lock: Callable[[], ContextManager[object]], open_remote: OpenBlob,
                 on_download: Callable[[], None] | None = None) -> GrowingBlob:
     """Download a blob to `final` (unless it is there already) in `pool`; returns the GrowingBlob to read.
     `lock` is the cache's per-digest lock (no two downloads of one blob at once, across processes)."""

@@ -81,10 +81,10 @@ def read_xattrs(target: str | bytes | int) -> dict[str, bytes]:
 def _compressor(compression: str, level: int | None):
     if compression == "gzip":
         try:
-            from isal import isal_zlib as zlib_impl  # type: ignore[import-not-found]
+            from isal import isal_zlib as zlib_impl
             lvl = GZIP_LEVEL if level is None else min(max(level, 0), 3)
         except ImportError:  # pragma: no cover - isal is a dependency, zlib is the safety net
-            import zlib as zlib_impl
+            import zlib as zlib_impl  # type: ignore[no-redef]  # the same API
             lvl = GZIP_LEVEL if level is None else level
         return zlib_impl.compressobj(lvl, zlib_impl.DEFLATED, 31)
     if compression == "zstd":

@@ -190,7 +190,7 @@ def stage_refs(df: Dockerfile, st: Stage, gscope: dict[str, str]) -> set[str]:
                     opts = _csv(str(v))
                     if "from" in opts:
                         refs.add(opts["from"].lower())
-    return {r for r in refs if df.stage(r) is not None and df.stage(r).index < st.index}
+    return {r for r in refs if (dep := df.stage(r)) is not None and dep.index < st.index}
 
 
 def make_plan(df: Dockerfile, context: BuildContext, resolver: Resolver, *, target: str | None = None,
@@ -252,7 +252,9 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
             raise st.instruction.error(exc.detail) from None
         except BuildError as exc:
             raise st.instruction.error(exc.detail, hint=exc.hint) from None
-    base_stage = df.stage(base_name) if df.stage(base_name) and df.stage(base_name).index < st.index else None
+    base_stage = df.stage(base_name)
+    if base_stage is not None and base_stage.index >= st.index:
+        base_stage = None
     base_image: BaseImage | None = None
     deps: set[str] = set()
     inherited: dict[str, str] = {}

@@ -39,7 +39,7 @@ def openat2_in_root(root_fd: int, path: bytes, flags: int, mode: int = 0) -> int
     a seccomp profile) has no openat2: the caller then resolves component by component. Raises
     OSError as open(2) would (ENOENT, ENOTDIR, ELOOP, ...)."""
     global _openat2_works
-    if _openat2_works is False:
+    if _openat2_works is False or _SYS_OPENAT2 is None:
         return None
     how = _OpenHow(flags | os.O_CLOEXEC, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
     for _ in range(8):  # EAGAIN: a rename raced the resolution; the kernel asks to try again

@@ -57,6 +57,7 @@ from builder.errors import BuildError
 from builder.rootpath import lexical, resolve_full, split
 from builder.sandbox_init import DEVICES, STARTED
 from builder.rootfs_ops import Parts, Root, lstat_at
+from registry import cancel as _cancel   # the command's cancellation token (kade/interrupt.py)
 
 if TYPE_CHECKING:
     from builder.stageroot import OverlaySpec
@@ -619,16 +620,16 @@ class _running:
     def __init__(self, proc: subprocess.Popen):
         self.proc = proc
         self.killed = False
-        self._cancel: object = None
+        self._cancel: contextlib.AbstractContextManager[None] | None = None
 
     def __enter__(self) -> "_running":
         with _live_lock:
             _live.add(self)
             if _refusing:   # kill_all came first: this RUN must not run either
                 self.kill()
-        if _cancel is not None:   # the command's cancellation (a signal) kills the RUN at once
-            self._cancel = _cancel.on_cancel(self.kill)
-            self._cancel.__enter__()
+        # the command's cancellation (a signal) kills the RUN at once
+        self._cancel = _cancel.on_cancel(self.kill)
+        self._cancel.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -651,10 +652,6 @@ class _running:
 _live: set[_running] = set()
 _refusing = False   # set by kill_all until resume(): a RUN starting meanwhile is killed at once
 _live_lock = threading.RLock()   # re-entrant: kill_all may run in a signal handler of a thread holding it
-try:   # the command's cancellation token (kade/interrupt.py), where this kade has one
-    from registry import cancel as _cancel   # type: ignore[attr-defined]
-except ImportError:
-    _cancel = None
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -40,6 +40,7 @@ import signal
 import socket
 import struct
 import sys
+from typing import NoReturn
 
 from builder import linux as L   # imported here: nothing of kade is reachable after pivot_root
 from builder import seccomp
@@ -147,7 +148,7 @@ def _read_pid(fd: int) -> int | None:
     return int(data)
 
 
-def _exit_like(pid: int) -> None:
+def _exit_like(pid: int) -> NoReturn:
     _, st = os.waitpid(pid, 0)
     os._exit(os.waitstatus_to_exitcode(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st))
 
@@ -155,7 +156,7 @@ def _exit_like(pid: int) -> None:
 def _map_ids(pid: int, spec: dict) -> None:
     if spec["mode"] == "rootless":   # only our own ids, and setgroups must be denied first
         uid, gid = os.geteuid(), os.getegid()
-        maps = (("setgroups", "deny"), ("uid_map", f"0 {uid} 1\n"), ("gid_map", f"0 {gid} 1\n"))
+        maps: tuple[tuple[str, str], ...] = (("setgroups", "deny"), ("uid_map", f"0 {uid} 1\n"), ("gid_map", f"0 {gid} 1\n"))
     else:
         ids = spec["ids"]
         maps = (("uid_map", f"0 {ids['uid']} {ids['size']}\n"), ("gid_map", f"0 {ids['gid']} {ids['size']}\n"))
@@ -164,7 +165,7 @@ def _map_ids(pid: int, spec: dict) -> None:
             with open(f"/proc/{pid}/{name}", "w") as f:
                 f.write(text)
         except OSError as exc:
-            raise Failure("setup", f"cannot write the user namespace's {name} ({text.strip()}): {exc.strerror}")
+            raise Failure("setup", f"cannot write the user namespace's {name} ({text.strip()}): {exc.strerror}") from None
 
 
 def _idmap(pid: int, pairs: list[list[str]]) -> None:
@@ -187,7 +188,7 @@ def _unshare(flags: int) -> None:
     try:
         L.unshare(flags)
     except OSError as exc:
-        raise Failure("namespaces", f"cannot create the sandbox's namespaces: {os.strerror(exc.errno)} (a container "
+        raise Failure("namespaces", f"cannot create the sandbox's namespaces: {os.strerror(exc.errno or 0)} (a container "
                                     "without CAP_SYS_ADMIN, or with user namespaces disabled, cannot run RUN "
                                     "steps this way)") from None
 

@@ -81,7 +81,7 @@ _TABLE: dict[str, tuple[int | None, int | None, int | None]] = {   # name: (x86_
     "umount2": (166, 52, 39), "unshare": (272, 310, 97), "uselib": (134, 86, None), "userfaultfd": (323, 374, 282),
     "ustat": (136, 62, None), "vhangup": (153, 111, 58), "vm86": (None, 166, None), "vm86old": (None, 113, None),
 }
-_NUMBERS: dict[str, dict[str, int]] = {arch: {name: nums[i] for name, nums in _TABLE.items() if nums[i] is not None}
+_NUMBERS: dict[str, dict[str, int]] = {arch: {name: num for name, nums in _TABLE.items() for num in (nums[i],) if num is not None}
                                     for i, arch in enumerate(("x86_64", "i386", "aarch64"))}
 # The newest system call known here (file_setattr, Linux 6.17): anything above gets ENOSYS.
 LAST_KNOWN = 469

@@ -8,7 +8,7 @@ PAX records in a fixed order, the PAX entry always named `././@PaxHeader` with m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import Iterator, Protocol
 
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
@@ -115,8 +115,8 @@ def encode_header(entry: TarEntry) -> bytes:
             fields[key] = 0
     if not (_fits(entry.devmajor, 8) and _fits(entry.devminor, 8)):
         raise TarFormatError(f"device numbers {entry.devmajor}:{entry.devminor} of {name!r} do not fit a tar header")
-    for key in sorted(entry.xattrs):
-        records.append(pax_record(_XATTR_PREFIX + key.encode("utf-8", "surrogateescape"), entry.xattrs[key]))
+    for attr in sorted(entry.xattrs):
+        records.append(pax_record(_XATTR_PREFIX + attr.encode("utf-8", "surrogateescape"), entry.xattrs[attr]))
     out = b""
     if records:
         body = b"".join(records)
@@ -194,12 +194,18 @@ def parse_pax(body: bytes) -> dict[bytes, bytes]:
     return records
 
 
+class ByteReader(Protocol):
+    """All TarReader needs of its stream: a file, or a stream object such as builder.unpack.Inflated."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class TarReader:
     """Iterate the entries of an uncompressed tar stream. Read an entry's content with `read(n)`
     before moving on; whatever is left unread is skipped. Every metadata length read into memory is
     bounded by `max_meta` and every name by `max_name`."""
 
-    def __init__(self, stream: BinaryIO, *, max_meta: int = 1 << 20, max_name: int = 4096):
+    def __init__(self, stream: ByteReader, *, max_meta: int = 1 << 20, max_name: int = 4096):
         self._stream = stream
         self._max_meta = max_meta
         self._max_name = max_name

@@ -39,7 +39,8 @@ import threading
 import zstandard
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Mapping
+import builtins
+from typing import BinaryIO, Callable, Mapping, cast
 
 from builder.changes import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 from builder.errors import BuildError
@@ -114,7 +115,7 @@ class ApplyResult:
     bytes: int                       # uncompressed tar bytes
     notes: list[str] = field(default_factory=list)   # first MAX_NOTES things skipped or not restored
     skipped: int = 0                 # how many notes there were in all
-    paths: set[bytes] = field(default_factory=set)  # with `track`: every path written (b"" the root)
+    paths: set[builtins.bytes] = field(default_factory=set)  # with `track`: every path written (b"" the root)
 
 
 class _Prefixed:
@@ -228,12 +229,13 @@ def open_decompressed(stream: BinaryIO):
         if not chunk:
             break
         head += chunk
-    source = _Prefixed(head, stream)
+    # _Prefixed has the read/readinto that the decompressors below call: a BinaryIO for them
+    source = cast(BinaryIO, _Prefixed(head, stream))
     if head.startswith(_GZIP_MAGIC):
         try:
-            from isal import igzip as gzip_impl  # type: ignore[import-not-found]
+            from isal import igzip as gzip_impl
         except ImportError:  # pragma: no cover
-            import gzip as gzip_impl
+            import gzip as gzip_impl  # type: ignore[no-redef]  # the same API, slower
         return gzip_impl.GzipFile(fileobj=source, mode="rb")
     if head.startswith(_ZSTD_MAGIC):
         return zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(source, read_across_frames=True,

@@ -417,7 +417,7 @@ class Deployer:
             result.versions[str(r.key)] = fingerprint(live)
             result.changes.append(self._plan_one(r, api, live, recorded.get(r.key), opts))
         hooks = {r.key: (r, stage.hook) for stage in stages if stage.hook for r in stage.resources}
-        for r, hook in hooks.values():
+        for r, _hook in hooks.values():
             events = sorted(e for e in hook_events(r) if e.endswith(operation))
             result.changes.append(Change("hook", r.key, body=shown(r.body), note=f"runs at {', '.join(events)}"))
         for r, action in (_prune_actions(previous, resources, opts) if previous else []):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from deployer.errors import RenderError
 from deployer.lifecycle import INSTALL, hook_events, hook_phase, kind_rank
-from deployer.resources import Resource
+from deployer.resources import Resource, ResourceKey
 
 HOOKS = ("pre-deploy", "post-deploy")
 _PHASES = ["crds", "namespaces", "pre-deploy", "main", "post-deploy"]
@@ -98,7 +98,7 @@ def dependencies_of(resource: Resource) -> list[Dependency]:
 def phase_of(resource: Resource, operation: str = INSTALL) -> str:
     hook = hook_of(resource, operation)
     if hook in HOOKS:
-        return hook  # type: ignore[return-value]
+        return hook
     if resource.kind == "CustomResourceDefinition" and resource.group == "apiextensions.k8s.io":
         return "crds"
     if resource.kind == "Namespace" and resource.group == "":
@@ -196,11 +196,11 @@ def _levels(group: list[Resource], everything: list[Resource], phases: dict, pha
 
 
 def _topological(group: list[Resource], edges: dict) -> list[Resource]:
-    done: set[object] = set()
+    done: set[ResourceKey] = set()
     out: list[Resource] = []
     by_key = {r.key: r for r in group}
 
-    def visit(key: object) -> None:
+    def visit(key: ResourceKey) -> None:
         if key in done:
             return
         done.add(key)

@@ -79,7 +79,7 @@ def judge(obs: Observation, memory: Memory, now: float, options: TrackOptions, s
     allowed = options.failures_allowed_per_replica * expected_replicas(group, kind, obs.obj)
     mem.budget.allowed = allowed
     counted = tuple(mem.budget.observe(signals, now))
-    base = dict(counted=counted, allowed=allowed, occurrences=mem.budget.count)
+    base: dict[str, Any] = dict(counted=counted, allowed=allowed, occurrences=mem.budget.count)
     if not status.ready:
         mem.ready_since = None
     elif _settling(obs, mem, now, settle):

@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import sys
+from typing import NoReturn
 
 from kade import errors
 
@@ -40,7 +41,7 @@ class _UsageExit(SystemExit):
 class _Parser(argparse.ArgumentParser):
     """argparse exits 2 on usage errors already; keep that, but with our prefix."""
 
-    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+    def error(self, message: str) -> NoReturn:  # noqa: D401 - argparse API
         self.print_usage(sys.stderr)
         sys.stderr.write(f"kade: error: {message}\n")
         raise _UsageExit(message)

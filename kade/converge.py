@@ -172,7 +172,8 @@ def deploy_command(args: Any) -> int:
             try:
                 outcome = deploy_project(ws, images, settings, report)
             except Exception as exc:
-                raise ws.shown(exc)
+                ws.shown(exc)  # renames the export folder in its message, in place
+                raise
     finally:
         close_reporter(report)
     print_result(args.output, outcome, lambda d: d["message"])

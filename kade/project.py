@@ -177,10 +177,10 @@ class ProjectBuilder:
                         errors[n] = exc
             cancel.check()  # a cancelled run says so, not what its cancellation made an image fail with
             if errors:
-                name, exc = next(iter(sorted(errors.items())))
+                name, first = next(iter(sorted(errors.items())))
                 if len(errors) > 1:
                     self.report("error", f"images failed: {', '.join(sorted(errors))}")
-                raise self._named(name, exc)
+                raise self._named(name, first)
         result = ProjectResult(self.o.commit, self.o.branch, dict(self.results))
         result.record_tag = self._push_record()
         return result

@@ -104,5 +104,5 @@ class BlobCache:
     def put_stream(self, stream: BinaryIO, expected: str | None = None,
                    verified_by_source: bool = False) -> tuple[str, int]:
         with self.writer(expected, verified_by_source) as w:
-            shutil.copyfileobj(stream, w, BLOCK)  # type: ignore[misc]
+            shutil.copyfileobj(stream, w, BLOCK)
         return w.digest, w.size

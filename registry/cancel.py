@@ -26,7 +26,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 Callback = Callable[[], None]
 
@@ -188,7 +188,7 @@ class Pool(ThreadPoolExecutor):
         with self._pending_lock:
             self._pending.discard(future)
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         self.stop(interrupted=exc_type is not None and issubclass(exc_type, KeyboardInterrupt))
         return False
 

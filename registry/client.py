@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Callable, Iterator, Union
+from typing import IO, Any, BinaryIO, Callable, Iterator, Union, cast
 
 import requests
 import urllib3
@@ -671,7 +671,7 @@ class Repository:
                 body: Any = iter(lambda: counter.read(READ_BLOCK), b"")
                 headers = {"Content-Type": "application/octet-stream"}
             else:
-                body = counter = _Section(f, length, hasher)
+                body = _Section(f, length, hasher)
                 headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length),
                            "Content-Range": f"{offset}-{offset + length - 1}"}
             resp = self._request("PATCH", location, "pull,push", body=body, headers=headers, retry=False,
@@ -736,7 +736,7 @@ def _opener_for(source: BlobSource) -> tuple[Opener, int | None, bool]:
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         try:
-            size = os.stat(path).st_size
+            file_size = os.stat(path).st_size
         except OSError as exc:
             raise UploadError(f"cannot read blob file {path}: {exc.strerror}") from None
 
@@ -745,13 +745,13 @@ def _opener_for(source: BlobSource) -> tuple[Opener, int | None, bool]:
             f.seek(offset)
             return f
 
-        return open_path, size, True
+        return open_path, file_size, True
     if callable(source) and not hasattr(source, "read"):
         return source, None, True
-    f = source  # a binary file object
+    f = cast(BinaryIO, source)  # a binary file object: an opener was returned above
     seekable = getattr(f, "seekable", lambda: False)()
     start = f.tell() if seekable else 0
-    size = None
+    size: int | None = None
     if seekable:
         end = f.seek(0, os.SEEK_END)
         f.seek(start)
@@ -792,6 +792,6 @@ def _manifest_media_type(body: bytes, content_type: str) -> str:
     from registry.model import detect_media_type
 
     try:
-        return detect_media_type(doc, content_type)  # type: ignore[arg-type]
+        return detect_media_type(doc, content_type)
     except Exception:  # noqa: BLE001
         return content_type or "application/octet-stream"

@@ -61,10 +61,9 @@ class RegistryEndpoint:
         return lambda offset: BlobReader(self.repo, desc.digest, desc.size, offset)  # type: ignore[return-value]
 
     def put_blob(self, desc: Descriptor, source: Endpoint) -> str:
-        same_registry = (isinstance(source, RegistryEndpoint) and source.repo.host == self.repo.host
-                         and source.repo.name != self.repo.name)
         # Within one registry, mount straight away (one request; 201 also when already there).
-        if same_registry and self.repo.mount_blob(desc.digest, source.repo.name):
+        if (isinstance(source, RegistryEndpoint) and source.repo.host == self.repo.host
+                and source.repo.name != self.repo.name and self.repo.mount_blob(desc.digest, source.repo.name)):
             return "mounted"
         if self.repo.head_blob(desc.digest) is not None:
             return "exists"
@@ -116,8 +115,8 @@ def open_endpoint(client: RegistryClient, spec: str, create: bool = False) -> En
     if spec.startswith(LAYOUT_SCHEME):
         path, ref = parse_layout_ref(spec)
         return LayoutEndpoint(OCILayout(path, create=create), ref)
-    ref = Reference.parse(spec, default_tag=None)
-    return RegistryEndpoint(client.repository(ref), ref.digest or ref.tag)
+    parsed = Reference.parse(spec, default_tag=None)
+    return RegistryEndpoint(client.repository(parsed), parsed.digest or parsed.tag)
 
 
 @dataclass

@@ -12,7 +12,7 @@ the manifest and its digest, all stable. A multi-platform image is an `ImageInde
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO, Callable, Sequence
+from typing import BinaryIO, Callable, ContextManager, Sequence
 
 from registry import mediatypes as mt
 from registry.digest import sha256_digest
@@ -20,7 +20,7 @@ from registry.errors import InvalidManifest
 from registry.imageconfig import ImageConfig
 from registry.model import Descriptor, Index, Manifest, Platform
 
-Opener = Callable[[], BinaryIO]
+Opener = Callable[[], ContextManager[BinaryIO]]   # a file, or a context manager giving one
 _OCI_FOR_DOCKER = {mt.DOCKER_LAYER_GZIP: mt.OCI_LAYER_GZIP}
 
 
@@ -46,8 +46,8 @@ class Layer:
     def size(self) -> int:
         return self.descriptor.size
 
-    def open(self) -> BinaryIO:
-        """The stored (compressed) blob, read lazily from wherever this layer lives."""
+    def open(self) -> ContextManager[BinaryIO]:
+        """The stored (compressed) blob, read lazily from wherever this layer lives (`with layer.open() as f`)."""
         return self.opener()
 
     def as_oci(self) -> "Layer":

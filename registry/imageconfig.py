@@ -47,7 +47,7 @@ class History:
     @classmethod
     def from_dict(cls, doc: Any, what: str = "history entry") -> "History":
         _require(isinstance(doc, dict), f"image config: {what} must be an object")
-        typed = {k: v for k, v in doc.items() if k in cls._TYPES and isinstance(v, cls._TYPES[k])}
+        typed: dict[str, Any] = {k: v for k, v in doc.items() if k in cls._TYPES and isinstance(v, cls._TYPES[k])}
         return cls(**typed, extra={k: v for k, v in doc.items() if k not in typed})
 
     def to_dict(self) -> dict[str, Any]:

@@ -194,7 +194,8 @@ class Manifest:
     def from_dict(cls, d: dict[str, Any], media_type: str) -> "Manifest":
         common = _common_fields(d, "image manifest")
         layers = d.get("layers")
-        _require(isinstance(layers, list), "image manifest: layers must be a list")
+        if not isinstance(layers, list):
+            raise InvalidManifest("image manifest: layers must be a list")
         return cls(config=Descriptor.from_dict(d.get("config"), "image manifest config"),
                    layers=[Descriptor.from_dict(x, f"image manifest layer {i}") for i, x in enumerate(layers)],
                    media_type=media_type, **common)
@@ -225,7 +226,8 @@ class Index:
     def from_dict(cls, d: dict[str, Any], media_type: str) -> "Index":
         common = _common_fields(d, "index")
         manifests = d.get("manifests")
-        _require(isinstance(manifests, list), "index: manifests must be a list")
+        if not isinstance(manifests, list):
+            raise InvalidManifest("index: manifests must be a list")
         return cls(manifests=[Descriptor.from_dict(x, f"index entry {i}") for i, x in enumerate(manifests)],
                    media_type=media_type, **common)
 

@@ -183,6 +183,8 @@ def secretbox_open(box: bytes, nonce: bytes, key: bytes) -> bytes | None:
 
 _SIGMA = struct.unpack("<4I", b"expand 32-byte k")
 _MASK = 0xFFFFFFFF
+_DOUBLE_ROUND = ((0, 4, 8, 12), (5, 9, 13, 1), (10, 14, 2, 6), (15, 3, 7, 11),   # columns
+                 (0, 1, 2, 3), (5, 6, 7, 4), (10, 11, 8, 9), (15, 12, 13, 14))   # rows
 
 
 def _rounds(x: list[int]) -> list[int]:
@@ -193,8 +195,8 @@ def _rounds(x: list[int]) -> list[int]:
         x[a] ^= _rotl((x[d] + x[c]) & _MASK, 18)
 
     for _ in range(10):
-        qr(0, 4, 8, 12), qr(5, 9, 13, 1), qr(10, 14, 2, 6), qr(15, 3, 7, 11)   # columns
-        qr(0, 1, 2, 3), qr(5, 6, 7, 4), qr(10, 11, 8, 9), qr(15, 12, 13, 14)   # rows
+        for a, b, c, d in _DOUBLE_ROUND:
+            qr(a, b, c, d)
     return x
 
 

@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Union
+from urllib.parse import urlparse
 
 import requests
 import urllib3
@@ -314,7 +315,7 @@ class Transport:
                      creds: auth.Credentials) -> tuple[str, float]:
         params: list[tuple[str, str]] = [("service", service)] if service else []
         params += [("scope", s) for s in scopes]
-        realm_host = requests.utils.urlparse(realm).netloc
+        realm_host = urlparse(realm).netloc
         verify: bool | str = False if self.is_insecure(realm_host) else (self.ca_file or True)
         try:
             if creds.identity_token:

@@ -67,7 +67,9 @@ def place_downloads(steps: Iterable[Step], fetch: Callable[[str, Path], Path]) -
 
     for step in steps:
         spec = step.copy
-        for i, src in enumerate(spec.sources if spec is not None else []):
+        if spec is None:
+            continue
+        for i, src in enumerate(spec.sources):
             if src.rel.startswith(("http://", "https://")):
                 here = fetch(src.entries[0].digest, src.path)
                 spec.sources[i] = dataclasses.replace(src, path=here, entries=(

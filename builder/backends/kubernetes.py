@@ -246,6 +246,7 @@ class PodRunner:
                                      f"attempt {attempt + 1} of {self.k.attempts}")
             finally:
                 self._delete_pod(name)
+        raise BuildError(f"stage {ps.label}: no pod attempts allowed (attempts = {self.k.attempts})")
 
     def _create_stage_pod(self, ps: PlannedStage, attempt: int, plan_digest: str) -> str:
         """Create the stage's pod; returns its name. A user-namespace pod that the namespace's Pod Security

@@ -80,7 +80,7 @@ def decode(tp: Any, data: Any, context_root: Path, where: str = "plan") -> Any:
             except PlanFormatError as exc:
                 errors.append(str(exc))
         raise PlanFormatError(f"{where}: no alternative of {tp} fits ({'; '.join(errors)})")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             raise PlanFormatError(f"{where}: expected an object for {tp.__name__}")
         hints = _hints(tp)
@@ -92,7 +92,7 @@ def decode(tp: Any, data: Any, context_root: Path, where: str = "plan") -> Any:
         for f in dataclasses.fields(tp):
             if f.name in data:
                 kwargs[f.name] = decode(hints[f.name], data[f.name], context_root, f"{where}.{f.name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise PlanFormatError(f"{where}: missing field {f.name} for {tp.__name__}")
         return tp(**kwargs)
     if tp is Path:

@@ -172,7 +172,7 @@ def stage_pod(s: KubeSettings, *, build_id: str, owner: dict[str, str] | None, i
     if s.user_namespaces:
         capabilities.update(USERNS_CAPABILITIES)
         env.append({"name": SANDBOX_ENV, "value": "namespaces"})
-    mounts = [{"name": "work", "mountPath": WORK_MOUNT}]
+    mounts: list[dict[str, Any]] = [{"name": "work", "mountPath": WORK_MOUNT}]
     volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}]
     if s.cache_pvc:
         mounts.append({"name": "cache", "mountPath": CACHE_MOUNT})

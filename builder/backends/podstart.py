@@ -36,8 +36,8 @@ def _pvc_problem(pvc_name: str, namespace: str, pvc: dict[str, Any] | None,
                  events: list[dict[str, Any]]) -> StartProblem | None:
     if pvc is None:
         return StartProblem(f"its cache PVC {namespace}/{pvc_name} does not exist",
-                            f"create it (kubectl apply -k k8s-manifests/builder, or a tenant overlay) or pass "
-                            f"--cache-pvc NAME of an existing one (--cache-pvc '' for an emptyDir: no cache "
+                            "create it (kubectl apply -k k8s-manifests/builder, or a tenant overlay) or pass "
+                            "--cache-pvc NAME of an existing one (--cache-pvc '' for an emptyDir: no cache "
                             "between builds)", True)
     phase = (pvc.get("status") or {}).get("phase")
     if phase == "Bound":

@@ -78,7 +78,9 @@ def generation_pending(obj: dict[str, Any], required: bool = True) -> Status | N
     meta = obj.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return progressing("terminating")
-    status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
+    status = obj.get("status")
+    if not isinstance(status, dict):
+        status = {}
     generation = as_int(meta.get("generation"))
     raw = status.get("observedGeneration")
     observed = as_int(raw)

@@ -146,7 +146,7 @@ class _Parser:
         while self.peek(".") or self.peek("["):
             if self.take().text == ".":
                 name = self.take(kind="name").text
-                steps.append(lambda v, k=name: v.get(k, _MISSING) if isinstance(v, dict) else _MISSING)
+                steps.append(_key_step(name))
                 continue
             if self.peek("?"):
                 self.take("?")
@@ -159,20 +159,36 @@ class _Parser:
                 op, value = _COMPARE[tok.text], self.literal()
                 self.take(")")
                 self.take("]")
-                steps.append(lambda v, s=sub, f=op, x=value: next(
-                    (item for item in v if f(_walk(item, s), x)), _MISSING) if isinstance(v, list) else _MISSING)
+                steps.append(_filter_step(sub, op, value))
                 continue
             tok = self.take()
             if tok.kind == "number" and "." not in tok.text:
                 index = int(tok.text)
-                steps.append(lambda v, n=index: v[n] if isinstance(v, list) and -len(v) <= n < len(v) else _MISSING)
+                steps.append(_index_step(index))
             elif tok.kind == "string":
                 key = tok.text[1:-1]
-                steps.append(lambda v, k=key: v.get(k, _MISSING) if isinstance(v, dict) else _MISSING)
+                steps.append(_key_step(key))
             else:
                 raise ExpressionError(f"expected an index, a \"key\" or ?(...) at position {tok.pos + 1}")
             self.take("]")
         return steps
+
+
+def _key_step(key: str) -> Callable[[Any], Any]:
+    return lambda v: v.get(key, _MISSING) if isinstance(v, dict) else _MISSING
+
+
+def _index_step(n: int) -> Callable[[Any], Any]:
+    return lambda v: v[n] if isinstance(v, list) and -len(v) <= n < len(v) else _MISSING
+
+
+def _filter_step(sub: list[Callable[[Any], Any]], op: Callable[[Any, Any], bool], value: Any) -> Callable[[Any], Any]:
+    """`[?(@.sub op value)]`: the first list item whose `sub` compares true."""
+    def step(v: Any) -> Any:
+        if not isinstance(v, list):
+            return _MISSING
+        return next((item for item in v if op(_walk(item, sub), value)), _MISSING)
+    return step
 
 
 def _walk(value: Any, steps: list[Callable[[Any], Any]]) -> Any:

@@ -274,7 +274,7 @@ def _sbom_rows(client: Any, spec: str) -> list[Any]:
             if desc else []
         if not found:
             raise UsageError(f"{spec}: no such image, or it has no attached SBOM")
-        data = rf.fetch_artifact(repo, found[-1], desc.digest)  # type: ignore[union-attr]
+        data = rf.fetch_artifact(repo, found[-1], desc.digest)
     try:
         return read_rows(data)
     except ValueError as exc:

@@ -142,8 +142,8 @@ class Guard:
                             self.protected_digests[(repo_name, desc.digest)] = f"tag {tag} appeared after the plan"
 
     def why_protected(self, item: PlanItem) -> str | None:
-        return (self.protected_tags.get((item.repository, item.tag))
-                or self.protected_digests.get((item.repository, item.digest)))
+        by_digest = self.protected_digests.get((item.repository, item.digest)) if item.digest is not None else None
+        return self.protected_tags.get((item.repository, item.tag)) or by_digest
 
 
 def _tags(repo: Any) -> list[str]:
@@ -207,7 +207,7 @@ def _delete_digest(client: Any, guard: Guard, items: list[PlanItem]) -> list[Out
     protected_tags = [i for i in items if guard.protected_tags.get((i.repository, i.tag))]
     if why or protected_tags:
         return [Outcome(i, "skipped", why or guard.why_protected(protected_tags[0]) or "") for i in items]
-    kept = guard.shared.get((items[0].repository, digest))
+    kept = guard.shared.get((items[0].repository, digest)) if digest is not None else None
     if kept:
         return [_delete_tag(client, guard, i, f"kept tag {kept} has the same digest: ") for i in items]
     out: list[Outcome] = []
@@ -263,7 +263,7 @@ def execute(client: Any, plan: Plan, progress: Progress | None = None, workers: 
     guard = Guard(client, plan, recheck_interval)
     guard.start()
     units: list[tuple[int, list[PlanItem]]] = []  # (order, items deleted together)
-    by_digest: dict[tuple[str, str], list[PlanItem]] = defaultdict(list)
+    by_digest: dict[tuple[str, str | None], list[PlanItem]] = defaultdict(list)
     for item in plan.deletions:
         if item.method == "manifest":
             by_digest[(item.repository, item.digest)].append(item)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Mapping
 
 from registry.referrers import fallback_tag as index_tag
 
@@ -93,7 +93,7 @@ class _Fate:
     subject: str = ""       # the digest it was listed under (depth > 0)
 
 
-def follow(repo: str, tags: dict[str, str | None], decided: dict[str, tuple[str, Action]],
+def follow(repo: str, tags: dict[str, str | None], decided: Mapping[str, tuple[str, Action]],
            untagged: dict[str, tuple[Action, str]], referrers: dict[str, Referrers],
            has_api: bool, missing: frozenset[str] = frozenset()) -> Followed:
     """Decide what follows the subjects of one repository.
@@ -125,11 +125,11 @@ def follow(repo: str, tags: dict[str, str | None], decided: dict[str, tuple[str,
     notes = [f"referrers of {repo}@{d[:19]}: {referrers[d].problem}; they stay"
              for d, f in sorted(fates.items()) if f.action == "delete" and d in referrers and referrers[d].problem]
     out = [_artifact_row(d, f, types[d], unread, referrers) for d, f in sorted(fates.items()) if f.depth > 0]
-    for tag, digest in sorted(tags.items()):
+    for tag, points_to in sorted(tags.items()):
         parsed = subject_of_tag(tag)
         if parsed is not None:
             subject, kind, is_index = parsed
-            out.append(_tag_row(tag, digest, subject, kind, is_index, fates.get(subject), unread, referrers))
+            out.append(_tag_row(tag, points_to, subject, kind, is_index, fates.get(subject), unread, referrers))
     return Followed(out, unread, notes)
 
 
@@ -138,7 +138,7 @@ def referrers_known(digest: str, tags: dict[str, str | None], referrers: dict[st
     return digest in referrers or (not has_api and index_tag(digest) not in tags)
 
 
-def _roots(repo: str, tags: dict[str, str | None], decided: dict[str, tuple[str, Action]],
+def _roots(repo: str, tags: dict[str, str | None], decided: Mapping[str, tuple[str, Action]],
            untagged: dict[str, tuple[Action, str]]) -> dict[str, _Fate]:
     """Subjects decided by their tags: kept when one of their tags stays, deleted when all go."""
     short = repo.rsplit("/", 1)[-1]

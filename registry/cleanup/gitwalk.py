@@ -119,7 +119,7 @@ def walk(repo: Path, refs: Iterable[GitRef], build_commits: Iterable[str]) -> Gi
         if pending_children.get(sha, 0) > 0 and bits:
             reach[sha] = bits
     ordered = sorted(wanted)
-    contains = {(r.kind, r.name): frozenset(_bits_to(tip_bits.get(r.commit, 0), ordered)) for r in refs}
+    contains: dict[tuple[str, str], frozenset[str]] = {(r.kind, r.name): frozenset(_bits_to(tip_bits.get(r.commit, 0), ordered)) for r in refs}
     return GitFacts(refs, commit_times, contains, walked)
 
 

@@ -86,7 +86,9 @@ def release_json(obj: dict[str, Any], kind: str, max_json: int = MAX_JSON) -> by
 
 def decode_release(obj: dict[str, Any], kind: str, max_json: int = MAX_JSON) -> HelmRelease:
     """Decode one release object and scan its manifests; HelmReleaseError says what is wrong."""
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
     where = f"Helm release {kind} {meta.get('namespace', '?')}/{meta.get('name', '?')}"
     try:
         return _decode(obj, kind, meta, max_json, where)
@@ -123,7 +125,9 @@ def _decode(obj: dict[str, Any], kind: str, meta: dict[str, Any], max_json: int,
             raise HelmReleaseError("a manifest is not a string")
         for image in images_in_yaml(text, where):
             images.setdefault(image, None)
-    info = doc.get("info") if isinstance(doc.get("info"), dict) else {}
+    info = doc.get("info")
+    if not isinstance(info, dict):
+        info = {}
     namespace = meta.get("namespace") if isinstance(meta.get("namespace"), str) else doc.get("namespace")
     return HelmRelease(str(namespace or ""), name, version, parse_time(info.get("last_deployed")), tuple(images))
 

@@ -33,7 +33,7 @@ class InUse:
 
     def add_key(self, kind: str, key: Any, where: str) -> None:
         """Record a user of ("tag", (repository path, tag)) or ("digest", digest)."""
-        table: dict[Any, list[str]] = self.tags if kind == "tag" else self.digests  # type: ignore[assignment]
+        table: dict[Any, list[str]] = self.tags if kind == "tag" else self.digests
         users = table.setdefault(key, [])
         if where not in users:
             users.append(where)

@@ -192,7 +192,7 @@ def policy_keeps(built: list[_Built], git: GitFacts | None, policy: Policy, now:
             for commit in git.contains.get((ref.kind, ref.name), ()):
                 for b in by_commit.get(commit, ()):
                     groups[b.image.name].append(b)
-            for name, items in groups.items():
+            for items in groups.values():
                 items.sort(key=lambda b: (git.commit_times[b.record.commit or ""], b.record.created), reverse=True)
                 digests: list[str] = []
                 times: list[datetime] = []
@@ -216,7 +216,9 @@ def _fmt(d: Any) -> str:
 def selected_refs(git: GitFacts | None, policy: Policy, now: datetime) -> set[tuple[str, str]]:
     """(kind, name) of every reference some keep policy selects."""
     selected: set[tuple[str, str]] = set()
-    for kp in policy.keep_policies if git is not None else ():
+    if git is None:
+        return selected
+    for kp in policy.keep_policies:
         selected.update((r.kind, r.name) for r in select_references(git.refs, kp, now))
     return selected
 
@@ -250,7 +252,8 @@ class _Protection:
     in_use: InUse | None
     releases: InUse
 
-    def reasons(self, repo: str, tag: str, digest: str) -> list[str]:
+    def reasons(self, repo: str, tag: str, digest: str | None) -> list[str]:
+        """`digest` None: not read, so only the tag's protections can apply."""
         out = []
         listed = self.policy.keep_listed(tag, digest)
         if listed is not None:
@@ -259,10 +262,11 @@ class _Protection:
             users = self.in_use.tag_users(repo, tag)
             if users:
                 out.append(f"in use by tag: {_users(users)}")
-            users = self.in_use.digest_users(digest)
+            users = self.in_use.digest_users(digest) if digest is not None else []
             if users:
                 out.append(f"in use by digest: {_users(users)}")
-        revisions = list(dict.fromkeys(self.releases.tag_users(repo, tag) + self.releases.digest_users(digest)))
+        revisions = list(dict.fromkeys(self.releases.tag_users(repo, tag)
+                                            + (self.releases.digest_users(digest) if digest is not None else [])))
         if revisions:
             out.append(_users(revisions))
         return out
@@ -312,7 +316,7 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
     selected = selected_refs(facts.git, policy, now)
     decisions: dict[tuple[str, str], tuple[Kind, Action, tuple[str, ...]]] = {}
 
-    def protections(repo: str, tag: str, digest: str) -> list[str]:
+    def protections(repo: str, tag: str, digest: str | None) -> list[str]:
         return [] if purge else protection.reasons(repo, tag, digest)
 
     # 1. Final images' tags.
@@ -427,13 +431,13 @@ def make_plan(facts: Facts, policy: Policy, purge: bool = False) -> Plan:
         if action == "keep":  # (a kept tag whose digest was not read: execute re-checks it, see there)
             keeps_digest.add((repo, digest_of(repo, tag)))
     items = []
-    for (repo, tag), (kind, action, reasons) in sorted(decisions.items()):
+    for (repo, tag), (kind, action, item_reasons) in sorted(decisions.items()):
         digest = digest_of(repo, tag)
         method = None
         if action == "delete":
             method = "tag" if digest is not None and (repo, digest) in keeps_digest else "manifest"
         children = _children_going(repo, digest, facts, keeps_digest) if method == "manifest" else ()
-        items.append(PlanItem(repo, tag, digest, kind, action, reasons, method,  # type: ignore[arg-type]
+        items.append(PlanItem(repo, tag, digest, kind, action, item_reasons, method,  # type: ignore[arg-type]
                               subjects.get((repo, tag)), children))
     return Plan(now, facts.stages_repo, tuple(items), frozenset(record_by_tag), scope, tuple(notes),
                 tuple(blockers) if not purge else (), tuple(clusters), frozenset(unread))
@@ -455,10 +459,10 @@ def _keep_index_children(decisions: dict[tuple[str, str], tuple[Kind, Action, tu
         kept_children: dict[str, str] = {}
         for (r, tag), (_, action, _) in decisions.items():
             if r == repo and action == "keep":
-                for child in indexes.get(facts.tags[r][tag], ()):
+                for child in indexes.get(facts.tags[r][tag] or "", ()):  # "": not read, lists nothing
                     kept_children.setdefault(child, tag)
         for (r, tag), (kind, action, _) in list(decisions.items()):
-            parent = kept_children.get(facts.tags[r][tag]) if r == repo and action == "delete" else None
+            parent = kept_children.get(facts.tags[r][tag] or "") if r == repo and action == "delete" else None
             if parent is not None:
                 decisions[(r, tag)] = (kind, "keep", (f"listed by the kept image index {repo}:{parent}",))
 

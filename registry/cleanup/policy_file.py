@@ -60,7 +60,7 @@ class _Doc:
         return PolicyError(f"{where}: {path or '(top level)'}: {message}")
 
 
-def _scalar(node: yaml.ScalarNode) -> Any:
+def _scalar(node: yaml.Node) -> Any:
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)

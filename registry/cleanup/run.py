@@ -76,7 +76,7 @@ def publish(stages: Any, scans: list[ClusterScan], snap: RegistrySnapshot, now: 
         raise ClusterScanError("nothing to report: publishing a cluster report needs a cluster scan "
                                "(drop --without-kube)")
     paths = {repo_path(r) for r in snap.tags}
-    digests = {d for tags in snap.tags.values() for d in tags.values()}
+    digests = {d for tags in snap.tags.values() for d in tags.values() if d is not None}  # None: not read
     tags = []
     for scan in scans:
         if not scan.name:
