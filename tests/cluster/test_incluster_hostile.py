@@ -262,8 +262,9 @@ def test_symlinks_devices_and_whiteouts_of_a_base_stay_inside_the_rootfs(builder
     assert "STAT /owned 1234:5678 4750" in lines
     assert "FUSE refused" in lines  # a node the image brings can't be opened in the pod (root on the host can)
     assert_nothing_escaped(builder_env, victim)
-    # the pod kept the unpacked base on the PVC (tenants/<tenant>/trees/<ChainID>/): the same tree, confined too
-    kept = list((builder_env.cache_dir / "tenants").glob("*/trees/*/cache/pwned-through-link"))
+    # the (chroot-mode) pod kept the unpacked base on the PVC (tenants/<tenant>/trees/stacks/<ChainID>/): the
+    # same tree, confined too
+    kept = list((builder_env.cache_dir / "tenants").glob("*/trees/stacks/*/cache/pwned-through-link"))
     assert len(kept) == 1 and kept[0].read_bytes() == MARK
     dev = os.lstat(kept[0].parents[1] / "dev" / "kade-sda")  # its device nodes too (docs/incluster.md)
     assert stat.S_ISBLK(dev.st_mode) and (os.major(dev.st_rdev), os.minor(dev.st_rdev)) == (8, 0)
