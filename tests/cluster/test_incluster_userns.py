@@ -5,6 +5,7 @@ in the namespace sandbox (own PID namespace and /proc) over an overlay snapshot,
 writes as root is root-owned in the image."""
 from __future__ import annotations
 
+import re
 import subprocess
 import tarfile
 import time
@@ -65,14 +66,13 @@ def _status_ids(pid: int) -> tuple[int, int]:
 
 def _sandbox_overlay(pid: int) -> bool:
     """Whether a process's root is a step overlay mounted in a user namespace: over layer dirs of the
-    cache PVC's layer store (builder/layerstore.py), its marks in user.* xattrs."""
+    cache PVC's layer store of the build's tenant (builder/layerstore.py), its marks in user.* xattrs."""
     try:
         root = [line for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines() if line.split()[4] == "/"]
     except OSError:
         return False
-    return any(" - overlay overlay " in line and "userxattr" in line
-               and (f"lowerdir={CACHE_MOUNT}/layers/" in line or f"lowerdir+={CACHE_MOUNT}/layers/" in line)
-               for line in root)
+    store = re.compile(rf"lowerdir\+?={re.escape(CACHE_MOUNT)}/tenants/[^/,]+/trees/layers/")
+    return any(" - overlay overlay " in line and "userxattr" in line and store.search(line) for line in root)
 
 
 def _wait_for_run(container_id: str, deadline_s: float = 60) -> list[int]:
