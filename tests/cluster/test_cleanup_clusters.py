@@ -98,8 +98,12 @@ def test_an_image_only_another_cluster_uses_is_kept_and_a_silent_cluster_blocks(
             plan = job_report(job(ns_a, sa, 1))
             items = {i["tag"]: i for i in plan["items"]}
             assert items["only-b-uses"]["action"] == "keep"
-            [why] = items["only-b-uses"]["reasons"]  # b's workloads, named as b saw them: nothing of a's
-            assert why.startswith(f"in use by tag: cluster {cluster_b}: ") and f"{ns_b}/Deployment/web" in why
+            # b's workloads, named as b saw them (by tag, and by digest once b's pod reports its image ID):
+            # nothing of a's
+            reasons = items["only-b-uses"]["reasons"]
+            assert reasons and all(r.startswith((f"in use by tag: cluster {cluster_b}: ",
+                                                 f"in use by digest: cluster {cluster_b}: ")) for r in reasons), reasons
+            assert f"{ns_b}/Deployment/web" in reasons[0] and not any(ns_a in r or cluster_a in r for r in reasons)
             assert items["unused"]["status"] == "deleted"
             assert plan["clusterReports"] == [cluster_b] and plan["blockers"] == []
             assert set(repo.list_tags()) == {"base", "only-b-uses"}

@@ -176,7 +176,7 @@ def test_the_cronjobs_read_only_roles_are_enough_for_the_scan(kube_cluster, kube
 def test_every_given_context_is_scanned_and_a_missing_one_is_an_error(kube_cluster, kube_namespace, tmp_path):
     import yaml
 
-    from registry.cleanup.errors import ClusterScanError
+    from kube.errors import KubeConfigError
     from registry.cleanup.inuse import InUse
     from registry.cleanup.scan import scan_clusters
 
@@ -194,5 +194,6 @@ def test_every_given_context_is_scanned_and_a_missing_one_is_an_error(kube_clust
     assert in_use.scanned == ["one", "two"] and scans[0].name == scans[1].name  # one cluster, two names for it
     users = in_use.tag_users(f"{kube_cluster.registry}/ctx/app", "v1")
     assert f"one/{kube_namespace}/Deployment/multi" in users and f"two/{kube_namespace}/Deployment/multi" in users
-    with pytest.raises(ClusterScanError, match="cannot scan the cluster \\(nope\\).*--without-kube"):
+    # a context the kubeconfig lacks is a configuration error (kade exits 2, as for any bad kubeconfig)
+    with pytest.raises(KubeConfigError, match="cannot scan the cluster \\(nope\\).*--without-kube"):
         scan_clusters(["one", "nope"], str(path))
