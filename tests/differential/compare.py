@@ -139,11 +139,13 @@ def judge(diffs: list[Difference], noise: Noise, expected: list[Expected]) -> Ve
     verdict = Verdict([], [], [], [])
     used: set[int] = set()
     for d in diffs:
-        if noise.covers(d):
-            verdict.normalised.append(d)
-            continue
         hits = [i for i, e in enumerate(expected) if e.matches(d)]
         hit = next((i for i in hits if expected[i].where == d.where), hits[0] if hits else None)  # exact first
+        if noise.covers(d):
+            # a known difference the other builder happens not to reproduce this time still happens: not stale
+            used.update([hit] if hit is not None else [])
+            verdict.normalised.append(d)
+            continue
         if hit is None:
             verdict.new.append(d)
         else:

@@ -170,3 +170,14 @@ def test_an_entry_repeats_only_builders_the_corpus_has(tmp_path):
     (tmp_path / "build.yaml").write_text("repeat: [docker]\n")
     with pytest.raises(ValueError, match="docker"):
         Entry.load(tmp_path)
+
+
+def test_an_expected_difference_the_noise_also_covers_is_not_stale():
+    """BuildKit's repeat sometimes differs from itself where kade differs from it deliberately (the
+    context directory's time): the expectation still holds, whichever way the repeat went."""
+    diff = Difference("/app", "mtime", 1700000000, BUILD_TIME)
+    expected = Expected.load([{"where": "/app", "field": "mtime", "why": "the context directory's mtime"}])
+    noisy = judge([diff], Noise.of([Difference("/app", "mtime", BUILD_TIME, 1700000001)]), expected)
+    quiet = judge([diff], Noise(set(), set()), expected)
+    assert [d.where for d in noisy.normalised] == ["/app"] and not noisy.stale and not noisy.new
+    assert [d.where for d, _ in quiet.known] == ["/app"] and not quiet.stale and not quiet.new
