@@ -4,7 +4,6 @@ checkout time, umask or cache. A kade.yaml project takes SOURCE_DATE_EPOCH from 
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -58,6 +57,7 @@ def _repo(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture
 def umask():
     before = os.umask(0o022)
     yield lambda mask: os.umask(mask)

@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-from deployer.errors import DeployError
 from deployer.kube import Kube, KubeError, retry_delay, transient
 from kube.config import kubeconfig_paths
 from kube.errors import KubeConfigError
