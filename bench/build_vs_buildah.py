@@ -354,6 +354,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    benchlib.compile_bytecode()   # kade runs from the working directory: as installed, not compiling itself
     work = Path(tempfile.mkdtemp(prefix="kade-bench-build-", dir="/var/tmp"))
     print(f"work dir {work}", flush=True)
     reg = RegistryServer(workdir=work / "registry").start()
