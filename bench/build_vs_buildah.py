@@ -27,6 +27,8 @@ is a buildkitd with a fresh state dir (started before the timing: CI starts it b
 warm scenario reuses the cold build's daemon and state. Peak RSS is the largest resident set of any single process of the command (GNU time
 reports the biggest waited-for descendant), the larger of build and push for buildah; for BuildKit the
 daemon's high-water mark (VmHWM; cumulative over the scenarios a warm daemon served).
+Fairness: the tools take turns going first in each scenario, and nothing is deleted between timed builds
+(a run's trees go at its end, then the disk settles: see `settle`). kade's modules are compiled first.
 
 Usage: python bench/build_vs_buildah.py [--runs 3] [--results bench/RESULTS.md] [--no-append]
        [--only kade|buildah|buildkit] [--kade-wrap 'py-spy record -o {out} -r 200 --subprocesses --']
@@ -226,36 +228,49 @@ def one_run(run: int, work: Path, host: str, base: str, rows: dict[str, Row], lo
         if name not in chosen:
             return
         loads.append(os.getloadavg()[0])
-        if only in (None, "kade"):
-            rows[name].kade.append(kade(ctx, k_tag, k_cache, logs / f"{name}-{run}-kade.log", wrap))
-        if only in (None, "buildah"):
-            rows[name].buildah.append(buildah(b_store, ctx, b_tag, logs / f"{name}-{run}-buildah.log", b_from, b_to))
-        if only in (None, "buildkit"):
-            rows[name].buildkit.append(buildkit(daemon(bk), ctx, bk_tag, bk_cache, logs / f"{name}-{run}-buildkit.log"))
+        tools = {
+            "kade": lambda: rows[name].kade.append(kade(ctx, k_tag, k_cache, logs / f"{name}-{run}-kade.log", wrap)),
+            "buildah": lambda: rows[name].buildah.append(
+                buildah(b_store, ctx, b_tag, logs / f"{name}-{run}-buildah.log", b_from, b_to)),
+            "buildkit": lambda: rows[name].buildkit.append(
+                buildkit(daemon(bk), ctx, bk_tag, bk_cache, logs / f"{name}-{run}-buildkit.log")),
+        }
+        for tool in rotated(list(tools), run + SCENARIOS.index(name)):
+            if only in (None, tool):
+                tools[tool]()
         print(f"run {run} {name}: kade {_fmt(rows[name].kade[-1:])} buildah {_fmt(rows[name].buildah[-1:])} "
               f"buildkit {_fmt(rows[name].buildkit[-1:])} load {loads[-1]:.1f}", flush=True)
-        if bk != "warm" and bk in daemons:
-            daemons.pop(bk).stop()
 
     try:
         step("cold", k_warm, b_warm, None, b_cache, "warm")
         step("nochange-fresh", work / f"kcache{run}-b", work / f"bstore{run}-b", b_cache, None, "b")
-        drop_fresh(work, run, "b")
         change_source(ctx, 0)
         step("onefile-fresh", work / f"kcache{run}-c", work / f"bstore{run}-c", b_cache, b_cache, "c")
-        drop_fresh(work, run, "c")
         change_source(ctx, 1)
         step("onefile-warm", k_warm, b_warm, None, None, "warm")
-        drop_fresh(work, run, "warm")
     finally:
         for d in daemons.values():
             d.stop()
-    shutil.rmtree(ctx, ignore_errors=True)
+        for suffix in ("b", "c", "warm"):
+            drop_buildah_storage(work / f"bstore{run}-{suffix}")
+            shutil.rmtree(work / f"kcache{run}-{suffix}", ignore_errors=True)
+        shutil.rmtree(ctx, ignore_errors=True)
+        settle()
 
 
-def drop_fresh(work: Path, run: int, suffix: str) -> None:
-    drop_buildah_storage(work / f"bstore{run}-{suffix}")
-    shutil.rmtree(work / f"kcache{run}-{suffix}", ignore_errors=True)
+def rotated(items: list[str], by: int) -> list[str]:
+    """Each tool goes first in turn: none always builds right after another one's work."""
+    k = by % len(items)
+    return items[k:] + items[:k]
+
+
+def settle(seconds: float = 40.0) -> None:
+    """Let the file system settle after a run's trees are deleted, before anything is timed again. On
+    ext4 without a journal (this VM's), creating files soon after mass deletion scans the recently freed
+    inodes (`recently_deleted` in the inode allocator: a 20,000-file RUN took 1.1 s or 5.4 s on the same
+    disk, perf showed the scan): deleting between scenarios taxed whichever tool came next."""
+    os.sync()
+    time.sleep(seconds)
 
 
 def _fmt(samples: list[Sample]) -> str:
