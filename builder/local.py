@@ -18,9 +18,10 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future
+import contextlib
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Sequence, cast
 
 from builder import events as ev
 from builder import image_config as ic
@@ -34,6 +35,7 @@ from registry.image import Image, Layer
 from registry.model import Descriptor, Platform
 
 if TYPE_CHECKING:
+    from registry.growing import upload_while_written
     from registry.sigkeys import SigningKey
 
 FS_STEP_KINDS = frozenset({"run", "copy", "workdir"})  # steps that work on the stage's rootfs
@@ -52,6 +54,7 @@ class LocalExecutor:
         self.root_lock = threading.Lock()
         self.lock = threading.Lock()
         self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
+        self.streamed: set[str] = set()      # layers uploaded while they were written
         self.interrupted = False
 
     # -- the Executor protocol ---------------------------------------------------------------------
@@ -201,19 +204,43 @@ class LocalExecutor:
                             epoch=self.env.epoch)
 
     def _write_layer(self, changes: list) -> Layer:
+        """The layer into the local cache; a big one also goes up to the stages repo while it is
+        written (the step image's push then finds it there)."""
         from builder.execute import write_layer
 
         blobs = self.env.cache.blobs
         fd, tmp = tempfile.mkstemp(prefix=".layer-", dir=self.env.cache.root / "blobs" / "sha256")
+        stream = self._stream_to_stages(tmp)
         try:
-            with os.fdopen(fd, "wb") as out:
-                info = write_layer(changes, out, self.o.compression, self.env.epoch)
+            with os.fdopen(fd, "wb") as out, stream or contextlib.nullcontext():
+                sink = cast(BinaryIO, _Announcing(out, stream.wrote)) if stream else out
+                info = write_layer(changes, sink, self.o.compression, self.env.epoch)
             os.replace(tmp, blobs.path(info.digest))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         path = blobs.path(info.digest)
-        return Layer(Descriptor(info.media_type, info.digest, info.size), info.diff_id, lambda: open(path, "rb"))
+        desc = Descriptor(info.media_type, info.digest, info.size)
+        if stream and (uploaded := stream.result()) is not None and uploaded.digest == info.digest:
+            self.env.store.note_blobs(stream.repo_name, [desc])
+            with self.lock:
+                self.streamed.add(info.digest)
+            self.report("upload", f"{info.digest[:19]} ({info.size} bytes) went up to {stream.repo_name} while it "
+                        "was written", digest=info.digest, bytes=info.size)
+        return Layer(desc, info.diff_id, lambda: open(path, "rb"))
+
+    def _stream_to_stages(self, path: str) -> "upload_while_written | None":
+        """An upload of the layer at `path` to the stages repo while it is written (None: no repo)."""
+        from registry.growing import upload_while_written
+
+        name = self.env.stages_repo
+        if not name:
+            return None
+
+        def failed(why: str) -> None:
+            self.report("warning", f"streaming a layer to {name} failed ({why}); it is pushed after the step")
+
+        return upload_while_written(self.env.store.repo(name), path, repo_name=name, on_error=failed)
 
     def _push_step(self, ps: PlannedStage, step: Step, parent: Image | None, layer: Layer | None,
                    started: float) -> Image:
@@ -233,6 +260,8 @@ class LocalExecutor:
             img = self._signed(img, repo, step.key, self.o.build_key)
         self.env.store.keep_local(img)
         pushed = self.env.store.push(img, repo, step.key).uploaded if repo else 0
+        if layer is not None and layer.digest in self.streamed:
+            pushed += layer.size   # went up while it was written
         self.report(ev.STEP_DONE, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step),
                     seconds=round(time.monotonic() - started, 3), layer_bytes=layer.size if layer else 0,
                     pushed_bytes=pushed)
@@ -358,3 +387,17 @@ def rootfs_read_after(plan: Plan, ps: PlannedStage, step: Step) -> bool:
     if at is None:
         return True  # not a step of this stage: assume the worst
     return any(st.kind in FS_STEP_KINDS for st in ps.steps[at + 1:]) or ps.label in rootfs_readers(plan)
+
+
+class _Announcing:
+    """A file that says how many bytes each write put into it (flushed: a reader of the path sees them)."""
+
+    def __init__(self, out: BinaryIO, wrote: Callable[[int], None]):
+        self._out = out
+        self._wrote = wrote
+
+    def write(self, data: bytes) -> int:
+        self._out.write(data)
+        self._out.flush()
+        self._wrote(len(data))
+        return len(data)

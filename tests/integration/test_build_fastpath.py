@@ -112,3 +112,33 @@ def test_an_image_read_by_copy_from_is_unpacked_once_into_the_layer_store_and_ne
     assert unpacks == [{"reused": 1, "unpacked": 0}, {"reused": 1, "unpacked": 0}]
     assert tree_state(base) == state
     assert second.images[0]["digest"] != "" and first.built == second.built == 4
+
+
+def test_a_big_layer_streamed_while_written_is_the_layer_pushed(registry, base_image, kade_build, tmp_path):
+    """A layer past registry/growing.py's threshold goes up while it is written; the image then names
+    that very blob, whole (the registry checked its digest at the end of the upload) and counted as pushed."""
+    import hashlib
+    import json
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\nRUN head -c 12582912 /dev/urandom > /big\n")
+    tag = f"{registry.host}/fast/streamed:v1"
+    run = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c"), "--output", "json")
+    run.ok()
+    events = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    streamed = [e for e in events if e.get("kind") == "upload" and "while it was written" in e.get("message", "")]
+    assert len(streamed) == 1, [e.get("message") for e in events]
+    assert not [e for e in events if e.get("kind") == "warning"]
+
+    repo = RegistryClient().repository(f"{registry.host}/fast/streamed")
+    body, desc = repo.get_manifest("v1")
+    layer = parse_manifest(body, desc.media_type).layers[-1]
+    assert layer.digest == streamed[0]["digest"] and layer.size == streamed[0]["bytes"]
+    with repo.open_blob(layer.digest) as f:
+        blob = b"".join(iter(lambda: f.read(1 << 20), b""))
+    assert "sha256:" + hashlib.sha256(blob).hexdigest() == layer.digest
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))) as tar:
+        assert tar.getmember("big").size == 12582912
+    done = [e for e in events if e.get("kind") == "step-done" and "RUN" in e.get("step", "")]
+    assert done and done[0]["pushed_bytes"] >= layer.size
