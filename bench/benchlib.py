@@ -6,6 +6,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,3 +48,13 @@ def publish(text: str, args) -> None:
     if not args.no_append:
         with open(args.results, "a") as f:
             f.write(text)
+
+
+def settle(seconds: float = 40.0) -> None:
+    """Let the file system settle after a run's trees are deleted, before anything is timed again. On
+    ext4 without a journal (this VM's), creating files soon after mass deletion scans the recently freed
+    inodes (`recently_deleted` in the inode allocator: a 20,000-file RUN took 1.1 s or 5.4 s on the same
+    disk, perf showed the scan): deleting between scenarios taxed whichever tool came next, and
+    unpacking into a directory deleted a moment before ran at a third of its speed."""
+    os.sync()
+    time.sleep(seconds)

@@ -28,7 +28,7 @@ warm scenario reuses the cold build's daemon and state. Peak RSS is the largest 
 reports the biggest waited-for descendant), the larger of build and push for buildah; for BuildKit the
 daemon's high-water mark (VmHWM; cumulative over the scenarios a warm daemon served).
 Fairness: the tools take turns going first in each scenario, and nothing is deleted between timed builds
-(a run's trees go at its end, then the disk settles: see `settle`). kade's modules are compiled first.
+(a run's trees go at its end, then the disk settles: see `benchlib.settle`). kade's modules are compiled first.
 
 Usage: python bench/build_vs_buildah.py [--runs 3] [--results bench/RESULTS.md] [--no-append]
        [--only kade|buildah|buildkit] [--kade-wrap 'py-spy record -o {out} -r 200 --subprocesses --']
@@ -255,22 +255,13 @@ def one_run(run: int, work: Path, host: str, base: str, rows: dict[str, Row], lo
             drop_buildah_storage(work / f"bstore{run}-{suffix}")
             shutil.rmtree(work / f"kcache{run}-{suffix}", ignore_errors=True)
         shutil.rmtree(ctx, ignore_errors=True)
-        settle()
+        benchlib.settle()
 
 
 def rotated(items: list[str], by: int) -> list[str]:
     """Each tool goes first in turn: none always builds right after another one's work."""
     k = by % len(items)
     return items[k:] + items[:k]
-
-
-def settle(seconds: float = 40.0) -> None:
-    """Let the file system settle after a run's trees are deleted, before anything is timed again. On
-    ext4 without a journal (this VM's), creating files soon after mass deletion scans the recently freed
-    inodes (`recently_deleted` in the inode allocator: a 20,000-file RUN took 1.1 s or 5.4 s on the same
-    disk, perf showed the scan): deleting between scenarios taxed whichever tool came next."""
-    os.sync()
-    time.sleep(seconds)
 
 
 def _fmt(samples: list[Sample]) -> str:

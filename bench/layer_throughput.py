@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+import benchlib  # noqa: E402  (bench/, the script's own folder)
+
 SOURCES = ["/usr/share", "/usr/lib/x86_64-linux-gnu"]
 
 UNPACK = """
@@ -98,11 +102,12 @@ def kade_run(tree: Path, work: Path, comp: str, keep: bool = False) -> tuple[flo
     return wall, rss, size
 
 
-def unpack_run(work: Path, comp: str) -> tuple[float, int, int]:
-    dest = work / "unpacked"
+def unpack_run(work: Path, comp: str, run: int) -> tuple[float, int, int]:
+    """Into a fresh directory, kept until every unpack is timed (see benchlib.settle)."""
+    dest = work / f"unpacked-{comp}-{run}"
+    shutil.rmtree(dest, ignore_errors=True)
     wall, rss, _ = timed([sys.executable, "-c", UNPACK.format(repo=str(REPO), dest=str(dest),
                                                                 blob=str(work / f"layer.{comp}"))])
-    shutil.rmtree(dest)
     return wall, rss, 0
 
 
@@ -155,10 +160,13 @@ def main() -> int:
         wall = statistics.median(r[0] for r in runs)
         rows.append((f"kade write_layer {comp}", wall, tar_mb / wall, max(r[1] for r in runs), runs[0][2] / 1e6))
     unpacks = {c: [] for c in ("gzip", "zstd")}
-    for _ in range(args.runs):
+    benchlib.settle()
+    for run in range(args.runs):
         for comp in unpacks:
             subprocess.run(["sync"])
-            unpacks[comp].append(unpack_run(args.work, comp))
+            unpacks[comp].append(unpack_run(args.work, comp, run))
+    for done in args.work.glob("unpacked-*"):
+        shutil.rmtree(done)
     for comp, runs in unpacks.items():
         wall = statistics.median(r[0] for r in runs)
         rows.append((f"kade apply_layer {comp} (unpack)", wall, tar_mb / wall, max(r[1] for r in runs), None))
