@@ -153,14 +153,14 @@ class LocalCache:
         Holds the global lock so a concurrent build (which takes it shared) isn't pruned under its feet:
         no layer dir a running build uses goes.
         """
+        from builder.layerstore import LayerStore
+
         now = time.time()
         removed = freed = 0
         with self.lock("global"):
             owners = [self.root / "shared", *_children(self.root / "tenants")]
             for store_dir in [owner / "trees" / "layers" for owner in owners] + [self.root / "layers"]:
                 if store_dir.is_dir():   # (layers/ at the root: kade before tenants)
-                    from builder.layerstore import LayerStore
-
                     gone, size = LayerStore(store_dir, self.lock).prune(
                         older_than_seconds=older_than_seconds or 0, max_bytes=max_layer_bytes, now=now)
                     removed, freed = removed + gone, freed + size

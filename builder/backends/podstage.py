@@ -48,11 +48,13 @@ class PodExecutor(LocalExecutor):
     def __init__(self, env: BuildEnv, *, work_root: Path):
         super().__init__(env, work_root=work_root)
         self.context_ready: Future | None = None   # the context blobs unpacked
-        self.stepped = False
+        self.rootfs_ready = self.stepped = False
 
     def _materialize(self, image: Image | None, prefix: str) -> StageRoot:
         root = super()._materialize(image, prefix)
-        _mark(self.report, "rootfs ready")
+        if not self.rootfs_ready:   # the timeline's point: when the first rootfs was ready
+            self.rootfs_ready = True
+            _mark(self.report, "rootfs ready")
         return root
 
     def _run_step(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot,
