@@ -95,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, as_json: bool) -> int:
     try:
         return int(args.func(args) or EXIT_OK)
-    except errors.USAGE as exc:
-        return _failed(as_json, "usage", EXIT_USAGE, str(exc))
-    except errors.EXPECTED as exc:
-        return _failed(as_json, "failed", EXIT_FAILED, str(exc))
+    except Exception as exc:  # noqa: BLE001 - sorted below; anything else is a bug and re-raised
+        if errors.is_usage(exc):
+            return _failed(as_json, "usage", EXIT_USAGE, str(exc))
+        if errors.is_expected(exc):
+            return _failed(as_json, "failed", EXIT_FAILED, str(exc))
+        raise
 
 
 def _failed(as_json: bool, kind: str, code: int, message: str, printed: bool = False) -> int:
