@@ -13,7 +13,6 @@ import re
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Iterator, Union, cast
@@ -455,6 +454,8 @@ class Repository:
         return "placeholder"
 
     def _push_placeholder(self, tag: str) -> str:
+        import uuid  # (here: uuid imports platform, a cost at every start for a rare path)
+
         self.upload_blob(_bytes_source(mt.OCI_EMPTY_BYTES),
                          digest=mt.OCI_EMPTY_DIGEST, size=len(mt.OCI_EMPTY_BYTES))
         manifest = Manifest(
