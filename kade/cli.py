@@ -9,6 +9,7 @@ Exit codes: 0 done, 1 failed, 2 bad usage, 130/143 interrupted by SIGINT/SIGTERM
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -140,6 +141,9 @@ def entry() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    # The collector would walk every object of every loaded module once more while the interpreter
+    # tears them down (~15 ms with requests loaded); exit handlers and flushes still run.
+    gc.freeze()
     sys.exit(code)
 
 
