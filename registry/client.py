@@ -332,8 +332,10 @@ class Repository:
         return self.client.transport.base_url(self.host) + location
 
     # ---- manifests --------------------------------------------------------------------------
-    def head_manifest(self, tag_or_digest: str, accept: str = mt.ACCEPT_ALL) -> Descriptor | None:
-        resp = self._request("HEAD", f"/manifests/{tag_or_digest}", "pull", headers={"Accept": accept},
+    def head_manifest(self, tag_or_digest: str, accept: str = mt.ACCEPT_ALL, actions: str = "pull") -> Descriptor | None:
+        """The manifest's descriptor, None when absent. `actions`: the token scope to ask with ("pull,push"
+        when a push follows, so that one token serves both)."""
+        resp = self._request("HEAD", f"/manifests/{tag_or_digest}", actions, headers={"Accept": accept},
                              what=f"manifest {tag_or_digest}")
         resp.close()
         if resp.status_code == 404:

@@ -50,7 +50,8 @@ class RegistryEndpoint:
         return self.repo.get_manifest(ident)
 
     def has_manifest(self, desc: Descriptor) -> bool:
-        return self.repo.head_manifest(desc.digest) is not None
+        # Asked only of a copy's target, which the manifest PUT needs push on: the same token scope.
+        return self.repo.head_manifest(desc.digest, actions="pull,push") is not None
 
     def put_manifest(self, ident: str, body: bytes, media_type: str) -> None:
         self.repo.put_manifest(ident, body, media_type)

@@ -156,3 +156,21 @@ def test_copy_that_moves_no_data_makes_few_requests(registry, sample_layout):
                     f"PUT /v2/{name_b}/manifests/v1"]
     assert again.digest == digest and again.blobs == {"copied": 0, "mounted": 0, "exists": 4}
     assert client.repository(f"{b}:v1").head_manifest("v1").digest == digest
+
+
+def test_copy_asks_for_one_token_per_scope(registry_token, sample_layout):
+    layout_path, tag, _ = sample_layout
+    creds = CredentialResolver({registry_token.host: Credentials(registry_token.username, registry_token.password,
+                                                                 source="test")}, env={})
+    client = _client(credentials=creds)
+    a = f"{registry_token.host}/copy/{uuid.uuid4().hex[:8]}"
+    b = f"{registry_token.host}/copy/{uuid.uuid4().hex[:8]}"
+    copy_image(client, f"oci:{layout_path}:{tag}", f"{a}:v1")
+    before = len(registry_token.issuer.requests)
+    result = copy_image(client, f"{a}:v1", f"{b}:v1")
+    assert result.blobs["mounted"] == 4
+    # a's pull token is cached already. One token for the four parallel mounts (b pull,push and a pull),
+    # fetched once although all four got their 401 together; one for b pull,push, which the HEAD of
+    # b's manifest asks for and the PUT of its tag reuses.
+    issued = registry_token.issuer.requests[before:]
+    assert len(issued) == 2, [r["scopes"] for r in issued]
