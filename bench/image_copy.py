@@ -3,6 +3,7 @@
 half random, half repetitive data), on a local `docker-registry`, in one run:
 
   copy  registry repo -> another repo of the same registry
+  inspect  the image's manifest and config (skopeo inspect --config: the same two fetches)
   pull  registry -> a local OCI layout
   push  OCI layout -> a fresh registry (every blob uploaded)
   startup: `copy --help` of each tool, the fixed cost inside every figure above
@@ -15,6 +16,7 @@ largest peak RSS (from /usr/bin/time) are reported, and appended to bench/RESULT
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime
 import os
 import platform
@@ -77,6 +79,10 @@ def main() -> int:
     if not shutil.which("skopeo") or not os.path.exists("/usr/bin/time"):
         raise SystemExit("needs skopeo and /usr/bin/time (apt-get install skopeo time)")
 
+    # Bytecode as an installed kade has it: under PYTHONDONTWRITEBYTECODE every run would compile
+    # the sources again, and that would be measured as start-up.
+    for package in ("kade", "registry", "common"):
+        compileall.compile_dir(ROOT / package, quiet=1)
     work = Path(tempfile.mkdtemp(prefix="kade-bench-"))
     servers: list[RegistryServer] = []
     try:
@@ -101,6 +107,9 @@ def main() -> int:
                 else:
                     cmd = skopeo_cmd(src, f"docker://{registry.host}/bench/copy-skopeo-{i}:v1")
                 results.setdefault(("copy", tool), []).append(run(cmd))
+                cmd = ([sys.executable, "-m", "kade", "image", "inspect", src_ref] if tool == "kade"
+                       else ["skopeo", "inspect", "--config", "--tls-verify=false", src])
+                results.setdefault(("inspect", tool), []).append(run(cmd))
                 # pull into a fresh OCI layout
                 out = work / f"pull-{tool}-{i}"
                 cmd = kade_cmd(src_ref, f"oci:{out}:v1") if tool == "kade" else skopeo_cmd(src, f"oci:{out}:v1")
@@ -119,7 +128,7 @@ def main() -> int:
             print(f"run {i + 1}/{args.runs} done", flush=True)
 
         # The fixed cost of starting each tool (interpreter and imports for kade), for reading the
-        # "copy" row, which moves no data (every blob is mounted).
+        # "copy" and "inspect" rows, which move no data (every blob is mounted; two small fetches).
         for tool, cmd in (("kade", [sys.executable, "-m", "kade", "image", "copy", "--help"]),
                           ("skopeo", ["skopeo", "copy", "--help"])):
             for _ in range(args.runs):
@@ -127,7 +136,7 @@ def main() -> int:
 
         lines = ["| operation | skopeo s | kade s | ratio kade/skopeo | skopeo peak RSS MiB | kade peak RSS MiB |",
                  "|---|---|---|---|---|---|"]
-        for op in ("copy", "pull", "push", "startup (--help)"):
+        for op in ("copy", "inspect", "pull", "push", "startup (--help)"):
             sk = results[(op, "skopeo")]
             kd = results[(op, "kade")]
             st, kt = statistics.median(t for t, _ in sk), statistics.median(t for t, _ in kd)

@@ -9,6 +9,7 @@ Exit codes: 0 done, 1 failed, 2 bad usage, 130/143 interrupted by SIGINT/SIGTERM
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -95,10 +96,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, as_json: bool) -> int:
     try:
         return int(args.func(args) or EXIT_OK)
-    except errors.USAGE as exc:
-        return _failed(as_json, "usage", EXIT_USAGE, str(exc))
-    except errors.EXPECTED as exc:
-        return _failed(as_json, "failed", EXIT_FAILED, str(exc))
+    except Exception as exc:  # noqa: BLE001 - sorted below; anything else is a bug and re-raised
+        if errors.is_usage(exc):
+            return _failed(as_json, "usage", EXIT_USAGE, str(exc))
+        if errors.is_expected(exc):
+            return _failed(as_json, "failed", EXIT_FAILED, str(exc))
+        raise
 
 
 def _failed(as_json: bool, kind: str, code: int, message: str, printed: bool = False) -> int:
@@ -138,6 +141,9 @@ def entry() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+    # The collector would walk every object of every loaded module once more while the interpreter
+    # tears them down (~15 ms with requests loaded); exit handlers and flushes still run.
+    gc.freeze()
     sys.exit(code)
 
 

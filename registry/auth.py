@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -101,6 +100,8 @@ def _config_files(env: dict[str, str]) -> list[Path]:
 def run_credential_helper(name: str, host: str, path: str | None = None) -> Credentials | None:
     """`docker-credential-<name> get` with the server on stdin; None when it has nothing for host.
     `path` is the PATH to find the helper in (default: the process's)."""
+    import subprocess  # (here: only a configured helper needs it, not every start)
+
     program = f"docker-credential-{name}"
     found = shutil.which(program, path=path)
     if not found:

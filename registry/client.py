@@ -13,7 +13,6 @@ import re
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Iterator, Union, cast
@@ -333,8 +332,10 @@ class Repository:
         return self.client.transport.base_url(self.host) + location
 
     # ---- manifests --------------------------------------------------------------------------
-    def head_manifest(self, tag_or_digest: str, accept: str = mt.ACCEPT_ALL) -> Descriptor | None:
-        resp = self._request("HEAD", f"/manifests/{tag_or_digest}", "pull", headers={"Accept": accept},
+    def head_manifest(self, tag_or_digest: str, accept: str = mt.ACCEPT_ALL, actions: str = "pull") -> Descriptor | None:
+        """The manifest's descriptor, None when absent. `actions`: the token scope to ask with ("pull,push"
+        when a push follows, so that one token serves both)."""
+        resp = self._request("HEAD", f"/manifests/{tag_or_digest}", actions, headers={"Accept": accept},
                              what=f"manifest {tag_or_digest}")
         resp.close()
         if resp.status_code == 404:
@@ -455,6 +456,8 @@ class Repository:
         return "placeholder"
 
     def _push_placeholder(self, tag: str) -> str:
+        import uuid  # (here: uuid imports platform, a cost at every start for a rare path)
+
         self.upload_blob(_bytes_source(mt.OCI_EMPTY_BYTES),
                          digest=mt.OCI_EMPTY_DIGEST, size=len(mt.OCI_EMPTY_BYTES))
         manifest = Manifest(

@@ -3,7 +3,8 @@
 Blobs first, then child manifests by digest, then the top manifest under its tag: nothing is
 tagged before everything it references is in place. Blobs are mounted when source and target
 are repositories of the same registry, skipped when present, else streamed (never held whole in
-memory). Manifests are copied byte for byte, so digests are preserved.
+memory). Manifests are copied byte for byte, so digests are preserved. A manifest the target
+has already (by digest) is not walked: everything it references is there, only the tag is set.
 """
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ class RegistryEndpoint:
         return self.repo.get_manifest(ident)
 
     def has_manifest(self, desc: Descriptor) -> bool:
-        return self.repo.head_manifest(desc.digest) is not None
+        # Asked only of a copy's target, which the manifest PUT needs push on: the same token scope.
+        return self.repo.head_manifest(desc.digest, actions="pull,push") is not None
 
     def put_manifest(self, ident: str, body: bytes, media_type: str) -> None:
         self.repo.put_manifest(ident, body, media_type)
@@ -136,8 +138,14 @@ def copy_image(client: RegistryClient, src: Union[str, Reference], dst: Union[st
     ident = source.identifier or ("latest" if isinstance(source, RegistryEndpoint) else None)
     body, desc = source.get_manifest(ident)  # type: ignore[arg-type]
     result = CopyResult(desc.digest, desc.media_type)
-    with cancel.Pool(max_workers=max(1, workers)) as pool:
-        _copy_tree(source, target, body, desc, result, report, pool, top=True)
+    if target.has_manifest(desc):
+        # One HEAD instead of one request per blob and child: a manifest is only stored after
+        # everything it references (distribution checks it on PUT; copies write it last).
+        report("cached", f"manifest {desc.digest} already in {target.label}")
+        _count_present(body, desc, result)
+    else:
+        with cancel.Pool(max_workers=max(1, workers)) as pool:
+            _copy_tree(source, target, body, desc, result, report, pool, top=True)
     dst_ident = target.identifier or source.identifier or desc.digest
     if is_digest(dst_ident) and dst_ident != desc.digest:
         raise RegistryError(f"cannot copy {src} to {dst}: the destination digest differs from the source's {desc.digest}")
@@ -164,8 +172,7 @@ def _copy_tree(source: Endpoint, target: Endpoint, body: bytes, desc: Descriptor
             target.put_manifest(child.digest, child_body, child_desc.media_type)
         return
     assert isinstance(parsed, Manifest)
-    blobs = [b for b in parsed.blobs() if not b.urls]  # foreign layers stay where their urls point
-    unique = list({b.digest: b for b in blobs}.values())
+    unique = _unique_blobs(parsed)
 
     def one(blob: Descriptor) -> tuple[Descriptor, str]:
         return blob, target.put_blob(blob, source)
@@ -176,6 +183,19 @@ def _copy_tree(source: Endpoint, target: Endpoint, body: bytes, desc: Descriptor
             result.bytes_copied += blob.size
         report("blob" if how == "copied" else "cached", f"{how} {blob.digest} ({_human(blob.size)})",
                digest=blob.digest, size=blob.size, action=how)
+
+
+def _unique_blobs(manifest: Manifest) -> list[Descriptor]:
+    """The blobs a copy moves: each once, without foreign layers (they stay where their urls point)."""
+    blobs = [b for b in manifest.blobs() if not b.urls]
+    return list({b.digest: b for b in blobs}.values())
+
+
+def _count_present(body: bytes, desc: Descriptor, result: CopyResult) -> None:
+    """An image's blobs all count as already there (an index's children are not fetched to count)."""
+    parsed = parse_manifest(body, desc.media_type)
+    if isinstance(parsed, Manifest):
+        result.blobs["exists"] += len(_unique_blobs(parsed))
 
 
 def _human(n: int) -> str:

@@ -178,6 +178,7 @@ class Transport:
         self._schemes: dict[str, str] = {}
         self._auth_mode: dict[str, str] = {}  # host -> "basic" | "bearer"
         self._lock = threading.Lock()
+        self._token_locks: dict[tuple[str, str], threading.Lock] = {}  # (host, scope): one token fetch at a time
 
     def close(self) -> None:
         self.session.close()
@@ -301,15 +302,21 @@ class Transport:
             raise Unauthorized(f"registry {host} sent a Bearer challenge without a realm; it is misconfigured")
         scopes = (challenge.params.get("scope") or "").split()
         scopes += [s for s in (scope or "").split() if s not in scopes]
-        if not sent.startswith("Bearer "):
+        # Requests sent in parallel get their 401s together: one of them fetches the token, the others
+        # wait for it and use it (not one token request each).
+        with self._token_lock(host, scope or ""):
             cached = self.tokens.get(host, scope or "")
-            if cached:  # another thread fetched one meanwhile
+            if cached and sent != f"Bearer {cached}":  # another thread fetched one meanwhile
                 self._auth_mode[host] = "bearer"
                 return
-        self.tokens.drop(host, scope or "")
-        token, expires_in = self._fetch_token(host, realm, challenge.params.get("service"), scopes, creds)
-        self.tokens.put(host, scope or "", token, expires_in)
-        self._auth_mode[host] = "bearer"
+            self.tokens.drop(host, scope or "")
+            token, expires_in = self._fetch_token(host, realm, challenge.params.get("service"), scopes, creds)
+            self.tokens.put(host, scope or "", token, expires_in)
+            self._auth_mode[host] = "bearer"
+
+    def _token_lock(self, host: str, scope: str) -> threading.Lock:
+        with self._lock:
+            return self._token_locks.setdefault((host, scope), threading.Lock())
 
     def _fetch_token(self, host: str, realm: str, service: str | None, scopes: list[str],
                      creds: auth.Credentials) -> tuple[str, float]:

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from builder.errors import BuildError, StepFailedError
-from kade.errors import EXPECTED
+from kade.errors import is_expected
 from kade.output import relay_reporter
 
 
@@ -67,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
     except BuildError as exc:  # the CLI puts file:line in front and the hint after, once
         _emit(FAILED_KIND, message=exc.detail, hint=exc.hint, file=exc.file, line=exc.line)
         return 1
-    except EXPECTED as exc:
+    except Exception as exc:  # noqa: BLE001 - only the expected ones are reported, the rest re-raised
+        if not is_expected(exc):
+            raise
         _emit(FAILED_KIND, message=str(exc))
         return 1
     _emit(RESULT_KIND, message=f"stage {args.stage} done", **result)

@@ -12,7 +12,6 @@ from kade.errors import UsageError
 from kade.output import OUTPUT_CHOICES, make_reporter, print_result
 from registry.errors import InvalidDigest, InvalidReference
 from registry.layout import SCHEME as LAYOUT_SCHEME
-from registry.imageconfig import ImageConfig
 from registry.model import Manifest, parse_manifest
 from registry.reference import Reference
 
@@ -156,6 +155,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                     pass
             finally:
                 stream.close()
+            from registry.imageconfig import ImageConfig
+
             ImageConfig.from_bytes(config_bytes)  # validates
             result["config"] = json.loads(config_bytes)
     print(json.dumps(result, indent=2))

@@ -127,3 +127,50 @@ def test_corrupt_blob_in_registry_storage_is_refused(registry, tmp_path):
     assert not OCILayout(out).blobs.has(layer)
     assert OCILayout(out).index().manifests == []
     assert not [p for p in (out / "blobs" / "sha256").iterdir() if p.name.startswith(".tmp-")]
+
+
+def _count_requests(client: RegistryClient) -> list[str]:
+    """Every HTTP request the client's transport sends from now on, as "METHOD path" (requests' hook)."""
+    sent: list[str] = []
+    client.transport.session.hooks["response"].append(
+        lambda resp, **_: sent.append(f"{resp.request.method} {resp.request.path_url.split('?')[0]}"))
+    return sent
+
+
+def test_copy_that_moves_no_data_makes_few_requests(registry, sample_layout):
+    layout_path, tag, digest = sample_layout
+    client = _client()
+    a = f"{registry.host}/copy/{uuid.uuid4().hex[:8]}"
+    b = f"{registry.host}/copy/{uuid.uuid4().hex[:8]}"
+    copy_image(client, f"oci:{layout_path}:{tag}", f"{a}:v1")
+    sent = _count_requests(client)
+    # into a fresh repository of the same registry: the source manifest, one HEAD, a mount per blob, the tag
+    first = copy_image(client, f"{a}:v1", f"{b}:v1")
+    assert first.blobs == {"copied": 0, "mounted": 4, "exists": 0}
+    assert len(sent) == 3 + 4, sent
+    # again: the HEAD by digest proves every blob there; no request per blob
+    sent.clear()
+    again = copy_image(client, f"{a}:v1", f"{b}:v1")
+    name_a, name_b = a.split("/", 1)[1], b.split("/", 1)[1]
+    assert sent == [f"GET /v2/{name_a}/manifests/v1", f"HEAD /v2/{name_b}/manifests/{digest}",
+                    f"PUT /v2/{name_b}/manifests/v1"]
+    assert again.digest == digest and again.blobs == {"copied": 0, "mounted": 0, "exists": 4}
+    assert client.repository(f"{b}:v1").head_manifest("v1").digest == digest
+
+
+def test_copy_asks_for_one_token_per_scope(registry_token, sample_layout):
+    layout_path, tag, _ = sample_layout
+    creds = CredentialResolver({registry_token.host: Credentials(registry_token.username, registry_token.password,
+                                                                 source="test")}, env={})
+    client = _client(credentials=creds)
+    a = f"{registry_token.host}/copy/{uuid.uuid4().hex[:8]}"
+    b = f"{registry_token.host}/copy/{uuid.uuid4().hex[:8]}"
+    copy_image(client, f"oci:{layout_path}:{tag}", f"{a}:v1")
+    before = len(registry_token.issuer.requests)
+    result = copy_image(client, f"{a}:v1", f"{b}:v1")
+    assert result.blobs["mounted"] == 4
+    # a's pull token is cached already. One token for the four parallel mounts (b pull,push and a pull),
+    # fetched once although all four got their 401 together; one for b pull,push, which the HEAD of
+    # b's manifest asks for and the PUT of its tag reuses.
+    issued = registry_token.issuer.requests[before:]
+    assert len(issued) == 2, [r["scopes"] for r in issued]

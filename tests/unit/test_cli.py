@@ -57,6 +57,26 @@ def test_a_command_start_imports_neither_package_metadata_nor_yaml():
     assert done.stdout.strip() == "[]"
 
 
+def test_image_copy_loads_no_other_package():
+    """`kade image copy` loads registry/ and the CLI, not builder/, deployer/, kube/ or kade.config (their
+    error classes are looked up among loaded modules), nor what only inspect or tag deletion use."""
+    probe = ("import sys, kade.cli, kade.interrupt, registry.copy; kade.cli.build_parser('image'); "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('builder', 'deployer', 'kube') "
+             "or m in ('kade.config', 'registry.imageconfig', 'uuid')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_errors_are_classified_by_the_packages_error_classes():
+    from deployer.errors import DeployError, UsageError as DeployUsageError
+    from kade import errors
+    from registry.errors import NotFound
+
+    assert errors.is_expected(NotFound("x")) and errors.is_expected(DeployError("x"))
+    assert errors.is_usage(DeployUsageError("x")) and errors.is_usage(errors.UsageError("x"))
+    assert not errors.is_expected(RuntimeError("a bug")) and not errors.is_usage(ValueError("a bug"))
+
+
 @pytest.mark.parametrize("args,message", [
     (["--userns", "host", "--backend", "kubernetes", "--builder-image", "r/b@sha256:" + "0" * 64],
      "--userns is for RUN on this machine"),
