@@ -70,6 +70,10 @@ def make_tree(work: Path) -> Path:
     return tree
 
 
+def findmnt_type(path: Path) -> str:
+    return subprocess.run(["findmnt", "-no", "FSTYPE", "-T", str(path)], capture_output=True, text=True).stdout.strip()
+
+
 def tree_bytes(tree: Path) -> tuple[int, int]:
     total = files = 0
     for dirpath, _, names in os.walk(tree):
@@ -102,9 +106,9 @@ def kade_run(tree: Path, work: Path, comp: str, keep: bool = False) -> tuple[flo
     return wall, rss, size
 
 
-def unpack_run(work: Path, comp: str, run: int) -> tuple[float, int, int]:
-    """Into a fresh directory, kept until every unpack is timed (see benchlib.settle)."""
-    dest = work / f"unpacked-{comp}-{run}"
+def unpack_run(work: Path, comp: str, run: int, into: Path) -> tuple[float, int, int]:
+    """Into a fresh directory under `into`, kept until every unpack is timed (see benchlib.settle)."""
+    dest = into / f"unpacked-{comp}-{run}"
     shutil.rmtree(dest, ignore_errors=True)
     wall, rss, _ = timed([sys.executable, "-c", UNPACK.format(repo=str(REPO), dest=str(dest),
                                                                 blob=str(work / f"layer.{comp}"))])
@@ -139,6 +143,7 @@ def main() -> int:
     parser.add_argument("--tree", type=Path)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-buildah", action="store_true")
+    parser.add_argument("--unpack-into", type=Path, help="unpack there (e.g. /dev/shm: the unpacker without the disk)")
     parser.add_argument("--big-gb", type=int, default=4, help="also a layer of one sparse file this big (0: skip)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -164,12 +169,12 @@ def main() -> int:
     for run in range(args.runs):
         for comp in unpacks:
             subprocess.run(["sync"])
-            unpacks[comp].append(unpack_run(args.work, comp, run))
-    for done in args.work.glob("unpacked-*"):
+            unpacks[comp].append(unpack_run(args.work, comp, run, args.unpack_into or args.work))
+    for done in (args.unpack_into or args.work).glob("unpacked-*"):
         shutil.rmtree(done)
     for comp, runs in unpacks.items():
         wall = statistics.median(r[0] for r in runs)
-        rows.append((f"kade apply_layer {comp} (unpack)", wall, tar_mb / wall, max(r[1] for r in runs), None))
+        rows.append((f"kade apply_layer {comp} (unpack into {findmnt_type(args.unpack_into or args.work)})", wall, tar_mb / wall, max(r[1] for r in runs), None))
         (args.work / f"layer.{comp}").unlink()
     if args.big_gb:
         big = args.work / "big"
@@ -197,7 +202,8 @@ def main() -> int:
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     print(f"Command: `.venv/bin/python bench/layer_throughput.py --runs {args.runs} --big-gb {args.big_gb}"
-          f"{' --no-buildah' if args.no_buildah else ''}` (kade commit {commit})")
+          f"{' --no-buildah' if args.no_buildah else ''}"
+          f"{f' --unpack-into {args.unpack_into}' if args.unpack_into else ''}` (kade commit {commit})")
     print(f"1-min load average at the start {loads[0]:.1f}, at the end {os.getloadavg()[0]:.1f} (the 2 cores are "
           "shared with other work).")
     print(f"Tree: {files} files, a {tar_mb:.0f} MB tar (copy of {', '.join(SOURCES)}). Median of {args.runs} runs; "
