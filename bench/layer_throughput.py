@@ -71,7 +71,8 @@ def make_tree(work: Path) -> Path:
 
 
 def findmnt_type(path: Path) -> str:
-    return subprocess.run(["findmnt", "-no", "FSTYPE", "-T", str(path)], capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(["findmnt", "-no", "FSTYPE", "-T", str(path)], capture_output=True, text=True).stdout
+    return (out.split() or ["?"])[0]   # the first of stacked mounts
 
 
 def tree_bytes(tree: Path) -> tuple[int, int]:
