@@ -19,8 +19,9 @@ from registry.client import BlobInfo, Repository
 STREAM_FROM = 8 << 20   # smaller blobs are faster in one PUT once written
 
 
-class BlobNotFinished(OSError):
-    """The writer of a growing blob gave up: the upload must not finish it."""
+class BlobNotFinished(Exception):
+    """The writer of a growing blob gave up: the upload must not finish it. Not an OSError: the client
+    would take it for a dropped connection and retry, with backoff, a blob that will never be whole."""
 
 
 class GrowingBlob:
@@ -112,6 +113,8 @@ class upload_while_written:
             pass   # the layer failed: nothing to report about the upload
         except Exception as exc:  # any failure falls back to the ordinary push
             self._error = str(exc)
+        except KeyboardInterrupt:
+            pass   # cancelled (registry/cancel.py): the command itself stops; the client closed the session
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self.blob.finish(failed=exc_type is not None)

@@ -53,12 +53,14 @@ def test_a_failed_writer_leaves_no_blob(registry, tmp_path):
     path = tmp_path / "layer"
     with RegistryClient() as client:
         repo = client.repository(f"{registry.host}/stream/fail")
+        reported: list[str] = []
         with pytest.raises(RuntimeError):
-            with upload_while_written(repo, path, stream_from=2 * PIECE) as stream:
+            with upload_while_written(repo, path, stream_from=2 * PIECE, on_error=reported.append) as stream:
                 write(path, stream, pieces)
                 assert wait_until(lambda: stream.blob.sent >= 6 * PIECE)   # under way...
                 raise RuntimeError("the layer writer broke")               # ... when the writer fails
-        assert stream.result() is None
+        # the writer's failure is the error: the upload stops and reports nothing of its own
+        assert stream.result() is None and reported == []
         for written in (pieces, pieces[:6]):
             assert repo.head_blob("sha256:" + hashlib.sha256(b"".join(written)).hexdigest()) is None
 
