@@ -33,12 +33,16 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+MAX_WORKERS = 8   # a pod with a CPU quota still sees every core of its node: bound the memory in flight
+
+
 def workers() -> int:
-    """The cores this process may run on (a pod's cpuset, not the node's core count)."""
+    """The cores this process may run on (a pod's cpuset, not the node's core count), at most MAX_WORKERS."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
 
 
 def _shared_pool() -> ThreadPoolExecutor:
