@@ -219,7 +219,9 @@ class PodRunner:
         holder = Leases(self.api_client, self.k.namespace, f"kade-cli-{self.build_id}-{dns_label(ps.label, 40)}",
                         self.k.lease_s, self.report)
         with holder.held(keys, f"[{self.o.image_name}/{ps.label}]", labels={**MANAGED, LABEL_BUILD: self.build_id}):
-            if self.env.find_step(ps.final_key) is not None:
+            # --no-cache runs every step again, whatever another build pushed (the Lease still keeps two
+            # builds of one key from running at once)
+            if not self.o.no_cache and self.env.find_step(ps.final_key) is not None:
                 for step in job.steps:
                     self.report(ev.REUSED, f"{ev.step_message(ps, step)} (pushed meanwhile by another build)",
                                 **ev.step_fields(self.o.image_name, ps, step))

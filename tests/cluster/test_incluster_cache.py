@@ -113,3 +113,19 @@ def test_the_prune_cronjob_empties_what_no_build_used_and_waits_for_running_buil
         assert json.loads(logs[logs.index("{"):])["removed"] == 3, logs
         assert not old_blob.exists() and not old_tree.exists() and not old_mount.exists()
         assert new_blob.exists() and fresh_tree.exists()
+
+
+def test_no_cache_runs_the_pods_again_though_the_stages_repo_has_every_step(kube_cluster, builder_image, tmp_path):
+    """--no-cache with pods: the steps a first build pushed are not taken as 'pushed meanwhile by another
+    build' (the check after each step Lease), they run again in a pod."""
+    with builder_namespace(kube_cluster, builder_image) as env:
+        ctx = write_context(tmp_path / "ctx", "FROM {base}\nRUN echo again > /again.txt\n", env.base_image)
+        tag = f"{env.registry}/{unique('nocache')}:v1"
+        result(kade_build(env, ctx, tag))
+        rebuilt = kade_build(env, ctx, tag, "--no-cache")
+        result(rebuilt)
+        again = records(rebuilt)
+        # (identical again under SOURCE_DATE_EPOCH: its attestations may be "cached", never a step)
+        assert not [r for r in again if r["kind"] == "reused" or (r["kind"] == "cached" and "step" in r)], again
+        assert [r for r in again if r["kind"] == "pod" and r["message"].endswith("started")], again
+        assert [r for r in again if r["kind"] == "step-done" and "echo again > /again.txt" in r["message"]], again
