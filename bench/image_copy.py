@@ -16,7 +16,6 @@ largest peak RSS (from /usr/bin/time) are reported, and appended to bench/RESULT
 from __future__ import annotations
 
 import argparse
-import compileall
 import datetime
 import os
 import platform
@@ -30,7 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+import benchlib  # noqa: E402  (bench/, the script's own folder)
 from tests.fixtures.registry import RegistryServer, write_random_image  # noqa: E402
 
 MiB = 1 << 20
@@ -79,10 +80,7 @@ def main() -> int:
     if not shutil.which("skopeo") or not os.path.exists("/usr/bin/time"):
         raise SystemExit("needs skopeo and /usr/bin/time (apt-get install skopeo time)")
 
-    # Bytecode as an installed kade has it: under PYTHONDONTWRITEBYTECODE every run would compile
-    # the sources again, and that would be measured as start-up.
-    for package in ("kade", "registry", "common"):
-        compileall.compile_dir(ROOT / package, quiet=1)
+    benchlib.compile_bytecode(ROOT)   # as installed: no run compiles the sources as part of its start-up
     work = Path(tempfile.mkdtemp(prefix="kade-bench-"))
     servers: list[RegistryServer] = []
     try:
