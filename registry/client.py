@@ -37,6 +37,7 @@ READ_BLOCK = MiB
 _STREAM_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
                   OSError)
 MAX_MANIFEST_BYTES = 4 * MiB  # what distribution accepts; more is hostile
+BLOB_UNKNOWN_ATTEMPTS = 3  # PUTs of a manifest the registry answers "blob unknown" to, before believing it
 
 Opener = Callable[[int], BinaryIO]  # open the source positioned at the given offset
 BlobSource = Union[str, os.PathLike, BinaryIO, Opener]
@@ -130,6 +131,11 @@ def _error_detail(resp: requests.Response) -> str:
         pass
     text = (resp.text or "").strip() if resp.request.method != "HEAD" else ""
     return text[:200] or resp.reason or ""
+
+
+def _refused_for_missing_blob(resp: requests.Response) -> bool:
+    codes = _error_codes(resp)
+    return "MANIFEST_BLOB_UNKNOWN" in codes or "BLOB_UNKNOWN" in codes
 
 
 def _error_codes(resp: requests.Response) -> set[str]:
@@ -386,12 +392,19 @@ class Repository:
         digest = sha256_digest(body)
         if is_digest(tag_or_digest) and tag_or_digest != digest:
             raise DigestMismatch(f"refusing to push manifest to {self.name}@{tag_or_digest}: its bytes hash to {digest}")
-        resp = self._request("PUT", f"/manifests/{tag_or_digest}", "pull,push", body=body,
-                             headers={"Content-Type": media_type}, what=f"manifest {tag_or_digest}")
-        resp.close()
+        for attempt in range(1, BLOB_UNKNOWN_ATTEMPTS + 1):
+            resp = self._request("PUT", f"/manifests/{tag_or_digest}", "pull,push", body=body,
+                                 headers={"Content-Type": media_type}, what=f"manifest {tag_or_digest}")
+            resp.close()
+            if resp.status_code == 201 or not _refused_for_missing_blob(resp):
+                break
+            # A registry can briefly not see a blob it has: distribution's filesystem driver rewrites a
+            # repository's blob link in place (truncate, write) whenever that blob is pushed again, and
+            # eventually consistent stores lag behind the upload. Ask again before calling it missing.
+            if attempt < BLOB_UNKNOWN_ATTEMPTS:
+                self.client.transport.sleep(retry_delay(self.client.options.retry, attempt))
         if resp.status_code != 201:
-            codes = _error_codes(resp)
-            if "MANIFEST_BLOB_UNKNOWN" in codes or "BLOB_UNKNOWN" in codes:
+            if _refused_for_missing_blob(resp):
                 raise NotFound(f"registry {self.host} refused manifest {tag_or_digest} of {self.name}: a blob it "
                                f"references is missing ({_error_detail(resp)}); push the blobs first")
             self._raise_unexpected(resp, f"PUT manifest {tag_or_digest}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import uuid
 
 import pytest
@@ -102,6 +103,26 @@ def test_manifest_before_blobs_is_refused(registry):
     body = Manifest(missing, []).to_bytes()
     with pytest.raises(NotFound, match="push the blobs first"):
         repo.put_manifest("v1", body, mt.OCI_MANIFEST)
+
+
+def test_manifest_put_asks_again_while_the_registry_rewrites_a_blob_link(registry):
+    """distribution's filesystem driver rewrites a repository's blob link in place (truncate, then
+    write) each time that blob is pushed again; a manifest PUT that reads the link in between is
+    refused with DIGEST_INVALID + MANIFEST_BLOB_UNKNOWN (seen in CI when two stages pushed the same
+    blob). Shown here on the real registry by leaving the link empty for a moment."""
+    repo = _client().repository(f"{registry.host}/{_repo_name()}")
+    body, _ = push_image(repo, [os.urandom(10)], tag="v1")
+    layer = parse_manifest(body, mt.OCI_MANIFEST).layers[0].digest
+    link = registry.storage / "docker/registry/v2/repositories" / repo.name / "_layers/sha256" / layer.split(":")[1] / "link"
+    saved = link.read_bytes()
+    link.write_bytes(b"")
+    restore = threading.Timer(0.1, link.write_bytes, args=(saved,))
+    restore.start()
+    try:
+        assert repo.put_manifest("v2", body, mt.OCI_MANIFEST) == sha256_digest(body)
+    finally:
+        restore.join()
+    assert repo.head_manifest("v2", mt.OCI_MANIFEST) is not None
 
 
 def test_tags_pagination(registry):
