@@ -141,13 +141,15 @@ def _number(field_: bytes, what: str) -> int:
         for b in field_[1:]:
             value = (value << 8) | b
         return value
-    text = _nts(field_).strip(b" ")
-    if not text:
+    text = field_.split(b"\0", 1)[0].strip(b" ")
+    if text.isdigit():   # ASCII digits only: int() alone would take a sign, "0o", "_" and tabs
+        try:
+            return int(text, 8)
+        except ValueError:   # an 8 or a 9
+            pass
+    elif not text:
         return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise TarFormatError(f"bad {what} field {field_!r} in a tar header") from None
+    raise TarFormatError(f"bad {what} field {field_!r} in a tar header")
 
 
 def _decimal_ns(value: bytes) -> int:
@@ -200,6 +202,10 @@ class ByteReader(Protocol):
     def read(self, n: int = -1, /) -> bytes: ...
 
 
+_ZERO_BLOCK = bytes(BLOCK)   # two of them end an archive
+_NO_PAX: dict[bytes, bytes] = {}   # shared, never written to
+
+
 class TarReader:
     """Iterate the entries of an uncompressed tar stream. Read an entry's content with `read(n)`
     before moving on; whatever is left unread is skipped. Every metadata length read into memory is
@@ -244,8 +250,9 @@ class TarReader:
         return data
 
     def _finish_entry(self) -> None:
-        self._skip(self._remaining + self._pad)
-        self._remaining = self._pad = 0
+        if self._remaining or self._pad:
+            self._skip(self._remaining + self._pad)
+            self._remaining = self._pad = 0
 
     def _meta(self, size: int, what: str) -> bytes:
         if size > self._max_meta:
@@ -273,7 +280,7 @@ class TarReader:
             if len(block) < BLOCK:
                 raise TarFormatError(f"truncated tar header at byte {self.offset}")
             self.offset += BLOCK
-            if block == b"\0" * BLOCK:
+            if block == _ZERO_BLOCK:
                 return
             self._check_sum(block)
             typeflag = block[156:157]
@@ -289,7 +296,8 @@ class TarReader:
                 else:
                     longlink = value
                 continue
-            entry = self._entry(block, size, {**global_pax, **local_pax}, longname, longlink)
+            pax = {**global_pax, **local_pax} if global_pax or local_pax else _NO_PAX
+            entry = self._entry(block, size, pax, longname, longlink)
             local_pax, longname, longlink = {}, None, None
             if entry.type != REGULAR:
                 entry.size = 0
@@ -299,10 +307,10 @@ class TarReader:
 
     def _check_sum(self, block: bytes) -> None:
         stored = _number(block[148:156], "checksum")
-        blanked = block[:148] + b" " * 8 + block[156:]
-        unsigned = sum(blanked)
+        unsigned = sum(block) - sum(block[148:156]) + 8 * 32   # the checksum field counts as 8 spaces
         if stored == unsigned:
             return
+        blanked = block[:148] + b" " * 8 + block[156:]
         signed = unsigned - 256 * sum(1 for b in blanked if b > 127)  # some old writers summed signed bytes
         if stored != signed:
             raise TarFormatError(f"tar header checksum mismatch at byte {self.offset - BLOCK} (not a tar stream?)")
@@ -328,8 +336,9 @@ class TarReader:
             gid=_number(block[116:124], "gid"), size=size,
             mtime_ns=_number(block[136:148], "mtime") * 1_000_000_000,
             linkname=pax.get(b"linkpath") or linkname,
-            devmajor=_number(block[329:337], "devmajor"), devminor=_number(block[337:345], "devminor"),
         )
+        if typeflag in (CHAR, BLOCKDEV):   # other entries' device fields mean nothing (GNU tar ignores them too)
+            entry.devmajor, entry.devminor = _number(block[329:337], "devmajor"), _number(block[337:345], "devminor")
         for key, value in pax.items():
             if key == b"size" and value:
                 entry.size = _pax_int(value, "size")

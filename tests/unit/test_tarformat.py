@@ -3,7 +3,7 @@ import tarfile
 
 import pytest
 
-from builder.tarformat import (BLOCK, DIRECTORY, HARDLINK, REGULAR, SYMLINK, TarEntry, TarFormatError,
+from builder.tarformat import (BLOCK, BLOCKDEV, CHAR, DIRECTORY, HARDLINK, REGULAR, SYMLINK, TarEntry, TarFormatError,
                                TarReader, _number, encode_header, padding, parse_pax, pax_record)
 
 
@@ -24,13 +24,17 @@ def test_pax_record_length_is_self_consistent(key, value):
     (b"0000644\0", 0o644),
     (b"     17 ", 0o17),
     (b"\0" * 8, 0),
+    (b"        ", 0),
+    (b"", 0),
+    (b"12\0" + b"9x ", 0o12),   # what follows the NUL is not the number's
     (bytes([0x80, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0]), 0x10_0000_0000),  # base-256 (GNU) size
 ])
 def test_number_fields(field, expected):
     assert _number(field, "x") == expected
 
 
-@pytest.mark.parametrize("field", [b"12x4567\0", bytes([0xFF] * 8)])
+@pytest.mark.parametrize("field", [b"12x4567\0", bytes([0xFF] * 8), b"  8  \0", b" - \0", b"0o17\0", b"-17\0", b"+17\0", b"1_7\0",
+                                   b"\t17\0"])
 def test_bad_number_fields_are_refused(field):
     with pytest.raises(TarFormatError):
         _number(field, "x")
@@ -122,3 +126,17 @@ def test_signed_checksums_of_old_writers_are_accepted():
     block[148:156] = b"%06o\0 " % signed
     names = [e.name for e in TarReader(io.BytesIO(bytes(block) + b"\0" * 1024))]
     assert names == [b"caf\xe9"]
+
+
+@pytest.mark.parametrize("typeflag,fields,expected", [
+    (CHAR, b"0000001\0" + b"0000003\0", (1, 3)),
+    (BLOCKDEV, b"0000010\0" + b"0000000\0", (8, 0)),
+    (REGULAR, b"garbage!" * 2, (0, 0)),   # what a file's device fields hold is never read
+    (DIRECTORY, b"0000001\0" + b"0000003\0", (0, 0)),
+])
+def test_device_numbers_are_read_for_devices_only(typeflag, fields, expected):
+    block = bytearray(encode_header(TarEntry(name=b"n", type=typeflag))[-BLOCK:])
+    block[329:345] = fields
+    block[148:156] = b"%06o\0 " % (sum(block[:148]) + 256 + sum(block[156:]))
+    [entry] = TarReader(io.BytesIO(bytes(block) + b"\0" * 1024))
+    assert (entry.devmajor, entry.devminor) == expected
