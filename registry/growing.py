@@ -26,10 +26,10 @@ class BlobNotFinished(Exception):
 
 class GrowingBlob:
     def __init__(self, path: str | os.PathLike[str]):
-        self._path = os.fspath(path)
+        self.path = os.fspath(path)
         self._cond = threading.Condition()
         self.written = 0
-        self.sent = 0      # the furthest any reader got (how far the upload is)
+        self.sent = 0      # the furthest any reader got: how far the upload is (its progress)
         self._done = False
         self._failed = False
 
@@ -49,12 +49,12 @@ class GrowingBlob:
         # _Tail has the read/close that the upload calls: a BinaryIO for it
         return cast(BinaryIO, _Tail(self, offset))
 
-    def _wait_past(self, offset: int) -> int:
+    def wait_past(self, offset: int) -> int:
         """How many bytes are written (more than `offset`, unless the writer is done)."""
         with self._cond:
             self._cond.wait_for(lambda: self.written > offset or self._done)
             if self._failed:
-                raise BlobNotFinished(f"{self._path} was not finished by its writer")
+                raise BlobNotFinished(f"{self.path} was not finished by its writer")
             return self.written
 
 
@@ -64,10 +64,10 @@ class _Tail:
     def __init__(self, blob: GrowingBlob, offset: int):
         self._blob = blob
         self._pos = offset
-        self._fd = os.open(blob._path, os.O_RDONLY | os.O_CLOEXEC)
+        self._fd = os.open(blob.path, os.O_RDONLY | os.O_CLOEXEC)
 
     def read(self, n: int = -1) -> bytes:
-        end = self._blob._wait_past(self._pos)
+        end = self._blob.wait_past(self._pos)
         want = end - self._pos if n is None or n < 0 else min(n, end - self._pos)
         data = os.pread(self._fd, want, self._pos) if want > 0 else b""
         self._pos += len(data)
