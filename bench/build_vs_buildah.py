@@ -29,8 +29,8 @@ reports the biggest waited-for descendant), the larger of build and push for bui
 daemon's high-water mark (VmHWM; cumulative over the scenarios a warm daemon served).
 Fairness: the tools take turns going first in each scenario, and nothing is deleted between timed builds
 (a run's trees go at its end, then the disk settles: see `benchlib.settle`), except by buildah itself: it
-removes each step's working container when the step is committed, the RUN's 20,000 files included, so
-the disk settles after every buildah build too. kade's modules are compiled first.
+removes its intermediate containers (`--rm`, its default), the RUN's 20,000 files included, so the disk
+settles after every buildah build too. kade's modules are compiled first.
 
 Usage: python bench/build_vs_buildah.py [--runs 3] [--results bench/RESULTS.md] [--no-append]
        [--only kade|buildah|buildkit] [--kade-wrap 'py-spy record -o {out} -r 200 --subprocesses --']
@@ -241,7 +241,7 @@ def one_run(run: int, work: Path, host: str, base: str, rows: dict[str, Row], lo
             if only in (None, tool):
                 tools[tool]()
                 if tool == "buildah" and only is None:
-                    benchlib.settle()   # buildah removes each step's container (the RUN's 20,000 files)
+                    benchlib.settle()   # buildah removed its intermediate containers (the RUN's 20,000 files)
         print(f"run {run} {name}: kade {_fmt(rows[name].kade[-1:])} buildah {_fmt(rows[name].buildah[-1:])} "
               f"buildkit {_fmt(rows[name].buildkit[-1:])} load {loads[-1]:.1f}", flush=True)
 
