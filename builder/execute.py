@@ -8,6 +8,7 @@ known exactly, no tree diff needed); RUN goes through the sandbox and the snapsh
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import shutil
@@ -212,7 +213,10 @@ def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, op
             try:
                 parts = src.resolve(rel)  # the named source is followed, inside the source rootfs
                 st = src.lstat(parts)
-            except OSError:
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):   # not "missing": say what
+                    raise BuildError(f"COPY --from: cannot read {rel!r} in {spec.from_stage or 'the source image'}: "
+                                     f"{exc.strerror} ({errno.errorcode.get(exc.errno or 0, exc.errno)})") from None
                 st = None
             if st is None:
                 raise BuildError(f"COPY --from: {rel!r} not found in {spec.from_stage or 'the source image'}",

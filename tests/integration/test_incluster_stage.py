@@ -100,7 +100,11 @@ def test_stages_built_by_the_pod_code_equal_the_local_backend(registry, base_ima
                                                         cache_dir=str(tmp_path / "local-cache")), report)
     remote = InProcessStages(BuildOptions(context=ctx, tags=[f"{registry.host}/par/remote:1"],
                                           cache_dir=str(tmp_path / "cli-cache")), report, pods_root=tmp_path / "pods")
-    remote_result = remote.build_all()
+    try:
+        remote_result = remote.build_all()
+    except Exception:
+        print(*events, sep="\n")   # what each "pod" did (warnings, discarded layer dirs): shown with the failure
+        raise
     assert sorted(remote.ran) == ["deps", "final", "tool"]
     assert remote_result.built == local_result.built == 8
     keys = [s.key for s in remote.plan.all_steps()]
