@@ -8,7 +8,8 @@ PAX records in a fixed order, the PAX entry always named `././@PaxHeader` with m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from types import MappingProxyType
+from typing import Iterator, Mapping, Protocol
 
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
@@ -203,7 +204,7 @@ class ByteReader(Protocol):
 
 
 _ZERO_BLOCK = bytes(BLOCK)   # two of them end an archive
-_NO_PAX: dict[bytes, bytes] = {}   # shared, never written to
+_NO_PAX: Mapping[bytes, bytes] = MappingProxyType({})   # the records of most entries: none (read-only, shared)
 
 
 class TarReader:
@@ -315,7 +316,7 @@ class TarReader:
         if stored != signed:
             raise TarFormatError(f"tar header checksum mismatch at byte {self.offset - BLOCK} (not a tar stream?)")
 
-    def _entry(self, block: bytes, size: int, pax: dict[bytes, bytes], longname: bytes | None,
+    def _entry(self, block: bytes, size: int, pax: Mapping[bytes, bytes], longname: bytes | None,
                longlink: bytes | None) -> TarEntry:
         typeflag = block[156:157]
         if typeflag in (b"\0", b"7"):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 import uuid
 
 import pytest
@@ -116,12 +115,17 @@ def test_manifest_put_asks_again_while_the_registry_rewrites_a_blob_link(registr
     link = registry.storage / "docker/registry/v2/repositories" / repo.name / "_layers/sha256" / layer.split(":")[1] / "link"
     saved = link.read_bytes()
     link.write_bytes(b"")
-    restore = threading.Timer(0.1, link.write_bytes, args=(saved,))
-    restore.start()
-    try:
-        assert repo.put_manifest("v2", body, mt.OCI_MANIFEST) == sha256_digest(body)
-    finally:
-        restore.join()
+    waits: list[float] = []
+    sleep = repo.client.transport.sleep
+
+    def rewritten_meanwhile(seconds: float) -> None:   # the first refusal's wait: the link is whole again
+        waits.append(seconds)
+        link.write_bytes(saved)
+        sleep(seconds)
+
+    repo.client.transport.sleep = rewritten_meanwhile
+    assert repo.put_manifest("v2", body, mt.OCI_MANIFEST) == sha256_digest(body)
+    assert len(waits) == 1   # refused once, then taken
     assert repo.head_manifest("v2", mt.OCI_MANIFEST) is not None
 
 
