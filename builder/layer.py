@@ -28,6 +28,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Literal
 
 from builder.changes import Change, split_path, tar_name
 from builder.errors import BuildError
+from builder.layernorm import keep_xattr
 from builder.tarformat import (BLOCKDEV, CHAR, DIRECTORY, END_OF_ARCHIVE, FIFO, HARDLINK, REGULAR,
                                SYMLINK, TarEntry, TarFormatError, encode_header, padding)
 from registry.mediatypes import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
@@ -51,13 +52,6 @@ class LayerInfo:
     diff_id: str     # sha256 of the uncompressed tar
     size: int        # bytes of the blob as stored
     media_type: str
-
-
-def keep_xattr(name: str) -> bool:
-    """Whether an extended attribute is image content (kept in layers) rather than host state."""
-    if name == "security.capability":
-        return True
-    return name.startswith("user.") and not name.startswith("user.overlay.")
 
 
 def read_xattrs(target: str | bytes | int) -> dict[str, bytes]:

@@ -37,21 +37,19 @@ import json
 import os
 import shutil
 import stat
-import struct
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterable, Iterator, Sequence
+from typing import Callable, ContextManager, Iterator, Sequence
 
 from builder.errors import BuildError
+from builder.layernorm import Fingerprint, NormalizeError, Normalizing, fingerprint_of, normalize
 from builder.rootfs import chain_ids
 from builder.unpack import Limits, apply_layer
 from registry.image import Layer
 
 RECORD = "layer.json"
-OPAQUE = "user.overlay.opaque"          # what marks an opaque dir for kade's overlays (userxattr)
-OPAQUE_MARKS = (OPAQUE, "trusted.overlay.opaque")   # what a committed opaque dir carries
 Lock = Callable[[str], ContextManager[bool]]
 Report = Callable[..., None]
 
@@ -73,8 +71,10 @@ class LayerDir:
 @dataclass
 class Upper:
     """An upper dir being written: `fs` (the diff), `work` (overlay's), `merged` (where a sandbox
-    mounts the overlay), in one temp dir of the store (`scratch`)."""
+    mounts the overlay), in one temp dir of the store (`scratch`); `normalizing`: its normalization,
+    when it started early (`LayerStore.start_normalizing`)."""
     scratch: Path
+    normalizing: Normalizing | None = None
 
     @property
     def fs(self) -> Path:
@@ -94,32 +94,11 @@ def chain_of(parent: str | None, diff_id: str) -> str:
     return diff_id if parent is None else "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
 
 
-_STAT = struct.Struct("<QqqqqqQQQ")
-
-
-def fingerprint(fs: Path, *, with_root: bool = True) -> tuple[str, int, int]:
+def fingerprint(fs: Path, *, with_root: bool = True) -> Fingerprint:
     """(sha256 over the lstat of every entry of the tree, disk usage in bytes, entries). Entries are
     taken in sorted order; atime is left out (reading a file is no change); without `with_root`, the
     root directory's own metadata too (a tree whose root marks its last use)."""
     return fingerprint_of((rel, st) for rel, st in _walk(os.fsencode(fs)) if rel or with_root)
-
-
-def fingerprint_of(stats: Iterable[tuple[bytes, os.stat_result]]) -> tuple[str, int, int]:
-    """`fingerprint` of the (relative path, lstat) of a tree's entries."""
-    items: list[bytes] = []
-    usage = 0
-    seen: set[int] = set()
-    for rel, st in stats:
-        items.append(rel + b"\0" + _STAT.pack(st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns,
-                                               st.st_ctime_ns, st.st_ino, st.st_nlink, st.st_rdev))
-        if st.st_ino not in seen:
-            seen.add(st.st_ino)
-            usage += st.st_blocks * 512
-    items.sort()
-    digest = hashlib.sha256()
-    for item in items:
-        digest.update(item)
-    return "sha256:" + digest.hexdigest(), usage, len(items)
 
 
 def _walk(root: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
@@ -129,73 +108,6 @@ def _walk(root: bytes) -> Iterator[tuple[bytes, os.stat_result]]:
     yield b"", os.lstat(root)
     for path, _entry, st in scan(root):
         yield path, st
-
-
-def normalize(fs: Path, epoch: int | None) -> list[tuple[bytes, os.stat_result]]:
-    """Make an upper dir hold what its layer holds: opaque dirs (user.overlay.opaque: kade's overlays
-    use userxattr) marked for both kinds of overlay mount, overlay's other xattrs and every xattr a layer
-    does not keep removed (a trusted.overlay.opaque copied up from a lower dir too), sockets removed (a
-    layer never has them), mtimes in whole seconds and clamped to `epoch` as the layer writer writes them.
-    Returns the (relative path, lstat) of every entry as it is left (what `fingerprint_of` takes)."""
-    from builder.layer import keep_xattr
-
-    as_root = os.geteuid() == 0
-
-    def fix(path: bytes, st: os.stat_result, moved: bool) -> bool:
-        """Normalize one entry; whether anything of it changed (`moved`: its mtime was, meanwhile)."""
-        changed = False
-        is_dir = stat.S_ISDIR(st.st_mode)
-        try:
-            names = os.listxattr(path, follow_symlinks=False)
-        except OSError:
-            names = []
-        opaque = is_dir and OPAQUE in names and _xattr(path, OPAQUE) == b"y"
-        for name in names:
-            if name in OPAQUE_MARKS and opaque or keep_xattr(name):
-                continue
-            with contextlib.suppress(OSError):
-                os.removexattr(path, name, follow_symlinks=False)
-                changed = True
-        if opaque:
-            for name in OPAQUE_MARKS:
-                if name in names or name.startswith("trusted.") and not as_root:
-                    continue
-                with contextlib.suppress(OSError):   # trusted.* is refused inside a user namespace
-                    os.setxattr(path, name, b"y", follow_symlinks=False)
-                    changed = True
-        mtime = st.st_mtime_ns // 1_000_000_000
-        if epoch is not None:
-            mtime = min(mtime, epoch)
-        if (moved or mtime * 1_000_000_000 != st.st_mtime_ns) and not (stat.S_ISCHR(st.st_mode) and st.st_rdev == 0):
-            os.utime(path, ns=(st.st_atime_ns, mtime * 1_000_000_000), follow_symlinks=False)
-            changed = True
-        return changed
-
-    out: list[tuple[bytes, os.stat_result]] = []
-
-    def visit(rel: bytes, path: bytes, st: os.stat_result) -> None:
-        moved = False
-        if stat.S_ISDIR(st.st_mode):
-            with os.scandir(path) as it:
-                children = [(e.name, e.path, e.stat(follow_symlinks=False)) for e in it]
-            for name, child, cst in children:
-                if stat.S_ISSOCK(cst.st_mode):
-                    os.unlink(child)
-                    moved = True   # this dir's mtime moved: set back in `fix`, from `st`
-                else:
-                    visit(rel + b"/" + name if rel else name, child, cst)
-        out.append((rel, os.lstat(path) if fix(path, st, moved) else st))
-
-    root = os.fsencode(fs)
-    visit(b"", root, os.lstat(root))
-    return out
-
-
-def _xattr(path: bytes, name: str) -> bytes | None:
-    try:
-        return os.getxattr(path, name, follow_symlinks=False)
-    except OSError:
-        return None
 
 
 class LayerStore:
@@ -328,7 +240,7 @@ class LayerStore:
             shutil.rmtree(upper.work, ignore_errors=True)
             with contextlib.suppress(OSError):
                 upper.merged.rmdir()
-            digest, usage, entries = fingerprint_of(normalize(upper.fs, epoch))
+            digest, usage, entries = self._normalized(upper, chain, epoch)
             record = {"chain_id": chain, "diff_id": diff_id, "parent": parent, "bytes": usage, "entries": entries,
                       "fingerprint": digest}
             (upper.scratch / RECORD).write_text(json.dumps(record, sort_keys=True) + "\n")
@@ -346,8 +258,30 @@ class LayerStore:
                                   hint="run the build again")
         return found
 
+    def start_normalizing(self, upper: Upper, epoch: int | None) -> None:
+        """Normalize `upper` in a child process from now on (builder/layernorm.py: while its layer is
+        written); `commit` then waits for it."""
+        upper.normalizing = Normalizing(upper.fs, epoch)
+
+    @staticmethod
+    def _normalized(upper: Upper, chain: str, epoch: int | None) -> Fingerprint:
+        """`upper` normalized and its fingerprint: by its child process if one started, else here."""
+        job, upper.normalizing = upper.normalizing, None
+        if job is None:
+            return fingerprint_of(normalize(upper.fs, epoch))
+        if job.epoch != epoch:
+            job.cancel()
+            raise LayerStoreError(f"layer {chain}: its upper dir was normalized for epoch {job.epoch}, not {epoch}")
+        try:
+            return job.result()
+        except NormalizeError as exc:
+            raise LayerStoreError(f"cannot make the layer dir of {chain} from {upper.fs}: {exc}") from None
+
     def drop(self, upper: Upper) -> None:
         """Remove an upper dir that was not committed (or whose commit moved it away)."""
+        if upper.normalizing is not None:
+            upper.normalizing.cancel()
+            upper.normalizing = None
         if upper.scratch.exists():
             shutil.rmtree(upper.scratch, ignore_errors=True)
 

@@ -46,7 +46,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterable, Iterator, Literal
+from typing import Callable, ContextManager, Iterable, Iterator, Literal, NamedTuple
 
 from builder.changes import Change, split_path
 from builder.errors import BuildError
@@ -180,21 +180,31 @@ def upper_changes(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
                   opaque: tuple[str, ...] = _OPAQUE_XATTRS) -> list[Change]:
     """Changes recorded in an overlayfs upper directory over `lower`; `opaque`: the xattrs that mark an
     opaque directory for the overlay that wrote it (a layered rootfs' overlays use only user.*)."""
-    return upper_diff(upper, lower, opaque)[0]
+    return upper_diff(upper, lower, opaque).changes
+
+
+class UpperDiff(NamedTuple):
+    changes: list[Change]
+    left_out: list[Change]   # dirs changed in their times only, holding no change
+    sockets: list[str]       # no change: a layer holds no socket
 
 
 def upper_diff(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
-               opaque: tuple[str, ...] = _OPAQUE_XATTRS) -> tuple[list[Change], list[Change]]:
-    """`upper_changes`, and the directories of the upper left out of them (changed in their times only
-    and holding no change): an upper dir that is kept as a layer must give those their old times back."""
+               opaque: tuple[str, ...] = _OPAQUE_XATTRS) -> UpperDiff:
+    """`upper_changes`, the directories of the upper left out of them (changed in their times only and
+    holding no change), and its sockets: an upper dir that is kept as a layer must give those directories
+    their old times back and lose its sockets."""
     upper_b, lower_b = os.fsencode(upper), os.fsencode(lower)
     changes: list[Change] = []
     touched: list[Change] = []
+    sockets: list[str] = []
     fresh: set[bytes] = set()   # dirs that hide the lower's (new, opaque): nothing below them is looked up there
     for path, entry, st in scan(upper_b):
         name = os.fsdecode(path)
         full = entry.path
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        if stat.S_ISSOCK(st.st_mode):
+            sockets.append(name)
+        elif stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             changes.append(Change(name, "delete"))
         elif not stat.S_ISDIR(st.st_mode):
             changes.append(Change(name, "add", os.fsdecode(full)))
@@ -213,7 +223,7 @@ def upper_diff(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
                 (touched if change == "times" else changes).append(Change(name, "add", os.fsdecode(full)))
     kept = with_touched_parents(changes, touched)
     parents = {c.path for c in kept[len(changes):]}
-    return kept, [t for t in touched if t.path not in parents]
+    return UpperDiff(kept, [t for t in touched if t.path not in parents], sockets)
 
 
 def _is_real_dir(path: bytes) -> bool:

@@ -32,7 +32,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from builder.changes import Change
 from builder.errors import BuildError
-from builder.layerstore import OPAQUE, LayerDir, LayerStore, Upper, lower_paths
+from builder.layernorm import OPAQUE
+from builder.layerstore import LayerDir, LayerStore, Upper, lower_paths
 from builder.rootfs import RootfsStore
 from builder.snapshot import OverlaySpec
 from builder.unpack import Limits
@@ -203,9 +204,10 @@ class LayeredCapture:
         self._changes: list[Change] | None = None
 
     def changes(self) -> list[Change]:
-        """The upper dir's changes. A directory left out of them (its times changed, nothing in it did)
-        gets its old times back in the upper dir, which becomes the layer dir: the stack must hold what
-        the layers hold (snapshot.py: BuildKit's differ)."""
+        """The upper dir's changes. The upper dir becomes the layer dir, and the stack must hold what the
+        layers hold: its sockets go (keeping their directory's times), and a directory left out of the
+        changes (its times changed, nothing in it did) gets its old times back (snapshot.py: BuildKit's
+        differ). Then it is normalized beside the layer's writer (builder/layernorm.py)."""
         from builder.snapshot import upper_diff
 
         if self._changes is None:
@@ -213,10 +215,15 @@ class LayeredCapture:
             upper = self._root.pending
             assert upper is not None
             with self._root.readable(with_pending=False) as lower:
-                self._changes, left_out = upper_diff(upper.fs, lower, opaque=(OPAQUE,))
-                for change in left_out:
+                diff = upper_diff(upper.fs, lower, opaque=(OPAQUE,))
+                for socket in diff.sockets:
+                    _remove_keeping_times(upper.fs / socket)
+                for change in diff.left_out:
                     was = os.lstat(lower / change.path)
                     os.utime(upper.fs / change.path, ns=(was.st_atime_ns, was.st_mtime_ns), follow_symlinks=False)
+            self._changes = diff.changes
+            if self._changes:
+                self._root.store.start_normalizing(upper, self._root.epoch)
         return self._changes
 
     def commit(self) -> None:
@@ -227,6 +234,13 @@ class LayeredCapture:
 
     def close(self) -> None:
         self._stack.close()
+
+
+def _remove_keeping_times(path: Path) -> None:
+    """Remove `path`; its directory keeps its times."""
+    was = os.lstat(path.parent)
+    path.unlink()
+    os.utime(path.parent, ns=(was.st_atime_ns, was.st_mtime_ns), follow_symlinks=False)
 
 
 class StageRoots:

@@ -355,9 +355,11 @@ def test_paths_resolved_in_a_view_name_the_view_never_the_host(store):
         root.close()
 
 
-def test_a_committed_upper_dir_holds_what_its_layer_holds(store, tmp_path):
+@pytest.mark.parametrize("where", ["in process", "in a child process"])
+def test_a_committed_upper_dir_holds_what_its_layer_holds(where, store, tmp_path):
     """Overlay's bookkeeping and what a layer never carries go; opaque dirs get both marks; mtimes are
-    whole seconds, clamped to the epoch; and the record's fingerprint is the tree's as left."""
+    whole seconds, clamped to the epoch; and the record's fingerprint is the tree's as left. The same
+    whether the store normalizes the upper dir at commit or a child process did it meanwhile."""
     import socket
 
     root = LayeredRoot(store, store.ensure(refs([make_tar(BASE)])), 1_700_000_000, tmp_path)
@@ -374,6 +376,8 @@ def test_a_committed_upper_dir_holds_what_its_layer_holds(store, tmp_path):
     sock.close()
     os.utime(upper / "d" / "f", ns=(1, 1_800_000_000_123_456_789))   # after the epoch, not whole seconds
     os.utime(upper / "d", ns=(1, 1_600_000_000_500_000_000))
+    if where == "in a child process":
+        store.start_normalizing(root._upper(), root.epoch)
     root.commit("sha256:" + "3" * 64)
     top = root.lowers[-1].fs
     assert os.listxattr(top / "d" / "f") == ["user.keep"]
@@ -425,3 +429,97 @@ def test_a_directory_whose_only_change_is_its_times_keeps_its_old_times_in_the_l
         assert dir_times(root.lowers[-1].fs)["usr/bin"] == touched
     finally:
         root.close()
+
+
+def test_a_layer_written_while_its_upper_dir_is_normalized_is_the_layer_of_the_committed_dir(store, tmp_path):
+    """A RUN's upper dir is normalized by a child process while its layer is written from it
+    (builder/layernorm.py). Thousands of files with sub-second mtimes and xattrs a layer drops, and
+    sockets (which go first, their directories keeping their times): the layer dir as committed reads
+    as the layer unpacked onto the stack, file and directory times included."""
+    import socket
+
+    from builder.layer import write_layer
+    from builder.stageroot import LayeredCapture
+
+    tars = [make_tar(BASE)]
+    root = stacked(store, tars)
+    cap = LayeredCapture(root, in_sandbox=False)
+    made = cap.root / "made"
+    for d in range(20):
+        (made / f"d{d}").mkdir(parents=True)
+        for f in range(150):
+            path = made / f"d{d}" / f"f{f}"
+            path.write_bytes(b"%d" % f)
+            os.setxattr(path, "user.keep", b"v")
+            os.utime(path, ns=(1, 1_700_000_000_000_000_000 + f * 1_234_567))
+    for where in (cap.root / "var" / "cache", made / "d3"):   # an existing dir with only a socket; a new one
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(where / "sock"))
+        sock.close()
+    changes = cap.changes()
+    cap.close()
+    upper = root.pending
+    assert upper is not None and upper.normalizing is not None   # the child runs while the layer is written
+    assert not any(c.path.endswith("/sock") for c in changes)
+    for c in changes:
+        if c.source is not None:
+            assert not c.source.endswith("/sock")
+    blob = io.BytesIO()
+    info = write_layer(changes, blob, "gzip")
+    root.commit(info.diff_id)
+    unpacked = old_way(tmp_path, tars)
+    apply_layer(io.BytesIO(blob.getvalue()), unpacked, digest=info.digest)
+
+    def dir_times(tree: Path) -> dict[str, int]:
+        return {str(p.relative_to(tree)): os.lstat(p).st_mtime_ns for p in [tree / "var" / "cache", *tree.glob("made/*")]}
+
+    try:
+        with root.readable() as view:
+            assert not (view / "var" / "cache" / "sock").exists() and not (view / "made" / "d3" / "sock").exists()
+            assert dir_times(view) == dir_times(unpacked)
+            assert visible(view) == visible(unpacked)
+        assert LayerStore(store.root, thread_lock).get(root.lowers[-1].chain_id) is not None   # fingerprint holds
+    finally:
+        root.close()
+
+
+def test_a_normalization_that_fails_names_the_layer_and_its_file(store, tmp_path):
+    """A real failure in the child: an immutable file (chattr +i) refuses its new mtime, even to root."""
+    import subprocess
+
+    root = stacked(store, [make_tar(BASE)])
+    upper = root._upper()
+    stuck = upper.fs / "stuck"
+    stuck.write_bytes(b"x")
+    os.utime(stuck, ns=(1, 1_700_000_000_500_000_000))   # not whole seconds: normalize must set it
+    subprocess.run(["chattr", "+i", str(stuck)], check=True)
+    try:
+        store.start_normalizing(upper, None)
+        chain = layerstore.chain_of(root.lowers[-1].chain_id, "sha256:" + "4" * 64)
+        with pytest.raises(layerstore.LayerStoreError,
+                           match=f"cannot make the layer dir of {chain} from {upper.fs}: {stuck}: Operation not permitted"):
+            root.commit("sha256:" + "4" * 64)
+    finally:
+        subprocess.run(["chattr", "-i", str(stuck)], check=True)
+        root.close()
+    assert not store.has(chain) and len(root.lowers) == 1
+
+
+def test_the_child_process_reports_what_it_could_not_normalize(tmp_path):
+    from builder.layernorm import NormalizeError, Normalizing
+
+    with pytest.raises(NormalizeError, match=f"{tmp_path}/missing: No such file or directory"):
+        Normalizing(tmp_path / "missing", None).result()
+
+
+def test_dropping_an_upper_dir_stops_its_normalization(store, tmp_path):
+    root = stacked(store, [make_tar(BASE)])
+    upper = root._upper()
+    for i in range(2000):
+        (upper.fs / f"f{i}").write_bytes(b"x")
+    store.start_normalizing(upper, None)
+    job = upper.normalizing
+    assert job is not None
+    root.close()   # drops the pending upper dir
+    assert job._proc.returncode is not None   # reaped, not left running on a deleted tree
+    assert upper.normalizing is None and not upper.scratch.exists()

@@ -259,3 +259,29 @@ def test_abandoned_overlay_capture_leaves_rootfs_and_keeps_the_upper(tmp_path):
     assert tree_state(rootfs) == before  # not merged
     assert (scratch / "upper" / "new.txt").read_text() == "new\n"  # left for the work dir's removal
     assert not os.path.ismount(scratch / "merged")
+
+
+def test_an_upper_dirs_sockets_are_no_change_and_are_named_apart(tmp_path):
+    """A layer holds no socket: upper_diff leaves them out of the changes and lists them, so a layered
+    rootfs removes them before its upper dir is normalized beside the layer writer (builder/layernorm.py);
+    a directory whose only new entry is a socket is then a directory changed in its times only."""
+    import socket
+
+    from builder.snapshot import upper_diff
+
+    lower, upper = base_tree(tmp_path / "lo"), tmp_path / "up"
+    (upper / "data").mkdir(parents=True)
+    (upper / "etc").mkdir()
+    (upper / "etc" / "new.conf").write_text("new\n")
+    for where in ("data/s", "etc/s"):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(upper / where))
+        sock.close()
+    for d in ("data", "etc"):
+        st = os.lstat(lower / d)
+        os.chown(upper / d, st.st_uid, st.st_gid)
+        os.chmod(upper / d, st.st_mode & 0o7777)
+    found = upper_diff(upper, lower)
+    assert sorted(found.sockets) == ["data/s", "etc/s"]
+    assert normalized(found.changes) == {("etc", "add"), ("etc/new.conf", "add")}
+    assert [c.path for c in found.left_out] == ["data"]

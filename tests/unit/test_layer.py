@@ -10,8 +10,9 @@ import pytest
 import zstandard
 
 from builder.changes import Change
-from builder.layer import (MEDIA_TYPE_GZIP, MEDIA_TYPE_TAR, MEDIA_TYPE_ZSTD, LayerWriteError, keep_xattr,
+from builder.layer import (MEDIA_TYPE_GZIP, MEDIA_TYPE_TAR, MEDIA_TYPE_ZSTD, LayerWriteError,
                            layer_from_directory, walk_directory, write_layer)
+from builder.layernorm import keep_xattr
 from common.epoch import source_date_epoch
 from common.errors import SettingError
 from tests.fixtures.layers import CAP_NET_RAW_EP
