@@ -41,13 +41,16 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterator, Sequence
 
 from builder.errors import BuildError
 from builder.layernorm import Fingerprint, NormalizeError, Normalizing, fingerprint_of, normalize
 from builder.rootfs import chain_ids
 from builder.unpack import Limits, apply_layer
 from registry.image import Layer
+
+if TYPE_CHECKING:
+    from builder.snapshot import UpperDiff
 
 RECORD = "layer.json"
 Lock = Callable[[str], ContextManager[bool]]
@@ -351,6 +354,20 @@ def prunable(entries: Sequence[Entry], now: float, older_than_seconds: float, ma
                 doomed.add(e.name)
                 total -= e.bytes
     return doomed
+
+
+def tidy(upper: Upper, lower: Path, diff: "UpperDiff") -> None:
+    """A RUN's upper dir (its processes gone) before its layer is written from it, by `diff`: its
+    sockets go, their directories keeping their times (a layer holds no socket), and the directories
+    left out of the changes get their times in `lower` (the stack before the step) back."""
+    for name in diff.sockets:
+        path = upper.fs / name
+        was = os.lstat(path.parent)
+        path.unlink()
+        os.utime(path.parent, ns=(was.st_atime_ns, was.st_mtime_ns), follow_symlinks=False)
+    for change in diff.left_out:
+        was = os.lstat(lower / change.path)
+        os.utime(upper.fs / change.path, ns=(was.st_atime_ns, was.st_mtime_ns), follow_symlinks=False)
 
 
 def lower_paths(layers: Sequence[LayerDir]) -> list[str]:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator, Sequence
 from builder.changes import Change
 from builder.errors import BuildError
 from builder.layernorm import OPAQUE
-from builder.layerstore import LayerDir, LayerStore, Upper, lower_paths
+from builder.layerstore import LayerDir, LayerStore, Upper, lower_paths, tidy
 from builder.rootfs import RootfsStore
 from builder.snapshot import OverlaySpec
 from builder.unpack import Limits
@@ -216,11 +216,7 @@ class LayeredCapture:
             assert upper is not None
             with self._root.readable(with_pending=False) as lower:
                 diff = upper_diff(upper.fs, lower, opaque=(OPAQUE,))
-                for socket in diff.sockets:
-                    _remove_keeping_times(upper.fs / socket)
-                for change in diff.left_out:
-                    was = os.lstat(lower / change.path)
-                    os.utime(upper.fs / change.path, ns=(was.st_atime_ns, was.st_mtime_ns), follow_symlinks=False)
+                tidy(upper, lower, diff)
             self._changes = diff.changes
             if self._changes:
                 self._root.store.start_normalizing(upper, self._root.epoch)
@@ -234,13 +230,6 @@ class LayeredCapture:
 
     def close(self) -> None:
         self._stack.close()
-
-
-def _remove_keeping_times(path: Path) -> None:
-    """Remove `path`; its directory keeps its times."""
-    was = os.lstat(path.parent)
-    path.unlink()
-    os.utime(path.parent, ns=(was.st_atime_ns, was.st_mtime_ns), follow_symlinks=False)
 
 
 class StageRoots:

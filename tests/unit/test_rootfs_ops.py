@@ -270,8 +270,9 @@ _PATH_METHODS = set(("write_text write_bytes read_text read_bytes mkdir unlink r
 # The modules that own file operations on a rootfs: builder/rootfs_ops.py and its resolver; the layer
 # unpacker and the snapshot, which work through the fds rootpath hands them; the layer store, which
 # walks a layer dir only while nothing else can write it (being unpacked by kade, or a committed upper
-# dir whose RUN's processes are gone) and never follows a symlink (lstat, then descend into directories).
-OWNERS = {"rootfs_ops.py", "rootpath.py", "unpack.py", "snapshot.py", "layerstore.py"}
+# dir whose RUN's processes are gone) and never follows a symlink (lstat, then descend into directories),
+# and its normalizer (run in a child process beside the layer writer).
+OWNERS = {"rootfs_ops.py", "rootpath.py", "unpack.py", "snapshot.py", "layerstore.py", "layernorm.py"}
 # Modules never given a path inside a rootfs, and why.
 NO_ROOTFS = {
     "cache.py": "the local cache's own directories", "fetch.py": "downloads into the cache",
