@@ -15,7 +15,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import zstandard
 
@@ -31,6 +31,7 @@ from registry.reference import Reference
 if TYPE_CHECKING:
     from builder.env import BuildEnv
     from builder.plan import Plan, Step
+    from builder.tarformat import TocEntry
     from registry.image import Image
     from registry.sigkeys import SigningKey
 
@@ -237,8 +238,9 @@ def _kept_inventory(env: "BuildEnv", stages_repo: str, final_step: "Image") -> "
     return None
 
 
-def _layers(env: "BuildEnv", image: "Image", repository: str) -> list[Any]:
-    """The image's layers for the scanners: from the local blob cache, else streamed from `repository`."""
+def _layers(env: "BuildEnv", image: "Image", repository: str, top_toc: "Sequence[TocEntry] | None" = None) -> list[Any]:
+    """The image's layers for the scanners: from the local blob cache, else streamed from `repository`;
+    `top_toc`: the table of contents of its top layer, which this build wrote."""
     repo = env.store.repo(repository)
 
     def opener(desc: Descriptor) -> Callable[[], Any]:
@@ -247,7 +249,9 @@ def _layers(env: "BuildEnv", image: "Image", repository: str) -> list[Any]:
             return lambda: open(path, "rb")
         return lambda: BlobReader(repo, desc.digest, desc.size)  # verified at EOF, which the scan reads to
 
-    return [sbom.blob_layer(d.digest, opener(d)) for d in image.manifest.layers]
+    layers = image.manifest.layers
+    return [sbom.blob_layer(d.digest, opener(d), top_toc if i == len(layers) - 1 else None)
+            for i, d in enumerate(layers)]
 
 
 def _scan(env: "BuildEnv", image: "Image", repository: str, prescans: "Prescans | None") -> "sbom.Inventory":
@@ -274,13 +278,14 @@ class Prescans:
         self.lock = threading.Lock()     # the jobs list
         self.one_at_a_time = threading.Lock()  # each scan reuses the state the last one left
 
-    def step_image(self, step: "Step", image: "Image") -> None:
+    def step_image(self, step: "Step", image: "Image", toc: "Sequence[TocEntry] | None" = None) -> None:
+        """Scan `image` (`toc`: the table of contents of the layer its step wrote, if it wrote one)."""
         if not image.source:
             return
         job: Future = Future()
         with self.lock:
             self.jobs.append(job)
-        layers = _layers(self.env, image, image.source)
+        layers = _layers(self.env, image, image.source, toc)
 
         def run() -> None:
             with self.one_at_a_time:

@@ -604,8 +604,8 @@ def context_view(sources: tuple[Source, ...], context_root: Path, views: Path) -
 
 # -- layers ---------------------------------------------------------------------------------------
 
-def write_layer(changes: list[Change], out: BinaryIO, compression: str, epoch: int | None):
+def write_layer(changes: list[Change], out: BinaryIO, compression: str, epoch: int | None, *, toc: bool = False):
     from builder.layer import Compression, write_layer as _write
 
     # the CLI's --compression choices (gzip, zstd) are a Compression
-    return _write(changes, out, cast(Compression, compression), epoch)
+    return _write(changes, out, cast(Compression, compression), epoch, toc=toc)

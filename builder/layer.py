@@ -30,7 +30,7 @@ from builder.changes import Change, split_path, tar_name
 from builder.errors import BuildError
 from builder.layernorm import keep_xattr
 from builder.tarformat import (BLOCKDEV, CHAR, DIRECTORY, END_OF_ARCHIVE, FIFO, HARDLINK, REGULAR,
-                               SYMLINK, TarEntry, TarFormatError, encode_header, padding)
+                               SYMLINK, TarEntry, TarFormatError, TocEntry, encode_header, padding)
 from registry.mediatypes import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
 MEDIA_TYPE_TAR, MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD = OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
@@ -52,6 +52,7 @@ class LayerInfo:
     diff_id: str     # sha256 of the uncompressed tar
     size: int        # bytes of the blob as stored
     media_type: str
+    toc: tuple[TocEntry, ...] | None = None   # its entries, when asked for (`write_layer(toc=True)`)
 
 
 def read_xattrs(target: str | bytes | int) -> dict[str, bytes]:
@@ -133,6 +134,7 @@ class _Pipeline:
         self._blob_hash = hashlib.sha256() if self._comp is not None else self._tar_hash
         self._buf = bytearray()
         self.size = 0
+        self.written = 0   # uncompressed bytes so far
         self._writer = _Stage(self._emit)
         self._stages = [_Stage(self._compress) if self._comp is not None else self._writer]
         if self._comp is not None:
@@ -140,6 +142,7 @@ class _Pipeline:
         self._closed = False
 
     def write(self, data: bytes) -> None:
+        self.written += len(data)
         if not self._buf and len(data) >= CHUNK:
             self._send(data)
             return
@@ -208,11 +211,17 @@ def _entry_type(st: os.stat_result) -> bytes | None:
 
 
 class _TarWriter:
-    def __init__(self, sink: _Pipeline, epoch: int | None):
+    def __init__(self, sink: _Pipeline, epoch: int | None, toc: bool = False):
         self._sink = sink
         self._epoch = epoch
         self._links: dict[tuple[int, int], bytes] = {}
         self.entries = 0
+        self.toc: list[TocEntry] | None = [] if toc else None
+
+    def _header(self, entry: TarEntry) -> None:
+        self._sink.write(encode_header(entry))
+        if self.toc is not None:
+            self.toc.append(TocEntry(entry.name, entry.type, entry.mode, entry.size, entry.linkname, self._sink.written))
 
     def _mtime_ns(self, st: os.stat_result) -> int:
         seconds = max(0, st.st_mtime_ns // 1_000_000_000)
@@ -222,14 +231,14 @@ class _TarWriter:
 
     def whiteout(self, name: bytes) -> None:
         mtime = (self._epoch or 0) * 1_000_000_000
-        self._sink.write(encode_header(TarEntry(name=name, type=REGULAR, mode=0, mtime_ns=mtime)))
+        self._header(TarEntry(name=name, type=REGULAR, mode=0, mtime_ns=mtime))
         self.entries += 1
 
     def add(self, name: bytes, change: Change) -> None:
         if change.source is None:
-            self._sink.write(encode_header(TarEntry(
+            self._header(TarEntry(
                 name=name + b"/" if name else b"./", type=DIRECTORY, mode=(change.mode or 0) & 0o7777,
-                uid=change.uid or 0, gid=change.gid or 0, mtime_ns=(self._epoch or 0) * 1_000_000_000)))
+                uid=change.uid or 0, gid=change.gid or 0, mtime_ns=(self._epoch or 0) * 1_000_000_000))
             self.entries += 1
             return
         source = change.source
@@ -262,7 +271,7 @@ class _TarWriter:
         else:
             if entry.type != HARDLINK:
                 entry.xattrs = read_xattrs(source)
-            self._sink.write(encode_header(entry))
+            self._header(entry)
         self.entries += 1
 
     def _add_file(self, entry: TarEntry, source: str, st: os.stat_result) -> None:
@@ -273,7 +282,7 @@ class _TarWriter:
         try:
             entry.size = st.st_size
             entry.xattrs = read_xattrs(fd)
-            self._sink.write(encode_header(entry))
+            self._header(entry)
             left = st.st_size
             while left > 0:
                 data = os.read(fd, min(CHUNK, left))
@@ -288,12 +297,13 @@ class _TarWriter:
 
 
 def write_layer(changes: Iterable[Change], out: BinaryIO, compression: Compression = "gzip",
-                epoch: int | None = None, *, level: int | None = None) -> LayerInfo:
-    """Write `changes` as one layer blob to `out` and describe it. Entries are sorted, so the order of
-    `changes` does not matter; two changes naming the same tar entry are an error."""
+                epoch: int | None = None, *, level: int | None = None, toc: bool = False) -> LayerInfo:
+    """Write `changes` as one layer blob to `out` and describe it (with `toc`, its table of contents
+    too). Entries are sorted, so the order of `changes` does not matter; two changes naming the same
+    tar entry are an error."""
     ordered = sorted(((tar_name(c), c) for c in changes), key=lambda kc: kc[0])
     sink = _Pipeline(out, compression, level)
-    writer = _TarWriter(sink, epoch)
+    writer = _TarWriter(sink, epoch, toc)
     previous: tuple[bytes, ...] | None = None
     try:
         for key, change in ordered:
@@ -313,7 +323,8 @@ def write_layer(changes: Iterable[Change], out: BinaryIO, compression: Compressi
         sink.abort()
         raise
     digest, diff_id = sink.close()
-    return LayerInfo(digest=digest, diff_id=diff_id, size=sink.size, media_type=MEDIA_TYPES[compression])
+    return LayerInfo(digest=digest, diff_id=diff_id, size=sink.size, media_type=MEDIA_TYPES[compression],
+                     toc=tuple(writer.toc) if writer.toc is not None else None)
 
 
 def walk_directory(root: str | os.PathLike[str], prefix: str = "") -> Iterator[Change]:

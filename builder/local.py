@@ -35,6 +35,7 @@ from registry.image import Image, Layer
 from registry.model import Descriptor, Platform
 
 if TYPE_CHECKING:
+    from builder.tarformat import TocEntry
     from registry.growing import upload_while_written
     from registry.sigkeys import SigningKey
 
@@ -43,7 +44,7 @@ FS_STEP_KINDS = frozenset({"run", "copy", "workdir"})  # steps that work on the 
 
 class LocalExecutor:
     def __init__(self, env: BuildEnv, *, work_root: Path | None = None,
-                 on_step_image: Callable[[Step, Image], None] | None = None):
+                 on_step_image: Callable[[Step, Image, Sequence[TocEntry] | None], None] | None = None):
         self.env, self.o, self.report = env, env.options, env.report
         self.work_root = work_root  # where rootfs dirs go (default: the local cache's work/)
         self.on_step_image = on_step_image
@@ -55,6 +56,7 @@ class LocalExecutor:
         self.lock = threading.Lock()
         self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
         self.streamed: set[str] = set()      # layers uploaded while they were written
+        self.tocs: dict[str, Sequence[TocEntry]] = {}   # layers written, not yet handed to on_step_image
         self.interrupted = False
 
     # -- the Executor protocol ---------------------------------------------------------------------
@@ -214,13 +216,17 @@ class LocalExecutor:
         try:
             with os.fdopen(fd, "wb") as out, stream or contextlib.nullcontext():
                 sink = cast(BinaryIO, _Announcing(out, stream.wrote)) if stream else out
-                info = write_layer(changes, sink, self.o.compression, self.env.epoch)
+                info = write_layer(changes, sink, self.o.compression, self.env.epoch,
+                                   toc=self.on_step_image is not None)
             os.replace(tmp, blobs.path(info.digest))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
         path = blobs.path(info.digest)
         desc = Descriptor(info.media_type, info.digest, info.size)
+        if info.toc is not None:
+            with self.lock:
+                self.tocs[info.digest] = info.toc
         if stream and (uploaded := stream.result()) is not None and uploaded.digest == info.digest:
             self.env.store.note_blobs(stream.repo_name, [desc])
             with self.lock:
@@ -265,8 +271,11 @@ class LocalExecutor:
         self.report(ev.STEP_DONE, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step),
                     seconds=round(time.monotonic() - started, 3), layer_bytes=layer.size if layer else 0,
                     pushed_bytes=pushed)
+        if layer is not None:
+            with self.lock:
+                toc = self.tocs.pop(layer.digest, None)
         if self.on_step_image is not None and step.stage == self._plan.target:
-            self.on_step_image(step, img)
+            self.on_step_image(step, img, toc if layer is not None else None)
         return img
 
     def _signed(self, img: Image, repo: str, key: str, build_key: SigningKey) -> Image:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterator, Mapping, Protocol
+from typing import Iterator, Mapping, NamedTuple, Protocol
 
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
@@ -37,6 +37,17 @@ class TarEntry:
     devmajor: int = 0
     devminor: int = 0
     xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+class TocEntry(NamedTuple):
+    """One entry of a tar stream's table of contents, as the writer wrote it (builder/layer.py): what a
+    reader would parse from its headers, and where its content starts in the uncompressed stream."""
+    name: bytes
+    type: bytes
+    mode: int
+    size: int
+    linkname: bytes
+    offset: int
 
 
 # ---------------------------------------------------------------------------------------- writing

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Sequence
 
 from builder.sbom.documents import CYCLONEDX_MEDIA_TYPE, SPDX_MEDIA_TYPE, Subject, cyclonedx, spdx
 from builder.sbom.packages import Package
 from builder.sbom.walk import LayerInput, inventory, scan_image
+from builder.tarformat import TocEntry
 
 FORMATS = {"spdx": (spdx, SPDX_MEDIA_TYPE), "cyclonedx": (cyclonedx, CYCLONEDX_MEDIA_TYPE)}
 INVENTORY_MEDIA_TYPE = "application/vnd.kade.sbom-inventory.v1+json"
@@ -39,10 +40,11 @@ class _Decompressed:
         self.blob.close()
 
 
-def blob_layer(digest: str, open_blob: Callable[[], BinaryIO]) -> LayerInput:
+def blob_layer(digest: str, open_blob: Callable[[], BinaryIO], toc: Sequence[TocEntry] | None = None) -> LayerInput:
     """A layer read from its (gzip, zstd or plain) blob `digest`: `open_blob` must verify it (a registry
-    BlobReader does at EOF, which the scan reads to; the local blob cache is content-addressed)."""
-    return LayerInput(digest, lambda: _Decompressed(open_blob(), digest))  # type: ignore[arg-type, return-value]
+    BlobReader does at EOF, which the scan reads to; the local blob cache is content-addressed). `toc`:
+    the blob's table of contents, when kade wrote it in this process (its headers are then not parsed)."""
+    return LayerInput(digest, lambda: _Decompressed(open_blob(), digest), toc)  # type: ignore[arg-type, return-value]
 
 
 @dataclass

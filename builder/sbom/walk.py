@@ -24,11 +24,11 @@ import posixpath
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterable, Protocol, Sequence
 
 from builder.sbom import golang
 from builder.sbom import packages as pk
-from builder.tarformat import DIRECTORY, HARDLINK, REGULAR, TarReader
+from builder.tarformat import DIRECTORY, HARDLINK, REGULAR, TarReader, TocEntry
 
 STATE_VERSION = "2"
 MAX_FINDINGS = 100_000
@@ -149,9 +149,38 @@ def _normalize(name: bytes) -> str | None:
 
 def scan_layer(stream: BinaryIO, state: State, layer: int, max_meta: int = 1 << 20, max_name: int = 4096) -> None:
     """Apply one uncompressed layer tar stream to `state`."""
-    overlay = _Overlay(state, layer)
     reader = TarReader(stream, max_meta=max_meta, max_name=max_name)
-    for entry in reader:
+    _apply(reader, lambda _entry: reader.read, state, layer)
+    _to_eof(stream)
+
+
+def scan_with_toc(stream: BinaryIO, toc: Sequence[TocEntry], state: State, layer: int) -> None:
+    """`scan_layer` of a layer whose writer kept its table of contents (builder/layer.py): the same
+    state, without parsing its headers; only the files a scanner reads are read, at their offsets."""
+    ahead = _Forward(stream)
+    _apply(toc, ahead.content, state, layer)
+    _to_eof(stream)
+
+
+class _Entry(Protocol):
+    """What a scan reads of an entry: a TarEntry parsed from the stream, or a TocEntry."""
+    @property
+    def name(self) -> bytes: ...
+    @property
+    def type(self) -> bytes: ...
+    @property
+    def mode(self) -> int: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def linkname(self) -> bytes: ...
+
+
+def _apply(entries: Iterable[_Entry], content: Callable[[Any], Callable[[int], bytes]], state: State,
+           layer: int) -> None:
+    """Apply a layer's entries to `state`; `content(entry)` reads the content of the entry just given."""
+    overlay = _Overlay(state, layer)
+    for entry in entries:
         path = _normalize(entry.name)
         if path is None:
             continue
@@ -174,11 +203,47 @@ def scan_layer(stream: BinaryIO, state: State, layer: int, max_meta: int = 1 << 
             continue
         kind = classify(path, entry.mode)
         if kind is not None:
-            finding = _scan_file(kind, path, entry.size, reader.read, state, layer)
+            finding = _scan_file(kind, path, entry.size, content(entry), state, layer)
             if finding is not None:
                 overlay.add(path, finding)
+
+
+def _to_eof(stream: BinaryIO) -> None:
     while stream.read(1 << 20):
         pass  # to EOF: the blob reader verifies the digest there
+
+
+class _Forward:
+    """A stream read forward only: an entry's content from its offset (whatever lies before is skipped)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream, self.pos = stream, 0
+
+    def _read(self, n: int) -> bytes:
+        data = self.stream.read(n)
+        self.pos += len(data)
+        return data
+
+    def content(self, entry: TocEntry) -> Callable[[int], bytes]:
+        if entry.offset < self.pos:
+            raise ValueError(f"table of contents out of order at {entry.name!r}")
+        while self.pos < entry.offset:
+            if not self._read(min(1 << 20, entry.offset - self.pos)):
+                raise EOFError(f"layer ends before {entry.name!r}")
+        left = entry.size
+
+        def read(n: int) -> bytes:
+            nonlocal left
+            out = bytearray()
+            while len(out) < n and left > 0:
+                data = self._read(min(n - len(out), left))
+                if not data:
+                    raise EOFError(f"layer ends inside {entry.name!r}")
+                out += data
+                left -= len(data)
+            return bytes(out)
+
+        return read
 
 
 def _relocated(found: Finding, path: str) -> Finding:
@@ -225,6 +290,7 @@ def go_packages(info: golang.BuildInfo, location: str) -> list[pk.Package]:
 class LayerInput:
     digest: str                    # the digest of the blob the stream comes from (verified as it is read)
     open: Callable[[], BinaryIO]   # the uncompressed tar stream
+    toc: Sequence[TocEntry] | None = None   # its table of contents, from kade's own writer of that blob
 
 
 def chain_ids(digests: list[str]) -> list[str]:
@@ -252,7 +318,11 @@ def scan_image(layers: list[LayerInput], cache_dir: Path | None = None,
         if report:
             report("sbom", f"scanning layer {i + 1}/{len(layers)} ({layers[i].digest[:19]})")
         with _closing(layers[i].open()) as stream:
-            scan_layer(stream, state, i)
+            toc = layers[i].toc
+            if toc is not None:
+                scan_with_toc(stream, toc, state, i)
+            else:
+                scan_layer(stream, state, i)
         state.layers = i + 1
         _save(cache_dir, chains[i], state)
     return state
