@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from builder.changes import Change
 from builder.errors import BuildError
-from builder.layernorm import OPAQUE
+from builder.layernorm import APART_FROM, OPAQUE
 from builder.layerstore import LayerDir, LayerStore, Upper, lower_paths, tidy
 from builder.rootfs import RootfsStore
 from builder.snapshot import OverlaySpec
@@ -207,7 +207,7 @@ class LayeredCapture:
         """The upper dir's changes. The upper dir becomes the layer dir, and the stack must hold what the
         layers hold: its sockets go (keeping their directory's times), and a directory left out of the
         changes (its times changed, nothing in it did) gets its old times back (snapshot.py: BuildKit's
-        differ). Then it is normalized beside the layer's writer (builder/layernorm.py)."""
+        differ). Then a big one is normalized beside the layer's writer (builder/layernorm.py)."""
         from builder.snapshot import upper_diff
 
         if self._changes is None:
@@ -218,7 +218,7 @@ class LayeredCapture:
                 diff = upper_diff(upper.fs, lower, opaque=(OPAQUE,))
                 tidy(upper, lower, diff)
             self._changes = diff.changes
-            if self._changes:
+            if len(self._changes) >= APART_FROM:
                 self._root.store.start_normalizing(upper, self._root.epoch)
         return self._changes
 

@@ -439,6 +439,7 @@ def test_a_layer_written_while_its_upper_dir_is_normalized_is_the_layer_of_the_c
     import socket
 
     from builder.layer import write_layer
+    from builder.layernorm import APART_FROM
     from builder.stageroot import LayeredCapture
 
     tars = [make_tar(BASE)]
@@ -447,7 +448,7 @@ def test_a_layer_written_while_its_upper_dir_is_normalized_is_the_layer_of_the_c
     made = cap.root / "made"
     for d in range(20):
         (made / f"d{d}").mkdir(parents=True)
-        for f in range(150):
+        for f in range(210):
             path = made / f"d{d}" / f"f{f}"
             path.write_bytes(b"%d" % f)
             os.setxattr(path, "user.keep", b"v")
@@ -459,6 +460,7 @@ def test_a_layer_written_while_its_upper_dir_is_normalized_is_the_layer_of_the_c
     changes = cap.changes()
     cap.close()
     upper = root.pending
+    assert len(changes) >= APART_FROM
     assert upper is not None and upper.normalizing is not None   # the child runs while the layer is written
     assert not any(c.path.endswith("/sock") for c in changes)
     for c in changes:
@@ -481,6 +483,21 @@ def test_a_layer_written_while_its_upper_dir_is_normalized_is_the_layer_of_the_c
         assert LayerStore(store.root, thread_lock).get(root.lowers[-1].chain_id) is not None   # fingerprint holds
     finally:
         root.close()
+
+
+def test_a_small_upper_dir_is_normalized_in_the_build_process(store):
+    """A child process takes longer to start than a few hundred entries take to normalize."""
+    from builder.stageroot import LayeredCapture
+
+    root = stacked(store, [make_tar(BASE)])
+    cap = LayeredCapture(root, in_sandbox=False)
+    (cap.root / "etc" / "new").write_bytes(b"n")
+    changes = cap.changes()
+    cap.close()
+    assert changes and root.pending is not None and root.pending.normalizing is None
+    root.commit("sha256:" + "5" * 64)
+    assert LayerStore(store.root, thread_lock).get(root.lowers[-1].chain_id) is not None
+    root.close()
 
 
 def test_a_normalization_that_fails_names_the_layer_and_its_file(store, tmp_path):
