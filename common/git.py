@@ -40,12 +40,13 @@ def output(root: Path | str, *args: str, timeout: float = 10) -> str | None:
 
 
 def revision(path: Path | str) -> tuple[str | None, str | None]:
-    """(commit, branch) of the git checkout holding `path`, or (None, None)."""
-    commit = output(path, "rev-parse", "HEAD")
-    branch = output(path, "rev-parse", "--abbrev-ref", "HEAD")
-    if commit and len(commit) != 40:
-        commit = None
-    return commit, (branch if branch and branch != "HEAD" else None)
+    """(commit, branch) of the git checkout holding `path`, or (None, None); one git process (every
+    build asks). A detached HEAD has no branch."""
+    found = (output(path, "rev-parse", "HEAD", "--abbrev-ref", "HEAD") or "").splitlines()
+    if len(found) != 2 or len(found[0]) != 40:
+        return None, None
+    commit, branch = found
+    return commit, (branch if branch != "HEAD" else None)
 
 
 def redact(text: str) -> str:
