@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from builder.context import BuildContext
+from builder.digests import FileDigests
 from builder.dockerfile import parse_file
 from builder.env import BuildEnv
 from builder.errors import BuildError
@@ -72,8 +73,10 @@ class Build:
         dockerfile = o.dockerfile or (o.context / "Dockerfile")
         ctx = BuildContext.open(o.context, dockerfile)
         ctx.fetcher = self._fetch_url
+        ctx.digests = FileDigests(self.env.cache.context_digests)
         plan = make_plan(parse_file(dockerfile), ctx, self.env.store.resolve, target=o.target,
                          build_args=o.build_args, platform=platform or o.platform, build_platform=o.build_platform)
+        ctx.digests.save()
         if not o.allow_host_network:
             check_host_network(plan)
         for name in plan.unused_args:

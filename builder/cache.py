@@ -84,6 +84,11 @@ class LocalCache:
         return self.root / self.tenant.folder(part)
 
     @property
+    def context_digests(self) -> Path:
+        """This tenant's kept digests of big context files (builder/digests.py)."""
+        return self.root / "tenants" / self.tenant.slug / "context-digests.json"
+
+    @property
     def downloads(self) -> Path:
         """ADD <url> files of this tenant, by content digest (registry.download)."""
         return self.scope("downloads")

@@ -7,7 +7,6 @@ matches everything below it, `!` re-includes, and the last matching pattern wins
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import re
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.digests import FileDigests
 from builder.errors import ContextError, MissingSourceError
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -162,10 +162,12 @@ def is_wildcard(src: str) -> bool:
 
 
 class BuildContext:
-    def __init__(self, root: Path, ignore: IgnoreRules, fetcher: UrlFetcher | None = None):
+    def __init__(self, root: Path, ignore: IgnoreRules, fetcher: UrlFetcher | None = None,
+                 digests: FileDigests | None = None):
         self.root = root.resolve()
         self.ignore = ignore
         self.fetcher = fetcher
+        self.digests = digests or FileDigests()   # what its files hash to (builder/digests.py)
 
     def fetch(self, url: str, checksum: str | None) -> Source:
         """ADD <url>: the downloaded file as a source named after the URL's last path segment (mode 0600)."""
@@ -292,14 +294,6 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def exclude_sources(sources: list[Source], patterns: list[str]) -> list[Source]:
     """COPY --exclude: drop the sources and entries a pattern matches (dockerignore syntax), matched
     against the context-relative path and the path inside the source."""
@@ -317,19 +311,23 @@ def exclude_sources(sources: list[Source], patterns: list[str]) -> list[Source]:
 
 
 def hash_sources(sources: list[Source], uid: int = 0, gid: int = 0,
-                 chmod: "Callable[[int, bool], int] | None" = None) -> list[tuple[str, str, int, int, int, str]]:
+                 chmod: "Callable[[int, bool], int] | None" = None,
+                 digests: FileDigests | None = None) -> list[tuple[str, str, int, int, int, str]]:
     """(path, kind, mode, uid, gid, sha256|link) for every selected entry, sorted; never mtime.
 
     uid/gid are the ownership the copy will have (0:0 unless --chown), so the key doesn't depend on
-    who checked the context out; `chmod` gives the mode --chmod makes of each entry's.
+    who checked the context out; `chmod` gives the mode --chmod makes of each entry's. `digests`: the
+    context's file digests (builder/digests.py; default: every file hashed now).
     """
+    files = {e.path: e.size for src in sources for e in src.entries if e.kind == "file" and not e.digest}
+    known = (digests or FileDigests()).of(files.items())
     rows = []
     for src in sources:
         for e in src.entries:
             path = f"{src.rel}/{e.rel}" if e.rel else src.rel
             mode = chmod(e.mode, e.kind == "dir") if chmod is not None and e.kind != "symlink" else e.mode
             if e.kind == "file":
-                digest = e.digest or sha256_file(e.path)
+                digest = e.digest or known[e.path]
             elif e.kind == "symlink":
                 digest = e.link
             else:

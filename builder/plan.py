@@ -556,7 +556,7 @@ def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: Build
                 selected = [dataclasses.replace(src, keep=_parents_kept(s, src.rel, src.is_dir)) for src in selected]
             spec.sources.extend(selected)
         uid, gid = _numeric_owner(chown)
-        rows = [list(r) for r in hash_sources(spec.sources, uid, gid, mode_fn)]
+        rows = [list(r) for r in hash_sources(spec.sources, uid, gid, mode_fn, context.digests)]
         if spec.parents:
             rows.append(["parents", [src.keep for src in spec.sources]])
     for name, value in (("exclude", spec.excludes), ("chmod", spec.chmod_text), ("unpack", spec.unpack)):
@@ -655,7 +655,7 @@ def _plan_mount(ins: Instruction, raw: str, scope: dict[str, str], esc: str, con
         if len(selected) != 1:
             raise ins.error(f"--mount=type=bind,source={src} names {len(selected)} context paths; a bind "
                             "mount takes exactly one (no wildcards)")
-        rows = [list(r) for r in hash_sources(list(selected))]
+        rows = [list(r) for r in hash_sources(list(selected), digests=context.digests)]
     if mtype == "cache":
         opts.setdefault("id", target)
         opts.setdefault("sharing", "shared")

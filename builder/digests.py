@@ -1,0 +1,107 @@
+"""The sha256 of the build context's files, which every COPY/ADD key is made of: hashed on every core,
+and the big ones kept between builds by what lstat says of each file.
+
+A kept digest is used only while the file's device, inode, size, mtime and ctime are all as they were
+when it was hashed: a write moves the ctime, which nothing can set back (git's index and BuildKit's
+content hash cache trust the same). A write within the clock tick of the hashing could leave the times
+as they were, so a file changed in the last `RACY_SECONDS` is never kept (git's "racily clean" rule).
+Small files are hashed every time: that costs less than keeping them. The kept digests live in the
+tenant's cache (`LocalCache.root`), as trusted as the layers there.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable
+
+KEEP_FROM = 64 << 10        # bytes: a smaller file is hashed every time
+RACY_SECONDS = 2
+MAX_KEPT = 200_000          # files; past it the kept digests start over
+_PARALLEL_FROM = 8 << 20    # bytes to hash before threads pay off
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)   # releases the GIL: files hash on every core
+    return h.hexdigest()
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+class FileDigests:
+    """Digests of files by path; `store`: the JSON file the big ones are kept in (None: none kept)."""
+
+    def __init__(self, store: Path | None = None):
+        self.store = store
+        self._kept: dict[str, list] = {}
+        self._changed = False
+        if store is not None:
+            try:
+                loaded = json.loads(store.read_bytes())
+                self._kept = loaded if isinstance(loaded, dict) else {}
+            except (OSError, ValueError):
+                pass   # none yet, or unreadable: hashed again
+
+    def of(self, files: Iterable[tuple[Path, int]]) -> dict[Path, str]:
+        """The sha256 hex of each (path, size) given: kept ones reused, the rest hashed (on every core
+        when there is enough to hash)."""
+        out: dict[Path, str] = {}
+        todo: list[tuple[Path, int]] = []
+        for path, size in files:
+            found = self._reuse(path) if size >= KEEP_FROM else None
+            if found is not None:
+                out[path] = found
+            else:
+                todo.append((path, size))
+        if sum(size for _, size in todo) >= _PARALLEL_FROM and len(todo) > 1:
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="kade-hash") as pool:
+                hashed = list(pool.map(self._hash, todo))
+        else:
+            hashed = [self._hash(item) for item in todo]
+        out.update(zip((path for path, _ in todo), hashed))
+        return out
+
+    def _reuse(self, path: Path) -> str | None:
+        kept = self._kept.get(str(path))
+        if not isinstance(kept, list) or len(kept) != 6:
+            return None
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        return kept[5] if kept[:5] == _stat_key(st) else None
+
+    def _hash(self, item: tuple[Path, int]) -> str:
+        path, size = item
+        before = os.lstat(path) if size >= KEEP_FROM and self.store is not None else None
+        digest = sha256_file(path)
+        if before is not None and time.time() - before.st_ctime >= RACY_SECONDS:
+            after = os.lstat(path)
+            if _stat_key(after) == _stat_key(before):   # not written while it was read
+                self._kept[str(path)] = [*_stat_key(before), digest]   # (a dict item set: atomic under the GIL)
+                self._changed = True
+        return digest
+
+    def save(self) -> None:
+        """Keep what was hashed for the next build (a failed write only costs hashing again)."""
+        if self.store is None or not self._changed:
+            return
+        kept = self._kept if len(self._kept) <= MAX_KEPT else {}
+        try:
+            self.store.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".digests-", dir=self.store.parent)
+            with os.fdopen(fd, "w") as f:
+                json.dump(kept, f, separators=(",", ":"))
+            os.replace(tmp, self.store)
+        except OSError:
+            pass
+        self._changed = False
