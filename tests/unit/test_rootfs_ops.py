@@ -280,6 +280,7 @@ NO_ROOTFS = {
     "stageroot.py": "the layer store's and work dirs' own directories; a rootfs only through the views it "
                     "hands rootfs_ops, and `cp -a` of a whole view for --keep-failed",
     "context.py": "the build context (checked to stay inside it), not a rootfs",
+    "digests.py": "the build context's files context.py chose, and the kept digests' file in the local cache",
     "linux.py": "/proc/self of kade's own process", "dockerfile.py": "the Dockerfile",
     "netns.py": "the host's network settings (/etc/resolv.conf, /proc/sys, /run/kade/net)",
     "subids.py": "/etc/subuid, /etc/subgid and kade's lock files",
