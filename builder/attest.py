@@ -22,6 +22,7 @@ import zstandard
 from builder import sbom
 from builder.errors import BuildError
 from builder.provenance import DEFAULT_BUILDER_ID, Material, ProvenanceInput, StepRecord, statement
+from registry import cancel
 from registry import referrers as rf
 from registry.client import BlobReader
 from registry.errors import RegistryError
@@ -137,14 +138,21 @@ def _attest_repository(env: "BuildEnv", supply: SupplyOptions, repo: Any, subjec
     wanted = ([SBOM_KIND] if supply.sbom_format else []) + ([PROVENANCE_KIND] if supply.provenance else [])
     unindexed: list[Descriptor] = []
     artifacts: list[tuple[str, bool]] = []   # (digest, pushed now)
+
+    def push(kind: str) -> tuple[Descriptor, bool, int]:
+        media_type, blob = document(kind)
+        desc, indexed = rf.push_artifact(repo, subject, media_type, blob,
+                                         {rf.ANNOTATION_KIND: kind, rf.ANNOTATION_CREATED: created})
+        return desc, indexed, len(blob)
+
+    with cancel.Pool(max_workers=2, thread_name_prefix="kade-attest") as pushers:   # the SBOM and the provenance at once
+        pushing = {kind: pushers.submit(push, kind) for kind in wanted if kind not in present}
     for kind in wanted:
         if kind in present:
             artifacts.append((present[kind], False))
             continue
-        media_type, blob = document(kind)
-        desc, indexed = rf.push_artifact(repo, subject, media_type, blob,
-                                         {rf.ANNOTATION_KIND: kind, rf.ANNOTATION_CREATED: created})
-        env.report("attest", f"{kind} {desc.digest[:19]} ({len(blob)} bytes) -> {name}", digest=desc.digest)
+        desc, indexed, size = pushing[kind].result()
+        env.report("attest", f"{kind} {desc.digest[:19]} ({size} bytes) -> {name}", digest=desc.digest)
         result.attached.append(desc.digest)
         artifacts.append((desc.digest, True))
         if not indexed:

@@ -29,12 +29,12 @@ from builder.env import BuildEnv
 from builder.errors import BuildError, StepFailedError
 from builder.executor import StageJob, StageOutcome, StageResults
 from builder.plan import Plan, PlannedStage, Step
-from builder.stageroot import StageRoot, StageRoots, Tree
 from registry import cancel
 from registry.image import Image, Layer
 from registry.model import Descriptor, Platform
 
 if TYPE_CHECKING:
+    from builder.stageroot import StageRoot, StageRoots, Tree
     from builder.tarformat import TocEntry
     from registry.growing import upload_while_written
     from registry.sigkeys import SigningKey
@@ -298,6 +298,8 @@ class LocalExecutor:
         """Stage roots over the layer store (builder/stageroot.py), or copies where overlay can't be used."""
         with self.lock:
             if self._roots is None:
+                from builder.stageroot import StageRoots   # (the layer store's modules: only when a step runs)
+
                 self._roots = StageRoots(self.env.cache.trees, self.env.cache.lock, self.report, self.env.epoch)
             return self._roots
 

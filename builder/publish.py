@@ -4,12 +4,13 @@ local OCI layout), attested, and recorded.
 The final image is the target's last step image with `created` set (SOURCE_DATE_EPOCH, else now),
 the extra labels in its config and the extra annotations (plus revision and created) on its manifest;
 its blobs are mounted across repositories, never downloaded. With attestations on, SBOM and provenance
-follow (builder/attest.py). The build record (registry/records.py) goes to the stages repo, signed by
-the tenant's build key when there is one (registry/stagesig.py), unless the caller records the build
-itself (a kade.yaml project records all its images in one).
+follow (builder/attest.py). The build record (registry/records.py) goes to the stages repo meanwhile,
+signed by the tenant's build key when there is one (registry/stagesig.py), unless the caller records
+the build itself (a kade.yaml project records all its images in one).
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ from builder.plan import Plan
 from builder.solver import Solution
 from common.epoch import created_at, rfc3339
 from common.git import revision as git_revision
+from registry import cancel
 from registry.image import Image, ImageIndex
 from registry.model import Platform
 from registry.reference import Reference
@@ -104,17 +106,20 @@ class Publisher:
             layout = store.write_layout(index or finals[0], name)
             report("written", f"oci:{layout}:{name}")
             images.append({"ref": f"oci:{layout}:{name}", "digest": (index or finals[0]).digest})
-        if to.tags and o.supply is not None:
-            from builder.attest import attest, sign_index
+        record: Future[str] | None = None
+        with cancel.Pool(max_workers=1, thread_name_prefix="kade-record") as pool:  # the record beside the attestations
+            if to.record and to.tags and self.env.stages_repo:
+                record = pool.submit(self.record, [p for p, _ in solved], to.tags, images[0]["digest"], commit,
+                                     branch, now)
+            if to.tags and o.supply is not None:
+                from builder.attest import attest, sign_index
 
-            for (p, solution), image in zip(solved, finals):
-                attest(self.env, p, image, list(to.tags), commit, branch, set(solution.hits), solution.image,
-                       self.prescans, sign_tags=index is None)
-            if index is not None:
-                sign_index(self.env, index.digest, list(to.tags))
-        record_tag = None
-        if to.record and to.tags and self.env.stages_repo:
-            record_tag = self.record([p for p, _ in solved], to.tags, images[0]["digest"], commit, branch, now)
+                for (p, solution), image in zip(solved, finals):
+                    attest(self.env, p, image, list(to.tags), commit, branch, set(solution.hits), solution.image,
+                           self.prescans, sign_tags=index is None)
+                if index is not None:
+                    sign_index(self.env, index.digest, list(to.tags))
+        record_tag = record.result() if record is not None else None
         # cached: every planned step that did not run (found in the stages repo, shared, or not needed)
         built = sum(solution.built for _, solution in solved)
         cached = sum(len(p.all_steps()) for p, _ in solved) - built

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from registry.sigkeys import SigningKey
 
 Report = Callable[..., None]
+BLOB_WORKERS = 4   # an image's blobs pushed at once (mostly mounts and HEADs: round trips, not bytes)
 
 
 @dataclass(frozen=True)
@@ -187,10 +188,16 @@ class ImageStore:
         """Blobs first (mounted from where they are known to live, uploaded from the local cache
         otherwise), then the manifest."""
         repo = self.repo(repo_name)
-        uploaded = sum(self._ensure_blob(repo, d) for d in image.manifest.layers)
         config_bytes = image.config_bytes
-        info = repo.upload_blob(io.BytesIO(config_bytes), image.manifest.config.digest, len(config_bytes))
-        uploaded += 0 if info.existed else len(config_bytes)
+
+        def config() -> int:
+            info = repo.upload_blob(io.BytesIO(config_bytes), image.manifest.config.digest, len(config_bytes))
+            return 0 if info.existed else len(config_bytes)
+
+        # each blob is a round trip or two (a mount, a HEAD): at once, not one after another
+        with cancel.Pool(max_workers=BLOB_WORKERS, thread_name_prefix="kade-push") as pool:
+            jobs = [pool.submit(self._ensure_blob, repo, d) for d in image.manifest.layers] + [pool.submit(config)]
+            uploaded = sum(job.result() for job in jobs)
         digest = repo.put_manifest(tag, image.manifest_bytes, image.manifest.media_type)
         self.note_blobs(repo_name, image.manifest.blobs())
         return Pushed(digest, uploaded + len(image.manifest_bytes))
@@ -205,7 +212,8 @@ class ImageStore:
     def _ensure_blob(self, repo: Repository, d: Descriptor) -> int:
         """The blob in `repo`; the bytes that took uploading (0: it was there, or mounted)."""
         name = f"{repo.ref.registry}/{repo.name}"
-        homes = self.blob_homes.get(d.digest, set())
+        with self.lock:
+            homes = set(self.blob_homes.get(d.digest, ()))
         if name in homes:
             return 0
         for home in sorted(homes):
