@@ -58,3 +58,67 @@ def settle(seconds: float = 40.0) -> None:
     unpacking into a directory deleted a moment before ran at a third of its speed."""
     os.sync()
     time.sleep(seconds)
+
+
+class DelayProxy:
+    """A TCP proxy on loopback that holds every chunk `delay_ms` before passing it on, both ways: a
+    registry one round trip of 2 x delay_ms away (a cloud registry seen from CI is 5-50 ms away; the
+    loopback one of the benches is 0.1 ms). Runs on a thread of its own event loop."""
+
+    def __init__(self, target: str, delay_ms: float):
+        import asyncio
+        import socket
+        import threading
+
+        self.target, self.delay = target, delay_ms / 1000
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{sock.getsockname()[1]}"
+        self._loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        threading.Thread(target=self._serve, args=(sock, ready), daemon=True).start()
+        ready.wait()
+
+    def _serve(self, sock, ready) -> None:
+        import asyncio
+
+        async def main() -> None:
+            await asyncio.start_server(self._handle, sock=sock)
+            ready.set()
+            await asyncio.Event().wait()
+
+        self._loop.run_until_complete(main())
+
+    async def _handle(self, reader, writer) -> None:
+        import asyncio
+
+        host, port = self.target.rsplit(":", 1)
+        try:
+            upstream_r, upstream_w = await asyncio.open_connection(host, int(port))
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(self._pipe(reader, upstream_w), self._pipe(upstream_r, writer), return_exceptions=True)
+
+    async def _pipe(self, reader, writer) -> None:
+        import asyncio
+
+        loop, held = asyncio.get_running_loop(), asyncio.Queue()
+
+        async def release() -> None:
+            while True:
+                due, data = await held.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+
+        releasing = asyncio.create_task(release())
+        try:
+            while data := await reader.read(1 << 16):
+                held.put_nowait((loop.time() + self.delay, data))
+        finally:
+            held.put_nowait((loop.time() + self.delay, b""))
+            await releasing

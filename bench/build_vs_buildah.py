@@ -32,9 +32,13 @@ Fairness: the tools take turns going first in each scenario, and nothing is dele
 removes its intermediate containers (`--rm`, its default), the RUN's 20,000 files included, so the disk
 settles after every buildah build too. kade's modules are compiled first.
 
+--registry-delay-ms D puts the registry one round trip of 2 x D ms away from every tool (a proxy on
+loopback that holds each chunk D ms each way: benchlib.DelayProxy), as a cloud registry is from CI.
+
 Usage: python bench/build_vs_buildah.py [--runs 3] [--results bench/RESULTS.md] [--no-append]
        [--only kade|buildah|buildkit] [--kade-wrap 'py-spy record -o {out} -r 200 --subprocesses --']
        [--scenarios cold,onefile-fresh]   (cold always runs: the others start from what it pushed)
+       [--registry-delay-ms 5]
 Needs root, buildah, busybox-static, GNU time, docker-registry, runc and Go (as the tests do).
 """
 from __future__ import annotations
@@ -316,14 +320,17 @@ def report(rows: dict[str, Row], loads: list[float], args: argparse.Namespace, s
             benchlib.machine(loads, _cpu()) + " (at the start of each scenario)",
             f"- command: `python bench/build_vs_buildah.py --runs {args.runs}"
             + (f" --scenarios {args.scenarios}" if args.scenarios != ",".join(SCENARIOS) else "")
+            + (f" --registry-delay-ms {args.registry_delay_ms:g}" if args.registry_delay_ms else "")
             + f"` (kade commit {commit})",
             f"- BuildKit {bk_version}: buildkitd (OCI worker, runc {_runc_version()}, overlayfs), `buildctl build "
             "--export-cache type=registry,mode=max --import-cache type=registry --output type=image,push=true`; "
             "fresh machine = a buildkitd on a fresh state dir, started before the timing",
             f"- buildah {_buildah_version()}: `bud --layers --format docker --isolation chroot --storage-driver overlay` "
             "(its default driver), "
-            "own --root per storage; registry: Debian docker-registry on loopback (plain HTTP); base: busybox "
-            "(tests/fixtures/build.py)",
+            "own --root per storage; registry: Debian docker-registry on loopback (plain HTTP)"
+            + (f", reached through a proxy holding every chunk {args.registry_delay_ms:g} ms each way "
+               "(benchlib.DelayProxy)" if args.registry_delay_ms else "")
+            + "; base: busybox (tests/fixtures/build.py)",
             "- workload: ~100 MiB of mixed-size partly compressible assets, 300 Python sources, ENV, WORKDIR, "
             "COPY assets, COPY src, RUN writing 20,000 small files (after the COPY of sources, so a source change "
             "re-runs it), CMD",
@@ -356,6 +363,8 @@ def main() -> None:
     ap.add_argument("--only", choices=("kade", "buildah", "buildkit"), help="run one tool (profiling)")
     ap.add_argument("--kade-wrap", help="prefix kade's command ({out} = a per-step profile path)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, profiles)")
+    ap.add_argument("--registry-delay-ms", type=float, default=0.0,
+                    help="every tool reaches the registry through a proxy holding each chunk this long each way")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help="comma-separated scenarios to run (cold always runs: the others need what it pushed)")
     args = ap.parse_args()
@@ -372,9 +381,10 @@ def main() -> None:
     bk_bin = build_buildkit()
     bk_version = subprocess.run([str(bk_bin / "buildctl"), "--version"], capture_output=True, text=True).stdout.split()[2]
     try:
-        base = push_image(reg.host, "bench/base", "1", base_rootfs_tar()).ref
+        host = benchlib.DelayProxy(reg.host, args.registry_delay_ms).host if args.registry_delay_ms else reg.host
+        base = push_image(reg.host, "bench/base", "1", base_rootfs_tar()).ref.replace(reg.host, host, 1)
         for run in range(args.runs):
-            one_run(run, work, reg.host, base, rows, loads, args.only, args.kade_wrap, chosen, bk_bin)
+            one_run(run, work, host, base, rows, loads, args.only, args.kade_wrap, chosen, bk_bin)
     finally:
         reg.stop()
         if not args.keep:
