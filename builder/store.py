@@ -225,7 +225,7 @@ class ImageStore:
         if repo.head_blob(d.digest) is not None:
             self.note_blobs(name, [d])
             return 0
-        repo.upload_blob(self.local_blob(d), d.digest, d.size)
+        repo.upload_blob(self.local_blob(d), d.digest, d.size, skip_existing=False)   # (the HEAD just above)
         self.note_blobs(name, [d])
         return d.size
 

@@ -145,7 +145,7 @@ def push_record(repo: Any, record: BuildRecord, key: Any = None) -> str:
         manifest = stagesig.sign(parse_manifest(manifest), "record", stagesig.repository_name(repo), record.tag,  # type: ignore[arg-type]
                                  key).to_bytes()
     repo.upload_blob(io.BytesIO(mt.OCI_EMPTY_BYTES), mt.OCI_EMPTY_DIGEST, len(mt.OCI_EMPTY_BYTES))
-    repo.upload_blob(io.BytesIO(config), sha256_digest(config), len(config))
+    repo.upload_blob(io.BytesIO(config), sha256_digest(config), len(config), skip_existing=False)  # new: no HEAD
     repo.put_manifest(record.tag, manifest, mt.OCI_MANIFEST)
     return record.tag
 

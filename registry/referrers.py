@@ -74,7 +74,7 @@ def push_artifact(repo: Any, subject: Descriptor, artifact_type: str, blob: byte
     manifest = artifact_manifest(subject, artifact_type, blob, annotations)
     body = manifest.to_bytes()
     repo.upload_blob(io.BytesIO(mt.OCI_EMPTY_BYTES), mt.OCI_EMPTY_DIGEST, len(mt.OCI_EMPTY_BYTES))
-    repo.upload_blob(io.BytesIO(blob), manifest.layers[0].digest, len(blob))
+    repo.upload_blob(io.BytesIO(blob), manifest.layers[0].digest, len(blob), skip_existing=False)  # a new document
     digest, indexed = repo.push_manifest(sha256_digest(body), body, mt.OCI_MANIFEST)
     desc = Descriptor(mt.OCI_MANIFEST, digest, len(body), annotations=manifest.annotations,
                       artifact_type=artifact_type)
