@@ -21,7 +21,7 @@ from concurrent.futures import Future
 import contextlib
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator, Sequence, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, Sequence, cast
 
 from builder import events as ev
 from builder import image_config as ic
@@ -42,6 +42,36 @@ if TYPE_CHECKING:
 FS_STEP_KINDS = frozenset({"run", "copy", "workdir"})  # steps that work on the stage's rootfs
 
 
+class StepPushes:
+    """A stage's step images going up to the stages repo while its next steps run (a push is a few
+    round trips; the next step needs only the local layer). One at a time, in order: each finds its
+    parent's blobs already there. A failed push stops the stage before its next step; the stage is done
+    when every push is."""
+
+    def __init__(self) -> None:
+        self._pool = cancel.Pool(max_workers=1, thread_name_prefix="kade-step-push")
+        self._jobs: list[Future] = []
+
+    def submit(self, push: Callable[[], None]) -> None:
+        self._jobs.append(self._pool.submit(push))
+
+    def check(self) -> None:
+        """Raise the error of a push that failed."""
+        for job in self._jobs:
+            if job.done() and not job.cancelled() and job.exception() is not None:
+                job.result()
+
+    def __enter__(self) -> "StepPushes":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._pool.__exit__(exc_type, exc, tb)   # waits for them (a cancelled build: not for long)
+        if exc_type is None:
+            cancel.check()
+            for job in self._jobs:
+                job.result()
+
+
 class LocalExecutor:
     def __init__(self, env: BuildEnv, *, work_root: Path | None = None,
                  on_step_image: Callable[[Step, Image, Sequence[TocEntry] | None], None] | None = None):
@@ -57,6 +87,7 @@ class LocalExecutor:
         self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
         self.streamed: set[str] = set()      # layers uploaded while they were written
         self.tocs: dict[str, Sequence[TocEntry]] = {}   # layers written, not yet handed to on_step_image
+        self.pushes: dict[str, StepPushes] = {}   # stage label -> its step images going up
         self.interrupted = False
 
     # -- the Executor protocol ---------------------------------------------------------------------
@@ -104,11 +135,19 @@ class LocalExecutor:
         ps = job.stage
         root = self._materialize(job.parent, f"stage-{ps.label}-")
         parent, ran, keys = job.parent, 0, set()
-        for step in job.steps:
-            parent, here = self._run_once(ps, step, parent, root, results)
-            if here:
-                ran += 1
-                keys.add(step.key)
+        with StepPushes() as pushes:
+            with self.lock:
+                self.pushes[ps.label] = pushes
+            try:
+                for step in job.steps:
+                    pushes.check()
+                    parent, here = self._run_once(ps, step, parent, root, results)
+                    if here:
+                        ran += 1
+                        keys.add(step.key)
+            finally:
+                with self.lock:
+                    del self.pushes[ps.label]
         if ps.label in rootfs_readers(self._plan):  # else its last RUN may have left it unmerged
             with self.root_lock:
                 self.stage_roots[ps.label] = root.reader()
@@ -265,17 +304,27 @@ class LocalExecutor:
         if repo and self.o.build_key is not None:
             img = self._signed(img, repo, step.key, self.o.build_key)
         self.env.store.keep_local(img)
-        pushed = self.env.store.push(img, repo, step.key).uploaded if repo else 0
-        if layer is not None and layer.digest in self.streamed:
-            pushed += layer.size   # went up while it was written
-        self.report(ev.STEP_DONE, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step),
-                    seconds=round(time.monotonic() - started, 3), layer_bytes=layer.size if layer else 0,
-                    pushed_bytes=pushed)
-        if layer is not None:
-            with self.lock:
-                toc = self.tocs.pop(layer.digest, None)
-        if self.on_step_image is not None and step.stage == self._plan.target:
-            self.on_step_image(step, img, toc if layer is not None else None)
+        target = step.stage == self._plan.target
+
+        def push() -> None:
+            pushed = self.env.store.push(img, repo, step.key).uploaded if repo else 0
+            if layer is not None and layer.digest in self.streamed:
+                pushed += layer.size   # went up while it was written
+            self.report(ev.STEP_DONE, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step),
+                        seconds=round(time.monotonic() - started, 3), layer_bytes=layer.size if layer else 0,
+                        pushed_bytes=pushed)
+            if layer is not None:
+                with self.lock:
+                    toc = self.tocs.pop(layer.digest, None)
+            if self.on_step_image is not None and target:
+                self.on_step_image(step, img, toc if layer is not None else None)
+
+        with self.lock:
+            pushes = self.pushes.get(ps.label)
+        if pushes is None:
+            push()
+        else:
+            pushes.submit(push)
         return img
 
     def _signed(self, img: Image, repo: str, key: str, build_key: SigningKey) -> Image:
