@@ -8,7 +8,7 @@ kade/buildview.py render it: a live view in a terminal, plain lines in CI, JSON 
 | `plan` | the plan is made and looked up | `steps` (planned), `cached` (found in the stages repo), `image` |
 | `cached` | a step is taken from the stages repo | `image`, `stage`, `key`, `step` |
 | `step` | a step starts running | `image`, `stage`, `key`, `step` |
-| `step-done` | a step ran and its image is pushed | `image`, `stage`, `key`, `step`, `seconds`, `layer_bytes`, `pushed_bytes` |
+| `step-done` | a step ran and its image is pushed (it may come after the next step's `step`: step images go up behind the steps) | `image`, `stage`, `key`, `step`, `seconds`, `layer_bytes`, `pushed_bytes` |
 | `shared` | a step is taken from an identical step of another stage running at once | `image`, `stage`, `key`, `step` |
 | `reused` | a step is taken from another build that pushed it meanwhile (`--backend kubernetes`: the CLI waited for its step Lease) | `image`, `stage`, `key`, `step` |
 | `output` | a line a RUN printed | `image`, `stage`, `key` |
