@@ -86,7 +86,7 @@ class LocalCache:
     @property
     def context_digests(self) -> Path:
         """This tenant's kept digests of big context files (builder/digests.py)."""
-        return self.root / "tenants" / self.tenant.slug / "context-digests.json"
+        return self.root / self.tenant.own("context-digests.json")
 
     @property
     def downloads(self) -> Path:

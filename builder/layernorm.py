@@ -2,14 +2,14 @@
 layer holds, `fingerprint_of` records the result, `keep_xattr` says which xattrs a layer keeps.
 
 A RUN's big upper dir (`APART_FROM` changes or more) is normalized in a child process (`Normalizing`)
-while the build process writes its layer from the same files: both walk every entry (20,000 files take each about 0.4 s), and on threads of
-one process they took turns at the GIL and both ran two to three times slower; two processes use two
-cores. This module imports only the standard library, so the child starts in a few milliseconds.
+while the build process writes its layer from the same files: both walk every entry (20,000 files take
+each about 0.4 s), and on threads of one process they took turns at the GIL and both ran two to three
+times slower; two processes use two cores. This module imports only the standard library, so the child starts in a few milliseconds.
 
 The two can run at once because what normalize changes doesn't change what the writer writes: mtimes
 (the writer writes whole seconds clamped to the epoch, what normalize sets) and xattrs that a layer
 doesn't keep (the writer reads only `keep_xattr` ones, which normalize never touches). Removing a socket
-does move its directory's mtime: sockets go before the child starts (builder/stageroot.py).
+does move its directory's mtime: sockets go before the child starts (`layerstore.tidy`).
 """
 from __future__ import annotations
 

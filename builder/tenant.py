@@ -48,7 +48,11 @@ class Tenant:
         """The cache folder of `part`, relative to the cache root."""
         if part not in PARTS:
             raise ValueError(f"no tenant part {part!r}")
-        return f"shared/{part}" if part in self.shares else f"tenants/{self.slug}/{part}"
+        return f"shared/{part}" if part in self.shares else self.own(part)
+
+    def own(self, name: str) -> str:
+        """A path of this tenant's alone (never shared), relative to the cache root."""
+        return f"tenants/{self.slug}/{name}"
 
 
 def resolve(explicit: str | None, stages_repo: str | None, shares: frozenset[str] = frozenset()) -> Tenant:
