@@ -27,6 +27,8 @@ CONNECT_TIMEOUT = 5.0  # seconds to open a connection to the API server
 READ_TIMEOUT = 30.0  # seconds one plain request may wait for its answer (less when the deadline is nearer)
 RETRY_WINDOW = 60.0  # seconds transient failures of one request are retried (bounded by the deadline too)
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 5.0)  # then 5 s between attempts
+DISCOVERY_SETTLE = 30.0  # seconds a kind whose CRD the cluster has may take to appear in discovery
+_CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 _TRANSIENT_500 = re.compile(r"failed calling webhook|webhook.*(refused|timeout|deadline)|etcdserver|"
                             r"the server is currently unable|try again later|context deadline exceeded", re.I)
 MAX_MESSAGE = 600  # characters of an API server's message kept in an error
@@ -73,7 +75,7 @@ def retry_delay(attempt: int, retry_after: float | None = None) -> float:
 class Kube:
     def __init__(self, kubeconfig: str | None = None, context: str | None = None, *, report: Report | None = None,
                  connect_timeout: float = CONNECT_TIMEOUT, read_timeout: float = READ_TIMEOUT,
-                 retry_window: float = RETRY_WINDOW):
+                 retry_window: float = RETRY_WINDOW, discovery_settle: float = DISCOVERY_SETTLE):
         cfg = load_configuration(kubeconfig, context)
         cfg.connection_pool_maxsize = 64
         cfg.retries = 0  # retries are ours: bounded by the deadline and reported
@@ -81,6 +83,7 @@ class Kube:
         self.api = k8s_client.ApiClient(cfg)
         self.report = report
         self.connect_timeout, self.read_timeout, self.retry_window = connect_timeout, read_timeout, retry_window
+        self.discovery_settle = discovery_settle
         self.deadline: float | None = None  # time.monotonic() past which nothing more is waited for
         self._lock = threading.Lock()
         self.request_count = 0
@@ -208,13 +211,49 @@ class Kube:
         return found
 
     def resource_for(self, api_version: str, kind: str) -> ApiResource:
-        """Discovery for one kind; asks again once on a miss (a CRD may just have been established)."""
-        for refresh in (False, True):
-            for res in self._group_version(api_version, refresh):
-                if res.kind == kind:
-                    return res
-        raise DeployError(f"the cluster does not know kind {kind} in {api_version}: is its CRD installed, "
-                          f"or is the apiVersion wrong? (see `kubectl api-resources`)")
+        """Discovery for one kind. A miss asks again; when a CRD in the cluster defines the kind, it keeps
+        asking for up to `discovery_settle` seconds: the API server serves a new CRD's kind a moment after
+        the CRD is Established, and a kind applied in between would fail."""
+        found = self._find(api_version, kind, refresh=False) or self._find(api_version, kind, refresh=True)
+        if found:
+            return found
+        crd = self._crd_defining(api_version, kind)
+        if crd is None:
+            raise DeployError(f"the cluster does not know kind {kind} in {api_version}: is its CRD installed, "
+                              f"or is the apiVersion wrong? (see `kubectl api-resources`)")
+        remaining = self._remaining()
+        settle = self.discovery_settle if remaining is None else max(0.0, min(self.discovery_settle, remaining))
+        give_up, delay = time.monotonic() + settle, 0.1
+        while time.monotonic() < give_up:
+            time.sleep(min(delay, max(0.0, give_up - time.monotonic())))
+            delay = min(delay * 2, 2.0)
+            found = self._find(api_version, kind, refresh=True)
+            if found:
+                return found
+        raise DeployError(f"CRD {crd} defines kind {kind} in {api_version}, but the API server did not serve it "
+                          f"within {settle:.0f} s: see its conditions (`kubectl get crd {crd} -o yaml`)")
+
+    def _find(self, api_version: str, kind: str, refresh: bool) -> ApiResource | None:
+        return next((res for res in self._group_version(api_version, refresh) if res.kind == kind), None)
+
+    def _crd_defining(self, api_version: str, kind: str) -> str | None:
+        """The name of a CRD in the cluster that serves `kind` in `api_version` (None: none, or not allowed
+        to list CRDs)."""
+        group, version = split_api_version(api_version)
+        if not group:
+            return None
+        try:
+            crds = (self.get(_CRDS) or {}).get("items") or []
+        except KubeError as exc:
+            if exc.status in (401, 403):
+                return None
+            raise
+        for crd in crds:
+            spec = crd.get("spec") or {}
+            served = {v.get("name") for v in spec.get("versions") or [] if v.get("served")}
+            if spec.get("group") == group and (spec.get("names") or {}).get("kind") == kind and version in served:
+                return str((crd.get("metadata") or {}).get("name", ""))
+        return None
 
     def find_kind(self, text: str) -> ApiResource:
         """Resolve what a user types (`deploy`, `deployment`, `Deployment.apps`, `widgets.example.com`)."""

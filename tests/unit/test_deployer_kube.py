@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from deployer.errors import DeployError
 from deployer.kube import Kube, KubeError, retry_delay, transient
 from kube.config import kubeconfig_paths
 from kube.errors import KubeConfigError
@@ -170,3 +171,58 @@ def test_watch_lists_again_after_410_gone(tmp_path):
     assert item is not None and item[0] == "sync" and item[2][0]["metadata"]["name"] == "marker", item
     assert any("watch=true" in p and "resourceVersion=1&" in p + "&" for p in _Compacted.requests)
     assert any("watch" not in p for p in _Compacted.requests), "listed again after the 410"
+
+
+_WIDGET_CRD = {"metadata": {"name": "widgets.example.com"},
+               "spec": {"group": "example.com", "names": {"kind": "Widget"},
+                        "versions": [{"name": "v1", "served": True}, {"name": "v0", "served": False}]}}
+
+
+class _LateDiscovery(JsonHandler):
+    """Discovery of example.com/v1 answers 404 for the first `misses` asks, as an API server does for a
+    moment after a CRD is Established (a race a real server shows only now and then)."""
+    misses = 3
+    crds: list = [_WIDGET_CRD]
+    asks = 0
+
+    def do_GET(self):  # noqa: N802
+        if self.path.startswith("/apis/apiextensions.k8s.io/v1/customresourcedefinitions"):
+            self.send_json(200, {"kind": "CustomResourceDefinitionList", "items": type(self).crds})
+        elif self.path.startswith("/apis/example.com/"):
+            type(self).asks += 1
+            if type(self).asks <= type(self).misses or not self.path.startswith("/apis/example.com/v1"):
+                self.send_json(404, {"kind": "Status", "code": 404, "message": "not found"})
+            else:
+                self.send_json(200, {"kind": "APIResourceList", "groupVersion": "example.com/v1", "resources": [
+                    {"name": "widgets", "kind": "Widget", "namespaced": True, "verbs": ["get"]},
+                    {"name": "widgets/status", "kind": "Widget", "namespaced": True, "verbs": ["get"]}]})
+        else:
+            self.send_json(404, {"kind": "Status", "code": 404, "message": "not found"})
+
+
+@pytest.mark.parametrize("misses,crds,api_version,expected", [
+    (3, [_WIDGET_CRD], "example.com/v1", "widgets"),  # served a moment after its CRD: waited for
+    (0, [_WIDGET_CRD], "example.com/v1", "widgets"),
+    (10**6, [_WIDGET_CRD], "example.com/v1", "CRD widgets.example.com defines kind Widget in example.com/v1, but"),
+    (10**6, [], "example.com/v1", "the cluster does not know kind Widget in example.com/v1"),  # no CRD: at once
+    (10**6, [_WIDGET_CRD], "example.com/v0", "the cluster does not know kind Widget"),  # a version not served
+])
+def test_a_kind_whose_crd_exists_is_waited_for(tmp_path, misses, crds, api_version, expected):
+    _LateDiscovery.misses, _LateDiscovery.crds, _LateDiscovery.asks = misses, crds, 0
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _LateDiscovery)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        kube = Kube(_config(tmp_path, server.server_address[1]), discovery_settle=2.0)
+        start = time.monotonic()
+        try:
+            outcome = kube.resource_for(api_version, "Widget").plural
+        except DeployError as exc:
+            outcome = str(exc)
+        took = time.monotonic() - start
+    finally:
+        server.shutdown()
+    assert outcome == expected if expected == "widgets" else expected in outcome, outcome
+    if "does not know" in expected:
+        assert took < 1.0 and _LateDiscovery.asks <= 2, (took, _LateDiscovery.asks)  # no wait without a served CRD
+    if "but" in expected:
+        assert 1.5 <= took < 5, took
