@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from builder.linux import detach_mounts_under
 from builder.tenant import Tenant
+from common import fsutil
 from registry.cache import BlobCache
 
 if TYPE_CHECKING:
@@ -131,9 +131,9 @@ class LocalCache:
             subprocess.run(["sh", "-c", 'rm -rf --one-file-system -- "$1" >/dev/null 2>&1 &', "sh", str(trash)],
                            stdin=subprocess.DEVNULL, start_new_session=True, check=True, timeout=30)
         except (OSError, subprocess.SubprocessError):
-            shutil.rmtree(path, ignore_errors=True)
+            fsutil.remove_tree(path)
             if trash is not None:
-                shutil.rmtree(trash, ignore_errors=True)
+                fsutil.remove_tree(trash)
 
     def mount_dir(self, mount_id: str) -> Path:
         """The persistent directory of this tenant's RUN cache mount `mount_id` (created empty the first
@@ -190,7 +190,7 @@ class LocalCache:
                     detach_mounts_under(path)  # a work dir left by a kade that exited at once (second signal)
                 size = _tree_size(path)
                 if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
+                    fsutil.remove_tree(path)
                 else:
                     path.unlink(missing_ok=True)
                 removed += 1

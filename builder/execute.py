@@ -11,7 +11,6 @@ import contextlib
 import errno
 import os
 import posixpath
-import shutil
 import stat
 import tarfile
 from collections import deque
@@ -34,6 +33,7 @@ from builder.modes import parse_chmod
 from builder.users import resolve_user
 from builder.rootfs_ops import (Meta, Override, Parts, Root, TreeCopy, image_path, replace_with_file, set_meta,
                                 split)
+from common import fsutil
 
 if TYPE_CHECKING:
     from builder.stageroot import StageRoot, Tree
@@ -451,18 +451,34 @@ def run_step(root: "StageRoot", step: Step, ctx: RunContext, on_line: Callable[[
                     if code != 0:
                         raise StepFailedError(f"{step.text} failed with exit code {code}", exit_code=code,
                                               output_tail=list(tail), file=step.ins.file, line=step.ins.line)
-                    changes = cap.changes()
-                    result = write(changes) if changes else None
-                    if keep_result:
-                        cap.commit()
-                    else:
-                        cap.abandon()
+                    with _path_limit(step):
+                        changes = cap.changes()
+                        result = write(changes) if changes else None
+                        if keep_result:
+                            cap.commit()
+                        else:
+                            cap.abandon()
                 break
     finally:
-        shutil.rmtree(views, ignore_errors=True)  # kade's own tree: rmtree never follows its symlinks
+        fsutil.remove_tree(views)  # kade's own tree: rmtree never follows its symlinks
     if keep_result or cap.method != "overlay":
-        shutil.rmtree(scratch, ignore_errors=True)
+        fsutil.remove_tree(scratch)
     return result
+
+
+@contextmanager
+def _path_limit(step: Step) -> Iterator[None]:
+    """A RUN can leave a path longer than Linux's PATH_MAX (a deep directory chain): no tool can name it,
+    so no layer can hold it. Said as the step's fault, not as an OSError of kade's."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        name = os.fsdecode(exc.filename or b"")
+        raise BuildError(f"{step.text}: the RUN left a path longer than Linux allows (4096 bytes), which no layer "
+                         f"can hold: ...{name[-120:]}", file=step.ins.file, line=step.ins.line,
+                         hint="keep its directory chains shallower, or remove them before the RUN ends") from None
 
 
 def _capture(root: "StageRoot", scratch: Path, in_sandbox: bool):

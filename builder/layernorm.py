@@ -97,25 +97,28 @@ def normalize(fs: str | os.PathLike[str], epoch: int | None) -> list[tuple[bytes
         return changed
 
     out: list[tuple[bytes, os.stat_result]] = []
-
-    def visit(rel: bytes, path: bytes, st: os.stat_result) -> None:
-        moved = False
-        if stat.S_ISDIR(st.st_mode):
+    root = os.fsencode(fs)
+    # children before their dir (fixing a child moves its dir's mtime), with an explicit stack: a RUN
+    # may leave a directory chain deeper than Python's recursion limit
+    pending: list[tuple[bytes, bytes, os.stat_result, bool | None]] = [(b"", root, os.lstat(root), None)]
+    while pending:
+        rel, path, st, moved = pending.pop()
+        if moved is None and stat.S_ISDIR(st.st_mode):
             with os.scandir(path) as it:
                 children = [(e.name, e.path, e.stat(follow_symlinks=False)) for e in it]
+            kept = []
             for name, child, cst in children:
                 if stat.S_ISSOCK(cst.st_mode):
-                    os.unlink(child)
-                    moved = True   # this dir's mtime moved: set back in `fix`, from `st`
+                    os.unlink(child)   # this dir's mtime moved: set back in `fix`, from `st`
                 else:
-                    visit(rel + b"/" + name if rel else name, child, cst)
+                    kept.append((rel + b"/" + name if rel else name, child, cst, None))
+            pending.append((rel, path, st, len(kept) < len(children)))
+            pending.extend(reversed(kept))
+            continue
         try:
-            out.append((rel, os.lstat(path) if fix(path, st, moved) else st))
+            out.append((rel, os.lstat(path) if fix(path, st, bool(moved)) else st))
         except OSError as exc:   # os.utime's error names no file
             raise OSError(exc.errno, exc.strerror, exc.filename or path) from None
-
-    root = os.fsencode(fs)
-    visit(b"", root, os.lstat(root))
     return out
 
 

@@ -35,7 +35,6 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import stat
 import tempfile
 import time
@@ -47,6 +46,7 @@ from builder.errors import BuildError
 from builder.layernorm import Fingerprint, NormalizeError, Normalizing, fingerprint_of, normalize
 from builder.rootfs import chain_ids
 from builder.unpack import Limits, apply_layer
+from common import fsutil
 from registry.image import Layer
 
 if TYPE_CHECKING:
@@ -240,7 +240,7 @@ class LayerStore:
         """Normalize, fingerprint, record and rename an upper dir into place (atomically)."""
         final = self.path(chain)
         if not self.has(chain):
-            shutil.rmtree(upper.work, ignore_errors=True)
+            fsutil.remove_tree(upper.work)
             with contextlib.suppress(OSError):
                 upper.merged.rmdir()
             digest, usage, entries = self._normalized(upper, chain, epoch)
@@ -286,7 +286,7 @@ class LayerStore:
             upper.normalizing.cancel()
             upper.normalizing = None
         if upper.scratch.exists():
-            shutil.rmtree(upper.scratch, ignore_errors=True)
+            fsutil.remove_tree(upper.scratch)
 
     def _discard(self, where: Path, why: str) -> None:
         if self.report is not None:
@@ -296,7 +296,7 @@ class LayerStore:
             os.rename(where, trash)
         except OSError:
             trash = where
-        shutil.rmtree(trash, ignore_errors=True)
+        fsutil.remove_tree(trash)
 
     # -- pruning -------------------------------------------------------------------------------
     def usage(self) -> list["Entry"]:
@@ -324,10 +324,10 @@ class LayerStore:
         freed = 0
         for entry in entries:
             if entry.name in doomed:
-                shutil.rmtree(self.root / entry.name, ignore_errors=True)
+                fsutil.remove_tree(self.root / entry.name)
                 freed += entry.bytes
         for leftover in (self.root / "tmp").iterdir():
-            shutil.rmtree(leftover, ignore_errors=True)
+            fsutil.remove_tree(leftover)
         return len(doomed), freed
 
 

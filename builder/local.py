@@ -13,7 +13,6 @@ their stage left, or of the image's layers.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -29,6 +28,7 @@ from builder.env import BuildEnv
 from builder.errors import BuildError, StepFailedError
 from builder.executor import StageJob, StageOutcome, StageResults
 from builder.plan import Plan, PlannedStage, Step
+from common import fsutil
 from registry import cancel
 from registry.image import Image, Layer
 from registry.model import Descriptor, Platform
@@ -359,7 +359,8 @@ class LocalExecutor:
         trees are saved for later builds there: a step image's tree would cost a full copy each time)."""
         holder = self._tracked_work_dir(prefix)
         layers = self._layers(image, report=True) if image is not None else []
-        return self.roots.stage(layers, holder, save=image is not None and self._keepable(image))
+        with _naming(image):
+            return self.roots.stage(layers, holder, save=image is not None and self._keepable(image))
 
     def _keepable(self, image: Image) -> bool:
         return image.source not in (self.env.stages_repo, "")
@@ -399,8 +400,9 @@ class LocalExecutor:
         with self.root_lock:
             if key not in self.stage_roots:
                 layers = self._layers(image, report=True) if image.manifest.layers else []
-                self.stage_roots[key] = self.roots.image(layers, lambda: self._tracked_work_dir("from-image-"),
-                                                         keep=self._keepable(image))
+                with _naming(image):
+                    self.stage_roots[key] = self.roots.image(layers, lambda: self._tracked_work_dir("from-image-"),
+                                                             keep=self._keepable(image))
             return self.stage_roots[key]
 
     def _tracked_work_dir(self, prefix: str) -> Path:
@@ -425,7 +427,7 @@ class LocalExecutor:
         if held:
             return cache.mount_dir(mount_id)
         private = cache.work_dir("cache-private-")
-        stack.callback(shutil.rmtree, private, True)
+        stack.callback(fsutil.remove_tree, private)
         return private
 
 
@@ -461,3 +463,16 @@ class _Announcing:
         self._out.flush()
         self._wrote(len(data))
         return len(data)
+
+
+@contextmanager
+def _naming(image: Image | None) -> Iterator[None]:
+    """A layer refused while unpacking (hostile or corrupt) is said with the image it came from."""
+    try:
+        yield
+    except BuildError as exc:
+        from builder.unpack import UnpackError   # (loaded with the layer store: only when a step runs)
+
+        if not isinstance(exc, UnpackError) or image is None or not image.source:
+            raise
+        raise type(exc)(f"image {image.source}@{image.digest[:19]}: {exc.detail}", hint=exc.hint) from None

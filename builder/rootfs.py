@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,7 @@ from typing import Sequence
 
 from builder.errors import BuildError
 from builder.unpack import Limits, apply_layer
+from common import fsutil
 from registry.image import Layer
 
 
@@ -129,7 +129,7 @@ class RootfsStore:
             self.materialize(layers, tmp, limits=limits, save=False)
             self._place(tmp, ids[-1])
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            fsutil.remove_tree(tmp)
         return final
 
     def save(self, rootfs: Path, chain_id: str) -> None:
@@ -142,7 +142,7 @@ class RootfsStore:
             copy_tree(rootfs, tmp)
             self._place(tmp, chain_id)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            fsutil.remove_tree(tmp)
 
     def _place(self, tmp: Path, chain_id: str) -> None:
         """Record a finished tree's fingerprint, then rename it into place (the first writer wins)."""
@@ -171,5 +171,5 @@ class RootfsStore:
                 pass  # pruned meanwhile, or a read-only cache: the copy is made already
 
     def remove(self, chain_id: str) -> None:
-        shutil.rmtree(self.path(chain_id), ignore_errors=True)
+        fsutil.remove_tree(self.path(chain_id))
         self._record(chain_id).unlink(missing_ok=True)

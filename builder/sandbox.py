@@ -57,6 +57,7 @@ from builder.errors import BuildError
 from builder.rootpath import lexical, resolve_full, split
 from builder.sandbox_init import DEVICES, STARTED
 from builder.rootfs_ops import Parts, Root, lstat_at
+from common import fsutil
 from registry import cancel as _cancel   # the command's cancellation token (kade/interrupt.py)
 
 if TYPE_CHECKING:
@@ -405,7 +406,7 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
                 points.cleanup(host_dir(host))
         if lease is not None:
             lease.release()
-        shutil.rmtree(private, ignore_errors=True)
+        fsutil.remove_tree(private)
 
 
 def _prepare(root: Path, points: "_Mountpoints", staging: "_Staging", private: Path, mounts: Sequence[Mount],
@@ -549,7 +550,7 @@ def _sweep_private_dirs() -> None:
     for entry in PRIVATE_PARENT.glob("kade-sandbox-*-*"):
         pid = entry.name.split("-")[2]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(entry, ignore_errors=True)
+            fsutil.remove_tree(entry)
 
 
 def _run_resolv_conf(net: dict, report: Callable[..., None] | None) -> str:

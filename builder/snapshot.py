@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 import tempfile
 from contextlib import contextmanager
@@ -54,6 +53,7 @@ from builder.layer import read_xattrs, write_layer
 from builder.linux import MNT_DETACH, mount, umount
 from builder.rootpath import open_dir, open_root
 from builder.unpack import Limits, apply_layer, remove_entry
+from common import fsutil
 
 Method = Literal["auto", "overlay", "stat"]
 StatKey = tuple[int, int, int, int, int, int, int, int]  # mode uid gid size mtime_ns ctime_ns ino rdev
@@ -515,7 +515,7 @@ def _excluded(path: str, exclude: tuple[str, ...]) -> bool:
 
 def _clean_overlay_dirs(scratch: Path) -> None:
     for name in ("upper", "work", "merged"):
-        shutil.rmtree(scratch / name, ignore_errors=True)
+        fsutil.remove_tree(scratch / name)
 
 
 def overlay_available(scratch: str | os.PathLike[str]) -> bool:
@@ -530,7 +530,7 @@ def overlay_available(scratch: str | os.PathLike[str]) -> bool:
     except OSError:
         return False
     finally:
-        shutil.rmtree(probe, ignore_errors=True)
+        fsutil.remove_tree(probe)
 
 
 @contextmanager

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import threading
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from builder.layerstore import LayerDir, LayerStore, Upper, lower_paths, tidy
 from builder.rootfs import RootfsStore
 from builder.snapshot import OverlaySpec
 from builder.unpack import Limits
+from common import fsutil
 from registry.image import Layer
 
 Report = Callable[..., None]
@@ -336,7 +336,7 @@ def overlay_unavailable(store: Path) -> str | None:
         return exc.strerror or str(exc)
     finally:
         if probe is not None:
-            shutil.rmtree(probe, ignore_errors=True)
+            fsutil.remove_tree(probe)
 
 
 def _copy_tree(src: Path, dest: Path) -> None:

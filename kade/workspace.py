@@ -3,13 +3,13 @@ temporary folder (or the working tree with --dev), and its kade.yaml loaded and 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from common import fsutil
 from kade.config import CONFIG_NAME, ConfigError, ProjectConfig, TemplateValues, load_config, render_config
 from kade.gittree import GitState, check_clean, export, open_repository, source_url
 
@@ -97,4 +97,4 @@ def open_workspace(project_dir: Path, *, env_name: str | None, dev: bool, report
         yield Workspace(config=config, root=root, git=state, display=display,
                         source=source_url(state) if state else None)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fsutil.remove_tree(tmp)

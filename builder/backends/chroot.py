@@ -28,7 +28,6 @@ mounts or an open descriptor outside, a chroot then holds root too.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -45,6 +44,7 @@ from builder.linux import (CAP_SETPCAP, CHROOTED_RUN_CAPS, PR_SET_NO_NEW_PRIVS, 
 from builder.rootfs_ops import Meta, Override, Parts, Root, TreeCopy, lstat_at
 from builder.rootpath import lexical, split
 from builder.sandbox import DEVICES, Mount, OutputCallback, SandboxError, User, _pump, prepare_call
+from common import fsutil
 
 _DEVICE_NUMBERS = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
                    "tty": (5, 0)}
@@ -200,7 +200,7 @@ def _save_cache(scaffold: _Scaffold, target: Parts, cache: Path) -> None:
             os.rmdir(tmp)
             TreeCopy(scaffold.root, out, Override(keep_owner=True), []).copy(target, out.fd, os.fsencode(tmp.name), ())
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        fsutil.remove_tree(tmp)
         raise
     old = cache.parent / f".{cache.name}.old-{os.getpid()}-{os.urandom(4).hex()}"
     try:
@@ -209,7 +209,7 @@ def _save_cache(scaffold: _Scaffold, target: Parts, cache: Path) -> None:
         old = None  # type: ignore[assignment]
     os.rename(tmp, cache)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        fsutil.remove_tree(old)
 
 
 def run_chroot(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapping[str, str] | None = None,

@@ -9,13 +9,13 @@ union of its parents' (a bitset), freed as soon as its last child has used it.
 """
 from __future__ import annotations
 
-import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from common import fsutil
 from common.git import GitNotInstalled, redact, run_git
 from registry.cleanup.errors import GitError
 from registry.cleanup.policy import GitRef
@@ -157,14 +157,14 @@ class GitSource:
         except GitNotInstalled:
             raise GitError("git is not installed: install git to let cleanup read the history") from None
         if out.returncode != 0:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            fsutil.remove_tree(self._tmp)
             raise GitError(f"cannot clone {redact(self.spec)}: {redact(out.stderr.strip())[:500]} "
                            "(check the URL and the git credentials)")
         return Path(self._tmp)
 
     def __exit__(self, *exc: object) -> None:
         if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            fsutil.remove_tree(self._tmp)
 
 
 safe_url = redact  # a git URL as it may be shown: its user:password@ replaced by ***@

@@ -2,8 +2,12 @@
 
 import pytest
 
+from common.fsutil import remove_tree
 from registry.client import RegistryClient
 from tests.fixtures.build import podman_run, skopeo_inspect
+from tests.fixtures.build import push_layers
+from tests.fixtures.canary import image_files
+from tests.fixtures.layers import E, make_tar
 
 RUN_DOCKERFILE = """\
 ARG BASE
@@ -169,3 +173,56 @@ def test_ssh_agent_socket_is_forwarded(registry, base_image, kade_build, ssh_age
     (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\nRUN --mount=type=ssh,required=true true\n")
     required = kade_build(str(ctx), "--tag", tag, "--no-cache", "--cache-dir", str(tmp_path / "c"))
     assert required.code == 1 and "--ssh" in required.stderr
+
+
+DEEP_CHAIN = "RUN mkdir /deep && cd /deep && i=0 && while [ $i -lt {levels} ]; do mkdir {name} && cd {name}; " \
+             "i=$((i+1)); done && echo bottom > f\n"
+
+
+@pytest.mark.parametrize("levels,name,expect", [
+    (1200, "d", "ok"),                # deeper than Python's recursion limit, shorter than PATH_MAX
+    (1500, "dir", "longer than"),     # a path beyond PATH_MAX (4096): no tool can name it
+])
+def test_a_run_that_leaves_a_deep_directory_chain(registry, base_image, kade_build, tmp_path, levels, name, expect):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\n" + DEEP_CHAIN.format(levels=levels, name=name))
+    tag = f"{registry.host}/deep/chain{levels}:1"
+    try:
+        run = kade_build(str(ctx), "--tag", tag, "--output", "json", "--cache-dir", str(tmp_path / "cache"))
+    finally:
+        remove_tree(tmp_path / "cache")  # pytest's own cleanup of old temp dirs recurses per level
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    if expect != "ok":
+        assert run.code != 0 and expect in run.stderr and "Dockerfile:2" in run.stderr, run.stderr[-3000:]
+        return
+    assert run.code == 0, run.stderr[-3000:]
+    files = image_files(registry.url, f"deep/chain{levels}", "1")
+    assert files["deep/" + f"{name}/" * levels + "f"][1] == b"bottom\n"
+
+
+@pytest.mark.parametrize("levels,name,expect", [
+    (1200, "d", "ok"),                                  # deeper than Python's recursion limit
+    (1500, "dir", "longer than 4096 bytes"),            # a path beyond PATH_MAX: refused by name
+])
+def test_a_base_image_with_a_deep_directory_chain(registry, base_image, kade_build, tmp_path, levels, name, expect):
+    deep = "/".join([name] * levels) + "/f"
+    evil = push_layers(registry.host, f"deep/base{levels}", "1", [make_tar([E(deep, data=b"bottom\n")])])
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base_image.ref} AS tools\nFROM {evil.ref}\n"
+                                    "COPY --from=tools /bin/busybox /bin/busybox\n"
+                                    'RUN ["/bin/busybox", "touch", "/top"]\n')
+    tag = f"{registry.host}/deep/on{levels}:1"
+    try:
+        run = kade_build(str(ctx), "--tag", tag, "--output", "json", "--cache-dir", str(tmp_path / "cache"))
+    finally:
+        remove_tree(tmp_path / "cache")
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    if expect != "ok":
+        error = [line for line in run.stderr.splitlines() if line.startswith("kade: error:")]
+        assert run.code != 0 and expect in error[0] and f"deep/base{levels}@sha256:" in error[0], run.stderr[-3000:]
+        return
+    assert run.code == 0, run.stderr[-3000:]
+    files = image_files(registry.url, f"deep/on{levels}", "1")
+    assert files[deep][1] == b"bottom\n" and "top" in files

@@ -264,6 +264,7 @@ _PATH_CALLS = {("os", n) for n in ("open chown lchown chmod mkdir makedirs unlin
                                    "rename replace listdir scandir walk mknod mkfifo readlink stat lstat truncate "
                                    "setxattr removexattr").split()}
 _PATH_CALLS |= {("shutil", n) for n in "copy copy2 copyfile copytree rmtree move copymode copystat chown".split()}
+_PATH_CALLS.add(("fsutil", "remove_tree"))
 _PATH_METHODS = set(("write_text write_bytes read_text read_bytes mkdir unlink rmdir iterdir is_symlink is_dir "
                      "is_file exists touch chmod symlink_to hardlink_to rglob").split())
 
@@ -297,7 +298,7 @@ NO_ROOTFS = {
 # In the modules that do work on rootfs trees, the path calls that are not on one, and why.
 ALLOWED = {
     ("execute.py", "apply_layers", "open"): "a layer blob in the cache",
-    ("execute.py", "run_step", "shutil.rmtree"): "kade's scratch and view dirs beside the rootfs",
+    ("execute.py", "run_step", "fsutil.remove_tree"): "kade's scratch and view dirs beside the rootfs",
     ("execute.py", "context_view", ".mkdir"): "the views dir kade makes",
     ("execute.py", "context_view", "os.listdir"): "an fd of the views dir",
     ("execute.py", "_extract_archive", "os.utime"): "an fd of the target",
@@ -306,7 +307,7 @@ ALLOWED = {
     ("execute.py", "_cache_mount", "os.chmod"): "a cache mount's dir in the local cache",
     ("execute.py", "_cache_mount", "os.chown"): "a cache mount's dir in the local cache",
     ("backends/chroot.py", "_save_cache", "os.rmdir"): "a temp dir beside the cache dir",
-    ("backends/chroot.py", "_save_cache", "shutil.rmtree"): "cache dirs kade owns",
+    ("backends/chroot.py", "_save_cache", "fsutil.remove_tree"): "cache dirs kade owns",
     ("backends/chroot.py", "_save_cache", "os.rename"): "cache dirs kade owns",
     ("backends/chroot.py", "run_chroot", ".mkdir"): "the cache dir on the cache volume",
     ("sandbox.py", "_resolv_conf", ".read_text"): "the host's /etc/resolv.conf",
@@ -322,13 +323,13 @@ ALLOWED = {
     ("sandbox.py", "_bind_source", "shutil.copytree"): "a resolved bind source into the private dir",
     ("sandbox.py", "_bind_source", "shutil.copy2"): "a resolved bind source into the private dir",
     ("sandbox.py", "_layered_source", ".mkdir"): "a mount point in the sandbox's private dir",
-    ("sandbox.py", "run_in_rootfs", "shutil.rmtree"): "the private temp dir",
+    ("sandbox.py", "run_in_rootfs", "fsutil.remove_tree"): "the private temp dir",
     ("sandbox.py", "_Staging.place", ".mkdir"): "mount points in the sandbox's private dir",
     ("sandbox.py", "_Staging.place", ".touch"): "mount points in the sandbox's private dir",
     ("sandbox.py", "_private_dir", ".mkdir"): "/run/kade/sandbox, kade's own",
     ("sandbox.py", "_private_dir", "os.chmod"): "/run/kade/sandbox, kade's own",
     ("sandbox.py", "_sweep_private_dirs", ".exists"): "dirs under /run/kade/sandbox left by a dead kade",
-    ("sandbox.py", "_sweep_private_dirs", "shutil.rmtree"): "dirs under /run/kade/sandbox left by a dead kade",
+    ("sandbox.py", "_sweep_private_dirs", "fsutil.remove_tree"): "dirs under /run/kade/sandbox left by a dead kade",
     ("sandbox_init.py", "_setup", "os.open"): "the sandbox's fresh /dev tmpfs",
     ("sandbox_init.py", "_setup", "os.mkdir"): "the sandbox's fresh /dev tmpfs",
     ("sandbox_init.py", "_setup", "os.symlink"): "the sandbox's fresh /dev tmpfs",

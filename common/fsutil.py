@@ -1,0 +1,18 @@
+"""Removing directory trees that a build input may have shaped."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Remove the tree at `path` if it is there, ignoring errors, as shutil.rmtree(ignore_errors=True) does,
+    at any depth: Python 3.11's rmtree recurses once per directory level, and a RUN or an archive may leave
+    a chain deeper than the recursion limit. `rm -rf` (fts: no depth or path length limit, never follows
+    a symlink, stays on one file system) finishes what rmtree could not."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", os.fspath(path)], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
