@@ -1,6 +1,6 @@
 """Benchmark 5 of the builder issue: a layer from a ~1 GB tree — throughput (MB/s of uncompressed tar)
 with gzip and zstd, and the writer's peak RSS (goal <= 300 MB); buildah's commit of the same tree
-(gzip, to an OCI layout) side by side when buildah is installed.
+(gzip, to an OCI layout) side by side when buildah is installed; its unpacks beside GNU tar's (C: the floor).
 
 Usage: .venv/bin/python bench/layer_throughput.py [--tree DIR] [--work DIR] [--runs N] [--no-buildah]
 The default tree is a copy of /usr/share plus /usr/lib/x86_64-linux-gnu (real files, ~1.2 GB),
@@ -116,6 +116,17 @@ def unpack_run(work: Path, comp: str, run: int, into: Path) -> tuple[float, int,
     return wall, rss, 0
 
 
+def tar_unpack_run(work: Path, comp: str, run: int, into: Path) -> tuple[float, int, int]:
+    """The anchor: the same blob through the C decompressor's CLI into GNU tar (no checks of names, links
+    or sizes, as kade's unpacker does), into a fresh directory under `into`."""
+    dest = into / f"unpacked-tar-{comp}-{run}"
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir()
+    decompress = {"gzip": "gzip -dc", "zstd": "zstd -dc"}[comp]
+    script = f'{decompress} "$1" | tar --numeric-owner --xattrs -xpf - -C "$2"'
+    return timed(["sh", "-c", script, "sh", str(work / f"layer.{comp}"), str(dest)])[:2] + (0,)
+
+
 def walk_run(tree: Path) -> tuple[float, int, int]:
     return timed([sys.executable, "-c", WALK.format(repo=str(REPO), tree=str(tree))])[:2] + (0,)
 
@@ -165,17 +176,21 @@ def main() -> int:
         runs = writes[comp]
         wall = statistics.median(r[0] for r in runs)
         rows.append((f"kade write_layer {comp}", wall, tar_mb / wall, max(r[1] for r in runs), runs[0][2] / 1e6))
-    unpacks = {c: [] for c in ("gzip", "zstd")}
+    unpackers = {"kade apply_layer": unpack_run, "GNU tar -x": tar_unpack_run}
+    unpacks: dict[tuple[str, str], list] = {(u, c): [] for c in ("gzip", "zstd") for u in unpackers}
     benchlib.settle()
-    for run in range(args.runs):
-        for comp in unpacks:
+    into = args.unpack_into or args.work
+    for run in range(args.runs):   # interleaved: kade gzip, tar gzip, kade zstd, tar zstd, ...
+        for unpacker, comp in unpacks:
             subprocess.run(["sync"])
-            unpacks[comp].append(unpack_run(args.work, comp, run, args.unpack_into or args.work))
-    for done in (args.unpack_into or args.work).glob("unpacked-*"):
+            unpacks[(unpacker, comp)].append(unpackers[unpacker](args.work, comp, run, into))
+    for done in into.glob("unpacked-*"):
         shutil.rmtree(done)
-    for comp, runs in unpacks.items():
+    for (unpacker, comp), runs in unpacks.items():
         wall = statistics.median(r[0] for r in runs)
-        rows.append((f"kade apply_layer {comp} (unpack into {findmnt_type(args.unpack_into or args.work)})", wall, tar_mb / wall, max(r[1] for r in runs), None))
+        rows.append((f"{unpacker} {comp} (unpack into {findmnt_type(into)})", wall, tar_mb / wall,
+                     max(r[1] for r in runs), None))
+    for comp in ("gzip", "zstd"):
         (args.work / f"layer.{comp}").unlink()
     if args.big_gb:
         big = args.work / "big"
