@@ -205,11 +205,17 @@ def _replace(value: str, pattern: str, repl: str) -> str:
 
 def process_word(word: str, env: Mapping[str, str], escape: str = "\\") -> str:
     """Expand and unquote one word, keeping its whitespace (ENV/LABEL values, COPY paths, ...)."""
-    text, _ = _Lexer(word, env, escape).process()
-    return text
+    return _process(word, env, escape)[0]
 
 
 def process_words(word: str, env: Mapping[str, str], escape: str = "\\") -> list[str]:
     """Expand and unquote, then split on unquoted whitespace (EXPOSE, VOLUME in shell form)."""
-    _, words = _Lexer(word, env, escape).process()
-    return words
+    return _process(word, env, escape)[1]
+
+
+def _process(word: str, env: Mapping[str, str], escape: str) -> tuple[str, list[str]]:
+    try:
+        return _Lexer(word, env, escape).process()
+    except RecursionError:   # the lexer recurses once per nested ${...}: a hostile Dockerfile nests thousands
+        raise ExpandError("variable substitutions nested too deeply (hundreds of ${...} inside one another): "
+                          "nest fewer") from None

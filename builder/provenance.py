@@ -21,6 +21,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import jsonsafe
+
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "https://kade.io/buildtypes/dockerfile/v1"
@@ -143,7 +145,7 @@ class Claims:
 def read_claims(data: bytes) -> Claims:
     """The subject, builder id and commit of a provenance statement; ValueError when it is not one."""
     try:
-        doc = json.loads(data)
+        doc = jsonsafe.loads(data)
         if doc.get("_type") != STATEMENT_TYPE or doc.get("predicateType") != PREDICATE_TYPE:
             raise ValueError(f"not an in-toto SLSA v1 statement ({doc.get('_type')!r}, {doc.get('predicateType')!r})")
         subjects = tuple(f"{algo}:{value}" for s in doc["subject"] for algo, value in s["digest"].items())

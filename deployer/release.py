@@ -39,6 +39,7 @@ from typing import Any
 
 from deployer.errors import DeployError, ReleaseLockedError
 from deployer.kube import Kube, KubeError
+from common import jsonsafe
 
 CHUNK_SIZE = 700 * 1024  # bytes of gzip per Secret: under 1 MiB even after base64 in the JSON body
 SECRET_TYPE = "kade.io/release.v1"
@@ -69,7 +70,7 @@ class ReleaseRecord:
 
     @classmethod
     def from_json(cls, data: bytes) -> "ReleaseRecord":
-        raw = json.loads(data)
+        raw = jsonsafe.loads(data)
         if not isinstance(raw, dict):
             raise ValueError("a release record must be a JSON object")
         known = {f for f in cls.__dataclass_fields__}

@@ -21,12 +21,14 @@ import jinja2
 import jinja2.sandbox
 import yaml
 
+from common import yamlsafe
 from deployer.errors import RenderError, UsageError
 from deployer.resources import Resource
 
 PLAIN_SUFFIXES = (".yaml", ".yml", ".json")
 TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2")
 MAX_EXPANDED_NODES = 2_000_000  # bounds YAML alias bombs ("billion laughs")
+MAX_DEPTH = 200  # levels of nesting: no Kubernetes object comes near; copies and diffs recurse per level
 
 
 @dataclass
@@ -135,15 +137,11 @@ def _template_line(exc: BaseException, name: str) -> int | None:
     return line
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader; document boundaries reported by the caller."""
-
-
 def parse_documents(text: str, source: str) -> list[Resource]:
     """Multi-document YAML (or JSON) into Resources; empty documents are skipped."""
     resources: list[Resource] = []
     try:
-        documents = list(yaml.load_all(text, Loader=_Loader))
+        documents = yamlsafe.load_all(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -188,18 +186,21 @@ def validate_manifest(doc: dict[str, Any], label: str) -> None:
 
 
 def _check_size(doc: Any, label: str) -> None:
-    """Count nodes as if aliases were expanded; refuse alias bombs before anything copies them."""
+    """Count nodes as if aliases were expanded; refuse alias bombs and absurd nesting before anything
+    copies them."""
     budget = MAX_EXPANDED_NODES
-    stack = [doc]
+    stack = [(doc, 0)]
     while stack:
-        node = stack.pop()
+        node, depth = stack.pop()
         budget -= 1
         if budget < 0:
             raise RenderError(f"{label}: document too large once YAML aliases are expanded (over {MAX_EXPANDED_NODES} nodes)")
+        if depth > MAX_DEPTH:
+            raise RenderError(f"{label}: nested deeper than {MAX_DEPTH} levels")
         if isinstance(node, dict):
-            stack.extend(node.values())
+            stack.extend((child, depth + 1) for child in node.values())
         elif isinstance(node, list):
-            stack.extend(node)
+            stack.extend((child, depth + 1) for child in node)
 
 
 # ---- values ---------------------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def load_values(files: list[str], set_values: list[str]) -> dict[str, Any]:
         except OSError as exc:
             raise UsageError(f"values file {name}: {exc.strerror or exc}") from None
         try:
-            loaded = yaml.safe_load(text)
+            loaded = yamlsafe.load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise RenderError(f"{name}:{mark.line + 1 if mark else '?'}: invalid YAML in values file") from None
@@ -265,7 +266,7 @@ def parse_set(item: str) -> tuple[list[str], Any]:
     if raw_value == "":
         return parts, ""
     try:
-        value = yaml.safe_load(raw_value)
+        value = yamlsafe.load(raw_value)
     except yaml.YAMLError:
         value = raw_value
     if isinstance(value, (dict, list)):
@@ -290,7 +291,7 @@ def load_images(image_args: list[str], images_files: list[str]) -> dict[str, str
     images: dict[str, str] = {}
     for name in images_files:
         try:
-            data = yaml.safe_load(Path(name).read_text(encoding="utf-8"))
+            data = yamlsafe.load(Path(name).read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as exc:
             raise UsageError(f"images file {name}: {exc}") from None
         images.update(images_from_data(data, name))

@@ -78,9 +78,11 @@ def yaml_file(text: str) -> str:
     """A readable file holding a YAML mapping (a kubeconfig, a values file): said here, not deep in a loader."""
     import yaml
 
+    from common import yamlsafe
+
     readable_file(text)
     try:
-        doc = yaml.safe_load(Path(text).expanduser().read_text(errors="replace"))
+        doc = yamlsafe.load(Path(text).expanduser().read_text(errors="replace"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -28,7 +28,7 @@ def kade_releases(reader: ClusterReader) -> tuple[list[ReleaseRevision], list[st
             # a half-written record (its deploy died) is dropped, as the deployer does
             records = records_from_secrets(secrets, [], max_json=MAX_JSON)
             revisions += [revision_of(reader.label, namespace, name, r) for r in records]
-        except (DeployError, RecursionError, ValueError) as exc:
+        except (DeployError, ValueError) as exc:
             problems.append(f"{where}: {exc}")
     return revisions, problems
 

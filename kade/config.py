@@ -134,8 +134,10 @@ def load_config(path: str | Path) -> ProjectConfig:
 def parse_config(text: str, path: Path) -> ProjectConfig:
     import yaml  # here, not at the top: every command imports this module for ConfigError
 
+    from common import yamlsafe
+
     try:
-        data = yaml.safe_load(text)
+        data = yamlsafe.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""

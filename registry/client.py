@@ -30,6 +30,7 @@ from registry.errors import (DigestMismatch, InvalidManifest, NotFound, Registry
 from registry.model import Descriptor, Manifest
 from registry.reference import Reference, validate_tag
 from registry.transport import RetryPolicy, Transport, parse_link_next, retry_delay
+from common import jsonsafe
 
 MiB = 1 << 20
 READ_BLOCK = MiB
@@ -122,7 +123,7 @@ class OpenUploads:
 def _error_detail(resp: requests.Response) -> str:
     """The registry's own error code/message (OCI error envelope), short; never headers."""
     try:
-        doc = resp.json()
+        doc = jsonsafe.loads(resp.content)
         errors = doc.get("errors") or []
         parts = [f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors if isinstance(e, dict)]
         if parts:
@@ -140,7 +141,7 @@ def _refused_for_missing_blob(resp: requests.Response) -> bool:
 
 def _error_codes(resp: requests.Response) -> set[str]:
     try:
-        return {e.get("code", "") for e in resp.json().get("errors", []) if isinstance(e, dict)}
+        return {e.get("code", "") for e in jsonsafe.loads(resp.content).get("errors", []) if isinstance(e, dict)}
     except (ValueError, AttributeError):
         return set()
 
@@ -494,7 +495,7 @@ class Repository:
                 if resp.status_code != 200:
                     self._raise_unexpected(resp, "list tags")
                 try:
-                    tags = resp.json().get("tags") or []
+                    tags = jsonsafe.loads(resp.content).get("tags") or []
                 except (ValueError, AttributeError):
                     raise RegistryError(f"registry {self.host} sent an invalid tag list for {self.name}") from None
                 nxt = parse_link_next(resp.headers.get("Link"))
@@ -794,10 +795,9 @@ def _opener_for(source: BlobSource) -> tuple[Opener, int | None, bool]:
 
 
 def _manifest_media_type(body: bytes, content_type: str) -> str:
-    import json
 
     try:
-        doc = json.loads(body)
+        doc = jsonsafe.loads(body)
         own = doc.get("mediaType") if isinstance(doc, dict) else None
     except ValueError:
         own = None

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from registry.digest import is_digest, sha256_digest
 from registry.errors import InvalidManifest
 from registry.model import Platform
+from common import jsonsafe
 
 _ROOTFS_TYPE = "layers"
 _SCALARS = ("architecture", "os", "variant", "created", "author")  # the top-level string fields
@@ -84,7 +85,7 @@ class ImageConfig:
     def from_bytes(cls, body: bytes) -> "ImageConfig":
         """Parse an (untrusted) config blob; raise InvalidManifest naming the field at fault."""
         try:
-            doc = json.loads(body)
+            doc = jsonsafe.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidManifest(f"image config is not valid JSON: {exc}") from None
         return cls.from_dict(doc)

@@ -14,6 +14,7 @@ from registry.cache import BlobCache
 from registry.digest import sha256_digest
 from registry.errors import LayoutError
 from registry.model import Descriptor, Index
+from common import jsonsafe
 
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 SCHEME = "oci:"
@@ -60,7 +61,7 @@ class OCILayout:
 
     def index(self) -> Index:
         try:
-            doc = json.loads((self.path / "index.json").read_text())
+            doc = jsonsafe.loads((self.path / "index.json").read_text())
         except (OSError, ValueError) as exc:
             raise LayoutError(f"cannot read {self.path / 'index.json'}: {exc}") from None
         return Index.from_dict(doc, mt.OCI_INDEX)
@@ -99,7 +100,7 @@ class OCILayout:
                 body = self.blobs.read(ref_name)
                 from registry.model import detect_media_type
 
-                return Descriptor(detect_media_type(json.loads(body), None), ref_name, len(body))
+                return Descriptor(detect_media_type(jsonsafe.loads(body), None), ref_name, len(body))
         for e in entries:
             if (e.annotations or {}).get(mt.ANNOTATION_REF_NAME) == ref_name:
                 return e

@@ -12,6 +12,7 @@ from typing import Any, Union
 from registry import mediatypes as mt
 from registry.digest import is_digest
 from registry.errors import InvalidManifest
+from common import jsonsafe
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -257,7 +258,7 @@ def detect_media_type(doc: dict[str, Any], declared: str | None) -> str:
 def parse_manifest(body: bytes, media_type: str | None = None) -> AnyManifest:
     """Parse manifest bytes (untrusted) into a Manifest or Index; raise InvalidManifest."""
     try:
-        doc = json.loads(body)
+        doc = jsonsafe.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidManifest(f"manifest is not valid JSON: {exc}") from None
     _require(isinstance(doc, dict), "manifest must be a JSON object")

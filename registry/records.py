@@ -23,6 +23,7 @@ from registry import mediatypes as mt
 from registry.digest import is_digest, sha256_digest
 from registry.errors import InvalidManifest, NotFound
 from registry.model import Descriptor, Manifest, parse_manifest
+from common import jsonsafe
 
 RECORD_MEDIA_TYPE = "application/vnd.kade.build-record.v1+json"
 RECORD_TAG_RE = re.compile(r"^build-([0-9a-f]{40}|nocommit)-([0-9]{1,16})$")
@@ -67,7 +68,7 @@ class BuildRecord:
     def from_config_bytes(cls, data: bytes, source: str = "build record") -> "BuildRecord":
         """Parse and validate; raise InvalidManifest naming `source` and the field at fault."""
         try:
-            doc = json.loads(data)
+            doc = jsonsafe.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidManifest(f"{source}: not JSON ({exc}); delete or re-push this build record") from None
         if not isinstance(doc, dict):

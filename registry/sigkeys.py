@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.poly1305 import Poly1305
 
 from registry.errors import SigningKeyError
+from common import jsonsafe
 
 ENCRYPTED_PEM_TYPES = (b"ENCRYPTED SIGSTORE PRIVATE KEY", b"ENCRYPTED COSIGN PRIVATE KEY")
 _SCRYPT = {"N": 32768, "r": 8, "p": 1}
@@ -144,7 +145,7 @@ def encrypt(plaintext: bytes, password: bytes) -> bytes:
 
 def decrypt(document: bytes, password: bytes, source: str) -> bytes:
     try:
-        doc = json.loads(document)
+        doc = jsonsafe.loads(document)
         kdf, cipher = doc["kdf"], doc["cipher"]
         if kdf["name"] != "scrypt" or cipher["name"] != "nacl/secretbox":
             raise ValueError(f"unsupported kdf/cipher {kdf['name']}/{cipher['name']}")

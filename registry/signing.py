@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -29,6 +28,7 @@ from registry.errors import InvalidManifest, NotFound, RegistryError
 from registry.model import Descriptor, Manifest, canonical_json, parse_manifest
 from registry.referrers import update_tag
 from registry.sigkeys import PublicKey, SigningKey
+from common import jsonsafe
 
 SIMPLE_SIGNING = "application/vnd.dev.cosign.simplesigning.v1+json"
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
@@ -61,7 +61,7 @@ class Payload:
 def parse_payload(data: bytes) -> Payload:
     """The critical fields of a (signature-verified) simple signing payload; InvalidManifest if malformed."""
     try:
-        doc = json.loads(data)
+        doc = jsonsafe.loads(data)
         critical = doc["critical"]
         if critical["type"] != SIGNATURE_TYPE:
             raise ValueError(f"type {critical['type']!r}")

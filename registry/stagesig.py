@@ -22,13 +22,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
 from registry.model import Manifest, canonical_json
 from registry.sigkeys import PublicKey, SigningKey
+from common import jsonsafe
 
 SIGNATURE = "io.kade.signature"
 SIGNER = "io.kade.signer"
@@ -73,7 +73,7 @@ def problem(body: bytes, kind: str, repository: str, tag: str, key: PublicKey) -
     """None when `body` (a manifest as the registry served it) carries `key`'s valid signature for
     `repository:tag`; else why not, in a few words."""
     try:
-        doc = json.loads(body)
+        doc = jsonsafe.loads(body)
         notes = doc.get("annotations") or {}
         encoded, signer = notes.get(SIGNATURE), notes.get(SIGNER)
     except (ValueError, AttributeError):

@@ -33,6 +33,7 @@ from common.timeouts import CONNECT_TIMEOUT, answer_timeout
 from registry import auth, cancel
 from registry.errors import RegistryError, RegistryUnavailable, Unauthorized
 from registry.reference import host_without_port, is_loopback_host, split_host_port
+from common import jsonsafe
 
 Body = Union[None, bytes, Callable[[], Any]]  # a callable makes a fresh body for each attempt
 
@@ -343,7 +344,7 @@ class Transport:
                 raise Unauthorized(f"token service {realm} of registry {host} answered HTTP {resp.status_code}; "
                                    "check the registry's auth configuration")
             try:
-                return auth.token_from_response(resp.json())
+                return auth.token_from_response(jsonsafe.loads(resp.content))
             except ValueError as exc:
                 raise Unauthorized(f"token service {realm} of registry {host} sent a bad answer: {exc}") from None
 

@@ -20,6 +20,7 @@ from builder.errors import BuildError
 from builder.plan import PlannedStage
 from registry.errors import InvalidManifest
 from registry.imageconfig import ImageConfig
+from common import jsonsafe
 
 FORMAT = "application/vnd.kade.stage-plan.v1+json"
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -138,7 +139,7 @@ def dump_stages(stages: list[PlannedStage], context_root: Path, extra: dict[str,
 
 def load_stages(body: bytes, context_root: Path) -> tuple[list[PlannedStage], dict[str, Any]]:
     try:
-        doc = json.loads(body)
+        doc = jsonsafe.loads(body)
     except ValueError as exc:
         raise PlanFormatError(f"stage plan is not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:

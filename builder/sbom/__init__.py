@@ -18,6 +18,7 @@ from builder.sbom.documents import CYCLONEDX_MEDIA_TYPE, SPDX_MEDIA_TYPE, Subjec
 from builder.sbom.packages import Package
 from builder.sbom.walk import LayerInput, inventory, scan_image
 from builder.tarformat import TocEntry
+from common import jsonsafe
 
 FORMATS = {"spdx": (spdx, SPDX_MEDIA_TYPE), "cyclonedx": (cyclonedx, CYCLONEDX_MEDIA_TYPE)}
 INVENTORY_MEDIA_TYPE = "application/vnd.kade.sbom-inventory.v1+json"
@@ -61,7 +62,7 @@ class Inventory:
 
     @classmethod
     def from_json(cls, data: bytes) -> "Inventory":
-        doc = json.loads(data)
+        doc = jsonsafe.loads(data)
         if not isinstance(doc, dict) or doc.get("version") != INVENTORY_VERSION:
             raise ValueError("not a kade SBOM inventory of this version")
         return cls([Package.from_dict(p) for p in doc["packages"]], dict(doc["os"]), list(doc["notes"]))

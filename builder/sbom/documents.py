@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from builder.sbom.licenses import license_refs, to_spdx
 from builder.sbom.packages import Package
+from common import jsonsafe
 
 SPDX_MEDIA_TYPE = "application/spdx+json"
 CYCLONEDX_MEDIA_TYPE = "application/vnd.cyclonedx+json"
@@ -166,7 +167,7 @@ class Row:
 def read_rows(data: bytes) -> list[Row]:
     """The packages an SPDX or CycloneDX JSON document lists (the image itself left out)."""
     try:
-        doc = json.loads(data)
+        doc = jsonsafe.loads(data)
     except ValueError as exc:
         raise ValueError(f"not a JSON SBOM: {exc}") from None
     if not isinstance(doc, dict):

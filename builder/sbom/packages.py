@@ -8,10 +8,11 @@ and callers bound the bytes handed to them.
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
+
+from common import jsonsafe
 
 MAX_FIELD = 4096  # bytes of one kept field value (names, versions, licenses)
 
@@ -137,8 +138,8 @@ def python_metadata(data: bytes, location: str) -> list[Package]:
 
 def npm_package(data: bytes, location: str) -> list[Package]:
     try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError):
+        doc = jsonsafe.loads(data)
+    except ValueError:
         return []
     if not isinstance(doc, dict):
         return []

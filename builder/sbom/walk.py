@@ -29,6 +29,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Protocol, Sequence
 from builder.sbom import golang
 from builder.sbom import packages as pk
 from builder.tarformat import DIRECTORY, HARDLINK, REGULAR, TarReader, TocEntry
+from common import jsonsafe
 
 STATE_VERSION = "2"
 MAX_FINDINGS = 100_000
@@ -93,7 +94,7 @@ class State:
 
     @classmethod
     def from_json(cls, data: bytes) -> "State":
-        doc = json.loads(data)
+        doc = jsonsafe.loads(data)
         if doc.get("version") != STATE_VERSION:
             raise ValueError("another state version")
         return cls({p: Finding(k, layer, pkgs, facts) for p, (k, layer, pkgs, facts) in doc["findings"].items()},

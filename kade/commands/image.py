@@ -14,6 +14,7 @@ from registry.errors import InvalidDigest, InvalidReference
 from registry.layout import SCHEME as LAYOUT_SCHEME
 from registry.model import Manifest, parse_manifest
 from registry.reference import Reference
+from common import jsonsafe
 
 if TYPE_CHECKING:
     from registry.client import RegistryClient
@@ -146,7 +147,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             return 0
         manifest = parse_manifest(body, desc.media_type)
         result: dict[str, Any] = {"reference": args.ref, "digest": desc.digest, "mediaType": desc.media_type,
-                                  "size": desc.size, "manifest": json.loads(body)}
+                                  "size": desc.size, "manifest": jsonsafe.loads(body)}
         if isinstance(manifest, Manifest):
             stream = endpoint.open_blob(manifest.config)
             try:
@@ -158,7 +159,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             from registry.imageconfig import ImageConfig
 
             ImageConfig.from_bytes(config_bytes)  # validates
-            result["config"] = json.loads(config_bytes)
+            result["config"] = jsonsafe.loads(config_bytes)
     print(json.dumps(result, indent=2))
     return 0
 

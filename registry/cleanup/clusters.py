@@ -36,6 +36,7 @@ from registry.digest import is_digest, sha256_digest
 from registry.errors import NotFound, RegistryError
 from registry.model import Descriptor, Manifest, parse_manifest
 from registry.records import format_time, parse_time
+from common import jsonsafe
 
 REPORT_MEDIA_TYPE = "application/vnd.kade.cluster-report.v1+json"
 TAG_PREFIX = "cluster-"
@@ -166,8 +167,8 @@ def parse_report(data: bytes, source: str) -> ClusterReport:
     if len(data) > MAX_REPORT_BYTES:
         raise ReportError(f"{source}: more than {MAX_REPORT_BYTES} bytes")
     try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        doc = jsonsafe.loads(data)
+    except (ValueError, UnicodeDecodeError):
         raise ReportError(f"{source}: not JSON") from None
     if not isinstance(doc, dict):
         raise ReportError(f"{source}: not a JSON object")

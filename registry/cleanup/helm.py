@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from registry.cleanup.manifests import ManifestError, images_in_yaml
+from common import jsonsafe
 
 SECRET_TYPE = "helm.sh/release.v1"
 OWNER_SELECTOR = "owner=helm"
@@ -99,11 +99,9 @@ def decode_release(obj: dict[str, Any], kind: str, max_json: int = MAX_JSON) -> 
 
 def _decode(obj: dict[str, Any], kind: str, meta: dict[str, Any], max_json: int, where: str) -> HelmRelease:
     try:
-        doc = json.loads(release_json(obj, kind, max_json))
+        doc = jsonsafe.loads(release_json(obj, kind, max_json))
     except (ValueError, UnicodeDecodeError) as exc:
         raise HelmReleaseError(f"the release is not JSON ({str(exc)[:120]})") from None
-    except RecursionError:
-        raise HelmReleaseError("the release JSON nests deeper than can be read") from None
     if not isinstance(doc, dict):
         raise HelmReleaseError("the release is not a JSON object")
     name, version = doc.get("name"), doc.get("version")

@@ -17,10 +17,7 @@ from typing import Any, Iterator
 
 import yaml
 
-try:  # libyaml parses ~10x faster; the pure-Python loader is the fallback
-    from yaml import CSafeLoader as _Loader
-except ImportError:  # pragma: no cover - depends on how PyYAML was built
-    from yaml import SafeLoader as _Loader  # type: ignore[assignment]
+from common import yamlsafe
 
 
 class ManifestError(ValueError):
@@ -68,11 +65,9 @@ def images_in_yaml(text: str, source: str) -> list[str]:
     if "image" not in text:  # most of a big chart is CRDs and ConfigMaps: no parse needed for those
         return []
     try:
-        docs = list(yaml.load_all(text, Loader=_Loader))
+        docs = yamlsafe.load_all(text)
     except yaml.YAMLError as exc:
         raise ManifestError(f"{source}: its manifest is not valid YAML ({_first_line(exc)})") from None
-    except RecursionError:
-        raise ManifestError(f"{source}: its manifest nests deeper than can be read") from None
     return images_in(docs)
 
 

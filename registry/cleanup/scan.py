@@ -10,7 +10,6 @@ blocks deletion in the plan (its images are unknown) and names the object to fix
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -19,6 +18,7 @@ from registry.cleanup.helm import NAME_PREFIX, OWNER_SELECTOR, SECRET_TYPE, Helm
 from registry.cleanup.inuse import KINDS, InUse, images_of
 from registry.cleanup.releases import LOCAL, ReleaseRevision
 from common.timeouts import CONNECT_TIMEOUT, answer_timeout
+from common import jsonsafe
 
 Report = Callable[..., None]
 
@@ -72,7 +72,7 @@ class ClusterReader:
                                           **extra}
                 if cont:
                     kwargs["_continue"] = cont
-                doc = json.loads(method(**kwargs).data)
+                doc = jsonsafe.loads(method(**kwargs).data)
             except ApiException as exc:
                 hint = ""
                 if exc.status in (401, 403):

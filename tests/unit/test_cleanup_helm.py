@@ -113,7 +113,7 @@ def test_a_gzip_bomb_is_refused_without_inflating_it():
     (secret(helm_value(helm_json(manifest=["x"]))), "a manifest is not a string"),
     (secret(helm_value(helm_json(manifest="image: [unclosed"))), "not valid YAML"),
     (secret(helm_value(helm_json(manifest="image:\n" + "- " * 1 + "[" * 100_000))), "manifest"),
-    (secret(helm_value(b"[" * 100_000 + b"]" * 100_000)), "nests deeper"),
+    (secret(helm_value(b"[" * 100_000 + b"]" * 100_000)), "nested deeper"),
     (secret(base64.b64encode(gzip.compress(helm_json())[:-20]).decode()), "truncated"),
     (secret(base64.b64encode(gzip.compress(helm_json()) + b"junk").decode()), "bytes after the gzip stream"),
 ])

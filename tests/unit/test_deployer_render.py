@@ -88,6 +88,9 @@ def test_stdin():
     ("- a\n- b\n", "must be a mapping"),
     ("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  labels: {n: 1}\n", "must be strings"),
     ("a: [1,\nb: 2\n", r"s:\d+: invalid YAML"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", r"s(:\d+)?: invalid YAML"),   # deeper than any parser follows
+    ("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: " + "[" * 300 + "]" * 300 + "\n",
+     "nested deeper than 200 levels"),
 ])
 def test_bad_manifests(text, message):
     with pytest.raises(RenderError, match=message):

@@ -1,0 +1,63 @@
+"""Registries and images whose JSON nests deeper than Python's recursion limit, on a real registry
+(docker-registry keeps a config blob as it is, and a manifest's unknown fields as they are): every
+kade command that reads them says which document it refused, and never crashes with a RecursionError."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pytest
+
+from registry import mediatypes as mt
+from registry.client import ClientOptions, RegistryClient
+from tests.fixtures.silent import run_kade
+
+DEPTH = 5000   # Go's encoding/json (the registry) takes up to 10,000 levels; Python's json ~1,000
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def _push(host: str, repo: str, tag: str, config: bytes, manifest_extra: bytes = b"") -> None:
+    """An image of no layers with this config blob; `manifest_extra` goes in as an unknown field."""
+    with RegistryClient(ClientOptions(insecure=(host,))) as client:
+        r = client.repository(f"{host}/{repo}")
+        cfg = r.upload_blob(io.BytesIO(config), "sha256:" + hashlib.sha256(config).hexdigest(), len(config))
+        doc = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+               "config": {"mediaType": mt.OCI_CONFIG, "digest": cfg.digest, "size": cfg.size}, "layers": []}
+        body = json.dumps(doc).encode()
+        if manifest_extra:
+            body = body[:-1] + b', "x": ' + manifest_extra + b"}"
+        r.put_manifest(tag, body, mt.OCI_MANIFEST)
+
+
+GOOD_CONFIG = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
+                          "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+DEEP_CONFIG = GOOD_CONFIG[:-1] + b', "x": ' + _nested(DEPTH) + b"}"
+
+
+@pytest.mark.parametrize("case", ["deep-config", "deep-manifest"])
+@pytest.mark.parametrize("command", ["inspect", "build", "copy"])
+def test_deeply_nested_json_is_refused_by_name(registry, tmp_path, case, command):
+    repo = f"hostile/json-{case}"
+    if case == "deep-config":
+        _push(registry.host, repo, "1", DEEP_CONFIG)
+    else:
+        _push(registry.host, repo, "1", GOOD_CONFIG, manifest_extra=_nested(DEPTH))
+    ref = f"{registry.host}/{repo}:1"
+    insecure = ["--insecure-registry", registry.host]
+    if command == "inspect":
+        run = run_kade("image", "inspect", *insecure, ref)
+    elif command == "copy":
+        run = run_kade("image", "copy", *insecure, ref, f"{registry.host}/hostile/copied-{case}:1")
+    else:
+        (tmp_path / "Dockerfile").write_text(f"FROM {ref}\nENV A=1\n")
+        run = run_kade("build", str(tmp_path), *insecure, "--cache-dir", str(tmp_path / "cache"),
+                       "--tag", f"{registry.host}/hostile/built-{case}:1")
+    assert "Traceback" not in run.stderr and "RecursionError" not in run.stderr, run.stderr[-3000:]
+    if command == "copy" and case == "deep-config":
+        return   # a copy moves the config blob as bytes: it may succeed
+    assert run.returncode != 0, run.stdout[-2000:]
+    assert "nested deeper" in run.stderr, run.stderr[-3000:]
