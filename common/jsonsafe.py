@@ -10,13 +10,9 @@ import json
 from typing import Any
 
 
-class TooDeep(ValueError):
-    """A document nested deeper than kade parses."""
-
-
 def loads(data: str | bytes | bytearray) -> Any:
     try:
         return json.loads(data)
     except RecursionError:
-        raise TooDeep("a JSON document nested deeper than 900 levels: refused (a hostile or broken document?)") \
-            from None
+        raise ValueError("a JSON document nested deeper than Python's parser follows (about 1,000 levels): "
+                         "refused (a hostile or broken document?)") from None

@@ -1,5 +1,5 @@
 """YAML from users and clusters, parsed safely: libyaml's safe loader where PyYAML has it (fast, and it
-refuses nesting past 1,000 levels), else PyYAML's own, whose RecursionError on deep nesting becomes a
+refuses deep nesting itself), else PyYAML's own, whose RecursionError on deep nesting becomes a
 yaml.YAMLError like any other parse error, so every caller's error path takes it."""
 from __future__ import annotations
 

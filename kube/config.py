@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from common import yamlsafe
 from kube.errors import KubeConfigError
 
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -29,7 +30,7 @@ def kubeconfig_paths(kubeconfig: str | None, environ: Mapping[str, str] | None =
 def check_kubeconfig(path: str, text: str) -> None:
     """Raise KubeConfigError naming `path` when `text` is not a kubeconfig a client could use."""
     try:
-        data = yaml.safe_load(text)
+        data = yamlsafe.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -213,16 +213,14 @@ def test_a_kind_whose_crd_exists_is_waited_for(tmp_path, misses, crds, api_versi
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         kube = Kube(_config(tmp_path, server.server_address[1]), discovery_settle=2.0)
-        start = time.monotonic()
         try:
             outcome = kube.resource_for(api_version, "Widget").plural
         except DeployError as exc:
             outcome = str(exc)
-        took = time.monotonic() - start
     finally:
         server.shutdown()
     assert outcome == expected if expected == "widgets" else expected in outcome, outcome
     if "does not know" in expected:
-        assert took < 1.0 and _LateDiscovery.asks <= 2, (took, _LateDiscovery.asks)  # no wait without a served CRD
+        assert _LateDiscovery.asks <= 2, _LateDiscovery.asks   # no wait without a CRD that serves the kind
     if "but" in expected:
-        assert 1.5 <= took < 5, took
+        assert _LateDiscovery.asks > 3 and "within 2 s" in outcome, (_LateDiscovery.asks, outcome)  # asked on
