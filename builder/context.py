@@ -4,6 +4,7 @@ Matching follows moby/patternmatcher: patterns are cleaned and made relative, `*
 cross `/`, `**` spans any number of directories, a pattern that matches a parent directory
 matches everything below it, `!` re-includes, and the last matching pattern wins.
 `<Dockerfile>.dockerignore` next to the Dockerfile takes precedence over `<context>/.dockerignore`.
+The wildcards themselves are builder/globs.py's.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from builder.digests import FileDigests
 from builder.errors import ContextError, MissingSourceError
+from builder.globs import Glob, GlobError
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -24,45 +26,8 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 @dataclass(frozen=True)
 class Pattern:
     raw: str
-    regex: re.Pattern[str]
+    glob: Glob
     exclusion: bool  # `!pattern`: re-include
-
-
-def compile_pattern(text: str) -> str:
-    """A cleaned dockerignore pattern -> an anchored regular expression."""
-    out = ["^"]
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch == "*":
-            if i + 1 < n and text[i + 1] == "*":
-                i += 1
-                if i + 1 < n and text[i + 1] == "/":
-                    i += 1
-                    out.append("(.*/)?")
-                else:
-                    out.append(".*")
-            else:
-                out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "[":
-            end = text.find("]", i + 1)
-            if end < 0:
-                raise ContextError(f"bad pattern {text!r} in .dockerignore: unterminated [")
-            body = text[i + 1:end]
-            if body.startswith("^") or body.startswith("!"):
-                body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end
-        elif ch == "\\" and i + 1 < n:
-            i += 1
-            out.append(re.escape(text[i]))
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    out.append("$")
-    return "".join(out)
 
 
 def clean_path(p: str) -> str:
@@ -84,10 +49,10 @@ def parse_ignore(text: str, source: str = ".dockerignore") -> list[Pattern]:
             raise ContextError(f"illegal exclusion pattern '!' in {source}")
         cleaned = clean_path(line)
         try:
-            regex = re.compile(compile_pattern(cleaned))
-        except re.error as exc:
+            glob = Glob(cleaned)
+        except GlobError as exc:
             raise ContextError(f"bad pattern {raw!r} in {source}: {exc}") from None
-        patterns.append(Pattern(raw=raw, regex=regex, exclusion=exclusion))
+        patterns.append(Pattern(raw=raw, glob=glob, exclusion=exclusion))
     return patterns
 
 
@@ -115,18 +80,11 @@ class IgnoreRules:
         if not self.patterns:
             return False
         rel = clean_path(rel)
-        parents = rel.split("/")[:-1]
         matched = False
         for pat in self.patterns:
             if pat.exclusion != matched:
                 continue
-            hit = bool(pat.regex.match(rel))
-            if not hit:
-                for i in range(1, len(parents) + 1):
-                    if pat.regex.match("/".join(parents[:i])):
-                        hit = True
-                        break
-            if hit:
+            if pat.glob.covers(rel):
                 matched = not pat.exclusion
         return matched
 
@@ -215,7 +173,10 @@ class BuildContext:
         current = [""]
         for part in parts:
             nxt = []
-            rx = re.compile(compile_pattern(part))
+            try:
+                glob = Glob(part)
+            except GlobError as exc:
+                raise ContextError(f"COPY/ADD source {pattern!r}: {exc}") from None
             if part == "**":  # any number of directories, none included (COPY --parents ./src/**/*.txt)
                 nxt = [sub for base in current for sub in self._below(base)]
                 current = nxt
@@ -232,7 +193,7 @@ class BuildContext:
                 except (NotADirectoryError, FileNotFoundError):
                     continue
                 for name in names:
-                    if rx.match(name):
+                    if glob.match(name):
                         nxt.append(f"{base}/{name}" if base else name)
             current = nxt
         return [c for c in current if not self.ignore.excluded(c)]

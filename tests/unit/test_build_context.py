@@ -1,10 +1,11 @@
 """.dockerignore matching (moby/patternmatcher rules) and COPY source selection + hashing."""
 import os
+import re
 
 import pytest
 
 from builder.context import BuildContext, IgnoreRules, hash_sources, parse_ignore
-from builder.errors import MissingSourceError
+from builder.errors import ContextError, MissingSourceError
 
 
 @pytest.mark.parametrize("patterns,path,excluded", [
@@ -108,3 +109,25 @@ def test_ignored_files_inside_copied_dir_are_left_out(ctx):
     rows = hash_sources(ctx.select("src"))
     assert not any(r[0].endswith(".pyc") for r in rows)
     assert ("src/link", "symlink", 0o777, 0, 0, "a.txt") in rows
+
+
+HOSTILE = "*a" * 16 + "*b"   # `re` backtracks for hours on a long name of a's; the DFA in builder/globs.py does not
+
+
+@pytest.mark.timeout(120)   # a guard against a hang, not a speed assertion
+def test_patterns_that_backtrack_in_re_select_in_linear_time(tmp_path):
+    long_name = "a" * 250
+    for rel in [long_name, "x" + "a" * 30 + "b", "keep.txt"]:
+        (tmp_path / rel).write_text("x")
+    (tmp_path / ".dockerignore").write_text(HOSTILE + "\n")
+    ctx = BuildContext.open(tmp_path)
+    assert ctx.ignore.excluded("x" + "a" * 30 + "b")
+    assert not ctx.ignore.excluded(long_name)
+    assert [s.rel for s in ctx.select(HOSTILE)] == []   # the one match is ignored
+    assert [s.rel for s in ctx.select("*a" * 16 + "*")] == [long_name]
+
+
+@pytest.mark.parametrize("src", ["a[]b", "x/[!]", "[z-a]"])
+def test_bad_wildcard_in_a_copy_source_is_an_error_naming_it(ctx, src):
+    with pytest.raises(ContextError, match=re.escape(repr(src))):
+        ctx.select(src)

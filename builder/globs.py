@@ -1,0 +1,219 @@
+"""Glob patterns (.dockerignore lines, COPY/ADD wildcards), matched in time linear in the name.
+
+Semantics are moby/patternmatcher's: `*` and `?` never match `/`, `**/` is any number of leading
+directories (none included), `**` elsewhere is anything, `[...]` is a character class (`[^...]`
+and `[!...]` negate), `\\` escapes; `.` in those translations does not match a newline.
+
+Python's `re` backtracks, so a pattern such as `*a*a*a*a*a*a*a*a*b` costs exponential time in the
+number of stars (Go's RE2 in BuildKit does not), and both the pattern and the names come from the
+build context. A pattern with at most one unbounded wildcard cannot backtrack more than
+name x pattern steps and runs on `re`, which is fastest; any other pattern runs on a DFA built
+lazily from its NFA: each new DFA state costs O(pattern), each transition seen before is one dict
+lookup, and the number of states is capped (past it, the NFA is simulated directly, still linear).
+"""
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MAX_DFA_STATES = 2048   # per pattern; a name adds at most one state per character
+
+
+class GlobError(ValueError):
+    """A pattern that cannot be compiled (an unterminated or empty character class)."""
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str    # "char": one character that `test` accepts; "star" ([^/]*), "any" (.*), "dirs" ((.*/)?)
+    regex: str   # the token in Python's regex syntax (the reference semantics)
+    test: Callable[[str], bool] = lambda c: True
+
+
+def _not_slash(c: str) -> bool:
+    return c != "/"
+
+
+def _not_newline(c: str) -> bool:
+    return c != "\n"
+
+
+def tokenize(text: str) -> list[Token]:
+    """A cleaned pattern -> tokens."""
+    out: list[Token] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "*":
+            if i + 1 < n and text[i + 1] == "*":
+                i += 1
+                if i + 1 < n and text[i + 1] == "/":
+                    i += 1
+                    out.append(Token("dirs", "(?:.*/)?"))
+                else:
+                    out.append(Token("any", ".*", _not_newline))
+            else:
+                out.append(Token("star", "[^/]*", _not_slash))
+        elif ch == "?":
+            out.append(Token("char", "[^/]", _not_slash))
+        elif ch == "[":
+            end = text.find("]", i + 1)
+            body = text[i + 1:end]
+            if end < 0 or not body or body in ("^", "!"):
+                raise GlobError(f"{'unterminated' if end < 0 else 'empty'} character class")
+            if body[0] in "^!":
+                body = "^" + body[1:]
+            regex = "[" + body.replace("\\", "\\\\") + "]"
+            try:
+                test = re.compile(regex).fullmatch
+            except re.error as exc:
+                raise GlobError(f"character class {regex}: {exc}") from None
+            out.append(Token("char", regex, lambda c, fullmatch=test: fullmatch(c) is not None))
+            i = end
+        else:
+            if ch == "\\" and i + 1 < n:
+                i += 1
+                ch = text[i]
+            out.append(Token("char", re.escape(ch), ch.__eq__))
+        i += 1
+    return out
+
+
+def translate(text: str) -> str:
+    """A cleaned pattern -> the anchored regular expression it means."""
+    return _anchored(tokenize(text))
+
+
+def _anchored(tokens: list[Token]) -> str:
+    return "^" + "".join(t.regex for t in tokens) + r"\Z"
+
+
+# NFA node kinds: what a node does with one character, and where it goes without one.
+_CHAR, _LOOP, _DIRS_ENTER, _DIRS_LOOP, _ACCEPT = range(5)
+
+
+class Glob:
+    """One compiled pattern; `match(name)` is a full match."""
+
+    def __init__(self, text: str, *, engine: str = ""):
+        """`engine` ("re" or "dfa") overrides the choice, for tests that compare the two."""
+        self.text = text
+        tokens = tokenize(text)
+        self.engine = engine or ("re" if sum(t.kind != "char" for t in tokens) <= 1 else "dfa")
+        if self.engine == "re":
+            regex = re.compile(_anchored(tokens))
+            self.match: Callable[[str], bool] = lambda name: regex.match(name) is not None
+            return
+        self._nodes = _nfa(tokens)
+        self._closure = [_close(self._nodes, i) for i in range(len(self._nodes))]
+        self._lock = threading.Lock()
+        self._ids: dict[frozenset[int], int] = {}
+        self._sets: list[frozenset[int]] = []
+        self._rows: list[dict[str, int]] = []
+        self._accepting: list[bool] = []
+        self._dead = self._state(frozenset())   # no way left to match
+        self._start = self._state(self._closure[0])
+        self.match = self._match_dfa
+
+    def __repr__(self) -> str:
+        return f"Glob({self.text!r}, engine={self.engine!r})"
+
+    def _state(self, nodes: frozenset[int]) -> int:
+        found = self._ids.get(nodes)
+        if found is not None:
+            return found
+        with self._lock:
+            if nodes not in self._ids:
+                self._sets.append(nodes)
+                self._rows.append({})
+                self._accepting.append(len(self._nodes) - 1 in nodes)
+                self._ids[nodes] = len(self._sets) - 1
+            return self._ids[nodes]
+
+    def covers(self, path: str) -> bool:
+        """Whether the pattern matches `path` or one of its parent directories (a/b/c: a, a/b, a/b/c):
+        the text before each '/', and the whole."""
+        if self.engine == "re":
+            if self.match(path):
+                return True
+            cut = path.find("/")
+            while cut >= 0:
+                if self.match(path[:cut]):
+                    return True
+                cut = path.find("/", cut + 1)
+            return False
+        return self._run_dfa(path, at_slash=True)
+
+    def _match_dfa(self, name: str) -> bool:
+        return self._run_dfa(name, at_slash=False)
+
+    def _run_dfa(self, name: str, at_slash: bool) -> bool:
+        """One pass over `name`; with `at_slash`, a match of the text before any '/' counts too."""
+        state, rows, accepting = self._start, self._rows, self._accepting
+        for pos, c in enumerate(name):
+            if at_slash and c == "/" and accepting[state]:
+                return True
+            nxt = rows[state].get(c)
+            if nxt is None:
+                nodes = self._advance(self._sets[state], c)
+                if len(self._sets) >= MAX_DFA_STATES and nodes not in self._ids:
+                    return self._match_nfa(nodes, name[pos + 1:], at_slash)
+                nxt = self._state(nodes)
+                rows[state][c] = nxt
+            if nxt == self._dead:
+                return False
+            state = nxt
+        return accepting[state]
+
+    def _match_nfa(self, nodes: frozenset[int], rest: str, at_slash: bool) -> bool:
+        final = len(self._nodes) - 1
+        for c in rest:
+            if not nodes:
+                return False
+            if at_slash and c == "/" and final in nodes:
+                return True
+            nodes = self._advance(nodes, c)
+        return final in nodes
+
+    def _advance(self, nodes: frozenset[int], c: str) -> frozenset[int]:
+        out: set[int] = set()
+        for i in nodes:
+            kind, test = self._nodes[i]
+            if kind == _CHAR and test(c):
+                out |= self._closure[i + 1]
+            elif kind == _LOOP and test(c):
+                out |= self._closure[i]
+            elif kind == _DIRS_LOOP and c != "\n":
+                out |= self._closure[i]
+                if c == "/":
+                    out |= self._closure[i + 1]
+        return frozenset(out)
+
+
+def _nfa(tokens: list[Token]) -> list[tuple[int, Callable[[str], bool]]]:
+    """Nodes in order; node i's successor is node i + 1 (a dirs token takes two nodes)."""
+    nodes: list[tuple[int, Callable[[str], bool]]] = []
+    for t in tokens:
+        if t.kind == "char":
+            nodes.append((_CHAR, t.test))
+        elif t.kind == "dirs":
+            nodes += [(_DIRS_ENTER, t.test), (_DIRS_LOOP, t.test)]
+        else:
+            nodes.append((_LOOP, t.test))
+    nodes.append((_ACCEPT, Token.test))
+    return nodes
+
+
+def _close(nodes: list[tuple[int, Callable[[str], bool]]], i: int) -> frozenset[int]:
+    """Node i and every node reachable from it without reading a character."""
+    out = {i}
+    while nodes[i][0] in (_LOOP, _DIRS_ENTER):
+        if nodes[i][0] == _DIRS_ENTER:
+            out.add(i + 1)     # the loop that reads up to a '/'
+            i += 2             # or no directories at all
+        else:
+            i += 1
+        out.add(i)
+    return frozenset(out)
