@@ -56,7 +56,7 @@ def test_builder_talks_http_only_through_registry():
 
 # Inside builder/: planning (Dockerfile + context -> the DAG of keyed steps) never reaches into solving
 # or executing; docs/architecture.md lists the three groups.
-PLANNING = {"dockerfile", "expand", "context", "digests", "image_config", "keys", "modes", "plan", "platforms", "errors"}
+PLANNING = {"dockerfile", "expand", "context", "globs", "digests", "image_config", "keys", "modes", "plan", "platforms", "errors"}
 
 
 def test_builder_planning_imports_only_planning():
