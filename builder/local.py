@@ -105,6 +105,7 @@ class LocalExecutor:
     def running(self, plan: Plan, jobs: Sequence[StageJob]) -> Iterator[None]:
         self.plan = plan
         self._check_emulation(jobs)
+        self._prepare_network(jobs)
         with self.root_lock:  # a multi-platform build solves one plan after another: stages are per plan
             self.stage_roots = {k: v for k, v in self.stage_roots.items() if k.startswith("image:")}
         try:
@@ -121,14 +122,25 @@ class LocalExecutor:
         self.interrupted = True
         sandbox.kill_all()  # RUNs in worker threads stop now (and none starts): the solver waits for them
 
+    def _prepare_network(self, jobs: Sequence[StageJob]) -> None:
+        """RUN steps to do on kade's own sandbox: its network set up meanwhile (builder/sandbox.py)."""
+        networks = {s.network for j in jobs for s in j.steps if s.kind == "run"}
+        if networks and self.o.sandbox is None:
+            from builder import sandbox
+
+            sandbox.prepare_network(networks, self.o.isolation or sandbox.Isolation(), self.report)
+
     def _check_emulation(self, jobs: Sequence[StageJob]) -> None:
         """Before anything runs: RUN in a stage of a foreign platform needs qemu (builder/emulation.py)."""
         if self.o.node_emulation:  # a pod placed for emulation: the node's kernel has it, unseen from here
             return
+        platforms = sorted({j.stage.platform for j in jobs if any(s.kind == "run" for s in j.steps)})
+        if not platforms:
+            return   # no RUN to do (every step cached): emulation.py is not even loaded
         from builder.emulation import ensure_emulation
         from builder.platforms import host_platform
 
-        for platform in sorted({j.stage.platform for j in jobs if any(s.kind == "run" for s in j.steps)}):
+        for platform in platforms:
             ensure_emulation(Platform.parse(platform), host_platform())
 
     def run_stage(self, job: StageJob, results: StageResults) -> StageOutcome:

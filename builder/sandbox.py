@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Literal, Mapping, Sequence
 
 from builder.errors import BuildError
+from builder.isolation import Isolation   # defined apart: BuildOptions takes one without loading the sandbox
 from builder.rootpath import lexical, resolve_full, split
 from builder.sandbox_init import DEVICES, STARTED
 from builder.rootfs_ops import Parts, Root, lstat_at
@@ -88,17 +89,6 @@ class OverlayUnavailable(SandboxError):
 
 class IdmapUnavailable(SandboxError):
     """A path's filesystem (or this kernel) can't be idmapped (the command did not run)."""
-
-
-@dataclass(frozen=True)
-class Isolation:
-    """How RUN is held beyond the defaults every mode shares. `userns`: "auto" (a user namespace with a
-    subordinate range when kade is root, the caller's own uid otherwise) or "host" (no user namespace
-    of its own: kade build --userns host, and pods, whose own user namespace or chroot is the
-    boundary). `network`: what a RUN without --network gets: "private" (its own namespace, NAT) or
-    "shared" (the namespace kade runs in: a pod's)."""
-    userns: Literal["auto", "host"] = "auto"
-    network: Literal["private", "shared"] = "private"
 
 
 @dataclass(frozen=True)
@@ -343,11 +333,10 @@ def _network(network: str, mode: str, isolation: Isolation, report: Callable[...
         raise SandboxError(f"unknown network mode {network!r}; use default, none or host")
     if network == "none":
         return {"mode": "none"}, None
-    if network == "host" or isolation.network == "shared":
-        return {"mode": "shared"}, None
-    if mode == "rootless":
-        say_once(report, "rootless-network", "rootless: RUN steps share the host's network (its loopback "
-                 "services included): a private network with NAT needs kade to run as root")
+    if not _private_network(network, mode, isolation):
+        if mode == "rootless" and network == "default" and isolation.network != "shared":
+            say_once(report, "rootless-network", "rootless: RUN steps share the host's network (its loopback "
+                     "services included): a private network with NAT needs kade to run as root")
         return {"mode": "shared"}, None
     from builder import netns
     try:
@@ -355,6 +344,28 @@ def _network(network: str, mode: str, isolation: Isolation, report: Callable[...
     except netns.NetworkError as exc:
         raise SandboxError(str(exc)) from None
     return {"mode": "private", **lease.spec()}, lease
+
+
+def _private_network(network: str, mode: str, isolation: Isolation) -> bool:
+    """Whether a RUN with this --network gets its own namespace on kade's bridge."""
+    return network == "default" and isolation.network != "shared" and mode != "rootless"
+
+
+def prepare_network(networks: Iterable[str], isolation: Isolation = Isolation(),
+                    report: Callable[..., None] | None = None) -> None:
+    """Set up the RUN bridge in the background now when a RUN to come will use it, so that it is
+    ready when the first one starts (it takes ~10 `ip`/`iptables` calls). That RUN waits for the
+    setup, or does it again and reports the error if this attempt failed."""
+    if not any(_private_network(n, sandbox_mode(isolation), isolation) for n in networks):
+        return
+    from builder import netns
+
+    def setup() -> None:
+        try:
+            netns.ensure_bridge(report)
+        except Exception:   # noqa: BLE001 - the RUN that needs the bridge repeats the setup and says why
+            pass
+    threading.Thread(target=setup, name="kade-net-setup", daemon=True).start()
 
 
 def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapping[str, str] | None = None,

@@ -392,3 +392,44 @@ def test_network_state_left_by_a_killed_kade_is_taken_over(build, all_addresses_
             if "dummy" in subprocess.run(["ip", "-d", "-o", "link", "show", name], capture_output=True,
                                          text=True).stdout and found:
                 subprocess.run(["ip", "link", "del", name], capture_output=True)
+
+
+@pytest.mark.parametrize("networks,isolation,prepared", [
+    (["default"], {}, True),
+    (["none", "host"], {}, False),             # no RUN on the bridge: nothing set up
+    (["default"], {"network": "shared"}, False),
+])
+def test_the_bridge_is_set_up_in_the_background_before_the_first_run(monkeypatch, networks, isolation, prepared):
+    """LocalExecutor.running() calls prepare_network with its RUN steps' --network values."""
+    import threading
+
+    from builder import netns, sandbox
+    from builder.isolation import Isolation
+
+    monkeypatch.setattr(netns, "_ready", None)
+    sandbox.prepare_network(networks, Isolation(**isolation))
+    for thread in threading.enumerate():
+        if thread.name == "kade-net-setup":
+            thread.join(60)
+    assert (netns._ready is not None) is prepared
+
+
+def test_a_changed_kade_chain_is_replaced_whole_by_the_next_kade(monkeypatch):
+    """The setup skips iptables-restore when the kernel lists kade's chains as the last setup left
+    them; a rule someone added to one of them is a difference, and the chains are replaced."""
+    from builder import netns
+
+    monkeypatch.setattr(netns, "_ready", None)
+    netns.ensure_bridge()
+    before = netns.own_chains(subprocess.run(["iptables-save"], capture_output=True, text=True).stdout)
+    assert "KADE-RUN-FWD" in before
+    added = ["-t", "mangle", "-I", "KADE-RUN-FWD", "1", "-i", netns.BRIDGE, "-j", "RETURN"]   # would let all through
+    subprocess.run(["iptables", "-w", *added], check=True)
+    try:
+        monkeypatch.setattr(netns, "_ready", None)
+        netns.ensure_bridge()
+        after = netns.own_chains(subprocess.run(["iptables-save"], capture_output=True, text=True).stdout)
+        assert after == before
+    finally:
+        subprocess.run(["iptables", "-w", "-t", "mangle", "-D", "KADE-RUN-FWD", "-i", netns.BRIDGE, "-j", "RETURN"],
+                       capture_output=True)
