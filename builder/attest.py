@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import zstandard
-
 from builder import sbom
 from builder.errors import BuildError
 from builder.provenance import DEFAULT_BUILDER_ID, Material, ProvenanceInput, StepRecord, statement
@@ -263,6 +261,8 @@ def _layers(env: "BuildEnv", image: "Image", repository: str, top_toc: "Sequence
 
 
 def _scan(env: "BuildEnv", image: "Image", repository: str, prescans: "Prescans | None") -> "sbom.Inventory":
+    import zstandard   # here, with the layer reading it is for (a rebuild reuses the kept inventory)
+
     if prescans is not None:
         prescans.wait()
     try:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from builder.linux import detach_mounts_under
 from builder.tenant import Tenant
 from common import fsutil
 from registry.cache import BlobCache
@@ -122,6 +121,8 @@ class LocalCache:
         detached `rm -rf --one-file-system` (never follows a mount left inside); whatever an
         interrupted deleter leaves is removed by `kade cache prune`. Falls back to deleting in place.
         """
+        from builder.linux import detach_mounts_under   # here: ctypes and platform, only when a build made work dirs
+
         detach_mounts_under(path)  # a RUN's overlay still mounted (a cancelled build): rm would never cross it
         trash: Path | None = None
         try:
@@ -159,6 +160,7 @@ class LocalCache:
         no layer dir a running build uses goes.
         """
         from builder.layerstore import LayerStore
+        from builder.linux import detach_mounts_under
 
         now = time.time()
         removed = freed = 0

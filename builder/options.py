@@ -10,7 +10,7 @@ from registry.reference import Reference
 
 if TYPE_CHECKING:
     from builder.attest import SupplyOptions
-    from builder.sandbox import Isolation
+    from builder.isolation import Isolation
     from registry.sigkeys import SigningKey
 
 Report = Callable[..., None]  # report(kind, message, **fields): packages never print

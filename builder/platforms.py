@@ -7,7 +7,7 @@ platforms (what its images are for). Platforms are normalised as containerd does
 """
 from __future__ import annotations
 
-import platform as _host
+import os
 import re
 
 from builder.errors import BuildError
@@ -44,7 +44,7 @@ def parse_platforms(text: str, what: str = "--platform") -> list[Platform]:
 
 def host_platform(machine: str | None = None) -> Platform:
     """The platform this machine runs natively (the build platform)."""
-    machine = machine or _host.machine()
+    machine = machine or os.uname().machine   # what platform.machine() returns on Linux, without loading platform.py
     return Platform("linux", _MACHINE_ARCH.get(machine, machine), _MACHINE_VARIANT.get(machine, "")).normalized()
 
 

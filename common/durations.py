@@ -7,7 +7,6 @@ keep policies' 7d). Sums are exact (decimal fractions, as Go does: 0.3s is 300 m
 from __future__ import annotations
 
 import re
-from fractions import Fraction
 from typing import Mapping
 
 NS = 1
@@ -21,6 +20,8 @@ _NUMBER = r"\d+(?:\.\d+)?"
 def nanoseconds(text: str, units: Mapping[str, int] = HUMAN_UNITS, *, bare_seconds: bool = True) -> int:
     """The duration `text` in nanoseconds: a sequence of NUMBER UNIT parts (`1h30m`, `1.5s`), or with
     `bare_seconds` a plain number of seconds; "0" is always zero. Raises ValueError naming `text`."""
+    from fractions import Fraction   # here: fractions and decimal cost every importer (image_config: every build)
+
     value = text.strip()
     if value == "0":
         return 0

@@ -12,13 +12,26 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Sequence
 
 from builder.sbom.documents import CYCLONEDX_MEDIA_TYPE, SPDX_MEDIA_TYPE, Subject, cyclonedx, spdx
 from builder.sbom.packages import Package
-from builder.sbom.walk import LayerInput, inventory, scan_image
-from builder.tarformat import TocEntry
 from common import jsonsafe
+
+# walk.py (and the tar reader under it) only where layers are read: an image whose inventory is kept
+# (every rebuild of the same layers) renders its SBOM without loading them (start-up time).
+if TYPE_CHECKING:
+    from builder.sbom.walk import LayerInput
+    from builder.tarformat import TocEntry
+
+
+def __getattr__(name: str) -> Any:
+    """`builder.sbom.LayerInput`, loaded on first use."""
+    if name == "LayerInput":
+        from builder.sbom.walk import LayerInput
+
+        return LayerInput
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 FORMATS = {"spdx": (spdx, SPDX_MEDIA_TYPE), "cyclonedx": (cyclonedx, CYCLONEDX_MEDIA_TYPE)}
 INVENTORY_MEDIA_TYPE = "application/vnd.kade.sbom-inventory.v1+json"
@@ -45,6 +58,8 @@ def blob_layer(digest: str, open_blob: Callable[[], BinaryIO], toc: Sequence[Toc
     """A layer read from its (gzip, zstd or plain) blob `digest`: `open_blob` must verify it (a registry
     BlobReader does at EOF, which the scan reads to; the local blob cache is content-addressed). `toc`:
     the blob's table of contents, when kade wrote it in this process (its headers are then not parsed)."""
+    from builder.sbom.walk import LayerInput
+
     return LayerInput(digest, lambda: _Decompressed(open_blob(), digest), toc)  # type: ignore[arg-type, return-value]
 
 
@@ -70,6 +85,8 @@ class Inventory:
 
 def scan(layers: list[LayerInput], cache_dir: Path | None = None,
          report: Callable[..., None] | None = None) -> Inventory:
+    from builder.sbom.walk import inventory, scan_image
+
     state = scan_image(layers, cache_dir, report)
     packages, os_facts = inventory(state)
     return Inventory(packages, os_facts, list(state.notes))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -148,6 +147,8 @@ def cyclonedx(packages: list[Package], os_facts: dict[str, str], subject: Subjec
             row["licenses"] = ([{"license": {"name": p.license}}] if declared.startswith("LicenseRef-")
                                else [{"expression": declared}])
         components.append(row)
+    import uuid   # here: CycloneDX only (uuid.py loads platform.py; SPDX, the default, needs neither)
+
     doc = {"bomFormat": "CycloneDX", "specVersion": "1.5",
            "serialNumber": "urn:uuid:" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"{NAMESPACE_ROOT}/{subject.digest}")),
            "version": 1, "metadata": metadata, "components": components,

@@ -111,7 +111,7 @@ USERNS_HOST_WARNING = ("--userns host: RUN steps run as this host's root, not as
 
 
 def options_from_args(args: argparse.Namespace, tenant: Any = None) -> BuildOptions:
-    from builder.sandbox import Isolation
+    from builder.isolation import Isolation   # not builder.sandbox: a build with nothing to run never loads it
 
     context = Path(args.context or ".")
     if not context.is_dir():
@@ -144,10 +144,11 @@ def options_from_args(args: argparse.Namespace, tenant: Any = None) -> BuildOpti
 
 
 def run(args: argparse.Namespace) -> int:
-    from kade.workspace import has_project
+    if args.context is None and not args.dockerfile:
+        from kade.workspace import has_project   # only here: it loads kade.config and kade.gittree (start-up time)
 
-    if args.context is None and not args.dockerfile and has_project(Path(args.dir)):
-        return run_project(args)
+        if has_project(Path(args.dir)):
+            return run_project(args)
     from kade import tenancy
 
     tenant = tenancy.choose(args)

@@ -67,6 +67,28 @@ def test_image_copy_loads_no_other_package():
     assert done.stdout.strip() == "[]"
 
 
+def test_a_build_with_nothing_to_run_loads_no_executing_module(tmp_path):
+    """`kade build` of a context whose steps are all in the registry (every rebuild in CI) plans, looks up,
+    publishes and attests: the sandbox, the Linux syscalls, the layer tar reader and zstd, the emulation
+    check, kade.yaml's modules and platform.py are loaded only where something runs (start-up time)."""
+    probe = ("import sys, builder.build, builder.local, builder.attest, registry.records\n"
+             "from builder import sbom\n"
+             "from builder.platforms import host_platform\n"
+             "from kade.cli import build_parser\n"
+             "from kade.commands.build import options_from_args\n"
+             f"args = build_parser('build').parse_args(['build', {str(tmp_path)!r}, '--tag', 'r.example/a:1'])\n"
+             "options = options_from_args(args)\n"
+             "assert options.isolation.userns == 'auto'\n"
+             "host_platform()\n"
+             "sbom.render(sbom.Inventory([], {}, []), sbom.Subject('r.example/a', 'sha256:' + '0' * 64, '', 'kade'))\n"
+             "builder.local.LocalExecutor._check_emulation(type('Executor', (), {'o': options})(), [])\n"
+             "print(sorted(m for m in sys.modules if m in ('builder.sandbox', 'builder.rootfs_ops', 'builder.linux', "
+             "'builder.sbom.walk', 'builder.tarformat', 'zstandard', 'builder.emulation', 'kade.workspace', "
+             "'kade.config', 'platform', 'fractions', 'ctypes')))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+
+
 def test_errors_are_classified_by_the_packages_error_classes():
     from deployer.errors import DeployError, UsageError as DeployUsageError
     from kade import errors
