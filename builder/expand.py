@@ -9,11 +9,11 @@ an unset variable expands to the empty string.
 """
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Mapping
 
 from builder.errors import BuildArgError
+from builder.globs import shell_glob
 
 _NAME_START = re.compile(r"[A-Za-z_]")
 _NAME_CHAR = re.compile(r"[A-Za-z0-9_]")
@@ -187,20 +187,32 @@ class _Lexer:
 
 
 def _trim(value: str, pattern: str, *, prefix: bool, greedy: bool) -> str:
-    lengths = range(len(value), -1, -1) if greedy else range(0, len(value) + 1)
-    for n in lengths:
-        part = value[:n] if prefix else value[len(value) - n:]
-        if fnmatch.fnmatchcase(part, pattern):
-            return value[n:] if prefix else value[: len(value) - n]
-    return value
+    """`${v#p}` / `${v##p}` (prefix) and `${v%p}` / `${v%%p}` (suffix): the shortest or longest match
+    removed. A suffix is a prefix of the reversed text under the reversed pattern; one pass each
+    (builder/globs.py), where trying every length made a long value cost quadratic time."""
+    text = value if prefix else value[::-1]
+    ends = list(shell_glob(pattern, reverse=not prefix).ends(text))
+    if not ends:
+        return value
+    n = ends[-1] if greedy else ends[0]
+    return value[n:] if prefix else value[:len(value) - n]
 
 
 def _replace(value: str, pattern: str, repl: str) -> str:
-    for start in range(len(value)):
-        for end in range(len(value), start, -1):
-            if fnmatch.fnmatchcase(value[start:end], pattern):
-                return value[:start] + repl + value[end:]
-    return value
+    """`${v/p/r}`: the leftmost, then longest, non-empty match replaced. The leftmost start is the last
+    end of the reversed, unanchored pattern on the reversed value; the longest match from there, the
+    last end of the pattern: two linear passes (every start x every end was cubic)."""
+    if not value or not pattern:
+        return value
+    forward = shell_glob(pattern)
+    if all(t.kind == "any" for t in forward.tokens):   # `*` matches all of a non-empty value
+        return repl
+    starts = list(shell_glob(pattern, reverse=True, unanchored=True).ends(value[::-1]))
+    if not starts:
+        return value
+    start = len(value) - starts[-1]
+    end = start + list(forward.ends(value[start:]))[-1]
+    return value[:start] + repl + value[end:]
 
 
 def process_word(word: str, env: Mapping[str, str], escape: str = "\\") -> str:

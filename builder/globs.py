@@ -10,12 +10,14 @@ build context. A pattern with at most one unbounded wildcard cannot backtrack mo
 name x pattern steps and runs on `re`, which is fastest; any other pattern runs on a DFA built
 lazily from its NFA: each new DFA state costs O(pattern), each transition seen before is one dict
 lookup, and the number of states is capped (past it, the NFA is simulated directly, still linear).
+The DFA also runs fnmatch's shell patterns (`shell_glob`), for a Dockerfile's `${var#pattern}` family.
 """
 from __future__ import annotations
 
+import fnmatch
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 MAX_DFA_STATES = 2048   # per pattern; a name adds at most one state per character
@@ -90,6 +92,47 @@ def _anchored(tokens: list[Token]) -> str:
     return "^" + "".join(t.regex for t in tokens) + r"\Z"
 
 
+def shell_tokens(pattern: str) -> list[Token]:
+    """fnmatch's pattern language (a Dockerfile's `${var#pattern}`, `${var/pattern/text}`): `*` and `?`
+    match any character, '/' and newlines included; `[...]` is a class as fnmatch reads it (`[!...]`
+    negates, a leading `]` is a member, an unclosed `[` is itself)."""
+    out: list[Token] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        i += 1
+        if ch == "*":
+            if not out or out[-1].kind != "any":
+                out.append(Token("any", "(?s:.*)"))
+        elif ch == "?":
+            out.append(Token("char", "(?s:.)"))
+        elif ch == "[":
+            j = i + (i < n and pattern[i] == "!")
+            j += j < n and pattern[j] == "]"
+            end = pattern.find("]", j)
+            if end < 0:
+                out.append(Token("char", re.escape(ch), ch.__eq__))
+                continue
+            regex = fnmatch.translate(pattern[i - 1:end + 1])   # fnmatch's own reading of the class
+            test = re.compile(regex).match
+            out.append(Token("char", regex, lambda c, match=test: match(c) is not None))
+            i = end + 1
+        else:
+            out.append(Token("char", re.escape(ch), ch.__eq__))
+    return out
+
+
+def shell_glob(pattern: str, *, reverse: bool = False, unanchored: bool = False) -> Glob:
+    """A shell pattern on the DFA; `reverse`: it read backwards (for suffixes, on the reversed text);
+    `unanchored`: anything may come before it."""
+    tokens = shell_tokens(pattern)
+    if reverse:
+        tokens.reverse()
+    if unanchored:
+        tokens.insert(0, Token("any", "(?s:.*)"))
+    return Glob(pattern, engine="dfa", tokens=tokens)
+
+
 # NFA node kinds: what a node does with one character, and where it goes without one.
 _CHAR, _LOOP, _DIRS_ENTER, _DIRS_LOOP, _ACCEPT = range(5)
 
@@ -97,10 +140,12 @@ _CHAR, _LOOP, _DIRS_ENTER, _DIRS_LOOP, _ACCEPT = range(5)
 class Glob:
     """One compiled pattern; `match(name)` is a full match."""
 
-    def __init__(self, text: str, *, engine: str = ""):
-        """`engine` ("re" or "dfa") overrides the choice, for tests that compare the two."""
+    def __init__(self, text: str, *, engine: str = "", tokens: list[Token] | None = None):
+        """`engine` ("re" or "dfa") overrides the choice, for tests that compare the two; `tokens`, when
+        given, are the pattern (shell_tokens: the other language)."""
         self.text = text
-        tokens = tokenize(text)
+        tokens = tokenize(text) if tokens is None else tokens
+        self.tokens = tokens
         self.engine = engine or ("re" if sum(t.kind != "char" for t in tokens) <= 1 else "dfa")
         if self.engine == "re":
             regex = re.compile(_anchored(tokens))
@@ -166,6 +211,34 @@ class Glob:
                 return False
             state = nxt
         return accepting[state]
+
+    def ends(self, text: str) -> Iterator[int]:
+        """Every e, ascending, for which text[:e] matches (DFA engine), 0 included; stops once no longer
+        prefix can match. Linear in the text."""
+        if self._accepting[self._start]:
+            yield 0
+        state, nodes = self._start, frozenset[int]()
+        for pos, c in enumerate(text, 1):
+            if state >= 0:
+                nxt = self._rows[state].get(c)
+                if nxt is None:
+                    nodes = self._advance(self._sets[state], c)
+                    if len(self._sets) < MAX_DFA_STATES or nodes in self._ids:
+                        nxt = self._state(nodes)
+                        self._rows[state][c] = nxt
+                state = -1 if nxt is None else nxt
+                if state == self._dead:
+                    return
+                if state >= 0:
+                    if self._accepting[state]:
+                        yield pos
+                    continue
+            else:
+                nodes = self._advance(nodes, c)
+                if not nodes:
+                    return
+            if len(self._nodes) - 1 in nodes:
+                yield pos
 
     def _match_nfa(self, nodes: frozenset[int], rest: str, at_slash: bool) -> bool:
         final = len(self._nodes) - 1

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from builder import globs
-from builder.globs import Glob, GlobError, translate
+from builder.globs import Glob, GlobError, shell_glob, translate
 
 CASES = [
     # pattern, name, matches
@@ -120,3 +120,15 @@ def test_stars_that_make_re_backtrack_run_in_linear_time():
 def test_bad_classes_are_refused(pattern):
     with pytest.raises(GlobError, match="character class"):
         Glob(pattern)
+
+
+@pytest.mark.parametrize("cap", [3, globs.MAX_DFA_STATES])
+def test_shell_pattern_ends_are_every_matching_prefix(monkeypatch, cap):
+    import fnmatch
+    monkeypatch.setattr(globs, "MAX_DFA_STATES", cap)
+    rng = random.Random(11)
+    for _ in range(1500):
+        pattern = "".join(rng.choice(["a", "b", "*", "?", "[ab]", "[!b]", "[]b]", "[", "/"]) for _ in range(rng.randint(0, 5)))
+        text = "".join(rng.choice("ab/]\n") for _ in range(rng.randint(0, 9)))
+        expected = [e for e in range(len(text) + 1) if fnmatch.fnmatchcase(text[:e], pattern)]
+        assert list(shell_glob(pattern).ends(text)) == expected, (pattern, text)
