@@ -42,6 +42,12 @@ def _not_newline(c: str) -> bool:
     return c != "\n"
 
 
+def _member_of(char_class: re.Pattern[str]) -> Callable[[str], bool]:
+    def test(c: str) -> bool:
+        return char_class.fullmatch(c) is not None
+    return test
+
+
 def tokenize(text: str) -> list[Token]:
     """A cleaned pattern -> tokens."""
     out: list[Token] = []
@@ -69,10 +75,9 @@ def tokenize(text: str) -> list[Token]:
                 body = "^" + body[1:]
             regex = "[" + body.replace("\\", "\\\\") + "]"
             try:
-                test = re.compile(regex).fullmatch
+                out.append(Token("char", regex, _member_of(re.compile(regex))))
             except re.error as exc:
                 raise GlobError(f"character class {regex}: {exc}") from None
-            out.append(Token("char", regex, lambda c, fullmatch=test: fullmatch(c) is not None))
             i = end
         else:
             if ch == "\\" and i + 1 < n:
@@ -114,8 +119,7 @@ def shell_tokens(pattern: str) -> list[Token]:
                 out.append(Token("char", re.escape(ch), ch.__eq__))
                 continue
             regex = fnmatch.translate(pattern[i - 1:end + 1])   # fnmatch's own reading of the class
-            test = re.compile(regex).match
-            out.append(Token("char", regex, lambda c, match=test: match(c) is not None))
+            out.append(Token("char", regex, _member_of(re.compile(regex))))
             i = end + 1
         else:
             out.append(Token("char", re.escape(ch), ch.__eq__))
