@@ -217,9 +217,4 @@ def _tree_size(path: Path) -> int:
             return path.lstat().st_size
         except FileNotFoundError:
             return 0
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
+    return fsutil.tree_size(path)

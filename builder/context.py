@@ -12,7 +12,7 @@ import os
 import posixpath
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,8 +178,7 @@ class BuildContext:
             except GlobError as exc:
                 raise ContextError(f"COPY/ADD source {pattern!r}: {exc}") from None
             if part == "**":  # any number of directories, none included (COPY --parents ./src/**/*.txt)
-                nxt = [sub for base in current for sub in self._below(base)]
-                current = nxt
+                current = self._dirs_under(current)
                 continue
             for base in current:
                 d = self.root / base if base else self.root
@@ -198,13 +197,26 @@ class BuildContext:
             current = nxt
         return [c for c in current if not self.ignore.excluded(c)]
 
-    def _below(self, base: str) -> list[str]:
-        """`base` and every directory under it (symlinks not followed), context-relative."""
-        out = [base]
-        for dirpath, dirs, _files in os.walk(self.root / base if base else self.root):
-            dirs.sort()
-            rel_dir = os.path.relpath(dirpath, self.root)
-            out.extend(name if rel_dir == "." else f"{rel_dir}/{name}" for name in dirs)
+    def _dirs_under(self, bases: list[str]) -> list[str]:
+        """Each of `bases` and every directory under one (symlinks not followed), context-relative, once:
+        a base under another is in that one's walk already (`**/**/x`, `a/**/b/**/x` on a deep tree
+        would list each directory once per ancestor, a polynomial in the depth). An explicit stack:
+        a context's chain of directories may be deeper than Python's recursion limit."""
+        given = set(bases)
+        out: list[str] = []
+        for top in dict.fromkeys(bases):
+            if any(up in given for up in _ancestors(top)):
+                continue
+            stack = [top]
+            while stack:
+                rel = stack.pop()
+                out.append(rel)
+                try:
+                    with os.scandir(self.root / rel if rel else self.root) as it:
+                        names = sorted((e.name for e in it if e.is_dir(follow_symlinks=False)), reverse=True)
+                except OSError:
+                    continue
+                stack.extend(f"{rel}/{name}" if rel else name for name in names)
         return out
 
     def _source(self, rel: str) -> Source:
@@ -249,6 +261,13 @@ class BuildContext:
                 elif stat.S_ISREG(st.st_mode):
                     yield Entry(inner, p, "file", stat.S_IMODE(st.st_mode), st.st_size)
                 # sockets, fifos and devices in a context are skipped, as BuildKit does
+
+
+def _ancestors(rel: str) -> Iterator[str]:
+    """"a/b/c" -> "a/b", "a", "" (the context itself)."""
+    while rel:
+        rel = rel.rpartition("/")[0]
+        yield rel
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -68,12 +68,20 @@ def _manifest_files(path: Path) -> Iterable[Path]:
     if path.is_file():
         yield path
         return
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or not name.endswith(PLAIN_SUFFIXES + TEMPLATE_SUFFIXES):
-                continue
-            yield Path(dirpath) / name
+    stack = [path]   # os.walk's order (a folder's files, then each sub-folder), without its recursion
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.is_dir() and not entry.name.startswith(".") and \
+                    entry.name.endswith(PLAIN_SUFFIXES + TEMPLATE_SUFFIXES):
+                yield folder / entry.name
+        stack += reversed([folder / e.name for e in entries
+                           if e.is_dir() and not e.is_symlink() and not e.name.startswith(".")])
 
 
 def render_file(file: Path, context: dict[str, Any], root: Path) -> list[Resource]:

@@ -155,3 +155,18 @@ def test_prune_reaches_every_tenant_and_the_layout_of_older_kades(tmp_path):
     assert res.removed == 4   # two downloads, one tree per store (a tenant's, the shared one)
     assert (LocalCache(tmp_path / "c", Tenant("one")).mount_dir("apt") / "deb").exists()
     assert LocalCache(tmp_path / "c").prune().removed == 3   # two mounts, the legacy folder
+
+
+def test_prune_measures_and_removes_a_chain_deeper_than_the_recursion_limit(tmp_path):
+    """A RUN shapes its cache mounts: a chain 1,200 levels deep made os.walk (recursive) crash prune."""
+    cache = LocalCache(tmp_path / "c")
+    mount = cache.mount_dir("deep")
+    subprocess.run(["mkdir", "-p", "a/" * 1200], cwd=mount, check=True)
+    mount.joinpath(*["a"] * 1200, "f").write_bytes(b"x" * 1000)
+    (mount / "top").write_bytes(b"y" * 24)
+    try:
+        res = cache.prune()
+        assert res.freed_bytes == 1024
+        assert not mount.exists() or not any(mount.iterdir())
+    finally:
+        subprocess.run(["rm", "-rf", str(mount)], check=True)   # (pytest's own cleanup recurses)

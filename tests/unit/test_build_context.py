@@ -1,11 +1,13 @@
 """.dockerignore matching (moby/patternmatcher rules) and COPY source selection + hashing."""
 import os
 import re
+import subprocess
 
 import pytest
 
 from builder.context import BuildContext, IgnoreRules, hash_sources, parse_ignore
 from builder.errors import ContextError, MissingSourceError
+from common.fsutil import remove_tree
 
 
 @pytest.mark.parametrize("patterns,path,excluded", [
@@ -131,3 +133,36 @@ def test_patterns_that_backtrack_in_re_select_in_linear_time(tmp_path):
 def test_bad_wildcard_in_a_copy_source_is_an_error_naming_it(ctx, src):
     with pytest.raises(ContextError, match=re.escape(repr(src))):
         ctx.select(src)
+
+
+def _matches(parts: list[str], names: list[str]) -> bool:
+    """The meaning of a COPY wildcard, read slowly: `**` is any number of whole components."""
+    import fnmatch
+    if not parts:
+        return not names
+    if parts[0] == "**":
+        return any(_matches(parts[1:], names[i:]) for i in range(len(names) + 1))
+    return bool(names) and fnmatch.fnmatchcase(names[0], parts[0]) and _matches(parts[1:], names[1:])
+
+
+@pytest.mark.parametrize("pattern", ["**/x", "**/**/x", "a/**/x", "**/a/**/x", "a/**/b/**/x", "**/*", "*/**/*/x"])
+def test_double_star_sources_are_each_path_once(tmp_path, pattern):
+    for rel in ["x", "a/x", "a/b/x", "a/a/b/x", "b/a/x", "b/c", "a/b/a/b/x"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    ctx = BuildContext.open(tmp_path)
+    every = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")]
+    found = [s.rel for s in ctx.select(pattern)]
+    assert len(found) == len(set(found))
+    assert set(found) == {p for p in every if _matches(pattern.split("/"), p.split("/"))}
+
+
+@pytest.mark.timeout(120)   # a guard against a hang: each `**` multiplied the work by the depth
+def test_repeated_double_stars_on_a_deep_chain(tmp_path):
+    subprocess.run(["mkdir", "-p", "a/" * 1200], cwd=tmp_path, check=True)   # deeper than Python's recursion limit
+    (tmp_path.joinpath(*["a"] * 1200) / "x").write_text("x")
+    try:
+        ctx = BuildContext.open(tmp_path)
+        assert [s.rel for s in ctx.select("**/**/**/x")] == ["a/" * 1200 + "x"]
+    finally:
+        remove_tree(tmp_path / "a")   # (pytest's own cleanup recurses)

@@ -21,6 +21,23 @@ def test_folder_multi_document_sorted_and_filtered(tmp_path):
     assert out[1].source.endswith("b.yaml (document 1)")
 
 
+def test_folder_order_and_a_chain_deeper_than_the_recursion_limit(tmp_path):
+    """A folder's files, then each sub-folder in name order, hidden folders left out, at any depth
+    (os.walk recursed per level)."""
+    import subprocess
+    for rel, name in [("z.yaml", "z"), ("a/b/m.yaml", "m"), ("a/k.yaml", "k"), ("b/j.yaml", "j"),
+                      (".git/x.yaml", "hidden"), ("a.yaml", "top")]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(CM.format(name=name))
+    subprocess.run(["mkdir", "-p", "deep/" + "d/" * 1200], cwd=tmp_path, check=True)
+    tmp_path.joinpath("deep", *["d"] * 1200, "bottom.yaml").write_text(CM.format(name="bottom"))
+    try:
+        out = render(RenderInput([str(tmp_path)]))
+        assert [r.name for r in out] == ["top", "z", "k", "m", "j", "bottom"]
+    finally:
+        subprocess.run(["rm", "-rf", str(tmp_path / "deep")], check=True)   # (pytest's own cleanup recurses)
+
+
 def test_list_kind_is_expanded():
     text = "apiVersion: v1\nkind: List\nitems:\n- " + CM.format(name="x").replace("\n", "\n  ")
     assert [r.name for r in parse_documents(text, "s")] == ["x"]
