@@ -484,7 +484,11 @@ def _bind_source(item: dict, m: Mount, files: Path, i: int, sources: list[tuple[
     if not m.readonly:
         copy = files / f"bind{i}"
         if is_dir:
-            shutil.copytree(source, copy, symlinks=True)
+            try:
+                fsutil.copy_tree(source, copy)
+            except OSError as exc:
+                raise SandboxError(f"cannot copy the bind mount source {m.source or '/'} for a writable mount: "
+                                   f"{exc.strerror or exc}") from None
         else:
             shutil.copy2(source, copy)
         source = copy

@@ -37,3 +37,30 @@ def tree_size(path: str | os.PathLike[str]) -> int:
         except OSError:
             continue
     return total
+
+
+def copy_tree(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """shutil.copytree(src, dest, symlinks=True) at any depth (an explicit stack; copytree recurses once
+    per level): directories, regular files with their modes, times and xattrs (copy2), symlinks as
+    symlinks; devices, fifos and sockets are left out (copytree would read a device or a fifo, and
+    never finish). Raises OSError."""
+    src, dest = os.fspath(src), os.fspath(dest)
+    os.mkdir(dest)
+    made = [(src, dest)]
+    stack = [(src, dest)]
+    while stack:
+        here, there = stack.pop()
+        with os.scandir(here) as it:
+            entries = list(it)
+        for entry in entries:
+            target = os.path.join(there, entry.name)
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), target)
+            elif entry.is_dir(follow_symlinks=False):
+                os.mkdir(target)
+                made.append((entry.path, target))
+                stack.append((entry.path, target))
+            elif entry.is_file(follow_symlinks=False):
+                shutil.copy2(entry.path, target, follow_symlinks=False)
+    for source, copy in reversed(made):   # a directory's times after what was written into it
+        shutil.copystat(source, copy, follow_symlinks=False)

@@ -264,7 +264,7 @@ _PATH_CALLS = {("os", n) for n in ("open chown lchown chmod mkdir makedirs unlin
                                    "rename replace listdir scandir walk mknod mkfifo readlink stat lstat truncate "
                                    "setxattr removexattr").split()}
 _PATH_CALLS |= {("shutil", n) for n in "copy copy2 copyfile copytree rmtree move copymode copystat chown".split()}
-_PATH_CALLS.add(("fsutil", "remove_tree"))
+_PATH_CALLS |= {("fsutil", "remove_tree"), ("fsutil", "copy_tree")}
 _PATH_METHODS = set(("write_text write_bytes read_text read_bytes mkdir unlink rmdir iterdir is_symlink is_dir "
                      "is_file exists touch chmod symlink_to hardlink_to rglob").split())
 
@@ -320,7 +320,7 @@ ALLOWED = {
     ("sandbox.py", "_prepare", "os.chown"): "a new cache dir",
     ("sandbox.py", "_bind_source", ".exists"): "a bind source resolved inside its root",
     ("sandbox.py", "_bind_source", ".is_dir"): "a bind source resolved inside its root",
-    ("sandbox.py", "_bind_source", "shutil.copytree"): "a resolved bind source into the private dir",
+    ("sandbox.py", "_bind_source", "fsutil.copy_tree"): "a resolved bind source into the private dir",
     ("sandbox.py", "_bind_source", "shutil.copy2"): "a resolved bind source into the private dir",
     ("sandbox.py", "_layered_source", ".mkdir"): "a mount point in the sandbox's private dir",
     ("sandbox.py", "run_in_rootfs", "fsutil.remove_tree"): "the private temp dir",
