@@ -42,8 +42,8 @@ def tree_size(path: str | os.PathLike[str]) -> int:
 def copy_tree(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
     """shutil.copytree(src, dest, symlinks=True) at any depth (an explicit stack; copytree recurses once
     per level): directories, regular files with their modes, times and xattrs (copy2), symlinks as
-    symlinks; devices, fifos and sockets are left out (copytree would read a device or a fifo, and
-    never finish). Raises OSError."""
+    symlinks; devices, fifos and sockets are left out (copytree fails on a fifo, and reads a
+    character device such as /dev/zero for ever). Raises OSError."""
     src, dest = os.fspath(src), os.fspath(dest)
     os.mkdir(dest)
     made = [(src, dest)]
