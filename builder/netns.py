@@ -294,7 +294,10 @@ def _firewall(rules: str) -> None:
         if done.returncode != 0:
             raise NetworkError(f"cannot install RUN's firewall rules: {done.stderr.strip()}")
         saved = _iptables_save()
-        record.write_text(stamp + own_chains(saved))
+        try:
+            record.write_text(stamp + own_chains(saved))
+        except OSError:
+            pass   # only a shortcut for the next kade: it replaces the chains again
     for table, chain, rule in missing_jumps(saved):   # one listing, not one check per rule
         if _run(["iptables", "-w", "-t", table, "-C", chain, *rule]).returncode != 0:
             done = _run(["iptables", "-w", "-t", table, "-I", chain, "1", *rule])

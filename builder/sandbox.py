@@ -354,8 +354,8 @@ def _private_network(network: str, mode: str, isolation: Isolation) -> bool:
 def prepare_network(networks: Iterable[str], isolation: Isolation = Isolation(),
                     report: Callable[..., None] | None = None) -> None:
     """Set up the RUN bridge in the background now when a RUN to come will use it, so that it is
-    ready when the first one starts (it takes ~10 `ip`/`iptables` calls). That RUN waits for the
-    setup, or does it again and reports the error if this attempt failed."""
+    ready when the first one starts (a few `ip`/`iptables` calls, more when nothing is in place yet).
+    That RUN waits for the setup, or does it again and reports the error if this attempt failed."""
     if not any(_private_network(n, sandbox_mode(isolation), isolation) for n in networks):
         return
     from builder import netns
