@@ -10,10 +10,11 @@ an unset variable expands to the empty string.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from builder.errors import BuildArgError
-from builder.globs import shell_glob
+from builder.globs import GlobError, shell_glob
 
 _NAME_START = re.compile(r"[A-Za-z_]")
 _NAME_CHAR = re.compile(r"[A-Za-z0-9_]")
@@ -39,8 +40,9 @@ class _Lexer:
         return ch
 
     # -- words ---------------------------------------------------------------------------------
-    def process(self, stop: str = "") -> tuple[str, list[str]]:
-        """Process until `stop` (consumed) or the end; returns (joined text, whitespace-split words)."""
+    def process(self, stop: str = "", raw_escapes: bool = False) -> tuple[str, list[str]]:
+        """Process until `stop` (consumed) or the end; returns (joined text, whitespace-split words).
+        `raw_escapes`: an escaped character keeps its escape (a pattern's `\\*` is a literal star)."""
         result: list[str] = []
         words: list[str] = []
         current: list[str] = []
@@ -74,7 +76,7 @@ class _Lexer:
             elif ch == self.escape:
                 self.next()
                 nxt = self.next()
-                piece = nxt  # escape at the very end is dropped, as BuildKit does
+                piece = ch + nxt if raw_escapes and nxt else nxt  # escape at the very end is dropped, as BuildKit does
             else:
                 self.next()
                 piece = ch
@@ -160,30 +162,25 @@ class _Lexer:
             if value is None:
                 raise ExpandError(f"{name}: {word or 'is not allowed to be unset'}")
             return value
-        if ch in ("#", "%"):
-            greedy = self.peek() == ch
-            if greedy:
+        if ch in ("#", "%"):   # as BuildKit: the pattern expanded, its escapes kept for the pattern
+            pattern, _ = self.process(stop="}", raw_escapes=True)
+            greedy = pattern[:1] == ch
+            return self._apply_pattern(_trim, value or "", pattern[1:] if greedy else pattern, prefix=ch == "#",
+                                 greedy=greedy)
+        if ch == "/":   # ${v/pattern/text}, ${v//pattern/text}: the first match, or every one
+            every = self.peek() == "/"
+            if every:
                 self.next()
-            pattern, _ = self.process(stop="}")
-            return _trim(value or "", pattern, prefix=ch == "#", greedy=greedy)
-        if ch == "/":
-            pattern = self._until("/}")
-            if self.text[self.pos - 1] == "}":
-                repl = ""
-            else:
-                repl, _ = self.process(stop="}")
-            return _replace(value or "", pattern, repl)
+            pattern, _ = self.process(stop="/", raw_escapes=True)
+            repl, _ = self.process(stop="}", raw_escapes=True)
+            return self._apply_pattern(_replace, value or "", pattern, repl, every=every)
         raise ExpandError(f"missing '}}' or bad substitution for {name} in {self.text!r}")
 
-    def _until(self, stops: str) -> str:
-        out: list[str] = []
-        while True:
-            ch = self.next()
-            if not ch:
-                raise ExpandError(f"missing '}}' in {self.text!r}")
-            if ch in stops:
-                return "".join(out)
-            out.append(ch)
+    def _apply_pattern(self, operation: Callable[..., str], value: str, pattern: str, *args: Any, **kwargs: Any) -> str:
+        try:
+            return operation(value, pattern, *args, **kwargs)
+        except GlobError as exc:
+            raise ExpandError(f"invalid pattern ({pattern}) in substitution: {exc}") from None
 
 
 def _trim(value: str, pattern: str, *, prefix: bool, greedy: bool) -> str:
@@ -198,21 +195,31 @@ def _trim(value: str, pattern: str, *, prefix: bool, greedy: bool) -> str:
     return value[n:] if prefix else value[:len(value) - n]
 
 
-def _replace(value: str, pattern: str, repl: str) -> str:
-    """`${v/p/r}`: the leftmost, then longest, non-empty match replaced. The leftmost start is the last
-    end of the reversed, unanchored pattern on the reversed value; the longest match from there, the
-    last end of the pattern: two linear passes (every start x every end was cubic)."""
-    if not value or not pattern:
-        return value
+def _replace(value: str, pattern: str, repl: str, *, every: bool = False) -> str:
+    """`${v/p/r}`: the leftmost match, the longest there (Go's leftmost-first with greedy stars), replaced;
+    `every`: each match left to right, none overlapping, an empty one right after a match skipped (Go's
+    ReplaceAllString, without its $-templates). Where matches start comes from one pass of the reversed,
+    unanchored pattern over the reversed value; each match's end from a pass from its start (every
+    start x every end with fnmatch was cubic)."""
+    n = len(value)
+    starts = sorted({n - j for j in shell_glob(pattern, reverse=True, unanchored=True).ends(value[::-1])})
     forward = shell_glob(pattern)
-    if all(t.kind == "any" for t in forward.tokens):   # `*` matches all of a non-empty value
-        return repl
-    starts = list(shell_glob(pattern, reverse=True, unanchored=True).ends(value[::-1]))
-    if not starts:
-        return value
-    start = len(value) - starts[-1]
-    end = start + list(forward.ends(value[start:]))[-1]
-    return value[:start] + repl + value[end:]
+    out: list[str] = []
+    done = 0          # value[:done] is in `out`
+    search = 0        # where the next match may start
+    last_end = -1
+    for start in starts:
+        if start < search:
+            continue
+        *_, end = forward.ends(value, start)
+        out.append(value[done:start])
+        if end > last_end:   # not an empty match right after the previous one
+            out.append(repl)
+        done = last_end = end
+        if not every:
+            break
+        search = max(end, start + 1)
+    return "".join(out) + value[done:] if out else value
 
 
 def process_word(word: str, env: Mapping[str, str], escape: str = "\\") -> str:

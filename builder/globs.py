@@ -10,11 +10,10 @@ build context. A pattern with at most one unbounded wildcard cannot backtrack mo
 name x pattern steps and runs on `re`, which is fastest; any other pattern runs on a DFA built
 lazily from its NFA: each new DFA state costs O(pattern), each transition seen before is one dict
 lookup, and the number of states is capped (past it, the NFA is simulated directly, still linear).
-The DFA also runs fnmatch's shell patterns (`shell_glob`), for a Dockerfile's `${var#pattern}` family.
+The DFA also runs BuildKit's shell patterns (`shell_glob`), for a Dockerfile's `${var#pattern}` family.
 """
 from __future__ import annotations
 
-import fnmatch
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -98,29 +97,27 @@ def _anchored(tokens: list[Token]) -> str:
 
 
 def shell_tokens(pattern: str) -> list[Token]:
-    """fnmatch's pattern language (a Dockerfile's `${var#pattern}`, `${var/pattern/text}`): `*` and `?`
-    match any character, '/' and newlines included; `[...]` is a class as fnmatch reads it (`[!...]`
-    negates, a leading `]` is a member, an unclosed `[` is itself)."""
+    """BuildKit's pattern language for a Dockerfile's `${var#pattern}`, `${var%pattern}` and
+    `${var/pattern/text}` (its convertShellPatternToRegex): `*` is any text and `?` any character,
+    a newline excepted (Go's `.`); `\\*`, `\\?` and `\\\\` are those characters themselves, `\\}`
+    and `\\/` lose their backslash (escaped only so as not to end the `${...}`), any other escape is an
+    error; everything else, `[` included, is itself (no bracket expressions). Raises GlobError."""
     out: list[Token] = []
     i, n = 0, len(pattern)
     while i < n:
         ch = pattern[i]
         i += 1
         if ch == "*":
-            if not out or out[-1].kind != "any":
-                out.append(Token("any", "(?s:.*)"))
+            out.append(Token("any", ".*", _not_newline))
         elif ch == "?":
-            out.append(Token("char", "(?s:.)"))
-        elif ch == "[":
-            j = i + (i < n and pattern[i] == "!")
-            j += j < n and pattern[j] == "]"
-            end = pattern.find("]", j)
-            if end < 0:
-                out.append(Token("char", re.escape(ch), ch.__eq__))
+            out.append(Token("char", ".", _not_newline))
+        elif ch == "\\":
+            if i < n and pattern[i] in "}/":
                 continue
-            regex = fnmatch.translate(pattern[i - 1:end + 1])   # fnmatch's own reading of the class
-            out.append(Token("char", regex, _member_of(re.compile(regex))))
-            i = end + 1
+            if i >= n or pattern[i] not in "*?\\":
+                raise GlobError(f"invalid escape '\\{pattern[i] if i < n else ''}'")
+            out.append(Token("char", re.escape(pattern[i]), pattern[i].__eq__))
+            i += 1
         else:
             out.append(Token("char", re.escape(ch), ch.__eq__))
     return out
@@ -128,7 +125,7 @@ def shell_tokens(pattern: str) -> list[Token]:
 
 def shell_glob(pattern: str, *, reverse: bool = False, unanchored: bool = False) -> Glob:
     """A shell pattern on the DFA; `reverse`: it read backwards (for suffixes, on the reversed text);
-    `unanchored`: anything may come before it."""
+    `unanchored`: any text at all (newlines too) may come before it."""
     tokens = shell_tokens(pattern)
     if reverse:
         tokens.reverse()
@@ -216,13 +213,14 @@ class Glob:
             state = nxt
         return accepting[state]
 
-    def ends(self, text: str) -> Iterator[int]:
-        """Every e, ascending, for which text[:e] matches (DFA engine), 0 included; stops once no longer
-        prefix can match. Linear in the text."""
+    def ends(self, text: str, start: int = 0) -> Iterator[int]:
+        """Every e, ascending, for which text[start:e] matches (DFA engine), e = start included; stops once
+        no longer text can match. Linear in what it reads."""
         if self._accepting[self._start]:
-            yield 0
+            yield start
         state, nodes = self._start, frozenset[int]()
-        for pos, c in enumerate(text, 1):
+        for pos in range(start + 1, len(text) + 1):
+            c = text[pos - 1]
             if state >= 0:
                 nxt = self._rows[state].get(c)
                 if nxt is None:

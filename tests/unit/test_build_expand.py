@@ -1,4 +1,6 @@
 """Docker's word processing rules, table-driven (cases from BuildKit's shell/envVarTest)."""
+import re
+
 import pytest
 
 from builder.expand import ExpandError, process_word, process_words
@@ -68,38 +70,117 @@ def test_backtick_escape():
     assert process_word("C:\\dir", ENV, escape="`") == "C:\\dir"
 
 
-# ${v#p} ${v##p} ${v%p} ${v%%p} ${v/p/r}: the brute-force reading of each (every length, every start
-# and end, fnmatch), checked against kade's linear one on random values and patterns.
-def _brute_trim(value, pattern, prefix, greedy):
-    import fnmatch
-    for n in (range(len(value), -1, -1) if greedy else range(len(value) + 1)):
-        part = value[:n] if prefix else value[len(value) - n:]
-        if fnmatch.fnmatchcase(part, pattern):
-            return value[n:] if prefix else value[:len(value) - n]
-    return value
+# ${v#p} ${v##p} ${v%p} ${v%%p} ${v/p/r} ${v//p/r}: BuildKit's own reading (frontend/dockerfile/shell/lex.go,
+# convertShellPatternToRegex and the Go regexp calls), redone here with Python's backtracking `re`,
+# whose leftmost-first matching with greedy and lazy stars is Go's; kade's linear one must agree.
+def _buildkit_regex(pattern, greedy, anchored):
+    out, i = ["^"] if anchored else [], 0
+    while i < len(pattern):
+        ch = pattern[i]
+        i += 1
+        if ch == "*":
+            out.append(".*" if greedy else ".*?")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "\\":
+            if i < len(pattern) and pattern[i] in "}/":
+                continue
+            out.append(re.escape(pattern[i]))
+            i += 1
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out))
 
 
-def _brute_replace(value, pattern, repl):
-    import fnmatch
-    for start in range(len(value)):
-        for end in range(len(value), start, -1):
-            if fnmatch.fnmatchcase(value[start:end], pattern):
-                return value[:start] + repl + value[end:]
-    return value
+def _reverse_pattern(pattern):
+    pieces, i = [], 0
+    while i < len(pattern):
+        step = 2 if pattern[i] == "\\" and i + 1 < len(pattern) else 1
+        pieces.append(pattern[i:i + step])
+        i += step
+    return "".join(reversed(pieces))
 
 
-def test_trim_and_replace_agree_with_the_brute_force_reading():
+def _reference_trim(value, pattern, prefix, greedy):
+    if not prefix:
+        return _reference_trim(value[::-1], _reverse_pattern(pattern), True, greedy)[::-1]
+    m = _buildkit_regex(pattern, greedy, True).search(value)
+    return value[m.end():] if m else value
+
+
+def _reference_replace(value, pattern, repl, every):
+    rx = _buildkit_regex(pattern, True, False)
+    if not every:
+        m = rx.search(value)
+        return value[:m.start()] + repl + value[m.end():] if m else value
+    out, search, last_end = [], 0, 0   # Go's regexp.replaceAll
+    while search <= len(value):
+        m = rx.search(value, search)
+        if not m:
+            break
+        out.append(value[last_end:m.start()])
+        if m.end() > last_end or m.start() == 0:
+            out.append(repl)
+        last_end = m.end()
+        search = search + 1 if search + 1 > m.end() else m.end()
+    return "".join(out) + value[last_end:]
+
+
+@pytest.mark.parametrize("word,env,expected", [   # BuildKit's TestProcessWithMatches cases for these forms
+    ("${FOO#()[]{\\}^$.\\*\\?|\\\\}", {"FOO": "()[]{}^$.*?|\\x"}, "x"),
+    ("${FOO%%\\**}", {"FOO": "xx**"}, "xx"),
+    ("${FOO#*x*y}", {"FOO": "xxyy"}, "y"),
+    ("${FOO#*}", {"FOO": "xxyy"}, "xxyy"),
+    ("${FOO#$BAR}", {"FOO": "xxyy", "BAR": "x"}, "xyy"),
+    ("${FOO#$BAR}", {"FOO": "xxyy", "BAR": ""}, "xxyy"),
+    ("${FOO#}", {"FOO": "xxyy"}, "xxyy"),
+    ("${FOO##*x}", {"FOO": "xxyy"}, "yy"),
+    ("${FOO##}", {"FOO": "xxyy"}, "xxyy"),
+    ("${FOO#?\\?}", {"FOO": "???y"}, "?y"),
+    ("${ABC:-.}${FOO%x}${ABC:-.}", {"FOO": "xxyy"}, ".xxyy."),
+    ("${FOO%%\\**\\*}", {"FOO": "a***yy*"}, "a"),
+    ("${FOO%}", {"FOO": "xxyy"}, "xxyy"),
+    ("${FOO%%$BAR}", {"FOO": "xxyy", "BAR": ""}, "xxyy"),
+    ("${FOO/$NEEDLE/.} - ${FOO//$NEEDLE/.}", {"FOO": "/foo*/*/*.txt", "NEEDLE": "\\*/"}, "/foo.*/*.txt - /foo..*.txt"),
+    ("${FOO/$NEEDLE/} - ${FOO//$NEEDLE/}", {"FOO": "/tmp/tmp/bar.txt", "NEEDLE": "/tmp"}, "/tmp/bar.txt - /bar.txt"),
+    ("${FOO/$NEEDLE/$REPLACEMENT} - ${FOO//$NEEDLE/$REPLACEMENT}",
+     {"FOO": "/a/foo/b/c.txt", "NEEDLE": "/?/", "REPLACEMENT": "/"}, "/foo/b/c.txt - /foo/c.txt"),
+    ("${FOO/$NEEDLE/$REPLACEMENT}", {"FOO": "http://google.de", "NEEDLE": "http://", "REPLACEMENT": "https://"},
+     "https://google.de"),
+    ("${FOO//\\//\\/}", {"FOO": "/tmp/foo.txt"}, "\\/tmp\\/foo.txt"),
+    ("${FOO/$BAR/ww}", {"FOO": "xxyy", "BAR": ""}, "wwxxyy"),
+    ("${FOO///}", {"FOO": "xxyy"}, "xxyy"),
+    ("${FOO///}", {}, ""),
+    ("${FOO//ww}", {"FOO": "xxyy"}, ExpandError),
+    ("${FOO//}", {"FOO": "xxyy"}, ExpandError),
+    ("${FOO:#}", {}, ExpandError),
+    ("${FOO:%%}", {}, ExpandError),
+    ("${FOO#\\x}", {"FOO": "xy"}, ExpandError),      # an escape the pattern language does not have
+    ("${FOO#[x]}", {"FOO": "[x]y"}, "y"),             # no bracket expressions
+    ("${FOO/*/-}", {"FOO": "ab\ncd"}, "-\ncd"),      # `*` stops at a newline (Go's `.`)
+])
+def test_buildkit_substitution_cases(word, env, expected):
+    if expected is ExpandError:
+        with pytest.raises(ExpandError):
+            process_word(word, env)
+    else:
+        assert process_word(word, env) == expected
+
+
+def test_trim_and_replace_agree_with_buildkits_reading():
     import random
     rng = random.Random(5)
-    pieces = ["a", "b", "/", "*", "?", "[ab]", "[!a]", "[]a]", "[", "\n"]
-    for _ in range(2500):
+    pieces = ["a", "b", "/", "*", "?", "\\*", "\\?", "\\\\", "\\/", "[", "\n"]
+    for _ in range(3000):
         pattern = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 4)))
-        value = "".join(rng.choice("ab/]\n[") for _ in range(rng.randint(0, 7)))
+        value = "".join(rng.choice("ab/*?[\\\n") for _ in range(rng.randint(0, 8)))
         env = {"V": value, "P": pattern}
         for op, prefix, greedy in (("#", True, False), ("##", True, True), ("%", False, False), ("%%", False, True)):
-            assert process_word("${V" + op + "$P}", env) == _brute_trim(value, pattern, prefix, greedy), (op, value, pattern)
-        literal = pattern.replace("/", "")   # (a replace pattern is read as written, up to its '/')
-        assert process_word("${V/" + literal + "/X}", env) == _brute_replace(value, literal, "X"), (value, literal)
+            got = process_word("${V" + op + "$P}", env)
+            assert got == _reference_trim(value, pattern, prefix, greedy), (op, value, pattern)
+        for every in (False, True):
+            got = process_word("${V" + ("//" if every else "/") + "$P/X}", env)
+            assert got == _reference_replace(value, pattern, "X", every), (every, value, pattern)
 
 
 @pytest.mark.timeout(60)   # a guard against a hang, not a speed assertion: trying every start and end took hours
@@ -110,3 +191,5 @@ def test_trim_and_replace_on_a_long_value_are_linear():
     assert process_word("${V/a?/x}", env) == "x" + value[2:]
     assert process_word("${V%%a*}", env) == ""
     assert process_word("${V#*b}", env) == value
+    assert process_word("${V//a/b}", env) == "b" * 200_000
+    assert process_word("${V//?a/}", env) == ""
