@@ -146,7 +146,6 @@ class Glob:
         given, are the pattern (shell_tokens: the other language)."""
         self.text = text
         tokens = tokenize(text) if tokens is None else tokens
-        self.tokens = tokens
         self.engine = engine or ("re" if sum(t.kind != "char" for t in tokens) <= 1 else "dfa")
         if self.engine == "re":
             regex = re.compile(_anchored(tokens))
@@ -201,45 +200,44 @@ class Glob:
         for pos, c in enumerate(name):
             if at_slash and c == "/" and accepting[state]:
                 return True
-            nxt = rows[state].get(c)
+            nxt = rows[state].get(c)   # (the step's common case, inline: this is the hot path)
             if nxt is None:
-                nodes = self._advance(self._sets[state], c)
-                if len(self._sets) >= MAX_DFA_STATES and nodes not in self._ids:
+                nxt, nodes = self._step(state, c)
+                if nxt < 0:
                     return self._match_nfa(nodes, name[pos + 1:], at_slash)
-                nxt = self._state(nodes)
-                rows[state][c] = nxt
             if nxt == self._dead:
                 return False
             state = nxt
         return accepting[state]
 
+    def _step(self, state: int, c: str) -> tuple[int, frozenset[int]]:
+        """The DFA state after reading `c` in `state`, made and remembered when new; past the state cap,
+        -1 and the NFA's node set to go on with."""
+        nxt = self._rows[state].get(c)
+        if nxt is not None:
+            return nxt, self._sets[nxt]
+        nodes = self._advance(self._sets[state], c)
+        if len(self._sets) >= MAX_DFA_STATES and nodes not in self._ids:
+            return -1, nodes
+        nxt = self._state(nodes)
+        self._rows[state][c] = nxt
+        return nxt, nodes
+
     def ends(self, text: str, start: int = 0) -> Iterator[int]:
         """Every e, ascending, for which text[start:e] matches (DFA engine), e = start included; stops once
         no longer text can match. Linear in what it reads."""
-        if self._accepting[self._start]:
+        final = len(self._nodes) - 1
+        state, nodes = self._start, self._sets[self._start]
+        if final in nodes:
             yield start
-        state, nodes = self._start, frozenset[int]()
         for pos in range(start + 1, len(text) + 1):
-            c = text[pos - 1]
             if state >= 0:
-                nxt = self._rows[state].get(c)
-                if nxt is None:
-                    nodes = self._advance(self._sets[state], c)
-                    if len(self._sets) < MAX_DFA_STATES or nodes in self._ids:
-                        nxt = self._state(nodes)
-                        self._rows[state][c] = nxt
-                state = -1 if nxt is None else nxt
-                if state == self._dead:
-                    return
-                if state >= 0:
-                    if self._accepting[state]:
-                        yield pos
-                    continue
+                state, nodes = self._step(state, text[pos - 1])
             else:
-                nodes = self._advance(nodes, c)
-                if not nodes:
-                    return
-            if len(self._nodes) - 1 in nodes:
+                nodes = self._advance(nodes, text[pos - 1])
+            if not nodes:
+                return
+            if final in nodes:
                 yield pos
 
     def _match_nfa(self, nodes: frozenset[int], rest: str, at_slash: bool) -> bool:
