@@ -81,16 +81,26 @@ def immutable(exc: BaseException) -> bool:
         r"Forbidden: .*immutable|cannot be changed|is immutable", text))
 
 
-def rewrite_managed_fields(kube: Kube, api: ApiResource, live: dict[str, Any], managed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Replace the live object's managedFields (only if it did not change since it was read)."""
+def rewrite_managed_fields(kube: Kube, api: ApiResource, live: dict[str, Any],
+                           managed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Replace the live object's managedFields, only if it did not change since it was read: None when
+    it did (a controller wrote its status meanwhile): read it again and recompute."""
     meta = live.get("metadata") or {}
+    namespace, name = meta.get("namespace", "") if api.namespaced else "", meta.get("name", "")
     patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
              {"op": "replace", "path": "/metadata/managedFields", "value": managed}]
     try:
-        return kube.request("PATCH", api.path(meta.get("namespace", "") if api.namespaced else "", meta.get("name", "")),
+        return kube.request("PATCH", api.path(namespace, name),
                             body=patch, content_type="application/json-patch+json")  # a list: sent as JSON Patch
     except KubeError as exc:
-        raise DeployError(f"cannot rewrite the field managers of {api.kind} {meta.get('name')}: {exc}") from None
+        # a failed JSON Patch test is a 422 like any invalid patch: the resourceVersion tells them apart
+        if exc.status in (409, 422) and _version(get_live(kube, api, namespace, name)) != meta.get("resourceVersion"):
+            return None
+        raise DeployError(f"cannot rewrite the field managers of {api.kind} {name}: {exc}") from None
+
+
+def _version(obj: dict[str, Any] | None) -> str | None:
+    return (obj or {}).get("metadata", {}).get("resourceVersion")
 
 
 def get_live(kube: Kube, api: ApiResource, namespace: str, name: str) -> dict[str, Any] | None:

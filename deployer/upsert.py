@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from deployer import apply as applier
 from deployer.apply import Applied, ApplyRefused
-from deployer.errors import ConflictError
+from deployer.errors import ConflictError, DeployError
 from deployer.fields import REPLICAS_KEEPER, fold_legacy, release_field
 from deployer.kube import Kube
 from deployer.lifecycle import BEFORE_CREATION, IF_IMMUTABLE, delete_policies, replicas_on_creation
@@ -21,6 +21,7 @@ from deployer.resources import ApiResource, Resource
 
 Report = Callable[..., None]
 REPLICAS = ("spec", "replicas")
+REREADS = 5   # a controller may write the object between our read and our managedFields rewrite
 
 
 @dataclass
@@ -44,24 +45,47 @@ def body_for(resource: Resource, live: dict[str, Any] | None) -> dict[str, Any]:
     return body
 
 
-def migrate_managers(kube: Kube, resource: Resource, api: ApiResource, live: dict[str, Any],
-                     report: Report) -> dict[str, Any]:
-    """Fold legacy managers into kade's; with replicas-on-creation hand spec.replicas to a keeper."""
+def migrated_managers(resource: Resource, api: ApiResource,
+                      live: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, list[str]]:
+    """(the live object's managedFields with legacy managers folded into kade's and, with
+    replicas-on-creation, spec.replicas handed to a keeper, or None when nothing changes; the legacy
+    managers folded)."""
     managed = (live.get("metadata") or {}).get("managedFields") or []
     version = api.api_version
     folded = fold_legacy(managed, FIELD_MANAGER, version, now_rfc3339())
+    legacy: list[str] = []
     if folded is not None:
         legacy = sorted({m.get("manager", "") for m in managed} - {m.get("manager", "") for m in folded})
-        report("info", f"{resource.key}: fields of {', '.join(legacy)} now belong to kade (fields the manifests no "
-                       "longer set are removed)", resource=str(resource.key))
         managed = folded
     if replicas_on_creation(resource) is not None:
         handed = release_field(managed, FIELD_MANAGER, REPLICAS, REPLICAS_KEEPER, version, now_rfc3339())
         if handed is not None:
             managed, folded = handed, handed
-    if folded is None:
-        return live
-    return applier.rewrite_managed_fields(kube, api, live, managed)
+    return folded, legacy
+
+
+def migrate_managers(kube: Kube, resource: Resource, api: ApiResource, live: dict[str, Any],
+                     report: Report) -> dict[str, Any] | None:
+    """Fold legacy managers into kade's; with replicas-on-creation hand spec.replicas to a keeper. The
+    object as it is now (None if it was deleted meanwhile)."""
+    told = False
+    for _ in range(REREADS):
+        managed, legacy = migrated_managers(resource, api, live)
+        if managed is None:
+            return live
+        if legacy and not told:
+            report("info", f"{resource.key}: fields of {', '.join(legacy)} now belong to kade (fields the manifests "
+                           "no longer set are removed)", resource=str(resource.key))
+            told = True
+        rewritten = applier.rewrite_managed_fields(kube, api, live, managed)
+        if rewritten is not None:
+            return rewritten
+        found = applier.get_live(kube, api, resource.namespace, resource.name)   # changed since read: again
+        if found is None:
+            return None
+        live = found
+    raise DeployError(f"{resource.key} changed {REREADS} times while kade moved its field managers to kade "
+                      "(a controller writing it without pause?): deploy again")
 
 
 def put(kube: Kube, resource: Resource, api: ApiResource, live: dict[str, Any] | None, *, force: bool,

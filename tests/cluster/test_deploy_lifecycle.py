@@ -15,6 +15,10 @@ import time
 import pytest
 from kubernetes import client
 
+from deployer.apply import get_live
+from deployer.kube import Kube
+from deployer.resources import ApiResource, Resource
+from deployer.upsert import migrate_managers
 from tests.fixtures.deploy import configmap, deployment, job
 from tests.fixtures.jsonserver import JsonHandler
 
@@ -147,6 +151,27 @@ def test_helm_release_taken_over_with_adopt(kade, kube_cluster, kube_namespace, 
     assert {m.manager for m in cm.metadata.managed_fields} == {"kade"}
     env = client.AppsV1Api(api).read_namespaced_deployment("web", ns).spec.template.spec.containers[0].env
     assert [(e.name, e.value) for e in env] == [("MODE", "b")]
+
+
+def test_field_managers_moved_though_the_object_changed_since_it_was_read(kube_cluster, kube_namespace):
+    """The Deployment controller writes a new Deployment's status right after Helm created it, often
+    between kade's read and its managedFields rewrite (a JSON Patch that tests the resourceVersion, so
+    nobody's write is lost): kade reads it again and moves the managers over, it does not fail."""
+    ns, api = kube_namespace, kube_cluster.api_client()
+    core = client.CoreV1Api(api)
+    core.create_namespaced_config_map(ns, configmap("settings", mode="a"), field_manager="helm")
+    kube, cms = Kube(kube_cluster.kubeconfig), ApiResource("", "v1", "ConfigMap", "configmaps", True)
+    stale = get_live(kube, cms, ns, "settings")
+    core.patch_namespaced_config_map("settings", ns, {"metadata": {"labels": {"touched": "1"}}},
+                                     field_manager="a-controller")   # after our read
+    events: list[str] = []
+    manifest = configmap("settings", mode="b")
+    manifest["metadata"]["namespace"] = ns
+    now = migrate_managers(kube, Resource(manifest), cms, stale, lambda kind, message, **_: events.append(message))
+    assert now is not None and now["metadata"]["resourceVersion"] != stale["metadata"]["resourceVersion"]
+    managers = {m.manager for m in core.read_namespaced_config_map("settings", ns).metadata.managed_fields}
+    assert managers == {"kade", "a-controller"}, "helm's fields moved to kade; the later writer's kept"
+    assert len(events) == 1 and "fields of helm now belong to kade" in events[0], events
 
 
 def test_another_release_s_object_is_refused_and_never_pruned_by_it(kade, kube_namespace):
