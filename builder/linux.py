@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
-import re
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -130,6 +128,8 @@ def umount(target: str | os.PathLike[str], flags: int = 0) -> None:
 
 def mount_points(mountinfo: str) -> list[str]:
     """The mount points listed in a /proc/<pid>/mountinfo text (field 5, octal escapes decoded)."""
+    import re   # here: the sandbox's init imports this module and starts faster without re
+
     points = []
     for line in mountinfo.splitlines():
         fields = line.split(" ")
@@ -183,9 +183,9 @@ def drop_capabilities(keep: frozenset[int] = DEFAULT_CAPS, last: int | None = No
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    number = _SYS_PIVOT_ROOT.get(platform.machine())
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
     if number is None:
-        raise OSError(f"pivot_root: unknown syscall number on {platform.machine()}")
+        raise OSError(f"pivot_root: unknown syscall number on {os.uname().machine}")
     _check(_libc.syscall(number, _b(new_root), _b(put_old)), "pivot_root")
 
 

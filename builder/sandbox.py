@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
+import marshal
 import os
 import selectors
 import shutil
@@ -410,7 +410,7 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
             "root": staging.place(root, True) if overlay is None else str(root),
         })
         spec["idmap"] = staging.pairs
-        return _spawn(spec, output, timeout)
+        return spawn_init("builder.sandbox_init", spec, output, timeout)
     finally:
         if points is not None:
             with (view() if view else contextlib.nullcontext(root)) as host:
@@ -579,10 +579,15 @@ def _run_resolv_conf(net: dict, report: Callable[..., None] | None) -> str:
     return text
 
 
-def _spawn(spec: dict, output: OutputCallback | None, timeout: float | None) -> int:
+def spawn_init(module: str, spec: dict, output: OutputCallback | None, timeout: float | None,
+               stop: int = signal.SIGKILL) -> int:
+    """Run `module`'s main() (stdlib and builder.linux only) in a fresh interpreter that holds the RUN:
+    `spec` as JSON on one pipe, its status back on another (`+` started, `!kind:message` failed),
+    the command's output pumped to `output`. `stop` is the signal that ends it and its command (the
+    launcher's PID namespace goes with a SIGKILL; the pod's reaper kills what it holds on SIGTERM)."""
     spec_r, spec_w = os.pipe()
     status_r, status_w = os.pipe()
-    init = f"import sys; sys.path.insert(0, {_PKG_ROOT!r}); from builder.sandbox_init import main; main()"
+    init = f"import sys; sys.path.insert(0, {_PKG_ROOT!r}); from {module} import main; main()"
     python = os.environ.get(INIT_PYTHON_ENV) or sys.executable
     cmd = [python, "-I", "-S", "-c", init, str(spec_r), str(status_w)]
     try:
@@ -594,15 +599,15 @@ def _spawn(spec: dict, output: OutputCallback | None, timeout: float | None) -> 
         os.close(status_w)
     try:
         with os.fdopen(spec_w, "wb") as f:
-            f.write(json.dumps(spec).encode())
+            f.write(marshal.dumps(spec))
     except BrokenPipeError:
         pass
     try:
-        with _running(proc) as live:
+        with _running(proc, stop) as live:
             stderr_tail = _pump(proc, output, timeout)
             code = proc.wait()
     except BaseException:
-        _kill(proc)
+        _kill(proc, stop)
         raise
     finally:
         with os.fdopen(status_r, "rb") as f:
@@ -633,8 +638,8 @@ def _verdict(status: str, code: int, stderr_tail: Iterable[bytes]) -> int:
 class _running:
     """A sandbox that kill_all (or the command's cancellation) can stop from any thread."""
 
-    def __init__(self, proc: subprocess.Popen):
-        self.proc = proc
+    def __init__(self, proc: subprocess.Popen, stop: int = signal.SIGKILL):
+        self.proc, self.stop = proc, stop
         self.killed = False
         self._cancel: contextlib.AbstractContextManager[None] | None = None
 
@@ -655,11 +660,12 @@ class _running:
             _live.discard(self)
 
     def kill(self) -> None:
-        """SIGKILL the launcher, holder and init: the init's PID namespace takes every process of the
-        RUN with it. Quick and lock-free enough for a signal handler."""
+        """Send `stop` to the process group of what holds the RUN: with SIGKILL the launcher, holder
+        and init, whose PID namespace takes every process of the RUN with it. Quick and lock-free
+        enough for a signal handler."""
         self.killed = True
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, self.stop)
         except ProcessLookupError:
             pass
 
@@ -670,11 +676,18 @@ _refusing = False   # set by kill_all until resume(): a RUN starting meanwhile i
 _live_lock = threading.RLock()   # re-entrant: kill_all may run in a signal handler of a thread holding it
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _kill(proc: subprocess.Popen, stop: int = signal.SIGKILL, grace: float = 10.0) -> None:
+    """`stop` to its process group, then SIGKILL if it is not gone within `grace` seconds; reaped."""
+    for sig in dict.fromkeys((stop, signal.SIGKILL)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
     proc.wait()
 
 

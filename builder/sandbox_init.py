@@ -33,17 +33,21 @@ import binascii
 import ctypes
 import errno
 import fcntl
-import json
+import marshal
 import os
 import select
 import signal
 import socket
 import struct
 import sys
-from typing import NoReturn
 
 from builder import linux as L   # imported here: nothing of kade is reachable after pivot_root
 from builder import seccomp
+
+TYPE_CHECKING = False   # typing itself is not imported: it costs this process ms to start
+
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 STARTED = "+"
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -83,7 +87,7 @@ def main() -> None:
     os.set_inheritable(status.fd, False)
     L.die_with_parent()
     with os.fdopen(spec_fd, "rb") as f:
-        spec = json.loads(f.read())
+        spec = marshal.loads(f.read())   # marshal, not json: kade wrote it, and json imports re (ms to start)
     if os.getppid() != spec["parent"]:
         os._exit(137)   # kade died before the parent-death signal was armed
     _reporting(status, "", _launch, spec, status)

@@ -11,7 +11,7 @@ is killed. The refusals return EPERM, as Docker's do.
 from __future__ import annotations
 
 import errno
-import platform
+import os
 import struct
 
 # Why each call is refused (the kernel would refuse most of them anyway to a RUN, which holds none of
@@ -128,7 +128,7 @@ def _arch_block(arch: str) -> list[Insn]:
 
 def program(machine: str | None = None) -> list[Insn] | None:
     """The filter for this machine (or `machine`), or None where kade has no table for it."""
-    arches = MACHINE_ARCHES.get(machine or platform.machine())
+    arches = MACHINE_ARCHES.get(machine or os.uname().machine)
     if arches is None:
         return None
     blocks = [_arch_block(a) for a in arches]

@@ -30,20 +30,16 @@ from __future__ import annotations
 import os
 import signal
 import stat
-import subprocess
 import tempfile
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from builder.backends.agent_relay import SocketProxy
 from builder import seccomp
-from builder.linux import (CAP_SETPCAP, CHROOTED_RUN_CAPS, PR_SET_NO_NEW_PRIVS, become_subreaper, children,
-                           clear_inheritable_and_ambient, drop_capabilities, has_effective, kill_children_except,
-                           last_capability, prctl, set_seccomp)
+from builder.linux import CAP_SETPCAP, has_effective, last_capability
 from builder.rootfs_ops import Meta, Override, Parts, Root, TreeCopy, lstat_at
 from builder.rootpath import lexical, split
-from builder.sandbox import DEVICES, Mount, OutputCallback, SandboxError, User, _pump, prepare_call
+from builder.sandbox import DEVICES, Mount, OutputCallback, SandboxError, User, prepare_call, spawn_init
 from common import fsutil
 
 _DEVICE_NUMBERS = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
@@ -257,50 +253,15 @@ def run_chroot(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapping
 
 def _spawn(root: Path, argv: list[str], env: dict[str, str], workdir: str, user: User,
            output: OutputCallback | None, timeout: float | None) -> int:
+    """The command run by its own reaper process (builder/backends/chroot_init.py), which ends what
+    the command leaves running and nothing else."""
     if not has_effective(CAP_SETPCAP):
         raise SandboxError("the builder lacks CAP_SETPCAP, needed to take CAP_SYS_CHROOT from RUN steps "
                            "(else a RUN could chroot out of its rootfs): add SETPCAP to the pod's capabilities, "
                            "as builder/backends/podspec.py does")
-    last = last_capability()
-
     program = seccomp.program()
-    filter_bytes = seccomp.encode(program) if program is not None else b""
-
-    def enter() -> None:  # runs in the child between fork and exec
-        drop_capabilities(CHROOTED_RUN_CAPS, last)  # effective until exec, so the chroot below still works
-        clear_inheritable_and_ambient()
-        os.chroot(root)
-        os.chdir(workdir)
-        os.setgroups(list(user.groups))
-        os.setgid(user.gid)
-        os.setuid(user.uid)
-        prctl(PR_SET_NO_NEW_PRIVS, 1)
-        if program is not None:   # the local sandbox's filter, on top of the pod's RuntimeDefault profile
-            set_seccomp(filter_bytes, len(program))
-
-    become_subreaper()   # a daemon the RUN starts is adopted by us, not by the pod's init, and killed below
-    before = children()
-    try:
-        proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, preexec_fn=enter, start_new_session=True)
-    except (FileNotFoundError, PermissionError) as exc:
-        raise SandboxError(f"cannot start {argv[0]!r} in the rootfs: {exc.strerror}") from None
-    except subprocess.SubprocessError as exc:
-        raise SandboxError(f"cannot enter the rootfs for {argv[0]!r}: {exc}") from None
-
-    def end_the_rest() -> None:
-        """When the command exits, the step is over, and so is every process it started (this mode
-        shares the pod's PIDs): a daemon holding the output pipes open would keep _pump waiting."""
-        proc.wait()
-        kill_children_except(before)
-
-    threading.Thread(target=end_the_rest, daemon=True).start()
-    try:
-        _pump(proc, output, timeout)  # whole lines, newline included
-        code = proc.wait()
-    except BaseException:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        kill_children_except(before)
-        raise
-    return 128 - code if code < 0 else code
+    spec = {"parent": os.getpid(), "argv": argv, "env": env, "root": str(root), "workdir": workdir,
+            "uid": user.uid, "gid": user.gid, "groups": list(user.groups), "last_capability": last_capability(),
+            "seccomp": seccomp.encode(program).hex() if program is not None else "",
+            "seccomp_length": len(program or [])}
+    return spawn_init("builder.backends.chroot_init", spec, output, timeout, stop=signal.SIGTERM)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
+import threading
 import time
 import tarfile
 from pathlib import Path
@@ -176,3 +178,26 @@ def test_cleanup_after_the_run_stays_inside_the_rootfs(rootfs, tmp_path):
     assert code == 0, out
     assert (host / "b" / "m" / "precious").read_text() == "keep"
     assert os.path.islink(rootfs / "a")  # what the RUN made is the RUN's change
+
+
+def test_a_run_ending_kills_only_what_it_started(rootfs, tmp_path):
+    """Two RUNs at once in one process (two stages' threads) and a process of kade's own, both started
+    while the first RUN ran: its end must not kill them (nor the second RUN's daemon)."""
+    other = tmp_path / "other-rootfs"
+    shutil.copytree(rootfs, other, symlinks=True)
+    results: dict[str, tuple[int, list[str]]] = {}
+    first = threading.Thread(target=lambda: results.update(first=run(rootfs, "sleep 1; echo first")))
+    second = threading.Thread(target=lambda: results.update(second=run(
+        other, "sleep 30 >/dev/null 2>&1 </dev/null & sleep 2; kill -0 $! && echo daemon-alive")))
+    first.start()
+    time.sleep(0.3)
+    kade_child = subprocess.Popen(["sleep", "30"])
+    second.start()
+    try:
+        first.join(30)
+        second.join(30)
+        assert results == {"first": (0, ["first"]), "second": (0, ["daemon-alive"])}
+        assert kade_child.poll() is None, "kade's own child was killed by a RUN's end"
+    finally:
+        kade_child.kill()
+        kade_child.wait()
