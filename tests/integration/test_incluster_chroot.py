@@ -201,3 +201,12 @@ def test_a_run_ending_kills_only_what_it_started(rootfs, tmp_path):
     finally:
         kade_child.kill()
         kade_child.wait()
+
+
+def test_a_run_stopped_at_its_timeout_takes_its_daemons_with_it(rootfs):
+    marker = f"32.{os.getpid() % 1000 + 1000}"
+    with pytest.raises(SandboxError, match="longer than 1"):
+        run(rootfs, f"(sleep {marker} >/dev/null 2>&1 </dev/null &); sleep {marker}", timeout=1)
+    time.sleep(0.2)
+    found = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True).stdout
+    assert found == ""
