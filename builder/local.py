@@ -56,10 +56,15 @@ class StepPushes:
         self._jobs.append(self._pool.submit(push))
 
     def check(self) -> None:
-        """Raise the error of a push that failed."""
+        """Raise the error of a push that failed (the ones done and fine are forgotten: a stage of
+        N steps checks N times)."""
+        pending = []
         for job in self._jobs:
-            if job.done() and not job.cancelled() and job.exception() is not None:
+            if not job.done():
+                pending.append(job)
+            elif not job.cancelled() and job.exception() is not None:
                 job.result()
+        self._jobs = pending
 
     def __enter__(self) -> "StepPushes":
         return self
@@ -84,7 +89,7 @@ class LocalExecutor:
         self._roots: StageRoots | None = None
         self.root_lock = threading.Lock()
         self.lock = threading.Lock()
-        self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
+        self.claims: dict[tuple[str, bool], Future] = {}  # (step key, stored) -> the image of its one execution
         self.streamed: set[str] = set()      # layers uploaded while they were written
         self.tocs: dict[str, Sequence[TocEntry]] = {}   # layers written, not yet handed to on_step_image
         self.pushes: dict[str, StepPushes] = {}   # stage label -> its step images going up
@@ -176,11 +181,13 @@ class LocalExecutor:
         """Identical steps (same key) in stages running at once execute once: the others wait for that
         image and take its layer onto their own rootfs, which is at the same parent state. The image,
         and whether the step ran here."""
+        # a stage that stores the step (its last) must not take it from one that kept it in memory
+        claim_key = (step.key, ps.stores(step))
         with self.lock:
-            claim = self.claims.get(step.key)
+            claim = self.claims.get(claim_key)
             mine = claim is None
             if mine:
-                claim = self.claims[step.key] = Future()
+                claim = self.claims[claim_key] = Future()
         assert claim is not None
         if not mine:
             img: Image = claim.result()
@@ -302,7 +309,8 @@ class LocalExecutor:
     def _push_step(self, ps: PlannedStage, step: Step, parent: Image | None, layer: Layer | None,
                    started: float) -> Image:
         """The step image (the step's config over its parent's layers and history, plus its layer), kept
-        locally and pushed to the stages repo tagged with the step's key."""
+        locally and pushed to the stages repo tagged with the step's key; in memory only for a
+        config-only step that the stage does not store (PlannedStage.stores)."""
         base = parent.config if parent else ic.empty_config(Platform.parse(ps.platform))
         cfg = step.config.with_build_state(base.diff_ids or (), base.history or ())
         for text in step.history:  # the ARGs before it (BuildKit's history; not in the key)
@@ -312,14 +320,16 @@ class LocalExecutor:
                                  diff_id=layer.diff_id if layer else None)
         layers = [*(parent.manifest.layers if parent else []), *([layer.descriptor] if layer else [])]
         repo = self.env.stages_repo
-        img = Image.assemble(cfg, layers, source=repo or "")
-        if repo and self.o.build_key is not None:
-            img = self._signed(img, repo, step.key, self.o.build_key)
-        self.env.store.keep_local(img)
-        target = step.stage == self._plan.target
+        img = Image.assemble(cfg, layers, source=repo or "")   # its layers are there, or soon will be
+        stored = ps.stores(step)   # else config only, kept in memory: the next step's image carries it
+        if stored:
+            if repo and self.o.build_key is not None:
+                img = self._signed(img, repo, step.key, self.o.build_key)
+            self.env.store.keep_local(img)
+        scan = self.on_step_image is not None and stored and step.stage == self._plan.target
 
         def push() -> None:
-            pushed = self.env.store.push(img, repo, step.key).uploaded if repo else 0
+            pushed = self.env.store.push(img, repo, step.key).uploaded if repo and stored else 0
             if layer is not None and layer.digest in self.streamed:
                 pushed += layer.size   # went up while it was written
             self.report(ev.STEP_DONE, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step),
@@ -328,7 +338,7 @@ class LocalExecutor:
             if layer is not None:
                 with self.lock:
                     toc = self.tocs.pop(layer.digest, None)
-            if self.on_step_image is not None and target:
+            if scan and self.on_step_image is not None:
                 self.on_step_image(step, img, toc if layer is not None else None)
 
         with self.lock:

@@ -124,6 +124,17 @@ class PlannedStage:
     def final_config(self) -> ImageConfig:
         return self.steps[-1].config if self.steps else self.base_config.without_build_state()
 
+    def stores(self, step: Step) -> bool:
+        """Does `step`'s image go to the stages repo (and get looked up there)? Each step that may
+        change the filesystem does, and the stage's last. A config-only step before another (ENV,
+        LABEL, CMD...) is applied in memory: the next stored step's key covers it, and N of them in a
+        row no longer push N images of a growing config (O(N^2) bytes, and a HEAD each to look up)."""
+        return step.kind != "config" or step is self.steps[-1]
+
+    @property
+    def stored_steps(self) -> list[Step]:
+        return [s for s in self.steps if self.stores(s)]
+
 
 @dataclass
 class Plan:
@@ -143,6 +154,10 @@ class Plan:
 
     def all_steps(self) -> list[Step]:
         return [s for st in self.stages.values() for s in st.steps]
+
+    def stored_steps(self) -> list[Step]:
+        """The steps whose images are in the stages repo once built (PlannedStage.stores)."""
+        return [s for st in self.stages.values() for s in st.stored_steps]
 
 
 def parse_build_args(items: list[str]) -> dict[str, str]:

@@ -131,7 +131,7 @@ class Publisher:
 
         stages_repo = self.env.stages_repo
         assert stages_repo is not None
-        steps = tuple(dict.fromkeys(s.key for plan in plans for s in plan.all_steps() if is_step_key(s.key)))
+        steps = tuple(dict.fromkeys(s.key for plan in plans for s in plan.stored_steps() if is_step_key(s.key)))
         first = Reference.parse(tags[0])
         record = BuildRecord(commit=commit, branch=branch, created=now, images=(RecordImage(
             name=self.env.options.image_name, repository=first.name,

@@ -54,10 +54,11 @@ class Solver:
         self.lock = threading.Lock()
 
     def lookup(self, plan: Plan) -> dict[str, Descriptor]:
-        return self.lookup_steps(plan.all_steps())
+        return self.lookup_steps(plan.stored_steps())
 
     def lookup_steps(self, steps: list[Step]) -> dict[str, Descriptor]:
-        """One HEAD per step key (all of them, in parallel; a miss doesn't stop the others); with a build
+        """One HEAD per step key (all of them, in parallel; a miss doesn't stop the others), for stored
+        steps (PlannedStage.stores: a config-only step is never in the repo by itself); with a build
         key, one GET and a signature check: a step image it did not sign is a miss (BuildEnv.find_step)."""
         if self.env.options.no_cache or not self.env.stages_repo or not steps:
             return {}

@@ -259,7 +259,8 @@ class ProjectBuilder:
                           ",".join(f"{p.platform}={p.final.final_key}" for p in plans))
         repository = f"{self.o.repo}/{spec.name}"
         every = [s for p in plans for s in p.all_steps()]
-        steps = list(dict.fromkeys(s.key for s in every if is_step_key(s.key)))
+        stored = [s for p in plans for s in p.stored_steps()]
+        steps = list(dict.fromkeys(s.key for s in stored if is_step_key(s.key)))
         extras = extra_tags(self.o.add_tags, TagContext(spec.name, self.config.project, tag, self.o.git,
                                                         self.o.env_name),
                             lambda msg: self.report("warning", msg))
@@ -281,14 +282,14 @@ class ProjectBuilder:
         if not self.o.build_missing:
             raise BuildError(f"this commit's image is not in the registry ({repository}:{tag}): "
                              "build it first (kade build, or kade converge)")
-        hits = build.solver.lookup_steps(every)
-        missing = list(dict.fromkeys(s.key for s in every if s.key not in hits and is_step_key(s.key)))
+        hits = build.solver.lookup_steps(stored)
+        missing = list(dict.fromkeys(s.key for s in stored if s.key not in hits and is_step_key(s.key)))
         waits = claims.claim(spec.name, missing, done)
         if waits:
             for other, event in waits:
                 self.report("info", f"{spec.name}: waiting for {other}, which builds steps they share")
                 cancel.wait(event)
-            hits = build.solver.lookup_steps(every)
+            hits = build.solver.lookup_steps(stored)
         self.report("image", f"{spec.name}: building {repository}:{tag}", image=spec.name)
         tags = tuple(f"{repository}:{t}" for t in (tag, *extras))
         # the project records every image in one build record (`_push_record`), not one per image

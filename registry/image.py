@@ -12,6 +12,7 @@ the manifest and its digest, all stable. A multi-platform image is an `ImageInde
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import BinaryIO, Callable, ContextManager, Sequence
 
 from registry import mediatypes as mt
@@ -65,11 +66,11 @@ class Image:
     digest: str                      # of the manifest bytes
     source: str = ""                 # "host/repository" its blobs can be read from; "" when only local
 
-    @property
+    @cached_property   # the value is frozen: written once, read by keep_local, push, publish...
     def manifest_bytes(self) -> bytes:
         return self.manifest.to_bytes()
 
-    @property
+    @cached_property
     def config_bytes(self) -> bytes:
         return self.config.to_bytes()
 

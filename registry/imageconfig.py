@@ -128,13 +128,18 @@ class ImageConfig:
         return cls(**fields, extra=extra)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = copy.deepcopy(dict(self.extra))
+        """The config as a new JSON document (the caller may change it)."""
+        return copy.deepcopy(self._document())
+
+    def _document(self) -> dict[str, Any]:
+        """The JSON document, sharing this value's nested objects (to read only)."""
+        out: dict[str, Any] = dict(self.extra)
         for key in _SCALARS:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
         if self.runtime is not None:
-            out["config"] = copy.deepcopy(dict(self.runtime))
+            out["config"] = self.runtime
         if self.diff_ids is not None:
             out["rootfs"] = {"type": _ROOTFS_TYPE, "diff_ids": list(self.diff_ids)}
         if self.history is not None:
@@ -143,7 +148,7 @@ class ImageConfig:
 
     def to_bytes(self) -> bytes:
         """The config blob: sorted keys, no whitespace, non-ASCII escaped (stable: same config, same digest)."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(self._document(), sort_keys=True, separators=(",", ":")).encode()
 
     @property
     def digest(self) -> str:
@@ -196,13 +201,15 @@ class ImageConfig:
 
     # -- changing (new values) -------------------------------------------------------------------
     def with_runtime(self, **changes: Any) -> "ImageConfig":
-        """The runtime config with `changes` set (a None value removes the field)."""
-        runtime = copy.deepcopy(dict(self.runtime or {}))
+        """The runtime config with `changes` set (a None value removes the field). The fields not
+        changed are shared with this value (nothing mutates them): a copy of all of them per step made
+        N steps cost O(N^2)."""
+        runtime = dict(self.runtime or {})
         for key, value in changes.items():
             if value is None:
                 runtime.pop(key, None)
             else:
-                runtime[key] = value
+                runtime[key] = copy.deepcopy(value)
         return replace(self, runtime=runtime, extra=_without(self.extra, "config"))
 
     def with_layer(self, history: History, diff_id: str | None) -> "ImageConfig":

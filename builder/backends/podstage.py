@@ -200,7 +200,7 @@ def _build_stage(task: StageTask, report: Report, work: Path, secrets: dict[str,
     with session(env, executor), cancel.Pool(max_workers=1) as pool:
         # the context arrives while the steps are looked up and the rootfs is made; a step waits for it
         executor.context_ready = pool.submit(_fetch_context, repo, extra, env.cache, ctx_dir, report)
-        solution.hits = solver.lookup_steps(ps.steps)
+        solution.hits = solver.lookup_steps(ps.stored_steps)
         context_upload.place_downloads(missing_steps(ps, set(solution.hits)),
                                        lambda hexdigest, planned: _download(repo, env.cache, hexdigest, planned.name))
         if ps.base_image:

@@ -2,6 +2,8 @@
 are bit-identical whether or not the shortcut applied."""
 import gzip
 import io
+import json
+import subprocess
 import tarfile
 
 import pytest
@@ -142,3 +144,43 @@ def test_a_big_layer_streamed_while_written_is_the_layer_pushed(registry, base_i
         assert tar.getmember("big").size == 12582912
     done = [e for e in events if e.get("kind") == "step-done" and "RUN" in e.get("step", "")]
     assert done and done[0]["pushed_bytes"] >= layer.size
+
+
+CONFIG_STEPS = """\
+FROM {base}
+ENV A=1
+LABEL b=2
+RUN echo $A > /a
+ENV C=3
+EXPOSE 80
+CMD ["sh"]
+"""
+
+
+def test_config_only_steps_between_others_are_not_step_images(registry, base_image, kade_build, tmp_path, epoch):
+    """ENV/LABEL/EXPOSE before another step are applied in memory: the stages repo holds the RUN's
+    image and the stage's last; the image is the same, a rebuild finds it all, and a changed ENV
+    value still changes the RUN's key (it was the old path's O(N^2): N images of a growing config)."""
+    stages, client = f"{registry.host}/cfg/stages", RegistryClient()
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(CONFIG_STEPS.format(base=base_image.ref))
+    common = ["--repo", stages, "--output", "json", "--cache-dir", str(tmp_path / "cache")]
+    first = kade_build(str(ctx), "--tag", f"{registry.host}/cfg/app:1", *common).ok()
+    assert first["steps"]["built"] == 6
+    assert len(step_digests(client, stages)) == 2   # RUN and CMD, not ENV A, LABEL, ENV C, EXPOSE
+    config = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--config", "--raw",
+                                        f"docker://{registry.host}/cfg/app:1"], capture_output=True, text=True,
+                                       check=True).stdout)
+    assert {"A=1", "C=3"} <= set(config["config"]["Env"]) and config["config"]["Labels"] == {"b": "2"}
+    assert config["config"]["ExposedPorts"] == {"80/tcp": {}} and config["config"]["Cmd"] == ["sh"]
+    assert [h.get("created_by", "") for h in config["history"]][-6:] == [
+        "ENV A=1", "LABEL b=2", "RUN /bin/sh -c echo $A > /a", "ENV C=3", "EXPOSE 80",
+        'CMD ["sh"]']
+
+    again = kade_build(str(ctx), "--tag", f"{registry.host}/cfg/app:2", *common).ok()
+    assert again["steps"]["built"] == 0 and again["images"][0]["digest"] == first["images"][0]["digest"]
+
+    (ctx / "Dockerfile").write_text(CONFIG_STEPS.format(base=base_image.ref).replace("ENV A=1", "ENV A=9"))
+    changed = kade_build(str(ctx), "--tag", f"{registry.host}/cfg/app:3", *common).ok()
+    assert changed["steps"]["built"] == 6 and len(step_digests(client, stages)) == 4

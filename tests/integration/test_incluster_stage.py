@@ -110,7 +110,10 @@ def test_stages_built_by_the_pod_code_equal_the_local_backend(registry, base_ima
     keys = [s.key for s in remote.plan.all_steps()]
     assert keys == [s.key for s in local_plan.all_steps()]
     # (the final stage's pod reads deps back with the history of deps' trailing ARG, as the local solver has it)
-    assert step_digests(registry.host, "par/remote-stages", keys) == step_digests(registry.host, "par/local-stages", keys)
+    stored = [s.key for s in remote.plan.stored_steps()]   # all but USER app, a config-only step in between
+    assert len(stored) == len(keys) - 1
+    assert step_digests(registry.host, "par/remote-stages", stored) == step_digests(registry.host, "par/local-stages",
+                                                                                     stored)
     # the final images differ only by their created time: same layers
     assert remote_result.images[0]["digest"] == local_result.images[0]["digest"]
     uploads = sorted(m for k, m in events if k == "upload")

@@ -207,6 +207,21 @@ def test_missing_and_needed_stages_follow_hits(ctx):
     assert needed_stages(p, everything - {keys["3"][-1]}) == {"3", "deps"}
 
 
+@pytest.mark.parametrize("body, stored", [
+    ("RUN a", ["RUN"]),
+    ("ENV A=1\nLABEL b=2\nRUN a\nCMD x", ["RUN", "CMD"]),                     # config-only steps before another
+    ("ENV A=1\nEXPOSE 80\nUSER app", ["USER"]),                                 # only the last of a config-only stage
+    ("WORKDIR /w\nENV A=1\nCOPY app /app\nSTOPSIGNAL 9", ["WORKDIR", "COPY", "STOPSIGNAL"]),   # WORKDIR may mkdir
+    ("ONBUILD RUN x\nHEALTHCHECK NONE\nRUN a", ["RUN"]),
+])
+def test_only_steps_that_may_change_files_and_the_last_are_stored(ctx, body, stored):
+    """PlannedStage.stores: what goes to (and is looked up in) the stages repo."""
+    p = plan(ctx, f"FROM base\n{body}\n")
+    stage = p.final
+    assert [s.ins.cmd for s in stage.stored_steps] == stored
+    assert [s.key for s in p.stored_steps()] == [s.key for s in stage.stored_steps]
+
+
 def test_a_stage_result_carries_the_history_of_its_trailing_args(ctx):
     """solver.with_trailing_history: the ARGs after a stage's last step become empty-layer history
     entries of its result (layers and diffIDs unchanged); a stage without them keeps its image."""
