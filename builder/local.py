@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from builder.tarformat import TocEntry
     from registry.growing import upload_while_written
     from registry.sigkeys import SigningKey
+    from registry.imageconfig import ImageConfig
 
 FS_STEP_KINDS = frozenset({"run", "copy", "workdir"})  # steps that work on the stage's rootfs
 
@@ -89,7 +90,7 @@ class LocalExecutor:
         self._roots: StageRoots | None = None
         self.root_lock = threading.Lock()
         self.lock = threading.Lock()
-        self.claims: dict[tuple[str, bool], Future] = {}  # (step key, stored) -> the image of its one execution
+        self.claims: dict[str, Future] = {}  # step key -> the image of its one execution in this build
         self.streamed: set[str] = set()      # layers uploaded while they were written
         self.tocs: dict[str, Sequence[TocEntry]] = {}   # layers written, not yet handed to on_step_image
         self.pushes: dict[str, StepPushes] = {}   # stage label -> its step images going up
@@ -156,9 +157,17 @@ class LocalExecutor:
             with self.lock:
                 self.pushes[ps.label] = pushes
             try:
+                pending: list[Step] = []   # config-only steps not stored: they go into the next step's image
                 for step in job.steps:
                     pushes.check()
-                    parent, here = self._run_once(ps, step, parent, root, results)
+                    if not ps.stores(step):
+                        self._config_only(ps, step)
+                        pending.append(step)
+                        ran += 1
+                        keys.add(step.key)
+                        continue
+                    parent, here = self._run_once(ps, step, parent, root, results, tuple(pending))
+                    pending = []
                     if here:
                         ran += 1
                         keys.add(step.key)
@@ -176,25 +185,30 @@ class LocalExecutor:
         return self.plan
 
     # -- one step, once ----------------------------------------------------------------------------
+    def _config_only(self, ps: PlannedStage, step: Step) -> None:
+        """A config-only step the stage does not store (PlannedStage.stores): nothing to run; its config
+        and history go into the next step's image (N of them: no N images of a growing config)."""
+        fields = ev.step_fields(self.o.image_name, ps, step)
+        self.report(ev.STEP, ev.step_message(ps, step), **fields)
+        self.report(ev.STEP_DONE, ev.step_message(ps, step), **fields, seconds=0.0, layer_bytes=0, pushed_bytes=0)
+
     def _run_once(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot,
-                  results: StageResults) -> tuple[Image, bool]:
+                  results: StageResults, pending: tuple[Step, ...] = ()) -> tuple[Image, bool]:
         """Identical steps (same key) in stages running at once execute once: the others wait for that
         image and take its layer onto their own rootfs, which is at the same parent state. The image,
         and whether the step ran here."""
-        # a stage that stores the step (its last) must not take it from one that kept it in memory
-        claim_key = (step.key, ps.stores(step))
         with self.lock:
-            claim = self.claims.get(claim_key)
+            claim = self.claims.get(step.key)
             mine = claim is None
             if mine:
-                claim = self.claims[claim_key] = Future()
+                claim = self.claims[step.key] = Future()
         assert claim is not None
         if not mine:
             img: Image = claim.result()
             self.report(ev.SHARED, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step))
             return self._adopt(img, root), False
         try:
-            img = self._run_step(ps, step, parent, root, results)
+            img = self._run_step(ps, step, parent, root, results, pending)
         except BaseException as exc:
             claim.set_exception(exc)
             raise
@@ -207,8 +221,9 @@ class LocalExecutor:
         return image
 
     def _run_step(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot,
-                  results: StageResults) -> Image:
-        """Run one step on `root` and push its step image."""
+                  results: StageResults, pending: tuple[Step, ...] = ()) -> Image:
+        """Run one step on `root` and push its step image (with the config-only `pending` steps since
+        `parent` in it)."""
         from builder import execute as ex
 
         cancel.check()  # nothing new starts once the command is cancelled
@@ -247,7 +262,7 @@ class LocalExecutor:
             raise BuildError(f"{step.text}: {exc.detail}", file=step.ins.file, line=step.ins.line,
                              hint=exc.hint) from None
         root.commit(layer.diff_id if layer is not None else None)
-        return self._push_step(ps, step, parent, layer, started)
+        return self._push_step(ps, step, parent, layer, started, pending)
 
     def _copy(self, step: Step, rootfs: Path, workdir: str, results: StageResults) -> list:
         from builder import execute as ex
@@ -307,29 +322,25 @@ class LocalExecutor:
         return upload_while_written(self.env.store.repo(name), path, repo_name=name, on_error=failed)
 
     def _push_step(self, ps: PlannedStage, step: Step, parent: Image | None, layer: Layer | None,
-                   started: float) -> Image:
-        """The step image (the step's config over its parent's layers and history, plus its layer), kept
-        locally and pushed to the stages repo tagged with the step's key; in memory only for a
-        config-only step that the stage does not store (PlannedStage.stores)."""
+                   started: float, pending: tuple[Step, ...] = ()) -> Image:
+        """The step image (the step's config over its parent's layers and history, the history of the
+        config-only `pending` steps since, plus its layer), kept locally and pushed to the stages repo
+        tagged with the step's key."""
         base = parent.config if parent else ic.empty_config(Platform.parse(ps.platform))
         cfg = step.config.with_build_state(base.diff_ids or (), base.history or ())
-        for text in step.history:  # the ARGs before it (BuildKit's history; not in the key)
-            cfg = ic.add_history(cfg, text, empty_layer=True)
-        if step.in_history or layer:  # ONBUILD has no entry of its own
-            cfg = ic.add_history(cfg, step.created_by, empty_layer=layer is None,
-                                 diff_id=layer.diff_id if layer else None)
+        for earlier in pending:
+            cfg = _with_history(cfg, earlier, None)
+        cfg = _with_history(cfg, step, layer)
         layers = [*(parent.manifest.layers if parent else []), *([layer.descriptor] if layer else [])]
         repo = self.env.stages_repo
-        img = Image.assemble(cfg, layers, source=repo or "")   # its layers are there, or soon will be
-        stored = ps.stores(step)   # else config only, kept in memory: the next step's image carries it
-        if stored:
-            if repo and self.o.build_key is not None:
-                img = self._signed(img, repo, step.key, self.o.build_key)
-            self.env.store.keep_local(img)
-        scan = self.on_step_image is not None and stored and step.stage == self._plan.target
+        img = Image.assemble(cfg, layers, source=repo or "")
+        if repo and self.o.build_key is not None:
+            img = self._signed(img, repo, step.key, self.o.build_key)
+        self.env.store.keep_local(img)
+        target = step.stage == self._plan.target
 
         def push() -> None:
-            pushed = self.env.store.push(img, repo, step.key).uploaded if repo and stored else 0
+            pushed = self.env.store.push(img, repo, step.key).uploaded if repo else 0
             if layer is not None and layer.digest in self.streamed:
                 pushed += layer.size   # went up while it was written
             self.report(ev.STEP_DONE, ev.step_message(ps, step), **ev.step_fields(self.o.image_name, ps, step),
@@ -338,7 +349,7 @@ class LocalExecutor:
             if layer is not None:
                 with self.lock:
                     toc = self.tocs.pop(layer.digest, None)
-            if scan and self.on_step_image is not None:
+            if self.on_step_image is not None and target:
                 self.on_step_image(step, img, toc if layer is not None else None)
 
         with self.lock:
@@ -451,6 +462,16 @@ class LocalExecutor:
         private = cache.work_dir("cache-private-")
         stack.callback(fsutil.remove_tree, private)
         return private
+
+
+def _with_history(cfg: ImageConfig, step: Step, layer: Layer | None) -> ImageConfig:
+    """`cfg` with `step`'s history entries: the ARGs before it (BuildKit's history; not in the key),
+    then its own (ONBUILD has none), which names its layer if it made one."""
+    for text in step.history:
+        cfg = ic.add_history(cfg, text, empty_layer=True)
+    if step.in_history or layer:
+        cfg = ic.add_history(cfg, step.created_by, empty_layer=layer is None, diff_id=layer.diff_id if layer else None)
+    return cfg
 
 
 def rootfs_readers(plan: Plan) -> set[str]:

@@ -58,13 +58,13 @@ class PodExecutor(LocalExecutor):
         return root
 
     def _run_step(self, ps: PlannedStage, step: Step, parent: Image | None, root: StageRoot,
-                  results: Any) -> Image:
+                  results: Any, pending: tuple[Step, ...] = ()) -> Image:
         if self.context_ready is not None:
             self.context_ready.result()
         if not self.stepped:
             self.stepped = True
             _mark(self.report, "first step")
-        return super()._run_step(ps, step, parent, root, results)
+        return super()._run_step(ps, step, parent, root, results, pending)
 
 
 class StagesReadBack:
