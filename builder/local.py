@@ -225,6 +225,7 @@ class LocalExecutor:
         """Run one step on `root` and push its step image (with the config-only `pending` steps since
         `parent` in it)."""
         from builder import execute as ex
+        from builder.stageroot import check_depth
 
         cancel.check()  # nothing new starts once the command is cancelled
         fields = ev.step_fields(self.o.image_name, ps, step)
@@ -234,6 +235,7 @@ class LocalExecutor:
         context_root = self._plan.context_root
         layer: Layer | None = None
         try:
+            check_depth(root.depth + 1, f"stage {ps.label} with this step")   # (it may add a layer)
             if step.kind == "run":
                 ctx = ex.RunContext(secrets=self.o.secrets, ssh_socket=self.o.ssh, cache_dir=self._cache_mount,
                                     stage_rootfs=lambda ref, _: self._mount_root(ref, results),
@@ -402,6 +404,7 @@ class LocalExecutor:
         """The image's layers for the layer store, the ones it lacks downloading meanwhile; with `report`,
         says how many the store supplies."""
         from builder.rootfs import chain_ids
+        from builder.stageroot import check_depth
 
         store = self.env.store
         diff_ids = list(image.config.diff_ids or ())
@@ -409,6 +412,7 @@ class LocalExecutor:
         if len(diff_ids) != len(layers):
             raise BuildError(f"image {image.source}@{image.digest} has {len(layers)} layers but "
                              f"{len(diff_ids)} diff_ids in its config", hint="rebuild or re-push that image")
+        check_depth(len(layers), f"image {image.source or 'built here'}@{image.digest[:19]}")
         missing = self.roots.missing(chain_ids(diff_ids))
         fetches = {layers[i].digest: store.fetch(image, layers[i]) for i in missing}   # all at once, unpacked as they come
         if report:

@@ -41,6 +41,17 @@ from registry.image import Layer
 
 Report = Callable[..., None]
 SNAPSHOTTER_ENV = "KADE_SNAPSHOTTER"   # "overlay" (fail when it can't), "copy", or unset (probe)
+# An overlay stacks at most 500 lower dirs (the kernel's OVL_MAX_STACK), and a step's upper dir is read as
+# one more. Docker refuses images deeper than 125 layers; what goes past this is made to exhaust the mount.
+MAX_LAYERS = 499
+
+
+def check_depth(layers: int, what: str) -> None:
+    """Refuse a stack of more layers than an overlay can hold, in every snapshotter mode alike."""
+    if layers > MAX_LAYERS:
+        raise BuildError(f"{what} has {layers} layers; kade stacks at most {MAX_LAYERS} (an overlay mount holds "
+                         "500 directories)", hint="combine steps: each RUN, COPY, ADD and WORKDIR may add a "
+                                                 "layer, and Docker refuses more than 125")
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,10 @@ class LayeredRoot:
         self.epoch = epoch
         self.pending: Upper | None = None
         self._readers: list[int] = []
+
+    @property
+    def depth(self) -> int:
+        return len(self.lowers)
 
     def _lower_paths(self) -> list[str]:
         return lower_paths(self.lowers) or [str(self.store.empty())]

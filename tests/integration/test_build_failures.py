@@ -69,3 +69,33 @@ def test_an_8_mb_line_is_cut_in_the_error(registry, base_image, kade_build, tmp_
     assert "more characters cut]" in message
     assert len(message) < 10_000, len(message)
     assert len(res.stderr) < 200_000  # the progress line is cut too (at 64 KiB)
+
+
+def test_more_layers_than_an_overlay_stacks_is_a_clear_error(registry, kade_build, tmp_path):
+    """An overlay mount stacks at most 500 directories: a base image deeper than MAX_LAYERS is refused
+    before anything is unpacked, naming it; a step that would go past it names its line (was an
+    OSError traceback from the mount)."""
+    from builder.stageroot import MAX_LAYERS
+    from tests.fixtures.build import push_layers
+    from tests.fixtures.layers import E, make_tar
+
+    tars = [make_tar([E(f"f{i}", data=b"x")]) for i in range(MAX_LAYERS + 1)]
+    too_deep = push_layers(registry.host, "deep/over", "1", tars)
+    at_limit = push_layers(registry.host, "deep/at", "1", tars[:MAX_LAYERS])
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "a.txt").write_text("a\n")
+    common = ["--cache-dir", str(tmp_path / "cache"), "--output", "json"]
+
+    (ctx / "Dockerfile").write_text(f"FROM {too_deep.ref}\nCOPY a.txt /a.txt\n")
+    refused = kade_build(str(ctx), "--tag", f"{registry.host}/deep/app:1", *common)
+    assert refused.code == 1 and f"has {MAX_LAYERS + 1} layers" in refused.stderr, refused.stderr
+    assert f"{registry.host}/deep/over@" in refused.stderr and "Traceback" not in refused.stderr
+    unpacked = lambda: list((tmp_path / "cache").glob("tenants/*/trees/layers/*/fs"))  # noqa: E731
+    assert unpacked() == [], "nothing unpacked"
+
+    (ctx / "Dockerfile").write_text(f"FROM {at_limit.ref}\nENV A=1\nCOPY a.txt /a.txt\n")
+    stepped = kade_build(str(ctx), "--tag", f"{registry.host}/deep/app:2", *common)
+    assert stepped.code == 1 and "Dockerfile:3: COPY a.txt /a.txt" in stepped.stderr, stepped.stderr
+    assert f"has {MAX_LAYERS + 1} layers" in stepped.stderr and "Traceback" not in stepped.stderr
+    assert len(unpacked()) == MAX_LAYERS   # (so the check above looked where layers go)
