@@ -14,6 +14,7 @@ import dockerfile as _bk
 
 from builder.errors import DockerfileSyntaxError
 from builder.expand import ExpandError, process_word
+from common.digits import decimal
 
 KNOWN = {
     "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
@@ -122,9 +123,8 @@ class Dockerfile:
         for st in self.stages:
             if st.name == low:
                 return st
-        if ref.isdigit() and int(ref) < len(self.stages):
-            return self.stages[int(ref)]
-        return None
+        index = decimal(ref)
+        return self.stages[index] if index is not None and index < len(self.stages) else None
 
 
 def parse_file(path: str | Path) -> Dockerfile:
@@ -244,7 +244,7 @@ def _convert(c: "_bk.Command", path: str) -> Instruction:
             raise DockerfileSyntaxError(f"{sub} isn't allowed as an ONBUILD trigger", file=path, line=c.start_line)
         trigger = c.original.split(None, 1)[1] if len(c.original.split(None, 1)) > 1 else ""
         return Instruction(cmd, (trigger,), {}, False, c.original, c.start_line, c.end_line, (), path)
-    flags = _flags(cmd, c.flags, path, c.start_line)
+    flags = _flags(cmd, tuple(_as_written(f, c.original) for f in c.flags), path, c.start_line)
     heredocs = _heredocs(c)
     if not args and cmd not in ("RUN",) or (cmd == "RUN" and not args and not heredocs):
         raise DockerfileSyntaxError(f"{cmd} requires at least one argument", file=path, line=c.start_line)
@@ -261,6 +261,16 @@ def _convert(c: "_bk.Command", path: str) -> Instruction:
         raise DockerfileSyntaxError(f"{cmd} looks like JSON but does not parse as a JSON array: {args[0]}",
                                     file=path, line=c.start_line, hint='use double quotes: ["a", "b"]')
     return Instruction(cmd, args, flags, bool(c.json), c.original, c.start_line, c.end_line, heredocs, path)
+
+
+def _as_written(flag: str, original: str) -> str:
+    """The parser hands flags over as their UTF-8 bytes read as Latin-1 (`--chown=é` comes as
+    `--chown=Ã©`; values and the original line are right): the flag as the line has it."""
+    try:
+        fixed = flag.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return flag
+    return fixed if fixed in original else flag
 
 
 def _flags(cmd: str, raw: tuple[str, ...], path: str, line: int) -> dict[str, str | bool]:

@@ -30,7 +30,7 @@ from builder.context import Source
 from builder.plan import CopySpec, Step
 from builder.plan import Mount as PlanMount
 from builder.modes import parse_chmod
-from builder.users import resolve_user
+from builder.users import numeric_id, resolve_user
 from builder.rootfs_ops import (Meta, Override, Parts, Root, TreeCopy, image_path, replace_with_file, set_meta,
                                 split)
 from common import fsutil
@@ -118,9 +118,9 @@ def _owner(spec: str | None, rootfs: Path) -> tuple[int, int]:
     if not spec:
         return 0, 0
     user, _, group = spec.partition(":")
-    if user.isdigit() and (not group or group.isdigit()):
-        uid = int(user)
-        return uid, int(group) if group else uid
+    uid, gid = numeric_id(user, "uid"), numeric_id(group, "gid") if group else None
+    if uid is not None and (not group or gid is not None):
+        return uid, uid if gid is None else gid
     resolved = resolve_user(rootfs, spec)
     return resolved.uid, resolved.gid
 

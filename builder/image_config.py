@@ -13,9 +13,11 @@ from builder.errors import BuildError
 from common.durations import GO_UNITS, nanoseconds
 from registry.imageconfig import History, ImageConfig
 from registry.model import Platform
+from common.digits import decimal
 
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_RETRIES = 2 ** 31 - 1   # HEALTHCHECK --retries: BuildKit parses it as a 32-bit int
 
 
 def empty_config(platform: Platform) -> ImageConfig:
@@ -104,9 +106,9 @@ def expand_port(spec: str) -> list[str]:
     if proto not in ("tcp", "udp", "sctp"):
         raise BuildError(f"invalid protocol {proto!r} in EXPOSE {spec}")
     lo, dash, hi = port.partition("-")
-    if not lo.isdigit() or (dash and not hi.isdigit()):
+    start, end = decimal(lo), decimal(hi) if dash else decimal(lo)
+    if start is None or end is None:
         raise BuildError(f"invalid port {spec!r} in EXPOSE", hint="use NUMBER[/tcp|udp] or START-END")
-    start, end = int(lo), int(hi) if dash else int(lo)
     if not (0 < start <= end <= 65535):
         raise BuildError(f"invalid port range {spec!r} in EXPOSE")
     return [f"{n}/{proto}" for n in range(start, end + 1)]
@@ -158,10 +160,11 @@ def set_healthcheck(cfg: ImageConfig, args: tuple[str, ...], json_form: bool,
                 hc[key] = value
     if "retries" in flags:
         retries = str(flags["retries"])
-        if not retries.isdigit():
-            raise BuildError(f"invalid --retries {retries!r}: must be a whole number")
-        if int(retries):
-            hc["Retries"] = int(retries)
+        count = decimal(retries)
+        if count is None or count > MAX_RETRIES:
+            raise BuildError(f"invalid --retries {retries!r}: must be a whole number up to {MAX_RETRIES}")
+        if count:
+            hc["Retries"] = count
     return cfg.with_runtime(Healthcheck=hc)
 
 

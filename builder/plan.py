@@ -27,6 +27,7 @@ from builder.modes import parse_chmod
 from builder.platforms import DEFAULT_PLATFORM, automatic_args, host_platform, parse_platform
 from registry.imageconfig import ImageConfig
 from registry.model import Platform
+from common.digits import MAX_ID, decimal
 
 
 
@@ -493,12 +494,12 @@ def _run_argv(ins: Instruction, cfg: ImageConfig) -> tuple[list[str], list[tuple
 def _resolve_from(ins: Instruction, ref: str, planned: dict[str, PlannedStage], resolver: Resolver,
                   platform: str, deps: set[str]) -> tuple[str | None, BaseImage | None, str]:
     """--from=NAME: a planned stage (by name or index), else an image reference."""
-    low = ref.lower()
+    low, index = ref.lower(), decimal(ref)
     for label, ps in planned.items():
-        if label == low or (ref.isdigit() and ps.stage.index == int(ref)):
+        if label == low or ps.stage.index == index:
             deps.add(label)
             return label, None, ps.final_key
-    if ref.isdigit():
+    if index is not None:
         raise UnknownStageError(f"stage {ref} does not exist (or is not before this one)", file=ins.file,
                                 line=ins.line)
     try:
@@ -595,7 +596,8 @@ def _numeric_owner(chown: str | None) -> tuple[int, int]:
     if not chown:
         return 0, 0
     u, _, g = chown.partition(":")
-    return (int(u) if u.isdigit() else -1, int(g) if g.isdigit() else -1)
+    uid, gid = decimal(u), decimal(g)
+    return (-1 if uid is None else uid, -1 if gid is None else gid)
 
 
 # The options of each mount type in the Dockerfile reference (after type= and target/dst/destination).
@@ -626,8 +628,8 @@ def _check_mount_options(ins: Instruction, mtype: str, opts: dict[str, str]) -> 
                             hint=f"its options: {', '.join(sorted(MOUNT_OPTIONS[mtype]))}, target")
         if key in _BOOL_OPTIONS and value.lower() not in ("true", "false"):
             raise ins.error(f"--mount {key}={value}: expected true or false")
-        if key in ("uid", "gid") and not value.isdigit():
-            raise ins.error(f"--mount {key}={value}: expected a number")
+        if key in ("uid", "gid") and ((number := decimal(value)) is None or number > MAX_ID):
+            raise ins.error(f"--mount {key}={value}: expected a number from 0 to {MAX_ID}")
         if key == "mode" and not re.fullmatch(r"0?[0-7]{1,4}", value):
             raise ins.error(f"--mount mode={value}: expected an octal mode like 0755")
         if key == "sharing" and value not in ("shared", "private", "locked"):

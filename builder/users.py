@@ -7,6 +7,7 @@ from pathlib import Path
 
 from builder.errors import BuildError
 from builder.rootfs_ops import Root
+from common.digits import MAX_ID, decimal
 
 
 @dataclass(frozen=True)
@@ -30,47 +31,58 @@ def _read_db(rootfs: Path, name: str) -> list[list[str]]:
 
 
 def resolve_user(rootfs: Path, spec: str) -> ResolvedUser:
-    """`USER name[:group]` or numeric ids -> uid, gid and supplementary groups from the rootfs."""
+    """`USER name[:group]` or numeric ids -> uid, gid and supplementary groups from the rootfs (whose
+    /etc/passwd and /etc/group rows with ids that are no ids are skipped, as libc skips them)."""
     spec = spec or "root"
     user, _, group = spec.partition(":")
-    passwd = _read_db(rootfs, "passwd")
-    groups_db = _read_db(rootfs, "group")
+    passwd = [(row, _id(row[2]), _id(row[3])) for row in _read_db(rootfs, "passwd") if len(row) >= 4]
+    groups_db = [(row, _id(row[2])) for row in _read_db(rootfs, "group") if len(row) >= 3]
+    wanted = numeric_id(user, "uid")
     uid: int | None = None
     gid: int | None = None
     name: str | None = None
     home = "/"
-    for row in passwd:
-        if len(row) < 4:
-            continue
-        if row[0] == user or (user.isdigit() and row[2] == user):
-            uid, name, home = int(row[2]), row[0], (row[5] if len(row) > 5 else "/")
-            gid = int(row[3]) if row[3].isdigit() else 0
+    for row, row_uid, row_gid in passwd:
+        if row_uid is not None and (row[0] == user or row_uid == wanted):
+            uid, name, home = row_uid, row[0], (row[5] if len(row) > 5 else "/")
+            gid = row_gid or 0
             break
     if uid is None:
         if user == "root":  # as BuildKit: root is uid 0 also in an image without it in /etc/passwd
             uid, gid = 0, 0
-        elif not user.isdigit():
+        elif wanted is None:
             raise BuildError(f"unable to find user {user}: no matching entries in /etc/passwd",
                              hint="create the user in an earlier RUN or use a numeric uid")
         else:
-            uid, gid = int(user), 0
+            uid, gid = wanted, 0
     if group:
-        gid = None
-        for row in groups_db:
-            if len(row) >= 3 and (row[0] == group or (group.isdigit() and row[2] == group)):
-                gid = int(row[2])
-                break
+        wanted_gid = numeric_id(group, "gid")
+        gid = next((g for row, g in groups_db if g is not None and (row[0] == group or g == wanted_gid)), None)
         if gid is None:
             if group == "root":
                 gid = 0
-            elif not group.isdigit():
+            elif wanted_gid is None:
                 raise BuildError(f"unable to find group {group}: no matching entries in /etc/group")
             else:
-                gid = int(group)
+                gid = wanted_gid
         return ResolvedUser(uid, gid, (gid,), home)
     supplementary = {gid or 0}
     if name:
-        for row in groups_db:
-            if len(row) >= 4 and name in row[3].split(",") and row[2].isdigit():
-                supplementary.add(int(row[2]))
+        for row, g in groups_db:
+            if len(row) >= 4 and name in row[3].split(",") and g is not None:
+                supplementary.add(g)
     return ResolvedUser(uid, gid or 0, tuple(sorted(supplementary)), home)
+
+
+def numeric_id(text: str, what: str) -> int | None:
+    """A uid or gid written as a number (None: a name); one out of uid_t's range is an error."""
+    value = decimal(text)
+    if value is not None and value > MAX_ID:
+        raise BuildError(f"{what} {text} is out of range (0 to {MAX_ID})")
+    return value
+
+
+def _id(text: str) -> int | None:
+    """An id of an /etc/passwd or /etc/group row: None for one that is not a valid number."""
+    value = decimal(text)
+    return value if value is not None and value <= MAX_ID else None

@@ -77,3 +77,12 @@ def test_hostile_input_does_not_crash():
         assert exc.line is not None
     with pytest.raises(DockerfileSyntaxError):
         parse_string("\x00\x01FROM\n")
+
+
+def test_flags_keep_what_the_line_says():
+    """BuildKit's parser (the `dockerfile` wheel) hands flags over as UTF-8 read as Latin-1: `é` came as
+    `Ã©` (values were right)."""
+    df = parse_string("FROM --platform=linux/amd64 scratch\nCOPY --chown=é:ü a /b\n"
+                      "RUN --mount=type=secret,id=Ã© cat\n", "Dockerfile")
+    copy, run = df.stages[0].instructions
+    assert copy.flags == {"chown": "é:ü"} and run.flags == {"mount0": "type=secret,id=Ã©"}

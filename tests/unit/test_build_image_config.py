@@ -53,6 +53,7 @@ def test_shell_form_uses_current_shell():
 @pytest.mark.parametrize("spec,expected", [
     ("80", ["80/tcp"]), ("53/udp", ["53/udp"]), ("8000-8002/TCP", ["8000/tcp", "8001/tcp", "8002/tcp"]),
     ("x", BuildError), ("80/foo", BuildError), ("0", BuildError), ("9-8", BuildError), ("70000", BuildError),
+    ("²", BuildError), ("1-²", BuildError), ("9" * 5000, BuildError),   # were ValueErrors from int()
 ])
 def test_expose(spec, expected):
     check(ic.expand_port, spec, expected)
@@ -71,8 +72,9 @@ def test_healthcheck_forms():
     hc = ic.set_healthcheck(BASE, ("CMD", "a", "b"), True, {}).get("Healthcheck")
     assert hc == {"Test": ["CMD", "a", "b"]}
     assert ic.set_healthcheck(BASE, ("NONE",), False, {}).get("Healthcheck") == {"Test": ["NONE"]}
-    with pytest.raises(BuildError):
-        ic.set_healthcheck(BASE, ("CMD", "x"), False, {"retries": "many"})
+    for bad in ("many", "²", "-1", str(2 ** 31)):   # a 32-bit int, as BuildKit parses it
+        with pytest.raises(BuildError):
+            ic.set_healthcheck(BASE, ("CMD", "x"), False, {"retries": bad})
 
 
 def test_history_and_diff_ids():
@@ -121,6 +123,22 @@ def test_resolve_user(tmp_path, files, spec, expected):
     else:
         u = resolve_user(tmp_path, spec)
         assert (u.uid, u.gid, u.groups) == expected
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("app", (1000, 0, (0,))),              # its gid field is no number: 0, as a missing one
+    ("bad", BuildError),                   # its uid field is no number: the row is skipped
+    ("big", BuildError),                   # past uid_t's range: skipped
+    ("4294967294", (4294967294, 0, (0,))),
+    ("4294967295", BuildError), ("99999999999999999999", BuildError), ("9" * 5000, BuildError),
+    ("1000:4294967295", BuildError), ("²", BuildError), ("app:²", BuildError),
+])
+def test_resolve_user_with_rows_and_ids_that_are_no_numbers(tmp_path, spec, expected):
+    """A hostile image's /etc/passwd and /etc/group, and a USER past uid_t: errors, never a ValueError."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("app:x:1000:²:::\nbad:x:1²:0:::\nbig:x:99999999999999999999:0:::\n")
+    (tmp_path / "etc/group").write_text("g:x:²:app\n")
+    check(lambda s: (lambda u: (u.uid, u.gid, u.groups))(resolve_user(tmp_path, s)), spec, expected)
 
 
 def test_resolve_user_never_follows_symlinked_passwd(tmp_path):

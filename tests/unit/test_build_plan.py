@@ -165,6 +165,9 @@ def test_mounts_in_key_but_not_secret_contents(ctx):
     ("FROM base\nRUN --mount=type=weird,target=/x true\n", {}, BuildError, "unsupported mount type", 2),
     ("FROM base\nCOPY --chmod=999 app /x\n", {}, BuildError, "--chmod", 2),
     ("ARG B\nFROM ${B}\n", {}, BuildError, "empty string", 2),
+    ("FROM base\nRUN --mount=type=cache,target=/c,uid=4294967295 true\n", {}, BuildError, "from 0 to 4294967294", 2),
+    ("FROM base\nRUN --mount=type=cache,target=/c,gid=² true\n", {}, BuildError, "expected a number", 2),
+    ("FROM base\nCOPY --from=00000000000000000000000000000000000000003 /a /b\n", {}, UnknownStageError, "stage 0", 2),
 ])
 def test_plan_errors(ctx, text, kw, error, fragment, line):
     with pytest.raises(error) as exc:
