@@ -25,7 +25,7 @@ from registry import mediatypes as mt
 from registry.client import RegistryClient, Repository
 from registry.errors import NotFound, RegistryError
 from registry.image import Image, ImageIndex
-from registry.imageconfig import ImageConfig
+from registry.imageconfig import MAX_CONFIG_BYTES, ImageConfig
 from registry.model import Descriptor, Index, Platform, parse_manifest
 from registry.reference import Reference
 
@@ -89,7 +89,7 @@ class ImageStore:
         if isinstance(parsed, Index):
             chosen = pick_platform(parsed, platform, repo)
             return self.load(repo, chosen.digest, platform=platform)
-        config = ImageConfig.from_bytes(self._small_blob(repo, parsed.config.digest))
+        config = ImageConfig.from_bytes(self._config_blob(repo, parsed.config))
         self.note_blobs(repo, parsed.blobs())
         return self.remember(Image(parsed, config, digest, source=repo))
 
@@ -119,12 +119,11 @@ class ImageStore:
             self.bodies[desc.digest] = (body, desc.media_type)
         return desc
 
-    def _small_blob(self, repo: str, digest: str) -> bytes:
-        if self.cache.blobs.has(digest):
-            return self.cache.blobs.read(digest)
-        with self.repo(repo).open_blob(digest) as f:
-            data = f.read()
-        self.cache.blobs.put_bytes(data, digest)
+    def _config_blob(self, repo: str, desc: Descriptor) -> bytes:
+        if self.cache.blobs.has(desc.digest):
+            return self.cache.blobs.read(desc.digest)
+        data = self.repo(repo).read_small_blob(desc, MAX_CONFIG_BYTES, "image config")
+        self.cache.blobs.put_bytes(data, desc.digest)
         return data
 
     def resolve(self, name: str, platform: str) -> BaseImage:

@@ -527,6 +527,19 @@ class Repository:
         finally:
             reader.close()
 
+    def read_small_blob(self, desc: Descriptor, limit: int, what: str) -> bytes:
+        """The whole blob `desc` (a config, a record) when it is at most `limit` bytes, its size and digest
+        verified; a descriptor claiming more is refused before anything is read (a manifest anyone who
+        can push may write can point at gigabytes)."""
+        if desc.size > limit:
+            raise InvalidManifest(f"{what} {desc.digest} of {self.name} on {self.host} is {desc.size} bytes, more "
+                                  f"than the {limit} kade reads; refusing it")
+        chunks = []
+        with self.open_blob(desc.digest, desc.size) as stream:   # a registry sending more fails there
+            while block := stream.read(READ_BLOCK):
+                chunks.append(block)
+        return b"".join(chunks)
+
     def download_blob(self, digest: str, path: str | os.PathLike, size: int | None = None) -> int:
         """Stream a blob to `path` atomically (temp file in the same folder, then rename)."""
         target = Path(path)

@@ -23,6 +23,7 @@ from registry.errors import InvalidManifest
 from registry.model import Platform
 from common import jsonsafe
 
+MAX_CONFIG_BYTES = 16 << 20   # what kade reads of a config: real ones are kB (MBs with a long history); more is hostile
 _ROOTFS_TYPE = "layers"
 _SCALARS = ("architecture", "os", "variant", "created", "author")  # the top-level string fields
 

@@ -171,8 +171,7 @@ def read_record(repo: Any, tag: str) -> tuple[str, BuildRecord]:
     if manifest.config.size > MAX_RECORD_BYTES:  # records are data anyone who can push may write
         raise InvalidManifest(f"{where}: its config is {manifest.config.size} bytes, more than a build record "
                               f"has ({MAX_RECORD_BYTES}); delete this tag")
-    with repo.open_blob(manifest.config.digest, manifest.config.size) as stream:
-        data = stream.read(MAX_RECORD_BYTES + 1)
+    data = repo.read_small_blob(manifest.config, MAX_RECORD_BYTES, "build record")
     return desc.digest, BuildRecord.from_config_bytes(data, where)
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from kade import argtypes
 from kade.errors import UsageError
 from kade.output import OUTPUT_CHOICES, make_reporter, print_result
-from registry.errors import InvalidDigest, InvalidReference
+from registry.errors import InvalidDigest, InvalidManifest, InvalidReference
 from registry.layout import SCHEME as LAYOUT_SCHEME
 from registry.model import Manifest, parse_manifest
 from registry.reference import Reference
@@ -149,15 +149,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         result: dict[str, Any] = {"reference": args.ref, "digest": desc.digest, "mediaType": desc.media_type,
                                   "size": desc.size, "manifest": jsonsafe.loads(body)}
         if isinstance(manifest, Manifest):
+            from registry.imageconfig import MAX_CONFIG_BYTES, ImageConfig
+
+            if manifest.config.size > MAX_CONFIG_BYTES:
+                raise InvalidManifest(f"{args.ref}: its config {manifest.config.digest} is {manifest.config.size} "
+                                      f"bytes, more than the {MAX_CONFIG_BYTES} kade reads; refusing it")
             stream = endpoint.open_blob(manifest.config)
             try:
-                config_bytes = stream.read(16 << 20)
+                config_bytes = stream.read(MAX_CONFIG_BYTES)
                 while stream.read(1 << 20):  # drain to EOF so the digest is verified
                     pass
             finally:
                 stream.close()
-            from registry.imageconfig import ImageConfig
-
             ImageConfig.from_bytes(config_bytes)  # validates
             result["config"] = jsonsafe.loads(config_bytes)
     print(json.dumps(result, indent=2))

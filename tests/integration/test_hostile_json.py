@@ -61,3 +61,29 @@ def test_deeply_nested_json_is_refused_by_name(registry, tmp_path, case, command
         return   # a copy moves the config blob as bytes: it may succeed
     assert run.returncode != 0, run.stdout[-2000:]
     assert "nested deeper" in run.stderr, run.stderr[-3000:]
+
+
+@pytest.mark.parametrize("command", ["inspect", "build"])
+def test_a_config_blob_of_more_than_kade_reads_is_refused_before_it_is_read(registry, tmp_path, command):
+    """A manifest anyone who can push may write can name a config of gigabytes: kade read it all into
+    memory. A config past MAX_CONFIG_BYTES is refused by its descriptor's size, naming it, before its
+    blob (valid JSON, 17 MiB of labels: the build went on with it) is downloaded."""
+    from registry.imageconfig import MAX_CONFIG_BYTES
+
+    labels = {f"l{i}": "x" * 1000 for i in range(MAX_CONFIG_BYTES // 1000 + 10)}
+    huge = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Labels": labels},
+                       "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    assert len(huge) > MAX_CONFIG_BYTES
+    _push(registry.host, f"hostile/big-config-{command}", "1", huge)
+    ref = f"{registry.host}/hostile/big-config-{command}:1"
+    insecure = ["--insecure-registry", registry.host]
+    if command == "inspect":
+        run = run_kade("image", "inspect", *insecure, ref)
+    else:
+        (tmp_path / "Dockerfile").write_text(f"FROM {ref}\nENV A=1\n")
+        run = run_kade("build", str(tmp_path), *insecure, "--cache-dir", str(tmp_path / "cache"),
+                       "--tag", f"{registry.host}/hostile/built-big:1")
+    digest = "sha256:" + hashlib.sha256(huge).hexdigest()
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"{len(huge)} bytes, more than the {MAX_CONFIG_BYTES}" in run.stderr and digest in run.stderr, run.stderr
+    assert not (tmp_path / "cache" / "blobs" / "sha256" / digest.split(":")[1]).exists()
