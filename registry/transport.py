@@ -38,6 +38,10 @@ from common import jsonsafe
 Body = Union[None, bytes, Callable[[], Any]]  # a callable makes a fresh body for each attempt
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# What kade reads of an answer it takes whole (tag lists, tokens, error bodies): real ones are kB; a
+# registry sending gigabytes would otherwise have them all in memory. Blobs and manifests are streamed
+# and capped on their own.
+MAX_ANSWER_BYTES = 64 << 20
 USER_AGENT = "kade/0.1 (+registry client)"
 
 
@@ -247,9 +251,11 @@ class Transport:
                     urllib3.warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
                     read = max(1.0, deadline - time.monotonic())
                     resp = self.session.request(method, url, headers=hdrs, data=data, params=params,
-                                                stream=stream, verify=self._verify(host),
+                                                stream=True, verify=self._verify(host),
                                                 timeout=(self.connect_timeout, read),
                                                 allow_redirects=method in ("GET", "HEAD"))
+                    if not stream:   # read here: a read that fails is retried like the request
+                        read_whole(resp, f"registry {host}", what or path_or_url)
             except requests.exceptions.SSLError as exc:
                 raise RegistryUnavailable(
                     f"TLS failed talking to registry {host}: {_short(exc)}; pass --ca-file with the registry's "
@@ -329,15 +335,21 @@ class Transport:
             if creds.identity_token:
                 form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
                         "client_id": "kade", "service": service or "", "scope": " ".join(scopes)}
-                resp = self.session.post(realm, data=form, verify=verify, timeout=(self.connect_timeout, self.timeout))
+                resp = self.session.post(realm, data=form, verify=verify, timeout=(self.connect_timeout, self.timeout),
+                                         stream=True)
             else:
                 basic = None if creds.anonymous else (creds.username, creds.password)
                 resp = self.session.get(realm, params=params, auth=basic, verify=verify,
-                                        timeout=(self.connect_timeout, self.timeout))
+                                        timeout=(self.connect_timeout, self.timeout), stream=True)
         except requests.exceptions.RequestException as exc:
             raise RegistryUnavailable(unanswered(host, f"a token from {realm}", exc, self.timeout,
                                                  self.connect_timeout, 1)) from None
         with resp:
+            try:
+                read_whole(resp, f"token service {realm} of registry {host}", "a token")
+            except requests.exceptions.RequestException as exc:
+                raise RegistryUnavailable(unanswered(host, f"a token from {realm}", exc, self.timeout,
+                                                     self.connect_timeout, 1)) from None
             if resp.status_code in (401, 403):
                 raise self._unauthorized(host, resp.status_code, "a token")
             if resp.status_code != 200:
@@ -371,3 +383,16 @@ def _pick_challenge(header: str) -> auth.Challenge | None:
 def _short(exc: BaseException) -> str:
     text = str(exc)
     return text if len(text) < 300 else text[:300] + "..."
+
+
+def read_whole(resp: requests.Response, who: str, what: str, limit: int = MAX_ANSWER_BYTES) -> None:
+    """Load a streamed answer's body (then `resp.content`), refusing one of more than `limit` bytes."""
+    chunks, size = [], 0
+    for chunk in resp.iter_content(1 << 16):   # requests' own errors if the connection fails
+        size += len(chunk)
+        if size > limit:
+            resp.close()
+            raise RegistryError(f"{who} sent more than {limit} bytes for {what}; refusing it (a registry "
+                                "sends kB here)")
+        chunks.append(chunk)
+    resp._content = b"".join(chunks)   # what requests itself sets when it reads the body

@@ -1,0 +1,63 @@
+"""A registry or token service that answers with gigabytes where a registry sends kB (a tag list, a
+token): kade reads at most registry/transport.MAX_ANSWER_BYTES of it and says which host sent what.
+A real registry cannot be made to do this, so the server here is a fake: a loopback HTTP server that
+streams an endless JSON string (it never ends: without the cap, kade would fill its memory)."""
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from registry.transport import MAX_ANSWER_BYTES
+from tests.fixtures.jsonserver import JsonHandler
+from tests.fixtures.silent import ROOT
+
+
+class Endless(JsonHandler):
+    protocol_version = "HTTP/1.1"
+    token_realm = ""
+
+    def do_GET(self) -> None:   # noqa: N802 - http.server's name
+        if self.token_realm and self.path.startswith("/v2/") and not self.headers.get("Authorization"):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", f'Bearer realm="{self.token_realm}",service="fake"')
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
+        if self.path == "/v2/":
+            return self.send_json(200, {})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b'8\r\n{"tags":\r\n')
+        chunk = b'"' + b"x" * (1 << 20)
+        try:
+            while True:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                chunk = chunk[1:] if chunk.startswith(b'"') else chunk
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.fixture
+def endless():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("answer", ["tag list", "token"])
+def test_an_endless_answer_is_cut_at_the_cap(endless, answer):
+    """kade runs with 1.5 GB of address space: holding the answer (it did) ends in a MemoryError."""
+    Endless.token_realm = f"http://{endless}/token" if answer == "token" else ""
+    run = subprocess.run(["bash", "-c", 'ulimit -v 1500000; exec "$@"', "kade", sys.executable, "-m", "kade",
+                          "image", "tags", "--insecure-registry", endless, f"{endless}/app"],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert f"sent more than {MAX_ANSWER_BYTES} bytes" in run.stderr, run.stderr[-2000:]
+    assert ("token service" in run.stderr) == (answer == "token"), run.stderr
