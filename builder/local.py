@@ -235,7 +235,8 @@ class LocalExecutor:
         context_root = self._plan.context_root
         layer: Layer | None = None
         try:
-            check_depth(root.depth + 1, f"stage {ps.label} with this step")   # (it may add a layer)
+            if step.kind in FS_STEP_KINDS:   # it may add a layer
+                check_depth(root.depth + 1, f"stage {ps.label} with this step")
             if step.kind == "run":
                 ctx = ex.RunContext(secrets=self.o.secrets, ssh_socket=self.o.ssh, cache_dir=self._cache_mount,
                                     stage_rootfs=lambda ref, _: self._mount_root(ref, results),

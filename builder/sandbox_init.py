@@ -83,6 +83,13 @@ class Status:
 
 def main() -> None:
     """The launcher: `python -c ... <spec fd> <status fd>` started by kade."""
+    spec, status = received()
+    _reporting(status, "", _launch, spec, status)
+
+
+def received() -> tuple[dict, Status]:
+    """The spec and status pipe of a process sandbox.spawn_init started (argv: their fds); it dies with
+    kade from now on."""
     spec_fd, status = int(sys.argv[1]), Status(int(sys.argv[2]))
     os.set_inheritable(status.fd, False)
     L.die_with_parent()
@@ -90,7 +97,7 @@ def main() -> None:
         spec = marshal.loads(f.read())   # marshal, not json: kade wrote it, and json imports re (ms to start)
     if os.getppid() != spec["parent"]:
         os._exit(137)   # kade died before the parent-death signal was armed
-    _reporting(status, "", _launch, spec, status)
+    return spec, status
 
 
 def _reporting(status: Status, where: str, step, *args) -> None:

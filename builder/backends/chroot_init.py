@@ -18,14 +18,12 @@ command's (128+N for signal N).
 """
 from __future__ import annotations
 
-import marshal
 import os
 import signal
 import subprocess
-import sys
 
 from builder import linux as L
-from builder.sandbox_init import Status
+from builder.sandbox_init import received
 
 TYPE_CHECKING = False   # typing itself is not imported: it costs this process ms to start
 
@@ -35,13 +33,7 @@ if TYPE_CHECKING:
 
 def main() -> None:
     """`python -c ... <spec fd> <status fd>`, started by kade."""
-    spec_fd, status = int(sys.argv[1]), Status(int(sys.argv[2]))
-    os.set_inheritable(status.fd, False)
-    L.die_with_parent()
-    with os.fdopen(spec_fd, "rb") as f:
-        spec = marshal.loads(f.read())
-    if os.getppid() != spec["parent"]:
-        os._exit(137)   # kade died before the parent-death signal was armed
+    spec, status = received()
     L.become_subreaper()
     signal.signal(signal.SIGTERM, lambda *_: _end(128 + signal.SIGTERM))
     name = spec["argv"][0]
