@@ -19,6 +19,8 @@ from pathlib import Path
 from builder.digests import FileDigests
 from builder.errors import ContextError, MissingSourceError
 from builder.globs import Glob, GlobError
+from common import utf8
+from common.utf8 import NotUtf8
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -70,8 +72,11 @@ class IgnoreRules:
         for path in candidates:
             if path.is_file():
                 try:
-                    return cls(parse_ignore(path.read_text(encoding="utf-8"), str(path)))
-                except (OSError, UnicodeDecodeError) as exc:
+                    return cls(parse_ignore(utf8.decode(path.read_bytes()), str(path)))
+                except NotUtf8 as exc:
+                    raise ContextError(f"{path}:{exc.line}: not UTF-8 text (byte 0x{exc.byte:02x})",
+                                       hint="save it as UTF-8") from None
+                except OSError as exc:
                     raise ContextError(f"cannot read {path}: {exc}") from None
         return cls([])
 

@@ -14,7 +14,9 @@ import dockerfile as _bk
 
 from builder.errors import DockerfileSyntaxError
 from builder.expand import ExpandError, process_word
+from common import utf8
 from common.digits import decimal
+from common.utf8 import NotUtf8
 
 KNOWN = {
     "ADD", "ARG", "CMD", "COPY", "ENTRYPOINT", "ENV", "EXPOSE", "FROM", "HEALTHCHECK", "LABEL",
@@ -130,10 +132,13 @@ class Dockerfile:
 def parse_file(path: str | Path) -> Dockerfile:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = utf8.decode(p.read_bytes())
     except FileNotFoundError:
         raise DockerfileSyntaxError("Dockerfile not found", file=str(p), hint="pass -f with the right path") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except NotUtf8 as exc:
+        raise DockerfileSyntaxError(f"not UTF-8 text (byte 0x{exc.byte:02x})", file=str(p), line=exc.line,
+                                    hint="save the Dockerfile as UTF-8") from None
+    except OSError as exc:
         raise DockerfileSyntaxError(f"cannot read Dockerfile: {exc}", file=str(p)) from None
     return parse_string(text, str(p))
 

@@ -166,3 +166,9 @@ def test_repeated_double_stars_on_a_deep_chain(tmp_path):
         assert [s.rel for s in ctx.select("**/**/**/x")] == ["a/" * 1200 + "x"]
     finally:
         remove_tree(tmp_path / "a")   # (pytest's own cleanup recurses)
+
+
+def test_a_dockerignore_that_is_not_utf8_names_its_line(tmp_path):
+    (tmp_path / ".dockerignore").write_bytes(b"a\n\ncaf\xe9\n")
+    with pytest.raises(ContextError, match=r"\.dockerignore:3: not UTF-8 text \(byte 0xe9\)"):
+        IgnoreRules.load(tmp_path)

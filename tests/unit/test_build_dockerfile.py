@@ -86,3 +86,12 @@ def test_flags_keep_what_the_line_says():
                       "RUN --mount=type=secret,id=Ã© cat\n", "Dockerfile")
     copy, run = df.stages[0].instructions
     assert copy.flags == {"chown": "é:ü"} and run.flags == {"mount0": "type=secret,id=Ã©"}
+
+
+def test_a_dockerfile_that_is_not_utf8_names_its_line(tmp_path):
+    from builder.dockerfile import parse_file
+
+    (tmp_path / "Dockerfile").write_bytes(b"FROM scratch\nLABEL a=caf\xe9\nCOPY f /f\n")   # Latin-1
+    with pytest.raises(DockerfileSyntaxError) as info:
+        parse_file(tmp_path / "Dockerfile")
+    assert info.value.line == 2 and "not UTF-8" in str(info.value) and "0xe9" in str(info.value)
