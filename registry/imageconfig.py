@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from registry.digest import is_digest, sha256_digest
 from registry.errors import InvalidManifest
@@ -31,6 +31,44 @@ _SCALARS = ("architecture", "os", "variant", "created", "author")  # the top-lev
 def _require(cond: bool, what: str) -> None:
     if not cond:
         raise InvalidManifest(what)
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, str) for x in value)
+
+
+def _string_map(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(x, str) for x in value.values())
+
+
+def _set(value: Any) -> bool:   # Go's map[string]struct{}: each value an object ({} in practice)
+    return isinstance(value, dict) and all(isinstance(x, dict) for x in value.values())
+
+
+def _healthcheck(value: Any) -> bool:
+    return isinstance(value, dict) and _strings(value.get("Test") or []) and all(
+        isinstance(value.get(k) or 0, int) and not isinstance(value.get(k), bool)
+        for k in ("Interval", "Timeout", "StartPeriod", "StartInterval", "Retries"))
+
+
+# The runtime fields a build reads, typed as the image spec's Go structs type them: Docker, containerd
+# and BuildKit refuse a config that breaks one when they unmarshal it (null is allowed, as there), and
+# kade would otherwise crash on one (an integer Shell, an Env that is a string).
+_RUNTIME_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{k: (lambda v: isinstance(v, str), "a string") for k in ("User", "WorkingDir", "StopSignal")},
+    **{k: (_strings, "a list of strings") for k in ("Env", "Entrypoint", "Cmd", "OnBuild", "Shell")},
+    "Labels": (_string_map, "an object of strings"),
+    **{k: (_set, "an object of objects") for k in ("ExposedPorts", "Volumes")},
+    "Healthcheck": (_healthcheck, "an object with a Test list of strings and whole-number times"),
+}
+
+
+def check_runtime(runtime: Mapping[str, Any]) -> None:
+    """Refuse a runtime config whose known fields have the wrong JSON types, naming the field."""
+    for key, (ok, what) in _RUNTIME_FIELDS.items():
+        value = runtime.get(key)
+        if value is not None and not ok(value):
+            raise InvalidManifest(f"image config: config.{key} must be {what}, not {json.dumps(value)[:80]}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +145,8 @@ class ImageConfig:
                 extra[key] = value
         runtime = doc.get("config")
         _require(runtime is None or isinstance(runtime, dict), "image config: config must be an object")
+        if runtime is not None:
+            check_runtime(runtime)
         if runtime is not None:
             fields["runtime"] = runtime
         elif "config" in doc:

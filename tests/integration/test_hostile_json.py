@@ -87,3 +87,18 @@ def test_a_config_blob_of_more_than_kade_reads_is_refused_before_it_is_read(regi
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert f"{len(huge)} bytes, more than the {MAX_CONFIG_BYTES}" in run.stderr and digest in run.stderr, run.stderr
     assert not (tmp_path / "cache" / "blobs" / "sha256" / digest.split(":")[1]).exists()
+
+
+@pytest.mark.parametrize("runtime", [{"Shell": 5}, {"Env": "A=1"}, {"OnBuild": [1]}, {"ExposedPorts": ["80/tcp"]}])
+def test_a_base_whose_config_fields_have_the_wrong_types_is_refused_by_name(registry, tmp_path, runtime):
+    """Each crashed a build (TypeError, ValueError, AttributeError); Docker and BuildKit refuse them."""
+    field = next(iter(runtime))
+    config = json.dumps({"architecture": "amd64", "os": "linux", "config": runtime,
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    _push(registry.host, f"hostile/typed-{field.lower()}", "1", config)
+    ref = f"{registry.host}/hostile/typed-{field.lower()}:1"
+    (tmp_path / "Dockerfile").write_text(f"FROM {ref}\nEXPOSE 81\nRUN true\n")
+    run = run_kade("build", str(tmp_path), "--insecure-registry", registry.host, "--cache-dir", str(tmp_path / "c"),
+                   "--tag", f"{registry.host}/hostile/typed-out:1")
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert f"Dockerfile:1: FROM {ref}: image config: config.{field} must be" in run.stderr, run.stderr

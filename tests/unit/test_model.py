@@ -109,6 +109,29 @@ def test_image_config_hostile(body):
         ImageConfig.from_bytes(body)
 
 
+@pytest.mark.parametrize("runtime, field", [
+    ({"Shell": 5}, "Shell"), ({"Shell": "bash"}, "Shell"), ({"Shell": [1]}, "Shell"), ({"Env": "A=1"}, "Env"),
+    ({"Env": [1]}, "Env"), ({"Cmd": "sh"}, "Cmd"), ({"Entrypoint": {"a": 1}}, "Entrypoint"),
+    ({"OnBuild": "RUN x"}, "OnBuild"), ({"Labels": ["a"]}, "Labels"), ({"Labels": {"a": 1}}, "Labels"),
+    ({"ExposedPorts": ["80/tcp"]}, "ExposedPorts"), ({"ExposedPorts": {"80/tcp": 1}}, "ExposedPorts"),
+    ({"Volumes": ["/v"]}, "Volumes"), ({"User": 5}, "User"), ({"WorkingDir": 5}, "WorkingDir"),
+    ({"StopSignal": 9}, "StopSignal"), ({"Healthcheck": "x"}, "Healthcheck"),
+    ({"Healthcheck": {"Test": "CMD x"}}, "Healthcheck"), ({"Healthcheck": {"Interval": "30s"}}, "Healthcheck"),
+])
+def test_image_config_runtime_fields_of_the_wrong_type_are_refused_by_name(runtime, field):
+    """As Go's image-spec types unmarshal them in Docker and BuildKit; kade crashed on several."""
+    with pytest.raises(InvalidManifest, match=f"config.{field} must be"):
+        ImageConfig.from_dict({"architecture": "amd64", "os": "linux", "config": runtime})
+
+
+def test_image_config_runtime_nulls_and_docker_shapes_are_kept():
+    runtime = {"Env": None, "Cmd": None, "Entrypoint": None, "OnBuild": None, "Labels": None, "Volumes": {"/d": {}},
+               "ExposedPorts": {"80/tcp": {}}, "User": "", "WorkingDir": "", "StopSignal": "SIGTERM",
+               "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 30000000000, "Retries": 3},
+               "ArgsEscaped": True, "Image": "sha256:x", "Domainname": ""}
+    assert ImageConfig.from_dict({"architecture": "amd64", "os": "linux", "config": runtime}).runtime == runtime
+
+
 def _image(arch: str, variant: str = ""):
     from registry.image import Image
 
