@@ -161,3 +161,17 @@ def test_images_from_build_record_and_mapping():
     assert images_from_data({"web": "a/b:c"}, "m") == {"web": "a/b:c"}
     with pytest.raises(UsageError):
         images_from_data([1, 2], "bad")
+
+
+def test_an_unquoted_date_is_the_string_written_as_kubectl_reads_it():
+    """`released: 2024-01-01` is a string to kubectl (yaml.v2 keeps timestamps as written); PyYAML made
+    a date, which the annotation check refused ("quote them") and a JSON body could not hold."""
+    import json
+
+    from deployer.render import parse_documents
+
+    text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: d\n  annotations: {released: 2024-01-01}\n" \
+           "data: {day: 2024-01-01, key: !!binary aGVsbG8=}\n"
+    (doc,) = parse_documents(text, "cm.yaml")
+    assert doc.body["metadata"]["annotations"] == {"released": "2024-01-01"}
+    assert json.loads(json.dumps(doc.body))["data"] == {"day": "2024-01-01", "key": "hello"}
