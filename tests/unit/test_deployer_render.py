@@ -168,8 +168,6 @@ def test_an_unquoted_date_is_the_string_written_as_kubectl_reads_it():
     a date, which the annotation check refused ("quote them") and a JSON body could not hold."""
     import json
 
-    from deployer.render import parse_documents
-
     text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: d\n  annotations: {released: 2024-01-01}\n" \
            "data: {day: 2024-01-01, key: !!binary aGVsbG8=}\n"
     (doc,) = parse_documents(text, "cm.yaml")
