@@ -24,3 +24,13 @@ def test_values_are_json_values(text, expected):
 def test_deep_nesting_is_a_yaml_error():
     with pytest.raises(yamlsafe.yaml.YAMLError):
         yamlsafe.load("[" * 20000 + "]" * 20000)
+
+
+def test_a_key_given_twice_is_an_error_naming_its_line():
+    """kubectl's strict field validation refuses it; PyYAML kept the last one silently."""
+    with pytest.raises(yamlsafe.yaml.YAMLError, match=r"key 'env' is given twice[\s\S]*line 3"):
+        yamlsafe.load("name: a\nenv: [x]\nenv: [y]\n")
+
+
+def test_merge_keys_may_be_overridden():
+    assert yamlsafe.load("b: &b {x: 1, y: 2}\nm: {<<: *b, x: 3}\n")["m"] == {"x": 3, "y": 2}
