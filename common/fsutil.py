@@ -1,10 +1,11 @@
 """Measuring and removing directory trees that a build input may have shaped (at any depth: explicit
-stacks, never Python's recursion)."""
+stacks, never Python's recursion), and whether a path a build input names stays in its folder."""
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 
 def remove_tree(path: str | os.PathLike[str]) -> None:
@@ -64,3 +65,9 @@ def copy_tree(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None
                 shutil.copy2(entry.path, target, follow_symlinks=False)
     for source, copy in reversed(made):   # a directory's times after what was written into it
         shutil.copystat(source, copy, follow_symlinks=False)
+
+
+def inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Is `path`, symlinks followed, `root` itself or under it (root's own symlinks followed too)?"""
+    base, target = Path(root).resolve(), Path(path).resolve()
+    return target == base or base in target.parents

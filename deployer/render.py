@@ -15,13 +15,13 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 import jinja2
 import jinja2.sandbox
 import yaml
 
-from common import yamlsafe
+from common import fsutil, yamlsafe
 from deployer.errors import RenderError, UsageError
 from deployer.resources import Resource
 
@@ -59,8 +59,12 @@ def render(inputs: RenderInput, stdin: TextIO | None = None, values: dict[str, A
         path = Path(raw)
         if not path.exists():
             raise UsageError(f"{raw}: no such file or folder")
+        root = path if path.is_dir() else path.parent
         for file in _manifest_files(path):
-            resources += render_file(file, context, root=path if path.is_dir() else path.parent)
+            if path.is_dir() and not fsutil.inside(path, file):
+                raise RenderError(f"{file}: a symlink out of {path} (to {file.resolve()}); kade does not follow it "
+                                  "out of the manifests folder")
+            resources += render_file(file, context, root=root)
     return resources
 
 
@@ -95,9 +99,21 @@ def render_file(file: Path, context: dict[str, Any], root: Path) -> list[Resourc
     return parse_documents(text, str(file))
 
 
+class _FolderLoader(jinja2.FileSystemLoader):
+    """Templates from the manifests folder only: an include that a symlink leads out of it is refused
+    (a repository's template must not pull this machine's files into a manifest)."""
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        if not fsutil.inside(self.searchpath[0], filename):
+            raise jinja2.TemplateNotFound(template, f"{template} leads out of {self.searchpath[0]} (a symlink to "
+                                                    f"{Path(filename).resolve()}); kade does not follow it")
+        return source, filename, uptodate
+
+
 def _environment(root: Path) -> jinja2.sandbox.SandboxedEnvironment:
     env = jinja2.sandbox.SandboxedEnvironment(
-        loader=jinja2.FileSystemLoader(str(root)),
+        loader=_FolderLoader(str(root)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,

@@ -212,11 +212,7 @@ class ProjectBuilder:
     def build_options(self, spec: ImageSpec) -> BuildOptions:
         from kade.commands.build import parse_secret, parse_ssh
 
-        context = (self.root / spec.context).resolve()
-        root = self.root.resolve()
-        if context != root and root not in context.parents:
-            raise ConfigError(f"{self.config.path.name}: images.{spec.name}.context: {spec.context!r} is outside "
-                              "the project folder")
+        context = (self.root / spec.context).resolve()   # inside the project (workspace.check_inside)
         if not context.is_dir():
             raise ConfigError(f"{self.config.path.name}: images.{spec.name}.context: folder {spec.context!r} "
                               "is not in the project (is it committed?)")

@@ -42,16 +42,31 @@ class Workspace:
         return exc
 
 
+def named_paths(config: ProjectConfig) -> list[tuple[str, str]]:
+    """(kade.yaml key, path relative to the project folder) of what the build or the deploy reads."""
+    paths = []
+    for name, spec in config.images.items():
+        paths.append((f"images.{name}.context", spec.context))
+        paths.append((f"images.{name}.dockerfile", os.path.join(spec.context, spec.dockerfile)))
+    if config.deploy is not None:
+        paths.append(("deploy.manifests", config.deploy.manifests))
+        paths += [(f"deploy.values[{i}]", v) for i, v in enumerate(config.deploy.values)]
+    return paths
+
+
 def used_paths(config: ProjectConfig) -> list[str]:
     """Paths (relative to the project folder) whose content the build or the deploy reads."""
-    paths = [CONFIG_NAME]
-    for spec in config.images.values():
-        paths.append(spec.context)
-        paths.append(os.path.join(spec.context, spec.dockerfile))
-    if config.deploy is not None:
-        paths.append(config.deploy.manifests)
-        paths += list(config.deploy.values)
-    return paths
+    return [CONFIG_NAME] + [path for _, path in named_paths(config)]
+
+
+def check_inside(root: Path, config: ProjectConfig) -> None:
+    """Every path kade.yaml names stays in the project folder, symlinks followed: a repository's
+    kade.yaml must not make kade read this machine's files (`dockerfile: /etc/shadow` came back as
+    its first line in the parse error, in the CI log)."""
+    for key, path in named_paths(config):
+        if not fsutil.inside(root, root / path):
+            raise ConfigError(f"{CONFIG_NAME}: {key}: {path!r} is outside the project folder (kade reads only "
+                              "the project's files; a symlink leading out of it is not followed)")
 
 
 def has_project(project_dir: Path) -> bool:
@@ -92,6 +107,7 @@ def open_workspace(project_dir: Path, *, env_name: str | None, dev: bool, report
         config = render_config(raw, TemplateValues(env=os.environ, env_name=env_name,
                                                    git=state.template_values() if state else {}),
                                with_deploy=deploy)
+        check_inside(root, config)
         if state is not None and not dev:
             check_clean(state, used_paths(config))
         yield Workspace(config=config, root=root, git=state, display=display,

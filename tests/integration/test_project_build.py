@@ -161,3 +161,19 @@ def test_a_context_outside_the_project_is_refused(kade_build, registry, project)
     out = build(kade_build, registry, project)
     assert out.code == 1
     assert "images.tools.context: '../../etc' is outside the project folder" in out.stderr
+
+
+@pytest.mark.parametrize("how", ["absolute", "dotdot", "symlink"])
+def test_a_dockerfile_outside_the_project_is_never_read(kade_build, registry, project, tmp_path, how):
+    """A repository's kade.yaml named a file of this machine as a Dockerfile, and the parse error
+    printed its first line (a token, a password hash) into the build log."""
+    secret = tmp_path / "host-secret"
+    secret.write_text("s3cr3t-value-of-this-machine\n")
+    named = {"absolute": str(secret), "dotdot": f"../../{secret.name}", "symlink": "Dockerfile.link"}[how]
+    if how == "symlink":
+        (project / "tools" / "Dockerfile.link").symlink_to(secret)
+    (project / "kade.yaml").write_text(KADE_YAML.replace("context: tools", f"context: tools\n    dockerfile: {named}"))
+    commit_all(project, "hostile dockerfile")
+    out = build(kade_build, registry, project)
+    assert out.code == 1 and "images.tools.dockerfile" in out.stderr and "outside the project folder" in out.stderr
+    assert "s3cr3t" not in out.stderr + out.stdout

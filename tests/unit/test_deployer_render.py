@@ -173,3 +173,28 @@ def test_an_unquoted_date_is_the_string_written_as_kubectl_reads_it():
     (doc,) = parse_documents(text, "cm.yaml")
     assert doc.body["metadata"]["annotations"] == {"released": "2024-01-01"}
     assert json.loads(json.dumps(doc.body))["data"] == {"day": "2024-01-01", "key": "hello"}
+
+
+def test_a_manifest_or_include_that_a_symlink_leads_out_of_the_folder_is_refused(tmp_path):
+    """A repository's manifests folder must not pull this machine's files into what is applied: a
+    symlinked manifest and a symlinked {% include %} leading out of the folder are refused, unread."""
+    secret = tmp_path / "host-secret"
+    secret.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: stolen}\ndata: {x: s3cr3t}\n")
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    (folder / "ok.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n")
+    (folder / "inner.txt").write_text("fine")
+    (folder / "evil.yaml").symlink_to(secret)
+    with pytest.raises(RenderError, match="a symlink out of") as info:
+        render(RenderInput([str(folder)], [], [], {}, "r", "ns"))
+    assert "s3cr3t" not in str(info.value)
+    (folder / "evil.yaml").unlink()
+    (folder / "leak.txt").symlink_to(secret)
+    (folder / "cm.yaml.j2").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: t}\n"
+                                       "data: {a: \"{% include 'inner.txt' %}\", b: \"{% include 'leak.txt' %}\"}\n")
+    with pytest.raises(RenderError, match="leak.txt leads out of") as info:
+        render(RenderInput([str(folder)], [], [], {}, "r", "ns"))
+    assert "s3cr3t" not in str(info.value)
+    (folder / "cm.yaml.j2").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: t}\n"
+                                       "data: {a: \"{% include 'inner.txt' %}\"}\n")
+    assert {r.name for r in render(RenderInput([str(folder)], [], [], {}, "r", "ns"))} == {"ok", "t"}
