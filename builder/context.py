@@ -19,7 +19,7 @@ from pathlib import Path
 from builder.digests import FileDigests
 from builder.errors import ContextError, MissingSourceError
 from builder.globs import Glob, GlobError
-from common import utf8
+from common import fsutil, utf8
 from common.utf8 import NotUtf8
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -70,6 +70,9 @@ class IgnoreRules:
             candidates.append(dockerfile.with_name(dockerfile.name + ".dockerignore"))
         candidates.append(context / ".dockerignore")
         for path in candidates:
+            if path.is_symlink() and not fsutil.inside(path.parent, path):
+                raise ContextError(f"{path} is a symlink out of its folder (to {path.resolve()}); kade reads it "
+                                   "inside its folder only, as BuildKit does")
             if path.is_file():
                 try:
                     return cls(parse_ignore(utf8.decode(path.read_bytes()), str(path)))

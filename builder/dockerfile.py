@@ -14,7 +14,7 @@ import dockerfile as _bk
 
 from builder.errors import DockerfileSyntaxError
 from builder.expand import ExpandError, process_word
-from common import utf8
+from common import fsutil, utf8
 from common.digits import decimal
 from common.utf8 import NotUtf8
 
@@ -130,7 +130,12 @@ class Dockerfile:
 
 
 def parse_file(path: str | Path) -> Dockerfile:
+    """The Dockerfile at `path`, read inside its folder as BuildKit reads it: a symlink leading out of
+    the folder (to a file of this machine) is refused unread."""
     p = Path(path)
+    if p.is_symlink() and not fsutil.inside(p.parent, p):
+        raise DockerfileSyntaxError(f"the Dockerfile is a symlink out of its folder (to {p.resolve()})", file=str(p),
+                                    hint="BuildKit and kade read a Dockerfile inside its folder only")
     try:
         text = utf8.decode(p.read_bytes())
     except FileNotFoundError:

@@ -172,3 +172,12 @@ def test_a_dockerignore_that_is_not_utf8_names_its_line(tmp_path):
     (tmp_path / ".dockerignore").write_bytes(b"a\n\ncaf\xe9\n")
     with pytest.raises(ContextError, match=r"\.dockerignore:3: not UTF-8 text \(byte 0xe9\)"):
         IgnoreRules.load(tmp_path)
+
+
+def test_a_dockerignore_symlinked_out_of_the_context_is_never_read(tmp_path):
+    (tmp_path / "secret").write_text("[s3cr3t\n")   # a malformed pattern would be quoted in the error
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / ".dockerignore").symlink_to(tmp_path / "secret")
+    with pytest.raises(ContextError, match="symlink out of its folder") as info:
+        IgnoreRules.load(tmp_path / "ctx")
+    assert "s3cr3t" not in str(info.value)

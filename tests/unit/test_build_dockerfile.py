@@ -95,3 +95,21 @@ def test_a_dockerfile_that_is_not_utf8_names_its_line(tmp_path):
     with pytest.raises(DockerfileSyntaxError) as info:
         parse_file(tmp_path / "Dockerfile")
     assert info.value.line == 2 and "not UTF-8" in str(info.value) and "0xe9" in str(info.value)
+
+
+def test_a_dockerfile_symlinked_out_of_its_folder_is_never_read(tmp_path):
+    """BuildKit reads the Dockerfile inside its folder: a repository's `Dockerfile -> /etc/shadow`
+    must not print the host file's first line in a parse error."""
+    from builder.dockerfile import parse_file
+
+    secret = tmp_path / "host-secret"
+    secret.write_text("s3cr3t-line\n")
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").symlink_to(secret)
+    with pytest.raises(DockerfileSyntaxError, match="symlink out of its folder") as info:
+        parse_file(tmp_path / "ctx" / "Dockerfile")
+    assert "s3cr3t" not in str(info.value)
+    (tmp_path / "ctx" / "real").write_text("FROM scratch\n")
+    (tmp_path / "ctx" / "Dockerfile").unlink()
+    (tmp_path / "ctx" / "Dockerfile").symlink_to("real")   # inside its folder: read
+    assert parse_file(tmp_path / "ctx" / "Dockerfile").stages
