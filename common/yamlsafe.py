@@ -6,7 +6,7 @@ Values come out as JSON's types only, read as kubectl reads them (sigs.k8s.io/ya
 unquoted date (`2024-01-01`) stays the string it is written as, `!!binary` is its decoded text and
 `!!set` a mapping to nulls. PyYAML made a date, bytes and a set of them, which a manifest's JSON body
 could not hold (a TypeError when it was sent) and a string field refused. A key given twice in one
-mapping is an error naming its line, as kubectl's strict field validation makes it.
+mapping is an error naming its line (PyYAML kept the last one silently; a second `env:` is a mistake).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mis
                                for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        """A key given twice is an error (kubectl's strict decoding refuses it; PyYAML kept the last).
+        """A key given twice is an error (PyYAML kept the last one silently).
         What a merge key (<<) brings may be overridden: only the mapping's own keys count."""
         seen: set[Any] = set()
         for key_node, _ in node.value:

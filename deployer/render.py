@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, TextIO
 
 import jinja2
 import jinja2.sandbox
+from jinja2.loaders import split_template_path
 import yaml
 
 from common import fsutil, yamlsafe
@@ -104,11 +105,12 @@ class _FolderLoader(jinja2.FileSystemLoader):
     (a repository's template must not pull this machine's files into a manifest)."""
 
     def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
-        source, filename, uptodate = super().get_source(environment, template)
-        if not fsutil.inside(self.searchpath[0], filename):
-            raise jinja2.TemplateNotFound(template, f"{template} leads out of {self.searchpath[0]} (a symlink to "
-                                                    f"{Path(filename).resolve()}); kade does not follow it")
-        return source, filename, uptodate
+        folder = self.searchpath[0]
+        path = Path(folder, *split_template_path(template))   # checked before anything is opened
+        if not fsutil.inside(folder, path):
+            raise jinja2.TemplateNotFound(template, f"{template} leads out of {folder} (a symlink to "
+                                                    f"{path.resolve()}); kade does not follow it")
+        return super().get_source(environment, template)
 
 
 def _environment(root: Path) -> jinja2.sandbox.SandboxedEnvironment:

@@ -25,7 +25,7 @@ def service_status(svc: dict[str, Any]) -> Status:
         return ready("load balancer ready")
     if spec.get("externalIPs"):
         return ready(f"external IPs {', '.join(map(str, spec['externalIPs']))}")
-    # as Helm's --wait (kstatus only waits for the cluster IP): a cluster without a load balancer
+    # as Helm's --wait (its ready checker waits for the ingress address too): a cluster without a load balancer
     # controller (kind, bare metal without MetalLB) never gives one, so the message says what to do
     return progressing("waiting for a load balancer address (none comes where no load balancer controller runs: "
                        "annotate the Service kade.io/track-termination-mode: NonBlocking not to wait for it)")
