@@ -1,7 +1,15 @@
 """Shared pytest fixtures: every module in tests/fixtures/ is loaded as a plugin, so each part of
 kade (registry, cluster, builder, ...) keeps its fixtures in a file of its own."""
+import subprocess
 from pathlib import Path
 
 pytest_plugins = sorted(
     f"tests.fixtures.{p.stem}" for p in (Path(__file__).parent / "fixtures").glob("*.py") if p.stem != "__init__"
 )
+
+# pytest writes os.environ (PYTEST_CURRENT_TEST) on the main thread at every test phase, while some tests
+# spawn processes from worker threads (the differential corpus, concurrent builds). With vfork, a child
+# execs with the parent's live `environ`, which that write may have moved: exec then fails with EFAULT
+# ("Bad address", seen once in CI; 428 of 2,972 spawns in a 20 s reproduction beside os.environ writes,
+# none with fork). kade's code never writes its environment, so only the test process needs this.
+subprocess._USE_VFORK = False  # type: ignore[attr-defined]  # CPython's switch (3.11.7+, 3.12+)
