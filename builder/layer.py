@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import stat
-import threading
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator, Literal
 
@@ -31,6 +29,7 @@ from builder.errors import BuildError
 from builder.layernorm import keep_xattr
 from builder.tarformat import (BLOCKDEV, CHAR, DIRECTORY, END_OF_ARCHIVE, FIFO, HARDLINK, REGULAR,
                                SYMLINK, TarEntry, TarFormatError, TocEntry, encode_header, padding)
+from common.stage import Stage
 from registry.mediatypes import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
 MEDIA_TYPE_TAR, MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD = OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
@@ -87,86 +86,80 @@ def _compressor(compression: str, level: int | None):
     raise LayerWriteError(f"unknown layer compression {compression!r}; use gzip, zstd or none")
 
 
-class _Stage:
-    """A worker thread fed through a bounded queue (the work it does — hashing, compressing, writing —
-    releases the GIL, so it overlaps with building the tar on another core). Memory in flight is at
-    most `depth` chunks. An error in the worker surfaces at the next `put` or at `finish`."""
-
-    def __init__(self, work: Callable[[bytes], None], depth: int = 8):
-        self._work = work
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="kade-layer-stage", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            if self._error is None:
-                try:
-                    self._work(item)
-                except BaseException as exc:  # handed to the producer
-                    self._error = exc
-
-    def put(self, data: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(data)
-
-    def finish(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
 class _Pipeline:
     """tar bytes -> sha256 (diffID), and in parallel -> compressor -> sha256 (digest) + size -> out, in
-    1 MiB chunks, each part in a thread of its own (they release the GIL: the tar is built meanwhile).
-    Uncompressed layers hash once (digest == diffID)."""
+    1 MiB blocks, each part in a thread of its own (they release the GIL: the tar is built meanwhile).
+    A file's content is read straight into the block being filled (`read_from`), and a full block is
+    handed over whole, never copied again: every byte is copied once, by the kernel. Uncompressed layers
+    hash once (digest == diffID)."""
 
     def __init__(self, out: BinaryIO, compression: str, level: int | None):
         self._out = out
         self._comp = _compressor(compression, level)
         self._tar_hash = hashlib.sha256()
         self._blob_hash = hashlib.sha256() if self._comp is not None else self._tar_hash
-        self._buf = bytearray()
+        self._block = bytearray(CHUNK)
+        self._pos = 0
         self.size = 0
         self.written = 0   # uncompressed bytes so far
-        self._writer = _Stage(self._emit)
-        self._stages = [_Stage(self._compress) if self._comp is not None else self._writer]
+        self._writer = Stage(self._emit, name="kade-layer-write")
+        self._stages = [Stage(self._compress, name="kade-layer-compress") if self._comp is not None else self._writer]
         if self._comp is not None:
-            self._stages.append(_Stage(self._tar_hash.update))
+            self._stages.append(Stage(self._tar_hash.update, name="kade-layer-hash"))
         self._closed = False
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
-        if not self._buf and len(data) >= CHUNK:
-            self._send(data)
+        end = self._pos + len(data)
+        if end < CHUNK:   # the common case: a header, some padding
+            self._block[self._pos:end] = data
+            self._pos = end
             return
-        self._buf += data
-        if len(self._buf) >= CHUNK:
-            self._flush()
+        view = memoryview(data)
+        while view:
+            n = min(len(view), CHUNK - self._pos)
+            self._block[self._pos:self._pos + n] = view[:n]
+            self._pos += n
+            view = view[n:]
+            if self._pos == CHUNK:
+                self._send_block()
 
-    def _send(self, data: bytes) -> None:
+    def read_from(self, fd: int, size: int) -> int:
+        """Append `size` bytes read from `fd`; returns how many there were (fewer: the file ended first)."""
+        left = size
+        while left:
+            n = min(left, CHUNK - self._pos)
+            got = os.readv(fd, [memoryview(self._block)[self._pos:self._pos + n]])
+            if not got:
+                break
+            self._pos += got
+            self.written += got
+            left -= got
+            if self._pos == CHUNK:
+                self._send_block()
+        return size - left
+
+    def _send_block(self) -> None:
+        block, self._block, self._pos = self._block, bytearray(CHUNK), 0
+        self._send(block)   # no longer ours: the stages read it while the next one fills
+
+    def _send(self, data: bytes | bytearray) -> None:
         for stage in self._stages:
             stage.put(data)
 
     def _flush(self) -> None:
-        if self._buf:
-            data = bytes(self._buf)
-            self._buf.clear()
+        if self._pos:
+            data = bytes(self._block[:self._pos])
+            self._pos = 0
             self._send(data)
 
-    def _compress(self, data: bytes) -> None:
+    def _compress(self, data: bytes | bytearray) -> None:
         assert self._comp is not None
         packed = self._comp.compress(data)
         if packed:
             self._writer.put(packed)
 
-    def _emit(self, data: bytes) -> None:
+    def _emit(self, data: bytes | bytearray) -> None:
         if data:
             self._blob_hash.update(data)
             self.size += len(data)
@@ -190,7 +183,7 @@ class _Pipeline:
         self._finish(self._stages + ([self._writer] if self._comp is not None else []))
 
     @staticmethod
-    def _finish(stages: list[_Stage]) -> None:
+    def _finish(stages: list[Stage]) -> None:
         errors = []
         for stage in stages:
             try:
@@ -283,14 +276,10 @@ class _TarWriter:
             entry.size = st.st_size
             entry.xattrs = read_xattrs(fd)
             self._header(entry)
-            left = st.st_size
-            while left > 0:
-                data = os.read(fd, min(CHUNK, left))
-                if not data:
-                    raise LayerWriteError(f"{source} shrank while the layer was written "
-                                          f"({left} bytes missing); is something still writing to the rootfs?")
-                self._sink.write(data)
-                left -= len(data)
+            got = self._sink.read_from(fd, st.st_size)
+            if got < st.st_size:
+                raise LayerWriteError(f"{source} shrank while the layer was written "
+                                      f"({st.st_size - got} bytes missing); is something still writing to the rootfs?")
             self._sink.write(padding(st.st_size))
         finally:
             os.close(fd)

@@ -53,7 +53,7 @@ def _shared_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-def deflate_block(block: bytes, dictionary: bytes, level: int, last: bool) -> bytes:
+def deflate_block(block: bytes | bytearray, dictionary: bytes, level: int, last: bool) -> bytes:
     """One block as raw deflate: primed with `dictionary`, ended by a sync flush or, if `last`, the
     stream's end."""
     if dictionary:
@@ -73,31 +73,46 @@ class ParallelGzip:
         self._pool = _shared_pool()
         self._depth = depth or 2 * workers() + 1
         self._pending = bytearray()
+        self._held: bytes | bytearray | None = None   # a whole block, given as is: deflated once the next comes
         self._dictionary = b""
         self._crc = 0
         self._size = 0
         self._started = False
         self._in_flight: deque[Future[bytes]] = deque()
 
-    def compress(self, data: bytes) -> bytes:
+    def compress(self, data: bytes | bytearray) -> bytes:
+        """`data` is the caller's no longer: a whole block given while none is pending is deflated as
+        it is, not copied (builder/layer.py hands over 1 MiB blocks)."""
         self._crc = _zlib.crc32(data, self._crc)
         self._size += len(data)
-        self._pending += data
-        while len(self._pending) > BLOCK:   # the block holding the stream's end is cut only by flush
-            block = bytes(self._pending[:BLOCK])
-            del self._pending[:BLOCK]
-            self._submit(block, last=False)
+        if len(data) == BLOCK and not self._pending:
+            if self._held is not None:
+                self._submit(self._held, last=False)
+            self._held = data
+        else:
+            if self._held is not None:
+                self._pending += self._held
+                self._held = None
+            self._pending += data
+            while len(self._pending) > BLOCK:   # the block holding the stream's end is cut only by flush
+                block = bytes(self._pending[:BLOCK])
+                del self._pending[:BLOCK]
+                self._submit(block, last=False)
         return self._collect(wait=len(self._in_flight) > self._depth)
 
     def flush(self) -> bytes:
-        self._submit(bytes(self._pending), last=True)
-        self._pending.clear()
+        if self._held is not None:   # then nothing is pending: the held block ends the stream
+            self._submit(self._held, last=True)
+            self._held = None
+        else:
+            self._submit(bytes(self._pending), last=True)
+            self._pending.clear()
         body = self._collect(wait=True, everything=True)
         return body + struct.pack("<II", self._crc, self._size & 0xFFFFFFFF)
 
-    def _submit(self, block: bytes, last: bool) -> None:
+    def _submit(self, block: bytes | bytearray, last: bool) -> None:
         self._in_flight.append(self._pool.submit(deflate_block, block, self._dictionary, self._level, last))
-        self._dictionary = block[-DICTIONARY:]
+        self._dictionary = bytes(block[-DICTIONARY:])
 
     def _collect(self, wait: bool, everything: bool = False) -> bytes:
         out = [b""] if self._started else [HEADER]

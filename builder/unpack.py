@@ -48,6 +48,7 @@ from builder.rootfs_ops import remove_entry
 from builder.rootpath import open_dir, open_root
 from builder.tarformat import (BLOCKDEV, CHAR, DIRECTORY, FIFO, HARDLINK, REGULAR, SYMLINK, TarEntry,
                                TarFormatError, TarReader)
+from common.stage import Stage
 
 _WH = WHITEOUT_PREFIX.encode()
 _OPQ = OPAQUE_WHITEOUT.encode()
@@ -146,9 +147,9 @@ class _Prefixed:
 
 class Inflated:
     """The uncompressed tar inside a blob (gzip, zstd, xz, bzip2 or plain, by magic bytes), inflated
-    and hashed (the diffID) by a worker thread ahead of its reader, in chunks of `CHUNK` bytes, at most
-    `DEPTH` of them waiting: the decompressors and sha256 run without the GIL, so a layer's inflating
-    and hashing overlap the reader's work of parsing and writing files, on another core. Stops at
+    by a worker thread ahead of its reader and hashed (the diffID) by another, in chunks of `CHUNK`
+    bytes, at most `DEPTH` of them waiting: the decompressors and sha256 run without the GIL, so a
+    layer's inflating and hashing overlap each other and the reader's work of parsing and writing files. Stops at
     `limit` bytes (an archive bomb). `count` is what the reader took; `close()` (always, even after an
     error) stops and joins the worker before the blob under it is closed."""
     CHUNK = 1 << 20
@@ -166,6 +167,7 @@ class Inflated:
         self._thread.start()
 
     def _inflate(self, stream: BinaryIO) -> None:
+        hashing = Stage(self._hash.update, name="kade-inflate-hash") if self._hash is not None else None
         try:
             source = open_decompressed(stream)
             produced = 0
@@ -175,13 +177,21 @@ class Inflated:
                 if produced > self._limit:
                     raise LayerLimitError(f"layer {self._layer} expands to more than {self._limit} bytes; refusing "
                                           "it (archive bomb?) — raise the limit if the image is genuine")
-                if self._hash is not None:
-                    self._hash.update(data)
-                self._put(data)
                 if not data:
+                    if hashing is not None:
+                        hashing.finish()   # the diffID is whole before the reader sees the end
+                        hashing = None
+                    self._put(data)
                     return
+                if hashing is not None:
+                    hashing.put(data)
+                self._put(data)
         except BaseException as exc:  # handed to the reader
             self._put(exc)
+        finally:
+            if hashing is not None:   # stopped early: the hash is of no use, its thread must end
+                with contextlib.suppress(BaseException):
+                    hashing.finish()
 
     def _put(self, item: bytes | BaseException) -> None:
         while not self._stop.is_set():

@@ -154,6 +154,32 @@ def test_missing_source_is_a_clear_error(tmp_path):
         write_layer([Change("a", source=str(tmp_path / "missing"))], io.BytesIO())
 
 
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_a_file_shorter_than_its_lstat_is_a_clear_error(tmp_path, monkeypatch, compression):
+    """A file that shrinks between its lstat and its read (something still writing to the tree). A fake
+    lstat stands in for the race, which a real file system cannot be made to show on cue."""
+    victim = tmp_path / "log"
+    victim.write_bytes(b"0123456789")
+    real_lstat = os.lstat
+
+    class Longer:
+        st_size = 3 << 20   # past one 1 MiB block of the writer
+
+        def __init__(self, st):
+            self._st = st
+
+        def __getattr__(self, name):
+            return getattr(self._st, name)
+
+    def lstat(path, *args, **kwargs):
+        st = real_lstat(path, *args, **kwargs)
+        return Longer(st) if os.fsdecode(path) == str(victim) else st
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    with pytest.raises(LayerWriteError, match=r"log shrank while the layer was written \(3145718 bytes missing\)"):
+        write_layer([Change("log", source=str(victim))], io.BytesIO(), compression)
+
+
 @pytest.mark.parametrize("env,expected", [({}, None), ({"SOURCE_DATE_EPOCH": "1700000000"}, 1700000000),
                                           ({"SOURCE_DATE_EPOCH": " "}, None)])
 def test_source_date_epoch(env, expected):

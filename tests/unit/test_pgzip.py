@@ -62,6 +62,26 @@ def test_bytes_do_not_depend_on_how_the_data_arrives():
         assert compress(data, cuts) == expected
 
 
+@pytest.mark.parametrize("blocks", [
+    [1, 1, 1, 1],                 # whole blocks only: the last one held ends the stream
+    [1, 1, 0.25, 1, 0.75, 1],     # a piece between whole blocks: the held block joins what is pending
+    [0.5, 1, 1, 0.5, 1, 0.3],     # whole blocks arriving while something is pending
+    [1, 1, 1, 0.001],             # a tiny end after whole blocks
+])
+def test_whole_blocks_handed_over_make_the_same_bytes(blocks):
+    """builder/layer.py hands over 1 MiB bytearrays, kept as they are (no copy) when nothing is pending:
+    the bytes are those of the same data fed in one piece."""
+    sizes = [int(b * pgzip.BLOCK) for b in blocks]
+    data = mixed(sum(sizes), seed=11)
+    pg, out, at = pgzip.ParallelGzip(1), [], 0
+    for size in sizes:
+        out.append(pg.compress(bytearray(data[at:at + size])))
+        at += size
+    blob = b"".join(out) + pg.flush()
+    assert blob == compress(data)
+    assert gzip.decompress(blob) == data
+
+
 def test_bytes_do_not_depend_on_the_number_of_cores(fresh_pool):
     data = mixed(6 * pgzip.BLOCK + 99)
     blobs = set()
