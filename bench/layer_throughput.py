@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,8 +90,12 @@ def timed(argv: list[str]) -> tuple[float, int, str]:
     """(wall seconds, peak RSS in MB of the child, stdout)."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = proc.stdout.read()  # type: ignore[union-attr]
-    err = proc.stderr.read()  # type: ignore[union-attr]
+    with proc.stdout, proc.stderr:  # type: ignore[union-attr]
+        # both pipes at once: a child filling its stderr (tar on a full disk) must not wait on us
+        with ThreadPoolExecutor(1) as pool:
+            err_job = pool.submit(proc.stderr.read)  # type: ignore[union-attr]
+            out = proc.stdout.read()  # type: ignore[union-attr]
+            err = err_job.result()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
