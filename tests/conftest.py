@@ -12,4 +12,4 @@ pytest_plugins = sorted(
 # execs with the parent's live `environ`, which that write may have moved: exec then fails with EFAULT
 # ("Bad address", seen once in CI; 428 of 2,972 spawns in a 20 s reproduction beside os.environ writes,
 # none with fork). kade's code never writes its environment, so only the test process needs this.
-subprocess._USE_VFORK = False  # type: ignore[attr-defined]  # CPython's switch (3.11.7+, 3.12+)
+subprocess._USE_VFORK = False  # type: ignore[attr-defined]  # CPython's switch (this interpreter, 3.11.7, has it)

@@ -104,9 +104,10 @@ def host_marker():
     """A bridge only the host's network namespace has (other tests add and remove
     their own interfaces meanwhile, so the host's whole list is no fixed answer)."""
     name = f"kadet{os.getpid() % 100000}"
+    subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)   # one a killed run left
     subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
     yield name
-    subprocess.run(["ip", "link", "delete", name], check=False)
+    subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
 
 
 def test_default_network_is_private_and_host_network_is_the_hosts(base, host_marker):
