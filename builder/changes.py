@@ -15,7 +15,7 @@ Kinds:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 ChangeKind = Literal["add", "delete", "opaque"]
@@ -31,6 +31,11 @@ class Change:
     uid: int | None = None   # overrides of the source's metadata (COPY --chown / --chmod)
     gid: int | None = None
     mode: int | None = None  # permission bits only (0o7777)
+    # The source's lstat as the scan of a finished RUN's upper dir found it (builder/snapshot.py), so the
+    # layer writer need not ask again: nothing writes there after the command but the normalizer, and
+    # what it changes the writer does not read from a stat (builder/layernorm.py). None: the writer asks.
+    stat: os.stat_result | None = field(default=None, compare=False, repr=False)
+    parts: tuple[bytes, ...] = field(init=False, compare=False, repr=False)   # split_path(path), checked once
 
     def __post_init__(self) -> None:
         if self.kind not in ("add", "delete", "opaque"):
@@ -40,6 +45,7 @@ class Change:
         parts = split_path(self.path)
         if not parts and self.kind != "add":
             raise ValueError("the root directory cannot be deleted or made opaque")
+        object.__setattr__(self, "parts", parts)
 
 
 def split_path(path: str) -> tuple[bytes, ...]:
@@ -62,7 +68,7 @@ def new_directory(path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> C
 
 def tar_name(change: Change) -> tuple[bytes, ...]:
     """The components of the tar entry that represents `change` (whiteouts included)."""
-    parts = split_path(change.path)
+    parts = change.parts
     if change.kind == "delete":
         return parts[:-1] + (WHITEOUT_PREFIX.encode() + parts[-1],)
     if change.kind == "opaque":

@@ -27,8 +27,8 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Literal
 from builder.changes import Change, split_path, tar_name
 from builder.errors import BuildError
 from builder.layernorm import keep_xattr
-from builder.tarformat import (BLOCKDEV, CHAR, DIRECTORY, END_OF_ARCHIVE, FIFO, HARDLINK, REGULAR,
-                               SYMLINK, TarEntry, TarFormatError, TocEntry, encode_header, padding)
+from builder.tarformat import (BLOCK, BLOCKDEV, CHAR, DIRECTORY, END_OF_ARCHIVE, FIFO, HARDLINK, REGULAR,
+                               SYMLINK, TarEntry, TarFormatError, TocEntry, encode_header, plain_header)
 from common.stage import Stage
 from registry.mediatypes import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
@@ -90,8 +90,9 @@ class _Pipeline:
     """tar bytes -> sha256 (diffID), and in parallel -> compressor -> sha256 (digest) + size -> out, in
     1 MiB blocks, each part in a thread of its own (they release the GIL: the tar is built meanwhile).
     A file's content is read straight into the block being filled (`read_from`), and a full block is
-    handed over whole, never copied again: every byte is copied once, by the kernel. Uncompressed layers
-    hash once (digest == diffID)."""
+    handed over whole, never copied again: every byte is copied once, by the kernel. Each block is a
+    fresh, zeroed bytearray written front to back once, so padding is a skip (`zeros`). Uncompressed
+    layers hash once (digest == diffID)."""
 
     def __init__(self, out: BinaryIO, compression: str, level: int | None):
         self._out = out
@@ -99,6 +100,7 @@ class _Pipeline:
         self._tar_hash = hashlib.sha256()
         self._blob_hash = hashlib.sha256() if self._comp is not None else self._tar_hash
         self._block = bytearray(CHUNK)
+        self._view = memoryview(self._block)
         self._pos = 0
         self.size = 0
         self.written = 0   # uncompressed bytes so far
@@ -129,7 +131,7 @@ class _Pipeline:
         left = size
         while left:
             n = min(left, CHUNK - self._pos)
-            got = os.readv(fd, [memoryview(self._block)[self._pos:self._pos + n]])
+            got = os.readv(fd, [self._view[self._pos:self._pos + n]])
             if not got:
                 break
             self._pos += got
@@ -139,8 +141,19 @@ class _Pipeline:
                 self._send_block()
         return size - left
 
+    def zeros(self, n: int) -> None:
+        """Append `n` zero bytes: what is past `_pos` in the block is still zero."""
+        self.written += n
+        while n:
+            step = min(n, CHUNK - self._pos)
+            self._pos += step
+            n -= step
+            if self._pos == CHUNK:
+                self._send_block()
+
     def _send_block(self) -> None:
         block, self._block, self._pos = self._block, bytearray(CHUNK), 0
+        self._view = memoryview(self._block)
         self._send(block)   # no longer ours: the stages read it while the next one fills
 
     def _send(self, data: bytes | bytearray) -> None:
@@ -216,11 +229,10 @@ class _TarWriter:
         if self.toc is not None:
             self.toc.append(TocEntry(entry.name, entry.type, entry.mode, entry.size, entry.linkname, self._sink.written))
 
-    def _mtime_ns(self, st: os.stat_result) -> int:
+    def _mtime(self, st: os.stat_result) -> int:
+        """The entry's mtime in whole seconds, clamped to the epoch."""
         seconds = max(0, st.st_mtime_ns // 1_000_000_000)
-        if self._epoch is not None:
-            seconds = min(seconds, self._epoch)
-        return seconds * 1_000_000_000
+        return seconds if self._epoch is None else min(seconds, self._epoch)
 
     def whiteout(self, name: bytes) -> None:
         mtime = (self._epoch or 0) * 1_000_000_000
@@ -236,51 +248,58 @@ class _TarWriter:
             return
         source = change.source
         try:
-            st = os.lstat(source)
+            st = change.stat or os.lstat(source)
         except OSError as exc:
             raise LayerWriteError(f"cannot read {source} for layer entry {name!r}: {exc.strerror}") from None
         typeflag = _entry_type(st)
         if typeflag is None:
             return
         mode = st.st_mode & 0o7777 if change.mode is None else change.mode & 0o7777
-        entry = TarEntry(name=name + b"/" if typeflag == DIRECTORY and name else name, type=typeflag, mode=mode,
-                         uid=st.st_uid if change.uid is None else change.uid,
-                         gid=st.st_gid if change.gid is None else change.gid,
-                         mtime_ns=self._mtime_ns(st))
-        if not name:  # the root directory of the layer
-            entry.name = b"./"
-        if typeflag == SYMLINK:
-            entry.linkname = os.readlink(os.fsencode(source))
-        elif typeflag in (CHAR, BLOCKDEV):
-            entry.devmajor, entry.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-        elif typeflag == REGULAR and st.st_nlink > 1:
+        uid = st.st_uid if change.uid is None else change.uid
+        gid = st.st_gid if change.gid is None else change.gid
+        linkname = b""
+        if typeflag == REGULAR and st.st_nlink > 1:
             first = self._links.get((st.st_dev, st.st_ino))
             if first is not None:
-                entry.type, entry.linkname = HARDLINK, first
+                typeflag, linkname = HARDLINK, first
             else:
                 self._links[(st.st_dev, st.st_ino)] = name
-        if entry.type == REGULAR:
-            self._add_file(entry, source, st)
+        if typeflag == REGULAR:
+            self._add_file(name, mode, uid, gid, self._mtime(st), source, st.st_size)
         else:
-            if entry.type != HARDLINK:
+            entry = TarEntry(name=name + b"/" if typeflag == DIRECTORY and name else name or b"./", type=typeflag,
+                             mode=mode, uid=uid, gid=gid, mtime_ns=self._mtime(st) * 1_000_000_000,
+                             linkname=linkname)
+            if typeflag == SYMLINK:
+                entry.linkname = os.readlink(os.fsencode(source))
+            elif typeflag in (CHAR, BLOCKDEV):
+                entry.devmajor, entry.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+            if typeflag != HARDLINK:
                 entry.xattrs = read_xattrs(source)
             self._header(entry)
         self.entries += 1
 
-    def _add_file(self, entry: TarEntry, source: str, st: os.stat_result) -> None:
+    def _add_file(self, name: bytes, mode: int, uid: int, gid: int, mtime: int, source: str, size: int) -> None:
+        """A regular file's header and content, read from one fd; most files need no TarEntry (`plain_header`)."""
         try:
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             raise LayerWriteError(f"cannot open {source} for the layer: {exc.strerror}") from None
         try:
-            entry.size = st.st_size
-            entry.xattrs = read_xattrs(fd)
-            self._header(entry)
-            got = self._sink.read_from(fd, st.st_size)
-            if got < st.st_size:
+            xattrs = read_xattrs(fd)
+            header = None if xattrs else plain_header(name, REGULAR, mode, uid, gid, size, mtime)
+            if header is None:
+                self._header(TarEntry(name=name, type=REGULAR, mode=mode, uid=uid, gid=gid, size=size,
+                                      mtime_ns=mtime * 1_000_000_000, xattrs=xattrs))
+            else:
+                self._sink.write(header)
+                if self.toc is not None:
+                    self.toc.append(TocEntry(name, REGULAR, mode, size, b"", self._sink.written))
+            got = self._sink.read_from(fd, size)
+            if got < size:
                 raise LayerWriteError(f"{source} shrank while the layer was written "
-                                      f"({st.st_size - got} bytes missing); is something still writing to the rootfs?")
-            self._sink.write(padding(st.st_size))
+                                      f"({size - got} bytes missing); is something still writing to the rootfs?")
+            self._sink.zeros(-size % BLOCK)
         finally:
             os.close(fd)
 
@@ -304,7 +323,7 @@ def write_layer(changes: Iterable[Change], out: BinaryIO, compression: Compressi
                 writer.add(name, change)
             else:
                 writer.whiteout(name)
-        sink.write(END_OF_ARCHIVE)
+        sink.zeros(len(END_OF_ARCHIVE))
     except TarFormatError as exc:
         sink.abort()
         raise LayerWriteError(str(exc)) from None

@@ -207,7 +207,7 @@ def upper_diff(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
         elif stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             changes.append(Change(name, "delete"))
         elif not stat.S_ISDIR(st.st_mode):
-            changes.append(Change(name, "add", os.fsdecode(full)))
+            changes.append(Change(name, "add", os.fsdecode(full), stat=st))
         elif _parent(path) in fresh:   # the lower's path may cross a symlink the RUN replaced
             fresh.add(path)
             changes.append(Change(name, "add", os.fsdecode(full)))
@@ -260,7 +260,7 @@ def _dir_change(st: os.stat_result, upper_path: bytes, lower_path: bytes) -> Lit
 
 
 def _merge_key(change: Change) -> tuple[bytes, ...]:
-    parts = split_path(change.path)
+    parts = change.parts
     return parts + (b"",) if change.kind == "opaque" else parts   # opaque right after its dir
 
 
@@ -282,7 +282,7 @@ def merge_upper(changes: list[Change], upper: str | os.PathLike[str], rootfs: st
     parent_times: dict[tuple[bytes, ...], tuple[int, int]] = {}
     try:
         for change in sorted(changes, key=_merge_key):
-            parts = split_path(change.path)
+            parts = change.parts
             parent = open_dir(root_fd, parts[:-1], create=True)
             try:
                 if parts[:-1] not in parent_times:

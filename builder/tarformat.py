@@ -73,19 +73,43 @@ def pax_record(key: bytes, value: bytes) -> bytes:
         n = len(record)
 
 
-_MAGIC_SUM = sum(b"ustar\x0000")
+_NO_DEVICES = b"%07o\0%07o\0" % (0, 0)
+_FIXED_SUM = 256 + sum(b"ustar\x0000")   # the checksum field as 8 spaces, and the magic
+_NO_DEVICES_SUM = sum(_NO_DEVICES)
+_MIDDLE = bytes(100)   # an empty link name
+_TAIL = b"ustar\x0000" + bytes(64)
 
 
 def _ustar_block(name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, typeflag: bytes,
                  linkname: bytes, devmajor: int, devminor: int) -> bytes:
     # Joined from its non-zero pieces; the checksum (sum of all bytes, the checksum field as 8 spaces)
     # is the sum of those pieces, since the padding is zeros. Callers ensure every number fits its field.
-    name, linkname = name[:100], linkname[:100]
+    name = name[:100]
     numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
-    devices = b"%07o\0%07o\0" % (devmajor, devminor)
-    checksum = sum(name) + sum(numbers) + 256 + typeflag[0] + sum(linkname) + _MAGIC_SUM + sum(devices)
-    return b"".join((name, bytes(100 - len(name)), numbers, b"%06o\0 " % checksum, typeflag, linkname,
-                     bytes(100 - len(linkname)), b"ustar\x0000", bytes(64), devices, bytes(167)))
+    checksum = sum(name) + sum(numbers) + typeflag[0] + _FIXED_SUM
+    if linkname:
+        linkname = linkname[:100]
+        checksum += sum(linkname)
+        middle = linkname + bytes(100 - len(linkname))
+    else:
+        middle = _MIDDLE
+    if devmajor or devminor:
+        devices = b"%07o\0%07o\0" % (devmajor, devminor)
+        checksum += sum(devices)
+    else:
+        devices, checksum = _NO_DEVICES, checksum + _NO_DEVICES_SUM
+    return b"".join((name, bytes(100 - len(name)), numbers, b"%06o\0 " % checksum, typeflag, middle, _TAIL,
+                     devices, bytes(167)))
+
+
+def plain_header(name: bytes, typeflag: bytes, mode: int, uid: int, gid: int, size: int, mtime: int) -> bytes | None:
+    """The one ustar block of an entry with no link name, device numbers or xattrs, when ustar alone
+    holds it (a short ASCII name, numbers that fit); None when it needs `encode_header`. The layer
+    writer's path for most files: no TarEntry is built for them."""
+    if (len(name) <= 100 and name.isascii() and 0 <= size < _MAX12 and 0 <= uid < _MAX8 and 0 <= gid < _MAX8
+            and 0 <= mtime < _MAX12):
+        return _ustar_block(name, mode & 0o7777, uid, gid, size, mtime, typeflag, b"", 0, 0)
+    return None
 
 
 def _needs_pax_name(name: bytes) -> bool:

@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import io
+import dataclasses
 import os
 import socket
 import tarfile
@@ -13,6 +14,7 @@ from builder.changes import Change
 from builder.layer import (MEDIA_TYPE_GZIP, MEDIA_TYPE_TAR, MEDIA_TYPE_ZSTD, LayerWriteError,
                            layer_from_directory, walk_directory, write_layer)
 from builder.layernorm import keep_xattr
+from builder.snapshot import upper_diff
 from common.epoch import source_date_epoch
 from common.errors import SettingError
 from tests.fixtures.layers import CAP_NET_RAW_EP
@@ -313,3 +315,18 @@ def test_zstd_blob_is_the_same_whatever_the_number_of_cores(tmp_path, monkeypatc
         tar = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(out.getvalue()), read_across_frames=True).read()
         assert "sha256:" + hashlib.sha256(tar).hexdigest() == info.diff_id
     assert len(digests) == 1
+
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_the_scans_lstat_carried_in_the_changes_writes_the_same_layer(tmp_path, compression):
+    """An upper dir's changes carry the scan's lstat and the writer takes it instead of asking again:
+    the layer is the one the writer's own lstats give."""
+    tree = make_tree(tmp_path / "upper")
+    (tmp_path / "lower").mkdir()
+    changes = upper_diff(tree, tmp_path / "lower").changes
+    carried = [c for c in changes if c.stat is not None]
+    assert len(carried) == 7 and all(os.path.samestat(c.stat, os.lstat(c.source)) for c in carried)
+    asked = [dataclasses.replace(c, stat=None) for c in changes]
+    with_stats, without = io.BytesIO(), io.BytesIO()
+    assert write_layer(changes, with_stats, compression) == write_layer(asked, without, compression)
+    assert with_stats.getvalue() == without.getvalue()

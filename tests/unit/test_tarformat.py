@@ -4,7 +4,8 @@ import tarfile
 import pytest
 
 from builder.tarformat import (BLOCK, BLOCKDEV, CHAR, DIRECTORY, HARDLINK, REGULAR, SYMLINK, TarEntry, TarFormatError,
-                               TarReader, _number, encode_header, padding, parse_pax, pax_record)
+                               TarReader, _number, encode_header, padding, parse_pax, pax_record,
+                               plain_header)
 
 
 @pytest.mark.parametrize("key,value", [
@@ -140,3 +141,25 @@ def test_device_numbers_are_read_for_devices_only(typeflag, fields, expected):
     block[148:156] = b"%06o\0 " % (sum(block[:148]) + 256 + sum(block[156:]))
     [entry] = TarReader(io.BytesIO(bytes(block) + b"\0" * 1024))
     assert (entry.devmajor, entry.devminor) == expected
+
+
+@pytest.mark.parametrize("entry,plain", [
+    (TarEntry(name=b"data/f1", type=REGULAR, mode=0o644, size=13, mtime_ns=1_700_000_000 * 10**9), True),
+    (TarEntry(name=b"d/", type=DIRECTORY, mode=0o4755, uid=8**7 - 1, gid=0, mtime_ns=0), True),
+    (TarEntry(name=b"n" * 100, type=REGULAR, size=8**11 - 1, mtime_ns=(8**11 - 1) * 10**9), True),
+    (TarEntry(name=b"n" * 101, type=REGULAR), False),              # a PAX path
+    (TarEntry(name=b"caf\xc3\xa9", type=REGULAR), False),          # not ASCII
+    (TarEntry(name=b"big", type=REGULAR, size=8**11), False),      # a PAX size
+    (TarEntry(name=b"id", type=REGULAR, uid=8**7), False),         # a PAX uid
+    (TarEntry(name=b"t", type=REGULAR, mtime_ns=8**11 * 10**9), False),
+])
+def test_plain_header_is_the_ustar_block_encode_header_writes(entry, plain):
+    """The writer's shortcut for most files: the very block encode_header writes, or None where PAX is needed."""
+    got = plain_header(entry.name, entry.type, entry.mode, entry.uid, entry.gid, entry.size, entry.mtime_ns // 10**9)
+    if not plain:
+        assert got is None
+        return
+    assert got == encode_header(entry)
+    member = tarfile.TarInfo.frombuf(got, "utf-8", "surrogateescape")   # checks the checksum too
+    assert (member.name, member.mode, member.uid, member.size) == (entry.name.decode().rstrip("/"), entry.mode,
+                                                                    entry.uid, entry.size)
