@@ -7,6 +7,7 @@ PAX records in a fixed order, the PAX entry always named `././@PaxHeader` with m
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Iterator, Mapping, NamedTuple, Protocol
@@ -169,6 +170,21 @@ def _nts(field_: bytes) -> bytes:
     return field_.split(b"\0", 1)[0]
 
 
+_PARSED: dict[bytes, int] = {}   # mode, uid, gid and mtime fields seen -> their values: they repeat
+_PARSED_MAX = 4096
+
+
+def _repeated_number(field_: bytes, what: str) -> int:
+    """`_number` of a field whose values repeat from entry to entry, parsed once per value (a bounded
+    cache: a hostile stream can only make it stop caching)."""
+    value = _PARSED.get(field_)
+    if value is None:
+        value = _number(field_, what)
+        if len(_PARSED) < _PARSED_MAX:
+            _PARSED[field_] = value
+    return value
+
+
 def _number(field_: bytes, what: str) -> int:
     if field_ and field_[0] & 0x80:
         if field_[0] == 0xFF:
@@ -239,13 +255,23 @@ class ByteReader(Protocol):
 
 
 _ZERO_BLOCK = bytes(BLOCK)   # two of them end an archive
+
+
+def byte_sum(block: bytes) -> int:
+    """The sum of a header block's bytes, in C: adler32's low half is 1 + the sum of the bytes modulo
+    65521, and 256 bytes sum to at most 65280, so each half of a block gives its exact sum."""
+    return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
 _NO_PAX: Mapping[bytes, bytes] = MappingProxyType({})   # the records of most entries: none (read-only, shared)
 
 
 class TarReader:
     """Iterate the entries of an uncompressed tar stream. Read an entry's content with `read(n)`
     before moving on; whatever is left unread is skipped. Every metadata length read into memory is
-    bounded by `max_meta` and every name by `max_name`."""
+    bounded by `max_meta` and every name by `max_name`.
+
+    The reader takes what its stream has at hand (up to 1 MiB) and cuts headers, small contents and
+    padding from it: three stream calls per entry were most of a small file's cost. `offset` counts
+    the bytes consumed, not those read ahead."""
 
     def __init__(self, stream: ByteReader, *, max_meta: int = 1 << 20, max_name: int = 4096):
         self._stream = stream
@@ -253,23 +279,39 @@ class TarReader:
         self._max_name = max_name
         self._remaining = 0
         self._pad = 0
+        self._buf = b""   # read from the stream, consumed up to _at
+        self._at = 0
         self.offset = 0
+
+    def _take(self, n: int) -> bytes:
+        """Up to `n` bytes, from what was read ahead or, when that is used up, from what the stream has
+        at hand (b"": the stream ended)."""
+        if self._at >= len(self._buf):
+            self._buf, self._at = self._stream.read(1 << 20), 0
+        data = self._buf[self._at:self._at + n]
+        self._at += len(data)
+        return data
 
     def _read_exact(self, n: int) -> bytes:
         chunks, got = [], 0
         while got < n:
-            chunk = self._stream.read(min(n - got, 1 << 20))
+            chunk = self._take(min(n - got, 1 << 20))
             if not chunk:
                 raise TarFormatError(f"truncated tar stream at byte {self.offset + got} (wanted {n - got} more)")
             chunks.append(chunk)
             got += len(chunk)
         self.offset += n
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _skip(self, n: int) -> None:
         while n > 0:
-            step = min(n, 1 << 20)
-            self._read_exact(step)
+            if self._at >= len(self._buf):
+                self._buf, self._at = self._stream.read(1 << 20), 0
+                if not self._buf:
+                    raise TarFormatError(f"truncated tar stream at byte {self.offset} (wanted {n} more)")
+            step = min(n, len(self._buf) - self._at)
+            self._at += step
+            self.offset += step
             n -= step
 
     def read(self, n: int = 1 << 20) -> bytes:
@@ -278,7 +320,7 @@ class TarReader:
         n = min(n, self._remaining)
         if n <= 0:
             return b""
-        data = self._stream.read(n)
+        data = self._take(n)
         if not data:
             raise TarFormatError(f"truncated tar stream at byte {self.offset} (wanted {n} more)")
         self.offset += len(data)
@@ -303,9 +345,9 @@ class TarReader:
         longname = longlink = None
         while True:
             self._finish_entry()
-            block = self._stream.read(BLOCK)
+            block = self._take(BLOCK)
             while block and len(block) < BLOCK:
-                more = self._stream.read(BLOCK - len(block))
+                more = self._take(BLOCK - len(block))
                 if not more:
                     break
                 block += more
@@ -343,7 +385,7 @@ class TarReader:
 
     def _check_sum(self, block: bytes) -> None:
         stored = _number(block[148:156], "checksum")
-        unsigned = sum(block) - sum(block[148:156]) + 8 * 32   # the checksum field counts as 8 spaces
+        unsigned = byte_sum(block) - sum(block[148:156]) + 8 * 32   # the checksum field counts as 8 spaces
         if stored == unsigned:
             return
         blanked = block[:148] + b" " * 8 + block[156:]
@@ -368,9 +410,9 @@ class TarReader:
             linkname = longlink
         entry = TarEntry(
             name=pax.get(b"path") or name, type=typeflag,
-            mode=_number(block[100:108], "mode"), uid=_number(block[108:116], "uid"),
-            gid=_number(block[116:124], "gid"), size=size,
-            mtime_ns=_number(block[136:148], "mtime") * 1_000_000_000,
+            mode=_repeated_number(block[100:108], "mode"), uid=_repeated_number(block[108:116], "uid"),
+            gid=_repeated_number(block[116:124], "gid"), size=size,
+            mtime_ns=_repeated_number(block[136:148], "mtime") * 1_000_000_000,
             linkname=pax.get(b"linkpath") or linkname,
         )
         if typeflag in (CHAR, BLOCKDEV):   # other entries' device fields mean nothing (GNU tar ignores them too)

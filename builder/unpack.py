@@ -317,7 +317,7 @@ class _Applier:
                                 "(it was not written by a well-behaved image builder)")
 
     # ------------------------------------------------------------------ one entry
-    def apply(self, entry: TarEntry, reader: TarReader, metered: "Inflated") -> None:
+    def apply(self, entry: TarEntry, reader: TarReader) -> None:
         self.result.entries += 1
         if self.result.entries > self.limits.max_entries:
             raise LayerLimitError(f"layer {self.layer} has more than {self.limits.max_entries} entries; refusing it")
@@ -325,7 +325,7 @@ class _Applier:
             parts = _normalize(entry.name)
         except ValueError as exc:
             raise self.unsafe(entry, f"has {exc}") from None
-        if entry.type == REGULAR and metered.count + entry.size > self.limits.max_bytes:
+        if entry.type == REGULAR and reader.offset + entry.size > self.limits.max_bytes:
             raise LayerLimitError(f"layer {self.layer}: entry {_show(entry.name)} declares {entry.size} bytes, "
                                   f"over the {self.limits.max_bytes}-byte budget; refusing it")
         if not parts:
@@ -597,7 +597,7 @@ def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: st
         try:
             reader = TarReader(inflated, max_meta=limits.max_meta, max_name=limits.max_name)
             for entry in reader:
-                applier.apply(entry, reader, inflated)
+                applier.apply(entry, reader)
             while inflated.read(1 << 20):
                 pass  # hash trailing padding and let the blob stream verify its digest at EOF
         except TarFormatError as exc:

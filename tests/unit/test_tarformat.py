@@ -4,8 +4,8 @@ import tarfile
 import pytest
 
 from builder.tarformat import (BLOCK, BLOCKDEV, CHAR, DIRECTORY, HARDLINK, REGULAR, SYMLINK, TarEntry, TarFormatError,
-                               TarReader, _number, encode_header, padding, parse_pax, pax_record,
-                               plain_header)
+                               TarReader, _number, _repeated_number, byte_sum, encode_header, padding, parse_pax,
+                               pax_record, plain_header)
 
 
 @pytest.mark.parametrize("key,value", [
@@ -32,6 +32,7 @@ def test_pax_record_length_is_self_consistent(key, value):
 ])
 def test_number_fields(field, expected):
     assert _number(field, "x") == expected
+    assert _repeated_number(field, "x") == expected == _repeated_number(field, "x")   # parsed, then remembered
 
 
 @pytest.mark.parametrize("field", [b"12x4567\0", bytes([0xFF] * 8), b"  8  \0", b" - \0", b"0o17\0", b"-17\0", b"+17\0", b"1_7\0",
@@ -39,6 +40,9 @@ def test_number_fields(field, expected):
 def test_bad_number_fields_are_refused(field):
     with pytest.raises(TarFormatError):
         _number(field, "x")
+    for _ in range(2):   # never remembered as a value
+        with pytest.raises(TarFormatError):
+            _repeated_number(field, "x")
 
 
 @pytest.mark.parametrize("body", [b"5 a=b\n", b"10 path\n", b"x path=a\n", b"99 path=a\n"])
@@ -163,3 +167,43 @@ def test_plain_header_is_the_ustar_block_encode_header_writes(entry, plain):
     member = tarfile.TarInfo.frombuf(got, "utf-8", "surrogateescape")   # checks the checksum too
     assert (member.name, member.mode, member.uid, member.size) == (entry.name.decode().rstrip("/"), entry.mode,
                                                                     entry.uid, entry.size)
+
+
+@pytest.mark.parametrize("block", [bytes(512), b"\xff" * 512, b"\x80" * 256 + b"\x7f" * 256,
+                                   bytes(range(256)) * 2, encode_header(ENTRIES[0])])
+def test_byte_sum_is_the_sum_of_a_blocks_bytes(block):
+    assert byte_sum(block) == sum(block)
+
+
+class _Chunked(io.RawIOBase):
+    """A stream that hands out at most `size` bytes per read, as a decompressor's output arrives."""
+
+    def __init__(self, data: bytes, size: int):
+        self._data, self._size, self._pos = data, size, 0
+
+    def read(self, n=-1):
+        n = self._size if n < 0 else min(n, self._size)
+        out = self._data[self._pos:self._pos + n]
+        self._pos += len(out)
+        return out
+
+
+@pytest.mark.parametrize("size", [1, 7, 511, 512, 513, 4096, 1 << 20])
+def test_the_reader_reads_the_same_whatever_the_streams_chunks(size):
+    """The reader reads ahead of what it hands out: entries, contents and offsets stay those of the bytes."""
+    entries = [TarEntry(name=b"f%d" % n, type=REGULAR, size=n) for n in (0, 1, 511, 512, 513, 5000, 70_000)]
+    entries.insert(3, TarEntry(name=b"d/" * 60, type=DIRECTORY))
+    data, ends = b"", []   # ends: where each entry's content ends in the stream
+    for e in entries:
+        data += encode_header(e) + bytes([len(e.name)]) * e.size
+        ends.append(len(data))
+        data += padding(e.size)
+    data += bytes(1024)
+    reader = TarReader(_Chunked(data, size))
+    got, offsets = [], []
+    for entry in reader:
+        first = reader.read(3)
+        got.append((entry.name, first + b"".join(iter(reader.read, b""))))
+        offsets.append(reader.offset)
+    assert got == [(e.name, bytes([len(e.name)]) * e.size) for e in entries]
+    assert offsets == ends and reader.offset == len(data) - BLOCK   # the first end block read, not the second
