@@ -113,7 +113,8 @@ def kade_run(tree: Path, work: Path, comp: str, keep: bool = False) -> tuple[flo
 
 
 def unpack_run(work: Path, comp: str, run: int, into: Path) -> tuple[float, int, int]:
-    """Into a fresh directory under `into`, kept until every unpack is timed (see benchlib.settle)."""
+    """Into a fresh directory under `into`, kept until every unpack is timed (see benchlib.settle),
+    unless `into` is a tmpfs."""
     dest = into / f"unpacked-{comp}-{run}"
     shutil.rmtree(dest, ignore_errors=True)
     wall, rss, _ = timed([sys.executable, "-c", UNPACK.format(repo=str(REPO), dest=str(dest),
@@ -185,10 +186,14 @@ def main() -> int:
     unpacks: dict[tuple[str, str], list] = {(u, c): [] for c in ("gzip", "zstd") for u in unpackers}
     benchlib.settle()
     into = args.unpack_into or args.work
+    in_memory = findmnt_type(into) == "tmpfs"   # no deletion cost to keep off the clock; RAM to give back
     for run in range(args.runs):   # interleaved: kade gzip, tar gzip, kade zstd, tar zstd, ...
         for unpacker, comp in unpacks:
             subprocess.run(["sync"])
             unpacks[(unpacker, comp)].append(unpackers[unpacker](args.work, comp, run, into))
+            if in_memory:
+                for done in into.glob("unpacked-*"):
+                    shutil.rmtree(done)
     for done in into.glob("unpacked-*"):
         shutil.rmtree(done)
     for (unpacker, comp), runs in unpacks.items():
