@@ -28,10 +28,7 @@ def empty_config(platform: Platform) -> ImageConfig:
 
 def set_env(cfg: ImageConfig, pairs: list[tuple[str, str]]) -> ImageConfig:
     """ENV: a replaced variable keeps its place (as Docker does), new ones go last."""
-    merged = cfg.env_map()
-    for k, v in pairs:
-        merged[k] = v
-    return cfg.with_runtime(Env=[f"{k}={v}" for k, v in merged.items()])
+    return cfg.with_env(pairs)
 
 
 def set_labels(cfg: ImageConfig, pairs: list[tuple[str, str]]) -> ImageConfig:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
@@ -210,11 +211,35 @@ class ImageConfig:
         return list(self.get("Env", []))
 
     def env_map(self) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for item in self.env:
-            k, _, v = item.partition("=")
-            out[k] = v
-        return out
+        """The environment as a new dict: the last of a repeated name wins, an item without "=" is that
+        name with an empty value."""
+        return dict(_parsed_env(self.get("Env", []))[0])
+
+    def with_env(self, pairs: list[tuple[str, str]]) -> "ImageConfig":
+        """ENV: a replaced variable keeps its place (as Docker does), new ones go last. An Env with
+        repeated names or items without "=" (a base image's) is normalized, the last one winning.
+
+        A Dockerfile of N ENV lines makes N configs of up to N variables: the items not changed stay
+        the previous config's strings, and the parsed environment goes on to the new config's list
+        (`_parsed_env`) rather than being parsed again for every line."""
+        old = self.get("Env", [])
+        values, index = _parsed_env(old)
+        if index is None:
+            values = {**values, **dict(pairs)}
+            env = [f"{k}={v}" for k, v in values.items()]
+            index = {k: at for at, k in enumerate(values)}
+        else:
+            env = list(old)
+            for k, v in pairs:
+                at = index.get(k)
+                if at is None:
+                    index[k] = len(env)
+                    env.append(f"{k}={v}")
+                else:
+                    env[at] = f"{k}={v}"
+                values[k] = v
+        _ENV.last = (env, values, index)   # the old list's parse was updated in place: it is the new one's
+        return replace(self, runtime={**(self.runtime or {}), "Env": env}, extra=_without(self.extra, "config"))
 
     @property
     def cmd(self) -> list[str] | None:
@@ -250,7 +275,7 @@ class ImageConfig:
             if value is None:
                 runtime.pop(key, None)
             else:
-                runtime[key] = copy.deepcopy(value)
+                runtime[key] = _fresh(value)
         return replace(self, runtime=runtime, extra=_without(self.extra, "config"))
 
     def with_layer(self, history: History, diff_id: str | None) -> "ImageConfig":
@@ -272,6 +297,39 @@ class ImageConfig:
         """What a Dockerfile stage inherits of its base: everything but layers, history and created."""
         return replace(self, diff_ids=None, history=None, created=None,
                        extra=_without(self.extra, "rootfs", "history", "created"))
+
+
+_ENV = threading.local()   # .last: (an Env list, its parse), the last one parsed in this thread
+
+
+def _parsed_env(env: list[str]) -> tuple[dict[str, str], dict[str, int] | None]:
+    """(name -> value, name -> position; None when some item is not NAME=VALUE with a name of its own)
+    of an Env list. The last one parsed is kept (one per thread): a plan reads the config of each step
+    several times, and configs derived without an ENV share their Env list. Callers may change what
+    they get only when they set `_ENV.last` to what they made of it."""
+    last = getattr(_ENV, "last", None)
+    if last is not None and last[0] is env:
+        return last[1], last[2]
+    values: dict[str, str] = {}
+    index: dict[str, int] = {}
+    regular = True
+    for at, item in enumerate(env):
+        k, eq, v = item.partition("=")
+        regular = regular and bool(eq) and k not in values
+        values[k] = v
+        index[k] = at
+    _ENV.last = (env, values, index if regular else None)
+    return values, (index if regular else None)
+
+
+def _fresh(value: Any) -> Any:
+    """A JSON value with new containers and its strings and numbers shared (they cannot change): what
+    deepcopy gives here, without its memo; an Env of thousands of items is copied once per ENV step."""
+    if isinstance(value, dict):
+        return {k: v if isinstance(v, (str, int, float)) else _fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [v if isinstance(v, (str, int, float)) else _fresh(v) for v in value]
+    return value
 
 
 def _without(extra: Mapping[str, Any], *keys: str) -> dict[str, Any]:

@@ -27,6 +27,33 @@ def test_env_replaces_in_place_and_appends():
     assert BASE.env == ["PATH=/bin", "A=1"]  # inputs untouched
 
 
+@pytest.mark.parametrize("env,pairs,expected", [
+    (["PATH=/bin", "A=1"], [("A", "2"), ("A", "3"), ("B", "")], ["PATH=/bin", "A=3", "B="]),
+    (["A=1", "A=2", "B=1"], [("C", "c")], ["A=2", "B=1", "C=c"]),       # a base's repeated name: the last wins
+    (["FLAG", "A=1"], [("A", "2")], ["FLAG=", "A=2"]),                  # an item without "=": an empty value
+    ([], [("A", "x=y")], ["A=x=y"]),
+])
+def test_env_of_odd_bases_is_normalized(env, pairs, expected):
+    cfg = ic.set_env(ImageConfig("amd64", "linux", runtime={"Env": env}), pairs)
+    assert cfg.env == expected
+    assert cfg.env_map() == dict(item.partition("=")[::2] for item in expected)
+
+
+def test_env_chains_and_branches_read_their_own_env():
+    """The parsed Env travels to the newest config: configs left behind, a config derived without an ENV
+    (sharing its Env list) and two branches off one config each still read their own variables."""
+    chain = [BASE]
+    for n in range(50):
+        chain.append(ic.set_env(chain[-1], [(f"V{n % 7}", str(n)), ("A", str(n))]))
+        if n % 10 == 0:
+            chain.append(ic.set_labels(chain[-1], [("n", str(n))]))
+    left, right = ic.set_env(chain[20], [("B", "left")]), ic.set_env(chain[20], [("B", "right")])
+    for cfg in [*chain, left, right, chain[20]]:
+        assert cfg.env_map() == dict(item.partition("=")[::2] for item in cfg.env)
+    assert left.env_map()["B"] == "left" and right.env_map()["B"] == "right" and "B" not in chain[20].env_map()
+    assert chain[-1].env_map()["A"] == "49" and chain[3].env_map()["A"] == "1"
+
+
 @pytest.mark.parametrize("current,path,expected", [
     ("/srv", "app", "/srv/app"), ("/srv", "/abs", "/abs"), ("/", "a/../b/./c/", "/b/c"),
     ("", "x", "/x"), ("/a", "../../..", "/"),
