@@ -23,6 +23,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -39,7 +40,7 @@ import benchlib  # noqa: E402  (bench/, the script's own folder)
 PASSES = ("changes", "write_layer", "normalize")   # after a RUN; then, on a puller, "unpack"
 
 CHILD = """
-import json, os, sys, time
+import json, sys, time
 sys.path.insert(0, {repo!r})
 from builder.snapshot import upper_diff
 from builder.layer import write_layer
@@ -92,8 +93,9 @@ def tar_run(master: Path, work: Path) -> tuple[float, float]:
     shutil.rmtree(into, ignore_errors=True)
     into.mkdir()
     timed = []
-    for cmd in (f"tar --sort=name --numeric-owner -C {master} -cf - . | gzip -1 > {work / 'tree.tar.gz'}",
-                f"tar -xzf {work / 'tree.tar.gz'} -C {into}"):
+    tree, blob, into_q = shlex.quote(str(master)), shlex.quote(str(work / "tree.tar.gz")), shlex.quote(str(into))
+    for cmd in (f"tar --sort=name --numeric-owner -C {tree} -cf - . | gzip -1 > {blob}",
+                f"tar -xzf {blob} -C {into_q}"):
         start = time.perf_counter()
         subprocess.run(["sh", "-c", cmd], check=True)
         timed.append(time.perf_counter() - start)
@@ -101,8 +103,7 @@ def tar_run(master: Path, work: Path) -> tuple[float, float]:
 
 
 def label(repo: Path) -> str:
-    return subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True).stdout.strip() or str(repo)
+    return benchlib.commit(repo) or str(repo)
 
 
 def main() -> None:

@@ -32,8 +32,9 @@ class Change:
     gid: int | None = None
     mode: int | None = None  # permission bits only (0o7777)
     # The source's lstat as the scan of a finished RUN's upper dir found it (builder/snapshot.py), so the
-    # layer writer need not ask again: nothing writes there after the command but the normalizer, and
-    # what it changes the writer does not read from a stat (builder/layernorm.py). None: the writer asks.
+    # layer writer need not ask again: nothing writes there after the command but the normalizer, which
+    # only cuts mtimes to the whole second (and the epoch) as the writer does and drops xattrs the writer
+    # reads from the file itself (builder/layernorm.py). None: the writer asks.
     stat: os.stat_result | None = field(default=None, compare=False, repr=False)
     parts: tuple[bytes, ...] = field(init=False, compare=False, repr=False)   # split_path(path), checked once
 

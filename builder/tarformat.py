@@ -255,13 +255,13 @@ class ByteReader(Protocol):
 
 
 _ZERO_BLOCK = bytes(BLOCK)   # two of them end an archive
+_NO_PAX: Mapping[bytes, bytes] = MappingProxyType({})   # the records of most entries: none (read-only, shared)
 
 
 def byte_sum(block: bytes) -> int:
     """The sum of a header block's bytes, in C: adler32's low half is 1 + the sum of the bytes modulo
     65521, and 256 bytes sum to at most 65280, so each half of a block gives its exact sum."""
     return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
-_NO_PAX: Mapping[bytes, bytes] = MappingProxyType({})   # the records of most entries: none (read-only, shared)
 
 
 class TarReader:
@@ -283,11 +283,15 @@ class TarReader:
         self._at = 0
         self.offset = 0
 
-    def _take(self, n: int) -> bytes:
-        """Up to `n` bytes, from what was read ahead or, when that is used up, from what the stream has
-        at hand (b"": the stream ended)."""
+    def _refill(self) -> bool:
+        """Whether bytes are at hand: what was read ahead, or else what the stream has now (up to 1 MiB)."""
         if self._at >= len(self._buf):
             self._buf, self._at = self._stream.read(1 << 20), 0
+        return self._at < len(self._buf)
+
+    def _take(self, n: int) -> bytes:
+        """Up to `n` bytes of what is at hand (b"": the stream ended)."""
+        self._refill()
         data = self._buf[self._at:self._at + n]
         self._at += len(data)
         return data
@@ -305,10 +309,8 @@ class TarReader:
 
     def _skip(self, n: int) -> None:
         while n > 0:
-            if self._at >= len(self._buf):
-                self._buf, self._at = self._stream.read(1 << 20), 0
-                if not self._buf:
-                    raise TarFormatError(f"truncated tar stream at byte {self.offset} (wanted {n} more)")
+            if not self._refill():
+                raise TarFormatError(f"truncated tar stream at byte {self.offset} (wanted {n} more)")
             step = min(n, len(self._buf) - self._at)
             self._at += step
             self.offset += step

@@ -324,7 +324,7 @@ def _parsed_env(env: list[str]) -> tuple[dict[str, str], dict[str, int] | None]:
 
 def _fresh(value: Any) -> Any:
     """A JSON value with new containers and its strings and numbers shared (they cannot change): what
-    deepcopy gives here, without its memo; an Env of thousands of items is copied once per ENV step."""
+    deepcopy gives here, without its memo (`with_runtime` copies what it is given, once per step)."""
     if isinstance(value, dict):
         return {k: v if isinstance(v, (str, int, float)) else _fresh(v) for k, v in value.items()}
     if isinstance(value, list):
