@@ -17,14 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Callable, Iterator, Union, cast
 
-import requests
-import urllib3
-
 from common.timeouts import CONNECT_TIMEOUT, answer_timeout
 from registry import cancel
 from registry import mediatypes as mt
 from registry.auth import CredentialResolver, scope_for
 from registry.digest import Hasher, is_digest, sha256_digest, validate_digest
+from registry.httpclient import HttpError, Response
 from registry.errors import (DigestMismatch, InvalidManifest, NotFound, RegistryError, RegistryUnavailable,
                              Unsupported, UploadError)
 from registry.model import Descriptor, Manifest
@@ -35,8 +33,7 @@ from common import jsonsafe
 MiB = 1 << 20
 READ_BLOCK = MiB
 # What a dropped or broken connection raises while a response body is being read.
-_STREAM_ERRORS = (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
-                  OSError)
+_STREAM_ERRORS = (HttpError, http.client.HTTPException, OSError)
 MAX_MANIFEST_BYTES = 4 * MiB  # what distribution accepts; more is hostile
 BLOB_UNKNOWN_ATTEMPTS = 3  # PUTs of a manifest the registry answers "blob unknown" to, before believing it
 
@@ -120,7 +117,7 @@ class OpenUploads:
             repo._cancel_upload(location)
 
 
-def _error_detail(resp: requests.Response) -> str:
+def _error_detail(resp: Response) -> str:
     """The registry's own error code/message (OCI error envelope), short; never headers."""
     try:
         doc = jsonsafe.loads(resp.content)
@@ -130,16 +127,16 @@ def _error_detail(resp: requests.Response) -> str:
             return "; ".join(parts)[:300]
     except (ValueError, AttributeError):
         pass
-    text = (resp.text or "").strip() if resp.request.method != "HEAD" else ""
+    text = (resp.text or "").strip() if resp.method != "HEAD" else ""
     return text[:200] or resp.reason or ""
 
 
-def _refused_for_missing_blob(resp: requests.Response) -> bool:
+def _refused_for_missing_blob(resp: Response) -> bool:
     codes = _error_codes(resp)
     return "MANIFEST_BLOB_UNKNOWN" in codes or "BLOB_UNKNOWN" in codes
 
 
-def _error_codes(resp: requests.Response) -> set[str]:
+def _error_codes(resp: Response) -> set[str]:
     try:
         return {e.get("code", "") for e in jsonsafe.loads(resp.content).get("errors", []) if isinstance(e, dict)}
     except (ValueError, AttributeError):
@@ -171,7 +168,7 @@ class _Counter:
 
 class _Section:
     """A file-like view of `length` bytes of `f` from its current position, hashing as read.
-    requests sends it with Content-Length = len(self), reading it in blocks: no buffering."""
+    Sent with Content-Length = len(self), read in 1 MiB blocks: no buffering."""
 
     def __init__(self, f: IO[bytes], length: int, hasher: Hasher | None) -> None:
         self.f, self.remaining, self.length, self.hasher = f, length, length, hasher
@@ -203,7 +200,7 @@ class BlobReader:
         self.repo, self.digest, self.expected_size = repo, digest, size
         self.pos = offset
         self.hasher = Hasher.for_digest(digest) if offset == 0 else None
-        self._resp: requests.Response | None = None
+        self._resp: Response | None = None
         self._failures = 0
         self._failed_at = offset
         self._done = False
@@ -238,7 +235,7 @@ class BlobReader:
             cancel.check()
             try:
                 assert self._resp is not None
-                data = self._resp.raw.read(want, decode_content=False)
+                data = self._resp.read(want)
             except _STREAM_ERRORS as exc:
                 self._retry(exc)
                 continue
@@ -306,7 +303,7 @@ class Repository:
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _request(self, method: str, path: str, actions: str, *, scope: str | None = None,
-                 **kw: Any) -> requests.Response:
+                 **kw: Any) -> Response:
         url = path if path.startswith(("http://", "https://")) else f"/v2/{self.name}{path}"
         return self.client.transport.request(method, self.host, url, scope=scope or scope_for(self.name, actions),
                                              what=kw.pop("what", f"repository {self.name}"), **kw)
@@ -315,7 +312,7 @@ class Repository:
         return (f"{what} not found in repository {self.name} on registry {self.host}; check the name with "
                 f"`kade image tags {self.ref.registry}/{self.name}`")
 
-    def _raise_unexpected(self, resp: requests.Response, action: str) -> None:
+    def _raise_unexpected(self, resp: Response, action: str) -> None:
         detail = _error_detail(resp)
         resp.close()
         if resp.status_code == 405 or "UNSUPPORTED" in _error_codes(resp):
@@ -367,7 +364,7 @@ class Repository:
                 raise NotFound(self._not_found_msg(f"manifest {tag_or_digest}"))
             if resp.status_code != 200:
                 self._raise_unexpected(resp, f"GET manifest {tag_or_digest}")
-            body = resp.raw.read(MAX_MANIFEST_BYTES + 1, decode_content=True)
+            body = resp.read(MAX_MANIFEST_BYTES + 1)
             if len(body) > MAX_MANIFEST_BYTES:
                 raise InvalidManifest(f"manifest {tag_or_digest} of {self.name} on {self.host} is larger than "
                                       f"{MAX_MANIFEST_BYTES} bytes; refusing it")
@@ -428,7 +425,7 @@ class Repository:
                 return None
             if resp.status_code != 200:
                 self._raise_unexpected(resp, f"GET referrers of {digest}")
-            body = resp.raw.read(MAX_MANIFEST_BYTES + 1, decode_content=True)
+            body = resp.read(MAX_MANIFEST_BYTES + 1)
             filtered = "artifactType" in (resp.headers.get("OCI-Filters-Applied") or "")
         if len(body) > MAX_MANIFEST_BYTES:
             raise InvalidManifest(f"the referrers index of {digest} in {self.name} on {self.host} is larger than "
@@ -706,7 +703,7 @@ class Repository:
                            "Content-Range": f"{offset}-{offset + length - 1}"}
             resp = self._request("PATCH", location, "pull,push", body=body, headers=headers, retry=False,
                                  what="blob upload")
-        except (requests.exceptions.RequestException, OSError) as exc:
+        except (HttpError, OSError) as exc:
             raise _Retryable(str(exc)) from None
         finally:
             f.close()

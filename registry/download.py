@@ -4,8 +4,8 @@ A download is streamed to a temporary file, hashed on the way and bounded in siz
 its content digest: `<store>/<sha256 hex>/<name>` (the name is the URL's last path segment, mode
 0600). A stored file is never replaced: a second download of the same URL that brings other bytes
 lands in another folder, so a file whose digest was checked (and keyed) keeps its bytes. An
-expected `--checksum` is verified before the file appears. Redirects are followed by hand: an https
-URL never leads to plain http (nor to any other scheme), so TLS can't be stripped on the way.
+expected `--checksum` is verified before the file appears. Redirects are followed (registry/httpclient.py):
+an https URL never leads to plain http (nor to any other scheme), so TLS can't be stripped on the way.
 """
 from __future__ import annotations
 
@@ -15,17 +15,16 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urljoin, urlparse
-
-import requests
+from urllib.parse import urlparse
 
 from registry.errors import RegistryError
+from registry.httpclient import HttpClient, HttpError, RedirectRefused
 from registry.transport import RetryPolicy, retry_delay, should_retry_status
 
 BLOCK = 1 << 20
+USER_AGENT = "kade/0.1 (+ADD <url>)"
 MAX_BYTES_ENV = "KADE_DOWNLOAD_MAX_BYTES"
 DEFAULT_MAX_BYTES = 4 << 30
-MAX_REDIRECTS = 10
 
 
 class DownloadError(RegistryError):
@@ -56,8 +55,8 @@ def download(url: str, store: Path, checksum: str | None = None, *, ca_file: str
     for attempt in range(1, retry.attempts + 1):
         fd, tmp = tempfile.mkstemp(prefix=".dl-", dir=store)
         try:
-            with os.fdopen(fd, "wb") as out:
-                digest = _fetch(url, out, ca_file, timeout, limit)
+            with os.fdopen(fd, "wb") as out, contextlib.closing(HttpClient(USER_AGENT)) as http:
+                digest = _fetch(http, url, out, ca_file, timeout, limit)
             if checksum and digest != checksum:
                 raise DownloadError(f"{url}: checksum mismatch: got {digest}, expected {checksum}")
             os.chmod(tmp, 0o600)
@@ -88,48 +87,30 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
-def next_url(current: str, location: str | None) -> str:
-    """Where a redirect from `current` leads; refused when it leaves http(s) or drops https."""
-    if not location:
-        raise DownloadError(f"{current}: a redirect without a Location header")
-    target = urljoin(current, location)
-    scheme, was = urlparse(target).scheme, urlparse(current).scheme
-    if scheme not in ("http", "https"):
-        raise DownloadError(f"{current}: redirected to {target}, which is not http(s); refused")
-    if was == "https" and scheme != "https":
-        raise DownloadError(f"{current}: redirected from https to plain http ({target}); refused: the download "
-                            "could be read and changed on the way", )
-    return target
-
-
-def _fetch(url: str, out, ca_file: str | None, timeout: float, limit: int) -> str:
+def _fetch(http: HttpClient, url: str, out, ca_file: str | None, timeout: float, limit: int) -> str:
     h = hashlib.sha256()
-    where = url
     try:
-        for _ in range(MAX_REDIRECTS + 1):
-            with requests.get(where, stream=True, timeout=timeout, verify=ca_file or True,
-                              allow_redirects=False) as resp:
-                if resp.is_redirect:
-                    where = next_url(where, resp.headers.get("Location"))
-                    continue
-                if should_retry_status(resp.status_code):
-                    raise _Retryable(f"HTTP {resp.status_code}", resp.headers.get("Retry-After"))
-                if resp.status_code != 200:
-                    raise DownloadError(f"{url}: HTTP {resp.status_code}; check the URL")
-                declared = resp.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > limit:
-                    raise _too_big(url, f"it declares {declared} bytes")
-                size = 0
-                for chunk in resp.iter_content(BLOCK):
-                    size += len(chunk)
-                    if size > limit:
-                        raise _too_big(url, f"more than {limit} bytes arrived")
-                    h.update(chunk)
-                    out.write(chunk)
-                return "sha256:" + h.hexdigest()
-    except requests.RequestException as exc:
+        with http.request("GET", url, verify=ca_file or True, connect_timeout=timeout, read_timeout=timeout,
+                          follow_redirects=True) as resp:
+            if should_retry_status(resp.status_code):
+                raise _Retryable(f"HTTP {resp.status_code}", resp.headers.get("Retry-After"))
+            if resp.status_code != 200:
+                raise DownloadError(f"{url}: HTTP {resp.status_code}; check the URL")
+            declared = resp.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise _too_big(url, f"it declares {declared} bytes")
+            size = 0
+            for chunk in resp.iter_content(BLOCK):
+                size += len(chunk)
+                if size > limit:
+                    raise _too_big(url, f"more than {limit} bytes arrived")
+                h.update(chunk)
+                out.write(chunk)
+            return "sha256:" + h.hexdigest()
+    except RedirectRefused as exc:
+        raise DownloadError(str(exc)) from None
+    except HttpError as exc:
         raise _Retryable(str(exc)[:300]) from None
-    raise DownloadError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
 def _too_big(url: str, why: str) -> DownloadError:

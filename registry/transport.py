@@ -1,4 +1,4 @@
-"""HTTP for the distribution API: one pooled requests Session, the scheme and TLS settings per
+"""HTTP for the distribution API: one pooled HTTP client (registry/httpclient.py), the scheme and TLS settings per
 registry host, authentication (basic and bearer, tokens cached per scope), and retries with
 exponential backoff and jitter on connection errors, 5xx and 429 (honouring Retry-After).
 
@@ -17,20 +17,17 @@ import email.utils
 import os
 import random
 import re
-import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Union
-from urllib.parse import urlparse
-
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
+from urllib.parse import urlencode, urlparse
 
 from common.timeouts import CONNECT_TIMEOUT, answer_timeout
 from registry import auth, cancel
+from registry.httpclient import (ConnectTimeout, HttpClient, HttpError, ProxyError, ReadTimeout, Response,
+                                 TLSFailure)
 from registry.errors import RegistryError, RegistryUnavailable, Unauthorized
 from registry.reference import host_without_port, is_loopback_host, split_host_port
 from common import jsonsafe
@@ -43,6 +40,8 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # and capped on their own.
 MAX_ANSWER_BYTES = 64 << 20
 USER_AGENT = "kade/0.1 (+registry client)"
+_PROXY_HINT = ("; the proxy comes from $http_proxy / $https_proxy (with credentials: http://user:password@host:port), "
+               "and $no_proxy lists the hosts reached directly")
 
 
 @dataclass(frozen=True)
@@ -113,22 +112,14 @@ def _split_links(header: str) -> Iterable[str]:
     yield header[start:]
 
 
-class _BigBlockAdapter(HTTPAdapter):
-    """Send request bodies in 1 MiB blocks instead of urllib3's 16 KiB (fewer syscalls per blob)."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["blocksize"] = 1 << 20
-        super().init_poolmanager(*args, **kwargs)
-
-
-def unanswered(host: str, what: str, exc: requests.exceptions.RequestException, timeout: float,
+def unanswered(host: str, what: str, exc: HttpError, timeout: float,
                connect_timeout: float, attempts: int) -> str:
     """The message for a request that got no answer: what was waited for, how long, and what failed."""
     waited = f" for {what}" if what else ""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
+    if isinstance(exc, ConnectTimeout):
         return (f"registry {host} did not accept a connection within {connect_timeout:g} s (waiting to ask{waited}); "
                 "check the address and that it is reachable from here")
-    if isinstance(exc, requests.exceptions.ReadTimeout):
+    if isinstance(exc, ReadTimeout):
         return (f"registry {host} accepted the connection but did not answer within {timeout:g} s (waiting{waited}); "
                 "check that it is healthy, or retry later")
     return (f"cannot reach registry {host}{waited} after {attempts} attempt(s): {_reason(exc)}; check that it is "
@@ -136,8 +127,8 @@ def unanswered(host: str, what: str, exc: requests.exceptions.RequestException, 
 
 
 def _reason(exc: BaseException) -> str:
-    """The cause of a connection failure without urllib3's wrapping ("Connection refused", "Failed to
-    resolve 'host'"), else the whole text, shortened."""
+    """The cause of a connection failure without its wrapping ("Connection refused", "Name or service
+    not known"), else the whole text, shortened."""
     text = str(exc)
     for pattern in (r"Failed to resolve '[^']+'", r"\[Errno -?\d+\] [^'\")]+", r"Connection aborted\.?",
                     r"Remote end closed connection without response"):
@@ -175,18 +166,14 @@ class Transport:
         self.connect_timeout = connect_timeout
         self.sleep = sleep
         self.tokens = auth.TokenCache()
-        self.session = requests.Session()
-        adapter = _BigBlockAdapter(pool_connections=8, pool_maxsize=16, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = USER_AGENT
+        self.http = HttpClient(USER_AGENT)
         self._schemes: dict[str, str] = {}
         self._auth_mode: dict[str, str] = {}  # host -> "basic" | "bearer"
         self._lock = threading.Lock()
         self._token_locks: dict[tuple[str, str], threading.Lock] = {}  # (host, scope): one token fetch at a time
 
     def close(self) -> None:
-        self.session.close()
+        self.http.close()
 
     # ---- scheme and TLS -------------------------------------------------------------------
     def is_insecure(self, host: str) -> bool:
@@ -211,15 +198,10 @@ class Transport:
         """Docker's rule for insecure registries: HTTPS without verification if the host speaks
         TLS, else plain HTTP. A bare TLS handshake decides (no CA loading, no HTTP request)."""
         name, port = split_host_port(host)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
         try:
-            with socket.create_connection((name, port or 443), timeout=self.connect_timeout) as raw:
-                with context.wrap_socket(raw, server_hostname=name):
-                    return "https"
-        except (OSError, ssl.SSLError):
-            return "http"
+            return "https" if self.http.speaks_tls(name, port or 443, self.connect_timeout) else "http"
+        except ProxyError as exc:
+            raise RegistryUnavailable(f"cannot reach registry {host}: {exc}{_PROXY_HINT}") from None
 
     def url(self, host: str, path_or_url: str) -> str:
         if path_or_url.startswith(("http://", "https://")):
@@ -230,7 +212,7 @@ class Transport:
     def request(self, method: str, host: str, path_or_url: str, *, scope: str | None = None,
                 headers: dict[str, str] | None = None, body: Body = None, params: dict[str, str] | None = None,
                 stream: bool = False, retry: bool = True, what: str = "", timeout: float | None = None,
-                cancellable: bool = True) -> requests.Response:
+                cancellable: bool = True) -> Response:
         """Send a request with auth and retries; return the final response whatever its status
         (the caller maps statuses to errors), except that auth failures raise Unauthorized.
         `timeout` (default: the transport's) bounds the wait for an answer, retries included; a
@@ -247,20 +229,19 @@ class Transport:
             self._authorize(host, scope, hdrs)
             data = body() if callable(body) else body
             try:
-                with urllib3.warnings.catch_warnings():
-                    urllib3.warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-                    read = max(1.0, deadline - time.monotonic())
-                    resp = self.session.request(method, url, headers=hdrs, data=data, params=params,
-                                                stream=True, verify=self._verify(host),
-                                                timeout=(self.connect_timeout, read),
-                                                allow_redirects=method in ("GET", "HEAD"))
-                    if not stream:   # read here: a read that fails is retried like the request
-                        read_whole(resp, f"registry {host}", what or path_or_url)
-            except requests.exceptions.SSLError as exc:
+                resp = self.http.request(method, url, headers=hdrs, body=data, params=params,
+                                         verify=self._verify(host), connect_timeout=self.connect_timeout,
+                                         read_timeout=max(1.0, deadline - time.monotonic()),
+                                         follow_redirects=method in ("GET", "HEAD"))
+                if not stream:   # read here: a read that fails is retried like the request
+                    read_whole(resp, f"registry {host}", what or path_or_url)
+            except TLSFailure as exc:
                 raise RegistryUnavailable(
                     f"TLS failed talking to registry {host}: {_short(exc)}; pass --ca-file with the registry's "
                     f"CA, or --insecure-registry {host} if it is a test registry") from None
-            except requests.exceptions.RequestException as exc:
+            except ProxyError as exc:
+                raise RegistryUnavailable(f"cannot reach registry {host}: {exc}{_PROXY_HINT}") from None
+            except HttpError as exc:
                 delay = retry_delay(self.retry, attempt)
                 if retry and attempt < self.retry.attempts and time.monotonic() + delay < deadline:
                     self.sleep(delay)
@@ -278,6 +259,10 @@ class Transport:
             if resp.status_code in (401, 403):
                 resp.close()
                 raise self._unauthorized(host, resp.status_code, what)
+            if resp.status_code == 407:
+                resp.close()
+                raise RegistryUnavailable(f"the proxy between here and registry {host} asks for credentials "
+                                          f"(HTTP 407){_PROXY_HINT}")
             if retry and should_retry_status(resp.status_code) and attempt < self.retry.attempts:
                 delay = retry_delay(self.retry, attempt, resp.headers.get("Retry-After"))
                 resp.close()
@@ -335,19 +320,21 @@ class Transport:
             if creds.identity_token:
                 form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
                         "client_id": "kade", "service": service or "", "scope": " ".join(scopes)}
-                resp = self.session.post(realm, data=form, verify=verify, timeout=(self.connect_timeout, self.timeout),
-                                         stream=True)
+                resp = self.http.request("POST", realm, body=urlencode(form).encode(), verify=verify,
+                                         headers={"Content-Type": "application/x-www-form-urlencoded"},
+                                         connect_timeout=self.connect_timeout, read_timeout=self.timeout)
             else:
-                basic = None if creds.anonymous else (creds.username, creds.password)
-                resp = self.session.get(realm, params=params, auth=basic, verify=verify,
-                                        timeout=(self.connect_timeout, self.timeout), stream=True)
-        except requests.exceptions.RequestException as exc:
+                basic = {} if creds.anonymous else {"Authorization": auth.basic_header(creds)}
+                resp = self.http.request("GET", realm, params=params, headers=basic, verify=verify,
+                                         follow_redirects=True, connect_timeout=self.connect_timeout,
+                                         read_timeout=self.timeout)
+        except HttpError as exc:
             raise RegistryUnavailable(unanswered(host, f"a token from {realm}", exc, self.timeout,
                                                  self.connect_timeout, 1)) from None
         with resp:
             try:
                 read_whole(resp, f"token service {realm} of registry {host}", "a token")
-            except requests.exceptions.RequestException as exc:
+            except HttpError as exc:
                 raise RegistryUnavailable(unanswered(host, f"a token from {realm}", exc, self.timeout,
                                                      self.connect_timeout, 1)) from None
             if resp.status_code in (401, 403):
@@ -385,14 +372,14 @@ def _short(exc: BaseException) -> str:
     return text if len(text) < 300 else text[:300] + "..."
 
 
-def read_whole(resp: requests.Response, who: str, what: str, limit: int = MAX_ANSWER_BYTES) -> None:
+def read_whole(resp: Response, who: str, what: str, limit: int = MAX_ANSWER_BYTES) -> None:
     """Load a streamed answer's body (then `resp.content`), refusing one of more than `limit` bytes."""
     chunks, size = [], 0
-    for chunk in resp.iter_content(1 << 16):   # requests' own errors if the connection fails
+    for chunk in resp.iter_content(1 << 16):   # HttpError if the connection fails
         size += len(chunk)
         if size > limit:
             resp.close()
             raise RegistryError(f"{who} sent more than {limit} bytes for {what}; refusing it (a registry "
                                 "sends kB here)")
         chunks.append(chunk)
-    resp._content = b"".join(chunks)   # what requests itself sets when it reads the body
+    resp._content = b"".join(chunks)

@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import uuid
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -13,6 +15,7 @@ from registry import mediatypes as mt
 from registry.auth import CredentialResolver, Credentials
 from registry.client import ClientOptions, RegistryClient
 from registry.copy import copy_image
+from registry.httpclient import Response
 from registry.layout import OCILayout
 from registry.model import Descriptor, Index
 from tests.fixtures.registry import write_random_image
@@ -130,10 +133,15 @@ def test_corrupt_blob_in_registry_storage_is_refused(registry, tmp_path):
 
 
 def _count_requests(client: RegistryClient) -> list[str]:
-    """Every HTTP request the client's transport sends from now on, as "METHOD path" (requests' hook)."""
+    """Every HTTP request the client's transport sends from now on, as "METHOD path"."""
     sent: list[str] = []
-    client.transport.session.hooks["response"].append(
-        lambda resp, **_: sent.append(f"{resp.request.method} {resp.request.path_url.split('?')[0]}"))
+    http = client.transport.http
+    send = http.request
+
+    def counted(method: str, url: str, **kw: Any) -> Response:
+        sent.append(f"{method} {urlsplit(url).path}")
+        return send(method, url, **kw)
+    http.request = counted  # type: ignore[method-assign]
     return sent
 
 

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from registry.download import DownloadError, download, next_url
+from registry.download import DownloadError, download
 from registry.transport import RetryPolicy
 
 BODY = b"tool contents\n"
@@ -148,21 +148,3 @@ def test_a_redirect_from_https_to_http_is_refused(tls_pair, tmp_path):
     plain.redirect_to = f"https://127.0.0.1:{secure.server_port}/tool"   # http up to https: fine
     path, _ = download(f"http://127.0.0.1:{plain.server_port}/to-https", tmp_path / "dl2", ca_file=cert, retry=FAST)
     assert path.read_bytes() == BODY
-
-
-@pytest.mark.parametrize("current, location, expected", [
-    ("https://a/x", "/y", "https://a/y"),
-    ("https://a/x", "https://b/y", "https://b/y"),
-    ("http://a/x", "https://b/y", "https://b/y"),
-    ("https://a/x", "http://b/y", "refused"),
-    ("https://a/x", "//b/y", "https://b/y"),
-    ("http://a/x", "file:///etc/passwd", "not http"),
-    ("https://a/x", "ftp://b/y", "not http"),
-    ("https://a/x", None, "without a Location"),
-])
-def test_next_url(current, location, expected):
-    if expected.startswith("http"):
-        assert next_url(current, location) == expected
-    else:
-        with pytest.raises(DownloadError, match=expected):
-            next_url(current, location)
