@@ -107,3 +107,19 @@ def test_an_unreadable_store_is_hashed_over(content, tmp_path, not_racy):
     assert found.of([(path, size)]) == {path: _sha(b"z" * KEEP_FROM)}
     found.save()
     assert str(path) in json.loads(store.read_text())
+
+
+@pytest.mark.parametrize("size", [0, 1, (1 << 20) - 1, 1 << 20, (3 << 20) + 5])
+def test_sha256_file_hashes_every_byte_across_its_reused_buffer(size, tmp_path):
+    data = os.urandom(size)
+    path, _ = _write(tmp_path / "f", data)
+    assert digests.sha256_file(path) == _sha(data)
+    assert digests.sha256_file(str(path)) == _sha(data)
+
+
+def test_sha256_file_does_not_follow_a_final_symlink(tmp_path):
+    """The walk saw a file there: a symlink swapped in since is refused, never read through."""
+    _write(tmp_path / "secret", b"host file")
+    (tmp_path / "link").symlink_to(tmp_path / "secret")
+    with pytest.raises(OSError):
+        digests.sha256_file(tmp_path / "link")
