@@ -159,8 +159,8 @@ class BuildContext:
         rel = clean_path(src)
         if rel == ".." or rel.startswith("../"):
             raise MissingSourceError(f"source {src!r} is outside the build context")
-        if is_wildcard(rel):
-            return [self._source(m) for m in sorted(self._glob(rel))]
+        if is_wildcard(rel):   # a fifo, socket or device is not in the context BuildKit sees: never matched
+            return [self._source(m) for m in sorted(self._glob(rel)) if not _special(self.root / m)]
         if rel != "." and (self.ignore.excluded(rel) and not self._has_included_below(rel)):
             raise MissingSourceError(f"{src!r} is excluded by .dockerignore", hint="remove it from .dockerignore")
         path = self.root / rel
@@ -237,6 +237,9 @@ class BuildContext:
             return Source(rel=rel, path=real, is_dir=True,
                           entries=tuple(sorted(self._walk(rel, real), key=lambda e: e.rel)))
         st = real.stat()
+        if not stat.S_ISREG(st.st_mode):   # reading a fifo would wait for a writer for ever
+            raise MissingSourceError(f"{rel!r} is a {_kind(st.st_mode)}: a build context holds files, directories and "
+                                     "symlinks only (BuildKit leaves the others out); copy a regular file")
         entry = Entry(rel="", path=real, kind="file", mode=stat.S_IMODE(st.st_mode), size=st.st_size)
         return Source(rel=rel, path=real, is_dir=False, entries=(entry,))
 
@@ -269,6 +272,23 @@ class BuildContext:
                 elif stat.S_ISREG(st.st_mode):
                     yield Entry(inner, p, "file", stat.S_IMODE(st.st_mode), st.st_size)
                 # sockets, fifos and devices in a context are skipped, as BuildKit does
+
+
+def _special(path: Path) -> bool:
+    """A fifo, socket or device (a symlink followed)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False   # _source says what is wrong with it
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def _ancestors(rel: str) -> Iterator[str]:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
+
+from builder.errors import ContextError
 
 KEEP_FROM = 64 << 10        # bytes: a smaller file is hashed every time
 RACY_SECONDS = 2
@@ -36,8 +39,11 @@ def sha256_file(path: Path | str) -> str:
     if view is None:
         view = _buffers.view = memoryview(bytearray(_CHUNK))
     h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    # non-blocking: a fifo swapped in since the walk must not hang the build (checked right after)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ContextError(f"{path} is no longer a regular file (it changed during the build); build again")
         while n := os.readv(fd, [view]):
             h.update(view[:n])   # releases the GIL: files hash on every core
     finally:

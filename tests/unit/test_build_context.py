@@ -86,6 +86,20 @@ def test_symlink_out_of_context_is_refused(ctx, tmp_path):
         ctx.select("escape")
 
 
+def test_special_files_are_never_read(ctx, tmp_path):
+    """A fifo would block a read for ever (planning hung on `COPY fifo /x`), a socket has nothing to
+    read: named, each is an error naming it; matched by a wildcard or inside a copied directory, it is
+    left out, as from the context BuildKit sees."""
+    os.mkfifo(tmp_path / "pipe.txt")
+    os.mkfifo(tmp_path / "src" / "pipe")
+    os.symlink("pipe.txt", tmp_path / "to-pipe")
+    for name in ("pipe.txt", "to-pipe"):
+        with pytest.raises(MissingSourceError, match=f"'{name}' is a fifo"):
+            ctx.select(name)
+    assert [s.rel for s in ctx.select("*.txt")] == ["a.txt", "b.txt"]
+    assert "pipe" not in [e.rel for e in ctx.select("src")[0].entries]
+
+
 def test_dockerfile_specific_ignore_wins(tmp_path):
     (tmp_path / ".dockerignore").write_text("a\n")
     (tmp_path / "Dockerfile.dockerignore").write_text("b\n")

@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from builder.errors import ContextError
+
 from builder import digests
 from builder.digests import KEEP_FROM, FileDigests
 
@@ -123,3 +125,10 @@ def test_sha256_file_does_not_follow_a_final_symlink(tmp_path):
     (tmp_path / "link").symlink_to(tmp_path / "secret")
     with pytest.raises(OSError):
         digests.sha256_file(tmp_path / "link")
+
+
+def test_sha256_file_refuses_a_fifo_without_waiting_for_a_writer(tmp_path):
+    """A fifo swapped in for a file since the walk: opened non-blocking and refused, not read for ever."""
+    os.mkfifo(tmp_path / "f")
+    with pytest.raises(ContextError, match="no longer a regular file"):
+        digests.sha256_file(tmp_path / "f")
