@@ -282,7 +282,8 @@ class _TarWriter:
     def _add_file(self, name: bytes, mode: int, uid: int, gid: int, mtime: int, source: str, size: int) -> None:
         """A regular file's header and content, read from one fd; most files need no TarEntry (`plain_header`)."""
         try:
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # non-blocking: a fifo swapped in since the scan reads as empty ("shrank"), never waits
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as exc:
             raise LayerWriteError(f"cannot open {source} for the layer: {exc.strerror}") from None
         try:

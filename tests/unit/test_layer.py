@@ -182,6 +182,17 @@ def test_a_file_shorter_than_its_lstat_is_a_clear_error(tmp_path, monkeypatch, c
         write_layer([Change("log", source=str(victim))], io.BytesIO(), compression)
 
 
+def test_a_fifo_swapped_in_after_the_scan_fails_the_layer_without_waiting(tmp_path):
+    """The scan saw a 10-byte file; a fifo stands there when the writer opens it: opened non-blocking,
+    it reads as empty (no writer), so the layer fails as a file that shrank instead of waiting for ever."""
+    regular = tmp_path / "was"
+    regular.write_bytes(b"0123456789")
+    fifo = tmp_path / "now"
+    os.mkfifo(fifo)
+    with pytest.raises(LayerWriteError, match=r"now shrank while the layer was written \(10 bytes missing\)"):
+        write_layer([Change("f", source=str(fifo), stat=os.lstat(regular))], io.BytesIO(), "gzip")
+
+
 @pytest.mark.parametrize("env,expected", [({}, None), ({"SOURCE_DATE_EPOCH": "1700000000"}, 1700000000),
                                           ({"SOURCE_DATE_EPOCH": " "}, None)])
 def test_source_date_epoch(env, expected):
