@@ -393,8 +393,8 @@ def run_step(root: "StageRoot", step: Step, ctx: RunContext, on_line: Callable[[
     from builder import sandbox
 
     with root.readable() as view:
-        user = resolve_user(view, step.config.user or "root")
-    workdir = step.config.working_dir or "/"
+        user = resolve_user(view, step.image_config.user or "root")
+    workdir = step.image_config.working_dir or "/"
     env = dict(step.env)
     env.setdefault("PATH", ic.DEFAULT_PATH)
     env.setdefault("HOME", user.home or "/")

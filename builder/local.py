@@ -231,7 +231,7 @@ class LocalExecutor:
         fields = ev.step_fields(self.o.image_name, ps, step)
         self.report(ev.STEP, ev.step_message(ps, step), **fields)
         started = time.monotonic()
-        workdir = step.config.working_dir or "/"
+        workdir = step.image_config.working_dir or "/"
         context_root = self._plan.context_root
         layer: Layer | None = None
         try:
@@ -330,7 +330,7 @@ class LocalExecutor:
         config-only `pending` steps since, plus its layer), kept locally and pushed to the stages repo
         tagged with the step's key."""
         base = parent.config if parent else ic.empty_config(Platform.parse(ps.platform))
-        cfg = step.config.with_build_state(base.diff_ids or (), base.history or ())
+        cfg = step.image_config.with_build_state(base.diff_ids or (), base.history or ())
         for earlier in pending:
             cfg = _with_history(cfg, earlier, None)
         cfg = _with_history(cfg, step, layer)

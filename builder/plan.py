@@ -82,7 +82,10 @@ class Step:
     ins: Instruction
     kind: str  # run | copy | workdir | config
     text: str  # canonical expanded instruction (key input and history)
-    config: ImageConfig  # the image config after this step, without history/rootfs
+    # The image config after this step, without history/rootfs. None for a config-only step the stage
+    # does not store (PlannedStage.stores): the next step's config holds its effect, and N ENV or LABEL
+    # lines in a row would otherwise keep N configs of up to N items (10,000 ENV lines: ~400 MB).
+    config: ImageConfig | None
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)  # RUN process environment
     mounts: list[Mount] = field(default_factory=list)
@@ -98,6 +101,12 @@ class Step:
     @property
     def created_by(self) -> str:
         return self.text
+
+    @property
+    def image_config(self) -> ImageConfig:
+        """The config of a step that has one (a stored step, or any step still being planned)."""
+        assert self.config is not None, f"{self.text}: a config-only step applied in memory keeps no config"
+        return self.config
 
 
 @dataclass
@@ -123,7 +132,7 @@ class PlannedStage:
 
     @property
     def final_config(self) -> ImageConfig:
-        return self.steps[-1].config if self.steps else self.base_config.without_build_state()
+        return self.steps[-1].image_config if self.steps else self.base_config.without_build_state()
 
     def stores(self, step: Step) -> bool:
         """Does `step`'s image go to the stages repo (and get looked up there)? Each step that may
@@ -306,6 +315,8 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
             continue
         step = _plan_instruction(df, st, ins, state, context, resolver, planned, parent, stage_platform, deps)
         step.history, history = history, []
+        if steps and steps[-1].kind == "config":
+            steps[-1].config = None   # not the stage's last any more: applied in memory (see Step.config)
         steps.append(step)
         parent = step.key
     return PlannedStage(st, base_image, base_stage.label() if base_stage else None, base_key, base_config,

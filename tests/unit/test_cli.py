@@ -59,10 +59,11 @@ def test_a_command_start_imports_neither_package_metadata_nor_yaml():
 
 def test_image_copy_loads_no_other_package():
     """`kade image copy` loads registry/ and the CLI, not builder/, deployer/, kube/ or kade.config (their
-    error classes are looked up among loaded modules), nor what only inspect or tag deletion use."""
+    error classes are looked up among loaded modules), nor what only inspect or tag deletion use, nor
+    requests and urllib3 (~45 ms: registry/httpclient.py speaks HTTP on the standard library)."""
     probe = ("import sys, kade.cli, kade.interrupt, registry.copy; kade.cli.build_parser('image'); "
-             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('builder', 'deployer', 'kube') "
-             "or m in ('kade.config', 'registry.imageconfig', 'uuid')))")
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('builder', 'deployer', 'kube', 'requests', "
+             "'urllib3') or m in ('kade.config', 'registry.imageconfig', 'uuid')))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -84,7 +85,7 @@ def test_a_build_with_nothing_to_run_loads_no_executing_module(tmp_path):
              "builder.local.LocalExecutor._check_emulation(type('Executor', (), {'o': options})(), [])\n"
              "print(sorted(m for m in sys.modules if m in ('builder.sandbox', 'builder.rootfs_ops', 'builder.linux', "
              "'builder.sbom.walk', 'builder.tarformat', 'zstandard', 'builder.emulation', 'kade.workspace', "
-             "'kade.config', 'platform', 'fractions', 'ctypes')))")
+             "'kade.config', 'platform', 'fractions', 'ctypes', 'requests', 'urllib3')))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
 

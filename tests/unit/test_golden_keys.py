@@ -134,7 +134,7 @@ def test_golden_layers(context, tmp_path):
     rootfs.mkdir(mode=0o755)
     got = []
     for step in plan.all_steps():
-        workdir = step.config.working_dir or "/"
+        workdir = step.image_config.working_dir or "/"
         if step.kind == "workdir":
             changes = ensure_dir(rootfs, workdir, epoch=EPOCH)
         else:
