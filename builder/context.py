@@ -12,12 +12,12 @@ import os
 import posixpath
 import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from builder.digests import FileDigests
-from builder.errors import ContextError, MissingSourceError
+from builder.errors import BuildError, ContextError, MissingSourceError
 from builder.globs import Glob, GlobError
 from common import fsutil, utf8
 from common.utf8 import NotUtf8
@@ -134,6 +134,7 @@ class BuildContext:
         self.ignore = ignore
         self.fetcher = fetcher
         self.digests = digests or FileDigests()   # what its files hash to (builder/digests.py)
+        self._prefetched: dict[str, list[Source]] = {}   # selected by prefetch, for select's next call
 
     def fetch(self, url: str, checksum: str | None) -> Source:
         """ADD <url>: the downloaded file as a source named after the URL's last path segment (mode 0600)."""
@@ -157,6 +158,10 @@ class BuildContext:
         nothing names nothing (BuildKit's AllowEmptyWildcard: `COPY package.json package-lock.json* ./`
         copies package.json alone); a path that does not exist is an error."""
         rel = clean_path(src)
+        found = self._prefetched.pop(rel, None)
+        return found if found is not None else self._select(src, rel)
+
+    def _select(self, src: str, rel: str) -> list[Source]:
         if rel == ".." or rel.startswith("../"):
             raise MissingSourceError(f"source {src!r} is outside the build context")
         if is_wildcard(rel):   # a fifo, socket or device is not in the context BuildKit sees: never matched
@@ -168,6 +173,19 @@ class BuildContext:
             raise MissingSourceError(f"{src!r} not found in the build context {self.root}",
                                      hint="check the path; sources are relative to the context directory")
         return [self._source(rel)]
+
+    def prefetch(self, srcs: Iterable[str]) -> None:
+        """Select these sources now (what planning will ask `select` for) and start hashing their files
+        in the background (`FileDigests.prefetch`), while planning waits for base images. A source
+        that can't be selected is left for planning to report, naming its instruction."""
+        for src in srcs:
+            rel = clean_path(src)
+            try:
+                sources = self._prefetched[rel] = self._select(src, rel)
+            except BuildError:
+                continue
+            self.digests.prefetch((e.path, e.size) for s in sources for e in s.entries
+                                  if e.kind == "file" and not e.digest)
 
     def _has_included_below(self, rel: str) -> bool:
         path = self.root / rel

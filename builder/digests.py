@@ -17,7 +17,7 @@ import stat
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
@@ -62,6 +62,9 @@ class FileDigests:
         self.store = store
         self._kept: dict[str, list] = {}
         self._changed = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[Path, Future[str]] = {}   # prefetched, not asked for yet: hashing, or hashed
+        self._queued: list[tuple[Path, int]] = []       # prefetched, too little yet to start threads for
         if store is not None:
             try:
                 loaded = json.loads(store.read_bytes())
@@ -74,7 +77,12 @@ class FileDigests:
         when there is enough to hash)."""
         out: dict[Path, str] = {}
         todo: list[tuple[Path, int]] = []
+        prefetched: list[tuple[Path, Future[str]]] = []
         for path, size in files:
+            future = self._pending.pop(path, None)   # once: a later ask reads the file as it is then
+            if future is not None:
+                prefetched.append((path, future))
+                continue
             found = self._reuse(path) if size >= KEEP_FROM else None
             if found is not None:
                 out[path] = found
@@ -86,7 +94,33 @@ class FileDigests:
         else:
             hashed = [self._hash(item) for item in todo]
         out.update(zip((path for path, _ in todo), hashed))
+        out.update((path, future.result()) for path, future in prefetched)
         return out
+
+    def prefetch(self, files: Iterable[tuple[Path, int]]) -> None:
+        """Start hashing these (path, size) in the background, for an `of` to come: planning waits on
+        the network for base images meanwhile. Kept ones are left to `of`; below enough bytes to pay
+        for the threads, nothing starts (`of` hashes them then, as it would have)."""
+        self._queued += ((path, size) for path, size in files
+                         if path not in self._pending and (size < KEEP_FROM or self._reuse(path) is None))
+        if self._pool is None and (len(self._queued) < 2 or sum(size for _, size in self._queued) < _PARALLEL_FROM):
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="kade-hash")
+        for item in self._queued:
+            if item[0] not in self._pending:
+                self._pending[item[0]] = self._pool.submit(self._hash, item)
+        self._queued = []
+
+    def close(self) -> None:
+        """Stop prefetching and forget what was prefetched and not asked for (a prefetch is for the plan
+        being made): what has not started is dropped, what has ends in the background. The digests
+        stay usable, and may prefetch again."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        self._pending = {}
+        self._queued = []
 
     def _reuse(self, path: Path) -> str | None:
         kept = self._kept.get(str(path))

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import posixpath
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,11 +241,35 @@ def make_plan(df: Dockerfile, context: BuildContext, resolver: Resolver, *, targ
     stages = needed_stages(df, tstage, lambda st: stage_refs(df, st, gscope))
     planned: dict[str, PlannedStage] = {}
     consumed: set[str] = set(_declared(df.global_args, df))
-    for st in stages:
-        ps = _plan_stage(df, st, context, resolver, planned, gscope, build_args, platform, consumed)
-        planned[ps.label] = ps
+    context.prefetch(src for st in stages for src in literal_sources(st, df.escape))
+    try:
+        for st in stages:
+            ps = _plan_stage(df, st, context, resolver, planned, gscope, build_args, platform, consumed)
+            planned[ps.label] = ps
+    finally:
+        context.digests.close()
     unused = sorted(k for k in build_args if k not in consumed)
     return Plan(df, planned, tstage.label(), unused, platform, context.root)
+
+
+def literal_sources(st: Stage, escape: str) -> Iterator[str]:
+    """The context sources the stage's COPY/ADD name without a variable (no `$`: what planning will
+    expand them to is known before any base image is resolved), for `BuildContext.prefetch`. Not the
+    `--from` ones, URLs or heredocs, nor those of a COPY with `--exclude` (its files are not all read)."""
+    for ins in st.instructions:
+        if ins.cmd not in ("COPY", "ADD") or ins.flag("from") or ins.flag_values("exclude"):
+            continue
+        heredocs = {h.name for h in ins.heredocs}
+        for a in ins.args[:-1]:
+            marker = a.lstrip("0123456789")
+            if "$" in a or (marker.startswith("<<") and marker[2:].lstrip("-").strip("'\"") in heredocs):
+                continue
+            try:
+                src = process_word(a, {}, escape)
+            except ExpandError:
+                continue
+            if not src.startswith(("http://", "https://")):
+                yield src
 
 
 def _declared(instrs: tuple[Instruction, ...], df: Dockerfile) -> list[str]:
