@@ -5,63 +5,60 @@ passed."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from urllib.parse import quote
 
 import pytest
 
 from tests.fixtures.proxy import PASSWORD, USER
+from tests.fixtures.silent import run_kade
 
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 
 
-def kade(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
-    full_env = {**clean, "DOCKER_CONFIG": "/nonexistent-kade-test", "CI": "1", **env}
-    full_env.pop("REGISTRY_AUTH_FILE", None)
-    return subprocess.run([sys.executable, "-m", "kade", *args], capture_output=True, text=True, env=full_env,
-                          timeout=120)
+@pytest.fixture(autouse=True)
+def only_the_proxies_each_test_sets(monkeypatch):
+    for name in (*PROXY_VARS, "REGISTRY_AUTH_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", "/nonexistent-kade-test")
+
+
+def copied(sample_layout, target: str, env: dict[str, str]) -> None:
+    """`kade image copy` of the sample image to `target` succeeded and printed its digest."""
+    layout, tag, digest = sample_layout
+    done = run_kade("image", "copy", f"oci:{layout}:{tag}", target, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == digest
 
 
 def test_plain_http_registry_through_the_proxy(registry, forward_proxy, sample_layout):
-    layout, tag, digest = sample_layout
     repo = f"{registry.host}/proxied/{uuid.uuid4().hex[:8]}"
-    env = {"HTTP_PROXY": forward_proxy.url}
-    done = kade("image", "copy", f"oci:{layout}:{tag}", f"{repo}:v1", env=env)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == digest
+    copied(sample_layout, f"{repo}:v1", {"HTTP_PROXY": forward_proxy.url})
     asked = forward_proxy.requests()
     assert f"PUT http://{repo.split('/', 1)[0]}/v2/{repo.split('/', 1)[1]}/manifests/v1" in asked, asked
     assert not [line for line in asked if not line.startswith(("GET http://", "HEAD http://", "POST http://",
                                                                "PUT http://", "PATCH http://"))], asked
     # read back without the proxy: what went through it landed whole
-    direct = kade("image", "inspect", f"{repo}:v1", env={})
-    assert json.loads(direct.stdout)["digest"] == digest
+    direct = run_kade("image", "inspect", f"{repo}:v1")
+    assert json.loads(direct.stdout)["digest"] == sample_layout[2]
     assert len(forward_proxy.requests()) == len(asked)
 
 
 def test_https_registry_through_a_connect_tunnel(registry_tls, forward_proxy, sample_layout):
-    layout, tag, digest = sample_layout
     repo = f"{registry_tls.host}/tunnel/{uuid.uuid4().hex[:8]}"
     env = {"https_proxy": forward_proxy.url}
-    done = kade("image", "copy", f"oci:{layout}:{tag}", f"{repo}:v1", env=env)
-    assert done.returncode == 0, done.stderr
-    inspected = kade("image", "inspect", f"{repo}:v1", env=env)
-    assert json.loads(inspected.stdout)["digest"] == digest
+    copied(sample_layout, f"{repo}:v1", env)
+    inspected = run_kade("image", "inspect", f"{repo}:v1", env=env)
+    assert json.loads(inspected.stdout)["digest"] == sample_layout[2]
     asked = forward_proxy.requests()
     assert asked and set(asked) == {f"CONNECT {registry_tls.host}"}, asked
 
 
 @pytest.mark.parametrize("no_proxy", ["127.0.0.1", "localhost,127.0.0.1:{port}", "*"])
 def test_no_proxy_goes_direct(registry, forward_proxy, sample_layout, no_proxy):
-    layout, tag, _ = sample_layout
     port = registry.host.rsplit(":", 1)[1]
     env = {"http_proxy": forward_proxy.url, "no_proxy": no_proxy.format(port=port)}
-    done = kade("image", "copy", f"oci:{layout}:{tag}", f"{registry.host}/direct/x:v1", env=env)
-    assert done.returncode == 0, done.stderr
+    copied(sample_layout, f"{registry.host}/direct/x:v1", env)
     assert forward_proxy.requests() == []
 
 
@@ -71,22 +68,20 @@ def test_proxy_credentials(request, kind, forward_proxy_auth, sample_layout):
     over HTTPS): said at once, not retried; with them in the proxy URL, the copy goes through."""
     registry = request.getfixturevalue(kind)
     variable = "https_proxy" if kind == "registry_tls" else "http_proxy"
-    layout, tag, digest = sample_layout
+    layout, tag, _ = sample_layout
     target = f"{registry.host}/authproxy/x:v1"
-    refused = kade("image", "copy", f"oci:{layout}:{tag}", target, env={variable: forward_proxy_auth.url})
+    refused = run_kade("image", "copy", f"oci:{layout}:{tag}", target, env={variable: forward_proxy_auth.url})
     assert refused.returncode == 1
     assert "407" in refused.stderr and registry.host in refused.stderr and "Traceback" not in refused.stderr
     assert "http://user:password@host:port" in refused.stderr
     with_login = forward_proxy_auth.url.replace("://", f"://{USER}:{quote(PASSWORD, safe='')}@")
-    done = kade("image", "copy", f"oci:{layout}:{tag}", target, env={variable: with_login})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == digest
-    assert PASSWORD not in done.stderr + refused.stderr
+    copied(sample_layout, target, {variable: with_login})
+    assert PASSWORD not in refused.stderr
 
 
 def test_a_proxy_that_is_not_http_is_named(registry, sample_layout):
     layout, tag, _ = sample_layout
-    done = kade("image", "copy", f"oci:{layout}:{tag}", f"{registry.host}/x/y:v1",
-                env={"HTTP_PROXY": "socks5://127.0.0.1:1080"})
+    done = run_kade("image", "copy", f"oci:{layout}:{tag}", f"{registry.host}/x/y:v1",
+                    env={"HTTP_PROXY": "socks5://127.0.0.1:1080"})
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "socks5://127.0.0.1:1080" in done.stderr and "http://host:port" in done.stderr
