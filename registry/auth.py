@@ -245,6 +245,9 @@ class TokenCache:
             self._tokens.pop((host, scope), None)
 
 
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+
+
 def token_from_response(doc: object) -> tuple[str, float]:
     """(token, expires_in seconds) from a token endpoint's JSON (`token` or `access_token`)."""
     if not isinstance(doc, dict):
@@ -252,6 +255,8 @@ def token_from_response(doc: object) -> tuple[str, float]:
     token = doc.get("token") or doc.get("access_token")
     if not isinstance(token, str) or not token:
         raise ValueError("token response has neither 'token' nor 'access_token'")
+    if not _TOKEN_CHARS.fullmatch(token):   # it goes into a header: no space, control or non-ASCII byte
+        raise ValueError("its token holds characters an Authorization header can't carry")
     expires_in = doc.get("expires_in", 60)
     if not isinstance(expires_in, (int, float)) or isinstance(expires_in, bool) or expires_in <= 0:
         expires_in = 60

@@ -1,6 +1,6 @@
-"""HTTP for the distribution API: one pooled HTTP client (registry/httpclient.py), the scheme and TLS settings per
-registry host, authentication (basic and bearer, tokens cached per scope), and retries with
-exponential backoff and jitter on connection errors, 5xx and 429 (honouring Retry-After).
+"""HTTP for the distribution API: one pooled HTTP client (registry/httpclient.py), the scheme and
+TLS settings per registry host, authentication (basic and bearer, tokens cached per scope), and
+retries with exponential backoff and jitter on connection errors, 5xx and 429 (honouring Retry-After).
 
 Plain HTTP is used, as Docker does, for loopback registries and hosts listed as insecure (after
 trying HTTPS without verification); every other host is HTTPS with verification (custom CA bundle
@@ -130,8 +130,7 @@ def _reason(exc: BaseException) -> str:
     """The cause of a connection failure without its wrapping ("Connection refused", "Name or service
     not known"), else the whole text, shortened."""
     text = str(exc)
-    for pattern in (r"Failed to resolve '[^']+'", r"\[Errno -?\d+\] [^'\")]+", r"Connection aborted\.?",
-                    r"Remote end closed connection without response"):
+    for pattern in (r"\[Errno -?\d+\] [^'\")]+", r"Remote end closed connection without response"):
         found = re.search(pattern, text)
         if found:
             return found.group(0).strip()

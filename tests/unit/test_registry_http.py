@@ -76,12 +76,15 @@ def test_parse_retry_after(value, expected):
     ({"access_token": "a"}, ("a", 60.0)),
     ({"token": "t", "expires_in": -1}, ("t", 60.0)),
     ({"token": "t", "expires_in": "x"}, ("t", 60.0)),
+    ({"token": "eyJhbGciOi.J9-_~+/x=="}, ("eyJhbGciOi.J9-_~+/x==", 60.0)),   # JWT and b64token characters
 ])
 def test_token_from_response(doc, expected):
     assert token_from_response(doc) == expected
 
 
-@pytest.mark.parametrize("doc", [{}, {"token": ""}, [], "x", {"token": 5}])
+@pytest.mark.parametrize("doc", [{}, {"token": ""}, [], "x", {"token": 5},
+                                 # it goes into a header: a newline would end it, a non-ASCII byte can't be sent
+                                 {"token": "a\r\nX-Injected: 1"}, {"token": "a b"}, {"token": "tök"}])
 def test_token_from_response_bad(doc):
     with pytest.raises(ValueError):
         token_from_response(doc)
