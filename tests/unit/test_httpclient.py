@@ -86,6 +86,7 @@ def test_headers_are_case_insensitive_and_repeated_ones_joined():
 
 class Handler(http.server.BaseHTTPRequestHandler):
     """/data: 100 KiB; /close-after: answers, then closes the connection without saying so;
+    /bad-chunk: a chunked body whose second chunk size is not hexadecimal;
     /echo: sha256 and length of the request body (Content-Length or chunked) and its Authorization;
     /to?u=URL: a 302 to URL; /loop: a redirect to itself; /slow: no answer."""
     protocol_version = "HTTP/1.1"
@@ -110,6 +111,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Location", "/loop")
             self.send_header("Content-Length", "0")
             self.end_headers()
+            return None
+        if self.path == "/bad-chunk":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"3\r\nabc\r\nzz\r\n")
+            self.close_connection = True
             return None
         if self.path == "/slow":
             self.server.release.wait(10)  # type: ignore[attr-defined]
@@ -236,3 +244,6 @@ def test_no_answer_is_an_error_not_a_status(server, client):
         client.request("GET", f"http://127.0.0.1:{port}/")
     with pytest.raises(HttpError, match="not an http"):
         client.request("GET", "ftp://127.0.0.1/")
+    broken = client.request("GET", _url(server, "/bad-chunk"))   # a chunk size that is no number
+    with pytest.raises(HttpError):
+        broken.content
