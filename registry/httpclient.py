@@ -3,8 +3,8 @@ downloads need, and nothing else (importing requests and urllib3 took ~45 ms of 
 
 - Connections are pooled per (scheme, host, port, TLS settings, proxy) and reused while the server
   keeps them open; an idle connection the server has closed is noticed before reuse.
-- TLS verifies against the system's CA store (or a given CA bundle only), or not at all for
-  insecure registries; a context is made once per setting.
+- TLS verifies against the system's CA store (certifi's bundle where Python finds none), or a
+  given CA bundle only, or not at all for insecure registries; a context is made once per setting.
 - Proxies come from the environment as curl and Go read them (`https_proxy`, `http_proxy`, upper
   case too, `no_proxy`): plain HTTP through the proxy, HTTPS through a CONNECT tunnel.
 - Redirects of GET and HEAD are followed (at most 10); an https URL never leads to plain http,
@@ -186,6 +186,21 @@ def _basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
+def system_ca_file() -> str | None:
+    """None where OpenSSL finds the system's CA store (or $SSL_CERT_FILE / $SSL_CERT_DIR) itself; else
+    certifi's bundle if it is installed (the kubernetes client brings it): a Python built without the
+    system's OpenSSL paths (python.org's macOS build, some minimal images) would otherwise trust
+    nothing."""
+    paths = ssl.get_default_verify_paths()
+    if any(p and os.path.exists(p) for p in (paths.cafile, paths.capath)):
+        return None
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return str(certifi.where())
+
+
 def _idle_connection_usable(conn: http.client.HTTPConnection) -> bool:
     """An idle keep-alive connection has nothing to read; readable means the server closed it (or
     sent junk): either way it is not reused."""
@@ -343,7 +358,7 @@ class HttpClient:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
             else:
-                context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+                context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else system_ca_file())
             with self._lock:
                 context = self._contexts.setdefault(verify, context)
         return context

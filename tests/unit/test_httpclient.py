@@ -246,4 +246,19 @@ def test_no_answer_is_an_error_not_a_status(server, client):
         client.request("GET", "ftp://127.0.0.1/")
     broken = client.request("GET", _url(server, "/bad-chunk"))   # a chunk size that is no number
     with pytest.raises(HttpError):
-        broken.content
+        broken.read()
+
+
+def test_certifi_only_where_python_finds_no_system_ca_store(monkeypatch, tmp_path):
+    import ssl
+
+    import certifi
+
+    from registry.httpclient import system_ca_file
+    found = ssl.get_default_verify_paths()
+    assert found.cafile or found.capath   # this machine has Debian's store: OpenSSL loads it itself
+    assert system_ca_file() is None
+    none_here = ssl.DefaultVerifyPaths(None, None, "SSL_CERT_FILE", str(tmp_path / "no.pem"), "SSL_CERT_DIR",
+                                       str(tmp_path / "no-dir"))
+    monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: none_here)
+    assert system_ca_file() == certifi.where()
