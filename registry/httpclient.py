@@ -6,7 +6,8 @@ downloads need, and nothing else (importing requests and urllib3 took ~45 ms of 
 - TLS verifies against the system's CA store (certifi's bundle where Python finds none), or a
   given CA bundle only, or not at all for insecure registries; a context is made once per setting.
 - Proxies come from the environment as curl and Go read them (`https_proxy`, `http_proxy`, upper
-  case too, `no_proxy`): plain HTTP through the proxy, HTTPS through a CONNECT tunnel.
+  case too, `no_proxy` with names, domains, `host:port`, `*` and networks such as 10.96.0.0/12):
+  plain HTTP through the proxy, HTTPS through a CONNECT tunnel.
 - Redirects of GET and HEAD are followed (at most 10); an https URL never leads to plain http,
   and the Authorization header is not sent to another host.
 - A request body is bytes, a file object (read in 1 MiB blocks; give Content-Length) or an
@@ -240,12 +241,25 @@ class Proxies:
         for entry in self._no_proxy:
             if entry == "*":
                 return True
+            if "/" in entry:   # a network (10.96.0.0/12: a cluster's services), as requests and Go read it
+                if _in_network(host, entry):
+                    return True
+                continue
             name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
             if entry_port and entry_port != str(port):
                 continue
             name = name.lstrip(".")
             if host == name or host.endswith("." + name):
                 return True
+        return False
+
+
+def _in_network(host: str, network: str) -> bool:
+    """Whether `host` is an IP address inside `network` (CIDR); a name or a malformed network is not."""
+    import ipaddress
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network(network.strip("[]"), strict=False)
+    except ValueError:
         return False
 
 

@@ -63,6 +63,11 @@ def _basic(user: str, password: str) -> str:
     ({"http_proxy": "http://p:1", "no_proxy": "127.0.0.1"}, "http", "127.0.0.1", 5000, None),
     ({"http_proxy": "http://p:1", "no_proxy": "::1"}, "http", "::1", 5000, None),
     ({"http_proxy": "http://p:1", "no_proxy": ""}, "http", "127.0.0.1", 5000, ("p", 1, None)),
+    ({"http_proxy": "http://p:1", "no_proxy": "10.96.0.0/12"}, "http", "10.96.4.2", 5000, None),   # a network
+    ({"http_proxy": "http://p:1", "no_proxy": "10.96.0.0/12"}, "http", "10.112.0.1", 5000, ("p", 1, None)),
+    ({"http_proxy": "http://p:1", "no_proxy": "10.96.0.0/12"}, "http", "reg.example", 5000, ("p", 1, None)),
+    ({"http_proxy": "http://p:1", "no_proxy": "fd00::/8"}, "http", "fd00::5", 5000, None),
+    ({"http_proxy": "http://p:1", "no_proxy": "10.0.0.0/99, reg"}, "http", "reg", 5000, None),   # a bad one skipped
 ])
 def test_proxy_for_url(env, scheme, host, port, expected):
     assert Proxies(env).for_url(scheme, host, port) == expected
