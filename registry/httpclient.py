@@ -26,7 +26,7 @@ import select
 import ssl
 import threading
 from typing import Any, Iterable, Iterator, Mapping
-from urllib.parse import unquote, urlencode, urljoin, urlsplit
+from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 
 BLOCK = 1 << 20
 MAX_REDIRECTS = 10
@@ -176,6 +176,12 @@ def redirect_target(current: str, location: str | None) -> str:
     return target
 
 
+def requote(url: str) -> str:
+    """`url` with what may not stand in one percent-encoded (as requests does): a space, a control or a
+    non-ASCII character from a registry's Location would otherwise break the request line."""
+    return quote(url, safe="!#$%&'()*+,/:;=?@[]~")
+
+
 def _with_params(url: str, params: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> str:
     if not params:
         return url
@@ -288,6 +294,7 @@ class HttpClient:
         url = _with_params(url, params)
         sent = dict(headers or {})
         for _ in range(MAX_REDIRECTS + 1):
+            url = requote(url)
             resp = self._send(method, url, sent, body, verify, connect_timeout, read_timeout)
             if not (follow_redirects and resp.status_code in REDIRECT_STATUSES):
                 return resp
