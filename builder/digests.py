@@ -114,10 +114,11 @@ class FileDigests:
 
     def close(self) -> None:
         """Stop prefetching and forget what was prefetched and not asked for (a prefetch is for the plan
-        being made): what has not started is dropped, what has ends in the background. The digests
-        stay usable, and may prefetch again."""
+        being made): what has not started is dropped, what has is waited for (at most one file per
+        thread), so that no thread writes the kept digests while `save` reads them. The digests stay
+        usable, and may prefetch again."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
         self._pending = {}
         self._queued = []
