@@ -107,23 +107,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             return None
         if self.path.startswith("/to?u="):
-            self.send_response(302)
-            self.send_header("Location", self.path[len("/to?u="):])
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return None
-        if self.path == "/odd-location":   # a space and a non-ASCII character, as sent
-            self.send_response(302)
-            self.send_header("Location", "/echo?x=a b\u00e9")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return None
+            return self._redirect(302, self.path[len("/to?u="):])
+        if self.path == "/odd-location":
+            return self._redirect(302, "/echo?x=a b\u00e9")   # a space and a non-ASCII character, as sent
         if self.path == "/loop":
-            self.send_response(307)
-            self.send_header("Location", "/loop")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return None
+            return self._redirect(307, "/loop")
         if self.path == "/bad-chunk":
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
@@ -157,6 +145,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                   "chunked": self.headers.get("Transfer-Encoding") == "chunked",
                   "authorization": self.headers.get("Authorization")}
         self._send(200, json.dumps(answer).encode())
+
+    def _redirect(self, status: int, location: str) -> None:
+        self.send_response(status)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _send(self, status: int, body: bytes) -> None:
         self.send_response(status)
