@@ -5,17 +5,18 @@ downloads need, and nothing else (importing requests and urllib3 took ~45 ms of 
   keeps them open; an idle connection the server has closed is noticed before reuse.
 - TLS verifies against the system's CA store (certifi's bundle where Python finds none), or a
   given CA bundle only, or not at all for insecure registries; a context is made once per setting.
-- Proxies come from the environment as curl and Go read them (`https_proxy`, `http_proxy`, upper
-  case too, `no_proxy` with names, domains, `host:port`, `*` and networks such as 10.96.0.0/12):
-  plain HTTP through the proxy, HTTPS through a CONNECT tunnel.
+- Proxies come from the environment as curl and requests read them (`https_proxy`, `http_proxy`,
+  upper case too, `no_proxy` with names, domains, `host:port`, `*` and networks such as 10.96.0.0/12):
+  plain HTTP through the proxy, HTTPS through a CONNECT tunnel. Loopback is no exception (Go's
+  clients never proxy it): name it in `no_proxy`.
 - Redirects of GET and HEAD are followed (at most 10); an https URL never leads to plain http,
   and the Authorization header is not sent to another host.
 - A request body is bytes, a file object (read in 1 MiB blocks; give Content-Length) or an
   iterator of bytes (sent chunked).
-- No Accept-Encoding is sent, so bodies arrive as stored and are read raw.
+- `Accept-Encoding: identity` (http.client's own), so bodies arrive as stored and are read raw.
 
-Failures to get an answer raise HttpError (ConnectTimeout, ReadTimeout, TLSFailure): no status was
-received; every HTTP status is a Response.
+Failures to get an answer raise HttpError (ConnectTimeout, ReadTimeout, TLSFailure, ProxyError,
+RedirectRefused): no status was received; every HTTP status is a Response.
 """
 from __future__ import annotations
 
