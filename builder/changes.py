@@ -15,6 +15,7 @@ Kinds:
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,6 +48,27 @@ class Change:
         if not parts and self.kind != "add":
             raise ValueError("the root directory cannot be deleted or made opaque")
         object.__setattr__(self, "parts", parts)
+
+    @classmethod
+    def scanned(cls, rel: bytes, source: bytes, st: os.stat_result) -> "Change":
+        """The "add" of a file a scan found: `rel` joined from names readdir gave (never empty, ".", ".."
+        or holding "/" or NUL, so `split_path` has nothing to reject), `source` its path on disk. The
+        scan of a RUN's upper dir makes one per file (20,000 for an npm install): built directly, it
+        costs about half of what __init__ and __post_init__ do."""
+        change = object.__new__(cls)
+        _set(change, "path", rel.decode(_FS_ENCODING, "surrogateescape"))
+        _set(change, "kind", "add")
+        _set(change, "source", source.decode(_FS_ENCODING, "surrogateescape"))
+        _set(change, "uid", None)
+        _set(change, "gid", None)
+        _set(change, "mode", None)
+        _set(change, "stat", st)
+        _set(change, "parts", tuple(rel.split(b"/")))
+        return change
+
+
+_FS_ENCODING = sys.getfilesystemencoding()   # os.fsdecode's, without its per-call checks
+_set = object.__setattr__   # Change is frozen
 
 
 def split_path(path: str) -> tuple[bytes, ...]:

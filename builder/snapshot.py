@@ -200,14 +200,17 @@ def upper_diff(upper: str | os.PathLike[str], lower: str | os.PathLike[str],
     sockets: list[str] = []
     fresh: set[bytes] = set()   # dirs that hide the lower's (new, opaque): nothing below them is looked up there
     for path, entry, st in scan(upper_b):
-        name = os.fsdecode(path)
         full = entry.path
+        if stat.S_ISREG(st.st_mode):   # most entries: the fast way
+            changes.append(Change.scanned(path, full, st))
+            continue
+        name = os.fsdecode(path)
         if stat.S_ISSOCK(st.st_mode):
             sockets.append(name)
         elif stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             changes.append(Change(name, "delete"))
         elif not stat.S_ISDIR(st.st_mode):
-            changes.append(Change(name, "add", os.fsdecode(full), stat=st))
+            changes.append(Change.scanned(path, full, st))
         elif _parent(path) in fresh:   # the lower's path may cross a symlink the RUN replaced
             fresh.add(path)
             changes.append(Change(name, "add", os.fsdecode(full)))

@@ -26,7 +26,7 @@ import os
 import select
 import ssl
 import threading
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import quote, unquote, urlencode, urljoin, urlsplit
 
 BLOCK = 1 << 20
@@ -85,7 +85,7 @@ class Response:
     close() before that."""
 
     def __init__(self, raw: http.client.HTTPResponse, conn: http.client.HTTPConnection, method: str, url: str,
-                 release: Any) -> None:
+                 release: Callable[[http.client.HTTPConnection], None]) -> None:
         self._raw, self._release = raw, release
         self._conn: http.client.HTTPConnection | None = conn
         self.method, self.url = method, url

@@ -1,9 +1,11 @@
 """The stat diff as a pure function of two tree states (no filesystem involved)."""
+import os
 import stat
 from pathlib import Path
 
 import pytest
 
+from builder.changes import Change
 from builder.snapshot import TreeState, diff, in_user_namespace, overlay_options
 
 D, F = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o644
@@ -72,3 +74,14 @@ def test_overlay_options(userns, present, absent):
     opts = overlay_options(Path("/r/lower"), Path("/s/upper"), Path("/s/work"), userns).split(",")
     assert opts[:3] == ["lowerdir=/r/lower", "upperdir=/s/upper", "workdir=/s/work"]
     assert {"metacopy=off", "index=off", *present} <= set(opts) and not set(absent) & set(opts)
+
+
+@pytest.mark.parametrize("rel", [b"f", b"data/f12", b"a/b/c/d/e", b"odd/na\xffme", b"sp ace/new\nline", b"x/.wh.y"])
+def test_a_scanned_change_is_the_change_init_makes(rel):
+    """Change.scanned (the upper dir scan's fast way) builds what Change(...) builds, parts included."""
+    st = os.lstat("/")
+    source = b"/upper/" + rel
+    fast = Change.scanned(rel, source, st)
+    slow = Change(os.fsdecode(rel), "add", os.fsdecode(source), stat=st)
+    assert (fast, fast.parts, fast.stat, fast.kind) == (slow, slow.parts, slow.stat, slow.kind)
+    assert os.fsencode(fast.path) == rel and os.fsencode(fast.source or "") == source
