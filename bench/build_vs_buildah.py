@@ -27,6 +27,9 @@ is a buildkitd with a fresh state dir (started before the timing: CI starts it b
 warm scenario reuses the cold build's daemon and state. Peak RSS is the largest resident set of any single process of the command (GNU time
 reports the biggest waited-for descendant), the larger of build and push for buildah; for BuildKit the
 daemon's high-water mark (VmHWM; cumulative over the scenarios a warm daemon served).
+Disk: every tool's state, caches and the registry's storage live on a fresh ext4 with its journal on a
+loop device (benchlib.journaled_fs: this VM's own ext4 has no journal, which makes creating files after
+any mass delete up to 20x slower for minutes; `--work-fs here` runs in /var/tmp as before).
 Fairness: the tools take turns going first in each scenario, and nothing is deleted between timed builds
 (a run's trees go at its end, then the disk settles: see `benchlib.settle`), except by buildah itself: it
 removes its intermediate containers (`--rm`, its default), the RUN's 20,000 files included, so the disk
@@ -38,12 +41,13 @@ loopback that holds each chunk D ms each way: benchlib.DelayProxy), as a cloud r
 Usage: python bench/build_vs_buildah.py [--runs 3] [--results bench/RESULTS.md] [--no-append]
        [--only kade|buildah|buildkit] [--kade-wrap 'py-spy record -o {out} -r 200 --subprocesses --']
        [--scenarios cold,onefile-fresh]   (cold always runs: the others start from what it pushed)
-       [--registry-delay-ms 5]
+       [--registry-delay-ms 5] [--work-fs journaled|here]
 Needs root, buildah, busybox-static, GNU time, docker-registry, runc and Go (as the tests do).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shlex
@@ -321,7 +325,11 @@ def report(rows: dict[str, Row], loads: list[float], args: argparse.Namespace, s
             f"- command: `python bench/build_vs_buildah.py --runs {args.runs}"
             + (f" --scenarios {args.scenarios}" if args.scenarios != ",".join(SCENARIOS) else "")
             + (f" --registry-delay-ms {args.registry_delay_ms:g}" if args.registry_delay_ms else "")
+            + (" --work-fs here" if args.work_fs == "here" else "")
             + f"` (kade commit {commit})",
+            "- disk: every tool's state, caches and the registry's storage on "
+            + ("the root fs (ext4 without a journal)" if args.work_fs == "here" else
+               "a fresh ext4 with a journal on a loop device (benchlib.journaled_fs)"),
             f"- BuildKit {bk_version}: buildkitd (OCI worker, runc {_runc_version()}, overlayfs), `buildctl build "
             "--export-cache type=registry,mode=max --import-cache type=registry --output type=image,push=true`; "
             "fresh machine = a buildkitd on a fresh state dir, started before the timing",
@@ -363,6 +371,9 @@ def main() -> None:
     ap.add_argument("--only", choices=("kade", "buildah", "buildkit"), help="run one tool (profiling)")
     ap.add_argument("--kade-wrap", help="prefix kade's command ({out} = a per-step profile path)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, profiles)")
+    ap.add_argument("--work-fs", choices=("journaled", "here"), default="journaled",
+                    help="journaled: every tool works on a fresh ext4 with a journal on a loop device "
+                         "(benchlib.journaled_fs); here: in /var/tmp as it is")
     ap.add_argument("--registry-delay-ms", type=float, default=0.0,
                     help="every tool reaches the registry through a proxy holding each chunk this long each way")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
@@ -374,12 +385,25 @@ def main() -> None:
         ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     benchlib.compile_bytecode()   # kade runs from the working directory: as installed, not compiling itself
-    work = Path(tempfile.mkdtemp(prefix="kade-bench-build-", dir="/var/tmp"))
-    print(f"work dir {work}", flush=True)
-    reg = RegistryServer(workdir=work / "registry").start()
-    rows, loads = {name: Row() for name in SCENARIOS}, []
     bk_bin = build_buildkit()
     bk_version = subprocess.run([str(bk_bin / "buildctl"), "--version"], capture_output=True, text=True).stdout.split()[2]
+    with contextlib.ExitStack() as stack:
+        where = "/var/tmp" if args.work_fs == "here" else stack.enter_context(benchlib.journaled_fs(keep=args.keep))
+        work = Path(tempfile.mkdtemp(prefix="kade-bench-build-", dir=where))
+        print(f"work dir {work}", flush=True)
+        rows, loads = bench_runs(args, work, chosen, bk_bin)
+    text = report(rows, loads, args, started, bk_version)
+    print(text)
+    if not args.no_append and not args.only:
+        with open(args.results, "a") as f:
+            f.write(text)
+
+
+def bench_runs(args: argparse.Namespace, work: Path, chosen: tuple[str, ...], bk_bin: Path):
+    """Every run of the chosen scenarios in `work` (a registry of its own); the rows and the loads seen."""
+    reg = RegistryServer(workdir=work / "registry").start()
+    rows: dict[str, Row] = {name: Row() for name in SCENARIOS}
+    loads: list[float] = []
     try:
         host = benchlib.DelayProxy(reg.host, args.registry_delay_ms).host if args.registry_delay_ms else reg.host
         base = push_image(reg.host, "bench/base", "1", base_rootfs_tar()).ref.replace(reg.host, host, 1)
@@ -391,11 +415,7 @@ def main() -> None:
             for store in work.glob("bstore*"):
                 drop_buildah_storage(store)
             shutil.rmtree(work, ignore_errors=True)
-    text = report(rows, loads, args, started, bk_version)
-    print(text)
-    if not args.no_append and not args.only:
-        with open(args.results, "a") as f:
-            f.write(text)
+    return rows, loads
 
 
 if __name__ == "__main__":
