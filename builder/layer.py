@@ -61,6 +61,8 @@ def read_xattrs(target: str | bytes | int) -> dict[str, bytes]:
         names = os.listxattr(target, follow_symlinks=follow)
     except OSError:
         return {}
+    if not names:   # most files
+        return {}
     out: dict[str, bytes] = {}
     for name in sorted(names):
         if keep_xattr(name):
@@ -140,6 +142,30 @@ class _Pipeline:
             if self._pos == CHUNK:
                 self._send_block()
         return size - left
+
+    def put_file(self, header: bytes, fd: int, size: int) -> int:
+        """A file's header block(s), `size` bytes read from `fd` and the padding to a whole tar block;
+        returns how many content bytes there were (fewer: the file ended first, and nothing more was
+        appended). A file that fits in the block being filled (most files of a RUN's upper dir) takes
+        one call and one read."""
+        start = self._pos + len(header)
+        end = start + size
+        padded = end + (-size % BLOCK)
+        if padded >= CHUNK:
+            self.write(header)
+            got = self.read_from(fd, size)
+            if got == size:
+                self.zeros(padded - end)
+            return got
+        self._block[self._pos:start] = header
+        got = os.readv(fd, [self._view[start:end]]) if size else 0
+        if got < size:   # a regular file reads short only at its end
+            self._pos = start + got
+            self.written += len(header) + got
+            return got
+        self._pos = padded   # the padding is the zeros already there
+        self.written += len(header) + padded - start
+        return size
 
     def zeros(self, n: int) -> None:
         """Append `n` zero bytes: what is past `_pos` in the block is still zero."""
@@ -290,17 +316,14 @@ class _TarWriter:
             xattrs = read_xattrs(fd)
             header = None if xattrs else plain_header(name, REGULAR, mode, uid, gid, size, mtime)
             if header is None:
-                self._header(TarEntry(name=name, type=REGULAR, mode=mode, uid=uid, gid=gid, size=size,
-                                      mtime_ns=mtime * 1_000_000_000, xattrs=xattrs))
-            else:
-                self._sink.write(header)
-                if self.toc is not None:
-                    self.toc.append(TocEntry(name, REGULAR, mode, size, b"", self._sink.written))
-            got = self._sink.read_from(fd, size)
+                header = encode_header(TarEntry(name=name, type=REGULAR, mode=mode, uid=uid, gid=gid, size=size,
+                                                mtime_ns=mtime * 1_000_000_000, xattrs=xattrs))
+            if self.toc is not None:
+                self.toc.append(TocEntry(name, REGULAR, mode, size, b"", self._sink.written + len(header)))
+            got = self._sink.put_file(header, fd, size)
             if got < size:
                 raise LayerWriteError(f"{source} shrank while the layer was written "
                                       f"({size - got} bytes missing); is something still writing to the rootfs?")
-            self._sink.zeros(-size % BLOCK)
         finally:
             os.close(fd)
 

@@ -341,3 +341,25 @@ def test_the_scans_lstat_carried_in_the_changes_writes_the_same_layer(tmp_path, 
     with_stats, without = io.BytesIO(), io.BytesIO()
     assert write_layer(changes, with_stats, compression) == write_layer(asked, without, compression)
     assert with_stats.getvalue() == without.getvalue()
+
+
+def test_files_around_the_writers_block_boundaries_keep_their_bytes(tmp_path):
+    """The writer fills 1 MiB blocks and puts a file that fits in the current one in one call: files that
+    end exactly at, just before and just past a block's end, empty ones and ones of several blocks all
+    read back whole, each at its own offset, with the tar's exact length."""
+    chunk = 1 << 20
+    sizes = [chunk - 3 * 512 - 100, 700, 0, 1, chunk - 1024, chunk + 5, 511, 512, 513, 2 * chunk - 1, 3]
+    root = tmp_path / "t"
+    root.mkdir()
+    contents = {}
+    for i, size in enumerate(sizes):
+        data = hashlib.sha256(b"%d" % i).digest() * (size // 32 + 1)
+        contents[f"f{i:02d}"] = data[:size]
+        (root / f"f{i:02d}").write_bytes(data[:size])
+    out = io.BytesIO()
+    layer_from_directory(root, out, "none")
+    tar = out.getvalue()
+    assert len(tar) == 512 * (1 + len(sizes)) + sum(-(-s // 512) * 512 for s in sizes) + 1024
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        read = {m.name: tf.extractfile(m).read() for m in tf.getmembers() if m.isfile()}
+    assert read == contents
