@@ -177,6 +177,18 @@ def redirect_target(current: str, location: str | None) -> str:
     return target
 
 
+def same_origin(url: str, other: str) -> bool:
+    """Whether two URLs name one origin: scheme, host (any case) and port (the scheme's default when
+    none is written), as a browser decides where a credential may go."""
+    a, b = urlsplit(url), urlsplit(other)
+    default = {"http": 80, "https": 443}
+    try:
+        return (a.scheme.lower() == b.scheme.lower() and (a.hostname or "") == (b.hostname or "")
+                and (a.port or default.get(a.scheme.lower())) == (b.port or default.get(b.scheme.lower())))
+    except ValueError:   # a port that is not a number
+        return False
+
+
 def requote(url: str) -> str:
     """`url` with what may not stand in one percent-encoded (as requests does): a space, a control or a
     non-ASCII character from a registry's Location would otherwise break the request line."""

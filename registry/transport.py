@@ -22,12 +22,12 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Union
-from urllib.parse import urlencode, urlparse
+from urllib.parse import urlencode, urlparse, urlsplit
 
 from common.timeouts import CONNECT_TIMEOUT, answer_timeout
 from registry import auth, cancel
 from registry.httpclient import (ConnectTimeout, HttpClient, HttpError, ProxyError, ReadTimeout, Response,
-                                 TLSFailure)
+                                 TLSFailure, same_origin)
 from registry.errors import RegistryError, RegistryUnavailable, Unauthorized
 from registry.reference import host_without_port, is_loopback_host, split_host_port
 from common import jsonsafe
@@ -219,13 +219,16 @@ class Transport:
         budget = timeout or self.timeout
         deadline = time.monotonic() + budget
         url = self.url(host, path_or_url)
+        # Credentials and tokens go only to the registry's own origin: an upload Location or a link on
+        # another host (object storage, another name of the registry) is authenticated as that host.
+        auth_host = host if same_origin(url, self.base_url(host)) else urlsplit(url).netloc
         attempt, renewed = 0, 0
         while True:
             attempt += 1
             if cancellable:
                 cancel.check()
             hdrs = dict(headers or {})
-            self._authorize(host, scope, hdrs)
+            self._authorize(auth_host, scope, hdrs)
             data = body() if callable(body) else body
             try:
                 resp = self.http.request(method, url, headers=hdrs, body=data, params=params,
@@ -250,14 +253,14 @@ class Transport:
                 challenge = _pick_challenge(resp.headers.get("WWW-Authenticate", ""))
                 resp.close()
                 if challenge is None:
-                    raise self._unauthorized(host, 401, what)
+                    raise self._unauthorized(auth_host, 401, what)
                 renewed += 1
-                self._answer_challenge(host, scope, challenge, sent=hdrs.get("Authorization", ""))
+                self._answer_challenge(auth_host, scope, challenge, sent=hdrs.get("Authorization", ""))
                 attempt -= 1
                 continue
             if resp.status_code in (401, 403):
                 resp.close()
-                raise self._unauthorized(host, resp.status_code, what)
+                raise self._unauthorized(auth_host, resp.status_code, what)
             if resp.status_code == 407:
                 resp.close()
                 raise RegistryUnavailable(f"the proxy between here and registry {host} asks for credentials "

@@ -15,6 +15,7 @@ from registry.auth import CredentialResolver, Credentials
 from registry.client import ClientOptions, RegistryClient
 from registry.digest import sha256_digest
 from registry.errors import Unauthorized
+from tests.fixtures.registry import _htpasswd
 
 
 def _client(resolver: CredentialResolver) -> RegistryClient:
@@ -138,3 +139,23 @@ def test_tls_registry_on_loopback_is_spoken_to_over_https(registry_tls):
     client = _client(CredentialResolver(env={}))
     _roundtrip(client, registry_tls.host)
     assert client.transport.base_url(registry_tls.host) == f"https://{registry_tls.host}"
+
+
+def test_credentials_go_only_to_the_registrys_own_origin(registry_factory, tmp_path):
+    """A registry whose upload Locations name it otherwise (http.host: localhost, while it is reached
+    as 127.0.0.1) gets 127.0.0.1's credentials only on 127.0.0.1: the upload to "localhost" goes
+    without them, is refused, and the error names localhost. With credentials for that name too, the
+    same upload works, so the refusal was the missing credentials (the real registry takes them)."""
+    workdir = tmp_path / "htpasswd"
+    workdir.mkdir()
+    user, password = "kade", "origin-test-pw"
+    _htpasswd(workdir / "htpasswd", user, password)
+    server = registry_factory(auth={"htpasswd": {"realm": "kade-test", "path": str(workdir / "htpasswd")}},
+                              public_name="localhost")
+    other = f"localhost:{server.port}"
+    only_ip = CredentialResolver(explicit={server.host: Credentials(user, password, source="test")}, env={})
+    with pytest.raises(Unauthorized, match=f"registry {other} refused authentication"):
+        _roundtrip(_client(only_ip), server.host)
+    both = CredentialResolver(explicit={name: Credentials(user, password, source="test")
+                                        for name in (server.host, other)}, env={})
+    _roundtrip(_client(both), server.host)

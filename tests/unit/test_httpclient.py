@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from registry.httpclient import (Headers, HttpClient, HttpError, ProxyError, Proxies, ReadTimeout, RedirectRefused,
-                                 redirect_target)
+                                 redirect_target, same_origin)
 
 
 @pytest.mark.parametrize("current, location, expected", [
@@ -37,6 +37,20 @@ def test_redirect_target(current, location, expected):
     else:
         with pytest.raises(RedirectRefused, match=expected):
             redirect_target(current, location)
+
+
+@pytest.mark.parametrize("url, other, same", [
+    ("https://r.example/v2/a", "https://r.example", True),
+    ("https://R.Example:443/v2/uploads/1", "https://r.example", True),   # case and the default port
+    ("http://127.0.0.1:5000/v2/x", "http://127.0.0.1:5000", True),
+    ("http://localhost:5000/v2/x", "http://127.0.0.1:5000", False),      # another name of the same server
+    ("https://r.example:5000/v2/", "https://r.example", False),
+    ("http://r.example/v2/", "https://r.example", False),                # plain http: a downgrade
+    ("https://storage.example/blob?sig=1", "https://r.example", False),
+    ("https://r.example:x/", "https://r.example", False),                 # a port that is not a number
+])
+def test_same_origin(url, other, same):
+    assert same_origin(url, other) is same
 
 
 def _basic(user: str, password: str) -> str:
