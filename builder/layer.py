@@ -242,6 +242,10 @@ def _entry_type(st: os.stat_result) -> bytes | None:
     return _ENTRY_TYPES.get(stat.S_IFMT(st.st_mode))
 
 
+# non-blocking: a fifo swapped in since the scan reads as empty ("shrank"), never waits
+_OPEN_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
 class _TarWriter:
     def __init__(self, sink: _Pipeline, epoch: int | None, toc: bool = False):
         self._sink = sink
@@ -277,14 +281,18 @@ class _TarWriter:
             st = change.stat or os.lstat(source)
         except OSError as exc:
             raise LayerWriteError(f"cannot read {source} for layer entry {name!r}: {exc.strerror}") from None
-        typeflag = _entry_type(st)
-        if typeflag is None:
-            return
         mode = st.st_mode & 0o7777 if change.mode is None else change.mode & 0o7777
         uid = st.st_uid if change.uid is None else change.uid
         gid = st.st_gid if change.gid is None else change.gid
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:   # most entries: no TarEntry, no link lookup
+            self._add_file(name, mode, uid, gid, self._mtime(st), source, st.st_size)
+            self.entries += 1
+            return
+        typeflag = _entry_type(st)
+        if typeflag is None:
+            return
         linkname = b""
-        if typeflag == REGULAR and st.st_nlink > 1:
+        if typeflag == REGULAR:
             first = self._links.get((st.st_dev, st.st_ino))
             if first is not None:
                 typeflag, linkname = HARDLINK, first
@@ -308,8 +316,7 @@ class _TarWriter:
     def _add_file(self, name: bytes, mode: int, uid: int, gid: int, mtime: int, source: str, size: int) -> None:
         """A regular file's header and content, read from one fd; most files need no TarEntry (`plain_header`)."""
         try:
-            # non-blocking: a fifo swapped in since the scan reads as empty ("shrank"), never waits
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = os.open(source, _OPEN_FILE)
         except OSError as exc:
             raise LayerWriteError(f"cannot open {source} for the layer: {exc.strerror}") from None
         try:
