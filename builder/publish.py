@@ -10,10 +10,11 @@ the build itself (a kade.yaml project records all its images in one).
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable, TypeVar, cast
 
 from builder import events as ev
 from builder import image_config as ic
@@ -28,6 +29,8 @@ from registry import cancel
 from registry.image import Image, ImageIndex
 from registry.model import Platform
 from registry.reference import Reference
+
+T = TypeVar("T")
 
 ANNOTATION_REVISION = "org.opencontainers.image.revision"
 ANNOTATION_CREATED = "org.opencontainers.image.created"
@@ -57,6 +60,15 @@ class Publisher:
     def __init__(self, env: BuildEnv, prescans: Any = None):
         self.env = env
         self.prescans = prescans  # builder.attest.Prescans of this build, when it scans as it goes
+        # git takes ~40 ms (a process): asked now, while the build plans and runs, not when it publishes
+        self._revision = None if env.options.revision is not None else _in_background(git_revision,
+                                                                                     env.options.context)
+
+    def revision(self) -> tuple[str | None, str | None]:
+        """(commit, branch) of the build: given, or of the git checkout holding the context."""
+        if self._revision is None:
+            return cast(tuple[str | None, str | None], self.env.options.revision)
+        return self._revision.result()
 
     def final_image(self, plan: Plan, target: Image | None, commit: str | None, now: datetime) -> Image:
         """The final image of `target` (the target stage's image), its created time and extras set."""
@@ -79,15 +91,13 @@ class Publisher:
 
     def image_of(self, plan: Plan, target: Image | None) -> Image:
         """The final image `publish` would make of `target` now (a check that publishes nothing)."""
-        o = self.env.options
-        commit = o.revision[0] if o.revision is not None else git_revision(o.context)[0]
-        return self.final_image(plan, target, commit, created_at(self.env.epoch))
+        return self.final_image(plan, target, self.revision()[0], created_at(self.env.epoch))
 
     def publish(self, solved: list[tuple[Plan, Solution]], to: Destination) -> BuildResult:
         """The final image of each solved platform to every tag: one platform its image, several an
         OCI index of them (each platform's manifest pushed by digest first, the index tagged last)."""
         o, report, store = self.env.options, self.env.report, self.env.store
-        commit, branch = o.revision if o.revision is not None else git_revision(o.context)
+        commit, branch = self.revision()
         now = created_at(self.env.epoch)
         finals = [self.final_image(plan, solution.image, commit, now) for plan, solution in solved]
         targets = [Platform.parse(plan.platform) for plan, _ in solved]  # each entry: what it was built for
@@ -144,3 +154,17 @@ class Publisher:
 def layout_tag(plan: Plan) -> str:
     """The final image's name in the local OCI layout: the target stage's name ("latest" for a number)."""
     return plan.target if not plan.target.isdigit() else "latest"
+
+
+def _in_background(fn: Callable[..., T], *args: Any) -> "Future[T]":
+    """fn(*args) in a daemon thread from now on; its Future."""
+    future: Future[T] = Future()
+
+    def work() -> None:
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:   # handed to whoever waits for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=work, name="kade-background", daemon=True).start()
+    return future
