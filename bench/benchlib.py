@@ -136,7 +136,9 @@ def journaled_fs(size_gb: int = 32, keep: bool = False) -> Iterator[Path]:
     creating files costs up to ~0.5 ms each (perf: 35% of a create in find_get_block_common under
     recently_deleted; 3,000 creates 21 us each on the journaled loop fs right after 20,000 deletes, 469 us
     on the root fs), so a RUN's 20,000 files took 0.3 or 3.5 s depending on what came before it."""
-    image = Path(tempfile.mkstemp(prefix="kade-bench-fs-", suffix=".img", dir="/var/tmp")[1])
+    fd, name = tempfile.mkstemp(prefix="kade-bench-fs-", suffix=".img", dir="/var/tmp")
+    os.close(fd)   # the loop device opens it itself; an fd kept here would hold its blocks until exit
+    image = Path(name)
     mountpoint = Path(tempfile.mkdtemp(prefix="kade-bench-mnt-", dir="/var/tmp"))
     mounted = False
     try:

@@ -177,16 +177,20 @@ def redirect_target(current: str, location: str | None) -> str:
     return target
 
 
-def same_origin(url: str, other: str) -> bool:
-    """Whether two URLs name one origin: scheme, host (any case) and port (the scheme's default when
-    none is written), as a browser decides where a credential may go."""
-    a, b = urlsplit(url), urlsplit(other)
+def keeps_credentials(origin: str, url: str) -> bool:
+    """Whether credentials made for `origin` may go with a request to `url`: the same host (any case)
+    and the same scheme and port (the scheme's default when none is written), or plain http on port 80
+    moving up to https on 443 (requests' rule for redirects); never to another host or down to http."""
+    a, b = urlsplit(origin), urlsplit(url)
     default = {"http": 80, "https": 443}
     try:
-        return (a.scheme.lower() == b.scheme.lower() and (a.hostname or "") == (b.hostname or "")
-                and (a.port or default.get(a.scheme.lower())) == (b.port or default.get(b.scheme.lower())))
+        port_a, port_b = a.port or default.get(a.scheme.lower()), b.port or default.get(b.scheme.lower())
     except ValueError:   # a port that is not a number
         return False
+    if (a.hostname or "") != (b.hostname or ""):
+        return False
+    upgrade = (a.scheme.lower(), port_a, b.scheme.lower(), port_b) == ("http", 80, "https", 443)
+    return upgrade or (a.scheme.lower() == b.scheme.lower() and port_a == port_b)
 
 
 def requote(url: str) -> str:
@@ -313,7 +317,7 @@ class HttpClient:
                 return resp
             resp.close()
             target = redirect_target(url, resp.headers.get("Location"))
-            if urlsplit(target).netloc != urlsplit(url).netloc:   # credentials stay with their host
+            if not keeps_credentials(url, target):
                 sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
             url = target
         raise HttpError(f"more than {MAX_REDIRECTS} redirects from {url}")

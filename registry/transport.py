@@ -27,7 +27,7 @@ from urllib.parse import urlencode, urlparse, urlsplit
 from common.timeouts import CONNECT_TIMEOUT, answer_timeout
 from registry import auth, cancel
 from registry.httpclient import (ConnectTimeout, HttpClient, HttpError, ProxyError, ReadTimeout, Response,
-                                 TLSFailure, same_origin)
+                                 TLSFailure, keeps_credentials)
 from registry.errors import RegistryError, RegistryUnavailable, Unauthorized
 from registry.reference import host_without_port, is_loopback_host, split_host_port
 from common import jsonsafe
@@ -219,9 +219,12 @@ class Transport:
         budget = timeout or self.timeout
         deadline = time.monotonic() + budget
         url = self.url(host, path_or_url)
-        # Credentials and tokens go only to the registry's own origin: an upload Location or a link on
-        # another host (object storage, another name of the registry) is authenticated as that host.
-        auth_host = host if same_origin(url, self.base_url(host)) else urlsplit(url).netloc
+        # Credentials, tokens and TLS settings are the registry's on its own origin only: an upload
+        # Location or a link on another host (object storage, another name of the registry) is
+        # authenticated and verified as that host.
+        auth_host = host
+        if path_or_url.startswith(("http://", "https://")) and not keeps_credentials(self.base_url(host), url):
+            auth_host = urlsplit(url).netloc
         attempt, renewed = 0, 0
         while True:
             attempt += 1
@@ -232,7 +235,7 @@ class Transport:
             data = body() if callable(body) else body
             try:
                 resp = self.http.request(method, url, headers=hdrs, body=data, params=params,
-                                         verify=self._verify(host), connect_timeout=self.connect_timeout,
+                                         verify=self._verify(auth_host), connect_timeout=self.connect_timeout,
                                          read_timeout=max(1.0, deadline - time.monotonic()),
                                          follow_redirects=method in ("GET", "HEAD"))
                 if not stream:   # read here: a read that fails is retried like the request

@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from registry.httpclient import (Headers, HttpClient, HttpError, ProxyError, Proxies, ReadTimeout, RedirectRefused,
-                                 redirect_target, same_origin)
+                                 keeps_credentials, redirect_target)
 
 
 @pytest.mark.parametrize("current, location, expected", [
@@ -39,18 +39,20 @@ def test_redirect_target(current, location, expected):
             redirect_target(current, location)
 
 
-@pytest.mark.parametrize("url, other, same", [
-    ("https://r.example/v2/a", "https://r.example", True),
-    ("https://R.Example:443/v2/uploads/1", "https://r.example", True),   # case and the default port
-    ("http://127.0.0.1:5000/v2/x", "http://127.0.0.1:5000", True),
-    ("http://localhost:5000/v2/x", "http://127.0.0.1:5000", False),      # another name of the same server
-    ("https://r.example:5000/v2/", "https://r.example", False),
-    ("http://r.example/v2/", "https://r.example", False),                # plain http: a downgrade
-    ("https://storage.example/blob?sig=1", "https://r.example", False),
-    ("https://r.example:x/", "https://r.example", False),                 # a port that is not a number
+@pytest.mark.parametrize("origin, url, kept", [
+    ("https://r.example", "https://r.example/v2/a", True),
+    ("https://r.example", "https://R.Example:443/v2/uploads/1", True),   # case and the default port
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000/v2/x", True),
+    ("http://r.example", "https://r.example/v2/", True),                 # moving up to https
+    ("http://127.0.0.1:5000", "http://localhost:5000/v2/x", False),      # another name of the same server
+    ("https://r.example", "https://r.example:5000/v2/", False),
+    ("https://r.example", "http://r.example/v2/", False),                # down to plain http
+    ("http://r.example:5000", "https://r.example/v2/", False),           # another port, not the upgrade
+    ("https://r.example", "https://storage.example/blob?sig=1", False),
+    ("https://r.example", "https://r.example:x/", False),                # a port that is not a number
 ])
-def test_same_origin(url, other, same):
-    assert same_origin(url, other) is same
+def test_keeps_credentials(origin, url, kept):
+    assert keeps_credentials(origin, url) is kept
 
 
 def _basic(user: str, password: str) -> str:
