@@ -188,8 +188,14 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
             items = _items(spec, from_root, context_root, opened)
             written: list[Parts] = []
             created: list[Parts] = []
+            chmodded: list[Parts] = []
             for item in items:
+                first = len(created)
                 _copy_item(root, item, dest, dest_is_dir, override, made, written, created)
+                if not item.archive:   # an archive's directories are made 0755 (BuildKit's unpack)
+                    chmodded += created[first:]
+            if spec.chmod is not None:
+                _chmod_made_dirs(root, chmodded, Meta(uid, gid, spec.chmod & 0o777, made.mtime_ns))
             return _changes(root, list(dict.fromkeys(created + written)))
     except OSError as exc:
         raise BuildError(f"{'ADD' if spec.add else 'COPY'} to {dest}: {exc.strerror}: {exc.filename}",
@@ -198,6 +204,14 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
     finally:
         for r in opened:
             r.close()
+
+
+def _chmod_made_dirs(root: Root, created: list[Parts], meta: Meta) -> None:
+    """An octal --chmod is also the mode of the directories the copy makes (BuildKit: fsutil's MkdirAll
+    gets it as their permission bits; a symbolic one leaves them 0755). Set once the copy is done,
+    deepest first: a mode without x would stop a rootless build from reaching inside them."""
+    for parts in reversed(created):
+        root.set_dir_meta(parts, meta)
 
 
 def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, opened: list[Root]) -> list[_Item]:

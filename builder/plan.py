@@ -610,7 +610,8 @@ def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: Build
         rows = [list(r) for r in hash_sources(spec.sources, uid, gid, mode_fn, context.digests)]
         if spec.parents:
             rows.append(["parents", [src.keep for src in spec.sources]])
-    for name, value in (("exclude", spec.excludes), ("chmod", spec.chmod_text), ("unpack", spec.unpack)):
+    for name, value in (("exclude", spec.excludes), ("chmod", spec.chmod_text), ("unpack", spec.unpack),
+                        ("chmod-made-dirs", None if spec.chmod is None else f"{spec.chmod:o}")):
         if value not in (None, []):  # only when given: the keys of COPYs without them are unchanged
             rows.append([name, json.dumps(value)])
     return spec, rows, from_key

@@ -135,7 +135,7 @@ class Root:
                       on_create=lambda _parent, comps: new.append(tuple(comps)))
         try:
             for made in new:
-                self._set_meta_at(made, meta or Meta(mode=0o755))
+                self.set_dir_meta(made, meta or Meta(mode=0o755))
         except BaseException:
             os.close(fd)
             raise
@@ -143,7 +143,8 @@ class Root:
             created.extend(new)
         return fd
 
-    def _set_meta_at(self, parts: Parts, meta: Meta) -> None:
+    def set_dir_meta(self, parts: Parts, meta: Meta) -> None:
+        """`set_meta` on the directory at resolved `parts` (never following a final symlink)."""
         fd = open_dir(self.fd, parts, follow_last=False)
         try:
             set_meta(fd, meta)

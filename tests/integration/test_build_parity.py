@@ -7,6 +7,8 @@ the order of Env entries when ENV replaces an inherited variable (kade keeps it 
 addEnv does; buildah 1.28 moves it to the end), so Env is compared as a set; an ENTRYPOINT that
 resets the inherited CMD leaves no Cmd in kade (as BuildKit) and `[]` in buildah — both mean none
 (empty and absent fields are compared as equal).
+`COPY --chmod` writes into an existing directory: the directories an octal --chmod creates take its
+mode in BuildKit and kade, 0755 in buildah 1.28 (tests/integration/test_build_semantics.py).
 buildah leaves its RUN mountpoints (/dev, /proc, /sys, /run, /etc/hosts, ...) in the image; kade doesn't.
 Where buildah departs from Docker's documented rules, DOCKER_RULES pins the Docker behaviour instead
 (shell-form CMD/ENTRYPOINT use the current SHELL: buildah 1.28 ignores SHELL there).
@@ -37,7 +39,7 @@ FROM {base}
 COPY one.txt /one.txt
 COPY dir /opt/dir
 COPY --chown=1000:50 dir/ /home/app/dir/
-COPY --chmod=600 two.sh /usr/local/bin/
+COPY --chmod=600 two.sh /opt/dir/
 COPY *.txt /globbed/
 ENV A=1 B="two words" PATH=/opt/bin:$PATH
 LABEL org.example.a=1 "b c"=d

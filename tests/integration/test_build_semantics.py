@@ -149,6 +149,29 @@ def test_copy_parents_exclude_symbolic_chmod_and_add_unpack(registry, base_image
     assert image["kept/arch.tar"][1] == archive and image["unpacked/inside.txt"][1] == b"in"
 
 
+def test_an_octal_chmod_is_the_mode_of_the_directories_the_copy_makes(registry, base_image, kade_build, tmp_path):
+    """BuildKit (fsutil's MkdirAll, since fsutil#228): the directories a COPY --chmod=<octal> creates get
+    that mode, special bits dropped; existing ones keep theirs; a symbolic --chmod and an ADD'ed archive
+    make them 0755."""
+    files = {"a.txt": b"a", "d/x": b"x", "arch.tar": make_tar([E("in.txt", data=b"in")])}
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nRUN mkdir -m 0711 /kept\n"
+                         "COPY --chmod=640 a.txt /kept/new/\n"
+                         "COPY --chmod=0750 a.txt /deep/er/a.txt\n"
+                         "COPY --chmod=2750 d /tree\n"
+                         "COPY --chmod=u=rwX,go=rX a.txt /sym/\n"
+                         "ADD --chmod=600 arch.tar /arch/x/\n"
+                         "COPY --chmod=600 <<EOF /doc/here\ntext\nEOF\n", files)
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/chmod-dirs:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    image = image_files(registry.url, "sem/chmod-dirs", "1")
+    modes = {path: image[path][0].mode for path in ("kept", "kept/new", "kept/new/a.txt", "deep", "deep/er",
+                                                     "deep/er/a.txt", "tree", "tree/x", "sym", "arch", "arch/x",
+                                                     "doc", "doc/here")}
+    assert modes == {"kept": 0o711, "kept/new": 0o640, "kept/new/a.txt": 0o640, "deep": 0o750, "deep/er": 0o750,
+                     "deep/er/a.txt": 0o750, "tree": 0o750, "tree/x": 0o2750, "sym": 0o755, "arch": 0o755,
+                     "arch/x": 0o755, "doc": 0o600, "doc/here": 0o600}
+
+
 def test_cache_mount_options(registry, base_image, kade_build, tmp_path):
     ctx = _ctx(tmp_path, f"FROM {base_image.ref} AS seed\nRUN mkdir -p /seed && echo seeded > /seed/s\n"
                          f"FROM {base_image.ref}\n"

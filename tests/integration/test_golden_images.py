@@ -77,19 +77,19 @@ GOLDEN: dict[str, dict[str, object]] = {
         ],
     },
     "single-stage": {
-        "digest": "sha256:c696852baa1069a9beae0343baf805bfe9db9fc33e4aca21be9827a6bdc54ff3",
-        "config": "sha256:fcc27f21516c3bbd216e3443c655e82af3901aaed88ae8a1c9cda0838c7834af",
+        "digest": "sha256:b5e733c09a46582f41d75650ff5c2a81d2780a202acc6080f457d162d2798370",
+        "config": "sha256:ab3d7e6de6f111e1c29d0fe20e2b4084f6e35db99775451dc2dfd31d0ddc49bd",
         "diff_ids": [
             "sha256:bc38164134642fb4f0a8ebe17594958c0569532a1b672569b023a1381f29fd9f",
             "sha256:8102f9539f30466d2765282855b67b200a05c388d7b0233d20a6c7a543fbfb60",
-            "sha256:71ff82d979f18f069f4ea4c3318544c863126a4cb07a6621d217b8627334f271",
+            "sha256:e00a78b52935601bf06c6b8f5d93b5f2ba3ceb2154c263a4e5c9b583531177e6",
             "sha256:9c683c03edf6842a4faea7f59884ef4c19884a4b659f879b44fd326bf2c3b84c",
             "sha256:9ed39d6493ae84273c3a8dc1efa5caa4f3c44af022ab7659c042a3f1659f91a0",
         ],
         "layers": [
             "sha256:bc38164134642fb4f0a8ebe17594958c0569532a1b672569b023a1381f29fd9f",
             "sha256:e688e87f6018fae6b7b9f72fe07594fac012ef692e52d2837e2abb2dc1e6e248",
-            "sha256:a0ab52c4f88197123538dea6624379527b2dde53b7310a2a0ae2581c12b824ed",
+            "sha256:03ae9be4e0b24a3a13b7fb6e2a578483fc0531c9ea5cc229e8402b209b9f1143",
             "sha256:33f375895d221b2f715c77b4a5a4f2df73cda943c36f9abd36834d7eed7e9a6c",
             "sha256:55b0375aa8f184f9acf7db018a18ab2fb4c22afa3c401b066a54852a290b68bd",
         ],

@@ -67,9 +67,9 @@ GOLDEN = {
     ],
     "copy-context": [
         "9dbbe5553f97ba97a5b0435b82ea22b45761269ebdf3f3e5b368f554fc162701",
-        "d2e2166c869346830ed251a80354eec0151a5e04c98b8dd4e435f828eba0af65",
-        "27f260f136f757eaf3453b9e27a8d6f24a022019606744c5594023876341ebbf",
-        "dace72a7d61864187969126d104e671a3eb379ded06f450c4f04daa00e5dcee6",
+        "29eaaaa36fbb0cbed861522b65585d3674503aba79a9c8a26a419fb54340ee66",
+        "0a0ee9b398e3e720d6c17b49bed4c4c9716a3ac21c4a5a1fd456e34847298459",
+        "46e11a5d3807ff4b6bc35506a12899d6302c300d89ee2225ff9d805a100db967",
     ],
     "multi-stage-mounts": [
         "e60f5c206973eba1743fb9c80b0004847484dac669b4498b77cd96d5ae5146b8",
@@ -87,7 +87,7 @@ GOLDEN = {
 # diffID of each COPY/WORKDIR layer of "copy-context" applied to an empty rootfs, SOURCE_DATE_EPOCH set
 LAYERS = [
     "sha256:fc5c3fe4b5538dbe9f88c8513547c0cb4f6b5ce3f70419572054c52cc57f1610",  # WORKDIR /srv
-    "sha256:b9257212569fcd3c4124fd34f2e0d8d07b07c23716802f2d199fb91ab72e9c46",  # COPY --chown --chmod app/
+    "sha256:8bd7f0e677d53acc2cdbd6df79c435c4978cf3e13786705f0013d42ae16c3984",  # COPY --chown --chmod app/ (app/ made 0640)
     "sha256:1173c62c3c12778966ae0a92f7cea69b73bd6b3d91568ec53ae5bf2f0b7fb1d4",  # COPY *.txt
     "sha256:0c0d4a2623a706835d7bef9301a92f172d82ace1a1be18f5801e2ac89a327d7c",  # ADD data.tar (its implied d/ too)
 ]
