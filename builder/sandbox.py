@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 
 MountType = Literal["bind", "cache", "tmpfs", "secret", "ssh"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+RUN_HOSTNAME = "buildkitsandbox"   # what a RUN sees as its host name, in BuildKit too (the same files out)
 MAX_LINE = 64 * 1024
 _PKG_ROOT = str(Path(__file__).resolve().parent.parent)
 # The interpreter that runs the sandbox's init (stdlib only). Override with KADE_SANDBOX_PYTHON when
@@ -240,13 +241,14 @@ def _resolv_conf() -> str:
 
 
 def _hosts(hostname: str) -> str:
-    return (f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")
+    """A RUN's /etc/hosts, as BuildKit writes it (executor/oci/hosts.go)."""
+    return f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
 # ------------------------------------------------------------------------ host side: run
 
 def prepare_call(rootfs: str | os.PathLike[str], argv: Sequence[str], user: "User | tuple[int, int, Iterable[int]]",
-                 env: Mapping[str, str] | None, hostname: str) -> tuple[Path, "User", dict[str, str]]:
+                 env: Mapping[str, str] | None) -> tuple[Path, "User", dict[str, str]]:
     """The checks and defaults every RUN runner shares: an existing rootfs, a command, a User, the env."""
     root = host_dir(rootfs)
     if not root.is_dir():
@@ -257,8 +259,7 @@ def prepare_call(rootfs: str | os.PathLike[str], argv: Sequence[str], user: "Use
         uid, gid, groups = user
         user = User(uid, gid, tuple(groups))
     env = dict(env or {})
-    env.setdefault("PATH", DEFAULT_PATH)
-    env.setdefault("HOSTNAME", hostname)
+    env.setdefault("PATH", DEFAULT_PATH)   # and no HOSTNAME: BuildKit's RUN has none
     return root, user, env
 
 
@@ -371,7 +372,7 @@ def prepare_network(networks: Iterable[str], isolation: Isolation = Isolation(),
 def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapping[str, str] | None = None,
                   workdir: str = "/", user: User | tuple[int, int, Iterable[int]] = User(),
                   mounts: Sequence[Mount] = (), network: str = "default",
-                  output: OutputCallback | None = None, *, hostname: str = "kade",
+                  output: OutputCallback | None = None, *, hostname: str = RUN_HOSTNAME,
                   timeout: float | None = None, overlay: "OverlaySpec | None" = None,
                   isolation: Isolation = Isolation(), report: Callable[..., None] | None = None) -> int:
     """Run `argv` in `rootfs` and return its exit code (128+N when killed by signal N). With `overlay`
@@ -379,7 +380,7 @@ def run_in_rootfs(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapp
     builder/stageroot.py), `rootfs` is only its mount point and mount points are made through the view.
     Raises SandboxError when the sandbox cannot be set up or the executable cannot be started
     (OverlayUnavailable, IdmapUnavailable: before the command ran)."""
-    root, user, env = prepare_call(rootfs, argv, user, env, hostname)
+    root, user, env = prepare_call(rootfs, argv, user, env)
     mode = sandbox_mode(isolation)
     ids = None
     if mode == "userns":

@@ -39,7 +39,8 @@ from builder import seccomp
 from builder.linux import CAP_SETPCAP, has_effective, last_capability
 from builder.rootfs_ops import Meta, Override, Parts, Root, TreeCopy, lstat_at
 from builder.rootpath import lexical, split
-from builder.sandbox import DEVICES, Mount, OutputCallback, SandboxError, User, prepare_call, spawn_init
+from builder.sandbox import (DEVICES, RUN_HOSTNAME, Mount, OutputCallback, SandboxError, User, prepare_call,
+                             spawn_init)
 from common import fsutil
 
 _DEVICE_NUMBERS = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
@@ -211,9 +212,9 @@ def _save_cache(scaffold: _Scaffold, target: Parts, cache: Path) -> None:
 def run_chroot(rootfs: str | os.PathLike[str], argv: Sequence[str], env: Mapping[str, str] | None = None,
                workdir: str = "/", user: User | tuple[int, int, Iterable[int]] = User(),
                mounts: Sequence[Mount] = (), network: str = "default",
-               output: OutputCallback | None = None, *, hostname: str = "kade", timeout: float | None = None) -> int:
+               output: OutputCallback | None = None, *, hostname: str = RUN_HOSTNAME, timeout: float | None = None) -> int:
     """`sandbox.run_in_rootfs` for pods: see the module docstring for what differs."""
-    root, user, env = prepare_call(rootfs, argv, user, env, hostname)
+    root, user, env = prepare_call(rootfs, argv, user, env)
     if network != "default":
         raise SandboxError(f"RUN --network={network} needs a network namespace, which the pod chroot mode "
                            "can't create; drop the flag or build with the local backend")

@@ -29,12 +29,12 @@ def base(tiny_base: Path, tmp_path: Path) -> Path:
 
 def run(root: Path, script: str, **kw) -> tuple[int, list[tuple[str, bytes]]]:
     lines: list[tuple[str, bytes]] = []
-    code = run_in_rootfs(root, ["/bin/sh", "-c", script], output=lambda s, l: lines.append((s, l)), **kw)
+    code = run_in_rootfs(root, ["/bin/sh", "-c", script], output=lambda s, chunk: lines.append((s, chunk)), **kw)
     return code, lines
 
 
 def stdout(lines) -> list[str]:
-    return [l.decode().rstrip("\n") for s, l in lines if s == "stdout"]
+    return [chunk.decode().rstrip("\n") for s, chunk in lines if s == "stdout"]
 
 
 def test_pid_namespace_command_is_pid_1_and_proc_works(base):
@@ -58,10 +58,10 @@ def test_output_pieces_join_to_the_exact_stream(base):
     code, lines = run(base, "i=0; while [ $i -lt 300 ]; do printf 'x%.0s' $(seq 1 100 2>/dev/null) ; "
                             "printf 'line %d\\n' $i; i=$((i+1)); done; head -c 200000 /dev/zero | tr '\\0' 'z'")
     assert code == 0
-    out = b"".join(l for s, l in lines if s == "stdout")
+    out = b"".join(chunk for s, chunk in lines if s == "stdout")
     assert out.count(b"\n") == 300 and out.endswith(b"z" * 200000)
-    assert all(len(l) <= 64 * 1024 for _, l in lines)
-    assert all(l.endswith(b"\n") for _, l in lines[:300])
+    assert all(len(chunk) <= 64 * 1024 for _, chunk in lines)
+    assert all(chunk.endswith(b"\n") for _, chunk in lines[:300])
 
 
 def test_dev_and_sys_minimal_and_readonly(base):
@@ -78,11 +78,14 @@ def test_hosts_resolv_and_mountpoints_never_captured(base):
     (base / "etc" / "hosts").write_text("127.0.0.1 original\n")
     with capture(base, base.parent / "scratch", "stat") as cap:
         code, lines = run(cap.root, "echo '10.0.0.1 added' >> /etc/hosts; cat /etc/hosts; "
-                                    "echo 'nameserver 1.2.3.4' > /etc/resolv.conf; hostname; echo new > /newfile")
+                                    "echo 'nameserver 1.2.3.4' > /etc/resolv.conf; hostname; echo new > /newfile; "
+                                    "env | grep -q '^HOSTNAME=' || echo no-HOSTNAME")
         changes = cap.changes()
     assert code == 0
     out = stdout(lines)
-    assert "10.0.0.1 added" in out and "kade" in out
+    assert "10.0.0.1 added" in out and "buildkitsandbox" in out   # BuildKit's host name, hosts file and env
+    assert out[:2] == ["127.0.0.1\tlocalhost buildkitsandbox", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    assert "no-HOSTNAME" in out
     assert (base / "etc" / "hosts").read_text() == "127.0.0.1 original\n"
     assert not (base / "etc" / "resolv.conf").exists()
     for p in ("proc", "dev", "sys"):
@@ -132,7 +135,7 @@ def test_secret_on_tmpfs_and_in_no_layer_or_log(base):
     out = stdout(lines)
     assert out[0] == "tmpfs" and "secret-readable" in out and "400" in out
     assert SECRET not in gzip.decompress(blob.getvalue())
-    assert all(SECRET not in l for _, l in lines)
+    assert all(SECRET not in chunk for _, chunk in lines)
     assert not (base / "run").exists()
     assert SECRET not in repr(Mount("secret", "/run/secrets/token", data=SECRET)).encode()
 
