@@ -289,11 +289,29 @@ def _init(spec: dict, status: Status, go: int, lifeline: int) -> None:
     argv, env = spec["argv"], spec["env"]
     status.say(STARTED)
     try:
-        os.execvpe(argv[0], argv, env)
+        _execvpe(argv, env)
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise Failure("exec", f"executable {argv[0]!r} not found in the rootfs (PATH={env.get('PATH', '')})") from None
         raise Failure("exec", f"cannot run {argv[0]!r}: {exc.strerror}") from None
+
+
+def _execvpe(argv: list[str], env: dict[str, str]) -> None:
+    """os.execvpe's search of $PATH (the step's) for a name without a slash, without os.get_exec_path:
+    that imports `warnings`, and no module is reachable after pivot_root (`RUN ["npm", "ci"]`)."""
+    name = argv[0]
+    if "/" in name:
+        os.execve(name, argv, env)
+    refused: OSError | None = None   # found but not runnable (EACCES, ENOEXEC): said over "not found"
+    missing: OSError = FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+    for folder in env.get("PATH", "").split(":"):
+        try:
+            os.execve(os.path.join(folder or ".", name), argv, env)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            missing = exc
+        except OSError as exc:
+            refused = refused or exc
+    raise refused or missing
 
 
 def _drop_privileges(spec: dict, pivoted: bool, lifeline: int) -> None:

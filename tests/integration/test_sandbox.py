@@ -204,6 +204,26 @@ def test_setup_failures_are_clear(base, argv, workdir, match):
         run_in_rootfs(base, argv, workdir=workdir)
 
 
+def test_a_command_without_a_slash_is_found_on_the_steps_path(base):
+    """Exec form with a bare name (`RUN ["npm", "ci"]`, `SHELL ["bash", "-c"]`): searched on the step's
+    PATH inside the rootfs, the first runnable match taken; a match that can't be run is said as such."""
+    (base / "opt" / "first").mkdir(parents=True)
+    (base / "opt" / "first" / "tool").write_text("#!/bin/sh\necho not runnable\n")   # no x bit
+    (base / "opt" / "second").mkdir()
+    (base / "opt" / "second" / "tool").write_text("#!/bin/sh\necho second \"$@\"\n")
+    os.chmod(base / "opt" / "second" / "tool", 0o755)
+    lines: list[tuple[str, bytes]] = []
+    code = run_in_rootfs(base, ["tool", "arg"], env={"PATH": "/nowhere:/opt/first:/opt/second"},
+                         output=lambda s, chunk: lines.append((s, chunk)))
+    assert code == 0 and stdout(lines) == ["second arg"]
+    code = run_in_rootfs(base, ["sh", "-c", "echo via sh"], output=lambda s, chunk: lines.append((s, chunk)))
+    assert code == 0 and stdout(lines)[-1] == "via sh"
+    with pytest.raises(SandboxError, match="'no-such-tool' not found in the rootfs"):
+        run_in_rootfs(base, ["no-such-tool"])
+    with pytest.raises(SandboxError, match="cannot run 'tool': Permission denied"):
+        run_in_rootfs(base, ["tool"], env={"PATH": "/opt/first:/nowhere"})
+
+
 def test_runs_in_an_overlay_capture(base, tmp_path):
     with capture(base, tmp_path / "s", "overlay", in_sandbox=True) as cap:
         code, _ = run(cap.root, "echo hi > /hello; rm /etc/group; echo x >> /etc/hosts", overlay=cap.overlay)
