@@ -226,6 +226,7 @@ class LocalExecutor:
         `parent` in it)."""
         from builder import execute as ex
         from builder.stageroot import check_depth
+        from builder.users import mkdir_owner
 
         cancel.check()  # nothing new starts once the command is cancelled
         fields = ev.step_fields(self.o.image_name, ps, step)
@@ -249,7 +250,8 @@ class LocalExecutor:
             elif step.kind in ("copy", "workdir"):
                 with root.writable() as rootfs:
                     changes = self._copy(step, rootfs, workdir, results) if step.kind == "copy" else \
-                        ex.ensure_dir(rootfs, workdir, epoch=self.env.epoch)
+                        ex.ensure_dir(rootfs, workdir, *mkdir_owner(rootfs, step.config.user if step.config else ""),
+                                      epoch=self.env.epoch)
                     layer = self._write_layer(changes) if changes else None
         except StepFailedError as exc:
             if self.o.keep_failed:

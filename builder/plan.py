@@ -416,6 +416,8 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
             cfg = ic.set_workdir(cfg, _expand(ins, ins.args[0], scope, esc))
             kind = "workdir"
             text_parts.append(cfg.working_dir)
+            if cfg.user:   # the directories it makes are the USER's: keyed (WORKDIRs without a USER keep their keys)
+                text_parts.append({"owner": cfg.user})
         elif c == "USER":
             if len(ins.args) != 1:
                 raise ins.error("USER takes exactly one user[:group]")

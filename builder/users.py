@@ -74,6 +74,25 @@ def resolve_user(rootfs: Path, spec: str) -> ResolvedUser:
     return ResolvedUser(uid, gid or 0, tuple(sorted(supplementary)), home)
 
 
+def mkdir_owner(rootfs: Path, spec: str) -> tuple[int, int]:
+    """Who owns the directories WORKDIR makes under `USER spec`, as BuildKit's file op reads a user
+    (llb.WithUser): ids as written (a uid alone is also the gid), a user name's uid and primary gid
+    from /etc/passwd, a group name's gid from /etc/group; a name the rootfs doesn't know counts as 0
+    (user) or changes nothing (group), never an error: the RUN that needs the user says so."""
+    user, _, group = (spec or "root").partition(":")
+    uid = numeric_id(user, "uid")
+    gid = uid
+    if uid is None:
+        row = next((r for r in _read_db(rootfs, "passwd") if len(r) >= 4 and r[0] == user), None)
+        uid, gid = (_id(row[2]) or 0, _id(row[3]) or 0) if row else (0, 0)
+    if group:
+        wanted = numeric_id(group, "gid")
+        if wanted is None:
+            wanted = next((_id(r[2]) for r in _read_db(rootfs, "group") if len(r) >= 3 and r[0] == group), None)
+        gid = gid if wanted is None else wanted
+    return uid, gid if gid is not None else 0
+
+
 def numeric_id(text: str, what: str) -> int | None:
     """A uid or gid written as a number (None: a name); one out of uid_t's range is an error."""
     value = decimal(text)

@@ -172,6 +172,25 @@ def test_an_octal_chmod_is_the_mode_of_the_directories_the_copy_makes(registry, 
                      "arch/x": 0o755, "doc": 0o600, "doc/here": 0o600}
 
 
+def test_workdir_makes_its_directories_for_the_user(registry, base_image, kade_build, tmp_path):
+    """BuildKit: the directories WORKDIR makes belong to the USER (a name from the image's /etc/passwd, the
+    inherited one too); under root, or a user the image doesn't know, they are root's."""
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref} AS first\n"
+                         "RUN echo 'svc:x:1001:1002::/home/svc:/bin/sh' >> /etc/passwd\n"
+                         "USER svc\nWORKDIR /srv/app/data\n"
+                         "USER 4242:7\nWORKDIR /other\n"
+                         "USER ghost\nWORKDIR /ghost\n"
+                         "USER svc\n"
+                         "FROM first\nWORKDIR /inherited\nUSER root\nWORKDIR /rootdir\n", {})
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/workdir-owner:1", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    image = image_files(registry.url, "sem/workdir-owner", "1")
+    owners = {path: (image[path][0].uid, image[path][0].gid)
+              for path in ("srv", "srv/app", "srv/app/data", "other", "ghost", "inherited", "rootdir")}
+    assert owners == {"srv": (1001, 1002), "srv/app": (1001, 1002), "srv/app/data": (1001, 1002),
+                      "other": (4242, 7), "ghost": (0, 0), "inherited": (1001, 1002), "rootdir": (0, 0)}
+
+
 def test_cache_mount_options(registry, base_image, kade_build, tmp_path):
     ctx = _ctx(tmp_path, f"FROM {base_image.ref} AS seed\nRUN mkdir -p /seed && echo seeded > /seed/s\n"
                          f"FROM {base_image.ref}\n"
