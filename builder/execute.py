@@ -30,7 +30,7 @@ from builder.context import Source
 from builder.plan import CopySpec, Step
 from builder.plan import Mount as PlanMount
 from builder.modes import parse_chmod
-from builder.users import numeric_id, resolve_user
+from builder.users import file_owner, resolve_user
 from builder.rootfs_ops import (Meta, Override, Parts, Root, TreeCopy, image_path, replace_with_file, set_meta,
                                 split)
 from common import fsutil
@@ -114,15 +114,14 @@ def apply_layers(rootfs: Path, blobs: list[tuple[Path, str, str]]) -> None:
 # Every file operation goes through builder.rootfs_ops: paths resolve inside the rootfs (and inside
 # the source rootfs or the context for what is read), never through a symlink onto the host.
 
-def _owner(spec: str | None, rootfs: Path) -> tuple[int, int]:
-    if not spec:
-        return 0, 0
-    user, _, group = spec.partition(":")
-    uid, gid = numeric_id(user, "uid"), numeric_id(group, "gid") if group else None
-    if uid is not None and (not group or gid is not None):
-        return uid, uid if gid is None else gid
-    resolved = resolve_user(rootfs, spec)
-    return resolved.uid, resolved.gid
+def owner_for(rootfs: Path, spec: str | None, what: str, warn: Callable[[str], None] | None) -> tuple[int, int]:
+    """`users.file_owner`, a name the image doesn't know said in a warning (`what`: the instruction)."""
+    unknown: list[str] = []
+    ids = file_owner(rootfs, spec or "", unknown)
+    if unknown and warn is not None:
+        warn(f"{what}: no {' and no '.join(unknown)} in the image's /etc/passwd or /etc/group; owned by "
+             f"{ids[0]}:{ids[1]} instead, as BuildKit does (create the user in an earlier RUN, or use numeric ids)")
+    return ids
 
 
 def made_time(epoch: int | None) -> int:
@@ -162,7 +161,8 @@ class _Item:
 
 
 def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None, *,
-              context_root: Path | None = None, epoch: int | None = None) -> list[Change]:
+              context_root: Path | None = None, epoch: int | None = None,
+              warn: Callable[[str], None] | None = None) -> list[Change]:
     """COPY/ADD into the rootfs with Docker's destination rules; returns the changes.
 
     The destination resolves inside the rootfs, a final symlink included (BuildKit's RootPath): an
@@ -173,7 +173,7 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
     dest = spec.dest if spec.dest.startswith("/") else (workdir.rstrip("/") + "/" + spec.dest)
     dest_is_dir = spec.dest.endswith("/") or spec.dest in (".", "./") or len(spec.sources) + \
         len(spec.from_paths) + len(spec.heredocs) > 1 or spec.parents
-    uid, gid = _owner(spec.chown, rootfs)
+    uid, gid = owner_for(rootfs, spec.chown, f"{'ADD' if spec.add else 'COPY'} --chown={spec.chown}", warn)
     chmod = parse_chmod(spec.chmod_text)[1] if spec.chmod_text else (
         None if spec.chmod is None else parse_chmod(f"{spec.chmod:o}")[1])
     # COPY --from keeps the owners the source stage or image gave its files (BuildKit, Docker since 18.09),

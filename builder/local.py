@@ -226,7 +226,6 @@ class LocalExecutor:
         `parent` in it)."""
         from builder import execute as ex
         from builder.stageroot import check_depth
-        from builder.users import mkdir_owner
 
         cancel.check()  # nothing new starts once the command is cancelled
         fields = ev.step_fields(self.o.image_name, ps, step)
@@ -250,8 +249,7 @@ class LocalExecutor:
             elif step.kind in ("copy", "workdir"):
                 with root.writable() as rootfs:
                     changes = self._copy(step, rootfs, workdir, results) if step.kind == "copy" else \
-                        ex.ensure_dir(rootfs, workdir, *mkdir_owner(rootfs, step.config.user if step.config else ""),
-                                      epoch=self.env.epoch)
+                        self._workdir(step, rootfs, workdir)
                     layer = self._write_layer(changes) if changes else None
         except StepFailedError as exc:
             if self.o.keep_failed:
@@ -281,7 +279,19 @@ class LocalExecutor:
             img = self.env.store.load(spec.from_image.ref, spec.from_image.digest)
             from_root = self.image_rootfs(img).path
         return ex.copy_step(rootfs, spec, workdir, from_root, context_root=self._plan.context_root,
-                            epoch=self.env.epoch)
+                            epoch=self.env.epoch, warn=self._warner(step))
+
+    def _workdir(self, step: Step, rootfs: Path, workdir: str) -> list:
+        """WORKDIR's directories, made for the USER at that point (BuildKit's mkdir WithUser)."""
+        from builder import execute as ex
+
+        user = step.config.user if step.config else ""
+        owner = ex.owner_for(rootfs, user, f"WORKDIR under USER {user}", self._warner(step)) if user else (0, 0)
+        return ex.ensure_dir(rootfs, workdir, *owner, epoch=self.env.epoch)
+
+    def _warner(self, step: Step) -> Callable[[str], None]:
+        """A warning about `step`, naming its Dockerfile line."""
+        return lambda message: self.report("warning", f"{step.ins.file}:{step.ins.line}: {message}")
 
     def _write_layer(self, changes: list) -> Layer:
         """The layer into the local cache; a big one also goes up to the stages repo while it is

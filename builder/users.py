@@ -74,21 +74,26 @@ def resolve_user(rootfs: Path, spec: str) -> ResolvedUser:
     return ResolvedUser(uid, gid or 0, tuple(sorted(supplementary)), home)
 
 
-def mkdir_owner(rootfs: Path, spec: str) -> tuple[int, int]:
-    """Who owns the directories WORKDIR makes under `USER spec`, as BuildKit's file op reads a user
-    (llb.WithUser): ids as written (a uid alone is also the gid), a user name's uid and primary gid
-    from /etc/passwd, a group name's gid from /etc/group; a name the rootfs doesn't know counts as 0
-    (user) or changes nothing (group), never an error: the RUN that needs the user says so."""
+def file_owner(rootfs: Path, spec: str, unknown: list[str] | None = None) -> tuple[int, int]:
+    """Who owns what a file operation makes for `spec` (COPY/ADD --chown, WORKDIR under a USER), as
+    BuildKit's file op reads a user (llb.WithUser): ids as written (a uid alone is also the gid), a user
+    name's uid and primary gid from /etc/passwd, a group name's gid from /etc/group. A name the rootfs
+    doesn't know counts as 0 (user) or changes nothing (group), never an error, as in BuildKit; it is
+    appended to `unknown` (for a warning)."""
     user, _, group = (spec or "root").partition(":")
     uid = numeric_id(user, "uid")
     gid = uid
     if uid is None:
         row = next((r for r in _read_db(rootfs, "passwd") if len(r) >= 4 and r[0] == user), None)
         uid, gid = (_id(row[2]) or 0, _id(row[3]) or 0) if row else (0, 0)
+        if row is None and user not in ("", "root") and unknown is not None:
+            unknown.append(f"user {user!r}")
     if group:
         wanted = numeric_id(group, "gid")
         if wanted is None:
             wanted = next((_id(r[2]) for r in _read_db(rootfs, "group") if len(r) >= 3 and r[0] == group), None)
+            if wanted is None and group != "root" and unknown is not None:
+                unknown.append(f"group {group!r}")
         gid = gid if wanted is None else wanted
     return uid, gid if gid is not None else 0
 

@@ -191,6 +191,28 @@ def test_workdir_makes_its_directories_for_the_user(registry, base_image, kade_b
                       "other": (4242, 7), "ghost": (0, 0), "inherited": (1001, 1002), "rootdir": (0, 0)}
 
 
+def test_a_chown_name_the_image_does_not_know_is_root_and_said(registry, base_image, kade_build, tmp_path):
+    """BuildKit builds `COPY --chown=ghost` (its file op counts an unknown name as 0) and so does kade, with a
+    warning naming the Dockerfile line; a known group still applies, and known names make no warning."""
+    import json
+
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nRUN echo 'staff:x:50:' >> /etc/group\n"
+                         "COPY --chown=ghost a.txt /ghost\nCOPY --chown=ghost:staff a.txt /ghost-staff\n"
+                         "COPY --chown=1234:nosuchgroup a.txt /ids\nCOPY --chown=root:staff a.txt /known\n",
+               {"a.txt": b"a"})
+    run = kade_build(str(ctx), "--tag", f"{registry.host}/sem/chown-unknown:1", "--output", "json",
+                     "--cache-dir", str(tmp_path / "c"))
+    run.ok()
+    image = image_files(registry.url, "sem/chown-unknown", "1")
+    owners = {p: (image[p][0].uid, image[p][0].gid) for p in ("ghost", "ghost-staff", "ids", "known")}
+    assert owners == {"ghost": (0, 0), "ghost-staff": (0, 50), "ids": (1234, 1234), "known": (0, 50)}
+    warnings = [e["message"] for e in map(json.loads, (ln for ln in run.stderr.splitlines() if ln.startswith("{")))
+                if e.get("kind") == "warning"]
+    assert len(warnings) == 3, warnings
+    assert "Dockerfile:3: COPY --chown=ghost: no user 'ghost'" in warnings[0] and "owned by 0:0" in warnings[0]
+    assert "Dockerfile:4:" in warnings[1] and "Dockerfile:5:" in warnings[2] and "group 'nosuchgroup'" in warnings[2]
+
+
 def test_cache_mount_options(registry, base_image, kade_build, tmp_path):
     ctx = _ctx(tmp_path, f"FROM {base_image.ref} AS seed\nRUN mkdir -p /seed && echo seeded > /seed/s\n"
                          f"FROM {base_image.ref}\n"

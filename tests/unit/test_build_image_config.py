@@ -4,7 +4,7 @@ import pytest
 
 from builder import image_config as ic
 from builder.errors import BuildError
-from builder.users import mkdir_owner, resolve_user
+from builder.users import file_owner, resolve_user
 from registry.imageconfig import ImageConfig
 from registry.model import Platform
 
@@ -152,21 +152,25 @@ def test_resolve_user(tmp_path, files, spec, expected):
         assert (u.uid, u.gid, u.groups) == expected
 
 
-# WORKDIR's directories: BuildKit's file-op user (llb.WithUser) — a uid alone is also the gid, names the
-# image doesn't know count as 0 (user) or change nothing (group), never an error
-@pytest.mark.parametrize("files,spec,expected", [
-    ("db", "", (0, 0)), ("db", "root", (0, 0)), ("db", "app", (1000, 1000)), ("db", "1000", (1000, 1000)),
-    ("db", "4242", (4242, 4242)), ("db", "4242:7", (4242, 7)), ("db", "app:staff", (1000, 50)),
-    ("db", "app:nogroup", (1000, 1000)), ("db", "nobody", (0, 0)), ("db", "nobody:staff", (0, 50)),
-    ("db", "4242:nogroup", (4242, 4242)), ("db", "app:", (1000, 1000)),
-    ("none", "app", (0, 0)), ("none", "1000:1000", (1000, 1000)), ("none", "65534", (65534, 65534)),
+# COPY --chown and WORKDIR's directories: BuildKit's file-op user (llb.WithUser) — a uid alone is also the
+# gid, names the image doesn't know count as 0 (user) or change nothing (group), said, never an error
+@pytest.mark.parametrize("files,spec,expected,unknown", [
+    ("db", "", (0, 0), []), ("db", "root", (0, 0), []), ("db", "app", (1000, 1000), []),
+    ("db", "1000", (1000, 1000), []), ("db", "4242", (4242, 4242), []), ("db", "4242:7", (4242, 7), []),
+    ("db", "app:staff", (1000, 50), []), ("db", "app:", (1000, 1000), []), ("db", ":staff", (0, 50), []),
+    ("db", "app:nogroup", (1000, 1000), ["group 'nogroup'"]), ("db", "nobody", (0, 0), ["user 'nobody'"]),
+    ("db", "nobody:staff", (0, 50), ["user 'nobody'"]), ("db", "4242:nogroup", (4242, 4242), ["group 'nogroup'"]),
+    ("none", "app", (0, 0), ["user 'app'"]), ("none", "1000:1000", (1000, 1000), []),
+    ("none", "65534", (65534, 65534), []), ("none", "root:root", (0, 0), []),
 ])
-def test_mkdir_owner(tmp_path, files, spec, expected):
+def test_file_owner(tmp_path, files, spec, expected, unknown):
     if files == "db":
         (tmp_path / "etc").mkdir()
         (tmp_path / "etc/passwd").write_text(PASSWD)
         (tmp_path / "etc/group").write_text(GROUP)
-    assert mkdir_owner(tmp_path, spec) == expected
+    said: list[str] = []
+    assert file_owner(tmp_path, spec, said) == expected
+    assert said == unknown
 
 
 @pytest.mark.parametrize("spec, expected", [
