@@ -256,7 +256,9 @@ def _convert(c: "_bk.Command", path: str) -> Instruction:
         return Instruction(cmd, (trigger,), {}, False, c.original, c.start_line, c.end_line, (), path)
     flags = _flags(cmd, tuple(_as_written(f, c.original) for f in c.flags), path, c.start_line)
     heredocs = _heredocs(c)
-    if not args and cmd not in ("RUN",) or (cmd == "RUN" and not args and not heredocs):
+    # `CMD []` and `ENTRYPOINT []` reset what the base image set (BuildKit); RUN may be a lone heredoc
+    empty_ok = cmd in ("CMD", "ENTRYPOINT") and bool(c.json) or cmd == "RUN" and bool(heredocs)
+    if not args and not empty_ok:
         raise DockerfileSyntaxError(f"{cmd} requires at least one argument", file=path, line=c.start_line)
     if cmd == "SHELL" and not c.json:
         raise DockerfileSyntaxError('SHELL requires the arguments to be in JSON form, e.g. SHELL ["/bin/sh", "-c"]',

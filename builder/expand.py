@@ -25,11 +25,12 @@ class ExpandError(BuildArgError):
 
 
 class _Lexer:
-    def __init__(self, text: str, env: Mapping[str, str], escape: str):
+    def __init__(self, text: str, env: Mapping[str, str], escape: str, quotes: bool = True):
         self.text = text
         self.pos = 0
         self.env = env
         self.escape = escape
+        self.quotes = quotes   # False: quote characters are plain text (a heredoc body)
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
@@ -64,10 +65,10 @@ class _Lexer:
                     current, in_word = [], False
                 continue
             in_word = True
-            if ch == "'":
+            if ch == "'" and self.quotes:
                 self.next()
                 piece = self._single_quoted()
-            elif ch == '"':
+            elif ch == '"' and self.quotes:
                 self.next()
                 piece = self._double_quoted()
             elif ch == "$":
@@ -227,14 +228,21 @@ def process_word(word: str, env: Mapping[str, str], escape: str = "\\") -> str:
     return _process(word, env, escape)[0]
 
 
+def expand_heredoc(body: str, env: Mapping[str, str]) -> str:
+    """A COPY heredoc's body with its variables expanded, as BuildKit does it: quotes are text, `\\`
+    escapes the next character whatever the Dockerfile's escape directive (a fresh `shell.NewLex('\\')`
+    with SkipProcessQuotes)."""
+    return _process(body, env, "\\", quotes=False)[0]
+
+
 def process_words(word: str, env: Mapping[str, str], escape: str = "\\") -> list[str]:
     """Expand and unquote, then split on unquoted whitespace (EXPOSE, VOLUME in shell form)."""
     return _process(word, env, escape)[1]
 
 
-def _process(word: str, env: Mapping[str, str], escape: str) -> tuple[str, list[str]]:
+def _process(word: str, env: Mapping[str, str], escape: str, quotes: bool = True) -> tuple[str, list[str]]:
     try:
-        return _Lexer(word, env, escape).process()
+        return _Lexer(word, env, escape, quotes).process()
     except RecursionError:   # the lexer recurses once per nested ${...}: a hostile Dockerfile nests thousands
         raise ExpandError("variable substitutions nested too deeply (hundreds of ${...} inside one another): "
                           "nest fewer") from None

@@ -21,7 +21,7 @@ from builder.context import BuildContext, Source, clean_path, exclude_sources, h
 from builder.dockerfile import (Dockerfile, Instruction, Stage, arg_pairs, global_scope, parse_instruction_line,
                                 stage_base)
 from builder.errors import BuildError, UnknownStageError
-from builder.expand import ExpandError, process_word, process_words
+from builder.expand import ExpandError, expand_heredoc, process_word, process_words
 from builder.keys import KeyInputs, step_key
 from builder.modes import parse_chmod
 from builder.platforms import DEFAULT_PLATFORM, automatic_args, host_platform, parse_platform
@@ -361,9 +361,10 @@ def _plan_arg(ins: Instruction, state: _StageState, escape: str, build_args: dic
     return "ARG " + " ".join(texts)
 
 
-def _expand(ins: Instruction, word: str, scope: dict[str, str], escape: str) -> str:
+def _expand(ins: Instruction, word: str, scope: dict[str, str], escape: str, heredoc: bool = False) -> str:
+    """`word` expanded (a COPY heredoc body: its own rules, builder/expand.expand_heredoc); an error names the line."""
     try:
-        return process_word(word, scope, escape)
+        return expand_heredoc(word, scope) if heredoc else process_word(word, scope, escape)
     except ExpandError as exc:
         raise ins.error(exc.detail) from None
 
@@ -569,7 +570,7 @@ def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: Build
         name = marker[2:].lstrip("-").strip("'\"") if marker.startswith("<<") else None
         if name and name in heredoc_names:
             h = heredoc_names[name]
-            body = _expand(ins, h.text(), scope, esc) if h.expand else h.text()
+            body = _expand(ins, h.text(), scope, esc, heredoc=True) if h.expand else h.text()
             spec.heredocs.append((name, body))
         else:
             srcs.append(_expand(ins, a, scope, esc))

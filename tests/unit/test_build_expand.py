@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from builder.expand import ExpandError, process_word, process_words
+from builder.expand import ExpandError, expand_heredoc, process_word, process_words
 
 ENV = {"PWD": "/home", "SHELL": "bash", "KOREAN": "한국어", "EMPTY": "", "A": "a b"}
 
@@ -63,6 +63,19 @@ def test_process_word(word, expected):
 ])
 def test_process_words(word, expected):
     assert process_words(word, ENV) == expected
+
+
+# A COPY heredoc body (unquoted delimiter), as BuildKit 0.34.2 wrote these files (differential probe):
+# quotes are text, `\` drops itself and keeps the next character, variables expand
+@pytest.mark.parametrize("body, expected", [
+    ("it's ${X} \"q\" 'single $X'\n", "it's 1 \"q\" 'single 1'\n"),
+    ("\\$lit \\\\double a\\nb C:\\path trailing\\\n", "$lit \\double anb C:path trailing\n"),
+    ('echo "${X:-none} \\$escaped"\n', 'echo "1 $escaped"\n'),
+    ("${UNSET:-it's} ${X:+\"set\"}\n", "it's \"set\"\n"),
+    ("no variables, an unbalanced ' and \" too\n", "no variables, an unbalanced ' and \" too\n"),
+])
+def test_expand_heredoc(body, expected):
+    assert expand_heredoc(body, {"X": "1"}) == expected
 
 
 def test_backtick_escape():

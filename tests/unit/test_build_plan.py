@@ -3,7 +3,7 @@ import pytest
 
 from builder.context import BuildContext
 from builder.dockerfile import parse_string
-from builder.errors import BuildError, MissingSourceError, UnknownStageError
+from builder.errors import BuildError, DockerfileSyntaxError, MissingSourceError, UnknownStageError
 from builder.plan import BaseImage, make_plan, parse_build_args
 from registry.imageconfig import ImageConfig
 
@@ -133,6 +133,16 @@ def test_entrypoint_resets_base_cmd(ctx):
     assert "Cmd" not in cfg and cfg["Entrypoint"] == ["/app"]
     cfg = plan(ctx, "FROM base\nCMD [\"x\"]\nENTRYPOINT [\"/app\"]\n").final.final_config.runtime
     assert cfg["Cmd"] == ["x"]
+
+
+def test_empty_json_cmd_and_entrypoint_reset_the_bases(ctx):
+    """`ENTRYPOINT []` / `CMD []` (BuildKit builds them): what the base set is gone; a shell form needs words."""
+    cfg = plan(ctx, "FROM base\nENTRYPOINT [\"/app\"]\nCMD [\"x\"]\nFROM 0\nENTRYPOINT []\nCMD []\n").final.final_config.runtime
+    assert not cfg.get("Entrypoint") and not cfg.get("Cmd")
+    cfg = plan(ctx, "FROM base\nENTRYPOINT [\"/app\"]\nCMD [\"x\"]\nFROM 0\nENTRYPOINT []\n").final.final_config.runtime
+    assert not cfg.get("Entrypoint") and not cfg.get("Cmd")   # ENTRYPOINT resets the inherited CMD too
+    with pytest.raises(DockerfileSyntaxError, match="Dockerfile:2: ENTRYPOINT requires at least one argument"):
+        plan(ctx, "FROM base\nENTRYPOINT\n")
 
 
 def test_heredoc_run_forms(ctx):
