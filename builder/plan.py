@@ -11,7 +11,7 @@ import dataclasses
 import json
 import posixpath
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,7 @@ class PlannedStage:
     trailing_history: list[str] = field(default_factory=list)  # the ARGs after the stage's last step
     args: dict[str, str] = field(default_factory=dict)  # its ARGs' values at its end: a stage FROM it inherits them
     platform: str = DEFAULT_PLATFORM  # what its steps run as: the target's, FROM --platform's, or its base stage's
+    args_last: frozenset[str] = frozenset()   # its ARGs set after any ENV of their name (_StageState)
 
     @property
     def label(self) -> str:
@@ -277,16 +278,33 @@ def _declared(instrs: tuple[Instruction, ...], df: Dockerfile) -> list[str]:
 
 
 class _StageState:
-    def __init__(self, config: ImageConfig):
+    """What planning a stage knows at an instruction. Variables are set in the order of the lines, as
+    BuildKit sets its state's env: an ARG with a value sets one, an ENV sets one (and the image's Env),
+    so an ARG after an ENV (or the base image's Env) of its name wins until an ENV sets it again."""
+
+    def __init__(self, config: ImageConfig, args: dict[str, str] | None = None, args_last: frozenset[str] = frozenset()):
         self.config = config.without_build_state()
-        self.args: dict[str, str] = {}
+        self.args: dict[str, str] = dict(args or {})
+        self.args_last = set(args_last)   # ARGs set after any ENV of their name
         self.cmd_set = False
 
+    def set_arg(self, name: str, value: str) -> None:
+        self.args[name] = value
+        self.args_last.add(name)
+
+    def set_env(self, names: Iterable[str]) -> None:
+        self.args_last.difference_update(names)
+
     def scope(self) -> dict[str, str]:
-        return {**self.args, **self.config.env_map()}
+        return {**self.args, **self.config.env_map(), **{k: self.args[k] for k in self.args_last}}
 
     def run_env(self) -> dict[str, str]:
-        return {**self.args, **self.config.env_map()}
+        return self.scope()
+
+    def args_over_env(self) -> list[str]:
+        """The ARGs that hide an ENV of their name now (a key input: kade once let the ENV win)."""
+        env = self.config.env_map()
+        return sorted(k for k in self.args_last if k in env)
 
 
 def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Resolver,
@@ -323,8 +341,7 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
             raise type(exc)(f"FROM {base_name}: {exc.detail}", file=st.instruction.file, line=st.instruction.line,
                             hint=exc.hint) from None
         base_key, base_config = base_image.digest, base_image.config
-    state = _StageState(base_config)
-    state.args = dict(inherited)
+    state = _StageState(base_config, inherited, planned[base_stage.label()].args_last if base_stage else frozenset())
     triggers = list(state.config.get("OnBuild", []))
     instructions: list[Instruction] = [parse_instruction_line(t, df.path, st.instruction.line) for t in triggers]
     if triggers:
@@ -344,7 +361,7 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
         steps.append(step)
         parent = step.key
     return PlannedStage(st, base_image, base_stage.label() if base_stage else None, base_key, base_config,
-                        steps, deps, history, dict(state.args), stage_platform)
+                        steps, deps, history, dict(state.args), stage_platform, frozenset(state.args_last))
 
 
 def _plan_arg(ins: Instruction, state: _StageState, escape: str, build_args: dict[str, str],
@@ -356,7 +373,7 @@ def _plan_arg(ins: Instruction, state: _StageState, escape: str, build_args: dic
         consumed.add(name)
         value = build_args[name] if name in build_args else default if default is not None else gscope.get(name)
         if value is not None:
-            state.args[name] = value
+            state.set_arg(name, value)
         texts.append(name if value is None else f"{name}={value}")
     return "ARG " + " ".join(texts)
 
@@ -391,6 +408,7 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
                       deps: set[str]) -> Step:
     esc = df.escape
     scope = state.scope()
+    hidden = state.args_over_env()   # BuildKit's order (_StageState); keyed only where it matters
     cfg = state.config
     kind = "config"
     extra: dict[str, Any] = {}
@@ -403,6 +421,7 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
         if c == "ENV":
             pairs = _kv_pairs(ins, scope, esc)
             cfg = ic.set_env(cfg, pairs)
+            state.set_env(k for k, _ in pairs)
             text_parts.append(pairs)
         elif c == "LABEL":
             pairs = _kv_pairs(ins, scope, esc)
@@ -496,6 +515,8 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
         if exc.line is None:
             raise type(exc)(exc.detail, file=ins.file, line=ins.line, hint=exc.hint) from None
         raise
+    if hidden:
+        text_parts.append({"args over env": hidden})
     text = json.dumps(text_parts, sort_keys=True)
     key = step_key(KeyInputs(parent=parent, instruction=text, build_args=dict(state.args),
                              sources=sources_rows, from_key=from_key, mounts=[m.spec() for m in mounts],

@@ -145,6 +145,43 @@ def test_empty_json_cmd_and_entrypoint_reset_the_bases(ctx):
         plan(ctx, "FROM base\nENTRYPOINT\n")
 
 
+# Variables are set in the order of the lines, as BuildKit sets its state's env (BuildKit 0.34.2, differential
+# probe): an ARG with a value after an ENV (or the base image's Env) of its name wins for RUN and for expansion;
+# the image's Env keeps the ENV; a valueless ARG changes nothing; a stage FROM a stage inherits the order.
+@pytest.mark.parametrize("lines, run_x, env_x", [
+    ("ENV X=env\nARG X=arg\n", "arg", "env"),
+    ("ARG X=arg\nENV X=env\n", "env", "env"),
+    ("ENV X=env\nARG X=arg\nENV X=again\n", "again", "again"),
+    ("ENV X=env\nARG X\n", "env", "env"),
+    ("ARG X=arg\n", "arg", None),
+    ("ARG PATH=/opt/bin\n", None, None),                 # the base image's PATH=/bin, hidden by the ARG
+    ("ENV X=env\nARG X=arg\nFROM 0\n", "arg", "env"),      # inherited by a stage FROM the stage
+])
+def test_args_and_envs_are_set_in_line_order(ctx, lines, run_x, env_x):
+    p = plan(ctx, "FROM base\n" + lines + "RUN echo $X $PATH\nLABEL x=$X\n")
+    (run,) = [s for s in p.final.steps if s.kind == "run"]
+    if "PATH" in lines:
+        assert run.env["PATH"] == "/opt/bin" and p.final.final_config.env_map()["PATH"] == "/bin"
+        return
+    assert run.env.get("X") == run_x
+    assert p.final.final_config.labels["x"] == (run_x or "")
+    assert p.final.final_config.env_map().get("X") == env_x
+
+
+def test_an_arg_hiding_an_env_is_keyed_and_others_are_not(ctx, monkeypatch):
+    """Keys change only where an ARG hides an ENV (kade once let the ENV win: such cached steps are stale)."""
+    from builder import plan as plan_module
+
+    hiding = "FROM base\nENV X=env\nARG X=arg\nRUN true\nENV X=again\nRUN true\n"
+    plain = "FROM base\nENV X=env\nARG Y=arg\nRUN true\n"
+    keys = {text: [s.key for s in plan(ctx, text).all_steps()] for text in (hiding, plain)}
+    monkeypatch.setattr(plan_module._StageState, "args_over_env", lambda self: [])
+    unkeyed = {text: [s.key for s in plan(ctx, text).all_steps()] for text in (hiding, plain)}
+    assert keys[plain] == unkeyed[plain]
+    changed = [a != b for a, b in zip(keys[hiding], unkeyed[hiding])]
+    assert changed == [False, True, True, True]   # ENV before the ARG: same key; the RUN after it and what follows
+
+
 def test_heredoc_run_forms(ctx):
     steps = plan(ctx, "FROM base\nRUN <<EOT\nset -e\necho a\nEOT\nRUN cat <<EOT > /f\nhello\nEOT\n").all_steps()
     assert steps[0].argv == ["/bin/sh", "-c", "set -e\necho a\n"]
