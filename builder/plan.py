@@ -493,7 +493,8 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
                                 hint="run the step on a machine with the device outside the build")
             for k, v in sorted(ins.flags.items()):
                 if k.startswith("mount"):
-                    m, rows, fkey = _plan_mount(ins, str(v), scope, esc, context, planned, resolver, platform, deps)
+                    m, rows, fkey = _plan_mount(ins, str(v), scope, esc, context, planned, resolver, platform, deps,
+                                                cfg.working_dir)
                     mounts.append(m)
                     if rows:
                         sources_rows.append([m.target, rows])
@@ -706,7 +707,7 @@ def _check_mount_options(ins: Instruction, mtype: str, opts: dict[str, str]) -> 
 
 def _plan_mount(ins: Instruction, raw: str, scope: dict[str, str], esc: str, context: BuildContext,
                 planned: dict[str, PlannedStage], resolver: Resolver, platform: str,
-                deps: set[str]) -> tuple[Mount, list, str | None]:
+                deps: set[str], workdir: str = "/") -> tuple[Mount, list, str | None]:
     opts = _csv(_expand(ins, raw, scope, esc))
     mtype = opts.pop("type", "bind")
     if mtype not in ("cache", "secret", "ssh", "bind", "tmpfs"):
@@ -721,6 +722,13 @@ def _plan_mount(ins: Instruction, raw: str, scope: dict[str, str], esc: str, con
         raise ins.error(f"--mount=type={mtype} needs target=PATH")
     if mtype == "secret" and not (opts.get("id") or target):
         raise ins.error("--mount=type=secret needs id=ID (or a target to take it from)")
+    if mtype == "cache":
+        opts.setdefault("id", target)   # as written: `target=rel` shares the cache `rel` (BuildKit)
+        opts.setdefault("sharing", "shared")
+    if target and not target.startswith("/"):   # relative to the WORKDIR (BuildKit)
+        target = posixpath.normpath(posixpath.join("/", workdir or "/", target))
+        if target == "/":
+            raise ins.error(f"--mount=type={mtype}: invalid mount target {target!r} (the rootfs itself)")
     rows: list = []
     fkey = None
     selected: tuple[Source, ...] = ()
@@ -733,7 +741,4 @@ def _plan_mount(ins: Instruction, raw: str, scope: dict[str, str], esc: str, con
             raise ins.error(f"--mount=type=bind,source={src} names {len(selected)} context paths; a bind "
                             "mount takes exactly one (no wildcards)")
         rows = [list(r) for r in hash_sources(list(selected), digests=context.digests)]
-    if mtype == "cache":
-        opts.setdefault("id", target)
-        opts.setdefault("sharing", "shared")
     return Mount(type=mtype, target=target, options=opts, sources=selected), rows, fkey

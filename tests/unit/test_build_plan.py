@@ -182,6 +182,24 @@ def test_an_arg_hiding_an_env_is_keyed_and_others_are_not(ctx, monkeypatch):
     assert changed == [False, True, True, True]   # ENV before the ARG: same key; the RUN after it and what follows
 
 
+@pytest.mark.parametrize("workdir, mount, target, cache_id", [
+    ("/work", "type=cache,target=rel", "/work/rel", "rel"),      # BuildKit: joined to the WORKDIR, id as written
+    ("/a/b", "type=cache,target=../x/", "/a/x", "../x/"),
+    ("/work", "type=tmpfs,target=t", "/work/t", None),
+    ("/work", "type=cache,target=/abs", "/abs", "/abs"),
+    ("/", "type=bind,source=app,target=src", "/src", None),
+])
+def test_a_relative_mount_target_is_under_the_workdir(ctx, workdir, mount, target, cache_id):
+    step = plan(ctx, f"FROM base\nWORKDIR {workdir}\nRUN --mount={mount} true\n").all_steps()[-1]
+    assert [m.target for m in step.mounts] == [target]
+    assert step.mounts[0].options.get("id") == cache_id
+
+
+def test_a_mount_on_the_rootfs_itself_is_refused(ctx):
+    with pytest.raises(BuildError, match="Dockerfile:3: RUN: --mount=type=cache: invalid mount target '/'"):
+        plan(ctx, "FROM base\nWORKDIR /w\nRUN --mount=type=cache,target=.. true\n")
+
+
 def test_heredoc_run_forms(ctx):
     steps = plan(ctx, "FROM base\nRUN <<EOT\nset -e\necho a\nEOT\nRUN cat <<EOT > /f\nhello\nEOT\n").all_steps()
     assert steps[0].argv == ["/bin/sh", "-c", "set -e\necho a\n"]
