@@ -120,9 +120,18 @@ def add_volumes(cfg: ImageConfig, paths: list[str]) -> ImageConfig:
     return cfg.with_runtime(Volumes=volumes)
 
 
+# Linux's signal names as BuildKit reads STOPSIGNAL (moby/sys/signal: any case, SIG prefix optional)
+_SIGNALS = frozenset(("ABRT ALRM BUS CHLD CLD CONT FPE HUP ILL INT IO IOT KILL PIPE POLL PROF PWR QUIT SEGV STKFLT "
+                      "STOP SYS TERM TRAP TSTP TTIN TTOU URG USR1 USR2 VTALRM WINCH XCPU XFSZ RTMIN RTMAX").split()
+                     + [f"RTMIN+{n}" for n in range(1, 16)] + [f"RTMAX-{n}" for n in range(1, 15)])
+
+
 def set_stopsignal(cfg: ImageConfig, signal: str) -> ImageConfig:
-    if not re.fullmatch(r"(SIG)?[A-Z0-9+-]+|\d+", signal):
-        raise BuildError(f"invalid STOPSIGNAL {signal!r}", hint="use a name like SIGTERM or a number")
+    """STOPSIGNAL as written, when BuildKit would take it: a non-zero number or a known signal name."""
+    number = re.fullmatch(r"[+-]?\d+", signal)
+    name = signal.upper().removeprefix("SIG")
+    if (int(signal) == 0) if number else name not in _SIGNALS:
+        raise BuildError(f"invalid STOPSIGNAL {signal!r}", hint="use a signal name (SIGTERM, sigquit, KILL) or a number")
     return cfg.with_runtime(StopSignal=signal)
 
 

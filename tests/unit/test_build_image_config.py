@@ -198,3 +198,19 @@ def test_resolve_user_never_follows_symlinked_passwd(tmp_path):
 
 def test_scratch_config_has_buildkits_working_dir():
     assert ic.empty_config(LINUX).working_dir == "/"  # BuildKit's emptyImage (differential corpus)
+
+
+# STOPSIGNAL as BuildKit takes it (moby/sys/signal.ParseSignal on Linux): kept as written
+@pytest.mark.parametrize("signal, ok", [
+    ("SIGTERM", True), ("sigkill", True), ("Quit", True), ("SIGRTMIN+3", True), ("rtmax-14", True), ("9", True),
+    ("+15", True), ("64", True),
+    ("0", False), ("SIGFOO", False), ("RTMIN+16", False), ("RTMAX-15", False), ("", False), ("9 ", False),
+    ("1_5", False), ("SIG", False),
+])
+def test_stopsignal(signal, ok):
+    cfg = ic.empty_config(LINUX)
+    if ok:
+        assert ic.set_stopsignal(cfg, signal).get("StopSignal") == signal
+    else:
+        with pytest.raises(BuildError, match="invalid STOPSIGNAL"):
+            ic.set_stopsignal(cfg, signal)
