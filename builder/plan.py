@@ -389,6 +389,8 @@ def _expand(ins: Instruction, word: str, scope: dict[str, str], escape: str, her
 def _kv_pairs(ins: Instruction, scope: dict[str, str], escape: str) -> list[tuple[str, str]]:
     if len(ins.args) % 2:
         raise ins.error(f"{ins.cmd} needs KEY=VALUE pairs")
+    if any(not ins.args[i] for i in range(0, len(ins.args), 2)):   # `ENV =x` (a quoted "" name is BuildKit's too)
+        raise ins.error(f"{ins.cmd} names can not be blank")
     return [(_expand(ins, ins.args[i], scope, escape), _expand(ins, ins.args[i + 1], scope, escape))
             for i in range(0, len(ins.args), 2)]
 

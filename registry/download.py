@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from registry.errors import RegistryError
-from registry.httpclient import HttpClient, HttpError, RedirectRefused
+from registry.httpclient import BadURL, HttpClient, HttpError, RedirectRefused
 from registry.transport import RetryPolicy, retry_delay, should_retry_status
 
 BLOCK = 1 << 20
@@ -107,7 +107,7 @@ def _fetch(http: HttpClient, url: str, out, ca_file: str | None, timeout: float,
                 h.update(chunk)
                 out.write(chunk)
             return "sha256:" + h.hexdigest()
-    except RedirectRefused as exc:
+    except (RedirectRefused, BadURL) as exc:   # no second attempt would do better
         raise DownloadError(str(exc)) from None
     except HttpError as exc:
         raise _Retryable(str(exc)[:300]) from None

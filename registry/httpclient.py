@@ -60,6 +60,10 @@ class RedirectRefused(HttpError):
     """A redirect that would leave http(s) or drop from https to plain http."""
 
 
+class BadURL(HttpError):
+    """Not a well-formed http(s) URL (scheme, host, port 0-65535): no attempt can reach it."""
+
+
 class Headers(Mapping[str, str]):
     """Response headers, case-insensitive; a header sent on several lines is joined with ", "."""
 
@@ -340,9 +344,13 @@ class HttpClient:
     def _send(self, method: str, url: str, headers: dict[str, str], body: Any, verify: bool | str,
               connect_timeout: float, read_timeout: float, fresh: bool = False) -> Response:
         parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:   # a port past 65535 or not a number
+            raise BadURL(f"not a valid port in the URL: {url}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise HttpError(f"not an http(s) URL: {url}")
-        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+            raise BadURL(f"not an http(s) URL: {url}")
+        host, port = parts.hostname, port or (443 if parts.scheme == "https" else 80)
         proxy = self.proxies.for_url(parts.scheme, host, port)
         key = (parts.scheme, host, port, verify if parts.scheme == "https" else None, proxy)
         # through a proxy, plain HTTP asks for the whole URL; otherwise (and inside a tunnel) the path

@@ -311,3 +311,9 @@ def test_a_stage_result_carries_the_history_of_its_trailing_args(ctx):
     assert with_trailing_history(p.stages["one"], None) is None
     two = plan(ctx, "FROM base AS one\nRUN x\nARG C=c\nFROM base AS two\nRUN y\n").stages["two"]
     assert with_trailing_history(two, image) is image
+
+
+@pytest.mark.parametrize("line", ["ENV =value", "LABEL =x", "ENV A=1 =2"])
+def test_a_blank_env_or_label_name_is_refused(ctx, line):
+    with pytest.raises(BuildError, match=f"Dockerfile:2: {line.split()[0]}: {line.split()[0]} names can not be blank"):
+        plan(ctx, f"FROM base\n{line}\n")

@@ -15,8 +15,8 @@ from typing import Iterator
 
 import pytest
 
-from registry.httpclient import (Headers, HttpClient, HttpError, ProxyError, Proxies, ReadTimeout, RedirectRefused,
-                                 keeps_credentials, redirect_target)
+from registry.httpclient import (BadURL, Headers, HttpClient, HttpError, ProxyError, Proxies, ReadTimeout,
+                                 RedirectRefused, keeps_credentials, redirect_target)
 
 
 @pytest.mark.parametrize("current, location, expected", [
@@ -287,3 +287,9 @@ def test_certifi_only_where_python_finds_no_system_ca_store(monkeypatch, tmp_pat
                                        str(tmp_path / "no-dir"))
     monkeypatch.setattr(ssl, "get_default_verify_paths", lambda: none_here)
     assert system_ca_file() == certifi.where()
+
+
+@pytest.mark.parametrize("url", ["http://h:99999/x", "http://h:port/x", "ftp://h/x", "http:///x", "file:///etc/passwd"])
+def test_a_url_no_attempt_can_reach_is_refused_before_connecting(url):
+    with pytest.raises(BadURL):
+        HttpClient("kade-test").request("GET", url)
