@@ -731,6 +731,8 @@ def _plan_mount(ins: Instruction, raw: str, scope: dict[str, str], esc: str, con
         target = posixpath.normpath(posixpath.join("/", workdir or "/", target))
         if target == "/":
             raise ins.error(f"--mount=type={mtype}: invalid mount target {target!r} (the rootfs itself)")
+    if target == "/proc" or target.startswith("/proc/"):   # runc refuses it too: the RUN's own procfs is there
+        raise ins.error(f"--mount=type={mtype},target={target}: /proc is the RUN's own procfs; mount elsewhere")
     rows: list = []
     fkey = None
     selected: tuple[Source, ...] = ()

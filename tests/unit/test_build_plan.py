@@ -195,9 +195,13 @@ def test_a_relative_mount_target_is_under_the_workdir(ctx, workdir, mount, targe
     assert step.mounts[0].options.get("id") == cache_id
 
 
-def test_a_mount_on_the_rootfs_itself_is_refused(ctx):
+def test_a_mount_on_the_rootfs_itself_or_on_proc_is_refused(ctx):
     with pytest.raises(BuildError, match="Dockerfile:3: RUN: --mount=type=cache: invalid mount target '/'"):
         plan(ctx, "FROM base\nWORKDIR /w\nRUN --mount=type=cache,target=.. true\n")
+    for target in ("/proc", "/proc/sys", "../proc"):
+        with pytest.raises(BuildError, match="/proc is the RUN's own procfs"):
+            plan(ctx, f"FROM base\nWORKDIR /w\nRUN --mount=type=bind,source=app,target={target} true\n")
+    assert plan(ctx, "FROM base\nRUN --mount=type=tmpfs,target=/process true\n").all_steps()[-1].mounts[0].target == "/process"
 
 
 def test_heredoc_run_forms(ctx):
