@@ -277,6 +277,9 @@ def _declared(instrs: tuple[Instruction, ...], df: Dockerfile) -> list[str]:
     return [name for ins in instrs for name in (p.partition("=")[0] for p in ins.args)]
 
 
+_ROOT_USERS = ("", "root", "0", "0:0", "root:root", "root:0", "0:root")   # WORKDIR's directories stay root's
+
+
 class _StageState:
     """What planning a stage knows at an instruction. Variables are set in the order of the lines, as
     BuildKit sets its state's env: an ARG with a value sets one, an ENV sets one (and the image's Env),
@@ -438,7 +441,7 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
             cfg = ic.set_workdir(cfg, _expand(ins, ins.args[0], scope, esc))
             kind = "workdir"
             text_parts.append(cfg.working_dir)
-            if cfg.user:   # the directories it makes are the USER's: keyed (WORKDIRs without a USER keep their keys)
+            if cfg.user not in _ROOT_USERS:   # the directories it makes are the USER's: keyed (root's keep their keys)
                 text_parts.append({"owner": cfg.user})
         elif c == "USER":
             if len(ins.args) != 1:

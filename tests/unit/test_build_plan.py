@@ -182,6 +182,20 @@ def test_an_arg_hiding_an_env_is_keyed_and_others_are_not(ctx, monkeypatch):
     assert changed == [False, True, True, True]   # ENV before the ARG: same key; the RUN after it and what follows
 
 
+@pytest.mark.parametrize("user, keyed", [("root", False), ("0:0", False), ("app", True), ("1000:50", True)])
+def test_a_workdir_is_keyed_by_its_user_only_when_it_is_not_root(ctx, monkeypatch, user, keyed):
+    """Its directories are the USER's: a WORKDIR under a non-root USER has the user in its key; under root
+    the key stays what it was before WORKDIR took its USER (no rebuild of every `USER root` Dockerfile)."""
+    from builder import plan as plan_module
+
+    def workdir_key() -> str:
+        return [s for s in plan(ctx, f"FROM base\nUSER {user}\nWORKDIR /w\n").all_steps() if s.kind == "workdir"][0].key
+
+    as_planned = workdir_key()
+    monkeypatch.setattr(plan_module, "_ROOT_USERS", () if not keyed else (user,))   # the other way round
+    assert as_planned != workdir_key()
+
+
 @pytest.mark.parametrize("workdir, mount, target, cache_id", [
     ("/work", "type=cache,target=rel", "/work/rel", "rel"),      # BuildKit: joined to the WORKDIR, id as written
     ("/a/b", "type=cache,target=../x/", "/a/x", "../x/"),
