@@ -299,13 +299,13 @@ class _StageState:
         self.args_last.difference_update(names)
 
     def scope(self) -> dict[str, str]:
+        """The variables expansion and a RUN's process see now."""
         return {**self.args, **self.config.env_map(), **{k: self.args[k] for k in self.args_last}}
-
-    def run_env(self) -> dict[str, str]:
-        return self.scope()
 
     def args_over_env(self) -> list[str]:
         """The ARGs that hide an ENV of their name now (a key input: kade once let the ENV win)."""
+        if not self.args_last:   # most stages: no Env to parse
+            return []
         env = self.config.env_map()
         return sorted(k for k in self.args_last if k in env)
 
@@ -505,7 +505,7 @@ def _plan_instruction(df: Dockerfile, st: Stage, ins: Instruction, state: _Stage
                         sources_rows.append([m.target, rows])
                     if fkey:
                         from_key = (from_key or "") + fkey
-            extra = {"argv": argv, "env": state.run_env(), "mounts": mounts, "network": network,
+            extra = {"argv": argv, "env": state.scope(), "mounts": mounts, "network": network,
                      "heredoc_files": files}
             text_parts += [argv, network, [h for h in files]]
         elif c in ("COPY", "ADD"):

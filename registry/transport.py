@@ -26,8 +26,8 @@ from urllib.parse import urlencode, urlparse, urlsplit
 
 from common.timeouts import CONNECT_TIMEOUT, answer_timeout
 from registry import auth, cancel
-from registry.httpclient import (ConnectTimeout, HttpClient, HttpError, ProxyError, ReadTimeout, Response,
-                                 TLSFailure, keeps_credentials)
+from registry.httpclient import (BadURL, ConnectTimeout, HttpClient, HttpError, ProxyError, ReadTimeout,
+                                 Response, TLSFailure, keeps_credentials)
 from registry.errors import RegistryError, RegistryUnavailable, Unauthorized
 from registry.reference import host_without_port, is_loopback_host, split_host_port
 from common import jsonsafe
@@ -246,6 +246,8 @@ class Transport:
                     f"CA, or --insecure-registry {host} if it is a test registry") from None
             except ProxyError as exc:
                 raise RegistryUnavailable(f"cannot reach registry {host}: {exc}{_PROXY_HINT}") from None
+            except BadURL as exc:   # e.g. a Location or Link with port 99999: no attempt would do better
+                raise RegistryError(f"registry {host} named a URL kade can't use: {exc}") from None
             except HttpError as exc:
                 delay = retry_delay(self.retry, attempt)
                 if retry and attempt < self.retry.attempts and time.monotonic() + delay < deadline:
