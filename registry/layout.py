@@ -4,10 +4,13 @@ atomically and only after the manifest it names is complete.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from registry import mediatypes as mt
 from registry.cache import BlobCache
@@ -77,13 +80,26 @@ class OCILayout:
         """Point `ref_name` at `desc` in index.json (replacing an entry of that name)."""
         if not self.blobs.has(desc.digest):
             raise LayoutError(f"refusing to tag {ref_name} in {self.path}: manifest {desc.digest} is not written")
-        index = self.index()
-        keep = [m for m in index.manifests if (m.annotations or {}).get(mt.ANNOTATION_REF_NAME) != ref_name]
         annotations = dict(desc.annotations or {})
         annotations[mt.ANNOTATION_REF_NAME] = ref_name
         entry = Descriptor(desc.media_type, desc.digest, desc.size, annotations, desc.platform)
-        index.manifests = keep + [entry]
-        self._write_json(self.path / "index.json", index.to_dict())
+        with self._index_lock():
+            index = self.index()
+            keep = [m for m in index.manifests if (m.annotations or {}).get(mt.ANNOTATION_REF_NAME) != ref_name]
+            index.manifests = keep + [entry]
+            self._write_json(self.path / "index.json", index.to_dict())
+
+    @contextlib.contextmanager
+    def _index_lock(self) -> Iterator[None]:
+        """Held while index.json is read, changed and replaced: builds writing one layout at once (kade's
+        cache has one) would otherwise drop each other's tags. A lock on the directory itself, so the
+        layout holds no file skopeo or podman don't expect."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def resolve(self, ref_name: str | None) -> Descriptor:
         """The index entry named `ref_name`; with None, the only entry there is."""

@@ -61,7 +61,9 @@ def read_layout(layout: Path, digest: str | None = None) -> Image:
         algo, hexd = d.split(":", 1)
         return layout / "blobs" / algo / hexd
 
-    manifest = _find_manifest(json.loads((layout / "index.json").read_text()), blob, digest)
+    # By digest from the blobs, not through index.json: concurrent builds into one layout move its tags
+    top = json.loads(blob(digest).read_bytes()) if digest else json.loads((layout / "index.json").read_text())
+    manifest = top if "layers" in top else _first_manifest(top, blob)
     config = json.loads(blob(manifest["config"]["digest"]).read_bytes())
     chain = tuple(layer["digest"] for layer in manifest["layers"])
     with _SEEN_LOCK:
@@ -92,17 +94,17 @@ def _remember(chain: tuple[str, ...], tree: "Tree") -> None:
             _SEEN[chain] = tree.copy()
 
 
-def _find_manifest(index: dict, blob, digest: str | None) -> dict:
+def _first_manifest(index: dict, blob) -> dict:
+    """The first image manifest an index names (through nested indexes)."""
     for desc in index.get("manifests", []):
         body = json.loads(blob(desc["digest"]).read_bytes())
-        if "manifests" in body:  # a nested index
-            try:
-                return _find_manifest(body, blob, digest)
-            except LookupError:
-                continue
-        if digest is None or desc["digest"] == digest:
+        if "manifests" not in body:
             return body
-    raise LookupError(f"no image manifest {digest or ''} in the layout")
+        try:
+            return _first_manifest(body, blob)
+        except LookupError:
+            continue
+    raise LookupError("no image manifest in the layout")
 
 
 def _decompressed(f: IO[bytes], media_type: str) -> IO[bytes]:
@@ -127,7 +129,7 @@ class Tree:
                 digest = ""
                 if m.isreg():
                     h, src = hashlib.sha256(), tar.extractfile(m)
-                    for chunk in iter(lambda: src.read(1 << 20), b""):
+                    while chunk := src.read(1 << 20):
                         h.update(chunk)
                     digest = h.hexdigest()
                 members.append((m, norm(m.name), digest))

@@ -76,6 +76,26 @@ def test_layout_tag_and_resolve(tmp_path):
         OCILayout(tmp_path / "missing")
 
 
+def _tag_many(root: str, prefix: str, n: int) -> None:
+    layout = OCILayout(root, create=True)
+    body = b'{"schemaVersion":2,"mediaType":"%s","manifests":[]}' % mt.OCI_INDEX.encode()
+    desc = layout.write_manifest(body, mt.OCI_INDEX)
+    for i in range(n):
+        layout.tag(desc, f"{prefix}{i}")
+
+
+def test_layout_tags_from_concurrent_processes_are_all_kept(tmp_path):
+    """Builds into one cache tag one layout at once: none may drop another's tag (read, change, replace)."""
+    procs = [multiprocessing.Process(target=_tag_many, args=(str(tmp_path), p, 40)) for p in "abcd"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    names = {m.annotations[mt.ANNOTATION_REF_NAME] for m in OCILayout(tmp_path).index().manifests}
+    assert names == {f"{p}{i}" for p in "abcd" for i in range(40)}
+
+
 def test_credentials_from_config_order_and_bad_files(tmp_path):
     path = tmp_path / "config.json"
     auth = base64.b64encode(b"u:p").decode()
