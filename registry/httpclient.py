@@ -7,8 +7,9 @@ downloads need, and nothing else (importing requests and urllib3 took ~45 ms of 
   given CA bundle only, or not at all for insecure registries; a context is made once per setting.
 - Proxies come from the environment as curl and requests read them (`https_proxy`, `http_proxy`,
   upper case too, `no_proxy` with names, domains, `host:port`, `*` and networks such as 10.96.0.0/12):
-  plain HTTP through the proxy, HTTPS through a CONNECT tunnel. Loopback is no exception (Go's
-  clients never proxy it): name it in `no_proxy`.
+  plain HTTP through the proxy, HTTPS through a CONNECT tunnel. Loopback (`localhost`, 127.0.0.0/8,
+  ::1) is never proxied, as Go's clients (skopeo, buildah, BuildKit, kubectl) have it: a proxy
+  cannot reach this machine's loopback, and a local registry must work beside a corporate proxy.
 - Redirects of GET and HEAD are followed (at most 10); an https URL never leads to plain http,
   and the Authorization header is not sent to another host.
 - A request body is bytes, a file object (read in 1 MiB blocks; give Content-Length) or an
@@ -265,6 +266,8 @@ class Proxies:
 
     def _bypassed(self, host: str, port: int) -> bool:
         host = host.lower().strip("[]")
+        if _is_loopback(host):
+            return True
         for entry in self._no_proxy:
             if entry == "*":
                 return True
@@ -278,6 +281,17 @@ class Proxies:
             name = name.lstrip(".")
             if host == name or host.endswith("." + name):
                 return True
+        return False
+
+
+def _is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address (Go's httpproxy: useProxy)."""
+    if host == "localhost":
+        return True
+    import ipaddress
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
         return False
 
 

@@ -76,9 +76,13 @@ def _basic(user: str, password: str) -> str:
     ({"https_proxy": "http://p:1", "no_proxy": "*"}, "https", "anything", 443, None),
     ({"https_proxy": "http://p:1", "no_proxy": "reg:5000"}, "https", "reg", 5000, None),
     ({"https_proxy": "http://p:1", "no_proxy": "reg:5000"}, "https", "reg", 443, ("p", 1, None)),
-    ({"http_proxy": "http://p:1", "no_proxy": "127.0.0.1"}, "http", "127.0.0.1", 5000, None),
-    ({"http_proxy": "http://p:1", "no_proxy": "::1"}, "http", "::1", 5000, None),
-    ({"http_proxy": "http://p:1", "no_proxy": ""}, "http", "127.0.0.1", 5000, ("p", 1, None)),
+    ({"http_proxy": "http://p:1", "no_proxy": ""}, "http", "127.0.0.1", 5000, None),     # loopback: never (as Go)
+    ({"http_proxy": "http://p:1"}, "http", "127.8.9.10", 5000, None),
+    ({"http_proxy": "http://p:1"}, "http", "[::1]", 5000, None),
+    ({"https_proxy": "http://p:1"}, "https", "LOCALHOST", 5000, None),
+    ({"http_proxy": "http://p:1"}, "http", "localhost.example", 5000, ("p", 1, None)),   # a name, not loopback
+    ({"http_proxy": "http://p:1"}, "http", "128.0.0.1", 5000, ("p", 1, None)),
+    ({"http_proxy": "http://p:1"}, "http", "::2", 5000, ("p", 1, None)),
     ({"http_proxy": "http://p:1", "no_proxy": "10.96.0.0/12"}, "http", "10.96.4.2", 5000, None),   # a network
     ({"http_proxy": "http://p:1", "no_proxy": "10.96.0.0/12"}, "http", "10.112.0.1", 5000, ("p", 1, None)),
     ({"http_proxy": "http://p:1", "no_proxy": "10.96.0.0/12"}, "http", "reg.example", 5000, ("p", 1, None)),
