@@ -352,12 +352,13 @@ def _plan_stage(df: Dockerfile, st: Stage, context: BuildContext, resolver: Reso
     instructions += list(st.instructions)
     steps: list[Step] = []
     parent = base_key
+    from_resolver = _not_a_later_stage(resolver, df, st)
     history: list[str] = []  # ARGs since the last step, as BuildKit's history names them
     for ins in instructions:
         if ins.cmd == "ARG":
             history.append(_plan_arg(ins, state, df.escape, build_args, gscope, consumed))
             continue
-        step = _plan_instruction(df, st, ins, state, context, resolver, planned, parent, stage_platform, deps)
+        step = _plan_instruction(df, st, ins, state, context, from_resolver, planned, parent, stage_platform, deps)
         step.history, history = history, []
         if steps and steps[-1].kind == "config":
             steps[-1].config = None   # not the stage's last any more: applied in memory (see Step.config)
@@ -556,6 +557,19 @@ def _run_argv(ins: Instruction, cfg: ImageConfig) -> tuple[list[str], list[tuple
     return ic.command_argv(cfg, ins.args, ins.json), files
 
 
+def _not_a_later_stage(resolver: Resolver, df: Dockerfile, st: Stage) -> Resolver:
+    """The resolver for --from= and mount from=, which name stages before this one (`planned`) or an image:
+    the name of this stage or a later one is refused, as BuildKit refuses it, not pulled as an image."""
+    def resolve(ref: str, platform: str) -> BaseImage:
+        named = df.stage(ref)
+        if named is not None and named.index >= st.index:
+            where = "this stage" if named.index == st.index else f"line {named.instruction.line}"
+            raise UnknownStageError(f"--from={ref}: stage {named.label()} ({where}) is not defined before this "
+                                    "instruction", hint="move that stage above the one that takes files from it")
+        return resolver(ref, platform)
+    return resolve
+
+
 def _resolve_from(ins: Instruction, ref: str, planned: dict[str, PlannedStage], resolver: Resolver,
                   platform: str, deps: set[str]) -> tuple[str | None, BaseImage | None, str]:
     """--from=NAME: a planned stage (by name or index), else an image reference."""
@@ -569,6 +583,8 @@ def _resolve_from(ins: Instruction, ref: str, planned: dict[str, PlannedStage], 
                                 line=ins.line)
     try:
         image = resolver(ref, platform)
+    except UnknownStageError as exc:   # a stage defined later (`_not_a_later_stage`)
+        raise UnknownStageError(exc.detail, file=ins.file, line=ins.line, hint=exc.hint) from None
     except BuildError as exc:
         raise UnknownStageError(f"--from={ref} is neither a stage before this one nor a pullable image "
                                 f"({exc.detail})", file=ins.file, line=ins.line) from None

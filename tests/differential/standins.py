@@ -124,6 +124,9 @@ def map_dockerfile(text: str, registry: str, build_args: frozenset[str] = frozen
     def is_image(value: str) -> bool:
         return value.lower() not in stages and value.lower() != "scratch" and not value.isdigit()
 
+    # --from= and mount from= may name any stage, a later one too (FROM only those before it)
+    every_stage = {st.group(1).lower() for line in lines if (f := _FROM.match(line)) and (st := _STAGE.search(f.group(3)))}
+
     for i, line in enumerate(lines):
         arg = _ARG.match(line)
         if arg and not seen_from:
@@ -146,6 +149,7 @@ def map_dockerfile(text: str, registry: str, build_args: frozenset[str] = frozen
             continue
         if seen_from and "from=" in line:
             lines[i] = _FROM_FLAG.sub(lambda f: f.group(1) + (map_ref(f.group(2)) if is_image(f.group(2))
+                                                              and f.group(2).lower() not in every_stage
                                                               else f.group(2)), line)
     return Mapped("\n".join(lines), needed)
 

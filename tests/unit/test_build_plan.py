@@ -251,6 +251,12 @@ def test_mounts_in_key_but_not_secret_contents(ctx):
     ("FROM base\nRUN --mount=type=cache,target=/c,uid=4294967295 true\n", {}, BuildError, "from 0 to 4294967294", 2),
     ("FROM base\nRUN --mount=type=cache,target=/c,gid=² true\n", {}, BuildError, "expected a number", 2),
     ("FROM base\nCOPY --from=00000000000000000000000000000000000000003 /a /b\n", {}, UnknownStageError, "stage 0", 2),
+    # a stage defined later (or this one) is refused as BuildKit refuses it, never pulled as an image
+    ("FROM base AS a\nCOPY --from=b /x /y\nFROM base AS b\n", {"target": "a"}, UnknownStageError,
+     "--from=b: stage b (line 3) is not defined before this instruction", 2),
+    ("FROM base AS a\nRUN --mount=from=B,target=/m true\nFROM base AS b\n", {"target": "a"}, UnknownStageError,
+     "stage b (line 3)", 2),
+    ("FROM base AS a\nCOPY --from=a /x /y\n", {}, UnknownStageError, "stage a (this stage)", 2),
 ])
 def test_plan_errors(ctx, text, kw, error, fragment, line):
     with pytest.raises(error) as exc:
