@@ -6,8 +6,8 @@ Determinism: entries sorted by path components, numeric uid/gid with empty uname
 where ustar cannot hold a field, integer mtimes clamped to `epoch` (SOURCE_DATE_EPOCH) when given,
 hard links written as tar links to their first occurrence in entry order, whiteouts `.wh.<name>` and
 opaque whiteouts `.wh..wh..opq` with mode 0 and mtime `epoch or 0`. Sockets are skipped (as Docker
-and buildah do). Kept xattrs: `security.capability` and `user.*` (minus overlayfs' own `user.overlay.*`);
-SELinux labels and `trusted.*` are host state, not image content.
+and buildah do). Kept xattrs: `security.capability` only, as BuildKit's differ and moby write layers
+(builder/layernorm.py `written_xattr`); SELinux labels and `trusted.*` are host state, not image content.
 
 gzip is deflated on every core (builder/pgzip.py: fixed 1 MiB blocks, pigz-style, by ISA-L): the
 header carries no name and mtime 0 and the blocks do not depend on the number of cores, so equal trees
@@ -26,7 +26,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator, Literal
 
 from builder.changes import Change, split_path, tar_name
 from builder.errors import BuildError
-from builder.layernorm import keep_xattr
+from builder.layernorm import written_xattr
 from builder.tarformat import (BLOCK, BLOCKDEV, CHAR, DIRECTORY, END_OF_ARCHIVE, FIFO, HARDLINK, REGULAR,
                                SYMLINK, TarEntry, TarFormatError, TocEntry, encode_header, plain_header)
 from common.stage import Stage
@@ -65,7 +65,7 @@ def read_xattrs(target: str | bytes | int) -> dict[str, bytes]:
         return {}
     out: dict[str, bytes] = {}
     for name in sorted(names):
-        if keep_xattr(name):
+        if written_xattr(name):
             try:
                 out[name] = os.getxattr(target, name, follow_symlinks=follow)
             except OSError:

@@ -1,5 +1,6 @@
 """What turns an upper dir into a layer dir (builder/layerstore.py): `normalize` makes it hold what its
-layer holds, `fingerprint_of` records the result, `keep_xattr` says which xattrs a layer keeps.
+layer holds, `fingerprint_of` records the result, `keep_xattr` says which xattrs a layer dir keeps
+and `written_xattr` which a layer blob kade writes keeps.
 
 A RUN's big upper dir (`APART_FROM` changes or more) is normalized in a child process (`Normalizing`)
 while the build process writes its layer from the same files: both walk every entry (20,000 files take
@@ -8,7 +9,7 @@ times slower; two processes use two cores. This module imports only the standard
 
 The two can run at once because what normalize changes doesn't change what the writer writes: mtimes
 (the writer writes whole seconds clamped to the epoch, what normalize sets) and xattrs that a layer
-doesn't keep (the writer reads only `keep_xattr` ones, which normalize never touches). Removing a socket
+doesn't keep (the writer reads only `written_xattr` ones, which normalize never touches). Removing a socket
 does move its directory's mtime: sockets go before the child starts (`layerstore.tidy`).
 """
 from __future__ import annotations
@@ -33,10 +34,19 @@ _STAT = struct.Struct("<QqqqqqQQQ")
 
 
 def keep_xattr(name: str) -> bool:
-    """Whether an extended attribute is image content (kept in layers) rather than host state."""
+    """Whether a layer dir keeps an extended attribute: file capabilities and `user.*` (not overlayfs'
+    own marks), as BuildKit's snapshots keep them for the steps after; SELinux labels and `trusted.*`
+    are host state."""
     if name == "security.capability":
         return True
     return name.startswith("user.") and not name.startswith("user.overlay.")
+
+
+def written_xattr(name: str) -> bool:
+    """Whether a layer blob kade writes keeps an extended attribute: file capabilities only, as BuildKit's
+    differ (containerd's archive) and moby write layers. So a `user.*` xattr a RUN sets (or a COPY'd
+    file has) is seen by the later steps of the build, and is not in the image, as with BuildKit."""
+    return name == "security.capability"
 
 
 def fingerprint_of(stats: Iterable[tuple[bytes, os.stat_result]]) -> Fingerprint:

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.layernorm import keep_xattr
 from builder.rootpath import MAX_SYMLINKS, fd_path, lexical, open_dir, open_root, openat2_in_root, split
 
 Parts = tuple[bytes, ...]
@@ -280,6 +281,23 @@ def set_meta(fd: int, meta: Meta) -> None:
         os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
 
 
+def copy_xattrs(src: int, dst: int, wanted: Callable[[str], bool] = keep_xattr) -> None:
+    """The `wanted` xattrs (by default those a layer dir keeps: file capabilities, user.*) from one open
+    object to another, after its owner and mode are set (a chown clears file capabilities), as
+    BuildKit's copier copies them: a `setcap` binary copied out of a build stage keeps its capabilities.
+    One that can't be set is left out, as there."""
+    try:
+        names = os.listxattr(src)
+    except OSError:
+        return
+    for name in names:
+        if wanted(name):
+            try:
+                os.setxattr(dst, name, os.getxattr(src, name))
+            except OSError:
+                continue
+
+
 def set_meta_at(parent: int, name: bytes, meta: Meta) -> None:
     """`set_meta` for an entry that can't be opened (a symlink): by name, never following it."""
     _chown(lambda: os.chown(name, meta.uid, meta.gid, dir_fd=parent, follow_symlinks=False))
@@ -392,7 +410,8 @@ class Override:
     `keep_owner`), --chmod (a function of the source's bits and kind: builder/modes.py), the mtime
     clamp (SOURCE_DATE_EPOCH, BuildKit's rewrite-timestamp) and --exclude (`skip` gets each path
     relative to the copied source). With `keep_links`, files hard-linked to each other inside one
-    copied source stay hard links in the copy (BuildKit's copier)."""
+    copied source stay hard links in the copy (BuildKit's copier). `xattrs` names the extended
+    attributes copied along (`copy_xattrs`)."""
     uid: int = 0
     gid: int = 0
     modes: Callable[[int, bool], int] | None = None
@@ -400,6 +419,7 @@ class Override:
     keep_owner: bool = False
     skip: Callable[[Parts], bool] | None = None
     keep_links: bool = False
+    xattrs: Callable[[str], bool] = keep_xattr
 
     def meta(self, st: os.stat_result) -> Meta:
         mtime = st.st_mtime_ns
@@ -449,6 +469,7 @@ class TreeCopy:
                 try:
                     if created or rel:
                         set_meta(dfd, Meta(meta.uid, meta.gid, meta.mode))
+                        copy_xattrs(sfd, dfd, self.o.xattrs)
                     self.written.append(at)
                     for child in sorted(os.fsencode(n) for n in os.listdir(sfd)):
                         if self.o.skip is not None and self.o.skip(rel + (child,)):
@@ -482,6 +503,7 @@ class TreeCopy:
                 try:
                     copy_fd(sfd, dfd, now.st_size)
                     set_meta(dfd, meta)
+                    copy_xattrs(sfd, dfd, self.o.xattrs)
                 finally:
                     os.close(dfd)
             finally:

@@ -2,6 +2,7 @@
 
 These builds use no RUN, so they exercise planning, lookup, unpack, layer writing and pushing."""
 import json
+import os
 import subprocess
 
 import pytest
@@ -100,3 +101,33 @@ def test_no_tag_writes_oci_layout_skopeo_reads(base_image, project, kade_build, 
     assert info["Digest"] == res.json()["images"][0]["digest"]
     cfg = skopeo_inspect(ref, config=True)
     assert cfg["config"]["WorkingDir"] == "/app"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting security.capability takes root")
+def test_file_capabilities_and_user_xattrs_follow_buildkit(registry, base_image, kade_build, tmp_path):
+    """As BuildKit: a file copied out of an image or stage keeps its file capabilities (a `setcap`
+    binary), a context file's are cleared (its transfer chowns after setting them); no user.* xattr is
+    written into a layer (BuildKit's differ writes security.capability only; the steps after the COPY
+    still see them, which the differential probe of stop 33 compared)."""
+    from pathlib import Path
+
+    from tests.differential.imagetree import read_layout
+    from tests.fixtures.build import push_image
+    from tests.fixtures.layers import CAP_NET_RAW_EP, E, make_tar
+
+    tool = push_image(registry.host, "it/capped", "1", make_tar([
+        E("usr", "dir"), E("usr/bin", "dir"),
+        E("usr/bin/ping", data=b"#!/bin/sh\n", mode=0o755,
+          xattrs={"security.capability": CAP_NET_RAW_EP, "user.origin": b"the image"})]))
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "local").write_bytes(b"x")
+    os.setxattr(ctx / "local", "security.capability", CAP_NET_RAW_EP)
+    os.setxattr(ctx / "local", "user.origin", b"a checkout")
+    (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\nCOPY --from={tool.ref} /usr/bin/ping /ping\n"
+                                    "COPY local /local\n")
+    res = kade_build(str(ctx), "--output", "json", "--cache-dir", str(tmp_path / "c")).ok()
+    (image,) = res["images"]
+    files = read_layout(Path(image["ref"].split(":", 2)[1]), image["digest"]).files
+    assert dict(files["/ping"].xattrs) == {"security.capability": CAP_NET_RAW_EP.decode("utf-8", "surrogateescape")}
+    assert dict(files["/local"].xattrs) == {}
