@@ -343,9 +343,9 @@ def _the_root(root: Root) -> Iterator[tuple[int, bytes, Parts]]:
 
 
 def _is_archive(ctx: Root, parts: Parts) -> bool:
-    """A tar (plain, gzip, bzip2, xz or zstd), by its first header: ADD extracts it."""
-    import io
-
+    """A tar (plain, gzip, bzip2, xz or zstd), by its first header block alone (its checksum holds), as
+    Go's tar reader tells: ADD extracts it. That block may be a PAX or GNU extended header (GNU tar
+    --format=posix, Go and Python write one first for a long name or a big number)."""
     from builder.unpack import open_decompressed
 
     fd = ctx.open_file(parts)
@@ -353,9 +353,9 @@ def _is_archive(ctx: Root, parts: Parts) -> bool:
         return False
     try:
         with os.fdopen(fd, "rb") as stream:
-            head = open_decompressed(stream).read(512)
-        with tarfile.open(fileobj=io.BytesIO(head.ljust(1024, b"\0")), mode="r:") as tf:
-            return tf.next() is not None
+            head = open_decompressed(stream).read(tarfile.BLOCKSIZE)
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+        return True
     except (tarfile.TarError, OSError, EOFError, ValueError, zstandard.ZstdError):
         return False
 

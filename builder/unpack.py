@@ -471,7 +471,8 @@ class _Applier:
         if kind != SYMLINK:
             os.chmod(name, entry.mode & 0o7777, dir_fd=parent, follow_symlinks=False)
         self._xattrs_at(parent, name, entry)
-        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
+        mtime = _bounded(entry.mtime_ns)
+        os.utime(name, ns=(mtime, mtime), dir_fd=parent, follow_symlinks=False)
 
     def _write_file(self, parent: int, name: bytes, entry: TarEntry, reader: TarReader) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -492,7 +493,7 @@ class _Applier:
             self._owner(fd, None, entry)
             os.fchmod(fd, entry.mode & 0o7777)
             self._xattrs(fd, entry)
-            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            os.utime(fd, ns=(_bounded(entry.mtime_ns),) * 2)
         finally:
             os.close(fd)
 
@@ -571,9 +572,19 @@ class _Applier:
                     self._owner(fd, None, entry)
                     self._xattrs(fd, entry)
                 os.fchmod(fd, entry.mode & 0o7777)
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+                os.utime(fd, ns=(_bounded(entry.mtime_ns),) * 2)
             finally:
                 os.close(fd)
+
+
+_MAX_MTIME_NS = (1 << 63) - 1
+
+
+def _bounded(mtime_ns: int) -> int:
+    """An entry's mtime as set on disk: one before 1970 or past what 64-bit nanoseconds hold is the
+    epoch, as moby's and containerd's unpackers bound it (a hostile layer's huge one raised an
+    OverflowError here)."""
+    return mtime_ns if 0 <= mtime_ns <= _MAX_MTIME_NS else 0
 
 
 def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: str | None = None, *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import subprocess
 
 import pytest
 
@@ -103,6 +104,28 @@ def test_add_chown_gives_extracted_files_the_owner(registry, base_image, kade_bu
     for name in ("opt/owned/pkg", "opt/owned/pkg/bin", "opt/owned/pkg/bin/tool"):
         assert (files[name][0].uid, files[name][0].gid) == (7, 7), name
     assert files["opt/owned/pkg/bin/tool"][1] == b"run"
+
+
+@pytest.mark.parametrize("how", ["gnu-tar-posix", "long-name-first"])
+def test_add_extracts_an_archive_that_starts_with_a_pax_header(registry, base_image, kade_build, tmp_path, how):
+    """GNU tar --format=posix, Go's and Python's tar writers start an archive with a PAX extended header
+    (always, or for a long name): ADD extracts it as BuildKit does (kade copied it as a file)."""
+    if how == "gnu-tar-posix":
+        src = tmp_path / "src"
+        (src / "pkg").mkdir(parents=True)
+        (src / "pkg" / "tool").write_bytes(b"run")
+        archive = subprocess.run(["tar", "--format=posix", "-C", str(src), "-cf", "-", "pkg"], check=True,
+                                 capture_output=True).stdout
+        inside = "pkg/tool"
+    else:
+        inside = "d" * 120 + "/tool"
+        archive = make_tar([E("d" * 120, "dir"), E(inside, data=b"run")])
+    assert archive[156:157] == b"x"   # the first block is a PAX header
+    ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nADD archive.tar /opt/x/\n", {"archive.tar": archive})
+    kade_build(str(ctx), "--tag", f"{registry.host}/sem/addpax:{how}", "--output", "json",
+               "--cache-dir", str(tmp_path / "c")).ok()
+    files = image_files(registry.url, "sem/addpax", how)
+    assert files[f"opt/x/{inside}"][1] == b"run" and "opt/x/archive.tar" not in files
 
 
 def test_dockerignore_reincludes_a_file_of_an_excluded_directory(registry, base_image, kade_build, tmp_path):

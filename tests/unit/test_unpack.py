@@ -273,6 +273,16 @@ def test_metadata_restored(rootfs):
         assert os.getxattr(rootfs / "suid", "security.capability") == CAP_NET_RAW_EP
 
 
+@pytest.mark.parametrize("mtime, on_disk", [
+    (1_700_000_000, 1_700_000_000), (0, 0),
+    (-315_619_200, 0),                  # 1960: before the epoch, as moby and containerd bound it
+    (10 ** 20, 0),                      # past 64-bit nanoseconds (raised OverflowError)
+])
+def test_mtimes_out_of_range_are_the_epoch(rootfs, mtime, on_disk):
+    apply(rootfs, [E("d", "dir", mtime=mtime), E("d/f", data=b"x", mtime=mtime), E("l", "symlink", link="d", mtime=mtime)])
+    assert {os.lstat(rootfs / p).st_mtime_ns // 10 ** 9 for p in ("d", "d/f", "l")} == {on_disk}
+
+
 @pytest.mark.parametrize("compress", [lambda b: b, gzip.compress,
                                       lambda b: zstandard.ZstdCompressor().compress(b),
                                       lambda b: gzip.compress(b[:1024]) + gzip.compress(b[1024:])])  # multi-member
