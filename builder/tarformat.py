@@ -58,6 +58,7 @@ def padding(size: int) -> bytes:
 
 
 _MAX8, _MAX12 = 8 ** 7, 8 ** 11   # limits of the 8- and 12-byte octal fields
+MAX_ID = 2 ** 32 - 2   # the largest Linux uid/gid (2**32 - 1 is chown's "leave it")
 
 
 def _fits(value: int, width: int) -> bool:
@@ -432,6 +433,9 @@ class TarReader:
                 entry.xattrs[key[len(_XATTR_PREFIX):].decode("utf-8", "surrogateescape")] = value
             elif key.startswith(b"GNU.sparse."):
                 raise TarFormatError(f"sparse tar entry {entry.name!r} is not supported")
+        if entry.uid > MAX_ID or entry.gid > MAX_ID:   # chown would raise OverflowError (Linux ids are 32-bit)
+            raise TarFormatError(f"entry {entry.name[:80]!r} has owner {entry.uid}:{entry.gid}: past the largest "
+                                 f"Linux id {MAX_ID}")
         if len(entry.name) > self._max_name or len(entry.linkname) > self._max_name:
             raise TarFormatError(f"entry name or link target longer than {self._max_name} bytes: {entry.name[:80]!r}...")
         if typeflag not in ENTRY_TYPES:

@@ -273,6 +273,13 @@ def test_metadata_restored(rootfs):
         assert os.getxattr(rootfs / "suid", "security.capability") == CAP_NET_RAW_EP
 
 
+@pytest.mark.parametrize("uid, gid", [(10 ** 20, 0), (0, 2 ** 32 - 1), (2 ** 40, 2 ** 40)])
+def test_owners_past_linux_ids_are_a_clear_error(rootfs, uid, gid):
+    """A hostile layer's huge PAX uid raised OverflowError from chown; now an error naming the layer."""
+    with pytest.raises(UnpackError, match=f"{DIGEST}.*past the largest Linux id"):
+        apply(rootfs, [E("f", data=b"x", uid=uid, gid=gid)])
+
+
 @pytest.mark.parametrize("mtime, on_disk", [
     (1_700_000_000, 1_700_000_000), (0, 0),
     (-315_619_200, 0),                  # 1960: before the epoch, as moby and containerd bound it
