@@ -96,7 +96,8 @@ class OCILayout:
         layout holds no file skopeo or podman don't expect."""
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(OSError):   # a filesystem without locks: as before, unlocked
+                fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
