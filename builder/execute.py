@@ -26,8 +26,8 @@ from builder import image_config as ic
 from builder.changes import Change
 from builder.errors import BuildError, StepFailedError
 from builder.masking import SecretMask
-from builder.layernorm import keep_xattr
 from builder.context import Source
+from builder.layernorm import context_xattr, keep_xattr
 from builder.plan import CopySpec, Step
 from builder.plan import Mount as PlanMount
 from builder.modes import parse_chmod
@@ -182,7 +182,7 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
     override = Override(uid, gid, chmod, epoch, keep_owner=from_root is not None and not spec.chown,
                         skip=_excluder(spec.excludes) if spec.from_paths else None,
                         keep_links=from_root is not None,
-                        xattrs=keep_xattr if from_root is not None else _context_xattr)
+                        xattrs=keep_xattr if from_root is not None else context_xattr)
     made = Meta(uid, gid, 0o755, made_time(epoch))
     opened: list[Root] = []
     try:
@@ -206,12 +206,6 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
     finally:
         for r in opened:
             r.close()
-
-
-def _context_xattr(name: str) -> bool:
-    """The xattrs a context file brings along: user.* ones, not file capabilities (BuildKit's context
-    transfer sets a file's xattrs before its owner, and the chown clears its capabilities)."""
-    return name != "security.capability" and keep_xattr(name)
 
 
 def _chmod_made_dirs(root: Root, created: list[Parts], meta: Meta) -> None:

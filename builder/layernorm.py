@@ -42,6 +42,12 @@ def keep_xattr(name: str) -> bool:
     return name.startswith("user.") and not name.startswith("user.overlay.")
 
 
+def context_xattr(name: str) -> bool:
+    """Whether COPY brings an xattr of a build context file along: `user.*` ones, not file capabilities
+    (BuildKit's context transfer sets a file's xattrs before its owner, and the chown clears them)."""
+    return name != "security.capability" and keep_xattr(name)
+
+
 def written_xattr(name: str) -> bool:
     """Whether a layer blob kade writes keeps an extended attribute: file capabilities only, as BuildKit's
     differ (containerd's archive) and moby write layers. So a `user.*` xattr a RUN sets (or a COPY'd

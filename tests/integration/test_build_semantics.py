@@ -106,21 +106,22 @@ def test_add_chown_gives_extracted_files_the_owner(registry, base_image, kade_bu
     assert files["opt/owned/pkg/bin/tool"][1] == b"run"
 
 
-@pytest.mark.parametrize("how", ["gnu-tar-posix", "long-name-first"])
-def test_add_extracts_an_archive_that_starts_with_a_pax_header(registry, base_image, kade_build, tmp_path, how):
+@pytest.mark.parametrize("how, first", [("gnu-tar-posix", b"x"), ("long-name-first", b"x"), ("gnu-long-name", b"L")])
+def test_add_extracts_an_archive_that_starts_with_an_extended_header(registry, base_image, kade_build, tmp_path,
+                                                                      how, first):
     """GNU tar --format=posix, Go's and Python's tar writers start an archive with a PAX extended header
-    (always, or for a long name): ADD extracts it as BuildKit does (kade copied it as a file)."""
-    if how == "gnu-tar-posix":
-        src = tmp_path / "src"
-        (src / "pkg").mkdir(parents=True)
-        (src / "pkg" / "tool").write_bytes(b"run")
-        archive = subprocess.run(["tar", "--format=posix", "-C", str(src), "-cf", "-", "pkg"], check=True,
-                                 capture_output=True).stdout
-        inside = "pkg/tool"
-    else:
-        inside = "d" * 120 + "/tool"
+    (always, or for a long name), GNU tar's own format with a long-name header: ADD extracts it as BuildKit
+    does (kade copied it as a file)."""
+    inside = "pkg/tool" if how == "gnu-tar-posix" else "d" * 120 + "/tool"
+    if how == "long-name-first":
         archive = make_tar([E("d" * 120, "dir"), E(inside, data=b"run")])
-    assert archive[156:157] == b"x"   # the first block is a PAX header
+    else:
+        src = tmp_path / "src"
+        (src / inside).parent.mkdir(parents=True)
+        (src / inside).write_bytes(b"run")
+        archive = subprocess.run(["tar", f"--format={'posix' if how == 'gnu-tar-posix' else 'gnu'}", "-C", str(src),
+                                  "-cf", "-", inside.split("/")[0]], check=True, capture_output=True).stdout
+    assert archive[156:157] == first   # the first block is an extended header
     ctx = _ctx(tmp_path, f"FROM {base_image.ref}\nADD archive.tar /opt/x/\n", {"archive.tar": archive})
     kade_build(str(ctx), "--tag", f"{registry.host}/sem/addpax:{how}", "--output", "json",
                "--cache-dir", str(tmp_path / "c")).ok()
