@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 
 from builder.errors import BuildError
 from common.durations import GO_UNITS, nanoseconds
+from common.epoch import clamped, image_created
 from registry.imageconfig import History, ImageConfig
 from registry.model import Platform
 from common.digits import decimal
@@ -184,6 +185,16 @@ def clear_onbuild(cfg: ImageConfig) -> ImageConfig:
 
 
 def add_history(cfg: ImageConfig, created_by: str, empty_layer: bool, diff_id: str | None = None,
-                comment: str = "kade") -> ImageConfig:
-    return cfg.with_layer(History(created_by=created_by, comment=comment, empty_layer=True if empty_layer else None),
-                          diff_id)
+                comment: str = "kade", created: str | None = None) -> ImageConfig:
+    return cfg.with_layer(History(created_by=created_by, comment=comment, created=created,
+                                  empty_layer=True if empty_layer else None), diff_id)
+
+
+def with_times(cfg: ImageConfig, epoch: int | None) -> ImageConfig:
+    """The config a build publishes: its history times no later than the epoch, `created` by
+    common/epoch.image_created (the epoch, else the newest history time)."""
+    history = cfg.history or ()
+    times = [clamped(h.created, epoch) for h in history]
+    if any(t != h.created for t, h in zip(times, history)):
+        cfg = cfg.with_build_state(cfg.diff_ids or (), tuple(replace(h, created=t) for h, t in zip(history, times)))
+    return cfg.with_created(image_created(times, epoch))

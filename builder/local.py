@@ -29,6 +29,7 @@ from builder.errors import BuildError, StepFailedError
 from builder.executor import StageJob, StageOutcome, StageResults
 from builder.plan import Plan, PlannedStage, Step
 from common import fsutil
+from common.epoch import step_time
 from registry import cancel
 from registry.image import Image, Layer
 from registry.model import Descriptor, Platform
@@ -343,9 +344,10 @@ class LocalExecutor:
         tagged with the step's key."""
         base = parent.config if parent else ic.empty_config(Platform.parse(ps.platform))
         cfg = step.image_config.with_build_state(base.diff_ids or (), base.history or ())
+        now = step_time(self.env.epoch)   # BuildKit's history times: when the step ran (a reused step keeps its own)
         for earlier in pending:
-            cfg = _with_history(cfg, earlier, None)
-        cfg = _with_history(cfg, step, layer)
+            cfg = _with_history(cfg, earlier, None, now)
+        cfg = _with_history(cfg, step, layer, now)
         layers = [*(parent.manifest.layers if parent else []), *([layer.descriptor] if layer else [])]
         repo = self.env.stages_repo
         img = Image.assemble(cfg, layers, source=repo or "")
@@ -481,13 +483,14 @@ class LocalExecutor:
         return private
 
 
-def _with_history(cfg: ImageConfig, step: Step, layer: Layer | None) -> ImageConfig:
-    """`cfg` with `step`'s history entries: the ARGs before it (BuildKit's history; not in the key),
-    then its own (ONBUILD has none), which names its layer if it made one."""
+def _with_history(cfg: ImageConfig, step: Step, layer: Layer | None, created: str) -> ImageConfig:
+    """`cfg` with `step`'s history entries, all of time `created`: the ARGs before it (BuildKit's
+    history; not in the key), then its own (ONBUILD has none), which names its layer if it made one."""
     for text in step.history:
-        cfg = ic.add_history(cfg, text, empty_layer=True)
+        cfg = ic.add_history(cfg, text, empty_layer=True, created=created)
     if step.in_history or layer:
-        cfg = ic.add_history(cfg, step.created_by, empty_layer=layer is None, diff_id=layer.diff_id if layer else None)
+        cfg = ic.add_history(cfg, step.created_by, empty_layer=layer is None, diff_id=layer.diff_id if layer else None,
+                             created=created)
     return cfg
 
 

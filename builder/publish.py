@@ -1,8 +1,9 @@
 """The publisher: the solved target becomes the final image, pushed to its tags (or written to the
 local OCI layout), attested, and recorded.
 
-The final image is the target's last step image with `created` set (SOURCE_DATE_EPOCH, else now),
-the extra labels in its config and the extra annotations (plus revision and created) on its manifest;
+The final image is the target's last step image with `created` set (SOURCE_DATE_EPOCH, else its
+newest step's time: common/epoch.py), the extra labels in its config and the extra annotations (plus
+revision and created) on its manifest;
 its blobs are mounted across repositories, never downloaded. With attestations on, SBOM and provenance
 follow (builder/attest.py). The build record (registry/records.py) goes to the stages repo meanwhile,
 signed by the tenant's build key when there is one (registry/stagesig.py), unless the caller records
@@ -23,7 +24,7 @@ from builder.errors import BuildError
 from builder.keys import is_step_key
 from builder.plan import Plan
 from builder.solver import Solution
-from common.epoch import created_at, rfc3339
+from common.epoch import created_at, parse_time
 from common.git import revision as git_revision
 from registry import cancel
 from registry.image import Image, ImageIndex
@@ -70,28 +71,29 @@ class Publisher:
             return cast(tuple[str | None, str | None], self.env.options.revision)
         return self._revision.result()
 
-    def final_image(self, plan: Plan, target: Image | None, commit: str | None, now: datetime) -> Image:
+    def final_image(self, plan: Plan, target: Image | None, commit: str | None) -> Image:
         """The final image of `target` (the target stage's image), its created time and extras set."""
         if target is None:
             raise BuildError("the target stage is an empty scratch image: nothing to publish",
                              file=plan.dockerfile.path if plan.dockerfile else None)
         o = self.env.options
-        config = target.config.with_created(rfc3339(now))
+        config = ic.with_times(target.config, self.env.epoch)
         if o.labels:
             config = ic.set_labels(config, sorted(o.labels.items()))
-        return Image.assemble(config, target.manifest.layers, self.annotations(commit, now), source=target.source)
+        return Image.assemble(config, target.manifest.layers, self.annotations(commit, config.created or ""),
+                              source=target.source)
 
-    def annotations(self, commit: str | None, now: datetime) -> dict[str, str]:
+    def annotations(self, commit: str | None, created: str) -> dict[str, str]:
         """The manifest annotations of the final image (and of an index of several): the extra ones,
         created and, from git, the revision."""
-        annotations = {**self.env.options.annotations, ANNOTATION_CREATED: rfc3339(now)}
+        annotations = {**self.env.options.annotations, ANNOTATION_CREATED: created}
         if commit:
             annotations[ANNOTATION_REVISION] = commit
         return annotations
 
     def image_of(self, plan: Plan, target: Image | None) -> Image:
         """The final image `publish` would make of `target` now (a check that publishes nothing)."""
-        return self.final_image(plan, target, self.revision()[0], created_at(self.env.epoch))
+        return self.final_image(plan, target, self.revision()[0])
 
     def publish(self, solved: list[tuple[Plan, Solution]], to: Destination) -> BuildResult:
         """The final image of each solved platform to every tag: one platform its image, several an
@@ -99,9 +101,10 @@ class Publisher:
         o, report, store = self.env.options, self.env.report, self.env.store
         commit, branch = self.revision()
         now = created_at(self.env.epoch)
-        finals = [self.final_image(plan, solution.image, commit, now) for plan, solution in solved]
+        finals = [self.final_image(plan, solution.image, commit) for plan, solution in solved]
         targets = [Platform.parse(plan.platform) for plan, _ in solved]  # each entry: what it was built for
-        index = ImageIndex.assemble(finals, self.annotations(commit, now), targets) if len(finals) > 1 else None
+        newest = max((f.config.created or "" for f in finals), key=lambda t: parse_time(t) or now)
+        index = ImageIndex.assemble(finals, self.annotations(commit, newest), targets) if len(finals) > 1 else None
         images: list[dict[str, str]] = []
         layout = None
         for tag in to.tags:

@@ -125,8 +125,9 @@ def with_trailing_history(ps: PlannedStage, image: Image | None) -> Image | None
     if image is None or not ps.trailing_history:
         return image
     config = image.config
+    last = next((h.created for h in reversed(config.history or ()) if h.created), None)  # they were made with it
     for text in ps.trailing_history:
-        config = ic.add_history(config, text, empty_layer=True)
+        config = ic.add_history(config, text, empty_layer=True, created=last)
     config_bytes = config.to_bytes()
     manifest = Manifest(config=Descriptor(mt.OCI_CONFIG, sha256_digest(config_bytes), len(config_bytes)),
                         layers=list(image.manifest.layers), media_type=image.manifest.media_type)

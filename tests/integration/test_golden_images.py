@@ -65,8 +65,8 @@ COPY a.txt /
 GOLDEN_BASE = "sha256:e5eb8fe39d6992d5c74e0cd3e534f6f971c22cc6548966c05324e40afea419b0"
 GOLDEN: dict[str, dict[str, object]] = {
     "multi-stage": {
-        "digest": "sha256:c246d77505d69b46e70206005adcc822b0c14d387edcd1e46316b3cde62f226f",
-        "config": "sha256:47e467ba61aa371c008d772efe56dcef09fa682add806e51d066aa51298f1703",
+        "digest": "sha256:dca9f7196ff945e14d6a4bc721b99abb8c049511c77671675573a44e77ade24b",
+        "config": "sha256:ac04d88be84f6cdb287d3c0226fbd07082007a5607efa6c5d68ac0810df20808",
         "diff_ids": [
             "sha256:af59ccc06cf5e59b9eb0915ee2aee196b76c2e6aeb7229b77f18851aef9d56a1",
             "sha256:f2e5da5df0884d6dccd2adee3ec2a635274dfb20ddb8b5f3de9ba0549aff31dc",
@@ -77,8 +77,8 @@ GOLDEN: dict[str, dict[str, object]] = {
         ],
     },
     "single-stage": {
-        "digest": "sha256:b5e733c09a46582f41d75650ff5c2a81d2780a202acc6080f457d162d2798370",
-        "config": "sha256:ab3d7e6de6f111e1c29d0fe20e2b4084f6e35db99775451dc2dfd31d0ddc49bd",
+        "digest": "sha256:9c88691eed0fac030ce61058c259d7c35d6b96cc995d71288ed840e124dc6e0a",
+        "config": "sha256:d6abd26981b0f17b006df12a2f8437d7707f4f6d3637c2c700adf6bdfd0fcf56",
         "diff_ids": [
             "sha256:bc38164134642fb4f0a8ebe17594958c0569532a1b672569b023a1381f29fd9f",
             "sha256:8102f9539f30466d2765282855b67b200a05c388d7b0233d20a6c7a543fbfb60",
@@ -95,8 +95,8 @@ GOLDEN: dict[str, dict[str, object]] = {
         ],
     },
     "target": {
-        "digest": "sha256:28b47fb7e182d6a1f1a9a856fa681225bd5f02683b29d752a0d92e6e3e05af5b",
-        "config": "sha256:59621a5c5703fd2337ac4f9bebb7159e02eccf2d2f8b21a4d28b105e900ddfbe",
+        "digest": "sha256:5d1a3cdd58d0acfa8fa5977d2a791f1a8f4ead58b53fc2a5acf38af731647745",
+        "config": "sha256:4b117b1f865d4176807e3e49e796eed993298f7acb7a8571b42ef651c1b0a093",
         "diff_ids": [
             "sha256:bc38164134642fb4f0a8ebe17594958c0569532a1b672569b023a1381f29fd9f",
             "sha256:9ed39d6493ae84273c3a8dc1efa5caa4f3c44af022ab7659c042a3f1659f91a0",

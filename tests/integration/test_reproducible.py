@@ -92,6 +92,71 @@ def test_a_project_built_from_two_fresh_clones_gives_the_same_digests(kade_build
         .strftime("%Y-%m-%dT%H:%M:%S"))
 
 
+def test_a_rebuild_that_reuses_every_step_makes_the_same_image_without_an_epoch(kade_build, registry, base_image,
+                                                                                 tmp_path, monkeypatch):
+    """Without SOURCE_DATE_EPOCH `created` is the newest step's time (BuildKit's rule), not the build's:
+    a fresh runner with nothing changed makes no new image (no new digest to roll out, no new
+    attestations); a changed step makes a newer one."""
+    import time
+
+    from registry import referrers as rf
+    from registry.client import RegistryClient
+    from tests.fixtures.canary import registry_get
+
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\nARG V=1\nCOPY f /f\nRUN cat /f > /g\nCMD [\"cat\", \"/g\"]\n"
+                                    "ARG AFTER=1\n")
+    (ctx / "f").write_text("one\n")
+    tag = f"{registry.host}/repro/noepoch:1"
+
+    def build(cache: str) -> tuple[str, dict]:
+        run = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / cache), "--output", "json")
+        assert run.code == 0, run.stderr
+        digest = run.json()["images"][0]["digest"]
+        manifest = registry_get(registry.url, "repro/noepoch", "manifests", digest).json()
+        config = registry_get(registry.url, "repro/noepoch", "blobs", manifest["config"]["digest"]).json()
+        assert manifest["annotations"]["org.opencontainers.image.created"] == config["created"]
+        return digest, config
+
+    first, config = build("c1")
+    ours = [h for h in config["history"] if h.get("comment") == "kade"]
+    assert len(ours) == 5 and all(h.get("created") for h in ours)   # ARG V, COPY, RUN, CMD, ARG AFTER
+    assert config["created"] == ours[-1]["created"]
+    with RegistryClient() as client:
+        referrers = rf.list_referrers(client.repository(f"{registry.host}/repro/noepoch"), first)
+    time.sleep(1.1)   # created has whole seconds: a build that stamped "now" would differ
+    again, _ = build("c2")   # a fresh runner
+    assert again == first
+    with RegistryClient() as client:
+        assert rf.list_referrers(client.repository(f"{registry.host}/repro/noepoch"), first) == referrers
+    (ctx / "f").write_text("two\n")
+    changed, newer = build("c2")
+    assert changed != first and newer["created"] > config["created"]
+    assert newer["history"][:-5] == config["history"][:-5]   # the base's entries: kept
+
+
+def test_history_times_are_clamped_to_the_epoch(kade_build, registry, base_image, tmp_path, monkeypatch):
+    """Steps reused from a build without an epoch carry later times: with one, none is after it."""
+    from tests.fixtures.canary import registry_get
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {base_image.ref}\nRUN echo x > /x\n")
+    tag = f"{registry.host}/repro/clamp:1"
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    assert kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c")).code == 0
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    run = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c"), "--output", "json")
+    assert run.code == 0, run.stderr
+    digest = run.json()["images"][0]["digest"]
+    manifest = registry_get(registry.url, "repro/clamp", "manifests", digest).json()
+    config = registry_get(registry.url, "repro/clamp", "blobs", manifest["config"]["digest"]).json()
+    assert config["created"] == "2023-11-14T22:13:20Z"
+    assert [h["created"] for h in config["history"] if h.get("comment") == "kade"] == ["2023-11-14T22:13:20Z"]
+
+
 def test_check_reproducible_passes_a_deterministic_build(kade_build, base_image, tmp_path, monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     origin = _repo(tmp_path)
