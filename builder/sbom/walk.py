@@ -41,8 +41,7 @@ _WH, _OPQ = ".wh.", ".wh..wh..opq"
 
 def classify(path: str, mode: int) -> str | None:
     """Which scanner reads the file at `path` (relative, no leading '/'), or None."""
-    base = posixpath.basename(path)
-    parent = posixpath.dirname(path)
+    parent, _, base = path.rpartition("/")
     if path == "var/lib/dpkg/status":
         return "dpkg"
     if parent == "var/lib/dpkg/status.d" and not base.endswith((".md5sums", ".list")):
@@ -123,7 +122,7 @@ class _Overlay:
             f = self.state.findings.get(path)
             if f is not None and f.layer < self.layer:
                 del self.state.findings[path]
-        if below:
+        if below and self.lower:
             lo = bisect.bisect_left(self.lower, path + "/")
             hi = bisect.bisect_left(self.lower, path + "0", lo)  # "0" follows "/": every "path/..." is between
             for p in self.lower[lo:hi]:
@@ -142,6 +141,8 @@ class _Overlay:
 
 def _normalize(name: bytes) -> str | None:
     text = name.decode("utf-8", "surrogateescape")
+    if "//" not in text and "/." not in text and not text.startswith(("/", ".")):
+        return text.rstrip("/") or None   # no empty, "." or ".." part but a trailing "/": most names
     parts = [p for p in text.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
         return None
@@ -185,9 +186,8 @@ def _apply(entries: Iterable[_Entry], content: Callable[[Any], Callable[[int], b
         path = _normalize(entry.name)
         if path is None:
             continue
-        base = posixpath.basename(path)
+        parent, _, base = path.rpartition("/")
         if base.startswith(_WH):
-            parent = posixpath.dirname(path)
             if base == _OPQ:
                 overlay.hide(parent, at=False)
             elif not base.startswith(".wh..wh."):

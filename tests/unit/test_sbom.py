@@ -104,6 +104,18 @@ def test_classify(path, mode, kind):
     assert classify(path, mode) == kind
 
 
+@pytest.mark.parametrize("name, path", [
+    (b"usr/bin/app", "usr/bin/app"), (b"usr/share/", "usr/share"), (b"./etc/os-release", "etc/os-release"),
+    (b"/etc//os-release", "etc/os-release"), (b"a/./b/", "a/b"), (b".hidden/x", ".hidden/x"),
+    (b"a/.b/..c", "a/.b/..c"), (b"a/../b", None), (b"../a", None), (b"a/..", None), (b".", None), (b"./", None),
+    (b"/", None), (b"", None), (b"a/b/.", "a/b"), (b"\xff/x", "\udcff/x"),
+])
+def test_entry_names_are_normalized_and_dotdot_refused(name, path):
+    from builder.sbom.walk import _normalize
+
+    assert _normalize(name) == path
+
+
 def _scan(*layers: list[E]) -> State:
     state = State()
     for i, entries in enumerate(layers):
@@ -153,8 +165,10 @@ def test_oversized_files_are_reported_not_read():
     tar = make_tar([big])
     state = State()
     # a declared size over the cap: reported and skipped, never buffered (the stream is short: the
-    # reader would fail if it tried to read it all)
-    with pytest.raises(Exception):
+    # reader would fail if it tried to read it all): the short tar's end is what fails
+    from builder.tarformat import TarFormatError
+
+    with pytest.raises(TarFormatError):
         scan_layer(io.BytesIO(tar), state, 0)
     assert state.notes and "over the" in state.notes[0]
 
