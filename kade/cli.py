@@ -148,20 +148,11 @@ def entry() -> None:
 
 
 class _VersionAction(argparse.Action):
-    """--version, looked up only when asked for (importlib.metadata costs every start ~30 ms)."""
-
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        print(_version())
+        from kade import __version__
+
+        print(f"kade {__version__}")
         parser.exit(EXIT_OK)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"kade {version('kade')}"
-    except PackageNotFoundError:
-        return "kade (not installed)"
 
 
 if __name__ == "__main__":
