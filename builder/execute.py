@@ -302,17 +302,20 @@ def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: 
         if item.data is None:
             assert item.root is not None
             TreeCopy(item.root, root, override, written).copy(item.parts, parent, name, base)
-            if item.digest:
+            if item.digest:   # a download's own mtime is when this machine fetched it: made up, not copied
                 _check_download(item, os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent))
-            return
-        fd = replace_with_file(parent, name)
-        try:
-            os.write(fd, item.data)
-            mode = 0o644 if override.modes is None else override.modes(0o644, False)
-            set_meta(fd, Meta(override.uid, override.gid, mode, made.mtime_ns))
-        finally:
-            os.close(fd)
-        written.append(base + (name,))
+                os.utime(name, ns=(made.mtime_ns or 0, made.mtime_ns or 0), dir_fd=parent, follow_symlinks=False)
+        else:
+            fd = replace_with_file(parent, name)
+            try:
+                os.write(fd, item.data)
+                mode = 0o644 if override.modes is None else override.modes(0o644, False)
+                set_meta(fd, Meta(override.uid, override.gid, mode, made.mtime_ns))
+            finally:
+                os.close(fd)
+            written.append(base + (name,))
+        if base in created:   # a directory this copy made: the entry written into it moved its mtime to the clock
+            os.utime(parent, ns=(made.mtime_ns or 0, made.mtime_ns or 0))
 
 
 def _check_download(item: _Item, fd: int) -> None:

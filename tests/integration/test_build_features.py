@@ -96,8 +96,9 @@ def test_concurrent_builds_share_one_cache_dir(registry, base_image, tmp_path):
         assert podman_run(f"{registry.host}/feat/concurrent{i}:v1", "cat", "/n.txt").stdout == f"{i}\n"
 
 
-def test_add_url_with_checksum(registry, base_image, kade_build, tmp_path):
+def test_add_url_with_checksum(registry, base_image, kade_build, tmp_path, monkeypatch):
     """A local HTTP server stands in for the internet (no network here): real HTTP, real downloads."""
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     import hashlib
     import http.server
     import threading
@@ -114,10 +115,28 @@ def test_add_url_with_checksum(registry, base_image, kade_build, tmp_path):
     try:
         ctx = write(tmp_path / "ctx", f"FROM {base_image.ref}\nADD --checksum={digest} {url} /opt/\n")
         tag = f"{registry.host}/feat/addurl:v1"
-        res = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c"))
+        res = kade_build(str(ctx), "--tag", tag, "--cache-dir", str(tmp_path / "c"), "--output", "json")
         assert res.code == 0, res.stderr
-        out = podman_run(tag, "sh", "-c", "cat /opt/tool.txt; stat -c %a /opt/tool.txt")
-        assert out.stdout == "downloaded\n600\n"
+        out = podman_run(tag, "sh", "-c", "cat /opt/tool.txt; stat -c '%a %Y' /opt/tool.txt")
+        assert out.stdout == "downloaded\n600 0\n"   # no epoch: 0, not the time this machine downloaded it
+        # another machine (a fresh cache, another download time) makes the same layers
+        import time
+
+        time.sleep(1.1)
+        again = kade_build(str(ctx), "--tag", f"{registry.host}/feat/addurl2:v1", "--cache-dir",
+                           str(tmp_path / "c2"), "--no-cache", "--output", "json")
+        assert again.code == 0, again.stderr
+        from tests.fixtures.canary import registry_get
+
+        layers = [[la["digest"] for la in registry_get(registry.url, repo, "manifests", "v1").json()["layers"]]
+                  for repo in ("feat/addurl", "feat/addurl2")]
+        assert layers[0] == layers[1]
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+        epoch = kade_build(str(ctx), "--tag", f"{registry.host}/feat/addurl3:v1", "--cache-dir", str(tmp_path / "c3"))
+        assert epoch.code == 0, epoch.stderr
+        out = podman_run(f"{registry.host}/feat/addurl3:v1", "stat", "-c", "%Y", "/opt/tool.txt")
+        assert out.stdout == "1700000000\n"
+        monkeypatch.delenv("SOURCE_DATE_EPOCH")
         bad = write(tmp_path / "bad", f"FROM {base_image.ref}\nADD --checksum=sha256:{'0' * 64} {url} /opt/\n")
         res = kade_build(str(bad), "--tag", tag, "--cache-dir", str(tmp_path / "c"))
         assert res.code == 1 and "checksum mismatch" in res.stderr and "Dockerfile:2:" in res.stderr

@@ -178,3 +178,19 @@ def test_add_archive_records_entries_where_their_symlinked_parents_put_them(tmp_
     assert (rootfs / "dst" / "sub" / "f").read_bytes() == b"f"
     paths = {ch.path for ch in changes}
     assert {"dst/up", "dst/sub", "dst/sub/f"} <= paths and "dst/up/sub/f" not in paths
+
+
+@pytest.mark.parametrize("epoch", [None, 1_700_000_000])
+@pytest.mark.parametrize("srcs, heredoc, dest, made", [
+    (["one.txt"], None, "/new/deeper/", ["new", "new/deeper"]),
+    (["one.txt", "two.txt"], None, "/multi/", ["multi"]),
+    (None, ("EOF", "x\n"), "/conf/app.conf", ["conf"]),
+    (["dir"], None, "/new2/tree/", ["new2"]),   # (tree itself: the source directory's own mtime)
+    (["bundle.tar.gz"], None, "/unpacked/", ["unpacked"]),
+])
+def test_directories_a_copy_makes_keep_the_made_up_time(ctx, rootfs, srcs, heredoc, dest, made, epoch):
+    """0 (or the epoch), not the moment the copy wrote into them: the same layer on every machine."""
+    s = spec(ctx, srcs, dest, add=True) if srcs else CopySpec(dest=dest, heredocs=[heredoc])
+    copy_step(rootfs, s, "/", None, context_root=ctx.root, epoch=epoch)
+    for rel in made:
+        assert os.stat(rootfs / rel).st_mtime == (epoch or 0), rel
