@@ -591,6 +591,19 @@ def _resolve_from(ins: Instruction, ref: str, planned: dict[str, PlannedStage], 
     return None, image, image.digest
 
 
+def chown_by_name(chown: str) -> bool:
+    """Whether --chown names a user or group rather than numeric ids (`root` counts as 0, as BuildKit's
+    llb.WithUser parses it; an empty group is the user's)."""
+    user, _, group = chown.partition(":")
+    return any(part and part != "root" and not _is_int32(part) for part in (user, group))
+
+
+def _is_int32(text: str) -> bool:
+    """Go's strconv.ParseInt(text, 10, 32) succeeds (a sign, ASCII digits, no spaces or underscores)."""
+    digits = text[1:] if text[:1] in "+-" else text
+    return digits.isascii() and digits.isdigit() and -(2 ** 31) <= int(text) < 2 ** 31
+
+
 def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: BuildContext,
                planned: dict[str, PlannedStage], resolver: Resolver, platform: str,
                deps: set[str]) -> tuple[CopySpec, list, str | None]:
@@ -602,6 +615,9 @@ def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: Build
     if ins.flag("keep-git-dir") is not None:
         raise ins.error("--keep-git-dir is for ADD of a git repository, which kade does not support",
                         hint="clone in a RUN step, or ADD an archive of the repository")
+    if chown and ins.flag_bool("link") and chown_by_name(chown):
+        raise ins.error(f"--chown={chown}: user and group names can't be resolved with --link (a linked layer "
+                        "sees no /etc/passwd), as BuildKit refuses it", hint="use a numeric uid[:gid] instead")
     spec = CopySpec(dest=dest, chown=chown, chmod=chmod, add=ins.cmd == "ADD", link=ins.flag_bool("link"),
                     chmod_text=chmod_text if chmod is None else None, parents=ins.flag_bool("parents"),
                     excludes=[_expand(ins, e, scope, esc) for e in ins.flag_values("exclude")],
