@@ -60,7 +60,7 @@ class AttestResult:
 
 
 def kade_version() -> str:
-    from kade import __version__   # (importlib.metadata would cost every build ~6 ms)
+    from common.version import __version__   # (importlib.metadata would cost every build ~6 ms)
 
     return __version__
 

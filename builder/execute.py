@@ -302,9 +302,13 @@ def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: 
         if item.data is None:
             assert item.root is not None
             TreeCopy(item.root, root, override, written).copy(item.parts, parent, name, base)
-            if item.digest:   # a download's own mtime is when this machine fetched it: made up, not copied
-                _check_download(item, os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent))
-                os.utime(name, ns=(made.mtime_ns or 0, made.mtime_ns or 0), dir_fd=parent, follow_symlinks=False)
+            if item.digest:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+                try:   # a download's own mtime is when this machine fetched it: made up, not copied
+                    os.utime(fd, ns=(made.mtime_ns or 0, made.mtime_ns or 0))
+                    _check_download(item, os.dup(fd))
+                finally:
+                    os.close(fd)
         else:
             fd = replace_with_file(parent, name)
             try:

@@ -149,7 +149,7 @@ def entry() -> None:
 
 class _VersionAction(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
-        from kade import __version__
+        from common.version import __version__
 
         print(f"kade {__version__}")
         parser.exit(EXIT_OK)

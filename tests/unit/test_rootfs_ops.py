@@ -244,9 +244,9 @@ def test_a_symlink_swapped_in_while_operations_run_never_reaches_the_host(tmp_pa
     try:
         with Root(r) as root:
             for i in range(400):
-                for op in (lambda: root.write_file(f"/d/f{i % 7}", b"pwned", Meta(mode=0o644)),
-                           lambda: root.makedirs(f"/d/dir{i % 5}/sub", Meta(mode=0o755)),
-                           lambda: root.remove(f"/d/f{(i + 3) % 7}")):
+                for op in (lambda i=i: root.write_file(f"/d/f{i % 7}", b"pwned", Meta(mode=0o644)),
+                           lambda i=i: root.makedirs(f"/d/dir{i % 5}/sub", Meta(mode=0o755)),
+                           lambda i=i: root.remove(f"/d/f{(i + 3) % 7}")):
                     try:
                         op()
                     except OSError:
@@ -302,6 +302,7 @@ ALLOWED = {
     ("execute.py", "context_view", ".mkdir"): "the views dir kade makes",
     ("execute.py", "context_view", "os.listdir"): "an fd of the views dir",
     ("execute.py", "_extract_archive", "os.utime"): "an fd of the target",
+    ("execute.py", "_copy_item", "os.utime"): "fds: the downloaded file's, the parent directory's",
     ("execute.py", "_cache_mount", ".iterdir"): "a cache mount's dir in the local cache",
     ("execute.py", "_cache_mount", "os.rmdir"): "a cache mount's dir in the local cache",
     ("execute.py", "_cache_mount", "os.chmod"): "a cache mount's dir in the local cache",
