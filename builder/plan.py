@@ -591,17 +591,11 @@ def _resolve_from(ins: Instruction, ref: str, planned: dict[str, PlannedStage], 
     return None, image, image.digest
 
 
-def chown_by_name(chown: str) -> bool:
-    """Whether --chown names a user or group rather than numeric ids (`root` counts as 0, as BuildKit's
-    llb.WithUser parses it; an empty group is the user's)."""
+def _names_an_owner(chown: str) -> bool:
+    """Whether --chown names a user or group to look up in the rootfs rather than ids (`root` is 0
+    without a lookup, as in builder/users.file_owner and BuildKit's llb.WithUser)."""
     user, _, group = chown.partition(":")
-    return any(part and part != "root" and not _is_int32(part) for part in (user, group))
-
-
-def _is_int32(text: str) -> bool:
-    """Go's strconv.ParseInt(text, 10, 32) succeeds (a sign, ASCII digits, no spaces or underscores)."""
-    digits = text[1:] if text[:1] in "+-" else text
-    return digits.isascii() and digits.isdigit() and -(2 ** 31) <= int(text) < 2 ** 31
+    return any(part not in ("", "root") and decimal(part) is None for part in (user, group))
 
 
 def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: BuildContext,
@@ -615,7 +609,7 @@ def _plan_copy(ins: Instruction, scope: dict[str, str], esc: str, context: Build
     if ins.flag("keep-git-dir") is not None:
         raise ins.error("--keep-git-dir is for ADD of a git repository, which kade does not support",
                         hint="clone in a RUN step, or ADD an archive of the repository")
-    if chown and ins.flag_bool("link") and chown_by_name(chown):
+    if chown and ins.flag_bool("link") and _names_an_owner(chown):
         raise ins.error(f"--chown={chown}: user and group names can't be resolved with --link (a linked layer "
                         "sees no /etc/passwd), as BuildKit refuses it", hint="use a numeric uid[:gid] instead")
     spec = CopySpec(dest=dest, chown=chown, chmod=chmod, add=ins.cmd == "ADD", link=ins.flag_bool("link"),

@@ -103,8 +103,8 @@ class Publisher:
         now = created_at(self.env.epoch)
         finals = [self.final_image(plan, solution.image, commit) for plan, solution in solved]
         targets = [Platform.parse(plan.platform) for plan, _ in solved]  # each entry: what it was built for
-        newest = max((f.config.created or "" for f in finals), key=lambda t: parse_time(t) or now)
-        index = ImageIndex.assemble(finals, self.annotations(commit, newest), targets) if len(finals) > 1 else None
+        index = ImageIndex.assemble(finals, self.annotations(commit, _newest(finals, now)), targets) \
+            if len(finals) > 1 else None
         images: list[dict[str, str]] = []
         layout = None
         for tag in to.tags:
@@ -152,6 +152,11 @@ class Publisher:
         tag = push_record(self.env.store.repo(stages_repo), record, self.env.options.build_key)
         self.env.report("record", f"{stages_repo}:{tag}")
         return tag
+
+
+def _newest(images: list[Image], now: datetime) -> str:
+    """The latest `created` of several platforms' images: their index's created annotation."""
+    return max((i.config.created or "" for i in images), key=lambda t: parse_time(t) or now)
 
 
 def layout_tag(plan: Plan) -> str:
