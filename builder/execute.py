@@ -191,13 +191,16 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
             written: list[Parts] = []
             created: list[Parts] = []
             chmodded: list[Parts] = []
+            landed: set[Parts] = set()
             for item in items:
                 first = len(created)
-                _copy_item(root, item, dest, dest_is_dir, override, made, written, created)
+                onto = _copy_item(root, item, dest, dest_is_dir, override, made, written, created)
                 if not item.archive:   # an archive's directories are made 0755 (BuildKit's unpack)
                     chmodded += created[first:]
+                if onto is not None:
+                    landed.add(onto)
             if spec.chmod is not None:
-                _chmod_made_dirs(root, chmodded, Meta(uid, gid, spec.chmod & 0o777, made.mtime_ns))
+                _chmod_made_dirs(root, chmodded, Meta(uid, gid, spec.chmod & 0o777, made.mtime_ns), landed)
             return _changes(root, list(dict.fromkeys(created + written)))
     except OSError as exc:
         raise BuildError(f"{'ADD' if spec.add else 'COPY'} to {dest}: {exc.strerror}: {exc.filename}",
@@ -208,12 +211,13 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
             r.close()
 
 
-def _chmod_made_dirs(root: Root, created: list[Parts], meta: Meta) -> None:
+def _chmod_made_dirs(root: Root, created: list[Parts], meta: Meta, landed: set[Parts]) -> None:
     """An octal --chmod is also the mode of the directories the copy makes (BuildKit: fsutil's MkdirAll
     gets it as their permission bits; a symbolic one leaves them 0755). Set once the copy is done,
-    deepest first: a mode without x would stop a rootless build from reaching inside them."""
+    deepest first: a mode without x would stop a rootless build from reaching inside them. One that a
+    source directory `landed` on keeps that directory's mtime, as without --chmod."""
     for parts in reversed(created):
-        root.set_dir_meta(parts, meta)
+        root.set_dir_meta(parts, meta if parts not in landed else Meta(meta.uid, meta.gid, meta.mode))
 
 
 def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, opened: list[Root]) -> list[_Item]:
@@ -279,7 +283,8 @@ def _excluder(patterns: list[str]) -> Callable[[Parts], bool] | None:
 
 
 def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: Override, made: Meta,
-               written: list[Parts], created: list[Parts]) -> None:
+               written: list[Parts], created: list[Parts]) -> Parts | None:
+    """Copy one source; returns where a source directory landed (its contents copied into it), else None."""
     if item.keep:  # COPY --parents: into dest/<kept parents>/
         dest = dest.rstrip("/") + "/" + image_path(item.keep) + "/"
         dest_is_dir = True
@@ -291,11 +296,11 @@ def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: 
             created.extend(root.makedirs(target, made))
         if item.archive:
             _extract_archive(root, item, target, override, made, written)
-            return
+            return None
         assert item.root is not None
         with root.parent(target) if target else _the_root(root) as (parent, name, base):
             TreeCopy(item.root, root, override, written).copy(item.parts, parent, name, base, only=item.only)
-        return
+        return target
     if into_dir or dest_is_dir:
         target = target + (item.name,)
     with root.parent(target, create=True, meta=made, created=created) as (parent, name, base):
@@ -320,6 +325,7 @@ def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: 
             written.append(base + (name,))
         if base in created:   # a directory this copy made: the entry written into it moved its mtime to the clock
             os.utime(parent, ns=(made.mtime_ns or 0, made.mtime_ns or 0))
+    return None
 
 
 def _check_download(item: _Item, fd: int) -> None:

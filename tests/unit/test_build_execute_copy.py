@@ -194,3 +194,14 @@ def test_directories_a_copy_makes_keep_the_made_up_time(ctx, rootfs, srcs, hered
     copy_step(rootfs, s, "/", None, context_root=ctx.root, epoch=epoch)
     for rel in made:
         assert os.stat(rootfs / rel).st_mtime == (epoch or 0), rel
+
+
+@pytest.mark.parametrize("epoch", [None, 1_700_000_000])
+def test_an_octal_chmod_keeps_the_time_of_a_source_directory(ctx, rootfs, epoch):
+    """`COPY --chmod=751 dir/ /new/tree/`: both directories get the mode; /new the made-up time, /new/tree
+    the source directory's own (clamped), as without --chmod and as BuildKit copies it."""
+    os.utime(ctx.root / "dir", (1_600_000_000, 1_600_000_000))
+    copy_step(rootfs, spec(ctx, ["dir"], "/new/tree/", chmod=0o751), "/", None, context_root=ctx.root, epoch=epoch)
+    for rel, mtime in (("new", epoch or 0), ("new/tree", 1_600_000_000)):
+        st = os.stat(rootfs / rel)
+        assert (oct(st.st_mode & 0o7777), st.st_mtime) == (oct(0o751), mtime), rel
