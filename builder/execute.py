@@ -136,6 +136,31 @@ def _changes(root: Root, parts_list: list[Parts]) -> list[Change]:
     return [Change(path=image_path(p), source=root.host_path(p)) for p in parts_list if p]
 
 
+@dataclass
+class _Copied:
+    """What a COPY/ADD did, as resolved parts in the rootfs: entries written, directories made (in
+    order) and paths the whiteouts of an ADD archive removed."""
+    written: list[Parts] = field(default_factory=list)
+    created: list[Parts] = field(default_factory=list)
+    removed: list[Parts] = field(default_factory=list)
+
+    def changes(self, root: Root) -> list[Change]:
+        """The step's changes. A removed path is a whiteout, unless a later source put something there
+        again: then it is written, a directory opaque (what it held below stays hidden); a written path a
+        later archive removed is gone."""
+        paths = [p for p in dict.fromkeys(self.created + self.written) if p]
+        if not self.removed:
+            return _changes(root, paths)
+        out = _changes(root, [p for p in paths if root.lstat(p) is not None])
+        for parts in dict.fromkeys(self.removed):
+            st = root.lstat(parts)
+            if st is None:
+                out.append(Change(path=image_path(parts), kind="delete"))
+            elif stat.S_ISDIR(st.st_mode):
+                out.append(Change(path=image_path(parts), kind="opaque"))
+        return out
+
+
 def ensure_dir(rootfs: Path, path: str, uid: int = 0, gid: int = 0, epoch: int | None = None) -> list[Change]:
     """mkdir -p inside the rootfs (symlinks followed inside it); the changes for what was created."""
     with Root(rootfs) as root:
@@ -188,20 +213,19 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
     try:
         with Root(rootfs) as root:
             items = _items(spec, from_root, context_root, opened)
-            written: list[Parts] = []
-            created: list[Parts] = []
+            done = _Copied()
             chmodded: list[Parts] = []
             landed: set[Parts] = set()
             for item in items:
-                first = len(created)
-                onto = _copy_item(root, item, dest, dest_is_dir, override, made, written, created)
+                first = len(done.created)
+                onto = _copy_item(root, item, dest, dest_is_dir, override, made, done)
                 if not item.archive:   # an archive's directories are made 0755 (BuildKit's unpack)
-                    chmodded += created[first:]
+                    chmodded += done.created[first:]
                 if onto is not None:
                     landed.add(onto)
             if spec.chmod is not None:
                 _chmod_made_dirs(root, chmodded, Meta(uid, gid, spec.chmod & 0o777, made.mtime_ns), landed)
-            return _changes(root, list(dict.fromkeys(created + written)))
+            return done.changes(root)
     except OSError as exc:
         raise BuildError(f"{'ADD' if spec.add else 'COPY'} to {dest}: {exc.strerror}: {exc.filename}",
                          hint="check the destination in the image (a symlink loop, a file where a "
@@ -283,7 +307,7 @@ def _excluder(patterns: list[str]) -> Callable[[Parts], bool] | None:
 
 
 def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: Override, made: Meta,
-               written: list[Parts], created: list[Parts]) -> Parts | None:
+               done: _Copied) -> Parts | None:
     """Copy one source; returns where a source directory landed (its contents copied into it), else None."""
     if item.keep:  # COPY --parents: into dest/<kept parents>/
         dest = dest.rstrip("/") + "/" + image_path(item.keep) + "/"
@@ -293,20 +317,20 @@ def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: 
     into_dir = existing is not None and stat.S_ISDIR(existing.st_mode)
     if item.is_dir or item.archive:  # into the destination directory, created when missing
         if not into_dir:
-            created.extend(root.makedirs(target, made))
+            done.created.extend(root.makedirs(target, made))
         if item.archive:
-            _extract_archive(root, item, target, override, made, written)
+            _extract_archive(root, item, target, override, made, done)
             return None
         assert item.root is not None
         with root.parent(target) if target else _the_root(root) as (parent, name, base):
-            TreeCopy(item.root, root, override, written).copy(item.parts, parent, name, base, only=item.only)
+            TreeCopy(item.root, root, override, done.written).copy(item.parts, parent, name, base, only=item.only)
         return target
     if into_dir or dest_is_dir:
         target = target + (item.name,)
-    with root.parent(target, create=True, meta=made, created=created) as (parent, name, base):
+    with root.parent(target, create=True, meta=made, created=done.created) as (parent, name, base):
         if item.data is None:
             assert item.root is not None
-            TreeCopy(item.root, root, override, written).copy(item.parts, parent, name, base)
+            TreeCopy(item.root, root, override, done.written).copy(item.parts, parent, name, base)
             if item.digest:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
                 try:   # a download's own mtime is when this machine fetched it: made up, not copied
@@ -322,8 +346,8 @@ def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: 
                 set_meta(fd, Meta(override.uid, override.gid, mode, made.mtime_ns))
             finally:
                 os.close(fd)
-            written.append(base + (name,))
-        if base in created:   # a directory this copy made: the entry written into it moved its mtime to the clock
+            done.written.append(base + (name,))
+        if base in done.created:   # a directory this copy made: the entry written into it moved its mtime to the clock
             os.utime(parent, ns=(made.mtime_ns or 0, made.mtime_ns or 0))
     return None
 
@@ -368,12 +392,13 @@ def _is_archive(ctx: Root, parts: Parts) -> bool:
 
 
 def _extract_archive(root: Root, item: _Item, target: Parts, override: Override, made: Meta,
-                     written: list[Parts]) -> None:
+                     done: _Copied) -> None:
     """ADD of a local tar (plain, gzip, bzip2, xz or zstd), extracted as `tar -x` would into `target`,
     through the layer unpacker: modes, absolute symlinks and (as root) devices are kept, as a rootfs
     tarball (`FROM scratch` + `ADD rootfs.tar.xz /`) needs; owners are the archive's, or --chown's
-    (as BuildKit does); every path is resolved inside `target`, so nothing lands outside it;
-    archive-bomb limits apply. Whiteout names are honoured."""
+    (as BuildKit does); names are taken as BuildKit's untar takes them (a leading '/' dropped, `..`
+    folded, never above `target`) and every path is resolved inside `target`, so nothing lands outside
+    it; archive-bomb limits apply. Whiteout names are honoured, and what they remove is in the layer."""
     from builder.unpack import apply_layer
 
     assert item.root is not None
@@ -388,19 +413,22 @@ def _extract_archive(root: Root, item: _Item, target: Parts, override: Override,
         with os.fdopen(fd, "rb") as stream:
             result = apply_layer(stream, f"/proc/self/fd/{tfd}", digest=f"ADD {os.fsdecode(item.name)}",
                                  owner=(override.uid, override.gid) if override.uid or override.gid else None,
-                                 track=True)
+                                 archive=True)
         if b"" not in result.paths:  # the target directory itself: modified, so given a fixed time
             os.utime(tfd, ns=(made.mtime_ns or 0, made.mtime_ns or 0))
-        written.append(target)
+        done.written.append(target)
         with Root(f"/proc/self/fd/{tfd}") as extracted:  # an entry's parents as they resolved (symlinks)
             entries = {tuple(p.split(b"/")) for p in result.paths if p}
             for parts in sorted(entries):
                 where = extracted.resolve(parts[:-1]) + parts[-1:]
                 for parent in (where[:i] for i in range(1, len(where))):  # directories the archive implied
-                    if parent not in entries and target + parent not in written:
+                    if parent not in entries and target + parent not in done.written:
                         extracted.utime(parent, made.mtime_ns or 0)
-                        written.append(target + parent)
-                written.append(target + where)
+                        done.written.append(target + parent)
+                done.written.append(target + where)
+            for path in sorted(result.removed):
+                parts = tuple(path.split(b"/"))
+                done.removed.append(target + extracted.resolve(parts[:-1]) + parts[-1:])
     finally:
         os.close(tfd)
 

@@ -2,14 +2,16 @@
 safely, in one streaming pass.
 
 Safety rules (a hostile layer is an expected input, not an accident):
-- entry names that are absolute or contain `..` are refused (BuildError naming layer and entry);
+- entry names that are absolute or contain `..` are refused (BuildError naming layer and entry); in
+  an ADD archive (`archive`) they are taken as BuildKit's untar takes them (`_cleaned`);
 - every parent directory is resolved inside the rootfs through O_NOFOLLOW directory fds, with
   symlinks followed as if the rootfs were `/` (see builder/rootpath.py) — a symlink to `/` or to
   `../../..` lands inside the rootfs, never outside;
 - the final component is never followed: an existing file, symlink or directory at that name is
   removed first and the new one created with O_EXCL|O_NOFOLLOW (so writing never goes through a
   symlink and never into another hard link of the old inode);
-- hard links must name an existing non-directory inside the rootfs (relative name, no `..`);
+- hard links must name an existing non-directory inside the rootfs (relative name, no `..`); the link
+  entry's owner, mode and mtime are then the inode's, as moby's and containerd's unpackers set them;
 - whiteouts `.wh.<name>` delete lower content; an opaque whiteout `.wh..wh..opq` deletes every child
   of its directory that this layer did not itself create, so it applies before its siblings whatever
   the tar order; aufs metadata `.wh..wh.*` is ignored;
@@ -116,7 +118,8 @@ class ApplyResult:
     bytes: int                       # uncompressed tar bytes
     notes: list[str] = field(default_factory=list)   # first MAX_NOTES things skipped or not restored
     skipped: int = 0                 # how many notes there were in all
-    paths: set[builtins.bytes] = field(default_factory=set)  # with `track`: every path written (b"" the root)
+    paths: set[builtins.bytes] = field(default_factory=set)    # with `archive`: every path written (b"" the root)
+    removed: set[builtins.bytes] = field(default_factory=set)  # with `archive`: what whiteouts removed
 
 
 class _Prefixed:
@@ -272,6 +275,22 @@ def _normalize(name: bytes) -> tuple[bytes, ...]:
     return parts
 
 
+def _cleaned(name: bytes) -> tuple[bytes, ...]:
+    """A name in an ADD archive as BuildKit's untar takes it (moby's chrootarchive: the destination is
+    the root it extracts in, names go through Go's `filepath.Clean` and are joined under it): a leading
+    '/' dropped, `x/..` folded, a `..` at the top dropped. So nothing leaves the destination, and a hard
+    link's target is read the same way."""
+    if b"\0" in name:
+        raise ValueError("a NUL byte in the name")
+    parts: list[bytes] = []
+    for part in name.split(b"/"):
+        if part == b"..":
+            del parts[-1:]
+        elif part not in (b"", b"."):
+            parts.append(part)
+    return tuple(parts)
+
+
 def _show(name: bytes) -> str:
     text = repr(os.fsdecode(name))
     return text if len(text) <= 200 else text[:200] + "...'"
@@ -286,9 +305,10 @@ def _exists(parent_fd: int, name: bytes) -> os.stat_result | None:
 
 class _Applier:
     def __init__(self, root: Path, layer: str, allow_devices: bool, limits: Limits, report,
-                 owner: tuple[int, int] | None = None, overlay: bool = False):
+                 owner: tuple[int, int] | None = None, overlay: bool = False, archive: bool = False):
         self.root_fd = open_root(root)
         self.overlay = overlay
+        self.archive = archive
         self.owner = owner
         self.layer = layer
         self.allow_devices = allow_devices
@@ -322,7 +342,7 @@ class _Applier:
         if self.result.entries > self.limits.max_entries:
             raise LayerLimitError(f"layer {self.layer} has more than {self.limits.max_entries} entries; refusing it")
         try:
-            parts = _normalize(entry.name)
+            parts = _cleaned(entry.name) if self.archive else _normalize(entry.name)
         except ValueError as exc:
             raise self.unsafe(entry, f"has {exc}") from None
         if entry.type == REGULAR and reader.offset + entry.size > self.limits.max_bytes:
@@ -395,6 +415,7 @@ class _Applier:
         try:
             if _exists(parent, target) is not None:
                 remove_entry(parent, target, as_root=self.as_root)
+                self.result.removed.add(b"/".join(parts[:-1] + (target,)))
         except OSError as exc:
             raise UnpackError(f"layer {self.layer}: whiteout {_show(entry.name)}: {exc.strerror}") from None
         finally:
@@ -418,6 +439,7 @@ class _Applier:
             path = prefix + b"/" + raw if prefix else raw
             if path not in self.created:
                 remove_entry(fd, raw, as_root=self.as_root)
+                self.result.removed.add(path)
                 continue
             st = os.stat(raw, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
@@ -447,11 +469,11 @@ class _Applier:
                 os.close(fd)
             self.dirs.append((parts, entry))
             return
+        to_symlink = kind == SYMLINK
         if kind == SYMLINK:
             os.symlink(entry.linkname, name, dir_fd=parent)
-        elif kind == HARDLINK:
-            self._hardlink(parent, name, parts, entry)
-            return  # a hard link shares the target's inode: no metadata of its own
+        elif kind == HARDLINK:   # its entry's metadata becomes the shared inode's (a symlink's: the owner)
+            to_symlink = self._hardlink(parent, name, parts, entry)
         elif kind in (CHAR, BLOCKDEV):
             if not self.allow_devices:
                 self.note(f"device node {_show(entry.name)} skipped (not running as root)")
@@ -468,7 +490,9 @@ class _Applier:
         elif kind == FIFO:
             os.mkfifo(name, 0o600, dir_fd=parent)
         self._owner(parent, name, entry)
-        if kind != SYMLINK:
+        if kind == HARDLINK and to_symlink:
+            return
+        if not to_symlink:
             os.chmod(name, entry.mode & 0o7777, dir_fd=parent, follow_symlinks=False)
         self._xattrs_at(parent, name, entry)
         mtime = _bounded(entry.mtime_ns)
@@ -497,9 +521,10 @@ class _Applier:
         finally:
             os.close(fd)
 
-    def _hardlink(self, parent: int, name: bytes, parts: tuple[bytes, ...], entry: TarEntry) -> None:
+    def _hardlink(self, parent: int, name: bytes, parts: tuple[bytes, ...], entry: TarEntry) -> bool:
+        """Link `name` to the entry's target; returns whether that is a symlink."""
         try:
-            target = _normalize(entry.linkname)
+            target = _cleaned(entry.linkname) if self.archive else _normalize(entry.linkname)
         except ValueError as exc:
             raise self.unsafe(entry, f"is a hard link to a name with {exc}") from None
         if not target or target == parts:
@@ -517,6 +542,7 @@ class _Applier:
             if stat.S_ISDIR(st.st_mode):
                 raise self.unsafe(entry, "is a hard link to a directory")
             os.link(target[-1], name, src_dir_fd=tparent, dst_dir_fd=parent, follow_symlinks=False)
+            return stat.S_ISLNK(st.st_mode)
         finally:
             os.close(tparent)
 
@@ -591,18 +617,19 @@ def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: st
                 allow_devices: bool | None = None, digest: str | None = None,
                 expected_diff_id: str | None = None, limits: Limits | None = None,
                 report: Callable[..., None] | None = None, owner: tuple[int, int] | None = None,
-                track: bool = False, overlay: bool = False) -> ApplyResult:
+                archive: bool = False, overlay: bool = False) -> ApplyResult:
     """Apply one layer blob onto `rootfs` (an existing directory). `digest` names the layer in errors;
     `expected_diff_id`, when given, is checked against the tar read (mismatch -> UnpackError).
     `media_type` is informational: the compression is sniffed from the blob itself. `owner` replaces
-    every entry's uid:gid (ADD --chown); with `track`, the result lists the paths written; `overlay`:
+    every entry's uid:gid (ADD --chown); `archive`: an ADD archive, not an image layer (names taken as
+    BuildKit's untar takes them; the result lists the paths written and those whiteouts removed); `overlay`:
     `rootfs` is a layer dir in the making (see the module docstring)."""
     layer = digest or (f"({media_type})" if media_type else "(unnamed)")
     limits = limits or Limits.from_env()
     root = Path(rootfs)
     if allow_devices is None:
         allow_devices = os.geteuid() == 0
-    applier = _Applier(root, layer, allow_devices, limits, report, owner, overlay)
+    applier = _Applier(root, layer, allow_devices, limits, report, owner, overlay, archive)
     inflated = Inflated(stream, limits.max_bytes, layer)
     try:
         try:
@@ -623,7 +650,7 @@ def apply_layer(stream: BinaryIO, rootfs: str | os.PathLike[str], media_type: st
         applier.close()
         inflated.close()   # the worker stops before the blob under it is closed
     result = applier.result
-    if track:
+    if archive:
         result.paths = applier.created | {b"/".join(parts) for parts, _ in applier.dirs}
     result.diff_id = inflated.diff_id()
     result.bytes = inflated.count

@@ -180,6 +180,27 @@ def test_add_archive_records_entries_where_their_symlinked_parents_put_them(tmp_
     assert {"dst/up", "dst/sub", "dst/sub/f"} <= paths and "dst/up/sub/f" not in paths
 
 
+def test_add_archive_whiteouts_are_changes_of_the_step(tmp_path, rootfs):
+    """What an archive's whiteouts remove is a whiteout of the step's layer (else the layer, and every
+    machine that pulls it, still holds it); a path a later archive of the step puts back is written."""
+    from tests.fixtures.layers import E, make_tar
+
+    for rel in ("w/gone", "w/back", "o/old"):
+        (rootfs / rel).parent.mkdir(exist_ok=True)
+        (rootfs / rel).write_text("lower")
+    c = tmp_path / "wh-ctx"
+    c.mkdir()
+    (c / "a.tar").write_bytes(make_tar([E("w/.wh.gone"), E("w/.wh.back"), E("w/.wh.never"), E("o/.wh..wh..opq"),
+                                        E("o/new", data=b"n")]))
+    (c / "b.tar").write_bytes(make_tar([E("w/back", data=b"again")]))
+    wh = BuildContext.open(c)
+    changes = copy_step(rootfs, spec(wh, ["a.tar", "b.tar"], "/", add=True), "/", None, context_root=wh.root)
+    kinds = {(ch.path, ch.kind) for ch in changes}
+    assert {("w/gone", "delete"), ("o/old", "delete"), ("w/back", "add"), ("o/new", "add")} <= kinds
+    assert not [k for k in kinds if k[0] in ("w/never", "w/back") and k[1] != "add"]
+    assert (rootfs / "w" / "back").read_text() == "again" and not (rootfs / "w" / "gone").exists()
+
+
 @pytest.mark.parametrize("epoch", [None, 1_700_000_000])
 @pytest.mark.parametrize("srcs, heredoc, dest, made", [
     (["one.txt"], None, "/new/deeper/", ["new", "new/deeper"]),

@@ -87,7 +87,7 @@ GOLDEN = {
 # diffID of each COPY/WORKDIR layer of "copy-context" applied to an empty rootfs, SOURCE_DATE_EPOCH set
 LAYERS = [
     "sha256:fc5c3fe4b5538dbe9f88c8513547c0cb4f6b5ce3f70419572054c52cc57f1610",  # WORKDIR /srv
-    "sha256:8bd7f0e677d53acc2cdbd6df79c435c4978cf3e13786705f0013d42ae16c3984",  # COPY --chown --chmod app/ (app/ made 0640)
+    "sha256:a1adc9dbeaf65523d1846280a9cc344d563d0582b500b15bdc872c26002db3b9",  # COPY --chown --chmod app/ (app/ made 0640, its source's mtime)
     "sha256:1173c62c3c12778966ae0a92f7cea69b73bd6b3d91568ec53ae5bf2f0b7fb1d4",  # COPY *.txt
     "sha256:0c0d4a2623a706835d7bef9301a92f172d82ace1a1be18f5801e2ac89a327d7c",  # ADD data.tar (its implied d/ too)
 ]

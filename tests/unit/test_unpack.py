@@ -354,3 +354,56 @@ def test_apply_layer_uses_the_environment_limits_by_default(rootfs, monkeypatch)
         apply(rootfs, [E(f"f{i}") for i in range(30)])
     assert DIGEST in str(info.value)
     assert apply(rootfs, [E("f")], limits=Limits()).entries == 1  # an explicit Limits wins
+
+
+@pytest.mark.parametrize("name, parts", [
+    (b"a/b", (b"a", b"b")),
+    (b"/abs/f", (b"abs", b"f")),
+    (b"./x/./y/", (b"x", b"y")),
+    (b"d/../n", (b"n",)),
+    (b"../up", (b"up",)),
+    (b"a/../../up", (b"up",)),
+    (b"/../up", (b"up",)),
+    (b"..", ()),
+    (b"/", ()),
+])
+def test_add_archive_names_are_taken_as_buildkit_untar_takes_them(name, parts):
+    """Cleaned and joined under the destination (moby's chrootarchive: the destination is the root)."""
+    from builder.unpack import _cleaned
+    assert _cleaned(name) == parts
+
+
+def test_add_archive_names_land_under_the_destination(tmp_path, outside):
+    """What an image layer is refused for, an ADD archive extracts inside its destination, as BuildKit does."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    o = str(outside).lstrip("/")
+    before = host_snapshot(outside)
+    result = apply(dest, [E(f"/{o}/pwned", data=b"a"), E(f"../../{o}/up", data=b"u"), E("d", "dir"),
+                          E("d/../n", data=b"n"), E("hl", "hardlink", link=f"/../{o}/pwned")], archive=True)
+    assert host_snapshot(outside) == before
+    assert (dest / o / "pwned").read_bytes() == b"a" and (dest / o / "up").read_bytes() == b"u"
+    assert (dest / "n").read_bytes() == b"n" and os.stat(dest / "hl").st_ino == os.stat(dest / o / "pwned").st_ino
+    assert {f"{o}/pwned".encode(), f"{o}/up".encode(), b"n", b"hl", b"d"} <= result.paths
+    with pytest.raises(UnsafeLayerError, match="absolute name"):   # an image layer: refused
+        apply(dest, [E(f"/{o}/pwned", data=b"a")])
+
+
+def test_add_archive_reports_what_its_whiteouts_removed(rootfs):
+    apply(rootfs, [E("w", "dir"), E("w/gone", data=b"g"), E("o", "dir"), E("o/old", data=b"o"), E("o/sub", "dir")])
+    result = apply(rootfs, [E("w/.wh.gone"), E("w/.wh.never"), E("o/new", data=b"n"), E("o/.wh..wh..opq")],
+                   archive=True)
+    assert result.removed == {b"w/gone", b"o/old", b"o/sub"}
+    assert sorted(os.listdir(rootfs / "o")) == ["new"] and not (rootfs / "w" / "gone").exists()
+
+
+@pytest.mark.parametrize("archive", [False, True])
+def test_a_hard_link_entry_sets_the_metadata_of_its_inode(rootfs, archive):
+    """As moby's and containerd's unpackers do: the later entry's owner, mode and mtime are the inode's."""
+    apply(rootfs, [E("f", data=b"f", mode=0o600, uid=1000, gid=1000, mtime=100),
+                   E("h", "hardlink", link="f", mode=0o640, uid=7, gid=8, mtime=200),
+                   E("s", "symlink", link="f", mtime=300), E("hs", "hardlink", link="s", mtime=400)], archive=archive)
+    st = os.stat(rootfs / "f")
+    owner = (7, 8) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    assert (st.st_mode & 0o7777, st.st_mtime, (st.st_uid, st.st_gid)) == (0o640, 200, owner)
+    assert os.lstat(rootfs / "s").st_mtime == 300   # a hard link to a symlink sets no time on it
