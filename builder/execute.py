@@ -26,7 +26,8 @@ from builder import image_config as ic
 from builder.changes import Change
 from builder.errors import BuildError, StepFailedError
 from builder.masking import SecretMask
-from builder.context import Source
+from builder.context import Source, is_wildcard
+from builder.globs import Glob, GlobError
 from builder.layernorm import context_xattr, keep_xattr
 from builder.plan import CopySpec, Step
 from builder.plan import Mount as PlanMount
@@ -197,8 +198,9 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
     unless --chown; directories this step creates get the --chown owner (else 0:0). `context_root` is
     where the context sources live."""
     dest = spec.dest if spec.dest.startswith("/") else (workdir.rstrip("/") + "/" + spec.dest)
-    dest_is_dir = spec.dest.endswith("/") or spec.dest in (".", "./") or len(spec.sources) + \
-        len(spec.from_paths) + len(spec.heredocs) > 1 or spec.parents
+    # several sources as written need the trailing '/' (the plan says so); what one wildcard matches lands
+    # match after match on a destination written without it, as BuildKit copies them: the last file wins
+    dest_is_dir = spec.dest.endswith("/") or spec.dest in (".", "./") or spec.parents
     uid, gid = owner_for(rootfs, spec.chown, f"{'ADD' if spec.add else 'COPY'} --chown={spec.chown}", warn)
     chmod = parse_chmod(spec.chmod_text)[1] if spec.chmod_text else (
         None if spec.chmod is None else parse_chmod(f"{spec.chmod:o}")[1])
@@ -212,7 +214,7 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
     opened: list[Root] = []
     try:
         with Root(rootfs) as root:
-            items = _items(spec, from_root, context_root, opened)
+            items = _items(spec, from_root, context_root, opened, warn)
             done = _Copied()
             chmodded: list[Parts] = []
             landed: set[Parts] = set()
@@ -244,7 +246,8 @@ def _chmod_made_dirs(root: Root, created: list[Parts], meta: Meta, landed: set[P
         root.set_dir_meta(parts, meta if parts not in landed else Meta(meta.uid, meta.gid, meta.mode))
 
 
-def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, opened: list[Root]) -> list[_Item]:
+def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, opened: list[Root],
+           warn: Callable[[str], None] | None = None) -> list[_Item]:
     def open_root_of(path: Path) -> Root:
         r = Root(path)
         opened.append(r)
@@ -253,22 +256,29 @@ def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, op
     items: list[_Item] = []
     if from_root is not None:
         src = open_root_of(from_root)
+        stage = spec.from_stage or "the source image"
         for i, rel in enumerate(spec.from_paths):
-            try:
-                parts = src.resolve(rel)  # the named source is followed, inside the source rootfs
-                st = src.lstat(parts)
-            except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):   # not "missing": say what
-                    raise BuildError(f"COPY --from: cannot read {rel!r} in {spec.from_stage or 'the source image'}: "
-                                     f"{exc.strerror} ({errno.errorcode.get(exc.errno or 0, exc.errno)})") from None
-                st = None
-            if st is None:
-                raise BuildError(f"COPY --from: {rel!r} not found in {spec.from_stage or 'the source image'}",
-                                 hint="check the path inside the source stage")
-            is_dir = stat.S_ISDIR(st.st_mode)
-            keep = tuple(split(spec.from_keep[i])) if spec.from_keep else ()
-            items.append(_Item(name=parts[-1] if parts else b"", root=src, parts=parts, is_dir=is_dir,
-                               keep=keep if is_dir else keep[:-1]))
+            matches = _from_matches(src, rel, stage)
+            if not matches and warn is not None:
+                warn(f"{'ADD' if spec.add else 'COPY'} --from source {rel!r} matches nothing in {stage}: "
+                     "nothing copied for it (as BuildKit does)")
+            for named in matches:
+                try:
+                    parts = src.resolve(named)  # the named source is followed, inside the source rootfs
+                    st = src.lstat(parts)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):   # not "missing": say what
+                        raise BuildError(f"COPY --from: cannot read {rel!r} in {stage}: {exc.strerror} "
+                                         f"({errno.errorcode.get(exc.errno or 0, exc.errno)})") from None
+                    st = None
+                if st is None:
+                    raise BuildError(f"COPY --from: {rel!r} not found in {stage}",
+                                     hint="check the path inside the source stage")
+                is_dir = stat.S_ISDIR(st.st_mode)
+                kept = len(split(spec.from_keep[i])) if spec.from_keep else 0   # its last components, as matched
+                keep = named[len(named) - kept:] if kept else ()
+                items.append(_Item(name=named[-1] if named else b"", root=src, parts=parts, is_dir=is_dir,
+                                   keep=keep if is_dir else keep[:-1]))
     ctx = None
     for s in spec.sources:
         if s.rel.startswith(("http://", "https://")):  # a downloaded file, alone in its folder
@@ -294,6 +304,35 @@ def _items(spec: CopySpec, from_root: Path | None, context_root: Path | None, op
     for heredoc, body in spec.heredocs:
         items.append(_Item(name=os.fsencode(heredoc), data=body.encode("utf-8", "surrogateescape")))
     return items
+
+
+def _from_matches(src: Root, rel: str, where: str) -> list[Parts]:
+    """A COPY --from source as named: the path itself, or what its wildcards match, as BuildKit's
+    fsutil resolves them: the components before the first wildcard resolved in the source rootfs, the
+    rest matched below them one component at a time (Go's filepath.Match: `*` never crosses a `/`),
+    never descending through a symlink; a match is then a named source (followed, named as matched).
+    A wildcard that matches nothing names nothing (AllowEmptyWildcard)."""
+    parts = tuple(split(rel))
+    first = next((i for i, p in enumerate(parts) if is_wildcard(os.fsdecode(p))), None)
+    if first is None:
+        return [parts]
+    try:
+        current = [src.resolve(parts[:first])]
+    except OSError:
+        return []
+    for part in parts[first:]:
+        try:
+            glob = Glob(os.fsdecode(part))
+        except GlobError as exc:
+            raise BuildError(f"COPY --from: source {rel!r} in {where}: {exc}") from None
+        found: list[Parts] = []
+        for base in current:
+            st = src.lstat(base)
+            if st is None or not stat.S_ISDIR(st.st_mode):   # a symlink is not descended
+                continue
+            found += [base + (name,) for name in src.listdir(base) if glob.match(os.fsdecode(name))]
+        current = found
+    return current
 
 
 def _excluder(patterns: list[str]) -> Callable[[Parts], bool] | None:

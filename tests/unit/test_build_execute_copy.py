@@ -226,3 +226,43 @@ def test_an_octal_chmod_keeps_the_time_of_a_source_directory(ctx, rootfs, epoch)
     for rel, mtime in (("new", epoch or 0), ("new/tree", 1_600_000_000)):
         st = os.stat(rootfs / rel)
         assert (oct(st.st_mode & 0o7777), st.st_mtime) == (oct(0o751), mtime), rel
+
+
+@pytest.fixture
+def stage(tmp_path):
+    """A source stage's rootfs for COPY --from wildcards."""
+    s = tmp_path / "stage"
+    for rel, data in {"opt/o/file": "o", "opt/o/sub/s": "s", "opt/p/x.jar": "x", "opt/p/y.jar": "y",
+                      "opt/q/bin/t": "q", "opt/r/bin/t": "r"}.items():
+        (s / rel).parent.mkdir(parents=True, exist_ok=True)
+        (s / rel).write_text(data)
+    os.symlink("file", s / "opt" / "o" / "link")
+    os.symlink("/opt/q", s / "opt" / "qlink")   # matched by opt/*, never descended
+    os.symlink("/opt", s / "optlink")            # before the first wildcard: resolved in the stage
+    return s
+
+
+@pytest.mark.parametrize("pattern, dest, expect", [
+    ("opt/o/*", "/g/", {"g/file": "o", "g/link": "o", "g/s": "s"}),   # a match is followed, named as matched
+    ("opt/*/bin", "/bins/", {"bins/t": "r"}),                          # dirs' contents, one after the other
+    ("optlink/p/*.jar", "/app.jar", {"app.jar": "y"}),                # no trailing '/': the last match wins
+    ("opt/?/file", "/one/", {"one/file": "o"}),
+    ("opt/[pq]/x.jar", "/jar/", {"jar/x.jar": "x"}),
+    ("opt/p/*.war", "/none/", {}),
+    ("opt/missing/*", "/none/", {}),
+])
+def test_copy_from_wildcards_match_as_buildkit_resolves_them(rootfs, stage, pattern, dest, expect):
+    warned: list[str] = []
+    copy_step(rootfs, CopySpec(dest=dest, from_stage="s", from_paths=[pattern]), "/", stage, warn=warned.append)
+    top = dest.strip("/").split("/")[0]
+    got = {str(p.relative_to(rootfs)): p.read_text() for p in (rootfs / top).rglob("*") if p.is_file()} \
+        if (rootfs / top).is_dir() else ({top: (rootfs / top).read_text()} if (rootfs / top).exists() else {})
+    assert got == expect
+    assert not any(p.is_symlink() for p in rootfs.rglob("*"))
+    assert bool(warned) == (not expect), warned   # matching nothing says so
+
+
+def test_copy_from_wildcard_with_parents_keeps_each_match_path(rootfs, stage):
+    copy_step(rootfs, CopySpec(dest="/par/", from_stage="s", from_paths=["opt/*/bin/t"], parents=True,
+                               from_keep=["opt/*/bin/t"]), "/", stage)
+    assert {str(p.relative_to(rootfs)) for p in (rootfs / "par").rglob("t")} == {"par/opt/q/bin/t", "par/opt/r/bin/t"}
