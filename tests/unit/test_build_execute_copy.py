@@ -247,6 +247,7 @@ def stage(tmp_path):
     ("opt/*/bin", "/bins/", {"bins/t": "r"}),                          # dirs' contents, one after the other
     ("optlink/p/*.jar", "/app.jar", {"app.jar": "y"}),                # no trailing '/': the last match wins
     ("opt/?/file", "/one/", {"one/file": "o"}),
+    ("opt/o/link", "/ld/", {"ld/link": "o"}),                          # no wildcard: named as given too
     ("opt/[pq]/x.jar", "/jar/", {"jar/x.jar": "x"}),
     ("opt/p/*.war", "/none/", {}),
     ("opt/missing/*", "/none/", {}),
