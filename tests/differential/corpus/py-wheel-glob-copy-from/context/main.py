@@ -1,0 +1,2 @@
+import idna, six
+print(idna.encode("example.com"), six.PY3)
