@@ -415,11 +415,15 @@ class _Applier:
         try:
             if _exists(parent, target) is not None:
                 remove_entry(parent, target, as_root=self.as_root)
-                self.result.removed.add(b"/".join(parts[:-1] + (target,)))
+                self._removed(b"/".join(parts[:-1] + (target,)))
         except OSError as exc:
             raise UnpackError(f"layer {self.layer}: whiteout {_show(entry.name)}: {exc.strerror}") from None
         finally:
             os.close(parent)
+
+    def _removed(self, path: bytes) -> None:
+        if self.archive:   # the step's layer must say so (an image layer's whiteouts are its own)
+            self.result.removed.add(path)
 
     def _opaque(self, entry: TarEntry, dir_parts: tuple[bytes, ...]) -> None:
         try:
@@ -439,7 +443,7 @@ class _Applier:
             path = prefix + b"/" + raw if prefix else raw
             if path not in self.created:
                 remove_entry(fd, raw, as_root=self.as_root)
-                self.result.removed.add(path)
+                self._removed(path)
                 continue
             st = os.stat(raw, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
@@ -491,7 +495,7 @@ class _Applier:
             os.mkfifo(name, 0o600, dir_fd=parent)
         self._owner(parent, name, entry)
         if kind == HARDLINK and to_symlink:
-            return
+            return   # moby sets no mode or time through a hard link to a symlink
         if not to_symlink:
             os.chmod(name, entry.mode & 0o7777, dir_fd=parent, follow_symlinks=False)
         self._xattrs_at(parent, name, entry)
