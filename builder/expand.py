@@ -6,6 +6,9 @@ quotes the escape character makes the next character literal; `$NAME`, `${NAME}`
 `${NAME:-word}`, `${NAME-word}`, `${NAME:+word}`, `${NAME+word}`, `${NAME:?msg}`, `${NAME?msg}`,
 `${NAME#pat}`, `${NAME##pat}`, `${NAME%pat}`, `${NAME%%pat}` and `${NAME/pat/repl}` are expanded;
 an unset variable expands to the empty string.
+
+A word may grow by at most MAX_GROWTH characters through its variables (BuildKit has no bound): ARGs that
+each hold their predecessor eight times would otherwise take every byte of the machine's memory.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from builder.globs import GlobError, shell_glob
 
 _NAME_START = re.compile(r"[A-Za-z_]")
 _NAME_CHAR = re.compile(r"[A-Za-z0-9_]")
+MAX_GROWTH = 1 << 20   # characters a word may gain from its variables; execve takes 128 KiB an argument
 
 
 class ExpandError(BuildArgError):
@@ -31,6 +35,7 @@ class _Lexer:
         self.env = env
         self.escape = escape
         self.quotes = quotes   # False: quote characters are plain text (a heredoc body)
+        self.limit = len(text) + MAX_GROWTH
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
@@ -48,6 +53,7 @@ class _Lexer:
         words: list[str] = []
         current: list[str] = []
         in_word = False
+        size = 0
         while True:
             ch = self.peek()
             if not ch:
@@ -81,11 +87,18 @@ class _Lexer:
             else:
                 self.next()
                 piece = ch
+            size += len(piece)
+            self._check(size)
             result.append(piece)
             current.append(piece)
         if in_word:
             words.append("".join(current))
         return "".join(result), words
+
+    def _check(self, size: int) -> None:
+        if size > self.limit:
+            raise ExpandError(f"its variables make it more than {MAX_GROWTH >> 20} MiB longer than written "
+                              "(variables holding others several times over?): use shorter values")
 
     def _single_quoted(self) -> str:
         end = self.text.find("'", self.pos)
@@ -97,6 +110,7 @@ class _Lexer:
 
     def _double_quoted(self) -> str:
         out: list[str] = []
+        size = 0
         while True:
             ch = self.next()
             if not ch:
@@ -105,6 +119,8 @@ class _Lexer:
                 return "".join(out)
             if ch == "$":
                 out.append(self._dollar())
+                size += len(out[-1])
+                self._check(size)
             elif ch == self.escape:
                 nxt = self.next()
                 if nxt in ('"', "$", self.escape):
@@ -174,7 +190,7 @@ class _Lexer:
                 self.next()
             pattern, _ = self.process(stop="/", raw_escapes=True)
             repl, _ = self.process(stop="}", raw_escapes=True)
-            return self._apply_pattern(_replace, value or "", pattern, repl, every=every)
+            return self._apply_pattern(_replace, value or "", pattern, repl, every=every, limit=self.limit)
         raise ExpandError(f"missing '}}' or bad substitution for {name} in {self.text!r}")
 
     def _apply_pattern(self, operation: Callable[..., str], value: str, pattern: str, *args: Any, **kwargs: Any) -> str:
@@ -196,7 +212,7 @@ def _trim(value: str, pattern: str, *, prefix: bool, greedy: bool) -> str:
     return value[n:] if prefix else value[:len(value) - n]
 
 
-def _replace(value: str, pattern: str, repl: str, *, every: bool = False) -> str:
+def _replace(value: str, pattern: str, repl: str, *, every: bool = False, limit: int | None = None) -> str:
     """`${v/p/r}`: the leftmost match, the longest there (Go's leftmost-first with greedy stars), replaced;
     `every`: each match left to right, none overlapping, an empty one right after a match skipped (Go's
     ReplaceAllString, without its $-templates). Where matches start comes from one pass of the reversed,
@@ -204,6 +220,9 @@ def _replace(value: str, pattern: str, repl: str, *, every: bool = False) -> str
     start x every end with fnmatch was cubic)."""
     n = len(value)
     starts = sorted({n - j for j in shell_glob(pattern, reverse=True, unanchored=True).ends(value[::-1])})
+    if limit is not None and every and n + len(starts) * len(repl) > limit:   # the most it can make
+        raise ExpandError(f"replacing every match makes it more than {MAX_GROWTH >> 20} MiB longer than "
+                          "written: use shorter values")
     forward = shell_glob(pattern)
     out: list[str] = []
     done = 0          # value[:done] is in `out`

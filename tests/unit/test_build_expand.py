@@ -206,3 +206,28 @@ def test_trim_and_replace_on_a_long_value_are_linear():
     assert process_word("${V#*b}", env) == value
     assert process_word("${V//a/b}", env) == "b" * 200_000
     assert process_word("${V//?a/}", env) == ""
+
+
+MIB = 1 << 20
+BIG = {"H": "x" * (MIB // 2), "S": "x" * 100}
+
+
+@pytest.mark.parametrize("word, ok", [
+    ("$H", True),
+    ("$H$H", True),                  # exactly the budget beyond the text... plus the text itself
+    ("$H$H$H", False),               # doubling ARGs: each step would take more memory than the last
+    ('"$H$H$H"', False),             # the same inside quotes
+    ("${S:-$H$H$H}", False),         # a default is expanded even when unused, as BuildKit's lexer does
+    ("${UNSET:-$H$H$H}", False),
+    ("${S//x/yyyy}", True),
+    ("${H//x/yyyy}", False),         # every match replaced: 2 MiB more
+])
+def test_a_word_grows_at_most_one_mebibyte_through_its_variables(word, ok):
+    """A Dockerfile of ARGs that each hold their predecessor eight times took 23 GB before this bound."""
+    if ok:
+        assert len(process_word(word, BIG)) <= len(word) + MIB
+    else:
+        with pytest.raises(ExpandError, match="MiB longer than written"):
+            process_word(word, BIG)
+    with pytest.raises(ExpandError, match="MiB longer"):
+        expand_heredoc("$H\n" * 3, BIG)
