@@ -148,6 +148,9 @@ def parse_file(path: str | Path) -> Dockerfile:
     return parse_string(text, str(p))
 
 
+MAX_INSTRUCTIONS = 10_000   # real Dockerfiles hold hundreds; 40,000 LABELs took 100 s to plan (each step has its config)
+
+
 def parse_string(text: str, path: str = "Dockerfile") -> Dockerfile:
     directives = _directives(text)
     escape = directives.get("escape", "\\")
@@ -159,6 +162,11 @@ def parse_string(text: str, path: str = "Dockerfile") -> Dockerfile:
                                     "docker/dockerfile:1 frontend does; it cannot run another frontend",
                                     file=path, line=1, hint="use # syntax=docker/dockerfile:1 or drop the line")
     commands = _parse_or_locate(text, path)
+    if len(commands) > MAX_INSTRUCTIONS:
+        raise DockerfileSyntaxError(
+            f"more than {MAX_INSTRUCTIONS} instructions ({len(commands)}): kade plans each as a step of its own, "
+            "and refuses what would take minutes to plan", file=path, line=commands[MAX_INSTRUCTIONS].start_line,
+            hint="one ENV, LABEL or ARG instruction may set many names; or split the build")
     instructions = [_convert(c, path) for c in commands]
     global_args: list[Instruction] = []
     stages: list[Stage] = []

@@ -113,3 +113,13 @@ def test_a_dockerfile_symlinked_out_of_its_folder_is_never_read(tmp_path):
     (tmp_path / "ctx" / "Dockerfile").unlink()
     (tmp_path / "ctx" / "Dockerfile").symlink_to("real")   # inside its folder: read
     assert parse_file(tmp_path / "ctx" / "Dockerfile").stages
+
+
+def test_a_dockerfile_of_more_instructions_than_kade_plans_is_refused_at_the_first_one_too_many():
+    from builder.dockerfile import MAX_INSTRUCTIONS
+
+    lines = ["FROM scratch"] + [f"LABEL l{i}=v" for i in range(MAX_INSTRUCTIONS)]
+    assert len(parse_string("\n".join(lines[:-1]) + "\n").stages[0].instructions) == MAX_INSTRUCTIONS - 1
+    with pytest.raises(DockerfileSyntaxError, match=f"more than {MAX_INSTRUCTIONS} instructions") as info:
+        parse_string("\n".join(lines) + "\n")
+    assert info.value.line == MAX_INSTRUCTIONS + 1

@@ -214,3 +214,27 @@ def test_stopsignal(signal, ok):
     else:
         with pytest.raises(BuildError, match="invalid STOPSIGNAL"):
             ic.set_stopsignal(cfg, signal)
+
+
+@pytest.mark.parametrize("value", [
+    {"a": "1", "b": 2, "c": 1.5},                       # flat: copied at once
+    ["A=1", "B=2"],
+    {"Healthcheck": {"Test": ["CMD", "true"]}, "n": True},   # nested (and a bool): item by item
+    [["x"], {"y": ["z"]}],
+])
+def test_with_runtime_copies_what_it_is_given(value):
+    """Changing the given value afterwards never changes the config (its containers are new, at every depth)."""
+    import copy
+
+    before = copy.deepcopy(value)
+    config = ImageConfig.from_dict({"config": {}}).with_runtime(Labels=value)
+    kept = config.get("Labels")
+    assert kept == before and kept is not value
+    if isinstance(value, dict):
+        value.clear()
+    else:
+        for item in value:
+            if isinstance(item, (list, dict)):
+                item.clear()
+        value.clear()
+    assert config.get("Labels") == before
