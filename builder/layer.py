@@ -368,21 +368,26 @@ def write_layer(changes: Iterable[Change], out: BinaryIO, compression: Compressi
 
 def walk_directory(root: str | os.PathLike[str], prefix: str = "") -> Iterator[Change]:
     """Every file under `root` (the root itself included, as `prefix` or the layer root) as an "add",
-    in sorted order, without following symlinks."""
+    in sorted order, without following symlinks; at any depth (a stack of listings, no recursion)."""
     root_s = os.fspath(root)
     base = split_path(prefix)
     yield Change(path=os.fsdecode(b"/".join(base)), source=root_s)
 
-    def walk(directory: str, parts: tuple[bytes, ...]) -> Iterator[Change]:
+    def listing(directory: str) -> Iterator[os.DirEntry[str]]:
         with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: os.fsencode(e.name))
-        for entry in entries:
-            child = parts + (os.fsencode(entry.name),)
-            yield Change(path=os.fsdecode(b"/".join(child)), source=entry.path)
-            if entry.is_dir(follow_symlinks=False):
-                yield from walk(entry.path, child)
+            return iter(sorted(it, key=lambda e: os.fsencode(e.name)))
 
-    yield from walk(root_s, base)
+    stack = [(listing(root_s), base)]
+    while stack:
+        entries, parts = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        child = parts + (os.fsencode(entry.name),)
+        yield Change(path=os.fsdecode(b"/".join(child)), source=entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            stack.append((listing(entry.path), child))
 
 
 def layer_from_directory(root: str | os.PathLike[str], out: BinaryIO, compression: Compression = "gzip",

@@ -321,22 +321,43 @@ def lstat_at(parent: int, name: bytes) -> os.stat_result | None:
 
 
 def remove_entry(parent_fd: int, name: bytes | str, *, as_root: bool | None = None) -> None:
-    """Remove `name` in `parent_fd` (recursively for a directory), never following a symlink."""
+    """Remove `name` in `parent_fd` (a directory with everything below it), never following a symlink.
+    Depth first with an explicit stack (a tree may be deeper than Python's recursion limit); only the
+    directories on the path being emptied are open."""
     if as_root is None:
         as_root = os.geteuid() == 0
     st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=parent_fd)
         return
-    fd = os.open(name, _DIR, dir_fd=parent_fd)
+    fd = _open_to_empty(parent_fd, name, st, as_root)
+    stack: list[tuple[int, bytes | str, int, Iterator[str]]] = [(parent_fd, name, fd, iter(os.listdir(fd)))]
     try:
-        if not as_root and st.st_mode & 0o700 != 0o700:
-            os.fchmod(fd, st.st_mode | 0o700)
-        for child in os.listdir(fd):
-            remove_entry(fd, child, as_root=as_root)
+        while stack:
+            parent, here, fd, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(here, dir_fd=parent)
+                continue
+            st = os.stat(child, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                sub = _open_to_empty(fd, child, st, as_root)
+                stack.append((fd, child, sub, iter(os.listdir(sub))))
+            else:
+                os.unlink(child, dir_fd=fd)
     finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)
+        for _, _, fd, _ in stack:
+            os.close(fd)
+
+
+def _open_to_empty(parent: int, name: bytes | str, st: os.stat_result, as_root: bool) -> int:
+    """A directory's fd, made writable and searchable for its owner first when not running as root."""
+    fd = os.open(name, _DIR, dir_fd=parent)
+    if not as_root and st.st_mode & 0o700 != 0o700:
+        os.fchmod(fd, st.st_mode | 0o700)
+    return fd
 
 
 def make_way(parent: int, name: bytes, what: str = "a file") -> None:
@@ -432,14 +453,36 @@ class Override:
         return Meta(uid, gid, mode, mtime)
 
 
+@dataclass
+class _Dir:
+    """A directory being copied: its fds on both sides (open while its children are copied), where it
+    is, its metadata and the children still to copy."""
+    sfd: int
+    dfd: int
+    at: Parts
+    rel: Parts
+    meta: Meta
+    children: Iterator[bytes]
+
+    def close(self, *, done: bool) -> None:
+        try:
+            if done and self.meta.mtime_ns is not None:   # after its children: they change it
+                os.utime(self.dfd, ns=(self.meta.mtime_ns, self.meta.mtime_ns))
+        finally:
+            os.close(self.dfd)
+            os.close(self.sfd)
+
+
 class TreeCopy:
     """Copies entries out of `src` into `dst`, through fds on both sides. Each copied entry's
     resolved destination parts are appended to `written`, in order. With `link`, regular files are
-    hard links to the source's (their metadata untouched) where the filesystem allows."""
+    hard links to the source's (their metadata untouched) where the filesystem allows. Depth first
+    with an explicit stack: a tree may be deeper than Python's recursion limit, and only the
+    directories on the path being copied hold fds (a node_modules of thousands of directories would
+    pass a 1,024-file limit)."""
 
     def __init__(self, src: Root, dst: Root, override: Override, written: list[Parts], *, link: bool = False):
         self.src, self.dst, self.o, self.written, self.link = src, dst, override, written, link
-        self._dir_times: list[tuple[int, Meta]] = []
         self._copies: dict[tuple[int, int], Parts] = {}  # a linked source inode -> where its first copy is
 
     def copy(self, src_parts: Parts, dst_parent: int, dst_name: bytes, dst_base: Parts, *,
@@ -452,36 +495,41 @@ class TreeCopy:
         needed = None if only is None else {p[:i] for p in only for i in range(1, len(p) + 1)}
         with (self.src.parent(src_parts) if src_parts else _root_parent(self.src)) as (sp, sname, _):
             at = dst_base + ((dst_name,) if dst_name else ())
-            self._entry(sp, sname, dst_parent, dst_name, at, (), needed)
-        self.finish()
+            stack: list[_Dir] = []
+            try:
+                self._entry(sp, sname, dst_parent, dst_name, at, (), needed, stack)
+                while stack:
+                    top = stack[-1]
+                    child = next(top.children, None)
+                    if child is None:
+                        stack.pop().close(done=True)
+                    else:
+                        self._entry(top.sfd, child, top.dfd, child, top.at + (child,), top.rel + (child,), needed,
+                                    stack)
+            finally:
+                while stack:
+                    stack.pop().close(done=False)
 
     def _entry(self, sp: int, sname: bytes, dp: int, dname: bytes, at: Parts, rel: Parts,
-               needed: set[Parts] | None) -> None:
+               needed: set[Parts] | None, stack: list[_Dir]) -> None:
+        """Copy one entry; a directory is made (or kept) and pushed on `stack`, for its children."""
         st = os.stat(sname, dir_fd=sp, follow_symlinks=False) if sname else os.fstat(sp)
         meta = self.o.meta(st)
         if stat.S_ISDIR(st.st_mode):
             sfd = os.open(sname, _DIR, dir_fd=sp) if sname else os.dup(sp)
             try:
-                try:
-                    dfd, created = ensure_subdir(dp, dname) if dname else (os.dup(dp), False)
-                except NotADirectoryError as exc:
-                    raise NotADirectoryError(exc.errno, exc.strerror, "/" + image_path(at)) from None
-                try:
-                    if created or rel:
-                        set_meta(dfd, Meta(meta.uid, meta.gid, meta.mode))
-                        copy_xattrs(sfd, dfd, self.o.xattrs)
-                    self.written.append(at)
-                    for child in sorted(os.fsencode(n) for n in os.listdir(sfd)):
-                        if self.o.skip is not None and self.o.skip(rel + (child,)):
-                            continue
-                        if needed is None or rel + (child,) in needed:
-                            self._entry(sfd, child, dfd, child, at + (child,), rel + (child,), needed)
-                except BaseException:
-                    os.close(dfd)
-                    raise
-                self._dir_times.append((dfd, meta))  # after its children: they change it
-            finally:
+                dfd, created = ensure_subdir(dp, dname) if dname else (os.dup(dp), False)
+            except NotADirectoryError as exc:
                 os.close(sfd)
+                raise NotADirectoryError(exc.errno, exc.strerror, "/" + image_path(at)) from None
+            except BaseException:
+                os.close(sfd)
+                raise
+            stack.append(_Dir(sfd, dfd, at, rel, meta, self._children(sfd, rel, needed)))   # closed by `copy`
+            if created or rel:
+                set_meta(dfd, Meta(meta.uid, meta.gid, meta.mode))
+                copy_xattrs(sfd, dfd, self.o.xattrs)
+            self.written.append(at)
         elif stat.S_ISLNK(st.st_mode):
             replace_with_symlink(dp, dname, os.readlink(sname, dir_fd=sp), meta)
             self.written.append(at)
@@ -512,6 +560,13 @@ class TreeCopy:
                 self._copies.setdefault((st.st_dev, st.st_ino), at)
             self.written.append(at)
         # sockets, FIFOs and devices are not copied (BuildKit copies no special files from a context)
+
+    def _children(self, sfd: int, rel: Parts, needed: set[Parts] | None) -> Iterator[bytes]:
+        """The names to copy out of a source directory, in order (listed now: it is open now)."""
+        names = sorted(os.fsencode(n) for n in os.listdir(sfd))
+        skip = self.o.skip
+        return iter([n for n in names if (skip is None or not skip(rel + (n,))) and
+                     (needed is None or rel + (n,) in needed)])
 
     def _link_to_copy(self, first: Parts | None, dp: int, dname: bytes) -> bool:
         """Make `dname` in `dp` a hard link to the copy at `first` (what was there is replaced, a
@@ -544,15 +599,6 @@ class TreeCopy:
         except OSError:  # another filesystem, protected_hardlinks, ...: copy instead
             return False
         return True
-
-    def finish(self) -> None:
-        for fd, meta in reversed(self._dir_times):
-            try:
-                if meta.mtime_ns is not None:
-                    os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
-            finally:
-                os.close(fd)
-        self._dir_times.clear()
 
 
 @contextmanager

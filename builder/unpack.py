@@ -10,8 +10,10 @@ Safety rules (a hostile layer is an expected input, not an accident):
 - the final component is never followed: an existing file, symlink or directory at that name is
   removed first and the new one created with O_EXCL|O_NOFOLLOW (so writing never goes through a
   symlink and never into another hard link of the old inode);
-- hard links must name an existing non-directory inside the rootfs (relative name, no `..`); the link
-  entry's owner, mode and mtime are then the inode's, as moby's and containerd's unpackers set them;
+- hard links must name an existing non-directory inside the rootfs (relative name, no `..`); in an
+  ADD archive the link entry's owner, mode and mtime are then the inode's, as BuildKit's untar (moby's
+  archive) sets them; an image layer's link keeps its target's (a chown would drop file capabilities
+  a writer did not repeat on the link entry);
 - whiteouts `.wh.<name>` delete lower content; an opaque whiteout `.wh..wh..opq` deletes every child
   of its directory that this layer did not itself create, so it applies before its siblings whatever
   the tar order; aufs metadata `.wh..wh.*` is ignored;
@@ -438,20 +440,29 @@ class _Applier:
             os.close(fd)
 
     def _hide_lower(self, fd: int, prefix: bytes) -> None:
-        for child in os.listdir(fd):
-            raw = os.fsencode(child)
-            path = prefix + b"/" + raw if prefix else raw
-            if path not in self.created:
-                remove_entry(fd, raw, as_root=self.as_root)
-                self._removed(path)
-                continue
-            st = os.stat(raw, dir_fd=fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                sub = os.open(raw, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                try:
-                    self._hide_lower(sub, path)
-                finally:
-                    os.close(sub)
+        """Remove what the directory at `fd` holds that this layer did not create, looking inside the
+        directories it did: depth first with an explicit stack (a layer may nest deeper than Python's
+        recursion limit), only the directories on the path open."""
+        frames = [(os.dup(fd), prefix, iter(os.listdir(fd)))]
+        try:
+            while frames:
+                here, base, children = frames[-1]
+                child = next(children, None)
+                if child is None:
+                    frames.pop()
+                    os.close(here)
+                    continue
+                raw = os.fsencode(child)
+                path = base + b"/" + raw if base else raw
+                if path not in self.created:
+                    remove_entry(here, raw, as_root=self.as_root)
+                    self._removed(path)
+                elif stat.S_ISDIR(os.stat(raw, dir_fd=here, follow_symlinks=False).st_mode):
+                    sub = os.open(raw, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=here)
+                    frames.append((sub, path, iter(os.listdir(sub))))
+        finally:
+            for here, _, _ in frames:
+                os.close(here)
 
     def _create(self, parent: int, name: bytes, parts: tuple[bytes, ...], entry: TarEntry,
                 reader: TarReader) -> None:
@@ -476,8 +487,10 @@ class _Applier:
         to_symlink = kind == SYMLINK
         if kind == SYMLINK:
             os.symlink(entry.linkname, name, dir_fd=parent)
-        elif kind == HARDLINK:   # its entry's metadata becomes the shared inode's (a symlink's: the owner)
+        elif kind == HARDLINK:   # an ADD archive's: its metadata becomes the shared inode's (a symlink's: the owner)
             to_symlink = self._hardlink(parent, name, parts, entry)
+            if not self.archive:
+                return
         elif kind in (CHAR, BLOCKDEV):
             if not self.allow_devices:
                 self.note(f"device node {_show(entry.name)} skipped (not running as root)")

@@ -391,3 +391,62 @@ def test_no_module_touches_a_rootfs_by_path():
     assert not stale, f"ALLOWED lists calls that are gone: {sorted(stale)}"
     unknown = [m for m in modules if m not in OWNERS and m not in NO_ROOTFS and not path_calls(ROOT / "builder" / m)]
     assert "plan.py" in unknown  # the scan ran over modules with no path calls too
+
+
+def _chain(top: Path, depth: int) -> None:
+    """`top`/d/d/.../d/leaf, `depth` directories deep, made through fds (no long paths)."""
+    fd = os.open(top, os.O_RDONLY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            sub = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        os.close(os.open("leaf", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def low_file_limit():
+    """A soft limit of 256 open files for the test (systemd's default for services is 1,024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_tree_copy_and_removal_go_deeper_than_pythons_recursion_limit(tmp_path):
+    import sys
+
+    from builder.rootfs_ops import remove_entry
+
+    (tmp_path / "src" / "x").mkdir(parents=True)
+    (tmp_path / "dst").mkdir()
+    depth = sys.getrecursionlimit() + 200
+    with Root(tmp_path / "src") as src, Root(tmp_path / "dst") as dst:
+        try:
+            _chain(tmp_path / "src" / "x", depth)
+            written: list = []
+            TreeCopy(src, dst, Override(), written).copy(src.resolve("/x"), dst.fd, b"y", ())
+            assert len(written) == depth + 2 and written[-1] == (b"y",) + (b"d",) * depth + (b"leaf",)
+            remove_entry(dst.fd, b"y")
+            assert os.listdir(tmp_path / "dst") == []
+        finally:
+            for root in (src, dst):   # (pytest's own clean-up recurses)
+                for name in os.listdir(root.fd):
+                    remove_entry(root.fd, name)
+
+
+def test_tree_copy_holds_fds_only_along_its_path(tmp_path, low_file_limit):
+    """3,000 directories (a node_modules) copied under a 256-file limit: each is closed once copied."""
+    for i in range(3000):
+        (tmp_path / "src" / "t" / f"m{i // 100}" / f"n{i}").mkdir(parents=True)
+    (tmp_path / "dst").mkdir()
+    os.utime(tmp_path / "src" / "t" / "m7", (1_600_000_000, 1_600_000_000))
+    with Root(tmp_path / "src") as src, Root(tmp_path / "dst") as dst:
+        TreeCopy(src, dst, Override(), []).copy(src.resolve("/t"), dst.fd, b"t", ())
+    assert len(list((tmp_path / "dst" / "t").glob("*/*"))) == 3000
+    assert os.stat(tmp_path / "dst" / "t" / "m7").st_mtime == 1_600_000_000   # a directory's time after its children

@@ -398,12 +398,46 @@ def test_add_archive_reports_what_its_whiteouts_removed(rootfs):
 
 
 @pytest.mark.parametrize("archive", [False, True])
-def test_a_hard_link_entry_sets_the_metadata_of_its_inode(rootfs, archive):
-    """As moby's and containerd's unpackers do: the later entry's owner, mode and mtime are the inode's."""
+def test_a_hard_link_entry_sets_the_metadata_of_its_inode_in_an_add_archive(rootfs, archive):
+    """ADD: as BuildKit's untar (moby's archive) does, the later entry's owner, mode and mtime are the
+    inode's. An image layer's link keeps its target's: a chown there would drop the file capabilities
+    a writer did not repeat on the link entry."""
     apply(rootfs, [E("f", data=b"f", mode=0o600, uid=1000, gid=1000, mtime=100),
                    E("h", "hardlink", link="f", mode=0o640, uid=7, gid=8, mtime=200),
                    E("s", "symlink", link="f", mtime=300), E("hs", "hardlink", link="s", mtime=400)], archive=archive)
     st = os.stat(rootfs / "f")
-    owner = (7, 8) if os.geteuid() == 0 else (os.getuid(), os.getgid())
-    assert (st.st_mode & 0o7777, st.st_mtime, (st.st_uid, st.st_gid)) == (0o640, 200, owner)
+    mine = (os.getuid(), os.getgid())
+    owner = ((7, 8) if archive else (1000, 1000)) if os.geteuid() == 0 else mine
+    expected = (0o640, 200, owner) if archive else (0o600, 100, owner)
+    assert (st.st_mode & 0o7777, st.st_mtime, (st.st_uid, st.st_gid)) == expected
     assert os.lstat(rootfs / "s").st_mtime == 300   # a hard link to a symlink sets no time on it
+
+
+def test_layers_nesting_deeper_than_pythons_recursion_limit(rootfs):
+    """A lower tree deeper than the recursion limit replaced by a file, and an opaque whiteout over a
+    tree the layer made as deep: both at any depth (they recursed once per level)."""
+    import sys
+
+    from builder.rootfs_ops import remove_entry
+
+    depth = sys.getrecursionlimit() + 100
+    chain = "/".join(["d"] * depth)
+    top = os.open(rootfs, os.O_RDONLY)
+    try:
+        apply(rootfs, [E(f"x/{chain}/leaf", data=b"l"), E(f"o/{chain}/old", data=b"o")])
+        made = [E("o/" + "/".join(["d"] * i), "dir") for i in range(1, depth + 1)]
+        apply(rootfs, [E("x", data=b"now a file"), *made, E(f"o/{chain}/new", data=b"n"), E("o/.wh..wh..opq")])
+        assert (rootfs / "x").read_bytes() == b"now a file"
+        fd = os.open("o", os.O_RDONLY, dir_fd=top)
+        try:
+            for _ in range(depth):
+                sub = os.open("d", os.O_RDONLY, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+            assert sorted(os.listdir(fd)) == ["new"]   # the lower `old` hidden, the layer's own kept
+        finally:
+            os.close(fd)
+    finally:
+        for name in os.listdir(top):   # (pytest's own clean-up recurses)
+            remove_entry(top, name)
+        os.close(top)
