@@ -353,7 +353,8 @@ class _Applier:
         if not parts:
             if entry.type != DIRECTORY:
                 raise self.unsafe(entry, "replaces the root directory with a non-directory")
-            self.dirs.append(((), entry))
+            if not self.archive:   # an ADD archive's `./` is skipped, as moby's untar skips it (BuildKit)
+                self.dirs.append(((), entry))
             return
         base = parts[-1]
         if base.startswith(_WH):

@@ -441,3 +441,15 @@ def test_layers_nesting_deeper_than_pythons_recursion_limit(rootfs):
         for name in os.listdir(top):   # (pytest's own clean-up recurses)
             remove_entry(top, name)
         os.close(top)
+
+
+def test_an_add_archive_leaves_its_destination_as_it_is(tmp_path):
+    """Its `./` entry is skipped, as moby's untar skips it (BuildKit): `ADD app.tar /app/` does not make
+    /app 0700 and 1000's because the archive was made with `tar -C dir -cf app.tar .`."""
+    dest = tmp_path / "dest"
+    dest.mkdir(mode=0o755)
+    before = os.stat(dest)
+    result = apply(dest, [E(".", "dir", mode=0o700, uid=1000, gid=1000, mtime=5), E("f", data=b"f")], archive=True)
+    after = os.stat(dest)
+    assert (after.st_mode, after.st_uid, after.st_gid) == (before.st_mode, before.st_uid, before.st_gid)
+    assert b"" not in result.paths and (dest / "f").read_bytes() == b"f"
