@@ -330,12 +330,15 @@ def remove_entry(parent_fd: int, name: bytes | str, *, as_root: bool | None = No
     if not stat.S_ISDIR(st.st_mode):
         os.unlink(name, dir_fd=parent_fd)
         return
-    fd = _open_to_empty(parent_fd, name, st, as_root)
-    stack: list[tuple[int, bytes | str, int, Iterator[str]]] = [(parent_fd, name, fd, iter(os.listdir(fd)))]
+    # (its parent's fd, its name, its fd, its children: listed once the fd is on the stack to be closed)
+    stack: list[tuple[int, bytes | str, int, list[Iterator[str]]]] = []
     try:
+        stack.append((parent_fd, name, _open_to_empty(parent_fd, name, st, as_root), []))
         while stack:
-            parent, here, fd, children = stack[-1]
-            child = next(children, None)
+            parent, here, fd, listed = stack[-1]
+            if not listed:
+                listed.append(iter(os.listdir(fd)))
+            child = next(listed[0], None)
             if child is None:
                 stack.pop()
                 os.close(fd)
@@ -343,8 +346,7 @@ def remove_entry(parent_fd: int, name: bytes | str, *, as_root: bool | None = No
                 continue
             st = os.stat(child, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                sub = _open_to_empty(fd, child, st, as_root)
-                stack.append((fd, child, sub, iter(os.listdir(sub))))
+                stack.append((fd, child, _open_to_empty(fd, child, st, as_root), []))
             else:
                 os.unlink(child, dir_fd=fd)
     finally:
@@ -525,7 +527,9 @@ class TreeCopy:
             except BaseException:
                 os.close(sfd)
                 raise
-            stack.append(_Dir(sfd, dfd, at, rel, meta, self._children(sfd, rel, needed)))   # closed by `copy`
+            frame = _Dir(sfd, dfd, at, rel, meta, iter(()))
+            stack.append(frame)   # closed by `copy`, whatever happens next
+            frame.children = self._children(sfd, rel, needed)
             if created or rel:
                 set_meta(dfd, Meta(meta.uid, meta.gid, meta.mode))
                 copy_xattrs(sfd, dfd, self.o.xattrs)

@@ -44,7 +44,7 @@ import zstandard
 from dataclasses import dataclass, field
 from pathlib import Path
 import builtins
-from typing import BinaryIO, Callable, Mapping, cast
+from typing import BinaryIO, Callable, Iterator, Mapping, cast
 
 from builder.changes import OPAQUE_WHITEOUT, WHITEOUT_PREFIX
 from builder.errors import BuildError
@@ -444,11 +444,14 @@ class _Applier:
         """Remove what the directory at `fd` holds that this layer did not create, looking inside the
         directories it did: depth first with an explicit stack (a layer may nest deeper than Python's
         recursion limit), only the directories on the path open."""
-        frames = [(os.dup(fd), prefix, iter(os.listdir(fd)))]
+        frames: list[tuple[int, bytes, list[Iterator[str]]]] = []   # children listed once the fd is on the stack
         try:
+            frames.append((os.dup(fd), prefix, []))
             while frames:
-                here, base, children = frames[-1]
-                child = next(children, None)
+                here, base, listed = frames[-1]
+                if not listed:
+                    listed.append(iter(os.listdir(here)))
+                child = next(listed[0], None)
                 if child is None:
                     frames.pop()
                     os.close(here)
@@ -459,8 +462,8 @@ class _Applier:
                     remove_entry(here, raw, as_root=self.as_root)
                     self._removed(path)
                 elif stat.S_ISDIR(os.stat(raw, dir_fd=here, follow_symlinks=False).st_mode):
-                    sub = os.open(raw, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=here)
-                    frames.append((sub, path, iter(os.listdir(sub))))
+                    frames.append((os.open(raw, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=here),
+                                   path, []))
         finally:
             for here, _, _ in frames:
                 os.close(here)
