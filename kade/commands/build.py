@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import stat
+import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from builder.build import build
 from builder.options import BuildOptions
@@ -28,7 +31,7 @@ def register(subparsers: Any) -> None:
                     "--repo is then the image repository prefix (image NAME goes to REPO/NAME).")
     p.add_argument("context", nargs="?", default=None, metavar="CONTEXT", help="build context directory (default .)")
     p.add_argument("-f", "--file", dest="dockerfile", metavar="DOCKERFILE",
-                   help="Dockerfile path (default CONTEXT/Dockerfile)")
+                   help="Dockerfile path (default CONTEXT/Dockerfile; - reads it from standard input)")
     p.add_argument("--target", metavar="STAGE", help="build this stage (default: the last one)")
     p.add_argument("--build-arg", action="append", default=[], metavar="K=V", help="set a build arg (repeatable)")
     p.add_argument("--tag", "-t", action="append", default=[], metavar="REF", help="push the image to REF (repeatable)")
@@ -143,7 +146,27 @@ def options_from_args(args: argparse.Namespace, tenant: Any = None) -> BuildOpti
         build_key=tenant.build_key if tenant else None)
 
 
+STDIN_DOCKERFILE_MAX = 16 << 20
+
+
+@contextlib.contextmanager
+def _stdin_dockerfile() -> Iterator[Path]:
+    """`-f -`: the Dockerfile read from standard input (as docker build and buildah take it), kept in a
+    private folder for the build (the context's .dockerignore applies)."""
+    data = sys.stdin.buffer.read(STDIN_DOCKERFILE_MAX + 1)
+    if len(data) > STDIN_DOCKERFILE_MAX:
+        raise UsageError(f"-f -: the Dockerfile on standard input is over {STDIN_DOCKERFILE_MAX >> 20} MiB")
+    with tempfile.TemporaryDirectory(prefix="kade-stdin-") as folder:
+        path = Path(folder) / "Dockerfile"
+        path.write_bytes(data)
+        yield path
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.dockerfile == "-":
+        with _stdin_dockerfile() as path:
+            args.dockerfile = str(path)
+            return run(args)
     if args.context is None and not args.dockerfile:
         from kade.workspace import has_project   # only here: it loads kade.config and kade.gittree (start-up time)
 

@@ -210,3 +210,24 @@ def test_from_scratch_add_rootfs_tarball_runs(registry, kade_build, tmp_path, co
     out = podman_run(tag, "/bin/sh", "-c", "stat -c '%u:%g %a' /srv/owned.txt; readlink /usr/local/bin/owned-link; "
                                            "cat /usr/local/bin/owned-link")
     assert out.stdout.split("\n")[:3] == ["1234:5678 640", "/srv/owned.txt", "own"], out.stdout + out.stderr
+
+
+def test_dockerfile_from_standard_input(registry, base_image, tmp_path):
+    """`-f -`, as docker build and buildah take it: the context's files and .dockerignore, the Dockerfile
+    from stdin (a Dockerfile in the context is not read); its errors name the line."""
+    import sys
+    ctx = write(tmp_path / "ctx", "FROM scratch\nthis file is not read\n", **{"a.txt": "from the context\n",
+                                                                                ".dockerignore": "b.txt\n",
+                                                                                "b.txt": "ignored\n"})
+    tag = f"{registry.host}/feat/stdin:v1"
+
+    def kade(dockerfile: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "kade", "build", str(ctx), "-f", "-", "--tag", tag,
+                               "--cache-dir", str(tmp_path / "c")], input=dockerfile, capture_output=True,
+                              text=True, timeout=300)
+
+    done = kade(f"FROM {base_image.ref}\nCOPY a.txt /\n")
+    assert done.returncode == 0, done.stderr
+    assert podman_run(tag, "cat", "/a.txt").stdout == "from the context\n"
+    refused = kade(f"FROM {base_image.ref}\nCOPY b.txt /\n")
+    assert refused.returncode == 1 and "Dockerfile:2" in refused.stderr and "b.txt" in refused.stderr
