@@ -140,9 +140,10 @@ def _changes(root: Root, parts_list: list[Parts]) -> list[Change]:
 @dataclass
 class _Copied:
     """What a COPY/ADD did, as resolved parts in the rootfs: entries written, directories made (in
-    order) and paths the whiteouts of an ADD archive removed."""
+    order), those a source directory's contents landed in, and paths an ADD archive's whiteouts removed."""
     written: list[Parts] = field(default_factory=list)
     created: list[Parts] = field(default_factory=list)
+    landed: set[Parts] = field(default_factory=set)
     removed: list[Parts] = field(default_factory=list)
 
     def changes(self, root: Root) -> list[Change]:
@@ -217,16 +218,13 @@ def copy_step(rootfs: Path, spec: CopySpec, workdir: str, from_root: Path | None
             items = _items(spec, from_root, context_root, opened, warn)
             done = _Copied()
             chmodded: list[Parts] = []
-            landed: set[Parts] = set()
             for item in items:
                 first = len(done.created)
-                onto = _copy_item(root, item, dest, dest_is_dir, override, made, done)
+                _copy_item(root, item, dest, dest_is_dir, override, made, done)
                 if not item.archive:   # an archive's directories are made 0755 (BuildKit's unpack)
                     chmodded += done.created[first:]
-                if onto is not None:
-                    landed.add(onto)
             if spec.chmod is not None:
-                _chmod_made_dirs(root, chmodded, Meta(uid, gid, spec.chmod & 0o777, made.mtime_ns), landed)
+                _chmod_made_dirs(root, chmodded, Meta(uid, gid, spec.chmod & 0o777, made.mtime_ns), done.landed)
             return done.changes(root)
     except OSError as exc:
         raise BuildError(f"{'ADD' if spec.add else 'COPY'} to {dest}: {exc.strerror}: {exc.filename}",
@@ -346,8 +344,7 @@ def _excluder(patterns: list[str]) -> Callable[[Parts], bool] | None:
 
 
 def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: Override, made: Meta,
-               done: _Copied) -> Parts | None:
-    """Copy one source; returns where a source directory landed (its contents copied into it), else None."""
+               done: _Copied) -> None:
     if item.keep:  # COPY --parents: into dest/<kept parents>/
         dest = dest.rstrip("/") + "/" + image_path(item.keep) + "/"
         dest_is_dir = True
@@ -359,11 +356,12 @@ def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: 
             done.created.extend(root.makedirs(target, made))
         if item.archive:
             _extract_archive(root, item, target, override, made, done)
-            return None
+            return
         assert item.root is not None
         with root.parent(target) if target else _the_root(root) as (parent, name, base):
             TreeCopy(item.root, root, override, done.written).copy(item.parts, parent, name, base, only=item.only)
-        return target
+        done.landed.add(target)
+        return
     if into_dir or dest_is_dir:
         target = target + (item.name,)
     with root.parent(target, create=True, meta=made, created=done.created) as (parent, name, base):
@@ -388,7 +386,6 @@ def _copy_item(root: Root, item: _Item, dest: str, dest_is_dir: bool, override: 
             done.written.append(base + (name,))
         if base in done.created:   # a directory this copy made: the entry written into it moved its mtime to the clock
             os.utime(parent, ns=(made.mtime_ns or 0, made.mtime_ns or 0))
-    return None
 
 
 def _check_download(item: _Item, fd: int) -> None:

@@ -7,7 +7,7 @@ quotes the escape character makes the next character literal; `$NAME`, `${NAME}`
 `${NAME#pat}`, `${NAME##pat}`, `${NAME%pat}`, `${NAME%%pat}` and `${NAME/pat/repl}` are expanded;
 an unset variable expands to the empty string.
 
-A word may grow by at most MAX_GROWTH characters through its variables (BuildKit has no bound): ARGs that
+A word may grow by at most MAX_GROWTH characters through its variables: ARGs that
 each hold their predecessor eight times would otherwise take every byte of the machine's memory.
 """
 from __future__ import annotations
